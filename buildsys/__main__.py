@@ -1,0 +1,4 @@
+"""python -m buildsys: the modelbuild CLI."""
+from buildsys.cli import main
+
+main()

@@ -1,0 +1,311 @@
+"""The `modelbuild` command line: plan, build, verify, graph, explain, clean, gc, schema, doctor.
+
+User mistakes (ModelbuildError) print one line and exit non-zero; only modelbuild's own bugs show
+a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from buildsys.errors import BuildFailed, ModelbuildError
+
+DEFAULT_CONFIG = "deploy.yaml"
+
+
+@dataclass
+class Project:
+    """An opened deploy file with its lock, store and planner (nothing heavy imported)."""
+
+    config: Any
+    planner: Any
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.planner.store.dir
+
+
+def open_project(config_path: str) -> Project:
+    from buildsys.config.load import load
+    from buildsys.hashing import StatCache
+    from buildsys.lock import Lock, lock_path_for
+    from buildsys.plan import Planner
+    from buildsys.store import Store
+
+    path = Path(config_path)
+    if not path.exists() and config_path == DEFAULT_CONFIG:
+        hint = "pass the deploy file with -f PATH"
+        if Path("deploy.yaml.example").exists():
+            hint = "try: modelbuild -f deploy.yaml.example build"
+        from buildsys.errors import ConfigError
+
+        raise ConfigError(f"no {DEFAULT_CONFIG} in {Path.cwd()}", hint=hint)
+    cfg = load(path)
+    cache = Path(os.environ.get("MODELBUILD_CACHE") or cfg.root / ".modelbuild")
+    stat = StatCache(cache / "statcache.json")
+    planner = Planner(cfg, Lock.read(lock_path_for(path)), Store(cache, stat), stat, cfg.root / "artifacts")
+    return Project(cfg, planner)
+
+
+class Cli(click.Group):
+    """Turns ModelbuildError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModelbuildError as exc:
+            if not isinstance(exc, BuildFailed):
+                click.secho(f"error: {exc}", fg="red", err=True)
+            else:
+                click.secho(str(exc), fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-f", "--file", "config", default=DEFAULT_CONFIG, show_default=True, metavar="PATH",
+              help="The deploy file.")
+@click.version_option(package_name="modelbuild")
+@click.pass_context
+def cli(ctx: click.Context, config: str) -> None:
+    """modelbuild: make for model exports. Builds verified deployment artifacts from deploy.yaml."""
+    ctx.obj = config
+
+
+targets_arg = click.argument("targets", nargs=-1)
+
+
+@cli.command()
+@targets_arg
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--check", is_flag=True, help="Exit 1 when anything would run (for CI).")
+@click.option("--force", is_flag=True, help="Show the plan as if every node were forced.")
+@click.pass_obj
+def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, force: bool) -> None:
+    """Show every node, fresh or stale, and why. Reads only; takes no lock."""
+    from buildsys import report
+    from buildsys.plan import make_plan
+
+    project = open_project(config)
+    the_plan = make_plan(project.planner, list(targets) or None, force=force)
+    project.planner.stat.save()
+    if as_json:
+        click.echo(report.dumps(report.plan_json(the_plan)))
+    else:
+        report.print_plan(the_plan, report.console())
+    if check and the_plan.work:
+        sys.exit(1)
+
+
+def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
+           timeout: float, force_kinds: tuple[str, ...] = ()) -> None:
+    from filelock import FileLock, Timeout
+
+    from buildsys import report
+    from buildsys.execute import Builder, LocalExecutor
+    from buildsys.lock import Lock
+    from buildsys.plan import make_plan
+
+    out = report.console()
+    project = open_project(config)
+    if dry_run:
+        report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds), out)
+        return
+    project.cache_dir.mkdir(parents=True, exist_ok=True)
+    guard = FileLock(str(project.cache_dir / "build.lock"))
+    try:
+        guard.acquire(timeout=0)
+    except Timeout:
+        out.print("[yellow]another modelbuild build holds this project; waiting…[/]")
+        guard.acquire()
+    try:
+        planner = project.planner
+        planner.lock = Lock.read(planner.lock.path)  # re-read under the lock: another build may have finished
+        the_plan = make_plan(planner, list(targets) or None, force=force, force_kinds=force_kinds)
+        if not the_plan.work:
+            planner.stat.save()
+            out.print(f"Nothing to do: all {len(the_plan.nodes)} node(s) are fresh.")
+            return
+        executor = LocalExecutor(planner.store.dir / "logs", jobs)
+        try:
+            builder = Builder(planner, the_plan, executor, jobs=jobs, keep_going=keep_going, force=force,
+                              force_kinds=force_kinds, timeout=timeout,
+                              on_event=lambda kind, payload: report.print_event(out, kind, payload))
+            result = builder.run()
+        finally:
+            executor.close()
+        report.print_summary(report.target_rows(the_plan, planner.lock.nodes, planner.lock.targets), out)
+        if not result.ok:
+            report.print_failures(result, out)
+            failed = len(result.failed)
+            skipped = sum(1 for r in result.results.values() if r.outcome == "skipped")
+            raise BuildFailed(f"build failed: {failed} node(s) failed, {skipped} skipped")
+    finally:
+        guard.release()
+
+
+build_options = [
+    click.option("-j", "--jobs", default=1, show_default=True, help="Nodes to run in parallel."),
+    click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
+    click.option("--timeout", default=1800.0, show_default=True, help="Seconds a single step may take."),
+]
+
+
+def _with(options: list) -> Any:
+    def deco(f: Any) -> Any:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+@cli.command()
+@targets_arg
+@_with(build_options)
+@click.option("--force", is_flag=True, help="Rebuild every needed node, ignoring lock and cache.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.pass_obj
+def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, force: bool,
+          dry_run: bool) -> None:
+    """Build the targets (default: all) and everything they need; only stale nodes run."""
+    _build(config, targets, jobs=jobs, keep_going=keep_going, force=force, dry_run=dry_run, timeout=timeout)
+
+
+@cli.command()
+@targets_arg
+@_with(build_options)
+@click.pass_obj
+def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float) -> None:
+    """Re-run the checks of the targets (building whatever is stale first)."""
+    _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
+           force_kinds=("check",))
+
+
+@cli.command()
+@targets_arg
+@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
+@click.pass_obj
+def graph(config: str, targets: tuple[str, ...], fmt: str) -> None:
+    """Print the build DAG."""
+    from buildsys.graph import expand
+
+    dag = expand(open_project(config).config, list(targets) or None)
+    order = dag.order()
+    if fmt == "mermaid":
+        click.echo("graph LR")
+        ids = {n.name: f"n{i}" for i, n in enumerate(order)}
+        for n in order:
+            click.echo(f'  {ids[n.name]}["{n.name}"]')
+        for n in order:
+            for d in n.deps:
+                click.echo(f"  {ids[d]} --> {ids[n.name]}")
+    elif fmt == "dot":
+        click.echo("digraph modelbuild {\n  rankdir=LR;")
+        for n in order:
+            shape = "box" if n.kind == "artifact" else "ellipse"
+            click.echo(f'  "{n.name}" [shape={shape}];')
+        for n in order:
+            for d in n.deps:
+                click.echo(f'  "{d}" -> "{n.name}";')
+        click.echo("}")
+    else:
+        for n in order:
+            deps = f"  ← {', '.join(n.deps)}" if n.deps else f"  ← source ({n.source_format})"
+            targets_of = f"  [{', '.join(n.targets)}]" if n.targets else ""
+            click.echo(f"{n.name}  ({n.step}){deps}{targets_of}")
+
+
+@cli.command()
+@click.argument("node")
+@click.pass_obj
+def explain(config: str, node: str) -> None:
+    """Show a node's key components, its lock entry and why it is fresh or stale."""
+    from buildsys import report
+    from buildsys.errors import PlanError, did_you_mean
+    from buildsys.plan import make_plan
+
+    project = open_project(config)
+    the_plan = make_plan(project.planner)
+    if node not in the_plan.nodes:
+        raise PlanError(f"unknown node '{node}'", hint=did_you_mean(node, the_plan.nodes) or "see: modelbuild graph")
+    p = the_plan.nodes[node]
+    entry = project.planner.lock.nodes.get(node, {})
+    click.echo(report.dumps({"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons,
+                             "key": p.key, "components": p.components, "lock": entry}))
+
+
+@cli.command()
+@click.option("--cache", is_flag=True, help="Also delete the cache directory (.modelbuild).")
+@click.pass_obj
+def clean(config: str, cache: bool) -> None:
+    """Delete materialized artifacts (and with --cache, the whole cache)."""
+    import shutil
+
+    project = open_project(config)
+    artifacts = project.planner.artifacts
+    removed = 0
+    if artifacts.exists():
+        for child in artifacts.iterdir():
+            if child.name != ".gitkeep":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                removed += 1
+    project.planner.lock.targets.clear()
+    if project.planner.lock.path.exists():
+        project.planner.lock.write()
+    click.echo(f"removed {removed} item(s) from {artifacts}")
+    if cache and project.cache_dir.exists():
+        shutil.rmtree(project.cache_dir)
+        click.echo(f"removed {project.cache_dir}")
+
+
+@cli.command()
+@click.pass_obj
+def gc(config: str) -> None:
+    """Delete cached blobs and actions that deploy.lock does not reference."""
+    project = open_project(config)
+    lock = project.planner.lock
+    entries, blobs, freed = project.planner.store.gc(lock.referenced_keys(), lock.referenced_blobs())
+    click.echo(f"removed {entries} action(s) and {blobs} blob(s), freed {freed / 1e6:.1f} MB")
+
+
+@cli.command()
+@click.option("--steps", is_flag=True, help="Print the options of every step instead.")
+def schema(steps: bool) -> None:
+    """Print the JSON Schema of deploy.yaml (or of every step's options)."""
+    from buildsys import report
+    from buildsys.config.schema import Project as ProjectSchema
+
+    if steps:
+        from buildsys.steps import steps as all_steps
+
+        click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],
+                                        "options": s.Options.model_json_schema()} for name, s in sorted(all_steps().items())}))
+    else:
+        click.echo(report.dumps(ProjectSchema.model_json_schema()))
+
+
+@cli.command()
+def doctor() -> None:
+    """Show which toolchains and runtimes are usable on this host."""
+    from buildsys.keys import package_version
+    from buildsys.runtimes import runtimes
+
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "onnx2tf", "ai-edge-litert", "coremltools"):
+        click.echo(f"  {pkg:<14} {package_version(pkg)}")
+    click.echo("runtimes:")
+    for name, cls in sorted(runtimes().items()):
+        why = cls().unavailable()
+        click.echo(f"  {name:<14} {'ok' if why is None else 'unavailable: ' + why}")
+
+
+def main() -> None:
+    cli(prog_name="modelbuild")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""deploy.yaml: schema (pydantic) and loading (YAML with file:line errors, recipes, includes)."""

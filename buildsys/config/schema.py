@@ -1,0 +1,211 @@
+"""The deploy.yaml schema: strict pydantic models whose field descriptions double as the docs.
+
+Step options are not listed here: each step owns a frozen options model (see buildsys.steps.base),
+and a target's `options:` mapping is validated against the models of the steps on its route.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Precision = Literal["fp32", "fp16", "int8"]
+DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, values are immutable after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(Strict):
+    """One model input: the signature every artifact must keep."""
+
+    name: str = Field(description="Input name; artifacts (ONNX, TFLite, Core ML) use it for their inputs.")
+    shape: list[int | str] = Field(
+        description="Dimensions. An integer is fixed; a string names a dynamic axis (e.g. 'batch'), "
+        "exported as dynamic where the format supports it and set to 1 (or the data's size) when tracing.",
+        min_length=1,
+    )
+    dtype: DType = Field(default="float32", description="Element type.")
+    layout: Optional[str] = Field(
+        default=None,
+        description="Axis letters such as NCHW or NCL. Converters that change layout (onnx2tf) record "
+        "what they made; checks feed inputs in the artifact's own layout.",
+    )
+
+    @model_validator(mode="after")
+    def _layout_matches_rank(self) -> "InputSpec":
+        if self.layout is not None and len(self.layout) != len(self.shape):
+            raise ValueError(f"layout '{self.layout}' has {len(self.layout)} axes but shape has {len(self.shape)}")
+        return self
+
+
+class OutputSpec(Strict):
+    """One model output."""
+
+    name: str = Field(description="Output name.")
+    kind: Literal["scores", "values"] = Field(
+        default="values",
+        description="'scores' for class scores (logits or probabilities) along the last axis: checks add "
+        "top-1 agreement, and accuracy when the data has labels. 'values' for everything else.",
+    )
+
+
+class DataSource(Strict):
+    """A data set: an .npz (arrays named after the inputs, plus labels) / .npy file, or a callable."""
+
+    path: Optional[str] = Field(default=None, description="An .npz or .npy file, relative to deploy.yaml.")
+    callable: Optional[str] = Field(
+        default=None, description="'module:function' returning a dict of arrays named after the inputs."
+    )
+    labels: str = Field(default="labels", description="Name of the array holding integer class labels, if any.")
+    limit: Optional[int] = Field(default=None, ge=1, description="Use only the first N samples.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"callable": value} if ":" in value and not value.endswith((".npz", ".npy")) else {"path": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DataSource":
+        if (self.path is None) == (self.callable is None):
+            raise ValueError("give exactly one of 'path' or 'callable'")
+        return self
+
+
+class DataSets(Strict):
+    """The data a model comes with. Without any, checks use seeded synthetic inputs."""
+
+    example: Optional[DataSource] = Field(default=None, description="Inputs used to trace/export the model.")
+    calibration: Optional[DataSource] = Field(
+        default=None, description="Representative inputs for static int8 quantization. Never downloaded."
+    )
+    validation: Optional[DataSource] = Field(
+        default=None, description="Inputs (and optional labels) every artifact is verified on."
+    )
+
+
+class Source(Strict):
+    """Where the PyTorch model comes from: exactly one of factory, torchscript, exported, onnx."""
+
+    factory: Optional[str] = Field(
+        default=None, description="'module:callable' that returns a torch.nn.Module; the module is "
+        "imported with the deploy.yaml directory on sys.path."
+    )
+    weights: Optional[str] = Field(
+        default=None, description="state_dict file for the factory's module, loaded with weights_only=True."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    torchscript: Optional[str] = Field(default=None, description="A TorchScript file (torch.jit.save).")
+    exported: Optional[str] = Field(default=None, description="A torch.export program file (.pt2).")
+    onnx: Optional[str] = Field(default=None, description="An ONNX file used as the source.")
+    code: list[str] = Field(
+        default_factory=list,
+        description="Extra files or globs whose contents enter the cache key (the factory's own module "
+        "or package is always included).",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        given = [k for k in ("factory", "torchscript", "exported", "onnx") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of factory, torchscript, exported, onnx" + (f" (got {', '.join(given)})" if given else ""))
+        if self.weights and not self.factory:
+            raise ValueError("'weights' only applies to a 'factory' source")
+        if self.factory and ":" not in self.factory:
+            raise ValueError(f"factory '{self.factory}' must look like 'package.module:callable'")
+        return self
+
+    @property
+    def format(self) -> str:
+        """The format name of this source in the format graph."""
+        if self.factory:
+            return "pytorch"
+        if self.torchscript:
+            return "torchscript-file"
+        if self.exported:
+            return "pt2-file"
+        return "onnx-file"
+
+
+class Model(Strict):
+    """A PyTorch model, its signature and its data."""
+
+    description: str = Field(default="", description="Free text; not part of any cache key.")
+    source: Source = Field(description="Where the model comes from.")
+    inputs: list[InputSpec] = Field(min_length=1, description="Input signature, in call order.")
+    outputs: list[OutputSpec] = Field(min_length=1, description="Output signature, in return order.")
+    data: DataSets = Field(default_factory=DataSets, description="Example, calibration and validation data.")
+    seed: int = Field(default=0, description="Seed for synthetic inputs when the model has no data.")
+    samples: int = Field(default=16, ge=1, description="Number of synthetic samples when there is no data.")
+
+
+class Tolerance(Strict):
+    """Acceptance limits for outputs. Unset fields take the precision's defaults."""
+
+    max_abs: Optional[float] = Field(default=None, ge=0, description="Largest allowed |artifact - reference|.")
+    max_rel: Optional[float] = Field(
+        default=None, ge=0, description="Largest allowed |artifact - reference| / max|reference| (per output)."
+    )
+    min_cosine: Optional[float] = Field(default=None, ge=-1, le=1, description="Smallest allowed cosine similarity per sample.")
+    min_top1_agreement: Optional[float] = Field(
+        default=None, ge=0, le=1, description="'scores' outputs: share of samples whose argmax matches the reference."
+    )
+    max_accuracy_drop: Optional[float] = Field(
+        default=None, ge=0, le=1, description="'scores' outputs with labels: allowed drop of accuracy vs the reference."
+    )
+
+
+class Acceptance(Tolerance):
+    """What an artifact must meet to pass its check."""
+
+    outputs: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output overrides, by output name.")
+    on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")
+
+
+class Target(Strict):
+    """A deliverable: one model in one format and precision, verified against its reference."""
+
+    description: str = Field(default="", description="Free text; not part of any cache key.")
+    model: str = Field(description="Name of a model under 'models'.")
+    format: str = Field(description="Artifact format, e.g. torchscript, pt2, onnx, onnx-optimized.")
+    precision: Precision = Field(default="fp32", description="Numeric precision of the artifact.")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Step options keyed by the format they produce (see `modelbuild schema --steps`)."
+    )
+    via: list[str] = Field(default_factory=list, description="Formats the route must pass through, in order.")
+    acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
+    recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
+
+    @property
+    def goal(self) -> str:
+        """The node format this target ends at: 'onnx' + int8 → 'onnx-int8'."""
+        return self.format if self.precision == "fp32" else f"{self.format}-{self.precision}"
+
+
+class Project(Strict):
+    """The whole deploy.yaml."""
+
+    version: Literal[1] = Field(default=1, description="Schema version of this file.")
+    include: list[str] = Field(default_factory=list, description="Recipe files to load, relative to this file.")
+    recipes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Reusable target presets; a target names one with 'recipe:'."
+    )
+    models: dict[str, Model] = Field(description="Models by name.")
+    targets: dict[str, Target] = Field(description="Targets by name.")
+
+    @model_validator(mode="after")
+    def _names(self) -> "Project":
+        import re
+
+        for section in ("models", "targets"):
+            for name in getattr(self, section):
+                if not re.match(NAME_PATTERN, name):
+                    raise ValueError(f"{section} name '{name}' may use only letters, digits, '_', '.', '-'")
+        return self

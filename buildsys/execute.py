@@ -1,0 +1,368 @@
+"""Execution: run the plan's stale nodes in worker processes, publish results, keep going or stop.
+
+The executor interface is `run(Action) -> reply`; LocalExecutor runs actions in reusable worker
+subprocesses grouped by toolchain. The Builder schedules ready nodes on up to `jobs` threads and
+publishes each success (blobs → action cache → lock → artifacts/) from the main thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from buildsys.graph import CHECK, REFERENCE, Node
+from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
+from buildsys.steps import get_format, get_step
+from buildsys.store import CorruptBlob
+
+DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))
+
+
+@dataclass
+class Action:
+    """One step invocation, ready to send to a worker."""
+
+    node: str
+    toolchain: str
+    request: dict[str, Any]
+    timeout: float = DEFAULT_TIMEOUT
+
+
+class WorkerFailed(Exception):
+    """The worker process died or hung; the message says how."""
+
+
+class WorkerProcess:
+    """A `python -m buildsys.worker` child that serves requests until closed."""
+
+    def __init__(self, toolchain: str, stderr_path: Path):
+        self.toolchain = toolchain
+        self._stderr = open(stderr_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUILD_PARENT_PID": str(os.getpid())}
+        self.proc = subprocess.Popen([sys.executable, "-m", "buildsys.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+
+    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise WorkerFailed(self._death()) from None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.kill()
+            raise WorkerFailed(f"timed out after {timeout:.0f} s (raise it with --timeout)")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise WorkerFailed(self._death())
+        return json.loads(line)
+
+    def _death(self) -> str:
+        code = self.proc.wait()
+        if code < 0:
+            try:
+                return f"the worker crashed ({signal.Signals(-code).name})"
+            except ValueError:
+                return f"the worker was killed by signal {-code}"
+        return f"the worker exited with code {code}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+    def close(self) -> None:
+        if self.alive and self.proc.stdin:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._stderr.close()
+
+
+class LocalExecutor:
+    """Runs actions in worker subprocesses reused per toolchain (imports are paid once)."""
+
+    def __init__(self, log_dir: Path, jobs: int = 1):
+        self.log_dir = log_dir
+        self.max_idle = max(2, jobs * 2)  # bounds memory: each idle worker keeps its toolchain loaded
+        self._idle: list[WorkerProcess] = []
+        self._lock = threading.Lock()
+
+    def _acquire(self, toolchain: str) -> WorkerProcess:
+        with self._lock:
+            for w in self._idle:
+                if w.toolchain == toolchain and w.alive:
+                    self._idle.remove(w)
+                    return w
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return WorkerProcess(toolchain, self.log_dir / f"worker-{toolchain}.stderr")
+
+    def _release(self, worker: WorkerProcess) -> None:
+        with self._lock:
+            self._idle.append(worker)
+            while len(self._idle) > self.max_idle:
+                self._idle.pop(0).close()
+
+    def run(self, action: Action) -> dict[str, Any]:
+        worker = self._acquire(action.toolchain)
+        try:
+            reply = worker.call(action.request, action.timeout)
+        except WorkerFailed as exc:
+            worker.kill()
+            return {"ok": False, "error": str(exc), "user": False}
+        self._release(worker)
+        return reply
+
+    def close(self) -> None:
+        with self._lock:
+            for w in self._idle:
+                w.close()
+            self._idle.clear()
+
+
+# --- outcomes ------------------------------------------------------------------------------------
+
+FRESH, BUILT, CACHED, RESTORED, CUTOFF, FAILED, SKIPPED = "fresh", "built", "cached", "restored", "cutoff", "failed", "skipped"
+
+
+@dataclass
+class NodeResult:
+    name: str
+    outcome: str
+    seconds: float = 0.0
+    error: str = ""
+    log: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    results: dict[str, NodeResult] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[NodeResult]:
+        return [r for r in self.results.values() if r.outcome == FAILED]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not any(r.outcome == SKIPPED for r in self.results.values())
+
+
+class Builder:
+    """Carries out a Plan. Decisions are the plan's; the builder only re-keys nodes whose upstream
+    was rebuilt (early cutoff when the bytes came out the same)."""
+
+    def __init__(self, planner: Planner, plan: Plan, executor: LocalExecutor, *, jobs: int = 1,
+                 keep_going: bool = False, force: bool = False, force_kinds: tuple[str, ...] = (),
+                 timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[str, NodeResult | str], None] | None = None):
+        self.planner = planner
+        self.plan = plan
+        self.executor = executor
+        self.jobs = max(1, jobs)
+        self.keep_going = keep_going
+        self.force = force
+        self.force_kinds = force_kinds
+        self.timeout = timeout
+        self.on_event = on_event or (lambda kind, payload: None)
+        self.store = planner.store
+        self.lock = planner.lock
+        self.log_dir = planner.store.dir / "logs"
+        self.result = BuildResult()
+        self._digests: dict[str, str | None] = {}
+
+    # --- scheduling ----------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        order = self.plan.order()
+        pending = {p.node.name: p for p in order}
+        running: dict[Future, tuple[NodePlan, Path, float]] = {}
+        stop = False
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            while pending or running:
+                for name in [n for n in pending if self._deps_done(pending[n].node)]:
+                    if len(running) >= self.jobs:
+                        break
+                    nplan = pending.pop(name)
+                    if stop:
+                        self._finish(NodeResult(name, SKIPPED, error="not started: an earlier node failed"))
+                        continue
+                    started = self._start(nplan)
+                    if started is not None:
+                        action, scratch = started
+                        self.on_event("start", name)
+                        running[pool.submit(self.executor.run, action)] = (nplan, scratch, time.perf_counter())
+                if not running:
+                    if pending and not any(self._deps_done(p.node) for p in pending.values()):
+                        raise RuntimeError("scheduler stalled")  # unreachable for a DAG
+                    continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    nplan, scratch, t0 = running.pop(fut)
+                    ok = self._complete(nplan, fut.result(), scratch, time.perf_counter() - t0)
+                    if not ok and not self.keep_going:
+                        stop = True
+        self.planner.stat.save()
+        return self.result
+
+    def _deps_done(self, node: Node) -> bool:
+        return all(d in self.result.results or d not in self.plan.nodes for d in node.deps)
+
+    def _finish(self, result: NodeResult) -> None:
+        self.result.results[result.name] = result
+        self.on_event("finish", result)
+
+    # --- one node ----------------------------------------------------------------------------------
+    def _start(self, nplan: NodePlan) -> tuple["Action", Path] | None:
+        """Decide from the (re-keyed) status: nothing, restore, cache hit, or an action to run."""
+        node = nplan.node
+        bad = [d for d in node.deps if self.result.results.get(d, NodeResult(d, FRESH)).outcome in (FAILED, SKIPPED)]
+        if bad:
+            self._finish(NodeResult(node.name, SKIPPED, error=f"upstream {bad[0]} failed"))
+            return None
+        upstream = {d: self._output(d) for d in node.deps}
+        force = self.force or node.kind in self.force_kinds
+        status = nplan if nplan.key and not any(self._rebuilt(d) for d in node.deps) else \
+            self.planner.status(node, upstream, force=force)
+        if status.action == NOTHING and nplan.action == RUN and not force:
+            # The plan expected to run this node, but upstream came out byte-identical.
+            self._finish(NodeResult(node.name, CUTOFF if node.deps else FRESH))
+            return None
+        if status.action == NOTHING:
+            self._finish(NodeResult(node.name, FRESH))
+            return None
+        assert status.key and status.components is not None
+        try:
+            if status.action == RESTORE:
+                self._materialize(node, self.lock.nodes[node.name]["files"])
+                self.lock.write()
+                self._finish(NodeResult(node.name, RESTORED))
+                return None
+            cached = None if force else self.store.get_action(status.key)
+            if cached is not None:
+                self._publish(node, status, cached["tree"], cached["files"], cached.get("metrics", {}), cached.get("seconds", 0))
+                self._finish(NodeResult(node.name, CACHED, metrics=cached.get("metrics", {})))
+                return None
+        except CorruptBlob:
+            pass  # a bad blob is a miss: build the node again
+        nplan.key, nplan.components = status.key, status.components
+        return self._action(nplan)
+
+    def _rebuilt(self, dep: str) -> bool:
+        r = self.result.results.get(dep)
+        return r is not None and r.outcome in (BUILT, CACHED)
+
+    def _output(self, name: str) -> str | None:
+        return self._digests.get(name) or self.planner.output_digest(name)
+
+    def _action(self, nplan: NodePlan) -> tuple[Action, Path]:
+        node = nplan.node
+        cfg = self.planner.config
+        model = cfg.project.models[node.model]
+        scratch = self.store.scratch(node.name)
+        out_dir = scratch / "out"
+        out_dir.mkdir()
+        extra: dict[str, Any] = {}
+        input_path: Path | None = None
+        if node.source_format:
+            input_path = _source_path(cfg.root, model)
+            extra["source_format"] = node.source_format
+        if node.deps and node.kind != REFERENCE and not node.source_format:
+            dep = self.plan.dag.nodes[node.deps[0]]
+            input_path = self._checkout(dep, scratch / "in")
+        if node.kind == CHECK:
+            extra["format"] = node.format
+            extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
+        log.write_text(f"# modelbuild: {node.name} ({node.step})\n")
+        request = {
+            "step": node.step, "options": node.options, "model_name": node.model, "model": model.model_dump(mode="json"),
+            "root": str(cfg.root), "input": str(input_path) if input_path else None, "out_dir": str(out_dir),
+            "log": str(log), "precision": node.precision, "extra": extra,
+        }
+        return Action(node.name, self._toolchain(node), request, self.timeout), scratch
+
+    def _toolchain(self, node: Node) -> str:
+        if node.kind == CHECK:
+            return get_step(self.plan.dag.nodes[node.deps[0]].step).toolchain
+        return get_step(node.step).toolchain
+
+    def _checkout(self, dep: Node, dest: Path) -> Path:
+        self.store.checkout(self.lock.nodes[dep.name]["files"], dest, link=True)
+        return dest / get_format(dep.format).filename
+
+    def _complete(self, nplan: NodePlan, reply: dict[str, Any], scratch: Path, seconds: float) -> bool:
+        node = nplan.node
+        log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
+        try:
+            if not reply.get("ok"):
+                self._finish(NodeResult(node.name, FAILED, seconds, reply.get("error", "failed"), str(log)))
+                return False
+            metrics = reply.get("metrics", {})
+            if node.kind == CHECK and metrics.get("passed") is False and node.options.get("on_fail") != "warn":
+                self._finish(NodeResult(node.name, FAILED, seconds, "acceptance not met", str(log), metrics))
+                return False
+            tree, entries = self.store.put_tree(scratch / "out")
+            files = [e.as_list() for e in entries]
+            assert nplan.key is not None
+            self.store.put_action(nplan.key, {"tree": tree, "files": files, "metrics": metrics, "seconds": round(seconds, 3)})
+            self._publish(node, nplan, tree, files, metrics, seconds)
+            self._finish(NodeResult(node.name, BUILT, seconds, log=str(log), metrics=metrics))
+            return True
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _publish(self, node: Node, status: NodePlan, tree: str, files: list, metrics: dict, seconds: float) -> None:
+        """Record a finished node: lock entry, then its deliverables under artifacts/."""
+        self._digests[node.name] = tree
+        entry = {"key": status.key, "components": status.components, "tree": tree, "files": files}
+        if metrics:
+            entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
+        self.lock.nodes[node.name] = entry
+        if node.targets:
+            self._materialize(node, files)
+        self.lock.write()
+
+    def _materialize(self, node: Node, files: list) -> None:
+        """Copy a deliverable to artifacts/<target>/, swapping the whole directory at once."""
+        artifacts = self.planner.artifacts
+        for target in node.targets:
+            fresh = artifacts / f".tmp-{target}"
+            shutil.rmtree(fresh, ignore_errors=True)
+            self.store.checkout(files, fresh, link=False)
+            final = artifacts / target
+            old = artifacts / f".old-{target}"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(fresh, final)
+            shutil.rmtree(old, ignore_errors=True)
+            for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
+                self.planner.stat.record(final / rel, digest)
+            self.lock.targets[target] = {"node": node.name, "path": self.planner.display(final), "files": files}
+
+
+def _source_path(root: Path, model: Any) -> Path | None:
+    src = model.source
+    for attr in ("torchscript", "exported", "onnx"):
+        if getattr(src, attr):
+            return root / getattr(src, attr)
+    return None

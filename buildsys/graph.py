@@ -1,0 +1,316 @@
+"""The format graph (formats as vertices, registered steps as edges) and the expansion of targets
+into a DAG of nodes: artifacts shared between targets, one reference per model, one check per target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from buildsys.config.load import LoadedConfig
+from buildsys.errors import ConfigError, PlanError, did_you_mean
+from buildsys.hashing import digest_json
+from buildsys.steps import formats, steps
+
+REFERENCE = "reference"
+CHECK = "check"
+
+
+@dataclass
+class Node:
+    """One artifact, reference or check in the build DAG.
+
+    `name` is stable and human ("digits/onnx", "digits/reference", "verify:server"); it is the
+    node's key in deploy.lock. `deps` are names of nodes whose outputs this one consumes, the
+    first being the main input.
+    """
+
+    name: str
+    kind: str  # "artifact" | "reference" | "check"
+    model: str
+    format: str
+    step: str
+    options: dict[str, Any]
+    deps: list[str] = field(default_factory=list)
+    source_format: str = ""  # the model's source format when the first dep is the source itself
+    data_sets: tuple[str, ...] = ()
+    targets: list[str] = field(default_factory=list)  # targets whose deliverable this node is
+    target: str = ""  # for checks: the target being verified
+    precision: str = "fp32"
+
+
+@dataclass
+class Dag:
+    """Nodes in dependency order plus the networkx graph over their names."""
+
+    nodes: dict[str, Node]
+    graph: nx.DiGraph
+    target_nodes: dict[str, str]  # target → its deliverable artifact node
+    routes: dict[str, list[str]]  # target → formats from source to goal
+
+    def order(self) -> list[Node]:
+        return [self.nodes[n] for n in nx.lexicographical_topological_sort(self.graph)]
+
+    def upstream(self, names: list[str]) -> set[str]:
+        """`names` and everything they depend on."""
+        out = set(names)
+        for n in names:
+            out |= nx.ancestors(self.graph, n)
+        return out
+
+
+@lru_cache(maxsize=1)
+def format_graph() -> nx.DiGraph:
+    """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
+    g = nx.DiGraph()
+    for name, fmt in formats().items():
+        g.add_node(name, source=fmt.source)
+    for step in steps().values():
+        for consumed in step.consumes:
+            if g.has_edge(consumed, step.produces):
+                other = g.edges[consumed, step.produces]["step"]
+                raise PlanError(f"steps {other} and {step.name} both turn {consumed} into {step.produces}")
+            g.add_edge(consumed, step.produces, step=step.name)
+    return g
+
+
+def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedConfig) -> list[str]:
+    """Formats from `source` to `goal` through each of `via` in order (shortest between stops)."""
+    g = format_graph()
+    buildable = sorted(n for n in g.nodes if not g.nodes[n]["source"])
+    for i, stop in enumerate([*via, goal]):
+        if stop not in g:
+            key = ("targets", target, "via", i) if i < len(via) else ("targets", target, "format")
+            raise ConfigError(f"unknown format '{stop}'", where=cfg.where(*key), field=".".join(map(str, key[:3])),
+                              hint=did_you_mean(stop, buildable) or f"known formats: {', '.join(buildable)}")
+    route = [source]
+    for stop in [*via, goal]:
+        try:
+            leg = nx.shortest_path(g, route[-1], stop)
+        except nx.NetworkXNoPath:
+            reachable = sorted(nx.descendants(g, route[-1]))
+            raise PlanError(f"target '{target}': no route from {route[-1]} to {stop}",
+                            where=cfg.where("targets", target, "format"), field=f"targets.{target}",
+                            hint=f"from {route[-1]} modelbuild can make: {', '.join(reachable) or 'nothing'}") from None
+        route += leg[1:]
+    seen = set()
+    for fmt in route:
+        if fmt in seen:
+            raise PlanError(f"target '{target}': route {' → '.join(route)} visits {fmt} twice (a cycle)",
+                            where=cfg.where("targets", target, "via"), field=f"targets.{target}.via",
+                            hint="remove the repeated format from 'via'")
+        seen.add(fmt)
+    return route
+
+
+def expand(cfg: LoadedConfig, selected: list[str] | None = None) -> Dag:
+    """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them."""
+    from buildsys import verify
+
+    project = cfg.project
+    names = list(project.targets) if not selected else selected
+    for t in names:
+        if t not in project.targets:
+            raise PlanError(f"unknown target '{t}'", hint=did_you_mean(t, project.targets)
+                            or f"targets in {cfg.path.name}: {', '.join(project.targets)}")
+    fg = format_graph()
+    identities: dict[str, Node] = {}  # identity digest → node
+    chains: dict[str, list[str]] = {}
+    routes: dict[str, list[str]] = {}
+    checks: list[Node] = []
+    for tname in names:
+        target = project.targets[tname]
+        if target.model not in project.models:
+            raise ConfigError(f"unknown model '{target.model}'", where=cfg.where("targets", tname, "model"),
+                              field=f"targets.{tname}.model", hint=did_you_mean(target.model, project.models)
+                              or f"models: {', '.join(project.models)}")
+        model = project.models[target.model]
+        route = find_route(model.source.format, target.goal, target.via, tname, cfg)
+        routes[tname] = route
+        for fmt in target.options:
+            if fmt not in route[1:]:
+                raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
+                                  where=cfg.where("targets", tname, "options", fmt), field=f"targets.{tname}.options",
+                                  hint=f"route: {' → '.join(route)}")
+        identity: list[Any] = [target.model]
+        previous = ""
+        for a, b in zip(route, route[1:]):
+            step = steps()[fg.edges[a, b]["step"]]
+            options = _options(step, target.options.get(b, {}), cfg, tname, b)
+            problem = step.check_config(model, options, cfg.root)
+            if problem:
+                raise ConfigError(problem, where=cfg.where("targets", tname, "options", b) if b in target.options
+                                  else cfg.where("targets", tname, "precision"), field=f"targets.{tname} ({b})")
+            opts = options.model_dump(mode="json")
+            identity.append([step.name, opts])
+            ident = digest_json(identity)
+            if ident not in identities:
+                data = tuple(step.data_used(options)) + (("example",) if fg.nodes[a]["source"] else ())
+                identities[ident] = Node(
+                    name="", kind="artifact", model=target.model, format=b, step=step.name, options=opts,
+                    deps=[previous] if previous else [], source_format=a if fg.nodes[a]["source"] else "",
+                    data_sets=tuple(dict.fromkeys(data)), precision=target.precision if b == target.goal else "fp32")
+                chains.setdefault(f"{target.model}/{b}", []).append(ident)
+            previous = ident
+        identities[previous].targets.append(tname)
+        checks.append(Node(name=f"verify:{tname}", kind=CHECK, model=target.model, format=target.goal, step=CHECK,
+                           options=verify.resolve_acceptance(target.acceptance, target.precision, model.outputs),
+                           deps=[previous, f"{target.model}/{REFERENCE}"], target=tname, precision=target.precision))
+    # Name artifact nodes: "model/format", with an options digest when one model has several variants.
+    rename = {}
+    for base, idents in chains.items():
+        for ident in idents:
+            rename[ident] = base if len(idents) == 1 else f"{base}~{ident[:6]}"
+    nodes: dict[str, Node] = {}
+    for ident, node in identities.items():
+        node.name = rename[ident]
+        node.deps = [rename[d] for d in node.deps]
+        nodes[node.name] = node
+    for mname in dict.fromkeys(c.model for c in checks):
+        source = project.models[mname].source.format
+        nodes[f"{mname}/{REFERENCE}"] = Node(name=f"{mname}/{REFERENCE}", kind=REFERENCE, model=mname,
+                                             format=REFERENCE, step=REFERENCE, options={}, source_format=source)
+    for check in checks:
+        check.deps[0] = rename[check.deps[0]]
+        nodes[check.name] = check
+    graph = nx.DiGraph()
+    for node in nodes.values():
+        graph.add_node(node.name)
+        graph.add_edges_from((d, node.name) for d in node.deps)
+    if not nx.is_directed_acyclic_graph(graph):  # defensive: routes are checked, but say it plainly
+        cycle = " → ".join(a for a, _ in nx.find_cycle(graph))
+        raise PlanError(f"the build graph has a cycle: {cycle}")
+    target_nodes = {c.target: c.deps[0] for c in checks}
+    return Dag(nodes, graph, target_nodes, routes)
+
+
+def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt: str) -> Any:
+    """Validate a target's options for one step, with file:line errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"options for '{fmt}' must be a mapping", where=cfg.where("targets", target, "options", fmt),
+                          field=f"targets.{target}.options.{fmt}")
+    try:
+        return step.Options.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ("targets", target, "options", fmt, *err["loc"])
+        field_name = ".".join(map(str, loc))
+        if err["type"] == "extra_forbidden":
+            allowed = list(step.Options.model_fields)
+            raise ConfigError(f"unknown option '{err['loc'][-1]}' for step {step.name}", where=cfg.where(*loc),
+                              field=f"targets.{target}.options.{fmt}", hint=did_you_mean(str(err["loc"][-1]), allowed)
+                              or f"options: {', '.join(allowed) or 'none'}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            import re
+
+            choices = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+            hint = did_you_mean(str(err["input"]), choices)
+            raise ConfigError(f"{err['input']!r} is not one of {', '.join(choices)}", where=cfg.where(*loc),
+                              field=field_name, hint=hint) from None
+        raise ConfigError(f"{msg} (got {err.get('input')!r})", where=cfg.where(*loc), field=field_name) from None
+
+
+def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
+    """The files whose contents define a model's source, by role ('code', 'weights', 'source file').
+
+    Raises ConfigError (with the config line) when a file or the factory's module is missing.
+    """
+    model = cfg.project.models[model_name]
+    src = model.source
+    root = cfg.root
+    key = ("models", model_name, "source")
+    out: dict[str, list[Path]] = {}
+    if src.factory:
+        module, _, attr = src.factory.partition(":")
+        module_file = _module_file(root, module)
+        if module_file is None:
+            raise ConfigError(f"factory module '{module}' not found under {root}", where=cfg.where(*key, "factory"),
+                              field=f"models.{model_name}.source.factory",
+                              hint="the module path is relative to the deploy file's directory, e.g. 'examples.digits.model:build'")
+        if not _defines(module_file, attr):
+            raise ConfigError(f"module '{module}' ({module_file.name}) defines no '{attr}'",
+                              where=cfg.where(*key, "factory"), field=f"models.{model_name}.source.factory")
+        code = sorted(module_file.parent.glob("*.py"))
+        for pattern in src.code:
+            matched = sorted(p for p in root.glob(pattern) if p.is_file())
+            if not matched:
+                raise ConfigError(f"'{pattern}' matches no file", where=cfg.where(*key, "code"),
+                                  field=f"models.{model_name}.source.code")
+            code += matched
+        out["code"] = list(dict.fromkeys(code))
+        if src.weights:
+            out["weights"] = [_existing(cfg, root / src.weights, (*key, "weights"), f"models.{model_name}.source.weights")]
+    else:
+        attr = next(k for k in ("torchscript", "exported", "onnx") if getattr(src, k))
+        path = _existing(cfg, root / getattr(src, attr), (*key, attr), f"models.{model_name}.source.{attr}")
+        out["source file"] = [path]
+        if attr == "onnx" and path.with_name(path.name + ".data").exists():
+            out["source file"].append(path.with_name(path.name + ".data"))
+    return out
+
+
+def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
+    """The file behind data set `which`, checked to exist and to fit the signature (None: a callable)."""
+    from buildsys import data
+
+    model = cfg.project.models[model_name]
+    spec = getattr(model.data, which)
+    if spec is None or spec.path is None:
+        return None
+    key = ("models", model_name, "data", which)
+    path = _existing(cfg, cfg.root / spec.path, key, f"models.{model_name}.data.{which}")
+    try:
+        shapes = data.peek_shapes(path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConfigError(f"{spec.path} is not a readable .npz/.npy file: {exc}", where=cfg.where(*key),
+                          field=f"models.{model_name}.data.{which}") from None
+    for inp in model.inputs:
+        shape = shapes.get("") if path.suffix == ".npy" else shapes.get(inp.name)
+        if shape is None:
+            raise ConfigError(f"{spec.path} has no array '{inp.name}' (has: {', '.join(sorted(shapes)) or 'none'})",
+                              where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
+                              hint="name each array after the model input it feeds")
+        problem = data.shape_problem(inp, shape)
+        if problem:
+            raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
+                              hint="fix the data or the model's inputs[].shape")
+    return path
+
+
+def _existing(cfg: LoadedConfig, path: Path, key: tuple, field_name: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"file '{path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path}' does not exist",
+                          where=cfg.where(*key), field=field_name, hint="paths are relative to the deploy file")
+    return path
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _defines(module_file: Path, name: str) -> bool:
+    """Whether a module's top level defines `name` (def, class, assignment or import), without importing it."""
+    import ast
+
+    try:
+        tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    except SyntaxError:
+        return True  # let the import report the syntax error with its line
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name == name:
+            return True
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets):
+            return True
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in stmt.names):
+            return True
+    return False

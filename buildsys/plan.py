@@ -1,0 +1,214 @@
+"""Planning: key every node, compare with deploy.lock and the store, and decide what must happen.
+
+The plan is pure: it reads the config, the lock, the store and file stats, and writes nothing but
+the stat cache. Every stale node carries its reasons as data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys import keys
+from buildsys.config.load import LoadedConfig
+from buildsys.graph import CHECK, REFERENCE, Dag, Node, data_files, expand, source_files
+from buildsys.hashing import StatCache, digest_json
+from buildsys.lock import Lock
+from buildsys.steps import get_format, get_step
+from buildsys.store import Store
+
+# What a node needs done:
+NOTHING = "nothing"  # fresh and present
+RUN = "run"  # run its step (or restore it from the action cache if the key is there)
+RESTORE = "restore"  # fresh, only the materialized artifact is missing or modified
+
+
+@dataclass
+class NodePlan:
+    node: Node
+    action: str
+    reasons: list[str] = field(default_factory=list)
+    key: str | None = None  # None while an upstream node still has to run
+    components: dict[str, Any] | None = None
+    cached: bool = False  # the action cache already holds this key's outputs
+
+    @property
+    def fresh(self) -> bool:
+        return self.action == NOTHING
+
+
+@dataclass
+class Plan:
+    """Nodes in dependency order with what each needs; `targets` are the requested ones."""
+
+    config: LoadedConfig
+    dag: Dag
+    nodes: dict[str, NodePlan]
+    targets: list[str]
+
+    def order(self) -> list[NodePlan]:
+        return [self.nodes[n.name] for n in self.dag.order() if n.name in self.nodes]
+
+    @property
+    def work(self) -> list[NodePlan]:
+        return [p for p in self.order() if p.action != NOTHING]
+
+
+class Planner:
+    """Computes keys and statuses; also used by the executor to re-key nodes once upstream is built."""
+
+    def __init__(self, config: LoadedConfig, lock: Lock, store: Store, stat: StatCache, artifacts: Path):
+        self.config = config
+        self.lock = lock
+        self.store = store
+        self.stat = stat
+        self.artifacts = artifacts
+        self._source: dict[str, dict[str, str]] = {}
+        self._data: dict[tuple[str, str], str] = {}
+
+    # --- key components ----------------------------------------------------------------------
+    def _digest_files(self, files: list[Path]) -> str:
+        if len(files) == 1:
+            return self.stat.digest(files[0])
+        return digest_json([[f.relative_to(self.config.root).as_posix(), self.stat.digest(f)] for f in files])
+
+    def source_inputs(self, model: str) -> dict[str, str]:
+        if model not in self._source:
+            self._source[model] = {role: self._digest_files(files) for role, files in source_files(self.config, model).items()}
+        return self._source[model]
+
+    def data_input(self, model: str, which: str) -> str:
+        """Digest of a data set's file (or of its callable's spec: callables should be pure)."""
+        if (model, which) not in self._data:
+            path = data_files(self.config, model, which)
+            spec = getattr(self.config.project.models[model].data, which)
+            self._data[model, which] = self.stat.digest(path) if path else digest_json(spec.model_dump())
+        return self._data[model, which]
+
+    def components(self, node: Node, upstream: dict[str, str]) -> dict[str, Any]:
+        """Everything that determines `node`'s output; `upstream` maps dep name → output digest."""
+        from buildsys import data
+
+        model = self.config.project.models[node.model]
+        step = get_step(node.step)
+        inputs: dict[str, str] = {}
+        packages = list(step.packages)
+        comp: dict[str, Any] = {"step": step.name, "step_version": step.version, "options": node.options}
+        if node.source_format:
+            inputs.update(self.source_inputs(node.model))
+            comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
+        for which in node.data_sets:
+            resolved = data.used_set(model, ("example", "validation")) if which == "example" else which
+            if resolved is not None:
+                inputs[f"data {resolved}"] = self.data_input(node.model, resolved)
+        if node.kind == REFERENCE:
+            used = data.used_set(model)
+            if used is not None:
+                inputs[f"data {used}"] = self.data_input(node.model, used)
+            else:
+                comp["synthetic"] = {"seed": model.seed, "samples": model.samples}
+            packages += _runtime_packages(get_format(node.source_format).runtime)
+        for dep in node.deps:
+            role = "reference" if dep.endswith("/" + REFERENCE) else f"upstream {dep}"
+            inputs[role] = upstream[dep]
+        if node.kind == CHECK:
+            comp["options"] = {}
+            comp["acceptance"] = node.options
+            packages += _runtime_packages(get_format(node.format).runtime)
+        comp["inputs"] = inputs
+        comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
+        comp["toolchain"] = keys.toolchain(packages)
+        return comp
+
+    # --- status --------------------------------------------------------------------------------
+    def status(self, node: Node, upstream: dict[str, str | None], force: bool = False) -> NodePlan:
+        """Fresh or stale (with reasons) given upstream output digests (None: will be rebuilt)."""
+        entry = self.lock.nodes.get(node.name)
+        unknown = [d for d in node.deps if upstream.get(d) is None]
+        if unknown:
+            reasons = [f"upstream {d} will be rebuilt" for d in unknown]
+            if entry:  # also say what changed here, comparing with the lock's upstream digests
+                assumed = {d: upstream.get(d) or _lock_output(self.lock, d, entry) for d in node.deps}
+                own = keys.explain(entry.get("components", {}), self.components(node, assumed))
+                reasons += [r for r in own if not r.startswith(("upstream ", "reference "))]
+            return NodePlan(node, RUN, reasons)
+        comp = self.components(node, upstream)  # type: ignore[arg-type]
+        key = keys.action_key(comp)
+        cached = self.store.get_action(key) is not None
+        if force:
+            return NodePlan(node, RUN, ["forced"], key, comp, cached=False)
+        if entry is None:
+            return NodePlan(node, RUN, ["not built yet"], key, comp, cached)
+        if entry.get("key") != key:
+            return NodePlan(node, RUN, keys.explain(entry.get("components", {}), comp) or ["key changed"], key, comp, cached)
+        problems = self._materialized_problems(node)
+        if problems:
+            action = RESTORE if self.store.has_files(entry.get("files", [])) else RUN
+            return NodePlan(node, action, problems, key, comp, cached=action == RESTORE)
+        return NodePlan(node, NOTHING, [], key, comp)
+
+    def _materialized_problems(self, node: Node) -> list[str]:
+        """Reasons a deliverable on disk no longer matches the lock: missing or modified files."""
+        problems = []
+        for target in node.targets:
+            recorded = self.lock.targets.get(target)
+            if not recorded or recorded.get("node") != node.name:
+                problems.append(f"output missing: {self.display(self.artifacts / target)}")
+                continue
+            for rel, digest, _size, _x in recorded.get("files", []):
+                path = self.artifacts / target / rel
+                if not path.is_file():
+                    problems.append(f"output missing: {self.display(path)}")
+                elif self.stat.digest(path) != digest:
+                    problems.append(f"output modified: {self.display(path)}")
+        return problems
+
+    def display(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.config.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def output_digest(self, name: str) -> str | None:
+        entry = self.lock.nodes.get(name)
+        return entry.get("tree") if entry else None
+
+
+def _lock_output(lock: Lock, dep: str, entry: dict) -> str:
+    return entry.get("components", {}).get("inputs", {}).get(f"upstream {dep}") or lock.nodes.get(dep, {}).get("tree", "")
+
+
+def _runtime_packages(runtime: str | None) -> list[str]:
+    if runtime is None:
+        return []
+    from buildsys.runtimes import runtimes
+
+    return list(runtimes()[runtime].packages)
+
+
+def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool = False,
+              force_kinds: tuple[str, ...] = ()) -> Plan:
+    """Expand the requested targets and give every node its action and reasons."""
+    dag = expand(planner.config, targets)
+    selected = list(dag.target_nodes) if not targets else targets
+    plans: dict[str, NodePlan] = {}
+    digests: dict[str, str | None] = {}
+    for node in dag.order():
+        upstream = {d: digests[d] for d in node.deps}
+        plan = planner.status(node, upstream, force=force or node.kind in force_kinds)
+        plans[node.name] = plan
+        # A fresh node's output is the lock's; a node that runs has an output not known yet.
+        digests[node.name] = planner.output_digest(node.name) if plan.action != RUN else None
+    # An intermediate that is fresh but absent from the cache must be remade only if something
+    # that consumes it runs (ninja's rule): walk dependents-first.
+    for node in reversed(dag.order()):
+        plan = plans[node.name]
+        if plan.action == NOTHING and node.kind != CHECK:
+            entry = planner.lock.nodes.get(node.name, {})
+            consumers = [plans[c] for c in dag.graph.successors(node.name)]
+            needing = [c.node.name for c in consumers if c.action == RUN]
+            if needing and not planner.store.has_files(entry.get("files", [])):
+                plan.action = RUN
+                plan.reasons = [f"output missing from the cache (needed by {', '.join(needing)})"]
+    return Plan(planner.config, dag, plans, selected)

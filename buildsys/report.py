@@ -1,0 +1,157 @@
+"""Console and JSON output: plans, build progress, check tables and the target summary.
+
+rich is imported only when something is printed for a person; `--json` output needs only json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from buildsys.execute import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
+from buildsys.plan import NOTHING, RESTORE, Plan
+
+_STYLE = {
+    FRESH: "dim", CUTOFF: "dim", BUILT: "green", CACHED: "cyan", RESTORED: "cyan", FAILED: "bold red",
+    SKIPPED: "yellow", "stale": "yellow", "restore": "cyan", "warn": "yellow",
+}
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as data: one entry per node with its state, action and reasons (for scripts and CI)."""
+    nodes = []
+    for p in plan.order():
+        nodes.append({
+            "node": p.node.name, "kind": p.node.kind, "model": p.node.model, "format": p.node.format,
+            "step": p.node.step, "deps": p.node.deps, "targets": p.node.targets or ([p.node.target] if p.node.target else []),
+            "state": "fresh" if p.fresh else "stale", "action": "none" if p.fresh else ("restore" if p.action == RESTORE else
+                                                                                        "cached" if p.cached else "run"),
+            "reasons": p.reasons, "key": p.key,
+        })
+    return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes, "nodes": nodes,
+            "stale": sum(1 for n in nodes if n["state"] == "stale")}
+
+
+def print_plan(plan: Plan, out: Any) -> None:
+    order = plan.order()
+    width = max((len(p.node.name) for p in order), default=10)
+    out.print(f"[bold]plan[/] {plan.config.path.name}: {len(plan.targets)} target(s), {len(order)} node(s)")
+    for p in order:
+        if p.action == NOTHING:
+            label, style = "fresh", _STYLE[FRESH]
+        elif p.action == RESTORE:
+            label, style = "restore", _STYLE["restore"]
+        else:
+            label, style = ("cached" if p.cached else "stale"), _STYLE["stale"]
+        reasons = "; ".join(p.reasons)
+        out.print(f"  [{style}]{label:<8}[/] {p.node.name:<{width}}  [dim]{reasons}[/]".rstrip())
+    work = plan.work
+    if work:
+        out.print(f"{len(work)} of {len(order)} node(s) need work; run [bold]modelbuild build[/] to make them.")
+    else:
+        out.print("Everything is fresh: nothing to do.")
+
+
+def print_event(out: Any, kind: str, payload: NodeResult | str) -> None:
+    if kind == "start":
+        out.print(f"  [dim]start    {payload}[/]")
+        return
+    assert isinstance(payload, NodeResult)
+    if payload.outcome == FRESH:
+        return
+    style = _STYLE.get(payload.outcome, "")
+    secs = f"{payload.seconds:6.1f} s" if payload.outcome == BUILT else ""
+    extra = f"  {payload.error}" if payload.error else ""
+    if payload.outcome == BUILT and payload.metrics.get("passed") is False:
+        extra = "  [yellow]acceptance not met (on_fail: warn)[/]"
+    if payload.metrics.get("not_run"):
+        extra = f"  [yellow]numeric check not run: {payload.metrics['not_run']}[/]"
+    out.print(f"  [{style}]{payload.outcome:<8}[/] {payload.name}  {secs}{extra}")
+
+
+def check_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
+    """(output, metric, observed, allowed, ok) rows from a check's metrics."""
+    rows = []
+    for output, values in (metrics.get("outputs") or {}).items():
+        for metric, item in values.items():
+            if isinstance(item, dict) and "observed" in item:
+                allowed = item.get("allowed")
+                rows.append((output, metric, _num(item["observed"]), "—" if allowed is None else f"{item.get('op', '')} {_num(allowed)}".strip(), bool(item.get("ok", True))))
+    return rows
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def print_failures(result: BuildResult, out: Any) -> None:
+    from rich.table import Table
+
+    for r in result.failed:
+        out.print(f"\n[bold red]✗ {r.name}[/]: {r.error}")
+        rows = check_rows(r.metrics)
+        if rows:
+            table = Table("output", "metric", "observed", "allowed", "", box=None, padding=(0, 2))
+            for output, metric, observed, allowed, ok in rows:
+                table.add_row(output, metric, observed, allowed, "[green]ok[/]" if ok else "[bold red]MISS[/]")
+            out.print(table)
+        elif r.log and Path(r.log).exists():
+            tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
+            out.print("[dim]" + "\n".join("    " + line for line in tail) + "[/]", markup=True)
+            out.print(f"  full log: {r.log}")
+
+
+def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """One summary row per requested target: artifact size, check status and headline metrics."""
+    rows = []
+    for target in plan.targets:
+        node = plan.dag.target_nodes[target]
+        recorded = lock_targets.get(target, {})
+        size = sum(f[2] for f in recorded.get("files", []))
+        check = lock_nodes.get(f"verify:{target}", {}).get("metrics", {})
+        status = "not run" if check.get("not_run") else "passed" if check.get("passed") else \
+            "missed (warn)" if check.get("passed") is False else "—"
+        rows.append({"target": target, "node": node, "path": recorded.get("path", ""), "size": size,
+                     "check": status, "headline": _headline(check)})
+    return rows
+
+
+def _headline(check: dict[str, Any]) -> str:
+    parts = []
+    for output, values in (check.get("outputs") or {}).items():
+        for metric in ("accuracy", "top1_agreement", "max_abs", "cosine"):
+            item = values.get(metric)
+            if isinstance(item, dict) and item.get("observed") is not None:
+                parts.append(f"{output}.{metric}={_num(item['observed'])}")
+    return ", ".join(parts[:3])
+
+
+def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
+    from rich.table import Table
+
+    table = Table("target", "artifact", "size", "check", "observed", box=None, padding=(0, 2))
+    for row in rows:
+        style = "green" if row["check"] == "passed" else "yellow"
+        table.add_row(row["target"], row["path"], _size(row["size"]), f"[{style}]{row['check']}[/]", row["headline"])
+    out.print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,48 @@
+"""The Runtime contract: load an artifact, run batches of inputs, return outputs in model order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+    from buildsys.data import Batch
+
+
+class Session:
+    """A loaded artifact. `run` takes one chunk of samples and returns outputs in model order."""
+
+    #: Largest number of samples one `run` call accepts (1 for a fixed batch of 1).
+    max_batch: int = 64
+
+    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        raise NotImplementedError
+
+    def run_all(self, batch: "Batch") -> list["np.ndarray"]:
+        """Run every sample of `batch` in chunks of `max_batch` and concatenate per output."""
+        import numpy as np
+
+        parts = [self.run(chunk) for chunk in batch.chunks(self.max_batch)]
+        return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
+
+
+class Runtime:
+    """How to execute one family of artifacts on this host."""
+
+    name: ClassVar[str]
+    packages: ClassVar[tuple[str, ...]] = ()  # their versions enter the keys of checks
+
+    def unavailable(self) -> str | None:
+        """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
+        return None
+
+    def load(self, path: Path, model: "Model", root: Path) -> Session:
+        raise NotImplementedError
+
+
+def fixed_batch(model: "Model") -> int:
+    """1 when any input's first axis is a fixed size (run one sample per call), else 64."""
+    return 1 if any(isinstance(i.shape[0], int) for i in model.inputs) else 64

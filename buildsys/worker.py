@@ -1,0 +1,88 @@
+"""Worker process: runs steps on request, one at a time, isolated from the orchestrator.
+
+Protocol: one JSON request per line on stdin, one JSON reply per line on the file descriptor that
+was stdout at start. While a step runs, fds 1 and 2 point at the node's log file, so whatever the
+converters print (C++ libraries included) lands in that log and never corrupts the protocol.
+Started as `python -m buildsys.worker`; a crash or hang kills only this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one step request and return the reply (never raises for step failures)."""
+    from buildsys.config.schema import Model
+    from buildsys.errors import ModelbuildError
+    from buildsys.steps import StepContext, get_step
+
+    try:
+        step_cls = get_step(request["step"])
+        ctx = StepContext(
+            model_name=request["model_name"],
+            model=Model.model_validate(request["model"]),
+            root=Path(request["root"]),
+            input_path=Path(request["input"]) if request.get("input") else None,
+            out_dir=Path(request["out_dir"]),
+            options=step_cls.Options.model_validate(request["options"]),
+            precision=request.get("precision", "fp32"),
+            extra=request.get("extra", {}),
+        )
+        metrics = step_cls().run(ctx)
+        return {"ok": True, "metrics": metrics}
+    except ModelbuildError as exc:
+        traceback.print_exc()
+        return {"ok": False, "error": str(exc), "user": True}
+    except Exception as exc:  # a converter's own exception: report it as the step's failure
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
+
+
+def _exit_with_parent() -> None:
+    """End this worker if the orchestrator dies (kill -9 included): no orphan keeps converting."""
+    import threading
+    import time
+
+    parent = int(os.environ.get("MODELBUILD_PARENT_PID", "0"))
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    if parent:
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> None:
+    _exit_with_parent()
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    original_err = os.dup(2)
+    os.dup2(2, 1)  # stray prints between requests go to stderr, not into the protocol
+    for line in sys.stdin:
+        request = json.loads(line)
+        with open(request["log"], "ab", buffering=0) as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                reply = handle(request)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(original_err, 1)
+                os.dup2(original_err, 2)
+        protocol.write(json.dumps(reply, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

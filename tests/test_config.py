@@ -1,0 +1,140 @@
+"""deploy.yaml loading: validation, recipes/includes, and the file:line errors for bad input."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from buildsys.config.load import load
+from buildsys.errors import ConfigError
+
+MODEL = """\
+models:
+  m:
+    source:
+      factory: pkg.net:build
+    inputs:
+      - {name: x, shape: [batch, 4]}
+    outputs:
+      - {name: y, kind: scores}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "deploy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, MODEL + "targets:\n  t: {model: m, format: onnx, precision: int8}\n"))
+    target = cfg.project.targets["t"]
+    assert target.goal == "onnx-int8"
+    assert target.acceptance.on_fail == "error"
+    assert cfg.project.models["m"].inputs[0].dtype == "float32"
+    assert cfg.where("targets", "t") == cfg.where("targets", "t", "nonexistent")
+    assert cfg.where("targets", "t").line == 10
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml does not exist"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "targets:\n  t: {model: m, format: onnx\n")
+    with pytest.raises(ConfigError, match=r"deploy\.yaml:1[01]: malformed YAML"):
+        load(path)
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "targets:\n  t:\n    model: m\n    format: onnx\n    precison: int8\n")
+    with pytest.raises(ConfigError, match=r"deploy\.yaml:13: targets\.t: unknown key 'precison' — did you mean 'precision'\?"):
+        load(path)
+
+
+def test_wrong_enum_value_lists_choices(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "targets:\n  t:\n    model: m\n    format: onnx\n    precision: int4\n")
+    with pytest.raises(ConfigError, match=r":13: targets\.t\.precision: 'int4' is not one of fp32, fp16, int8 — did you mean 'int8'\?"):
+        load(path)
+
+
+def test_wrong_type_names_field_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL.replace("shape: [batch, 4]", "shape: [batch, 4.5]") + "targets: {}\n")
+    with pytest.raises(ConfigError, match=r":6: models\.m\.inputs\[0\]\.shape\[1\]"):
+        load(path)
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "targets:\n  t: {format: onnx}\n")
+    with pytest.raises(ConfigError, match=r":10: targets\.t: required key 'model' is missing"):
+        load(path)
+
+
+def test_source_needs_exactly_one_kind(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL.replace("factory: pkg.net:build", "factory: pkg.net:build\n      onnx: m.onnx") + "targets: {}\n")
+    with pytest.raises(ConfigError, match=r"models\.m\.source: give exactly one of factory, torchscript, exported, onnx"):
+        load(path)
+
+
+def test_recipe_merges_and_target_wins(tmp_path: Path) -> None:
+    write(tmp_path, """\
+        recipes:
+          base:
+            format: onnx
+            precision: int8
+            options:
+              onnx-int8: {method: static, per_channel: true}
+        """, "recipes.yaml")
+    cfg = load(write(tmp_path, "include: [recipes.yaml]\n" + MODEL + textwrap.dedent("""\
+        targets:
+          t:
+            model: m
+            recipe: base
+            options:
+              onnx-int8: {per_channel: false}
+        """)))
+    target = cfg.project.targets["t"]
+    assert target.precision == "int8"
+    assert target.options == {"onnx-int8": {"method": "static", "per_channel": False}}
+    # a key that came from the recipe keeps the recipe's file and line
+    assert cfg.where("targets", "t", "precision").file.name == "recipes.yaml"
+
+
+def test_bad_key_in_recipe_points_into_the_recipe_file(tmp_path: Path) -> None:
+    write(tmp_path, "recipes:\n  base:\n    format: onnx\n    precisoin: fp16\n", "recipes.yaml")
+    path = write(tmp_path, "include: [recipes.yaml]\n" + MODEL + "targets:\n  t: {model: m, recipe: base}\n")
+    with pytest.raises(ConfigError, match=r"recipes\.yaml:4: targets\.t: unknown key 'precisoin'"):
+        load(path)
+
+
+def test_unknown_recipe(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "recipes:\n  server: {format: onnx}\ntargets:\n  t: {model: m, recipe: sever}\n")
+    with pytest.raises(ConfigError, match=r"unknown recipe 'sever' — did you mean 'server'\?"):
+        load(path)
+
+
+def test_missing_include(tmp_path: Path) -> None:
+    path = write(tmp_path, "include: [nope.yaml]\n" + MODEL + "targets: {}\n")
+    with pytest.raises(ConfigError, match=r"deploy\.yaml:1: include\[0\]: included file 'nope.yaml' does not exist"):
+        load(path)
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "targets:\n  t: {model: m, format: onnx}\n  t: {model: m, format: pt2}\n")
+    with pytest.raises(ConfigError, match=r":11: targets: duplicate key 't'"):
+        load(path)
+
+
+def test_bad_layout_rank(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL.replace("shape: [batch, 4]", "shape: [batch, 4], layout: NCHW") + "targets: {}\n")
+    with pytest.raises(ConfigError, match=r"layout 'NCHW' has 4 axes but shape has 2"):
+        load(path)
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load(Path(__file__).parent.parent / "deploy.yaml.example")
+    assert {"digits", "har"} <= set(cfg.project.models)
+    assert cfg.project.targets["digits-int8"].options["onnx-int8"]["method"] == "static"
