@@ -53,6 +53,17 @@ def open_project(config_path: str) -> Project:
     return Project(cfg, planner)
 
 
+def source_sizes(project: Project) -> dict[str, int]:
+    """Bytes of each model's fp32 source (weights or source file): the baseline for size ratios."""
+    from buildsys.graph import source_files
+
+    sizes = {}
+    for name in project.config.project.models:
+        files = source_files(project.config, name)
+        sizes[name] = sum(f.stat().st_size for f in files.get("weights", files.get("source file", [])))
+    return sizes
+
+
 class Cli(click.Group):
     """Turns ModelbuildError into one line on stderr and its exit code."""
 
@@ -139,7 +150,8 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
             result = builder.run()
         finally:
             executor.close()
-        report.print_summary(report.target_rows(the_plan, planner.lock.nodes, planner.lock.targets), out)
+        report.print_summary(report.target_rows(the_plan, planner.lock.nodes, planner.lock.targets,
+                                                source_sizes(project)), out)
         if not result.ok:
             report.print_failures(result, out)
             failed = len(result.failed)
@@ -275,12 +287,17 @@ def gc(config: str) -> None:
 
 @cli.command()
 @click.option("--steps", is_flag=True, help="Print the options of every step instead.")
-def schema(steps: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print the deploy.yaml reference as Markdown.")
+def schema(steps: bool, markdown: bool) -> None:
     """Print the JSON Schema of deploy.yaml (or of every step's options)."""
     from buildsys import report
     from buildsys.config.schema import Project as ProjectSchema
 
-    if steps:
+    if markdown:
+        from buildsys.config.reference import render
+
+        click.echo(render(), nl=False)
+    elif steps:
         from buildsys.steps import steps as all_steps
 
         click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],

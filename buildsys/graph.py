@@ -83,6 +83,12 @@ def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedC
     """Formats from `source` to `goal` through each of `via` in order (shortest between stops)."""
     g = format_graph()
     buildable = sorted(n for n in g.nodes if not g.nodes[n]["source"])
+    base, _, precision = goal.rpartition("-")
+    if goal not in g and base in g and precision in ("fp16", "int8"):
+        variants = sorted(n for n in g.nodes if n.endswith(f"-{precision}"))
+        raise ConfigError(f"format '{base}' has no {precision} variant", where=cfg.where("targets", target, "precision"),
+                          field=f"targets.{target}.precision",
+                          hint=f"{precision} exists for: {', '.join(v.rsplit('-', 1)[0] for v in variants) or 'no format'}")
     for i, stop in enumerate([*via, goal]):
         if stop not in g:
             key = ("targets", target, "via", i) if i < len(via) else ("targets", target, "format")
@@ -97,7 +103,7 @@ def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedC
             raise PlanError(f"target '{target}': no route from {route[-1]} to {stop}",
                             where=cfg.where("targets", target, "format"), field=f"targets.{target}",
                             hint=f"from {route[-1]} modelbuild can make: {', '.join(reachable) or 'nothing'}") from None
-        route += leg[1:]
+        route += leg[1:] if len(leg) > 1 else leg  # a stop equal to where we are revisits it
     seen = set()
     for fmt in route:
         if fmt in seen:
@@ -236,7 +242,7 @@ def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
         if not _defines(module_file, attr):
             raise ConfigError(f"module '{module}' ({module_file.name}) defines no '{attr}'",
                               where=cfg.where(*key, "factory"), field=f"models.{model_name}.source.factory")
-        code = sorted(module_file.parent.glob("*.py"))
+        code = code_files(root, module)
         for pattern in src.code:
             matched = sorted(p for p in root.glob(pattern) if p.is_file())
             if not matched:
@@ -288,6 +294,38 @@ def _existing(cfg: LoadedConfig, path: Path, key: tuple, field_name: str) -> Pat
         raise ConfigError(f"file '{path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path}' does not exist",
                           where=cfg.where(*key), field=field_name, hint="paths are relative to the deploy file")
     return path
+
+
+def code_files(root: Path, module: str) -> list[Path]:
+    """The factory's module and every module under `root` it imports, transitively (plus the
+    packages' __init__ files, which run on import). Found by parsing, never by importing."""
+    import ast
+
+    found: dict[Path, None] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # package __init__s along the dotted path run too
+            path = _module_file(root, ".".join(parts[:i]))
+            if path is None or path in found:
+                continue
+            found[path] = None
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError):
+                continue
+            package = ".".join(parts[:i]) if path.name == "__init__.py" else ".".join(parts[: i - 1])
+            for stmt in ast.walk(tree):
+                if isinstance(stmt, ast.Import):
+                    todo += [a.name for a in stmt.names]
+                elif isinstance(stmt, ast.ImportFrom):
+                    base = stmt.module or ""
+                    if stmt.level:
+                        anchor = package.split(".")[: len(package.split(".")) - (stmt.level - 1)] if package else []
+                        base = ".".join([*anchor, base] if base else anchor)
+                    todo += [base] + [f"{base}.{a.name}" for a in stmt.names if base]
+    return sorted(found)
 
 
 def _module_file(root: Path, module: str) -> Path | None:

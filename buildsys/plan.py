@@ -127,7 +127,7 @@ class Planner:
         entry = self.lock.nodes.get(node.name)
         unknown = [d for d in node.deps if upstream.get(d) is None]
         if unknown:
-            reasons = [f"upstream {d} will be rebuilt" for d in unknown]
+            reasons = [f"upstream {d} will be rebuilt" for d in unknown] if entry else ["not built yet"]
             if entry:  # also say what changed here, comparing with the lock's upstream digests
                 assumed = {d: upstream.get(d) or _lock_output(self.lock, d, entry) for d in node.deps}
                 own = keys.explain(entry.get("components", {}), self.components(node, assumed))

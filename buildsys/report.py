@@ -19,9 +19,15 @@ _STYLE = {
 
 
 def console(stderr: bool = False) -> Any:
+    import shutil
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # Logs (CI, pipes) get wide tables instead of rich's 80-column default.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -61,19 +67,18 @@ def print_plan(plan: Plan, out: Any) -> None:
 
 def print_event(out: Any, kind: str, payload: NodeResult | str) -> None:
     if kind == "start":
-        out.print(f"  [dim]start    {payload}[/]")
-        return
+        return  # one line per finished node keeps CI logs short
     assert isinstance(payload, NodeResult)
     if payload.outcome == FRESH:
         return
     style = _STYLE.get(payload.outcome, "")
-    secs = f"{payload.seconds:6.1f} s" if payload.outcome == BUILT else ""
+    secs = f"{payload.seconds:5.1f} s" if payload.outcome in (BUILT, FAILED) else ""
     extra = f"  {payload.error}" if payload.error else ""
     if payload.outcome == BUILT and payload.metrics.get("passed") is False:
         extra = "  [yellow]acceptance not met (on_fail: warn)[/]"
     if payload.metrics.get("not_run"):
         extra = f"  [yellow]numeric check not run: {payload.metrics['not_run']}[/]"
-    out.print(f"  [{style}]{payload.outcome:<8}[/] {payload.name}  {secs}{extra}")
+    out.print(f"  [{style}]{payload.outcome:<8}[/] {payload.name:<28} {secs}{extra}")
 
 
 def check_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
@@ -110,39 +115,52 @@ def print_failures(result: BuildResult, out: Any) -> None:
             out.print(f"  full log: {r.log}")
 
 
-def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, Any]) -> list[dict[str, Any]]:
-    """One summary row per requested target: artifact size, check status and headline metrics."""
+def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, Any],
+                source_sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """One summary row per requested target: size (and ratio to the fp32 source weights), check
+    status and what users feel: accuracy, top-1 agreement, largest error."""
     rows = []
     for target in plan.targets:
-        node = plan.dag.target_nodes[target]
+        node = plan.dag.nodes[plan.dag.target_nodes[target]]
         recorded = lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
         check = lock_nodes.get(f"verify:{target}", {}).get("metrics", {})
         status = "not run" if check.get("not_run") else "passed" if check.get("passed") else \
             "missed (warn)" if check.get("passed") is False else "—"
-        rows.append({"target": target, "node": node, "path": recorded.get("path", ""), "size": size,
-                     "check": status, "headline": _headline(check)})
+        row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
+               "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
+               "check": status, "not_run": check.get("not_run")}
+        for values in (check.get("outputs") or {}).values():
+            for metric in ("accuracy", "top1_agreement", "max_abs"):
+                item = values.get(metric)
+                if isinstance(item, dict) and item.get("observed") is not None and metric not in row:
+                    row[metric] = item["observed"]
+            if values.get("reference_accuracy") is not None and "reference_accuracy" not in row:
+                row["reference_accuracy"] = values["reference_accuracy"]
+        rows.append(row)
     return rows
-
-
-def _headline(check: dict[str, Any]) -> str:
-    parts = []
-    for output, values in (check.get("outputs") or {}).items():
-        for metric in ("accuracy", "top1_agreement", "max_abs", "cosine"):
-            item = values.get(metric)
-            if isinstance(item, dict) and item.get("observed") is not None:
-                parts.append(f"{output}.{metric}={_num(item['observed'])}")
-    return ", ".join(parts[:3])
 
 
 def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     from rich.table import Table
 
-    table = Table("target", "artifact", "size", "check", "observed", box=None, padding=(0, 2))
+    table = Table("target", "format", "size", "vs fp32", "check", "accuracy", "agreement", "max abs err",
+                  box=None, padding=(0, 1), pad_edge=False)
     for row in rows:
         style = "green" if row["check"] == "passed" else "yellow"
-        table.add_row(row["target"], row["path"], _size(row["size"]), f"[{style}]{row['check']}[/]", row["headline"])
+        acc = ""
+        if "accuracy" in row:
+            acc = f"{row['accuracy']:.2%}"
+            if row.get("reference_accuracy") is not None:
+                acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
+        table.add_row(row["target"], row["format"], _size(row["size"]),
+                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", f"[{style}]{row['check']}[/]", acc,
+                      f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
+                      _num(row["max_abs"]) if "max_abs" in row else "")
     out.print(table)
+    for row in rows:
+        if row.get("not_run"):
+            out.print(f"[yellow]{row['target']}: numeric check not run: {row['not_run']}[/]")
 
 
 def _size(n: int) -> str:

@@ -138,3 +138,9 @@ def test_example_config_is_valid() -> None:
     cfg = load(Path(__file__).parent.parent / "deploy.yaml.example")
     assert {"digits", "har"} <= set(cfg.project.models)
     assert cfg.project.targets["digits-int8"].options["onnx-int8"]["method"] == "static"
+
+
+def test_recipe_cycle(tmp_path: Path) -> None:
+    path = write(tmp_path, MODEL + "recipes:\n  a: {recipe: b}\n  b: {recipe: a}\ntargets:\n  t: {model: m, recipe: a}\n")
+    with pytest.raises(ConfigError, match=r"targets\.t\.recipe: recipes include each other in a cycle: a → b → a"):
+        load(path)

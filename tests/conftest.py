@@ -1,0 +1,125 @@
+"""Shared fixtures: a tiny real project (factory module, trained-free weights, data) in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINYNET = '''\
+"""A tiny MLP whose factory can count its calls, sleep or crash on request (kwargs)."""
+import os
+import signal
+import time
+
+import torch
+
+
+def build(hidden: int = 8, calls: str = "", sleep: float = 0.0, crash: bool = False, fail: bool = False):
+    if calls:
+        with open(calls, "a") as f:
+            f.write("x")
+    if sleep:
+        open(str(calls) + ".sleeping", "w").close()
+        time.sleep(sleep)
+    if crash:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fail:
+        raise RuntimeError("the factory refused to build")
+    return torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3))
+'''
+
+DEPLOY = """\
+models:
+  tiny:
+    source:
+      factory: tinynet:build
+      weights: tiny.pt
+      kwargs: {calls: CALLS}
+    inputs:
+      - {name: x, shape: [batch, 4]}
+    outputs:
+      - {name: y, kind: scores}
+    data:
+      calibration: calib.npz
+      validation: val.npz
+targets:
+  ts:
+    model: tiny
+    format: torchscript
+  server:
+    model: tiny
+    format: onnx
+    options:
+      onnx: {opset: 18}
+  int8:
+    model: tiny
+    format: onnx
+    precision: int8
+    options:
+      onnx: {opset: 18}
+      onnx-int8: {method: dynamic}
+"""
+
+
+@dataclass
+class TinyProject:
+    root: Path
+    calls: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "deploy.yaml"
+
+    def write(self, text: str) -> None:
+        self.config.write_text(text.replace("CALLS", str(self.calls)))
+
+    def edit(self, old: str, new: str) -> None:
+        text = self.config.read_text()
+        assert old in text, old
+        self.config.write_text(text.replace(old, new, 1))
+
+    def factory_calls(self) -> int:
+        return len(self.calls.read_text()) if self.calls.exists() else 0
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run the real CLI in a subprocess, as a user would."""
+        proc = subprocess.run([sys.executable, "-m", "buildsys", "-f", str(self.config), *args], cwd=self.root,
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"modelbuild {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+def make_tiny_project(root: Path, deploy: str = DEPLOY) -> TinyProject:
+    import numpy as np
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tinynet.py").write_text(TINYNET)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    torch.save(net.state_dict(), root / "tiny.pt")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 4)).astype("float32")
+    with torch.no_grad():
+        labels = net(torch.from_numpy(x)).argmax(1).numpy()
+    labels[:3] = (labels[:3] + 1) % 3  # the float model is not perfect: accuracy < 1
+    np.savez(root / "val.npz", x=x, labels=labels)
+    np.savez(root / "calib.npz", x=rng.standard_normal((32, 4)).astype("float32"))
+    project = TinyProject(root, root / "calls.txt")
+    project.write(textwrap.dedent(deploy))
+    return project
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> TinyProject:
+    return make_tiny_project(tmp_path / "proj")

@@ -1,0 +1,194 @@
+"""End-to-end builds of a tiny real model through the CLI: caching, reasons, isolation, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TinyProject
+
+
+def plan_json(project: TinyProject, *targets: str) -> dict:
+    return json.loads(project.run("plan", "--json", *targets).stdout)
+
+
+def states(project: TinyProject, *targets: str) -> dict[str, tuple[str, list[str]]]:
+    return {n["node"]: (n["action"], n["reasons"]) for n in plan_json(project, *targets)["nodes"]}
+
+
+def lock(project: TinyProject) -> dict:
+    return json.loads((project.root / "deploy.lock").read_text())
+
+
+def test_build_then_noop(tiny: TinyProject) -> None:
+    before = states(tiny)
+    assert before["tiny/onnx"] == ("run", ["not built yet"])
+    assert set(before) == {"tiny/torchscript", "tiny/onnx", "tiny/onnx-int8", "tiny/reference",
+                           "verify:ts", "verify:server", "verify:int8"}
+    out = tiny.run("build").stdout
+    assert "built" in out and "passed" in out
+    assert (tiny.root / "artifacts/server/model.onnx").is_file()
+    assert (tiny.root / "artifacts/ts/model.pt").is_file()
+    assert (tiny.root / "artifacts/int8/model.onnx").read_bytes() != (tiny.root / "artifacts/server/model.onnx").read_bytes()
+    entry = lock(tiny)["nodes"]["verify:int8"]
+    assert entry["metrics"]["passed"] is True
+    assert all(action == "none" for action, _ in states(tiny).values())
+    calls = tiny.factory_calls()
+    again = tiny.run("build")
+    assert "Nothing to do" in again.stdout
+    assert tiny.factory_calls() == calls
+    assert tiny.run("plan", "--check", check=False).returncode == 0
+
+
+def test_option_change_reasons_and_cache_hit_skips_the_step(tiny: TinyProject) -> None:
+    tiny.run("build", "server")
+    calls = tiny.factory_calls()
+    tiny.edit("onnx: {opset: 18}", "onnx: {opset: 17}")
+    st = states(tiny, "server")
+    assert st["tiny/onnx"] == ("run", ["option opset 18→17"])
+    assert st["verify:server"][1] == ["upstream tiny/onnx will be rebuilt"]
+    assert tiny.run("plan", "--check", "server", check=False).returncode == 1
+    tiny.run("build", "server")
+    assert tiny.factory_calls() == calls + 1  # the export really ran
+    tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}")
+    assert states(tiny, "server")["tiny/onnx"] == ("cached", ["option opset 17→18"])
+    out = tiny.run("build", "server").stdout
+    assert "cached" in out
+    assert tiny.factory_calls() == calls + 1  # the spy: going back was a cache hit, the step did not run
+
+
+def test_tolerance_change_reruns_only_the_check(tiny: TinyProject) -> None:
+    tiny.run("build", "server")
+    calls = tiny.factory_calls()
+    tiny.edit("      onnx: {opset: 18}\n  int8:", "      onnx: {opset: 18}\n    acceptance: {max_abs: 0.001}\n  int8:")
+    st = states(tiny, "server")
+    assert st["verify:server"] == ("run", ["tolerance changed"])
+    assert [n for n, (a, _) in st.items() if a != "none"] == ["verify:server"]
+    out = tiny.run("build", "server").stdout
+    assert "built    verify:server" in out and "tiny/onnx" not in out.replace("verify", "")
+    assert tiny.factory_calls() == calls
+
+
+def test_quantization_change_reruns_only_quantize_and_dependents(tiny: TinyProject) -> None:
+    tiny.run("build")
+    tiny.edit("onnx-int8: {method: dynamic}", "onnx-int8: {method: dynamic, per_channel: true}")
+    stale = [n for n, (a, _) in states(tiny).items() if a != "none"]
+    assert stale == ["tiny/onnx-int8", "verify:int8"]
+    assert states(tiny)["tiny/onnx-int8"][1] == ["option per_channel False→True"]
+
+
+def test_modified_and_missing_outputs_are_restored_without_running(tiny: TinyProject) -> None:
+    tiny.run("build", "server")
+    calls = tiny.factory_calls()
+    artifact = tiny.root / "artifacts/server/model.onnx"
+    original = artifact.read_bytes()
+    artifact.write_bytes(b"tampered")
+    assert states(tiny, "server")["tiny/onnx"] == ("restore", ["output modified: artifacts/server/model.onnx"])
+    tiny.run("build", "server")
+    assert artifact.read_bytes() == original
+    artifact.unlink()
+    assert states(tiny, "server")["tiny/onnx"][1] == ["output missing: artifacts/server/model.onnx"]
+    tiny.run("build", "server")
+    assert artifact.read_bytes() == original and tiny.factory_calls() == calls
+
+
+def test_weights_change_is_named(tiny: TinyProject) -> None:
+    import torch
+
+    tiny.run("build", "ts")
+    state = torch.load(tiny.root / "tiny.pt", weights_only=True)
+    state["2.bias"] += 1
+    torch.save(state, tiny.root / "tiny.pt")
+    st = states(tiny, "ts")
+    assert st["tiny/torchscript"] == ("run", ["weights changed"])
+    assert st["tiny/reference"] == ("run", ["weights changed"])
+
+
+def test_code_comment_is_cut_off_early(tiny: TinyProject) -> None:
+    tiny.run("build", "int8")
+    with open(tiny.root / "tinynet.py", "a") as f:
+        f.write("# a comment changes the code digest, not the exported graph\n")
+    assert states(tiny, "int8")["tiny/onnx"] == ("run", ["code changed"])
+    out = tiny.run("build", "int8").stdout
+    assert "built    tiny/onnx" in out
+    assert "cutoff   tiny/onnx-int8" in out  # identical ONNX bytes: the quantize step did not run
+
+
+def test_crash_fails_only_that_node_with_keep_going(tiny: TinyProject) -> None:
+    text = tiny.config.read_text().replace("targets:", """\
+  boom:
+    source: {factory: "tinynet:build", weights: tiny.pt, kwargs: {crash: true}}
+    inputs: [{name: x, shape: [batch, 4]}]
+    outputs: [{name: y}]
+targets:
+  boom:
+    model: boom
+    format: torchscript""")
+    tiny.config.write_text(text)
+    proc = tiny.run("build", "-k", "boom", "ts", check=False)
+    assert proc.returncode == 1
+    assert "crashed (SIGSEGV)" in proc.stdout
+    assert (tiny.root / "artifacts/ts/model.pt").is_file()
+    assert "boom/torchscript" not in lock(tiny)["nodes"]
+    assert not (tiny.root / "artifacts/boom").exists()
+
+
+def test_step_timeout_fails_the_node(tiny: TinyProject) -> None:
+    tiny.edit("kwargs: {calls:", "kwargs: {sleep: 60, calls:")
+    proc = tiny.run("build", "--timeout", "5", "ts", check=False)
+    assert proc.returncode == 1
+    assert "timed out after 5 s" in proc.stdout
+
+
+def test_factory_error_is_one_clear_line(tiny: TinyProject) -> None:
+    tiny.edit("kwargs: {calls:", "kwargs: {fail: true, calls:")
+    proc = tiny.run("build", "ts", check=False)
+    assert proc.returncode == 1
+    assert "model 'tiny'" in proc.stdout and "the factory refused to build" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr.split("full log")[0]
+    assert not (tiny.root / "deploy.lock").exists() or "tiny/torchscript" not in lock(tiny)["nodes"]
+
+
+def test_killed_build_leaves_nothing_marked_fresh(tiny: TinyProject) -> None:
+    tiny.run("build", "ts")
+    before = lock(tiny)["nodes"]
+    tiny.edit("kwargs: {calls:", "kwargs: {sleep: 60, calls:")
+    proc = subprocess.Popen([sys.executable, "-m", "buildsys", "-f", str(tiny.config), "build", "server"],
+                            cwd=tiny.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = Path(str(tiny.calls) + ".sleeping")
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the step never started"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-step, no chance to clean up
+    proc.wait()
+    after = lock(tiny)["nodes"]
+    assert after == before  # the lock still describes exactly what was finished before
+    assert not (tiny.root / "artifacts/server").exists()
+    assert all(action == "run" for action, _ in states(tiny, "server").values())
+
+
+def test_plan_does_not_import_heavy_toolchains(tiny: TinyProject) -> None:
+    code = ("import sys\nfrom buildsys.cli import cli\n"
+            f"cli.main(['-f', {str(tiny.config)!r}, 'plan', '--json'], standalone_mode=False)\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'tensorflow', 'coremltools', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tiny.root, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_gc_keeps_what_the_lock_references(tiny: TinyProject) -> None:
+    tiny.run("build", "server")
+    tiny.edit("onnx: {opset: 18}", "onnx: {opset: 17}")
+    tiny.run("build", "server")
+    out = tiny.run("gc").stdout
+    assert "removed 2 action(s)" in out  # the opset-18 export and its check
+    assert all(action == "none" for action, _ in states(tiny, "server").values())
+    tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}")
+    assert states(tiny, "server")["tiny/onnx"][0] == "run"  # collected: no longer a cache hit

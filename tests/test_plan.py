@@ -1,0 +1,113 @@
+"""Planning without building: routes, shared nodes, and the plan-time errors for bad input."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from buildsys.config.load import load
+from buildsys.graph import expand, format_graph
+from tests.conftest import REPO, TinyProject
+
+
+def dag_for(project: TinyProject, *targets: str):
+    return expand(load(project.config), list(targets) or None)
+
+
+def test_routes_and_shared_nodes(tiny: TinyProject) -> None:
+    dag = dag_for(tiny)
+    assert dag.routes["int8"] == ["pytorch", "onnx", "onnx-int8"]
+    assert dag.routes["ts"] == ["pytorch", "torchscript"]
+    # server and int8 need the same ONNX export (same options): one node, not two
+    assert [n for n in dag.nodes if n.startswith("tiny/onnx")] == ["tiny/onnx", "tiny/onnx-int8"]
+    assert dag.nodes["verify:int8"].deps == ["tiny/onnx-int8", "tiny/reference"]
+    assert dag.target_nodes == {"ts": "tiny/torchscript", "server": "tiny/onnx", "int8": "tiny/onnx-int8"}
+
+
+def test_only_requested_targets_are_expanded(tiny: TinyProject) -> None:
+    dag = dag_for(tiny, "ts")
+    assert set(dag.nodes) == {"tiny/torchscript", "tiny/reference", "verify:ts"}
+
+
+def test_different_options_make_different_nodes(tiny: TinyProject) -> None:
+    tiny.edit("      onnx: {opset: 18}\n      onnx-int8", "      onnx: {opset: 17}\n      onnx-int8")
+    names = sorted(n for n in dag_for(tiny).nodes if n.startswith("tiny/onnx~"))
+    assert len(names) == 2  # two variants of the ONNX export, each named by its options digest
+
+
+def test_via_overrides_the_route(tiny: TinyProject) -> None:
+    tiny.edit("    format: onnx\n    options:\n      onnx: {opset: 18}\n  int8",
+              "    format: onnx\n    via: [torchscript]\n  int8")
+    dag = dag_for(tiny, "server")
+    assert dag.routes["server"] == ["pytorch", "torchscript", "onnx"]
+    assert dag.nodes[dag.target_nodes["server"]].deps == ["tiny/torchscript"]
+
+
+def test_every_step_declares_a_registered_format() -> None:
+    g = format_graph()
+    assert "onnx" in g and g.has_edge("pytorch", "torchscript") and g.has_edge("onnx", "onnx-int8")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("format: torchscript", "format: tflte"), r"deploy\.yaml:\d+: targets\.ts\.format: unknown format 'tflte'"),
+    (("model: tiny\n    format: torchscript", "model: tinny\n    format: torchscript"),
+     r"targets\.ts\.model: unknown model 'tinny' — did you mean 'tiny'\?"),
+    (("format: torchscript", "format: torchscript\n    precision: int8"),
+     r"targets\.ts\.precision: format 'torchscript' has no int8 variant \(int8 exists for: onnx"),
+    (("format: torchscript", "format: onnx-file"), r"target 'ts': no route from pytorch to onnx-file"),
+    (("format: torchscript", "format: onnx\n    via: [onnx, onnx]"), r"visits onnx twice \(a cycle\)"),
+    ((("onnx-int8: {method: dynamic}", "onnx-int8: {method: static}"), ("      calibration: calib.npz\n", "")),
+     r"deploy\.yaml:\d+: targets\.int8 \(onnx-int8\): .*static.* needs calibration data"),
+    (("onnx-int8: {method: dynamic}", "onnx-int8: {methd: static}"),
+     r"targets\.int8\.options\.onnx-int8: unknown option 'methd' for step onnx-int8-from-onnx — did you mean 'method'\?"),
+    (("onnx: {opset: 18}\n  int8", "onnx: {opset: 18}\n      torchscript: {method: trace}\n  int8"),
+     r"targets\.server\.options: options given for 'torchscript', which is not on this target's route"),
+    (("weights: tiny.pt", "weights: missing.pt"),
+     r"deploy\.yaml:5: models\.tiny\.source\.weights: file 'missing.pt' does not exist"),
+    (("factory: tinynet:build", "factory: tinynett:build"), r"models\.tiny\.source\.factory: factory module 'tinynett' not found"),
+    (("factory: tinynet:build", "factory: tinynet:biuld"), r"module 'tinynet' \(tinynet\.py\) defines no 'biuld'"),
+    (("validation: val.npz", "validation: nope.npz"), r"models\.tiny\.data\.validation: file 'nope.npz' does not exist"),
+    (("shape: [batch, 4]", "shape: [batch, 5]"),
+     r"models\.tiny\.data\.validation: val\.npz: 'x' has shape \[48, 4\] but the model declares \['batch', 5\] \(axis 1: 4 ≠ 5\)"),
+])
+def test_bad_input_is_one_clear_line(tiny: TinyProject, edit: tuple, message: str) -> None:
+    for old, new in edit if isinstance(edit[0], tuple) else [edit]:
+        tiny.edit(old, new)
+    proc = tiny.run("plan", check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tiny.root / "deploy.lock").exists() and not (tiny.root / "artifacts").exists()
+
+
+def test_unknown_target_on_the_command_line(tiny: TinyProject) -> None:
+    proc = tiny.run("build", "sevrer", check=False)
+    assert proc.returncode == 2 and "unknown target 'sevrer' — did you mean 'server'?" in proc.stderr
+
+
+def test_missing_deploy_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from buildsys.cli import cli
+
+    result = CliRunner().invoke(cli, ["-f", str(tmp_path / "deploy.yaml"), "plan"])
+    assert result.exit_code == 2
+    assert "deploy.yaml does not exist" in result.output
+
+
+def test_deploy_reference_doc_is_in_sync() -> None:
+    from buildsys.config.reference import render
+
+    assert (REPO / "docs" / "deploy-yaml.md").read_text() == render(), "run: modelbuild schema --markdown > docs/deploy-yaml.md"
+
+
+def test_example_plan_shares_nodes() -> None:
+    dag = expand(load(REPO / "deploy.yaml.example"))
+    har = sorted(n for n in dag.nodes if n.startswith("har/"))
+    assert har == ["har/onnx", "har/onnx-int8", "har/reference", "har/torchscript"]
