@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.data import Batch
+    from buildsys.errors import StepError
 
 
 class StepOptions(BaseModel):
@@ -108,3 +109,9 @@ class Step:
 
     def _run(self, ctx: StepContext) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    def fail(self, ctx: StepContext, cause: str) -> "StepError":
+        """The error for a failure the user can fix: one line naming the model, the cause and this step."""
+        from buildsys.errors import StepError
+
+        return StepError(f"model '{ctx.model_name}': {cause} (step {self.name})")

@@ -1,0 +1,77 @@
+"""The check node: run an artifact in its real runtime on the reference inputs and compare every output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from buildsys.errors import ModelbuildError
+from buildsys.steps import register, register_format
+from buildsys.steps.base import Format, Step, StepContext
+from buildsys.verify import CheckOptions
+
+CHECK = register_format(Format(
+    name="check", filename="report.json", runtime=None,
+    description="Verification report of one target: observed vs allowed per output and metric.",
+))
+
+
+@register
+class Check(Step):
+    """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
+
+    name = "check"
+    consumes = ()  # not an edge of the format graph: the planner adds one check per target
+    produces = "check"
+    toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
+    Options = CheckOptions
+    description = "Numeric verification of an artifact against the reference."
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        from buildsys.runtimes import get_runtime
+        from buildsys.steps import get_format
+
+        opts: Any = ctx.options
+        fmt_name = ctx.extra["format"]
+        runtime_name = get_format(fmt_name).runtime
+        reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
+                  else get_runtime(runtime_name).unavailable())
+        if reason:
+            return self._write(ctx, {"passed": None, "not_run": reason, "format": fmt_name})
+
+        import numpy as np
+
+        from buildsys.data import Batch
+        from buildsys.verify import compare
+
+        with np.load(ctx.extra["reference"]) as ref:
+            inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
+            expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
+            labels = ref["labels"] if "labels" in ref.files else None
+        batch = Batch(inputs, labels, "reference")
+        try:
+            session = get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root)  # type: ignore[arg-type]
+            observed = session.run_all(batch)
+        except ModelbuildError as exc:
+            raise self.fail(ctx, f"the {fmt_name} artifact could not be run: {exc.what}") from exc
+        except Exception as exc:
+            from buildsys.steps.pytorch import describe
+
+            raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
+        results = {}
+        for spec, out in zip(ctx.model.outputs, observed):
+            tol = opts.outputs.get(spec.name)
+            results[spec.name] = compare(spec.name, spec.kind, expected[spec.name], out, tol, labels)
+        passed = all(bool(r) for r in results.values())
+        metrics = {"passed": passed, "samples": len(batch), "format": fmt_name, "runtime": runtime_name,
+                   "outputs": {name: r.as_dict() for name, r in results.items()}}
+        if not passed:
+            metrics["failures"] = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+        return self._write(ctx, metrics)
+
+    def _write(self, ctx: StepContext, metrics: dict[str, Any]) -> dict[str, Any]:
+        report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,
+                  "acceptance": ctx.options.model_dump(mode="json")}
+        (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return metrics
+

@@ -1,0 +1,257 @@
+"""Acceptance: default tolerances per precision, their resolution per output, and output comparisons.
+
+The planner imports this module (to resolve a target's acceptance into its check's options), so
+numpy is imported only inside `compare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from pydantic import Field
+
+from buildsys.config.schema import Acceptance, OutputSpec
+from buildsys.errors import ConfigError, did_you_mean
+from buildsys.steps.base import StepOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Defaults by precision. None means "not checked". max_abs is never a default: its scale depends
+# on the model (logits in the hundreds vs probabilities), which max_rel (relative to max|reference|)
+# already covers.
+DEFAULTS: dict[str, dict[str, Optional[float]]] = {
+    # fp32: the same arithmetic in another runtime; only reordering of float sums differs
+    # (~1e-7 relative per op, ~1e-6 over a deep net). 1e-4 leaves two orders of margin while still
+    # catching a wrong op, a lost epsilon or a bad fused kernel. A cosine of 0.9999 and 99 %
+    # argmax agreement follow from that; an accuracy drop above one sample in a hundred means
+    # something is wrong, not rounding.
+    "fp32": {"max_abs": None, "max_rel": 1e-4, "min_cosine": 0.9999, "min_top1_agreement": 0.99,
+             "max_accuracy_drop": 0.01},
+    # fp16: 11-bit mantissa (eps 9.8e-4). Rounding of weights and activations accumulates over
+    # layers to a few 1e-3 of the output range, so max_rel 1e-2 is ~10 eps of headroom. Near-tied
+    # logits may flip, hence 97 % agreement (one flip in 48 samples still passes) and at most one
+    # point of accuracy lost (examples/digits: max_rel 6.9e-4, cosine 0.999999, no flip in 360).
+    # Accuracy moves in steps of 1/N: with fewer than ~100 labelled samples, one lost sample
+    # exceeds the 1 % defaults and a target should set max_accuracy_drop itself.
+    "fp16": {"max_abs": None, "max_rel": 1e-2, "min_cosine": 0.999, "min_top1_agreement": 0.97,
+             "max_accuracy_drop": 0.01},
+    # int8: 256 levels per tensor (per channel at best) make elementwise errors of several percent
+    # normal (max_rel 0.036 on examples/digits with static QDQ), so values are not judged
+    # elementwise: int8 is judged by decisions. Argmax agreement 90 % and at most three points of
+    # accuracy lost on labelled data (the usual post-training-quantization budget). The cosine is
+    # only a floor against a quantization that went wrong (a bad scale or range): measured 0.9997 on
+    # examples/digits (static, per channel: agreement 99.7 %, accuracy -0.28 points), 0.999 on another
+    # trained CNN (dynamic and static), 0.94-0.998 on untrained test nets whose logits sit
+    # near zero, hence 0.9 rather than a tighter value that would fail models users are happy with.
+    "int8": {"max_abs": None, "max_rel": None, "min_cosine": 0.9, "min_top1_agreement": 0.9,
+             "max_accuracy_drop": 0.03},
+}
+SCORE_ONLY = ("min_top1_agreement", "max_accuracy_drop")
+FIELDS = ("max_abs", "max_rel", "min_cosine", "min_top1_agreement", "max_accuracy_drop")
+
+
+class ResolvedTolerance(StepOptions):
+    """One output's limits after defaults and overrides: None means the metric is not checked."""
+
+    max_abs: Optional[float] = Field(default=None, description="Largest allowed |artifact - reference|.")
+    max_rel: Optional[float] = Field(default=None, description="Largest allowed |artifact - reference| / max|reference|.")
+    min_cosine: Optional[float] = Field(default=None, description="Smallest allowed per-sample cosine similarity.")
+    min_top1_agreement: Optional[float] = Field(default=None, description="Smallest allowed share of matching argmax.")
+    max_accuracy_drop: Optional[float] = Field(default=None, description="Largest allowed accuracy drop vs the reference.")
+
+
+class CheckOptions(StepOptions):
+    """The options of a check node: the target's acceptance resolved for every output."""
+
+    outputs: dict[str, ResolvedTolerance] = Field(default_factory=dict, description="Limits per output name.")
+    on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")
+
+
+def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[OutputSpec]) -> dict[str, Any]:
+    """Limits per output: the precision's defaults ← the target's fields ← the per-output overrides.
+
+    Returns a JSON-ready dict that validates as CheckOptions. Score-only limits (top-1 agreement,
+    accuracy) are dropped for 'values' outputs. An override for an unknown output is a ConfigError.
+    """
+    names = [o.name for o in outputs]
+    for name in acceptance.outputs:
+        if name not in names:
+            raise ConfigError(f"acceptance.outputs names '{name}', which is not an output of the model",
+                              hint=did_you_mean(name, names) or f"outputs: {', '.join(names)}")
+    base = dict(DEFAULTS.get(precision, DEFAULTS["fp32"]))
+    base.update({k: getattr(acceptance, k) for k in FIELDS if getattr(acceptance, k) is not None})
+    resolved: dict[str, Any] = {}
+    for out in outputs:
+        limits = dict(base)
+        override = acceptance.outputs.get(out.name)
+        if override is not None:
+            limits.update({k: getattr(override, k) for k in FIELDS if getattr(override, k) is not None})
+        if out.kind != "scores":
+            limits.update({k: None for k in SCORE_ONLY})
+        resolved[out.name] = limits
+    return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail).model_dump(mode="json")
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+
+def _fmt(value: float, other: float | None = None, exponent: bool = False) -> str:
+    """A short number, with enough digits that `value` and `other` do not print the same.
+
+    Errors (max_abs, max_rel) print in exponent form ("3.1e-03"); ratios (cosine, agreement,
+    accuracy) as plain decimals ("0.9987").
+    """
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    for digits in range(1, 12) if exponent else range(4, 12):
+        text = f"{value:.{digits}e}" if exponent else f"{value:.{digits}g}"
+        twin = None if other is None else (f"{other:.{digits}e}" if exponent else f"{other:.{digits}g}")
+        if twin is None or value == other or text != twin:
+            return text
+    return repr(value)
+
+
+@dataclass
+class Metric:
+    """One observed value next to its limit. `op` is the requirement: '<=' for max_*, '>=' for min_*."""
+
+    name: str
+    observed: float | None
+    allowed: float | None
+    op: str
+    note: str = ""
+
+    @property
+    def exponent(self) -> bool:
+        return self.name.startswith("max_")
+
+    @property
+    def ok(self) -> bool:
+        if self.allowed is None:
+            return True
+        if self.observed is None:
+            return False
+        return self.observed <= self.allowed if self.op == "<=" else self.observed >= self.allowed
+
+    def __str__(self) -> str:
+        if self.observed is None:
+            text = f"{self.name} could not be computed"
+        elif self.allowed is None:
+            text = f"{self.name} {_fmt(self.observed, exponent=self.exponent)} (not checked)"
+        else:
+            op = self.op if self.ok else {"<=": ">", ">=": "<"}[self.op]
+            text = (f"{self.name} {_fmt(self.observed, self.allowed, self.exponent)} {op} "
+                    f"{_fmt(self.allowed, self.observed, self.exponent)}")
+        return f"{text} ({self.note})" if self.note else text
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"observed": self.observed, "allowed": self.allowed, "op": self.op, "ok": self.ok}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class OutputComparison:
+    """The comparison of one output with its reference: truthy when every checked metric passed."""
+
+    name: str
+    kind: str
+    metrics: list[Metric] = field(default_factory=list)
+    problem: str = ""  # a failure that made the metrics meaningless (shape mismatch)
+    extra: dict[str, Any] = field(default_factory=dict)  # informative values (reference accuracy)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problem and all(m.ok for m in self.metrics)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def rows(self) -> list[str]:
+        """One line per metric: observed, then the limit (or the op it violated)."""
+        return [self.problem] if self.problem else [str(m) for m in self.metrics]
+
+    def failures(self) -> list[str]:
+        """Only the lines that failed."""
+        return [self.problem] if self.problem else [str(m) for m in self.metrics if not m.ok]
+
+    def __str__(self) -> str:
+        status = "passed" if self.passed else "FAILED"
+        return f"{self.name}: {status}\n" + "\n".join(f"  {row}" for row in self.rows())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: {metric: {observed, allowed, op, ok}} plus 'passed' (what report.py renders)."""
+        out: dict[str, Any] = {m.name: m.as_dict() for m in self.metrics}
+        if self.problem:
+            out["problem"] = self.problem
+        out.update(self.extra)
+        out["passed"] = self.passed
+        return out
+
+
+def _limit(tol: Any, name: str) -> float | None:
+    if tol is None:
+        return None
+    return tol.get(name) if isinstance(tol, dict) else getattr(tol, name, None)
+
+
+def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray", tol: Any,
+            labels: "np.ndarray | None" = None) -> OutputComparison:
+    """Compare one output (samples on axis 0) with its reference under `tol` (a ResolvedTolerance,
+    a Tolerance or a dict of the same fields; None fields are reported but not checked)."""
+    import numpy as np
+
+    result = OutputComparison(name, kind)
+    ref = np.asarray(reference)
+    obs = np.asarray(observed)
+    if ref.shape != obs.shape:
+        result.problem = f"shape {list(obs.shape)} != reference shape {list(ref.shape)}"
+        return result
+    ref64 = ref.astype(np.float64)
+    obs64 = obs.astype(np.float64)
+    finite = bool(np.all(np.isfinite(obs64)))
+    if not finite:
+        bad = int(np.sum(~np.isfinite(obs64)))
+        result.problem = f"{bad} non-finite value(s) (NaN/inf) in the output"
+        return result
+    diff = np.abs(obs64 - ref64)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref64).max()) if ref64.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    result.metrics.append(Metric("max_abs", max_abs, _limit(tol, "max_abs"), "<="))
+    result.metrics.append(Metric("max_rel", max_rel, _limit(tol, "max_rel"), "<="))
+    result.metrics.append(Metric("cosine", _min_cosine(ref64, obs64), _limit(tol, "min_cosine"), ">="))
+    if kind == "scores" and ref.ndim >= 2:
+        ref_top = ref64.argmax(axis=-1)
+        obs_top = obs64.argmax(axis=-1)
+        agreement = float(np.mean(ref_top == obs_top)) if ref_top.size else 1.0
+        result.metrics.append(Metric("top1_agreement", agreement, _limit(tol, "min_top1_agreement"), ">="))
+        if labels is not None and np.asarray(labels).shape == ref_top.shape:
+            labels = np.asarray(labels)
+            ref_acc = float(np.mean(ref_top == labels))
+            obs_acc = float(np.mean(obs_top == labels))
+            drop = _limit(tol, "max_accuracy_drop")
+            allowed = None if drop is None else max(round(ref_acc - drop, 12), 0.0)  # 0.96-0.01 must equal 0.95
+            note = f"reference {_fmt(ref_acc)}" + ("" if drop is None else f", allowed drop {_fmt(drop)}")
+            result.metrics.append(Metric("accuracy", obs_acc, allowed, ">=", note=note))
+            result.extra["reference_accuracy"] = ref_acc
+    return result
+
+
+def _min_cosine(ref: "np.ndarray", obs: "np.ndarray") -> float:
+    """The smallest per-sample cosine similarity (two all-zero samples count as identical)."""
+    import numpy as np
+
+    if ref.size == 0:
+        return 1.0
+    a = ref.reshape(len(ref), -1) if ref.ndim > 1 else ref.reshape(1, -1)
+    b = obs.reshape(len(obs), -1) if obs.ndim > 1 else obs.reshape(1, -1)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    denom = np.where(na * nb == 0, 1.0, na * nb)
+    cos = np.where(both_zero, 1.0, np.sum(a * b, axis=1) / denom)
+    return float(np.clip(cos, -1.0, 1.0).min())

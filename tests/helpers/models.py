@@ -1,0 +1,214 @@
+"""Tiny real PyTorch models written into a temp project (factory module + weights + data) with their configs.
+
+Every model builds in milliseconds; tests run the real exporters, quantizers and runtimes on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from buildsys.config.schema import Model
+from buildsys.steps import StepContext, get_step
+
+MODULE = "tinymodels"
+
+FACTORIES = '''\
+"""Factories of the tiny test models."""
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, image):
+        return self.fc(torch.relu(self.conv(image)).flatten(1))
+
+
+class TwoHeads(nn.Module):
+    """Returns a dict in the opposite order of the signature: sessions must reorder by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(4, 16)
+        self.cls = nn.Linear(16, 3)
+        self.reg = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return {"box": self.reg(h), "scores": self.cls(h)}
+
+
+class TwoHeadsTuple(TwoHeads):
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return self.cls(h), self.reg(h)
+
+
+class Unsupported(nn.Module):
+    """linalg.eigh has no ONNX translation in either exporter."""
+
+    def forward(self, x):
+        return torch.linalg.eigh(x.T @ x)[0][:3].expand(x.shape[0], 3)
+
+
+def mlp(hidden=32):
+    return MLP(hidden)
+
+
+def cnn():
+    return CNN()
+
+
+def two_heads():
+    return TwoHeads()
+
+
+def two_heads_tuple():
+    return TwoHeadsTuple()
+
+
+def unsupported():
+    return Unsupported()
+
+
+def broken():
+    raise RuntimeError("the factory refused to build")
+
+
+def not_a_module():
+    return 42
+'''
+
+KINDS: dict[str, dict[str, Any]] = {
+    "mlp": {"factory": "mlp", "inputs": [{"name": "x", "shape": ["batch", 4]}],
+            "outputs": [{"name": "y", "kind": "scores"}], "classes": 3},
+    "cnn": {"factory": "cnn", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8], "layout": "NCHW"}],
+            "outputs": [{"name": "logits", "kind": "scores"}], "classes": 10},
+    "two": {"factory": "two_heads", "inputs": [{"name": "x", "shape": ["batch", 4]}],
+            "outputs": [{"name": "scores", "kind": "scores"}, {"name": "box", "kind": "values"}], "classes": 3},
+    "two-tuple": {"factory": "two_heads_tuple", "inputs": [{"name": "x", "shape": ["batch", 4]}],
+                  "outputs": [{"name": "scores", "kind": "scores"}, {"name": "box", "kind": "values"}], "classes": 3},
+    "unsupported": {"factory": "unsupported", "inputs": [{"name": "x", "shape": ["batch", 4]}],
+                    "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+}
+
+
+@dataclass
+class Tiny:
+    """A tiny model project: its root, its name and its config."""
+
+    root: Path
+    name: str
+    model: Model
+    kind: str
+
+    def net(self) -> Any:
+        """The model with its weights, straight from PyTorch (for direct comparisons)."""
+        from buildsys.steps.pytorch import load_module
+
+        return load_module(self.model, self.root)
+
+    def with_source(self, **changes: Any) -> "Tiny":
+        """The same project with source fields changed (e.g. factory='tinymodels:broken')."""
+        source = self.model.source.model_copy(update=changes)
+        return Tiny(self.root, self.name, self.model.model_copy(update={"source": source}), self.kind)
+
+    def with_model(self, **changes: Any) -> "Tiny":
+        data = self.model.model_dump()
+        data.update(changes)
+        return Tiny(self.root, self.name, Model.model_validate(data), self.kind)
+
+    def ctx(self, out_dir: Path, options: Any = None, step: str | None = None, input_path: Path | None = None,
+            precision: str = "fp32", **extra: Any) -> StepContext:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if step is not None and (options is None or isinstance(options, dict)):
+            options = get_step(step).Options.model_validate(options or {})
+        return StepContext(model_name=self.name, model=self.model, root=self.root, input_path=input_path,
+                           out_dir=out_dir, options=options, precision=precision, extra=dict(extra))
+
+    def run(self, step: str, out_dir: Path, input_path: Path | None = None, precision: str = "fp32",
+            extra: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+        """Run one registered step in-process, as the worker would; returns its metrics."""
+        ctx = self.ctx(out_dir, options, step=step, input_path=input_path, precision=precision, **(extra or {}))
+        return get_step(step)().run(ctx)
+
+
+def make_model(root: Path, kind: str = "mlp", *, name: str | None = None, samples: int = 48,
+               calibration: bool = True, validation: bool = True, example: bool = False, weights: bool = True,
+               seed: int = 0) -> Tiny:
+    """Write the factory module, trained-free weights and data for model `kind` under `root`.
+
+    The validation labels are the model's own predictions with a few flipped, so the float model
+    has an accuracy below 1 that quantization can be judged against.
+    """
+    import numpy as np
+    import torch
+
+    spec = KINDS[kind]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{MODULE}.py").write_text(FACTORIES)
+    source: dict[str, Any] = {"factory": f"{MODULE}:{spec['factory']}"}
+    model = Model.model_validate({"source": source, "inputs": spec["inputs"], "outputs": spec["outputs"]})
+    tiny = Tiny(root, name or kind, model, kind)
+    torch.manual_seed(seed)
+    net = tiny.net()
+    if weights:
+        torch.save(net.state_dict(), root / f"{kind}.pt")
+        source["weights"] = f"{kind}.pt"
+    rng = np.random.default_rng(seed)
+
+    def inputs(n: int) -> dict[str, np.ndarray]:
+        return {i["name"]: rng.standard_normal((n, *i["shape"][1:])).astype("float32") for i in spec["inputs"]}
+
+    data: dict[str, Any] = {}
+    if validation:
+        val = inputs(samples)
+        if spec["classes"]:
+            with torch.no_grad():
+                out = net(*[torch.from_numpy(v) for v in val.values()])
+            scores = out["scores"] if isinstance(out, dict) else out[0] if isinstance(out, tuple) else out
+            labels = scores.argmax(-1).numpy()
+            labels[:2] = (labels[:2] + 1) % spec["classes"]
+            val["labels"] = labels
+        np.savez(root / "val.npz", **val)
+        data["validation"] = "val.npz"
+    if calibration:
+        np.savez(root / "calib.npz", **inputs(32))
+        data["calibration"] = "calib.npz"
+    if example:
+        np.savez(root / "example.npz", **inputs(4))
+        data["example"] = "example.npz"
+    model = Model.model_validate({"source": source, "inputs": spec["inputs"], "outputs": spec["outputs"], "data": data})
+    return Tiny(root, name or kind, model, kind)
+
+
+def torch_outputs(tiny: Tiny, feeds: dict[str, Any]) -> list[Any]:
+    """The PyTorch model's outputs on `feeds`, in signature order, as numpy arrays."""
+    from buildsys.runtimes.torch_eager import TorchSession
+
+    return TorchSession(tiny.net(), tiny.model).run(feeds)
+
+
+def validation_feeds(tiny: Tiny) -> dict[str, Any]:
+    from buildsys.data import eval_batch
+
+    return eval_batch(tiny.model, tiny.root).inputs
+
+
+__all__ = ["Tiny", "make_model", "torch_outputs", "validation_feeds", "FACTORIES", "MODULE"]
