@@ -108,7 +108,7 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
     if as_json:
         click.echo(report.dumps(report.plan_json(the_plan)))
     else:
-        report.print_plan(the_plan, report.console())
+        report.print_plan(the_plan)
     if check and the_plan.work:
         sys.exit(1)
 
@@ -118,21 +118,19 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
     from filelock import FileLock, Timeout
 
     from buildsys import report
-    from buildsys.execute import Builder, LocalExecutor
     from buildsys.lock import Lock
     from buildsys.plan import make_plan
 
-    out = report.console()
     project = open_project(config)
     if dry_run:
-        report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds), out)
+        report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds))
         return
     project.cache_dir.mkdir(parents=True, exist_ok=True)
     guard = FileLock(str(project.cache_dir / "build.lock"))
     try:
         guard.acquire(timeout=0)
     except Timeout:
-        out.print("[yellow]another modelbuild build holds this project; waiting…[/]")
+        click.secho("another modelbuild build holds this project; waiting…", fg="yellow")
         guard.acquire()
     try:
         planner = project.planner
@@ -140,8 +138,11 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
         the_plan = make_plan(planner, list(targets) or None, force=force, force_kinds=force_kinds)
         if not the_plan.work:
             planner.stat.save()
-            out.print(f"Nothing to do: all {len(the_plan.nodes)} node(s) are fresh.")
+            click.echo(f"Nothing to do: all {len(the_plan.nodes)} node(s) are fresh.")
             return
+        out = report.console()  # rich and the executor only once there is work to do
+        from buildsys.execute import Builder, LocalExecutor
+
         executor = LocalExecutor(planner.store.dir / "logs", jobs)
         try:
             builder = Builder(planner, the_plan, executor, jobs=jobs, keep_going=keep_going, force=force,

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from buildsys.graph import CHECK, REFERENCE, Node
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
+from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.steps import get_format, get_step
 from buildsys.store import CorruptBlob
 
@@ -137,34 +138,6 @@ class LocalExecutor:
             for w in self._idle:
                 w.close()
             self._idle.clear()
-
-
-# --- outcomes ------------------------------------------------------------------------------------
-
-FRESH, BUILT, CACHED, RESTORED, CUTOFF, FAILED, SKIPPED = "fresh", "built", "cached", "restored", "cutoff", "failed", "skipped"
-
-
-@dataclass
-class NodeResult:
-    name: str
-    outcome: str
-    seconds: float = 0.0
-    error: str = ""
-    log: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BuildResult:
-    results: dict[str, NodeResult] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[NodeResult]:
-        return [r for r in self.results.values() if r.outcome == FAILED]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not any(r.outcome == SKIPPED for r in self.results.values())
 
 
 class Builder:

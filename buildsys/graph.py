@@ -1,5 +1,9 @@
 """The format graph (formats as vertices, registered steps as edges) and the expansion of targets
 into a DAG of nodes: artifacts shared between targets, one reference per model, one check per target.
+
+Expansion is a pure function of the validated project, the selected targets and modelbuild's own
+code, so its result is cached under the cache directory: an unchanged deploy.yaml is planned without
+even importing networkx (a third of `plan`'s start-up).
 """
 
 from __future__ import annotations
@@ -9,13 +13,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.hashing import digest_json
 from buildsys.steps import formats, steps
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 REFERENCE = "reference"
 CHECK = "check"
@@ -46,27 +54,32 @@ class Node:
 
 @dataclass
 class Dag:
-    """Nodes in dependency order plus the networkx graph over their names."""
+    """Nodes in dependency order, their consumers, and each target's deliverable and route."""
 
     nodes: dict[str, Node]
-    graph: nx.DiGraph
+    names: list[str]  # topological order, ties broken by name: stable output
+    consumers: dict[str, list[str]]
     target_nodes: dict[str, str]  # target → its deliverable artifact node
     routes: dict[str, list[str]]  # target → formats from source to goal
 
     def order(self) -> list[Node]:
-        return [self.nodes[n] for n in nx.lexicographical_topological_sort(self.graph)]
+        return [self.nodes[n] for n in self.names]
 
-    def upstream(self, names: list[str]) -> set[str]:
-        """`names` and everything they depend on."""
-        out = set(names)
-        for n in names:
-            out |= nx.ancestors(self.graph, n)
-        return out
+    def graph(self) -> "nx.DiGraph":
+        """The DAG as a networkx graph (built on demand)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(self.names)
+        g.add_edges_from((d, n.name) for n in self.nodes.values() for d in n.deps)
+        return g
 
 
 @lru_cache(maxsize=1)
-def format_graph() -> nx.DiGraph:
+def format_graph() -> "nx.DiGraph":
     """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
+    import networkx as nx
+
     g = nx.DiGraph()
     for name, fmt in formats().items():
         g.add_node(name, source=fmt.source)
@@ -81,6 +94,8 @@ def format_graph() -> nx.DiGraph:
 
 def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedConfig) -> list[str]:
     """Formats from `source` to `goal` through each of `via` in order (shortest between stops)."""
+    import networkx as nx
+
     g = format_graph()
     buildable = sorted(n for n in g.nodes if not g.nodes[n]["source"])
     base, _, precision = goal.rpartition("-")
@@ -114,8 +129,48 @@ def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedC
     return route
 
 
-def expand(cfg: LoadedConfig, selected: list[str] | None = None) -> Dag:
-    """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them."""
+def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None) -> Dag:
+    """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
+
+    With `cache` (a file path), a previous expansion of the same inputs is reused.
+    """
+    if cache is None:
+        return _expand(cfg, selected)
+    import pickle
+
+    key = digest_json([cfg.project.model_dump(mode="json"), selected, str(cfg.root), code_fingerprint()])
+    try:
+        with open(cache, "rb") as f:
+            stored_key, dag = pickle.load(f)
+        if stored_key == key:
+            return dag
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
+        pass  # no cache, or one written by other code: expand afresh
+    dag = _expand(cfg, selected)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump((key, dag), f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(cache)
+    return dag
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Identity of modelbuild's own code and plugins: any edit to it invalidates cached expansions."""
+    import os
+
+    import buildsys
+
+    package = Path(buildsys.__file__).parent
+    stats = [[str(p.relative_to(package)), st.st_size, st.st_mtime_ns]
+             for p in sorted(package.rglob("*.py")) for st in [p.stat()]]
+    return digest_json([buildsys.__version__, os.environ.get("MODELBUILD_PLUGINS", ""), stats])
+
+
+def _expand(cfg: LoadedConfig, selected: list[str] | None) -> Dag:
+    import networkx as nx
+
     from buildsys import verify
 
     project = cfg.project
@@ -164,8 +219,14 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None) -> Dag:
                 chains.setdefault(f"{target.model}/{b}", []).append(ident)
             previous = ident
         identities[previous].targets.append(tname)
+        try:
+            acceptance = verify.resolve_acceptance(target.acceptance, target.precision, model.outputs)
+        except ConfigError as exc:
+            raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
+                              where=cfg.where("targets", tname, "acceptance", "outputs"),
+                              field=f"targets.{tname}.acceptance.outputs") from None
         checks.append(Node(name=f"verify:{tname}", kind=CHECK, model=target.model, format=target.goal, step=CHECK,
-                           options=verify.resolve_acceptance(target.acceptance, target.precision, model.outputs),
+                           options=acceptance,
                            deps=[previous, f"{target.model}/{REFERENCE}"], target=tname, precision=target.precision))
     # Name artifact nodes: "model/format", with an options digest when one model has several variants.
     rename = {}
@@ -192,7 +253,9 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None) -> Dag:
         cycle = " → ".join(a for a, _ in nx.find_cycle(graph))
         raise PlanError(f"the build graph has a cycle: {cycle}")
     target_nodes = {c.target: c.deps[0] for c in checks}
-    return Dag(nodes, graph, target_nodes, routes)
+    names = list(nx.lexicographical_topological_sort(graph))
+    consumers = {n: sorted(graph.successors(n)) for n in names}
+    return Dag(nodes, names, consumers, target_nodes, routes)
 
 
 def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt: str) -> Any:

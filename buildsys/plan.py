@@ -190,7 +190,7 @@ def _runtime_packages(runtime: str | None) -> list[str]:
 def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool = False,
               force_kinds: tuple[str, ...] = ()) -> Plan:
     """Expand the requested targets and give every node its action and reasons."""
-    dag = expand(planner.config, targets)
+    dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle")
     selected = list(dag.target_nodes) if not targets else targets
     plans: dict[str, NodePlan] = {}
     digests: dict[str, str | None] = {}
@@ -206,7 +206,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         plan = plans[node.name]
         if plan.action == NOTHING and node.kind != CHECK:
             entry = planner.lock.nodes.get(node.name, {})
-            consumers = [plans[c] for c in dag.graph.successors(node.name)]
+            consumers = [plans[c] for c in dag.consumers[node.name]]
             needing = [c.node.name for c in consumers if c.action == RUN]
             if needing and not planner.store.has_files(entry.get("files", [])):
                 plan.action = RUN

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from buildsys.execute import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
+from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.plan import NOTHING, RESTORE, Plan
 
 _STYLE = {
@@ -45,24 +45,28 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             "stale": sum(1 for n in nodes if n["state"] == "stale")}
 
 
-def print_plan(plan: Plan, out: Any) -> None:
+def print_plan(plan: Plan) -> None:
+    """The plan for a person: one line per node with its state and reasons (no rich: plan stays fast)."""
+    import click
+
     order = plan.order()
     width = max((len(p.node.name) for p in order), default=10)
-    out.print(f"[bold]plan[/] {plan.config.path.name}: {len(plan.targets)} target(s), {len(order)} node(s)")
+    click.echo(f"{click.style('plan', bold=True)} {plan.config.path.name}: {len(plan.targets)} target(s), {len(order)} node(s)")
     for p in order:
         if p.action == NOTHING:
-            label, style = "fresh", _STYLE[FRESH]
+            label, color = "fresh", "bright_black"
         elif p.action == RESTORE:
-            label, style = "restore", _STYLE["restore"]
+            label, color = "restore", "cyan"
         else:
-            label, style = ("cached" if p.cached else "stale"), _STYLE["stale"]
+            label, color = ("cached" if p.cached else "stale"), "yellow"
         reasons = "; ".join(p.reasons)
-        out.print(f"  [{style}]{label:<8}[/] {p.node.name:<{width}}  [dim]{reasons}[/]".rstrip())
+        line = f"  {click.style(f'{label:<8}', fg=color)} {p.node.name:<{width}}  {click.style(reasons, dim=True) if reasons else ''}"
+        click.echo(line.rstrip())
     work = plan.work
     if work:
-        out.print(f"{len(work)} of {len(order)} node(s) need work; run [bold]modelbuild build[/] to make them.")
+        click.echo(f"{len(work)} of {len(order)} node(s) need work; run modelbuild build to make them.")
     else:
-        out.print("Everything is fresh: nothing to do.")
+        click.echo("Everything is fresh: nothing to do.")
 
 
 def print_event(out: Any, kind: str, payload: NodeResult | str) -> None:
