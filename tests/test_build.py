@@ -192,3 +192,17 @@ def test_gc_keeps_what_the_lock_references(tiny: TinyProject) -> None:
     assert all(action == "none" for action, _ in states(tiny, "server").values())
     tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}")
     assert states(tiny, "server")["tiny/onnx"][0] == "run"  # collected: no longer a cache hit
+
+
+def test_parallel_build_matches_serial(tiny: TinyProject, tmp_path: Path) -> None:
+    from tests.conftest import make_tiny_project
+
+    other = make_tiny_project(tmp_path / "other")
+    tiny.run("build", "-j", "2")
+    other.run("build", "-j", "1")
+    a, b = lock(tiny), lock(other)
+    assert set(a["nodes"]) == set(b["nodes"])
+    # the same model gives the same bytes whatever the parallelism
+    for node in ("tiny/onnx", "tiny/onnx-int8", "tiny/reference"):
+        assert a["nodes"][node]["tree"] == b["nodes"][node]["tree"], node
+    assert all(e["metrics"]["passed"] for n, e in a["nodes"].items() if n.startswith("verify:"))

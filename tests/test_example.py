@@ -1,0 +1,47 @@
+"""The shipped example, built the way the README says: every target verified, then a no-op."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def modelbuild(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "buildsys", "-f", "deploy.yaml.example", *args], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("example")
+    for name in ("deploy.yaml.example", "recipes", "examples"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    return root
+
+
+def test_example_builds_verified_artifacts_then_does_nothing(example: Path) -> None:
+    first = modelbuild(example, "build", "-j", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    lock = json.loads((example / "deploy.lock").read_text())
+    targets = lock["targets"]
+    assert targets, "no target was materialized"
+    for target in targets:
+        check = lock["nodes"][f"verify:{target}"]["metrics"]
+        assert check["passed"] is True or check.get("not_run"), (target, check)
+        assert all((example / "artifacts" / target / f[0]).is_file() for f in targets[target]["files"])
+    int8 = lock["nodes"]["verify:digits-int8"]["metrics"]["outputs"]["logits"]
+    assert int8["accuracy"]["observed"] >= int8["reference_accuracy"] - 0.02
+    second = modelbuild(example, "build")
+    assert second.returncode == 0 and "Nothing to do" in second.stdout
+    assert modelbuild(example, "plan", "--check").returncode == 0
