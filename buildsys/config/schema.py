@@ -167,6 +167,9 @@ class Acceptance(Tolerance):
 
     outputs: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output overrides, by output name.")
     on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")
+    require_numeric: bool = Field(
+        default=False, description="Fail the check when the artifact's runtime cannot run on this host (Core ML off "
+        "macOS), instead of reporting 'not run'. Use it on release targets.")
 
 
 class Target(Strict):

@@ -42,6 +42,12 @@ class Runtime:
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         raise NotImplementedError
 
+    def inspect(self, path: Path, model: "Model") -> dict | None:
+        """Structural facts about an artifact that need no execution, so they hold on every host:
+        {"facts": {...}, "problems": ["..."]}. Problems fail the check even where the numeric part
+        cannot run (Core ML off macOS). None: this runtime has no structural check."""
+        return None
+
 
 def fixed_batch(model: "Model") -> int:
     """1 when any input's first axis is a fixed size (run one sample per call), else 64."""

@@ -34,10 +34,19 @@ class Check(Step):
         opts: Any = ctx.options
         fmt_name = ctx.extra["format"]
         runtime_name = get_format(fmt_name).runtime
+        structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model) if runtime_name else None  # type: ignore[arg-type]
+        problems = list(structure.get("problems", [])) if structure else []
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
                   else get_runtime(runtime_name).unavailable())
         if reason:
-            return self._write(ctx, {"passed": None, "not_run": reason, "format": fmt_name})
+            metrics: dict[str, Any] = {"passed": None, "not_run": reason, "format": fmt_name}
+            if opts.require_numeric:
+                problems.append(f"the numeric check is required (require_numeric) but was not run: {reason}")
+            if structure is not None:
+                metrics["structure"] = structure
+            if problems:
+                metrics.update(passed=False, failures=problems)
+            return self._write(ctx, metrics)
 
         import numpy as np
 
@@ -62,11 +71,13 @@ class Check(Step):
         for spec, out in zip(ctx.model.outputs, observed):
             tol = opts.outputs.get(spec.name)
             results[spec.name] = compare(spec.name, spec.kind, expected[spec.name], out, tol, labels)
-        passed = all(bool(r) for r in results.values())
+        passed = all(bool(r) for r in results.values()) and not problems
         metrics = {"passed": passed, "samples": len(batch), "format": fmt_name, "runtime": runtime_name,
                    "outputs": {name: r.as_dict() for name, r in results.items()}}
+        if structure is not None:
+            metrics["structure"] = structure
         if not passed:
-            metrics["failures"] = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+            metrics["failures"] = problems + [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         return self._write(ctx, metrics)
 
     def _write(self, ctx: StepContext, metrics: dict[str, Any]) -> dict[str, Any]:
