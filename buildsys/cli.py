@@ -200,6 +200,79 @@ def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, t
 
 
 @cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="NAME | verify FILE")
+@_with(build_options)
+@click.pass_obj
+def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float) -> None:
+    """Build and pack a release bundle (`bundle NAME`), or check one (`bundle verify FILE`).
+
+    A bundle holds the verified artifacts of its targets, the reference data their checks used and
+    manifest.json (hashes, signatures, step chains, toolchains, acceptance, observed metrics), in an
+    archive that is byte-identical for the same inputs.
+    """
+    if args[0] == "verify":
+        if len(args) != 2:
+            raise click.UsageError("usage: modelbuild bundle verify FILE")
+        return _verify_bundle(Path(args[1]), jobs, timeout)
+    if len(args) != 1:
+        raise click.UsageError("usage: modelbuild bundle NAME")
+    from buildsys import bundle as bundles
+    from buildsys.lock import Lock
+    from buildsys.plan import make_plan
+
+    project = open_project(config)
+    spec = bundles.resolve(project.config, args[0])
+    _build(config, tuple(spec.targets), jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout)
+    planner = project.planner
+    lock = Lock.read(planner.lock.path)
+    dag = make_plan(planner, spec.targets).dag
+    path = bundles.make(project.config, lock, dag, args[0], planner.artifacts / "bundles", planner.store)
+    click.echo(f"bundle {args[0]}: {planner.display(path)} ({path.stat().st_size / 1e3:.1f} KB, {len(spec.targets)} target(s))")
+
+
+def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
+    """Check hashes, then re-run every numeric check this host can run, in worker processes."""
+    import shutil
+    import tempfile
+
+    from buildsys import bundle as bundles
+    from buildsys.execute import Action, LocalExecutor
+    from buildsys.steps import get_step
+
+    work = Path(tempfile.mkdtemp(prefix="modelbuild-bundle-"))
+    executor = LocalExecutor(work / "logs", jobs)
+    failures = []
+    try:
+        manifest = bundles.unpack_and_check(path, work / "bundle")
+        click.echo(f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest")
+        for art in manifest.artifacts:
+            out = work / "checks" / art.target
+            out.mkdir(parents=True)
+            (work / "logs").mkdir(exist_ok=True)
+            request = {"step": "check", "options": art.acceptance, "model_name": art.model, "model": art.model_config_,
+                       "root": str(work / "bundle"), "input": str(work / "bundle" / art.main), "out_dir": str(out),
+                       "log": str(work / "logs" / f"{art.target}.log"), "precision": art.precision,
+                       "extra": {"format": art.format, "reference": str(work / "bundle" / art.reference)}}
+            reply = executor.run(Action(art.target, get_step(art.chain[-1].step).toolchain, request, timeout))
+            metrics = reply.get("metrics", {})
+            if not reply.get("ok"):
+                failures.append(f"{art.target}: {reply.get('error')}")
+                click.secho(f"  failed   {art.target}: {reply.get('error')}", fg="red")
+            elif metrics.get("passed") is False:
+                failures.append(f"{art.target}: " + "; ".join(metrics.get("failures", ["acceptance not met"])))
+                click.secho(f"  failed   {art.target}: {failures[-1]}", fg="red")
+            elif metrics.get("not_run"):
+                click.secho(f"  not run  {art.target}: {metrics['not_run']}", fg="yellow")
+            else:
+                click.secho(f"  passed   {art.target} ({art.format}, {metrics.get('samples')} samples)", fg="green")
+    finally:
+        executor.close()
+        shutil.rmtree(work, ignore_errors=True)
+    if failures:
+        raise bundles.BundleError(f"bundle {path.name} failed verification: {failures[0]}")
+
+
+@cli.command()
 @targets_arg
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
 @click.pass_obj

@@ -230,7 +230,8 @@ class Builder:
                 return None
             cached = None if force else self.store.get_action(status.key)
             if cached is not None:
-                self._publish(node, status, cached["tree"], cached["files"], cached.get("metrics", {}), cached.get("seconds", 0))
+                self._publish(node, status, cached["tree"], cached["files"], cached.get("metrics", {}),
+                              cached.get("built", {}))
                 self._finish(NodeResult(node.name, CACHED, metrics=cached.get("metrics", {})))
                 return None
         except CorruptBlob:
@@ -296,17 +297,18 @@ class Builder:
             tree, entries = self.store.put_tree(scratch / "out")
             files = [e.as_list() for e in entries]
             assert nplan.key is not None
-            self.store.put_action(nplan.key, {"tree": tree, "files": files, "metrics": metrics, "seconds": round(seconds, 3)})
-            self._publish(node, nplan, tree, files, metrics, seconds)
+            built = built_by(seconds)
+            self.store.put_action(nplan.key, {"tree": tree, "files": files, "metrics": metrics, "built": built})
+            self._publish(node, nplan, tree, files, metrics, built)
             self._finish(NodeResult(node.name, BUILT, seconds, log=str(log), metrics=metrics))
             return True
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _publish(self, node: Node, status: NodePlan, tree: str, files: list, metrics: dict, seconds: float) -> None:
+    def _publish(self, node: Node, status: NodePlan, tree: str, files: list, metrics: dict, built: dict) -> None:
         """Record a finished node: lock entry, then its deliverables under artifacts/."""
         self._digests[node.name] = tree
-        entry = {"key": status.key, "components": status.components, "tree": tree, "files": files}
+        entry = {"key": status.key, "components": status.components, "tree": tree, "files": files, "built": built}
         if metrics:
             entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
         self.lock.nodes[node.name] = entry
@@ -331,6 +333,15 @@ class Builder:
             for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
                 self.planner.stat.record(final / rel, digest)
             self.lock.targets[target] = {"node": node.name, "path": self.planner.display(final), "files": files}
+
+
+def built_by(seconds: float) -> dict[str, Any]:
+    """Where, when and how long a node was built (kept in the lock and in bundle manifests)."""
+    import datetime
+    import socket
+
+    at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return {"host": socket.gethostname(), "at": at, "seconds": round(seconds, 3)}
 
 
 def _source_path(root: Path, model: Any) -> Path | None:

@@ -192,6 +192,18 @@ class Target(Strict):
         return self.format if self.precision == "fp32" else f"{self.format}-{self.precision}"
 
 
+class Bundle(Strict):
+    """A release: a set of verified targets packed with a manifest (`modelbuild bundle NAME`)."""
+
+    description: str = Field(default="", description="Free text, copied into the manifest.")
+    targets: list[str] = Field(min_length=1, description="Targets whose artifacts go into the bundle.")
+    version: str = Field(default="0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$",
+                         description="Release version; part of the file name NAME-VERSION.tar.gz.")
+    archive: Literal["tar.gz", "zip"] = Field(default="tar.gz", description="Archive format.")
+    require_numeric: bool = Field(
+        default=False, description="Refuse a target whose numeric check did not run on this host (e.g. Core ML off macOS).")
+
+
 class Project(Strict):
     """The whole deploy.yaml."""
 
@@ -202,12 +214,13 @@ class Project(Strict):
     )
     models: dict[str, Model] = Field(description="Models by name.")
     targets: dict[str, Target] = Field(description="Targets by name.")
+    bundles: dict[str, Bundle] = Field(default_factory=dict, description="Release bundles by name.")
 
     @model_validator(mode="after")
     def _names(self) -> "Project":
         import re
 
-        for section in ("models", "targets"):
+        for section in ("models", "targets", "bundles"):
             for name in getattr(self, section):
                 if not re.match(NAME_PATTERN, name):
                     raise ValueError(f"{section} name '{name}' may use only letters, digits, '_', '.', '-'")
