@@ -107,6 +107,8 @@ def print_failures(result: BuildResult, out: Any) -> None:
 
     for r in result.failed:
         out.print(f"\n[bold red]✗ {r.name}[/]: {r.error}")
+        for line in r.metrics.get("failures", []):
+            out.print(f"  [red]{line}[/]", markup=True, highlight=False)
         rows = check_rows(r.metrics)
         if rows:
             table = Table("output", "metric", "observed", "allowed", "", box=None, padding=(0, 2))

@@ -68,6 +68,7 @@ class CheckOptions(StepOptions):
     outputs: dict[str, ResolvedTolerance] = Field(default_factory=dict, description="Limits per output name.")
     on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")
     require_numeric: bool = Field(default=False, description="Fail when the runtime cannot run on this host.")
+    max_size_mb: Optional[float] = Field(default=None, description="Largest allowed artifact size in MB.")
 
 
 def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[OutputSpec]) -> dict[str, Any]:
@@ -92,8 +93,8 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
         if out.kind != "scores":
             limits.update({k: None for k in SCORE_ONLY})
         resolved[out.name] = limits
-    return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail,
-                        require_numeric=acceptance.require_numeric).model_dump(mode="json")
+    return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail, require_numeric=acceptance.require_numeric,
+                        max_size_mb=acceptance.max_size_mb).model_dump(mode="json")
 
 
 # --- comparisons ---------------------------------------------------------------------------------

@@ -206,3 +206,15 @@ def test_parallel_build_matches_serial(tiny: TinyProject, tmp_path: Path) -> Non
     for node in ("tiny/onnx", "tiny/onnx-int8", "tiny/reference"):
         assert a["nodes"][node]["tree"] == b["nodes"][node]["tree"], node
     assert all(e["metrics"]["passed"] for n, e in a["nodes"].items() if n.startswith("verify:"))
+
+
+def test_size_budget_fails_the_build_and_units_are_checked(tiny: TinyProject) -> None:
+    tiny.edit("      onnx: {opset: 18}\n  int8:", "      onnx: {opset: 18}\n    acceptance: {max_size_mb: 100 B}\n  int8:")
+    proc = tiny.run("build", "server", check=False)
+    assert proc.returncode == 1 and "MB > 0.0001 MB (max_size_mb)" in proc.stdout
+    tiny.edit("max_size_mb: 100 B", "max_size_mb: 1 MB")
+    tiny.run("build", "server")
+    tiny.edit("max_size_mb: 1 MB", "max_size_mb: 1 parsec")
+    bad = tiny.run("plan", check=False)
+    assert bad.returncode == 2
+    assert "targets.server.acceptance.max_size_mb: a budget in MB: write a number (of MB) or a value with one of the units" in bad.stderr

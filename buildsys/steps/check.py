@@ -36,6 +36,9 @@ class Check(Step):
         runtime_name = get_format(fmt_name).runtime
         structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model) if runtime_name else None  # type: ignore[arg-type]
         problems = list(structure.get("problems", [])) if structure else []
+        size = _size_budget(ctx, opts.max_size_mb)
+        if size is not None and not size["ok"]:
+            problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
                   else get_runtime(runtime_name).unavailable())
         if reason:
@@ -44,6 +47,8 @@ class Check(Step):
                 problems.append(f"the numeric check is required (require_numeric) but was not run: {reason}")
             if structure is not None:
                 metrics["structure"] = structure
+            if size is not None:
+                metrics["size_mb"] = size
             if problems:
                 metrics.update(passed=False, failures=problems)
             return self._write(ctx, metrics)
@@ -76,6 +81,8 @@ class Check(Step):
                    "outputs": {name: r.as_dict() for name, r in results.items()}}
         if structure is not None:
             metrics["structure"] = structure
+        if size is not None:
+            metrics["size_mb"] = size
         if not passed:
             metrics["failures"] = problems + [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         return self._write(ctx, metrics)
@@ -86,3 +93,12 @@ class Check(Step):
         (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         return metrics
 
+
+
+def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:
+    """The artifact's size (every file of its tree, side files included) against max_size_mb."""
+    if allowed is None or ctx.input_path is None:
+        return None
+    tree = ctx.input_path.parent  # the checked-out node: the artifact and its side files only
+    observed = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file()) / 1e6
+    return {"observed": round(observed, 6), "allowed": allowed, "op": "<=", "ok": observed <= allowed}
