@@ -114,7 +114,7 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
 
 
 def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
-           timeout: float, force_kinds: tuple[str, ...] = ()) -> None:
+           timeout: float, force_kinds: tuple[str, ...] = (), bench: bool = False) -> None:
     from filelock import FileLock, Timeout
 
     from buildsys import report
@@ -123,7 +123,8 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
 
     project = open_project(config)
     if dry_run:
-        report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds))
+        report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds,
+                                    bench=bench))
         return
     project.cache_dir.mkdir(parents=True, exist_ok=True)
     guard = FileLock(str(project.cache_dir / "build.lock"))
@@ -135,7 +136,7 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
     try:
         planner = project.planner
         planner.lock = Lock.read(planner.lock.path)  # re-read under the lock: another build may have finished
-        the_plan = make_plan(planner, list(targets) or None, force=force, force_kinds=force_kinds)
+        the_plan = make_plan(planner, list(targets) or None, force=force, force_kinds=force_kinds, bench=bench)
         if not the_plan.work:
             planner.stat.save()
             click.echo(f"Nothing to do: all {len(the_plan.nodes)} node(s) are fresh.")
@@ -197,6 +198,27 @@ def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, t
     """Re-run the checks of the targets (building whatever is stale first)."""
     _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
            force_kinds=("check",))
+
+
+@cli.command()
+@targets_arg
+@_with(build_options)
+@click.pass_obj
+def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float) -> None:
+    """Time each target's artifact in its runtime next to PyTorch eager: p50/p95, throughput, memory.
+
+    Builds what is stale first. Benchmarks run one at a time (nothing else runs beside them); the
+    results go into deploy.lock and bundle manifests, and budgets (acceptance p50_ms/p95_ms) are
+    checked against them.
+    """
+    from buildsys import report
+    from buildsys.lock import Lock
+
+    _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
+           force_kinds=("bench",), bench=True)
+    project = open_project(config)
+    lock = Lock.read(project.planner.lock.path)
+    report.print_bench(lock.nodes, list(targets) or list(project.config.project.targets), report.console())
 
 
 @cli.command()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from buildsys.graph import CHECK, REFERENCE, Node
+from buildsys.graph import BENCH, REFERENCE, VERDICTS, Node
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.steps import get_format, get_step
@@ -171,11 +171,16 @@ class Builder:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
                 for name in [n for n in pending if self._deps_done(pending[n].node)]:
-                    if len(running) >= self.jobs:
+                    if len(running) >= self.jobs or any(p.node.kind == BENCH for p, _, _ in running.values()):
                         break
+                    if pending[name].node.kind == BENCH and running and not stop:
+                        continue  # a benchmark runs alone: parallel work would skew its latencies
                     nplan = pending.pop(name)
                     if stop:
-                        self._finish(NodeResult(name, SKIPPED, error="not started: an earlier node failed"))
+                        if nplan.action == NOTHING:
+                            self._finish(NodeResult(name, FRESH))
+                        else:
+                            self._finish(NodeResult(name, SKIPPED, error="not started: an earlier node failed"))
                         continue
                     started = self._start(nplan)
                     if started is not None:
@@ -261,9 +266,12 @@ class Builder:
         if node.deps and node.kind != REFERENCE and not node.source_format:
             dep = self.plan.dag.nodes[node.deps[0]]
             input_path = self._checkout(dep, scratch / "in")
-        if node.kind == CHECK:
+        if node.kind in VERDICTS:
             extra["format"] = node.format
             extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref"))
+        if node.kind == BENCH:  # the bench times PyTorch eager beside the artifact
+            source = _source_path(cfg.root, model)
+            extra.update(source_format=model.source.format, source_path=str(source) if source else None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         log.write_text(f"# modelbuild: {node.name} ({node.step})\n")
@@ -275,7 +283,7 @@ class Builder:
         return Action(node.name, self._toolchain(node), request, self.timeout), scratch
 
     def _toolchain(self, node: Node) -> str:
-        if node.kind == CHECK:
+        if node.kind in VERDICTS:
             return get_step(self.plan.dag.nodes[node.deps[0]].step).toolchain
         return get_step(node.step).toolchain
 
@@ -291,8 +299,9 @@ class Builder:
                 self._finish(NodeResult(node.name, FAILED, seconds, reply.get("error", "failed"), str(log)))
                 return False
             metrics = reply.get("metrics", {})
-            if node.kind == CHECK and metrics.get("passed") is False and node.options.get("on_fail") != "warn":
-                self._finish(NodeResult(node.name, FAILED, seconds, "acceptance not met", str(log), metrics))
+            if node.kind in VERDICTS and metrics.get("passed") is False and node.options.get("on_fail") != "warn":
+                what = "acceptance not met" if node.kind != BENCH else "latency budget missed"
+                self._finish(NodeResult(node.name, FAILED, seconds, what, str(log), metrics))
                 return False
             tree, entries = self.store.put_tree(scratch / "out")
             files = [e.as_list() for e in entries]

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 REFERENCE = "reference"
 CHECK = "check"
+BENCH = "bench"
+VERDICTS = (CHECK, BENCH)  # nodes that judge an artifact against its reference: deps [artifact, reference]
 
 
 @dataclass
@@ -129,16 +131,18 @@ def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedC
     return route
 
 
-def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None) -> Dag:
+def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
+           bench: bool = False) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
-    With `cache` (a file path), a previous expansion of the same inputs is reused.
+    Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. With
+    `cache` (a file path), a previous expansion of the same inputs is reused.
     """
     if cache is None:
-        return _expand(cfg, selected)
+        return _expand(cfg, selected, bench)
     import pickle
 
-    key = digest_json([cfg.project.model_dump(mode="json"), selected, str(cfg.root), code_fingerprint()])
+    key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint()])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -146,7 +150,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected)
+    dag = _expand(cfg, selected, bench)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -168,10 +172,11 @@ def code_fingerprint() -> str:
     return digest_json([buildsys.__version__, os.environ.get("MODELBUILD_PLUGINS", ""), stats])
 
 
-def _expand(cfg: LoadedConfig, selected: list[str] | None) -> Dag:
+def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) -> Dag:
     import networkx as nx
 
     from buildsys import verify
+    from buildsys.steps.bench import BenchOptions
 
     project = cfg.project
     names = list(project.targets) if not selected else selected
@@ -228,6 +233,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None) -> Dag:
         checks.append(Node(name=f"verify:{tname}", kind=CHECK, model=target.model, format=target.goal, step=CHECK,
                            options=acceptance,
                            deps=[previous, f"{target.model}/{REFERENCE}"], target=tname, precision=target.precision))
+        acc = target.acceptance
+        if bench or acc.p50_ms is not None or acc.p95_ms is not None:
+            options = BenchOptions(batch_size=acc.bench_batch, p50_ms=acc.p50_ms, p95_ms=acc.p95_ms, on_fail=acc.on_fail)
+            checks.append(Node(name=f"bench:{tname}", kind=BENCH, model=target.model, format=target.goal, step=BENCH,
+                               options=options.model_dump(mode="json"), deps=[previous, f"{target.model}/{REFERENCE}"],
+                               target=tname, precision=target.precision))
     # Name artifact nodes: "model/format", with an options digest when one model has several variants.
     rename = {}
     for base, idents in chains.items():
@@ -252,7 +263,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None) -> Dag:
     if not nx.is_directed_acyclic_graph(graph):  # defensive: routes are checked, but say it plainly
         cycle = " → ".join(a for a, _ in nx.find_cycle(graph))
         raise PlanError(f"the build graph has a cycle: {cycle}")
-    target_nodes = {c.target: c.deps[0] for c in checks}
+    target_nodes = {c.target: c.deps[0] for c in checks if c.kind == CHECK}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
     return Dag(nodes, names, consumers, target_nodes, routes)

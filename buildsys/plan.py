@@ -12,7 +12,7 @@ from typing import Any
 
 from buildsys import keys
 from buildsys.config.load import LoadedConfig
-from buildsys.graph import CHECK, REFERENCE, Dag, Node, data_files, expand, source_files
+from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Dag, Node, data_files, expand, source_files
 from buildsys.hashing import StatCache, digest_json
 from buildsys.lock import Lock
 from buildsys.steps import get_format, get_step
@@ -115,7 +115,10 @@ class Planner:
         if node.kind == CHECK:
             comp["options"] = {}
             comp["acceptance"] = node.options
+        if node.kind in VERDICTS:
             packages += _runtime_packages(get_format(node.format).runtime)
+        if node.kind == BENCH:
+            comp["host"] = _host()  # latencies belong to a machine: another host measures again
         comp["inputs"] = inputs
         comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
         comp["toolchain"] = keys.toolchain(packages)
@@ -179,6 +182,12 @@ def _lock_output(lock: Lock, dep: str, entry: dict) -> str:
     return entry.get("components", {}).get("inputs", {}).get(f"upstream {dep}") or lock.nodes.get(dep, {}).get("tree", "")
 
 
+def _host() -> dict[str, str]:
+    import platform
+
+    return {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor()}
+
+
 def _runtime_packages(runtime: str | None) -> list[str]:
     if runtime is None:
         return []
@@ -188,9 +197,9 @@ def _runtime_packages(runtime: str | None) -> list[str]:
 
 
 def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool = False,
-              force_kinds: tuple[str, ...] = ()) -> Plan:
+              force_kinds: tuple[str, ...] = (), bench: bool = False) -> Plan:
     """Expand the requested targets and give every node its action and reasons."""
-    dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle")
+    dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench)
     selected = list(dag.target_nodes) if not targets else targets
     plans: dict[str, NodePlan] = {}
     digests: dict[str, str | None] = {}
@@ -204,7 +213,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     # that consumes it runs (ninja's rule): walk dependents-first.
     for node in reversed(dag.order()):
         plan = plans[node.name]
-        if plan.action == NOTHING and node.kind != CHECK:
+        if plan.action == NOTHING and node.kind not in VERDICTS:
             entry = planner.lock.nodes.get(node.name, {})
             consumers = [plans[c] for c in dag.consumers[node.name]]
             needing = [c.node.name for c in consumers if c.action == RUN]

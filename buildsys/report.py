@@ -115,7 +115,7 @@ def print_failures(result: BuildResult, out: Any) -> None:
             for output, metric, observed, allowed, ok in rows:
                 table.add_row(output, metric, observed, allowed, "[green]ok[/]" if ok else "[bold red]MISS[/]")
             out.print(table)
-        elif r.log and Path(r.log).exists():
+        elif r.log and Path(r.log).exists() and not r.metrics.get("failures"):
             tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
             out.print("[dim]" + "\n".join("    " + line for line in tail) + "[/]", markup=True)
             out.print(f"  full log: {r.log}")
@@ -167,6 +167,29 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     for row in rows:
         if row.get("not_run"):
             out.print(f"[yellow]{row['target']}: numeric check not run: {row['not_run']}[/]")
+
+
+def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:
+    """Latency per target: the artifact in its runtime next to PyTorch eager on the same inputs."""
+    from rich.table import Table
+
+    table = Table("target", "runtime", "batch", "p50 ms", "p95 ms", "spread", "samples/s", "eager p50 ms", "speedup",
+                  "budget", box=None, padding=(0, 1), pad_edge=False)
+    for target in targets:
+        m = lock_nodes.get(f"bench:{target}", {}).get("metrics", {})
+        if not m:
+            continue
+        art, eager = m.get("artifact", {}), m.get("eager", {})
+        if m.get("not_run"):
+            table.add_row(target, str(m.get("runtime")), "", "", "", "", "", "", "", f"[yellow]not run: {m['not_run']}[/]")
+            continue
+        budget = "—" if m.get("passed") is None else "[green]met[/]" if m["passed"] else "[red]missed[/]"
+        table.add_row(target, str(m.get("runtime")), str(m.get("batch_size")), _num(art.get("p50_ms")),
+                      _num(art.get("p95_ms")), _num(art.get("spread")), _num(art.get("throughput")),
+                      _num(eager.get("p50_ms")) if eager.get("p50_ms") else "—",
+                      f"{m['speedup_vs_eager']:.2f}×" if m.get("speedup_vs_eager") else "—", budget)
+    out.print(table)
+    out.print("[dim]Latencies are wall-clock on this host: compare rows of one run, not runs of different machines.[/]")
 
 
 def _size(n: int) -> str:

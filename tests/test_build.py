@@ -218,3 +218,19 @@ def test_size_budget_fails_the_build_and_units_are_checked(tiny: TinyProject) ->
     bad = tiny.run("plan", check=False)
     assert bad.returncode == 2
     assert "targets.server.acceptance.max_size_mb: a budget in MB: write a number (of MB) or a value with one of the units" in bad.stderr
+
+
+def test_bench_measures_and_budgets_fail_the_build(tiny: TinyProject) -> None:
+    out = tiny.run("bench", "server").stdout
+    assert "built    bench:server" in out and "speedup" in out
+    metrics = lock(tiny)["nodes"]["bench:server"]["metrics"]
+    assert metrics["artifact"]["p50_ms"] > 0 and metrics["eager"]["p50_ms"] > 0 and metrics["passed"] is None
+    # an impossible budget fails the build like a missed tolerance; the check itself stays fresh
+    tiny.edit("      onnx: {opset: 18}\n  int8:", "      onnx: {opset: 18}\n    acceptance: {p50_ms: 0.000001}\n  int8:")
+    proc = tiny.run("build", "server", check=False)
+    assert proc.returncode == 1
+    assert "failed   bench:server" in proc.stdout and "p50 latency" in proc.stdout
+    assert "skipped" not in proc.stdout
+    tiny.edit("p50_ms: 0.000001", "p50_ms: 60 s")
+    tiny.run("build", "server")
+    assert lock(tiny)["nodes"]["bench:server"]["metrics"]["passed"] is True
