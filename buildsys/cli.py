@@ -295,6 +295,30 @@ def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
 
 
 @cli.command()
+@click.option("-o", "--output", default="artifacts/report", show_default=True, metavar="DIR",
+              help="Directory for report.html and report.md (relative to the deploy file).")
+@click.pass_obj
+def report(config: str, output: str) -> None:
+    """Write a self-contained HTML (and Markdown) report of the last build from deploy.lock."""
+    from buildsys.lock import Lock
+    from buildsys.report_html import render
+    from buildsys.store import atomic_write
+
+    project = open_project(config)
+    lock = Lock.read(project.planner.lock.path)
+    if not lock.targets:
+        from buildsys.errors import PlanError
+
+        raise PlanError("nothing has been built yet, so there is nothing to report", hint="run: modelbuild build")
+    html, markdown = render({"nodes": lock.nodes, "targets": lock.targets}, project.config.path.name)
+    out = project.config.root / output
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "report.html", html)
+    atomic_write(out / "report.md", markdown)
+    click.echo(f"wrote {project.planner.display(out / 'report.html')} and report.md ({len(lock.targets)} target(s))")
+
+
+@cli.command()
 @targets_arg
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
 @click.pass_obj

@@ -179,11 +179,13 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
     from buildsys.steps.bench import BenchOptions
 
     project = cfg.project
-    names = list(project.targets) if not selected else selected
-    for t in names:
+    for t in selected or []:
         if t not in project.targets:
             raise PlanError(f"unknown target '{t}'", hint=did_you_mean(t, project.targets)
                             or f"targets in {cfg.path.name}: {', '.join(project.targets)}")
+    # Every target is expanded, even when only some are selected, so that a node's name (which
+    # depends on how many variants of its format the project has) never depends on the selection.
+    names = list(project.targets)
     fg = format_graph()
     identities: dict[str, Node] = {}  # identity digest → node
     chains: dict[str, list[str]] = {}
@@ -263,6 +265,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
     if not nx.is_directed_acyclic_graph(graph):  # defensive: routes are checked, but say it plainly
         cycle = " → ".join(a for a, _ in nx.find_cycle(graph))
         raise PlanError(f"the build graph has a cycle: {cycle}")
+    if selected:
+        wanted = {c.name for c in checks if c.target in selected}
+        graph = graph.subgraph(set().union(*(nx.ancestors(graph, n) | {n} for n in wanted))).copy()
+        nodes = {n: nodes[n] for n in graph.nodes}
+        checks = [c for c in checks if c.target in selected]
+        routes = {t: routes[t] for t in selected}
     target_nodes = {c.target: c.deps[0] for c in checks if c.kind == CHECK}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}

@@ -44,9 +44,9 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     (package → version), `acceptance` (checks only).
     """
     reasons: list[str] = []
-    if old.get("step") != new.get("step"):
-        reasons.append(f"step {old.get('step')}→{new.get('step')}")
-    elif old.get("step_version") != new.get("step_version"):
+    if old.get("step") != new.get("step"):  # a different step: its other differences follow from that
+        return [f"step {old.get('step')}→{new.get('step')}"]
+    if old.get("step_version") != new.get("step_version"):
         reasons.append(f"step {new.get('step')} version {old.get('step_version')}→{new.get('step_version')}")
     old_opts, new_opts = old.get("options") or {}, new.get("options") or {}
     for name in sorted(set(old_opts) | set(new_opts)):

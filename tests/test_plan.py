@@ -109,7 +109,20 @@ def test_deploy_reference_doc_is_in_sync() -> None:
     assert (REPO / "docs" / "deploy-yaml.md").read_text() == render(), "run: modelbuild schema --markdown > docs/deploy-yaml.md"
 
 
-def test_example_plan_shares_nodes() -> None:
-    dag = expand(load(REPO / "deploy.yaml.example"))
-    har = sorted(n for n in dag.nodes if n.startswith("har/"))
-    assert har == ["har/onnx", "har/onnx-int8", "har/reference", "har/torchscript"]
+def test_example_plan_ios_android_shares_nodes() -> None:
+    dag = expand(load(REPO / "deploy.yaml.example"), ["ios", "android"])
+    assert sorted(dag.nodes) == ["digits/coreml-fp16", "digits/onnx", "digits/reference", "digits/saved_model",
+                                 "digits/tflite-int8", "digits/torchscript", "verify:android", "verify:ios"]
+    assert dag.routes["android"] == ["pytorch", "onnx", "saved_model", "tflite-int8"]
+    assert dag.routes["ios"] == ["pytorch", "torchscript", "coreml-fp16"]
+    # one reference for both checks; the ONNX node is the one the server targets use too
+    assert dag.nodes["verify:ios"].deps[1] == dag.nodes["verify:android"].deps[1] == "digits/reference"
+    full = expand(load(REPO / "deploy.yaml.example"))
+    assert "digits/onnx" in full.nodes and full.nodes["digits/saved_model"].deps == ["digits/onnx"]
+
+
+def test_node_names_do_not_depend_on_the_selection(tiny: TinyProject) -> None:
+    tiny.edit("      onnx: {opset: 18}\n      onnx-int8", "      onnx: {opset: 17}\n      onnx-int8")
+    alone = set(dag_for(tiny, "server").nodes)
+    everything = set(dag_for(tiny).nodes)
+    assert alone <= everything and any("~" in n for n in alone)

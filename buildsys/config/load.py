@@ -118,14 +118,44 @@ def load(path: Path) -> LoadedConfig:
     recipes.update(data.get("recipes") or {})  # the deploy file's own recipes win over included ones
     if recipes:
         data["recipes"] = recipes
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
     for tname, target in (data.get("targets") or {}).items():
-        if isinstance(target, dict) and target.get("recipe") is not None:
+        if not isinstance(target, dict):
+            continue
+        if target.get("recipe") is None and target.get("platform") in PLATFORMS:
+            target = {**target, "recipe": _platform_recipe(target["platform"], models.get(target.get("model")))}
+        if target.get("recipe") is not None:
+            if target["recipe"] not in recipes:
+                recipes = {**builtin_recipes(), **recipes}  # the deploy file's own recipes win
             data["targets"][tname] = _apply_recipe(target, tname, recipes, locs, path)
     try:
         project = Project.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, locs, path) from None
     return LoadedConfig(project, path, path.parent.resolve(), locs, files)
+
+
+PLATFORMS = ("ios", "android", "server")
+
+
+def _platform_recipe(platform: str, model: Any) -> str:
+    """The preset a platform starts from; android quantizes to int8 only when calibration data exists."""
+    if platform == "android":
+        data = model.get("data") if isinstance(model, dict) else None
+        return "android-int8" if isinstance(data, dict) and data.get("calibration") else "android"
+    return platform
+
+
+def builtin_recipes() -> dict[str, Any]:
+    """The presets shipped with modelbuild (the repo's recipes/, packaged as buildsys.recipes)."""
+    import buildsys
+
+    installed = Path(buildsys.__file__).parent / "recipes"  # a wheel: packaged as buildsys.recipes
+    folder = installed if installed.is_dir() else Path(buildsys.__file__).parent.parent / "recipes"  # a checkout
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        out.update((yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}).get("recipes", {}))
+    return out
 
 
 def _apply_recipe(target: dict, tname: str, recipes: dict, locs: dict, path: Path) -> dict:
