@@ -131,8 +131,9 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         recorded = lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
         check = lock_nodes.get(f"verify:{target}", {}).get("metrics", {})
-        status = "not run" if check.get("not_run") else "passed" if check.get("passed") else \
-            "missed (warn)" if check.get("passed") is False else "—"
+        status = "passed" if check.get("passed") else "missed (warn)" if check.get("passed") is False else "—"
+        if check.get("not_run"):
+            status = "structure ok, numeric not run" if check.get("structure") else "not run"
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
                "check": status, "not_run": check.get("not_run")}

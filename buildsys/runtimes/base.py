@@ -42,7 +42,7 @@ class Runtime:
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         raise NotImplementedError
 
-    def inspect(self, path: Path, model: "Model") -> dict | None:
+    def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
         """Structural facts about an artifact that need no execution, so they hold on every host:
         {"facts": {...}, "problems": ["..."]}. Problems fail the check even where the numeric part
         cannot run (Core ML off macOS). None: this runtime has no structural check."""

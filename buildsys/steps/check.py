@@ -21,6 +21,7 @@ class Check(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
+    version = 2  # 2: structural inspection and size budgets
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -34,7 +35,7 @@ class Check(Step):
         opts: Any = ctx.options
         fmt_name = ctx.extra["format"]
         runtime_name = get_format(fmt_name).runtime
-        structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model) if runtime_name else None  # type: ignore[arg-type]
+        structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model, fmt_name) if runtime_name else None  # type: ignore[arg-type]
         problems = list(structure.get("problems", [])) if structure else []
         size = _size_budget(ctx, opts.max_size_mb)
         if size is not None and not size["ok"]:
