@@ -6,6 +6,7 @@ two identical, so the reference cannot drift from the code.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
@@ -65,6 +66,10 @@ def render() -> str:
     out = ["# deploy.yaml reference", "",
            "Generated from the schema by `modelbuild schema --markdown`; a test keeps this file in sync.",
            "Every mapping is strict: an unknown key is an error that names its file and line.", ""]
+    example = Path(__file__).resolve().parents[2] / "deploy.yaml.example"
+    if example.is_file():  # in a checkout: the shipped example, which the tests build end to end
+        out += ["## Annotated example", "", "`deploy.yaml.example`, the project this repository builds:", "",
+                "```yaml", example.read_text(encoding="utf-8").rstrip(), "```", ""]
     for title, model in SECTIONS:
         out += [f"## `{title}`", "", (model.__doc__ or "").strip(), "", *model_table(model), ""]
     out += ["## Formats", "", "| format | file | runs in | description |", "|---|---|---|---|"]
