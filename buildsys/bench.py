@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 #: Hard cap on timed calls, whatever min_seconds asks for (a 10 µs model under a 10 s floor).
 MAX_RUNS = 100_000

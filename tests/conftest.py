@@ -81,10 +81,11 @@ class TinyProject:
     def write(self, text: str) -> None:
         self.config.write_text(text.replace("CALLS", str(self.calls)))
 
-    def edit(self, old: str, new: str) -> None:
+    def edit(self, old: str, new: str, count: int = 1) -> None:
+        """Replace `old` (which must be there) by `new`, `count` times (-1: everywhere)."""
         text = self.config.read_text()
         assert old in text, old
-        self.config.write_text(text.replace(old, new, 1))
+        self.config.write_text(text.replace(old, new, count))
 
     def factory_calls(self) -> int:
         return len(self.calls.read_text()) if self.calls.exists() else 0

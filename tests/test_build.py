@@ -50,14 +50,14 @@ def test_build_then_noop(tiny: TinyProject) -> None:
 def test_option_change_reasons_and_cache_hit_skips_the_step(tiny: TinyProject) -> None:
     tiny.run("build", "server")
     calls = tiny.factory_calls()
-    tiny.edit("onnx: {opset: 18}", "onnx: {opset: 17}")
+    tiny.edit("onnx: {opset: 18}", "onnx: {opset: 17}", count=-1)  # both targets: still one shared export
     st = states(tiny, "server")
     assert st["tiny/onnx"] == ("run", ["option opset 18→17"])
     assert st["verify:server"][1] == ["upstream tiny/onnx will be rebuilt"]
     assert tiny.run("plan", "--check", "server", check=False).returncode == 1
     tiny.run("build", "server")
     assert tiny.factory_calls() == calls + 1  # the export really ran
-    tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}")
+    tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}", count=-1)
     assert states(tiny, "server")["tiny/onnx"] == ("cached", ["option opset 17→18"])
     out = tiny.run("build", "server").stdout
     assert "cached" in out
@@ -185,12 +185,12 @@ def test_plan_does_not_import_heavy_toolchains(tiny: TinyProject) -> None:
 
 def test_gc_keeps_what_the_lock_references(tiny: TinyProject) -> None:
     tiny.run("build", "server")
-    tiny.edit("onnx: {opset: 18}", "onnx: {opset: 17}")
+    tiny.edit("onnx: {opset: 18}", "onnx: {opset: 17}", count=-1)
     tiny.run("build", "server")
     out = tiny.run("gc").stdout
     assert "removed 2 action(s)" in out  # the opset-18 export and its check
     assert all(action == "none" for action, _ in states(tiny, "server").values())
-    tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}")
+    tiny.edit("onnx: {opset: 17}", "onnx: {opset: 18}", count=-1)
     assert states(tiny, "server")["tiny/onnx"][0] == "run"  # collected: no longer a cache hit
 
 

@@ -130,6 +130,7 @@ class Bench(Step):
         from buildsys.bench import RssMeter, measure, percentile
         from buildsys.runtimes import get_runtime
 
+        _preimport(runtime_name)  # a library's one-time import is not this model's memory
         with RssMeter() as meter:
             started = time.perf_counter()
             try:
@@ -173,6 +174,18 @@ class Bench(Step):
 
 
 # --- threads and host ------------------------------------------------------------------------------
+
+
+def _preimport(runtime_name: str) -> None:
+    import importlib
+
+    from buildsys.runtimes import get_runtime
+
+    for package in get_runtime(runtime_name).packages:
+        try:
+            importlib.import_module(package.replace("-", "_"))
+        except Exception:  # a distribution whose module has another name: load() will import it
+            pass
 
 
 def _uses_torch(runtime_name: str) -> bool:
@@ -236,5 +249,10 @@ def host() -> dict[str, Any]:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"system": platform.system(), "machine": platform.machine(), "cpu": cpu or "unknown",
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+    info: dict[str, Any] = {"system": platform.system(), "machine": platform.machine(), "cpu": cpu or "unknown",
+                            "cpus": os.cpu_count(), "python": platform.python_version()}
+    try:  # other work on the host skews latencies (threads stall at barriers): keep the context
+        info["load_avg"] = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        pass
+    return info
