@@ -200,7 +200,15 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
         model = project.models[target.model]
         route = find_route(model.source.format, target.goal, target.via, tname, cfg)
         routes[tname] = route
-        for fmt in target.options:
+        # `options: {triton: ...}` on a `format: triton, precision: int8` target means its goal, triton-int8
+        opts_by_format = dict(target.options)
+        if target.goal != target.format and target.format in opts_by_format and target.format not in route:
+            if target.goal in opts_by_format:
+                raise ConfigError(f"options given for both '{target.format}' and '{target.goal}'",
+                                  where=cfg.where("targets", tname, "options", target.format),
+                                  field=f"targets.{tname}.options", hint=f"keep one: the goal node is {target.goal}")
+            opts_by_format[target.goal] = opts_by_format.pop(target.format)
+        for fmt in opts_by_format:
             if fmt not in route[1:]:
                 raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
                                   where=cfg.where("targets", tname, "options", fmt), field=f"targets.{tname}.options",
@@ -209,10 +217,10 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
         previous = ""
         for a, b in zip(route, route[1:]):
             step = steps()[fg.edges[a, b]["step"]]
-            options = _options(step, target.options.get(b, {}), cfg, tname, b)
+            options = _options(step, opts_by_format.get(b, {}), cfg, tname, b)
             problem = step.check_config(model, options, cfg.root)
             if problem:
-                raise ConfigError(problem, where=cfg.where("targets", tname, "options", b) if b in target.options
+                raise ConfigError(problem, where=cfg.where("targets", tname, "options", b) if b in opts_by_format
                                   else cfg.where("targets", tname, "precision"), field=f"targets.{tname} ({b})")
             opts = options.model_dump(mode="json")
             identity.append([step.name, opts])

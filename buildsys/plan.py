@@ -86,6 +86,15 @@ class Planner:
             self._data[model, which] = self.stat.digest(path) if path else digest_json(spec.model_dump())
         return self._data[model, which]
 
+    def _file_input(self, rel: str) -> str:
+        """Digest of a project file or directory a step's options name (a missing one is a config error)."""
+        from buildsys.errors import ConfigError
+
+        path = self.config.root / rel
+        if not path.exists():
+            raise ConfigError(f"'{rel}' does not exist", hint="step options name files relative to the deploy file")
+        return self.stat.tree(path)[0] if path.is_dir() else self.stat.digest(path)
+
     def components(self, node: Node, upstream: dict[str, str]) -> dict[str, Any]:
         """Everything that determines `node`'s output; `upstream` maps dep name → output digest."""
         from buildsys import data
@@ -98,6 +107,8 @@ class Planner:
         if node.source_format:
             inputs.update(self.source_inputs(node.model))
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
+        for rel in step.files_used(step.Options.model_validate(node.options)) if node.kind == "artifact" else ():
+            inputs[f"file {rel}"] = self._file_input(rel)
         for which in node.data_sets:
             resolved = data.used_set(model, ("example", "validation")) if which == "example" else which
             if resolved is not None:

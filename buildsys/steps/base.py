@@ -89,6 +89,12 @@ class Step:
         return ()
 
     @classmethod
+    def files_used(cls, options: StepOptions) -> tuple[str, ...]:
+        """Project files (relative to deploy.yaml) named by the options, e.g. a handler: their
+        contents enter the key, so editing one rebuilds the node."""
+        return ()
+
+    @classmethod
     def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
         """Plan-time validation that needs no heavy import; return a problem message or None."""
         return None

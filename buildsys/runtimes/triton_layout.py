@@ -1,0 +1,204 @@
+"""The "triton-layout" runtime: run the model file inside a Triton model repository, as Triton would find it.
+
+No Triton server is involved. `locate` reads the repository the way Triton does (one model directory
+with config.pbtxt, numeric version directories, the backend's default file name) and the session
+delegates to the ONNX Runtime or TorchScript runtime on that file. Around it, every request and reply
+is held to config.pbtxt: shapes against `dims` (and `max_batch_size`), element types against
+`data_type`, so a config that Triton would reject fails the check here too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.errors import StepError
+from buildsys.runtimes import register
+from buildsys.runtimes.base import Runtime, Session
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+
+# Default model file per backend (Triton's `default_model_filename` when the config sets none).
+MODEL_FILES = {"onnxruntime": "model.onnx", "pytorch": "model.pt"}
+PLATFORMS = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}
+
+
+@dataclass
+class Layout:
+    """One model found in a repository: its parsed config, backend, version and model file."""
+
+    config: dict[str, Any]
+    backend: str  # "onnxruntime" | "pytorch"
+    model_dir: Path
+    version: int
+    model_file: Path
+
+
+def locate(path: Path) -> Layout:
+    """The model in a repository directory (or in a model directory holding config.pbtxt itself).
+
+    Raises StepError naming what is missing: no or several model directories, an unreadable config,
+    a name that differs from its directory, an unknown backend, no version directory with the file.
+    """
+    from buildsys.steps.triton import CONFIG, parse_pbtxt
+
+    path = Path(path)
+    if (path / CONFIG).is_file():
+        model_dir = path
+    else:
+        found = sorted(p.parent for p in path.glob(f"*/{CONFIG}")) if path.is_dir() else []
+        if len(found) != 1:
+            raise StepError(f"'{path.name}' should hold exactly one model directory with a {CONFIG}, "
+                            f"found {len(found)}" + (f" ({', '.join(p.name for p in found)})" if found else ""))
+        model_dir = found[0]
+    try:
+        config = parse_pbtxt((model_dir / CONFIG).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StepError(f"{model_dir.name}/{CONFIG} does not parse: {exc}") from exc
+    if config.get("name", model_dir.name) != model_dir.name:
+        raise StepError(f"{model_dir.name}/{CONFIG} names the model '{config['name']}', but Triton needs the "
+                        f"name of its directory, '{model_dir.name}'")
+    backend = config.get("backend") or PLATFORMS.get(str(config.get("platform", "")))
+    if backend not in MODEL_FILES:
+        raise StepError(f"{model_dir.name}/{CONFIG}: backend/platform "
+                        f"'{config.get('backend') or config.get('platform')}' is not one modelbuild can run "
+                        f"(known: {', '.join(sorted([*MODEL_FILES, *PLATFORMS]))})")
+    filename = str(config.get("default_model_filename") or MODEL_FILES[backend])
+    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
+                       and (p / filename).is_file()), reverse=True)
+    if not versions:
+        raise StepError(f"{model_dir.name}/ has no version directory (<name>/<number>/) holding {filename}")
+    return Layout(config, backend, model_dir, versions[0], model_dir / str(versions[0]) / filename)
+
+
+class TritonSession(Session):
+    """The backend's session, with each call checked against config.pbtxt like Triton checks requests."""
+
+    def __init__(self, inner: Session, layout: Layout, model: "Model", input_types: dict[str, str]):
+        from buildsys.steps.triton import TRITON_TYPES
+
+        self.inner = inner
+        self.model = model
+        config = layout.config
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.max_batch = min(inner.max_batch, self.max_batch_size) if self.max_batch_size > 0 else inner.max_batch
+        entries_in = config.get("input", [])
+        entries_out = config.get("output", [])
+        if layout.backend == "pytorch":  # positional: INPUT__i is the signature's i-th input
+            self.inputs = {spec.name: _entry(entries_in, f"INPUT__{i}", "input") for i, spec in enumerate(model.inputs)}
+            self.outputs = [_entry(entries_out, f"OUTPUT__{i}", "output") for i in range(len(model.outputs))]
+        else:
+            self.inputs = {name: _entry(entries_in, name, "input") for name in input_types}
+            self.outputs = [_entry(entries_out, spec.name, "output") for spec in model.outputs]
+        for name, dtype in input_types.items():  # what the model takes must be what config.pbtxt declares
+            entry = self.inputs[name]
+            if TRITON_TYPES.get(dtype) != entry.get("data_type"):
+                raise StepError(f"config.pbtxt declares input '{entry['name']}' as {entry.get('data_type')}, but the "
+                                f"model takes {dtype}")
+
+    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        for name, entry in self.inputs.items():
+            self._conform(entry, feeds[name].shape, "request input")
+        outputs = self.inner.run(feeds)
+        from buildsys.steps.triton import TRITON_TYPES
+
+        for entry, value in zip(self.outputs, outputs):
+            self._conform(entry, value.shape, "model output")
+            if TRITON_TYPES.get(str(value.dtype)) != entry.get("data_type"):
+                raise StepError(f"config.pbtxt declares output '{entry['name']}' as {entry.get('data_type')}, but "
+                                f"the model returns {value.dtype}")
+        return outputs
+
+    def _conform(self, entry: dict[str, Any], shape: tuple[int, ...], what: str) -> None:
+        """Raise when `shape` is not what Triton would accept for `entry` (dims, reshape, batch)."""
+        # With a reshape the model sees the reshaped shape (a per-sample scalar declared as dims [1]).
+        dims = list(entry["reshape"].get("shape", [])) if "reshape" in entry else list(entry.get("dims", []))
+        sample = list(shape)
+        if self.max_batch_size > 0:
+            if not sample or sample[0] > self.max_batch_size:
+                raise StepError(f"{what} '{entry['name']}' has shape {sample}, which does not fit max_batch_size "
+                                f"{self.max_batch_size}")
+            sample = sample[1:]
+        if len(sample) != len(dims) or any(d != -1 and d != s for d, s in zip(dims, sample)):
+            raise StepError(f"{what} '{entry['name']}' has shape {list(shape)}, but config.pbtxt declares dims "
+                            f"{entry.get('dims')}" + (" after the batch axis" if self.max_batch_size > 0 else ""))
+
+
+def _entry(entries: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]:
+    for entry in entries:
+        if entry.get("name") == name:
+            return entry
+    raise StepError(f"config.pbtxt declares no {what} '{name}' (it declares: "
+                    f"{', '.join(str(e.get('name')) for e in entries) or 'none'})")
+
+
+@register
+class TritonLayout(Runtime):
+    """A Triton model repository, run through the backend's own runtime on its model file."""
+
+    name = "triton-layout"
+    packages = ("onnxruntime", "torch")
+
+    def unavailable(self) -> str | None:
+        from buildsys.runtimes.torch_eager import torch_unavailable
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"
+        return torch_unavailable()
+
+    def load(self, path: Path, model: "Model", root: Path) -> Session:
+        from buildsys.runtimes import get_runtime
+
+        layout = locate(path)
+        if layout.backend == "onnxruntime":
+            inner = get_runtime("onnxruntime").load(layout.model_file, model, root)
+            input_types = {name: dtype for name, dtype in getattr(inner, "input_types", {}).items() if dtype}
+        else:
+            inner = get_runtime("torchscript").load(layout.model_file, model, root)
+            input_types = {spec.name: spec.dtype for spec in model.inputs}
+        return TritonSession(inner, layout, model, input_types)
+
+    def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
+        """The repository's structure (config parses, names match, files where Triton looks), on any host."""
+        from buildsys.steps.triton import CONFIG
+
+        try:
+            layout = locate(path)
+        except StepError as exc:
+            return {"facts": {}, "problems": [exc.what]}
+        config = layout.config
+        problems = []
+        files = sorted(p.relative_to(layout.model_dir).as_posix() for p in layout.model_dir.rglob("*") if p.is_file())
+        if layout.backend == "onnxruntime":
+            problems += _missing_side_files(layout.model_file)
+        expected = "pytorch" if fmt.endswith("torchscript") else "onnxruntime"
+        if layout.backend != expected:
+            problems.append(f"format {fmt} is served by Triton's {expected} backend, but {CONFIG} selects "
+                            f"{layout.backend}")
+        facts = {"model_name": config.get("name", layout.model_dir.name), "backend": layout.backend,
+                 "version": layout.version, "max_batch_size": config.get("max_batch_size", 0),
+                 "inputs": [{k: e.get(k) for k in ("name", "data_type", "dims")} for e in config.get("input", [])],
+                 "outputs": [{k: e.get(k) for k in ("name", "data_type", "dims")} for e in config.get("output", [])],
+                 "dynamic_batching": "dynamic_batching" in config, "files": files}
+        return {"facts": facts, "problems": problems}
+
+
+def _missing_side_files(model_file: Path) -> list[str]:
+    """External-data files an ONNX model references that are not next to it (the weights are not read)."""
+    if importlib.util.find_spec("onnx") is None:
+        return []
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    try:
+        proto = onnx.load(str(model_file), load_external_data=False)
+    except Exception as exc:
+        return [f"{model_file.name} is not a readable ONNX file: {type(exc).__name__}"]
+    missing = {ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)}
+    return [f"{model_file.parent.name}/{m} (external data of {model_file.name}) is missing"
+            for m in sorted(missing) if not (model_file.parent / m).is_file()]
