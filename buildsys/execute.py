@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from buildsys.graph import BENCH, REFERENCE, VERDICTS, Node
+from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Node
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.steps import get_format, get_step
@@ -229,7 +229,7 @@ class Builder:
         assert status.key and status.components is not None
         try:
             if status.action == RESTORE:
-                self._materialize(node, self.lock.nodes[node.name]["files"])
+                self._deliver(node)
                 self.lock.write()
                 self._finish(NodeResult(node.name, RESTORED))
                 return None
@@ -301,6 +301,8 @@ class Builder:
             metrics = reply.get("metrics", {})
             if node.kind in VERDICTS and metrics.get("passed") is False and node.options.get("on_fail") != "warn":
                 what = "acceptance not met" if node.kind != BENCH else "latency budget missed"
+                if node.kind == CHECK:
+                    self._withdraw(node.target)
                 self._finish(NodeResult(node.name, FAILED, seconds, what, str(log), metrics))
                 return False
             tree, entries = self.store.put_tree(scratch / "out")
@@ -321,14 +323,17 @@ class Builder:
         if metrics:
             entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
         self.lock.nodes[node.name] = entry
-        if node.targets:
-            self._materialize(node, files)
+        if node.kind == CHECK:
+            self._deliver(node)
         self.lock.write()
 
-    def _materialize(self, node: Node, files: list) -> None:
-        """Copy a deliverable to artifacts/<target>/, swapping the whole directory at once."""
+    def _deliver(self, check: Node) -> None:
+        """Copy the artifact a check just accepted to artifacts/<target>/, swapping the directory
+        at once. Only checks deliver: an artifact that misses its acceptance never lands there."""
+        artifact = check.deps[0]
+        files = self.lock.nodes[artifact]["files"]
         artifacts = self.planner.artifacts
-        for target in node.targets:
+        for target in [check.target]:
             fresh = artifacts / f".tmp-{target}"
             shutil.rmtree(fresh, ignore_errors=True)
             self.store.checkout(files, fresh, link=False)
@@ -341,7 +346,13 @@ class Builder:
             shutil.rmtree(old, ignore_errors=True)
             for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
                 self.planner.stat.record(final / rel, digest)
-            self.lock.targets[target] = {"node": node.name, "path": self.planner.display(final), "files": files}
+            self.lock.targets[target] = {"node": artifact, "path": self.planner.display(final), "files": files}
+
+    def _withdraw(self, target: str) -> None:
+        """A target whose check failed has no deliverable: remove the previous one and its record."""
+        shutil.rmtree(self.planner.artifacts / target, ignore_errors=True)
+        if self.lock.targets.pop(target, None) is not None:
+            self.lock.write()
 
 
 def built_by(seconds: float) -> dict[str, Any]:

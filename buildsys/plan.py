@@ -156,26 +156,29 @@ class Planner:
             return NodePlan(node, RUN, ["not built yet"], key, comp, cached)
         if entry.get("key") != key:
             return NodePlan(node, RUN, keys.explain(entry.get("components", {}), comp) or ["key changed"], key, comp, cached)
-        problems = self._materialized_problems(node)
+        problems = self._delivery_problems(node) if node.kind == CHECK else []
         if problems:
-            action = RESTORE if self.store.has_files(entry.get("files", [])) else RUN
+            artifact = self.lock.nodes.get(node.deps[0], {})
+            action = RESTORE if self.store.has_files(artifact.get("files", [])) else RUN
             return NodePlan(node, action, problems, key, comp, cached=action == RESTORE)
         return NodePlan(node, NOTHING, [], key, comp)
 
-    def _materialized_problems(self, node: Node) -> list[str]:
-        """Reasons a deliverable on disk no longer matches the lock: missing or modified files."""
+    def _delivery_problems(self, check: Node) -> list[str]:
+        """Why a target's deliverable under artifacts/ does not match what its passing check
+        verified: missing or modified files. Deliverables are owned by checks, so an artifact that
+        fails its check is never delivered."""
+        target, artifact = check.target, check.deps[0]
+        recorded = self.lock.targets.get(target)
+        expected = self.lock.nodes.get(artifact, {}).get("files")
+        if not recorded or recorded.get("node") != artifact or recorded.get("files") != expected:
+            return [f"output missing: {self.display(self.artifacts / target)}"]
         problems = []
-        for target in node.targets:
-            recorded = self.lock.targets.get(target)
-            if not recorded or recorded.get("node") != node.name:
-                problems.append(f"output missing: {self.display(self.artifacts / target)}")
-                continue
-            for rel, digest, _size, _x in recorded.get("files", []):
-                path = self.artifacts / target / rel
-                if not path.is_file():
-                    problems.append(f"output missing: {self.display(path)}")
-                elif self.stat.digest(path) != digest:
-                    problems.append(f"output modified: {self.display(path)}")
+        for rel, digest, _size, _x in recorded["files"]:
+            path = self.artifacts / target / rel
+            if not path.is_file():
+                problems.append(f"output missing: {self.display(path)}")
+            elif self.stat.digest(path) != digest:
+                problems.append(f"output modified: {self.display(path)}")
         return problems
 
     def display(self, path: Path) -> str:

@@ -137,13 +137,20 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
                "check": status, "not_run": check.get("not_run")}
+        # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
-            for metric in ("accuracy", "top1_agreement", "max_abs"):
-                item = values.get(metric)
-                if isinstance(item, dict) and item.get("observed") is not None and metric not in row:
-                    row[metric] = item["observed"]
-            if values.get("reference_accuracy") is not None and "reference_accuracy" not in row:
-                row["reference_accuracy"] = values["reference_accuracy"]
+            observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
+                        if isinstance(values.get(m), dict) and values[m].get("observed") is not None}
+            if "max_abs" in observed:
+                row["max_abs"] = max(row.get("max_abs", observed["max_abs"]), observed["max_abs"])
+            if "top1_agreement" in observed:
+                row["top1_agreement"] = min(row.get("top1_agreement", 1.0), observed["top1_agreement"])
+            if "accuracy" in observed:
+                drop = (values.get("reference_accuracy") or observed["accuracy"]) - observed["accuracy"]
+                if drop >= row.get("_drop", -1.0):
+                    row.update(_drop=drop, accuracy=observed["accuracy"],
+                               reference_accuracy=values.get("reference_accuracy"))
+        row.pop("_drop", None)
         rows.append(row)
     return rows
 

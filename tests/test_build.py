@@ -90,11 +90,11 @@ def test_modified_and_missing_outputs_are_restored_without_running(tiny: TinyPro
     artifact = tiny.root / "artifacts/server/model.onnx"
     original = artifact.read_bytes()
     artifact.write_bytes(b"tampered")
-    assert states(tiny, "server")["tiny/onnx"] == ("restore", ["output modified: artifacts/server/model.onnx"])
+    assert states(tiny, "server")["verify:server"] == ("restore", ["output modified: artifacts/server/model.onnx"])
     tiny.run("build", "server")
     assert artifact.read_bytes() == original
     artifact.unlink()
-    assert states(tiny, "server")["tiny/onnx"][1] == ["output missing: artifacts/server/model.onnx"]
+    assert states(tiny, "server")["verify:server"][1] == ["output missing: artifacts/server/model.onnx"]
     tiny.run("build", "server")
     assert artifact.read_bytes() == original and tiny.factory_calls() == calls
 
@@ -234,3 +234,15 @@ def test_bench_measures_and_budgets_fail_the_build(tiny: TinyProject) -> None:
     tiny.edit("p50_ms: 0.000001", "p50_ms: 60 s")
     tiny.run("build", "server")
     assert lock(tiny)["nodes"]["bench:server"]["metrics"]["passed"] is True
+
+
+def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyProject) -> None:
+    tiny.run("build", "server")
+    assert (tiny.root / "artifacts/server/model.onnx").is_file()
+    tiny.edit("      onnx: {opset: 18}\n  int8:", "      onnx: {opset: 18}\n    acceptance: {max_abs: 0.0}\n  int8:")
+    proc = tiny.run("build", "server", check=False)
+    assert proc.returncode == 1 and "acceptance not met" in proc.stdout
+    assert not (tiny.root / "artifacts/server").exists()  # the earlier deliverable is withdrawn too
+    assert "server" not in lock(tiny)["targets"]
+    assert "tiny/onnx" in lock(tiny)["nodes"]  # the artifact itself is a correct build: cached, not redone
+    assert states(tiny, "server")["verify:server"] == ("run", ["tolerance changed"])

@@ -144,3 +144,23 @@ def test_recipe_cycle(tmp_path: Path) -> None:
     path = write(tmp_path, MODEL + "recipes:\n  a: {recipe: b}\n  b: {recipe: a}\ntargets:\n  t: {model: m, recipe: a}\n")
     with pytest.raises(ConfigError, match=r"targets\.t\.recipe: recipes include each other in a cycle: a → b → a"):
         load(path)
+
+
+def test_platform_presets_and_overrides(tmp_path: Path) -> None:
+    with_calibration = MODEL.replace("outputs:", "data: {calibration: c.npz}\n    outputs:")
+    cfg = load(write(tmp_path, with_calibration + textwrap.dedent("""\
+        targets:
+          phone: {model: m, platform: ios}
+          droid: {model: m, platform: android}
+          fp32: {model: m, platform: ios, precision: fp32}
+          plain: {model: m, platform: android, precision: fp16}
+        """)))
+    t = cfg.project.targets
+    assert (t["phone"].format, t["phone"].precision) == ("coreml", "fp16")
+    assert (t["droid"].format, t["droid"].precision) == ("tflite", "int8")  # calibration data exists
+    assert t["droid"].options["tflite-int8"]["mode"] == "full"
+    # overriding the preset's precision drops the preset's options for its old goal
+    assert t["fp32"].goal == "coreml" and "coreml-fp16" not in t["fp32"].options
+    assert t["plain"].goal == "tflite-fp16" and "tflite-int8" not in t["plain"].options
+    no_data = load(write(tmp_path, MODEL + "targets:\n  droid: {model: m, platform: android}\n", "other.yaml"))
+    assert no_data.project.targets["droid"].goal == "tflite-fp16"  # no calibration data: fp16

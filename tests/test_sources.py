@@ -90,4 +90,4 @@ def test_graph_explain_clean(tiny: TinyProject) -> None:
     tiny.run("clean")
     assert not (tiny.root / "artifacts/ts").exists()
     states = {n["node"]: n["action"] for n in json.loads(tiny.run("plan", "--json", "ts").stdout)["nodes"]}
-    assert states["tiny/torchscript"] == "restore"  # cleaned outputs come back from the cache, no rebuild
+    assert states["verify:ts"] == "restore" and states["tiny/torchscript"] == "none"  # back from the cache
