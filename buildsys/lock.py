@@ -42,7 +42,7 @@ class Lock:
             return cls(path)
         except ValueError as exc:
             raise ConfigError(f"{path.name} is not valid JSON ({exc})",
-                              hint=f"restore it from version control or delete it to rebuild everything") from None
+                              hint="restore it from version control or delete it to rebuild everything") from None
         if raw.get("version") != LOCK_VERSION:
             return cls(path)  # an older layout: treat everything as not built
         return cls(path, raw.get("nodes", {}), raw.get("targets", {}))

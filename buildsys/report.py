@@ -11,6 +11,7 @@ from typing import Any
 
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.plan import NOTHING, RESTORE, Plan
+from buildsys.report_html import fmt_size as _size
 
 _STYLE = {
     FRESH: "dim", CUTOFF: "dim", BUILT: "green", CACHED: "cyan", RESTORED: "cyan", FAILED: "bold red",
@@ -198,14 +199,6 @@ def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> Non
                       f"{m['speedup_vs_eager']:.2f}×" if m.get("speedup_vs_eager") else "—", budget)
     out.print(table)
     out.print("[dim]Latencies are wall-clock on this host: compare rows of one run, not runs of different machines.[/]")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def dumps(value: Any) -> str:

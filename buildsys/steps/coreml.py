@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.torchscript import load_input
 
 if TYPE_CHECKING:
     from buildsys.config.schema import InputSpec, Model
@@ -135,14 +136,9 @@ class _FromTorchScript(Step):
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import coremltools as ct
-        import torch
 
         opts: Any = ctx.options
-        try:
-            module = torch.jit.load(str(ctx.input_path), map_location="cpu").eval()
-        except Exception as exc:
-            raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable TorchScript file: "
-                                 f"{type(exc).__name__}") from exc
+        module = load_input(self, ctx)
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
         try:
             with _per_channel_prelu():

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.torchscript import load_input
 
 if TYPE_CHECKING:
     import onnx
@@ -317,14 +318,8 @@ class OnnxFromTorchScript(Step):
         do_constant_folding: bool = _folding()
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
-        import torch
-
         opts: Any = ctx.options
-        try:
-            module = torch.jit.load(str(ctx.input_path), map_location="cpu").eval()
-        except Exception as exc:
-            raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable TorchScript file: "
-                                 f"{type(exc).__name__}") from exc
+        module = load_input(self, ctx)
         path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
         return {**finish(self, ctx, path), "exporter": "legacy"}
 

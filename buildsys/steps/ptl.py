@@ -7,13 +7,13 @@ without XNNPACK, so it is an opt-in option that fails with a clear message where
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.torchscript import load_input
 
 PTL = register_format(Format(
     name="ptl", filename="model.ptl", runtime="lite-interpreter",
@@ -43,11 +43,7 @@ class PtlFromTorchScript(Step):
         import torch
 
         opts: Any = ctx.options
-        try:
-            module = torch.jit.load(str(ctx.input_path), map_location="cpu").eval()
-        except Exception as exc:
-            raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable TorchScript file: "
-                                 f"{type(exc).__name__}") from exc
+        module = load_input(self, ctx)
         if opts.optimize_for_mobile:
             from torch.utils.mobile_optimizer import optimize_for_mobile
 

@@ -64,3 +64,16 @@ class TorchScriptFromPyTorch(Step):
                 raise self.fail(ctx, f"torch.jit.{opts.method} failed: {describe(exc)}") from exc
         torch.jit.save(compiled, str(ctx.out_dir / TORCHSCRIPT.filename))
         return {"method": opts.method, "bytes": (ctx.out_dir / TORCHSCRIPT.filename).stat().st_size}
+
+
+def load_input(step: Step, ctx: StepContext) -> Any:
+    """The step's TorchScript input, loaded on the CPU in eval mode; an unreadable file is the
+    user's problem (a StepError naming it), not a crash."""
+    import torch
+
+    try:
+        return torch.jit.load(str(ctx.input_path), map_location="cpu").eval()
+    except Exception as exc:
+        name = ctx.input_path.name if ctx.input_path else "the input"
+        raise step.fail(ctx, f"'{name}' is not a loadable TorchScript file: {type(exc).__name__}") from exc
+
