@@ -67,6 +67,8 @@ class Artifact(_M):
     toolchain: dict[str, str]
     acceptance: dict[str, Any] = Field(description="Resolved acceptance the check applied.")
     check: dict[str, Any] = Field(description="Observed check metrics: passed, not_run, outputs.")
+    bench: dict[str, Any] = Field(default_factory=dict, description="Latency measured by `modelbuild bench` "
+                                  "(p50/p95, throughput, peak memory, eager side by side), when measured.")
     reference: str = Field(description="Archive path of the reference inputs/outputs used by the check.")
     model_config_: dict[str, Any] = Field(alias="model_config", description="The model's deploy.yaml entry.")
 
@@ -138,6 +140,7 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
             sources=_sources(lock, chain), chain=chain,
             toolchain={k: v for c in chain for k, v in c.toolchain.items()},
             acceptance=check.get("components", {}).get("acceptance", {}), check=metrics,
+            bench=lock.nodes.get(f"bench:{target}", {}).get("metrics", {}),
             reference=references[node.model], model_config=model.model_dump(mode="json")))
     manifest = Manifest(bundle=name, version=bundle.version, description=bundle.description, modelbuild=__version__,
                         artifacts=artifacts,

@@ -155,7 +155,7 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
         report.print_summary(report.target_rows(the_plan, planner.lock.nodes, planner.lock.targets,
                                                 source_sizes(project)), out)
         if not result.ok:
-            report.print_failures(result, out)
+            report.print_failures(result, out, the_plan)
             failed = len(result.failed)
             skipped = sum(1 for r in result.results.values() if r.outcome == "skipped")
             raise BuildFailed(f"build failed: {failed} node(s) failed, {skipped} skipped")

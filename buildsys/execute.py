@@ -296,7 +296,8 @@ class Builder:
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         try:
             if not reply.get("ok"):
-                self._finish(NodeResult(node.name, FAILED, seconds, reply.get("error", "failed"), str(log)))
+                self._finish(NodeResult(node.name, FAILED, seconds, reply.get("error", "failed"), str(log),
+                                        user_error=bool(reply.get("user"))))
                 return False
             metrics = reply.get("metrics", {})
             if node.kind in VERDICTS and metrics.get("passed") is False and node.options.get("on_fail") != "warn":

@@ -103,11 +103,13 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def print_failures(result: BuildResult, out: Any) -> None:
+def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> None:
     from rich.table import Table
 
     for r in result.failed:
-        out.print(f"\n[bold red]✗ {r.name}[/]: {r.error}")
+        affected = _targets_needing(plan, r.name) if plan else []
+        needed = f" [dim](target{'s' if len(affected) > 1 else ''} {', '.join(affected)})[/]" if affected else ""
+        out.print(f"\n[bold red]✗ {r.name}[/]{needed}: {r.error}")
         for line in r.metrics.get("failures", []):
             out.print(f"  [red]{line}[/]", markup=True, highlight=False)
         rows = check_rows(r.metrics)
@@ -117,9 +119,23 @@ def print_failures(result: BuildResult, out: Any) -> None:
                 table.add_row(output, metric, observed, allowed, "[green]ok[/]" if ok else "[bold red]MISS[/]")
             out.print(table)
         elif r.log and Path(r.log).exists() and not r.metrics.get("failures"):
-            tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
-            out.print("[dim]" + "\n".join("    " + line for line in tail) + "[/]", markup=True)
+            if not r.user_error:  # a converter's own failure: its last words help
+                tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
+                out.print("\n".join("    " + line for line in tail), markup=False, style="dim")
             out.print(f"  full log: {r.log}")
+
+
+def _targets_needing(plan: Plan, name: str) -> list[str]:
+    """The requested targets whose check depends on node `name`."""
+    dependents, todo = set(), [name]
+    while todo:
+        for consumer in plan.dag.consumers.get(todo.pop(), []):
+            if consumer not in dependents:
+                dependents.add(consumer)
+                todo.append(consumer)
+    node = plan.dag.nodes[name]
+    own = [node.target] if node.target else []
+    return sorted({plan.dag.nodes[d].target for d in dependents if plan.dag.nodes[d].target} | set(own))
 
 
 def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, Any],
@@ -135,6 +151,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         status = "passed" if check.get("passed") else "missed (warn)" if check.get("passed") is False else "—"
         if check.get("not_run"):
             status = "structure ok, numeric not run" if check.get("structure") else "not run"
+        if not recorded:
+            status = "not delivered"
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
                "check": status, "not_run": check.get("not_run")}
@@ -168,7 +186,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
             acc = f"{row['accuracy']:.2%}"
             if row.get("reference_accuracy") is not None:
                 acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
-        table.add_row(row["target"], row["format"], _size(row["size"]),
+        table.add_row(row["target"], row["format"], _size(row["size"]) if row["size"] else "—",
                       f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", f"[{style}]{row['check']}[/]", acc,
                       f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
                       _num(row["max_abs"]) if "max_abs" in row else "")

@@ -16,6 +16,7 @@ class NodeResult:
     error: str = ""
     log: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    user_error: bool = False  # the error is the user's to fix (its message says how): no traceback
 
 
 @dataclass
