@@ -125,3 +125,18 @@ def test_node_names_do_not_depend_on_the_selection(tiny: TinyProject) -> None:
     alone = set(dag_for(tiny, "server").nodes)
     everything = set(dag_for(tiny).nodes)
     assert alone <= everything and any("~" in n for n in alone)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("shape: [batch, 4]}", "shape: [batch, 4, 4, 3], layout: NHWC}"),
+     r"targets\.droid \(saved_model\): input 'x' is declared NHWC, but onnx2tf reads axis 1 .* channels-first \(NCHW\)"),
+    (("format: tflite", "format: tflite\n    options: {saved_model: {keep_layout: true}}"),
+     r"keep_layout: onnx2tf keeps the layout of 3-D to 5-D inputs only, and this model has none \(x \['batch', 4\]\)"),
+])
+def test_layouts_the_converter_cannot_honour(tiny: TinyProject, edit: tuple[str, str], message: str) -> None:
+    import re
+
+    tiny.config.write_text(tiny.config.read_text() + "  droid:\n    model: tiny\n    format: tflite\n")
+    tiny.edit(*edit)
+    proc = tiny.run("plan", "droid", check=False)
+    assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr

@@ -131,6 +131,20 @@ class SavedModelFromOnnx(Step):
             default=False, description="Lower grouped convolutions to split + concat (onnx2tf option) for "
             "runtimes or delegates without grouped convolution support.")
 
+    @classmethod
+    def check_config(cls, model: Any, options: Any, root: Any) -> str | None:
+        """Layouts onnx2tf cannot honour: it assumes axis 1 of a 3-D to 5-D input holds the channels."""
+        spatial = [i for i in model.inputs if 3 <= len(i.shape) <= 5]
+        if options.keep_layout and not spatial:
+            names = ", ".join(f"{i.name} {i.shape}" for i in model.inputs)
+            return f"keep_layout: onnx2tf keeps the layout of 3-D to 5-D inputs only, and this model has none ({names})"
+        for inp in spatial:
+            if inp.layout and inp.layout.find("C") not in (-1, 1):
+                return (f"input '{inp.name}' is declared {inp.layout}, but onnx2tf reads axis 1 of a "
+                        f"{len(inp.shape)}-D input as its channels and would transpose the wrong axes; export the "
+                        f"model channels-first ({'N' + 'C' + inp.layout.replace('N', '').replace('C', '')}) for TFLite")
+        return None
+
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import onnx
 
