@@ -107,7 +107,7 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
     from rich.table import Table
 
     for r in result.failed:
-        affected = _targets_needing(plan, r.name) if plan else []
+        affected = _targets_needing(plan, r.name) if plan and not plan.dag.nodes[r.name].target else []
         needed = f" [dim](target{'s' if len(affected) > 1 else ''} {', '.join(affected)})[/]" if affected else ""
         out.print(f"\n[bold red]✗ {r.name}[/]{needed}: {r.error}")
         for line in r.metrics.get("failures", []):
