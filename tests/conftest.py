@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.models import Tiny, make_model
+
 REPO = Path(__file__).resolve().parent.parent
 
 TINYNET = '''\
@@ -119,6 +121,43 @@ def make_tiny_project(root: Path, deploy: str = DEPLOY) -> TinyProject:
     project = TinyProject(root, root / "calls.txt")
     project.write(textwrap.dedent(deploy))
     return project
+
+
+# Tiny real models for in-process step tests (tests/helpers/models.py), one per test module.
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return make_model(tmp_path_factory.mktemp("cnn"), "cnn")
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return make_model(tmp_path_factory.mktemp("mlp"), "mlp")
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return make_model(tmp_path_factory.mktemp("two"), "two")
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cnn-onnx")
+    cnn.run("onnx-from-pytorch", out)
+    return out / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def cnn_ts(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cnn-ts")
+    cnn.run("torchscript-from-pytorch", out)
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def cnn_reference(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cnn-ref")
+    cnn.run("reference", out, extra={"source_format": "pytorch"})
+    return out / "reference.npz"
 
 
 @pytest.fixture

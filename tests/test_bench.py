@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from buildsys import bench
 from buildsys.bench import RssMeter, Timing, budget_failures, budget_items, budgets_passed, measure, percentile
 from buildsys.steps import get_format, get_step
-from tests.helpers.models import Tiny, make_model
+from tests.helpers.models import Tiny
 
 
 class FakeClock:
@@ -154,22 +154,13 @@ def test_rss_meter_sees_a_peak_even_after_it_is_freed() -> None:
 
 
 @pytest.fixture(scope="module")
-def cnn(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("bench-cnn"), "cnn")
+def onnx_path(cnn_onnx: Path) -> Path:
+    return cnn_onnx
 
 
 @pytest.fixture(scope="module")
-def onnx_path(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench-onnx")
-    cnn.run("onnx-from-pytorch", out)
-    return out / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def reference(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench-ref")
-    cnn.run("reference", out, extra={"source_format": "pytorch"})
-    return out / "reference.npz"
+def reference(cnn_reference: Path) -> Path:
+    return cnn_reference
 
 
 FAST = {"warmup": 1, "repeats": 5, "min_seconds": 0.0}  # a handful of calls: structure, not speed

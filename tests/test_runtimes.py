@@ -17,11 +17,6 @@ from tests.helpers.models import Tiny, make_model, torch_outputs, validation_fee
 MINE = ("torch-eager", "torchscript", "torch-export", "onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("two"), "two")
-
-
 def test_every_executable_format_of_mine_has_its_runtime() -> None:
     assert set(MINE) <= set(runtimes())
     for fmt in ("pytorch", "torchscript", "torchscript-file", "pt2", "pt2-file", "onnx", "onnx-file",

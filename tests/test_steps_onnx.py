@@ -18,30 +18,6 @@ from buildsys.verify import resolve_acceptance
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 
 
-@pytest.fixture(scope="module")
-def cnn(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("cnn"), "cnn")
-
-
-@pytest.fixture(scope="module")
-def mlp(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("mlp"), "mlp")
-
-
-@pytest.fixture(scope="module")
-def cnn_onnx(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cnn-onnx")
-    cnn.run("onnx-from-pytorch", out)
-    return out / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def cnn_reference(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cnn-ref")
-    cnn.run("reference", out, extra={"source_format": "pytorch"})
-    return out / "reference.npz"
-
-
 def ort_outputs(tiny: Tiny, path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return get_runtime("onnxruntime").load(path, tiny.model, tiny.root).run_all(_batch(feeds))
 

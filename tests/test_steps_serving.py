@@ -38,30 +38,6 @@ MINE = ("triton-from-onnx", "triton-fp16-from-onnx-fp16", "triton-int8-from-onnx
 
 
 @pytest.fixture(scope="module")
-def cnn(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("cnn"), "cnn")
-
-
-@pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("two"), "two")
-
-
-@pytest.fixture(scope="module")
-def cnn_onnx(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cnn-onnx")
-    cnn.run("onnx-from-pytorch", out)
-    return out / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def cnn_ts(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cnn-ts")
-    cnn.run("torchscript-from-pytorch", out)
-    return out / "model.pt"
-
-
-@pytest.fixture(scope="module")
 def two_ts(two: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("two-ts")
     two.run("torchscript-from-pytorch", out)

@@ -19,16 +19,6 @@ from tests.helpers.models import FACTORIES, Tiny, make_model, torch_outputs, val
 
 
 @pytest.fixture(scope="module")
-def mlp(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("mlp"), "mlp")
-
-
-@pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return make_model(tmp_path_factory.mktemp("two"), "two")
-
-
-@pytest.fixture(scope="module")
 def cnn_tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return make_model(tmp_path_factory.mktemp("cnn"), "cnn")
 
