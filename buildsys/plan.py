@@ -107,8 +107,9 @@ class Planner:
         if node.source_format:
             inputs.update(self.source_inputs(node.model))
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
-        for rel in step.files_used(step.Options.model_validate(node.options)) if node.kind == "artifact" else ():
-            inputs[f"file {rel}"] = self._file_input(rel)
+        if node.kind == "artifact" and _names_files(step):  # most steps don't: skip re-validating their options
+            for rel in step.files_used(step.Options.model_validate(node.options)):
+                inputs[f"file {rel}"] = self._file_input(rel)
         for which in node.data_sets:
             resolved = data.used_set(model, ("example", "validation")) if which == "example" else which
             if resolved is not None:
@@ -194,6 +195,13 @@ class Planner:
 
 def _lock_output(lock: Lock, dep: str, entry: dict) -> str:
     return entry.get("components", {}).get("inputs", {}).get(f"upstream {dep}") or lock.nodes.get(dep, {}).get("tree", "")
+
+
+def _names_files(step: type) -> bool:
+    """Whether a step overrides Step.files_used (its options can name project files)."""
+    from buildsys.steps.base import Step
+
+    return step.files_used.__func__ is not Step.files_used.__func__  # type: ignore[attr-defined]
 
 
 def _host() -> dict[str, str]:

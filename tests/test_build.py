@@ -244,3 +244,12 @@ def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyPro
     assert "server" not in lock(tiny)["targets"]
     assert "tiny/onnx" in lock(tiny)["nodes"]  # the artifact itself is a correct build: cached, not redone
     assert states(tiny, "server")["verify:server"] == ("run", ["tolerance changed"])
+
+
+def test_a_file_named_by_step_options_is_part_of_the_key(tiny: TinyProject) -> None:
+    (tiny.root / "handler.py").write_text("def handle(data, context):\n    return data\n")
+    tiny.config.write_text(tiny.config.read_text() + "  serve:\n    model: tiny\n    format: torchserve\n"
+                           "    options: {torchserve: {handler: handler.py}}\n")
+    tiny.run("build", "serve")
+    (tiny.root / "handler.py").write_text("def handle(data, context):\n    return [data]\n")
+    assert states(tiny, "serve")["tiny/torchserve"] == ("run", ["file handler.py changed"])
