@@ -15,7 +15,6 @@ only its weight files are used; the package itself is never imported).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from buildsys.lock import Lock  # noqa: E402
 from tests.test_mobile_e2e import ONET_SAMPLES, TARGETS, make_mobile_project  # noqa: E402
 
 FORMAT_NAMES = {"tflite": "TFLite", "coreml": "Core ML", "ptl": "PyTorch Mobile"}
@@ -83,7 +83,7 @@ def _facts(metrics: dict) -> str:
 
 
 def render(root: Path, jobs: int) -> str:
-    lock = json.loads((root / "deploy.lock").read_text())
+    lock = Lock.read(root / "deploy.lock").as_dict()  # deploy.lock merged with its build record
     nodes = lock["nodes"]
     fp32 = {(spec[0], spec[1]): t for t, spec in TARGETS.items() if spec[2] == "fp32"}
     lines = [

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Node
+from buildsys.lock import LOCAL
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.steps import get_format, get_step
@@ -323,6 +324,10 @@ class Builder:
         entry = {"key": status.key, "components": status.components, "tree": tree, "files": files, "built": built}
         if metrics:
             entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
+        if node.kind == BENCH:
+            entry[LOCAL] = True  # keyed by host: recorded, never committed
+        elif node.kind == CHECK:
+            entry["verdict"] = verdict(metrics)
         self.lock.nodes[node.name] = entry
         if node.kind == CHECK:
             self._deliver(node)
@@ -356,8 +361,15 @@ class Builder:
             self.lock.write()
 
 
+def verdict(metrics: dict[str, Any]) -> str:
+    """A check's outcome in words that hold on every host of one kind: what deploy.lock commits."""
+    if metrics.get("passed") is None:
+        return "not run"
+    return "passed" if metrics["passed"] else "failed (on_fail: warn)"
+
+
 def built_by(seconds: float) -> dict[str, Any]:
-    """Where, when and how long a node was built (kept in the lock and in bundle manifests)."""
+    """Where, when and how long a node was built (kept in the build record and in bundle manifests)."""
     import datetime
     import socket
 

@@ -843,7 +843,6 @@ def _markdown(data: list[Row], title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="python -m buildsys.report_html", description=__doc__.splitlines()[0])
@@ -852,7 +851,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the Markdown summary here")
     parser.add_argument("--title", default="", help="page title (default: 'Build report: <lock's directory>')")
     args = parser.parse_args(argv)
-    lock = json.loads(args.lock.read_text(encoding="utf-8"))
+    from buildsys.lock import Lock
+
+    lock = Lock.read(args.lock).as_dict()  # with the build record's observations merged in
     title = args.title or f"Build report: {args.lock.resolve().parent.name}"
     page, summary = render(lock, title)
     args.output.write_text(page, encoding="utf-8")

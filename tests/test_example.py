@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.lock import Lock
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_example_builds_verified_artifacts_then_does_nothing(example: Path) -> None:
     first = modelbuild(example, "build", "-j", "2")
     assert first.returncode == 0, first.stdout + first.stderr
-    lock = json.loads((example / "deploy.lock").read_text())
+    lock = Lock.read(example / "deploy.lock").as_dict()
     targets = lock["targets"]
     assert targets, "no target was materialized"
     for target in targets:

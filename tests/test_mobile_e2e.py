@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from buildsys.lock import Lock
 from tests.conftest import REPO, TinyProject
 
 pytestmark = pytest.mark.slow
@@ -195,7 +196,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyProject, subpro
     pytest.importorskip("coremltools")
     project = make_mobile_project(tmp_path_factory.mktemp("mobile") / "proj")
     proc = build_output(project)
-    lock = json.loads((project.root / "deploy.lock").read_text())
+    lock = Lock.read(project.root / "deploy.lock").as_dict()
     return project, proc, lock
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from buildsys.lock import Lock
 from buildsys.report_html import render, rows
 from tests.conftest import make_tiny_project
 
@@ -23,7 +23,7 @@ def build_lock(root: Path) -> dict[str, Any]:
     project = make_tiny_project(root)
     project.run("build")
     project.run("bench", "server")
-    return json.loads((project.root / "deploy.lock").read_text())
+    return Lock.read(project.root / "deploy.lock").as_dict()
 
 
 @pytest.fixture(scope="module")

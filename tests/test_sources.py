@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.lock import Lock
 from tests.conftest import TinyProject, make_tiny_project
 
 
@@ -60,7 +61,7 @@ def test_file_sources_build_and_verify(files_project: TinyProject) -> None:
     assert plan["routes"] == {"ts-onnx": ["torchscript-file", "onnx"], "ep-onnx": ["pt2-file", "onnx"],
                               "ox-int8": ["onnx-file", "onnx", "onnx-int8"]}
     files_project.run("build")
-    lock = json.loads((files_project.root / "deploy.lock").read_text())
+    lock = Lock.read(files_project.root / "deploy.lock").as_dict()
     for target in ("ts-onnx", "ep-onnx", "ox-int8"):
         metrics = lock["nodes"][f"verify:{target}"]["metrics"]
         assert metrics["passed"] is True and metrics["samples"] == 20  # the callable's 20 samples
