@@ -12,6 +12,7 @@ import io
 import json
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from buildsys import __version__
 from buildsys.errors import ConfigError, ModelbuildError, did_you_mean
+from buildsys.verify import not_run_reasons
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -90,17 +92,12 @@ def manifest_schema() -> dict[str, Any]:
 # --- making a bundle -------------------------------------------------------------------------------
 
 def resolve(cfg: Any, name: str) -> Any:
-    """The bundle config `name`, with its targets checked to exist."""
+    """The bundle config `name` (config.load has already checked that its targets exist)."""
     bundles = cfg.project.bundles
     if name not in bundles:
         raise ConfigError(f"unknown bundle '{name}'", hint=did_you_mean(name, bundles)
                           or f"bundles in {cfg.path.name}: {', '.join(bundles) or 'none'}")
-    bundle = bundles[name]
-    for i, target in enumerate(bundle.targets):
-        if target not in cfg.project.targets:
-            raise ConfigError(f"unknown target '{target}'", where=cfg.where("bundles", name, "targets", i),
-                              field=f"bundles.{name}.targets[{i}]", hint=did_you_mean(target, cfg.project.targets))
-    return bundle
+    return bundles[name]
 
 
 def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) -> Path:
@@ -114,9 +111,10 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
         metrics = check.get("metrics", {})
         if not check or metrics.get("passed") is False:
             raise BundleError(f"target '{target}' has not passed its check", hint=f"run: modelbuild build {target}")
-        if metrics.get("not_run") and bundle.require_numeric:
-            raise BundleError(f"target '{target}': its numeric check did not run ({metrics['not_run']}) and bundle "
-                              f"'{name}' sets require_numeric", hint="build the bundle on a host that can run it")
+        not_run = not_run_reasons(metrics)
+        if not_run and bundle.require_numeric:
+            raise BundleError(f"target '{target}': {not_run[0]}, and bundle '{name}' sets require_numeric",
+                              hint="build the bundle on a host that can run it")
         node = dag.nodes[dag.target_nodes[target]]
         model = cfg.project.models[node.model]
         if node.model not in references:
@@ -216,45 +214,73 @@ def _zip(entries: dict[str, bytes]) -> bytes:
 # --- verifying a bundle ------------------------------------------------------------------------------
 
 def read_members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield (name, bytes) of every regular file, rejecting anything that could escape the bundle."""
+    """Yield (name, bytes) of every regular file, rejecting anything that could escape the bundle.
+
+    Names come back normalized ('./manifest.json' → 'manifest.json'), as `tar -czf x.tar.gz .` or a
+    zip tool may write them.
+    """
     if not path.is_file():
         raise BundleError(f"{path} does not exist")
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                _safe_name(info.filename)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise BundleError(f"bundle entry '{info.filename}' is a symbolic link; bundles hold only files")
-                yield info.filename, zf.read(info)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    name = _safe_name(info.filename)
+                    if info.is_dir() or not name:
+                        continue
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise BundleError(f"bundle entry '{info.filename}' is a symbolic link; bundles hold only files")
+                    yield name, zf.read(info)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error) as exc:
+            raise BundleError(f"{path.name} is not a readable zip archive ({exc})") from None
         return
     try:
         tar = tarfile.open(path, "r:*")
-    except tarfile.TarError as exc:
-        raise BundleError(f"{path.name} is not a bundle archive ({exc})") from None
-    with tar:
-        for member in tar.getmembers():
-            _safe_name(member.name)
-            if member.issym() or member.islnk():
-                raise BundleError(f"bundle entry '{member.name}' is a link to '{member.linkname}'; bundles hold only files")
-            if member.isdir():
-                continue
-            if not member.isfile():
-                raise BundleError(f"bundle entry '{member.name}' is not a regular file")
-            handle = tar.extractfile(member)
-            yield member.name, handle.read() if handle else b""
+        with tar:
+            for member in tar.getmembers():
+                name = _safe_name(member.name)
+                if member.issym() or member.islnk():
+                    raise BundleError(f"bundle entry '{member.name}' is a link to '{member.linkname}'; bundles hold "
+                                      "only files")
+                if member.isdir() or not name:
+                    continue
+                if not member.isfile():
+                    raise BundleError(f"bundle entry '{member.name}' is not a regular file")
+                handle = tar.extractfile(member)
+                yield name, handle.read() if handle else b""
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if detail.startswith("file could not be opened"):  # tarfile tried every compression
+            detail = "it is neither a tar archive (gz, bz2, xz or plain) nor a zip file"
+        raise BundleError(f"{path.name} is not a readable bundle archive: {detail}") from None
 
 
-def _safe_name(name: str) -> None:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or name.startswith("\\") or ":" in p.parts[0]:
+def _safe_name(name: str) -> str:
+    """`name` without './' segments ('' for the archive's root), or BundleError if it could escape."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or name.startswith("\\") or (p.parts and ":" in p.parts[0]):
         raise BundleError(f"bundle entry '{name}' points outside the bundle (path traversal); refusing it")
+    return p.as_posix() if p.parts else ""
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    """Every file of the archive by normalized name. A bundle packed from its parent directory
+    (every entry under one folder, `tar -czf x.tar.gz release/`) is read as if packed from inside."""
+    members: dict[str, bytes] = {}
+    for name, data in read_members(path):
+        if name in members:
+            raise BundleError(f"bundle entry '{name}' appears twice in {path.name}; a bundle holds each file once")
+        members[name] = data
+    tops = {name.split("/", 1)[0] for name in members}
+    if MANIFEST not in members and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in members:
+        prefix = next(iter(tops)) + "/"
+        members = {name[len(prefix):]: data for name, data in members.items()}
+    return members
 
 
 def unpack_and_check(path: Path, dest: Path) -> Manifest:
     """Extract a bundle into `dest` after validating names, and check every file's size and SHA-256."""
-    members = dict(read_members(path))
+    members = _members(path)
     if MANIFEST not in members:
         raise BundleError(f"{path.name} has no {MANIFEST}")
     try:

@@ -31,7 +31,7 @@ class Project:
         return self.planner.store.dir
 
 
-def open_project(config_path: str) -> Project:
+def open_project(config_path: str, serving: bool = False, strict: bool = False) -> Project:
     from buildsys.config.load import load
     from buildsys.hashing import StatCache
     from buildsys.lock import Lock, lock_path_for
@@ -47,10 +47,22 @@ def open_project(config_path: str) -> Project:
 
         raise ConfigError(f"no {DEFAULT_CONFIG} in {Path.cwd()}", hint=hint)
     cfg = load(path)
+    overrides = {"serving": True} if serving else {}
+    if strict:
+        overrides["require_numeric"] = True
+    if overrides:  # --serving / --strict hold for every target: they enter the check keys like any acceptance
+        cfg.project = with_acceptance(cfg.project, overrides)
     cache = Path(os.environ.get("MODELBUILD_CACHE") or cfg.root / ".modelbuild")
     stat = StatCache(cache / "statcache.json")
     planner = Planner(cfg, Lock.read(lock_path_for(path)), Store(cache, stat), stat, cfg.root / "artifacts")
     return Project(cfg, planner)
+
+
+def with_acceptance(project: Any, overrides: dict[str, Any]) -> Any:
+    """The project with `overrides` set in every target's acceptance (pydantic models are frozen)."""
+    targets = {name: t.model_copy(update={"acceptance": t.acceptance.model_copy(update=overrides)})
+               for name, t in project.targets.items()}
+    return project.model_copy(update={"targets": targets})
 
 
 def source_sizes(project: Project) -> dict[str, int]:
@@ -65,7 +77,8 @@ def source_sizes(project: Project) -> dict[str, int]:
 
 
 class Cli(click.Group):
-    """Turns ModelbuildError into one line on stderr and its exit code."""
+    """Turns ModelbuildError into one line on stderr and its exit code, and any other exception (a bug
+    in modelbuild) into a saved traceback, a line that says it is a bug, and exit code 3."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -76,6 +89,30 @@ class Cli(click.Group):
             else:
                 click.secho(str(exc), fg="red", err=True)
             ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            ctx.exit(_internal_error(exc))
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Save the traceback of a modelbuild bug to a file and say so in one line; the exit code."""
+    import tempfile
+    import traceback
+
+    from buildsys.errors import INTERNAL_EXIT
+
+    text = "".join(traceback.format_exception(exc))
+    fd, saved = tempfile.mkstemp(prefix="modelbuild-internal-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    click.secho(f"internal error: {type(exc).__name__}: {first}", fg="red", err=True)
+    click.echo(f"This is a bug in modelbuild, not in your files. Please report it with the traceback saved in "
+               f"{saved} (exit code {INTERNAL_EXIT}).", err=True)
+    if os.environ.get("MODELBUILD_DEBUG"):
+        click.echo(text, err=True)
+    return INTERNAL_EXIT
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,14 +151,15 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
 
 
 def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
-           timeout: float, force_kinds: tuple[str, ...] = (), bench: bool = False) -> None:
+           timeout: float, force_kinds: tuple[str, ...] = (), bench: bool = False, serving: bool = False,
+           strict: bool = False) -> None:
     from filelock import FileLock, Timeout
 
     from buildsys import report
     from buildsys.lock import Lock
     from buildsys.plan import make_plan
 
-    project = open_project(config)
+    project = open_project(config, serving=serving, strict=strict)
     if dry_run:
         report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds,
                                     bench=bench))
@@ -163,6 +201,8 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
         guard.release()
 
 
+
+
 build_options = [
     click.option("-j", "--jobs", default=1, show_default=True, help="Nodes to run in parallel."),
     click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
@@ -183,11 +223,17 @@ def _with(options: list) -> Any:
 @_with(build_options)
 @click.option("--force", is_flag=True, help="Rebuild every needed node, ignoring lock and cache.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--serving", is_flag=True, help="Also check every target in its real serving software (Triton, "
+              "TorchServe) on loopback, as acceptance 'serving: true' does.")
+@click.option("--strict", is_flag=True, help="Fail (and do not deliver) a check that could not run here (Core ML "
+              "off macOS, a serving check without its server) instead of reporting 'not run', as acceptance "
+              "'require_numeric: true' does.")
 @click.pass_obj
 def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, force: bool,
-          dry_run: bool) -> None:
+          dry_run: bool, serving: bool, strict: bool) -> None:
     """Build the targets (default: all) and everything they need; only stale nodes run."""
-    _build(config, targets, jobs=jobs, keep_going=keep_going, force=force, dry_run=dry_run, timeout=timeout)
+    _build(config, targets, jobs=jobs, keep_going=keep_going, force=force, dry_run=dry_run, timeout=timeout,
+           serving=serving, strict=strict)
 
 
 @cli.command()

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
     from buildsys.config.schema import DataSource, InputSpec, Model
 
+from buildsys.errors import DataError
+
 SETS = ("example", "calibration", "validation")
 
 
@@ -69,7 +71,33 @@ def load_set(model: "Model", which: str, root: Path) -> Batch | None:
     if spec.limit is not None:
         inputs = {k: v[: spec.limit] for k, v in inputs.items()}
         labels = labels[: spec.limit] if labels is not None else None
-    return Batch(inputs, labels, origin)
+    batch = Batch(inputs, labels, origin)
+    problem = batch_problem(batch, spec.labels)
+    if problem:
+        raise DataError(f"{origin}: {problem}", hint="fix the data set; no artifact is judged on it")
+    return batch
+
+
+def batch_problem(batch: Batch, labels_name: str = "labels") -> str | None:
+    """Why `batch` cannot judge an artifact (samples that disagree in number, non-finite inputs,
+    labels that do not fit), or None. Found here, such data is reported as bad data instead of
+    surfacing later as an artifact's failed check."""
+    import numpy as np
+
+    counts = {name: len(value) for name, value in batch.inputs.items()}
+    if len(set(counts.values())) > 1:
+        return "the inputs hold different numbers of samples (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
+    n = next(iter(counts.values()))
+    for name, value in batch.inputs.items():
+        if value.dtype.kind == "f":
+            bad = ~np.isfinite(value.reshape(n, -1)).all(axis=1) if n else np.zeros(0, bool)
+            if bad.any():
+                first = int(np.argmax(bad))
+                return (f"input '{name}' holds NaN or inf in {int(bad.sum())} of {n} samples (the first: sample {first})")
+    if batch.labels is not None and batch.labels.shape != (n,):
+        return (f"'{labels_name}' has shape {list(batch.labels.shape)}, but there are {n} samples: "
+                f"labels need one class index per sample, shape [{n}]")
+    return None
 
 
 def synthetic(model: "Model") -> Batch:
@@ -138,6 +166,20 @@ def peek_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 with archive.open(name) as f:
                     shapes[name[:-4]] = _npy_header(f)[0]
     return shapes
+
+
+def count_problem(shapes: dict[str, tuple[int, ...]], inputs: list[str], labels: str) -> str | None:
+    """Why the arrays of one file disagree on the number of samples (inputs vs each other, labels vs
+    inputs), from header shapes alone; None when they agree."""
+    counts = {name: shapes[name][0] for name in inputs if shapes.get(name)}
+    if len(set(counts.values())) > 1:
+        return "the inputs hold different numbers of samples (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
+    if labels in shapes and counts:
+        n = next(iter(counts.values()))
+        if shapes[labels] != (n,):
+            return (f"'{labels}' has shape {list(shapes[labels])}, but there are {n} samples: labels need one class "
+                    f"index per sample, shape [{n}]")
+    return None
 
 
 def shape_problem(inp: "InputSpec", shape: tuple[int, ...]) -> str | None:

@@ -72,6 +72,11 @@ class StepError(ModelbuildError):
     exit_code = 1
 
 
+class DataError(ModelbuildError):
+    """A data set (example / calibration / validation) cannot be used as it is: NaN inputs, labels
+    that do not fit the samples. Reported as bad data, never blamed on an artifact."""
+
+
 class MissingToolchain(ModelbuildError):
     """An optional package a step needs is not installed."""
 
@@ -83,7 +88,12 @@ class MissingToolchain(ModelbuildError):
 
 
 class InternalError(Exception):
-    """A bug in modelbuild itself (never caused by user input): shown with its traceback."""
+    """A bug in modelbuild itself (never caused by user input). The CLI saves its traceback to a file,
+    says that it is a bug, and exits with INTERNAL_EXIT: distinct from a failed build (1) and a user
+    error (2)."""
+
+
+INTERNAL_EXIT = 3
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

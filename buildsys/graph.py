@@ -376,6 +376,10 @@ def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
         if problem:
             raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
                               hint="fix the data or the model's inputs[].shape")
+    problem = data.count_problem(shapes, [i.name for i in model.inputs] if path.suffix != ".npy" else [""], spec.labels)
+    if problem:
+        raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
+                          hint="give every input and the labels one entry per sample")
     return path
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.plan import NOTHING, RESTORE, Plan
 from buildsys.report_html import fmt_size as _size
+from buildsys.verify import not_run_reasons
 
 _STYLE = {
     FRESH: "dim", CUTOFF: "dim", BUILT: "green", CACHED: "cyan", RESTORED: "cyan", FAILED: "bold red",
@@ -81,8 +82,9 @@ def print_event(out: Any, kind: str, payload: NodeResult | str) -> None:
     extra = f"  {payload.error}" if payload.error else ""
     if payload.outcome == BUILT and payload.metrics.get("passed") is False:
         extra = "  [yellow]acceptance not met (on_fail: warn)[/]"
-    if payload.metrics.get("not_run"):
-        extra = f"  [yellow]numeric check not run: {payload.metrics['not_run']}[/]"
+    reasons = not_run_reasons(payload.metrics)
+    if reasons:
+        extra = f"  [yellow]{'; '.join(reasons)}[/]"
     out.print(f"  [{style}]{payload.outcome:<8}[/] {payload.name:<28} {secs}{extra}")
 
 
@@ -151,11 +153,14 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         status = "passed" if check.get("passed") else "missed (warn)" if check.get("passed") is False else "—"
         if check.get("not_run"):
             status = "structure ok, numeric not run" if check.get("structure") else "not run"
+        serving = check.get("serving") or {}
+        if check.get("passed") and serving:
+            status += ", served" if serving.get("passed") else ", serving not run"
         if not recorded:
             status = "not delivered"
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
-               "check": status, "not_run": check.get("not_run")}
+               "check": status, "not_run": not_run_reasons(check)}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -192,8 +197,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
                       _num(row["max_abs"]) if "max_abs" in row else "")
     out.print(table)
     for row in rows:
-        if row.get("not_run"):
-            out.print(f"[yellow]{row['target']}: numeric check not run: {row['not_run']}[/]")
+        for reason in row.get("not_run") or []:
+            out.print(f"[yellow]{row['target']}: {reason}[/]")
 
 
 def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:

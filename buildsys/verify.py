@@ -69,6 +69,7 @@ class CheckOptions(StepOptions):
     on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")
     require_numeric: bool = Field(default=False, description="Fail when the runtime cannot run on this host.")
     max_size_mb: Optional[float] = Field(default=None, description="Largest allowed artifact size in MB.")
+    serving: bool = Field(default=False, description="Also run the artifact in its format's serving runtime.")
 
 
 def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[OutputSpec]) -> dict[str, Any]:
@@ -94,7 +95,19 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
             limits.update({k: None for k in SCORE_ONLY})
         resolved[out.name] = limits
     return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail, require_numeric=acceptance.require_numeric,
-                        max_size_mb=acceptance.max_size_mb).model_dump(mode="json")
+                        max_size_mb=acceptance.max_size_mb, serving=acceptance.serving).model_dump(mode="json")
+
+
+def not_run_reasons(check: dict[str, Any]) -> list[str]:
+    """What a check's metrics say it could not run on this host, one line each ([] when it ran
+    everything it was asked to): the artifact's runtime, and the serving software when asked for."""
+    reasons = []
+    if check.get("not_run"):
+        reasons.append(f"numeric check not run: {check['not_run']}")
+    serving = check.get("serving") or {}
+    if serving.get("not_run"):
+        reasons.append(f"serving check ({serving.get('runtime')}) not run: {serving['not_run']}")
+    return reasons
 
 
 # --- comparisons ---------------------------------------------------------------------------------
@@ -232,7 +245,17 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
         obs_top = obs64.argmax(axis=-1)
         agreement = float(np.mean(ref_top == obs_top)) if ref_top.size else 1.0
         result.metrics.append(Metric("top1_agreement", agreement, _limit(tol, "min_top1_agreement"), ">="))
-        if labels is not None and np.asarray(labels).shape == ref_top.shape:
+        label_shape = None if labels is None else np.asarray(labels).shape
+        if label_shape is not None and label_shape[:1] != ref_top.shape[:1]:
+            # Labels for other samples never silently drop the accuracy metric (data.batch_problem
+            # refuses such data sets; this guards a reference made elsewhere).
+            result.problem = (f"labels have shape {list(label_shape)}, but the output has {ref_top.shape[0]} "
+                              "samples: accuracy cannot be judged")
+            return result
+        if label_shape is not None and label_shape != ref_top.shape:
+            result.extra["accuracy_not_judged"] = (f"labels {list(label_shape)} do not match this output's class "
+                                                   f"decisions {list(ref_top.shape)}")
+        elif labels is not None:
             labels = np.asarray(labels)
             ref_acc = float(np.mean(ref_top == labels))
             obs_acc = float(np.mean(obs_top == labels))

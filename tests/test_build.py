@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from buildsys.lock import Lock
 from tests.conftest import TinyProject
 
 
@@ -22,7 +23,7 @@ def states(project: TinyProject, *targets: str) -> dict[str, tuple[str, list[str
 
 
 def lock(project: TinyProject) -> dict:
-    return json.loads((project.root / "deploy.lock").read_text())
+    return Lock.read(project.root / "deploy.lock").as_dict()  # merged with the build record
 
 
 def test_build_then_noop(tiny: TinyProject) -> None:
@@ -235,15 +236,19 @@ def test_bench_measures_and_budgets_fail_the_build(tiny: TinyProject) -> None:
 
 
 def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyProject) -> None:
-    tiny.run("build", "server")
-    assert (tiny.root / "artifacts/server/model.onnx").is_file()
-    tiny.edit("      onnx: {opset: 18}\n  int8:", "      onnx: {opset: 18}\n    acceptance: {max_abs: 0.0}\n  int8:")
-    proc = tiny.run("build", "server", check=False)
+    # int8 differs from the float reference on every CPU; a limit ten times below the error this
+    # host measured makes the miss certain (a float artifact may match PyTorch bit for bit).
+    tiny.run("build", "int8")
+    assert (tiny.root / "artifacts/int8/model.onnx").is_file()
+    observed = lock(tiny)["nodes"]["verify:int8"]["metrics"]["outputs"]["y"]["max_abs"]["observed"]
+    assert observed > 0
+    tiny.edit("onnx-int8: {method: dynamic}\n", f"onnx-int8: {{method: dynamic}}\n    acceptance: {{max_abs: {observed / 10}}}\n")
+    proc = tiny.run("build", "int8", check=False)
     assert proc.returncode == 1 and "acceptance not met" in proc.stdout
-    assert not (tiny.root / "artifacts/server").exists()  # the earlier deliverable is withdrawn too
-    assert "server" not in lock(tiny)["targets"]
-    assert "tiny/onnx" in lock(tiny)["nodes"]  # the artifact itself is a correct build: cached, not redone
-    assert states(tiny, "server")["verify:server"] == ("run", ["tolerance changed"])
+    assert not (tiny.root / "artifacts/int8").exists()  # the earlier deliverable is withdrawn too
+    assert "int8" not in lock(tiny)["targets"]
+    assert "tiny/onnx-int8" in lock(tiny)["nodes"]  # the artifact itself is a correct build: cached, not redone
+    assert states(tiny, "int8")["verify:int8"] == ("run", ["tolerance changed"])
 
 
 def test_a_file_named_by_step_options_is_part_of_the_key(tiny: TinyProject) -> None:

@@ -54,6 +54,12 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, Location]]:
         raise ConfigError(f"{path} does not exist", hint="pass the deploy file with -f PATH") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a deploy.yaml") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"byte 0x{exc.object[exc.start]:02x} is not UTF-8 text", where=Location(path, line),
+                          hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -122,7 +128,13 @@ def load(path: Path) -> LoadedConfig:
     for tname, target in (data.get("targets") or {}).items():
         if not isinstance(target, dict):
             continue
-        if target.get("recipe") is None and target.get("platform") in PLATFORMS:
+        platform = target.get("platform")
+        if platform is not None and platform not in PLATFORMS:
+            # Checked before the preset is applied: the preset is what would have supplied 'format'.
+            raise ConfigError(f"{platform!r} is not one of {', '.join(PLATFORMS)}", where=_nearest(
+                locs, ("targets", tname, "platform"), path), field=f"targets.{tname}.platform",
+                hint=did_you_mean(str(platform), PLATFORMS) or "or leave 'platform' out and set 'format'")
+        if target.get("recipe") is None and platform in PLATFORMS:
             target = {**target, "recipe": _platform_recipe(target["platform"], models.get(target.get("model")))}
         if target.get("recipe") is not None:
             if target["recipe"] not in recipes:
@@ -132,7 +144,20 @@ def load(path: Path) -> LoadedConfig:
         project = Project.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, locs, path) from None
-    return LoadedConfig(project, path, path.parent.resolve(), locs, files)
+    cfg = LoadedConfig(project, path, path.parent.resolve(), locs, files)
+    _check_references(cfg)
+    return cfg
+
+
+def _check_references(cfg: LoadedConfig) -> None:
+    """Names that must point at something defined elsewhere in the file: a bundle's targets."""
+    targets = cfg.project.targets
+    for name, bundle in cfg.project.bundles.items():
+        for i, target in enumerate(bundle.targets):
+            if target not in targets:
+                raise ConfigError(f"unknown target '{target}'", where=cfg.where("bundles", name, "targets", i),
+                                  field=f"bundles.{name}.targets[{i}]",
+                                  hint=did_you_mean(target, targets) or f"targets: {', '.join(targets)}")
 
 
 PLATFORMS = ("ios", "android", "server")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Precision = Literal["fp32", "fp16", "int8"]
@@ -145,6 +145,18 @@ class Model(Strict):
     seed: int = Field(default=0, description="Seed for synthetic inputs when the model has no data.")
     samples: int = Field(default=16, ge=1, description="Number of synthetic samples when there is no data.")
 
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _unique_names(cls, specs: list[Any], info: ValidationInfo) -> list[Any]:
+        # Runtimes feed and read tensors by name: a repeated name would silently feed one tensor twice.
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(specs):
+            if spec.name in seen:
+                raise ValueError(f"{info.field_name}[{i}] is named '{spec.name}' like {info.field_name}[{seen[spec.name]}]"
+                                 f"; each {info.field_name[:-1]} needs its own name")
+            seen[spec.name] = i
+        return specs
+
 
 class Tolerance(Strict):
     """Acceptance limits for outputs. Unset fields take the precision's defaults."""
@@ -203,6 +215,11 @@ class Acceptance(Tolerance):
     require_numeric: bool = Field(
         default=False, description="Fail the check when the artifact's runtime cannot run on this host (Core ML off "
         "macOS), instead of reporting 'not run'. Use it on release targets.")
+    serving: bool = Field(
+        default=False, description="Also run the artifact in its real serving software (a Triton Inference Server, "
+        "a TorchServe server) started on loopback, and compare its answers with the reference. Slower; where the "
+        "server cannot start on this host the serving check is reported as 'not run' and why. "
+        "`modelbuild build --serving` turns it on for every target.")
 
 
 class Target(Strict):

@@ -21,6 +21,15 @@ class Session:
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what `load` started (a server process, a temporary directory). Idempotent."""
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def run_all(self, batch: "Batch") -> list["np.ndarray"]:
         """Run every sample of `batch` in chunks of `max_batch` and concatenate per output."""
         import numpy as np

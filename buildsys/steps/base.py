@@ -42,6 +42,9 @@ class Format:
     description: str
     layout: str = "source"
     source: bool = False  # a model source (pytorch factory, a given file): never built, only hashed
+    #: The runtime that serves the artifact as production would (a Triton or TorchServe server on
+    #: loopback); checks use it when the acceptance asks for `serving`. None: no such software.
+    serving_runtime: str | None = None
 
 
 @dataclass

@@ -21,7 +21,7 @@ class Check(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 2  # 2: structural inspection and size budgets
+    version = 3  # 2: structural inspection and size budgets; 3: serving checks, labels must fit
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -64,15 +64,7 @@ class Check(Step):
             expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
             labels = ref["labels"] if "labels" in ref.files else None
         batch = Batch(inputs, labels, "reference")
-        try:
-            session = get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root)  # type: ignore[arg-type]
-            observed = session.run_all(batch)
-        except ModelbuildError as exc:
-            raise self.fail(ctx, f"the {fmt_name} artifact could not be run: {exc.what}") from exc
-        except Exception as exc:
-            from buildsys.steps.pytorch import describe
-
-            raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
+        observed = self._observe(ctx, runtime_name, batch)  # type: ignore[arg-type]
         results = {}
         for spec, out in zip(ctx.model.outputs, observed):
             tol = opts.outputs.get(spec.name)
@@ -80,6 +72,14 @@ class Check(Step):
         passed = all(bool(r) for r in results.values()) and not problems
         metrics = {"passed": passed, "samples": len(batch), "format": fmt_name, "runtime": runtime_name,
                    "outputs": {name: r.as_dict() for name, r in results.items()}}
+        serving_name = get_format(fmt_name).serving_runtime
+        if opts.serving and serving_name:
+            serving = self._serve(ctx, serving_name, batch, expected, labels)
+            metrics["serving"] = serving
+            if serving.get("not_run") and opts.require_numeric:
+                problems.append(f"the serving check is required (require_numeric) but was not run: {serving['not_run']}")
+            problems += [f"served by {serving_name}: {row}" for row in serving.get("failures", [])]
+            passed = metrics["passed"] = passed and not problems
         if structure is not None:
             metrics["structure"] = structure
         if size is not None:
@@ -87,6 +87,42 @@ class Check(Step):
         if not passed:
             metrics["failures"] = problems + [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         return self._write(ctx, metrics)
+
+    def _observe(self, ctx: StepContext, runtime_name: str, batch: Any) -> list[Any]:
+        """Every output of the artifact on `batch`, run in `runtime_name`; a runtime failure is a StepError."""
+        from buildsys.runtimes import get_runtime
+
+        fmt_name = ctx.extra["format"]
+        try:
+            with get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root) as session:  # type: ignore[arg-type]
+                return session.run_all(batch)
+        except ModelbuildError as exc:
+            raise self.fail(ctx, f"the {fmt_name} artifact could not be run in {runtime_name}: {exc.what}") from exc
+        except Exception as exc:
+            from buildsys.steps.pytorch import describe
+
+            raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
+
+    def _serve(self, ctx: StepContext, runtime_name: str, batch: Any, expected: dict[str, Any],
+               labels: Any) -> dict[str, Any]:
+        """The serving check: the same inputs through the real serving software, judged like the artifact.
+
+        Returns {"runtime", "passed": None, "not_run": why} where the server cannot start on this host,
+        else {"runtime", "passed", "outputs", "failures"}.
+        """
+        from buildsys.runtimes import get_runtime
+        from buildsys.verify import compare
+
+        opts: Any = ctx.options
+        reason = get_runtime(runtime_name).unavailable()
+        if reason:
+            return {"runtime": runtime_name, "passed": None, "not_run": reason}
+        observed = self._observe(ctx, runtime_name, batch)
+        results = {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)
+                   for spec, out in zip(ctx.model.outputs, observed)}
+        passed = all(bool(r) for r in results.values())
+        return {"runtime": runtime_name, "passed": passed, "outputs": {n: r.as_dict() for n, r in results.items()},
+                "failures": [f"{name}: {row}" for name, r in results.items() for row in r.failures()]}
 
     def _write(self, ctx: StepContext, metrics: dict[str, Any]) -> dict[str, Any]:
         report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,

@@ -52,6 +52,11 @@ class Reference(Step):
             from buildsys.steps.pytorch import describe
 
             raise self.fail(ctx, f"the source model failed on {batch.origin}: {describe(exc)}") from exc
+        for spec, out in zip(ctx.model.outputs, outputs):
+            bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+            if bad:  # no artifact can be judged against a NaN: say it is the source, not the artifact
+                raise self.fail(ctx, f"the source model itself returns {bad} NaN/inf value(s) in output "
+                                f"'{spec.name}' on {batch.origin}; fix the model or the data before judging artifacts")
         arrays = {f"input:{k}": v for k, v in batch.inputs.items()}
         arrays.update({f"output:{o.name}": out for o, out in zip(ctx.model.outputs, outputs)})
         if batch.labels is not None:
