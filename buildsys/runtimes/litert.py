@@ -115,7 +115,7 @@ class LiteRtSession(Session):
                     raise StepError(f"'{path.name}' has inputs [{', '.join(keys)}] but the signature declares "
                                     f"[{', '.join(i.name for i in self.model.inputs)}]")
                 key = keys[i]
-            perm = rec.get("perm") or _guess_perm(list(inp.shape), list(details[key]["shape_signature"]))
+            perm = rec.get("perm") or guess_perm(list(inp.shape), list(details[key]["shape_signature"]))
             out[inp.name] = _Tensor(key, details[key], perm)
         return out
 
@@ -168,7 +168,7 @@ class LiteRtSession(Session):
         return [t.decode(result[t.key])[:count] if pad else t.decode(result[t.key]) for t in self.outputs]
 
 
-def _guess_perm(source: list[Any], artifact: list[int]) -> list[int]:
+def guess_perm(source: list[Any], artifact: list[int]) -> list[int]:
     """For a file without layout.json: channels last when the shapes say so, else the identity."""
     from buildsys.steps.saved_model import match_perm
 

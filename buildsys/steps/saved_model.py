@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import onnx
 
 SAVED_MODEL = register_format(Format(
-    name="saved_model", filename="saved_model", runtime=None,
+    name="saved_model", filename="saved_model", runtime="tensorflow",
     description="TensorFlow SavedModel (a directory) made by onnx2tf, channels last unless keep_layout; "
     "layout.json beside it says what happened to each input and output.",
 ))
@@ -38,7 +38,7 @@ SIGNATURE = "serving_default"
 DEFAULT_LETTERS = {1: "N", 2: "NC", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
 
 
-# --- layout record (shared with the TFLite steps and the LiteRT runtime) -------------------------
+# --- layout record (shared with the TFLite steps and the LiteRT and TensorFlow runtimes) ----------
 
 
 def channels_last(rank: int) -> list[int]:
