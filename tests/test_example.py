@@ -21,13 +21,18 @@ def modelbuild(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
 
 
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("example")
+def checkout(root: Path) -> Path:
+    """A copy of the example as a fresh clone has it."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in ("deploy.yaml.example", "recipes", "examples"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     return root
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return checkout(tmp_path_factory.mktemp("example"))
 
 
 def test_example_builds_verified_artifacts_then_does_nothing(example: Path) -> None:
@@ -45,3 +50,19 @@ def test_example_builds_verified_artifacts_then_does_nothing(example: Path) -> N
     second = modelbuild(example, "build")
     assert second.returncode == 0 and "Nothing to do" in second.stdout
     assert modelbuild(example, "plan", "--check").returncode == 0
+
+
+def test_two_clean_builds_in_two_checkouts_commit_the_same_lock(example: Path, tmp_path: Path) -> None:
+    """deploy.lock is committed: another checkout (another path, one job instead of two, so another
+    order in the workers) must write the same bytes. Host, times and measured metrics live in the
+    uncommitted build record."""
+    if not (example / "deploy.lock").exists():
+        assert modelbuild(example, "build", "-j", "2").returncode == 0
+    other = checkout(tmp_path / "elsewhere" / "clone")
+    proc = modelbuild(other, "build", "-j", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (other / "deploy.lock").read_bytes() == (example / "deploy.lock").read_bytes()
+    committed = (other / "deploy.lock").read_text()
+    assert '"built"' not in committed and '"metrics"' not in committed and str(other) not in committed
+    record = Lock.read(other / "deploy.lock").nodes["verify:digits-int8"]
+    assert record["built"]["host"] and record["metrics"]["passed"] is True  # observations kept, uncommitted

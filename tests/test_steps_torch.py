@@ -130,7 +130,7 @@ def test_torchscript_matches_pytorch(mlp: Tiny, mlp_reference: Path, tmp_path: P
     assert artifact.is_file() and metrics["method"] == method
     result = check(mlp, tmp_path / "check", "torchscript", artifact, mlp_reference)
     assert result["passed"] is True
-    assert result["outputs"]["y"]["max_abs"]["observed"] == 0.0
+    assert result["outputs"]["y"]["max_abs"]["observed"] <= 1e-6  # the same kernels; no bit-exactness assumed
     assert json.loads((tmp_path / "check" / "report.json").read_text())["passed"] is True
 
 

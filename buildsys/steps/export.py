@@ -8,6 +8,7 @@ from pydantic import Field
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.reproducible import exported_program_without_stack_traces
 
 PT2 = register_format(Format(
     name="pt2", filename="model.pt2", runtime="torch-export",
@@ -24,6 +25,7 @@ class Pt2FromPyTorch(Step):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
+    version = 2  # 2: saved without stack traces (build paths), byte-identical across checkouts
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)
@@ -55,6 +57,7 @@ class Pt2FromPyTorch(Step):
             program = torch.export.export(module, args, dynamic_shapes=shapes_for(module, shapes), strict=opts.strict)
         except Exception as exc:
             raise self.fail(ctx, f"torch.export failed: {describe(exc)}") from exc
+        exported_program_without_stack_traces(program)  # they name the build host's paths
         path = ctx.out_dir / PT2.filename
         torch.export.save(program, str(path))
         return {"dynamic": shapes is not None, "bytes": path.stat().st_size}

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.reproducible import torchscript_without_debug_info
 from buildsys.steps.torchscript import load_input
 
 PTL = register_format(Format(
@@ -26,6 +27,7 @@ class PtlFromTorchScript(Step):
     """Re-save the traced (or scripted) model in the lite interpreter's bytecode format."""
 
     name = "ptl-from-torchscript"
+    version = 2  # 2: saved without debug info (build paths), byte-identical across checkouts
     consumes = ("torchscript", "torchscript-file")
     produces = "ptl"
     packages = ("torch",)
@@ -61,4 +63,5 @@ class PtlFromTorchScript(Step):
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise self.fail(ctx, f"saving for the lite interpreter failed: {first[:300]}") from exc
+        torchscript_without_debug_info(path)
         return {"bytes": path.stat().st_size, "optimized_for_mobile": opts.optimize_for_mobile}

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.reproducible import canonical_saved_model, tensorflow_uids
 
 if TYPE_CHECKING:
     import numpy as np
@@ -111,6 +112,7 @@ class SavedModelFromOnnx(Step):
     """Convert an ONNX graph to a TensorFlow SavedModel with onnx2tf, recording the layout it chose."""
 
     name = "saved-model-from-onnx"
+    version = 2  # 2: canonical function uids and fingerprint: the same bytes from any worker and host
     consumes = ("onnx",)
     produces = "saved_model"
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
@@ -156,8 +158,10 @@ class SavedModelFromOnnx(Step):
         with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as work:
             copy = Path(work) / "model.onnx"
             onnx.save_model(proto, str(copy))
-            keras_model = self._convert(ctx, opts, proto, copy, Path(work))
-            record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout)
+            with tensorflow_uids() as uids:
+                keras_model = self._convert(ctx, opts, proto, copy, Path(work))
+                record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout)
+        canonical_saved_model(out, uids["start"], uids["end"])  # the same bytes from any worker, any host
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         moved = [i["name"] for i in record["inputs"] if i["perm"] != sorted(i["perm"])]
         return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from buildsys.steps import register, register_format
 from buildsys.steps.base import Format, Step, StepContext, StepOptions
+from buildsys.steps.reproducible import torchscript_without_debug_info
 
 TORCHSCRIPT = register_format(Format(
     name="torchscript", filename="model.pt", runtime="torchscript",
@@ -24,6 +25,7 @@ class TorchScriptFromPyTorch(Step):
     """Trace (or script) the PyTorch module into TorchScript."""
 
     name = "torchscript-from-pytorch"
+    version = 2  # 2: saved without debug info (build paths), byte-identical across checkouts
     consumes = ("pytorch",)
     produces = "torchscript"
     packages = ("torch",)
@@ -63,6 +65,7 @@ class TorchScriptFromPyTorch(Step):
             except Exception as exc:
                 raise self.fail(ctx, f"torch.jit.{opts.method} failed: {describe(exc)}") from exc
         torch.jit.save(compiled, str(ctx.out_dir / TORCHSCRIPT.filename))
+        torchscript_without_debug_info(ctx.out_dir / TORCHSCRIPT.filename)
         return {"method": opts.method, "bytes": (ctx.out_dir / TORCHSCRIPT.filename).stat().st_size}
 
 
