@@ -1,6 +1,6 @@
 """Serving layouts run in-process on tiny real models: Triton model repositories (ONNX Runtime and
-libtorch backends, config.pbtxt written from the artifact and parsed back) and TorchServe archives
-(torch-model-archiver, the generated handler, the archived TorchScript run back)."""
+libtorch backends, config.pbtxt written from the artifact and read back with Triton's ModelConfig) and
+TorchServe archives (torch-model-archiver, the generated handler, the archived TorchScript run back)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from buildsys.data import Batch
 from buildsys.errors import ConfigError, PlanError, StepError
 from buildsys.graph import expand
 from buildsys.runtimes import get_runtime
+from buildsys.runtimes.triton_layout import parse_config
 from buildsys.steps import formats, get_step, steps
-from buildsys.steps.triton import parse_pbtxt, write_pbtxt
+from buildsys.steps.triton import write_pbtxt
 from buildsys.verify import resolve_acceptance
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
@@ -52,7 +53,7 @@ def cnn_mar(cnn: Tiny, cnn_ts: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def config_of(out: Path, name: str) -> dict[str, Any]:
-    return parse_pbtxt((out / "model_repository" / name / "config.pbtxt").read_text())
+    return parse_config((out / "model_repository" / name / "config.pbtxt").read_text(), f"{name}/config.pbtxt")
 
 
 def run_session(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -97,11 +98,14 @@ def test_pbtxt_writes_and_parses_back_the_subset() -> None:
               "dynamic_batching": {"preferred_batch_size": [2, 4], "max_queue_delay_microseconds": 100}}
     text = write_pbtxt(config, ["a comment"])
     assert text.startswith("# a comment\n") and "data_type: TYPE_FP16" in text and "dims: [ -1, 3 ]" in text
-    assert parse_pbtxt(text) == config
-    assert parse_pbtxt(write_pbtxt({"name": "m", "dynamic_batching": {}})) == {"name": "m", "dynamic_batching": {}}
+    # Read back with Triton's ModelConfig schema: an empty repeated field (reshape's shape) is not set.
+    scalar = {"name": "s", "data_type": "TYPE_INT64", "dims": [1], "reshape": {}}
+    assert parse_config(text, "m/config.pbtxt") == {**config, "input": [config["input"][0], scalar]}
+    assert parse_config(write_pbtxt({"name": "m", "dynamic_batching": {}}), "m/config.pbtxt") == \
+        {"name": "m", "dynamic_batching": {}}
 
 
-def test_pbtxt_parser_reads_what_triton_users_write() -> None:
+def test_config_reader_reads_what_triton_users_write() -> None:
     text = textwrap.dedent("""\
         # hand-written, in the other spellings protobuf text format allows
         name: 'm' platform: "onnx" "runtime_onnx"
@@ -112,17 +116,18 @@ def test_pbtxt_parser_reads_what_triton_users_write() -> None:
         instance_group { kind: KIND_CPU }
         parameters { key: "k" value: { string_value: "t\\x41\\101" } }
         """)
-    assert parse_pbtxt(text) == {
-        "name": "m", "platform": "onnxruntime_onnx", "max_batch_size": 0,
+    assert parse_config(text, "m/config.pbtxt") == {  # max_batch_size: 0 is protobuf's default: not set
+        "name": "m", "platform": "onnxruntime_onnx",
         "input": [{"name": "a", "data_type": "TYPE_FP32", "dims": [3, -1]},
                   {"name": "b", "data_type": "TYPE_BOOL", "dims": [1]}],
         "output": [{"name": "c", "data_type": "TYPE_INT8", "dims": [2]}],
         "instance_group": [{"kind": "KIND_CPU"}],
-        "parameters": [{"key": "k", "value": {"string_value": "tAA"}}]}
-    for bad, where in (("name: \"m\" input { name: \"x\"", "end of text"), ("max_batch_size 8", "expected ':'"),
-                       ("name: @", "unexpected character '@' at offset 6")):
-        with pytest.raises(ValueError, match=where):
-            parse_pbtxt(bad)
+        "parameters": {"k": {"string_value": "tAA"}}}
+    for bad, where in (("name: \"m\" input { name: \"x\"", r'1:25 : Expected "}"'),
+                       ("max_batch_size 8", r'1:16 : .*Expected ":"'),
+                       ("name: @", "1:7 : .*Expected string but found: '@'")):
+        with pytest.raises(StepError, match=r"^m/config\.pbtxt is not a valid Triton ModelConfig: " + where):
+            parse_config(bad, "m/config.pbtxt")
 
 
 # --- Triton: ONNX Runtime backend -----------------------------------------------------------------
@@ -138,7 +143,7 @@ def test_triton_onnx_dynamic_batch_layout_config_and_session(cnn: Tiny, cnn_onnx
         "name": "cnn", "platform": "onnxruntime_onnx", "max_batch_size": 8,
         "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}],
         "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}],
-        "instance_group": [{"count": 1, "kind": "KIND_AUTO"}], "dynamic_batching": {}}
+        "instance_group": [{"count": 1}], "dynamic_batching": {}}  # KIND_AUTO is the default: not set
     assert metrics["max_batch_size"] == 8 and metrics["dynamic_batching"] is True
     session = get_runtime("triton-layout").load(repo, cnn.model, cnn.root)
     assert session.max_batch == 8  # Triton would refuse a larger batch
@@ -166,7 +171,7 @@ def test_triton_onnx_fixed_batch_keeps_the_batch_axis_in_dims(tmp_path: Path) ->
     mlp.run("onnx-from-pytorch", tmp_path / "onnx", dynamic_axes=False)  # fixed [1, 4]
     mlp.run("triton-from-onnx", tmp_path / "t", input_path=tmp_path / "onnx/model.onnx")
     config = config_of(tmp_path / "t", "mlp")
-    assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+    assert config.get("max_batch_size", 0) == 0 and "dynamic_batching" not in config
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [1, 4]}]
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [1, 3]}]
     session = get_runtime("triton-layout").load(tmp_path / "t/model_repository", mlp.model, mlp.root)
@@ -273,12 +278,12 @@ def test_triton_torchscript_positional_names_types_dims_and_outputs(two: Tiny, t
     assert metrics["backend"] == "pytorch"
     text = (tmp_path / "model_repository/two/config.pbtxt").read_text()
     assert "# INPUT__0 = x\n# OUTPUT__0 = scores\n# OUTPUT__1 = box\n" in text
-    assert parse_pbtxt(text) == {
+    assert parse_config(text, "two/config.pbtxt") == {
         "name": "two", "backend": "pytorch", "max_batch_size": 8,
         "input": [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [4]}],
         "output": [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [3]},
                    {"name": "OUTPUT__1", "data_type": "TYPE_FP32", "dims": [2]}],
-        "instance_group": [{"count": 1, "kind": "KIND_AUTO"}], "dynamic_batching": {}}
+        "instance_group": [{"count": 1}], "dynamic_batching": {}}
     assert (tmp_path / "model_repository/two/1/model.pt").read_bytes() == two_ts.read_bytes()
     feeds = validation_feeds(two)
     session = get_runtime("triton-layout").load(tmp_path / "model_repository", two.model, two.root)
@@ -292,7 +297,7 @@ def test_triton_torchscript_fixed_batch_and_dynamic_inner_axes(tmp_path: Path) -
     fixed.run("torchscript-from-pytorch", tmp_path / "ts")
     fixed.run("triton-torchscript-from-torchscript", tmp_path / "t", input_path=tmp_path / "ts/model.pt")
     config = config_of(tmp_path / "t", "cnn")
-    assert config["max_batch_size"] == 0
+    assert config.get("max_batch_size", 0) == 0
     assert config["input"][0]["dims"] == [2, 1, 8, 8] and config["output"][0]["dims"] == [2, 10]
     with pytest.raises(StepError, match=r"max_batch_size: 4 needs a dynamic first \(batch\) axis"):
         fixed.run("triton-torchscript-from-torchscript", tmp_path / "bad", input_path=tmp_path / "ts/model.pt",
@@ -506,7 +511,7 @@ def test_build_serving_targets_end_to_end(tmp_path: Path) -> None:
     assert out.count("passed") == 3, out
     artifacts = project.root / "artifacts"
     assert (artifacts / "triton/model_repository/tiny/1/model.onnx").is_file()
-    assert parse_pbtxt((artifacts / "triton/model_repository/tiny/config.pbtxt").read_text())["max_batch_size"] == 16
+    assert config_of(artifacts / "triton", "tiny")["max_batch_size"] == 16
     assert (artifacts / "triton-libtorch/model_repository/tiny/1/model.pt").is_file()
     assert (artifacts / "torchserve/model.mar").is_file()
     assert "Nothing to do" in project.run("build", "triton", "triton-libtorch", "torchserve").stdout

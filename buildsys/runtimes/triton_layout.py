@@ -1,7 +1,8 @@
 """The "triton-layout" runtime: run the model file inside a Triton model repository, as Triton would find it.
 
 No Triton server is involved. `locate` reads the repository the way Triton does (one model directory
-with config.pbtxt, numeric version directories, the backend's default file name) and the session
+with config.pbtxt parsed with Triton's own `ModelConfig` protobuf schema, numeric version directories,
+the backend's default file name) and the session
 delegates to the ONNX Runtime or TorchScript runtime on that file. Around it, every request and reply
 is held to config.pbtxt: shapes against `dims` (and `max_batch_size`), element types against
 `data_type`, so a config that Triton would reject fails the check here too.
@@ -10,6 +11,7 @@ is held to config.pbtxt: shapes against `dims` (and `max_batch_size`), element t
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,12 +22,14 @@ from buildsys.runtimes.base import Runtime, Session
 
 if TYPE_CHECKING:
     import numpy as np
+    from google.protobuf.message import Message
 
     from buildsys.config.schema import Model
 
 # Default model file per backend (Triton's `default_model_filename` when the config sets none).
 MODEL_FILES = {"onnxruntime": "model.onnx", "pytorch": "model.pt"}
 PLATFORMS = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}
+INVALID = "TYPE_INVALID"  # ModelConfig's data_type when a config leaves it out
 
 
 @dataclass
@@ -39,31 +43,129 @@ class Layout:
     model_file: Path
 
 
-def locate(path: Path) -> Layout:
-    """The model in a repository directory (or in a model directory holding config.pbtxt itself).
+def model_config_class() -> type["Message"]:
+    """Triton's `inference.ModelConfig` message, from the model_config.proto that tritonclient ships.
 
-    Raises StepError naming what is missing: no or several model directories, an unreadable config,
-    a name that differs from its directory, an unknown backend, no version directory with the file.
+    The generated module is loaded from its file so that reading a config needs only protobuf, not
+    gRPC (importing `tritonclient.grpc` starts the whole gRPC client).
     """
-    from buildsys.steps.triton import CONFIG, parse_pbtxt
+    name = "tritonclient.grpc.model_config_pb2"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.find_spec("tritonclient")
+        if spec is None or not spec.submodule_search_locations:
+            raise StepError("reading config.pbtxt needs Triton's ModelConfig schema from tritonclient "
+                            "(pip install -c constraints.txt --no-deps tritonclient)")
+        path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None or not path.is_file():
+            raise StepError(f"tritonclient has no {path.name}; reinstall tritonclient")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module  # one registration of model_config.proto in protobuf's pool
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module.ModelConfig  # type: ignore[no-any-return]
+
+
+def parse_config(text: str, where: str) -> dict[str, Any]:
+    """config.pbtxt text → dict, validated against Triton's ModelConfig schema.
+
+    An unknown field, a bad enum value or a malformed value raises StepError with protobuf's message
+    (line:column) and `where` (the file). The dict holds the fields that are set, as protobuf sees
+    them: enums by name ("TYPE_FP32"), integers as int, repeated fields as lists, maps as dicts;
+    scalars at their default (max_batch_size 0, kind KIND_AUTO) are absent, as they are to Triton.
+    """
+    from google.protobuf import text_format
+
+    message = model_config_class()()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise StepError(f"{where} is not a valid Triton ModelConfig: {str(exc).rstrip('.')}; fix it or rebuild "
+                        "the target") from exc
+    return message_dict(message)
+
+
+def message_dict(message: "Message") -> dict[str, Any]:
+    """The set fields of a protobuf message as plain Python values (see `parse_config`)."""
+    return {field.name: _field_value(field, value) for field, value in message.ListFields()}
+
+
+def _field_value(field: Any, value: Any) -> Any:
+    entry = field.message_type
+    if entry is not None and entry.GetOptions().map_entry:
+        inner = entry.fields_by_name["value"]
+        return {key: _single(inner, item) for key, item in value.items()}
+    if _repeated(field):
+        return [_single(field, item) for item in value]
+    return _single(field, value)
+
+
+def _repeated(field: Any) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` is deprecated there
+    if flag is not None:
+        return bool(flag)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
+def _single(field: Any, value: Any) -> Any:
+    if field.type == field.TYPE_MESSAGE:
+        return message_dict(value)
+    if field.type == field.TYPE_ENUM:
+        known = field.enum_type.values_by_number.get(value)
+        return known.name if known is not None else value
+    return value
+
+
+def find_model_dir(path: Path) -> Path:
+    """The one model directory (holding config.pbtxt) of a repository, or `path` itself if it is one."""
+    from buildsys.steps.triton import CONFIG
 
     path = Path(path)
     if (path / CONFIG).is_file():
-        model_dir = path
-    else:
-        found = sorted(p.parent for p in path.glob(f"*/{CONFIG}")) if path.is_dir() else []
-        if len(found) != 1:
-            raise StepError(f"'{path.name}' should hold exactly one model directory with a {CONFIG}, "
-                            f"found {len(found)}" + (f" ({', '.join(p.name for p in found)})" if found else ""))
-        model_dir = found[0]
+        return path
+    found = sorted(p.parent for p in path.glob(f"*/{CONFIG}")) if path.is_dir() else []
+    if len(found) != 1:
+        raise StepError(f"'{path.name}' should hold exactly one model directory with a {CONFIG}, "
+                        f"found {len(found)}" + (f" ({', '.join(p.name for p in found)})" if found else ""))
+    return found[0]
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """The parsed config.pbtxt of a model directory (StepError naming the file when it is not valid)."""
+    from buildsys.steps.triton import CONFIG
+
+    where = f"{model_dir.name}/{CONFIG}"
     try:
-        config = parse_pbtxt((model_dir / CONFIG).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StepError(f"{model_dir.name}/{CONFIG} does not parse: {exc}") from exc
+        text = (model_dir / CONFIG).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StepError(f"{where} is not UTF-8 text: {exc}") from exc
+    return parse_config(text, where)
+
+
+def config_backend(config: dict[str, Any]) -> str:
+    """The backend a config selects: `backend`, else the one its `platform` implies, else ''."""
+    return str(config.get("backend") or PLATFORMS.get(str(config.get("platform", "")), ""))
+
+
+def locate(path: Path) -> Layout:
+    """The model in a repository directory (or in a model directory holding config.pbtxt itself).
+
+    Raises StepError naming what is missing: no or several model directories, a config that is not a
+    valid ModelConfig, a name that differs from its directory, an unknown backend, no version directory
+    with the file.
+    """
+    from buildsys.steps.triton import CONFIG
+
+    model_dir = find_model_dir(path)
+    config = read_config(model_dir)
     if config.get("name", model_dir.name) != model_dir.name:
         raise StepError(f"{model_dir.name}/{CONFIG} names the model '{config['name']}', but Triton needs the "
                         f"name of its directory, '{model_dir.name}'")
-    backend = config.get("backend") or PLATFORMS.get(str(config.get("platform", "")))
+    backend = config_backend(config)
     if backend not in MODEL_FILES:
         raise StepError(f"{model_dir.name}/{CONFIG}: backend/platform "
                         f"'{config.get('backend') or config.get('platform')}' is not one modelbuild can run "
@@ -97,9 +199,9 @@ class TritonSession(Session):
             self.outputs = [_entry(entries_out, spec.name, "output") for spec in model.outputs]
         for name, dtype in input_types.items():  # what the model takes must be what config.pbtxt declares
             entry = self.inputs[name]
-            if TRITON_TYPES.get(dtype) != entry.get("data_type"):
-                raise StepError(f"config.pbtxt declares input '{entry['name']}' as {entry.get('data_type')}, but the "
-                                f"model takes {dtype}")
+            if TRITON_TYPES.get(dtype) != entry.get("data_type", INVALID):
+                raise StepError(f"config.pbtxt declares input '{entry['name']}' as "
+                                f"{entry.get('data_type', INVALID)}, but the model takes {dtype}")
 
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
         for name, entry in self.inputs.items():
@@ -109,9 +211,9 @@ class TritonSession(Session):
 
         for entry, value in zip(self.outputs, outputs):
             self._conform(entry, value.shape, "model output")
-            if TRITON_TYPES.get(str(value.dtype)) != entry.get("data_type"):
-                raise StepError(f"config.pbtxt declares output '{entry['name']}' as {entry.get('data_type')}, but "
-                                f"the model returns {value.dtype}")
+            if TRITON_TYPES.get(str(value.dtype)) != entry.get("data_type", INVALID):
+                raise StepError(f"config.pbtxt declares output '{entry['name']}' as "
+                                f"{entry.get('data_type', INVALID)}, but the model returns {value.dtype}")
         return outputs
 
     def _conform(self, entry: dict[str, Any], shape: tuple[int, ...], what: str) -> None:
@@ -142,7 +244,7 @@ class TritonLayout(Runtime):
     """A Triton model repository, run through the backend's own runtime on its model file."""
 
     name = "triton-layout"
-    packages = ("onnxruntime", "torch")
+    packages = ("onnxruntime", "torch", "tritonclient", "protobuf")
 
     def unavailable(self) -> str | None:
         from buildsys.runtimes.torch_eager import torch_unavailable

@@ -23,13 +23,15 @@ Formats (one per backend and precision, so that a target's route is never ambigu
   config.pbtxt carries a comment mapping them to the signature's names.
 
 The config is written from the artifact itself (element types and shapes read from the ONNX graph or
-observed on a TorchScript run), then parsed back with `parse_pbtxt` and compared with what was meant.
-Checks run the model file inside the repository through the `triton-layout` runtime.
+observed on a TorchScript run), then parsed back with Triton's own `ModelConfig` protobuf schema
+(`buildsys.runtimes.triton_layout.parse_config`) and compared with what was meant. Checks run the model
+file inside the repository through the `triton-layout` runtime; with `serving: true` in the acceptance
+they also load the repository into a real Triton Inference Server (`triton-server`, and
+`triton-server-libtorch` for the PyTorch backend) and compare what it answers.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
@@ -52,19 +54,20 @@ DEFAULT_MAX_BATCH = 8
 _LAYOUT = ("Triton Inference Server model repository: model_repository/<name>/config.pbtxt and "
            "<name>/<version>/{}, run in checks from inside the repository.")
 TRITON = register_format(Format(
-    name="triton", filename=REPOSITORY, runtime="triton-layout",
+    name="triton", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
     description=_LAYOUT.format("model.onnx (ONNX Runtime backend)"),
 ))
 TRITON_FP16 = register_format(Format(
-    name="triton-fp16", filename=REPOSITORY, runtime="triton-layout",
+    name="triton-fp16", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
     description=_LAYOUT.format("model.onnx (ONNX Runtime backend, float16 model)"),
 ))
 TRITON_INT8 = register_format(Format(
-    name="triton-int8", filename=REPOSITORY, runtime="triton-layout",
+    name="triton-int8", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
     description=_LAYOUT.format("model.onnx (ONNX Runtime backend, int8-quantized model)"),
 ))
 TRITON_TORCHSCRIPT = register_format(Format(
     name="triton-torchscript", filename=REPOSITORY, runtime="triton-layout",
+    serving_runtime="triton-server-libtorch",
     description=_LAYOUT.format("model.pt (PyTorch/libtorch backend, INPUT__i/OUTPUT__i names)"),
 ))
 
@@ -152,11 +155,8 @@ def config_problem(model: "Model", opts: TritonOptions) -> str | None:
     return None
 
 
-# --- config.pbtxt: writing and parsing (the subset modelbuild writes) ---------------------------
+# --- config.pbtxt: writing (the subset modelbuild writes), checked against Triton's schema ---------
 
-# Fields of Triton's ModelConfig (and nested messages) that are repeated: parse_pbtxt always returns lists for them.
-REPEATED = frozenset({"input", "output", "instance_group", "dims", "preferred_batch_size", "gpus", "shape",
-                      "parameters"})
 # Enum-valued fields: written bare (TYPE_FP32), not quoted.
 ENUMS = frozenset({"data_type", "kind", "format"})
 
@@ -196,168 +196,6 @@ def _scalar(key: str, value: Any) -> str:
         return str(value)
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
-
-
-_TOKEN = re.compile(r"""
-    (?P<space>\s+|\#[^\n]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<punct>[{}\[\]<>:,;])
-  | (?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)[fF]?)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
-""", re.VERBOSE)
-
-
-def parse_pbtxt(text: str) -> dict[str, Any]:
-    """Parse protobuf text format (the subset Triton configs use) into a dict.
-
-    Messages become dicts, quoted strings and enum names strings, numbers int/float, true/false bools.
-    A field written several times, or with list syntax `[a, b]`, becomes a list; fields in REPEATED are
-    lists even when written once. Comments (#) are skipped. Raises ValueError with the offset of the
-    first token it cannot read.
-    """
-    tokens: list[tuple[str, str, int]] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise ValueError(f"config.pbtxt: unexpected character {text[pos]!r} at offset {pos}")
-        if m.lastgroup != "space":
-            tokens.append((m.lastgroup or "", m.group(), pos))
-        pos = m.end()
-    parser = _Parser(tokens)
-    result = parser.message(end=None)
-    return result
-
-
-class _Parser:
-    def __init__(self, tokens: list[tuple[str, str, int]]):
-        self.tokens = tokens
-        self.i = 0
-
-    def peek(self) -> tuple[str, str, int] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def take(self, want: str | None = None) -> tuple[str, str, int]:
-        tok = self.peek()
-        if tok is None:
-            raise ValueError(f"config.pbtxt: unexpected end of text{f' (expected {want!r})' if want else ''}")
-        if want is not None and tok[1] != want:
-            raise ValueError(f"config.pbtxt: expected {want!r} at offset {tok[2]}, found {tok[1]!r}")
-        self.i += 1
-        return tok
-
-    def message(self, end: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        seen_list: set[str] = set()
-        while True:
-            tok = self.peek()
-            if tok is None:
-                if end is not None:
-                    raise ValueError(f"config.pbtxt: unexpected end of text (expected {end!r})")
-                break
-            if end is not None and tok[1] == end:
-                self.take()
-                break
-            kind, key, offset = self.take()
-            if kind != "ident":
-                raise ValueError(f"config.pbtxt: expected a field name at offset {offset}, found {key!r}")
-            colon = self.peek() is not None and self.peek()[1] == ":"  # type: ignore[index]
-            if colon:
-                self.take(":")
-            nxt = self.peek()
-            if nxt is None:
-                raise ValueError(f"config.pbtxt: field '{key}' has no value")
-            if nxt[1] == "[":
-                self.take("[")
-                values = self.list_values()
-                out[key] = (out[key] if isinstance(out.get(key), list) else [out[key]] if key in out else []) + values
-                seen_list.add(key)
-            elif nxt[1] in "{<":
-                self.take()
-                value: Any = self.message(end="}" if nxt[1] == "{" else ">")
-                self._add(out, key, value, seen_list)
-            elif colon:
-                self._add(out, key, self.scalar(), seen_list)
-            else:
-                raise ValueError(f"config.pbtxt: expected ':' after '{key}' at offset {nxt[2]}")
-            if self.peek() is not None and self.peek()[1] in (",", ";"):  # type: ignore[index]
-                self.take()
-        for key in REPEATED & out.keys():
-            if not isinstance(out[key], list):
-                out[key] = [out[key]]
-        return out
-
-    @staticmethod
-    def _add(out: dict[str, Any], key: str, value: Any, seen_list: set[str]) -> None:
-        if key not in out:
-            out[key] = value
-        elif isinstance(out[key], list) and (key in seen_list or key in REPEATED):
-            out[key].append(value)
-        else:
-            out[key] = [out[key], value]
-            seen_list.add(key)
-
-    def list_values(self) -> list[Any]:
-        values: list[Any] = []
-        while True:
-            tok = self.peek()
-            if tok is None:
-                raise ValueError("config.pbtxt: unexpected end of text in a list")
-            if tok[1] == "]":
-                self.take()
-                return values
-            if tok[1] in "{<":
-                self.take()
-                values.append(self.message(end="}" if tok[1] == "{" else ">"))
-            else:
-                values.append(self.scalar())
-            if self.peek() is not None and self.peek()[1] == ",":  # type: ignore[index]
-                self.take()
-
-    def scalar(self) -> Any:
-        kind, text, offset = self.take()
-        if kind == "string":
-            value = _unescape(text[1:-1])
-            while self.peek() is not None and self.peek()[0] == "string":  # adjacent strings concatenate
-                value += _unescape(self.take()[1][1:-1])
-            return value
-        if kind == "number":
-            body = text.rstrip("fF")
-            return int(body) if re.fullmatch(r"[-+]?\d+", body) else float(body)
-        if kind == "ident":
-            return {"true": True, "false": False, "True": True, "False": False}.get(text, text)
-        raise ValueError(f"config.pbtxt: expected a value at offset {offset}, found {text!r}")
-
-
-_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", '"': b'"', "'": b"'", "\\": b"\\", "a": b"\a", "b": b"\b",
-            "f": b"\f", "v": b"\v", "?": b"?"}
-
-
-def _unescape(body: str) -> str:
-    """C-style escapes of a text-format string (bytes that are UTF-8 text)."""
-    out = bytearray()
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch != "\\":
-            out += ch.encode("utf-8")
-            i += 1
-            continue
-        nxt = body[i + 1] if i + 1 < len(body) else ""
-        if nxt in _ESCAPES:
-            out += _ESCAPES[nxt]
-            i += 2
-        elif nxt in "xX" and re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:]):
-            digits = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:]).group()  # type: ignore[union-attr]
-            out.append(int(digits, 16))
-            i += 2 + len(digits)
-        elif nxt.isdigit():
-            digits = re.match(r"[0-7]{1,3}", body[i + 1:]).group()  # type: ignore[union-attr]
-            out.append(int(digits, 8) & 0xFF)
-            i += 1 + len(digits)
-        else:
-            raise ValueError(f"config.pbtxt: unknown escape '\\{nxt}' in a string")
-    return out.decode("utf-8")
 
 
 # --- building the repository ---------------------------------------------------------------------
@@ -429,7 +267,6 @@ class _TritonStep(Step):
     def _write(self, ctx: StepContext, config: dict[str, Any], files: dict[str, Path],
                comments: list[str]) -> dict[str, Any]:
         """Write config.pbtxt and the model files (name in the version dir → source), verify, return metrics."""
-        from buildsys.errors import InternalError
 
         opts: Any = ctx.options
         repo = ctx.out_dir / REPOSITORY
@@ -442,12 +279,7 @@ class _TritonStep(Step):
             shutil.copyfile(src, version_dir / dest)
         text = write_pbtxt(config, comments)
         (model_dir / CONFIG).write_text(text, encoding="utf-8")
-        try:
-            parsed = parse_pbtxt((model_dir / CONFIG).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise InternalError(f"the config.pbtxt modelbuild wrote does not parse: {exc}\n{text}") from exc
-        if parsed != config:
-            raise InternalError(f"config.pbtxt does not read back as written:\nmeant {config}\nread  {parsed}\n{text}")
+        _read_back(model_dir / CONFIG, config, text)
         written = sorted(p for p in repo.rglob("*") if p.is_file())
         return {"backend": self.backend, "model_name": config["name"], "version": opts.version,
                 "max_batch_size": config["max_batch_size"], "dynamic_batching": "dynamic_batching" in config,
@@ -455,12 +287,28 @@ class _TritonStep(Step):
                 "bytes": sum(p.stat().st_size for p in written)}
 
 
+def _read_back(path: Path, config: dict[str, Any], text: str) -> None:
+    """Parse the written file with Triton's ModelConfig schema and require exactly the meant message."""
+    from google.protobuf import json_format
+
+    from buildsys.errors import InternalError, StepError
+    from buildsys.runtimes.triton_layout import message_dict, model_config_class, read_config
+
+    try:
+        parsed = read_config(path.parent)
+        meant = json_format.ParseDict(config, model_config_class()())
+    except (StepError, json_format.ParseError) as exc:
+        raise InternalError(f"the config.pbtxt modelbuild wrote is not a valid ModelConfig: {exc}\n{text}") from exc
+    if parsed != message_dict(meant):
+        raise InternalError(f"config.pbtxt does not read back as written:\nmeant {config}\nread  {parsed}\n{text}")
+
+
 class _TritonOnnx(_TritonStep):
     """An ONNX model (and its external-data files) in the ONNX Runtime backend's layout."""
 
     backend = "onnxruntime"
     model_file = "model.onnx"
-    packages = ("onnx",)
+    packages = ("onnx", "tritonclient", "protobuf")  # the last two: config.pbtxt is checked with ModelConfig
     extra = "server"
     toolchain = "onnx"
 
@@ -588,7 +436,7 @@ class TritonFromTorchScript(_TritonStep):
     produces = "triton-torchscript"
     backend = "pytorch"
     model_file = "model.pt"
-    packages = ("torch",)
+    packages = ("torch", "tritonclient", "protobuf")
     extra = "torch"
     toolchain = "torch"
     description = "Triton model repository (config.pbtxt + <version>/model.pt), PyTorch backend."
