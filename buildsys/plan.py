@@ -107,6 +107,8 @@ class Planner:
         if node.source_format:
             inputs.update(self.source_inputs(node.model))
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
+        for shipped in step.shipped_files:
+            inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)
         if node.kind == "artifact" and _names_files(step):  # most steps don't: skip re-validating their options
             for rel in step.files_used(step.Options.model_validate(node.options)):
                 inputs[f"file {rel}"] = self._file_input(rel)
@@ -129,6 +131,8 @@ class Planner:
             comp["acceptance"] = node.options
         if node.kind in VERDICTS:
             packages += _runtime_packages(get_format(node.format).runtime)
+        if node.kind == CHECK and node.options.get("serving"):
+            packages += _runtime_packages(get_format(node.format).serving_runtime)
         if node.kind == BENCH:
             comp["host"] = _host()  # latencies belong to a machine: another host measures again
         comp["inputs"] = inputs

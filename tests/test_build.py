@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from buildsys.lock import Lock
 from tests.conftest import TinyProject
 
@@ -249,6 +251,23 @@ def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyPro
     assert "int8" not in lock(tiny)["targets"]
     assert "tiny/onnx-int8" in lock(tiny)["nodes"]  # the artifact itself is a correct build: cached, not redone
     assert states(tiny, "int8")["verify:int8"] == ("run", ["tolerance changed"])
+
+
+def test_a_file_the_step_ships_is_part_of_the_key(tiny: TinyProject, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.cli import open_project
+    from buildsys.plan import make_plan
+    from buildsys.steps import get_step
+
+    tiny.config.write_text(tiny.config.read_text() + "  serve:\n    model: tiny\n    format: torchserve\n")
+    tiny.run("build", "serve")
+    step = get_step("torchserve-from-torchscript")
+    (handler,) = step.shipped_files
+    edited = tmp_path / handler.name  # torchserve_handler.py as a developer would have edited it
+    edited.write_text(handler.read_text() + "# edited\n")
+    monkeypatch.setattr(step, "shipped_files", (edited,))
+    node = make_plan(open_project(str(tiny.config)).planner, ["serve"]).nodes["tiny/torchserve"]
+    assert (node.action, node.reasons) == ("run", ["shipped torchserve_handler.py changed"])
 
 
 def test_a_file_named_by_step_options_is_part_of_the_key(tiny: TinyProject) -> None:

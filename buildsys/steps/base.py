@@ -83,6 +83,9 @@ class Step:
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker
+    #: Files of modelbuild's own that the step copies into its output (a generated handler): their
+    #: contents enter the key, so editing one rebuilds the artifacts that ship it.
+    shipped_files: ClassVar[tuple[Path, ...]] = ()
     Options: ClassVar[type[StepOptions]] = StepOptions
     description: ClassVar[str] = ""
 
