@@ -204,9 +204,11 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
 
 
 build_options = [
-    click.option("-j", "--jobs", default=1, show_default=True, help="Nodes to run in parallel."),
+    click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="Nodes to run in parallel."),
     click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
-    click.option("--timeout", default=1800.0, show_default=True, help="Seconds a single step may take."),
+    click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds a single step may take."),
 ]
 
 

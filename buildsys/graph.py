@@ -8,6 +8,7 @@ even importing networkx (a third of `plan`'s start-up).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -363,7 +364,7 @@ def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
     path = _existing(cfg, cfg.root / spec.path, key, f"models.{model_name}.data.{which}")
     try:
         shapes = data.peek_shapes(path)
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{spec.path} is not a readable .npz/.npy file: {exc}", where=cfg.where(*key),
                           field=f"models.{model_name}.data.{which}") from None
     for inp in model.inputs:

@@ -38,6 +38,38 @@ def test_a_deploy_file_that_is_not_utf8_names_the_line(tiny: TinyProject) -> Non
     assert nothing_written(tiny)
 
 
+def test_a_recursive_yaml_anchor_is_an_error_not_a_recursion(tiny: TinyProject) -> None:
+    tiny.config.write_text("a: &x [*x]\n")
+    proc = tiny.run("plan", check=False)
+    assert proc.returncode == 2
+    assert one_error_line(proc) == ("error: deploy.yaml:1: a[0]: an alias refers to a node that contains it (a "
+                                    "recursive anchor) (anchors may only repeat a finished node)")
+
+
+def test_an_alias_bomb_is_refused_before_it_fills_memory(tiny: TinyProject) -> None:
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]  # 10^9 values
+    tiny.config.write_text("\n".join(lines) + "\n")
+    proc = tiny.run("plan", check=False)
+    assert proc.returncode == 2
+    assert "the file expands to more than 1,000,000 values through its aliases" in one_error_line(proc)
+
+
+def test_a_data_file_that_is_no_array_archive_names_the_file(tiny: TinyProject) -> None:
+    tiny.edit("validation: val.npz", "validation: tinynet.py")
+    proc = tiny.run("plan", check=False)
+    assert proc.returncode == 2
+    assert "deploy.yaml:13: models.tiny.data.validation: tinynet.py is not a readable .npz/.npy file" in one_error_line(proc)
+
+
+@pytest.mark.parametrize("option, message", [(("-j", "0"), "0 is not in the range x>=1"),
+                                             (("--timeout", "-1"), "-1.0 is not in the range x>0")])
+def test_build_options_out_of_range_are_usage_errors(tiny: TinyProject, option: tuple[str, str], message: str) -> None:
+    proc = tiny.run("build", *option, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert nothing_written(tiny)
+
+
 def test_an_unknown_platform_is_named_before_the_missing_format(tiny: TinyProject) -> None:
     tiny.config.write_text(tiny.config.read_text() + "  desktop:\n    model: tiny\n    platform: windows\n")
     proc = tiny.run("plan", check=False)

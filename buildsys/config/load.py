@@ -17,6 +17,7 @@ from buildsys.config.schema import Project
 from buildsys.errors import ConfigError, Location, did_you_mean
 
 KeyPath = tuple[str | int, ...]
+MAX_NODES = 1_000_000  # far above any real deploy.yaml
 
 try:  # the C composer is several times faster on big files
     _Loader: type = yaml.CSafeLoader
@@ -68,12 +69,23 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, Location]]:
         raise ConfigError(f"malformed YAML: {exc.problem or exc.context}", where=Location(path, line),
                           hint="check the indentation and quoting on this line") from None
     locations: dict[KeyPath, Location] = {}
-    data = _construct(node, (), path, locations) if node is not None else {}
+    data = _construct(node, (), path, locations, set()) if node is not None else {}
     return data, locations
 
 
-def _construct(node: yaml.Node, key: KeyPath, path: Path, locs: dict[KeyPath, Location]) -> Any:
+def _construct(node: yaml.Node, key: KeyPath, path: Path, locs: dict[KeyPath, Location], within: set[int]) -> Any:
+    """Plain data from `node`, recording each key's location. `within`: the nodes being constructed
+    above this one, so that an alias to its own ancestor (`a: &x [*x]`) is an error, not a recursion."""
     locs.setdefault(key, Location(path, node.start_mark.line + 1))
+    if id(node) in within:
+        raise ConfigError("an alias refers to a node that contains it (a recursive anchor)",
+                          where=Location(path, node.start_mark.line + 1), field=_dotted(key) or "(top level)",
+                          hint="anchors may only repeat a finished node")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        within = within | {id(node)}
+        if len(locs) > MAX_NODES:  # aliases of aliases can multiply a small file into billions of nodes
+            raise ConfigError(f"the file expands to more than {MAX_NODES:,} values through its aliases",
+                              where=Location(path, node.start_mark.line + 1), hint="write the values out instead")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for k_node, v_node in node.value:
@@ -82,10 +94,10 @@ def _construct(node: yaml.Node, key: KeyPath, path: Path, locs: dict[KeyPath, Lo
                 raise ConfigError(f"duplicate key '{k}'", where=Location(path, k_node.start_mark.line + 1),
                                   field=_dotted(key), hint="each key may appear once in a mapping")
             locs[key + (k,)] = Location(path, k_node.start_mark.line + 1)
-            out[k] = _construct(v_node, key + (k,), path, locs)
+            out[k] = _construct(v_node, key + (k,), path, locs, within)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, key + (i,), path, locs) for i, v in enumerate(node.value)]
+        return [_construct(v, key + (i,), path, locs, within) for i, v in enumerate(node.value)]
     return yaml.constructor.SafeConstructor.construct_object(_SCALARS, node)
 
 
