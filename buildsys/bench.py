@@ -1,7 +1,7 @@
 """Latency measurement: time a callable, summarize the samples, compare them with budgets, meter memory.
 
 Standard library only (no numpy, no torch), so the statistics are unit-testable with a fake timer and
-the module is cheap to import from a worker. The bench step (buildsys/steps/bench.py) feeds it sessions.
+the module is cheap to import from a worker. The bench step (buildsys/nodes/bench.py) feeds it sessions.
 
 Conventions: samples are seconds per timed call; summaries are milliseconds. A "call" processes one
 batch of `batch_size` samples, so throughput is batch_size / latency.

@@ -129,7 +129,7 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
             files.append(FileEntry(path=f"{target}/{rel}", sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
         layout = json.loads(entries[f"{target}/layout.json"]) if f"{target}/layout.json" in entries else {}
         chain = _chain(lock, dag, node.name)
-        from buildsys.steps import get_format
+        from buildsys.formats import get_format
 
         artifacts.append(Artifact(
             target=target, model=node.model, format=node.format, precision=node.precision,

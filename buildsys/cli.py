@@ -307,7 +307,7 @@ def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
 
     from buildsys import bundle as bundles
     from buildsys.execute import Action, LocalExecutor
-    from buildsys.steps import get_step
+    from buildsys.formats import get_step
 
     work = Path(tempfile.mkdtemp(prefix="modelbuild-bundle-"))
     executor = LocalExecutor(work / "logs", jobs)
@@ -466,7 +466,7 @@ def schema(steps: bool, markdown: bool) -> None:
 
         click.echo(render(), nl=False)
     elif steps:
-        from buildsys.steps import steps as all_steps
+        from buildsys.formats import steps as all_steps
 
         click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],
                                         "options": s.Options.model_json_schema()} for name, s in sorted(all_steps().items())}))
@@ -478,7 +478,7 @@ def schema(steps: bool, markdown: bool) -> None:
 def doctor() -> None:
     """Show which toolchains and runtimes are usable on this host."""
     from buildsys.keys import package_version
-    from buildsys.runtimes import runtimes
+    from buildsys.formats import runtimes
 
     for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "onnx2tf", "ai-edge-litert", "coremltools"):
         click.echo(f"  {pkg:<14} {package_version(pkg)}")

@@ -96,6 +96,12 @@ class InternalError(Exception):
 INTERNAL_EXIT = 3
 
 
+def describe(exc: BaseException) -> str:
+    """'Type: first line of the message', what a user needs to recognise the failure."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' — did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -25,7 +25,7 @@ from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Node
 from buildsys.lock import LOCAL
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
-from buildsys.steps import get_format, get_step
+from buildsys.formats import get_format, get_step
 from buildsys.store import CorruptBlob
 
 DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.hashing import digest_json
-from buildsys.steps import formats, steps
+from buildsys.formats import formats, steps
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -177,7 +177,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
     import networkx as nx
 
     from buildsys import verify
-    from buildsys.steps.bench import BenchOptions
+    from buildsys.nodes.bench import BenchOptions
 
     project = cfg.project
     for t in selected or []:

@@ -15,7 +15,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Dag, Node, data_files, expand, source_files
 from buildsys.hashing import StatCache, digest_json
 from buildsys.lock import Lock
-from buildsys.steps import get_format, get_step
+from buildsys.formats import get_format, get_step
 from buildsys.store import Store
 
 # What a node needs done:
@@ -203,7 +203,7 @@ def _lock_output(lock: Lock, dep: str, entry: dict) -> str:
 
 def _names_files(step: type) -> bool:
     """Whether a step overrides Step.files_used (its options can name project files)."""
-    from buildsys.steps.base import Step
+    from buildsys.formats.base import Step
 
     return step.files_used.__func__ is not Step.files_used.__func__  # type: ignore[attr-defined]
 
@@ -217,7 +217,7 @@ def _host() -> dict[str, str]:
 def _runtime_packages(runtime: str | None) -> list[str]:
     if runtime is None:
         return []
-    from buildsys.runtimes import runtimes
+    from buildsys.formats import runtimes
 
     return list(runtimes()[runtime].packages)
 

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from buildsys.config.schema import Acceptance, OutputSpec
 from buildsys.errors import ConfigError, did_you_mean
-from buildsys.steps.base import StepOptions
+from buildsys.formats.base import StepOptions
 
 if TYPE_CHECKING:
     import numpy as np

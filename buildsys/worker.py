@@ -20,7 +20,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     """Run one step request and return the reply (never raises for step failures)."""
     from buildsys.config.schema import Model
     from buildsys.errors import ModelbuildError
-    from buildsys.steps import StepContext, get_step
+    from buildsys.formats import StepContext, get_step
 
     try:
         step_cls = get_step(request["step"])

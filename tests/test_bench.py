@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from buildsys import bench
 from buildsys.bench import RssMeter, Timing, budget_failures, budget_items, budgets_passed, measure, percentile
-from buildsys.steps import get_format, get_step
+from buildsys.formats import get_format, get_step
 from tests.helpers.models import Tiny
 
 
@@ -257,7 +257,7 @@ def test_eager_failure_is_reported_not_fatal(cnn: Tiny, onnx_path: Path, referen
 
 def test_unavailable_runtime_is_not_run(cnn: Tiny, onnx_path: Path, reference: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from buildsys.runtimes.onnxruntime import OnnxRuntime
+    from buildsys.formats.onnx.runtime import OnnxRuntime
 
     monkeypatch.setattr(OnnxRuntime, "unavailable", lambda self: "onnxruntime is not installed")
     m = run_bench(cnn, tmp_path, onnx_path, reference, p50_ms=1.0)

@@ -257,7 +257,7 @@ def test_a_file_the_step_ships_is_part_of_the_key(tiny: TinyProject, tmp_path: P
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from buildsys.cli import open_project
     from buildsys.plan import make_plan
-    from buildsys.steps import get_step
+    from buildsys.formats import get_step
 
     tiny.config.write_text(tiny.config.read_text() + "  serve:\n    model: tiny\n    format: torchserve\n")
     tiny.run("build", "serve")

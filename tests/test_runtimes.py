@@ -10,8 +10,8 @@ import pytest
 
 from buildsys.data import Batch, eval_batch
 from buildsys.errors import StepError
-from buildsys.runtimes import get_runtime, runtimes
-from buildsys.steps import formats
+from buildsys.formats import get_runtime, runtimes
+from buildsys.formats import formats
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 
 MINE = ("torch-eager", "torchscript", "torch-export", "onnxruntime")

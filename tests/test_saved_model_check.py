@@ -155,7 +155,7 @@ def test_saved_model_check_runs_in_the_tf_worker(built: tuple[TinyProject, dict[
     """A check runs in its artifact's step's worker (execute.Builder._toolchain): the SavedModel step's, tf."""
     from buildsys.config.load import load
     from buildsys.graph import expand
-    from buildsys.steps import get_step
+    from buildsys.formats import get_step
 
     project, lock = built
     dag = expand(load(project.config))
@@ -237,7 +237,7 @@ def test_perturbed_saved_model_fails_its_check_naming_the_metric(cnn: Tiny, save
 @pytest.mark.slow
 @pytest.mark.tflite
 def test_inspection_reports_a_signature_mismatch(cnn: Tiny, saved_model: Path) -> None:
-    from buildsys.runtimes import get_runtime
+    from buildsys.formats import get_runtime
 
     runtime = get_runtime("tensorflow")
     assert runtime.inspect(saved_model, cnn.model, "saved_model")["problems"] == []  # type: ignore[index]
@@ -255,7 +255,7 @@ def test_inspection_reports_a_signature_mismatch(cnn: Tiny, saved_model: Path) -
 @pytest.mark.slow
 @pytest.mark.tflite
 def test_inspection_reports_an_unreadable_saved_model(cnn: Tiny, tmp_path: Path) -> None:
-    from buildsys.runtimes import get_runtime
+    from buildsys.formats import get_runtime
 
     tf_available()
     (tmp_path / "saved_model").mkdir()
@@ -282,7 +282,7 @@ def test_fixed_batch_saved_model_runs_any_number_of_samples(cnn: Tiny, cnn_onnx:
     import numpy as np
 
     from buildsys.data import Batch
-    from buildsys.runtimes import get_runtime
+    from buildsys.formats import get_runtime
     from tests.helpers.models import torch_outputs, validation_feeds
 
     tf_available()
@@ -299,8 +299,8 @@ def test_fixed_batch_saved_model_runs_any_number_of_samples(cnn: Tiny, cnn_onnx:
 def test_missing_tensorflow_is_said_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from buildsys.runtimes import get_runtime
-    from buildsys.steps import get_format
+    from buildsys.formats import get_runtime
+    from buildsys.formats import get_format
 
     assert get_format("saved_model").runtime == "tensorflow"
     real = importlib.util.find_spec

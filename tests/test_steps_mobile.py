@@ -20,8 +20,8 @@ import pytest
 from buildsys.config.schema import Model
 from buildsys.data import Batch
 from buildsys.errors import StepError
-from buildsys.runtimes import get_runtime
-from buildsys.steps import StepContext, get_step
+from buildsys.formats import get_runtime
+from buildsys.formats import StepContext, get_step
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -299,7 +299,7 @@ def test_ceil_mode_pool_padding_keeps_full_int8_usable(saved_models: dict[str, P
     # calibrated ranges stay sane (ONet's int8 accuracy above depends on it).
     from ai_edge_litert.interpreter import Interpreter
 
-    from buildsys.steps.tflite import _scales
+    from buildsys.formats.tflite.tflite import _scales
 
     out = root / "onet" / "ceil-int8"  # its own artifact: tests may run in any order, on any worker
     run_step("tflite-int8-from-saved-model", cases["onet"].model, saved_models["onet"] / "saved_model", out, root,
@@ -445,7 +445,7 @@ def coreml_packages(cases: dict[str, Case], root: Path) -> dict[str, tuple[Path,
 @pytest.mark.coreml
 def test_coreml_packages_keep_the_signature_and_compress_for_real(
         coreml_packages: dict[str, tuple[Path, dict[str, Any]]]) -> None:
-    from buildsys.runtimes.coreml import inspect_mlpackage
+    from buildsys.formats.coreml.runtime import inspect_mlpackage
 
     facts = {key: inspect_mlpackage(path) for key, (path, _) in coreml_packages.items()}
     for key, fact in facts.items():
@@ -487,7 +487,7 @@ def test_coreml_conversion_is_reproducible(cases: dict[str, Case], root: Path,
 @pytest.mark.coreml
 def test_coreml_image_input_for_a_grayscale_model(cases: dict[str, Case], root: Path) -> None:
     pytest.importorskip("coremltools")
-    from buildsys.runtimes.coreml import inspect_mlpackage
+    from buildsys.formats.coreml.runtime import inspect_mlpackage
 
     case = cases["cnn"]
     out = root / "coreml" / "image"

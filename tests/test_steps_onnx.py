@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
-from buildsys.runtimes import get_runtime
-from buildsys.steps import get_step
+from buildsys.formats import get_runtime
+from buildsys.formats import get_step
 from buildsys.verify import resolve_acceptance
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 

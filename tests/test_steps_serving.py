@@ -23,10 +23,10 @@ from buildsys.config.schema import Acceptance
 from buildsys.data import Batch
 from buildsys.errors import ConfigError, PlanError, StepError
 from buildsys.graph import expand
-from buildsys.runtimes import get_runtime
-from buildsys.runtimes.triton_layout import parse_config
-from buildsys.steps import formats, get_step, steps
-from buildsys.steps.triton import write_pbtxt
+from buildsys.formats import get_runtime
+from buildsys.formats.serving.pbtxt import parse_config
+from buildsys.formats import formats, get_step, steps
+from buildsys.formats.serving.pbtxt import write_pbtxt
 from buildsys.verify import resolve_acceptance
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
@@ -79,8 +79,8 @@ def test_steps_follow_the_contract_and_import_nothing_heavy() -> None:
     assert {formats()[f].filename for f in ("triton", "triton-fp16", "triton-int8", "triton-torchscript")} == \
         {"model_repository"}
     assert formats()["torchserve"].filename == "model.mar"
-    code = ("import sys; import buildsys.steps.triton, buildsys.steps.torchserve, buildsys.runtimes.triton_layout, "
-            "buildsys.runtimes.torchserve_archive; "
+    code = ("import sys; import buildsys.formats.serving.triton, buildsys.formats.serving.torchserve, buildsys.formats.serving.triton_layout, "
+            "buildsys.formats.serving.torchserve_archive; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy', 'model_archiver') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,8 +12,8 @@ import pytest
 
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
-from buildsys.steps import formats, get_format, steps
-from buildsys.steps.pytorch import load_module
+from buildsys.formats import formats, get_format, steps
+from buildsys.formats.torch.module import load_module
 from buildsys.verify import resolve_acceptance
 from tests.helpers.models import FACTORIES, Tiny, make_model, torch_outputs, validation_feeds
 
@@ -43,7 +43,9 @@ def check(tiny: Tiny, out: Path, fmt: str, artifact: Path, reference: Path, prec
 MINE = ("torchscript-from-pytorch", "pt2-from-pytorch", "onnx-from-pytorch", "onnx-from-torchscript",
         "onnx-from-pt2", "onnx-from-onnx-file", "onnx-optimized-from-onnx", "onnx-fp16-from-onnx",
         "onnx-int8-from-onnx", "reference", "check")
-MODULES = ("pytorch", "torchscript", "export", "onnx", "onnx_optimized", "onnx_fp16", "onnx_int8", "reference", "check")
+MODULES = ("formats.torch.source", "formats.torch.module", "formats.torch.torchscript", "formats.torch.export",
+           "formats.onnx.export", "formats.onnx.optimized", "formats.onnx.fp16", "formats.onnx.int8",
+           "nodes.reference", "nodes.check")
 
 
 def test_every_step_follows_the_contract() -> None:
@@ -61,8 +63,8 @@ def test_every_step_follows_the_contract() -> None:
 
 
 def test_loading_every_step_module_imports_no_toolchain() -> None:
-    imports = "; ".join([f"import buildsys.steps.{m}" for m in MODULES] + [
-        f"import buildsys.runtimes.{m}" for m in ("torch_eager", "torchscript", "torch_export", "onnxruntime")])
+    imports = "; ".join([f"import buildsys.{m}" for m in MODULES] + [
+        "import buildsys.formats.torch.runtimes", "import buildsys.formats.onnx.runtime"])
     code = (f"import sys; {imports}; import buildsys.verify; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -146,7 +148,7 @@ def test_trace_reorders_dict_outputs_to_the_signature(two: Tiny, tmp_path: Path)
 
 
 def test_pt2_is_dynamic_in_batch(cnn_tiny: Tiny, tmp_path: Path) -> None:
-    from buildsys.runtimes import get_runtime
+    from buildsys.formats import get_runtime
 
     metrics = cnn_tiny.run("pt2-from-pytorch", tmp_path)
     assert metrics["dynamic"] is True and (tmp_path / "model.pt2").is_file()
@@ -159,7 +161,7 @@ def test_pt2_is_dynamic_in_batch(cnn_tiny: Tiny, tmp_path: Path) -> None:
 
 def test_pt2_with_fixed_shapes_runs_one_sample_at_a_time(cnn_tiny: Tiny, tmp_path: Path) -> None:
     from buildsys.data import eval_batch
-    from buildsys.runtimes import get_runtime
+    from buildsys.formats import get_runtime
 
     assert cnn_tiny.run("pt2-from-pytorch", tmp_path, dynamic=False)["dynamic"] is False
     session = get_runtime("torch-export").load(tmp_path / "model.pt2", cnn_tiny.model, cnn_tiny.root)
@@ -226,7 +228,7 @@ def test_check_fails_with_observed_next_to_allowed(mlp: Tiny, mlp_reference: Pat
 
 def test_check_not_run_when_the_runtime_is_missing(mlp: Tiny, mlp_reference: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from buildsys.runtimes.torchscript import TorchScriptRuntime
+    from buildsys.formats.torch.runtimes import TorchScriptRuntime
 
     monkeypatch.setattr(TorchScriptRuntime, "unavailable", lambda self: "torch is not installed")
     result = check(mlp, tmp_path, "torchscript", tmp_path / "missing.pt", mlp_reference)

@@ -21,11 +21,11 @@ import pytest
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.lock import Lock
-from buildsys.runtimes import get_runtime
-from buildsys.runtimes import torchserve_server as server
-from buildsys.steps import get_format, get_step
-from buildsys.steps import torchserve_handler as handler
-from buildsys.steps.torchserve import HANDLER_SOURCE
+from buildsys.formats import get_runtime
+from buildsys.formats.serving import torchserve_server as server
+from buildsys.formats import get_format, get_step
+from buildsys.formats.serving import torchserve_handler as handler
+from buildsys.formats.serving.torchserve import HANDLER_SOURCE
 from buildsys.verify import resolve_acceptance
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny
@@ -174,7 +174,7 @@ def test_the_archive_holds_the_handler_verbatim(cnn_mar: Path) -> None:
 
 
 def test_importing_the_handler_imports_neither_torch_nor_numpy() -> None:
-    code = ("import sys, buildsys.steps.torchserve_handler, buildsys.runtimes.torchserve_server; "
+    code = ("import sys, buildsys.formats.serving.torchserve_handler, buildsys.formats.serving.torchserve_server; "
             "heavy = [m for m in ('torch', 'numpy') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 

@@ -26,9 +26,10 @@ from buildsys.config.schema import Acceptance
 from buildsys.data import Batch
 from buildsys.errors import StepError
 from buildsys.lock import Lock
-from buildsys.runtimes import get_runtime
-from buildsys.runtimes.triton_layout import locate, parse_config
-from buildsys.steps import get_format
+from buildsys.formats import get_runtime
+from buildsys.formats.serving.repository import locate
+from buildsys.formats.serving.pbtxt import parse_config
+from buildsys.formats import get_format
 from buildsys.verify import resolve_acceptance
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny, torch_outputs, validation_feeds
@@ -38,14 +39,14 @@ LIBTORCH = get_runtime("triton-server-libtorch")
 
 
 def _no_server() -> str | None:
-    from buildsys.runtimes.triton_server import server_files
+    from buildsys.formats.serving.triton_server import server_files
 
     files = server_files()
     return files if isinstance(files, str) else None
 
 
 def _no_python_backend() -> str | None:
-    from buildsys.runtimes.triton_server import _python_backend, server_files
+    from buildsys.formats.serving.triton_server import _python_backend, server_files
 
     files = server_files()
     if isinstance(files, str):
@@ -102,7 +103,7 @@ def standin_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def no_release_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the wheel's own backends (an empty MODELBUILD_TRITON_BACKENDS, no /opt/tritonserver)."""
-    from buildsys.runtimes import triton_server
+    from buildsys.formats.serving import triton_server
 
     monkeypatch.delenv("MODELBUILD_TRITON_BACKENDS", raising=False)
     monkeypatch.setattr(triton_server, "RELEASE_BACKENDS", tmp_path / "no-release-backends")
@@ -123,7 +124,7 @@ def _check(tiny: Tiny, out: Path, fmt: str, artifact: Path) -> dict[str, Any]:
 def test_formats_name_their_serving_runtimes() -> None:
     assert {get_format(f).serving_runtime for f in ("triton", "triton-fp16", "triton-int8")} == {"triton-server"}
     assert get_format("triton-torchscript").serving_runtime == "triton-server-libtorch"
-    code = "import sys, buildsys.steps, buildsys.runtimes.triton_server, buildsys.runtimes.triton_layout; " \
+    code = "import sys, buildsys.formats, buildsys.formats.serving.triton_server, buildsys.formats.serving.triton_layout; " \
            "print(sorted(m for m in ('google.protobuf', 'tritonclient', 'grpc', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # importing the steps and runtimes imports neither protobuf nor tritonclient

@@ -61,7 +61,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
 
 def render() -> str:
     """The whole reference as Markdown."""
-    from buildsys.steps import formats, steps
+    from buildsys.formats import formats, steps
 
     out = ["# deploy.yaml reference", "",
            "Generated from the schema by `modelbuild schema --markdown`; a test keeps this file in sync.",

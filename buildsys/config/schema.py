@@ -1,6 +1,6 @@
 """The deploy.yaml schema: strict pydantic models whose field descriptions double as the docs.
 
-Step options are not listed here: each step owns a frozen options model (see buildsys.steps.base),
+Step options are not listed here: each step owns a frozen options model (see buildsys.formats.base),
 and a target's `options:` mapping is validated against the models of the steps on its route.
 """
 

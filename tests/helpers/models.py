@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.config.schema import Model
-from buildsys.steps import StepContext, get_step
+from buildsys.formats import StepContext, get_step
 
 MODULE = "tinymodels"
 
@@ -120,7 +120,7 @@ class Tiny:
 
     def net(self) -> Any:
         """The model with its weights, straight from PyTorch (for direct comparisons)."""
-        from buildsys.steps.pytorch import load_module
+        from buildsys.formats.torch.module import load_module
 
         return load_module(self.model, self.root)
 
@@ -200,7 +200,7 @@ def make_model(root: Path, kind: str = "mlp", *, name: str | None = None, sample
 
 def torch_outputs(tiny: Tiny, feeds: dict[str, Any]) -> list[Any]:
     """The PyTorch model's outputs on `feeds`, in signature order, as numpy arrays."""
-    from buildsys.runtimes.torch_eager import TorchSession
+    from buildsys.formats.torch.runtimes import TorchSession
 
     return TorchSession(tiny.net(), tiny.model).run(feeds)
 

@@ -1,0 +1,129 @@
+"""Step and Format: the contract every converter, quantizer and check implements.
+
+A step turns the outputs of its input node into files in a scratch directory. It runs inside a
+worker process, so a module that defines steps must import nothing heavy at module level: torch,
+onnx, tensorflow and coremltools are imported inside `_run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+    from buildsys.data import Batch
+    from buildsys.errors import StepError
+
+
+class StepOptions(BaseModel):
+    """Base of every step's options: strict, immutable, defaults filled in before keying."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Format:
+    """A node format: what a step produces and how a check runs it.
+
+    `filename` is the main file (or directory) inside the node's output tree; a step may write
+    side files next to it (ONNX external data). `runtime` names the runtime that executes it in
+    checks (None: not executable, e.g. a pure intermediate). `layout` says how the artifact wants
+    image-like inputs: "source" keeps the model's layout, "channels_last" moves C to the end.
+    """
+
+    name: str
+    filename: str
+    runtime: str | None
+    description: str
+    layout: str = "source"
+    source: bool = False  # a model source (pytorch factory, a given file): never built, only hashed
+    #: The runtime that serves the artifact as production would (a Triton or TorchServe server on
+    #: loopback); checks use it when the acceptance asks for `serving`. None: no such software.
+    serving_runtime: str | None = None
+
+
+@dataclass
+class StepContext:
+    """Everything a step may read, and the one place it may write (`out_dir`)."""
+
+    model_name: str
+    model: "Model"
+    root: Path  # the deploy.yaml directory: factories import from here, data paths resolve here
+    input_path: Path | None  # main file/dir of the upstream node (None for a factory source)
+    out_dir: Path
+    options: StepOptions
+    precision: str = "fp32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def data(self, which: str) -> "Batch | None":
+        """Load the model's data set `which` (example/calibration/validation), or None if absent."""
+        from buildsys import data
+
+        return data.load_set(self.model, which, self.root)
+
+    def example(self) -> "Batch":
+        """Inputs for tracing: the example set, else validation, else seeded synthetic data."""
+        from buildsys import data
+
+        return data.eval_batch(self.model, self.root, prefer=("example", "validation"))
+
+
+class Step:
+    """One conversion from `consumes` to `produces`. Subclasses set the class attributes and `_run`."""
+
+    name: ClassVar[str]
+    consumes: ClassVar[tuple[str, ...]]
+    produces: ClassVar[str]
+    version: ClassVar[int] = 1  # bump when the output for the same inputs changes
+    packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
+    extra: ClassVar[str] = "server"  # pip extra that installs `packages`
+    toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker
+    #: Files of modelbuild's own that the step copies into its output (a generated handler): their
+    #: contents enter the key, so editing one rebuilds the artifacts that ship it.
+    shipped_files: ClassVar[tuple[Path, ...]] = ()
+    Options: ClassVar[type[StepOptions]] = StepOptions
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        """Data sets whose contents enter the key (and must exist). Tracing steps use 'example'."""
+        return ()
+
+    @classmethod
+    def files_used(cls, options: StepOptions) -> tuple[str, ...]:
+        """Project files (relative to deploy.yaml) named by the options, e.g. a handler: their
+        contents enter the key, so editing one rebuilds the node."""
+        return ()
+
+    @classmethod
+    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
+        """Plan-time validation that needs no heavy import; return a problem message or None."""
+        return None
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        """Run the step and check it produced its main output; returns metrics (seconds at least)."""
+        started = time.perf_counter()
+        metrics = self._run(ctx) or {}
+        from buildsys.formats.registry import get_format
+
+        main = ctx.out_dir / get_format(self.produces).filename
+        if not main.exists():
+            from buildsys.errors import InternalError
+
+            raise InternalError(f"step {self.name} did not write {main.name}")
+        metrics.setdefault("seconds", round(time.perf_counter() - started, 3))
+        return metrics
+
+    def _run(self, ctx: StepContext) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def fail(self, ctx: StepContext, cause: str) -> "StepError":
+        """The error for a failure the user can fix: one line naming the model, the cause and this step."""
+        from buildsys.errors import StepError
+
+        return StepError(f"model '{ctx.model_name}': {cause} (step {self.name})")

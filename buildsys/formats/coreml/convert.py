@@ -1,0 +1,378 @@
+"""The Core ML formats: ML Programs (.mlpackage) converted from the traced model by coremltools.
+
+`coreml` computes in float32, `coreml-fp16` in float16 (what the GPU and Neural Engine run), and
+`coreml-int8` compresses the weights (linear int8, or a 256/16-entry palette) on top of fp16
+compute. Inputs and outputs keep the signature's names. Conversion works on Linux; running the
+package needs macOS (see buildsys.formats.coreml.runtime, which also inspects packages structurally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+
+from pydantic import Field, model_validator
+
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.torch.torchscript import load_input
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import InputSpec, Model
+
+COREML = register_format(Format(
+    name="coreml", filename="model.mlpackage", runtime="coreml",
+    description="Core ML ML Program (.mlpackage directory), float32 compute.",
+))
+COREML_FP16 = register_format(Format(
+    name="coreml-fp16", filename="model.mlpackage", runtime="coreml",
+    description="Core ML ML Program, float16 weights and compute (GPU / Neural Engine precision).",
+))
+COREML_INT8 = register_format(Format(
+    name="coreml-int8", filename="model.mlpackage", runtime="coreml",
+    description="Core ML ML Program with compressed weights (int8 linear or palettized), float16 compute.",
+))
+
+# Core ML specification version of each deployment target (ML Programs start at version 6).
+SPEC_VERSION = {f"{os}{v}": spec for os, first in (("iOS", 15), ("macOS", 12), ("tvOS", 15), ("watchOS", 8))
+                for spec, v in zip(range(6, 10), range(first, first + 4))}
+SPEC_VERSION.update({"iOS26": 10, "macOS26": 10, "tvOS26": 10, "watchOS26": 10})
+Target = Literal["iOS15", "iOS16", "iOS17", "iOS18", "iOS26", "macOS12", "macOS13", "macOS14", "macOS15", "macOS26",
+                 "tvOS15", "tvOS16", "tvOS17", "tvOS18", "tvOS26", "watchOS8", "watchOS9", "watchOS10",
+                 "watchOS11", "watchOS26"]
+Compression = Literal["none", "int8", "palettize8", "palettize4"]
+
+
+def first_target(spec: int, like: str) -> str:
+    """The earliest target of the same OS family as `like` with specification version `spec`."""
+    family = re.match(r"[A-Za-z]+", like).group(0)  # type: ignore[union-attr]
+    return min((t for t, v in SPEC_VERSION.items() if v == spec and t.startswith(family)),
+               key=lambda t: int(t[len(family):]))
+
+
+class Metadata(StepOptions):
+    """What Xcode shows for the model, and free key/value pairs for the app."""
+
+    author: str = Field(default="", description="Model author (MLModel.author).")
+    license: str = Field(default="", description="License text or SPDX id (MLModel.license).")
+    version: str = Field(default="", description="Model version string (MLModel.version).")
+    short_description: str = Field(default="", description="One-line description (MLModel.short_description).")
+    user_defined: dict[str, str] = Field(default_factory=dict, description="Extra string key/value metadata.")
+
+
+class CoremlOptions(StepOptions):
+    """Options of every Core ML step."""
+
+    minimum_deployment_target: Target = Field(
+        default="iOS16", description="Oldest OS the package must load on. ML Programs need iOS15/macOS12; "
+        "compressed weights and float16 I/O need iOS16/macOS13. Newer targets unlock newer ops.")
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = Field(
+        default="ALL", description="Hardware Core ML may use when the package is loaded (stored in the "
+        "package metadata and used by the check on macOS; apps pass their own MLModelConfiguration).")
+    input_type: Literal["tensor", "image"] = Field(
+        default="tensor", description="'image' makes every input a CVPixelBuffer-friendly image (4-D NCHW, "
+        "1 or 3 channels); Core ML then applies image_scale and image_bias to the pixels.")
+    image_scale: float = Field(default=1.0, description="image inputs: multiply pixel values (0-255) by this.")
+    image_bias: list[float] = Field(
+        default_factory=lambda: [0.0], description="image inputs: add after scaling, one value or one per channel.")
+    color_layout: Literal["RGB", "BGR"] = Field(
+        default="RGB", description="image inputs with 3 channels: channel order the model expects "
+        "(1-channel inputs are grayscale).")
+    io_dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="Element type of float inputs and outputs. float16 avoids conversions "
+        "on the Neural Engine but needs iOS16/macOS13.")
+    dynamic_upper_bound: int = Field(
+        default=64, ge=1, description="Largest size of each dynamic (named) axis: ML Programs need bounded "
+        "ranges. Dynamic axes accept 1 … this value, with 1 as the default shape.")
+    weight_compression: Compression = Field(
+        default="none", description="'int8': linear symmetric int8 weights (constexpr_affine_dequantize, about "
+        "4x smaller than fp32). 'palettize8' / 'palettize4': k-means palettes of 256 / 16 values per tensor "
+        "(constexpr_lut_to_dense). Needs iOS16/macOS13.")
+    weight_threshold: int = Field(
+        default=2048, ge=0, description="Weights with fewer elements than this stay uncompressed (biases, "
+        "tiny layers: compressing them saves nothing and costs accuracy). coremltools' default.")
+    metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
+
+
+class _FromTorchScript(Step):
+    """Shared body: trace-file → ML Program with the signature's names, then optional weight compression."""
+
+    consumes = ("torchscript", "torchscript-file")
+    packages = ("coremltools", "torch")
+    extra = "coreml"
+    toolchain = "coreml"
+    compute: ClassVar[str] = "float32"
+    Options = CoremlOptions
+
+    @classmethod
+    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
+        opts: Any = options
+        target = opts.minimum_deployment_target
+        spec = SPEC_VERSION[target]
+        need = []
+        if opts.weight_compression != "none":
+            need.append((7, f"weight_compression: {opts.weight_compression}"))
+        if opts.io_dtype == "float16":
+            need.append((7, "io_dtype: float16"))
+        if opts.compute_units == "CPU_AND_NE":
+            need.append((7, "compute_units: CPU_AND_NE"))
+        for minimum, what in need:
+            if spec < minimum:
+                return (f"{what} needs minimum_deployment_target {first_target(minimum, target)} or later "
+                        f"(got {target})")
+        if opts.input_type == "image":
+            for inp in model.inputs:
+                problem = _image_problem(inp)
+                if problem:
+                    return f"input_type: image needs 4-D NCHW float inputs with 1 or 3 channels: {problem}"
+            channels = {inp.shape[1] for inp in model.inputs}
+            if len(opts.image_bias) not in (1, *channels):
+                return f"image_bias has {len(opts.image_bias)} values; give 1 or one per channel ({sorted(channels)})"
+        return None
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import coremltools as ct
+
+        opts: Any = ctx.options
+        module = load_input(self, ctx)
+        precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
+        try:
+            with _per_channel_prelu():
+                mlmodel = ct.convert(
+                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
+                    compute_precision=precision,
+                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
+                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
+                )
+        except Exception as exc:
+            raise self.fail(ctx, conversion_failure(exc)) from exc
+        mlmodel = self._compress(ctx, mlmodel)
+        self._describe(ctx, mlmodel)
+        path = ctx.out_dir / COREML.filename
+        mlmodel.save(str(path))
+        make_reproducible(path)
+        from buildsys.formats.coreml.runtime import inspect_mlpackage
+
+        facts = inspect_mlpackage(path)
+        return {"bytes": facts["bytes"], "compute_precision": self.compute,
+                "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
+                "minimum_deployment_target": facts["minimum_deployment_target"],
+                "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
+
+    def _inputs(self, ctx: StepContext) -> list[Any]:
+        import coremltools as ct
+        import numpy as np
+
+        opts: Any = ctx.options
+        types = []
+        for inp in ctx.model.inputs:
+            dims = [d if isinstance(d, int) else ct.RangeDim(1, opts.dynamic_upper_bound, 1) for d in inp.shape]
+            shape = ct.Shape(dims) if any(not isinstance(d, int) for d in inp.shape) else tuple(dims)
+            if opts.input_type == "image":
+                gray = inp.shape[1] == 1
+                layout = ct.colorlayout.GRAYSCALE if gray else getattr(ct.colorlayout, opts.color_layout)
+                bias: Any = opts.image_bias[0] if gray else (
+                    list(opts.image_bias) if len(opts.image_bias) == 3 else [opts.image_bias[0]] * 3)
+                types.append(ct.ImageType(name=inp.name, shape=shape, scale=opts.image_scale, bias=bias,
+                                          color_layout=layout))
+            elif inp.dtype.startswith("float"):
+                types.append(ct.TensorType(name=inp.name, shape=shape, dtype=np.dtype(opts.io_dtype).type))
+            else:
+                # Core ML has no 64-bit integer tensors: int64 indices travel as int32.
+                types.append(ct.TensorType(name=inp.name, shape=shape,
+                                           dtype=np.bool_ if inp.dtype == "bool" else np.int32))
+        return types
+
+    def _outputs(self, ctx: StepContext) -> list[Any]:
+        import coremltools as ct
+        import numpy as np
+
+        opts: Any = ctx.options
+        return [ct.TensorType(name=o.name, dtype=np.dtype(opts.io_dtype).type) for o in ctx.model.outputs]
+
+    def _compress(self, ctx: StepContext, mlmodel: Any) -> Any:
+        from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
+                                                 linear_quantize_weights, palettize_weights)
+
+        opts: Any = ctx.options
+        mode = opts.weight_compression
+        if mode == "none":
+            return mlmodel
+        try:
+            if mode == "int8":
+                config = OptimizationConfig(global_config=OpLinearQuantizerConfig(
+                    mode="linear_symmetric", dtype="int8", weight_threshold=opts.weight_threshold))
+                return linear_quantize_weights(mlmodel, config)
+            config = OptimizationConfig(global_config=OpPalettizerConfig(
+                mode="kmeans", nbits=8 if mode == "palettize8" else 4, weight_threshold=opts.weight_threshold))
+            return palettize_weights(mlmodel, config)
+        except Exception as exc:
+            raise self.fail(ctx, f"weight compression '{mode}' failed: {type(exc).__name__}: "
+                                 f"{_first_line(exc)[:300]}") from exc
+
+    def _describe(self, ctx: StepContext, mlmodel: Any) -> None:
+        opts: Any = ctx.options
+        meta = opts.metadata
+        mlmodel.author = meta.author
+        mlmodel.license = meta.license
+        mlmodel.version = meta.version
+        mlmodel.short_description = meta.short_description or ctx.model.description
+        user = mlmodel.user_defined_metadata
+        user.pop("com.github.apple.coremltools.conversion_date", None)  # a date would change every build's bytes
+        user["com.modelbuild.model"] = ctx.model_name
+        user["com.modelbuild.compute_units"] = opts.compute_units
+        if opts.input_type == "image":  # the macOS check un-normalizes reference inputs into pixels with these
+            user["com.modelbuild.image_scale"] = repr(opts.image_scale)
+            user["com.modelbuild.image_bias"] = ",".join(repr(b) for b in opts.image_bias)
+            user["com.modelbuild.image_color_layout"] = opts.color_layout
+        if ctx.extra.get("source_digest"):
+            user["com.modelbuild.source_digest"] = str(ctx.extra["source_digest"])
+        for key, value in sorted(meta.user_defined.items()):
+            user[key] = value
+        for inp in ctx.model.inputs:
+            if inp.layout:
+                mlmodel.input_description[inp.name] = f"layout {inp.layout}, shape {inp.shape}"
+
+
+@register
+class CoremlFromTorchScript(_FromTorchScript):
+    """Convert the traced model to a float32 Core ML ML Program."""
+
+    name = "coreml-from-torchscript"
+    produces = "coreml"
+    compute = "float32"
+    description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32)."
+
+
+@register
+class CoremlFp16FromTorchScript(_FromTorchScript):
+    """Convert the traced model to a float16 Core ML ML Program (fp16 weights and activations)."""
+
+    name = "coreml-fp16-from-torchscript"
+    produces = "coreml-fp16"
+    compute = "float16"
+    description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT16)."
+
+
+class CoremlInt8Options(CoremlOptions):
+    """Core ML with compressed weights: compression is the point, so 'none' is refused."""
+
+    weight_compression: Compression = Field(
+        default="int8", description="'int8': linear symmetric int8 weights (constexpr_affine_dequantize, about "
+        "2x smaller than fp16). 'palettize8' / 'palettize4': k-means palettes of 256 / 16 values per tensor "
+        "(constexpr_lut_to_dense, 4-bit is about 4x smaller than fp16). Needs iOS16/macOS13.")
+
+    @model_validator(mode="after")
+    def _compressed(self) -> "CoremlInt8Options":
+        if self.weight_compression == "none":
+            raise ValueError("coreml-int8 compresses weights: use int8, palettize8 or palettize4 "
+                             "(or target coreml-fp16 for uncompressed weights)")
+        return self
+
+
+@register
+class CoremlInt8FromTorchScript(_FromTorchScript):
+    """Convert the traced model to an fp16 ML Program, then compress its weights (int8 or palettes)."""
+
+    name = "coreml-int8-from-torchscript"
+    produces = "coreml-int8"
+    compute = "float16"
+    description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
+                  "or palettize_weights."
+    Options = CoremlInt8Options
+
+
+@contextlib.contextmanager
+def _per_channel_prelu() -> Iterator[None]:
+    """Convert PReLU after Linear / Conv1d ([N, C] / [N, C, L]) with one alpha per channel.
+
+    coremltools 9 lifts such inputs to rank 3, where MIL's prelu accepts only a single shared
+    alpha, and fails ("rank 3 or rank 5 input is only supported when all the values of alpha are
+    same") on exactly what MTCNN's ONet/RNet do. Lifting to rank 4 ([N, C, L, 1]) is the same
+    computation with per-channel alpha supported. Swapped in for this conversion only.
+    """
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    original = table.get("prelu")
+
+    def prelu(context: Any, node: Any) -> None:
+        x, alpha = _get_inputs(context, node, expected=2)
+        channels = x.shape[1] if x.rank >= 2 else None
+        if x.rank not in (2, 3) or alpha.val is None or not isinstance(channels, int) or original is None:
+            return original(context, node)  # type: ignore[misc]
+        axes = [2, 3] if x.rank == 2 else [3]
+        slopes = (np.ones((channels,)) * np.asarray(alpha.val).reshape(-1)).astype(np.float32)
+        lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=slopes)
+        context.add(mb.squeeze(x=lifted, axes=axes, name=node.name))
+
+    table["prelu"] = prelu
+    try:
+        yield
+    finally:
+        if original is not None:
+            table["prelu"] = original
+
+
+def _image_problem(inp: "InputSpec") -> str | None:
+    if len(inp.shape) != 4:
+        return f"'{inp.name}' has {len(inp.shape)} axes"
+    if inp.layout not in (None, "NCHW"):
+        return f"'{inp.name}' has layout {inp.layout}"
+    if inp.shape[1] not in (1, 3):
+        return f"'{inp.name}' has {inp.shape[1]} channels"
+    if not inp.dtype.startswith("float"):
+        return f"'{inp.name}' is {inp.dtype}"
+    return None
+
+
+def conversion_failure(exc: BaseException) -> str:
+    """One line naming the PyTorch op coremltools could not convert, when it says which."""
+    text = str(exc)
+    op = re.search(r"convert function for op '([^']+)' not implemented", text) \
+        or re.search(r"lowering for Torch `([^`]+)` op is not supported", text)
+    if op:
+        return (f"Core ML cannot convert the PyTorch op '{op.group(1)}' (coremltools has no conversion for it"
+                f"{'' if 'not implemented' in text else ' with these inputs'}); rewrite that part of the model "
+                "or register a custom conversion")
+    mil = re.match(r"\s*(\w+) op: (.+)", _first_line(exc))
+    if mil:
+        return f"Core ML cannot convert the op '{mil.group(1)}': {mil.group(2)[:300]}"
+    return f"coremltools.convert failed: {type(exc).__name__}: {_first_line(exc)[:300]}"
+
+
+def make_reproducible(package: Path) -> None:
+    """Make two identical conversions byte-identical, so a rebuild can stop early (same digest).
+
+    coremltools writes fresh UUIDs into Manifest.json on every save (Core ML only needs them unique
+    and consistent with rootModelIdentifier: derive them from the item paths), and serializes the
+    spec's protobuf maps in hash order (re-serialize deterministically).
+    """
+    from coremltools.proto import Model_pb2
+
+    manifest = package / "Manifest.json"
+    data = json.loads(manifest.read_text())
+    root = data.get("itemInfoEntries", {}).get(data.get("rootModelIdentifier", ""), {})
+    spec_path = package / "Data" / root.get("path", "com.apple.CoreML/model.mlmodel")
+    if spec_path.is_file():
+        spec = Model_pb2.Model()
+        spec.ParseFromString(spec_path.read_bytes())
+        spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"modelbuild:{item.get('path', old)}")).upper()
+               for old, item in data.get("itemInfoEntries", {}).items()}
+    data["itemInfoEntries"] = {renamed[k]: v for k, v in data["itemInfoEntries"].items()}
+    if data.get("rootModelIdentifier") in renamed:
+        data["rootModelIdentifier"] = renamed[data["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

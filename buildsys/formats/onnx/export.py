@@ -1,0 +1,381 @@
+"""The ONNX format: export from PyTorch, TorchScript or a torch.export program, or take a given ONNX file.
+
+Also the helpers every ONNX-producing step shares: saving with or without the external-data side
+file, naming dynamic axes after the signature, and the checker.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, model_validator
+
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.torch.torchscript import load_input
+
+if TYPE_CHECKING:
+    import onnx
+
+ONNX = register_format(Format(
+    name="onnx", filename="model.onnx", runtime="onnxruntime",
+    description="ONNX model (weights embedded, or in a model.onnx.data side file), run with ONNX Runtime.",
+))
+ONNX_FILE = register_format(Format(
+    name="onnx-file", filename="", runtime="onnxruntime", source=True,
+    description="An ONNX file given as the model source.",
+))
+
+SIDE_FILE = "model.onnx.data"
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+
+def uses_external_data(path: Path) -> bool:
+    """Whether an ONNX file keeps any tensor in a side file (read without loading the weights)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data as external
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return any(external(t) for t in _all_tensors(proto))
+
+
+def _all_tensors(proto: "onnx.ModelProto") -> list[Any]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(_get_all_tensors(proto))
+
+
+def save(proto: "onnx.ModelProto", out_dir: Path, external: bool) -> Path:
+    """Write `proto` as out_dir/model.onnx, with its weights in model.onnx.data when `external`."""
+    import onnx
+
+    path = out_dir / ONNX.filename
+    side = out_dir / SIDE_FILE
+    side.unlink(missing_ok=True)
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=SIDE_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    return path
+
+
+def load(path: Path) -> "onnx.ModelProto":
+    """Load an ONNX file with its external data (the side file must sit next to it)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def graph_io(proto: "onnx.ModelProto") -> tuple[list[str], list[str]]:
+    """Names of the graph's real inputs (initializers excluded, for IR < 4 files) and outputs."""
+    inits = {t.name for t in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits], [o.name for o in proto.graph.output]
+
+
+def name_axes(path: Path, ctx: StepContext) -> None:
+    """Rename the dynamic dims of an exported graph after the signature ('s31' → 'batch').
+
+    torch.export names symbols itself; renaming them everywhere (inputs, outputs, value_info) keeps
+    the graph consistent and makes the signature readable in Netron and in ONNX Runtime errors.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    specs = {i.name: i for i in ctx.model.inputs}
+    mapping: dict[str, str] = {}
+    for value in proto.graph.input:
+        spec = specs.get(value.name)
+        if spec is None or not value.type.HasField("tensor_type"):
+            continue
+        for dim, want in zip(value.type.tensor_type.shape.dim, spec.shape):
+            if isinstance(want, str) and dim.HasField("dim_param") and dim.dim_param != want:
+                mapping.setdefault(dim.dim_param, want)
+    if not mapping:
+        return
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        if value.type.HasField("tensor_type"):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param in mapping:
+                    dim.dim_param = mapping[dim.dim_param]
+    onnx.save_model(proto, str(path))  # external tensors keep their references to the side file
+
+
+def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dict[str, Any]:
+    """Checker + signature names for a written ONNX file; returns the step's metrics.
+
+    `exact`: the graph's inputs must be exactly the signature's (a given file); an exporter may
+    legitimately drop an input the model never reads.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: works with external data and past 2 GB
+    except onnx.checker.ValidationError as exc:
+        raise step.fail(ctx, f"the ONNX model is invalid: {str(exc).strip().splitlines()[0]}") from exc
+    proto = onnx.load(str(path), load_external_data=False)
+    inputs, outputs = graph_io(proto)
+    want_in = [i.name for i in ctx.model.inputs]
+    want_out = [o.name for o in ctx.model.outputs]
+    bad_in = sorted(set(inputs) ^ set(want_in)) if exact else sorted(set(inputs) - set(want_in))
+    if bad_in or not set(want_out) <= set(outputs):
+        raise step.fail(ctx, f"the ONNX graph has inputs [{', '.join(inputs)}] and outputs [{', '.join(outputs)}] but "
+                             f"the signature declares inputs [{', '.join(want_in)}] and outputs [{', '.join(want_out)}]")
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    files = [path, path.with_name(SIDE_FILE)]
+    return {"opset": opset, "bytes": sum(f.stat().st_size for f in files if f.exists()),
+            "external_data": path.with_name(SIDE_FILE).exists()}
+
+
+def export_failure(exc: BaseException, opset: int) -> str:
+    """One line saying why an ONNX export failed, naming the operator when the exporter does."""
+    text = str(exc)
+    legacy = re.search(r"operator '([^']+)' to ONNX opset version (\d+)", text)
+    if legacy:
+        return (f"ONNX export failed: operator '{legacy.group(1)}' is not supported at opset {legacy.group(2)} "
+                "(try another opset, the other exporter (dynamo), or rewrite that part of the model)")
+    dispatch = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+    if dispatch:
+        op = dispatch.group(1).replace(".", "::", 1)  # aten._linalg_eigh → aten::_linalg_eigh, as the legacy exporter says
+        return (f"ONNX export failed: operator '{op}' has no ONNX translation at opset {opset} "
+                "(try another opset, the legacy exporter (dynamo: false), or rewrite that part of the model)")
+    # The dynamo exporter wraps the real error in a long report; its summary names the cause.
+    inner = re.findall(r"<class '([\w.]+)'>: ([^\n]+)", text)
+    if inner:
+        cls, msg = inner[0]
+        return f"ONNX export failed: {cls.rsplit('.', 1)[-1]}: {_plain(msg)}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"ONNX export failed: {type(exc).__name__}: {_plain(first)}"
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
+
+
+def _example(ctx: StepContext, dynamic: bool = True) -> tuple[Any, ...]:
+    """Example inputs for export: two samples on a dynamic batch axis, one when exporting fixed shapes."""
+    from buildsys.formats.torch.module import example_args, trace_batch
+
+    return example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=dynamic))
+
+
+def _legacy_export(step: Step, ctx: StepContext, module: Any, opset: int, dynamic: bool, folding: bool) -> Path:
+    """The TorchScript-based exporter (dynamo=False): one self-contained file."""
+    import warnings
+
+    import torch
+
+    from buildsys.formats.torch.module import dynamic_axes, signature_module
+
+    path = ctx.out_dir / ONNX.filename
+    args = _example(ctx, dynamic)
+    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        module = signature_module(module, ctx.model, args)
+    axes: dict[str, dict[int, str]] | None = None
+    if dynamic:
+        axes = dict(dynamic_axes(ctx.model))
+        batch_names = {a[0] for a in axes.values() if 0 in a}
+        if len(batch_names) == 1:  # outputs share the inputs' batch axis
+            axes.update({o.name: {0: next(iter(batch_names))} for o in ctx.model.outputs})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose
+        try:
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                              input_names=[i.name for i in ctx.model.inputs],
+                              output_names=[o.name for o in ctx.model.outputs],
+                              dynamic_axes=axes or None, do_constant_folding=folding)
+        except Exception as exc:
+            raise step.fail(ctx, export_failure(exc, opset)) from exc
+    return path
+
+
+def _dynamo_export(step: Step, ctx: StepContext, model: Any, opset: int, external: bool,
+                   dynamic_shapes: Any = None, dynamic: bool = True) -> Path:
+    """The torch.export-based exporter (dynamo=True), from a module or an ExportedProgram."""
+    import torch
+
+    from buildsys.formats.torch.module import shapes_for, signature_module
+
+    path = ctx.out_dir / ONNX.filename
+    args = _example(ctx, dynamic)
+    if isinstance(model, torch.nn.Module):
+        model = signature_module(model, ctx.model, args)
+        dynamic_shapes = shapes_for(model, dynamic_shapes)
+        output_names = [o.name for o in ctx.model.outputs]
+    else:
+        output_names = _program_output_names(model, ctx)
+    try:
+        torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset,
+                          input_names=[i.name for i in ctx.model.inputs],
+                          output_names=output_names,
+                          dynamic_shapes=dynamic_shapes, external_data=external)
+    except Exception as exc:
+        raise step.fail(ctx, export_failure(exc, opset)) from exc
+    side = ctx.out_dir / SIDE_FILE
+    if side.exists() and side.stat().st_size == 0 and not uses_external_data(path):
+        side.unlink()  # small models: every tensor was embedded and the side file is empty
+    name_axes(path, ctx)
+    return path
+
+
+def _program_output_names(program: Any, ctx: StepContext) -> list[str]:
+    """ONNX output names for an ExportedProgram, in its flattened output order.
+
+    A program that returns a dict keyed by the signature's names flattens in its own key order; name
+    the ONNX outputs after those keys so that each name lands on its tensor. Otherwise positional.
+    """
+    wanted = [o.name for o in ctx.model.outputs]
+    spec = getattr(getattr(program, "call_spec", None), "out_spec", None)
+    keys = getattr(spec, "context", None) if spec is not None and getattr(spec, "type", None) is dict else None
+    if keys and set(wanted) <= set(keys) and len(keys) == getattr(spec, "num_leaves", len(keys)):
+        return [str(k) for k in keys]
+    return wanted
+
+
+# Field factories: each options model gets its own FieldInfo.
+def _opset() -> Any:
+    return Field(default=18, ge=7, description="ONNX opset version to export to.")
+
+
+def _dynamic_axes() -> Any:
+    return Field(default=True, description="Export the axes the signature names with strings (e.g. 'batch') as "
+                 "dynamic; false fixes them to the example's size, with a batch axis of 1.")
+
+
+def _folding() -> Any:
+    return Field(default=True, description="Fold constant subgraphs into initializers (legacy exporter only).")
+
+
+def _external() -> Any:
+    return Field(default=False, description="Write the weights to a side file model.onnx.data next to model.onnx "
+                 "(dynamo exporter only; the artifact is then two files). False embeds them (up to the 2 GB "
+                 "protobuf limit).")
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+@register
+class OnnxFromPyTorch(Step):
+    """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
+
+    name = "onnx-from-pytorch"
+    consumes = ("pytorch",)
+    produces = "onnx"
+    packages = ("torch", "onnx", "onnxscript")
+    toolchain = "torch"
+    description = "torch.onnx.export of the factory's module."
+
+    class Options(StepOptions):
+        opset: int = _opset()
+        dynamo: bool = Field(
+            default=False, description="Use the torch.export-based exporter (dynamo=True). The default, the legacy "
+            "TorchScript-based exporter, writes one self-contained file and handles more models today.")
+        external_data: bool = _external()
+        dynamic_axes: bool = _dynamic_axes()
+        do_constant_folding: bool = _folding()
+
+        @model_validator(mode="after")
+        def _external_needs_dynamo(self) -> "OnnxFromPyTorch.Options":
+            if self.external_data and not self.dynamo:
+                raise ValueError("external_data needs dynamo: true (the legacy exporter writes one file)")
+            return self
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        from buildsys.formats.torch.module import export_dims, load_module
+
+        opts: Any = ctx.options
+        module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
+        if opts.dynamo:
+            shapes = export_dims(ctx.model) if opts.dynamic_axes else None
+            path = _dynamo_export(self, ctx, module, opts.opset, opts.external_data,
+                                  shapes if shapes and any(s is not None for s in shapes) else None,
+                                  dynamic=opts.dynamic_axes)
+        else:
+            path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
+        return {**finish(self, ctx, path), "exporter": "dynamo" if opts.dynamo else "legacy"}
+
+
+@register
+class OnnxFromTorchScript(Step):
+    """Export a TorchScript module to ONNX with the legacy (TorchScript-based) exporter."""
+
+    name = "onnx-from-torchscript"
+    consumes = ("torchscript", "torchscript-file")
+    produces = "onnx"
+    packages = ("torch", "onnx")
+    toolchain = "torch"
+    description = "torch.onnx.export(dynamo=False) of a TorchScript module."
+
+    class Options(StepOptions):
+        opset: int = _opset()
+        dynamic_axes: bool = _dynamic_axes()
+        do_constant_folding: bool = _folding()
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        opts: Any = ctx.options
+        module = load_input(self, ctx)
+        path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
+        return {**finish(self, ctx, path), "exporter": "legacy"}
+
+
+@register
+class OnnxFromPt2(Step):
+    """Export a torch.export program (.pt2) to ONNX with the dynamo exporter; its dynamic dims carry over."""
+
+    name = "onnx-from-pt2"
+    consumes = ("pt2", "pt2-file")
+    produces = "onnx"
+    packages = ("torch", "onnx", "onnxscript")
+    toolchain = "torch"
+    description = "torch.onnx.export(dynamo=True) of an ExportedProgram."
+
+    class Options(StepOptions):
+        opset: int = _opset()
+        external_data: bool = _external()
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import torch
+
+        opts: Any = ctx.options
+        try:
+            program = torch.export.load(str(ctx.input_path))
+        except Exception as exc:
+            raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
+                                 f"{type(exc).__name__}") from exc
+        path = _dynamo_export(self, ctx, program, opts.opset, opts.external_data)
+        return {**finish(self, ctx, path), "exporter": "dynamo"}
+
+
+@register
+class OnnxFromOnnxFile(Step):
+    """Take a given ONNX file as the artifact: copied, checked, and its input/output names matched to the signature."""
+
+    name = "onnx-from-onnx-file"
+    consumes = ("onnx-file",)
+    produces = "onnx"
+    packages = ("onnx",)
+    toolchain = "onnx"
+    extra = "server"
+    description = "Copy of a given ONNX file, validated against the signature."
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        src = Path(str(ctx.input_path))
+        if not src.is_file():
+            raise self.fail(ctx, f"ONNX file '{src.name}' does not exist")
+        try:
+            external = uses_external_data(src)
+        except Exception as exc:
+            raise self.fail(ctx, f"'{src.name}' is not a readable ONNX file: {type(exc).__name__}") from exc
+        if external:
+            # The side file may have any name; the artifact's is always model.onnx.data.
+            save(load(src), ctx.out_dir, external=True)
+        else:
+            shutil.copyfile(src, ctx.out_dir / ONNX.filename)
+        return finish(self, ctx, ctx.out_dir / ONNX.filename, exact=True)
+

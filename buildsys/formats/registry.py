@@ -1,0 +1,93 @@
+"""The registry of formats, steps and runtimes, filled by discovering the format families (see the package doc)."""
+
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from typing import TYPE_CHECKING, TypeVar
+
+
+if TYPE_CHECKING:
+    from buildsys.formats.base import Format, Step
+    from buildsys.formats.runtime import Runtime
+
+_STEPS: dict[str, "type[Step]"] = {}
+_FORMATS: dict[str, "Format"] = {}
+_RUNTIMES: dict[str, type["Runtime"]] = {}
+_loaded = False
+
+S = TypeVar("S", bound="type[Step]")
+R = TypeVar("R", bound="type[Runtime]")
+
+#: Modules of this package that are infrastructure, not a format family.
+_PACKAGE = "buildsys.formats"
+_SHARED = {f"{_PACKAGE}.{m}" for m in ("base", "runtime", "registry", "reproducible")}
+
+
+def register(cls: S) -> S:
+    """Class decorator: make a Step subclass known by its `name`."""
+    if cls.name in _STEPS and _STEPS[cls.name] is not cls:
+        raise ValueError(f"two steps are named {cls.name!r}")
+    _STEPS[cls.name] = cls
+    return cls
+
+
+def register_format(fmt: "Format") -> "Format":
+    """Make a Format known by its name (called at import of the module that produces it)."""
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def register_runtime(cls: R) -> R:
+    """Class decorator: make a Runtime subclass known by its `name`."""
+    _RUNTIMES[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import buildsys.nodes
+
+    for package in (_PACKAGE, buildsys.nodes.__name__):
+        root = importlib.import_module(package)
+        for info in sorted(pkgutil.walk_packages(root.__path__, prefix=f"{package}."), key=lambda i: i.name):
+            if info.name not in _SHARED:
+                importlib.import_module(info.name)
+    # Extra modules (a team's own converters, test doubles): comma-separated module names.
+    for module in filter(None, os.environ.get("MODELBUILD_PLUGINS", "").split(",")):
+        importlib.import_module(module.strip())
+
+
+def steps() -> dict[str, "type[Step]"]:
+    """All registered steps by name."""
+    _load_all()
+    return _STEPS
+
+
+def formats() -> dict[str, "Format"]:
+    """All registered formats by name."""
+    _load_all()
+    return _FORMATS
+
+
+def runtimes() -> dict[str, type["Runtime"]]:
+    """All registered runtimes by name."""
+    _load_all()
+    return _RUNTIMES
+
+
+def get_step(name: str) -> "type[Step]":
+    return steps()[name]
+
+
+def get_format(name: str) -> "Format":
+    return formats()[name]
+
+
+def get_runtime(name: str) -> "Runtime":
+    return runtimes()[name]()

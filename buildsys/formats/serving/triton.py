@@ -1,0 +1,458 @@
+"""Triton Inference Server model repositories: a verified model laid out as Triton loads it.
+
+The artifact is a directory `model_repository/` holding one model:
+
+    model_repository/<name>/config.pbtxt
+    model_repository/<name>/<version>/model.onnx   (+ model.onnx.data when the weights are external)
+    model_repository/<name>/<version>/model.pt     (libtorch backend)
+
+Point `tritonserver --model-repository=<artifact>/model_repository` at it, or copy `<name>/` into an
+existing repository.
+
+Formats (one per backend and precision, so that a target's route is never ambiguous):
+
+- `triton`: the ONNX Runtime backend (`platform: "onnxruntime_onnx"`) over the fp32 ONNX model, or
+  over the offline-optimized one with `via: [onnx-optimized]`.
+- `triton-fp16`, `triton-int8`: the same over onnx-fp16 / onnx-int8, reached with `format: triton`
+  plus `precision: fp16|int8` (the check then applies that precision's tolerances). `format: triton`
+  with `via: [onnx-int8]` and no precision is *not* a route: it would verify an int8 model against
+  fp32 tolerances; the planner's error lists `triton-int8` as what onnx-int8 can make.
+- `triton-torchscript`: the PyTorch (libtorch) backend (`backend: "pytorch"`) over the TorchScript
+  model. TorchScript keeps no input names, so inputs and outputs use Triton's positional convention
+  `INPUT__<i>` / `OUTPUT__<i>` (i = position in the signature), which every Triton release accepts;
+  config.pbtxt carries a comment mapping them to the signature's names.
+
+The config is written from the artifact itself (element types and shapes read from the ONNX graph or
+observed on a TorchScript run), then parsed back with Triton's own `ModelConfig` protobuf schema
+(`buildsys.formats.serving.triton_layout.parse_config`) and compared with what was meant. Checks run the model
+file inside the repository through the `triton-layout` runtime; with `serving: true` in the acceptance
+they also load the repository into a real Triton Inference Server (`triton-server`, and
+`triton-server-libtorch` for the PyTorch backend) and compare what it answers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from buildsys.config.schema import NAME_PATTERN
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.serving.pbtxt import write_pbtxt
+from buildsys.formats.serving.repository import CONFIG, REPOSITORY, TRITON_TYPES
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+
+ONNX_PLATFORM = "onnxruntime_onnx"
+PYTORCH_BACKEND = "pytorch"
+DEFAULT_MAX_BATCH = 8
+
+_LAYOUT = ("Triton Inference Server model repository: model_repository/<name>/config.pbtxt and "
+           "<name>/<version>/{}, run in checks from inside the repository.")
+TRITON = register_format(Format(
+    name="triton", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
+    description=_LAYOUT.format("model.onnx (ONNX Runtime backend)"),
+))
+TRITON_FP16 = register_format(Format(
+    name="triton-fp16", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
+    description=_LAYOUT.format("model.onnx (ONNX Runtime backend, float16 model)"),
+))
+TRITON_INT8 = register_format(Format(
+    name="triton-int8", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
+    description=_LAYOUT.format("model.onnx (ONNX Runtime backend, int8-quantized model)"),
+))
+TRITON_TORCHSCRIPT = register_format(Format(
+    name="triton-torchscript", filename=REPOSITORY, runtime="triton-layout",
+    serving_runtime="triton-server-libtorch",
+    description=_LAYOUT.format("model.pt (PyTorch/libtorch backend, INPUT__i/OUTPUT__i names)"),
+))
+
+# ONNX TensorProto element types (onnx.TensorProto.FLOAT etc.) by number, to the dtype names above.
+ONNX_ELEMENT_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+                      8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+                      16: "bfloat16"}
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+class TritonOptions(StepOptions):
+    """Options of every Triton layout step (ONNX Runtime and libtorch backends)."""
+
+    model_name: Optional[str] = Field(
+        default=None, pattern=NAME_PATTERN, description="Name of the model in the repository (its directory "
+        "and config.pbtxt `name`, what clients request). Unset: the deploy.yaml model name.")
+    version: int = Field(default=1, ge=1, description="Version directory the model file goes into "
+                         "(<name>/<version>/); Triton serves the highest version by default.")
+    max_batch_size: Optional[int] = Field(
+        default=None, ge=0, description="Largest batch Triton may form. > 0 needs a dynamic first (batch) axis "
+        "on every input and output, which config.pbtxt then leaves out of `dims`; 0 disables Triton's batching "
+        f"and `dims` include the first axis. Unset: {DEFAULT_MAX_BATCH} when the signature's and the artifact's "
+        "first axes are dynamic (one shared name, e.g. 'batch'), else 0.")
+    instance_count: int = Field(default=1, ge=1, description="Model instances per device (instance_group count).")
+    instance_kind: Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU"] = Field(
+        default="KIND_AUTO", description="Where instances run (instance_group kind): KIND_GPU, KIND_CPU, or "
+        "KIND_AUTO (Triton's default: GPUs when present, else the CPU).")
+    dynamic_batching: Optional[bool] = Field(
+        default=None, description="Let Triton merge concurrent requests into one batch (a dynamic_batching "
+        "block). Needs max_batch_size > 0. Unset: on whenever max_batch_size > 0.")
+    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="dynamic_batching: batch sizes the scheduler tries to form (each at "
+        "most max_batch_size). Empty: Triton forms the largest batch it can.")
+    max_queue_delay_microseconds: Optional[int] = Field(
+        default=None, ge=0, description="dynamic_batching: how long a request may wait for others to join its "
+        "batch. Unset: Triton's default (0, no waiting).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TritonOptions":
+        tuned = bool(self.preferred_batch_size) or self.max_queue_delay_microseconds is not None
+        if self.dynamic_batching is False and tuned:
+            raise ValueError("preferred_batch_size and max_queue_delay_microseconds configure dynamic batching, "
+                             "but dynamic_batching is false")
+        if self.dynamic_batching and self.max_batch_size == 0:
+            raise ValueError("dynamic_batching needs max_batch_size > 0 (Triton cannot batch a model whose "
+                             "max_batch_size is 0)")
+        too_big = [p for p in self.preferred_batch_size if self.max_batch_size is not None and p > self.max_batch_size]
+        if too_big:
+            raise ValueError(f"preferred_batch_size {too_big[0]} exceeds max_batch_size {self.max_batch_size}")
+        return self
+
+
+def signature_batches(model: "Model") -> bool:
+    """Whether the signature allows Triton batching: every input's first axis is the same dynamic name."""
+    firsts = {i.shape[0] for i in model.inputs}
+    return len(firsts) == 1 and isinstance(next(iter(firsts)), str)
+
+
+def config_problem(model: "Model", opts: TritonOptions) -> str | None:
+    """Plan-time problems of the options against the signature (no artifact needed)."""
+    batches = signature_batches(model)
+    if opts.max_batch_size and not batches:
+        fixed = next((i for i in model.inputs if isinstance(i.shape[0], int)), None)
+        why = (f"input '{fixed.name}' has the fixed first axis {fixed.shape[0]} (shape {list(fixed.shape)})" if fixed
+               else f"the inputs' first axes have different names ({', '.join(str(i.shape[0]) for i in model.inputs)})")
+        return (f"max_batch_size: {opts.max_batch_size} needs a dynamic batch axis shared by every input, but {why}; "
+                "set max_batch_size: 0 (dims then include the first axis) or name the first axis, e.g. 'batch'")
+    resolved = opts.max_batch_size if opts.max_batch_size is not None else (DEFAULT_MAX_BATCH if batches else 0)
+    if opts.dynamic_batching and resolved == 0:
+        return ("dynamic_batching: true needs Triton batching, but max_batch_size resolves to 0 because the "
+                "signature has no shared dynamic batch axis; remove dynamic_batching")
+    too_big = [p for p in opts.preferred_batch_size if p > resolved]
+    if too_big:
+        return (f"preferred_batch_size {too_big[0]} exceeds max_batch_size {resolved}"
+                + (" (the default; set max_batch_size)" if opts.max_batch_size is None else ""))
+    return None
+
+
+# --- building the repository ---------------------------------------------------------------------
+
+
+def _io_entry(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
+    """One input/output block; a per-sample scalar is declared as [1] and reshaped, as Triton requires."""
+    entry: dict[str, Any] = {"name": name, "data_type": TRITON_TYPES[dtype], "dims": dims or [1]}
+    if not dims:
+        entry["reshape"] = {"shape": []}
+    return entry
+
+
+def _dims(shape: list[int | None], batched: bool) -> list[int]:
+    """Triton dims: the batch axis dropped when Triton batches, unknown sizes as -1."""
+    return [-1 if d is None else d for d in (shape[1:] if batched else shape)]
+
+
+class _TritonStep(Step):
+    """What every Triton layout step shares: options, plan-time checks, config and layout writing."""
+
+    Options = TritonOptions
+    backend: ClassVar[str]
+    model_file: ClassVar[str]
+
+    @classmethod
+    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
+        return config_problem(model, options)  # type: ignore[arg-type]
+
+    def _batching(self, ctx: StepContext, tensors: dict[str, list[int | None] | None]) -> tuple[int, bool]:
+        """Resolved (max_batch_size, dynamic_batching) given the artifact's own shapes (None: unknown axis)."""
+        opts: Any = ctx.options
+        fixed = next(((n, s) for n, s in tensors.items() if s is None or not s or s[0] is not None), None)
+        if opts.max_batch_size is None:
+            max_batch = DEFAULT_MAX_BATCH if signature_batches(ctx.model) and fixed is None else 0
+        else:
+            max_batch = opts.max_batch_size
+        if max_batch and fixed is not None:
+            name, shape = fixed
+            detail = (f"has the fixed shape {shape}" if shape else "has no batch axis (a scalar)")
+            raise self.fail(ctx, f"max_batch_size: {max_batch} needs a dynamic first (batch) axis on every input and "
+                                 f"output, but tensor '{name}' {detail}; set max_batch_size: 0"
+                                 + (" or export with dynamic_axes: true" if self.backend == "onnxruntime" else ""))
+        dynamic = opts.dynamic_batching if opts.dynamic_batching is not None else max_batch > 0
+        if dynamic and not max_batch:
+            raise self.fail(ctx, "dynamic_batching: true needs max_batch_size > 0, but the artifact has no dynamic "
+                                 "batch axis, so max_batch_size resolves to 0; remove dynamic_batching")
+        too_big = [p for p in opts.preferred_batch_size if p > max_batch]
+        if too_big:
+            raise self.fail(ctx, f"preferred_batch_size {too_big[0]} exceeds max_batch_size {max_batch}")
+        return max_batch, dynamic
+
+    def _config(self, ctx: StepContext, name: str, max_batch: int, dynamic: bool,
+                inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        opts: Any = ctx.options
+        config: dict[str, Any] = {"name": name}
+        config.update({"platform": ONNX_PLATFORM} if self.backend == "onnxruntime" else {"backend": PYTORCH_BACKEND})
+        config.update({"max_batch_size": max_batch, "input": inputs, "output": outputs,
+                       "instance_group": [{"count": opts.instance_count, "kind": opts.instance_kind}]})
+        if dynamic:
+            block: dict[str, Any] = {}
+            if opts.preferred_batch_size:
+                block["preferred_batch_size"] = list(opts.preferred_batch_size)
+            if opts.max_queue_delay_microseconds is not None:
+                block["max_queue_delay_microseconds"] = opts.max_queue_delay_microseconds
+            config["dynamic_batching"] = block
+        return config
+
+    def _write(self, ctx: StepContext, config: dict[str, Any], files: dict[str, Path],
+               comments: list[str]) -> dict[str, Any]:
+        """Write config.pbtxt and the model files (name in the version dir → source), verify, return metrics."""
+
+        opts: Any = ctx.options
+        repo = ctx.out_dir / REPOSITORY
+        if repo.exists():
+            shutil.rmtree(repo)
+        model_dir = repo / config["name"]
+        version_dir = model_dir / str(opts.version)
+        version_dir.mkdir(parents=True)
+        for dest, src in files.items():
+            shutil.copyfile(src, version_dir / dest)
+        text = write_pbtxt(config, comments)
+        (model_dir / CONFIG).write_text(text, encoding="utf-8")
+        _read_back(model_dir / CONFIG, config, text)
+        written = sorted(p for p in repo.rglob("*") if p.is_file())
+        return {"backend": self.backend, "model_name": config["name"], "version": opts.version,
+                "max_batch_size": config["max_batch_size"], "dynamic_batching": "dynamic_batching" in config,
+                "files": [p.relative_to(repo).as_posix() for p in written],
+                "bytes": sum(p.stat().st_size for p in written)}
+
+
+def _read_back(path: Path, config: dict[str, Any], text: str) -> None:
+    """Parse the written file with Triton's ModelConfig schema and require exactly the meant message."""
+    from google.protobuf import json_format
+
+    from buildsys.errors import InternalError, StepError
+    from buildsys.formats.serving.repository import read_config
+    from buildsys.formats.serving.pbtxt import message_dict, model_config_class
+
+    try:
+        parsed = read_config(path.parent)
+        meant = json_format.ParseDict(config, model_config_class()())
+    except (StepError, json_format.ParseError) as exc:
+        raise InternalError(f"the config.pbtxt modelbuild wrote is not a valid ModelConfig: {exc}\n{text}") from exc
+    if parsed != message_dict(meant):
+        raise InternalError(f"config.pbtxt does not read back as written:\nmeant {config}\nread  {parsed}\n{text}")
+
+
+class _TritonOnnx(_TritonStep):
+    """An ONNX model (and its external-data files) in the ONNX Runtime backend's layout."""
+
+    backend = "onnxruntime"
+    model_file = "model.onnx"
+    packages = ("onnx", "tritonclient", "protobuf")  # the last two: config.pbtxt is checked with ModelConfig
+    extra = "server"
+    toolchain = "onnx"
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import onnx
+
+        src = Path(str(ctx.input_path))
+        try:
+            proto = onnx.load(str(src), load_external_data=False)
+        except Exception as exc:
+            raise self.fail(ctx, f"'{src.name}' is not a readable ONNX file: {type(exc).__name__}") from exc
+        files = {self.model_file: src}
+        for location in _external_locations(proto):
+            side = src.parent / location
+            if Path(location).is_absolute() or ".." in Path(location).parts or not side.is_file():
+                raise self.fail(ctx, f"the ONNX model keeps weights in '{location}', which is not a file next to it")
+            files[location] = side
+        inputs, outputs = _onnx_signature(self, ctx, proto)
+        tensors = {**{n: s for n, _, s in inputs}, **{n: s for n, _, s in outputs}}
+        max_batch, dynamic = self._batching(ctx, tensors)
+        config = self._config(
+            ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,  # type: ignore[attr-defined]
+            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in inputs],  # type: ignore[arg-type]
+            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in outputs])  # type: ignore[arg-type]
+        comments = [f"Written by modelbuild: model '{ctx.model_name}', ONNX Runtime backend."]
+        return self._write(ctx, config, files, comments)
+
+
+def _external_locations(proto: Any) -> list[str]:
+    """Files an ONNX model keeps tensors in (its external data), in first-use order."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    found: dict[str, None] = {}
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            found[ExternalDataInfo(tensor).location] = None
+    return list(found)
+
+
+Tensor = tuple[str, str, list[Optional[int]]]  # (name, dtype, shape with None for a dynamic axis)
+
+
+def _onnx_signature(step: Step, ctx: StepContext, proto: Any) -> tuple[list[Tensor], list[Tensor]]:
+    """(name, dtype, shape) of the graph's inputs and the signature's outputs, in signature order.
+
+    Shapes come from the graph (a dim_param or an unset dim is None); outputs without a declared
+    shape get one from ONNX shape inference. A None shape means the rank itself is unknown.
+    """
+    import onnx
+
+    graph = proto.graph
+    inits = {t.name for t in graph.initializer}
+    graph_inputs = {v.name: v for v in graph.input if v.name not in inits}
+    graph_outputs = {v.name: v for v in graph.output}
+    wanted_out = [o.name for o in ctx.model.outputs]
+    if not all(n in graph_outputs for n in wanted_out):  # a foreign file: outputs by position
+        wanted_out = [v.name for v in graph.output][: len(wanted_out)]
+    if any(not _shape(graph_outputs[n]) for n in wanted_out):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto)
+            graph_outputs.update({v.name: v for v in inferred.graph.output if _shape(v)})
+        except Exception:
+            pass
+
+    def row(value: Any, what: str) -> tuple[str, str, list[int | None] | None]:
+        elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
+        dtype = ONNX_ELEMENT_TYPES.get(elem)
+        if dtype is None:
+            raise step.fail(ctx, f"the ONNX {what} '{value.name}' is not a plain tensor Triton can describe "
+                                 f"(element type {elem})")
+        shape = _shape(value)
+        if shape is None:
+            raise step.fail(ctx, f"the ONNX {what} '{value.name}' has no declared shape, and config.pbtxt needs its "
+                                 "rank; export it with shapes (modelbuild's exporters declare them)")
+        return value.name, dtype, shape
+
+    order = [i.name for i in ctx.model.inputs if i.name in graph_inputs] + \
+            [n for n in graph_inputs if n not in {i.name for i in ctx.model.inputs}]
+    return [row(graph_inputs[n], "input") for n in order], [row(graph_outputs[n], "output") for n in wanted_out]
+
+
+def _shape(value: Any) -> list[int | None] | None:
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value.type.tensor_type.shape.dim]
+
+
+@register
+class TritonFromOnnx(_TritonOnnx):
+    """Lay out the fp32 ONNX model (or the optimized one: `via: [onnx-optimized]`) for Triton's ONNX Runtime backend."""
+
+    name = "triton-from-onnx"
+    consumes = ("onnx", "onnx-optimized")
+    produces = "triton"
+    description = "Triton model repository (config.pbtxt + <version>/model.onnx), ONNX Runtime backend."
+
+
+@register
+class TritonFp16FromOnnxFp16(_TritonOnnx):
+    """Lay out the float16 ONNX model for Triton's ONNX Runtime backend (I/O types read from the file)."""
+
+    name = "triton-fp16-from-onnx-fp16"
+    consumes = ("onnx-fp16",)
+    produces = "triton-fp16"
+    description = "Triton model repository of the onnx-fp16 model, ONNX Runtime backend."
+
+
+@register
+class TritonInt8FromOnnxInt8(_TritonOnnx):
+    """Lay out the int8-quantized ONNX model for Triton's ONNX Runtime backend."""
+
+    name = "triton-int8-from-onnx-int8"
+    consumes = ("onnx-int8",)
+    produces = "triton-int8"
+    description = "Triton model repository of the onnx-int8 model, ONNX Runtime backend."
+
+
+@register
+class TritonFromTorchScript(_TritonStep):
+    """Lay out the TorchScript model for Triton's PyTorch (libtorch) backend, with INPUT__i/OUTPUT__i names."""
+
+    name = "triton-torchscript-from-torchscript"
+    consumes = ("torchscript", "torchscript-file")
+    produces = "triton-torchscript"
+    backend = "pytorch"
+    model_file = "model.pt"
+    packages = ("torch", "tritonclient", "protobuf")
+    extra = "torch"
+    toolchain = "torch"
+    description = "Triton model repository (config.pbtxt + <version>/model.pt), PyTorch backend."
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        src = Path(str(ctx.input_path))
+        outputs = self._observe(ctx, src)
+        inputs = [(f"INPUT__{i}", spec.dtype, [d if isinstance(d, int) else None for d in spec.shape])
+                  for i, spec in enumerate(ctx.model.inputs)]
+        tensors: dict[str, list[int | None] | None] = {n: s for n, _, s in inputs}
+        tensors.update({n: s for n, _, s in outputs})
+        max_batch, dynamic = self._batching(ctx, tensors)
+        config = self._config(
+            ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,  # type: ignore[attr-defined]
+            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in inputs],
+            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in outputs])
+        comments = [f"Written by modelbuild: model '{ctx.model_name}', PyTorch (libtorch) backend.",
+                    "TorchScript has no I/O names: Triton binds INPUT__<i> / OUTPUT__<i> by position.",
+                    *(f"INPUT__{i} = {spec.name}" for i, spec in enumerate(ctx.model.inputs)),
+                    *(f"OUTPUT__{i} = {spec.name}" for i, spec in enumerate(ctx.model.outputs))]
+        return self._write(ctx, config, {self.model_file: src}, comments)
+
+    def _observe(self, ctx: StepContext, src: Path) -> list[tuple[str, str, list[int | None]]]:
+        """Output (name, dtype, shape) from running the module: on the trace batch and on one sample more,
+        so that an axis that follows the batch is told apart from one that happens to equal it."""
+        import numpy as np
+        import torch
+
+        from buildsys.data import Batch
+        from buildsys.formats.torch.module import outputs_in_order
+        from buildsys.errors import describe
+        from buildsys.formats.torch.module import example_args, trace_batch
+
+        try:
+            module = torch.jit.load(str(src), map_location="cpu").eval()
+        except Exception as exc:
+            raise self.fail(ctx, f"'{src.name}' is not a loadable TorchScript file: {type(exc).__name__}") from exc
+        first = trace_batch(ctx.model, ctx.example())
+        runs = [first]
+        if signature_batches(ctx.model):  # one sample more: the axes that follow the batch grow by one
+            runs.append(Batch({k: np.concatenate([v, v[:1]], axis=0) for k, v in first.inputs.items()}, None, "probe"))
+        observed: list[list[Any]] = []
+        for batch in runs:
+            try:
+                with torch.inference_mode():
+                    result = module(*example_args(ctx.model, batch))
+                observed.append([torch.as_tensor(t) for t in outputs_in_order(result, ctx.model)])
+            except Exception as exc:
+                raise self.fail(ctx, f"the TorchScript module failed on the example inputs: {describe(exc)}") from exc
+        other_dynamic = any(isinstance(d, str) for spec in ctx.model.inputs for d in spec.shape[1:])
+        rows = []
+        for i, tensors in enumerate(zip(*observed)):
+            dtype = str(tensors[0].dtype).removeprefix("torch.")
+            if dtype not in TRITON_TYPES:
+                raise self.fail(ctx, f"output '{ctx.model.outputs[i].name}' has the type {dtype}, which Triton has no "
+                                     "data type for")
+            sizes = [list(t.shape) for t in tensors]
+            if len({len(s) for s in sizes}) > 1:
+                raise self.fail(ctx, f"output '{ctx.model.outputs[i].name}' changes rank with the batch size "
+                                     f"({sizes[0]} vs {sizes[1]}); Triton needs a fixed rank")
+            shape: list[int | None] = list(sizes[0])
+            if shape:
+                follows = len(runs) > 1 and [s[0] for s in sizes] == [len(b) for b in runs]
+                rest = [None if other_dynamic or len({s[a] for s in sizes}) > 1 else shape[a]
+                        for a in range(1, len(shape))]
+                shape = [None if follows else shape[0], *rest]
+            rows.append((f"OUTPUT__{i}", dtype, shape))
+        return rows

@@ -1,0 +1,208 @@
+"""The "litert" runtime: .tflite files on the LiteRT interpreter (ai_edge_litert, XNNPACK on the CPU).
+
+Sessions take feeds in the model's own (source) layout and return outputs in it, like every other
+runtime: the layout record next to the file (layout.json, written by the SavedModel step) says how
+each input is transposed on the way in and each output on the way back. Quantized (int8/uint8)
+inputs are quantized with the tensor's scale and zero point, quantized outputs dequantized.
+
+Outputs are matched to the signature by name: the SavedModel step keys the TFLite signature by the
+ONNX output names, which are the model's. When the names differ (a foreign file), the layout
+record's output order (the ONNX graph's) decides; without a record, a single output is unambiguous
+and several are taken in the flatbuffer's output-tensor order (the converted function's return
+order), since TFLite sorts signature outputs by key and shapes alone cannot tell equal-shaped
+outputs apart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.errors import StepError
+from buildsys.formats import register_runtime
+from buildsys.formats.runtime import Runtime, Session, fixed_batch
+from buildsys.formats.tflite.layout import guess_perm
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+
+
+class _Tensor:
+    """One signature input or output: its key, interpreter details and layout permutation."""
+
+    def __init__(self, key: str, details: dict[str, Any], perm: list[int]):
+        self.key = key
+        self.details = details
+        self.perm = perm
+        scale, zero = details.get("quantization", (0.0, 0))
+        self.scale, self.zero = float(scale), int(zero)
+        self.dtype = details["dtype"]
+
+    @property
+    def quantized(self) -> bool:
+        import numpy as np
+
+        return self.scale != 0.0 and np.dtype(self.dtype) in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
+
+    def encode(self, array: "np.ndarray") -> "np.ndarray":
+        """A source-layout feed → the artifact's layout and element type."""
+        import numpy as np
+
+        from buildsys.formats.tflite.layout import to_artifact
+
+        array = to_artifact(array, self.perm)
+        if self.quantized and array.dtype.kind == "f":
+            info = np.iinfo(self.dtype)
+            q = np.round(array.astype(np.float64) / self.scale + self.zero)
+            return np.clip(q, info.min, info.max).astype(self.dtype)
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def decode(self, array: "np.ndarray") -> "np.ndarray":
+        """An artifact output → float (dequantized) in the source layout."""
+        import numpy as np
+
+        from buildsys.formats.tflite.layout import from_artifact
+
+        if self.quantized:
+            array = (array.astype(np.float32) - self.zero) * np.float32(self.scale)
+        return from_artifact(array, self.perm)
+
+
+class LiteRtSession(Session):
+    """A signature runner fed in the source layout; outputs come back in the model's order."""
+
+    def __init__(self, path: Path, model: "Model", record: dict[str, Any] | None):
+        self.path = path
+        self.model = model
+        self.record = record
+        self.notes: list[str] = []  # what a report should mention (a delegate fallback)
+        self.xnnpack = True
+        self._bind(_interpreter(path, xnnpack=True))
+
+    def _bind(self, interpreter: Any) -> None:
+        from buildsys.formats.tflite.layout import SIGNATURE
+
+        model, record, path = self.model, self.record, self.path
+        signatures = interpreter.get_signature_list()
+        if not signatures:
+            raise StepError(f"'{path.name}' has no signature; modelbuild runs .tflite files through their "
+                            "SignatureDef (convert with TFLiteConverter.from_saved_model)")
+        key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+        self.runner = interpreter.get_signature_runner(key)
+        in_details, out_details = self.runner.get_input_details(), self.runner.get_output_details()
+        self.inputs = self._match_inputs(in_details, record, path)
+        self.outputs = self._match_outputs(interpreter, key, out_details, record, path)
+        firsts = {int(t.details["shape_signature"][0]) if len(t.details["shape_signature"]) else 1
+                  for t in self.inputs.values()}
+        # A fixed first axis (1 after tracing with a batch of 1, or batch_size) takes exactly that many
+        # samples per call; short chunks are padded and the padding dropped from the outputs.
+        fixed = max(firsts)
+        self.fixed = fixed if -1 not in firsts else None
+        self.max_batch = self.fixed or fixed_batch(model)
+
+    def _match_inputs(self, details: dict[str, Any], record: dict[str, Any] | None, path: Path) -> dict[str, _Tensor]:
+        records = {r["name"]: r for r in (record or {}).get("inputs", [])}
+        keys = list(details)
+        out = {}
+        for i, inp in enumerate(self.model.inputs):
+            rec = records.get(inp.name, {})
+            key = rec.get("key", inp.name)
+            if key not in details:
+                if len(keys) != len(self.model.inputs):
+                    raise StepError(f"'{path.name}' has inputs [{', '.join(keys)}] but the signature declares "
+                                    f"[{', '.join(i.name for i in self.model.inputs)}]")
+                key = keys[i]
+            perm = rec.get("perm") or guess_perm(list(inp.shape), list(details[key]["shape_signature"]))
+            out[inp.name] = _Tensor(key, details[key], perm)
+        return out
+
+    def _match_outputs(self, interpreter: Any, signature: str, details: dict[str, Any],
+                       record: dict[str, Any] | None, path: Path) -> list[_Tensor]:
+        wanted = [o.name for o in self.model.outputs]
+        records = (record or {}).get("outputs", [])
+        perms = {r["key"]: r.get("perm") for r in records}
+        if all(n in details for n in wanted):
+            keys = wanted
+        elif records and len(records) >= len(wanted):
+            by_name = {r["name"]: r["key"] for r in records}
+            keys = [by_name[n] for n in wanted] if all(n in by_name for n in wanted) else \
+                [r["key"] for r in records[: len(wanted)]]
+        elif len(details) == len(wanted) == 1:
+            keys = list(details)
+        else:
+            # Flatbuffer tensor order: the signature maps keys to tensor indices.
+            index_of = interpreter._get_full_signature_list()[signature]["outputs"]
+            keys = sorted(details, key=lambda k: index_of[k])[: len(wanted)]
+        if len(keys) < len(wanted) or any(k not in details for k in keys):
+            raise StepError(f"'{path.name}' has outputs [{', '.join(details)}] but the signature declares "
+                            f"[{', '.join(wanted)}]")
+        return [_Tensor(k, details[k], perms.get(k) or list(range(len(details[k]["shape_signature"]))))
+                for k in keys]
+
+    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        import numpy as np
+
+        count = len(next(iter(feeds.values())))
+        pad = (self.fixed - count) if self.fixed and count < self.fixed else 0
+        ready = {}
+        for name, tensor in self.inputs.items():
+            array = feeds[name]
+            if pad:
+                array = np.concatenate([array, np.repeat(array[-1:], pad, axis=0)], axis=0)
+            ready[tensor.key] = tensor.encode(array)
+        try:
+            result = self.runner(**ready)
+        except RuntimeError as exc:
+            if not self.xnnpack or "XNNPACK" not in str(exc):
+                raise StepError(f"LiteRT failed to run '{self.path.name}': {_first_line(exc)}") from exc
+            # XNNPACK refused to prepare part of the graph (seen with some int8 graphs): the builtin
+            # kernels still compute the same model, so run on them and say so.
+            self.notes.append(f"XNNPACK could not prepare the graph ({_first_line(exc)[:120]}); ran on the "
+                              "builtin CPU kernels")
+            self.xnnpack = False
+            self._bind(_interpreter(self.path, xnnpack=False))
+            result = self.runner(**ready)
+        return [t.decode(result[t.key])[:count] if pad else t.decode(result[t.key]) for t in self.outputs]
+
+
+@register_runtime
+class LiteRt(Runtime):
+    """The LiteRT interpreter (TFLite's runtime, as on Android) with the XNNPACK CPU delegate."""
+
+    name = "litert"
+    packages = ("ai-edge-litert",)
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("ai_edge_litert") is None:
+            return "ai-edge-litert is not installed (pip install -c constraints.txt 'modelbuild[tflite]')"
+        return None
+
+    def load(self, path: Path, model: "Model", root: Path) -> Session:
+        from buildsys.formats.tflite.layout import read_layout
+
+        path = Path(path)
+        return LiteRtSession(path, model, read_layout(path.parent))
+
+
+def _interpreter(path: Path, xnnpack: bool) -> Any:
+    """A LiteRT interpreter; the default op resolver applies XNNPACK to the ops it supports."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        return Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1,
+                           experimental_op_resolver_type=resolver)
+    except Exception as exc:
+        text = _first_line(exc)
+        hint = " (the file uses TensorFlow ops: it needs the Flex delegate, which this interpreter lacks)" \
+            if "Flex" in text or "select TensorFlow" in text else ""
+        raise StepError(f"LiteRT could not load '{path.name}': {type(exc).__name__}: {text}{hint}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

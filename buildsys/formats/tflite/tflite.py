@@ -1,0 +1,308 @@
+"""The TFLite formats: fp32, fp16 weights and int8 (dynamic range or full integer), from the SavedModel.
+
+tf.lite.TFLiteConverter does the work; onnx2tf's own .tflite outputs are not used because its int8
+mode downloads calibration images. Full int8 calibrates on the model's own calibration set, moved to
+the artifact's layout (layout.json, which every .tflite carries next to it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+from pydantic import Field, model_validator
+
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+
+_LAYOUT_NOTE = " Inputs are channels last unless the SavedModel kept the source layout (see layout.json)."
+TFLITE = register_format(Format(
+    name="tflite", filename="model.tflite", runtime="litert", layout="channels_last",
+    description="TensorFlow Lite flatbuffer, float32, run with the LiteRT interpreter." + _LAYOUT_NOTE,
+))
+TFLITE_FP16 = register_format(Format(
+    name="tflite-fp16", filename="model.tflite", runtime="litert", layout="channels_last",
+    description="TensorFlow Lite with float16 weights (half the size; float32 I/O, GPU delegates compute in "
+    "fp16)." + _LAYOUT_NOTE,
+))
+TFLITE_INT8 = register_format(Format(
+    name="tflite-int8", filename="model.tflite", runtime="litert", layout="channels_last",
+    description="TensorFlow Lite with int8 weights: dynamic range, or full integer calibrated on the model's "
+    "calibration set (float or int8 I/O)." + _LAYOUT_NOTE,
+))
+
+SELECT_TF_OPS = Field(
+    default=False, description="Allow TensorFlow ops that TFLite has no builtin for (the Flex delegate: the app "
+    "must link tensorflow-lite-select-tf-ops, several MB). False makes such ops a build error naming them.")
+
+
+class TfliteOptions(StepOptions):
+    """Options every TFLite step shares."""
+
+    select_tf_ops: bool = SELECT_TF_OPS
+
+
+class _FromSavedModel(Step):
+    """Shared body: convert the upstream SavedModel, write model.tflite and carry layout.json along."""
+
+    consumes = ("saved_model",)
+    packages = ("tensorflow", "ai-edge-litert")
+    extra = "tflite"
+    toolchain = "tf"
+
+    def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+        """Set precision-specific converter fields; returns metrics to report."""
+        return {}
+
+    def _inspect(self, ctx: StepContext, flatbuffer: bytes) -> None:
+        """Refuse a flatbuffer that converted but cannot be right (see the int8 step)."""
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import tensorflow as tf
+
+        from buildsys.formats.tflite.layout import SIGNATURE, copy_layout
+
+        opts: Any = ctx.options
+        src = Path(str(ctx.input_path))
+        layout = copy_layout(src.parent, ctx.out_dir)
+        try:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(src), signature_keys=[SIGNATURE])
+        except Exception as exc:
+            raise self.fail(ctx, f"TFLiteConverter could not read the SavedModel: {type(exc).__name__}: "
+                                 f"{_first_line(exc)}") from exc
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if opts.select_tf_ops:
+            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter.target_spec.supported_ops = ops
+        metrics = self._configure(ctx, converter, layout)
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:
+            raise self.fail(ctx, conversion_failure(exc)) from exc
+        self._inspect(ctx, flatbuffer)
+        path = ctx.out_dir / TFLITE.filename
+        path.write_bytes(flatbuffer)
+        return {**metrics, "bytes": len(flatbuffer), "select_tf_ops": opts.select_tf_ops,
+                "tensor_dtypes": tensor_dtypes(flatbuffer)}
+
+
+@register
+class TfliteFromSavedModel(_FromSavedModel):
+    """Convert the SavedModel to a float32 TFLite flatbuffer."""
+
+    name = "tflite-from-saved-model"
+    produces = "tflite"
+    description = "tf.lite.TFLiteConverter.from_saved_model, float32."
+    Options = TfliteOptions
+
+
+@register
+class TfliteFp16FromSavedModel(_FromSavedModel):
+    """Convert the SavedModel to TFLite with float16 weights (dequantized to float32 on CPU, kept on GPU)."""
+
+    name = "tflite-fp16-from-saved-model"
+    produces = "tflite-fp16"
+    description = "TFLiteConverter with Optimize.DEFAULT and supported_types [float16]."
+    Options = TfliteOptions
+
+    def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        return {"weights": "float16"}
+
+
+@register
+class TfliteInt8FromSavedModel(_FromSavedModel):
+    """Quantize the SavedModel to int8 TFLite: dynamic range (weights) or full integer (calibrated)."""
+
+    name = "tflite-int8-from-saved-model"
+    produces = "tflite-int8"
+    _peak = 0.0  # largest |value| in the calibration data, to explain an unusable range
+    description = "TFLiteConverter with Optimize.DEFAULT; full int8 adds a representative dataset built from " \
+                  "the model's calibration set in the artifact's layout."
+
+    class Options(TfliteOptions):
+        mode: Literal["full", "dynamic"] = Field(
+            default="full", description="'full': weights and activations int8, activation ranges calibrated on "
+            "data.calibration (what NPUs, DSPs and the Edge TPU need; fastest on CPU). 'dynamic': int8 weights "
+            "only, activations quantized on the fly per call (no data needed, less speed-up).")
+        io: Literal["float", "int8"] = Field(
+            default="float", description="full only: element type of the model's inputs and outputs. 'int8' "
+            "removes the float↔int8 conversions at the edges (the app quantizes with the input's scale and "
+            "zero point); 'float' keeps float32 I/O.")
+        calibration_samples: int | None = Field(
+            default=None, ge=1, description="full only: calibrate on at most this many samples (all when unset).")
+
+        @model_validator(mode="after")
+        def _io_needs_full(self) -> "TfliteInt8FromSavedModel.Options":
+            if self.io == "int8" and self.mode != "full":
+                raise ValueError("io: int8 needs mode: full (dynamic range keeps float inputs and outputs)")
+            return self
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("calibration",) if getattr(options, "mode", "full") == "full" else ()
+
+    @classmethod
+    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
+        if getattr(options, "mode", "full") != "full":
+            return None
+        if model.data.calibration is None:
+            return ("full int8 needs calibration data: add data.calibration to the model (an .npz of "
+                    "representative inputs named after them), or set mode: dynamic for int8 weights only")
+        floats = [i.name for i in model.inputs if i.dtype.startswith("float")]
+        if getattr(options, "io", "float") == "int8" and len(floats) != len(model.inputs):
+            others = ", ".join(i.name for i in model.inputs if i.name not in floats)
+            return f"io: int8 needs float inputs to quantize, but {others} is not float; use io: float"
+        return None
+
+    def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+        import tensorflow as tf
+
+        opts: Any = ctx.options
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if opts.mode == "dynamic":
+            return {"mode": "dynamic"}
+        samples = self._calibration(ctx, layout)
+        converter.representative_dataset = samples
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if opts.select_tf_ops:
+            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter.target_spec.supported_ops = ops
+        if opts.io == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return {"mode": "full", "io": opts.io, "calibration_samples": samples.count}
+
+    def _inspect(self, ctx: StepContext, flatbuffer: bytes) -> None:
+        # A calibrated range of ±3.4e38 (a float32-minimum padding constant, or an inf in the data)
+        # leaves every value in that tensor, and after it, quantized to one level: fail, saying why.
+        if getattr(ctx.options, "mode", "full") != "full":
+            return
+        huge = [(name, scale) for name, scale in _scales(flatbuffer) if scale > 1e10]
+        if huge:
+            name, scale = next((h for h in huge if "pad" in h[0].lower()), huge[0])
+            if self._peak > 1e10:
+                hint = f"the calibration data holds values up to {self._peak:.3g}: fix or drop those samples"
+            else:
+                hint = ("a constant at the float32 limit in the graph (e.g. a -3.4e38 padding value) reaches "
+                        "the activations; mode: dynamic avoids activation calibration")
+            raise self.fail(ctx, f"full int8 calibration produced an unusable range in {len(huge)} tensor(s), "
+                                 f"e.g. '{name[:80]}' (scale {scale:.3g}); {hint}")
+
+    def _calibration(self, ctx: StepContext, layout: dict[str, Any] | None) -> "Representative":
+        """The calibration set checked against the signature and moved to the artifact's layout."""
+        import numpy as np
+
+        from buildsys.data import shape_problem
+
+        opts: Any = ctx.options
+        try:
+            batch = ctx.data("calibration")
+        except Exception as exc:
+            raise self.fail(ctx, f"the calibration data could not be loaded: {type(exc).__name__}: "
+                                 f"{_first_line(exc)}") from exc
+        if batch is None or len(batch) == 0:
+            raise self.fail(ctx, "full int8 needs calibration data: add data.calibration to the model, or set "
+                                 "mode: dynamic")
+        for inp in ctx.model.inputs:
+            problem = shape_problem(inp, tuple(batch.inputs[inp.name].shape))
+            if problem:
+                raise self.fail(ctx, f"{batch.origin}: {problem}")
+        records = {i["name"]: i for i in (layout or {}).get("inputs", [])}
+        feeds = []
+        for inp in ctx.model.inputs:
+            record = records.get(inp.name, {})
+            perm = record.get("perm", list(range(len(inp.shape))))
+            fixed = record.get("shape", [None])[0]
+            feeds.append((record.get("key", inp.name), perm, fixed if isinstance(fixed, int) else 1))
+        arrays = {k: v[: opts.calibration_samples] for k, v in batch.inputs.items()}
+        self._peak = max((float(np.nanmax(np.abs(v))) for v in arrays.values() if v.dtype.kind == "f" and v.size),
+                         default=0.0)
+        return Representative(arrays, [(inp.name, *feed) for inp, feed in zip(ctx.model.inputs, feeds)])
+
+
+class Representative:
+    """A re-iterable representative dataset: dicts keyed by signature input, in the artifact's layout."""
+
+    def __init__(self, arrays: dict[str, "np.ndarray"], feeds: list[tuple[str, str, list[int], int]]) -> None:
+        self.arrays = arrays
+        self.feeds = feeds  # (input name, signature key, perm, samples per call)
+        self.count = len(next(iter(arrays.values())))
+
+    def __call__(self) -> Iterator[dict[str, "np.ndarray"]]:
+        import numpy as np
+
+        from buildsys.formats.tflite.layout import to_artifact
+
+        step = max(f[3] for f in self.feeds)
+        for start in range(0, self.count - step + 1, step):
+            sample = {}
+            for name, key, perm, _ in self.feeds:
+                chunk = self.arrays[name][start : start + step]
+                sample[key] = to_artifact(chunk.astype(np.float32) if chunk.dtype.kind == "f" else chunk, perm)
+            yield sample
+
+
+def _scales(flatbuffer: bytes) -> list[tuple[str, float]]:
+    """(tensor name, largest quantization scale) for every quantized tensor of a flatbuffer."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        details = Interpreter(model_content=flatbuffer).get_tensor_details()
+    except Exception:
+        return []
+    out = []
+    for d in details:
+        scales = d.get("quantization_parameters", {}).get("scales")
+        if scales is not None and len(scales):
+            out.append((d["name"], float(max(scales))))
+    return out
+
+
+def tensor_dtypes(flatbuffer: bytes) -> dict[str, int]:
+    """Count of the flatbuffer's tensors per element type: shows what quantization really did.
+
+    Dynamic-range int8 leaves weights under 1024 elements in float32 (a TFLite rule), so a small
+    model can come out with no int8 tensor at all; this makes that visible in the metrics.
+    """
+    counts: dict[str, int] = {}
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        details = Interpreter(model_content=flatbuffer).get_tensor_details()
+    except Exception:  # Flex ops or a missing LiteRT: the metric is optional
+        return counts
+    for d in details:
+        name = getattr(d["dtype"], "__name__", str(d["dtype"]))
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def conversion_failure(exc: BaseException) -> str:
+    """One line saying why TFLiteConverter failed, naming the ops it could not lower when it says so."""
+    import re
+
+    text = str(exc)
+    flex = sorted(set(re.findall(r"\btf\.(\w+)\(", text)))
+    if "not supported by the native TFLite runtime" in text or ("select tf ops" in text.lower() and flex):
+        names = ", ".join(flex) or "see the node's log"
+        return (f"TFLite has no builtin kernel for the TensorFlow op(s) {names}; rewrite that part of the "
+                "model, or set select_tf_ops: true (needs the Flex delegate in the app)")
+    failed = re.findall(r"'(tfl?\.\w+)' op", text)
+    if failed:
+        return f"TFLiteConverter failed on op(s) {', '.join(sorted(set(failed)))}: {_first_line(exc)[:300]}"
+    return f"TFLiteConverter failed: {type(exc).__name__}: {_first_line(exc)[:300]}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+

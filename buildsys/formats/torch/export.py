@@ -1,0 +1,65 @@
+"""The torch.export format (.pt2): an ExportedProgram with dynamic axes, saved with torch.export.save."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.reproducible import exported_program_without_stack_traces
+
+PT2 = register_format(Format(
+    name="pt2", filename="model.pt2", runtime="torch-export",
+    description="torch.export program (.pt2), the input of AOTInductor, ExecuTorch and the dynamo ONNX exporter.",
+))
+PT2_FILE = register_format(Format(
+    name="pt2-file", filename="", runtime="torch-export", source=True,
+    description="A torch.export program file (.pt2) given as the model source.",
+))
+
+
+@register
+class Pt2FromPyTorch(Step):
+    """Capture the PyTorch module with torch.export.export and save the program."""
+
+    name = "pt2-from-pytorch"
+    version = 2  # 2: saved without stack traces (build paths), byte-identical across checkouts
+    consumes = ("pytorch",)
+    produces = "pt2"
+    packages = ("torch",)
+    extra = "torch"
+    toolchain = "torch"
+    description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
+
+    class Options(StepOptions):
+        dynamic: bool = Field(
+            default=True, description="Export the axes the signature names with strings (e.g. 'batch') as "
+            "dynamic (torch.export.Dim); false fixes them to the example's size, with a batch axis of 1.")
+        strict: bool = Field(
+            default=False, description="Capture with TorchDynamo's strict tracing (torch.export strict=True) "
+            "instead of the default non-strict Python tracing.")
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import torch
+
+        from buildsys.errors import describe
+        from buildsys.formats.torch.module import example_args, export_dims, load_module, shapes_for, signature_module, trace_batch
+
+        opts: Any = ctx.options
+        module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
+        args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=opts.dynamic))
+        shapes = export_dims(ctx.model) if opts.dynamic else None
+        if shapes is not None and all(s is None for s in shapes):
+            shapes = None
+        try:
+            module = signature_module(module, ctx.model, args)  # dict outputs → tuple in signature order
+            program = torch.export.export(module, args, dynamic_shapes=shapes_for(module, shapes), strict=opts.strict)
+        except Exception as exc:
+            raise self.fail(ctx, f"torch.export failed: {describe(exc)}") from exc
+        exported_program_without_stack_traces(program)  # they name the build host's paths
+        path = ctx.out_dir / PT2.filename
+        torch.export.save(program, str(path))
+        return {"dynamic": shapes is not None, "bytes": path.stat().st_size}
+

@@ -1,0 +1,1 @@
+"""The nodes that are not formats: the reference every check compares to, checks, and benchmarks."""

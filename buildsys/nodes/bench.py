@@ -1,0 +1,258 @@
+"""The bench node: time an artifact in its real runtime, next to the PyTorch source, on the reference inputs.
+
+Like the check node it consumes no format edge: the planner adds one `bench:<target>` node per
+benchmarked target with deps [artifact node, model/reference]. Latencies are measured here, in the
+worker; the statistics live in buildsys/bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional
+
+from pydantic import Field
+
+from buildsys.errors import ModelbuildError, StepError
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+
+BENCH = register_format(Format(
+    name="bench", filename="bench.json", runtime=None,
+    description="Latency benchmark of one target: artifact vs PyTorch eager, p50/p95, throughput, memory.",
+))
+
+
+class BenchOptions(StepOptions):
+    """How to time a target, and the latency budgets it must meet (None: not checked)."""
+
+    batch_size: int = Field(default=1, ge=1, description="Samples per timed call (taken from the reference inputs, tiled if fewer).")
+    warmup: int = Field(default=5, ge=0, description="Untimed calls before timing (lazy init, allocator, caches).")
+    repeats: int = Field(default=30, ge=1, description="Fewest timed calls per runtime.")
+    min_seconds: float = Field(default=1.0, ge=0, description="Fewest seconds of timed calls per runtime (more calls if repeats finish sooner).")
+    threads: Optional[int] = Field(default=None, ge=1, description="Intra-op threads for torch and ONNX Runtime (None: the runtime's default).")
+    p50_ms: Optional[float] = Field(default=None, gt=0, description="Largest allowed median latency of the artifact, ms per call.")
+    p95_ms: Optional[float] = Field(default=None, gt=0, description="Largest allowed 95th-percentile latency of the artifact, ms per call.")
+    compare_eager: bool = Field(default=True, description="Also time the PyTorch source on the same inputs.")
+    on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a missed budget without failing the build.")
+
+
+@register
+class Bench(Step):
+    """Latency of an artifact in its runtime (p50/p95/mean/std/min, throughput, memory) vs PyTorch eager."""
+
+    name = "bench"
+    consumes = ()  # not an edge of the format graph: the planner adds one bench per benchmarked target
+    produces = "bench"
+    toolchain = "torch"  # like a check, a bench runs in its artifact's toolchain worker
+    Options = BenchOptions
+    description = "Latency benchmark of an artifact against PyTorch eager."
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        from buildsys.formats import get_runtime
+        from buildsys.formats import get_format
+
+        opts: Any = ctx.options
+        fmt_name = ctx.extra["format"]
+        runtime_name = get_format(fmt_name).runtime
+        head: dict[str, Any] = {"format": fmt_name, "runtime": runtime_name, "precision": ctx.precision,
+                                "batch_size": opts.batch_size, "threads": opts.threads, "host": host()}
+        reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
+                  else get_runtime(runtime_name).unavailable())
+        if reason:
+            return self._write(ctx, {"passed": None, "not_run": reason, **head}, {})
+
+        feeds = self._feeds(ctx, opts.batch_size)
+        raw: dict[str, list[float]] = {}  # the latency distribution per runtime: p0, p5 ... p100 (bench.json only)
+        with _torch_threads(opts.threads, wanted=_uses_torch(runtime_name) or opts.compare_eager):
+            artifact = self._bench(ctx, runtime_name, Path(ctx.input_path) if ctx.input_path else None, feeds, opts, raw,
+                                   "artifact")
+            eager = self._eager(ctx, feeds, opts, raw) if opts.compare_eager else None
+
+        from buildsys.bench import budget_failures, budget_items, budgets_passed
+
+        budgets = budget_items(artifact, {"p50_ms": opts.p50_ms, "p95_ms": opts.p95_ms})
+        metrics: dict[str, Any] = {"passed": budgets_passed(budgets), **head, "artifact": artifact, "budgets": budgets}
+        if eager is not None:
+            metrics["eager"] = eager
+            if eager.get("p50_ms") and artifact.get("p50_ms"):
+                metrics["speedup_vs_eager"] = round(eager["p50_ms"] / artifact["p50_ms"], 3)
+        if metrics["passed"] is False:
+            metrics["failures"] = budget_failures(budgets)
+        return self._write(ctx, metrics, raw)
+
+    # --- pieces ----------------------------------------------------------------------------------
+
+    def _feeds(self, ctx: StepContext, batch_size: int) -> dict[str, Any]:
+        """`batch_size` samples of the reference inputs, wrapped around when there are fewer."""
+        import numpy as np
+
+        from buildsys.bench import tile_indices
+
+        with np.load(ctx.extra["reference"]) as ref:
+            inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
+        available = min(len(v) for v in inputs.values())
+        if available < 1:
+            raise self.fail(ctx, "the reference holds no input samples to benchmark with")
+        index = np.asarray(tile_indices(available, batch_size))
+        return {name: np.ascontiguousarray(value[index]) for name, value in inputs.items()}
+
+    def _eager(self, ctx: StepContext, feeds: dict[str, Any], opts: Any, raw: dict[str, list[float]]) -> dict[str, Any]:
+        """The source model on the same inputs; a problem here is reported, not a failure of the bench."""
+        from buildsys.formats import get_runtime
+        from buildsys.formats import get_format
+
+        source = ctx.extra.get("source_format") or getattr(ctx.model.source, "format", None)
+        runtime_name = get_format(source).runtime if source else None
+        if runtime_name is None:
+            return {"not_run": f"the source format '{source}' has no runtime" if source else "no source format given"}
+        reason = get_runtime(runtime_name).unavailable()
+        if reason:
+            return {"runtime": runtime_name, "not_run": reason}
+        path = ctx.extra.get("source_path")
+        try:
+            return self._bench(ctx, runtime_name, Path(path) if path else None, feeds, opts, raw, "eager")
+        except ModelbuildError as exc:
+            return {"runtime": runtime_name, "not_run": exc.what}
+        except Exception as exc:  # the source could not even be loaded here: say so, keep the artifact's numbers
+            from buildsys.errors import describe
+
+            return {"runtime": runtime_name, "not_run": describe(exc)}
+
+    def _bench(self, ctx: StepContext, runtime_name: str, path: Path | None, feeds: dict[str, Any], opts: Any,
+               raw: dict[str, list[float]], label: str) -> dict[str, Any]:
+        """Load the artifact, run it warmup + timed calls; statistics, load time and peak memory added."""
+        import time
+
+        from buildsys.bench import RssMeter, measure, percentile
+        from buildsys.formats import get_runtime
+
+        _preimport(runtime_name)  # a library's one-time import is not this model's memory
+        with RssMeter() as meter:
+            started = time.perf_counter()
+            try:
+                session = get_runtime(runtime_name).load(path, ctx.model, ctx.root)  # type: ignore[arg-type]
+            except ModelbuildError as exc:
+                if label == "artifact":
+                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact could not be loaded: {exc.what}") from exc
+                raise
+            threads = _apply_threads(session, path, opts.threads)
+            load_ms = (time.perf_counter() - started) * 1000
+            step = max(1, int(getattr(session, "max_batch", 0) or len(next(iter(feeds.values())))))
+            n = len(next(iter(feeds.values())))
+            chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
+
+            def call() -> None:
+                for chunk in chunks:
+                    session.run(chunk)
+
+            try:
+                timing = measure(call, opts.warmup, opts.repeats, opts.min_seconds,
+                                 on_call=None if meter.exact else meter.sample)
+            except Exception as exc:
+                from buildsys.errors import describe
+
+                if label == "artifact":
+                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact failed in {runtime_name}: "
+                                         f"{describe(exc)}") from exc
+                raise StepError(f"{runtime_name} failed: {describe(exc)}") from exc
+        raw[label] = [round(percentile(timing.samples, q) * 1000, 6) for q in range(0, 101, 5)]
+        result = {"runtime": runtime_name, **timing.summary(opts.batch_size), "load_ms": round(load_ms, 3),
+                  "peak_rss_mb": meter.increase_mb, "rss_method": meter.method, "calls_per_batch": len(chunks)}
+        if threads is not None:
+            result["threads"] = threads
+        return result
+
+    def _write(self, ctx: StepContext, metrics: dict[str, Any], raw: dict[str, list[float]]) -> dict[str, Any]:
+        report = {**metrics, "model": ctx.model_name, "options": ctx.options.model_dump(mode="json"),
+                  "quantiles_ms": {"q": list(range(0, 101, 5)), **raw}}
+        (ctx.out_dir / BENCH.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return metrics
+
+
+# --- threads and host ------------------------------------------------------------------------------
+
+
+def _preimport(runtime_name: str) -> None:
+    import importlib
+
+    from buildsys.formats import get_runtime
+
+    for package in get_runtime(runtime_name).packages:
+        try:
+            importlib.import_module(package.replace("-", "_"))
+        except Exception:  # a distribution whose module has another name: load() will import it
+            pass
+
+
+def _uses_torch(runtime_name: str) -> bool:
+    from buildsys.formats import get_runtime
+
+    return "torch" in get_runtime(runtime_name).packages
+
+
+@contextmanager
+def _torch_threads(threads: int | None, wanted: bool) -> Iterator[None]:
+    """torch's intra-op thread count for the block, restored after: the worker outlives this step."""
+    if threads is None or not wanted:
+        yield
+        return
+    from buildsys.formats.torch.module import torch_unavailable
+
+    if torch_unavailable():
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _apply_threads(session: Any, path: Path | None, threads: int | None) -> int | None:
+    """The thread count the session runs with, after applying `threads` where the runtime allows it.
+
+    torch sessions follow torch.set_num_threads (set around the whole bench). An ONNX Runtime
+    session fixes its thread pool at creation, so it is re-created from the same file with
+    intra_op_num_threads; other runtimes keep their defaults (None is returned).
+    """
+    inner = getattr(session, "session", None)
+    if type(inner).__module__.startswith("onnxruntime"):
+        if threads is None:
+            return None
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session.session = ort.InferenceSession(str(path), options, providers=inner.get_providers())
+        return threads
+    if type(session).__name__ == "TorchSession":
+        import torch
+
+        return int(torch.get_num_threads())
+    return None
+
+
+def host() -> dict[str, Any]:
+    """What the numbers were measured on: latencies mean nothing without it."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"system": platform.system(), "machine": platform.machine(), "cpu": cpu or "unknown",
+                            "cpus": os.cpu_count(), "python": platform.python_version()}
+    try:  # other work on the host skews latencies (threads stall at barriers): keep the context
+        info["load_avg"] = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        pass
+    return info

@@ -1,0 +1,141 @@
+"""The check node: run an artifact in its real runtime on the reference inputs and compare every output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from buildsys.errors import ModelbuildError
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext
+from buildsys.verify import CheckOptions
+
+CHECK = register_format(Format(
+    name="check", filename="report.json", runtime=None,
+    description="Verification report of one target: observed vs allowed per output and metric.",
+))
+
+
+@register
+class Check(Step):
+    """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
+
+    name = "check"
+    version = 3  # 2: structural inspection and size budgets; 3: serving checks, labels must fit
+    consumes = ()  # not an edge of the format graph: the planner adds one check per target
+    produces = "check"
+    toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
+    Options = CheckOptions
+    description = "Numeric verification of an artifact against the reference."
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        from buildsys.formats import get_runtime
+        from buildsys.formats import get_format
+
+        opts: Any = ctx.options
+        fmt_name = ctx.extra["format"]
+        runtime_name = get_format(fmt_name).runtime
+        structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model, fmt_name) if runtime_name else None  # type: ignore[arg-type]
+        problems = list(structure.get("problems", [])) if structure else []
+        size = _size_budget(ctx, opts.max_size_mb)
+        if size is not None and not size["ok"]:
+            problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
+        reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
+                  else get_runtime(runtime_name).unavailable())
+        if reason:
+            metrics: dict[str, Any] = {"passed": None, "not_run": reason, "format": fmt_name}
+            if opts.require_numeric:
+                problems.append(f"the numeric check is required (require_numeric) but was not run: {reason}")
+            if structure is not None:
+                metrics["structure"] = structure
+            if size is not None:
+                metrics["size_mb"] = size
+            if problems:
+                metrics.update(passed=False, failures=problems)
+            return self._write(ctx, metrics)
+
+        import numpy as np
+
+        from buildsys.data import Batch
+        from buildsys.verify import compare
+
+        with np.load(ctx.extra["reference"]) as ref:
+            inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
+            expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
+            labels = ref["labels"] if "labels" in ref.files else None
+        batch = Batch(inputs, labels, "reference")
+        observed = self._observe(ctx, runtime_name, batch)  # type: ignore[arg-type]
+        results = {}
+        for spec, out in zip(ctx.model.outputs, observed):
+            tol = opts.outputs.get(spec.name)
+            results[spec.name] = compare(spec.name, spec.kind, expected[spec.name], out, tol, labels)
+        passed = all(bool(r) for r in results.values()) and not problems
+        metrics = {"passed": passed, "samples": len(batch), "format": fmt_name, "runtime": runtime_name,
+                   "outputs": {name: r.as_dict() for name, r in results.items()}}
+        serving_name = get_format(fmt_name).serving_runtime
+        if opts.serving and serving_name:
+            serving = self._serve(ctx, serving_name, batch, expected, labels)
+            metrics["serving"] = serving
+            if serving.get("not_run") and opts.require_numeric:
+                problems.append(f"the serving check is required (require_numeric) but was not run: {serving['not_run']}")
+            problems += [f"served by {serving_name}: {row}" for row in serving.get("failures", [])]
+            passed = metrics["passed"] = passed and not problems
+        if structure is not None:
+            metrics["structure"] = structure
+        if size is not None:
+            metrics["size_mb"] = size
+        if not passed:
+            metrics["failures"] = problems + [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+        return self._write(ctx, metrics)
+
+    def _observe(self, ctx: StepContext, runtime_name: str, batch: Any) -> list[Any]:
+        """Every output of the artifact on `batch`, run in `runtime_name`; a runtime failure is a StepError."""
+        from buildsys.formats import get_runtime
+
+        fmt_name = ctx.extra["format"]
+        try:
+            with get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root) as session:  # type: ignore[arg-type]
+                return session.run_all(batch)
+        except ModelbuildError as exc:
+            raise self.fail(ctx, f"the {fmt_name} artifact could not be run in {runtime_name}: {exc.what}") from exc
+        except Exception as exc:
+            from buildsys.errors import describe
+
+            raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
+
+    def _serve(self, ctx: StepContext, runtime_name: str, batch: Any, expected: dict[str, Any],
+               labels: Any) -> dict[str, Any]:
+        """The serving check: the same inputs through the real serving software, judged like the artifact.
+
+        Returns {"runtime", "passed": None, "not_run": why} where the server cannot start on this host,
+        else {"runtime", "passed", "outputs", "failures"}.
+        """
+        from buildsys.formats import get_runtime
+        from buildsys.verify import compare
+
+        opts: Any = ctx.options
+        reason = get_runtime(runtime_name).unavailable()
+        if reason:
+            return {"runtime": runtime_name, "passed": None, "not_run": reason}
+        observed = self._observe(ctx, runtime_name, batch)
+        results = {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)
+                   for spec, out in zip(ctx.model.outputs, observed)}
+        passed = all(bool(r) for r in results.values())
+        return {"runtime": runtime_name, "passed": passed, "outputs": {n: r.as_dict() for n, r in results.items()},
+                "failures": [f"{name}: {row}" for name, r in results.items() for row in r.failures()]}
+
+    def _write(self, ctx: StepContext, metrics: dict[str, Any]) -> dict[str, Any]:
+        report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,
+                  "acceptance": ctx.options.model_dump(mode="json")}
+        (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return metrics
+
+
+
+def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:
+    """The artifact's size (every file of its tree, side files included) against max_size_mb."""
+    if allowed is None or ctx.input_path is None:
+        return None
+    tree = ctx.input_path.parent  # the checked-out node: the artifact and its side files only
+    observed = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file()) / 1e6
+    return {"observed": round(observed, 6), "allowed": allowed, "op": "<=", "ok": observed <= allowed}

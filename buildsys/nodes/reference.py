@@ -1,0 +1,70 @@
+"""The reference node: the model's source run once on its evaluation inputs; every check compares to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildsys.errors import ModelbuildError
+from buildsys.formats import register, register_format
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+
+REFERENCE = register_format(Format(
+    name="reference", filename="reference.npz", runtime=None,
+    description="Inputs, source outputs and labels the checks compare artifacts against (not a deliverable).",
+))
+
+
+@register
+class Reference(Step):
+    """Run the model's source in its own runtime on the evaluation inputs and store inputs + outputs."""
+
+    name = "reference"
+    consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
+    produces = "reference"
+    packages = ("torch",)
+    extra = "torch"
+    toolchain = "torch"
+    Options = StepOptions
+    description = "Reference outputs of the source model."
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import numpy as np
+
+        from buildsys.data import eval_batch
+        from buildsys.formats import get_runtime
+        from buildsys.formats import get_format
+
+        source = ctx.extra.get("source_format") or ctx.model.source.format
+        runtime_name = get_format(source).runtime
+        if runtime_name is None:
+            raise self.fail(ctx, f"the source format '{source}' has no runtime to compute reference outputs")
+        runtime = get_runtime(runtime_name)
+        reason = runtime.unavailable()
+        if reason:
+            raise self.fail(ctx, f"cannot run the {source} source to make reference outputs: {reason}")
+        batch = eval_batch(ctx.model, ctx.root)
+        try:
+            session = runtime.load(ctx.input_path, ctx.model, ctx.root)  # type: ignore[arg-type]
+            outputs = session.run_all(batch)
+        except ModelbuildError as exc:
+            raise self.fail(ctx, exc.what) from exc
+        except Exception as exc:
+            from buildsys.errors import describe
+
+            raise self.fail(ctx, f"the source model failed on {batch.origin}: {describe(exc)}") from exc
+        for spec, out in zip(ctx.model.outputs, outputs):
+            bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+            if bad:  # no artifact can be judged against a NaN: say it is the source, not the artifact
+                raise self.fail(ctx, f"the source model itself returns {bad} NaN/inf value(s) in output "
+                                f"'{spec.name}' on {batch.origin}; fix the model or the data before judging artifacts")
+        arrays = {f"input:{k}": v for k, v in batch.inputs.items()}
+        arrays.update({f"output:{o.name}": out for o, out in zip(ctx.model.outputs, outputs)})
+        if batch.labels is not None:
+            arrays["labels"] = batch.labels
+        np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
+        metrics: dict[str, Any] = {"samples": len(batch), "origin": batch.origin}
+        if batch.labels is not None:
+            for spec, out in zip(ctx.model.outputs, outputs):
+                if spec.kind == "scores" and out.ndim >= 2 and out.shape[:-1] == batch.labels.shape:
+                    metrics[f"accuracy:{spec.name}"] = float(np.mean(out.argmax(axis=-1) == batch.labels))
+        return metrics

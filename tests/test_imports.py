@@ -1,0 +1,55 @@
+"""The package's import graph has no cycle: every import counts, module level or inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "buildsys"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The buildsys modules `path` imports anywhere except under `if TYPE_CHECKING:` (never executed)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("buildsys")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("buildsys") and not node.level:
+            for alias in node.names:  # `from buildsys.formats import torch` names a submodule
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+    return found & known
+
+
+def import_graph() -> nx.DiGraph:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = nx.DiGraph()
+    for name, path in files.items():
+        graph.add_node(name)
+        graph.add_edges_from((name, target) for target in imported_modules(path, set(files)) if target != name)
+    return graph
+
+
+def test_buildsys_has_no_import_cycle() -> None:
+    cycles = sorted(sorted(c) for c in nx.simple_cycles(import_graph()))
+    assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from buildsys.errors import describe\n\nif TYPE_CHECKING:\n    import buildsys.plan\n")
+    assert imported_modules(module, {"buildsys.errors", "buildsys.plan"}) == {"buildsys.errors"}
