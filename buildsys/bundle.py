@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from buildsys import __version__
 from buildsys.errors import ConfigError, ModelbuildError, did_you_mean
+from buildsys.kinds import Bench, Check
 from buildsys.verify import not_run_reasons
 
 MANIFEST = "manifest.json"
@@ -107,7 +108,7 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
     artifacts = []
     references: dict[str, str] = {}
     for target in bundle.targets:
-        check = lock.nodes.get(f"verify:{target}", {})
+        check = lock.nodes.get(Check.node_name(target), {})
         metrics = check.get("metrics", {})
         if not check or metrics.get("passed") is False:
             raise BundleError(f"target '{target}' has not passed its check", hint=f"run: modelbuild build {target}")
@@ -138,7 +139,7 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
             sources=_sources(lock, chain), chain=chain,
             toolchain={k: v for c in chain for k, v in c.toolchain.items()},
             acceptance=check.get("components", {}).get("acceptance", {}), check=metrics,
-            bench=lock.nodes.get(f"bench:{target}", {}).get("metrics", {}),
+            bench=lock.nodes.get(Bench.node_name(target), {}).get("metrics", {}),
             reference=references[node.model], model_config=model.model_dump(mode="json")))
     manifest = Manifest(bundle=name, version=bundle.version, description=bundle.description, modelbuild=__version__,
                         artifacts=artifacts,

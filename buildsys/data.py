@@ -131,6 +131,16 @@ def used_set(model: "Model", prefer: tuple[str, ...] = ("validation", "example")
     return next((w for w in prefer if getattr(model.data, w) is not None), None)
 
 
+#: Data a node declares by purpose, and the sets that serve it in order: tracing takes the example
+#: set, else validation; evaluation (the reference) takes validation, else the example set.
+PURPOSES = {"example": ("example", "validation"), "evaluation": ("validation", "example")}
+
+
+def resolve_set(model: "Model", which: str) -> str | None:
+    """The data set a node that declares `which` (a set or a purpose) reads, None for synthetic inputs."""
+    return used_set(model, PURPOSES[which]) if which in PURPOSES else which
+
+
 def _call(spec: str, root: Path) -> dict[str, Any]:
     import importlib
     import sys

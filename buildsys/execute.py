@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Node
-from buildsys.lock import LOCAL
+from buildsys.graph import Node
+from buildsys.kinds import kind_of
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.formats import get_format, get_step
@@ -172,10 +172,10 @@ class Builder:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
                 for name in [n for n in pending if self._deps_done(pending[n].node)]:
-                    if len(running) >= self.jobs or any(p.node.kind == BENCH for p, _, _ in running.values()):
+                    if len(running) >= self.jobs or any(kind_of(p.node).runs_alone for p, _, _ in running.values()):
                         break
-                    if pending[name].node.kind == BENCH and running and not stop:
-                        continue  # a benchmark runs alone: parallel work would skew its latencies
+                    if kind_of(pending[name].node).runs_alone and running and not stop:
+                        continue  # e.g. a benchmark: parallel work would skew its latencies
                     nplan = pending.pop(name)
                     if stop:
                         if nplan.action == NOTHING:
@@ -264,15 +264,14 @@ class Builder:
         if node.source_format:
             input_path = _source_path(cfg.root, model)
             extra["source_format"] = node.source_format
-        if node.deps and node.kind != REFERENCE and not node.source_format:
+        if node.deps and not node.source_format:
             dep = self.plan.dag.nodes[node.deps[0]]
             input_path = self._checkout(dep, scratch / "in")
-        if node.kind in VERDICTS:
-            extra["format"] = node.format
+        kind = kind_of(node)
+        if kind.judges:  # deps are [artifact, reference]
             extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref"))
-        if node.kind == BENCH:  # the bench times PyTorch eager beside the artifact
-            source = _source_path(cfg.root, model)
-            extra.update(source_format=model.source.format, source_path=str(source) if source else None)
+        source = _source_path(cfg.root, model)
+        extra.update(kind.request_extra(node, model, str(source) if source else None))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         log.write_text(f"# modelbuild: {node.name} ({node.step})\n")
@@ -284,7 +283,7 @@ class Builder:
         return Action(node.name, self._toolchain(node), request, self.timeout), scratch
 
     def _toolchain(self, node: Node) -> str:
-        if node.kind in VERDICTS:
+        if kind_of(node).judges:  # run where the artifact's toolchain is already imported
             return get_step(self.plan.dag.nodes[node.deps[0]].step).toolchain
         return get_step(node.step).toolchain
 
@@ -301,11 +300,11 @@ class Builder:
                                         user_error=bool(reply.get("user"))))
                 return False
             metrics = reply.get("metrics", {})
-            if node.kind in VERDICTS and metrics.get("passed") is False and node.options.get("on_fail") != "warn":
-                what = "acceptance not met" if node.kind != BENCH else "latency budget missed"
-                if node.kind == CHECK:
+            outcome = kind_of(node).outcome(node, metrics)
+            if outcome.failed:
+                if outcome.withdraw:
                     self._withdraw(node.target)
-                self._finish(NodeResult(node.name, FAILED, seconds, what, str(log), metrics))
+                self._finish(NodeResult(node.name, FAILED, seconds, outcome.what, str(log), metrics))
                 return False
             tree, entries = self.store.put_tree(scratch / "out")
             files = [e.as_list() for e in entries]
@@ -324,12 +323,10 @@ class Builder:
         entry = {"key": status.key, "components": status.components, "tree": tree, "files": files, "built": built}
         if metrics:
             entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
-        if node.kind == BENCH:
-            entry[LOCAL] = True  # keyed by host: recorded, never committed
-        elif node.kind == CHECK:
-            entry["verdict"] = verdict(metrics)
+        kind = kind_of(node)
+        entry.update(kind.lock_fields(metrics))
         self.lock.nodes[node.name] = entry
-        if node.kind == CHECK:
+        if kind.owns_delivery and kind.outcome(node, metrics).deliver:
             self._deliver(node)
         self.lock.write()
 
@@ -359,13 +356,6 @@ class Builder:
         shutil.rmtree(self.planner.artifacts / target, ignore_errors=True)
         if self.lock.targets.pop(target, None) is not None:
             self.lock.write()
-
-
-def verdict(metrics: dict[str, Any]) -> str:
-    """A check's outcome in words that hold on every host of one kind: what deploy.lock commits."""
-    if metrics.get("passed") is None:
-        return "not run"
-    return "passed" if metrics["passed"] else "failed (on_fail: warn)"
 
 
 def built_by(seconds: float) -> dict[str, Any]:

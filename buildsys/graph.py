@@ -12,25 +12,21 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
-from buildsys.hashing import digest_json
 from buildsys.formats import formats, steps
+from buildsys.hashing import digest_json
+from buildsys.kinds import Artifact, Bench, Check, Reference
 
 if TYPE_CHECKING:
     import networkx as nx
 
-REFERENCE = "reference"
-CHECK = "check"
-BENCH = "bench"
-VERDICTS = (CHECK, BENCH)  # nodes that judge an artifact against its reference: deps [artifact, reference]
-
+# The steps of the nodes that are not formats (registered in buildsys.nodes).
+REFERENCE_STEP, CHECK_STEP, BENCH_STEP = "reference", "check", "bench"
 
 @dataclass
 class Node:
@@ -42,7 +38,7 @@ class Node:
     """
 
     name: str
-    kind: str  # "artifact" | "reference" | "check"
+    kind: str  # a NodeKind's name (buildsys.kinds): "artifact" | "reference" | "check" | "bench"
     model: str
     format: str
     step: str
@@ -229,7 +225,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
             if ident not in identities:
                 data = tuple(step.data_used(options)) + (("example",) if fg.nodes[a]["source"] else ())
                 identities[ident] = Node(
-                    name="", kind="artifact", model=target.model, format=b, step=step.name, options=opts,
+                    name="", kind=Artifact.name, model=target.model, format=b, step=step.name, options=opts,
                     deps=[previous] if previous else [], source_format=a if fg.nodes[a]["source"] else "",
                     data_sets=tuple(dict.fromkeys(data)), precision=target.precision if b == target.goal else "fp32")
                 chains.setdefault(f"{target.model}/{b}", []).append(ident)
@@ -241,14 +237,15 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
             raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
                               where=cfg.where("targets", tname, "acceptance", "outputs"),
                               field=f"targets.{tname}.acceptance.outputs") from None
-        checks.append(Node(name=f"verify:{tname}", kind=CHECK, model=target.model, format=target.goal, step=CHECK,
-                           options=acceptance,
-                           deps=[previous, f"{target.model}/{REFERENCE}"], target=tname, precision=target.precision))
+        reference = Reference.node_name(target.model)
+        checks.append(Node(name=Check.node_name(tname), kind=Check.name, model=target.model, format=target.goal,
+                           step=CHECK_STEP, options=acceptance, deps=[previous, reference], target=tname,
+                           precision=target.precision))
         acc = target.acceptance
         if bench or acc.p50_ms is not None or acc.p95_ms is not None:
             options = BenchOptions(batch_size=acc.bench_batch, p50_ms=acc.p50_ms, p95_ms=acc.p95_ms, on_fail=acc.on_fail)
-            checks.append(Node(name=f"bench:{tname}", kind=BENCH, model=target.model, format=target.goal, step=BENCH,
-                               options=options.model_dump(mode="json"), deps=[previous, f"{target.model}/{REFERENCE}"],
+            checks.append(Node(name=Bench.node_name(tname), kind=Bench.name, model=target.model, format=target.goal,
+                               step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[previous, reference],
                                target=tname, precision=target.precision))
     # Name artifact nodes: "model/format", with an options digest when one model has several variants.
     rename = {}
@@ -262,8 +259,9 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
         nodes[node.name] = node
     for mname in dict.fromkeys(c.model for c in checks):
         source = project.models[mname].source.format
-        nodes[f"{mname}/{REFERENCE}"] = Node(name=f"{mname}/{REFERENCE}", kind=REFERENCE, model=mname,
-                                             format=REFERENCE, step=REFERENCE, options={}, source_format=source)
+        name = Reference.node_name(mname)
+        nodes[name] = Node(name=name, kind=Reference.name, model=mname, format=REFERENCE_STEP, step=REFERENCE_STEP,
+                           options={}, source_format=source, data_sets=("evaluation",))
     for check in checks:
         check.deps[0] = rename[check.deps[0]]
         nodes[check.name] = check
@@ -280,7 +278,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
         nodes = {n: nodes[n] for n in graph.nodes}
         checks = [c for c in checks if c.target in selected]
         routes = {t: routes[t] for t in selected}
-    target_nodes = {c.target: c.deps[0] for c in checks if c.kind == CHECK}
+    target_nodes = {c.target: c.deps[0] for c in checks if c.kind == Check.name}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
     return Dag(nodes, names, consumers, target_nodes, routes)

@@ -12,10 +12,11 @@ from typing import Any
 
 from buildsys import keys
 from buildsys.config.load import LoadedConfig
-from buildsys.graph import BENCH, CHECK, REFERENCE, VERDICTS, Dag, Node, data_files, expand, source_files
+from buildsys.graph import Dag, Node, data_files, expand, source_files
 from buildsys.hashing import StatCache, digest_json
+from buildsys.kinds import Artifact, kind_of
 from buildsys.lock import Lock
-from buildsys.formats import get_format, get_step
+from buildsys.formats import get_step
 from buildsys.store import Store
 
 # What a node needs done:
@@ -101,6 +102,7 @@ class Planner:
 
         model = self.config.project.models[node.model]
         step = get_step(node.step)
+        kind = kind_of(node)
         inputs: dict[str, str] = {}
         packages = list(step.packages)
         comp: dict[str, Any] = {"step": step.name, "step_version": step.version, "options": node.options}
@@ -109,32 +111,16 @@ class Planner:
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
         for shipped in step.shipped_files:
             inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)
-        if node.kind == "artifact" and _names_files(step):  # most steps don't: skip re-validating their options
+        if kind.name == Artifact.name and _names_files(step):  # most steps don't: skip re-validating options
             for rel in step.files_used(step.Options.model_validate(node.options)):
                 inputs[f"file {rel}"] = self._file_input(rel)
         for which in node.data_sets:
-            resolved = data.used_set(model, ("example", "validation")) if which == "example" else which
+            resolved = data.resolve_set(model, which)
             if resolved is not None:
                 inputs[f"data {resolved}"] = self.data_input(node.model, resolved)
-        if node.kind == REFERENCE:
-            used = data.used_set(model)
-            if used is not None:
-                inputs[f"data {used}"] = self.data_input(node.model, used)
-            else:
-                comp["synthetic"] = {"seed": model.seed, "samples": model.samples}
-            packages += _runtime_packages(get_format(node.source_format).runtime)
-        for dep in node.deps:
-            role = "reference" if dep.endswith("/" + REFERENCE) else f"upstream {dep}"
-            inputs[role] = upstream[dep]
-        if node.kind == CHECK:
-            comp["options"] = {}
-            comp["acceptance"] = node.options
-        if node.kind in VERDICTS:
-            packages += _runtime_packages(get_format(node.format).runtime)
-        if node.kind == CHECK and node.options.get("serving"):
-            packages += _runtime_packages(get_format(node.format).serving_runtime)
-        if node.kind == BENCH:
-            comp["host"] = _host()  # latencies belong to a machine: another host measures again
+        for i, dep in enumerate(node.deps):
+            inputs["reference" if kind.judges and i == 1 else f"upstream {dep}"] = upstream[dep]
+        kind.add_components(node, model, comp, packages)
         comp["inputs"] = inputs
         comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
         comp["toolchain"] = keys.toolchain(packages)
@@ -161,7 +147,7 @@ class Planner:
             return NodePlan(node, RUN, ["not built yet"], key, comp, cached)
         if entry.get("key") != key:
             return NodePlan(node, RUN, keys.explain(entry.get("components", {}), comp) or ["key changed"], key, comp, cached)
-        problems = self._delivery_problems(node) if node.kind == CHECK else []
+        problems = self._delivery_problems(node) if kind_of(node).owns_delivery else []
         if problems:
             artifact = self.lock.nodes.get(node.deps[0], {})
             action = RESTORE if self.store.has_files(artifact.get("files", [])) else RUN
@@ -208,20 +194,6 @@ def _names_files(step: type) -> bool:
     return step.files_used.__func__ is not Step.files_used.__func__  # type: ignore[attr-defined]
 
 
-def _host() -> dict[str, str]:
-    import platform
-
-    return {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor()}
-
-
-def _runtime_packages(runtime: str | None) -> list[str]:
-    if runtime is None:
-        return []
-    from buildsys.formats import runtimes
-
-    return list(runtimes()[runtime].packages)
-
-
 def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool = False,
               force_kinds: tuple[str, ...] = (), bench: bool = False) -> Plan:
     """Expand the requested targets and give every node its action and reasons."""
@@ -239,7 +211,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     # that consumes it runs (ninja's rule): walk dependents-first.
     for node in reversed(dag.order()):
         plan = plans[node.name]
-        if plan.action == NOTHING and node.kind not in VERDICTS:
+        if plan.action == NOTHING and not kind_of(node).judges:
             entry = planner.lock.nodes.get(node.name, {})
             consumers = [plans[c] for c in dag.consumers[node.name]]
             needing = [c.node.name for c in consumers if c.action == RUN]

@@ -12,6 +12,7 @@ from typing import Any
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.plan import NOTHING, RESTORE, Plan
 from buildsys.report_html import fmt_size as _size
+from buildsys.kinds import Bench, Check, check_status
 from buildsys.verify import not_run_reasons
 
 _STYLE = {
@@ -149,15 +150,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         node = plan.dag.nodes[plan.dag.target_nodes[target]]
         recorded = lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
-        check = lock_nodes.get(f"verify:{target}", {}).get("metrics", {})
-        status = "passed" if check.get("passed") else "missed (warn)" if check.get("passed") is False else "—"
-        if check.get("not_run"):
-            status = "structure ok, numeric not run" if check.get("structure") else "not run"
-        serving = check.get("serving") or {}
-        if check.get("passed") and serving:
-            status += ", served" if serving.get("passed") else ", serving not run"
-        if not recorded:
-            status = "not delivered"
+        check = lock_nodes.get(Check.node_name(target), {}).get("metrics", {})
+        status = check_status(check) if recorded else "not delivered"
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
                "check": status, "not_run": not_run_reasons(check)}
@@ -185,7 +179,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     table = Table("target", "format", "size", "vs fp32", "check", "accuracy", "agreement", "max abs err",
                   box=None, padding=(0, 1), pad_edge=False)
     for row in rows:
-        style = "green" if row["check"] == "passed" else "yellow"
+        style = "green" if row["check"].startswith("passed") else "yellow"
         acc = ""
         if "accuracy" in row:
             acc = f"{row['accuracy']:.2%}"
@@ -208,7 +202,7 @@ def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> Non
     table = Table("target", "runtime", "batch", "p50 ms", "p95 ms", "spread", "samples/s", "eager p50 ms", "speedup",
                   "budget", box=None, padding=(0, 1), pad_edge=False)
     for target in targets:
-        m = lock_nodes.get(f"bench:{target}", {}).get("metrics", {})
+        m = lock_nodes.get(Bench.node_name(target), {}).get("metrics", {})
         if not m:
             continue
         art, eager = m.get("artifact", {}), m.get("eager", {})

@@ -4,7 +4,8 @@ The server is the `tritonserver` binary that the nvidia-pytriton wheel ships (py
 its libraries in nvidia_pytriton.libs, found through LD_LIBRARY_PATH as pytriton itself does). `load`
 starts it on 127.0.0.1 (a free gRPC port, HTTP and metrics off) with explicit model control, loads the
 repository's one model, and waits until Triton reports it ready: a config.pbtxt that Triton refuses fails
-there, with Triton's own error lines. The session sends every chunk with tritonclient's gRPC client.
+there, with Triton's own error lines. The session (`triton_session.py`) sends every chunk with
+tritonclient's gRPC client.
 
 Triton runs a model through a *backend*. The wheel ships only the Python backend; the ONNX Runtime backend
 (`triton-server`, for triton, triton-fp16, triton-int8) and the PyTorch backend (`triton-server-libtorch`,
@@ -14,7 +15,7 @@ is absent, `unavailable()` says so and the serving check is reported as not run,
 
 The server never outlives its session: it runs in its own process group, is killed with the group on
 `close()` (or when the session is garbage collected), and gets SIGKILL from the kernel when the process
-that started it dies (PR_SET_PDEATHSIG).
+that started it dies (PR_SET_PDEATHSIG); how, `process.py` does for both serving runtimes.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import functools
 import importlib.util
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,11 +35,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import Runtime, Session, fixed_batch
+from buildsys.formats.runtime import Runtime, Session
+from buildsys.formats.serving.process import (
+    die_with_parent,
+    free_ports,
+    one_line,
+    read_log,
+    start_group,
+    terminate_group,
+)
+from buildsys.formats.serving.triton_session import ServedSession
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from buildsys.config.schema import Model
     from buildsys.formats.serving.repository import Layout
 
@@ -218,11 +224,9 @@ class TritonProcess:
         import tritonclient.grpc as grpcclient
 
         started = time.perf_counter()
-        self.port = _free_port()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
-                cwd=self.scratch, start_new_session=True, preexec_fn=_die_with_parent)
+        self.port = free_ports(1)[0]
+        self.process = start_group(self._command(), self.log_path, self._env(), self.scratch,
+                                   preexec_fn=die_with_parent)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _cleanup, self.process, self.scratch)
         self.client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.port}")
@@ -289,14 +293,13 @@ class TritonProcess:
 
     def log_tail(self) -> str:
         """Triton's error lines (E...), else its last lines, joined on one line."""
-        try:
-            lines = [line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
-        except OSError:
+        text = read_log(self.log_path)
+        if text is None:
             return "no server log"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit() and not any(
             noise in line for noise in CPU_NOISE)]
-        picked = (errors or lines)[-LOG_LINES:]
-        return " | ".join(line[:400] for line in picked) or "the server wrote nothing"
+        return one_line(errors or lines, LOG_LINES, 400) or "the server wrote nothing"
 
     def stop(self) -> None:
         """Stop the server (its whole process group) and remove the scratch directory. Idempotent."""
@@ -314,96 +317,5 @@ def _cleanup(process: "subprocess.Popen[bytes] | None", scratch: Path) -> None:
     import shutil
 
     if process is not None:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(process, signal.SIGKILL)  # stubs and stragglers of the group too
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
+        terminate_group(process, STOP_TIMEOUT)  # the whole group: Python backend stubs and stragglers too
     shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _signal_group(process: "subprocess.Popen[bytes]", sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)  # the group leader's pid is the group id (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGKILL when the process that started it dies."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the kernel picks it; Triton cannot report one it picked)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServedSession(Session):
-    """Requests to the served model over gRPC: inputs cast to the config's data types, outputs in model order."""
-
-    def __init__(self, server: TritonProcess, layout: "Layout", model: "Model"):
-        self.server = server
-        self.layout = layout
-        self.model = model
-        self.startup_s = server.startup_s
-        config = layout.config
-        max_batch_size = int(config.get("max_batch_size", 0))
-        self.max_batch = min(64, max_batch_size) if max_batch_size > 0 else fixed_batch(model)
-        declared_in = {e.get("name"): e for e in config.get("input", [])}
-        declared_out = [str(e.get("name")) for e in config.get("output", [])]
-        if layout.backend == "pytorch":  # positional: INPUT__i is the signature's i-th input
-            names = [f"INPUT__{i}" for i in range(len(model.inputs))]
-            self.outputs = [f"OUTPUT__{i}" for i in range(len(model.outputs))]
-        else:
-            names = [spec.name for spec in model.inputs]
-            wanted = [spec.name for spec in model.outputs]
-            self.outputs = wanted if all(n in declared_out for n in wanted) else declared_out[: len(wanted)]
-        self.inputs = [(spec.name, name, str(declared_in.get(name, {}).get("data_type", "TYPE_INVALID")))
-                       for spec, name in zip(model.inputs, names)]
-
-    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
-        from tritonclient.grpc import InferInput, InferRequestedOutput
-        from tritonclient.utils import InferenceServerException
-
-        requests = [self._input(InferInput, name, feeds[feed], data_type) for feed, name, data_type in self.inputs]
-        try:
-            result = self.server.client.infer(self.server.model_name, requests,
-                                              outputs=[InferRequestedOutput(n) for n in self.outputs])
-        except InferenceServerException as exc:
-            raise StepError(f"Triton Inference Server refused a request to model '{self.server.model_name}': "
-                            f"{exc.message()}") from exc
-        values = [result.as_numpy(name) for name in self.outputs]
-        missing = [name for name, value in zip(self.outputs, values) if value is None]
-        if missing:
-            raise StepError(f"Triton Inference Server returned no output {', '.join(missing)} for model "
-                            f"'{self.server.model_name}'")
-        return values
-
-    @staticmethod
-    def _input(factory: Any, name: str, value: "np.ndarray", data_type: str) -> Any:
-        """One request input, sent as the type config.pbtxt declares (as a client of that model would)."""
-        import numpy as np
-        from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
-
-        wanted = triton_to_np_dtype(data_type.removeprefix("TYPE_")) if data_type != "TYPE_INVALID" else None
-        array = np.ascontiguousarray(value if wanted is None else value.astype(wanted, copy=False))
-        request = factory(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        request.set_data_from_numpy(array)
-        return request
-
-    def close(self) -> None:
-        self.server.stop()

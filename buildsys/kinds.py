@@ -1,0 +1,205 @@
+"""Node kinds as types: what each kind of node adds to its key, asks its worker for, and does with a result.
+
+A node is an artifact (`digits/onnx`), the reference of a model (`digits/reference`), the check of a
+target (`verify:android`) or its benchmark (`bench:android`). Everything that differs between those
+kinds lives here, decided once, so that the planner and the executor ask the kind instead of
+testing strings: the planner for key components, the executor for the worker request and for what
+a result means (pass, warn, fail; deliver or withdraw; commit to the lock or only record).
+`Node.kind` stays the kind's name (plain data in plans and cached expansions); `kind_of(node)` is
+the class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+    from buildsys.graph import Node
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished node's metrics mean: `failed` with the words for it, and whether to deliver."""
+
+    failed: bool = False
+    what: str = ""
+    deliver: bool = False
+    withdraw: bool = False
+
+
+class NodeKind:
+    """The behaviour every node of one kind shares. Subclasses set the flags and override hooks."""
+
+    name: ClassVar[str]
+    #: Judges an artifact against its model's reference: deps are [artifact, reference], and it runs
+    #: in the artifact's toolchain worker.
+    judges: ClassVar[bool] = False
+    #: Nothing may run beside it (a benchmark: parallel work would skew its latencies).
+    runs_alone: ClassVar[bool] = False
+    #: Its key names the host, so its entry is recorded for this machine and never committed.
+    host_bound: ClassVar[bool] = False
+    #: Its key compares the artifact delivered under artifacts/<target>/ (a check owns delivery).
+    owns_delivery: ClassVar[bool] = False
+
+    @classmethod
+    def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
+        """Add what this kind's output depends on beyond the step, options and inputs."""
+
+    @classmethod
+    def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
+        """Kind-specific fields of the worker request (`source`: the model's source file, if any)."""
+        return {}
+
+    @classmethod
+    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
+        """What a successful step's metrics mean for the build."""
+        return Outcome()
+
+    @classmethod
+    def lock_fields(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Fields the lock entry carries for this kind (besides key, components and files)."""
+        return {}
+
+
+class Artifact(NodeKind):
+    """A step's output on the route from a model's source to a target's format."""
+
+    name = "artifact"
+
+
+class Reference(NodeKind):
+    """The model's source run once on its evaluation inputs: what every check compares to."""
+
+    name = "reference"
+
+    @staticmethod
+    def node_name(model: str) -> str:
+        return f"{model}/{Reference.name}"
+
+    @classmethod
+    def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
+        from buildsys import data
+        from buildsys.formats import get_format
+
+        if data.used_set(model) is None:
+            comp["synthetic"] = {"seed": model.seed, "samples": model.samples}
+        packages += _runtime_packages(get_format(node.source_format).runtime)
+
+
+class Check(NodeKind):
+    """A target's artifact run in its runtime and compared with the reference under its acceptance.
+
+    Its options are the resolved acceptance (a tolerance change re-runs only the check). A pass (or a
+    miss with on_fail: warn) delivers the artifact to artifacts/<target>/; a miss withdraws it.
+    """
+
+    name = "check"
+    judges = True
+    owns_delivery = True
+
+    @staticmethod
+    def node_name(target: str) -> str:
+        return f"verify:{target}"
+
+    @classmethod
+    def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
+        from buildsys.formats import get_format
+
+        comp["options"] = {}
+        comp["acceptance"] = node.options
+        fmt = get_format(node.format)
+        packages += _runtime_packages(fmt.runtime)
+        if node.options.get("serving"):
+            packages += _runtime_packages(fmt.serving_runtime)
+
+    @classmethod
+    def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
+        return {"format": node.format}
+
+    @classmethod
+    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
+        if metrics.get("passed") is False and node.options.get("on_fail") != "warn":
+            return Outcome(failed=True, what="acceptance not met", withdraw=True)
+        return Outcome(deliver=True)
+
+    @classmethod
+    def lock_fields(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"verdict": check_status(metrics)}
+
+
+class Bench(NodeKind):
+    """A target's artifact timed in its runtime next to PyTorch eager; latency budgets are its acceptance."""
+
+    name = "bench"
+    judges = True
+    runs_alone = True
+    host_bound = True
+
+    @staticmethod
+    def node_name(target: str) -> str:
+        return f"bench:{target}"
+
+    @classmethod
+    def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
+        import platform
+
+        from buildsys.formats import get_format
+
+        packages += _runtime_packages(get_format(node.format).runtime)
+        # Latencies belong to a machine: another host measures again.
+        comp["host"] = {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor()}
+
+    @classmethod
+    def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
+        return {"format": node.format, "source_format": model.source.format, "source_path": source}
+
+    @classmethod
+    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
+        if metrics.get("passed") is False and node.options.get("on_fail") != "warn":
+            return Outcome(failed=True, what="latency budget missed")
+        return Outcome()
+
+    @classmethod
+    def lock_fields(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        from buildsys.lock import LOCAL
+
+        return {LOCAL: True}
+
+
+KINDS: dict[str, type[NodeKind]] = {k.name: k for k in (Artifact, Reference, Check, Bench)}
+
+
+def kind_of(node: "Node") -> type[NodeKind]:
+    return KINDS[node.kind]
+
+
+# --- one status vocabulary for the summary, the report, the lock and JSON ------------------------
+
+PASSED, WARNED, NOT_RUN, STRUCTURE_ONLY, UNVERIFIED = (
+    "passed", "missed (warn)", "not run", "structure ok, numeric not run", "unverified")
+
+
+def check_status(metrics: dict[str, Any]) -> str:
+    """A check's outcome in the words every output uses. Holds on every host of one kind (so the
+    lock commits it); the observed numbers behind it are in the build record."""
+    if not metrics:
+        return UNVERIFIED
+    if metrics.get("not_run") and metrics.get("passed") is not False:
+        return STRUCTURE_ONLY if metrics.get("structure") else NOT_RUN
+    if metrics.get("passed") is True:
+        serving = metrics.get("serving") or {}
+        if serving:
+            return f"{PASSED}, served" if serving.get("passed") else f"{PASSED}, serving not run"
+        return PASSED
+    return WARNED if metrics.get("passed") is False else UNVERIFIED
+
+
+def _runtime_packages(runtime: str | None) -> list[str]:
+    """The packages whose versions enter the key of a node that runs `runtime`."""
+    if runtime is None:
+        return []
+    from buildsys.formats import runtimes
+
+    return list(runtimes()[runtime].packages)

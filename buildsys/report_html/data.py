@@ -1,0 +1,120 @@
+"""deploy.lock (as a dict) read into report rows: one `Row` per target with its status and precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from buildsys.kinds import (
+    NOT_RUN,
+    PASSED,
+    STRUCTURE_ONLY,
+    WARNED,
+    Bench,
+    Check,
+    check_status,
+)
+from buildsys.report_html.palette import PRECISION_COLORS, STATUS
+
+
+@dataclass
+class Row:
+    """One target as the report shows it."""
+
+    target: str
+    node: str
+    model: str
+    format: str
+    precision: str
+    path: str
+    files: list[list[Any]]
+    size: int
+    check: dict[str, Any]
+    bench: dict[str, Any]
+    toolchain: dict[str, Any]
+    options: dict[str, Any]
+    on_fail: str
+    status: str = "unverified"
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def metric(self, name: str) -> dict[str, Any] | None:
+        """The first output's item for `name` that has an observed value."""
+        for values in self.outputs.values():
+            item = values.get(name)
+            if isinstance(item, dict) and item.get("observed") is not None:
+                return item
+        return None
+
+    def worst(self, name: str) -> dict[str, Any] | None:
+        """The item for `name` with the largest observed value across outputs (errors)."""
+        items = [v[name] for v in self.outputs.values() if isinstance(v.get(name), dict)
+                 and isinstance(v[name].get("observed"), (int, float))]
+        return max(items, key=lambda i: i["observed"]) if items else None
+
+    def reference_accuracy(self) -> float | None:
+        for values in self.outputs.values():
+            if isinstance(values.get("reference_accuracy"), (int, float)):
+                return float(values["reference_accuracy"])
+        return None
+
+
+def _precision(fmt: str, *hints: Any) -> str:
+    for hint in hints:
+        if isinstance(hint, str) and hint:
+            return hint
+    suffix = fmt.rsplit("-", 1)[-1] if "-" in fmt else ""
+    return suffix if suffix in PRECISION_COLORS else "fp32"
+
+
+def _status(check: dict[str, Any], bench: dict[str, Any], on_fail: str) -> str:
+    """The page's short status (a CSS class and a legend entry), derived from `kinds.check_status`,
+    the vocabulary the console summary and the lock use, plus the benchmark's budget."""
+    words = check_status(check)
+    if words.startswith(PASSED):
+        status = "passed"
+    elif words in (NOT_RUN, STRUCTURE_ONLY):
+        status = "not run"
+    elif words == WARNED:
+        status = "warn" if on_fail == "warn" else "failed"
+    else:
+        status = "unverified"
+    if bench.get("passed") is False and status in ("passed", "not run", "unverified"):
+        status = "over"  # the numbers are right but too slow: a budget was missed
+    return status
+
+
+def rows(lock: dict[str, Any]) -> list[Row]:
+    """The report's rows, in the lock's target order."""
+    nodes = lock.get("nodes") or {}
+    result = []
+    for target, entry in (lock.get("targets") or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        node_name = str(entry.get("node", ""))
+        artifact = nodes.get(node_name) or {}
+        components = artifact.get("components") or {}
+        check_node = nodes.get(Check.node_name(target)) or {}
+        bench_node = nodes.get(Bench.node_name(target)) or {}
+        check = check_node.get("metrics") or {}
+        bench = bench_node.get("metrics") or {}
+        files = [f for f in entry.get("files") or [] if isinstance(f, (list, tuple)) and len(f) >= 3]
+        model, _, fmt = node_name.partition("/")
+        fmt = str(check.get("format") or bench.get("format") or fmt or "")
+        on_fail = ((check_node.get("components") or {}).get("acceptance") or {}).get("on_fail", "error")
+        row = Row(target=str(target), node=node_name, model=model or "?", format=fmt,
+                  precision=_precision(fmt, bench.get("precision"), check.get("precision")),
+                  path=str(entry.get("path", "")), files=[list(f) for f in files],
+                  size=sum(int(f[2]) for f in files if isinstance(f[2], (int, float))),
+                  check=check, bench=bench, toolchain=dict(components.get("toolchain") or {}),
+                  options=dict(components.get("options") or {}), on_fail=str(on_fail))
+        row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
+        row.status = _status(check, bench, row.on_fail)
+        result.append(row)
+    return result
+
+
+def count_statuses(data: list[Row]) -> dict[str, int]:
+    """How many rows have each status, every status present (zero or more), in `STATUS` order."""
+    counts = {k: 0 for k in STATUS}
+    for r in data:
+        counts[r.status] += 1
+    return counts
