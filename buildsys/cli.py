@@ -1,4 +1,4 @@
-"""The `modelbuild` command line: plan, build, verify, graph, explain, clean, gc, schema, doctor.
+"""The `modelbuild` command line: plan, build, verify, bench, bundle (the rest is in cli_inspect).
 
 User mistakes (ModelbuildError) print one line and exit non-zero; only modelbuild's own bugs show
 a traceback.
@@ -8,72 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from buildsys.errors import BuildFailed, ModelbuildError
-
-DEFAULT_CONFIG = "deploy.yaml"
-
-
-@dataclass
-class Project:
-    """An opened deploy file with its lock, store and planner (nothing heavy imported)."""
-
-    config: Any
-    planner: Any
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.planner.store.dir
-
-
-def open_project(config_path: str, serving: bool = False, strict: bool = False) -> Project:
-    from buildsys.config.load import load
-    from buildsys.hashing import StatCache
-    from buildsys.lock import Lock, lock_path_for
-    from buildsys.plan import Planner
-    from buildsys.store import Store
-
-    path = Path(config_path)
-    if not path.exists() and config_path == DEFAULT_CONFIG:
-        hint = "pass the deploy file with -f PATH"
-        if Path("deploy.yaml.example").exists():
-            hint = "try: modelbuild -f deploy.yaml.example build"
-        from buildsys.errors import ConfigError
-
-        raise ConfigError(f"no {DEFAULT_CONFIG} in {Path.cwd()}", hint=hint)
-    cfg = load(path)
-    overrides = {"serving": True} if serving else {}
-    if strict:
-        overrides["require_numeric"] = True
-    if overrides:  # --serving / --strict hold for every target: they enter the check keys like any acceptance
-        cfg.project = with_acceptance(cfg.project, overrides)
-    cache = Path(os.environ.get("MODELBUILD_CACHE") or cfg.root / ".modelbuild")
-    stat = StatCache(cache / "statcache.json")
-    planner = Planner(cfg, Lock.read(lock_path_for(path)), Store(cache, stat), stat, cfg.root / "artifacts")
-    return Project(cfg, planner)
-
-
-def with_acceptance(project: Any, overrides: dict[str, Any]) -> Any:
-    """The project with `overrides` set in every target's acceptance (pydantic models are frozen)."""
-    targets = {name: t.model_copy(update={"acceptance": t.acceptance.model_copy(update=overrides)})
-               for name, t in project.targets.items()}
-    return project.model_copy(update={"targets": targets})
-
-
-def source_sizes(project: Project) -> dict[str, int]:
-    """Bytes of each model's fp32 source (weights or source file): the baseline for size ratios."""
-    from buildsys.graph import source_files
-
-    sizes = {}
-    for name in project.config.project.models:
-        files = source_files(project.config, name)
-        sizes[name] = sum(f.stat().st_size for f in files.get("weights", files.get("source file", [])))
-    return sizes
+from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
 
 
 class Cli(click.Group):
@@ -342,150 +283,14 @@ def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
         raise bundles.BundleError(f"bundle {path.name} failed verification: {failures[0]}")
 
 
-@cli.command()
-@click.option("-o", "--output", default="artifacts/report", show_default=True, metavar="DIR",
-              help="Directory for report.html and report.md (relative to the deploy file).")
-@click.pass_obj
-def report(config: str, output: str) -> None:
-    """Write a self-contained HTML (and Markdown) report of the last build from deploy.lock."""
-    from buildsys.lock import Lock
-    from buildsys.report_html import render
-    from buildsys.store import atomic_write
+def _add_commands() -> None:
+    from buildsys.cli_inspect import COMMANDS
 
-    project = open_project(config)
-    lock = Lock.read(project.planner.lock.path)
-    if not lock.targets:
-        from buildsys.errors import PlanError
-
-        raise PlanError("nothing has been built yet, so there is nothing to report", hint="run: modelbuild build")
-    html, markdown = render({"nodes": lock.nodes, "targets": lock.targets}, project.config.path.name)
-    out = project.config.root / output
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "report.html", html)
-    atomic_write(out / "report.md", markdown)
-    click.echo(f"wrote {project.planner.display(out / 'report.html')} and report.md ({len(lock.targets)} target(s))")
+    for command in COMMANDS:
+        cli.add_command(command)
 
 
-@cli.command()
-@targets_arg
-@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
-@click.pass_obj
-def graph(config: str, targets: tuple[str, ...], fmt: str) -> None:
-    """Print the build DAG."""
-    from buildsys.graph import expand
-
-    dag = expand(open_project(config).config, list(targets) or None)
-    order = dag.order()
-    if fmt == "mermaid":
-        click.echo("graph LR")
-        ids = {n.name: f"n{i}" for i, n in enumerate(order)}
-        for n in order:
-            click.echo(f'  {ids[n.name]}["{n.name}"]')
-        for n in order:
-            for d in n.deps:
-                click.echo(f"  {ids[d]} --> {ids[n.name]}")
-    elif fmt == "dot":
-        click.echo("digraph modelbuild {\n  rankdir=LR;")
-        for n in order:
-            shape = "box" if n.kind == "artifact" else "ellipse"
-            click.echo(f'  "{n.name}" [shape={shape}];')
-        for n in order:
-            for d in n.deps:
-                click.echo(f'  "{d}" -> "{n.name}";')
-        click.echo("}")
-    else:
-        for n in order:
-            deps = f"  ← {', '.join(n.deps)}" if n.deps else f"  ← source ({n.source_format})"
-            targets_of = f"  [{', '.join(n.targets)}]" if n.targets else ""
-            click.echo(f"{n.name}  ({n.step}){deps}{targets_of}")
-
-
-@cli.command()
-@click.argument("node")
-@click.pass_obj
-def explain(config: str, node: str) -> None:
-    """Show a node's key components, its lock entry and why it is fresh or stale."""
-    from buildsys import report
-    from buildsys.errors import PlanError, did_you_mean
-    from buildsys.plan import make_plan
-
-    project = open_project(config)
-    the_plan = make_plan(project.planner)
-    if node not in the_plan.nodes:
-        raise PlanError(f"unknown node '{node}'", hint=did_you_mean(node, the_plan.nodes) or "see: modelbuild graph")
-    p = the_plan.nodes[node]
-    entry = project.planner.lock.nodes.get(node, {})
-    click.echo(report.dumps({"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons,
-                             "key": p.key, "components": p.components, "lock": entry}))
-
-
-@cli.command()
-@click.option("--cache", is_flag=True, help="Also delete the cache directory (.modelbuild).")
-@click.pass_obj
-def clean(config: str, cache: bool) -> None:
-    """Delete materialized artifacts (and with --cache, the whole cache)."""
-    import shutil
-
-    project = open_project(config)
-    artifacts = project.planner.artifacts
-    removed = 0
-    if artifacts.exists():
-        for child in artifacts.iterdir():
-            if child.name != ".gitkeep":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-                removed += 1
-    project.planner.lock.targets.clear()
-    if project.planner.lock.path.exists():
-        project.planner.lock.write()
-    click.echo(f"removed {removed} item(s) from {artifacts}")
-    if cache and project.cache_dir.exists():
-        shutil.rmtree(project.cache_dir)
-        click.echo(f"removed {project.cache_dir}")
-
-
-@cli.command()
-@click.pass_obj
-def gc(config: str) -> None:
-    """Delete cached blobs and actions that deploy.lock does not reference."""
-    project = open_project(config)
-    lock = project.planner.lock
-    entries, blobs, freed = project.planner.store.gc(lock.referenced_keys(), lock.referenced_blobs())
-    click.echo(f"removed {entries} action(s) and {blobs} blob(s), freed {freed / 1e6:.1f} MB")
-
-
-@cli.command()
-@click.option("--steps", is_flag=True, help="Print the options of every step instead.")
-@click.option("--markdown", is_flag=True, help="Print the deploy.yaml reference as Markdown.")
-def schema(steps: bool, markdown: bool) -> None:
-    """Print the JSON Schema of deploy.yaml (or of every step's options)."""
-    from buildsys import report
-    from buildsys.config.schema import Project as ProjectSchema
-
-    if markdown:
-        from buildsys.config.reference import render
-
-        click.echo(render(), nl=False)
-    elif steps:
-        from buildsys.formats import steps as all_steps
-
-        click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],
-                                        "options": s.Options.model_json_schema()} for name, s in sorted(all_steps().items())}))
-    else:
-        click.echo(report.dumps(ProjectSchema.model_json_schema()))
-
-
-@cli.command()
-def doctor() -> None:
-    """Show which toolchains and runtimes are usable on this host."""
-    from buildsys.keys import package_version
-    from buildsys.formats import runtimes
-
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "onnx2tf", "ai-edge-litert", "coremltools"):
-        click.echo(f"  {pkg:<14} {package_version(pkg)}")
-    click.echo("runtimes:")
-    for name, cls in sorted(runtimes().items()):
-        why = cls().unavailable()
-        click.echo(f"  {name:<14} {'ok' if why is None else 'unavailable: ' + why}")
+_add_commands()
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""The format graph (formats as vertices, registered steps as edges) and the expansion of targets
-into a DAG of nodes: artifacts shared between targets, one reference per model, one check per target.
+"""The expansion of targets into a DAG of nodes: artifacts shared between targets (along each
+target's route, see routes.py), one reference per model, one check (and bench) per target.
 
 Expansion is a pure function of the validated project, the selected targets and modelbuild's own
 code, so its result is cached under the cache directory: an unchanged deploy.yaml is planned without
@@ -8,7 +8,6 @@ even importing networkx (a third of `plan`'s start-up).
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,9 +17,10 @@ from pydantic import ValidationError
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
-from buildsys.formats import formats, steps
+from buildsys.formats import steps
 from buildsys.hashing import digest_json
 from buildsys.kinds import Artifact, Bench, Check, Reference
+from buildsys.routes import find_route, format_graph
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -72,60 +72,6 @@ class Dag:
         g.add_nodes_from(self.names)
         g.add_edges_from((d, n.name) for n in self.nodes.values() for d in n.deps)
         return g
-
-
-@lru_cache(maxsize=1)
-def format_graph() -> "nx.DiGraph":
-    """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
-    import networkx as nx
-
-    g = nx.DiGraph()
-    for name, fmt in formats().items():
-        g.add_node(name, source=fmt.source)
-    for step in steps().values():
-        for consumed in step.consumes:
-            if g.has_edge(consumed, step.produces):
-                other = g.edges[consumed, step.produces]["step"]
-                raise PlanError(f"steps {other} and {step.name} both turn {consumed} into {step.produces}")
-            g.add_edge(consumed, step.produces, step=step.name)
-    return g
-
-
-def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedConfig) -> list[str]:
-    """Formats from `source` to `goal` through each of `via` in order (shortest between stops)."""
-    import networkx as nx
-
-    g = format_graph()
-    buildable = sorted(n for n in g.nodes if not g.nodes[n]["source"])
-    base, _, precision = goal.rpartition("-")
-    if goal not in g and base in g and precision in ("fp16", "int8"):
-        variants = sorted(n for n in g.nodes if n.endswith(f"-{precision}"))
-        raise ConfigError(f"format '{base}' has no {precision} variant", where=cfg.where("targets", target, "precision"),
-                          field=f"targets.{target}.precision",
-                          hint=f"{precision} exists for: {', '.join(v.rsplit('-', 1)[0] for v in variants) or 'no format'}")
-    for i, stop in enumerate([*via, goal]):
-        if stop not in g:
-            key = ("targets", target, "via", i) if i < len(via) else ("targets", target, "format")
-            raise ConfigError(f"unknown format '{stop}'", where=cfg.where(*key), field=".".join(map(str, key[:3])),
-                              hint=did_you_mean(stop, buildable) or f"known formats: {', '.join(buildable)}")
-    route = [source]
-    for stop in [*via, goal]:
-        try:
-            leg = nx.shortest_path(g, route[-1], stop)
-        except nx.NetworkXNoPath:
-            reachable = sorted(nx.descendants(g, route[-1]))
-            raise PlanError(f"target '{target}': no route from {route[-1]} to {stop}",
-                            where=cfg.where("targets", target, "format"), field=f"targets.{target}",
-                            hint=f"from {route[-1]} modelbuild can make: {', '.join(reachable) or 'nothing'}") from None
-        route += leg[1:] if len(leg) > 1 else leg  # a stop equal to where we are revisits it
-    seen = set()
-    for fmt in route:
-        if fmt in seen:
-            raise PlanError(f"target '{target}': route {' → '.join(route)} visits {fmt} twice (a cycle)",
-                            where=cfg.where("targets", target, "via"), field=f"targets.{target}.via",
-                            hint="remove the repeated format from 'via'")
-        seen.add(fmt)
-    return route
 
 
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
@@ -309,139 +255,3 @@ def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt
             raise ConfigError(f"{err['input']!r} is not one of {', '.join(choices)}", where=cfg.where(*loc),
                               field=field_name, hint=hint) from None
         raise ConfigError(f"{msg} (got {err.get('input')!r})", where=cfg.where(*loc), field=field_name) from None
-
-
-def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
-    """The files whose contents define a model's source, by role ('code', 'weights', 'source file').
-
-    Raises ConfigError (with the config line) when a file or the factory's module is missing.
-    """
-    model = cfg.project.models[model_name]
-    src = model.source
-    root = cfg.root
-    key = ("models", model_name, "source")
-    out: dict[str, list[Path]] = {}
-    if src.factory:
-        module, _, attr = src.factory.partition(":")
-        module_file = _module_file(root, module)
-        if module_file is None:
-            raise ConfigError(f"factory module '{module}' not found under {root}", where=cfg.where(*key, "factory"),
-                              field=f"models.{model_name}.source.factory",
-                              hint="the module path is relative to the deploy file's directory, e.g. 'examples.digits.model:build'")
-        if not _defines(module_file, attr):
-            raise ConfigError(f"module '{module}' ({module_file.name}) defines no '{attr}'",
-                              where=cfg.where(*key, "factory"), field=f"models.{model_name}.source.factory")
-        code = code_files(root, module)
-        for pattern in src.code:
-            matched = sorted(p for p in root.glob(pattern) if p.is_file())
-            if not matched:
-                raise ConfigError(f"'{pattern}' matches no file", where=cfg.where(*key, "code"),
-                                  field=f"models.{model_name}.source.code")
-            code += matched
-        out["code"] = list(dict.fromkeys(code))
-        if src.weights:
-            out["weights"] = [_existing(cfg, root / src.weights, (*key, "weights"), f"models.{model_name}.source.weights")]
-    else:
-        attr = next(k for k in ("torchscript", "exported", "onnx") if getattr(src, k))
-        path = _existing(cfg, root / getattr(src, attr), (*key, attr), f"models.{model_name}.source.{attr}")
-        out["source file"] = [path]
-        if attr == "onnx" and path.with_name(path.name + ".data").exists():
-            out["source file"].append(path.with_name(path.name + ".data"))
-    return out
-
-
-def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
-    """The file behind data set `which`, checked to exist and to fit the signature (None: a callable)."""
-    from buildsys import data
-
-    model = cfg.project.models[model_name]
-    spec = getattr(model.data, which)
-    if spec is None or spec.path is None:
-        return None
-    key = ("models", model_name, "data", which)
-    path = _existing(cfg, cfg.root / spec.path, key, f"models.{model_name}.data.{which}")
-    try:
-        shapes = data.peek_shapes(path)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{spec.path} is not a readable .npz/.npy file: {exc}", where=cfg.where(*key),
-                          field=f"models.{model_name}.data.{which}") from None
-    for inp in model.inputs:
-        shape = shapes.get("") if path.suffix == ".npy" else shapes.get(inp.name)
-        if shape is None:
-            raise ConfigError(f"{spec.path} has no array '{inp.name}' (has: {', '.join(sorted(shapes)) or 'none'})",
-                              where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
-                              hint="name each array after the model input it feeds")
-        problem = data.shape_problem(inp, shape)
-        if problem:
-            raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
-                              hint="fix the data or the model's inputs[].shape")
-    problem = data.count_problem(shapes, [i.name for i in model.inputs] if path.suffix != ".npy" else [""], spec.labels)
-    if problem:
-        raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
-                          hint="give every input and the labels one entry per sample")
-    return path
-
-
-def _existing(cfg: LoadedConfig, path: Path, key: tuple, field_name: str) -> Path:
-    if not path.is_file():
-        raise ConfigError(f"file '{path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path}' does not exist",
-                          where=cfg.where(*key), field=field_name, hint="paths are relative to the deploy file")
-    return path
-
-
-def code_files(root: Path, module: str) -> list[Path]:
-    """The factory's module and every module under `root` it imports, transitively (plus the
-    packages' __init__ files, which run on import). Found by parsing, never by importing."""
-    import ast
-
-    found: dict[Path, None] = {}
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # package __init__s along the dotted path run too
-            path = _module_file(root, ".".join(parts[:i]))
-            if path is None or path in found:
-                continue
-            found[path] = None
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError):
-                continue
-            package = ".".join(parts[:i]) if path.name == "__init__.py" else ".".join(parts[: i - 1])
-            for stmt in ast.walk(tree):
-                if isinstance(stmt, ast.Import):
-                    todo += [a.name for a in stmt.names]
-                elif isinstance(stmt, ast.ImportFrom):
-                    base = stmt.module or ""
-                    if stmt.level:
-                        anchor = package.split(".")[: len(package.split(".")) - (stmt.level - 1)] if package else []
-                        base = ".".join([*anchor, base] if base else anchor)
-                    todo += [base] + [f"{base}.{a.name}" for a in stmt.names if base]
-    return sorted(found)
-
-
-def _module_file(root: Path, module: str) -> Path | None:
-    base = root.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _defines(module_file: Path, name: str) -> bool:
-    """Whether a module's top level defines `name` (def, class, assignment or import), without importing it."""
-    import ast
-
-    try:
-        tree = ast.parse(module_file.read_text(encoding="utf-8"))
-    except SyntaxError:
-        return True  # let the import report the syntax error with its line
-    for stmt in tree.body:
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name == name:
-            return True
-        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets):
-            return True
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in stmt.names):
-            return True
-    return False

@@ -12,7 +12,8 @@ from typing import Any
 
 from buildsys import keys
 from buildsys.config.load import LoadedConfig
-from buildsys.graph import Dag, Node, data_files, expand, source_files
+from buildsys.graph import Dag, Node, expand
+from buildsys.inputs import data_files, source_files
 from buildsys.hashing import StatCache, digest_json
 from buildsys.kinds import Artifact, kind_of
 from buildsys.lock import Lock

@@ -53,3 +53,12 @@ def test_the_cycle_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from buildsys.errors import describe\n\nif TYPE_CHECKING:\n    import buildsys.plan\n")
     assert imported_modules(module, {"buildsys.errors", "buildsys.plan"}) == {"buildsys.errors"}
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject lists buildsys's packages explicitly (recipes/ is mapped in): none may be missing."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from buildsys.config.load import load
-from buildsys.graph import expand, format_graph
+from buildsys.graph import expand
+from buildsys.routes import format_graph
 from tests.conftest import REPO, TinyProject
 
 

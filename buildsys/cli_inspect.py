@@ -1,0 +1,160 @@
+"""The `modelbuild` commands that read or tidy a project: report, graph, explain, clean, gc, schema, doctor."""
+
+from __future__ import annotations
+
+
+import click
+
+from buildsys.project import open_project
+
+targets_arg = click.argument("targets", nargs=-1)
+
+
+@click.command()
+@click.option("-o", "--output", default="artifacts/report", show_default=True, metavar="DIR",
+              help="Directory for report.html and report.md (relative to the deploy file).")
+@click.pass_obj
+def report(config: str, output: str) -> None:
+    """Write a self-contained HTML (and Markdown) report of the last build from deploy.lock."""
+    from buildsys.lock import Lock
+    from buildsys.report_html import render
+    from buildsys.store import atomic_write
+
+    project = open_project(config)
+    lock = Lock.read(project.planner.lock.path)
+    if not lock.targets:
+        from buildsys.errors import PlanError
+
+        raise PlanError("nothing has been built yet, so there is nothing to report", hint="run: modelbuild build")
+    html, markdown = render({"nodes": lock.nodes, "targets": lock.targets}, project.config.path.name)
+    out = project.config.root / output
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "report.html", html)
+    atomic_write(out / "report.md", markdown)
+    click.echo(f"wrote {project.planner.display(out / 'report.html')} and report.md ({len(lock.targets)} target(s))")
+
+
+@click.command()
+@targets_arg
+@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
+@click.pass_obj
+def graph(config: str, targets: tuple[str, ...], fmt: str) -> None:
+    """Print the build DAG."""
+    from buildsys.graph import expand
+
+    dag = expand(open_project(config).config, list(targets) or None)
+    order = dag.order()
+    if fmt == "mermaid":
+        click.echo("graph LR")
+        ids = {n.name: f"n{i}" for i, n in enumerate(order)}
+        for n in order:
+            click.echo(f'  {ids[n.name]}["{n.name}"]')
+        for n in order:
+            for d in n.deps:
+                click.echo(f"  {ids[d]} --> {ids[n.name]}")
+    elif fmt == "dot":
+        click.echo("digraph modelbuild {\n  rankdir=LR;")
+        for n in order:
+            shape = "box" if n.kind == "artifact" else "ellipse"
+            click.echo(f'  "{n.name}" [shape={shape}];')
+        for n in order:
+            for d in n.deps:
+                click.echo(f'  "{d}" -> "{n.name}";')
+        click.echo("}")
+    else:
+        for n in order:
+            deps = f"  ← {', '.join(n.deps)}" if n.deps else f"  ← source ({n.source_format})"
+            targets_of = f"  [{', '.join(n.targets)}]" if n.targets else ""
+            click.echo(f"{n.name}  ({n.step}){deps}{targets_of}")
+
+
+@click.command()
+@click.argument("node")
+@click.pass_obj
+def explain(config: str, node: str) -> None:
+    """Show a node's key components, its lock entry and why it is fresh or stale."""
+    from buildsys import report
+    from buildsys.errors import PlanError, did_you_mean
+    from buildsys.plan import make_plan
+
+    project = open_project(config)
+    the_plan = make_plan(project.planner)
+    if node not in the_plan.nodes:
+        raise PlanError(f"unknown node '{node}'", hint=did_you_mean(node, the_plan.nodes) or "see: modelbuild graph")
+    p = the_plan.nodes[node]
+    entry = project.planner.lock.nodes.get(node, {})
+    click.echo(report.dumps({"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons,
+                             "key": p.key, "components": p.components, "lock": entry}))
+
+
+@click.command()
+@click.option("--cache", is_flag=True, help="Also delete the cache directory (.modelbuild).")
+@click.pass_obj
+def clean(config: str, cache: bool) -> None:
+    """Delete materialized artifacts (and with --cache, the whole cache)."""
+    import shutil
+
+    project = open_project(config)
+    artifacts = project.planner.artifacts
+    removed = 0
+    if artifacts.exists():
+        for child in artifacts.iterdir():
+            if child.name != ".gitkeep":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                removed += 1
+    project.planner.lock.targets.clear()
+    if project.planner.lock.path.exists():
+        project.planner.lock.write()
+    click.echo(f"removed {removed} item(s) from {artifacts}")
+    if cache and project.cache_dir.exists():
+        shutil.rmtree(project.cache_dir)
+        click.echo(f"removed {project.cache_dir}")
+
+
+@click.command()
+@click.pass_obj
+def gc(config: str) -> None:
+    """Delete cached blobs and actions that deploy.lock does not reference."""
+    project = open_project(config)
+    lock = project.planner.lock
+    entries, blobs, freed = project.planner.store.gc(lock.referenced_keys(), lock.referenced_blobs())
+    click.echo(f"removed {entries} action(s) and {blobs} blob(s), freed {freed / 1e6:.1f} MB")
+
+
+@click.command()
+@click.option("--steps", is_flag=True, help="Print the options of every step instead.")
+@click.option("--markdown", is_flag=True, help="Print the deploy.yaml reference as Markdown.")
+def schema(steps: bool, markdown: bool) -> None:
+    """Print the JSON Schema of deploy.yaml (or of every step's options)."""
+    from buildsys import report
+    from buildsys.config.schema import Project as ProjectSchema
+
+    if markdown:
+        from buildsys.config.reference import render
+
+        click.echo(render(), nl=False)
+    elif steps:
+        from buildsys.formats import steps as all_steps
+
+        click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],
+                                        "options": s.Options.model_json_schema()} for name, s in sorted(all_steps().items())}))
+    else:
+        click.echo(report.dumps(ProjectSchema.model_json_schema()))
+
+
+@click.command()
+def doctor() -> None:
+    """Show which toolchains and runtimes are usable on this host."""
+    from buildsys.keys import package_version
+    from buildsys.formats import runtimes
+
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "onnx2tf", "ai-edge-litert", "coremltools"):
+        click.echo(f"  {pkg:<14} {package_version(pkg)}")
+    click.echo("runtimes:")
+    width = max(map(len, runtimes()))
+    for name, cls in sorted(runtimes().items()):
+        why = cls().unavailable()
+        click.echo(f"  {name:<{width}} {'ok' if why is None else 'unavailable: ' + why}")
+
+
+COMMANDS = [report, graph, explain, clean, gc, schema, doctor]

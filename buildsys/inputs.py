@@ -1,0 +1,149 @@
+"""The project files a node's key reads: the model's source, weights and factory code, and its data sets.
+
+Each is checked to exist (a missing one is a ConfigError naming deploy.yaml's line); data files are
+also checked against the signature from their .npy headers alone, so planning never imports numpy.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from buildsys.config.load import LoadedConfig
+from buildsys.errors import ConfigError
+
+
+def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
+    """The files whose contents define a model's source, by role ('code', 'weights', 'source file').
+
+    Raises ConfigError (with the config line) when a file or the factory's module is missing.
+    """
+    model = cfg.project.models[model_name]
+    src = model.source
+    root = cfg.root
+    key = ("models", model_name, "source")
+    out: dict[str, list[Path]] = {}
+    if src.factory:
+        module, _, attr = src.factory.partition(":")
+        module_file = _module_file(root, module)
+        if module_file is None:
+            raise ConfigError(f"factory module '{module}' not found under {root}", where=cfg.where(*key, "factory"),
+                              field=f"models.{model_name}.source.factory",
+                              hint="the module path is relative to the deploy file's directory, e.g. 'examples.digits.model:build'")
+        if not _defines(module_file, attr):
+            raise ConfigError(f"module '{module}' ({module_file.name}) defines no '{attr}'",
+                              where=cfg.where(*key, "factory"), field=f"models.{model_name}.source.factory")
+        code = code_files(root, module)
+        for pattern in src.code:
+            matched = sorted(p for p in root.glob(pattern) if p.is_file())
+            if not matched:
+                raise ConfigError(f"'{pattern}' matches no file", where=cfg.where(*key, "code"),
+                                  field=f"models.{model_name}.source.code")
+            code += matched
+        out["code"] = list(dict.fromkeys(code))
+        if src.weights:
+            out["weights"] = [_existing(cfg, root / src.weights, (*key, "weights"), f"models.{model_name}.source.weights")]
+    else:
+        attr = next(k for k in ("torchscript", "exported", "onnx") if getattr(src, k))
+        path = _existing(cfg, root / getattr(src, attr), (*key, attr), f"models.{model_name}.source.{attr}")
+        out["source file"] = [path]
+        if attr == "onnx" and path.with_name(path.name + ".data").exists():
+            out["source file"].append(path.with_name(path.name + ".data"))
+    return out
+
+
+def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
+    """The file behind data set `which`, checked to exist and to fit the signature (None: a callable)."""
+    from buildsys import data
+
+    model = cfg.project.models[model_name]
+    spec = getattr(model.data, which)
+    if spec is None or spec.path is None:
+        return None
+    key = ("models", model_name, "data", which)
+    path = _existing(cfg, cfg.root / spec.path, key, f"models.{model_name}.data.{which}")
+    try:
+        shapes = data.peek_shapes(path)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{spec.path} is not a readable .npz/.npy file: {exc}", where=cfg.where(*key),
+                          field=f"models.{model_name}.data.{which}") from None
+    for inp in model.inputs:
+        shape = shapes.get("") if path.suffix == ".npy" else shapes.get(inp.name)
+        if shape is None:
+            raise ConfigError(f"{spec.path} has no array '{inp.name}' (has: {', '.join(sorted(shapes)) or 'none'})",
+                              where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
+                              hint="name each array after the model input it feeds")
+        problem = data.shape_problem(inp, shape)
+        if problem:
+            raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
+                              hint="fix the data or the model's inputs[].shape")
+    problem = data.count_problem(shapes, [i.name for i in model.inputs] if path.suffix != ".npy" else [""], spec.labels)
+    if problem:
+        raise ConfigError(f"{spec.path}: {problem}", where=cfg.where(*key), field=f"models.{model_name}.data.{which}",
+                          hint="give every input and the labels one entry per sample")
+    return path
+
+
+def _existing(cfg: LoadedConfig, path: Path, key: tuple, field_name: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"file '{path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path}' does not exist",
+                          where=cfg.where(*key), field=field_name, hint="paths are relative to the deploy file")
+    return path
+
+
+def code_files(root: Path, module: str) -> list[Path]:
+    """The factory's module and every module under `root` it imports, transitively (plus the
+    packages' __init__ files, which run on import). Found by parsing, never by importing."""
+    import ast
+
+    found: dict[Path, None] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # package __init__s along the dotted path run too
+            path = _module_file(root, ".".join(parts[:i]))
+            if path is None or path in found:
+                continue
+            found[path] = None
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError):
+                continue
+            package = ".".join(parts[:i]) if path.name == "__init__.py" else ".".join(parts[: i - 1])
+            for stmt in ast.walk(tree):
+                if isinstance(stmt, ast.Import):
+                    todo += [a.name for a in stmt.names]
+                elif isinstance(stmt, ast.ImportFrom):
+                    base = stmt.module or ""
+                    if stmt.level:
+                        anchor = package.split(".")[: len(package.split(".")) - (stmt.level - 1)] if package else []
+                        base = ".".join([*anchor, base] if base else anchor)
+                    todo += [base] + [f"{base}.{a.name}" for a in stmt.names if base]
+    return sorted(found)
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _defines(module_file: Path, name: str) -> bool:
+    """Whether a module's top level defines `name` (def, class, assignment or import), without importing it."""
+    import ast
+
+    try:
+        tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    except SyntaxError:
+        return True  # let the import report the syntax error with its line
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name == name:
+            return True
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets):
+            return True
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in stmt.names):
+            return True
+    return False

@@ -1,0 +1,71 @@
+"""The format graph (formats as vertices, registered steps as edges) and a target's route through it.
+
+"TFLite needs SavedModel needs ONNX needs the traced model" falls out of this graph: a route is the
+shortest path from the model's source format to the target's format, through each `via:` stop.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from buildsys.config.load import LoadedConfig
+from buildsys.errors import ConfigError, PlanError, did_you_mean
+from buildsys.formats import formats, steps
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+@lru_cache(maxsize=1)
+def format_graph() -> "nx.DiGraph":
+    """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for name, fmt in formats().items():
+        g.add_node(name, source=fmt.source)
+    for step in steps().values():
+        for consumed in step.consumes:
+            if g.has_edge(consumed, step.produces):
+                other = g.edges[consumed, step.produces]["step"]
+                raise PlanError(f"steps {other} and {step.name} both turn {consumed} into {step.produces}")
+            g.add_edge(consumed, step.produces, step=step.name)
+    return g
+
+
+def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedConfig) -> list[str]:
+    """Formats from `source` to `goal` through each of `via` in order (shortest between stops)."""
+    import networkx as nx
+
+    g = format_graph()
+    buildable = sorted(n for n in g.nodes if not g.nodes[n]["source"])
+    base, _, precision = goal.rpartition("-")
+    if goal not in g and base in g and precision in ("fp16", "int8"):
+        variants = sorted(n for n in g.nodes if n.endswith(f"-{precision}"))
+        raise ConfigError(f"format '{base}' has no {precision} variant", where=cfg.where("targets", target, "precision"),
+                          field=f"targets.{target}.precision",
+                          hint=f"{precision} exists for: {', '.join(v.rsplit('-', 1)[0] for v in variants) or 'no format'}")
+    for i, stop in enumerate([*via, goal]):
+        if stop not in g:
+            key = ("targets", target, "via", i) if i < len(via) else ("targets", target, "format")
+            raise ConfigError(f"unknown format '{stop}'", where=cfg.where(*key), field=".".join(map(str, key[:3])),
+                              hint=did_you_mean(stop, buildable) or f"known formats: {', '.join(buildable)}")
+    route = [source]
+    for stop in [*via, goal]:
+        try:
+            leg = nx.shortest_path(g, route[-1], stop)
+        except nx.NetworkXNoPath:
+            reachable = sorted(nx.descendants(g, route[-1]))
+            raise PlanError(f"target '{target}': no route from {route[-1]} to {stop}",
+                            where=cfg.where("targets", target, "format"), field=f"targets.{target}",
+                            hint=f"from {route[-1]} modelbuild can make: {', '.join(reachable) or 'nothing'}") from None
+        route += leg[1:] if len(leg) > 1 else leg  # a stop equal to where we are revisits it
+    seen = set()
+    for fmt in route:
+        if fmt in seen:
+            raise PlanError(f"target '{target}': route {' → '.join(route)} visits {fmt} twice (a cycle)",
+                            where=cfg.where("targets", target, "via"), field=f"targets.{target}.via",
+                            hint="remove the repeated format from 'via'")
+        seen.add(fmt)
+    return route
