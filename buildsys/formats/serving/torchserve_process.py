@@ -23,8 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -163,6 +161,8 @@ class ServerLogs:
 
 def http_failure(exc: Exception) -> str:
     """What an HTTP call's failure says: TorchServe's JSON message, else the exception."""
+    import urllib.error
+
     if isinstance(exc, urllib.error.HTTPError):
         try:
             body = json.loads(exc.read() or b"{}")
@@ -184,6 +184,10 @@ class TorchServeProcess:
         self.process = process
         self.env = env
         self.logs = ServerLogs(tmp)
+        # urllib.request (with http.client and ssl) is imported here, not at the top: this module is
+        # loaded by the format registry on every `plan`, where it would cost ~8 ms for nothing.
+        import urllib.request
+
         # Direct connections only: a proxy from the environment must not see loopback traffic.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -228,6 +232,8 @@ class TorchServeProcess:
     def call(self, api: str, path: str, data: bytes | None = None, method: str = "GET",
              timeout: float = REQUEST_TIMEOUT_S) -> Any:
         """One HTTP call to the server; its JSON answer."""
+        import urllib.request
+
         request = urllib.request.Request(self.url(api, path), data=data, method=method,
                                          headers={"Content-Type": "application/octet-stream"} if data else {})
         with self._opener.open(request, timeout=timeout) as response:
