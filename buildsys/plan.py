@@ -112,7 +112,7 @@ class Planner:
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
         for shipped in step.shipped_files:
             inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)
-        if kind.name == Artifact.name and _names_files(step):  # most steps don't: skip re-validating options
+        if kind is Artifact and _names_files(step):  # most steps don't: skip re-validating their options
             for rel in step.files_used(step.Options.model_validate(node.options)):
                 inputs[f"file {rel}"] = self._file_input(rel)
         for which in node.data_sets:
