@@ -79,24 +79,24 @@ def load_set(model: "Model", which: str, root: Path) -> Batch | None:
 
 
 def batch_problem(batch: Batch, labels_name: str = "labels") -> str | None:
-    """Why `batch` cannot judge an artifact (samples that disagree in number, non-finite inputs,
-    labels that do not fit), or None. Found here, such data is reported as bad data instead of
-    surfacing later as an artifact's failed check."""
+    """Why `batch` cannot judge an artifact (samples that disagree in number, labels that do not fit,
+    non-finite inputs), or None. Found here, such data is reported as bad data instead of surfacing
+    later as an artifact's failed check."""
     import numpy as np
 
-    counts = {name: len(value) for name, value in batch.inputs.items()}
-    if len(set(counts.values())) > 1:
-        return "the inputs hold different numbers of samples (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
-    n = next(iter(counts.values()))
+    shapes = {name: value.shape for name, value in batch.inputs.items()}
+    if batch.labels is not None:
+        shapes[labels_name] = batch.labels.shape
+    problem = count_problem(shapes, list(batch.inputs), labels_name)
+    if problem:
+        return problem
+    n = len(batch)
     for name, value in batch.inputs.items():
         if value.dtype.kind == "f":
             bad = ~np.isfinite(value.reshape(n, -1)).all(axis=1) if n else np.zeros(0, bool)
             if bad.any():
                 first = int(np.argmax(bad))
                 return (f"input '{name}' holds NaN or inf in {int(bad.sum())} of {n} samples (the first: sample {first})")
-    if batch.labels is not None and batch.labels.shape != (n,):
-        return (f"'{labels_name}' has shape {list(batch.labels.shape)}, but there are {n} samples: "
-                f"labels need one class index per sample, shape [{n}]")
     return None
 
 

@@ -45,7 +45,12 @@ class NodeKind:
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
-        """Add what this kind's output depends on beyond the step, options and inputs."""
+        """Add what this kind's output depends on beyond the step, options and inputs. A judging kind
+        runs the artifact in its format's runtime, whose packages therefore enter its key."""
+        if cls.judges:
+            from buildsys.formats import get_format
+
+            packages += _runtime_packages(get_format(node.format).runtime)
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
@@ -107,12 +112,11 @@ class Check(NodeKind):
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
         from buildsys.formats import get_format
 
+        super().add_components(node, model, comp, packages)
         comp["options"] = {}
         comp["acceptance"] = node.options
-        fmt = get_format(node.format)
-        packages += _runtime_packages(fmt.runtime)
         if node.options.get("serving"):
-            packages += _runtime_packages(fmt.serving_runtime)
+            packages += _runtime_packages(get_format(node.format).serving_runtime)
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
@@ -145,9 +149,7 @@ class Bench(NodeKind):
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
         import platform
 
-        from buildsys.formats import get_format
-
-        packages += _runtime_packages(get_format(node.format).runtime)
+        super().add_components(node, model, comp, packages)
         # Latencies belong to a machine: another host measures again.
         comp["host"] = {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor()}
 

@@ -29,8 +29,7 @@ class Check(Step):
     description = "Numeric verification of an artifact against the reference."
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
-        from buildsys.formats import get_runtime
-        from buildsys.formats import get_format
+        from buildsys.formats import get_format, get_runtime
 
         opts: Any = ctx.options
         fmt_name = ctx.extra["format"]
@@ -57,18 +56,13 @@ class Check(Step):
         import numpy as np
 
         from buildsys.data import Batch
-        from buildsys.verify import compare
 
         with np.load(ctx.extra["reference"]) as ref:
             inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
             expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
             labels = ref["labels"] if "labels" in ref.files else None
         batch = Batch(inputs, labels, "reference")
-        observed = self._observe(ctx, runtime_name, batch)  # type: ignore[arg-type]
-        results = {}
-        for spec, out in zip(ctx.model.outputs, observed):
-            tol = opts.outputs.get(spec.name)
-            results[spec.name] = compare(spec.name, spec.kind, expected[spec.name], out, tol, labels)
+        results = self._compare(ctx, self._observe(ctx, runtime_name, batch), expected, labels)  # type: ignore[arg-type]
         passed = all(bool(r) for r in results.values()) and not problems
         metrics = {"passed": passed, "samples": len(batch), "format": fmt_name, "runtime": runtime_name,
                    "outputs": {name: r.as_dict() for name, r in results.items()}}
@@ -111,18 +105,22 @@ class Check(Step):
         else {"runtime", "passed", "outputs", "failures"}.
         """
         from buildsys.formats import get_runtime
-        from buildsys.verify import compare
 
-        opts: Any = ctx.options
         reason = get_runtime(runtime_name).unavailable()
         if reason:
             return {"runtime": runtime_name, "passed": None, "not_run": reason}
-        observed = self._observe(ctx, runtime_name, batch)
-        results = {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)
-                   for spec, out in zip(ctx.model.outputs, observed)}
+        results = self._compare(ctx, self._observe(ctx, runtime_name, batch), expected, labels)
         passed = all(bool(r) for r in results.values())
         return {"runtime": runtime_name, "passed": passed, "outputs": {n: r.as_dict() for n, r in results.items()},
                 "failures": [f"{name}: {row}" for name, r in results.items() for row in r.failures()]}
+
+    def _compare(self, ctx: StepContext, observed: list[Any], expected: dict[str, Any], labels: Any) -> dict[str, Any]:
+        """Each output compared with its reference under its resolved tolerance, by output name."""
+        from buildsys.verify import compare
+
+        opts: Any = ctx.options
+        return {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)
+                for spec, out in zip(ctx.model.outputs, observed)}
 
     def _write(self, ctx: StepContext, metrics: dict[str, Any]) -> dict[str, Any]:
         report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,
