@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
-from buildsys.formats import steps
+from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.kinds import Artifact, Bench, Check, Reference
 from buildsys.routes import find_route, format_graph
@@ -141,7 +141,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
                               field=f"targets.{tname}.model", hint=did_you_mean(target.model, project.models)
                               or f"models: {', '.join(project.models)}")
         model = project.models[target.model]
-        route = find_route(model.source.format, target.goal, target.via, tname, cfg)
+        route = find_route(model.source.format, target.format, target.precision, target.via, tname, cfg)
+        precision = _precision(target, route[-1], cfg, tname)
         routes[tname] = route
         # `options: {triton: ...}` on a `format: triton, precision: int8` target means its goal, triton-int8
         opts_by_format = dict(target.options)
@@ -173,12 +174,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
                 identities[ident] = Node(
                     name="", kind=Artifact.name, model=target.model, format=b, step=step.name, options=opts,
                     deps=[previous] if previous else [], source_format=a if fg.nodes[a]["source"] else "",
-                    data_sets=tuple(dict.fromkeys(data)), precision=target.precision if b == target.goal else "fp32")
+                    data_sets=tuple(dict.fromkeys(data)), precision=get_format(b).precision)
                 chains.setdefault(f"{target.model}/{b}", []).append(ident)
             previous = ident
         identities[previous].targets.append(tname)
         try:
-            acceptance = verify.resolve_acceptance(target.acceptance, target.precision, model.outputs)
+            acceptance = verify.resolve_acceptance(target.acceptance, precision, model.outputs)
         except ConfigError as exc:
             raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
                               where=cfg.where("targets", tname, "acceptance", "outputs"),
@@ -186,13 +187,13 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
         reference = Reference.node_name(target.model)
         checks.append(Node(name=Check.node_name(tname), kind=Check.name, model=target.model, format=target.goal,
                            step=CHECK_STEP, options=acceptance, deps=[previous, reference], target=tname,
-                           precision=target.precision))
+                           precision=precision))
         acc = target.acceptance
         if bench or acc.p50_ms is not None or acc.p95_ms is not None:
             options = BenchOptions(batch_size=acc.bench_batch, p50_ms=acc.p50_ms, p95_ms=acc.p95_ms, on_fail=acc.on_fail)
             checks.append(Node(name=Bench.node_name(tname), kind=Bench.name, model=target.model, format=target.goal,
                                step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[previous, reference],
-                               target=tname, precision=target.precision))
+                               target=tname, precision=precision))
     # Name artifact nodes: "model/format", with an options digest when one model has several variants.
     rename = {}
     for base, idents in chains.items():
@@ -228,6 +229,18 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
     return Dag(nodes, names, consumers, target_nodes, routes)
+
+
+def _precision(target: Any, goal: str, cfg: LoadedConfig, tname: str) -> str:
+    """The precision a target's artifact is judged at: its goal format's. `format: onnx-int8` names
+    an int8 format, so its check uses int8 tolerances; an explicit `precision: fp32` beside it is a
+    contradiction, not a request for fp32 tolerances on an int8 model."""
+    fmt = get_format(goal)
+    if fmt.precision != target.precision and "precision" in target.model_fields_set:
+        raise ConfigError(f"format '{goal}' is {fmt.precision}, but the target says precision: {target.precision}",
+                          where=cfg.where("targets", tname, "precision"), field=f"targets.{tname}.precision",
+                          hint=f"write format: {fmt.family} with precision: {fmt.precision}, or drop the precision")
+    return fmt.precision
 
 
 def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt: str) -> Any:

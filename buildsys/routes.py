@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.formats import formats, steps
+from buildsys.precision import format_name
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -34,18 +35,20 @@ def format_graph() -> "nx.DiGraph":
     return g
 
 
-def find_route(source: str, goal: str, via: list[str], target: str, cfg: LoadedConfig) -> list[str]:
-    """Formats from `source` to `goal` through each of `via` in order (shortest between stops)."""
+def find_route(source: str, family: str, precision: str, via: list[str], target: str,
+               cfg: LoadedConfig) -> list[str]:
+    """Formats from `source` to the `family` format at `precision` through each of `via` in order
+    (shortest between stops)."""
     import networkx as nx
 
     g = format_graph()
     buildable = sorted(n for n in g.nodes if not g.nodes[n]["source"])
-    base, _, precision = goal.rpartition("-")
-    if goal not in g and base in g and precision in ("fp16", "int8"):
-        variants = sorted(n for n in g.nodes if n.endswith(f"-{precision}"))
-        raise ConfigError(f"format '{base}' has no {precision} variant", where=cfg.where("targets", target, "precision"),
+    goal = format_name(family, precision)
+    if goal not in g and any(f.family == family for f in formats().values()):
+        others = sorted({f.family for f in formats().values() if f.precision == precision})
+        raise ConfigError(f"format '{family}' has no {precision} variant", where=cfg.where("targets", target, "precision"),
                           field=f"targets.{target}.precision",
-                          hint=f"{precision} exists for: {', '.join(v.rsplit('-', 1)[0] for v in variants) or 'no format'}")
+                          hint=f"{precision} exists for: {', '.join(others) or 'no format'}")
     for i, stop in enumerate([*via, goal]):
         if stop not in g:
             key = ("targets", target, "via", i) if i < len(via) else ("targets", target, "format")

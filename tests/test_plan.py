@@ -50,6 +50,39 @@ def test_every_step_declares_a_registered_format() -> None:
     assert "onnx" in g and g.has_edge("pytorch", "torchscript") and g.has_edge("onnx", "onnx-int8")
 
 
+def test_precision_is_a_field_of_the_format_not_of_its_name() -> None:
+    from buildsys.formats import formats, steps
+    from buildsys.precision import format_name
+
+    for name, fmt in formats().items():
+        assert format_name(fmt.family, fmt.precision) == name, name
+    for name, step in steps().items():
+        assert step.precision == formats()[step.produces].precision, name
+    # One class body serves the Triton ONNX layouts of every precision, and Core ML's fp32 and fp16.
+    bodies = {steps()[n].__mro__[1] for n in ("triton-from-onnx", "triton-fp16-from-onnx-fp16",
+                                             "triton-int8-from-onnx-int8")}
+    assert len(bodies) == 1 and {f.precision for f in formats().values() if f.family == "triton"} == \
+        {"fp32", "fp16", "int8"}
+    assert steps()["coreml-fp16-from-torchscript"]().compute == "float16"
+    assert steps()["coreml-from-torchscript"]().compute == "float32"
+
+
+def test_a_format_named_with_its_precision_is_judged_at_that_precision(tiny: TinyProject) -> None:
+    tiny.edit("    format: onnx\n    precision: int8\n", "    format: onnx-int8\n")
+    dag = dag_for(tiny, "int8")
+    check = dag.nodes["verify:int8"]
+    assert check.precision == "int8" and dag.nodes["tiny/onnx-int8"].precision == "int8"
+    assert dag.nodes["tiny/onnx"].precision == "fp32"
+    # The int8 defaults, not the fp32 ones (a cosine floor of 0.99 instead of 0.9999).
+    assert check.options["outputs"]["y"]["min_cosine"] < 0.999
+
+
+def test_a_precision_that_contradicts_the_format_is_an_error(tiny: TinyProject) -> None:
+    tiny.edit("    format: onnx\n    precision: int8\n", "    format: onnx-int8\n    precision: fp32\n")
+    with pytest.raises(Exception, match=r"format 'onnx-int8' is int8, but the target says precision: fp32"):
+        dag_for(tiny, "int8")
+
+
 @pytest.mark.parametrize("edit, message", [
     (("format: torchscript", "format: tflte"), r"deploy\.yaml:\d+: targets\.ts\.format: unknown format 'tflte'"),
     (("model: tiny\n    format: torchscript", "model: tinny\n    format: torchscript"),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from buildsys.config.schema import Project
 from buildsys.errors import ConfigError, Location, did_you_mean
+from buildsys.precision import format_name
 
 KeyPath = tuple[str | int, ...]
 MAX_NODES = 1_000_000  # far above any real deploy.yaml
@@ -217,17 +218,14 @@ def _apply_recipe(target: dict, tname: str, recipes: dict, locs: dict, path: Pat
                 locs.setdefault(("targets", tname) + k[2:], loc)
     # A target that changes the preset's format or precision leaves the preset's goal behind, so the
     # preset's options for that goal no longer apply (platform: ios + precision: fp32 → plain coreml).
-    goal = _goal(merged.get("format"), merged.get("precision", "fp32"))
-    if goal != _goal(target.get("format", merged.get("format")), target.get("precision", merged.get("precision", "fp32"))):
+    goal = format_name(str(merged.get("format")), merged.get("precision", "fp32"))
+    if goal != format_name(str(target.get("format", merged.get("format"))),
+                           target.get("precision", merged.get("precision", "fp32"))):
         own = target.get("options") or {}
         kept = {k: v for k, v in (merged.get("options") or {}).items()
                 if k in own or k not in (goal, merged.get("format"))}
         merged = {**merged, "options": kept}
     return _deep_merge(merged, target)
-
-
-def _goal(fmt: Any, precision: Any) -> str:
-    return str(fmt) if precision == "fp32" else f"{fmt}-{precision}"
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

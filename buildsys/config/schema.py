@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from buildsys.precision import Precision, format_name
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-Precision = Literal["fp32", "fp16", "int8"]
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
 
 
@@ -243,7 +244,7 @@ class Target(Strict):
     @property
     def goal(self) -> str:
         """The node format this target ends at: 'onnx' + int8 → 'onnx-int8'."""
-        return self.format if self.precision == "fp32" else f"{self.format}-{self.precision}"
+        return format_name(self.format, self.precision)
 
 
 class Bundle(Strict):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.registry import (formats, get_format, get_runtime, get_step, register, register_format,
-                                       register_runtime, runtimes, steps)
+                                       register_formats, register_runtime, register_variants, runtimes, steps)
 
-__all__ = ["Format", "Step", "StepContext", "StepOptions", "register", "register_format", "register_runtime",
-           "steps", "formats", "runtimes", "get_format", "get_step", "get_runtime"]
+__all__ = ["Format", "Step", "StepContext", "StepOptions", "register", "register_format", "register_formats",
+           "register_runtime", "register_variants", "steps", "formats", "runtimes", "get_format", "get_step",
+           "get_runtime"]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from buildsys.precision import PRECISIONS, format_name
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -40,24 +42,52 @@ class Format:
     filename: str
     runtime: str | None
     description: str
+    #: The numeric precision of the artifact (fp32, fp16, int8): a field, never parsed from the name.
+    #: Variants of one family share `family` and differ in `precision` (see `Format.variants`).
+    precision: str = "fp32"
+    family: str = ""  # unset: the name (a family of one)
     layout: str = "source"
     source: bool = False  # a model source (pytorch factory, a given file): never built, only hashed
     #: The runtime that serves the artifact as production would (a Triton or TorchServe server on
     #: loopback); checks use it when the acceptance asks for `serving`. None: no such software.
     serving_runtime: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"format {self.name}: unknown precision {self.precision!r}")
+
+    @classmethod
+    def variants(cls, family: str, descriptions: dict[str, str], **common: Any) -> dict[str, "Format"]:
+        """One format per precision of `family`, alike but for the precision and its description.
+
+        `descriptions` maps each precision the family has to what that member is; the names come
+        from `format_name` (`tflite`, `tflite-fp16`, `tflite-int8`). Register them with
+        `register_formats`.
+        """
+        return {p: cls(name=format_name(family, p), family=family, precision=p, description=text, **common)
+                for p, text in descriptions.items()}
+
+
+O = TypeVar("O", bound=StepOptions)
+
 
 @dataclass
-class StepContext:
-    """Everything a step may read, and the one place it may write (`out_dir`)."""
+class StepContext(Generic[O]):
+    """Everything a step may read, and the one place it may write (`out_dir`).
+
+    `options` is the step's own `Options` model, validated at plan time: a step annotates its
+    context as `StepContext[Options]` and reads typed fields.
+    """
 
     model_name: str
     model: "Model"
     root: Path  # the deploy.yaml directory: factories import from here, data paths resolve here
     input_path: Path | None  # main file/dir of the upstream node (None for a factory source)
     out_dir: Path
-    options: StepOptions
-    precision: str = "fp32"
+    options: O
+    precision: str = "fp32"  # the produced format's precision (the target's, for checks and benches)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def data(self, which: str) -> "Batch | None":
@@ -79,6 +109,9 @@ class Step:
     name: ClassVar[str]
     consumes: ClassVar[tuple[str, ...]]
     produces: ClassVar[str]
+    #: The precision of what the step produces; equal to `Format.precision` of `produces` (a test
+    #: holds every step to it). One class serves several precisions through `register_variants`.
+    precision: ClassVar[str] = "fp32"
     version: ClassVar[int] = 1  # bump when the output for the same inputs changes
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`

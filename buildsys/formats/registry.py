@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from buildsys.precision import format_name
 
 
 if TYPE_CHECKING:
@@ -34,10 +36,42 @@ def register(cls: S) -> S:
     return cls
 
 
+def register_variants(consumes: dict[str, str | tuple[str, ...]]) -> Callable[[S], S]:
+    """Class decorator: register one step per precision from a class whose code is the same for all.
+
+    `consumes` maps each precision to the format(s) that precision's step reads, e.g.
+    `{"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}` for a step that lays out an ONNX
+    model of any precision. The class sets `produces` to its family's name; each registered step is
+    a subclass with `precision`, `produces` (`format_name(family, precision)`), `consumes` and
+    `name` ("<produces>-from-<first consumed>", dashed) filled in, and reads `self.precision` where it differs.
+    The decorated class itself stays unregistered (it is the shared body) and is returned.
+    """
+    def deco(cls: S) -> S:
+        family = cls.produces
+        for precision, consumed in consumes.items():
+            inputs = (consumed,) if isinstance(consumed, str) else tuple(consumed)
+            produced = format_name(family, precision)
+            variant = type(f"{cls.__name__}[{precision}]", (cls,), {
+                "__doc__": cls.__doc__, "__module__": cls.__module__, "precision": precision,
+                "produces": produced, "consumes": inputs, "name": f"{produced}-from-{inputs[0].replace('_', '-')}"})
+            register(variant)
+        return cls
+    return deco
+
+
 def register_format(fmt: "Format") -> "Format":
     """Make a Format known by its name (called at import of the module that produces it)."""
+    if fmt.name in _FORMATS and _FORMATS[fmt.name] != fmt:
+        raise ValueError(f"two formats are named {fmt.name!r}")
     _FORMATS[fmt.name] = fmt
     return fmt
+
+
+def register_formats(variants: dict[str, "Format"]) -> dict[str, "Format"]:
+    """Register every member of a family made by `Format.variants`; returns them by precision."""
+    for fmt in variants.values():
+        register_format(fmt)
+    return variants
 
 
 def register_runtime(cls: R) -> R:

@@ -51,11 +51,11 @@ class Bench(Step):
     Options = BenchOptions
     description = "Latency benchmark of an artifact against PyTorch eager."
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[BenchOptions]) -> dict[str, Any]:
         from buildsys.formats import get_runtime
         from buildsys.formats import get_format
 
-        opts: Any = ctx.options
+        opts = ctx.options
         fmt_name = ctx.extra["format"]
         runtime_name = get_format(fmt_name).runtime
         head: dict[str, Any] = {"format": fmt_name, "runtime": runtime_name, "precision": ctx.precision,
@@ -86,7 +86,7 @@ class Bench(Step):
 
     # --- pieces ----------------------------------------------------------------------------------
 
-    def _feeds(self, ctx: StepContext, batch_size: int) -> dict[str, Any]:
+    def _feeds(self, ctx: StepContext[BenchOptions], batch_size: int) -> dict[str, Any]:
         """`batch_size` samples of the reference inputs, wrapped around when there are fewer."""
         import numpy as np
 
@@ -100,7 +100,7 @@ class Bench(Step):
         index = np.asarray(tile_indices(available, batch_size))
         return {name: np.ascontiguousarray(value[index]) for name, value in inputs.items()}
 
-    def _eager(self, ctx: StepContext, feeds: dict[str, Any], opts: Any, raw: dict[str, list[float]]) -> dict[str, Any]:
+    def _eager(self, ctx: StepContext[BenchOptions], feeds: dict[str, Any], opts: BenchOptions, raw: dict[str, list[float]]) -> dict[str, Any]:
         """The source model on the same inputs; a problem here is reported, not a failure of the bench."""
         from buildsys.formats import get_runtime
         from buildsys.formats import get_format
@@ -122,7 +122,7 @@ class Bench(Step):
 
             return {"runtime": runtime_name, "not_run": describe(exc)}
 
-    def _bench(self, ctx: StepContext, runtime_name: str, path: Path | None, feeds: dict[str, Any], opts: Any,
+    def _bench(self, ctx: StepContext[BenchOptions], runtime_name: str, path: Path | None, feeds: dict[str, Any], opts: BenchOptions,
                raw: dict[str, list[float]], label: str) -> dict[str, Any]:
         """Load the artifact, run it warmup + timed calls; statistics, load time and peak memory added."""
         import time
@@ -166,7 +166,7 @@ class Bench(Step):
             result["threads"] = threads
         return result
 
-    def _write(self, ctx: StepContext, metrics: dict[str, Any], raw: dict[str, list[float]]) -> dict[str, Any]:
+    def _write(self, ctx: StepContext[BenchOptions], metrics: dict[str, Any], raw: dict[str, list[float]]) -> dict[str, Any]:
         report = {**metrics, "model": ctx.model_name, "options": ctx.options.model_dump(mode="json"),
                   "quantiles_ms": {"q": list(range(0, 101, 5)), **raw}}
         (ctx.out_dir / BENCH.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

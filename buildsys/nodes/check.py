@@ -28,10 +28,10 @@ class Check(Step):
     Options = CheckOptions
     description = "Numeric verification of an artifact against the reference."
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[CheckOptions]) -> dict[str, Any]:
         from buildsys.formats import get_format, get_runtime
 
-        opts: Any = ctx.options
+        opts = ctx.options
         fmt_name = ctx.extra["format"]
         runtime_name = get_format(fmt_name).runtime
         structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model, fmt_name) if runtime_name else None  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ class Check(Step):
             metrics["failures"] = problems + [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         return self._write(ctx, metrics)
 
-    def _observe(self, ctx: StepContext, runtime_name: str, batch: Any) -> list[Any]:
+    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any) -> list[Any]:
         """Every output of the artifact on `batch`, run in `runtime_name`; a runtime failure is a StepError."""
         from buildsys.formats import get_runtime
 
@@ -97,7 +97,7 @@ class Check(Step):
 
             raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
 
-    def _serve(self, ctx: StepContext, runtime_name: str, batch: Any, expected: dict[str, Any],
+    def _serve(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any, expected: dict[str, Any],
                labels: Any) -> dict[str, Any]:
         """The serving check: the same inputs through the real serving software, judged like the artifact.
 
@@ -114,15 +114,15 @@ class Check(Step):
         return {"runtime": runtime_name, "passed": passed, "outputs": {n: r.as_dict() for n, r in results.items()},
                 "failures": [f"{name}: {row}" for name, r in results.items() for row in r.failures()]}
 
-    def _compare(self, ctx: StepContext, observed: list[Any], expected: dict[str, Any], labels: Any) -> dict[str, Any]:
+    def _compare(self, ctx: StepContext[CheckOptions], observed: list[Any], expected: dict[str, Any], labels: Any) -> dict[str, Any]:
         """Each output compared with its reference under its resolved tolerance, by output name."""
         from buildsys.verify import compare
 
-        opts: Any = ctx.options
+        opts = ctx.options
         return {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)
                 for spec, out in zip(ctx.model.outputs, observed)}
 
-    def _write(self, ctx: StepContext, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _write(self, ctx: StepContext[CheckOptions], metrics: dict[str, Any]) -> dict[str, Any]:
         report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,
                   "acceptance": ctx.options.model_dump(mode="json")}
         (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -13,29 +13,24 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from buildsys.formats import register, register_format
+from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.torch.torchscript import load_input
 
 if TYPE_CHECKING:
     from buildsys.config.schema import InputSpec, Model
 
-COREML = register_format(Format(
-    name="coreml", filename="model.mlpackage", runtime="coreml",
-    description="Core ML ML Program (.mlpackage directory), float32 compute.",
-))
-COREML_FP16 = register_format(Format(
-    name="coreml-fp16", filename="model.mlpackage", runtime="coreml",
-    description="Core ML ML Program, float16 weights and compute (GPU / Neural Engine precision).",
-))
-COREML_INT8 = register_format(Format(
-    name="coreml-int8", filename="model.mlpackage", runtime="coreml",
-    description="Core ML ML Program with compressed weights (int8 linear or palettized), float16 compute.",
-))
+COREML = register_formats(Format.variants(
+    "coreml", {
+        "fp32": "Core ML ML Program (.mlpackage directory), float32 compute.",
+        "fp16": "Core ML ML Program, float16 weights and compute (GPU / Neural Engine precision).",
+        "int8": "Core ML ML Program with compressed weights (int8 linear or palettized), float16 compute.",
+    }, filename="model.mlpackage", runtime="coreml"))
+MLPACKAGE = COREML["fp32"].filename
 
 # Core ML specification version of each deployment target (ML Programs start at version 6).
 SPEC_VERSION = {f"{os}{v}": spec for os, first in (("iOS", 15), ("macOS", 12), ("tvOS", 15), ("watchOS", 8))
@@ -98,19 +93,30 @@ class CoremlOptions(StepOptions):
     metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
 
 
-class _FromTorchScript(Step):
-    """Shared body: trace-file → ML Program with the signature's names, then optional weight compression."""
+_TRACED = ("torchscript", "torchscript-file")
 
-    consumes = ("torchscript", "torchscript-file")
+
+@register_variants({"fp32": _TRACED, "fp16": _TRACED})
+class CoremlFromTorchScript(Step):
+    """Convert the traced model to a Core ML ML Program computing in float32 (fp32) or float16 (fp16).
+
+    Weights are compressed afterwards when `weight_compression` asks for it."""
+
+    produces = "coreml"
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
-    compute: ClassVar[str] = "float32"
     Options = CoremlOptions
+    description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
+
+    @property
+    def compute(self) -> str:
+        """Core ML's compute precision: float32 for the fp32 format, float16 for the others."""
+        return "float32" if self.precision == "fp32" else "float16"
 
     @classmethod
-    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
-        opts: Any = options
+    def check_config(cls, model: "Model", options: CoremlOptions, root: Path) -> str | None:  # type: ignore[override]
+        opts = options
         target = opts.minimum_deployment_target
         spec = SPEC_VERSION[target]
         need = []
@@ -134,10 +140,10 @@ class _FromTorchScript(Step):
                 return f"image_bias has {len(opts.image_bias)} values; give 1 or one per channel ({sorted(channels)})"
         return None
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[CoremlOptions]) -> dict[str, Any]:
         import coremltools as ct
 
-        opts: Any = ctx.options
+        opts = ctx.options
         module = load_input(self, ctx)
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
         try:
@@ -152,7 +158,7 @@ class _FromTorchScript(Step):
             raise self.fail(ctx, conversion_failure(exc)) from exc
         mlmodel = self._compress(ctx, mlmodel)
         self._describe(ctx, mlmodel)
-        path = ctx.out_dir / COREML.filename
+        path = ctx.out_dir / MLPACKAGE
         mlmodel.save(str(path))
         make_reproducible(path)
         from buildsys.formats.coreml.runtime import inspect_mlpackage
@@ -163,11 +169,11 @@ class _FromTorchScript(Step):
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
 
-    def _inputs(self, ctx: StepContext) -> list[Any]:
+    def _inputs(self, ctx: StepContext[CoremlOptions]) -> list[Any]:
         import coremltools as ct
         import numpy as np
 
-        opts: Any = ctx.options
+        opts = ctx.options
         types = []
         for inp in ctx.model.inputs:
             dims = [d if isinstance(d, int) else ct.RangeDim(1, opts.dynamic_upper_bound, 1) for d in inp.shape]
@@ -187,18 +193,18 @@ class _FromTorchScript(Step):
                                            dtype=np.bool_ if inp.dtype == "bool" else np.int32))
         return types
 
-    def _outputs(self, ctx: StepContext) -> list[Any]:
+    def _outputs(self, ctx: StepContext[CoremlOptions]) -> list[Any]:
         import coremltools as ct
         import numpy as np
 
-        opts: Any = ctx.options
+        opts = ctx.options
         return [ct.TensorType(name=o.name, dtype=np.dtype(opts.io_dtype).type) for o in ctx.model.outputs]
 
-    def _compress(self, ctx: StepContext, mlmodel: Any) -> Any:
+    def _compress(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> Any:
         from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
                                                  linear_quantize_weights, palettize_weights)
 
-        opts: Any = ctx.options
+        opts = ctx.options
         mode = opts.weight_compression
         if mode == "none":
             return mlmodel
@@ -214,8 +220,8 @@ class _FromTorchScript(Step):
             raise self.fail(ctx, f"weight compression '{mode}' failed: {type(exc).__name__}: "
                                  f"{_first_line(exc)[:300]}") from exc
 
-    def _describe(self, ctx: StepContext, mlmodel: Any) -> None:
-        opts: Any = ctx.options
+    def _describe(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> None:
+        opts = ctx.options
         meta = opts.metadata
         mlmodel.author = meta.author
         mlmodel.license = meta.license
@@ -238,26 +244,6 @@ class _FromTorchScript(Step):
                 mlmodel.input_description[inp.name] = f"layout {inp.layout}, shape {inp.shape}"
 
 
-@register
-class CoremlFromTorchScript(_FromTorchScript):
-    """Convert the traced model to a float32 Core ML ML Program."""
-
-    name = "coreml-from-torchscript"
-    produces = "coreml"
-    compute = "float32"
-    description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32)."
-
-
-@register
-class CoremlFp16FromTorchScript(_FromTorchScript):
-    """Convert the traced model to a float16 Core ML ML Program (fp16 weights and activations)."""
-
-    name = "coreml-fp16-from-torchscript"
-    produces = "coreml-fp16"
-    compute = "float16"
-    description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT16)."
-
-
 class CoremlInt8Options(CoremlOptions):
     """Core ML with compressed weights: compression is the point, so 'none' is refused."""
 
@@ -275,12 +261,13 @@ class CoremlInt8Options(CoremlOptions):
 
 
 @register
-class CoremlInt8FromTorchScript(_FromTorchScript):
+class CoremlInt8FromTorchScript(CoremlFromTorchScript):
     """Convert the traced model to an fp16 ML Program, then compress its weights (int8 or palettes)."""
 
     name = "coreml-int8-from-torchscript"
+    consumes = _TRACED
     produces = "coreml-int8"
-    compute = "float16"
+    precision = "int8"
     description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
                   "or palettize_weights."
     Options = CoremlInt8Options

@@ -286,10 +286,10 @@ class OnnxFromPyTorch(Step):
                 raise ValueError("external_data needs dynamo: true (the legacy exporter writes one file)")
             return self
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         from buildsys.formats.torch.module import export_dims, load_module
 
-        opts: Any = ctx.options
+        opts = ctx.options
         module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
         if opts.dynamo:
             shapes = export_dims(ctx.model) if opts.dynamic_axes else None
@@ -317,8 +317,8 @@ class OnnxFromTorchScript(Step):
         dynamic_axes: bool = _dynamic_axes()
         do_constant_folding: bool = _folding()
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
-        opts: Any = ctx.options
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
+        opts = ctx.options
         module = load_input(self, ctx)
         path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
         return {**finish(self, ctx, path), "exporter": "legacy"}
@@ -339,10 +339,10 @@ class OnnxFromPt2(Step):
         opset: int = _opset()
         external_data: bool = _external()
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import torch
 
-        opts: Any = ctx.options
+        opts = ctx.options
         try:
             program = torch.export.load(str(ctx.input_path))
         except Exception as exc:

@@ -10,7 +10,7 @@ from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 
 ONNX_FP16 = register_format(Format(
-    name="onnx-fp16", filename="model.onnx", runtime="onnxruntime",
+    name="onnx-fp16", family="onnx", precision="fp16", filename="model.onnx", runtime="onnxruntime",
     description="ONNX model converted to float16 (half the weight size; fast on GPUs and fp16-capable NPUs).",
 ))
 
@@ -22,6 +22,7 @@ class OnnxFp16FromOnnx(Step):
     name = "onnx-fp16-from-onnx"
     consumes = ("onnx", "onnx-optimized")
     produces = "onnx-fp16"
+    precision = "fp16"
     packages = ("onnxruntime", "onnx")
     toolchain = "onnx"
     description = "float16 conversion with ONNX Runtime's converter."
@@ -34,13 +35,13 @@ class OnnxFp16FromOnnx(Step):
             default=None, description="Op types left in float32 (e.g. ['Softmax', 'LayerNormalization'] when they "
             "lose too much precision); unset uses the converter's default list.")
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import onnx
 
         from buildsys.formats.onnx.export import finish, load, save, uses_external_data
 
         convert = _converter()
-        opts: Any = ctx.options
+        opts = ctx.options
         external = uses_external_data(ctx.input_path)  # type: ignore[arg-type]
         proto = load(ctx.input_path)  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {"keep_io_types": opts.keep_io_types}

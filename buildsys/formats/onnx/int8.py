@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from buildsys.data import Batch
 
 ONNX_INT8 = register_format(Format(
-    name="onnx-int8", filename="model.onnx", runtime="onnxruntime",
+    name="onnx-int8", family="onnx", precision="int8", filename="model.onnx", runtime="onnxruntime",
     description="ONNX model quantized to 8-bit integers by ONNX Runtime (about 4x smaller weights).",
 ))
 
@@ -29,6 +29,7 @@ class OnnxInt8FromOnnx(Step):
     name = "onnx-int8-from-onnx"
     consumes = ("onnx", "onnx-optimized")
     produces = "onnx-int8"
+    precision = "int8"
     packages = ("onnxruntime", "onnx")
     toolchain = "onnx"
     description = "onnxruntime.quantization quantize_dynamic / quantize_static."
@@ -59,22 +60,23 @@ class OnnxInt8FromOnnx(Step):
             default=None, ge=1, description="static only: use at most this many calibration samples (all when unset).")
 
     @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("calibration",) if getattr(options, "method", "dynamic") == "static" else ()
+    def data_used(cls, options: "OnnxInt8FromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]
+        return ("calibration",) if options.method == "static" else ()
 
     @classmethod
-    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
-        if getattr(options, "method", "dynamic") == "static" and model.data.calibration is None:
+    def check_config(cls, model: "Model", options: "OnnxInt8FromOnnx.Options",  # type: ignore[override]
+                     root: Path) -> str | None:
+        if options.method == "static" and model.data.calibration is None:
             return ("method 'static' needs calibration data: add data.calibration to the model "
                     "(an .npz of representative inputs)")
         return None
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         from buildsys.formats.onnx.export import finish, load, save, uses_external_data
 
-        opts: Any = ctx.options
+        opts = ctx.options
         src = Path(str(ctx.input_path))
         external = uses_external_data(src)
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -109,7 +111,7 @@ class OnnxInt8FromOnnx(Step):
         metrics["quantized_ops"] = counts
         return metrics
 
-    def _static(self, ctx: StepContext, opts: Any, model_in: Path, out: Path, types: dict[str, Any],
+    def _static(self, ctx: StepContext[Options], opts: Options, model_in: Path, out: Path, types: dict[str, Any],
                 external: bool) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 

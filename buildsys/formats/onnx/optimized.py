@@ -33,12 +33,12 @@ class OnnxOptimizedFromOnnx(Step):
             "in ONNX Runtime). 'all': plus hardware-specific layout optimizations (NCHWc) tied to this "
             "machine's CPU: the file should only be run where it was optimized.")
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import onnxruntime as ort
 
         from buildsys.formats.onnx.export import SIDE_FILE, finish, uses_external_data
 
-        opts: Any = ctx.options
+        opts = ctx.options
         levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}

@@ -87,13 +87,14 @@ class TorchServeFromTorchScript(Step):
             return value
 
     @classmethod
-    def files_used(cls, options: Any) -> tuple[str, ...]:
+    def files_used(cls, options: "TorchServeFromTorchScript.Options") -> tuple[str, ...]:  # type: ignore[override]
         handler = [options.handler] if options.handler and options.handler.endswith(".py") else []
         return tuple(handler + list(options.extra_files))
 
     @classmethod
-    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
-        opts: Any = options
+    def check_config(cls, model: "Model", options: "TorchServeFromTorchScript.Options",  # type: ignore[override]
+                     root: Path) -> str | None:
+        opts = options
         handler = opts.handler
         if handler is not None and handler not in BUILTIN_HANDLERS:
             if not handler.endswith(".py"):
@@ -115,7 +116,7 @@ class TorchServeFromTorchScript(Step):
             return f"extra_files would overwrite '{clash[0]}', which modelbuild puts in the archive"
         return None
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import tempfile
 
         try:
@@ -127,7 +128,7 @@ class TorchServeFromTorchScript(Step):
 
             raise MissingToolchain("torch-model-archiver", self.extra,
                                    "TorchServe archives (torchserve-from-torchscript)") from None
-        opts: Any = ctx.options
+        opts = ctx.options
         src = Path(str(ctx.input_path))
         if not src.is_file():
             raise self.fail(ctx, f"TorchScript file '{src.name}' does not exist")
@@ -168,7 +169,7 @@ class TorchServeFromTorchScript(Step):
             reproducible_zip(work / f"{name}.mar", ctx.out_dir / TORCHSERVE.filename)
         return self._verify(ctx, name, opts)
 
-    def _verify(self, ctx: StepContext, name: str, opts: Any) -> dict[str, Any]:
+    def _verify(self, ctx: StepContext[Options], name: str, opts: Options) -> dict[str, Any]:
         """The archive's manifest parses and names the model, its serialized file and its handler."""
         import zipfile
 

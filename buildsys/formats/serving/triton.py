@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from buildsys.config.schema import NAME_PATTERN
-from buildsys.formats import register, register_format
+from buildsys.formats import register, register_format, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.serving.pbtxt import write_pbtxt
 from buildsys.formats.serving.repository import CONFIG, REPOSITORY, TRITON_TYPES
@@ -59,18 +59,12 @@ DEFAULT_MAX_BATCH = 8
 
 _LAYOUT = ("Triton Inference Server model repository: model_repository/<name>/config.pbtxt and "
            "<name>/<version>/{}, run in checks from inside the repository.")
-TRITON = register_format(Format(
-    name="triton", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
-    description=_LAYOUT.format("model.onnx (ONNX Runtime backend)"),
-))
-TRITON_FP16 = register_format(Format(
-    name="triton-fp16", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
-    description=_LAYOUT.format("model.onnx (ONNX Runtime backend, float16 model)"),
-))
-TRITON_INT8 = register_format(Format(
-    name="triton-int8", filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server",
-    description=_LAYOUT.format("model.onnx (ONNX Runtime backend, int8-quantized model)"),
-))
+TRITON_ONNX = register_formats(Format.variants(
+    "triton", {
+        "fp32": _LAYOUT.format("model.onnx (ONNX Runtime backend)"),
+        "fp16": _LAYOUT.format("model.onnx (ONNX Runtime backend, float16 model)"),
+        "int8": _LAYOUT.format("model.onnx (ONNX Runtime backend, int8-quantized model)"),
+    }, filename=REPOSITORY, runtime="triton-layout", serving_runtime="triton-server"))
 TRITON_TORCHSCRIPT = register_format(Format(
     name="triton-torchscript", filename=REPOSITORY, runtime="triton-layout",
     serving_runtime="triton-server-libtorch",
@@ -169,9 +163,9 @@ class _TritonStep(Step):
     def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
         return config_problem(model, options)  # type: ignore[arg-type]
 
-    def _batching(self, ctx: StepContext, tensors: dict[str, list[int | None] | None]) -> tuple[int, bool]:
+    def _batching(self, ctx: StepContext[TritonOptions], tensors: dict[str, list[int | None] | None]) -> tuple[int, bool]:
         """Resolved (max_batch_size, dynamic_batching) given the artifact's own shapes (None: unknown axis)."""
-        opts: Any = ctx.options
+        opts = ctx.options
         fixed = next(((n, s) for n, s in tensors.items() if s is None or not s or s[0] is not None), None)
         if opts.max_batch_size is None:
             max_batch = DEFAULT_MAX_BATCH if signature_batches(ctx.model) and fixed is None else 0
@@ -192,9 +186,9 @@ class _TritonStep(Step):
             raise self.fail(ctx, f"preferred_batch_size {too_big[0]} exceeds max_batch_size {max_batch}")
         return max_batch, dynamic
 
-    def _config(self, ctx: StepContext, name: str, max_batch: int, dynamic: bool,
+    def _config(self, ctx: StepContext[TritonOptions], name: str, max_batch: int, dynamic: bool,
                 inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
-        opts: Any = ctx.options
+        opts = ctx.options
         config: dict[str, Any] = {"name": name}
         config.update({"platform": ONNX_PLATFORM} if self.backend == "onnxruntime" else {"backend": PYTORCH_BACKEND})
         config.update({"max_batch_size": max_batch, "input": inputs, "output": outputs,
@@ -208,11 +202,11 @@ class _TritonStep(Step):
             config["dynamic_batching"] = block
         return config
 
-    def _write(self, ctx: StepContext, config: dict[str, Any], files: dict[str, Path],
+    def _write(self, ctx: StepContext[TritonOptions], config: dict[str, Any], files: dict[str, Path],
                comments: list[str]) -> dict[str, Any]:
         """Write config.pbtxt and the model files (name in the version dir → source), verify, return metrics."""
 
-        opts: Any = ctx.options
+        opts = ctx.options
         repo = ctx.out_dir / REPOSITORY
         if repo.exists():
             shutil.rmtree(repo)
@@ -257,7 +251,7 @@ class _TritonOnnx(_TritonStep):
     extra = "server"
     toolchain = "onnx"
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[TritonOptions]) -> dict[str, Any]:
         import onnx
 
         src = Path(str(ctx.input_path))
@@ -275,41 +269,21 @@ class _TritonOnnx(_TritonStep):
         tensors = {**{n: s for n, _, s in inputs}, **{n: s for n, _, s in outputs}}
         max_batch, dynamic = self._batching(ctx, tensors)
         config = self._config(
-            ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,  # type: ignore[attr-defined]
+            ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,
             [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in inputs],  # type: ignore[arg-type]
             [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in outputs])  # type: ignore[arg-type]
         comments = [f"Written by modelbuild: model '{ctx.model_name}', ONNX Runtime backend."]
         return self._write(ctx, config, files, comments)
 
 
-@register
+@register_variants({"fp32": ("onnx", "onnx-optimized"), "fp16": "onnx-fp16", "int8": "onnx-int8"})
 class TritonFromOnnx(_TritonOnnx):
-    """Lay out the fp32 ONNX model (or the optimized one: `via: [onnx-optimized]`) for Triton's ONNX Runtime backend."""
+    """Lay out an fp32 (or optimized), fp16 or int8 ONNX model for Triton's ONNX Runtime backend.
 
-    name = "triton-from-onnx"
-    consumes = ("onnx", "onnx-optimized")
+    fp32 also takes the offline-optimized model (`via: [onnx-optimized]`). I/O types are read from the file."""
+
     produces = "triton"
     description = "Triton model repository (config.pbtxt + <version>/model.onnx), ONNX Runtime backend."
-
-
-@register
-class TritonFp16FromOnnxFp16(_TritonOnnx):
-    """Lay out the float16 ONNX model for Triton's ONNX Runtime backend (I/O types read from the file)."""
-
-    name = "triton-fp16-from-onnx-fp16"
-    consumes = ("onnx-fp16",)
-    produces = "triton-fp16"
-    description = "Triton model repository of the onnx-fp16 model, ONNX Runtime backend."
-
-
-@register
-class TritonInt8FromOnnxInt8(_TritonOnnx):
-    """Lay out the int8-quantized ONNX model for Triton's ONNX Runtime backend."""
-
-    name = "triton-int8-from-onnx-int8"
-    consumes = ("onnx-int8",)
-    produces = "triton-int8"
-    description = "Triton model repository of the onnx-int8 model, ONNX Runtime backend."
 
 
 @register
@@ -326,7 +300,7 @@ class TritonFromTorchScript(_TritonStep):
     toolchain = "torch"
     description = "Triton model repository (config.pbtxt + <version>/model.pt), PyTorch backend."
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[TritonOptions]) -> dict[str, Any]:
         src = Path(str(ctx.input_path))
         outputs = torchscript_outputs(self, ctx, src)
         inputs = [(f"INPUT__{i}", spec.dtype, [d if isinstance(d, int) else None for d in spec.shape])
@@ -335,7 +309,7 @@ class TritonFromTorchScript(_TritonStep):
         tensors.update({n: s for n, _, s in outputs})
         max_batch, dynamic = self._batching(ctx, tensors)
         config = self._config(
-            ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,  # type: ignore[attr-defined]
+            ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,
             [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in inputs],
             [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in outputs])
         comments = [f"Written by modelbuild: model '{ctx.model_name}', PyTorch (libtorch) backend.",

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from buildsys.config.schema import Model
+
 SAVED_MODEL = register_format(Format(
     name="saved_model", filename="saved_model", runtime="tensorflow",
     description="TensorFlow SavedModel (a directory) made by onnx2tf, channels last unless keep_layout; "
@@ -77,7 +79,8 @@ class SavedModelFromOnnx(Step):
             "runtimes or delegates without grouped convolution support.")
 
     @classmethod
-    def check_config(cls, model: Any, options: Any, root: Any) -> str | None:
+    def check_config(cls, model: "Model", options: "SavedModelFromOnnx.Options",  # type: ignore[override]
+                     root: Path) -> str | None:
         """Layouts onnx2tf cannot honour: it assumes axis 1 of a 3-D to 5-D input holds the channels."""
         spatial = [i for i in model.inputs if 3 <= len(i.shape) <= 5]
         if options.keep_layout and not spatial:
@@ -90,10 +93,10 @@ class SavedModelFromOnnx(Step):
                         f"model channels-first ({'N' + 'C' + inp.layout.replace('N', '').replace('C', '')}) for TFLite")
         return None
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import onnx
 
-        opts: Any = ctx.options
+        opts = ctx.options
         proto = onnx.load(str(ctx.input_path), load_external_data=True)  # a model.onnx.data side file too
         out = ctx.out_dir / SAVED_MODEL.filename
         # onnx2tf rewrites its input file in place (op naming, shape inference): it gets a private copy,
@@ -111,7 +114,7 @@ class SavedModelFromOnnx(Step):
                 "channels_last_inputs": moved,
                 "layouts": {i["name"]: i["layout"] for i in record["inputs"]}}
 
-    def _convert(self, ctx: StepContext, opts: Any, proto: "onnx.ModelProto", path: Path, work: Path) -> Any:
+    def _convert(self, ctx: StepContext[Options], opts: Options, proto: "onnx.ModelProto", path: Path, work: Path) -> Any:
         import onnx2tf
         import tf_keras
 
@@ -142,7 +145,7 @@ class SavedModelFromOnnx(Step):
             raise self.fail(ctx, "onnx2tf returned no model: " + _last_error(log.getvalue()))
         return model
 
-    def _save(self, ctx: StepContext, model: Any, proto: "onnx.ModelProto", out: Path, moves: bool) -> dict[str, Any]:
+    def _save(self, ctx: StepContext[Options], model: Any, proto: "onnx.ModelProto", out: Path, moves: bool) -> dict[str, Any]:
         """Write the SavedModel with one signature keyed by the ONNX names, and return the layout record.
 
         `moves`: whether onnx2tf was asked to move channels last; the shapes confirm it per tensor.

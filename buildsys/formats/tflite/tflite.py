@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from buildsys.formats import register, register_format
+from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 
 if TYPE_CHECKING:
@@ -21,20 +21,15 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
 
 _LAYOUT_NOTE = " Inputs are channels last unless the SavedModel kept the source layout (see layout.json)."
-TFLITE = register_format(Format(
-    name="tflite", filename="model.tflite", runtime="litert", layout="channels_last",
-    description="TensorFlow Lite flatbuffer, float32, run with the LiteRT interpreter." + _LAYOUT_NOTE,
-))
-TFLITE_FP16 = register_format(Format(
-    name="tflite-fp16", filename="model.tflite", runtime="litert", layout="channels_last",
-    description="TensorFlow Lite with float16 weights (half the size; float32 I/O, GPU delegates compute in "
-    "fp16)." + _LAYOUT_NOTE,
-))
-TFLITE_INT8 = register_format(Format(
-    name="tflite-int8", filename="model.tflite", runtime="litert", layout="channels_last",
-    description="TensorFlow Lite with int8 weights: dynamic range, or full integer calibrated on the model's "
-    "calibration set (float or int8 I/O)." + _LAYOUT_NOTE,
-))
+TFLITE = register_formats(Format.variants(
+    "tflite", {
+        "fp32": "TensorFlow Lite flatbuffer, float32, run with the LiteRT interpreter." + _LAYOUT_NOTE,
+        "fp16": "TensorFlow Lite with float16 weights (half the size; float32 I/O, GPU delegates compute in "
+                "fp16)." + _LAYOUT_NOTE,
+        "int8": "TensorFlow Lite with int8 weights: dynamic range, or full integer calibrated on the model's "
+                "calibration set (float or int8 I/O)." + _LAYOUT_NOTE,
+    }, filename="model.tflite", runtime="litert", layout="channels_last"))
+FLATBUFFER = TFLITE["fp32"].filename
 
 SELECT_TF_OPS = Field(
     default=False, description="Allow TensorFlow ops that TFLite has no builtin for (the Flex delegate: the app "
@@ -55,19 +50,19 @@ class _FromSavedModel(Step):
     extra = "tflite"
     toolchain = "tf"
 
-    def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+    def _configure(self, ctx: StepContext[TfliteOptions], converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
         """Set precision-specific converter fields; returns metrics to report."""
         return {}
 
-    def _inspect(self, ctx: StepContext, flatbuffer: bytes) -> None:
+    def _inspect(self, ctx: StepContext[TfliteOptions], flatbuffer: bytes) -> None:
         """Refuse a flatbuffer that converted but cannot be right (see the int8 step)."""
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[TfliteOptions]) -> dict[str, Any]:
         import tensorflow as tf
 
         from buildsys.formats.tflite.layout import SIGNATURE, copy_layout
 
-        opts: Any = ctx.options
+        opts = ctx.options
         src = Path(str(ctx.input_path))
         layout = copy_layout(src.parent, ctx.out_dir)
         try:
@@ -85,32 +80,26 @@ class _FromSavedModel(Step):
         except Exception as exc:
             raise self.fail(ctx, conversion_failure(exc)) from exc
         self._inspect(ctx, flatbuffer)
-        path = ctx.out_dir / TFLITE.filename
+        path = ctx.out_dir / FLATBUFFER
         path.write_bytes(flatbuffer)
         return {**metrics, "bytes": len(flatbuffer), "select_tf_ops": opts.select_tf_ops,
                 "tensor_dtypes": tensor_dtypes(flatbuffer)}
 
 
-@register
+@register_variants({"fp32": "saved_model", "fp16": "saved_model"})
 class TfliteFromSavedModel(_FromSavedModel):
-    """Convert the SavedModel to a float32 TFLite flatbuffer."""
+    """Convert the SavedModel to a TFLite flatbuffer with float32 (fp32) or float16 (fp16) weights.
 
-    name = "tflite-from-saved-model"
+    float16 weights are dequantized to float32 on the CPU and kept in fp16 by GPU delegates."""
+
     produces = "tflite"
-    description = "tf.lite.TFLiteConverter.from_saved_model, float32."
-    Options = TfliteOptions
-
-
-@register
-class TfliteFp16FromSavedModel(_FromSavedModel):
-    """Convert the SavedModel to TFLite with float16 weights (dequantized to float32 on CPU, kept on GPU)."""
-
-    name = "tflite-fp16-from-saved-model"
-    produces = "tflite-fp16"
-    description = "TFLiteConverter with Optimize.DEFAULT and supported_types [float16]."
+    description = "tf.lite.TFLiteConverter.from_saved_model: float32, or Optimize.DEFAULT with supported_types " \
+                  "[float16] for fp16."
     Options = TfliteOptions
 
     def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+        if self.precision == "fp32":
+            return {}
         import tensorflow as tf
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -124,6 +113,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
 
     name = "tflite-int8-from-saved-model"
     produces = "tflite-int8"
+    precision = "int8"
     _peak = 0.0  # largest |value| in the calibration data, to explain an unusable range
     description = "TFLiteConverter with Optimize.DEFAULT; full int8 adds a representative dataset built from " \
                   "the model's calibration set in the artifact's layout."
@@ -147,26 +137,27 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             return self
 
     @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("calibration",) if getattr(options, "mode", "full") == "full" else ()
+    def data_used(cls, options: "TfliteInt8FromSavedModel.Options") -> tuple[str, ...]:  # type: ignore[override]
+        return ("calibration",) if options.mode == "full" else ()
 
     @classmethod
-    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
-        if getattr(options, "mode", "full") != "full":
+    def check_config(cls, model: "Model", options: "TfliteInt8FromSavedModel.Options",  # type: ignore[override]
+                     root: Path) -> str | None:
+        if options.mode != "full":
             return None
         if model.data.calibration is None:
             return ("full int8 needs calibration data: add data.calibration to the model (an .npz of "
                     "representative inputs named after them), or set mode: dynamic for int8 weights only")
         floats = [i.name for i in model.inputs if i.dtype.startswith("float")]
-        if getattr(options, "io", "float") == "int8" and len(floats) != len(model.inputs):
+        if options.io == "int8" and len(floats) != len(model.inputs):
             others = ", ".join(i.name for i in model.inputs if i.name not in floats)
             return f"io: int8 needs float inputs to quantize, but {others} is not float; use io: float"
         return None
 
-    def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+    def _configure(self, ctx: StepContext[Options], converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
         import tensorflow as tf
 
-        opts: Any = ctx.options
+        opts = ctx.options
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if opts.mode == "dynamic":
             return {"mode": "dynamic"}
@@ -181,10 +172,10 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             converter.inference_output_type = tf.int8
         return {"mode": "full", "io": opts.io, "calibration_samples": samples.count}
 
-    def _inspect(self, ctx: StepContext, flatbuffer: bytes) -> None:
+    def _inspect(self, ctx: StepContext[Options], flatbuffer: bytes) -> None:
         # A calibrated range of ±3.4e38 (a float32-minimum padding constant, or an inf in the data)
         # leaves every value in that tensor, and after it, quantized to one level: fail, saying why.
-        if getattr(ctx.options, "mode", "full") != "full":
+        if ctx.options.mode != "full":
             return
         huge = [(name, scale) for name, scale in _scales(flatbuffer) if scale > 1e10]
         if huge:
@@ -197,13 +188,13 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             raise self.fail(ctx, f"full int8 calibration produced an unusable range in {len(huge)} tensor(s), "
                                  f"e.g. '{name[:80]}' (scale {scale:.3g}); {hint}")
 
-    def _calibration(self, ctx: StepContext, layout: dict[str, Any] | None) -> "Representative":
+    def _calibration(self, ctx: StepContext[Options], layout: dict[str, Any] | None) -> "Representative":
         """The calibration set checked against the signature and moved to the artifact's layout."""
         import numpy as np
 
         from buildsys.data import shape_problem
 
-        opts: Any = ctx.options
+        opts = ctx.options
         try:
             batch = ctx.data("calibration")
         except Exception as exc:

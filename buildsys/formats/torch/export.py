@@ -41,13 +41,13 @@ class Pt2FromPyTorch(Step):
             default=False, description="Capture with TorchDynamo's strict tracing (torch.export strict=True) "
             "instead of the default non-strict Python tracing.")
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import torch
 
         from buildsys.errors import describe
         from buildsys.formats.torch.module import example_args, export_dims, load_module, shapes_for, signature_module, trace_batch
 
-        opts: Any = ctx.options
+        opts = ctx.options
         module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=opts.dynamic))
         shapes = export_dims(ctx.model) if opts.dynamic else None

@@ -41,10 +41,10 @@ class PtlFromTorchScript(Step):
             "conv/bn/relu, prepacks weights for XNNPACK). Needs a torch build with XNNPACK; the CPU wheels "
             "on PyPI for Linux x86 lack it, and the step then fails saying so.")
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import torch
 
-        opts: Any = ctx.options
+        opts = ctx.options
         module = load_input(self, ctx)
         if opts.optimize_for_mobile:
             from torch.utils.mobile_optimizer import optimize_for_mobile

@@ -41,7 +41,7 @@ class TorchScriptFromPyTorch(Step):
             default=True, description="trace only: re-run the traced module on the example inputs and fail if "
             "it diverges from eager PyTorch (a sign of data-dependent control flow).")
 
-    def _run(self, ctx: StepContext) -> dict[str, Any]:
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import warnings
 
         import torch
@@ -49,7 +49,7 @@ class TorchScriptFromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.torch.module import example_args, load_module, signature_module, trace_batch
 
-        opts: Any = ctx.options
+        opts = ctx.options
         module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example()))
         with warnings.catch_warnings():
