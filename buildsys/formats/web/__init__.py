@@ -1,0 +1,1 @@
+"""The web family: ONNX models packaged for ONNX Runtime Web (wasm), checked in headless Chromium."""
