@@ -1,0 +1,1 @@
+"""The service family: a generated FastAPI service (app.py, signature.json, the model, requirements, Dockerfile)."""
