@@ -1,0 +1,114 @@
+"""The openvino family's formats (fp32, fp16, int8) and the IR conversion from ONNX (`openvino.convert_model`).
+
+Also the saving helper every OpenVINO step shares (`save_ir`): volatile rt_info removed, weights
+compressed to float16 or not, the IR's I/O checked against the signature.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.formats import register_formats, register_variants
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, telemetry_off
+
+if TYPE_CHECKING:
+    import openvino
+
+OPENVINO = register_formats(Format.variants(
+    "openvino", {
+        "fp32": "OpenVINO IR (model.xml + model.bin weights), float32, run with OpenVINO's CPU plugin.",
+        "fp16": "OpenVINO IR with float16-compressed weights (half the size); the CPU plugin computes in "
+                "float32, GPUs and NPUs in float16.",
+        "int8": "OpenVINO IR quantized to int8 by NNCF (FakeQuantize with int8 weights), calibrated on the "
+                "model's own calibration set; optionally accuracy-controlled on its labelled validation set.",
+    }, filename=XML, runtime="openvino"))
+
+#: The pip extra and the packages whose versions enter the keys of the OpenVINO steps.
+EXTRA = "openvino"
+
+
+def save_ir(step: Step, ctx: StepContext, model: openvino.Model, fp16: bool) -> dict[str, Any]:
+    """Save `model` as out_dir/model.xml + model.bin reproducibly; returns the step's metrics.
+
+    `save_model` compresses weights to float16 unless told not to (its default is True), so the
+    fp32 format passes False explicitly.
+    """
+    import openvino as ov
+
+    rt_info = model.get_rt_info()
+    for key in VOLATILE_RT_INFO:
+        if model.has_rt_info(key):
+            del rt_info[key]
+    _check_io(step, ctx, model)
+    _stable_names(model)
+    path = ctx.out_dir / XML
+    ov.save_model(model, str(path), compress_to_fp16=fp16)
+    ops: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
+    return {"bytes": path.stat().st_size + (ctx.out_dir / BIN).stat().st_size,
+            "weights_bytes": (ctx.out_dir / BIN).stat().st_size, "ops": len(model.get_ordered_ops()),
+            "fake_quantize": ops.get("FakeQuantize", 0), "openvino": ov.get_version().split("-")[0]}
+
+
+#: A friendly name OpenVINO made up: the op type and a process-wide instance counter ("Constant_19477").
+_AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
+
+
+def _stable_names(model: openvino.Model) -> None:
+    """Rename nodes that carry an automatic name after their position in the graph.
+
+    OpenVINO names unnamed nodes (folded constants, converts NNCF inserts) "<Type>_<n>" with a
+    counter global to the process, so the same conversion in a worker that converted something
+    before writes other names: the bytes would depend on build order. Inputs and outputs keep
+    their names; tensor names (what the runtime feeds by) are untouched.
+    """
+    for index, op in enumerate(model.get_ordered_ops()):
+        if op.get_type_name() in ("Parameter", "Result"):
+            continue
+        match = _AUTO_NAME.match(op.get_friendly_name())
+        if match:
+            op.set_friendly_name(f"{match.group(1)}_{index}")
+
+
+def _check_io(step: Step, ctx: StepContext, model: openvino.Model) -> None:
+    """The IR must take the signature's inputs and give its outputs, by name (the runtime feeds by name)."""
+    want_in = [i.name for i in ctx.model.inputs]
+    want_out = [o.name for o in ctx.model.outputs]
+    ins = [port.get_names() for port in model.inputs]
+    outs = [port.get_names() for port in model.outputs]
+    # An exporter may drop an input the model never reads; every input left must be a declared one.
+    if not all(names & set(want_in) for names in ins) or not all(any(w in n for n in outs) for w in want_out):
+        inputs = [min(n) if n else "?" for n in ins]
+        outputs = [min(n) if n else "?" for n in outs]
+        raise step.fail(ctx, f"the OpenVINO model has inputs [{', '.join(inputs)}] and outputs "
+                             f"[{', '.join(outputs)}] but the signature declares inputs "
+                             f"[{', '.join(want_in)}] and outputs [{', '.join(want_out)}]")
+
+
+@register_variants({"fp32": "onnx", "fp16": "onnx"})
+class OpenVinoFromOnnx(Step):
+    """Convert an ONNX model to OpenVINO IR (openvino.convert_model); the fp16 variant saves the weights
+    compressed to float16 (save_model(compress_to_fp16=True)), the fp32 one keeps them float32."""
+
+    produces = "openvino"
+    packages = ("openvino",)
+    extra = EXTRA
+    toolchain = "openvino"
+    description = "openvino.convert_model of the ONNX file, saved with float32 (fp16: float16-compressed) weights."
+    Options = StepOptions
+
+    def _run(self, ctx: StepContext[StepOptions]) -> dict[str, Any]:
+        with telemetry_off():
+            import openvino as ov
+
+            try:
+                # By path: ONNX external data (model.onnx.data) next to it is found by the frontend.
+                model = ov.convert_model(str(Path(str(ctx.input_path))))
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise self.fail(ctx, f"OpenVINO could not convert the ONNX model: {type(exc).__name__}: {first}") from exc
+            return save_ir(self, ctx, model, fp16=self.precision == "fp16")

@@ -1,0 +1,169 @@
+"""The openvino-int8 format: NNCF post-training int8 quantization of an OpenVINO IR.
+
+Plain mode calibrates activation ranges on the model's calibration set (`nncf.quantize`). With
+`max_accuracy_drop` it runs NNCF's accuracy-aware mode (`nncf.quantize_with_accuracy_control`):
+after quantizing, it measures top-1 accuracy of the first output on the labelled validation set
+and reverts the layers that cost most back to float until the drop is within the budget.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from buildsys.errors import ModelbuildError
+from buildsys.formats import register
+from buildsys.formats.base import Step, StepContext, StepOptions
+from buildsys.formats.openvino.ir import cpu_config, telemetry_off
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+    from buildsys.data import Batch
+
+NEEDS_CALIBRATION = ("NNCF post-training quantization needs calibration data: add data.calibration to the model "
+                     "(an .npz of representative inputs)")
+
+
+@register
+class OpenVinoInt8FromOpenVino(Step):
+    """Quantize a float32 OpenVINO IR to int8 with NNCF, calibrated on the model's calibration set."""
+
+    name = "openvino-int8-from-openvino"
+    consumes = ("openvino",)
+    produces = "openvino-int8"  # registered with its fp32/fp16 siblings in convert.py
+    precision = "int8"
+    packages = ("openvino", "nncf")
+    extra = "openvino"
+    toolchain = "openvino"
+    description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
+
+    class Options(StepOptions):
+        preset: Literal["performance", "mixed"] = Field(
+            default="performance", description="'performance': symmetric int8 weights and activations (fastest "
+            "on CPU). 'mixed': asymmetric activations (better for activations that are not centred on zero, "
+            "e.g. after non-ReLU nonlinearities).")
+        fast_bias_correction: bool = Field(
+            default=True, description="NNCF's fast bias correction; false runs the slower full bias correction, "
+            "sometimes more accurate.")
+        calibration_samples: int | None = Field(
+            default=None, ge=1, description="Use at most this many calibration samples (all when unset).")
+        max_accuracy_drop: float | None = Field(
+            default=None, ge=0, le=1, description="Accuracy-aware mode: the largest allowed absolute drop in top-1 "
+            "accuracy of the first output (kind: scores) on the labelled validation set, against the float32 "
+            "IR; NNCF reverts layers to float until it holds. Unset: plain post-training quantization.")
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("calibration", "validation") if getattr(options, "max_accuracy_drop", None) is not None \
+            else ("calibration",)
+
+    @classmethod
+    def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
+        if model.data.calibration is None:
+            return NEEDS_CALIBRATION
+        if getattr(options, "max_accuracy_drop", None) is not None:
+            return _labels_problem(model, root)
+        return None
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        from buildsys.formats.openvino.convert import save_ir
+
+        opts: Any = ctx.options
+        batch = ctx.data("calibration")
+        if batch is None:
+            raise self.fail(ctx, NEEDS_CALIBRATION)
+        samples = min(len(batch), opts.calibration_samples or len(batch))
+        with telemetry_off():
+            import nncf
+            import openvino as ov
+
+            core = ov.Core()
+            model = core.read_model(str(ctx.input_path))
+            calibration = nncf.Dataset(list(_samples(batch, samples)))
+            kwargs: dict[str, Any] = {
+                "subset_size": samples, "fast_bias_correction": opts.fast_bias_correction,
+                "preset": {"performance": nncf.QuantizationPreset.PERFORMANCE,
+                           "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]}
+            metrics: dict[str, Any] = {"calibration_samples": samples, "preset": opts.preset}
+            try:
+                if opts.max_accuracy_drop is None:
+                    quantized = nncf.quantize(model, calibration, **kwargs)
+                else:
+                    validation = self._validation(ctx)
+                    quantized = nncf.quantize_with_accuracy_control(
+                        model, calibration, nncf.Dataset(validation), _top1(ctx.model.outputs[0].name),
+                        max_drop=opts.max_accuracy_drop, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+                    metric = _top1(ctx.model.outputs[0].name)
+                    metrics["validation_accuracy"] = {
+                        "fp32": round(metric(core.compile_model(model, "CPU", cpu_config()), validation)[0], 6),
+                        "int8": round(metric(core.compile_model(quantized, "CPU", cpu_config()), validation)[0], 6)}
+            except ModelbuildError:
+                raise
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise self.fail(ctx, f"NNCF int8 quantization failed: {type(exc).__name__}: {first}") from exc
+            metrics.update(save_ir(self, ctx, quantized, fp16=False))
+        if metrics["fake_quantize"] == 0:
+            raise self.fail(ctx, "NNCF quantized no layer (no FakeQuantize in the result): the model has no "
+                                 "operation NNCF quantizes, or max_accuracy_drop reverted them all (raise it)")
+        accuracy = metrics.get("validation_accuracy")
+        if accuracy and accuracy["fp32"] - accuracy["int8"] > opts.max_accuracy_drop + 1e-9:
+            raise self.fail(ctx, f"NNCF could not hold the accuracy drop within max_accuracy_drop "
+                                 f"{opts.max_accuracy_drop}: top-1 {accuracy['fp32']:.4f} (fp32 IR) -> "
+                                 f"{accuracy['int8']:.4f} (int8); raise it or add calibration data")
+        return metrics
+
+    def _validation(self, ctx: StepContext) -> list[tuple[dict[str, Any], int]]:
+        """(feeds, label) per sample of the labelled validation set (checked at plan time where possible)."""
+        batch = ctx.data("validation")
+        if batch is None or batch.labels is None:
+            raise self.fail(ctx, _labels_problem(ctx.model, ctx.root) or
+                            "max_accuracy_drop needs labels in the validation set")
+        return [(feeds, int(label)) for feeds, label in zip(_samples(batch, len(batch)), batch.labels)]
+
+
+def _samples(batch: Batch, count: int) -> Any:
+    """The first `count` samples, one per item: an IR exported with fixed shapes takes a batch of 1."""
+    return (feeds for _, feeds in zip(range(count), batch.chunks(1)))
+
+
+def _top1(output: str) -> Any:
+    """NNCF's validation function: top-1 accuracy of `output` vs the labels, and the per-sample hits
+    (NNCF ranks the layers to revert by how much each changes them)."""
+    def metric(compiled: Any, items: Any) -> tuple[float, list[float]]:
+        port = compiled.output(output)
+        hits = [float(int(compiled(feeds)[port].reshape(-1).argmax()) == label) for feeds, label in items]
+        return (sum(hits) / len(hits) if hits else 0.0), hits
+
+    return metric
+
+
+def _labels_problem(model: Model, root: Path) -> str | None:
+    """Why max_accuracy_drop cannot be measured for `model` (from config and .npz headers), or None."""
+    first = model.outputs[0]
+    if first.kind != "scores":
+        return (f"max_accuracy_drop measures top-1 accuracy of the first output, but '{first.name}' is "
+                f"kind '{first.kind}': declare it kind: scores, or leave max_accuracy_drop out")
+    spec = model.data.validation
+    if spec is None:
+        return ("max_accuracy_drop needs a labelled validation set: add data.validation to the model "
+                "(an .npz with the inputs and a 'labels' array of class indices)")
+    if spec.path is None:
+        return None  # a callable: its labels are known only when it runs (checked then)
+    path = root / spec.path
+    if path.suffix == ".npy":
+        return (f"max_accuracy_drop needs labels, but {spec.path} is an .npy (inputs only): use an .npz with "
+                f"a '{spec.labels}' array of class indices")
+    from buildsys.data import peek_shapes
+
+    try:
+        arrays = peek_shapes(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None  # missing or unreadable: the data checks report it
+    if spec.labels not in arrays:
+        return (f"max_accuracy_drop needs labels, but {spec.path} has no array named '{spec.labels}' "
+                f"(has: {', '.join(sorted(arrays))}): add one, or name it with data.validation.labels")
+    return None

@@ -1,0 +1,126 @@
+"""The "openvino" runtime: OpenVINO IR on OpenVINO's CPU plugin, in float32 inference precision."""
+
+from __future__ import annotations
+
+import importlib.util
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.errors import StepError
+from buildsys.formats import get_format, register_runtime
+from buildsys.formats.openvino.ir import cpu_config, telemetry_off
+from buildsys.formats.runtime import Runtime, Session, fixed_batch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+
+
+class OpenVinoSession(Session):
+    """A compiled model fed by input name; outputs come back in the signature's order."""
+
+    def __init__(self, compiled: Any, model: Model):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.model = model
+        self.inputs: dict[str, Any] = {}
+        declared = {i.name for i in model.inputs}
+        for port in compiled.inputs:
+            name = next((n for n in sorted(port.get_names()) if n in declared), None)
+            if name is None:
+                raise StepError(f"the OpenVINO model's input {port.get_any_name()!r} is not in the signature "
+                                f"({', '.join(sorted(declared))})")
+            self.inputs[name] = port.get_element_type().to_dtype()
+        # An IR converted with fixed shapes (dynamic_axes: false upstream) takes one sample per call.
+        fixed_one = any(p.get_partial_shape().rank.is_static and p.get_partial_shape()[0].is_static
+                        and p.get_partial_shape()[0].get_length() == 1 for p in compiled.inputs)
+        self.max_batch = 1 if fixed_one else fixed_batch(model)
+        by_name = {n: port for port in compiled.outputs for n in port.get_names()}
+        wanted = [o.name for o in model.outputs]
+        if all(n in by_name for n in wanted):
+            self.outputs = [by_name[n] for n in wanted]
+        else:  # a foreign IR without the signature's names: graph order
+            self.outputs = list(compiled.outputs)[: len(wanted)]
+            if len(self.outputs) < len(wanted):
+                raise StepError(f"the OpenVINO model has {len(compiled.outputs)} output(s) but the signature "
+                                f"declares {len(wanted)}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
+
+        ready = {name: np.ascontiguousarray(feeds[name], dtype=dtype) for name, dtype in self.inputs.items()}
+        results = self.request.infer(ready)
+        # The request owns its output buffers and reuses them on the next call: copy.
+        return [np.array(results[port], copy=True) for port in self.outputs]
+
+
+@register_runtime
+class OpenVinoRuntime(Runtime):
+    """OpenVINO's CPU plugin (float32 inference precision, the same numerics on every x86/ARM host)."""
+
+    name = "openvino"
+    packages = ("openvino",)
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("openvino") is None:
+            return "openvino is not installed (pip install -c constraints.txt 'modelbuild[openvino]')"
+        return None
+
+    def preimport(self) -> None:
+        """Import the toolchain with telemetry declined (for a bench's warm-up import; see docs/openvino.md:
+        nodes/bench.py's `_preimport` imports `packages` by name, which sends a usage event)."""
+        with telemetry_off():
+            import openvino  # noqa: F401
+
+    def load(self, path: Path, model: Model, root: Path) -> Session:
+        with telemetry_off():  # `import openvino` itself sends a usage event unless declined
+            import openvino as ov
+
+        path = Path(path)
+        if not path.with_suffix(".bin").exists():
+            raise StepError(f"the OpenVINO IR '{path.name}' has no weights file {path.with_suffix('.bin').name} next to it")
+        try:
+            compiled = ov.Core().compile_model(str(path), "CPU", cpu_config())
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise StepError(f"OpenVINO could not load '{path.name}': {type(exc).__name__}: {first}") from exc
+        return OpenVinoSession(compiled, model)
+
+    def inspect(self, path: Path, model: Model, fmt: str) -> dict | None:
+        """Facts read from model.xml with the standard library, so they hold without OpenVINO: the
+        I/O names, the weights' element types and the FakeQuantize count each precision promises."""
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as exc:
+            return {"facts": {}, "problems": [f"model.xml cannot be read: {exc}"]}
+        layers = root.find("layers")
+        types: dict[str, int] = {}
+        consts: dict[str, int] = {}
+        params: list[str] = []
+        for layer in layers if layers is not None else []:
+            kind = layer.get("type", "")
+            types[kind] = types.get(kind, 0) + 1
+            if kind == "Const":
+                data = layer.find("data")
+                et = data.get("element_type", "?") if data is not None else "?"
+                consts[et] = consts.get(et, 0) + 1
+            elif kind == "Parameter":  # tensor names sit on the output port; the layer name is a fallback
+                port = layer.find("output/port")
+                names = port.get("names", "") if port is not None else ""
+                params.append(next((n.strip() for n in names.split(",") if n.strip()), layer.get("name", "")))
+        facts = {"inputs": params, "fake_quantize": types.get("FakeQuantize", 0), "constants": consts}
+        problems = []
+        missing = [i.name for i in model.inputs if i.name not in params]
+        if params and len(missing) == len(model.inputs):
+            problems.append(f"the IR's inputs [{', '.join(params)}] are none of the signature's "
+                            f"[{', '.join(i.name for i in model.inputs)}]")
+        precision = get_format(fmt).precision
+        if precision == "int8" and not facts["fake_quantize"]:
+            problems.append("an int8 IR without FakeQuantize layers: nothing was quantized")
+        if precision == "fp16" and not consts.get("f16"):
+            problems.append("an fp16 IR without float16 constants: the weights were not compressed")
+        if precision == "fp32" and consts.get("f16"):
+            problems.append(f"a float32 IR with {consts['f16']} float16 constants (saved with compress_to_fp16)")
+        return {"facts": facts, "problems": problems}
