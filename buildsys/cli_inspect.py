@@ -146,10 +146,13 @@ def schema(steps: bool, markdown: bool) -> None:
 def doctor() -> None:
     """Show which toolchains and runtimes are usable on this host."""
     from buildsys.keys import package_version
-    from buildsys.formats import runtimes
+    from buildsys.formats import runtimes, steps
 
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "onnx2tf", "ai-edge-litert", "coremltools"):
-        click.echo(f"  {pkg:<14} {package_version(pkg)}")
+    # Every package a step or runtime declares (what enters keys), so a new format needs no edit here.
+    packages = sorted({p for s in steps().values() for p in s.packages} | {p for r in runtimes().values() for p in r.packages})
+    width = max(map(len, packages))
+    for pkg in packages:
+        click.echo(f"  {pkg:<{width}} {package_version(pkg)}")
     click.echo("runtimes:")
     width = max(map(len, runtimes()))
     for name, cls in sorted(runtimes().items()):

@@ -48,6 +48,19 @@ class Runtime:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
         return None
 
+    def preimport(self) -> None:
+        """Import the toolchain ahead of timing (a bench's warm-up), so no import lands in a measurement.
+
+        The default imports every package by its module name; a runtime whose import has side
+        effects to suppress (OpenVINO's telemetry) overrides it."""
+        import importlib
+
+        for package in self.packages:
+            try:
+                importlib.import_module(package.replace("-", "_"))
+            except Exception:  # a distribution whose module has another name: load() will import it
+                pass
+
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         raise NotImplementedError
 

@@ -177,15 +177,9 @@ class Bench(Step):
 
 
 def _preimport(runtime_name: str) -> None:
-    import importlib
-
     from buildsys.formats import get_runtime
 
-    for package in get_runtime(runtime_name).packages:
-        try:
-            importlib.import_module(package.replace("-", "_"))
-        except Exception:  # a distribution whose module has another name: load() will import it
-            pass
+    get_runtime(runtime_name).preimport()
 
 
 def _uses_torch(runtime_name: str) -> bool:

@@ -69,8 +69,8 @@ class OpenVinoRuntime(Runtime):
         return None
 
     def preimport(self) -> None:
-        """Import the toolchain with telemetry declined (for a bench's warm-up import; see docs/openvino.md:
-        nodes/bench.py's `_preimport` imports `packages` by name, which sends a usage event)."""
+        """Import the toolchain with telemetry declined (a bench's warm-up import would otherwise send
+        a usage event)."""
         with telemetry_off():
             import openvino  # noqa: F401
 
