@@ -164,3 +164,13 @@ def test_platform_presets_and_overrides(tmp_path: Path) -> None:
     assert t["plain"].goal == "tflite-fp16" and "tflite-int8" not in t["plain"].options
     no_data = load(write(tmp_path, MODEL + "targets:\n  droid: {model: m, platform: android}\n", "other.yaml"))
     assert no_data.project.targets["droid"].goal == "tflite-fp16"  # no calibration data: fp16
+
+
+def test_intel_preset_is_openvino_int8_with_calibration_data_else_fp16(tmp_path: Path) -> None:
+    with_calibration = MODEL.replace("outputs:", "data: {calibration: c.npz}\n    outputs:")
+    cfg = load(write(tmp_path, with_calibration + "targets:\n  edge: {model: m, platform: intel}\n"))
+    assert cfg.project.targets["edge"].goal == "openvino-int8"
+    no_data = load(write(tmp_path, MODEL + "targets:\n  edge: {model: m, platform: intel}\n", "other.yaml"))
+    assert no_data.project.targets["edge"].goal == "openvino-fp16"
+    with pytest.raises(ConfigError, match=r"targets\.edge\.platform: 'intle' is not one of ios, android, server, intel"):
+        load(write(tmp_path, MODEL + "targets:\n  edge: {model: m, platform: intle}\n", "bad.yaml"))

@@ -173,14 +173,14 @@ def _check_references(cfg: LoadedConfig) -> None:
                                   hint=did_you_mean(target, targets) or f"targets: {', '.join(targets)}")
 
 
-PLATFORMS = ("ios", "android", "server")
+PLATFORMS = ("ios", "android", "server", "intel")
 
 
 def _platform_recipe(platform: str, model: Any) -> str:
-    """The preset a platform starts from; android quantizes to int8 only when calibration data exists."""
-    if platform == "android":
+    """The preset a platform starts from; android and intel quantize to int8 only when calibration data exists."""
+    if platform in ("android", "intel"):
         data = model.get("data") if isinstance(model, dict) else None
-        return "android-int8" if isinstance(data, dict) and data.get("calibration") else "android"
+        return f"{platform}-int8" if isinstance(data, dict) and data.get("calibration") else platform
     return platform
 
 

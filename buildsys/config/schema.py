@@ -236,9 +236,10 @@ class Target(Strict):
     via: list[str] = Field(default_factory=list, description="Formats the route must pass through, in order.")
     acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
     recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
-    platform: Optional[Literal["ios", "android", "server"]] = Field(
+    platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
         default=None, description="Start from the built-in preset for a platform (ios: Core ML fp16 ML Program; "
-        "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX). "
+        "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
+        "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16). "
         "Every field stays overridable; an explicit 'recipe' wins.")
 
     @property
