@@ -27,7 +27,8 @@ class CorruptBlob(Exception):
 
 
 class Store:
-    """Local CAS + action cache. A remote store would implement the same public methods."""
+    """Local CAS + action cache. The remote cache (buildsys.remote) keeps the same layout on fsspec
+    storage and pulls into this store (verified blobs, then the action entry)."""
 
     def __init__(self, cache_dir: Path, stat: StatCache):
         self.dir = cache_dir

@@ -260,6 +260,19 @@ class Bundle(Strict):
         default=False, description="Refuse a target whose numeric check did not run on this host (e.g. Core ML off macOS).")
 
 
+class Cache(Strict):
+    """Where results are cached beyond this machine (see docs/remote-cache.md)."""
+
+    remote: str | None = Field(
+        default=None, description="fsspec URL of a shared remote cache, e.g. s3://bucket/prefix or "
+        "file:///mnt/shared/modelbuild: stale nodes are pulled from it and built ones pushed to it. "
+        "MODELBUILD_REMOTE overrides it ('off' disables it); credentials and endpoints come from the "
+        "storage's own settings (AWS_* variables and AWS_ENDPOINT_URL for S3).")
+    remote_readonly: bool = Field(
+        default=False, description="Only pull from the remote, never push (CI consumers, untrusted "
+        "branches). MODELBUILD_REMOTE_READONLY=1/0 overrides it.")
+
+
 class Project(Strict):
     """The whole deploy.yaml."""
 
@@ -271,6 +284,7 @@ class Project(Strict):
     models: dict[str, Model] = Field(description="Models by name.")
     targets: dict[str, Target] = Field(description="Targets by name.")
     bundles: dict[str, Bundle] = Field(default_factory=dict, description="Release bundles by name.")
+    cache: Cache = Field(default_factory=Cache, description="Remote cache settings; not part of any cache key.")
 
     @model_validator(mode="after")
     def _names(self) -> "Project":
