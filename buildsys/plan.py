@@ -24,6 +24,9 @@ from buildsys.store import Store
 NOTHING = "nothing"  # fresh and present
 RUN = "run"  # run its step (or restore it from the action cache if the key is there)
 RESTORE = "restore"  # fresh, only the materialized artifact is missing or modified
+#: This host cannot build it (its step's `host_requirement`, or an upstream node's): listed with
+#: that reason, never started; `build` fails it at once and still builds the other targets.
+BLOCKED = "blocked"
 
 
 @dataclass
@@ -34,6 +37,7 @@ class NodePlan:
     key: str | None = None  # None while an upstream node still has to run
     components: dict[str, Any] | None = None
     cached: bool = False  # the action cache already holds this key's outputs
+    remote: bool = False  # not in the local cache, but the remote cache holds it: it will be pulled
 
     @property
     def fresh(self) -> bool:
@@ -68,6 +72,28 @@ class Planner:
         self.artifacts = artifacts
         self._source: dict[str, dict[str, str]] = {}
         self._data: dict[tuple[str, str], str] = {}
+        self._remote: Any = None  # resolved on first use: a no-op plan never reads the remote settings
+        # node → (why this host cannot build it, what its consumers say), None when it can: see `blocked`
+        self._blocked: dict[str, tuple[str, str] | None] = {}
+
+    @property
+    def remote(self) -> Any:
+        """The remote cache (buildsys.remote.Remote) configured for this project, or None.
+
+        Created lazily and cheaply (no network): only a stale node's lookup talks to the remote."""
+        if self._remote is None:
+            from buildsys.remote import remote_for
+
+            self._remote = remote_for(self.config) or False
+        return self._remote or None
+
+    def _on_remote(self, node: Node, plan: NodePlan) -> NodePlan:
+        """Mark a stale node that the local cache lacks but the remote holds: it will be pulled."""
+        remote = self.remote
+        if remote is not None and plan.key and not plan.cached and remote.serves(node) and remote.lookup(plan.key):
+            plan.remote = True
+            plan.reasons = [*plan.reasons, f"from remote {remote.url}"]
+        return plan
 
     # --- key components ----------------------------------------------------------------------
     def _digest_files(self, files: list[Path]) -> str:
@@ -122,6 +148,11 @@ class Planner:
         for i, dep in enumerate(node.deps):
             inputs["reference" if kind.judges and i == 1 else f"upstream {dep}"] = upstream[dep]
         kind.add_components(node, model, comp, packages)
+        device = step.host_components()
+        if device:  # what the output is only valid for (a TensorRT engine: GPU model, TensorRT)
+            comp["device"] = device
+        if not kind.host_bound and keys.platform_bound(step.name, node.options, node.data_sets, kind.judges):
+            comp["platform"] = keys.host_platform()
         comp["inputs"] = inputs
         comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
         comp["toolchain"] = keys.toolchain(packages)
@@ -130,6 +161,9 @@ class Planner:
     # --- status --------------------------------------------------------------------------------
     def status(self, node: Node, upstream: dict[str, str | None], force: bool = False) -> NodePlan:
         """Fresh or stale (with reasons) given upstream output digests (None: will be rebuilt)."""
+        blocked = self.blocked(node)
+        if blocked:  # checked first: a host that cannot build it cannot key it either (no GPU to name)
+            return NodePlan(node, BLOCKED, [blocked])
         entry = self.lock.nodes.get(node.name)
         unknown = [d for d in node.deps if upstream.get(d) is None]
         if unknown:
@@ -145,15 +179,30 @@ class Planner:
         if force:
             return NodePlan(node, RUN, ["forced"], key, comp, cached=False)
         if entry is None:
-            return NodePlan(node, RUN, ["not built yet"], key, comp, cached)
+            return self._on_remote(node, NodePlan(node, RUN, ["not built yet"], key, comp, cached))
         if entry.get("key") != key:
-            return NodePlan(node, RUN, keys.explain(entry.get("components", {}), comp) or ["key changed"], key, comp, cached)
+            reasons = keys.explain(entry.get("components", {}), comp) or ["key changed"]
+            return self._on_remote(node, NodePlan(node, RUN, reasons, key, comp, cached))
         problems = self._delivery_problems(node) if kind_of(node).owns_delivery else []
         if problems:
             artifact = self.lock.nodes.get(node.deps[0], {})
             action = RESTORE if self.store.has_files(artifact.get("files", [])) else RUN
-            return NodePlan(node, action, problems, key, comp, cached=action == RESTORE)
+            plan = NodePlan(node, action, problems, key, comp, cached=action == RESTORE)
+            return self._on_remote(node, plan) if action == RUN else plan
         return NodePlan(node, NOTHING, [], key, comp)
+
+    def blocked(self, node: Node) -> str | None:
+        """Why this host cannot build `node`: its step's host requirement, else the first upstream
+        node's, named (deps are asked first: planning goes in dependency order). None: it can."""
+        if node.name not in self._blocked:
+            own = get_step(node.step).host_requirement()
+            if own:
+                self._blocked[node.name] = (own, f"upstream {node.name}: {own}")
+            else:
+                up = next((self._blocked[d][1] for d in node.deps if self._blocked.get(d)), None)
+                self._blocked[node.name] = (up, up) if up else None
+        entry = self._blocked[node.name]
+        return entry[0] if entry else None
 
     def _delivery_problems(self, check: Node) -> list[str]:
         """Why a target's deliverable under artifacts/ does not match what its passing check
@@ -206,8 +255,10 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         upstream = {d: digests[d] for d in node.deps}
         plan = planner.status(node, upstream, force=force or node.kind in force_kinds)
         plans[node.name] = plan
-        # A fresh node's output is the lock's; a node that runs has an output not known yet.
-        digests[node.name] = planner.output_digest(node.name) if plan.action != RUN else None
+        # A fresh node's output is the lock's; a node that runs has an output not known yet, unless
+        # the remote holds it (then its entry names the tree, and downstream can be keyed too).
+        digests[node.name] = planner.output_digest(node.name) if plan.action != RUN else \
+            (planner.remote.lookup(plan.key)["tree"] if plan.remote else None)
     # An intermediate that is fresh but absent from the cache must be remade only if something
     # that consumes it runs (ninja's rule): walk dependents-first.
     for node in reversed(dag.order()):
@@ -219,4 +270,25 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
             if needing and not planner.store.has_files(entry.get("files", [])):
                 plan.action = RUN
                 plan.reasons = [f"output missing from the cache (needed by {', '.join(needing)})"]
+                planner._on_remote(node, plan)
     return Plan(planner.config, dag, plans, selected)
+
+
+def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
+    """What `build` must not start on this host: node → (fails, message), in dependency order.
+
+    Blocked nodes whose own step cannot run here fail with its reason; blocked nodes downstream of
+    them are skipped, and so is stale work that only blocked nodes need (an ONNX export made just
+    for a TensorRT engine), so a target that cannot be built here fails at once without running
+    anything. Work that another target needs still runs."""
+    out: dict[str, tuple[bool, str]] = {}
+    for p in plan.order():
+        if p.action == BLOCKED:
+            out[p.node.name] = (not p.reasons[0].startswith("upstream "), p.reasons[0])
+    for node in reversed(plan.dag.order()):
+        p = plan.nodes.get(node.name)
+        consumers = [c for c in plan.dag.consumers.get(node.name, []) if c in plan.nodes]
+        if p is not None and p.action != NOTHING and node.name not in out and consumers \
+                and all(c in out for c in consumers):
+            out[node.name] = (False, f"only needed by {', '.join(sorted(consumers))}, which this host cannot build")
+    return {n.name: out[n.name] for n in plan.dag.order() if n.name in out}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
-from buildsys.plan import NOTHING, RESTORE, Plan
+from buildsys.plan import BLOCKED, NOTHING, RESTORE, Plan
 from buildsys.report_html import fmt_size as _size
 from buildsys.kinds import Bench, Check, check_status
 from buildsys.verify import not_run_reasons
@@ -40,12 +40,14 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         nodes.append({
             "node": p.node.name, "kind": p.node.kind, "model": p.node.model, "format": p.node.format,
             "step": p.node.step, "deps": p.node.deps, "targets": p.node.targets or ([p.node.target] if p.node.target else []),
-            "state": "fresh" if p.fresh else "stale", "action": "none" if p.fresh else ("restore" if p.action == RESTORE else
-                                                                                        "cached" if p.cached else "run"),
+            "state": "fresh" if p.fresh else "blocked" if p.action == BLOCKED else "stale",
+            "action": "none" if p.fresh or p.action == BLOCKED else ("restore" if p.action == RESTORE else
+                                                                   "cached" if p.cached else "run"),
             "reasons": p.reasons, "key": p.key,
         })
     return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes, "nodes": nodes,
-            "stale": sum(1 for n in nodes if n["state"] == "stale")}
+            "stale": sum(1 for n in nodes if n["state"] == "stale"),
+            "blocked": sum(1 for n in nodes if n["state"] == "blocked")}
 
 
 def print_plan(plan: Plan) -> None:
@@ -60,15 +62,21 @@ def print_plan(plan: Plan) -> None:
             label, color = "fresh", "bright_black"
         elif p.action == RESTORE:
             label, color = "restore", "cyan"
+        elif p.action == BLOCKED:  # this host cannot build it (no GPU): not work that could be done here
+            label, color = "blocked", "red"
         else:
             label, color = ("cached" if p.cached else "stale"), "yellow"
         reasons = "; ".join(p.reasons)
         line = f"  {click.style(f'{label:<8}', fg=color)} {p.node.name:<{width}}  {click.style(reasons, dim=True) if reasons else ''}"
         click.echo(line.rstrip())
     work = plan.work
-    if work:
-        click.echo(f"{len(work)} of {len(order)} node(s) need work; run modelbuild build to make them.")
-    else:
+    blocked = sum(1 for p in work if p.action == BLOCKED)
+    if blocked:
+        click.echo(f"{blocked} node(s) cannot be built on this host (see why above); build fails them "
+                   "without running them and builds the rest.")
+    if len(work) > blocked:
+        click.echo(f"{len(work) - blocked} of {len(order)} node(s) need work; run modelbuild build to make them.")
+    elif not work:
         click.echo("Everything is fresh: nothing to do.")
 
 

@@ -138,6 +138,22 @@ class Step:
         """Plan-time validation that needs no heavy import; return a problem message or None."""
         return None
 
+    @classmethod
+    def host_requirement(cls) -> str | None:
+        """Why this host cannot run the step at all (e.g. `keys.NEEDS_NVIDIA_GPU`), or None.
+
+        Cheap (no toolchain import): `plan` asks it of every node. A node whose step (or an upstream
+        node's) answers is listed as blocked with this reason and never started by `build`."""
+        return None
+
+    @classmethod
+    def host_components(cls) -> dict[str, str]:
+        """What of this host the output is only valid for, beyond OS and packages: a TensorRT engine
+        names the GPU model, its compute capability and the TensorRT version. Enters the key as the
+        `device` component (so another GPU shows as a reason to rebuild); {} for portable outputs.
+        Only asked where `host_requirement` is None."""
+        return {}
+
     def run(self, ctx: StepContext) -> dict[str, Any]:
         """Run the step and check it produced its main output; returns metrics (seconds at least)."""
         started = time.perf_counter()
