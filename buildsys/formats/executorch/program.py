@@ -1,0 +1,227 @@
+"""The ExecuTorch formats: a torch.export program lowered to the XNNPACK delegate and saved as a .pte.
+
+Both members start from the .pt2 (`pt2`, or a `pt2-file` source): the program is re-exported with
+fixed shapes (ExecuTorch plans every tensor's memory ahead of time, so a .pte has static shapes),
+then `to_edge_transform_and_lower` hands what XNNPACK supports to its delegate and `to_executorch`
+serializes the rest for the portable kernels. The int8 member first quantizes with PT2E
+(XNNPACKQuantizer: int8 weights and activations, observers calibrated on the model's own
+calibration set), the flow ExecuTorch documents; `ExportedProgram.module()` of the loaded .pt2 is
+the graph PT2E wants, so no second trace of the Python code is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from buildsys.formats import register, register_formats
+from buildsys.formats.base import Format, Step, StepContext, StepOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from buildsys.config.schema import Model
+    from buildsys.data import Batch
+
+PTE = register_formats(Format.variants("executorch", {
+    "fp32": "ExecuTorch program (.pte), float32, lowered to the XNNPACK delegate (CPU on Android, iOS, Linux); "
+            "fixed shapes: the batch axis is the step's `batch` (default 1).",
+    "int8": "ExecuTorch program (.pte) quantized to int8 with PT2E (XNNPACKQuantizer, calibrated on the model's "
+            "calibration set), lowered to the XNNPACK delegate; float32 inputs and outputs.",
+}, filename="model.pte", runtime="executorch"))
+
+_NEEDS_CALIBRATION = ("ExecuTorch int8 needs calibration data: add data.calibration to the model (an .npz of "
+                      "representative inputs), or build the fp32 'executorch' format instead")
+
+
+class PteOptions(StepOptions):
+    """Options both ExecuTorch steps share."""
+
+    batch: int | None = Field(
+        default=None, ge=1, description="The fixed batch size the program is exported with (a .pte has static "
+        "shapes; the check feeds it this many samples per call). Unset: the signature's first axis where it "
+        "is a number, else 1 (one sample per call, the usual on-device use).")
+
+
+def fixed_batch_problem(model: Model, options: StepOptions) -> str | None:
+    """A `batch` that contradicts the signature's fixed first axis, as a plan-time message."""
+    batch = getattr(options, "batch", None)
+    fixed = {i.shape[0] for i in model.inputs if i.shape and isinstance(i.shape[0], int)}
+    if batch is not None and fixed and fixed != {batch}:
+        return (f"batch {batch} contradicts the signature, whose first axis is fixed to "
+                f"{', '.join(map(str, sorted(fixed)))}; remove batch or make the first axis a name like 'batch'")
+    return None
+
+
+def program_batch(model: Model, options: StepOptions) -> int:
+    """The batch size the .pte is exported with (see PteOptions.batch)."""
+    fixed = next((i.shape[0] for i in model.inputs if i.shape and isinstance(i.shape[0], int)), None)
+    return getattr(options, "batch", None) or fixed or 1
+
+
+def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
+    """`feeds` with exactly `n` samples: cut, or padded by cycling through its own samples."""
+    import numpy as np
+
+    out = {}
+    for key, value in feeds.items():
+        if len(value) < n:
+            value = np.concatenate([value] * -(-n // max(len(value), 1)), axis=0)
+        out[key] = np.ascontiguousarray(value[:n])
+    return out
+
+
+class _PteFromPt2(Step):
+    """Shared body: load the .pt2, fix its shapes, (quantize,) lower to XNNPACK and write model.pte."""
+
+    consumes = ("pt2", "pt2-file")
+    packages = ("torch", "executorch", "torchao")
+    extra = "executorch"
+    toolchain = "torch"
+    Options = PteOptions
+
+    @classmethod
+    def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
+        return fixed_batch_problem(model, options)
+
+    def _prepare(self, ctx: StepContext, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+        """Hook of the precision: the module to lower (the int8 step quantizes it) and its metrics."""
+        return module, {}
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import torch
+
+        from buildsys.formats.executorch.contract import executorch_unavailable
+
+        reason = executorch_unavailable()
+        if reason:
+            raise self.fail(ctx, reason)
+        from buildsys.data import Batch
+        from buildsys.formats.torch.module import example_args
+
+        batch = program_batch(ctx.model, ctx.options)
+        args = example_args(ctx.model, Batch(fill(ctx.example().inputs, batch), None, "example"))
+        try:
+            module = torch.export.load(str(ctx.input_path)).module()
+        except Exception as exc:
+            raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
+                                 f"{_first_line(exc)}") from exc
+        module, metrics = self._prepare(ctx, module, args)
+        buffer, structure = self._lower(ctx, module, args)
+        path = ctx.out_dir / PTE[self.precision].filename
+        path.write_bytes(buffer)
+        return {"bytes": len(buffer), "batch": batch, **structure, **metrics}
+
+    def _lower(self, ctx: StepContext, module: Any, args: tuple[Any, ...]) -> tuple[bytes, dict[str, Any]]:
+        """torch.export with fixed shapes → XNNPACK partition → ExecuTorch program bytes (reproducible)."""
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
+        from executorch.exir import to_edge_transform_and_lower
+
+        from buildsys.formats.executorch.contract import XNNPACK
+        from buildsys.formats.reproducible import exported_program_without_stack_traces
+
+        try:
+            program = torch.export.export(module, args, strict=False)
+        except Exception as exc:
+            raise self.fail(ctx, f"torch.export with fixed shapes {[tuple(a.shape) for a in args]} failed: "
+                                 f"{_first_line(exc)}") from exc
+        exported_program_without_stack_traces(program)  # build-host paths must not reach the .pte
+        try:
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+        except Exception as exc:
+            raise self.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
+        plan = lowered.executorch_program.execution_plan[0]
+        delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
+        portable = sorted({op.name for op in plan.operators})
+        return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
+
+
+@register
+class ExecutorchFromPt2(_PteFromPt2):
+    """Lower the float32 program to XNNPACK and save it as an ExecuTorch .pte."""
+
+    name = "executorch-from-pt2"
+    produces = "executorch"
+    precision = "fp32"
+    description = ("torch.export with fixed shapes, to_edge_transform_and_lower with XnnpackPartitioner, "
+                   "to_executorch.")
+
+
+class Int8Options(PteOptions):
+    per_channel: bool = Field(
+        default=True, description="One weight scale per output channel of each convolution and linear layer "
+        "(XNNPACK's recommended setting; better accuracy) instead of one per tensor.")
+    calibration_samples: int | None = Field(
+        default=None, ge=1, description="Calibrate on at most this many samples of data.calibration (all when unset).")
+
+
+@register
+class ExecutorchInt8FromPt2(_PteFromPt2):
+    """Quantize the program to int8 with PT2E and XNNPACKQuantizer, calibrated, then lower it to XNNPACK."""
+
+    name = "executorch-int8-from-pt2"
+    produces = "executorch-int8"
+    precision = "int8"
+    Options = Int8Options
+    description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8), observers run on "
+                   "data.calibration, convert_pt2e, then lowered like executorch.")
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("calibration",)
+
+    @classmethod
+    def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
+        if model.data.calibration is None:
+            return _NEEDS_CALIBRATION
+        return fixed_batch_problem(model, options)
+
+    def _prepare(self, ctx: StepContext, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+        import torch
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        opts: Any = ctx.options
+        calibration = ctx.data("calibration")
+        if calibration is None:
+            raise self.fail(ctx, _NEEDS_CALIBRATION)
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=opts.per_channel))
+        try:
+            # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
+            graph = torch.export.export(module, args, strict=False).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            samples = _calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
+            converted = convert_pt2e(prepared)
+        except Exception as exc:
+            raise self.fail(ctx, f"PT2E int8 quantization failed: {_first_line(exc)}") from exc
+        return converted, {"calibration_samples": samples, "per_channel": opts.per_channel}
+
+
+def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, limit: int | None) -> int:
+    """Run the observers over the calibration set in calls of the program's batch; returns the samples seen."""
+    import torch
+
+    from buildsys.data import Batch
+    from buildsys.formats.torch.module import example_args
+
+    inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
+    n = len(next(iter(inputs.values())))
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            chunk = fill({k: v[start:start + batch] for k, v in inputs.items()}, batch)
+            prepared(*example_args(ctx.model, Batch(chunk, None, calibration.origin)))
+    return n
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: first meaningful line` of an exception (ExecuTorch's errors run to dozens of lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")

@@ -1,0 +1,305 @@
+"""ExecuTorch steps and runtime on tiny real models: .pt2 → XNNPACK-lowered .pte (fp32, PT2E int8), run in
+ExecuTorch's own runtime, byte-reproducible, plan-time errors, and an end-to-end `modelbuild build`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from buildsys.config.schema import Acceptance, Model
+from buildsys.data import Batch
+from buildsys.errors import StepError
+from buildsys.formats import get_format, get_runtime, get_step
+from buildsys.verify import resolve_acceptance
+from tests.conftest import make_tiny_project
+from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
+
+# Every test here lowers through ExecuTorch (~10 s a program on 2 cores).
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
+                                                   reason="needs the executorch extra")]
+
+
+def check(tiny: Tiny, out: Path, fmt: str, artifact: Path, reference: Path, precision: str = "fp32",
+          **acceptance: object) -> dict:
+    options = resolve_acceptance(Acceptance(**acceptance), precision, tiny.model.outputs)
+    return tiny.run("check", out, input_path=artifact, precision=precision,
+                    extra={"format": fmt, "reference": str(reference)}, **options)
+
+
+@pytest.fixture(scope="module")
+def cnn_pt2(cnn: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cnn-pt2")
+    cnn.run("pt2-from-pytorch", out)
+    return out / "model.pt2"
+
+
+@pytest.fixture(scope="module")
+def cnn_pte(cnn: Tiny, cnn_pt2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cnn-pte")
+    metrics = cnn.run("executorch-from-pt2", out, input_path=cnn_pt2)
+    return out / "model.pte", metrics
+
+
+@pytest.fixture(scope="module")
+def cnn_pte_int8(cnn: Tiny, cnn_pt2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cnn-pte-int8")
+    metrics = cnn.run("executorch-int8-from-pt2", out, input_path=cnn_pt2)
+    return out / "model.pte", metrics
+
+
+# --- formats and steps ----------------------------------------------------------------------------
+
+
+def test_family_members_and_routes() -> None:
+    fp32, int8 = get_format("executorch"), get_format("executorch-int8")
+    assert (fp32.family, fp32.precision, int8.family, int8.precision) == ("executorch", "fp32", "executorch", "int8")
+    assert fp32.filename == int8.filename == "model.pte" and fp32.runtime == int8.runtime == "executorch"
+    assert get_step("executorch-int8-from-pt2").consumes == ("pt2", "pt2-file")
+
+
+def test_fp32_is_delegated_to_xnnpack_and_passes_fp32_check(cnn: Tiny, cnn_pte: tuple[Path, dict],
+                                                            cnn_reference: Path, tmp_path: Path) -> None:
+    path, metrics = cnn_pte
+    assert path.read_bytes()[4:8] == b"ET12"  # the ExecuTorch flatbuffer identifier
+    assert metrics["batch"] == 1 and metrics["xnnpack_delegates"] == 1 and metrics["portable_operators"] == []
+    result = check(cnn, tmp_path, "executorch", path, cnn_reference)
+    assert result["passed"] is True, result
+    assert result["outputs"]["logits"]["max_rel"]["observed"] < 1e-5
+    assert result["structure"]["facts"]["delegates"] == ["XnnpackBackend"]
+    assert result["structure"]["facts"]["input_shapes"] == [[1, 1, 8, 8]] and result["structure"]["problems"] == []
+
+
+def test_int8_is_smaller_calibrated_and_passes_int8_check(cnn: Tiny, cnn_pte: tuple[Path, dict],
+                                                          cnn_pte_int8: tuple[Path, dict], cnn_reference: Path,
+                                                          tmp_path: Path) -> None:
+    path, metrics = cnn_pte_int8
+    assert metrics["calibration_samples"] == 32 and metrics["per_channel"] is True
+    assert path.stat().st_size < 0.7 * cnn_pte[0].stat().st_size  # int8 weights: the Linear's 11 KB → ~3 KB
+    result = check(cnn, tmp_path, "executorch-int8", path, cnn_reference, precision="int8")
+    assert result["passed"] is True, result
+    observed = result["outputs"]["logits"]["max_abs"]["observed"]
+    assert 1e-4 < observed  # really quantized: not the float program under another name
+    # ...and judged as float32 it misses, naming the metric: the int8 defaults are what let it pass.
+    strict = check(cnn, tmp_path / "strict", "executorch-int8", path, cnn_reference)
+    assert strict["passed"] is False and any("max_rel" in f for f in strict["failures"]), strict
+
+
+def test_perturbed_pte_fails_its_check(cnn: Tiny, cnn_pte: tuple[Path, dict], cnn_reference: Path,
+                                       tmp_path: Path) -> None:
+    import torch
+
+    data = bytearray(cnn_pte[0].read_bytes())
+    weight = torch.load(cnn.root / "cnn.pt", weights_only=True)["fc.weight"].numpy().astype("<f4")
+    at = bytes(data).find(weight.tobytes())
+    assert at > 0 and bytes(data).count(weight.tobytes()) == 1  # the Linear's weights sit in the file as they are
+    data[at:at + weight.nbytes] = (weight * 1.01).tobytes()  # 1 % off: far beyond fp32's 1e-4
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(bytes(data))
+    result = check(cnn, tmp_path / "check", "executorch", bad, cnn_reference)
+    assert result["passed"] is False and any("max_rel" in f for f in result["failures"]), result
+
+
+def test_builds_are_byte_identical(cnn: Tiny, cnn_pt2: Path, cnn_pte: tuple[Path, dict],
+                                   cnn_pte_int8: tuple[Path, dict], tmp_path: Path) -> None:
+    # Same worker process, after other lowerings: no counters, ids or paths reach the bytes.
+    cnn.run("executorch-from-pt2", tmp_path / "a", input_path=cnn_pt2)
+    cnn.run("executorch-int8-from-pt2", tmp_path / "b", input_path=cnn_pt2)
+    assert (tmp_path / "a/model.pte").read_bytes() == cnn_pte[0].read_bytes()
+    assert (tmp_path / "b/model.pte").read_bytes() == cnn_pte_int8[0].read_bytes()
+    assert str(cnn.root).encode() not in cnn_pte[0].read_bytes()
+
+
+def test_fixed_batch_runs_any_number_of_samples(mlp: Tiny, tmp_path: Path) -> None:
+    mlp.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = mlp.run("executorch-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2", batch=4)
+    assert metrics["batch"] == 4
+    session = get_runtime("executorch").load(tmp_path / "pte/model.pte", mlp.model, mlp.root)
+    assert session.max_batch == 4
+    feeds = {k: v[:11] for k, v in validation_feeds(mlp).items()}  # 4 + 4 + 3: the last call is padded
+    out = session.run_all(Batch(feeds, None, "test"))[0]
+    assert out.shape == (11, 3)
+    np.testing.assert_allclose(out, torch_outputs(mlp, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_dict_outputs_come_back_in_signature_order(two: Tiny, tmp_path: Path) -> None:
+    two.run("pt2-from-pytorch", tmp_path / "pt2")
+    two.run("executorch-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    feeds = validation_feeds(two)
+    scores, box = get_runtime("executorch").load(tmp_path / "pte/model.pte", two.model, two.root).run_all(
+        Batch(feeds, None, "test"))
+    expected = torch_outputs(two, feeds)
+    assert scores.shape == (48, 3) and box.shape == (48, 2)
+    np.testing.assert_allclose(scores, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(box, expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_operator_outside_core_aten_is_named(tmp_path: Path) -> None:
+    tiny = make_model(tmp_path / "p", "unsupported", name="eig")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")  # torch.export takes linalg.eigh; ExecuTorch's edge dialect does not
+    with pytest.raises(StepError, match=r"^model 'eig': lowering to ExecuTorch failed: SpecViolationError: Operator "
+                                        r"torch\._ops\.aten\._linalg_eigh\.default is not in Core ATen opset .*"
+                                        r"\(step executorch-from-pt2\)$"):
+        tiny.run("executorch-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+
+
+def test_a_file_that_is_not_a_program_is_a_clear_error(cnn: Tiny, tmp_path: Path) -> None:
+    (tmp_path / "model.pte").write_bytes(b"not a program")
+    with pytest.raises(StepError, match=r"ExecuTorch could not load 'model.pte'"):
+        get_runtime("executorch").load(tmp_path / "model.pte", cnn.model, cnn.root)
+
+
+# --- plan-time errors and availability ------------------------------------------------------------
+
+
+def test_int8_without_calibration_data_is_a_plan_time_error(cnn: Tiny) -> None:
+    step = get_step("executorch-int8-from-pt2")
+    bare = cnn.with_model(data={"validation": "val.npz"})
+    assert step.check_config(bare.model, step.Options(), bare.root) == (
+        "ExecuTorch int8 needs calibration data: add data.calibration to the model (an .npz of representative "
+        "inputs), or build the fp32 'executorch' format instead")
+    assert step.check_config(cnn.model, step.Options(), cnn.root) is None
+    assert step.data_used(step.Options()) == ("calibration",)
+
+
+def test_batch_that_contradicts_a_fixed_signature_is_a_plan_time_error(cnn: Tiny) -> None:
+    fixed = cnn.with_model(inputs=[{"name": "image", "shape": [2, 1, 8, 8]}])
+    step = get_step("executorch-from-pt2")
+    assert step.check_config(fixed.model, step.Options(batch=4), fixed.root) == (
+        "batch 4 contradicts the signature, whose first axis is fixed to 2; remove batch or make the first "
+        "axis a name like 'batch'")
+    assert step.check_config(fixed.model, step.Options(batch=2), fixed.root) is None
+    assert step.check_config(cnn.model, step.Options(batch=4), cnn.root) is None
+
+
+def test_runtime_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
+    assert get_runtime("executorch").unavailable() == (
+        "executorch not installed (pip install -c constraints.txt 'modelbuild[executorch]')")
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+DEPLOY = """\
+models:
+  tiny:
+    source:
+      factory: tinynet:build
+      weights: tiny.pt
+    inputs:
+      - {name: x, shape: [batch, 4]}
+    outputs:
+      - {name: y, kind: scores}
+    data:
+      calibration: calib.npz
+      validation: val.npz
+targets:
+  phone:
+    model: tiny
+    format: executorch
+  phone-int8:
+    model: tiny
+    format: executorch
+    precision: int8
+    acceptance:
+      max_accuracy_drop: 0.05   # 48 samples: one flipped decision is 2 points
+"""
+
+
+def test_modelbuild_build_makes_verified_pte_targets(tmp_path: Path) -> None:
+    project = make_tiny_project(tmp_path / "proj", textwrap.dedent(DEPLOY))
+    plan = project.run("plan").stdout
+    assert "tiny/pt2" in plan and "tiny/executorch-int8" in plan
+    out = project.run("build").stdout
+    assert "passed" in out, out
+    for target in ("phone", "phone-int8"):
+        assert (project.root / "artifacts" / target / "model.pte").is_file()
+    lock = (project.root / "deploy.lock").read_text()
+    assert "verify:phone-int8" in lock and "passed" in lock
+    assert "need work" not in project.run("plan").stdout  # a second plan finds everything fresh
+
+
+def test_a_given_pt2_file_is_lowered_directly(tmp_path: Path) -> None:
+    import torch
+
+    project = make_tiny_project(tmp_path / "proj", textwrap.dedent(DEPLOY))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 4)
+    program = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    torch.export.save(program, project.root / "net.pt2")
+    project.edit("source:\n      factory: tinynet:build\n      weights: tiny.pt", "source: {exported: net.pt2}")
+    plan = json.loads(project.run("plan", "--json").stdout)
+    assert plan["routes"] == {"phone": ["pt2-file", "executorch"], "phone-int8": ["pt2-file", "executorch-int8"]}
+    project.run("build", "phone")
+    session = get_runtime("executorch").load(project.root / "artifacts/phone/model.pte", _signature(), project.root)
+    feeds = {"x": np.random.default_rng(1).standard_normal((5, 4)).astype("float32")}
+    with torch.no_grad():
+        expected = net(torch.from_numpy(feeds["x"])).numpy()
+    np.testing.assert_allclose(session.run_all(Batch(feeds, None, "test"))[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def _signature() -> Model:
+    return Model.model_validate({"source": {"exported": "net.pt2"}, "inputs": [{"name": "x", "shape": ["batch", 4]}],
+                                 "outputs": [{"name": "y", "kind": "scores"}]})
+
+
+def test_plan_refuses_int8_without_calibration(tmp_path: Path) -> None:
+    project = make_tiny_project(tmp_path / "proj", textwrap.dedent(DEPLOY).replace("      calibration: calib.npz\n", ""))
+    proc = project.run("plan", check=False)
+    assert proc.returncode == 2
+    assert "targets.phone-int8 (executorch-int8): ExecuTorch int8 needs calibration data" in proc.stderr
+
+
+# --- a recurrent model ----------------------------------------------------------------------------
+
+GRUNET = '''\
+"""A small GRU classifier: window [batch, 90, 9] (batch first) -> logits [batch, 4]."""
+import torch
+from torch import nn
+
+
+class GruNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(9, 16, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, window):
+        out, _ = self.gru(window)
+        return self.head(out[:, -1])
+
+
+def build():
+    return GruNet()
+'''
+
+
+def test_gru_reaches_executorch_fp32(tmp_path: Path) -> None:
+    """ExecuTorch unrolls the GRU over its 90 steps (one XNNPACK partition per step, a few portable copies)."""
+    import torch
+
+    root = tmp_path / "gru"
+    root.mkdir()
+    (root / "grunet_exec.py").write_text(GRUNET)
+    torch.manual_seed(0)
+    net = torch.nn.GRU(9, 16, batch_first=True), torch.nn.Linear(16, 4)
+    torch.save({**{f"gru.{k}": v for k, v in net[0].state_dict().items()},
+                **{f"head.{k}": v for k, v in net[1].state_dict().items()}}, root / "gru.pt")
+    rng = np.random.default_rng(0)
+    np.savez(root / "val.npz", window=rng.standard_normal((12, 90, 9)).astype("float32"))
+    model = Model.model_validate({
+        "source": {"factory": "grunet_exec:build", "weights": "gru.pt"},
+        "inputs": [{"name": "window", "shape": ["batch", 90, 9]}], "outputs": [{"name": "logits", "kind": "scores"}],
+        "data": {"validation": "val.npz"}})
+    tiny = Tiny(root, "gru", model, "gru")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = tiny.run("executorch-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    assert metrics["xnnpack_delegates"] > 1
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, tmp_path / "check", "executorch", tmp_path / "pte/model.pte", tmp_path / "ref/reference.npz")
+    assert result["passed"] is True, result
