@@ -1,4 +1,15 @@
-"""python -m buildsys: the modelbuild CLI."""
-from buildsys.cli import main
+"""python -m buildsys and the `modelbuild` command: an unchanged project is answered from the no-op
+snapshot (buildsys.noop, standard library only) before the CLI and its imports load."""
 
-main()
+
+def main() -> None:
+    from buildsys.noop import answer
+
+    answer()  # returns unless this exact command is a no-op on an unchanged project
+    from buildsys.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
