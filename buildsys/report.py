@@ -6,19 +6,15 @@ rich is imported only when something is printed for a person; `--json` output ne
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
+from buildsys.results import BuildResult
 from buildsys.plan import BLOCKED, NOTHING, RESTORE, Plan
 from buildsys.report_html import fmt_size as _size
 from buildsys.kinds import Bench, Check, check_status
 from buildsys.verify import not_run_reasons
-
-_STYLE = {
-    FRESH: "dim", CUTOFF: "dim", BUILT: "green", CACHED: "cyan", RESTORED: "cyan", FAILED: "bold red",
-    SKIPPED: "yellow", "stale": "yellow", "restore": "cyan", "warn": "yellow",
-}
 
 
 def console(stderr: bool = False) -> Any:
@@ -30,7 +26,9 @@ def console(stderr: bool = False) -> Any:
     # Logs (CI, pipes) get wide tables instead of rich's 80-column default.
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+    plain = bool(os.environ.get("NO_COLOR"))  # no-color.org: rich drops colours itself; drop bold and dim too
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, no_color=plain or None,
+                   color_system=None if plain else "auto")
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -78,23 +76,6 @@ def print_plan(plan: Plan) -> None:
         click.echo(f"{len(work) - blocked} of {len(order)} node(s) need work; run modelbuild build to make them.")
     elif not work:
         click.echo("Everything is fresh: nothing to do.")
-
-
-def print_event(out: Any, kind: str, payload: NodeResult | str) -> None:
-    if kind == "start":
-        return  # one line per finished node keeps CI logs short
-    assert isinstance(payload, NodeResult)
-    if payload.outcome == FRESH:
-        return
-    style = _STYLE.get(payload.outcome, "")
-    secs = f"{payload.seconds:5.1f} s" if payload.outcome in (BUILT, FAILED) else ""
-    extra = f"  {payload.error}" if payload.error else ""
-    if payload.outcome == BUILT and payload.metrics.get("passed") is False:
-        extra = "  [yellow]acceptance not met (on_fail: warn)[/]"
-    reasons = not_run_reasons(payload.metrics)
-    if reasons:
-        extra = f"  [yellow]{'; '.join(reasons)}[/]"
-    out.print(f"  [{style}]{payload.outcome:<8}[/] {payload.name:<28} {secs}{extra}")
 
 
 def check_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:

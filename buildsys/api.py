@@ -1,0 +1,406 @@
+"""The Python API: what the command line does, as functions that return results and raise typed errors.
+
+    import modelbuild
+
+    project = modelbuild.load("deploy.yaml")
+    plan = project.plan(["android"])            # PlanResult: every node, fresh or stale, and why
+    report = project.build(["android"], jobs=2)   # BuildReport; raises BuildFailed when a check misses
+    report.targets["android"].artifact           # Path of the verified artifact
+
+The command line (`buildsys.cli`) is a thin layer over this module: it adds argument parsing, the
+console output and exit codes. Errors are the `buildsys.errors` types: `ConfigError` and `PlanError`
+for bad input (with file:line), `BuildFailed` (its `report` holds what happened), `StepError`,
+`DataError`, `BundleError`. Nothing heavy is imported here: torch and the converters run in worker
+processes.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from buildsys.errors import BuildFailed
+from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
+from buildsys.results import FAILED, SKIPPED, NodeResult
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node of a plan: its state, what the build would do and why."""
+
+    name: str
+    kind: str  # artifact, reference, check, bench
+    model: str
+    format: str
+    targets: list[str]
+    state: Literal["fresh", "stale", "blocked"]  # blocked: this host cannot build it (e.g. no GPU)
+    action: Literal["none", "run", "cached", "remote", "restore"]
+    reasons: list[str]
+    key: str | None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A plan: `nodes` in dependency order; `stale` are those a build would touch."""
+
+    config: Path
+    targets: list[str]
+    routes: dict[str, list[str]]
+    nodes: list[NodeStatus]
+
+    @property
+    def stale(self) -> list[NodeStatus]:
+        return [n for n in self.nodes if n.state == "stale"]
+
+    @property
+    def fresh(self) -> bool:
+        """Whether a build would do nothing."""
+        return not self.stale
+
+
+@dataclass(frozen=True)
+class Event:
+    """A build event: a node `started`, or ended `built`/`cached`/`restored`/`cutoff`/`fresh`/`failed`/`skipped`.
+
+    `reasons` says why the node ran (from the plan), `metrics` what it measured, `log` where its
+    worker wrote; `done`/`total` count the nodes of the build so far.
+    """
+
+    event: str
+    node: str
+    kind: str
+    target: str | None = None
+    seconds: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    error: str = ""
+    log: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    done: int = 0
+    total: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as one JSON object (what `build --json` streams, one per line)."""
+        out = {"event": self.event, "node": self.node, "kind": self.kind, "target": self.target,
+               "done": self.done, "total": self.total}
+        if self.event == "started":
+            out["reasons"] = self.reasons
+        else:
+            out.update(seconds=self.seconds, error=self.error or None, log=self.log or None, metrics=self.metrics)
+        return out
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """A requested target after a build: its check status (the summary's vocabulary) and where it is."""
+
+    name: str
+    model: str
+    format: str
+    precision: str
+    status: str  # passed, passed (structure only: ...), failed, not delivered, ...
+    artifact: Path | None  # artifacts/<target>/ when delivered
+    size_bytes: int
+    metrics: dict[str, Any]  # the check's report: outputs, observed vs allowed, not_run reasons
+
+
+@dataclass
+class BuildReport:
+    """What a build did: every node's outcome, and each requested target's verdict."""
+
+    ok: bool
+    nodes: dict[str, NodeResult]
+    targets: dict[str, TargetResult]
+    seconds: float
+    summary: list[dict[str, Any]] = field(default_factory=list)  # the console summary's rows
+    work: int = 0  # nodes the plan said needed work (0: a no-op)
+    plan: Any = None  # the buildsys.plan.Plan the build carried out
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as one JSON object (the last line of `build --json`)."""
+        return {"event": "summary", "ok": self.ok, "seconds": self.seconds, "work": self.work,
+                "failed": [r.name for r in self.failed],
+                "targets": {name: {"status": t.status, "format": t.format, "precision": t.precision,
+                                   "artifact": str(t.artifact) if t.artifact else None, "size_bytes": t.size_bytes}
+                            for name, t in self.targets.items()}}
+
+    @property
+    def ran(self) -> list[str]:
+        """Nodes whose step ran in this build."""
+        return [n for n, r in self.nodes.items() if r.outcome == "built"]
+
+    @property
+    def failed(self) -> list[NodeResult]:
+        return [r for r in self.nodes.values() if r.outcome == FAILED]
+
+
+EventHandler = Callable[[Event], None]
+
+# --- the project --------------------------------------------------------------------------------
+
+
+def load(path: str | Path = DEFAULT_CONFIG, *, serving: bool = False, strict: bool = False) -> "Project":
+    """Open and validate a deploy file (raises ConfigError naming file:line:field on bad input).
+
+    `serving` also checks targets in their serving software (Triton, TorchServe); `strict` fails a
+    check that cannot run on this host instead of reporting it as not run.
+    """
+    return Project(str(path), serving=serving, strict=strict)
+
+
+class Project:
+    """A deploy file, opened: plan, build, verify, bench and bundle its targets."""
+
+    def __init__(self, path: str, *, serving: bool = False, strict: bool = False):
+        self.path = Path(path)
+        self._opened = open_project(path, serving=serving, strict=strict)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self._opened.config.project.targets)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self._opened.config.project.models)
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self._opened.planner.artifacts)
+
+    def plan(self, targets: list[str] | None = None, *, force: bool = False) -> PlanResult:
+        """Every node the targets need (default: all), fresh or stale, and why. Writes nothing."""
+        from buildsys.plan import make_plan
+
+        the_plan = make_plan(self._opened.planner, targets or None, force=force)
+        self._opened.planner.stat.save()
+        return plan_result(the_plan)
+
+    def build(self, targets: list[str] | None = None, *, jobs: int = 1, keep_going: bool = False,
+              force: bool = False, timeout: float = 1800.0, executor: str = "local", scheduler: str | None = None,
+              on_event: EventHandler | None = None, check: bool = True, on_wait: Callable[[], None] | None = None,
+              _force_kinds: tuple[str, ...] = (), _bench: bool = False, _watch: Any = None) -> BuildReport:
+        """Build the targets (default: all) and what they need; only stale nodes run.
+
+        `executor` is "local" (worker processes here, `jobs` at once) or "dask" (a dask.distributed
+        cluster at `scheduler`, which needs a remote cache). `on_event` receives an `Event` as each
+        node starts and ends. With `check` (the default) a failed build raises `BuildFailed`, whose
+        `report` is the returned object's twin.
+        """
+        started = time.perf_counter()
+        with _build_lock(self._opened, on_wait) as planner:
+            from buildsys.plan import make_plan
+
+            with _watch(planner) if _watch else nullcontext():  # the CLI's no-op snapshot records what was read
+                the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
+            results: dict[str, NodeResult] = {}
+            if the_plan.work:
+                results = _run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
+                               force_kinds=_force_kinds, timeout=timeout, executor=executor, scheduler=scheduler,
+                               on_event=on_event)
+            else:
+                planner.stat.save()
+            report = _report(self._opened, the_plan, results, time.perf_counter() - started)
+        if check and not report.ok:
+            raise build_failed(report)
+        return report
+
+    def verify(self, targets: list[str] | None = None, **options: Any) -> BuildReport:
+        """Re-run the targets' checks (building whatever is stale first)."""
+        return self.build(targets, _force_kinds=("check",), **options)
+
+    def bench(self, targets: list[str] | None = None, **options: Any) -> BuildReport:
+        """Time each target's artifact in its runtime next to PyTorch eager; budgets are checked."""
+        return self.build(targets, _force_kinds=("bench",), _bench=True, **options)
+
+    def bundle(self, name: str, *, out_dir: Path | None = None, **options: Any) -> Path:
+        """Build the bundle's targets and pack them with their references and manifest; the archive's path."""
+        from buildsys import bundle as bundles
+        from buildsys.lock import Lock
+        from buildsys.plan import make_plan
+
+        spec = bundles.resolve(self._opened.config, name)
+        self.build(list(spec.targets), **options)
+        planner = self._opened.planner
+        lock = Lock.read(planner.lock.path)
+        dag = make_plan(planner, spec.targets).dag
+        return bundles.make(self._opened.config, lock, dag, name, out_dir or planner.artifacts / "bundles",
+                            planner.store)
+
+
+def build_failed(report: BuildReport) -> BuildFailed:
+    """The BuildFailed error for a failed build, carrying its report."""
+    skipped = sum(1 for r in report.nodes.values() if r.outcome == SKIPPED)
+    error = BuildFailed(f"build failed: {len(report.failed)} node(s) failed, {skipped} skipped")
+    error.report = report  # type: ignore[attr-defined]
+    return error
+
+
+# --- plumbing shared with the CLI -----------------------------------------------------------------
+
+
+def plan_result(the_plan: Any) -> PlanResult:
+    """A `buildsys.plan.Plan` as the API's PlanResult."""
+    from buildsys.plan import BLOCKED, RESTORE
+
+    nodes = []
+    for p in the_plan.order():
+        node = p.node
+        action = "none" if p.fresh or p.action == BLOCKED else "restore" if p.action == RESTORE else \
+            "remote" if p.remote else "cached" if p.cached else "run"
+        nodes.append(NodeStatus(
+            name=node.name, kind=node.kind, model=node.model, format=node.format,
+            targets=list(node.targets or ([node.target] if node.target else [])),
+            state="fresh" if p.fresh else "blocked" if p.action == BLOCKED else "stale", action=action,
+            reasons=list(p.reasons), key=p.key))
+    return PlanResult(Path(the_plan.config.path), list(the_plan.targets), dict(the_plan.dag.routes), nodes)
+
+
+@contextmanager
+def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Iterator[Any]:
+    """Hold the project's build lock (one build per project) and yield its planner, lock re-read.
+    `on_wait` is called once if another build holds it (this one then waits its turn)."""
+    from filelock import FileLock, Timeout
+
+    from buildsys.lock import Lock
+
+    opened.cache_dir.mkdir(parents=True, exist_ok=True)
+    guard = FileLock(str(opened.cache_dir / "build.lock"))
+    try:
+        guard.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        guard.acquire()
+    try:
+        planner = opened.planner
+        planner.lock = Lock.read(planner.lock.path)  # another build may have finished meanwhile
+        yield planner
+    finally:
+        guard.release()
+
+
+def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: bool, force_kinds: tuple[str, ...],
+         timeout: float, executor: str, scheduler: str | None, on_event: EventHandler | None) -> dict[str, NodeResult]:
+    from buildsys.dask_executor import make_executor
+    from buildsys.execute import Builder
+
+    total = len(the_plan.nodes)
+    done = 0
+
+    def relay(kind: str, payload: NodeResult | str) -> None:
+        nonlocal done
+        if on_event is None:
+            return
+        if kind == "start":
+            node = the_plan.nodes[str(payload)]
+            on_event(Event("started", node.node.name, node.node.kind, node.node.target or None,
+                           reasons=list(node.reasons), done=done, total=total))
+            return
+        assert isinstance(payload, NodeResult)
+        done += 1
+        node = the_plan.nodes[payload.name].node
+        on_event(Event(payload.outcome, payload.name, node.kind, node.target or None, seconds=payload.seconds,
+                       error=payload.error, log=payload.log, metrics=payload.metrics, done=done, total=total))
+
+    runner = make_executor(executor, scheduler, planner.store.dir / "logs", jobs, planner)
+    try:
+        builder = Builder(planner, the_plan, runner, jobs=runner.jobs, keep_going=keep_going, force=force,
+                          force_kinds=force_kinds, timeout=timeout, on_event=relay)
+        return builder.run().results
+    finally:
+        runner.close()
+
+
+def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds: float) -> BuildReport:
+    from buildsys.kinds import Check
+    from buildsys.report import target_rows
+    from buildsys.results import FRESH, BuildResult
+
+    planner = opened.planner
+    result = BuildResult({**{p.node.name: NodeResult(p.node.name, FRESH) for p in the_plan.order()}, **results})
+    rows = target_rows(the_plan, planner.lock.nodes, planner.lock.targets, source_sizes(opened))
+    targets = {}
+    for row in rows:
+        name = row["target"]
+        node = the_plan.dag.nodes[the_plan.dag.target_nodes[name]]
+        check = planner.lock.nodes.get(Check.node_name(name), {})
+        path = row.get("path")
+        targets[name] = TargetResult(
+            name=name, model=node.model, format=node.format, precision=node.precision, status=row["check"],
+            artifact=(planner.config.root / path) if path else None, size_bytes=row["size"],
+            metrics=dict(check.get("metrics") or {}))
+    return BuildReport(ok=result.ok, nodes=result.results, targets=targets, seconds=round(seconds, 3), summary=rows,
+                       work=len(the_plan.work), plan=the_plan)
+
+
+# --- bundles ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleCheck:
+    """One artifact of a bundle re-checked by `verify_bundle`: passed, failed or not run, and why."""
+
+    target: str
+    format: str
+    status: Literal["passed", "failed", "not run"]
+    detail: str
+    samples: int | None = None
+
+
+def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,
+                  on_check: Callable[[BundleCheck], None] | None = None,
+                  on_manifest: Callable[[Any], None] | None = None) -> list[BundleCheck]:
+    """Check a bundle's hashes against its manifest (BundleError on any mismatch), then re-run every
+    check this host can run, in worker processes, from the bundled references alone.
+
+    `on_manifest` is called once the hashes hold, `on_check` after each artifact's check. Raises
+    BundleError naming the first failed artifact; returns every artifact's result otherwise.
+    """
+    import shutil
+    import tempfile
+
+    from buildsys import bundle as bundles
+    from buildsys.execute import Action, LocalExecutor
+    from buildsys.formats import get_step
+
+    path = Path(path)
+    work = Path(tempfile.mkdtemp(prefix="modelbuild-bundle-"))
+    executor = LocalExecutor(work / "logs", jobs)
+    checks: list[BundleCheck] = []
+    try:
+        manifest = bundles.unpack_and_check(path, work / "bundle")
+        if on_manifest is not None:  # every file is there and matches its sha256
+            on_manifest(manifest)
+        (work / "logs").mkdir(exist_ok=True)
+        for art in manifest.artifacts:
+            out = work / "checks" / art.target
+            out.mkdir(parents=True)
+            request = {"step": "check", "options": art.acceptance, "model_name": art.model, "model": art.model_config_,
+                       "root": str(work / "bundle"), "input": str(work / "bundle" / art.main), "out_dir": str(out),
+                       "log": str(work / "logs" / f"{art.target}.log"), "precision": art.precision,
+                       "extra": {"format": art.format, "reference": str(work / "bundle" / art.reference)}}
+            reply = executor.run(Action(art.target, get_step(art.chain[-1].step).toolchain, request, timeout))
+            metrics = reply.get("metrics", {})
+            if not reply.get("ok"):
+                result = BundleCheck(art.target, art.format, "failed", str(reply.get("error")))
+            elif metrics.get("passed") is False:
+                result = BundleCheck(art.target, art.format, "failed",
+                                     "; ".join(metrics.get("failures", ["acceptance not met"])))
+            elif metrics.get("not_run"):
+                result = BundleCheck(art.target, art.format, "not run", str(metrics["not_run"]))
+            else:
+                result = BundleCheck(art.target, art.format, "passed", "", metrics.get("samples"))
+            checks.append(result)
+            if on_check is not None:
+                on_check(result)
+    finally:
+        executor.close()
+        shutil.rmtree(work, ignore_errors=True)
+    failed = [c for c in checks if c.status == "failed"]
+    if failed:
+        raise bundles.BundleError(f"bundle {path.name} failed verification: {failed[0].target}: {failed[0].detail}")
+    return checks
