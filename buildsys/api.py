@@ -18,125 +18,12 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 from buildsys.errors import BuildFailed
 from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
-from buildsys.results import FAILED, SKIPPED, NodeResult
-
-# --- results ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """One node of a plan: its state, what the build would do and why."""
-
-    name: str
-    kind: str  # artifact, reference, check, bench
-    model: str
-    format: str
-    targets: list[str]
-    state: Literal["fresh", "stale", "blocked"]  # blocked: this host cannot build it (e.g. no GPU)
-    action: Literal["none", "run", "cached", "remote", "restore"]
-    reasons: list[str]
-    key: str | None
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """A plan: `nodes` in dependency order; `stale` are those a build would touch."""
-
-    config: Path
-    targets: list[str]
-    routes: dict[str, list[str]]
-    nodes: list[NodeStatus]
-
-    @property
-    def stale(self) -> list[NodeStatus]:
-        return [n for n in self.nodes if n.state == "stale"]
-
-    @property
-    def fresh(self) -> bool:
-        """Whether a build would do nothing."""
-        return not self.stale
-
-
-@dataclass(frozen=True)
-class Event:
-    """A build event: a node `started`, or ended `built`/`cached`/`restored`/`cutoff`/`fresh`/`failed`/`skipped`.
-
-    `reasons` says why the node ran (from the plan), `metrics` what it measured, `log` where its
-    worker wrote; `done`/`total` count the nodes of the build so far.
-    """
-
-    event: str
-    node: str
-    kind: str
-    target: str | None = None
-    seconds: float | None = None
-    reasons: list[str] = field(default_factory=list)
-    error: str = ""
-    log: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    done: int = 0
-    total: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """The event as one JSON object (what `build --json` streams, one per line)."""
-        out = {"event": self.event, "node": self.node, "kind": self.kind, "target": self.target,
-               "done": self.done, "total": self.total}
-        if self.event == "started":
-            out["reasons"] = self.reasons
-        else:
-            out.update(seconds=self.seconds, error=self.error or None, log=self.log or None, metrics=self.metrics)
-        return out
-
-
-@dataclass(frozen=True)
-class TargetResult:
-    """A requested target after a build: its check status (the summary's vocabulary) and where it is."""
-
-    name: str
-    model: str
-    format: str
-    precision: str
-    status: str  # passed, passed (structure only: ...), failed, not delivered, ...
-    artifact: Path | None  # artifacts/<target>/ when delivered
-    size_bytes: int
-    metrics: dict[str, Any]  # the check's report: outputs, observed vs allowed, not_run reasons
-
-
-@dataclass
-class BuildReport:
-    """What a build did: every node's outcome, and each requested target's verdict."""
-
-    ok: bool
-    nodes: dict[str, NodeResult]
-    targets: dict[str, TargetResult]
-    seconds: float
-    summary: list[dict[str, Any]] = field(default_factory=list)  # the console summary's rows
-    work: int = 0  # nodes the plan said needed work (0: a no-op)
-    plan: Any = None  # the buildsys.plan.Plan the build carried out
-
-    def as_json(self) -> dict[str, Any]:
-        """The report as one JSON object (the last line of `build --json`)."""
-        return {"event": "summary", "ok": self.ok, "seconds": self.seconds, "work": self.work,
-                "failed": [r.name for r in self.failed],
-                "targets": {name: {"status": t.status, "format": t.format, "precision": t.precision,
-                                   "artifact": str(t.artifact) if t.artifact else None, "size_bytes": t.size_bytes}
-                            for name, t in self.targets.items()}}
-
-    @property
-    def ran(self) -> list[str]:
-        """Nodes whose step ran in this build."""
-        return [n for n, r in self.nodes.items() if r.outcome == "built"]
-
-    @property
-    def failed(self) -> list[NodeResult]:
-        return [r for r in self.nodes.values() if r.outcome == FAILED]
-
+from buildsys.results import SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
 
 EventHandler = Callable[[Event], None]
 
@@ -338,17 +225,6 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
 
 
 # --- bundles ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BundleCheck:
-    """One artifact of a bundle re-checked by `verify_bundle`: passed, failed or not run, and why."""
-
-    target: str
-    format: str
-    status: Literal["passed", "failed", "not run"]
-    detail: str
-    samples: int | None = None
 
 
 def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,

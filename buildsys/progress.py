@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from buildsys.api import Event
+from buildsys.results import Event
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _STYLE = {"built": "green", "cached": "cyan", "restored": "cyan", "remote": "cyan", "cutoff": "dim", "fresh": "dim",

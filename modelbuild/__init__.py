@@ -13,9 +13,9 @@ package is the distribution's import name.
 """
 
 from buildsys import __version__
-from buildsys.api import (BuildReport, BundleCheck, Event, NodeStatus, PlanResult, Project, TargetResult, load,
-                          verify_bundle)
+from buildsys.api import Project, load, verify_bundle
 from buildsys.errors import BuildFailed, ConfigError, DataError, ModelbuildError, PlanError, StepError
+from buildsys.results import BuildReport, BundleCheck, Event, NodeStatus, PlanResult, TargetResult
 
 __all__ = ["load", "verify_bundle", "Project", "PlanResult", "NodeStatus", "BuildReport", "TargetResult", "Event",
            "BundleCheck", "ModelbuildError", "ConfigError", "PlanError", "BuildFailed", "StepError", "DataError",

@@ -10,7 +10,7 @@ import sys
 
 from rich.console import Console
 
-from buildsys.api import Event
+from buildsys.results import Event
 from buildsys.progress import QUIET, VERBOSE, JsonLines, Lines, Live, progress_for
 from tests.conftest import TinyProject
 
