@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from buildsys.errors import BuildFailed, ModelbuildError
-from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
+from buildsys.project import DEFAULT_CONFIG, open_project
 
 
 class Cli(click.Group):
@@ -64,6 +64,8 @@ def _internal_error(exc: BaseException) -> int:
 def cli(ctx: click.Context, config: str) -> None:
     """modelbuild: make for model exports. Builds verified deployment artifacts from deploy.yaml."""
     ctx.obj = config
+    if os.environ.get("NO_COLOR"):  # https://no-color.org: click styles too, not only rich's output
+        ctx.color = False
 
 
 targets_arg = click.argument("targets", nargs=-1)
@@ -77,71 +79,78 @@ targets_arg = click.argument("targets", nargs=-1)
 @click.pass_obj
 def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, force: bool) -> None:
     """Show every node, fresh or stale, and why. Reads only; takes no lock."""
-    from buildsys import report
+    from buildsys import noop, report
     from buildsys.plan import make_plan
 
+    recorder = noop.Recorder("plan", config, targets, eligible=not (as_json or force))
     project = open_project(config)
-    the_plan = make_plan(project.planner, list(targets) or None, force=force)
+    with recorder.watch(project.planner):
+        the_plan = make_plan(project.planner, list(targets) or None, force=force)
     project.planner.stat.save()
     if as_json:
         click.echo(report.dumps(report.plan_json(the_plan)))
     else:
-        report.print_plan(the_plan)
+        with recorder.capture():
+            report.print_plan(the_plan)
+        if not the_plan.work:
+            recorder.save(project)  # the next identical no-op is answered without importing this CLI
     if check and the_plan.work:
         sys.exit(1)
 
 
 def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
            timeout: float, force_kinds: tuple[str, ...] = (), bench: bool = False, serving: bool = False,
-           strict: bool = False) -> None:
-    from filelock import FileLock, Timeout
+           strict: bool = False, recorder: Any = None, executor_kind: str = "local",
+           scheduler: str | None = None, as_json: bool = False, verbosity: int = 0) -> Any:
+    """Build through the Python API and show it: progress as it happens, then the summary and failures.
+    Returns the api.BuildReport; a failed build raises BuildFailed after its summary is printed."""
+    from buildsys import api, report
+    from buildsys.progress import Lazy, progress_for
 
-    from buildsys import report
-    from buildsys.lock import Lock
-    from buildsys.plan import make_plan
-
-    project = open_project(config, serving=serving, strict=strict)
+    project = api.Project(config, serving=serving, strict=strict)
     if dry_run:
-        report.print_plan(make_plan(project.planner, list(targets) or None, force=force, force_kinds=force_kinds,
-                                    bench=bench))
-        return
-    project.cache_dir.mkdir(parents=True, exist_ok=True)
-    guard = FileLock(str(project.cache_dir / "build.lock"))
-    try:
-        guard.acquire(timeout=0)
-    except Timeout:
-        click.secho("another modelbuild build holds this project; waiting…", fg="yellow")
-        guard.acquire()
-    try:
-        planner = project.planner
-        planner.lock = Lock.read(planner.lock.path)  # re-read under the lock: another build may have finished
-        the_plan = make_plan(planner, list(targets) or None, force=force, force_kinds=force_kinds, bench=bench)
-        if not the_plan.work:
-            planner.stat.save()
-            click.echo(f"Nothing to do: all {len(the_plan.nodes)} node(s) are fresh.")
-            return
-        out = report.console()  # rich and the executor only once there is work to do
-        from buildsys.execute import Builder, LocalExecutor
+        from buildsys.plan import make_plan
 
-        executor = LocalExecutor(planner.store.dir / "logs", jobs)
-        try:
-            builder = Builder(planner, the_plan, executor, jobs=jobs, keep_going=keep_going, force=force,
-                              force_kinds=force_kinds, timeout=timeout,
-                              on_event=lambda kind, payload: report.print_event(out, kind, payload))
-            result = builder.run()
-        finally:
-            executor.close()
-        report.print_summary(report.target_rows(the_plan, planner.lock.nodes, planner.lock.targets,
-                                                source_sizes(project)), out)
-        if not result.ok:
-            report.print_failures(result, out, the_plan)
-            failed = len(result.failed)
-            skipped = sum(1 for r in result.results.values() if r.outcome == "skipped")
-            raise BuildFailed(f"build failed: {failed} node(s) failed, {skipped} skipped")
+        report.print_plan(make_plan(project._opened.planner, list(targets) or None, force=force,
+                                    force_kinds=force_kinds, bench=bench))
+        return None
+    view = Lazy(lambda: progress_for(report.console(), as_json=as_json, verbosity=verbosity))
+    try:
+        result = project.build(
+            list(targets) or None, jobs=jobs, keep_going=keep_going, force=force, timeout=timeout,
+            executor=executor_kind, scheduler=scheduler, on_event=view, check=False,
+            on_wait=lambda: click.secho("another modelbuild build holds this project; waiting…", fg="yellow",
+                                        err=as_json),
+            _force_kinds=force_kinds, _bench=bench, _watch=recorder.watch if recorder else None)
     finally:
-        guard.release()
+        view.close()
+    if as_json:
+        click.echo(_one_line(result.as_json()))
+    elif not result.work:
+        message = f"Nothing to do: all {len(result.plan.nodes)} node(s) are fresh."
+        click.echo(message)
+        if recorder:
+            recorder.save(project._opened, message + "\n")  # answers the next identical no-op (buildsys.noop)
+    else:
+        out = report.console()
+        report.print_summary(result.summary, out)
+        if not result.ok:
+            report.print_failures(_as_build_result(result), out, result.plan)
+    if not result.ok:
+        raise api.build_failed(result)
+    return result
 
 
+def _one_line(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _as_build_result(report: Any) -> Any:
+    from buildsys.results import BuildResult
+
+    return BuildResult(report.nodes)
 
 
 build_options = [
@@ -151,6 +160,21 @@ build_options = [
     click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds a single step may take."),
 ]
+
+
+# How a build shows itself: a live panel on a terminal, a line per event in logs, JSON lines for tools.
+output_options = [
+    click.option("--json", "as_json", is_flag=True, help="Stream JSON lines: one per node event (started, built, "
+                 "cached, failed, …, with reasons and metrics), then a summary object."),
+    click.option("-v", "--verbose", is_flag=True, help="Also say why each node runs and where its log is."),
+    click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary."),
+]
+
+
+def _verbosity(verbose: bool, quiet: bool) -> int:
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other; pass one")
+    return 1 if verbose else -1 if quiet else 0
 
 
 def _with(options: list) -> Any:
@@ -164,6 +188,7 @@ def _with(options: list) -> Any:
 @cli.command()
 @targets_arg
 @_with(build_options)
+@_with(output_options)
 @click.option("--force", is_flag=True, help="Rebuild every needed node, ignoring lock and cache.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--serving", is_flag=True, help="Also check every target in its real serving software (Triton, "
@@ -171,29 +196,44 @@ def _with(options: list) -> Any:
 @click.option("--strict", is_flag=True, help="Fail (and do not deliver) a check that could not run here (Core ML "
               "off macOS, a serving check without its server) instead of reporting 'not run', as acceptance "
               "'require_numeric: true' does.")
+@click.option("--executor", "executor_kind", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Where steps run: local worker processes, or a dask.distributed cluster (needs a remote cache).")
+@click.option("--scheduler", metavar="ADDRESS", help="The Dask scheduler for --executor dask, e.g. tcp://host:8786 "
+              "(default: $MODELBUILD_SCHEDULER).")
 @click.pass_obj
-def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, force: bool,
-          dry_run: bool, serving: bool, strict: bool) -> None:
+def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+          verbose: bool, quiet: bool, force: bool, dry_run: bool, serving: bool, strict: bool, executor_kind: str,
+          scheduler: str | None) -> None:
     """Build the targets (default: all) and everything they need; only stale nodes run."""
+    from buildsys.noop import Recorder
+
+    verbosity = _verbosity(verbose, quiet)
+    recorder = Recorder("build", config, targets,
+                        eligible=not (force or dry_run or serving or strict or as_json or verbosity))
     _build(config, targets, jobs=jobs, keep_going=keep_going, force=force, dry_run=dry_run, timeout=timeout,
-           serving=serving, strict=strict)
+           serving=serving, strict=strict, recorder=recorder, executor_kind=executor_kind, scheduler=scheduler,
+           as_json=as_json, verbosity=verbosity)
 
 
 @cli.command()
 @targets_arg
 @_with(build_options)
+@_with(output_options)
 @click.pass_obj
-def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float) -> None:
+def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+           verbose: bool, quiet: bool) -> None:
     """Re-run the checks of the targets (building whatever is stale first)."""
     _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
-           force_kinds=("check",))
+           force_kinds=("check",), as_json=as_json, verbosity=_verbosity(verbose, quiet))
 
 
 @cli.command()
 @targets_arg
 @_with(build_options)
+@_with(output_options)
 @click.pass_obj
-def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float) -> None:
+def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+          verbose: bool, quiet: bool) -> None:
     """Time each target's artifact in its runtime next to PyTorch eager: p50/p95, throughput, memory.
 
     Builds what is stale first. Benchmarks run one at a time (nothing else runs beside them); the
@@ -204,7 +244,9 @@ def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
     from buildsys.lock import Lock
 
     _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
-           force_kinds=("bench",), bench=True)
+           force_kinds=("bench",), bench=True, as_json=as_json, verbosity=_verbosity(verbose, quiet))
+    if as_json:
+        return
     project = open_project(config)
     lock = Lock.read(project.planner.lock.path)
     report.print_bench(lock.nodes, list(targets) or list(project.config.project.targets), report.console())
@@ -243,50 +285,24 @@ def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, time
 
 def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
     """Check hashes, then re-run every numeric check this host can run, in worker processes."""
-    import shutil
-    import tempfile
+    from buildsys import api
 
-    from buildsys import bundle as bundles
-    from buildsys.execute import Action, LocalExecutor
-    from buildsys.formats import get_step
+    def show(check: api.BundleCheck) -> None:
+        if check.status == "passed":
+            click.secho(f"  passed   {check.target} ({check.format}, {check.samples} samples)", fg="green")
+        else:
+            click.secho(f"  {check.status:<8} {check.target}: {check.detail}",
+                        fg="red" if check.status == "failed" else "yellow")
 
-    work = Path(tempfile.mkdtemp(prefix="modelbuild-bundle-"))
-    executor = LocalExecutor(work / "logs", jobs)
-    failures = []
-    try:
-        manifest = bundles.unpack_and_check(path, work / "bundle")
-        click.echo(f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest")
-        for art in manifest.artifacts:
-            out = work / "checks" / art.target
-            out.mkdir(parents=True)
-            (work / "logs").mkdir(exist_ok=True)
-            request = {"step": "check", "options": art.acceptance, "model_name": art.model, "model": art.model_config_,
-                       "root": str(work / "bundle"), "input": str(work / "bundle" / art.main), "out_dir": str(out),
-                       "log": str(work / "logs" / f"{art.target}.log"), "precision": art.precision,
-                       "extra": {"format": art.format, "reference": str(work / "bundle" / art.reference)}}
-            reply = executor.run(Action(art.target, get_step(art.chain[-1].step).toolchain, request, timeout))
-            metrics = reply.get("metrics", {})
-            if not reply.get("ok"):
-                failures.append(f"{art.target}: {reply.get('error')}")
-                click.secho(f"  failed   {art.target}: {reply.get('error')}", fg="red")
-            elif metrics.get("passed") is False:
-                failures.append(f"{art.target}: " + "; ".join(metrics.get("failures", ["acceptance not met"])))
-                click.secho(f"  failed   {art.target}: {failures[-1]}", fg="red")
-            elif metrics.get("not_run"):
-                click.secho(f"  not run  {art.target}: {metrics['not_run']}", fg="yellow")
-            else:
-                click.secho(f"  passed   {art.target} ({art.format}, {metrics.get('samples')} samples)", fg="green")
-    finally:
-        executor.close()
-        shutil.rmtree(work, ignore_errors=True)
-    if failures:
-        raise bundles.BundleError(f"bundle {path.name} failed verification: {failures[0]}")
+    api.verify_bundle(path, jobs=jobs, timeout=timeout, on_check=show, on_manifest=lambda manifest: click.echo(
+        f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest"))
 
 
 def _add_commands() -> None:
+    from buildsys.cli_cache import COMMANDS as CACHE_COMMANDS
     from buildsys.cli_inspect import COMMANDS
 
-    for command in COMMANDS:
+    for command in COMMANDS + CACHE_COMMANDS:
         cli.add_command(command)
 
 

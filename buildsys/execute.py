@@ -17,18 +17,20 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from buildsys.graph import Node
 from buildsys.kinds import kind_of
-from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
+from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner, host_blocked
 from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
 from buildsys.formats import get_format, get_step
 from buildsys.store import CorruptBlob
 
 DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))
+#: The note on a cached node whose result was pulled from the remote cache instead of being built.
+FROM_REMOTE = "from remote"
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Action:
     toolchain: str
     request: dict[str, Any]
     timeout: float = DEFAULT_TIMEOUT
+    #: The trees checked out into the step's scratch directory ("in", "ref" → lock file listing):
+    #: what a remote executor (buildsys.dask_executor) ships to its worker by digest.
+    inputs: dict[str, list] = field(default_factory=dict)
 
 
 class WorkerFailed(Exception):
@@ -105,6 +110,7 @@ class LocalExecutor:
 
     def __init__(self, log_dir: Path, jobs: int = 1):
         self.log_dir = log_dir
+        self.jobs = jobs  # nodes the Builder keeps in flight (buildsys.dask_executor.make_executor)
         self.max_idle = max(2, jobs * 2)  # bounds memory: each idle worker keeps its toolchain loaded
         self._idle: list[WorkerProcess] = []
         self._lock = threading.Lock()
@@ -162,6 +168,12 @@ class Builder:
         self.log_dir = planner.store.dir / "logs"
         self.result = BuildResult()
         self._digests: dict[str, str | None] = {}
+        # The remote cache (None: not configured). Pushes run beside the build on their own thread,
+        # so uploading a big artifact never holds up the next node; run() waits for them at the end.
+        self.remote = planner.remote if any(p.action != NOTHING for p in plan.nodes.values()) else None
+        self._pushes: list[Future] = []
+        self._push_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") \
+            if self.remote is not None and not self.remote.readonly else None
 
     # --- scheduling ----------------------------------------------------------------------------
     def run(self) -> BuildResult:
@@ -169,6 +181,9 @@ class Builder:
         pending = {p.node.name: p for p in order}
         running: dict[Future, tuple[NodePlan, Path, float]] = {}
         stop = False
+        for name, (fails, why) in host_blocked(self.plan).items():  # known at plan time: no step runs
+            pending.pop(name, None)
+            self._finish(NodeResult(name, FAILED if fails else SKIPPED, error=why, user_error=True))
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
                 for name in [n for n in pending if self._deps_done(pending[n].node)]:
@@ -198,6 +213,9 @@ class Builder:
                     ok = self._complete(nplan, fut.result(), scratch, time.perf_counter() - t0)
                     if not ok and not self.keep_going:
                         stop = True
+        if self._push_pool is not None:
+            wait(self._pushes)
+            self._push_pool.shutdown()
         self.planner.stat.save()
         return self.result
 
@@ -235,10 +253,13 @@ class Builder:
                 self._finish(NodeResult(node.name, RESTORED))
                 return None
             cached = None if force else self.store.get_action(status.key)
+            note = ""
+            if cached is None and not force and self.remote is not None and self.remote.serves(node):
+                cached, note = self.remote.pull(status.key, self.store), FROM_REMOTE
             if cached is not None:
                 self._publish(node, status, cached["tree"], cached["files"], cached.get("metrics", {}),
                               cached.get("built", {}))
-                self._finish(NodeResult(node.name, CACHED, metrics=cached.get("metrics", {})))
+                self._finish(NodeResult(node.name, CACHED, error=note, metrics=cached.get("metrics", {})))
                 return None
         except CorruptBlob:
             pass  # a bad blob is a miss: build the node again
@@ -260,16 +281,17 @@ class Builder:
         out_dir = scratch / "out"
         out_dir.mkdir()
         extra: dict[str, Any] = {}
+        inputs: dict[str, list] = {}
         input_path: Path | None = None
         if node.source_format:
             input_path = _source_path(cfg.root, model)
             extra["source_format"] = node.source_format
         if node.deps and not node.source_format:
             dep = self.plan.dag.nodes[node.deps[0]]
-            input_path = self._checkout(dep, scratch / "in")
+            input_path = self._checkout(dep, scratch / "in", inputs)
         kind = kind_of(node)
         if kind.judges:  # deps are [artifact, reference]
-            extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref"))
+            extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref", inputs))
         source = _source_path(cfg.root, model)
         extra.update(kind.request_extra(node, model, str(source) if source else None))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -280,15 +302,16 @@ class Builder:
             "root": str(cfg.root), "input": str(input_path) if input_path else None, "out_dir": str(out_dir),
             "log": str(log), "precision": node.precision, "extra": extra,
         }
-        return Action(node.name, self._toolchain(node), request, self.timeout), scratch
+        return Action(node.name, self._toolchain(node), request, self.timeout, inputs), scratch
 
     def _toolchain(self, node: Node) -> str:
         if kind_of(node).judges:  # run where the artifact's toolchain is already imported
             return get_step(self.plan.dag.nodes[node.deps[0]].step).toolchain
         return get_step(node.step).toolchain
 
-    def _checkout(self, dep: Node, dest: Path) -> Path:
-        self.store.checkout(self.lock.nodes[dep.name]["files"], dest, link=True)
+    def _checkout(self, dep: Node, dest: Path, inputs: dict[str, list]) -> Path:
+        inputs[dest.name] = self.lock.nodes[dep.name]["files"]
+        self.store.checkout(inputs[dest.name], dest, link=True)
         return dest / get_format(dep.format).filename
 
     def _complete(self, nplan: NodePlan, reply: dict[str, Any], scratch: Path, seconds: float) -> bool:
@@ -309,8 +332,11 @@ class Builder:
             tree, entries = self.store.put_tree(scratch / "out")
             files = [e.as_list() for e in entries]
             assert nplan.key is not None
-            built = built_by(seconds)
-            self.store.put_action(nplan.key, {"tree": tree, "files": files, "metrics": metrics, "built": built})
+            built = {**built_by(seconds), **reply.get("built", {})}  # a remote executor says which worker
+            entry = {"tree": tree, "files": files, "metrics": metrics, "built": built}
+            self.store.put_action(nplan.key, entry)
+            if self._push_pool is not None and self.remote.serves(node):
+                self._pushes.append(self._push_pool.submit(self.remote.push, nplan.key, entry, self.store))
             self._publish(node, nplan, tree, files, metrics, built)
             self._finish(NodeResult(node.name, BUILT, seconds, log=str(log), metrics=metrics))
             return True

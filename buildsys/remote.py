@@ -174,7 +174,7 @@ class Remote:
             return None
         try:
             for _rel, digest, size, _x in entry["files"]:
-                if not store.blob(digest).exists() and not self._fetch(digest, size, store):
+                if not store.blob(digest).exists() and not self.fetch_blob(digest, size, store):
                     return None
         except Exception as exc:  # noqa: BLE001 - any storage error: warn once, build locally
             self._give_up(exc)
@@ -182,7 +182,7 @@ class Remote:
         store.put_action(key, entry)
         return entry
 
-    def _fetch(self, digest: str, size: int, store: Store) -> bool:
+    def fetch_blob(self, digest: str, size: int, store: Store) -> bool:
         """Stream one blob into the local CAS, hashing as it arrives; False if it does not match."""
         import blake3
 
@@ -221,8 +221,8 @@ class Remote:
                 blob = store.blob(digest)
                 if not blob.exists():
                     return False
-                if not self._has_blob(digest, size):
-                    self._put_file(blob, self.blob_path(digest))
+                if not self.has_blob(digest, size):
+                    self.put_file(blob, self.blob_path(digest))
             self._put_bytes(json.dumps(entry, sort_keys=True, indent=1).encode(), self.action_path(key))
         except Exception as exc:  # noqa: BLE001 - any storage error: warn once, build locally
             self._give_up(exc)
@@ -230,7 +230,8 @@ class Remote:
         self._entries[key] = entry
         return True
 
-    def _has_blob(self, digest: str, size: int) -> bool:
+    def has_blob(self, digest: str, size: int) -> bool:
+        """Whether the remote holds a blob of this digest and size (a blob known bad counts as absent)."""
         if digest in self._bad:
             return False  # overwrite the corrupt copy with the verified local one
         try:
@@ -238,7 +239,7 @@ class Remote:
         except FileNotFoundError:
             return False
 
-    def _put_file(self, src: Path, dest: str) -> None:
+    def put_file(self, src: Path, dest: str) -> None:
         """Upload a file by streaming it (s3fs sends big files as a multipart upload)."""
         if self.local:
             tmp = self._tmp_name(dest)
