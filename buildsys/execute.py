@@ -24,7 +24,8 @@ from typing import Any, Callable
 from buildsys.graph import Node
 from buildsys.kinds import kind_of
 from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner, host_blocked
-from buildsys.results import BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult
+from buildsys.results import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult,
+                              built_by)
 from buildsys.formats import get_format, get_step
 from buildsys.store import CorruptBlob
 
@@ -382,15 +383,6 @@ class Builder:
         shutil.rmtree(self.planner.artifacts / target, ignore_errors=True)
         if self.lock.targets.pop(target, None) is not None:
             self.lock.write()
-
-
-def built_by(seconds: float) -> dict[str, Any]:
-    """Where, when and how long a node was built (kept in the build record and in bundle manifests)."""
-    import datetime
-    import socket
-
-    at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return {"host": socket.gethostname(), "at": at, "seconds": round(seconds, 3)}
 
 
 def _source_path(root: Path, model: Any) -> Path | None:

@@ -34,6 +34,15 @@ class BuildResult:
         return not self.failed and not any(r.outcome == SKIPPED for r in self.results.values())
 
 
+def built_by(seconds: float) -> dict[str, Any]:
+    """Where, when and how long a node was built (kept in the build record and in bundle manifests)."""
+    import datetime
+    import socket
+
+    at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return {"host": socket.gethostname(), "at": at, "seconds": round(seconds, 3)}
+
+
 # --- the Python API's results -------------------------------------------------------------------------
 
 
