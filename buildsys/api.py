@@ -79,16 +79,22 @@ class Project:
         """
         started = time.perf_counter()
         with _build_lock(self._opened, on_wait) as planner:
-            from buildsys.plan import make_plan
+            from buildsys.plan import make_plan, route_failures
 
             with _watch(planner) if _watch else nullcontext():  # the CLI's no-op snapshot records what was read
                 the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
             results: dict[str, NodeResult] = {}
-            if the_plan.work:
-                results = _run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
-                               force_kinds=_force_kinds, timeout=timeout, executor=executor, scheduler=scheduler,
-                               on_event=on_event)
-            else:
+            while the_plan.work:
+                results.update(_run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
+                                    force_kinds=_force_kinds, timeout=timeout, executor=executor,
+                                    scheduler=scheduler, on_event=on_event))
+                dropped = route_failures(the_plan, results)
+                if not dropped:
+                    break
+                _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route
+                the_plan = make_plan(planner, targets or None, force=False, force_kinds=_force_kinds, bench=_bench)
+                results = {n: r for n, r in results.items() if n in the_plan.nodes}
+            if not the_plan.work:
                 planner.stat.save()
             report = _report(self._opened, the_plan, results, time.perf_counter() - started)
         if check and not report.ok:
@@ -168,6 +174,19 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
         yield planner
     finally:
         guard.release()
+
+
+def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:
+    """Record each failed route in deploy.lock (replacing an older failure of the same route)."""
+    from buildsys.kinds import Check
+
+    for target, record in dropped.items():
+        entry = lock.routes.setdefault(target, {"dropped": []})
+        entry["dropped"] = [r for r in entry["dropped"] if r["route"] != record["route"]] + [record]
+        if on_event is not None:
+            on_event(Event("rerouted", Check.node_name(target), "check", target,
+                           error=f"route {' → '.join(record['route'])} dropped at {record['node']}: {record['reason']}"))
+    lock.write()
 
 
 def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: bool, force_kinds: tuple[str, ...],

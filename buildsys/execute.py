@@ -376,7 +376,14 @@ class Builder:
             shutil.rmtree(old, ignore_errors=True)
             for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
                 self.planner.stat.record(final / rel, digest)
-            self.lock.targets[target] = {"node": artifact, "path": self.planner.display(final), "files": files}
+            route = self.plan.dag.routes.get(target, [])
+            self.lock.targets[target] = {"node": artifact, "path": self.planner.display(final), "files": files,
+                                         "route": route}
+            if target in self.lock.routes:  # this route passes now: forget its old failure
+                kept = [r for r in self.lock.routes[target]["dropped"] if r["route"] != route]
+                self.lock.routes[target]["dropped"] = kept
+                if not kept:
+                    del self.lock.routes[target]
 
     def _withdraw(self, target: str) -> None:
         """A target whose check failed has no deliverable: remove the previous one and its record."""

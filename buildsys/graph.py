@@ -20,7 +20,7 @@ from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.kinds import Artifact, Bench, Check, Reference
-from buildsys.routes import find_route, format_graph
+from buildsys.routes import candidate_routes, format_graph
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -59,7 +59,11 @@ class Dag:
     names: list[str]  # topological order, ties broken by name: stable output
     consumers: dict[str, list[str]]
     target_nodes: dict[str, str]  # target → its deliverable artifact node
-    routes: dict[str, list[str]]  # target → formats from source to goal
+    routes: dict[str, list[str]]  # target → formats from source to goal: the route this DAG takes
+    #: target → every route it may take, in the order tried (routes.candidate_routes); the DAG holds
+    #: the first one not excluded (a route that failed under the same key, see plan.make_plan).
+    candidates: dict[str, list[list[str]]] = field(default_factory=dict)
+    exhausted: list[str] = field(default_factory=list)  # targets whose every candidate route failed
 
     def order(self) -> list[Node]:
         return [self.nodes[n] for n in self.names]
@@ -75,17 +79,20 @@ class Dag:
 
 
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
-           bench: bool = False) -> Dag:
+           bench: bool = False, excluded: dict[str, list[list[str]]] | None = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
-    Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. With
-    `cache` (a file path), a previous expansion of the same inputs is reused.
+    Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. Each
+    target takes its first candidate route not in `excluded[target]`. With `cache` (a file path), a
+    previous expansion of the same inputs is reused.
     """
+    excluded = excluded or {}
     if cache is None:
-        return _expand(cfg, selected, bench)
+        return _expand(cfg, selected, bench, excluded)
     import pickle
 
-    key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint()])
+    key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
+                       excluded])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -93,7 +100,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench)
+    dag = _expand(cfg, selected, bench, excluded)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -115,7 +122,8 @@ def code_fingerprint() -> str:
     return digest_json([buildsys.__version__, os.environ.get("MODELBUILD_PLUGINS", ""), stats])
 
 
-def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) -> Dag:
+def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
+            excluded: dict[str, list[list[str]]]) -> Dag:
     import networkx as nx
 
     from buildsys import verify
@@ -133,6 +141,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
     identities: dict[str, Node] = {}  # identity digest → node
     chains: dict[str, list[str]] = {}
     routes: dict[str, list[str]] = {}
+    candidates: dict[str, list[list[str]]] = {}
+    exhausted: list[str] = []
     checks: list[Node] = []
     for tname in names:
         target = project.targets[tname]
@@ -141,7 +151,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
                               field=f"targets.{tname}.model", hint=did_you_mean(target.model, project.models)
                               or f"models: {', '.join(project.models)}")
         model = project.models[target.model]
-        route = find_route(model.source.format, target.format, target.precision, target.via, tname, cfg)
+        candidates[tname] = candidate_routes(model.source.format, target.format, target.precision, target.via,
+                                             target.routes, tname, cfg)
+        left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
+        if not left:
+            exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
+        route = left[0] if left else candidates[tname][-1]  # exhausted: the last one tried, already built
         precision = _precision(target, route[-1], cfg, tname)
         routes[tname] = route
         # `options: {triton: ...}` on a `format: triton, precision: int8` target means its goal, triton-int8
@@ -225,10 +240,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool = False) 
         nodes = {n: nodes[n] for n in graph.nodes}
         checks = [c for c in checks if c.target in selected]
         routes = {t: routes[t] for t in selected}
+        candidates = {t: candidates[t] for t in selected}
+        exhausted = [t for t in exhausted if t in selected]
     target_nodes = {c.target: c.deps[0] for c in checks if c.kind == Check.name}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
-    return Dag(nodes, names, consumers, target_nodes, routes)
+    return Dag(nodes, names, consumers, target_nodes, routes, candidates, exhausted)
 
 
 def _precision(target: Any, goal: str, cfg: LoadedConfig, tname: str) -> str:

@@ -44,11 +44,14 @@ def record_path_for(lock: Path) -> Path:
 
 @dataclass
 class Lock:
-    """deploy.lock merged with its build record: `nodes` by node name, `targets` by target name."""
+    """deploy.lock merged with its build record: `nodes` by node name, `targets` by target name,
+    and `routes`: per target, the routes that failed (`{"dropped": [{"route", "node", "key",
+    "reason"}]}`), committed so that no machine retries a route under a key it already failed with."""
 
     path: Path
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def record_path(self) -> Path:
@@ -59,7 +62,7 @@ class Lock:
         raw = _read_json(path, "restore it from version control or delete it to rebuild everything")
         if raw is None or raw.get("version") != LOCK_VERSION:
             return cls(path)  # none yet, or an older layout: treat everything as not built
-        lock = cls(path, raw.get("nodes", {}), raw.get("targets", {}))
+        lock = cls(path, raw.get("nodes", {}), raw.get("targets", {}), raw.get("routes", {}))
         try:
             record = _read_json(lock.record_path, "") or {}
         except ConfigError:
@@ -87,11 +90,13 @@ class Lock:
         self.record_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.record_path, json.dumps({"version": LOCK_VERSION, "nodes": record}, sort_keys=True, indent=2) + "\n")
         body = {"version": LOCK_VERSION, "nodes": committed, "targets": self.targets}
+        if self.routes:  # only once a route has failed: other locks keep their bytes
+            body["routes"] = self.routes
         atomic_write(self.path, json.dumps(body, sort_keys=True, indent=2) + "\n")
 
     def as_dict(self) -> dict[str, Any]:
         """The merged view as one JSON-able dict, shaped like deploy.lock (reports, scripts, tests)."""
-        return {"version": LOCK_VERSION, "nodes": self.nodes, "targets": self.targets}
+        return {"version": LOCK_VERSION, "nodes": self.nodes, "targets": self.targets, "routes": self.routes}
 
     def referenced_blobs(self) -> set[str]:
         blobs = {f[1] for entry in self.nodes.values() for f in entry.get("files", [])}

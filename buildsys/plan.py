@@ -15,7 +15,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
 from buildsys.inputs import data_files, source_files
 from buildsys.hashing import StatCache, digest_json
-from buildsys.kinds import Artifact, kind_of
+from buildsys.kinds import Artifact, Check, kind_of
 from buildsys.lock import Lock
 from buildsys.formats import get_step
 from buildsys.store import Store
@@ -52,6 +52,9 @@ class Plan:
     dag: Dag
     nodes: dict[str, NodePlan]
     targets: list[str]
+    #: target → the routes it no longer tries: each failed under the key it would have again
+    #: ({"route", "node", "key", "reason"}, from deploy.lock's `routes`).
+    dropped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def order(self) -> list[NodePlan]:
         return [self.nodes[n.name] for n in self.dag.order() if n.name in self.nodes]
@@ -246,9 +249,37 @@ def _names_files(step: type) -> bool:
 
 def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool = False,
               force_kinds: tuple[str, ...] = (), bench: bool = False) -> Plan:
-    """Expand the requested targets and give every node its action and reasons."""
-    dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench)
+    """Expand the requested targets and give every node its action and reasons.
+
+    A target takes its first candidate route that has not failed under the key it would have now
+    (deploy.lock remembers each failed route with the key of the node that failed): a route is
+    tried again only when something it depends on changed, a toolchain upgrade included. A target
+    whose every route failed is blocked, its check listing each route and why it was dropped.
+    """
+    excluded: dict[str, list[list[str]]] = {}
+    dropped: dict[str, list[dict[str, Any]]] = {}
+    while True:
+        dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
+                     excluded=excluded)
+        plans = _plan_nodes(planner, dag, force, force_kinds)
+        keys = {p.key for p in plans.values() if p.key}
+        still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
+                 if rec["route"] == dag.routes[t] and rec["key"] in keys and t not in dag.exhausted and not force}
+        if not still:
+            break
+        for t, rec in still.items():
+            excluded.setdefault(t, []).append(rec["route"])
+            dropped.setdefault(t, []).append(rec)
+    for t in dag.exhausted:
+        check = plans[Check.node_name(t)]
+        tried = "; ".join(f"{' → '.join(r['route'])}: {r['reason']}" for r in dropped.get(t, []))
+        check.action, check.reasons = BLOCKED, [f"no route passes its check ({tried})"]
     selected = list(dag.target_nodes) if not targets else targets
+    return Plan(planner.config, dag, plans, selected, dropped)
+
+
+def _plan_nodes(planner: Planner, dag: Dag, force: bool, force_kinds: tuple[str, ...]) -> dict[str, NodePlan]:
+    """Every node's status, in dependency order (keys need upstream outputs)."""
     plans: dict[str, NodePlan] = {}
     digests: dict[str, str | None] = {}
     for node in dag.order():
@@ -271,7 +302,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
                 plan.action = RUN
                 plan.reasons = [f"output missing from the cache (needed by {', '.join(needing)})"]
                 planner._on_remote(node, plan)
-    return Plan(planner.config, dag, plans, selected)
+    return plans
 
 
 def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
@@ -292,3 +323,32 @@ def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
                 and all(c in out for c in consumers):
             out[node.name] = (False, f"only needed by {', '.join(sorted(consumers))}, which this host cannot build")
     return {n.name: out[n.name] for n in plan.dag.order() if n.name in out}
+
+
+def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Targets with several candidate routes whose route failed in a build: target → the record
+    deploy.lock keeps ({"route", "node", "key", "reason"}).
+
+    A route fails at the first node of the target's chain (its artifacts, then its check) that
+    failed: a conversion error, or a check that missed its acceptance. The reference failing is the
+    model's fault, not the route's; a pinned route (`via:`) has nothing to fall back to.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for target in plan.targets:
+        candidates = plan.dag.candidates.get(target, [])
+        route = plan.dag.routes[target]
+        if target in plan.dag.exhausted or len(candidates) < 2 or route not in candidates:
+            continue  # the last route's failure is recorded too: the target is then blocked, naming every route
+        chain = [Check.node_name(target)]
+        while chain[-1] in plan.dag.nodes and plan.dag.nodes[chain[-1]].deps:
+            first = plan.dag.nodes[chain[-1]].deps[0]
+            if plan.dag.nodes[first].kind != Artifact.name:
+                break
+            chain.append(first)
+        failed = [n for n in reversed(chain) if getattr(results.get(n), "outcome", "") == "failed"]
+        if failed and plan.nodes[failed[0]].key:
+            result = results[failed[0]]
+            why = (result.metrics.get("failures") or [result.error or "failed"])[0]
+            out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key,
+                           "reason": str(why).splitlines()[0][:300] if str(why).strip() else "failed"}
+    return out

@@ -19,7 +19,7 @@ from buildsys.results import Event
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _STYLE = {"built": "green", "cached": "cyan", "restored": "cyan", "remote": "cyan", "cutoff": "dim", "fresh": "dim",
-          "failed": "bold red", "skipped": "yellow"}
+          "failed": "bold red", "skipped": "yellow", "rerouted": "yellow"}
 LOG_LINES = 8  # a failing node's last log lines shown under it
 
 

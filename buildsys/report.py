@@ -43,7 +43,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                                                                    "cached" if p.cached else "run"),
             "reasons": p.reasons, "key": p.key,
         })
-    return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes, "nodes": nodes,
+    return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes,
+            "candidate_routes": plan.dag.candidates, "dropped_routes": plan.dropped, "nodes": nodes,
             "stale": sum(1 for n in nodes if n["state"] == "stale"),
             "blocked": sum(1 for n in nodes if n["state"] == "blocked")}
 
@@ -67,10 +68,16 @@ def print_plan(plan: Plan) -> None:
         reasons = "; ".join(p.reasons)
         line = f"  {click.style(f'{label:<8}', fg=color)} {p.node.name:<{width}}  {click.style(reasons, dim=True) if reasons else ''}"
         click.echo(line.rstrip())
+    for target, records in plan.dropped.items():
+        route = " → ".join(plan.dag.routes[target])
+        for r in records:
+            click.echo(f"  {click.style('route', fg='yellow'):<8}    {target}: {' → '.join(r['route'])} dropped at "
+                       f"{r['node']} ({r['reason']}); " + ("no route left" if target in plan.dag.exhausted
+                                                           else f"taking {route}"))
     work = plan.work
     blocked = sum(1 for p in work if p.action == BLOCKED)
     if blocked:
-        click.echo(f"{blocked} node(s) cannot be built on this host (see why above); build fails them "
+        click.echo(f"{blocked} node(s) cannot be built on this host or by any route (see why above); build fails them "
                    "without running them and builds the rest.")
     if len(work) > blocked:
         click.echo(f"{len(work) - blocked} of {len(order)} node(s) need work; run modelbuild build to make them.")
@@ -143,7 +150,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         status = check_status(check) if recorded else "not delivered"
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
-               "check": status, "not_run": not_run_reasons(check)}
+               "check": status, "not_run": not_run_reasons(check), "route": plan.dag.routes.get(target, []),
+               "dropped": [{k: r[k] for k in ("route", "node", "reason")} for r in plan.dropped.get(target, [])]}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -182,6 +190,11 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     for row in rows:
         for reason in row.get("not_run") or []:
             out.print(f"[yellow]{row['target']}: {reason}[/]")
+        if row.get("dropped") and row["path"]:
+            out.print(f"{row['target']}: made by {' → '.join(row['route'])}", style="yellow", markup=False)
+        for drop in row.get("dropped") or []:
+            out.print(f"{row['target']}: route {' → '.join(drop['route'])} dropped at {drop['node']}: {drop['reason']}",
+                      style="yellow", markup=False, highlight=False)
 
 
 def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:

@@ -35,6 +35,32 @@ def format_graph() -> "nx.DiGraph":
     return g
 
 
+#: At most this many routes are tried for one target (the format graph may hold more).
+MAX_ROUTES = 4
+
+
+def candidate_routes(source: str, family: str, precision: str, via: list[str], routes: list[list[str]],
+                     target: str, cfg: LoadedConfig) -> list[list[str]]:
+    """The routes a target tries, in order, until one's artifact passes its check.
+
+    `via` pins one route. `routes` lists the routes to try as their `via` stops. Otherwise every
+    route of the format graph is a candidate, fewest steps first (ties by format names), the
+    shortest path `find_route` picks leading, so a target whose first route works builds exactly
+    what it did before routes could fall back.
+    """
+    import networkx as nx
+
+    if via:
+        return [find_route(source, family, precision, via, target, cfg)]
+    if routes:
+        tried = [find_route(source, family, precision, stops, target, cfg) for stops in routes]
+        return [r for i, r in enumerate(tried) if r not in tried[:i]]
+    first = find_route(source, family, precision, [], target, cfg)
+    others = nx.all_simple_paths(format_graph(), source, first[-1], cutoff=len(first) + 2)
+    ordered = sorted((p for p in others if p != first), key=lambda p: (len(p), p))
+    return [first, *ordered][:MAX_ROUTES]
+
+
 def find_route(source: str, family: str, precision: str, via: list[str], target: str,
                cfg: LoadedConfig) -> list[str]:
     """Formats from `source` to the `family` format at `precision` through each of `via` in order

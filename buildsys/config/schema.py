@@ -233,7 +233,12 @@ class Target(Strict):
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Step options keyed by the format they produce (see `modelbuild schema --steps`)."
     )
-    via: list[str] = Field(default_factory=list, description="Formats the route must pass through, in order.")
+    via: list[str] = Field(default_factory=list, description="Formats the route must pass through, in order. "
+                           "Pins the route: no other is tried when it fails.")
+    routes: list[list[str]] = Field(
+        default_factory=list, description="The routes to try, in order, each given as its `via` stops (e.g. "
+        "[[pt2], [onnx, saved_model]]): the first whose artifact passes the check wins. Unset: every route "
+        "of the format graph, fewest steps first (at most 4). Cannot be combined with `via`.")
     acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
     recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
@@ -241,6 +246,12 @@ class Target(Strict):
         "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
         "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16). "
         "Every field stays overridable; an explicit 'recipe' wins.")
+
+    @model_validator(mode="after")
+    def _one_way_to_route(self) -> "Target":
+        if self.via and self.routes:
+            raise ValueError("give either 'via' (one pinned route) or 'routes' (routes to try in order), not both")
+        return self
 
     @property
     def goal(self) -> str:

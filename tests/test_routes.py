@@ -1,0 +1,152 @@
+"""Several routes per format: tried in order until one's artifact passes its check, failures remembered
+under their key, `via:` pinning one route, and a target no route can make named with every route's reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from buildsys.lock import Lock
+
+GATE = '''\
+import os
+import torch
+
+
+class Gate(torch.nn.Module):
+    """A branch on the data: torch.export cannot trace it; torch.jit.trace records the taken path."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.abs().sum() >= 0:  # always true, but known only once the data is there
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def build():
+    with open(os.path.join(os.path.dirname(__file__), "calls.txt"), "a") as f:
+        f.write("x")
+    return Gate()
+'''
+
+DEPLOY = """\
+models:
+  m:
+    source: {factory: gate:build}
+    inputs: [{name: x, shape: [batch, 4]}]
+    outputs: [{name: y}]
+    data: {validation: val.npz}
+targets:
+  t:
+    model: m
+    format: onnx
+    ROUTING
+"""
+
+PT2_ROUTE, TS_ROUTE = ["pytorch", "pt2", "onnx"], ["pytorch", "torchscript", "onnx"]
+
+
+class Project:
+    def __init__(self, root: Path, routing: str):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "gate.py").write_text(GATE)
+        x = np.random.default_rng(0).standard_normal((16, 4)).astype("float32")
+        np.savez(root / "val.npz", x=x)
+        (root / "deploy.yaml").write_text(textwrap.dedent(DEPLOY).replace("ROUTING", routing))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=self.root, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
+
+    def calls(self) -> int:
+        path = self.root / "calls.txt"
+        return len(path.read_text()) if path.exists() else 0
+
+    def lock(self) -> Lock:
+        return Lock.read(self.root / "deploy.lock")
+
+
+def test_candidate_routes_fewest_steps_first(tmp_path: Path) -> None:
+    project = Project(tmp_path, "description: default routes")
+    plan = json.loads(project.run("plan", "--json").stdout)
+    assert plan["candidate_routes"]["t"] == [["pytorch", "onnx"], PT2_ROUTE, TS_ROUTE]
+    assert plan["routes"]["t"] == ["pytorch", "onnx"]  # the shortest leads: what a target built before
+
+
+def test_first_route_fails_second_passes_and_a_noop_does_not_retry(tmp_path: Path) -> None:
+    project = Project(tmp_path, "routes: [[pt2], [torchscript]]")
+    proc = project.run("build")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rerouted verify:t" in proc.stdout and "t: made by pytorch → torchscript → onnx" in proc.stdout
+    assert "t: route pytorch → pt2 → onnx dropped at m/pt2: model 'm': torch.export failed" in proc.stdout
+    lock = project.lock()
+    assert lock.targets["t"]["route"] == TS_ROUTE and (tmp_path / "artifacts/t/model.onnx").is_file()
+    [dropped] = lock.routes["t"]["dropped"]
+    assert dropped["route"] == PT2_ROUTE and dropped["node"] == "m/pt2" and "data-dependent" in dropped["reason"]
+
+    calls = project.calls()
+    again = project.run("build")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout and project.calls() == calls
+    plan = project.run("plan").stdout
+    assert "route    t: pytorch → pt2 → onnx dropped at m/pt2" in plan and "taking pytorch → torchscript → onnx" in plan
+
+    # What the failed route depends on changes (as a toolchain upgrade would): it is tried again.
+    (tmp_path / "gate.py").write_text(GATE.replace("# always true", "# still always true"))
+    retry = project.run("build")
+    assert retry.returncode == 0 and "dropped at m/pt2" in retry.stdout and "rerouted" in retry.stdout
+    assert project.lock().routes["t"]["dropped"][0]["key"] != dropped["key"]
+
+
+def test_via_pins_one_route_with_no_fallback(tmp_path: Path) -> None:
+    project = Project(tmp_path, "via: [pt2]")
+    proc = project.run("build")
+    assert proc.returncode == 1 and "torch.export failed" in proc.stdout
+    assert "rerouted" not in proc.stdout and "m/torchscript" not in proc.stdout
+    assert project.lock().routes == {}
+
+
+def test_no_route_passes_names_every_route_and_is_not_retried(tmp_path: Path) -> None:
+    project = Project(tmp_path, "routes: [[pt2], [torchscript]]\n    acceptance: {max_size_mb: 0.0001}")
+    proc = project.run("build")
+    assert proc.returncode == 1
+    assert ("no route passes its check (pytorch → pt2 → onnx: model 'm': torch.export failed" in proc.stdout
+            and "pytorch → torchscript → onnx: size 0.00028 MB > 0.0001 MB (max_size_mb))" in proc.stdout)
+    calls = project.calls()
+    again = project.run("build")
+    assert again.returncode == 1 and "no route passes its check" in again.stdout and project.calls() == calls
+    assert "blocked  verify:t" in project.run("plan").stdout
+    # Loosen the budget: the check's key changes, so the route that missed it is tried again and passes.
+    text = (tmp_path / "deploy.yaml").read_text().replace("max_size_mb: 0.0001", "max_size_mb: 1")
+    (tmp_path / "deploy.yaml").write_text(text)
+    fixed = project.run("build")
+    assert fixed.returncode == 0, fixed.stdout
+    assert [r["route"] for r in project.lock().routes["t"]["dropped"]] == [PT2_ROUTE]
+
+
+def test_via_and_routes_together_are_refused(tmp_path: Path) -> None:
+    project = Project(tmp_path, "via: [pt2]\n    routes: [[torchscript]]")
+    proc = project.run("plan")
+    assert proc.returncode == 2 and "give either 'via'" in proc.stderr and "deploy.yaml:" in proc.stderr
+
+
+@pytest.mark.parametrize("routing", ["routes: [[pt2], [torchscript]]"])
+def test_the_api_reports_the_route(tmp_path: Path, routing: str) -> None:
+    import modelbuild
+
+    project = Project(tmp_path, routing)
+    report = modelbuild.load(tmp_path / "deploy.yaml").build()
+    assert report.ok and report.summary[0]["route"] == TS_ROUTE
+    assert [d["route"] for d in report.summary[0]["dropped"]] == [PT2_ROUTE]
+    assert project.lock().targets["t"]["route"] == TS_ROUTE
