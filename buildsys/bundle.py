@@ -13,8 +13,9 @@ import json
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +27,7 @@ from buildsys.verify import not_run_reasons
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
 FIXED_MTIME = 315532800  # 1980-01-01: the earliest time a zip entry can carry
+_CHUNK = 1 << 20  # files are hashed, archived and extracted in pieces this size
 
 
 class BundleError(ModelbuildError):
@@ -102,9 +104,14 @@ def resolve(cfg: Any, name: str) -> Any:
 
 
 def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) -> Path:
-    """Write NAME-VERSION.(tar.gz|zip) from the lock and the verified cache blobs; return its path."""
+    """Write NAME-VERSION.(tar.gz|zip) from the lock and the verified cache blobs; return its path.
+
+    Files are streamed from the CAS into the archive (never held in memory), so making a bundle of
+    several GB takes about as much memory as copying one file.
+    """
     bundle = resolve(cfg, name)
-    entries: dict[str, bytes] = {}
+    entries: dict[str, Path | bytes] = {}  # archive path → CAS blob (or, for the manifest, bytes)
+    sums: dict[str, FileEntry] = {}
     artifacts = []
     references: dict[str, str] = {}
     for target in bundle.targets:
@@ -119,16 +126,15 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
         node = dag.nodes[dag.target_nodes[target]]
         model = cfg.project.models[node.model]
         if node.model not in references:
-            references[node.model] = f"references/{node.model}.npz"
-            ref_files = lock.nodes[f"{node.model}/reference"]["files"]
-            entries[references[node.model]] = _blob(cache, ref_files[0][1], references[node.model])
+            ref = references[node.model] = f"references/{node.model}.npz"
+            entries[ref], sums[ref] = _blob(cache, lock.nodes[f"{node.model}/reference"]["files"][0][1], ref)
         recorded = lock.targets[target]
         files = []
         for rel, digest, _size, _x in recorded["files"]:
-            data = _blob(cache, digest, f"{target}/{rel}")
-            entries[f"{target}/{rel}"] = data
-            files.append(FileEntry(path=f"{target}/{rel}", sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
-        layout = json.loads(entries[f"{target}/layout.json"]) if f"{target}/layout.json" in entries else {}
+            entries[f"{target}/{rel}"], entry = _blob(cache, digest, f"{target}/{rel}")
+            files.append(entry)
+        layout_blob = entries.get(f"{target}/layout.json")
+        layout = json.loads(Path(layout_blob).read_bytes()) if layout_blob is not None else {}
         chain = _chain(lock, dag, node.name)
         from buildsys.formats import get_format
 
@@ -142,29 +148,43 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
             bench=lock.nodes.get(Bench.node_name(target), {}).get("metrics", {}),
             reference=references[node.model], model_config=model.model_dump(mode="json")))
     manifest = Manifest(bundle=name, version=bundle.version, description=bundle.description, modelbuild=__version__,
-                        artifacts=artifacts,
-                        references=[FileEntry(path=p, sha256=hashlib.sha256(entries[p]).hexdigest(), size=len(entries[p]))
-                                    for p in sorted(references.values())])
+                        artifacts=artifacts, references=[sums[p] for p in sorted(references.values())])
     entries[MANIFEST] = (json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-{bundle.version}.{bundle.archive}"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(_tar_gz(entries) if bundle.archive == "tar.gz" else _zip(entries))
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as out:
+            (_tar_gz if bundle.archive == "tar.gz" else _zip)(entries, out)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def _blob(cache: Any, digest: str, what: str) -> bytes:
-    """A blob's bytes, verified: the bundle is made from the cache, never from editable copies."""
-    from buildsys.hashing import digest_bytes
+def _blob(cache: Any, digest: str, what: str) -> tuple[Path, FileEntry]:
+    """A blob's path and manifest entry, verified in one streaming read: the bundle is made from the
+    cache, never from editable copies."""
+    import blake3
 
+    blob = Path(cache.blob(digest))
+    check, sha, size = blake3.blake3(), hashlib.sha256(), 0
     try:
-        data = cache.blob(digest).read_bytes()
+        with open(blob, "rb") as f:
+            for chunk in _chunks(f):
+                check.update(chunk)
+                sha.update(chunk)
+                size += len(chunk)
     except FileNotFoundError:
-        data = b""
-    if digest_bytes(data) != digest:
+        pass
+    if check.hexdigest() != digest:
         raise BundleError(f"{what}: its cached copy is missing or corrupted", hint="run modelbuild build again")
-    return data
+    return blob, FileEntry(path=what, sha256=sha.hexdigest(), size=size)
+
+
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield chunk
 
 
 def _chain(lock: Any, dag: Any, name: str) -> list[ChainStep]:
@@ -184,41 +204,55 @@ def _sources(lock: Any, chain: list[ChainStep]) -> dict[str, str]:
     return {role: digest for role, digest in sorted(first.items()) if not role.startswith("upstream ")}
 
 
-def _tar_gz(entries: dict[str, bytes]) -> bytes:
+def _open(source: Path | bytes) -> IO[bytes]:
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+
+
+def _size(source: Path | bytes) -> int:
+    return len(source) if isinstance(source, bytes) else source.stat().st_size
+
+
+def _tar_gz(entries: dict[str, Path | bytes], out: IO[bytes]) -> None:
+    """A PAX tar in a gzip stream with a fixed header (no name, mtime 0), written as it goes.
+
+    Byte-for-byte the archive earlier versions built in memory: deflate's output does not depend on
+    how its input is cut into writes.
+    """
     import gzip
 
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz,
+          tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_CHUNK) as tar):
         for path in sorted(entries):
             info = tarfile.TarInfo(path)
-            info.size, info.mtime, info.mode = len(entries[path]), FIXED_MTIME, 0o644
+            info.size, info.mtime, info.mode = _size(entries[path]), FIXED_MTIME, 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(entries[path]))
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
+            with _open(entries[path]) as src:
+                tar.addfile(info, src)
 
 
-def _zip(entries: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
+def _zip(entries: dict[str, Path | bytes], out: IO[bytes]) -> None:
+    """A deflated zip with fixed dates, each member streamed (zip64 where a member needs it)."""
+    import shutil
+
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(entries):
             info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, entries[path])
-    return out.getvalue()
+            info.file_size = _size(entries[path])  # what writestr sets: same bytes, zip64 when needed
+            with _open(entries[path]) as src, zf.open(info, "w") as dest:
+                shutil.copyfileobj(src, dest, _CHUNK)
 
 
 # --- verifying a bundle ------------------------------------------------------------------------------
 
-def read_members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield (name, bytes) of every regular file, rejecting anything that could escape the bundle.
+def read_members(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
+    """Yield (name, stream) of every regular file in archive order, rejecting anything that could
+    escape the bundle. Each stream is valid until the next one is asked for: read it then.
 
     Names come back normalized ('./manifest.json' → 'manifest.json'), as `tar -czf x.tar.gz .` or a
-    zip tool may write them.
+    zip tool may write them. The archive is read front to back once, never whole into memory.
     """
     if not path.is_file():
         raise BundleError(f"{path} does not exist")
@@ -231,14 +265,14 @@ def read_members(path: Path) -> Iterator[tuple[str, bytes]]:
                         continue
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise BundleError(f"bundle entry '{info.filename}' is a symbolic link; bundles hold only files")
-                    yield name, zf.read(info)
+                    with zf.open(info) as handle:
+                        yield name, handle
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error) as exc:
             raise BundleError(f"{path.name} is not a readable zip archive ({exc})") from None
         return
     try:
-        tar = tarfile.open(path, "r:*")
-        with tar:
-            for member in tar.getmembers():
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:  # one forward pass: getmembers() would decompress everything twice
                 name = _safe_name(member.name)
                 if member.issym() or member.islnk():
                     raise BundleError(f"bundle entry '{member.name}' is a link to '{member.linkname}'; bundles hold "
@@ -248,12 +282,17 @@ def read_members(path: Path) -> Iterator[tuple[str, bytes]]:
                 if not member.isfile():
                     raise BundleError(f"bundle entry '{member.name}' is not a regular file")
                 handle = tar.extractfile(member)
-                yield name, handle.read() if handle else b""
+                yield name, handle if handle is not None else io.BytesIO()
+                tar.members.clear()  # a long archive's member list would otherwise grow with it
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if detail.startswith("file could not be opened"):  # tarfile tried every compression
-            detail = "it is neither a tar archive (gz, bz2, xz or plain) nor a zip file"
-        raise BundleError(f"{path.name} is not a readable bundle archive: {detail}") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: BaseException) -> BundleError:
+    detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if detail.startswith("file could not be opened"):  # tarfile tried every compression
+        detail = "it is neither a tar archive (gz, bz2, xz or plain) nor a zip file"
+    return BundleError(f"{path.name} is not a readable bundle archive: {detail}")
 
 
 def _safe_name(name: str) -> str:
@@ -264,42 +303,76 @@ def _safe_name(name: str) -> str:
     return p.as_posix() if p.parts else ""
 
 
-def _members(path: Path) -> dict[str, bytes]:
-    """Every file of the archive by normalized name. A bundle packed from its parent directory
-    (every entry under one folder, `tar -czf x.tar.gz release/`) is read as if packed from inside."""
-    members: dict[str, bytes] = {}
-    for name, data in read_members(path):
-        if name in members:
+def _extract(path: Path, staging: Path) -> dict[str, tuple[int, str]]:
+    """Stream every file of the archive under `staging`, hashing as it goes: name → (size, sha256).
+
+    Names were validated and links refused, so nothing written can land outside `staging`.
+    """
+    sums: dict[str, tuple[int, str]] = {}
+    for name, handle in read_members(path):
+        if name in sums:
             raise BundleError(f"bundle entry '{name}' appears twice in {path.name}; a bundle holds each file once")
-        members[name] = data
-    tops = {name.split("/", 1)[0] for name in members}
-    if MANIFEST not in members and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in members:
-        prefix = next(iter(tops)) + "/"
-        members = {name[len(prefix):]: data for name, data in members.items()}
-    return members
+        out = staging / name
+        sha, size = hashlib.sha256(), 0
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "xb") as f:
+                for chunk in _chunks(handle):
+                    sha.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise BundleError(f"bundle entry '{name}' clashes with another entry's path in {path.name}") from None
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as exc:  # raised while reading a member
+            raise _unreadable(path, exc) from None
+        sums[name] = (size, sha.hexdigest())
+    return sums
 
 
 def unpack_and_check(path: Path, dest: Path) -> Manifest:
-    """Extract a bundle into `dest` after validating names, and check every file's size and SHA-256."""
-    members = _members(path)
-    if MANIFEST not in members:
+    """Extract a bundle into `dest` (which must not exist yet, or be empty) after validating names,
+    and check every file's size and SHA-256, streaming: memory stays flat however big the bundle.
+
+    A bundle packed from its parent directory (every entry under one folder, `tar -czf x.tar.gz
+    release/`) is read as if packed from inside.
+    """
+    import shutil
+
+    staging = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        sums = _extract(path, staging)
+        root = staging
+        tops = {name.split("/", 1)[0] for name in sums}
+        if MANIFEST not in sums and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in sums:
+            prefix = next(iter(tops))
+            root = staging / prefix
+            sums = {name[len(prefix) + 1:]: value for name, value in sums.items()}
+        manifest = _check(path, root, sums)
+        if dest.exists():
+            dest.rmdir()  # only an empty one: OSError otherwise, rather than mixing old files in
+        root.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _check(path: Path, root: Path, sums: dict[str, tuple[int, str]]) -> Manifest:
+    """The manifest under `root`, after checking every file it lists against `sums` and no more."""
+    if MANIFEST not in sums:
         raise BundleError(f"{path.name} has no {MANIFEST}")
     try:
-        manifest = Manifest.model_validate(json.loads(members[MANIFEST]))
+        manifest = Manifest.model_validate(json.loads((root / MANIFEST).read_bytes()))
     except ValueError as exc:
         raise BundleError(f"{MANIFEST} in {path.name} is not a valid manifest: {str(exc).splitlines()[0]}") from None
     expected = {f.path: f for a in manifest.artifacts for f in a.files} | {f.path: f for f in manifest.references}
     for name, entry in sorted(expected.items()):
-        if name not in members:
+        if name not in sums:
             raise BundleError(f"{name}: listed in the manifest but missing from the bundle")
-        data = members[name]
-        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        if sums[name] != (entry.size, entry.sha256):
             raise BundleError(f"{name}: sha256 does not match the manifest (the file was modified)")
-    extra = sorted(set(members) - set(expected) - {MANIFEST})
+    extra = sorted(set(sums) - set(expected) - {MANIFEST})
     if extra:
         raise BundleError(f"{extra[0]}: in the bundle but not in the manifest")
-    for name, data in members.items():
-        out = dest / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
     return manifest

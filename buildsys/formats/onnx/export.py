@@ -65,6 +65,19 @@ def save(proto: "onnx.ModelProto", out_dir: Path, external: bool) -> Path:
     return path
 
 
+def readable_copy(path: Path, work: Path, force: bool = False) -> Path:
+    """`path`, or a private copy with its side file in `work` (always when `force`): onnx refuses external
+    data in a file with several links ("potential hardlink attack"), and inputs are hard-linked from
+    the cache. The OS streams the copy: disk and seconds, never memory."""
+    side = path.with_name(SIDE_FILE)
+    if not side.exists() or (side.stat().st_nlink < 2 and not force) or not uses_external_data(path):
+        return path
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, work / ONNX.filename)
+    shutil.copyfile(side, work / SIDE_FILE)
+    return work / ONNX.filename
+
+
 def load(path: Path) -> "onnx.ModelProto":
     """Load an ONNX file with its external data (the side file must sit next to it)."""
     import onnx
@@ -237,6 +250,9 @@ def _program_output_names(program: Any, ctx: StepContext) -> list[str]:
     return wanted
 
 
+PROTOBUF_LIMIT = 2**31  # bytes: protobuf cannot serialize a larger message, so one ONNX file cannot either
+
+
 # Field factories: each options model gets its own FieldInfo.
 def _opset() -> Any:
     return Field(default=18, ge=7, description="ONNX opset version to export to.")
@@ -291,6 +307,10 @@ class OnnxFromPyTorch(Step):
 
         opts = ctx.options
         module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
+        size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+        if size >= PROTOBUF_LIMIT and not opts.external_data:
+            raise self.fail(ctx, f"the model's weights take {size / 1e9:.2f} GB, past the 2 GB a single ONNX file "
+                                 "can hold: set options: {onnx: {dynamo: true, external_data: true}} on its targets")
         if opts.dynamo:
             shapes = export_dims(ctx.model) if opts.dynamic_axes else None
             path = _dynamo_export(self, ctx, module, opts.opset, opts.external_data,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import Field
@@ -13,6 +17,7 @@ ONNX_FP16 = register_format(Format(
     name="onnx-fp16", family="onnx", precision="fp16", filename="model.onnx", runtime="onnxruntime",
     description="ONNX model converted to float16 (half the weight size; fast on GPUs and fp16-capable NPUs).",
 ))
+_CHUNK = 64 << 20  # bytes of float32 converted at a time (a multiple of 4)
 
 
 @register
@@ -23,7 +28,7 @@ class OnnxFp16FromOnnx(Step):
     consumes = ("onnx", "onnx-optimized")
     produces = "onnx-fp16"
     precision = "fp16"
-    packages = ("onnxruntime", "onnx")
+    packages = ("onnxruntime", "onnx", "onnx-ir")
     toolchain = "onnx"
     description = "float16 conversion with ONNX Runtime's converter."
 
@@ -42,43 +47,118 @@ class OnnxFp16FromOnnx(Step):
 
         convert = _converter()
         opts = ctx.options
-        external = uses_external_data(ctx.input_path)  # type: ignore[arg-type]
-        proto = load(ctx.input_path)  # type: ignore[arg-type]
+        src = Path(str(ctx.input_path))
+        external = uses_external_data(src)
         kwargs: dict[str, Any] = {"keep_io_types": opts.keep_io_types}
+        was_float: set[str] = set()  # external float32 tensors, by name
         if opts.op_block_list is not None:
             kwargs["op_block_list"] = list(opts.op_block_list)
         try:
-            converted = convert(proto, **kwargs)
+            if external:  # the graph alone: the side file is converted afterwards, streaming
+                proto = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+                was_float = {t.name for t in _external_tensors(proto) if t.data_type == onnx.TensorProto.FLOAT}
+                with _shapes_from_dims(convert):
+                    converted = convert(proto, disable_shape_infer=True, **kwargs)
+            else:
+                converted = convert(load(src), **kwargs)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise self.fail(ctx, f"float16 conversion failed: {type(exc).__name__}: {first}") from exc
         _sort_nodes(converted.graph)
-        path = save(converted, ctx.out_dir, external=external)
+        path = _save_streaming(converted, was_float, src.parent, ctx.out_dir) if external else \
+            save(converted, ctx.out_dir, external=False)
         metrics = finish(self, ctx, path)
         halves = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
         return {**metrics, "float16_initializers": halves}
 
 
+def _external_tensors(proto: Any) -> list[Any]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+
+
+@contextmanager
+def _shapes_from_dims(convert: Any) -> Iterator[None]:
+    """Let the converter run on a graph whose weights stay in the side file.
+
+    It marks each initializer it converts float16 (converting data only where the proto holds
+    some) and builds a value_info from the tensor's data, which an external tensor has not; the
+    dims say the same.
+    """
+    from onnx import helper
+
+    module = sys.modules[convert.__module__]
+    original = module.make_value_info_from_tensor
+    module.make_value_info_from_tensor = lambda t: helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+    try:
+        yield
+    finally:
+        module.make_value_info_from_tensor = original
+
+
+def _save_streaming(proto: Any, was_float: set[str], src_dir: Path, out_dir: Path) -> Path:
+    """Write model.onnx + model.onnx.data, reading each external tensor from the source side file in
+    chunks and halving those the converter marked float16: memory stays at one chunk."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from buildsys.formats.onnx.export import ONNX, SIDE_FILE
+
+    halve = sys.modules[_converter().__module__].convert_np_to_float16  # the converter's own clamping
+    with open(out_dir / SIDE_FILE, "wb") as out:
+        for tensor in _external_tensors(proto):
+            info = {e.key: e.value for e in tensor.external_data}
+            to_half = tensor.data_type == TensorProto.FLOAT16 and tensor.name in was_float
+            count = int(np.prod(tensor.dims, dtype=np.int64))
+            if to_half:
+                left = count * 4
+            else:
+                left = int(info.get("length", count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize))
+            out.write(b"\0" * (-out.tell() % 4096))  # page-aligned, as onnx writes big tensors (mmap)
+            offset = out.tell()
+            with open(src_dir / info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                while left > 0:
+                    chunk = f.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise ValueError(f"tensor '{tensor.name}': the side file ends early")
+                    left -= len(chunk)
+                    out.write(halve(np.frombuffer(chunk, dtype=np.float32)).tobytes() if to_half else chunk)
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", SIDE_FILE), ("offset", offset), ("length", out.tell() - offset)):
+                tensor.external_data.add(key=key, value=str(value))
+    path = out_dir / ONNX.filename
+    path.write_bytes(proto.SerializeToString())  # the graph only: every big tensor points into the side file
+    return path
+
+
 def _sort_nodes(graph: Any) -> None:
     """Order nodes topologically in place: the converter appends the Casts it adds for float32 I/O at
-    the end of the node list, which the ONNX checker rejects (ONNX Runtime itself would re-sort)."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:  # a cycle or an input from an outer scope: keep the rest as it was
-            ordered += pending
-            break
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
-    copies = [type(n)() for n in ordered]
-    for copy, node in zip(copies, ordered):
-        copy.CopyFrom(node)
+    the end of the node list, which the ONNX checker rejects (ONNX Runtime itself would re-sort).
+
+    onnx-ir's sort is linear in nodes + values and stable (an already ordered graph keeps its
+    order). Its IR wraps the initializers without copying them; only the top-level order is taken
+    back, and the node protos (which hold no initializers) are copied into it unchanged.
+    """
+    import onnx_ir as ir
+
+    view = ir.serde.deserialize_graph(graph)
+    position = {id(node): i for i, node in enumerate(view)}
+    try:
+        view.sort()
+    except ValueError:  # a cycle: leave the order alone and let the checker name the problem
+        return
+    order = [position[id(node)] for node in view]
+    if order == sorted(order):
+        return
+    nodes = list(graph.node)
+    ordered = [type(n)() for n in nodes]
+    for copy, i in zip(ordered, order):
+        copy.CopyFrom(nodes[i])
     del graph.node[:]
-    graph.node.extend(copies)
+    graph.node.extend(ordered)
 
 
 def _converter() -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -72,9 +74,10 @@ class OnnxInt8FromOnnx(Step):
         return None
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from buildsys.formats.onnx.export import finish, load, save, uses_external_data
+        from buildsys.formats.onnx.export import ONNX, finish, load, readable_copy, save, uses_external_data
 
         opts = ctx.options
         src = Path(str(ctx.input_path))
@@ -85,23 +88,33 @@ class OnnxInt8FromOnnx(Step):
         with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as work:
             model_in = src
             if opts.preprocess:
-                model_in, note = _preprocess(src, Path(work))
+                model_in, note = _preprocess(src, Path(work), external)
                 if note:
                     metrics["preprocess"] = note
-            quantized = Path(work) / "quantized.onnx"
+            if model_in == src:
+                model_in = readable_copy(src, Path(work) / "in")
+            model_in = _without_initializer_shapes(model_in, Path(work) / "clean", private=model_in != src)
+            # With external data the quantizer writes its side file as <output name>.data: straight
+            # into out_dir that is model.onnx.data, and the weights are never loaded a second time.
+            quantized = ctx.out_dir / ONNX.filename if external else Path(work) / "quantized.onnx"
             try:
                 if opts.method == "static":
                     self._static(ctx, opts, model_in, quantized, types, external)
                 else:
-                    quantize_dynamic(str(model_in), str(quantized), per_channel=opts.per_channel,
-                                     weight_type=types[opts.weight_type], use_external_data_format=external)
+                    with _lean_quantizer(external):
+                        quantize_dynamic(str(model_in), str(quantized), per_channel=opts.per_channel,
+                                         weight_type=types[opts.weight_type], use_external_data_format=external)
             except ModelbuildError:
                 raise
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise self.fail(ctx, f"{opts.method} int8 quantization failed: {type(exc).__name__}: {first}") from exc
-            proto = load(quantized)
-        path = save(proto, ctx.out_dir, external=external)
+            if external:
+                proto = onnx.load(str(quantized), load_external_data=False)
+                path = quantized
+            else:
+                proto = load(quantized)
+                path = save(proto, ctx.out_dir, external=False)
         metrics.update(finish(self, ctx, path))
         counts: dict[str, int] = {}
         for node in proto.graph.node:
@@ -132,17 +145,171 @@ class OnnxInt8FromOnnx(Step):
         )
 
 
-def _preprocess(src: Path, work: Path) -> tuple[Path, str]:
+def _preprocess(src: Path, work: Path, external: bool) -> tuple[Path, str]:
     """quant_pre_process into `work`; on failure the original model and a note saying why."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = work / "preprocessed.onnx"
     try:
+        if external:
+            return _preprocess_by_path(src, work), "by path (external data): basic optimization and ONNX shape inference"
         quant_pre_process(str(src), str(out))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return src, f"skipped: {type(exc).__name__}: {first}"[:300]
     return out, ""
+
+
+def _preprocess_by_path(src: Path, work: Path) -> Path:
+    """quant_pre_process's steps for a model with external data, each reading and writing files.
+
+    quant_pre_process loads the whole model before it optimizes from the file, and its symbolic
+    shape inference copies the model in memory and cannot pass protobuf's 2 GB: here ONNX Runtime's
+    basic optimization writes its own side file, and ONNX shape inference runs by path.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+    optimized, out = work / "optimized.onnx", work / "preprocessed.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(optimized)
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{optimized.name}.data")
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    so.add_session_config_entry("session.disable_prepacking", "1")  # the session only writes the file
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    onnx.shape_inference.infer_shapes_path(str(optimized), str(out))  # same folder: the side file still resolves
+    proto = onnx.load(str(out), load_external_data=False)
+    add_pre_process_metadata(proto)
+    _untranspose_gemm_weights(proto, work)
+    onnx.save_model(proto, str(out))
+    return out
+
+
+def _untranspose_gemm_weights(proto: Any, work: Path) -> None:
+    """Store each external Gemm(transB=1) weight transposed, and set transB=0.
+
+    The quantizer turns Gemm into MatMul and, for transB=1, transposes the weight in memory: four
+    transient float32 copies of the largest tensor beside the loaded model. Done here, one tensor
+    is read at a time, its transpose appended to the (private) side file it came from.
+    """
+    import numpy as np
+    from onnx import helper
+    from onnx.external_data_helper import uses_external_data
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for node in proto.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        weight = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if (weight is None or "transB" not in attrs or attrs["transB"].i != 1 or uses[weight.name] != 1
+                or len(weight.dims) != 2 or not uses_external_data(weight)):
+            continue
+        info = {e.key: e.value for e in weight.external_data}
+        rows, cols = weight.dims
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(weight.data_type))
+        matrix = np.fromfile(work / info["location"], dtype=dtype, count=rows * cols,
+                             offset=int(info.get("offset", 0))).reshape(rows, cols)
+        with open(work / info["location"], "ab") as side:
+            side.write(b"\0" * (-side.tell() % 4096))
+            offset = side.tell()
+            np.ascontiguousarray(matrix.T).tofile(side)
+        del matrix, weight.external_data[:]
+        for key, value in (("location", info["location"]), ("offset", offset), ("length", rows * cols * dtype.itemsize)):
+            weight.external_data.add(key=key, value=str(value))
+        weight.dims[:] = [cols, rows]
+        attrs["transB"].i = 0
+
+
+@contextmanager
+def _lean_quantizer(active: bool) -> Iterator[None]:
+    """While active, the dynamic quantizer keeps one copy of the weights (plus one tensor's work).
+
+    Its `save_and_reload_model_with_shape_infer` deep-copies the model, saves it and loads it back
+    (two more copies of every weight, for value_info that only the graph determines): here shapes
+    are inferred on the graph alone, in place. Its `quantize_nparray` makes four float32
+    temporaries the size of the tensor: here it runs on slices of 16M values (elementwise, so the
+    same bytes).
+    """
+    from onnxruntime.quantization import base_quantizer, onnx_quantizer, quant_utils
+
+    patches = [(onnx_quantizer, "save_and_reload_model_with_shape_infer", _infer_in_place)]
+    patches += [(module, "quantize_nparray", _sliced(quant_utils.quantize_nparray))
+                for module in (quant_utils, base_quantizer)]
+    originals = [(module, name, getattr(module, name, None)) for module, name, _ in patches]
+    if not active or any(original is None for *_, original in originals):
+        yield
+        return
+    for module, name, replacement in patches:
+        setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+def _sliced(quantize: Any, step: int = 1 << 24) -> Any:
+    def sliced(q_type: int, arr: Any, scale: Any, zero_point: Any, low: Any = None, high: Any = None) -> Any:
+        import numpy as np
+
+        if arr.size <= step or np.size(scale) != 1 or np.size(zero_point) != 1:
+            return quantize(q_type, arr, scale, zero_point, low, high)
+        flat = arr.reshape(-1)
+        parts = [quantize(q_type, flat[i:i + step], scale, zero_point, low, high) for i in range(0, flat.size, step)]
+        return np.concatenate(parts).reshape(arr.shape)
+
+    return sliced
+
+
+def _infer_in_place(model: Any) -> Any:
+    """`model` with value_info inferred from a weightless copy of its graph (initializers as dims)."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions)
+    graph = skeleton.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(graph, field).extend(getattr(model.graph, field))
+    for t in model.graph.initializer:
+        graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    add_infer_metadata(model)
+    return model
+
+
+def _without_initializer_shapes(path: Path, work: Path, private: bool) -> Path:
+    """The model without value_info entries for its initializers (the dynamo exporter writes them).
+
+    The quantizer turns Gemm(transB=1) into MatMul with a transposed weight and then re-runs shape
+    inference, which fails on the weight's stale shape ("Inferred shape and existing shape differ").
+    Only the graph is rewritten: a side file is referenced, never loaded. `private`: `path` is this
+    step's own file and may be rewritten in place.
+    """
+    import onnx
+
+    from buildsys.formats.onnx.export import ONNX, readable_copy
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in proto.graph.initializer}
+    keep = [v for v in proto.graph.value_info if v.name not in inits]
+    if len(keep) == len(proto.graph.value_info):
+        return path
+    if not private:
+        copy = readable_copy(path, work, force=True)
+        path = copy if copy != path else work / ONNX.filename  # no side file: a new file in work
+        work.mkdir(parents=True, exist_ok=True)
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    onnx.save_model(proto, str(path))  # external tensors keep their references to the side file
+    return path
 
 
 def _reader(batch: "Batch", model_path: Path) -> Any:
