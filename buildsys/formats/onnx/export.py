@@ -31,7 +31,6 @@ ONNX_FILE = register_format(Format(
 
 SIDE_FILE = "model.onnx.data"
 
-
 # --- shared helpers ------------------------------------------------------------------------------
 
 
