@@ -80,7 +80,9 @@ def inspect_mlpackage(path: Path) -> dict[str, Any]:
         "weight_dtypes": {d.lower(): v for d, v in sorted(weights.items())},
         "compressed_weight_ops": compressed,
         "weights_compressed": bool(compressed),
-        "compute_precision": "float16" if floats["FLOAT16"] > floats["FLOAT32"] else "float32",
+        # A float32 program holds no float16 constant at all; a float16 one may keep some weights in
+        # float32 (coremltools leaves LSTM weights so), so any float16 constant means float16 compute.
+        "compute_precision": "float16" if floats["FLOAT16"] > 0 else "float32",
     })
     return facts
 
