@@ -558,3 +558,36 @@ def test_optimize_for_mobile_fails_clearly_without_xnnpack(cases: dict[str, Case
                                         r"set optimize_for_mobile: false \(step ptl-from-torchscript\)"):
         run_step("ptl-from-torchscript", case.model, case.torchscript, root / "cnn" / "ptl-opt", root,
                  optimize_for_mobile=True)
+
+
+@pytest.mark.coreml
+def test_an_fp16_program_that_keeps_lstm_weights_in_float32_still_computes_in_float16(tmp_path: Path) -> None:
+    """coremltools leaves an LSTM's weights in float32 inside a float16 program: fp32 weights outnumber
+    the fp16 ones, and the inspection must not call the program float32 for that."""
+    import coremltools as ct
+    import torch
+
+    from buildsys.formats.coreml.runtime import inspect_mlpackage
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 64, batch_first=True)
+            self.head = torch.nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    traced = torch.jit.trace(Recurrent().eval(), torch.randn(1, 10, 8))
+    facts = {}
+    for precision in ("FLOAT16", "FLOAT32"):
+        mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=[ct.TensorType(name="x", shape=(1, 10, 8))],
+                             compute_precision=getattr(ct.precision, precision), skip_model_load=True)
+        path = tmp_path / f"{precision}.mlpackage"
+        mlmodel.save(str(path))
+        facts[precision] = inspect_mlpackage(path)
+    fp16 = facts["FLOAT16"]["weight_dtypes"]
+    assert fp16["float32"]["elements"] > fp16.get("float16", {}).get("elements", 0)  # what fooled the old rule
+    assert facts["FLOAT16"]["compute_precision"] == "float16"
+    assert facts["FLOAT32"]["compute_precision"] == "float32"
