@@ -144,6 +144,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
     candidates: dict[str, list[list[str]]] = {}
     exhausted: list[str] = []
     checks: list[Node] = []
+    primary: dict[str, set[str]] = {}  # "model/format" → identities on targets' first candidate routes
     for tname in names:
         target = project.targets[tname]
         if target.model not in project.models:
@@ -167,23 +168,33 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                                   where=cfg.where("targets", tname, "options", target.format),
                                   field=f"targets.{tname}.options", hint=f"keep one: the goal node is {target.goal}")
             opts_by_format[target.goal] = opts_by_format.pop(target.format)
-        for fmt in opts_by_format:
-            if fmt not in route[1:]:
+        for fmt in opts_by_format:  # options apply where the route taken passes their format
+            if not any(fmt in r[1:] for r in candidates[tname]):
                 raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
                                   where=cfg.where("targets", tname, "options", fmt), field=f"targets.{tname}.options",
                                   hint=f"route: {' → '.join(route)}")
-        identity: list[Any] = [target.model]
+
+        def walk(path: list[str]) -> list[tuple[str, str, Any, Any, str]]:
+            """(from, to, step, options, identity) along a route; the identity is the model plus
+            the chain of (step, options) that leads to a node, so equal chains share a node."""
+            identity: list[Any] = [target.model]
+            hops = []
+            for a, b in zip(path, path[1:]):
+                step = steps()[fg.edges[a, b]["step"]]
+                options = _options(step, opts_by_format.get(b, {}), cfg, tname, b)
+                identity.append([step.name, options.model_dump(mode="json")])
+                hops.append((a, b, step, options, digest_json(identity)))
+            return hops
+
+        for _, b, _, _, ident in walk(candidates[tname][0]):
+            primary.setdefault(f"{target.model}/{b}", set()).add(ident)
         previous = ""
-        for a, b in zip(route, route[1:]):
-            step = steps()[fg.edges[a, b]["step"]]
-            options = _options(step, opts_by_format.get(b, {}), cfg, tname, b)
+        for a, b, step, options, ident in walk(route):
             problem = step.check_config(model, options, cfg.root)
             if problem:
                 raise ConfigError(problem, where=cfg.where("targets", tname, "options", b) if b in opts_by_format
                                   else cfg.where("targets", tname, "precision"), field=f"targets.{tname} ({b})")
             opts = options.model_dump(mode="json")
-            identity.append([step.name, opts])
-            ident = digest_json(identity)
             if ident not in identities:
                 data = tuple(step.data_used(options)) + (("example",) if fg.nodes[a]["source"] else ())
                 identities[ident] = Node(
@@ -209,11 +220,14 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             checks.append(Node(name=Bench.node_name(tname), kind=Bench.name, model=target.model, format=target.goal,
                                step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[previous, reference],
                                target=tname, precision=precision))
-    # Name artifact nodes: "model/format", with an options digest when one model has several variants.
+    # Name artifact nodes: "model/format", with an identity digest when one model has several
+    # variants, or when a node lies on a fallback route only: its name then differs from the first
+    # route's node of that format, so the lock never mixes the two (whichever route a build takes).
     rename = {}
     for base, idents in chains.items():
         for ident in idents:
-            rename[ident] = base if len(idents) == 1 else f"{base}~{ident[:6]}"
+            canonical = len(idents) == 1 and ident in primary.get(base, {ident})
+            rename[ident] = base if canonical else f"{base}~{ident[:6]}"
     nodes: dict[str, Node] = {}
     for ident, node in identities.items():
         node.name = rename[ident]

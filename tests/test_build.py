@@ -244,7 +244,10 @@ def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyPro
     assert (tiny.root / "artifacts/int8/model.onnx").is_file()
     observed = lock(tiny)["nodes"]["verify:int8"]["metrics"]["outputs"]["y"]["max_abs"]["observed"]
     assert observed > 0
-    tiny.edit("onnx-int8: {method: dynamic}\n", f"onnx-int8: {{method: dynamic}}\n    acceptance: {{max_abs: {observed / 10}}}\n")
+    # The route is pinned (via): with fallback, a miss would send the target down its other routes
+    # (tests/test_routes.py); here the point is what happens to a delivered artifact that now misses.
+    tiny.edit("onnx-int8: {method: dynamic}\n", f"onnx-int8: {{method: dynamic}}\n    acceptance: {{max_abs: {observed / 10}}}\n"
+              "    via: [onnx]\n")
     proc = tiny.run("build", "int8", check=False)
     assert proc.returncode == 1 and "acceptance not met" in proc.stdout
     assert not (tiny.root / "artifacts/int8").exists()  # the earlier deliverable is withdrawn too

@@ -95,8 +95,9 @@ def test_a_precision_that_contradicts_the_format_is_an_error(tiny: TinyProject) 
      r"deploy\.yaml:\d+: targets\.int8 \(onnx-int8\): .*static.* needs calibration data"),
     (("onnx-int8: {method: dynamic}", "onnx-int8: {methd: static}"),
      r"targets\.int8\.options\.onnx-int8: unknown option 'methd' for step onnx-int8-from-onnx — did you mean 'method'\?"),
-    (("onnx: {opset: 18}\n  int8", "onnx: {opset: 18}\n      torchscript: {method: trace}\n  int8"),
-     r"targets\.server\.options: options given for 'torchscript', which is not on this target's route"),
+    # torchscript is on one of an onnx target's fallback routes (pytorch → torchscript → onnx); coreml on none
+    (("onnx: {opset: 18}\n  int8", "onnx: {opset: 18}\n      coreml: {compute_units: ALL}\n  int8"),
+     r"targets\.server\.options: options given for 'coreml', which is not on this target's route"),
     (("format: torchscript", "format: torchscript\n    acceptance: {outputs: {z: {max_abs: 0.1}}}"),
      r"deploy\.yaml:\d+: targets\.ts\.acceptance\.outputs: '?z'?,? which is not an output of the model .*did you mean 'y'|outputs: y"),
     (("weights: tiny.pt", "weights: missing.pt"),
