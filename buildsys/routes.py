@@ -1,12 +1,14 @@
 """The format graph (formats as vertices, registered steps as edges) and a target's route through it.
 
 "TFLite needs SavedModel needs ONNX needs the traced model" falls out of this graph: a route is the
-shortest path from the model's source format to the target's format, through each `via:` stop.
+cheapest path (edges weighted by each step's `route_cost`) from the model's source format to the
+target's format, through each `via:` stop.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from buildsys.config.load import LoadedConfig
@@ -31,7 +33,7 @@ def format_graph() -> "nx.DiGraph":
             if g.has_edge(consumed, step.produces):
                 other = g.edges[consumed, step.produces]["step"]
                 raise PlanError(f"steps {other} and {step.name} both turn {consumed} into {step.produces}")
-            g.add_edge(consumed, step.produces, step=step.name)
+            g.add_edge(consumed, step.produces, step=step.name, cost=step.route_cost)
     return g
 
 
@@ -44,9 +46,9 @@ def candidate_routes(source: str, family: str, precision: str, via: list[str], r
     """The routes a target tries, in order, until one's artifact passes its check.
 
     `via` pins one route. `routes` lists the routes to try as their `via` stops. Otherwise every
-    route of the format graph is a candidate, fewest steps first (ties by format names), the
-    shortest path `find_route` picks leading, so a target whose first route works builds exactly
-    what it did before routes could fall back.
+    route of the format graph is a candidate, cheapest first (the sum of its steps' `route_cost`,
+    then fewest steps, then format names), the cheapest path `find_route` picks leading, so a target
+    whose first route works builds exactly what it did before routes could fall back.
     """
     import networkx as nx
 
@@ -57,14 +59,20 @@ def candidate_routes(source: str, family: str, precision: str, via: list[str], r
         return [r for i, r in enumerate(tried) if r not in tried[:i]]
     first = find_route(source, family, precision, [], target, cfg)
     others = nx.all_simple_paths(format_graph(), source, first[-1], cutoff=len(first) + 2)
-    ordered = sorted((p for p in others if p != first), key=lambda p: (len(p), p))
+    ordered = sorted((p for p in others if p != first), key=lambda p: (route_cost(p), len(p), p))
     return [first, *ordered][:MAX_ROUTES]
+
+
+def route_cost(route: list[str]) -> float:
+    """The total cost of a route: the `route_cost` of each step along it."""
+    g = format_graph()
+    return sum(g.edges[a, b]["cost"] for a, b in pairwise(route))
 
 
 def find_route(source: str, family: str, precision: str, via: list[str], target: str,
                cfg: LoadedConfig) -> list[str]:
     """Formats from `source` to the `family` format at `precision` through each of `via` in order
-    (shortest between stops)."""
+    (cheapest by `route_cost` between stops)."""
     import networkx as nx
 
     g = format_graph()
@@ -83,7 +91,7 @@ def find_route(source: str, family: str, precision: str, via: list[str], target:
     route = [source]
     for stop in [*via, goal]:
         try:
-            leg = nx.shortest_path(g, route[-1], stop)
+            leg = nx.shortest_path(g, route[-1], stop, weight="cost")
         except nx.NetworkXNoPath:
             reachable = sorted(nx.descendants(g, route[-1]))
             raise PlanError(f"target '{target}': no route from {route[-1]} to {stop}",

@@ -113,6 +113,9 @@ class Step:
     #: holds every step to it). One class serves several precisions through `register_variants`.
     precision: ClassVar[str] = "fp32"
     version: ClassVar[int] = 1  # bump when the output for the same inputs changes
+    #: The weight of the step's edge in the format graph: routes are ordered by their total cost, so a
+    #: second converter to a format can sit behind the established one (see routes.candidate_routes).
+    route_cost: ClassVar[float] = 1
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker

@@ -1,0 +1,214 @@
+"""TFLite straight from the torch.export program with litert-torch: a second route to `tflite*`.
+
+The established route goes pytorch → onnx → saved_model (onnx2tf) → tflite. litert-torch (the
+renamed ai-edge-torch) lowers the torch.export graph to a .tflite without ONNX or TensorFlow, so it
+converts models onnx2tf cannot (recurrent layers, some ONNX ops such as ReduceL2 or a dynamic
+Expand). It consumes `pt2`, so `via: [pt2]` pins this route.
+
+Route cost: onnx2tf stays the default (stable artifacts for existing users). The cost of this step
+(2.5) puts pytorch → pt2 → tflite (1 + 2.5) after pytorch → onnx → saved_model → tflite (3) but
+ahead of the other onnx2tf detours (4), and makes pt2 → tflite (2.5) cheaper than
+pt2 → onnx → saved_model → tflite (3), which is what `via: [pt2]` has to pick.
+
+Layout: litert-torch keeps the model's own layout (channels first), so the layout.json written
+next to the flatbuffer records identity permutations and maps the model's input and output names
+to the signature keys litert-torch chose (args_0…, output_0…): the LiteRT runtime feeds it as is.
+The batch axis is fixed (the example's fixed batch, else 1); the runtime feeds one chunk per call.
+
+Precisions: fp32; fp16 weights through litert-torch's fp16 recipe (ai-edge-quantizer, float32
+I/O); int8 through PT2E: 'dynamic' (int8 weights, activations quantized per call) or 'full'
+(static, calibrated on data.calibration; litert-torch then makes the inputs int8 too, which the
+runtime quantizes with the tensor's scale).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from buildsys.formats import register_variants
+from buildsys.formats.base import Step, StepContext
+from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
+from buildsys.formats.tflite.tflite import (
+    FLATBUFFER,
+    TfliteInt8FromSavedModel,
+    TfliteOptions,
+    tensor_dtypes,
+)
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+
+
+_SAME_OPTIONS = "Accepted so that one target's `options:` serve both routes to TFLite (see the onnx2tf steps). "
+
+
+class LiteRtTorchOptions(TfliteOptions):
+    """The options of the onnx2tf route's TFLite steps, so one target's `options:` serve either route."""
+
+    select_tf_ops: bool = Field(default=False, description=_SAME_OPTIONS + "No effect here: litert-torch "
+                                "lowers to TFLite builtins only, and fails on an op that has none.")
+
+
+class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
+    """The int8 options of the onnx2tf route (mode, io, calibration_samples), read the same way."""
+
+    select_tf_ops: bool = LiteRtTorchOptions.model_fields["select_tf_ops"]
+    io: Literal["float", "int8"] = Field(
+        default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
+        "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
+        "zero point), 'dynamic' with float; the node's metrics report which (`io`).")
+
+
+@register_variants({"fp32": "pt2", "fp16": "pt2", "int8": "pt2"})
+class TfliteFromPt2(Step):
+    """Convert the torch.export program to TFLite with litert-torch (no ONNX, no TensorFlow)."""
+
+    produces = "tflite"
+    version = 1
+    route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
+    packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
+    extra = "litert-torch"
+    toolchain = "torch"
+    description = "litert_torch.convert on the program's module: float32, fp16 weights (full_fp16_recipe), or " \
+                  "int8 through PT2E (dynamic range, or static calibrated on data.calibration)."
+    Options = LiteRtTorchOptions
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "precision", "fp32") == "int8":
+            cls.Options = LiteRtTorchInt8Options
+
+    @classmethod
+    def data_used(cls, options: Any) -> tuple[str, ...]:
+        return ("example",) + (("calibration",) if getattr(options, "mode", "") == "full" else ())
+
+    @classmethod
+    def check_config(cls, model: Model, options: Any, root: Path) -> str | None:
+        if cls.precision == "int8":
+            return TfliteInt8FromSavedModel.check_config(model, options, root)
+        return None
+
+    def _run(self, ctx: StepContext) -> dict[str, Any]:
+        import torch
+
+        from buildsys.errors import describe
+        from buildsys.formats.torch.module import example_args, trace_batch
+
+        try:
+            import litert_torch
+        except ImportError as exc:
+            raise self.fail(ctx, f"litert-torch is not installed ({exc}); see the README's litert-torch "
+                                 "install line") from exc
+        try:
+            module = torch.export.load(str(ctx.input_path)).module()
+        except Exception as exc:
+            raise self.fail(ctx, f"could not load the torch.export program: {describe(exc)}") from exc
+        # The program was captured from the module in eval mode, so its graph already computes eval
+        # behaviour; an unlifted program refuses .eval(), and litert-torch warns on the training flag.
+        for sub in module.modules():
+            sub.training = False
+        # A fixed batch: the example's fixed size, else 1 (what a phone runs); see trace_batch.
+        args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=False))
+        metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
+        try:
+            with torch.no_grad():
+                if self.precision == "int8":
+                    module, quant = self._pt2e(ctx, module, args, metrics)
+                    converted = litert_torch.convert(module, args, quant_config=quant)
+                elif self.precision == "fp16":
+                    from litert_torch.generative.quantize import quant_recipes
+
+                    converted = litert_torch.convert(module, args, quant_config=quant_recipes.full_fp16_recipe())
+                    metrics["weights"] = "float16"
+                else:
+                    converted = litert_torch.convert(module, args)
+        except Exception as exc:
+            raise self.fail(ctx, f"litert-torch could not convert the model: {describe(exc)[:400]}") from exc
+        path = ctx.out_dir / FLATBUFFER
+        converted.export(str(path))
+        flatbuffer = path.read_bytes()
+        record = self._layout(ctx, flatbuffer, args)
+        (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        io = sorted({i["dtype"] for i in record["inputs"]})
+        return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,
+                "io": "/".join(io), "tensor_dtypes": tensor_dtypes(flatbuffer)}
+
+    def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
+        """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
+        import torch
+        from litert_torch.quantize.pt2e_quantizer import (
+            PT2EQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        from buildsys.formats.torch.module import example_args
+
+        opts = ctx.options
+        dynamic = opts.mode == "dynamic"
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                 is_dynamic=dynamic))
+        prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
+        if dynamic:
+            prepared(*args)  # dynamic observers record nothing that matters; one call initialises them
+            metrics["mode"] = "dynamic"
+        else:
+            batch = ctx.data("calibration")
+            if batch is None or len(batch) == 0:
+                raise self.fail(ctx, "full int8 needs calibration data: add data.calibration to the model, or "
+                                     "set mode: dynamic")
+            step, count = int(args[0].shape[0]), len(batch)
+            count = min(count, opts.calibration_samples or count)
+            calls = 0
+            for start in range(0, count - step + 1, step):  # the program's batch is fixed: whole chunks only
+                sub = type(batch)({k: v[start:start + step] for k, v in batch.inputs.items()}, None, batch.origin)
+                prepared(*example_args(ctx.model, sub))
+                calls += 1
+            metrics.update(mode="full", calibration_samples=calls * step)
+        return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+    def _layout(self, ctx: StepContext, flatbuffer: bytes, args: tuple[Any, ...]) -> dict[str, Any]:
+        """layout.json: the source layout kept, model names mapped to litert-torch's signature keys."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        from buildsys.errors import describe
+
+        interpreter = Interpreter(model_content=flatbuffer)
+        try:
+            # litert-torch can write a file LiteRT cannot prepare (seen: dynamic int8 quantizes an
+            # embedding table with a non-zero zero point, which EMBEDDING_LOOKUP refuses): fail here.
+            interpreter.allocate_tensors()
+        except Exception as exc:
+            raise self.fail(ctx, f"litert-torch wrote a model LiteRT cannot prepare: {describe(exc)[:300]}") from exc
+        signatures = interpreter.get_signature_list()
+        key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+        runner = interpreter.get_signature_runner(key)
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        model = ctx.model
+        in_keys, out_keys = [f"args_{i}" for i in range(len(model.inputs))], \
+            [f"output_{i}" for i in range(len(model.outputs))]
+        if len(model.outputs) == 1 and "output_0" not in outs and len(outs) == 1:
+            out_keys = list(outs)
+        missing = [k for k in in_keys if k not in ins] + [k for k in out_keys if k not in outs]
+        if missing:
+            raise self.fail(ctx, f"litert-torch's signature has inputs [{', '.join(ins)}] and outputs "
+                                 f"[{', '.join(outs)}], not the {len(model.inputs)} input(s) and "
+                                 f"{len(model.outputs)} output(s) the model declares")
+        record: dict[str, Any] = {"signature": key, "converter": "litert-torch", "kept_source_layout": True,
+                                  "inputs": [], "outputs": []}
+        for inp, k, arg in zip(model.inputs, in_keys, args):
+            rank = len(ins[k]["shape"])
+            axes = letters(inp.layout, rank)
+            record["inputs"].append({"name": inp.name, "key": k, "perm": list(range(rank)),
+                                     "dtype": ins[k]["dtype"].__name__, "source_layout": axes, "layout": axes,
+                                     "shape": [int(d) for d in ins[k]["shape"]]})
+        for out, k in zip(model.outputs, out_keys):
+            rank = len(outs[k]["shape"])
+            record["outputs"].append({"name": out.name, "key": k, "perm": list(range(rank)),
+                                      "shape": [int(d) for d in outs[k]["shape"]]})
+        return record

@@ -1,0 +1,150 @@
+"""The litert-torch route to TFLite (pytorch → pt2 → tflite*): the steps on a tiny model checked in
+LiteRT, the route order (onnx2tf first), `via: [pt2]` pinning it, and the fallback to it in one
+build when onnx2tf cannot convert a model (a GRU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from buildsys.formats import get_runtime
+from buildsys.lock import Lock
+from tests.helpers.models import make_model, torch_outputs, validation_feeds
+
+pytest.importorskip("torch")
+ONNX2TF = ["pytorch", "onnx", "saved_model", "tflite"]
+LITERT = ["pytorch", "pt2", "tflite"]
+
+
+def _needs_litert_torch() -> None:
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny channels-first CNN and its torch.export program."""
+    _needs_litert_torch()
+    root = tmp_path_factory.mktemp("litert")
+    tiny = make_model(root / "proj", "cnn")
+    tiny.run("pt2-from-pytorch", root / "pt2")
+    return tiny, root / "pt2" / "model.pt2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,options,tolerance", [
+    ("fp32", {}, 1e-4), ("fp16", {}, 1e-2), ("int8", {"mode": "dynamic"}, 0.1), ("int8", {"mode": "full"}, 0.3)])
+def test_step_converts_and_litert_matches_torch(cnn, tmp_path: Path, precision: str, options: dict,
+                                               tolerance: float) -> None:
+    tiny, pt2 = cnn
+    name = {"fp32": "tflite-from-pt2"}.get(precision, f"tflite-{precision}-from-pt2")
+    metrics = tiny.run(name, tmp_path, input_path=pt2, precision=precision, **options)
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    # The model's own layout is kept: identity permutations, names mapped to litert-torch's keys.
+    assert layout["kept_source_layout"] and layout["inputs"][0]["perm"] == [0, 1, 2, 3]
+    assert layout["inputs"][0]["layout"] == "NCHW" and layout["inputs"][0]["key"] == "args_0"
+    assert metrics["batch"] == 1 and metrics["bytes"] == (tmp_path / "model.tflite").stat().st_size
+    if options.get("mode") == "full":
+        assert metrics["io"] == "int8" and metrics["calibration_samples"] == 32
+    feeds = validation_feeds(tiny)
+    session = get_runtime("litert").load(tmp_path / "model.tflite", tiny.model, tiny.root)
+    step = session.max_batch  # a fixed batch of 1: the check feeds it chunk by chunk too
+    n = len(feeds["image"])
+    got = np.concatenate([session.run({"image": feeds["image"][i:i + step]})[0] for i in range(0, n, step)])
+    want = torch_outputs(tiny, feeds)[0]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < tolerance * max(1.0, float(np.abs(want).max()))
+
+
+def test_full_int8_without_calibration_is_refused_at_plan_time(tmp_path: Path) -> None:
+    from buildsys.formats import get_step
+
+    tiny = make_model(tmp_path, "cnn", calibration=False)
+    step = get_step("tflite-int8-from-pt2")
+    problem = step.check_config(tiny.model, step.Options(), tmp_path)
+    assert problem and "data.calibration" in problem
+    assert step.check_config(tiny.model, step.Options(mode="dynamic"), tmp_path) is None
+
+
+GRU = '''\
+import torch
+
+
+class Gru(torch.nn.Module):
+    """A batch-first GRU over [B, 90, 9]: onnx2tf leaves TF list ops the TFLite converter rejects."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = torch.nn.GRU(9, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        return self.head(y[:, -1])
+
+
+def build():
+    return Gru()
+'''
+
+DEPLOY = """\
+models:
+  m:
+    source: {factory: gru:build}
+    inputs: [{name: x, shape: [batch, 90, 9]}]
+    outputs: [{name: y}]
+    data: {validation: val.npz}
+targets:
+  t:
+    model: m
+    format: tflite
+    ROUTING
+"""
+
+
+def _project(root: Path, routing: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "gru.py").write_text(GRU)
+    np.savez(root / "val.npz", x=np.random.default_rng(0).standard_normal((8, 90, 9)).astype("float32"))
+    (root / "deploy.yaml").write_text(textwrap.dedent(DEPLOY).replace("ROUTING", routing))
+    return root
+
+
+def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "buildsys", *args], check=False, cwd=root, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
+
+
+def test_onnx2tf_stays_first_and_litert_torch_is_the_next_candidate(tmp_path: Path) -> None:
+    plan = json.loads(_run(_project(tmp_path, "description: default routes"), "plan", "--json").stdout)
+    assert plan["routes"]["t"] == ONNX2TF  # what existing targets built before the second route existed
+    assert plan["candidate_routes"]["t"][:2] == [ONNX2TF, LITERT]
+
+
+def test_via_pt2_pins_the_litert_torch_route(tmp_path: Path) -> None:
+    plan = json.loads(_run(_project(tmp_path, "via: [pt2]"), "plan", "--json").stdout)
+    assert plan["routes"]["t"] == LITERT and plan["candidate_routes"]["t"] == [LITERT]
+
+
+@pytest.mark.slow
+def test_onnx2tf_fails_and_the_build_falls_back_to_litert_torch(tmp_path: Path) -> None:
+    _needs_litert_torch()
+    pytest.importorskip("onnx2tf")
+    root = _project(tmp_path, "description: a GRU onnx2tf cannot convert")
+    proc = _run(root, "build")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "t: made by pytorch → pt2 → tflite" in proc.stdout
+    lock = Lock.read(root / "deploy.lock")
+    assert lock.targets["t"]["route"] == LITERT and (root / "artifacts/t/model.tflite").is_file()
+    [dropped] = lock.routes["t"]["dropped"]
+    assert dropped["route"] == ONNX2TF and dropped["node"].startswith("m/")
+    again = _run(root, "build")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout
