@@ -591,3 +591,30 @@ def test_an_fp16_program_that_keeps_lstm_weights_in_float32_still_computes_in_fl
     assert fp16["float32"]["elements"] > fp16.get("float16", {}).get("elements", 0)  # what fooled the old rule
     assert facts["FLOAT16"]["compute_precision"] == "float16"
     assert facts["FLOAT32"]["compute_precision"] == "float32"
+
+
+@pytest.mark.slow
+@pytest.mark.coreml
+def test_coreml_from_the_torch_export_program_is_the_second_route(cases: dict[str, Case], root: Path) -> None:
+    """The torch.export route makes the same package as the trace route (names, shapes, precision),
+    and ranks after it: a target takes it only by fallback or with via: [pt2]."""
+    from buildsys.formats.coreml.runtime import inspect_mlpackage
+    from buildsys.routes import format_graph, route_cost
+
+    case = cases["onet"]
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(case.net.eval(), (torch.from_numpy(case.val[:2]),), dynamic_shapes=({0: batch},))
+    pt2 = root / "coreml-export" / "model.pt2"
+    pt2.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(pt2))
+    facts = {}
+    for step in ("coreml-fp16-from-pt2", "coreml-fp16-from-torchscript"):
+        out = root / "coreml-export" / step
+        run_step(step, case.model, pt2 if "pt2" in step else case.torchscript, out, root)
+        facts[step] = inspect_mlpackage(out / "model.mlpackage")
+    export, trace = facts["coreml-fp16-from-pt2"], facts["coreml-fp16-from-torchscript"]
+    for key in ("inputs", "outputs", "compute_precision", "spec_version", "model_type"):
+        assert export[key] == trace[key], key
+    g = format_graph()
+    assert route_cost(["pytorch", "torchscript", "coreml-fp16"]) < route_cost(["pytorch", "pt2", "coreml-fp16"])
+    assert g.has_edge("pt2", "coreml-int8") and g.edges["pt2", "coreml-fp16"]["step"] == "coreml-fp16-from-pt2"

@@ -144,7 +144,7 @@ class CoremlFromTorchScript(Step):
         import coremltools as ct
 
         opts = ctx.options
-        module = load_input(self, ctx)
+        module = self._load(ctx)
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
         try:
             with _per_channel_prelu():
@@ -168,6 +168,10 @@ class CoremlFromTorchScript(Step):
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
+
+    def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
+        """What coremltools converts: the traced module (the torch.export route overrides this)."""
+        return load_input(self, ctx)
 
     def _inputs(self, ctx: StepContext[CoremlOptions]) -> list[Any]:
         import coremltools as ct

@@ -1,0 +1,54 @@
+"""Core ML from the torch.export program: the second route to every Core ML format.
+
+coremltools converts an `ExportedProgram` directly (its torch.export frontend). Models the
+TorchScript trace cannot take (a trace that bakes in Python scalars, ops the trace frontend has no
+conversion for) may convert this way, and the reverse holds too, so both routes stay: the trace
+route comes first (it is coremltools' mature frontend), this one is the fallback (`route_cost`),
+and `via: [pt2]` pins it. Everything after loading (I/O names and types, compute precision,
+weight compression, metadata, reproducible bytes) is the trace route's code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildsys.formats import register, register_variants
+from buildsys.formats.base import StepContext
+from buildsys.formats.coreml.convert import CoremlFromTorchScript, CoremlInt8Options, CoremlOptions
+
+_PROGRAM = ("pt2", "pt2-file")
+
+
+class _FromExport(CoremlFromTorchScript):
+    """Shared body: load the `.pt2` program, decomposed to the core ATen opset coremltools converts."""
+
+    route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
+    description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
+
+    def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
+        import torch
+
+        try:
+            program = torch.export.load(str(ctx.input_path))
+        except Exception as exc:
+            raise self.fail(ctx, f"'{ctx.input_path}' is not a readable torch.export program: "
+                                 f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        return program.run_decompositions()  # the core ATen opset (new_ones → full, …)
+
+
+@register_variants({"fp32": _PROGRAM, "fp16": _PROGRAM})
+class CoremlFromPt2(_FromExport):
+    """Convert the torch.export program to a Core ML ML Program computing in float32 (fp32) or float16 (fp16)."""
+
+    produces = "coreml"
+
+
+@register
+class CoremlInt8FromPt2(_FromExport):
+    """Convert the torch.export program to an fp16 ML Program, then compress its weights (int8 or palettes)."""
+
+    name = "coreml-int8-from-pt2"
+    consumes = _PROGRAM
+    produces = "coreml-int8"
+    precision = "int8"
+    Options = CoremlInt8Options
