@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys import keys
+from buildsys import __version__, keys
 from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
 from buildsys.inputs import data_files, source_files
@@ -252,8 +252,9 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     """Expand the requested targets and give every node its action and reasons.
 
     A target takes its first candidate route that has not failed under the key it would have now
-    (deploy.lock remembers each failed route with the key of the node that failed): a route is
-    tried again only when something it depends on changed, a toolchain upgrade included. A target
+    (deploy.lock remembers each failed route with the key of the node that failed, and the
+    modelbuild version that failed it): a route is tried again only when something it depends on
+    changed, a toolchain upgrade (modelbuild's own included) too. A target
     whose every route failed is blocked, its check listing each route and why it was dropped.
     """
     excluded: dict[str, list[list[str]]] = {}
@@ -264,7 +265,8 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
-                 if rec["route"] == dag.routes[t] and rec["key"] in keys and t not in dag.exhausted and not force}
+                 if rec["route"] == dag.routes[t] and rec["key"] in keys and rec.get("modelbuild") == __version__
+                 and t not in dag.exhausted and not force}
         if not still:
             break
         for t, rec in still.items():
@@ -349,6 +351,6 @@ def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, A
         if failed and plan.nodes[failed[0]].key:
             result = results[failed[0]]
             why = (result.metrics.get("failures") or [result.error or "failed"])[0]
-            out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key,
+            out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key, "modelbuild": __version__,
                            "reason": str(why).splitlines()[0][:300] if str(why).strip() else "failed"}
     return out

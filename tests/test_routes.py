@@ -108,6 +108,14 @@ def test_first_route_fails_second_passes_and_a_noop_does_not_retry(tmp_path: Pat
     assert retry.returncode == 0 and "dropped at m/pt2" in retry.stdout and "rerouted" in retry.stdout
     assert project.lock().routes["t"]["dropped"][0]["key"] != dropped["key"]
 
+    # A failure recorded by another modelbuild version (an upgrade may have fixed the converter) is retried.
+    lock = project.lock()
+    lock.routes["t"]["dropped"][0]["modelbuild"] = "0.0.1"
+    lock.write()
+    upgraded = project.run("build")
+    assert upgraded.returncode == 0 and "rerouted" in upgraded.stdout
+    assert project.lock().routes["t"]["dropped"][0]["modelbuild"] != "0.0.1"
+
 
 def test_via_pins_one_route_with_no_fallback(tmp_path: Path) -> None:
     project = Project(tmp_path, "via: [pt2]")
