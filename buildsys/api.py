@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from buildsys.errors import BuildFailed
 from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
-from buildsys.results import SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
+from buildsys.results import FAILED, SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
 
 EventHandler = Callable[[Event], None]
 
@@ -93,7 +93,8 @@ class Project:
                     break
                 _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route
                 the_plan = make_plan(planner, targets or None, force=False, force_kinds=_force_kinds, bench=_bench)
-                results = {n: r for n, r in results.items() if n in the_plan.nodes}
+                # What failed or was skipped on the dropped route is judged again on the next one.
+                results = {n: r for n, r in results.items() if n in the_plan.nodes and r.outcome not in (FAILED, SKIPPED)}
             if not the_plan.work:
                 planner.stat.save()
             report = _report(self._opened, the_plan, results, time.perf_counter() - started)
