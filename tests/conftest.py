@@ -38,21 +38,17 @@ def build(hidden: int = 8, calls: str = "", sleep: float = 0.0, crash: bool = Fa
     return torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3))
 '''
 
-DEPLOY = """\
-models:
-  tiny:
-    source:
-      factory: tinynet:build
-      weights: tiny.pt
-      kwargs: {calls: CALLS}
-    inputs:
-      - {name: x, shape: [batch, 4]}
-    outputs:
-      - {name: y, kind: scores}
-    data:
-      calibration: calib.npz
-      validation: val.npz
-targets:
+def tiny_deploy(targets: str, *, calls: bool = True, calibration: bool = True) -> str:
+    """A deploy.yaml for the tiny model (see make_tiny_project) with these `targets:` lines.
+    `calls` counts factory calls in CALLS; `calibration` declares the calibration set."""
+    return ("models:\n  tiny:\n    source:\n      factory: tinynet:build\n      weights: tiny.pt\n"
+            + ("      kwargs: {calls: CALLS}\n" if calls else "")
+            + "    inputs:\n      - {name: x, shape: [batch, 4]}\n    outputs:\n      - {name: y, kind: scores}\n"
+            + "    data:\n" + ("      calibration: calib.npz\n" if calibration else "") + "      validation: val.npz\n"
+            + "targets:\n" + targets)
+
+
+DEPLOY = tiny_deploy("""\
   ts:
     model: tiny
     format: torchscript
@@ -68,7 +64,7 @@ targets:
     options:
       onnx: {opset: 18}
       onnx-int8: {method: dynamic}
-"""
+""")
 
 
 @dataclass

@@ -18,28 +18,15 @@ import pytest
 
 from buildsys.dask_executor import resources_for
 from buildsys.lock import Lock
-from tests.conftest import TinyProject, make_tiny_project
+from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
 
 distributed = pytest.importorskip("distributed")
 
-TS_ONLY = """\
-models:
-  tiny:
-    source:
-      factory: tinynet:build
-      weights: tiny.pt
-      kwargs: {calls: CALLS}
-    inputs:
-      - {name: x, shape: [batch, 4]}
-    outputs:
-      - {name: y, kind: scores}
-    data:
-      validation: val.npz
-targets:
+TS_ONLY = tiny_deploy("""\
   ts:
     model: tiny
     format: torchscript
-"""
+""", calibration=False)
 
 
 def _cluster(**kwargs: object) -> distributed.LocalCluster:

@@ -16,7 +16,7 @@ from buildsys.data import Batch
 from buildsys.errors import StepError
 from buildsys.formats import get_format, get_runtime, get_step
 from buildsys.verify import resolve_acceptance
-from tests.conftest import make_tiny_project
+from tests.conftest import make_tiny_project, tiny_deploy
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 
 # Every test here lowers through ExecuTorch (~10 s a program on 2 cores).
@@ -185,20 +185,7 @@ def test_runtime_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None
 
 # --- end to end -----------------------------------------------------------------------------------
 
-DEPLOY = """\
-models:
-  tiny:
-    source:
-      factory: tinynet:build
-      weights: tiny.pt
-    inputs:
-      - {name: x, shape: [batch, 4]}
-    outputs:
-      - {name: y, kind: scores}
-    data:
-      calibration: calib.npz
-      validation: val.npz
-targets:
+DEPLOY = tiny_deploy("""\
   phone:
     model: tiny
     format: executorch
@@ -208,7 +195,7 @@ targets:
     precision: int8
     acceptance:
       max_accuracy_drop: 0.05   # 48 samples: one flipped decision is 2 points
-"""
+""", calls=False)
 
 
 def test_modelbuild_build_makes_verified_pte_targets(tmp_path: Path) -> None:

@@ -19,26 +19,14 @@ from pathlib import Path
 import pytest
 
 from buildsys import noop
-from tests.conftest import make_tiny_project
+from tests.conftest import make_tiny_project, tiny_deploy
 
-DEPLOY = """\
-models:
-  tiny:
-    source:
-      factory: tinynet:build
-      weights: tiny.pt
-    inputs:
-      - {name: x, shape: [batch, 4]}
-    outputs:
-      - {name: y, kind: scores}
-    data:
-      validation: val.npz
-targets:
+DEPLOY = tiny_deploy("""\
   ts:
     model: tiny
     format: torchscript
     acceptance: {max_abs: 0.001}
-"""
+""", calls=False, calibration=False)
 
 HIT = "modelbuild fast path: hit"
 

@@ -17,7 +17,7 @@ from buildsys.errors import StepError
 from buildsys.formats import get_format, get_runtime, get_step
 from buildsys.formats.openvino.ir import telemetry_off
 from buildsys.verify import resolve_acceptance
-from tests.conftest import make_tiny_project
+from tests.conftest import make_tiny_project, tiny_deploy
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 
 with telemetry_off():  # the first `import openvino` of a process sends a usage event unless declined
@@ -245,20 +245,7 @@ def test_options_are_strict() -> None:
 
 # --- end to end through the CLI -------------------------------------------------------------------
 
-DEPLOY = """\
-models:
-  tiny:
-    source:
-      factory: tinynet:build
-      weights: tiny.pt
-    inputs:
-      - {name: x, shape: [batch, 4]}
-    outputs:
-      - {name: y, kind: scores}
-    data:
-      calibration: calib.npz
-      validation: val.npz
-targets:
+DEPLOY = tiny_deploy("""\
   ov:
     model: tiny
     format: openvino
@@ -271,7 +258,7 @@ targets:
     acceptance:
       max_accuracy_drop: 0.05
       min_cosine: 0.5   # 3 logits of an 8-unit MLP: one sample's cosine swings with any rounding
-"""
+""", calls=False)
 
 
 def test_plan_names_the_missing_data_with_its_line(tmp_path: Path) -> None:

@@ -22,32 +22,19 @@ from buildsys.keys import explain, host_platform, platform_bound
 from buildsys.lock import Lock
 from buildsys.remote import Remote, settings
 from buildsys.store import Store
-from tests.conftest import TinyProject, make_tiny_project
+from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-DEPLOY = """\
-models:
-  tiny:
-    source:
-      factory: tinynet:build
-      weights: tiny.pt
-      kwargs: {calls: CALLS}
-    inputs:
-      - {name: x, shape: [batch, 4]}
-    outputs:
-      - {name: y, kind: scores}
-    data:
-      validation: val.npz
-targets:
+DEPLOY = tiny_deploy("""\
   ts:
     model: tiny
     format: torchscript
   server:
     model: tiny
     format: onnx
-"""
+""", calibration=False)
 NODES = {"tiny/reference", "tiny/torchscript", "tiny/onnx", "verify:ts", "verify:server"}
 COPIED = ("deploy.yaml", "tinynet.py", "tiny.pt", "val.npz", "calib.npz")
 

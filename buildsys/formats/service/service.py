@@ -155,23 +155,9 @@ class ServiceFromOnnx(_ServiceStep):
     description = "FastAPI app + signature.json + model.onnx + pinned requirements.txt + Dockerfile."
 
     def _signature(self, ctx: StepContext, src: Path) -> tuple[list[dict], list[dict], dict[str, Path]]:
-        import onnx
+        from buildsys.formats.serving.triton_signature import onnx_graph_and_files, onnx_signature
 
-        from buildsys.formats.serving.triton_signature import (
-            external_locations,
-            onnx_signature,
-        )
-
-        try:
-            proto = onnx.load(str(src), load_external_data=False)
-        except Exception as exc:
-            raise self.fail(ctx, f"'{src.name}' is not a readable ONNX file: {type(exc).__name__}") from exc
-        files = {self.model_file: src}
-        for location in external_locations(proto):
-            side = src.parent / location
-            if Path(location).is_absolute() or ".." in Path(location).parts or not side.is_file():
-                raise self.fail(ctx, f"the ONNX model keeps weights in '{location}', which is not a file next to it")
-            files[location] = side
+        proto, files = onnx_graph_and_files(self, ctx, self.model_file)
         ins, outs = onnx_signature(self, ctx, proto)
         specs = {i.name: list(i.shape) for i in ctx.model.inputs}
         batch = _batch_axis(ctx.model)

@@ -44,7 +44,7 @@ from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.serving.pbtxt import write_pbtxt
 from buildsys.formats.serving.repository import CONFIG, REPOSITORY, TRITON_TYPES
 from buildsys.formats.serving.triton_signature import (
-    external_locations,
+    onnx_graph_and_files,
     onnx_signature,
     signature_batches,
     torchscript_outputs,
@@ -252,19 +252,7 @@ class _TritonOnnx(_TritonStep):
     toolchain = "onnx"
 
     def _run(self, ctx: StepContext[TritonOptions]) -> dict[str, Any]:
-        import onnx
-
-        src = Path(str(ctx.input_path))
-        try:
-            proto = onnx.load(str(src), load_external_data=False)
-        except Exception as exc:
-            raise self.fail(ctx, f"'{src.name}' is not a readable ONNX file: {type(exc).__name__}") from exc
-        files = {self.model_file: src}
-        for location in external_locations(proto):
-            side = src.parent / location
-            if Path(location).is_absolute() or ".." in Path(location).parts or not side.is_file():
-                raise self.fail(ctx, f"the ONNX model keeps weights in '{location}', which is not a file next to it")
-            files[location] = side
+        proto, files = onnx_graph_and_files(self, ctx, self.model_file)
         inputs, outputs = onnx_signature(self, ctx, proto)
         tensors = {**{n: s for n, _, s in inputs}, **{n: s for n, _, s in outputs}}
         max_batch, dynamic = self._batching(ctx, tensors)

@@ -43,6 +43,26 @@ def external_locations(proto: Any) -> list[str]:
     return list(found)
 
 
+def onnx_graph_and_files(step: Any, ctx: Any, model_file: str) -> tuple[Any, dict[str, Any]]:
+    """The upstream ONNX graph (weights left on disk) and the files an artifact must ship to hold it:
+    `model_file` → the model, plus each external-data file next to it. Fails the step, saying why,
+    for an unreadable model or a side file that is not beside it."""
+    import onnx
+
+    src = Path(str(ctx.input_path))
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:
+        raise step.fail(ctx, f"'{src.name}' is not a readable ONNX file: {type(exc).__name__}") from exc
+    files = {model_file: src}
+    for location in external_locations(proto):
+        side = src.parent / location
+        if Path(location).is_absolute() or ".." in Path(location).parts or not side.is_file():
+            raise step.fail(ctx, f"the ONNX model keeps weights in '{location}', which is not a file next to it")
+        files[location] = side
+    return proto, files
+
+
 Tensor = tuple[str, str, list[Optional[int]]]  # (name, dtype, shape with None for a dynamic axis)
 
 
