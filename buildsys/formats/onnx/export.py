@@ -1,7 +1,6 @@
 """The ONNX format: export from PyTorch, TorchScript or a torch.export program, or take a given ONNX file.
 
-Also the helpers every ONNX-producing step shares: saving with or without the external-data side
-file, naming dynamic axes after the signature, and the checker.
+What every ONNX-producing step shares (saving, the checker, axis names) is in `onnxfile.py`.
 """
 
 from __future__ import annotations
@@ -9,19 +8,17 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data
 from buildsys.formats.torch.torchscript import load_input
 
-if TYPE_CHECKING:
-    import onnx
-
 ONNX = register_format(Format(
-    name="onnx", filename="model.onnx", runtime="onnxruntime",
+    name="onnx", filename=MODEL_FILE, runtime="onnxruntime",
     description="ONNX model (weights embedded, or in a model.onnx.data side file), run with ONNX Runtime.",
 ))
 ONNX_FILE = register_format(Format(
@@ -29,119 +26,7 @@ ONNX_FILE = register_format(Format(
     description="An ONNX file given as the model source.",
 ))
 
-SIDE_FILE = "model.onnx.data"
-
-# --- shared helpers ------------------------------------------------------------------------------
-
-
-def uses_external_data(path: Path) -> bool:
-    """Whether an ONNX file keeps any tensor in a side file (read without loading the weights)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data as external
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return any(external(t) for t in _all_tensors(proto))
-
-
-def _all_tensors(proto: "onnx.ModelProto") -> list[Any]:
-    from onnx.external_data_helper import _get_all_tensors
-
-    return list(_get_all_tensors(proto))
-
-
-def save(proto: "onnx.ModelProto", out_dir: Path, external: bool) -> Path:
-    """Write `proto` as out_dir/model.onnx, with its weights in model.onnx.data when `external`."""
-    import onnx
-
-    path = out_dir / ONNX.filename
-    side = out_dir / SIDE_FILE
-    side.unlink(missing_ok=True)
-    if external:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=SIDE_FILE, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(path))
-    return path
-
-
-def readable_copy(path: Path, work: Path, force: bool = False) -> Path:
-    """`path`, or a private copy with its side file in `work` (always when `force`): onnx refuses external
-    data in a file with several links ("potential hardlink attack"), and inputs are hard-linked from
-    the cache. The OS streams the copy: disk and seconds, never memory."""
-    side = path.with_name(SIDE_FILE)
-    if not side.exists() or (side.stat().st_nlink < 2 and not force) or not uses_external_data(path):
-        return path
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, work / ONNX.filename)
-    shutil.copyfile(side, work / SIDE_FILE)
-    return work / ONNX.filename
-
-
-def load(path: Path) -> "onnx.ModelProto":
-    """Load an ONNX file with its external data (the side file must sit next to it)."""
-    import onnx
-
-    return onnx.load(str(path), load_external_data=True)
-
-
-def graph_io(proto: "onnx.ModelProto") -> tuple[list[str], list[str]]:
-    """Names of the graph's real inputs (initializers excluded, for IR < 4 files) and outputs."""
-    inits = {t.name for t in proto.graph.initializer}
-    return [i.name for i in proto.graph.input if i.name not in inits], [o.name for o in proto.graph.output]
-
-
-def name_axes(path: Path, ctx: StepContext) -> None:
-    """Rename the dynamic dims of an exported graph after the signature ('s31' → 'batch').
-
-    torch.export names symbols itself; renaming them everywhere (inputs, outputs, value_info) keeps
-    the graph consistent and makes the signature readable in Netron and in ONNX Runtime errors.
-    """
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    specs = {i.name: i for i in ctx.model.inputs}
-    mapping: dict[str, str] = {}
-    for value in proto.graph.input:
-        spec = specs.get(value.name)
-        if spec is None or not value.type.HasField("tensor_type"):
-            continue
-        for dim, want in zip(value.type.tensor_type.shape.dim, spec.shape):
-            if isinstance(want, str) and dim.HasField("dim_param") and dim.dim_param != want:
-                mapping.setdefault(dim.dim_param, want)
-    if not mapping:
-        return
-    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        if value.type.HasField("tensor_type"):
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.HasField("dim_param") and dim.dim_param in mapping:
-                    dim.dim_param = mapping[dim.dim_param]
-    onnx.save_model(proto, str(path))  # external tensors keep their references to the side file
-
-
-def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dict[str, Any]:
-    """Checker + signature names for a written ONNX file; returns the step's metrics.
-
-    `exact`: the graph's inputs must be exactly the signature's (a given file); an exporter may
-    legitimately drop an input the model never reads.
-    """
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path))  # by path: works with external data and past 2 GB
-    except onnx.checker.ValidationError as exc:
-        raise step.fail(ctx, f"the ONNX model is invalid: {str(exc).strip().splitlines()[0]}") from exc
-    proto = onnx.load(str(path), load_external_data=False)
-    inputs, outputs = graph_io(proto)
-    want_in = [i.name for i in ctx.model.inputs]
-    want_out = [o.name for o in ctx.model.outputs]
-    bad_in = sorted(set(inputs) ^ set(want_in)) if exact else sorted(set(inputs) - set(want_in))
-    if bad_in or not set(want_out) <= set(outputs):
-        raise step.fail(ctx, f"the ONNX graph has inputs [{', '.join(inputs)}] and outputs [{', '.join(outputs)}] but "
-                             f"the signature declares inputs [{', '.join(want_in)}] and outputs [{', '.join(want_out)}]")
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    files = [path, path.with_name(SIDE_FILE)]
-    return {"opset": opset, "bytes": sum(f.stat().st_size for f in files if f.exists()),
-            "external_data": path.with_name(SIDE_FILE).exists()}
+# --- exporters -----------------------------------------------------------------------------------
 
 
 def export_failure(exc: BaseException, opset: int) -> str:
@@ -222,10 +107,9 @@ def _dynamo_export(step: Step, ctx: StepContext, model: Any, opset: int, externa
     else:
         output_names = _program_output_names(model, ctx)
     try:
-        torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset,
-                          input_names=[i.name for i in ctx.model.inputs],
-                          output_names=output_names,
-                          dynamic_shapes=dynamic_shapes, external_data=external)
+        program = torch.onnx.export(model, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes)
+        _name_io(program.model, [i.name for i in ctx.model.inputs], output_names)
+        program.save(str(path), external_data=external)
     except Exception as exc:
         raise step.fail(ctx, export_failure(exc, opset)) from exc
     side = ctx.out_dir / SIDE_FILE
@@ -233,6 +117,28 @@ def _dynamo_export(step: Step, ctx: StepContext, model: Any, opset: int, externa
         side.unlink()  # small models: every tensor was embedded and the side file is empty
     name_axes(path, ctx)
     return path
+
+
+def _name_io(model: Any, inputs: list[str], outputs: list[str]) -> None:
+    """Give the graph's inputs and outputs the signature's names, keeping it in SSA form.
+
+    torch's own input_names/output_names only relabel the boundary values: an internal value that
+    already bears a wanted name (BERT's `embedding` node when the output is called 'embedding') would
+    then be written twice and the checker refuses the graph. Such a value is renamed aside first.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    wanted = {id(v): n for v, n in [*zip(graph.inputs, inputs), *zip(graph.outputs, outputs)]}
+    values = [*graph.inputs, *graph.initializers.values(),
+              *(v for node in ir.traversal.RecursiveGraphIterator(graph) for v in node.outputs)]
+    used = {v.name for v in values} | set(wanted.values())
+    for value in values:
+        if value.name in wanted.values() and wanted.get(id(value)) != value.name:
+            value.name = next(f"{value.name}_{n}" for n in range(1, len(used) + 2) if f"{value.name}_{n}" not in used)
+            used.add(value.name)
+    for value in [*graph.inputs, *graph.outputs]:
+        value.name = wanted.get(id(value), value.name)
 
 
 def _program_output_names(program: Any, ctx: StepContext) -> list[str]:

@@ -43,7 +43,7 @@ class OnnxFp16FromOnnx(Step):
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import onnx
 
-        from buildsys.formats.onnx.export import finish, load, save, uses_external_data
+        from buildsys.formats.onnx.onnxfile import finish, load, save, uses_external_data
 
         convert = _converter()
         opts = ctx.options
@@ -103,7 +103,7 @@ def _save_streaming(proto: Any, was_float: set[str], src_dir: Path, out_dir: Pat
     import numpy as np
     from onnx import TensorProto, helper
 
-    from buildsys.formats.onnx.export import ONNX, SIDE_FILE
+    from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE
 
     halve = sys.modules[_converter().__module__].convert_np_to_float16  # the converter's own clamping
     with open(out_dir / SIDE_FILE, "wb") as out:
@@ -129,7 +129,7 @@ def _save_streaming(proto: Any, was_float: set[str], src_dir: Path, out_dir: Pat
             tensor.data_location = TensorProto.EXTERNAL
             for key, value in (("location", SIDE_FILE), ("offset", offset), ("length", out.tell() - offset)):
                 tensor.external_data.add(key=key, value=str(value))
-    path = out_dir / ONNX.filename
+    path = out_dir / MODEL_FILE
     path.write_bytes(proto.SerializeToString())  # the graph only: every big tensor points into the side file
     return path
 

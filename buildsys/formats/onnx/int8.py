@@ -77,7 +77,7 @@ class OnnxInt8FromOnnx(Step):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from buildsys.formats.onnx.export import ONNX, finish, load, readable_copy, save, uses_external_data
+        from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
 
         opts = ctx.options
         src = Path(str(ctx.input_path))
@@ -96,7 +96,7 @@ class OnnxInt8FromOnnx(Step):
             model_in = _without_initializer_shapes(model_in, Path(work) / "clean", private=model_in != src)
             # With external data the quantizer writes its side file as <output name>.data: straight
             # into out_dir that is model.onnx.data, and the weights are never loaded a second time.
-            quantized = ctx.out_dir / ONNX.filename if external else Path(work) / "quantized.onnx"
+            quantized = ctx.out_dir / MODEL_FILE if external else Path(work) / "quantized.onnx"
             try:
                 if opts.method == "static":
                     self._static(ctx, opts, model_in, quantized, types, external)
@@ -295,7 +295,7 @@ def _without_initializer_shapes(path: Path, work: Path, private: bool) -> Path:
     """
     import onnx
 
-    from buildsys.formats.onnx.export import ONNX, readable_copy
+    from buildsys.formats.onnx.onnxfile import MODEL_FILE, readable_copy
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {t.name for t in proto.graph.initializer}
@@ -304,7 +304,7 @@ def _without_initializer_shapes(path: Path, work: Path, private: bool) -> Path:
         return path
     if not private:
         copy = readable_copy(path, work, force=True)
-        path = copy if copy != path else work / ONNX.filename  # no side file: a new file in work
+        path = copy if copy != path else work / MODEL_FILE  # no side file: a new file in work
         work.mkdir(parents=True, exist_ok=True)
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(keep)

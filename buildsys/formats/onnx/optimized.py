@@ -36,7 +36,7 @@ class OnnxOptimizedFromOnnx(Step):
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from buildsys.formats.onnx.export import SIDE_FILE, finish, uses_external_data
+        from buildsys.formats.onnx.onnxfile import SIDE_FILE, finish, uses_external_data
 
         opts = ctx.options
         levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -28,7 +28,7 @@ def quantize_for_tensorrt(src: Path, out: Path, batch: "Batch", *, per_channel: 
     """Write the symmetric int8 QDQ model of `src` to `out`, calibrated (min/max) on `batch`; metrics."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from buildsys.formats.onnx.export import uses_external_data
+    from buildsys.formats.onnx.onnxfile import uses_external_data
 
     external = uses_external_data(src)
     model_in, note = _preprocess(src, work, external)

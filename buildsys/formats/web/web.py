@@ -51,7 +51,7 @@ class WebFromOnnx(Step):
     def _run(self, ctx: StepContext[StepOptions]) -> dict[str, Any]:
         import onnx
 
-        from buildsys.formats.onnx.export import finish, save, uses_external_data
+        from buildsys.formats.onnx.onnxfile import finish, save, uses_external_data
 
         src = Path(str(ctx.input_path))
         embedded = uses_external_data(src)

@@ -1,0 +1,127 @@
+"""What every ONNX-producing step of the family (and the layouts that ship an ONNX model) shares:
+saving with or without the external-data side file, a readable copy of a hard-linked model,
+naming dynamic axes after the signature, and the checker with the signature's I/O names.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.formats.base import Step, StepContext
+
+if TYPE_CHECKING:
+    import onnx
+
+MODEL_FILE = "model.onnx"
+SIDE_FILE = "model.onnx.data"
+
+def uses_external_data(path: Path) -> bool:
+    """Whether an ONNX file keeps any tensor in a side file (read without loading the weights)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data as external
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return any(external(t) for t in _all_tensors(proto))
+
+
+def _all_tensors(proto: "onnx.ModelProto") -> list[Any]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(_get_all_tensors(proto))
+
+
+def save(proto: "onnx.ModelProto", out_dir: Path, external: bool) -> Path:
+    """Write `proto` as out_dir/model.onnx, with its weights in model.onnx.data when `external`."""
+    import onnx
+
+    path = out_dir / MODEL_FILE
+    side = out_dir / SIDE_FILE
+    side.unlink(missing_ok=True)
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=SIDE_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    return path
+
+
+def readable_copy(path: Path, work: Path, force: bool = False) -> Path:
+    """`path`, or a private copy with its side file in `work` (always when `force`): onnx refuses external
+    data in a file with several links ("potential hardlink attack"), and inputs are hard-linked from
+    the cache. The OS streams the copy: disk and seconds, never memory."""
+    side = path.with_name(SIDE_FILE)
+    if not side.exists() or (side.stat().st_nlink < 2 and not force) or not uses_external_data(path):
+        return path
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, work / MODEL_FILE)
+    shutil.copyfile(side, work / SIDE_FILE)
+    return work / MODEL_FILE
+
+
+def load(path: Path) -> "onnx.ModelProto":
+    """Load an ONNX file with its external data (the side file must sit next to it)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def graph_io(proto: "onnx.ModelProto") -> tuple[list[str], list[str]]:
+    """Names of the graph's real inputs (initializers excluded, for IR < 4 files) and outputs."""
+    inits = {t.name for t in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits], [o.name for o in proto.graph.output]
+
+
+def name_axes(path: Path, ctx: StepContext) -> None:
+    """Rename the dynamic dims of an exported graph after the signature ('s31' → 'batch').
+
+    torch.export names symbols itself; renaming them everywhere (inputs, outputs, value_info) keeps
+    the graph consistent and makes the signature readable in Netron and in ONNX Runtime errors.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    specs = {i.name: i for i in ctx.model.inputs}
+    mapping: dict[str, str] = {}
+    for value in proto.graph.input:
+        spec = specs.get(value.name)
+        if spec is None or not value.type.HasField("tensor_type"):
+            continue
+        for dim, want in zip(value.type.tensor_type.shape.dim, spec.shape):
+            if isinstance(want, str) and dim.HasField("dim_param") and dim.dim_param != want:
+                mapping.setdefault(dim.dim_param, want)
+    if not mapping:
+        return
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        if value.type.HasField("tensor_type"):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param in mapping:
+                    dim.dim_param = mapping[dim.dim_param]
+    onnx.save_model(proto, str(path))  # external tensors keep their references to the side file
+
+
+def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dict[str, Any]:
+    """Checker + signature names for a written ONNX file; returns the step's metrics.
+
+    `exact`: the graph's inputs must be exactly the signature's (a given file); an exporter may
+    legitimately drop an input the model never reads.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # by path: works with external data and past 2 GB
+    except onnx.checker.ValidationError as exc:
+        raise step.fail(ctx, f"the ONNX model is invalid: {str(exc).strip().splitlines()[0]}") from exc
+    proto = onnx.load(str(path), load_external_data=False)
+    inputs, outputs = graph_io(proto)
+    want_in = [i.name for i in ctx.model.inputs]
+    want_out = [o.name for o in ctx.model.outputs]
+    bad_in = sorted(set(inputs) ^ set(want_in)) if exact else sorted(set(inputs) - set(want_in))
+    if bad_in or not set(want_out) <= set(outputs):
+        raise step.fail(ctx, f"the ONNX graph has inputs [{', '.join(inputs)}] and outputs [{', '.join(outputs)}] but "
+                             f"the signature declares inputs [{', '.join(want_in)}] and outputs [{', '.join(want_out)}]")
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    files = [path, path.with_name(SIDE_FILE)]
+    return {"opset": opset, "bytes": sum(f.stat().st_size for f in files if f.exists()),
+            "external_data": path.with_name(SIDE_FILE).exists()}
