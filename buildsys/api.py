@@ -84,15 +84,19 @@ class Project:
             with _watch(planner) if _watch else nullcontext():  # the CLI's no-op snapshot records what was read
                 the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
             results: dict[str, NodeResult] = {}
+            failed: dict[str, tuple[str, NodeResult]] = {}  # node → (its key, the failure) in this build
             while the_plan.work:
                 results.update(_run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
                                     force_kinds=_force_kinds, timeout=timeout, executor=executor,
                                     scheduler=scheduler, on_event=on_event))
+                failed.update({n: (the_plan.nodes[n].key, r) for n, r in results.items()
+                               if r.outcome == FAILED and the_plan.nodes[n].key})
                 dropped = route_failures(the_plan, results)
                 if not dropped:
                     break
                 _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route
                 the_plan = make_plan(planner, targets or None, force=False, force_kinds=_force_kinds, bench=_bench)
+                _fail_again(the_plan, failed)
                 # What failed or was skipped on the dropped route is judged again on the next one.
                 results = {n: r for n, r in results.items() if n in the_plan.nodes and r.outcome not in (FAILED, SKIPPED)}
             if not the_plan.work:
@@ -175,6 +179,17 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
         yield planner
     finally:
         guard.release()
+
+
+def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> None:
+    """A node that already failed in this build under the same key fails again at once, unrun
+    (another target's reroute must not repeat a conversion that cannot succeed)."""
+    from buildsys.plan import BLOCKED, RUN
+
+    for name, (key, result) in failed.items():
+        nplan = the_plan.nodes.get(name)
+        if nplan is not None and nplan.action == RUN and nplan.key == key:
+            nplan.action, nplan.reasons = BLOCKED, [f"failed earlier in this build: {result.error or 'failed'}"]
 
 
 def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:
