@@ -184,7 +184,11 @@ def main() -> None:
             raise SystemExit(f"cannot generate the project: {exc}") from None
         raise
     build(args.dir, args.jobs)
-    args.out.write_text(render(args.dir, args.jobs))
+    text = render(args.dir, args.jobs)
+    zoo = args.out.read_text().find("\n## Real-model zoo\n") if args.out.exists() else -1
+    if zoo >= 0:  # benchmarks/zoo/mobile_table.py writes that section (last in the file): keep it
+        text = text.rstrip("\n") + "\n" + args.out.read_text()[zoo:]
+    args.out.write_text(text)
     print(f"wrote {args.out}")
 
 

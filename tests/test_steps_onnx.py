@@ -241,3 +241,16 @@ def test_torchscript_file_source_end_to_end(cnn: Tiny, tmp_path: Path) -> None:
     assert metrics["samples"] == 48
     given.run("onnx-from-torchscript", tmp_path / "onnx", input_path=tmp_path / "made/model.pt")
     assert check(given, tmp_path / "check", "onnx", tmp_path / "onnx/model.onnx", tmp_path / "ref/reference.npz")["passed"]
+
+
+def test_dynamo_output_named_like_an_internal_value_stays_ssa(mlp: Tiny, tmp_path: Path) -> None:
+    # The dynamo graph has its own 'linear' value (aten.linear): a signature that names the output
+    # 'linear' must not make that name be written twice (the zoo's MiniLM: output 'embedding').
+    tiny = mlp.with_model(outputs=[{"name": "linear", "kind": "scores"}])
+    tiny.run("onnx-from-pytorch", tmp_path, dynamo=True)  # runs the checker: an SSA violation fails here
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    assert [o.name for o in proto.graph.output] == ["linear"]
+    assert [out for node in proto.graph.node for out in node.output].count("linear") == 1
+    feeds = validation_feeds(mlp)
+    np.testing.assert_allclose(ort_outputs(tiny, tmp_path / "model.onnx", feeds)[0], torch_outputs(mlp, feeds)[0],
+                               rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ SR = 16000
 
 def save(model: str, name: str, **arrays: np.ndarray) -> None:
     path = os.path.join(ZOO, model, "data", f"{name}.npz")
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # data/ is git-ignored: absent in a fresh checkout
     np.savez(path, **arrays)
     print(path, {k: (v.shape, str(v.dtype)) for k, v in arrays.items()})
 

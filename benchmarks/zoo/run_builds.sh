@@ -1,8 +1,8 @@
 #!/bin/bash
 # One build at a time, -j 1, keep going; offline (no network namespace) and HF offline.
 # env: TARGETS (default: all six), TIMEOUT (seconds per step, default 1800)
-mkdir -p logs
 cd "$(dirname "$0")"
+mkdir -p logs
 T=${TARGETS:-"onnx tflite tflite-int8 coreml-fp16 executorch executorch-int8"}
 for m in "$@"; do
   start=$(date +%s)
