@@ -189,7 +189,8 @@ def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> Non
     for name, (key, result) in failed.items():
         nplan = the_plan.nodes.get(name)
         if nplan is not None and nplan.action == RUN and nplan.key == key:
-            nplan.action, nplan.reasons = BLOCKED, [f"failed earlier in this build: {result.error or 'failed'}"]
+            why = "; ".join(result.metrics.get("failures") or [result.error or "failed"])
+            nplan.action, nplan.reasons = BLOCKED, [f"failed earlier in this build: {why}"]
 
 
 def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:

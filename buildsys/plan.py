@@ -327,6 +327,13 @@ def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
     return {n.name: out[n.name] for n in plan.dag.order() if n.name in out}
 
 
+def _not_run_here(result: Any) -> bool:
+    """Whether a failed check failed because this host could not run it, not because of the artifact."""
+    from buildsys.verify import not_run_reasons
+
+    return bool(not_run_reasons(result.metrics))
+
+
 def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Targets with several candidate routes whose route failed in a build: target → the record
     deploy.lock keeps ({"route", "node", "key", "reason"}).
@@ -348,6 +355,8 @@ def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, A
                 break
             chain.append(first)
         failed = [n for n in reversed(chain) if getattr(results.get(n), "outcome", "") == "failed"]
+        if failed and _not_run_here(results[failed[0]]):
+            continue  # the host could not run the check (Core ML off macOS, strict): no route would differ
         if failed and plan.nodes[failed[0]].key:
             result = results[failed[0]]
             why = (result.metrics.get("failures") or [result.error or "failed"])[0]

@@ -226,9 +226,12 @@ def test_cell_assertions_hold_the_table() -> None:
         _assert_cell("m", "onnx", _got("not delivered", None, {ONNX: unsafe, PT2_ONNX: "x"}), want)
     # a route the table does not know (a new converter) may win, after the known ones it preempts
     _assert_cell("m", "onnx", _got("passed", "pytorch → new → onnx", {}), want)
-    coreml = EXPECT["silero_vad"]["coreml-fp16"]
-    with pytest.raises(AssertionError, match="expected to fail"):
+    coreml = EXPECT["silero_vad"]["coreml-fp16"]  # the trace route must fail, the torch.export route make it
+    with pytest.raises(AssertionError, match="expected to be dropped"):
         _assert_cell("m", "coreml-fp16", _got("structure ok, numeric not run", "pytorch → torchscript → coreml-fp16", {}),
                      coreml)
-    with pytest.raises(AssertionError, match="failed with"):
+    with pytest.raises(AssertionError, match="not delivered"):
         _assert_cell("m", "coreml-fp16", _got("not delivered", None, {}, "coremltools.convert failed: TypeError"), coreml)
+    et_int8 = EXPECT["silero_vad"]["executorch-int8"]  # a cell expected to fail must fail for its stated reason
+    with pytest.raises(AssertionError, match="failed with"):
+        _assert_cell("m", "executorch-int8", _got("not delivered", None, {}, "PT2E int8 quantization failed"), et_int8)
