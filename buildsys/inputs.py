@@ -94,13 +94,37 @@ def _existing(cfg: LoadedConfig, path: Path, key: tuple, field_name: str) -> Pat
 def code_files(root: Path, module: str) -> list[Path]:
     """The factory's module and every module under `root` it imports, transitively (plus the
     packages' __init__ files, which run on import). Found by parsing, never by importing."""
+    return _scan(root, module)[0]
+
+
+def factory_distributions(root: Path, module: str) -> list[str]:
+    """The installed distributions a factory's code imports or locates, transitively through the
+    project's own modules: `import transformers`, and also a package named in a literal call of
+    `find_spec`, `import_module`, `files` (importlib.resources), `version` or `distribution` (how a
+    factory reads weights that a package ships). Their versions enter the key of the nodes that run
+    the factory, so upgrading the package that ships the weights rebuilds what was made from them.
+    Standard-library modules and modules no installed distribution provides are left out."""
+    return _distributions(_scan(root, module)[1])
+
+
+#: Calls whose first argument, a string literal, names a package the code reads from.
+_LOCATING_CALLS = {"find_spec", "import_module", "files", "version", "distribution"}
+
+
+def _scan(root: Path, module: str) -> tuple[list[Path], set[str]]:
+    """(project modules, top-level names of other modules) that `module` imports, transitively."""
     import ast
+    import sys
 
     found: dict[Path, None] = {}
+    external: set[str] = set()
     todo = [module]
     while todo:
         name = todo.pop()
         parts = name.split(".")
+        if _module_file(root, parts[0]) is None and not (root / parts[0]).is_dir():
+            external.add(parts[0])  # not the project's own: an installed package (or the standard library)
+            continue
         for i in range(1, len(parts) + 1):  # package __init__s along the dotted path run too
             path = _module_file(root, ".".join(parts[:i]))
             if path is None or path in found:
@@ -120,7 +144,35 @@ def code_files(root: Path, module: str) -> list[Path]:
                         anchor = package.split(".")[: len(package.split(".")) - (stmt.level - 1)] if package else []
                         base = ".".join([*anchor, base] if base else anchor)
                     todo += [base] + [f"{base}.{a.name}" for a in stmt.names if base]
-    return sorted(found)
+                elif isinstance(stmt, ast.Call) and stmt.args and isinstance(stmt.args[0], ast.Constant) \
+                        and isinstance(stmt.args[0].value, str) and _call_name(stmt.func) in _LOCATING_CALLS:
+                    external.add(stmt.args[0].value.split(".")[0])
+    external -= set(sys.stdlib_module_names) | {"__future__", ""}
+    return sorted(found), external
+
+
+def _call_name(func: object) -> str:
+    import ast
+
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def _distributions(names: set[str]) -> list[str]:
+    """Distribution names providing these top-level modules (or named so), from package metadata."""
+    from importlib import metadata
+
+    out: set[str] = set()
+    table: dict[str, list[str]] | None = None
+    for name in sorted(names):
+        try:  # most distributions are named like their module (silero_vad ↔ silero-vad): no scan needed
+            out.add(metadata.distribution(name).metadata["Name"])
+            continue
+        except (metadata.PackageNotFoundError, ValueError):
+            pass
+        if table is None:  # PIL ↔ pillow, sklearn ↔ scikit-learn: read every installed distribution once
+            table = metadata.packages_distributions()
+        out.update(table.get(name, []))
+    return sorted(out)
 
 
 def _module_file(root: Path, module: str) -> Path | None:

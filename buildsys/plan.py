@@ -13,7 +13,7 @@ from typing import Any
 from buildsys import __version__, keys
 from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
-from buildsys.inputs import data_files, source_files
+from buildsys.inputs import data_files, factory_distributions, source_files
 from buildsys.hashing import StatCache, digest_json
 from buildsys.kinds import Artifact, Check, kind_of
 from buildsys.lock import Lock
@@ -74,6 +74,7 @@ class Planner:
         self.stat = stat
         self.artifacts = artifacts
         self._source: dict[str, dict[str, str]] = {}
+        self._source_packages: dict[str, list[str]] = {}
         self._data: dict[tuple[str, str], str] = {}
         self._remote: Any = None  # resolved on first use: a no-op plan never reads the remote settings
         # node → (why this host cannot build it, what its consumers say), None when it can: see `blocked`
@@ -109,6 +110,14 @@ class Planner:
             self._source[model] = {role: self._digest_files(files) for role, files in source_files(self.config, model).items()}
         return self._source[model]
 
+    def source_packages(self, model: str) -> list[str]:
+        """The distributions a model's factory imports or reads from (inputs.factory_distributions)."""
+        if model not in self._source_packages:
+            factory = self.config.project.models[model].source.factory
+            self._source_packages[model] = factory_distributions(self.config.root, factory.partition(":")[0]) \
+                if factory else []
+        return self._source_packages[model]
+
     def data_input(self, model: str, which: str) -> str:
         """Digest of a data set's file (or of its callable's spec: callables should be pure)."""
         if (model, which) not in self._data:
@@ -138,6 +147,7 @@ class Planner:
         comp: dict[str, Any] = {"step": step.name, "step_version": step.version, "options": node.options}
         if node.source_format:
             inputs.update(self.source_inputs(node.model))
+            packages += self.source_packages(node.model)  # the weights' package, transformers, …
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
         for shipped in step.shipped_files:
             inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)

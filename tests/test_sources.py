@@ -92,3 +92,54 @@ def test_graph_explain_clean(tiny: TinyProject) -> None:
     assert not (tiny.root / "artifacts/ts").exists()
     states = {n["node"]: n["action"] for n in json.loads(tiny.run("plan", "--json", "ts").stdout)["nodes"]}
     assert states["verify:ts"] == "restore" and states["tiny/torchscript"] == "none"  # back from the cache
+
+
+WEIGHTS_FACTORY = '''\
+import importlib.util
+import os
+
+import torch
+
+
+def build():
+    """Weights read from a file an installed package ships, as the zoo's factories do."""
+    pkg = importlib.util.find_spec("tinyweights").submodule_search_locations[0]
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    net.load_state_dict(torch.load(os.path.join(pkg, "tiny.pt"), weights_only=True))
+    return net
+'''
+
+
+def _install_tinyweights(site: Path, version: str, weights: Path) -> None:
+    """A distribution as pip leaves it: the package (with its weights file) and its dist-info."""
+    import shutil
+
+    for old in site.glob("tinyweights-*.dist-info"):
+        shutil.rmtree(old)
+    (site / "tinyweights").mkdir(parents=True, exist_ok=True)
+    (site / "tinyweights" / "__init__.py").write_text("")
+    shutil.copy(weights, site / "tinyweights" / "tiny.pt")
+    info = site / f"tinyweights-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tinyweights\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("tinyweights\n")
+
+
+def test_the_version_of_a_package_the_factory_reads_weights_from_enters_the_key(
+        tiny: TinyProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    _install_tinyweights(site, "1.0", tiny.root / "tiny.pt")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    (tiny.root / "weightsnet.py").write_text(WEIGHTS_FACTORY)
+    tiny.edit("factory: tinynet:build\n      weights: tiny.pt\n      kwargs: {calls: " + str(tiny.calls) + "}",
+              "factory: weightsnet:build")
+    tiny.run("build", "ts")
+    components = json.loads(tiny.run("explain", "tiny/torchscript").stdout)["components"]
+    assert components["toolchain"]["tinyweights"] == "1.0" and "torch" in components["toolchain"]
+    assert "Nothing to do" in tiny.run("build", "ts").stdout
+
+    _install_tinyweights(site, "1.1", tiny.root / "tiny.pt")  # an upgrade of the package, weights and all
+    reasons = {n["node"]: n["reasons"] for n in json.loads(tiny.run("plan", "--json", "ts").stdout)["nodes"]}
+    assert reasons["tiny/torchscript"] == ["toolchain tinyweights 1.0→1.1"]
+    assert reasons["tiny/reference"] == ["toolchain tinyweights 1.0→1.1"]
+    assert "built    tiny/torchscript" in tiny.run("build", "ts").stdout

