@@ -26,7 +26,7 @@ def report(config: str, output: str) -> None:
         from buildsys.errors import PlanError
 
         raise PlanError("nothing has been built yet, so there is nothing to report", hint="run: modelbuild build")
-    html, markdown = render({"nodes": lock.nodes, "targets": lock.targets}, project.config.path.name)
+    html, markdown = render({"nodes": lock.nodes, "targets": lock.targets, "routes": lock.routes}, project.config.path.name)
     out = project.config.root / output
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.html", html)

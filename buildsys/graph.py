@@ -20,7 +20,7 @@ from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.kinds import Artifact, Bench, Check, Reference
-from buildsys.routes import candidate_routes, format_graph
+from buildsys.routes import candidate_routes, format_graph, hop, route_formats
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -152,36 +152,44 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                               field=f"targets.{tname}.model", hint=did_you_mean(target.model, project.models)
                               or f"models: {', '.join(project.models)}")
         model = project.models[target.model]
-        candidates[tname] = candidate_routes(model.source.format, target.format, target.precision, target.via,
-                                             target.routes, tname, cfg)
-        left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
-        if not left:
-            exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
-        route = left[0] if left else candidates[tname][-1]  # exhausted: the last one tried, already built
-        precision = _precision(target, route[-1], cfg, tname)
-        routes[tname] = route
+        passing = {f for r in candidate_routes(model.source.format, target.format, target.precision, target.via,
+                                               target.routes, tname, cfg) for f in route_formats(r)}
         # `options: {triton: ...}` on a `format: triton, precision: int8` target means its goal, triton-int8
         opts_by_format = dict(target.options)
-        if target.goal != target.format and target.format in opts_by_format and target.format not in route:
+        if target.goal != target.format and target.format in opts_by_format \
+                and target.format not in passing:
             if target.goal in opts_by_format:
                 raise ConfigError(f"options given for both '{target.format}' and '{target.goal}'",
                                   where=cfg.where("targets", tname, "options", target.format),
                                   field=f"targets.{tname}.options", hint=f"keep one: the goal node is {target.goal}")
             opts_by_format[target.goal] = opts_by_format.pop(target.format)
+        candidates[tname] = candidate_routes(model.source.format, target.format, target.precision, target.via,
+                                             target.routes, tname, cfg, opts_by_format)
+        left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
+        if not left:
+            exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
+        route = left[0] if left else candidates[tname][-1]  # exhausted: the last one tried, already built
+        precision = _precision(target, hop(route[-1])[0], cfg, tname)
+        routes[tname] = route
         for fmt in opts_by_format:  # options apply where the route taken passes their format
-            if not any(fmt in r[1:] for r in candidates[tname]):
+            if not any(fmt in route_formats(r)[1:] for r in candidates[tname]):
                 raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
                                   where=cfg.where("targets", tname, "options", fmt), field=f"targets.{tname}.options",
                                   hint=f"route: {' → '.join(route)}")
 
         def walk(path: list[str]) -> list[tuple[str, str, Any, Any, str]]:
-            """(from, to, step, options, identity) along a route; the identity is the model plus
-            the chain of (step, options) that leads to a node, so equal chains share a node."""
+            """(from, to, step, options, identity) along a route, as formats; the identity is the
+            model plus the chain of (step, options) that leads to a node, so equal chains share a
+            node. A stop with an alternative label takes that alternative's options."""
             identity: list[Any] = [target.model]
             hops = []
-            for a, b in zip(path, path[1:]):
+            for stop_a, stop_b in zip(path, path[1:]):
+                (a, _), (b, label) = hop(stop_a), hop(stop_b)
                 step = steps()[fg.edges[a, b]["step"]]
-                options = _options(step, opts_by_format.get(b, {}), cfg, tname, b)
+                raw = opts_by_format.get(b, {})
+                if label and isinstance(raw, dict):
+                    raw = {**raw, **step.alternatives[label]}
+                options = _options(step, raw, cfg, tname, b)
                 identity.append([step.name, options.model_dump(mode="json")])
                 hops.append((a, b, step, options, digest_json(identity)))
             return hops

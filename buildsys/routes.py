@@ -1,15 +1,17 @@
-"""The format graph (formats as vertices, registered steps as edges) and a target's route through it.
+"""The format graph (formats as vertices, registered steps as edges) and a target's routes through it.
 
-"TFLite needs SavedModel needs ONNX needs the traced model" falls out of this graph: a route is the
-cheapest path (edges weighted by each step's `route_cost`) from the model's source format to the
-target's format, through each `via:` stop.
+"TFLite needs SavedModel needs ONNX needs the traced model" falls out of this graph: a route is a
+path (edges weighted by each step's `route_cost`) from the model's source format to the target's
+format, through each `via:` stop. A route is a list of stops; a stop is a format name, or a format
+name with the label of one of its step's `alternatives` (`tflite-int8 (dynamic)`: made with that
+alternative's options instead of the defaults).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
@@ -37,18 +39,34 @@ def format_graph() -> "nx.DiGraph":
     return g
 
 
-#: At most this many routes are tried for one target (the format graph may hold more).
-MAX_ROUTES = 4
+#: At most this many paths of the format graph are tried for one target (the graph may hold more),
+#: and at most MAX_ROUTES routes in all, alternatives included.
+MAX_PATHS, MAX_ROUTES = 4, 6
+
+
+def hop(stop: str) -> tuple[str, str]:
+    """One stop of a route as (format, alternative label): `tflite-int8 (dynamic)` →
+    ("tflite-int8", "dynamic"); a stop made with its step's default options has the label ""."""
+    fmt, _, label = stop.partition(" (")
+    return fmt, label.removesuffix(")")
+
+
+def route_formats(route: list[str]) -> list[str]:
+    """The formats a route passes, without alternative labels."""
+    return [hop(stop)[0] for stop in route]
 
 
 def candidate_routes(source: str, family: str, precision: str, via: list[str], routes: list[list[str]],
-                     target: str, cfg: LoadedConfig) -> list[list[str]]:
+                     target: str, cfg: LoadedConfig, options: dict[str, Any] | None = None) -> list[list[str]]:
     """The routes a target tries, in order, until one's artifact passes its check.
 
-    `via` pins one route. `routes` lists the routes to try as their `via` stops. Otherwise every
-    route of the format graph is a candidate, cheapest first (the sum of its steps' `route_cost`,
-    then fewest steps, then format names), the cheapest path `find_route` picks leading, so a target
-    whose first route works builds exactly what it did before routes could fall back.
+    `via` pins one route, with default options. `routes` lists the paths to try as their `via`
+    stops. Otherwise every path of the format graph is a candidate, cheapest first (the sum of its
+    steps' `route_cost`, then fewest steps, then format names), the cheapest path `find_route` picks
+    leading, so a target whose first route works builds exactly what it did before routes could fall
+    back. After every path with default options come the same paths with each step's
+    `alternatives` (a dynamic-range quantizer after the full-int8 ones), except where the target's
+    `options` (format → its options) set a field the alternative would change, or contradict it.
     """
     import networkx as nx
 
@@ -56,17 +74,40 @@ def candidate_routes(source: str, family: str, precision: str, via: list[str], r
         return [find_route(source, family, precision, via, target, cfg)]
     if routes:
         tried = [find_route(source, family, precision, stops, target, cfg) for stops in routes]
-        return [r for i, r in enumerate(tried) if r not in tried[:i]]
-    first = find_route(source, family, precision, [], target, cfg)
-    others = nx.all_simple_paths(format_graph(), source, first[-1], cutoff=len(first) + 2)
-    ordered = sorted((p for p in others if p != first), key=lambda p: (route_cost(p), len(p), p))
-    return [first, *ordered][:MAX_ROUTES]
+        paths = [r for i, r in enumerate(tried) if r not in tried[:i]]
+    else:
+        first = find_route(source, family, precision, [], target, cfg)
+        others = nx.all_simple_paths(format_graph(), source, first[-1], cutoff=len(first) + 2)
+        ordered = sorted((p for p in others if p != first), key=lambda p: (route_cost(p), len(p), p))
+        paths = [first, *ordered][:MAX_PATHS]
+    return [*paths, *_alternatives(paths, options or {})][:MAX_ROUTES]
+
+
+def _alternatives(paths: list[list[str]], options: dict[str, Any]) -> list[list[str]]:
+    """Each path again with one step's alternative in place of its default options."""
+    from pydantic import ValidationError
+
+    g = format_graph()
+    out = []
+    for path in paths:
+        for i, (a, b) in enumerate(pairwise(path), start=1):
+            step = steps()[g.edges[a, b]["step"]]
+            given = options.get(b) if isinstance(options.get(b), dict) else {}
+            for label, values in step.alternatives.items():
+                if set(values) & set(given):
+                    continue  # the target chose that option itself
+                try:
+                    step.Options.model_validate({**given, **values})
+                except ValidationError:
+                    continue  # the target's other options contradict it (io: int8 with dynamic range)
+                out.append([*path[:i], f"{b} ({label})", *path[i + 1:]])
+    return out
 
 
 def route_cost(route: list[str]) -> float:
     """The total cost of a route: the `route_cost` of each step along it."""
     g = format_graph()
-    return sum(g.edges[a, b]["cost"] for a, b in pairwise(route))
+    return sum(g.edges[a, b]["cost"] for a, b in pairwise(route_formats(route)))
 
 
 def find_route(source: str, family: str, precision: str, via: list[str], target: str,

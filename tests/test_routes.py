@@ -95,6 +95,20 @@ def test_first_route_fails_second_passes_and_a_noop_does_not_retry(tmp_path: Pat
     assert lock.targets["t"]["route"] == TS_ROUTE and (tmp_path / "artifacts/t/model.onnx").is_file()
     [dropped] = lock.routes["t"]["dropped"]
     assert dropped["route"] == PT2_ROUTE and dropped["node"] == "m/pt2" and "data-dependent" in dropped["reason"]
+    # The release bundle's manifest says the same: which route made the artifact, which was dropped and why.
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(deploy.read_text() + "bundles:\n  release: {targets: [t], version: 1.0.0}\n")
+    assert project.run("bundle", "release").returncode == 0
+    import tarfile
+
+    with tarfile.open(tmp_path / "artifacts/bundles/release-1.0.0.tar.gz") as tar:
+        [artifact] = json.load(tar.extractfile("manifest.json"))["artifacts"]
+    assert artifact["route"] == TS_ROUTE
+    assert artifact["dropped_routes"] == [{k: dropped[k] for k in ("route", "node", "reason")}]
+    # And the build report.
+    assert project.run("report").returncode == 0
+    report = (tmp_path / "artifacts/report/report.md").read_text()
+    assert "- route: pytorch → torchscript → onnx" in report and "- dropped route pytorch → pt2 → onnx at `m/pt2`" in report
 
     calls = project.calls()
     again = project.run("build")
@@ -158,3 +172,30 @@ def test_the_api_reports_the_route(tmp_path: Path, routing: str) -> None:
     assert report.ok and report.summary[0]["route"] == TS_ROUTE
     assert [d["route"] for d in report.summary[0]["dropped"]] == [PT2_ROUTE]
     assert project.lock().targets["t"]["route"] == TS_ROUTE
+
+
+def _candidates(project: Project) -> list[list[str]]:
+    proc = project.run("plan", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["candidate_routes"]["t"]
+
+
+def test_a_steps_alternatives_are_routes_after_every_default_route(tmp_path: Path) -> None:
+    project = Project(tmp_path, "precision: int8")
+    deploy = project.root / "deploy.yaml"
+    text = deploy.read_text().replace("{validation: val.npz}", "{validation: val.npz, calibration: val.npz}")
+    deploy.write_text(text.replace("format: onnx", "format: executorch"))
+    assert _candidates(project) == [["pytorch", "pt2", "executorch-int8"], ["pytorch", "pt2", "executorch-int8 (dynamic)"]]
+
+    deploy.write_text(text.replace("format: onnx", "format: tflite"))
+    full, dynamic = _candidates(project)[:4], _candidates(project)[4:]
+    assert [r[-1] for r in full] == ["tflite-int8"] * 4 and full[0] == ["pytorch", "onnx", "saved_model", "tflite-int8"]
+    assert dynamic == [[*full[0][:-1], "tflite-int8 (dynamic)"], [*full[1][:-1], "tflite-int8 (dynamic)"]]
+
+    # A target that sets the option an alternative changes, or one that contradicts it, gets no alternative.
+    for options in ("{mode: full}", "{io: int8}"):
+        deploy.write_text(text.replace("format: onnx", f"format: tflite\n    options: {{tflite-int8: {options}}}"))
+        assert [r[-1] for r in _candidates(project)] == ["tflite-int8"] * 4, options
+    # via: pins one route, with the step's default options.
+    deploy.write_text(text.replace("format: onnx", "format: executorch\n    via: [pt2]"))
+    assert _candidates(project) == [["pytorch", "pt2", "executorch-int8"]]

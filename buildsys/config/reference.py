@@ -84,6 +84,10 @@ def render() -> str:
             continue
         doc = (step.__doc__ or "").strip().splitlines()[0] if step.__doc__ else ""
         out += [f"### `{step.produces}` ← {', '.join(f'`{c}`' for c in step.consumes)} (step `{name}`)", "", doc, ""]
+        for label, values in step.alternatives.items():
+            given = ", ".join(f"`{k}: {v}`" for k, v in values.items())
+            out += [f"Fallback route `{step.produces} ({label})`: {given}, tried after every route with default "
+                    "options unless the target sets that option.", ""]
         out += model_table(step.Options) if step.Options.model_fields else ["No options."]
         out.append("")
     return "\n".join(out).rstrip() + "\n"

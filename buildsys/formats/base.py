@@ -116,6 +116,12 @@ class Step:
     #: The weight of the step's edge in the format graph: routes are ordered by their total cost, so a
     #: second converter to a format can sit behind the established one (see routes.candidate_routes).
     route_cost: ClassVar[float] = 1
+    #: Other ways this step can make its format, by label: option values that give up some of what
+    #: the defaults promise (a full-int8 quantizer's dynamic-range mode) but work on more models.
+    #: Each becomes a route of its own, written `tflite-int8 (dynamic)`, tried after every route
+    #: with default options, unless the target sets one of those options itself (see
+    #: routes.candidate_routes).
+    alternatives: ClassVar[dict[str, dict[str, Any]]] = {}
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker

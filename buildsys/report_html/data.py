@@ -36,6 +36,8 @@ class Row:
     on_fail: str
     status: str = "unverified"
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    route: list[str] = field(default_factory=list)  # formats from the source to the artifact
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # routes tried first: route, node, reason
 
     def metric(self, name: str) -> dict[str, Any] | None:
         """The first output's item for `name` that has an observed value."""
@@ -108,6 +110,9 @@ def rows(lock: dict[str, Any]) -> list[Row]:
                   options=dict(components.get("options") or {}), on_fail=str(on_fail))
         row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
         row.status = _status(check, bench, row.on_fail)
+        row.route = [str(f) for f in entry.get("route") or []]
+        row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
+                       if isinstance(d, dict) and isinstance(d.get("route"), list)]
         result.append(row)
     return result
 

@@ -64,6 +64,11 @@ def render_markdown(data: list[Row], title: str) -> str:
         lines += [f"## {MD_STATUS[r.status]} {md(r.target)}", "",
                   f"- artifact: `{r.node.replace('`', '')}` in `{r.path.replace('`', '')}`, {md(fmt_size(r.size))}"
                   f" ({md(', '.join(str(f[0]) for f in r.files))})"]
+        if r.route:
+            lines.append("- route: " + md(" → ".join(r.route)))
+        for d in r.dropped:
+            lines.append(f"- dropped route {md(' → '.join(map(str, d['route'])))} at `{str(d.get('node', '?')).replace('`', '')}`: "
+                         f"{md(d.get('reason', ''))}")
         if r.toolchain:
             lines.append("- toolchain: " + md(", ".join(f"{k} {v}" for k, v in r.toolchain.items())))
         if r.options:

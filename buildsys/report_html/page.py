@@ -238,6 +238,16 @@ def _kv(values: dict[str, Any]) -> str:
     return '<div class="kv">' + "".join(f"<code>{esc(k)}={esc(short_text(v))}</code>" for k, v in values.items()) + "</div>"
 
 
+def _route(r: Row) -> str:
+    """The route that made the artifact and the routes dropped before it, with why."""
+    if not r.route:
+        return ""
+    dropped = "".join(f'<li><span class="mono">{esc(" → ".join(map(str, d["route"])))}</span> dropped at '
+                      f'<span class="mono">{esc(d.get("node", "?"))}</span>: {esc(d.get("reason", ""))}</li>' for d in r.dropped)
+    return (f'<h3 class="gap">Route</h3><p class="mono">{esc(" → ".join(r.route))}</p>'
+            + (f'<ul class="dim">{dropped}</ul>' if dropped else ""))
+
+
 def _details(r: Row) -> str:
     files = "".join(f'<tr><td class="mono">{esc(f[0])}</td><td class="num">{esc(fmt_size(f[2]) if isinstance(f[2], (int, float)) else f[2])}</td>'
                     f'<td class="mono dim" title="{esc(f[1])}">{esc(str(f[1])[:12])}</td></tr>' for f in r.files)
@@ -248,7 +258,7 @@ def _details(r: Row) -> str:
             f'<span class="dim">{esc(r.node)} · {esc(fmt_size(r.size))}</span></summary><div class="body">'
             f'<div><h3>Numeric check</h3>{_metrics_table(r)}</div>'
             f'<div><h3>Files in {esc(r.path or "?")}</h3>{files_table}'
-            f'<h3 class="gap">Toolchain</h3>{_kv(r.toolchain)}<h3 class="gap">Step options</h3>{_kv(r.options)}</div>'
+            f'{_route(r)}<h3 class="gap">Toolchain</h3>{_kv(r.toolchain)}<h3 class="gap">Step options</h3>{_kv(r.options)}</div>'
             f'<div class="full"><h3>Latency</h3>{_bench_table(r)}</div>'
             "</div></details>")
 

@@ -12,7 +12,7 @@ the graph PT2E wants, so no second trace of the Python code is needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 PTE = register_formats(Format.variants("executorch", {
     "fp32": "ExecuTorch program (.pte), float32, lowered to the XNNPACK delegate (CPU on Android, iOS, Linux); "
             "fixed shapes: the batch axis is the step's `batch` (default 1).",
-    "int8": "ExecuTorch program (.pte) quantized to int8 with PT2E (XNNPACKQuantizer, calibrated on the model's "
-            "calibration set), lowered to the XNNPACK delegate; float32 inputs and outputs.",
+    "int8": "ExecuTorch program (.pte) quantized to int8 with PT2E (XNNPACKQuantizer: static, calibrated on the "
+            "model's calibration set, or dynamic, linear layers only), lowered to the XNNPACK delegate; float32 "
+            "inputs and outputs.",
 }, filename="model.pte", runtime="executorch"))
 
 _NEEDS_CALIBRATION = ("ExecuTorch int8 needs calibration data: add data.calibration to the model (an .npz of "
@@ -153,35 +154,47 @@ class ExecutorchFromPt2(_PteFromPt2):
 
 
 class Int8Options(PteOptions):
+    scheme: Literal["static", "dynamic"] = Field(
+        default="static", description="'static': int8 weights and activations, activation ranges calibrated on "
+        "data.calibration (the fastest program; what XNNPACK's int8 kernels are built for). 'dynamic': int8 "
+        "weights of the linear layers, their activations quantized per call from the values seen then, "
+        "everything else in float32 (no calibration; keeps recurrent state and embedding lookups in float, "
+        "the usual scheme for transformers).")
     per_channel: bool = Field(
         default=True, description="One weight scale per output channel of each convolution and linear layer "
         "(XNNPACK's recommended setting; better accuracy) instead of one per tensor.")
     calibration_samples: int | None = Field(
-        default=None, ge=1, description="Calibrate on at most this many samples of data.calibration (all when unset).")
+        default=None, ge=1, description="static only: calibrate on at most this many samples of data.calibration "
+        "(all when unset).")
 
 
 @register
 class ExecutorchInt8FromPt2(_PteFromPt2):
-    """Quantize the program to int8 with PT2E and XNNPACKQuantizer, calibrated, then lower it to XNNPACK."""
+    """Quantize the program to int8 with PT2E and XNNPACKQuantizer, then lower it to XNNPACK."""
 
     name = "executorch-int8-from-pt2"
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8), observers run on "
-                   "data.calibration, convert_pt2e, then lowered like executorch.")
+    #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
+    #: activations do not survive static int8 (embedding indices, recurrent state).
+    alternatives = {"dynamic": {"scheme": "dynamic"}}
+    description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
+                   "data.calibration; dynamic: linear layers, activations quantized per call), convert_pt2e, "
+                   "then lowered like executorch.")
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("calibration",)
+        return ("calibration",) if getattr(options, "scheme", "static") == "static" else ()
 
     @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
-        if model.data.calibration is None:
+        if getattr(options, "scheme", "static") == "static" and model.data.calibration is None:
             return _NEEDS_CALIBRATION
         return fixed_batch_problem(model, options)
 
-    def _prepare(self, ctx: StepContext, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    def _prepare(self, ctx: StepContext[Int8Options], module: torch.nn.Module,
+                 args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
         import torch
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -189,20 +202,27 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        opts: Any = ctx.options
-        calibration = ctx.data("calibration")
-        if calibration is None:
+        opts = ctx.options
+        dynamic = opts.scheme == "dynamic"
+        calibration = None if dynamic else ctx.data("calibration")
+        if calibration is None and not dynamic:
             raise self.fail(ctx, _NEEDS_CALIBRATION)
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=opts.per_channel))
+        config = get_symmetric_quantization_config(is_per_channel=opts.per_channel, is_dynamic=dynamic)
+        quantizer = XNNPACKQuantizer().set_global(config)
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
             graph = torch.export.export(module, args, strict=False).module()
             prepared = prepare_pt2e(graph, quantizer)
-            samples = _calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
+            if calibration is not None:
+                samples = _calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
+            else:
+                with torch.no_grad():
+                    prepared(*args)  # dynamic: one call records the weights' observers; no activation ranges
+                samples = 0
             converted = convert_pt2e(prepared)
         except Exception as exc:
-            raise self.fail(ctx, f"PT2E int8 quantization failed: {_first_line(exc)}") from exc
-        return converted, {"calibration_samples": samples, "per_channel": opts.per_channel}
+            raise self.fail(ctx, f"PT2E int8 quantization ({opts.scheme}) failed: {_first_line(exc)}") from exc
+        return converted, {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel}
 
 
 def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, limit: int | None) -> int:

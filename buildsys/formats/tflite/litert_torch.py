@@ -81,6 +81,7 @@ class TfliteFromPt2(Step):
         super().__init_subclass__(**kwargs)
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
+            cls.alternatives = TfliteInt8FromSavedModel.alternatives
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:

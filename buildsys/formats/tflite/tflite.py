@@ -117,6 +117,9 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     _peak = 0.0  # largest |value| in the calibration data, to explain an unusable range
     description = "TFLiteConverter with Optimize.DEFAULT; full int8 adds a representative dataset built from " \
                   "the model's calibration set in the artifact's layout."
+    #: Full int8 is tried first; int8 weights with float activations are the fallback route for
+    #: models whose activations do not survive int8 (recurrent state, flat classifier logits).
+    alternatives = {"dynamic": {"mode": "dynamic"}}
 
     class Options(TfliteOptions):
         mode: Literal["full", "dynamic"] = Field(
