@@ -83,8 +83,14 @@ def explain(config: str, node: str) -> None:
         raise PlanError(f"unknown node '{node}'", hint=did_you_mean(node, the_plan.nodes) or "see: modelbuild graph")
     p = the_plan.nodes[node]
     entry = project.planner.lock.nodes.get(node, {})
-    click.echo(report.dumps({"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons,
-                             "key": p.key, "components": p.components, "lock": entry}))
+    out = {"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons, "key": p.key,
+           "components": p.components, "lock": entry}
+    dag = the_plan.dag
+    target = p.node.target or next((t for t, n in dag.target_nodes.items() if n == node), "")
+    if target in dag.routes:  # a target's check or deliverable: the route taken and the ones dropped
+        out.update(route=dag.routes[target], candidate_routes=dag.candidates.get(target, []),
+                   dropped_routes=[{k: r[k] for k in ("route", "node", "reason")} for r in the_plan.dropped.get(target, [])])
+    click.echo(report.dumps(out))
 
 
 @click.command()

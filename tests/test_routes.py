@@ -115,6 +115,9 @@ def test_first_route_fails_second_passes_and_a_noop_does_not_retry(tmp_path: Pat
     assert again.returncode == 0 and "Nothing to do" in again.stdout and project.calls() == calls
     plan = project.run("plan").stdout
     assert "route    t: pytorch → pt2 → onnx dropped at m/pt2" in plan and "taking pytorch → torchscript → onnx" in plan
+    explained = json.loads(project.run("explain", "verify:t").stdout)
+    assert explained["route"] == TS_ROUTE and explained["candidate_routes"] == [PT2_ROUTE, TS_ROUTE]
+    assert [(d["route"], d["node"]) for d in explained["dropped_routes"]] == [(PT2_ROUTE, "m/pt2")]
 
     # What the failed route depends on changes (as a toolchain upgrade would): it is tried again.
     (tmp_path / "gate.py").write_text(GATE.replace("# always true", "# still always true"))
