@@ -89,6 +89,42 @@ def test_int8_is_smaller_calibrated_and_passes_int8_check(cnn: Tiny, cnn_pte: tu
     assert strict["passed"] is False and any("max_rel" in f for f in strict["failures"]), strict
 
 
+@pytest.mark.parametrize("scheme", ["static", "dynamic"])
+def test_integer_index_arithmetic_stays_integer_under_int8(tmp_path: Path, scheme: str) -> None:
+    """XNNPACKQuantizer's own rewrite makes `arange + 0` float and the lookup fails (BERT's position ids)."""
+    tokens = make_model(tmp_path / "p", "tokens")
+    tokens.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = tokens.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2",
+                         scheme=scheme)
+    assert metrics["scheme"] == scheme and 0 < metrics["int8_weights"] < 0.1  # the Linear; the tables stay float
+    tokens.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tokens, tmp_path / "check", "executorch-int8", tmp_path / "pte/model.pte",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
+
+
+def test_dynamic_int8_quantizes_recurrent_cells_and_static_keeps_them_float(tmp_path: Path) -> None:
+    cell = make_model(tmp_path / "p", "cell")
+    cell.run("pt2-from-pytorch", tmp_path / "pt2")
+    pt2 = tmp_path / "pt2/model.pt2"
+    static = cell.run("executorch-int8-from-pt2", tmp_path / "static", input_path=pt2)
+    dynamic = cell.run("executorch-int8-from-pt2", tmp_path / "dynamic", input_path=pt2, scheme="dynamic")
+    # 96 of 5,478 weights (the head) under static; the cell's 5,120 weights too under dynamic.
+    assert static["int8_weights"] < 0.05 and dynamic["int8_weights"] > 0.9
+    cell.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(cell, tmp_path / "check", "executorch-int8", tmp_path / "dynamic/model.pte",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
+    assert result["outputs"]["h_next"]["max_abs"]["observed"] > 1e-4  # really quantized
+
+
+def test_a_scheme_that_quantizes_nothing_is_not_int8(tmp_path: Path) -> None:
+    eig = make_model(tmp_path / "p", "unsupported", name="eig")  # no linear, no convolution: nothing to quantize
+    eig.run("pt2-from-pytorch", tmp_path / "pt2")
+    with pytest.raises(StepError, match=r"PT2E int8 quantization \(dynamic\) quantized none of the model's"):
+        eig.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2", scheme="dynamic")
+
+
 def test_perturbed_pte_fails_its_check(cnn: Tiny, cnn_pte: tuple[Path, dict], cnn_reference: Path,
                                        tmp_path: Path) -> None:
     import torch
@@ -290,3 +326,19 @@ def test_gru_reaches_executorch_fp32(tmp_path: Path) -> None:
     tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
     result = check(tiny, tmp_path / "check", "executorch", tmp_path / "pte/model.pte", tmp_path / "ref/reference.npz")
     assert result["passed"] is True, result
+
+
+def test_static_int8_that_misses_falls_back_to_dynamic(tmp_path: Path) -> None:
+    """Calibration data a thousand times larger than what the model sees makes static ranges useless;
+    the dynamic scheme, which measures each call's inputs, is the route that passes."""
+    project = make_tiny_project(tmp_path / "proj", textwrap.dedent(DEPLOY))
+    calib = np.load(project.root / "calib.npz")
+    np.savez(project.root / "calib.npz", x=calib["x"] * 1000)
+    out = project.run("build", "phone-int8").stdout
+    assert "phone-int8: made by pytorch → pt2 → executorch-int8 (dynamic)" in out, out
+    assert "phone-int8: route pytorch → pt2 → executorch-int8 dropped at verify:phone-int8" in out, out
+    lock = json.loads((project.root / "deploy.lock").read_text())
+    assert lock["targets"]["phone-int8"]["route"] == ["pytorch", "pt2", "executorch-int8 (dynamic)"]
+    [dropped] = lock["routes"]["phone-int8"]["dropped"]
+    assert dropped["route"] == ["pytorch", "pt2", "executorch-int8"] and dropped["node"] == "verify:phone-int8"
+    assert "Nothing to do" in project.run("build", "phone-int8").stdout  # the dropped route is not retried

@@ -67,8 +67,44 @@ class Unsupported(nn.Module):
         return torch.linalg.eigh(x.T @ x)[0][:3].expand(x.shape[0], 3)
 
 
+class Tokens(nn.Module):
+    """Token and position embeddings, BERT-style: the position ids come from integer arithmetic
+    (`arange + 0`) that a quantizer must leave integer."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(50, 16)
+        self.pos = nn.Embedding(8, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1]).unsqueeze(0) + 0
+        return self.fc((self.tok(ids) + self.pos(positions)).mean(1))
+
+
+class Cell(nn.Module):
+    """One LSTMCell step with its state as inputs and outputs (a streaming model, like Silero VAD)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.LSTMCell(8, 32)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x, h, c):
+        h_next, c_next = self.cell(x, (h, c))
+        return self.fc(h_next), h_next, c_next
+
+
 def mlp(hidden=32):
     return MLP(hidden)
+
+
+def tokens():
+    return Tokens()
+
+
+def lstm_cell():
+    return Cell()
 
 
 def cnn():
@@ -106,6 +142,12 @@ KINDS: dict[str, dict[str, Any]] = {
                   "outputs": [{"name": "scores", "kind": "scores"}, {"name": "box", "kind": "values"}], "classes": 3},
     "unsupported": {"factory": "unsupported", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                     "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],
+               "outputs": [{"name": "y", "kind": "values"}], "classes": 0, "vocab": 50},
+    "cell": {"factory": "lstm_cell", "inputs": [{"name": "x", "shape": ["batch", 8]}, {"name": "h", "shape": ["batch", 32]},
+                                                {"name": "c", "shape": ["batch", 32]}],
+             "outputs": [{"name": "y", "kind": "scores"}, {"name": "h_next", "kind": "values"},
+                         {"name": "c_next", "kind": "values"}], "classes": 3},
 }
 
 
@@ -174,7 +216,8 @@ def make_model(root: Path, kind: str = "mlp", *, name: str | None = None, sample
     rng = np.random.default_rng(seed)
 
     def inputs(n: int) -> dict[str, np.ndarray]:
-        return {i["name"]: rng.standard_normal((n, *i["shape"][1:])).astype("float32") for i in spec["inputs"]}
+        return {i["name"]: rng.integers(0, spec["vocab"], (n, *i["shape"][1:])) if i.get("dtype") == "int64"
+                else rng.standard_normal((n, *i["shape"][1:])).astype("float32") for i in spec["inputs"]}
 
     data: dict[str, Any] = {}
     if validation:

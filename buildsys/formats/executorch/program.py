@@ -4,9 +4,9 @@ Both members start from the .pt2 (`pt2`, or a `pt2-file` source): the program is
 fixed shapes (ExecuTorch plans every tensor's memory ahead of time, so a .pte has static shapes),
 then `to_edge_transform_and_lower` hands what XNNPACK supports to its delegate and `to_executorch`
 serializes the rest for the portable kernels. The int8 member first quantizes with PT2E
-(XNNPACKQuantizer: int8 weights and activations, observers calibrated on the model's own
-calibration set), the flow ExecuTorch documents; `ExportedProgram.module()` of the loaded .pt2 is
-the graph PT2E wants, so no second trace of the Python code is needed.
+(quantize.py: XNNPACKQuantizer, static with observers calibrated on the model's own calibration
+set, or dynamic as the fallback route), the flow ExecuTorch documents; `ExportedProgram.module()`
+of the loaded .pt2 is the graph PT2E wants, so no second trace of the Python code is needed.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ PTE = register_formats(Format.variants("executorch", {
     "fp32": "ExecuTorch program (.pte), float32, lowered to the XNNPACK delegate (CPU on Android, iOS, Linux); "
             "fixed shapes: the batch axis is the step's `batch` (default 1).",
     "int8": "ExecuTorch program (.pte) quantized to int8 with PT2E (XNNPACKQuantizer: static, calibrated on the "
-            "model's calibration set, or dynamic, linear layers only), lowered to the XNNPACK delegate; float32 "
-            "inputs and outputs.",
+            "model's calibration set, or dynamic: int8 weights, inputs quantized per call), lowered to the "
+            "XNNPACK delegate; float32 inputs and outputs.",
 }, filename="model.pte", runtime="executorch"))
 
 _NEEDS_CALIBRATION = ("ExecuTorch int8 needs calibration data: add data.calibration to the model (an .npz of "
@@ -157,9 +157,10 @@ class Int8Options(PteOptions):
     scheme: Literal["static", "dynamic"] = Field(
         default="static", description="'static': int8 weights and activations, activation ranges calibrated on "
         "data.calibration (the fastest program; what XNNPACK's int8 kernels are built for). 'dynamic': int8 "
-        "weights of the linear layers, their activations quantized per call from the values seen then, "
-        "everything else in float32 (no calibration; keeps recurrent state and embedding lookups in float, "
-        "the usual scheme for transformers).")
+        "weights of linear layers (recurrent cells' included) and of convolutions XNNPACK can run dynamically "
+        "(not depthwise, not 1-D), their inputs quantized per call from the values seen then; everything "
+        "else stays float32 (no calibration; recurrent state and embedding lookups stay float: the usual "
+        "scheme for transformers and RNNs).")
     per_channel: bool = Field(
         default=True, description="One weight scale per output channel of each convolution and linear layer "
         "(XNNPACK's recommended setting; better accuracy) instead of one per tensor.")
@@ -180,8 +181,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
-                   "data.calibration; dynamic: linear layers, activations quantized per call), convert_pt2e, "
-                   "then lowered like executorch.")
+                   "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
+                   "convert_pt2e, then lowered like executorch. Fails when nothing was quantized.")
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
@@ -196,23 +197,21 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     def _prepare(self, ctx: StepContext[Int8Options], module: torch.nn.Module,
                  args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
         import torch
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        from buildsys.formats.executorch.quantize import int8_weights, quantizer, with_recurrent_cells_decomposed
 
         opts = ctx.options
         dynamic = opts.scheme == "dynamic"
         calibration = None if dynamic else ctx.data("calibration")
         if calibration is None and not dynamic:
             raise self.fail(ctx, _NEEDS_CALIBRATION)
-        config = get_symmetric_quantization_config(is_per_channel=opts.per_channel, is_dynamic=dynamic)
-        quantizer = XNNPACKQuantizer().set_global(config)
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
-            graph = torch.export.export(module, args, strict=False).module()
-            prepared = prepare_pt2e(graph, quantizer)
+            program = torch.export.export(module, args, strict=False)
+            if dynamic:
+                program = with_recurrent_cells_decomposed(program)
+            prepared = prepare_pt2e(program.module(), quantizer(per_channel=opts.per_channel, dynamic=dynamic))
             if calibration is not None:
                 samples = _calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
             else:
@@ -222,7 +221,13 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
             converted = convert_pt2e(prepared)
         except Exception as exc:
             raise self.fail(ctx, f"PT2E int8 quantization ({opts.scheme}) failed: {_first_line(exc)}") from exc
-        return converted, {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel}
+        int8, total = int8_weights(converted)
+        if not int8:  # an "int8" program that is float32 throughout would pass any check: it is not int8
+            raise self.fail(ctx, f"PT2E int8 quantization ({opts.scheme}) quantized none of the model's weights "
+                                 f"({total:,} stay float): XNNPACKQuantizer's {opts.scheme} scheme has no pattern "
+                                 "for its layers")
+        return converted, {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
+                           "int8_weights": round(int8 / total, 4)}
 
 
 def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, limit: int | None) -> int:
