@@ -57,7 +57,8 @@ class ResolvedTolerance(StepOptions):
 
     max_abs: Optional[float] = Field(default=None, description="Largest allowed |artifact - reference|.")
     max_rel: Optional[float] = Field(default=None, description="Largest allowed |artifact - reference| / max|reference|.")
-    min_cosine: Optional[float] = Field(default=None, description="Smallest allowed per-sample cosine similarity.")
+    min_cosine: Optional[float] = Field(default=None, description="Smallest allowed per-sample cosine similarity "
+                                        "(over the batch for an output with one value per sample).")
     min_top1_agreement: Optional[float] = Field(default=None, description="Smallest allowed share of matching argmax.")
     max_accuracy_drop: Optional[float] = Field(default=None, description="Largest allowed accuracy drop vs the reference.")
 
@@ -239,7 +240,9 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     result.metrics.append(Metric("max_abs", max_abs, _limit(tol, "max_abs"), "<="))
     result.metrics.append(Metric("max_rel", max_rel, _limit(tol, "max_rel"), "<="))
-    result.metrics.append(Metric("cosine", _min_cosine(ref64, obs64), _limit(tol, "min_cosine"), ">="))
+    one_value = ref64.ndim <= 1 or ref64[0].size == 1  # [B] or [B, 1]: per-sample cosine is always ±1
+    result.metrics.append(Metric("cosine", _min_cosine(ref64, obs64), _limit(tol, "min_cosine"), ">=",
+                                 note="over the batch: one value per sample" if one_value and ref64.size > 1 else ""))
     if kind == "scores" and ref.ndim >= 2:
         ref_top = ref64.argmax(axis=-1)
         obs_top = obs64.argmax(axis=-1)
@@ -268,13 +271,16 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
 
 
 def _min_cosine(ref: "np.ndarray", obs: "np.ndarray") -> float:
-    """The smallest per-sample cosine similarity (two all-zero samples count as identical)."""
+    """The smallest per-sample cosine similarity (two all-zero samples count as identical). An output
+    with one value per sample ([B, 1], a probability) is compared as one vector over the batch: the
+    cosine of two single numbers is only their sign."""
     import numpy as np
 
     if ref.size == 0:
         return 1.0
-    a = ref.reshape(len(ref), -1) if ref.ndim > 1 else ref.reshape(1, -1)
-    b = obs.reshape(len(obs), -1) if obs.ndim > 1 else obs.reshape(1, -1)
+    per_sample = ref.ndim > 1 and ref[0].size > 1
+    a = ref.reshape(len(ref), -1) if per_sample else ref.reshape(1, -1)
+    b = obs.reshape(len(obs), -1) if per_sample else obs.reshape(1, -1)
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
     both_zero = (na == 0) & (nb == 0)

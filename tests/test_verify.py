@@ -136,3 +136,13 @@ def test_cosine_is_the_worst_sample_and_zero_vectors_are_equal() -> None:
     cosine = next(m for m in result.metrics if m.name == "cosine")
     assert cosine.observed == pytest.approx(np.sqrt(0.5)) and not result
     assert "cosine 0.7071 < 0.8" in result.failures()
+
+
+def test_one_value_per_sample_is_compared_over_the_batch() -> None:
+    """The cosine of two single numbers is only their sign: a [B, 1] probability 0.9 read as 0.1 would pass."""
+    ref = np.array([[0.9], [0.1], [0.8], [0.2]])
+    observed = np.array([[0.1], [0.9], [0.2], [0.8]])  # every decision flipped, every sign kept
+    result = compare("prob", "values", ref, observed, {"min_cosine": 0.9})
+    cosine = next(m for m in result.metrics if m.name == "cosine")
+    assert cosine.observed == pytest.approx(0.5 / 1.5) and not result
+    assert "(over the batch: one value per sample)" in result.failures()[0]

@@ -21,7 +21,8 @@ class Check(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 3  # 2: structural inspection and size budgets; 3: serving checks, labels must fit
+    version = 4  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+                 # 4: one-value-per-sample outputs get the batch's cosine
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
