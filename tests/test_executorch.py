@@ -118,6 +118,27 @@ def test_dynamic_int8_quantizes_recurrent_cells_and_static_keeps_them_float(tmp_
     assert result["outputs"]["h_next"]["max_abs"]["observed"] > 1e-4  # really quantized
 
 
+def test_an_lstm_is_lowered_as_a_loop_not_unrolled(tmp_path: Path) -> None:
+    """torch.export keeps nn.LSTM as one aten.lstm node; unrolled, a 3-layer LSTM over 160 frames took
+    over 11 minutes to lower. As a scan loop the program's size does not grow with the frames."""
+    lstm = make_model(tmp_path / "p", "lstm")
+    lstm.run("pt2-from-pytorch", tmp_path / "pt2")
+    pt2 = tmp_path / "pt2/model.pt2"
+    fp32 = lstm.run("executorch-from-pt2", tmp_path / "fp32", input_path=pt2)
+    int8 = lstm.run("executorch-int8-from-pt2", tmp_path / "int8", input_path=pt2)
+    assert fp32["lstm_as_scan"] == int8["lstm_as_scan"] == 1
+    assert fp32["xnnpack_delegates"] >= 2  # the loop body is delegated too, not only the head
+    lstm.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    for fmt, out, precision in (("executorch", "fp32", "fp32"), ("executorch-int8", "int8", "int8")):
+        result = check(lstm, tmp_path / f"check-{out}", fmt, tmp_path / out / "model.pte",
+                       tmp_path / "ref/reference.npz", precision=precision)
+        assert result["passed"] is True, result
+    feeds = validation_feeds(lstm)
+    session = get_runtime("executorch").load(tmp_path / "fp32/model.pte", lstm.model, lstm.root)
+    np.testing.assert_allclose(session.run_all(Batch(feeds, None, "test"))[0], torch_outputs(lstm, feeds)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_a_scheme_that_quantizes_nothing_is_not_int8(tmp_path: Path) -> None:
     eig = make_model(tmp_path / "p", "unsupported", name="eig")  # no linear, no convolution: nothing to quantize
     eig.run("pt2-from-pytorch", tmp_path / "pt2")

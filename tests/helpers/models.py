@@ -95,6 +95,23 @@ class Cell(nn.Module):
         return self.fc(h_next), h_next, c_next
 
 
+class Lstm(nn.Module):
+    """A 2-layer, batch-first LSTM encoder over 20 frames, like a keyword spotter's."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 16, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, frames):
+        out, _ = self.lstm(frames)
+        return self.fc(out[:, -1])
+
+
+def lstm():
+    return Lstm()
+
+
 def mlp(hidden=32):
     return MLP(hidden)
 
@@ -142,6 +159,8 @@ KINDS: dict[str, dict[str, Any]] = {
                   "outputs": [{"name": "scores", "kind": "scores"}, {"name": "box", "kind": "values"}], "classes": 3},
     "unsupported": {"factory": "unsupported", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                     "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "lstm": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 20, 6]}],
+             "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],
                "outputs": [{"name": "y", "kind": "values"}], "classes": 0, "vocab": 50},
     "cell": {"factory": "lstm_cell", "inputs": [{"name": "x", "shape": ["batch", 8]}, {"name": "h", "shape": ["batch", 32]},

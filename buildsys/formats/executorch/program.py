@@ -79,6 +79,7 @@ class _PteFromPt2(Step):
 
     consumes = ("pt2", "pt2-file")
     packages = ("torch", "executorch", "torchao")
+    version = 2  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body)
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -110,6 +111,11 @@ class _PteFromPt2(Step):
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{_first_line(exc)}") from exc
         module, metrics = self._prepare(ctx, module, args)
+        # After PT2E: the quantizer leaves aten.lstm in float, as before; the loop keeps lowering linear in T.
+        from buildsys.formats.executorch.recurrent import lstm_to_scan
+        lstms = lstm_to_scan(module)
+        if lstms:
+            metrics = {**metrics, "lstm_as_scan": lstms}
         buffer, structure = self._lower(ctx, module, args)
         path = ctx.out_dir / PTE[self.precision].filename
         path.write_bytes(buffer)
@@ -118,12 +124,10 @@ class _PteFromPt2(Step):
     def _lower(self, ctx: StepContext, module: Any, args: tuple[Any, ...]) -> tuple[bytes, dict[str, Any]]:
         """torch.export with fixed shapes → XNNPACK partition → ExecuTorch program bytes (reproducible)."""
         import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-            XnnpackPartitioner,
-        )
         from executorch.exir import to_edge_transform_and_lower
 
         from buildsys.formats.executorch.contract import XNNPACK
+        from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
         try:
@@ -133,7 +137,7 @@ class _PteFromPt2(Step):
                                  f"{_first_line(exc)}") from exc
         exported_program_without_stack_traces(program)  # build-host paths must not reach the .pte
         try:
-            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+            lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
         except Exception as exc:
             raise self.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
         plan = lowered.executorch_program.execution_plan[0]
