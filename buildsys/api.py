@@ -85,6 +85,7 @@ class Project:
                 the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
             results: dict[str, NodeResult] = {}
             failed: dict[str, tuple[str, NodeResult]] = {}  # node → (its key, the failure) in this build
+            dropped_now: dict[str, list[list[str]]] = {}  # target → the routes that failed in this build
             while the_plan.work:
                 results.update(_run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
                                     force_kinds=_force_kinds, timeout=timeout, executor=executor,
@@ -95,7 +96,10 @@ class Project:
                 if not dropped:
                     break
                 _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route
-                the_plan = make_plan(planner, targets or None, force=False, force_kinds=_force_kinds, bench=_bench)
+                for target, record in dropped.items():
+                    dropped_now.setdefault(target, []).append(record["route"])
+                the_plan = make_plan(planner, targets or None, force=False, force_kinds=_force_kinds, bench=_bench,
+                                     dropped_now=dropped_now)
                 _fail_again(the_plan, failed)
                 # What failed or was skipped on the dropped route is judged again on the next one.
                 results = {n: r for n, r in results.items() if n in the_plan.nodes and r.outcome not in (FAILED, SKIPPED)}
@@ -184,13 +188,13 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
 def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> None:
     """A node that already failed in this build under the same key fails again at once, unrun
     (another target's reroute must not repeat a conversion that cannot succeed)."""
-    from buildsys.plan import BLOCKED, RUN
+    from buildsys.plan import BLOCKED, FAILED_EARLIER, RUN
 
     for name, (key, result) in failed.items():
         nplan = the_plan.nodes.get(name)
         if nplan is not None and nplan.action == RUN and nplan.key == key:
             why = "; ".join(result.metrics.get("failures") or [result.error or "failed"])
-            nplan.action, nplan.reasons = BLOCKED, [f"failed earlier in this build: {why}"]
+            nplan.action, nplan.reasons = BLOCKED, [FAILED_EARLIER + why]
 
 
 def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:

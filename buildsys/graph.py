@@ -228,13 +228,16 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             checks.append(Node(name=Bench.node_name(tname), kind=Bench.name, model=target.model, format=target.goal,
                                step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[previous, reference],
                                target=tname, precision=precision))
-    # Name artifact nodes: "model/format", with an identity digest when one model has several
-    # variants, or when a node lies on a fallback route only: its name then differs from the first
-    # route's node of that format, so the lock never mixes the two (whichever route a build takes).
+    # Name artifact nodes: "model/format", with an identity digest when the targets' first routes
+    # hold several variants of it, or when a node lies on a fallback route only: its name then
+    # differs from the first route's node of that format, so the lock never mixes the two. Names
+    # depend on the first routes alone, never on the routes taken: a target that falls back must not
+    # rename the nodes other targets share (their keys name their inputs, so a rename would make
+    # them stale, and a failed route's key could no longer be matched to skip it).
     rename = {}
     for base, idents in chains.items():
         for ident in idents:
-            canonical = len(idents) == 1 and ident in primary.get(base, {ident})
+            canonical = primary.get(base) == {ident}
             rename[ident] = base if canonical else f"{base}~{ident[:6]}"
     nodes: dict[str, Node] = {}
     for ident, node in identities.items():

@@ -258,7 +258,8 @@ def _names_files(step: type) -> bool:
 
 
 def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool = False,
-              force_kinds: tuple[str, ...] = (), bench: bool = False) -> Plan:
+              force_kinds: tuple[str, ...] = (), bench: bool = False,
+              dropped_now: dict[str, list[list[str]]] | None = None) -> Plan:
     """Expand the requested targets and give every node its action and reasons.
 
     A target takes its first candidate route that has not failed under the key it would have now
@@ -266,6 +267,12 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     modelbuild version that failed it): a route is tried again only when something it depends on
     changed, a toolchain upgrade (modelbuild's own included) too. A target
     whose every route failed is blocked, its check listing each route and why it was dropped.
+
+    `dropped_now` (target → routes) are the routes that failed earlier in the same build: they stay
+    dropped whatever key their failing node would have now. Within a build nothing a key depends on
+    changes, but a key is only known once the node's inputs are: a failing node behind one that is
+    not fresh at plan time (restored or rebuilt for the next route) has no key to match its record,
+    and the build would take that route again, and again.
     """
     excluded: dict[str, list[list[str]]] = {}
     dropped: dict[str, list[dict[str, Any]]] = {}
@@ -274,9 +281,11 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
                      excluded=excluded)
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
+        now = dropped_now or {}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
-                 if rec["route"] == dag.routes[t] and rec["key"] in keys and rec.get("modelbuild") == __version__
-                 and t not in dag.exhausted and not force}
+                 if rec["route"] == dag.routes[t] and t not in dag.exhausted
+                 and (rec["route"] in now.get(t, []) or
+                      (rec["key"] in keys and rec.get("modelbuild") == __version__ and not force))}
         if not still:
             break
         for t, rec in still.items():
@@ -344,6 +353,10 @@ def _not_run_here(result: Any) -> bool:
     return bool(not_run_reasons(result.metrics))
 
 
+#: How a node that already failed in this build under the same key is failed again, unrun.
+FAILED_EARLIER = "failed earlier in this build: "
+
+
 def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Targets with several candidate routes whose route failed in a build: target → the record
     deploy.lock keeps ({"route", "node", "key", "reason"}).
@@ -369,7 +382,8 @@ def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, A
             continue  # the host could not run the check (Core ML off macOS, strict): no route would differ
         if failed and plan.nodes[failed[0]].key:
             result = results[failed[0]]
-            why = (result.metrics.get("failures") or [result.error or "failed"])[0]
+            why = str((result.metrics.get("failures") or [result.error or "failed"])[0])
+            why = why.removeprefix(FAILED_EARLIER)  # deploy.lock outlives the build: keep the failure itself
             out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key, "modelbuild": __version__,
                            "reason": str(why).splitlines()[0][:300] if str(why).strip() else "failed"}
     return out

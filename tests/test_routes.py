@@ -160,6 +160,28 @@ def test_no_route_passes_names_every_route_and_is_not_retried(tmp_path: Path) ->
     assert [r["route"] for r in project.lock().routes["t"]["dropped"]] == [PT2_ROUTE]
 
 
+def test_a_target_that_falls_back_leaves_the_nodes_other_targets_share_alone(tmp_path: Path) -> None:
+    # u misses its budget on every route; t shares u's first route's ONNX node and passes. u's fallback
+    # routes add variants of that ONNX node: they must not rename t's (its key names its inputs), or t
+    # is re-checked in each round and a failed route's key no longer matches, so it is taken again.
+    project = Project(tmp_path, "description: passes on its first route\n"
+                                "  u:\n    model: m\n    format: onnx\n    precision: fp16\n"
+                                "    acceptance: {max_size_mb: 0.0001}")
+    proc = project.run("build", "-j", "1")
+    assert proc.returncode == 1 and "no route passes its check" in proc.stdout, proc.stdout + proc.stderr
+    started = [line.split()[1] for line in proc.stdout.splitlines() if line.strip().startswith("started")]
+    assert started.count("verify:t") == 1 and started.count("m/onnx") == 1
+    artifacts = [n for n in started if not n.startswith("verify:")]  # u's one check node judges each route
+    assert len(artifacts) == len(set(artifacts)), f"nodes built twice in one build: {started}"
+    assert len(project.lock().routes["u"]["dropped"]) == len(json.loads(project.run("plan", "--json").stdout)
+                                                              ["candidate_routes"]["u"])
+    plan = project.run("plan").stdout
+    assert "blocked  verify:u" in plan and "stale" not in plan and "cached" not in plan, plan
+    calls = project.calls()
+    again = project.run("build")
+    assert again.returncode == 1 and project.calls() == calls and "started" not in again.stdout
+
+
 def test_via_and_routes_together_are_refused(tmp_path: Path) -> None:
     project = Project(tmp_path, "via: [pt2]\n    routes: [[torchscript]]")
     proc = project.run("plan")
