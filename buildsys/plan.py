@@ -276,12 +276,12 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     """
     excluded: dict[str, list[list[str]]] = {}
     dropped: dict[str, list[dict[str, Any]]] = {}
+    now = dropped_now or {}
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
                      excluded=excluded)
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
-        now = dropped_now or {}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
                  if rec["route"] == dag.routes[t] and t not in dag.exhausted
                  and (rec["route"] in now.get(t, []) or

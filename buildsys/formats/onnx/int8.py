@@ -105,7 +105,7 @@ class OnnxInt8FromOnnx(Step):
             quantized = ctx.out_dir / MODEL_FILE if external else Path(work) / "quantized.onnx"
             try:
                 if opts.method == "static":
-                    self._static(ctx, opts, model_in, quantized, types, external)
+                    self._static(ctx, opts, model_in, quantized, types, external, reduce_range)
                 else:
                     with _lean_quantizer(external):
                         quantize_dynamic(str(model_in), str(quantized), per_channel=opts.per_channel,
@@ -132,7 +132,7 @@ class OnnxInt8FromOnnx(Step):
         return metrics
 
     def _static(self, ctx: StepContext[Options], opts: Options, model_in: Path, out: Path, types: dict[str, Any],
-                external: bool) -> None:
+                external: bool, reduce_range: bool) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
         batch = ctx.data("calibration")
@@ -144,7 +144,7 @@ class OnnxInt8FromOnnx(Step):
         quantize_static(
             str(model_in), str(out), _reader(batch, model_in),
             quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[opts.quant_format],
-            per_channel=opts.per_channel, reduce_range=opts.reduce_range is not False,
+            per_channel=opts.per_channel, reduce_range=reduce_range,
             weight_type=types[opts.weight_type],
             activation_type=types[opts.activation_type],
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
