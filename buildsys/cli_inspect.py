@@ -75,7 +75,9 @@ def explain(config: str, node: str) -> None:
     """Show a node's key components, its lock entry and why it is fresh or stale."""
     from buildsys import report
     from buildsys.errors import PlanError, did_you_mean
+    from buildsys.formats import get_step
     from buildsys.plan import make_plan
+    from buildsys.status import caveats_of
 
     project = open_project(config)
     the_plan = make_plan(project.planner)
@@ -85,6 +87,10 @@ def explain(config: str, node: str) -> None:
     entry = project.planner.lock.nodes.get(node, {})
     out = {"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons, "key": p.key,
            "components": p.components, "lock": entry}
+    notes = get_step(p.node.step).describe_facts(entry.get("facts") or {}) if entry.get("key") == p.key else []
+    notes += [str(c) for c in caveats_of(entry)]
+    if notes:  # what the artifact is, in words (fused ops, a lesser path taken)
+        out["notes"] = notes
     dag = the_plan.dag
     target = p.node.target or next((t for t, n in dag.target_nodes.items() if n == node), "")
     if target in dag.routes:  # a target's check or deliverable: the route taken and the ones dropped

@@ -351,7 +351,7 @@ class Builder:
         if metrics:
             entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
         kind = kind_of(node)
-        entry.update(kind.lock_fields(metrics))
+        entry.update(kind.lock_fields(node, metrics))
         self.lock.nodes[node.name] = entry
         if kind.owns_delivery and kind.outcome(node, metrics).deliver:
             self._deliver(node)

@@ -63,7 +63,7 @@ class NodeKind:
         return Outcome()
 
     @classmethod
-    def lock_fields(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+    def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
         """Fields the lock entry carries for this kind (besides key, components and files)."""
         return {}
 
@@ -72,6 +72,18 @@ class Artifact(NodeKind):
     """A step's output on the route from a model's source to a target's format."""
 
     name = "artifact"
+
+    @classmethod
+    def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
+        """The step's committed facts (`Step.committed_metrics`) and its caveats: what holds of the
+        output on every host, so `explain`, the report and the checks downstream can read it."""
+        from buildsys.formats import get_step
+
+        facts = {k: metrics[k] for k in get_step(node.step).committed_metrics if k in metrics}
+        out: dict[str, Any] = {"facts": facts} if facts else {}
+        if metrics.get("caveats"):
+            out["caveats"] = metrics["caveats"]
+        return out
 
 
 class Reference(NodeKind):
@@ -129,7 +141,7 @@ class Check(NodeKind):
         return Outcome(deliver=True)
 
     @classmethod
-    def lock_fields(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+    def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
         return {"verdict": check_status(metrics)}
 
 
@@ -164,7 +176,7 @@ class Bench(NodeKind):
         return Outcome()
 
     @classmethod
-    def lock_fields(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+    def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
         from buildsys.lock import LOCAL
 
         return {LOCAL: True}

@@ -130,6 +130,10 @@ class Step:
     shipped_files: ClassVar[tuple[Path, ...]] = ()
     Options: ClassVar[type[StepOptions]] = StepOptions
     description: ClassVar[str] = ""
+    #: Metrics that are facts of the output on every host (ONNX Runtime's fused ops): committed to
+    #: deploy.lock beside the key, where `explain` and the report read them. A step's `caveats`
+    #: (buildsys.status: a lesser path than asked) are always committed.
+    committed_metrics: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
@@ -146,6 +150,11 @@ class Step:
     def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
         """Plan-time validation that needs no heavy import; return a problem message or None."""
         return None
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        """The committed facts (`committed_metrics`) in words, for `explain` and the report."""
+        return []
 
     @classmethod
     def host_requirement(cls) -> str | None:

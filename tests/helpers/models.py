@@ -108,8 +108,97 @@ class Lstm(nn.Module):
         return self.fc(out[:, -1])
 
 
+class RMSNorm(nn.Module):
+    """Llama-style RMSNorm: ONNX Runtime fuses it into SimplifiedLayerNormalization."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class RmsMlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(8, 16)
+        self.norm = RMSNorm(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.norm(self.up(x)))
+
+
+class LnGelu(nn.Module):
+    """LayerNorm then GELU: ONNX Runtime fuses the GELU into com.microsoft.Gelu."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(nn.functional.gelu(self.norm(self.up(x))))
+
+
+class CausalAttention(nn.Module):
+    """A transformer block's attention with a causal mask buffer, the common way: torch.jit.trace's
+    structural check fails on the boolean mask although the trace computes exactly what eager does."""
+
+    def __init__(self, float_mask=False):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        mask = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+        if float_mask:
+            mask = torch.zeros(6, 6).masked_fill(mask, float("-inf"))
+        self.register_buffer("causal", mask)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        a, _ = self.attn(h, h, h, attn_mask=self.causal, need_weights=False)
+        return self.head(a + h).mean(1)
+
+
+class Branchy(nn.Module):
+    """Real data-dependent control flow: a trace records one branch only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x) * 3
+
+
 def lstm():
     return Lstm()
+
+
+def rms_mlp():
+    return RmsMlp()
+
+
+def ln_gelu():
+    return LnGelu()
+
+
+def causal_attention():
+    return CausalAttention()
+
+
+def causal_attention_float():
+    return CausalAttention(float_mask=True)
+
+
+def branchy():
+    return Branchy()
 
 
 def mlp(hidden=32):
@@ -161,6 +250,16 @@ KINDS: dict[str, dict[str, Any]] = {
                     "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "lstm": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 20, 6]}],
              "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
+    "rms": {"factory": "rms_mlp", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+            "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
+    "ln-gelu": {"factory": "ln_gelu", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
+    "causal": {"factory": "causal_attention", "inputs": [{"name": "x", "shape": ["batch", 6, 8]}],
+               "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
+    "causal-float": {"factory": "causal_attention_float", "inputs": [{"name": "x", "shape": ["batch", 6, 8]}],
+                     "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
+    "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
+                "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],
                "outputs": [{"name": "y", "kind": "values"}], "classes": 0, "vocab": 50},
     "cell": {"factory": "lstm_cell", "inputs": [{"name": "x", "shape": ["batch", 8]}, {"name": "h", "shape": ["batch", 32]},

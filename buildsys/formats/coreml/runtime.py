@@ -220,9 +220,11 @@ class CoreML(Runtime):
                 problems.append(f"{side} are {got}, the signature says {want}")
         half = facts.get("compute_precision") == "float16"
         if fmt == "coreml" and half:
-            problems.append("format coreml promises float32 compute, but the weights are float16")
+            problems.append(f"format coreml promises float32 compute, but {facts['weight_dtypes']['float16']['tensors']} "
+                            "weight tensor(s) are float16")
         if fmt in ("coreml-fp16", "coreml-int8") and not half and not facts.get("weights_compressed"):
-            problems.append(f"format {fmt} promises float16 compute, but the program computes in float32")
+            problems.append(f"format {fmt} promises float16 compute, but no weight of the program is float16 "
+                            "and none is compressed")
         if fmt == "coreml-int8" and not facts.get("weights_compressed"):
             problems.append("format coreml-int8 promises compressed weights, but no weight is compressed")
         keep = ("spec_version", "minimum_deployment_target", "inputs", "outputs", "compute_precision",

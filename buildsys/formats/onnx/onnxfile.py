@@ -1,11 +1,13 @@
 """What every ONNX-producing step of the family (and the layouts that ship an ONNX model) shares:
 saving with or without the external-data side file, a readable copy of a hard-linked model,
-naming dynamic axes after the signature, and the checker with the signature's I/O names.
+naming dynamic axes after the signature, and the validity check (by `onnx.checker`, or by ONNX
+Runtime for a file that holds its own ops) with the signature's I/O names.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,19 +103,65 @@ def name_axes(path: Path, ctx: StepContext) -> None:
     onnx.save_model(proto, str(path))  # external tensors keep their references to the side file
 
 
+def runtime_specific_ops(proto: "onnx.ModelProto") -> dict[str, int]:
+    """Op types of the graph that the ONNX standard does not define at the model's opsets, with counts:
+    ONNX Runtime's fused and contrib ops (`SimplifiedLayerNormalization`, `com.microsoft.Gelu`). A file
+    holding any is meant for ONNX Runtime alone, and only ONNX Runtime can judge it."""
+    import onnx.defs
+
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    counts: Counter[str] = Counter()
+    for node in proto.graph.node:
+        domain = node.domain or ""
+        standard = domain in ("", "ai.onnx", "ai.onnx.ml")
+        version = opsets.get(domain, opsets.get("", 1))
+        if not standard or not onnx.defs.has(node.op_type, max_inclusive_version=version, domain=domain):
+            counts[f"{domain}.{node.op_type}" if domain else node.op_type] += 1
+    return dict(sorted(counts.items()))
+
+
+def op_counts(proto: "onnx.ModelProto") -> Counter[str]:
+    """How many nodes of each op type (domain-qualified outside the standard domain) the graph has."""
+    return Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+
+
+def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto") -> dict[str, int]:
+    """Judge the file by the runtime it is for: `onnx.checker` for standard ONNX; an ONNX Runtime
+    session (with its optimizer off, so the file is judged as written) when it holds ONNX Runtime's
+    own ops, which the checker does not know and would reject. Returns those ops, with counts."""
+    import onnx
+
+    specific = runtime_specific_ops(proto)
+    if not specific:
+        try:
+            onnx.checker.check_model(str(path))  # by path: works with external data and past 2 GB
+        except onnx.checker.ValidationError as exc:
+            raise step.fail(ctx, f"the ONNX model is invalid: {str(exc).strip().splitlines()[0]}") from exc
+        return specific
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ops = ", ".join(f"{op} ×{n}" for op, n in specific.items())
+        raise step.fail(ctx, f"ONNX Runtime cannot load the model, which uses its own ops ({ops}): {first}") from exc
+    return specific
+
+
 def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dict[str, Any]:
-    """Checker + signature names for a written ONNX file; returns the step's metrics.
+    """Validity (see `_validate`) + signature names for a written ONNX file; returns the step's metrics.
 
     `exact`: the graph's inputs must be exactly the signature's (a given file); an exporter may
     legitimately drop an input the model never reads.
     """
     import onnx
 
-    try:
-        onnx.checker.check_model(str(path))  # by path: works with external data and past 2 GB
-    except onnx.checker.ValidationError as exc:
-        raise step.fail(ctx, f"the ONNX model is invalid: {str(exc).strip().splitlines()[0]}") from exc
     proto = onnx.load(str(path), load_external_data=False)
+    specific = _validate(step, ctx, path, proto)
     inputs, outputs = graph_io(proto)
     want_in = [i.name for i in ctx.model.inputs]
     want_out = [o.name for o in ctx.model.outputs]
@@ -123,5 +171,8 @@ def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dic
                              f"the signature declares inputs [{', '.join(want_in)}] and outputs [{', '.join(want_out)}]")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     files = [path, path.with_name(SIDE_FILE)]
-    return {"opset": opset, "bytes": sum(f.stat().st_size for f in files if f.exists()),
-            "external_data": path.with_name(SIDE_FILE).exists()}
+    metrics: dict[str, Any] = {"opset": opset, "bytes": sum(f.stat().st_size for f in files if f.exists()),
+                               "external_data": path.with_name(SIDE_FILE).exists()}
+    if specific:  # the file runs in ONNX Runtime only: say which of its ops tie it there
+        metrics["onnxruntime_ops"] = specific
+    return metrics
