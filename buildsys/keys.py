@@ -11,6 +11,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -78,33 +79,70 @@ def nvidia_gpu() -> NvidiaGpu | None:
     return NvidiaGpu(name=chosen[2], compute_capability=chosen[3]) if chosen else None
 
 
-#: Artifact steps whose output depends on the host beyond their options, inputs and toolchain,
-#: keyed by step name → predicate on the node's (defaults-filled) options. Most converters only
-#: rewrite a graph (tracing, export, ONNX/TFLite/Core ML serialization, fp16 casts, dynamic
-#: quantization): the same inputs and package versions give the same bytes on any OS, so their keys
-#: stay platform-free and deploy.lock keeps agreeing across machines. Two kinds of step do not:
-#: - ORT's `all` optimization level writes layout transforms for the CPU it ran on (ORT warns that
-#:   the result is hardware specific);
-#: - calibrating quantizers run the float model on the host's kernels to choose activation ranges,
-#:   and those kernels differ per architecture (AVX vs NEON), so the scales can differ in the last
-#:   bits. These are recognized by their calibration data set (see `platform_bound`), not listed.
-PLATFORM_BOUND_STEPS = {
-    "onnx-optimized-from-onnx": lambda options: options.get("level") == "all",
+class HostBinding(IntEnum):
+    """How much of the host a node's result depends on beyond its inputs and package versions. A
+    node's key names what it is bound to (`platform`, then `cpu`), so a result never travels,
+    through the lock or a shared cache, to a host where it may not hold."""
+
+    PORTABLE = 0  # the same inputs and packages give the same bytes on any OS and CPU (most converters)
+    PLATFORM = 1  # the OS and CPU architecture matter (calibration on this host's kernels, a check's verdict)
+    CPU_CLASS = 2  # the CPU's instruction-set class matters too: int8 kernels (VNNI, AVX-512, AMX; dotprod, i8mm)
+
+
+#: The /proc/cpuinfo flags that select different kernels in the CPU runtimes (ONNX Runtime's MLAS,
+#: oneDNN in OpenVINO, XNNPACK), by the name the class shows: int8 dot products (VNNI, dotprod,
+#: i8mm), vector width (AVX-512, SVE), half and bfloat16 arithmetic, matrix units (AMX, SME).
+CPU_FEATURES = {
+    "x86_64": (("avx2", "avx2"), ("avx512", "avx512f"), ("avx512-vnni", "avx512_vnni"), ("avx-vnni", "avx_vnni"),
+               ("avx512-bf16", "avx512_bf16"), ("avx512-fp16", "avx512_fp16"), ("amx", "amx_int8")),
+    "aarch64": (("dotprod", "asimddp"), ("i8mm", "i8mm"), ("fp16", "asimdhp"), ("bf16", "bf16"), ("sve", "sve"),
+                ("sve2", "sve2"), ("sme", "sme")),
 }
+#: The same features as macOS's sysctl names them (hw.optional.*).
+_MACOS_FEATURES = {"dotprod": "arm.FEAT_DotProd", "i8mm": "arm.FEAT_I8MM", "fp16": "arm.FEAT_FP16",
+                   "bf16": "arm.FEAT_BF16", "sme": "arm.FEAT_SME", "avx2": "avx2_0", "avx512": "avx512f",
+                   "avx512-vnni": "avx512vnni"}
 
 
-def platform_bound(step: str, options: dict[str, Any], data_sets: tuple[str, ...] | list[str], judges: bool) -> bool:
-    """Whether a node's result depends on the host's OS/architecture (its key then names them).
+@lru_cache(maxsize=1)
+def cpu_class() -> str:
+    """This CPU's instruction-set class as its int8/fp16 kernels see it, e.g. 'avx2',
+    'avx2+avx512+avx512-vnni', 'dotprod+fp16+i8mm'; 'baseline' when it has none of them, 'unknown'
+    where the OS does not say. Read from /proc/cpuinfo (Linux) or sysctl (macOS), no import."""
+    machine = platform.machine().lower()
+    arch = "aarch64" if machine in ("arm64", "aarch64") else "x86_64" if machine in ("x86_64", "amd64") else machine
+    wanted = CPU_FEATURES.get(arch, ())
+    if sys.platform == "darwin":
+        names = [n for n, _ in wanted if n in _MACOS_FEATURES]
+        try:
+            out = subprocess.run(["sysctl", "-n", *(f"hw.optional.{_MACOS_FEATURES[n]}" for n in names)],
+                                 capture_output=True, text=True, timeout=5, check=False).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+        present = {n for n, v in zip(names, out) if v.strip() == "1"}
+    else:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f
+                              if line.startswith(("flags", "Features"))), None)
+        except OSError:
+            flags = None
+        if flags is None:
+            return "unknown"
+        present = {n for n, flag in wanted if flag in flags}
+    return "+".join(n for n, _ in wanted if n in present) or "baseline"
 
-    A judging node (a check) always does: its verdict is an observation of the artifact in this
-    host's runtime, which may not run at all elsewhere (Core ML's numeric check needs macOS) or may
-    round differently (another CPU's kernels), so one host kind must not lend its verdict to
-    another through a shared cache. Benchmarks already name the whole host.
-    """
-    if judges or "calibration" in data_sets:
-        return True
-    predicate = PLATFORM_BOUND_STEPS.get(step)
-    return bool(predicate and predicate(options))
+
+def host_parts(binding: HostBinding) -> dict[str, str]:
+    """The key components that bind a node to this host: {} for a portable result, `platform` (OS
+    and architecture) for a platform-bound one, and `cpu` (the instruction-set class) too for one
+    bound to the CPU class."""
+    parts: dict[str, str] = {}
+    if binding >= HostBinding.PLATFORM:
+        parts["platform"] = host_platform()
+    if binding >= HostBinding.CPU_CLASS:
+        parts["cpu"] = cpu_class()
+    return parts
 
 
 def action_key(components: dict[str, Any]) -> str:
@@ -117,7 +155,7 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     Component conventions: `step`/`step_version`, `options` (flat dict), `inputs` (role → digest,
     e.g. 'weights', 'code', 'data calibration', 'upstream digits/onnx'), `signature`, `toolchain`
-    (package → version), `acceptance` (checks only), `platform` (host-dependent nodes only), `device`
+    (package → version), `acceptance` (checks only), `platform` and `cpu` (host-bound nodes only), `device`
     (`Step.host_components`: the GPU and TensorRT an engine is built for).
     """
     reasons: list[str] = []
@@ -147,11 +185,14 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         reasons.append("tolerance changed")
     if old.get("platform") != new.get("platform"):
         reasons.append(f"platform {old.get('platform') or 'any'}→{new.get('platform') or 'any'}")
+    if old.get("cpu") != new.get("cpu"):  # a verdict measured on another CPU class is measured again
+        reasons.append(f"cpu class {old.get('cpu') or 'any'}→{new.get('cpu') or 'any'}")
     old_dev, new_dev = old.get("device") or {}, new.get("device") or {}
     for part in sorted(set(old_dev) | set(new_dev)):  # an engine built for another GPU / TensorRT
         if old_dev.get(part) != new_dev.get(part):
             reasons.append(f"{part} {old_dev.get(part, 'none')}→{new_dev.get(part, 'none')}")
-    known = {"step", "step_version", "options", "inputs", "signature", "toolchain", "acceptance", "platform", "device"}
+    known = {"step", "step_version", "options", "inputs", "signature", "toolchain", "acceptance", "platform", "cpu",
+             "device"}
     for extra in sorted((set(old) | set(new)) - known):
         if old.get(extra) != new.get(extra):
             reasons.append(f"{extra} changed")

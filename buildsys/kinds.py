@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.graph import Node
+    from buildsys.keys import HostBinding
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class NodeKind:
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
         """Kind-specific fields of the worker request (`source`: the model's source file, if any)."""
         return {}
+
+    @classmethod
+    def host_binding(cls, node: "Node") -> "HostBinding | None":
+        """How much of the host this kind's result depends on (keys.HostBinding); None: as its step says."""
+        return None
 
     @classmethod
     def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
@@ -135,6 +141,19 @@ class Check(NodeKind):
         return {"format": node.format}
 
     @classmethod
+    def host_binding(cls, node: "Node") -> "HostBinding":
+        """A verdict is an observation of the artifact in this host's runtime, which may not run at all
+        elsewhere (Core ML's numeric check needs macOS) or may round differently: one host kind never
+        lends its verdict to another. For a quantized or half-precision artifact the CPU's
+        instruction-set class matters too: int8 kernels differ with and without VNNI / AVX-512
+        (examples/digits: cosine 0.78 on an AVX2-only CPU with 8-bit weights, 0.9996 with 7). An fp32
+        verdict is shared across CPU classes: fp32 kernels differ only in summation order (~1e-6
+        relative), two orders of magnitude under the fp32 default tolerance."""
+        from buildsys.keys import HostBinding
+
+        return HostBinding.PLATFORM if node.precision == "fp32" else HostBinding.CPU_CLASS
+
+    @classmethod
     def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
         if metrics.get("passed") is False and node.options.get("on_fail") != "warn":
             return Outcome(failed=True, what="acceptance not met", withdraw=True)
@@ -156,6 +175,12 @@ class Bench(NodeKind):
     @staticmethod
     def node_name(target: str) -> str:
         return f"bench:{target}"
+
+    @classmethod
+    def host_binding(cls, node: "Node") -> "HostBinding":
+        from buildsys.keys import HostBinding
+
+        return HostBinding.CPU_CLASS
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:

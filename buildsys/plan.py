@@ -164,8 +164,7 @@ class Planner:
         device = step.host_components()
         if device:  # what the output is only valid for (a TensorRT engine: GPU model, TensorRT)
             comp["device"] = device
-        if not kind.host_bound and keys.platform_bound(step.name, node.options, node.data_sets, kind.judges):
-            comp["platform"] = keys.host_platform()
+        comp.update(keys.host_parts(kind.host_binding(node) or step.host_binding(node.options, node.data_sets)))
         comp["inputs"] = inputs
         comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
         comp["toolchain"] = keys.toolchain(packages)

@@ -80,7 +80,33 @@ def candidate_routes(source: str, family: str, precision: str, via: list[str], r
         others = nx.all_simple_paths(format_graph(), source, first[-1], cutoff=len(first) + 2)
         ordered = sorted((p for p in others if p != first), key=lambda p: (route_cost(p), len(p), p))
         paths = [first, *ordered][:MAX_PATHS]
-    return [*paths, *_alternatives(paths, options or {})][:MAX_ROUTES]
+    found = [*paths, *_alternatives(paths, options or {})][:MAX_ROUTES]
+    # A route that cannot honour an option the target sets is no candidate: a fallback must never
+    # deliver something other than what was asked (another opset, another exporter). With none left,
+    # the first route stays, so that expansion names the option it rejects (file:line, field).
+    return [r for r in found if honours(r, options or {})] or found[:1]
+
+
+def honours(route: list[str], options: dict[str, Any]) -> bool:
+    """Whether every option the target sets (format → options) applies on `route`: each format it
+    names is made on the route, by a step whose options model accepts them."""
+    from pydantic import ValidationError
+
+    g = format_graph()
+    stops = [hop(stop) for stop in route]
+    made = {fmt: (stops[i - 1][0], label) for i, (fmt, label) in enumerate(stops) if i}
+    for fmt, given in options.items():
+        if fmt not in made:
+            return False
+        if not isinstance(given, dict):
+            continue  # not a mapping: expansion reports it, naming the field
+        before, label = made[fmt]
+        step = steps()[g.edges[before, fmt]["step"]]
+        try:
+            step.Options.model_validate({**given, **step.alternatives[label]} if label else given)
+        except ValidationError:
+            return False
+    return True
 
 
 def _alternatives(paths: list[list[str]], options: dict[str, Any]) -> list[list[str]]:

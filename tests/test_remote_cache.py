@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.formats import get_step
 from buildsys.hashing import StatCache, digest_file
-from buildsys.keys import explain, host_platform, platform_bound
+from buildsys.keys import HostBinding, explain, host_platform
 from buildsys.lock import Lock
 from buildsys.remote import Remote, settings
 from buildsys.store import Store
@@ -320,13 +321,16 @@ def test_unknown_protocol_is_a_clear_error() -> None:
 
 
 def test_only_host_dependent_results_name_the_platform() -> None:
-    assert not platform_bound("torchscript-from-pytorch", {}, ("example",), judges=False)
-    assert not platform_bound("onnx-int8-from-onnx", {"method": "dynamic"}, (), judges=False)
-    assert platform_bound("onnx-int8-from-onnx", {"method": "static"}, ("calibration",), judges=False)
-    assert platform_bound("tflite-int8-from-saved-model", {"mode": "full"}, ("calibration",), judges=False)
-    assert platform_bound("onnx-optimized-from-onnx", {"level": "all"}, (), judges=False)
-    assert not platform_bound("onnx-optimized-from-onnx", {"level": "extended"}, (), judges=False)
-    assert platform_bound("check", {}, (), judges=True)
+    def binding(step: str, options: dict, data_sets: tuple[str, ...] = ()) -> HostBinding:
+        return get_step(step).host_binding(options, data_sets)
+
+    assert binding("torchscript-from-pytorch", {}, ("example",)) is HostBinding.PORTABLE
+    assert binding("onnx-int8-from-onnx", {"method": "dynamic"}) is HostBinding.PORTABLE
+    assert binding("onnx-int8-from-onnx", {"method": "static"}, ("calibration",)) is HostBinding.PLATFORM
+    assert binding("tflite-int8-from-saved-model", {"mode": "full"}, ("calibration",)) is HostBinding.PLATFORM
+    assert binding("onnx-optimized-from-onnx", {"level": "all"}) is HostBinding.CPU_CLASS
+    assert binding("onnx-optimized-from-onnx", {"level": "extended"}) is HostBinding.PORTABLE
+    assert binding("openvino-int8-from-openvino", {"max_accuracy_drop": 0.01}, ("calibration",)) is HostBinding.CPU_CLASS
     assert host_platform().count("-") >= 1
     assert explain({"step": "check", "platform": "linux-x86_64"}, {"step": "check", "platform": "darwin-arm64"}) == \
         ["platform linux-x86_64→darwin-arm64"]
@@ -341,3 +345,5 @@ def test_plan_keys_checks_by_platform_but_not_converters(tmp_path: Path, remote_
     for node in expand(planner.config).order():
         components = planner.components(node, {d: "0" * 64 for d in node.deps})
         assert ("platform" in components) == (node.kind == "check"), node.name
+        # an int8 verdict names the CPU's instruction-set class; an fp32 one the OS and architecture only
+        assert ("cpu" in components) == (node.kind == "check" and node.precision == "int8"), node.name

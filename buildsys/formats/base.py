@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.data import Batch
     from buildsys.errors import StepError
+    from buildsys.keys import HostBinding
 
 
 class StepOptions(BaseModel):
@@ -163,6 +164,19 @@ class Step:
         Cheap (no toolchain import): `plan` asks it of every node. A node whose step (or an upstream
         node's) answers is listed as blocked with this reason and never started by `build`."""
         return None
+
+    @classmethod
+    def host_binding(cls, options: dict[str, Any], data_sets: tuple[str, ...]) -> "HostBinding":
+        """How much of this host the output depends on (keys.HostBinding), from the node's options (as
+        JSON, defaults filled in) and the data sets it reads. Most converters only rewrite a graph:
+        the same inputs and packages give the same bytes anywhere, so their keys stay host-free and
+        deploy.lock keeps agreeing across machines. A calibrating quantizer runs the float model on
+        this host's kernels to choose its ranges, and those differ per architecture (AVX vs NEON) in
+        the last bits: platform-bound. A step that evaluates a quantized model here to decide what
+        it makes (NNCF's accuracy control) depends on the CPU's int8 kernels: CPU-class-bound."""
+        from buildsys.keys import HostBinding
+
+        return HostBinding.PLATFORM if "calibration" in data_sets else HostBinding.PORTABLE
 
     @classmethod
     def host_components(cls) -> dict[str, str]:

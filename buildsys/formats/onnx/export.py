@@ -159,8 +159,14 @@ PROTOBUF_LIMIT = 2**31  # bytes: protobuf cannot serialize a larger message, so 
 
 
 # Field factories: each options model gets its own FieldInfo.
-def _opset() -> Any:
-    return Field(default=18, ge=7, description="ONNX opset version to export to.")
+#: The opsets torch 2.13's exporters write (torch.onnx._constants; a test holds these to the installed torch):
+#: the legacy TorchScript-based exporter 7–20, the dynamo exporter up to 23.
+MIN_OPSET, LEGACY_MAX_OPSET, DYNAMO_MAX_OPSET = 7, 20, 23
+
+
+def _opset(high: int) -> Any:
+    return Field(default=18, ge=MIN_OPSET, le=high, description=f"ONNX opset version to export to ({MIN_OPSET}–{high}); "
+                 "the artifact is checked to carry exactly this opset.")
 
 
 def _dynamic_axes() -> Any:
@@ -186,6 +192,7 @@ class OnnxFromPyTorch(Step):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
+    version = 2  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently)
     consumes = ("pytorch",)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
@@ -193,7 +200,7 @@ class OnnxFromPyTorch(Step):
     description = "torch.onnx.export of the factory's module."
 
     class Options(StepOptions):
-        opset: int = _opset()
+        opset: int = _opset(DYNAMO_MAX_OPSET)
         dynamo: bool = Field(
             default=False, description="Use the torch.export-based exporter (dynamo=True). The default, the legacy "
             "TorchScript-based exporter, writes one self-contained file and handles more models today.")
@@ -205,6 +212,9 @@ class OnnxFromPyTorch(Step):
         def _external_needs_dynamo(self) -> "OnnxFromPyTorch.Options":
             if self.external_data and not self.dynamo:
                 raise ValueError("external_data needs dynamo: true (the legacy exporter writes one file)")
+            if self.opset > LEGACY_MAX_OPSET and not self.dynamo:
+                raise ValueError(f"opset {self.opset} needs dynamo: true (the legacy exporter writes opsets "
+                                 f"{MIN_OPSET}–{LEGACY_MAX_OPSET})")
             return self
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
@@ -223,7 +233,7 @@ class OnnxFromPyTorch(Step):
                                   dynamic=opts.dynamic_axes)
         else:
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
-        return {**finish(self, ctx, path), "exporter": "dynamo" if opts.dynamo else "legacy"}
+        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if opts.dynamo else "legacy"}
 
 
 @register
@@ -238,7 +248,7 @@ class OnnxFromTorchScript(Step):
     description = "torch.onnx.export(dynamo=False) of a TorchScript module."
 
     class Options(StepOptions):
-        opset: int = _opset()
+        opset: int = _opset(LEGACY_MAX_OPSET)
         dynamic_axes: bool = _dynamic_axes()
         do_constant_folding: bool = _folding()
 
@@ -246,7 +256,7 @@ class OnnxFromTorchScript(Step):
         opts = ctx.options
         module = load_input(self, ctx)
         path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
-        return {**finish(self, ctx, path), "exporter": "legacy"}
+        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "legacy"}
 
 
 @register
@@ -254,6 +264,7 @@ class OnnxFromPt2(Step):
     """Export a torch.export program (.pt2) to ONNX with the dynamo exporter; its dynamic dims carry over."""
 
     name = "onnx-from-pt2"
+    version = 2  # 2: the written opset must be the one asked for
     consumes = ("pt2", "pt2-file")
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
@@ -261,7 +272,7 @@ class OnnxFromPt2(Step):
     description = "torch.onnx.export(dynamo=True) of an ExportedProgram."
 
     class Options(StepOptions):
-        opset: int = _opset()
+        opset: int = _opset(DYNAMO_MAX_OPSET)
         external_data: bool = _external()
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
@@ -274,7 +285,7 @@ class OnnxFromPt2(Step):
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{type(exc).__name__}") from exc
         path = _dynamo_export(self, ctx, program, opts.opset, opts.external_data)
-        return {**finish(self, ctx, path), "exporter": "dynamo"}
+        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo"}
 
 
 @register

@@ -152,11 +152,12 @@ def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto"
     return specific
 
 
-def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dict[str, Any]:
+def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False, opset: int | None = None) -> dict[str, Any]:
     """Validity (see `_validate`) + signature names for a written ONNX file; returns the step's metrics.
 
     `exact`: the graph's inputs must be exactly the signature's (a given file); an exporter may
-    legitimately drop an input the model never reads.
+    legitimately drop an input the model never reads. `opset`: the opset the target asked for, which
+    the file must carry (the dynamo exporter silently writes 18 when it cannot convert to the one asked).
     """
     import onnx
 
@@ -169,9 +170,11 @@ def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False) -> dic
     if bad_in or not set(want_out) <= set(outputs):
         raise step.fail(ctx, f"the ONNX graph has inputs [{', '.join(inputs)}] and outputs [{', '.join(outputs)}] but "
                              f"the signature declares inputs [{', '.join(want_in)}] and outputs [{', '.join(want_out)}]")
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:
+        raise step.fail(ctx, f"the exporter wrote opset {written}, not the opset {opset} the target asks for")
     files = [path, path.with_name(SIDE_FILE)]
-    metrics: dict[str, Any] = {"opset": opset, "bytes": sum(f.stat().st_size for f in files if f.exists()),
+    metrics: dict[str, Any] = {"opset": written, "bytes": sum(f.stat().st_size for f in files if f.exists()),
                                "external_data": path.with_name(SIDE_FILE).exists()}
     if specific:  # the file runs in ONNX Runtime only: say which of its ops tie it there
         metrics["onnxruntime_ops"] = specific

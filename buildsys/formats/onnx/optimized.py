@@ -18,6 +18,7 @@ from pydantic import Field
 from buildsys.errors import StepError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.keys import HostBinding
 from buildsys.status import Caveat, CaveatKind
 
 ONNX_OPTIMIZED = register_format(Format(
@@ -46,6 +47,12 @@ class OnnxOptimizedFromOnnx(Step):
             "ONNX). 'extended': plus fusions into ONNX Runtime contrib ops (com.microsoft domain: runs only "
             "in ONNX Runtime). 'all': plus hardware-specific layout optimizations (NCHWc) tied to this "
             "machine's CPU: the file should only be run where it was optimized.")
+
+    @classmethod
+    def host_binding(cls, options: dict[str, Any], data_sets: tuple[str, ...]) -> HostBinding:
+        # 'all' writes layout transforms (NCHWc blocks) for the vector width of the CPU it ran on;
+        # ONNX Runtime warns that the result is hardware specific.
+        return HostBinding.CPU_CLASS if options.get("level") == "all" else HostBinding.PORTABLE
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
