@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from buildsys import __version__
 from buildsys.errors import ConfigError, ModelbuildError, did_you_mean
 from buildsys.kinds import Bench, Check
+from buildsys.status import CaveatKind, target_status
 from buildsys.verify import not_run_reasons
 
 MANIFEST = "manifest.json"
@@ -82,6 +83,9 @@ class Artifact(_M):
     toolchain: dict[str, str]
     acceptance: dict[str, Any] = Field(description="Resolved acceptance the check applied.")
     check: dict[str, Any] = Field(description="Observed check metrics: passed, not_run, outputs.")
+    status: dict[str, Any] = Field(default_factory=dict, description="The target's status as every output words "
+                                   "it: `status` (words), `verdict`, and `caveats` (parts not run, lesser paths taken, "
+                                   "a route fallback), each with kind, what, why and source.")
     bench: dict[str, Any] = Field(default_factory=dict, description="Latency measured by `modelbuild bench` "
                                   "(p50/p95, throughput, peak memory, eager side by side), when measured.")
     reference: str = Field(description="Archive path of the reference inputs/outputs used by the check.")
@@ -129,10 +133,12 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
         metrics = check.get("metrics", {})
         if not check or metrics.get("passed") is False:
             raise BundleError(f"target '{target}' has not passed its check", hint=f"run: modelbuild build {target}")
-        not_run = not_run_reasons(metrics)
-        if not_run and bundle.require_numeric:
-            raise BundleError(f"target '{target}': {not_run[0]}, and bundle '{name}' sets require_numeric",
-                              hint="build the bundle on a host that can run it")
+        status = target_status(check, delivered=target in lock.targets, route=lock.targets.get(target, {}).get("route"),
+                               dropped=lock.routes.get(target, {}).get("dropped", []))
+        short = not_run_reasons(metrics) + [str(c) for c in status.caveats if c.strict and c.kind is not CaveatKind.NOT_RUN]
+        if short and bundle.require_numeric:
+            raise BundleError(f"target '{target}': {short[0]}, and bundle '{name}' sets require_numeric",
+                              hint="build the bundle on a host that can run every check in full")
         node = dag.nodes[dag.target_nodes[target]]
         model = cfg.project.models[node.model]
         if node.model not in references:
@@ -156,7 +162,7 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
             dropped_routes=[DroppedRoute(route=r["route"], node=r["node"], reason=r["reason"])
                             for r in lock.routes.get(target, {}).get("dropped", [])],
             toolchain={k: v for c in chain for k, v in c.toolchain.items()},
-            acceptance=check.get("components", {}).get("acceptance", {}), check=metrics,
+            acceptance=check.get("components", {}).get("acceptance", {}), check=metrics, status=status.as_dict(),
             bench=lock.nodes.get(Bench.node_name(target), {}).get("metrics", {}),
             reference=references[node.model], model_config=model.model_dump(mode="json")))
     manifest = Manifest(bundle=name, version=bundle.version, description=bundle.description, modelbuild=__version__,

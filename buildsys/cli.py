@@ -32,6 +32,9 @@ class Cli(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt, SystemExit):
             raise
+        except BrokenPipeError:  # the reader went away (`modelbuild doctor | head`): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as exc:
             ctx.exit(_internal_error(exc))
 

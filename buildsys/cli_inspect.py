@@ -155,11 +155,15 @@ def schema(steps: bool, markdown: bool) -> None:
 
 
 @click.command()
-def doctor() -> None:
-    """Show which toolchains and runtimes are usable on this host."""
+@click.option("--install-os-packages", is_flag=True, help="First apt-get install the Debian packages whose programs "
+              "the runtimes need and this host lacks (Chromium, Java, npm); fails (exit 1) when that cannot be done.")
+def doctor(install_os_packages: bool) -> None:
+    """Show which toolchains and runtimes are usable on this host (and install the OS packages they lack)."""
     from buildsys.keys import package_version
     from buildsys.formats import runtimes, steps
 
+    if install_os_packages:
+        _install_os_packages()
     # Every package a step or runtime declares (what enters keys), so a new format needs no edit here.
     packages = sorted({p for s in steps().values() for p in s.packages} | {p for r in runtimes().values() for p in r.packages})
     width = max(map(len, packages))
@@ -170,6 +174,36 @@ def doctor() -> None:
     for name, cls in sorted(runtimes().items()):
         why = cls().unavailable()
         click.echo(f"  {name:<{width}} {'ok' if why is None else 'unavailable: ' + why}")
+
+
+def _install_os_packages() -> None:
+    """apt-get install the Debian packages (Runtime.os_packages) whose programs are not on PATH, for the
+    runtimes this host can have; a failure is an error (exit 1), never a check that quietly skips."""
+    import os
+    import shutil
+    import subprocess
+
+    from buildsys.errors import ModelbuildError
+    from buildsys.formats import runtimes
+
+    wanted = {package: program for cls in runtimes().values() if not cls().out_of_reach()
+              for program, package in cls.os_packages.items() if shutil.which(program) is None}
+    if not wanted:
+        click.echo("OS packages: every program the runtimes need is on PATH")
+        return
+    command = ["apt-get", "install", "-y", "-qq", *sorted(wanted)]
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise ModelbuildError(f"missing programs: {', '.join(sorted(wanted.values()))}",
+                              hint="install them as root: apt-get update && " + " ".join(command))
+    click.echo(f"OS packages: installing {', '.join(sorted(wanted))} (for {', '.join(sorted(wanted.values()))})")
+    for step in (["apt-get", "update", "-qq"], command):
+        done = subprocess.run(step, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise ModelbuildError(f"{' '.join(step)} failed (exit {done.returncode}): {tail}")
+    still = sorted(program for program in wanted.values() if shutil.which(program) is None)
+    if still:
+        raise ModelbuildError(f"installed {', '.join(sorted(wanted))}, but {', '.join(still)} is still not on PATH")
 
 
 COMMANDS = [report, graph, explain, clean, gc, schema, doctor]

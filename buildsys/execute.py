@@ -293,6 +293,7 @@ class Builder:
         kind = kind_of(node)
         if kind.judges:  # deps are [artifact, reference]
             extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref", inputs))
+            extra["caveats"] = (nplan.components or {}).get("caveats", [])  # the artifact chain's (keyed)
         source = _source_path(cfg.root, model)
         extra.update(kind.request_extra(node, model, str(source) if source else None))
         self.log_dir.mkdir(parents=True, exist_ok=True)

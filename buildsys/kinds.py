@@ -161,7 +161,14 @@ class Check(NodeKind):
 
     @classmethod
     def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
-        return {"verdict": check_status(metrics)}
+        """The verdict and its caveats hold on every host of one kind (the key names it), so the lock
+        commits them; the observed numbers behind them go to the build record."""
+        from buildsys.status import verdict_of
+
+        fields: dict[str, Any] = {"verdict": str(verdict_of(metrics))}
+        if metrics.get("caveats"):
+            fields["caveats"] = metrics["caveats"]
+        return fields
 
 
 class Bench(NodeKind):
@@ -212,27 +219,6 @@ KINDS: dict[str, type[NodeKind]] = {k.name: k for k in (Artifact, Reference, Che
 
 def kind_of(node: "Node") -> type[NodeKind]:
     return KINDS[node.kind]
-
-
-# --- one status vocabulary for the summary, the report, the lock and JSON ------------------------
-
-PASSED, WARNED, NOT_RUN, STRUCTURE_ONLY, UNVERIFIED = (
-    "passed", "missed (warn)", "not run", "structure ok, numeric not run", "unverified")
-
-
-def check_status(metrics: dict[str, Any]) -> str:
-    """A check's outcome in the words every output uses. Holds on every host of one kind (so the
-    lock commits it); the observed numbers behind it are in the build record."""
-    if not metrics:
-        return UNVERIFIED
-    if metrics.get("not_run") and metrics.get("passed") is not False:
-        return STRUCTURE_ONLY if metrics.get("structure") else NOT_RUN
-    if metrics.get("passed") is True:
-        serving = metrics.get("serving") or {}
-        if serving:
-            return f"{PASSED}, served" if serving.get("passed") else f"{PASSED}, serving not run"
-        return PASSED
-    return WARNED if metrics.get("passed") is False else UNVERIFIED
 
 
 def _runtime_packages(runtime: str | None) -> list[str]:

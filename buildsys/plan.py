@@ -161,7 +161,9 @@ class Planner:
         for i, dep in enumerate(node.deps):
             inputs["reference" if kind.judges and i == 1 else f"upstream {dep}"] = upstream[dep]
         kind.add_components(node, model, comp, packages)
-        device = step.host_components()
+        if kind.judges and self.chain_caveats(node.deps[0]):  # what the artifact's chain reported enters its verdict
+            comp["caveats"] = self.chain_caveats(node.deps[0])
+        device = step.host_components(node.options)
         if device:  # what the output is only valid for (a TensorRT engine: GPU model, TensorRT)
             comp["device"] = device
         comp.update(keys.host_parts(kind.host_binding(node) or step.host_binding(node.options, node.data_sets)))
@@ -169,6 +171,18 @@ class Planner:
         comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
         comp["toolchain"] = keys.toolchain(packages)
         return comp
+
+    def chain_caveats(self, artifact: str) -> list[dict[str, Any]]:
+        """The caveats the lock records for `artifact` and the artifacts it was made from (a model
+        delivered un-optimized), nearest first: what a target's check reports with its own."""
+        out: list[dict[str, Any]] = []
+        name: str | None = artifact
+        while name:
+            entry = self.lock.nodes.get(name, {})
+            out += [c for c in entry.get("caveats", []) if c not in out]
+            inputs = (entry.get("components") or {}).get("inputs") or {}
+            name = next((k.removeprefix("upstream ") for k in inputs if k.startswith("upstream ")), None)
+        return out
 
     # --- status --------------------------------------------------------------------------------
     def status(self, node: Node, upstream: dict[str, str | None], force: bool = False) -> NodePlan:

@@ -13,8 +13,8 @@ from typing import Any
 from buildsys.results import BuildResult
 from buildsys.plan import BLOCKED, NOTHING, RESTORE, Plan
 from buildsys.report_html import fmt_size as _size
-from buildsys.kinds import Bench, Check, check_status
-from buildsys.verify import not_run_reasons
+from buildsys.kinds import Bench, Check
+from buildsys.status import Caveat, CaveatKind, Verdict, target_status
 
 
 def console(stderr: bool = False) -> Any:
@@ -146,12 +146,17 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         node = plan.dag.nodes[plan.dag.target_nodes[target]]
         recorded = lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
-        check = lock_nodes.get(Check.node_name(target), {}).get("metrics", {})
-        status = check_status(check) if recorded else "not delivered"
+        entry = lock_nodes.get(Check.node_name(target), {})
+        check = entry.get("metrics", {})
+        dropped = [{k: r[k] for k in ("route", "node", "reason")} for r in plan.dropped.get(target, [])]
+        route = plan.dag.routes.get(target, [])
+        status = target_status(entry, delivered=bool(recorded), route=route, dropped=dropped)
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
-               "check": status, "not_run": not_run_reasons(check), "route": plan.dag.routes.get(target, []),
-               "dropped": [{k: r[k] for k in ("route", "node", "reason")} for r in plan.dropped.get(target, [])]}
+               "check": status.words, "verdict": status.verdict.value,
+               "caveats": [c.as_dict() for c in status.caveats],
+               "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
+               "route": route, "dropped": dropped}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -176,7 +181,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     table = Table("target", "format", "size", "vs fp32", "check", "accuracy", "agreement", "max abs err",
                   box=None, padding=(0, 1), pad_edge=False)
     for row in rows:
-        style = "green" if row["check"].startswith("passed") else "yellow"
+        clean = row.get("verdict") == Verdict.PASSED and not any(c["kind"] != CaveatKind.FALLBACK for c in row["caveats"])
+        style = "green" if clean else "yellow"
         acc = ""
         if "accuracy" in row:
             acc = f"{row['accuracy']:.2%}"
@@ -189,7 +195,10 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     out.print(table)
     for row in rows:
         for reason in row.get("not_run") or []:
-            out.print(f"[yellow]{row['target']}: {reason}[/]")
+            out.print(f"{row['target']}: {reason}", style="yellow", markup=False, highlight=False)
+        for caveat in row.get("caveats") or []:  # every lesser path, in the words of the status column
+            if caveat["kind"] != CaveatKind.FALLBACK:
+                out.print(f"{row['target']}: {Caveat.from_dict(caveat)}", style="yellow", markup=False, highlight=False)
         if row.get("dropped") and row["path"]:
             out.print(f"{row['target']}: made by {' → '.join(row['route'])}", style="yellow", markup=False)
         for drop in row.get("dropped") or []:

@@ -119,10 +119,12 @@ class TargetResult:
     model: str
     format: str
     precision: str
-    status: str  # passed, passed (structure only: ...), failed, not delivered, ...
+    status: str  # the verdict and each caveat's words: "passed", "passed; not optimized", "not delivered" (buildsys.status)
     artifact: Path | None  # artifacts/<target>/ when delivered
     size_bytes: int
     metrics: dict[str, Any]  # the check's report: outputs, observed vs allowed, not_run reasons
+    verdict: str = ""  # buildsys.status.Verdict
+    caveats: list[dict[str, Any]] = field(default_factory=list)  # what did not run or ran on a lesser path
 
 
 @dataclass
@@ -141,8 +143,9 @@ class BuildReport:
         """The report as one JSON object (the last line of `build --json`)."""
         return {"event": "summary", "ok": self.ok, "seconds": self.seconds, "work": self.work,
                 "failed": [r.name for r in self.failed],
-                "targets": {name: {"status": t.status, "format": t.format, "precision": t.precision,
-                                   "artifact": str(t.artifact) if t.artifact else None, "size_bytes": t.size_bytes}
+                "targets": {name: {"status": t.status, "verdict": t.verdict, "caveats": t.caveats, "format": t.format,
+                                   "precision": t.precision, "artifact": str(t.artifact) if t.artifact else None,
+                                   "size_bytes": t.size_bytes}
                             for name, t in self.targets.items()}}
 
     @property

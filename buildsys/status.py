@@ -141,3 +141,45 @@ def describe(verdict: Verdict | str, caveats: Iterable[Caveat] = ()) -> str:
 def check_status(check: dict[str, Any] | None) -> str:
     """A check's verdict and caveats in words (see `describe`)."""
     return describe(verdict_of(check), caveats_of(check))
+
+
+def fallback_caveat(route: list[str], dropped: list[dict[str, Any]]) -> Caveat | None:
+    """The caveat of a target made by a later route than its first: which route made it, and why
+    the first one was dropped (None when the first route made it)."""
+    if not dropped:
+        return None
+    first = dropped[0]
+    why = (f"made by {' → '.join(route)} after {len(dropped)} route(s) failed; first "
+           f"{' → '.join(first['route'])} at {first.get('node', '?')}: {first.get('reason', '')}")
+    return Caveat(CaveatKind.FALLBACK, "route fallback", why, "planner")
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """A target's status: its check's verdict and every caveat (the artifact chain's, the check's, a
+    route fallback). `words` is what every output prints."""
+
+    verdict: Verdict
+    caveats: tuple[Caveat, ...] = ()
+
+    @property
+    def words(self) -> str:
+        return describe(self.verdict, self.caveats)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.words, "verdict": self.verdict.value, "caveats": [c.as_dict() for c in self.caveats]}
+
+
+def target_status(check: dict[str, Any] | None, *, delivered: bool, route: list[str] | None = None,
+                  dropped: list[dict[str, Any]] | None = None) -> TargetStatus:
+    """The status of a target from its check's lock entry (its `metrics` from the build record where
+    present, else the committed `verdict` and `caveats`), whether it is delivered, and its route."""
+    entry = check or {}
+    if not delivered:
+        return TargetStatus(Verdict.NOT_DELIVERED)
+    metrics = entry.get("metrics")
+    verdict = verdict_of(metrics) if metrics else Verdict(entry["verdict"]) if entry.get("verdict") in \
+        Verdict._value2member_map_ else Verdict.UNVERIFIED
+    caveats = caveats_of(metrics) if metrics else caveats_of(entry)
+    extra = fallback_caveat(route or [], dropped or [])
+    return TargetStatus(verdict, tuple(unique([*caveats, *([extra] if extra else [])])))

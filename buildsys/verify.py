@@ -38,18 +38,27 @@ DEFAULTS: dict[str, dict[str, Optional[float]]] = {
     "fp16": {"max_abs": None, "max_rel": 1e-2, "min_cosine": 0.999, "min_top1_agreement": 0.97,
              "max_accuracy_drop": 0.01},
     # int8: 256 levels per tensor (per channel at best) make elementwise errors of several percent
-    # normal (max_rel 0.036 on examples/digits with static QDQ), so values are not judged
-    # elementwise: int8 is judged by decisions. Argmax agreement 90 % and at most three points of
-    # accuracy lost on labelled data (the usual post-training-quantization budget). The cosine is
-    # only a floor against a quantization that went wrong (a bad scale or range): measured 0.9997 on
-    # examples/digits (static, per channel: agreement 99.7 %, accuracy -0.28 points), 0.999 on another
-    # trained CNN (dynamic and static), 0.94-0.998 on untrained test nets whose logits sit
-    # near zero, hence 0.9 rather than a tighter value that would fail models users are happy with.
+    # normal (max_rel 0.036 on examples/digits with static QDQ), so scores are judged by decisions:
+    # argmax agreement 90 % and at most three points of accuracy lost on labelled data (the usual
+    # post-training-quantization budget). The cosine is only a floor against a quantization that
+    # went wrong (a bad scale or range): measured 0.9997 on examples/digits (static, per channel:
+    # agreement 99.7 %, accuracy -0.28 points), 0.999 on another trained CNN (dynamic and static),
+    # 0.94-0.998 on untrained test nets whose logits sit near zero, hence 0.9 rather than a tighter
+    # value that would fail models users are happy with.
+    # A 'values' output has no decision to agree on, and a cosine is blind to a shift of all-positive
+    # values (a probability moving from 0.5 to 0.8 keeps a batch cosine near 0.97), so each sample's
+    # RMS error must stay within a tenth of the output's range over the batch (max_range_error): a
+    # probability that moves by 0.3 fails, int8 noise on an embedding (cosine 0.94: RMS error about a
+    # third of the sample's RMS, a few percent of the range) passes. It applies where the target sets
+    # no elementwise limit (max_abs, max_rel) for that output itself.
     "int8": {"max_abs": None, "max_rel": None, "min_cosine": 0.9, "min_top1_agreement": 0.9,
-             "max_accuracy_drop": 0.03},
+             "max_accuracy_drop": 0.03, "max_range_error": 0.1},
 }
 SCORE_ONLY = ("min_top1_agreement", "max_accuracy_drop")
-FIELDS = ("max_abs", "max_rel", "min_cosine", "min_top1_agreement", "max_accuracy_drop")
+#: Only for 'values' outputs whose target sets no elementwise limit (max_abs, max_rel) of its own.
+VALUES_ONLY = ("max_range_error",)
+ELEMENTWISE = ("max_abs", "max_rel")
+FIELDS = ("max_abs", "max_rel", "max_range_error", "min_cosine", "min_top1_agreement", "max_accuracy_drop")
 
 
 class ResolvedTolerance(StepOptions):
@@ -57,6 +66,8 @@ class ResolvedTolerance(StepOptions):
 
     max_abs: Optional[float] = Field(default=None, description="Largest allowed |artifact - reference|.")
     max_rel: Optional[float] = Field(default=None, description="Largest allowed |artifact - reference| / max|reference|.")
+    max_range_error: Optional[float] = Field(default=None, description="Largest allowed RMS error of one sample "
+                                             "over the output's range (max - min of the reference over the batch).")
     min_cosine: Optional[float] = Field(default=None, description="Smallest allowed per-sample cosine similarity "
                                         "(over the batch for an output with one value per sample).")
     min_top1_agreement: Optional[float] = Field(default=None, description="Smallest allowed share of matching argmax.")
@@ -84,31 +95,32 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
         if name not in names:
             raise ConfigError(f"acceptance.outputs names '{name}', which is not an output of the model",
                               hint=did_you_mean(name, names) or f"outputs: {', '.join(names)}")
-    base = dict(DEFAULTS.get(precision, DEFAULTS["fp32"]))
-    base.update({k: getattr(acceptance, k) for k in FIELDS if getattr(acceptance, k) is not None})
+    defaults = DEFAULTS.get(precision, DEFAULTS["fp32"])
+    given = {k: getattr(acceptance, k) for k in FIELDS if getattr(acceptance, k) is not None}
     resolved: dict[str, Any] = {}
     for out in outputs:
-        limits = dict(base)
         override = acceptance.outputs.get(out.name)
-        if override is not None:
-            limits.update({k: getattr(override, k) for k in FIELDS if getattr(override, k) is not None})
+        own = {**given, **({k: getattr(override, k) for k in FIELDS if getattr(override, k) is not None}
+                           if override is not None else {})}
+        limits = {k: defaults.get(k) for k in FIELDS} | own
         if out.kind != "scores":
             limits.update({k: None for k in SCORE_ONLY})
+        if out.kind == "scores" or (any(k in own for k in ELEMENTWISE) and not any(k in own for k in VALUES_ONLY)):
+            # the target judges this output elementwise itself: the default range error stays out of its way
+            limits.update({k: None for k in VALUES_ONLY})
         resolved[out.name] = limits
     return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail, require_numeric=acceptance.require_numeric,
                         max_size_mb=acceptance.max_size_mb, serving=acceptance.serving).model_dump(mode="json")
 
 
 def not_run_reasons(check: dict[str, Any]) -> list[str]:
-    """What a check's metrics say it could not run on this host, one line each ([] when it ran
-    everything it was asked to): the artifact's runtime, and the serving software when asked for."""
-    reasons = []
-    if check.get("not_run"):
-        reasons.append(f"numeric check not run: {check['not_run']}")
-    serving = check.get("serving") or {}
-    if serving.get("not_run"):
-        reasons.append(f"serving check ({serving.get('runtime')}) not run: {serving['not_run']}")
-    return reasons
+    """What a check's metrics say this host could not run, one line each ([] when it ran everything
+    it was asked to): the artifact's runtime, then each part reported as not run (the serving
+    software, a docker build, the Dockerfile lint)."""
+    from buildsys.status import CaveatKind, caveats_of
+
+    reasons = [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else []
+    return reasons + [str(c) for c in caveats_of(check) if c.kind is CaveatKind.NOT_RUN]
 
 
 # --- comparisons ---------------------------------------------------------------------------------
@@ -240,6 +252,9 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     result.metrics.append(Metric("max_abs", max_abs, _limit(tol, "max_abs"), "<="))
     result.metrics.append(Metric("max_rel", max_rel, _limit(tol, "max_rel"), "<="))
+    if kind != "scores":
+        result.metrics.append(Metric("range_error", _range_error(ref64, obs64), _limit(tol, "max_range_error"), "<=",
+                                     note="worst sample's RMS error over the output's range"))
     one_value = ref64.ndim <= 1 or ref64[0].size == 1  # [B] or [B, 1]: per-sample cosine is always ±1
     result.metrics.append(Metric("cosine", _min_cosine(ref64, obs64), _limit(tol, "min_cosine"), ">=",
                                  note="over the batch: one value per sample" if one_value and ref64.size > 1 else ""))
@@ -268,6 +283,18 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
             result.metrics.append(Metric("accuracy", obs_acc, allowed, ">=", note=note))
             result.extra["reference_accuracy"] = ref_acc
     return result
+
+
+def _range_error(ref: "np.ndarray", obs: "np.ndarray") -> float:
+    """The largest per-sample RMS error, as a share of the reference's range over the whole batch
+    (max - min; max |reference| where the reference is constant, 1 where it is all zero)."""
+    import numpy as np
+
+    if ref.size == 0:
+        return 0.0
+    span = float(ref.max() - ref.min()) or float(np.abs(ref).max()) or 1.0
+    per_sample = (obs - ref).reshape(len(ref), -1) if ref.ndim > 1 else (obs - ref).reshape(-1, 1)
+    return float(np.sqrt(np.mean(per_sample ** 2, axis=1)).max() / span)
 
 
 def _min_cosine(ref: "np.ndarray", obs: "np.ndarray") -> float:

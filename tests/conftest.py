@@ -15,6 +15,57 @@ from tests.helpers.models import Tiny, make_model
 
 REPO = Path(__file__).resolve().parent.parent
 
+# --- strict runs: what the README's test command installs must be here, and every check must run ---
+
+STRICT = "--strict-runtimes"
+#: The prefix of a skip reason that no install step can fix on this host (another OS, no GPU, software
+#: on no reachable registry): the only skips a strict run allows.
+OUT_OF_REACH = "out of reach here: "
+
+
+def out_of_reach(reason: str) -> str:
+    """A skip reason that a strict run accepts: `reason` names what this host cannot have."""
+    return OUT_OF_REACH + reason
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(STRICT, action="store_true",
+                     help="Fail, instead of skipping, when a runtime or tool the README's test command installs is "
+                          "missing (only what no install can provide here, such as macOS or a GPU, may skip).")
+
+
+def missing_runtimes() -> list[str]:
+    """Registered runtimes this host lacks although an install step would provide them, with why."""
+    from buildsys.formats import runtimes
+
+    missing = []
+    for name, cls in sorted(runtimes().items()):
+        runtime = cls()
+        why = runtime.unavailable()
+        if why and not runtime.out_of_reach():
+            missing.append(f"{name}: {why}")
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.getoption(STRICT) and not hasattr(session.config, "workerinput"):
+        missing = missing_runtimes()
+        if missing:
+            pytest.exit(f"{STRICT}: {len(missing)} runtime(s) the README's test command installs are missing, so "
+                        "their checks would say 'not run' and their tests skip:\n  " + "\n  ".join(missing), returncode=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and item.config.getoption(STRICT) and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if OUT_OF_REACH not in reason:
+            report.outcome = "failed"
+            report.longrepr = (f"{STRICT}: skipped for a reason an install step fixes: {reason.removeprefix('Skipped: ')}")
+    return None
+
 TINYNET = '''\
 """A tiny MLP whose factory can count its calls, sleep or crash on request (kwargs)."""
 import os

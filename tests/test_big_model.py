@@ -16,10 +16,11 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import out_of_reach
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -249,9 +250,7 @@ def test_fp16_sort_is_linear_and_stable() -> None:
     side = helper.make_node("Identity", ["v0"], ["w"], name="side")  # independent: keeps its place
     graph = helper.make_graph([side, *nodes[::-1]], "g", [helper.make_tensor_value_info("v0", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info(f"v{n}", TensorProto.FLOAT, [1])])
-    start = time.perf_counter()
-    _sort_nodes(graph)
-    assert time.perf_counter() - start < 30
+    _sort_nodes(graph)  # its time on 20 000 nodes is a benchmark (benchmarks/big_model.py), not an assertion
     assert [node.name for node in graph.node] == ["side"] + [f"n{i}" for i in range(n)]
 
 
@@ -265,7 +264,7 @@ def test_model_over_2gb(tmp_path: Path) -> None:
 
     free = shutil.disk_usage(tmp_path).free
     if free < 24e9:
-        pytest.skip(f"needs about 24 GB of free disk under {tmp_path} (has {free / 1e9:.0f} GB)")
+        pytest.skip(out_of_reach(f"needs about 24 GB of free disk under {tmp_path} (has {free / 1e9:.0f} GB)"))
     config = make_big_project(tmp_path / "proj", width=16384, layers=2)
     root = config.parent
     _, build_peak = run_measured(config, "build")

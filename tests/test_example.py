@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from buildsys import status
 from buildsys.lock import Lock
 from tests.conftest import REPO
 
@@ -40,10 +42,14 @@ def test_example_builds_verified_artifacts_then_does_nothing(example: Path) -> N
     assert first.returncode == 0, first.stdout + first.stderr
     lock = Lock.read(example / "deploy.lock").as_dict()
     targets = lock["targets"]
-    assert targets, "no target was materialized"
+    config = yaml.safe_load((example / "deploy.yaml.example").read_text())
+    # Every target is delivered and passes in full, with nothing left out and no lesser path taken; the one
+    # exception is Core ML, whose numeric check needs macOS (its structure is still checked here).
+    want = {t: "passed" for t in config["targets"]} | {"ios": "structure ok, numeric not run"}
+    got = {t: status.target_status(lock["nodes"][f"verify:{t}"], delivered=t in targets).words for t in config["targets"]}
+    assert got == want, {t: (got[t], lock["nodes"][f"verify:{t}"].get("metrics", {}).get("failures")) for t in got
+                         if got[t] != want[t]}
     for target in targets:
-        check = lock["nodes"][f"verify:{target}"]["metrics"]
-        assert check["passed"] is True or check.get("not_run"), (target, check)
         assert all((example / "artifacts" / target / f[0]).is_file() for f in targets[target]["files"])
     int8 = lock["nodes"]["verify:digits-int8"]["metrics"]["outputs"]["logits"]
     assert int8["accuracy"]["observed"] >= int8["reference_accuracy"] - 0.02

@@ -263,8 +263,9 @@ def test_modelbuild_build_makes_verified_pte_targets(tmp_path: Path) -> None:
     assert "passed" in out, out
     for target in ("phone", "phone-int8"):
         assert (project.root / "artifacts" / target / "model.pte").is_file()
-    lock = (project.root / "deploy.lock").read_text()
-    assert "verify:phone-int8" in lock and "passed" in lock
+    lock = json.loads((project.root / "deploy.lock").read_text())
+    assert {t: lock["nodes"][f"verify:{t}"]["verdict"] for t in ("phone", "phone-int8")} == \
+        {"phone": "passed", "phone-int8": "passed"}
     assert "need work" not in project.run("plan").stdout  # a second plan finds everything fresh
 
 

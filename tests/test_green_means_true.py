@@ -11,7 +11,7 @@ import pytest
 
 from buildsys import keys
 from buildsys.lock import Lock
-from tests.conftest import TinyProject
+from tests.conftest import TinyProject, out_of_reach
 
 
 def test_cpu_class_names_the_kernels_int8_depends_on() -> None:
@@ -119,3 +119,116 @@ def test_a_fallback_route_never_delivers_another_opset(tmp_path: Path) -> None:
     assert any("arange" in why and "opset 7" in why for why in reasons.values()), reasons
     assert reasons["pytorch → pt2 → onnx"].startswith("model 'tokens': the exporter wrote opset 18, not the opset 7"), reasons
     assert "old-device" not in lock.targets and not (tmp_path / "p" / "artifacts" / "old-device").exists()
+
+
+# --- 'values' outputs: a shifted output fails the int8 default ------------------------------------
+
+
+def _judge(ref: "np.ndarray", obs: "np.ndarray", **acceptance: object) -> dict:
+    from buildsys.config.schema import Acceptance, OutputSpec
+    from buildsys.verify import compare, resolve_acceptance
+
+    tol = resolve_acceptance(Acceptance(**acceptance), "int8", [OutputSpec(name="p", kind="values")])["outputs"]["p"]
+    return compare("p", "values", ref, obs, tol).as_dict()
+
+
+def test_a_probability_shifted_by_0_3_fails_the_int8_default() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.05, 0.95, (64, 1)).astype("float32")  # one value per sample, as a VAD's speech probability
+    shifted = _judge(prob, np.clip(prob + 0.3, 0, 1))
+    assert shifted["cosine"]["ok"] is True  # the batch's cosine does not see a shift of positive values...
+    assert shifted["range_error"]["ok"] is False and shifted["passed"] is False  # ...the range error does
+    assert shifted["range_error"]["observed"] > 0.3
+    noisy = _judge(prob, prob + rng.normal(0, 0.01, prob.shape).astype("float32"))  # int8-like rounding noise
+    assert noisy["passed"] is True and noisy["range_error"]["observed"] < 0.05
+
+
+def test_int8_noise_on_an_embedding_passes_and_a_user_s_own_limit_replaces_the_default() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(0, 1, (32, 64)).astype("float32")
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    noisy = emb + rng.normal(0, 0.35 / 8, emb.shape).astype("float32")  # cosine about 0.94
+    judged = _judge(emb, noisy)
+    assert 0.9 < judged["cosine"]["observed"] < 0.97 and judged["passed"] is True, judged
+    own = _judge(emb, emb + 0.05, max_abs=0.1)  # the target judges it elementwise: no range error limit
+    assert own["range_error"]["allowed"] is None and own["max_abs"]["ok"] is True
+
+
+# --- strict runs -----------------------------------------------------------------------------------
+
+
+def _path_without(tmp_path: Path, program: str) -> str:
+    """A PATH with every program of this one but `program`: one directory of links."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in reversed(os.environ["PATH"].split(os.pathsep)):
+        if Path(directory).is_dir():
+            for entry in Path(directory).iterdir():
+                if entry.name != program and not (bin_dir / entry.name).exists():
+                    (bin_dir / entry.name).symlink_to(entry)
+    return str(bin_dir)
+
+
+def test_a_strict_run_fails_naming_a_runtime_that_is_missing(tmp_path: Path) -> None:
+    """The README's test command runs with --strict-runtimes: with Chromium hidden, the run stops at
+    once, naming the runtime and what it lacks, instead of skipping the web checks."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    if shutil.which("chromium") is None:
+        pytest.fail("Chromium is not installed: the README's test command installs it (apt-get install chromium)")
+    env = {**os.environ, "PATH": _path_without(tmp_path, "chromium")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--strict-runtimes", "-q",
+                           "tests/test_verify.py"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "--strict-runtimes: 1 runtime(s) the README's test command installs are missing" in out, out
+    assert "ort-web-chromium: no Chromium" in out and "apt-get install chromium" in out, out
+    plain = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/test_report_browser.py"],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert plain.returncode == 0 and "skipped" in plain.stdout, plain.stdout  # without the flag: skipped, and said
+    strict = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--strict-runtimes",
+                             "tests/test_report_browser.py"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert strict.returncode == 0, strict.stdout[-2000:]  # with Chromium present, the same tests run and pass
+
+
+# --- every lesser path is visible in every output -------------------------------------------------
+
+
+def test_a_docker_build_that_did_not_run_shows_in_every_output(tiny: TinyProject) -> None:
+    """The service target asks for `docker build`; this host has no Docker engine. The target still
+    passes its check, and every output says what was not done; --strict fails it."""
+    import shutil
+
+    if shutil.which("docker") and Path("/var/run/docker.sock").exists():
+        pytest.skip(out_of_reach("a Docker engine answers here: the build would run"))
+    tiny.write(tiny.config.read_text() + "  svc:\n    model: tiny\n    format: service\n"
+               "    options:\n      service: {docker_build: true}\n")
+    proc = tiny.run("build", "svc")
+    assert "passed; docker build not run" in proc.stdout, proc.stdout
+    assert "svc: docker build not run: no docker CLI on PATH" in proc.stdout \
+        or "svc: docker build not run: no Docker daemon" in proc.stdout, proc.stdout
+    lock = json.loads((tiny.root / "deploy.lock").read_text())
+    entry = lock["nodes"]["verify:svc"]
+    assert entry["verdict"] == "passed" and [c["what"] for c in entry["caveats"]] == ["docker build not run"]
+    assert lock["nodes"]["tiny/service"]["caveats"][0]["kind"] == "not run"
+    summary = json.loads(tiny.run("build", "--json", "svc").stdout.strip().splitlines()[-1])
+    assert summary["targets"]["svc"]["status"] == "passed; docker build not run"
+    tiny.run("report")
+    markdown = (tiny.root / "artifacts" / "report" / "report.md").read_text()
+    html = (tiny.root / "artifacts" / "report" / "report.html").read_text()
+    assert "passed; docker build not run" in markdown and "caveat: docker build not run" in markdown
+    assert "passed, with caveats" in html and "docker build not run" in html
+    strict = tiny.run("build", "--strict", "svc", check=False)
+    assert strict.returncode == 1 and "the target requires a full check (require_numeric), but docker build not run" \
+        in strict.stdout, strict.stdout

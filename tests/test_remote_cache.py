@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -278,11 +277,9 @@ def test_no_network_when_everything_is_fresh(tmp_path: Path, remote_env: pytest.
         a.run("build")
     finally:
         server.stop()
-    for command in ("plan", "build"):  # the server is gone: a no-op must not notice
-        started = time.perf_counter()
+    for command in ("plan", "build"):  # the server is gone: a no-op must not notice (a call would say "unavailable")
         proc = a.run(command)
-        assert time.perf_counter() - started < 30
-        assert "remote cache" not in proc.stderr, proc.stderr
+        assert "remote cache" not in proc.stderr and "unavailable" not in proc.stderr, proc.stderr
         assert "fresh" in proc.stdout.lower() or "nothing to do" in proc.stdout.lower()
     b = clone(a, tmp_path / "b")  # stale nodes do ask, find it gone, and say so once
     proc = b.run("plan")

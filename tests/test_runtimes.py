@@ -51,7 +51,8 @@ def test_torch_runtimes_agree(two: Tiny, tmp_path: Path) -> None:
     expected = get_runtime("torch-eager").load(None, two.model, two.root).run_all(batch)  # type: ignore[arg-type]
     for name, path in (("torchscript", tmp_path / "ts/model.pt"), ("torch-export", tmp_path / "pt2/model.pt2")):
         got = get_runtime(name).load(path, two.model, two.root).run_all(batch)
-        for a, b in zip(got, expected):
+        assert len(got) == len(expected) == 2, name
+        for a, b in zip(got, expected, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=name)
 
 

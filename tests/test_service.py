@@ -25,7 +25,7 @@ from buildsys.formats.service.probes import probes
 from buildsys.formats.service.server import ServiceProcess
 from buildsys.graph import expand
 from buildsys.verify import resolve_acceptance
-from tests.conftest import REPO, make_tiny_project
+from tests.conftest import REPO, make_tiny_project, out_of_reach
 from tests.helpers.models import Tiny, torch_outputs, validation_feeds
 
 pytestmark = pytest.mark.skipif(
@@ -136,7 +136,7 @@ def test_two_file_onnx_ships_its_side_file(cnn: Tiny, tmp_path: Path) -> None:
 def test_docker_build_is_reported_not_run_without_a_daemon(cnn: Tiny, cnn_onnx: Path, tmp_path: Path) -> None:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "info"], capture_output=True, timeout=30, check=False).returncode == 0:
-        pytest.skip("a Docker daemon answers here: the build would run (and need the base image)")
+        pytest.skip(out_of_reach("a Docker daemon answers here: the build would run (and need the base image)"))
     metrics = cnn.run("service-from-onnx", tmp_path, input_path=cnn_onnx, docker_build=True)
     assert metrics["docker_build"].startswith("not run: no Docker")
     assert "docker_build" not in cnn.run("service-from-onnx", tmp_path / "default", input_path=cnn_onnx)

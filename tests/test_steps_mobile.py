@@ -22,6 +22,7 @@ from buildsys.data import Batch
 from buildsys.errors import StepError
 from buildsys.formats import get_runtime
 from buildsys.formats import StepContext, get_step
+from tests.conftest import out_of_reach
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -249,9 +250,9 @@ def test_tflite_runs_in_litert_and_matches_torch(saved_models: dict[str, Path], 
         assert [g.shape for g in got] == [r.shape for r in case.ref], (step, options)
         label = f"{name} {step} {options}"
         if precision == "fp32":
-            assert all(max_rel(r, g) < 1e-4 for r, g in zip(case.ref, got)), label
+            assert all(max_rel(r, g) < 1e-4 for r, g in zip(case.ref, got, strict=True)), label
         elif precision == "fp16":
-            assert all(max_rel(r, g) < 1e-2 for r, g in zip(case.ref, got)), label
+            assert all(max_rel(r, g) < 1e-2 for r, g in zip(case.ref, got, strict=True)), label
         else:
             assert metrics["tensor_dtypes"].get("int8", 0) > 0, f"{label}: nothing was quantized"
             assert top1(case.ref[0], got[0]) >= 0.9, label
@@ -515,7 +516,7 @@ def test_coreml_config_errors_name_the_option_and_the_minimum() -> None:
 def test_coreml_runtime_says_it_needs_macos(tmp_path: Path) -> None:
     runtime = get_runtime("coreml")
     if sys.platform == "darwin":
-        pytest.skip("this host can run Core ML")
+        pytest.skip(out_of_reach("this host can run Core ML"))
     expected = "Core ML execution needs macOS (this host is Linux)" if sys.platform.startswith("linux") else \
         runtime.unavailable()
     assert runtime.unavailable() == expected and expected.startswith("Core ML execution needs macOS")
@@ -544,7 +545,7 @@ def test_ptl_runs_in_the_lite_interpreter(cases: dict[str, Case], root: Path, na
     with warnings_quiet():
         session = get_runtime("lite-interpreter").load(root / name / "ptl/model.ptl", case.model, root)
         got = session.run_all(Batch({"x": case.val}, None, "validation"))
-    assert all(max_rel(r, g) < 1e-5 for r, g in zip(case.ref, got))
+    assert all(max_rel(r, g) < 1e-5 for r, g in zip(case.ref, got, strict=True))
 
 
 @pytest.mark.slow
@@ -552,7 +553,7 @@ def test_optimize_for_mobile_fails_clearly_without_xnnpack(cases: dict[str, Case
     import torch.backends.xnnpack
 
     if torch.backends.xnnpack.enabled:
-        pytest.skip("this torch build has XNNPACK")
+        pytest.skip(out_of_reach("this torch build has XNNPACK"))
     case = cases["cnn"]
     with pytest.raises(StepError, match=r"optimize_for_mobile needs a torch build with XNNPACK.*"
                                         r"set optimize_for_mobile: false \(step ptl-from-torchscript\)"):

@@ -19,7 +19,7 @@ from buildsys.formats import get_runtime, get_step
 from buildsys.formats.tensorrt import profiles
 from buildsys.formats.tensorrt.profiles import EngineOptions, input_profiles, read_profile, write_profile
 from buildsys.verify import resolve_acceptance
-from tests.conftest import DEPLOY, make_tiny_project
+from tests.conftest import DEPLOY, make_tiny_project, out_of_reach
 from tests.helpers.models import Tiny
 
 H100 = keys.NvidiaGpu("NVIDIA H100 80GB HBM3", "9.0")
@@ -46,7 +46,7 @@ def _simulate(monkeypatch: pytest.MonkeyPatch, gpu: keys.NvidiaGpu | None, tenso
 
 
 NO_GPU_HERE = profiles.gpu_requirement()  # "needs an NVIDIA GPU (found none)" here; None on a GPU host with TensorRT
-needs_gpu = pytest.mark.skipif(NO_GPU_HERE is not None, reason=NO_GPU_HERE or "")
+needs_gpu = pytest.mark.skipif(NO_GPU_HERE is not None, reason=out_of_reach(NO_GPU_HERE or ""))
 
 
 # --- options and profiles -----------------------------------------------------------------------

@@ -31,7 +31,7 @@ from buildsys.formats.serving.repository import locate
 from buildsys.formats.serving.pbtxt import parse_config
 from buildsys.formats import get_format
 from buildsys.verify import resolve_acceptance
-from tests.conftest import make_tiny_project
+from tests.conftest import make_tiny_project, out_of_reach
 from tests.helpers.models import Tiny, torch_outputs, validation_feeds
 
 SERVER = get_runtime("triton-server")
@@ -194,7 +194,7 @@ def test_missing_backends_are_reported_as_not_run(cnn: Tiny, cnn_onnx: Path, no_
 def test_libtorch_repository_serving_is_not_run_without_the_pytorch_backend(
         two: Tiny, tmp_path: Path, no_release_backends: None) -> None:
     if LIBTORCH.unavailable() is None:
-        pytest.skip("this host has Triton's pytorch backend; the served libtorch test below covers it")
+        pytest.skip(out_of_reach("this host has Triton's pytorch backend; the served libtorch test below covers it"))
     two.run("torchscript-from-pytorch", tmp_path / "ts")
     two.run("triton-torchscript-from-torchscript", tmp_path / "t", input_path=tmp_path / "ts/model.pt")
     report = _check(two, tmp_path, "triton-torchscript", tmp_path / "t/model_repository")

@@ -18,8 +18,10 @@ BOX = OutputSpec(name="box", kind="values")
 
 def test_defaults_depend_on_precision() -> None:
     for precision in ("fp32", "fp16", "int8"):
-        resolved = resolve_acceptance(Acceptance(), precision, [SCORES])
-        assert resolved["outputs"]["logits"] == DEFAULTS[precision]
+        resolved = resolve_acceptance(Acceptance(), precision, [SCORES, BOX])
+        # 'scores' outputs are judged by decisions, never by the range error
+        assert resolved["outputs"]["logits"] == {**DEFAULTS["fp32"], **DEFAULTS[precision], "max_range_error": None}
+        assert resolved["outputs"]["box"]["max_range_error"] == DEFAULTS[precision].get("max_range_error")
         assert resolved["on_fail"] == "error"
     fp32, fp16, int8 = (DEFAULTS[p] for p in ("fp32", "fp16", "int8"))
     assert fp32["max_rel"] < fp16["max_rel"] and int8["max_rel"] is None
@@ -32,9 +34,11 @@ def test_target_fields_then_per_output_overrides() -> None:
                             outputs={"box": Tolerance(min_cosine=0.9, max_rel=0.2)})
     resolved = resolve_acceptance(acceptance, "int8", [SCORES, BOX])
     assert resolved["on_fail"] == "warn"
-    assert resolved["outputs"]["logits"] == {**DEFAULTS["int8"], "max_abs": 0.5, "min_cosine": 0.99}
-    # 'values' outputs have no argmax: score-only limits are dropped for them
-    assert resolved["outputs"]["box"] == {"max_abs": 0.5, "max_rel": 0.2, "min_cosine": 0.9,
+    assert resolved["outputs"]["logits"] == {**DEFAULTS["int8"], "max_abs": 0.5, "min_cosine": 0.99,
+                                             "max_range_error": None}
+    # 'values' outputs have no argmax: score-only limits are dropped for them; the target judges this
+    # one elementwise (max_abs, max_rel), so the int8 range-error default stays out of its way
+    assert resolved["outputs"]["box"] == {"max_abs": 0.5, "max_rel": 0.2, "max_range_error": None, "min_cosine": 0.9,
                                           "min_top1_agreement": None, "max_accuracy_drop": None}
     assert CheckOptions.model_validate(resolved).outputs["box"].max_rel == 0.2
 

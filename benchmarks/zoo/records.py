@@ -102,7 +102,8 @@ def record(root: Path, report: Any) -> dict[str, Any]:
         metrics = (built.get(check) or {}).get("metrics") or (lock["nodes"].get(check) or {}).get("metrics") or {}
         outputs = metrics.get("outputs") or {}
         cell: dict[str, Any] = {
-            "status": row["check"], "route": row["route"] if row["path"] else None, "size": row["size"] or None,
+            "status": row["verdict"], "caveats": [c["what"] for c in row["caveats"]],
+            "route": row["route"] if row["path"] else None, "size": row["size"] or None,
             "dropped": [{"route": d["route"], "reason": d["reason"]} for d in row["dropped"]],
             "candidates": [list(r) for r in plan.dag.candidates.get(target, [])],  # in the order tried
             "seconds": round(sum(built[n]["built"]["seconds"] for n in chain), 1)
@@ -112,7 +113,7 @@ def record(root: Path, report: Any) -> dict[str, Any]:
                            and o["cosine"].get("observed") is not None), default=None),
             "not_run": row.get("not_run") or [], "failure": None,
         }
-        if not row["path"] or row["check"] not in ("passed", "structure ok, numeric not run"):
+        if not row["path"] or row["verdict"] not in ("passed", "structure ok, numeric not run"):
             cell["failure"] = _failure(report, [check, *reversed(chain)])
         out[target] = cell
     return {"model": next(iter(lock["targets"].values()), {}).get("node", "/").split("/")[0] or root.name,

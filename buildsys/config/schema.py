@@ -166,6 +166,10 @@ class Tolerance(Strict):
     max_rel: Optional[float] = Field(
         default=None, ge=0, description="Largest allowed |artifact - reference| / max|reference| (per output)."
     )
+    max_range_error: Optional[float] = Field(
+        default=None, ge=0, description="'values' outputs: largest allowed RMS error of one sample as a share of the "
+        "output's range over the batch (max - min of the reference). int8 default 0.1 where no max_abs/max_rel "
+        "is set: catches a shifted output that the cosine does not see.")
     min_cosine: Optional[float] = Field(default=None, ge=-1, le=1, description="Smallest allowed cosine similarity per sample.")
     min_top1_agreement: Optional[float] = Field(
         default=None, ge=0, le=1, description="'scores' outputs: share of samples whose argmax matches the reference."

@@ -179,11 +179,13 @@ class Step:
         return HostBinding.PLATFORM if "calibration" in data_sets else HostBinding.PORTABLE
 
     @classmethod
-    def host_components(cls) -> dict[str, str]:
-        """What of this host the output is only valid for, beyond OS and packages: a TensorRT engine
-        names the GPU model, its compute capability and the TensorRT version. Enters the key as the
-        `device` component (so another GPU shows as a reason to rebuild); {} for portable outputs.
-        Only asked where `host_requirement` is None."""
+    def host_components(cls, options: dict[str, Any]) -> dict[str, str]:
+        """What of this host the result depends on beyond OS, CPU and packages, given the node's options
+        (as JSON): a TensorRT engine names the GPU model, its compute capability and the TensorRT
+        version; a service step asked to `docker build` names whether a Docker engine is reachable.
+        Enters the key as the `device` component (another GPU shows as a reason to rebuild, and a
+        'not run' never travels to a host that could run it); {} for portable outputs. Cheap: `plan`
+        asks it. Only asked where `host_requirement` is None."""
         return {}
 
     def run(self, ctx: StepContext) -> dict[str, Any]:

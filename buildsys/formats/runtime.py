@@ -10,13 +10,24 @@ if TYPE_CHECKING:
 
     from buildsys.config.schema import Model
     from buildsys.data import Batch
+    from buildsys.status import Caveat
 
 
 class Session:
-    """A loaded artifact. `run` takes one chunk of samples and returns outputs in model order."""
+    """A loaded artifact. `run` takes one chunk of samples and returns outputs in model order.
+
+    A session that ran on a lesser path than the one asked for (LiteRT falling back from XNNPACK to
+    its builtin kernels) says so in `caveats` (buildsys.status): the check reports them with the
+    target's status, and `require_numeric` fails on them."""
 
     #: Largest number of samples one `run` call accepts (1 for a fixed batch of 1).
     max_batch: int = 64
+    caveats: "list[Caveat]"
+
+    def note(self, caveat: "Caveat") -> None:
+        """Record a lesser path this session took (once)."""
+        if caveat not in self.__dict__.setdefault("caveats", []):
+            self.caveats.append(caveat)
 
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
         raise NotImplementedError
@@ -43,9 +54,19 @@ class Runtime:
 
     name: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # their versions enter the keys of checks
+    #: Programs the runtime (or its install step) runs, each with the Debian package that provides it:
+    #: `modelbuild doctor --install-os-packages` installs the missing ones.
+    os_packages: ClassVar[dict[str, str]] = {}
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
+        return None
+
+    def out_of_reach(self) -> str | None:
+        """Why no install step of modelbuild's can make this runtime available on this host: another
+        OS (Core ML needs macOS), no NVIDIA GPU, or software on no registry this host reaches (Triton's
+        ONNX Runtime backend comes only in NGC's containers). None: where `unavailable` answers, installing
+        what it names fixes it, so a strict test run (`--strict-runtimes`) fails instead of skipping."""
         return None
 
     def preimport(self) -> None:

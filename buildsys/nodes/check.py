@@ -8,6 +8,7 @@ from typing import Any
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
+from buildsys.status import Caveat, CaveatKind, unique
 from buildsys.verify import CheckOptions
 
 CHECK = register_format(Format(
@@ -21,8 +22,9 @@ class Check(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 4  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
-                 # 4: one-value-per-sample outputs get the batch's cosine
+    version = 5  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+                 # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
+                 # ran on a lesser path), and require_numeric fails on them
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -37,6 +39,9 @@ class Check(Step):
         runtime_name = get_format(fmt_name).runtime
         structure = get_runtime(runtime_name).inspect(ctx.input_path, ctx.model, fmt_name) if runtime_name else None  # type: ignore[arg-type]
         problems = list(structure.get("problems", [])) if structure else []
+        # What the artifact's chain reported (a model delivered un-optimized), then what this check finds.
+        caveats = [Caveat.from_dict(c) for c in ctx.extra.get("caveats", [])]
+        caveats += [Caveat.from_dict(c) for c in (structure or {}).pop("caveats", [])]
         size = _size_budget(ctx, opts.max_size_mb)
         if size is not None and not size["ok"]:
             problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
@@ -50,9 +55,7 @@ class Check(Step):
                 metrics["structure"] = structure
             if size is not None:
                 metrics["size_mb"] = size
-            if problems:
-                metrics.update(passed=False, failures=problems)
-            return self._write(ctx, metrics)
+            return self._write(ctx, self._judge(opts, metrics, problems, caveats))
 
         import numpy as np
 
@@ -63,34 +66,52 @@ class Check(Step):
             expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
             labels = ref["labels"] if "labels" in ref.files else None
         batch = Batch(inputs, labels, "reference")
-        results = self._compare(ctx, self._observe(ctx, runtime_name, batch), expected, labels)  # type: ignore[arg-type]
-        passed = all(bool(r) for r in results.values()) and not problems
-        metrics = {"passed": passed, "samples": len(batch), "format": fmt_name, "runtime": runtime_name,
-                   "outputs": {name: r.as_dict() for name, r in results.items()}}
+        observed, ran = self._observe(ctx, runtime_name, batch)  # type: ignore[arg-type]
+        caveats += ran
+        results = self._compare(ctx, observed, expected, labels)
+        metrics = {"passed": all(bool(r) for r in results.values()), "samples": len(batch), "format": fmt_name,
+                   "runtime": runtime_name, "outputs": {name: r.as_dict() for name, r in results.items()}}
         serving_name = get_format(fmt_name).serving_runtime
         if opts.serving and serving_name:
             serving = self._serve(ctx, serving_name, batch, expected, labels)
             metrics["serving"] = serving
-            if serving.get("not_run") and opts.require_numeric:
-                problems.append(f"the serving check is required (require_numeric) but was not run: {serving['not_run']}")
+            if serving.get("not_run"):
+                caveats.append(Caveat(CaveatKind.NOT_RUN, "serving check not run", serving["not_run"], serving_name))
             problems += [f"served by {serving_name}: {row}" for row in serving.get("failures", [])]
-            passed = metrics["passed"] = passed and not problems
         if structure is not None:
             metrics["structure"] = structure
         if size is not None:
             metrics["size_mb"] = size
-        if not passed:
-            metrics["failures"] = problems + [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+        metrics = self._judge(opts, metrics, problems, caveats)
+        if metrics["passed"] is False:
+            metrics["failures"] = [*metrics.get("failures", []),
+                                   *(f"{name}: {row}" for name, r in results.items() for row in r.failures())]
         return self._write(ctx, metrics)
 
-    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any) -> list[Any]:
-        """Every output of the artifact on `batch`, run in `runtime_name`; a runtime failure is a StepError."""
+    @staticmethod
+    def _judge(opts: CheckOptions, metrics: dict[str, Any], problems: list[str], caveats: list[Caveat]) -> dict[str, Any]:
+        """Add the caveats to `metrics` and fail it on `problems`, and, where the target requires a full
+        check (require_numeric, --strict), on every caveat but a route fallback."""
+        caveats = unique(caveats)
+        if opts.require_numeric:
+            problems = problems + [f"the target requires a full check (require_numeric), but {c}" for c in caveats
+                                   if c.strict]
+        if caveats:
+            metrics["caveats"] = [c.as_dict() for c in caveats]
+        if problems:
+            metrics["passed"] = False
+            metrics["failures"] = problems
+        return metrics
+
+    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any) -> tuple[list[Any], list[Caveat]]:
+        """Every output of the artifact on `batch`, run in `runtime_name`, and the lesser paths the
+        session took; a runtime failure is a StepError."""
         from buildsys.formats import get_runtime
 
         fmt_name = ctx.extra["format"]
         try:
             with get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root) as session:  # type: ignore[arg-type]
-                return session.run_all(batch)
+                return session.run_all(batch), list(session.__dict__.get("caveats", []))
         except ModelbuildError as exc:
             raise self.fail(ctx, f"the {fmt_name} artifact could not be run in {runtime_name}: {exc.what}") from exc
         except Exception as exc:
@@ -110,7 +131,7 @@ class Check(Step):
         reason = get_runtime(runtime_name).unavailable()
         if reason:
             return {"runtime": runtime_name, "passed": None, "not_run": reason}
-        results = self._compare(ctx, self._observe(ctx, runtime_name, batch), expected, labels)
+        results = self._compare(ctx, self._observe(ctx, runtime_name, batch)[0], expected, labels)
         passed = all(bool(r) for r in results.values())
         return {"runtime": runtime_name, "passed": passed, "outputs": {n: r.as_dict() for n, r in results.items()},
                 "failures": [f"{name}: {row}" for name, r in results.items() for row in r.failures()]}

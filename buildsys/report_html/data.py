@@ -5,16 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildsys.kinds import (
-    NOT_RUN,
-    PASSED,
-    STRUCTURE_ONLY,
-    WARNED,
-    Bench,
-    Check,
-    check_status,
-)
+from buildsys.kinds import Bench, Check
 from buildsys.report_html.palette import PRECISION_COLORS, STATUS
+from buildsys.status import TargetStatus, Verdict, target_status
 
 
 @dataclass
@@ -34,7 +27,9 @@ class Row:
     toolchain: dict[str, Any]
     options: dict[str, Any]
     on_fail: str
-    status: str = "unverified"
+    status: str = "unverified"  # the page's status class (palette.STATUS)
+    words: str = ""  # the target's status as every output words it (verdict; caveats)
+    caveats: list[str] = field(default_factory=list)  # each caveat in full: what did not run or ran on a lesser path
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     route: list[str] = field(default_factory=list)  # formats from the source to the artifact
     dropped: list[dict[str, Any]] = field(default_factory=list)  # routes tried first: route, node, reason
@@ -68,21 +63,21 @@ def _precision(fmt: str, *hints: Any) -> str:
     return suffix if suffix in PRECISION_COLORS else "fp32"
 
 
-def _status(check: dict[str, Any], bench: dict[str, Any], on_fail: str) -> str:
-    """The page's short status (a CSS class and a legend entry), derived from `kinds.check_status`,
-    the vocabulary the console summary and the lock use, plus the benchmark's budget."""
-    words = check_status(check)
-    if words.startswith(PASSED):
-        status = "passed"
-    elif words in (NOT_RUN, STRUCTURE_ONLY):
-        status = "not run"
-    elif words == WARNED:
-        status = "warn" if on_fail == "warn" else "failed"
+def _status(status: TargetStatus, bench: dict[str, Any], on_fail: str) -> str:
+    """The page's short status (a CSS class and a legend entry) from the target's status, the
+    vocabulary the console summary and the lock use (buildsys.status), plus the benchmark's budget."""
+    verdict = status.verdict
+    if verdict is Verdict.PASSED:
+        page = "caveats" if any(c.strict for c in status.caveats) else "passed"
+    elif verdict in (Verdict.NOT_RUN, Verdict.STRUCTURE_ONLY):
+        page = "not run"
+    elif verdict is Verdict.WARNED:
+        page = "warn" if on_fail == "warn" else "failed"
     else:
-        status = "unverified"
-    if bench.get("passed") is False and status in ("passed", "not run", "unverified"):
-        status = "over"  # the numbers are right but too slow: a budget was missed
-    return status
+        page = "unverified"
+    if bench.get("passed") is False and page in ("passed", "caveats", "not run", "unverified"):
+        page = "over"  # the numbers are right but too slow: a budget was missed
+    return page
 
 
 def rows(lock: dict[str, Any]) -> list[Row]:
@@ -109,10 +104,13 @@ def rows(lock: dict[str, Any]) -> list[Row]:
                   check=check, bench=bench, toolchain=dict(components.get("toolchain") or {}),
                   options=dict(components.get("options") or {}), on_fail=str(on_fail))
         row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
-        row.status = _status(check, bench, row.on_fail)
         row.route = [str(f) for f in entry.get("route") or []]
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
+        status = target_status(check_node, delivered=True, route=row.route, dropped=row.dropped)
+        row.status = _status(status, bench, row.on_fail)
+        row.words = status.words
+        row.caveats = [str(c) for c in status.caveats]
         result.append(row)
     return result
 

@@ -15,7 +15,7 @@ from buildsys.report_html.formatting import (
 )
 from buildsys.report_html.palette import STATUS
 
-MD_STATUS = {"passed": "✅", "warn": "⚠️", "over": "⚠️", "failed": "❌", "not run": "⏺", "unverified": "⏺"}
+MD_STATUS = {"passed": "✅", "caveats": "☑️", "warn": "⚠️", "over": "⚠️", "failed": "❌", "not run": "⏺", "unverified": "⏺"}
 
 
 def md(value: Any) -> str:
@@ -58,12 +58,14 @@ def render_markdown(data: list[Row], title: str) -> str:
             MD_STATUS[r.status], f"**{md(r.target)}**", md(r.model), md(r.format), md(r.precision), md(fmt_size(r.size)),
             _md_metric(r.metric("accuracy"), "accuracy"), _md_metric(r.metric("top1_agreement"), "top1_agreement"),
             _md_metric(r.worst("max_rel"), "max_rel"), lat, md(f"{speed:.2f}×") if isinstance(speed, (int, float)) else "—",
-            md(STATUS[r.status][0])]) + " |")
+            md(r.words or STATUS[r.status][0])]) + " |")
     lines.append("")
     for r in data:
         lines += [f"## {MD_STATUS[r.status]} {md(r.target)}", "",
                   f"- artifact: `{r.node.replace('`', '')}` in `{r.path.replace('`', '')}`, {md(fmt_size(r.size))}"
                   f" ({md(', '.join(str(f[0]) for f in r.files))})"]
+        for caveat in r.caveats:
+            lines.append("- caveat: " + md(caveat))
         if r.route:
             lines.append("- route: " + md(" → ".join(r.route)))
         for d in r.dropped:

@@ -143,7 +143,7 @@ def _summary_table(data: list[Row]) -> str:
         speed = r.bench.get("speedup_vs_eager")
         speed_cell = (f'<td class="num">{speed:.2f}×</td>' if isinstance(speed, (int, float))
                       else '<td class="num dim">—</td>')
-        note = r.check.get("not_run") or ""
+        note = "; ".join([*([str(r.check["not_run"])] if r.check.get("not_run") else []), *r.caveats])
         body.append(
             f'<tr style="{_status_vars(r.status)}">'
             f'<td><div class="t">{esc(r.target)}</div><div class="dim">{esc(r.model)} · <span class="mono">{esc(r.path)}</span></div></td>'
@@ -248,6 +248,13 @@ def _route(r: Row) -> str:
             + (f'<ul class="dim">{dropped}</ul>' if dropped else ""))
 
 
+def _caveats(r: Row) -> str:
+    """What the check did not run, or ran on a lesser path, in full."""
+    if not r.caveats:
+        return ""
+    return '<h3 class="gap">Caveats</h3><ul>' + "".join(f"<li>{esc(c)}</li>" for c in r.caveats) + "</ul>"
+
+
 def _details(r: Row) -> str:
     files = "".join(f'<tr><td class="mono">{esc(f[0])}</td><td class="num">{esc(fmt_size(f[2]) if isinstance(f[2], (int, float)) else f[2])}</td>'
                     f'<td class="mono dim" title="{esc(f[1])}">{esc(str(f[1])[:12])}</td></tr>' for f in r.files)
@@ -256,7 +263,7 @@ def _details(r: Row) -> str:
     opened = " open" if r.status not in ("passed", "unverified") else ""  # what needs attention is unfolded
     return (f'<details style="{_status_vars(r.status)}"{opened}><summary>{_badge(r.status)}<span class="t">{esc(r.target)}</span>'
             f'<span class="dim">{esc(r.node)} · {esc(fmt_size(r.size))}</span></summary><div class="body">'
-            f'<div><h3>Numeric check</h3>{_metrics_table(r)}</div>'
+            f'<div><h3>Numeric check</h3>{_metrics_table(r)}{_caveats(r)}</div>'
             f'<div><h3>Files in {esc(r.path or "?")}</h3>{files_table}'
             f'{_route(r)}<h3 class="gap">Toolchain</h3>{_kv(r.toolchain)}<h3 class="gap">Step options</h3>{_kv(r.options)}</div>'
             f'<div class="full"><h3>Latency</h3>{_bench_table(r)}</div>'

@@ -3,6 +3,7 @@
 
 STATUS = {  # status -> (label, foreground, background)
     "passed": ("passed", "#1a7f37", "#dafbe1"),
+    "caveats": ("passed, with caveats", "#7d4e00", "#fff8c5"),
     "warn": ("missed (warn)", "#9a6700", "#fff8c5"),
     "over": ("over budget", "#bc4c00", "#fff1e5"),
     "failed": ("failed", "#cf222e", "#ffebe9"),

@@ -187,6 +187,9 @@ class CoreML(Runtime):
             return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
         return None
 
+    def out_of_reach(self) -> str | None:
+        return None if sys.platform == "darwin" else self.unavailable()
+
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         why = self.unavailable()
         if why:

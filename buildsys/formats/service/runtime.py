@@ -31,6 +31,7 @@ from buildsys.formats.service.contract import (
     pinned_problems,
     read_signature,
 )
+from buildsys.status import Caveat, CaveatKind
 
 if TYPE_CHECKING:
     import numpy as np
@@ -127,12 +128,14 @@ class ServiceHttp(Runtime):
         problems += pinned_problems((directory / REQUIREMENTS).read_text(encoding="utf-8"))
         lint = facts["dockerfile_lint"] = lint_facts(directory, signature.get("port"))
         problems += [f"Dockerfile lint: {p}" for p in lint.get("problems", [])]
+        caveats = [Caveat(CaveatKind.NOT_RUN, "Dockerfile lint not run", lint["not_run"], self.name).as_dict()] \
+            if lint.get("not_run") else []
         reason = self.unavailable()
         if reason or problems:
             facts["probes"] = {"not_run": reason or "the service's files have problems"}
         else:
             facts["probes"] = self._probe(directory, signature, problems)
-        return {"facts": facts, "problems": problems}
+        return {"facts": facts, "problems": problems, "caveats": caveats}
 
     def _probe(self, directory: Path, signature: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         """Malformed requests against a fresh server; what answers wrong goes into `problems`."""

@@ -14,6 +14,7 @@ its metrics say "docker build: not run: <why>". The image is not part of the art
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +34,7 @@ from buildsys.formats.service.contract import (
     dockerfile,
     requirements,
 )
+from buildsys.status import Caveat, CaveatKind
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -99,8 +101,17 @@ class _ServiceStep(Step):
                                    "requirements": [r for r in reqs.splitlines() if "==" in r],
                                    "bytes": sum(p.stat().st_size for p in out.iterdir())}
         if opts.docker_build:
-            metrics["docker_build"] = self._docker_build(ctx, out)
+            built = metrics["docker_build"] = self._docker_build(ctx, out)
+            if built.startswith("not run: "):  # asked for and not done: the target's status says so
+                why = built.removeprefix("not run: ")
+                metrics["caveats"] = [Caveat(CaveatKind.NOT_RUN, "docker build not run", why, self.name).as_dict()]
         return metrics
+
+    @classmethod
+    def host_components(cls, options: dict[str, Any]) -> dict[str, str]:
+        # Whether `docker build` can run here decides what the step reports: a "not run" made where
+        # no engine answers must not be reused where one does (and the other way round).
+        return {"docker": docker_engine()} if options.get("docker_build") else {}
 
     def _signature(self, ctx: StepContext, src: Path) -> tuple[list[dict], list[dict], dict[str, Path]]:
         raise NotImplementedError
@@ -126,6 +137,15 @@ class _ServiceStep(Step):
             tail = " | ".join(built.stderr.strip().splitlines()[-3:])
             raise self.fail(ctx, f"docker build of the service failed: {tail}")
         return "passed"
+
+
+def docker_engine() -> str:
+    """'reachable' when a Docker CLI and an engine endpoint (DOCKER_HOST, or the local socket) exist,
+    else 'none': what `plan` can tell without asking the daemon."""
+    if shutil.which("docker") is None:
+        return "none"
+    host = os.environ.get("DOCKER_HOST", "")
+    return "reachable" if host or Path("/var/run/docker.sock").exists() else "none"
 
 
 def _shape(graph: list[int | None], spec: list[int | str] | None, prefix: str) -> list[int | str]:

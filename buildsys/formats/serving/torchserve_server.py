@@ -155,6 +155,8 @@ class TorchServeServer(Runtime):
     name = "torchserve-server"
     packages = ("torchserve", "torch")
 
+    os_packages = {"java": "default-jre-headless"}  # TorchServe's frontend is a Java server
+
     def unavailable(self) -> str | None:
         version = torchserve_version()
         if version is None or importlib.util.find_spec("ts") is None:

@@ -174,6 +174,14 @@ class TritonServer(Runtime):
             return files
         return _backend_missing(files, self.backend)
 
+    def out_of_reach(self) -> str | None:
+        # nvidia-pytriton installs from PyPI, but its server ships only the python backend; the others
+        # come in NGC's tritonserver containers, which no registry this host reaches serves.
+        files = server_files()
+        if isinstance(files, str):
+            return files if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64") else None
+        return _backend_missing(files, self.backend)
+
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from buildsys.formats.serving.repository import locate
 

@@ -59,7 +59,7 @@ class _EngineFromOnnx(Step):
         return gpu_requirement()
 
     @classmethod
-    def host_components(cls) -> dict[str, str]:
+    def host_components(cls, options: dict[str, Any]) -> dict[str, str]:
         return device_components()
 
     @classmethod

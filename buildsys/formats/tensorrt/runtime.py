@@ -148,5 +148,9 @@ class TensorrtRuntime(Runtime):
     def unavailable(self) -> str | None:
         return tensorrt_unavailable()
 
+    def out_of_reach(self) -> str | None:
+        # No GPU here, or a GPU but no TensorRT wheel on any reachable registry (its libraries come from NVIDIA's index).
+        return tensorrt_unavailable()
+
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         return EngineSession(load_engine(path), model)

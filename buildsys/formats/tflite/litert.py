@@ -24,6 +24,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
 from buildsys.formats.tflite.layout import guess_perm
+from buildsys.status import Caveat, CaveatKind
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,7 +80,6 @@ class LiteRtSession(Session):
         self.path = path
         self.model = model
         self.record = record
-        self.notes: list[str] = []  # what a report should mention (a delegate fallback)
         self.xnnpack = True
         self._bind(_interpreter(path, xnnpack=True))
 
@@ -161,8 +161,9 @@ class LiteRtSession(Session):
                 raise StepError(f"LiteRT failed to run '{self.path.name}': {_first_line(exc)}") from exc
             # XNNPACK refused to prepare part of the graph (seen with some int8 graphs): the builtin
             # kernels still compute the same model, so run on them and say so.
-            self.notes.append(f"XNNPACK could not prepare the graph ({_first_line(exc)[:120]}); ran on the "
-                              "builtin CPU kernels")
+            self.note(Caveat(CaveatKind.DEGRADED, "XNNPACK fallback", f"XNNPACK (what Android runs) could not "
+                             f"prepare the graph ({_first_line(exc)[:120]}); checked on LiteRT's builtin CPU kernels",
+                             "litert"))
             self.xnnpack = False
             self._bind(_interpreter(self.path, xnnpack=False))
             result = self.runner(**ready)

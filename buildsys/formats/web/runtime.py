@@ -167,6 +167,9 @@ class OrtWebChromium(Runtime):
     name = "ort-web-chromium"
     packages = ("playwright",)
 
+    # Chromium runs the check; npm installs the pinned onnxruntime-web it loads (buildsys.formats.web.install).
+    os_packages = {"chromium": "chromium", "npm": "npm"}
+
     def unavailable(self) -> str | None:
         if artifact.chromium() is None:
             where = "MODELBUILD_CHROMIUM does not name an executable" if _env("MODELBUILD_CHROMIUM") else \
