@@ -118,13 +118,14 @@ def _erf(x: "Array") -> "Array":
 
 @op("real_div")
 def real_div(a: Args) -> "Array":
+    """True division; an integer result (shape arithmetic) truncates toward zero, as coremltools
+    infers it (float64 quotient cast to int32)."""
     import numpy as np
 
     x, y = a.tensor("x"), a.tensor("y")
-    if x.dtype.kind in "iub" and y.dtype.kind in "iub" and a.out_dtype().kind in "iu":
-        return np.floor_divide(x, y)  # an integer result of integer operands (shape arithmetic)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.true_divide(x.astype(np.float32), y.astype(np.float32))
+    if x.dtype.kind in "iub" and y.dtype.kind in "iub":
+        return np.true_divide(x.astype(np.float64), y.astype(np.float64))
+    return np.true_divide(x, y)
 
 
 @op("inverse")

@@ -240,14 +240,20 @@ def l2_norm(a: Args) -> "Array":
     return x / np.sqrt(np.square(x).sum(axis=axes, keepdims=True) + np.float32(a.number("epsilon", 1e-6)))
 
 
-@op("local_response_norm")
+def _lrn_size(operation: "Operation") -> str | None:
+    size = const_value(operation, "size")
+    # MIL does not say how an even window sits around its channel
+    return None if size is None or int(size) % 2 else f"local_response_norm with an even size ({size})"
+
+
+@op("local_response_norm", refuse=_lrn_size)
 def local_response_norm(a: Args) -> "Array":
-    """x / (k + alpha/size · Σ over `size` neighbouring channels of x²)^beta."""
+    """x / (k + alpha/size · Σ over the `size` channels centred on each channel of x²)^beta."""
     import numpy as np
 
     x = a.tensor("x")
     size = a.integer("size")
-    sq = np.pad(np.square(x), [(0, 0), ((size - 1) // 2, size // 2)] + [(0, 0)] * (x.ndim - 2))
+    sq = np.pad(np.square(x), [(0, 0), (size // 2, size // 2)] + [(0, 0)] * (x.ndim - 2))
     window = sum(sq[:, i:i + x.shape[1]] for i in range(size))
     return x / np.power(a.number("k", 1.0) + a.number("alpha", 1e-4) / size * window, a.number("beta", 0.75))
 
