@@ -210,6 +210,25 @@ def _rnn_torch() -> Any:
     return out[-1:], h[0]
 
 
+W_LOOP, X_LOOP = arr(4, 4) * 0.5, arr(3, 4)
+
+
+def _loop(x: Any) -> Any:
+    """h ← tanh(h·W + x), five times: MIL's while_loop with a counter and a state."""
+    def body(i: Any, h: Any) -> Any:
+        return mb.add(x=i, y=1), mb.tanh(x=mb.add(x=mb.matmul(x=h, y=W_LOOP), y=x))
+
+    return mb.while_loop(_cond=lambda i, h: mb.less(x=i, y=5), _body=body,
+                         loop_vars=(np.int32(0), np.zeros((3, 4), np.float32)))[1]
+
+
+def _loop_torch() -> Any:
+    h = torch.zeros(3, 4)
+    for _ in range(5):
+        h = torch.tanh(h @ t(W_LOOP) + t(X_LOOP))
+    return h
+
+
 W_CONV, B_CONV, W_DEPTH, W_1D = arr(6, 2, 3, 3), arr(6), arr(4, 1, 3, 3), arr(5, 3, 2)
 W_T, B_T = arr(4, 3, 3, 3), arr(6)
 MEAN, VAR, GAMMA, BETA = arr(4), POS.ravel()[:4].copy(), arr(4, seed=1), arr(4, seed=2)
@@ -232,6 +251,7 @@ TORCH_CASES: list[Case] = [
     Case("cumsum", lambda x: mb.cumsum(x=x, axis=2, exclusive=True, reverse=True),
          lambda: t(X).flip(2).cumsum(2).flip(2) - t(X), label="exclusive,reverse", live=(X,)),
     Case("silu", lambda: mb.silu(x=X), lambda: F.silu(t(X))),
+    Case("while_loop", _loop, _loop_torch, live=(X_LOOP,)),
     Case("conv", lambda: mb.conv(x=IMG, weight=W_CONV, bias=B_CONV, strides=[2, 1], pad_type="custom",
                                  pad=[1, 0, 2, 1], dilations=[1, 2], groups=2),
          lambda: F.conv2d(F.pad(t(IMG), (2, 1, 1, 0)), t(W_CONV), t(B_CONV), stride=(2, 1), dilation=(1, 2),
