@@ -24,6 +24,7 @@ from buildsys.formats.runtime import CannotRun
 if TYPE_CHECKING:
     import numpy as np
     from coremltools.converters.mil.mil import Block, Function, Operation, Program, Var
+    from coremltools.proto import Model_pb2
 
 FP16_MAX = 65504.0
 #: What the interpreter is, in the words every report uses for numbers it produced.
@@ -41,7 +42,12 @@ class MissingReference(CannotRun):
         verb = "has" if len(self.missing) == 1 else "have"
         super().__init__(f"not run: op{'s' if len(self.missing) > 1 else ''} {names} {verb} no reference "
                          "implementation in the MIL interpreter",
-                         hint=f"the numbers would be a guess; see docs/coreml-reference.md for the ops it implements")
+                         hint="the numbers would be a guess; docs/coreml-reference.md lists the ops it implements")
+
+    @property
+    def reason(self) -> str:
+        """The why without the "not run: " prefix, for a check's `not_run` field."""
+        return self.what.removeprefix("not run: ")
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,8 @@ class Fp16Finding:
     def __str__(self) -> str:
         where = f"{self.op_type} '{self.op}'" + (f" (module {self.module})" if self.module else "")
         if self.kind == "overflow":
-            return (f"fp16 overflow at {where}: {self.count} value(s) up to {self.largest:.4g} exceed "
-                    f"{FP16_MAX:g} and become inf")
+            return (f"fp16 overflow at {where}: {self.count} value(s) up to {self.largest:.4g} exceed fp16's "
+                    f"largest value {FP16_MAX:g}")
         if self.kind == "underflow":
             return f"fp16 underflow at {where}: all {self.count} non-zero value(s) round to 0"
         return f"{self.count} inf/NaN value(s) first appear at {where} (its inputs were finite)"
@@ -105,7 +111,7 @@ def implementations() -> dict[str, OpImpl]:
     return table()
 
 
-def load_program(path: Path) -> tuple["Program", object]:
+def load_program(path: Path) -> tuple["Program", "Model_pb2.Model"]:
     """The package's MIL Program (weights read from its blob files) and its protobuf spec, without Core ML."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load
@@ -138,7 +144,7 @@ class MilProgram:
     def load(cls, path: Path, function: str | None = None) -> "MilProgram":
         """Load `path` and pick `function` (default: the package's default function, else "main")."""
         program, spec = load_program(path)
-        default = getattr(getattr(spec, "description", None), "defaultFunctionName", "") or "main"
+        default = spec.description.defaultFunctionName or "main"
         return cls(program, function or default)
 
     @property
@@ -152,9 +158,6 @@ class MilProgram:
     @property
     def output_names(self) -> list[str]:
         return [v.name for v in self.function.outputs]
-
-    def input_dtype(self, name: str) -> "np.dtype":
-        return numpy_dtype(self.function.inputs[name])
 
     def operations(self) -> Iterator["Operation"]:
         """Every op of the function, nested blocks included, in program order."""
@@ -196,11 +199,9 @@ class MilProgram:
         import numpy as np
 
         self.require_all()
-        unknown = sorted(set(feeds) - set(self.function.inputs))
-        absent = [n for n in self.function.inputs if n not in feeds]
-        if unknown or absent:
-            raise CannotRun(f"inputs {absent} are missing and {unknown} are not inputs of function "
-                            f"'{self.function_name}' (it takes {self.input_names})")
+        if sorted(feeds) != sorted(self.function.inputs):
+            raise CannotRun(f"function '{self.function_name}' takes inputs {self.input_names}, "
+                            f"got {sorted(feeds)}")
         run = _Run(self, keep)
         for name, var in self.function.inputs.items():
             run.env[name] = np.asarray(feeds[name]).astype(numpy_dtype(var))
@@ -224,16 +225,25 @@ class MilProgram:
         if var.name not in self._dtypes:
             try:
                 self._dtypes[var.name] = numpy_dtype(var)
-            except Exception:
+            except Exception:  # coremltools raises assorted errors for non-tensor types
                 self._dtypes[var.name] = None
         return self._dtypes[var.name]
 
     def module_of(self, operation: "Operation") -> str:
         """The PyTorch module an op belongs to, read from the names of the weights it consumes
-        (coremltools names them after the state-dict key: `encoder_layer_0_fc1_weight_to_fp16`).
-        Dots became underscores, so this is the module path with '_' for '.' ("" when no weight)."""
+        (coremltools names them after the state-dict key: `encoder_layer_0_fc1_weight_to_fp16`), or,
+        for an op without weights (an activation, a residual add), from the nearest op upstream that
+        has some (at most three ops back). Dots became underscores: `encoder_layer_0_fc1` is
+        `encoder.layer.0.fc1` (or `encoder_layer.0…`: the names alone cannot tell). "" when unknown."""
         if operation.name not in self._modules:
-            self._modules[operation.name] = _module_from_weights(operation)
+            found, frontier = "", [operation]
+            for _ in range(4):
+                found = next((m for m in map(_module_from_weights, frontier) if m), "")
+                if found:
+                    break
+                frontier = [v.op for op in frontier for v in _flat(op.inputs.values())
+                            if v.op is not None and v.op.op_type != "const"]
+            self._modules[operation.name] = found
         return self._modules[operation.name]
 
 
@@ -241,14 +251,14 @@ _SUFFIXES = re.compile(r"(_to_fp16|_to_fp32|_palettized|_quantized|_sparsified|_
 
 
 def _module_from_weights(operation: "Operation") -> str:
+    """The module prefix of the first weight-like const input (`fc_weight_to_fp16` → `fc`), or ""."""
     for name, var in operation.inputs.items():
-        if name not in ("weight", "weight_ih", "gamma", "y", "x") or isinstance(var, (list, tuple)):
+        if name not in ("weight", "weight_ih", "gamma", "x", "y") or isinstance(var, (list, tuple)):
             continue
         producer = var.op
         if producer is None or not (producer.op_type == "const" or producer.op_type.startswith("constexpr_")):
             continue
-        stem = _SUFFIXES.sub("", var.name)
-        match = re.match(r"(?:p_)?(.+?)_(weight|weight_ih_l\d+|gamma|bias)$", stem)
+        match = re.match(r"(?:p_)?(.+?)_(weight|weight_ih_l\d+|gamma|bias)$", _SUFFIXES.sub("", var.name))
         if match:
             return match.group(1)
     return ""
@@ -274,8 +284,10 @@ class _Run:
         self.impls = implementations()
 
     def block(self, block: "Block | Function", inputs: list[Value] | None = None) -> list[Value]:
-        for var, value in zip(getattr(block, "inputs", []) if inputs is not None else [], inputs or []):
-            self.env[var.name] = value
+        """Evaluate a block's ops; a nested block (loop body, branch) gets its inputs bound first."""
+        if inputs is not None:
+            for var, value in zip(block.inputs, inputs):
+                self.env[var.name] = value
         for operation in block.operations:
             self.op(operation)
         return [self.env[v.name] for v in block.outputs]

@@ -278,12 +278,8 @@ def select(a: Args) -> "Array":
 def cast(a: Args) -> "Array":
     """Computes nothing: the interpreter's rounding to the declared output type is the cast. Float to
     integer truncates toward zero (NumPy's astype, coremltools' value inference)."""
-    import numpy as np
-
     x = a.tensor("x")
     target = a.out_dtype()
-    if target.kind in "iub" and x.dtype.kind == "f":
-        return x.astype(target)
     return x if target.kind == "f" else x.astype(target)
 
 

@@ -79,8 +79,9 @@ def _offsets(kernel: list[int], dilations: list[int], strides: list[int], outs: 
 
 
 def _conv_geometry(operation: "Operation") -> str | None:
-    if operation.op_type == "conv_transpose" and (const_value(operation, "pad_type") or "valid") not in ("valid", "custom"):
-        return f"conv_transpose pad_type {const_value(operation, 'pad_type')}"
+    pad_type = const_value(operation, "pad_type") or "valid"
+    if operation.op_type == "conv_transpose" and pad_type not in ("valid", "custom"):
+        return f"conv_transpose pad_type {pad_type}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Reference implementations of MIL's tensor-shaping ops in NumPy: reshape, slicing, gathers, concatenation, padding, reductions."""
+"""Reference implementations of MIL's tensor-shaping ops in NumPy: reshape, slicing, gathers and scatters, concatenation, padding."""
 
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def split(a: Args) -> tuple["Array", ...]:
     return tuple(np.split(x, a.integer("num_splits"), axis=axis))
 
 
-def _slices(a: Args, x: "Array") -> tuple[tuple[slice | int, ...], list[int]]:
+def _slices(a: Args, x: "Array") -> tuple[slice | int, ...]:
+    """NumPy's index for MIL's begin/end/stride and masks (a squeezed axis is indexed, not sliced)."""
     rank = x.ndim
     begin, end = a.integers("begin"), a.integers("end")
     stride = a.integers("stride", [1] * rank)
@@ -123,20 +124,19 @@ def _slices(a: Args, x: "Array") -> tuple[tuple[slice | int, ...], list[int]]:
             slices.append(begin[i])
             continue
         slices.append(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], stride[i]))
-    return tuple(slices), [i for i in range(rank) if squeeze_mask[i]]
+    return tuple(slices)
 
 
 @op("slice_by_index")
 def slice_by_index(a: Args) -> "Array":
     x = a.tensor("x")
-    slices, _ = _slices(a, x)
-    return x[slices]
+    return x[_slices(a, x)]
 
 
 @op("slice_update")
 def slice_update(a: Args) -> "Array":
     x = a.tensor("x").copy()
-    slices, _ = _slices(a, x)
+    slices = _slices(a, x)
     view_shape = x[slices].shape
     x[slices] = a.tensor("update").reshape(view_shape)
     return x
@@ -163,14 +163,8 @@ def gather(a: Args) -> "Array":
     if batch_dims == 0:
         return np.take(x, indices, axis=axis)
     batch = x.shape[:batch_dims]
-    out = [gather_one(x[b], indices[b], axis - batch_dims) for b in np.ndindex(*batch)]
+    out = [np.take(x[b], indices[b], axis=axis - batch_dims) for b in np.ndindex(*batch)]
     return np.stack(out).reshape(batch + out[0].shape)
-
-
-def gather_one(x: "Array", indices: "Array", axis: int) -> "Array":
-    import numpy as np
-
-    return np.take(x, indices, axis=axis)
 
 
 @op("gather_along_axis")
