@@ -447,6 +447,7 @@ def test_the_coreml_mil_session_reorders_outputs_and_labels_its_numbers(made: di
     for want, observed in zip(torch_outputs(tiny, feeds), got):
         np.testing.assert_allclose(observed, want, rtol=1e-5, atol=1e-6)
     assert diagnostics["interpreter"] == LABEL and "not Apple's Core ML runtime" in LABEL
+    assert diagnostics["status"] == "MIL reference, not Apple's runtime"
     assert "Neural Engine" in diagnostics["not_exercised"]
     assert diagnostics["samples"] == len(feeds["x"]) and diagnostics["fp16_findings"] == []
     assert runtime.inspect(package, tiny.model, "coreml")["problems"] == []

@@ -80,7 +80,8 @@ milproto loader, weights read from `weights/weight.bin`) and evaluates it op by 
   than the fp16 emulation here.
 * Compute-unit placement, latency, memory and load-time behaviour are not measured.
 * Its numbers are labelled as the MIL reference's wherever they are shown, never as Apple's
-  runtime's: the check's metrics carry `"runtime": "coreml-mil"` and a `reference` block saying so.
+  runtime's: they come from the runtime `coreml-mil`, whose sessions' `diagnostics()` carry the status
+  words ("MIL reference, not Apple's runtime"), what is not exercised, and the fp16 findings.
 
 ## Inputs, functions, state
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.formats.coreml.mil import Fp16Finding, MilProgram
 
+#: The words a check's status adds to "passed" when these numbers passed: "passed (MIL reference, not
+#: Apple's runtime)".
+STATUS = "MIL reference, not Apple's runtime"
 #: What the numbers of this runtime are not: said next to them in every report.
 NOT_EXERCISED = ("Apple's compiler, its kernels, their accumulation order and precision, and compute-unit "
                  "placement (CPU / GPU / Neural Engine) are not exercised")
@@ -83,7 +86,7 @@ class MilSession(Session):
         what that does not exercise, and the fp16 findings by op and module."""
         from buildsys.formats.coreml.mil import LABEL
 
-        return {"interpreter": LABEL, "not_exercised": NOT_EXERCISED, "function": self.program.function_name,
+        return {"status": STATUS, "interpreter": LABEL, "not_exercised": NOT_EXERCISED, "function": self.program.function_name,
                 "compute_precision": self.compute_precision, "ops": sum(self.program.op_counts().values()),
                 "samples": self.samples, "fp16_findings": [f.as_dict() for f in self.findings]}
 
