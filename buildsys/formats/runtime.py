@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from buildsys.errors import StepError
+
 if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
     from buildsys.data import Batch
     from buildsys.status import Caveat
+
+
+class CannotRun(StepError):
+    """This runtime cannot execute this artifact (an op it has no implementation for): the check
+    reports "not run" with this reason, never a failed or a passed comparison."""
 
 
 class Session:
@@ -57,6 +64,10 @@ class Runtime:
     #: Programs the runtime (or its install step) runs, each with the Debian package that provides it:
     #: `modelbuild doctor --install-os-packages` installs the missing ones.
     os_packages: ClassVar[dict[str, str]] = {}
+    #: A runtime that can compute this one's numbers where this one cannot run, labelled as not the
+    #: device runtime (Core ML off macOS: "coreml-mil", the MIL reference interpreter). A check uses
+    #: it only when the target opts in; None: no stand-in.
+    stand_in: ClassVar[str | None] = None
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""

@@ -163,14 +163,21 @@ class CoreMLSession(Session):
         import numpy as np
         from PIL import Image
 
-        chw = array[0]
-        bias = np.array(self.bias * chw.shape[0] if len(self.bias) == 1 else self.bias, dtype=np.float32)
-        pixels = np.clip(np.round((chw - bias[:, None, None]) / self.scale), 0, 255).astype(np.uint8)
-        if chw.shape[0] == 1:
+        pixels = image_pixels(array[0], self.scale, self.bias).astype(np.uint8)
+        if pixels.shape[0] == 1:
             return Image.fromarray(pixels[0], mode="L")
         if self.bgr:  # the model's tensor is BGR; Core ML swaps an RGB image's channels itself
             pixels = pixels[::-1]
         return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB")
+
+
+def image_pixels(chw: "np.ndarray", scale: float, bias: list[float]) -> "np.ndarray":
+    """The 8-bit pixel values (0-255, as float32, in the model's channel order) whose normalization
+    (pixel · scale + bias, what the package's image input applies) gives back `chw`, rounded."""
+    import numpy as np
+
+    shift = np.array(bias * chw.shape[0] if len(bias) == 1 else bias, dtype=np.float32)
+    return np.clip(np.round((chw - shift[:, None, None]) / scale), 0, 255).astype(np.float32)
 
 
 @register_runtime
@@ -179,6 +186,7 @@ class CoreML(Runtime):
 
     name = "coreml"
     packages = ("coremltools",)
+    stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
 
     def unavailable(self) -> str | None:
         if sys.platform != "darwin":

@@ -1,0 +1,124 @@
+"""The "coreml-mil" runtime: .mlpackage files run through the MIL reference interpreter (any OS), labelled as not Apple's runtime.
+
+It feeds a package exactly as `CoreMLSession` does on macOS (image inputs become their 8-bit pixels,
+which the program's own preprocessing ops scale and shift; float16 I/O is cast), evaluates the
+chosen function op by op (`mil.py`), and collects fp16 findings (overflow, inf/NaN, underflow) by
+op and PyTorch module over every sample it ran. Its numbers say what the program computes under
+MIL's definitions, not what Apple's compiler and kernels compute on a device: reports must say
+"MIL reference" wherever they show them (`LABEL`, `diagnostics()`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.formats import register_runtime
+from buildsys.formats.runtime import CannotRun, Runtime, Session, fixed_batch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+    from buildsys.formats.coreml.mil import Fp16Finding, MilProgram
+
+#: The words a check's status adds to "passed" when these numbers passed: "passed (MIL reference, not
+#: Apple's runtime)".
+STATUS = "MIL reference, not Apple's runtime"
+#: What the numbers of this runtime are not: said next to them in every report.
+NOT_EXERCISED = ("Apple's compiler, its kernels, their accumulation order and precision, and compute-unit "
+                 "placement (CPU / GPU / Neural Engine) are not exercised")
+
+
+class MilSession(Session):
+    """A package's function evaluated by the MIL reference interpreter, fed like Core ML feeds it."""
+
+    def __init__(self, program: "MilProgram", model: "Model", facts: dict[str, Any]):
+        self.program = program
+        self.model = model
+        self.inputs = {f["name"]: f for f in facts["inputs"]}
+        self.images = {name for name, f in self.inputs.items() if f["kind"] == "image"}
+        user = facts["metadata"]["user_defined"]
+        # The step records the pixel normalization it asked Core ML to apply (see CoreMLSession).
+        self.scale = float(user.get("com.modelbuild.image_scale", "1.0"))
+        self.bias = [float(b) for b in user.get("com.modelbuild.image_bias", "0.0").split(",")]
+        uppers = [f["ranges"][0][1] for f in self.inputs.values() if f["kind"] == "tensor" and f.get("ranges")]
+        # A fixed-size input keeps its batch in the program's reshapes: run as Core ML would.
+        self.max_batch = 1 if self.images else min([fixed_batch(model), *uppers])
+        self.output_names = [o.name for o in model.outputs]
+        self.compute_precision: str = facts.get("compute_precision", "")
+        self.samples = 0
+        self._findings: dict[tuple[str, str, str], "Fp16Finding"] = {}
+
+    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        import numpy as np
+
+        from buildsys.formats.coreml.runtime import image_pixels
+
+        ready: dict[str, np.ndarray] = {}
+        for name, array in feeds.items():
+            if name in self.images:  # what Core ML makes of the 8-bit image: its pixels, as floats
+                ready[name] = np.stack([image_pixels(sample, self.scale, self.bias) for sample in array])
+            else:
+                ready[name] = np.asarray(array)
+        result = self.program.evaluate(ready)
+        self.samples += len(next(iter(feeds.values())))
+        for finding in result.findings:
+            self._merge(finding)
+        return [np.asarray(result.outputs[n], dtype=np.float32) for n in self.output_names]
+
+    def _merge(self, finding: "Fp16Finding") -> None:
+        from dataclasses import replace
+
+        key = (finding.kind, finding.op, finding.output)
+        seen = self._findings.get(key)
+        self._findings[key] = finding if seen is None else replace(
+            seen, largest=max(seen.largest, finding.largest), count=seen.count + finding.count)
+
+    @property
+    def findings(self) -> list["Fp16Finding"]:
+        """fp16 findings over every sample run so far, one per (kind, op, output)."""
+        return list(self._findings.values())
+
+    def diagnostics(self) -> dict[str, Any]:
+        """What a check adds to its metrics next to the numbers (key "reference"): what computed them,
+        what that does not exercise, and the fp16 findings by op and module."""
+        from buildsys.formats.coreml.mil import LABEL
+
+        return {"status": STATUS, "interpreter": LABEL, "not_exercised": NOT_EXERCISED, "function": self.program.function_name,
+                "compute_precision": self.compute_precision, "ops": sum(self.program.op_counts().values()),
+                "samples": self.samples, "fp16_findings": [f.as_dict() for f in self.findings]}
+
+
+@register_runtime
+class CoreMLReference(Runtime):
+    """Core ML packages through the MIL reference interpreter (NumPy; any OS): not Apple's runtime."""
+
+    name = "coreml-mil"
+    packages = ("coremltools", "numpy")
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("coremltools") is None:
+            return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
+        return None
+
+    def load(self, path: Path, model: "Model", root: Path, function: str | None = None) -> MilSession:
+        """A session on `function` of the package (default: its default function, else "main").
+        Raises MissingReference (a CannotRun: the check says "not run") naming every op type the
+        interpreter has no implementation for, before anything runs."""
+        why = self.unavailable()
+        if why:
+            raise CannotRun(why)
+        from buildsys.formats.coreml.mil import MilProgram
+        from buildsys.formats.coreml.runtime import inspect_mlpackage
+
+        program = MilProgram.load(Path(path), function)
+        program.require_all()
+        return MilSession(program, model, inspect_mlpackage(Path(path)))
+
+    def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
+        """The same structural facts and problems as the "coreml" runtime's inspection."""
+        from buildsys.formats.coreml.runtime import CoreML
+
+        return CoreML().inspect(path, model, fmt)
