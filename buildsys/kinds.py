@@ -49,9 +49,12 @@ class NodeKind:
         """Add what this kind's output depends on beyond the step, options and inputs. A judging kind
         runs the artifact in its format's runtime, whose packages therefore enter its key."""
         if cls.judges:
-            from buildsys.formats import get_format
+            from buildsys.formats import get_format, runtimes
 
-            packages += _runtime_packages(get_format(node.format).runtime)
+            runtime = get_format(node.format).runtime
+            packages += _runtime_packages(runtime)
+            if runtime and runtimes()[runtime].stand_in:  # where the runtime cannot run, the stand-in computes
+                packages += _runtime_packages(runtimes()[runtime].stand_in)
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:

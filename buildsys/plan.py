@@ -360,10 +360,9 @@ def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
 
 
 def _not_run_here(result: Any) -> bool:
-    """Whether a failed check failed because this host could not run it, not because of the artifact."""
-    from buildsys.verify import not_run_reasons
-
-    return bool(not_run_reasons(result.metrics))
+    """Whether a failed check failed only because of this host's limits (require_numeric on a part it
+    could not run, or on a stand-in's numbers), not because of the artifact."""
+    return bool(result.metrics.get("host_limited"))
 
 
 #: How a node that already failed in this build under the same key is failed again, unrun.

@@ -27,7 +27,8 @@ def console(stderr: bool = False) -> Any:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
     plain = bool(os.environ.get("NO_COLOR"))  # no-color.org: rich drops colours itself; drop bold and dim too
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, no_color=plain or None,
+    # emoji=False: rich would turn ":phone:" in "verify:phone" into a telephone
+    return Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True, width=width, no_color=plain or None,
                    color_system=None if plain else "auto")
 
 

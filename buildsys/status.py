@@ -11,8 +11,9 @@ one thing has one name everywhere:
 - `Outcome`: what a build did to a node.
 - `Verdict`: what a target's check found, with `Caveat`s: parts that were not run, or ran on a
   lesser path than asked (a model delivered un-optimized, a LiteRT check that fell back from
-  XNNPACK to the builtin kernels), or a route that fell back. `--strict` and `require_numeric` fail
-  on every caveat but a route fallback.
+  XNNPACK to the builtin kernels), numbers computed by a stand-in rather than the device's runtime
+  (Core ML's MIL reference interpreter off macOS), or a route that fell back. `--strict` and
+  `require_numeric` fail on every caveat but a route fallback, and a stand-in the target accepts.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Verdict(_Word):
 class CaveatKind(_Word):
     NOT_RUN = "not run"  # a part of the check (serving, docker build, lint) could not run on this host
     DEGRADED = "degraded"  # made or checked on a lesser path than asked
+    STAND_IN = "stand-in"  # the numbers come from a reference implementation, not the device's runtime
     FALLBACK = "fallback"  # the target's first route failed and a later one made the artifact
 
 
@@ -90,8 +92,15 @@ class Caveat:
 
     @property
     def strict(self) -> bool:
-        """Whether `--strict` / `require_numeric` fail on it: everything but a route fallback."""
+        """Whether `--strict` / `require_numeric` fail on it: everything but a route fallback (a
+        stand-in's numbers pass only where the target accepts them: `accept_stand_in`)."""
         return self.kind is not CaveatKind.FALLBACK
+
+    @property
+    def host(self) -> bool:
+        """Whether it is this host's limit, not the artifact's (a part that could not run here, numbers
+        from a stand-in): no other route would lift it, so it never sends a target down another."""
+        return self.kind in (CaveatKind.NOT_RUN, CaveatKind.STAND_IN)
 
     def __str__(self) -> str:
         return f"{self.what}: {self.why}" if self.why else self.what

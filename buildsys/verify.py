@@ -82,6 +82,7 @@ class CheckOptions(StepOptions):
     require_numeric: bool = Field(default=False, description="Fail when the runtime cannot run on this host.")
     max_size_mb: Optional[float] = Field(default=None, description="Largest allowed artifact size in MB.")
     serving: bool = Field(default=False, description="Also run the artifact in its format's serving runtime.")
+    accept_stand_in: bool = Field(default=False, description="require_numeric counts a stand-in's numbers as numeric.")
 
 
 def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[OutputSpec]) -> dict[str, Any]:
@@ -110,7 +111,8 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
             limits.update({k: None for k in VALUES_ONLY})
         resolved[out.name] = limits
     return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail, require_numeric=acceptance.require_numeric,
-                        max_size_mb=acceptance.max_size_mb, serving=acceptance.serving).model_dump(mode="json")
+                        max_size_mb=acceptance.max_size_mb, serving=acceptance.serving,
+                        accept_stand_in=acceptance.accept_stand_in).model_dump(mode="json")
 
 
 def not_run_reasons(check: dict[str, Any]) -> list[str]:

@@ -177,7 +177,8 @@ def test_rmsnorm_reaches_server_and_a_causal_mask_reaches_ios(tmp_path: Path) ->
     lock = Lock.read(root / "deploy.lock")
     assert lock.nodes["verify:rms-server"]["verdict"] == "passed"
     assert lock.nodes["verify:causal-ts"]["verdict"] == "passed"
-    assert lock.nodes["verify:causal-ios"]["verdict"] == "structure ok, numeric not run"
+    assert lock.nodes["verify:causal-ios"]["verdict"] == "passed"  # by the MIL reference off macOS: a caveat says so
+    assert [c["kind"] for c in lock.nodes["verify:causal-ios"]["caveats"]] == ["stand-in"]
     facts = lock.nodes["rms/onnx-optimized"]["facts"]
     assert facts == {"optimized": True, "fused_ops": {"SimplifiedLayerNormalization": 1}}
     explained = json.loads(project.run("explain", "rms/onnx-optimized").stdout)

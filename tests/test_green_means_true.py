@@ -232,3 +232,39 @@ def test_a_docker_build_that_did_not_run_shows_in_every_output(tiny: TinyProject
     strict = tiny.run("build", "--strict", "svc", check=False)
     assert strict.returncode == 1 and "the target requires a full check (require_numeric), but docker build not run" \
         in strict.stdout, strict.stdout
+
+
+XNNPACK_REFUSAL = """\
+models:
+  m:
+    source: {factory: tinymodels:xnnpack_refusal, weights: xnnpack-refusal.pt}
+    inputs: [{name: x, shape: [batch, 8]}]
+    outputs: [{name: y}]
+    data: {calibration: calib.npz, validation: val.npz}
+targets:
+  phone: {model: m, platform: android, acceptance: {max_range_error: 0.25}}  # the cancelling layer costs int8 13 %
+"""
+
+
+@pytest.mark.slow
+def test_an_xnnpack_fallback_shows_in_the_summary_and_the_report(tmp_path: Path) -> None:
+    """XNNPACK (what Android runs) refuses the full-int8 file at runtime creation; the check runs it on
+    LiteRT's builtin kernels, passes, and says so wherever the target shows; --strict fails it."""
+    from tests.helpers.models import make_model
+
+    make_model(tmp_path / "p", "xnnpack-refusal")
+    project = TinyProject(tmp_path / "p", tmp_path / "p" / "calls")
+    project.write(XNNPACK_REFUSAL)
+    proc = project.run("build")
+    assert "passed; XNNPACK fallback" in proc.stdout, proc.stdout
+    assert "phone: XNNPACK fallback: XNNPACK (what Android runs) could not prepare the graph (failed to create " \
+           "XNNPACK runtime" in proc.stdout, proc.stdout
+    entry = json.loads((tmp_path / "p" / "deploy.lock").read_text())["nodes"]["verify:phone"]
+    assert entry["verdict"] == "passed" and [c["kind"] for c in entry["caveats"]] == ["degraded"]
+    project.run("report")
+    assert "passed; XNNPACK fallback" in (tmp_path / "p" / "artifacts/report/report.md").read_text()
+    assert "XNNPACK fallback" in (tmp_path / "p" / "artifacts/report/report.html").read_text()
+    # --strict refuses the fallback, so the route is dropped: litert-torch's file runs under XNNPACK
+    strict = project.run("build", "--strict").stdout
+    assert "passed; route fallback" in strict and "made by pytorch → pt2 → tflite-int8" in strict, strict
+    assert "dropped at verify:phone: the target requires a full check (require_numeric), but XNNPACK fallback" in strict

@@ -81,9 +81,11 @@ TARGETS: dict[str, tuple[str, str, str, str, str]] = {
     "onet-coreml-fp16": ("onet", "coreml", "fp16", "", "format: coreml\n    precision: fp16"),
     "onet-coreml-int8": ("onet", "coreml", "int8", "linear int8 weights",
                          "format: coreml\n    precision: int8\n    options: {coreml-int8: {weight_compression: int8}}"),
-    "onet-coreml-palettized": ("onet", "coreml", "int8", "4-bit palette",
+    # 8 bits: a 4-bit palette loses ONet's box regression (per-sample cosine 0.74 against PyTorch, measured
+    # by the MIL reference interpreter), which its check rightly refuses.
+    "onet-coreml-palettized": ("onet", "coreml", "int8", "8-bit palette",
                                "format: coreml\n    precision: int8\n"
-                               "    options: {coreml-int8: {weight_compression: palettize4}}"),
+                               "    options: {coreml-int8: {weight_compression: palettize8}}"),
     "onet-ptl": ("onet", "ptl", "fp32", "", "format: ptl"),
     "digits-android-fp32": ("digits", "tflite", "fp32", "", "recipe: android-fp32"),
     "digits-android-fp16": ("digits", "tflite", "fp16", "fp16 weights", "recipe: android"),
@@ -228,8 +230,8 @@ def test_only_the_strict_core_ml_check_fails(built: tuple) -> None:
     failed = [line.split()[1] for line in out.splitlines() if line.strip().startswith("failed ")]
     assert failed == [f"verify:{STRICT}"], out
     assert f"✗ verify:{STRICT}: acceptance not met" in out
-    assert ("the numeric check is required (require_numeric) but was not run: Core ML execution needs macOS"
-            in out), out
+    assert ("the target requires a full check (require_numeric), but MIL reference, not Apple's runtime: Core ML "
+            "execution needs macOS" in out), out
     assert "build failed: 1 node(s) failed, 0 skipped" in proc.stdout + proc.stderr
     for target in TARGETS:
         assert f"verify:{target}" in lock["nodes"], (target, out)
@@ -310,12 +312,15 @@ def test_tflite_records_its_nhwc_layout(built: tuple, target: str) -> None:
 
 
 @pytest.mark.parametrize("target", [t for t, spec in TARGETS.items() if spec[1] == "coreml"])
-def test_core_ml_is_structurally_checked_and_reported_not_run(built: tuple, target: str) -> None:
+def test_core_ml_is_checked_by_the_mil_reference_and_says_so(built: tuple, target: str) -> None:
+    """Off macOS the numbers come from the MIL reference interpreter, and every output says so."""
     _, _, lock = built
     model, _, precision, variant, _ = TARGETS[target]
     metrics = check(lock, target)
-    assert metrics["passed"] is None
-    assert "needs macOS" in metrics["not_run"], metrics["not_run"]
+    assert metrics["passed"] is True and metrics["runtime"] == "coreml-mil", metrics.get("failures")
+    (caveat,) = [c for c in metrics["caveats"] if c["kind"] == "stand-in"]
+    assert caveat["what"] == "MIL reference, not Apple's runtime" and "needs macOS" in caveat["why"]
+    assert lock["nodes"][f"verify:{target}"]["verdict"] == "passed"
     structure = metrics["structure"]
     assert structure["problems"] == []
     facts = structure["facts"]
@@ -360,7 +365,7 @@ def test_sizes_shrink_with_precision(built: tuple) -> None:
     assert sizes["onet-tflite-int8"] < 0.35 * sizes["onet-tflite"]
     assert sizes["onet-coreml-fp16"] < 0.6 * sizes["onet-coreml"]
     assert sizes["onet-coreml-int8"] < 0.35 * sizes["onet-coreml"]
-    assert sizes["onet-coreml-palettized"] < sizes["onet-coreml-int8"]  # 4 bits < 8 bits
+    assert sizes["onet-coreml-palettized"] < 0.35 * sizes["onet-coreml"]  # 8-bit indices and a 256-entry palette
 
 
 def test_targets_share_upstream_nodes(built: tuple) -> None:

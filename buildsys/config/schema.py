@@ -220,6 +220,12 @@ class Acceptance(Tolerance):
     require_numeric: bool = Field(
         default=False, description="Fail the check when the artifact's runtime cannot run on this host (Core ML off "
         "macOS), instead of reporting 'not run'. Use it on release targets.")
+    accept_stand_in: bool = Field(
+        default=False, description="Count a stand-in's numbers as a full numeric check under require_numeric / "
+        "--strict. Where an artifact's runtime cannot run on this host but its format has a stand-in (Core ML off "
+        "macOS: the MIL reference interpreter, docs/coreml-reference.md), the check runs the stand-in and says so "
+        "('passed; MIL reference, not Apple's runtime'); without this, require_numeric fails such a check, since "
+        "the device's compiler and kernels were not exercised.")
     serving: bool = Field(
         default=False, description="Also run the artifact in its real serving software (a Triton Inference Server, "
         "a TorchServe server) started on loopback, and compare its answers with the reference. Slower; where the "

@@ -39,6 +39,12 @@ class Session:
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
         raise NotImplementedError
 
+    def findings(self) -> list[dict[str, object]]:
+        """What the session saw inside the program over every sample it ran, one dict each with `text`
+        and, where it must fail the check, `fails: True` (a stand-in's fp16 overflow at an op, by
+        module). [] for runtimes that see only inputs and outputs."""
+        return []
+
     def close(self) -> None:
         """Release what `load` started (a server process, a temporary directory). Idempotent."""
 
@@ -68,6 +74,11 @@ class Runtime:
     #: device runtime (Core ML off macOS: "coreml-mil", the MIL reference interpreter). A check uses
     #: it only when the target opts in; None: no stand-in.
     stand_in: ClassVar[str | None] = None
+    #: For a stand-in: the words a target's status adds to say whose numbers these are
+    #: ("MIL reference, not Apple's runtime"), and what its numbers do not exercise. None for a
+    #: device's own runtime.
+    label: ClassVar[str | None] = None
+    not_exercised: ClassVar[str] = ""
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""

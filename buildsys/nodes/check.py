@@ -8,6 +8,7 @@ from typing import Any
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
+from buildsys.formats.runtime import CannotRun
 from buildsys.status import Caveat, CaveatKind, unique
 from buildsys.verify import CheckOptions
 
@@ -47,30 +48,40 @@ class Check(Step):
             problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
                   else get_runtime(runtime_name).unavailable())
+        runner = runtime_name
+        stand_in = get_runtime(runtime_name).stand_in if reason and runtime_name else None
+        if stand_in and get_runtime(stand_in).unavailable() is None:
+            runner = stand_in  # its numbers, said to be its: a caveat every output shows
+        observed: list[Any] = []
+        if runner and (not reason or runner == stand_in):
+            batch, expected, labels = self._reference(ctx)
+            try:
+                observed, ran, findings = self._observe(ctx, runner, batch)
+            except CannotRun as exc:  # the stand-in lacks an op: not run, naming it
+                reason = f"{reason}; its stand-in {runner} cannot run it either: {exc.what.removeprefix('not run: ')}"
+            else:
+                caveats += ran
+                if runner == stand_in:
+                    other = get_runtime(runner)
+                    caveats.append(Caveat(CaveatKind.STAND_IN, other.label or runner,
+                                          f"{reason}; computed by {runner} instead ({other.not_exercised})", runner))
+                    reason = None
         if reason:
             metrics: dict[str, Any] = {"passed": None, "not_run": reason, "format": fmt_name}
-            if opts.require_numeric:
-                problems.append(f"the numeric check is required (require_numeric) but was not run: {reason}")
+            host = [f"the numeric check is required (require_numeric) but was not run: {reason}"] \
+                if opts.require_numeric else []
             if structure is not None:
                 metrics["structure"] = structure
             if size is not None:
                 metrics["size_mb"] = size
-            return self._write(ctx, self._judge(opts, metrics, problems, caveats))
+            return self._write(ctx, self._judge(opts, metrics, problems, caveats, host))
 
-        import numpy as np
-
-        from buildsys.data import Batch
-
-        with np.load(ctx.extra["reference"]) as ref:
-            inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
-            expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
-            labels = ref["labels"] if "labels" in ref.files else None
-        batch = Batch(inputs, labels, "reference")
-        observed, ran = self._observe(ctx, runtime_name, batch)  # type: ignore[arg-type]
-        caveats += ran
         results = self._compare(ctx, observed, expected, labels)
         metrics = {"passed": all(bool(r) for r in results.values()), "samples": len(batch), "format": fmt_name,
-                   "runtime": runtime_name, "outputs": {name: r.as_dict() for name, r in results.items()}}
+                   "runtime": runner, "outputs": {name: r.as_dict() for name, r in results.items()}}
+        if findings:  # what the runtime saw inside the program (a stand-in's fp16 overflow, by op and module)
+            metrics["findings"] = findings
+            problems += [f["text"] for f in findings if f.get("fails")]
         serving_name = get_format(fmt_name).serving_runtime
         if opts.serving and serving_name:
             serving = self._serve(ctx, serving_name, batch, expected, labels)
@@ -82,36 +93,58 @@ class Check(Step):
             metrics["structure"] = structure
         if size is not None:
             metrics["size_mb"] = size
-        metrics = self._judge(opts, metrics, problems, caveats)
-        if metrics["passed"] is False:
-            metrics["failures"] = [*metrics.get("failures", []),
-                                   *(f"{name}: {row}" for name, r in results.items() for row in r.failures())]
+        missed = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+        metrics = self._judge(opts, metrics, problems + missed, caveats)
         return self._write(ctx, metrics)
 
     @staticmethod
-    def _judge(opts: CheckOptions, metrics: dict[str, Any], problems: list[str], caveats: list[Caveat]) -> dict[str, Any]:
+    def _judge(opts: CheckOptions, metrics: dict[str, Any], problems: list[str], caveats: list[Caveat],
+               host: list[str] | None = None) -> dict[str, Any]:
         """Add the caveats to `metrics` and fail it on `problems`, and, where the target requires a full
-        check (require_numeric, --strict), on every caveat but a route fallback."""
+        check (require_numeric, --strict), on every caveat but a route fallback and an accepted stand-in.
+        A check failed only by this host's limits (`host`: a numeric part it could not run, a stand-in)
+        says so (`host_limited`): another route would fail it the same way."""
         caveats = unique(caveats)
+        host = list(host or [])
         if opts.require_numeric:
-            problems = problems + [f"the target requires a full check (require_numeric), but {c}" for c in caveats
-                                   if c.strict]
+            for c in caveats:
+                if c.strict and not (c.kind is CaveatKind.STAND_IN and opts.accept_stand_in):
+                    (host if c.host else problems).append(f"the target requires a full check (require_numeric), but {c}")
         if caveats:
             metrics["caveats"] = [c.as_dict() for c in caveats]
-        if problems:
+        if problems or host:
             metrics["passed"] = False
-            metrics["failures"] = problems
+            metrics["failures"] = problems + host
+            if not problems:
+                metrics["host_limited"] = True
         return metrics
 
-    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any) -> tuple[list[Any], list[Caveat]]:
-        """Every output of the artifact on `batch`, run in `runtime_name`, and the lesser paths the
-        session took; a runtime failure is a StepError."""
+    def _reference(self, ctx: StepContext[CheckOptions]) -> tuple[Any, dict[str, Any], Any]:
+        """The reference's inputs (as a Batch), outputs by name, and labels (None without)."""
+        import numpy as np
+
+        from buildsys.data import Batch
+
+        with np.load(ctx.extra["reference"]) as ref:
+            inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
+            expected = {o.name: ref[f"output:{o.name}"] for o in ctx.model.outputs}
+            labels = ref["labels"] if "labels" in ref.files else None
+        return Batch(inputs, labels, "reference"), expected, labels
+
+    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str,
+                 batch: Any) -> tuple[list[Any], list[Caveat], list[dict[str, Any]]]:
+        """Every output of the artifact on `batch`, run in `runtime_name`, the lesser paths the session
+        took, and what it saw inside the program (`Session.findings`: a stand-in's fp16 overflows). A
+        runtime failure is a StepError; an artifact the runtime cannot run (CannotRun) propagates."""
         from buildsys.formats import get_runtime
 
         fmt_name = ctx.extra["format"]
         try:
             with get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root) as session:  # type: ignore[arg-type]
-                return session.run_all(batch), list(session.__dict__.get("caveats", []))
+                outputs = session.run_all(batch)
+                return outputs, list(session.__dict__.get("caveats", [])), session.findings()
+        except CannotRun:
+            raise
         except ModelbuildError as exc:
             raise self.fail(ctx, f"the {fmt_name} artifact could not be run in {runtime_name}: {exc.what}") from exc
         except Exception as exc:

@@ -177,8 +177,29 @@ class Branchy(nn.Module):
         return -self.fc(x) * 3
 
 
+class XnnpackRefusal(nn.Module):
+    """A layer whose product always cancels ([x, x] @ [W; -W] == 0): full-int8 calibration gives it an
+    output scale near 1e-8, and XNNPACK refuses an int8 fully-connected layer whose requantization scale
+    (input x weight / output) is 256 or more, when it builds its runtime; LiteRT's builtin kernels run it."""
+
+    def __init__(self):
+        super().__init__()
+        w = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+        self.main = nn.Linear(8, 4)
+        self.side = nn.Linear(16, 4, bias=False)
+        with torch.no_grad():
+            self.side.weight.copy_(torch.cat([w, -w], dim=1))
+
+    def forward(self, x):
+        return self.main(x) + self.side(torch.cat([x, x], dim=1))
+
+
 def lstm():
     return Lstm()
+
+
+def xnnpack_refusal():
+    return XnnpackRefusal()
 
 
 def rms_mlp():
@@ -258,6 +279,8 @@ KINDS: dict[str, dict[str, Any]] = {
                "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "causal-float": {"factory": "causal_attention_float", "inputs": [{"name": "x", "shape": ["batch", 6, 8]}],
                      "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
+    "xnnpack-refusal": {"factory": "xnnpack_refusal", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                        "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],

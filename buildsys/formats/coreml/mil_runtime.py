@@ -77,9 +77,14 @@ class MilSession(Session):
             seen, largest=max(seen.largest, finding.largest), count=seen.count + finding.count)
 
     @property
-    def findings(self) -> list["Fp16Finding"]:
+    def fp16_findings(self) -> list["Fp16Finding"]:
         """fp16 findings over every sample run so far, one per (kind, op, output)."""
         return list(self._findings.values())
+
+    def findings(self) -> list[dict[str, object]]:
+        """The fp16 findings for the check: an overflow or an inf/NaN that an op made from finite inputs
+        fails it (the Neural Engine computes in fp16); an underflow is reported only."""
+        return [{**f.as_dict(), "fails": f.kind != "underflow"} for f in self.fp16_findings]
 
     def diagnostics(self) -> dict[str, Any]:
         """What a check adds to its metrics next to the numbers (key "reference"): what computed them,
@@ -88,7 +93,7 @@ class MilSession(Session):
 
         return {"status": STATUS, "interpreter": LABEL, "not_exercised": NOT_EXERCISED, "function": self.program.function_name,
                 "compute_precision": self.compute_precision, "ops": sum(self.program.op_counts().values()),
-                "samples": self.samples, "fp16_findings": [f.as_dict() for f in self.findings]}
+                "samples": self.samples, "fp16_findings": [f.as_dict() for f in self.fp16_findings]}
 
 
 @register_runtime
@@ -97,6 +102,8 @@ class CoreMLReference(Runtime):
 
     name = "coreml-mil"
     packages = ("coremltools", "numpy")
+    label = STATUS
+    not_exercised = NOT_EXERCISED
 
     def unavailable(self) -> str | None:
         if importlib.util.find_spec("coremltools") is None:

@@ -157,7 +157,9 @@ class LiteRtSession(Session):
         try:
             result = self.runner(**ready)
         except RuntimeError as exc:
-            if not self.xnnpack or "XNNPACK" not in str(exc):
+            # XNNPACK's refusals name it as "XNNPACK" or only as "TfLiteXNNPackDelegate" (a sparse or
+            # rank-7 FULLY_CONNECTED): match either spelling.
+            if not self.xnnpack or "xnnpack" not in str(exc).lower():
                 raise StepError(f"LiteRT failed to run '{self.path.name}': {_first_line(exc)}") from exc
             # XNNPACK refused to prepare part of the graph (seen with some int8 graphs): the builtin
             # kernels still compute the same model, so run on them and say so.
