@@ -23,7 +23,7 @@ def value(name: str, v: Any) -> str:
         return f"{v:.4g} ms"
     if isinstance(v, float):
         return f"{v:.4g}" if v == 0 or abs(v) >= 1e-3 else f"{v:.2e}"
-    return str(v)
+    return f"[{v}]" if name == "route" else str(v)  # a route's own arrows would blur the change's
 
 
 def _arrow(c: Change) -> str:
