@@ -221,7 +221,8 @@ def init(config: str, list_presets: bool, force: bool, **given: Any) -> None:
         for name, description in scaffold.presets().items():
             click.echo(f"{name:<26} {description}")
         return
-    request = scaffold.Request(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items()})
+    fields: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items()}
+    request = scaffold.Request(**fields)
     ask = (lambda question, default: str(click.prompt(question, default=default or None))) if sys.stdin.isatty() else None
     done = scaffold.scaffold(Path(config), request, force=force, ask=ask)
     for note in done.notes:

@@ -42,10 +42,10 @@ def make(planner: Any, lock: Any, dag: Any, name: str, out_dir: Path, key: Signi
     for art in manifest.artifacts:
         layout = _json(entries.get(f"{art.target}/layout.json"))
         for doc, body in zip((cards.CARD_MD, cards.CARD_JSON), cards.card_bytes(facts[art.target], cfg, layout)):
-            path = f"{art.target}/{doc}"
-            if path in entries:
+            member = f"{art.target}/{doc}"
+            if member in entries:
                 raise bundles.BundleError(f"target '{art.target}' ships its own {doc}; it would clash with its model card")
-            documents[path] = body
+            documents[member] = body
     manifest_sha = hashlib.sha256(bundles.manifest_bytes(manifest)).hexdigest()  # before documents: no cycle
     documents[sbom.SBOM] = sbom.sbom(manifest, {a.target: facts[a.target].toolchain for a in manifest.artifacts},
                                      manifest_sha)

@@ -109,8 +109,8 @@ def _licenses(name: str, version: str) -> list[Any]:
         meta = importlib.metadata.metadata(name)
     except importlib.metadata.PackageNotFoundError:
         return []
-    expression = meta.get("License-Expression")
-    return [LicenseExpression(expression)] if expression and meta.get("Version") == version else []
+    expression = (meta.get_all("License-Expression") or [None])[0]
+    return [LicenseExpression(expression)] if expression and meta["Version"] == version else []
 
 
 def _verdict(check: dict[str, Any]) -> str:

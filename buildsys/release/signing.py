@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
 from buildsys.bundle import SIGNATURE
 from buildsys.errors import ConfigError
@@ -194,7 +194,7 @@ def _deterministic_signer(key: SigningKey) -> Any:
             envelope = intoto.Envelope(payload=base64.b64encode(raw), payload_type=ms._IN_TOTO_JSON_PAYLOAD_TYPE,
                                        signatures=[intoto.Signature(sig=base64.b64encode(sig), keyid="")])
             return sign_sigstore_pb.Signature(bundle_v1.Bundle(
-                media_type=sign_sigstore_pb._BUNDLE_MEDIA_TYPE, dsse_envelope=envelope,
+                media_type=cast(Any, sign_sigstore_pb._BUNDLE_MEDIA_TYPE), dsse_envelope=envelope,
                 verification_material=self._get_verification_material()))
 
     if key.certificate is not None:
