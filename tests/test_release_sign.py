@@ -247,6 +247,8 @@ def test_certificate_signing(tmp_path: Path) -> None:
     bundle = tiny.root / ARCHIVE
     ok = verify(tiny, bundle, "--certificate-chain", str(tmp_path / "root.pem"))
     assert ok.returncode == 0 and "passed   signature: signed by certificate" in ok.stdout, ok.stdout + ok.stderr
+    keyed = verify(tiny, bundle, "--public-key", str(leaf_key.with_suffix(".pub")))
+    assert keyed.returncode == 1 and "give the root certificates it must lead to (--certificate-chain)" in keyed.stderr
     _ca(tmp_path, "other")
     bad = verify(tiny, bundle, "--certificate-chain", str(tmp_path / "other.pem"))
     assert bad.returncode == 1 and "the certificate does not lead to a trusted root certificate" in bad.stderr

@@ -11,9 +11,7 @@ model-signing's own verifier (`model_signing verify key|certificate`) accepts th
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -259,17 +257,19 @@ def check_signature(root: Path, sums: dict[str, tuple[int, str]], trust: Trust) 
     certified = "x509CertificateChain" in (sig.get("verificationMaterial") or {})
     if not certified and trust.public_key is None:
         return SignatureCheck("failed", f"signed by {signer}, a bare key; give its public key (--public-key)", signer)
+    if certified and not trust.chain:
+        return SignatureCheck("failed", f"signed by {signer}; give the root certificates it must lead to "
+                              "(--certificate-chain)", signer)
     from model_signing import verifying
 
     config = verifying.Config()
-    if certified and trust.chain:
+    if certified:
         config.use_certificate_verifier(certificate_chain=trust.chain)
     else:
         assert trust.public_key is not None
         config.use_elliptic_key_verifier(public_key=trust.public_key)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # model-signing prints notes about older formats
-            config.verify(root, sig_path)
+        config.verify(root, sig_path)
     except Exception as exc:  # noqa: BLE001 - every way a signature can fail is a finding, named below
         return SignatureCheck("failed", _why(exc, sig, sums, trust), signer)
     return SignatureCheck("passed", f"signed by {signer}", signer)
