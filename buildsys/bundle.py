@@ -27,7 +27,7 @@ from buildsys.verify import not_run_reasons
 MANIFEST = "manifest.json"
 #: Files about the other files that no manifest can list (buildsys.release): provenance, signature.
 PROVENANCE, SIGNATURE = "provenance.intoto.json", "bundle.sig"
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2  # 2: documents (model cards, SBOM); manifests of schema 1 read the same
 FIXED_MTIME = 315532800  # 1980-01-01: the earliest time a zip entry can carry
 _CHUNK = 1 << 20  # files are hashed, archived and extracted in pieces this size
 
