@@ -294,6 +294,7 @@ def _issue(out: Path, leaf_key: Path, ca_key: object, ca_cert: object) -> None:
     ("rsa", "is a RSAPrivateKey key; model-signing signs with ECDSA P-256, P-384 or P-521"),
     ("garbage", "is not a PEM private key"),
     ("required", "bundle 'release' must be signed (signing.required) but no signing key is configured"),
+    ("committed", "signing.key is committed to git; a private key must never be in the repository"),
 ])
 def test_signing_key_problems_are_named_before_anything_is_built(tmp_path: Path, case: str, message: str) -> None:
     from cryptography.hazmat.primitives import serialization
@@ -309,7 +310,12 @@ def test_signing_key_problems_are_named_before_anything_is_built(tmp_path: Path,
         key.write_text("not a key")
     elif case == "required":
         bundles += "    signing: {required: true}\n"
+    elif case == "committed":  # configured in deploy.yaml, and committed beside it
+        key = ec_key(tiny.root / "signing.key")
+        bundles += "    signing: {key: signing.key}\n"
+        subprocess.run(["git", "-C", str(tiny.root), "init", "-q"], check=True)
+        subprocess.run(["git", "-C", str(tiny.root), "add", "signing.key"], check=True)
     tiny.config.write_text(tiny.config.read_text() + bundles)
-    proc = tiny.run("bundle", "release", *([] if case == "required" else ["--key", str(key)]), check=False)
+    proc = tiny.run("bundle", "release", *([] if case in ("required", "committed") else ["--key", str(key)]), check=False)
     assert proc.returncode == 2 and message.format(key=key) in proc.stderr, proc.stderr
     assert not (tiny.root / "deploy.lock").exists()  # refused before building
