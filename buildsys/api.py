@@ -19,11 +19,15 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from buildsys.errors import BuildFailed
 from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
 from buildsys.results import FAILED, SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
+
+if TYPE_CHECKING:
+    from buildsys.release.signing import SigningKey
+    from buildsys.release.verify import TrustCheck, TrustSource
 
 EventHandler = Callable[[Event], None]
 
@@ -105,6 +109,10 @@ class Project:
                 results = {n: r for n, r in results.items() if n in the_plan.nodes and r.outcome not in (FAILED, SKIPPED)}
             if not the_plan.work:
                 planner.stat.save()
+            if results:  # the cards beside delivered artifacts follow what this build recorded
+                from buildsys.release.cards import refresh
+
+                refresh(planner)
             report = _report(self._opened, the_plan, results, time.perf_counter() - started)
         if check and not report.ok:
             raise build_failed(report)
@@ -118,19 +126,24 @@ class Project:
         """Time each target's artifact in its runtime next to PyTorch eager; budgets are checked."""
         return self.build(targets, _force_kinds=("bench",), _bench=True, **options)
 
-    def bundle(self, name: str, *, out_dir: Path | None = None, **options: Any) -> Path:
-        """Build the bundle's targets and pack them with their references and manifest; the archive's path."""
+    def bundle(self, name: str, *, out_dir: Path | None = None, key: "SigningKey | None" = None, sign: bool = True,
+               **options: Any) -> Path:
+        """Build the bundle's targets and pack them with their references, manifest, model cards, SBOM and
+        provenance, signed with `key` (default: MODELBUILD_SIGNING_KEY or deploy.yaml's `signing:`; none
+        with `sign=False`); the archive's path."""
         from buildsys import bundle as bundles
         from buildsys.lock import Lock
         from buildsys.plan import make_plan
+        from buildsys.release import pack, signing
 
         spec = bundles.resolve(self._opened.config, name)
+        if sign and key is None:
+            key = signing.signing_key(self._opened.config, name)
         self.build(list(spec.targets), **options)
         planner = self._opened.planner
         lock = Lock.read(planner.lock.path)
         dag = make_plan(planner, spec.targets).dag
-        return bundles.make(self._opened.config, lock, dag, name, out_dir or planner.artifacts / "bundles",
-                            planner.store)
+        return pack.make(planner, lock, dag, name, out_dir or planner.artifacts / "bundles", key if sign else None).path
 
 
 def build_failed(report: BuildReport) -> BuildFailed:
@@ -269,12 +282,15 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
 
 def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,
                   on_check: Callable[[BundleCheck], None] | None = None,
-                  on_manifest: Callable[[Any], None] | None = None) -> list[BundleCheck]:
-    """Check a bundle's hashes against its manifest (BundleError on any mismatch), then re-run every
+                  on_manifest: Callable[[Any], None] | None = None, trust: "TrustSource" = None,
+                  on_trust: "Callable[[TrustCheck], None] | None" = None) -> list[BundleCheck]:
+    """Check a bundle's signature (against `trust`: a public key or root certificates), its hashes
+    against its manifest and its provenance and SBOM (BundleError on any problem), then re-run every
     check this host can run, in worker processes, from the bundled references alone.
 
-    `on_manifest` is called once the hashes hold, `on_check` after each artifact's check. Raises
-    BundleError naming the first failed artifact; returns every artifact's result otherwise.
+    `on_trust` is called with each of those checks, `on_manifest` once the hashes hold, `on_check` after
+    each artifact's check. Raises BundleError naming the first failure; returns every artifact's result
+    otherwise.
     """
     import shutil
     import tempfile
@@ -282,13 +298,14 @@ def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,
     from buildsys import bundle as bundles
     from buildsys.execute import Action, LocalExecutor
     from buildsys.formats import get_step
+    from buildsys.release.verify import unpack_and_verify
 
     path = Path(path)
     work = Path(tempfile.mkdtemp(prefix="modelbuild-bundle-"))
     executor = LocalExecutor(work / "logs", jobs)
     checks: list[BundleCheck] = []
     try:
-        manifest = bundles.unpack_and_check(path, work / "bundle")
+        manifest = unpack_and_verify(path, work / "bundle", trust, on_trust)
         if on_manifest is not None:  # every file is there and matches its sha256
             on_manifest(manifest)
         (work / "logs").mkdir(exist_ok=True)

@@ -26,7 +26,9 @@ from buildsys.status import CaveatKind, target_status
 from buildsys.verify import not_run_reasons
 
 MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = 1
+#: Files about the other files that no manifest can list (buildsys.release): provenance, signature.
+PROVENANCE, SIGNATURE = "provenance.intoto.json", "bundle.sig"
+MANIFEST_SCHEMA = 2  # 2: documents (model cards, SBOM); manifests of schema 1 read the same
 FIXED_MTIME = 315532800  # 1980-01-01: the earliest time a zip entry can carry
 _CHUNK = 1 << 20  # files are hashed, archived and extracted in pieces this size
 
@@ -100,6 +102,7 @@ class Manifest(_M):
     modelbuild: str
     artifacts: list[Artifact]
     references: list[FileEntry]
+    documents: list[FileEntry] = Field(default_factory=list, description="Model cards and the SBOM (docs/releases.md).")
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -117,12 +120,8 @@ def resolve(cfg: Any, name: str) -> Any:
     return bundles[name]
 
 
-def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) -> Path:
-    """Write NAME-VERSION.(tar.gz|zip) from the lock and the verified cache blobs; return its path.
-
-    Files are streamed from the CAS into the archive (never held in memory), so making a bundle of
-    several GB takes about as much memory as copying one file.
-    """
+def collect(cfg: Any, lock: Any, dag: Any, name: str, cache: Any) -> tuple[Manifest, dict[str, Path | bytes]]:
+    """Bundle `name`'s manifest and files (archive path → verified CAS blob); no manifest.json yet."""
     bundle = resolve(cfg, name)
     entries: dict[str, Path | bytes] = {}  # archive path → CAS blob (or, for the manifest, bytes)
     sums: dict[str, FileEntry] = {}
@@ -167,13 +166,20 @@ def make(cfg: Any, lock: Any, dag: Any, name: str, out_dir: Path, cache: Any) ->
             reference=references[node.model], model_config=model.model_dump(mode="json")))
     manifest = Manifest(bundle=name, version=bundle.version, description=bundle.description, modelbuild=__version__,
                         artifacts=artifacts, references=[sums[p] for p in sorted(references.values())])
-    entries[MANIFEST] = (json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}-{bundle.version}.{bundle.archive}"
+    return manifest, entries
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return (json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_archive(entries: dict[str, Path | bytes], path: Path, archive: str) -> Path:
+    """Write `entries` to `path` atomically, streaming every file: memory stays flat for bundles of GB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as out:
-            (_tar_gz if bundle.archive == "tar.gz" else _zip)(entries, out)
+            (_tar_gz if archive == "tar.gz" else _zip)(entries, out)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -348,12 +354,13 @@ def _extract(path: Path, staging: Path) -> dict[str, tuple[int, str]]:
 
 
 def unpack_and_check(path: Path, dest: Path) -> Manifest:
-    """Extract a bundle into `dest` (which must not exist yet, or be empty) after validating names,
-    and check every file's size and SHA-256, streaming: memory stays flat however big the bundle.
+    """Extract a bundle into `dest` (`unpack`), then check every file's size and SHA-256 against its manifest."""
+    return check_files(path, dest, unpack(path, dest))
 
-    A bundle packed from its parent directory (every entry under one folder, `tar -czf x.tar.gz
-    release/`) is read as if packed from inside.
-    """
+
+def unpack(path: Path, dest: Path) -> dict[str, tuple[int, str]]:
+    """Extract a bundle into an absent or empty `dest`, names validated, streaming: each file's (size, sha256).
+    A bundle packed from its parent (`tar -czf x.tar.gz release/`) is read as if packed from inside."""
     import shutil
 
     staging = dest.with_name(f".{dest.name}.partial")
@@ -367,16 +374,15 @@ def unpack_and_check(path: Path, dest: Path) -> Manifest:
             prefix = next(iter(tops))
             root = staging / prefix
             sums = {name[len(prefix) + 1:]: value for name, value in sums.items()}
-        manifest = _check(path, root, sums)
         if dest.exists():
             dest.rmdir()  # only an empty one: OSError otherwise, rather than mixing old files in
         root.rename(dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+    return sums
 
 
-def _check(path: Path, root: Path, sums: dict[str, tuple[int, str]]) -> Manifest:
+def check_files(path: Path, root: Path, sums: dict[str, tuple[int, str]]) -> Manifest:
     """The manifest under `root`, after checking every file it lists against `sums` and no more."""
     if MANIFEST not in sums:
         raise BundleError(f"{path.name} has no {MANIFEST}")
@@ -384,13 +390,14 @@ def _check(path: Path, root: Path, sums: dict[str, tuple[int, str]]) -> Manifest
         manifest = Manifest.model_validate(json.loads((root / MANIFEST).read_bytes()))
     except ValueError as exc:
         raise BundleError(f"{MANIFEST} in {path.name} is not a valid manifest: {str(exc).splitlines()[0]}") from None
-    expected = {f.path: f for a in manifest.artifacts for f in a.files} | {f.path: f for f in manifest.references}
+    expected = {f.path: f for a in manifest.artifacts for f in a.files} | {f.path: f for f in manifest.references} \
+        | {f.path: f for f in manifest.documents}
     for name, entry in sorted(expected.items()):
         if name not in sums:
             raise BundleError(f"{name}: listed in the manifest but missing from the bundle")
         if sums[name] != (entry.size, entry.sha256):
             raise BundleError(f"{name}: sha256 does not match the manifest (the file was modified)")
-    extra = sorted(set(sums) - set(expected) - {MANIFEST})
+    extra = sorted(set(sums) - set(expected) - {MANIFEST, PROVENANCE, SIGNATURE})
     if extra:
         raise BundleError(f"{extra[0]}: in the bundle but not in the manifest")
     return manifest

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from buildsys.cli_release import signing_options
 from buildsys.errors import BuildFailed, ModelbuildError
 from buildsys.project import DEFAULT_CONFIG, open_project
 
@@ -79,8 +80,10 @@ targets_arg = click.argument("targets", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run (for CI).")
 @click.option("--force", is_flag=True, help="Show the plan as if every node were forced.")
+@click.option("--locked", is_flag=True, help="Exit 1 when deploy.lock is stale: a node's key differs from the lock's "
+              "(outputs missing from artifacts/ or the cache do not count; for pre-commit hooks and fresh CI checkouts).")
 @click.pass_obj
-def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, force: bool) -> None:
+def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, force: bool, locked: bool) -> None:
     """Show every node, fresh or stale, and why. Reads only; takes no lock."""
     from buildsys import noop, report
     from buildsys.plan import make_plan
@@ -99,6 +102,10 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
             recorder.save(project)  # the next identical no-op is answered without importing this CLI
     if check and the_plan.work:
         sys.exit(1)
+    if locked:
+        from buildsys.cli_release import exit_if_lock_stale
+
+        exit_if_lock_stale(the_plan, project.planner.lock)
 
 
 def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
@@ -258,35 +265,43 @@ def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
 @cli.command()
 @click.argument("args", nargs=-1, required=True, metavar="NAME | verify FILE")
 @_with(build_options)
+@_with(signing_options)
 @click.pass_obj
-def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float) -> None:
+def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, **signing: Any) -> None:
     """Build and pack a release bundle (`bundle NAME`), or check one (`bundle verify FILE`).
 
-    A bundle holds the verified artifacts of its targets, the reference data their checks used and
-    manifest.json (hashes, signatures, step chains, toolchains, acceptance, observed metrics), in an
-    archive that is byte-identical for the same inputs.
+    A bundle holds the verified artifacts of its targets, the reference data their checks used,
+    manifest.json (hashes, signatures, step chains, toolchains, acceptance, observed metrics), a model
+    card per target, an SBOM and a provenance statement, signed when a key is configured, in an
+    archive that is byte-identical for the same inputs (docs/releases.md).
     """
+    from buildsys import cli_release
+
     if args[0] == "verify":
         if len(args) != 2:
             raise click.UsageError("usage: modelbuild bundle verify FILE")
-        return _verify_bundle(Path(args[1]), jobs, timeout)
+        return _verify_bundle(Path(args[1]), jobs, timeout, cli_release.trust_source(config, signing))
     if len(args) != 1:
         raise click.UsageError("usage: modelbuild bundle NAME")
     from buildsys import bundle as bundles
     from buildsys.lock import Lock
     from buildsys.plan import make_plan
+    from buildsys.release import pack
 
     project = open_project(config)
     spec = bundles.resolve(project.config, args[0])
+    key = cli_release.signing_key_for(project.config, args[0], signing)  # every key problem before any build
     _build(config, tuple(spec.targets), jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout)
     planner = project.planner
     lock = Lock.read(planner.lock.path)
     dag = make_plan(planner, spec.targets).dag
-    path = bundles.make(project.config, lock, dag, args[0], planner.artifacts / "bundles", planner.store)
+    packed = pack.make(planner, lock, dag, args[0], planner.artifacts / "bundles", key)
+    path = packed.path
     click.echo(f"bundle {args[0]}: {planner.display(path)} ({path.stat().st_size / 1e3:.1f} KB, {len(spec.targets)} target(s))")
+    cli_release.show_packed(packed)
 
 
-def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
+def _verify_bundle(path: Path, jobs: int, timeout: float, trust: Any = None) -> None:
     """Check hashes, then re-run every numeric check this host can run, in worker processes."""
     from buildsys import api
 
@@ -297,15 +312,19 @@ def _verify_bundle(path: Path, jobs: int, timeout: float) -> None:
             click.secho(f"  {check.status:<8} {check.target}: {check.detail}",
                         fg="red" if check.status == "failed" else "yellow")
 
+    from buildsys.cli_release import show_trust
+
     api.verify_bundle(path, jobs=jobs, timeout=timeout, on_check=show, on_manifest=lambda manifest: click.echo(
-        f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest"))
+        f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest"), trust=trust,
+        on_trust=show_trust)
 
 
 def _add_commands() -> None:
     from buildsys.cli_cache import COMMANDS as CACHE_COMMANDS
     from buildsys.cli_inspect import COMMANDS
+    from buildsys.cli_release import COMMANDS as RELEASE_COMMANDS
 
-    for command in COMMANDS + CACHE_COMMANDS:
+    for command in COMMANDS + CACHE_COMMANDS + RELEASE_COMMANDS:
         cli.add_command(command)
 
 

@@ -58,13 +58,14 @@ class Lock:
         return record_path_for(self.path)
 
     @classmethod
-    def read(cls, path: Path) -> "Lock":
+    def read(cls, path: Path, record_path: Path | None = None) -> "Lock":
+        """The lock at `path` merged with its build record (or the record at `record_path`)."""
         raw = _read_json(path, "restore it from version control or delete it to rebuild everything")
         if raw is None or raw.get("version") != LOCK_VERSION:
             return cls(path)  # none yet, or an older layout: treat everything as not built
         lock = cls(path, raw.get("nodes", {}), raw.get("targets", {}), raw.get("routes", {}))
         try:
-            record = _read_json(lock.record_path, "") or {}
+            record = _read_json(record_path or lock.record_path, "") or {}
         except ConfigError:
             record = {}  # the record is only a cache of observations: a damaged one is dropped
         for name, volatile in record.get("nodes", {}).items():

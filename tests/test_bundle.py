@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def members(path: Path) -> dict[str, bytes]:
 def test_bundle_contents_and_manifest(released: tuple[TinyProject, Path]) -> None:
     tiny, path = released
     files = members(path)
-    assert sorted(files) == ["int8/model.onnx", "manifest.json", "references/tiny.npz", "server/model.onnx"]
+    assert sorted(files) == ["int8/MODEL_CARD.md", "int8/model.onnx", "int8/model_card.json", "manifest.json",
+                             "provenance.intoto.json", "references/tiny.npz", "sbom.cdx.json", "server/MODEL_CARD.md",
+                             "server/model.onnx", "server/model_card.json"]
     manifest = Manifest.model_validate(json.loads(files["manifest.json"]))
     art = {a.target: a for a in manifest.artifacts}
     assert art["int8"].precision == "int8" and art["int8"].format == "onnx-int8"
@@ -67,7 +70,7 @@ def test_release_flow_verify_then_tamper(released: tuple[TinyProject, Path], tmp
     elsewhere.parent.mkdir()
     elsewhere.write_bytes(path.read_bytes())
     ok = tiny.run("bundle", "verify", str(elsewhere))
-    assert "every sha256 matches" in ok.stdout and ok.stdout.count("passed") == 2
+    assert "every sha256 matches" in ok.stdout and len(re.findall(r"passed +(server|int8) \(", ok.stdout)) == 2
     files = members(elsewhere)
     data = bytearray(files["int8/model.onnx"])
     data[len(data) // 2] ^= 0xFF

@@ -72,3 +72,19 @@ def test_two_clean_builds_in_two_checkouts_commit_the_same_lock(example: Path, t
     assert '"built"' not in committed and '"metrics"' not in committed and str(other) not in committed
     record = Lock.read(other / "deploy.lock").nodes["verify:digits-int8"]
     assert record["built"]["host"] and record["metrics"]["passed"] is True  # observations kept, uncommitted
+
+
+def test_every_target_of_the_example_has_a_model_card(example: Path) -> None:
+    """The build writes MODEL_CARD.md and model_card.json beside every delivered artifact, and plan still
+    finds every deliverable as its check verified it."""
+    import json
+
+    if not (example / "deploy.lock").exists():
+        assert modelbuild(example, "build", "-j", "2").returncode == 0
+    targets = Lock.read(example / "deploy.lock").targets
+    assert targets
+    for target in targets:
+        card = json.loads((example / "artifacts" / target / "model_card.json").read_text())
+        assert card["target"] == target and card["inputs"] and card["toolchain"], target
+        assert (example / "artifacts" / target / "MODEL_CARD.md").read_text().startswith(f"# Model card: {target}")
+    assert modelbuild(example, "plan", "--check").returncode == 0

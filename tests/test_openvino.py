@@ -286,7 +286,8 @@ def test_build_and_bench_openvino_targets_through_the_cli(tmp_path: Path) -> Non
     out = project.run("build").stdout
     assert "passed" in out
     for target in ("ov", "ov-int8"):
-        assert sorted(p.name for p in (project.root / "artifacts" / target).iterdir()) == ["model.bin", "model.xml"]
+        assert sorted(p.name for p in (project.root / "artifacts" / target).iterdir()) == [
+            "MODEL_CARD.md", "model.bin", "model.xml", "model_card.json"]  # the IR, and its model card beside it
     from buildsys.lock import Lock
 
     lock = Lock.read(project.root / "deploy.lock").as_dict()["nodes"]

@@ -56,6 +56,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("models.NAME.data", schema.DataSets), ("models.NAME.data.SET", schema.DataSource),
     ("targets.NAME", schema.Target), ("targets.NAME.acceptance", schema.Acceptance),
     ("targets.NAME.acceptance.outputs.OUTPUT", schema.Tolerance), ("bundles.NAME", schema.Bundle),
+    ("bundles.NAME.signing", schema.Signing),
     ("cache", schema.Cache),
 ]
 

@@ -269,6 +269,24 @@ class Target(Strict):
         return format_name(self.format, self.precision)
 
 
+class Signing(Strict):
+    """How `modelbuild bundle` signs (model-signing, offline: a key, or a key and certificate) and what `bundle verify` trusts."""
+
+    key: Optional[str] = Field(default=None, description="Private key (PEM; ECDSA P-256, P-384 or P-521) that signs the "
+                               "bundle, relative to the deploy file. Keep it out of the repository; "
+                               "MODELBUILD_SIGNING_KEY or `bundle --key` override it, MODELBUILD_SIGNING_KEY_PASSWORD "
+                               "unlocks an encrypted one.")
+    certificate: Optional[str] = Field(default=None, description="Signing certificate (PEM) of `key`: the bundle is "
+                                       "then signed with the certificate and its chain instead of a bare key.")
+    certificate_chain: list[str] = Field(default_factory=list, description="Intermediate and root certificates (PEM). "
+                                         "Signing: shipped in the signature after `certificate`. Verifying: the roots "
+                                         "`bundle verify` trusts.")
+    public_key: Optional[str] = Field(default=None, description="Public key (PEM) `bundle verify` checks a key-signed "
+                                      "bundle against; safe to commit.")
+    required: bool = Field(default=False, description="Refuse to pack this bundle unsigned, and make `bundle verify` "
+                           "fail on a bundle without a valid signature (as --require-signature does).")
+
+
 class Bundle(Strict):
     """A release: a set of verified targets packed with a manifest (`modelbuild bundle NAME`)."""
 
@@ -279,6 +297,8 @@ class Bundle(Strict):
     archive: Literal["tar.gz", "zip"] = Field(default="tar.gz", description="Archive format.")
     require_numeric: bool = Field(
         default=False, description="Refuse a target whose numeric check did not run on this host (e.g. Core ML off macOS).")
+    signing: Optional[Signing] = Field(default=None, description="Sign the bundle and say which signatures to trust "
+                                       "(docs/releases.md). Unset: unsigned unless MODELBUILD_SIGNING_KEY is set.")
 
 
 class Cache(Strict):

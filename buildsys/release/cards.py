@@ -1,0 +1,203 @@
+"""Model cards: one per target, Markdown and JSON, generated from the lock, its build record and
+deploy.yaml (never written by hand): inputs and outputs, precision and recipe, tolerances next to the
+measured metrics, the intended runtime and platform, latency and the toolchain.
+
+A card is written beside a delivered artifact in artifacts/<target>/ after each build and by
+`modelbuild card`; it is not one of the files the target's check verified, so `plan`, which compares
+only those, never sees it as a modified deliverable. Bundles carry the same cards, made at pack time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys import __version__
+from buildsys.release.facts import TargetFacts
+
+if TYPE_CHECKING:
+    from buildsys.config.load import LoadedConfig
+
+CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
+CARD_SCHEMA = 1
+
+
+def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card of one target as data (what model_card.json holds); `cfg` adds descriptions and presets."""
+    from buildsys.formats import formats
+
+    target_cfg = cfg.project.targets.get(facts.target) if cfg is not None else None
+    model_cfg = cfg.project.models.get(facts.model) if cfg is not None else None
+    fmt = formats().get(facts.format)
+    inputs = [dict(i) for i in facts.signature.get("inputs", [])]
+    moved = {e.get("name"): e for e in (layout or {}).get("inputs", []) if isinstance(e, dict)}
+    for spec in inputs:
+        entry = moved.get(spec["name"])
+        if entry and entry.get("layout") and entry.get("layout") != entry.get("source_layout"):  # onnx2tf: NHWC
+            spec["artifact_layout"], spec["artifact_shape"] = entry["layout"], entry.get("shape")
+    source = model_cfg.source if model_cfg is not None else None
+    head = facts.headline
+    return {
+        "schema": CARD_SCHEMA, "target": facts.target,
+        "description": target_cfg.description if target_cfg is not None else "",
+        "model": {"name": facts.model, "description": model_cfg.description if model_cfg is not None else "",
+                  "source": {k: v for k, v in (source.model_dump(include={"factory", "weights", "torchscript",
+                                                                            "exported", "onnx"}) if source else {}).items() if v}},
+        "artifact": {"format": facts.format, "description": fmt.description if fmt is not None else "",
+                     "precision": facts.precision, "size_bytes": facts.size,
+                     "files": [{"path": f[0], "size": f[2]} for f in facts.files],
+                     "route": facts.route, "steps": facts.steps},
+        "inputs": inputs, "outputs": facts.signature.get("outputs", []),
+        "intended_use": {"runtime": fmt.runtime if fmt is not None else None,
+                         "serving_runtime": fmt.serving_runtime if fmt is not None else None,
+                         "platform": target_cfg.platform if target_cfg is not None else None,
+                         "recipe": target_cfg.recipe if target_cfg is not None else None},
+        "acceptance": facts.acceptance,
+        "verification": {"verdict": facts.verdict, "samples": facts.check.get("samples"), "data": facts.data,
+                         "runtime": facts.check.get("runtime"), "host_class": facts.platform,
+                         "not_run": facts.check.get("not_run"), "summary": head,
+                         "outputs": _observed(facts.check)},
+        "latency": _latency(facts.bench),
+        "toolchain": facts.toolchain, "generated_by": f"modelbuild {__version__}",
+    }
+
+
+def card_bytes(facts: TargetFacts, cfg: "LoadedConfig | None" = None,
+               layout: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
+    """(MODEL_CARD.md, model_card.json) bytes: the same facts in words and in data."""
+    data = card(facts, cfg, layout)
+    return markdown(data).encode(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def refresh(planner: Any, targets: list[str] | None = None) -> list[Path]:
+    """(Re)write the cards of the delivered targets under artifacts/<target>/ from the planner's lock;
+    a card whose bytes are unchanged is left alone. Returns the cards written."""
+    from buildsys.release.facts import from_lock
+    from buildsys.store import atomic_write
+
+    facts = from_lock(planner.lock, planner.store)
+    written = []
+    for target in targets if targets is not None else sorted(planner.lock.targets):
+        folder = planner.artifacts / target
+        recorded = planner.lock.targets.get(target)
+        if target not in facts or not recorded or not folder.is_dir():
+            continue
+        names = {f[0] for f in recorded["files"]}
+        if names & {CARD_MD, CARD_JSON}:  # the artifact itself ships files of those names: never overwrite one
+            continue
+        layout = _layout(folder / "layout.json") if "layout.json" in names else None
+        for name, body in zip((CARD_MD, CARD_JSON), card_bytes(facts[target], planner.config, layout)):
+            path = folder / name
+            if not path.is_file() or path.read_bytes() != body:
+                atomic_write(path, body.decode())
+                written.append(path)
+    return written
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The card for people: a summary table, signature, recipe, acceptance against measurements, toolchain."""
+    art, use, ver = data["artifact"], data["intended_use"], data["verification"]
+    model = data["model"]
+    source = ", ".join(f"{k} `{v}`" for k, v in model["source"].items())
+    lines = [f"# Model card: {data['target']}", ""]
+    if data["description"]:
+        lines += [data["description"], ""]
+    runtime = use["runtime"] or "none"
+    if use["serving_runtime"]:
+        runtime += f" (served by {use['serving_runtime']})"
+    preset = " · ".join(p for p in (f"platform {use['platform']}" if use["platform"] else "",
+                                     f"recipe {use['recipe']}" if use["recipe"] else "") if p)
+    checked = ver["verdict"]
+    if ver["samples"]:
+        checked += f" on {ver['samples']} samples" + (f" ({ver['data']})" if ver["data"] else "")
+    if ver["host_class"]:
+        checked += f", {ver['host_class']}"
+    rows = [("Model", f"{model['name']}" + (f" ({source})" if source else "") + (f": {model['description']}" if model["description"] else "")),
+            ("Format", f"{art['format']}" + (f": {art['description']}" if art["description"] else "")),
+            ("Precision", art["precision"]), ("Runtime", runtime), ("Preset", preset or "—"),
+            ("Size", _size(art["size_bytes"]) + f" in {len(art['files'])} file(s)"),
+            ("Route", " → ".join(art["route"]) or "—"), ("Check", checked)]
+    lines += ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows), ""]
+    if ver["not_run"]:
+        lines += [f"> Numeric check not run: {ver['not_run']}", ""]
+    lines += ["## Inputs and outputs", "", "| | name | shape | dtype | layout | kind |", "|---|---|---|---|---|---|"]
+    for spec in data["inputs"]:
+        layout = spec.get("layout") or "—"
+        if spec.get("artifact_layout"):
+            layout += f" (artifact: {spec['artifact_layout']} {_shape(spec.get('artifact_shape') or [])})"
+        lines.append(f"| input | {spec['name']} | {_shape(spec['shape'])} | {spec.get('dtype', 'float32')} | {layout} | |")
+    lines += [f"| output | {spec['name']} | | | | {spec.get('kind', 'values')} |" for spec in data["outputs"]]
+    lines += ["", "## Recipe", ""]
+    for step in art["steps"]:
+        options = ", ".join(f"{k}={_plain(v)}" for k, v in sorted(step["options"].items()) if v is not None)
+        lines.append(f"- `{step['node']}`: {step['step']} v{step['step_version']}" + (f" ({options})" if options else ""))
+    lines += ["", "## Acceptance and measured metrics", ""]
+    measured = [(o, m, v) for o, metrics in ver["outputs"].items() for m, v in metrics.items()]
+    if measured:
+        lines += ["| output | metric | observed | allowed | |", "|---|---|---|---|---|"]
+        lines += [f"| {o} | {m} | {_plain(v['observed'])} | {v['allowed']} | {'ok' if v['ok'] else 'MISS'} |"
+                  for o, m, v in measured]
+    else:
+        lines.append("No measurement recorded on this machine (build it here, or see the bundle's card).")
+    if data["latency"]:
+        lat = data["latency"]
+        lines += ["", "## Latency", "", f"{lat['runtime']}, batch {lat['batch']}: p50 {_plain(lat['p50_ms'])} ms, "
+                  f"p95 {_plain(lat['p95_ms'])} ms" + (f", PyTorch eager p50 {_plain(lat['eager_p50_ms'])} ms"
+                                                       if lat.get("eager_p50_ms") else "")
+                  + (f" on {lat['host']}" if lat.get("host") else "") + "."]
+    lines += ["", "## Toolchain", "", "| package | version |", "|---|---|",
+              *(f"| {k} | {v} |" for k, v in data["toolchain"].items()), "",
+              f"Generated by {data['generated_by']} from deploy.lock and its build record; do not edit.", ""]
+    return "\n".join(lines)
+
+
+def _observed(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for output, values in sorted((metrics.get("outputs") or {}).items()):
+        for name, item in sorted(values.items()):
+            if isinstance(item, dict) and "observed" in item:
+                allowed = item.get("allowed")
+                out.setdefault(output, {})[name] = {
+                    "observed": item["observed"], "ok": bool(item.get("ok", True)),
+                    "allowed": "—" if allowed is None else f"{item.get('op', '')} {_plain(allowed)}".strip()}
+    return out
+
+
+def _latency(bench: dict[str, Any]) -> dict[str, Any] | None:
+    art = bench.get("artifact") or {}
+    if not art.get("p50_ms"):
+        return None
+    host = bench.get("host") or {}
+    where = ", ".join(str(host[k]) for k in ("cpu", "machine", "system") if host.get(k))
+    return {"runtime": bench.get("runtime"), "batch": bench.get("batch_size"), "p50_ms": art.get("p50_ms"),
+            "p95_ms": art.get("p95_ms"), "throughput": art.get("throughput"),
+            "eager_p50_ms": (bench.get("eager") or {}).get("p50_ms"), "host": where}
+
+
+def _layout(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _shape(shape: list[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "—"
+    return f"{size} B" if size < 1000 else f"{size / 1e3:.1f} KB" if size < 1e6 else f"{size / 1e6:.1f} MB"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
