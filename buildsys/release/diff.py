@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import ModelbuildError
-from buildsys.kinds import PASSED
+from buildsys.status import Verdict
 from buildsys.release.facts import TargetFacts
 
 #: Regression thresholds: size and latency in percent of the old value, accuracy and agreement in
@@ -244,7 +244,7 @@ def _describe(options: dict[str, Any]) -> str:
 
 
 def _passed(verdict: str | None) -> bool:
-    return bool(verdict) and str(verdict).startswith(PASSED)
+    return bool(verdict) and str(verdict).startswith(Verdict.PASSED.value)
 
 
 def _over(value: float, limit: float | None) -> bool:

@@ -7,14 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from buildsys.kinds import Bench, Check, Reference, check_status
+from buildsys.kinds import Bench, Check, Reference
+from buildsys.status import Verdict, check_status, target_status
 
 if TYPE_CHECKING:
     from buildsys.bundle import Artifact, Manifest
     from buildsys.lock import Lock
     from buildsys.store import Store
 
-NOT_DELIVERED = "not delivered"
+NOT_DELIVERED = Verdict.NOT_DELIVERED.value
 _UPSTREAM = "upstream "
 
 
@@ -26,7 +27,7 @@ class TargetFacts:
     model: str
     format: str
     precision: str
-    verdict: str  # kinds.check_status's words, or NOT_DELIVERED
+    verdict: str  # the target's status words (buildsys.status), or NOT_DELIVERED
     size: int | None = None  # bytes of every file of the artifact
     route: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)  # {"node", "step", "step_version", "options"}
@@ -98,7 +99,7 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
         comp = entry["components"]
         out[target] = TargetFacts(
             target=target, model=model, format=fmt, precision=_precision(fmt),
-            verdict=(entry.get("verdict") or check_status(metrics)) if recorded else NOT_DELIVERED,
+            verdict=target_status({**entry, "metrics": metrics}, delivered=True).words if recorded else NOT_DELIVERED,
             size=sum(int(f[2]) for f in files) if files else None, route=list(recorded.get("route", [])),
             steps=[_step(n, lock.nodes[n]["components"]) for n in chain], toolchain=dict(sorted(toolchain.items())),
             acceptance=comp.get("acceptance", {}), check=metrics, bench=_bench(lock, target, artifact),

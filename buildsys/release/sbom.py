@@ -114,7 +114,7 @@ def _licenses(name: str, version: str) -> list[Any]:
 
 
 def _verdict(check: dict[str, Any]) -> str:
-    from buildsys.kinds import check_status
+    from buildsys.status import check_status
 
     return check_status(check)
 
