@@ -94,8 +94,10 @@ class Project:
                 results.update(_run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
                                     force_kinds=_force_kinds, timeout=timeout, executor=executor,
                                     scheduler=scheduler, on_event=on_event))
-                failed.update({n: (the_plan.nodes[n].key, r) for n, r in results.items()
-                               if r.outcome == FAILED and the_plan.nodes[n].key})
+                for n, r in results.items():  # the first failure under a key is the one to repeat
+                    key = the_plan.nodes[n].key if n in the_plan.nodes else None
+                    if r.outcome == FAILED and key and failed.get(n, ("",))[0] != key:
+                        failed[n] = (key, r)
                 dropped = route_failures(the_plan, results)
                 if not dropped:
                     break
@@ -206,7 +208,7 @@ def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> Non
     for name, (key, result) in failed.items():
         nplan = the_plan.nodes.get(name)
         if nplan is not None and nplan.action == RUN and nplan.key == key:
-            why = "; ".join(result.metrics.get("failures") or [result.error or "failed"])
+            why = "; ".join(str(f).removeprefix(FAILED_EARLIER) for f in result.metrics.get("failures") or [result.error or "failed"])
             nplan.action, nplan.reasons = BLOCKED, [FAILED_EARLIER + why]
 
 

@@ -126,6 +126,13 @@ def _check_external_everywhere(root: Path) -> None:
 # --- the same code paths on ~50 MB, always ------------------------------------------------------------
 
 
+def checks_passed(verify_output: str) -> list[str]:
+    """The targets whose re-run check `bundle verify` printed as passed (not the signature,
+    provenance or SBOM lines)."""
+    return [line.split()[1] for line in verify_output.splitlines()
+            if line.strip().startswith("passed") and line.rstrip().endswith("samples)")]
+
+
 @pytest.mark.slow
 def test_external_data_model_builds_bundles_and_verifies(tmp_path: Path) -> None:
     config = make_big_project(tmp_path / "proj", width=2048, layers=3)
@@ -139,7 +146,7 @@ def test_external_data_model_builds_bundles_and_verifies(tmp_path: Path) -> None
     path = root / "artifacts/bundles/release-1.0.0.tar.gz"
     assert path.stat().st_size > sum(sides.values()) * 0.8  # random weights do not compress
     verify, verify_peak = run_measured(config, "bundle", "verify", str(path))
-    assert "every sha256 matches" in verify.stdout and verify.stdout.count("passed") == 3, verify.stdout
+    assert "every sha256 matches" in verify.stdout and checks_passed(verify.stdout) == ["optimized", "fp16", "int8"], verify.stdout
     records = json.loads(next((root / ".modelbuild").glob("*.record.json")).read_text())
     assert records  # per-node seconds for the benchmark
     # Every process stays below 3x the largest weight file plus the interpreter and its imports.
@@ -273,7 +280,7 @@ def test_model_over_2gb(tmp_path: Path) -> None:
     assert sides["optimized"] > 2**31, sides  # past protobuf's 2 GB limit
     _, bundle_peak = run_measured(config, "bundle", "release")
     verify, verify_peak = run_measured(config, "bundle", "verify", str(root / "artifacts/bundles/release-1.0.0.tar.gz"))
-    assert verify.stdout.count("passed") == 3, verify.stdout
+    assert checks_passed(verify.stdout) == ["optimized", "fp16", "int8"], verify.stdout
     largest = max(sides.values())
     assert build_peak < 3 * largest, f"build peak RSS {build_peak / 1e9:.1f} GB, largest weight file {largest / 1e9:.1f} GB"
     assert bundle_peak < largest / 4, f"bundle peak RSS {bundle_peak / 1e9:.1f} GB"  # streamed: the interpreter only
