@@ -298,7 +298,7 @@ def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,
     import tempfile
 
     from buildsys import bundle as bundles
-    from buildsys.execute import Action, LocalExecutor
+    from buildsys.pool import Action, LocalExecutor
     from buildsys.formats import get_step
     from buildsys.release.verify import unpack_and_verify
 

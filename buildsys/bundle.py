@@ -1,26 +1,20 @@
-"""Release bundles: verified artifacts + references + manifest.json in a reproducible archive,
-and `bundle verify`, which checks every hash and re-runs the numeric checks a host can run.
-
-Reproducible: entries sorted, mtimes fixed, owners cleared, gzip header without time or name, so
-the same lock and artifacts always give the same bytes.
+"""Release bundles: verified artifacts + references + manifest.json in a reproducible archive
+(`archive.py`), and the file checks of `bundle verify` (release/verify.py re-runs the numeric checks
+a host can run): the same lock and artifacts always give the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
-import zipfile
-import zlib
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from buildsys import __version__
-from buildsys.errors import ConfigError, ModelbuildError, did_you_mean
+from buildsys.archive import BundleError, chunks, extract
+from buildsys.errors import ConfigError, did_you_mean
 from buildsys.kinds import Bench, Check
 from buildsys.status import CaveatKind, target_status
 from buildsys.verify import not_run_reasons
@@ -29,15 +23,6 @@ MANIFEST = "manifest.json"
 #: Files about the other files that no manifest can list (buildsys.release): provenance, signature.
 PROVENANCE, SIGNATURE = "provenance.intoto.json", "bundle.sig"
 MANIFEST_SCHEMA = 2  # 2: documents (model cards, SBOM); manifests of schema 1 read the same
-FIXED_MTIME = 315532800  # 1980-01-01: the earliest time a zip entry can carry
-_CHUNK = 1 << 20  # files are hashed, archived and extracted in pieces this size
-
-
-class BundleError(ModelbuildError):
-    """A bundle cannot be made (a target failed or was not checked) or does not verify."""
-
-    exit_code = 1
-
 
 # --- the manifest, as a schema ---------------------------------------------------------------
 
@@ -173,19 +158,6 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     return (json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_archive(entries: dict[str, Path | bytes], path: Path, archive: str) -> Path:
-    """Write `entries` to `path` atomically, streaming every file: memory stays flat for bundles of GB."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            (_tar_gz if archive == "tar.gz" else _zip)(entries, out)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _blob(cache: Any, digest: str, what: str) -> tuple[Path, FileEntry]:
     """A blob's path and manifest entry, verified in one streaming read: the bundle is made from the
     cache, never from editable copies."""
@@ -195,7 +167,7 @@ def _blob(cache: Any, digest: str, what: str) -> tuple[Path, FileEntry]:
     check, sha, size = blake3.blake3(), hashlib.sha256(), 0
     try:
         with open(blob, "rb") as f:
-            for chunk in _chunks(f):
+            for chunk in chunks(f):
                 check.update(chunk)
                 sha.update(chunk)
                 size += len(chunk)
@@ -204,11 +176,6 @@ def _blob(cache: Any, digest: str, what: str) -> tuple[Path, FileEntry]:
     if check.hexdigest() != digest:
         raise BundleError(f"{what}: its cached copy is missing or corrupted", hint="run modelbuild build again")
     return blob, FileEntry(path=what, sha256=sha.hexdigest(), size=size)
-
-
-def _chunks(f: IO[bytes]) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
-        yield chunk
 
 
 def _chain(lock: Any, dag: Any, name: str) -> list[ChainStep]:
@@ -228,129 +195,7 @@ def _sources(lock: Any, chain: list[ChainStep]) -> dict[str, str]:
     return {role: digest for role, digest in sorted(first.items()) if not role.startswith("upstream ")}
 
 
-def _open(source: Path | bytes) -> IO[bytes]:
-    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-
-
-def _size(source: Path | bytes) -> int:
-    return len(source) if isinstance(source, bytes) else source.stat().st_size
-
-
-def _tar_gz(entries: dict[str, Path | bytes], out: IO[bytes]) -> None:
-    """A PAX tar in a gzip stream with a fixed header (no name, mtime 0), written as it goes.
-
-    Byte-for-byte the archive earlier versions built in memory: deflate's output does not depend on
-    how its input is cut into writes.
-    """
-    import gzip
-
-    with (gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz,
-          tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_CHUNK) as tar):
-        for path in sorted(entries):
-            info = tarfile.TarInfo(path)
-            info.size, info.mtime, info.mode = _size(entries[path]), FIXED_MTIME, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with _open(entries[path]) as src:
-                tar.addfile(info, src)
-
-
-def _zip(entries: dict[str, Path | bytes], out: IO[bytes]) -> None:
-    """A deflated zip with fixed dates, each member streamed (zip64 where a member needs it)."""
-    import shutil
-
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(entries):
-            info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.file_size = _size(entries[path])  # what writestr sets: same bytes, zip64 when needed
-            with _open(entries[path]) as src, zf.open(info, "w") as dest:
-                shutil.copyfileobj(src, dest, _CHUNK)
-
-
 # --- verifying a bundle ------------------------------------------------------------------------------
-
-def read_members(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield (name, stream) of every regular file in archive order, rejecting anything that could
-    escape the bundle. Each stream is valid until the next one is asked for: read it then.
-
-    Names come back normalized ('./manifest.json' → 'manifest.json'), as `tar -czf x.tar.gz .` or a
-    zip tool may write them. The archive is read front to back once, never whole into memory.
-    """
-    if not path.is_file():
-        raise BundleError(f"{path} does not exist")
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    name = _safe_name(info.filename)
-                    if info.is_dir() or not name:
-                        continue
-                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                        raise BundleError(f"bundle entry '{info.filename}' is a symbolic link; bundles hold only files")
-                    with zf.open(info) as handle:
-                        yield name, handle
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error) as exc:
-            raise BundleError(f"{path.name} is not a readable zip archive ({exc})") from None
-        return
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:  # one forward pass: getmembers() would decompress everything twice
-                name = _safe_name(member.name)
-                if member.issym() or member.islnk():
-                    raise BundleError(f"bundle entry '{member.name}' is a link to '{member.linkname}'; bundles hold "
-                                      "only files")
-                if member.isdir() or not name:
-                    continue
-                if not member.isfile():
-                    raise BundleError(f"bundle entry '{member.name}' is not a regular file")
-                handle = tar.extractfile(member)
-                yield name, handle if handle is not None else io.BytesIO()
-                tar.members.clear()  # a long archive's member list would otherwise grow with it
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _unreadable(path: Path, exc: BaseException) -> BundleError:
-    detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if detail.startswith("file could not be opened"):  # tarfile tried every compression
-        detail = "it is neither a tar archive (gz, bz2, xz or plain) nor a zip file"
-    return BundleError(f"{path.name} is not a readable bundle archive: {detail}")
-
-
-def _safe_name(name: str) -> str:
-    """`name` without './' segments ('' for the archive's root), or BundleError if it could escape."""
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or name.startswith("\\") or (p.parts and ":" in p.parts[0]):
-        raise BundleError(f"bundle entry '{name}' points outside the bundle (path traversal); refusing it")
-    return p.as_posix() if p.parts else ""
-
-
-def _extract(path: Path, staging: Path) -> dict[str, tuple[int, str]]:
-    """Stream every file of the archive under `staging`, hashing as it goes: name → (size, sha256).
-
-    Names were validated and links refused, so nothing written can land outside `staging`.
-    """
-    sums: dict[str, tuple[int, str]] = {}
-    for name, handle in read_members(path):
-        if name in sums:
-            raise BundleError(f"bundle entry '{name}' appears twice in {path.name}; a bundle holds each file once")
-        out = staging / name
-        sha, size = hashlib.sha256(), 0
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "xb") as f:
-                for chunk in _chunks(handle):
-                    sha.update(chunk)
-                    size += len(chunk)
-                    f.write(chunk)
-        except (FileExistsError, NotADirectoryError, IsADirectoryError):
-            raise BundleError(f"bundle entry '{name}' clashes with another entry's path in {path.name}") from None
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as exc:  # raised while reading a member
-            raise _unreadable(path, exc) from None
-        sums[name] = (size, sha.hexdigest())
-    return sums
 
 
 def unpack_and_check(path: Path, dest: Path) -> Manifest:
@@ -367,7 +212,7 @@ def unpack(path: Path, dest: Path) -> dict[str, tuple[int, str]]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        sums = _extract(path, staging)
+        sums = extract(path, staging)
         root = staging
         tops = {name.split("/", 1)[0] for name in sums}
         if MANIFEST not in sums and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in sums:

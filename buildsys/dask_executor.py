@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import ModelbuildError
 
 if TYPE_CHECKING:
-    from buildsys.execute import Action
+    from buildsys.pool import Action
     from buildsys.plan import Planner
     from buildsys.remote import Remote
 
@@ -65,7 +65,7 @@ def make_executor(kind: str, scheduler: str | None, log_dir: Path, jobs: int, pl
     """The executor for `build --executor KIND`: a LocalExecutor (the default) or a DaskExecutor.
 
     Both expose `run(action) -> reply`, `close()` and `jobs` (how many nodes to keep in flight)."""
-    from buildsys.execute import LocalExecutor
+    from buildsys.pool import LocalExecutor
 
     if kind == "local":
         if scheduler:
@@ -212,7 +212,7 @@ def _worker_state(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
     steps that land on the same worker."""
     from distributed import get_worker
 
-    from buildsys.execute import LocalExecutor
+    from buildsys.pool import LocalExecutor
     from buildsys.hashing import StatCache
     from buildsys.remote import Remote
     from buildsys.store import Store
@@ -236,7 +236,7 @@ def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str,
     errors raise, so Dask's `retries` covers them."""
     from distributed import get_worker
 
-    from buildsys.execute import Action
+    from buildsys.pool import Action
 
     address = get_worker().address
     where = {"worker": address, "built": {"host": socket.gethostname(), "worker": address}}

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.archive import FIXED_MTIME, write_archive
+from buildsys.bundle import MANIFEST
 from tests.conftest import out_of_reach
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,16 +188,12 @@ def _fake_bundle(tmp_path: Path, size: int) -> tuple[Path, dict]:
         "sources": {}, "chain": [], "toolchain": {}, "acceptance": {}, "check": {}, "reference": "",
         "model_config": {}}]}
     entries = {"t/model.onnx": blob, b.MANIFEST: json.dumps(manifest).encode()}
-    path = tmp_path / "r-1.tar.gz"
-    with open(path, "wb") as out:
-        b._tar_gz(entries, out)
-    return path, entries
+    return write_archive(entries, tmp_path / "r-1.tar.gz", "tar.gz"), entries
 
 
 def test_streamed_archive_is_the_in_memory_archive(tmp_path: Path) -> None:
     import gzip
-
-    from buildsys import bundle as b
+    import zipfile
 
     path, entries = _fake_bundle(tmp_path, 3 << 20)
     raw = io.BytesIO()  # the archive as earlier versions built it, in memory
@@ -204,15 +202,17 @@ def test_streamed_archive_is_the_in_memory_archive(tmp_path: Path) -> None:
             data = entries[name] if isinstance(entries[name], bytes) else entries[name].read_bytes()
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
-                len(data), b.FIXED_MTIME, 0o644, 0, 0, "", "")
+                len(data), FIXED_MTIME, 0o644, 0, 0, "", "")
             tar.addfile(info, io.BytesIO(data))
     out = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
         gz.write(raw.getvalue())
     assert path.read_bytes() == out.getvalue()
-    zipped = io.BytesIO()
-    b._zip(entries, zipped)
-    assert b.unpack_and_check.__doc__ and zipped.getvalue()[:2] == b"PK"
+    zipped = write_archive(entries, tmp_path / "r-1.zip", "zip")
+    with zipfile.ZipFile(zipped) as zf:
+        assert [i.filename for i in zf.infolist()] == sorted(entries)
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        assert zf.read(MANIFEST) == entries[MANIFEST]
 
 
 def test_verify_streams_to_disk(tmp_path: Path) -> None:

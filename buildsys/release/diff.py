@@ -134,7 +134,8 @@ def _file_side(path: Path, config: Path) -> Side:
 
 
 def _manifest(path: Path) -> Any:
-    from buildsys.bundle import MANIFEST, BundleError, Manifest, read_members
+    from buildsys.archive import BundleError, read_members
+    from buildsys.bundle import MANIFEST, Manifest
 
     for name, handle in read_members(path):
         if name == MANIFEST or name.endswith("/" + MANIFEST):

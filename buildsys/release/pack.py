@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys import bundle as bundles
+from buildsys.archive import write_archive
 from buildsys.release import cards, provenance, sbom
 from buildsys.release.facts import from_lock
 from buildsys.release.signing import SigningKey, sign_tree
@@ -62,7 +63,7 @@ def make(planner: Any, lock: Any, dag: Any, name: str, out_dir: Path, key: Signi
     signed_by = None
     if key is not None:
         signed_by, entries[bundles.SIGNATURE] = _sign(entries, store, f"{name}-{spec.version}", key)
-    path = bundles.write_archive(entries, out_dir / f"{name}-{spec.version}.{spec.archive}", spec.archive)
+    path = write_archive(entries, out_dir / f"{name}-{spec.version}.{spec.archive}", spec.archive)
     source = stmt["predicate"]["buildDefinition"]["externalParameters"].get("source") or {}
     return Packed(path, len(entries), signed_by, bool(source.get("dirty")))
 
