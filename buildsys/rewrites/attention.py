@@ -32,19 +32,25 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     import numpy as np
     import torch
 
+    from buildsys.rewrites.mechanism import constant, static_size
+
     if dropout_p > 0.0:
         raise RewriteNotApplicable("sdpa", _OP, f"dropout_p={dropout_p} (random: export with dropout off)")
     if is_causal and attn_mask is not None:
         raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
-    if enable_gqa and key.dim() >= 3 and key.shape[-3] != query.shape[-3]:
-        groups = query.shape[-3] // key.shape[-3]
-        key = key.repeat_interleave(groups, dim=-3)
-        value = value.repeat_interleave(groups, dim=-3)
-    factor = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    if enable_gqa and key.dim() >= 3:
+        heads, kv_heads = static_size(query, -3, "sdpa", _OP), static_size(key, -3, "sdpa", _OP)
+        if heads != kv_heads:
+            key = key.repeat_interleave(heads // kv_heads, dim=-3)
+            value = value.repeat_interleave(heads // kv_heads, dim=-3)
+    factor = scale if scale is not None else 1.0 / math.sqrt(static_size(query, -1, "sdpa", _OP))
     scores = torch.matmul(query, key.transpose(-2, -1)) * factor       # [..., L, S]
     if is_causal:
         length, source = query.shape[-2], key.shape[-2]
-        attn_mask = torch.tensor(np.tril(np.ones((length, source), dtype=bool)))
+        if isinstance(length, torch.SymInt) or isinstance(source, torch.SymInt):  # dynamic sequence: built in the graph
+            attn_mask = torch.ones(length, source, dtype=torch.bool).tril()
+        else:
+            attn_mask = constant(np.tril(np.ones((int(length), int(source)), dtype=bool)))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from buildsys.rewrites.base import RewriteNotApplicable
+from buildsys.rewrites.mechanism import constant, static_size
 from buildsys.rewrites.pair import ComplexPair, parts, register
 
 
@@ -30,7 +31,7 @@ def _basis64(n: int, bins: int, offset: int = 0, length: int | None = None) -> t
 def basis(n: int, bins: int, dtype: torch.dtype, offset: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The cos and sin bases as constants of `dtype` ([bins, length])."""
     cos, sin = _basis64(n, bins, offset, length)
-    return torch.tensor(cos, dtype=dtype), torch.tensor(sin, dtype=dtype)
+    return constant(cos, dtype), constant(sin, dtype)
 
 
 def _scale(n: int, norm: str | None, inverse: bool) -> float:
@@ -45,7 +46,7 @@ def _scale(n: int, norm: str | None, inverse: bool) -> float:
 
 def _fit(x: torch.Tensor, n: int) -> torch.Tensor:
     """x [..., L] trimmed or zero-padded to [..., n], as torch.fft does with its `n` argument."""
-    length = x.shape[-1]
+    length = static_size(x, -1, "complex", "torch.fft")
     if length > n:
         return x[..., :n]
     if length < n:
@@ -78,7 +79,7 @@ def _forward(x: ComplexPair | torch.Tensor, n: int | None, dim: int, norm: str |
     real = _last(real.to(_real_dtype(real)), dim)
     imag = _last(imag if isinstance(imag, torch.Tensor) else None, dim)
     assert real is not None
-    size = n if n is not None else int(real.shape[-1])
+    size = n if n is not None else static_size(real, -1, "complex", f"torch.fft.{name}")
     real = _fit(real, size)
     imag = None if imag is None else _fit(imag, size)
     bins = size // 2 + 1 if bins_of == "half" else size
@@ -121,7 +122,7 @@ def irfft(input: ComplexPair | torch.Tensor, n: int | None = None, dim: int = -1
     real = _last(real.to(_real_dtype(real)), dim)
     assert real is not None
     imag_t = _last(imag if isinstance(imag, torch.Tensor) else None, dim)
-    size = n if n is not None else 2 * (int(real.shape[-1]) - 1)
+    size = n if n is not None else 2 * (static_size(real, -1, "complex", "torch.fft.irfft") - 1)
     bins = size // 2 + 1
     real = _fit(real, bins)
     imag_t = None if imag_t is None else _fit(imag_t, bins)
@@ -131,8 +132,8 @@ def irfft(input: ComplexPair | torch.Tensor, n: int | None = None, dim: int = -1
         weight[-1] = 1.0
     cos64, sin64 = _basis64(size, bins)
     scale = _scale(size, norm, inverse=True)
-    cos = torch.tensor(cos64 * weight[:, None] * scale, dtype=real.dtype)  # [bins, size]
-    sin = torch.tensor(sin64 * weight[:, None] * scale, dtype=real.dtype)
+    cos = constant(cos64 * weight[:, None] * scale, real.dtype)  # [bins, size]
+    sin = constant(sin64 * weight[:, None] * scale, real.dtype)
     out_re = real @ cos - imag_t @ sin if imag_t is not None else real @ cos
     return _dim_back(out_re, dim)
 

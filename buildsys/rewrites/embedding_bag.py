@@ -2,7 +2,7 @@
 
 Bags given by offsets are ragged, which is what converters fail on (an ONNX Loop, a missing ExecuTorch
 kernel, no Core ML op). The rewrite makes the raggedness a mask: `member[b, n]` is 1 when index n lies
-in bag b (offsets[b] ≤ n < offsets[b+1]), so a bag's sum is one matmul `member @ embedding(input)`,
+in bag b (the last bag whose offset is ≤ n), so a bag's sum is one matmul `member @ embedding(input)`,
 its mean that divided by the bag's size, its max an amax over the masked [bags, N, dim] tensor. The
 cost is O(bags · N · dim) instead of O(N · dim): nothing for a recommender's batch, heavy for
 thousands of bags at once. 2-D input (fixed-size bags) reduces over dim 1 directly.
@@ -57,8 +57,10 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor, offsets: torch.Tens
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. per_sample_weights is only "
                                   f"supported for mode='sum' (got mode='{mode}'). Please open a feature request "
                                   "on GitHub.")
+    from buildsys.rewrites.mechanism import static_size
+
     if padding_idx is not None and padding_idx < 0:
-        padding_idx += weight.shape[0]
+        padding_idx += static_size(weight, 0, "embedding-bag", _OP)
     rows = torch.nn.functional.embedding(input, weight)
     if input.dim() == 2:
         if offsets is not None:
@@ -71,12 +73,12 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor, offsets: torch.Tens
         return _reduce(rows, keep, mode)
     if input.dim() != 1 or offsets is None or offsets.dim() != 1:
         raise ValueError("input has to be 1D or 2D Tensor, and offsets a 1D Tensor when input is 1D")
+    # index n belongs to the last bag that starts at or before it (empty bags start where the next does);
+    # no slice of offsets: a slice's size (bags − 1) would make torch.export guard bags ≥ 3
     positions = torch.arange(input.shape[0], dtype=offsets.dtype)
-    starts = offsets[:-1] if include_last_offset else offsets
-    ends = offsets[1:] if include_last_offset else \
-        torch.cat([offsets[1:], torch.full_like(offsets[:1], input.shape[0])])
-    member = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])  # [bags, N]
-    keep = member.to(weight.dtype)
+    bag_of = (positions[:, None] >= offsets[None, :]).to(offsets.dtype).sum(dim=1) - 1      # [N]
+    bags = torch.arange(offsets.shape[0] - 1 if include_last_offset else offsets.shape[0], dtype=offsets.dtype)
+    keep = (bag_of[None, :] == bags[:, None]).to(weight.dtype)                               # [bags, N]
     if per_sample_weights is not None:
         keep = keep * per_sample_weights.to(weight.dtype)[None, :]
     if padding_idx is not None:

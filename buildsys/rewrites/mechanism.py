@@ -22,13 +22,16 @@ import copy
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from buildsys.rewrites.base import Handler, Rewrite, RewriteNotApplicable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 class _Local(threading.local):
     def __init__(self) -> None:
@@ -47,6 +50,35 @@ class ActiveRewrites:
     names: tuple[str, ...]
     table: Mapping[Callable[..., object], Handler]
     no_complex: bool
+
+
+def constant(values: "np.ndarray", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A constant for the graph from NumPy values (a DFT basis, a gather index, a mask).
+
+    torch.from_numpy, not torch.tensor: traced, it is one lifted constant (export: lift_fresh_copy,
+    a clone once decomposed), where torch.tensor adds detach/alias/to ops that coremltools' export
+    frontend refuses ("Unsupported fx node alias")."""
+    import numpy as np
+
+    numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
+                   torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_}
+    if dtype is None:
+        return torch.from_numpy(np.ascontiguousarray(values))
+    if dtype in numpy_dtype:
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=numpy_dtype[dtype]))
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dtype)  # bfloat16: no NumPy type
+
+
+def static_size(x: torch.Tensor, dim: int, rewrite: str, op: str) -> int:
+    """x.shape[dim] as a Python int for a constant that depends on it (gather indices, a kernel's channels).
+
+    Under torch.jit.trace a size is a traced 0-d tensor: int() makes the trace specialise to it, as the
+    constant does anyway. Under torch.export a dynamic dimension is a SymInt: specialising would break
+    the program's dynamic shapes, so the rewrite does not apply."""
+    size = x.shape[dim]
+    if isinstance(size, torch.SymInt):
+        raise RewriteNotApplicable(rewrite, op, f"dimension {dim} is dynamic (its constants depend on its size)")
+    return int(size)
 
 
 def function_name(func: Callable[..., object]) -> str:

@@ -81,6 +81,8 @@ class ComplexPair:
 
     def __getattr__(self, name: str) -> Callable[..., object]:
         impl = IMPLEMENTED.get(name)
+        if impl is None and (name.startswith("_") or not hasattr(torch.Tensor, name)):
+            raise AttributeError(f"'ComplexPair' object has no attribute '{name}'")  # hasattr() and tracers probe
         if impl is None:
             raise RewriteNotApplicable("complex", f"Tensor.{name}", "a complex value held as a real pair does not "
                                        "implement it (see buildsys/rewrites/pair.py for what it does)")
@@ -118,8 +120,10 @@ def parts(x: Operand) -> Parts:
         return x.real, x.imag
     if isinstance(x, torch.Tensor):
         if x.is_complex():
-            raise RewriteNotApplicable("complex", "a complex tensor", "it was made where no rewrite holds complex "
-                                       "values as real pairs (add the 'complex' rewrite)")
+            raise RewriteNotApplicable("complex", "a complex tensor", "it meets a real pair but was made where no "
+                                       "rewrite holds complex values as pairs: outside forward (a complex buffer or "
+                                       "attribute, such as a precomputed RoPE freqs_cis) or without the 'complex' "
+                                       "rewrite")
         return x, None
     if isinstance(x, complex):
         return x.real, x.imag

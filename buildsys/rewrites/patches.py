@@ -33,29 +33,29 @@ def tensor_unfold(input: torch.Tensor, dimension: int, size: int, step: int) -> 
 
     if input.dim() == 0:
         raise RewriteNotApplicable("unfold", "Tensor.unfold", "a 0-D tensor")
+    from buildsys.rewrites.mechanism import constant, static_size
+
     dim = dimension % input.dim()
-    length = input.shape[dim]
-    if not isinstance(length, int):
-        raise RewriteNotApplicable("unfold", "Tensor.unfold", "a dynamic size along the unfolded dimension")
+    length = static_size(input, dim, "unfold", "Tensor.unfold")
     if size > length or step <= 0:
         raise RuntimeError(f"maximum size for tensor at dimension {dim} is {length} but size is {size}"
                            if size > length else f"step is {step} but must be > 0")
     import numpy as np
 
     windows = (length - size) // step + 1
-    index = torch.tensor((np.arange(windows)[:, None] * step + np.arange(size)[None, :]).reshape(-1))
+    index = constant((np.arange(windows)[:, None] * step + np.arange(size)[None, :]).reshape(-1))
     picked = input.index_select(dim, index)                       # [..., windows·size, ...]
-    shape = list(input.shape[:dim]) + [windows, size] + list(input.shape[dim + 1:])
-    return picked.reshape(shape).movedim(dim + 1, -1)
+    return picked.unflatten(dim, (windows, size)).movedim(dim + 1, -1)
 
 
 def _one_hot_kernel(channels: int, kh: int, kw: int, dtype: torch.dtype) -> torch.Tensor:
     """[channels·kh·kw, 1, kh, kw]: output channel c·kh·kw + k has a single 1 at kernel position k."""
     import numpy as np
-    import torch
+
+    from buildsys.rewrites.mechanism import constant
 
     eye = np.eye(kh * kw).reshape(kh * kw, 1, kh, kw)  # a constant in the graph, not an eye op
-    return torch.tensor(np.tile(eye, (channels, 1, 1, 1)), dtype=dtype)
+    return constant(np.tile(eye, (channels, 1, 1, 1)), dtype)
 
 
 def unfold(input: torch.Tensor, kernel_size: Size2, dilation: Size2 = 1, padding: Size2 = 0,
@@ -67,7 +67,9 @@ def unfold(input: torch.Tensor, kernel_size: Size2, dilation: Size2 = 1, padding
     x = input if batched else input.unsqueeze(0)
     if x.dim() != 4 or not x.is_floating_point():
         raise RewriteNotApplicable("unfold", "torch.nn.functional.unfold", "only 3-D or 4-D floating-point input")
-    (kh, kw), channels = _pair(kernel_size), x.shape[1]
+    from buildsys.rewrites.mechanism import static_size
+
+    (kh, kw), channels = _pair(kernel_size), static_size(x, 1, "unfold", "torch.nn.functional.unfold")
     out = torch.nn.functional.conv2d(x, _one_hot_kernel(channels, kh, kw, x.dtype), stride=_pair(stride),
                                      padding=_pair(padding), dilation=_pair(dilation), groups=channels)
     out = out.flatten(2)
@@ -87,12 +89,15 @@ def fold(input: torch.Tensor, output_size: Size2, kernel_size: Size2, dilation: 
     (dh, dw), (ph, pw), (sh, sw) = _pair(dilation), _pair(padding), _pair(stride)
     rows = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     cols = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if x.shape[1] % (kh * kw) or x.shape[2] != rows * cols:
+    from buildsys.rewrites.mechanism import static_size
+
+    planes = static_size(x, 1, "fold", "torch.nn.functional.fold")
+    if planes % (kh * kw) or static_size(x, 2, "fold", "torch.nn.functional.fold") != rows * cols:
         raise RuntimeError(f"fold: expected input of shape [N, C*{kh * kw}, {rows * cols}], got {list(x.shape)}")
-    channels = x.shape[1] // (kh * kw)
+    channels = planes // (kh * kw)
     covered_h = (rows - 1) * sh - 2 * ph + dh * (kh - 1) + 1
     covered_w = (cols - 1) * sw - 2 * pw + dw * (kw - 1) + 1
-    grid = x.reshape(x.shape[0], x.shape[1], rows, cols)
+    grid = x.unflatten(2, (rows, cols))
     out = torch.nn.functional.conv_transpose2d(
         grid, _one_hot_kernel(channels, kh, kw, x.dtype), stride=(sh, sw), padding=(ph, pw),
         output_padding=(h - covered_h, w - covered_w), groups=channels, dilation=(dh, dw))

@@ -3,7 +3,8 @@
 `explain_refusal(text, ops)` ranks the rewrites a refusal points at, each with why:
 
 1. `named`: the text names an op the rewrite removes, in any spelling converters use (aten::stft,
-   aten.stft.default, 'stft', STFT, EmbeddingBag);
+   aten.stft.default, 'stft', STFT, EmbeddingBag; a bare lower-case word does not count, so "complex
+   types" does not name aten::complex);
 2. `sign`: the text matches one of the rewrite's signs (complex<f32>, an ONNX Loop), for refusals
    that name the symptom rather than the op;
 3. `in-program`: the text names no ATen op at all (ExecuTorch's "error 0x14" on load, a converter's
@@ -42,15 +43,22 @@ class RefusalMatch:
     why: str
 
 
-def _spellings(base: str) -> set[str]:
+#: What precedes an op's own lower-case name where a message names the op rather than uses the word
+#: ("complex types", "a diff"): aten::x, aten.x, torch.x, 'x', %x (an fx node), "node x", "kind x", "op x".
+_QUALIFIED = r"(?:(?<=::)|(?<=\.)|(?<=['\"%`])|(?<=node )|(?<=kind )|(?<=op ))"
+
+
+def _mention_patterns(base: str) -> list[str]:
     camel = "".join(part[:1].upper() + part[1:] for part in base.strip("_").split("_"))
-    return {base, base.upper(), camel}
+    end = r"(?![A-Za-z0-9_])"
+    return [_QUALIFIED + re.escape(base) + end] + \
+        [rf"(?<![A-Za-z0-9_]){re.escape(s)}{end}" for s in {base.upper(), camel} if s != base]
 
 
 def _first_mention(text: str, base: str) -> int | None:
-    """Where `text` first names the op `base` as a word of its own, in any spelling; None if nowhere."""
-    hits = [m.start() for s in _spellings(base)
-            for m in re.finditer(rf"(?<![A-Za-z0-9_]){re.escape(s)}(?![A-Za-z0-9_])", text)]
+    """Where `text` first names the op `base`: its name qualified (aten::stft, 'embedding_bag', torch.stft,
+    %_fft_r2c, "node unfold"), its ONNX-style upper-case name (STFT) or its CamelCase (EmbeddingBag)."""
+    hits = [m.start() for pattern in _mention_patterns(base) for m in re.finditer(pattern, text)]
     return min(hits) if hits else None
 
 

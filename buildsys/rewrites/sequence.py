@@ -55,8 +55,9 @@ def roll(input: torch.Tensor, shifts: int | Sequence[int], dims: int | Sequence[
     x = input
     for shift, dim in zip(shift_list, dim_list):
         size = x.shape[dim]
-        if isinstance(size, int):
-            shift = shift % size if size else 0  # |shift| ≥ size wraps; a symbolic size keeps |shift| < size
+        if not isinstance(size, torch.SymInt):  # an int, or a traced size under jit.trace: wrap |shift| ≥ size
+            shift = shift % int(size) if int(size) else 0
+        # a dynamic (torch.export) size: the slices are right for |shift| < size, as a shifted window is
         if shift == 0:
             continue
         tail, head = x[_along(dim, x.dim(), slice(-shift, None))], x[_along(dim, x.dim(), slice(None, -shift))]

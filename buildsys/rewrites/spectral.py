@@ -33,11 +33,13 @@ def _pad_signal(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
     import numpy as np
     import torch
 
+    from buildsys.rewrites.mechanism import constant
+
     if pad == 0:
         return x
     if mode == "constant":
         return torch.nn.functional.pad(x, (pad, pad))
-    reverse = torch.tensor(np.arange(pad - 1, -1, -1))
+    reverse = constant(np.arange(pad - 1, -1, -1))
     if mode == "reflect":
         left = x[:, 1:pad + 1].index_select(1, reverse)
         right = x[:, -pad - 1:-1].index_select(1, reverse)
@@ -55,9 +57,11 @@ def stft(input: torch.Tensor, n_fft: int, hop_length: int | None = None, win_len
          normalized: bool = False, onesided: bool | None = None, return_complex: bool | None = None,
          align_to_window: bool | None = None) -> torch.Tensor | ComplexPair:
     """torch.stft's arguments and result (a ComplexPair for return_complex=True)."""
+    import numpy as np
     import torch
 
     from buildsys.rewrites.dft import basis
+    from buildsys.rewrites.mechanism import constant, static_size
     from buildsys.rewrites.pair import ComplexPair
 
     if not isinstance(input, torch.Tensor) or input.is_complex():
@@ -75,8 +79,8 @@ def stft(input: torch.Tensor, n_fft: int, hop_length: int | None = None, win_len
         raise RewriteNotApplicable("stft", "torch.stft", f"win_length={win} outside 1..n_fft={n_fft}")
     dtype = input.dtype if input.is_floating_point() else torch.get_default_dtype()
     if window is None:
-        window = torch.ones(win, dtype=dtype)
-    elif window.shape != (win,):
+        window = constant(np.ones(win), dtype)
+    elif window.dim() != 1 or static_size(window, 0, "stft", "torch.stft") != win:
         raise RuntimeError(f"stft: expected a 1D window tensor of size equal to win_length={win}, "
                            f"but got window with size {list(window.shape)}")
     x = input if input.dtype == dtype else input.to(dtype)
@@ -84,9 +88,9 @@ def stft(input: torch.Tensor, n_fft: int, hop_length: int | None = None, win_len
     if center:
         x = _pad_signal(x, n_fft // 2, pad_mode)
     left = (n_fft - win) // 2  # where the window sits in the n_fft frame
-    if not align_to_window:  # frames start at the n_fft frame: the window's first sample is `left` later
-        right = n_fft - win - left
-        x = x[:, left:x.shape[1] - right] if right else x[:, left:]
+    right = n_fft - win - left
+    if not align_to_window and (left or right):  # frames start at the n_fft frame: the window `left` later
+        x = x[:, left:x.shape[1] - right] if right else x[:, left:]  # (a no-op slice would trace as alias)
     bins = n_fft // 2 + 1 if onesided is None or onesided else n_fft
     cos, sin = basis(n_fft, bins, dtype, offset=left, length=win)  # [bins, win]: e^{-2πik(t+left)/n}
     win_t = (window if window.dtype == dtype else window.to(dtype))[None, :]
@@ -109,10 +113,11 @@ def _window(name: str) -> object:
         import numpy as np
         import torch
 
-        if window_length == 0:
-            return torch.empty(0, dtype=dtype)
-        if window_length == 1:
-            return torch.ones(1, dtype=dtype)
+        from buildsys.rewrites.mechanism import constant
+
+        dtype = dtype or torch.get_default_dtype()
+        if window_length <= 1:
+            return constant(np.ones(window_length), dtype)
         span = window_length if periodic else window_length - 1
         t = np.arange(window_length, dtype=np.float64) / span
         values = {
@@ -121,7 +126,8 @@ def _window(name: str) -> object:
             "blackman_window": lambda: 0.42 - 0.5 * np.cos(2 * np.pi * t) + 0.08 * np.cos(4 * np.pi * t),
             "bartlett_window": lambda: 1.0 - np.abs(2.0 * t - 1.0),
         }[name]()
-        return torch.tensor(values, dtype=dtype or torch.get_default_dtype(), device=device)  # type: ignore[arg-type]
+        window = constant(values, dtype)
+        return window if device is None or str(device) == "cpu" else window.to(device)  # type: ignore[arg-type]
     return make
 
 
