@@ -83,7 +83,12 @@ def cell(model: str, variant: str, converter: str) -> dict[str, Any]:
         except Exception as exc:
             return {"status": "refused", "error": f"{type(exc).__name__}: {exc}",
                     "trace": traceback.format_exc()[-4000:], "seconds": round(time.perf_counter() - started, 1)}
-    err = float(np.max(np.abs(nchw(got, want.shape).astype(np.float64) - want)))
+    try:
+        got = nchw(got, want.shape)
+    except ValueError:
+        return {"status": "wrong", "error": f"output shape {list(np.shape(got))}, PyTorch's {list(want.shape)}",
+                "max_abs_err": float("inf"), "seconds": round(time.perf_counter() - started, 1)}
+    err = float(np.max(np.abs(got.astype(np.float64) - want)))
     allowed = 1e-4 * float(np.max(np.abs(want))) + 1e-5
     return {"status": "ok" if err <= allowed else "wrong", "max_abs_err": err, "allowed": allowed,
             "seconds": round(time.perf_counter() - started, 1)}

@@ -1,8 +1,10 @@
 """The `diff` and `roll` rewrites: torch.diff as slices and a subtraction, torch.roll as slices and a concatenation.
 
-Both are index shuffles that some converters lack (no aten::roll in coremltools' older frontends or
-LiteRT lowerings; aten::diff missing in TorchScript-based exporters). Slices, sub and cat are in every
-converter. Equivalence: tests/test_rewrites.py (exact: no arithmetic beyond the subtraction itself).
+Both are index shuffles, and slices, sub and cat are in every converter. Measured here
+(benchmarks/rewrite_matrix.py --ops): the legacy ONNX exporter ("Exporting the operator 'aten::diff' to
+ONNX opset version 17 is not supported", and so onnx2tf after it) and coremltools' trace frontend
+("PyTorch convert function for op 'diff' not implemented") refuse aten::diff; every converter here takes
+aten::roll, which the rewrite removes for those that do not (older ones, other backends). Equivalence: tests/test_rewrites.py (exact: no arithmetic beyond the subtraction itself).
 """
 
 from __future__ import annotations
