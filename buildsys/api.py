@@ -96,7 +96,7 @@ class Project:
                                     scheduler=scheduler, on_event=on_event))
                 failed.update({n: (the_plan.nodes[n].key, r) for n, r in results.items()
                                if r.outcome == FAILED and the_plan.nodes[n].key})
-                dropped = route_failures(the_plan, results)
+                dropped = route_failures(the_plan, results, planner.lock)
                 if not dropped:
                     break
                 _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route

@@ -90,6 +90,20 @@ def carried(module: object) -> tuple[str, ...]:
     return tuple(getattr(type(module), "__rewrites__", ()))
 
 
+def check_names(names: Sequence[str]) -> Sequence[str]:
+    """`names` when each names a rewrite once; else a ValueError saying which does not, with a did-you-mean
+    (what option validators raise, so the config error names the file, line and field)."""
+    from buildsys.errors import did_you_mean
+
+    for name in names:
+        if name not in REGISTRY:
+            raise ValueError(f"no rewrite is named '{name}' {did_you_mean(name, REGISTRY) or ''}".rstrip()
+                             + f" (known: {', '.join(REGISTRY)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a rewrite is named twice in {list(names)}")
+    return names
+
+
 def versions(names: Sequence[str]) -> dict[str, int]:
     """name → version of the named rewrites: what a cache key records of them."""
     return {name: get(name).version for name in names}
