@@ -197,7 +197,7 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if old_dev.get(part) != new_dev.get(part):
             reasons.append(f"{part} {old_dev.get(part, 'none')}→{new_dev.get(part, 'none')}")
     known = {"step", "step_version", "options", "inputs", "signature", "toolchain", "acceptance", "platform", "cpu",
-             "device"}
+             "device", "rewrites"}
     for extra in sorted((set(old) | set(new)) - known):
         if old.get(extra) != new.get(extra):
             reasons.append(f"{extra} changed")
