@@ -229,11 +229,12 @@ def test_a_target_can_pin_a_rewrite_and_unknown_names_are_config_errors(tmp_path
 
 @pytest.mark.slow
 def test_coreml_and_onnx2tf_refusals_take_rewrite_routes(tmp_path: Path) -> None:
-    """Core ML (the trace frontend) on both models and TFLite through onnx2tf on the recommender: each first
+    """Core ML (the trace frontend) on both models and TFLite through onnx2tf on both: each first
     route is refused, each rewrite route passes its numeric check (Core ML's through the MIL reference
     interpreter off macOS, the stand-in its status names)."""
     project = Project(tmp_path, """\
       ios: {model: spotter, format: coreml}
+      android: {model: spotter, format: tflite}
       rec-ios: {model: recsys, format: coreml}
       rec-android: {model: recsys, format: tflite}
     """)
@@ -241,6 +242,7 @@ def test_coreml_and_onnx2tf_refusals_take_rewrite_routes(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lock = project.lock()
     expected = {"ios": ("spotter/coreml", ["pytorch", "torchscript (rewrite stft)", "coreml"], "stft"),
+                "android": ("spotter/onnx", ["pytorch", "onnx (rewrite stft)", "saved_model", "tflite"], "stft"),
                 "rec-ios": ("recsys/coreml", ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"],
                             "embedding-bag"),
                 "rec-android": ("recsys/saved_model", ["pytorch", "onnx (rewrite embedding-bag)", "saved_model", "tflite"],
