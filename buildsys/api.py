@@ -98,7 +98,7 @@ class Project:
                     key = the_plan.nodes[n].key if n in the_plan.nodes else None
                     if r.outcome == FAILED and key and failed.get(n, ("",))[0] != key:
                         failed[n] = (key, r)
-                dropped = route_failures(the_plan, results)
+                dropped = route_failures(the_plan, results, planner.lock)
                 if not dropped:
                     break
                 _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route

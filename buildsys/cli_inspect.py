@@ -96,6 +96,8 @@ def explain(config: str, node: str) -> None:
     if target in dag.routes:  # a target's check or deliverable: the route taken and the ones dropped
         out.update(route=dag.routes[target], candidate_routes=dag.candidates.get(target, []),
                    dropped_routes=[{k: r[k] for k in ("route", "node", "reason")} for r in the_plan.dropped.get(target, [])])
+    if dag.rewrites(node):  # the op rewrites the artifact (or the one a check judges) was made with
+        out["rewrites"] = dag.rewrites(node)
     click.echo(report.dumps(out))
 
 

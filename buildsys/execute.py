@@ -256,9 +256,9 @@ class Builder:
             shutil.rmtree(old, ignore_errors=True)
             for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
                 self.planner.stat.record(final / rel, digest)
-            route = self.plan.dag.routes.get(target, [])
+            route, rewrites = self.plan.dag.routes.get(target, []), self.plan.dag.rewrites(artifact)
             self.lock.targets[target] = {"node": artifact, "path": self.planner.display(final), "files": files,
-                                         "route": route}
+                                         "route": route, **({"rewrites": rewrites} if rewrites else {})}
             if target in self.lock.routes:  # this route passes now: forget its old failure
                 kept = [r for r in self.lock.routes[target]["dropped"] if r["route"] != route]
                 self.lock.routes[target]["dropped"] = kept

@@ -20,10 +20,13 @@ from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.kinds import Artifact, Bench, Check, Reference
-from buildsys.routes import candidate_routes, format_graph, hop, route_formats
+from buildsys.rewrite_routes import add_rewrite_routes, loading_stop, loads_module
+from buildsys.routes import candidate_routes, format_graph, hop, route_formats, stop_options
 
 if TYPE_CHECKING:
     import networkx as nx
+
+    from buildsys.rewrite_routes import Refusals
 
 # The steps of the nodes that are not formats (registered in buildsys.nodes).
 REFERENCE_STEP, CHECK_STEP, BENCH_STEP = "reference", "check", "bench"
@@ -68,6 +71,16 @@ class Dag:
     def order(self) -> list[Node]:
         return [self.nodes[n] for n in self.names]
 
+    def rewrites(self, name: str) -> list[str]:
+        """The op rewrites a node's artifact carries: those its chain of artifacts applied (docs/rewrites.md)."""
+        out: list[str] = []
+        current: str | None = name
+        while current in self.nodes:
+            node = self.nodes[current]
+            out = [n for n in node.options.get("rewrites") or [] if n not in out] + out
+            current = node.deps[0] if node.deps else None  # a check's first dep is its artifact
+        return out
+
     def graph(self) -> "nx.DiGraph":
         """The DAG as a networkx graph (built on demand)."""
         import networkx as nx
@@ -79,20 +92,22 @@ class Dag:
 
 
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
-           bench: bool = False, excluded: dict[str, list[list[str]]] | None = None) -> Dag:
+           bench: bool = False, excluded: dict[str, list[list[str]]] | None = None,
+           refusals: "Refusals | None" = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
     Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. Each
     target takes its first candidate route not in `excluded[target]`. With `cache` (a file path), a
-    previous expansion of the same inputs is reused.
+    previous expansion of the same inputs is reused. `refusals` (target → failed routes and the
+    rewrites their refusals point at, rewrite_routes.refusals) add the rewrite routes.
     """
-    excluded = excluded or {}
+    excluded, refusals = excluded or {}, refusals or {}
     if cache is None:
-        return _expand(cfg, selected, bench, excluded)
+        return _expand(cfg, selected, bench, excluded, refusals)
     import pickle
 
     key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
-                       excluded])
+                       excluded, refusals])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -100,7 +115,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench, excluded)
+    dag = _expand(cfg, selected, bench, excluded, refusals)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -123,7 +138,7 @@ def code_fingerprint() -> str:
 
 
 def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
-            excluded: dict[str, list[list[str]]]) -> Dag:
+            excluded: dict[str, list[list[str]]], refusals: "Refusals") -> Dag:
     import networkx as nx
 
     from buildsys import verify
@@ -165,6 +180,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             opts_by_format[target.goal] = opts_by_format.pop(target.format)
         candidates[tname] = candidate_routes(model.source.format, target.format, target.precision, target.via,
                                              target.routes, tname, cfg, opts_by_format)
+        if target.rewrites is None:  # automatic: each refused route is followed by the route with its rewrites
+            candidates[tname] = add_rewrite_routes(candidates[tname], refusals.get(tname, []), opts_by_format)
+        elif target.rewrites and loading_stop(candidates[tname][0]) is None:
+            raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
+                              f"a PyTorch factory (source: {model.source.format})",
+                              where=cfg.where("targets", tname, "rewrites"), field=f"targets.{tname}.rewrites")
         left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
         if not left:
             exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
@@ -187,8 +208,10 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                 (a, _), (b, label) = hop(stop_a), hop(stop_b)
                 step = steps()[fg.edges[a, b]["step"]]
                 raw = opts_by_format.get(b, {})
+                if target.rewrites is not None and loads_module(step) and isinstance(raw, dict):
+                    raw = {"rewrites": target.rewrites, **raw}  # the format's own option wins
                 if label and isinstance(raw, dict):
-                    raw = {**raw, **step.alternatives[label]}
+                    raw = {**raw, **stop_options(step, label)}
                 options = _options(step, raw, cfg, tname, b)
                 identity.append([step.name, options.model_dump(mode="json")])
                 hops.append((a, b, step, options, digest_json(identity)))

@@ -156,7 +156,8 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     Component conventions: `step`/`step_version`, `options` (flat dict), `inputs` (role → digest,
     e.g. 'weights', 'code', 'data calibration', 'upstream digits/onnx'), `signature`, `toolchain`
     (package → version), `acceptance` (checks only), `platform` and `cpu` (host-bound nodes only), `device`
-    (`Step.host_components`: the GPU and TensorRT an engine is built for).
+    (`Step.host_components`: the GPU and TensorRT an engine is built for), `rewrites` (name → version of the op
+    rewrites an artifact's options apply).
     """
     reasons: list[str] = []
     if old.get("step") != new.get("step"):  # a different step: its other differences follow from that
@@ -167,6 +168,10 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for name in sorted(set(old_opts) | set(new_opts)):
         if old_opts.get(name) != new_opts.get(name):
             reasons.append(f"option {name} {_fmt(old_opts.get(name))}→{_fmt(new_opts.get(name))}")
+    old_rw, new_rw = old.get("rewrites") or {}, new.get("rewrites") or {}
+    for name in sorted(set(old_rw) & set(new_rw)):  # added or removed ones show as the option's change
+        if old_rw[name] != new_rw[name]:
+            reasons.append(f"rewrite {name} version {old_rw[name]}→{new_rw[name]}")
     old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}
     for role in sorted(set(old_in) | set(new_in)):
         if role not in old_in:
@@ -192,7 +197,7 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if old_dev.get(part) != new_dev.get(part):
             reasons.append(f"{part} {old_dev.get(part, 'none')}→{new_dev.get(part, 'none')}")
     known = {"step", "step_version", "options", "inputs", "signature", "toolchain", "acceptance", "platform", "cpu",
-             "device"}
+             "device", "rewrites"}
     for extra in sorted((set(old) | set(new)) - known):
         if old.get(extra) != new.get(extra):
             reasons.append(f"{extra} changed")

@@ -83,6 +83,15 @@ class Artifact(NodeKind):
     name = "artifact"
 
     @classmethod
+    def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
+        """The versions of the op rewrites its options apply (buildsys.rewrites): a new version of a
+        rewrite rebuilds what was made with it."""
+        if node.options.get("rewrites"):
+            from buildsys.rewrites import versions
+
+            comp["rewrites"] = versions(node.options["rewrites"])
+
+    @classmethod
     def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
         """The step's committed facts (`Step.committed_metrics`) and its caveats: what holds of the
         output on every host, so `explain`, the report and the checks downstream can read it."""

@@ -19,6 +19,8 @@ from buildsys.kinds import Artifact, Check, kind_of
 from buildsys.lock import Lock
 from buildsys.formats import get_step
 from buildsys.store import Store
+# What a build does after a route fails is planning too: reroute.py (re-exported here).
+from buildsys.reroute import FAILED_EARLIER, route_failures  # noqa: F401
 
 # What a node needs done:
 NOTHING = "nothing"  # fresh and present
@@ -287,12 +289,15 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     not fresh at plan time (restored or rebuilt for the next route) has no key to match its record,
     and the build would take that route again, and again.
     """
+    from buildsys.rewrite_routes import refusals
+
     excluded: dict[str, list[list[str]]] = {}
     dropped: dict[str, list[dict[str, Any]]] = {}
     now = dropped_now or {}
+    refused = refusals(planner.lock.routes)  # a refusal a rewrite answers adds the route with that rewrite
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
-                     excluded=excluded)
+                     excluded=excluded, refusals=refused)
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
@@ -357,45 +362,3 @@ def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
                 and all(c in out for c in consumers):
             out[node.name] = (False, f"only needed by {', '.join(sorted(consumers))}, which this host cannot build")
     return {n.name: out[n.name] for n in plan.dag.order() if n.name in out}
-
-
-def _not_run_here(result: Any) -> bool:
-    """Whether a failed check failed only because of this host's limits (require_numeric on a part it
-    could not run, or on a stand-in's numbers), not because of the artifact."""
-    return bool(result.metrics.get("host_limited"))
-
-
-#: How a node that already failed in this build under the same key is failed again, unrun.
-FAILED_EARLIER = "failed earlier in this build: "
-
-
-def route_failures(plan: Plan, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Targets with several candidate routes whose route failed in a build: target → the record
-    deploy.lock keeps ({"route", "node", "key", "reason"}).
-
-    A route fails at the first node of the target's chain (its artifacts, then its check) that
-    failed: a conversion error, or a check that missed its acceptance. The reference failing is the
-    model's fault, not the route's; a pinned route (`via:`) has nothing to fall back to.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for target in plan.targets:
-        candidates = plan.dag.candidates.get(target, [])
-        route = plan.dag.routes[target]
-        if target in plan.dag.exhausted or len(candidates) < 2 or route not in candidates:
-            continue  # the last route's failure is recorded too: the target is then blocked, naming every route
-        chain = [Check.node_name(target)]
-        while chain[-1] in plan.dag.nodes and plan.dag.nodes[chain[-1]].deps:
-            first = plan.dag.nodes[chain[-1]].deps[0]
-            if plan.dag.nodes[first].kind != Artifact.name:
-                break
-            chain.append(first)
-        failed = [n for n in reversed(chain) if getattr(results.get(n), "outcome", "") == "failed"]
-        if failed and _not_run_here(results[failed[0]]):
-            continue  # the host could not run the check (Core ML off macOS, strict): no route would differ
-        if failed and plan.nodes[failed[0]].key:
-            result = results[failed[0]]
-            why = str((result.metrics.get("failures") or [result.error or "failed"])[0])
-            why = why.removeprefix(FAILED_EARLIER)  # deploy.lock outlives the build: keep the failure itself
-            out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key, "modelbuild": __version__,
-                           "reason": str(why).splitlines()[0][:300] if str(why).strip() else "failed"}
-    return out

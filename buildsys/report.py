@@ -157,7 +157,7 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "check": status.words, "verdict": status.verdict.value,
                "caveats": [c.as_dict() for c in status.caveats],
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
-               "route": route, "dropped": dropped}
+               "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name)}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -202,6 +202,9 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
                 out.print(f"{row['target']}: {Caveat.from_dict(caveat)}", style="yellow", markup=False, highlight=False)
         if row.get("dropped") and row["path"]:
             out.print(f"{row['target']}: made by {' → '.join(row['route'])}", style="yellow", markup=False)
+        if row.get("rewrites") and row["path"]:
+            out.print(f"{row['target']}: carries op rewrites {', '.join(row['rewrites'])} (docs/rewrites.md)",
+                      style="yellow", markup=False, highlight=False)
         for drop in row.get("dropped") or []:
             out.print(f"{row['target']}: route {' → '.join(drop['route'])} dropped at {drop['node']}: {drop['reason']}",
                       style="yellow", markup=False, highlight=False)

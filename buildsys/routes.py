@@ -4,7 +4,8 @@
 path (edges weighted by each step's `route_cost`) from the model's source format to the target's
 format, through each `via:` stop. A route is a list of stops; a stop is a format name, or a format
 name with the label of one of its step's `alternatives` (`tflite-int8 (dynamic)`: made with that
-alternative's options instead of the defaults).
+alternative's options instead of the defaults) or of the op rewrites it applies (`onnx (rewrite stft)`,
+see rewrite_routes.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,31 @@ def hop(stop: str) -> tuple[str, str]:
     ("tflite-int8", "dynamic"); a stop made with its step's default options has the label ""."""
     fmt, _, label = stop.partition(" (")
     return fmt, label.removesuffix(")")
+
+
+#: How a stop's label names the rewrites its step applies: "rewrite " + names joined by "+".
+LABEL = "rewrite "
+
+
+def label_parts(label: str) -> tuple[str, tuple[str, ...]]:
+    """A stop's label as (alternative label, rewrites): "dynamic" → ("dynamic", ()), "rewrite stft+complex"
+    → ("", ("stft", "complex")); parts are separated by "; "."""
+    alternative, names = "", tuple[str, ...]()
+    for part in (p.strip() for p in label.split(";")):
+        if part.startswith(LABEL):
+            names = tuple(n for n in part[len(LABEL):].split("+") if n)
+        elif part:
+            alternative = part
+    return alternative, names
+
+
+def stop_options(step: Any, label: str) -> dict[str, Any]:
+    """The options a stop's label sets on its step: its alternative's values and its rewrites."""
+    alternative, names = label_parts(label)
+    out = dict(step.alternatives[alternative]) if alternative else {}
+    if names:
+        out["rewrites"] = list(names)
+    return out
 
 
 def route_formats(route: list[str]) -> list[str]:
@@ -103,7 +129,7 @@ def honours(route: list[str], options: dict[str, Any]) -> bool:
         before, label = made[fmt]
         step = steps()[g.edges[before, fmt]["step"]]
         try:
-            step.Options.model_validate({**given, **step.alternatives[label]} if label else given)
+            step.Options.model_validate({**given, **stop_options(step, label)} if label else given)
         except ValidationError:
             return False
     return True

@@ -26,3 +26,13 @@ def test_every_format_family_is_described() -> None:
     families = sorted(p.name for p in (PACKAGE / "formats").iterdir() if (p / "__init__.py").exists())
     missing = [f for f in families if f"`{f}`" not in rows]
     assert not missing, f"docs/architecture.md does not describe the format families: {', '.join(missing)}"
+
+
+#: The most lines a module of buildsys may hold: past it, a module does two jobs (split it by job).
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    over = sorted(f"{name} ({n} lines)" for name, n in sizes.items() if n > MAX_MODULE_LINES)
+    assert not over, f"modules over {MAX_MODULE_LINES} lines: {', '.join(over)}"

@@ -249,6 +249,13 @@ class Target(Strict):
         default_factory=list, description="The routes to try, in order, each given as its `via` stops (e.g. "
         "[[pt2], [onnx, saved_model]]): the first whose artifact passes the check wins. Unset: every route "
         "of the format graph, fewest steps first (at most 4). Cannot be combined with `via`.")
+    rewrites: Optional[list[str]] = Field(
+        default=None, description="Op rewrites (docs/rewrites.md) applied where the route loads the PyTorch module "
+        "(the trace, torch.export or the ONNX export). Unset: none at first; when a converter refuses an op that a "
+        "rewrite removes, the same route with that rewrite is tried next, automatically, and the lock says which "
+        "rewrites the artifact carries. A list (e.g. [stft]): exactly these, on every route, and none added "
+        "automatically. []: no rewrites at all (a refusal then fails the route, naming the rewrite that would "
+        "remove the op).")
     acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
     recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
@@ -256,6 +263,13 @@ class Target(Strict):
         "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
         "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16). "
         "Every field stays overridable; an explicit 'recipe' wins.")
+
+    @field_validator("rewrites")
+    @classmethod
+    def _known_rewrites(cls, names: list[str] | None) -> list[str] | None:
+        from buildsys.rewrites import check_names
+
+        return None if names is None else list(check_names(names))
 
     @model_validator(mode="after")
     def _one_way_to_route(self) -> "Target":

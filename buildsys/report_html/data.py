@@ -33,6 +33,7 @@ class Row:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     route: list[str] = field(default_factory=list)  # formats from the source to the artifact
     dropped: list[dict[str, Any]] = field(default_factory=list)  # routes tried first: route, node, reason
+    rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
 
     def metric(self, name: str) -> dict[str, Any] | None:
         """The first output's item for `name` that has an observed value."""
@@ -105,6 +106,7 @@ def rows(lock: dict[str, Any]) -> list[Row]:
                   options=dict(components.get("options") or {}), on_fail=str(on_fail))
         row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
         row.route = [str(f) for f in entry.get("route") or []]
+        row.rewrites = [str(n) for n in entry.get("rewrites") or []]
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
         status = target_status(check_node, delivered=True, route=row.route, dropped=row.dropped)

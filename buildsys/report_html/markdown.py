@@ -68,6 +68,8 @@ def render_markdown(data: list[Row], title: str) -> str:
             lines.append("- caveat: " + md(caveat))
         if r.route:
             lines.append("- route: " + md(" → ".join(r.route)))
+        if r.rewrites:
+            lines.append("- op rewrites: " + md(", ".join(r.rewrites)))
         for d in r.dropped:
             lines.append(f"- dropped route {md(' → '.join(map(str, d['route'])))} at `{str(d.get('node', '?')).replace('`', '')}`: "
                          f"{md(d.get('reason', ''))}")

@@ -244,7 +244,8 @@ def _route(r: Row) -> str:
         return ""
     dropped = "".join(f'<li><span class="mono">{esc(" → ".join(map(str, d["route"])))}</span> dropped at '
                       f'<span class="mono">{esc(d.get("node", "?"))}</span>: {esc(d.get("reason", ""))}</li>' for d in r.dropped)
-    return (f'<h3 class="gap">Route</h3><p class="mono">{esc(" → ".join(r.route))}</p>'
+    rewrites = f'<p>op rewrites: <span class="mono">{esc(", ".join(r.rewrites))}</span></p>' if r.rewrites else ""
+    return (f'<h3 class="gap">Route</h3><p class="mono">{esc(" → ".join(r.route))}</p>' + rewrites
             + (f'<ul class="dim">{dropped}</ul>' if dropped else ""))
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data
+from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, rewrite_metrics
 from buildsys.formats.torch.torchscript import load_input
 
 ONNX = register_format(Format(
@@ -198,8 +199,9 @@ class OnnxFromPyTorch(Step):
     packages = ("torch", "onnx", "onnxscript")
     toolchain = "torch"
     description = "torch.onnx.export of the factory's module."
+    committed_metrics = ("rewrites",)
 
-    class Options(StepOptions):
+    class Options(RewritableOptions):
         opset: int = _opset(DYNAMO_MAX_OPSET)
         dynamo: bool = Field(
             default=False, description="Use the torch.export-based exporter (dynamo=True). The default, the legacy "
@@ -218,10 +220,11 @@ class OnnxFromPyTorch(Step):
             return self
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
-        from buildsys.formats.torch.module import export_dims, load_module
+        from buildsys.formats.torch.module import export_dims
+        from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
+        module = load_rewritten(self, ctx)
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         if size >= PROTOBUF_LIMIT and not opts.external_data:
             raise self.fail(ctx, f"the model's weights take {size / 1e9:.2f} GB, past the 2 GB a single ONNX file "
@@ -233,7 +236,12 @@ class OnnxFromPyTorch(Step):
                                   dynamic=opts.dynamic_axes)
         else:
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
-        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if opts.dynamo else "legacy"}
+        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if opts.dynamo else "legacy",
+                **rewrite_metrics(ctx)}
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        return describe_rewrites(facts)
 
 
 @register

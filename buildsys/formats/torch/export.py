@@ -7,8 +7,9 @@ from typing import Any
 from pydantic import Field
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.reproducible import exported_program_without_stack_traces
+from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, program_ops, rewrite_metrics
 
 PT2 = register_format(Format(
     name="pt2", filename="model.pt2", runtime="torch-export",
@@ -32,8 +33,9 @@ class Pt2FromPyTorch(Step):
     extra = "torch"
     toolchain = "torch"
     description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
+    committed_metrics = ("rewrites",)
 
-    class Options(StepOptions):
+    class Options(RewritableOptions):
         dynamic: bool = Field(
             default=True, description="Export the axes the signature names with strings (e.g. 'batch') as "
             "dynamic (torch.export.Dim); false fixes them to the example's size, with a batch axis of 1.")
@@ -45,10 +47,11 @@ class Pt2FromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, export_dims, load_module, shapes_for, signature_module, trace_batch
+        from buildsys.formats.torch.module import example_args, export_dims, shapes_for, signature_module, trace_batch
+        from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
+        module = load_rewritten(self, ctx)
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=opts.dynamic))
         shapes = export_dims(ctx.model) if opts.dynamic else None
         if shapes is not None and all(s is None for s in shapes):
@@ -61,5 +64,9 @@ class Pt2FromPyTorch(Step):
         exported_program_without_stack_traces(program)  # they name the build host's paths
         path = ctx.out_dir / PT2.filename
         torch.export.save(program, str(path))
-        return {"dynamic": shapes is not None, "bytes": path.stat().st_size}
+        return {"dynamic": shapes is not None, "bytes": path.stat().st_size, **rewrite_metrics(ctx, program_ops(program))}
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        return describe_rewrites(facts)
 

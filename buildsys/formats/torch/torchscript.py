@@ -7,8 +7,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.reproducible import torchscript_without_debug_info
+from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, rewrite_metrics, torchscript_ops
 
 TORCHSCRIPT = register_format(Format(
     name="torchscript", filename="model.pt", runtime="torchscript",
@@ -40,8 +41,9 @@ class TorchScriptFromPyTorch(Step):
     extra = "torch"
     toolchain = "torch"
     description = "torch.jit.trace / torch.jit.script, then torch.jit.save."
+    committed_metrics = ("rewrites",)
 
-    class Options(StepOptions):
+    class Options(RewritableOptions):
         method: Literal["trace", "script"] = Field(
             default="trace", description="'trace' records the ops run on the example inputs (data-dependent "
             "control flow is frozen); 'script' compiles the Python code (needs TorchScript-compatible code).")
@@ -58,10 +60,11 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, load_module, signature_module, trace_batch
+        from buildsys.formats.torch.module import example_args, signature_module, trace_batch
+        from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=self.name)
+        module = load_rewritten(self, ctx)
         example = ctx.example()
         batch = trace_batch(ctx.model, example)
         args = example_args(ctx.model, batch)
@@ -86,7 +89,12 @@ class TorchScriptFromPyTorch(Step):
                         metrics["warnings"] = [f"traced graphs differ across invocations, outputs do not: {structure}"]
         torch.jit.save(compiled, str(ctx.out_dir / TORCHSCRIPT.filename))
         torchscript_without_debug_info(ctx.out_dir / TORCHSCRIPT.filename)
-        return {**metrics, "bytes": (ctx.out_dir / TORCHSCRIPT.filename).stat().st_size}
+        return {**metrics, "bytes": (ctx.out_dir / TORCHSCRIPT.filename).stat().st_size,
+                **rewrite_metrics(ctx, torchscript_ops(compiled))}
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        return describe_rewrites(facts)
 
     def _compare(self, ctx: StepContext[Options], module: Any, compiled: Any, batches: list[tuple[Any, str]]) -> dict[str, Any]:
         """Run `compiled` and eager `module` on each batch; a StepError naming the output and its error

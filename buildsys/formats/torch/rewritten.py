@@ -1,0 +1,96 @@
+"""The `rewrites` option of the steps that load the PyTorch module (docs/rewrites.md), shared by them.
+
+A step whose options derive from `RewritableOptions` loads the module and applies the named op rewrites
+(buildsys.rewrites) before it traces, exports or captures it; the routes know such a step as the hop that
+loads the module, where an automatic rewrite route puts its rewrites (buildsys.rewrite_routes). The
+option is left out of the options' JSON when empty, so a node without rewrites keeps the key it had
+before the option existed; the rewrites' versions enter the key beside it (kinds.Artifact).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, field_validator, model_serializer
+
+from buildsys.formats.base import StepOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from buildsys.formats.base import Step, StepContext
+
+
+class RewritableOptions(StepOptions):
+    """Options of a step that loads the PyTorch module: the op rewrites it applies first."""
+
+    rewrites: tuple[str, ...] = Field(
+        default=(), description="Op rewrites applied to the module before it is traced or exported, in order "
+        "(docs/rewrites.md: stft, complex, embedding-bag, diff, roll, unfold, fold, sdpa): each removes an op "
+        "some converters refuse and computes the same. Usually left unset: when a converter refuses an op a "
+        "rewrite removes, the route with that rewrite here is tried next. Setting it (even to []) pins it for "
+        "this format: no rewrite is added automatically.")
+
+    @field_validator("rewrites")
+    @classmethod
+    def _known(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from buildsys.rewrites import check_names
+
+        return tuple(check_names(names))
+
+    @model_serializer(mode="wrap")
+    def _without_empty_rewrites(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("rewrites"):
+            data.pop("rewrites", None)  # keys of nodes without rewrites stay what they were
+        return data
+
+
+def load_rewritten(step: "Step", ctx: "StepContext[Any]") -> "torch.nn.Module":
+    """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
+    user's: a StepError naming the step)."""
+    from buildsys import rewrites
+    from buildsys.formats.torch.module import load_module
+
+    module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name)
+    names = list(getattr(ctx.options, "rewrites", ()))
+    return rewrites.apply(module, names) if names else module
+
+
+def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None) -> dict[str, Any]:
+    """What the step's metrics say of its rewrites (committed to the lock: `rewrites`) and, where the step
+    saw the traced or exported graph, the ATen ops it holds (`ops`: what a refusal downstream is matched
+    against when it names no op)."""
+    out: dict[str, Any] = {}
+    names = list(getattr(ctx.options, "rewrites", ()))
+    if names:
+        out["rewrites"] = names
+    if ops is not None:
+        out["ops"] = sorted(set(ops))
+    return out
+
+
+def describe_rewrites(facts: dict[str, Any]) -> list[str]:
+    """The rewrites an artifact carries, in words (for `explain` and the report)."""
+    names = facts.get("rewrites") or []
+    if not names:
+        return []
+    from buildsys.rewrites import REGISTRY
+
+    removed = [op for n in names if n in REGISTRY for op in REGISTRY[n].removes[:1]]
+    return [f"op rewrites applied: {', '.join(names)} (removes {', '.join(removed)}; see docs/rewrites.md)"]
+
+
+def torchscript_ops(module: Any) -> list[str]:
+    """The aten:: ops of a traced or scripted module's inlined graph."""
+    try:
+        graph = module.inlined_graph
+    except Exception:  # noqa: BLE001 - the op list is a note for refusal matching, never a failure
+        return []
+    return [n.kind() for n in graph.nodes() if n.kind().startswith("aten::")]
+
+
+def program_ops(program: Any) -> list[str]:
+    """The ATen ops of an ExportedProgram's graph (aten.stft.default)."""
+    return [str(n.target) for n in program.graph.nodes if n.op == "call_function" and str(n.target).startswith("aten.")]
+

@@ -1,0 +1,78 @@
+"""What a rewrite is (`Rewrite`, torch-free metadata the planner reads) and the errors rewrites raise."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from buildsys.errors import ModelbuildError, StepError, did_you_mean
+
+#: A replacement for one torch function: called with that function's own arguments.
+Handler = Callable[..., object]
+#: The torch functions a rewrite intercepts (torch.stft, torch.Tensor.unfold, ...) → their replacements.
+HandlerTable = Mapping[Callable[..., object], Handler]
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A semantics-preserving rewrite of a model, keyed by the ops it removes (never by a model).
+
+    `removes` are the ops it takes out of a traced or exported graph, in TorchScript spelling
+    (`aten::stft`): the ops it intercepts, then what those decompose into after
+    `run_decompositions` (a converter that decomposes first names those). `signs` are regular
+    expressions for refusal texts that point at it without naming one of its ops (a complex dtype, an
+    ONNX `Loop`). `version` enters cache keys: bump it whenever the rewritten graph changes.
+    `handlers` returns the torch functions it replaces (torch is imported only when it is called).
+    """
+
+    name: str
+    version: int
+    removes: tuple[str, ...]
+    description: str
+    handlers: Callable[[], HandlerTable] = field(repr=False, compare=False)
+    signs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name):
+            raise ValueError(f"rewrite name {self.name!r}: lower-case words joined by '-'")
+        if not self.removes:
+            raise ValueError(f"rewrite {self.name!r} removes no op: a rewrite is keyed by the ops it removes")
+        for op in self.removes:
+            if not re.fullmatch(r"[a-z_]+::[A-Za-z0-9_]+", op):
+                raise ValueError(f"rewrite {self.name!r}: op {op!r} is not spelled 'namespace::name' (aten::stft)")
+
+    def as_dict(self) -> dict[str, object]:
+        """The metadata, JSON-ready (what `plan --json` and the lock can show)."""
+        return {"name": self.name, "version": self.version, "removes": list(self.removes),
+                "description": self.description}
+
+
+_NAMESPACES = ("aten", "prims", "torch", "quantized", "quantized_decomposed", "executorch_prim")
+
+
+def op_base(op: str) -> str:
+    """The bare op name: 'aten::stft', 'aten.stft.default', 'torch.ops.aten.stft.default', 'stft' → 'stft'."""
+    name = op.strip().removeprefix("torch.ops.")
+    if "::" in name:
+        name = name.split("::", 1)[1]
+    elif "." in name and name.split(".", 1)[0] in _NAMESPACES:
+        name = name.split(".", 1)[1]
+    return name.split(".", 1)[0]
+
+
+class UnknownRewrite(ModelbuildError):
+    """A rewrite name that no module of buildsys.rewrites declares."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        super().__init__(f"no rewrite is named {name!r} (known: {', '.join(known)})", hint=did_you_mean(name, known))
+
+
+class RewriteNotApplicable(StepError):
+    """A rewrite met a use of its op that it does not implement, so it refuses rather than compute
+    something else: the model keeps the op (or the complex value) and the route needs another way."""
+
+    def __init__(self, rewrite: str, op: str, reason: str):
+        self.rewrite, self.op, self.reason = rewrite, op, reason
+        super().__init__(f"rewrite '{rewrite}' does not apply to {op}: {reason}")

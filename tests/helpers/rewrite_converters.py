@@ -1,0 +1,151 @@
+"""The converters of the rewrite matrix, each from a PyTorch module to an artifact run on this host.
+
+Shared by tests/test_rewrites_convert.py (the rewritten models convert and match PyTorch) and
+benchmarks/rewrite_matrix.py (the before/after table). Each `run_<converter>(module, args, work)` makes
+the artifact under `work`, runs it on `args` and returns its first output as a NumPy array; a refusal
+raises the converter's own exception, untouched (its text is what buildsys.rewrites.for_refusal reads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+def nchw(got: Any, shape: tuple[int, ...]) -> Any:
+    """An output back in PyTorch's layout: onnx2tf hands rank ≥ 3 outputs back channels-last."""
+    import numpy as np
+
+    got = np.asarray(got)
+    if got.shape != tuple(shape) and got.ndim == len(shape) >= 3 and np.moveaxis(got, -1, 1).shape == tuple(shape):
+        return np.moveaxis(got, -1, 1)
+    return got.reshape(shape)
+
+
+def _numpy(args: tuple[Any, ...]) -> list[Any]:
+    return [a.numpy() for a in args]
+
+
+def _onnx(module: Any, args: tuple[Any, ...], path: Path, dynamo: bool) -> Path:
+    import torch
+
+    names = [f"in{i}" for i in range(len(args))]
+    if dynamo:
+        program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=["out"])
+        program.save(str(path))
+    else:
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=names,
+                          output_names=["out"])
+    return path
+
+
+def _ort(path: Path, args: tuple[Any, ...]) -> Any:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: a for i, a in zip(session.get_inputs(), _numpy(args))})[0]
+
+
+def run_onnx_legacy(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    return _ort(_onnx(module, args, work / "legacy.onnx", dynamo=False), args)
+
+
+def run_onnx_dynamo(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    return _ort(_onnx(module, args, work / "dynamo.onnx", dynamo=True), args)
+
+
+def run_coreml(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    import coremltools as ct
+    import torch
+
+    traced = torch.jit.trace(module, args, check_trace=False, strict=False)
+    inputs = [ct.TensorType(name=f"in{i}", shape=tuple(a.shape)) for i, a in enumerate(args)]
+    mlmodel = ct.convert(traced, inputs=inputs, convert_to="mlprogram",
+                         compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS16)
+    path = work / "model.mlpackage"
+    mlmodel.save(str(path))
+    from buildsys.formats.coreml.mil import MilProgram
+
+    program = MilProgram.load(path)
+    feeds = dict(zip(program.input_names, _numpy(args)))
+    return program.evaluate(feeds).outputs[program.output_names[0]]
+
+
+def run_coreml_export(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    """Core ML's other route: torch.export, decomposed to core ATen, then ct.convert of the program."""
+    import coremltools as ct
+    import torch
+
+    program = torch.export.export(module, args, strict=False).run_decompositions()
+    mlmodel = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
+                         minimum_deployment_target=ct.target.iOS16)
+    path = work / "model.mlpackage"
+    mlmodel.save(str(path))
+    from buildsys.formats.coreml.mil import MilProgram
+
+    program_ = MilProgram.load(path)
+    feeds = dict(zip(program_.input_names, _numpy(args)))
+    return program_.evaluate(feeds).outputs[program_.output_names[0]]
+
+
+def run_executorch(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    program = torch.export.export(module, args, strict=False)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    path = work / "model.pte"
+    path.write_bytes(edge.to_executorch().buffer)
+    method = Runtime.get().load_program(path).load_method("forward")
+    return method.execute(list(args))[0].numpy()
+
+
+def run_litert(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    import litert_torch
+
+    path = work / "model.tflite"
+    litert_torch.convert(module, args).export(str(path))
+    return _tflite(path, args)
+
+
+def _tflite(path: Path, args: tuple[Any, ...]) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    details = interpreter.get_input_details()
+    for detail, value in zip(details, _numpy(args)):
+        interpreter.resize_tensor_input(detail["index"], value.shape)
+    interpreter.allocate_tensors()
+    for detail, value in zip(details, _numpy(args)):
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def run_openvino(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    import openvino as ov
+
+    from buildsys.formats.openvino.ir import cpu_config
+
+    try:
+        path = _onnx(module, args, work / "dynamo.onnx", dynamo=True)
+    except Exception:
+        path = _onnx(module, args, work / "legacy.onnx", dynamo=False)
+    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", cpu_config())  # f32, as the check runs it
+    return compiled(_numpy(args))[0]
+
+
+def run_onnx2tf(module: Any, args: tuple[Any, ...], work: Path) -> Any:
+    import onnx2tf
+
+    path = _onnx(module, args, work / "legacy.onnx", dynamo=False)
+    onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(work / "tf"),
+                    non_verbose=True, keep_shape_absolutely_input_names=[f"in{i}" for i in range(len(args))])
+    return _tflite(work / "tf" / "legacy_float32.tflite", args)
+
+
+RUNNERS: dict[str, Callable[[Any, tuple[Any, ...], Path], Any]] = {
+    "onnx-legacy": run_onnx_legacy, "onnx-dynamo": run_onnx_dynamo, "coreml": run_coreml,
+    "coreml-export": run_coreml_export,
+    "executorch": run_executorch, "litert": run_litert, "openvino": run_openvino, "onnx2tf": run_onnx2tf}

@@ -1,0 +1,125 @@
+"""buildsys.rewrites.for_refusal: real converter refusals (torch 2.13, coremltools 9.0, executorch 1.5,
+litert-torch, openvino 2026, onnx2tf 1.28 on the keyword spotter and the recommender of
+tests/helpers/rewrite_models.py; benchmarks/rewrite_matrix.py reproduces them) → the rewrites that remove
+what was refused. Texts are verbatim, shortened where marked with '…'.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from buildsys.rewrites import explain_refusal, for_refusal, ops_named
+
+# torch.export(strict=False) of each model, as torch names the ops: before decompositions, and after.
+SPOTTER_OPS = ["aten.abs.default", "aten.add.Tensor", "aten.conv2d.default", "aten.linear.default", "aten.log.default",
+               "aten.matmul.default", "aten.mean.dim", "aten.pad.default", "aten.pow.Tensor_Scalar",
+               "aten.relu.default", "aten.stft.default", "aten.transpose.int", "aten.unsqueeze.default",
+               "aten.view.default"]
+SPOTTER_DECOMPOSED = ["aten._fft_r2c.default", "aten.abs.default", "aten.addmm.default", "aten.arange.start_step",
+                      "aten.convolution.default", "aten.index.Tensor", "aten.log.default", "aten.mm.default",
+                      "aten.permute.default", "aten.unfold.default", "aten.view.default"]
+RECOMMENDER_OPS = ["<built-in function getitem>", "aten.cat.default", "aten.embedding_bag.padding_idx",
+                   "aten.linear.default", "aten.relu.default", "aten.sigmoid.default"]
+RECOMMENDER_TS = ["aten::cat", "aten::embedding_bag", "aten::linear", "aten::relu", "aten::sigmoid"]  # TorchScript
+LSTM_OPS = ["aten.lstm.input", "aten.linear.default"]
+
+ONNX_LEGACY_STFT = (
+    "SymbolicValueError: STFT does not currently support complex types  [Caused by the value '61 defined in (%61 : "
+    "Float(*, *, strides=[4256, 1], requires_grad=0, device=cpu) = onnx::Reshape[allowzero=0](%50, %60), scope: "
+    "tests.helpers.rewrite_models.KeywordSpotter:: # /work/main/.venv/lib/python3.11/site-packages/torch/functional.py"
+    ":679:0\n)' (type 'Tensor') in the TorchScript graph. The containing node has kind 'onnx::Reshape'.] \n    (node "
+    "defined in /work/main/.venv/lib/python3.11/site-packages/torch/functional.py(679): stft\n…")
+COREML_TRACE_STFT = "TypeError: only 0-dimensional arrays can be converted to Python scalars"
+COREML_EXPORT_STFT = "NotImplementedError: Unsupported fx node unfold, kind unfold"
+EXECUTORCH_STFT = (
+    "SpecViolationError: These operators are taking Tensor inputs with mismatched dtypes:\n\nOperator: <EdgeOpOverload:"
+    " aten.abs.default>: schema = aten::abs(Tensor self) -> Tensor with args: {'self': torch.complex64, '__ret_0': "
+    "torch.float32}\nstack trace: File \"/work/wt-rewrites/tests/helpers/rewrite_models.py\", line 51, in forward\n    "
+    "power = spec.abs().pow(2)                                   # [B, F, T]\nPlease make sure the dtypes of the "
+    "Tensor inputs are the same as the dtypes of the corresponding outputs.")
+LITERT_STFT = (
+    "RuntimeError: Unsupported ir element type: complex<f32>\n\nWhile executing %permute : [num_users=1] = "
+    "call_function[target=torch.ops.aten.permute.default](args = (%_fft_r2c, [0, 2, 1]), kwargs = {})\nOriginal "
+    "traceback:\nFile \"/work/wt-rewrites/tests/helpers/rewrite_models.py\", line 49, in forward\n    spec = "
+    "torch.stft(audio, self.n_fft, hop_length=self.hop, window=self.window, center=True,\nUse tlparse to see full "
+    "graph. (https://github.com/pytorch/tlparse?tab=readme-ov-file#tlparse-parse-structured-pt2-logs)")
+COREML_BAG = "NotImplementedError: PyTorch convert function for op 'embedding_bag' not implemented."
+COREML_EXPORT_BAG = "NotImplementedError: Unsupported fx node _embedding_bag, kind _embedding_bag"
+EXECUTORCH_BAG = "RuntimeError: Failed to load method forward, error: 0x:14"
+LITERT_BAG = (
+    "RuntimeError: Lowering not found: aten._embedding_bag.default\n\nWhile executing %_embedding_bag : [num_users=1] "
+    "= call_function[target=torch.ops.aten._embedding_bag.default](args = (%p_bag_weight, %ids, %offsets), kwargs = {})"
+    "\nOriginal traceback:\nFile \"/work/wt-rewrites/tests/helpers/rewrite_models.py\", line 69, in forward\n    "
+    "pooled = self.bag(ids, offsets)\n…")
+ONNX2TF_BAG = "ModuleNotFoundError: No module named 'onnx2tf.ops.Loop'"
+OPENVINO_BAG = (
+    "OpConversionFailure: Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:"
+    "\nFrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted. Failed operations detailed log:\n"
+    "-- ReduceSum-20 with a message:\n[ONNX Frontend] Conversion failed for ReduceSum-20\n…\nSummary:\n-- Conversion "
+    "is failed for: ReduceSum-20, Slice-20\n")
+
+
+def names(text: str, ops: list[str] | tuple[()] = ()) -> list[str]:
+    return [r.name for r in for_refusal(text, ops)]
+
+
+@pytest.mark.parametrize("text", [ONNX_LEGACY_STFT, COREML_TRACE_STFT, EXECUTORCH_STFT, LITERT_STFT],
+                         ids=["onnx-legacy", "coreml-trace", "executorch", "litert"])
+def test_every_spotter_refusal_with_its_program_finds_stft(text: str) -> None:
+    assert names(text, SPOTTER_OPS) == ["stft"]
+
+
+def test_spotter_refusals_without_the_program() -> None:
+    assert names(ONNX_LEGACY_STFT) == ["stft", "complex"]      # names STFT; "complex types" signs both
+    assert names(LITERT_STFT) == ["stft", "complex"]           # names torch.stft and _fft_r2c: stft names more
+    assert set(names(EXECUTORCH_STFT)) == {"stft", "complex"}  # only the complex64 symptom
+    assert names(COREML_TRACE_STFT) == []                      # names nothing: it needs the program
+
+
+def test_the_decomposed_unfold_points_at_stft_first() -> None:
+    """coremltools' export route refuses the unfold that stft decomposes into (the issue's "coremltools has no
+    unfold"): with the decomposed program, stft (which removes both unfold and _fft_r2c) ranks first."""
+    assert names(COREML_EXPORT_STFT, SPOTTER_DECOMPOSED) == ["stft", "unfold", "complex"]
+    assert names(COREML_EXPORT_STFT, SPOTTER_OPS) == ["stft"]
+
+
+@pytest.mark.parametrize("text", [COREML_BAG, COREML_EXPORT_BAG, EXECUTORCH_BAG, LITERT_BAG, ONNX2TF_BAG, OPENVINO_BAG],
+                         ids=["coreml", "coreml-export", "executorch", "litert", "onnx2tf", "openvino"])
+def test_every_recommender_refusal_with_its_program_finds_embedding_bag(text: str) -> None:
+    assert names(text, RECOMMENDER_OPS) == ["embedding-bag"]
+    assert names(text, RECOMMENDER_TS) == ["embedding-bag"]  # TorchScript spelling of the program's ops
+
+
+def test_recommender_refusals_without_the_program() -> None:
+    for text in (COREML_BAG, COREML_EXPORT_BAG, LITERT_BAG, ONNX2TF_BAG):
+        assert names(text) == ["embedding-bag"]
+    assert names(EXECUTORCH_BAG) == [] and names(OPENVINO_BAG) == []  # no op named: needs the program
+
+
+def test_the_reasons_are_data() -> None:
+    [match] = explain_refusal(EXECUTORCH_BAG, RECOMMENDER_OPS)
+    assert (match.tier, match.ops) == ("in-program", ("embedding_bag",))
+    assert match.why == "the refusal names no op and the program has embedding_bag"
+    [match] = explain_refusal(ONNX2TF_BAG, RECOMMENDER_OPS)
+    assert match.tier == "sign" and "Loop" in match.why
+    first = explain_refusal(LITERT_STFT)[0]
+    assert (first.rewrite.name, first.tier, first.ops) == ("stft", "named", ("_fft_r2c", "stft"))
+
+
+def test_a_program_without_the_op_gets_no_rewrite() -> None:
+    assert names(ONNX2TF_BAG, LSTM_OPS) == []  # a Loop from an LSTM is not an embedding bag
+    assert names("CUDA out of memory", RECOMMENDER_OPS) == ["embedding-bag"]  # names no op: the program decides
+    assert names("Lowering not found: aten.grid_sampler_2d.default", RECOMMENDER_OPS) == []
+    assert ops_named("Lowering not found: aten.grid_sampler_2d.default") == ["grid_sampler_2d"]
+
+
+def test_each_rewrite_is_found_from_its_op_in_any_spelling() -> None:
+    cases = {
+        "aten::roll": "roll", "aten.diff.default": "diff", "PyTorch convert function for op 'col2im' not "
+        "implemented.": "fold", "Exporting the operator 'aten::view_as_complex' to ONNX opset version 17 is not "
+        "supported": "complex", "Lowering not found: aten._scaled_dot_product_flash_attention_for_cpu.default": "sdpa",
+        "Unsupported fx node im2col, kind im2col": "unfold", "nn.EmbeddingBag is not supported": "embedding-bag",
+    }
+    for text, rewrite in cases.items():
+        assert names(text)[0] == rewrite, text
+    assert ops_named(COREML_BAG) == ["embedding_bag"] and ops_named(LITERT_BAG) == ["_embedding_bag"]
