@@ -268,3 +268,23 @@ def test_an_xnnpack_fallback_shows_in_the_summary_and_the_report(tmp_path: Path)
     strict = project.run("build", "--strict").stdout
     assert "passed; route fallback" in strict and "made by pytorch → pt2 → tflite-int8" in strict, strict
     assert "dropped at verify:phone: the target requires a full check (require_numeric), but XNNPACK fallback" in strict
+
+
+def test_a_node_failed_again_names_its_first_failure_once() -> None:
+    """A node failed in one round of a build and planned again under the same key is failed again,
+    unrun, with its first failure: never 'failed earlier in this build: failed earlier …'."""
+    from types import SimpleNamespace
+
+    from buildsys.api import _fail_again
+    from buildsys.plan import BLOCKED, FAILED_EARLIER, RUN
+    from buildsys.results import FAILED, NodeResult
+
+    first = NodeResult("m/onnx", FAILED, error="Unsupported onnx_opset_version: 999")
+    again = NodeResult("m/onnx", FAILED, metrics={"failures": [FAILED_EARLIER + first.error]})
+    for result in (first, again):
+        nplan = SimpleNamespace(action=RUN, key="k1", reasons=["not built yet"])
+        _fail_again(SimpleNamespace(nodes={"m/onnx": nplan}), {"m/onnx": ("k1", result)})
+        assert (nplan.action, nplan.reasons) == (BLOCKED, [FAILED_EARLIER + first.error])
+    other_key = SimpleNamespace(action=RUN, key="k2", reasons=["option opset 999→17"])
+    _fail_again(SimpleNamespace(nodes={"m/onnx": other_key}), {"m/onnx": ("k1", first)})
+    assert other_key.action == RUN  # under another key it is a new attempt
