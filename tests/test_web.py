@@ -85,8 +85,7 @@ def test_one_family_three_precisions() -> None:
 def test_artifact_is_model_loader_and_signature(cnn: Tiny, cnn_onnx: Path, tmp_path: Path) -> None:
     model = web_artifact(cnn, cnn_onnx, tmp_path, "fp32")
     folder = model.parent
-    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "model.js", "model.onnx",
-                                                             "model_card.json", "signature.json"]  # the card beside it
+    assert sorted(p.name for p in folder.iterdir()) == ["model.js", "model.onnx", "signature.json"]
     assert (folder / "model.js").read_bytes() == artifact.LOADER_SOURCE.read_bytes()  # shipped verbatim
     assert model.read_bytes() == cnn_onnx.read_bytes()  # nothing to repair: the bytes are the export's
     assert artifact.read_signature(folder) == {
