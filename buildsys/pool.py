@@ -44,7 +44,8 @@ class WorkerProcess:
     def __init__(self, toolchain: str, stderr_path: Path):
         self.toolchain = toolchain
         self._stderr = open(stderr_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUILD_PARENT_PID": str(os.getpid())}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUILD_PARENT_PID": str(os.getpid()),
+               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # names the worker to ps / benchmarks/cold_build.py
         self.proc = subprocess.Popen([sys.executable, "-m", "buildsys.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
 
