@@ -163,9 +163,33 @@ def _as_build_result(report: Any) -> Any:
     return BuildResult(report.nodes)
 
 
+def _usable_cpus() -> int:
+    from buildsys.pool import usable_cpus
+
+    return usable_cpus()
+
+
+def _worker_memory(value: str | None) -> None:
+    """Validate --worker-memory and hand it to the local worker pool (which reads it from the environment)."""
+    if value is None:
+        return
+    from buildsys.pool import MEMORY_ENV, parse_memory
+
+    try:
+        if parse_memory(value, 1 << 30) <= 0:
+            raise ValueError(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size: write e.g. 6G, 800M or 40%") from None
+    os.environ[MEMORY_ENV] = value
+
+
 build_options = [
-    click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-                 help="Nodes to run in parallel."),
+    click.option("-j", "--jobs", default=lambda: _usable_cpus(), show_default="the usable CPUs",
+                 type=click.IntRange(min=1), help="Nodes to run in parallel (-j 1: one at a time)."),
+    click.option("--worker-memory", metavar="SIZE", envvar="MODELBUILD_WORKER_MEMORY", expose_value=False,
+                 callback=lambda ctx, param, value: _worker_memory(value),
+                 help="Memory the warm worker processes may hold together, e.g. 6G or 40% (of the RAM available); "
+                      "idle toolchains past it are unloaded. Default: 50% [$MODELBUILD_WORKER_MEMORY]."),
     click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
     click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds a single step may take."),

@@ -48,6 +48,8 @@ class Builder:
         self.log_dir = planner.store.dir / "logs"
         self.result = BuildResult()
         self._digests: dict[str, str | None] = {}
+        self._workers: dict[str, str] = {}  # node → the worker that built it (a check prefers it)
+        self._toolchains: dict[str, str] = {}
         # The remote cache (None: not configured). Pushes run beside the build on their own thread,
         # so uploading a big artifact never holds up the next node; run() waits for them at the end.
         self.remote = planner.remote if any(p.action != NOTHING for p in plan.nodes.values()) else None
@@ -66,7 +68,8 @@ class Builder:
             self._finish(NodeResult(name, FAILED if fails else SKIPPED, error=why, user_error=True))
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
-                for name in [n for n in pending if self._deps_done(pending[n].node)]:
+                self._expect(pending)
+                for name in self._by_affinity([n for n in pending if self._deps_done(pending[n].node)], pending):
                     if len(running) >= self.jobs or any(kind_of(p.node).runs_alone for p, _, _ in running.values()):
                         break
                     if kind_of(pending[name].node).runs_alone and running and not stop:
@@ -98,6 +101,36 @@ class Builder:
             self._push_pool.shutdown()
         self.planner.stat.save()
         return self.result
+
+    def _by_affinity(self, ready: list[str], pending: dict[str, NodePlan]) -> list[str]:
+        """Ready nodes, those that need no worker first, then a check whose artifact's worker is idle,
+        then nodes whose toolchain has an idle worker: each switch of toolchain may cost an import.
+        Plan order otherwise (a stable sort)."""
+        warm = getattr(self.executor, "warm", None)
+        if warm is None:
+            return ready
+
+        def rank(name: str) -> int:
+            nplan = pending[name]
+            if nplan.action == NOTHING:
+                return 0
+            toolchain = self._toolchain(nplan.node)
+            worker = self._workers.get(nplan.node.deps[0]) if kind_of(nplan.node).judges else None
+            if worker is not None and warm(toolchain, worker):
+                return 1
+            return 2 if warm(toolchain) else 3
+        return sorted(ready, key=rank)
+
+    def _expect(self, pending: dict[str, NodePlan]) -> None:
+        """Tell the pool which toolchains the queued nodes need, so it evicts others' workers first."""
+        expect = getattr(self.executor, "expect", None)
+        if expect is not None:
+            counts: dict[str, int] = {}
+            for p in pending.values():
+                if p.action != NOTHING:
+                    tc = self._toolchain(p.node)
+                    counts[tc] = counts.get(tc, 0) + 1
+            expect(counts)
 
     def _deps_done(self, node: Node) -> bool:
         return all(d in self.result.results or d not in self.plan.nodes for d in node.deps)
@@ -183,12 +216,16 @@ class Builder:
             "root": str(cfg.root), "input": str(input_path) if input_path else None, "out_dir": str(out_dir),
             "log": str(log), "precision": node.precision, "extra": extra,
         }
-        return Action(node.name, self._toolchain(node), request, self.timeout, inputs), scratch
+        worker = self._workers.get(node.deps[0]) if kind.judges else None  # the worker that made the artifact
+        return Action(node.name, self._toolchain(node), request, self.timeout, inputs, worker), scratch
 
     def _toolchain(self, node: Node) -> str:
-        if kind_of(node).judges:  # run where the artifact's toolchain is already imported
-            return get_step(self.plan.dag.nodes[node.deps[0]].step).toolchain
-        return get_step(node.step).toolchain
+        if node.name not in self._toolchains:
+            if kind_of(node).judges:  # run where the artifact's toolchain is already imported
+                self._toolchains[node.name] = get_step(self.plan.dag.nodes[node.deps[0]].step).toolchain
+            else:
+                self._toolchains[node.name] = get_step(node.step).toolchain
+        return self._toolchains[node.name]
 
     def _checkout(self, dep: Node, dest: Path, inputs: dict[str, list]) -> Path:
         inputs[dest.name] = self.lock.nodes[dep.name]["files"]
@@ -213,7 +250,9 @@ class Builder:
             tree, entries = self.store.put_tree(scratch / "out")
             files = [e.as_list() for e in entries]
             assert nplan.key is not None
-            built = {**built_by(seconds), **reply.get("built", {})}  # a remote executor says which worker
+            built = {**built_by(seconds), **reply.get("built", {})}  # the executor says which worker
+            if built.get("worker"):
+                self._workers[node.name] = built["worker"]
             entry = {"tree": tree, "files": files, "metrics": metrics, "built": built}
             self.store.put_action(nplan.key, entry)
             if self._push_pool is not None and self.remote.serves(node):

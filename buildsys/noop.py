@@ -51,7 +51,7 @@ DEFAULT_CONFIG = "deploy.yaml"  # as buildsys.project.DEFAULT_CONFIG (not import
 
 # Options that do not change a no-op's answer; anything else sends the command to the normal path.
 _FLAGS = {"plan": {"--check"}, "build": {"-k", "--keep-going"}}
-_VALUED = {"plan": set(), "build": {"-j", "--jobs", "--timeout"}}
+_VALUED = {"plan": set(), "build": {"-j", "--jobs", "--timeout", "--worker-memory"}}
 
 
 def parse(argv: list[str]) -> tuple[str, str, tuple[str, ...]] | None:
