@@ -245,7 +245,7 @@ class TensorFlow(Runtime):
             return {"facts": {"signature": None},
                     "problems": [f"the SavedModel has no '{SIGNATURE}' signature, which checks and TFLite "
                                  "conversion use"]}
-        facts = {"signature": SIGNATURE, **{side: [{"key": k, "dtype": d, "shape": s} for k, (d, s) in specs.items()]
+        facts: dict[str, Any] = {"signature": SIGNATURE, **{side: [{"key": k, "dtype": d, "shape": s} for k, (d, s) in specs.items()]
                                             for side, specs in signature.items()}}
         if record is not None:
             facts["layouts"] = {r["name"]: r["layout"] for r in record.get("inputs", [])}
