@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from buildsys.errors import BuildFailed
 from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
-from buildsys.results import FAILED, SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
+from buildsys.results import (FAILED, SKIPPED, BuildReport, BundleCheck, Event, NodeAction, NodeResult, NodeStatus, PlanResult,
+                              TargetResult)
 
 if TYPE_CHECKING:
     from buildsys.release.signing import SigningKey
@@ -166,7 +167,7 @@ def plan_result(the_plan: Any) -> PlanResult:
     nodes = []
     for p in the_plan.order():
         node = p.node
-        action = "none" if p.fresh or p.action == BLOCKED else "restore" if p.action == RESTORE else \
+        action: NodeAction = "none" if p.fresh or p.action == BLOCKED else "restore" if p.action == RESTORE else \
             "remote" if p.remote else "cached" if p.cached else "run"
         nodes.append(NodeStatus(
             name=node.name, kind=node.kind, model=node.model, format=node.format,

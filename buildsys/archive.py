@@ -64,7 +64,7 @@ def _tar_gz(entries: dict[str, Path | bytes], out: IO[bytes]) -> None:
     import gzip
 
     with (gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz,
-          tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar):
+          tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar):
         for path in sorted(entries):
             info = tarfile.TarInfo(path)
             info.size, info.mtime, info.mode = _size(entries[path]), FIXED_MTIME, 0o644
@@ -122,9 +122,11 @@ def read_members(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
                     continue
                 if not member.isfile():
                     raise BundleError(f"bundle entry '{member.name}' is not a regular file")
-                handle = tar.extractfile(member)
-                yield name, handle if handle is not None else io.BytesIO()
-                tar.members.clear()  # a long archive's member list would otherwise grow with it
+                stream = tar.extractfile(member)
+                yield name, stream if stream is not None else io.BytesIO()
+                # a long archive's member list would otherwise grow with it; TarFile.members is the list
+                # getmembers() returns (after reading the whole archive), undocumented and not in typeshed
+                tar.members.clear()  # type: ignore[attr-defined]
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise _unreadable(path, exc) from None
 

@@ -134,6 +134,7 @@ def collect(cfg: Any, lock: Any, dag: Any, name: str, cache: Any) -> tuple[Manif
             entries[f"{target}/{rel}"], entry = _blob(cache, digest, f"{target}/{rel}")
             files.append(entry)
         layout_blob = entries.get(f"{target}/layout.json")
+        assert not isinstance(layout_blob, bytes)  # a target's files are cache blobs (_blob above): paths
         layout = json.loads(Path(layout_blob).read_bytes()) if layout_blob is not None else {}
         chain = _chain(lock, dag, node.name)
         from buildsys.formats import get_format

@@ -59,6 +59,7 @@ def load_set(model: "Model", which: str, root: Path) -> Batch | None:
                 arrays = {k: archive[k] for k in archive.files}
         origin = f"{which}: {spec.path}"
     else:
+        assert spec.callable is not None  # DataSource holds exactly one of path and callable
         arrays = dict(_call(spec.callable, root))
         origin = f"{which}: {spec.callable}()"
     if spec.labels in arrays:

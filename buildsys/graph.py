@@ -85,7 +85,7 @@ class Dag:
         """The DAG as a networkx graph (built on demand)."""
         import networkx as nx
 
-        g = nx.DiGraph()
+        g: nx.DiGraph[str] = nx.DiGraph()
         g.add_nodes_from(self.names)
         g.add_edges_from((d, n.name) for n in self.nodes.values() for d in n.deps)
         return g
@@ -275,7 +275,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
     for check in checks:
         check.deps[0] = rename[check.deps[0]]
         nodes[check.name] = check
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     for node in nodes.values():
         graph.add_node(node.name)
         graph.add_edges_from((d, node.name) for d in node.deps)

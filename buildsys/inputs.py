@@ -7,6 +7,7 @@ also checked against the signature from their .npy headers alone, so planning ne
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from buildsys.config.load import LoadedConfig
@@ -162,7 +163,7 @@ def _distributions(names: set[str]) -> list[str]:
     from importlib import metadata
 
     out: set[str] = set()
-    table: dict[str, list[str]] | None = None
+    table: Mapping[str, list[str]] | None = None
     for name in sorted(names):
         try:  # most distributions are named like their module (silero_vad ↔ silero-vad): no scan needed
             out.add(metadata.distribution(name).metadata["Name"])

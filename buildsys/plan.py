@@ -227,7 +227,7 @@ class Planner:
             if own:
                 self._blocked[node.name] = (own, f"upstream {node.name}: {own}")
             else:
-                up = next((self._blocked[d][1] for d in node.deps if self._blocked.get(d)), None)
+                up = next((why[1] for d in node.deps if (why := self._blocked.get(d))), None)
                 self._blocked[node.name] = (up, up) if up else None
         entry = self._blocked[node.name]
         return entry[0] if entry else None
@@ -356,9 +356,9 @@ def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
         if p.action == BLOCKED:
             out[p.node.name] = (not p.reasons[0].startswith("upstream "), p.reasons[0])
     for node in reversed(plan.dag.order()):
-        p = plan.nodes.get(node.name)
+        planned = plan.nodes.get(node.name)
         consumers = [c for c in plan.dag.consumers.get(node.name, []) if c in plan.nodes]
-        if p is not None and p.action != NOTHING and node.name not in out and consumers \
+        if planned is not None and planned.action != NOTHING and node.name not in out and consumers \
                 and all(c in out for c in consumers):
             out[node.name] = (False, f"only needed by {', '.join(sorted(consumers))}, which this host cannot build")
     return {n.name: out[n.name] for n in plan.dag.order() if n.name in out}

@@ -10,6 +10,9 @@ from typing import Any, Literal
 FRESH, BUILT, CACHED, RESTORED, CUTOFF, FAILED, SKIPPED = "fresh", "built", "cached", "restored", "cutoff", "failed", "skipped"
 
 
+#: NodeStatus.action: what building would do for the node (buildsys.api.plan_result sets it from the plan).
+NodeAction = Literal["none", "run", "cached", "remote", "restore"]
+
 @dataclass
 class NodeResult:
     name: str
@@ -56,7 +59,7 @@ class NodeStatus:
     format: str
     targets: list[str]
     state: Literal["fresh", "stale", "blocked"]  # blocked: this host cannot build it (e.g. no GPU)
-    action: Literal["none", "run", "cached", "remote", "restore"]
+    action: NodeAction
     reasons: list[str]
     key: str | None
 
@@ -102,7 +105,7 @@ class Event:
 
     def as_json(self) -> dict[str, Any]:
         """The event as one JSON object (what `build --json` streams, one per line)."""
-        out = {"event": self.event, "node": self.node, "kind": self.kind, "target": self.target,
+        out: dict[str, Any] = {"event": self.event, "node": self.node, "kind": self.kind, "target": self.target,
                "done": self.done, "total": self.total}
         if self.event == "started":
             out["reasons"] = self.reasons

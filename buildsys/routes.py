@@ -28,7 +28,7 @@ def format_graph() -> "nx.DiGraph":
     """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
     import networkx as nx
 
-    g = nx.DiGraph()
+    g: nx.DiGraph[str] = nx.DiGraph()
     for name, fmt in formats().items():
         g.add_node(name, source=fmt.source)
     for step in steps().values():
@@ -144,7 +144,8 @@ def _alternatives(paths: list[list[str]], options: dict[str, Any]) -> list[list[
     for path in paths:
         for i, (a, b) in enumerate(pairwise(path), start=1):
             step = steps()[g.edges[a, b]["step"]]
-            given = options.get(b) if isinstance(options.get(b), dict) else {}
+            chosen = options.get(b)
+            given: dict[str, Any] = chosen if isinstance(chosen, dict) else {}
             for label, values in step.alternatives.items():
                 if set(values) & set(given):
                     continue  # the target chose that option itself

@@ -137,7 +137,8 @@ def load(path: Path) -> LoadedConfig:
     recipes.update(data.get("recipes") or {})  # the deploy file's own recipes win over included ones
     if recipes:
         data["recipes"] = recipes
-    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    declared = data.get("models")
+    models: dict[Any, Any] = declared if isinstance(declared, dict) else {}
     for tname, target in (data.get("targets") or {}).items():
         if not isinstance(target, dict):
             continue
@@ -198,7 +199,8 @@ def builtin_recipes() -> dict[str, Any]:
 
 def _apply_recipe(target: dict, tname: str, recipes: dict, locs: dict, path: Path) -> dict:
     """Merge a target over its recipe chain (target wins); recipe keys keep their recipe's lines."""
-    chain, name = [], target.get("recipe")
+    chain: list[str] = []
+    name = target.get("recipe")
     while name is not None:
         if name in chain:
             raise ConfigError(f"recipes include each other in a cycle: {' → '.join(chain + [name])}",

@@ -151,6 +151,7 @@ class Model(Strict):
     def _unique_names(cls, specs: list[Any], info: ValidationInfo) -> list[Any]:
         # Runtimes feed and read tensors by name: a repeated name would silently feed one tensor twice.
         seen: dict[str, int] = {}
+        assert info.field_name is not None  # a field validator's info names its field
         for i, spec in enumerate(specs):
             if spec.name in seen:
                 raise ValueError(f"{info.field_name}[{i}] is named '{spec.name}' like {info.field_name}[{seen[spec.name]}]"

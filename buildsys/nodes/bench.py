@@ -65,6 +65,7 @@ class Bench(Step):
         if reason:
             return self._write(ctx, {"passed": None, "not_run": reason, **head}, {})
 
+        assert runtime_name is not None  # a format without a runtime has a reason, returned above
         feeds = self._feeds(ctx, opts.batch_size)
         raw: dict[str, list[float]] = {}  # the latency distribution per runtime: p0, p5 ... p100 (bench.json only)
         with _torch_threads(opts.threads, wanted=_uses_torch(runtime_name) or opts.compare_eager):
@@ -216,7 +217,7 @@ def _apply_threads(session: Any, path: Path | None, threads: int | None) -> int 
     session fixes its thread pool at creation, so it is re-created from the same file with
     intra_op_num_threads; other runtimes keep their defaults (None is returned).
     """
-    inner = getattr(session, "session", None)
+    inner: Any = getattr(session, "session", None)  # a runtime's own session object, duck-typed
     if type(inner).__module__.startswith("onnxruntime"):
         if threads is None:
             return None

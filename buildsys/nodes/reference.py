@@ -57,7 +57,8 @@ class Reference(Step):
             if bad:  # no artifact can be judged against a NaN: say it is the source, not the artifact
                 raise self.fail(ctx, f"the source model itself returns {bad} NaN/inf value(s) in output "
                                 f"'{spec.name}' on {batch.origin}; fix the model or the data before judging artifacts")
-        arrays = {f"input:{k}": v for k, v in batch.inputs.items()}
+        # names prefixed input:/output: or "labels": none can be one of np.savez's own parameters
+        arrays: dict[str, Any] = {f"input:{k}": v for k, v in batch.inputs.items()}
         arrays.update({f"output:{o.name}": out for o, out in zip(ctx.model.outputs, outputs)})
         if batch.labels is not None:
             arrays["labels"] = batch.labels

@@ -122,7 +122,7 @@ def error_chart(data: list[Row], width: int = 600) -> str:
     series = []
     for r in data:
         for out, values in r.outputs.items():
-            pair = {m: values.get(m) for m in ("max_abs", "max_rel") if isinstance(values.get(m), dict)}
+            pair = {m: values[m] for m in ("max_abs", "max_rel") if isinstance(values.get(m), dict)}
             if pair:
                 series.append((r, out, pair))
     if not series:
@@ -130,8 +130,8 @@ def error_chart(data: list[Row], width: int = 600) -> str:
     multi = any(len(r.outputs) > 1 for r, _, _ in series)
     label_w, pad_r, row_h, top = 150, 70, 34, 28
     height = top + row_h * len(series) + 26
-    values = [item.get(k) for _, _, pair in series for item in pair.values() for k in ("observed", "allowed")]
-    scale = Scale([v for v in values if isinstance(v, (int, float)) and v > 0] or [1e-6, 1], label_w, width - pad_r, log=True)
+    numbers = [item.get(k) for _, _, pair in series for item in pair.values() for k in ("observed", "allowed")]
+    scale = Scale([v for v in numbers if isinstance(v, (int, float)) and v > 0] or [1e-6, 1], label_w, width - pad_r, log=True)
     has_limit = any(isinstance(i.get("allowed"), (int, float)) for _, _, pair in series for i in pair.values())
     body = _legend([("max abs error", ERROR_COLORS["max_abs"]), ("max relative error", ERROR_COLORS["max_rel"])]
                    + ([("limit", INK)] if has_limit else []), label_w, 14)

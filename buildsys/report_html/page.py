@@ -212,6 +212,7 @@ def _bench_table(r: Row) -> str:
             if n == "mean ± std":
                 cells.append(f'<td class="num">{esc(fmt_ms(part.get("mean_ms")))} ± {esc(fmt_ms(part.get("std_ms")))}</td>')
                 continue
+            assert k is not None  # only 'Runtime' and 'mean ± std' have no key of their own, both handled above
             v = part.get(k)
             text = (fmt_ms(v) if k.endswith("_ms") else f"{v:,.0f}" if k == "throughput" and isinstance(v, (int, float))
                     else f"{v:.2f}" if k == "spread" and isinstance(v, (int, float))
@@ -276,7 +277,7 @@ def render_html(data: list[Row], title: str) -> str:
     counts = count_statuses(data)
     models = sorted({r.model for r in data})
     total = sum(r.size for r in data)
-    cards = [(len(data), "targets", ""), (counts["passed"], "passed", "ok")]
+    cards: list[tuple[int | str, str, str]] = [(len(data), "targets", ""), (counts["passed"], "passed", "ok")]
     bad = counts["failed"]
     if bad:
         cards.append((bad, "failed", "bad"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import overload
 
 import numpy as np
 import torch
@@ -54,6 +55,10 @@ def _fit(x: torch.Tensor, n: int) -> torch.Tensor:
     return x
 
 
+@overload
+def _last(x: torch.Tensor, dim: int) -> torch.Tensor: ...
+@overload
+def _last(x: torch.Tensor | None, dim: int) -> torch.Tensor | None: ...
 def _last(x: torch.Tensor | None, dim: int) -> torch.Tensor | None:
     return None if x is None else x.movedim(dim, -1)
 
@@ -88,7 +93,7 @@ def _forward(x: ComplexPair | torch.Tensor, n: int | None, dim: int, norm: str |
     sign = 1.0 if inverse else -1.0  # e^{∓iθ}: forward subtracts, inverse adds
     out_re = real @ cos - (imag @ sin) * sign if imag is not None else real @ cos
     out_im = real @ sin * sign + (imag @ cos if imag is not None else 0.0)
-    return ComplexPair(_dim_back(out_re, dim), _dim_back(out_im, dim))  # type: ignore[arg-type]
+    return ComplexPair(_dim_back(out_re, dim), _dim_back(out_im, dim))
 
 
 def fft(input: ComplexPair | torch.Tensor, n: int | None = None, dim: int = -1, norm: str | None = None,

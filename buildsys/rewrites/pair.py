@@ -12,7 +12,7 @@ never a wrong number. Shape ops run on both parts through `mechanism.call`, so o
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union, overload
 
 import torch
 
@@ -130,6 +130,12 @@ def parts(x: Operand) -> Parts:
     return float(x), None
 
 
+@overload
+def _plus(a: torch.Tensor | float, b: torch.Tensor | float | None, sign: float = 1.0) -> torch.Tensor | float: ...
+@overload
+def _plus(a: torch.Tensor | float | None, b: torch.Tensor | float, sign: float = 1.0) -> torch.Tensor | float: ...
+@overload
+def _plus(a: torch.Tensor | float | None, b: torch.Tensor | float | None, sign: float = 1.0) -> torch.Tensor | float | None: ...
 def _plus(a: torch.Tensor | float | None, b: torch.Tensor | float | None, sign: float = 1.0) -> torch.Tensor | float | None:
     if b is None:
         return a
@@ -138,6 +144,10 @@ def _plus(a: torch.Tensor | float | None, b: torch.Tensor | float | None, sign: 
     return a + b if sign > 0 else a - b
 
 
+@overload
+def _times(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor | float: ...
+@overload
+def _times(a: torch.Tensor | float | None, b: torch.Tensor | float | None) -> torch.Tensor | float | None: ...
 def _times(a: torch.Tensor | float | None, b: torch.Tensor | float | None) -> torch.Tensor | float | None:
     return None if a is None or b is None else a * b
 
@@ -227,6 +237,9 @@ def sqrt(a: ComplexPair) -> ComplexPair:
 
 def matmul(a: Operand, b: Operand) -> ComplexPair:
     (ar, ai), (br, bi) = parts(a), parts(b)
+    # torch.matmul takes tensors only (an imaginary part is a number only where the real one is)
+    if not isinstance(ar, torch.Tensor) or not isinstance(br, torch.Tensor) or isinstance(ai, float) or isinstance(bi, float):
+        raise TypeError("matmul(): arguments must be tensors, not Python numbers")
     mm = torch.matmul
     return pair(_plus(mm(ar, br), None if ai is None or bi is None else mm(ai, bi), -1.0),
                 _plus(None if bi is None else mm(ar, bi), None if ai is None else mm(ai, br)))
@@ -236,16 +249,17 @@ def view_as_real(a: ComplexPair) -> torch.Tensor:
     return torch.stack([a.real, a.imag], dim=-1)
 
 
-def to(a: ComplexPair, *args: object, **kwargs: object) -> ComplexPair | torch.Tensor:
+def to(a: ComplexPair, *args: Any, **kwargs: Any) -> ComplexPair | torch.Tensor:
     """Tensor.to: a complex dtype casts both parts; a real dtype keeps the real part (what torch does)."""
     dtype = kwargs.pop("dtype", next((x for x in args if isinstance(x, torch.dtype)), None))
     rest = [x for x in args if not isinstance(x, torch.dtype)]
     if dtype is None:
-        return ComplexPair(a.real.to(*rest, **kwargs), a.imag.to(*rest, **kwargs))  # type: ignore[arg-type]
+        return ComplexPair(a.real.to(*rest, **kwargs), a.imag.to(*rest, **kwargs))
     if dtype in _REAL_OF:
-        real_dtype = _REAL_OF[dtype]  # type: ignore[index]
-        return ComplexPair(a.real.to(*rest, dtype=real_dtype, **kwargs), a.imag.to(*rest, dtype=real_dtype, **kwargs))  # type: ignore[arg-type]
-    return a.real.to(*rest, dtype=dtype, **kwargs)  # type: ignore[arg-type]
+        real_dtype = _REAL_OF[dtype]
+        return ComplexPair(a.real.to(*rest, **{**kwargs, "dtype": real_dtype}),
+                           a.imag.to(*rest, **{**kwargs, "dtype": real_dtype}))
+    return a.real.to(*rest, **{**kwargs, "dtype": dtype})
 
 
 def both(func: Callable[..., object]) -> Callable[..., ComplexPair]:

@@ -108,7 +108,7 @@ def stft(input: torch.Tensor, n_fft: int, hop_length: int | None = None, win_len
 def _window(name: str) -> object:
     """torch.<name>_window(length, periodic=True, ..., dtype=...) as a constant computed in NumPy."""
     def make(window_length: int, periodic: bool = True, alpha: float = 0.54, beta: float = 0.46, *,
-             dtype: torch.dtype | None = None, layout: object = None, device: object = None,
+             dtype: torch.dtype | None = None, layout: object = None, device: torch.device | str | None = None,
              pin_memory: bool = False, requires_grad: bool = False) -> torch.Tensor:
         import numpy as np
         import torch
@@ -127,7 +127,7 @@ def _window(name: str) -> object:
             "bartlett_window": lambda: 1.0 - np.abs(2.0 * t - 1.0),
         }[name]()
         window = constant(values, dtype)
-        return window if device is None or str(device) == "cpu" else window.to(device)  # type: ignore[arg-type]
+        return window if device is None or str(device) == "cpu" else window.to(device)
     return make
 
 
@@ -135,8 +135,8 @@ def _handlers() -> HandlerTable:
     import torch
 
     table = {torch.stft: stft, torch.functional.stft: stft, torch.Tensor.stft: stft}
-    table.update({getattr(torch, name): _window(name) for name in _WINDOWS})  # type: ignore[misc]
-    return table  # type: ignore[return-value]
+    table.update({getattr(torch, name): _window(name) for name in _WINDOWS})
+    return table
 
 
 REWRITES = (

@@ -298,7 +298,7 @@ def _per_channel_prelu() -> Iterator[None]:
         x, alpha = _get_inputs(context, node, expected=2)
         channels = x.shape[1] if x.rank >= 2 else None
         if x.rank not in (2, 3) or alpha.val is None or not isinstance(channels, int) or original is None:
-            return original(context, node)  # type: ignore[misc]
+            return original(context, node)
         axes = [2, 3] if x.rank == 2 else [3]
         slopes = (np.ones((channels,)) * np.asarray(alpha.val).reshape(-1)).astype(np.float32)
         lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=slopes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsInt, cast
 
 from buildsys.formats.coreml.mil_registry import Args, const_value, op
 
@@ -166,13 +166,13 @@ def pool(a: Args) -> "Array":
         xp = np.pad(x, lead + both, constant_values=-np.inf)
         out = np.full(x.shape[:-n_sp] + tuple(outs), -np.inf, np.float32)
         for where in _offsets(kernel, ones, strides, outs):
-            np.maximum(out, xp[(Ellipsis, *where)], out=out)
+            np.maximum(out, xp[(Ellipsis,) + where], out=out)
         return out
     values = np.square(x) if kind == "l2_pool" else x
     xp = np.pad(values, lead + both)
     total = np.zeros(x.shape[:-n_sp] + tuple(outs), np.float32)
     for where in _offsets(kernel, ones, strides, outs):
-        total += xp[(Ellipsis, *where)]
+        total += xp[(Ellipsis,) + where]
     if kind == "l2_pool":
         return np.sqrt(total)
     counted = np.pad(np.ones(x.shape[-n_sp:], np.float32), pads,
@@ -244,7 +244,7 @@ def l2_norm(a: Args) -> "Array":
 def _lrn_size(operation: "Operation") -> str | None:
     size = const_value(operation, "size")
     # MIL does not say how an even window sits around its channel
-    return None if size is None or int(size) % 2 else f"local_response_norm with an even size ({size})"
+    return None if size is None or int(cast(SupportsInt, size)) % 2 else f"local_response_norm with an even size ({size})"
 
 
 @op("local_response_norm", refuse=_lrn_size)

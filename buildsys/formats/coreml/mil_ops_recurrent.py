@@ -26,8 +26,9 @@ def _activation(name: str) -> Callable[["Array"], "Array"]:
 
     from buildsys.formats.coreml.mil_ops import sigmoid_of
 
-    return {"sigmoid": sigmoid_of, "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0).astype(x.dtype),
-            "linear": lambda x: x}[name]
+    table: dict[str, Callable[[Array], Array]] = {
+        "sigmoid": sigmoid_of, "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0).astype(x.dtype), "linear": lambda x: x}
+    return table[name]
 
 
 def _recurrent_variant(operation: "Operation") -> str | None:
@@ -121,7 +122,7 @@ def while_loop(a: Args) -> tuple["Array", ...]:
     limit = 1 << 20  # a loop that never ends is a bug in the program, not a result
     for _ in range(limit):
         if not bool(a.run_block(cond_block, values)[0]):
-            return tuple(values)  # type: ignore[arg-type]
+            return tuple(values)
         values = a.run_block(body_block, values)
     raise RuntimeError(f"while_loop '{a.op.name}' ran {limit} iterations without its condition turning false")
 
@@ -140,7 +141,8 @@ def _scatter_update(x: "Array", index: tuple["Array | slice", ...], updates: "Ar
         return
     fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
           "min": np.minimum}[mode]
-    fn.at(x, index, updates)
+    # numpy's stub types ufunc.at's indices as integer arrays only; numpy takes slices among them too
+    fn.at(x, index, updates)  # type: ignore[arg-type]
 
 
 def _scatter_mode(operation: "Operation") -> str | None:

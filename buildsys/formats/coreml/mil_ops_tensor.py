@@ -211,7 +211,7 @@ def scatter_along_axis(a: Args) -> "Array":
     if mode == "update":
         np.put_along_axis(x, indices, updates, axis=axis)
         return x
-    index = list(np.indices(indices.shape, sparse=True))
+    index: list[Array] = list(np.indices(indices.shape, sparse=True))
     index[axis] = indices
     getattr(np, _SCATTER[mode]).at(x, tuple(index), updates)
     return x
@@ -255,7 +255,8 @@ def range_1d(a: Args) -> "Array":
     import numpy as np
 
     start, end, step = a.tensor("start"), a.tensor("end"), a.tensor("step")
-    return np.arange(start, end, step)
+    # 0-d arrays, whose dtype the result keeps; numpy's stub wants Python or numpy scalars
+    return np.arange(start, end, step)  # type: ignore[call-overload]
 
 
 @op("band_part")

@@ -95,7 +95,8 @@ def lstm_to_scan(gm: Any) -> int:
     """
     import torch
 
-    count, replaced = 0, set()
+    count = 0
+    replaced: set[str] = set()  # get_attr targets of the weights moved into the new buffers
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not torch.ops.aten.lstm.input:
             continue

@@ -109,6 +109,7 @@ def _dynamo_export(step: Step, ctx: StepContext, model: Any, opset: int, externa
         output_names = _program_output_names(model, ctx)
     try:
         program = torch.onnx.export(model, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes)
+        assert program is not None  # dynamo=True returns the ONNXProgram (None is the TorchScript exporter's)
         _name_io(program.model, [i.name for i in ctx.model.inputs], output_names)
         program.save(str(path), external_data=external)
     except Exception as exc:

@@ -88,7 +88,7 @@ def _shapes_from_dims(convert: Any) -> Iterator[None]:
     """
     from onnx import helper
 
-    module = sys.modules[convert.__module__]
+    module: Any = sys.modules[convert.__module__]  # its make_value_info_from_tensor is swapped below
     original = module.make_value_info_from_tensor
     module.make_value_info_from_tensor = lambda t: helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
     try:

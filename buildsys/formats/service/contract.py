@@ -48,7 +48,8 @@ def installed(package: str) -> str | None:
 
 def requirements(backend: str) -> tuple[str, list[str]]:
     """requirements.txt for `backend` pinned to this toolchain, and the packages that are not installed."""
-    lines, missing = [], []
+    lines: list[str] = []
+    missing: list[str] = []
     for package in SERVED_PACKAGES[backend]:
         version = installed(package)
         if version is None:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,11 +149,14 @@ def docker_engine() -> str:
     return "reachable" if host or Path("/var/run/docker.sock").exists() else "none"
 
 
-def _shape(graph: list[int | None], spec: list[int | str] | None, prefix: str) -> list[int | str]:
+def _shape(graph: list[int | None], spec: Sequence[int | str | None] | None, prefix: str) -> list[int | str]:
     """A shape for signature.json: fixed axes as ints, dynamic ones by the deploy.yaml axis name where known."""
     named = spec if spec is not None and len(spec) == len(graph) else None
-    return [d if d is not None else (named[a] if named and isinstance(named[a], str) else f"{prefix}{a}")
-            for a, d in enumerate(graph)]
+    out: list[int | str] = []
+    for a, d in enumerate(graph):
+        name = named[a] if named else None
+        out.append(d if d is not None else name if isinstance(name, str) else f"{prefix}{a}")
+    return out
 
 
 def _checked(step: Step, ctx: StepContext, rows: list[dict], what: str) -> list[dict]:

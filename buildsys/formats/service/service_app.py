@@ -190,7 +190,7 @@ class TorchScriptBackend:
         return [t.detach().cpu().numpy() for t in result]
 
 
-BACKENDS = {"onnxruntime": OnnxBackend, "torchscript": TorchScriptBackend}
+BACKENDS: dict[str, type[OnnxBackend] | type[TorchScriptBackend]] = {"onnxruntime": OnnxBackend, "torchscript": TorchScriptBackend}
 
 
 class BodyLimit:

@@ -46,7 +46,7 @@ def model_config_class() -> type["Message"]:
         except BaseException:
             del sys.modules[name]
             raise
-    return module.ModelConfig  # type: ignore[no-any-return]
+    return module.ModelConfig
 
 
 def parse_config(text: str, where: str) -> dict[str, Any]:

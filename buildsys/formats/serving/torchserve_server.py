@@ -27,7 +27,7 @@ import tempfile
 import weakref
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from buildsys.errors import StepError
@@ -104,6 +104,18 @@ def _shutdown(server: TorchServeProcess | None, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _savez(out: IO[bytes], arrays: dict[str, "np.ndarray"]) -> None:
+    """np.savez(out, **arrays) without the keyword arguments: np.savez would take an input named 'file' for
+    its own parameter (TypeError) and one named 'allow_pickle' for its flag (the array silently left out).
+    The same archive np.savez writes: stored .npy members, zip64 allowed."""
+    import numpy as np
+
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value))
+
+
 class TorchServeSession(Session):
     """A model served by a running TorchServe; `run` posts .npz bodies to /predictions/<name>."""
 
@@ -119,7 +131,7 @@ class TorchServeSession(Session):
         import numpy as np
 
         body = io.BytesIO()
-        np.savez(body, **{i.name: np.ascontiguousarray(feeds[i.name]) for i in self.model.inputs})
+        _savez(body, {i.name: np.ascontiguousarray(feeds[i.name]) for i in self.model.inputs})
         since = self.server.logs.offset()
         try:
             reply = self.server.call("inference", f"/predictions/{quote(self.name)}", data=body.getvalue(),

@@ -33,6 +33,7 @@ they also load the repository into a real Triton Inference Server (`triton-serve
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Optional
 
@@ -163,7 +164,7 @@ class _TritonStep(Step):
     def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
         return config_problem(model, options)  # type: ignore[arg-type]
 
-    def _batching(self, ctx: StepContext[TritonOptions], tensors: dict[str, list[int | None] | None]) -> tuple[int, bool]:
+    def _batching(self, ctx: StepContext[TritonOptions], tensors: Mapping[str, list[int | None] | None]) -> tuple[int, bool]:
         """Resolved (max_batch_size, dynamic_batching) given the artifact's own shapes (None: unknown axis)."""
         opts = ctx.options
         fixed = next(((n, s) for n, s in tensors.items() if s is None or not s or s[0] is not None), None)
@@ -258,8 +259,8 @@ class _TritonOnnx(_TritonStep):
         max_batch, dynamic = self._batching(ctx, tensors)
         config = self._config(
             ctx, ctx.options.model_name or ctx.model_name, max_batch, dynamic,
-            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in inputs],  # type: ignore[arg-type]
-            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in outputs])  # type: ignore[arg-type]
+            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in inputs],
+            [_io_entry(n, t, _dims(s, bool(max_batch))) for n, t, s in outputs])
         comments = [f"Written by modelbuild: model '{ctx.model_name}', ONNX Runtime backend."]
         return self._write(ctx, config, files, comments)
 

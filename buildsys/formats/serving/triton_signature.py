@@ -88,7 +88,7 @@ def onnx_signature(step: Step, ctx: StepContext, proto: Any) -> tuple[list[Tenso
         except Exception:
             pass
 
-    def row(value: Any, what: str) -> tuple[str, str, list[int | None] | None]:
+    def row(value: Any, what: str) -> Tensor:
         elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
         dtype = ONNX_ELEMENT_TYPES.get(elem)
         if dtype is None:

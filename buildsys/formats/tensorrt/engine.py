@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
@@ -49,7 +49,7 @@ TENSORRT = register_formats(Format.variants("tensorrt", {
 class _EngineFromOnnx(Step):
     """What every engine step shares: options, host binding, profile.json and the build itself."""
 
-    packages = ("tensorrt", "onnx")
+    packages: ClassVar[tuple[str, ...]] = ("tensorrt", "onnx")
     extra = "tensorrt"
     toolchain = "tensorrt"  # its own worker: TensorRT and a CUDA context stay loaded between engines
     Options = EngineOptions

@@ -17,6 +17,7 @@ library, pydantic and buildsys.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -151,7 +152,7 @@ def profile_problem(model: "Model", opts: EngineOptions) -> str | None:
 Tensor = tuple[str, str, Optional[list[Optional[int]]]]  # (name, dtype, shape; None = dynamic axis)
 
 
-def describe(model: "Model", opts: EngineOptions, inputs: list[Tensor], outputs: list[Tensor],
+def describe(model: "Model", opts: EngineOptions, inputs: Sequence[Tensor], outputs: Sequence[Tensor],
              precision: str, device: dict[str, str]) -> dict[str, Any]:
     """profile.json's content: the engine's I/O (read from the ONNX graph it is built from, which is
     what TensorRT keeps: same names, element types and dynamic axes), its profile and its device."""

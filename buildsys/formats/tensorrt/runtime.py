@@ -28,7 +28,7 @@ def _cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart  # cuda-python ≥ 12.6
     except ImportError:
-        from cuda import cudart  # type: ignore[no-redef]
+        from cuda import cudart
     return cudart
 
 

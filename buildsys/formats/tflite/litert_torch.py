@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from buildsys.formats import register_variants
-from buildsys.formats.base import Step, StepContext
+from buildsys.formats.base import Step, StepContext, StepOptions
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
 from buildsys.formats.tflite.tflite import (
     FLATBUFFER,
@@ -44,19 +44,19 @@ if TYPE_CHECKING:
 
 
 _SAME_OPTIONS = "Accepted so that one target's `options:` serve both routes to TFLite (see the onnx2tf steps). "
+_SELECT_TF_OPS = _SAME_OPTIONS + "No effect here: litert-torch lowers to TFLite builtins only, and fails on an op that has none."
 
 
 class LiteRtTorchOptions(TfliteOptions):
     """The options of the onnx2tf route's TFLite steps, so one target's `options:` serve either route."""
 
-    select_tf_ops: bool = Field(default=False, description=_SAME_OPTIONS + "No effect here: litert-torch "
-                                "lowers to TFLite builtins only, and fails on an op that has none.")
+    select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
 
 
 class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
     """The int8 options of the onnx2tf route (mode, io, calibration_samples), read the same way."""
 
-    select_tf_ops: bool = LiteRtTorchOptions.model_fields["select_tf_ops"]
+    select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
     io: Literal["float", "int8"] = Field(
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
@@ -75,7 +75,7 @@ class TfliteFromPt2(Step):
     toolchain = "torch"
     description = "litert_torch.convert on the program's module: float32, fp16 weights (full_fp16_recipe), or " \
                   "int8 through PT2E (dynamic range, or static calibrated on data.calibration)."
-    Options = LiteRtTorchOptions
+    Options: ClassVar[type[StepOptions]] = LiteRtTorchOptions
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -247,7 +247,7 @@ def _min_padded_pools() -> Iterator[None]:
     import numpy as np
     import tensorflow as tf
 
-    module = importlib.import_module("onnx2tf.ops.MaxPool")
+    module: Any = importlib.import_module("onnx2tf.ops.MaxPool")  # its `tf` global is swapped below
 
     class _PadWithMinimum:
         def __getattr__(self, name: str) -> Any:
@@ -256,7 +256,7 @@ def _min_padded_pools() -> Iterator[None]:
         @staticmethod
         def pad(tensor: Any, paddings: Any, mode: str = "CONSTANT", constant_values: Any = 0, name: Any = None) -> Any:
             dtype = getattr(tensor, "dtype", None)
-            if mode.upper() == "CONSTANT" and getattr(dtype, "is_floating", False) and \
+            if mode.upper() == "CONSTANT" and dtype is not None and getattr(dtype, "is_floating", False) and \
                     isinstance(constant_values, (float, np.floating)) and constant_values == dtype.min:
                 constant_values = tf.reduce_min(tensor)
             return tf.pad(tensor, paddings, mode=mode, constant_values=constant_values, name=name)

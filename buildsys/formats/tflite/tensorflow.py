@@ -245,8 +245,9 @@ class TensorFlow(Runtime):
             return {"facts": {"signature": None},
                     "problems": [f"the SavedModel has no '{SIGNATURE}' signature, which checks and TFLite "
                                  "conversion use"]}
-        facts = {"signature": SIGNATURE, **{side: [{"key": k, "dtype": d, "shape": s} for k, (d, s) in specs.items()]
-                                            for side, specs in signature.items()}}
+        facts: dict[str, Any] = {"signature": SIGNATURE}
+        facts.update({side: [{"key": k, "dtype": d, "shape": s} for k, (d, s) in specs.items()]
+                      for side, specs in signature.items()})
         if record is not None:
             facts["layouts"] = {r["name"]: r["layout"] for r in record.get("inputs", [])}
         return {"facts": facts, "problems": signature_problems(model, record, signature)}

@@ -157,7 +157,9 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             return f"io: int8 needs float inputs to quantize, but {others} is not float; use io: float"
         return None
 
-    def _configure(self, ctx: StepContext[Options], converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
+    # ctx.options is built from this step's own Options (a TfliteOptions subclass): narrower than the base says
+    def _configure(self, ctx: StepContext[Options], converter: Any,  # type: ignore[override]
+                   layout: dict[str, Any] | None) -> dict[str, Any]:
         import tensorflow as tf
 
         opts = ctx.options
@@ -175,7 +177,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             converter.inference_output_type = tf.int8
         return {"mode": "full", "io": opts.io, "calibration_samples": samples.count}
 
-    def _inspect(self, ctx: StepContext[Options], flatbuffer: bytes) -> None:
+    def _inspect(self, ctx: StepContext[Options], flatbuffer: bytes) -> None:  # type: ignore[override]  # as _configure
         # A calibrated range of ±3.4e38 (a float32-minimum padding constant, or an inf in the data)
         # leaves every value in that tensor, and after it, quantized to one level: fail, saying why.
         if ctx.options.mode != "full":

@@ -12,7 +12,7 @@ import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 # Module scripts and streaming wasm compilation need exact types; Python 3.11 knows neither .mjs nor .wasm.
 _TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
@@ -20,7 +20,7 @@ _TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "applica
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    extensions_map: ClassVar[dict[str, str]] = {**SimpleHTTPRequestHandler.extensions_map, **_TYPES}
+    extensions_map: dict[str, str] = {**SimpleHTTPRequestHandler.extensions_map, **_TYPES}
     exchange: TensorServer
 
     def do_GET(self) -> None:
@@ -71,6 +71,7 @@ class TensorServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's address is (host, port), never bytes
         return f"http://{host}:{port}/"
 
     def close(self) -> None:

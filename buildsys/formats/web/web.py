@@ -120,7 +120,7 @@ def signature(proto: onnx.ModelProto, ctx: StepContext[StepOptions]) -> dict[str
 
     Shapes come from the graph (what the file accepts): a fixed dim is a number, a dynamic one the
     signature's axis name (else the graph's symbol, else null)."""
-    specs = {i.name: list(i.shape) for i in [*ctx.model.inputs, *ctx.model.outputs] if hasattr(i, "shape")}
+    specs = {i.name: list(i.shape) for i in ctx.model.inputs}  # outputs declare no shape in deploy.yaml
     inits = {t.name for t in proto.graph.initializer}
 
     def describe(value: Any) -> dict[str, Any]:
