@@ -255,7 +255,7 @@ class Builder:
                 self._workers[node.name] = built["worker"]
             entry = {"tree": tree, "files": files, "metrics": metrics, "built": built}
             self.store.put_action(nplan.key, entry)
-            if self._push_pool is not None and self.remote.serves(node):
+            if self._push_pool is not None and self.remote is not None and self.remote.serves(node):
                 self._pushes.append(self._push_pool.submit(self.remote.push, nplan.key, entry, self.store))
             self._publish(node, nplan, tree, files, metrics, built)
             self._finish(NodeResult(node.name, BUILT, seconds, log=str(log), metrics=metrics))
