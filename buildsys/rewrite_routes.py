@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from buildsys.routes import LABEL, hop, label_parts
 
+
 def loads_module(step: Any) -> bool:
     """Whether a step loads the PyTorch module (and so applies rewrites): declared by its options' type."""
     from buildsys.formats.torch.rewritten import RewritableOptions
