@@ -45,6 +45,21 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
 
 
+#: Packages a toolchain's worker treats as not installed, because a package it uses imports them only
+#: to probe for them. coremltools' `_deps` imports TensorFlow (about 11 s here) to learn whether it can
+#: convert TensorFlow models; modelbuild converts to Core ML from PyTorch only, and coremltools
+#: without TensorFlow installed is a configuration it supports (its converters check `_HAS_TF`).
+#: Measured with benchmarks/cold_build.py's import probe: docs/performance.md, "Cold build".
+UNUSED_IMPORTS: dict[str, tuple[str, ...]] = {"coreml": ("tensorflow",)}
+
+
+def block_unused_imports(toolchain: str) -> None:
+    """Make the packages `toolchain`'s worker never needs unimportable in this process: `import`
+    raises ImportError for a name whose sys.modules entry is None (the import system's own rule)."""
+    for name in UNUSED_IMPORTS.get(toolchain, ()):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable", by design
+
+
 def _exit_with_parent() -> None:
     """End this worker if the orchestrator dies (kill -9 included): no orphan keeps converting."""
     import threading
@@ -64,6 +79,7 @@ def _exit_with_parent() -> None:
 
 def main() -> None:
     _exit_with_parent()
+    block_unused_imports(os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", ""))
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     original_err = os.dup(2)
     os.dup2(2, 1)  # stray prints between requests go to stderr, not into the protocol
