@@ -159,7 +159,9 @@ def schema(steps: bool, markdown: bool) -> None:
 @click.command()
 @click.option("--install-os-packages", is_flag=True, help="First apt-get install the Debian packages whose programs "
               "the runtimes need and this host lacks (Chromium, Java, npm); fails (exit 1) when that cannot be done.")
-def doctor(install_os_packages: bool) -> None:
+@click.option("--imports", is_flag=True, help="Also time what each toolchain's worker pays to import its packages "
+              "(one fresh process per toolchain; about a minute).")
+def doctor(install_os_packages: bool, imports: bool) -> None:
     """Show which toolchains and runtimes are usable on this host (and install the OS packages they lack)."""
     from buildsys.keys import package_version
     from buildsys.formats import runtimes, steps
@@ -176,6 +178,14 @@ def doctor(install_os_packages: bool) -> None:
     for name, cls in sorted(runtimes().items()):
         why = cls().unavailable()
         click.echo(f"  {name:<{width}} {'ok' if why is None else 'unavailable: ' + why}")
+    if imports:
+        from buildsys.imports import toolchain_imports
+
+        click.echo("import seconds per toolchain (a fresh worker; a package's share includes what it imports first):")
+        for toolchain, timing in toolchain_imports().items():
+            parts = ", ".join(f"{pkg} {sec:.1f}" for pkg, sec in timing.packages.items() if sec >= 0.05)
+            parts = "; ".join(p for p in (parts or "every package under 0.05 s", timing.error) if p)
+            click.echo(f"  {toolchain:<10} {timing.total:6.1f} s  {parts}")
 
 
 def _install_os_packages() -> None:
