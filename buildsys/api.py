@@ -71,18 +71,23 @@ class Project:
         self._opened.planner.stat.save()
         return plan_result(the_plan)
 
-    def build(self, targets: list[str] | None = None, *, jobs: int = 1, keep_going: bool = False,
+    def build(self, targets: list[str] | None = None, *, jobs: int | None = None, keep_going: bool = False,
               force: bool = False, timeout: float = 1800.0, executor: str = "local", scheduler: str | None = None,
               on_event: EventHandler | None = None, check: bool = True, on_wait: Callable[[], None] | None = None,
               _force_kinds: tuple[str, ...] = (), _bench: bool = False, _watch: Any = None) -> BuildReport:
         """Build the targets (default: all) and what they need; only stale nodes run.
 
-        `executor` is "local" (worker processes here, `jobs` at once) or "dask" (a dask.distributed
+        `executor` is "local" (worker processes here, `jobs` at once; default: the usable CPUs, as the
+        CLI's `-j`) or "dask" (a dask.distributed
         cluster at `scheduler`, which needs a remote cache). `on_event` receives an `Event` as each
         node starts and ends. With `check` (the default) a failed build raises `BuildFailed`, whose
         `report` is the returned object's twin.
         """
         started = time.perf_counter()
+        if jobs is None:
+            from buildsys.pool import usable_cpus
+
+            jobs = usable_cpus()
         with _build_lock(self._opened, on_wait) as planner:
             from buildsys.plan import make_plan, route_failures
 
