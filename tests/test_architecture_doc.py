@@ -36,3 +36,11 @@ def test_no_module_is_over_the_size_limit() -> None:
     sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     over = sorted(f"{name} ({n} lines)" for name, n in sizes.items() if n > MAX_MODULE_LINES)
     assert not over, f"modules over {MAX_MODULE_LINES} lines: {', '.join(over)}"
+
+
+def test_every_module_of_every_package_is_named() -> None:
+    """Inside packages too: each module's name appears in docs/architecture.md (in its package's row)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    missing = sorted(str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
+                     if p.name not in {"__init__.py", "__main__.py"} and p.stem not in text)
+    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
