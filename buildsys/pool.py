@@ -49,7 +49,7 @@ class WorkerProcess:
         self.toolchain = toolchain
         self._stderr = open(stderr_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUILD_PARENT_PID": str(os.getpid()),
-               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # names the worker to ps / benchmarks/cold_build.py
+               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # its import blocks (worker.UNUSED_IMPORTS); ps, benchmarks
         self.proc = subprocess.Popen([sys.executable, "-m", "buildsys.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.name = f"pid:{self.proc.pid}"  # in the build record's `built` entries
