@@ -89,7 +89,8 @@ class Project:
 
             jobs = usable_cpus()
         with _build_lock(self._opened, on_wait) as planner:
-            from buildsys.plan import make_plan, route_failures
+            from buildsys.plan import make_plan
+            from buildsys.reroute import route_failures
 
             with _watch(planner) if _watch else nullcontext():  # the CLI's no-op snapshot records what was read
                 the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
@@ -209,7 +210,8 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
 def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> None:
     """A node that already failed in this build under the same key fails again at once, unrun
     (another target's reroute must not repeat a conversion that cannot succeed)."""
-    from buildsys.plan import BLOCKED, FAILED_EARLIER, RUN
+    from buildsys.plan import BLOCKED, RUN
+    from buildsys.reroute import FAILED_EARLIER
 
     for name, (key, result) in failed.items():
         nplan = the_plan.nodes.get(name)

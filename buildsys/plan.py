@@ -20,7 +20,6 @@ from buildsys.lock import Lock
 from buildsys.formats import get_step
 from buildsys.store import Store
 # What a build does after a route fails is planning too: reroute.py (re-exported here).
-from buildsys.reroute import FAILED_EARLIER, route_failures  # noqa: F401
 
 # What a node needs done:
 NOTHING = "nothing"  # fresh and present

@@ -276,7 +276,8 @@ def test_a_node_failed_again_names_its_first_failure_once() -> None:
     from types import SimpleNamespace
 
     from buildsys.api import _fail_again
-    from buildsys.plan import BLOCKED, FAILED_EARLIER, RUN
+    from buildsys.plan import BLOCKED, RUN
+    from buildsys.reroute import FAILED_EARLIER
     from buildsys.results import FAILED, NodeResult
 
     first = NodeResult("m/onnx", FAILED, error="Unsupported onnx_opset_version: 999")

@@ -61,13 +61,7 @@ def run_coreml(module: Any, args: tuple[Any, ...], work: Path) -> Any:
     inputs = [ct.TensorType(name=f"in{i}", shape=tuple(a.shape)) for i, a in enumerate(args)]
     mlmodel = ct.convert(traced, inputs=inputs, convert_to="mlprogram",
                          compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS16)
-    path = work / "model.mlpackage"
-    mlmodel.save(str(path))
-    from buildsys.formats.coreml.mil import MilProgram
-
-    program = MilProgram.load(path)
-    feeds = dict(zip(program.input_names, _numpy(args)))
-    return program.evaluate(feeds).outputs[program.output_names[0]]
+    return _run_mil(mlmodel, args, work)
 
 
 def run_coreml_export(module: Any, args: tuple[Any, ...], work: Path) -> Any:
@@ -78,13 +72,18 @@ def run_coreml_export(module: Any, args: tuple[Any, ...], work: Path) -> Any:
     program = torch.export.export(module, args, strict=False).run_decompositions()
     mlmodel = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                          minimum_deployment_target=ct.target.iOS16)
-    path = work / "model.mlpackage"
-    mlmodel.save(str(path))
+    return _run_mil(mlmodel, args, work)
+
+
+def _run_mil(mlmodel: Any, args: tuple[Any, ...], work: Path) -> Any:
+    """Save a converted Core ML model and run it through the MIL reference interpreter: its first output."""
     from buildsys.formats.coreml.mil import MilProgram
 
-    program_ = MilProgram.load(path)
-    feeds = dict(zip(program_.input_names, _numpy(args)))
-    return program_.evaluate(feeds).outputs[program_.output_names[0]]
+    path = work / "model.mlpackage"
+    mlmodel.save(str(path))
+    program = MilProgram.load(path)
+    feeds = dict(zip(program.input_names, _numpy(args)))
+    return program.evaluate(feeds).outputs[program.output_names[0]]
 
 
 def run_executorch(module: Any, args: tuple[Any, ...], work: Path) -> Any:
