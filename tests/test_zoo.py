@@ -123,7 +123,9 @@ EXPECT["minilm"] = {
     "tflite-int8": ok(LITERT_INT8, {tfl(ONNX, "tflite-int8"): EXPAND}),
     "coreml-fp16": Cell("reference", COREML_PT2, {COREML: r"coremltools\.convert failed: TypeError: only 0-dimensional"}),
     "executorch": ok(ET),
-    "executorch-int8": ok(ET_DYNAMIC, {ET_INT8: r"embedding: cosine 0\.\d+ < 0\.9"}),
+    # the full-int8 route misses on every host, but which metric trips first depends on the CPU's int8
+    # kernels: cosine (below 0.9) on this machine, range_error 0.1655 > 0.1 with cosine passing on CI's
+    "executorch-int8": ok(ET_DYNAMIC, {ET_INT8: r"embedding: (cosine 0\.\d+ < 0\.9|range_error 0\.\d+ > 0\.1)"}),
     "openvino": ok(f"{ONNX} → openvino"),
 }
 
