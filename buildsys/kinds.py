@@ -49,12 +49,12 @@ class NodeKind:
         """Add what this kind's output depends on beyond the step, options and inputs. A judging kind
         runs the artifact in its format's runtime, whose packages therefore enter its key."""
         if cls.judges:
-            from buildsys.formats import get_format, runtimes
+            from buildsys.formats import get_format, runtime_class
 
             runtime = get_format(node.format).runtime
             packages += _runtime_packages(runtime)
-            if runtime and runtimes()[runtime].stand_in:  # where the runtime cannot run, the stand-in computes
-                packages += _runtime_packages(runtimes()[runtime].stand_in)
+            if runtime and runtime_class(runtime).stand_in:  # where the runtime cannot run, the stand-in computes
+                packages += _runtime_packages(runtime_class(runtime).stand_in)
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
@@ -237,6 +237,6 @@ def _runtime_packages(runtime: str | None) -> list[str]:
     """The packages whose versions enter the key of a node that runs `runtime`."""
     if runtime is None:
         return []
-    from buildsys.formats import runtimes
+    from buildsys.formats import runtime_class
 
-    return list(runtimes()[runtime].packages)
+    return list(runtime_class(runtime).packages)
