@@ -224,3 +224,45 @@ def test_a_steps_alternatives_are_routes_after_every_default_route(tmp_path: Pat
     # via: pins one route, with the step's default options.
     deploy.write_text(text.replace("format: onnx", "format: executorch\n    via: [pt2]"))
     assert _candidates(project) == [["pytorch", "pt2", "executorch-int8"]]
+
+
+_LOCK_WRITES: list[list[str]] | None = None  # while a test listens: the call stack of each write to a deploy.lock
+
+
+def _listen(event: str, args: tuple) -> None:
+    """An audit hook (it sees every open and rename the interpreter makes, whoever makes it)."""
+    if _LOCK_WRITES is None:
+        return
+    if event == "open" and isinstance(args[0], (str, Path)) and Path(args[0]).name.startswith((".deploy.lock", "deploy.lock")):
+        mode, flags = args[1], args[2]
+        writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR))
+    elif event == "os.rename" and isinstance(args[1], (str, Path)):
+        writing = Path(args[1]).name == "deploy.lock"
+    else:
+        return
+    if writing:
+        import traceback
+
+        _LOCK_WRITES.append([f"{Path(f.filename).as_posix()}:{f.name}" for f in traceback.extract_stack()])
+
+
+sys.addaudithook(_listen)
+
+
+def test_only_the_lock_module_writes_deploy_lock(tmp_path: Path) -> None:
+    """Proof without grep: every write of deploy.lock in a build that reroutes (the API records the
+    dropped route, the builder records nodes and targets) goes through buildsys/lock.py's Lock.write."""
+    global _LOCK_WRITES
+    import modelbuild
+
+    project = Project(tmp_path, "routes: [[pt2], [torchscript]]")
+    _LOCK_WRITES = []
+    try:
+        report = modelbuild.load(project.root / "deploy.yaml").build(jobs=1)
+        writes = _LOCK_WRITES
+    finally:
+        _LOCK_WRITES = None
+    assert report.ok and project.lock().routes["t"]["dropped"][0]["route"] == PT2_ROUTE
+    assert len(writes) >= 4  # each Lock.write is an open of the temporary file and a rename onto deploy.lock
+    for stack in writes:
+        assert any(frame.endswith("buildsys/lock.py:write") for frame in stack), "\n".join(stack[-6:])
