@@ -69,3 +69,17 @@ def test_the_registry_is_not_marked_loaded_after_a_failed_plugin(monkeypatch: py
     assert registry._loaded is False
     monkeypatch.setenv("MODELBUILD_PLUGINS", "")
     assert "onnx-from-pytorch" in registry.steps() and registry._loaded is True
+
+
+def test_where_the_device_runtime_runs_its_stand_in_agreement_is_reported(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Core ML on macOS runs Apple's runtime and also the MIL reference interpreter, reporting their gap;
+    the same mechanism, proven with a plugin runtime that runs everywhere and has a stand-in."""
+    project = make_tiny_project(tmp_path / "proj", tiny_deploy("  raw:\n    model: tiny\n    format: onnx-unoptimized\n"))
+    _with_plugin(project, "onnx_unoptimized", monkeypatch)
+    project.run("build", "raw")
+    check = Lock.read(project.root / "deploy.lock").as_dict()["nodes"]["verify:raw"]["metrics"]
+    assert check["runtime"] == "ort-unoptimized" and check["passed"] is True and "caveats" not in check
+    agreement = check["stand_in_agreement"]
+    assert agreement["runtime"] == "onnxruntime" and set(agreement["outputs"]) == {"y"}
+    assert 0 <= agreement["outputs"]["y"]["max_abs"] < 1e-5

@@ -79,6 +79,8 @@ class Check(Step):
         results = self._compare(ctx, observed, expected, labels)
         metrics = {"passed": all(bool(r) for r in results.values()), "samples": len(batch), "format": fmt_name,
                    "runtime": runner, "outputs": {name: r.as_dict() for name, r in results.items()}}
+        if runner and runner == runtime_name and get_runtime(runner).stand_in:  # Core ML on macOS: how good is the stand-in?
+            metrics["stand_in_agreement"] = self._stand_in_agreement(ctx, runner, batch, observed)
         if findings:  # what the runtime saw inside the program (a stand-in's fp16 overflow, by op and module)
             metrics["findings"] = findings
             problems += [f["text"] for f in findings if f.get("fails")]
@@ -151,6 +153,35 @@ class Check(Step):
             from buildsys.errors import describe
 
             raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
+
+    def _stand_in_agreement(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any,
+                            observed: list[Any]) -> dict[str, Any]:
+        """Where the device's own runtime ran and has a stand-in (Core ML on macOS, whose stand-in on Linux is
+        the MIL reference interpreter): the stand-in's numbers on the same batch against the device's, per
+        output. Reported, never judged (the device runtime is the check); it tells what a check by the
+        stand-in on a host without the device runtime is worth for this model.
+
+        Returns {"runtime": stand-in, "outputs": {name: {"max_abs", "max_abs_over_range"}}}, or
+        {"runtime", "not_run": why} where the stand-in cannot run here or cannot run this artifact."""
+        import numpy as np
+
+        from buildsys.formats import get_runtime
+
+        stand_in = str(get_runtime(runtime_name).stand_in)
+        reason = get_runtime(stand_in).unavailable()
+        if reason:
+            return {"runtime": stand_in, "not_run": reason}
+        try:
+            theirs = self._observe(ctx, stand_in, batch)[0]
+        except ModelbuildError as exc:  # CannotRun (an op it lacks) or a failure to run: not run, saying why
+            return {"runtime": stand_in, "not_run": exc.what}
+        outputs: dict[str, Any] = {}
+        for spec, device, other in zip(ctx.model.outputs, observed, theirs):
+            ours, ref = np.asarray(device, dtype=np.float64), np.asarray(other, dtype=np.float64)
+            gap = float(np.abs(ours - ref).max()) if ours.size else 0.0
+            span = float(ours.max() - ours.min()) if ours.size else 0.0
+            outputs[spec.name] = {"max_abs": gap, "max_abs_over_range": gap / span if span else gap}
+        return {"runtime": stand_in, "outputs": outputs}
 
     def _serve(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any, expected: dict[str, Any],
                labels: Any) -> dict[str, Any]:
