@@ -222,13 +222,13 @@ def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> Non
 
 def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:
     """Record each failed route in deploy.lock (replacing an older failure of the same route)."""
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
 
     for target, record in dropped.items():
         entry = lock.routes.setdefault(target, {"dropped": []})
         entry["dropped"] = [r for r in entry["dropped"] if r["route"] != record["route"]] + [record]
         if on_event is not None:
-            on_event(Event("rerouted", Check.node_name(target), "check", target,
+            on_event(Event("rerouted", CheckKind.node_name(target), "check", target,
                            error=f"route {' → '.join(record['route'])} dropped at {record['node']}: {record['reason']}"))
     lock.write()
 
@@ -266,7 +266,7 @@ def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: boo
 
 
 def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds: float) -> BuildReport:
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
     from buildsys.report import target_rows
     from buildsys.results import FRESH, BuildResult
 
@@ -277,7 +277,7 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
     for row in rows:
         name = row["target"]
         node = the_plan.dag.nodes[the_plan.dag.target_nodes[name]]
-        check = planner.lock.nodes.get(Check.node_name(name), {})
+        check = planner.lock.nodes.get(CheckKind.node_name(name), {})
         path = row.get("path")
         targets[name] = TargetResult(
             name=name, model=node.model, format=node.format, precision=node.precision, status=row["check"],

@@ -141,7 +141,7 @@ def gc(config: str) -> None:
 def schema(steps: bool, markdown: bool) -> None:
     """Print the JSON Schema of deploy.yaml (or of every step's options)."""
     from buildsys import report
-    from buildsys.config.schema import Project as ProjectSchema
+    from buildsys.config.schema import DeployConfig
 
     if markdown:
         from buildsys.config.reference import render
@@ -153,7 +153,7 @@ def schema(steps: bool, markdown: bool) -> None:
         click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],
                                         "options": s.Options.model_json_schema()} for name, s in sorted(all_steps().items())}))
     else:
-        click.echo(report.dumps(ProjectSchema.model_json_schema()))
+        click.echo(report.dumps(DeployConfig.model_json_schema()))
 
 
 @click.command()

@@ -77,7 +77,7 @@ class NodeKind:
         return {}
 
 
-class Artifact(NodeKind):
+class ArtifactKind(NodeKind):
     """A step's output on the route from a model's source to a target's format."""
 
     name = "artifact"
@@ -104,14 +104,14 @@ class Artifact(NodeKind):
         return out
 
 
-class Reference(NodeKind):
+class ReferenceKind(NodeKind):
     """The model's source run once on its evaluation inputs: what every check compares to."""
 
     name = "reference"
 
     @staticmethod
     def node_name(model: str) -> str:
-        return f"{model}/{Reference.name}"
+        return f"{model}/{ReferenceKind.name}"
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
@@ -123,7 +123,7 @@ class Reference(NodeKind):
         packages += _runtime_packages(get_format(node.source_format).runtime)
 
 
-class Check(NodeKind):
+class CheckKind(NodeKind):
     """A target's artifact run in its runtime and compared with the reference under its acceptance.
 
     Its options are the resolved acceptance (a tolerance change re-runs only the check). A pass (or a
@@ -183,7 +183,7 @@ class Check(NodeKind):
         return fields
 
 
-class Bench(NodeKind):
+class BenchKind(NodeKind):
     """A target's artifact timed in its runtime next to PyTorch eager; latency budgets are its acceptance."""
 
     name = "bench"
@@ -226,7 +226,7 @@ class Bench(NodeKind):
         return {LOCAL: True}
 
 
-KINDS: dict[str, type[NodeKind]] = {k.name: k for k in (Artifact, Reference, Check, Bench)}
+KINDS: dict[str, type[NodeKind]] = {k.name: k for k in (ArtifactKind, ReferenceKind, CheckKind, BenchKind)}
 
 
 def kind_of(node: "Node") -> type[NodeKind]:

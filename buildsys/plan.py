@@ -15,7 +15,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
 from buildsys.inputs import data_files, factory_distributions, source_files
 from buildsys.hashing import StatCache, digest_json
-from buildsys.kinds import Artifact, Check, kind_of
+from buildsys.kinds import ArtifactKind, CheckKind, kind_of
 from buildsys.lock import Lock
 from buildsys.formats import get_step
 from buildsys.store import Store
@@ -152,7 +152,7 @@ class Planner:
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
         for shipped in step.shipped_files:
             inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)
-        if kind is Artifact and _names_files(step):  # most steps don't: skip re-validating their options
+        if kind is ArtifactKind and _names_files(step):  # most steps don't: skip re-validating their options
             for rel in step.files_used(step.Options.model_validate(node.options)):
                 inputs[f"file {rel}"] = self._file_input(rel)
         for which in node.data_sets:
@@ -309,7 +309,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
             excluded.setdefault(t, []).append(rec["route"])
             dropped.setdefault(t, []).append(rec)
     for t in dag.exhausted:
-        check = plans[Check.node_name(t)]
+        check = plans[CheckKind.node_name(t)]
         tried = "; ".join(f"{' → '.join(r['route'])}: {r['reason']}" for r in dropped.get(t, []))
         check.action, check.reasons = BLOCKED, [f"no route passes its check ({tried})"]
     selected = list(dag.target_nodes) if not targets else targets

@@ -13,7 +13,7 @@ from typing import Any
 from buildsys.results import BuildResult
 from buildsys.plan import BLOCKED, NOTHING, RESTORE, Plan
 from buildsys.report_html import fmt_size as _size
-from buildsys.kinds import Bench, Check
+from buildsys.kinds import BenchKind, CheckKind
 from buildsys.status import Caveat, CaveatKind, Verdict, target_status
 
 
@@ -147,7 +147,7 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         node = plan.dag.nodes[plan.dag.target_nodes[target]]
         recorded = lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
-        entry = lock_nodes.get(Check.node_name(target), {})
+        entry = lock_nodes.get(CheckKind.node_name(target), {})
         check = entry.get("metrics", {})
         dropped = [{k: r[k] for k in ("route", "node", "reason")} for r in plan.dropped.get(target, [])]
         route = plan.dag.routes.get(target, [])
@@ -217,7 +217,7 @@ def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> Non
     table = Table("target", "runtime", "batch", "p50 ms", "p95 ms", "spread", "samples/s", "eager p50 ms", "speedup",
                   "budget", box=None, padding=(0, 1), pad_edge=False)
     for target in targets:
-        m = lock_nodes.get(Bench.node_name(target), {}).get("metrics", {})
+        m = lock_nodes.get(BenchKind.node_name(target), {}).get("metrics", {})
         if not m:
             continue
         art, eager = m.get("artifact", {}), m.get("eager", {})

@@ -329,7 +329,7 @@ class Cache(Strict):
         "branches). MODELBUILD_REMOTE_READONLY=1/0 overrides it.")
 
 
-class Project(Strict):
+class DeployConfig(Strict):
     """The whole deploy.yaml."""
 
     version: Literal[1] = Field(default=1, description="Schema version of this file.")
@@ -343,7 +343,7 @@ class Project(Strict):
     cache: Cache = Field(default_factory=Cache, description="Remote cache settings; not part of any cache key.")
 
     @model_validator(mode="after")
-    def _names(self) -> "Project":
+    def _names(self) -> "DeployConfig":
         import re
 
         for section in ("models", "targets", "bundles"):

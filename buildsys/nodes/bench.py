@@ -41,7 +41,7 @@ class BenchOptions(StepOptions):
 
 
 @register
-class Bench(Step):
+class BenchStep(Step):
     """Latency of an artifact in its runtime (p50/p95/mean/std/min, throughput, memory) vs PyTorch eager."""
 
     name = "bench"

@@ -19,7 +19,7 @@ CHECK = register_format(Format(
 
 
 @register
-class Check(Step):
+class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"

@@ -4,7 +4,7 @@ A step whose options derive from `RewritableOptions` loads the module and applie
 (buildsys.rewrites) before it traces, exports or captures it; the routes know such a step as the hop that
 loads the module, where an automatic rewrite route puts its rewrites (buildsys.rewrite_routes). The
 option is left out of the options' JSON when empty, so a node without rewrites keeps the key it had
-before the option existed; the rewrites' versions enter the key beside it (kinds.Artifact).
+before the option existed; the rewrites' versions enter the key beside it (kinds.ArtifactKind).
 """
 
 from __future__ import annotations
