@@ -50,7 +50,7 @@ def load_rewritten(step: "Step", ctx: "StepContext[Any]") -> "torch.nn.Module":
     """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
     user's: a StepError naming the step)."""
     from buildsys import rewrites
-    from buildsys.formats.torch.module import load_module
+    from buildsys.source import load_module
 
     module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name)
     names = list(getattr(ctx.options, "rewrites", ()))

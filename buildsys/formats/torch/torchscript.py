@@ -60,7 +60,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, signature_module, trace_batch
+        from buildsys.source import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
@@ -103,7 +103,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, outputs_in_order
+        from buildsys.source import example_args, outputs_in_order
 
         method = "traced" if ctx.options.method == "trace" else "scripted"
         seen: dict[str, Any] = {}
