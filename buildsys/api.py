@@ -168,18 +168,13 @@ def build_failed(report: BuildReport) -> BuildFailed:
 
 def plan_result(the_plan: Any) -> PlanResult:
     """A `buildsys.plan.Plan` as the API's PlanResult."""
-    from buildsys.plan import BLOCKED, RESTORE
-
     nodes = []
     for p in the_plan.order():
         node = p.node
-        action: NodeAction = "none" if p.fresh or p.action == BLOCKED else "restore" if p.action == RESTORE else \
-            "remote" if p.remote else "cached" if p.cached else "run"
         nodes.append(NodeStatus(
             name=node.name, kind=node.kind, model=node.model, format=node.format,
             targets=list(node.targets or ([node.target] if node.target else [])),
-            state="fresh" if p.fresh else "blocked" if p.action == BLOCKED else "stale", action=action,
-            reasons=list(p.reasons), key=p.key))
+            state=p.state, action=p.next, reasons=list(p.reasons), key=p.key))
     return PlanResult(Path(the_plan.config.path), list(the_plan.targets), dict(the_plan.dag.routes), nodes)
 
 
@@ -217,7 +212,7 @@ def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> Non
         nplan = the_plan.nodes.get(name)
         if nplan is not None and nplan.action == RUN and nplan.key == key:
             why = "; ".join(str(f).removeprefix(FAILED_EARLIER) for f in result.metrics.get("failures") or [result.error or "failed"])
-            nplan.action, nplan.reasons = BLOCKED, [FAILED_EARLIER + why]
+            nplan.action, nplan.failed, nplan.reasons = BLOCKED, True, [FAILED_EARLIER + why]
 
 
 def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:

@@ -151,7 +151,10 @@ def test_no_route_passes_names_every_route_and_is_not_retried(tmp_path: Path) ->
     calls = project.calls()
     again = project.run("build")
     assert again.returncode == 1 and "no route passes its check" in again.stdout and project.calls() == calls
-    assert "blocked  verify:t" in project.run("plan").stdout
+    # failed, not blocked: it failed under the key it has now (blocked means: this host lacks what it needs)
+    assert "failed   verify:t" in project.run("plan").stdout
+    states = {n["node"]: (n["state"], n["action"]) for n in json.loads(project.run("plan", "--json").stdout)["nodes"]}
+    assert states["verify:t"] == ("failed", "none")
     # Loosen the budget: the check's key changes, so the route that missed it is tried again and passes.
     text = (tmp_path / "deploy.yaml").read_text().replace("max_size_mb: 0.0001", "max_size_mb: 1")
     (tmp_path / "deploy.yaml").write_text(text)
@@ -176,7 +179,7 @@ def test_a_target_that_falls_back_leaves_the_nodes_other_targets_share_alone(tmp
     assert len(project.lock().routes["u"]["dropped"]) == len(json.loads(project.run("plan", "--json").stdout)
                                                               ["candidate_routes"]["u"])
     plan = project.run("plan").stdout
-    assert "blocked  verify:u" in plan and "stale" not in plan and "cached" not in plan, plan
+    assert "failed   verify:u" in plan and "stale" not in plan and "cached" not in plan, plan
     calls = project.calls()
     again = project.run("build")
     assert again.returncode == 1 and project.calls() == calls and "started" not in again.stdout
