@@ -59,6 +59,8 @@ class ExecutorchRuntime(Runtime):
     """executorch.runtime: load_program → load_method('forward') → execute, on the CPU with XNNPACK."""
 
     name = "executorch"
+    no_intermediates = ("ExecuTorch shows intermediates only through its devtools (an ETRecord and an ETDump with "
+                        "event tracing), which the .pte steps do not produce yet")
     packages = ("executorch",)
 
     def unavailable(self) -> str | None:

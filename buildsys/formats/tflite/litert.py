@@ -177,6 +177,9 @@ class LiteRt(Runtime):
     """The LiteRT interpreter (TFLite's runtime, as on Android) with the XNNPACK CPU delegate."""
 
     name = "litert"
+    no_intermediates = ("LiteRT can keep every tensor (experimental_preserve_all_tensors), but the names onnx2tf and "
+                        "litert-torch give them are not mapped back to PyTorch module paths yet; localise the "
+                        "same model's ONNX target (the onnx2tf route starts from it)")
     packages = ("ai-edge-litert",)
 
     def unavailable(self) -> str | None:
