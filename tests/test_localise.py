@@ -170,7 +170,19 @@ def test_int8_table_names_the_layer_that_quantizes_worst(tmp_path: Path) -> None
     assert "keep it in float" in found.headline("int8")
 
 
-@pytest.mark.parametrize("runtime", ["litert", "executorch", "tensorflow", "coreml"])
+def test_tflite_fault_is_named_through_litert_tensors(tmp_path: Path, nets: Any) -> None:
+    """litert-torch fuses Conv, BatchNorm and ReLU into one CONV_2D in NHWC: its tensors are compared
+    transposed, and the fused output is the ReLU's."""
+    litert_torch = pytest.importorskip("litert_torch")
+    net, bad = nets
+    litert_torch.convert(bad, (torch.from_numpy(X[:1]),)).export(str(tmp_path / "model.tflite"))
+    fixed = MODEL.model_copy(update={"inputs": [MODEL.inputs[0].model_copy(update={"shape": [1, 1, 8, 8]})]})
+    found = localise(tmp_path / "model.tflite", "litert", net, {"x": X}, fixed, tmp_path, FP32, fmt="tflite")
+    assert found.first is not None and found.first.module == FAULTY, [(r.module, r.op, r.error) for r in found.rows]
+    assert found.first.op == "CONV_2D" and len(found.headline()) < 700
+
+
+@pytest.mark.parametrize("runtime", ["executorch", "tensorflow", "coreml"])
 def test_runtimes_without_intermediates_say_why(runtime: str) -> None:
     from buildsys.formats import get_runtime
 

@@ -123,8 +123,10 @@ class Localisation:
         if self.first is not None:
             r = self.first
             op = ">" if c.lower_is_better else "<"
+            tensor = r.tensor.split(";")[0]
+            tensor = tensor if len(tensor) <= 80 else "…" + tensor[-79:]
             return (f"first divergence from PyTorch at module '{r.module}' ({r.module_type}; {r.op} in the "
-                    f"{self.format} artifact, tensor '{r.tensor}'): {c.metric} {r.error:.3g} {op} {c.allowed:.3g}, "
+                    f"{self.format} artifact, tensor '{tensor}'): {c.metric} {r.error:.3g} {op} {c.allowed:.3g}, "
                     f"and no module after it comes back within that; {HINTS.get(precision, HINTS['fp32'])}")
         if self.rows:
             where = f"; the largest step is at '{self.worst.module}'" if self.worst is not None else ""

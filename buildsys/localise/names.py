@@ -54,3 +54,20 @@ def from_underscored(name: str, known: Iterable[str]) -> str:
     for path in known:
         table.setdefault(path.replace(".", "_"), path)
     return table.get(name, "")
+
+
+def from_class_scopes(name: str, known: Iterable[str]) -> str:
+    """A module path from litert-torch's tensor names, a scope per module spelled `<class>_<attribute>`
+    (`pkg.Net/torch.nn.modules.container.Sequential_layers/pkg.Block_1/torch.nn.modules.conv.Conv2d_conv`
+    → `layers.1.conv`); of a fused tensor's names (`;`-separated) the first, its output's. "" otherwise."""
+    paths = set(known)
+    first = name.split(";")[0]
+    found, path = "", ""
+    for scope in first.split("/")[1:]:
+        _, _, attribute = scope.rpartition(".")[2].partition("_")
+        if not attribute:
+            return found
+        path = f"{path}.{attribute}" if path else attribute
+        if path in paths:
+            found = path
+    return found

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
+    from buildsys.localise import Probe
 
 
 class _Tensor:
@@ -177,9 +178,6 @@ class LiteRt(Runtime):
     """The LiteRT interpreter (TFLite's runtime, as on Android) with the XNNPACK CPU delegate."""
 
     name = "litert"
-    no_intermediates = ("LiteRT can keep every tensor (experimental_preserve_all_tensors), but the names onnx2tf and "
-                        "litert-torch give them are not mapped back to PyTorch module paths yet; localise the "
-                        "same model's ONNX target (the onnx2tf route starts from it)")
     packages = ("ai-edge-litert",)
 
     def unavailable(self) -> str | None:
@@ -192,6 +190,13 @@ class LiteRt(Runtime):
 
         path = Path(path)
         return LiteRtSession(path, model, read_layout(path.parent))
+
+
+    def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
+                      modules: list[str]) -> "list[Probe]":
+        from buildsys.formats.tflite.intermediates import litert_intermediates
+
+        return litert_intermediates(Path(path), model, feeds, modules)
 
 
 def _interpreter(path: Path, xnnpack: bool) -> Any:
