@@ -242,8 +242,14 @@ def test_a_missed_check_names_the_layer_in_its_failure_and_in_explain(tmp_path: 
             format: onnx
             precision: fp16
             via: [onnx]
+          half-warned:
+            model: h
+            format: onnx
+            precision: fp16
+            via: [onnx]
+            acceptance: {on_fail: warn}
         """))
-    proc = project.run("build", "-j", "1", check=False)
+    proc = project.run("build", "-j", "1", "-k", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
     assert "first divergence from PyTorch at module 'gain'" in out, out
@@ -254,3 +260,9 @@ def test_a_missed_check_names_the_layer_in_its_failure_and_in_explain(tmp_path: 
     assert miss["localisation"]["first"] == "gain"
     assert any(line.startswith("gain") and "FIRST" in line for line in miss["table"]), miss["table"]
     assert any(line.startswith("fc1") and line.endswith("ok") for line in miss["table"]), miss["table"]
+    # a miss the target only warns about is in the lock's record, and so in the HTML report
+    from buildsys.report_html.cli import main as report
+
+    assert report([str(root / "deploy.lock"), "-o", str(root / "report.html")]) == 0
+    page = (root / "report.html").read_text()
+    assert '<pre class="localisation">' in page and "FIRST" in page and "module &#x27;gain&#x27;" in page
