@@ -21,6 +21,11 @@ class CannotRun(StepError):
     reports "not run" with this reason, never a failed or a passed comparison."""
 
 
+class NotLocalisable(StepError):
+    """This runtime (or this artifact) cannot show its intermediate tensors (buildsys.localise): `what`
+    says why."""
+
+
 class Session:
     """A loaded artifact. `run` takes one chunk of samples and returns outputs in model order.
 
@@ -116,8 +121,6 @@ class Runtime:
         each with the path among `modules` (the PyTorch module's `named_modules()`) that its name maps to
         (buildsys.localise.names), for per-layer localisation. Raises NotLocalisable (the default, saying
         `no_intermediates`) where this runtime cannot show them."""
-        from buildsys.localise import NotLocalisable
-
         raise NotLocalisable(f"localisation not available for {self.name}: {self.no_intermediates}")
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import StepError
+from buildsys.formats.runtime import NotLocalisable
 from buildsys.localise.compare import Criterion, LayerRow, Localisation, Probe, compare_layers
 
 if TYPE_CHECKING:
@@ -26,10 +26,6 @@ __all__ = ["Criterion", "LayerRow", "Localisation", "NotLocalisable", "Probe", "
 
 #: Samples localisation runs: enough to see a fault, cheap on the failing path.
 SAMPLES = 4
-
-
-class NotLocalisable(StepError):
-    """This runtime (or this artifact) cannot show its intermediates: `what` says why."""
 
 
 def localise(artifact: Path, runtime: str, module: "torch.nn.Module", inputs: dict[str, "np.ndarray"],

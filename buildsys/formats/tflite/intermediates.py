@@ -11,25 +11,24 @@ the shapes pick one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from buildsys.config.schema import Model
     from buildsys.localise import Probe
 
 
-def litert_intermediates(path: Path, model: "Model", feeds: dict[str, "np.ndarray"], modules: list[str]) -> list["Probe"]:
-    """Every float (or dequantized int8) op output of the file at `path`, in execution order, per sample."""
+def litert_intermediates(session: Any, feeds: dict[str, "np.ndarray"], modules: list[str]) -> list["Probe"]:
+    """Every float (or dequantized int8) op output of the file a LiteRtSession (`session`: its input
+    matching and layout encoding) was loaded from, in execution order, one sample per run."""
     import numpy as np
 
     from buildsys.localise import Probe
     from buildsys.localise.names import from_class_scopes
 
     count = len(next(iter(feeds.values())))
-    runs = [_one(path, model, {n: v[s:s + 1] for n, v in feeds.items()}) for s in range(count)]
+    runs = [_one(session, {n: v[s:s + 1] for n, v in feeds.items()}) for s in range(count)]
     probes = []
     for group in zip(*runs):
         name, op, value = group[0]
@@ -42,15 +41,11 @@ def litert_intermediates(path: Path, model: "Model", feeds: dict[str, "np.ndarra
     return probes
 
 
-def _one(path: Path, model: "Model", feeds: dict[str, "np.ndarray"]) -> list[tuple[str, str, "np.ndarray"]]:
+def _one(session: Any, feeds: dict[str, "np.ndarray"]) -> list[tuple[str, str, "np.ndarray"]]:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from buildsys.formats.tflite.layout import read_layout
-    from buildsys.formats.tflite.litert import LiteRtSession
-
-    session = LiteRtSession(path, model, read_layout(path.parent))  # its input matching and layout encoding
-    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+    interpreter = Interpreter(model_path=str(session.path), experimental_preserve_all_tensors=True,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     session._bind(interpreter)
     session.runner(**{t.key: t.encode(feeds[name]) for name, t in session.inputs.items()})

@@ -195,8 +195,10 @@ class LiteRt(Runtime):
     def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
                       modules: list[str]) -> "list[Probe]":
         from buildsys.formats.tflite.intermediates import litert_intermediates
+        from buildsys.formats.tflite.layout import read_layout
 
-        return litert_intermediates(Path(path), model, feeds, modules)
+        path = Path(path)
+        return litert_intermediates(LiteRtSession(path, model, read_layout(path.parent)), feeds, modules)
 
 
 def _interpreter(path: Path, xnnpack: bool) -> Any:
