@@ -29,11 +29,12 @@ SAMPLES = 4
 
 
 def localise(artifact: Path, runtime: str, module: "torch.nn.Module", inputs: dict[str, "np.ndarray"],
-             model: "Model", root: Path, tolerance: dict[str, Any] | None = None, fmt: str = "",
+             model: "Model", root: Path = Path("."), tolerance: dict[str, Any] | None = None, fmt: str = "",
              samples: int = SAMPLES) -> Localisation:
-    """Compare `artifact`, run in `runtime` (a registered runtime name: "onnxruntime", "openvino",
-    "coreml-mil"), with `module` layer by layer on the first `samples` of `inputs` (by input name, samples
-    first). `tolerance` (one output's resolved limits) picks the metric and the limit a layer must meet;
+    """Compare `artifact`, run in `runtime` (a runtime name: "onnxruntime", "openvino", "litert",
+    "coreml-mil"; or a format name, "onnx-int8", for its runtime, Core ML's stand-in off macOS), with
+    `module` layer by layer on the first `samples` of `inputs` (by input name, samples first); `model`
+    is the signature (input order, a fixed batch). `tolerance` (one output's resolved limits) picks the metric and the limit a layer must meet;
     without it every layer is reported by max_rel and none is called the first divergence.
 
     Returns a Localisation: per-module rows (module path, its class, the artifact's op and tensor, the
@@ -46,6 +47,7 @@ def localise(artifact: Path, runtime: str, module: "torch.nn.Module", inputs: di
     from buildsys.formats.runtime import fixed_batch
     from buildsys.localise.capture import module_outputs
 
+    runtime, fmt = _runtime_of(runtime, fmt)
     count = min(samples, len(next(iter(inputs.values()))))
     order, reference, types = module_outputs(module, tuple(
         torch.from_numpy(np.ascontiguousarray(inputs[i.name][:count])) for i in model.inputs))
@@ -60,3 +62,19 @@ def localise(artifact: Path, runtime: str, module: "torch.nn.Module", inputs: di
         if first.value.ndim and all(p.value.shape == first.value.shape for p in group):  # not a scalar
             probes.append(Probe(first.tensor, first.op, first.module, np.concatenate([p.value for p in group])))
     return compare_layers(probes, reference, order, types, Criterion.from_tolerance(tolerance), fmt or runtime, count)
+
+
+def _runtime_of(name: str, fmt: str) -> tuple[str, str]:
+    """(runtime, format label) for a runtime or a format name: a format runs in its runtime, or in that
+    runtime's stand-in where it cannot run here (Core ML off macOS: the MIL reference interpreter)."""
+    from buildsys.formats import formats, get_format, get_runtime
+
+    if name not in formats():
+        return name, fmt or name
+    runtime = get_format(name).runtime
+    if runtime is None:
+        raise NotLocalisable(f"localisation not available for {name}: the format has no runtime")
+    stand_in = get_runtime(runtime).stand_in
+    if get_runtime(runtime).unavailable() and stand_in:
+        runtime = stand_in
+    return runtime, fmt or name
