@@ -267,3 +267,33 @@ def test_a_missed_check_names_the_layer_in_its_failure_and_in_explain(tmp_path: 
     assert report([str(root / "deploy.lock"), "-o", str(root / "report.html")]) == 0
     page = (root / "report.html").read_text()
     assert '<pre class="localisation">' in page and "FIRST" in page and "module &#x27;gain&#x27;" in page
+
+
+def test_the_check_localises_only_a_miss(tmp_path: Path) -> None:
+    """In the check step itself: a passing check pays nothing (no localisation), and the same ONNX file
+    with one weight of `body.2` corrupted in place fails naming that module."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.helpers.models import make_model
+
+    tiny = make_model(tmp_path / "m", "mlp")
+    tiny.run("onnx-from-pytorch", tmp_path / "onnx")
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    options = resolve_acceptance(Acceptance(), "fp32", tiny.model.outputs)
+    extra = {"format": "onnx", "reference": str(tmp_path / "ref" / "reference.npz")}
+    passed = tiny.run("check", tmp_path / "c1", input_path=tmp_path / "onnx" / "model.onnx", extra=extra, **options)
+    assert passed["passed"] is True and "localisation" not in passed
+    proto = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    node = next(n for n in proto.graph.node if n.name.startswith("/body/body.2/"))
+    weight = next(t for t in proto.graph.initializer if t.name in node.input and len(t.dims) == 2)
+    array = numpy_helper.to_array(weight).copy()
+    array[0, :4] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    (tmp_path / "bad").mkdir()
+    onnx.save(proto, str(tmp_path / "bad" / "model.onnx"))
+    failed = tiny.run("check", tmp_path / "c2", input_path=tmp_path / "bad" / "model.onnx", extra=extra, **options)
+    assert failed["passed"] is False and failed["localisation"]["first"] == "body.2", failed["localisation"]
+    assert any("first divergence from PyTorch at module 'body.2' (Linear" in f for f in failed["failures"])
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    assert report["localisation"]["rows"][0]["module"] == "body.0" and report["localisation"]["rows"][0]["ok"]
