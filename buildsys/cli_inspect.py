@@ -107,6 +107,10 @@ def explain(config: str, node: str) -> None:
         if miss:  # where the artifact left PyTorch, layer by layer
             misses.append({**({"route": route} if route else {}), "failures": miss["failures"],
                            "localisation": miss["localisation"], "table": table_lines(miss["localisation"])})
+    warned = (entry.get("metrics") or {}).get("localisation") if entry.get("key") == p.key else None
+    if warned:  # a miss the target only warns about (on_fail: warn) is in the lock's record
+        misses.append({"failures": entry["metrics"].get("failures", []), "localisation": warned,
+                       "table": table_lines(warned)})
     if misses:
         out["misses"] = misses
     click.echo(report.dumps(out))

@@ -261,7 +261,9 @@ def test_a_missed_check_names_the_layer_in_its_failure_and_in_explain(tmp_path: 
     assert miss["localisation"]["first"] == "gain"
     assert any(line.startswith("gain") and "FIRST" in line for line in miss["table"]), miss["table"]
     assert any(line.startswith("fc1") and line.endswith("ok") for line in miss["table"]), miss["table"]
-    # a miss the target only warns about is in the lock's record, and so in the HTML report
+    # a miss the target only warns about is in the lock's record, and so in explain and the HTML report
+    warned = json.loads(project.run("explain", "verify:half-warned").stdout)["misses"][0]
+    assert warned["localisation"]["first"] == "gain" and any("FIRST" in line for line in warned["table"])
     from buildsys.report_html.cli import main as report
 
     assert report([str(root / "deploy.lock"), "-o", str(root / "report.html")]) == 0
