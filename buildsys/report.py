@@ -116,6 +116,11 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
             for output, metric, observed, allowed, ok in rows:
                 table.add_row(output, metric, observed, allowed, "[green]ok[/]" if ok else "[bold red]MISS[/]")
             out.print(table)
+            if r.metrics.get("localisation", {}).get("rows"):
+                from buildsys.localise.record import table_lines
+
+                out.print("\n".join("    " + line for line in table_lines(r.metrics["localisation"])),
+                          markup=False, highlight=False)
         elif r.log and Path(r.log).exists() and not r.metrics.get("failures"):
             if not r.user_error:  # a converter's own failure: its last words help
                 tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]

@@ -23,9 +23,10 @@ class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 5  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+    version = 6  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
                  # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
-                 # ran on a lesser path), and require_numeric fails on them
+                 # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
+                 # (the first module whose output diverges, with a per-layer table)
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -96,6 +97,9 @@ class CheckStep(Step):
         if size is not None:
             metrics["size_mb"] = size
         missed = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+        if missed and runner:  # only on a miss: the passing path never pays for it
+            metrics["localisation"] = localisation = self._localise(ctx, runner, batch, results)
+            missed.append(localisation.get("headline") or localisation["not_available"])
         metrics = self._judge(opts, metrics, problems + missed, caveats)
         return self._write(ctx, metrics)
 
@@ -182,6 +186,32 @@ class CheckStep(Step):
             span = float(ours.max() - ours.min()) if ours.size else 0.0
             outputs[spec.name] = {"max_abs": gap, "max_abs_over_range": gap / span if span else gap}
         return {"runtime": stand_in, "outputs": outputs}
+
+    def _localise(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any,
+                  results: dict[str, Any]) -> dict[str, Any]:
+        """Where the artifact's intermediates leave PyTorch's (buildsys.localise), judged by the first
+        missed output's tolerance: {"headline", "first", "rows", …}, or {"not_available": why}. Never
+        fails the check itself: a localisation that cannot run says why."""
+        from buildsys.errors import describe
+        from buildsys.localise import NotLocalisable, localise
+
+        fmt_name = ctx.extra["format"]
+        if not ctx.model.source.factory:
+            return {"not_available": f"localisation not available: the model's source is a {ctx.model.source.format} "
+                    "file, not a PyTorch factory, so there are no module paths to name"}
+        missed = next(name for name, r in results.items() if not r)
+        tolerance = ctx.options.outputs.get(missed)
+        try:
+            from buildsys.source import load_module
+
+            module = load_module(ctx.model, ctx.root, name=ctx.model_name, step="localisation")
+            found = localise(ctx.input_path, runtime_name, module, batch.inputs, ctx.model, ctx.root,  # type: ignore[arg-type]
+                             tolerance.model_dump() if tolerance is not None else None, fmt=fmt_name)
+        except NotLocalisable as exc:
+            return {"not_available": exc.what}
+        except Exception as exc:  # a diagnosis must not turn a clear miss into a crash
+            return {"not_available": f"localisation failed: {describe(exc)}"}
+        return {**found.as_dict(ctx.precision), "output": missed}
 
     def _serve(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any, expected: dict[str, Any],
                labels: Any) -> dict[str, Any]:
