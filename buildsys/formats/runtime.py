@@ -79,6 +79,9 @@ class Runtime:
     #: device's own runtime.
     label: ClassVar[str | None] = None
     not_exercised: ClassVar[str] = ""
+    #: As a format's serving runtime: what a check calls its part ("serving check not run",
+    #: "LibTorch (C++) check not run").
+    part: ClassVar[str] = "serving"
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
