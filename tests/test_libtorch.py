@@ -84,3 +84,22 @@ def test_without_a_compiler_the_libtorch_check_is_not_run(mlp: Tiny, traced: tup
                                   "source": "libtorch"}]
     strict = check(mlp, tmp_path / "strict", *traced, require_numeric=True)
     assert strict["passed"] is False and strict.get("host_limited") is True
+
+
+def test_the_check_key_says_whether_a_compiler_is_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 'not run' made on a host without a C++ compiler must not be reused where one is (nor the other way)."""
+    from buildsys.plan import make_plan
+    from buildsys.project import open_project
+    from tests.conftest import make_tiny_project, tiny_deploy
+
+    project = make_tiny_project(tmp_path, tiny_deploy("  ts:\n    model: tiny\n    format: torchscript\n"
+                                                      "    acceptance: {serving: true}\n"))
+
+    def device() -> object:
+        planner = open_project(str(project.root / "deploy.yaml")).planner
+        node = make_plan(planner).dag.nodes["verify:ts"]
+        return planner.components(node, {d: "0" * 64 for d in node.deps}).get("device")
+
+    assert device() == {"c++ compiler": "present"}
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert device() == {"c++ compiler": "none"}

@@ -87,6 +87,12 @@ class Runtime:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
         return None
 
+    def host_components(self) -> dict[str, str]:
+        """What of this host decides whether (or how) the runtime runs, beyond OS, CPU and packages, for
+        the keys of checks that use it as their serving runtime (a C++ compiler for LibTorch): a 'not
+        run' made without it never travels to a host that has it. Cheap (`plan` asks it); {} by default."""
+        return {}
+
     def out_of_reach(self) -> str | None:
         """Why no install step of modelbuild's can make this runtime available on this host: another
         OS (Core ML needs macOS), no NVIDIA GPU, or software on no registry this host reaches (Triton's

@@ -11,7 +11,6 @@ This is the format's serving runtime: checks run it when the acceptance asks for
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import os
@@ -77,6 +76,7 @@ def compile_command(cxx: str, torch: Path, abi: int, out: Path) -> list[str]:
 def loader() -> tuple[Path, float]:
     """The compiled loader, built on first use (under a file lock, so concurrent workers build it
     once), and the seconds this call spent compiling (0.0 on a cache hit)."""
+    import fcntl  # POSIX only: imported here so that discovering this module works everywhere
     import importlib.metadata
 
     import torch as torch_module
@@ -218,6 +218,9 @@ class LibTorchRuntime(Runtime):
         if torch is None or not (torch / "include" / "torch" / "script.h").is_file():
             return "the installed torch has no LibTorch headers (torch/include/torch/script.h)"
         return None
+
+    def host_components(self) -> dict[str, str]:
+        return {"c++ compiler": "present" if compiler() is not None else "none"}
 
     def preimport(self) -> None:
         loader()  # a bench must not time the compile
