@@ -4,7 +4,7 @@ The torch wheel ships LibTorch's headers (`torch/include`) and libraries (`torch
 (`libtorch_loader.cpp`) is compiled against them once per toolchain and cached under
 `$MODELBUILD_LIBTORCH_CACHE` (default `${XDG_CACHE_HOME:-~/.cache}/modelbuild/libtorch/<key>/`), keyed
 by the loader's source, the torch version, the C++ ABI flag and the compiler's version, so every
-project and every test of one toolchain shares one build (about 13 s of CPU with g++ 12). Inputs go
+project and every test of one toolchain shares one build (13-16 s of CPU with g++ 12). Inputs go
 to the program and outputs come back in a raw tensor file (the format is in the loader's header).
 This is the format's serving runtime: checks run it when the acceptance asks for `serving`.
 """
