@@ -145,8 +145,14 @@ class CheckKind(NodeKind):
         super().add_components(node, model, comp, packages)
         comp["options"] = {}
         comp["acceptance"] = node.options
-        if node.options.get("serving"):
-            packages += _runtime_packages(get_format(node.format).serving_runtime)
+        serving = get_format(node.format).serving_runtime if node.options.get("serving") else None
+        if serving:
+            packages += _runtime_packages(serving)
+            from buildsys.formats import get_runtime
+
+            device = get_runtime(serving).host_components()
+            if device:  # whether the serving part can run here (a C++ compiler for LibTorch)
+                comp["device"] = device
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:

@@ -229,8 +229,9 @@ class Acceptance(Tolerance):
         "the device's compiler and kernels were not exercised.")
     serving: bool = Field(
         default=False, description="Also run the artifact in its real serving software (a Triton Inference Server, "
-        "a TorchServe server) started on loopback, and compare its answers with the reference. Slower; where the "
-        "server cannot start on this host the serving check is reported as 'not run' and why. "
+        "a TorchServe server) started on loopback, or for TorchScript a C++ program linked against LibTorch "
+        "(compiled once per toolchain), and compare its answers with the reference. Slower; where the "
+        "server cannot start (or no C++ compiler is found) the serving check is reported as 'not run' and why. "
         "`modelbuild build --serving` turns it on for every target.")
 
 

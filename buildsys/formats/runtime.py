@@ -87,10 +87,19 @@ class Runtime:
     not_exercised: ClassVar[str] = ""
     #: Why `intermediates` cannot show this runtime's intermediate tensors (localisation not available).
     no_intermediates: ClassVar[str] = "modelbuild sees only the inputs and outputs of this runtime"
+    #: As a format's serving runtime: what a check calls its part ("serving check not run",
+    #: "LibTorch (C++) check not run").
+    part: ClassVar[str] = "serving"
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
         return None
+
+    def host_components(self) -> dict[str, str]:
+        """What of this host decides whether (or how) the runtime runs, beyond OS, CPU and packages, for
+        the keys of checks that use it as their serving runtime (a C++ compiler for LibTorch): a 'not
+        run' made without it never travels to a host that has it. Cheap (`plan` asks it); {} by default."""
+        return {}
 
     def out_of_reach(self) -> str | None:
         """Why no install step of modelbuild's can make this runtime available on this host: another

@@ -90,7 +90,8 @@ class CheckStep(Step):
             serving = self._serve(ctx, serving_name, batch, expected, labels)
             metrics["serving"] = serving
             if serving.get("not_run"):
-                caveats.append(Caveat(CaveatKind.NOT_RUN, "serving check not run", serving["not_run"], serving_name))
+                part = get_runtime(serving_name).part
+                caveats.append(Caveat(CaveatKind.NOT_RUN, f"{part} check not run", serving["not_run"], serving_name))
             problems += [f"served by {serving_name}: {row}" for row in serving.get("failures", [])]
         if structure is not None:
             metrics["structure"] = structure
