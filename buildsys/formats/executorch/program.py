@@ -83,6 +83,7 @@ class _PteFromPt2(Step):
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
+    accepts_ops = ("executorch", "core")  # the edge dialect: core ATen, run by the runtime's kernels
 
     @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
