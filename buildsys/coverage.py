@@ -124,8 +124,9 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def missing(plan: Any, stale_only: bool = True) -> tuple[list[str], list[str]]:
-    """The models and tables the plan's targets (those with work, with `stale_only`) would be ordered by and
-    the cache lacks: models whose candidate routes pass a step that declares `accepts_ops`."""
+    """The models and tables the plan's targets would be ordered by and the cache lacks. With `stale_only`
+    (what `build` asks): the models of targets with work whose candidate routes pass a step that declares
+    `accepts_ops`; without (`plan --ops`): every target's model."""
     from buildsys.kinds import Check
 
     cov: Coverage = plan.coverage
@@ -137,7 +138,7 @@ def missing(plan: Any, stale_only: bool = True) -> tuple[list[str], list[str]]:
             continue
         needed = route_tables(plan.dag.candidates.get(target, []))
         model = plan.config.project.targets[target].model
-        if needed and cov.not_analysed.get(model, "").startswith("not analysed"):
+        if (needed or not stale_only) and cov.not_analysed.get(model, "").startswith("not analysed"):
             models.add(model)
         tables |= {t for t in needed if t not in cov.tables and t not in cov.unknown}
     return sorted(models), sorted(tables)
