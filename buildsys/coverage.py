@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from buildsys.hashing import digest_json
 
 if TYPE_CHECKING:
-    from buildsys.plan import Planner
+    from buildsys.plan import Plan, Planner
 
 #: model → {"table:reads" → the ops the model holds that the table lacks}: what expansion orders routes by.
 Gaps = dict[str, dict[str, list[str]]]
@@ -123,13 +123,13 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def missing(plan: Any, stale_only: bool = True) -> tuple[list[str], list[str]]:
+def missing(plan: "Plan", stale_only: bool = True) -> tuple[list[str], list[str]]:
     """The models and tables the plan's targets would be ordered by and the cache lacks. With `stale_only`
     (what `build` asks): the models of targets with work whose candidate routes pass a step that declares
     `accepts_ops`; without (`plan --ops`): every target's model."""
     from buildsys.kinds import Check
 
-    cov: Coverage = plan.coverage
+    cov = plan.coverage or Coverage()
     models: set[str] = set()
     tables: set[str] = set()
     for target in plan.targets:
@@ -253,7 +253,7 @@ def _rewrites_for(ops: Sequence[str]) -> list[str] | None:
     return names
 
 
-def describe(plan: Any) -> dict[str, Any]:
+def describe(plan: "Plan") -> dict[str, Any]:
     """What `plan` shows of coverage: each model's ops (or why not analysed) and, per target, each step on its
     candidate routes: the ops its table lacks and the rewrites that remove them, or why it is unknown."""
     from buildsys.coverage_probe import TABLES
@@ -261,7 +261,7 @@ def describe(plan: Any) -> dict[str, Any]:
     from buildsys.rewrites import removing
     from buildsys.routes import format_graph, hop
 
-    cov: Coverage = plan.coverage or Coverage()
+    cov = plan.coverage or Coverage()
     g = format_graph()
     models: dict[str, Any] = {}
     targets: dict[str, Any] = {}
@@ -294,7 +294,7 @@ def describe(plan: Any) -> dict[str, Any]:
     return {"models": models, "targets": targets}
 
 
-def lines(plan: Any) -> list[str]:
+def lines(plan: "Plan") -> list[str]:
     """`describe` in words, a line per model and per target (for `plan`)."""
     data = describe(plan)
     out: list[str] = []

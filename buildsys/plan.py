@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__, keys
 from buildsys.config.load import LoadedConfig
@@ -21,6 +21,9 @@ from buildsys.status import Action, State
 from buildsys.formats import get_step
 from buildsys.store import Store
 # What a build does after a route fails is planning too: reroute.py (re-exported here).
+
+if TYPE_CHECKING:
+    from buildsys.coverage import Coverage
 
 # What a node needs done:
 NOTHING = "nothing"  # fresh and present
@@ -82,7 +85,7 @@ class Plan:
     #: ({"route", "node", "key", "reason"}, from deploy.lock's `routes`).
     dropped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: the models' ops against each converter's table, as far as the cache knows (buildsys.coverage)
-    coverage: Any = None
+    coverage: "Coverage | None" = None
 
     def order(self) -> list[NodePlan]:
         return [self.nodes[n.name] for n in self.dag.order() if n.name in self.nodes]

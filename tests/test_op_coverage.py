@@ -34,6 +34,7 @@ class CoveredProject(Project):
                 os.environ["MODELBUILD_OP_COVERAGE"] = before
 
 
+@pytest.mark.slow  # an ExecuTorch build and three converter registries read, like tests/test_executorch.py
 def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: Path) -> None:
     project = CoveredProject(tmp_path, """\
       rec-et: {model: recsys, format: executorch}
