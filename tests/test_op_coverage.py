@@ -8,6 +8,7 @@ Models: the recommender (nn.EmbeddingBag) and the keyword spotter (torch.stft) o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.test_rewrite_routes import Project
-
-pytest.importorskip("executorch")
 
 
 class CoveredProject(Project):
@@ -35,6 +34,8 @@ class CoveredProject(Project):
 
 
 @pytest.mark.slow  # an ExecuTorch build and three converter registries read, like tests/test_executorch.py
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None or importlib.util.find_spec("coremltools") is None,
+                    reason="needs executorch and coremltools (pip install -c constraints.txt 'modelbuild[executorch,coreml]')")
 def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: Path) -> None:
     project = CoveredProject(tmp_path, """\
       rec-et: {model: recsys, format: executorch}
