@@ -127,13 +127,13 @@ def missing(plan: "Plan", stale_only: bool = True) -> tuple[list[str], list[str]
     """The models and tables the plan's targets would be ordered by and the cache lacks. With `stale_only`
     (what `build` asks): the models of targets with work whose candidate routes pass a step that declares
     `accepts_ops`; without (`plan --ops`): every target's model."""
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
 
     cov = plan.coverage or Coverage()
     models: set[str] = set()
     tables: set[str] = set()
     for target in plan.targets:
-        check = plan.nodes.get(Check.node_name(target))
+        check = plan.nodes.get(CheckKind.node_name(target))
         if stale_only and (check is None or check.fresh):
             continue
         needed = route_tables(plan.dag.candidates.get(target, []))

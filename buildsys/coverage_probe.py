@@ -61,7 +61,7 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, list[str]]:
 
     from buildsys import data
     from buildsys.config.load import load as load_config
-    from buildsys.formats.torch.module import example_args, load_module, trace_batch
+    from buildsys.source import example_args, load_module, trace_batch
     from buildsys.formats.torch.rewritten import program_ops
 
     cfg = load_config(deploy)
