@@ -79,7 +79,8 @@ class _PteFromPt2(Step):
 
     consumes = ("pt2", "pt2-file")
     packages = ("torch", "executorch", "torchao")
-    version = 2  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body)
+    version = 3  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load)
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
