@@ -63,11 +63,14 @@ class Project:
     def artifacts(self) -> Path:
         return Path(self._opened.planner.artifacts)
 
-    def plan(self, targets: list[str] | None = None, *, force: bool = False) -> PlanResult:
-        """Every node the targets need (default: all), fresh or stale, and why. Writes nothing."""
+    def plan(self, targets: list[str] | None = None, *, force: bool = False, ops: bool = False) -> PlanResult:
+        """Every node the targets need (default: all), fresh or stale, and why. Writes nothing, except that
+        `ops` first analyses the models' ops (torch.export in a subprocess) into the cache (buildsys.coverage)."""
         from buildsys.plan import make_plan
 
         the_plan = make_plan(self._opened.planner, targets or None, force=force)
+        if ops:
+            the_plan = analysed(self._opened.planner, the_plan, targets, stale_only=False, force=force)
         self._opened.planner.stat.save()
         return plan_result(the_plan)
 
@@ -94,6 +97,10 @@ class Project:
 
             with _watch(planner) if _watch else nullcontext():  # the CLI's no-op snapshot records what was read
                 the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
+            from buildsys.coverage import enabled
+
+            if the_plan.work and enabled():  # what a route's converter lacks orders the routes before any runs
+                the_plan = analysed(planner, the_plan, targets, force=force, force_kinds=_force_kinds, bench=_bench)
             results: dict[str, NodeResult] = {}
             failed: dict[str, tuple[str, NodeResult]] = {}  # node → (its key, the failure) in this build
             dropped_now: dict[str, list[list[str]]] = {}  # target → the routes that failed in this build
@@ -164,6 +171,20 @@ def build_failed(report: BuildReport) -> BuildFailed:
 
 
 # --- plumbing shared with the CLI -----------------------------------------------------------------
+
+
+def analysed(planner: Any, the_plan: Any, targets: list[str] | None, stale_only: bool = True, **options: Any) -> Any:
+    """`the_plan`, planned again once the ops of its models (those of targets with work, with `stale_only`)
+    and the converter tables its routes need are in the cache (buildsys.coverage); itself when nothing was
+    missing."""
+    from buildsys.coverage import analyse, missing
+    from buildsys.plan import make_plan
+
+    models, tables = missing(the_plan, stale_only=stale_only)
+    if not models and not tables:
+        return the_plan
+    analyse(planner, models, tables)
+    return make_plan(planner, targets or None, **options)
 
 
 def plan_result(the_plan: Any) -> PlanResult:

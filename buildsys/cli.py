@@ -82,16 +82,24 @@ targets_arg = click.argument("targets", nargs=-1)
 @click.option("--force", is_flag=True, help="Show the plan as if every node were forced.")
 @click.option("--locked", is_flag=True, help="Exit 1 when deploy.lock is stale: a node's key differs from the lock's "
               "(outputs missing from artifacts/ or the cache do not count; for pre-commit hooks and fresh CI checkouts).")
+@click.option("--ops", is_flag=True, help="First analyse the models' ops (torch.export in a subprocess, cached by the "
+              "model's content) and read each converter's op registry, so the plan lists every target's coverage "
+              "and orders its routes by it (`build` does this for targets with work).")
 @click.pass_obj
-def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, force: bool, locked: bool) -> None:
+def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, force: bool, locked: bool,
+         ops: bool) -> None:
     """Show every node, fresh or stale, and why. Reads only; takes no lock."""
     from buildsys import noop, report
     from buildsys.plan import make_plan
 
-    recorder = noop.Recorder("plan", config, targets, eligible=not (as_json or force))
+    recorder = noop.Recorder("plan", config, targets, eligible=not (as_json or force or ops))
     project = open_project(config)
     with recorder.watch(project.planner):
         the_plan = make_plan(project.planner, list(targets) or None, force=force)
+    if ops:
+        from buildsys.api import analysed
+
+        the_plan = analysed(project.planner, the_plan, list(targets), stale_only=False, force=force)
     project.planner.stat.save()
     if as_json:
         click.echo(report.dumps(report.plan_json(the_plan)))

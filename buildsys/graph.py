@@ -19,6 +19,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
+from buildsys.coverage import order_routes
 from buildsys.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
 from buildsys.rewrite_routes import add_rewrite_routes, loading_stop, loads_module
 from buildsys.routes import candidate_routes, format_graph, hop, route_formats, stop_options
@@ -26,6 +27,7 @@ from buildsys.routes import candidate_routes, format_graph, hop, route_formats, 
 if TYPE_CHECKING:
     import networkx as nx
 
+    from buildsys.coverage import Gaps
     from buildsys.rewrite_routes import Refusals
 
 # The steps of the nodes that are not formats (registered in buildsys.nodes).
@@ -93,21 +95,22 @@ class Dag:
 
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
            bench: bool = False, excluded: dict[str, list[list[str]]] | None = None,
-           refusals: "Refusals | None" = None) -> Dag:
+           refusals: "Refusals | None" = None, gaps: "Gaps | None" = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
     Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. Each
     target takes its first candidate route not in `excluded[target]`. With `cache` (a file path), a
     previous expansion of the same inputs is reused. `refusals` (target → failed routes and the
-    rewrites their refusals point at, rewrite_routes.refusals) add the rewrite routes.
+    rewrites their refusals point at, rewrite_routes.refusals) add the rewrite routes; `gaps` (model → the
+    ops each converter table lacks, coverage.Coverage.gaps) order them (coverage.order_routes).
     """
-    excluded, refusals = excluded or {}, refusals or {}
+    excluded, refusals, gaps = excluded or {}, refusals or {}, gaps or {}
     if cache is None:
-        return _expand(cfg, selected, bench, excluded, refusals)
+        return _expand(cfg, selected, bench, excluded, refusals, gaps)
     import pickle
 
     key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
-                       excluded, refusals])
+                       excluded, refusals, gaps])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -115,7 +118,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench, excluded, refusals)
+    dag = _expand(cfg, selected, bench, excluded, refusals, gaps)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -138,7 +141,7 @@ def code_fingerprint() -> str:
 
 
 def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
-            excluded: dict[str, list[list[str]]], refusals: "Refusals") -> Dag:
+            excluded: dict[str, list[list[str]]], refusals: "Refusals", gaps: "Gaps") -> Dag:
     import networkx as nx
 
     from buildsys import verify
@@ -182,6 +185,9 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                                              target.routes, tname, cfg, opts_by_format)
         if target.rewrites is None:  # automatic: each refused route is followed by the route with its rewrites
             candidates[tname] = add_rewrite_routes(candidates[tname], refusals.get(tname, []), opts_by_format)
+        if gaps.get(target.model):  # a route whose converter lacks an op goes after those that can work
+            candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
+                                             auto_rewrites=target.rewrites is None)
         elif target.rewrites and loading_stop(candidates[tname][0]) is None:
             raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
                               f"a PyTorch factory (source: {model.source.format})",

@@ -304,6 +304,9 @@ class Recorder:
         cfg = project.config
         lock = project.planner.lock
         paths = set(self.paths) | {os.path.abspath(p) for p in (*cfg.files, lock_path_for(cfg.path), lock.record_path)}
+        ops = os.path.join(str(project.planner.store.dir), "ops")  # op coverage the plan shows (buildsys.coverage)
+        os.makedirs(ops, exist_ok=True)  # so that the first analysis, which adds a file there, is a change
+        paths.add(os.path.abspath(ops))
         for tree in self.trees:
             for folder, dirs, _files in os.walk(tree):
                 paths.update(os.path.join(folder, d) for d in dirs)

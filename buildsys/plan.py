@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__, keys
 from buildsys.config.load import LoadedConfig
@@ -21,6 +21,9 @@ from buildsys.status import Action, State
 from buildsys.formats import get_step
 from buildsys.store import Store
 # What a build does after a route fails is planning too: reroute.py (re-exported here).
+
+if TYPE_CHECKING:
+    from buildsys.coverage import Coverage
 
 # What a node needs done:
 NOTHING = "nothing"  # fresh and present
@@ -81,6 +84,8 @@ class Plan:
     #: target → the routes it no longer tries: each failed under the key it would have again
     #: ({"route", "node", "key", "reason"}, from deploy.lock's `routes`).
     dropped: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: the models' ops against each converter's table, as far as the cache knows (buildsys.coverage)
+    coverage: "Coverage | None" = None
 
     def order(self) -> list[NodePlan]:
         return [self.nodes[n.name] for n in self.dag.order() if n.name in self.nodes]
@@ -313,15 +318,17 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     not fresh at plan time (restored or rebuilt for the next route) has no key to match its record,
     and the build would take that route again, and again.
     """
+    from buildsys import coverage
     from buildsys.rewrite_routes import refusals
 
     excluded: dict[str, list[list[str]]] = {}
     dropped: dict[str, list[dict[str, Any]]] = {}
     now = dropped_now or {}
     refused = refusals(planner.lock.routes)  # a refusal a rewrite answers adds the route with that rewrite
+    known = coverage.read(planner)  # ops a route's converter lacks move it back (or bring its rewrite forward)
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
-                     excluded=excluded, refusals=refused)
+                     excluded=excluded, refusals=refused, gaps=known.gaps())
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
@@ -338,7 +345,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         tried = "; ".join(f"{' → '.join(r['route'])}: {r['reason']}" for r in dropped.get(t, []))
         check.action, check.failed, check.reasons = BLOCKED, True, [f"no route passes its check ({tried})"]
     selected = list(dag.target_nodes) if not targets else targets
-    return Plan(planner.config, dag, plans, selected, dropped)
+    return Plan(planner.config, dag, plans, selected, dropped, known)
 
 
 def _plan_nodes(planner: Planner, dag: Dag, force: bool, force_kinds: tuple[str, ...]) -> dict[str, NodePlan]:

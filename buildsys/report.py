@@ -32,6 +32,18 @@ def console(stderr: bool = False) -> Any:
                    color_system=None if plain else "auto")
 
 
+
+def describe_coverage(plan: Plan) -> dict[str, Any]:
+    from buildsys.coverage import describe
+
+    return describe(plan)
+
+
+def coverage_lines(plan: Plan) -> list[str]:
+    from buildsys.coverage import lines
+
+    return lines(plan)
+
 def plan_json(plan: Plan) -> dict[str, Any]:
     """The plan as data: one entry per node with its state, action and reasons (for scripts and CI)."""
     nodes = []
@@ -44,6 +56,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         })
     return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes,
             "candidate_routes": plan.dag.candidates, "dropped_routes": plan.dropped, "nodes": nodes,
+            "coverage": describe_coverage(plan),
             **{state.value: sum(1 for n in nodes if n["state"] == state.value)
                for state in (State.STALE, State.BLOCKED, State.FAILED)}}
 
@@ -67,6 +80,8 @@ def print_plan(plan: Plan) -> None:
         reasons = "; ".join(p.reasons)
         line = f"  {click.style(f'{label:<8}', fg=color)} {p.node.name:<{width}}  {click.style(reasons, dim=True) if reasons else ''}"
         click.echo(line.rstrip())
+    for line in coverage_lines(plan):  # ops against each converter's registry (buildsys.coverage)
+        click.echo(f"  {click.style('ops', fg='cyan'):<8}    {line}")
     for target, records in plan.dropped.items():
         route = " → ".join(plan.dag.routes[target])
         for r in records:

@@ -15,6 +15,12 @@ from tests.helpers.models import Tiny, make_model
 
 REPO = Path(__file__).resolve().parent.parent
 
+# `build` analyses a model's ops (torch.export and each converter's registry, in a subprocess, cached per
+# project) before it runs anything; in a suite that builds hundreds of fresh projects that costs minutes and
+# changes no verdict, so it is off here except in the tests of op coverage (tests/test_op_coverage.py), which
+# turn it on for their builds.
+os.environ.setdefault("MODELBUILD_OP_COVERAGE", "0")
+
 # --- strict runs: what the README's test command installs must be here, and every check must run ---
 
 STRICT = "--strict-runtimes"

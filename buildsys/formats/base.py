@@ -117,6 +117,10 @@ class Step:
     #: The weight of the step's edge in the format graph: routes are ordered by their total cost, so a
     #: second converter to a format can sit behind the established one (see routes.candidate_routes).
     route_cost: ClassVar[float] = 1
+    #: The converter table whose registry says which ATen ops this step accepts, and which op inventory it
+    #: reads ("exported": the graph as traced or exported; "core": after the core ATen decompositions):
+    #: candidate routes are ordered by it (buildsys/coverage.py). None: not known, routes stay as they are.
+    accepts_ops: ClassVar[tuple[str, str] | None] = None
     #: Other ways this step can make its format, by label: option values that give up some of what
     #: the defaults promise (a full-int8 quantizer's dynamic-range mode) but work on more models.
     #: Each becomes a route of its own, written `tflite-int8 (dynamic)`, tried after every route

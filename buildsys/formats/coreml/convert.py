@@ -114,6 +114,7 @@ class CoremlFromTorchScript(Step):
     extra = "coreml"
     toolchain = "coreml"
     Options = CoremlOptions
+    accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
 
     @property

@@ -22,6 +22,8 @@ _PROGRAM = ("pt2", "pt2-file")
 class _FromExport(CoremlFromTorchScript):
     """Shared body: load the `.pt2` program, decomposed to the core ATen opset coremltools converts."""
 
+    accepts_ops = ("coremltools", "core")  # ct.convert(ExportedProgram) decomposes first
+
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
 

@@ -18,3 +18,19 @@ def executorch_unavailable() -> str | None:
     if importlib.util.find_spec("executorch") is None:
         return "executorch not installed (pip install -c constraints.txt 'modelbuild[executorch]')"
     return None
+
+
+def runtime_kernels() -> frozenset[str]:
+    """The operator kernels the ExecuTorch runtime linked into its Python bindings has registered
+    (`aten::add.out`, `dim_order_ops::_clone_dim_order.out`…): the runtime the check loads a .pte in."""
+    import executorch.runtime  # noqa: F401 - registers what the check's runtime registers
+    from executorch.extension.pybindings import portable_lib
+
+    return frozenset(portable_lib._get_operator_names())
+
+
+def missing_kernels(operators: list[tuple[str, str]], kernels: frozenset[str]) -> list[str]:
+    """The program's non-delegated operators ((name, overload) of its execution plan) that have no kernel in
+    `kernels`, as `aten::_embedding_bag.out`: a .pte holding one fails to load (error 0x14, missing operator)."""
+    names = {f"{name}.{overload}" if overload else name for name, overload in operators}
+    return sorted(n for n in names if n not in kernels)

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data
-from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, rewrite_metrics
+from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, dispatched_ops, rewrite_metrics
 from buildsys.formats.torch.torchscript import load_input
 
 ONNX = register_format(Format(
@@ -237,8 +237,10 @@ class OnnxFromPyTorch(Step):
                                   dynamic=opts.dynamic_axes)
         else:
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
+        # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these
+        ops = dispatched_ops(module, _example(ctx, False))
         return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if opts.dynamo else "legacy",
-                **rewrite_metrics(ctx)}
+                **rewrite_metrics(ctx, ops)}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:

@@ -70,6 +70,7 @@ class TfliteFromPt2(Step):
     produces = "tflite"
     version = 1
     route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
+    accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
     toolchain = "torch"

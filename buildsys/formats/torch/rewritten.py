@@ -94,3 +94,24 @@ def program_ops(program: Any) -> list[str]:
     """The ATen ops of an ExportedProgram's graph (aten.stft.default)."""
     return [str(n.target) for n in program.graph.nodes if n.op == "call_function" and str(n.target).startswith("aten.")]
 
+
+
+def dispatched_ops(module: Any, args: tuple[Any, ...]) -> list[str]:
+    """The ATen ops one eager call of `module` on `args` dispatches (aten::_embedding_bag): what an exporter
+    that keeps no ATen graph (the ONNX export) records for refusals downstream that name only ONNX ops."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[str] = set()
+
+    class _Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            seen.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    try:
+        with torch.no_grad(), _Record():
+            module(*args)
+    except Exception:  # noqa: BLE001 - the op list is a note for refusal matching, never a failure
+        return []
+    return sorted(op for op in seen if op.startswith("aten::"))

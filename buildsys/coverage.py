@@ -1,0 +1,322 @@
+"""Op coverage in the plan: a model's ATen ops against what each route's converter accepts, read from the
+cache, and the candidate routes ordered so that one certain to fail is not tried first (docs/rewrites.md).
+
+Torch-free: the op inventory (torch.export of the model) and the converters' tables (their own registries)
+are made by `buildsys.coverage_probe` in a subprocess and cached under the store (`<cache>/ops/`), the
+inventory keyed by the model's code, weights, signature and toolchain, each table by its converter's
+version. `plan` only reads them ("not analysed yet" until then); `plan --ops` and `build` make what is
+missing first.
+
+A step declares what it accepts (`Step.accepts_ops`: a table and which inventory it reads, the graph as
+exported or after the core ATen decompositions). A route whose steps lack an op moves after the routes
+that can work; when rewrites remove every op it lacks (and the target lets rewrites be added), the same
+route with those rewrites takes its place first. A table that could not be read leaves its routes as
+they were: coverage unknown is never coverage refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from buildsys.hashing import digest_json
+
+if TYPE_CHECKING:
+    from buildsys.plan import Plan, Planner
+
+#: model → {"table:reads" → the ops the model holds that the table lacks}: what expansion orders routes by.
+Gaps = dict[str, dict[str, list[str]]]
+
+
+@dataclass
+class Coverage:
+    """What the cache holds: each model's inventory (or why it is missing), each table (or why unknown)."""
+
+    ops: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    not_analysed: dict[str, str] = field(default_factory=dict)  # model → why ("not analysed yet", an error)
+    tables: dict[str, list[str]] = field(default_factory=dict)
+    unknown: dict[str, str] = field(default_factory=dict)  # table → why its registry could not be read
+
+    def lacks(self, model: str, accepts: tuple[str, str]) -> list[str] | None:
+        """The ops of `model` the table lacks (reading the inventory the step reads); None when unknown."""
+        table, reads = accepts
+        if model not in self.ops or table not in self.tables:
+            return None
+        have = set(self.tables[table])
+        return [op for op in self.ops[model][reads] if op not in have and f"{op}_copy" not in have]
+
+    def gaps(self) -> Gaps:
+        out: Gaps = {}
+        for model in self.ops:
+            for table in self.tables:
+                for reads in ("exported", "core"):
+                    lacking = self.lacks(model, (table, reads))
+                    if lacking:
+                        out.setdefault(model, {})[f"{table}:{reads}"] = lacking
+        return out
+
+
+def _dir(planner: "Planner") -> Path:
+    return planner.store.dir / "ops"
+
+
+def _model_key(planner: "Planner", model: str) -> str | None:
+    from buildsys import keys
+    from buildsys.coverage_probe import VERSION
+
+    spec = planner.config.project.models[model]
+    if spec.source.format != "pytorch":
+        return None  # a TorchScript, .pt2 or ONNX file: no module to export here
+    return digest_json([VERSION, planner.source_inputs(model), spec.model_dump(mode="json", include={"source", "inputs"}),
+                        keys.toolchain(["torch", *planner.source_packages(model)])])
+
+
+def _table_key(name: str) -> str:
+    from buildsys import keys
+    from buildsys.coverage_probe import TABLES, VERSION
+
+    return digest_json([VERSION, name, keys.toolchain(list(TABLES[name][0]))])
+
+
+def _project(planner: "Planner") -> tuple[list[str], list[str]]:
+    """The project's models that are PyTorch factories, and every table a step declares."""
+    from buildsys.formats import steps
+
+    tables = sorted({s.accepts_ops[0] for s in steps().values() if s.accepts_ops})
+    models = sorted({t.model for t in planner.config.project.targets.values()
+                     if t.model in planner.config.project.models and _model_key(planner, t.model)})
+    return models, tables
+
+
+def read(planner: "Planner") -> Coverage:
+    """What the cache holds for this project (no subprocess, no torch)."""
+    cov = Coverage()
+    models, tables = _project(planner)
+    for model in models:
+        entry = _load(_dir(planner) / f"model-{_model_key(planner, model)}.json")
+        if entry is None:
+            cov.not_analysed[model] = "not analysed yet (modelbuild plan --ops)"
+        elif "error" in entry:
+            cov.not_analysed[model] = f"torch.export failed: {entry['error']}"
+        else:
+            cov.ops[model] = entry
+    for table in tables:
+        entry = _load(_dir(planner) / f"table-{table}-{_table_key(table)}.json")
+        if entry is not None:
+            if "accepts" in entry:
+                cov.tables[table] = entry["accepts"]
+            else:
+                cov.unknown[table] = entry.get("error", "unreadable")
+    return cov
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def missing(plan: "Plan", stale_only: bool = True) -> tuple[list[str], list[str]]:
+    """The models and tables the plan's targets would be ordered by and the cache lacks. With `stale_only`
+    (what `build` asks): the models of targets with work whose candidate routes pass a step that declares
+    `accepts_ops`; without (`plan --ops`): every target's model."""
+    from buildsys.kinds import CheckKind
+
+    cov = plan.coverage or Coverage()
+    models: set[str] = set()
+    tables: set[str] = set()
+    for target in plan.targets:
+        check = plan.nodes.get(CheckKind.node_name(target))
+        if stale_only and (check is None or check.fresh):
+            continue
+        needed = route_tables(plan.dag.candidates.get(target, []))
+        model = plan.config.project.targets[target].model
+        if (needed or not stale_only) and cov.not_analysed.get(model, "").startswith("not analysed"):
+            models.add(model)
+        tables |= {t for t in needed if t not in cov.tables and t not in cov.unknown}
+    return sorted(models), sorted(tables)
+
+
+def route_tables(routes: Sequence[Sequence[str]]) -> set[str]:
+    """The tables the steps of `routes` declare."""
+    from buildsys.formats import steps
+    from buildsys.routes import format_graph, hop
+
+    g = format_graph()
+    out: set[str] = set()
+    for route in routes:
+        formats = [hop(s)[0] for s in route]
+        for a, b in zip(formats, formats[1:]):
+            accepts = steps()[g.edges[a, b]["step"]].accepts_ops
+            if accepts:
+                out.add(accepts[0])
+    return out
+
+
+def enabled() -> bool:
+    """Whether `build` analyses ops before it runs anything (MODELBUILD_OP_COVERAGE=0 turns it off)."""
+    return os.environ.get("MODELBUILD_OP_COVERAGE", "1").lower() not in ("0", "off", "false", "no")
+
+
+def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], timeout: float = 600) -> Coverage:
+    """Make the inventories of `models` and the `tables` in a worker subprocess per model (the tables with the
+    first), cache them, then read the cache back. A probe that crashes or times out leaves its entries
+    missing: "not analysed yet", never a guess."""
+    jobs: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
+        or ([(None, list(tables))] if tables else [])
+    out_dir = _dir(planner)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for model, wanted in jobs:
+        with tempfile.TemporaryDirectory(dir=planner.store.dir) as tmp:
+            request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
+            request.write_text(json.dumps({"deploy": str(planner.config.path), "model": model, "tables": wanted,
+                                           "out": str(answer)}))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(planner.config.root),
+                                                                           os.environ.get("PYTHONPATH", "")) if p)}
+            try:
+                subprocess.run([sys.executable, "-m", "buildsys.coverage_probe", str(request)], cwd=planner.config.root,
+                               env=env, capture_output=True, timeout=timeout, check=False)
+                result = _load(answer) or {}
+            except subprocess.TimeoutExpired:
+                result = {}
+            if model and "ops" in result:
+                _write(out_dir / f"model-{_model_key(planner, model)}.json", result["ops"])
+            for table, entry in result.get("tables", {}).items():
+                _write(out_dir / f"table-{table}-{_table_key(table)}.json", entry)
+    return read(planner)
+
+
+def _write(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, sort_keys=True))
+    tmp.replace(path)
+
+
+def order_routes(routes: list[list[str]], model: str, gaps: Gaps, options: Mapping[str, Any],
+                 auto_rewrites: bool) -> list[list[str]]:
+    """`routes` with those whose converters lack an op moved after the ones that can work; where rewrites
+    remove every op a route lacks (and `auto_rewrites`), that route with them first, in its place."""
+    from buildsys.rewrite_routes import with_rewrites
+
+    good: list[list[str]] = []
+    bad: list[list[str]] = []
+    for route in routes:
+        lacking = route_gaps(route, gaps.get(model, {}))
+        if not lacking:
+            good.append(route)
+            continue
+        names = _rewrites_for(lacking)
+        rewritten = with_rewrites(route, names, options) if auto_rewrites and names is not None else None
+        if rewritten is not None and route_gaps(rewritten, gaps.get(model, {})) == []:
+            good.append(rewritten)
+        bad.append(route)
+    out = [r for i, r in enumerate(good) if r not in good[:i]]
+    return out + [r for r in bad if r not in out]
+
+
+def route_gaps(route: Sequence[str], gaps: Mapping[str, list[str]]) -> list[str]:
+    """The ops the route's converters lack (per the tables), less those the route's rewrites remove."""
+    from buildsys.formats import steps
+    from buildsys.rewrites import REGISTRY
+    from buildsys.rewrites.base import op_base
+    from buildsys.routes import format_graph, hop, label_parts
+
+    g = format_graph()
+    stops = [hop(s) for s in route]
+    removed = {op_base(op) for _, label in stops for n in label_parts(label)[1] if n in REGISTRY
+               for op in REGISTRY[n].removes}
+    out: list[str] = []
+    for (a, _), (b, _) in zip(stops, stops[1:]):
+        accepts = steps()[g.edges[a, b]["step"]].accepts_ops
+        if accepts:
+            out += [op for op in gaps.get(f"{accepts[0]}:{accepts[1]}", []) if op not in removed and op not in out]
+    return out
+
+
+def _rewrites_for(ops: Sequence[str]) -> list[str] | None:
+    """One rewrite per op (the first that removes it), or None when an op has none."""
+    from buildsys.rewrites import removing
+
+    names: list[str] = []
+    for op in ops:
+        found = removing(op)
+        if not found:
+            return None
+        names += [found[0].name] if found[0].name not in names else []
+    return names
+
+
+def describe(plan: "Plan") -> dict[str, Any]:
+    """What `plan` shows of coverage: each model's ops (or why not analysed) and, per target, each step on its
+    candidate routes: the ops its table lacks and the rewrites that remove them, or why it is unknown."""
+    from buildsys.coverage_probe import TABLES
+    from buildsys.formats import steps
+    from buildsys.rewrites import removing
+    from buildsys.routes import format_graph, hop
+
+    cov = plan.coverage or Coverage()
+    g = format_graph()
+    models: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    for target in plan.targets:
+        model = plan.config.project.targets[target].model
+        if model not in cov.ops and model not in cov.not_analysed:
+            continue  # not a PyTorch factory: nothing to export
+        models[model] = {"ops": cov.ops[model]["exported"], "core": cov.ops[model]["core"]} if model in cov.ops \
+            else {"not_analysed": cov.not_analysed[model]}
+        found: dict[str, Any] = {}
+        for route in plan.dag.candidates.get(target, []):
+            formats = [hop(s)[0] for s in route]
+            for a, b in zip(formats, formats[1:]):
+                step = steps()[g.edges[a, b]["step"]]
+                if step.name in found:
+                    continue
+                if not step.accepts_ops:
+                    found[step.name] = {"unknown": "no op registry is read for it"}
+                    continue
+                table = step.accepts_ops[0]
+                lacking = cov.lacks(model, step.accepts_ops)
+                if lacking is None:
+                    why = cov.unknown.get(table) or ("not analysed yet" if model not in cov.ops or table not in
+                                                     cov.tables else "unknown")
+                    found[step.name] = {"table": table, "unknown": why}
+                else:
+                    found[step.name] = {"table": table, "registry": TABLES[table][2], "lacks": lacking,
+                                        "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking}}
+        targets[target] = {"model": model, "steps": found, "route": plan.dag.routes.get(target)}
+    return {"models": models, "targets": targets}
+
+
+def lines(plan: "Plan") -> list[str]:
+    """`describe` in words, a line per model and per target (for `plan`)."""
+    data = describe(plan)
+    out: list[str] = []
+    for model, entry in data["models"].items():
+        if "ops" in entry:
+            out.append(f"{model}: {len(entry['ops'])} ATen ops (torch.export): {', '.join(entry['ops'])}")
+        else:
+            out.append(f"{model}: ops {entry['not_analysed']}")
+    for target, entry in data["targets"].items():
+        if "ops" not in data["models"][entry["model"]]:
+            continue  # the model line says why
+        parts, unknown = [], []
+        for step, s in entry["steps"].items():
+            if "lacks" in s and not s["lacks"]:
+                parts.append(f"{step} has every op")
+            elif "lacks" in s:
+                ops = [f"{op} (rewrite {s['rewrites'][op][0]})" if s["rewrites"][op] else f"{op} (no rewrite yet: "
+                       "blocks this route)" for op in s["lacks"]]
+                parts.append(f"{step} lacks {', '.join(ops)}")
+            else:
+                unknown.append(step if s["unknown"] == "no op registry is read for it" else f"{step} ({s['unknown']})")
+        if unknown:
+            parts.append(f"not known for {', '.join(unknown)}")
+        out.append(f"{target}: {'; '.join(parts)}; first route {' → '.join(entry['route'] or [])}")
+    return out

@@ -1,0 +1,125 @@
+"""Op coverage (docs/rewrites.md, "Op coverage"): `plan --ops` lists each model's ATen ops against what each
+route's converter accepts (its own registry), routes whose converter lacks an op are not tried first (the
+route with the rewrite that removes it is), a .pte whose operators have no kernel is refused at build time
+naming the op, and the refusals that named no ATen op (ExecuTorch's, OpenVINO's) find their rewrite.
+
+Models: the recommender (nn.EmbeddingBag) and the keyword spotter (torch.stft) of tests/test_rewrite_routes.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.test_rewrite_routes import Project
+
+
+class CoveredProject(Project):
+    """The rewrite routes' project, with op coverage on for its builds (tests/conftest.py turns it off)."""
+
+    def run(self, *args: str):  # type: ignore[no-untyped-def]
+        before = os.environ.get("MODELBUILD_OP_COVERAGE")
+        os.environ["MODELBUILD_OP_COVERAGE"] = "1"
+        try:
+            return super().run(*args)
+        finally:
+            if before is None:
+                os.environ.pop("MODELBUILD_OP_COVERAGE")
+            else:
+                os.environ["MODELBUILD_OP_COVERAGE"] = before
+
+
+@pytest.mark.slow  # an ExecuTorch build and three converter registries read, like tests/test_executorch.py
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None or importlib.util.find_spec("coremltools") is None,
+                    reason="needs executorch and coremltools (pip install -c constraints.txt 'modelbuild[executorch,coreml]')")
+def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: Path) -> None:
+    project = CoveredProject(tmp_path, """\
+      rec-et: {model: recsys, format: executorch}
+      rec-ios: {model: recsys, format: coreml}
+      raw-et: {model: recsys, format: executorch, rewrites: []}
+      server: {model: spotter, format: onnx}
+    """)
+    before = project.run("plan")
+    assert before.returncode == 0, before.stderr
+    assert "recsys: ops not analysed yet (modelbuild plan --ops)" in before.stdout
+    assert json.loads(project.run("plan", "--json").stdout)["candidate_routes"]["rec-et"][0] == \
+        ["pytorch", "pt2", "executorch"]  # the cache knows nothing yet: the default order
+
+    plan = json.loads(project.run("plan", "--ops", "--json").stdout)
+    cov = plan["coverage"]
+    assert "embedding_bag" in cov["models"]["recsys"]["ops"] and "_embedding_bag" in cov["models"]["recsys"]["core"]
+    assert "stft" in cov["models"]["spotter"]["ops"]
+    et = cov["targets"]["rec-et"]["steps"]["executorch-from-pt2"]
+    assert et["table"] == "executorch" and et["lacks"] == ["_embedding_bag"]
+    assert et["rewrites"] == {"_embedding_bag": ["embedding-bag"]}
+    assert cov["targets"]["rec-ios"]["steps"]["coreml-from-torchscript"]["lacks"] == ["embedding_bag"]
+    assert cov["targets"]["server"]["steps"]["onnx-from-pytorch"] == {"unknown": "no op registry is read for it"}
+    routes = plan["candidate_routes"]
+    assert routes["rec-et"] == [["pytorch", "pt2 (rewrite embedding-bag)", "executorch"], ["pytorch", "pt2", "executorch"]]
+    assert routes["rec-ios"][0] == ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"]
+    assert ["pytorch", "torchscript", "coreml"] in routes["rec-ios"][1:]
+    assert routes["raw-et"] == [["pytorch", "pt2", "executorch"]]  # rewrites: [] forbids the rewrite route
+    assert routes["server"][0] == ["pytorch", "onnx"]  # no registry read for the ONNX exporter: as before
+
+    text = project.run("plan").stdout  # the cache now answers the plain plan too
+    assert "rec-et: executorch-from-pt2 lacks _embedding_bag (rewrite embedding-bag)" in text
+    assert "first route pytorch → pt2 (rewrite embedding-bag) → executorch" in text
+
+    # The build takes the working route first: no node of rec-et fails. raw-et (no rewrites) is refused at
+    # build time, the op named, instead of "error 0x14" when the check loads the .pte.
+    proc = project.run("build", "-k", "-j", "1", "rec-et", "raw-et")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lock = project.lock()
+    assert lock.targets["rec-et"]["route"] == ["pytorch", "pt2 (rewrite embedding-bag)", "executorch"]
+    assert project.check("rec-et")["verdict"] == "passed" and project.max_abs("rec-et") < 1e-5
+    assert "rec-et" not in lock.routes  # nothing was dropped on its way
+    [record] = lock.routes["raw-et"]["dropped"]
+    assert record["node"].startswith("recsys/executorch")
+    assert "aten::_embedding_bag.out has no kernel in the ExecuTorch runtime" in record["reason"]
+    assert record["reason"].endswith("(rewrite embedding-bag would remove what was refused; not tried: the target "
+                                     "sets rewrites: [])")
+    assert "verify:raw-et" not in lock.nodes or lock.nodes["verify:raw-et"].get("verdict") != "passed"
+
+
+def test_order_routes_puts_the_rewrite_route_first_and_a_route_no_rewrite_saves_last() -> None:
+    from buildsys.coverage import order_routes
+
+    routes = [["pytorch", "torchscript", "coreml"], ["pytorch", "pt2", "coreml"]]
+    gaps = {"m": {"coremltools:exported": ["embedding_bag"], "coremltools:core": ["_embedding_bag"]}}
+    assert order_routes(routes, "m", gaps, {}, auto_rewrites=True) == [
+        ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"], ["pytorch", "pt2 (rewrite embedding-bag)", "coreml"],
+        *routes]
+    assert order_routes(routes, "m", gaps, {}, auto_rewrites=False) == routes  # both lack it: order kept
+    only_trace = {"m": {"coremltools:exported": ["frobnicate"]}}  # no rewrite removes it
+    assert order_routes(routes, "m", only_trace, {}, auto_rewrites=True) == routes[::-1]
+    assert order_routes(routes, "m", {}, {}, auto_rewrites=True) == routes
+    # the target's options pin the loading stop's rewrites: no rewrite route is made there
+    assert order_routes(routes, "m", gaps, {"torchscript": {"rewrites": []}}, auto_rewrites=True) == [
+        ["pytorch", "pt2 (rewrite embedding-bag)", "coreml"], *routes]
+
+
+def test_missing_kernels_names_the_operator_and_overload() -> None:
+    from buildsys.formats.executorch.contract import missing_kernels
+
+    kernels = frozenset({"aten::arange.start_out", "aten::embedding.out"})
+    assert missing_kernels([("aten::arange", "start_out"), ("aten::_embedding_bag", "out")], kernels) == \
+        ["aten::_embedding_bag.out"]
+    assert missing_kernels([("aten::embedding", "out")], kernels) == []
+
+
+def test_the_onnx_exports_ops_let_openvinos_refusal_find_embedding_bag() -> None:
+    """OpenVINO names ONNX ops only (ReduceSum-20, Slice-20): the ATen ops the ONNX export dispatched point at
+    the rewrite, as the other refusals that name no op do."""
+    from buildsys.formats.torch.rewritten import dispatched_ops
+    from buildsys.rewrite_routes import refusal_rewrites
+    from tests.helpers.rewrite_models import Recommender, recommender_inputs
+    from tests.test_rewrites_refusal import OPENVINO_BAG
+
+    ops = dispatched_ops(Recommender().eval(), recommender_inputs())
+    assert "aten::_embedding_bag" in ops
+    assert refusal_rewrites(OPENVINO_BAG, ops) == ["embedding-bag"]
+    assert refusal_rewrites(OPENVINO_BAG) == []  # without the ops, as before
