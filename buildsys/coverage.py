@@ -303,20 +303,27 @@ def lines(plan: "Plan") -> list[str]:
             out.append(f"{model}: {len(entry['ops'])} ATen ops (torch.export): {', '.join(entry['ops'])}")
         else:
             out.append(f"{model}: ops {entry['not_analysed']}")
+    clear: list[str] = []
+    unknown: set[str] = set()
     for target, entry in data["targets"].items():
         if "ops" not in data["models"][entry["model"]]:
             continue  # the model line says why
-        parts, unknown = [], []
+        gaps = []
         for step, s in entry["steps"].items():
-            if "lacks" in s and not s["lacks"]:
-                parts.append(f"{step} has every op")
-            elif "lacks" in s:
+            if s.get("lacks"):
                 ops = [f"{op} (rewrite {s['rewrites'][op][0]})" if s["rewrites"][op] else f"{op} (no rewrite yet: "
                        "blocks this route)" for op in s["lacks"]]
-                parts.append(f"{step} lacks {', '.join(ops)}")
-            else:
-                unknown.append(step if s["unknown"] == "no op registry is read for it" else f"{step} ({s['unknown']})")
-        if unknown:
-            parts.append(f"not known for {', '.join(unknown)}")
-        out.append(f"{target}: {'; '.join(parts)}; first route {' → '.join(entry['route'] or [])}")
+                gaps.append(f"{step} lacks {', '.join(ops)}")
+            elif "lacks" not in s:
+                unknown.add(step if s["unknown"] == "no op registry is read for it" else f"{step} ({s['unknown']})")
+        if gaps:  # only what changes the order is worth a line of its own
+            out.append(f"{target}: {'; '.join(gaps)}; first route {' → '.join(entry['route'] or [])}")
+        else:
+            clear.append(target)
+    if clear:
+        who = ", ".join(clear) if len(clear) <= 4 else f"{'every' if len(clear) == len(data['targets']) else 'the other'} " \
+            f"{len(clear)} target(s)"
+        out.append(f"{who}: no converter whose op table is read lacks an op")
+    if unknown:
+        out.append(f"no op table is read for {', '.join(sorted(unknown))} (their refusals still find rewrites)")
     return out
