@@ -288,15 +288,18 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     not fresh at plan time (restored or rebuilt for the next route) has no key to match its record,
     and the build would take that route again, and again.
     """
+    from buildsys.repair import repairable
+    from buildsys.repair import tried as tried_repairs
     from buildsys.rewrite_routes import refusals
 
     excluded: dict[str, list[list[str]]] = {}
     dropped: dict[str, list[dict[str, Any]]] = {}
     now = dropped_now or {}
     refused = refusals(planner.lock.routes)  # a refusal a rewrite answers adds the route with that rewrite
+    repairs = repairable(planner.lock.routes)  # an int8 check miss adds the route with each repair recipe
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
-                     excluded=excluded, refusals=refused)
+                     excluded=excluded, refusals=refused, repairs=repairs)
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
@@ -312,6 +315,9 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         check = plans[Check.node_name(t)]
         tried = "; ".join(f"{' → '.join(r['route'])}: {r['reason']}" for r in dropped.get(t, []))
         check.action, check.reasons = BLOCKED, [f"no route passes its check ({tried})"]
+        hint = tried_repairs(dag.candidates.get(t, []))
+        if hint:
+            check.reasons[0] += f"; {hint}"
     selected = list(dag.target_nodes) if not targets else targets
     return Plan(planner.config, dag, plans, selected, dropped)
 

@@ -6,7 +6,7 @@ and a target's `options:` mapping is validated against the models of the steps o
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -257,6 +257,14 @@ class Target(Strict):
         "rewrites the artifact carries. A list (e.g. [stft]): exactly these, on every route, and none added "
         "automatically. []: no rewrites at all (a refusal then fails the route, naming the rewrite that would "
         "remove the op).")
+    repair: Union[bool, list[Literal["keep-float", "per-channel", "entropy"]]] = Field(
+        default=True, description="Accuracy repair of a quantized artifact that misses its acceptance "
+        "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "
+        "per-layer sensitivity, then the fewest most sensitive layers kept in float until the tolerance holds; "
+        "per-channel weights; entropy calibration); the one that passes is recorded in deploy.lock and reused, "
+        "and the tolerance is never loosened. false: no repair (a miss fails the route). A list: only these "
+        "recipes, in this order. To pin a recipe, set its options (e.g. options: {onnx-int8: {keep_float: "
+        "[/head/Gemm]}}).")
     acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
     recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(

@@ -1,0 +1,148 @@
+"""Accuracy repair of int8 targets, end to end through the `modelbuild` CLI (docs/repair.md): a small
+attention classifier whose full static int8 (ONNX Runtime) misses top-1 agreement 0.9, the planner's next
+route keeps its most sensitive layers in float (measured per layer on the calibration set) and passes the
+same check, deploy.lock records the recipe and every recipe tried, and a no-op build neither repeats the
+failed check nor searches again. Real ONNX Runtime numbers, no stubs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from buildsys.lock import Lock
+
+VIT = '''\
+import os
+
+import torch
+from torch import nn
+
+
+class TinyViT(nn.Module):
+    """Tokens → one pre-norm self-attention block and an MLP (residual) → mean pool → 10 logits.
+
+    Built, not trained: the embedding passes the first 10 features through, the blocks add a small
+    perturbation and the classifier reads those 10 channels, so the class is the largest mean feature.
+    The pooled features carry one more channel of constant magnitude that the classifier ignores
+    (weight 0), as large transformers carry outlier features: the float function is unchanged, but one
+    per-tensor int8 range for the classifier's input leaves the other channels no levels."""
+
+    def __init__(self, dim=32, heads=4, hidden=64, classes=10, outlier=1000.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = heads
+        self.embed = nn.Linear(16, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim + 1, classes)
+        with torch.no_grad():
+            self.embed.weight.mul_(0.1)
+            self.embed.weight[:10, :10] += torch.eye(10)
+            self.embed.bias.zero_()
+            self.proj.weight.mul_(0.05)
+            self.fc2.weight.mul_(0.05)
+            self.head.weight.zero_()
+            self.head.weight[:, :10] = torch.eye(10) * 4.0
+            self.head.bias.zero_()
+        self.register_buffer("outlier", torch.tensor([outlier]))
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        b, n, d = h.shape
+        q, k, v = self.qkv(self.norm1(h)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+        h = h + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+        h = h + self.fc2(torch.relu(self.fc1(self.norm2(h))))
+        pooled = h.mean(dim=1)
+        return self.head(torch.cat([pooled, self.outlier.expand(b, 1)], dim=1))
+
+
+def build():
+    with open(os.path.join(os.path.dirname(__file__), "calls.txt"), "a") as f:
+        f.write("x")
+    return TinyViT()
+'''
+
+DEPLOY = """\
+models:
+  vit:
+    source: {factory: vit:build}
+    inputs: [{name: tokens, shape: [batch, 8, 16]}]
+    outputs: [{name: logits, kind: scores}]
+    data: {calibration: cal.npz, validation: val.npz}
+targets:
+"""
+
+#: Static int8 by ONNX Runtime through the legacy exporter (one route's worth of work per recipe).
+EDGE = "edge: {model: vit, format: onnx, precision: int8, via: [onnx], options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n"
+#: The same, with repair forbidden.
+STRICT = ("strict: {model: vit, format: onnx, precision: int8, via: [onnx], repair: false, "
+          "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
+
+
+class Project:
+    def __init__(self, root: Path, targets: str):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "vit.py").write_text(VIT)
+        np.savez(root / "cal.npz", tokens=np.random.default_rng(0).standard_normal((64, 8, 16)).astype("float32"))
+        np.savez(root / "val.npz", tokens=np.random.default_rng(1).standard_normal((64, 8, 16)).astype("float32"))
+        (root / "deploy.yaml").write_text(DEPLOY + textwrap.indent(targets, "  "))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=self.root, capture_output=True, text=True,
+                              timeout=900, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
+
+    def calls(self) -> int:
+        path = self.root / "calls.txt"
+        return len(path.read_text()) if path.exists() else 0
+
+    def lock(self) -> Lock:
+        return Lock.read(self.root / "deploy.lock")
+
+
+def _top1(lock: Lock, target: str) -> float:
+    return lock.nodes[f"verify:{target}"]["metrics"]["outputs"]["logits"]["top1_agreement"]["observed"]
+
+
+def test_full_int8_misses_and_the_keep_float_recipe_passes(tmp_path: Path) -> None:
+    project = Project(tmp_path, EDGE)
+    proc = project.run("build", "edge")
+    print(proc.stdout[-4000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lock = project.lock()
+    assert lock.targets["edge"]["route"] == ["pytorch", "onnx", "onnx-int8 (repair keep-float)"]
+    [dropped] = lock.routes["edge"]["dropped"]
+    assert dropped["route"] == ["pytorch", "onnx", "onnx-int8"] and dropped["repair"] is True
+    assert dropped["reason"].startswith("logits: cosine 0 < 0.9")
+    print(json.dumps(dropped, indent=1))
+    full_top1 = dropped["observed"]["logits"]["top1_agreement"]
+    assert full_top1 < 0.9  # the full int8 artifact missed the tolerance the user wrote
+    assert _top1(lock, "edge") >= 0.9  # ...and the repaired one meets the same one
+    node = lock.targets["edge"]["node"]
+    repair = lock.nodes[node]["facts"]["repair"]
+    print(json.dumps(repair, indent=1))
+    assert repair["recipe"] == "keep-float" and 0 < len(repair["kept_float"]) <= 3
+    assert "/head/Gemm" in repair["kept_float"]
+    assert lock.nodes[node]["components"]["options"]["keep_float"] == "sensitive"
+    assert lock.nodes[node]["components"]["options"]["repair_goal"]["logits"]["min_top1_agreement"] == 0.9
+
+    explained = json.loads(project.run("explain", node).stdout)
+    assert any(n.startswith("accuracy repair keep-float: kept") for n in explained["notes"])
+
+    # A no-op build: no factory call, no search, nothing to do.
+    calls = project.calls()
+    again = project.run("build", "edge")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout and project.calls() == calls
