@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from buildsys.routes import LABEL, REPAIR, hop, label_parts
-
 if TYPE_CHECKING:
     from buildsys.plan import Plan
 
@@ -30,6 +28,8 @@ WHAT_TO_DO = ("repair tried {tried}; to go on: give more or more representative 
 def repair_stop(route: Sequence[str]) -> int | None:
     """The index of the route's stop whose step has repair recipes and runs with its defaults (no alternative,
     no recipe yet); None when the route has none."""
+    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+
     from buildsys.formats import steps
     from buildsys.routes import format_graph
 
@@ -53,6 +53,8 @@ def allowed(step: Any, repair: bool | Sequence[str]) -> list[str]:
 def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool | Sequence[str]) -> list[list[str]]:
     """`route` with each allowed recipe at its repair stop, except a recipe that sets an option the target
     sets itself for that format, contradicts its other options, or changes nothing."""
+    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+
     from pydantic import ValidationError
 
     from buildsys.formats import steps
@@ -83,6 +85,8 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
 
 def is_repair_route(route: Sequence[str]) -> bool:
     """Whether a route quantizes with a repair recipe."""
+    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+
     return any(label_parts(hop(stop)[1])[0].startswith(REPAIR) for stop in route)
 
 
@@ -119,6 +123,8 @@ def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dic
 def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool:
     """Whether this failure opens a repair: an artifact that missed its check (not a conversion error), on a
     route whose quantizing stop runs with its defaults, for a target that allows a recipe there."""
+    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+
     from buildsys.kinds import Check
 
     if plan.dag.nodes[node].kind != Check.name:
@@ -132,6 +138,8 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
 
 def tried(routes: Sequence[Sequence[str]]) -> str:
     """The sentence a blocked target ends with when repair recipes were among its routes; "" otherwise."""
+    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+
     recipes = [label_parts(hop(stop)[1])[0][len(REPAIR):] for r in routes for stop in r
                if label_parts(hop(stop)[1])[0].startswith(REPAIR)]
     if not recipes:
@@ -156,3 +164,17 @@ def describe(record: Any) -> list[str]:
     if record.get("measured"):
         lines.append(f"sensitivity measured on {record['measured']} (docs/repair.md)")
     return lines
+
+
+def trade_off(record: Any) -> str:
+    """What a quantized route that was dropped measured, for its line in the summary and the report:
+    " (36.1 KB; logits: top-1 agreement 0.09, cosine 0)"; "" when nothing was measured."""
+    observed = record.get("observed") if isinstance(record, dict) else None
+    if not isinstance(observed, dict) or not observed:
+        return ""
+    parts = [f"{observed['bytes'] / 1024:.1f} KB"] if isinstance(observed.get("bytes"), (int, float)) else []
+    for name, values in sorted(observed.items()):
+        if isinstance(values, dict) and values:
+            shown = ", ".join(f"{k.replace('top1_agreement', 'top-1 agreement')} {v:.4g}" for k, v in sorted(values.items()))
+            parts.append(f"{name}: {shown}")
+    return f" ({'; '.join(parts)})" if parts else ""

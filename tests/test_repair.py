@@ -87,8 +87,10 @@ targets:
 
 #: Static int8 by ONNX Runtime through the legacy exporter (one route's worth of work per recipe).
 EDGE = "edge: {model: vit, format: onnx, precision: int8, via: [onnx], options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n"
-#: The same, with repair forbidden.
+#: The same, with repair forbidden, and with only a recipe that does not help.
 STRICT = ("strict: {model: vit, format: onnx, precision: int8, via: [onnx], repair: false, "
+          "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
+NARROW = ("narrow: {model: vit, format: onnx, precision: int8, via: [onnx], repair: [per-channel], "
           "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
 
 
@@ -118,31 +120,55 @@ def _top1(lock: Lock, target: str) -> float:
 
 
 def test_full_int8_misses_and_the_keep_float_recipe_passes(tmp_path: Path) -> None:
-    project = Project(tmp_path, EDGE)
+    project = Project(tmp_path, EDGE + STRICT + NARROW)
     proc = project.run("build", "edge")
-    print(proc.stdout[-4000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The summary shows the recipe that passed and what the dropped full int8 measured.
+    assert "edge: made by pytorch → onnx → onnx-int8 (repair keep-float)" in proc.stdout
+    assert "edge: accuracy repair keep-float: kept 2 layer(s) in float: /Concat_3, /head/Gemm" in proc.stdout
+    assert "dropped at verify:edge: logits: cosine 0 < 0.9 (36." in proc.stdout
     lock = project.lock()
     assert lock.targets["edge"]["route"] == ["pytorch", "onnx", "onnx-int8 (repair keep-float)"]
     [dropped] = lock.routes["edge"]["dropped"]
     assert dropped["route"] == ["pytorch", "onnx", "onnx-int8"] and dropped["repair"] is True
     assert dropped["reason"].startswith("logits: cosine 0 < 0.9")
-    print(json.dumps(dropped, indent=1))
     full_top1 = dropped["observed"]["logits"]["top1_agreement"]
     assert full_top1 < 0.9  # the full int8 artifact missed the tolerance the user wrote
     assert _top1(lock, "edge") >= 0.9  # ...and the repaired one meets the same one
     node = lock.targets["edge"]["node"]
     repair = lock.nodes[node]["facts"]["repair"]
-    print(json.dumps(repair, indent=1))
-    assert repair["recipe"] == "keep-float" and 0 < len(repair["kept_float"]) <= 3
-    assert "/head/Gemm" in repair["kept_float"]
+    # Sensitivity found the pair that only fails together: each quantized alone loses everything.
+    assert repair["recipe"] == "keep-float" and repair["kept_float"] == ["/Concat_3", "/head/Gemm"]
+    assert {n for n, _ in repair["sensitivity"][:2]} == {"/Concat_3", "/head/Gemm"}
+    assert [t["passed"] for t in repair["trials"]] == [False, True]
+    assert repair["full_int8"]["passed"] is False and repair["full_int8"]["metrics"]["logits"]["cosine"] < 0.5
     assert lock.nodes[node]["components"]["options"]["keep_float"] == "sensitive"
     assert lock.nodes[node]["components"]["options"]["repair_goal"]["logits"]["min_top1_agreement"] == 0.9
 
     explained = json.loads(project.run("explain", node).stdout)
     assert any(n.startswith("accuracy repair keep-float: kept") for n in explained["notes"])
 
+    explained = json.loads(project.run("explain", "verify:edge").stdout)
+    assert explained["candidate_routes"][:2] == [["pytorch", "onnx", "onnx-int8"],
+                                                 ["pytorch", "onnx", "onnx-int8 (repair keep-float)"]]
+
     # A no-op build: no factory call, no search, nothing to do.
     calls = project.calls()
     again = project.run("build", "edge")
     assert again.returncode == 0 and "Nothing to do" in again.stdout and project.calls() == calls
+    assert "onnx-int8~" not in again.stdout
+
+    # repair: false: the same full int8 artifact (shared, not rebuilt) fails its check; nothing else is tried.
+    strict = project.run("build", "strict")
+    assert strict.returncode == 1 and "logits: cosine 0 < 0.9" in strict.stdout
+    assert "repair" not in strict.stdout and "strict" not in project.lock().routes
+
+    # Only a recipe that does not help: the target is blocked, every route and recipe with what it said,
+    # and what the user can do.
+    narrow = project.run("build", "narrow")
+    assert narrow.returncode == 1
+    records = project.lock().routes["narrow"]["dropped"]
+    assert [r["route"][-1] for r in records] == ["onnx-int8", "onnx-int8 (repair per-channel)"]
+    assert all(r["observed"]["logits"]["top1_agreement"] < 0.9 for r in records)
+    assert "no route passes its check" in narrow.stdout and "repair tried per-channel; to go on:" in narrow.stdout
+    assert "loosen the acceptance you wrote (modelbuild never does)" in narrow.stdout

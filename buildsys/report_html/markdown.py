@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from buildsys.repair import trade_off
 from buildsys.report_html.data import Row, count_statuses
 from buildsys.report_html.formatting import (
     fmt_limit,
@@ -72,7 +73,7 @@ def render_markdown(data: list[Row], title: str) -> str:
             lines.append("- op rewrites: " + md(", ".join(r.rewrites)))
         for d in r.dropped:
             lines.append(f"- dropped route {md(' → '.join(map(str, d['route'])))} at `{str(d.get('node', '?')).replace('`', '')}`: "
-                         f"{md(d.get('reason', ''))}")
+                         f"{md(d.get('reason', '') + trade_off(d))}")
         if r.toolchain:
             lines.append("- toolchain: " + md(", ".join(f"{k} {v}" for k, v in r.toolchain.items())))
         if r.options:
