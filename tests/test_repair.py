@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -31,9 +32,10 @@ class TinyViT(nn.Module):
 
     Built, not trained: the embedding passes the first 10 features through, the blocks add a small
     perturbation and the classifier reads those 10 channels, so the class is the largest mean feature.
-    The pooled features carry one more channel of constant magnitude that the classifier ignores
-    (weight 0), as large transformers carry outlier features: the float function is unchanged, but one
-    per-tensor int8 range for the classifier's input leaves the other channels no levels."""
+    The pooled features carry one more channel of magnitude 1000 to ~2000 (it follows the input, so no
+    converter folds it away as a constant) that the classifier ignores (weight 0), as large transformers
+    carry outlier features: the float function is unchanged, but one per-tensor int8 range for the
+    classifier's input leaves the other channels no levels."""
 
     def __init__(self, dim=32, heads=4, hidden=64, classes=10, outlier=1000.0):
         super().__init__()
@@ -66,7 +68,7 @@ class TinyViT(nn.Module):
         h = h + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
         h = h + self.fc2(torch.relu(self.fc1(self.norm2(h))))
         pooled = h.mean(dim=1)
-        return self.head(torch.cat([pooled, self.outlier.expand(b, 1)], dim=1))
+        return self.head(torch.cat([pooled, self.outlier * (1 + pooled[:, 12:13].abs())], dim=1))
 
 
 def build():
@@ -92,6 +94,8 @@ STRICT = ("strict: {model: vit, format: onnx, precision: int8, via: [onnx], repa
           "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
 NARROW = ("narrow: {model: vit, format: onnx, precision: int8, via: [onnx], repair: [per-channel], "
           "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
+#: OpenVINO int8 by NNCF (the intel platform's route), from the same ONNX export.
+INTEL = "intel: {model: vit, format: openvino, precision: int8, options: {onnx: {dynamo: false}}}\n"
 
 
 class Project:
@@ -119,14 +123,20 @@ def _top1(lock: Lock, target: str) -> float:
     return lock.nodes[f"verify:{target}"]["metrics"]["outputs"]["logits"]["top1_agreement"]["observed"]
 
 
-def test_full_int8_misses_and_the_keep_float_recipe_passes(tmp_path: Path) -> None:
-    project = Project(tmp_path, EDGE + STRICT + NARROW)
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """One project for both tests: the ONNX export and the reference are built once."""
+    return Project(tmp_path_factory.mktemp("repair"), EDGE + STRICT + NARROW + INTEL)
+
+
+def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> None:
     proc = project.run("build", "edge")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The summary shows the recipe that passed and what the dropped full int8 measured.
     assert "edge: made by pytorch → onnx → onnx-int8 (repair keep-float)" in proc.stdout
-    assert "edge: accuracy repair keep-float: kept 2 layer(s) in float: /Concat_3, /head/Gemm" in proc.stdout
-    assert "dropped at verify:edge: logits: cosine 0 < 0.9 (36." in proc.stdout
+    assert "edge: accuracy repair keep-float: kept 2 layer(s) in float: /Concat_2, /head/Gemm" in proc.stdout
+    assert re.search(r"dropped at verify:edge: logits: cosine 0 < 0\.9 \(\d+\.\d KB; logits: cosine 0, top-1 agreement "
+                     r"0\.0\d+\)", proc.stdout)
     lock = project.lock()
     assert lock.targets["edge"]["route"] == ["pytorch", "onnx", "onnx-int8 (repair keep-float)"]
     [dropped] = lock.routes["edge"]["dropped"]
@@ -138,8 +148,8 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(tmp_path: Path) -> No
     node = lock.targets["edge"]["node"]
     repair = lock.nodes[node]["facts"]["repair"]
     # Sensitivity found the pair that only fails together: each quantized alone loses everything.
-    assert repair["recipe"] == "keep-float" and repair["kept_float"] == ["/Concat_3", "/head/Gemm"]
-    assert {n for n, _ in repair["sensitivity"][:2]} == {"/Concat_3", "/head/Gemm"}
+    assert repair["recipe"] == "keep-float" and repair["kept_float"] == ["/Concat_2", "/head/Gemm"]
+    assert {n for n, _ in repair["sensitivity"][:2]} == {"/Concat_2", "/head/Gemm"}
     assert [t["passed"] for t in repair["trials"]] == [False, True]
     assert repair["full_int8"]["passed"] is False and repair["full_int8"]["metrics"]["logits"]["cosine"] < 0.5
     assert lock.nodes[node]["components"]["options"]["keep_float"] == "sensitive"
@@ -172,3 +182,16 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(tmp_path: Path) -> No
     assert all(r["observed"]["logits"]["top1_agreement"] < 0.9 for r in records)
     assert "no route passes its check" in narrow.stdout and "repair tried per-channel; to go on:" in narrow.stdout
     assert "loosen the acceptance you wrote (modelbuild never does)" in narrow.stdout
+
+
+
+def test_openvino_full_int8_misses_and_nncf_transformer_scheme_passes(project: Project) -> None:
+    pytest.importorskip("nncf")
+    proc = project.run("build", "intel")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "intel: made by pytorch → onnx → openvino → openvino-int8 (repair transformer)" in proc.stdout
+    lock = project.lock()
+    assert lock.targets["intel"]["route"][-1] == "openvino-int8 (repair transformer)"
+    [dropped] = lock.routes["intel"]["dropped"]
+    assert dropped["repair"] is True and dropped["observed"]["logits"]["top1_agreement"] < 0.9
+    assert _top1(lock, "intel") >= 0.9

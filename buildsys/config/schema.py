@@ -257,11 +257,11 @@ class Target(Strict):
         "rewrites the artifact carries. A list (e.g. [stft]): exactly these, on every route, and none added "
         "automatically. []: no rewrites at all (a refusal then fails the route, naming the rewrite that would "
         "remove the op).")
-    repair: Union[bool, list[Literal["keep-float", "per-channel", "entropy"]]] = Field(
+    repair: Union[bool, list[Literal["keep-float", "per-channel", "entropy", "transformer", "mixed"]]] = Field(
         default=True, description="Accuracy repair of a quantized artifact that misses its acceptance "
         "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "
         "per-layer sensitivity, then the fewest most sensitive layers kept in float until the tolerance holds; "
-        "per-channel weights; entropy calibration); the one that passes is recorded in deploy.lock and reused, "
+        "per-channel weights; entropy calibration. openvino-int8: NNCF's transformer scheme; the mixed preset); the one that passes is recorded in deploy.lock and reused, "
         "and the tolerance is never loosened. false: no repair (a miss fails the route). A list: only these "
         "recipes, in this order. To pin a recipe, set its options (e.g. options: {onnx-int8: {keep_float: "
         "[/head/Gemm]}}).")
