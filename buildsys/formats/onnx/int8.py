@@ -104,7 +104,8 @@ class OnnxInt8FromOnnx(Step):
     def check_config(cls, model: "Model", options: "OnnxInt8FromOnnx.Options",  # type: ignore[override]
                      root: Path) -> str | None:
         if (options.method == "static" or options.keep_float == "sensitive") and model.data.calibration is None:
-            return (f"{'method static' if options.method == 'static' else 'keep_float: sensitive'} needs calibration data: add data.calibration to the model "
+            which = "method 'static'" if options.method == "static" else "keep_float 'sensitive'"
+            return (f"{which} needs calibration data: add data.calibration to the model "
                     "(an .npz of representative inputs)")
         return None
 
