@@ -188,7 +188,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
                               f"a PyTorch factory (source: {model.source.format})",
                               where=cfg.where("targets", tname, "rewrites"), field=f"targets.{tname}.rewrites")
-        candidates[tname] = add_repair_routes(candidates[tname], repairs.get(tname, []), opts_by_format, target.repair)
+        candidates[tname] = add_repair_routes(candidates[tname], repairs.get(tname, []), opts_by_format, target.repair,
+                                              model, cfg.root)
         left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
         if not left:
             exhausted.append(tname)  # every route failed: the planner blocks its check, saying why

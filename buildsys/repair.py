@@ -50,9 +50,11 @@ def allowed(step: Any, repair: bool | Sequence[str]) -> list[str]:
     return [name for name in repair if name in step.repairs]
 
 
-def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool | Sequence[str]) -> list[list[str]]:
+def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool | Sequence[str],
+                  model: Any = None, root: Any = None) -> list[list[str]]:
     """`route` with each allowed recipe at its repair stop, except a recipe that sets an option the target
-    sets itself for that format, contradicts its other options, or changes nothing."""
+    sets itself for that format, contradicts its other options, changes nothing, or needs what the model
+    lacks (keep-float's search needs calibration data: the step's `check_config` with `model`, `root`)."""
     from buildsys.routes import LABEL, REPAIR, hop, label_parts
 
     from pydantic import ValidationError
@@ -75,6 +77,8 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
             before = step.Options.model_validate(given or {})
             after = step.Options.model_validate({**(given or {}), **values})
         except ValidationError:
+            continue
+        if model is not None and step.check_config(model, after, root) is not None:
             continue
         if after != before:
             rewrites = label_parts(hop(route[i])[1])[1]
@@ -101,13 +105,13 @@ def repairable(routes: Mapping[str, Any]) -> dict[str, list[list[str]]]:
 
 
 def add_repair_routes(candidates: list[list[str]], found: Sequence[list[str]], options: Mapping[str, Any],
-                      repair: bool | Sequence[str]) -> list[list[str]]:
+                      repair: bool | Sequence[str], model: Any = None, root: Any = None) -> list[list[str]]:
     """The candidates with, right after each route whose check miss opened a repair, that route's recipes."""
     out = [list(r) for r in candidates]
     for route in found:
         if route in out:
             i = out.index(route)
-            new = [r for r in repair_routes(route, options, repair) if r not in out]
+            new = [r for r in repair_routes(route, options, repair, model, root) if r not in out]
             out[i + 1:i + 1] = new
     return out
 
@@ -122,7 +126,8 @@ def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dic
 
 def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool:
     """Whether this failure opens a repair: an artifact that missed its check (not a conversion error), on a
-    route whose quantizing stop runs with its defaults, for a target that allows a recipe there."""
+    route whose quantizing stop runs with its defaults, for a target that allows a recipe there and does
+    not pin its route with `via:` (which, as for alternatives, pins the steps' options too)."""
     from buildsys.routes import LABEL, REPAIR, hop, label_parts
 
     from buildsys.kinds import Check
@@ -130,10 +135,13 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
     if plan.dag.nodes[node].kind != Check.name:
         return False
     config = plan.config.project.targets[target]
+    if config.via:
+        return False
     options = dict(config.options)
     if config.goal != config.format and config.format in options and config.goal not in options:
         options[config.goal] = options.pop(config.format)
-    return bool(repair_routes(route, options, config.repair))
+    model = plan.config.project.models.get(config.model)
+    return bool(repair_routes(route, options, config.repair, model, plan.config.root))
 
 
 def tried(routes: Sequence[Sequence[str]]) -> str:

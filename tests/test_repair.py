@@ -87,12 +87,13 @@ models:
 targets:
 """
 
-#: Static int8 by ONNX Runtime through the legacy exporter (one route's worth of work per recipe).
-EDGE = "edge: {model: vit, format: onnx, precision: int8, via: [onnx], options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n"
+#: Static int8 by ONNX Runtime through the legacy exporter, on one path (`routes:`; `via:` would pin the
+#: quantizer's options too, as it does for alternatives, and so forbid repair).
+EDGE = "edge: {model: vit, format: onnx, precision: int8, routes: [[onnx]], options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n"
 #: The same, with repair forbidden, and with only a recipe that does not help.
-STRICT = ("strict: {model: vit, format: onnx, precision: int8, via: [onnx], repair: false, "
+STRICT = ("strict: {model: vit, format: onnx, precision: int8, routes: [[onnx]], repair: false, "
           "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
-NARROW = ("narrow: {model: vit, format: onnx, precision: int8, via: [onnx], repair: [per-channel], "
+NARROW = ("narrow: {model: vit, format: onnx, precision: int8, routes: [[onnx]], repair: [per-channel], "
           "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
 #: OpenVINO int8 by NNCF (the intel platform's route), from the same ONNX export.
 INTEL = "intel: {model: vit, format: openvino, precision: int8, options: {onnx: {dynamo: false}}}\n"
