@@ -186,6 +186,7 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
 
 
 
+@pytest.mark.slow
 def test_openvino_full_int8_misses_and_nncf_transformer_scheme_passes(project: Project) -> None:
     pytest.importorskip("nncf")
     proc = project.run("build", "intel")
@@ -196,3 +197,34 @@ def test_openvino_full_int8_misses_and_nncf_transformer_scheme_passes(project: P
     [dropped] = lock.routes["intel"]["dropped"]
     assert dropped["repair"] is True and dropped["observed"]["logits"]["top1_agreement"] < 0.9
     assert _top1(lock, "intel") >= 0.9
+
+
+def test_repair_routes_follow_the_target_and_its_options() -> None:
+    from buildsys.repair import add_repair_routes, repair_routes
+
+    full = ["pytorch", "onnx", "onnx-int8"]
+    recipe = lambda name: [*full[:-1], f"onnx-int8 (repair {name})"]  # noqa: E731
+    assert repair_routes(full, {}, True) == [recipe("keep-float"), recipe("per-channel"), recipe("entropy")]
+    # A recipe that sets an option the target sets itself is not tried (entropy sets method).
+    assert repair_routes(full, {"onnx-int8": {"method": "static"}}, True) == [recipe("keep-float"), recipe("per-channel")]
+    assert repair_routes(full, {"onnx-int8": {"per_channel": True}}, True) == [recipe("keep-float"), recipe("entropy")]
+    assert repair_routes(full, {}, False) == []
+    assert repair_routes(full, {}, ["per-channel", "keep-float"]) == [recipe("per-channel"), recipe("keep-float")]
+    assert repair_routes(recipe("keep-float"), {}, True) == []  # a recipe is never repaired again
+    assert repair_routes(["pytorch", "onnx"], {}, True) == []  # nothing quantizes
+    other = ["pytorch", "onnx", "onnx-optimized", "onnx-int8"]
+    assert add_repair_routes([full, other], [full], {}, ["keep-float"]) == [full, recipe("keep-float"), other]
+
+
+def test_unknown_recipe_names_are_config_errors(tmp_path: Path) -> None:
+    project = Project(tmp_path, EDGE.replace("routes: [[onnx]]", "repair: [keep-flaot]"))
+    bad = project.run("plan")
+    assert bad.returncode == 2 and "deploy.yaml:" in bad.stderr and "targets.edge.repair" in bad.stderr
+    assert "no repair recipe is named 'keep-flaot' — did you mean 'keep-float'?" in bad.stderr
+
+
+def test_every_recipe_name_is_known_to_the_schema() -> None:
+    from buildsys.config.schema import REPAIR_RECIPES
+    from buildsys.formats import steps
+
+    assert set(REPAIR_RECIPES) == {name for step in steps().values() for name in step.repairs}
