@@ -165,10 +165,10 @@ def describe(record: Any) -> list[str]:
              + (f"kept {len(kept)} layer(s) in float: {', '.join(kept)}" if kept else "nothing kept in float")]
     full = record.get("full_int8")
     if isinstance(full, dict):
-        lines.append(f"full int8 on the calibration set: {full.get('metrics')} ({full.get('bytes')} bytes)")
+        lines.append(f"full int8 on the calibration set: {_measured(full.get('metrics'))}, {_kb(full.get('bytes'))}")
     for trial in record.get("trials", []):
-        lines.append(f"tried {len(trial['keep_float'])} in float: {'passed' if trial['passed'] else 'missed'} "
-                     f"{trial['metrics']}, {trial['bytes']} bytes")
+        lines.append(f"tried {len(trial['keep_float'])} in float: {'passed' if trial['passed'] else 'missed'}, "
+                     f"{_measured(trial['metrics'])}, {_kb(trial['bytes'])}")
     if record.get("measured"):
         lines.append(f"sensitivity measured on {record['measured']} (docs/repair.md)")
     return lines
@@ -180,9 +180,19 @@ def trade_off(record: Any) -> str:
     observed = record.get("observed") if isinstance(record, dict) else None
     if not isinstance(observed, dict) or not observed:
         return ""
-    parts = [f"{observed['bytes'] / 1024:.1f} KB"] if isinstance(observed.get("bytes"), (int, float)) else []
-    for name, values in sorted(observed.items()):
-        if isinstance(values, dict) and values:
-            shown = ", ".join(f"{k.replace('top1_agreement', 'top-1 agreement')} {v:.4g}" for k, v in sorted(values.items()))
-            parts.append(f"{name}: {shown}")
-    return f" ({'; '.join(parts)})" if parts else ""
+    parts = [_kb(observed["bytes"])] if isinstance(observed.get("bytes"), (int, float)) else []
+    measured = _measured({k: v for k, v in observed.items() if k != "bytes"})
+    return f" ({'; '.join([*parts, measured] if measured else parts)})" if parts or measured else ""
+
+
+def _kb(size: Any) -> str:
+    return f"{size / 1024:.1f} KB" if isinstance(size, (int, float)) else "size unknown"
+
+
+def _measured(metrics: Any) -> str:
+    """{output: {metric: value}} as "logits: cosine 0, top-1 agreement 0.09375"."""
+    if not isinstance(metrics, dict):
+        return ""
+    return "; ".join(f"{name}: " + ", ".join(f"{k.replace('top1_agreement', 'top-1 agreement').replace('_', ' ')} "
+                                             f"{v:.4g}" for k, v in sorted(values.items()))
+                     for name, values in sorted(metrics.items()) if isinstance(values, dict) and values)

@@ -159,6 +159,13 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
     explained = json.loads(project.run("explain", node).stdout)
     assert any(n.startswith("accuracy repair keep-float: kept") for n in explained["notes"])
 
+    assert project.run("report").returncode == 0
+    report = (project.root / "artifacts/report/report.md").read_text().replace("\\", "")  # Markdown escapes
+    assert "- route: pytorch → onnx → onnx-int8 (repair keep-float)" in report
+    assert "- accuracy repair keep-float: kept 2 layer(s) in float: /Concat_2, /head/Gemm" in report
+    assert "dropped route pytorch → onnx → onnx-int8 at `verify:edge`: logits: cosine 0 &lt; 0.9 (37.0 KB; logits: " \
+           "cosine 0, top-1 agreement 0.09375)" in report
+
     explained = json.loads(project.run("explain", "verify:edge").stdout)
     assert explained["candidate_routes"][:2] == [["pytorch", "onnx", "onnx-int8"],
                                                  ["pytorch", "onnx", "onnx-int8 (repair keep-float)"]]
