@@ -127,7 +127,9 @@ def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dic
 def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool:
     """Whether this failure opens a repair: an artifact that missed its check (not a conversion error), on a
     route whose quantizing stop runs with its defaults, for a target that allows a recipe there and does
-    not pin its route with `via:` (which, as for alternatives, pins the steps' options too)."""
+    not pin its route with `via:` (which, as for alternatives, pins the steps' options too). Bounded: a
+    target's repair opens once, after its first route whose int8 check missed; later routes are tried
+    with their defaults only (their recipes would repeat the same search on another path)."""
     from buildsys.routes import LABEL, REPAIR, hop, label_parts
 
     from buildsys.kinds import Check
@@ -135,7 +137,7 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
     if plan.dag.nodes[node].kind != Check.name:
         return False
     config = plan.config.project.targets[target]
-    if config.via:
+    if config.via or any(record.get("repair") for record in plan.dropped.get(target, [])):
         return False
     options = dict(config.options)
     if config.goal != config.format and config.format in options and config.goal not in options:
