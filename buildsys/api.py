@@ -168,18 +168,13 @@ def build_failed(report: BuildReport) -> BuildFailed:
 
 def plan_result(the_plan: Any) -> PlanResult:
     """A `buildsys.plan.Plan` as the API's PlanResult."""
-    from buildsys.plan import BLOCKED, RESTORE
-
     nodes = []
     for p in the_plan.order():
         node = p.node
-        action: NodeAction = "none" if p.fresh or p.action == BLOCKED else "restore" if p.action == RESTORE else \
-            "remote" if p.remote else "cached" if p.cached else "run"
         nodes.append(NodeStatus(
             name=node.name, kind=node.kind, model=node.model, format=node.format,
             targets=list(node.targets or ([node.target] if node.target else [])),
-            state="fresh" if p.fresh else "blocked" if p.action == BLOCKED else "stale", action=action,
-            reasons=list(p.reasons), key=p.key))
+            state=p.state, action=p.next, reasons=list(p.reasons), key=p.key))
     return PlanResult(Path(the_plan.config.path), list(the_plan.targets), dict(the_plan.dag.routes), nodes)
 
 
@@ -217,18 +212,18 @@ def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> Non
         nplan = the_plan.nodes.get(name)
         if nplan is not None and nplan.action == RUN and nplan.key == key:
             why = "; ".join(str(f).removeprefix(FAILED_EARLIER) for f in result.metrics.get("failures") or [result.error or "failed"])
-            nplan.action, nplan.reasons = BLOCKED, [FAILED_EARLIER + why]
+            nplan.action, nplan.failed, nplan.reasons = BLOCKED, True, [FAILED_EARLIER + why]
 
 
 def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:
     """Record each failed route in deploy.lock (replacing an older failure of the same route)."""
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
 
     for target, record in dropped.items():
         entry = lock.routes.setdefault(target, {"dropped": []})
         entry["dropped"] = [r for r in entry["dropped"] if r["route"] != record["route"]] + [record]
         if on_event is not None:
-            on_event(Event("rerouted", Check.node_name(target), "check", target,
+            on_event(Event("rerouted", CheckKind.node_name(target), "check", target,
                            error=f"route {' → '.join(record['route'])} dropped at {record['node']}: {record['reason']}"))
     lock.write()
 
@@ -266,7 +261,7 @@ def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: boo
 
 
 def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds: float) -> BuildReport:
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
     from buildsys.report import target_rows
     from buildsys.results import FRESH, BuildResult
 
@@ -277,7 +272,7 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
     for row in rows:
         name = row["target"]
         node = the_plan.dag.nodes[the_plan.dag.target_nodes[name]]
-        check = planner.lock.nodes.get(Check.node_name(name), {})
+        check = planner.lock.nodes.get(CheckKind.node_name(name), {})
         path = row.get("path")
         targets[name] = TargetResult(
             name=name, model=node.model, format=node.format, precision=node.precision, status=row["check"],

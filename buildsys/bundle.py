@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from buildsys import __version__
 from buildsys.archive import BundleError, chunks, extract
 from buildsys.errors import ConfigError, did_you_mean
-from buildsys.kinds import Bench, Check
+from buildsys.kinds import BenchKind, CheckKind
 from buildsys.status import CaveatKind, target_status
 from buildsys.verify import not_run_reasons
 
@@ -52,7 +52,7 @@ class DroppedRoute(_M):
     reason: str = Field(description="The conversion error, or the first metric that missed its tolerance.")
 
 
-class Artifact(_M):
+class BundledArtifact(_M):
     target: str
     model: str
     format: str
@@ -85,7 +85,7 @@ class Manifest(_M):
     version: str
     description: str = ""
     modelbuild: str
-    artifacts: list[Artifact]
+    artifacts: list[BundledArtifact]
     references: list[FileEntry]
     documents: list[FileEntry] = Field(default_factory=list, description="Model cards and the SBOM (docs/releases.md).")
 
@@ -113,7 +113,7 @@ def collect(cfg: Any, lock: Any, dag: Any, name: str, cache: Any) -> tuple[Manif
     artifacts = []
     references: dict[str, str] = {}
     for target in bundle.targets:
-        check = lock.nodes.get(Check.node_name(target), {})
+        check = lock.nodes.get(CheckKind.node_name(target), {})
         metrics = check.get("metrics", {})
         if not check or metrics.get("passed") is False:
             raise BundleError(f"target '{target}' has not passed its check", hint=f"run: modelbuild build {target}")
@@ -139,7 +139,7 @@ def collect(cfg: Any, lock: Any, dag: Any, name: str, cache: Any) -> tuple[Manif
         chain = _chain(lock, dag, node.name)
         from buildsys.formats import get_format
 
-        artifacts.append(Artifact(
+        artifacts.append(BundledArtifact(
             target=target, model=node.model, format=node.format, precision=node.precision,
             main=f"{target}/{get_format(node.format).filename}", files=files,
             signature=model.model_dump(mode="json", include={"inputs", "outputs"}), layout=layout,
@@ -148,7 +148,7 @@ def collect(cfg: Any, lock: Any, dag: Any, name: str, cache: Any) -> tuple[Manif
                             for r in lock.routes.get(target, {}).get("dropped", [])],
             toolchain={k: v for c in chain for k, v in c.toolchain.items()},
             acceptance=check.get("components", {}).get("acceptance", {}), check=metrics, status=status.as_dict(),
-            bench=lock.nodes.get(Bench.node_name(target), {}).get("metrics", {}),
+            bench=lock.nodes.get(BenchKind.node_name(target), {}).get("metrics", {}),
             reference=references[node.model], model_config=model.model_dump(mode="json")))
     manifest = Manifest(bundle=name, version=bundle.version, description=bundle.description, modelbuild=__version__,
                         artifacts=artifacts, references=[sums[p] for p in sorted(references.values())])

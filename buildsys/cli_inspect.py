@@ -98,6 +98,21 @@ def explain(config: str, node: str) -> None:
                    dropped_routes=[{k: r[k] for k in ("route", "node", "reason")} for r in the_plan.dropped.get(target, [])])
     if dag.rewrites(node):  # the op rewrites the artifact (or the one a check judges) was made with
         out["rewrites"] = dag.rewrites(node)
+    from buildsys.localise.record import last_miss, table_lines
+
+    misses = []  # the check missed under this key, or a dropped route's check under its own
+    for key, route in [(p.key, None), *[(r.get("key"), r["route"]) for r in the_plan.dropped.get(target, [])
+                                        if r.get("node") == node]]:
+        miss = last_miss(project.planner.store.dir, node, key)
+        if miss:  # where the artifact left PyTorch, layer by layer
+            misses.append({**({"route": route} if route else {}), "failures": miss["failures"],
+                           "localisation": miss["localisation"], "table": table_lines(miss["localisation"])})
+    warned = (entry.get("metrics") or {}).get("localisation") if entry.get("key") == p.key else None
+    if warned:  # a miss the target only warns about (on_fail: warn) is in the lock's record
+        misses.append({"failures": entry["metrics"].get("failures", []), "localisation": warned,
+                       "table": table_lines(warned)})
+    if misses:
+        out["misses"] = misses
     click.echo(report.dumps(out))
 
 
@@ -141,7 +156,7 @@ def gc(config: str) -> None:
 def schema(steps: bool, markdown: bool) -> None:
     """Print the JSON Schema of deploy.yaml (or of every step's options)."""
     from buildsys import report
-    from buildsys.config.schema import Project as ProjectSchema
+    from buildsys.config.schema import DeployConfig
 
     if markdown:
         from buildsys.config.reference import render
@@ -153,7 +168,7 @@ def schema(steps: bool, markdown: bool) -> None:
         click.echo(report.dumps({name: {"consumes": list(s.consumes), "produces": s.produces, "description": s.description or (s.__doc__ or "").strip().splitlines()[0],
                                         "options": s.Options.model_json_schema()} for name, s in sorted(all_steps().items())}))
     else:
-        click.echo(report.dumps(ProjectSchema.model_json_schema()))
+        click.echo(report.dumps(DeployConfig.model_json_schema()))
 
 
 @click.command()

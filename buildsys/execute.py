@@ -245,6 +245,9 @@ class Builder:
             if outcome.failed:
                 if outcome.withdraw:
                     self._withdraw(node.target)
+                from buildsys.localise.record import save_miss
+
+                save_miss(self.planner.store.dir, node.name, nplan.key, metrics)  # for `explain`
                 self._finish(NodeResult(node.name, FAILED, seconds, outcome.what, str(log), metrics))
                 return False
             tree, entries = self.store.put_tree(scratch / "out")

@@ -19,7 +19,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
 from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
-from buildsys.kinds import Artifact, Bench, Check, Reference
+from buildsys.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
 from buildsys.repair import add_repair_routes, with_goal
 from buildsys.rewrite_routes import add_rewrite_routes, loading_stop, loads_module
 from buildsys.routes import candidate_routes, format_graph, hop, route_formats, stop_options
@@ -239,20 +239,20 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             if ident not in identities:
                 data = tuple(step.data_used(options)) + (("example",) if fg.nodes[a]["source"] else ())
                 identities[ident] = Node(
-                    name="", kind=Artifact.name, model=target.model, format=b, step=step.name, options=opts,
+                    name="", kind=ArtifactKind.name, model=target.model, format=b, step=step.name, options=opts,
                     deps=[previous] if previous else [], source_format=a if fg.nodes[a]["source"] else "",
                     data_sets=tuple(dict.fromkeys(data)), precision=get_format(b).precision)
                 chains.setdefault(f"{target.model}/{b}", []).append(ident)
             previous = ident
         identities[previous].targets.append(tname)
-        reference = Reference.node_name(target.model)
-        checks.append(Node(name=Check.node_name(tname), kind=Check.name, model=target.model, format=target.goal,
+        reference = ReferenceKind.node_name(target.model)
+        checks.append(Node(name=CheckKind.node_name(tname), kind=CheckKind.name, model=target.model, format=target.goal,
                            step=CHECK_STEP, options=acceptance, deps=[previous, reference], target=tname,
                            precision=precision))
         acc = target.acceptance
         if bench or acc.p50_ms is not None or acc.p95_ms is not None:
             options = BenchOptions(batch_size=acc.bench_batch, p50_ms=acc.p50_ms, p95_ms=acc.p95_ms, on_fail=acc.on_fail)
-            checks.append(Node(name=Bench.node_name(tname), kind=Bench.name, model=target.model, format=target.goal,
+            checks.append(Node(name=BenchKind.node_name(tname), kind=BenchKind.name, model=target.model, format=target.goal,
                                step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[previous, reference],
                                target=tname, precision=precision))
     # Name artifact nodes: "model/format", with an identity digest when the targets' first routes
@@ -273,8 +273,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
         nodes[node.name] = node
     for mname in dict.fromkeys(c.model for c in checks):
         source = project.models[mname].source.format
-        name = Reference.node_name(mname)
-        nodes[name] = Node(name=name, kind=Reference.name, model=mname, format=REFERENCE_STEP, step=REFERENCE_STEP,
+        name = ReferenceKind.node_name(mname)
+        nodes[name] = Node(name=name, kind=ReferenceKind.name, model=mname, format=REFERENCE_STEP, step=REFERENCE_STEP,
                            options={}, source_format=source, data_sets=("evaluation",))
     for check in checks:
         check.deps[0] = rename[check.deps[0]]
@@ -294,7 +294,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
         routes = {t: routes[t] for t in selected}
         candidates = {t: candidates[t] for t in selected}
         exhausted = [t for t in exhausted if t in selected]
-    target_nodes = {c.target: c.deps[0] for c in checks if c.kind == Check.name}
+    target_nodes = {c.target: c.deps[0] for c in checks if c.kind == CheckKind.name}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
     return Dag(nodes, names, consumers, target_nodes, routes, candidates, exhausted)

@@ -49,12 +49,12 @@ class NodeKind:
         """Add what this kind's output depends on beyond the step, options and inputs. A judging kind
         runs the artifact in its format's runtime, whose packages therefore enter its key."""
         if cls.judges:
-            from buildsys.formats import get_format, runtimes
+            from buildsys.formats import get_format, runtime_class
 
             runtime = get_format(node.format).runtime
             packages += _runtime_packages(runtime)
-            if runtime and runtimes()[runtime].stand_in:  # where the runtime cannot run, the stand-in computes
-                packages += _runtime_packages(runtimes()[runtime].stand_in)
+            if runtime and runtime_class(runtime).stand_in:  # where the runtime cannot run, the stand-in computes
+                packages += _runtime_packages(runtime_class(runtime).stand_in)
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
@@ -77,7 +77,7 @@ class NodeKind:
         return {}
 
 
-class Artifact(NodeKind):
+class ArtifactKind(NodeKind):
     """A step's output on the route from a model's source to a target's format."""
 
     name = "artifact"
@@ -104,14 +104,14 @@ class Artifact(NodeKind):
         return out
 
 
-class Reference(NodeKind):
+class ReferenceKind(NodeKind):
     """The model's source run once on its evaluation inputs: what every check compares to."""
 
     name = "reference"
 
     @staticmethod
     def node_name(model: str) -> str:
-        return f"{model}/{Reference.name}"
+        return f"{model}/{ReferenceKind.name}"
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
@@ -123,7 +123,7 @@ class Reference(NodeKind):
         packages += _runtime_packages(get_format(node.source_format).runtime)
 
 
-class Check(NodeKind):
+class CheckKind(NodeKind):
     """A target's artifact run in its runtime and compared with the reference under its acceptance.
 
     Its options are the resolved acceptance (a tolerance change re-runs only the check). A pass (or a
@@ -145,8 +145,14 @@ class Check(NodeKind):
         super().add_components(node, model, comp, packages)
         comp["options"] = {}
         comp["acceptance"] = node.options
-        if node.options.get("serving"):
-            packages += _runtime_packages(get_format(node.format).serving_runtime)
+        serving = get_format(node.format).serving_runtime if node.options.get("serving") else None
+        if serving:
+            packages += _runtime_packages(serving)
+            from buildsys.formats import get_runtime
+
+            device = get_runtime(serving).host_components()
+            if device:  # whether the serving part can run here (a C++ compiler for LibTorch)
+                comp["device"] = device
 
     @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
@@ -183,7 +189,7 @@ class Check(NodeKind):
         return fields
 
 
-class Bench(NodeKind):
+class BenchKind(NodeKind):
     """A target's artifact timed in its runtime next to PyTorch eager; latency budgets are its acceptance."""
 
     name = "bench"
@@ -226,7 +232,7 @@ class Bench(NodeKind):
         return {LOCAL: True}
 
 
-KINDS: dict[str, type[NodeKind]] = {k.name: k for k in (Artifact, Reference, Check, Bench)}
+KINDS: dict[str, type[NodeKind]] = {k.name: k for k in (ArtifactKind, ReferenceKind, CheckKind, BenchKind)}
 
 
 def kind_of(node: "Node") -> type[NodeKind]:
@@ -237,6 +243,6 @@ def _runtime_packages(runtime: str | None) -> list[str]:
     """The packages whose versions enter the key of a node that runs `runtime`."""
     if runtime is None:
         return []
-    from buildsys.formats import runtimes
+    from buildsys.formats import runtime_class
 
-    return list(runtimes()[runtime].packages)
+    return list(runtime_class(runtime).packages)

@@ -15,8 +15,9 @@ from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
 from buildsys.inputs import data_files, factory_distributions, source_files
 from buildsys.hashing import StatCache, digest_json
-from buildsys.kinds import Artifact, Check, kind_of
+from buildsys.kinds import ArtifactKind, CheckKind, kind_of
 from buildsys.lock import Lock
+from buildsys.status import Action, State
 from buildsys.formats import get_step
 from buildsys.store import Store
 # What a build does after a route fails is planning too: reroute.py (re-exported here).
@@ -32,6 +33,9 @@ BLOCKED = "blocked"
 
 @dataclass
 class NodePlan:
+    """What the plan says of one node: `action` (the executor's instruction: NOTHING, RUN, RESTORE,
+    BLOCKED), why, and its key; `state` and `next` say it in the status vocabulary every output uses."""
+
     node: Node
     action: str
     reasons: list[str] = field(default_factory=list)
@@ -39,10 +43,31 @@ class NodePlan:
     components: dict[str, Any] | None = None
     cached: bool = False  # the action cache already holds this key's outputs
     remote: bool = False  # not in the local cache, but the remote cache holds it: it will be pulled
+    #: BLOCKED because it already failed under the key it would have now (every route of its target
+    #: failed, or it failed earlier in this build), not because this host lacks something
+    failed: bool = False
 
     @property
     def fresh(self) -> bool:
         return self.action == NOTHING
+
+    @property
+    def state(self) -> State:
+        """The node's state: the one mapping of plan actions to words (plan, --json, the Python API)."""
+        if self.action == NOTHING:
+            return State.FRESH
+        if self.action == BLOCKED:
+            return State.FAILED if self.failed else State.BLOCKED
+        return State.STALE
+
+    @property
+    def next(self) -> Action:
+        """What a build will do about it."""
+        if self.action in (NOTHING, BLOCKED):
+            return Action.NONE
+        if self.action == RESTORE:
+            return Action.RESTORE
+        return Action.REMOTE if self.remote else Action.CACHED if self.cached else Action.RUN
 
 
 @dataclass
@@ -152,7 +177,7 @@ class Planner:
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
         for shipped in step.shipped_files:
             inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)
-        if kind is Artifact and _names_files(step):  # most steps don't: skip re-validating their options
+        if kind is ArtifactKind and _names_files(step):  # most steps don't: skip re-validating their options
             for rel in step.files_used(step.Options.model_validate(node.options)):
                 inputs[f"file {rel}"] = self._file_input(rel)
         for which in node.data_sets:
@@ -312,9 +337,9 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
             excluded.setdefault(t, []).append(rec["route"])
             dropped.setdefault(t, []).append(rec)
     for t in dag.exhausted:
-        check = plans[Check.node_name(t)]
+        check = plans[CheckKind.node_name(t)]
         tried = "; ".join(f"{' → '.join(r['route'])}: {r['reason']}" for r in dropped.get(t, []))
-        check.action, check.reasons = BLOCKED, [f"no route passes its check ({tried})"]
+        check.action, check.failed, check.reasons = BLOCKED, True, [f"no route passes its check ({tried})"]
         hint = tried_repairs(dag.candidates.get(t, []))
         if hint:
             check.reasons[0] += f"; {hint}"

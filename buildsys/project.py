@@ -11,7 +11,7 @@ DEFAULT_CONFIG = "deploy.yaml"
 
 
 @dataclass
-class Project:
+class OpenedProject:
     """An opened deploy file with its lock, store and planner (nothing heavy imported)."""
 
     config: Any
@@ -22,7 +22,7 @@ class Project:
         return self.planner.store.dir
 
 
-def open_project(config_path: str, serving: bool = False, strict: bool = False) -> Project:
+def open_project(config_path: str, serving: bool = False, strict: bool = False) -> OpenedProject:
     from buildsys.config.load import load
     from buildsys.hashing import StatCache
     from buildsys.lock import Lock, lock_path_for
@@ -46,7 +46,7 @@ def open_project(config_path: str, serving: bool = False, strict: bool = False) 
     cache = Path(os.environ.get("MODELBUILD_CACHE") or cfg.root / ".modelbuild")
     stat = StatCache(cache / "statcache.json")
     planner = Planner(cfg, Lock.read(lock_path_for(path)), Store(cache, stat), stat, cfg.root / "artifacts")
-    return Project(cfg, planner)
+    return OpenedProject(cfg, planner)
 
 
 def with_acceptance(project: Any, overrides: dict[str, Any]) -> Any:
@@ -56,7 +56,7 @@ def with_acceptance(project: Any, overrides: dict[str, Any]) -> Any:
     return project.model_copy(update={"targets": targets})
 
 
-def source_sizes(project: Project) -> dict[str, int]:
+def source_sizes(project: OpenedProject) -> dict[str, int]:
     """Bytes of each model's fp32 source (weights or source file): the baseline for size ratios."""
     from buildsys.inputs import source_files
 

@@ -132,9 +132,9 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
     with their defaults only (their recipes would repeat the same search on another path)."""
     from buildsys.routes import LABEL, REPAIR, hop, label_parts
 
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
 
-    if plan.dag.nodes[node].kind != Check.name:
+    if plan.dag.nodes[node].kind != CheckKind.name:
         return False
     config = plan.config.project.targets[target]
     if config.via or any(record.get("repair") for record in plan.dropped.get(target, [])):

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.results import BuildResult
-from buildsys.plan import BLOCKED, NOTHING, RESTORE, Plan
+from buildsys.plan import BLOCKED, Plan
 from buildsys.report_html import fmt_size as _size
-from buildsys.kinds import Bench, Check
-from buildsys.status import Caveat, CaveatKind, Verdict, target_status
+from buildsys.kinds import BenchKind, CheckKind
+from buildsys.status import Action, Caveat, CaveatKind, State, Verdict, target_status
 
 
 def console(stderr: bool = False) -> Any:
@@ -39,15 +39,17 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         nodes.append({
             "node": p.node.name, "kind": p.node.kind, "model": p.node.model, "format": p.node.format,
             "step": p.node.step, "deps": p.node.deps, "targets": p.node.targets or ([p.node.target] if p.node.target else []),
-            "state": "fresh" if p.fresh else "blocked" if p.action == BLOCKED else "stale",
-            "action": "none" if p.fresh or p.action == BLOCKED else ("restore" if p.action == RESTORE else
-                                                                   "cached" if p.cached else "run"),
+            "state": p.state.value, "action": p.next.value,
             "reasons": p.reasons, "key": p.key,
         })
     return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes,
             "candidate_routes": plan.dag.candidates, "dropped_routes": plan.dropped, "nodes": nodes,
-            "stale": sum(1 for n in nodes if n["state"] == "stale"),
-            "blocked": sum(1 for n in nodes if n["state"] == "blocked")}
+            **{state.value: sum(1 for n in nodes if n["state"] == state.value)
+               for state in (State.STALE, State.BLOCKED, State.FAILED)}}
+
+
+# fresh: nothing to do; restore: copied back from the cache; blocked/failed: cannot be built here / failed already
+_PLAN_COLORS = {"fresh": "bright_black", "restore": "cyan", "blocked": "red", "failed": "red"}
 
 
 def print_plan(plan: Plan) -> None:
@@ -58,14 +60,10 @@ def print_plan(plan: Plan) -> None:
     width = max((len(p.node.name) for p in order), default=10)
     click.echo(f"{click.style('plan', bold=True)} {plan.config.path.name}: {len(plan.targets)} target(s), {len(order)} node(s)")
     for p in order:
-        if p.action == NOTHING:
-            label, color = "fresh", "bright_black"
-        elif p.action == RESTORE:
-            label, color = "restore", "cyan"
-        elif p.action == BLOCKED:  # this host cannot build it (no GPU): not work that could be done here
-            label, color = "blocked", "red"
-        else:
-            label, color = ("cached" if p.cached else "stale"), "yellow"
+        state, action = p.state, p.next
+        label = state.value if state is not State.STALE else "cached" if action is Action.CACHED else \
+            "remote" if action is Action.REMOTE else "restore" if action is Action.RESTORE else "stale"
+        color = _PLAN_COLORS.get(label, "yellow")
         reasons = "; ".join(p.reasons)
         line = f"  {click.style(f'{label:<8}', fg=color)} {p.node.name:<{width}}  {click.style(reasons, dim=True) if reasons else ''}"
         click.echo(line.rstrip())
@@ -118,6 +116,11 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
             for output, metric, observed, allowed, ok in rows:
                 table.add_row(output, metric, observed, allowed, "[green]ok[/]" if ok else "[bold red]MISS[/]")
             out.print(table)
+            if r.metrics.get("localisation", {}).get("rows"):
+                from buildsys.localise.record import table_lines
+
+                out.print("\n".join("    " + line for line in table_lines(r.metrics["localisation"])),
+                          markup=False, highlight=False)
         elif r.log and Path(r.log).exists() and not r.metrics.get("failures"):
             if not r.user_error:  # a converter's own failure: its last words help
                 tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
@@ -147,7 +150,7 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         node = plan.dag.nodes[plan.dag.target_nodes[target]]
         recorded = lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
-        entry = lock_nodes.get(Check.node_name(target), {})
+        entry = lock_nodes.get(CheckKind.node_name(target), {})
         check = entry.get("metrics", {})
         dropped: list[dict[str, Any]] = [{k: r[k] for k in ("route", "node", "reason", "observed") if k in r}
                    for r in plan.dropped.get(target, [])]
@@ -224,7 +227,7 @@ def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> Non
     table = Table("target", "runtime", "batch", "p50 ms", "p95 ms", "spread", "samples/s", "eager p50 ms", "speedup",
                   "budget", box=None, padding=(0, 1), pad_edge=False)
     for target in targets:
-        m = lock_nodes.get(Bench.node_name(target), {}).get("metrics", {})
+        m = lock_nodes.get(BenchKind.node_name(target), {}).get("metrics", {})
         if not m:
             continue
         art, eager = m.get("artifact", {}), m.get("eager", {})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__
-from buildsys.kinds import Artifact, Check
+from buildsys.kinds import ArtifactKind, CheckKind
 from buildsys.repair import is_repair_route, opens_repair
 
 if TYPE_CHECKING:
@@ -40,10 +40,10 @@ def route_failures(plan: "Plan", results: dict[str, Any], lock: "Lock | None" = 
         route = plan.dag.routes[target]
         if target in plan.dag.exhausted or route not in candidates:
             continue  # the last route's failure is recorded too: the target is then blocked, naming every route
-        chain = [Check.node_name(target)]
+        chain = [CheckKind.node_name(target)]
         while chain[-1] in plan.dag.nodes and plan.dag.nodes[chain[-1]].deps:
             first = plan.dag.nodes[chain[-1]].deps[0]
-            if plan.dag.nodes[first].kind != Artifact.name:
+            if plan.dag.nodes[first].kind != ArtifactKind.name:
                 break
             chain.append(first)
         failed = [n for n in reversed(chain) if getattr(results.get(n), "outcome", "") == "failed"]
@@ -89,7 +89,7 @@ def _rewrite_answer(plan: "Plan", target: str, route: list[str], node: str, erro
     from buildsys.rewrite_routes import loading_stop, refusal_rewrites, with_rewrites
     from buildsys.routes import hop, label_parts
 
-    if plan.dag.nodes[node].kind != Artifact.name:
+    if plan.dag.nodes[node].kind != ArtifactKind.name:
         return [], ""  # a check that missed: the artifact was made, no converter refused anything
     names = refusal_rewrites(error, _chain_ops(chain, results, lock))
     stop = loading_stop(route)

@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-FRESH, BUILT, CACHED, RESTORED, CUTOFF, FAILED, SKIPPED = "fresh", "built", "cached", "restored", "cutoff", "failed", "skipped"
+from buildsys.status import Action, Outcome, State
 
+# What a build did to a node (the executor's outcomes), in the one status vocabulary.
+FRESH, BUILT, CACHED, RESTORED, CUTOFF, FAILED, SKIPPED = (Outcome.FRESH, Outcome.BUILT, Outcome.CACHED, Outcome.RESTORED,
+                                                           Outcome.CUTOFF, Outcome.FAILED, Outcome.SKIPPED)
 
-#: NodeStatus.action: what building would do for the node (buildsys.api.plan_result sets it from the plan).
-NodeAction = Literal["none", "run", "cached", "remote", "restore"]
+#: NodeStatus.action: what building would do for the node (NodePlan.next).
+NodeAction = Action
 
 @dataclass
 class NodeResult:
@@ -58,7 +61,7 @@ class NodeStatus:
     model: str
     format: str
     targets: list[str]
-    state: Literal["fresh", "stale", "blocked"]  # blocked: this host cannot build it (e.g. no GPU)
+    state: State  # fresh, stale, blocked (this host cannot build it, e.g. no GPU) or failed (under this key)
     action: NodeAction
     reasons: list[str]
     key: str | None

@@ -413,7 +413,8 @@ def test_a_function_of_a_multifunction_package_is_chosen_by_name(tmp_path: Path)
 @pytest.mark.parametrize("target", ["iOS16", "iOS18"])
 def test_sparse_weights_decode_like_coremltools(made: dict[str, tuple[Tiny, Path]], tmp_path: Path,
                                                target: str) -> None:
-    """modelbuild does not prune yet; the decoder exists, so it is held to coremltools' own."""
+    """coremltools' pruning for both deployment targets (iOS16 packs the mask into bytes, iOS18 one bit per
+    element): the decoder is held to coremltools' own materialization."""
     from coremltools.optimize.coreml import OpMagnitudePrunerConfig, OptimizationConfig, prune_weights
 
     tiny = made["cnn-fp32"][0]
@@ -466,3 +467,77 @@ def test_the_op_coverage_page_is_up_to_date() -> None:
 
     assert DOC.read_text(encoding="utf-8") == render(), \
         "docs/coreml-reference.md is stale: run python -m buildsys.formats.coreml.mil_coverage"
+
+
+# --- pruning (sparsity) ------------------------------------------------------------------------------
+
+
+def _bytes(package: Path) -> int:
+    return sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Tiny, Path]]:
+    """The tiny CNN as a dense fp16 package and with 10 %, half and 95 % of its weights (conv and linear) pruned."""
+    root = tmp_path_factory.mktemp("pruned")
+    tiny = make_model(root / "cnn", "cnn")
+    return {name: (tiny, convert(tiny, root / "out" / name, "fp16", **options)) for name, options in (
+        ("dense", {}), ("light", {"sparsity": 0.1, "weight_threshold": 64}),
+        ("half", {"sparsity": 0.5, "weight_threshold": 64}), ("most", {"sparsity": 0.95, "weight_threshold": 64}))}
+
+
+def _check(tiny: Tiny, package: Path, out: Path, **acceptance: Any) -> dict[str, Any]:
+    from buildsys.config.schema import Acceptance
+    from buildsys.verify import resolve_acceptance
+
+    tiny.run("reference", out / "ref", extra={"source_format": "pytorch"})
+    options = resolve_acceptance(Acceptance(**acceptance), "fp16", tiny.model.outputs)
+    return tiny.run("check", out / "check", input_path=package, precision="fp16",
+                    extra={"format": "coreml-fp16", "reference": str(out / "ref" / "reference.npz")}, **options)
+
+
+@pytest.mark.slow
+def test_a_pruned_package_is_smaller_than_its_dense_twin_and_decodes_like_coremltools(
+        pruned: dict[str, tuple[Tiny, Path]]) -> None:
+    tiny, half = pruned["half"]
+    assert _bytes(half) < 0.8 * _bytes(pruned["dense"][1]), (_bytes(half), _bytes(pruned["dense"][1]))
+    program = MilProgram.load(half)
+    program.evaluate({"image": validation_feeds(tiny)["image"][:1]})
+    decoders = [op for op in program.operations() if op.op_type == "constexpr_sparse_to_dense"]
+    assert len(decoders) == 2  # the conv's 72 weights and the linear's 2,880
+    for op in decoders:
+        ours = program.decoded[op.name][0][0]
+        np.testing.assert_array_equal(ours, op.materialized_val_inference().astype(ours.dtype))
+        assert (ours == 0).mean() >= 0.5
+
+
+#: What a pruned target might accept: decisions kept, elementwise error loose (pruning is not rounding).
+#: The tiny CNN is untrained (logits near zero, so near-ties flip): it takes 10 %; examples/digits takes half.
+LOOSE = {"max_rel": 0.5, "min_cosine": 0.8, "min_top1_agreement": 0.9, "max_accuracy_drop": 0.1}
+
+
+@pytest.mark.slow
+def test_a_pruned_package_passes_its_tolerance_and_a_ratio_too_high_fails_it(
+        pruned: dict[str, tuple[Tiny, Path]], tmp_path: Path) -> None:
+    tiny, light = pruned["light"]
+    passed = _check(tiny, light, tmp_path / "light", **LOOSE)
+    assert passed["passed"] is True, passed.get("failures")
+    assert passed["structure"]["facts"]["compressed_weight_ops"] == {"constexpr_sparse_to_dense": 2}
+    failed = _check(tiny, pruned["most"][1], tmp_path / "most", **LOOSE)
+    assert failed["passed"] is False
+    assert any(line.startswith("logits: top1_agreement") for line in failed["failures"]), failed["failures"]
+
+
+def test_sparsity_is_refused_with_weight_compression_and_before_ios16(tmp_path: Path) -> None:
+    from buildsys.config.schema import Model
+    from buildsys.formats import steps
+
+    fp16, int8 = steps()["coreml-fp16-from-torchscript"], steps()["coreml-int8-from-torchscript"]
+    model = Model.model_validate({"source": {"factory": "m:f"}, "outputs": [{"name": "y"}],
+                                  "inputs": [{"name": "x", "shape": ["batch", 4], "dtype": "float32"}]})
+    assert fp16.check_config(model, fp16.Options(sparsity=0.5), tmp_path) is None
+    assert fp16.check_config(model, fp16.Options(sparsity=0.5, minimum_deployment_target="iOS15"), tmp_path) == \
+        "sparsity needs minimum_deployment_target iOS16 or later (got iOS15)"
+    assert "modelbuild does not make yet" in int8.check_config(model, int8.Options(sparsity=0.5), tmp_path)
+    with pytest.raises(ValueError, match="less than 1"):
+        fp16.Options(sparsity=1.0)

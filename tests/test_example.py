@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from buildsys import status
+from buildsys.formats.torch import libtorch
 from buildsys.lock import Lock
 from tests.conftest import REPO
 
@@ -45,12 +46,21 @@ def test_example_builds_verified_artifacts_then_does_nothing(example: Path) -> N
     config = yaml.safe_load((example / "deploy.yaml.example").read_text())
     # Every target is delivered and passes in full, with nothing left out and no lesser path taken; the one
     # exception is Core ML, whose runtime needs macOS: its numbers come from the MIL reference interpreter.
-    want = {t: "passed" for t in config["targets"]} | {"ios": "passed; MIL reference, not Apple's runtime"}
+    want = {t: "passed" for t in config["targets"]} | {t: "passed; MIL reference, not Apple's runtime" for t in ("ios", "ios-pruned")}
+    if libtorch.compiler() is None:  # digits-torchscript's LibTorch (C++) check needs one: said, never faked
+        want["digits-torchscript"] = "passed; LibTorch (C++) check not run"
+    assert lock["nodes"]["verify:digits-torchscript"]["metrics"]["serving"]["runtime"] == "libtorch"
     got = {t: status.target_status(lock["nodes"][f"verify:{t}"], delivered=t in targets).words for t in config["targets"]}
     assert got == want, {t: (got[t], lock["nodes"][f"verify:{t}"].get("metrics", {}).get("failures")) for t in got
                          if got[t] != want[t]}
     for target in targets:
         assert all((example / "artifacts" / target / f[0]).is_file() for f in targets[target]["files"])
+    # ios-pruned is ios's fp16 package with half of each large weight pruned and stored sparse (27.2 vs 38.8 KB)
+    sizes = {t: sum(p.stat().st_size for p in (example / "artifacts" / t / "model.mlpackage").rglob("*") if p.is_file())
+             for t in ("ios", "ios-pruned")}
+    assert sizes["ios-pruned"] < 0.75 * sizes["ios"], sizes
+    pruned = lock["nodes"]["verify:ios-pruned"]["metrics"]
+    assert pruned["structure"]["facts"]["compressed_weight_ops"] == {"constexpr_sparse_to_dense": 2}
     int8 = lock["nodes"]["verify:digits-int8"]["metrics"]["outputs"]["logits"]
     assert int8["accuracy"]["observed"] >= int8["reference_accuracy"] - 0.02
     second = modelbuild(example, "build")

@@ -49,6 +49,19 @@ def test_buildsys_has_no_import_cycle() -> None:
     assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles)
 
 
+def test_format_families_depend_on_each_other_without_a_cycle() -> None:
+    """Families may use what the format they convert from provides (onnx → torch), never both ways round,
+    and what is not a format (loading the source model: buildsys.source) lives outside formats/."""
+    families = nx.DiGraph()
+    for a, b in import_graph().edges:
+        fa, fb = (m.split(".")[2] if m.startswith("buildsys.formats.") and m.count(".") >= 3 else None for m in (a, b))
+        if fa and fb and fa != fb:
+            families.add_edge(fa, fb)
+    cycles = sorted(sorted(c) for c in nx.simple_cycles(families))
+    assert not cycles, "cycles among format families: " + "; ".join(" → ".join(c) for c in cycles)
+    assert not (PACKAGE / "formats/torch/module.py").exists()
+
+
 def test_the_cycle_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from buildsys.errors import describe\n\nif TYPE_CHECKING:\n    import buildsys.plan\n")

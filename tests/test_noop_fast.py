@@ -230,3 +230,23 @@ def test_a_damaged_snapshot_takes_the_normal_path(root: Path, body: str) -> None
     proc = run(root, "build")
     missed(proc)
     assert (proc.returncode, proc.stdout) == (0, slow.stdout)
+
+
+def test_the_fast_path_reads_the_command_line_as_the_cli_defines_it() -> None:
+    """The fast path's recogniser of plain plan/build lines may not import click, so it keeps its own
+    table of options; this holds that table to the click CLI's definitions (one parser's truth): each
+    option it skips exists on that command, takes a value exactly when the CLI's does, and -f's default
+    is the CLI's."""
+    import click
+
+    from buildsys import cli, project
+
+    assert noop.DEFAULT_CONFIG == project.DEFAULT_CONFIG
+    file_opt = next(p for p in cli.cli.params if "--file" in getattr(p, "opts", []))
+    assert set(file_opt.opts) == {"-f", "--file"} and file_opt.default == project.DEFAULT_CONFIG
+    for command in ("plan", "build"):
+        params = {opt: p for p in cli.cli.commands[command].params if isinstance(p, click.Option) for opt in p.opts}
+        for opt in noop._FLAGS[command]:
+            assert opt in params and params[opt].is_flag, (command, opt)
+        for opt in noop._VALUED[command]:
+            assert opt in params and not params[opt].is_flag, (command, opt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -145,8 +146,10 @@ def test_deploy_reference_doc_is_in_sync() -> None:
 
 def test_example_plan_ios_android_shares_nodes() -> None:
     dag = expand(load(REPO / "deploy.yaml.example"), ["ios", "android"])
-    assert sorted(dag.nodes) == ["digits/coreml-fp16", "digits/onnx", "digits/reference", "digits/saved_model",
-                                 "digits/tflite-int8", "digits/torchscript", "verify:android", "verify:ios"]
+    # ios-pruned's coreml-fp16 (sparsity 0.5) is another variant of the format: each one's name holds its identity
+    assert sorted(re.sub(r"~[0-9a-f]{6}$", "~", n) for n in dag.nodes) == [
+        "digits/coreml-fp16~", "digits/onnx", "digits/reference", "digits/saved_model", "digits/tflite-int8",
+        "digits/torchscript", "verify:android", "verify:ios"]
     assert dag.routes["android"] == ["pytorch", "onnx", "saved_model", "tflite-int8"]
     assert dag.routes["ios"] == ["pytorch", "torchscript", "coreml-fp16"]
     # one reference for both checks; the ONNX node is the one the server targets use too

@@ -154,6 +154,12 @@ def test_check_passes_through_uvicorn_and_http_with_every_probe_refused(cnn: Tin
     assert facts["dockerfile_lint"]["problems"] == [] and facts["app"] == "modelbuild's"
     probes_seen = facts["probes"]
     assert probes_seen.pop("healthy_after") is True
+    # /metrics, scraped after the probes, counts every one of them (each a 4xx) and times each.
+    counted = probes_seen.pop("metrics")
+    sent = list(probes_seen.values())
+    assert counted == {"requests": len(sent), "errors": len(sent), "latency_observations": len(sent),
+                       "by_status": {str(s): sent.count(s) for s in sorted(set(sent))}}
+    assert "findings" not in metrics  # the numeric session's requests and input statistics were counted too
     assert {"not_json", "wrong_rank", "wrong_shape", "ragged", "strings_for_numbers", "oversized"} <= set(probes_seen)
     assert all(400 <= status < 500 for status in probes_seen.values()), probes_seen
     assert probes_seen["oversized"] == probes_seen["oversized_declared"] == 413
@@ -192,6 +198,44 @@ def test_a_large_malformed_request_gets_a_short_reply(cnn_server: ServiceProcess
     assert status == 422 and reply["errors"] == 64 * 64 and len(reply["detail"]) == 5
     assert reply["detail"][0] == {"type": "float_type", "loc": ["body", "inputs", "image", 0, 0, 0, 0],
                                   "msg": "Input should be a valid number"}
+
+
+def test_metrics_count_requests_errors_latency_and_input_statistics(cnn: Tiny, cnn_service: Path) -> None:
+    from buildsys.formats.service.probes import predict_counts, scrape, total
+
+    images = validation_feeds(cnn)["image"][:7]
+    server = ServiceProcess.start(cnn_service)
+    try:
+        for part in (images[:3], images[3:]):
+            assert post(server, {"inputs": {"image": part.tolist()}})[0] == 200
+        assert post(server, {"inputs": {}})[0] == 422
+        assert post(server, b'{"inputs": {"image": [[1, 2')[0] == 422
+        status, text = server.call("GET", "/metrics")
+        samples = scrape(server)
+        counted = predict_counts(server)
+    finally:
+        server.stop()
+    assert status == 200 and b"# TYPE modelbuild_request_duration_seconds histogram" in text
+    assert counted == {"requests": 4, "errors": 2, "latency_observations": 4, "by_status": {"200": 2, "422": 2}}
+    assert total(samples, "modelbuild_request_errors_total", path="/predict", status="422") == 2
+    assert total(samples, "modelbuild_requests_total", path="/metrics") == 1  # the first scrape, counted by the second
+    values = images.astype(np.float64)
+    assert total(samples, "modelbuild_input_samples_total", input="image") == 7  # refused requests add nothing
+    for stat, want in (("mean", values.mean()), ("std", values.std()), ("min", values.min()), ("max", values.max())):
+        assert total(samples, f"modelbuild_input_{stat}", input="image") == pytest.approx(want, rel=1e-9, abs=1e-12), stat
+
+
+def test_an_app_whose_metrics_miscount_fails_its_check(cnn: Tiny, cnn_service: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "service"
+    shutil.copytree(cnn_service, broken)
+    app = (broken / "app.py").read_text()
+    counting = 'm.requests.labels(path, scope.get("method", ""), str(status)).inc()'
+    assert counting in app
+    (broken / "app.py").write_text(app.replace(counting, counting.replace(".inc()", ".inc(0)")))
+    metrics = check(cnn, tmp_path, "service", broken)
+    assert metrics["passed"] is False
+    assert any(f.startswith("/metrics does not count the ") for f in metrics["failures"]), metrics["failures"]
+    assert any("/metrics does not count what was sent: requests 0" in f["text"] for f in metrics["findings"])
 
 
 def test_oversized_bodies_get_413_declared_chunked_or_whole(cnn_service: Path) -> None:

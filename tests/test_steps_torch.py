@@ -13,7 +13,7 @@ import pytest
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import formats, get_format, steps
-from buildsys.formats.torch.module import load_module
+from buildsys.source import load_module
 from buildsys.verify import resolve_acceptance
 from tests.helpers.models import FACTORIES, Tiny, make_model, torch_outputs, validation_feeds
 
@@ -43,7 +43,7 @@ def check(tiny: Tiny, out: Path, fmt: str, artifact: Path, reference: Path, prec
 MINE = ("torchscript-from-pytorch", "pt2-from-pytorch", "onnx-from-pytorch", "onnx-from-torchscript",
         "onnx-from-pt2", "onnx-from-onnx-file", "onnx-optimized-from-onnx", "onnx-fp16-from-onnx",
         "onnx-int8-from-onnx", "reference", "check")
-MODULES = ("formats.torch.source", "formats.torch.module", "formats.torch.torchscript", "formats.torch.export",
+MODULES = ("formats.torch.source", "source", "formats.torch.torchscript", "formats.torch.export",
            "formats.onnx.export", "formats.onnx.optimized", "formats.onnx.fp16", "formats.onnx.int8",
            "nodes.reference", "nodes.check")
 

@@ -84,7 +84,7 @@ def build(root: Path, targets: list[str], timeout: float = 600.0) -> dict[str, A
 
 
 def record(root: Path, report: Any) -> dict[str, Any]:
-    from buildsys.kinds import Artifact, Check
+    from buildsys.kinds import ArtifactKind, CheckKind
 
     lock = json.loads((root / "deploy.lock").read_text())
     rec_path = root / ".modelbuild" / "deploy.record.json"
@@ -93,10 +93,10 @@ def record(root: Path, report: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for row in report.summary:
         target = row["target"]
-        check = Check.node_name(target)
+        check = CheckKind.node_name(target)
         chain = []  # the target's own artifact nodes, goal first (the reference is shared, not counted)
         node = plan.dag.nodes.get(check)
-        while node is not None and node.deps and plan.dag.nodes[node.deps[0]].kind == Artifact.name:
+        while node is not None and node.deps and plan.dag.nodes[node.deps[0]].kind == ArtifactKind.name:
             chain.append(node.deps[0])
             node = plan.dag.nodes[node.deps[0]]
         metrics = (built.get(check) or {}).get("metrics") or (lock["nodes"].get(check) or {}).get("metrics") or {}

@@ -13,7 +13,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from buildsys.config.schema import Project
+from buildsys.config.schema import DeployConfig
 from buildsys.errors import ConfigError, Location, did_you_mean
 from buildsys.precision import format_name
 
@@ -30,7 +30,7 @@ except AttributeError:  # pragma: no cover - libyaml missing
 class LoadedConfig:
     """A validated project plus where each key came from (for errors raised after loading)."""
 
-    project: Project
+    project: DeployConfig
     path: Path
     root: Path
     locations: dict[KeyPath, Location] = field(default_factory=dict)
@@ -155,7 +155,7 @@ def load(path: Path) -> LoadedConfig:
                 recipes = {**builtin_recipes(), **recipes}  # the deploy file's own recipes win
             data["targets"][tname] = _apply_recipe(target, tname, recipes, locs, path)
     try:
-        project = Project.model_validate(data)
+        project = DeployConfig.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, locs, path) from None
     cfg = LoadedConfig(project, path, path.parent.resolve(), locs, files)
@@ -262,8 +262,8 @@ def _config_error(exc: ValidationError, locs: dict[KeyPath, Location], path: Pat
 
 
 def _allowed_keys(loc: KeyPath) -> list[str]:
-    """Field names of the model found by walking `loc` from Project (dict keys and list indexes skip)."""
-    model: Any = Project
+    """Field names of the model found by walking `loc` from DeployConfig (dict keys and list indexes skip)."""
+    model: Any = DeployConfig
     for part in loc:
         # dict keys (model and target names) and list indexes leave the model as it is
         if isinstance(part, str) and isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:

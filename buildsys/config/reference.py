@@ -51,7 +51,7 @@ def model_table(model: type[BaseModel]) -> list[str]:
 
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("Top level", schema.Project), ("models.NAME", schema.Model), ("models.NAME.source", schema.Source),
+    ("Top level", schema.DeployConfig), ("models.NAME", schema.Model), ("models.NAME.source", schema.Source),
     ("models.NAME.inputs[]", schema.InputSpec), ("models.NAME.outputs[]", schema.OutputSpec),
     ("models.NAME.data", schema.DataSets), ("models.NAME.data.SET", schema.DataSource),
     ("targets.NAME", schema.Target), ("targets.NAME.acceptance", schema.Acceptance),

@@ -233,8 +233,9 @@ class Acceptance(Tolerance):
         "the device's compiler and kernels were not exercised.")
     serving: bool = Field(
         default=False, description="Also run the artifact in its real serving software (a Triton Inference Server, "
-        "a TorchServe server) started on loopback, and compare its answers with the reference. Slower; where the "
-        "server cannot start on this host the serving check is reported as 'not run' and why. "
+        "a TorchServe server) started on loopback, or for TorchScript a C++ program linked against LibTorch "
+        "(compiled once per toolchain), and compare its answers with the reference. Slower; where the "
+        "server cannot start (or no C++ compiler is found) the serving check is reported as 'not run' and why. "
         "`modelbuild build --serving` turns it on for every target.")
 
 
@@ -352,7 +353,7 @@ class Cache(Strict):
         "branches). MODELBUILD_REMOTE_READONLY=1/0 overrides it.")
 
 
-class Project(Strict):
+class DeployConfig(Strict):
     """The whole deploy.yaml."""
 
     version: Literal[1] = Field(default=1, description="Schema version of this file.")
@@ -366,7 +367,7 @@ class Project(Strict):
     cache: Cache = Field(default_factory=Cache, description="Remote cache settings; not part of any cache key.")
 
     @model_validator(mode="after")
-    def _names(self) -> "Project":
+    def _names(self) -> "DeployConfig":
         import re
 
         for section in ("models", "targets", "bundles"):

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.registry import (formats, get_format, get_runtime, get_step, register, register_format,
-                                       register_formats, register_runtime, register_variants, runtimes, steps)
+                                       register_formats, register_runtime, register_variants, runtime_class, runtimes,
+                                       steps)
 
 __all__ = ["Format", "Step", "StepContext", "StepOptions", "register", "register_format", "register_formats",
            "register_runtime", "register_variants", "steps", "formats", "runtimes", "get_format", "get_step",
-           "get_runtime"]
+           "get_runtime", "runtime_class"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 from buildsys.precision import format_name
 
@@ -81,10 +81,14 @@ def register_runtime(cls: R) -> R:
 
 
 def _load_all() -> None:
+    """Import every module of every family package, then the plugins named in MODELBUILD_PLUGINS.
+
+    The registry counts as loaded only once every import succeeded: a failed plugin import raises a
+    ConfigError naming the plugin, and the next call tries again rather than using half a registry.
+    """
     global _loaded
     if _loaded:
         return
-    _loaded = True
     import buildsys.nodes
 
     for package in (_PACKAGE, buildsys.nodes.__name__):
@@ -92,9 +96,35 @@ def _load_all() -> None:
         for info in sorted(pkgutil.walk_packages(root.__path__, prefix=f"{package}."), key=lambda i: i.name):
             if info.name not in _SHARED:
                 importlib.import_module(info.name)
-    # Extra modules (a team's own converters, test doubles): comma-separated module names.
-    for module in filter(None, os.environ.get("MODELBUILD_PLUGINS", "").split(",")):
-        importlib.import_module(module.strip())
+    for module in plugin_modules():
+        _import_plugin(module)
+    _loaded = True
+
+
+def plugin_modules() -> list[str]:
+    """The extra modules named in MODELBUILD_PLUGINS (comma-separated): a team's own formats, steps and
+    runtimes, registered at import with the same decorators as the built-in families (docs/adding-a-format.md)."""
+    return [m.strip() for m in os.environ.get("MODELBUILD_PLUGINS", "").split(",") if m.strip()]
+
+
+def _import_plugin(module: str) -> None:
+    """Import one plugin module; any failure is the plugin's, and the error names it."""
+    from buildsys.errors import ConfigError, describe
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        raise ConfigError(f"plugin module {module!r} failed to import: {describe(exc)}", field="MODELBUILD_PLUGINS",
+                          hint="fix the plugin, or remove it from the MODELBUILD_PLUGINS environment variable") from exc
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> Exception:
+    """The error for a name no family or plugin registered: what exists, and the closest match."""
+    from buildsys.errors import PlanError, did_you_mean
+
+    hint = did_you_mean(name, known) or f"— known {kind}s: {', '.join(sorted(known))}"
+    plugins = f" (plugins loaded: {', '.join(plugin_modules())})" if plugin_modules() else ""
+    return PlanError(f"no {kind} named {name!r} is registered{plugins}", hint=hint)
 
 
 def steps() -> dict[str, "type[Step]"]:
@@ -116,12 +146,26 @@ def runtimes() -> dict[str, type["Runtime"]]:
 
 
 def get_step(name: str) -> "type[Step]":
+    """The step class registered under `name`; a PlanError listing the known steps otherwise."""
+    if name not in steps():
+        raise _unknown("step", name, steps())
     return steps()[name]
 
 
 def get_format(name: str) -> "Format":
+    """The format registered under `name`; a PlanError listing the known formats otherwise."""
+    if name not in formats():
+        raise _unknown("format", name, formats())
     return formats()[name]
 
 
+def runtime_class(name: str) -> type["Runtime"]:
+    """The runtime class registered under `name`; a PlanError listing the known runtimes otherwise."""
+    if name not in runtimes():
+        raise _unknown("runtime", name, runtimes())
+    return runtimes()[name]
+
+
 def get_runtime(name: str) -> "Runtime":
-    return runtimes()[name]()
+    """A new instance of the runtime registered under `name`."""
+    return runtime_class(name)()

@@ -12,12 +12,18 @@ if TYPE_CHECKING:
 
     from buildsys.config.schema import Model
     from buildsys.data import Batch
+    from buildsys.localise import Probe
     from buildsys.status import Caveat
 
 
 class CannotRun(StepError):
     """This runtime cannot execute this artifact (an op it has no implementation for): the check
     reports "not run" with this reason, never a failed or a passed comparison."""
+
+
+class NotLocalisable(StepError):
+    """This runtime (or this artifact) cannot show its intermediate tensors (buildsys.localise): `what`
+    says why."""
 
 
 class Session:
@@ -79,10 +85,21 @@ class Runtime:
     #: device's own runtime.
     label: ClassVar[str | None] = None
     not_exercised: ClassVar[str] = ""
+    #: Why `intermediates` cannot show this runtime's intermediate tensors (localisation not available).
+    no_intermediates: ClassVar[str] = "modelbuild sees only the inputs and outputs of this runtime"
+    #: As a format's serving runtime: what a check calls its part ("serving check not run",
+    #: "LibTorch (C++) check not run").
+    part: ClassVar[str] = "serving"
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
         return None
+
+    def host_components(self) -> dict[str, str]:
+        """What of this host decides whether (or how) the runtime runs, beyond OS, CPU and packages, for
+        the keys of checks that use it as their serving runtime (a C++ compiler for LibTorch): a 'not
+        run' made without it never travels to a host that has it. Cheap (`plan` asks it); {} by default."""
+        return {}
 
     def out_of_reach(self) -> str | None:
         """Why no install step of modelbuild's can make this runtime available on this host: another
@@ -106,6 +123,14 @@ class Runtime:
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         raise NotImplementedError
+
+    def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
+                      modules: list[str]) -> "list[Probe]":
+        """Every intermediate tensor the artifact computes on `feeds` (one sample), in execution order,
+        each with the path among `modules` (the PyTorch module's `named_modules()`) that its name maps to
+        (buildsys.localise.names), for per-layer localisation. Raises NotLocalisable (the default, saying
+        `no_intermediates`) where this runtime cannot show them."""
+        raise NotLocalisable(f"localisation not available for {self.name}: {self.no_intermediates}")
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
         """Structural facts about an artifact that need no execution, so they hold on every host:

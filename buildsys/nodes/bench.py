@@ -41,7 +41,7 @@ class BenchOptions(StepOptions):
 
 
 @register
-class Bench(Step):
+class BenchStep(Step):
     """Latency of an artifact in its runtime (p50/p95/mean/std/min, throughput, memory) vs PyTorch eager."""
 
     name = "bench"
@@ -195,7 +195,7 @@ def _torch_threads(threads: int | None, wanted: bool) -> Iterator[None]:
     if threads is None or not wanted:
         yield
         return
-    from buildsys.formats.torch.module import torch_unavailable
+    from buildsys.source import torch_unavailable
 
     if torch_unavailable():
         yield

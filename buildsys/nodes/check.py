@@ -19,13 +19,14 @@ CHECK = register_format(Format(
 
 
 @register
-class Check(Step):
+class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 5  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+    version = 6  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
                  # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
-                 # ran on a lesser path), and require_numeric fails on them
+                 # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
+                 # (the first module whose output diverges, with a per-layer table)
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -79,6 +80,8 @@ class Check(Step):
         results = self._compare(ctx, observed, expected, labels)
         metrics = {"passed": all(bool(r) for r in results.values()), "samples": len(batch), "format": fmt_name,
                    "runtime": runner, "outputs": {name: r.as_dict() for name, r in results.items()}}
+        if runner and runner == runtime_name and get_runtime(runner).stand_in:  # Core ML on macOS: how good is the stand-in?
+            metrics["stand_in_agreement"] = self._stand_in_agreement(ctx, runner, batch, observed)
         if findings:  # what the runtime saw inside the program (a stand-in's fp16 overflow, by op and module)
             metrics["findings"] = findings
             problems += [f["text"] for f in findings if f.get("fails")]
@@ -87,13 +90,17 @@ class Check(Step):
             serving = self._serve(ctx, serving_name, batch, expected, labels)
             metrics["serving"] = serving
             if serving.get("not_run"):
-                caveats.append(Caveat(CaveatKind.NOT_RUN, "serving check not run", serving["not_run"], serving_name))
+                part = get_runtime(serving_name).part
+                caveats.append(Caveat(CaveatKind.NOT_RUN, f"{part} check not run", serving["not_run"], serving_name))
             problems += [f"served by {serving_name}: {row}" for row in serving.get("failures", [])]
         if structure is not None:
             metrics["structure"] = structure
         if size is not None:
             metrics["size_mb"] = size
         missed = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
+        if missed and runner:  # only on a miss: the passing path never pays for it
+            metrics["localisation"] = localisation = self._localise(ctx, runner, batch, results)
+            missed.append(localisation.get("headline") or localisation["not_available"])
         metrics = self._judge(opts, metrics, problems + missed, caveats)
         return self._write(ctx, metrics)
 
@@ -151,6 +158,61 @@ class Check(Step):
             from buildsys.errors import describe
 
             raise self.fail(ctx, f"the {fmt_name} artifact failed in {runtime_name}: {describe(exc)}") from exc
+
+    def _stand_in_agreement(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any,
+                            observed: list[Any]) -> dict[str, Any]:
+        """Where the device's own runtime ran and has a stand-in (Core ML on macOS, whose stand-in on Linux is
+        the MIL reference interpreter): the stand-in's numbers on the same batch against the device's, per
+        output. Reported, never judged (the device runtime is the check); it tells what a check by the
+        stand-in on a host without the device runtime is worth for this model.
+
+        Returns {"runtime": stand-in, "outputs": {name: {"max_abs", "max_abs_over_range"}}}, or
+        {"runtime", "not_run": why} where the stand-in cannot run here or cannot run this artifact."""
+        import numpy as np
+
+        from buildsys.formats import get_runtime
+
+        stand_in = str(get_runtime(runtime_name).stand_in)
+        reason = get_runtime(stand_in).unavailable()
+        if reason:
+            return {"runtime": stand_in, "not_run": reason}
+        try:
+            theirs = self._observe(ctx, stand_in, batch)[0]
+        except ModelbuildError as exc:  # CannotRun (an op it lacks) or a failure to run: not run, saying why
+            return {"runtime": stand_in, "not_run": exc.what}
+        outputs: dict[str, Any] = {}
+        for spec, device, other in zip(ctx.model.outputs, observed, theirs):
+            ours, ref = np.asarray(device, dtype=np.float64), np.asarray(other, dtype=np.float64)
+            gap = float(np.abs(ours - ref).max()) if ours.size else 0.0
+            span = float(ours.max() - ours.min()) if ours.size else 0.0
+            outputs[spec.name] = {"max_abs": gap, "max_abs_over_range": gap / span if span else gap}
+        return {"runtime": stand_in, "outputs": outputs}
+
+    def _localise(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any,
+                  results: dict[str, Any]) -> dict[str, Any]:
+        """Where the artifact's intermediates leave PyTorch's (buildsys.localise), judged by the first
+        missed output's tolerance: {"headline", "first", "rows", …}, or {"not_available": why}. Never
+        fails the check itself: a localisation that cannot run says why."""
+        from buildsys.errors import describe
+        from buildsys.localise import NotLocalisable, localise
+
+        fmt_name = ctx.extra["format"]
+        if not ctx.model.source.factory:
+            return {"not_available": f"localisation not available: the model's source is a {ctx.model.source.format} "
+                    "file, not a PyTorch factory, so there are no module paths to name"}
+        missed = next(name for name, r in results.items() if not r)
+        tolerance = ctx.options.outputs.get(missed)
+        try:
+            from buildsys.source import load_module
+
+            module = load_module(ctx.model, ctx.root, name=ctx.model_name, step="localisation")
+            found = localise(ctx.input_path, runtime_name, module, batch.inputs, ctx.model, ctx.root,  # type: ignore[arg-type]
+                             tolerance.model_dump() if tolerance is not None else None, fmt=fmt_name)
+        except NotLocalisable as exc:
+            return {"not_available": exc.what}
+        except Exception as exc:  # a diagnosis must not turn a clear miss into a crash
+            return {"not_available": f"localisation failed: {describe(exc)}"}
+        return {**found.as_dict(ctx.precision), "output": missed}
 
     def _serve(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any, expected: dict[str, Any],
                labels: Any) -> dict[str, Any]:

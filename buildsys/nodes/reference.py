@@ -15,7 +15,7 @@ REFERENCE = register_format(Format(
 
 
 @register
-class Reference(Step):
+class ReferenceStep(Step):
     """Run the model's source in its own runtime on the evaluation inputs and store inputs + outputs."""
 
     name = "reference"

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from buildsys.kinds import Bench, Check, Reference
+from buildsys.kinds import BenchKind, CheckKind, ReferenceKind
 from buildsys.status import Verdict, check_status, target_status
 
 if TYPE_CHECKING:
-    from buildsys.bundle import Artifact, Manifest
+    from buildsys.bundle import BundledArtifact, Manifest
     from buildsys.lock import Lock
     from buildsys.store import Store
 
@@ -72,7 +72,7 @@ class TargetFacts:
 
 def target_name(check_node: str) -> str | None:
     """'verify:android' → 'android'; None for a node that is no check."""
-    prefix = Check.node_name("")
+    prefix = CheckKind.node_name("")
     return check_node[len(prefix):] if check_node.startswith(prefix) else None
 
 
@@ -94,7 +94,7 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
         fmt = artifact.split("/", 1)[-1].split("~", 1)[0]
         files = recorded.get("files") or lock.nodes.get(artifact, {}).get("files", [])
         toolchain: dict[str, str] = {}
-        for node in [*chain, name, Reference.node_name(model)]:
+        for node in [*chain, name, ReferenceKind.node_name(model)]:
             toolchain.update(lock.nodes.get(node, {}).get("components", {}).get("toolchain", {}))
         comp = entry["components"]
         out[target] = TargetFacts(
@@ -105,7 +105,7 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
             acceptance=comp.get("acceptance", {}), check=metrics, bench=_bench(lock, target, artifact),
             signature=comp.get("signature", {}), files=[list(f) for f in files], built=entry.get("built", {}),
             platform=str(comp.get("platform", "")),
-            data=str(lock.nodes.get(Reference.node_name(model), {}).get("metrics", {}).get("origin", "")))
+            data=str(lock.nodes.get(ReferenceKind.node_name(model), {}).get("metrics", {}).get("origin", "")))
     return out
 
 
@@ -123,13 +123,13 @@ def from_record(record: dict[str, Any]) -> dict[str, TargetFacts]:
             continue
         metrics = entry.get("metrics") or {}
         fmt = str(metrics.get("format", ""))
-        bench = (record.get("nodes") or {}).get(Bench.node_name(target), {}).get("metrics", {})
+        bench = (record.get("nodes") or {}).get(BenchKind.node_name(target), {}).get("metrics", {})
         out[target] = TargetFacts(target=target, model="", format=fmt, precision=_precision(fmt),
                                   verdict=check_status(metrics), check=metrics, bench=bench, built=entry.get("built", {}))
     return out
 
 
-def _from_artifact(a: "Artifact") -> TargetFacts:
+def _from_artifact(a: "BundledArtifact") -> TargetFacts:
     return TargetFacts(
         target=a.target, model=a.model, format=a.format, precision=a.precision, verdict=check_status(a.check),
         size=sum(f.size for f in a.files), route=list(a.route),
@@ -156,7 +156,7 @@ def _step(name: str, comp: dict[str, Any]) -> dict[str, Any]:
 
 def _bench(lock: "Lock", target: str, artifact: str) -> dict[str, Any]:
     """The benchmark of this very artifact: a bench entry whose upstream digest is the artifact's tree."""
-    entry = lock.nodes.get(Bench.node_name(target), {})
+    entry = lock.nodes.get(BenchKind.node_name(target), {})
     tree = lock.nodes.get(artifact, {}).get("tree")
     measured = entry.get("components", {}).get("inputs", {}).get(_UPSTREAM + artifact)
     return dict(entry.get("metrics") or {}) if tree and measured == tree else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildsys.kinds import Bench, Check
+from buildsys.kinds import BenchKind, CheckKind
 from buildsys.repair import describe
 from buildsys.report_html.palette import PRECISION_COLORS, STATUS
 from buildsys.status import TargetStatus, Verdict, target_status
@@ -92,8 +92,8 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         node_name = str(entry.get("node", ""))
         artifact = nodes.get(node_name) or {}
         components = artifact.get("components") or {}
-        check_node = nodes.get(Check.node_name(target)) or {}
-        bench_node = nodes.get(Bench.node_name(target)) or {}
+        check_node = nodes.get(CheckKind.node_name(target)) or {}
+        bench_node = nodes.get(BenchKind.node_name(target)) or {}
         check = check_node.get("metrics") or {}
         bench = bench_node.get("metrics") or {}
         files = [f for f in entry.get("files") or [] if isinstance(f, (list, tuple)) and len(f) >= 3]

@@ -186,6 +186,10 @@ def _metrics_table(r: Row) -> str:
     samples = r.check.get("samples")
     caption = f'<div class="dim">{esc(samples)} samples in {esc(r.check.get("runtime", "?"))}</div>' if samples else ""
     fails = "".join(f'<div class="note">{esc(f)}</div>' for f in r.check.get("failures") or [])
+    if (r.check.get("localisation") or {}).get("rows"):  # where the artifact left PyTorch, layer by layer
+        from buildsys.localise.record import table_lines
+
+        fails += f'<pre class="localisation">{esc(chr(10).join(table_lines(r.check["localisation"])))}</pre>'
     return ("<table><thead><tr><th>Output</th><th>Metric</th><th class=num>Observed</th><th class=num>Limit</th><th></th></tr></thead>"
             f"<tbody>{''.join(rows_)}</tbody></table>{caption}{fails}")
 

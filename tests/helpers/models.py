@@ -303,7 +303,7 @@ class Tiny:
 
     def net(self) -> Any:
         """The model with its weights, straight from PyTorch (for direct comparisons)."""
-        from buildsys.formats.torch.module import load_module
+        from buildsys.source import load_module
 
         return load_module(self.model, self.root)
 

@@ -13,7 +13,7 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -90,6 +90,13 @@ class CoremlOptions(StepOptions):
     weight_threshold: int = Field(
         default=2048, ge=0, description="Weights with fewer elements than this stay uncompressed (biases, "
         "tiny layers: compressing them saves nothing and costs accuracy). coremltools' default.")
+    sparsity: Optional[float] = Field(
+        default=None, gt=0, lt=1, description="Post-training magnitude pruning: this share of each weight tensor "
+        "(those with at least weight_threshold elements), the smallest in magnitude, is set to zero and the "
+        "tensor stored sparse (coremltools.optimize.coreml.prune_weights, OpMagnitudePrunerConfig; "
+        "constexpr_sparse_to_dense, iOS16+). With weight_compression: none only. Pruning changes the "
+        "numbers far more than float16 does: set the target's acceptance for it (examples/digits at 0.5: "
+        "30% smaller than fp16, top-1 agreement 98.3%, accuracy -1.4 points).")
     metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
 
 
@@ -122,6 +129,12 @@ class CoremlFromTorchScript(Step):
         need = []
         if opts.weight_compression != "none":
             need.append((7, f"weight_compression: {opts.weight_compression}"))
+        if opts.sparsity is not None:
+            if opts.weight_compression != "none":
+                return (f"sparsity prunes float weights (weight_compression: none, formats coreml and coreml-fp16); "
+                        f"with weight_compression: {opts.weight_compression} it would need coremltools' joint "
+                        "compression (iOS18), which modelbuild does not make yet")
+            need.append((7, "sparsity"))
         if opts.io_dtype == "float16":
             need.append((7, "io_dtype: float16"))
         if opts.compute_units == "CPU_AND_NE":
@@ -164,7 +177,8 @@ class CoremlFromTorchScript(Step):
         from buildsys.formats.coreml.runtime import inspect_mlpackage
 
         facts = inspect_mlpackage(path)
-        return {"bytes": facts["bytes"], "compute_precision": self.compute,
+        pruned = {"sparsity": opts.sparsity} if opts.sparsity is not None else {}
+        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
@@ -210,6 +224,8 @@ class CoremlFromTorchScript(Step):
 
         opts = ctx.options
         mode = opts.weight_compression
+        if opts.sparsity is not None:
+            return self._prune(ctx, mlmodel, opts.sparsity)
         if mode == "none":
             return mlmodel
         try:
@@ -222,6 +238,18 @@ class CoremlFromTorchScript(Step):
             return palettize_weights(mlmodel, config)
         except Exception as exc:
             raise self.fail(ctx, f"weight compression '{mode}' failed: {type(exc).__name__}: "
+                                 f"{_first_line(exc)[:300]}") from exc
+
+    def _prune(self, ctx: StepContext[CoremlOptions], mlmodel: Any, sparsity: float) -> Any:
+        """Magnitude pruning of every weight with at least weight_threshold elements, stored sparse."""
+        from coremltools.optimize.coreml import OpMagnitudePrunerConfig, OptimizationConfig, prune_weights
+
+        config = OptimizationConfig(global_config=OpMagnitudePrunerConfig(
+            target_sparsity=sparsity, weight_threshold=ctx.options.weight_threshold))
+        try:
+            return prune_weights(mlmodel, config)
+        except Exception as exc:
+            raise self.fail(ctx, f"pruning to sparsity {sparsity:g} failed: {type(exc).__name__}: "
                                  f"{_first_line(exc)[:300]}") from exc
 
     def _describe(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> None:

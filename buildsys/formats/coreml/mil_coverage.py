@@ -83,6 +83,15 @@ milproto loader, weights read from `weights/weight.bin`) and evaluates it op by 
   runtime's: they come from the runtime `coreml-mil`, whose sessions' `diagnostics()` carry the status
   words ("MIL reference, not Apple's runtime"), what is not exercised, and the fp16 findings.
 
+## On macOS: the device runtime judges, and the reference's agreement is reported
+
+Where Apple's runtime runs (macOS), it is the check, as for every other format. The check then also
+runs the reference interpreter on the same inputs and records its gap from Apple's runtime per output
+in the check's metrics (`stand_in_agreement`: `max_abs` and `max_abs_over_range`; `modelbuild explain`
+and deploy.lock show it). It never fails the check; it says how far a Linux check of this model by the
+reference can be trusted. This path runs on macOS only; the mechanism (any runtime with a stand-in)
+is tested on Linux with a plugin runtime (`tests/test_plugins.py`).
+
 ## Inputs, functions, state
 
 * Tensor inputs are cast to the declared input type (float16 I/O included). Image inputs are fed as

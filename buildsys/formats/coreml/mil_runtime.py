@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from buildsys.config.schema import Model
     from buildsys.formats.coreml.mil import Fp16Finding, MilProgram
+    from buildsys.localise import Probe
 
 #: The words a check's status adds to "passed" when these numbers passed: "passed (MIL reference, not
 #: Apple's runtime)".
@@ -51,18 +52,24 @@ class MilSession(Session):
         self.samples = 0
         self._findings: dict[tuple[str, str, str], "Fp16Finding"] = {}
 
-    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+    def ready(self, feeds: dict[str, "np.ndarray"]) -> dict[str, "np.ndarray"]:
+        """The feeds as Core ML sees them: an 8-bit image becomes its pixels, as floats."""
         import numpy as np
 
         from buildsys.formats.coreml.runtime import image_pixels
 
         ready: dict[str, np.ndarray] = {}
         for name, array in feeds.items():
-            if name in self.images:  # what Core ML makes of the 8-bit image: its pixels, as floats
+            if name in self.images:
                 ready[name] = np.stack([image_pixels(sample, self.scale, self.bias) for sample in array])
             else:
                 ready[name] = np.asarray(array)
-        result = self.program.evaluate(ready)
+        return ready
+
+    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        import numpy as np
+
+        result = self.program.evaluate(self.ready(feeds))
         self.samples += len(next(iter(feeds.values())))
         for finding in result.findings:
             self._merge(finding)
@@ -123,6 +130,28 @@ class CoreMLReference(Runtime):
         program = MilProgram.load(Path(path), function)
         program.require_all()
         return MilSession(program, model, inspect_mlpackage(Path(path)))
+
+    def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
+                      modules: list[str]) -> "list[Probe]":
+        """Every op output the interpreter computes (all are visible here). An op that reads named
+        weights (coremltools names them after state-dict keys) is mapped to their module; the others
+        (activations, and weights a conversion fused, such as a Conv with its BatchNorm: `const_0`)
+        stay unnamed and are matched by value (buildsys.localise.compare)."""
+        import numpy as np
+
+        from buildsys.formats.coreml.mil import _module_from_weights
+        from buildsys.localise import Probe
+        from buildsys.localise.names import from_underscored
+
+        session = self.load(path, model, root)
+        direct = {op.name: _module_from_weights(op) for op in session.program.operations()}
+        result = session.program.evaluate(session.ready(feeds), keep=True)
+        probes = []
+        for item in result.intermediates:
+            module = from_underscored(direct.get(item.op, ""), modules)
+            if item.value.dtype.kind == "f":
+                probes.append(Probe(item.name, item.op_type, module, np.asarray(item.value, dtype=np.float32)))
+        return probes
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
         """The same structural facts and problems as the "coreml" runtime's inspection."""

@@ -185,6 +185,8 @@ class CoreML(Runtime):
     """Core ML through coremltools' MLModel (macOS only)."""
 
     name = "coreml"
+    no_intermediates = ('Core ML\'s runtime does not expose intermediate tensors; the stand-in "coreml-mil" '
+                        "(the MIL reference interpreter) shows them all")
     packages = ("coremltools",)
     stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
 

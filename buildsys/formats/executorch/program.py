@@ -101,7 +101,7 @@ class _PteFromPt2(Step):
         if reason:
             raise self.fail(ctx, reason)
         from buildsys.data import Batch
-        from buildsys.formats.torch.module import example_args
+        from buildsys.source import example_args
 
         batch = program_batch(ctx.model, ctx.options)
         args = example_args(ctx.model, Batch(fill(ctx.example().inputs, batch), None, "example"))
@@ -239,7 +239,7 @@ def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, 
     import torch
 
     from buildsys.data import Batch
-    from buildsys.formats.torch.module import example_args
+    from buildsys.source import example_args
 
     inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
     n = len(next(iter(inputs.values())))

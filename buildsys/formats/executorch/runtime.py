@@ -13,7 +13,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.executorch.contract import METHOD, executorch_unavailable
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.torch.module import outputs_in_order
+from buildsys.source import outputs_in_order
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +59,10 @@ class ExecutorchRuntime(Runtime):
     """executorch.runtime: load_program → load_method('forward') → execute, on the CPU with XNNPACK."""
 
     name = "executorch"
+    no_intermediates = ("ExecuTorch shows intermediates only through its devtools (an ETDump with a debug buffer, "
+                        "an ETRecord to name them), and those treat each XNNPACK delegate call as one operator: a "
+                        ".pte lowered whole to XNNPACK has no layer to show; localise the model's ONNX or TFLite "
+                        "target, or a .pte lowered without the delegate")
     packages = ("executorch",)
 
     def unavailable(self) -> str | None:

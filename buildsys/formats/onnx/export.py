@@ -57,7 +57,7 @@ def _plain(text: str) -> str:
 
 def _example(ctx: StepContext, dynamic: bool = True) -> tuple[Any, ...]:
     """Example inputs for export: two samples on a dynamic batch axis, one when exporting fixed shapes."""
-    from buildsys.formats.torch.module import example_args, trace_batch
+    from buildsys.source import example_args, trace_batch
 
     return example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=dynamic))
 
@@ -68,7 +68,7 @@ def _legacy_export(step: Step, ctx: StepContext, module: Any, opset: int, dynami
 
     import torch
 
-    from buildsys.formats.torch.module import dynamic_axes, signature_module
+    from buildsys.source import dynamic_axes, signature_module
 
     path = ctx.out_dir / ONNX.filename
     args = _example(ctx, dynamic)
@@ -97,7 +97,7 @@ def _dynamo_export(step: Step, ctx: StepContext, model: Any, opset: int, externa
     """The torch.export-based exporter (dynamo=True), from a module or an ExportedProgram."""
     import torch
 
-    from buildsys.formats.torch.module import shapes_for, signature_module
+    from buildsys.source import shapes_for, signature_module
 
     path = ctx.out_dir / ONNX.filename
     args = _example(ctx, dynamic)
@@ -221,7 +221,7 @@ class OnnxFromPyTorch(Step):
             return self
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
-        from buildsys.formats.torch.module import export_dims
+        from buildsys.source import export_dims
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options

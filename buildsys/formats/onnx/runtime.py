@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
+    from buildsys.localise import Probe
 
 # ONNX Runtime's type strings for the element types a model input can declare.
 _NUMPY_TYPES = {
@@ -77,3 +78,9 @@ class OnnxRuntime(Runtime):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise StepError(f"onnxruntime could not load '{Path(path).name}': {type(exc).__name__}: {first}") from exc
         return OrtSession(session, model)
+
+    def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
+                      modules: list[str]) -> list[Probe]:
+        from buildsys.formats.onnx.intermediates import onnx_intermediates
+
+        return onnx_intermediates(path, feeds, modules)

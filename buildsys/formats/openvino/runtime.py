@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
+    from buildsys.localise import Probe
 
 
 class OpenVinoSession(Session):
@@ -87,6 +88,12 @@ class OpenVinoRuntime(Runtime):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise StepError(f"OpenVINO could not load '{path.name}': {type(exc).__name__}: {first}") from exc
         return OpenVinoSession(compiled, model)
+
+    def intermediates(self, path: Path, model: Model, root: Path, feeds: dict[str, np.ndarray],
+                      modules: list[str]) -> list[Probe]:
+        from buildsys.formats.openvino.intermediates import openvino_intermediates
+
+        return openvino_intermediates(path, feeds, modules)
 
     def inspect(self, path: Path, model: Model, fmt: str) -> dict | None:
         """Facts read from model.xml with the standard library, so they hold without OpenVINO: the

@@ -27,12 +27,13 @@ DOCKERFILE = "Dockerfile"
 SERVICE_DIR = "service"
 HEALTH_PATH = "/health"
 PREDICT_PATH = "/predict"
+METRICS_PATH = "/metrics"
 BODY_ENV = "MODELBUILD_MAX_BODY"  # the app reads it; kept equal to service_app.BODY_ENV (a test says so)
 
 #: The packages the service imports, by backend: requirements.txt pins their installed versions.
 SERVED_PACKAGES = {
-    "onnxruntime": ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "onnxruntime"),
-    "torchscript": ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "torch"),
+    "onnxruntime": ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client", "onnxruntime"),
+    "torchscript": ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client", "torch"),
 }
 #: Where pip finds the CPU build of torch (PyPI's torch wheels for Linux pull CUDA packages).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"

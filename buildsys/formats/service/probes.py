@@ -4,7 +4,7 @@ Each probe is one request a careless or hostile client could send: a body that i
 object, missing or unknown inputs, a wrong rank or a wrong fixed axis, ragged lists, strings where
 numbers belong, fractions for an integer input, and a body over the service's size limit. A 5xx, a
 2xx (the service ran what it should have refused) or no answer is a problem, and so is a server
-that does not answer /health afterwards.
+that does not answer /health afterwards, or whose /metrics does not count the requests sent.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from buildsys.formats.service.contract import HEALTH_PATH, PREDICT_PATH
+from buildsys.formats.service.contract import HEALTH_PATH, METRICS_PATH, PREDICT_PATH
 
 if TYPE_CHECKING:
     from buildsys.formats.service.server import ServiceProcess
@@ -99,4 +99,45 @@ def probe(server: ServiceProcess, signature: dict[str, Any]) -> tuple[dict[str, 
     answers["healthy_after"] = healthy
     if not healthy:
         problems.append(f"the service does not answer {HEALTH_PATH} after the malformed requests: {server.excerpt()}")
+    elif all(isinstance(a, int) for a in answers.values()):
+        answers["metrics"] = counted = predict_counts(server)
+        sent = [a for name, a in answers.items() if name not in ("healthy_after", "metrics")]
+        want = {"requests": len(sent), "errors": sum(1 for a in sent if a >= 400), "latency_observations": len(sent),
+                "by_status": {str(a): sent.count(a) for a in sorted(set(sent))}}
+        if counted != want:
+            problems.append(f"{METRICS_PATH} does not count the {len(sent)} malformed requests sent to {PREDICT_PATH}: "
+                            f"it says {counted}, the probes got {want}")
     return answers, problems
+
+
+def scrape(server: ServiceProcess) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of the service's /metrics: (name, labels, value); OSError when it does not answer 200,
+    ValueError when it is not Prometheus' text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = server.call("GET", METRICS_PATH, timeout=10.0)
+    if status != 200:
+        raise OSError(f"{METRICS_PATH} answered {status}")
+    return [(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(body.decode("utf-8")) for s in family.samples]
+
+
+def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(v for n, got, v in samples if n == name and all(got.get(k) == w for k, w in labels.items()))
+
+
+def predict_counts(server: ServiceProcess) -> dict[str, Any]:
+    """What the service's /metrics counts of /predict: requests, errors, latency observations, requests
+    by status; {"not_run": why} when /metrics cannot be read."""
+    try:
+        samples = scrape(server)
+    except (OSError, ValueError) as exc:
+        return {"not_run": f"{METRICS_PATH} could not be read: {exc}"}
+    statuses = sorted({labels["status"] for n, labels, _ in samples if n == "modelbuild_requests_total"
+                       and labels.get("path") == PREDICT_PATH}, key=int)
+    return {"requests": int(total(samples, "modelbuild_requests_total", path=PREDICT_PATH)),
+            "errors": int(total(samples, "modelbuild_request_errors_total", path=PREDICT_PATH)),
+            "latency_observations": int(total(samples, "modelbuild_request_duration_seconds_count", path=PREDICT_PATH)),
+            "by_status": {s: int(total(samples, "modelbuild_requests_total", path=PREDICT_PATH, status=s))
+                          for s in statuses}}

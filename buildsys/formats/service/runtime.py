@@ -50,6 +50,8 @@ class HttpSession(Session):
         self.signature = signature
         self.max_batch = fixed_batch(model)
         self.limit = int(signature.get("max_body_bytes", 8 << 20))
+        self.sent = 0  # requests to /predict answered, and per input [samples, values, sum]: what /metrics must count
+        self.values = {spec["name"]: [0, 0, 0.0] for spec in signature["inputs"]}
         self._finalizer = weakref.finalize(self, server.stop)  # once: on close(), collection or exit
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -67,9 +69,14 @@ class HttpSession(Session):
             return [np.concatenate([a, b], axis=0) for a, b in zip(*parts)]
         try:
             status, reply = self.server.call("POST", PREDICT_PATH, body, JSON)
+            self.sent += 1
         except OSError as exc:
             raise StepError(f"the service did not answer {PREDICT_PATH} ({type(exc).__name__}): "
                             f"{self.server.excerpt()}") from exc
+        for name, value in inputs.items():
+            self.values[name][0] += samples
+            self.values[name][1] += value.size
+            self.values[name][2] += float(value.astype(np.float64).sum())
         if status != 200:
             raise StepError(f"the service answered {PREDICT_PATH} with {status}: {reply[:300].decode(errors='replace')}")
         outputs = json.loads(reply).get("outputs", {})
@@ -84,6 +91,26 @@ class HttpSession(Session):
             result.append(value)
         return result
 
+    def findings(self) -> list[dict[str, object]]:
+        """The service's /metrics against what this session sent: a failing finding per count that differs."""
+        from buildsys.formats.service.probes import predict_counts, scrape, total
+
+        counted = predict_counts(self.server)
+        if "not_run" in counted:
+            return [{"text": f"the service's {counted['not_run']}", "fails": True}]
+        wrong = [f"{what} {counted[what]}, {self.sent} sent" for what in ("requests", "latency_observations")
+                 if counted[what] != self.sent]
+        samples = scrape(self.server)
+        for name, (count, size, value_sum) in self.values.items():
+            seen = total(samples, "modelbuild_input_samples_total", input=name)
+            mean = total(samples, "modelbuild_input_mean", input=name)
+            if seen != count:
+                wrong.append(f"input '{name}' samples {seen:g}, {count} sent")
+            if size and abs(mean - value_sum / size) > 1e-6 * max(1.0, abs(value_sum / size)):
+                wrong.append(f"input '{name}' mean {mean:.6g}, the values sent have {value_sum / size:.6g}")
+        return [{"text": f"the service's /metrics does not count what was sent: {'; '.join(wrong)}", "fails": True}] \
+            if wrong else []
+
     def close(self) -> None:
         self._finalizer()
 
@@ -94,10 +121,10 @@ class ServiceHttp(Runtime):
 
     name = "service-http"
     backend_module = "onnxruntime"
-    packages = ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "onnxruntime", "dockerfile-parse")
+    packages = ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client", "onnxruntime", "dockerfile-parse")
 
     def unavailable(self) -> str | None:
-        for module in ("fastapi", "uvicorn", self.backend_module):
+        for module in ("fastapi", "uvicorn", "prometheus_client", self.backend_module):
             if importlib.util.find_spec(module) is None:
                 return f"{module} is not installed (pip install -c constraints.txt 'modelbuild[service]')"
         return None
@@ -160,7 +187,7 @@ class ServiceHttpTorchScript(ServiceHttp):
 
     name = "service-http-torchscript"
     backend_module = "torch"
-    packages = ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "torch", "dockerfile-parse")
+    packages = ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client", "torch", "dockerfile-parse")
 
 
 def _signature(directory: Path, model: Model) -> dict[str, Any]:

@@ -41,15 +41,16 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
 
 _LAYOUT = "directory service/: app.py (FastAPI), signature.json, {model}, requirements.txt (pinned), Dockerfile"
+_CHECKED = "; Prometheus /metrics; checked over HTTP with uvicorn on loopback (/metrics must count what was sent)."
 SERVICE = register_format(Format(
     name="service", filename=SERVICE_DIR, runtime="service-http",
     description="FastAPI service of the ONNX model on ONNX Runtime: " + _LAYOUT.format(model="model.onnx")
-    + "; checked over HTTP with uvicorn on loopback.",
+    + _CHECKED,
 ))
 SERVICE_TORCHSCRIPT = register_format(Format(
     name="service-torchscript", filename=SERVICE_DIR, runtime="service-http-torchscript",
     description="FastAPI service of the TorchScript model on torch: " + _LAYOUT.format(model="model.pt")
-    + "; checked over HTTP with uvicorn on loopback.",
+    + _CHECKED,
 ))
 DOCKER_TIMEOUT_S = 900
 
@@ -174,7 +175,7 @@ class ServiceFromOnnx(_ServiceStep):
     name = "service-from-onnx"
     consumes = ("onnx",)
     produces = "service"
-    packages = ("onnx", "onnxruntime", "fastapi", "starlette", "pydantic", "uvicorn", "numpy")
+    packages = ("onnx", "onnxruntime", "fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client")
     toolchain = "onnx"
     description = "FastAPI app + signature.json + model.onnx + pinned requirements.txt + Dockerfile."
 
@@ -200,7 +201,7 @@ class ServiceTorchScriptFromTorchScript(_ServiceStep):
     produces = "service-torchscript"
     backend = "torchscript"
     model_file = "model.pt"
-    packages = ("torch", "fastapi", "starlette", "pydantic", "uvicorn", "numpy")
+    packages = ("torch", "fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client")
     toolchain = "torch"
     description = "FastAPI app + signature.json + model.pt + pinned requirements.txt + Dockerfile."
 

@@ -12,6 +12,9 @@ pydantic request and response models, so /docs shows the real signature.
   GET  /health    {"status": "ok", "model": ..., "backend": ...} once the model is loaded
   GET  /signature the signature.json the service runs
   POST /predict   {"inputs": {"<input>": nested list, ...}} -> {"outputs": {"<output>": nested list, ...}}
+  GET  /metrics   Prometheus text format (prometheus-client, one registry per app): requests by path, method
+                  and status, errors (4xx/5xx) by path and status, a latency histogram by path, and per input
+                  the samples accepted and the running mean, std, min and max of their values (for drift)
 
 Every input carries samples along its first axis. A request is refused with a 4xx, never a 500:
 invalid JSON, unknown or missing inputs, strings or booleans where numbers belong, fractions for
@@ -25,8 +28,11 @@ Requests are not batched together: each runs on its own, concurrently in the ser
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, and the request
 # model is a local of create_app that a string annotation could not be resolved to.
 import json
+import math
 import os
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +196,85 @@ class TorchScriptBackend:
         return [t.detach().cpu().numpy() for t in result]
 
 
+PATHS = ("/health", "/signature", "/predict", "/metrics")  # other paths are counted as "other"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The app's Prometheus metrics, in a registry of its own (two apps in one process never mix)."""
+
+    def __init__(self, signature: dict[str, Any]):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("modelbuild_requests", "HTTP requests answered, by path, method and status.",
+                                ["path", "method", "status"], registry=r)
+        self.errors = Counter("modelbuild_request_errors", "Requests answered with a 4xx or 5xx status.",
+                              ["path", "status"], registry=r)
+        self.latency = Histogram("modelbuild_request_duration_seconds", "Seconds from request to response.",
+                                 ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.samples = Counter("modelbuild_input_samples", "Samples of each input in requests that passed validation.",
+                               ["input"], registry=r)
+        self.stats = {stat: Gauge(f"modelbuild_input_{stat}", f"Running {stat} of every value of the input received "
+                                  "since the service started (compare with the training data's to see drift).",
+                                  ["input"], registry=r) for stat in ("mean", "std", "min", "max")}
+        self.names = [spec["name"] for spec in signature["inputs"]]
+        self._lock = threading.Lock()
+        self._running = {name: [0, 0.0, 0.0, math.inf, -math.inf] for name in self.names}  # n, sum, sum², min, max
+
+    def inputs(self, feeds: dict[str, Any]) -> None:
+        """Add validated inputs to the per-input statistics."""
+        import numpy as np
+
+        with self._lock:
+            for name in self.names:
+                value = np.asarray(feeds[name], dtype=np.float64)
+                run = self._running[name]
+                run[0] += value.size
+                run[1] += float(value.sum())
+                run[2] += float(np.square(value).sum())
+                run[3], run[4] = min(run[3], float(value.min())), max(run[4], float(value.max()))
+                mean = run[1] / run[0]
+                self.samples.labels(name).inc(int(value.shape[0]) if value.ndim else 1)
+                for stat, number in (("mean", mean), ("std", math.sqrt(max(run[2] / run[0] - mean * mean, 0.0))),
+                                     ("min", run[3]), ("max", run[4])):
+                    self.stats[stat].labels(name).set(number)
+
+    def exposition(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class Measured:
+    """ASGI middleware (outermost, so 413s and 500s count too): each request's status and latency."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in PATHS else "other"
+        status, started = 500, time.perf_counter()  # no response start: the app raised (a 500 to the client)
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            m = self.metrics
+            m.latency.labels(path).observe(time.perf_counter() - started)
+            m.requests.labels(path, scope.get("method", ""), str(status)).inc()
+            if status >= 400:
+                m.errors.labels(path, str(status)).inc()
+
+
 BACKENDS: dict[str, type[OnnxBackend] | type[TorchScriptBackend]] = {"onnxruntime": OnnxBackend, "torchscript": TorchScriptBackend}
 
 
@@ -251,6 +336,7 @@ def create_app(directory: str | None = None) -> Any:
     where = Path(directory or os.environ.get(DIR_ENV) or Path(__file__).resolve().parent)
     signature = read_signature(where)
     backend = BACKENDS[signature["backend"]](where, signature)
+    metrics = Metrics(signature)
     request_model, reply_model = tensor_models(signature)
     app = FastAPI(title=f"{signature['model']} (modelbuild service)", version=str(signature.get("version", "1")),
                   description=f"Model '{signature['model']}' on {signature['backend']}, served by modelbuild's app.py.")
@@ -280,14 +366,24 @@ def create_app(directory: str | None = None) -> Any:
     @app.post("/predict", response_model=reply_model)
     def predict(body: request_model) -> Any:  # type: ignore[valid-type]
         payload = body.model_dump(by_alias=True)["inputs"]  # type: ignore[attr-defined]
-        outputs = backend.run(arrays(signature, payload))
+        feeds = arrays(signature, payload)
+        metrics.inputs(feeds)
+        outputs = backend.run(feeds)
         # Built here rather than through reply_model: validating every element of a large output
         # again would cost more than the model; the shapes are documented by reply_model all the same.
         text = json.dumps({"outputs": {spec["name"]: value.tolist()
                                        for spec, value in zip(signature["outputs"], outputs)}})
         return _raw_json(text)
 
+    @app.get("/metrics")
+    def get_metrics() -> Any:
+        from fastapi.responses import Response
+
+        text, content_type = metrics.exposition()
+        return Response(content=text, headers={"Content-Type": content_type})
+
     app.add_middleware(BodyLimit, limit=body_limit(signature))
+    app.add_middleware(Measured, metrics=metrics)  # added last: outermost
     return app
 
 

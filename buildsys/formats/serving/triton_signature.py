@@ -120,7 +120,7 @@ def torchscript_outputs(step: Step, ctx: StepContext, src: Path) -> list[Tensor]
 
     from buildsys.data import Batch
     from buildsys.errors import describe
-    from buildsys.formats.torch.module import example_args, outputs_in_order, trace_batch
+    from buildsys.source import example_args, outputs_in_order, trace_batch
 
     try:
         module = torch.jit.load(str(src), map_location="cpu").eval()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
+    from buildsys.localise import Probe
 
 
 class _Tensor:
@@ -189,6 +190,15 @@ class LiteRt(Runtime):
 
         path = Path(path)
         return LiteRtSession(path, model, read_layout(path.parent))
+
+
+    def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
+                      modules: list[str]) -> "list[Probe]":
+        from buildsys.formats.tflite.intermediates import litert_intermediates
+        from buildsys.formats.tflite.layout import read_layout
+
+        path = Path(path)
+        return litert_intermediates(LiteRtSession(path, model, read_layout(path.parent)), feeds, modules)
 
 
 def _interpreter(path: Path, xnnpack: bool) -> Any:

@@ -97,7 +97,7 @@ class TfliteFromPt2(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, trace_batch
+        from buildsys.source import example_args, trace_batch
 
         try:
             import litert_torch
@@ -148,7 +148,7 @@ class TfliteFromPt2(Step):
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from buildsys.formats.torch.module import example_args
+        from buildsys.source import example_args
 
         opts = ctx.options
         dynamic = opts.mode == "dynamic"

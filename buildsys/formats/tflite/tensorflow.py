@@ -214,6 +214,7 @@ class TensorFlow(Runtime):
     """TensorFlow itself, running a SavedModel's serving signature (the reference for its TFLite files)."""
 
     name = "tensorflow"
+    no_intermediates = "a SavedModel's functions show only their signature outputs to modelbuild"
     packages = ("tensorflow",)
 
     def unavailable(self) -> str | None:

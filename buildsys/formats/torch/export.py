@@ -47,7 +47,7 @@ class Pt2FromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, export_dims, shapes_for, signature_module, trace_batch
+        from buildsys.source import example_args, export_dims, shapes_for, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options

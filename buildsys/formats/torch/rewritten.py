@@ -4,7 +4,7 @@ A step whose options derive from `RewritableOptions` loads the module and applie
 (buildsys.rewrites) before it traces, exports or captures it; the routes know such a step as the hop that
 loads the module, where an automatic rewrite route puts its rewrites (buildsys.rewrite_routes). The
 option is left out of the options' JSON when empty, so a node without rewrites keeps the key it had
-before the option existed; the rewrites' versions enter the key beside it (kinds.Artifact).
+before the option existed; the rewrites' versions enter the key beside it (kinds.ArtifactKind).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def load_rewritten(step: "Step", ctx: "StepContext[Any]") -> "torch.nn.Module":
     """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
     user's: a StepError naming the step)."""
     from buildsys import rewrites
-    from buildsys.formats.torch.module import load_module
+    from buildsys.source import load_module
 
     module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name)
     names = list(getattr(ctx.options, "rewrites", ()))

@@ -12,8 +12,9 @@ from buildsys.formats.reproducible import torchscript_without_debug_info
 from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, rewrite_metrics, torchscript_ops
 
 TORCHSCRIPT = register_format(Format(
-    name="torchscript", filename="model.pt", runtime="torchscript",
-    description="TorchScript module (torch.jit.save), for libtorch / PyTorch Mobile.",
+    name="torchscript", filename="model.pt", runtime="torchscript", serving_runtime="libtorch",
+    description="TorchScript module (torch.jit.save), for libtorch / PyTorch Mobile; with `acceptance.serving` the "
+    "check also runs it in a C++ program linked against LibTorch.",
 ))
 TORCHSCRIPT_FILE = register_format(Format(
     name="torchscript-file", filename="", runtime="torchscript", source=True,
@@ -60,7 +61,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, signature_module, trace_batch
+        from buildsys.source import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
@@ -103,7 +104,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.torch.module import example_args, outputs_in_order
+        from buildsys.source import example_args, outputs_in_order
 
         method = "traced" if ctx.options.method == "trace" else "scripted"
         seen: dict[str, Any] = {}
