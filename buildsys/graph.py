@@ -21,6 +21,7 @@ from buildsys.formats import get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.coverage import order_routes
 from buildsys.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
+from buildsys.repair import add_repair_routes, with_goal
 from buildsys.rewrite_routes import add_rewrite_routes, loading_stop, loads_module
 from buildsys.routes import candidate_routes, format_graph, hop, route_formats, stop_options
 
@@ -95,22 +96,24 @@ class Dag:
 
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
            bench: bool = False, excluded: dict[str, list[list[str]]] | None = None,
-           refusals: "Refusals | None" = None, gaps: "Gaps | None" = None) -> Dag:
+           refusals: "Refusals | None" = None, gaps: "Gaps | None" = None,
+           repairs: dict[str, list[list[str]]] | None = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
     Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. Each
     target takes its first candidate route not in `excluded[target]`. With `cache` (a file path), a
     previous expansion of the same inputs is reused. `refusals` (target → failed routes and the
     rewrites their refusals point at, rewrite_routes.refusals) add the rewrite routes; `gaps` (model → the
-    ops each converter table lacks, coverage.Coverage.gaps) order them (coverage.order_routes).
+    ops each converter table lacks, coverage.Coverage.gaps) order them (coverage.order_routes); `repairs`
+    (target → failed routes whose check miss opened an accuracy repair, repair.repairable) add the repair routes.
     """
-    excluded, refusals, gaps = excluded or {}, refusals or {}, gaps or {}
+    excluded, refusals, gaps, repairs = excluded or {}, refusals or {}, gaps or {}, repairs or {}
     if cache is None:
-        return _expand(cfg, selected, bench, excluded, refusals, gaps)
+        return _expand(cfg, selected, bench, excluded, refusals, gaps, repairs)
     import pickle
 
     key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
-                       excluded, refusals, gaps])
+                       excluded, refusals, gaps, repairs])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -118,7 +121,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench, excluded, refusals, gaps)
+    dag = _expand(cfg, selected, bench, excluded, refusals, gaps, repairs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -141,7 +144,8 @@ def code_fingerprint() -> str:
 
 
 def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
-            excluded: dict[str, list[list[str]]], refusals: "Refusals", gaps: "Gaps") -> Dag:
+            excluded: dict[str, list[list[str]]], refusals: "Refusals", gaps: "Gaps",
+            repairs: dict[str, list[list[str]]]) -> Dag:
     import networkx as nx
 
     from buildsys import verify
@@ -185,19 +189,27 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                                              target.routes, tname, cfg, opts_by_format)
         if target.rewrites is None:  # automatic: each refused route is followed by the route with its rewrites
             candidates[tname] = add_rewrite_routes(candidates[tname], refusals.get(tname, []), opts_by_format)
-        if gaps.get(target.model):  # a route whose converter lacks an op goes after those that can work
-            candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
-                                             auto_rewrites=target.rewrites is None)
         elif target.rewrites and loading_stop(candidates[tname][0]) is None:
             raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
                               f"a PyTorch factory (source: {model.source.format})",
                               where=cfg.where("targets", tname, "rewrites"), field=f"targets.{tname}.rewrites")
+        if gaps.get(target.model):  # a route whose converter lacks an op goes after those that can work
+            candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
+                                             auto_rewrites=target.rewrites is None)
+        candidates[tname] = add_repair_routes(candidates[tname], repairs.get(tname, []), opts_by_format, target.repair,
+                                              model, cfg.root)
         left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
         if not left:
             exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
         route = left[0] if left else candidates[tname][-1]  # exhausted: the last one tried, already built
         precision = _precision(target, hop(route[-1])[0], cfg, tname)
         routes[tname] = route
+        try:
+            acceptance = verify.resolve_acceptance(target.acceptance, precision, model.outputs)
+        except ConfigError as exc:
+            raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
+                              where=cfg.where("targets", tname, "acceptance", "outputs"),
+                              field=f"targets.{tname}.acceptance.outputs") from None
         for fmt in opts_by_format:  # options apply where the route taken passes their format
             if not any(fmt in route_formats(r)[1:] for r in candidates[tname]):
                 raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
@@ -217,7 +229,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                 if target.rewrites is not None and loads_module(step) and isinstance(raw, dict):
                     raw = {"rewrites": target.rewrites, **raw}  # the format's own option wins
                 if label and isinstance(raw, dict):
-                    raw = {**raw, **stop_options(step, label)}
+                    raw = with_goal(step, {**raw, **stop_options(step, label)}, acceptance["outputs"])
                 options = _options(step, raw, cfg, tname, b)
                 identity.append([step.name, options.model_dump(mode="json")])
                 hops.append((a, b, step, options, digest_json(identity)))
@@ -241,12 +253,6 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                 chains.setdefault(f"{target.model}/{b}", []).append(ident)
             previous = ident
         identities[previous].targets.append(tname)
-        try:
-            acceptance = verify.resolve_acceptance(target.acceptance, precision, model.outputs)
-        except ConfigError as exc:
-            raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
-                              where=cfg.where("targets", tname, "acceptance", "outputs"),
-                              field=f"targets.{tname}.acceptance.outputs") from None
         reference = ReferenceKind.node_name(target.model)
         checks.append(Node(name=CheckKind.node_name(tname), kind=CheckKind.name, model=target.model, format=target.goal,
                            step=CHECK_STEP, options=acceptance, deps=[previous, reference], target=tname,

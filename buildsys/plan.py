@@ -20,7 +20,6 @@ from buildsys.lock import Lock
 from buildsys.status import Action, State
 from buildsys.formats import get_step
 from buildsys.store import Store
-# What a build does after a route fails is planning too: reroute.py (re-exported here).
 
 if TYPE_CHECKING:
     from buildsys.coverage import Coverage
@@ -319,6 +318,8 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     and the build would take that route again, and again.
     """
     from buildsys import coverage
+    from buildsys.repair import repairable
+    from buildsys.repair import tried as tried_repairs
     from buildsys.rewrite_routes import refusals
 
     excluded: dict[str, list[list[str]]] = {}
@@ -326,9 +327,10 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     now = dropped_now or {}
     refused = refusals(planner.lock.routes)  # a refusal a rewrite answers adds the route with that rewrite
     known = coverage.read(planner)  # ops a route's converter lacks move it back (or bring its rewrite forward)
+    repairs = repairable(planner.lock.routes)  # an int8 check miss adds the route with each repair recipe
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
-                     excluded=excluded, refusals=refused, gaps=known.gaps())
+                     excluded=excluded, refusals=refused, gaps=known.gaps(), repairs=repairs)
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])
@@ -344,6 +346,9 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         check = plans[CheckKind.node_name(t)]
         tried = "; ".join(f"{' → '.join(r['route'])}: {r['reason']}" for r in dropped.get(t, []))
         check.action, check.failed, check.reasons = BLOCKED, True, [f"no route passes its check ({tried})"]
+        hint = tried_repairs(dag.candidates.get(t, []))
+        if hint:
+            check.reasons[0] += f"; {hint}"
     selected = list(dag.target_nodes) if not targets else targets
     return Plan(planner.config, dag, plans, selected, dropped, known)
 

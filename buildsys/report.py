@@ -167,7 +167,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         size = sum(f[2] for f in recorded.get("files", []))
         entry = lock_nodes.get(CheckKind.node_name(target), {})
         check = entry.get("metrics", {})
-        dropped = [{k: r[k] for k in ("route", "node", "reason")} for r in plan.dropped.get(target, [])]
+        dropped: list[dict[str, Any]] = [{k: r[k] for k in ("route", "node", "reason", "observed") if k in r}
+                   for r in plan.dropped.get(target, [])]
         route = plan.dag.routes.get(target, [])
         status = target_status(entry, delivered=bool(recorded), route=route, dropped=dropped)
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
@@ -175,7 +176,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "check": status.words, "verdict": status.verdict.value,
                "caveats": [c.as_dict() for c in status.caveats],
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
-               "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name)}
+               "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name),
+               "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair")}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -196,6 +198,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
 
 def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     from rich.table import Table
+
+    from buildsys.repair import describe, trade_off
 
     table = Table("target", "format", "size", "vs fp32", "check", "accuracy", "agreement", "max abs err",
                   box=None, padding=(0, 1), pad_edge=False)
@@ -223,9 +227,12 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
         if row.get("rewrites") and row["path"]:
             out.print(f"{row['target']}: carries op rewrites {', '.join(row['rewrites'])} (docs/rewrites.md)",
                       style="yellow", markup=False, highlight=False)
+        if row.get("repair") and row["path"]:
+            out.print(f"{row['target']}: {describe(row['repair'])[0]} (docs/repair.md)", style="yellow", markup=False,
+                      highlight=False)
         for drop in row.get("dropped") or []:
-            out.print(f"{row['target']}: route {' → '.join(drop['route'])} dropped at {drop['node']}: {drop['reason']}",
-                      style="yellow", markup=False, highlight=False)
+            out.print(f"{row['target']}: route {' → '.join(drop['route'])} dropped at {drop['node']}: {drop['reason']}"
+                      f"{trade_off(drop)}", style="yellow", markup=False, highlight=False)
 
 
 def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:

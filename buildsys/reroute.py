@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__
 from buildsys.kinds import ArtifactKind, CheckKind
+from buildsys.repair import is_repair_route, opens_repair
 
 if TYPE_CHECKING:
     from buildsys.lock import Lock
@@ -52,11 +53,32 @@ def route_failures(plan: "Plan", results: dict[str, Any], lock: "Lock | None" = 
         why = str((result.metrics.get("failures") or [result.error or "failed"])[0])
         why = why.removeprefix(FAILED_EARLIER)  # deploy.lock outlives the build: keep the failure itself
         rewrites, note = _rewrite_answer(plan, target, route, failed[0], why, chain, results, lock)
-        if len(candidates) < 2 and not rewrites and not note:
-            continue  # a pinned route, and no rewrite answers its failure
+        repair = opens_repair(plan, target, route, failed[0])
+        if len(candidates) < 2 and not rewrites and not note and not repair:
+            continue  # a pinned route, and no rewrite or repair answers its failure
         reason = str(why).splitlines()[0][:300 - len(note)] if str(why).strip() else "failed"
+        observed = _observed(chain, results, lock) if repair or is_repair_route(route) else {}
         out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key, "modelbuild": __version__,
-                       "reason": reason + note, **({"rewrites": rewrites} if rewrites else {})}
+                       "reason": reason + note, **({"rewrites": rewrites} if rewrites else {}),
+                       **({"repair": True} if repair else {}), **({"observed": observed} if observed else {})}
+    return out
+
+
+def _observed(chain: list[str], results: dict[str, Any], lock: "Lock | None") -> dict[str, Any]:
+    """What a quantized route's failure measured, for the trade-off the report shows: the artifact's size,
+    and its check's agreement and cosine per output (only what was measured)."""
+    def metrics(name: str) -> dict[str, Any]:
+        return getattr(results.get(name), "metrics", None) or \
+            ((lock.nodes.get(name, {}).get("metrics") or {}) if lock is not None else {})
+
+    out: dict[str, Any] = {}
+    if len(chain) > 1 and metrics(chain[1]).get("bytes"):
+        out["bytes"] = metrics(chain[1])["bytes"]
+    for name, compared in (metrics(chain[0]).get("outputs") or {}).items():
+        kept = {k: round(compared[k]["observed"], 6) for k in ("top1_agreement", "cosine")
+                if isinstance(compared.get(k), dict) and isinstance(compared[k].get("observed"), (int, float))}
+        if kept:
+            out[name] = kept
     return out
 
 

@@ -5,7 +5,8 @@ path (edges weighted by each step's `route_cost`) from the model's source format
 format, through each `via:` stop. A route is a list of stops; a stop is a format name, or a format
 name with the label of one of its step's `alternatives` (`tflite-int8 (dynamic)`: made with that
 alternative's options instead of the defaults) or of the op rewrites it applies (`onnx (rewrite stft)`,
-see rewrite_routes.py).
+see rewrite_routes.py), or of the accuracy-repair recipe it quantizes with (`onnx-int8 (repair keep-float)`,
+see repair.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def hop(stop: str) -> tuple[str, str]:
 
 #: How a stop's label names the rewrites its step applies: "rewrite " + names joined by "+".
 LABEL = "rewrite "
+#: How a stop's label names the accuracy-repair recipe its step applies (repair.py): "repair keep-float".
+REPAIR = "repair "
 
 
 def label_parts(label: str) -> tuple[str, tuple[str, ...]]:
@@ -71,7 +74,10 @@ def label_parts(label: str) -> tuple[str, tuple[str, ...]]:
 def stop_options(step: Any, label: str) -> dict[str, Any]:
     """The options a stop's label sets on its step: its alternative's values and its rewrites."""
     alternative, names = label_parts(label)
-    out = dict(step.alternatives[alternative]) if alternative else {}
+    if alternative.startswith(REPAIR):
+        out = dict(step.repairs[alternative[len(REPAIR):]])
+    else:
+        out = dict(step.alternatives[alternative]) if alternative else {}
     if names:
         out["rewrites"] = list(names)
     return out

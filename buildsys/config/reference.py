@@ -89,6 +89,11 @@ def render() -> str:
             given = ", ".join(f"`{k}: {v}`" for k, v in values.items())
             out += [f"Fallback route `{step.produces} ({label})`: {given}, tried after every route with default "
                     "options unless the target sets that option.", ""]
+        if step.repairs:
+            recipes = "; ".join(f"`{label}` ({', '.join(f'`{k}: {v}`' for k, v in values.items())})"
+                                for label, values in step.repairs.items())
+            out += [f"Accuracy repair ([repair.md](repair.md)), tried in this order after an artifact of this step "
+                    f"missed its check, as routes `{step.produces} (repair NAME)`: {recipes}.", ""]
         out += model_table(step.Options) if step.Options.model_fields else ["No options."]
         out.append("")
     return "\n".join(out).rstrip() + "\n"

@@ -6,7 +6,7 @@ and a target's `options:` mapping is validated against the models of the steps o
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -15,6 +15,10 @@ from buildsys.precision import Precision, format_name
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
 
+
+#: The repair recipes of every quantizing step (`Step.repairs`; a test keeps the two in step): the names a
+#: target's `repair:` list may use (docs/repair.md).
+REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "mixed")
 
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, values are immutable after loading."""
@@ -258,6 +262,14 @@ class Target(Strict):
         "rewrites the artifact carries. A list (e.g. [stft]): exactly these, on every route, and none added "
         "automatically. []: no rewrites at all (a refusal then fails the route, naming the rewrite that would "
         "remove the op).")
+    repair: Union[bool, list[str]] = Field(
+        default=True, description="Accuracy repair of a quantized artifact that misses its acceptance "
+        "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "
+        "per-layer sensitivity, then the fewest most sensitive layers kept in float until the tolerance holds; "
+        "per-channel weights; entropy calibration. openvino-int8: NNCF's transformer scheme; the mixed preset); the one that passes is recorded in deploy.lock and reused, "
+        "and the tolerance is never loosened. false: no repair (a miss fails the route). A list: only these "
+        "recipes, in this order. To pin a recipe, set its options (e.g. options: {onnx-int8: {keep_float: "
+        "[/head/Gemm]}}).")
     acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
     recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
@@ -265,6 +277,17 @@ class Target(Strict):
         "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
         "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16). "
         "Every field stays overridable; an explicit 'recipe' wins.")
+
+    @field_validator("repair")
+    @classmethod
+    def _known_recipes(cls, repair: bool | list[str]) -> bool | list[str]:
+        from buildsys.errors import did_you_mean
+
+        for name in repair if isinstance(repair, list) else []:
+            if name not in REPAIR_RECIPES:
+                raise ValueError(f"no repair recipe is named '{name}' {did_you_mean(name, REPAIR_RECIPES) or ''}".rstrip()
+                                 + f" (known: {', '.join(REPAIR_RECIPES)})")
+        return repair
 
     @field_validator("rewrites")
     @classmethod

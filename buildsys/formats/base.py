@@ -127,6 +127,10 @@ class Step:
     #: with default options, unless the target sets one of those options itself (see
     #: routes.candidate_routes).
     alternatives: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Accuracy-repair recipes of a quantizing step, by name, in the order tried after a route through it
+    #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
+    #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
+    repairs: ClassVar[dict[str, dict[str, Any]]] = {}
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker

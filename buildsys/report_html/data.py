@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.kinds import BenchKind, CheckKind
+from buildsys.repair import describe
 from buildsys.report_html.palette import PRECISION_COLORS, STATUS
 from buildsys.status import TargetStatus, Verdict, target_status
 
@@ -34,6 +35,7 @@ class Row:
     route: list[str] = field(default_factory=list)  # formats from the source to the artifact
     dropped: list[dict[str, Any]] = field(default_factory=list)  # routes tried first: route, node, reason
     rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
+    repair: list[str] = field(default_factory=list)  # the accuracy-repair record in words (docs/repair.md)
 
     def metric(self, name: str) -> dict[str, Any] | None:
         """The first output's item for `name` that has an observed value."""
@@ -107,6 +109,7 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
         row.route = [str(f) for f in entry.get("route") or []]
         row.rewrites = [str(n) for n in entry.get("rewrites") or []]
+        row.repair = describe((artifact.get("facts") or {}).get("repair"))
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
         status = target_status(check_node, delivered=True, route=row.route, dropped=row.dropped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from buildsys.repair import trade_off
 from buildsys.report_html.data import Row, count_statuses
 from buildsys.report_html.formatting import (
     fmt_limit,
@@ -70,9 +71,10 @@ def render_markdown(data: list[Row], title: str) -> str:
             lines.append("- route: " + md(" → ".join(r.route)))
         if r.rewrites:
             lines.append("- op rewrites: " + md(", ".join(r.rewrites)))
+        lines += ["- " + md(line) for line in r.repair]
         for d in r.dropped:
             lines.append(f"- dropped route {md(' → '.join(map(str, d['route'])))} at `{str(d.get('node', '?')).replace('`', '')}`: "
-                         f"{md(d.get('reason', ''))}")
+                         f"{md(d.get('reason', '') + trade_off(d))}")
         if r.toolchain:
             lines.append("- toolchain: " + md(", ".join(f"{k} {v}" for k, v in r.toolchain.items())))
         if r.options:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from buildsys.report_html.charts import error_chart, latency_chart, size_chart
+from buildsys.repair import trade_off
 from buildsys.report_html.data import Row, count_statuses
 from buildsys.report_html.formatting import (
     clip_text,
@@ -248,8 +249,10 @@ def _route(r: Row) -> str:
     if not r.route:
         return ""
     dropped = "".join(f'<li><span class="mono">{esc(" → ".join(map(str, d["route"])))}</span> dropped at '
-                      f'<span class="mono">{esc(d.get("node", "?"))}</span>: {esc(d.get("reason", ""))}</li>' for d in r.dropped)
+                      f'<span class="mono">{esc(d.get("node", "?"))}</span>: {esc(d.get("reason", "") + trade_off(d))}</li>'
+                      for d in r.dropped)
     rewrites = f'<p>op rewrites: <span class="mono">{esc(", ".join(r.rewrites))}</span></p>' if r.rewrites else ""
+    rewrites += "".join(f"<p>{esc(line)}</p>" for line in r.repair)
     return (f'<h3 class="gap">Route</h3><p class="mono">{esc(" → ".join(r.route))}</p>' + rewrites
             + (f'<ul class="dim">{dropped}</ul>' if dropped else ""))
 

@@ -6,9 +6,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
@@ -35,6 +35,10 @@ class OnnxInt8FromOnnx(Step):
     packages = ("onnxruntime", "onnx")
     toolchain = "onnx"
     description = "onnxruntime.quantization quantize_dynamic / quantize_static."
+    #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
+    repairs = {"keep-float": {"keep_float": "sensitive"}, "per-channel": {"per_channel": True},
+               "entropy": {"method": "static", "calibrate_method": "entropy"}}
+    committed_metrics = ("repair",)
 
     class Options(StepOptions):
         method: Literal["dynamic", "static"] = Field(
@@ -66,15 +70,42 @@ class OnnxInt8FromOnnx(Step):
             "the example's digits CNN falls to cosine 0.78 there with 8-bit weights, 0.9996 with 7. Default: on "
             "for 'static' (its fused QLinear kernels are the ones that saturate), off for 'dynamic'.")
 
+        keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+            default=(), description="Nodes (by ONNX node name) left in float, their inputs unquantized "
+            "(ONNX Runtime's nodes_to_exclude). 'sensitive': measure each quantized layer's cost on the "
+            "calibration set and keep the fewest most sensitive ones in float that meet the target's tolerance "
+            "(docs/repair.md); the search is bounded and its result recorded in deploy.lock. Usually set by "
+            "accuracy repair, not by hand; a list pins the layers.")
+        repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
+            default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
+            "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
+
+        @model_serializer(mode="wrap")
+        def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+            data = handler(self)
+            if isinstance(data, dict):  # keys of nodes without a repair stay what they were
+                if not data.get("keep_float"):
+                    data.pop("keep_float", None)
+                if data.get("repair_goal") is None:
+                    data.pop("repair_goal", None)
+            return data
+
     @classmethod
     def data_used(cls, options: "OnnxInt8FromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]
-        return ("calibration",) if options.method == "static" else ()
+        return ("calibration",) if options.method == "static" or options.keep_float == "sensitive" else ()
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.repair import describe
+
+        return describe(facts.get("repair"))
 
     @classmethod
     def check_config(cls, model: "Model", options: "OnnxInt8FromOnnx.Options",  # type: ignore[override]
                      root: Path) -> str | None:
-        if options.method == "static" and model.data.calibration is None:
-            return ("method 'static' needs calibration data: add data.calibration to the model "
+        if (options.method == "static" or options.keep_float == "sensitive") and model.data.calibration is None:
+            which = "method 'static'" if options.method == "static" else "keep_float 'sensitive'"
+            return (f"{which} needs calibration data: add data.calibration to the model "
                     "(an .npz of representative inputs)")
         return None
 
@@ -82,6 +113,7 @@ class OnnxInt8FromOnnx(Step):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from buildsys.formats.onnx.sensitivity import NoRecipe, search, split_timings
         from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
 
         opts = ctx.options
@@ -103,16 +135,28 @@ class OnnxInt8FromOnnx(Step):
             # With external data the quantizer writes its side file as <output name>.data: straight
             # into out_dir that is model.onnx.data, and the weights are never loaded a second time.
             quantized = ctx.out_dir / MODEL_FILE if external else Path(work) / "quantized.onnx"
-            try:
+
+            def quantize(keep_float: list[str], only: list[str] | None, out: Path) -> None:
                 if opts.method == "static":
-                    self._static(ctx, opts, model_in, quantized, types, external, reduce_range)
+                    self._static(ctx, opts, model_in, out, types, external, reduce_range, keep_float, only)
+                    return
+                with _lean_quantizer(external):
+                    quantize_dynamic(str(model_in), str(out), per_channel=opts.per_channel, reduce_range=reduce_range,
+                                     weight_type=types[opts.weight_type], use_external_data_format=external,
+                                     nodes_to_exclude=keep_float, nodes_to_quantize=only or [])
+
+            try:
+                if opts.keep_float == "sensitive":
+                    metrics["repair"] = search(self, ctx, quantize, model_in, quantized, Path(work) / "search")
+                    metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
                 else:
-                    with _lean_quantizer(external):
-                        quantize_dynamic(str(model_in), str(quantized), per_channel=opts.per_channel,
-                                         reduce_range=reduce_range,
-                                         weight_type=types[opts.weight_type], use_external_data_format=external)
+                    quantize(list(opts.keep_float), None, quantized)
+                    if opts.keep_float:
+                        metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
             except ModelbuildError:
                 raise
+            except NoRecipe as exc:
+                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise self.fail(ctx, f"{opts.method} int8 quantization failed: {type(exc).__name__}: {first}") from exc
@@ -132,7 +176,7 @@ class OnnxInt8FromOnnx(Step):
         return metrics
 
     def _static(self, ctx: StepContext[Options], opts: Options, model_in: Path, out: Path, types: dict[str, Any],
-                external: bool, reduce_range: bool) -> None:
+                external: bool, reduce_range: bool, keep_float: list[str], only: list[str] | None) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
         batch = ctx.data("calibration")
@@ -149,7 +193,7 @@ class OnnxInt8FromOnnx(Step):
             activation_type=types[opts.activation_type],
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[opts.calibrate_method],
-            use_external_data_format=external,
+            use_external_data_format=external, nodes_to_exclude=keep_float, nodes_to_quantize=only or [],
         )
 
 

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register
@@ -40,6 +40,8 @@ class OpenVinoInt8FromOpenVino(Step):
     extra = "openvino"
     toolchain = "openvino"
     description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
+    #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
+    repairs = {"transformer": {"model_type": "transformer"}, "mixed": {"preset": "mixed"}}
 
     class Options(StepOptions):
         preset: Literal["performance", "mixed"] = Field(
@@ -59,6 +61,23 @@ class OpenVinoInt8FromOpenVino(Step):
             default=None, ge=0, le=1, description="Accuracy-aware mode: the largest allowed absolute drop in top-1 "
             "accuracy of the first output (kind: scores) on the labelled validation set, against the float32 "
             "IR; NNCF reverts layers to float until it holds. Unset: plain post-training quantization.")
+        model_type: Literal["default", "transformer"] = Field(
+            default="default", description="'transformer': NNCF's transformer scheme (ModelType.TRANSFORMER: "
+            "SmoothQuant moves activation outliers into the weights, and the ops that lose most in int8 in "
+            "attention blocks stay float). Tried by accuracy repair after a missed check (docs/repair.md).")
+        keep_float: tuple[str, ...] = Field(
+            default=(), description="Operations of the IR (by friendly name) left in float (NNCF's ignored_scope "
+            "names; an unknown name is an error).")
+
+        @model_serializer(mode="wrap")
+        def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+            data = handler(self)
+            if isinstance(data, dict):  # keys of nodes without them stay what they were
+                if data.get("model_type") == "default":
+                    data.pop("model_type", None)
+                if not data.get("keep_float"):
+                    data.pop("keep_float", None)
+            return data
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
@@ -101,13 +120,17 @@ class OpenVinoInt8FromOpenVino(Step):
                 "subset_size": samples, "fast_bias_correction": opts.fast_bias_correction,
                 "preset": {"performance": nncf.QuantizationPreset.PERFORMANCE,
                            "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]}
+            if opts.model_type == "transformer":
+                kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+            if opts.keep_float:
+                kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(opts.keep_float))
             # 7-bit weights in every layer (NNCF's default fixes the first only): the CPU plugin's
             # uint8 x int8 kernels saturate on x86 CPUs without VNNI, as ONNX Runtime's do (onnx-int8's
             # reduce_range); accuracy-aware mode then reverted every layer of the test CNN on such a host.
             overflow = nncf.OverflowFix.ENABLE if opts.overflow_fix else nncf.OverflowFix.FIRST_LAYER
             advanced = nncf.AdvancedQuantizationParameters(overflow_fix=overflow)
             metrics: dict[str, Any] = {"calibration_samples": samples, "preset": opts.preset,
-                                       "overflow_fix": opts.overflow_fix}
+                                       "overflow_fix": opts.overflow_fix, "model_type": opts.model_type}
             try:
                 if opts.max_accuracy_drop is None:
                     quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **kwargs)
