@@ -17,14 +17,13 @@ processes.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from buildsys.errors import BuildFailed
 from buildsys.project import DEFAULT_CONFIG, open_project, source_sizes
-from buildsys.results import (FAILED, SKIPPED, BuildReport, BundleCheck, Event, NodeAction, NodeResult, NodeStatus, PlanResult,
-                              TargetResult)
+from buildsys.results import SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
 
 if TYPE_CHECKING:
     from buildsys.release.signing import SigningKey
@@ -70,6 +69,8 @@ class Project:
 
         the_plan = make_plan(self._opened.planner, targets or None, force=force)
         if ops:
+            from buildsys.decide import analysed
+
             the_plan = analysed(self._opened.planner, the_plan, targets, stale_only=False, force=force)
         self._opened.planner.stat.save()
         return plan_result(the_plan)
@@ -92,37 +93,14 @@ class Project:
 
             jobs = usable_cpus()
         with _build_lock(self._opened, on_wait) as planner:
-            from buildsys.plan import make_plan
-            from buildsys.reroute import route_failures
+            from buildsys.decide import settle
 
-            with _watch(planner) if _watch else nullcontext():  # the CLI's no-op snapshot records what was read
-                the_plan = make_plan(planner, targets or None, force=force, force_kinds=_force_kinds, bench=_bench)
-            from buildsys.coverage import enabled
+            def execute(the_plan: Any) -> dict[str, NodeResult]:
+                return _run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force, force_kinds=_force_kinds,
+                            timeout=timeout, executor=executor, scheduler=scheduler, on_event=on_event)
 
-            if the_plan.work and enabled():  # what a route's converter lacks orders the routes before any runs
-                the_plan = analysed(planner, the_plan, targets, force=force, force_kinds=_force_kinds, bench=_bench)
-            results: dict[str, NodeResult] = {}
-            failed: dict[str, tuple[str, NodeResult]] = {}  # node → (its key, the failure) in this build
-            dropped_now: dict[str, list[list[str]]] = {}  # target → the routes that failed in this build
-            while the_plan.work:
-                results.update(_run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force,
-                                    force_kinds=_force_kinds, timeout=timeout, executor=executor,
-                                    scheduler=scheduler, on_event=on_event))
-                for n, r in results.items():  # the first failure under a key is the one to repeat
-                    key = the_plan.nodes[n].key if n in the_plan.nodes else None
-                    if r.outcome == FAILED and key and failed.get(n, ("",))[0] != key:
-                        failed[n] = (key, r)
-                dropped = route_failures(the_plan, results, planner.lock)
-                if not dropped:
-                    break
-                _remember(planner.lock, dropped, on_event)  # then plan again: those targets take their next route
-                for target, record in dropped.items():
-                    dropped_now.setdefault(target, []).append(record["route"])
-                the_plan = make_plan(planner, targets or None, force=False, force_kinds=_force_kinds, bench=_bench,
-                                     dropped_now=dropped_now)
-                _fail_again(the_plan, failed)
-                # What failed or was skipped on the dropped route is judged again on the next one.
-                results = {n: r for n, r in results.items() if n in the_plan.nodes and r.outcome not in (FAILED, SKIPPED)}
+            the_plan, results = settle(planner, targets or None, execute, force=force, force_kinds=_force_kinds,
+                                       bench=_bench, on_event=on_event, watch=_watch)
             if not the_plan.work:
                 planner.stat.save()
             if results:  # the cards beside delivered artifacts follow what this build recorded
@@ -173,20 +151,6 @@ def build_failed(report: BuildReport) -> BuildFailed:
 # --- plumbing shared with the CLI -----------------------------------------------------------------
 
 
-def analysed(planner: Any, the_plan: Any, targets: list[str] | None, stale_only: bool = True, **options: Any) -> Any:
-    """`the_plan`, planned again once the ops of its models (those of targets with work, with `stale_only`)
-    and the converter tables its routes need are in the cache (buildsys.coverage); itself when nothing was
-    missing."""
-    from buildsys.coverage import analyse, missing
-    from buildsys.plan import make_plan
-
-    models, tables = missing(the_plan, stale_only=stale_only)
-    if not models and not tables:
-        return the_plan
-    analyse(planner, models, tables)
-    return make_plan(planner, targets or None, **options)
-
-
 def plan_result(the_plan: Any) -> PlanResult:
     """A `buildsys.plan.Plan` as the API's PlanResult."""
     nodes = []
@@ -221,32 +185,6 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
         yield planner
     finally:
         guard.release()
-
-
-def _fail_again(the_plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> None:
-    """A node that already failed in this build under the same key fails again at once, unrun
-    (another target's reroute must not repeat a conversion that cannot succeed)."""
-    from buildsys.plan import BLOCKED, RUN
-    from buildsys.reroute import FAILED_EARLIER
-
-    for name, (key, result) in failed.items():
-        nplan = the_plan.nodes.get(name)
-        if nplan is not None and nplan.action == RUN and nplan.key == key:
-            why = "; ".join(str(f).removeprefix(FAILED_EARLIER) for f in result.metrics.get("failures") or [result.error or "failed"])
-            nplan.action, nplan.failed, nplan.reasons = BLOCKED, True, [FAILED_EARLIER + why]
-
-
-def _remember(lock: Any, dropped: dict[str, dict[str, Any]], on_event: EventHandler | None) -> None:
-    """Record each failed route in deploy.lock (replacing an older failure of the same route)."""
-    from buildsys.kinds import CheckKind
-
-    for target, record in dropped.items():
-        entry = lock.routes.setdefault(target, {"dropped": []})
-        entry["dropped"] = [r for r in entry["dropped"] if r["route"] != record["route"]] + [record]
-        if on_event is not None:
-            on_event(Event("rerouted", CheckKind.node_name(target), "check", target,
-                           error=f"route {' → '.join(record['route'])} dropped at {record['node']}: {record['reason']}"))
-    lock.write()
 
 
 def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: bool, force_kinds: tuple[str, ...],

@@ -97,7 +97,7 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
     with recorder.watch(project.planner):
         the_plan = make_plan(project.planner, list(targets) or None, force=force)
     if ops:
-        from buildsys.api import analysed
+        from buildsys.decide import analysed
 
         the_plan = analysed(project.planner, the_plan, list(targets), stale_only=False, force=force)
     project.planner.stat.save()

@@ -275,7 +275,7 @@ def test_a_node_failed_again_names_its_first_failure_once() -> None:
     unrun, with its first failure: never 'failed earlier in this build: failed earlier …'."""
     from types import SimpleNamespace
 
-    from buildsys.api import _fail_again
+    from buildsys.decide import fail_again as _fail_again
     from buildsys.plan import BLOCKED, RUN
     from buildsys.reroute import FAILED_EARLIER
     from buildsys.results import FAILED, NodeResult
