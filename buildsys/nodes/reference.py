@@ -34,8 +34,11 @@ class Reference(Step):
         from buildsys.formats import get_runtime
         from buildsys.formats import get_format
 
+        from buildsys.formats.llm.contract import REFERENCE_RUNTIME
+
         source = ctx.extra.get("source_format") or ctx.model.source.format
-        runtime_name = get_format(source).runtime
+        # A text-generation model's reference is generation in eager PyTorch (formats/llm/runtime.py).
+        runtime_name = REFERENCE_RUNTIME if ctx.model.task == "text-generation" else get_format(source).runtime
         if runtime_name is None:
             raise self.fail(ctx, f"the source format '{source}' has no runtime to compute reference outputs")
         runtime = get_runtime(runtime_name)
