@@ -119,12 +119,8 @@ def synthetic(model: "Model") -> Batch:
 
 
 def eval_batch(model: "Model", root: Path, prefer: tuple[str, ...] = ("validation", "example")) -> Batch:
-    """The first data set present in `prefer`, else synthetic inputs. A text-generation model is
-    evaluated on its prompts and held text, tokenized (formats/llm/prompts.py)."""
-    if used_set(model, prefer) == GENERATION:
-        from buildsys.formats.llm.prompts import prompt_batch
-
-        return prompt_batch(model, root)
+    """The first data set present in `prefer`, else synthetic inputs. (A text-generation model's
+    reference reads its prompts and held text instead: formats/llm/prompts.py.)"""
     for which in prefer:
         batch = load_set(model, which, root)
         if batch is not None:

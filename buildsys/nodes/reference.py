@@ -45,7 +45,12 @@ class Reference(Step):
         reason = runtime.unavailable()
         if reason:
             raise self.fail(ctx, f"cannot run the {source} source to make reference outputs: {reason}")
-        batch = eval_batch(ctx.model, ctx.root)
+        if ctx.model.task == "text-generation":
+            from buildsys.formats.llm.prompts import prompt_batch
+
+            batch = prompt_batch(ctx.model, ctx.root)  # the prompts and held text, tokenized
+        else:
+            batch = eval_batch(ctx.model, ctx.root)
         try:
             session = runtime.load(ctx.input_path, ctx.model, ctx.root)  # type: ignore[arg-type]
             outputs = session.run_all(batch)
