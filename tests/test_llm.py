@@ -97,6 +97,25 @@ def test_keys_follow_what_each_node_reads(tmp_path: Path) -> None:
     assert _plan_components(tmp_path, "new_tokens: 8")["lm/llm-onnx"] != prompts["lm/llm-onnx"]
 
 
+@pytest.mark.parametrize("fmt, task, message", [
+    ("onnx", "text-generation", r"deploy\.yaml:10: targets\.server\.format: format 'onnx' is for task: tensors "
+                                r"models, and model 'lm' has task: text-generation \(formats for text-generation: "
+                                r"llm-executorch, llm-executorch-int8, llm-onnx"),
+    ("llm-onnx", "tensors", r"format 'llm-onnx' is for task: text-generation models, and model 'lm' has task: tensors"),
+])
+def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, message: str) -> None:
+    from buildsys.plan import make_plan
+    from buildsys.project import open_project
+
+    model = ("task: text-generation\n    generation: {prompts: p.txt, tokenizer: tok.json}" if task != "tensors" else
+             "inputs: [{name: x, shape: [1, 4]}]\n    outputs: [{name: y}]")
+    (tmp_path / "lm.py").write_text("def load():\n    pass\n")
+    (tmp_path / "deploy.yaml").write_text(f"models:\n  lm:\n    source: {{factory: 'lm:load'}}\n    {model}\n"
+                                          f"\n\n\ntargets:\n  server: {{model: lm, format: {fmt}}}\n")
+    with pytest.raises(ConfigError, match=message):
+        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner)
+
+
 # --- token comparisons ------------------------------------------------------------------------------
 
 

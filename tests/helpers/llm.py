@@ -54,7 +54,7 @@ def train(model, ids: list[int], steps: int = 120, seq: int = 32, batch: int = 1
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval(), float(loss)
+    return model.eval(), float(loss.detach())
 
 
 FACTORY = '''\

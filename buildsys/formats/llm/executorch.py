@@ -21,7 +21,7 @@ LLM_PTE = register_formats(Format.variants("llm-executorch", {
             "one token per call with an explicit static KV cache (llm.json and the tokenizer beside it).",
     "int8": "Decoder LM as an ExecuTorch program (.pte) whose linear layers are int8 (PT2E, XNNPACKQuantizer "
             "dynamic: per-channel int8 weights, int8 activations quantized per call), lowered to XNNPACK.",
-}, filename="model.pte", runtime="llm-executorch"))
+}, filename="model.pte", runtime="llm-executorch", task="text-generation"))
 
 
 class _LlmPteFromPyTorch(Step):
@@ -38,10 +38,6 @@ class _LlmPteFromPyTorch(Step):
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
         return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
 
-    @classmethod
-    def check_config(cls, model: Any, options: StepOptions, root: Any) -> str | None:
-        return None if model.task == "text-generation" else "llm-executorch is for task: text-generation models"
-
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import torch
         from executorch.exir import to_edge_transform_and_lower
@@ -56,7 +52,7 @@ class _LlmPteFromPyTorch(Step):
         if reason:
             raise self.fail(ctx, reason)
         gen = ctx.model.generation
-        assert gen is not None  # check_config refuses other models
+        assert gen is not None  # the format's task: planning refuses other models
         lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
         spec = cache_spec(lm, gen.max_cache_len, 1)
         args = example_inputs(spec, 1)

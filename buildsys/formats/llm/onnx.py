@@ -17,7 +17,7 @@ from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.llm.contract import INPUTS, OUTPUTS, SPEC_FILE, ship_tokenizer
 
 LLM_ONNX = register_format(Format(
-    name="llm-onnx", filename="model.onnx", runtime="llm-onnxruntime",
+    name="llm-onnx", filename="model.onnx", runtime="llm-onnxruntime", task="text-generation",
     description="Decoder LM (task: text-generation) as ONNX with an explicit static KV cache "
                 "(tokens, cache_position, k_cache, v_cache → logits, caches; llm.json beside it), for ONNX Runtime.",
 ))
@@ -41,17 +41,13 @@ class LlmOnnxFromPyTorch(Step):
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
         return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
 
-    @classmethod
-    def check_config(cls, model: Any, options: StepOptions, root: Any) -> str | None:
-        return None if model.task == "text-generation" else "llm-onnx is for task: text-generation models"
-
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import torch
 
         from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
 
         gen = ctx.model.generation
-        assert gen is not None  # check_config refuses other models
+        assert gen is not None  # the format's task: planning refuses other models
         lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
         spec = cache_spec(lm, gen.max_cache_len, gen.max_seq_len)
         seq = torch.export.Dim("seq", min=1, max=gen.max_seq_len)
