@@ -116,6 +116,26 @@ def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, messa
         make_plan(open_project(str(tmp_path / "deploy.yaml")).planner)
 
 
+def test_prompts_and_held_text_become_padded_id_rows(tmp_path: Path) -> None:
+    from buildsys.errors import DataError
+    from buildsys.formats.llm.prompts import PAD, prompt_batch
+    from tests.helpers.llm import train_tokenizer
+
+    train_tokenizer(tmp_path / "tok")
+    (tmp_path / "p.txt").write_text("the cat sleeps\n\nthe dog\n")
+    (tmp_path / "held.txt").write_text("the fox runs by the river. the fox is happy. " * 4)
+    gen = {"prompts": "p.txt", "held_text": "held.txt", "tokenizer": "tok", "max_seq_len": 8, "max_cache_len": 16,
+           "new_tokens": 4}
+    model = Model.model_validate({"task": "text-generation", "source": {"factory": "lm:load"}, "generation": gen})
+    batch = prompt_batch(model, tmp_path)
+    prompts, text = batch.inputs["prompt_ids"], batch.inputs["text_ids"]
+    assert len(batch) > 2 and text.shape[1] == 8  # more windows than prompts: the prompts are cycled
+    assert (prompts[0] == prompts[2]).all() and (prompts[1] == PAD).any() and not (prompts[0] == PAD).all()
+    (tmp_path / "p.txt").write_text("the cat sleeps on the mat. the cat is happy. the dog runs.\n")
+    with pytest.raises(DataError, match=r"p\.txt: prompt 1 has \d+ tokens; with new_tokens 4 it must have 1 to 12"):
+        prompt_batch(model, tmp_path)
+
+
 # --- token comparisons ------------------------------------------------------------------------------
 
 

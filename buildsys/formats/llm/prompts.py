@@ -8,7 +8,7 @@ Runs in workers (it imports `tokenizers`); the planner only hashes the files (in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from buildsys.errors import DataError
 
@@ -28,10 +28,17 @@ def tokenizer_file(root: Path, rel: str) -> Path:
     return path / "tokenizer.json" if path.is_dir() else path
 
 
-def encode(root: Path, rel: str, text: str) -> list[int]:
+def _encoder(root: Path, rel: str) -> Callable[[str], list[int]]:
+    """Text → ids with the model's tokenizer (no special tokens: the prompt is the text as written)."""
     from tokenizers import Tokenizer
 
-    return list(Tokenizer.from_file(str(tokenizer_file(root, rel))).encode(text, add_special_tokens=False).ids)
+    path = tokenizer_file(root, rel)
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise DataError(f"{rel}: not a tokenizer.json that Hugging Face tokenizers can load: {exc}",
+                        hint="give the tokenizer.json the model was trained with (or its directory)") from exc
+    return lambda text: list(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def prompt_batch(model: "Model", root: Path) -> "Batch":
@@ -42,8 +49,9 @@ def prompt_batch(model: "Model", root: Path) -> "Batch":
 
     gen = model.generation
     assert gen is not None  # eval_batch calls this only for text-generation models
+    encode = _encoder(root, gen.tokenizer)
     lines = [line.strip() for line in (root / gen.prompts).read_text(encoding="utf-8").splitlines()]
-    prompts = [encode(root, gen.tokenizer, line) for line in lines if line]
+    prompts = [encode(line) for line in lines if line]
     if not prompts:
         raise DataError(f"{gen.prompts}: no prompt (one per line)", hint="write at least one non-blank line")
     room = gen.max_cache_len - gen.new_tokens
@@ -52,7 +60,7 @@ def prompt_batch(model: "Model", root: Path) -> "Batch":
             raise DataError(f"{gen.prompts}: prompt {i + 1} has {len(ids)} tokens; with new_tokens {gen.new_tokens} "
                             f"it must have 1 to {room} to fit max_cache_len {gen.max_cache_len}",
                             hint="shorten the prompt or raise generation.max_cache_len")
-    held = encode(root, gen.tokenizer, (root / (gen.held_text or gen.prompts)).read_text(encoding="utf-8"))
+    held = encode((root / (gen.held_text or gen.prompts)).read_text(encoding="utf-8"))
     windows = [held[s:s + gen.max_seq_len] for s in range(0, len(held), gen.max_seq_len)]
     windows = [w for w in windows if len(w) >= 2]  # a window of one token predicts nothing
     if not windows:
