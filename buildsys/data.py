@@ -119,7 +119,8 @@ def synthetic(model: "Model") -> Batch:
 
 
 def eval_batch(model: "Model", root: Path, prefer: tuple[str, ...] = ("validation", "example")) -> Batch:
-    """The first data set present in `prefer`, else synthetic inputs."""
+    """The first data set present in `prefer`, else synthetic inputs. (A text-generation model's
+    reference reads its prompts and held text instead: formats/llm/prompts.py.)"""
     for which in prefer:
         batch = load_set(model, which, root)
         if batch is not None:
@@ -127,8 +128,17 @@ def eval_batch(model: "Model", root: Path, prefer: tuple[str, ...] = ("validatio
     return synthetic(model)
 
 
+#: The evaluation data of a text-generation model: its prompts, held text and tokenizer (config/generation.py).
+GENERATION = "generation"
+#: The tokenizer alone: the LLM export steps ship it beside the artifact (formats/llm/).
+TOKENIZER = "tokenizer"
+
+
 def used_set(model: "Model", prefer: tuple[str, ...] = ("validation", "example")) -> str | None:
-    """Name of the set `eval_batch` would load (None for synthetic): its digest enters keys."""
+    """Name of the set `eval_batch` would load (None for synthetic): its digest enters keys. A
+    text-generation model evaluates on GENERATION; its export steps trace with ids of their own."""
+    if model.task == "text-generation":
+        return GENERATION if prefer[0] == "validation" else None
     return next((w for w in prefer if getattr(model.data, w) is not None), None)
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
-from buildsys.formats import get_format, steps
+from buildsys.formats import formats, get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.coverage import order_routes
 from buildsys.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
@@ -174,6 +174,12 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                               field=f"targets.{tname}.model", hint=did_you_mean(target.model, project.models)
                               or f"models: {', '.join(project.models)}")
         model = project.models[target.model]
+        goal = formats().get(target.goal)
+        if goal is not None and goal.task != model.task:
+            made_for = [n for n, f in sorted(formats().items()) if f.task == model.task and f.runtime and not f.source]
+            raise ConfigError(f"format '{target.goal}' is for task: {goal.task} models, and model '{target.model}' "
+                              f"has task: {model.task}", where=cfg.where("targets", tname, "format"), field=f"targets.{tname}.format",
+                              hint=f"formats for {model.task}: {', '.join(made_for)}")
         passing = {f for r in candidate_routes(model.source.format, target.format, target.precision, target.via,
                                                target.routes, tname, cfg) for f in route_formats(r)}
         # `options: {triton: ...}` on a `format: triton, precision: int8` target means its goal, triton-int8

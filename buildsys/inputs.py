@@ -53,6 +53,25 @@ def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
     return out
 
 
+def generation_files(cfg: LoadedConfig, model_name: str,
+                     fields: tuple[str, ...] = ("prompts", "held_text", "tokenizer")) -> list[Path]:
+    """The prompts, held text and tokenizer of a text-generation model (or those of `fields`), checked to exist."""
+    gen = cfg.project.models[model_name].generation
+    assert gen is not None  # only text-generation models evaluate on GENERATION
+    key = ("models", model_name, "generation")
+    out = []
+    for field in fields:
+        rel = getattr(gen, field)
+        if rel is None:
+            continue
+        path = cfg.root / rel
+        if path.is_dir():  # a tokenizer directory: every file in it ships and enters the key
+            out += sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            out.append(_existing(cfg, path, (*key, field), f"models.{model_name}.generation.{field}"))
+    return out
+
+
 def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
     """The file behind data set `which`, checked to exist and to fit the signature (None: a callable)."""
     from buildsys import data

@@ -90,6 +90,8 @@ class ArtifactKind(NodeKind):
             from buildsys.rewrites import versions
 
             comp["rewrites"] = versions(node.options["rewrites"])
+        if model.generation is not None:  # a decoder's export is sized by its cache and prefill chunk
+            comp["generation"] = model.generation.model_dump(mode="json", include={"max_seq_len", "max_cache_len"})
 
     @classmethod
     def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +122,8 @@ class ReferenceKind(NodeKind):
 
         if data.used_set(model) is None:
             comp["synthetic"] = {"seed": model.seed, "samples": model.samples}
+        if model.generation is not None:  # how the prompts are cut and continued (their files: data generation)
+            comp["generation"] = model.generation.model_dump(mode="json")
         packages += _runtime_packages(get_format(node.source_format).runtime)
 
 

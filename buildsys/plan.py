@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from buildsys import __version__, keys
 from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
-from buildsys.inputs import data_files, factory_distributions, source_files
+from buildsys.data import GENERATION, TOKENIZER
+from buildsys.inputs import data_files, factory_distributions, generation_files, source_files
 from buildsys.hashing import StatCache, digest_json
 from buildsys.kinds import ArtifactKind, CheckKind, kind_of
 from buildsys.lock import Lock
@@ -150,6 +151,9 @@ class Planner:
 
     def data_input(self, model: str, which: str) -> str:
         """Digest of a data set's file (or of its callable's spec: callables should be pure)."""
+        if (model, which) not in self._data and which in (GENERATION, TOKENIZER):
+            fields = ("tokenizer",) if which == TOKENIZER else ("prompts", "held_text", "tokenizer")
+            self._data[model, which] = self._digest_files(generation_files(self.config, model, fields))
         if (model, which) not in self._data:
             path = data_files(self.config, model, which)
             spec = getattr(self.config.project.models[model].data, which)

@@ -27,8 +27,11 @@ DEFAULTS: dict[str, dict[str, Optional[float]]] = {
     # catching a wrong op, a lost epsilon or a bad fused kernel. A cosine of 0.9999 and 99 %
     # argmax agreement follow from that; an accuracy drop above one sample in a hundred means
     # something is wrong, not rounding.
+    # Greedy tokens (text-generation): the same logits up to 1e-6 pick the same argmax unless two
+    # candidates tie within that; over 16 tokens of a trained model that is a coin never seen, so fp32
+    # must agree on every token.
     "fp32": {"max_abs": None, "max_rel": 1e-4, "min_cosine": 0.9999, "min_top1_agreement": 0.99,
-             "max_accuracy_drop": 0.01},
+             "max_accuracy_drop": 0.01, "min_token_agreement": 1.0},
     # fp16: 11-bit mantissa (eps 9.8e-4). Rounding of weights and activations accumulates over
     # layers to a few 1e-3 of the output range, so max_rel 1e-2 is ~10 eps of headroom. Near-tied
     # logits may flip, hence 97 % agreement (one flip in 48 samples still passes) and at most one
@@ -36,7 +39,7 @@ DEFAULTS: dict[str, dict[str, Optional[float]]] = {
     # Accuracy moves in steps of 1/N: with fewer than ~100 labelled samples, one lost sample
     # exceeds the 1 % defaults and a target should set max_accuracy_drop itself.
     "fp16": {"max_abs": None, "max_rel": 1e-2, "min_cosine": 0.999, "min_top1_agreement": 0.97,
-             "max_accuracy_drop": 0.01},
+             "max_accuracy_drop": 0.01, "min_token_agreement": 0.9},
     # int8: 256 levels per tensor (per channel at best) make elementwise errors of several percent
     # normal (max_rel 0.036 on examples/digits with static QDQ), so scores are judged by decisions:
     # argmax agreement 90 % and at most three points of accuracy lost on labelled data (the usual
@@ -51,14 +54,20 @@ DEFAULTS: dict[str, dict[str, Optional[float]]] = {
     # probability that moves by 0.3 fails, int8 noise on an embedding (cosine 0.94: RMS error about a
     # third of the sample's RMS, a few percent of the range) passes. It applies where the target sets
     # no elementwise limit (max_abs, max_rel) for that output itself.
+    # Greedy decoding amplifies a flip: after the first differing token the continuations part ways,
+    # so agreement counts the tokens before the first divergence; 0.5 (half of them, on average) is
+    # a floor against a broken quantization, not a quality bar (targets set their own).
     "int8": {"max_abs": None, "max_rel": None, "min_cosine": 0.9, "min_top1_agreement": 0.9,
-             "max_accuracy_drop": 0.03, "max_range_error": 0.1},
+             "max_accuracy_drop": 0.03, "max_range_error": 0.1, "min_token_agreement": 0.5},
 }
 SCORE_ONLY = ("min_top1_agreement", "max_accuracy_drop")
+#: Only for 'tokens' outputs (generated ids: no elementwise error, no cosine means anything).
+TOKENS_ONLY = ("min_token_agreement",)
 #: Only for 'values' outputs whose target sets no elementwise limit (max_abs, max_rel) of its own.
 VALUES_ONLY = ("max_range_error",)
 ELEMENTWISE = ("max_abs", "max_rel")
-FIELDS = ("max_abs", "max_rel", "max_range_error", "min_cosine", "min_top1_agreement", "max_accuracy_drop")
+FIELDS = ("max_abs", "max_rel", "max_range_error", "min_cosine", "min_top1_agreement", "max_accuracy_drop",
+          "min_token_agreement")
 
 
 class ResolvedTolerance(StepOptions):
@@ -72,6 +81,8 @@ class ResolvedTolerance(StepOptions):
                                         "(over the batch for an output with one value per sample).")
     min_top1_agreement: Optional[float] = Field(default=None, description="Smallest allowed share of matching argmax.")
     max_accuracy_drop: Optional[float] = Field(default=None, description="Largest allowed accuracy drop vs the reference.")
+    min_token_agreement: Optional[float] = Field(default=None, description="Smallest allowed share of generated tokens "
+                                                 "matching the reference before the first divergence.")
 
 
 class CheckOptions(StepOptions):
@@ -106,6 +117,10 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
         limits = {k: defaults.get(k) for k in FIELDS} | own
         if out.kind != "scores":
             limits.update({k: None for k in SCORE_ONLY})
+        if out.kind == "tokens":  # ids: only agreement means anything
+            limits = {k: (limits[k] if k in TOKENS_ONLY else None) for k in FIELDS}
+        else:
+            limits.update({k: None for k in TOKENS_ONLY})
         if out.kind == "scores" or (any(k in own for k in ELEMENTWISE) and not any(k in own for k in VALUES_ONLY)):
             # the target judges this output elementwise itself: the default range error stays out of its way
             limits.update({k: None for k in VALUES_ONLY})
@@ -241,6 +256,8 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
     if ref.shape != obs.shape:
         result.problem = f"shape {list(obs.shape)} != reference shape {list(ref.shape)}"
         return result
+    if kind == "tokens":
+        return _compare_tokens(result, ref, obs, tol)
     ref64 = ref.astype(np.float64)
     obs64 = obs.astype(np.float64)
     finite = bool(np.all(np.isfinite(obs64)))
@@ -284,6 +301,25 @@ def compare(name: str, kind: str, reference: "np.ndarray", observed: "np.ndarray
             note = f"reference {_fmt(ref_acc)}" + ("" if drop is None else f", allowed drop {_fmt(drop)}")
             result.metrics.append(Metric("accuracy", obs_acc, allowed, ">=", note=note))
             result.extra["reference_accuracy"] = ref_acc
+    return result
+
+
+def _compare_tokens(result: OutputComparison, ref: "np.ndarray", obs: "np.ndarray", tol: Any) -> OutputComparison:
+    """Generated ids [prompts, tokens]: the share agreeing before each prompt's first divergence
+    (averaged over prompts), and the earliest divergence, with the prompt it happened in."""
+    import numpy as np
+
+    ref2 = ref.reshape(len(ref), -1)
+    differs = ref2 != obs.reshape(len(obs), -1)
+    n = ref2.shape[1]
+    first = [int(np.argmax(row)) if row.any() else None for row in differs]
+    agreement = float(np.mean([(n if f is None else f) / n for f in first])) if n and len(first) else 1.0
+    diverged = [(f, i) for i, f in enumerate(first) if f is not None]
+    note = (f"first divergence at token {min(diverged)[0]} of prompt {min(diverged)[1]}; "
+            f"{len(diverged)} of {len(first)} prompts diverge") if diverged else f"all {n} tokens of {len(first)} prompts agree"
+    result.metrics.append(Metric("token_agreement", agreement, _limit(tol, "min_token_agreement"), ">=", note=note))
+    result.extra["first_divergence"] = min(diverged)[0] if diverged else None
+    result.extra["diverged_prompts"] = len(diverged)
     return result
 
 

@@ -19,8 +19,9 @@ BOX = OutputSpec(name="box", kind="values")
 def test_defaults_depend_on_precision() -> None:
     for precision in ("fp32", "fp16", "int8"):
         resolved = resolve_acceptance(Acceptance(), precision, [SCORES, BOX])
-        # 'scores' outputs are judged by decisions, never by the range error
-        assert resolved["outputs"]["logits"] == {**DEFAULTS["fp32"], **DEFAULTS[precision], "max_range_error": None}
+        # 'scores' outputs are judged by decisions, never by the range error (nor by token agreement)
+        assert resolved["outputs"]["logits"] == {**DEFAULTS["fp32"], **DEFAULTS[precision], "max_range_error": None,
+                                                 "min_token_agreement": None}
         assert resolved["outputs"]["box"]["max_range_error"] == DEFAULTS[precision].get("max_range_error")
         assert resolved["on_fail"] == "error"
     fp32, fp16, int8 = (DEFAULTS[p] for p in ("fp32", "fp16", "int8"))
@@ -35,11 +36,12 @@ def test_target_fields_then_per_output_overrides() -> None:
     resolved = resolve_acceptance(acceptance, "int8", [SCORES, BOX])
     assert resolved["on_fail"] == "warn"
     assert resolved["outputs"]["logits"] == {**DEFAULTS["int8"], "max_abs": 0.5, "min_cosine": 0.99,
-                                             "max_range_error": None}
+                                             "max_range_error": None, "min_token_agreement": None}
     # 'values' outputs have no argmax: score-only limits are dropped for them; the target judges this
     # one elementwise (max_abs, max_rel), so the int8 range-error default stays out of its way
     assert resolved["outputs"]["box"] == {"max_abs": 0.5, "max_rel": 0.2, "max_range_error": None, "min_cosine": 0.9,
-                                          "min_top1_agreement": None, "max_accuracy_drop": None}
+                                          "min_top1_agreement": None, "max_accuracy_drop": None,
+                                          "min_token_agreement": None}
     assert CheckOptions.model_validate(resolved).outputs["box"].max_rel == 0.2
 
 

@@ -53,7 +53,7 @@ def model_table(model: type[BaseModel]) -> list[str]:
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Top level", schema.DeployConfig), ("models.NAME", schema.Model), ("models.NAME.source", schema.Source),
     ("models.NAME.inputs[]", schema.InputSpec), ("models.NAME.outputs[]", schema.OutputSpec),
-    ("models.NAME.data", schema.DataSets), ("models.NAME.data.SET", schema.DataSource),
+    ("models.NAME.generation", schema.TextGeneration), ("models.NAME.data", schema.DataSets), ("models.NAME.data.SET", schema.DataSource),
     ("targets.NAME", schema.Target), ("targets.NAME.acceptance", schema.Acceptance),
     ("targets.NAME.acceptance.outputs.OUTPUT", schema.Tolerance), ("bundles.NAME", schema.Bundle),
     ("bundles.NAME.signing", schema.Signing),

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from buildsys.config.generation import TextGeneration, fill_signature
 from buildsys.precision import Precision, format_name
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -53,10 +54,11 @@ class OutputSpec(Strict):
     """One model output."""
 
     name: str = Field(description="Output name.")
-    kind: Literal["scores", "values"] = Field(
+    kind: Literal["scores", "values", "tokens"] = Field(
         default="values",
         description="'scores' for class scores (logits or probabilities) along the last axis: checks add "
-        "top-1 agreement, and accuracy when the data has labels. 'values' for everything else.",
+        "top-1 agreement, and accuracy when the data has labels. 'tokens' for generated token ids per sample "
+        "(text-generation models): checks add token agreement and the first divergence. 'values' for everything else.",
     )
 
 
@@ -143,12 +145,33 @@ class Model(Strict):
     """A PyTorch model, its signature and its data."""
 
     description: str = Field(default="", description="Free text; not part of any cache key.")
+    task: Literal["tensors", "text-generation"] = Field(
+        default="tensors", description="'tensors': a module called once per sample, judged output by output. "
+        "'text-generation': a causal LM (a factory returning a Hugging Face `*ForCausalLM`), exported with a static "
+        "KV cache and judged by generation (docs/llm.md); its signature is fixed, so inputs and outputs are omitted.")
+    generation: Optional[TextGeneration] = Field(
+        default=None, description="Text-generation settings (cache sizes, prompts, held text, tokenizer); required "
+        "with task: text-generation, refused otherwise.")
     source: Source = Field(description="Where the model comes from.")
     inputs: list[InputSpec] = Field(min_length=1, description="Input signature, in call order.")
     outputs: list[OutputSpec] = Field(min_length=1, description="Output signature, in return order.")
     data: DataSets = Field(default_factory=DataSets, description="Example, calibration and validation data.")
     seed: int = Field(default=0, description="Seed for synthetic inputs when the model has no data.")
     samples: int = Field(default=16, ge=1, description="Number of synthetic samples when there is no data.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_signature(cls, data: Any) -> Any:
+        return fill_signature(data)
+
+    @model_validator(mode="after")
+    def _generation_matches_task(self) -> "Model":
+        if (self.task == "text-generation") != (self.generation is not None):
+            raise ValueError("task: text-generation needs a 'generation' section" if self.generation is None
+                             else "'generation' applies only to task: text-generation")
+        if self.task == "text-generation" and not self.source.factory:
+            raise ValueError("a text-generation model's source is a factory returning a Hugging Face causal LM")
+        return self
 
     @field_validator("inputs", "outputs")
     @classmethod
@@ -182,6 +205,9 @@ class Tolerance(Strict):
     max_accuracy_drop: Optional[float] = Field(
         default=None, ge=0, le=1, description="'scores' outputs with labels: allowed drop of accuracy vs the reference."
     )
+    min_token_agreement: Optional[float] = Field(
+        default=None, ge=0, le=1, description="'tokens' outputs: smallest allowed share of generated tokens that match "
+        "the reference before the first divergence, averaged over prompts (1: every greedy token agrees).")
 
 
 def _budget(unit: str, scale: dict[str, float]) -> Any:

@@ -52,6 +52,9 @@ class Format:
     #: The runtime that serves the artifact as production would (a Triton or TorchServe server on
     #: loopback); checks use it when the acceptance asks for `serving`. None: no such software.
     serving_runtime: str | None = None
+    #: The model task the format holds (config schema's `Model.task`): a text-generation model only goes
+    #: to formats made for it (formats/llm/), and those take no other model; checked at plan time.
+    task: str = "tensors"
 
     def __post_init__(self) -> None:
         if not self.family:

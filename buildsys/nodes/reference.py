@@ -34,15 +34,23 @@ class ReferenceStep(Step):
         from buildsys.formats import get_runtime
         from buildsys.formats import get_format
 
+        from buildsys.formats.llm.contract import REFERENCE_RUNTIME
+
         source = ctx.extra.get("source_format") or ctx.model.source.format
-        runtime_name = get_format(source).runtime
+        # A text-generation model's reference is generation in eager PyTorch (formats/llm/runtime.py).
+        runtime_name = REFERENCE_RUNTIME if ctx.model.task == "text-generation" else get_format(source).runtime
         if runtime_name is None:
             raise self.fail(ctx, f"the source format '{source}' has no runtime to compute reference outputs")
         runtime = get_runtime(runtime_name)
         reason = runtime.unavailable()
         if reason:
             raise self.fail(ctx, f"cannot run the {source} source to make reference outputs: {reason}")
-        batch = eval_batch(ctx.model, ctx.root)
+        if ctx.model.task == "text-generation":
+            from buildsys.formats.llm.prompts import prompt_batch
+
+            batch = prompt_batch(ctx.model, ctx.root)  # the prompts and held text, tokenized
+        else:
+            batch = eval_batch(ctx.model, ctx.root)
         try:
             session = runtime.load(ctx.input_path, ctx.model, ctx.root)  # type: ignore[arg-type]
             outputs = session.run_all(batch)

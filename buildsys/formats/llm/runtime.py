@@ -1,0 +1,168 @@
+"""The runtimes of text-generation models: the artifacts' (ONNX Runtime, ExecuTorch) and the reference's.
+
+Each wraps what it loads as a `generate.Decoder` and returns a `GenerationSession`, so a check
+compares the same prefill logits, greedy tokens and NLL however they were computed. The reference
+(`llm-pytorch`) runs the factory's model in eager PyTorch with no KV cache at all: the whole sequence
+again for every token, so an error in the exported cache handling cannot hide in the reference too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.errors import StepError
+from buildsys.formats import register_runtime
+from buildsys.formats.executorch.contract import executorch_unavailable
+from buildsys.formats.llm.contract import INPUTS, REFERENCE_RUNTIME, CacheSpec
+from buildsys.formats.llm.generate import GenerationSession
+from buildsys.formats.runtime import Runtime, Session
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+
+
+def _new_tokens(model: Model) -> int:
+    assert model.generation is not None  # these runtimes run text-generation models only
+    return model.generation.new_tokens
+
+
+class _CacheDecoder:
+    """Shared by the artifact decoders: zeroed caches, updated by each call's outputs."""
+
+    def __init__(self, spec: CacheSpec):
+        self.spec = spec
+        self.max_chunk = spec.max_chunk
+        self.reset()
+
+    def reset(self) -> None:
+        import numpy as np
+
+        self.k = np.zeros(self.spec.cache_shape, dtype=np.float32)
+        self.v = np.zeros(self.spec.cache_shape, dtype=np.float32)
+
+    def forward(self, ids: np.ndarray, start: int) -> np.ndarray:
+        import numpy as np
+
+        if start + len(ids) > self.spec.max_cache_len:
+            raise StepError(f"positions up to {start + len(ids)} exceed the artifact's max_cache_len "
+                            f"{self.spec.max_cache_len}")
+        positions = np.arange(start, start + len(ids), dtype=np.int64)
+        logits, self.k, self.v = self._call(np.asarray(ids, dtype=np.int64)[None], positions)
+        return np.asarray(logits)[0]
+
+    def _call(self, ids: np.ndarray, positions: np.ndarray) -> tuple[Any, Any, Any]:
+        raise NotImplementedError
+
+
+class _OrtDecoder(_CacheDecoder):
+    def __init__(self, session: Any, spec: CacheSpec):
+        self.session = session
+        super().__init__(spec)
+
+    def _call(self, ids: np.ndarray, positions: np.ndarray) -> tuple[Any, Any, Any]:
+        logits, k, v = self.session.run(None, dict(zip(INPUTS, (ids, positions, self.k, self.v))))
+        return logits, k, v
+
+
+class _PteDecoder(_CacheDecoder):
+    def __init__(self, method: Any, spec: CacheSpec):
+        self.method = method
+        super().__init__(spec)
+
+    def _call(self, ids: np.ndarray, positions: np.ndarray) -> tuple[Any, Any, Any]:
+        import numpy as np
+        import torch
+
+        logits, k, v = (np.ascontiguousarray(t.numpy()) for t in
+                        self.method.execute([torch.from_numpy(a) for a in (ids, positions, self.k, self.v)]))
+        return logits, k, v
+
+
+class _EagerDecoder:
+    """The reference: no cache; every call runs the model on everything fed since `reset`."""
+
+    def __init__(self, lm: Any, max_chunk: int):
+        self.lm = lm
+        self.max_chunk = max_chunk
+        self.history: list[int] = []
+
+    def reset(self) -> None:
+        self.history = []
+
+    def forward(self, ids: np.ndarray, start: int) -> np.ndarray:
+        import torch
+
+        assert start == len(self.history), "the reference is fed in order"
+        self.history += [int(i) for i in ids]
+        with torch.inference_mode():
+            logits = self.lm(input_ids=torch.tensor([self.history]), use_cache=False).logits[0, -len(ids):]
+        return logits.float().numpy()
+
+
+@register_runtime
+class LlmOnnxRuntime(Runtime):
+    """ONNX Runtime (CPU provider) running the static-cache decoder: prefill in one call, then a token per call."""
+
+    name = "llm-onnxruntime"
+    packages = ("onnxruntime",)
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"
+        return None
+
+    def load(self, path: Path, model: Model, root: Path) -> Session:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise StepError(f"onnxruntime could not load '{Path(path).name}': {type(exc).__name__}: "
+                            f"{str(exc).strip()[:300]}") from exc
+        return GenerationSession(_OrtDecoder(session, CacheSpec.read(path)), _new_tokens(model))
+
+
+@register_runtime
+class LlmExecutorchRuntime(Runtime):
+    """ExecuTorch's C++ runtime (Python bindings, XNNPACK) running the one-token-per-call program."""
+
+    name = "llm-executorch"
+    packages = ("executorch",)
+
+    def unavailable(self) -> str | None:
+        return executorch_unavailable()
+
+    def load(self, path: Path, model: Model, root: Path) -> Session:
+        from executorch.runtime import Runtime as EtRuntime
+
+        try:
+            method = EtRuntime.get().load_program(Path(path)).load_method("forward")
+        except Exception as exc:
+            raise StepError(f"ExecuTorch could not load '{Path(path).name}': {type(exc).__name__}: "
+                            f"{str(exc).strip()[:300]}") from exc
+        return GenerationSession(_PteDecoder(method, CacheSpec.read(path)), _new_tokens(model))
+
+
+@register_runtime
+class LlmTorchEager(Runtime):
+    """The factory's causal LM in eager PyTorch without a KV cache: the reference of text-generation models."""
+
+    name = REFERENCE_RUNTIME
+    packages = ("torch", "transformers")
+
+    def unavailable(self) -> str | None:
+        missing = [p for p in ("torch", "transformers") if importlib.util.find_spec(p) is None]
+        return f"{', '.join(missing)} not installed (pip install -c constraints.txt 'modelbuild[llm]')" if missing else None
+
+    def load(self, path: Path | None, model: Model, root: Path) -> Session:
+        from buildsys.formats.llm.decoder import load_lm
+
+        assert model.generation is not None
+        return GenerationSession(_EagerDecoder(load_lm(model, root, "", "reference"), model.generation.max_seq_len),
+                                 model.generation.new_tokens)
