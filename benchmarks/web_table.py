@@ -37,6 +37,9 @@ from buildsys.formats.tfjs import artifact as tfjs_artifact  # noqa: E402
 from buildsys.formats.web import artifact as web_artifact  # noqa: E402
 from buildsys.lock import Lock  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from openvino_table import MODEL  # noqa: E402  (the digits model, as every example table declares it)
+
 TARGETS = {  # target: (label, yaml of the target, the node of the format's own step)
     "web": ("ONNX Runtime Web 1.30.0 fp32 (wasm)", "format: web", "digits/web"),
     "web-int8": ("ONNX Runtime Web 1.30.0 int8 (static QDQ, per channel; wasm)",
@@ -49,23 +52,6 @@ TARGETS = {  # target: (label, yaml of the target, the node of the format's own 
 LIBRARIES = {"web": lambda: [web_artifact.ort_web_dist() / n for n in web_artifact.ORT_FILES],
              "tfjs": lambda: [p for n, p in tfjs_artifact.site_sources().items()
                               if n.endswith(".js") or n == "tfjs-backend-wasm-simd.wasm"]}
-
-MODEL = """\
-models:
-  digits:
-    source:
-      factory: examples.digits.model:build
-      weights: examples/digits/weights.pt
-    inputs:
-      - {name: image, shape: [batch, 1, 8, 8], dtype: float32, layout: NCHW}
-    outputs:
-      - {name: logits, kind: scores}
-    data:
-      example: examples/digits/data/example.npz
-      calibration: examples/digits/data/calibration.npz
-      validation: examples/digits/data/validation.npz
-targets:
-"""
 
 #: Time the shipped loader's predict() in the page: `blocks` blocks of `calls` calls on a batch of `batch`
 #: after `warmup` calls; returns ms per call of each block (a page that is not cross-origin isolated

@@ -6,7 +6,7 @@ weight shards, modelbuild's `model.js` loader and `signature.json` (see artifact
 is installed without its dependencies (its pins conflict with this toolchain): its converter
 module imports tensorflow_decision_forests (to register TF-DF ops) and tensorflow_hub (to convert
 TF Hub modules) at import time, neither of which converting a SavedModel uses, so where they are
-not installed they are replaced by empty modules for the duration of the import.
+not installed empty modules stand in for them for the duration of the import.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ TFJS = register_format(Format(
     "headless Chromium on TensorFlow.js's wasm backend.",
 ))
 
-#: Modules tensorflowjs's converter imports but a SavedModel conversion never calls.
-_UNUSED_IMPORTS = ("tensorflow_decision_forests", "tensorflow_hub")
+#: Modules tensorflowjs's converter imports but a SavedModel conversion never calls: where they are not
+#: installed, empty modules stand in while it loads. (Unlike the worker's UNUSED_IMPORTS, which make a
+#: package unimportable, these must import: tensorflowjs imports them unconditionally.)
+_STAND_INS = ("tensorflow_decision_forests", "tensorflow_hub")
 
 
 @register
@@ -68,8 +70,12 @@ class TfjsFromSavedModel(Step):
             raise self.fail(ctx, "tensorflowjs is not installed: pip install -c constraints.txt --no-deps tensorflowjs "
                                  "(its declared dependencies conflict with this toolchain; the 'tfjs' extra installs "
                                  "what it uses)")
-        with _without_unused_imports():
-            from tensorflowjs.converters import tf_saved_model_conversion_v2 as convert
+        try:
+            with _stand_ins():
+                from tensorflowjs.converters import tf_saved_model_conversion_v2 as convert
+        except ImportError as exc:  # a module of its own that the 'tfjs' extra should have installed
+            raise self.fail(ctx, f"tensorflowjs could not be imported: {exc} (pip install -c constraints.txt "
+                                 "'modelbuild[tfjs]')") from exc
 
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the converter prints a summary
@@ -111,9 +117,9 @@ def signature(graph: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _without_unused_imports() -> Iterator[None]:
-    """Empty stand-ins for the modules of `_UNUSED_IMPORTS` that are not installed, while tensorflowjs loads."""
-    added = [name for name in _UNUSED_IMPORTS if name not in sys.modules and importlib.util.find_spec(name) is None]
+def _stand_ins() -> Iterator[None]:
+    """Empty modules for those of `_STAND_INS` that are not installed, while tensorflowjs loads."""
+    added = [name for name in _STAND_INS if name not in sys.modules and importlib.util.find_spec(name) is None]
     for name in added:
         sys.modules[name] = types.ModuleType(name, "stand-in: not installed, unused by SavedModel conversion")
     try:
