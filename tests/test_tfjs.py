@@ -20,6 +20,7 @@ import pytest
 from buildsys.formats import get_format, get_runtime, get_step, runtimes
 from buildsys.formats.tfjs import artifact
 from buildsys.formats.web.install import pins
+from buildsys.keys import explain
 from tests.conftest import missing_runtimes
 from tests.helpers.models import Tiny
 from tests.test_steps_onnx import check
@@ -128,3 +129,16 @@ def test_check_passes_in_chromium_and_a_perturbed_shard_fails(cnn: Tiny, tfjs_mo
     shard.write_bytes(bytes(data))
     result = check(cnn, tmp_path / "check-bad", "tfjs", bad / artifact.MODEL_FILE, cnn_reference)
     assert result["passed"] is False and any("max_rel" in f for f in result["failures"]), result
+
+
+def test_a_new_npm_pin_reruns_the_browser_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pinned TensorFlow.js is part of a tfjs check's key (beside playwright's version), so bumping
+    the pin re-runs every check made with the old one, and plan says why."""
+    from buildsys.kinds import Check
+
+    node = type("N", (), {"format": "tfjs"})()
+    assert Check.pinned(node) == {f"npm {name}": v for name, v in artifact.NPM_PACKAGES.items()}
+    before = {"step": "check", "toolchain": {"playwright": "1", **Check.pinned(node)}}
+    monkeypatch.setitem(runtimes()[RUNTIME].npm_packages, "@tensorflow/tfjs-core", "9.9.9")
+    after = {"step": "check", "toolchain": {"playwright": "1", **Check.pinned(node)}}
+    assert explain(before, after) == [f"toolchain npm @tensorflow/tfjs-core {artifact.TFJS_VERSION}→9.9.9"]
