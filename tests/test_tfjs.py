@@ -106,6 +106,14 @@ def test_artifact_is_graph_model_shards_loader_signature_and_layout(cnn: Tiny, s
     assert {p.name: p.read_bytes() for p in again.iterdir()} == {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
+@pytest.mark.slow
+def test_check_says_not_run_without_chromium(cnn: Tiny, tfjs_model: Path, cnn_reference: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELBUILD_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    result = check(cnn, tmp_path / "check", "tfjs", tfjs_model, cnn_reference)
+    assert result["passed"] is None and result["not_run"].startswith("no Chromium"), result
+
+
 @browser
 @pytest.mark.slow
 def test_check_passes_in_chromium_and_a_perturbed_shard_fails(cnn: Tiny, tfjs_model: Path, cnn_reference: Path,
