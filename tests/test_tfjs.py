@@ -142,11 +142,11 @@ def test_check_passes_in_chromium_and_a_perturbed_shard_fails(cnn: Tiny, tfjs_mo
 def test_a_new_npm_pin_reruns_the_browser_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pinned TensorFlow.js is part of a tfjs check's key (beside playwright's version), so bumping
     the pin re-runs every check made with the old one, and plan says why."""
-    from buildsys.kinds import Check
+    from buildsys.kinds import CheckKind
 
     node = type("N", (), {"format": "tfjs"})()
-    assert Check.pinned(node) == {f"npm {name}": v for name, v in artifact.NPM_PACKAGES.items()}
-    before = {"step": "check", "toolchain": {"playwright": "1", **Check.pinned(node)}}
+    assert CheckKind.pinned(node) == {f"npm {name}": v for name, v in artifact.NPM_PACKAGES.items()}
+    before = {"step": "check", "toolchain": {"playwright": "1", **CheckKind.pinned(node)}}
     monkeypatch.setitem(runtimes()[RUNTIME].npm_packages, "@tensorflow/tfjs-core", "9.9.9")
-    after = {"step": "check", "toolchain": {"playwright": "1", **Check.pinned(node)}}
+    after = {"step": "check", "toolchain": {"playwright": "1", **CheckKind.pinned(node)}}
     assert explain(before, after) == [f"toolchain npm @tensorflow/tfjs-core {artifact.TFJS_VERSION}→9.9.9"]
