@@ -57,6 +57,18 @@ class NodeKind:
                 packages += _runtime_packages(runtime_class(runtime).stand_in)
 
     @classmethod
+    def pinned(cls, node: "Node") -> dict[str, str]:
+        """Versions outside Python that a judging kind's runtime pins (the npm packages a browser check
+        serves, `Runtime.npm_packages`): they enter the key's toolchain beside the installed packages'
+        versions, so a new pin re-runs the checks made with the old one."""
+        if not cls.judges:
+            return {}
+        from buildsys.formats import get_format, runtimes
+
+        runtime = get_format(node.format).runtime
+        return {f"npm {name}": version for name, version in runtimes()[runtime].npm_packages.items()} if runtime else {}
+
+    @classmethod
     def request_extra(cls, node: "Node", model: "Model", source: str | None) -> dict[str, Any]:
         """Kind-specific fields of the worker request (`source`: the model's source file, if any)."""
         return {}

@@ -203,7 +203,7 @@ class Planner:
         comp.update(keys.host_parts(kind.host_binding(node) or step.host_binding(node.options, node.data_sets)))
         comp["inputs"] = inputs
         comp["signature"] = model.model_dump(mode="json", include={"inputs", "outputs"})
-        comp["toolchain"] = keys.toolchain(packages)
+        comp["toolchain"] = {**keys.toolchain(packages), **kind.pinned(node)}
         return comp
 
     def chain_caveats(self, artifact: str) -> list[dict[str, Any]]:

@@ -266,6 +266,25 @@ def test_unavailable_runtime_is_not_run(cnn: Tiny, onnx_path: Path, reference: P
     assert json.loads((tmp_path / "bench.json").read_text())["not_run"] == "onnxruntime is not installed"
 
 
+def test_bench_closes_what_it_loaded(cnn: Tiny, onnx_path: Path, reference: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session holds a browser or a server: the bench closes it, or the worker's next check of that
+    runtime finds it still running (Playwright refused a second sync loop in one thread)."""
+    from buildsys.formats.onnx.runtime import OnnxRuntime
+
+    closed: list[str] = []
+    load = OnnxRuntime.load
+
+    def counting(self: OnnxRuntime, *args: object) -> object:
+        session = load(self, *args)  # type: ignore[arg-type]
+        monkeypatch.setattr(session, "close", lambda: closed.append("closed"))
+        return session
+
+    monkeypatch.setattr(OnnxRuntime, "load", counting)
+    run_bench(cnn, tmp_path, onnx_path, reference, compare_eager=False)
+    assert closed == ["closed"]
+
+
 def test_format_without_runtime_is_not_run(cnn: Tiny, onnx_path: Path, reference: Path, tmp_path: Path) -> None:
     m = run_bench(cnn, tmp_path, onnx_path, reference, fmt="reference")
     assert m["passed"] is None and "no runtime" in m["not_run"]

@@ -177,7 +177,7 @@ def _path_without(tmp_path: Path, program: str) -> str:
 
 def test_a_strict_run_fails_naming_a_runtime_that_is_missing(tmp_path: Path) -> None:
     """The README's test command runs with --strict-runtimes: with Chromium hidden, the run stops at
-    once, naming the runtime and what it lacks, instead of skipping the web checks."""
+    once, naming the runtimes and what they lack, instead of skipping the browser checks."""
     import os
     import shutil
     import subprocess
@@ -192,8 +192,10 @@ def test_a_strict_run_fails_naming_a_runtime_that_is_missing(tmp_path: Path) -> 
                            "tests/test_verify.py"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert "--strict-runtimes: 1 runtime(s) the README's test command installs are missing" in out, out
-    assert "ort-web-chromium: no Chromium" in out and "apt-get install chromium" in out, out
+    # Both browser runtimes (ONNX Runtime Web and TensorFlow.js) need Chromium.
+    assert "--strict-runtimes: 2 runtime(s) the README's test command installs are missing" in out, out
+    assert "ort-web-chromium: no Chromium" in out and "tfjs-chromium: no Chromium" in out, out
+    assert "apt-get install chromium" in out, out
     plain = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/test_report_browser.py"],
                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 0 and "skipped" in plain.stdout, plain.stdout  # without the flag: skipped, and said

@@ -76,6 +76,9 @@ class Runtime:
     #: Programs the runtime (or its install step) runs, each with the Debian package that provides it:
     #: `modelbuild doctor --install-os-packages` installs the missing ones.
     os_packages: ClassVar[dict[str, str]] = {}
+    #: npm packages (name → exact version) the runtime serves to a browser from disk:
+    #: `python -m buildsys.formats.web.install` installs those of every runtime, never a check.
+    npm_packages: ClassVar[dict[str, str]] = {}
     #: A runtime that can compute this one's numbers where this one cannot run, labelled as not the
     #: device runtime (Core ML off macOS: "coreml-mil", the MIL reference interpreter). A check uses
     #: it only when the target opts in; None: no stand-in.

@@ -163,6 +163,10 @@ class BenchStep(Step):
                     raise self.fail(ctx, f"the {ctx.extra['format']} artifact failed in {runtime_name}: "
                                          f"{describe(exc)}") from exc
                 raise StepError(f"{runtime_name} failed: {describe(exc)}") from exc
+            finally:
+                # What load started (a browser and its Playwright loop, a server) must not outlive the
+                # bench: the worker's next check in that runtime would find it still running.
+                session.close()
         raw[label] = [round(percentile(timing.samples, q) * 1000, 6) for q in range(0, 101, 5)]
         result = {"runtime": runtime_name, **timing.summary(opts.batch_size), "load_ms": round(load_ms, 3),
                   "peak_rss_mb": meter.increase_mb, "rss_method": meter.method, "calls_per_batch": len(chunks)}

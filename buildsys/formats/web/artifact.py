@@ -3,7 +3,7 @@
 An artifact is a directory: `model.onnx` (one self-contained file: a browser fetches one URL),
 `model.js` (the ES-module loader modelbuild ships, copied byte for byte) and `signature.json`
 (every input and output with ONNX Runtime Web's tensor type and its shape). This module also says
-where this host keeps the pinned onnxruntime-web (installed from npm by `install.py`, never fetched
+where this host keeps the pinned npm packages of browser checks (installed by `install.py`, never fetched
 at run time) and Chromium. It imports only the standard library.
 """
 
@@ -47,8 +47,9 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 
 
 def node_modules() -> Path:
-    """Where onnxruntime-web is installed: $MODELBUILD_WEB_NODE_MODULES, else
-    ${XDG_CACHE_HOME:-~/.cache}/modelbuild/web/node_modules (npm install --prefix <its parent>)."""
+    """Where the npm packages of browser checks (onnxruntime-web, TensorFlow.js) are installed:
+    $MODELBUILD_WEB_NODE_MODULES, else ${XDG_CACHE_HOME:-~/.cache}/modelbuild/web/node_modules
+    (npm install --prefix <its parent>)."""
     given = os.environ.get("MODELBUILD_WEB_NODE_MODULES")
     if given:
         return Path(given).expanduser()
@@ -60,10 +61,10 @@ def ort_web_dist() -> Path:
     return node_modules() / "onnxruntime-web" / "dist"
 
 
-def installed_ort_web() -> str | None:
-    """The version of the onnxruntime-web in node_modules(), or None when it is not there."""
+def installed_npm(package: str) -> str | None:
+    """The version of npm package `package` in node_modules(), or None when it is not there."""
     try:
-        return str(json.loads((node_modules() / "onnxruntime-web" / "package.json").read_text())["version"])
+        return str(json.loads((node_modules() / package / "package.json").read_text())["version"])
     except (OSError, ValueError, KeyError):
         return None
 

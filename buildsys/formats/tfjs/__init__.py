@@ -1,0 +1,1 @@
+"""The tfjs family: SavedModels converted to TensorFlow.js graph models, checked in headless Chromium."""
