@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from buildsys.graph import Node
 from buildsys.kinds import kind_of
-from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner, host_blocked
+from buildsys.decide import host_blocked
+from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult,
                               built_by)
 from buildsys.formats import get_format, get_step

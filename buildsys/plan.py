@@ -383,22 +383,3 @@ def _plan_nodes(planner: Planner, dag: Dag, force: bool, force_kinds: tuple[str,
                 planner._on_remote(node, plan)
     return plans
 
-
-def host_blocked(plan: Plan) -> dict[str, tuple[bool, str]]:
-    """What `build` must not start on this host: node → (fails, message), in dependency order.
-
-    Blocked nodes whose own step cannot run here fail with its reason; blocked nodes downstream of
-    them are skipped, and so is stale work that only blocked nodes need (an ONNX export made just
-    for a TensorRT engine), so a target that cannot be built here fails at once without running
-    anything. Work that another target needs still runs."""
-    out: dict[str, tuple[bool, str]] = {}
-    for p in plan.order():
-        if p.action == BLOCKED:
-            out[p.node.name] = (not p.reasons[0].startswith("upstream "), p.reasons[0])
-    for node in reversed(plan.dag.order()):
-        planned = plan.nodes.get(node.name)
-        consumers = [c for c in plan.dag.consumers.get(node.name, []) if c in plan.nodes]
-        if planned is not None and planned.action != NOTHING and node.name not in out and consumers \
-                and all(c in out for c in consumers):
-            out[node.name] = (False, f"only needed by {', '.join(sorted(consumers))}, which this host cannot build")
-    return {n.name: out[n.name] for n in plan.dag.order() if n.name in out}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from buildsys.config.units import MB_UNITS, MS_UNITS, budget
 from buildsys.config.generation import TextGeneration, fill_signature
 from buildsys.precision import Precision, format_name
 
@@ -210,39 +211,16 @@ class Tolerance(Strict):
         "the reference before the first divergence, averaged over prompts (1: every greedy token agrees).")
 
 
-def _budget(unit: str, scale: dict[str, float]) -> Any:
-    """A before-validator for a budget in `unit`: numbers pass; '12 MB' style strings are converted
-    when their unit is known, and anything else is an error that says which unit the field takes."""
-
-    def parse(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        import re
-
-        m = re.fullmatch(r"\s*([0-9.]+(?:e-?[0-9]+)?)\s*([A-Za-zµ]+)\s*", value)
-        if not m or m.group(2) not in scale:
-            known = ", ".join(scale)
-            raise ValueError(f"a budget in {unit}: write a number (of {unit}) or a value with one of the units "
-                             f"{known}, not {value!r}")
-        return float(m.group(1)) * scale[m.group(2)]
-
-    return BeforeValidator(parse)
-
-
-_MB = {"B": 1e-6, "KB": 1e-3, "kB": 1e-3, "MB": 1.0, "GB": 1e3, "KiB": 1024 / 1e6, "MiB": 1.048576, "GiB": 1073.741824}
-_MS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
-
-
 class Acceptance(Tolerance):
     """What an artifact must meet to pass its check."""
 
-    max_size_mb: Annotated[Optional[float], _budget("MB", _MB)] = Field(
+    max_size_mb: Annotated[Optional[float], budget("MB", MB_UNITS)] = Field(
         default=None, gt=0, description="Largest allowed artifact size in MB (10^6 bytes, all files); '40 MB', "
         "'512 KiB' are accepted too.")
-    p50_ms: Annotated[Optional[float], _budget("ms", _MS)] = Field(
+    p50_ms: Annotated[Optional[float], budget("ms", MS_UNITS)] = Field(
         default=None, gt=0, description="Largest allowed median latency in ms on this host's runtime (measured by a "
         "bench node at `bench_batch`); '2 s' is accepted too.")
-    p95_ms: Annotated[Optional[float], _budget("ms", _MS)] = Field(
+    p95_ms: Annotated[Optional[float], budget("ms", MS_UNITS)] = Field(
         default=None, gt=0, description="Largest allowed 95th-percentile latency in ms.")
     bench_batch: int = Field(default=1, ge=1, description="Batch size the latency budgets are measured at.")
 
