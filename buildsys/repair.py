@@ -28,10 +28,8 @@ WHAT_TO_DO = ("repair tried {tried}; to go on: give more or more representative 
 def repair_stop(route: Sequence[str]) -> int | None:
     """The index of the route's stop whose step has repair recipes and runs with its defaults (no alternative,
     no recipe yet); None when the route has none."""
-    from buildsys.routes import LABEL, REPAIR, hop, label_parts
-
     from buildsys.formats import steps
-    from buildsys.routes import format_graph
+    from buildsys.routes import format_graph, hop, label_parts
 
     g = format_graph()
     for i in range(1, len(route)):
@@ -55,12 +53,10 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
     """`route` with each allowed recipe at its repair stop, except a recipe that sets an option the target
     sets itself for that format, contradicts its other options, changes nothing, or needs what the model
     lacks (keep-float's search needs calibration data: the step's `check_config` with `model`, `root`)."""
-    from buildsys.routes import LABEL, REPAIR, hop, label_parts
-
     from pydantic import ValidationError
 
     from buildsys.formats import steps
-    from buildsys.routes import format_graph
+    from buildsys.routes import LABEL, REPAIR, format_graph, hop, label_parts
 
     i = repair_stop(route)
     if i is None:
@@ -89,7 +85,7 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
 
 def is_repair_route(route: Sequence[str]) -> bool:
     """Whether a route quantizes with a repair recipe."""
-    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+    from buildsys.routes import REPAIR, hop, label_parts
 
     return any(label_parts(hop(stop)[1])[0].startswith(REPAIR) for stop in route)
 
@@ -130,8 +126,6 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
     not pin its route with `via:` (which, as for alternatives, pins the steps' options too). Bounded: a
     target's repair opens once, after its first route whose int8 check missed; later routes are tried
     with their defaults only (their recipes would repeat the same search on another path)."""
-    from buildsys.routes import LABEL, REPAIR, hop, label_parts
-
     from buildsys.kinds import CheckKind
 
     if plan.dag.nodes[node].kind != CheckKind.name:
@@ -148,7 +142,7 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
 
 def tried(routes: Sequence[Sequence[str]]) -> str:
     """The sentence a blocked target ends with when repair recipes were among its routes; "" otherwise."""
-    from buildsys.routes import LABEL, REPAIR, hop, label_parts
+    from buildsys.routes import REPAIR, hop, label_parts
 
     recipes = [label_parts(hop(stop)[1])[0][len(REPAIR):] for r in routes for stop in r
                if label_parts(hop(stop)[1])[0].startswith(REPAIR)]
