@@ -241,3 +241,34 @@ def test_factory_from_an_installed_package_leaves_it_imported(mlp: Tiny) -> None
 
     net = load_module(mlp.with_source(factory="torch.nn:Identity", weights=None).model, mlp.root)
     assert isinstance(net, torch.nn.Identity) and sys.modules["torch"] is torch
+
+
+def test_torchscript_bytes_do_not_depend_on_what_the_worker_compiled_before(tmp_path: Path) -> None:
+    """A warm worker has traced other models first; TorchScript would number clashing type names
+    (`___torch_mangle_<n>`) by that history, so two builds in another order wrote other bytes. After
+    fresh_torchscript_types the archive equals the one a fresh process writes."""
+    import hashlib
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent('''
+        import sys, torch
+        from buildsys.formats.reproducible import fresh_torchscript_types, torchscript_without_debug_info
+        def make(seed):
+            torch.manual_seed(seed)
+            return torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                                       torch.nn.Flatten(), torch.nn.Linear(24, 2)).eval()
+        for seed in range(int(sys.argv[2])):  # what the worker compiled before
+            torch.jit.trace(make(seed + 10), torch.zeros(2, 3, 8))
+        fresh_torchscript_types()
+        torch.jit.save(torch.jit.trace(make(0), torch.zeros(2, 3, 8)), sys.argv[1])
+        torchscript_without_debug_info(__import__("pathlib").Path(sys.argv[1]))
+    ''')
+    digests = []
+    for before in (0, 3):
+        path = tmp_path / f"after{before}" / "model.pt"
+        path.parent.mkdir()
+        subprocess.run([sys.executable, "-c", code, str(path), str(before)], check=True, cwd=Path(__file__).parent.parent)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

@@ -2,7 +2,8 @@
 
 deploy.lock is committed, so two clean builds on two machines must give the same digests wherever
 the model, data and toolchain are the same. Three converters put build-specific bytes into their
-files: TorchScript archives carry the trace's Python call stacks (absolute paths of the checkout),
+files: TorchScript archives carry the trace's Python call stacks (absolute paths of the checkout) and
+type names numbered by what the process compiled before,
 torch.export programs carry stack traces, and TensorFlow names traced functions with a process-wide
 counter (so a SavedModel depends on how many conversions its worker ran before) and writes a random
 UUID into fingerprint.pb. Each helper here runs inside a step, on the file the step just wrote.
@@ -46,6 +47,28 @@ def torchscript_without_debug_info(path: Path) -> None:
     del writer
     (staging / path.name).replace(path)
     staging.rmdir()
+
+
+def fresh_torchscript_types() -> None:
+    """Start TorchScript's type naming afresh, as in a new process, before a trace or script whose archive
+    is an artifact.
+
+    TorchScript names a module type that clashes with one compiled earlier in the process
+    `___torch_mangle_<n>`, from a counter of the process-wide compilation unit, and the names are written
+    into the archive. A worker kept warm across nodes (buildsys.pool) has compiled other models first, how
+    many depending on the build's order (-j), so the same model would give other bytes. A fresh
+    compilation unit, class registry and concrete-type store make the names depend on this model only.
+    Modules compiled before keep their own compilation unit and keep working.
+    """
+    import torch
+    import torch.jit._recursive as recursive
+    import torch.jit._state as state
+
+    state._python_cu = torch._C.CompilationUnit()
+    state._clear_class_state()
+    state._jit_caching_layer.clear()
+    state._jit_function_overload_caching.clear()
+    recursive.concrete_type_store = recursive.ConcreteTypeStore()
 
 
 def exported_program_without_stack_traces(program: Any) -> None:

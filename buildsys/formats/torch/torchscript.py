@@ -8,7 +8,7 @@ from pydantic import Field
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
-from buildsys.formats.reproducible import torchscript_without_debug_info
+from buildsys.formats.reproducible import fresh_torchscript_types, torchscript_without_debug_info
 from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, rewrite_metrics, torchscript_ops
 
 TORCHSCRIPT = register_format(Format(
@@ -35,7 +35,7 @@ class TorchScriptFromPyTorch(Step):
     """
 
     name = "torchscript-from-pytorch"
-    version = 3  # 2: saved without debug info (build paths); 3: judged by outputs on two batches, not graph structure
+    version = 4  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh process
     consumes = ("pytorch",)
     produces = "torchscript"
     packages = ("torch",)
@@ -69,6 +69,7 @@ class TorchScriptFromPyTorch(Step):
         example = ctx.example()
         batch = trace_batch(ctx.model, example)
         args = example_args(ctx.model, batch)
+        fresh_torchscript_types()  # type names must not depend on what this worker compiled before
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # printed per op; the comparison decides
             try:
