@@ -31,27 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.test_repair import VIT  # noqa: E402
-from tests.test_rewrite_routes import AUDIO, RECSYS  # noqa: E402
+from tests.test_repair import DEPLOY as VIT_MODEL, VIT  # noqa: E402
+from tests.test_rewrite_routes import AUDIO, MODELS, RECSYS  # noqa: E402
 
-DEPLOY = """\
-models:
-  spotter:
-    source: {factory: audio:build}
-    inputs: [{name: audio, shape: [batch, 1024]}]
-    outputs: [{name: logits}]
-  recsys:
-    source: {factory: recsys:build}
-    inputs: [{name: ids, shape: [batch, 5], dtype: int64}, {name: features, shape: [batch, 4]}]
-    outputs: [{name: score}]
-    data: {validation: rec.npz}
-  vit:
-    source: {factory: vit:build}
-    inputs: [{name: tokens, shape: [batch, 8, 16]}]
-    outputs: [{name: logits, kind: scores}]
-    data: {calibration: cal.npz, validation: val.npz}
-targets:
-"""
+#: The spotter and the recommender as tests/test_rewrite_routes.py declares them, and the ViT of test_repair.py.
+DEPLOY = MODELS.replace("targets:\n", VIT_MODEL.removeprefix("models:\n"))
 
 #: (model, target suffix, the target's fields). The ViT's int8 targets are where repair is needed.
 TARGETS = [
