@@ -234,8 +234,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                 raw = opts_by_format.get(b, {})
                 if target.rewrites is not None and loads_module(step) and isinstance(raw, dict):
                     raw = {"rewrites": target.rewrites, **raw}  # the format's own option wins
-                if label and isinstance(raw, dict):
-                    raw = with_goal(step, {**raw, **stop_options(step, label)}, acceptance["outputs"])
+                if isinstance(raw, dict):  # a searching option, a recipe's or the user's, aims at the target's tolerance
+                    raw = with_goal(step, {**raw, **stop_options(step, label)} if label else raw, acceptance["outputs"])
                 options = _options(step, raw, cfg, tname, b)
                 identity.append([step.name, options.model_dump(mode="json")])
                 hops.append((a, b, step, options, digest_json(identity)))

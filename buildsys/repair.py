@@ -112,9 +112,15 @@ def add_repair_routes(candidates: list[list[str]], found: Sequence[list[str]], o
     return out
 
 
+#: Option values that make a step search for what meets the target's tolerance (they get it as `repair_goal`):
+#: keep-float's sensitivity search, and pruning's highest ratio that holds (Core ML `sparsity: auto`).
+SEARCHING = {"keep_float": "sensitive", "sparsity": "auto"}
+
+
 def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """A stop's options with the target's resolved limits per output as the goal of a searching recipe."""
-    if raw.get("keep_float") == "sensitive" and "repair_goal" in step.Options.model_fields \
+    """A stop's options with the target's resolved limits per output as the goal of a searching option
+    (`SEARCHING`), whether a recipe or the user set it."""
+    if any(raw.get(k) == v for k, v in SEARCHING.items()) and "repair_goal" in step.Options.model_fields \
             and raw.get("repair_goal") is None:
         return {**raw, "repair_goal": {name: dict(limits) for name, limits in outputs.items()}}
     return raw

@@ -13,9 +13,9 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
@@ -90,14 +90,26 @@ class CoremlOptions(StepOptions):
     weight_threshold: int = Field(
         default=2048, ge=0, description="Weights with fewer elements than this stay uncompressed (biases, "
         "tiny layers: compressing them saves nothing and costs accuracy). coremltools' default.")
-    sparsity: Optional[float] = Field(
-        default=None, gt=0, lt=1, description="Post-training magnitude pruning: this share of each weight tensor "
+    sparsity: Optional[Union[Annotated[float, Field(gt=0, lt=1)], Literal["auto"]]] = Field(
+        default=None, description="Post-training magnitude pruning: this share of each weight tensor "
         "(those with at least weight_threshold elements), the smallest in magnitude, is set to zero and the "
         "tensor stored sparse (coremltools.optimize.coreml.prune_weights, OpMagnitudePrunerConfig; "
         "constexpr_sparse_to_dense, iOS16+). With weight_compression: none only. Pruning changes the "
         "numbers far more than float16 does: set the target's acceptance for it (examples/digits at 0.5: "
-        "30% smaller than fp16, top-1 agreement 98.3%, accuracy -1.4 points).")
+        "30% smaller than fp16, top-1 agreement 98.3%, accuracy -1.4 points). 'auto': the highest of "
+        "0.1 … 0.9 whose package meets the target's acceptance on the calibration set (bisection, at most "
+        "four packages; docs/mobile.md); the ratio chosen and every ratio tried are recorded in deploy.lock.")
+    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
+        default=None, description="With sparsity 'auto': the limits per output the search must meet (the "
+        "target's resolved acceptance, filled in by the planner).")
     metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_goal(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("repair_goal") is None:
+            data.pop("repair_goal", None)  # keys of packages without a search stay what they were
+        return data
 
 
 _TRACED = ("torchscript", "torchscript-file")
@@ -116,6 +128,17 @@ class CoremlFromTorchScript(Step):
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
+    committed_metrics = ("sparsity_search",)  # what `sparsity: auto` tried: the same on every host (NumPy)
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.formats.coreml.prune_search import describe
+
+        return describe(facts.get("sparsity_search"))
 
     @property
     def compute(self) -> str:
@@ -136,6 +159,9 @@ class CoremlFromTorchScript(Step):
                         f"with weight_compression: {opts.weight_compression} it would need coremltools' joint "
                         "compression (iOS18), which modelbuild does not make yet")
             need.append((7, "sparsity"))
+            if opts.sparsity == "auto" and model.data.validation is None:
+                return ("sparsity: auto measures each ratio on the validation set, as the check does: declare "
+                        "data.validation for the model, or give a ratio (sparsity: 0.5)")
         if opts.io_dtype == "float16":
             need.append((7, "io_dtype: float16"))
         if opts.compute_units == "CPU_AND_NE":
@@ -170,7 +196,12 @@ class CoremlFromTorchScript(Step):
                 )
         except Exception as exc:
             raise self.fail(ctx, conversion_failure(exc)) from exc
-        mlmodel = self._compress(ctx, mlmodel)
+        search: dict[str, Any] = {}
+        if opts.sparsity == "auto":
+            self._describe(ctx, mlmodel)
+            mlmodel, search = self._prune_auto(ctx, mlmodel, module)
+        else:
+            mlmodel = self._compress(ctx, mlmodel)
         self._describe(ctx, mlmodel)
         path = ctx.out_dir / MLPACKAGE
         mlmodel.save(str(path))
@@ -178,7 +209,9 @@ class CoremlFromTorchScript(Step):
         from buildsys.formats.coreml.runtime import inspect_mlpackage
 
         facts = inspect_mlpackage(path)
-        pruned = {"sparsity": opts.sparsity} if opts.sparsity is not None else {}
+        pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
+        if search:
+            pruned["sparsity_search"] = search
         return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
@@ -225,7 +258,7 @@ class CoremlFromTorchScript(Step):
 
         opts = ctx.options
         mode = opts.weight_compression
-        if opts.sparsity is not None:
+        if isinstance(opts.sparsity, float):
             return self._prune(ctx, mlmodel, opts.sparsity)
         if mode == "none":
             return mlmodel
@@ -252,6 +285,39 @@ class CoremlFromTorchScript(Step):
         except Exception as exc:
             raise self.fail(ctx, f"pruning to sparsity {sparsity:g} failed: {type(exc).__name__}: "
                                  f"{_first_line(exc)[:300]}") from exc
+
+    def _prune_auto(self, ctx: StepContext[CoremlOptions], mlmodel: Any, module: Any) -> tuple[Any, dict[str, Any]]:
+        """`sparsity: auto`: the dense package pruned at the highest ratio that meets the target's tolerance
+        against `module` (what was converted), and the search's record (buildsys/formats/coreml/prune_search.py)."""
+        import tempfile
+
+        from buildsys.formats.coreml.prune_search import NoRatio, describe, highest_ratio, torch_outputs
+        from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+
+        batch = ctx.data("validation")
+        assert batch is not None  # check_config requires it
+        goal = ctx.options.repair_goal or {
+            o.name: {k: v for k, v in DEFAULTS[self.precision].items()
+                     if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)} for o in ctx.model.outputs}
+        pruned: dict[float, Any] = {}
+
+        def prune(ratio: float, out: Path) -> Path:
+            out.mkdir(parents=True)
+            pruned[ratio] = self._prune(ctx, mlmodel, ratio)
+            pruned[ratio].save(str(out / MLPACKAGE))
+            return out / MLPACKAGE
+
+        with tempfile.TemporaryDirectory(prefix="sparsity-") as tmp:
+            work = Path(tmp)
+            mlmodel.save(str(work / MLPACKAGE))
+            try:
+                chosen, record = highest_ratio(prune, torch_outputs(module, ctx.model, batch), work / MLPACKAGE,
+                                               ctx.model, ctx.root, batch, goal, work)
+            except NoRatio as exc:
+                raise self.fail(ctx, "sparsity auto: even the lowest ratio misses the tolerance on the validation "
+                                     "set (" + "; ".join(describe(exc.record)[1:]) + "); deliver it dense "
+                                     "(remove sparsity) or loosen the acceptance you wrote") from exc
+        return pruned[chosen], {**record, "chosen": chosen}
 
     def _describe(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> None:
         opts = ctx.options
