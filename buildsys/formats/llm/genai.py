@@ -88,7 +88,7 @@ class LlmGenaiFromPyTorch(Step):
     packages = ("torch", "transformers", "onnx", "onnxscript")
     extra = "llm"
     toolchain = "torch"
-    version = 1
+    version = 3  # 2: special tokens the model lacks left out (GenAI refuses null); 3: GPT-2 as type decoder
     description = "genai.py's growing-cache decoder, torch.onnx.export(dynamo=True), genai_config.json, tokenizer."
 
     class Options(StepOptions):

@@ -23,9 +23,10 @@ INPUTS = ("input_ids", "attention_mask", "position_ids")
 OUTPUT = "logits"
 PAST = ("past_key_values.%d.key", "past_key_values.%d.value")
 PRESENT = ("present.%d.key", "present.%d.value")
-#: model.type values GenAI 0.18 runs as a plain decoder LLM; any other architecture is written as "decoder",
-#: GenAI's generic type (the graph carries the architecture; the type only picks GenAI's I/O handling).
-KNOWN_TYPES = ("llama", "gpt2", "mistral", "qwen2", "phi3", "gemma", "granite", "olmo")
+#: model.type values GenAI 0.18 runs with this I/O; any other architecture is written as "decoder", GenAI's
+#: generic type (the graph carries the architecture; the type only picks GenAI's I/O handling). Not "gpt2":
+#: GenAI's gpt2 type expects another input set ("Model input was not found" on this graph; "decoder" runs it).
+KNOWN_TYPES = ("llama", "mistral", "qwen2", "phi3", "gemma", "granite", "olmo")
 #: Written when the model's tokenizer ships none: GenAI refuses a tokenizer without one, and this class
 #: makes it read tokenizer.json as Hugging Face tokenizers' fast tokenizer.
 DEFAULT_TOKENIZER_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast"}
@@ -42,10 +43,12 @@ def genai_config(*, model_type: str, filename: str, layers: int, kv_heads: int, 
                  hidden: int, vocab: int, context: int, bos: int | None, eos: list[int], pad: int | None) -> dict[str, Any]:
     """genai_config.json for a decoder-only model whose graph has the I/O of `io_names` (schema as
     GenAI's model builder writes it: builders/base.py make_genai_config)."""
+    # GenAI's parser takes no nulls: a special token the model lacks is left out (GenAI's defaults apply).
+    special = {name: value for name, value in (("bos_token_id", bos), ("pad_token_id", pad),
+                                                ("eos_token_id", eos if len(eos) != 1 else eos[0])) if value not in (None, [])}
     return {
         "model": {
-            "bos_token_id": bos, "context_length": context, "eos_token_id": eos if len(eos) != 1 else eos[0],
-            "pad_token_id": pad, "type": model_type if model_type in KNOWN_TYPES else "decoder", "vocab_size": vocab,
+            **special, "context_length": context, "type": model_type if model_type in KNOWN_TYPES else "decoder", "vocab_size": vocab,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": filename, "head_size": head_dim, "hidden_size": hidden, "num_attention_heads": heads,

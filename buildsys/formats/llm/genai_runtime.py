@@ -4,7 +4,7 @@ The outputs are those of every text-generation check (generate.py): the logits a
 (`generator.get_output("logits")` after `append_tokens`), `new_tokens` ids chosen by GenAI's search
 (`generate_next_token`, greedy as genai_config.json says), and the mean NLL of each held-text window
 (its logits after one `append_tokens`). GenAI stops at an EOS token; the check generates a fixed count
-in every runtime (docs/llm.md), so it loads the config with the EOS ids overlaid by an id no token has.
+in every runtime (docs/llm.md), so it loads the config with the EOS ids overlaid by none.
 Its tokenizer (onnxruntime-extensions, not Hugging Face tokenizers) is checked too: it must encode the
 prompts and the held text to the ids the reference used, or an application that feeds it text gets
 other ids than the ones measured (a finding that fails the check).
@@ -114,21 +114,20 @@ class GenaiRuntime(Runtime):
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import onnxruntime_genai as og
 
-        from buildsys.formats.llm.genai_layout import CONFIG_FILE
         from buildsys.formats.llm.prompts import _encoder
 
         gen = model.generation
         assert gen is not None  # this runtime runs text-generation models only
         folder = Path(path).parent
-        vocab = json.loads((folder / CONFIG_FILE).read_text())["model"]["vocab_size"]
         try:
             config = og.Config(str(folder))
-            # A fixed count of tokens in every runtime: no id is `vocab`, so GenAI never stops at EOS here.
-            config.overlay(json.dumps({"model": {"eos_token_id": vocab}}))
+            # A fixed count of tokens in every runtime: with no EOS id GenAI never stops early here (an id outside
+            # the vocabulary is refused by GenAI's config check).
+            config.overlay(json.dumps({"model": {"eos_token_id": []}}))
             og_model = og.Model(config)
             tokenizer = og.Tokenizer(og_model)
         except Exception as exc:
-            raise StepError(f"onnxruntime-genai could not load '{folder.name}': {type(exc).__name__}: "
+            raise StepError(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}': {type(exc).__name__}: "
                             f"{str(exc).strip()[:300]}") from exc
         encode = _encoder(root, gen.tokenizer)
         lines = [line.strip() for line in (root / gen.prompts).read_text(encoding="utf-8").splitlines()]
