@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import openvino
 
     from buildsys.config.schema import Model
+    from buildsys.keys import HostBinding
 
 LLM_OPENVINO = register_formats(Format.variants("llm-openvino", {
     "fp32": "Decoder LM (task: text-generation) as a stateful OpenVINO IR: the static KV cache is state of the "
@@ -156,6 +157,15 @@ class _LlmOpenVinoCompressed(Step):
     packages = ("openvino", "nncf")
     extra = "openvino"
     toolchain = "openvino"
+
+    @classmethod
+    def host_binding(cls, options: dict[str, Any], data_sets: tuple[str, ...]) -> "HostBinding":
+        # Data-free, yet not a pure rewrite: for large weights NNCF computes scales and rounded values
+        # in small models it compiles on OpenVINO's CPU plugin ("optimized compression"), whose
+        # kernels differ per architecture.
+        from buildsys.keys import HostBinding
+
+        return HostBinding.PLATFORM
 
     def _mode(self, ctx: StepContext) -> tuple[str, dict[str, Any]]:
         """NNCF's CompressWeightsMode name and the other compress_weights arguments."""
