@@ -139,7 +139,7 @@ class LlmOpenVinoFromLlmOnnx(Step):
                 raise self.fail(ctx, f"OpenVINO could not convert the decoder's ONNX: {type(exc).__name__}: {first}") from exc
             params = {name: p for p in model.get_parameters() for name in p.get_output_tensor(0).get_names()}
             results = {name: r for r in model.get_results() for name in r.input_value(0).get_names()}
-            missing = [n for pair in STATE_PAIRS for n in pair if n not in params and n not in results]
+            missing = [i for i, _ in STATE_PAIRS if i not in params] + [o for _, o in STATE_PAIRS if o not in results]
             if missing:
                 raise self.fail(ctx, f"the decoder's ONNX lacks the cache tensors {', '.join(missing)}")
             manager = openvino.passes.Manager()
