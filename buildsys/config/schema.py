@@ -279,7 +279,8 @@ class Target(Strict):
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
         default=None, description="Start from the built-in preset for a platform (ios: Core ML fp16 ML Program; "
         "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
-        "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16). "
+        "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16; for a text-generation model "
+        "the stateful llm-openvino IR with int8 weights). "
         "Every field stays overridable; an explicit 'recipe' wins.")
 
     @field_validator("repair")
