@@ -233,3 +233,5 @@ def test_int8_whose_token_agreement_is_under_its_tolerance_fails_the_build(built
     assert tokens["first_divergence"] is not None
     assert any(f.startswith("tokens: token_agreement") and "first divergence at token" in f for f in check["failures"])
     assert "verify:untrained-pte8" in [r.name for r in built[2].failed]
+    # Per-layer localisation takes a tensor model's inputs; a generation check says why it has none.
+    assert check["localisation"]["not_available"].startswith("localisation not available for a text-generation check")
