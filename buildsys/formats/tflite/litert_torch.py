@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from buildsys.formats import register_variants
 from buildsys.formats.base import Step, StepContext, StepOptions
@@ -61,6 +61,36 @@ class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
         "zero point), 'dynamic' with float; the node's metrics report which (`io`).")
+    mode: Literal["full", "dynamic", "weight-only"] = Field(  # type: ignore[assignment]  # one more scheme here
+        default="full", description="'full': weights and activations int8, calibrated on data.calibration "
+        "(PT2E). 'dynamic': int8 weights, activations quantized per call (PT2E). 'weight-only': int8 weights "
+        "dequantized to float at load, float activations and compute (ai-edge-quantizer on the float file; "
+        "the accuracy repair recipe `weight-only`, docs/repair.md).")
+    keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+        default=(), description="full only: ops (by ai-edge-quantizer scope: their output tensor names, "
+        "';'-joined with a trailing ';') left in float; the file is then quantized by ai-edge-quantizer "
+        "(static int8) from litert-torch's float file. 'sensitive': measure each op's int8 cost on the "
+        "calibration set and keep the fewest most sensitive in float that meet the target's tolerance "
+        "(docs/repair.md); bounded, its result recorded in deploy.lock. Usually set by accuracy repair.")
+    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
+        default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
+        "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
+
+    @model_validator(mode="after")
+    def _keep_float_needs_full(self) -> "LiteRtTorchInt8Options":
+        if self.keep_float and self.mode != "full":
+            raise ValueError("keep_float needs mode: full (the other schemes keep activations float already)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):  # keys of nodes without a repair stay what they were
+            if not data.get("keep_float"):
+                data.pop("keep_float", None)
+            if data.get("repair_goal") is None:
+                data.pop("repair_goal", None)
+        return data
 
 
 @register_variants({"fp32": "pt2", "fp16": "pt2", "int8": "pt2"})
@@ -83,10 +113,23 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
+            cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact
+            #: Accuracy repair (docs/repair.md), tried in this order after a route's int8 check misses;
+            #: `dynamic` is skipped where the route's `dynamic` alternative already tries it.
+            cls.repairs = {"keep-float": {"keep_float": "sensitive"}, "dynamic": {"mode": "dynamic"},
+                           "weight-only": {"mode": "weight-only"}}
+            cls.committed_metrics = ("repair", "scheme")
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
         return ("example",) + (("calibration",) if getattr(options, "mode", "") == "full" else ())
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.repair import describe
+
+        scheme = [f"int8 scheme: {facts['scheme']}"] if facts.get("scheme") else []
+        return [*scheme, *describe(facts.get("repair"))]
 
     @classmethod
     def check_config(cls, model: Model, options: Any, root: Path) -> str | None:
@@ -118,7 +161,9 @@ class TfliteFromPt2(Step):
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
         try:
             with torch.no_grad():
-                if self.precision == "int8":
+                if self.precision == "int8" and (ctx.options.keep_float or ctx.options.mode == "weight-only"):
+                    converted = litert_torch.convert(module, args)  # float: ai-edge-quantizer quantizes it below
+                elif self.precision == "int8":
                     module, quant = self._pt2e(ctx, module, args, metrics)
                     converted = litert_torch.convert(module, args, quant_config=quant)
                 elif self.precision == "fp16":
@@ -134,10 +179,66 @@ class TfliteFromPt2(Step):
         converted.export(str(path))
         flatbuffer = path.read_bytes()
         record = self._layout(ctx, flatbuffer, args)
+        if self.precision == "int8" and (ctx.options.keep_float or ctx.options.mode == "weight-only"):
+            self._aeq(ctx, path, record, args, metrics)
+            flatbuffer = path.read_bytes()
+            record = self._layout(ctx, flatbuffer, args)
+        if self.precision == "int8":
+            from buildsys.formats.tflite.aeq import SCHEMES
+
+            metrics["scheme"] = SCHEMES["keep-float" if ctx.options.keep_float else ctx.options.mode]
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,
                 "io": "/".join(io), "tensor_dtypes": tensor_dtypes(flatbuffer)}
+
+    def _aeq(self, ctx: StepContext, path: Path, record: dict[str, Any], args: tuple[Any, ...],
+             metrics: dict[str, Any]) -> None:
+        """Replace the float flatbuffer at `path` by ai-edge-quantizer's int8: weight-only, or static int8
+        with `keep_float` ops left float ('sensitive': the bounded search, its record in metrics)."""
+        import tempfile
+
+        from buildsys.errors import ModelbuildError, describe
+        from buildsys.formats.onnx.sensitivity import NoRecipe, split_timings
+        from buildsys.formats.tflite.aeq import LiteRtJudge, Quantizer, keep_float_search
+        from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+
+        opts = ctx.options
+        float_flatbuffer = path.read_bytes()
+        batch = ctx.data("calibration") if opts.mode == "full" else None
+        if opts.mode == "full" and (batch is None or len(batch) == 0):
+            raise self.fail(ctx, "full int8 needs calibration data: add data.calibration to the model, or set "
+                                 "mode: dynamic")
+        if batch is not None and opts.calibration_samples:
+            batch.inputs = {k: v[:opts.calibration_samples] for k, v in batch.inputs.items()}
+        keys = {i["name"]: i["key"] for i in record["inputs"]}
+        quantizer = Quantizer(float_flatbuffer, batch, keys, int(args[0].shape[0]) if args else 1)
+        metrics["quantizer"] = "ai-edge-quantizer"
+        # Trials live in a hidden folder of out_dir that is gone before the step returns.
+        with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as tmp:
+            work = Path(tmp)
+            (work / "float.tflite").write_bytes(float_flatbuffer)
+            try:
+                if opts.mode == "weight-only":
+                    quantizer.weight_only(path)
+                elif opts.keep_float == "sensitive" and batch is not None:
+                    goal = opts.repair_goal or {
+                        o.name: {k: v for k, v in DEFAULTS["int8"].items()
+                                 if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
+                        for o in ctx.model.outputs}
+                    judge = LiteRtJudge(work / "float.tflite", batch, ctx.model, record, goal)
+                    metrics["repair"] = keep_float_search(quantizer, work / "float.tflite", judge, work / "search", path)
+                    metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
+                else:
+                    quantizer.static(list(opts.keep_float), None, path)
+                    metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+            except ModelbuildError:
+                raise
+            except NoRecipe as exc:
+                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+            except Exception as exc:
+                raise self.fail(ctx, f"ai-edge-quantizer failed: {describe(exc)[:400]}") from exc
+        metrics["mode"] = opts.mode
 
     def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
         """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
