@@ -21,13 +21,16 @@ pytest.importorskip("ai_edge_quantizer")
 ANDROID = "android: {model: vit, platform: android}\n"
 #: The same preset, allowed only the weight-only scheme (the preset chose `mode: full`; the recipe changes it).
 WEIGHTS = "weights: {model: vit, platform: android, repair: [weight-only]}\n"
+#: The onnx2tf route (pt2 → onnx → saved_model: the legacy exporter's ONNX is what onnx2tf refuses), whose
+#: TFLiteConverter full int8 misses too.
+CONVERTER = "converter: {model: vit, platform: android, routes: [[pt2, onnx, saved_model]], repair: [keep-float]}\n"
 #: A user who wrote `mode: full` themselves: no recipe may change the scheme.
 PINNED = "pinned: {model: vit, platform: android, repair: [weight-only], options: {tflite-int8: {mode: full}}}\n"
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    return Project(tmp_path_factory.mktemp("repair-tflite"), ANDROID + WEIGHTS)
+    return Project(tmp_path_factory.mktemp("repair-tflite"), ANDROID + WEIGHTS + CONVERTER)
 
 
 @pytest.mark.slow
@@ -69,6 +72,20 @@ def test_a_recipe_changes_the_scheme_the_preset_chose(project: Project) -> None:
     assert lock.nodes[node]["facts"]["scheme"].startswith("weight-only: int8 weights")
     assert _top1(lock, "weights") >= 0.9
 
+
+
+@pytest.mark.slow
+def test_the_converter_route_is_repaired_too(project: Project) -> None:
+    proc = project.run("build", "converter")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lock = project.lock()
+    assert lock.targets["converter"]["route"] == ["pytorch", "pt2", "onnx", "saved_model",
+                                                  "tflite-int8 (repair keep-float)"]
+    [dropped] = lock.routes["converter"]["dropped"]
+    assert dropped["repair"] is True and dropped["observed"]["logits"]["top1_agreement"] < 0.9
+    repair = lock.nodes[lock.targets["converter"]["node"]]["facts"]["repair"]
+    assert "FULLY_CONNECTED" in repair["kept_ops"] and len(repair["kept_float"]) == len(repair["kept_ops"])
+    assert _top1(lock, "converter") >= 0.9
 
 
 def test_tflite_repair_routes_follow_who_chose_the_options() -> None:

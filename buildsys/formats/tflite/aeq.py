@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, Any
 from buildsys.formats.onnx.sensitivity import MAX_FLOAT, SHOWN, TRIALS, Judge, NoRecipe
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from buildsys.config.schema import Model, OutputSpec
     from buildsys.data import Batch
+    from buildsys.formats.base import Step, StepContext
 
 #: What each scheme delivers, in words (the node's committed `scheme` fact).
 SCHEMES = {
@@ -37,41 +40,98 @@ SCHEMES = {
 }
 
 
+def uses_aeq(options: Any) -> bool:
+    """Whether a tflite-int8 step's options are ai-edge-quantizer's (kept float ops, weight-only)."""
+    return bool(options.keep_float) or options.mode == "weight-only"
+
+
+def scheme(options: Any) -> str:
+    """What a tflite-int8 step's options deliver, in words."""
+    return SCHEMES["keep-float" if options.keep_float else options.mode]
+
+
+def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict[str, np.ndarray]] | None",
+               record: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
+    """Replace the float flatbuffer at `path` by ai-edge-quantizer's int8 for the step's options: weight-only,
+    or static int8 with `keep_float` ops left float ('sensitive': the bounded search, judged in LiteRT on the
+    calibration set (`record`: the file's layout record), its record in metrics["repair"]). `samples`: the
+    calibration set as signature feeds (None for weight-only)."""
+    import tempfile
+
+    from buildsys.errors import ModelbuildError, describe
+    from buildsys.formats.onnx.sensitivity import split_timings
+    from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+
+    opts = ctx.options
+    if opts.mode == "full" and not samples:
+        raise step.fail(ctx, "full int8 needs calibration data: add data.calibration to the model, or set "
+                             "mode: dynamic")
+    float_flatbuffer = path.read_bytes()
+    quantizer = Quantizer(float_flatbuffer, samples, float_io=opts.io == "float")
+    metrics["quantizer"] = "ai-edge-quantizer"
+    # Trials live in a hidden folder of out_dir that is gone before the step returns.
+    with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as tmp:
+        work = Path(tmp)
+        (work / "float.tflite").write_bytes(float_flatbuffer)
+        try:
+            if opts.mode == "weight-only":
+                quantizer.weight_only(path)
+            elif opts.keep_float == "sensitive":
+                batch = ctx.data("calibration")
+                assert batch is not None  # samples came from it
+                if opts.calibration_samples:
+                    batch.inputs = {k: v[:opts.calibration_samples] for k, v in batch.inputs.items()}
+                goal = opts.repair_goal or {
+                    o.name: {k: v for k, v in DEFAULTS["int8"].items()
+                             if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
+                    for o in ctx.model.outputs}
+                judge = LiteRtJudge(work / "float.tflite", batch, ctx.model, record, goal)
+                metrics["repair"] = keep_float_search(quantizer, work / "float.tflite", judge, work / "search", path)
+                metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
+            else:
+                quantizer.static(list(opts.keep_float), None, path)
+                metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+        except ModelbuildError:
+            raise
+        except NoRecipe as exc:
+            raise step.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+        except Exception as exc:
+            raise step.fail(ctx, f"ai-edge-quantizer failed: {describe(exc)[:400]}") from exc
+    metrics["mode"] = opts.mode
+
+
 def _scope(name: str) -> str:
     """The regex that selects exactly one op by its scope (its output tensor names, ';'-joined)."""
     return "^" + re.escape(name) + "$"
 
 
-def op_scopes(flatbuffer: bytes) -> list[str]:
-    """The scope of every op of the main subgraph, in execution order (ai-edge-quantizer's naming)."""
+def op_scopes(flatbuffer: bytes) -> dict[str, str]:
+    """Scope → op type of every op of the main subgraph, in execution order (ai-edge-quantizer's naming)."""
+    from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
-    model = tfl.read_model(flatbuffer)
-    graph = model.subgraphs[0]
-    return [tfl.get_op_scope(op, graph.tensors) for op in graph.operators]
+    graph = tfl.read_model(flatbuffer).subgraphs[0]
+    types = [d["op_name"] for d in Interpreter(model_content=flatbuffer)._get_ops_details()]  # the same order
+    return {tfl.get_op_scope(op, graph.tensors): t for op, t in zip(graph.operators, types)}
 
 
 class Quantizer:
-    """ai-edge-quantizer on one float flatbuffer, its calibration gathered once (static int8)."""
+    """ai-edge-quantizer on one float flatbuffer, its calibration gathered once (static int8).
 
-    def __init__(self, flatbuffer: bytes, batch: "Batch | None", keys: dict[str, str], step: int) -> None:
-        self.flatbuffer, self.batch, self.keys, self.step = flatbuffer, batch, keys, step
+    `samples`: the calibration set as signature feeds (keys and layout of the artifact), one call each."""
+
+    def __init__(self, flatbuffer: bytes, samples: "list[dict[str, np.ndarray]] | None", float_io: bool) -> None:
+        self.flatbuffer, self.samples, self.float_io = flatbuffer, samples, float_io
         self._calibration: Any = None
 
-    def _signature(self) -> str:
+    def calibration(self, quantizer: Any) -> Any:
         from ai_edge_litert.interpreter import Interpreter
 
-        return next(iter(Interpreter(model_content=self.flatbuffer).get_signature_list()))
-
-    def calibration(self, quantizer: Any) -> Any:
-        import numpy as np
-
         if self._calibration is None:
-            assert self.batch is not None, "static int8 needs calibration data"
-            samples = [{self.keys[k]: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
-                        for k, v in chunk.items() if k in self.keys}
-                       for chunk in self.batch.chunks(self.step) if len(next(iter(chunk.values()))) == self.step]
-            self._calibration = quantizer.calibrate({self._signature(): samples}, num_threads=1)
+            if not self.samples:
+                raise ValueError("static int8 needs calibration data")
+            signature = next(iter(Interpreter(model_content=self.flatbuffer).get_signature_list()))
+            self._calibration = quantizer.calibrate({signature: self.samples}, num_threads=1)
         return self._calibration
 
     def static(self, keep_float: list[str], only: list[str] | None, out: Path) -> None:
@@ -88,6 +148,9 @@ class Quantizer:
         for name in keep_float:
             q.update_quantization_recipe(regex=_scope(name), operation_name=TFLOperationName.ALL_SUPPORTED,
                                          algorithm_key="no_quantize")
+        if self.float_io:  # io: float: the file quantizes its inputs and dequantizes its outputs itself
+            for edge in (TFLOperationName.INPUT, TFLOperationName.OUTPUT):
+                q.update_quantization_recipe(regex=".*", operation_name=edge, algorithm_key="no_quantize")
         self._write(q, calibration, out)
 
     def weight_only(self, out: Path) -> None:
@@ -106,7 +169,7 @@ class LiteRtJudge(Judge):
     """sensitivity.Judge with the LiteRT interpreter in place of ONNX Runtime (the layout record of
     the float flatbuffer maps the model's inputs and outputs to signature keys)."""
 
-    def __init__(self, float_model: Path, batch: "Batch", model: "Model", record: dict[str, Any],
+    def __init__(self, float_model: Path, batch: "Batch", model: "Model", record: dict[str, Any] | None,
                  goal: dict[str, Any]) -> None:
         self.model, self.record = model, record
         outputs: list[OutputSpec] = list(model.outputs)
@@ -142,7 +205,8 @@ def keep_float_search(quantizer: Quantizer, float_model: Path, judge: Judge, wor
         out.write_bytes(full.read_bytes())
         record["kept_float"] = []
         return record
-    layers = [s for s in op_scopes(float_model.read_bytes()) if s]
+    ops = op_scopes(float_model.read_bytes())
+    layers = [s for s in ops if s]
     size = -(-len(layers) // TRIALS)
     units = [layers[i:i + size] for i in range(0, len(layers), size)]
     scores = []
@@ -163,6 +227,7 @@ def keep_float_search(quantizer: Quantizer, float_model: Path, judge: Judge, wor
         if trial["passed"]:
             out.write_bytes(path.read_bytes())
             record["kept_float"] = kept
+            record["kept_ops"] = [ops[k] for k in kept]  # their types, in the same order
             return record
     best = min(record["trials"], key=lambda t: t["error"]) if record["trials"] else base
     raise NoRecipe(f"keeping the {len(kept)} most sensitive of {len(layers)} ops in float did not meet the "

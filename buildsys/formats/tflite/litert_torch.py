@@ -18,19 +18,21 @@ The batch axis is fixed (the example's fixed batch, else 1); the runtime feeds o
 Precisions: fp32; fp16 weights through litert-torch's fp16 recipe (ai-edge-quantizer, float32
 I/O); int8 through PT2E: 'dynamic' (int8 weights, activations quantized per call) or 'full'
 (static, calibrated on data.calibration; litert-torch then makes the inputs int8 too, which the
-runtime quantizes with the tensor's scale).
+runtime quantizes with the tensor's scale). The accuracy repair recipes (`keep_float`, 'weight-only':
+buildsys/formats/tflite/aeq.py) quantize litert-torch's float file with ai-edge-quantizer instead.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import Field
 
 from buildsys.formats import register_variants
 from buildsys.formats.base import Step, StepContext, StepOptions
+from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
 from buildsys.formats.tflite.tflite import (
     FLATBUFFER,
@@ -60,37 +62,8 @@ class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
     io: Literal["float", "int8"] = Field(
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
-        "zero point), 'dynamic' with float; the node's metrics report which (`io`).")
-    mode: Literal["full", "dynamic", "weight-only"] = Field(  # type: ignore[assignment]  # one more scheme here
-        default="full", description="'full': weights and activations int8, calibrated on data.calibration "
-        "(PT2E). 'dynamic': int8 weights, activations quantized per call (PT2E). 'weight-only': int8 weights "
-        "dequantized to float at load, float activations and compute (ai-edge-quantizer on the float file; "
-        "the accuracy repair recipe `weight-only`, docs/repair.md).")
-    keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
-        default=(), description="full only: ops (by ai-edge-quantizer scope: their output tensor names, "
-        "';'-joined with a trailing ';') left in float; the file is then quantized by ai-edge-quantizer "
-        "(static int8) from litert-torch's float file. 'sensitive': measure each op's int8 cost on the "
-        "calibration set and keep the fewest most sensitive in float that meet the target's tolerance "
-        "(docs/repair.md); bounded, its result recorded in deploy.lock. Usually set by accuracy repair.")
-    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
-        default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
-        "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
-
-    @model_validator(mode="after")
-    def _keep_float_needs_full(self) -> "LiteRtTorchInt8Options":
-        if self.keep_float and self.mode != "full":
-            raise ValueError("keep_float needs mode: full (the other schemes keep activations float already)")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):  # keys of nodes without a repair stay what they were
-            if not data.get("keep_float"):
-                data.pop("keep_float", None)
-            if data.get("repair_goal") is None:
-                data.pop("repair_goal", None)
-        return data
+        "zero point), 'dynamic' with float; the node's metrics report which (`io`). keep_float (ai-edge-quantizer) "
+        "honours it.")
 
 
 @register_variants({"fp32": "pt2", "fp16": "pt2", "int8": "pt2"})
@@ -114,11 +87,8 @@ class TfliteFromPt2(Step):
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
             cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact
-            #: Accuracy repair (docs/repair.md), tried in this order after a route's int8 check misses;
-            #: `dynamic` is skipped where the route's `dynamic` alternative already tries it.
-            cls.repairs = {"keep-float": {"keep_float": "sensitive"}, "dynamic": {"mode": "dynamic"},
-                           "weight-only": {"mode": "weight-only"}}
-            cls.committed_metrics = ("repair", "scheme")
+            cls.repairs = TfliteInt8FromSavedModel.repairs
+            cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
@@ -126,10 +96,7 @@ class TfliteFromPt2(Step):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.repair import describe
-
-        scheme = [f"int8 scheme: {facts['scheme']}"] if facts.get("scheme") else []
-        return [*scheme, *describe(facts.get("repair"))]
+        return TfliteInt8FromSavedModel.describe_facts(facts)
 
     @classmethod
     def check_config(cls, model: Model, options: Any, root: Path) -> str | None:
@@ -161,7 +128,7 @@ class TfliteFromPt2(Step):
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
         try:
             with torch.no_grad():
-                if self.precision == "int8" and (ctx.options.keep_float or ctx.options.mode == "weight-only"):
+                if self.precision == "int8" and uses_aeq(ctx.options):
                     converted = litert_torch.convert(module, args)  # float: ai-edge-quantizer quantizes it below
                 elif self.precision == "int8":
                     module, quant = self._pt2e(ctx, module, args, metrics)
@@ -179,66 +146,24 @@ class TfliteFromPt2(Step):
         converted.export(str(path))
         flatbuffer = path.read_bytes()
         record = self._layout(ctx, flatbuffer, args)
-        if self.precision == "int8" and (ctx.options.keep_float or ctx.options.mode == "weight-only"):
-            self._aeq(ctx, path, record, args, metrics)
+        if self.precision == "int8" and uses_aeq(ctx.options):
+            step = int(args[0].shape[0]) if args else 1
+            keys = {i["name"]: i["key"] for i in record["inputs"]}
+            batch = ctx.data("calibration") if ctx.options.mode == "full" else None
+            samples = None
+            if batch is not None:  # whole chunks of the fixed batch, as the PT2E calibration feeds them
+                count = min(len(batch), ctx.options.calibration_samples or len(batch))
+                samples = [{keys[k]: v[start:start + step] for k, v in batch.inputs.items() if k in keys}
+                           for start in range(0, count - step + 1, step)]
+            requantize(self, ctx, path, samples, record, metrics)
             flatbuffer = path.read_bytes()
             record = self._layout(ctx, flatbuffer, args)
         if self.precision == "int8":
-            from buildsys.formats.tflite.aeq import SCHEMES
-
-            metrics["scheme"] = SCHEMES["keep-float" if ctx.options.keep_float else ctx.options.mode]
+            metrics["scheme"] = scheme(ctx.options)
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,
                 "io": "/".join(io), "tensor_dtypes": tensor_dtypes(flatbuffer)}
-
-    def _aeq(self, ctx: StepContext, path: Path, record: dict[str, Any], args: tuple[Any, ...],
-             metrics: dict[str, Any]) -> None:
-        """Replace the float flatbuffer at `path` by ai-edge-quantizer's int8: weight-only, or static int8
-        with `keep_float` ops left float ('sensitive': the bounded search, its record in metrics)."""
-        import tempfile
-
-        from buildsys.errors import ModelbuildError, describe
-        from buildsys.formats.onnx.sensitivity import NoRecipe, split_timings
-        from buildsys.formats.tflite.aeq import LiteRtJudge, Quantizer, keep_float_search
-        from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
-
-        opts = ctx.options
-        float_flatbuffer = path.read_bytes()
-        batch = ctx.data("calibration") if opts.mode == "full" else None
-        if opts.mode == "full" and (batch is None or len(batch) == 0):
-            raise self.fail(ctx, "full int8 needs calibration data: add data.calibration to the model, or set "
-                                 "mode: dynamic")
-        if batch is not None and opts.calibration_samples:
-            batch.inputs = {k: v[:opts.calibration_samples] for k, v in batch.inputs.items()}
-        keys = {i["name"]: i["key"] for i in record["inputs"]}
-        quantizer = Quantizer(float_flatbuffer, batch, keys, int(args[0].shape[0]) if args else 1)
-        metrics["quantizer"] = "ai-edge-quantizer"
-        # Trials live in a hidden folder of out_dir that is gone before the step returns.
-        with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as tmp:
-            work = Path(tmp)
-            (work / "float.tflite").write_bytes(float_flatbuffer)
-            try:
-                if opts.mode == "weight-only":
-                    quantizer.weight_only(path)
-                elif opts.keep_float == "sensitive" and batch is not None:
-                    goal = opts.repair_goal or {
-                        o.name: {k: v for k, v in DEFAULTS["int8"].items()
-                                 if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
-                        for o in ctx.model.outputs}
-                    judge = LiteRtJudge(work / "float.tflite", batch, ctx.model, record, goal)
-                    metrics["repair"] = keep_float_search(quantizer, work / "float.tflite", judge, work / "search", path)
-                    metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
-                else:
-                    quantizer.static(list(opts.keep_float), None, path)
-                    metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
-            except ModelbuildError:
-                raise
-            except NoRecipe as exc:
-                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
-            except Exception as exc:
-                raise self.fail(ctx, f"ai-edge-quantizer failed: {describe(exc)[:400]}") from exc
-        metrics["mode"] = opts.mode
 
     def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
         """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
