@@ -98,6 +98,8 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
         except Exception as exc:
             raise step.fail(ctx, f"ai-edge-quantizer failed: {describe(exc)[:400]}") from exc
     metrics["mode"] = opts.mode
+    if opts.mode == "full":
+        metrics["io"] = opts.io
 
 
 def _scope(name: str) -> str:
