@@ -113,3 +113,41 @@ def test_written_options_leave_out_what_a_preset_chose(tmp_path: Path) -> None:
     cfg = load(project.root / "deploy.yaml")
     assert written_options(cfg, "android", cfg.project.targets["android"].options) == {"tflite-int8": set()}
     assert written_options(cfg, "pinned", cfg.project.targets["pinned"].options) == {"tflite-int8": {"mode"}}
+
+
+@pytest.mark.slow
+def test_pinned_kept_ops_stay_float_and_weight_only_keeps_float_compute(tmp_path: Path) -> None:
+    """The step on a tiny CNN (tests/helpers/models.py), no planner: ops pinned in `keep_float` come out float
+    in ai-edge-quantizer's int8 file, the rest int8, float I/O as `io` says; weight-only stores int8 weights
+    and computes in float, close to PyTorch."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from buildsys.formats import get_runtime
+    from buildsys.formats.tflite.aeq import op_scopes
+    from tests.helpers.models import make_model, torch_outputs, validation_feeds
+
+    tiny = make_model(tmp_path / "proj", "cnn")
+    pt2 = tmp_path / "pt2" / "model.pt2"
+    tiny.run("pt2-from-pytorch", pt2.parent)
+    tiny.run("tflite-from-pt2", tmp_path / "fp32", input_path=pt2)
+    scopes = op_scopes((tmp_path / "fp32" / "model.tflite").read_bytes())
+    last = list(scopes)[-1]  # the classifier's output op
+
+    kept = tmp_path / "kept"
+    metrics = tiny.run("tflite-int8-from-pt2", kept, input_path=pt2, precision="int8", keep_float=[last])
+    assert metrics["quantizer"] == "ai-edge-quantizer" and metrics["repair"]["kept_float"] == [last]
+    assert metrics["io"] == "float32" and metrics["scheme"].startswith("full int8 except")
+    details = {d["name"]: d["dtype"] for d in Interpreter(model_path=str(kept / "model.tflite")).get_tensor_details()}
+    assert details[last.rstrip(";")] == np.float32  # the kept op's output
+    assert sum(dt == np.int8 for dt in details.values()) > len(scopes) // 2  # the others are int8
+
+    weights = tmp_path / "weights"
+    metrics = tiny.run("tflite-int8-from-pt2", weights, input_path=pt2, precision="int8", mode="weight-only")
+    assert metrics["scheme"].startswith("weight-only") and metrics["tensor_dtypes"].get("int8", 0) > 0
+    assert metrics["bytes"] < (tmp_path / "fp32" / "model.tflite").stat().st_size
+    feeds = validation_feeds(tiny)
+    session = get_runtime("litert").load(weights / "model.tflite", tiny.model, tiny.root)
+    got = np.concatenate([session.run({"image": feeds["image"][i:i + 1]})[0] for i in range(len(feeds["image"]))])
+    want = torch_outputs(tiny, feeds)[0]
+    assert np.abs(got - want).max() < 0.05 * max(1.0, float(np.abs(want).max()))
