@@ -19,6 +19,7 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.executorch.contract import fill
 
 if TYPE_CHECKING:
     import torch
@@ -61,18 +62,6 @@ def program_batch(model: Model, options: StepOptions) -> int:
     """The batch size the .pte is exported with (see PteOptions.batch)."""
     fixed = next((i.shape[0] for i in model.inputs if i.shape and isinstance(i.shape[0], int)), None)
     return getattr(options, "batch", None) or fixed or 1
-
-
-def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
-    """`feeds` with exactly `n` samples: cut, or padded by cycling through its own samples."""
-    import numpy as np
-
-    out = {}
-    for key, value in feeds.items():
-        if len(value) < n:
-            value = np.concatenate([value] * -(-n // max(len(value), 1)), axis=0)
-        out[key] = np.ascontiguousarray(value[:n])
-    return out
 
 
 class _PteFromPt2(Step):

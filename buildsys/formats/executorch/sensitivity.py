@@ -85,7 +85,7 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
     """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options): the bounded search, its record
     (`kept_float`: the node names to keep in float). Raises NoRecipe when MAX_FLOAT units in float do not do."""
     from buildsys.data import Batch
-    from buildsys.formats.executorch.program import fill
+    from buildsys.formats.executorch.contract import fill
     from buildsys.source import example_args
     from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
