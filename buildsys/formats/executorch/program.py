@@ -245,7 +245,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         repair: dict[str, Any] | None = None
         if opts.keep_float == "sensitive":
             try:
-                repair = search(self, ctx, module, opts.per_channel, dynamic)
+                repair = search(self, ctx, module, opts.per_channel, dynamic, len(args[0]))
             except NoRecipe as exc:
                 raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
             except Exception as exc:

@@ -81,9 +81,11 @@ class Trials:
         return {o.name: np.concatenate([p[i] for p in parts]) for i, o in enumerate(model.outputs)}
 
 
-def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dynamic: bool) -> dict[str, Any]:
-    """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options): the bounded search, its record
-    (`kept_float`: the node names to keep in float). Raises NoRecipe when MAX_FLOAT units in float do not do."""
+def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dynamic: bool,
+           batch: int) -> dict[str, Any]:
+    """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options; `batch`: the program's) - the
+    bounded search, its record (`kept_float`: the node names to keep in float). Raises NoRecipe when
+    MAX_FLOAT units in float do not do."""
     from buildsys.data import Batch
     from buildsys.formats.executorch.contract import fill
     from buildsys.source import example_args
@@ -96,17 +98,23 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
     inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
     n = len(next(iter(inputs.values())))
     fixed = next((i.shape[0] for i in ctx.model.inputs if i.shape and isinstance(i.shape[0], int)), None)
-    size = fixed or min(SEARCH_BATCH, n)
-    chunks, counts = [], []
-    for start in range(0, n, size):
-        chunk = {k: v[start:start + size] for k, v in inputs.items()}
-        counts.append(len(next(iter(chunk.values()))))
-        chunks.append(example_args(ctx.model, Batch(fill(chunk, size), None, calibration.origin)))
+
+    def trials_at(size: int) -> Trials:
+        chunks, counts = [], []
+        for start in range(0, n, size):
+            chunk = {k: v[start:start + size] for k, v in inputs.items()}
+            counts.append(len(next(iter(chunk.values()))))
+            chunks.append(example_args(ctx.model, Batch(fill(chunk, size), None, calibration.origin)))
+        return Trials(module, chunks, counts, per_channel, dynamic)
+
+    try:
+        trials = trials_at(fixed or min(SEARCH_BATCH, n))
+    except Exception:  # a program that exports at its own batch only: the search runs at that batch
+        trials = trials_at(batch)
     outputs = list(ctx.model.outputs)
     goal = ctx.options.repair_goal or {
         o.name: {k: v for k, v in DEFAULTS["int8"].items() if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
         for o in outputs}
-    trials = Trials(module, chunks, counts, per_channel, dynamic)
     reference = trials.run(trials.float, ctx.model)
     return keep_float_search(trials, lambda m: judge(trials.run(m, ctx.model), reference, outputs, goal, m))
 
