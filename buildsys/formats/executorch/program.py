@@ -248,6 +248,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                 repair = search(self, ctx, module, opts.per_channel, dynamic, len(args[0]))
             except NoRecipe as exc:
                 raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+            except StepError:
+                raise
             except Exception as exc:
                 raise self.fail(ctx, f"keep_float 'sensitive': the search failed: {_first_line(exc)}") from exc
         elif opts.keep_float:
