@@ -6,6 +6,7 @@ Neutral ground: the steps (`program.py`) and the runtime (`runtime.py`) both imp
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 #: The one method every .pte made here exposes (torch.export's entry point keeps its name).
 METHOD = "forward"
@@ -34,3 +35,16 @@ def missing_kernels(operators: list[tuple[str, str]], kernels: frozenset[str]) -
     `kernels`, as `aten::_embedding_bag.out`: a .pte holding one fails to load (error 0x14, missing operator)."""
     names = {f"{name}.{overload}" if overload else name for name, overload in operators}
     return sorted(n for n in names if n not in kernels)
+
+
+def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
+    """`feeds` with exactly `n` samples: cut, or padded by cycling through its own samples (a .pte has the
+    static batch it was exported with; the int8 step's calibration and its repair search feed it so)."""
+    import numpy as np
+
+    out = {}
+    for key, value in feeds.items():
+        if len(value) < n:
+            value = np.concatenate([value] * -(-n // max(len(value), 1)), axis=0)
+        out[key] = np.ascontiguousarray(value[:n])
+    return out

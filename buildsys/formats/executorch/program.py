@@ -12,12 +12,14 @@ of the loaded .pt2 is the graph PT2E wants, so no second trace of the Python cod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
+from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.executorch.contract import fill
 
 if TYPE_CHECKING:
     import torch
@@ -60,18 +62,6 @@ def program_batch(model: Model, options: StepOptions) -> int:
     """The batch size the .pte is exported with (see PteOptions.batch)."""
     fixed = next((i.shape[0] for i in model.inputs if i.shape and isinstance(i.shape[0], int)), None)
     return getattr(options, "batch", None) or fixed or 1
-
-
-def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
-    """`feeds` with exactly `n` samples: cut, or padded by cycling through its own samples."""
-    import numpy as np
-
-    out = {}
-    for key, value in feeds.items():
-        if len(value) < n:
-            value = np.concatenate([value] * -(-n // max(len(value), 1)), axis=0)
-        out[key] = np.ascontiguousarray(value[:n])
-    return out
 
 
 class _PteFromPt2(Step):
@@ -178,6 +168,25 @@ class Int8Options(PteOptions):
     calibration_samples: int | None = Field(
         default=None, ge=1, description="static only: calibrate on at most this many samples of data.calibration "
         "(all when unset).")
+    keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+        default=(), description="Nodes left in float (their quantization annotations dropped): a torch.export "
+        "node name (`linear_5`, as the repair record lists them) or a module path (`head`: all its nodes). "
+        "'sensitive': measure each quantized node's cost on the calibration set and keep the fewest most "
+        "sensitive ones in float that meet the target's tolerance (docs/repair.md); bounded, recorded in "
+        "deploy.lock. Usually set by accuracy repair, not by hand; a list pins the nodes.")
+    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
+        default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
+        "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):  # keys of nodes without a repair stay what they were
+            if not data.get("keep_float"):
+                data.pop("keep_float", None)
+            if data.get("repair_goal") is None:
+                data.pop("repair_goal", None)
+        return data
 
 
 @register
@@ -188,41 +197,76 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
+    version = 4  # 4: keep_float (accuracy repair keep-float: nodes left unquantized)
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
+    #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
+    repairs = {"keep-float": {"keep_float": "sensitive"}}
+    committed_metrics = ("repair",)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
                    "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
                    "convert_pt2e, then lowered like executorch. Fails when nothing was quantized.")
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("calibration",) if getattr(options, "scheme", "static") == "static" else ()
+        uses = getattr(options, "scheme", "static") == "static" or getattr(options, "keep_float", ()) == "sensitive"
+        return ("calibration",) if uses else ()
 
     @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
+        if getattr(options, "keep_float", ()) == "sensitive" and model.data.calibration is None:
+            return ("keep_float 'sensitive' needs calibration data: add data.calibration to the model "
+                    "(an .npz of representative inputs)")
         if getattr(options, "scheme", "static") == "static" and model.data.calibration is None:
             return _NEEDS_CALIBRATION
         return fixed_batch_problem(model, options)
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.repair import describe
+
+        return describe(facts.get("repair"))
 
     def _prepare(self, ctx: StepContext[Int8Options], module: torch.nn.Module,
                  args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
         import torch
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from buildsys.formats.executorch.quantize import int8_weights, quantizer, with_recurrent_cells_decomposed
+        from buildsys.formats.executorch.quantize import (float_filter, int8_weights, quantizer,
+                                                          with_recurrent_cells_decomposed)
+        from buildsys.formats.executorch.sensitivity import NoRecipe, search
 
         opts = ctx.options
         dynamic = opts.scheme == "dynamic"
         calibration = None if dynamic else ctx.data("calibration")
         if calibration is None and not dynamic:
             raise self.fail(ctx, _NEEDS_CALIBRATION)
+        repair: dict[str, Any] | None = None
+        if opts.keep_float == "sensitive":
+            try:
+                repair = search(self, ctx, module, opts.per_channel, dynamic, len(args[0]))
+            except NoRecipe as exc:
+                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+            except StepError:
+                raise
+            except Exception as exc:
+                raise self.fail(ctx, f"keep_float 'sensitive': the search failed: {_first_line(exc)}") from exc
+        elif opts.keep_float:
+            repair = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+        kept = repair["kept_float"] if repair else []
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
             program = torch.export.export(module, args, strict=False)
             if dynamic:
                 program = with_recurrent_cells_decomposed(program)
-            prepared = prepare_pt2e(program.module(), quantizer(per_channel=opts.per_channel, dynamic=dynamic))
+            unknown = _unknown_nodes(program.graph_module, kept)
+            if unknown:  # a name that keeps nothing in float would deliver full int8 under the name of a repair
+                raise self.fail(ctx, f"keep_float names {', '.join(map(repr, unknown))}, which is neither a node "
+                                     "nor a module of the exported program (see `modelbuild explain` of a node "
+                                     "whose repair searched, or use module paths like 'head')")
+            prepared = prepare_pt2e(program.module(), quantizer(per_channel=opts.per_channel, dynamic=dynamic,
+                                                                float_nodes=float_filter(kept) if kept else None))
             if calibration is not None:
                 samples = _calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
             else:
@@ -230,6 +274,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                     prepared(*args)  # dynamic: one call records the weights' observers; no activation ranges
                 samples = 0
             converted = convert_pt2e(prepared)
+        except StepError:
+            raise
         except Exception as exc:
             raise self.fail(ctx, f"PT2E int8 quantization ({opts.scheme}) failed: {_first_line(exc)}") from exc
         int8, total = int8_weights(converted)
@@ -238,7 +284,15 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                  f"({total:,} stay float): XNNPACKQuantizer's {opts.scheme} scheme has no pattern "
                                  "for its layers")
         return converted, {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
-                           "int8_weights": round(int8 / total, 4)}
+                           "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {})}
+
+
+def _unknown_nodes(graph_module: Any, names: list[str]) -> list[str]:
+    """The keep_float names that match no node of the exported graph, by name or module path."""
+    from buildsys.formats.executorch.quantize import float_filter
+
+    nodes = list(graph_module.graph.nodes)
+    return [name for name in names if not any(float_filter([name])(n) for n in nodes)]
 
 
 def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, limit: int | None) -> int:

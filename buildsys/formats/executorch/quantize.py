@@ -11,6 +11,12 @@ Two things stand between XNNPACKQuantizer and real models, both found on the zoo
   turns just those ops into their two linears, which the dynamic annotator quantizes. The static
   scheme gets the cells whole, so they stay in float there.
 
+Accuracy repair (docs/repair.md) keeps chosen nodes in float: `quantizer(float_nodes=...)` drops their
+annotations after XNNPACKQuantizer annotated the graph. Its own ways cannot do it in ExecuTorch 1.5:
+`set_module_name(name, None)` asserts a config, and `set_filter_function` is ignored by the `cat`
+annotator and by the propagation of shared ranges through view ops, so a kept Linear still reads a
+quantized cat. `annotated_units` names what can be kept.
+
 Everything heavy (torch, torchao, executorch) is imported inside the functions: the registry imports
 every module of a family when modelbuild starts.
 """
@@ -18,10 +24,11 @@ every module of a family when modelbuild starts.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
     import torch
+    from torch.fx import Node
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
 
@@ -33,6 +40,15 @@ def _float_scalars_quantizer() -> type:
     from torchao.quantization.pt2e.utils import get_new_attr_name_with_prefix
 
     class FloatScalarsQuantizer(XNNPACKQuantizer):
+        #: Nodes this predicate holds for stay float (their annotations dropped after annotation).
+        float_nodes: Callable[[Node], bool] | None = None
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            if self.float_nodes is not None:
+                drop_annotations(model, [n for n in model.graph.nodes if self.float_nodes(n)])
+            return model
+
         def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             for node in model.graph.nodes:
                 if node.op != "call_function" or node.target not in (torch.ops.aten.add.Tensor,
@@ -60,12 +76,82 @@ def _float_scalars_quantizer() -> type:
     return FloatScalarsQuantizer
 
 
-def quantizer(*, per_channel: bool, dynamic: bool) -> XNNPACKQuantizer:
-    """The XNNPACK quantizer for the whole program: symmetric int8, static or dynamic activations."""
+def quantizer(*, per_channel: bool, dynamic: bool, float_nodes: Callable[[Node], bool] | None = None) -> XNNPACKQuantizer:
+    """The XNNPACK quantizer for the whole program: symmetric int8, static or dynamic activations; the
+    nodes `float_nodes` holds for (see `float_filter`) left in float."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic)
-    return _float_scalars_quantizer()().set_global(config)
+    q = _float_scalars_quantizer()().set_global(config)
+    q.float_nodes = float_nodes
+    return q
+
+
+def module_path(node: Node) -> str:
+    """The innermost module a node of an exported graph comes from ("" for the model's own forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return path.removeprefix("L['self'].")
+
+
+def float_filter(names: Iterable[str]) -> Callable[[Node], bool]:
+    """A predicate for the nodes `names` keeps in float: a node by its torch.export name (`linear_5`, as
+    the repair record lists them), or every node of a module by its path (`head`, `blocks.0.attn`)."""
+    wanted = set(names)
+
+    def keep(node: Node) -> bool:
+        path = module_path(node)
+        return node.name in wanted or any(path == w or path.startswith(w + ".") for w in wanted if w)
+
+    return keep
+
+
+def _shared_with(annotation: Any) -> set[Node]:
+    """The nodes whose annotations hold the ranges an annotation shares (SharedQuantizationSpec): a node's
+    output range is in its own annotation, an edge's (producer, consumer) range in the consumer's."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    out: set[Node] = set()
+    for spec in [*annotation.input_qspec_map.values(), annotation.output_qspec]:
+        if isinstance(spec, SharedQuantizationSpec):
+            target = spec.edge_or_node
+            out.add(target[1] if isinstance(target, tuple) else target)
+    return out
+
+
+def drop_annotations(model: torch.fx.GraphModule, nodes: Iterable[Node]) -> None:
+    """Leave `nodes` unquantized: drop their annotations, then those of nodes that share a range with a
+    dropped one (the view ops that propagation made share their producer's range), until none does."""
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    dropped = {n for n in nodes if n.meta.pop(Q_ANNOTATION_KEY, None) is not None}
+    changed = bool(dropped)
+    while changed:
+        changed = False
+        for node in model.graph.nodes:
+            annotation = node.meta.get(Q_ANNOTATION_KEY)
+            if annotation is not None and _shared_with(annotation) & dropped:
+                del node.meta[Q_ANNOTATION_KEY]
+                dropped.add(node)
+                changed = True
+
+
+def annotated_units(model: torch.fx.GraphModule) -> list[str]:
+    """The names, in graph order, of the nodes the quantizer annotated in a prepared graph that a repair can
+    keep in float: those with a range of their own (a Linear, an add, a cat); a view op that only shares its
+    producer's range (propagation) goes with its producer."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    out = []
+    for node in model.graph.nodes:
+        annotation = node.meta.get(Q_ANNOTATION_KEY)
+        if node.op != "call_function" or annotation is None:
+            continue
+        specs = [*annotation.input_qspec_map.values(), annotation.output_qspec]
+        if any(s is not None and not isinstance(s, SharedQuantizationSpec) for s in specs):
+            out.append(node.name)
+    return out
 
 
 def with_recurrent_cells_decomposed(program: Any) -> Any:
