@@ -6,14 +6,16 @@ and `-qmode 8da4w`), applied to the transformers module before torch.export.
   per output channel (symmetric), `linear(x, w.float()) * scale + bias` at run time. What ExecuTorch's
   `-qmode int8` does (its own module drops a bias and keeps bf16 scales; this one does neither). The
   weights are stored as int8 and widened each call by the portable kernels (`_to_dim_order_copy`,
-  `mm`): XNNPACK has no float-activation int8-weight GEMM for such a graph. torchao's
+  `mm`): XNNPACK's partitioner does not take a linear whose weight is computed in the graph (observed:
+  `aten::mm` among the program's portable operators; everything else is delegated). torchao's
   `IntxWeightOnlyConfig(weight_dtype=torch.int8)` instead was measured to be miscompiled by the XNNPACK
   partitioner of executorch 1.5.1 (its weight-dequantize → linear pattern is taken as *static* int8 with
   float activations; logits off by ~1e3), so it is not used.
 - `8da4w`: torchao `quantize_` with `Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
   weight_granularity=PerGroup(group_size), intx_choose_qparams_algorithm="hqq_scale_only")` on every
   `nn.Linear` whose input width the group size divides (the others stay float32, as in ExecuTorch);
-  XNNPACK runs these as its qd8-f32-qb4w GEMMs (int8 activations quantized per token per call).
+  the XNNPACK partitioner takes each such linear whole, with its per-token activation quantization
+  (observed: no `mm` or torchao operator left outside the delegates).
 
 Embeddings, norms and the KV cache stay float32 in both. torch and torchao are imported inside the
 functions: the registry imports this module when modelbuild starts.
