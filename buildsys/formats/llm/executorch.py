@@ -116,7 +116,7 @@ class LlmPteInt8Options(StepOptions):
 
     scheme: Literal["dynamic", "weight-only", "8da4w"] = Field(
         default="dynamic", description="'dynamic': PT2E with XNNPACKQuantizer's dynamic scheme, int8 per-channel "
-        "weights of every linear layer and int8 activations quantized per call (XNNPACK's qd8 GEMMs). "
+        "weights of every linear layer and int8 activations quantized per call, the linears run by XNNPACK. "
         "'weight-only': int8 per-channel weights of every nn.Linear, float32 activations (ExecuTorch's "
         "-qmode int8; the weights are widened each call by the portable kernels, XNNPACK runs the rest). "
         "'8da4w': int4 weights in groups of `group_size` and int8 activations quantized per token "
