@@ -144,7 +144,9 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Recipe", ""]
     for step in art["steps"]:
         options = ", ".join(f"{k}={_plain(v)}" for k, v in sorted(step["options"].items()) if v is not None)
-        lines.append(f"- `{step['node']}`: {step['step']} v{step['step_version']}" + (f" ({options})" if options else ""))
+        facts = ", ".join(f"{k} {_plain(v)}" for k, v in sorted((step.get("facts") or {}).items()))
+        lines.append(f"- `{step['node']}`: {step['step']} v{step['step_version']}" + (f" ({options})" if options else "")
+                     + (f"; made with {facts}" if facts else ""))
     lines += ["", "## Acceptance and measured metrics", ""]
     measured = [(o, m, v) for o, metrics in ver["outputs"].items() for m, v in metrics.items()]
     if measured:
