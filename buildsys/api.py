@@ -236,7 +236,9 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
         targets[name] = TargetResult(
             name=name, model=node.model, format=node.format, precision=node.precision, status=row["check"],
             artifact=(planner.config.root / path) if path else None, size_bytes=row["size"],
-            metrics=dict(check.get("metrics") or {}), verdict=row["verdict"], caveats=row["caveats"])
+            metrics=dict(check.get("metrics") or {}), verdict=row["verdict"], caveats=row["caveats"],
+            route=list(row.get("route") or []), dropped=list(row.get("dropped") or []),
+            rewrites=list(row.get("rewrites") or []), repair=row.get("repair"))
     return BuildReport(ok=result.ok, nodes=result.results, targets=targets, seconds=round(seconds, 3), summary=rows,
                        work=len(the_plan.work), plan=the_plan)
 

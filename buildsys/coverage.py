@@ -21,14 +21,16 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from buildsys.hashing import digest_json
 
 if TYPE_CHECKING:
     from buildsys.plan import Plan, Planner
+    from buildsys.results import Event
 
 #: model → {"table:reads" → the ops the model holds that the table lacks}: what expansion orders routes by.
 Gaps = dict[str, dict[str, list[str]]]
@@ -165,15 +167,24 @@ def enabled() -> bool:
     return os.environ.get("MODELBUILD_OP_COVERAGE", "1").lower() not in ("0", "off", "false", "no")
 
 
-def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], timeout: float = 600) -> Coverage:
+def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], timeout: float = 600,
+            on_event: Callable[[Event], None] | None = None) -> Coverage:
     """Make the inventories of `models` and the `tables` in a worker subprocess per model (the tables with the
     first), cache them, then read the cache back. A probe that crashes or times out leaves its entries
-    missing: "not analysed yet", never a guess."""
+    missing: "not analysed yet", never a guess. `on_event` hears each probe start ("started") and end
+    ("analysed", or "failed" with why), as node `ops:<model>` (or `ops:converters`) of kind "analysis"."""
+    from buildsys.results import Event
     jobs: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
         or ([(None, list(tables))] if tables else [])
     out_dir = _dir(planner)
     out_dir.mkdir(parents=True, exist_ok=True)
     for model, wanted in jobs:
+        name = f"ops:{model or 'converters'}"
+        what = ([f"op coverage: the ops of model '{model}'"] if model else []) \
+            + ([f"the op tables of {', '.join(wanted)}"] if wanted else [])
+        if on_event:
+            on_event(Event("started", name, "analysis", reasons=what))
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=planner.store.dir) as tmp:
             request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
             request.write_text(json.dumps({"deploy": str(planner.config.path), "model": model, "tables": wanted,
@@ -186,6 +197,12 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
                 result = _load(answer) or {}
             except subprocess.TimeoutExpired:
                 result = {}
+            if on_event:
+                lacking = (model and "ops" not in result) or any(t not in result.get("tables", {}) for t in wanted)
+                on_event(Event("failed" if lacking else "analysed", name, "analysis",
+                               seconds=round(time.monotonic() - started, 3),
+                               error="not analysed (the probe crashed or timed out): routes keep their order"
+                               if lacking else ""))
             if model and "ops" in result:
                 _write(out_dir / f"model-{_model_key(planner, model)}.json", result["ops"])
             for table, entry in result.get("tables", {}).items():

@@ -38,7 +38,7 @@ def settle(planner: "Planner", targets: list[str] | None, execute: Execute, *, f
     with watch(planner) if watch else nullcontext():
         plan = make_plan(planner, targets, force=force, **options)
     if plan.work and enabled():  # what a route's converter lacks orders the routes before any runs
-        plan = analysed(planner, plan, targets, force=force, **options)
+        plan = analysed(planner, plan, targets, force=force, on_event=on_event, **options)
     results: dict[str, NodeResult] = {}
     failed: dict[str, tuple[str, NodeResult]] = {}  # node → (its key, the failure) in this build
     dropped_now: dict[str, list[list[str]]] = {}  # target → the routes that failed in this build
@@ -62,17 +62,17 @@ def settle(planner: "Planner", targets: list[str] | None, execute: Execute, *, f
 
 
 def analysed(planner: "Planner", plan: "Plan", targets: list[str] | None, stale_only: bool = True,
-             **options: Any) -> "Plan":
+             on_event: Callable[[Event], None] | None = None, **options: Any) -> "Plan":
     """`plan`, planned again once the ops of its models (those of targets with work, with `stale_only`)
     and the converter tables its routes need are in the cache (buildsys.coverage); itself when nothing was
-    missing."""
+    missing. `on_event` hears each analysis start and end (kind "analysis"), so a build does not sit silent."""
     from buildsys.coverage import analyse, missing
     from buildsys.plan import make_plan
 
     models, tables = missing(plan, stale_only=stale_only)
     if not models and not tables:
         return plan
-    analyse(planner, models, tables)
+    analyse(planner, models, tables, on_event=on_event)
     return make_plan(planner, targets or None, **options)
 
 

@@ -21,7 +21,7 @@ from buildsys.formats import formats, get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.coverage import order_routes
 from buildsys.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
-from buildsys.repair import add_repair_routes, with_goal
+from buildsys.repair import add_repair_routes, with_goal, written_options
 from buildsys.rewrite_routes import add_rewrite_routes, loading_stop, loads_module
 from buildsys.routes import candidate_routes, format_graph, hop, route_formats, stop_options
 
@@ -203,7 +203,7 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
                                              auto_rewrites=target.rewrites is None)
         candidates[tname] = add_repair_routes(candidates[tname], repairs.get(tname, []), opts_by_format, target.repair,
-                                              model, cfg.root)
+                                              model, cfg.root, written_options(cfg, tname, opts_by_format))
         left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
         if not left:
             exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
@@ -234,8 +234,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                 raw = opts_by_format.get(b, {})
                 if target.rewrites is not None and loads_module(step) and isinstance(raw, dict):
                     raw = {"rewrites": target.rewrites, **raw}  # the format's own option wins
-                if label and isinstance(raw, dict):
-                    raw = with_goal(step, {**raw, **stop_options(step, label)}, acceptance["outputs"])
+                if isinstance(raw, dict):  # a searching option, a recipe's or the user's, aims at the target's tolerance
+                    raw = with_goal(step, {**raw, **stop_options(step, label)} if label else raw, acceptance["outputs"])
                 options = _options(step, raw, cfg, tname, b)
                 identity.append([step.name, options.model_dump(mode="json")])
                 hops.append((a, b, step, options, digest_json(identity)))

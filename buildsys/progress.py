@@ -19,7 +19,7 @@ from buildsys.results import Event
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _STYLE = {"built": "green", "cached": "cyan", "restored": "cyan", "remote": "cyan", "cutoff": "dim", "fresh": "dim",
-          "failed": "bold red", "skipped": "yellow", "rerouted": "yellow"}
+          "failed": "bold red", "skipped": "yellow", "rerouted": "yellow", "analysed": "dim"}
 LOG_LINES = 8  # a failing node's last log lines shown under it
 
 
@@ -110,7 +110,7 @@ def describe(event: Event, verbosity: int = NORMAL) -> str | None:
     if event.event == "fresh" or (verbosity < NORMAL and event.event != "failed"):
         return None
     style = _STYLE.get(event.event, "default")
-    secs = f"{event.seconds:6.1f} s" if event.seconds and event.event in ("built", "failed") else " " * 8
+    secs = f"{event.seconds:6.1f} s" if event.seconds and event.event in ("built", "failed", "analysed") else " " * 8
     extra = f"  {event.error}" if event.error else ""
     if event.event == "built" and event.metrics.get("passed") is False:
         extra = "  [yellow]acceptance not met (on_fail: warn)[/]"

@@ -48,11 +48,27 @@ def allowed(step: Any, repair: bool | Sequence[str]) -> list[str]:
     return [name for name in repair if name in step.repairs]
 
 
+def written_options(cfg: Any, target: str, options: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Format → the option names the user wrote for a target (in deploy.yaml, directly or through a
+    recipe of their own); what a built-in preset (`platform:`) chose is left out, so a repair recipe may
+    change it (the android preset's full int8 may become weight-only, and the route says so)."""
+    config = cfg.project.targets[target]
+    out: dict[str, set[str]] = {}
+    for fmt, given in options.items():
+        names = {fmt, config.format} if fmt == config.goal else {fmt}
+        out[fmt] = {k for k in (given if isinstance(given, dict) else {})
+                    if any(("targets", target, "options", n, k) in cfg.locations for n in names)}
+    return out
+
+
 def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool | Sequence[str],
-                  model: Any = None, root: Any = None) -> list[list[str]]:
-    """`route` with each allowed recipe at its repair stop, except a recipe that sets an option the target
-    sets itself for that format, contradicts its other options, changes nothing, or needs what the model
-    lacks (keep-float's search needs calibration data: the step's `check_config` with `model`, `root`)."""
+                  model: Any = None, root: Any = None,
+                  written: Mapping[str, Any] | None = None) -> list[list[str]]:
+    """`route` with each allowed recipe at its repair stop, except a recipe that sets an option the user
+    wrote for that format (`written`, format → option names; None: every option in `options`), that the
+    route's own alternative already tries, that contradicts the target's other options, changes nothing,
+    or needs what the model lacks (keep-float's search needs calibration data: the step's `check_config`
+    with `model`, `root`)."""
     from pydantic import ValidationError
 
     from buildsys.formats import steps
@@ -67,8 +83,10 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
     out = []
     for name in allowed(step, repair):
         values = step.repairs[name]
-        if set(values) & set(given or {}):
-            continue  # the target chose that option itself
+        if set(values) & set(given or {} if written is None else written.get(b, ())):
+            continue  # the user chose that option
+        if any(alt == values and not set(alt) & set(given or {}) for alt in step.alternatives.values()):
+            continue  # the route's alternative (`tflite-int8 (dynamic)`) is among the candidates already
         try:
             before = step.Options.model_validate(given or {})
             after = step.Options.model_validate({**(given or {}), **values})
@@ -101,20 +119,27 @@ def repairable(routes: Mapping[str, Any]) -> dict[str, list[list[str]]]:
 
 
 def add_repair_routes(candidates: list[list[str]], found: Sequence[list[str]], options: Mapping[str, Any],
-                      repair: bool | Sequence[str], model: Any = None, root: Any = None) -> list[list[str]]:
+                      repair: bool | Sequence[str], model: Any = None, root: Any = None,
+                      written: Mapping[str, Any] | None = None) -> list[list[str]]:
     """The candidates with, right after each route whose check miss opened a repair, that route's recipes."""
     out = [list(r) for r in candidates]
     for route in found:
         if route in out:
             i = out.index(route)
-            new = [r for r in repair_routes(route, options, repair, model, root) if r not in out]
+            new = [r for r in repair_routes(route, options, repair, model, root, written) if r not in out]
             out[i + 1:i + 1] = new
     return out
 
 
+#: Option values that make a step search for what meets the target's tolerance (they get it as `repair_goal`):
+#: keep-float's sensitivity search, and pruning's highest ratio that holds (Core ML `sparsity: auto`).
+SEARCHING = {"keep_float": "sensitive", "sparsity": "auto"}
+
+
 def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """A stop's options with the target's resolved limits per output as the goal of a searching recipe."""
-    if raw.get("keep_float") == "sensitive" and "repair_goal" in step.Options.model_fields \
+    """A stop's options with the target's resolved limits per output as the goal of a searching option
+    (`SEARCHING`), whether a recipe or the user set it."""
+    if any(raw.get(k) == v for k, v in SEARCHING.items()) and "repair_goal" in step.Options.model_fields \
             and raw.get("repair_goal") is None:
         return {**raw, "repair_goal": {name: dict(limits) for name, limits in outputs.items()}}
     return raw
@@ -137,7 +162,8 @@ def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool
     if config.goal != config.format and config.format in options and config.goal not in options:
         options[config.goal] = options.pop(config.format)
     model = plan.config.project.models.get(config.model)
-    return bool(repair_routes(route, options, config.repair, model, plan.config.root))
+    return bool(repair_routes(route, options, config.repair, model, plan.config.root,
+                              written_options(plan.config, target, options)))
 
 
 def tried(routes: Sequence[Sequence[str]]) -> str:

@@ -131,6 +131,10 @@ class TargetResult:
     metrics: dict[str, Any]  # the check's report: outputs, observed vs allowed, not_run reasons
     verdict: str = ""  # buildsys.status.Verdict
     caveats: list[dict[str, Any]] = field(default_factory=list)  # what did not run or ran on a lesser path
+    route: list[str] = field(default_factory=list)  # the formats that made it, with a recipe: "onnx-int8 (repair keep-float)"
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # each route tried before it: route, node, reason
+    rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
+    repair: dict[str, Any] | None = None  # what an accuracy repair chose and tried (docs/repair.md), else None
 
 
 @dataclass
@@ -151,7 +155,8 @@ class BuildReport:
                 "failed": [r.name for r in self.failed],
                 "targets": {name: {"status": t.status, "verdict": t.verdict, "caveats": t.caveats, "format": t.format,
                                    "precision": t.precision, "artifact": str(t.artifact) if t.artifact else None,
-                                   "size_bytes": t.size_bytes}
+                                   "size_bytes": t.size_bytes, "route": t.route, "dropped": t.dropped,
+                                   "rewrites": t.rewrites, "repair": t.repair}
                             for name, t in self.targets.items()}}
 
     @property

@@ -59,6 +59,10 @@ DEFAULTS: dict[str, dict[str, Optional[float]]] = {
     # a floor against a broken quantization, not a quality bar (targets set their own).
     "int8": {"max_abs": None, "max_rel": None, "min_cosine": 0.9, "min_top1_agreement": 0.9,
              "max_accuracy_drop": 0.03, "max_range_error": 0.1, "min_token_agreement": 0.5},
+    # int4 (grouped weight-only, so far LLM weights only): 16 levels per group of weights; the same
+    # floors as int8 (a broken quantization fails them), the quality bar is the target's to set.
+    "int4": {"max_abs": None, "max_rel": None, "min_cosine": 0.9, "min_top1_agreement": 0.9,
+             "max_accuracy_drop": 0.03, "max_range_error": 0.1, "min_token_agreement": 0.5},
 }
 SCORE_ONLY = ("min_top1_agreement", "max_accuracy_drop")
 #: Only for 'tokens' outputs (generated ids: no elementwise error, no cosine means anything).

@@ -56,8 +56,8 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
 
 
 def test_wrong_enum_value_lists_choices(tmp_path: Path) -> None:
-    path = write(tmp_path, MODEL + "targets:\n  t:\n    model: m\n    format: onnx\n    precision: int4\n")
-    with pytest.raises(ConfigError, match=r":13: targets\.t\.precision: 'int4' is not one of fp32, fp16, int8 — did you mean 'int8'\?"):
+    path = write(tmp_path, MODEL + "targets:\n  t:\n    model: m\n    format: onnx\n    precision: int9\n")
+    with pytest.raises(ConfigError, match=r":13: targets\.t\.precision: 'int9' is not one of fp32, fp16, int8, int4 — did you mean 'int8'\?"):
         load(path)
 
 

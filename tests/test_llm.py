@@ -100,7 +100,7 @@ def test_keys_follow_what_each_node_reads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt, task, message", [
     ("onnx", "text-generation", r"deploy\.yaml:10: targets\.server\.format: format 'onnx' is for task: tensors "
                                 r"models, and model 'lm' has task: text-generation \(formats for text-generation: "
-                                r"llm-executorch, llm-executorch-int8, llm-onnx"),
+                                r"llm-executorch, llm-executorch-int8, llm-genai, llm-onnx"),
     ("llm-onnx", "tensors", r"format 'llm-onnx' is for task: text-generation models, and model 'lm' has task: tensors"),
 ])
 def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, message: str) -> None:
@@ -233,3 +233,5 @@ def test_int8_whose_token_agreement_is_under_its_tolerance_fails_the_build(built
     assert tokens["first_divergence"] is not None
     assert any(f.startswith("tokens: token_agreement") and "first divergence at token" in f for f in check["failures"])
     assert "verify:untrained-pte8" in [r.name for r in built[2].failed]
+    # Per-layer localisation takes a tensor model's inputs; a generation check says why it has none.
+    assert check["localisation"]["not_available"].startswith("localisation not available for a text-generation check")

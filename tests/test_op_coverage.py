@@ -123,3 +123,24 @@ def test_the_onnx_exports_ops_let_openvinos_refusal_find_embedding_bag() -> None
     assert "aten::_embedding_bag" in ops
     assert refusal_rewrites(OPENVINO_BAG, ops) == ["embedding-bag"]
     assert refusal_rewrites(OPENVINO_BAG) == []  # without the ops, as before
+
+
+@pytest.mark.slow  # a Core ML build checked by the MIL reference
+def test_a_build_says_while_it_analyses_ops(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The op analysis before a cold build is seconds of work: it is announced like a node, not silent."""
+    pytest.importorskip("coremltools")
+    from tests.conftest import tiny_deploy
+
+    tiny.write(tiny_deploy("  ios: {model: tiny, format: coreml}\n"))  # coremltools' registry orders its routes
+    monkeypatch.setenv("MODELBUILD_OP_COVERAGE", "1")
+    proc = tiny.run("build", "--json", "-j", "1", "ios")
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    analysis = [e for e in events if e.get("kind") == "analysis"]
+    assert [(e["event"], e["node"]) for e in analysis] == [("started", "ops:tiny"), ("analysed", "ops:tiny")]
+    assert analysis[0]["reasons"][0] == "op coverage: the ops of model 'tiny'" and analysis[1]["seconds"] > 0
+    assert any("coreml" in r for r in analysis[0]["reasons"][1:])  # and the converter's table, read once
+    assert events.index(analysis[1]) < next(i for i, e in enumerate(events) if e.get("kind") != "analysis")
+    assert events[-1]["event"] == "summary" and events[-1]["ok"] is True
+    # Cached: a no-op build has nothing to analyse or announce.
+    again = [json.loads(line) for line in tiny.run("build", "--json", "ios").stdout.splitlines() if line.startswith("{")]
+    assert not [e for e in again if e.get("kind") == "analysis"]

@@ -175,6 +175,14 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
     again = project.run("build", "edge")
     assert again.returncode == 0 and "Nothing to do" in again.stdout and project.calls() == calls
     assert "onnx-int8~" not in again.stdout
+    # The Python API's result says the same: the route with its recipe, what was dropped, what repair chose.
+    import modelbuild
+
+    edge = modelbuild.load(project.root / "deploy.yaml").build(["edge"]).targets["edge"]
+    assert edge.route == ["pytorch", "onnx", "onnx-int8 (repair keep-float)"] and edge.status == "passed; route fallback"
+    assert [d["route"][-1] for d in edge.dropped] == ["onnx-int8"] and "cosine 0 < 0.9" in edge.dropped[0]["reason"]
+    assert edge.repair is not None and edge.repair["kept_float"] == ["/Concat_2", "/head/Gemm"]
+    assert project.calls() == calls
 
     # repair: false: the same full int8 artifact (shared, not rebuilt) fails its check; nothing else is tried.
     strict = project.run("build", "strict")

@@ -20,7 +20,7 @@ DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint
 
 #: The repair recipes of every quantizing step (`Step.repairs`; a test keeps the two in step): the names a
 #: target's `repair:` list may use (docs/repair.md).
-REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "mixed")
+REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "mixed", "dynamic", "weight-only")
 
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, values are immutable after loading."""
@@ -270,7 +270,8 @@ class Target(Strict):
         default=True, description="Accuracy repair of a quantized artifact that misses its acceptance "
         "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "
         "per-layer sensitivity, then the fewest most sensitive layers kept in float until the tolerance holds; "
-        "per-channel weights; entropy calibration. openvino-int8: NNCF's transformer scheme; the mixed preset); the one that passes is recorded in deploy.lock and reused, "
+        "per-channel weights; entropy calibration. openvino-int8: NNCF's transformer scheme; the mixed preset. tflite-int8: keep-float by "
+        "ai-edge-quantizer; dynamic range; weight-only int8, even where a platform preset chose full int8); the one that passes is recorded in deploy.lock and reused, "
         "and the tolerance is never loosened. false: no repair (a miss fails the route). A list: only these "
         "recipes, in this order. To pin a recipe, set its options (e.g. options: {onnx-int8: {keep_float: "
         "[/head/Gemm]}}).")
@@ -279,7 +280,8 @@ class Target(Strict):
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
         default=None, description="Start from the built-in preset for a platform (ios: Core ML fp16 ML Program; "
         "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
-        "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16). "
+        "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16; for a text-generation model "
+        "the stateful llm-openvino IR with int8 weights). "
         "Every field stays overridable; an explicit 'recipe' wins.")
 
     @field_validator("repair")

@@ -12,13 +12,22 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "llm"
 ARCHS = ("llama", "gpt2")
 
 
-def train_tokenizer(out: Path) -> Path:
-    """A small BPE tokenizer (tokenizer.json) trained on the corpus."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def train_tokenizer(out: Path, byte_level: bool = False) -> Path:
+    """A small BPE tokenizer (tokenizer.json) trained on the corpus: words split on whitespace (96 ids), or
+    byte-level like GPT-2's (300 ids; the kind ONNX Runtime GenAI's own tokenizer reads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train([str(DATA / "tiny.txt")], trainers.BpeTrainer(vocab_size=96, special_tokens=["[UNK]"], show_progress=False))
+    if byte_level:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+    else:
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=96, special_tokens=["[UNK]"], show_progress=False)
+    tok.train([str(DATA / "tiny.txt")], trainer)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     return out / "tokenizer.json"
@@ -69,13 +78,15 @@ def load(path):
 '''
 
 
-def make_project(root: Path, archs: tuple[str, ...] = ARCHS, steps: int = 120, untrained: bool = False) -> dict[str, float]:
-    """Write a deploy project under `root`: tokenizer, prompts, one trained model per arch (and an
-    untrained Llama named `untrained`), no targets (callers add them). Returns the final training losses."""
+def make_project(root: Path, archs: tuple[str, ...] = ARCHS, steps: int = 120, untrained: bool = False,
+                 byte_level: bool = False) -> dict[str, float]:
+    """Write a deploy project under `root`: tokenizer (byte-level BPE if `byte_level`), prompts, one trained
+    model per arch (and an untrained Llama named `untrained`), no targets (callers add them). Returns the
+    final training losses."""
     from tokenizers import Tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
-    tok_path = train_tokenizer(root / "tokenizer")
+    tok_path = train_tokenizer(root / "tokenizer", byte_level)
     ids = Tokenizer.from_file(str(tok_path)).encode((DATA / "tiny.txt").read_text()).ids
     for name in ("prompts.txt", "held.txt"):
         shutil.copy(DATA / name, root / name)

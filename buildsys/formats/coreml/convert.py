@@ -13,12 +13,11 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
-
-from pydantic import Field, model_validator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
 from buildsys.formats.torch.torchscript import load_input
 
 if TYPE_CHECKING:
@@ -31,74 +30,6 @@ COREML = register_formats(Format.variants(
         "int8": "Core ML ML Program with compressed weights (int8 linear or palettized), float16 compute.",
     }, filename="model.mlpackage", runtime="coreml"))
 MLPACKAGE = COREML["fp32"].filename
-
-# Core ML specification version of each deployment target (ML Programs start at version 6).
-SPEC_VERSION = {f"{os}{v}": spec for os, first in (("iOS", 15), ("macOS", 12), ("tvOS", 15), ("watchOS", 8))
-                for spec, v in zip(range(6, 10), range(first, first + 4))}
-SPEC_VERSION.update({"iOS26": 10, "macOS26": 10, "tvOS26": 10, "watchOS26": 10})
-Target = Literal["iOS15", "iOS16", "iOS17", "iOS18", "iOS26", "macOS12", "macOS13", "macOS14", "macOS15", "macOS26",
-                 "tvOS15", "tvOS16", "tvOS17", "tvOS18", "tvOS26", "watchOS8", "watchOS9", "watchOS10",
-                 "watchOS11", "watchOS26"]
-Compression = Literal["none", "int8", "palettize8", "palettize4"]
-
-
-def first_target(spec: int, like: str) -> str:
-    """The earliest target of the same OS family as `like` with specification version `spec`."""
-    family = re.match(r"[A-Za-z]+", like).group(0)  # type: ignore[union-attr]
-    return min((t for t, v in SPEC_VERSION.items() if v == spec and t.startswith(family)),
-               key=lambda t: int(t[len(family):]))
-
-
-class Metadata(StepOptions):
-    """What Xcode shows for the model, and free key/value pairs for the app."""
-
-    author: str = Field(default="", description="Model author (MLModel.author).")
-    license: str = Field(default="", description="License text or SPDX id (MLModel.license).")
-    version: str = Field(default="", description="Model version string (MLModel.version).")
-    short_description: str = Field(default="", description="One-line description (MLModel.short_description).")
-    user_defined: dict[str, str] = Field(default_factory=dict, description="Extra string key/value metadata.")
-
-
-class CoremlOptions(StepOptions):
-    """Options of every Core ML step."""
-
-    minimum_deployment_target: Target = Field(
-        default="iOS16", description="Oldest OS the package must load on. ML Programs need iOS15/macOS12; "
-        "compressed weights and float16 I/O need iOS16/macOS13. Newer targets unlock newer ops.")
-    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = Field(
-        default="ALL", description="Hardware Core ML may use when the package is loaded (stored in the "
-        "package metadata and used by the check on macOS; apps pass their own MLModelConfiguration).")
-    input_type: Literal["tensor", "image"] = Field(
-        default="tensor", description="'image' makes every input a CVPixelBuffer-friendly image (4-D NCHW, "
-        "1 or 3 channels); Core ML then applies image_scale and image_bias to the pixels.")
-    image_scale: float = Field(default=1.0, description="image inputs: multiply pixel values (0-255) by this.")
-    image_bias: list[float] = Field(
-        default_factory=lambda: [0.0], description="image inputs: add after scaling, one value or one per channel.")
-    color_layout: Literal["RGB", "BGR"] = Field(
-        default="RGB", description="image inputs with 3 channels: channel order the model expects "
-        "(1-channel inputs are grayscale).")
-    io_dtype: Literal["float32", "float16"] = Field(
-        default="float32", description="Element type of float inputs and outputs. float16 avoids conversions "
-        "on the Neural Engine but needs iOS16/macOS13.")
-    dynamic_upper_bound: int = Field(
-        default=64, ge=1, description="Largest size of each dynamic (named) axis: ML Programs need bounded "
-        "ranges. Dynamic axes accept 1 … this value, with 1 as the default shape.")
-    weight_compression: Compression = Field(
-        default="none", description="'int8': linear symmetric int8 weights (constexpr_affine_dequantize, about "
-        "4x smaller than fp32). 'palettize8' / 'palettize4': k-means palettes of 256 / 16 values per tensor "
-        "(constexpr_lut_to_dense). Needs iOS16/macOS13.")
-    weight_threshold: int = Field(
-        default=2048, ge=0, description="Weights with fewer elements than this stay uncompressed (biases, "
-        "tiny layers: compressing them saves nothing and costs accuracy). coremltools' default.")
-    sparsity: Optional[float] = Field(
-        default=None, gt=0, lt=1, description="Post-training magnitude pruning: this share of each weight tensor "
-        "(those with at least weight_threshold elements), the smallest in magnitude, is set to zero and the "
-        "tensor stored sparse (coremltools.optimize.coreml.prune_weights, OpMagnitudePrunerConfig; "
-        "constexpr_sparse_to_dense, iOS16+). With weight_compression: none only. Pruning changes the "
-        "numbers far more than float16 does: set the target's acceptance for it (examples/digits at 0.5: "
-        "30% smaller than fp16, top-1 agreement 98.3%, accuracy -1.4 points).")
-    metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
-
 
 _TRACED = ("torchscript", "torchscript-file")
 
@@ -116,6 +47,17 @@ class CoremlFromTorchScript(Step):
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
+    committed_metrics = ("sparsity_search",)  # what `sparsity: auto` tried: the same on every host (NumPy)
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.formats.coreml.prune_search import describe
+
+        return describe(facts.get("sparsity_search"))
 
     @property
     def compute(self) -> str:
@@ -136,6 +78,9 @@ class CoremlFromTorchScript(Step):
                         f"with weight_compression: {opts.weight_compression} it would need coremltools' joint "
                         "compression (iOS18), which modelbuild does not make yet")
             need.append((7, "sparsity"))
+            if opts.sparsity == "auto" and model.data.validation is None:
+                return ("sparsity: auto measures each ratio on the validation set, as the check does: declare "
+                        "data.validation for the model, or give a ratio (sparsity: 0.5)")
         if opts.io_dtype == "float16":
             need.append((7, "io_dtype: float16"))
         if opts.compute_units == "CPU_AND_NE":
@@ -170,7 +115,12 @@ class CoremlFromTorchScript(Step):
                 )
         except Exception as exc:
             raise self.fail(ctx, conversion_failure(exc)) from exc
-        mlmodel = self._compress(ctx, mlmodel)
+        search: dict[str, Any] = {}
+        if opts.sparsity == "auto":
+            self._describe(ctx, mlmodel)
+            mlmodel, search = self._prune_auto(ctx, mlmodel, module)
+        else:
+            mlmodel = self._compress(ctx, mlmodel)
         self._describe(ctx, mlmodel)
         path = ctx.out_dir / MLPACKAGE
         mlmodel.save(str(path))
@@ -178,7 +128,9 @@ class CoremlFromTorchScript(Step):
         from buildsys.formats.coreml.runtime import inspect_mlpackage
 
         facts = inspect_mlpackage(path)
-        pruned = {"sparsity": opts.sparsity} if opts.sparsity is not None else {}
+        pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
+        if search:
+            pruned["sparsity_search"] = search
         return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
@@ -225,7 +177,7 @@ class CoremlFromTorchScript(Step):
 
         opts = ctx.options
         mode = opts.weight_compression
-        if opts.sparsity is not None:
+        if isinstance(opts.sparsity, float):
             return self._prune(ctx, mlmodel, opts.sparsity)
         if mode == "none":
             return mlmodel
@@ -253,6 +205,39 @@ class CoremlFromTorchScript(Step):
             raise self.fail(ctx, f"pruning to sparsity {sparsity:g} failed: {type(exc).__name__}: "
                                  f"{_first_line(exc)[:300]}") from exc
 
+    def _prune_auto(self, ctx: StepContext[CoremlOptions], mlmodel: Any, module: Any) -> tuple[Any, dict[str, Any]]:
+        """`sparsity: auto`: the dense package pruned at the highest ratio that meets the target's tolerance
+        against `module` (what was converted), and the search's record (buildsys/formats/coreml/prune_search.py)."""
+        import tempfile
+
+        from buildsys.formats.coreml.prune_search import NoRatio, describe, highest_ratio, torch_outputs
+        from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+
+        batch = ctx.data("validation")
+        assert batch is not None  # check_config requires it
+        goal = ctx.options.repair_goal or {
+            o.name: {k: v for k, v in DEFAULTS[self.precision].items()
+                     if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)} for o in ctx.model.outputs}
+        pruned: dict[float, Any] = {}
+
+        def prune(ratio: float, out: Path) -> Path:
+            out.mkdir(parents=True)
+            pruned[ratio] = self._prune(ctx, mlmodel, ratio)
+            pruned[ratio].save(str(out / MLPACKAGE))
+            return out / MLPACKAGE
+
+        with tempfile.TemporaryDirectory(prefix="sparsity-") as tmp:
+            work = Path(tmp)
+            mlmodel.save(str(work / MLPACKAGE))
+            try:
+                chosen, record = highest_ratio(prune, torch_outputs(module, ctx.model, batch), work / MLPACKAGE,
+                                               ctx.model, ctx.root, batch, goal, work)
+            except NoRatio as exc:
+                raise self.fail(ctx, "sparsity auto: even the lowest ratio misses the tolerance on the validation "
+                                     "set (" + "; ".join(describe(exc.record)[1:]) + "); deliver it dense "
+                                     "(remove sparsity) or loosen the acceptance you wrote") from exc
+        return pruned[chosen], {**record, "chosen": chosen}
+
     def _describe(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> None:
         opts = ctx.options
         meta = opts.metadata
@@ -275,22 +260,6 @@ class CoremlFromTorchScript(Step):
         for inp in ctx.model.inputs:
             if inp.layout:
                 mlmodel.input_description[inp.name] = f"layout {inp.layout}, shape {inp.shape}"
-
-
-class CoremlInt8Options(CoremlOptions):
-    """Core ML with compressed weights: compression is the point, so 'none' is refused."""
-
-    weight_compression: Compression = Field(
-        default="int8", description="'int8': linear symmetric int8 weights (constexpr_affine_dequantize, about "
-        "2x smaller than fp16). 'palettize8' / 'palettize4': k-means palettes of 256 / 16 values per tensor "
-        "(constexpr_lut_to_dense, 4-bit is about 4x smaller than fp16). Needs iOS16/macOS13.")
-
-    @model_validator(mode="after")
-    def _compressed(self) -> "CoremlInt8Options":
-        if self.weight_compression == "none":
-            raise ValueError("coreml-int8 compresses weights: use int8, palettize8 or palettize4 "
-                             "(or target coreml-fp16 for uncompressed weights)")
-        return self
 
 
 @register

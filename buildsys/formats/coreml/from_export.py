@@ -14,7 +14,8 @@ from typing import Any
 
 from buildsys.formats import register, register_variants
 from buildsys.formats.base import StepContext
-from buildsys.formats.coreml.convert import CoremlFromTorchScript, CoremlInt8Options, CoremlOptions
+from buildsys.formats.coreml.convert import CoremlFromTorchScript
+from buildsys.formats.coreml.options import CoremlInt8Options, CoremlOptions
 
 _PROGRAM = ("pt2", "pt2-file")
 

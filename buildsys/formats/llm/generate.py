@@ -41,6 +41,16 @@ def prefill(decoder: Decoder, ids: "np.ndarray", start: int = 0) -> "np.ndarray"
     return np.concatenate(rows, axis=0)
 
 
+def mean_nll(logits: "np.ndarray", ids: "np.ndarray") -> float:
+    """Teacher-forced mean negative log-likelihood of ids[1:] under the logits rows of ids[:-1]."""
+    import numpy as np
+
+    rows = np.asarray(logits, dtype=np.float64)[:len(ids) - 1]
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(rows)), ids[1:]].mean())
+
+
 class GenerationSession(Session):
     """A Session whose `run` generates; subclasses give the decoder."""
 
@@ -71,10 +81,7 @@ class GenerationSession(Session):
             last.append(logits.astype(np.float32))
             tokens.append(ids)
             self.decoder.reset()
-            rows = prefill(self.decoder, text).astype(np.float64)[:-1]
-            shifted = rows - rows.max(axis=1, keepdims=True)
-            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            nll.append(float(-logp[np.arange(len(rows)), text[1:]].mean()))
+            nll.append(mean_nll(prefill(self.decoder, text), text))
         return [np.stack(last), np.array(tokens, dtype=np.int64), np.array(nll, dtype=np.float32)]
 
     def findings(self) -> list[dict[str, object]]:

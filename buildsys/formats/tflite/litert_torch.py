@@ -18,7 +18,8 @@ The batch axis is fixed (the example's fixed batch, else 1); the runtime feeds o
 Precisions: fp32; fp16 weights through litert-torch's fp16 recipe (ai-edge-quantizer, float32
 I/O); int8 through PT2E: 'dynamic' (int8 weights, activations quantized per call) or 'full'
 (static, calibrated on data.calibration; litert-torch then makes the inputs int8 too, which the
-runtime quantizes with the tensor's scale).
+runtime quantizes with the tensor's scale). The accuracy repair recipes (`keep_float`, 'weight-only':
+buildsys/formats/tflite/aeq.py) quantize litert-torch's float file with ai-edge-quantizer instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic import Field
 
 from buildsys.formats import register_variants
 from buildsys.formats.base import Step, StepContext, StepOptions
+from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
 from buildsys.formats.tflite.tflite import (
     FLATBUFFER,
@@ -60,7 +62,8 @@ class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
     io: Literal["float", "int8"] = Field(
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
-        "zero point), 'dynamic' with float; the node's metrics report which (`io`).")
+        "zero point), 'dynamic' with float; the node's metrics report which (`io`). keep_float (ai-edge-quantizer) "
+        "honours it.")
 
 
 @register_variants({"fp32": "pt2", "fp16": "pt2", "int8": "pt2"})
@@ -83,10 +86,17 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
+            cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact
+            cls.repairs = TfliteInt8FromSavedModel.repairs
+            cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
         return ("example",) + (("calibration",) if getattr(options, "mode", "") == "full" else ())
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        return TfliteInt8FromSavedModel.describe_facts(facts)
 
     @classmethod
     def check_config(cls, model: Model, options: Any, root: Path) -> str | None:
@@ -118,7 +128,9 @@ class TfliteFromPt2(Step):
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
         try:
             with torch.no_grad():
-                if self.precision == "int8":
+                if self.precision == "int8" and uses_aeq(ctx.options):
+                    converted = litert_torch.convert(module, args)  # float: ai-edge-quantizer quantizes it below
+                elif self.precision == "int8":
                     module, quant = self._pt2e(ctx, module, args, metrics)
                     converted = litert_torch.convert(module, args, quant_config=quant)
                 elif self.precision == "fp16":
@@ -134,6 +146,20 @@ class TfliteFromPt2(Step):
         converted.export(str(path))
         flatbuffer = path.read_bytes()
         record = self._layout(ctx, flatbuffer, args)
+        if self.precision == "int8" and uses_aeq(ctx.options):
+            step = int(args[0].shape[0]) if args else 1
+            keys = {i["name"]: i["key"] for i in record["inputs"]}
+            batch = ctx.data("calibration") if ctx.options.mode == "full" else None
+            samples = None
+            if batch is not None:  # whole chunks of the fixed batch, as the PT2E calibration feeds them
+                count = min(len(batch), ctx.options.calibration_samples or len(batch))
+                samples = [{keys[k]: v[start:start + step] for k, v in batch.inputs.items() if k in keys}
+                           for start in range(0, count - step + 1, step)]
+            requantize(self, ctx, path, samples, record, metrics)
+            flatbuffer = path.read_bytes()
+            record = self._layout(ctx, flatbuffer, args)
+        if self.precision == "int8":
+            metrics["scheme"] = scheme(ctx.options)
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,

@@ -8,9 +8,9 @@ the artifact's layout (layout.json, which every .tflite carries next to it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
@@ -117,15 +117,34 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     _peak = 0.0  # largest |value| in the calibration data, to explain an unusable range
     description = "TFLiteConverter with Optimize.DEFAULT; full int8 adds a representative dataset built from " \
                   "the model's calibration set in the artifact's layout."
+    version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact
     #: Full int8 is tried first; int8 weights with float activations are the fallback route for
     #: models whose activations do not survive int8 (recurrent state, flat classifier logits).
     alternatives = {"dynamic": {"mode": "dynamic"}}
+    #: Accuracy repair (docs/repair.md), tried in this order after a route's int8 check misses; a recipe
+    #: may change a mode a platform preset chose (not one the user wrote). `dynamic` is skipped where
+    #: the route's `dynamic` alternative is a candidate already.
+    repairs = {"keep-float": {"keep_float": "sensitive"}, "dynamic": {"mode": "dynamic"},
+               "weight-only": {"mode": "weight-only"}}
+    committed_metrics = ("repair", "scheme")
 
     class Options(TfliteOptions):
-        mode: Literal["full", "dynamic"] = Field(
+        mode: Literal["full", "dynamic", "weight-only"] = Field(
             default="full", description="'full': weights and activations int8, activation ranges calibrated on "
             "data.calibration (what NPUs, DSPs and the Edge TPU need; fastest on CPU). 'dynamic': int8 weights "
-            "only, activations quantized on the fly per call (no data needed, less speed-up).")
+            "only, activations quantized on the fly per call (no data needed, less speed-up). 'weight-only': "
+            "int8 weights dequantized to float at load, float activations and compute (ai-edge-quantizer on "
+            "the float file; the size of int8, the accuracy of float; the repair recipe `weight-only`).")
+        keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+            default=(), description="full only: ops left in float, named by ai-edge-quantizer scope (their output "
+            "tensor names, ';'-joined with a trailing ';'); the float file is then quantized by ai-edge-quantizer "
+            "(static int8; `io` says the element type of inputs and outputs). 'sensitive': measure each op's int8 "
+            "cost on the calibration set and keep the fewest most sensitive in float that meet the target's "
+            "tolerance (docs/repair.md); bounded, its result recorded in deploy.lock. Usually set by accuracy "
+            "repair; a list pins the ops.")
+        repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
+            default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
+            "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
         io: Literal["float", "int8"] = Field(
             default="float", description="full only: element type of the model's inputs and outputs. 'int8' "
             "removes the float↔int8 conversions at the edges (the app quantizes with the input's scale and "
@@ -137,11 +156,30 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
         def _io_needs_full(self) -> "TfliteInt8FromSavedModel.Options":
             if self.io == "int8" and self.mode != "full":
                 raise ValueError("io: int8 needs mode: full (dynamic range keeps float inputs and outputs)")
+            if self.keep_float and self.mode != "full":
+                raise ValueError("keep_float needs mode: full (the other schemes keep activations float already)")
             return self
+
+        @model_serializer(mode="wrap")
+        def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+            data = handler(self)
+            if isinstance(data, dict):  # keys of nodes without a repair stay what they were
+                if not data.get("keep_float"):
+                    data.pop("keep_float", None)
+                if data.get("repair_goal") is None:
+                    data.pop("repair_goal", None)
+            return data
 
     @classmethod
     def data_used(cls, options: "TfliteInt8FromSavedModel.Options") -> tuple[str, ...]:  # type: ignore[override]
         return ("calibration",) if options.mode == "full" else ()
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.repair import describe
+
+        scheme = [f"int8 scheme: {facts['scheme']}"] if facts.get("scheme") else []
+        return [*scheme, *describe(facts.get("repair"))]
 
     @classmethod
     def check_config(cls, model: "Model", options: "TfliteInt8FromSavedModel.Options",  # type: ignore[override]
@@ -162,7 +200,11 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
                    layout: dict[str, Any] | None) -> dict[str, Any]:
         import tensorflow as tf
 
+        from buildsys.formats.tflite.aeq import uses_aeq
+
         opts = ctx.options
+        if uses_aeq(opts):
+            return {}  # float: ai-edge-quantizer quantizes the file in _run
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if opts.mode == "dynamic":
             return {"mode": "dynamic"}
@@ -176,6 +218,20 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         return {"mode": "full", "io": opts.io, "calibration_samples": samples.count}
+
+    def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:  # type: ignore[override]  # as _configure
+        from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
+        from buildsys.formats.tflite.layout import read_layout
+
+        metrics = super()._run(ctx)  # type: ignore[arg-type]  # its own Options, a TfliteOptions
+        if uses_aeq(ctx.options):
+            path = ctx.out_dir / FLATBUFFER
+            layout = read_layout(ctx.out_dir)
+            samples = list(self._calibration(ctx, layout)()) if ctx.options.mode == "full" else None
+            requantize(self, ctx, path, samples, layout, metrics)
+            flatbuffer = path.read_bytes()
+            metrics.update(bytes=len(flatbuffer), tensor_dtypes=tensor_dtypes(flatbuffer))
+        return {**metrics, "scheme": scheme(ctx.options)}
 
     def _inspect(self, ctx: StepContext[Options], flatbuffer: bytes) -> None:  # type: ignore[override]  # as _configure
         # A calibrated range of ±3.4e38 (a float32-minimum padding constant, or an inf in the data)

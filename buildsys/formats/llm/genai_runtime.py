@@ -1,0 +1,136 @@
+"""ONNX Runtime GenAI running an `llm-genai` directory: og.Model, og.Generator's own greedy search, og.Tokenizer.
+
+The outputs are those of every text-generation check (generate.py): the logits after each prompt
+(`generator.get_output("logits")` after `append_tokens`), `new_tokens` ids chosen by GenAI's search
+(`generate_next_token`, greedy as genai_config.json says), and the mean NLL of each held-text window
+(its logits after one `append_tokens`). GenAI stops at an EOS token; the check generates a fixed count
+in every runtime (docs/llm.md), so it loads the config with the EOS ids overlaid by none.
+Its tokenizer (onnxruntime-extensions, not Hugging Face tokenizers) is checked too: it must encode the
+prompts and the held text to the ids the reference used, or an application that feeds it text gets
+other ids than the ones measured (a finding that fails the check).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.errors import StepError
+from buildsys.formats import register_runtime
+from buildsys.formats.llm.generate import GenerationSession, mean_nll
+from buildsys.formats.llm.prompts import PAD
+from buildsys.formats.runtime import Runtime, Session
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model
+
+
+class GenaiSession(GenerationSession):
+    """Generation through og.Generator (no Decoder under it: GenAI owns the cache and the search)."""
+
+    def __init__(self, og_model: Any, new_tokens: int, texts: list[tuple[str, list[int]]], tokenizer: Any):
+        super().__init__(decoder=None, new_tokens=new_tokens)  # type: ignore[arg-type]
+        self.og_model = og_model
+        self.texts = texts
+        self.tokenizer = tokenizer
+
+    def _generator(self, ids: "np.ndarray", room: int) -> Any:
+        """A fresh generator (an empty cache) that has been fed `ids`."""
+        import numpy as np
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.og_model)
+        params.set_search_options(max_length=len(ids) + room, do_sample=False, num_beams=1)
+        generator = og.Generator(self.og_model, params)
+        generator.append_tokens(np.asarray(ids, dtype=np.int32)[None])
+        return generator
+
+    def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        import numpy as np
+
+        last, tokens, nll = [], [], []
+        for prompt, text in zip(feeds["prompt_ids"], feeds["text_ids"]):
+            prompt, text = prompt[prompt != PAD], text[text != PAD]
+            started = time.perf_counter()
+            generator = self._generator(prompt, self.new_tokens)
+            logits = np.asarray(generator.get_output("logits"))[0, -1]
+            ids: list[int] = []
+            while len(ids) < self.new_tokens and not generator.is_done():
+                generator.generate_next_token()  # the first picks from the prompt's logits, the rest run a step first
+                ids.append(int(generator.get_next_tokens()[0]))
+                if len(ids) == 1:
+                    self.timings["ttft_s"].append(time.perf_counter() - started)
+                    started = time.perf_counter()
+            if self.new_tokens > 1:
+                self.timings["decode_tokens_per_s"].append((len(ids) - 1) / (time.perf_counter() - started))
+            if len(ids) < self.new_tokens:  # GenAI stopped early: say so instead of padding with guesses
+                raise StepError(f"GenAI stopped after {len(ids)} of {self.new_tokens} tokens (search.max_length or an "
+                                "EOS id the overlay did not remove)")
+            last.append(logits.astype(np.float32))
+            tokens.append(ids)
+            rows = np.asarray(self._generator(text, 1).get_output("logits"))[0]
+            nll.append(mean_nll(rows, text))
+        return [np.stack(last), np.array(tokens, dtype=np.int64), np.array(nll, dtype=np.float32)]
+
+    def findings(self) -> list[dict[str, object]]:
+        """The timing of the run, and whether GenAI's tokenizer gives the ids the reference used."""
+        wrong = []
+        for text, expected in self.texts:
+            got = [int(i) for i in self.tokenizer.encode(text)]
+            if got != expected:
+                wrong.append((text, got, expected))
+        if wrong:
+            text, got, expected = wrong[0]
+            tok = {"text": f"GenAI's tokenizer encodes {len(wrong)} of {len(self.texts)} texts otherwise than the "
+                           f"model's tokenizer.json (first: {text[:40]!r} → {got[:8]} instead of {expected[:8]}): an "
+                           "application calling og.Tokenizer would feed other ids than those checked; GenAI "
+                           "(onnxruntime-extensions) reads byte-level BPE, SentencePiece and WordPiece tokenizers, not "
+                           "every pre-tokenizer of Hugging Face tokenizers", "fails": True}
+        else:
+            tok = {"text": f"GenAI's tokenizer encodes all {len(self.texts)} prompts and held texts as tokenizer.json does"}
+        return [*super().findings(), tok]
+
+
+@register_runtime
+class GenaiRuntime(Runtime):
+    """ONNX Runtime GenAI (CPU) loading the artifact's directory by its genai_config.json."""
+
+    name = "onnxruntime-genai"
+    packages = ("onnxruntime-genai",)
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("onnxruntime_genai") is None:
+            return "onnxruntime-genai is not installed (pip install -c constraints.txt 'modelbuild[llm]')"
+        return None
+
+    def preimport(self) -> None:
+        import onnxruntime_genai  # noqa: F401
+
+    def load(self, path: Path, model: "Model", root: Path) -> Session:
+        import onnxruntime_genai as og
+
+        from buildsys.formats.llm.prompts import _encoder
+
+        gen = model.generation
+        assert gen is not None  # this runtime runs text-generation models only
+        folder = Path(path).parent
+        try:
+            config = og.Config(str(folder))
+            # A fixed count of tokens in every runtime: with no EOS id GenAI never stops early here (an id outside
+            # the vocabulary is refused by GenAI's config check).
+            config.overlay(json.dumps({"model": {"eos_token_id": []}}))
+            og_model = og.Model(config)
+            tokenizer = og.Tokenizer(og_model)
+        except Exception as exc:
+            raise StepError(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}': {type(exc).__name__}: "
+                            f"{str(exc).strip()[:300]}") from exc
+        encode = _encoder(root, gen.tokenizer)
+        lines = [line.strip() for line in (root / gen.prompts).read_text(encoding="utf-8").splitlines()]
+        held = (root / (gen.held_text or gen.prompts)).read_text(encoding="utf-8")
+        texts = [(t, encode(t)) for t in [*(line for line in lines if line), held]]
+        return GenaiSession(og_model, gen.new_tokens, texts, tokenizer)
