@@ -2,7 +2,7 @@
 
 Builds the tiny trained models of the tests (tests/helpers/llm.py: a Llama-style and a GPT-2-style
 decoder, 2 layers, hidden 64, trained for a few seconds on tests/data/llm/tiny.txt) for every LLM
-target there is (ONNX Runtime, ExecuTorch fp32 and int8), checks them, then times each artifact in
+target there is (ONNX Runtime; ExecuTorch fp32, int8 dynamic, int8 weight-only and 8da4w), checks them, then times each artifact in
 its runtime through the same generation loop the checks use (formats/llm/generate.py), next to
 PyTorch eager with transformers' own KV cache (the usual `generate` path) and the no-cache eager
 reference. Figures are medians over prompts and repeats; they describe dispatch overhead at this
@@ -29,8 +29,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TARGETS = {"onnxruntime": ("llm-onnx", "fp32"), "executorch": ("llm-executorch", "fp32"),
-           "executorch int8": ("llm-executorch", "int8")}
+#: label: (format family, precision, options of the int8 step)
+TARGETS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "onnxruntime": ("llm-onnx", "fp32", {}), "executorch": ("llm-executorch", "fp32", {}),
+    "executorch int8": ("llm-executorch", "int8", {}),
+    "executorch int8 weight-only": ("llm-executorch", "int8", {"scheme": "weight-only"}),
+    "executorch 8da4w": ("llm-executorch", "int8", {"scheme": "8da4w", "group_size": 32})}
+
+
+def _target_yaml(arch: str, label: str, fmt: str, prec: str, options: dict[str, Any]) -> str:
+    opts = f", options: {{{fmt}-{prec}: {json.dumps(options)}}}" if options else ""
+    return f"  {arch}-{label.replace(' ', '-')}: {{model: {arch}, format: {fmt}, precision: {prec}{opts}}}\n"
 
 
 class HfCacheDecoder:
@@ -86,8 +95,7 @@ def main() -> None:
     if not (root / "deploy.yaml").exists():
         make_project(root, steps=120)
     text = (root / "deploy.yaml").read_text().replace("new_tokens: 12", f"new_tokens: {args.new_tokens}")
-    targets = "".join(f"  {arch}-{label.replace(' ', '-')}: {{model: {arch}, format: {fmt}, precision: {prec}}}\n"
-                      for arch in ARCHS for label, (fmt, prec) in TARGETS.items())
+    targets = "".join(_target_yaml(arch, label, *spec) for arch in ARCHS for label, spec in TARGETS.items())
     (root / "deploy.yaml").write_text(text.split("targets:")[0] + "targets:\n" + targets)
     report = modelbuild.load(root / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
     record = json.loads(next((root / ".modelbuild").glob("*.record.json")).read_text())
@@ -106,7 +114,7 @@ def main() -> None:
         reference = get_runtime("llm-pytorch").load(None, model, root)  # type: ignore[arg-type]
         rows.append({"model": arch, "runtime": "PyTorch eager, no cache (the reference)",
                      **timed(reference, batch, args.repeats)})
-        for label, (fmt, prec) in TARGETS.items():
+        for label, (fmt, prec, _) in TARGETS.items():
             target = f"{arch}-{label.replace(' ', '-')}"
             check = nodes.get(f"verify:{target}", {}).get("metrics", {})
             goal = fmt if prec == "fp32" else f"{fmt}-{prec}"
@@ -128,13 +136,13 @@ def main() -> None:
            "new_tokens": args.new_tokens, "repeats": args.repeats, "build_ok": report.ok, "rows": rows}
     results = REPO / "benchmarks" / "results" / "llm_generation.json"
     results.write_text(json.dumps(out, indent=2) + "\n")
-    print("| model | runtime | TTFT ms | decode tokens/s | token agreement | prefill logits max abs | NLL delta |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | runtime | TTFT ms | decode tokens/s | token agreement | prefill logits max abs | NLL delta | bytes |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         fmt = (lambda v, f: "—" if v is None else format(v, f))
         print(f"| {r['model']} | {r['runtime']} | {fmt(r.get('ttft_ms'), '.3f')} | {fmt(r.get('decode_tokens_per_s'), '.0f')} "
               f"| {fmt(r.get('token_agreement'), '.3f')} | {fmt(r.get('prefill_logits_max_abs'), '.2e')} "
-              f"| {fmt(r.get('nll_delta'), '.2e')} |")
+              f"| {fmt(r.get('nll_delta'), '.2e')} | {fmt(r.get('bytes'), 'd')} |")
 
 
 if __name__ == "__main__":

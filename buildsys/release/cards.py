@@ -1,6 +1,9 @@
 """Model cards: one per target, Markdown and JSON, generated from the lock, its build record and
 deploy.yaml (never written by hand): inputs and outputs, precision and recipe, tolerances next to the
-measured metrics, the intended runtime and platform, latency and the toolchain.
+measured metrics, the intended runtime and platform, latency and the toolchain. A text-generation
+artifact's card adds what generating with it needs and what its check measured (`generation`): the
+context length and tokens per call (its `llm.json`), the tokenizer it ships, the quantization, and the
+greedy-token agreement, first divergence and NLL delta against PyTorch.
 
 A card is written beside a delivered artifact in artifacts/<target>/ after each build and by
 `modelbuild card`; it is not one of the files the target's check verified, so `plan`, which compares
@@ -20,11 +23,16 @@ if TYPE_CHECKING:
     from buildsys.config.load import LoadedConfig
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
+#: A text-generation artifact's side file (formats/llm/contract.py's SPEC_FILE; not imported: the
+#: release code stays out of the format packages).
+LLM_SPEC = "llm.json"
 CARD_SCHEMA = 1
 
 
-def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The card of one target as data (what model_card.json holds); `cfg` adds descriptions and presets."""
+def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str, Any] | None = None,
+         llm: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card of one target as data (what model_card.json holds); `cfg` adds descriptions and presets,
+    `llm` is a text-generation artifact's llm.json (its cache geometry and tokens per call)."""
     from buildsys.formats import formats
 
     target_cfg = cfg.project.targets.get(facts.target) if cfg is not None else None
@@ -38,6 +46,7 @@ def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str
             spec["artifact_layout"], spec["artifact_shape"] = entry["layout"], entry.get("shape")
     source = model_cfg.source if model_cfg is not None else None
     head = facts.headline
+    generation = _generation(facts, model_cfg, llm)
     return {
         "schema": CARD_SCHEMA, "target": facts.target,
         "description": target_cfg.description if target_cfg is not None else "",
@@ -59,14 +68,15 @@ def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str
                          "not_run": facts.check.get("not_run"), "summary": head,
                          "outputs": _observed(facts.check)},
         "latency": _latency(facts.bench),
+        **({"generation": generation} if generation is not None else {}),
         "toolchain": facts.toolchain, "generated_by": f"modelbuild {__version__}",
     }
 
 
-def card_bytes(facts: TargetFacts, cfg: "LoadedConfig | None" = None,
-               layout: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
+def card_bytes(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str, Any] | None = None,
+               llm: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
     """(MODEL_CARD.md, model_card.json) bytes: the same facts in words and in data."""
-    data = card(facts, cfg, layout)
+    data = card(facts, cfg, layout, llm)
     return markdown(data).encode(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -87,7 +97,8 @@ def refresh(planner: Any, targets: list[str] | None = None) -> list[Path]:
         if names & {CARD_MD, CARD_JSON}:  # the artifact itself ships files of those names: never overwrite one
             continue
         layout = _layout(folder / "layout.json") if "layout.json" in names else None
-        for name, body in zip((CARD_MD, CARD_JSON), card_bytes(facts[target], planner.config, layout)):
+        llm = _layout(folder / LLM_SPEC) if LLM_SPEC in names else None
+        for name, body in zip((CARD_MD, CARD_JSON), card_bytes(facts[target], planner.config, layout, llm)):
             path = folder / name
             if not path.is_file() or path.read_bytes() != body:
                 atomic_write(path, body.decode())
@@ -121,6 +132,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows), ""]
     if ver["not_run"]:
         lines += [f"> Numeric check not run: {ver['not_run']}", ""]
+    if data.get("generation"):
+        lines += _generation_markdown(data["generation"])
     lines += ["## Inputs and outputs", "", "| | name | shape | dtype | layout | kind |", "|---|---|---|---|---|---|"]
     for spec in data["inputs"]:
         layout = spec.get("layout") or "—"
@@ -131,7 +144,9 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Recipe", ""]
     for step in art["steps"]:
         options = ", ".join(f"{k}={_plain(v)}" for k, v in sorted(step["options"].items()) if v is not None)
-        lines.append(f"- `{step['node']}`: {step['step']} v{step['step_version']}" + (f" ({options})" if options else ""))
+        facts = ", ".join(f"{k} {_plain(v)}" for k, v in sorted((step.get("facts") or {}).items()))
+        lines.append(f"- `{step['node']}`: {step['step']} v{step['step_version']}" + (f" ({options})" if options else "")
+                     + (f"; made with {facts}" if facts else ""))
     lines += ["", "## Acceptance and measured metrics", ""]
     measured = [(o, m, v) for o, metrics in ver["outputs"].items() for m, v in metrics.items()]
     if measured:
@@ -150,6 +165,76 @@ def markdown(data: dict[str, Any]) -> str:
               *(f"| {k} | {v} |" for k, v in data["toolchain"].items()), "",
               f"Generated by {data['generated_by']} from deploy.lock and its build record; do not edit.", ""]
     return "\n".join(lines)
+
+
+def _generation(facts: TargetFacts, model_cfg: Any, llm: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A text-generation artifact's facts for generating with it, and what its check measured; None for
+    other artifacts. The context length comes from the artifact's llm.json, else deploy.yaml."""
+    from buildsys.errors import PlanError
+    from buildsys.formats import get_step
+
+    gen = getattr(model_cfg, "generation", None)
+    if llm is None and gen is None and not any(o.get("kind") == "tokens" for o in facts.signature.get("outputs", [])):
+        return None
+    spec = llm or {}
+    last = facts.steps[-1] if facts.steps else {}
+    step_facts = last.get("facts") or {}
+    try:
+        described = get_step(last["step"]).describe_facts(step_facts) if step_facts else []
+    except PlanError:  # a step this modelbuild no longer has: its facts as they are
+        described = [", ".join(f"{k} {v}" for k, v in sorted(step_facts.items()))]
+    quantization = "; ".join(described) or ("none (float32)" if facts.precision == "fp32" else facts.precision)
+    outputs = facts.check.get("outputs") or {}
+    tokens, nll, logits = (outputs.get(k) or {} for k in ("tokens", "nll", "prefill_logits"))
+    agreement = tokens.get("token_agreement") or {}
+    timing = next((f for f in facts.check.get("findings") or [] if isinstance(f, dict) and "decode_tokens_per_s" in f), {})
+    tokenizer = sorted(f[0] for f in facts.files if str(f[0]).startswith("tokenizer/"))
+    context = spec.get("max_cache_len", gen.max_cache_len if gen is not None else None)
+    cache = ([spec["layers"], 1, spec["kv_heads"], spec["max_cache_len"], spec["head_dim"]]
+             if all(k in spec for k in ("layers", "kv_heads", "max_cache_len", "head_dim")) else None)
+    return {
+        "context_length": context, "tokens_per_call": spec.get("max_chunk"), "kv_cache_shape": cache,
+        "vocab": spec.get("vocab"), "tokenizer": tokenizer, "quantization": quantization,
+        "quantized_weights": step_facts.get("quantized_weights"),
+        "new_tokens": gen.new_tokens if gen is not None else None, "measured_on": facts.data or None,
+        "token_agreement": agreement.get("observed"),
+        "token_agreement_allowed": agreement.get("allowed"), "token_agreement_note": agreement.get("note"),
+        "first_divergence": tokens.get("first_divergence"), "diverged_prompts": tokens.get("diverged_prompts"),
+        "nll_delta": (nll.get("max_abs") or {}).get("observed"),
+        "prefill_logits_max_abs": (logits.get("max_abs") or {}).get("observed"),
+        "prefill_top1_agreement": (logits.get("top1_agreement") or {}).get("observed"),
+        "ttft_ms": timing.get("ttft_ms"), "decode_tokens_per_s": timing.get("decode_tokens_per_s"),
+    }
+
+
+def _generation_markdown(gen: dict[str, Any]) -> list[str]:
+    def known(value: Any) -> str:
+        return "—" if value is None else _plain(value)
+
+    per_call = gen["tokens_per_call"]
+    calls = ("—" if per_call is None else f"{per_call}" + (" (the prompt is prefilled token by token)" if per_call == 1
+                                                            else " (the prompt is prefilled in chunks of up to this)"))
+    agreement = known(gen["token_agreement"])
+    if gen["token_agreement_allowed"] is not None:
+        agreement += f" (allowed >= {_plain(gen['token_agreement_allowed'])})"
+    if gen["token_agreement_note"]:
+        agreement += f": {gen['token_agreement_note']}"
+    divergence = ("none" if gen["token_agreement"] is not None and gen["first_divergence"] is None
+                  else known(gen["first_divergence"]) if gen["first_divergence"] is None
+                  else f"token {gen['first_divergence']}" + (f" ({gen['diverged_prompts']} prompt(s) diverge)"
+                                                              if gen["diverged_prompts"] else ""))
+    speed = ("—" if gen["decode_tokens_per_s"] is None else
+             f"time to first token {known(gen['ttft_ms'])} ms, decode {known(gen['decode_tokens_per_s'])} tokens/s "
+             "(median of the check's run; informative, never judged)")
+    cache = f" (static KV cache {_shape(gen['kv_cache_shape'])})" if gen["kv_cache_shape"] else ""
+    rows = [("Context length", f"{known(gen['context_length'])} tokens, prompt and generated together{cache}"),
+            ("Tokens per call", calls), ("Quantization", gen["quantization"]),
+            ("Tokenizer", ", ".join(gen["tokenizer"]) or "—"),
+            ("Measured on", f"{known(gen['measured_on'])}, {known(gen['new_tokens'])} greedy tokens per prompt"),
+            ("Greedy token agreement", agreement), ("First divergence", divergence),
+            ("NLL delta (held text)", known(gen["nll_delta"])),
+            ("Prefill logits max abs error", known(gen["prefill_logits_max_abs"])), ("Speed", speed)]
+    return ["## Generation", "", "| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows), ""]
 
 
 def _observed(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -30,7 +30,7 @@ class TargetFacts:
     verdict: str  # the target's status words (buildsys.status), or NOT_DELIVERED
     size: int | None = None  # bytes of every file of the artifact
     route: list[str] = field(default_factory=list)
-    steps: list[dict[str, Any]] = field(default_factory=list)  # {"node", "step", "step_version", "options"}
+    steps: list[dict[str, Any]] = field(default_factory=list)  # {"node", "step", "step_version", "options", "facts"?}
     toolchain: dict[str, str] = field(default_factory=dict)  # every package in the keys of its nodes
     acceptance: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)  # the check's metrics ({} when unknown)
@@ -101,7 +101,7 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
             target=target, model=model, format=fmt, precision=_precision(fmt),
             verdict=target_status({**entry, "metrics": metrics}, delivered=True).words if recorded else NOT_DELIVERED,
             size=sum(int(f[2]) for f in files) if files else None, route=list(recorded.get("route", [])),
-            steps=[_step(n, lock.nodes[n]["components"]) for n in chain], toolchain=dict(sorted(toolchain.items())),
+            steps=[_step(n, lock.nodes[n]) for n in chain], toolchain=dict(sorted(toolchain.items())),
             acceptance=comp.get("acceptance", {}), check=metrics, bench=_bench(lock, target, artifact),
             signature=comp.get("signature", {}), files=[list(f) for f in files], built=entry.get("built", {}),
             platform=str(comp.get("platform", "")),
@@ -149,9 +149,12 @@ def _chain(lock: "Lock", artifact: str) -> list[str]:
     return chain[::-1]
 
 
-def _step(name: str, comp: dict[str, Any]) -> dict[str, Any]:
-    return {"node": name, "step": comp.get("step", ""), "step_version": comp.get("step_version"),
+def _step(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A step of the chain as the card lists it; `facts` are its committed metrics (a quantizer's scheme)."""
+    comp = entry["components"]
+    step = {"node": name, "step": comp.get("step", ""), "step_version": comp.get("step_version"),
             "options": comp.get("options", {})}
+    return {**step, "facts": entry["facts"]} if entry.get("facts") else step
 
 
 def _bench(lock: "Lock", target: str, artifact: str) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def make(planner: Any, lock: Any, dag: Any, name: str, out_dir: Path, key: Signi
     documents: dict[str, bytes] = {}
     for art in manifest.artifacts:
         layout = _json(entries.get(f"{art.target}/layout.json"))
-        for doc, body in zip((cards.CARD_MD, cards.CARD_JSON), cards.card_bytes(facts[art.target], cfg, layout)):
+        llm = _json(entries.get(f"{art.target}/{cards.LLM_SPEC}"))
+        for doc, body in zip((cards.CARD_MD, cards.CARD_JSON), cards.card_bytes(facts[art.target], cfg, layout, llm)):
             member = f"{art.target}/{doc}"
             if member in entries:
                 raise bundles.BundleError(f"target '{art.target}' ships its own {doc}; it would clash with its model card")

@@ -3,24 +3,35 @@
 A .pte has static shapes, so the program takes one token per call (prefill feeds the prompt token
 by token; a second method with a prefill chunk is later work) and the caches as fixed-size inputs
 and outputs. Lowered like the `executorch` family (program.py): torch.export, XNNPACK partitioner,
-to_executorch, stack traces dropped so the bytes are reproducible. The int8 member quantizes first
-with PT2E and XNNPACKQuantizer's dynamic scheme (int8 per-channel weights of every linear layer,
-activations quantized per call; embeddings, norms and the cache stay float32).
+to_executorch, stack traces dropped so the bytes are reproducible; a program with an operator the
+runtime has no kernel for is refused here, naming it. The int8 member quantizes first, by its `scheme`:
+`dynamic` (default) with PT2E and XNNPACKQuantizer's dynamic scheme (int8 per-channel weights of every
+linear layer, activations quantized per call); `weight-only` and `8da4w` (int4 grouped weights, int8
+dynamic activations) as ExecuTorch's own LLM export does them (quantize.py). Embeddings, norms and the
+cache stay float32 in all three.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.llm.contract import SPEC_FILE, ship_tokenizer
 
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+
 LLM_PTE = register_formats(Format.variants("llm-executorch", {
     "fp32": "Decoder LM (task: text-generation) as an ExecuTorch program (.pte), float32, lowered to XNNPACK, "
             "one token per call with an explicit static KV cache (llm.json and the tokenizer beside it).",
-    "int8": "Decoder LM as an ExecuTorch program (.pte) whose linear layers are int8 (PT2E, XNNPACKQuantizer "
-            "dynamic: per-channel int8 weights, int8 activations quantized per call), lowered to XNNPACK.",
+    "int8": "Decoder LM as an ExecuTorch program (.pte) whose linear layers are quantized, lowered to XNNPACK: "
+            "scheme dynamic (default; PT2E XNNPACKQuantizer: per-channel int8 weights, int8 activations quantized "
+            "per call), weight-only (int8 per-channel weights, float activations) or 8da4w (int4 weights in "
+            "groups, int8 activations quantized per token).",
 }, filename="model.pte", runtime="llm-executorch", task="text-generation"))
 
 
@@ -31,6 +42,7 @@ class _LlmPteFromPyTorch(Step):
     packages = ("torch", "transformers", "executorch", "torchao")
     extra = "executorch"
     toolchain = "torch"
+    version = 2  # 2: a program with an operator the runtime has no kernel for is refused here, naming it
     description = "decoder.py's StaticCacheDecoder, torch.export with one token, to_edge_transform_and_lower(XNNPACK)."
     Options = StepOptions
 
@@ -43,7 +55,7 @@ class _LlmPteFromPyTorch(Step):
         from executorch.exir import to_edge_transform_and_lower
 
         from buildsys.errors import describe
-        from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable
+        from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, missing_kernels, runtime_kernels
         from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
         from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
@@ -56,26 +68,37 @@ class _LlmPteFromPyTorch(Step):
         lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
         spec = cache_spec(lm, gen.max_cache_len, 1)
         args = example_inputs(spec, 1)
+        metrics = self._quantize_module(ctx, lm)
         try:
             program = torch.export.export(static_cache_decoder(lm), args, strict=False)
         except Exception as exc:
             raise self.fail(ctx, f"torch.export of the static-cache decoder failed: {describe(exc)}") from exc
-        program, metrics = self._quantize(ctx, program, args)
+        program, quantized = self._quantize(ctx, program, args)
+        metrics.update(quantized)
         exported_program_without_stack_traces(program)
         try:
             lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
         except Exception as exc:
             raise self.fail(ctx, f"lowering to ExecuTorch failed: {describe(exc)}") from exc
+        plan = lowered.executorch_program.execution_plan[0]
+        missing = missing_kernels([(op.name, op.overload) for op in plan.operators], runtime_kernels())
+        if missing:  # found now, naming the op, rather than as "error 0x14" when the check loads the .pte
+            raise self.fail(ctx, f"the program's operator{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                                 f"{'have' if len(missing) > 1 else 'has'} no kernel in the ExecuTorch runtime and "
+                                 "XNNPACK did not take it: the .pte would fail to load (error 0x14, missing operator)")
         (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(lowered.buffer)
         spec.write(ctx.out_dir)
         shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
-        plan = lowered.executorch_program.execution_plan[0]
         return {"bytes": len(lowered.buffer), "cache": list(spec.cache_shape), "spec": SPEC_FILE, "tokenizer": shipped,
                 "xnnpack_delegates": sum(1 for d in plan.delegates if d.id == XNNPACK),
                 "portable_operators": sorted({op.name for op in plan.operators}), **metrics}
 
+    def _quantize_module(self, ctx: StepContext, lm: Any) -> dict[str, Any]:
+        """Hook of the precision, before export: quantize the transformers module in place; what it did."""
+        return {}
+
     def _quantize(self, ctx: StepContext, program: Any, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
-        """Hook of the precision: the program to lower and what quantizing it did."""
+        """Hook of the precision, after export: the program to lower and what quantizing it did."""
         return program, {}
 
 
@@ -88,17 +111,83 @@ class LlmExecutorchFromPyTorch(_LlmPteFromPyTorch):
     precision = "fp32"
 
 
+class LlmPteInt8Options(StepOptions):
+    """How the int8 member quantizes the decoder."""
+
+    scheme: Literal["dynamic", "weight-only", "8da4w"] = Field(
+        default="dynamic", description="'dynamic': PT2E with XNNPACKQuantizer's dynamic scheme, int8 per-channel "
+        "weights of every linear layer and int8 activations quantized per call, the linears run by XNNPACK. "
+        "'weight-only': int8 per-channel weights of every nn.Linear, float32 activations (ExecuTorch's "
+        "-qmode int8; the weights are widened each call by the portable kernels, XNNPACK runs the rest). "
+        "'8da4w': int4 weights in groups of `group_size` and int8 activations quantized per token "
+        "(ExecuTorch's -qmode 8da4w, torchao Int8DynamicActivationIntxWeightConfig; the smallest program). "
+        "Embeddings, norms and the KV cache stay float32 in all three.")
+    group_size: int | None = Field(
+        default=None, ge=1, description="8da4w only: input channels that share one int4 scale (ExecuTorch's "
+        "default for Llama is 128; smaller groups are more accurate and larger). A linear layer whose input "
+        "width it does not divide stays float32. Unset: 32.")
+
+    @property
+    def groups(self) -> int:
+        """The group size 8da4w uses."""
+        return self.group_size or 32
+
+
 @register
 class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
-    """As llm-executorch, with the linear layers quantized to int8 (PT2E, XNNPACK dynamic scheme) first."""
+    """As llm-executorch, with the linear layers quantized first (scheme: dynamic, weight-only or 8da4w)."""
 
     name = "llm-executorch-int8-from-pytorch"
     produces = "llm-executorch-int8"
     precision = "int8"
-    description = ("decoder.py's StaticCacheDecoder, torch.export, prepare_pt2e/convert_pt2e with XNNPACKQuantizer "
-                   "(dynamic, per channel), torch.export again, to_edge_transform_and_lower(XNNPACK).")
+    version = 3  # 3: schemes weight-only and 8da4w; the missing-kernel check
+    Options = LlmPteInt8Options
+    committed_metrics = ("scheme", "group_size", "quantized_weights")
+    description = ("dynamic: decoder.py's StaticCacheDecoder, torch.export, prepare_pt2e/convert_pt2e with "
+                   "XNNPACKQuantizer (dynamic, per channel), torch.export again; weight-only / 8da4w: the "
+                   "module's linears quantized first (quantize.py), torch.export; then "
+                   "to_edge_transform_and_lower(XNNPACK).")
 
-    def _quantize(self, ctx: StepContext, program: Any, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    @classmethod
+    def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
+        if getattr(options, "group_size", None) is not None and getattr(options, "scheme", "") != "8da4w":
+            return "group_size applies to scheme 8da4w only; remove it or set scheme: 8da4w"
+        return None
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.formats.llm.quantize import describe
+
+        if "scheme" not in facts:
+            return []
+        share = facts.get("quantized_weights")
+        return [describe(facts["scheme"], facts.get("group_size"))
+                + (f"; {share:.0%} of the weights quantized" if isinstance(share, (int, float)) else "")]
+
+    def _quantize_module(self, ctx: StepContext[LlmPteInt8Options], lm: Any) -> dict[str, Any]:
+        from buildsys.errors import describe
+        from buildsys.formats.llm.quantize import int8_dynamic_int4_weight, int8_weight_only, weight_elements
+
+        opts = ctx.options
+        if opts.scheme == "dynamic":
+            return {}
+        total = weight_elements(lm)
+        try:
+            quantized = int8_weight_only(lm) if opts.scheme == "weight-only" else int8_dynamic_int4_weight(lm, opts.groups)
+        except Exception as exc:
+            raise self.fail(ctx, f"{opts.scheme} quantization of the decoder failed: {describe(exc)}") from exc
+        if not quantized:  # a "quantized" program that is float32 throughout would pass any check
+            why = (f"no nn.Linear has an input width divisible by group_size {opts.groups}" if opts.scheme == "8da4w"
+                   else "the model has no nn.Linear layer (GPT-2's Conv1D is not one)")
+            raise self.fail(ctx, f"{opts.scheme} quantization quantized none of the decoder's weights ({total:,} "
+                                 f"stay float): {why}")
+        return {"scheme": opts.scheme, **({"group_size": opts.groups} if opts.scheme == "8da4w" else {}),
+                "quantized_weights": round(quantized / total, 4)}
+
+    def _quantize(self, ctx: StepContext[LlmPteInt8Options], program: Any,
+                  args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+        if ctx.options.scheme != "dynamic":
+            return program, {}
         import torch
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -116,4 +205,5 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
         int8, total = int8_weights(converted)
         if not int8:
             raise self.fail(ctx, f"PT2E int8 quantization quantized none of the decoder's weights ({total:,} stay float)")
-        return quantized, {"scheme": "dynamic", "int8_weights": round(int8 / total, 4)}
+        share = round(int8 / total, 4)
+        return quantized, {"scheme": "dynamic", "int8_weights": share, "quantized_weights": share}
