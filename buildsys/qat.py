@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import StepError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 #: Marks a module this file has prepared for reference (fake quantization on, observers frozen).
@@ -38,6 +40,10 @@ _MARK = "_modelbuild_qat"
 #: The ATen-graph ops of PT2E's reference quantized representation (what convert_pt2e leaves).
 QDQ_TARGETS = ("quantized_decomposed.quantize_per_tensor", "quantized_decomposed.dequantize_per_tensor",
                "quantized_decomposed.quantize_per_channel", "quantized_decomposed.dequantize_per_channel")
+
+
+#: What an int8 step's metrics say when its input already carried the learned quantization.
+KEPT = "the input already carries its learned quantization (QDQ / FakeQuantize): kept as it is, not re-quantized"
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ def as_trained(module: "torch.nn.Module") -> "torch.nn.Module":
     if info.flow == "pt2e":
         from torchao.quantization.pt2e import move_exported_model_to_eval
 
-        move_exported_model_to_eval(module)  # type: ignore[arg-type]
+        move_exported_model_to_eval(module)
         _allow_eval(module)
     types = _fake_quant_types()
     for sub in module.modules():
@@ -132,9 +138,10 @@ def info_of(module: Any) -> QatInfo | None:
     return info if isinstance(info, QatInfo) else None
 
 
-def quantized(module: "torch.nn.Module", *, step: str = "") -> "torch.nn.Module":
+def quantized(module: "torch.nn.Module", *, step: str = "", fold: bool = False) -> "torch.nn.Module":
     """The module an exporter should see: a PT2E QAT model converted with its learned parameters
-    (`convert_pt2e`, weights kept in float behind quantize/dequantize), a float model as it is."""
+    (`convert_pt2e`), a float model as it is. Weights stay float behind their quantize ops (the form
+    litert-torch lowers), or with `fold` are stored as int8 (what an ONNX file should hold)."""
     import copy
 
     info = info_of(module) or recognise(module)
@@ -146,7 +153,7 @@ def quantized(module: "torch.nn.Module", *, step: str = "") -> "torch.nn.Module"
                         + (f" (step {step})" if step else ""))
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    converted = convert_pt2e(copy.deepcopy(as_trained(module)), fold_quantize=False)  # type: ignore[arg-type]
+    converted = convert_pt2e(copy.deepcopy(as_trained(module)), fold_quantize=fold)
     setattr(converted, _MARK, info)
     return converted
 
@@ -157,7 +164,7 @@ def is_quantized_program(graph_module: Any) -> bool:
     return any(n.op == "call_function" and str(n.target).startswith(QDQ_TARGETS) for n in graph_module.graph.nodes)
 
 
-def fold_weights(graph_module: "torch.fx.GraphModule") -> "torch.fx.GraphModule":
+def fold_weights(graph_module: Any) -> Any:
     """Quantize the float weights behind their quantize ops once, at build time (what `convert_pt2e` does by
     default): ExecuTorch has no out-variant kernel for a quantize op left on a constant."""
     from torchao.quantization.pt2e.constant_fold import constant_fold
@@ -165,3 +172,15 @@ def fold_weights(graph_module: "torch.fx.GraphModule") -> "torch.fx.GraphModule"
 
     constant_fold(graph_module, _quant_node_constraint)
     return graph_module
+
+
+def onnx_qdq(path: "Path") -> dict[str, int]:
+    """The QuantizeLinear/DequantizeLinear nodes (by type) an ONNX file already holds ({} for a float model):
+    the learned scales of a QAT model's export, which no step may quantize again."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts if counts.get("QuantizeLinear") else {}

@@ -226,7 +226,7 @@ class OnnxFromPyTorch(Step):
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_rewritten(self, ctx)
+        module = load_rewritten(self, ctx, fold=True)  # a QAT model's weights as int8 initializers (QDQ)
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         if size >= PROTOBUF_LIMIT and not opts.external_data:
             raise self.fail(ctx, f"the model's weights take {size / 1e9:.2f} GB, past the 2 GB a single ONNX file "

@@ -120,14 +120,12 @@ class OnnxInt8FromOnnx(Step):
         opts = ctx.options
         src = Path(str(ctx.input_path))
         external = uses_external_data(src)
-        already = _quantized_already(src)
+        from buildsys.qat import KEPT, onnx_qdq
+
+        already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.qat): kept, never re-calibrated
         if already:
-            # QDQ in the input: a QAT model exported with its learned scales (buildsys.qat), or an ONNX file
-            # someone quantized. Quantizing again would re-calibrate what training learned: it is kept.
-            path = save(load(src), ctx.out_dir, external=external)
-            return {**finish(self, ctx, path), "method": "qat", "calibration_samples": 0, "quantized_ops": already,
-                    "qat": "the input already carries QuantizeLinear/DequantizeLinear (learned scales): "
-                           "kept as it is, not re-quantized"}
+            return {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
+                    "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
         reduce_range = opts.reduce_range if opts.reduce_range is not None else opts.method == "static"
         metrics: dict[str, Any] = {"method": opts.method, "reduce_range": reduce_range}
@@ -399,14 +397,3 @@ def _reader(batch: "Batch", model_path: Path) -> Any:
             self._chunks = batch.chunks(chunk)
 
     return Reader()
-
-
-def _quantized_already(path: Path) -> dict[str, int]:
-    """The QuantizeLinear/DequantizeLinear nodes (by type) an ONNX file already holds; {} for a float model."""
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts if counts.get("QuantizeLinear") else {}

@@ -120,9 +120,9 @@ class OpenVinoInt8FromOpenVino(Step):
             if learned:
                 # The IR came from a QAT model's QDQ ONNX (buildsys.qat): its FakeQuantize ops hold the learned
                 # scales, which the CPU plugin runs as int8. NNCF would re-calibrate them: it is kept instead.
-                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat",
-                        "qat": f"the IR already carries {learned} FakeQuantize ops (learned scales): kept as it "
-                               "is, not re-quantized by NNCF"}
+                from buildsys.qat import KEPT
+
+                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT}
             calibration = nncf.Dataset(list(_samples(batch, samples)))
             kwargs: dict[str, Any] = {
                 "subset_size": samples, "fast_bias_correction": opts.fast_bias_correction,

@@ -112,6 +112,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     """Quantize the SavedModel to int8 TFLite: dynamic range (weights) or full integer (calibrated)."""
 
     name = "tflite-int8-from-saved-model"
+    version = 2  # 2: a SavedModel of a QAT model's QDQ graph is refused (re-calibrating would lose its scales)
     produces = "tflite-int8"
     precision = "int8"
     _peak = 0.0  # largest |value| in the calibration data, to explain an unusable range
@@ -163,6 +164,11 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
         import tensorflow as tf
 
         opts = ctx.options
+        if layout and layout.get("quantized_source"):
+            raise self.fail(ctx, "the SavedModel comes from an ONNX graph that already carries quantize/dequantize "
+                                 "with learned scales (a quantization-aware-trained model): the TFLite converter "
+                                 "would re-quantize it from the calibration set and lose them; the litert-torch "
+                                 "route (via: [pt2]) lowers them as they are")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if opts.mode == "dynamic":
             return {"mode": "dynamic"}

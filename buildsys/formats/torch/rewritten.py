@@ -46,15 +46,16 @@ class RewritableOptions(StepOptions):
         return data
 
 
-def load_rewritten(step: "Step", ctx: "StepContext[Any]") -> "torch.nn.Module":
+def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False) -> "torch.nn.Module":
     """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
     user's: a StepError naming the step). A quantization-aware-trained module comes converted with its
-    learned parameters (buildsys.qat.quantized): what every exporter must carry to the int8 artifacts."""
+    learned parameters (buildsys.qat.quantized; `fold`: its weights stored as int8): what every exporter
+    must carry to the int8 artifacts."""
     from buildsys import rewrites
     from buildsys.qat import quantized
     from buildsys.source import load_module
 
-    module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name)
+    module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold)
     names = list(getattr(ctx.options, "rewrites", ()))
     return rewrites.apply(module, names) if names else module
 
