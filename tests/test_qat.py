@@ -215,3 +215,22 @@ def test_qat_beats_post_training_int8_of_the_same_weights(project: TinyProject, 
         assert qat[1] >= ptq[1], (fmt, qat, ptq)
     assert max(e[0] for t, e in errors.items() if t.startswith("qat-")) < min(errors["ptq-executorch"][0],
                                                                                 errors["ptq-onnx"][0])
+
+
+def test_eager_qat_is_recognised_and_refused_with_the_reason() -> None:
+    """Eager-mode QAT (torch.ao.quantization.prepare_qat) is recognised, and refused saying why and what to use."""
+    import torch
+
+    from buildsys.errors import StepError
+    from buildsys.qat import quantized, recognise
+
+    quantization = pytest.importorskip("torch.ao.quantization")
+    net = torch.nn.Sequential(quantization.QuantStub(), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                              quantization.DeQuantStub())
+    net.qconfig = quantization.get_default_qat_qconfig("qnnpack")
+    prepared = quantization.prepare_qat(net.train())
+    info = recognise(prepared)
+    assert info is not None and info.flow == "eager" and info.fake_quant >= 2
+    assert recognise(torch.nn.Conv2d(1, 4, 3)) is None  # a float module is not QAT
+    with pytest.raises(StepError, match="eager-mode QAT converts to fbgemm/qnnpack modules.*prepare_qat_pt2e"):
+        quantized(prepared, step="pt2-from-pytorch")
