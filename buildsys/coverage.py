@@ -288,6 +288,8 @@ def describe(plan: "Plan") -> dict[str, Any]:
             continue  # not a PyTorch factory: nothing to export
         models[model] = {"ops": cov.ops[model]["exported"], "core": cov.ops[model]["core"]} if model in cov.ops \
             else {"not_analysed": cov.not_analysed[model]}
+        if cov.ops.get(model, {}).get("qat"):  # recognised from the graph by the probe (buildsys.qat)
+            models[model]["qat"] = cov.ops[model]["qat"]
         found: dict[str, Any] = {}
         for route in plan.dag.candidates.get(target, []):
             formats = [hop(s)[0] for s in route]
@@ -316,6 +318,9 @@ def lines(plan: "Plan") -> list[str]:
     data = describe(plan)
     out: list[str] = []
     for model, entry in data["models"].items():
+        if entry.get("qat"):
+            out.append(f"{model}: {entry['qat']}: its int8 targets are lowered with the learned quantization "
+                       "parameters (no calibration) and checked against its fake-quant outputs")
         if "ops" in entry:
             out.append(f"{model}: {len(entry['ops'])} ATen ops (torch.export): {', '.join(entry['ops'])}")
         else:

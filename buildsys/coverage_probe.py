@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 #: Bump when what the probe records changes: cached inventories and tables are then recomputed.
-VERSION = 1
+#: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.qat).
+VERSION = 2
 
 
 def _coremltools() -> list[str]:
@@ -54,9 +55,12 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
 }
 
 
-def model_ops(deploy: Path, model_name: str) -> dict[str, list[str]]:
+def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     """The model's ATen ops: `exported` (torch.export, as traced) and `core` (after the core ATen
-    decompositions, what ExecuTorch's and litert-torch's lowering see)."""
+    decompositions, what ExecuTorch's and litert-torch's lowering see); `qat`, the words for a
+    quantization-aware-trained model when its graph carries fake-quant modules (buildsys.qat)."""
+    from buildsys.qat import info_of, quantized
+
     import torch
 
     from buildsys import data
@@ -66,14 +70,19 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, list[str]]:
 
     cfg = load_config(deploy)
     model = cfg.project.models[model_name]
-    module = load_module(model, cfg.root, name=model_name, step="op coverage").eval()
+    # A QAT model's converters see it converted with its learned parameters (what its pt2 and ONNX hold).
+    module = quantized(load_module(model, cfg.root, name=model_name, step="op coverage").eval(), step="op coverage")
     batch = data.eval_batch(model, cfg.root, prefer=("example", "validation"))
     args = example_args(model, trace_batch(model, batch, dynamic=False))
     with torch.no_grad():
         program = torch.export.export(module, args, strict=False)
         core = program.run_decompositions()
     base = lambda ops: sorted({op.split(".")[1] for op in ops})  # noqa: E731 - aten.stft.default → stft
-    return {"exported": base(program_ops(program)), "core": base(program_ops(core))}
+    out: dict[str, Any] = {"exported": base(program_ops(program)), "core": base(program_ops(core))}
+    info = info_of(module)
+    if info is not None:
+        out["qat"] = info.describe()
+    return out
 
 
 def main(argv: list[str]) -> int:

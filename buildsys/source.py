@@ -75,7 +75,8 @@ def _forget_foreign(module_name: str, root: Path) -> None:
 
 
 def load_module(model: "Model", root: Path, *, name: str = "", step: str = "") -> "torch.nn.Module":
-    """Import the factory with `root` on sys.path, call it, load the weights, return it in eval mode.
+    """Import the factory with `root` on sys.path, call it, load the weights, return it in eval mode
+    (a QAT module with its observers frozen and fake quantization on: `buildsys.qat.as_trained`).
 
     Every failure a user can cause (import error, factory raised, missing weights, state_dict
     mismatch) becomes a one-line StepError naming the model (`name`), the cause and the `step`.
@@ -118,7 +119,11 @@ def load_module(model: "Model", root: Path, *, name: str = "", step: str = "") -
             module.load_state_dict(state, strict=True)
         except Exception as exc:
             raise _error(name, step, f"weights '{src.weights}' do not fit the factory's module: {_state_dict_problem(exc)}") from exc
-    return module.eval()
+    from buildsys.qat import as_trained
+
+    # A quantization-aware-trained module (fake-quant modules in its graph) runs as trained: observers
+    # frozen, fake quantization on (buildsys.qat); a float module is only put in eval mode.
+    return as_trained(module).eval()
 
 
 def _state_dict_problem(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
+    version = 2  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.qat)
     extra = "torch"
     toolchain = "torch"
     Options = StepOptions
@@ -72,6 +73,11 @@ class ReferenceStep(Step):
             arrays["labels"] = batch.labels
         np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
         metrics: dict[str, Any] = {"samples": len(batch), "origin": batch.origin}
+        from buildsys.qat import info_of
+
+        info = info_of(getattr(session, "fn", None))
+        if info is not None:  # what every check of this model compares to: the QAT model as trained
+            metrics["reference"] = f"fake-quant outputs of the {info.describe()} model, observers frozen"
         if batch.labels is not None:
             for spec, out in zip(ctx.model.outputs, outputs):
                 if spec.kind == "scores" and out.ndim >= 2 and out.shape[:-1] == batch.labels.shape:

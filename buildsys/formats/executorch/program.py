@@ -69,8 +69,9 @@ class _PteFromPt2(Step):
 
     consumes = ("pt2", "pt2-file")
     packages = ("torch", "executorch", "torchao")
-    version = 3  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
-    # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load)
+    version = 4  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
+    # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -197,7 +198,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 4  # 4: keep_float (accuracy repair keep-float: nodes left unquantized)
+    version = 4  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
@@ -237,7 +238,20 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                                           with_recurrent_cells_decomposed)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
 
+        from buildsys.qat import fold_weights, is_quantized_program
+
         opts = ctx.options
+        if is_quantized_program(module):
+            # A QAT model (or any program PT2E already converted) carries its learned scales: quantizing it
+            # again would re-calibrate what training learned. Its weights are folded to int8 and it is lowered.
+            try:
+                converted = fold_weights(module)
+            except Exception as exc:
+                raise self.fail(ctx, f"folding the QAT program's weights to int8 failed: {_first_line(exc)}") from exc
+            int8, total = int8_weights(converted)
+            return converted, {"scheme": "qat", "calibration_samples": 0, "per_channel": opts.per_channel,
+                               "int8_weights": round(int8 / total, 4) if total else 0.0,
+                               "qat": "lowered with the learned quantization parameters (no calibration)"}
         dynamic = opts.scheme == "dynamic"
         calibration = None if dynamic else ctx.data("calibration")
         if calibration is None and not dynamic:

@@ -194,13 +194,14 @@ class OnnxFromPyTorch(Step):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 2  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently)
+    version = 3  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    # module is exported converted, as QDQ, by the dynamo exporter (buildsys.qat)
     consumes = ("pytorch",)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
     toolchain = "torch"
     description = "torch.onnx.export of the factory's module."
-    committed_metrics = ("rewrites",)
+    committed_metrics = ("rewrites", "qat")
 
     class Options(RewritableOptions):
         opset: int = _opset(DYNAMO_MAX_OPSET)
@@ -225,12 +226,17 @@ class OnnxFromPyTorch(Step):
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_rewritten(self, ctx)
+        module = load_rewritten(self, ctx, fold=True)  # a QAT model's weights as int8 initializers (QDQ)
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         if size >= PROTOBUF_LIMIT and not opts.external_data:
             raise self.fail(ctx, f"the model's weights take {size / 1e9:.2f} GB, past the 2 GB a single ONNX file "
                                  "can hold: set options: {onnx: {dynamo: true, external_data: true}} on its targets")
-        if opts.dynamo:
+        from buildsys.qat import info_of
+
+        # A converted QAT module holds quantized_decomposed ops: only the dynamo exporter turns them into
+        # QuantizeLinear/DequantizeLinear (the legacy one has no symbolic for them).
+        dynamo = opts.dynamo or info_of(module) is not None
+        if dynamo:
             shapes = export_dims(ctx.model) if opts.dynamic_axes else None
             path = _dynamo_export(self, ctx, module, opts.opset, opts.external_data,
                                   shapes if shapes and any(s is not None for s in shapes) else None,
@@ -239,12 +245,12 @@ class OnnxFromPyTorch(Step):
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
         # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these
         ops = dispatched_ops(module, _example(ctx, False))
-        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if opts.dynamo else "legacy",
-                **rewrite_metrics(ctx, ops)}
+        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
+                **rewrite_metrics(ctx, ops, module)}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        return describe_rewrites(facts)
+        return describe_rewrites(facts) + ([facts["qat"]] if facts.get("qat") else [])
 
 
 @register

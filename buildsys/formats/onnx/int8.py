@@ -29,6 +29,7 @@ class OnnxInt8FromOnnx(Step):
     """Quantize an ONNX model to int8: dynamic (weights only, activations at run time) or static (calibrated)."""
 
     name = "onnx-int8-from-onnx"
+    version = 2  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again
     consumes = ("onnx", "onnx-optimized")
     produces = "onnx-int8"
     precision = "int8"
@@ -119,6 +120,12 @@ class OnnxInt8FromOnnx(Step):
         opts = ctx.options
         src = Path(str(ctx.input_path))
         external = uses_external_data(src)
+        from buildsys.qat import KEPT, onnx_qdq
+
+        already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.qat): kept, never re-calibrated
+        if already:
+            return {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
+                    "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
         reduce_range = opts.reduce_range if opts.reduce_range is not None else opts.method == "static"
         metrics: dict[str, Any] = {"method": opts.method, "reduce_range": reduce_range}

@@ -33,6 +33,7 @@ class OpenVinoInt8FromOpenVino(Step):
     """Quantize a float32 OpenVINO IR to int8 with NNCF, calibrated on the model's calibration set."""
 
     name = "openvino-int8-from-openvino"
+    version = 2  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized
     consumes = ("openvino",)
     produces = "openvino-int8"  # registered with its fp32/fp16 siblings in convert.py
     precision = "int8"
@@ -115,6 +116,13 @@ class OpenVinoInt8FromOpenVino(Step):
 
             core = ov.Core()
             model = core.read_model(str(ctx.input_path))
+            learned = sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
+            if learned:
+                # The IR came from a QAT model's QDQ ONNX (buildsys.qat): its FakeQuantize ops hold the learned
+                # scales, which the CPU plugin runs as int8. NNCF would re-calibrate them: it is kept instead.
+                from buildsys.qat import KEPT
+
+                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT}
             calibration = nncf.Dataset(list(_samples(batch, samples)))
             kwargs: dict[str, Any] = {
                 "subset_size": samples, "fast_bias_correction": opts.fast_bias_correction,

@@ -71,7 +71,7 @@ class TfliteFromPt2(Step):
     """Convert the torch.export program to TFLite with litert-torch (no ONNX, no TensorFlow)."""
 
     produces = "tflite"
-    version = 1
+    version = 2  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is
     route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
@@ -86,7 +86,7 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact
+            cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as above
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
 
@@ -175,9 +175,18 @@ class TfliteFromPt2(Step):
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+        from buildsys.qat import is_quantized_program
         from buildsys.source import example_args
 
         opts = ctx.options
+        if is_quantized_program(module):
+            # A QAT model's program already holds its learned quantize/dequantize ops (float weights behind
+            # them, the form litert-torch lowers): no quantizer runs, no calibration; the config only tells
+            # litert-torch the program is statically quantized.
+            metrics.update(mode="qat", calibration_samples=0,
+                           qat="lowered with the learned quantization parameters (no calibration)")
+            qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+            return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
         dynamic = opts.mode == "dynamic"
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                                  is_dynamic=dynamic))

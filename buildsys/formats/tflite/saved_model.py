@@ -57,7 +57,8 @@ class SavedModelFromOnnx(Step):
     """Convert an ONNX graph to a TensorFlow SavedModel with onnx2tf, recording the layout it chose."""
 
     name = "saved-model-from-onnx"
-    version = 2  # 2: canonical function uids and fingerprint: the same bytes from any worker and host
+    version = 3  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
+    # names the QuantizeLinear/DequantizeLinear an ONNX input already held (`quantized_source`, a QAT model)
     consumes = ("onnx",)
     produces = "saved_model"
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
@@ -108,6 +109,11 @@ class SavedModelFromOnnx(Step):
                 keras_model = self._convert(ctx, opts, proto, copy, Path(work))
                 record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout)
         canonical_saved_model(out, uids["start"], uids["end"])  # the same bytes from any worker, any host
+        from buildsys.qat import onnx_qdq
+
+        learned = onnx_qdq(Path(str(ctx.input_path)))
+        if learned:  # QDQ with learned scales (a QAT model): the int8 step must not re-calibrate it
+            record["quantized_source"] = learned
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         moved = [i["name"] for i in record["inputs"] if i["perm"] != sorted(i["perm"])]
         return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),

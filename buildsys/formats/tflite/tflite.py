@@ -117,7 +117,9 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     _peak = 0.0  # largest |value| in the calibration data, to explain an unusable range
     description = "TFLiteConverter with Optimize.DEFAULT; full int8 adds a representative dataset built from " \
                   "the model's calibration set in the artifact's layout."
-    version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact
+    # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; a SavedModel of a QAT model's QDQ
+    # graph is refused (re-calibrating would lose its scales)
+    version = 2
     #: Full int8 is tried first; int8 weights with float activations are the fallback route for
     #: models whose activations do not survive int8 (recurrent state, flat classifier logits).
     alternatives = {"dynamic": {"mode": "dynamic"}}
@@ -203,6 +205,11 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
         from buildsys.formats.tflite.aeq import uses_aeq
 
         opts = ctx.options
+        if layout and layout.get("quantized_source"):
+            raise self.fail(ctx, "the SavedModel comes from an ONNX graph that already carries quantize/dequantize "
+                                 "with learned scales (a quantization-aware-trained model): the TFLite converter "
+                                 "would re-quantize it from the calibration set and lose them; the litert-torch "
+                                 "route (via: [pt2]) lowers them as they are")
         if uses_aeq(opts):
             return {}  # float: ai-edge-quantizer quantizes the file in _run
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -26,14 +26,15 @@ class Pt2FromPyTorch(Step):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
-    version = 2  # 2: saved without stack traces (build paths), byte-identical across checkouts
+    version = 3  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
+    # module is exported converted with its learned quantization parameters (buildsys.qat)
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)
     extra = "torch"
     toolchain = "torch"
     description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
-    committed_metrics = ("rewrites",)
+    committed_metrics = ("rewrites", "qat")
 
     class Options(RewritableOptions):
         dynamic: bool = Field(
@@ -51,7 +52,7 @@ class Pt2FromPyTorch(Step):
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_rewritten(self, ctx)
+        module = loaded = load_rewritten(self, ctx)
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=opts.dynamic))
         shapes = export_dims(ctx.model) if opts.dynamic else None
         if shapes is not None and all(s is None for s in shapes):
@@ -64,9 +65,9 @@ class Pt2FromPyTorch(Step):
         exported_program_without_stack_traces(program)  # they name the build host's paths
         path = ctx.out_dir / PT2.filename
         torch.export.save(program, str(path))
-        return {"dynamic": shapes is not None, "bytes": path.stat().st_size, **rewrite_metrics(ctx, program_ops(program))}
+        return {"dynamic": shapes is not None, "bytes": path.stat().st_size, **rewrite_metrics(ctx, program_ops(program), loaded)}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        return describe_rewrites(facts)
+        return describe_rewrites(facts) + ([facts["qat"]] if facts.get("qat") else [])
 

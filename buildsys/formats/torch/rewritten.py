@@ -46,22 +46,30 @@ class RewritableOptions(StepOptions):
         return data
 
 
-def load_rewritten(step: "Step", ctx: "StepContext[Any]") -> "torch.nn.Module":
+def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False) -> "torch.nn.Module":
     """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
-    user's: a StepError naming the step)."""
+    user's: a StepError naming the step). A quantization-aware-trained module comes converted with its
+    learned parameters (buildsys.qat.quantized; `fold`: its weights stored as int8): what every exporter
+    must carry to the int8 artifacts."""
     from buildsys import rewrites
+    from buildsys.qat import quantized
     from buildsys.source import load_module
 
-    module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name)
+    module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold)
     names = list(getattr(ctx.options, "rewrites", ()))
     return rewrites.apply(module, names) if names else module
 
 
-def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None) -> dict[str, Any]:
+def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, module: Any = None) -> dict[str, Any]:
     """What the step's metrics say of its rewrites (committed to the lock: `rewrites`) and, where the step
     saw the traced or exported graph, the ATen ops it holds (`ops`: what a refusal downstream is matched
-    against when it names no op)."""
+    against when it names no op); of a QAT `module` (buildsys.qat), what was recognised (`qat`)."""
+    from buildsys.qat import info_of
+
     out: dict[str, Any] = {}
+    info = info_of(module) if module is not None else None
+    if info is not None:
+        out["qat"] = f"{info.describe()}: exported with its learned quantization parameters (convert_pt2e)"
     names = list(getattr(ctx.options, "rewrites", ()))
     if names:
         out["rewrites"] = names
