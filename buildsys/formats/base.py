@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.precision import PRECISIONS, format_name
 
@@ -27,6 +27,28 @@ class StepOptions(BaseModel):
     """Base of every step's options: strict, immutable, defaults filled in before keying."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchingOptions(StepOptions):
+    """Options of a step with a searching option (`repair.SEARCHING`: keep_float 'sensitive', sparsity
+    'auto'), which searches for what meets `repair_goal`: the target's resolved acceptance, filled in by the
+    planner. Unset search options are left out of the dump, so the keys of nodes that search nothing stay
+    what they were before the step could search."""
+
+    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
+        default=None, description="With a searching option (keep_float 'sensitive', sparsity 'auto'): the "
+        "limits per output the search must meet (the target's resolved acceptance, filled in by the planner). "
+        "Unset: the precision's defaults.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_search(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            if "keep_float" in data and not data["keep_float"]:
+                data.pop("keep_float")
+            if data.get("repair_goal") is None:
+                data.pop("repair_goal", None)
+        return data
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ planner validates targets' options with them."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import Field, model_validator
 
-from buildsys.formats.base import StepOptions
+from buildsys.formats.base import SearchingOptions, StepOptions
 
 # Core ML specification version of each deployment target (ML Programs start at version 6).
 SPEC_VERSION = {f"{os}{v}": spec for os, first in (("iOS", 15), ("macOS", 12), ("tvOS", 15), ("watchOS", 8))
@@ -38,7 +38,7 @@ class Metadata(StepOptions):
     user_defined: dict[str, str] = Field(default_factory=dict, description="Extra string key/value metadata.")
 
 
-class CoremlOptions(StepOptions):
+class CoremlOptions(SearchingOptions):
     """Options of every Core ML step."""
 
     minimum_deployment_target: Target = Field(
@@ -78,17 +78,7 @@ class CoremlOptions(StepOptions):
         "30% smaller than fp16, top-1 agreement 98.3%, accuracy -1.4 points). 'auto': the highest of "
         "0.1 … 0.9 whose package meets the target's acceptance on the calibration set (bisection, at most "
         "four packages; docs/mobile.md); the ratio chosen and every ratio tried are recorded in deploy.lock.")
-    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
-        default=None, description="With sparsity 'auto': the limits per output the search must meet (the "
-        "target's resolved acceptance, filled in by the planner).")
     metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_goal(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("repair_goal") is None:
-            data.pop("repair_goal", None)  # keys of packages without a search stay what they were
-        return data
 
 
 class CoremlInt8Options(CoremlOptions):

@@ -12,13 +12,13 @@ of the loaded .pt2 is the graph PT2E wants, so no second trace of the Python cod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class ExecutorchFromPt2(_PteFromPt2):
                    "to_executorch.")
 
 
-class Int8Options(PteOptions):
+class Int8Options(PteOptions, SearchingOptions):
     scheme: Literal["static", "dynamic"] = Field(
         default="static", description="'static': int8 weights and activations, activation ranges calibrated on "
         "data.calibration (the fastest program; what XNNPACK's int8 kernels are built for). 'dynamic': int8 "
@@ -175,19 +175,6 @@ class Int8Options(PteOptions):
         "'sensitive': measure each quantized node's cost on the calibration set and keep the fewest most "
         "sensitive ones in float that meet the target's tolerance (docs/repair.md); bounded, recorded in "
         "deploy.lock. Usually set by accuracy repair, not by hand; a list pins the nodes.")
-    repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
-        default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
-        "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):  # keys of nodes without a repair stay what they were
-            if not data.get("keep_float"):
-                data.pop("keep_float", None)
-            if data.get("repair_goal") is None:
-                data.pop("repair_goal", None)
-        return data
 
 
 @register

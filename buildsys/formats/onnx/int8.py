@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -41,7 +41,7 @@ class OnnxInt8FromOnnx(Step):
                "entropy": {"method": "static", "calibrate_method": "entropy"}}
     committed_metrics = ("repair",)
 
-    class Options(StepOptions):
+    class Options(SearchingOptions):
         method: Literal["dynamic", "static"] = Field(
             default="dynamic", description="'dynamic': weights quantized ahead of time, activation ranges computed "
             "per call (no data needed; best for MatMul/Linear-heavy models). 'static': activation ranges "
@@ -77,19 +77,7 @@ class OnnxInt8FromOnnx(Step):
             "calibration set and keep the fewest most sensitive ones in float that meet the target's tolerance "
             "(docs/repair.md); the search is bounded and its result recorded in deploy.lock. Usually set by "
             "accuracy repair, not by hand; a list pins the layers.")
-        repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
-            default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
-            "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
 
-        @model_serializer(mode="wrap")
-        def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-            data = handler(self)
-            if isinstance(data, dict):  # keys of nodes without a repair stay what they were
-                if not data.get("keep_float"):
-                    data.pop("keep_float", None)
-                if data.get("repair_goal") is None:
-                    data.pop("repair_goal", None)
-            return data
 
     @classmethod
     def data_used(cls, options: "OnnxInt8FromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]

@@ -8,12 +8,12 @@ the artifact's layout (layout.json, which every .tflite carries next to it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Union
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,7 +130,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
                "weight-only": {"mode": "weight-only"}}
     committed_metrics = ("repair", "scheme")
 
-    class Options(TfliteOptions):
+    class Options(TfliteOptions, SearchingOptions):
         mode: Literal["full", "dynamic", "weight-only"] = Field(
             default="full", description="'full': weights and activations int8, activation ranges calibrated on "
             "data.calibration (what NPUs, DSPs and the Edge TPU need; fastest on CPU). 'dynamic': int8 weights "
@@ -144,9 +144,6 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             "cost on the calibration set and keep the fewest most sensitive in float that meet the target's "
             "tolerance (docs/repair.md); bounded, its result recorded in deploy.lock. Usually set by accuracy "
             "repair; a list pins the ops.")
-        repair_goal: Optional[dict[str, dict[str, Optional[float]]]] = Field(
-            default=None, description="With keep_float 'sensitive': the limits per output the search must meet "
-            "(the target's resolved acceptance, filled in by the planner). Unset: the int8 defaults.")
         io: Literal["float", "int8"] = Field(
             default="float", description="full only: element type of the model's inputs and outputs. 'int8' "
             "removes the float↔int8 conversions at the edges (the app quantizes with the input's scale and "
@@ -162,15 +159,6 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
                 raise ValueError("keep_float needs mode: full (the other schemes keep activations float already)")
             return self
 
-        @model_serializer(mode="wrap")
-        def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-            data = handler(self)
-            if isinstance(data, dict):  # keys of nodes without a repair stay what they were
-                if not data.get("keep_float"):
-                    data.pop("keep_float", None)
-                if data.get("repair_goal") is None:
-                    data.pop("repair_goal", None)
-            return data
 
     @classmethod
     def data_used(cls, options: "TfliteInt8FromSavedModel.Options") -> tuple[str, ...]:  # type: ignore[override]
