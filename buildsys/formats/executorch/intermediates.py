@@ -111,14 +111,9 @@ def _quantize_params(program: Any) -> dict[str, tuple[float, int]]:
     return out
 
 
-def pte_intermediates(path: Path, model: Any, feeds: dict[str, "np.ndarray"], batch: int,
-                      modules: list[str]) -> list["Probe"]:
-    """Probes of the stand-in for the .pte at `path` (see the module's docstring), `batch` samples per call."""
-    import numpy as np
-    import torch
-
+def saved_program(path: Path) -> Path:
+    """The program saved beside the .pte at `path`; NotLocalisable, saying why, where there is none."""
     from buildsys.formats.runtime import NotLocalisable
-    from buildsys.localise import Probe
 
     saved = Path(path).parent / PROGRAM
     if not saved.is_file():
@@ -126,6 +121,18 @@ def pte_intermediates(path: Path, model: Any, feeds: dict[str, "np.ndarray"], ba
                              "beside it (the .pte was built before modelbuild saved the program it lowers, or "
                              "by hand): ExecuTorch's devtools see each XNNPACK delegate call of the .pte as one "
                              "operator, and the per-op re-lowering that shows each layer needs the program")
+    return saved
+
+
+def pte_intermediates(path: Path, model: Any, feeds: dict[str, "np.ndarray"], batch: int,
+                      modules: list[str]) -> list["Probe"]:
+    """Probes of the stand-in for the .pte at `path` (see the module's docstring), `batch` samples per call."""
+    import numpy as np
+    import torch
+
+    from buildsys.localise import Probe
+
+    saved = saved_program(path)
     lowered = PerOpProgram(saved)
     count = len(next(iter(feeds.values())))
     runs = []

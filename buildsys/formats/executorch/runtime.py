@@ -87,9 +87,10 @@ class ExecutorchRuntime(Runtime):
         """Not the .pte's own tensors (its XNNPACK delegate calls are opaque to ExecuTorch's devtools) but a
         stand-in's: the program it was lowered from, saved beside it, re-lowered one op per XNNPACK delegate
         call and run here with the ETDump debug buffer on (formats/executorch/intermediates.py)."""
-        from buildsys.formats.executorch.intermediates import pte_intermediates
+        from buildsys.formats.executorch.intermediates import pte_intermediates, saved_program
 
-        batch = self.load(path, model, Path(root)).max_batch  # type: ignore[attr-defined]
+        saved_program(path)  # no program beside it: not available, and why (before loading the .pte)
+        batch = self.load(path, model, Path(root)).max_batch
         return pte_intermediates(path, model, feeds, batch, modules)
 
     def inspect(self, path: Path, model: Model, fmt: str) -> dict | None:
