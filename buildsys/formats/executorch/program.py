@@ -125,10 +125,17 @@ class _PteFromPt2(Step):
 
         from buildsys.formats.executorch.intermediates import PROGRAM
 
+        # `from_node` provenance holds graph ids (id() of a graph: differs per run); the .pte does not keep it,
+        # the lowering may read it, so it is left out of the saved file only.
+        graphs = [m.graph for m in program.graph_module.modules() if isinstance(getattr(m, "graph", None), torch.fx.Graph)]
+        held = [(node, node.meta.pop("from_node")) for graph in graphs for node in graph.nodes if "from_node" in node.meta]
         try:
             torch.export.save(program, str(ctx.out_dir / PROGRAM))
         except Exception:
             (ctx.out_dir / PROGRAM).unlink(missing_ok=True)
+        finally:
+            for node, provenance in held:
+                node.meta["from_node"] = provenance
 
     def _lower(self, ctx: StepContext, module: Any, args: tuple[Any, ...]) -> tuple[bytes, dict[str, Any]]:
         """torch.export with fixed shapes → XNNPACK partition → ExecuTorch program bytes (reproducible)."""
