@@ -168,6 +168,10 @@ def test_builds_are_byte_identical(cnn: Tiny, cnn_pt2: Path, cnn_pte: tuple[Path
     cnn.run("executorch-int8-from-pt2", tmp_path / "b", input_path=cnn_pt2)
     assert (tmp_path / "a/model.pte").read_bytes() == cnn_pte[0].read_bytes()
     assert (tmp_path / "b/model.pte").read_bytes() == cnn_pte_int8[0].read_bytes()
+    # and the program saved beside each for localisation (formats/executorch/intermediates.py)
+    assert (tmp_path / "a/program.pt2").read_bytes() == (cnn_pte[0].parent / "program.pt2").read_bytes()
+    assert (tmp_path / "b/program.pt2").read_bytes() == (cnn_pte_int8[0].parent / "program.pt2").read_bytes()
+    assert str(cnn.root).encode() not in (tmp_path / "a/program.pt2").read_bytes()
     assert str(cnn.root).encode() not in cnn_pte[0].read_bytes()
 
 

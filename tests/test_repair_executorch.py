@@ -63,6 +63,10 @@ def test_executorch_without_repair_misses_and_pinned_modules_pass(project: Proje
     strict = project.run("build", "strict")
     assert strict.returncode == 1 and "logits: cosine 0 < 0.9" in strict.stdout
     assert "repair" not in strict.stdout
+    # Localisation (docs/localisation.md) through the per-op XNNPACK stand-in: the classifier reading the int8 cat
+    misses = json.loads(project.run("explain", "verify:strict").stdout)["misses"]
+    assert misses and all(m["localisation"]["first"] == "head" for m in misses), misses
+    assert all("per-op XNNPACK re-lowering" in m["localisation"]["headline"] for m in misses)
     pinned = project.run("build", "pinned")
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
     assert _top1(project.lock(), "pinned") >= 0.9

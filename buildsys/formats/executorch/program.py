@@ -69,9 +69,10 @@ class _PteFromPt2(Step):
 
     consumes = ("pt2", "pt2-file")
     packages = ("torch", "executorch", "torchao")
-    version = 4  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    version = 5  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
-    # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing
+    # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
+    # 5: the lowered program saved beside the .pte (program.pt2) for localisation
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -114,6 +115,28 @@ class _PteFromPt2(Step):
         path.write_bytes(buffer)
         return {"bytes": len(buffer), "batch": batch, **structure, **metrics}
 
+    @staticmethod
+    def _save_program(ctx: StepContext, program: Any) -> None:
+        """The program about to be lowered (quantized already for int8), saved as program.pt2 beside the .pte:
+        localisation re-lowers it one op per delegate call, since the .pte's own XNNPACK calls are opaque
+        (formats/executorch/intermediates.py). A program torch.export cannot save (a control-flow loop) is
+        skipped: its localisation then says why it is not available."""
+        import torch
+
+        from buildsys.formats.executorch.intermediates import PROGRAM
+
+        # `from_node` provenance holds graph ids (id() of a graph: differs per run); the .pte does not keep it,
+        # the lowering may read it, so it is left out of the saved file only.
+        graphs = [m.graph for m in program.graph_module.modules() if isinstance(getattr(m, "graph", None), torch.fx.Graph)]
+        held = [(node, node.meta.pop("from_node")) for graph in graphs for node in graph.nodes if "from_node" in node.meta]
+        try:
+            torch.export.save(program, str(ctx.out_dir / PROGRAM))
+        except Exception:
+            (ctx.out_dir / PROGRAM).unlink(missing_ok=True)
+        finally:
+            for node, provenance in held:
+                node.meta["from_node"] = provenance
+
     def _lower(self, ctx: StepContext, module: Any, args: tuple[Any, ...]) -> tuple[bytes, dict[str, Any]]:
         """torch.export with fixed shapes → XNNPACK partition → ExecuTorch program bytes (reproducible)."""
         import torch
@@ -129,6 +152,7 @@ class _PteFromPt2(Step):
             raise self.fail(ctx, f"torch.export with fixed shapes {[tuple(a.shape) for a in args]} failed: "
                                  f"{_first_line(exc)}") from exc
         exported_program_without_stack_traces(program)  # build-host paths must not reach the .pte
+        self._save_program(ctx, program)
         try:
             lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
         except Exception as exc:
@@ -185,7 +209,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 4  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is
+    version = 5  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
+    # 5: program.pt2 beside the .pte (localisation)
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
+    from buildsys.localise import Probe
 
 
 class PteSession(Session):
@@ -59,10 +60,6 @@ class ExecutorchRuntime(Runtime):
     """executorch.runtime: load_program → load_method('forward') → execute, on the CPU with XNNPACK."""
 
     name = "executorch"
-    no_intermediates = ("ExecuTorch shows intermediates only through its devtools (an ETDump with a debug buffer, "
-                        "an ETRecord to name them), and those treat each XNNPACK delegate call as one operator: a "
-                        ".pte lowered whole to XNNPACK has no layer to show; localise the model's ONNX or TFLite "
-                        "target, or a .pte lowered without the delegate")
     packages = ("executorch",)
 
     def unavailable(self) -> str | None:
@@ -84,6 +81,17 @@ class ExecutorchRuntime(Runtime):
                             f"{len(model.inputs)} ({', '.join(i.name for i in model.inputs)})")
         batch = sizes[0][0] if sizes and sizes[0] else 1
         return PteSession(method, model, batch)
+
+    def intermediates(self, path: Path, model: Model, root: Path, feeds: dict[str, np.ndarray],
+                      modules: list[str]) -> list[Probe]:
+        """Not the .pte's own tensors (its XNNPACK delegate calls are opaque to ExecuTorch's devtools) but a
+        stand-in's: the program it was lowered from, saved beside it, re-lowered one op per XNNPACK delegate
+        call and run here with the ETDump debug buffer on (formats/executorch/intermediates.py)."""
+        from buildsys.formats.executorch.intermediates import pte_intermediates, saved_program
+
+        saved_program(path)  # no program beside it: not available, and why (before loading the .pte)
+        batch = self.load(path, model, Path(root)).max_batch
+        return pte_intermediates(path, model, feeds, batch, modules)
 
     def inspect(self, path: Path, model: Model, fmt: str) -> dict | None:
         """Delegates, portable operators and input shapes, read from the program (no execution)."""
