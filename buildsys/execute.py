@@ -21,6 +21,7 @@ from buildsys.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
 from buildsys.results import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult,
                               built_by)
 from buildsys.formats import get_format, get_step
+from buildsys.formats.base import delivered
 from buildsys.pool import DEFAULT_TIMEOUT, Action, LocalExecutor
 from buildsys.store import CorruptBlob
 
@@ -284,7 +285,7 @@ class Builder:
         """Copy the artifact a check just accepted to artifacts/<target>/, swapping the directory
         at once. Only checks deliver: an artifact that misses its acceptance never lands there."""
         artifact = check.deps[0]
-        files = self.lock.nodes[artifact]["files"]
+        files = delivered(self.lock.nodes[artifact]["files"])  # a node's diagnostics stay in the cache
         artifacts = self.planner.artifacts
         for target in [check.target]:
             fresh = artifacts / f".tmp-{target}"

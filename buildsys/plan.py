@@ -15,6 +15,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.graph import Dag, Node, expand
 from buildsys.data import GENERATION, TOKENIZER
 from buildsys.inputs import data_files, factory_distributions, generation_files, source_files
+from buildsys.formats.base import delivered
 from buildsys.hashing import StatCache, digest_json
 from buildsys.kinds import ArtifactKind, CheckKind, kind_of
 from buildsys.lock import Lock
@@ -270,7 +271,7 @@ class Planner:
         fails its check is never delivered."""
         target, artifact = check.target, check.deps[0]
         recorded = self.lock.targets.get(target)
-        expected = self.lock.nodes.get(artifact, {}).get("files")
+        expected = delivered(self.lock.nodes.get(artifact, {}).get("files") or [])  # its diagnostics stay cached
         if not recorded or recorded.get("node") != artifact or recorded.get("files") != expected:
             return [f"output missing: {self.display(self.artifacts / target)}"]
         problems = []

@@ -168,10 +168,10 @@ def test_builds_are_byte_identical(cnn: Tiny, cnn_pt2: Path, cnn_pte: tuple[Path
     cnn.run("executorch-int8-from-pt2", tmp_path / "b", input_path=cnn_pt2)
     assert (tmp_path / "a/model.pte").read_bytes() == cnn_pte[0].read_bytes()
     assert (tmp_path / "b/model.pte").read_bytes() == cnn_pte_int8[0].read_bytes()
-    # and the program saved beside each for localisation (formats/executorch/intermediates.py)
-    assert (tmp_path / "a/program.pt2").read_bytes() == (cnn_pte[0].parent / "program.pt2").read_bytes()
-    assert (tmp_path / "b/program.pt2").read_bytes() == (cnn_pte_int8[0].parent / "program.pt2").read_bytes()
-    assert str(cnn.root).encode() not in (tmp_path / "a/program.pt2").read_bytes()
+    # and the program saved in each node's diagnostics for localisation (formats/executorch/intermediates.py)
+    assert (tmp_path / "a/debug/program.pt2").read_bytes() == (cnn_pte[0].parent / "debug/program.pt2").read_bytes()
+    assert (tmp_path / "b/debug/program.pt2").read_bytes() == (cnn_pte_int8[0].parent / "debug/program.pt2").read_bytes()
+    assert str(cnn.root).encode() not in (tmp_path / "a/debug/program.pt2").read_bytes()
     assert str(cnn.root).encode() not in cnn_pte[0].read_bytes()
 
 
@@ -270,6 +270,12 @@ def test_modelbuild_build_makes_verified_pte_targets(tmp_path: Path) -> None:
     lock = json.loads((project.root / "deploy.lock").read_text())
     assert {t: lock["nodes"][f"verify:{t}"]["verdict"] for t in ("phone", "phone-int8")} == \
         {"phone": "passed", "phone-int8": "passed"}
+    # The lowered program localisation needs is kept with the node, never delivered or counted as the artifact.
+    node = lock["targets"]["phone-int8"]["node"]
+    assert "debug/program.pt2" in {f[0] for f in lock["nodes"][node]["files"]}
+    delivered = {f[0] for f in lock["targets"]["phone-int8"]["files"]}
+    assert "model.pte" in delivered and not any(f.startswith("debug/") for f in delivered)
+    assert not (project.root / "artifacts/phone-int8/debug").exists()
     assert "need work" not in project.run("plan").stdout  # a second plan finds everything fresh
 
 

@@ -1,5 +1,5 @@
 """Localisation of an ExecuTorch .pte (formats/executorch/intermediates.py): the .pte's XNNPACK delegate calls
-are opaque to ExecuTorch's devtools, so the program it was lowered from (program.pt2 beside it) is re-lowered
+are opaque to ExecuTorch's devtools, so the program it was lowered from (debug/program.pt2 in its node, never delivered) is re-lowered
 one op per XNNPACK delegate call and run with the ETDump debug buffer; a corrupted conv and a layer int8
 quantizes badly are named by their module paths, and a sound fp32 .pte shows no divergence."""
 
@@ -55,6 +55,7 @@ def build_pte(module: nn.Module, args: tuple[torch.Tensor, ...], out: Path, cali
                     prepared(torch.from_numpy(sample[None]))
             graph = convert_pt2e(prepared)
         program = torch.export.export(graph, args, strict=False)
+        (out / PROGRAM).parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(out / PROGRAM))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
     plan = lowered.executorch_program.execution_plan[0]

@@ -29,6 +29,17 @@ class StepOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: A node's files under this directory serve its checks and diagnostics only (ExecuTorch's lowered program,
+#: which localisation re-lowers): stored and keyed with the node, but never delivered to artifacts/, counted
+#: in the artifact's size, bundled or carded.
+DIAGNOSTICS_DIR = "debug"
+
+
+def delivered(files: list[Any]) -> list[Any]:
+    """A node's file entries ([rel, digest, size, executable]) without its diagnostics."""
+    return [f for f in files if not f[0].startswith(DIAGNOSTICS_DIR + "/")]
+
+
 class SearchingOptions(StepOptions):
     """Options of a step with a searching option (`repair.SEARCHING`: keep_float 'sensitive', sparsity
     'auto'), which searches for what meets `repair_goal`: the target's resolved acceptance, filled in by the

@@ -251,9 +251,12 @@ class CheckStep(Step):
 
 
 def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:
-    """The artifact's size (every file of its tree, side files included) against max_size_mb."""
+    """The artifact's size (every file it ships, side files included) against max_size_mb."""
     if allowed is None or ctx.input_path is None:
         return None
-    tree = ctx.input_path.parent  # the checked-out node: the artifact and its side files only
-    observed = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file()) / 1e6
+    from buildsys.formats.base import DIAGNOSTICS_DIR
+
+    tree = ctx.input_path.parent  # the checked-out node: the artifact and its side files, and its diagnostics
+    observed = sum(p.stat().st_size for p in tree.rglob("*")
+                   if p.is_file() and p.relative_to(tree).parts[0] != DIAGNOSTICS_DIR) / 1e6
     return {"observed": round(observed, 6), "allowed": allowed, "op": "<=", "ok": observed <= allowed}

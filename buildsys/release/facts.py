@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from buildsys.formats.base import delivered
 from buildsys.kinds import BenchKind, CheckKind, ReferenceKind
 from buildsys.status import Verdict, check_status, target_status
 
@@ -92,7 +93,7 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
         model = artifact.split("/", 1)[0]
         metrics = entry.get("metrics") or _cached_metrics(store, entry.get("key"))
         fmt = artifact.split("/", 1)[-1].split("~", 1)[0]
-        files = recorded.get("files") or lock.nodes.get(artifact, {}).get("files", [])
+        files = recorded.get("files") or delivered(lock.nodes.get(artifact, {}).get("files", []))
         toolchain: dict[str, str] = {}
         for node in [*chain, name, ReferenceKind.node_name(model)]:
             toolchain.update(lock.nodes.get(node, {}).get("components", {}).get("toolchain", {}))

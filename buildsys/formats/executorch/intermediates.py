@@ -4,8 +4,8 @@ XNNPACK delegate call.
 The shipped .pte cannot show them: ExecuTorch's devtools (an ETDump with a debug buffer, an ETRecord to
 name its events) log a delegate call's inputs and outputs, and the .pte steps lower the whole graph into a
 few XNNPACK delegate calls, so inside one only XNNPACK's per-op timings are logged, never a tensor (seen
-with executorch 1.5.1). So the .pte steps save the torch.export program they lower (`program.pt2` beside
-`model.pte`: quantized already for executorch-int8, with its calibrated scales), and this module lowers
+with executorch 1.5.1). So the .pte steps save the torch.export program they lower (`debug/program.pt2` in
+the node, a diagnostic never delivered with `model.pte`: quantized already for executorch-int8, with its calibrated scales), and this module lowers
 that program again with `XnnpackPartitioner(per_op_mode=True)`: every op (with the quantize/dequantize
 around it) is its own delegate call, run by the same ExecuTorch runtime and XNNPACK kernels with the ETDump
 debug buffer on. Each call's output is one probe; int8 outputs are dequantized with the scale and zero point
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
     from buildsys.localise import Probe
 
-#: The program a .pte step saves beside model.pte for localisation.
-PROGRAM = "program.pt2"
+#: The program a .pte step saves in its node's diagnostics for localisation (stored with the node, never
+#: delivered with the .pte: formats/base.py DIAGNOSTICS_DIR).
+PROGRAM = "debug/program.pt2"
 #: What the probes' tensor names say they come from.
 STAND_IN = "per-op XNNPACK re-lowering of the .pte's program"
 #: Bytes of the ETDump debug buffer per sample (every op's output of one call).
@@ -112,7 +113,7 @@ def _quantize_params(program: Any) -> dict[str, tuple[float, int]]:
 
 
 def saved_program(path: Path) -> Path:
-    """The program saved beside the .pte at `path`; NotLocalisable, saying why, where there is none."""
+    """The program saved in the node of the .pte at `path`; NotLocalisable, saying why, where there is none."""
     from buildsys.formats.runtime import NotLocalisable
 
     saved = Path(path).parent / PROGRAM

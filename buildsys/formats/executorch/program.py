@@ -72,7 +72,7 @@ class _PteFromPt2(Step):
     version = 5  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
     # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
-    # 5: the lowered program saved beside the .pte (program.pt2) for localisation
+    # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -117,9 +117,9 @@ class _PteFromPt2(Step):
 
     @staticmethod
     def _save_program(ctx: StepContext, program: Any) -> None:
-        """The program about to be lowered (quantized already for int8), saved as program.pt2 beside the .pte:
-        localisation re-lowers it one op per delegate call, since the .pte's own XNNPACK calls are opaque
-        (formats/executorch/intermediates.py). A program torch.export cannot save (a control-flow loop) is
+        """The program about to be lowered (quantized already for int8), saved as debug/program.pt2 in the node
+        (stored with it, never delivered with the .pte): localisation re-lowers it one op per delegate call,
+        since the .pte's own XNNPACK calls are opaque (formats/executorch/intermediates.py). A program torch.export cannot save (a control-flow loop) is
         skipped: its localisation then says why it is not available."""
         import torch
 
@@ -130,6 +130,7 @@ class _PteFromPt2(Step):
         graphs = [m.graph for m in program.graph_module.modules() if isinstance(getattr(m, "graph", None), torch.fx.Graph)]
         held = [(node, node.meta.pop("from_node")) for graph in graphs for node in graph.nodes if "from_node" in node.meta]
         try:
+            (ctx.out_dir / PROGRAM).parent.mkdir(exist_ok=True)
             torch.export.save(program, str(ctx.out_dir / PROGRAM))
         except Exception:
             (ctx.out_dir / PROGRAM).unlink(missing_ok=True)
@@ -210,7 +211,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     precision = "int8"
     Options = Int8Options
     version = 5  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
-    # 5: program.pt2 beside the .pte (localisation)
+    # 5: debug/program.pt2 in the node (localisation)
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
