@@ -53,7 +53,7 @@ def route_failures(plan: "Plan", results: dict[str, Any], lock: "Lock | None" = 
         why = str((result.metrics.get("failures") or [result.error or "failed"])[0])
         why = why.removeprefix(FAILED_EARLIER)  # deploy.lock outlives the build: keep the failure itself
         rewrites, note = _rewrite_answer(plan, target, route, failed[0], why, chain, results, lock)
-        repair = opens_repair(plan, target, route, failed[0])
+        repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, failed[0])
         if len(candidates) < 2 and not rewrites and not note and not repair:
             continue  # a pinned route, and no rewrite or repair answers its failure
         reason = str(why).splitlines()[0][:300 - len(note)] if str(why).strip() else "failed"
@@ -117,3 +117,12 @@ def _chain_ops(chain: list[str], results: dict[str, Any], lock: "Lock | None") -
         if metrics.get("ops"):
             return list(metrics["ops"])
     return []
+
+
+def _missed_tolerance(metrics: dict[str, Any]) -> bool:
+    """Whether a failed check missed a tolerance (some output's metric not ok): what accuracy repair answers.
+    A check that failed for another reason (a degraded path `require_numeric` refuses, a size budget) is not
+    an accuracy miss: a quantizer's recipe is no answer to it, so the next route is tried instead."""
+    outputs = metrics.get("outputs") or {}
+    return any(isinstance(m, dict) and m.get("ok") is False
+               for out in outputs.values() if isinstance(out, dict) for m in out.values())
