@@ -37,6 +37,18 @@ def missing_kernels(operators: list[tuple[str, str]], kernels: frozenset[str]) -
     return sorted(n for n in names if n not in kernels)
 
 
+def kernel_refusal(plan: Any) -> str | None:
+    """Why a lowered program (its execution plan) must not be delivered: the non-delegated operators the
+    runtime has no kernel for, named now rather than as "error 0x14" when the check loads the .pte; None
+    when every operator has one."""
+    missing = missing_kernels([(op.name, op.overload) for op in plan.operators], runtime_kernels())
+    if not missing:
+        return None
+    return (f"the program's operator{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"{'have' if len(missing) > 1 else 'has'} no kernel in the ExecuTorch runtime and "
+            "XNNPACK did not take it: the .pte would fail to load (error 0x14, missing operator)")
+
+
 def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
     """`feeds` with exactly `n` samples: cut, or padded by cycling through its own samples (a .pte has the
     static batch it was exported with; the int8 step's calibration and its repair search feed it so)."""

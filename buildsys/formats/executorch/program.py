@@ -143,7 +143,7 @@ class _PteFromPt2(Step):
         import torch
         from executorch.exir import to_edge_transform_and_lower
 
-        from buildsys.formats.executorch.contract import XNNPACK, missing_kernels, runtime_kernels
+        from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal
         from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
@@ -159,11 +159,9 @@ class _PteFromPt2(Step):
         except Exception as exc:
             raise self.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
         plan = lowered.executorch_program.execution_plan[0]
-        missing = missing_kernels([(op.name, op.overload) for op in plan.operators], runtime_kernels())
-        if missing:  # found now, naming the op, rather than as "error 0x14" when the check loads the .pte
-            raise self.fail(ctx, f"the program's operator{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                                 f"{'have' if len(missing) > 1 else 'has'} no kernel in the ExecuTorch runtime and "
-                                 "XNNPACK did not take it: the .pte would fail to load (error 0x14, missing operator)")
+        refusal = kernel_refusal(plan)
+        if refusal:
+            raise self.fail(ctx, refusal)
         delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
         portable = sorted({op.name for op in plan.operators})
         return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}

@@ -55,7 +55,7 @@ class _LlmPteFromPyTorch(Step):
         from executorch.exir import to_edge_transform_and_lower
 
         from buildsys.errors import describe
-        from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, missing_kernels, runtime_kernels
+        from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, kernel_refusal
         from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
         from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
@@ -81,11 +81,9 @@ class _LlmPteFromPyTorch(Step):
         except Exception as exc:
             raise self.fail(ctx, f"lowering to ExecuTorch failed: {describe(exc)}") from exc
         plan = lowered.executorch_program.execution_plan[0]
-        missing = missing_kernels([(op.name, op.overload) for op in plan.operators], runtime_kernels())
-        if missing:  # found now, naming the op, rather than as "error 0x14" when the check loads the .pte
-            raise self.fail(ctx, f"the program's operator{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                                 f"{'have' if len(missing) > 1 else 'has'} no kernel in the ExecuTorch runtime and "
-                                 "XNNPACK did not take it: the .pte would fail to load (error 0x14, missing operator)")
+        refusal = kernel_refusal(plan)
+        if refusal:
+            raise self.fail(ctx, refusal)
         (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(lowered.buffer)
         spec.write(ctx.out_dir)
         shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
