@@ -197,12 +197,12 @@ class CheckStep(Step):
         from buildsys.localise import NotLocalisable, localise
 
         fmt_name = ctx.extra["format"]
-        if not ctx.model.source.factory:
-            return {"not_available": f"localisation not available: the model's source is a {ctx.model.source.format} "
-                    "file, not a PyTorch factory, so there are no module paths to name"}
         if ctx.model.task == "text-generation":  # its inputs are padded token ids, not the module's arguments
             return {"not_available": "localisation not available for a text-generation check: its miss is named by "
                     "the first diverging token (above); a decoder's per-layer comparison is not built yet"}
+        if not ctx.model.source.factory:
+            return {"not_available": f"localisation not available: the model's source is a {ctx.model.source.format} "
+                    "file, not a PyTorch factory, so there are no module paths to name"}
         missed = next(name for name, r in results.items() if not r)
         tolerance = ctx.options.outputs.get(missed)
         try:
