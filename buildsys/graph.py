@@ -84,6 +84,17 @@ class Dag:
             current = node.deps[0] if node.deps else None  # a check's first dep is its artifact
         return out
 
+    def structured_sparsity(self, name: str) -> float:
+        """The structured pruning ratio a node's artifact carries: that of the step of its chain that loaded the
+        module (formats.torch.pruned), 0 when none pruned it."""
+        current: str | None = name
+        while current in self.nodes:
+            node = self.nodes[current]
+            if node.options.get("structured_sparsity"):
+                return float(node.options["structured_sparsity"])
+            current = node.deps[0] if node.deps else None
+        return 0.0
+
     def graph(self) -> "nx.DiGraph":
         """The DAG as a networkx graph (built on demand)."""
         import networkx as nx

@@ -73,13 +73,16 @@ def ort_p50_ms(path: Path, batch: np.ndarray, runs: int = 200) -> float:
 
 def test_pruned_onnx_is_smaller_passes_a_loose_tolerance_and_a_too_high_ratio_fails(tmp_path: Path) -> None:
     root = project(tmp_path)
-    proc = run(root, "build", "-j", "1")
+    proc = run(root, "build", "-j", "1", "--keep-going")
     assert proc.returncode != 0  # overpruned misses its tolerance
     lock = Lock.read(root / "deploy.lock")
     assert lock.nodes["verify:dense"]["verdict"] == "passed", proc.stdout + proc.stderr
     assert lock.nodes["verify:pruned"]["verdict"] == "passed", proc.stdout + proc.stderr
-    assert lock.nodes["verify:overpruned"]["verdict"] != "passed"
-    assert "verify:overpruned" in proc.stderr + proc.stdout and "accuracy" in proc.stdout + proc.stderr
+    # Half the channels: the decisions no longer hold against the dense reference, so nothing is delivered.
+    out = proc.stdout + proc.stderr
+    assert "overpruned" not in lock.targets and "verify:overpruned" not in lock.nodes
+    assert "✗ verify:overpruned: acceptance not met" in out and "top1_agreement 0.3639 < 0.85" in out, out
+    assert "localisation not available: the artifact is structurally pruned (structured_sparsity 0.5)" in out, out
 
     dense, pruned = (lock.targets[t]["node"] for t in ("dense", "pruned"))
     facts = lock.nodes[pruned]["facts"]["structured_pruning"]

@@ -203,6 +203,10 @@ class CheckStep(Step):
         if ctx.model.task == "text-generation":  # its inputs are padded token ids, not the module's arguments
             return {"not_available": "localisation not available for a text-generation check: its miss is named by "
                     "the first diverging token (above); a decoder's per-layer comparison is not built yet"}
+        if ctx.extra.get("structured_sparsity"):  # its layers are narrower than the dense module's by design
+            return {"not_available": f"localisation not available: the artifact is structurally pruned "
+                    f"(structured_sparsity {ctx.extra['structured_sparsity']:g}), so its layers differ from the dense "
+                    "module's by design; a lower ratio, or a looser acceptance, is the remedy"}
         missed = next(name for name, r in results.items() if not r)
         tolerance = ctx.options.outputs.get(missed)
         try:
