@@ -279,6 +279,14 @@ class Target(Strict):
         "rewrites the artifact carries. A list (e.g. [stft]): exactly these, on every route, and none added "
         "automatically. []: no rewrites at all (a refusal then fails the route, naming the rewrite that would "
         "remove the op).")
+    structured_sparsity: Optional[float] = Field(
+        default=None, ge=0.0, lt=1.0, description="Structured (channel) pruning where the route loads the PyTorch "
+        "module (the trace, torch.export or the ONNX export), so every format downstream gets a smaller, faster "
+        "model: the share of output channels removed from each conv and linear layer but those that make the "
+        "outputs (e.g. 0.3), by L2 weight magnitude with torch-pruning's dependency graph, without fine-tuning. "
+        "The check compares the artifact with the dense PyTorch reference under this target's acceptance, so a "
+        "ratio the model cannot afford fails the build; deploy.lock records the ratio and the parameter counts "
+        "dense and pruned. Needs `pip install 'modelbuild[pruning]'`. Unset or 0: no pruning.")
     repair: Union[bool, list[str]] = Field(
         default=True, description="Accuracy repair of a quantized artifact that misses its acceptance "
         "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "
