@@ -5,6 +5,7 @@ the KV cache, float32 and int8 weight-only, each judged by generation in the Lit
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,35 @@ TARGETS = """\
   gpt2-tfl: {model: gpt2, format: llm-tflite}
   llama-tfl8: {model: llama, format: llm-tflite, precision: int8}
   untrained-tfl8: {model: untrained, format: llm-tflite, precision: int8, acceptance: {min_token_agreement: 1.0}}
+  custom-tfl: {model: custom, format: llm-tflite}
+"""
+
+#: The trained Llama with an activation built on an op litert-torch has no lowering for (erfinv): a custom
+#: architecture the format cannot take, whose failure must say which part and why.
+CUSTOM = '''\
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+class ErfinvGate(torch.nn.Module):
+    def forward(self, x):
+        return x * torch.special.erfinv(torch.tanh(x) * 0.5)
+
+
+def load(path):
+    lm = AutoModelForCausalLM.from_pretrained(Path(__file__).parent / path, local_files_only=True)
+    for layer in lm.model.layers:
+        layer.mlp.act_fn = ErfinvGate()
+    return lm
+'''
+CUSTOM_MODEL = """\
+  custom:
+    task: text-generation
+    source: {factory: "custom:load", kwargs: {path: llama}, code: ["llama/*", "custom.py"]}
+    generation: {max_seq_len: 32, max_cache_len: 64, prompts: prompts.txt, held_text: held.txt, new_tokens: 12,
+                 tokenizer: tokenizer}
 """
 
 
@@ -30,7 +60,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
     root = tmp_path_factory.mktemp("llm-tflite")
     make_project(root, steps=100, untrained=True)
-    text = (root / "deploy.yaml").read_text().replace("targets: {}\n", "targets:\n" + TARGETS)
+    (root / "custom.py").write_text(CUSTOM)
+    text = (root / "deploy.yaml").read_text().replace("targets: {}\n", CUSTOM_MODEL + "targets:\n" + TARGETS)
     (root / "deploy.yaml").write_text(text)
     report = modelbuild.load(root / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
     return root, report
@@ -74,3 +105,14 @@ def test_int8_weight_only_passes_and_a_tolerance_it_misses_fails(built: tuple[Pa
     assert any(f.startswith("tokens: token_agreement") for f in missed["failures"])
     assert "verify:untrained-tfl8" in [r.name for r in built[1].failed]
     assert not (built[0] / "artifacts" / "untrained-tfl8").exists()
+
+
+@pytest.mark.slow
+@needs_litert_llm
+def test_an_architecture_litert_torch_cannot_lower_fails_naming_the_op_and_the_modules(built: tuple[Path, Any]) -> None:
+    failed = {r.name: r for r in built[1].failed}
+    error = failed["custom/llm-tflite"].error
+    assert "litert-torch could not convert the LlamaForCausalLM decoder" in error
+    assert "litert-torch has no lowering for aten.erfinv (used by model.layers.0.mlp.act_fn, " \
+           "model.layers.1.mlp.act_fn)" in error
+    assert not (built[0] / "artifacts" / "custom-tfl").exists()
