@@ -93,9 +93,9 @@ def test_generation_by_the_reference_agrees_on_every_greedy_token(built: tuple[P
     assert out["tokens"]["token_agreement"]["observed"] == 1.0 and out["tokens"]["first_divergence"] is None
     # the cache is float16 state in both members: rounding of 1e-3 of logits whose range is ~10
     assert out["prefill_logits"]["max_abs"]["observed"] < (1e-2 if target != "llama-ios16" else 5e-2)
-    stand_in = [c for c in check["caveats"] if c["kind"] == "stand_in"]
-    assert stand_in and "Core ML execution needs macOS" in stand_in[0]["detail"]
-    assert "computed by llm-coreml-mil" in stand_in[0]["detail"]
+    stand_in = [c for c in check["caveats"] if c["kind"] == "stand-in"]  # every output is labelled by it
+    assert stand_in and stand_in[0]["what"] == "MIL reference, not Apple's runtime", check["caveats"]
+    assert "Core ML execution needs macOS" in stand_in[0]["why"] and "computed by llm-coreml-mil" in stand_in[0]["why"]
     assert "Core ML itself: not run: needs macOS" in check["findings"][0]["text"]
 
 
@@ -128,3 +128,35 @@ def test_the_reference_keeps_the_cache_in_its_states(built: tuple[Path, dict[str
     assert np.abs(got - want).max() < 1e-2 and (got.argmax(-1) == want.argmax(-1)).all()
     with pytest.raises(CannotRun, match="has states"):
         program.evaluate({"tokens": ids[None, :1], "cache_position": np.arange(1)})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="needs the coreml extra")
+def test_the_interpreter_carries_a_state_across_calls() -> None:
+    """coremltools' accumulator example of stateful models, built in MIL: acc += x each call, y = acc²;
+    the state is float16 (written rounded), persists between evaluations, and must be fed."""
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from buildsys.formats.coreml.mil import MilProgram
+    from buildsys.formats.runtime import CannotRun
+
+    @mb.program(input_specs=[mb.TensorSpec((2,), dtype=types.fp16), mb.StateTensorSpec((2,), dtype=types.fp16)],
+                opset_version=ct.target.iOS18)
+    def prog(x: Any, acc: Any) -> Any:
+        total = mb.add(x=x, y=mb.read_state(input=acc))
+        mb.coreml_update_state(state=acc, value=total)
+        return mb.mul(x=total, y=total)
+
+    program = MilProgram(prog, "main")
+    assert program.state_names == ["acc"] and program.missing() == {}
+    states = program.new_states()
+    x = np.array([1.0, 1.0 / 3.0], dtype=np.float16)
+    outs = [program.evaluate({"x": x}, states=states).outputs for _ in range(3)]
+    assert states["acc"].value.dtype == np.float16
+    np.testing.assert_allclose(states["acc"].value, [3.0, 1.0], rtol=1e-3)
+    np.testing.assert_allclose(next(iter(outs[2].values())), [9.0, 1.0], rtol=2e-3)
+    np.testing.assert_allclose(next(iter(outs[0].values())), [1.0, 1.0 / 9.0], rtol=2e-3)
+    with pytest.raises(CannotRun, match="has states"):
+        program.evaluate({"x": x})
