@@ -195,30 +195,20 @@ class MilProgram:
     @property
     def state_names(self) -> list[str]:
         """The function's state inputs (iOS18 `StateType`): fed through `evaluate(states=)`, not `feeds`."""
-        from coremltools.converters.mil.mil.types.type_state import is_state
+        from buildsys.formats.coreml.mil_ops_state import state_inputs
 
-        return [name for name, var in self.function.inputs.items() if is_state(var.sym_type)]
+        return state_inputs(self.function)
 
     def new_states(self) -> dict[str, State]:
-        """Zeroed buffers for every state input, in each state's declared shape and dtype (what a fresh
-        `MLState` holds on a device is unspecified; the caller zeroes it, as the LLM runtimes do)."""
-        import numpy as np
-        from coremltools.converters.mil.mil import types
-
-        out = {}
-        for name in self.state_names:
-            wrapped = self.function.inputs[name].sym_type.wrapped_type()
-            dtype = np.dtype(types.nptype_from_builtin(wrapped.get_primitive()))
-            out[name] = State(np.zeros(wrapped.get_shape(), dtype=dtype))
-        return out
+        """Zeroed buffers for every state input, in its declared shape and dtype (mil_ops_state.py)."""
+        from buildsys.formats.coreml.mil_ops_state import zeroed_states
+        return zeroed_states(self.function)
 
     def evaluate(self, feeds: dict[str, "np.ndarray"], keep: bool = False,
                  states: dict[str, State] | None = None) -> Evaluation:
-        """Run the function on `feeds` (by input name; cast to each input's declared dtype).
-
-        keep: also return every op output in program order (`Evaluation.intermediates`).
-        states: the buffers of a stateful program's state inputs (`new_states()`), read and updated in
-        place by its read_state / coreml_update_state ops, so they carry over to the next call."""
+        """Run the function on `feeds` (by input name; cast to each input's declared dtype). keep: also
+        return every op output in program order (`Evaluation.intermediates`). states: a stateful program's
+        state buffers (`new_states()`), updated by its coreml_update_state ops: they carry over to the next call."""
         import numpy as np
 
         self.require_all()

@@ -15,8 +15,29 @@ from buildsys.formats.coreml.mil_registry import Args, State, op
 
 if TYPE_CHECKING:
     import numpy as np
+    from coremltools.converters.mil.mil import Function
 
     Array = np.ndarray
+
+
+def state_inputs(function: "Function") -> list[str]:
+    """The names of a function's state inputs, in order."""
+    from coremltools.converters.mil.mil.types.type_state import is_state
+
+    return [name for name, var in function.inputs.items() if is_state(var.sym_type)]
+
+
+def zeroed_states(function: "Function") -> dict[str, State]:
+    """Zeroed buffers for every state input, in each state's declared shape and dtype (what a fresh
+    `MLState` holds on a device is unspecified; the caller zeroes it, as the LLM runtimes do)."""
+    import numpy as np
+    from coremltools.converters.mil.mil import types
+
+    out = {}
+    for name in state_inputs(function):
+        wrapped = function.inputs[name].sym_type.wrapped_type()
+        out[name] = State(np.zeros(wrapped.get_shape(), dtype=np.dtype(types.nptype_from_builtin(wrapped.get_primitive()))))
+    return out
 
 
 def _state(a: Args, name: str) -> State:
