@@ -160,3 +160,28 @@ def test_the_interpreter_carries_a_state_across_calls() -> None:
     np.testing.assert_allclose(next(iter(outs[0].values())), [1.0, 1.0 / 9.0], rtol=2e-3)
     with pytest.raises(CannotRun, match="has states"):
         program.evaluate({"x": x})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="needs the coreml extra")
+def test_the_structure_check_refuses_a_program_that_never_writes_its_cache(tmp_path: Path) -> None:
+    """What the index_put_ conversion gave (docs/llm.md): states read, never written. The structural check
+    names it, with the states' and inputs' mismatches against llm.json."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from buildsys.formats.llm.contract import CacheSpec
+    from buildsys.formats.llm.coreml_runtime import inspect_stateful
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 4), dtype=types.fp32), mb.StateTensorSpec((1, 4), dtype=types.fp16)],
+                opset_version=ct.target.iOS18)
+    def prog(x: Any, k_cache: Any) -> Any:
+        return mb.add(x=x, y=mb.cast(x=mb.read_state(input=k_cache), dtype="fp32"), name="logits")
+
+    package = tmp_path / "model.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18).save(str(package))
+    CacheSpec(layers=2, kv_heads=2, head_dim=16, max_cache_len=64, vocab=96, max_chunk=32).write(tmp_path)
+    problems = inspect_stateful(package, "llm-coreml")["problems"]
+    assert "the program has no write_state op: its cache is not used as state" in problems
+    assert any(p.startswith("states are [{'name': 'k_cache', 'shape': [1, 4]") for p in problems), problems
+    assert "inputs are ['x'], expected ['cache_position', 'tokens']" in problems
