@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from buildsys.config.units import MB_UNITS, MS_UNITS, budget
 from buildsys.config.generation import TextGeneration, fill_signature
+from buildsys.config.sources import SOURCE_KINDS, Source  # noqa: F401  (SOURCE_KINDS: re-exported)
 from buildsys.precision import Precision, format_name
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -97,58 +98,6 @@ class DataSets(Strict):
     validation: Optional[DataSource] = Field(
         default=None, description="Inputs (and optional labels) every artifact is verified on."
     )
-
-
-#: The ways a model's source can be given (exactly one per model).
-SOURCE_KINDS = ("factory", "transformers", "torchscript", "exported", "onnx")
-
-
-class Source(Strict):
-    """Where the PyTorch model comes from: exactly one of factory, transformers, torchscript, exported, onnx."""
-
-    factory: Optional[str] = Field(
-        default=None, description="'module:callable' that returns a torch.nn.Module; the module is "
-        "imported with the deploy.yaml directory on sys.path."
-    )
-    weights: Optional[str] = Field(
-        default=None, description="state_dict file for the factory's module: a .safetensors file, or a torch.save "
-        "file loaded with weights_only=True (a {'state_dict': ...} checkpoint wrapper is unwrapped)."
-    )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
-    transformers: Optional[str] = Field(
-        default=None, description="A local Hugging Face model directory (config.json and the weights, as "
-        "`save_pretrained` writes it), loaded with `AutoModelForCausalLM.from_pretrained(dir, local_files_only=True)` "
-        "in float32; every file in it enters the cache key. Text-generation models only; nothing is downloaded.")
-    torchscript: Optional[str] = Field(default=None, description="A TorchScript file (torch.jit.save).")
-    exported: Optional[str] = Field(default=None, description="A torch.export program file (.pt2).")
-    onnx: Optional[str] = Field(default=None, description="An ONNX file used as the source.")
-    code: list[str] = Field(
-        default_factory=list,
-        description="Extra files or globs whose contents enter the cache key (the factory's own module "
-        "or package is always included).",
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Source":
-        given = [k for k in SOURCE_KINDS if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of {', '.join(SOURCE_KINDS)}" + (f" (got {', '.join(given)})" if given else ""))
-        if self.weights and not self.factory:
-            raise ValueError("'weights' only applies to a 'factory' source")
-        if self.factory and ":" not in self.factory:
-            raise ValueError(f"factory '{self.factory}' must look like 'package.module:callable'")
-        return self
-
-    @property
-    def format(self) -> str:
-        """The format name of this source in the format graph."""
-        if self.factory or self.transformers:
-            return "pytorch"
-        if self.torchscript:
-            return "torchscript-file"
-        if self.exported:
-            return "pt2-file"
-        return "onnx-file"
 
 
 class Model(Strict):
