@@ -12,7 +12,7 @@ Registries read (each converter's own, never a list written here):
   (`view` runs as `view_copy`), as the edge dialect rewrites it;
 - `litert-torch`: its lowering registry (`backend.lowerings.global_registry`);
 - `onnx-dynamo`: the torch.export-based ONNX exporter's registry (`ONNXRegistry.from_torchlib()`: the ATen
-  ops torchlib has an ONNX translation for, at the exporter's default opset);
+  ops torchlib has an ONNX translation for, at the highest opset the exporter writes);
 - `onnx-legacy`: the TorchScript-based ONNX exporter's symbolic registry
   (`torchscript_exporter.registration.registry`, every `symbolic_opset*` module imported: an op counts when
   any opset the exporter writes has a symbolic for it, so a lower `opset:` may still lack it).
@@ -57,11 +57,15 @@ def _litert_torch() -> list[str]:
 def _onnx_dynamo() -> list[str]:
     import logging
 
+    from torch.onnx._constants import ONNX_MAX_OPSET
     from torch.onnx._internal.exporter._registration import ONNXRegistry
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision
     # is not installed. Skipping torchvision::nms": not an op a model here can hold
-    return sorted({str(key).split("::", 1)[1].split(".", 1)[0] for key in ONNXRegistry.from_torchlib().functions
+    # At the highest opset it writes: an op only a later opset translates (rms_norm, 23) is in the table, so
+    # the table never lacks what some `opset:` has (a lower opset may still lack it: its refusal says so).
+    registry = ONNXRegistry.from_torchlib(ONNX_MAX_OPSET)
+    return sorted({str(key).split("::", 1)[1].split(".", 1)[0] for key in registry.functions
                    if str(key).startswith("aten::")})
 
 
