@@ -4,8 +4,8 @@ Core ML, ExecuTorch and TFLite through litert-torch, each built from nothing wit
 once with MODELBUILD_OP_COVERAGE=0 (the routes in their default order) and once with it on (the op analysis
 first, its seconds counted). Also (`plan`, alone with --plan-only) what `plan --ops` costs on the same models
 with ONNX targets added, so that every table is read: its wall time cold (both models analysed, the five
-registries read) and warm (all cached), each table's size and the seconds its registry takes to read in a fresh
-process (its imports included). Writes benchmarks/results/op_coverage.json.
+registries and XNNPACK's configs read) and warm (all cached), each table's size and the seconds its registry
+takes to read in a fresh process (its imports included). Writes benchmarks/results/op_coverage.json.
 
     python benchmarks/op_coverage.py [--plan-only]
 """

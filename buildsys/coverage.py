@@ -104,7 +104,8 @@ def _project(planner: "Planner") -> tuple[list[str], list[str]]:
     """The project's models that are PyTorch factories, and every table a step declares."""
     from buildsys.formats import steps
 
-    tables = sorted({t for s in steps().values() for t in s.accepts_any()})
+    tables = sorted({t for s in steps().values() for t in s.accepts_any()}
+                    | {s.delegates_ops[0] for s in steps().values() if s.delegates_ops})
     models = sorted({t.model for t in planner.config.project.targets.values()
                      if t.model in planner.config.project.models and _model_key(planner, t.model)})
     return models, tables
@@ -170,9 +171,9 @@ def route_tables(routes: Sequence[Sequence[str]], options: Mapping[str, Any] | N
     for route in routes:
         formats = [hop(s)[0] for s in route]
         for a, b in zip(formats, formats[1:]):
-            accepts = _accepts(steps()[g.edges[a, b]["step"]], b, options)
-            if accepts:
-                out.add(accepts[0])
+            step = steps()[g.edges[a, b]["step"]]
+            accepts = _accepts(step, b, options)
+            out |= ({accepts[0]} if accepts else set()) | ({step.delegates_ops[0]} if step.delegates_ops else set())
     return out
 
 
@@ -333,6 +334,11 @@ def describe(plan: "Plan") -> dict[str, Any]:
                 else:
                     found[step.name] = {"table": table, "registry": TABLES[table][2], "lacks": lacking,
                                         "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking}}
+                portable = cov.lacks(model, step.delegates_ops) if step.delegates_ops else None
+                if step.delegates_ops and portable is not None:  # information: which ops the backend may take
+                    ops = cov.ops[model][step.delegates_ops[1]]
+                    found[step.name]["delegates"] = {"table": step.delegates_ops[0], "portable": portable,
+                                                     "delegated": [op for op in ops if op not in portable]}
         targets[target] = {"model": model, "steps": found, "route": plan.dag.routes.get(target)}
     return {"models": models, "targets": targets}
 
@@ -366,6 +372,10 @@ def lines(plan: "Plan") -> list[str]:
             out.append(f"{target}: {'; '.join(gaps)}; first route {' → '.join(entry['route'] or [])}")
         else:
             clear.append(target)
+        for step, s in entry["steps"].items():
+            if s.get("delegates", {}).get("portable"):
+                out.append(f"{target}: {step}: XNNPACK has no partitioner config for "
+                           f"{', '.join(s['delegates']['portable'])} (the runtime's portable kernels run them)")
     if clear:
         who = ", ".join(clear) if len(clear) <= 4 else f"{'every' if len(clear) == len(data['targets']) else 'the other'} " \
             f"{len(clear)} target(s)"

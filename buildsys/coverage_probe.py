@@ -15,7 +15,9 @@ Registries read (each converter's own, never a list written here):
   ops torchlib has an ONNX translation for, at the highest opset the exporter writes);
 - `onnx-legacy`: the TorchScript-based ONNX exporter's symbolic registry
   (`torchscript_exporter.registration.registry`, every `symbolic_opset*` module imported: an op counts when
-  any opset the exporter writes has a symbolic for it, so a lower `opset:` may still lack it).
+  any opset the exporter writes has a symbolic for it, so a lower `opset:` may still lack it);
+- `xnnpack`: the ops XNNPACK's partitioner has a config for (`ALL_PARTITIONER_CONFIGS`): information in
+  `plan` (delegated, or run by the runtime's portable kernels), never a refusal.
 
 A registry that cannot be read (package missing, an internal name moved) gives no table: its steps' coverage
 is then "unknown", never guessed.
@@ -83,6 +85,14 @@ def _onnx_legacy() -> list[str]:
     return sorted({name.split("::", 1)[1] for name in registration.registry.all_functions() if name.startswith("aten::")})
 
 
+def _xnnpack() -> list[str]:
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    # Each config names the one edge op it may delegate (`addmm.default`); it may still decline a node (a
+    # dtype, a shape), so this is what XNNPACK can take, not what it will.
+    return sorted({config.target_name.split(".", 1)[0] for config in ALL_PARTITIONER_CONFIGS})
+
+
 #: table name → (the distributions whose versions key it, how to read it, what its registry is).
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
     "coremltools": (("coremltools", "torch"), _coremltools, "coremltools' torch frontend registry"),
@@ -90,6 +100,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
     "litert-torch": (("litert-torch", "torch"), _litert_torch, "litert-torch's lowering registry"),
     "onnx-dynamo": (("torch", "onnxscript"), _onnx_dynamo, "the dynamo ONNX exporter's torchlib registry"),
     "onnx-legacy": (("torch",), _onnx_legacy, "the TorchScript ONNX exporter's symbolic registry"),
+    "xnnpack": (("executorch", "torch"), _xnnpack, "XNNPACK's partitioner configs (information: what it may delegate)"),
 }
 
 

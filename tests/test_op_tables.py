@@ -172,3 +172,28 @@ def test_plan_ops_orders_the_dynamo_export_first_for_an_op_the_legacy_exporter_l
     assert lock["targets"]["server"]["route"] == ["pytorch", "pt2", "onnx"]
     assert lock["nodes"]["verify:server"]["verdict"] == "passed"
     assert "server" not in lock.get("routes", {})  # no route was dropped on its way
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("executorch") is None,
+                    reason="needs executorch (pip install -c constraints.txt 'modelbuild[executorch]')")
+def test_the_xnnpack_table_says_what_the_partitioner_delegates_and_what_runs_portable() -> None:
+    """Information only: XNNPACK's partitioner configs against a real lowering of linear then sinh."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from buildsys.coverage import Coverage
+    from buildsys.coverage_probe import TABLES
+
+    table = TABLES["xnnpack"][1]()
+    assert {"addmm", "convolution", "relu", "linear"} <= set(table) and "sinh" not in table
+    namespace: dict = {}
+    exec(WAVE, namespace)
+    program = torch.export.export(namespace["build"]().eval(), (torch.randn(2, 4),), strict=False)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).exported_program()
+    left = {str(n.target) for n in lowered.graph.nodes if n.op == "call_function"}
+    assert any("executorch_call_delegate" in t for t in left)  # the linear layer went to XNNPACK
+    assert any("aten.sinh.default" in t for t in left) and not any("addmm" in t for t in left)  # sinh: the runtime
+
+    cov = Coverage(ops={"m": {"core": ["addmm", "permute", "sinh"]}}, tables={"xnnpack": table})
+    assert cov.lacks("m", ("xnnpack", "core")) == ["sinh"]

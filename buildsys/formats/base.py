@@ -159,6 +159,9 @@ class Step:
     #: its decomposition is covered): candidate routes are ordered by it (buildsys/coverage.py). None: not
     #: known, routes stay as they are. A step whose options choose the converter overrides `accepts`.
     accepts_ops: ClassVar[tuple[str, str] | None] = None
+    #: A backend's table of the ops it takes over from the runtime's kernels (XNNPACK's partitioner configs),
+    #: and the inventory it reads: shown in `plan` (delegated or left to portable kernels), never an order.
+    delegates_ops: ClassVar[tuple[str, str] | None] = None
     #: Other ways this step can make its format, by label: option values that give up some of what
     #: the defaults promise (a full-int8 quantizer's dynamic-range mode) but work on more models.
     #: Each becomes a route of its own, written `tflite-int8 (dynamic)`, tried after every route
