@@ -2,9 +2,12 @@
 coverage"): the spotter (torch.stft) and the recommender (nn.EmbeddingBag) of tests/test_rewrite_routes.py to
 Core ML, ExecuTorch and TFLite through litert-torch, each built from nothing with `build -k -j 1 --json`,
 once with MODELBUILD_OP_COVERAGE=0 (the routes in their default order) and once with it on (the op analysis
-first, its seconds counted). Writes benchmarks/results/op_coverage.json.
+first, its seconds counted). Also (`plan`, alone with --plan-only) what `plan --ops` costs on the same models
+with ONNX targets added, so that every table is read: its wall time cold (both models analysed, the five
+registries and XNNPACK's configs read) and warm (all cached), each table's size and the seconds its registry
+takes to read in a fresh process (its imports included). Writes benchmarks/results/op_coverage.json.
 
-    python benchmarks/op_coverage.py
+    python benchmarks/op_coverage.py [--plan-only]
 """
 
 from __future__ import annotations
@@ -52,10 +55,46 @@ def run(coverage: bool) -> dict:
                 "routes": {t: v.get("route") for t, v in lock.get("targets", {}).items()}}
 
 
+#: The plan measurement's targets: the build's, and both models to ONNX (the two exporters' tables).
+PLAN_TARGETS = TARGETS + "server: {model: spotter, format: onnx}\nrec-server: {model: recsys, format: onnx}\n"
+
+
+def plan() -> dict:
+    from test_rewrite_routes import Project
+
+    from buildsys.coverage_probe import TABLES
+
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as tmp:
+        Project(Path(tmp), PLAN_TARGETS)
+        walls = []
+        for _ in range(2):  # cold, then warm
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "buildsys", "plan", "--ops", "--json"], cwd=tmp,
+                                  capture_output=True, text=True, env=env, timeout=1200)
+            walls.append(round(time.perf_counter() - start, 1))
+        coverage = json.loads(proc.stdout)["coverage"]
+        sizes = {f.stem[len("table-"):].rsplit("-", 1)[0]: len(json.loads(f.read_text()).get("accepts", []))
+                 for f in sorted((Path(tmp) / ".modelbuild/ops").glob("table-*.json"))}  # table-NAME-KEY.json
+    reads = {}
+    for name in TABLES:  # each in a fresh process: the registry's imports are most of it
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"from buildsys.coverage_probe import TABLES; TABLES[{name!r}][1]()"],
+                       cwd=REPO, capture_output=True, env=env, timeout=600, check=True)
+        reads[name] = round(time.perf_counter() - start, 1)
+    lacks = {t: {s: e.get("lacks", e.get("unknown")) for s, e in v["steps"].items()} for t, v in coverage["targets"].items()}
+    return {"targets": PLAN_TARGETS.splitlines(), "plan_ops_cold_s": walls[0], "plan_ops_warm_s": walls[1],
+            "table_sizes": sizes, "table_read_s": reads, "lacks": lacks}
+
+
 def main() -> None:
-    results = [run(False), run(True)]
     out = REPO / "benchmarks/results/op_coverage.json"
-    out.write_text(json.dumps({"targets": TARGETS.splitlines(), "runs": results}, indent=1) + "\n")
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    if "--plan-only" in sys.argv:
+        results = {**previous, "plan": plan()}
+    else:
+        results = {"targets": TARGETS.splitlines(), "runs": [run(False), run(True)], "plan": plan()}
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 

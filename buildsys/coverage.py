@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from buildsys.plan import Plan, Planner
     from buildsys.results import Event
 
+#: What a step's converter reads of the model (`Step.accepts_ops[1]`): the graph as torch.export traced it, after
+#: the core ATen decompositions, as torch.jit.trace records it, or as exported with each op the table lacks
+#: counted when its core decomposition is covered (an exporter that decomposes what it cannot translate).
+READS = ("exported", "core", "traced", "decomposed")
+
 #: model → {"table:reads" → the ops the model holds that the table lacks}: what expansion orders routes by.
 Gaps = dict[str, dict[str, list[str]]]
 
@@ -40,24 +45,33 @@ Gaps = dict[str, dict[str, list[str]]]
 class Coverage:
     """What the cache holds: each model's inventory (or why it is missing), each table (or why unknown)."""
 
-    ops: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    ops: dict[str, dict[str, Any]] = field(default_factory=dict)  # model → its inventory (coverage_probe.model_ops)
     not_analysed: dict[str, str] = field(default_factory=dict)  # model → why ("not analysed yet", an error)
     tables: dict[str, list[str]] = field(default_factory=dict)
     unknown: dict[str, str] = field(default_factory=dict)  # table → why its registry could not be read
 
     def lacks(self, model: str, accepts: tuple[str, str]) -> list[str] | None:
-        """The ops of `model` the table lacks (reading the inventory the step reads); None when unknown."""
+        """The ops of `model` the table lacks (reading the inventory the step reads, `READS`); None when
+        unknown (no inventory, no table, or a model that gave no inventory of that kind)."""
         table, reads = accepts
-        if model not in self.ops or table not in self.tables:
+        inventory = self.ops.get(model, {})
+        if table not in self.tables or (inventory.get("exported") if reads == "decomposed" else inventory.get(reads)) is None:
             return None
         have = set(self.tables[table])
-        return [op for op in self.ops[model][reads] if op not in have and f"{op}_copy" not in have]
+        # An op counts with its functional `_copy` variant (`view` runs as `view_copy`, as ExecuTorch's edge
+        # dialect rewrites it) and, in place, with its out-of-place op (the TorchScript exporter's first pass).
+        has = lambda op: op in have or f"{op}_copy" in have or (op.endswith("_") and op[:-1] in have)  # noqa: E731
+        if reads != "decomposed":
+            return [op for op in inventory[reads] if not has(op)]
+        # An op the table lacks still counts when every op of its decomposition does: the exporter decomposes it.
+        parts: dict[str, list[str]] = inventory.get("decomposed", {})
+        return [op for op in inventory["exported"] if not has(op) and not (op in parts and all(map(has, parts[op])))]
 
     def gaps(self) -> Gaps:
         out: Gaps = {}
         for model in self.ops:
             for table in self.tables:
-                for reads in ("exported", "core"):
+                for reads in READS:
                     lacking = self.lacks(model, (table, reads))
                     if lacking:
                         out.setdefault(model, {})[f"{table}:{reads}"] = lacking
@@ -90,7 +104,8 @@ def _project(planner: "Planner") -> tuple[list[str], list[str]]:
     """The project's models that are PyTorch factories, and every table a step declares."""
     from buildsys.formats import steps
 
-    tables = sorted({s.accepts_ops[0] for s in steps().values() if s.accepts_ops})
+    tables = sorted({t for s in steps().values() for t in s.accepts_any()}
+                    | {s.delegates_ops[0] for s in steps().values() if s.delegates_ops})
     models = sorted({t.model for t in planner.config.project.targets.values()
                      if t.model in planner.config.project.models and _model_key(planner, t.model)})
     return models, tables
@@ -138,7 +153,7 @@ def missing(plan: "Plan", stale_only: bool = True) -> tuple[list[str], list[str]
         check = plan.nodes.get(CheckKind.node_name(target))
         if stale_only and (check is None or check.fresh):
             continue
-        needed = route_tables(plan.dag.candidates.get(target, []))
+        needed = route_tables(plan.dag.candidates.get(target, []), plan.config.project.targets[target].options)
         model = plan.config.project.targets[target].model
         if (needed or not stale_only) and cov.not_analysed.get(model, "").startswith("not analysed"):
             models.add(model)
@@ -146,8 +161,8 @@ def missing(plan: "Plan", stale_only: bool = True) -> tuple[list[str], list[str]
     return sorted(models), sorted(tables)
 
 
-def route_tables(routes: Sequence[Sequence[str]]) -> set[str]:
-    """The tables the steps of `routes` declare."""
+def route_tables(routes: Sequence[Sequence[str]], options: Mapping[str, Any] | None = None) -> set[str]:
+    """The tables the steps of `routes` read, given the target's options by format."""
     from buildsys.formats import steps
     from buildsys.routes import format_graph, hop
 
@@ -156,10 +171,16 @@ def route_tables(routes: Sequence[Sequence[str]]) -> set[str]:
     for route in routes:
         formats = [hop(s)[0] for s in route]
         for a, b in zip(formats, formats[1:]):
-            accepts = steps()[g.edges[a, b]["step"]].accepts_ops
-            if accepts:
-                out.add(accepts[0])
+            step = steps()[g.edges[a, b]["step"]]
+            accepts = _accepts(step, b, options)
+            out |= ({accepts[0]} if accepts else set()) | ({step.delegates_ops[0]} if step.delegates_ops else set())
     return out
+
+
+def _accepts(step: Any, fmt: str, options: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """What `step` (making `fmt`) reads under the target's options for that format."""
+    given = (options or {}).get(fmt)
+    return step.accepts(given if isinstance(given, Mapping) else None)
 
 
 def enabled() -> bool:
@@ -225,21 +246,22 @@ def order_routes(routes: list[list[str]], model: str, gaps: Gaps, options: Mappi
     good: list[list[str]] = []
     bad: list[list[str]] = []
     for route in routes:
-        lacking = route_gaps(route, gaps.get(model, {}))
+        lacking = route_gaps(route, gaps.get(model, {}), options)
         if not lacking:
             good.append(route)
             continue
         names = _rewrites_for(lacking)
         rewritten = with_rewrites(route, names, options) if auto_rewrites and names is not None else None
-        if rewritten is not None and route_gaps(rewritten, gaps.get(model, {})) == []:
+        if rewritten is not None and route_gaps(rewritten, gaps.get(model, {}), options) == []:
             good.append(rewritten)
         bad.append(route)
     out = [r for i, r in enumerate(good) if r not in good[:i]]
     return out + [r for r in bad if r not in out]
 
 
-def route_gaps(route: Sequence[str], gaps: Mapping[str, list[str]]) -> list[str]:
-    """The ops the route's converters lack (per the tables), less those the route's rewrites remove."""
+def route_gaps(route: Sequence[str], gaps: Mapping[str, list[str]], options: Mapping[str, Any] | None = None) -> list[str]:
+    """The ops the route's converters lack (per the tables, under the target's `options` by format), less
+    those the route's rewrites remove."""
     from buildsys.formats import steps
     from buildsys.rewrites import REGISTRY
     from buildsys.rewrites.base import op_base
@@ -251,7 +273,7 @@ def route_gaps(route: Sequence[str], gaps: Mapping[str, list[str]]) -> list[str]
                for op in REGISTRY[n].removes}
     out: list[str] = []
     for (a, _), (b, _) in zip(stops, stops[1:]):
-        accepts = steps()[g.edges[a, b]["step"]].accepts_ops
+        accepts = _accepts(steps()[g.edges[a, b]["step"]], b, options)
         if accepts:
             out += [op for op in gaps.get(f"{accepts[0]}:{accepts[1]}", []) if op not in removed and op not in out]
     return out
@@ -288,6 +310,8 @@ def describe(plan: "Plan") -> dict[str, Any]:
             continue  # not a PyTorch factory: nothing to export
         models[model] = {"ops": cov.ops[model]["exported"], "core": cov.ops[model]["core"]} if model in cov.ops \
             else {"not_analysed": cov.not_analysed[model]}
+        if model in cov.ops and cov.ops[model].get("traced") is not None:  # as the TorchScript ONNX exporter sees it
+            models[model]["traced"] = cov.ops[model]["traced"]
         if cov.ops.get(model, {}).get("qat"):  # recognised from the graph by the probe (buildsys.qat)
             models[model]["qat"] = cov.ops[model]["qat"]
         found: dict[str, Any] = {}
@@ -295,20 +319,26 @@ def describe(plan: "Plan") -> dict[str, Any]:
             formats = [hop(s)[0] for s in route]
             for a, b in zip(formats, formats[1:]):
                 step = steps()[g.edges[a, b]["step"]]
+                accepts = _accepts(step, b, plan.config.project.targets[target].options)
                 if step.name in found:
                     continue
-                if not step.accepts_ops:
+                if not accepts:
                     found[step.name] = {"unknown": "no op registry is read for it"}
                     continue
-                table = step.accepts_ops[0]
-                lacking = cov.lacks(model, step.accepts_ops)
+                table = accepts[0]
+                lacking = cov.lacks(model, accepts)
                 if lacking is None:
                     why = cov.unknown.get(table) or ("not analysed yet" if model not in cov.ops or table not in
-                                                     cov.tables else "unknown")
+                                                     cov.tables else f"the model gave no '{accepts[1]}' inventory")
                     found[step.name] = {"table": table, "unknown": why}
                 else:
                     found[step.name] = {"table": table, "registry": TABLES[table][2], "lacks": lacking,
                                         "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking}}
+                portable = cov.lacks(model, step.delegates_ops) if step.delegates_ops else None
+                if step.delegates_ops and portable is not None:  # information: which ops the backend may take
+                    ops = cov.ops[model][step.delegates_ops[1]]
+                    found[step.name]["delegates"] = {"table": step.delegates_ops[0], "portable": portable,
+                                                     "delegated": [op for op in ops if op not in portable]}
         targets[target] = {"model": model, "steps": found, "route": plan.dag.routes.get(target)}
     return {"models": models, "targets": targets}
 
@@ -342,6 +372,10 @@ def lines(plan: "Plan") -> list[str]:
             out.append(f"{target}: {'; '.join(gaps)}; first route {' → '.join(entry['route'] or [])}")
         else:
             clear.append(target)
+        for step, s in entry["steps"].items():
+            if s.get("delegates", {}).get("portable"):
+                out.append(f"{target}: {step}: XNNPACK has no partitioner config for "
+                           f"{', '.join(s['delegates']['portable'])} (the runtime's portable kernels run them)")
     if clear:
         who = ", ".join(clear) if len(clear) <= 4 else f"{'every' if len(clear) == len(data['targets']) else 'the other'} " \
             f"{len(clear)} target(s)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
@@ -154,9 +154,14 @@ class Step:
     #: second converter to a format can sit behind the established one (see routes.candidate_routes).
     route_cost: ClassVar[float] = 1
     #: The converter table whose registry says which ATen ops this step accepts, and which op inventory it
-    #: reads ("exported": the graph as traced or exported; "core": after the core ATen decompositions):
-    #: candidate routes are ordered by it (buildsys/coverage.py). None: not known, routes stay as they are.
+    #: reads ("exported": the graph as torch.export traced it; "core": after the core ATen decompositions;
+    #: "traced": as torch.jit.trace records it; "decomposed": as exported, an op the table lacks counting when
+    #: its decomposition is covered): candidate routes are ordered by it (buildsys/coverage.py). None: not
+    #: known, routes stay as they are. A step whose options choose the converter overrides `accepts`.
     accepts_ops: ClassVar[tuple[str, str] | None] = None
+    #: A backend's table of the ops it takes over from the runtime's kernels (XNNPACK's partitioner configs),
+    #: and the inventory it reads: shown in `plan` (delegated or left to portable kernels), never an order.
+    delegates_ops: ClassVar[tuple[str, str] | None] = None
     #: Other ways this step can make its format, by label: option values that give up some of what
     #: the defaults promise (a full-int8 quantizer's dynamic-range mode) but work on more models.
     #: Each becomes a route of its own, written `tflite-int8 (dynamic)`, tried after every route
@@ -179,6 +184,17 @@ class Step:
     #: deploy.lock beside the key, where `explain` and the report read them. A step's `caveats`
     #: (buildsys.status: a lesser path than asked) are always committed.
     committed_metrics: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def accepts(cls, options: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
+        """The table and inventory this step reads (`accepts_ops`) given the target's raw options for
+        the format it makes; a step whose options pick another converter (the ONNX exporter) overrides it."""
+        return cls.accepts_ops
+
+    @classmethod
+    def accepts_any(cls) -> set[str]:
+        """Every table `accepts` may name, whatever the options (which registries `plan --ops` reads)."""
+        return {cls.accepts_ops[0]} if cls.accepts_ops else set()
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:

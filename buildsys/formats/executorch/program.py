@@ -77,6 +77,7 @@ class _PteFromPt2(Step):
     toolchain = "torch"
     Options = PteOptions
     accepts_ops = ("executorch", "core")  # the edge dialect: core ATen, run by the runtime's kernels
+    delegates_ops = ("xnnpack", "core")  # what XNNPACK's partitioner has a config for; the rest runs portable
 
     @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import Field, model_validator
 
@@ -202,6 +202,18 @@ class OnnxFromPyTorch(Step):
     toolchain = "torch"
     description = "torch.onnx.export of the factory's module."
     committed_metrics = ("rewrites", "qat", "structured_pruning")
+    # The legacy exporter looks up the ops of its own TorchScript trace in its symbolic registry; dynamo: true
+    # reads the exported graph, decomposing what torchlib has no translation for. (A QAT module is exported
+    # with dynamo whatever the option: it is still read against the legacy table, whose ATen ops it shares.)
+    accepts_ops = ("onnx-legacy", "traced")
+
+    @classmethod
+    def accepts(cls, options: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
+        return ("onnx-dynamo", "decomposed") if (options or {}).get("dynamo") is True else cls.accepts_ops
+
+    @classmethod
+    def accepts_any(cls) -> set[str]:
+        return {"onnx-legacy", "onnx-dynamo"}
 
     class Options(RewritableOptions):
         opset: int = _opset(DYNAMO_MAX_OPSET)
@@ -263,6 +275,7 @@ class OnnxFromTorchScript(Step):
     packages = ("torch", "onnx")
     toolchain = "torch"
     description = "torch.onnx.export(dynamo=False) of a TorchScript module."
+    accepts_ops = ("onnx-legacy", "traced")  # the module's graph, looked up in the symbolic registry
 
     class Options(StepOptions):
         opset: int = _opset(LEGACY_MAX_OPSET)
@@ -287,6 +300,7 @@ class OnnxFromPt2(Step):
     packages = ("torch", "onnx", "onnxscript")
     toolchain = "torch"
     description = "torch.onnx.export(dynamo=True) of an ExportedProgram."
+    accepts_ops = ("onnx-dynamo", "decomposed")  # what torchlib cannot translate is decomposed first
 
     class Options(StepOptions):
         opset: int = _opset(DYNAMO_MAX_OPSET)
