@@ -48,7 +48,7 @@ class PruningOptions(SearchingOptions):
     sparsity: Sparsity = Field(
         default=None, description="Post-training magnitude pruning: this share of each float weight tensor of the "
         "convolutions and matrix products (those with at least weight_threshold elements), the smallest in "
-        "magnitude, is set to zero. TFLite stores a pruned tensor sparse where that is smaller (from about 0.3; "
+        "magnitude, is set to zero. TFLite stores a pruned tensor sparse (from about 0.3, where the file shrinks; "
         "the interpreter densifies it at load); OpenVINO's IR stores it dense (smaller only when compressed). "
         "'auto': the highest of 0.1 … 0.9 that meets the target's acceptance on the validation set "
         "(docs/mobile.md); the ratio chosen and every ratio tried are recorded in deploy.lock.")

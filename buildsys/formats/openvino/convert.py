@@ -124,7 +124,7 @@ class OpenVinoFromOnnx(Step):
             return AUTO_NEEDS_VALIDATION
         return None
 
-    def _run(self, ctx: StepContext[PruningOptions]) -> dict[str, Any]:  # type: ignore[override]
+    def _run(self, ctx: StepContext[PruningOptions]) -> dict[str, Any]:
         with telemetry_off():
             import openvino as ov
 
