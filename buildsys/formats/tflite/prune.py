@@ -76,18 +76,15 @@ def prune_flatbuffer(flatbuffer: bytes, ratio: float, threshold: int) -> tuple[b
                      "sparse_tensors": sparse}
 
 
-def prune_output(step: "Step", ctx: "StepContext") -> dict[str, Any]:
-    """Prune the step's converted model.tflite in place at `sparsity` (or the ratio `auto` finds); returns the
-    metrics: the ratio delivered, the sparsity measured on the pruned weights, what is stored sparse, sizes."""
-    from buildsys.formats.tflite.tflite import FLATBUFFER, tensor_dtypes
-
+def prune_output(step: "Step", ctx: "StepContext", path: Path) -> dict[str, Any]:
+    """Prune the step's converted flatbuffer `path` in place at `sparsity` (or the ratio `auto` finds); returns
+    the metrics: the ratio delivered, the sparsity measured on the pruned weights, what is stored sparse, sizes."""
     opts = ctx.options
-    path = ctx.out_dir / FLATBUFFER
     dense = path.read_bytes()
     search: dict[str, Any] = {}
     ratio = opts.sparsity
     if ratio == "auto":
-        ratio, search = _auto(step, ctx, dense)
+        ratio, search = _auto(step, ctx, path)
     try:
         encoded, facts = prune_flatbuffer(dense, ratio, opts.weight_threshold)
     except Exception as exc:
@@ -100,33 +97,32 @@ def prune_output(step: "Step", ctx: "StepContext") -> dict[str, Any]:
                              "weight_threshold or remove sparsity")
     path.write_bytes(encoded)
     recorded = {"sparsity_search": search} if search else {}
-    return {"sparsity": ratio, **facts, "dense_bytes": len(dense), "bytes": len(encoded),
-            "tensor_dtypes": tensor_dtypes(encoded), **recorded}
+    return {"sparsity": ratio, **facts, "dense_bytes": len(dense), "bytes": len(encoded), **recorded}
 
 
-def _auto(step: "Step", ctx: "StepContext", dense: bytes) -> tuple[float, dict[str, Any]]:
+def _auto(step: "Step", ctx: "StepContext", path: Path) -> tuple[float, dict[str, Any]]:
     """`sparsity: auto`: each candidate run by the LiteRT interpreter against the model's PyTorch module."""
     from buildsys.formats.prune_search import search, session_outputs
     from buildsys.formats.tflite.layout import read_layout
     from buildsys.formats.tflite.litert import LiteRtSession
-    from buildsys.formats.tflite.tflite import FLATBUFFER
     from buildsys.source import load_module
 
-    record = read_layout(ctx.out_dir)
+    dense = path.read_bytes()
+    record = read_layout(path.parent)
     batch = ctx.data("validation")
     module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name)
 
     def prune(ratio: float, out: Path) -> Path:
         out.mkdir(parents=True)
-        (out / FLATBUFFER).write_bytes(prune_flatbuffer(dense, ratio, ctx.options.weight_threshold)[0])
-        return out / FLATBUFFER
+        (out / path.name).write_bytes(prune_flatbuffer(dense, ratio, ctx.options.weight_threshold)[0])
+        return out / path.name
 
     def evaluate(path: Path) -> Any:
         assert batch is not None  # check_config requires it
         return session_outputs(LiteRtSession(path, ctx.model, record), ctx.model, batch)
 
     with tempfile.TemporaryDirectory(prefix="sparsity-") as tmp:
-        return search(step, ctx, module, prune, evaluate, ctx.out_dir / FLATBUFFER, Path(tmp))
+        return search(step, ctx, module, prune, evaluate, path, Path(tmp))
 
 
 def _code(model: Any, op: Any) -> int:

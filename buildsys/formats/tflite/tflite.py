@@ -126,7 +126,9 @@ class TfliteFromSavedModel(_FromSavedModel):
             return metrics
         from buildsys.formats.tflite.prune import prune_output
 
-        return {**metrics, **prune_output(self, ctx)}
+        path = ctx.out_dir / FLATBUFFER
+        pruned = prune_output(self, ctx, path)
+        return {**metrics, **pruned, "tensor_dtypes": tensor_dtypes(path.read_bytes())}
 
     def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
         if self.precision == "fp32":
