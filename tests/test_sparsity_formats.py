@@ -69,9 +69,12 @@ def run(root: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=900, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
 
 
+def project_node(root: Path, target: str) -> str:
+    return Lock.read(root / "deploy.lock").targets[target]["node"]
+
+
 def node(root: Path, target: str) -> dict:
-    lock = Lock.read(root / "deploy.lock")
-    return lock.nodes[lock.targets[target]["node"]]
+    return Lock.read(root / "deploy.lock").nodes[project_node(root, target)]
 
 
 @pytest.mark.slow  # onnx2tf's SavedModel (~10 s), two TFLite and two OpenVINO conversions, four checks
@@ -131,9 +134,6 @@ def test_sparsity_auto_takes_the_highest_ratio_that_holds_and_a_noop_does_not_se
     again = run(project, "build", "tfl-auto", "ov-auto")
     assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stdout
 
-
-def project_node(root: Path, target: str) -> str:
-    return Lock.read(root / "deploy.lock").targets[target]["node"]
 
 
 def test_options_are_validated_in_the_planner(tmp_path: Path) -> None:
