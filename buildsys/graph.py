@@ -84,6 +84,17 @@ class Dag:
             current = node.deps[0] if node.deps else None  # a check's first dep is its artifact
         return out
 
+    def structured_sparsity(self, name: str) -> float:
+        """The structured pruning ratio a node's artifact carries: that of the step of its chain that loaded the
+        module (formats.torch.pruned), 0 when none pruned it."""
+        current: str | None = name
+        while current in self.nodes:
+            node = self.nodes[current]
+            if node.options.get("structured_sparsity"):
+                return float(node.options["structured_sparsity"])
+            current = node.deps[0] if node.deps else None
+        return 0.0
+
     def graph(self) -> "nx.DiGraph":
         """The DAG as a networkx graph (built on demand)."""
         import networkx as nx
@@ -199,6 +210,11 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
                               f"a PyTorch factory (source: {model.source.format})",
                               where=cfg.where("targets", tname, "rewrites"), field=f"targets.{tname}.rewrites")
+        if target.structured_sparsity and loading_stop(candidates[tname][0]) is None:
+            raise ConfigError("structured_sparsity prunes the PyTorch module where a route loads it, and no step of "
+                              f"this target's route loads one (source: {model.source.format}, goal: {target.goal})",
+                              where=cfg.where("targets", tname, "structured_sparsity"),
+                              field=f"targets.{tname}.structured_sparsity")
         if gaps.get(target.model):  # a route whose converter lacks an op goes after those that can work
             candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
                                              auto_rewrites=target.rewrites is None)
@@ -234,6 +250,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                 raw = opts_by_format.get(b, {})
                 if target.rewrites is not None and loads_module(step) and isinstance(raw, dict):
                     raw = {"rewrites": target.rewrites, **raw}  # the format's own option wins
+                if target.structured_sparsity and loads_module(step) and isinstance(raw, dict):
+                    raw = {"structured_sparsity": target.structured_sparsity, **raw}  # the format's own wins
                 if isinstance(raw, dict):  # a searching option, a recipe's or the user's, aims at the target's tolerance
                     raw = with_goal(step, {**raw, **stop_options(step, label)} if label else raw, acceptance["outputs"])
                 options = _options(step, raw, cfg, tname, b)

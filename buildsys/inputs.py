@@ -44,6 +44,8 @@ def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
         out["code"] = list(dict.fromkeys(code))
         if src.weights:
             out["weights"] = [_existing(cfg, root / src.weights, (*key, "weights"), f"models.{model_name}.source.weights")]
+    elif src.transformers:
+        out["model directory"] = transformers_files(cfg, model_name)
     else:
         attr = next(k for k in ("torchscript", "exported", "onnx") if getattr(src, k))
         path = _existing(cfg, root / getattr(src, attr), (*key, attr), f"models.{model_name}.source.{attr}")
@@ -51,6 +53,23 @@ def source_files(cfg: LoadedConfig, model_name: str) -> dict[str, list[Path]]:
         if attr == "onnx" and path.with_name(path.name + ".data").exists():
             out["source file"].append(path.with_name(path.name + ".data"))
     return out
+
+
+def transformers_files(cfg: LoadedConfig, model_name: str) -> list[Path]:
+    """Every file of a model's `source.transformers` directory (config, weights, tokenizer, generation config),
+    checked to be a directory with a config.json: what `from_pretrained` reads is what the key reads."""
+    rel = cfg.project.models[model_name].source.transformers
+    assert rel is not None
+    where = cfg.where("models", model_name, "source", "transformers")
+    field = f"models.{model_name}.source.transformers"
+    path = cfg.root / rel
+    if not path.is_dir():
+        raise ConfigError(f"transformers directory '{rel}' does not exist", where=where, field=field,
+                          hint="give the directory `save_pretrained` wrote, relative to the deploy file")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"'{rel}' has no config.json, so it is not a transformers model directory", where=where,
+                          field=field, hint="give the directory `save_pretrained` wrote (config.json and the weights)")
+    return sorted(p for p in path.rglob("*") if p.is_file())
 
 
 def generation_files(cfg: LoadedConfig, model_name: str,

@@ -102,6 +102,11 @@ class ArtifactKind(NodeKind):
             from buildsys.rewrites import versions
 
             comp["rewrites"] = versions(node.options["rewrites"])
+        if node.options.get("structured_sparsity"):  # a pruned module: the pruning code and library decide it
+            from buildsys.formats.torch.pruned import PACKAGE, PRUNING_VERSION
+
+            comp["structured_pruning"] = PRUNING_VERSION
+            packages.append(PACKAGE)
         if model.generation is not None:  # a decoder's export is sized by its cache and prefill chunk
             comp["generation"] = model.generation.model_dump(mode="json", include={"max_seq_len", "max_cache_len"})
 

@@ -145,9 +145,9 @@ class Planner:
     def source_packages(self, model: str) -> list[str]:
         """The distributions a model's factory imports or reads from (inputs.factory_distributions)."""
         if model not in self._source_packages:
-            factory = self.config.project.models[model].source.factory
-            self._source_packages[model] = factory_distributions(self.config.root, factory.partition(":")[0]) \
-                if factory else []
+            source = self.config.project.models[model].source
+            self._source_packages[model] = factory_distributions(self.config.root, source.factory.partition(":")[0]) \
+                if source.factory else ["transformers"] if source.transformers else []
         return self._source_packages[model]
 
     def data_input(self, model: str, which: str) -> str:
@@ -184,6 +184,8 @@ class Planner:
             inputs.update(self.source_inputs(node.model))
             packages += self.source_packages(node.model)  # the weights' package, transformers, …
             comp["source"] = model.source.model_dump(mode="json", include={"factory", "kwargs"})
+            if model.source.transformers:  # (only when set: a factory model's keys stay as they were)
+                comp["source"]["transformers"] = model.source.transformers
         for shipped in step.shipped_files:
             inputs[f"shipped {shipped.name}"] = self.stat.digest(shipped)
         if kind is ArtifactKind and _names_files(step):  # most steps don't: skip re-validating their options

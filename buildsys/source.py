@@ -86,6 +86,8 @@ def load_module(model: "Model", root: Path, *, name: str = "", step: str = "") -
     import torch
 
     src = model.source
+    if src.transformers:
+        return _from_pretrained(Path(root) / src.transformers, name, step)
     if not src.factory:
         raise _error(name, step, "the model source is not a PyTorch factory")
     module_name, _, attr = src.factory.partition(":")
@@ -110,7 +112,7 @@ def load_module(model: "Model", root: Path, *, name: str = "", step: str = "") -
         if not path.is_file():
             raise _error(name, step, f"weights file '{src.weights}' does not exist")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _read_state_dict(path)
         except Exception as exc:
             raise _error(name, step, f"weights '{src.weights}' could not be loaded: {describe(exc)}") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -124,6 +126,36 @@ def load_module(model: "Model", root: Path, *, name: str = "", step: str = "") -
     # A quantization-aware-trained module (fake-quant modules in its graph) runs as trained: observers
     # frozen, fake quantization on (buildsys.qat); a float module is only put in eval mode.
     return as_trained(module).eval()
+
+
+def _read_state_dict(path: Path) -> Any:
+    """A checkpoint's tensors: a `.safetensors` file (read by safetensors, never unpickled) or a torch.save file
+    loaded with weights_only=True."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _from_pretrained(path: Path, name: str, step: str) -> "torch.nn.Module":
+    """A transformers model directory as a causal LM in float32 and eval mode, read from disk only."""
+    import torch
+
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:
+        raise _error(name, step, "source.transformers needs the transformers package "
+                     "(pip install -c constraints.txt 'modelbuild[llm]')") from exc
+    try:
+        # float32 whatever dtype the checkpoint was saved in: the reference every artifact is held to.
+        module = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except Exception as exc:  # an unknown architecture, missing or mismatched weights, a broken config.json
+        raise _error(name, step, f"transformers directory '{path.name}' could not be loaded as a causal LM: "
+                     f"{describe(exc)}") from exc
+    return module.eval()
 
 
 def _state_dict_problem(exc: BaseException) -> str:

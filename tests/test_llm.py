@@ -36,7 +36,7 @@ def test_text_generation_model_gets_the_fixed_signature() -> None:
     ({"inputs": [{"name": "x", "shape": [1]}]}, "fixed signature; remove inputs"),
     ({"generation": None}, "needs a 'generation' section"),
     ({"generation": {**GEN, "max_seq_len": 300}}, "max_seq_len 300 exceeds max_cache_len 256"),
-    ({"source": {"torchscript": "m.pt"}}, "source is a factory"),
+    ({"source": {"torchscript": "m.pt"}}, "source is a transformers directory or a factory"),
 ])
 def test_text_generation_mistakes_are_refused(fields: dict[str, Any], message: str) -> None:
     data = {"task": "text-generation", "source": {"factory": "lm:load"}, "generation": GEN, **fields}

@@ -26,11 +26,11 @@ TARGETS = """\
     format: llm-executorch
     precision: int8
     options: {llm-executorch-int8: {scheme: weight-only}}
-  pte-4w:
+  pte-4w:                                  # the int4 member: 8da4w, as `scheme: 8da4w` of the int8 one
     model: llama
     format: llm-executorch
-    precision: int8
-    options: {llm-executorch-int8: {scheme: 8da4w, group_size: 32}}
+    precision: int4
+    options: {llm-executorch-int4: {group_size: 32}}
     acceptance: {min_token_agreement: 0.9, outputs: {nll: {max_abs: 0.05}}}
 bundles:
   android:
@@ -154,4 +154,4 @@ def test_bundle_ships_tokenizer_and_spec_and_its_card_states_the_llm_facts(built
     fp32 = json.loads((root / "artifacts/pte/model_card.json").read_text())["generation"]
     assert fp32["quantization"] == "none (float32)" and fp32["token_agreement"] == 1.0 and fp32["first_divergence"] is None
     verified = project.run("bundle", "verify", str(archive))
-    assert "passed   pte (llm-executorch" in verified.stdout and "passed   pte-4w (llm-executorch-int8" in verified.stdout
+    assert "passed   pte (llm-executorch" in verified.stdout and "passed   pte-4w (llm-executorch-int4" in verified.stdout

@@ -40,7 +40,8 @@ class TextGeneration(BaseModel):
     new_tokens: int = Field(default=16, ge=1, description="Greedy tokens generated per prompt (no stop at EOS: every "
                             "runtime generates the same count, so token agreement compares like with like).")
     tokenizer: str = Field(description="The tokenizer the model was trained with: a `tokenizer.json` file (Hugging "
-                           "Face tokenizers) or a directory holding one, relative to the deploy file.")
+                           "Face tokenizers) or a directory holding one, relative to the deploy file. With a "
+                           "`source.transformers` directory it defaults to that directory's tokenizer.json.")
 
     @model_validator(mode="after")
     def _fits(self) -> "TextGeneration":
@@ -54,11 +55,22 @@ def fill_signature(data: Any) -> Any:
     (giving them by hand is an error: the runtimes produce exactly these)."""
     if not isinstance(data, dict) or data.get("task") != "text-generation":
         return data
+    data = _default_tokenizer(data)
     given = [k for k in ("inputs", "outputs") if k in data and _essence(k, data[k]) != _essence(k, SIGNATURE[k])]
     if given:  # a model dumped and validated again (in a worker) carries the fixed signature itself
         raise ValueError(f"a text-generation model has a fixed signature; remove {' and '.join(given)} "
                          "(docs/llm.md lists what its checks compare)")
     return {**data, **SIGNATURE}
+
+
+def _default_tokenizer(data: dict[str, Any]) -> dict[str, Any]:
+    """A transformers directory carries its tokenizer: `generation.tokenizer` defaults to its tokenizer.json
+    (the file only, so the artifact ships the tokenizer and not the weights beside it)."""
+    source, gen = data.get("source"), data.get("generation")
+    if isinstance(source, dict) and isinstance(source.get("transformers"), str) and isinstance(gen, dict) \
+            and "tokenizer" not in gen:
+        return {**data, "generation": {**gen, "tokenizer": f"{source['transformers'].rstrip('/')}/tokenizer.json"}}
+    return data
 
 
 def _essence(section: str, specs: Any) -> Any:

@@ -99,17 +99,26 @@ class DataSets(Strict):
     )
 
 
+#: The ways a model's source can be given (exactly one per model).
+SOURCE_KINDS = ("factory", "transformers", "torchscript", "exported", "onnx")
+
+
 class Source(Strict):
-    """Where the PyTorch model comes from: exactly one of factory, torchscript, exported, onnx."""
+    """Where the PyTorch model comes from: exactly one of factory, transformers, torchscript, exported, onnx."""
 
     factory: Optional[str] = Field(
         default=None, description="'module:callable' that returns a torch.nn.Module; the module is "
         "imported with the deploy.yaml directory on sys.path."
     )
     weights: Optional[str] = Field(
-        default=None, description="state_dict file for the factory's module, loaded with weights_only=True."
+        default=None, description="state_dict file for the factory's module: a .safetensors file, or a torch.save "
+        "file loaded with weights_only=True (a {'state_dict': ...} checkpoint wrapper is unwrapped)."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    transformers: Optional[str] = Field(
+        default=None, description="A local Hugging Face model directory (config.json and the weights, as "
+        "`save_pretrained` writes it), loaded with `AutoModelForCausalLM.from_pretrained(dir, local_files_only=True)` "
+        "in float32; every file in it enters the cache key. Text-generation models only; nothing is downloaded.")
     torchscript: Optional[str] = Field(default=None, description="A TorchScript file (torch.jit.save).")
     exported: Optional[str] = Field(default=None, description="A torch.export program file (.pt2).")
     onnx: Optional[str] = Field(default=None, description="An ONNX file used as the source.")
@@ -121,9 +130,9 @@ class Source(Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
-        given = [k for k in ("factory", "torchscript", "exported", "onnx") if getattr(self, k)]
+        given = [k for k in SOURCE_KINDS if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError("give exactly one of factory, torchscript, exported, onnx" + (f" (got {', '.join(given)})" if given else ""))
+            raise ValueError(f"give exactly one of {', '.join(SOURCE_KINDS)}" + (f" (got {', '.join(given)})" if given else ""))
         if self.weights and not self.factory:
             raise ValueError("'weights' only applies to a 'factory' source")
         if self.factory and ":" not in self.factory:
@@ -133,7 +142,7 @@ class Source(Strict):
     @property
     def format(self) -> str:
         """The format name of this source in the format graph."""
-        if self.factory:
+        if self.factory or self.transformers:
             return "pytorch"
         if self.torchscript:
             return "torchscript-file"
@@ -148,7 +157,7 @@ class Model(Strict):
     description: str = Field(default="", description="Free text; not part of any cache key.")
     task: Literal["tensors", "text-generation"] = Field(
         default="tensors", description="'tensors': a module called once per sample, judged output by output. "
-        "'text-generation': a causal LM (a factory returning a Hugging Face `*ForCausalLM`), exported with a static "
+        "'text-generation': a causal LM (a transformers directory, or a factory returning a Hugging Face `*ForCausalLM`), exported with a static "
         "KV cache and judged by generation (docs/llm.md); its signature is fixed, so inputs and outputs are omitted.")
     generation: Optional[TextGeneration] = Field(
         default=None, description="Text-generation settings (cache sizes, prompts, held text, tokenizer); required "
@@ -170,8 +179,12 @@ class Model(Strict):
         if (self.task == "text-generation") != (self.generation is not None):
             raise ValueError("task: text-generation needs a 'generation' section" if self.generation is None
                              else "'generation' applies only to task: text-generation")
-        if self.task == "text-generation" and not self.source.factory:
-            raise ValueError("a text-generation model's source is a factory returning a Hugging Face causal LM")
+        if self.task == "text-generation" and not (self.source.factory or self.source.transformers):
+            raise ValueError("a text-generation model's source is a transformers directory or a factory returning a "
+                             "Hugging Face causal LM")
+        if self.source.transformers and self.task != "text-generation":
+            raise ValueError("source.transformers loads a causal LM: it needs task: text-generation (for another "
+                             "model, give a factory that builds it)")
         return self
 
     @field_validator("inputs", "outputs")
@@ -266,6 +279,14 @@ class Target(Strict):
         "rewrites the artifact carries. A list (e.g. [stft]): exactly these, on every route, and none added "
         "automatically. []: no rewrites at all (a refusal then fails the route, naming the rewrite that would "
         "remove the op).")
+    structured_sparsity: Optional[float] = Field(
+        default=None, ge=0.0, lt=1.0, description="Structured (channel) pruning where the route loads the PyTorch "
+        "module (the trace, torch.export or the ONNX export), so every format downstream gets a smaller, faster "
+        "model: the share of output channels removed from each conv and linear layer but those that make the "
+        "outputs (e.g. 0.3), by L2 weight magnitude with torch-pruning's dependency graph, without fine-tuning. "
+        "The check compares the artifact with the dense PyTorch reference under this target's acceptance, so a "
+        "ratio the model cannot afford fails the build; deploy.lock records the ratio and the parameter counts "
+        "dense and pruned. Needs `pip install 'modelbuild[pruning]'`. Unset or 0: no pruning.")
     repair: Union[bool, list[str]] = Field(
         default=True, description="Accuracy repair of a quantized artifact that misses its acceptance "
         "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "

@@ -51,7 +51,7 @@ def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str
         "schema": CARD_SCHEMA, "target": facts.target,
         "description": target_cfg.description if target_cfg is not None else "",
         "model": {"name": facts.model, "description": model_cfg.description if model_cfg is not None else "",
-                  "source": {k: v for k, v in (source.model_dump(include={"factory", "weights", "torchscript",
+                  "source": {k: v for k, v in (source.model_dump(include={"factory", "transformers", "weights", "torchscript",
                                                                             "exported", "onnx"}) if source else {}).items() if v}},
         "artifact": {"format": facts.format, "description": fmt.description if fmt is not None else "",
                      "precision": facts.precision, "size_bytes": facts.size,

@@ -32,6 +32,8 @@ LLM_PTE = register_formats(Format.variants("llm-executorch", {
             "scheme dynamic (default; PT2E XNNPACKQuantizer: per-channel int8 weights, int8 activations quantized "
             "per call), weight-only (int8 per-channel weights, float activations) or 8da4w (int4 weights in "
             "groups, int8 activations quantized per token).",
+    "int4": "Decoder LM as an ExecuTorch program (.pte) with int4 weights in groups and int8 activations quantized "
+            "per token (8da4w, ExecuTorch's -qmode 8da4w), lowered to XNNPACK: the smallest .pte.",
 }, filename="model.pte", runtime="llm-executorch", task="text-generation"))
 
 
@@ -205,3 +207,41 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
             raise self.fail(ctx, f"PT2E int8 quantization quantized none of the decoder's weights ({total:,} stay float)")
         share = round(int8 / total, 4)
         return quantized, {"scheme": "dynamic", "int8_weights": share, "quantized_weights": share}
+
+
+class LlmPteInt4Options(StepOptions):
+    """The int4 member: always 8da4w, only its group size is chosen."""
+
+    group_size: int | None = Field(
+        default=None, ge=1, description="Input channels that share one int4 scale (ExecuTorch's default for "
+        "Llama is 128; smaller groups are more accurate and larger). A linear layer whose input width it does "
+        "not divide stays float32. Unset: 32.")
+
+    @property
+    def scheme(self) -> str:
+        return "8da4w"
+
+    @property
+    def groups(self) -> int:
+        """The group size 8da4w uses."""
+        return self.group_size or 32
+
+
+@register
+class LlmExecutorchInt4FromPyTorch(LlmExecutorchInt8FromPyTorch):
+    """As llm-executorch, with int4 grouped weights and int8 dynamic activations (8da4w): what
+    `llm-executorch-int8` with `scheme: 8da4w` builds, as a precision of its own so that `precision: int4`
+    asks for it, like `llm-openvino-int4`."""
+
+    name = "llm-executorch-int4-from-pytorch"
+    produces = "llm-executorch-int4"
+    precision = "int4"
+    version = 1
+    Options = LlmPteInt4Options  # type: ignore[assignment]
+    description = ("decoder.py's StaticCacheDecoder with its linears quantized by torchao "
+                   "Int8DynamicActivationIntxWeightConfig (int4 groups; quantize.py), torch.export, "
+                   "to_edge_transform_and_lower(XNNPACK).")
+
+    @classmethod
+    def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
+        return None

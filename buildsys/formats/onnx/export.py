@@ -201,7 +201,7 @@ class OnnxFromPyTorch(Step):
     packages = ("torch", "onnx", "onnxscript")
     toolchain = "torch"
     description = "torch.onnx.export of the factory's module."
-    committed_metrics = ("rewrites", "qat")
+    committed_metrics = ("rewrites", "qat", "structured_pruning")
 
     class Options(RewritableOptions):
         opset: int = _opset(DYNAMO_MAX_OPSET)

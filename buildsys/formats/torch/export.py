@@ -34,7 +34,7 @@ class Pt2FromPyTorch(Step):
     extra = "torch"
     toolchain = "torch"
     description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
-    committed_metrics = ("rewrites", "qat")
+    committed_metrics = ("rewrites", "qat", "structured_pruning")
 
     class Options(RewritableOptions):
         dynamic: bool = Field(

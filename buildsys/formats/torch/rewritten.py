@@ -30,6 +30,13 @@ class RewritableOptions(StepOptions):
         "some converters refuse and computes the same. Usually left unset: when a converter refuses an op a "
         "rewrite removes, the route with that rewrite here is tried next. Setting it (even to []) pins it for "
         "this format: no rewrite is added automatically.")
+    structured_sparsity: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Structured (channel) pruning before the module is traced or "
+        "exported: the share of output channels removed from every conv and linear layer but those that make the "
+        "model's outputs (by L2 weight magnitude, with torch-pruning's dependency graph; no fine-tuning). Every "
+        "format made from this one gets the smaller model; its check still compares against the dense PyTorch "
+        "reference, so a ratio the model cannot afford fails the build. Usually set on the target "
+        "(`structured_sparsity:`). 0: no pruning.")
 
     @field_validator("rewrites")
     @classmethod
@@ -43,6 +50,8 @@ class RewritableOptions(StepOptions):
         data = handler(self)
         if isinstance(data, dict) and not data.get("rewrites"):
             data.pop("rewrites", None)  # keys of nodes without rewrites stay what they were
+        if isinstance(data, dict) and not data.get("structured_sparsity"):
+            data.pop("structured_sparsity", None)  # nor do those of unpruned nodes
         return data
 
 
@@ -56,8 +65,31 @@ def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False) ->
     from buildsys.source import load_module
 
     module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold)
+    ratio = float(getattr(ctx.options, "structured_sparsity", 0.0))
+    if ratio:
+        module = _pruned(step, ctx, module, ratio)
     names = list(getattr(ctx.options, "rewrites", ()))
     return rewrites.apply(module, names) if names else module
+
+
+def _pruned(step: "Step", ctx: "StepContext[Any]", module: "torch.nn.Module", ratio: float) -> "torch.nn.Module":
+    """`module` with `ratio` of its channels removed (formats.torch.pruned); what was done goes to
+    `ctx.extra` for the step's metrics (`rewrite_metrics`)."""
+    from buildsys.errors import describe
+    from buildsys.formats.torch import pruned
+    from buildsys.qat import info_of
+
+    problem = pruned.unavailable()
+    if problem:
+        raise step.fail(ctx, problem)
+    if info_of(module) is not None:
+        raise step.fail(ctx, "structured_sparsity cannot prune a quantization-aware-trained module (its fake-quant "
+                             "observers are sized per channel): prune before QAT, or set structured_sparsity: 0")
+    try:
+        ctx.extra["structured_pruning"] = pruned.prune_channels(module, ctx.model, ctx.example(), ratio)
+    except Exception as exc:
+        raise step.fail(ctx, f"structured pruning at {ratio:g} failed: {describe(exc)}") from exc
+    return module
 
 
 def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, module: Any = None) -> dict[str, Any]:
@@ -73,20 +105,27 @@ def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, modul
     names = list(getattr(ctx.options, "rewrites", ()))
     if names:
         out["rewrites"] = names
+    if ctx.extra.get("structured_pruning"):
+        out["structured_pruning"] = ctx.extra["structured_pruning"]
     if ops is not None:
         out["ops"] = sorted(set(ops))
     return out
 
 
 def describe_rewrites(facts: dict[str, Any]) -> list[str]:
-    """The rewrites an artifact carries, in words (for `explain` and the report)."""
+    """The rewrites and the structured pruning an artifact carries, in words (for `explain` and the report)."""
     names = facts.get("rewrites") or []
+    pruning = []
+    if facts.get("structured_pruning"):
+        from buildsys.formats.torch.pruned import describe
+
+        pruning = [describe(facts["structured_pruning"])]
     if not names:
-        return []
+        return pruning
     from buildsys.rewrites import REGISTRY
 
     removed = [op for n in names if n in REGISTRY for op in REGISTRY[n].removes[:1]]
-    return [f"op rewrites applied: {', '.join(names)} (removes {', '.join(removed)}; see docs/rewrites.md)"]
+    return [f"op rewrites applied: {', '.join(names)} (removes {', '.join(removed)}; see docs/rewrites.md)"] + pruning
 
 
 def torchscript_ops(module: Any) -> list[str]:

@@ -42,7 +42,7 @@ class TorchScriptFromPyTorch(Step):
     extra = "torch"
     toolchain = "torch"
     description = "torch.jit.trace / torch.jit.script, then torch.jit.save."
-    committed_metrics = ("rewrites",)
+    committed_metrics = ("rewrites", "structured_pruning")
 
     class Options(RewritableOptions):
         method: Literal["trace", "script"] = Field(
