@@ -100,7 +100,8 @@ def test_keys_follow_what_each_node_reads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt, task, message", [
     ("onnx", "text-generation", r"deploy\.yaml:10: targets\.server\.format: format 'onnx' is for task: tensors "
                                 r"models, and model 'lm' has task: text-generation \(formats for text-generation: "
-                                r"llm-executorch, llm-executorch-int8, llm-genai, llm-onnx"),
+                                r"llm-coreml, llm-coreml-fp16, llm-executorch, llm-executorch-int4, llm-executorch-int8, "
+                                r"llm-genai, llm-onnx"),
     ("llm-onnx", "tensors", r"format 'llm-onnx' is for task: text-generation models, and model 'lm' has task: tensors"),
 ])
 def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, message: str) -> None:

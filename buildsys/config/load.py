@@ -179,9 +179,10 @@ PLATFORMS = ("ios", "android", "server", "intel")
 
 def _platform_recipe(platform: str, model: Any) -> str:
     """The preset a platform starts from; android and intel quantize to int8 only when calibration data exists.
-    A text-generation model on intel gets the stateful LLM IR with int8 weights (needs no data)."""
-    if platform == "intel" and isinstance(model, dict) and model.get("task") == "text-generation":
-        return "intel-llm"
+    A text-generation model on intel gets the stateful LLM IR with int8 weights (needs no data), on ios the
+    stateful Core ML program."""
+    if platform in ("intel", "ios") and isinstance(model, dict) and model.get("task") == "text-generation":
+        return f"{platform}-llm"
     if platform in ("android", "intel"):
         data = model.get("data") if isinstance(model, dict) else None
         return f"{platform}-int8" if isinstance(data, dict) and data.get("calibration") else platform

@@ -303,7 +303,8 @@ class Target(Strict):
         default=None, description="Start from the built-in preset for a platform (ios: Core ML fp16 ML Program; "
         "android: TFLite int8 when the model has calibration data, else fp16; server: ONNX Runtime-optimized ONNX; "
         "intel: OpenVINO IR, NNCF int8 when the model has calibration data, else fp16; for a text-generation model "
-        "the stateful llm-openvino IR with int8 weights). "
+        "on intel the stateful llm-openvino IR with int8 weights, on ios the stateful llm-coreml program (iOS18, "
+        "fp16). "
         "Every field stays overridable; an explicit 'recipe' wins.")
 
     @field_validator("repair")

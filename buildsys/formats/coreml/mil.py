@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal
 
-from buildsys.formats.coreml.mil_registry import Args, OpImpl, Value, numpy_dtype, table
+from buildsys.formats.coreml.mil_registry import Args, OpImpl, State, Value, numpy_dtype, table
 from buildsys.formats.runtime import CannotRun
 
 if TYPE_CHECKING:
@@ -105,9 +105,9 @@ class Evaluation:
 def implementations() -> dict[str, OpImpl]:
     """Every implemented op type (importing the op modules registers them)."""
     from buildsys.formats.coreml import (mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce,
-                                        mil_ops_tensor)
+                                        mil_ops_state, mil_ops_tensor)
 
-    del mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce, mil_ops_tensor
+    del mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce, mil_ops_state, mil_ops_tensor
     return table()
 
 
@@ -192,19 +192,35 @@ class MilProgram:
         if missing:
             raise MissingReference(missing)
 
-    def evaluate(self, feeds: dict[str, "np.ndarray"], keep: bool = False) -> Evaluation:
-        """Run the function on `feeds` (by input name; cast to each input's declared dtype).
+    @property
+    def state_names(self) -> list[str]:
+        """The function's state inputs (iOS18 `StateType`): fed through `evaluate(states=)`, not `feeds`."""
+        from buildsys.formats.coreml.mil_ops_state import state_inputs
 
-        keep: also return every op output in program order (`Evaluation.intermediates`)."""
+        return state_inputs(self.function)
+
+    def new_states(self) -> dict[str, State]:
+        """Zeroed buffers for every state input, in its declared shape and dtype (mil_ops_state.py)."""
+        from buildsys.formats.coreml.mil_ops_state import zeroed_states
+        return zeroed_states(self.function)
+
+    def evaluate(self, feeds: dict[str, "np.ndarray"], keep: bool = False,
+                 states: dict[str, State] | None = None) -> Evaluation:
+        """Run the function on `feeds` (by input name; cast to each input's declared dtype). keep: also
+        return every op output in program order (`Evaluation.intermediates`). states: a stateful program's
+        state buffers (`new_states()`), updated by its coreml_update_state ops: they carry over to the next call."""
         import numpy as np
 
         self.require_all()
-        if sorted(feeds) != sorted(self.function.inputs):
-            raise CannotRun(f"function '{self.function_name}' takes inputs {self.input_names}, "
-                            f"got {sorted(feeds)}")
+        stateful = self.state_names
+        if sorted(feeds) != sorted(n for n in self.function.inputs if n not in stateful):
+            raise CannotRun(f"function '{self.function_name}' takes inputs "
+                            f"{[n for n in self.input_names if n not in stateful]}, got {sorted(feeds)}")
+        if sorted(states or {}) != sorted(stateful):
+            raise CannotRun(f"function '{self.function_name}' has states {stateful}, got {sorted(states or {})}")
         run = _Run(self, keep)
         for name, var in self.function.inputs.items():
-            run.env[name] = np.asarray(feeds[name]).astype(numpy_dtype(var))
+            run.env[name] = states[name] if states and name in stateful else np.asarray(feeds[name]).astype(numpy_dtype(var))
         run.block(self.function)
         outputs = {v.name: np.asarray(run.env[v.name]) for v in self.function.outputs}
         return Evaluation(outputs, run.intermediates, run.findings)

@@ -13,7 +13,6 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "coreml-reference.md"
 
 #: Why each MIL op without a reference implementation has none (grouped in the page).
 NOT_IMPLEMENTED = {
-    "state (stateful models; modelbuild makes none yet)": ("read_state",),
     "lists (TensorArray; coremltools' PyTorch frontend does not emit them for traced models)":
         ("make_list", "list_gather", "list_length", "list_read", "list_scatter", "list_write"),
     "random (no reference value to compare)": ("random_bernoulli", "random_categorical", "random_normal",
@@ -100,7 +99,11 @@ is tested on Linux with a plugin runtime (`tests/test_plugins.py`).
   scale and bias.
 * Multifunction packages: any function can be chosen by name (default: the package's default
   function, else `main`).
-* Stateful models (`read_state` and state inputs) are not run: modelbuild does not make them.
+* Stateful programs (iOS18 `StateType` inputs: `llm-coreml`'s KV cache, docs/llm.md): the caller passes
+  each state as a buffer of its declared shape and dtype (`MilProgram.new_states()`, zeroed) to every
+  `evaluate(feeds, states=...)`; `read_state` copies it out and `coreml_update_state` (the package's
+  `write_state`) replaces it, rounded to the state's dtype (Core ML states are float16), so it persists
+  from one call to the next as an `MLState` does. A call without them is refused.
 
 ## Op coverage
 

@@ -23,9 +23,19 @@ if TYPE_CHECKING:
     Array = np.ndarray
     Result = Union[np.ndarray, tuple[np.ndarray, ...]]
 
-#: A MIL input value as the interpreter holds it: a tensor, a Python scalar or string, or a tuple of
-#: those (variadic inputs such as concat's `values`).
-Value = Union["np.ndarray", str, int, float, bool, tuple["np.ndarray", ...], None]
+class State:
+    """One state of a stateful program (iOS18 `StateType`): a buffer that persists across evaluations.
+
+    The caller owns it and passes it to every evaluation; `read_state` copies `value` out and
+    `coreml_update_state` replaces it, rounded to the state's dtype (Core ML states are float16)."""
+
+    def __init__(self, value: "np.ndarray"):
+        self.value = value
+
+
+#: A MIL input value as the interpreter holds it: a tensor, a Python scalar or string, a tuple of
+#: those (variadic inputs such as concat's `values`), or a State (a stateful program's state input).
+Value = Union["np.ndarray", str, int, float, bool, tuple["np.ndarray", ...], State, None]
 
 
 class Args:

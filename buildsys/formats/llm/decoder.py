@@ -97,3 +97,56 @@ def example_inputs(spec: CacheSpec, length: int) -> tuple["torch.Tensor", ...]:
 
     return (torch.zeros(1, length, dtype=torch.long), torch.arange(length, dtype=torch.long),
             torch.zeros(spec.cache_shape), torch.zeros(spec.cache_shape))
+
+
+def stateful_cache_decoder(lm: "torch.nn.Module", spec: CacheSpec) -> "torch.nn.Module":
+    """`(tokens, cache_position) → logits` with the caches as registered buffers `k_cache`, `v_cache`
+    ([layers, 1, kv_heads, max_cache_len, head_dim]) written **in place**: coremltools' pattern for
+    stateful models (iOS18 `ct.StateType`; a traced in-place write into a buffer becomes
+    `read_state` → `slice_update` → `coreml_update_state`). The new keys and values of a call go to
+    the slice `cache_position[0] : cache_position[0] + T` (positions are consecutive, as generate.py
+    feeds them); the mask is decoder.py's explicit one. A slice assignment, not indexing by the
+    position tensor: coremltools drops an `index_put_` into a state without converting it (the
+    program then never writes its cache)."""
+    import torch
+    from transformers.cache_utils import Cache, StaticLayer
+
+    class BufferLayer(StaticLayer):
+        """Layer `index` of the cache buffers, written in place at the call's positions."""
+
+        def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, index: int, position: torch.Tensor):
+            super().__init__(max_cache_len=spec.max_cache_len)
+            self.k_cache, self.v_cache, self.index, self.position = k_cache, v_cache, index, position
+            self.keys, self.values = k_cache[index], v_cache[index]
+            self.dtype, self.device = k_cache.dtype, k_cache.device
+            self.is_initialized = True
+            self.cumulative_length = position[0]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            start = self.position[0]
+            end = start + key_states.shape[2]
+            i = self.index
+            self.k_cache[i:i + 1, :, :, start:end] = key_states[None].to(self.dtype)
+            self.v_cache[i:i + 1, :, :, start:end] = value_states[None].to(self.dtype)
+            return self.k_cache[i], self.v_cache[i]
+
+    class StatefulCacheDecoder(torch.nn.Module):
+        def __init__(self, lm: torch.nn.Module):
+            super().__init__()
+            self.lm = lm
+            self.register_buffer("k_cache", torch.zeros(spec.cache_shape))
+            self.register_buffer("v_cache", torch.zeros(spec.cache_shape))
+
+        k_cache: torch.Tensor
+        v_cache: torch.Tensor
+
+        def forward(self, tokens: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+            layers: list[Any] = [BufferLayer(self.k_cache, self.v_cache, i, cache_position) for i in range(spec.layers)]
+            visible = torch.arange(spec.max_cache_len).unsqueeze(0) <= cache_position.unsqueeze(1)
+            mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+            out = self.lm(input_ids=tokens, position_ids=cache_position.unsqueeze(0), attention_mask=mask[None, None],
+                          past_key_values=Cache(layers=layers), use_cache=True)
+            return out.logits
+
+    return StatefulCacheDecoder(lm).eval()
