@@ -55,7 +55,7 @@ class CoremlFromTorchScript(Step):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.formats.coreml.prune_search import describe
+        from buildsys.formats.prune_search import describe
 
         return describe(facts.get("sparsity_search"))
 
@@ -79,8 +79,9 @@ class CoremlFromTorchScript(Step):
                         "compression (iOS18), which modelbuild does not make yet")
             need.append((7, "sparsity"))
             if opts.sparsity == "auto" and model.data.validation is None:
-                return ("sparsity: auto measures each ratio on the validation set, as the check does: declare "
-                        "data.validation for the model, or give a ratio (sparsity: 0.5)")
+                from buildsys.formats.prune_search import AUTO_NEEDS_VALIDATION
+
+                return AUTO_NEEDS_VALIDATION
         if opts.io_dtype == "float16":
             need.append((7, "io_dtype: float16"))
         if opts.compute_units == "CPU_AND_NE":
@@ -207,17 +208,14 @@ class CoremlFromTorchScript(Step):
 
     def _prune_auto(self, ctx: StepContext[CoremlOptions], mlmodel: Any, module: Any) -> tuple[Any, dict[str, Any]]:
         """`sparsity: auto`: the dense package pruned at the highest ratio that meets the target's tolerance
-        against `module` (what was converted), and the search's record (buildsys/formats/coreml/prune_search.py)."""
+        against `module` (what was converted), and the search's record (buildsys/formats/prune_search.py),
+        each candidate run by the MIL reference interpreter."""
         import tempfile
 
-        from buildsys.formats.coreml.prune_search import NoRatio, describe, highest_ratio, torch_outputs
-        from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+        from buildsys.formats.coreml.mil_runtime import CoreMLReference
+        from buildsys.formats.prune_search import search, session_outputs
 
         batch = ctx.data("validation")
-        assert batch is not None  # check_config requires it
-        goal = ctx.options.repair_goal or {
-            o.name: {k: v for k, v in DEFAULTS[self.precision].items()
-                     if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)} for o in ctx.model.outputs}
         pruned: dict[float, Any] = {}
 
         def prune(ratio: float, out: Path) -> Path:
@@ -226,17 +224,15 @@ class CoremlFromTorchScript(Step):
             pruned[ratio].save(str(out / MLPACKAGE))
             return out / MLPACKAGE
 
+        def evaluate(path: Path) -> Any:
+            assert batch is not None  # check_config requires it
+            return session_outputs(CoreMLReference().load(path, ctx.model, ctx.root), ctx.model, batch)
+
         with tempfile.TemporaryDirectory(prefix="sparsity-") as tmp:
             work = Path(tmp)
             mlmodel.save(str(work / MLPACKAGE))
-            try:
-                chosen, record = highest_ratio(prune, torch_outputs(module, ctx.model, batch), work / MLPACKAGE,
-                                               ctx.model, ctx.root, batch, goal, work)
-            except NoRatio as exc:
-                raise self.fail(ctx, "sparsity auto: even the lowest ratio misses the tolerance on the validation "
-                                     "set (" + "; ".join(describe(exc.record)[1:]) + "); deliver it dense "
-                                     "(remove sparsity) or loosen the acceptance you wrote") from exc
-        return pruned[chosen], {**record, "chosen": chosen}
+            chosen, record = search(self, ctx, module, prune, evaluate, work / MLPACKAGE, work)
+        return pruned[chosen], record
 
     def _describe(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> None:
         opts = ctx.options

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
+from buildsys.formats.prune_search import AUTO_NEEDS_VALIDATION, PruningOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,16 +87,50 @@ class _FromSavedModel(Step):
                 "tensor_dtypes": tensor_dtypes(flatbuffer)}
 
 
+class TfliteFloatOptions(TfliteOptions, PruningOptions):
+    """The float TFLite formats' options: TFLite's, and post-training pruning (`sparsity`)."""
+
+
 @register_variants({"fp32": "saved_model", "fp16": "saved_model"})
 class TfliteFromSavedModel(_FromSavedModel):
     """Convert the SavedModel to a TFLite flatbuffer with float32 (fp32) or float16 (fp16) weights.
 
-    float16 weights are dequantized to float32 on the CPU and kept in fp16 by GPU delegates."""
+    float16 weights are dequantized to float32 on the CPU and kept in fp16 by GPU delegates. With `sparsity`,
+    the weights are pruned by magnitude and stored sparse where TFLite does (buildsys/formats/tflite/prune.py)."""
 
     produces = "tflite"
     description = "tf.lite.TFLiteConverter.from_saved_model: float32, or Optimize.DEFAULT with supported_types " \
-                  "[float16] for fp16."
-    Options = TfliteOptions
+                  "[float16] for fp16; with sparsity, magnitude pruning and the EXPERIMENTAL_SPARSITY encoding."
+    Options = TfliteFloatOptions
+    # What `sparsity: auto` tried: it chose the delivered ratio, a fact of this output (its figures are the
+    # building host's runtime's; the check re-measures the result wherever it runs).
+    committed_metrics = ("sparsity_search",)
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.formats.prune_search import describe
+
+        return describe(facts.get("sparsity_search"))
+
+    @classmethod
+    def check_config(cls, model: "Model", options: TfliteFloatOptions, root: Path) -> str | None:  # type: ignore[override]
+        if options.sparsity == "auto" and model.data.validation is None:
+            return AUTO_NEEDS_VALIDATION
+        return None
+
+    def _run(self, ctx: StepContext[TfliteFloatOptions]) -> dict[str, Any]:  # type: ignore[override]
+        metrics = super()._run(ctx)  # type: ignore[arg-type]  # its own Options, a TfliteOptions
+        if ctx.options.sparsity is None:
+            return metrics
+        from buildsys.formats.tflite.prune import prune_output
+
+        path = ctx.out_dir / FLATBUFFER
+        pruned = prune_output(self, ctx, path)
+        return {**metrics, **pruned, "tensor_dtypes": tensor_dtypes(path.read_bytes())}
 
     def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
         if self.precision == "fp32":
