@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Optional, U
 
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from buildsys.formats.base import SearchingOptions
+from buildsys.formats.base import SearchingOptions, Step, StepOptions
 
 if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
     from buildsys.data import Batch
-    from buildsys.formats.base import Step, StepContext
+    from buildsys.formats.base import StepContext
 
 #: The ratios `auto` chooses from, lowest first.
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -39,6 +39,35 @@ Sparsity = Optional[Union[Annotated[float, Field(gt=0, lt=1)], Literal["auto"]]]
 
 AUTO_NEEDS_VALIDATION = ("sparsity: auto measures each ratio on the validation set, as the check does: declare "
                          "data.validation for the model, or give a ratio (sparsity: 0.5)")
+
+
+class PruningStep(Step):
+    """A step that offers `sparsity:` (Core ML, TFLite, OpenVINO float): `auto` reads the validation set, its
+    search record is a committed fact that `explain` describes, and `auto` without validation data is refused
+    at plan time. A subclass with checks of its own calls `sparsity_problem` from its `check_config`."""
+
+    # What `sparsity: auto` tried: it chose the delivered ratio, a fact of this output (its figures are the
+    # building host's runtime's; the check re-measures the result wherever it runs).
+    committed_metrics = ("sparsity_search",)
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        return describe(facts.get("sparsity_search"))
+
+    @staticmethod
+    def sparsity_problem(model: "Model", options: StepOptions) -> str | None:
+        """Why these options cannot prune this model (None: they can)."""
+        if getattr(options, "sparsity", None) == "auto" and model.data.validation is None:
+            return AUTO_NEEDS_VALIDATION
+        return None
+
+    @classmethod
+    def check_config(cls, model: "Model", options: StepOptions, root: Path) -> str | None:
+        return cls.sparsity_problem(model, options)
 
 
 class PruningOptions(SearchingOptions):

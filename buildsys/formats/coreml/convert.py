@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
+from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import load_input
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ _TRACED = ("torchscript", "torchscript-file")
 
 
 @register_variants({"fp32": _TRACED, "fp16": _TRACED})
-class CoremlFromTorchScript(Step):
+class CoremlFromTorchScript(PruningStep):
     """Convert the traced model to a Core ML ML Program computing in float32 (fp32) or float16 (fp16).
 
     Weights are compressed afterwards when `weight_compression` asks for it."""
@@ -47,17 +48,6 @@ class CoremlFromTorchScript(Step):
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
-    committed_metrics = ("sparsity_search",)  # what `sparsity: auto` tried: the same on every host (NumPy)
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
-
-    @classmethod
-    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.formats.prune_search import describe
-
-        return describe(facts.get("sparsity_search"))
 
     @property
     def compute(self) -> str:
@@ -78,10 +68,9 @@ class CoremlFromTorchScript(Step):
                         f"with weight_compression: {opts.weight_compression} it would need coremltools' joint "
                         "compression (iOS18), which modelbuild does not make yet")
             need.append((7, "sparsity"))
-            if opts.sparsity == "auto" and model.data.validation is None:
-                from buildsys.formats.prune_search import AUTO_NEEDS_VALIDATION
-
-                return AUTO_NEEDS_VALIDATION
+            problem = cls.sparsity_problem(model, opts)
+            if problem:
+                return problem
         if opts.io_dtype == "float16":
             need.append((7, "io_dtype: float16"))
         if opts.compute_units == "CPU_AND_NE":

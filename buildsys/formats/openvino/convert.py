@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.formats import register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, telemetry_off
-from buildsys.formats.prune_search import AUTO_NEEDS_VALIDATION, PruningOptions
+from buildsys.formats.prune_search import PruningOptions, PruningStep
 
 if TYPE_CHECKING:
     import openvino
@@ -93,7 +93,7 @@ def _check_io(step: Step, ctx: StepContext, model: openvino.Model) -> None:
 
 
 @register_variants({"fp32": "onnx", "fp16": "onnx"})
-class OpenVinoFromOnnx(Step):
+class OpenVinoFromOnnx(PruningStep):
     """Convert an ONNX model to OpenVINO IR (openvino.convert_model); the fp16 variant saves the weights
     compressed to float16 (save_model(compress_to_fp16=True)), the fp32 one keeps them float32. With
     `sparsity`, the weights are pruned by magnitude first (buildsys/formats/openvino/prune.py); the IR stores
@@ -106,26 +106,6 @@ class OpenVinoFromOnnx(Step):
     description = "openvino.convert_model of the ONNX file, saved with float32 (fp16: float16-compressed) weights; " \
                   "with sparsity, its weight constants pruned by magnitude."
     Options = PruningOptions
-    # What `sparsity: auto` tried: it chose the delivered ratio, a fact of this output (its figures are the
-    # building host's runtime's; the check re-measures the result wherever it runs).
-    committed_metrics = ("sparsity_search",)
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
-
-    @classmethod
-    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.formats.prune_search import describe
-
-        return describe(facts.get("sparsity_search"))
-
-    @classmethod
-    def check_config(cls, model: "Model", options: PruningOptions, root: Path) -> str | None:  # type: ignore[override]
-        if options.sparsity == "auto" and model.data.validation is None:
-            return AUTO_NEEDS_VALIDATION
-        return None
-
     def _run(self, ctx: StepContext[PruningOptions]) -> dict[str, Any]:
         with telemetry_off():
             import openvino as ov

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
-from buildsys.formats.prune_search import AUTO_NEEDS_VALIDATION, PruningOptions
+from buildsys.formats.prune_search import PruningOptions, PruningStep
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,7 +92,7 @@ class TfliteFloatOptions(TfliteOptions, PruningOptions):
 
 
 @register_variants({"fp32": "saved_model", "fp16": "saved_model"})
-class TfliteFromSavedModel(_FromSavedModel):
+class TfliteFromSavedModel(PruningStep, _FromSavedModel):
     """Convert the SavedModel to a TFLite flatbuffer with float32 (fp32) or float16 (fp16) weights.
 
     float16 weights are dequantized to float32 on the CPU and kept in fp16 by GPU delegates. With `sparsity`,
@@ -102,26 +102,6 @@ class TfliteFromSavedModel(_FromSavedModel):
     description = "tf.lite.TFLiteConverter.from_saved_model: float32, or Optimize.DEFAULT with supported_types " \
                   "[float16] for fp16; with sparsity, magnitude pruning and the EXPERIMENTAL_SPARSITY encoding."
     Options = TfliteFloatOptions
-    # What `sparsity: auto` tried: it chose the delivered ratio, a fact of this output (its figures are the
-    # building host's runtime's; the check re-measures the result wherever it runs).
-    committed_metrics = ("sparsity_search",)
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("validation",) if getattr(options, "sparsity", None) == "auto" else ()
-
-    @classmethod
-    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.formats.prune_search import describe
-
-        return describe(facts.get("sparsity_search"))
-
-    @classmethod
-    def check_config(cls, model: "Model", options: TfliteFloatOptions, root: Path) -> str | None:  # type: ignore[override]
-        if options.sparsity == "auto" and model.data.validation is None:
-            return AUTO_NEEDS_VALIDATION
-        return None
-
     def _run(self, ctx: StepContext[TfliteFloatOptions]) -> dict[str, Any]:  # type: ignore[override]
         metrics = super()._run(ctx)  # type: ignore[arg-type]  # its own Options, a TfliteOptions
         if ctx.options.sparsity is None:
