@@ -89,6 +89,7 @@ class TfliteFromPt2(Step):
             cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as above
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
+            cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.qat)
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
