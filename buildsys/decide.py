@@ -36,7 +36,8 @@ def settle(planner: "Planner", targets: list[str] | None, execute: Execute, *, f
 
     options: dict[str, Any] = {"force_kinds": force_kinds, "bench": bench}
     with watch(planner) if watch else nullcontext():
-        plan = knowing_qat(planner, targets, analyse=enabled(), on_event=on_event, force=force, **options)
+        # Analysed even with op coverage off: only the graph can say that a model lacking calibration data needs none
+        plan = knowing_qat(planner, targets, analyse=True, on_event=on_event, force=force, **options)
     if plan.work and enabled():  # what a route's converter lacks orders the routes before any runs
         plan = analysed(planner, plan, targets, force=force, on_event=on_event, **options)
     results: dict[str, NodeResult] = {}

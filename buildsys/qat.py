@@ -149,10 +149,9 @@ def info_of(module: Any) -> QatInfo | None:
 
 
 #: Why a step that needs a PT2E graph refuses an eager QAT model, and the fix.
-EAGER_REFUSED = ("eager-mode QAT has no PT2E graph to lower (its converted modules are fbgemm/qnnpack kernels no "
-                 "exporter here lowers): only its ONNX export takes it (fake-quant written as QuantizeLinear/"
-                 "DequantizeLinear), for ONNX int8 and OpenVINO int8; for ExecuTorch and TFLite re-train it with "
-                 "torchao's prepare_qat_pt2e (docs/quantization.md)")
+EAGER_REFUSED = ("eager-mode QAT has no PT2E graph: re-train it with torchao's prepare_qat_pt2e for this format "
+                 "(eager QAT reaches ONNX int8 and OpenVINO int8 only, through its QDQ ONNX export; "
+                 "docs/quantization.md)")
 
 
 def quantized(module: "torch.nn.Module", *, step: str = "", fold: bool = False,
@@ -290,7 +289,7 @@ def plan_problem(step: Any, model: "Model", options: Any, root: "Path", problem:
     if flow and flow in step.keeps_learned:
         return None, False
     if flow:
-        return f"{problem} (the model is eager-mode QAT: {EAGER_REFUSED})", False
+        return f"{problem} ({EAGER_REFUSED})", False
     return problem, False
 
 
