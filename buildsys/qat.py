@@ -301,3 +301,51 @@ def learned_first(routes: list[list[str]], flow: str, step_of: Any) -> list[list
         return any(s.precision == "int8" and flow not in s.keeps_learned for s in step_of(route))
 
     return sorted(routes, key=refits)
+
+
+def fold_onnx_weights(path: "Path") -> int:
+    """Store the weights of a QDQ ONNX file as int8 (uint8) initializers: each QuantizeLinear of a float
+    initializer, with a constant scale and zero point, replaced by its result (what the TorchScript exporter
+    leaves of an eager QAT model's weight fake-quant: float weights behind QuantizeLinear). The same numbers
+    (round half to even and saturation, as QuantizeLinear computes them); the file about a quarter of the
+    weights' size. Returns how many weights were folded; rewrites `path` when any was."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+
+    def const(name: str) -> Any:
+        name = aliases.get(name, name)
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] not in inits:
+            continue
+        weight, scale, zero = const(node.input[0]), const(node.input[1]), const(node.input[2])
+        if weight is None or scale is None or zero is None or weight.dtype != np.float32:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * weight.ndim
+        if scale.size > 1:
+            shape[axis] = -1
+        info = np.iinfo(zero.dtype)
+        q = np.rint(weight / scale.reshape(shape)) + zero.astype(np.int32).reshape(shape)
+        graph.initializer.append(numpy_helper.from_array(np.clip(q, info.min, info.max).astype(zero.dtype),
+                                                         node.output[0]))
+        graph.node.remove(node)
+        uses[node.input[0]] -= 1
+        if not uses[node.input[0]]:  # the float weight is gone from the file
+            graph.initializer.remove(inits.pop(node.input[0]))
+        folded += 1
+    if folded:
+        onnx.save(model, str(path))
+    return folded

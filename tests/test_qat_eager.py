@@ -160,8 +160,8 @@ def test_eager_qat_int8_targets_build_without_calibration_and_pass(project: Tiny
 
 
 def test_onnx_holds_the_learned_scales_as_qdq(project: TinyProject, built: dict[str, Any]) -> None:
-    """The QDQ ONNX carries the fake-quant modules' own scales; OpenVINO's IR holds the 4 activation ones as
-    FakeQuantize and the 3 weights as int8 constants (it folds a weight's FakeQuantize into its storage)."""
+    """The QDQ ONNX carries the fake-quant modules' own scales (7 DequantizeLinear), its 3 weights stored as int8
+    (no float weight left); OpenVINO's IR holds the 4 activation ones as FakeQuantize and the weights as int8."""
     import onnx
     import openvino as ov
     import torch
@@ -172,7 +172,12 @@ def test_onnx_holds_the_learned_scales_as_qdq(project: TinyProject, built: dict[
     constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
                  if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR}
     scales = sorted(float(np.asarray({**constants, **initializers}[n.input[1]]).reshape(-1)[0])
-                    for n in model.graph.node if n.op_type == "QuantizeLinear")
+                    for n in model.graph.node if n.op_type == "DequantizeLinear")
+    assert sorted(k for k, v in initializers.items() if v.dtype == np.int8 and v.ndim > 1) == \
+        ["/conv1/weight_fake_quant/QuantizeLinear_output_0", "/conv2/weight_fake_quant/QuantizeLinear_output_0",
+         "/head/weight_fake_quant/QuantizeLinear_output_0"]
+    assert not any(k.endswith(".weight") for k in initializers)  # the float weights are gone
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 4  # the activations
     state = torch.load(project.root / "qat.pt", weights_only=True)
     learned = sorted(float(v.reshape(-1)[0]) for k, v in state.items() if k.endswith("fake_quant.scale")
                      or k.endswith("activation_post_process.scale"))

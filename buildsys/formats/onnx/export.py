@@ -266,10 +266,15 @@ class OnnxFromPyTorch(Step):
                                   dynamic=opts.dynamic_axes)
         else:
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
+        folded = {}
+        if info is not None and info.flow == "eager":  # int8 weight initializers, as the PT2E export writes them
+            from buildsys.qat import fold_onnx_weights
+
+            folded = {"int8_weights": fold_onnx_weights(path)}
         # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these
         ops = dispatched_ops(module, _example(ctx, False))
         return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
-                **rewrite_metrics(ctx, ops, module)}
+                **rewrite_metrics(ctx, ops, module), **folded}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
