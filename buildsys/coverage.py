@@ -355,7 +355,8 @@ def lines(plan: "Plan") -> list[str]:
     out: list[str] = []
     for model, entry in data["models"].items():
         if entry.get("qat"):
-            out.append(f"{model}: {entry['qat']}: its int8 targets are lowered with the learned quantization "
+            reach = "its ONNX and OpenVINO int8 targets" if "eager" in entry["qat"] else "its int8 targets"
+            out.append(f"{model}: {entry['qat']}: {reach} are lowered with the learned quantization "
                        "parameters (no calibration) and checked against its fake-quant outputs")
         if "ops" in entry:
             out.append(f"{model}: {len(entry['ops'])} ATen ops (torch.export): {', '.join(entry['ops'])}")
