@@ -65,9 +65,9 @@ class Project:
     def plan(self, targets: list[str] | None = None, *, force: bool = False, ops: bool = False) -> PlanResult:
         """Every node the targets need (default: all), fresh or stale, and why. Writes nothing, except that
         `ops` first analyses the models' ops (torch.export in a subprocess) into the cache (buildsys.coverage)."""
-        from buildsys.plan import make_plan
+        from buildsys.decide import knowing_qat
 
-        the_plan = make_plan(self._opened.planner, targets or None, force=force)
+        the_plan = knowing_qat(self._opened.planner, targets or None, analyse=ops, force=force)
         if ops:
             from buildsys.decide import analysed
 

@@ -95,7 +95,12 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
     recorder = noop.Recorder("plan", config, targets, eligible=not (as_json or force or ops))
     project = open_project(config)
     with recorder.watch(project.planner):
-        the_plan = make_plan(project.planner, list(targets) or None, force=force)
+        if ops:  # a model missing calibration data is analysed first when only its graph can say it is QAT
+            from buildsys.decide import knowing_qat
+
+            the_plan = knowing_qat(project.planner, list(targets) or None, analyse=True, force=force)
+        else:
+            the_plan = make_plan(project.planner, list(targets) or None, force=force)
     if ops:
         from buildsys.decide import analysed
 

@@ -67,6 +67,12 @@ class Coverage:
         parts: dict[str, list[str]] = inventory.get("decomposed", {})
         return [op for op in inventory["exported"] if not has(op) and not (op in parts and all(map(has, parts[op])))]
 
+    def qat(self) -> dict[str, str]:
+        """model → the QAT flow its graph showed ('pt2e', 'eager'; '' for none), for the analysed models and those
+        whose analysis failed ('': nothing recognised, the calibration rule stands): buildsys.qat."""
+        out = {model: str(entry.get("qat_flow") or "") for model, entry in self.ops.items()}
+        return {**{m: "" for m, why in self.not_analysed.items() if not why.startswith("not analysed")}, **out}
+
     def gaps(self) -> Gaps:
         out: Gaps = {}
         for model in self.ops:
@@ -349,7 +355,8 @@ def lines(plan: "Plan") -> list[str]:
     out: list[str] = []
     for model, entry in data["models"].items():
         if entry.get("qat"):
-            out.append(f"{model}: {entry['qat']}: its int8 targets are lowered with the learned quantization "
+            reach = "its ONNX and OpenVINO int8 targets" if "eager" in entry["qat"] else "its int8 targets"
+            out.append(f"{model}: {entry['qat']}: {reach} are lowered with the learned quantization "
                        "parameters (no calibration) and checked against its fake-quant outputs")
         if "ops" in entry:
             out.append(f"{model}: {len(entry['ops'])} ATen ops (torch.export): {', '.join(entry['ops'])}")

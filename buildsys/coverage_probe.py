@@ -33,8 +33,8 @@ from typing import Any, Callable
 #: Bump when what the probe records changes: cached inventories and tables are then recomputed.
 #: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.qat). 3: `traced` (the ops of a
 #: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
-#: core ATen decomposition).
-VERSION = 3
+#: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
+VERSION = 4
 
 
 def _coremltools() -> list[str]:
@@ -123,7 +123,8 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     cfg = load_config(deploy)
     model = cfg.project.models[model_name]
     # A QAT model's converters see it converted with its learned parameters (what its pt2 and ONNX hold).
-    module = quantized(load_module(model, cfg.root, name=model_name, step="op coverage").eval(), step="op coverage")
+    module = quantized(load_module(model, cfg.root, name=model_name, step="op coverage").eval(), step="op coverage",
+                       eager=True)
     batch = data.eval_batch(model, cfg.root, prefer=("example", "validation"))
     args = example_args(model, trace_batch(model, batch, dynamic=False))
     with torch.no_grad():
@@ -138,6 +139,7 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     info = info_of(module)
     if info is not None:
         out["qat"] = info.describe()
+        out["qat_flow"] = info.flow
     return out
 
 

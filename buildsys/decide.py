@@ -36,7 +36,8 @@ def settle(planner: "Planner", targets: list[str] | None, execute: Execute, *, f
 
     options: dict[str, Any] = {"force_kinds": force_kinds, "bench": bench}
     with watch(planner) if watch else nullcontext():
-        plan = make_plan(planner, targets, force=force, **options)
+        # Analysed even with op coverage off: only the graph can say that a model lacking calibration data needs none
+        plan = knowing_qat(planner, targets, analyse=True, on_event=on_event, force=force, **options)
     if plan.work and enabled():  # what a route's converter lacks orders the routes before any runs
         plan = analysed(planner, plan, targets, force=force, on_event=on_event, **options)
     results: dict[str, NodeResult] = {}
@@ -59,6 +60,27 @@ def settle(planner: "Planner", targets: list[str] | None, execute: Execute, *, f
         # What failed or was skipped on the dropped route is judged again on the next one.
         results = {n: r for n, r in results.items() if n in plan.nodes and r.outcome not in (FAILED, SKIPPED)}
     return plan, results
+
+
+def knowing_qat(planner: "Planner", targets: list[str] | None, *, analyse: bool,
+                on_event: Callable[[Event], None] | None = None, **options: Any) -> "Plan":
+    """`make_plan`; where it cannot tell whether a model missing calibration data is quantization-aware trained
+    (buildsys.qat.QatUnknown: its graph not analysed yet) and `analyse` allows it, that model's ops are analysed
+    first (buildsys.coverage, which records what its graph says) and it plans again. Each model once: one whose
+    analysis did not answer gets the calibration error."""
+    from buildsys.coverage import analyse as analyse_ops
+    from buildsys.plan import make_plan
+    from buildsys.qat import QatUnknown
+
+    done: set[str] = set()
+    while True:
+        try:
+            return make_plan(planner, targets, **options)
+        except QatUnknown as exc:
+            if not analyse or exc.model in done:
+                raise
+            done.add(exc.model)
+            analyse_ops(planner, [exc.model], [], on_event=on_event)
 
 
 def analysed(planner: "Planner", plan: "Plan", targets: list[str] | None, stale_only: bool = True,

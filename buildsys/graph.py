@@ -21,6 +21,7 @@ from buildsys.formats import formats, get_format, steps
 from buildsys.hashing import digest_json
 from buildsys.coverage import order_routes
 from buildsys.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
+from buildsys.qat import QatUnknown, learned_first, plan_problem
 from buildsys.repair import add_repair_routes, with_goal, written_options
 from buildsys.rewrite_routes import add_rewrite_routes, loading_stop, loads_module
 from buildsys.routes import candidate_routes, format_graph, hop, route_formats, stop_options
@@ -108,7 +109,7 @@ class Dag:
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
            bench: bool = False, excluded: dict[str, list[list[str]]] | None = None,
            refusals: "Refusals | None" = None, gaps: "Gaps | None" = None,
-           repairs: dict[str, list[list[str]]] | None = None) -> Dag:
+           repairs: dict[str, list[list[str]]] | None = None, qat: dict[str, str] | None = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
     Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. Each
@@ -117,14 +118,16 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
     rewrites their refusals point at, rewrite_routes.refusals) add the rewrite routes; `gaps` (model → the
     ops each converter table lacks, coverage.Coverage.gaps) order them (coverage.order_routes); `repairs`
     (target → failed routes whose check miss opened an accuracy repair, repair.repairable) add the repair routes.
+    `qat` (model → the QAT flow the op analysis found, '' for none; a model not analysed is absent) puts a QAT
+    model's routes that keep its learned quantization first and waives their calibration data (buildsys.qat).
     """
-    excluded, refusals, gaps, repairs = excluded or {}, refusals or {}, gaps or {}, repairs or {}
+    excluded, refusals, gaps, repairs, qat = excluded or {}, refusals or {}, gaps or {}, repairs or {}, qat or {}
     if cache is None:
-        return _expand(cfg, selected, bench, excluded, refusals, gaps, repairs)
+        return _expand(cfg, selected, bench, excluded, refusals, gaps, repairs, qat)
     import pickle
 
     key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
-                       excluded, refusals, gaps, repairs])
+                       excluded, refusals, gaps, repairs, qat])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -132,7 +135,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench, excluded, refusals, gaps, repairs)
+    dag = _expand(cfg, selected, bench, excluded, refusals, gaps, repairs, qat)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -156,7 +159,7 @@ def code_fingerprint() -> str:
 
 def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
             excluded: dict[str, list[list[str]]], refusals: "Refusals", gaps: "Gaps",
-            repairs: dict[str, list[list[str]]]) -> Dag:
+            repairs: dict[str, list[list[str]]], qat: dict[str, str]) -> Dag:
     import networkx as nx
 
     from buildsys import verify
@@ -218,6 +221,8 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
         if gaps.get(target.model):  # a route whose converter lacks an op goes after those that can work
             candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
                                              auto_rewrites=target.rewrites is None)
+        if qat.get(target.model):  # a QAT model: routes that keep its learned scales first (buildsys.qat)
+            candidates[tname] = learned_first(candidates[tname], qat[target.model], _route_steps)
         candidates[tname] = add_repair_routes(candidates[tname], repairs.get(tname, []), opts_by_format, target.repair,
                                               model, cfg.root, written_options(cfg, tname, opts_by_format))
         left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
@@ -264,12 +269,20 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
         previous = ""
         for a, b, step, options, ident in walk(route):
             problem = step.check_config(model, options, cfg.root)
+            unknown = False
+            if problem and model.source.format == "pytorch":  # a QAT model's int8 steps need no calibration data
+                problem, unknown = plan_problem(step, model, options, cfg.root, problem, qat.get(target.model))
             if problem:
-                raise ConfigError(problem, where=cfg.where("targets", tname, "options", b) if b in opts_by_format
-                                  else cfg.where("targets", tname, "precision"), field=f"targets.{tname} ({b})")
+                where = cfg.where("targets", tname, "options", b) if b in opts_by_format \
+                    else cfg.where("targets", tname, "precision")
+                if unknown:  # `build` and `plan --ops` analyse the model's graph and plan again
+                    raise QatUnknown(problem, model=target.model, where=where, field=f"targets.{tname} ({b})")
+                raise ConfigError(problem, where=where, field=f"targets.{tname} ({b})")
             opts = options.model_dump(mode="json")
             if ident not in identities:
                 data = tuple(step.data_used(options)) + (("example",) if fg.nodes[a]["source"] else ())
+                if model.data.calibration is None:  # only a QAT model's waiver (above) gets here without it
+                    data = tuple(d for d in data if d != "calibration")
                 identities[ident] = Node(
                     name="", kind=ArtifactKind.name, model=target.model, format=b, step=step.name, options=opts,
                     deps=[previous] if previous else [], source_format=a if fg.nodes[a]["source"] else "",
@@ -369,3 +382,10 @@ def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt
             raise ConfigError(f"{err['input']!r} is not one of {', '.join(choices)}", where=cfg.where(*loc),
                               field=field_name, hint=hint) from None
         raise ConfigError(f"{msg} (got {err.get('input')!r})", where=cfg.where(*loc), field=field_name) from None
+
+
+def _route_steps(route: list[str]) -> list[Any]:
+    """The step classes along a route (its stops as formats)."""
+    fg = format_graph()
+    stops = [hop(s)[0] for s in route]
+    return [steps()[fg.edges[a, b]["step"]] for a, b in zip(stops, stops[1:])]

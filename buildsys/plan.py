@@ -337,7 +337,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     repairs = repairable(planner.lock.routes)  # an int8 check miss adds the route with each repair recipe
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=bench,
-                     excluded=excluded, refusals=refused, gaps=known.gaps(), repairs=repairs)
+                     excluded=excluded, refusals=refused, gaps=known.gaps(), repairs=repairs, qat=known.qat())
         plans = _plan_nodes(planner, dag, force, force_kinds)
         keys = {p.key for p in plans.values() if p.key}
         still = {t: rec for t in dag.routes for rec in planner.lock.routes.get(t, {}).get("dropped", [])

@@ -1,7 +1,8 @@
 """Quantization-aware-trained sources (buildsys.qat): a digits CNN trained a few steps with PT2E
 `prepare_qat_pt2e` is recognised from its graph, referenced by its own fake-quant outputs, and lowered to
-int8 formats with its learned parameters (no calibration), each checked in its real runtime; its int8
-artifacts agree with the fake-quant outputs better than post-training int8 of the same float weights."""
+int8 formats with its learned parameters (no calibration: its deploy.yaml has no data.calibration), each checked
+in its real runtime; its int8 artifacts agree with the fake-quant outputs better than post-training int8 of the
+same float weights."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ models:
     source: {{factory: "qatnet:{factory}", weights: {weights}}}
     inputs: [{{name: image, shape: [batch, 1, 8, 8], layout: NCHW}}]
     outputs: [{{name: logits, kind: scores}}]
-    data: {{validation: val.npz, calibration: calib.npz}}
+    data: {{validation: val.npz{calibration}}}
 """
 
 TARGETS = """\
@@ -115,8 +116,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> TinyProject:
     torch.save(floats, root / "float.pt")  # the QAT model's float weights, for post-training int8
     np.savez(root / "val.npz", image=images[1500:1700], labels=labels[1500:1700])
     np.savez(root / "calib.npz", image=images[1400:1500])
-    deploy = DEPLOY.format(name="qat", factory="qat_net", weights="qat.pt") + \
-        DEPLOY.format(name="ptq", factory="float_net", weights="float.pt").removeprefix("models:\n") + TARGETS
+    # The QAT model has no calibration data: its int8 targets lower the learned scales (buildsys.qat)
+    deploy = DEPLOY.format(name="qat", factory="qat_net", weights="qat.pt", calibration="") + \
+        DEPLOY.format(name="ptq", factory="float_net", weights="float.pt",
+                      calibration=", calibration: calib.npz").removeprefix("models:\n") + TARGETS
     (root / "deploy.yaml").write_text("models:\n" + deploy.removeprefix("models:\n"))
     return TinyProject(root, root / "calls.txt")
 
@@ -162,6 +165,14 @@ def _artifact_outputs(project: TinyProject, target: str, fmt: str, images: np.nd
     return session.run_all(Batch({"image": images}, None, "test"))[0]
 
 
+def test_plain_plan_cannot_tell_and_says_how_to(project: TinyProject) -> None:
+    """Before the op analysis, nothing torch-free says the model is QAT: a plain `plan` keeps the calibration
+    error, saying that `plan --ops` / `build` recognise a QAT model from its graph."""
+    proc = project.run("plan", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "needs calibration data" in proc.stderr and "`modelbuild plan --ops` or `build` recognise it" in proc.stderr
+
+
 def test_qat_model_is_recognised_in_the_plan(project: TinyProject) -> None:
     out = project.run("plan", "--ops").stdout
     assert "qat: quantization-aware trained (" in out and "PT2E prepare_qat_pt2e" in out, out
@@ -172,9 +183,11 @@ def test_qat_int8_targets_pass_against_the_fake_quant_reference(project: TinyPro
     verdicts = {t: built["lock"]["nodes"].get(f"verify:{t}", {}).get("verdict")
                 for t in ("qat-executorch", "qat-onnx", "qat-tflite", "qat-openvino")}
     assert verdicts == dict.fromkeys(verdicts, "passed"), built["stdout"]
-    # TFLite's onnx2tf route would re-calibrate: it is refused, saying why, and litert-torch's route is taken
-    assert "qat-tflite: made by pytorch → pt2 → tflite-int8" in built["stdout"], built["stdout"]
-    assert "already carries quantize/dequantize with learned scales" in built["stdout"]
+    assert built["rc"] == 0, built["stdout"]
+    # TFLite's onnx2tf route could only re-calibrate: a recognised QAT model takes litert-torch's route first
+    nodes = built["lock"]["nodes"]
+    assert "qat/tflite-int8" in nodes, built["stdout"]
+    assert "qat/saved_model" not in nodes and "route fallback" not in built["stdout"], built["stdout"]
 
 
 def test_reference_is_the_fake_quant_outputs(project: TinyProject, built: dict[str, Any]) -> None:
@@ -217,20 +230,29 @@ def test_qat_beats_post_training_int8_of_the_same_weights(project: TinyProject, 
                                                                                 errors["ptq-onnx"][0])
 
 
-def test_eager_qat_is_recognised_and_refused_with_the_reason() -> None:
-    """Eager-mode QAT (torch.ao.quantization.prepare_qat) is recognised, and refused saying why and what to use."""
+def test_eager_qat_is_recognised_exported_as_fake_quant_and_refused_for_pt2e_steps() -> None:
+    """Eager-mode QAT (torch.ao.quantization.prepare_qat) is recognised; the ONNX export gets it with plain
+    fake-quant calls (the same numbers); the steps that need a PT2E graph refuse it, saying what to do."""
     import torch
 
     from buildsys.errors import StepError
-    from buildsys.qat import quantized, recognise
+    from buildsys.qat import as_trained, quantized, recognise
 
     quantization = pytest.importorskip("torch.ao.quantization")
     net = torch.nn.Sequential(quantization.QuantStub(), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
                               quantization.DeQuantStub())
     net.qconfig = quantization.get_default_qat_qconfig("qnnpack")
     prepared = quantization.prepare_qat(net.train())
+    x = torch.randn(3, 1, 6, 6)
+    prepared(x)  # one training step's observers: scales that are not the initial 1.0
     info = recognise(prepared)
     assert info is not None and info.flow == "eager" and info.fake_quant >= 2
     assert recognise(torch.nn.Conv2d(1, 4, 3)) is None  # a float module is not QAT
-    with pytest.raises(StepError, match="eager-mode QAT converts to fbgemm/qnnpack modules.*prepare_qat_pt2e"):
+    with pytest.raises(StepError, match="eager-mode QAT has no PT2E graph: re-train it with torchao's prepare_qat_pt2e"):
         quantized(prepared, step="pt2-from-pytorch")
+    exportable = quantized(prepared, step="onnx-from-pytorch", eager=True)
+    assert recognise(exportable) is None  # no FakeQuantize module left: plain fake-quant calls
+    with torch.no_grad():
+        want = as_trained(prepared).eval()(x)
+        assert torch.equal(exportable(x), want)
+        assert not torch.allclose(torch.relu(net[1](x)), want, atol=1e-6)  # the float path differs: it quantizes

@@ -172,6 +172,9 @@ class Step:
     #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
     #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
     repairs: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The QAT flows ('pt2e', 'eager') whose learned quantization this int8 step keeps as it is (buildsys.qat):
+    #: for a model the op analysis recognised as such, its calibration data is not required at plan time.
+    keeps_learned: ClassVar[tuple[str, ...]] = ()
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker

@@ -217,6 +217,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
     repairs = {"keep-float": {"keep_float": "sensitive"}}
     committed_metrics = ("repair",)
+    keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.qat)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
                    "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
                    "convert_pt2e, then lowered like executorch. Fails when nothing was quantized.")

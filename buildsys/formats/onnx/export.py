@@ -194,8 +194,9 @@ class OnnxFromPyTorch(Step):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 3  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
-    # module is exported converted, as QDQ, by the dynamo exporter (buildsys.qat)
+    version = 4  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    # module is exported converted, as QDQ, by the dynamo exporter (buildsys.qat); 4: an eager QAT module is
+    # exported by the TorchScript exporter, its fake quantization as QDQ
     consumes = ("pytorch",)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
@@ -238,16 +239,26 @@ class OnnxFromPyTorch(Step):
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
-        module = load_rewritten(self, ctx, fold=True)  # a QAT model's weights as int8 initializers (QDQ)
+        module = load_rewritten(self, ctx, fold=True, eager_qat=True)  # a QAT model's weights as int8 initializers (QDQ)
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         if size >= PROTOBUF_LIMIT and not opts.external_data:
             raise self.fail(ctx, f"the model's weights take {size / 1e9:.2f} GB, past the 2 GB a single ONNX file "
                                  "can hold: set options: {onnx: {dynamo: true, external_data: true}} on its targets")
         from buildsys.qat import info_of
 
-        # A converted QAT module holds quantized_decomposed ops: only the dynamo exporter turns them into
-        # QuantizeLinear/DequantizeLinear (the legacy one has no symbolic for them).
-        dynamo = opts.dynamo or info_of(module) is not None
+        # A converted PT2E QAT module holds quantized_decomposed ops: only the dynamo exporter turns them into
+        # QuantizeLinear/DequantizeLinear (the legacy one has no symbolic for them). An eager QAT module holds
+        # fake_quantize_per_tensor/channel_affine calls: the legacy exporter's symbolics write those as QDQ
+        # (opset 13 for per-channel scales and the (0, 127) range).
+        info = info_of(module)
+        if info is not None and info.flow == "eager":
+            if opts.dynamo:
+                raise self.fail(ctx, "an eager-mode QAT model is exported by the TorchScript exporter (its fake-quant "
+                                     "symbolics write QuantizeLinear/DequantizeLinear): drop dynamo: true")
+            if opts.opset < 13:
+                raise self.fail(ctx, f"an eager-mode QAT model's fake quantization needs opset 13 or later "
+                                     f"(per-channel QuantizeLinear), not {opts.opset}")
+        dynamo = opts.dynamo or (info is not None and info.flow == "pt2e")
         if dynamo:
             shapes = export_dims(ctx.model) if opts.dynamic_axes else None
             path = _dynamo_export(self, ctx, module, opts.opset, opts.external_data,
@@ -255,10 +266,15 @@ class OnnxFromPyTorch(Step):
                                   dynamic=opts.dynamic_axes)
         else:
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
+        folded = {}
+        if info is not None and info.flow == "eager":  # int8 weight initializers, as the PT2E export writes them
+            from buildsys.qat import fold_onnx_weights
+
+            folded = {"int8_weights": fold_onnx_weights(path)}
         # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these
         ops = dispatched_ops(module, _example(ctx, False))
         return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
-                **rewrite_metrics(ctx, ops, module)}
+                **rewrite_metrics(ctx, ops, module), **folded}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:

@@ -40,6 +40,7 @@ class OnnxInt8FromOnnx(Step):
     repairs = {"keep-float": {"keep_float": "sensitive"}, "per-channel": {"per_channel": True},
                "entropy": {"method": "static", "calibrate_method": "entropy"}}
     committed_metrics = ("repair",)
+    keeps_learned = ("pt2e", "eager")  # QDQ with learned scales in its input is kept (buildsys.qat)
 
     class Options(SearchingOptions):
         method: Literal["dynamic", "static"] = Field(

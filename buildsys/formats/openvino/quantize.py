@@ -43,6 +43,7 @@ class OpenVinoInt8FromOpenVino(Step):
     description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     repairs = {"transformer": {"model_type": "transformer"}, "mixed": {"preset": "mixed"}}
+    keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.qat)
 
     class Options(StepOptions):
         preset: Literal["performance", "mixed"] = Field(
@@ -106,10 +107,6 @@ class OpenVinoInt8FromOpenVino(Step):
         from buildsys.formats.openvino.convert import save_ir
 
         opts: Any = ctx.options
-        batch = ctx.data("calibration")
-        if batch is None:
-            raise self.fail(ctx, NEEDS_CALIBRATION)
-        samples = min(len(batch), opts.calibration_samples or len(batch))
         with telemetry_off():
             import nncf
             import openvino as ov
@@ -123,6 +120,10 @@ class OpenVinoInt8FromOpenVino(Step):
                 from buildsys.qat import KEPT
 
                 return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT}
+            batch = ctx.data("calibration")  # read only now: a QAT model's IR above needs none
+            if batch is None:
+                raise self.fail(ctx, NEEDS_CALIBRATION)
+            samples = min(len(batch), opts.calibration_samples or len(batch))
             calibration = nncf.Dataset(list(_samples(batch, samples)))
             kwargs: dict[str, Any] = {
                 "subset_size": samples, "fast_bias_correction": opts.fast_bias_correction,

@@ -89,6 +89,7 @@ class TfliteFromPt2(Step):
             cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as above
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
+            cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.qat)
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
@@ -158,8 +159,9 @@ class TfliteFromPt2(Step):
             requantize(self, ctx, path, samples, record, metrics)
             flatbuffer = path.read_bytes()
             record = self._layout(ctx, flatbuffer, args)
-        if self.precision == "int8":
-            metrics["scheme"] = scheme(ctx.options)
+        if self.precision == "int8":  # a QAT program's scales were learned, not calibrated
+            metrics["scheme"] = scheme(ctx.options) if metrics.get("mode") != "qat" else \
+                "full int8: int8 weights and activations (learned quantization parameters, not calibrated)"
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,

@@ -55,16 +55,18 @@ class RewritableOptions(StepOptions):
         return data
 
 
-def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False) -> "torch.nn.Module":
+def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False, eager_qat: bool = False) -> "torch.nn.Module":
     """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
     user's: a StepError naming the step). A quantization-aware-trained module comes converted with its
     learned parameters (buildsys.qat.quantized; `fold`: its weights stored as int8): what every exporter
-    must carry to the int8 artifacts."""
+    must carry to the int8 artifacts. An eager-mode QAT module is refused unless the step exports fake
+    quantization itself (`eager_qat`: the TorchScript ONNX exporter), which gets it with plain fake-quant calls."""
     from buildsys import rewrites
     from buildsys.qat import quantized
     from buildsys.source import load_module
 
-    module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold)
+    module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold,
+                       eager=eager_qat)
     ratio = float(getattr(ctx.options, "structured_sparsity", 0.0))
     if ratio:
         module = _pruned(step, ctx, module, ratio)
@@ -101,7 +103,8 @@ def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, modul
     out: dict[str, Any] = {}
     info = info_of(module) if module is not None else None
     if info is not None:
-        out["qat"] = f"{info.describe()}: exported with its learned quantization parameters (convert_pt2e)"
+        out["qat"] = f"{info.describe()}: exported with its learned quantization parameters " + \
+            ("(convert_pt2e)" if info.flow == "pt2e" else "(fake-quant as QuantizeLinear/DequantizeLinear)")
     names = list(getattr(ctx.options, "rewrites", ()))
     if names:
         out["rewrites"] = names
