@@ -79,30 +79,74 @@ def timed(load: Any, batch: Any, repeats: int) -> dict[str, Any]:
             "peak_rss_mb": meter.increase_mb, "rss_method": meter.method}
 
 
+EAGER = {"eager-kv": "PyTorch eager (transformers KV cache)", "eager-ref": "PyTorch eager, no cache (the reference)"}
+
+
+def _goal(label: str) -> str:
+    fmt, prec, _ = TARGETS[label]
+    return fmt if prec == "fp32" else f"{fmt}-{prec}"
+
+
+def measure_row(root: Path, arch: str, label: str, repeats: int, new_tokens: int) -> dict[str, Any]:
+    """One row, in this (fresh) process: the runtime's libraries imported first, then load + generation timed,
+    with the peak resident memory they added and the process's lifetime peak (imports included)."""
+    import resource
+
+    import torch
+
+    # One intra-op thread for eager PyTorch: at this size a second thread only adds hand-off cost, and on a
+    # shared host torch's spinning pool turned medians into 300 ms outliers. ONNX Runtime, GenAI, ExecuTorch,
+    # OpenVINO and LiteRT keep their defaults (what an app gets).
+    torch.set_num_threads(1)
+    from buildsys.config.load import load
+    from buildsys.formats import get_format, get_runtime
+    from buildsys.formats.llm.decoder import load_lm
+    from buildsys.formats.llm.generate import GenerationSession
+    from buildsys.formats.llm.prompts import prompt_batch
+    from buildsys.formats.llm.runtime import KvCacheEagerDecoder
+
+    model = load(root / "deploy.yaml").project.models[arch]
+    assert model.generation is not None
+    batch = prompt_batch(model, root)
+    if label == "eager-kv":
+        import transformers  # noqa: F401  (imported before the meter: a library is not the model's memory)
+
+        row = timed(lambda: GenerationSession(KvCacheEagerDecoder(load_lm(model, root, arch, "bench"),
+                                                                  model.generation.max_seq_len), new_tokens),
+                    batch, repeats)
+    elif label == "eager-ref":
+        import transformers  # noqa: F401,F811
+
+        row = timed(lambda: get_runtime("llm-pytorch").load(None, model, root),  # type: ignore[arg-type]
+                    batch, repeats)
+    else:
+        goal = _goal(label)
+        runtime = get_runtime(get_format(goal).runtime or "")
+        runtime.preimport()
+        path = root / "artifacts" / f"{arch}-{label.replace(' ', '-')}" / get_format(goal).filename
+        row = timed(lambda: runtime.load(path, model, root), batch, repeats)
+    row["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/llm-bench"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--row", nargs=2, metavar=("ARCH", "LABEL"), help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
+    root = args.dir
+    if args.row:
+        print("ROW " + json.dumps(measure_row(root, args.row[0], args.row[1], args.repeats, args.new_tokens)))
+        return
 
-    import torch
+    import subprocess
 
     import modelbuild
-    from buildsys.config.load import load
-
-    # One intra-op thread for eager PyTorch: at this size a second thread only adds hand-off cost, and on a
-    # shared host torch's spinning pool turned medians into 300 ms outliers. ONNX Runtime and ExecuTorch
-    # keep their defaults (what an app gets).
-    torch.set_num_threads(1)
-    from buildsys.formats import get_format, get_runtime
-    from buildsys.formats.llm.decoder import load_lm
-    from buildsys.formats.llm.runtime import KvCacheEagerDecoder
-    from buildsys.formats.llm.generate import GenerationSession
-    from buildsys.formats.llm.prompts import prompt_batch
+    from buildsys.formats import get_format
     from tests.helpers.llm import ARCHS, make_project
 
-    root = args.dir
     if not (root / "deploy.yaml").exists():
         make_project(root, steps=120, byte_level=True)
     text = (root / "deploy.yaml").read_text().replace("new_tokens: 12", f"new_tokens: {args.new_tokens}")
@@ -111,31 +155,31 @@ def main() -> None:
     report = modelbuild.load(root / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
     record = json.loads(next((root / ".modelbuild").glob("*.record.json")).read_text())
     nodes = record.get("nodes", record)
-    cfg = load(root / "deploy.yaml")
+
+    def child(arch: str, label: str) -> dict[str, Any]:
+        """Each row in a fresh process: memory freed by an earlier runtime cannot hide a later one's peak."""
+        proc = subprocess.run([sys.executable, __file__, "--dir", str(root), "--repeats", str(args.repeats),
+                               "--new-tokens", str(args.new_tokens), "--row", arch, label],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
+        if line is None:
+            return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        return dict(json.loads(line[4:]))
+
     rows: list[dict[str, Any]] = []
     for arch in ARCHS:
-        model = cfg.project.models[arch]
-        assert model.generation is not None
-        batch = prompt_batch(model, root)
-        rows.append({"model": arch, "runtime": "PyTorch eager (transformers KV cache)",
-                     **timed(lambda: GenerationSession(KvCacheEagerDecoder(load_lm(model, root, arch, "bench"),
-                                                                           model.generation.max_seq_len),
-                                                       args.new_tokens), batch, args.repeats)})
-        rows.append({"model": arch, "runtime": "PyTorch eager, no cache (the reference)",
-                     **timed(lambda: get_runtime("llm-pytorch").load(None, model, root),  # type: ignore[arg-type]
-                             batch, args.repeats)})
-        for label, (fmt, prec, _) in TARGETS.items():
+        for key, name in EAGER.items():
+            rows.append({"model": arch, "runtime": name, **child(arch, key)})
+        for label in TARGETS:
             target = f"{arch}-{label.replace(' ', '-')}"
             check = nodes.get(f"verify:{target}", {}).get("metrics", {})
-            goal = fmt if prec == "fp32" else f"{fmt}-{prec}"
+            goal = _goal(label)
             path = root / "artifacts" / target / get_format(goal).filename
             if not path.exists():
                 rows.append({"model": arch, "runtime": label, "error": "not built"})
                 continue
-            runtime = get_runtime(get_format(goal).runtime or "")
             tokens = check.get("outputs", {}).get("tokens", {})
-            rows.append({"model": arch, "runtime": label, "format": goal,
-                         **timed(lambda: runtime.load(path, model, root), batch, args.repeats),
+            rows.append({"model": arch, "runtime": label, "format": goal, **child(arch, label),
                          "token_agreement": tokens.get("token_agreement", {}).get("observed"),
                          "first_divergence": tokens.get("first_divergence"),
                          "prefill_logits_max_abs": check.get("outputs", {}).get("prefill_logits", {})
@@ -152,7 +196,7 @@ def main() -> None:
            "new_tokens": args.new_tokens, "repeats": args.repeats, "build_ok": report.ok, "rows": rows}
     results = REPO / "benchmarks" / "results" / "llm_generation.json"
     results.write_text(json.dumps(out, indent=2) + "\n")
-    print("| model | runtime | TTFT ms | decode tokens/s | peak RSS MB | token agreement | prefill logits max abs | NLL delta | bytes |")
+    print("| model | runtime | TTFT ms | decode tokens/s | peak RSS MB (added / process) | token agreement | prefill logits max abs | NLL delta | bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fmt = (lambda v, f: "—" if v is None else format(v, f))
@@ -160,7 +204,7 @@ def main() -> None:
             print(f"| {r['model']} | {r['runtime']} | not run: {r.get('not_run') or r.get('error')} | | | | | | |")
             continue
         print(f"| {r['model']} | {r['runtime']} | {fmt(r.get('ttft_ms'), '.3f')} | {fmt(r.get('decode_tokens_per_s'), '.0f')} "
-              f"| {fmt(r.get('peak_rss_mb'), '.1f')} "
+              f"| {fmt(r.get('peak_rss_mb'), '.1f')} / {fmt(r.get('process_peak_rss_mb'), '.0f')} "
               f"| {fmt(r.get('token_agreement'), '.3f')} | {fmt(r.get('prefill_logits_max_abs'), '.2e')} "
               f"| {fmt(r.get('nll_delta'), '.2e')} | {fmt(r.get('bytes'), 'd')} |")
 

@@ -22,7 +22,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.slow  # with the module's project: training, export, reference, check and bench (~90 s)
+@pytest.mark.slow  # with the module's project: training, export, reference, check and bench (45-95 s)
 def test_bench_reports_ttft_decode_rate_and_memory_of_an_llm_onnx_target(project: Path) -> None:
     import modelbuild
     from buildsys.lock import Lock
@@ -40,6 +40,7 @@ def test_bench_reports_ttft_decode_rate_and_memory_of_an_llm_onnx_target(project
         assert part["samples"] == part["runs"] * part["prompts"]  # one TTFT per prompt per timed pass
         assert part["load_ms"] > 0 and part["peak_rss_mb"] is not None and part["peak_rss_mb"] >= 0
         assert part["rss_method"] in ("kernel peak (VmHWM)", "sampled RSS")
+    assert m["eager"]["threads"] == 1  # eager generation runs one torch thread unless bench threads say otherwise
     assert m["decode_speedup_vs_eager"] > 0 and m["ttft_speedup_vs_eager"] > 0
 
 

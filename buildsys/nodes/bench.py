@@ -131,8 +131,14 @@ class BenchStep(Step):
         reason = get_runtime(REFERENCE_RUNTIME).unavailable()
         if reason:
             return {"runtime": "torch-eager (transformers KV cache)", "not_run": reason}
+        # One intra-op thread unless `threads` says otherwise: a one-token call of a small model gains
+        # nothing from a second thread, and beside another runtime's pool on a busy host torch's spinning
+        # threads turned eager's TTFT from ~1 ms into 6-230 ms (measured): that is contention, not eager.
         try:
-            return self._generate(ctx, REFERENCE_RUNTIME, None, feeds, opts, "eager")
+            with _torch_threads(opts.threads or 1, wanted=True):
+                result = self._generate(ctx, REFERENCE_RUNTIME, None, feeds, opts, "eager")
+            result["threads"] = opts.threads or 1
+            return result
         except ModelbuildError as exc:
             return {"runtime": "torch-eager (transformers KV cache)", "not_run": exc.what}
         except Exception as exc:

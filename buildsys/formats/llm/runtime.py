@@ -167,6 +167,11 @@ class LlmExecutorchRuntime(Runtime):
     def unavailable(self) -> str | None:
         return executorch_unavailable()
 
+    def preimport(self) -> None:
+        """`executorch.runtime` too: its import (kernel libraries, seconds and ~100+ MB) is not a model's load."""
+        super().preimport()
+        import executorch.runtime  # noqa: F401
+
     def load(self, path: Path, model: Model, root: Path) -> Session:
         from executorch.runtime import Runtime as EtRuntime
 
