@@ -249,6 +249,12 @@ def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> Non
         if m.get("not_run"):
             table.add_row(target, str(m.get("runtime")), "", "", "", "", "", "", "", f"[yellow]not run: {m['not_run']}[/]")
             continue
+        if m.get("task") == "text-generation":  # generation: time to first token and decode rate, not per-call latency
+            gen = (lambda part: f"TTFT {_num(part.get('ttft_ms'))} ms, {_num(part.get('decode_tokens_per_s'))} tok/s"
+                   if part.get("ttft_ms") is not None else "—")
+            table.add_row(target, str(m.get("runtime")), "1", gen(art), "", "", "", gen(eager),
+                          f"{m['decode_speedup_vs_eager']:.2f}× decode" if m.get("decode_speedup_vs_eager") else "—", "—")
+            continue
         budget = "—" if m.get("passed") is None else "[green]met[/]" if m["passed"] else "[red]missed[/]"
         table.add_row(target, str(m.get("runtime")), str(m.get("batch_size")), _num(art.get("p50_ms")),
                       _num(art.get("p95_ms")), _num(art.get("spread")), _num(art.get("throughput")),

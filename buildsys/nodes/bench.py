@@ -49,6 +49,7 @@ class BenchStep(Step):
     produces = "bench"
     toolchain = "torch"  # like a check, a bench runs in its artifact's toolchain worker
     Options = BenchOptions
+    version = 2  # 2: text-generation targets benchmarked (time to first token, decode tokens/s, peak memory)
     description = "Latency benchmark of an artifact against PyTorch eager."
 
     def _run(self, ctx: StepContext[BenchOptions]) -> dict[str, Any]:
@@ -62,11 +63,11 @@ class BenchStep(Step):
                                 "batch_size": opts.batch_size, "threads": opts.threads, "host": host()}
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
                   else get_runtime(runtime_name).unavailable())
-        if ctx.model.task == "text-generation":  # latency per sample means nothing for generation (docs/llm.md)
-            reason = ("bench nodes of text-generation targets are not built yet: the check reports time to first "
-                      "token and decode tokens/s in its findings; benchmarks/llm_generation.py compares runtimes")
         if reason:
             return self._write(ctx, {"passed": None, "not_run": reason, **head}, {})
+        if ctx.model.task == "text-generation":  # latency per sample means nothing for generation (docs/llm.md)
+            assert runtime_name is not None
+            return self._generation(ctx, runtime_name, head)
 
         assert runtime_name is not None  # a format without a runtime has a reason, returned above
         feeds = self._feeds(ctx, opts.batch_size)
@@ -87,6 +88,119 @@ class BenchStep(Step):
         if metrics["passed"] is False:
             metrics["failures"] = budget_failures(budgets)
         return self._write(ctx, metrics, raw)
+
+    # --- text generation ---------------------------------------------------------------------------
+
+    def _generation(self, ctx: StepContext[BenchOptions], runtime_name: str, head: dict[str, Any]) -> dict[str, Any]:
+        """Time to first token, decode tokens/s and peak memory of a text-generation artifact, beside eager.
+
+        The artifact runs through the same `GenerationSession` loop as its check, on the reference's
+        prompts (every prompt, `new_tokens` greedy tokens each; one timed call is the whole prompt set).
+        The session's own timings give the figures: TTFT is the prefill of each prompt plus the first
+        argmax, decode tokens/s the rate of the following one-token calls. The eager side is the
+        factory's model with transformers' KV cache (what `generate` does), not the no-cache reference.
+        """
+        import numpy as np
+
+        opts = ctx.options
+        if opts.p50_ms is not None or opts.p95_ms is not None:
+            raise self.fail(ctx, "acceptance p50_ms / p95_ms are per-call latency budgets of tensor models; a "
+                                 "text-generation target has no speed budget yet (bench reports time to first "
+                                 "token and decode tokens/s): remove them from its acceptance")
+        with np.load(ctx.extra["reference"]) as ref:
+            feeds = {name: np.asarray(ref[f"input:{name}"]) for name in ("prompt_ids", "text_ids")}
+        with _torch_threads(opts.threads, wanted=_uses_torch(runtime_name) or opts.compare_eager):
+            path = Path(ctx.input_path) if ctx.input_path else None
+            artifact = self._generate(ctx, runtime_name, path, feeds, opts, "artifact")
+            eager = self._generate_eager(ctx, feeds, opts) if opts.compare_eager else None
+        metrics: dict[str, Any] = {"passed": None, **head, "task": "text-generation", "artifact": artifact,
+                                   "budgets": {}}
+        if eager is not None:
+            metrics["eager"] = eager
+            if eager.get("decode_tokens_per_s") and artifact.get("decode_tokens_per_s"):
+                metrics["decode_speedup_vs_eager"] = round(artifact["decode_tokens_per_s"] / eager["decode_tokens_per_s"], 3)
+            if eager.get("ttft_ms") and artifact.get("ttft_ms"):
+                metrics["ttft_speedup_vs_eager"] = round(eager["ttft_ms"] / artifact["ttft_ms"], 3)
+        return self._write(ctx, metrics, {})
+
+    def _generate_eager(self, ctx: StepContext[BenchOptions], feeds: dict[str, Any], opts: BenchOptions) -> dict[str, Any]:
+        """The factory's model with transformers' KV cache; a problem here is reported, not a failure."""
+        from buildsys.formats import get_runtime
+        from buildsys.formats.llm.contract import REFERENCE_RUNTIME
+
+        reason = get_runtime(REFERENCE_RUNTIME).unavailable()
+        if reason:
+            return {"runtime": "torch-eager (transformers KV cache)", "not_run": reason}
+        # One intra-op thread unless `threads` says otherwise: a one-token call of a small model gains
+        # nothing from a second thread, and beside another runtime's pool on a busy host torch's spinning
+        # threads turned eager's TTFT from ~1 ms into 6-230 ms (measured): that is contention, not eager.
+        try:
+            with _torch_threads(opts.threads or 1, wanted=True):
+                result = self._generate(ctx, REFERENCE_RUNTIME, None, feeds, opts, "eager")
+            result["threads"] = opts.threads or 1
+            return result
+        except ModelbuildError as exc:
+            return {"runtime": "torch-eager (transformers KV cache)", "not_run": exc.what}
+        except Exception as exc:
+            from buildsys.errors import describe
+
+            return {"runtime": "torch-eager (transformers KV cache)", "not_run": describe(exc)}
+
+    def _generate(self, ctx: StepContext[BenchOptions], runtime_name: str, path: Path | None, feeds: dict[str, Any],
+                  opts: BenchOptions, label: str) -> dict[str, Any]:
+        """Load, generate `warmup` untimed then `repeats` timed passes over every prompt; figures, load time, memory."""
+        import statistics
+        import time
+
+        from buildsys.bench import RssMeter, measure, percentile
+        from buildsys.formats import get_runtime
+
+        _preimport(runtime_name)  # a library's one-time import is not this model's memory
+        with RssMeter() as meter:
+            started = time.perf_counter()
+            try:
+                if label == "eager":
+                    from buildsys.formats.llm.runtime import eager_kv_session
+
+                    session: Any = eager_kv_session(ctx.model, ctx.root, "bench")
+                else:
+                    session = get_runtime(runtime_name).load(path, ctx.model, ctx.root)  # type: ignore[arg-type]
+            except ModelbuildError as exc:
+                if label == "artifact":
+                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact could not be loaded: {exc.what}") from exc
+                raise
+            load_ms = (time.perf_counter() - started) * 1000
+            timings = getattr(session, "timings", None)
+            if not isinstance(timings, dict) or "ttft_s" not in timings:
+                session.close()
+                raise self.fail(ctx, f"the {runtime_name} session keeps no generation timings (not a GenerationSession)")
+            try:
+                for _ in range(opts.warmup):  # first calls of each prompt length: kernel compilation, allocation
+                    session.run(feeds)
+                for values in timings.values():
+                    values.clear()
+                timing = measure(lambda: session.run(feeds), 0, opts.repeats, opts.min_seconds,
+                                 on_call=None if meter.exact else meter.sample)
+            except Exception as exc:
+                from buildsys.errors import describe
+
+                if label == "artifact":
+                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact failed in {runtime_name}: "
+                                         f"{describe(exc)}") from exc
+                raise StepError(f"{runtime_name} failed: {describe(exc)}") from exc
+            finally:
+                session.close()
+        ttft, rate = timings["ttft_s"], timings.get("decode_tokens_per_s") or []
+        result: dict[str, Any] = {
+            "runtime": "torch-eager (transformers KV cache)" if label == "eager" else runtime_name,
+            "ttft_ms": round(statistics.median(ttft) * 1e3, 4) if ttft else None,
+            "ttft_p95_ms": round(percentile(ttft, 95) * 1e3, 4) if ttft else None,
+            "decode_tokens_per_s": round(statistics.median(rate), 1) if rate else None,
+            "decode_tokens_per_s_p5": round(percentile(rate, 5), 1) if rate else None,
+            "prompts": len(feeds["prompt_ids"]), "new_tokens": getattr(session, "new_tokens", None),
+            "runs": timing.runs, "warmup": opts.warmup, "samples": len(ttft),
+            "load_ms": round(load_ms, 3), "peak_rss_mb": meter.increase_mb, "rss_method": meter.method}
+        return result
 
     # --- pieces ----------------------------------------------------------------------------------
 

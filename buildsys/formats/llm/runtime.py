@@ -103,6 +103,35 @@ class _EagerDecoder:
         return logits.float().numpy()
 
 
+class KvCacheEagerDecoder:
+    """PyTorch eager as an application runs it: transformers' own DynamicCache, prefill once, then one
+    token per call (the usual `generate` path). Not the reference (that one has no cache, on purpose):
+    the fair eager baseline of a speed comparison (`modelbuild bench`, benchmarks/llm_generation.py)."""
+
+    def __init__(self, lm: Any, max_chunk: int):
+        self.lm, self.max_chunk, self.past = lm, max_chunk, None
+
+    def reset(self) -> None:
+        self.past = None
+
+    def forward(self, ids: np.ndarray, start: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.lm(input_ids=torch.tensor([[int(i) for i in ids]]), past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[0].float().numpy()
+
+
+def eager_kv_session(model: Model, root: Path, step: str) -> GenerationSession:
+    """The factory's model in eager PyTorch with transformers' KV cache, as a GenerationSession."""
+    from buildsys.formats.llm.decoder import load_lm
+
+    assert model.generation is not None
+    return GenerationSession(KvCacheEagerDecoder(load_lm(model, root, "", step), model.generation.max_seq_len),
+                             model.generation.new_tokens)
+
+
 @register_runtime
 class LlmOnnxRuntime(Runtime):
     """ONNX Runtime (CPU provider) running the static-cache decoder: prefill in one call, then a token per call."""
@@ -137,6 +166,11 @@ class LlmExecutorchRuntime(Runtime):
 
     def unavailable(self) -> str | None:
         return executorch_unavailable()
+
+    def preimport(self) -> None:
+        """`executorch.runtime` too: its import (kernel libraries, seconds and ~100+ MB) is not a model's load."""
+        super().preimport()
+        import executorch.runtime  # noqa: F401
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
         from executorch.runtime import Runtime as EtRuntime
