@@ -75,7 +75,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 def test_source_needs_exactly_one_kind(tmp_path: Path) -> None:
     path = write(tmp_path, MODEL.replace("factory: pkg.net:build", "factory: pkg.net:build\n      onnx: m.onnx") + "targets: {}\n")
-    with pytest.raises(ConfigError, match=r"models\.m\.source: give exactly one of factory, torchscript, exported, onnx"):
+    with pytest.raises(ConfigError, match=r"models\.m\.source: give exactly one of factory, transformers, torchscript, exported, onnx"):
         load(path)
 
 
