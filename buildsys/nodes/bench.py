@@ -182,12 +182,7 @@ class BenchStep(Step):
                 timing = measure(lambda: session.run(feeds), 0, opts.repeats, opts.min_seconds,
                                  on_call=None if meter.exact else meter.sample)
             except Exception as exc:
-                from buildsys.errors import describe
-
-                if label == "artifact":
-                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact failed in {runtime_name}: "
-                                         f"{describe(exc)}") from exc
-                raise StepError(f"{runtime_name} failed: {describe(exc)}") from exc
+                raise self._failed(ctx, label, runtime_name, exc) from exc
             finally:
                 session.close()
         ttft, rate = timings["ttft_s"], timings.get("decode_tokens_per_s") or []
@@ -271,12 +266,7 @@ class BenchStep(Step):
                 timing = measure(call, opts.warmup, opts.repeats, opts.min_seconds,
                                  on_call=None if meter.exact else meter.sample)
             except Exception as exc:
-                from buildsys.errors import describe
-
-                if label == "artifact":
-                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact failed in {runtime_name}: "
-                                         f"{describe(exc)}") from exc
-                raise StepError(f"{runtime_name} failed: {describe(exc)}") from exc
+                raise self._failed(ctx, label, runtime_name, exc) from exc
             finally:
                 # What load started (a browser and its Playwright loop, a server) must not outlive the
                 # bench: the worker's next check in that runtime would find it still running.
@@ -287,6 +277,14 @@ class BenchStep(Step):
         if threads is not None:
             result["threads"] = threads
         return result
+
+    def _failed(self, ctx: StepContext[BenchOptions], label: str, runtime_name: str, exc: Exception) -> StepError:
+        """The error of a timed run that raised: the artifact's names the format, a reference runtime's only itself."""
+        from buildsys.errors import describe
+
+        if label == "artifact":
+            return self.fail(ctx, f"the {ctx.extra['format']} artifact failed in {runtime_name}: {describe(exc)}")
+        return StepError(f"{runtime_name} failed: {describe(exc)}")
 
     def _write(self, ctx: StepContext[BenchOptions], metrics: dict[str, Any], raw: dict[str, list[float]]) -> dict[str, Any]:
         report = {**metrics, "model": ctx.model_name, "options": ctx.options.model_dump(mode="json"),

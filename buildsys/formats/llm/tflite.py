@@ -20,7 +20,6 @@ litert-torch has no lowering for and the modules that use them, when that is the
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -317,9 +316,9 @@ class LlmLiteRtRuntime(Runtime):
     packages = ("ai-edge-litert",)
 
     def unavailable(self) -> str | None:
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            return "ai-edge-litert is not installed (pip install -c constraints.txt 'modelbuild[tflite]')"
-        return None
+        from buildsys.formats.tflite.litert import litert_unavailable
+
+        return litert_unavailable()
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from ai_edge_litert.interpreter import Interpreter

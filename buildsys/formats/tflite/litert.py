@@ -173,6 +173,14 @@ class LiteRtSession(Session):
         return [t.decode(result[t.key])[:count] if pad else t.decode(result[t.key]) for t in self.outputs]
 
 
+def litert_unavailable() -> str | None:
+    """Why the LiteRT interpreter cannot run here (ai-edge-litert missing), or None; checked without importing it.
+    Shared by every runtime that runs a .tflite (the tensor one here, the decoder LM one in formats/llm)."""
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return "ai-edge-litert is not installed (pip install -c constraints.txt 'modelbuild[tflite]')"
+    return None
+
+
 @register_runtime
 class LiteRt(Runtime):
     """The LiteRT interpreter (TFLite's runtime, as on Android) with the XNNPACK CPU delegate."""
@@ -181,9 +189,7 @@ class LiteRt(Runtime):
     packages = ("ai-edge-litert",)
 
     def unavailable(self) -> str | None:
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            return "ai-edge-litert is not installed (pip install -c constraints.txt 'modelbuild[tflite]')"
-        return None
+        return litert_unavailable()
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from buildsys.formats.tflite.layout import read_layout
