@@ -88,6 +88,10 @@ def explain(config: str, node: str) -> None:
     out = {"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons, "key": p.key,
            "components": p.components, "lock": entry}
     notes = get_step(p.node.step).describe_facts(entry.get("facts") or {}) if entry.get("key") == p.key else []
+    from buildsys.formats.quantized_weights import describe as describe_share
+
+    share = describe_share((entry.get("facts") or {}).get("quantized_weights")) if entry.get("key") == p.key else None
+    notes += [share] if share else []  # what share of the weights the artifact holds in its precision
     notes += [str(c) for c in caveats_of(entry)]
     if notes:  # what the artifact is, in words (fused ops, a lesser path taken)
         out["notes"] = notes

@@ -208,6 +208,7 @@ class Builder:
         if kind.judges:  # deps are [artifact, reference]
             extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref", inputs))
             extra["caveats"] = (nplan.components or {}).get("caveats", [])  # the artifact chain's (keyed)
+            extra["quantized_weights"] = (nplan.components or {}).get("quantized_weights")  # judged by its floor
             if self.plan.dag.structured_sparsity(node.deps[0]):  # a pruned artifact: no per-layer localisation
                 extra["structured_sparsity"] = self.plan.dag.structured_sparsity(node.deps[0])
         source = _source_path(cfg.root, model)

@@ -200,6 +200,8 @@ class Planner:
         kind.add_components(node, model, comp, packages)
         if kind.judges and self.chain_caveats(node.deps[0]):  # what the artifact's chain reported enters its verdict
             comp["caveats"] = self.chain_caveats(node.deps[0])
+        if kind.judges and self.chain_fact(node.deps[0], "quantized_weights"):  # judged against its floor
+            comp["quantized_weights"] = self.chain_fact(node.deps[0], "quantized_weights")
         device = step.host_components(node.options)
         if device:  # what the output is only valid for (a TensorRT engine: GPU model, TensorRT)
             comp["device"] = device
@@ -220,6 +222,18 @@ class Planner:
             inputs = (entry.get("components") or {}).get("inputs") or {}
             name = next((k.removeprefix("upstream ") for k in inputs if k.startswith("upstream ")), None)
         return out
+
+    def chain_fact(self, artifact: str, name: str) -> Any:
+        """The committed fact `name` (`Step.committed_metrics`) of `artifact` or, where it has none, of the
+        nearest artifact it was made from (a Triton layout's onnx-int8 model: its quantized_weights); None."""
+        name_: str | None = artifact
+        while name_:
+            entry = self.lock.nodes.get(name_, {})
+            if name in (entry.get("facts") or {}):
+                return entry["facts"][name]
+            inputs = (entry.get("components") or {}).get("inputs") or {}
+            name_ = next((k.removeprefix("upstream ") for k in inputs if k.startswith("upstream ")), None)
+        return None
 
     # --- status --------------------------------------------------------------------------------
     def status(self, node: Node, upstream: dict[str, str | None], force: bool = False) -> NodePlan:

@@ -177,7 +177,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "caveats": [c.as_dict() for c in status.caveats],
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
                "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name),
-               "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair")}
+               "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair"),
+               "quantized_weights": check.get("quantized_weights")}  # the share in its precision, against its floor
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -201,7 +202,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
 
     from buildsys.repair import describe, trade_off
 
-    table = Table("target", "format", "size", "vs fp32", "check", "accuracy", "agreement", "max abs err",
+    table = Table("target", "format", "size", "vs fp32", "weights", "check", "accuracy", "agreement", "max abs err",
                   box=None, padding=(0, 1), pad_edge=False)
     for row in rows:
         clean = row.get("verdict") == Verdict.PASSED and not any(c["kind"] != CaveatKind.FALLBACK for c in row["caveats"])
@@ -212,7 +213,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
             if row.get("reference_accuracy") is not None:
                 acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
         table.add_row(row["target"], row["format"], _size(row["size"]) if row["size"] else "—",
-                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", f"[{style}]{row['check']}[/]", acc,
+                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", _share(row.get("quantized_weights")),
+                      f"[{style}]{row['check']}[/]", acc,
                       f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
                       _num(row["max_abs"]) if "max_abs" in row else "")
     out.print(table)
@@ -233,6 +235,15 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
         for drop in row.get("dropped") or []:
             out.print(f"{row['target']}: route {' → '.join(drop['route'])} dropped at {drop['node']}: {drop['reason']}"
                       f"{trade_off(drop)}", style="yellow", markup=False, highlight=False)
+
+
+def _share(weights: dict[str, Any] | None) -> str:
+    """The share of weights in the target's precision, as the summary's weights column shows it: '97% int8'
+    (red below its floor); '' for a float target."""
+    if not weights or weights.get("observed") is None:
+        return ""
+    text = f"{weights['observed']:.0%} {weights.get('asked') or ''}".strip()
+    return text if weights.get("ok", True) else f"[red]{text}[/]"
 
 
 def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:

@@ -185,6 +185,13 @@ class Acceptance(Tolerance):
     p95_ms: Annotated[Optional[float], budget("ms", MS_UNITS)] = Field(
         default=None, gt=0, description="Largest allowed 95th-percentile latency in ms.")
     bench_batch: int = Field(default=1, ge=1, description="Batch size the latency budgets are measured at.")
+    min_quantized_share: Optional[float] = Field(
+        default=None, ge=0, le=1, description="int8 / int4 targets: the smallest share of the model's linear and "
+        "convolution weights (by element count) the artifact must hold in the asked precision, measured on the "
+        "artifact (docs/quantization.md#what-was-asked-is-what-ships). Embeddings and the layers kept float on "
+        "purpose (keep_float, accuracy repair) are left out of the share. Unset: the precision's floor (int8 0.9, "
+        "int4 0.75); a lower value accepts a model whose quantizer skips some layers, 0 turns the check off. "
+        "fp32 and fp16 targets have no floor.")
 
     outputs: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output overrides, by output name.")
     on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")

@@ -23,10 +23,11 @@ class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 6  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+    version = 7  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
                  # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
                  # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
-                 # (the first module whose output diverges, with a per-layer table)
+                 # (the first module whose output diverges, with a per-layer table); 7: an int8/int4 artifact's
+                 # share of weights in its precision is held to a floor (min_quantized_share)
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -47,6 +48,9 @@ class CheckStep(Step):
         size = _size_budget(ctx, opts.max_size_mb)
         if size is not None and not size["ok"]:
             problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
+        weights, short = _quantized_share(ctx, opts.min_quantized_share)
+        if short:  # an "int8" artifact that is mostly float fails however close its numbers are
+            problems.append(short)
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
                   else get_runtime(runtime_name).unavailable())
         runner = runtime_name
@@ -75,6 +79,8 @@ class CheckStep(Step):
                 metrics["structure"] = structure
             if size is not None:
                 metrics["size_mb"] = size
+            if weights is not None:
+                metrics["quantized_weights"] = weights
             return self._write(ctx, self._judge(opts, metrics, problems, caveats, host))
 
         results = self._compare(ctx, observed, expected, labels)
@@ -97,6 +103,8 @@ class CheckStep(Step):
             metrics["structure"] = structure
         if size is not None:
             metrics["size_mb"] = size
+        if weights is not None:
+            metrics["quantized_weights"] = weights
         missed = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         if missed and runner:  # only on a miss: the passing path never pays for it
             metrics["localisation"] = localisation = self._localise(ctx, runner, batch, results)
@@ -252,6 +260,20 @@ class CheckStep(Step):
         (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         return metrics
 
+
+
+def _quantized_share(ctx: StepContext, floor: float | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The share of the artifact's weights in the target's precision, as its quantizing step measured it on the
+    artifact (its `quantized_weights` fact, from the chain), against the floor; and why it misses, or None.
+    (None, None) where nothing measured it (an fp32 artifact, a format whose step has no inspector)."""
+    from buildsys.formats.quantized_weights import shortfall
+
+    fact = ctx.extra.get("quantized_weights")
+    if not fact or fact.get("share") is None:
+        return None, None
+    short = shortfall(fact, floor)
+    return {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
+            "measured_on": fact.get("measured_on")}, short
 
 
 def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:

@@ -29,7 +29,8 @@ class OnnxInt8FromOnnx(Step):
     """Quantize an ONNX model to int8: dynamic (weights only, activations at run time) or static (calibrated)."""
 
     name = "onnx-int8-from-onnx"
-    version = 2  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again
+    version = 3  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again; 3: the share of
+    # weights in int8 measured on the file (quantized_weights)
     consumes = ("onnx", "onnx-optimized")
     produces = "onnx-int8"
     precision = "int8"
@@ -39,7 +40,7 @@ class OnnxInt8FromOnnx(Step):
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     repairs = {"keep-float": {"keep_float": "sensitive"}, "per-channel": {"per_channel": True},
                "entropy": {"method": "static", "calibrate_method": "entropy"}}
-    committed_metrics = ("repair",)
+    committed_metrics = ("repair", "quantized_weights")
     keeps_learned = ("pt2e", "eager")  # QDQ with learned scales in its input is kept (buildsys.qat)
 
     class Options(SearchingOptions):
@@ -105,6 +106,8 @@ class OnnxInt8FromOnnx(Step):
 
         from buildsys.formats.onnx.sensitivity import NoRecipe, search, split_timings
         from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
+        from buildsys.formats.onnx.weights import measure
+        from buildsys.formats.quantized_weights import kept_float
 
         opts = ctx.options
         src = Path(str(ctx.input_path))
@@ -113,8 +116,9 @@ class OnnxInt8FromOnnx(Step):
 
         already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.qat): kept, never re-calibrated
         if already:
-            return {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
-                    "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
+            carried = {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
+                       "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
+            return {**carried, "quantized_weights": measure(ctx.out_dir / MODEL_FILE, self.precision)}
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
         reduce_range = opts.reduce_range if opts.reduce_range is not None else opts.method == "static"
         metrics: dict[str, Any] = {"method": opts.method, "reduce_range": reduce_range}
@@ -169,6 +173,7 @@ class OnnxInt8FromOnnx(Step):
             if "quantize" in op.lower() or op.endswith("Integer") or op.startswith("QLinear"):
                 counts[op] = counts.get(op, 0) + 1
         metrics["quantized_ops"] = counts
+        metrics["quantized_weights"] = measure(ctx.out_dir / MODEL_FILE, self.precision, kept_float(metrics, opts))
         return metrics
 
     def _static(self, ctx: StepContext[Options], opts: Options, model_in: Path, out: Path, types: dict[str, Any],

@@ -17,7 +17,7 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register
 from buildsys.formats.base import Step, StepContext, StepOptions
-from buildsys.formats.openvino.ir import cpu_config, telemetry_off
+from buildsys.formats.openvino.ir import XML, cpu_config, telemetry_off
 from buildsys.keys import HostBinding
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ class OpenVinoInt8FromOpenVino(Step):
     """Quantize a float32 OpenVINO IR to int8 with NNCF, calibrated on the model's calibration set."""
 
     name = "openvino-int8-from-openvino"
-    version = 2  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized
+    version = 3  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized; 3: the share of
+    # weights in int8 measured on the IR (quantized_weights)
     consumes = ("openvino",)
     produces = "openvino-int8"  # registered with its fp32/fp16 siblings in convert.py
     precision = "int8"
@@ -43,6 +44,7 @@ class OpenVinoInt8FromOpenVino(Step):
     description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     repairs = {"transformer": {"model_type": "transformer"}, "mixed": {"preset": "mixed"}}
+    committed_metrics = ("quantized_weights",)
     keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.qat)
 
     class Options(StepOptions):
@@ -105,6 +107,8 @@ class OpenVinoInt8FromOpenVino(Step):
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         from buildsys.formats.openvino.convert import save_ir
+        from buildsys.formats.openvino.weights import measure
+        from buildsys.formats.quantized_weights import kept_float
 
         opts: Any = ctx.options
         with telemetry_off():
@@ -119,7 +123,8 @@ class OpenVinoInt8FromOpenVino(Step):
                 # scales, which the CPU plugin runs as int8. NNCF would re-calibrate them: it is kept instead.
                 from buildsys.qat import KEPT
 
-                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT}
+                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT,
+                        "quantized_weights": measure(ctx.out_dir / XML, self.precision)}
             batch = ctx.data("calibration")  # read only now: a QAT model's IR above needs none
             if batch is None:
                 raise self.fail(ctx, NEEDS_CALIBRATION)
@@ -167,6 +172,7 @@ class OpenVinoInt8FromOpenVino(Step):
             raise self.fail(ctx, f"NNCF could not hold the accuracy drop within max_accuracy_drop "
                                  f"{opts.max_accuracy_drop}: top-1 {accuracy['fp32']:.4f} (fp32 IR) -> "
                                  f"{accuracy['int8']:.4f} (int8); raise it or add calibration data")
+        metrics["quantized_weights"] = measure(ctx.out_dir / XML, self.precision, kept_float(metrics, opts))
         return metrics
 
     def _validation(self, ctx: StepContext) -> list[tuple[dict[str, Any], int]]:

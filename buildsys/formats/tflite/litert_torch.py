@@ -86,7 +86,8 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as above
+            cls.version = 3  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.qat)
@@ -160,8 +161,12 @@ class TfliteFromPt2(Step):
             flatbuffer = path.read_bytes()
             record = self._layout(ctx, flatbuffer, args)
         if self.precision == "int8":  # a QAT program's scales were learned, not calibrated
+            from buildsys.formats.quantized_weights import kept_float
+            from buildsys.formats.tflite.weights import measure
+
             metrics["scheme"] = scheme(ctx.options) if metrics.get("mode") != "qat" else \
                 "full int8: int8 weights and activations (learned quantization parameters, not calibrated)"
+            metrics["quantized_weights"] = measure(path, self.precision, kept_float(metrics, ctx.options))
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,

@@ -26,8 +26,9 @@ class Pt2FromPyTorch(Step):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
-    version = 3  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
-    # module is exported converted with its learned quantization parameters (buildsys.qat)
+    version = 4  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
+    # module is exported converted with its learned quantization parameters (buildsys.qat); 4: linear layers in
+    # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)

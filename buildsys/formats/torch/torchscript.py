@@ -35,7 +35,8 @@ class TorchScriptFromPyTorch(Step):
     """
 
     name = "torchscript-from-pytorch"
-    version = 4  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh process
+    version = 5  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
+    # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "torchscript"
     packages = ("torch",)
