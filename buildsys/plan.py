@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from buildsys import __version__, keys
 from buildsys.config.load import LoadedConfig
@@ -215,25 +215,23 @@ class Planner:
         """The caveats the lock records for `artifact` and the artifacts it was made from (a model
         delivered un-optimized), nearest first: what a target's check reports with its own."""
         out: list[dict[str, Any]] = []
-        name: str | None = artifact
-        while name:
-            entry = self.lock.nodes.get(name, {})
+        for entry in self._chain(artifact):
             out += [c for c in entry.get("caveats", []) if c not in out]
-            inputs = (entry.get("components") or {}).get("inputs") or {}
-            name = next((k.removeprefix("upstream ") for k in inputs if k.startswith("upstream ")), None)
         return out
 
     def chain_fact(self, artifact: str, name: str) -> Any:
         """The committed fact `name` (`Step.committed_metrics`) of `artifact` or, where it has none, of the
         nearest artifact it was made from (a Triton layout's onnx-int8 model: its quantized_weights); None."""
-        name_: str | None = artifact
-        while name_:
-            entry = self.lock.nodes.get(name_, {})
-            if name in (entry.get("facts") or {}):
-                return entry["facts"][name]
+        return next((e["facts"][name] for e in self._chain(artifact) if name in (e.get("facts") or {})), None)
+
+    def _chain(self, artifact: str) -> Iterator[dict[str, Any]]:
+        """The lock entries of `artifact` and of the artifacts it was made from, nearest first."""
+        name: str | None = artifact
+        while name:
+            entry = self.lock.nodes.get(name, {})
+            yield entry
             inputs = (entry.get("components") or {}).get("inputs") or {}
-            name_ = next((k.removeprefix("upstream ") for k in inputs if k.startswith("upstream ")), None)
-        return None
+            name = next((k.removeprefix("upstream ") for k in inputs if k.startswith("upstream ")), None)
 
     # --- status --------------------------------------------------------------------------------
     def status(self, node: Node, upstream: dict[str, str | None], force: bool = False) -> NodePlan:

@@ -15,7 +15,7 @@ needs_ov_llm = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("transformers", "tokenizers", "onnxscript", "openvino", "nncf")),
     reason="needs the llm, server and openvino extras")
 
-INT4 = "options: {llm-openvino-int4: {group_size: 32}}"  # the tiny models are 64 wide: 128 divides nothing
+INT4 = "options: {llm-openvino-int4: {group_size: 32}}"  # the tiny models are 64 wide: a set 128 divides nothing
 TARGETS = f"""\
   llama-ov: {{model: llama, format: llm-openvino}}
   llama-ov16: {{model: llama, format: llm-openvino, precision: fp16}}
@@ -31,7 +31,7 @@ TARGETS = f"""\
     precision: int4
     {INT4}
     acceptance: {{min_token_agreement: 1.0}}
-  llama-ov4-g128: {{model: llama, format: llm-openvino, precision: int4}}
+  llama-ov4-g128: {{model: llama, format: llm-openvino, precision: int4, options: {{llm-openvino-int4: {{group_size: 128}}}}}}
 """
 
 
@@ -198,7 +198,7 @@ def test_int4_under_its_token_agreement_tolerance_fails_the_build(built: tuple[P
 
 @pytest.mark.slow
 @needs_ov_llm
-def test_int4_whose_group_size_divides_no_layer_fails_plainly(built: tuple[Path, dict[str, float], Any]) -> None:
+def test_int4_whose_set_group_size_divides_no_layer_fails_plainly(built: tuple[Path, dict[str, float], Any]) -> None:
     failed = {r.name: r for r in built[2].failed}
     assert "llama/llm-openvino-int4" not in failed  # the group_size-32 node is another (its options differ)
     error = next(str(r.error) for name, r in failed.items() if name.startswith("llama/llm-openvino-int4"))

@@ -12,8 +12,10 @@ What the share counts (its denominator): linear and convolution weights, by elem
 What it leaves out, listed by name in the record: embedding tables (kind `embedding`, conventionally kept
 float by LLM quantizers; counted in `by_kind` when they are quantized, never against the share), the
 layers the target or an accuracy-repair recipe deliberately keeps float (`keep_float`, matched by any of a
-layer's names: its weight, its op's node name, its module path or a prefix of it), and everything that is
-not a weight layer: biases, norms' scales, the KV cache (an input of the program, never a constant).
+layer's names: its weight, its op's node name, its module path or a prefix of it), float layers under a
+quantizer's own size threshold (Core ML's `weight_threshold`: tensors too small to be worth compressing),
+and everything that is not a weight layer: biases, norms' scales, the KV cache (an input of the program,
+never a constant).
 
 Standard library only: the planner and the check import it; the inspectors (formats/*/weights.py) import
 their toolchains inside their functions and this module for the record.
@@ -90,14 +92,19 @@ def _kept(weight: WeightTensor, kept: Iterable[str]) -> bool:
     return any(n == k or n.startswith(k + ".") or n.startswith(k + "/") for k in kept if k for n in names)
 
 
-def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: Iterable[str] = ()) -> dict[str, Any]:
+def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: Iterable[str] = (),
+           small: int = 0) -> dict[str, Any]:
     """The `quantized_weights` fact of an artifact at precision `asked` ('int8', 'int4'), from its weight
     layers: the share of counted elements at `asked` or narrower, by kind and by stored type, the layers that
-    stayed wider (name → type), and those left out of the share (embeddings, `kept` by keep_float)."""
+    stayed wider (name → type), and those left out of the share: embeddings, the layers `kept` float by
+    keep_float, and float layers with fewer than `small` elements where the quantizer skips such by its
+    own size threshold (Core ML's weight_threshold)."""
     limit = ASKED_BITS.get(asked, 8)
     kept = [str(k) for k in kept]
     seen: set[str] = set()
-    total, by_kind, by_dtype = _Tally(), {}, {}  # type: ignore[var-annotated]
+    total = _Tally()
+    by_kind: dict[str, _Tally] = {}
+    by_dtype: dict[str, int] = {}
     wider: dict[str, str] = {}
     left_out: dict[str, list[str]] = {}
     for w in weights:
@@ -110,7 +117,8 @@ def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: 
         tally.layers += 1
         tally.quantized += w.elements if at_asked else 0
         by_dtype[w.dtype] = by_dtype.get(w.dtype, 0) + w.elements
-        reason = "kept_float" if _kept(w, kept) else None if w.kind in COUNTED else w.kind
+        reason = ("kept_float" if _kept(w, kept) else w.kind if w.kind not in COUNTED
+                  else "below_threshold" if not at_asked and w.elements < small else None)
         if reason:
             left_out.setdefault(reason, []).append(w.name)
             continue

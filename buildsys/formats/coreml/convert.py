@@ -121,6 +121,10 @@ class CoremlFromTorchScript(PruningStep):
         pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
         if search:
             pruned["sparsity_search"] = search
+        if self.precision == "int8":  # what the package holds: compressed weights, or fp16 left under the threshold
+            from buildsys.formats.coreml.weights import measure
+
+            pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold)
         return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
@@ -255,9 +259,11 @@ class CoremlInt8FromTorchScript(CoremlFromTorchScript):
     consumes = _TRACED
     produces = "coreml-int8"
     precision = "int8"
+    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
     description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
                   "or palettize_weights."
     Options = CoremlInt8Options
+    committed_metrics = ("sparsity_search", "quantized_weights")
 
 
 @contextlib.contextmanager

@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 class GenaiSession(GenerationSession):
     """Generation through og.Generator (no Decoder under it: GenAI owns the cache and the search)."""
 
-    def __init__(self, og_model: Any, new_tokens: int, texts: list[tuple[str, list[int]]], tokenizer: Any):
+    def __init__(self, og_model: Any, new_tokens: int, texts: list[tuple[str, list[int]]], tokenizer: Any,
+                 unreproduced: list[str]):
         super().__init__(decoder=None, new_tokens=new_tokens)  # type: ignore[arg-type]
         self.og_model = og_model
         self.texts = texts
         self.tokenizer = tokenizer
+        self.unreproduced = unreproduced  # the parts of tokenizer.json GenAI's tokenizer is known not to reproduce
 
     def _generator(self, ids: "np.ndarray", room: int) -> Any:
         """A fresh generator (an empty cache) that has been fed `ids`."""
@@ -85,12 +87,10 @@ class GenaiSession(GenerationSession):
             if got != expected:
                 wrong.append((text, got, expected))
         if wrong:
+            from buildsys.formats.llm.genai_tokenizer import mismatch
+
             text, got, expected = wrong[0]
-            tok = {"text": f"GenAI's tokenizer encodes {len(wrong)} of {len(self.texts)} texts otherwise than the "
-                           f"model's tokenizer.json (first: {text[:40]!r} → {got[:8]} instead of {expected[:8]}): an "
-                           "application calling og.Tokenizer would feed other ids than those checked; GenAI "
-                           "(onnxruntime-extensions) reads byte-level BPE, SentencePiece and WordPiece tokenizers, not "
-                           "every pre-tokenizer of Hugging Face tokenizers", "fails": True}
+            tok = {"text": mismatch(text, got, expected, self.unreproduced, len(wrong), len(self.texts)), "fails": True}
         else:
             tok = {"text": f"GenAI's tokenizer encodes all {len(self.texts)} prompts and held texts as tokenizer.json does"}
         return [*super().findings(), tok]
@@ -129,8 +129,12 @@ class GenaiRuntime(Runtime):
         except Exception as exc:
             raise StepError(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}': {type(exc).__name__}: "
                             f"{str(exc).strip()[:300]}") from exc
+        from buildsys.formats.llm.genai_tokenizer import unreproduced
+        from buildsys.formats.llm.prompts import tokenizer_file
+
         encode = _encoder(root, gen.tokenizer)
         lines = [line.strip() for line in (root / gen.prompts).read_text(encoding="utf-8").splitlines()]
         held = (root / (gen.held_text or gen.prompts)).read_text(encoding="utf-8")
         texts = [(t, encode(t)) for t in [*(line for line in lines if line), held]]
-        return GenaiSession(og_model, gen.new_tokens, texts, tokenizer)
+        parts = unreproduced(json.loads(tokenizer_file(root, gen.tokenizer).read_text(encoding="utf-8")))
+        return GenaiSession(og_model, gen.new_tokens, texts, tokenizer, parts)

@@ -188,7 +188,9 @@ class _LlmTfliteFromPyTorch(Step):
             if not share:  # a "quantized" file that is float throughout would pass any check
                 raise self.fail(ctx, f"litert-torch's {metrics.get('scheme')} recipe quantized none of the decoder's "
                                      f"weights ({total:,} elements stay {', '.join(weights)})")
-            metrics["quantized_weights"] = share
+            from buildsys.formats.tflite.weights import measure
+
+            metrics["quantized_weights"] = measure(path, self.precision)  # per layer, on the flatbuffer
         shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
         return {"bytes": len(flatbuffer), "cache": list(spec.cache_shape), "spec": SPEC_FILE, "tokenizer": shipped,
                 "signatures": lengths, "weights": weights, "converter": f"litert-torch {litert_torch.__version__}",
@@ -239,6 +241,7 @@ class LlmTfliteInt8FromPyTorch(_LlmTfliteFromPyTorch):
     precision = "int8"
     Options = LlmTfliteInt8Options
     committed_metrics = ("scheme", "quantized_weights")
+    version = 2  # 2: quantized_weights measured per layer on the flatbuffer (buildsys.formats.quantized_weights)
     description = ("decoder.py's StaticCacheDecoder, litert_torch prefill and decode signatures, convert(quant_config="
                    "quant_recipes.full_weight_only_recipe() or full_dynamic_recipe()).")
 
@@ -249,8 +252,7 @@ class LlmTfliteInt8FromPyTorch(_LlmTfliteFromPyTorch):
         what = {"weight-only": "int8 weights per output channel, float32 activations (litert-torch weight-only recipe)",
                 "dynamic": "int8 weights per output channel, activations quantized per call (litert-torch dynamic "
                            "recipe)"}.get(facts["scheme"], facts["scheme"])
-        share = facts.get("quantized_weights")
-        return [what + (f"; {share:.0%} of the weights quantized" if isinstance(share, (int, float)) else "")]
+        return [what]
 
     def _quant_config(self, ctx: StepContext[LlmTfliteInt8Options]) -> tuple[Any, dict[str, Any]]:
         from litert_torch.generative.quantize import quant_recipes
