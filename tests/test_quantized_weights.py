@@ -172,6 +172,9 @@ models:
 targets:
   block-onnx: {model: block, format: onnx, precision: int8}
   block-pte: {model: block, format: executorch, precision: int8}
+  block-tflite: {model: block, format: tflite, precision: int8, via: [pt2]}
+  block-openvino: {model: block, format: openvino, precision: int8}
+  block-coreml: {model: block, format: coreml, precision: int8}
   wave-pte:
     model: wave
     format: executorch
@@ -209,9 +212,16 @@ def _facts(root: Path, target: str) -> dict[str, Any]:
 @pytest.mark.slow
 @needs["executorch"]
 @pytest.mark.parametrize("target, measured_on", [("block-onnx", "ONNX file's initializers"),
-                                                 ("block-pte", "program before lowering")])
+                                                 ("block-pte", "program before lowering"),
+                                                 ("block-tflite", "flatbuffer's tensor types"),
+                                                 ("block-openvino", "IR's weight constants"),
+                                                 ("block-coreml", "ML Program's weights")])
 def test_a_gpt2_style_model_reaches_int8_in_its_linear_weights(built: tuple[Path, Any], target: str,
                                                                measured_on: str) -> None:
+    if target in ("block-tflite", "block-openvino", "block-coreml"):
+        for package in {"block-tflite": ("litert_torch",), "block-openvino": ("openvino", "nncf"),
+                        "block-coreml": ("coremltools",)}[target]:
+            pytest.importorskip(package)
     check = dict(built[1].nodes[f"verify:{target}"].metrics)
     assert check["passed"] is True, check.get("failures")
     fact = _facts(built[0], target)
@@ -302,3 +312,39 @@ def test_openvino_int4_builds_an_mlp_352_wide_at_default_options(llms: tuple[Pat
     facts = lock["nodes"][lock["targets"]["mlp352-int4"]["node"]]["facts"]
     # hidden 64 and MLP 352: no layer takes the default 128; NNCF's adjust gives 64 and 32
     assert facts["group_sizes"] == {"32": 2, "64": 12} and facts["quantized_weights"]["share"] >= FLOORS["int4"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs onnx")
+def test_onnx_weights_are_read_through_their_dequantization() -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from buildsys.formats.onnx.weights import weight_layers
+
+    def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(array, name)
+
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+        # a static QDQ weight: int8 initializer → DequantizeLinear → MatMul
+        helper.make_node("DequantizeLinear", ["w1_q", "s", "zp"], ["w1"]),
+        helper.make_node("MatMul", ["emb", "w1"], ["h1"], name="fc1"),
+        # eager QAT's export: a float initializer quantized by the session (QuantizeLinear → DequantizeLinear)
+        helper.make_node("QuantizeLinear", ["w2", "s", "zp"], ["w2_q"]),
+        helper.make_node("DequantizeLinear", ["w2_q", "s", "zp"], ["w2_dq"]),
+        helper.make_node("Transpose", ["w2_dq"], ["w2_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h1", "w2_t"], ["h2"], name="fc2"),
+        helper.make_node("MatMul", ["h2", "w3"], ["h3"], name="fc3"),  # left float
+        helper.make_node("MatMul", ["h3", "h3t"], ["y"], name="scores"),  # two activations: no weight layer
+        helper.make_node("Transpose", ["h3"], ["h3t"], perm=[0, 2, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [init("table", np.zeros((10, 8), np.float32)), init("w1_q", np.zeros((8, 8), np.int8)),
+         init("s", np.array(0.1, np.float32)), init("zp", np.array(0, np.int8)),
+         init("w2", np.zeros((8, 8), np.float32)), init("w3", np.zeros((8, 6), np.float32))])
+    found = {w.name: (w.kind, w.elements, w.dtype, w.aliases) for w in weight_layers(helper.make_model(graph))}
+    assert found == {"table": ("embedding", 80, "float32", ("embed",)), "w1_q": ("linear", 64, "int8", ("fc1",)),
+                     "w2": ("linear", 64, "int8", ("fc2",)), "w3": ("linear", 48, "float32", ("fc3",))}

@@ -3,8 +3,9 @@
 The outputs are those of every text-generation check (generate.py): the logits after each prompt
 (`generator.get_output("logits")` after `append_tokens`), `new_tokens` ids chosen by GenAI's search
 (`generate_next_token`, greedy as genai_config.json says), and the mean NLL of each held-text window
-(its logits after one `append_tokens`). GenAI stops at an EOS token; the check generates a fixed count
-in every runtime (docs/llm.md), so it loads the config with the EOS ids overlaid by none.
+(its logits after one `append_tokens`). GenAI stops at the model's EOS ids (genai_config.json), which no
+overlay removes (GenAI's parser appends a list's ids to those it holds: an overlay of [] leaves them, measured
+with 0.18): where its search reaches one before `new_tokens`, the check says so instead of guessing the rest.
 Its tokenizer (onnxruntime-extensions, not Hugging Face tokenizers) is checked too: it must encode the
 prompts and the held text to the ids the reference used, or an application that feeds it text gets
 other ids than the ones measured (a finding that fails the check).
@@ -71,8 +72,9 @@ class GenaiSession(GenerationSession):
             if self.new_tokens > 1:
                 self.timings["decode_tokens_per_s"].append((len(ids) - 1) / (time.perf_counter() - started))
             if len(ids) < self.new_tokens:  # GenAI stopped early: say so instead of padding with guesses
-                raise StepError(f"GenAI stopped after {len(ids)} of {self.new_tokens} tokens (search.max_length or an "
-                                "EOS id the overlay did not remove)")
+                raise StepError(f"GenAI stopped after {len(ids)} of {self.new_tokens} tokens, at id {ids[-1] if ids else '?'} "
+                                "(an EOS id of genai_config.json, or search.max_length): the check compares a fixed "
+                                "count of greedy tokens; give prompts whose continuation does not end so soon")
             last.append(logits.astype(np.float32))
             tokens.append(ids)
             rows = np.asarray(self._generator(text, 1).get_output("logits"))[0]
@@ -120,11 +122,7 @@ class GenaiRuntime(Runtime):
         assert gen is not None  # this runtime runs text-generation models only
         folder = Path(path).parent
         try:
-            config = og.Config(str(folder))
-            # A fixed count of tokens in every runtime: with no EOS id GenAI never stops early here (an id outside
-            # the vocabulary is refused by GenAI's config check).
-            config.overlay(json.dumps({"model": {"eos_token_id": []}}))
-            og_model = og.Model(config)
+            og_model = og.Model(og.Config(str(folder)))
             tokenizer = og.Tokenizer(og_model)
         except Exception as exc:
             raise StepError(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}': {type(exc).__name__}: "

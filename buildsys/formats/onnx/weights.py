@@ -62,11 +62,12 @@ def weight_layers(model: "onnx.ModelProto") -> list[WeightTensor]:
             continue
         kind, candidates = kind_inputs
         for index in candidates:
-            source = _constant_behind(node.input[index] if index < len(node.input) else "", producers, constants)
-            if source is None:
+            behind = _constant_behind(node.input[index] if index < len(node.input) else "", producers, constants)
+            if behind is None:
                 continue
-            name, (elem_type, elements) = source, constants[source]
-            dtype = _dtype_name(elem_type)
+            name, quantized_as = behind
+            elem_type, elements = constants[name]
+            dtype = _dtype_name(quantized_as if quantized_as is not None else elem_type)
             bits = next((a.i for a in node.attribute if a.name == "bits"), None)
             if node.op_type in ("MatMulNBits", "GatherBlockQuantized") and bits:  # packed in uint8
                 dtype, elements = f"int{bits}", elements * 8 // bits
@@ -76,14 +77,21 @@ def weight_layers(model: "onnx.ModelProto") -> list[WeightTensor]:
     return found
 
 
-def _constant_behind(name: str, producers: dict[str, Any], constants: dict[str, tuple[int, int]]) -> str | None:
-    """The initializer or Constant output that `name` is, or is a reshaped / dequantized / cast view of."""
+def _constant_behind(name: str, producers: dict[str, Any],
+                     constants: dict[str, tuple[int, int]]) -> tuple[str, int | None] | None:
+    """The initializer or Constant output that `name` is, or is a reshaped / dequantized / cast view of, and
+    the element type a QuantizeLinear on the way gives it (a float weight quantized when the session loads:
+    eager QAT's export), or None."""
+    quantized_as = None
     for _ in range(8):  # a weight passes a few such ops at most; an activation never ends at a constant
         if name in constants:
-            return name
+            return name, quantized_as
         node = producers.get(name)
-        if node is None or node.op_type not in PASS_THROUGH or not node.input:
+        if node is None or not node.input or node.op_type not in (*PASS_THROUGH, "QuantizeLinear"):
             return None
+        if node.op_type == "QuantizeLinear":  # its zero point's type is the stored one (ONNX's default: uint8)
+            zero = constants.get(node.input[2]) if len(node.input) > 2 else None
+            quantized_as = zero[0] if zero else 2  # TensorProto.UINT8
         name = node.input[0]
     return None
 
