@@ -188,8 +188,9 @@ class Acceptance(Tolerance):
     min_quantized_share: Optional[float] = Field(
         default=None, ge=0, le=1, description="int8 / int4 targets: the smallest share of the model's linear and "
         "convolution weights (by element count) the artifact must hold in the asked precision, measured on the "
-        "artifact (docs/quantization.md#what-was-asked-is-what-ships). Embeddings and the layers kept float on "
-        "purpose (keep_float, accuracy repair) are left out of the share. Unset: the precision's floor (int8 0.9, "
+        "artifact (docs/quantization.md#what-was-asked-is-what-ships). Embeddings, the layers kept float on "
+        "purpose (keep_float, accuracy repair) and those under a quantizer's size threshold (Core ML's "
+        "weight_threshold) are left out of the share. Unset: the precision's floor (int8 0.9, "
         "int4 0.75); a lower value accepts a model whose quantizer skips some layers, 0 turns the check off. "
         "fp32 and fp16 targets have no floor.")
 

@@ -89,7 +89,7 @@ def kept_float(metrics: dict[str, Any], options: Any = None) -> list[str]:
 
 def _kept(weight: WeightTensor, kept: Iterable[str]) -> bool:
     names = weight.names()
-    return any(n == k or n.startswith(k + ".") or n.startswith(k + "/") for k in kept if k for n in names)
+    return any(n == k or n.startswith((k + ".", k + "/")) for k in kept if k for n in names if n)
 
 
 def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: Iterable[str] = (),

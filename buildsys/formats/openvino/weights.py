@@ -13,6 +13,7 @@ levels (256: 8 bits).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -72,7 +73,10 @@ def weight_layers(model: "openvino.Model") -> list[WeightTensor]:
             if bits is not None and dtype.startswith("float"):
                 dtype = f"int{bits}"  # quantized by the plugin at load, run as integers
             if elements > 1:
-                found.append(WeightTensor(constant.get_friendly_name(), kind, elements, dtype, (op.get_friendly_name(),)))
+                name = constant.get_friendly_name()
+                if re.fullmatch(r"[A-Z][A-Za-z]*_\d+", name):  # a pass's own name (Transpose_307): say whose weight
+                    name = f"{op.get_friendly_name()} weight"
+                found.append(WeightTensor(name, kind, elements, dtype, (op.get_friendly_name(),)))
             break
     return found
 

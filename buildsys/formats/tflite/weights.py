@@ -61,12 +61,18 @@ def weight_layers(flatbuffer: bytes) -> list[WeightTensor]:
                 if not has_data(tensor):
                     continue
                 shape = [int(d) for d in tensor.shape] if tensor.shape is not None else []
-                label = (tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or ""))
-                found.append(WeightTensor(f"buffer {tensor.buffer}" if not label else label, kind, math.prod(shape),
-                                          types.get(tensor.type, str(tensor.type)),
-                                          (f"buffer {tensor.buffer}",)))
+                label = _name(tensor)
+                # the op's scope (its output tensor names, ';'-joined: how ai-edge-quantizer's keep_float names
+                # it), then the buffer (last: what a weight shared by two ops is deduplicated by)
+                scope = "".join(f"{_name(graph.tensors[i])};" for i in op.outputs if i >= 0)
+                found.append(WeightTensor(label or f"buffer {tensor.buffer}", kind, math.prod(shape),
+                                          types.get(tensor.type, str(tensor.type)), (scope, f"buffer {tensor.buffer}")))
                 break
     return _each_buffer_once(found)
+
+
+def _name(tensor: Any) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or "")
 
 
 def _each_buffer_once(found: list[WeightTensor]) -> list[WeightTensor]:
