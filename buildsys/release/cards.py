@@ -165,8 +165,9 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append("No measurement recorded on this machine (build it here, or see the bundle's card).")
     share = ver.get("quantized_weights")
     if share:
-        lines.append(f"\nWeights in {share.get('asked')}: {_plain(share['observed'])} of the linear and convolution "
-                     f"weights, allowed >= {_plain(share['allowed'])}: {'ok' if share.get('ok', True) else 'MISS'}.")
+        floor = f"allowed >= {share['allowed']:.0%}" if isinstance(share.get("allowed"), (int, float)) else "no floor"
+        lines.append(f"\nWeights in {share.get('asked')}: {share['observed']:.1%} of the linear and convolution weights "
+                     f"({floor}): {'ok' if share.get('ok', True) else 'MISS'}.")
     if data["latency"]:
         lat = data["latency"]
         lines += ["", "## Latency", "", f"{lat['runtime']}, batch {lat['batch']}: p50 {_plain(lat['p50_ms'])} ms, "
