@@ -348,3 +348,21 @@ def test_onnx_weights_are_read_through_their_dequantization() -> None:
     found = {w.name: (w.kind, w.elements, w.dtype, w.aliases) for w in weight_layers(helper.make_model(graph))}
     assert found == {"table": ("embedding", 80, "float32", ("embed",)), "w1_q": ("linear", 64, "int8", ("fc1",)),
                      "w2": ("linear", 64, "int8", ("fc2",)), "w3": ("linear", 48, "float32", ("fc3",))}
+
+
+@pytest.mark.slow
+@needs["executorch"]
+def test_the_share_shows_in_the_summary_the_card_and_explain(built: tuple[Path, Any]) -> None:
+    import subprocess
+    import sys
+
+    root, report = built
+    row = next(r for r in report.summary if r["target"] == "block-onnx")
+    assert row["quantized_weights"]["observed"] == 1.0 and row["quantized_weights"]["allowed"] == 0.9
+    card = (root / "artifacts" / "block-onnx" / "MODEL_CARD.md").read_text()
+    assert "| Quantized weights | 100% of the weights int8 (linear 100%; measured on the ONNX file's initializers" in card
+    assert "Weights in int8: 100.0% of the linear and convolution weights (allowed >= 90%): ok." in card
+    node = json.loads((root / "deploy.lock").read_text())["targets"]["block-onnx"]["node"]
+    out = subprocess.run([sys.executable, "-m", "buildsys", "-f", str(root / "deploy.yaml"), "explain", node],
+                         capture_output=True, text=True, check=True).stdout
+    assert any(n.startswith("100% of the weights int8 (linear 100%") for n in json.loads(out)["notes"])

@@ -23,7 +23,7 @@ their toolchains inside their functions and this module for the record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 #: Bits of the integer element types a weight may be stored in, by the label the inspectors give them.
@@ -66,10 +66,16 @@ class WeightTensor:
 
 @dataclass
 class _Tally:
+    """Elements and layers counted, and the elements at the asked precision among them."""
+
     quantized: int = 0
     counted: int = 0
     layers: int = 0
-    names: list[str] = field(default_factory=list)
+
+    def add(self, weight: WeightTensor, at_asked: bool) -> None:
+        self.counted += weight.elements
+        self.layers += 1
+        self.quantized += weight.elements if at_asked else 0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"quantized": self.quantized, "elements": self.counted, "layers": self.layers}
@@ -112,19 +118,14 @@ def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: 
             continue
         seen.add(w.name)
         at_asked = w.bits is not None and w.bits <= limit
-        tally = by_kind.setdefault(w.kind, _Tally())
-        tally.counted += w.elements
-        tally.layers += 1
-        tally.quantized += w.elements if at_asked else 0
+        by_kind.setdefault(w.kind, _Tally()).add(w, at_asked)
         by_dtype[w.dtype] = by_dtype.get(w.dtype, 0) + w.elements
         reason = ("kept_float" if _kept(w, kept) else w.kind if w.kind not in COUNTED
                   else "below_threshold" if not at_asked and w.elements < small else None)
         if reason:
             left_out.setdefault(reason, []).append(w.name)
             continue
-        total.counted += w.elements
-        total.quantized += w.elements if at_asked else 0
-        total.layers += 1
+        total.add(w, at_asked)
         if not at_asked:
             wider[w.name] = w.dtype
     out: dict[str, Any] = {
