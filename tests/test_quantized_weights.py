@@ -15,7 +15,7 @@ import pytest
 
 from buildsys.config.schema import Acceptance, OutputSpec
 from buildsys.formats.quantized_weights import FLOORS, WeightTensor, kept_float, record, shortfall
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 
 needs = {name: pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in packages), reason=f"needs {why}")
          for name, packages, why in [("torch", ("torch", "transformers"), "torch and transformers"),

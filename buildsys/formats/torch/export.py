@@ -27,7 +27,7 @@ class Pt2FromPyTorch(Step):
 
     name = "pt2-from-pytorch"
     version = 4  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
-    # module is exported converted with its learned quantization parameters (buildsys.qat); 4: linear layers in
+    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat); 4: linear layers in
     # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "pt2"
@@ -49,7 +49,7 @@ class Pt2FromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, export_dims, shapes_for, signature_module, trace_batch
+        from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
