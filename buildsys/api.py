@@ -76,13 +76,14 @@ class Project:
         return plan_result(the_plan)
 
     def build(self, targets: list[str] | None = None, *, jobs: int | None = None, keep_going: bool = False,
-              force: bool = False, timeout: float = 1800.0, executor: str = "local", scheduler: str | None = None,
+              force: bool = False, timeout: float | None = None, executor: str = "local", scheduler: str | None = None,
               on_event: EventHandler | None = None, check: bool = True, on_wait: Callable[[], None] | None = None,
               _force_kinds: tuple[str, ...] = (), _bench: bool = False, _watch: Any = None) -> BuildReport:
         """Build the targets (default: all) and what they need; only stale nodes run.
 
-        `executor` is "local" (worker processes here, `jobs` at once; default: the usable CPUs, as the
-        CLI's `-j`) or "dask" (a dask.distributed
+        `timeout` (seconds) replaces each step's time budget scaled to its model (buildsys.budget; a target's
+        `limits` still wins). `executor` is "local" (worker processes here, `jobs` at once; default: the usable
+        CPUs, as the CLI's `-j`) or "dask" (a dask.distributed
         cluster at `scheduler`, which needs a remote cache). `on_event` receives an `Event` as each
         node starts and ends. With `check` (the default) a failed build raises `BuildFailed`, whose
         `report` is the returned object's twin.
@@ -188,7 +189,7 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
 
 
 def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: bool, force_kinds: tuple[str, ...],
-         timeout: float, executor: str, scheduler: str | None, on_event: EventHandler | None) -> dict[str, NodeResult]:
+         timeout: float | None, executor: str, scheduler: str | None, on_event: EventHandler | None) -> dict[str, NodeResult]:
     from buildsys.dask_executor import make_executor
     from buildsys.execute import Builder
 

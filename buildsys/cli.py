@@ -122,7 +122,7 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
 
 
 def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
-           timeout: float, force_kinds: tuple[str, ...] = (), bench: bool = False, serving: bool = False,
+           timeout: float | None, force_kinds: tuple[str, ...] = (), bench: bool = False, serving: bool = False,
            strict: bool = False, recorder: Any = None, executor_kind: str = "local",
            scheduler: str | None = None, as_json: bool = False, verbosity: int = 0) -> Any:
     """Build through the Python API and show it: progress as it happens, then the summary and failures.
@@ -204,8 +204,10 @@ build_options = [
                  help="Memory the warm worker processes may hold together, e.g. 6G or 40% (of the RAM available); "
                       "idle toolchains past it are unloaded. Default: 50% [$MODELBUILD_WORKER_MEMORY]."),
     click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
-    click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-                 help="Seconds a single step may take."),
+    click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds a single step may take, for every step (a target's limits.time still wins). "
+                      "Default: 5 min plus 10 min per GB of the model's weights; past it the step is stopped "
+                      "with its stack and the next route is tried."),
 ]
 
 
@@ -248,7 +250,7 @@ def _with(options: list) -> Any:
 @click.option("--scheduler", metavar="ADDRESS", help="The Dask scheduler for --executor dask, e.g. tcp://host:8786 "
               "(default: $MODELBUILD_SCHEDULER).")
 @click.pass_obj
-def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
           verbose: bool, quiet: bool, force: bool, dry_run: bool, serving: bool, strict: bool, executor_kind: str,
           scheduler: str | None) -> None:
     """Build the targets (default: all) and everything they need; only stale nodes run."""
@@ -267,7 +269,7 @@ def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
 @_with(build_options)
 @_with(output_options)
 @click.pass_obj
-def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
            verbose: bool, quiet: bool) -> None:
     """Re-run the checks of the targets (building whatever is stale first)."""
     _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
@@ -279,7 +281,7 @@ def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, t
 @_with(build_options)
 @_with(output_options)
 @click.pass_obj
-def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
           verbose: bool, quiet: bool) -> None:
     """Time each target's artifact in its runtime next to PyTorch eager: p50/p95, throughput, memory.
 
@@ -304,7 +306,7 @@ def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
 @_with(build_options)
 @_with(signing_options)
 @click.pass_obj
-def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, **signing: Any) -> None:
+def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, **signing: Any) -> None:
     """Build and pack a release bundle (`bundle NAME`), or check one (`bundle verify FILE`).
 
     A bundle holds the verified artifacts of its targets, the reference data their checks used,
@@ -338,7 +340,7 @@ def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, time
     cli_release.show_packed(packed)
 
 
-def _verify_bundle(path: Path, jobs: int, timeout: float, trust: Any = None) -> None:
+def _verify_bundle(path: Path, jobs: int, timeout: float | None, trust: Any = None) -> None:
     """Check hashes, then re-run every numeric check this host can run, in worker processes."""
     from buildsys import api
 
@@ -351,7 +353,7 @@ def _verify_bundle(path: Path, jobs: int, timeout: float, trust: Any = None) -> 
 
     from buildsys.cli_release import show_trust
 
-    api.verify_bundle(path, jobs=jobs, timeout=timeout, on_check=show, on_manifest=lambda manifest: click.echo(
+    api.verify_bundle(path, jobs=jobs, timeout=timeout or 1800.0, on_check=show, on_manifest=lambda manifest: click.echo(
         f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest"), trust=trust,
         on_trust=show_trust)
 

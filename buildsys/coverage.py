@@ -339,7 +339,8 @@ def describe(plan: "Plan") -> dict[str, Any]:
                     found[step.name] = {"table": table, "unknown": why}
                 else:
                     found[step.name] = {"table": table, "registry": TABLES[table][2], "lacks": lacking,
-                                        "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking}}
+                                        "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking},
+                                        "sites": {op: cov.ops[model].get("sites", {}).get(op, []) for op in lacking}}
                 portable = cov.lacks(model, step.delegates_ops) if step.delegates_ops else None
                 if step.delegates_ops and portable is not None:  # information: which ops the backend may take
                     ops = cov.ops[model][step.delegates_ops[1]]
@@ -347,6 +348,13 @@ def describe(plan: "Plan") -> dict[str, Any]:
                                                      "delegated": [op for op in ops if op not in portable]}
         targets[target] = {"model": model, "steps": found, "route": plan.dag.routes.get(target)}
     return {"models": models, "targets": targets}
+
+
+def called_at(sites: Sequence[Mapping[str, Any]] | None) -> str:
+    """'; called in head (ProbitHead) at probit.py:13' for an op's first recorded site, "" for none."""
+    from buildsys.localise.sites import Site
+
+    return f"; called in {Site.from_dict(sites[0]).place()}" if sites else ""
 
 
 def lines(plan: "Plan") -> list[str]:
@@ -368,10 +376,13 @@ def lines(plan: "Plan") -> list[str]:
         if "ops" not in data["models"][entry["model"]]:
             continue  # the model line says why
         gaps = []
+        told: set[str] = set()  # ops whose call site this line already gave
         for step, s in entry["steps"].items():
             if s.get("lacks"):
                 ops = [f"{op} (rewrite {s['rewrites'][op][0]})" if s["rewrites"][op] else f"{op} (no rewrite yet: "
-                       "blocks this route)" for op in s["lacks"]]
+                       f"blocks this route{called_at(s.get('sites', {}).get(op)) if op not in told else ''})"
+                       for op in s["lacks"]]
+                told |= set(s["lacks"])
                 gaps.append(f"{step} lacks {', '.join(ops)}")
             elif "lacks" not in s:
                 unknown.add(step if s["unknown"] == "no op registry is read for it" else f"{step} ({s['unknown']})")

@@ -34,7 +34,8 @@ from typing import Any, Callable
 #: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.qat). 3: `traced` (the ops of a
 #: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
 #: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
-VERSION = 4
+#: 5: `sites` (where the model calls each op, buildsys.localise.source_lines) and `parameters` (its count).
+VERSION = 5
 
 
 def _coremltools() -> list[str]:
@@ -110,29 +111,30 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     core ops (an op the core decompositions remove, `alias`, maps to none); `traced`, the ops of
     torch.jit.trace (what the TorchScript-based ONNX exporter looks up: `batch_norm` where torch.export
     says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
-    for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.qat)."""
-    from buildsys.qat import info_of, quantized
+    for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.qat); `sites`,
+    where the model calls each op (module path, file, line: buildsys.localise.source_lines); `parameters`,
+    how many it has (what a step's time budget scales with where no weights file says: buildsys.budget)."""
+    from buildsys.qat import info_of
 
     import torch
 
-    from buildsys import data
     from buildsys.config.load import load as load_config
-    from buildsys.source import example_args, load_module, trace_batch
     from buildsys.formats.torch.rewritten import program_ops
+    from buildsys.localise.source_lines import model_sites, module_and_args
 
     cfg = load_config(deploy)
     model = cfg.project.models[model_name]
     # A QAT model's converters see it converted with its learned parameters (what its pt2 and ONNX hold).
-    module = quantized(load_module(model, cfg.root, name=model_name, step="op coverage").eval(), step="op coverage",
-                       eager=True)
-    batch = data.eval_batch(model, cfg.root, prefer=("example", "validation"))
-    args = example_args(model, trace_batch(model, batch, dynamic=False))
+    module, args = module_and_args(model, cfg.root, model_name, "op coverage")
     with torch.no_grad():
         program = torch.export.export(module, args, strict=False)
         core = program.run_decompositions()
     base = lambda ops: sorted({op.split(".")[1] for op in ops})  # noqa: E731 - aten.stft.default → stft
+    sites = model_sites(module, args, cfg.root.resolve(), program, core)
     out: dict[str, Any] = {"exported": base(program_ops(program)), "core": base(program_ops(core)),
-                           "decomposed": decompositions(program, core)}
+                           "decomposed": decompositions(program, core), "parameters": sum(
+                               p.numel() for p in module.parameters()),
+                           "sites": {op: [s.as_dict() for s in calls] for op, calls in sorted(sites.items())}}
     traced = traced_ops(module, args)
     if traced is not None:
         out["traced"] = traced

@@ -26,6 +26,9 @@ Requirements and conventions (also in docs/performance.md, "Distributed builds")
   openvino, tensorrt, …); TensorRT steps also need `gpu`. A resource is requested only when some
   worker of the cluster declares it (`dask worker … --resources "toolchain-coreml=1"`); otherwise
   the step may run anywhere.
+- Budgets: each step runs under its node's time budget and memory ceiling (buildsys.budget) in the Dask
+  worker's subprocess, watched there as locally; a ceiling the target did not set is that host's default
+  (half its memory). Dask's own nanny limits watch the Dask worker process, not the step's subprocess.
 - A worker that dies mid-step: the scheduler moves the task to another worker (up to
   `distributed.scheduler.allowed-failures` deaths, then the node fails). Errors raised by the task
   itself (a remote storage hiccup) are retried MODELBUILD_DASK_RETRIES times (default 1).
@@ -129,7 +132,7 @@ class DaskExecutor:
                     "user": False}
         future = self.client.submit(
             run_on_worker, action.request, str(out_dir.parent), action.inputs, action.toolchain, self.remote.url,
-            self.remote.storage_options, action.timeout, key=f"modelbuild-{action.node}-{uuid.uuid4().hex[:8]}",
+            self.remote.storage_options, action.timeout, action.memory, action.basis, key=f"modelbuild-{action.node}-{uuid.uuid4().hex[:8]}",
             resources=self._resources(action.toolchain) or None, retries=self.retries, pure=False)
         try:
             reply: dict[str, Any] = future.result()
@@ -229,8 +232,12 @@ def _worker_state(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
 
 
 def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str, list], toolchain: str, url: str,
-                  storage_options: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+                  storage_options: dict[str, Any] | None, timeout: float, memory: int | None = None,
+                  basis: str = "") -> dict[str, Any]:
     """The Dask task: inputs from the remote, the step in a subprocess, outputs to the remote.
+
+    The step runs under the node's budget (buildsys.budget): `timeout` seconds, and `memory` bytes for the
+    subprocess with its children, or, where the target set none, the Dask worker host's own default ceiling.
 
     Step failures come back as replies (they are deterministic: retrying would not help); storage
     errors raise, so Dask's `retries` covers them."""
@@ -258,7 +265,8 @@ def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str,
         old, new = json.dumps(local_scratch)[1:-1], json.dumps(str(scratch))[1:-1]
         here = json.loads(json.dumps(request).replace(old, new))
         here["log"] = str(scratch / "step.log")
-        reply = executor.run(Action(request.get("model_name", "") + ":" + request["step"], toolchain, here, timeout))
+        reply = executor.run(Action(request.get("model_name", "") + ":" + request["step"], toolchain, here, timeout,
+                                    memory=memory, basis=basis))
         reply.update(where)
         reply["log_text"] = _tail(scratch / "step.log")
         if reply.get("ok"):

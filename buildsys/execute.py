@@ -22,7 +22,8 @@ from buildsys.results import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SK
                               built_by)
 from buildsys.formats import get_format, get_step
 from buildsys.formats.base import delivered
-from buildsys.pool import DEFAULT_TIMEOUT, Action, LocalExecutor
+from buildsys.budget.limits import Budgets
+from buildsys.pool import Action, LocalExecutor
 from buildsys.store import CorruptBlob
 
 #: The note on a cached node whose result was pulled from the remote cache instead of being built.
@@ -35,7 +36,7 @@ class Builder:
 
     def __init__(self, planner: Planner, plan: Plan, executor: LocalExecutor, *, jobs: int = 1,
                  keep_going: bool = False, force: bool = False, force_kinds: tuple[str, ...] = (),
-                 timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[str, NodeResult | str], None] | None = None):
+                 timeout: float | None = None, on_event: Callable[[str, NodeResult | str], None] | None = None):
         self.planner = planner
         self.plan = plan
         self.executor = executor
@@ -43,7 +44,7 @@ class Builder:
         self.keep_going = keep_going
         self.force = force
         self.force_kinds = force_kinds
-        self.timeout = timeout
+        self.budgets = Budgets(planner, plan, timeout)  # each node's time and memory (buildsys.budget)
         self.on_event = on_event or (lambda kind, payload: None)
         self.store = planner.store
         self.lock = planner.lock
@@ -221,7 +222,9 @@ class Builder:
             "log": str(log), "precision": node.precision, "extra": extra,
         }
         worker = self._workers.get(node.deps[0]) if kind.judges else None  # the worker that made the artifact
-        return Action(node.name, self._toolchain(node), request, self.timeout, inputs, worker), scratch
+        budget = self.budgets.for_node(node)
+        return Action(node.name, self._toolchain(node), request, budget.seconds, inputs, worker, budget.memory,
+                      budget.basis), scratch
 
     def _toolchain(self, node: Node) -> str:
         if node.name not in self._toolchains:
@@ -242,7 +245,7 @@ class Builder:
         try:
             if not reply.get("ok"):
                 self._finish(NodeResult(node.name, FAILED, seconds, reply.get("error", "failed"), str(log),
-                                        user_error=bool(reply.get("user"))))
+                                        failure_metrics(reply), user_error=bool(reply.get("user"))))
                 return False
             metrics = reply.get("metrics", {})
             outcome = kind_of(node).outcome(node, metrics)
@@ -316,6 +319,14 @@ class Builder:
         shutil.rmtree(self.planner.artifacts / target, ignore_errors=True)
         if self.lock.targets.pop(target, None) is not None:
             self.lock.write()
+
+
+def failure_metrics(reply: dict[str, Any]) -> dict[str, Any]:
+    """What a failed step's reply says beyond its error: where the step was when its budget stopped it
+    (`stopped`, buildsys.budget) and where the user's model calls the ops a converter refused (`refused`,
+    buildsys.localise.sites), for the summary and the record of the dropped route."""
+    out = {k: v for k, v in (reply.get("metrics") or {}).items() if k == "stopped"}
+    return {**out, **({"refused": reply["refused"]} if reply.get("refused") else {})}
 
 
 def _source_path(root: Path, model: Any) -> Path | None:

@@ -325,6 +325,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
     and the build would take that route again, and again.
     """
     from buildsys import coverage
+    from buildsys.localise.sites import blocked_line
     from buildsys.repair import repairable
     from buildsys.repair import tried as tried_repairs
     from buildsys.rewrite_routes import refusals
@@ -356,6 +357,7 @@ def make_plan(planner: Planner, targets: list[str] | None = None, *, force: bool
         hint = tried_repairs(dag.candidates.get(t, []))
         if hint:
             check.reasons[0] += f"; {hint}"
+        check.reasons[0] += blocked_line(dropped.get(t, []), known)  # where the refused ops are called, what to do
     selected = list(dag.target_nodes) if not targets else targets
     return Plan(planner.config, dag, plans, selected, dropped, known)
 

@@ -2,7 +2,8 @@
 
 The executor interface is `run(Action) -> reply` (buildsys.dask_executor has the distributed one).
 A worker keeps its toolchain imported between nodes, so torch, TensorFlow or coremltools are paid for
-once per build and worker, not once per node; a worker that dies or hangs fails only its node.
+once per build and worker, not once per node; a worker that dies, or that a step's time budget or memory
+ceiling stops (buildsys.budget), fails only its node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buildsys.budget.limits import step_ceiling
+from buildsys.budget.watchdog import Watchdog, tree_rss
+
+#: The time budget of an action that was given none (buildsys.budget scales each node's to its model).
 DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))
 #: The environment variable that sets the pool's memory budget, and the default share of available RAM.
 MEMORY_ENV, DEFAULT_MEMORY_SHARE = "MODELBUILD_WORKER_MEMORY", "50%"
@@ -36,10 +41,19 @@ class Action:
     inputs: dict[str, list] = field(default_factory=dict)
     #: The worker to prefer when it is idle (a check: the worker that made its artifact).
     worker: str | None = None
+    #: The memory ceiling of the worker and its children in bytes (None: the executor's, buildsys.budget), and
+    #: where `timeout` comes from, in words (recorded with the node).
+    memory: int | None = None
+    basis: str = ""
 
 
 class WorkerFailed(Exception):
-    """The worker process died or hung; the message says how."""
+    """The worker process died, or was stopped past its step's budget; the message says how, `stopped` (a
+    buildsys.budget Stop as a dict) what it was doing then."""
+
+    def __init__(self, message: str, stopped: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.stopped = stopped
 
 
 class WorkerProcess:
@@ -53,18 +67,26 @@ class WorkerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "buildsys.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.name = f"pid:{self.proc.pid}"  # in the build record's `built` entries
+        self.peak_rss = 0  # the highest resident memory (with children) sampled during the last call
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(self, request: dict[str, Any], timeout: float, memory: int | None = None) -> dict[str, Any]:
+        """Send one request and wait for its reply, watched (buildsys.budget): past `timeout` seconds or
+        `memory` bytes the worker is stopped with its stack taken, and WorkerFailed says so."""
         assert self.proc.stdin and self.proc.stdout
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise WorkerFailed(self._death()) from None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.kill()
-            raise WorkerFailed(f"timed out after {timeout:.0f} s (raise it with --timeout)")
+        dog = Watchdog(self.proc.pid, timeout, memory)
+        while not select.select([self.proc.stdout], [], [], dog.next_wait())[0]:
+            limit = dog.over()
+            if limit is not None:
+                stop = dog.stop(limit, Path(request["log"]), Path(request["root"]) if request.get("root") else None)
+                self.peak_rss = dog.peak
+                self.kill()
+                raise WorkerFailed(stop.line(), stop.as_dict())
+        self.peak_rss = dog.peak
         line = self.proc.stdout.readline()
         if not line:
             raise WorkerFailed(self._death())
@@ -111,6 +133,7 @@ class LocalExecutor:
         self.log_dir = log_dir
         self.jobs = jobs  # nodes the Builder keeps in flight (buildsys.dask_executor.make_executor)
         self.memory_budget = memory_budget if memory_budget is not None else default_memory_budget()
+        self.step_ceiling = step_ceiling()  # each busy worker's own limit (an action may set its own)
         self.max_idle = max_idle if max_idle is not None else max(16, jobs * 4)
         self._idle: list[WorkerProcess] = []  # least recently used first
         self._busy: list[WorkerProcess] = []
@@ -186,15 +209,19 @@ class LocalExecutor:
 
     def run(self, action: Action) -> dict[str, Any]:
         worker = self._acquire(action.toolchain, action.worker)
+        memory = action.memory or self.step_ceiling
+        budget = {"seconds": round(action.timeout, 1), "memory": memory, **({"basis": action.basis} if action.basis else {})}
         try:
-            reply = worker.call(action.request, action.timeout)
+            reply = worker.call(action.request, action.timeout, memory)
         except WorkerFailed as exc:
             with self._lock:
                 self._busy.remove(worker)
             worker.kill()
-            return {"ok": False, "error": str(exc), "user": False}
+            return {"ok": False, "error": str(exc), "user": False, "built": {"budget": budget},
+                    **({"metrics": {"stopped": {**exc.stopped, "basis": action.basis}}} if exc.stopped else {})}
         self._release(worker)
-        return {**reply, "built": {**reply.get("built", {}), "worker": worker.name}}
+        return {**reply, "built": {**reply.get("built", {}), "worker": worker.name, "budget": budget,
+                                   "peak_rss": worker.peak_rss}}
 
     def close(self) -> None:
         with self._lock:
@@ -239,25 +266,7 @@ def default_memory_budget() -> int:
 
 def worker_rss(pid: int) -> int:
     """Resident bytes of a worker and its children (a browser or server a check started); 0 if unknown."""
-    try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except ImportError:
-        pass
-    except Exception:  # psutil.Error: the worker is gone
-        return 0
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+    return tree_rss(pid)
 
 
 def usable_cpus() -> int:

@@ -125,6 +125,8 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
         out.print(f"\n[bold red]✗ {r.name}[/]{needed}: {r.error}")
         for line in r.metrics.get("failures", []):
             out.print(f"  [red]{line}[/]", markup=True, highlight=False)
+        for line in failure_details(r.metrics):  # where a stopped step was, where refused ops are called
+            out.print(f"  {line}", markup=False, highlight=False)
         rows = check_rows(r.metrics)
         if rows:
             table = Table("output", "metric", "observed", "allowed", "", box=None, padding=(0, 2))
@@ -137,10 +139,19 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
                 out.print("\n".join("    " + line for line in table_lines(r.metrics["localisation"])),
                           markup=False, highlight=False)
         elif r.log and Path(r.log).exists() and not r.metrics.get("failures"):
-            if not r.user_error:  # a converter's own failure: its last words help
+            if not r.user_error and "stopped" not in r.metrics:  # a converter's own failure: its last words help
                 tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
                 out.print("\n".join("    " + line for line in tail), markup=False, style="dim")
             out.print(f"  full log: {r.log}")
+
+
+def failure_details(metrics: dict[str, Any]) -> list[str]:
+    """The lines a failed node's metrics add under its error: a step its budget stopped (buildsys.budget), the
+    sites of ops a converter refused (buildsys.localise.sites)."""
+    from buildsys.budget.watchdog import stopped_lines
+    from buildsys.localise.sites import refused_lines
+
+    return (stopped_lines(metrics["stopped"]) if metrics.get("stopped") else []) + refused_lines(metrics.get("refused") or [])
 
 
 def _targets_needing(plan: Plan, name: str) -> list[str]:

@@ -25,7 +25,8 @@ def _not_run_here(result: Any) -> bool:
 
 def route_failures(plan: "Plan", results: dict[str, Any], lock: "Lock | None" = None) -> dict[str, dict[str, Any]]:
     """Targets whose route failed in a build: target → the record deploy.lock keeps ({"route", "node",
-    "key", "modelbuild", "reason"}, and "rewrites" when the refusal points at rewrites the next route applies).
+    "key", "modelbuild", "reason"}, "rewrites" when the refusal points at rewrites the next route applies, and
+    "refused": where the user's model calls the ops a converter refused, buildsys.localise.sites).
 
     A route fails at the first node of the target's chain (its artifacts, then its check) that
     failed: a conversion error, or a check that missed its acceptance. The reference failing is the
@@ -60,7 +61,8 @@ def route_failures(plan: "Plan", results: dict[str, Any], lock: "Lock | None" = 
         observed = _observed(chain, results, lock) if repair or is_repair_route(route) else {}
         out[target] = {"route": route, "node": failed[0], "key": plan.nodes[failed[0]].key, "modelbuild": __version__,
                        "reason": reason + note, **({"rewrites": rewrites} if rewrites else {}),
-                       **({"repair": True} if repair else {}), **({"observed": observed} if observed else {})}
+                       **({"repair": True} if repair else {}), **({"observed": observed} if observed else {}),
+                       **({"refused": result.metrics["refused"]} if result.metrics.get("refused") else {})}
     return out
 
 

@@ -38,11 +38,29 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "metrics": metrics}
     except ModelbuildError as exc:
         traceback.print_exc()
-        return {"ok": False, "error": str(exc), "user": True}
+        return located(request, {"ok": False, "error": str(exc), "user": True})
     except Exception as exc:  # a converter's own exception: report it as the step's failure
         traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
+        return located(request, {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False})
+
+
+def located(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+    """A failed step's reply with where the user's model calls what its error says a converter refused
+    (buildsys.localise.source_lines): the error ends with it and `refused` lists every site. The reply as it
+    was when the error names nothing, the source is no PyTorch module, or locating fails (said in the log)."""
+    try:
+        from buildsys.localise.sites import with_sites
+        from buildsys.localise.source_lines import refused_sites
+
+        sites = refused_sites(request, reply["error"])
+    except Exception:  # noqa: BLE001 - the step's own failure is what the reply must carry
+        print("modelbuild: the refused op could not be located in the model's source:", file=sys.stderr)
+        traceback.print_exc()
+        return reply
+    if not sites:
+        return reply
+    return {**reply, "error": with_sites(reply["error"], sites), "refused": [s.as_dict() for s in sites]}
 
 
 #: Packages a toolchain's worker treats as not installed, because a package it uses imports them only
@@ -77,8 +95,20 @@ def _exit_with_parent() -> None:
         threading.Thread(target=watch, daemon=True).start()
 
 
+def _stack_on_signal() -> None:
+    """On SIGUSR1, write every thread's Python stack to fd 2 (during a step: the node's log). The watchdog
+    asks for it before it stops a step past its budget (buildsys.budget); faulthandler writes from the signal
+    handler itself, so a worker busy in C code answers too."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
 def main() -> None:
     _exit_with_parent()
+    _stack_on_signal()
     block_unused_imports(os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", ""))
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     original_err = os.dup(2)

@@ -30,7 +30,10 @@ Tier = Literal["named", "sign", "in-program"]
 _TIERS: tuple[Tier, ...] = ("named", "sign", "in-program")
 _NAMED_OPS = (re.compile(r"\baten(?:::|\.)([A-Za-z0-9_]+)"),
               re.compile(r"convert function for op '([A-Za-z0-9_]+)'"),      # coremltools
-              re.compile(r"Missing operator: \[\d+\] (?:aten::)?([A-Za-z0-9_]+)"))  # ExecuTorch's log
+              re.compile(r"Missing operator: \[\d+\] (?:aten::)?([A-Za-z0-9_]+)"),  # ExecuTorch's log
+              re.compile(r"fx node [^,\s]+, kind ([A-Za-z0-9_]+)"),          # coremltools' torch.export frontend
+              re.compile(r"PyTorch op '([A-Za-z0-9_]+)'"),                    # the Core ML steps' refusal
+              re.compile(r"\bprims(?:::|\.)([A-Za-z0-9_]+)"))                 # the dynamo ONNX exporter, decomposed
 
 
 @dataclass(frozen=True)
