@@ -86,6 +86,7 @@ class WorkerProcess:
                 self.peak_rss = dog.peak
                 self.kill()
                 raise WorkerFailed(stop.line(), stop.as_dict())
+        dog.measure()
         self.peak_rss = dog.peak
         line = self.proc.stdout.readline()
         if not line:

@@ -29,7 +29,7 @@ MEMORY_ENV, DEFAULT_MEMORY_SHARE = "MODELBUILD_STEP_MEMORY", "50%"
 #: No ceiling is set below this: a worker with TensorFlow or coremltools imported weighs about 1 GB.
 MIN_CEILING = 1 << 30
 _UNLIMITED = 1 << 60  # cgroup files write "max" (v2) or a huge number (v1) for no limit
-_GB = 1 << 30
+_GB = 10**9  # deploy.yaml's GB
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,10 @@ def duration(seconds: float) -> str:
 
 
 def size(nbytes: float) -> str:
-    """'12.5 GB', '640 MB': memory in words (GB = 2^30 bytes, as `free -g` shows)."""
-    return f"{nbytes / _GB:.1f} GB" if nbytes >= _GB else f"{nbytes / (1 << 20):.0f} MB"
+    """'12.5 GB', '1.50 GB', '640 MB': memory in words, in deploy.yaml's units (GB = 10^9 bytes)."""
+    if nbytes >= 1e10:
+        return f"{nbytes / 1e9:.1f} GB"
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f} MB"
 
 
 def host_memory() -> int:
@@ -109,13 +111,17 @@ def _cgroup_limit() -> int | None:
 
 def step_ceiling(setting: str | None = None) -> int:
     """Each worker's memory ceiling in bytes: `setting` or MODELBUILD_STEP_MEMORY ('8G', '512M', '40%' of the
-    host's memory), default half of it; never below `MIN_CEILING`. Raises ValueError for a malformed size."""
+    host's memory), default half of it; a share never below `MIN_CEILING`. ConfigError for a malformed size."""
+    from buildsys.errors import ConfigError
     from buildsys.pool import parse_memory
 
     text = setting or os.environ.get(MEMORY_ENV) or DEFAULT_MEMORY_SHARE
-    value = parse_memory(text, host_memory())
+    try:
+        value = parse_memory(text, host_memory())
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise ValueError(text)
+        raise ConfigError(f"{MEMORY_ENV}={text!r} is not a size", hint="write e.g. 8G, 800M or 40% (of the host's memory)")
     return max(value, MIN_CEILING) if text.strip().endswith("%") else value
 
 

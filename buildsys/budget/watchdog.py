@@ -82,6 +82,7 @@ class Watchdog:
         self.pid, self.seconds, self.ceiling, self.sample = pid, seconds, ceiling, sample
         self.started = time.monotonic()
         self.peak = 0
+        self.measure()  # a step shorter than one sample still records what its worker held
 
     @property
     def elapsed(self) -> float:
@@ -91,10 +92,15 @@ class Watchdog:
         """Seconds to wait for the reply before the next sample."""
         return max(0.0, min(self.sample, self.seconds - self.elapsed))
 
-    def over(self) -> str | None:
-        """Sample now: "memory" past the ceiling, "time" past the budget, else None."""
+    def measure(self) -> int:
+        """The resident memory of the process and its children now (the peak keeps the highest)."""
         rss = tree_rss(self.pid)
         self.peak = max(self.peak, rss)
+        return rss
+
+    def over(self) -> str | None:
+        """Sample now: "memory" past the ceiling, "time" past the budget, else None."""
+        rss = self.measure()
         if self.ceiling and rss > self.ceiling:
             return "memory"
         return "time" if self.elapsed >= self.seconds else None

@@ -8,7 +8,7 @@ decompositions produce (what ExecuTorch and litert-torch refuse) carry the metad
 from. A model torch.export cannot export falls back to its TorchScript trace: each node's scope names
 the module, its source range the line.
 
-`refused_sites` is the worker's use of it: a failed step's error names ops (`rewrites.refusal.ops_named`:
+`refused_sites` is the worker's use of it: a failed step's error names ops (`rewrites.refusal.refused_ops`:
 aten::erfinv, 'erfinv', Unsupported fx node …, kind erfinv) or ONNX nodes (`(node /head/Mul)`: onnx2tf,
 whose scope names the module); each is located in the step's source model. The op analysis
 (buildsys.coverage_probe) records `model_sites` for `plan --ops`.
@@ -186,9 +186,9 @@ def refused_sites(request: dict[str, Any], error: str) -> list[Site]:
     request: model, model_name, root); [] when the error names nothing or the source is not a PyTorch module.
     Each model's sites are computed once per worker process."""
     from buildsys.config.schema import Model
-    from buildsys.rewrites.refusal import ops_named
+    from buildsys.rewrites.refusal import refused_ops
 
-    ops, nodes = ops_named(error), ONNX_NODE.findall(error)
+    ops, nodes = refused_ops(error), ONNX_NODE.findall(error)
     model = Model.model_validate(request["model"])
     if not (ops or nodes) or model.source.format != "pytorch":
         return []
