@@ -350,15 +350,10 @@ def describe(plan: "Plan") -> dict[str, Any]:
     return {"models": models, "targets": targets}
 
 
-def called_at(sites: Sequence[Mapping[str, Any]] | None) -> str:
-    """'; called in head (ProbitHead) at probit.py:13' for an op's first recorded site, "" for none."""
-    from buildsys.localise.sites import Site
-
-    return f"; called in {Site.from_dict(sites[0]).place()}" if sites else ""
-
-
 def lines(plan: "Plan") -> list[str]:
     """`describe` in words, a line per model and per target (for `plan`)."""
+    from buildsys.localise.sites import called_at
+
     data = describe(plan)
     out: list[str] = []
     for model, entry in data["models"].items():

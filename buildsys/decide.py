@@ -49,6 +49,7 @@ def settle(planner: "Planner", targets: list[str] | None, execute: Execute, *, f
             key = plan.nodes[n].key if n in plan.nodes else None
             if r.outcome == FAILED and key and failed.get(n, ("",))[0] != key:
                 failed[n] = (key, r)
+        recall(results, failed)
         dropped = route_failures(plan, results, planner.lock)
         if not dropped:
             break
@@ -109,6 +110,15 @@ def fail_again(plan: Any, failed: dict[str, tuple[str, NodeResult]]) -> None:
         if nplan is not None and nplan.action == RUN and nplan.key == key:
             why = "; ".join(str(f).removeprefix(FAILED_EARLIER) for f in result.metrics.get("failures") or [result.error or "failed"])
             nplan.action, nplan.failed, nplan.reasons = BLOCKED, True, [FAILED_EARLIER + why]
+
+
+def recall(results: dict[str, NodeResult], failed: dict[str, tuple[str, NodeResult]]) -> None:
+    """A node failed again unrun (`fail_again`) carries what its first failure found (where a budget stopped it,
+    where the model calls the op a converter refused), so the record of each route it ends says the same."""
+    for name, result in results.items():
+        first = failed.get(name)
+        if first is not None and result.outcome == FAILED and result is not first[1] and not result.metrics:
+            result.metrics = dict(first[1].metrics)
 
 
 def remember(lock: "Lock", dropped: dict[str, dict[str, Any]], on_event: Callable[[Event], None] | None) -> None:

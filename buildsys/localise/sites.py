@@ -83,6 +83,11 @@ def describe(sites: Sequence[Site]) -> str:
     return "; ".join(parts)
 
 
+def called_at(sites: Sequence[Mapping[str, Any]] | None) -> str:
+    """'; called in head (ProbitHead) at probit.py:13' for an op's first recorded site (the op analysis'), "" for none."""
+    return f"; called in {Site.from_dict(sites[0]).place()}" if sites else ""
+
+
 def refused_lines(refused: Sequence[Mapping[str, Any]]) -> list[str]:
     """A failed step's refused ops for the build's failure list: each call with its code."""
     out = []
