@@ -182,8 +182,9 @@ def _usable_cpus() -> int:
     return usable_cpus()
 
 
-def _worker_memory(value: str | None) -> None:
-    """Validate --worker-memory and hand it to the local worker pool (which reads it from the environment)."""
+def _worker_memory(value: str | None, env: str = "") -> None:
+    """Validate --worker-memory (or --step-memory) and hand it to the local worker pool (which reads it from
+    the environment `env`)."""
     if value is None:
         return
     from buildsys.pool import MEMORY_ENV, parse_memory
@@ -193,7 +194,7 @@ def _worker_memory(value: str | None) -> None:
             raise ValueError(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a size: write e.g. 6G, 800M or 40%") from None
-    os.environ[MEMORY_ENV] = value
+    os.environ[env or MEMORY_ENV] = value
 
 
 build_options = [
@@ -203,6 +204,11 @@ build_options = [
                  callback=lambda ctx, param, value: _worker_memory(value),
                  help="Memory the warm worker processes may hold together, e.g. 6G or 40% (of the RAM available); "
                       "idle toolchains past it are unloaded. Default: 50% [$MODELBUILD_WORKER_MEMORY]."),
+    click.option("--step-memory", metavar="SIZE", envvar="MODELBUILD_STEP_MEMORY", expose_value=False,
+                 callback=lambda ctx, param, value: _worker_memory(value, "MODELBUILD_STEP_MEMORY"),
+                 help="Memory one step's worker (with its children) may use, e.g. 8G or 40% (of the host's memory); "
+                      "past it the step is stopped with its stack and the next route is tried (a target's "
+                      "limits.memory still wins). Default: 50% [$MODELBUILD_STEP_MEMORY]."),
     click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
     click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
                  help="Seconds a single step may take, for every step (a target's limits.time still wins). "

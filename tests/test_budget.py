@@ -137,6 +137,13 @@ def test_step_memory_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < host_memory() <= int(Path("/proc/meminfo").read_text().split()[1]) * 1024
 
 
+def test_the_step_memory_option_is_checked(tiny: TinyProject) -> None:
+    out = tiny.run("build", "--help").stdout
+    assert "--step-memory" in out and "MODELBUILD_STEP_MEMORY" in out
+    bad = tiny.run("build", "--step-memory", "lots", check=False)
+    assert bad.returncode == 2 and "'lots' is not a size: write e.g. 6G, 800M or 40%" in bad.stderr
+
+
 def test_budgets_scale_with_the_weights_and_yield_to_limits_and_timeout(tiny: TinyProject) -> None:
     from buildsys.plan import make_plan
     from buildsys.project import open_project

@@ -158,8 +158,10 @@ def test_plan_ops_orders_the_dynamo_export_first_for_an_op_the_legacy_exporter_l
     assert plan["candidate_routes"]["legacy"] == [["pytorch", "onnx"]]  # a pinned route stays: refused at build
 
     text = run("plan").stdout
-    assert "server: onnx-from-pytorch lacks sinh (no rewrite yet: blocks this route); onnx-from-torchscript lacks " \
-        "sinh (no rewrite yet: blocks this route); first route pytorch → pt2 → onnx" in text
+    line = WAVE.splitlines().index("        return torch.sinh(self.fc(x))") + 1  # where the model calls it
+    assert "server: onnx-from-pytorch lacks sinh (no rewrite yet: blocks this route; called in the model (Wave) at " \
+        f"wave.py:{line}); onnx-from-torchscript lacks sinh (no rewrite yet: blocks this route); first route pytorch " \
+        "→ pt2 → onnx" in text
 
     # The build takes the working route first: nothing of `server` fails; the pinned legacy route fails as the
     # table said, naming the op.

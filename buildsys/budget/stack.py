@@ -12,16 +12,14 @@ first, so the dump is what follows it. faulthandler's format (innermost frame fi
 from __future__ import annotations
 
 import re
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from buildsys.localise.sites import short_path
+from buildsys.localise.sites import short_path, stdlib_file
 
 #: The line the watchdog writes into the node's log just before it asks the worker for its stack.
 MARKER = "# modelbuild: stopping the step; the worker's Python stack follows"
 _THREAD = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+ .*most recent call first")
 _FRAME = re.compile(r'^\s+File "(.+)", line (\d+) in (.+)$')
-_STDLIB = tuple(p for p in {sysconfig.get_paths().get("stdlib", ""), sysconfig.get_paths().get("platstdlib", "")} if p)
 #: Lines of the step's own output kept with the stop (what it printed last), read from its last bytes.
 TAIL_LINES, _TAIL_BYTES = 6, 1 << 16
 
@@ -45,7 +43,7 @@ class Frame:
 
     @property
     def stdlib(self) -> bool:
-        return self.file.startswith(_STDLIB) and "-packages/" not in self.file
+        return stdlib_file(self.file)
 
 
 def step_stack(dump: str) -> list[Frame]:

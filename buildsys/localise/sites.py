@@ -11,6 +11,7 @@ failed ends its summary with them and what the user can do (`blocked_advice`).
 from __future__ import annotations
 
 import sys
+import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
 REASON_LIMIT = 300
 #: Sites kept per op: the first few calls say where; a model calling an op 200 times needs no list of 200.
 SITES_PER_OP = 3
+#: Where the standard library lives (in a virtual environment `platstdlib` is the venv's lib/pythonX.Y, which
+#: holds site-packages: hence the check for "-packages/" in `stdlib_file`).
+_STDLIB = tuple(p for p in {sysconfig.get_paths().get("stdlib", ""), sysconfig.get_paths().get("platstdlib", "")} if p)
+
+
+def stdlib_file(path: str) -> bool:
+    """Whether `path` is a module of Python's standard library (not an installed package; `<frozen …>` too)."""
+    return path.startswith("<frozen ") or (path.startswith(_STDLIB) and "-packages/" not in path)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from buildsys.localise.sites import SITES_PER_OP, Site, short_path
+from buildsys.localise.sites import SITES_PER_OP, Site, short_path, stdlib_file
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 ONNX_NODE = re.compile(r"\(node (/[^\s)]+)\)")
 _FRAME = re.compile(r'File "(.+?)", line (\d+), in (\S+)\n(?:\s+(.*))?')
 _RANGE = re.compile(r"^(.+)\((\d+)\): (\S+)$")
-_STDLIB = tuple(p for p in {sysconfig.get_paths().get("stdlib", ""), sysconfig.get_paths().get("platstdlib", "")} if p)
 _cache: dict[str, dict[str, list[Site]]] = {}  # per worker process: the sites of each model located so far
 
 
@@ -55,7 +53,7 @@ def _outside_torch(file: str) -> bool:
     """Whether a frame's file is the model's code: not PyTorch's own, not the standard library, not modelbuild's."""
     import torch
 
-    return not file.startswith(str(Path(torch.__file__).parent)) and not file.startswith(_STDLIB) \
+    return not file.startswith(str(Path(torch.__file__).parent) + "/") and not stdlib_file(file) \
         and "/buildsys/" not in file and not file.startswith("<")
 
 
