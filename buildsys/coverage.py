@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -200,6 +199,7 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
     first), cache them, then read the cache back. A probe that crashes or times out leaves its entries
     missing: "not analysed yet", never a guess. `on_event` hears each probe start ("started") and end
     ("analysed", or "failed" with why), as node `ops:<model>` (or `ops:converters`) of kind "analysis"."""
+    from buildsys.budget.watchdog import run_watched
     from buildsys.results import Event
     jobs: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
         or ([(None, list(tables))] if tables else [])
@@ -218,12 +218,9 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
                                            "out": str(answer)}))
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(planner.config.root),
                                                                            os.environ.get("PYTHONPATH", "")) if p)}
-            try:
-                subprocess.run([sys.executable, "-m", "buildsys.coverage_probe", str(request)], cwd=planner.config.root,
-                               env=env, capture_output=True, timeout=timeout, check=False)
-                result = _load(answer) or {}
-            except subprocess.TimeoutExpired:
-                result = {}
+            stopped = run_watched([sys.executable, "-m", "buildsys.coverage_probe", str(request)], planner.config.root,
+                                  env, timeout)  # under the steps' memory ceiling too (buildsys.budget)
+            result = {} if stopped else (_load(answer) or {})
             if on_event:
                 lacking = (model and "ops" not in result) or any(t not in result.get("tables", {}) for t in wanted)
                 on_event(Event("failed" if lacking else "analysed", name, "analysis",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,25 @@ class Watchdog:
         frames, tail = read_stop(log, offset)
         return Stop(limit, seconds, self.peak, self.seconds, self.ceiling, where(frames, root),
                     stack_lines(frames, root), tail)
+
+
+def run_watched(args: list[str], cwd: Path, env: dict[str, str], seconds: float, ceiling: int | None = None) -> str | None:
+    """Run `args` to its end under `seconds` and `ceiling` bytes (default: the steps' ceiling, `step_ceiling`) for it
+    and its children, its output discarded: "time" or "memory" when it was killed past that limit, else None."""
+    from buildsys.budget.limits import step_ceiling
+
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dog = Watchdog(proc.pid, seconds, ceiling or step_ceiling())
+    while True:
+        try:
+            proc.wait(timeout=max(dog.next_wait(), 0.01))
+            return None
+        except subprocess.TimeoutExpired:
+            limit = dog.over()
+        if limit is not None:
+            kill_tree(proc.pid)
+            proc.wait()
+            return limit
 
 
 def _size(path: Path) -> int:
