@@ -213,6 +213,9 @@ class Builder:
                 extra["structured_sparsity"] = self.plan.dag.structured_sparsity(node.deps[0])
         source = _source_path(cfg.root, model)
         extra.update(kind.request_extra(node, model, str(source) if source else None))
+        sites = ((self.plan.coverage.ops.get(node.model) if self.plan.coverage else None) or {}).get("sites")
+        if sites:  # where the model calls each op (the op analysis'): a refusal is located without exporting again
+            extra["sites"] = sites
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         log.write_text(f"# modelbuild: {node.name} ({node.step})\n")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.budget.limits import step_ceiling
+from buildsys.budget.limits import StepBudget, step_ceiling
 from buildsys.budget.watchdog import Watchdog, tree_rss
 
 #: The time budget of an action that was given none (buildsys.budget scales each node's to its model).
@@ -211,7 +211,7 @@ class LocalExecutor:
     def run(self, action: Action) -> dict[str, Any]:
         worker = self._acquire(action.toolchain, action.worker)
         memory = action.memory or self.step_ceiling
-        budget = {"seconds": round(action.timeout, 1), "memory": memory, **({"basis": action.basis} if action.basis else {})}
+        budget = StepBudget(action.timeout, memory, action.basis).as_dict()  # recorded with the node
         try:
             reply = worker.call(action.request, action.timeout, memory)
         except WorkerFailed as exc:

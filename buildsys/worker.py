@@ -38,11 +38,12 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "metrics": metrics}
     except ModelbuildError as exc:
         traceback.print_exc()
-        return located(request, {"ok": False, "error": str(exc), "user": True})
+        reply = {"ok": False, "error": str(exc), "user": True}
     except Exception as exc:  # a converter's own exception: report it as the step's failure
         traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return located(request, {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False})
+        reply = {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
+    return located(request, reply)  # out of the except block: the failed step's frames are freed first
 
 
 def located(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,11 @@ names an op; the worker finds where the user's model calls it (nn.Module path an
 from torch.export's stack traces, else the TorchScript trace); the failure, deploy.lock's dropped route, the
 blocked target's summary (with what to do) and `plan --ops` say it.
 
-The refusal texts below are the real ones of the converters on the model here (torch 2.13, coremltools 9.0,
-ExecuTorch 1.x, litert-torch, onnx2tf 1.28), copied from `modelbuild build` of it; the end-to-end test makes
-them again through the real converters.
+The refusal texts below are the real ones of six converters on the model here (torch 2.13's two ONNX exporters,
+coremltools 9.0's two frontends, ExecuTorch, litert-torch), copied from `modelbuild build` of it; the end-to-end
+test makes them again through the real converters. onnx2tf never sees this model (both ONNX exports refuse it
+first): its line follows the words of the onnx2tf step's failure (buildsys/formats/tflite/saved_model.py), which
+names the ONNX node.
 """
 
 from __future__ import annotations
@@ -148,6 +150,17 @@ def test_each_converters_refusal_is_located_in_the_model(probit: Path, converter
     assert sites == [ERFINV], converter
     line = with_sites(REFUSALS[converter], sites)
     assert line.endswith(f" — erfinv is called in head (ProbitHead) at probit.py:{ERFINV_LINE}") and len(line) <= 300
+
+
+def test_the_op_analysis_sites_spare_the_worker_an_export(tmp_path: Path) -> None:
+    """With the op analysis' sites in the request (what the build passes when it analysed the model), a refusal is
+    located without loading the model: here its factory would fail."""
+    from buildsys.localise.source_lines import refused_sites
+
+    root = _project(tmp_path / "broken")
+    (root / "probit.py").write_text(PROBIT.replace("def build(gate=False):", "def build(gate=False):\n    raise SystemExit"))
+    request = {**_request(root), "extra": {"sites": {"erfinv": [ERFINV.as_dict()], "mul": []}}}
+    assert refused_sites(request, REFUSALS["litert-torch"]) == [ERFINV]
 
 
 def test_an_onnx_node_a_converter_names_is_located_by_its_scope(probit: Path) -> None:

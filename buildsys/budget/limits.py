@@ -42,10 +42,9 @@ class StepBudget:
     memory: int | None = None
     basis: str = ""
 
-    def as_dict(self, memory: int | None = None) -> dict[str, Any]:
-        """The budget as the build record keeps it, with the ceiling the executor enforced (`memory`)."""
-        ceiling = self.memory if self.memory is not None else memory
-        return {"seconds": round(self.seconds, 1), **({"memory": ceiling} if ceiling else {}),
+    def as_dict(self) -> dict[str, Any]:
+        """The budget as the build record keeps it (`built.budget`)."""
+        return {"seconds": round(self.seconds, 1), **({"memory": self.memory} if self.memory else {}),
                 **({"basis": self.basis} if self.basis else {})}
 
 

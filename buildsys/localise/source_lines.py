@@ -181,8 +181,11 @@ def onnx_node_sites(module: "torch.nn.Module", nodes: Sequence[str], sites: dict
 
 def refused_sites(request: dict[str, Any], error: str) -> list[Site]:
     """The sites of what a failed step's `error` refused, in the source model of its `request` (a worker
-    request: model, model_name, root); [] when the error names nothing or the source is not a PyTorch module.
-    Each model's sites are computed once per worker process."""
+    request: model, model_name, root, and `extra.sites`, the op analysis' sites of the model when the build
+    has them); [] when the error names nothing or the source is not a PyTorch module. Without the analysis'
+    sites the model is exported here, once per model and worker process; an ONNX node needs the module."""
+    import gc
+
     from buildsys.config.schema import Model
     from buildsys.rewrites.refusal import refused_ops
 
@@ -192,9 +195,14 @@ def refused_sites(request: dict[str, Any], error: str) -> list[Site]:
         return []
     root = Path(request["root"]).resolve()
     key = json.dumps([request["model"], str(root)], sort_keys=True)
+    known = (request.get("extra") or {}).get("sites")
+    if known and key not in _cache:
+        _cache[key] = {op: [Site.from_dict(s) for s in calls] for op, calls in known.items()}
     module = None
     if key not in _cache or nodes:
+        gc.collect()  # what the failed step held goes before the module is loaded again
         module, args = module_and_args(model, root, request.get("model_name", ""), "locating the refused op")
-        _cache.setdefault(key, model_sites(module, args, root) if key not in _cache else {})
+        if key not in _cache:
+            _cache[key] = model_sites(module, args, root)
     found = locate(_cache[key], ops)
     return found + (onnx_node_sites(module, nodes, _cache[key], root) if module is not None and nodes else [])
