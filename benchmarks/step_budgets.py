@@ -69,7 +69,7 @@ def example(jobs: int) -> dict[str, Any]:
 
 def runaway(ceiling: int) -> dict[str, Any]:
     """Watch the growing script with `ceiling` bytes: overshoot and stop time."""
-    from buildsys.budget.watchdog import Watchdog
+    from buildsys.running.watchdog import Watchdog
 
     work = Path(tempfile.mkdtemp(prefix="mb-runaway-"))
     try:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.budget.limits import BASE_SECONDS, MEMORY_ENV, MIN_CEILING, Budgets, host_memory, step_ceiling
-from buildsys.budget.stack import step_stack, where
-from buildsys.budget.watchdog import Watchdog, stopped_lines
+from buildsys.running.limits import BASE_SECONDS, MEMORY_ENV, MIN_CEILING, Budgets, host_memory, step_ceiling
+from buildsys.running.stack import step_stack, where
+from buildsys.running.watchdog import Watchdog, stopped_lines
 from buildsys.errors import ConfigError
 from tests.conftest import TinyProject
 
@@ -108,8 +108,8 @@ def test_a_process_past_its_time_budget_is_stopped_with_its_children(tmp_path: P
 
 
 def test_a_watched_subprocess_is_killed_past_either_limit(tmp_path: Path) -> None:
-    """The op analysis' probe runs this way (buildsys.coverage)."""
-    from buildsys.budget.watchdog import run_watched
+    """The op analysis' probe runs this way (buildsys.planning.coverage)."""
+    from buildsys.running.watchdog import run_watched
 
     python = [sys.executable, "-c"]
     assert run_watched(python + ["import time; time.sleep(60)"], tmp_path, dict(os.environ), 1.0) == "time"
@@ -122,7 +122,7 @@ def test_the_step_thread_is_found_among_the_dumped_threads() -> None:
     dump = textwrap.dedent('''\
         Thread 0x00007f01 (most recent call first):
           File "/usr/lib/python3.11/threading.py", line 320 in wait
-          File "/x/buildsys/worker.py", line 61 in watch
+          File "/x/buildsys/running/worker.py", line 61 in watch
 
         Current thread 0x00007f02 (most recent call first):
           File "/usr/lib/python3.11/selectors.py", line 415 in select
@@ -134,7 +134,7 @@ def test_the_step_thread_is_found_among_the_dumped_threads() -> None:
           File "/v/lib/python3.11/site-packages/numpy/linalg.py", line 9 in solve
           File "/v/lib/python3.11/site-packages/onnx2tf/onnx2tf.py", line 610 in convert
           File "/x/buildsys/formats/tflite/saved_model.py", line 140 in _run
-          File "/x/buildsys/worker.py", line 37 in handle
+          File "/x/buildsys/running/worker.py", line 37 in handle
         ''')
     frames = step_stack(dump)
     assert where(frames) == "in numpy/linalg.py:9 (solve), from onnx2tf/onnx2tf.py:610 (convert)"
@@ -158,8 +158,8 @@ def test_the_step_memory_option_is_checked(tiny: TinyProject) -> None:
 
 
 def test_budgets_scale_with_the_weights_and_yield_to_limits_and_timeout(tiny: TinyProject) -> None:
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     tiny.edit("  server:\n    model: tiny\n", "  server:\n    model: tiny\n    limits: {time: 20 min, memory: 3 GB}\n")
     planner = open_project(tiny.config).planner

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
-    from buildsys.coverage import Coverage
+    from buildsys.planning.coverage import Coverage
 
-#: The longest one-line reason deploy.lock keeps for a dropped route (buildsys.reroute cuts there).
+#: The longest one-line reason deploy.lock keeps for a dropped route (buildsys.planning.history cuts there).
 REASON_LIMIT = 300
 #: Sites kept per op: the first few calls say where; a model calling an op 200 times needs no list of 200.
 SITES_PER_OP = 3
@@ -121,7 +121,7 @@ def blocked_advice(records: Iterable[Mapping[str, Any]], takers: Mapping[str, Se
                    rewrites: Mapping[str, Sequence[str]] | None = None) -> str:
     """For a target whose every route failed: where its refused ops are called and what the user can do, from
     the dropped routes' `records` (deploy.lock's, with their `refused` sites); "" when no record names a site.
-    `takers` (op → converter tables that have it, buildsys.coverage) and `rewrites` (op → rewrites that remove
+    `takers` (op → converter tables that have it, buildsys.planning.coverage) and `rewrites` (op → rewrites that remove
     it) make the advice concrete."""
     sites: dict[tuple[str, str, int], Site] = {}
     for record in records:

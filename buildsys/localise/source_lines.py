@@ -11,7 +11,7 @@ the module, its source range the line.
 `refused_sites` is the worker's use of it: a failed step's error names ops (`rewrites.refusal.refused_ops`:
 aten::erfinv, 'erfinv', Unsupported fx node …, kind erfinv) or ONNX nodes (`(node /head/Mul)`: onnx2tf,
 whose scope names the module); each is located in the step's source model. The op analysis
-(buildsys.coverage_probe) records `model_sites` for `plan --ops`.
+(buildsys.planning.coverage_probe) records `model_sites` for `plan --ops`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ _cache: dict[str, dict[str, list[Site]]] = {}  # per worker process: the sites o
 
 def module_and_args(model: "Model", root: Path, name: str, step: str) -> tuple["torch.nn.Module", tuple[Any, ...]]:
     """The source module as converters see it (a QAT model converted with its learned parameters) and its
-    example arguments at fixed shapes: what the op analysis exports (buildsys.coverage_probe) and the sites are
+    example arguments at fixed shapes: what the op analysis exports (buildsys.planning.coverage_probe) and the sites are
     read from."""
-    from buildsys import data
-    from buildsys.qat import quantized
-    from buildsys.source import example_args, load_module, trace_batch
+    from buildsys.config import data
+    from buildsys.formats.torch.qat import quantized
+    from buildsys.formats.torch.loading import example_args, load_module, trace_batch
 
     module = quantized(load_module(model, root, name=name, step=step).eval(), step=step, eager=True)
     batch = data.eval_batch(model, root, prefer=("example", "validation"))
