@@ -185,9 +185,10 @@ def describe(record: Any) -> list[str]:
     kept = record.get("kept_float")
     lines = [f"accuracy repair {record.get('recipe', '')}: "
              + (f"kept {len(kept)} layer(s) in float: {', '.join(kept)}" if kept else "nothing kept in float")]
-    full = record.get("full_int8")
+    full = record.get("baseline", record.get("full_int8"))  # full_int8: records before the one search
     if isinstance(full, dict):
-        lines.append(f"full int8 on the calibration set: {_measured(full.get('metrics'))}, {_kb(full.get('bytes'))}")
+        lines.append(f"all {record.get('reduced', 'int8')} on the calibration set: {_measured(full.get('metrics'))}, "
+                     f"{_kb(full.get('bytes'))}")
     for trial in record.get("trials", []):
         lines.append(f"tried {len(trial['keep_float'])} in float: {'passed' if trial['passed'] else 'missed'}, "
                      f"{_measured(trial['metrics'])}, {_kb(trial['bytes'])}")

@@ -152,7 +152,7 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
     assert repair["recipe"] == "keep-float" and repair["kept_float"] == ["/Concat_2", "/head/Gemm"]
     assert {n for n, _ in repair["sensitivity"][:2]} == {"/Concat_2", "/head/Gemm"}
     assert [t["passed"] for t in repair["trials"]] == [False, True]
-    assert repair["full_int8"]["passed"] is False and repair["full_int8"]["metrics"]["logits"]["cosine"] < 0.5
+    assert repair["baseline"]["passed"] is False and repair["baseline"]["metrics"]["logits"]["cosine"] < 0.5
     assert lock.nodes[node]["components"]["options"]["keep_float"] == "sensitive"
     assert lock.nodes[node]["components"]["options"]["repair_goal"]["logits"]["min_top1_agreement"] == 0.9
 

@@ -49,7 +49,7 @@ def test_android_full_int8_misses_and_keep_float_passes(project: Project) -> Non
     facts = lock.nodes[node]["facts"]
     repair = facts["repair"]
     assert repair["recipe"] == "keep-float" and repair["kept_float"]
-    assert repair["full_int8"]["passed"] is False and repair["trials"][-1]["passed"] is True
+    assert repair["baseline"]["passed"] is False and repair["trials"][-1]["passed"] is True
     assert len(repair["trials"]) <= 8 and all("ms" not in t for t in repair["trials"])  # latency: build record
     assert facts["scheme"].startswith("full int8 except the ops kept in float")
     assert lock.nodes[node]["components"]["options"]["repair_goal"]["logits"]["min_top1_agreement"] == 0.9

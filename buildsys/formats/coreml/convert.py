@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
+from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import load_input
 
@@ -49,6 +50,25 @@ class CoremlFromTorchScript(PruningStep):
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "precision", None) == "fp16":  # accuracy repair of float16 compute (docs/repair.md)
+            cls.repairs = {"keep-float": {"keep_float": "sensitive"}}
+
+    # What keep_float 'sensitive' kept in float32 and what `sparsity: auto` tried: facts of this output.
+    committed_metrics = ("sparsity_search", "repair")
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        searching = ("calibration",) if getattr(options, "keep_float", ()) == "sensitive" else ()
+        return (*super().data_used(options), *searching)
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.repair import describe
+
+        return [*super().describe_facts(facts), *describe(facts.get("repair"))]
+
     @property
     def compute(self) -> str:
         """Core ML's compute precision: float32 for the fp32 format, float16 for the others."""
@@ -59,6 +79,11 @@ class CoremlFromTorchScript(PruningStep):
         opts = options
         target = opts.minimum_deployment_target
         spec = SPEC_VERSION[target]
+        if opts.keep_float and cls.precision == "fp32":
+            return "keep_float keeps operations in float32 out of float16 compute: coreml (fp32) computes in float32 already"
+        if opts.keep_float == "sensitive" and model.data.calibration is None:
+            return ("keep_float 'sensitive' needs calibration data: add data.calibration to the model "
+                    "(an .npz of representative inputs)")
         need = []
         if opts.weight_compression != "none":
             need.append((7, f"weight_compression: {opts.weight_compression}"))
@@ -95,16 +120,15 @@ class CoremlFromTorchScript(PruningStep):
         opts = ctx.options
         module = self._load(ctx)
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
-        try:
-            with _per_channel_prelu():
-                mlmodel = ct.convert(
-                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
-                    compute_precision=precision,
-                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
-                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
-                )
-        except Exception as exc:
-            raise self.fail(ctx, conversion_failure(exc)) from exc
+        repair: dict[str, Any] = {}
+        if opts.keep_float == "sensitive":
+            mlmodel, repair = self._keep_float_search(ctx, module)
+        elif opts.keep_float:
+            kept = set(opts.keep_float)
+            mlmodel = self._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in kept))
+            repair = {"repair": pinned(opts.keep_float, "fp16")}
+        else:
+            mlmodel = self._convert(ctx, module, precision)
         search: dict[str, Any] = {}
         if opts.sparsity == "auto":
             self._describe(ctx, mlmodel)
@@ -121,10 +145,44 @@ class CoremlFromTorchScript(PruningStep):
         pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
         if search:
             pruned["sparsity_search"] = search
-        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
+        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned, **repair,
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
+
+    def _convert(self, ctx: StepContext[CoremlOptions], module: Any, precision: Any) -> Any:
+        """The ML Program of `module` at `precision` (a ct.precision, or an FP16ComputePrecision with its selector)."""
+        import coremltools as ct
+
+        opts = ctx.options
+        try:
+            with _per_channel_prelu():
+                return ct.convert(
+                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
+                    compute_precision=precision,
+                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
+                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
+                )
+        except Exception as exc:
+            raise self.fail(ctx, conversion_failure(exc)) from exc
+
+    def _keep_float_search(self, ctx: StepContext[CoremlOptions], module: Any) -> tuple[Any, dict[str, Any]]:
+        """keep_float 'sensitive': the one keep-float search with coremltools' op_selector (coreml/fp16_search.py)."""
+        import tempfile
+
+        import coremltools as ct
+
+        from buildsys.formats.coreml.fp16_search import search
+        from buildsys.formats.keep_float import NoRecipe
+
+        def convert(selector: Any) -> Any:
+            return self._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=selector))
+
+        with tempfile.TemporaryDirectory(prefix="keep-float-") as work:
+            try:
+                return search(ctx, module, convert, Path(work))
+            except NoRecipe as exc:
+                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
 
     def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
         """What coremltools converts: the traced module (the torch.export route overrides this)."""

@@ -103,7 +103,8 @@ class OnnxInt8FromOnnx(Step):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from buildsys.formats.onnx.sensitivity import NoRecipe, search, split_timings
+        from buildsys.formats.keep_float import NoRecipe, pinned
+        from buildsys.formats.onnx.sensitivity import search
         from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
 
         opts = ctx.options
@@ -143,12 +144,11 @@ class OnnxInt8FromOnnx(Step):
 
             try:
                 if opts.keep_float == "sensitive":
-                    metrics["repair"] = search(self, ctx, quantize, model_in, quantized, Path(work) / "search")
-                    metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
+                    metrics.update(search(self, ctx, quantize, model_in, quantized, Path(work) / "search"))
                 else:
                     quantize(list(opts.keep_float), None, quantized)
                     if opts.keep_float:
-                        metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+                        metrics["repair"] = pinned(opts.keep_float, "int8")
             except ModelbuildError:
                 raise
             except NoRecipe as exc:
