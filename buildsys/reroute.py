@@ -114,7 +114,7 @@ def _chain_ops(chain: list[str], results: dict[str, Any], lock: "Lock | None") -
     for name in chain:
         metrics = getattr(results.get(name), "metrics", None) or \
             ((lock.nodes.get(name, {}).get("metrics") or {}) if lock is not None else {})
-        if metrics.get("ops"):
+        if isinstance(metrics.get("ops"), (list, tuple)) and metrics["ops"]:  # op names (openvino's "ops" is a count)
             return list(metrics["ops"])
     return []
 

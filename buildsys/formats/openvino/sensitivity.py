@@ -1,6 +1,6 @@
 """openvino-int8's `keep_float: sensitive` (docs/repair.md): NNCF as the `Candidates` of the one keep-float search
-(buildsys/formats/keep_float.py). A unit is an operation of the float IR that NNCF quantized (one whose inputs
-come through a FakeQuantize: a Convolution, a MatMul, an Add, a Concat), by friendly name; it is kept in float
+(buildsys/formats/keep_float.py). A unit is an operation of the float IR that NNCF quantized (one reading a
+FakeQuantize or an int8 weight: a Convolution, a MatMul, an Add, a Concat), by friendly name; it is kept in float
 with NNCF's `ignored_scope`, or quantized alone by ignoring every other unit. Each artifact is an IR saved in the
 search's folder and run by the check's own runtime (the OpenVINO CPU plugin) on the calibration set, against
 the float IR's outputs.
@@ -48,17 +48,29 @@ class NncfCandidates(Candidates[Path]):
 
 
 def quantized_operations(ir: Path) -> list[str]:
-    """Friendly names of the IR's operations that read a FakeQuantize output (what NNCF quantized), in order."""
+    """Friendly names of the IR's operations NNCF quantized, in order: those reading a FakeQuantize output (an
+    int8 activation) or an int8 weight (an int8 Constant behind its Convert / Subtract / Multiply decompression)."""
     import openvino as ov
+
+    def weight(node: Any, depth: int = 0) -> bool:  # an int8 constant, or its decompression
+        kind = node.get_type_name()
+        if kind == "Constant":
+            return node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+        return kind in _DECOMPRESSION and depth < 4 and any(
+            weight(i.get_source_output().get_node(), depth + 1) for i in node.inputs())
 
     names: list[str] = []
     for op in ov.Core().read_model(str(ir)).get_ordered_ops():
-        if op.get_type_name() == "FakeQuantize":
-            continue
-        if any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs()) \
-                and op.get_friendly_name() not in names:
+        if op.get_type_name() in ("FakeQuantize", "Constant") or (op.get_type_name() in _DECOMPRESSION and weight(op)):
+            continue  # the quantization's own ops
+        sources = [i.get_source_output().get_node() for i in op.inputs()]
+        if any(n.get_type_name() == "FakeQuantize" or weight(n) for n in sources) and op.get_friendly_name() not in names:
             names.append(op.get_friendly_name())
     return names
+
+
+#: The ops that turn an int8 weight back into float (NNCF's compressed weights).
+_DECOMPRESSION = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose")
 
 
 def search(ctx: Any, quantize: Quantize, float_ir: Path, work: Path) -> tuple["openvino.Model", dict[str, Any]]:
