@@ -143,6 +143,12 @@ class ReferenceKind(NodeKind):
             comp["generation"] = model.generation.model_dump(mode="json")
         packages += _runtime_packages(get_format(node.source_format).runtime)
 
+    @classmethod
+    def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
+        """The model's intrinsic error (nodes/intrinsic.py, two significant digits): what the default limits of
+        its checks were raised by, shown beside them in the lock, `explain` and the report."""
+        return {"facts": {"intrinsic": metrics["intrinsic"]}} if metrics.get("intrinsic") else {}
+
 
 class CheckKind(NodeKind):
     """A target's artifact run in its runtime and compared with the reference under its acceptance.
@@ -205,6 +211,8 @@ class CheckKind(NodeKind):
         from buildsys.status import verdict_of
 
         fields: dict[str, Any] = {"verdict": str(verdict_of(metrics))}
+        if metrics.get("limits_raised"):  # the defaults the model's own error raised (nodes/intrinsic.py)
+            fields["limits_raised"] = metrics["limits_raised"]
         if metrics.get("caveats"):
             fields["caveats"] = metrics["caveats"]
         return fields
