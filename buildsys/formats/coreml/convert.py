@@ -122,7 +122,9 @@ class CoremlFromTorchScript(PruningStep):
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
         repair: dict[str, Any] = {}
         if opts.keep_float == "sensitive":
-            mlmodel, repair = self._keep_float_search(ctx, module)
+            from buildsys.formats.coreml.fp16_search import search as keep_float_search
+
+            mlmodel, repair = keep_float_search(self, ctx, module)
         elif opts.keep_float:
             kept = set(opts.keep_float)
             mlmodel = self._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in kept))
@@ -165,24 +167,6 @@ class CoremlFromTorchScript(PruningStep):
                 )
         except Exception as exc:
             raise self.fail(ctx, conversion_failure(exc)) from exc
-
-    def _keep_float_search(self, ctx: StepContext[CoremlOptions], module: Any) -> tuple[Any, dict[str, Any]]:
-        """keep_float 'sensitive': the one keep-float search with coremltools' op_selector (coreml/fp16_search.py)."""
-        import tempfile
-
-        import coremltools as ct
-
-        from buildsys.formats.coreml.fp16_search import search
-        from buildsys.formats.keep_float import NoRecipe
-
-        def convert(selector: Any) -> Any:
-            return self._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=selector))
-
-        with tempfile.TemporaryDirectory(prefix="keep-float-") as work:
-            try:
-                return search(ctx, module, convert, Path(work))
-            except NoRecipe as exc:
-                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
 
     def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
         """What coremltools converts: the traced module (the torch.export route overrides this)."""

@@ -55,14 +55,27 @@ class Fp16Candidates(Candidates[Path]):
         return list(self.asked)
 
 
-def search(ctx: Any, module: Any, convert: Convert, work: Path) -> tuple[Any, dict[str, Any]]:
-    """coreml-fp16's keep_float 'sensitive' (a `StepContext` of its options): the chosen MLModel and the step's
-    metrics (`repair`: the committed record). Latencies are the interpreter's, not Core ML's: not recorded."""
+def search(step: Any, ctx: Any, module: Any) -> tuple[Any, dict[str, Any]]:
+    """coreml-fp16's keep_float 'sensitive' for `step` (a Core ML step, whose `_convert` converts `module`) and its
+    `StepContext`: the chosen MLModel and the step's metrics (`repair`: the committed record). Latencies are the
+    interpreter's, not Core ML's: not recorded."""
+    import tempfile
+
+    import coremltools as ct
+
+    from buildsys.formats.keep_float import NoRecipe
     from buildsys.formats.prune_search import torch_outputs
 
+    def convert(selector: Callable[[Any], bool]) -> Any:
+        return step._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=selector))
+
     batch = ctx.data("calibration")
-    candidates = Fp16Candidates(ctx.model, batch, ctx.root, convert, work)
-    judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "fp16"),
-                  torch_outputs(module, ctx.model, batch))
-    chosen, record = keep_float_search(candidates, judge, "fp16")
-    return candidates.converted[chosen], {"repair": record.as_fact()}
+    with tempfile.TemporaryDirectory(prefix="keep-float-") as work:
+        candidates = Fp16Candidates(ctx.model, batch, ctx.root, convert, Path(work))
+        judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "fp16"),
+                      torch_outputs(module, ctx.model, batch))
+        try:
+            chosen, record = keep_float_search(candidates, judge, "fp16")
+        except NoRecipe as exc:
+            raise step.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+        return candidates.converted[chosen], {"repair": record.as_fact()}
