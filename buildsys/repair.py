@@ -178,14 +178,21 @@ def tried(routes: Sequence[Sequence[str]]) -> str:
     return WHAT_TO_DO.format(tried=", ".join(dict.fromkeys(recipes)), fmt=fmt)
 
 
-def describe(record: Any) -> list[str]:
-    """A quantizing node's committed `repair` record in words (explain, report)."""
+def describe(record: Any, latency_ms: float | None = None) -> list[str]:
+    """A quantizing node's committed `repair` record in words (explain, report): what was kept, then the trade-off
+    (`latency_ms`: the delivered artifact's p50 from `bench`, where measured), then every trial."""
     if not isinstance(record, dict):
         return []
     kept = record.get("kept_float")
     lines = [f"accuracy repair {record.get('recipe', '')}: "
              + (f"kept {len(kept)} layer(s) in float: {', '.join(kept)}" if kept else "nothing kept in float")]
     full = record.get("baseline", record.get("full_int8"))  # full_int8: records before the one search
+    chosen = next((t for t in reversed(record.get("trials", [])) if t.get("passed")), None)
+    if isinstance(full, dict) and chosen:
+        latency = f"; latency {latency_ms:.3g} ms (bench, p50)" if latency_ms is not None else ""
+        lines.append(f"trade-off: {len(kept or [])} layer(s) at higher precision for {_measured(chosen['metrics'])} "
+                     f"(all {record.get('reduced', 'int8')}: {_measured(full.get('metrics'))}) on the calibration set; "
+                     f"{_kb(chosen.get('bytes'))} (all {record.get('reduced', 'int8')}: {_kb(full.get('bytes'))}){latency}")
     if isinstance(full, dict):
         lines.append(f"all {record.get('reduced', 'int8')} on the calibration set: {_measured(full.get('metrics'))}, "
                      f"{_kb(full.get('bytes'))}")

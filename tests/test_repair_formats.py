@@ -90,6 +90,7 @@ models:
 targets:
   intel: {model: mlp, format: openvino, precision: int8, repair: [keep-float], options: {onnx: {dynamo: false}}}
   ios: {model: rms, format: coreml, precision: fp16}
+  half: {model: rms, format: onnx, precision: fp16, options: {onnx: {dynamo: false}}}
 """
 
 
@@ -162,4 +163,12 @@ def test_coreml_fp16_misses_and_keep_float_passes(project: Project) -> None:
     # Kept in float32: the square and its mean (each reduced alone overflows); not the layers around them.
     assert len(repair["kept_float"]) == 2 and {n for n, _ in repair["sensitivity"][:2]} == set(repair["kept_float"])
     check = lock.nodes["verify:ios"]["metrics"]["outputs"]["y"]
+    assert check["max_rel"]["ok"] is True and check["cosine"]["ok"] is True
+
+
+@pytest.mark.slow
+def test_onnx_fp16_misses_and_keep_float_passes(project: Project) -> None:
+    repair = _repaired(project, "half", "onnx-fp16")
+    assert repair["reduced"] == "fp16" and len(repair["kept_float"]) <= 3  # the square, its mean (and the add)
+    check = project.lock().nodes["verify:half"]["metrics"]["outputs"]["y"]
     assert check["max_rel"]["ok"] is True and check["cosine"]["ok"] is True

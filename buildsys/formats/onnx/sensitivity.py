@@ -1,7 +1,8 @@
-"""onnx-int8's `keep_float: sensitive` (docs/repair.md): ONNX Runtime's quantizer as the `Candidates` of the one
-keep-float search (buildsys/formats/keep_float.py). A unit is an ONNX node the quantizer changed; it is kept in
-float with `nodes_to_exclude`, or quantized alone with `nodes_to_quantize`. Run in the onnx worker on the model's
-calibration set, in ONNX Runtime, against the float ONNX model's own outputs.
+"""`keep_float: sensitive` of onnx-int8 and onnx-fp16 (docs/repair.md): ONNX Runtime's quantizer and float16
+converter as the `Candidates` of the one keep-float search (buildsys/formats/keep_float.py). For int8 a unit is an
+ONNX node the quantizer changed, kept in float with `nodes_to_exclude` (or quantized alone with
+`nodes_to_quantize`); for fp16 a node the converter would cast, kept in float32 with its `node_block_list`. Run in
+the onnx worker on the model's calibration set, in ONNX Runtime, against the float ONNX model's own outputs.
 """
 
 from __future__ import annotations
@@ -46,18 +47,38 @@ class OnnxInt8Candidates(OnnxCandidates):
         return quantized_layers(self.float_model, baseline)
 
 
-def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, work: Path) -> dict[str, Any]:
-    """onnx-int8's keep_float 'sensitive' (a `StepContext` of its options): the search, `out` written, the
-    step's metrics (`repair`: the committed record, `repair_ms_per_sample`: its latencies)."""
+class OnnxFp16Candidates(OnnxCandidates):
+    what = "float16 nodes"
+    #: Nodes that compute nothing in floating point: never worth keeping in float32.
+    SKIP = ("Constant", "Shape", "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Concat")
+
+    def __init__(self, model: "Model", batch: "Batch", root: Path, make: Quantize, float_model: Path, work: Path,
+                 blocked: Sequence[str]) -> None:
+        super().__init__(model, batch, root, make, float_model, work)
+        self.blocked = set(blocked)
+
+    def units(self, baseline: Path) -> list[str]:
+        import onnx
+
+        graph = onnx.load(str(self.float_model), load_external_data=False).graph
+        return [n.name for n in graph.node if n.name and n.op_type not in self.blocked and n.op_type not in self.SKIP]
+
+
+def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, work: Path,
+           reduced: str = "int8", blocked: Sequence[str] = ()) -> dict[str, Any]:
+    """keep_float 'sensitive' of onnx-int8 (`reduced` int8) or onnx-fp16 (`reduced` fp16, `blocked`: the op types
+    the converter keeps in float32 anyway), for a `StepContext` of the step's options: the search, `out` written,
+    the step's metrics (`repair`: the committed record, `repair_ms_per_sample`: its latencies)."""
     from buildsys.formats.onnx.onnxfile import uses_external_data
 
     batch = ctx.data("calibration")
     if batch is None or uses_external_data(model_in):
         raise step.fail(ctx, "keep_float 'sensitive' needs calibration data and a model without external data")
-    candidates = OnnxInt8Candidates(ctx.model, batch, ctx.root, quantize, model_in, work)
+    candidates = OnnxInt8Candidates(ctx.model, batch, ctx.root, quantize, model_in, work) if reduced == "int8" else \
+        OnnxFp16Candidates(ctx.model, batch, ctx.root, quantize, model_in, work, blocked)
     reference = candidates.run(model_in)[0]
-    judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8"), reference)
-    chosen, record = keep_float_search(candidates, judge, "int8")
+    judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, reduced), reference)
+    chosen, record = keep_float_search(candidates, judge, reduced)
     shutil.copyfile(chosen, out)
     return {"repair": record.as_fact(), "repair_ms_per_sample": record.timings()}
 
