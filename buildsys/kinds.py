@@ -212,7 +212,7 @@ class CheckKind(NodeKind):
 
         fields: dict[str, Any] = {"verdict": str(verdict_of(metrics))}
         if metrics.get("limits_raised"):  # the defaults the model's own error raised (nodes/intrinsic.py)
-            fields["limits_raised"] = metrics["limits_raised"]
+            fields["facts"] = {"limits_raised": metrics["limits_raised"]}
         if metrics.get("caveats"):
             fields["caveats"] = metrics["caveats"]
         return fields

@@ -6,6 +6,7 @@ wrong weight still fails the raised limit; a limit the user wrote is never raise
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -86,10 +87,15 @@ def test_the_default_limit_rises_with_the_models_own_error_and_a_written_one_doe
     # The export is correct (float32 in another runtime) but beyond the fixed default 1e-4 ...
     assert observed["observed"] > 1e-4 and observed["ok"] is True
     # ... which the model's own float64-vs-float32 error raised to 10x that error, committed beside the verdict.
-    assert server["limits_raised"]["y"]["max_rel"] == pytest.approx(10 * own["outputs"]["y"]["max_rel"], rel=0.05)
-    assert observed["allowed"] == server["limits_raised"]["y"]["max_rel"]
+    assert server["facts"]["limits_raised"]["y"]["max_rel"] == pytest.approx(10 * own["outputs"]["y"]["max_rel"], rel=0.05)
+    assert observed["allowed"] == server["facts"]["limits_raised"]["y"]["max_rel"]
     assert "raised" in observed["note"] and "float64-vs-float32" in observed["note"]
     assert server["metrics"]["outputs"]["y"]["intrinsic"]["max_rel"] == own["outputs"]["y"]["max_rel"]
+    # explain says it in words, on the reference and on the check.
+    for node, words in (("cancel/reference", "max_rel 0.00016); default limits of fp32"), ("verify:server", "y: max_rel limit")):
+        explained = subprocess.run([sys.executable, "-m", "buildsys", "explain", node], cwd=project, capture_output=True,
+                                   text=True, timeout=300)
+        assert any(words in n for n in json.loads(explained.stdout)["notes"]), explained.stdout
     # A tolerance the user wrote is never changed: the same artifact misses max_rel 1e-4.
     assert "verify:strict" not in lock.nodes  # a failed check is not committed
     assert re.search(r"y: max_rel \d\.\de-04 > 1\.0e-04", proc.stdout), proc.stdout
@@ -126,5 +132,5 @@ def test_one_wrong_weight_still_fails_the_raised_limit(project: Path, tmp_path: 
                                           {"format": "onnx", "reference": str(reference)}))
     y = metrics["outputs"]["y"]["max_rel"]
     assert metrics["passed"] is False and y["ok"] is False
-    assert y["allowed"] == lock.nodes["verify:server"]["limits_raised"]["y"]["max_rel"]  # the raised limit
+    assert y["allowed"] == lock.nodes["verify:server"]["facts"]["limits_raised"]["y"]["max_rel"]  # the raised limit
     assert y["observed"] > 10 * y["allowed"]

@@ -34,6 +34,12 @@ class CheckStep(Step):
     Options = CheckOptions
     description = "Numeric verification of an artifact against the reference."
 
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.nodes.intrinsic import describe
+
+        return describe(facts)
+
     def _run(self, ctx: StepContext[CheckOptions]) -> dict[str, Any]:
         from buildsys.formats import get_format, get_runtime
 

@@ -110,3 +110,20 @@ def of_output(intrinsic: Mapping[str, Any] | None, precision: str, output: str) 
     entry = (intrinsic or {}).get(precision) or {}
     values = (entry.get("outputs") or {}).get(output)
     return {"against": entry.get("against", ""), "values": values} if values else None
+
+
+def describe(facts: Mapping[str, Any]) -> list[str]:
+    """The reference's `intrinsic` and a check's `limits_raised` facts in words (explain, the report)."""
+    lines = []
+    for precision, entry in sorted((facts.get("intrinsic") or {}).items()):
+        if entry.get("not_measured"):
+            lines.append(f"the model's own {precision} error: not measured ({entry['not_measured']})")
+            continue
+        for output, values in sorted((entry.get("outputs") or {}).items()):
+            shown = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in sorted(values.items()))
+            lines.append(f"the model's own {precision} error ({entry.get('against')}-vs-float32: {output} {shown}); "
+                         f"default limits of {precision} checks rise to {MULTIPLE[precision]:g} x it")
+    for output, limits in sorted((facts.get("limits_raised") or {}).items()):
+        lines += [f"{output}: {limit} limit raised to {value:g} by the model's own error (nodes/intrinsic.py)"
+                  for limit, value in sorted(limits.items())]
+    return lines

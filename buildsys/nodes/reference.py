@@ -31,6 +31,12 @@ class ReferenceStep(Step):
     Options = StepOptions
     description = "Reference outputs of the source model."
 
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.nodes.intrinsic import describe
+
+        return describe(facts)
+
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import numpy as np
 
