@@ -43,8 +43,10 @@ class OpenVinoInt8FromOpenVino(Step):
     toolchain = "openvino"
     description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
-    repairs = {"transformer": {"model_type": "transformer"}, "mixed": {"preset": "mixed"},
-               "keep-float": {"keep_float": "sensitive"}}
+    #: 8-bit-weights: NNCF's own overflow fix (first layer only) instead of 7-bit weights everywhere, TFLite's
+    #: weight grid (benchmarks/int8_quantizers.py: 14-25 % less range error); the verdict is keyed by the CPU class.
+    repairs = {"transformer": {"model_type": "transformer"}, "8-bit-weights": {"overflow_fix": False},
+               "mixed": {"preset": "mixed"}, "keep-float": {"keep_float": "sensitive"}}
     committed_metrics = ("repair",)
     keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.qat)
 
