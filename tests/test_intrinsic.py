@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 
 CANCEL = '''\
 import torch
@@ -108,7 +108,7 @@ def test_one_wrong_weight_still_fails_the_raised_limit(project: Path, tmp_path: 
     from buildsys.config.load import load
     from buildsys.formats.base import StepContext
     from buildsys.nodes.check import CheckStep
-    from buildsys.verify import CheckOptions
+    from buildsys.nodes.verify import CheckOptions
 
     lock = Lock.read(project / "deploy.lock")
     if "verify:server" not in lock.nodes:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model, OutputSpec
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: At most this many sensitivity measurements (units, or groups of units), and MAX_KEPT keep trials.
 TRIALS, MAX_KEPT = 48, 8
@@ -186,7 +186,7 @@ class Judge:
 
     def __call__(self, observed: dict[str, "np.ndarray"], ms: float | None = None,
                  size: int | None = None) -> Measured:
-        from buildsys.verify import compare
+        from buildsys.nodes.verify import compare
 
         passed, error, shown = True, 0.0, {}
         for out in self.outputs:
@@ -210,7 +210,7 @@ class Judge:
 
 def default_goal(goal: Mapping[str, Any] | None, outputs: "Sequence[OutputSpec]", precision: str) -> dict[str, Any]:
     """The search's goal: the target's resolved limits (`repair_goal`), else the precision's defaults."""
-    from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     if goal:
         return dict(goal)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: Target precision → the torch dtype the reference is re-run at to measure that precision's own error.
 MEASURED_AT = {"fp32": "float64", "fp16": "float16"}
@@ -46,7 +46,7 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -
     import torch
 
     from buildsys.formats.torch.runtimes import TorchSession
-    from buildsys.verify import compare
+    from buildsys.nodes.verify import compare
 
     out: dict[str, Any] = {}
     for precision, dtype in MEASURED_AT.items():

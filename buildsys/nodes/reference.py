@@ -22,7 +22,7 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
-    version = 3  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.qat);
+    version = 3  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
                  # 3: the model's intrinsic error at float64 and float16 (nodes/intrinsic.py)
     # How far the model itself moves at another precision: the default limits of its checks follow from it.
     committed_metrics = ("intrinsic",)
@@ -40,7 +40,7 @@ class ReferenceStep(Step):
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import numpy as np
 
-        from buildsys.data import eval_batch
+        from buildsys.config.data import eval_batch
         from buildsys.formats import get_runtime
         from buildsys.formats import get_format
 
@@ -88,7 +88,7 @@ class ReferenceStep(Step):
             metrics["intrinsic"] = intrinsic
             arrays["intrinsic"] = np.array(json.dumps(intrinsic, sort_keys=True))  # what the checks read
         np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
-        from buildsys.qat import info_of
+        from buildsys.formats.torch.qat import info_of
 
         info = info_of(getattr(session, "fn", None))
         if info is not None:  # what every check of this model compares to: the QAT model as trained
@@ -106,7 +106,7 @@ class ReferenceStep(Step):
         import torch
 
         from buildsys.nodes.intrinsic import measure
-        from buildsys.qat import info_of
+        from buildsys.formats.torch.qat import info_of
 
         module = getattr(session, "fn", None)
         if ctx.model.task == "text-generation" or not isinstance(module, torch.nn.Module) or info_of(module) is not None:

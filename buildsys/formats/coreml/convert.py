@@ -65,7 +65,7 @@ class CoremlFromTorchScript(PruningStep):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.repair import describe
+        from buildsys.planning.repair import describe
 
         return [*super().describe_facts(facts), *describe(facts.get("repair"))]
 

@@ -73,7 +73,7 @@ class Trials:
         import numpy as np
         import torch
 
-        from buildsys.source import outputs_in_order
+        from buildsys.formats.torch.loading import outputs_in_order
 
         parts: list[list[Any]] = []
         with torch.no_grad():
@@ -116,9 +116,9 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
            batch: int) -> dict[str, Any]:
     """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options; `batch`: the program's): the
     record (`kept_float`: the node names to keep in float). Raises NoRecipe when the search's bound is reached."""
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats.executorch.contract import fill
-    from buildsys.source import example_args
+    from buildsys.formats.torch.loading import example_args
 
     calibration = ctx.data("calibration")
     if calibration is None:

@@ -65,7 +65,7 @@ class OnnxFp16FromOnnx(Step):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.repair import describe
+        from buildsys.planning.repair import describe
 
         return describe(facts.get("repair"))
 

@@ -16,7 +16,7 @@ from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: quantize(keep_float, only, out): writes an int8 model, keeping `keep_float` nodes in float, or
 #: quantizing only the `only` nodes when that is not None.

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import openvino
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: quantize(ignored): the float IR quantized by NNCF with these friendly names in its ignored_scope.
 Quantize = Callable[[list[str]], "openvino.Model"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats.base import Step, StepContext
 
 #: What each scheme delivers, in words (the node's committed `scheme` fact).
