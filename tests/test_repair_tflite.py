@@ -90,9 +90,10 @@ def test_the_converter_route_is_repaired_too(project: Project) -> None:
 
 def test_tflite_repair_routes_follow_who_chose_the_options() -> None:
     from buildsys.planning.repair import repair_routes
+    from buildsys.planning.routes import Route
 
-    full = ["pytorch", "pt2", "tflite-int8"]
-    recipe = lambda name: [*full[:-1], f"tflite-int8 (repair {name})"]  # noqa: E731
+    full = Route.parse(["pytorch", "pt2", "tflite-int8"])
+    recipe = lambda name: Route.parse(["pytorch", "pt2", f"tflite-int8 (repair {name})"])  # noqa: E731
     preset = {"tflite-int8": {"mode": "full", "io": "float"}}
     # The preset chose the mode: every recipe, dynamic too (its alternative is not a candidate then).
     assert repair_routes(full, preset, True, written={"tflite-int8": set()}) == \

@@ -172,6 +172,10 @@ class Step:
     #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
     #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
     repairs: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Converter switches, by name: option values that change how the converter lowers the model (another
+    #: frontend, a lowering flag), written `saved_model (switch NAME)` in a route. Never tried blindly: the
+    #: planner takes one when a refusal of this step names what it answers (planning.answers).
+    switches: ClassVar[dict[str, dict[str, Any]]] = {}
     #: The QAT flows ('pt2e', 'eager') whose learned quantization this int8 step keeps as it is (buildsys.formats.torch.qat):
     #: for a model the op analysis recognised as such, its calibration data is not required at plan time.
     keeps_learned: ClassVar[tuple[str, ...]] = ()

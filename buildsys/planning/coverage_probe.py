@@ -111,13 +111,12 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     torch.jit.trace (what the TorchScript-based ONNX exporter looks up: `batch_norm` where torch.export
     says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
     for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat)."""
-    from buildsys.formats.torch.qat import info_of, quantized
-
     import torch
 
     from buildsys.config import data
     from buildsys.config.load import load as load_config
     from buildsys.formats.torch.loading import example_args, load_module, trace_batch
+    from buildsys.formats.torch.qat import info_of, quantized
     from buildsys.formats.torch.rewritten import program_ops
 
     cfg = load_config(deploy)
@@ -165,9 +164,14 @@ def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:
     where torch.export says `_native_batch_norm_legit_no_training`. None when that fails (unknown)."""
     import warnings
 
-    import torch
-    from torch._C import _jit_pass_erase_number_types, _jit_pass_inline, _jit_pass_lower_all_tuples
-    from torch._C import _jit_pass_onnx_preprocess, _jit_pass_onnx_remove_inplace_ops_for_onnx, _jit_pass_peephole
+    from torch._C import (
+        _jit_pass_erase_number_types,
+        _jit_pass_inline,
+        _jit_pass_lower_all_tuples,
+        _jit_pass_onnx_preprocess,
+        _jit_pass_onnx_remove_inplace_ops_for_onnx,
+        _jit_pass_peephole,
+    )
     from torch.onnx._internal.torchscript_exporter import utils
 
     try:

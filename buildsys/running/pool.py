@@ -1,6 +1,6 @@
 """The local executor: actions run in `python -m buildsys.running.worker` subprocesses, reused per toolchain.
 
-The executor interface is `run(Action) -> reply` (buildsys.running.dask has the distributed one).
+The executor interface is `run(Job) -> reply` (buildsys.running.dask has the distributed one).
 A worker keeps its toolchain imported between nodes, so torch, TensorFlow or coremltools are paid for
 once per build and worker, not once per node; a worker that dies or hangs fails only its node.
 """
@@ -16,7 +16,9 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from buildsys.records import WorkerReply, WorkerRequest
 
 DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))
 #: The environment variable that sets the pool's memory budget, and the default share of available RAM.
@@ -24,18 +26,35 @@ MEMORY_ENV, DEFAULT_MEMORY_SHARE = "MODELBUILD_WORKER_MEMORY", "50%"
 
 
 @dataclass
-class Action:
+class Job:
     """One step invocation, ready to send to a worker."""
 
     node: str
     toolchain: str
-    request: dict[str, Any]
+    request: WorkerRequest
     timeout: float = DEFAULT_TIMEOUT
     #: The trees checked out into the step's scratch directory ("in", "ref" → lock file listing):
     #: what a remote executor (buildsys.running.dask) ships to its worker by digest.
     inputs: dict[str, list] = field(default_factory=dict)
     #: The worker to prefer when it is idle (a check: the worker that made its artifact).
     worker: str | None = None
+
+
+class Executor(Protocol):
+    """What the Builder asks of an executor: run a job and reply (never raising for the step's own failure),
+    report which toolchains are warm and hear which the queued nodes need (both may know nothing: a cluster's
+    workers are not this process's to see), and close. `LocalExecutor` and `running.dask.DaskExecutor`
+    implement it."""
+
+    jobs: int  # how many nodes the Builder keeps in flight
+
+    def run(self, job: Job) -> WorkerReply: ...
+
+    def warm(self, toolchain: str, worker: str | None = None) -> bool: ...
+
+    def expect(self, toolchains: dict[str, int]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class WorkerFailed(Exception):
@@ -54,7 +73,7 @@ class WorkerProcess:
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.name = f"pid:{self.proc.pid}"  # in the build record's `built` entries
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(self, request: WorkerRequest, timeout: float) -> WorkerReply:
         assert self.proc.stdin and self.proc.stdout
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
@@ -184,17 +203,18 @@ class LocalExecutor:
         self._idle.remove(worker)
         worker.close()
 
-    def run(self, action: Action) -> dict[str, Any]:
-        worker = self._acquire(action.toolchain, action.worker)
+    def run(self, job: Job) -> WorkerReply:
+        worker = self._acquire(job.toolchain, job.worker)
         try:
-            reply = worker.call(action.request, action.timeout)
+            reply = worker.call(job.request, job.timeout)
         except WorkerFailed as exc:
             with self._lock:
                 self._busy.remove(worker)
             worker.kill()
-            return {"ok": False, "error": str(exc), "user": False}
+            return WorkerReply(ok=False, error=str(exc), user=False)
         self._release(worker)
-        return {**reply, "built": {**reply.get("built", {}), "worker": worker.name}}
+        reply["built"] = {**reply.get("built", {}), "worker": worker.name}
+        return reply
 
     def close(self) -> None:
         with self._lock:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import ModelbuildError
 
 if TYPE_CHECKING:
-    from buildsys.planning.expand import Node
+    from buildsys.planning.node import Node
     from buildsys.storage.store import Store
 
 ENV_URL = "MODELBUILD_REMOTE"
