@@ -93,7 +93,7 @@ class Dag:
             current = node.deps[0] if node.deps else None
         return 0.0
 
-    def graph(self) -> "nx.DiGraph":
+    def graph(self) -> "nx.DiGraph[str]":
         """The DAG as a networkx graph (built on demand)."""
         import networkx as nx
 

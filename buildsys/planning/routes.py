@@ -161,7 +161,7 @@ def loads_module(step: type["Step"]) -> bool:
 
 
 @lru_cache(maxsize=1)
-def format_graph() -> "nx.DiGraph":
+def format_graph() -> "nx.DiGraph[str]":
     """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
     import networkx as nx
 

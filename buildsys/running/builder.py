@@ -24,7 +24,7 @@ from buildsys.planning.kinds import kind_of
 from buildsys.planning.plan import Plan
 from buildsys.planning.planner import NodePlan, Planner
 from buildsys.planning.record import Delivery, LockWriter
-from buildsys.records import WorkerReply, worker_request
+from buildsys.records import FileRow, WorkerReply, worker_request
 from buildsys.running.pool import DEFAULT_TIMEOUT, Executor, Job
 from buildsys.records import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult,
                                       built_by)
@@ -62,7 +62,7 @@ class Builder:
         # The remote cache (None: not configured). Pushes run beside the build on their own thread,
         # so uploading a big artifact never holds up the next node; run() waits for them at the end.
         self.remote = planner.remote if any(p.runs for p in plan.nodes.values()) else None
-        self._pushes: list[Future] = []
+        self._pushes: list[Future[None]] = []
         self._push_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") \
             if self.remote is not None and not self.remote.readonly else None
 
@@ -70,7 +70,7 @@ class Builder:
     def run(self) -> BuildResult:
         order = self.plan.order()
         pending = {p.node.name: p for p in order}
-        running: dict[Future, tuple[NodePlan, Path, float]] = {}
+        running: dict[Future[WorkerReply], tuple[NodePlan, Path, float]] = {}
         stop = False
         for nplan in order:  # known at plan time: no step runs
             if nplan.action in (PlanAction.FAIL, PlanAction.SKIP):
@@ -200,7 +200,7 @@ class Builder:
         out_dir = scratch / "out"
         out_dir.mkdir()
         extra: dict[str, Any] = {}
-        inputs: dict[str, list] = {}
+        inputs: dict[str, list[FileRow]] = {}
         input_path: Path | None = None
         if node.source_format:
             input_path = _source_path(cfg.root, model)
@@ -234,7 +234,7 @@ class Builder:
                 self._toolchains[node.name] = get_step(node.step).toolchain
         return self._toolchains[node.name]
 
-    def _checkout(self, dep: Node, dest: Path, inputs: dict[str, list]) -> Path:
+    def _checkout(self, dep: Node, dest: Path, inputs: dict[str, list[FileRow]]) -> Path:
         inputs[dest.name] = self.lock.nodes[dep.name]["files"]
         self.store.checkout(inputs[dest.name], dest, link=True)
         return dest / get_format(dep.format).filename
@@ -273,7 +273,8 @@ class Builder:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _publish(self, node: Node, status: NodePlan, tree: str, files: list, metrics: dict, built: dict) -> None:
+    def _publish(self, node: Node, status: NodePlan, tree: str, files: list[FileRow], metrics: dict[str, Any],
+                 built: dict[str, Any]) -> None:
         """A finished node: its deliverable under artifacts/ when it is a check that accepted its artifact, then
         its record, through the plan's lock writer."""
         self._digests[node.name] = tree

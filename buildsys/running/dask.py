@@ -195,7 +195,7 @@ class DaskExecutor:
                 with self._lock:
                     self._uploaded.add(digest)
 
-    def _fetch_outputs(self, files: list[list], out_dir: Path) -> None:
+    def _fetch_outputs(self, files: list[list[Any]], out_dir: Path) -> None:
         """Pull the worker's output tree into the local store, then lay it out in the scratch `out`
         directory (hard links), where the Builder hashes and publishes it as after a local step."""
         for rel, digest, size, _x in files:
@@ -236,7 +236,7 @@ def _worker_state(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
         return _local["executor"], _local["store"], _local[url]
 
 
-def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str, list], toolchain: str, url: str,
+def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str, list[list[Any]]], toolchain: str, url: str,
                   storage_options: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
     """The Dask task: inputs from the remote, the step in a subprocess, outputs to the remote.
 

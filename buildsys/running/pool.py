@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from buildsys.records import WorkerReply, WorkerRequest
+from buildsys.records import FileRow, WorkerReply, WorkerRequest
 
 DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))
 #: The environment variable that sets the pool's memory budget, and the default share of available RAM.
@@ -35,7 +35,7 @@ class Job:
     timeout: float = DEFAULT_TIMEOUT
     #: The trees checked out into the step's scratch directory ("in", "ref" → lock file listing):
     #: what a remote executor (buildsys.running.dask) ships to its worker by digest.
-    inputs: dict[str, list] = field(default_factory=dict)
+    inputs: dict[str, list[FileRow]] = field(default_factory=dict)
     #: The worker to prefer when it is idle (a check: the worker that made its artifact).
     worker: str | None = None
 
