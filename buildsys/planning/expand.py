@@ -20,7 +20,7 @@ from buildsys.errors import ConfigError, Location, PlanError, did_you_mean
 from buildsys.formats import get_format
 from buildsys.planning.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
 from buildsys.planning.node import Node
-from buildsys.planning.pipeline import TargetFacts, candidates, facts_for
+from buildsys.planning.pipeline import TargetContext, candidates, context_for
 from buildsys.planning.qat import plan_problem
 from buildsys.planning.repair import with_goal
 from buildsys.planning.routes import loads_module
@@ -66,7 +66,7 @@ class Dag:
     #: not excluded (a route that failed under the same key, see plan.make_plan).
     candidates: dict[str, list["Route"]] = field(default_factory=dict)
     exhausted: list[str] = field(default_factory=list)  # targets whose every candidate route failed
-    facts: dict[str, TargetFacts] = field(default_factory=dict)  # what the route pipeline read of each target
+    contexts: dict[str, TargetContext] = field(default_factory=dict)  # what the route pipeline read of each target
     unsettled: list[Unsettled] = field(default_factory=list)  # targets left out until their model is analysed
 
     def order(self) -> list[Node]:
@@ -172,13 +172,13 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool, history:
     chains = _Chains()
     routes: dict[str, "Route"] = {}
     candidate_routes: dict[str, list["Route"]] = {}
-    facts: dict[str, TargetFacts] = {}
+    contexts: dict[str, TargetContext] = {}
     exhausted: list[str] = []
     unsettled: list[Unsettled] = []
     checks: list[Node] = []
     for tname, target in project.targets.items():
-        facts[tname] = facts_for(cfg, tname, history.get(tname, []), gaps.get(target.model, {}), qat.get(target.model))
-        candidate_routes[tname] = candidates(cfg, facts[tname])
+        contexts[tname] = context_for(cfg, tname, history.get(tname, []), gaps.get(target.model, {}), qat.get(target.model))
+        candidate_routes[tname] = candidates(cfg, contexts[tname])
         left = [r for r in candidate_routes[tname] if r not in excluded.get(tname, [])]
         if not left:
             exhausted.append(tname)  # every route failed: the planner fails its check, saying why
@@ -186,33 +186,33 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool, history:
         routes[tname] = route
         precision = _precision(cfg, tname, route.formats[-1])
         try:
-            acceptance = verify.resolve_acceptance(target.acceptance, precision, facts[tname].model.outputs)
+            acceptance = verify.resolve_acceptance(target.acceptance, precision, contexts[tname].model.outputs)
         except ConfigError as exc:
             raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
                               where=cfg.where("targets", tname, "acceptance", "outputs"),
                               field=f"targets.{tname}.acceptance.outputs") from None
-        for _, _, _, ident in _walk(cfg, facts[tname], candidate_routes[tname][0], acceptance["outputs"]):
+        for _, _, _, ident in _walk(cfg, contexts[tname], candidate_routes[tname][0], acceptance["outputs"]):
             chains.primary.setdefault(ident[1], set()).add(ident[0])
-        artifact = _add_chain(cfg, facts[tname], route, acceptance["outputs"], chains, unsettled)
+        artifact = _add_chain(cfg, contexts[tname], route, acceptance["outputs"], chains, unsettled)
         if artifact is None:
             continue  # its calibration problem waits for the model's analysis (Unsettled)
         chains.identities[artifact].targets.append(tname)
-        checks += _judges(tname, facts[tname], artifact, acceptance, precision, bench)
-    return _assemble(cfg, selected, chains, checks, routes, candidate_routes, exhausted, facts, unsettled)
+        checks += _judges(tname, contexts[tname], artifact, acceptance, precision, bench)
+    return _assemble(cfg, selected, chains, checks, routes, candidate_routes, exhausted, contexts, unsettled)
 
 
-def _walk(cfg: LoadedConfig, facts: TargetFacts, route: "Route",
+def _walk(cfg: LoadedConfig, context: TargetContext, route: "Route",
           outputs: dict[str, Any]) -> list[tuple[str, type["Step"], "StepOptions", tuple[str, str]]]:
     """(source format of the hop, step, options, (identity, "model/format")) along a route. The identity is
     the model plus the chain of (step, options) that leads to a node, so equal chains share a node. A stop
     with a label takes what its label sets (pipeline: alternatives, repairs, rewrites, …)."""
 
-    target = facts.config
+    target = context.config
     identity: list[Any] = [target.model]
     hops = []
     for i in range(1, len(route.stops)):
         step, stop = route.step_at(i), route.stops[i]
-        raw = facts.options.get(stop.format, {})
+        raw = context.options.get(stop.format, {})
         if isinstance(raw, dict):
             if loads_module(step):  # the target's rewrites and pruning apply where the module is loaded
                 raw = {**({"rewrites": target.rewrites} if target.rewrites is not None else {}),
@@ -220,33 +220,33 @@ def _walk(cfg: LoadedConfig, facts: TargetFacts, route: "Route",
                        **raw}  # the format's own option wins
             # a searching option, a recipe's or the user's, aims at the target's tolerance
             raw = with_goal(step, {**raw, **stop.options(step)} if stop.label else raw, outputs)
-        options = _options(step, raw, cfg, facts.name, stop.format)
+        options = _options(step, raw, cfg, context.name, stop.format)
         identity.append([step.name, options.model_dump(mode="json")])
         hops.append((route.stops[i - 1].format, step, options, (digest_json(identity), f"{target.model}/{stop.format}")))
     return hops
 
 
-def _add_chain(cfg: LoadedConfig, facts: TargetFacts, route: "Route", outputs: dict[str, Any], chains: _Chains,
+def _add_chain(cfg: LoadedConfig, context: TargetContext, route: "Route", outputs: dict[str, Any], chains: _Chains,
                unsettled: list[Unsettled]) -> str | None:
     """Add the artifact nodes of a target's route (those it shares with others exist already); the identity of
     its last one, or None when a step's plan-time problem waits for the model's op analysis."""
     from buildsys.formats import formats
 
-    model, target = facts.model, facts.config
+    model, target = context.model, context.config
     previous = ""
-    for source, step, options, (ident, base) in _walk(cfg, facts, route, outputs):
+    for source, step, options, (ident, base) in _walk(cfg, context, route, outputs):
         fmt = base.partition("/")[2]
         problem = step.check_config(model, options, cfg.root)
         unknown = False
         if problem and model.source.format == "pytorch":  # a QAT model's int8 steps need no calibration data
-            problem, unknown = plan_problem(step, model, options, cfg.root, problem, facts.qat)
+            problem, unknown = plan_problem(step, model, options, cfg.root, problem, context.qat)
         if problem:
-            where = cfg.where("targets", facts.name, "options", fmt) if fmt in facts.options \
-                else cfg.where("targets", facts.name, "precision")
+            where = cfg.where("targets", context.name, "options", fmt) if fmt in context.options \
+                else cfg.where("targets", context.name, "precision")
             if unknown:  # `build` and `plan --ops` analyse the model's graph and plan again
-                unsettled.append(Unsettled(target.model, problem, where, f"targets.{facts.name} ({fmt})"))
+                unsettled.append(Unsettled(target.model, problem, where, f"targets.{context.name} ({fmt})"))
                 return None
-            raise ConfigError(problem, where=where, field=f"targets.{facts.name} ({fmt})")
+            raise ConfigError(problem, where=where, field=f"targets.{context.name} ({fmt})")
         if ident not in chains.identities:
             is_source = formats()[source].source
             data = tuple(step.data_used(options)) + (("example",) if is_source else ())
@@ -262,12 +262,12 @@ def _add_chain(cfg: LoadedConfig, facts: TargetFacts, route: "Route", outputs: d
     return previous
 
 
-def _judges(tname: str, facts: TargetFacts, artifact: str, acceptance: dict[str, Any], precision: str,
+def _judges(tname: str, context: TargetContext, artifact: str, acceptance: dict[str, Any], precision: str,
             bench: bool) -> list[Node]:
     """A target's check, and its bench when it has latency budgets (or `bench`)."""
     from buildsys.nodes.bench import BenchOptions
 
-    target = facts.config
+    target = context.config
     reference = ReferenceKind.node_name(target.model)
     out = [Node(name=CheckKind.node_name(tname), kind=CheckKind.name, model=target.model, format=target.goal,
                 step=CHECK_STEP, options=acceptance, deps=[artifact, reference], target=tname, precision=precision)]
@@ -282,7 +282,7 @@ def _judges(tname: str, facts: TargetFacts, artifact: str, acceptance: dict[str,
 
 def _assemble(cfg: LoadedConfig, selected: list[str] | None, chains: _Chains, checks: list[Node],
               routes: dict[str, "Route"], candidate_routes: dict[str, list["Route"]], exhausted: list[str],
-              facts: dict[str, TargetFacts], unsettled: list[Unsettled]) -> Dag:
+              contexts: dict[str, TargetContext], unsettled: list[Unsettled]) -> Dag:
     """Name the nodes, add the references, check the graph and cut it to the selected targets."""
     import networkx as nx
 
@@ -326,7 +326,7 @@ def _assemble(cfg: LoadedConfig, selected: list[str] | None, chains: _Chains, ch
     target_nodes = {c.target: c.deps[0] for c in checks if c.kind == CheckKind.name}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
-    return Dag(nodes, names, consumers, target_nodes, routes, candidate_routes, exhausted, facts, unsettled)
+    return Dag(nodes, names, consumers, target_nodes, routes, candidate_routes, exhausted, contexts, unsettled)
 
 
 def _precision(cfg: LoadedConfig, tname: str, goal: str) -> str:

@@ -110,10 +110,10 @@ def opens_repair(plan: "Plan", target: str, route: "Route", node: str) -> bool:
     defaults only (their recipes would repeat the same search on another path)."""
     if plan.dag.nodes[node].kind != CheckKind.name:
         return False
-    facts = plan.dag.facts[target]
-    if facts.config.via or any(record.get("repair") for record in plan.dropped.get(target, [])):
+    context = plan.dag.contexts[target]
+    if context.config.via or any(record.get("repair") for record in plan.dropped.get(target, [])):
         return False
-    return bool(repair_routes(route, facts.options, facts.config.repair, facts.model, plan.config.root, facts.written))
+    return bool(repair_routes(route, context.options, context.config.repair, context.model, plan.config.root, context.written))
 
 
 def observed(chain: list[str], results: Mapping[str, "NodeResult"], lock: "Lock | None") -> dict[str, Any]:

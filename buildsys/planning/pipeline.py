@@ -14,8 +14,8 @@ One function per stage, each over typed candidates (`planning.routes.Route`):
   that keep its learned quantization first (qat.py).
 - **repair**: after each route whose quantized artifact missed its check, its repair recipes (repair.py).
 
-Everything a stage reads of a target is in its `TargetFacts`, gathered once (`facts_for`), so the stages are
-pure functions: the same facts give the same candidates, which is what lets `plan`, `build`, `build
+Everything a stage reads of a target is in its `TargetContext`, gathered once (`context_for`), so the stages are
+pure functions: the same context give the same candidates, which is what lets `plan`, `build`, `build
 --dry-run`, `bundle` and the Python API agree, and the expansion be cached.
 """
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class TargetFacts:
+class TargetContext:
     """What the route pipeline reads of one target."""
 
     name: str
@@ -55,9 +55,9 @@ class TargetFacts:
     qat: str | None = None  # the model's QAT flow ('' none; None: not analysed)
 
 
-def facts_for(cfg: "LoadedConfig", name: str, history: list["DroppedRoute"], gaps: dict[str, list[str]],
-              qat: str | None) -> TargetFacts:
-    """A target's facts, after the checks that concern the target as a whole (file:line errors)."""
+def context_for(cfg: "LoadedConfig", name: str, history: list["DroppedRoute"], gaps: dict[str, list[str]],
+              qat: str | None) -> TargetContext:
+    """A target's context, after the checks that concern the target as a whole (file:line errors)."""
 
     project = cfg.project
     target = project.targets[name]
@@ -81,87 +81,87 @@ def facts_for(cfg: "LoadedConfig", name: str, history: list["DroppedRoute"], gap
                               where=cfg.where("targets", name, "options", target.format),
                               field=f"targets.{name}.options", hint=f"keep one: the goal node is {target.goal}")
         options[target.goal] = options.pop(target.format)
-    return TargetFacts(name, target, model, options, written_options(cfg, name, options), history, gaps, qat)
+    return TargetContext(name, target, model, options, written_options(cfg, name, options), history, gaps, qat)
 
 
 def _paths(cfg: "LoadedConfig", name: str, target: "Target", model: "Model") -> list[Route]:
     return graph.paths(model.source.format, target.format, target.precision, target.via, target.routes, name, cfg)
 
 
-def candidates(cfg: "LoadedConfig", facts: TargetFacts) -> list[Route]:
+def candidates(cfg: "LoadedConfig", context: TargetContext) -> list[Route]:
     """The target's routes, in the order they are tried: generate → answer → order → repair."""
-    routes = generate(cfg, facts)
-    check_options_apply(cfg, facts, routes)
-    routes = answered(routes, facts)
-    routes = ordered(routes, facts)
-    return repaired(routes, facts, cfg)
+    routes = generate(cfg, context)
+    check_options_apply(cfg, context, routes)
+    routes = answered(routes, context)
+    routes = ordered(routes, context)
+    return repaired(routes, context, cfg)
 
 
-def generate(cfg: "LoadedConfig", facts: TargetFacts) -> list[Route]:
+def generate(cfg: "LoadedConfig", context: TargetContext) -> list[Route]:
     """The format graph's paths with default options, then with each step's alternatives, less the routes that
     cannot honour an option the target sets (a fallback must never deliver something other than what was asked:
     another opset, another exporter). With none left, the first stays, so expansion names the option it rejects."""
-    paths = _paths(cfg, facts.name, facts.config, facts.model)
-    if facts.config.via:  # `via:` pins one route, with its steps' default options
+    paths = _paths(cfg, context.name, context.config, context.model)
+    if context.config.via:  # `via:` pins one route, with its steps' default options
         return paths
-    found = [*paths, *graph.alternatives(paths, facts.options)][:MAX_ROUTES]
-    return [r for r in found if graph.honours(r, facts.options)] or found[:1]
+    found = [*paths, *graph.alternatives(paths, context.options)][:MAX_ROUTES]
+    return [r for r in found if graph.honours(r, context.options)] or found[:1]
 
 
-def check_options_apply(cfg: "LoadedConfig", facts: TargetFacts, routes: list[Route]) -> None:
+def check_options_apply(cfg: "LoadedConfig", context: TargetContext, routes: list[Route]) -> None:
     """Options apply where a route passes their format: options for a format no candidate makes are an error,
     and so are `rewrites:` / `structured_sparsity:` on a target whose routes load no PyTorch module."""
-    name, target = facts.name, facts.config
-    for fmt in facts.options:
+    name, target = context.name, context.config
+    for fmt in context.options:
         if not any(fmt in r.formats[1:] for r in routes):
             raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
                               where=cfg.where("targets", name, "options", fmt), field=f"targets.{name}.options",
                               hint=f"route: {routes[0]}")
     if target.rewrites and routes[0].loading_stop() is None:
         raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
-                          f"a PyTorch factory (source: {facts.model.source.format})",
+                          f"a PyTorch factory (source: {context.model.source.format})",
                           where=cfg.where("targets", name, "rewrites"), field=f"targets.{name}.rewrites")
     if target.structured_sparsity and routes[0].loading_stop() is None:
         raise ConfigError("structured_sparsity prunes the PyTorch module where a route loads it, and no step of "
-                          f"this target's route loads one (source: {facts.model.source.format}, goal: {target.goal})",
+                          f"this target's route loads one (source: {context.model.source.format}, goal: {target.goal})",
                           where=cfg.where("targets", name, "structured_sparsity"),
                           field=f"targets.{name}.structured_sparsity")
 
 
-def answered(routes: list[Route], facts: TargetFacts) -> list[Route]:
+def answered(routes: list[Route], context: TargetContext) -> list[Route]:
     """Right after each route whose refusal the history says a rewrite answers, that route with the rewrite
     (and after that one, if it was refused too, the route with the next rewrites). Only for a target that lets
     rewrites be added (it sets no `rewrites:`)."""
 
-    if facts.config.rewrites is not None:
+    if context.config.rewrites is not None:
         return routes
-    refused = [(Route.parse(r["route"]), r["rewrites"]) for r in facts.history if r.get("rewrites")]
+    refused = [(Route.parse(r["route"]), r["rewrites"]) for r in context.history if r.get("rewrites")]
     out = list(routes)
     i = 0
     while i < len(out):
         for route, names in refused:
-            answer = with_rewrites(route, names, facts.options) if route == out[i] else None
+            answer = with_rewrites(route, names, context.options) if route == out[i] else None
             if answer is not None and answer not in out:
                 out.insert(i + 1, answer)
         i += 1
     return out
 
 
-def ordered(routes: list[Route], facts: TargetFacts) -> list[Route]:
+def ordered(routes: list[Route], context: TargetContext) -> list[Route]:
     """Routes whose converters lack one of the model's ops after those that can work (or, where rewrites remove
     what they lack, replaced by the route with them); a QAT model's routes that keep its learned scales first."""
 
-    if facts.gaps:
-        routes = order_routes(routes, facts.gaps, facts.options, auto_rewrites=facts.config.rewrites is None)
-    if facts.qat:
-        routes = learned_first(routes, facts.qat)
+    if context.gaps:
+        routes = order_routes(routes, context.gaps, context.options, auto_rewrites=context.config.rewrites is None)
+    if context.qat:
+        routes = learned_first(routes, context.qat)
     return routes
 
 
-def repaired(routes: list[Route], facts: TargetFacts, cfg: "LoadedConfig") -> list[Route]:
+def repaired(routes: list[Route], context: TargetContext, cfg: "LoadedConfig") -> list[Route]:
     """Right after each route whose check missed a tolerance (the history's records marked `repair`), that route
     with each repair recipe its quantizing step has and the target allows."""
 
-    missed = [Route.parse(r["route"]) for r in facts.history if r.get("repair")]
-    return add_repair_routes(routes, missed, facts.options, facts.config.repair, facts.model, cfg.root,
-                             facts.written)
+    missed = [Route.parse(r["route"]) for r in context.history if r.get("repair")]
+    return add_repair_routes(routes, missed, context.options, context.config.repair, context.model, cfg.root,
+                             context.written)

@@ -97,7 +97,7 @@ def plan(planner: Planner, request: PlanRequest, on_event: "Callable[[Event], No
     if request.analysis is not Analysis.NONE and coverage.enabled() \
             and (the_plan.work or request.analysis is Analysis.ALL):
         every = request.analysis is Analysis.ALL  # else only the targets a build has work for
-        wanted = [(the_plan.dag.facts[t].config.model, the_plan.dag.candidates.get(t, []), the_plan.dag.facts[t].options)
+        wanted = [(the_plan.dag.contexts[t].config.model, the_plan.dag.candidates.get(t, []), the_plan.dag.contexts[t].options)
                   for t in the_plan.targets if every or not _fresh(the_plan, CheckKind.node_name(t))]
         models_, tables = coverage.missing(the_plan.coverage or coverage.Coverage(), wanted, every_model=every)
         if models_ or tables:  # what a route's converter lacks orders the routes before any runs
