@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from buildsys.planning.coverage_probe import TABLES, VERSION
+from buildsys.formats.registry import op_tables
+from buildsys.planning.coverage_probe import VERSION
 from buildsys.planning.ordering import route_tables
 from buildsys.records import Event
 from buildsys.storage import keys
@@ -104,7 +105,7 @@ def _model_key(planner: "Planner", model: str) -> str | None:
 
 def _table_key(name: str) -> str:
 
-    return digest_json([VERSION, name, keys.toolchain(list(TABLES[name][0]))])
+    return digest_json([VERSION, name, keys.toolchain(list(op_tables()[name].packages))])
 
 
 def _project(planner: "Planner") -> tuple[list[str], list[str]]:

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 def describe(plan: "Plan") -> dict[str, Any]:
     """What `plan` shows of coverage: each model's ops (or why not analysed) and, per target, each step on its
     candidate routes: the ops its table lacks and the rewrites that remove them, or why it is unknown."""
+    from buildsys.formats.registry import op_tables
     from buildsys.planning.coverage import Coverage
-    from buildsys.planning.coverage_probe import TABLES
     from buildsys.planning.ordering import step_accepts
     from buildsys.rewrites import removing
 
@@ -47,7 +47,7 @@ def describe(plan: "Plan") -> dict[str, Any]:
                                                      cov.tables else f"the model gave no '{accepts[1]}' inventory")
                     found[step.name] = {"table": table, "unknown": why}
                 else:
-                    found[step.name] = {"table": table, "registry": TABLES[table][2], "lacks": lacking,
+                    found[step.name] = {"table": table, "registry": op_tables()[table].description, "lacks": lacking,
                                         "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking}}
                 portable = cov.lacks(model, step.delegates_ops) if step.delegates_ops else None
                 if step.delegates_ops and portable is not None:  # information: which ops the backend may take

@@ -42,19 +42,17 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import ModelbuildError
+from buildsys.errors import ModelbuildError, install_command
 
 if TYPE_CHECKING:
+    from buildsys.planning.planner import Planner
     from buildsys.records import WorkerReply
     from buildsys.running.pool import Executor, Job
-    from buildsys.planning.planner import Planner
     from buildsys.storage.remote import Remote
 
 ENV_SCHEDULER = "MODELBUILD_SCHEDULER"
 ENV_RETRIES = "MODELBUILD_DASK_RETRIES"
 EXECUTORS = ("local", "dask")
-#: Toolchains whose steps need a GPU worker besides their toolchain resource.
-GPU_TOOLCHAINS = frozenset({"tensorrt"})
 _LOG_TAIL = 1 << 20  # bytes of a step's log sent back from the worker
 
 
@@ -79,7 +77,10 @@ def make_executor(kind: str, scheduler: str | None, log_dir: Path, jobs: int, pl
 
 def resources_for(toolchain: str) -> list[str]:
     """The Dask resources a step of `toolchain` asks for (when the cluster declares them)."""
-    return [f"toolchain-{toolchain}"] + (["gpu"] if toolchain in GPU_TOOLCHAINS else [])
+    from buildsys.formats import steps
+
+    gpu = any(s.gpu for s in steps().values() if s.toolchain == toolchain)  # declared by the steps (Step.gpu)
+    return [f"toolchain-{toolchain}"] + (["gpu"] if gpu else [])
 
 
 class DaskExecutor:
@@ -100,7 +101,7 @@ class DaskExecutor:
         try:
             from distributed import Client
         except ImportError:
-            raise ExecutorError("--executor dask needs dask.distributed", hint="pip install 'modelbuild[dask]'") from None
+            raise ExecutorError("--executor dask needs dask.distributed", hint=install_command("dask")) from None
         try:
             self.client = Client(address, timeout=15, set_as_default=False)
         except (OSError, TimeoutError) as exc:

@@ -68,7 +68,7 @@ class WorkerProcess:
         self.toolchain = toolchain
         self._stderr = open(stderr_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUILD_PARENT_PID": str(os.getpid()),
-               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # its import blocks (worker.UNUSED_IMPORTS); ps, benchmarks
+               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # its import blocks (worker.unused_imports); ps, benchmarks
         self.proc = subprocess.Popen([sys.executable, "-m", "buildsys.running.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.name = f"pid:{self.proc.pid}"  # in the build record's `built` entries

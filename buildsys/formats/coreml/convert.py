@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from buildsys.formats import register, register_formats, register_variants
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
+from buildsys.formats.base import Format, OpTable, StepContext, StepOptions
+from buildsys.formats.coreml.options import (
+    SPEC_VERSION,
+    CoremlInt8Options,
+    CoremlOptions,
+    first_target,
+)
 from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
+from buildsys.formats.registry import register_op_table
 from buildsys.formats.torch.torchscript import load_input
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ class CoremlFromTorchScript(PruningStep):
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
+    unused_imports = ("tensorflow",)
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
@@ -204,8 +211,13 @@ class CoremlFromTorchScript(PruningStep):
         return [ct.TensorType(name=o.name, dtype=np.dtype(opts.io_dtype).type) for o in ctx.model.outputs]
 
     def _compress(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> Any:
-        from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
-                                                 linear_quantize_weights, palettize_weights)
+        from coremltools.optimize.coreml import (
+            OpLinearQuantizerConfig,
+            OpPalettizerConfig,
+            OptimizationConfig,
+            linear_quantize_weights,
+            palettize_weights,
+        )
 
         opts = ctx.options
         mode = opts.weight_compression
@@ -227,7 +239,11 @@ class CoremlFromTorchScript(PruningStep):
 
     def _prune(self, ctx: StepContext[CoremlOptions], mlmodel: Any, sparsity: float) -> Any:
         """Magnitude pruning of every weight with at least weight_threshold elements, stored sparse."""
-        from coremltools.optimize.coreml import OpMagnitudePrunerConfig, OptimizationConfig, prune_weights
+        from coremltools.optimize.coreml import (
+            OpMagnitudePrunerConfig,
+            OptimizationConfig,
+            prune_weights,
+        )
 
         config = OptimizationConfig(global_config=OpMagnitudePrunerConfig(
             target_sparsity=sparsity, weight_threshold=ctx.options.weight_threshold))
@@ -314,7 +330,9 @@ def _per_channel_prelu() -> Iterator[None]:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+    )
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     original = table.get("prelu")
@@ -392,3 +410,16 @@ def make_reproducible(package: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+def torch_frontend_ops() -> list[str]:
+    """The ATen op names coremltools' torch frontend converts (its TorchScript and torch.export frontends look them up)."""
+    from coremltools.converters.mil.frontend.torch.ops import _TORCH_OPS_REGISTRY
+
+    return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
+
+
+
+
+register_op_table(OpTable("coremltools", ("coremltools", "torch"), f"{__name__}:torch_frontend_ops",
+                           "coremltools' torch frontend registry"))
