@@ -16,6 +16,7 @@ import click
 from buildsys.cli.release import signing_options
 from buildsys.errors import BuildFailed, ModelbuildError
 from buildsys.planning.project import DEFAULT_CONFIG, open_project
+from buildsys.status import Verdict
 
 
 class Cli(click.Group):
@@ -90,22 +91,16 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
          ops: bool) -> None:
     """Show every node, fresh or stale, and why. Reads only; takes no lock."""
     from buildsys.cli import noop
+    from buildsys.planning.plan import PlanRequest
+    from buildsys.planning.plan import plan as make
     from buildsys.report import console as report
-    from buildsys.planning.plan import make_plan
+    from buildsys.status import Analysis
 
     recorder = noop.Recorder("plan", config, targets, eligible=not (as_json or force or ops))
     project = open_project(config)
+    request = PlanRequest(targets or None, force=force, analysis=Analysis.ALL if ops else Analysis.NONE)
     with recorder.watch(project.planner):
-        if ops:  # a model missing calibration data is analysed first when only its graph can say it is QAT
-            from buildsys.planning.settle import knowing_qat
-
-            the_plan = knowing_qat(project.planner, list(targets) or None, analyse=True, force=force)
-        else:
-            the_plan = make_plan(project.planner, list(targets) or None, force=force)
-    if ops:
-        from buildsys.planning.settle import analysed
-
-        the_plan = analysed(project.planner, the_plan, list(targets), stale_only=False, force=force)
+        the_plan = make(project.planner, request)
     project.planner.stat.save()
     if as_json:
         click.echo(report.dumps(report.plan_json(the_plan)))
@@ -133,11 +128,12 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
     from buildsys.running.progress import Lazy, progress_for
 
     project = api.Project(config, serving=serving, strict=strict)
-    if dry_run:
-        from buildsys.planning.plan import make_plan
-
-        report.print_plan(make_plan(project._opened.planner, list(targets) or None, force=force,
-                                    force_kinds=force_kinds, bench=bench))
+    if dry_run:  # the plan the build would carry out first, routes ordered as the build orders them
+        the_plan = project.dry_run(list(targets) or None, force=force, _force_kinds=force_kinds, _bench=bench)
+        if as_json:
+            click.echo(report.dumps(report.plan_json(the_plan)))
+        else:
+            report.print_plan(the_plan)
         return None
     view = Lazy(lambda: progress_for(report.console(), as_json=as_json, verbosity=verbosity))
     try:
@@ -173,7 +169,7 @@ def _one_line(value: Any) -> str:
 
 
 def _as_build_result(report: Any) -> Any:
-    from buildsys.running.results import BuildResult
+    from buildsys.records import BuildResult
 
     return BuildResult(report.nodes)
 
@@ -330,21 +326,17 @@ def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, time
         return _verify_bundle(Path(args[1]), jobs, timeout, cli_release.trust_source(config, signing))
     if len(args) != 1:
         raise click.UsageError("usage: modelbuild bundle NAME")
+    from buildsys import api
     from buildsys.release import bundle as bundles
-    from buildsys.storage.lock import Lock
-    from buildsys.planning.plan import make_plan
-    from buildsys.release import pack
 
-    project = open_project(config)
-    spec = bundles.resolve(project.config, args[0])
-    key = cli_release.signing_key_for(project.config, args[0], signing)  # every key problem before any build
+    project = api.Project(config)
+    spec = bundles.resolve(project._opened.config, args[0])
+    key = cli_release.signing_key_for(project._opened.config, args[0], signing)  # every key problem before any build
     _build(config, tuple(spec.targets), jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout)
-    planner = project.planner
-    lock = Lock.read(planner.lock.path)
-    dag = make_plan(planner, spec.targets).dag
-    packed = pack.make(planner, lock, dag, args[0], planner.artifacts / "bundles", key)
+    packed = project.pack(args[0], key=key, sign=key is not None, build=False)
     path = packed.path
-    click.echo(f"bundle {args[0]}: {planner.display(path)} ({path.stat().st_size / 1e3:.1f} KB, {len(spec.targets)} target(s))")
+    click.echo(f"bundle {args[0]}: {project._opened.planner.display(path)} ({path.stat().st_size / 1e3:.1f} KB, "
+               f"{len(spec.targets)} target(s))")
     cli_release.show_packed(packed)
 
 
@@ -353,11 +345,11 @@ def _verify_bundle(path: Path, jobs: int, timeout: float | None, trust: Any = No
     from buildsys import api
 
     def show(check: api.BundleCheck) -> None:
-        if check.status == "passed":
+        if check.status is Verdict.PASSED:
             click.secho(f"  passed   {check.target} ({check.format}, {check.samples} samples)", fg="green")
         else:
             click.secho(f"  {check.status:<8} {check.target}: {check.detail}",
-                        fg="red" if check.status == "failed" else "yellow")
+                        fg="red" if check.status is Verdict.FAILED else "yellow")
 
     from buildsys.cli.release import show_trust
 

@@ -21,7 +21,8 @@ DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint
 
 #: The repair recipes of every quantizing step (`Step.repairs`; a test keeps the two in step): the names a
 #: target's `repair:` list may use (docs/repair.md).
-REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "mixed", "dynamic", "weight-only")
+REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "8-bit-weights", "mixed", "dynamic",
+                  "weight-only")
 
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, values are immutable after loading."""

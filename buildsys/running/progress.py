@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from buildsys.running.results import Event
+from buildsys.records import Event
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _STYLE = {"built": "green", "cached": "cyan", "restored": "cyan", "remote": "cyan", "cutoff": "dim", "fresh": "dim",

@@ -64,18 +64,17 @@ def located(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
     return {**reply, "error": with_sites(reply["error"], sites), "refused": [s.as_dict() for s in sites]}
 
 
-#: Packages a toolchain's worker treats as not installed, because a package it uses imports them only
-#: to probe for them. coremltools' `_deps` imports TensorFlow (about 11 s here) to learn whether it can
-#: convert TensorFlow models; modelbuild converts to Core ML from PyTorch only, and coremltools
-#: without TensorFlow installed is a configuration it supports (its converters check `_HAS_TF`).
-#: Measured with benchmarks/cold_build.py's import probe: docs/performance.md, "Cold build".
-UNUSED_IMPORTS: dict[str, tuple[str, ...]] = {"coreml": ("tensorflow",)}
+def unused_imports(toolchain: str) -> list[str]:
+    """The packages `toolchain`'s worker treats as not installed: what its steps declare (`Step.unused_imports`)."""
+    from buildsys.formats import steps
+
+    return sorted({name for s in steps().values() if s.toolchain == toolchain for name in s.unused_imports})
 
 
 def block_unused_imports(toolchain: str) -> None:
     """Make the packages `toolchain`'s worker never needs unimportable in this process: `import`
     raises ImportError for a name whose sys.modules entry is None (the import system's own rule)."""
-    for name in UNUSED_IMPORTS.get(toolchain, ()):
+    for name in unused_imports(toolchain):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable", by design
 
 

@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from buildsys.formats import register, register_formats, register_variants
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
+from buildsys.formats.base import Format, OpTable, StepContext, StepOptions
+from buildsys.formats.coreml.options import (
+    SPEC_VERSION,
+    CoremlInt8Options,
+    CoremlOptions,
+    first_target,
+)
+from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
+from buildsys.formats.registry import register_op_table
 from buildsys.formats.torch.torchscript import load_input
 
 if TYPE_CHECKING:
@@ -45,9 +52,29 @@ class CoremlFromTorchScript(PruningStep):
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
+    unused_imports = ("tensorflow",)
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "precision", None) == "fp16":  # accuracy repair of float16 compute (docs/repair.md)
+            cls.repairs = {"keep-float": {"keep_float": "sensitive"}}
+
+    # What keep_float 'sensitive' kept in float32 and what `sparsity: auto` tried: facts of this output.
+    committed_metrics = ("sparsity_search", "repair")
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        searching = ("calibration",) if getattr(options, "keep_float", ()) == "sensitive" else ()
+        return (*super().data_used(options), *searching)
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.planning.repair import describe
+
+        return [*super().describe_facts(facts), *describe(facts.get("repair"))]
 
     @property
     def compute(self) -> str:
@@ -59,6 +86,11 @@ class CoremlFromTorchScript(PruningStep):
         opts = options
         target = opts.minimum_deployment_target
         spec = SPEC_VERSION[target]
+        if opts.keep_float and cls.precision == "fp32":
+            return "keep_float keeps operations in float32 out of float16 compute: coreml (fp32) computes in float32 already"
+        if opts.keep_float == "sensitive" and model.data.calibration is None:
+            return ("keep_float 'sensitive' needs calibration data: add data.calibration to the model "
+                    "(an .npz of representative inputs)")
         need = []
         if opts.weight_compression != "none":
             need.append((7, f"weight_compression: {opts.weight_compression}"))
@@ -95,16 +127,17 @@ class CoremlFromTorchScript(PruningStep):
         opts = ctx.options
         module = self._load(ctx)
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
-        try:
-            with _per_channel_prelu():
-                mlmodel = ct.convert(
-                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
-                    compute_precision=precision,
-                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
-                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
-                )
-        except Exception as exc:
-            raise self.fail(ctx, conversion_failure(exc)) from exc
+        repair: dict[str, Any] = {}
+        if opts.keep_float == "sensitive":
+            from buildsys.formats.coreml.fp16_search import search as keep_float_search
+
+            mlmodel, repair = keep_float_search(self, ctx, module)
+        elif opts.keep_float:
+            kept = set(opts.keep_float)
+            mlmodel = self._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in kept))
+            repair = {"repair": pinned(opts.keep_float, "fp16")}
+        else:
+            mlmodel = self._convert(ctx, module, precision)
         search: dict[str, Any] = {}
         if opts.sparsity == "auto":
             self._describe(ctx, mlmodel)
@@ -121,10 +154,26 @@ class CoremlFromTorchScript(PruningStep):
         pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
         if search:
             pruned["sparsity_search"] = search
-        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
+        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned, **repair,
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
+
+    def _convert(self, ctx: StepContext[CoremlOptions], module: Any, precision: Any) -> Any:
+        """The ML Program of `module` at `precision` (a ct.precision, or an FP16ComputePrecision with its selector)."""
+        import coremltools as ct
+
+        opts = ctx.options
+        try:
+            with _per_channel_prelu():
+                return ct.convert(
+                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
+                    compute_precision=precision,
+                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
+                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
+                )
+        except Exception as exc:
+            raise self.fail(ctx, conversion_failure(exc)) from exc
 
     def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
         """What coremltools converts: the traced module (the torch.export route overrides this)."""
@@ -162,8 +211,13 @@ class CoremlFromTorchScript(PruningStep):
         return [ct.TensorType(name=o.name, dtype=np.dtype(opts.io_dtype).type) for o in ctx.model.outputs]
 
     def _compress(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> Any:
-        from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
-                                                 linear_quantize_weights, palettize_weights)
+        from coremltools.optimize.coreml import (
+            OpLinearQuantizerConfig,
+            OpPalettizerConfig,
+            OptimizationConfig,
+            linear_quantize_weights,
+            palettize_weights,
+        )
 
         opts = ctx.options
         mode = opts.weight_compression
@@ -185,7 +239,11 @@ class CoremlFromTorchScript(PruningStep):
 
     def _prune(self, ctx: StepContext[CoremlOptions], mlmodel: Any, sparsity: float) -> Any:
         """Magnitude pruning of every weight with at least weight_threshold elements, stored sparse."""
-        from coremltools.optimize.coreml import OpMagnitudePrunerConfig, OptimizationConfig, prune_weights
+        from coremltools.optimize.coreml import (
+            OpMagnitudePrunerConfig,
+            OptimizationConfig,
+            prune_weights,
+        )
 
         config = OptimizationConfig(global_config=OpMagnitudePrunerConfig(
             target_sparsity=sparsity, weight_threshold=ctx.options.weight_threshold))
@@ -272,7 +330,9 @@ def _per_channel_prelu() -> Iterator[None]:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+    )
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     original = table.get("prelu")
@@ -350,3 +410,16 @@ def make_reproducible(package: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+def torch_frontend_ops() -> list[str]:
+    """The ATen op names coremltools' torch frontend converts (its TorchScript and torch.export frontends look them up)."""
+    from coremltools.converters.mil.frontend.torch.ops import _TORCH_OPS_REGISTRY
+
+    return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
+
+
+
+
+register_op_table(OpTable("coremltools", ("coremltools", "torch"), f"{__name__}:torch_frontend_ops",
+                           "coremltools' torch frontend registry"))

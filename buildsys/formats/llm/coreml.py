@@ -83,6 +83,7 @@ class _LlmCoremlFromPyTorch(Step):
     packages = ("torch", "transformers", "coremltools")
     extra = "coreml"
     toolchain = "coreml"
+    unused_imports = ("tensorflow",)
     Options = StepOptions
     description = ("decoder.py's stateful_cache_decoder (caches as buffers written in place), torch.jit.trace, "
                    "coremltools.convert(states=[StateType k_cache, v_cache], minimum_deployment_target=iOS18).")

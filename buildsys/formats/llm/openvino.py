@@ -16,7 +16,6 @@ from the stateless runtimes.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -25,11 +24,28 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from buildsys.errors import StepError
-from buildsys.formats import register, register_formats, register_runtime, register_variants
+from buildsys.formats import (
+    register,
+    register_formats,
+    register_runtime,
+    register_variants,
+)
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import INPUTS, OUTPUTS, SPEC_FILE, TOKENIZER_DIR, CacheSpec
+from buildsys.formats.llm.contract import (
+    INPUTS,
+    OUTPUTS,
+    SPEC_FILE,
+    TOKENIZER_DIR,
+    CacheSpec,
+)
 from buildsys.formats.llm.generate import GenerationSession
-from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, cpu_config, telemetry_off
+from buildsys.formats.openvino.ir import (
+    BIN,
+    VOLATILE_RT_INFO,
+    XML,
+    cpu_config,
+    telemetry_off,
+)
 from buildsys.formats.runtime import Runtime, Session
 
 if TYPE_CHECKING:
@@ -272,10 +288,7 @@ class LlmOpenVinoRuntime(Runtime):
     name = "llm-openvino"
     packages = ("openvino",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed (pip install -c constraints.txt 'modelbuild[openvino]')"
-        return None
+    requires, extra = ("openvino",), "openvino"
 
     def preimport(self) -> None:
         with telemetry_off():

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.serving.repository import CONFIG, INVALID, TRITON_TYPES, Layout, locate
+from buildsys.formats.serving.repository import (
+    CONFIG,
+    INVALID,
+    TRITON_TYPES,
+    Layout,
+    locate,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,12 +92,7 @@ class TritonLayout(Runtime):
     name = "triton-layout"
     packages = ("onnxruntime", "torch", "tritonclient", "protobuf")
 
-    def unavailable(self) -> str | None:
-        from buildsys.formats.torch.loading import torch_unavailable
-
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"
-        return torch_unavailable()
+    requires = ("onnxruntime", "torch")
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from buildsys.formats import get_runtime
@@ -133,7 +134,11 @@ def _missing_side_files(model_file: Path) -> list[str]:
     if importlib.util.find_spec("onnx") is None:
         return []
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        uses_external_data,
+    )
 
     try:
         proto = onnx.load(str(model_file), load_external_data=False)

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.serving.repository import CONFIG, Layout, find_model_dir, read_config
+from buildsys.formats.serving.repository import (
+    CONFIG,
+    Layout,
+    find_model_dir,
+    read_config,
+)
 from buildsys.formats.serving.triton_layout import TritonSession
 from buildsys.formats.tensorrt.profiles import PLAN
 from buildsys.formats.tensorrt.runtime import tensorrt_unavailable
@@ -51,7 +56,7 @@ class TritonTensorrtLayout(Runtime):
     name = "triton-tensorrt-layout"
     packages = ("tensorrt", "cuda-python", "tritonclient", "protobuf")
 
-    def unavailable(self) -> str | None:
+    def _unavailable(self) -> str | None:
         return tensorrt_unavailable()
 
     def out_of_reach(self) -> str | None:
