@@ -158,12 +158,12 @@ def test_the_step_memory_option_is_checked(tiny: TinyProject) -> None:
 
 
 def test_budgets_scale_with_the_weights_and_yield_to_limits_and_timeout(tiny: TinyProject) -> None:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     tiny.edit("  server:\n    model: tiny\n", "  server:\n    model: tiny\n    limits: {time: 20 min, memory: 3 GB}\n")
     planner = open_project(tiny.config).planner
-    plan = make_plan(planner)
+    plan = make_plan(planner, PlanRequest())
     budgets, weights = Budgets(planner, plan), (tiny.root / "tiny.pt").stat().st_size
     ts = budgets.for_node(plan.dag.nodes[plan.dag.target_nodes["ts"]])
     assert ts.seconds == pytest.approx(BASE_SECONDS + 600 * weights / 1e9) and ts.memory is None

@@ -185,7 +185,8 @@ def _worker_memory(value: str | None, env: str = "") -> None:
     the environment `env`)."""
     if value is None:
         return
-    from buildsys.running.pool import MEMORY_ENV, parse_memory
+    from buildsys.running.limits import parse_memory
+    from buildsys.running.pool import MEMORY_ENV
 
     try:
         if parse_memory(value, 1 << 30) <= 0:

@@ -13,12 +13,7 @@ from typing import Any
 
 from buildsys.config import data
 from buildsys.config.data import GENERATION, TOKENIZER
-from buildsys.config.inputs import (
-    data_files,
-    factory_distributions,
-    generation_files,
-    source_files,
-)
+from buildsys.config.inputs import data_files, factory_distributions, generation_files, source_files
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError
 from buildsys.formats import get_step

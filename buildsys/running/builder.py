@@ -19,16 +19,28 @@ from typing import Any, Callable
 
 from buildsys.formats import get_format, get_step
 from buildsys.formats.base import delivered
-from buildsys.planning.node import Node
 from buildsys.planning.kinds import kind_of
+from buildsys.planning.node import Node
 from buildsys.planning.plan import Plan
 from buildsys.planning.planner import NodePlan, Planner
 from buildsys.planning.record import Delivery, LockWriter
-from buildsys.records import FileRow, WorkerReply, worker_request
+from buildsys.records import (
+    BUILT,
+    CACHED,
+    CUTOFF,
+    FAILED,
+    FRESH,
+    RESTORED,
+    SKIPPED,
+    BuildResult,
+    FileRow,
+    NodeResult,
+    WorkerReply,
+    built_by,
+    worker_request,
+)
 from buildsys.running.limits import Budgets
 from buildsys.running.pool import Executor, Job
-from buildsys.records import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult,
-                                      built_by)
 from buildsys.status import Action as PlanAction
 from buildsys.storage.store import CorruptBlob
 

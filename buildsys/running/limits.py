@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from buildsys.planning.expand import Dag, Node
-    from buildsys.planning.plan import Plan, Planner
+    from buildsys.planning.expand import Dag
+    from buildsys.planning.node import Node
+    from buildsys.planning.plan import Plan
+    from buildsys.planning.planner import Planner
 
 #: A step's wall time with no weights at all: a fresh worker's imports (2–25 s) plus a small model's
 #: conversion, many times over on a loaded machine.
@@ -112,7 +114,6 @@ def step_ceiling(setting: str | None = None) -> int:
     """Each worker's memory ceiling in bytes: `setting` or MODELBUILD_STEP_MEMORY ('8G', '512M', '40%' of the
     host's memory), default half of it; a share never below `MIN_CEILING`. ConfigError for a malformed size."""
     from buildsys.errors import ConfigError
-    from buildsys.running.pool import parse_memory
 
     text = setting or os.environ.get(MEMORY_ENV) or DEFAULT_MEMORY_SHARE
     try:
@@ -192,3 +193,14 @@ def _targets_of(dag: "Dag", name: str) -> list[str]:
                 seen.add(consumer)
                 todo.append(consumer)
     return sorted(targets)
+
+
+def parse_memory(text: str, available: int) -> int:
+    """'50%' (of available RAM), '6G', '512M', '800K' or bytes → bytes."""
+    text = text.strip().upper().removesuffix("B")
+    if text.endswith("%"):
+        return int(available * float(text[:-1]) / 100)
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text))

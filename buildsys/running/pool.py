@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys.records import FileRow, WorkerReply, WorkerRequest
-from buildsys.running.limits import StepBudget, step_ceiling
+from buildsys.running.limits import StepBudget, parse_memory, step_ceiling
 from buildsys.running.watchdog import Watchdog, tree_rss
 
 #: The time budget of a job that was given none (running/limits.py scales each node's to its model).
@@ -250,17 +250,6 @@ class LocalExecutor:
             for w in self._idle:
                 w.close()
             self._idle.clear()
-
-
-def parse_memory(text: str, available: int) -> int:
-    """'50%' (of available RAM), '6G', '512M', '800K' or bytes → bytes."""
-    text = text.strip().upper().removesuffix("B")
-    if text.endswith("%"):
-        return int(available * float(text[:-1]) / 100)
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(float(text))
 
 
 def available_memory() -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 from buildsys.localise.sites import short_path, stdlib_file
 
 #: The line the watchdog writes into the node's log just before it asks the worker for its stack.

@@ -17,8 +17,8 @@ from buildsys.formats.keep_float import Candidates, Judge, default_goal
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
-    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
 
 #: convert(selector): the module converted with float16 compute where `selector(op)` is true.
 Convert = Callable[[Callable[[Any], bool]], Any]

@@ -104,10 +104,11 @@ class Evaluation:
 
 def implementations() -> dict[str, OpImpl]:
     """Every implemented op type (importing the op modules registers them)."""
-    from buildsys.formats.coreml import (mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce,
-                                        mil_ops_state, mil_ops_tensor)
+    import importlib
 
-    del mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce, mil_ops_state, mil_ops_tensor
+    for module in ("mil_ops", "mil_ops_compressed", "mil_ops_nn", "mil_ops_recurrent", "mil_ops_reduce", "mil_ops_state",
+                   "mil_ops_tensor"):
+        importlib.import_module(f"buildsys.formats.coreml.{module}")
     return table()
 
 

@@ -49,7 +49,9 @@ def _scalar_casts() -> Iterator[None]:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+    )
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     originals = {name: table.get(name) for name in ("int", "bool")}
@@ -96,8 +98,15 @@ class _LlmCoremlFromPyTorch(Step):
         import numpy as np
         import torch
 
-        from buildsys.formats.coreml.convert import conversion_failure, make_reproducible
-        from buildsys.formats.llm.decoder import cache_spec, load_lm, stateful_cache_decoder
+        from buildsys.formats.coreml.frontend import (
+            conversion_failure,
+            make_reproducible,
+        )
+        from buildsys.formats.llm.decoder import (
+            cache_spec,
+            load_lm,
+            stateful_cache_decoder,
+        )
 
         gen = ctx.model.generation
         assert gen is not None  # the format's task: planning refuses other models

@@ -24,28 +24,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from buildsys.errors import StepError
-from buildsys.formats import (
-    register,
-    register_formats,
-    register_runtime,
-    register_variants,
-)
+from buildsys.formats import register, register_formats, register_runtime, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import (
-    INPUTS,
-    OUTPUTS,
-    SPEC_FILE,
-    TOKENIZER_DIR,
-    CacheSpec,
-)
+from buildsys.formats.llm.contract import INPUTS, OUTPUTS, SPEC_FILE, TOKENIZER_DIR, CacheSpec
 from buildsys.formats.llm.generate import GenerationSession
-from buildsys.formats.openvino.ir import (
-    BIN,
-    VOLATILE_RT_INFO,
-    XML,
-    cpu_config,
-    telemetry_off,
-)
+from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, cpu_config, telemetry_off
 from buildsys.formats.runtime import Runtime, Session
 
 if TYPE_CHECKING:

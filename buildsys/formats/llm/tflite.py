@@ -29,13 +29,7 @@ from pydantic import Field
 from buildsys.errors import StepError
 from buildsys.formats import register, register_formats, register_runtime
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import (
-    INPUTS,
-    OUTPUTS,
-    SPEC_FILE,
-    CacheSpec,
-    ship_tokenizer,
-)
+from buildsys.formats.llm.contract import INPUTS, OUTPUTS, SPEC_FILE, CacheSpec, ship_tokenizer
 from buildsys.formats.llm.generate import GenerationSession
 from buildsys.formats.runtime import Runtime, Session
 
@@ -148,12 +142,7 @@ class _LlmTfliteFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.llm.decoder import (
-            cache_spec,
-            example_inputs,
-            load_lm,
-            static_cache_decoder,
-        )
+        from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
 
         try:
             import litert_torch

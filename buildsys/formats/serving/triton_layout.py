@@ -15,13 +15,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.serving.repository import (
-    CONFIG,
-    INVALID,
-    TRITON_TYPES,
-    Layout,
-    locate,
-)
+from buildsys.formats.serving.repository import CONFIG, INVALID, TRITON_TYPES, Layout, locate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,11 +128,7 @@ def _missing_side_files(model_file: Path) -> list[str]:
     if importlib.util.find_spec("onnx") is None:
         return []
     import onnx
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        uses_external_data,
-    )
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     try:
         proto = onnx.load(str(model_file), load_external_data=False)

@@ -14,12 +14,7 @@ from typing import TYPE_CHECKING
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.serving.repository import (
-    CONFIG,
-    Layout,
-    find_model_dir,
-    read_config,
-)
+from buildsys.formats.serving.repository import CONFIG, Layout, find_model_dir, read_config
 from buildsys.formats.serving.triton_layout import TritonSession
 from buildsys.formats.tensorrt.profiles import PLAN
 from buildsys.formats.tensorrt.runtime import tensorrt_unavailable

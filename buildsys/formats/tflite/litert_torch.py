@@ -35,12 +35,7 @@ from buildsys.formats.base import OpTable, Step, StepContext, StepOptions
 from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
-from buildsys.formats.tflite.tflite import (
-    FLATBUFFER,
-    TfliteInt8FromSavedModel,
-    TfliteOptions,
-    tensor_dtypes,
-)
+from buildsys.formats.tflite.tflite import FLATBUFFER, TfliteInt8FromSavedModel, TfliteOptions, tensor_dtypes
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -171,10 +166,7 @@ class TfliteFromPt2(Step):
     def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
         """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
         import torch
-        from litert_torch.quantize.pt2e_quantizer import (
-            PT2EQuantizer,
-            get_symmetric_quantization_config,
-        )
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 

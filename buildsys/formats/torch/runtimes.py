@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
-from buildsys.formats.torch.loading import (
-    load_module,
-    outputs_in_order,
-)
+from buildsys.formats.torch.loading import load_module, outputs_in_order
 
 if TYPE_CHECKING:
     import numpy as np
