@@ -106,9 +106,8 @@ def implementations() -> dict[str, OpImpl]:
     """Every implemented op type (importing the op modules registers them)."""
     import importlib
 
-    for module in ("mil_ops", "mil_ops_compressed", "mil_ops_nn", "mil_ops_recurrent", "mil_ops_reduce", "mil_ops_state",
-                   "mil_ops_tensor"):
-        importlib.import_module(f"buildsys.formats.coreml.{module}")
+    for part in ("", "_compressed", "_nn", "_recurrent", "_reduce", "_state", "_tensor"):
+        importlib.import_module(f"buildsys.formats.coreml.mil_ops{part}")
     return table()
 
 
