@@ -39,7 +39,7 @@ bundles:
 
 
 def test_group_size_without_8da4w_is_refused_at_plan_time(tmp_path: Path) -> None:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     (tmp_path / "lm.py").write_text("def load():\n    pass\n")
@@ -59,7 +59,7 @@ def test_group_size_without_8da4w_is_refused_at_plan_time(tmp_path: Path) -> Non
     (tmp_path / "p.txt").write_text("the cat\n")
     (tmp_path / "tok.json").write_text("{}")
     with pytest.raises(ConfigError, match="group_size applies to scheme 8da4w only"):
-        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner)
+        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner, PlanRequest())
 
 
 @pytest.fixture(scope="module")

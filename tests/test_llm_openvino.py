@@ -57,7 +57,7 @@ def test_intel_platform_gives_a_text_generation_model_the_stateful_int8_ir(tmp_p
 
 
 def test_the_route_goes_through_the_onnx_export(tmp_path: Path) -> None:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     (tmp_path / "lm.py").write_text("def load():\n    raise RuntimeError('never called by plan')\n")
@@ -73,7 +73,7 @@ def test_the_route_goes_through_the_onnx_export(tmp_path: Path) -> None:
           a: {model: lm, format: llm-openvino, precision: int4}
           b: {model: lm, format: llm-openvino, precision: fp16}
     """))
-    nodes = make_plan(open_project(str(tmp_path / "deploy.yaml")).planner).nodes
+    nodes = make_plan(open_project(str(tmp_path / "deploy.yaml")).planner, PlanRequest()).nodes
     assert {"lm/llm-onnx", "lm/llm-openvino", "lm/llm-openvino-int4", "lm/llm-openvino-fp16"} <= set(nodes)
     # NNCF computes compressed weights with the CPU plugin's kernels: bound to the platform; a conversion is not
     from buildsys.formats import get_step

@@ -251,6 +251,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                                           with_recurrent_cells_decomposed)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
         from buildsys.formats.executorch.weights import measure
+        from buildsys.formats.keep_float import pinned
 
         from buildsys.formats.torch.qat import fold_weights, is_quantized_program
 
@@ -282,7 +283,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
             except Exception as exc:
                 raise self.fail(ctx, f"keep_float 'sensitive': the search failed: {_first_line(exc)}") from exc
         elif opts.keep_float:
-            repair = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+            repair = pinned(opts.keep_float, "int8")
         kept = repair["kept_float"] if repair else []
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).

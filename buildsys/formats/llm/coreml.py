@@ -49,7 +49,9 @@ def _scalar_casts() -> Iterator[None]:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+    )
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     originals = {name: table.get(name) for name in ("int", "bool")}
@@ -83,6 +85,7 @@ class _LlmCoremlFromPyTorch(Step):
     packages = ("torch", "transformers", "coremltools")
     extra = "coreml"
     toolchain = "coreml"
+    unused_imports = ("tensorflow",)
     Options = StepOptions
     description = ("decoder.py's stateful_cache_decoder (caches as buffers written in place), torch.jit.trace, "
                    "coremltools.convert(states=[StateType k_cache, v_cache], minimum_deployment_target=iOS18).")
@@ -95,8 +98,15 @@ class _LlmCoremlFromPyTorch(Step):
         import numpy as np
         import torch
 
-        from buildsys.formats.coreml.convert import conversion_failure, make_reproducible
-        from buildsys.formats.llm.decoder import cache_spec, load_lm, stateful_cache_decoder
+        from buildsys.formats.coreml.frontend import (
+            conversion_failure,
+            make_reproducible,
+        )
+        from buildsys.formats.llm.decoder import (
+            cache_spec,
+            load_lm,
+            stateful_cache_decoder,
+        )
 
         gen = ctx.model.generation
         assert gen is not None  # the format's task: planning refuses other models

@@ -13,7 +13,6 @@ other ids than the ones measured (a finding that fails the check).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -105,10 +104,7 @@ class GenaiRuntime(Runtime):
     name = "onnxruntime-genai"
     packages = ("onnxruntime-genai",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("onnxruntime_genai") is None:
-            return "onnxruntime-genai is not installed (pip install -c constraints.txt 'modelbuild[llm]')"
-        return None
+    requires, extra = ("onnxruntime_genai",), "llm"
 
     def preimport(self) -> None:
         import onnxruntime_genai  # noqa: F401

@@ -16,7 +16,6 @@ from the stateless runtimes.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -293,10 +292,7 @@ class LlmOpenVinoRuntime(Runtime):
     name = "llm-openvino"
     packages = ("openvino",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed (pip install -c constraints.txt 'modelbuild[openvino]')"
-        return None
+    requires, extra = ("openvino",), "openvino"
 
     def preimport(self) -> None:
         with telemetry_off():

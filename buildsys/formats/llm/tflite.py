@@ -95,12 +95,12 @@ def unlowered_ops(module: Any, args: tuple[Any, ...]) -> dict[str, list[str]]:
     Empty when every op has a lowering or the program cannot be made (the conversion error then stands alone)."""
     import torch
 
-    from buildsys.planning.coverage_probe import _litert_torch
+    from buildsys.formats.tflite.litert_torch import lowering_ops
 
     try:
         with torch.no_grad():
             program = torch.export.export(module, args, strict=False).run_decompositions()
-        known = set(_litert_torch())
+        known = set(lowering_ops())
     except Exception:
         return {}
     found: dict[str, set[str]] = {}
@@ -317,10 +317,7 @@ class LlmLiteRtRuntime(Runtime):
     name = "llm-litert"
     packages = ("ai-edge-litert",)
 
-    def unavailable(self) -> str | None:
-        from buildsys.formats.tflite.litert import litert_unavailable
-
-        return litert_unavailable()
+    requires, extra = ("ai_edge_litert",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from ai_edge_litert.interpreter import Interpreter

@@ -362,4 +362,3 @@ class OnnxFromOnnxFile(Step):
         else:
             shutil.copyfile(src, ctx.out_dir / ONNX.filename)
         return finish(self, ctx, ctx.out_dir / ONNX.filename, exact=True)
-

@@ -104,7 +104,8 @@ class OnnxInt8FromOnnx(Step):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from buildsys.formats.onnx.sensitivity import NoRecipe, search, split_timings
+        from buildsys.formats.keep_float import NoRecipe, pinned
+        from buildsys.formats.onnx.sensitivity import search
         from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
         from buildsys.formats.onnx.weights import measure
         from buildsys.formats.quantized_weights import kept_float
@@ -147,12 +148,11 @@ class OnnxInt8FromOnnx(Step):
 
             try:
                 if opts.keep_float == "sensitive":
-                    metrics["repair"] = search(self, ctx, quantize, model_in, quantized, Path(work) / "search")
-                    metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
+                    metrics.update(search(self, ctx, quantize, model_in, quantized, Path(work) / "search"))
                 else:
                     quantize(list(opts.keep_float), None, quantized)
                     if opts.keep_float:
-                        metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+                        metrics["repair"] = pinned(opts.keep_float, "int8")
             except ModelbuildError:
                 raise
             except NoRecipe as exc:
@@ -187,7 +187,7 @@ class OnnxInt8FromOnnx(Step):
         if opts.calibration_samples is not None:
             batch.inputs = {k: v[: opts.calibration_samples] for k, v in batch.inputs.items()}
         quantize_static(
-            str(model_in), str(out), _reader(batch, model_in),
+            str(model_in), str(out), calibration_reader(batch, model_in),
             quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[opts.quant_format],
             per_channel=opts.per_channel, reduce_range=reduce_range,
             weight_type=types[opts.weight_type],
@@ -365,8 +365,9 @@ def _without_initializer_shapes(path: Path, work: Path, private: bool) -> Path:
     return path
 
 
-def _reader(batch: "Batch", model_path: Path) -> Any:
-    """A CalibrationDataReader over the model's own calibration set (never downloaded data)."""
+def calibration_reader(batch: "Batch", model_path: Path) -> Any:
+    """A CalibrationDataReader over the model's own calibration set (never downloaded data), in chunks of 32,
+    or of 1 for a graph whose batch axis is fixed to 1 (TensorRT's QDQ step reads it too)."""
     import numpy as np
     import onnx
     from onnxruntime.quantization import CalibrationDataReader

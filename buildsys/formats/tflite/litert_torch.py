@@ -31,15 +31,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from buildsys.formats import register_variants
-from buildsys.formats.base import Step, StepContext, StepOptions
+from buildsys.formats.base import OpTable, Step, StepContext, StepOptions
+from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
-from buildsys.formats.tflite.tflite import (
-    FLATBUFFER,
-    TfliteInt8FromSavedModel,
-    TfliteOptions,
-    tensor_dtypes,
-)
+from buildsys.formats.tflite.tflite import FLATBUFFER, TfliteInt8FromSavedModel, TfliteOptions, tensor_dtypes
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -175,15 +171,12 @@ class TfliteFromPt2(Step):
     def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
         """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
         import torch
-        from litert_torch.quantize.pt2e_quantizer import (
-            PT2EQuantizer,
-            get_symmetric_quantization_config,
-        )
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from buildsys.formats.torch.qat import is_quantized_program
         from buildsys.formats.torch.loading import example_args
+        from buildsys.formats.torch.qat import is_quantized_program
 
         opts = ctx.options
         if is_quantized_program(module):
@@ -256,3 +249,17 @@ class TfliteFromPt2(Step):
             record["outputs"].append({"name": out.name, "key": k, "perm": list(range(rank)),
                                       "shape": [int(d) for d in outs[k]["shape"]]})
         return record
+
+
+def lowering_ops() -> list[str]:
+    """The ATen ops litert-torch has a lowering for."""
+    from litert_torch.backend.lowerings import registry
+
+    return sorted({op.__name__.split(".")[0] for op in registry.global_registry.registered_ops
+                   if getattr(op, "namespace", "") == "aten"})
+
+
+
+
+register_op_table(OpTable("litert-torch", ("litert-torch", "torch"), f"{__name__}:lowering_ops",
+                           "litert-torch's lowering registry"))

@@ -110,7 +110,8 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
         row.route = [str(f) for f in entry.get("route") or []]
         row.rewrites = [str(n) for n in entry.get("rewrites") or []]
-        row.repair = describe((artifact.get("facts") or {}).get("repair"))
+        p50 = (bench.get("artifact") or {}).get("p50_ms")
+        row.repair = describe((artifact.get("facts") or {}).get("repair"), p50 if isinstance(p50, (int, float)) else None)
         row.weights = weights_words(check.get("quantized_weights"))
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
