@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from buildsys.formats import register, register_formats
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import SPEC_FILE, ship_tokenizer
+from buildsys.formats.base import Format, StepContext, StepOptions
+from buildsys.formats.llm.export import LlmExportStep
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -37,21 +37,15 @@ LLM_PTE = register_formats(Format.variants("llm-executorch", {
 }, filename="model.pte", runtime="llm-executorch", task="text-generation"))
 
 
-class _LlmPteFromPyTorch(Step):
+class _LlmPteFromPyTorch(LlmExportStep):
     """Shared body: load the LM, export its static-cache decoder with one token, (quantize,) lower to XNNPACK."""
 
-    consumes = ("pytorch",)
     packages = ("torch", "transformers", "executorch", "torchao")
     extra = "executorch"
-    toolchain = "torch"
     version = 3  # 2: a program with an operator the runtime has no kernel for is refused here, naming it;
     # 3: linear layers in disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     description = "decoder.py's StaticCacheDecoder, torch.export with one token, to_edge_transform_and_lower(XNNPACK)."
     Options = StepOptions
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import torch
@@ -60,19 +54,16 @@ class _LlmPteFromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, kernel_refusal
         from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
-        from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
+        from buildsys.formats.llm.decoder import example_inputs, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
         reason = executorch_unavailable()
         if reason:
             raise self.fail(ctx, reason)
-        gen = ctx.model.generation
-        assert gen is not None  # the format's task: planning refuses other models
         from buildsys.formats.torch.linear import as_linear
 
-        lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
+        lm, spec, _ = self._decoder(ctx, tokens=1)
         ctx.extra["as_linear"] = as_linear(lm)  # GPT-2's Conv1D as nn.Linear: the quantizers' linears
-        spec = cache_spec(lm, gen.max_cache_len, 1)
         args = example_inputs(spec, 1)
         metrics = self._quantize_module(ctx, lm)
         try:
@@ -95,9 +86,7 @@ class _LlmPteFromPyTorch(Step):
         if refusal:
             raise self.fail(ctx, refusal)
         (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(lowered.buffer)
-        spec.write(ctx.out_dir)
-        shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
-        return {"bytes": len(lowered.buffer), "cache": list(spec.cache_shape), "spec": SPEC_FILE, "tokenizer": shipped,
+        return {"bytes": len(lowered.buffer), **self._ship(ctx, spec),
                 "xnnpack_delegates": sum(1 for d in plan.delegates if d.id == XNNPACK),
                 "portable_operators": sorted({op.name for op in plan.operators}), **metrics}
 
