@@ -95,8 +95,9 @@ def plan(planner: Planner, request: PlanRequest, on_event: "Callable[[Event], No
         coverage.analyse(planner, models, [], on_event=on_event)
         analysed |= set(models)
         the_plan = make_plan(planner, request)
-    if request.analysis is not Analysis.NONE and coverage.enabled() \
-            and (the_plan.work or request.analysis is Analysis.ALL):
+    # `plan --ops` (ALL) asks for the analysis outright; a build's (STALE) is on unless turned off
+    if request.analysis is Analysis.ALL or (request.analysis is Analysis.STALE and coverage.enabled()
+                                            and the_plan.work):
         every = request.analysis is Analysis.ALL  # else only the targets a build has work for
         wanted = [(the_plan.dag.contexts[t].config.model, the_plan.dag.candidates.get(t, []), the_plan.dag.contexts[t].options)
                   for t in the_plan.targets if every or not _fresh(the_plan, CheckKind.node_name(t))]
