@@ -13,7 +13,9 @@ What it leaves out, listed by name in the record: embedding tables (kind `embedd
 float by LLM quantizers; counted in `by_kind` when they are quantized, never against the share), the
 layers the target or an accuracy-repair recipe deliberately keeps float (`keep_float`, matched by any of a
 layer's names: its weight, its op's node name, its module path or a prefix of it), float layers under a
-quantizer's own size threshold (Core ML's `weight_threshold`: tensors too small to be worth compressing),
+quantizer's own size threshold (Core ML's `weight_threshold`: tensors too small to be worth compressing), the
+layers a quantizer's accuracy control reverted to float to hold the accuracy drop the target allows (NNCF's
+`max_accuracy_drop`: `accuracy_control`),
 and everything that is not a weight layer: biases, norms' scales, the KV cache (an input of the program,
 never a constant).
 
@@ -99,14 +101,18 @@ def _kept(weight: WeightTensor, kept: Iterable[str]) -> bool:
 
 
 def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: Iterable[str] = (),
-           small: int = 0) -> dict[str, Any]:
+           small: int = 0, reverted: bool = False) -> dict[str, Any]:
     """The `quantized_weights` fact of an artifact at precision `asked` ('int8', 'int4'), from its weight
     layers: the share of counted elements at `asked` or narrower, by kind and by stored type, the layers that
     stayed wider (name → type), and those left out of the share: embeddings, the layers `kept` float by
-    keep_float, and float layers with fewer than `small` elements where the quantizer skips such by its
-    own size threshold (Core ML's weight_threshold)."""
+    keep_float, float layers with fewer than `small` elements where the quantizer skips such by its
+    own size threshold (Core ML's weight_threshold), and, with `reverted`, every float layer: the quantizer's
+    accuracy control put them back to float to hold the accuracy the target asked for (NNCF's
+    `max_accuracy_drop`), a choice as deliberate as keep_float."""
+    weights = list(weights)
     limit = ASKED_BITS.get(asked, 8)
     kept = [str(k) for k in kept]
+    reverted_names = {w.name for w in weights if reverted and w.kind in COUNTED and (w.bits or 99) > limit}
     seen: set[str] = set()
     total = _Tally()
     by_kind: dict[str, _Tally] = {}
@@ -120,8 +126,9 @@ def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: 
         at_asked = w.bits is not None and w.bits <= limit
         by_kind.setdefault(w.kind, _Tally()).add(w, at_asked)
         by_dtype[w.dtype] = by_dtype.get(w.dtype, 0) + w.elements
-        reason = ("kept_float" if _kept(w, kept) else w.kind if w.kind not in COUNTED
-                  else "below_threshold" if not at_asked and w.elements < small else None)
+        reason = ("accuracy_control" if w.name in reverted_names else "kept_float" if _kept(w, kept)
+                  else w.kind if w.kind not in COUNTED else "below_threshold" if not at_asked and w.elements < small
+                  else None)
         if reason:
             left_out.setdefault(reason, []).append(w.name)
             continue

@@ -33,9 +33,10 @@ class OpenVinoInt8FromOpenVino(Step):
     """Quantize a float32 OpenVINO IR to int8 with NNCF, calibrated on the model's calibration set."""
 
     name = "openvino-int8-from-openvino"
-    version = 4  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized;
+    version = 5  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized;
                  # 3: keep_float 'sensitive' (the one keep-float search, NNCF's ignored_scope); 4: the share of
-                 # weights in int8 measured on the IR (quantized_weights)
+                 # weights in int8 measured on the IR (quantized_weights); 5: the layers accuracy control
+                 # reverted left out of that share
     consumes = ("openvino",)
     produces = "openvino-int8"  # registered with its fp32/fp16 siblings in convert.py
     precision = "int8"
@@ -193,7 +194,8 @@ class OpenVinoInt8FromOpenVino(Step):
             raise self.fail(ctx, f"NNCF could not hold the accuracy drop within max_accuracy_drop "
                                  f"{opts.max_accuracy_drop}: top-1 {accuracy['fp32']:.4f} (fp32 IR) -> "
                                  f"{accuracy['int8']:.4f} (int8); raise it or add calibration data")
-        metrics["quantized_weights"] = measure(ctx.out_dir / XML, self.precision, kept_float(metrics, opts))
+        metrics["quantized_weights"] = measure(ctx.out_dir / XML, self.precision, kept_float(metrics, opts),
+                                               reverted=accuracy is not None)  # accuracy control's own choice
         return metrics
 
     def _search(self, ctx: StepContext, nncf: Any, model: Any, calibration: Any, advanced: Any,

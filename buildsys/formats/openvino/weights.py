@@ -100,13 +100,14 @@ def int4_group_sizes(model: "openvino.Model") -> dict[str, int]:
     return dict(sorted(sizes.items()))
 
 
-def measure(path: Path, asked: str, kept: Iterable[str] = ()) -> dict[str, Any]:
+def measure(path: Path, asked: str, kept: Iterable[str] = (), reverted: bool = False) -> dict[str, Any]:
     """The `quantized_weights` fact of the IR at `path` (its .xml) quantized to `asked`, the layers named in
-    `kept` (keep_float: op names) left out of the share."""
+    `kept` (keep_float: op names) left out of the share, and with `reverted` (NNCF's accuracy control ran)
+    the float layers it reverted."""
     from buildsys.formats.openvino.ir import telemetry_off
 
     with telemetry_off():
         import openvino as ov
 
         model = ov.Core().read_model(str(path))
-    return record(weight_layers(model), asked, MEASURED_ON, kept)
+    return record(weight_layers(model), asked, MEASURED_ON, kept, reverted=reverted)
