@@ -93,6 +93,12 @@ def _xnnpack() -> list[str]:
     return sorted({config.target_name.split(".", 1)[0] for config in ALL_PARTITIONER_CONFIGS})
 
 
+def _decomposable() -> list[str]:
+    from buildsys.lowering.decompose import decomposable_ops
+
+    return decomposable_ops()
+
+
 #: table name → (the distributions whose versions key it, how to read it, what its registry is).
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
     "coremltools": (("coremltools", "torch"), _coremltools, "coremltools' torch frontend registry"),
@@ -101,6 +107,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
     "onnx-dynamo": (("torch", "onnxscript"), _onnx_dynamo, "the dynamo ONNX exporter's torchlib registry"),
     "onnx-legacy": (("torch",), _onnx_legacy, "the TorchScript ONNX exporter's symbolic registry"),
     "xnnpack": (("executorch", "torch"), _xnnpack, "XNNPACK's partitioner configs (information: what it may delegate)"),
+    # Not a converter: the ops a refusal's decomposition answer can lower (Step.answers; docs/lowering.md).
+    "decomposable": (("torch",), _decomposable, "PyTorch's decomposition tables (information: what decompose can lower)"),
 }
 
 

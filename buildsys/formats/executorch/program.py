@@ -77,6 +77,7 @@ class _PteFromPt2(Step):
     toolchain = "torch"
     Options = PteOptions
     accepts_ops = ("executorch", "core")  # the edge dialect: core ATen, run by the runtime's kernels
+    fixes_shapes = True  # re-exported at the program's batch: a .pte has static shapes
     delegates_ops = ("xnnpack", "core")  # what XNNPACK's partitioner has a config for; the rest runs portable
 
     @classmethod

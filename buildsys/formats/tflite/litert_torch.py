@@ -74,6 +74,7 @@ class TfliteFromPt2(Step):
     version = 2  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is
     route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
+    fixes_shapes = True  # converted at a fixed batch
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
     toolchain = "torch"
