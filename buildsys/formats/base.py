@@ -228,7 +228,8 @@ class Step:
         PyTorch can decompose, those ops decomposed, then the whole program to core ATen."""
         from buildsys.lowering import decomposition_answers, symptom_answers
 
-        return symptom_answers(error, cls.symptoms) + decomposition_answers(error, ops, decomposable)
+        found = symptom_answers(error, cls.symptoms) + decomposition_answers(error, ops, decomposable)
+        return list(dict.fromkeys(found))  # an answer two readings give is tried once
 
     @classmethod
     def accepts(cls, options: Mapping[str, Any] | None = None) -> tuple[str, str] | None:

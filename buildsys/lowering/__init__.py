@@ -9,8 +9,8 @@ route allows it (`static_fallback`).
 
 from __future__ import annotations
 
-from buildsys.lowering.answers import CORE, LOADING, STEP, Answer, Symptom, decomposition_answers, refused_ops, \
-    STATIC_EXPORT, symptom_answers
+from buildsys.lowering.answers import CORE, DECOMPOSE_CORE, DETACHED_VIEW, LOADING, STATIC_EXPORT, STEP, Answer, Symptom, \
+    decomposition_answers, refused_ops, symptom_answers
 
-__all__ = ["CORE", "LOADING", "STEP", "Answer", "Symptom", "decomposition_answers", "refused_ops",
-           "STATIC_EXPORT", "symptom_answers"]
+__all__ = ["CORE", "DECOMPOSE_CORE", "DETACHED_VIEW", "LOADING", "STATIC_EXPORT", "STEP", "Answer", "Symptom",
+           "decomposition_answers", "refused_ops", "symptom_answers"]

@@ -93,13 +93,15 @@ def decomposition_answers(text: str, ops: Sequence[str] = (),
     chosen = [op for op in named if decomposable is None or op in decomposable]
     if not chosen:
         return []
-    ops_word = ", ".join(chosen)
-    return [
-        Answer.of(f"decompose {'+'.join(chosen)}", {"decompose": chosen}, at=LOADING,
-                  why=f"the refusal names {ops_word}, which PyTorch's decomposition tables lower to other ops"),
-        Answer.of("decompose core", {"decompose": CORE}, at=LOADING,
-                  why=f"the refusal names {ops_word}: the whole program lowered to core ATen"),
-    ]
+    return [Answer.of(f"decompose {'+'.join(chosen)}", {"decompose": chosen}, at=LOADING,
+                      why=f"the refusal names {', '.join(chosen)}, which PyTorch's decomposition tables lower to other ops"),
+            DECOMPOSE_CORE]
+
+
+#: The whole program to core ATen: after a named op's decomposition, or for a refusal that a measured symptom ties
+#: to a composite op's remains (ExecuTorch's and litert-torch's re-export of a program holding `detach_`).
+DECOMPOSE_CORE = Answer.of("decompose core", {"decompose": CORE}, at=LOADING,
+                           why="the whole program lowered to core ATen with PyTorch's decompositions")
 
 
 # --- shapes ------------------------------------------------------------------------------------------------------
@@ -115,6 +117,11 @@ STATIC_EXPORT = Symptom((CONSTRAINT_VIOLATED.pattern,), Answer.of(
     "static export", {"static_fallback": True}, at=LOADING, static_only=True,
     why="torch.export's dynamic axes violate a constraint of the model's code; the formats after it have fixed "
         "shapes anyway"))
+
+
+#: ExecuTorch's and litert-torch's re-export of the loaded program refusing an in-place detach of a view that a
+#: composite op left in it (affine_grid with align_corners: a spatial transformer): its core decomposition has none.
+DETACHED_VIEW = Symptom((r"Can't detach views in-place",), DECOMPOSE_CORE)
 
 
 def matches(text: str, patterns: Sequence[str]) -> str | None:

@@ -34,6 +34,7 @@ from buildsys.formats import register_variants
 from buildsys.formats.base import Step, StepContext, StepOptions
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
+from buildsys.lowering import DETACHED_VIEW
 from buildsys.formats.tflite.tflite import (
     FLATBUFFER,
     TfliteInt8FromSavedModel,
@@ -75,6 +76,7 @@ class TfliteFromPt2(Step):
     route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
     fixes_shapes = True  # converted at a fixed batch
+    symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names ("Lowering not found: aten.x")
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
     toolchain = "torch"
