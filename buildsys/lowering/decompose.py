@@ -86,8 +86,6 @@ def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram"
     A named op the graph holds only inside a composite op (grid_sampler_2d inside grid_sampler, as a training-IR
     export keeps it) is reached by decomposing that composite op first. Raises NoDecomposition for an op no table
     has, one the program does not hold, or one its decomposition leaves in place (it declined these arguments)."""
-    from buildsys.coverage_probe import decompositions
-
     if isinstance(spec, str):
         if spec != "core":
             raise NoDecomposition(f"decompose: {spec!r} is neither 'core' nor a list of ops")
@@ -123,13 +121,26 @@ def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram"
     return out, record
 
 
+def decompositions(program: Any, core: Any) -> dict[str, list[str]]:
+    """Each op of `program`'s graph → the ops of `core` made from it (its nodes' `from_node` provenance)."""
+    base = lambda target: str(target).split(".")[1]  # noqa: E731
+    exported = {n.name: base(n.target) for n in program.graph.nodes
+                if n.op == "call_function" and str(n.target).startswith("aten.")}
+    out: dict[str, set[str]] = {op: set() for op in exported.values()}
+    for node in core.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith("aten."):
+            continue
+        for source in node.meta.get("from_node") or []:
+            if source.name in exported:
+                out[exported[source.name]].add(base(node.target))
+    return {op: sorted(ops) for op, ops in sorted(out.items())}
+
+
 def _composites(program: "ExportedProgram", missing: list[str]) -> dict[Any, Callable[..., Any]]:
     """The core decompositions of the composite ops of `program` whose decomposition makes an op of `missing`."""
     if not missing:
         return {}
     from torch._decomp import core_aten_decompositions
-
-    from buildsys.coverage_probe import decompositions
 
     made = decompositions(program, program.run_decompositions())
     parents = {op for op, parts in made.items() if set(parts) & set(missing)}
