@@ -221,14 +221,15 @@ class Step:
         """What may make this step's refused conversion work, best first, read from its refusal `error` (the
         failure's text as deploy.lock keeps it): option values for this step, the stop that loads the module or an
         earlier stop, or another route (buildsys.lowering.Answer; docs/lowering.md). `ops` are the ATen ops of the
-        route's traced or exported graph (a loading step's `ops` metric), `decomposable` the ops PyTorch's tables
-        decompose (the `decomposable` op table; None: not read). Torch-free: the planner calls it.
+        route's traced or exported graph (a loading step's `ops` metric: for a step whose refusals name no op; the
+        default does not need them), `decomposable` the ops PyTorch's tables decompose (the `decomposable` op table;
+        None: not read). Torch-free: the planner calls it.
 
         The answers of the step's `symptoms` the refusal shows come first; then, for a refusal that names ATen ops
         PyTorch can decompose, those ops decomposed, then the whole program to core ATen."""
         from buildsys.lowering import decomposition_answers, symptom_answers
 
-        found = symptom_answers(error, cls.symptoms) + decomposition_answers(error, ops, decomposable)
+        found = symptom_answers(error, cls.symptoms) + decomposition_answers(error, decomposable)
         return list(dict.fromkeys(found))  # an answer two readings give is tried once
 
     @classmethod

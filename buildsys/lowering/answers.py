@@ -79,15 +79,13 @@ def refused_ops(text: str) -> list[str]:
     return [op.split(".", 1)[0] for op in sorted(found, key=found.__getitem__)]
 
 
-def decomposition_answers(text: str, ops: Sequence[str] = (),
-                          decomposable: Collection[str] | None = None) -> list[Answer]:
+def decomposition_answers(text: str, decomposable: Collection[str] | None = None) -> list[Answer]:
     """The default answers to a refusal that names ATen ops: decompose those ops with PyTorch's own tables, then, if
     that is not enough, the whole program to core ATen; both at the stop that loads the module.
 
     `decomposable` are the ops some table decomposes (the `decomposable` table of buildsys.coverage_probe); a named
     op outside it gets no answer (a rewrite must remove it: docs/rewrites.md). None (the table not read): every
-    named op is answered, and the step says plainly if no table has it. `ops`, the program's ops, order nothing
-    here: an op the converter names may be spelled otherwise in the exported graph (its decomposition's parent).
+    named op is answered, and the step says plainly if no table has it.
     """
     named = refused_ops(text)
     chosen = [op for op in named if decomposable is None or op in decomposable]

@@ -61,10 +61,9 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
-
         from buildsys.lowering.export import lowered
+        from buildsys.source import example_args, signature_module, trace_batch
 
         opts = ctx.options
         module = load_rewritten(self, ctx)
