@@ -22,9 +22,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from buildsys.lock import Lock
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from buildsys.lock import Lock  # noqa: E402
 SITE = Path("/work/matrix-site")
 
 FIELD = '''\
@@ -164,10 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(REPO / "tests" / "helpers" / "lowering_models.py", root / "lowering_models.py")
         (root / "field.py").write_text(FIELD)
         (root / "deploy.yaml").write_text(deploy(models, cases))
+        plan = subprocess.run([sys.executable, "-m", "buildsys", "plan", "--json"], cwd=root, env=env,
+                              capture_output=True, text=True)
+        nodes = json.loads(plan.stdout)["nodes"]
+        deps = {n["node"]: n["deps"] for n in nodes}  # each target's nodes (pinned routes: known before the build)
+        step_of = {n["node"]: n.get("step") for n in nodes}
         proc = subprocess.run([sys.executable, "-m", "buildsys", "build", "-k", "-j", "1", "--timeout", "900", "--json"],
                               cwd=root, env=env, capture_output=True, text=True)
         events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         checks = Lock.read(root / "deploy.lock").nodes  # with the build record's metrics
+    from buildsys.formats import steps
+    from buildsys.lowering.decompose import decomposable_ops
+
+    table = set(decomposable_ops())
     failures = {e["node"]: e["error"] for e in events if e.get("event") == "failed"}
     summary: dict[str, Any] = next((e["targets"] for e in events if e.get("event") == "summary"), {})
     if not summary:
@@ -177,19 +187,22 @@ def main(argv: list[str] | None = None) -> int:
         check = checks.get(f"verify:{target}", {})
         outputs = (check.get("metrics") or {}).get("outputs") or {}
         errors = [m["max_abs"]["observed"] for m in outputs.values() if isinstance(m.get("max_abs"), dict)]
-        model = next(c[1] for c in cases if c[0] == target.removesuffix("-answered"))
-        refused = [f"{node}: {text}" for node, text in failures.items()  # a node of this model on this route
-                   if node.split("/")[0] == model and node.split("/")[1].split("~")[0] in entry["route"][1:]
-                   and not text.startswith("failed earlier")]
+        chain, todo = [], [f"verify:{target}"]
+        while todo:  # the target's nodes, its check first
+            chain.append(todo.pop(0))
+            todo += [d for d in deps.get(chain[-1], []) if d not in chain]
+        refused = [node for node in reversed(chain) if node in failures]
+        answers = [a.label for a in steps()[step_of[refused[0]]].answers(failures[refused[0]], decomposable=table)] \
+            if refused and step_of.get(refused[0]) in steps() else []
         rows.append({"target": target, "status": entry["status"], "route": entry["route"],
                      "caveats": [c["what"] for c in entry.get("caveats", [])],
                      "max_abs": max(errors) if errors else None,
-                     "refusal": None if entry["status"] != "not delivered" else (refused[0] if refused else None)})
+                     "refusal": f"{refused[0]}: {failures[refused[0]]}" if refused else None, "answers": answers})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"field": args.field, "targets": rows}, indent=1) + "\n")
     for row in rows:
-        print(f"{row['target']:22} {row['status']:14} {row['max_abs'] if row['max_abs'] is not None else '':<12} "
-              f"{(row['refusal'] or '; '.join(row['caveats']))[:150]}")
+        print(f"{row['target']:26} {row['status'][:14]:14} {row['max_abs'] if row['max_abs'] is not None else '':<12} "
+              f"{(row['refusal'] or '; '.join(row['caveats']))[:150]}" + (f" → {row['answers']}" if row['answers'] else ""))
     return 0
 
 
