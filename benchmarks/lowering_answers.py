@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     from buildsys.lowering.decompose import decomposable_ops
 
     table = set(decomposable_ops())
-    failures = {e["node"]: e["error"] for e in events if e.get("event") == "failed"}
+    failures: dict[str, str] = {}
+    for event in events:  # a node's first failure: a later target's "failed earlier in this build: …" repeats it
+        if event.get("event") == "failed":
+            failures.setdefault(event["node"], event["error"])
     summary: dict[str, Any] = next((e["targets"] for e in events if e.get("event") == "summary"), {})
     if not summary:
         sys.exit(f"the build gave no summary:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
