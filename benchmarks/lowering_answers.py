@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from buildsys.lock import Lock  # noqa: E402
+from buildsys.storage.lock import Lock  # noqa: E402
 SITE = Path("/work/matrix-site")
 
 FIELD = '''\

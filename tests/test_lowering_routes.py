@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from buildsys.formats import steps
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 
 HELPERS = Path(__file__).parent / "helpers" / "lowering_models.py"
 

@@ -83,7 +83,7 @@ def decomposition_answers(text: str, decomposable: Collection[str] | None = None
     """The default answers to a refusal that names ATen ops: decompose those ops with PyTorch's own tables, then, if
     that is not enough, the whole program to core ATen; both at the stop that loads the module.
 
-    `decomposable` are the ops some table decomposes (the `decomposable` table of buildsys.coverage_probe); a named
+    `decomposable` are the ops some table decomposes (the `decomposable` table of buildsys.planning.coverage_probe); a named
     op outside it gets no answer (a rewrite must remove it: docs/rewrites.md). None (the table not read): every
     named op is answered, and the step says plainly if no table has it.
     """

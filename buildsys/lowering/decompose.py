@@ -69,7 +69,7 @@ def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
 
 def decomposable_ops() -> list[str]:
     """The ATen ops (bare names) some table decomposes: the `decomposable` table refusal answers read
-    (buildsys.coverage_probe), so the planner offers a decomposition only for an op PyTorch can decompose."""
+    (buildsys.planning.coverage_probe), so the planner offers a decomposition only for an op PyTorch can decompose."""
     from torch._decomp import core_aten_decompositions, decomposition_table
 
     names = {_base(k) for k in [*decomposition_table, *core_aten_decompositions()]} - {""}

@@ -35,7 +35,7 @@ def export_program(step: "Step", ctx: "StepContext[Any]", module: Any, dynamic: 
     import torch
 
     from buildsys.errors import describe
-    from buildsys.source import example_args, export_dims, shapes_for, signature_module, trace_batch
+    from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
 
     shapes = export_dims(ctx.model) if dynamic else None
     if shapes is not None and all(s is None for s in shapes):
@@ -89,7 +89,7 @@ def lowered(step: "Step", ctx: "StepContext[Any]", module: Any, dynamic: bool) -
     (decompose.scriptable; a module otherwise), with the metrics; without it, the module as it is."""
     if getattr(ctx.options, "decompose", None) is None:
         return module, {}
-    from buildsys.qat import info_of
+    from buildsys.formats.torch.qat import info_of
 
     info = info_of(module)
     if info is not None and info.flow == "eager":

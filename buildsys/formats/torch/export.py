@@ -28,7 +28,7 @@ class Pt2FromPyTorch(Step):
 
     name = "pt2-from-pytorch"
     version = 3  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
-    # module is exported converted with its learned quantization parameters (buildsys.qat)
+    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat)
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)

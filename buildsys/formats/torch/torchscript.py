@@ -63,7 +63,7 @@ class TorchScriptFromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.torch.rewritten import load_rewritten
         from buildsys.lowering.export import lowered
-        from buildsys.source import example_args, signature_module, trace_batch
+        from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
 
         opts = ctx.options
         module = load_rewritten(self, ctx)
@@ -109,7 +109,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, outputs_in_order
+        from buildsys.formats.torch.loading import example_args, outputs_in_order
 
         scripted = ctx.options.method == "script" or ctx.options.decompose is not None  # a decomposition is scripted
         method = "scripted" if scripted else "traced"
@@ -154,7 +154,7 @@ def second_batch(model: Any, example: Any, traced_with: int) -> Any:
     synthetic inputs when the set holds no other sample."""
     import numpy as np
 
-    from buildsys.data import Batch, synthetic
+    from buildsys.config.data import Batch, synthetic
 
     fixed = next((i.shape[0] for i in model.inputs if isinstance(i.shape[0], int)), None)
     want = fixed if fixed is not None else traced_with + 1
