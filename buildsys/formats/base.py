@@ -124,6 +124,25 @@ class Format:
 O = TypeVar("O", bound=StepOptions)
 
 
+@dataclass(frozen=True)
+class OpTable:
+    """A converter's own op registry, declared by the family that uses the converter (`register_op_table`): its
+    `name` (what `Step.accepts_ops` names), the distributions whose versions key the cached table, how to read it
+    (`reader`, "module:function" returning ATen op names; imported only in the op-analysis subprocess) and what
+    the registry is, in words (planning.coverage, `plan --ops`)."""
+
+    name: str
+    packages: tuple[str, ...]
+    reader: str
+    description: str
+
+    def read(self) -> list[str]:
+        import importlib
+
+        module, _, function = self.reader.partition(":")
+        return list(getattr(importlib.import_module(module), function)())
+
+
 @dataclass
 class StepContext(Generic[O]):
     """Everything a step may read, and the one place it may write (`out_dir`).
@@ -186,12 +205,23 @@ class Step:
     #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
     #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
     repairs: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Converter switches, by name: option values that change how the converter lowers the model (another
+    #: frontend, a lowering flag), written `saved_model (switch NAME)` in a route. Never tried blindly: the
+    #: planner takes one when a refusal of this step names what it answers (planning.answers).
+    switches: ClassVar[dict[str, dict[str, Any]]] = {}
     #: The QAT flows ('pt2e', 'eager') whose learned quantization this int8 step keeps as it is (buildsys.formats.torch.qat):
     #: for a model the op analysis recognised as such, its calibration data is not required at plan time.
     keeps_learned: ClassVar[tuple[str, ...]] = ()
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker
+    #: Packages this step's worker treats as not installed, because a package it uses imports them only to
+    #: probe for them (coremltools' `_deps` imports TensorFlow, ~11 s, to learn whether it can convert
+    #: TensorFlow models; from PyTorch it never needs it). The worker of a toolchain blocks the union of its
+    #: steps' (running.worker); measured in docs/performance.md, "Cold build".
+    unused_imports: ClassVar[tuple[str, ...]] = ()
+    #: Whether its worker needs a GPU (a Dask worker must declare the `gpu` resource: running.dask).
+    gpu: ClassVar[bool] = False
     #: Files of modelbuild's own that the step copies into its output (a generated handler): their
     #: contents enter the key, so editing one rebuilds the artifacts that ship it.
     shipped_files: ClassVar[tuple[Path, ...]] = ()

@@ -55,4 +55,6 @@ class CoremlInt8FromPt2(_FromExport):
     consumes = _PROGRAM
     produces = "coreml-int8"
     precision = "int8"
+    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
     Options = CoremlInt8Options
+    committed_metrics = ("sparsity_search", "quantized_weights")

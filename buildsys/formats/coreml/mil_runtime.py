@@ -10,7 +10,6 @@ MIL's definitions, not what Apple's compiler and kernels compute on a device: re
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,10 +111,7 @@ class CoreMLReference(Runtime):
     label = STATUS
     not_exercised = NOT_EXERCISED
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
-        return None
+    requires, extra = ("coremltools",), "coreml"
 
     def load(self, path: Path, model: "Model", root: Path, function: str | None = None) -> MilSession:
         """A session on `function` of the package (default: its default function, else "main").

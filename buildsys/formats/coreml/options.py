@@ -86,6 +86,12 @@ class CoremlOptions(SearchingOptions):
         "0.1 … 0.9 whose package meets the target's acceptance on the calibration set (bisection, at most "
         "four packages; docs/mobile.md); the ratio chosen and every ratio tried are recorded in deploy.lock.")
     metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
+    keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+        default=(), description="float16 compute only (coreml-fp16, coreml-int8): MIL operations (by name) kept in "
+        "float32, the rest in float16 (coremltools' FP16ComputePrecision op_selector). 'sensitive': measure each "
+        "operation's float16 cost on the calibration set in the MIL reference interpreter and keep the fewest "
+        "most sensitive ones in float32 that meet the target's tolerance (docs/repair.md); the search is bounded "
+        "and its result recorded in deploy.lock. Usually set by accuracy repair, not by hand.")
 
 
 class CoremlInt8Options(CoremlOptions):

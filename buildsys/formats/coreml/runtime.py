@@ -9,7 +9,6 @@ version and deployment target, compute precision, and whether weights are really
 from __future__ import annotations
 
 import importlib.util
-import platform
 import sys
 from collections import Counter
 from pathlib import Path
@@ -198,12 +197,8 @@ class CoreML(Runtime):
     packages = ("coremltools",)
     stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
 
-    def unavailable(self) -> str | None:
-        if sys.platform != "darwin":
-            return f"Core ML execution needs macOS (this host is {platform.system() or sys.platform})"
-        if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
-        return None
+    requires, extra = ("coremltools",), "coreml"
+    only_on = ("darwin", "Core ML execution needs macOS")
 
     def out_of_reach(self) -> str | None:
         return None if sys.platform == "darwin" else self.unavailable()

@@ -205,9 +205,10 @@ class OnnxFromPyTorch(Step):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 4  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    version = 5  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
     # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
-    # exported by the TorchScript exporter, its fake quantization as QDQ
+    # exported by the TorchScript exporter, its fake quantization as QDQ; 5: linear layers in disguise
+    # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
@@ -384,4 +385,3 @@ class OnnxFromOnnxFile(Step):
         else:
             shutil.copyfile(src, ctx.out_dir / ONNX.filename)
         return finish(self, ctx, ctx.out_dir / ONNX.filename, exact=True)
-

@@ -27,8 +27,9 @@ class Pt2FromPyTorch(Step):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
-    version = 3  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
-    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat)
+    version = 4  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
+    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat); 4: linear layers in
+    # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)
@@ -49,6 +50,8 @@ class Pt2FromPyTorch(Step):
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import torch
 
+        from buildsys.errors import describe
+        from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
         from buildsys.lowering.export import decomposed, export_program
 

@@ -91,8 +91,9 @@ class RewritableOptions(StepOptions):
 
 
 def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False, eager_qat: bool = False) -> "torch.nn.Module":
-    """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
-    user's: a StepError naming the step). A quantization-aware-trained module comes converted with its
+    """The step's PyTorch module, loaded, its linear layers in disguise (transformers' Conv1D) made nn.Linear
+    (formats/torch/linear.py), with its options' rewrites applied (their own errors are the user's: a
+    StepError naming the step). A quantization-aware-trained module comes converted with its
     learned parameters (buildsys.formats.torch.qat.quantized; `fold`: its weights stored as int8): what every exporter
     must carry to the int8 artifacts. An eager-mode QAT module is refused unless the step exports fake
     quantization itself (`eager_qat`: the TorchScript ONNX exporter), which gets it with plain fake-quant calls."""
@@ -100,8 +101,11 @@ def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False, ea
     from buildsys.formats.torch.qat import quantized
     from buildsys.formats.torch.loading import load_module
 
+    from buildsys.formats.torch.linear import as_linear
+
     module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold,
                        eager=eager_qat)
+    ctx.extra["as_linear"] = as_linear(module)  # Conv1D and its kin as nn.Linear: every quantizer downstream knows them
     ratio = float(getattr(ctx.options, "structured_sparsity", 0.0))
     if ratio:
         module = _pruned(step, ctx, module, ratio)
@@ -143,6 +147,8 @@ def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, modul
     names = list(getattr(ctx.options, "rewrites", ()))
     if names:
         out["rewrites"] = names
+    if ctx.extra.get("as_linear"):  # linear layers in disguise made nn.Linear (formats/torch/linear.py)
+        out["as_linear"] = len(ctx.extra["as_linear"])
     if ctx.extra.get("structured_pruning"):
         out["structured_pruning"] = ctx.extra["structured_pruning"]
     if ops is not None:

@@ -35,7 +35,8 @@ class TorchScriptFromPyTorch(Step):
     """
 
     name = "torchscript-from-pytorch"
-    version = 4  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh process
+    version = 5  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
+    # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "torchscript"
     packages = ("torch",)
@@ -61,6 +62,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
+        from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
         from buildsys.lowering.export import lowered
         from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
