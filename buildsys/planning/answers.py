@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from buildsys.rewrites import explain_refusal
 
 if TYPE_CHECKING:
+    from buildsys.lowering import Answer
     from buildsys.planning.routes import Route
 
 
@@ -65,3 +66,85 @@ def answer(route: "Route", rewrites: Sequence[str], options: Mapping[str, Any],
     else:
         not_tried = f"this route applies {', '.join(stop.rewrites)} already"
     return None, f" (rewrite {', '.join(rewrites)} would remove what was refused; not tried: {not_tried})"
+
+
+# --- lowering answers: decompositions, static exports, converter switches, other routes (docs/lowering.md) ---
+
+#: At most this many answered routes are kept for one refusal (a step's answers come best first).
+MAX_ANSWERS = 3
+
+
+def lowering_routes(route: "Route", failed: int, error: str, ops: Sequence[str], decomposable: Sequence[str] | None,
+                    options: Mapping[str, Any], candidates: Sequence["Route"], pinned: bool) -> list["Route"]:
+    """The routes that answer the refusal `error` of the step making stop `failed` of `route`, best first: each of
+    the step's answers (`Step.answers`: its symptoms, then the decomposition of the ATen ops the refusal names)
+    placed on the route (`answer_route`). `pinned`: the target pins its route (`via:`, `routes:`), so an answer
+    that is another route is not taken."""
+    step = route.step_at(failed)
+    out: list["Route"] = []
+    for found in step.answers(error, ops, decomposable):
+        answered = answer_route(route, failed, found, options, candidates, pinned)
+        if answered is not None and answered != route and answered not in out:
+            out.append(answered)
+    return out[:MAX_ANSWERS]
+
+
+def answer_route(route: "Route", failed: int, found: "Answer", options: Mapping[str, Any],
+                 candidates: Sequence["Route"], pinned: bool) -> "Route | None":
+    """`route` with `found` applied: its options on the stop it names (the refusing one, the one that loads the
+    module, or an earlier format), a decomposition merged with the stop's own; or, for a route answer, the route
+    through its `via` formats. None where it changes nothing, the target set those options itself, a static
+    export has no fixed-shape step after it, or the options do not validate."""
+    from pydantic import ValidationError
+
+    from buildsys.lowering import LOADING, STEP
+
+    if found.via:
+        return None if pinned else _route_via(route, found.via, candidates)
+    at = route.loading_stop() if found.at == LOADING else failed if found.at == STEP else \
+        next((j for j in range(failed - 1, 0, -1) if route.stops[j].format == found.at), None)
+    if at is None:
+        return None
+    stop, step = route.stops[at], route.step_at(at)
+    given = options.get(stop.format) if isinstance(options.get(stop.format), dict) else {}
+    values = found.values
+    if set(values) & set(given):
+        return None  # the target chose these options itself
+    if found.static_only and not any(_makes_static(route, k, options) for k in range(at + 1, len(route.stops))):
+        return None  # a .pt2 delivered with its dynamic axes must keep failing, naming the constraint
+    if "decompose" in values:
+        ops = ("core",) if values["decompose"] == "core" else tuple(dict.fromkeys([*stop.decompose, *values["decompose"]]))
+        if stop.decompose in (("core",), ops):
+            return None
+        new = replace(stop, decompose=ops)
+    else:
+        current = {**given, **stop.options(step)}
+        if found.label in stop.switches or all(current.get(k) == v for k, v in values.items()):
+            return None
+        new = replace(stop, switches=(*stop.switches, found.label))
+    try:
+        step.Options.model_validate({**given, **new.options(step)})
+    except ValidationError:
+        return None
+    return route.with_stop(at, new, "answer")
+
+
+def _makes_static(route: "Route", i: int, options: Mapping[str, Any]) -> bool:
+    step, stop = route.step_at(i), route.stops[i]
+    given = options.get(stop.format) if isinstance(options.get(stop.format), dict) else {}
+    return step.makes_static({**given, **stop.options(step)})
+
+
+def _route_via(route: "Route", via: Sequence[str], candidates: Sequence["Route"]) -> "Route | None":
+    """The target's candidate that passes `via` in order to the same format, else the cheapest such path."""
+    from buildsys.planning.routes import Route, through
+
+    def passes(formats: list[str]) -> bool:
+        rest = iter(formats)
+        return all(f in rest for f in via)  # in order
+
+    found = next((c for c in candidates if c != route and c.formats[-1] == route.formats[-1] and passes(c.formats)), None)
+    if found is not None:
+        return Route(found.stops, "answer")
+    formats = through([route.formats[0], *via, route.formats[-1]])
+    return Route.of_formats(formats, "answer") if formats else None

@@ -108,11 +108,12 @@ def _table_key(name: str) -> str:
 
 
 def _project(planner: "Planner") -> tuple[list[str], list[str]]:
-    """The project's models that are PyTorch factories, and every table a step declares."""
+    """The project's models that are PyTorch factories, every table a step declares, and `decomposable` (what a
+    refusal's decomposition answer can lower: Step.answers)."""
     from buildsys.formats import steps
 
     tables = sorted({t for s in steps().values() for t in s.accepts_any()}
-                    | {s.delegates_ops[0] for s in steps().values() if s.delegates_ops})
+                    | {s.delegates_ops[0] for s in steps().values() if s.delegates_ops} | {"decomposable"})
     models = sorted({t.model for t in planner.config.project.targets.values()
                      if t.model in planner.config.project.models and _model_key(planner, t.model)})
     return models, tables

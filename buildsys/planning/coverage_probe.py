@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from buildsys.lowering.decompose import decompositions  # each exported op → its core ops (also decompose's record)
+
 #: Bump when what the probe records changes: cached inventories and tables are then recomputed.
 #: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.formats.torch.qat). 3: `traced` (the ops of a
 #: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
@@ -75,21 +77,6 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
         out["qat"] = info.describe()
         out["qat_flow"] = info.flow
     return out
-
-
-def decompositions(program: Any, core: Any) -> dict[str, list[str]]:
-    """Each op of `program`'s graph → the ops of `core` made from it (its nodes' `from_node` provenance)."""
-    base = lambda target: str(target).split(".")[1]  # noqa: E731
-    exported = {n.name: base(n.target) for n in program.graph.nodes
-                if n.op == "call_function" and str(n.target).startswith("aten.")}
-    out: dict[str, set[str]] = {op: set() for op in exported.values()}
-    for node in core.graph.nodes:
-        if node.op != "call_function" or not str(node.target).startswith("aten."):
-            continue
-        for source in node.meta.get("from_node") or []:
-            if source.name in exported:
-                out[exported[source.name]].add(base(node.target))
-    return {op: sorted(ops) for op, ops in sorted(out.items())}
 
 
 def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:

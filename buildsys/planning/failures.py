@@ -1,6 +1,7 @@
 """What a failed route means for the next plan: the record deploy.lock keeps of it (records.DroppedRoute), and
-what answers it — the rewrites a converter's refusal points at (answers.py), or, for a check that missed a
-tolerance on a quantizing route, its repair recipes (repair.py).
+what answers it — the rewrites a converter's refusal points at and the routes that lower what it refused
+(answers.py: decompositions, a static export, converter switches, another route), or, for a check that missed
+a tolerance on a quantizing route, its repair recipes (repair.py).
 
 A route fails at the first node of the target's chain (its artifacts, then its check) that failed: a
 conversion error, or a check that missed its acceptance. The decision loop (settle.py) asks `failures` after
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys import __version__
-from buildsys.planning.answers import answer, refusal_rewrites
+from buildsys.planning.answers import answer, lowering_routes, refusal_rewrites
 from buildsys.planning.history import FAILED_EARLIER
 from buildsys.planning.kinds import ArtifactKind, CheckKind
 from buildsys.planning.repair import repair_routes
@@ -46,20 +47,24 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             continue  # nothing failed, or the host could not run the check (Core ML off macOS, strict)
         node, result = failed[0], results[failed[0]]
         why = str((result.metrics.get("failures") or [result.error or "failed"])[0]).removeprefix(FAILED_EARLIER)
-        rewrites, note = [], ""
+        rewrites, note, lowered = [], "", []
         config = plan.config.project.targets[target]
         if plan.dag.nodes[node].kind == ArtifactKind.name:  # a conversion refused something: what answers it?
-            names = refusal_rewrites(why, _chain_ops(chain, results, lock))
+            ops = _chain_ops(chain, results, lock)
+            names = refusal_rewrites(why, ops)
             answered, note = answer(route, names, config.options, config.rewrites)
             rewrites = names if answered is not None else []
+            lowered = _lowered(plan, target, route, node, str(result.error or why), ops)
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
-        if len(candidates) < 2 and not rewrites and not note and not repair:
+        if len(candidates) < 2 and not rewrites and not note and not repair and not lowered:
             continue  # a pinned route, and nothing answers its failure
         reason = why.splitlines()[0][:300 - len(note)] if why.strip() else "failed"
         record = DroppedRoute(route=route.words(), node=node, key=str(plan.nodes[node].key), modelbuild=__version__,
                               reason=reason + note)
         if rewrites:
             record["rewrites"] = rewrites
+        if lowered:
+            record["answers"] = [r.words() for r in lowered]
         if repair:
             record["repair"] = True
         seen = observed(chain, results, lock) if repair or route.repaired else {}
@@ -69,6 +74,19 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             record["refused"] = result.metrics["refused"]
         out[target] = record
     return out
+
+
+def _lowered(plan: "Plan", target: str, route: "Route", node: str, error: str, ops: list[str]) -> list["Route"]:
+    """The routes that answer the refusal of `node` on `route` by lowering the model (answers.lowering_routes):
+    its step's answers, with the `decomposable` table where the op analysis read it."""
+    fmt = plan.dag.nodes[node].format
+    if fmt not in route.formats[1:]:
+        return []
+    context = plan.dag.contexts[target]
+    decomposable = plan.coverage.tables.get("decomposable") if plan.coverage is not None else None
+    pinned = bool(context.config.via or context.config.routes)
+    return lowering_routes(route, route.formats.index(fmt, 1), error, ops, decomposable, context.options,
+                           plan.dag.candidates.get(target, []), pinned)
 
 
 def _chain(plan: "Plan", target: str) -> list[str]:

@@ -129,20 +129,35 @@ def check_options_apply(cfg: "LoadedConfig", context: TargetContext, routes: lis
 
 
 def answered(routes: list[Route], context: TargetContext) -> list[Route]:
-    """Right after each route whose refusal the history says a rewrite answers, that route with the rewrite
-    (and after that one, if it was refused too, the route with the next rewrites). Only for a target that lets
-    rewrites be added (it sets no `rewrites:`)."""
+    """Right after each route the history says was refused with an answer, the routes that answer it: the route
+    with the rewrites its refusal points at (only for a target that sets no `rewrites:`), then the routes that
+    lower what it refused (decompositions, a static export, converter switches, another route; moved up when
+    already further down). An answered route refused in turn brings its own answers right after it."""
 
-    if context.config.rewrites is not None:
-        return routes
-    refused = [(Route.parse(r["route"]), r["rewrites"]) for r in context.history if r.get("rewrites")]
+    rewrites_allowed = context.config.rewrites is None
+    answers: list[tuple[Route, list[Route]]] = []
+    for record in context.history:
+        found: list[Route] = []
+        if rewrites_allowed and record.get("rewrites"):
+            rewritten = with_rewrites(Route.parse(record["route"]), record["rewrites"], context.options)
+            found += [rewritten] if rewritten is not None else []
+        found += [Route.parse(words, "answer") for words in record.get("answers", [])]
+        if found:
+            answers.append((Route.parse(record["route"]), found))
     out = list(routes)
     i = 0
     while i < len(out):
-        for route, names in refused:
-            answer = with_rewrites(route, names, context.options) if route == out[i] else None
-            if answer is not None and answer not in out:
-                out.insert(i + 1, answer)
+        at = i + 1
+        for route, found in answers:
+            if route != out[i]:
+                continue
+            for answer in found:
+                if answer in out[:at]:
+                    continue
+                if answer in out:
+                    out.remove(answer)
+                out.insert(at, answer)
+                at += 1
         i += 1
     return out
 

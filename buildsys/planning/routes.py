@@ -91,7 +91,7 @@ class Stop:
         if self.repair:
             out.update(step.repairs[self.repair])
         for name in self.switches:
-            out.update(step.switches[name])
+            out.update(switch_values(step, name))
         if self.rewrites:
             out["rewrites"] = list(self.rewrites)
         if self.decompose:
@@ -153,6 +153,33 @@ class Route:
         return any(s.repair for s in self.stops)
 
 
+def switch_values(step: type["Step"], name: str) -> dict[str, Any]:
+    """The option values a stop's switch `name` sets on `step`: one of the step's own `switches`, else the
+    answer of that label some step's `symptoms` declare (a refusal of the TFLite converter answered by an
+    onnx2tf option of the SavedModel stop before it: buildsys.lowering). An unknown name is a PlanError
+    (a lock written by another version of modelbuild)."""
+    if name in step.switches:
+        return dict(step.switches[name])
+    found = _symptom_switches().get(name)
+    if found is None:
+        raise PlanError(f"unknown converter switch '{name}' on step {step.name}",
+                        hint=did_you_mean(name, sorted(step.switches) + sorted(_symptom_switches())))
+    return found
+
+
+@lru_cache(maxsize=1)
+def _symptom_switches() -> dict[str, dict[str, Any]]:
+    """Every option-setting answer the steps' symptoms declare, by label (decompositions and route answers
+    are not switches: they are a stop's `decompose` and another route)."""
+    out: dict[str, dict[str, Any]] = {}
+    for step in steps().values():
+        for symptom in step.symptoms:
+            answer = symptom.answer
+            if answer.options and not answer.via and "decompose" not in answer.values:
+                out.setdefault(answer.label, answer.values)
+    return out
+
+
 def loads_module(step: type["Step"]) -> bool:
     """Whether a step loads the PyTorch module (and so applies rewrites): declared by its options' type."""
     from buildsys.formats.torch.rewritten import RewritableOptions
@@ -195,6 +222,21 @@ def paths(source: str, family: str, precision: str, via: Sequence[str], listed: 
                                                                 cutoff=len(first.stops) + 2))
     ordered = sorted((p for p in others if p != first), key=lambda r: (r.cost(), len(r.stops), r.formats))
     return [first, *ordered][:MAX_PATHS]
+
+
+def through(stops: Sequence[str]) -> list[str] | None:
+    """The cheapest formats (by `route_cost`) from the first of `stops` through each in order; None where the
+    format graph has no such path."""
+    import networkx as nx
+
+    g = format_graph()
+    out = [stops[0]]
+    try:
+        for a, b in pairwise(stops):
+            out += nx.shortest_path(g, a, b, weight="cost")[1:]
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        return None
+    return out if len(set(out)) == len(out) else None
 
 
 def alternatives(routes: Sequence[Route], options: Mapping[str, Any]) -> list[Route]:

@@ -9,7 +9,7 @@ package needs macOS (see buildsys.formats.coreml.runtime, which also inspects pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, StepContext, StepOptions
@@ -18,6 +18,7 @@ from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, Cor
 from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import load_input
+from buildsys.lowering import Answer, Symptom
 
 if TYPE_CHECKING:
     from buildsys.config.schema import InputSpec, Model
@@ -31,6 +32,21 @@ COREML = register_formats(Format.variants(
 MLPACKAGE = COREML["fp32"].filename
 
 _TRACED = ("torchscript", "torchscript-file")
+
+#: Refusals of coremltools' symbolic (dynamic) shapes, from either frontend: a reshape whose shape holds a symbol
+#: ("Cannot add const [is3, 16, 1, 79]"), an assertion on a shape (group_norm's `x.shape[0] == N`, with no message),
+#: a dynamic rank-6 reshape. Measured: a wav2vec2 encoder (both frontends), a Swin encoder (torch.export frontend).
+STATIC_SHAPES = Symptom(
+    (r"Cannot add const[^\n]*\b(?:is|s)\d+\b", r"cannot have symbolic values", r"AssertionError: *(?:\(step|$)",
+     r"only supports tensors with rank <= 5"),
+    Answer.of("coreml static shapes", {"static_shapes": True}, why="coremltools failed on a symbolic (dynamic) size; "
+              "converted at fixed shapes it has none"))
+#: The TorchScript frontend reading a traced size as an array (an aten::Int of a tensor: YOLO11n, a BERT encoder,
+#: grid_sample models): coremltools' torch.export frontend has no such nodes.
+EXPORT_FRONTEND = Symptom(
+    (r"only 0-dimensional arrays can be converted to Python scalars",),
+    Answer.of("coremltools torch.export frontend", via=("pt2",), why="coremltools' TorchScript frontend read a traced "
+              "size as an array (aten::Int); its torch.export frontend converts the program without such nodes"))
 
 
 @register_variants({"fp32": _TRACED, "fp16": _TRACED})
@@ -71,6 +87,12 @@ class CoremlFromTorchScript(PruningStep):
     def compute(self) -> str:
         """Core ML's compute precision: float32 for the fp32 format, float16 for the others."""
         return "float32" if self.precision == "fp32" else "float16"
+
+    symptoms: ClassVar[tuple[Symptom, ...]] = (EXPORT_FRONTEND, STATIC_SHAPES)  # then the ops it names, decomposed
+
+    @classmethod
+    def makes_static(cls, options: Mapping[str, Any] | None = None) -> bool:
+        return bool((options or {}).get("static_shapes"))  # else the named axes are bounded ranges
 
     @classmethod
     def check_config(cls, model: "Model", options: CoremlOptions, root: Path) -> str | None:  # type: ignore[override]
@@ -150,6 +172,7 @@ class CoremlFromTorchScript(PruningStep):
 
             pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold)
         return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned, **repair,
+                **({"static_shapes": True} if opts.static_shapes else {}),
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
@@ -179,9 +202,14 @@ class CoremlFromTorchScript(PruningStep):
         import numpy as np
 
         opts = ctx.options
+        sizes = ctx.example().inputs if opts.static_shapes else {}
         types = []
         for inp in ctx.model.inputs:
-            dims = [d if isinstance(d, int) else ct.RangeDim(1, opts.dynamic_upper_bound, 1) for d in inp.shape]
+            if opts.static_shapes:  # the batch axis 1, the other named axes the example's size
+                dims = [d if isinstance(d, int) else 1 if axis == 0 else int(sizes[inp.name].shape[axis])
+                        for axis, d in enumerate(inp.shape)]
+            else:
+                dims = [d if isinstance(d, int) else ct.RangeDim(1, opts.dynamic_upper_bound, 1) for d in inp.shape]
             shape = ct.Shape(dims) if any(not isinstance(d, int) for d in inp.shape) else tuple(dims)
             if opts.input_type == "image":
                 gray = inp.shape[1] == 1

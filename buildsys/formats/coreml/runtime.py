@@ -140,8 +140,7 @@ class CoreMLSession(Session):
         self.scale = float(user.get("com.modelbuild.image_scale", "1.0"))
         self.bias = [float(b) for b in user.get("com.modelbuild.image_bias", "0.0").split(",")]
         self.bgr = user.get("com.modelbuild.image_color_layout") == "BGR"
-        uppers = [f["ranges"][0][1] for f in self.inputs.values() if f["kind"] == "tensor" and f.get("ranges")]
-        self.max_batch = 1 if self.images else min([fixed_batch(model), *uppers])
+        self.max_batch = session_batch(self.inputs.values(), model, bool(self.images))
         self.output_names = [o.name for o in model.outputs]
 
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
@@ -168,6 +167,15 @@ class CoreMLSession(Session):
         if self.bgr:  # the model's tensor is BGR; Core ML swaps an RGB image's channels itself
             pixels = pixels[::-1]
         return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB")
+
+
+def session_batch(inputs: Any, model: "Model", images: bool) -> int:
+    """How many samples a package takes per call: one for image inputs and for a package converted at static shapes
+    (`static_shapes`: a first axis of 1 with no range), else up to the smallest upper bound of its first axes' ranges."""
+    tensors = [f for f in inputs if f["kind"] == "tensor"]
+    if images or any(not f.get("ranges") and f.get("shape", [0])[:1] == [1] for f in tensors):
+        return 1
+    return min([fixed_batch(model), *(f["ranges"][0][1] for f in tensors if f.get("ranges"))])
 
 
 def image_pixels(chw: "np.ndarray", scale: float, bias: list[float]) -> "np.ndarray":

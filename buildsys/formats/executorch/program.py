@@ -20,6 +20,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
+from buildsys.lowering import DETACHED_VIEW
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +78,8 @@ class _PteFromPt2(Step):
     toolchain = "torch"
     Options = PteOptions
     accepts_ops = ("executorch", "core")  # the edge dialect: core ATen, run by the runtime's kernels
+    fixes_shapes = True  # re-exported at the program's batch: a .pte has static shapes
+    symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names (a kernel the runtime lacks)
     delegates_ops = ("xnnpack", "core")  # what XNNPACK's partitioner has a config for; the rest runs portable
 
     @classmethod

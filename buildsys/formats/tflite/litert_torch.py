@@ -36,6 +36,7 @@ from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
 from buildsys.formats.tflite.tflite import FLATBUFFER, TfliteInt8FromSavedModel, TfliteOptions, tensor_dtypes
+from buildsys.lowering import DETACHED_VIEW
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -70,6 +71,8 @@ class TfliteFromPt2(Step):
     version = 2  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is
     route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
+    fixes_shapes = True  # converted at a fixed batch
+    symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names ("Lowering not found: aten.x")
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
     toolchain = "torch"

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.prune_search import PruningOptions, PruningStep
+from buildsys.lowering import Answer, Symptom
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,6 +48,16 @@ class _FromSavedModel(Step):
     """Shared body: convert the upstream SavedModel, write model.tflite and carry layout.json along."""
 
     consumes = ("saved_model",)
+    #: The recurrent loop onnx2tf made holds TensorList ops the converter cannot lower (a Conv1d+GRU model): onnx2tf
+    #: unrolls it instead (an option of the SavedModel stop), or litert-torch lowers the torch.export program.
+    symptoms = (
+        Symptom((r"TensorList\w+",), Answer.of(
+            "onnx2tf rnn-unroll", {"enable_rnn_unroll": True}, at="saved_model", why="TFLite cannot lower the "
+            "TensorList ops of the loop onnx2tf made of a recurrent layer; onnx2tf unrolls it over the static length")),
+        Symptom((r"TensorList\w+",), Answer.of(
+            "litert-torch", via=("pt2",), why="litert-torch lowers the recurrent layer from the torch.export program, "
+            "without TensorFlow's loop")),
+    )
     packages = ("tensorflow", "ai-edge-litert")
     extra = "tflite"
     toolchain = "tf"
