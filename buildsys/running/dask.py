@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import ModelbuildError, install_command
+from buildsys.records import WorkerReply
 
 if TYPE_CHECKING:
     from buildsys.planning.planner import Planner
-    from buildsys.records import WorkerReply
     from buildsys.running.pool import Executor, Job
     from buildsys.storage.remote import Remote
 
