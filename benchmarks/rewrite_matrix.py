@@ -43,7 +43,9 @@ from tests.helpers.rewrite_converters import RUNNERS, nchw  # noqa: E402
 
 MODELS = ("spotter", "recommender")
 #: The one-op modules of tests/helpers/rewrite_ops.py (--ops): which converters refuse each removed op.
-OPS = ("stft", "complex", "embedding-bag", "diff", "roll", "unfold", "fold", "sdpa")
+OPS = ("stft", "complex", "embedding-bag", "diff", "roll", "unfold", "fold", "sdpa", "fft-filter", "fft2", "istft",
+       "complex-einsum", "scatter-add", "scatter-reduce", "index-add", "index-put", "index-copy", "gru", "lstm", "rnn",
+       "lstm-cell", "cdist", "pdist", "pairwise-distance", "cosine-similarity", "triu")
 VARIANTS = ("before", "after")
 CONVERTERS = ("onnx-legacy", "onnx-dynamo", "coreml", "coreml-export", "executorch", "litert", "openvino", "onnx2tf")
 REWRITES = {"spotter": ("stft", "complex"), "recommender": ("embedding-bag",)}
@@ -53,15 +55,17 @@ def _model(name: str, variant: str) -> tuple[Any, tuple[Any, ...]]:
     from tests.helpers import rewrite_models as rm
     from tests.helpers.rewrite_ops import cases
 
+    rewrite_names = REWRITES.get(name)
     if name in OPS:
-        module, args, _ = cases()[name]
+        module, args, _, rewrite = cases()[name]
+        rewrite_names = (rewrite,)
     else:
         module, args = (rm.KeywordSpotter(), rm.spotter_inputs()) if name == "spotter" else \
             (rm.Recommender(), rm.recommender_inputs())
     module = module.eval()
     if variant == "after":
         from buildsys import rewrites
-        module = rewrites.apply(module, REWRITES.get(name, (name,)))
+        module = rewrites.apply(module, rewrite_names or ())
     return module, args
 
 

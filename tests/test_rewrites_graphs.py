@@ -1,6 +1,6 @@
 """Each rewrite removes its op from what the real tracers and exporters record.
 
-For the one-op module of each rewrite (tests/helpers/rewrite_ops.py): the op is in the TorchScript graph
+For the one-op module of each rewrite and family member (tests/helpers/rewrite_ops.py): the op is in the TorchScript graph
 (torch.jit.trace) and the ExportedProgram (torch.export, strict=False) before, and in neither after, nor
 after run_decompositions (what ExecuTorch, litert-torch and Core ML's export route see), where no node
 has a complex dtype either; the traced and exported rewritten modules compute what the original does;
@@ -23,6 +23,9 @@ from tests.test_rewrites import assert_equivalent
 CASES = cases()
 #: ONNX ops that stand for what the rewrites remove (the legacy exporter's spelling of them).
 ONNX_REMOVED = {"STFT", "DFT", "Loop", "Col2Im", "SequenceConstruct", "SequenceAt"}
+#: ... and per family, the ONNX ops of what it removes.
+ONNX_REMOVED_BY = {"scatter": {"ScatterElements", "ScatterND"}, "recurrent": {"GRU", "LSTM", "RNN"},
+                   "triangular": {"Trilu"}}
 
 
 def torchscript_ops(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> set[str]:
@@ -52,12 +55,12 @@ def complex_nodes(program: torch.export.ExportedProgram) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_removed_op_is_gone_from_every_graph(name: str) -> None:
-    module, args, op = CASES[name]
-    removed = {op_base(o) for o in rewrites.get(name).removes}
+    module, args, op, rewrite = CASES[name]
+    removed = {op_base(o) for o in rewrites.get(rewrite).removes}
     before_ts, before_ep = torchscript_ops(module, args), program_ops(exported(module, args))
     assert op in before_ts | before_ep, f"the original does not use {op}: the test proves nothing"
 
-    after = rewrites.apply(module, [name])
+    after = rewrites.apply(module, [rewrite])
     after_ts = torchscript_ops(after, args)
     program = exported(after, args)
     decomposed = program.run_decompositions()
@@ -81,13 +84,13 @@ def test_the_legacy_onnx_exporter_writes_a_plain_graph(name: str) -> None:
     import onnx
     import onnxruntime as ort
 
-    module, args, _ = CASES[name]
+    module, args, _, rewrite = CASES[name]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(rewrites.apply(module, [name]), args, buffer, dynamo=False, opset_version=17)
+        torch.onnx.export(rewrites.apply(module, [rewrite]), args, buffer, dynamo=False, opset_version=17)
     graph = onnx.load_from_string(buffer.getvalue()).graph
-    assert not ONNX_REMOVED & {n.op_type for n in graph.node}
+    assert not (ONNX_REMOVED | ONNX_REMOVED_BY.get(rewrite, set())) & {n.op_type for n in graph.node}
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
     got = session.run(None, feeds)[0]
@@ -99,7 +102,7 @@ def test_strict_export_and_dynamic_shapes_see_the_rewrites_too() -> None:
     from tests.helpers.rewrite_models import Recommender, recommender_inputs
 
     for name in ("complex", "stft", "sdpa"):
-        module, args, _ = CASES[name]
+        module, args, _, _ = CASES[name]
         program = exported(rewrites.apply(module, [name]), args, strict=True)
         assert not {op_base(o) for o in rewrites.get(name).removes} & program_ops(program)
         assert_equivalent(program.module()(*args), module(*args))
