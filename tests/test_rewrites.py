@@ -19,23 +19,12 @@ from torch import nn
 from buildsys import rewrites
 from buildsys.rewrites import RewriteNotApplicable, UnknownRewrite
 from tests.conftest import REPO
+from tests.helpers.rewrite_checks import REL, assert_equivalent, randn
 from tests.helpers.rewrite_ops import Fn
-
-REL = 1e-4
 
 
 def rewritten(fn: Callable[..., object], *names: str) -> nn.Module:
     return rewrites.apply(Fn(fn), names)  # type: ignore[arg-type]
-
-
-def assert_equivalent(got: torch.Tensor, want: torch.Tensor, rel: float = REL) -> None:
-    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
-    if want.dtype == torch.bool:
-        assert torch.equal(got, want)
-        return
-    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
-    allowed = rel * want.double().abs().max().item() + 1e-6 if want.numel() else 0.0
-    assert err <= allowed, f"max abs error {err:.3g} > allowed {allowed:.3g}"
 
 
 def check(fn: Callable[..., torch.Tensor], names: tuple[str, ...], *args: torch.Tensor, rel: float = REL) -> None:
@@ -44,9 +33,6 @@ def check(fn: Callable[..., torch.Tensor], names: tuple[str, ...], *args: torch.
     got = rewritten(fn, *names)(*args)
     assert_equivalent(got, want, rel)  # type: ignore[arg-type]
 
-
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # --- registry ----------------------------------------------------------------------------------------

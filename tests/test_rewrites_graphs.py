@@ -17,8 +17,8 @@ import torch
 
 from buildsys import rewrites
 from buildsys.rewrites import op_base
+from tests.helpers.rewrite_checks import assert_equivalent, graph_ops
 from tests.helpers.rewrite_ops import cases
-from tests.test_rewrites import assert_equivalent
 
 CASES = cases()
 #: ONNX ops that stand for what the rewrites remove (the legacy exporter's spelling of them).
@@ -26,13 +26,6 @@ ONNX_REMOVED = {"STFT", "DFT", "Loop", "Col2Im", "SequenceConstruct", "SequenceA
 #: ... and per family, the ONNX ops of what it removes.
 ONNX_REMOVED_BY = {"scatter": {"ScatterElements", "ScatterND"}, "recurrent": {"GRU", "LSTM", "RNN"},
                    "triangular": {"Trilu"}}
-
-
-def torchscript_ops(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> set[str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module, args, check_trace=False)
-    return {op_base(n.kind()) for n in traced.inlined_graph.nodes() if n.kind().startswith("aten::")}
 
 
 def exported(module: torch.nn.Module, args: tuple[torch.Tensor, ...], strict: bool = False) -> torch.export.ExportedProgram:
@@ -43,32 +36,21 @@ def program_ops(program: torch.export.ExportedProgram) -> set[str]:
     return {op_base(str(n.target)) for n in program.graph.nodes if n.op == "call_function"}
 
 
-def complex_nodes(program: torch.export.ExportedProgram) -> list[str]:
-    found = []
-    for node in program.graph.nodes:
-        values = node.meta.get("val")
-        for value in values if isinstance(values, (list, tuple)) else [values]:
-            if isinstance(value, torch.Tensor) and value.is_complex():
-                found.append(node.name)
-    return found
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_removed_op_is_gone_from_every_graph(name: str) -> None:
     module, args, op, rewrite = CASES[name]
     removed = {op_base(o) for o in rewrites.get(rewrite).removes}
-    before_ts, before_ep = torchscript_ops(module, args), program_ops(exported(module, args))
-    assert op in before_ts | before_ep, f"the original does not use {op}: the test proves nothing"
+    before = graph_ops(module, args)
+    assert op in before["traced"] | before["exported"], f"the original does not use {op}: the test proves nothing"
 
     after = rewrites.apply(module, [rewrite])
-    after_ts = torchscript_ops(after, args)
+    found = graph_ops(after, args)
+    for kind in ("traced", "exported", "decomposed"):
+        assert not removed & found[kind], f"the {kind} graph still has {removed & found[kind]}"
+    assert not found["complex"]
+
     program = exported(after, args)
     decomposed = program.run_decompositions()
-    assert not removed & after_ts, f"TorchScript still has {removed & after_ts}"
-    assert not removed & program_ops(program), f"ExportedProgram still has {removed & program_ops(program)}"
-    assert not removed & program_ops(decomposed), f"decomposed program still has {removed & program_ops(decomposed)}"
-    assert complex_nodes(decomposed) == []
-
     want = module(*args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

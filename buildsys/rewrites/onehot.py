@@ -91,13 +91,13 @@ def _combine(own: torch.Tensor, result: torch.Tensor, count: torch.Tensor, reduc
     if reduce == "mean":
         total, hits = (own + result, count + 1) if include_self else (result, count.clamp(min=1))
         return torch.where(written, _divide(total, hits), own)
+    if reduce == "sum" and include_self:
+        return own + result  # 0 where nothing landed
     if reduce == "replace" or not include_self:
         return torch.where(written, result, own)
-    if reduce == "sum":
-        return own + result
-    if reduce == "prod":
-        return own * result
-    return torch.maximum(own, result) if reduce == "amax" else torch.minimum(own, result)
+    combined = own * result if reduce == "prod" else \
+        torch.maximum(own, result) if reduce == "amax" else torch.minimum(own, result)
+    return torch.where(written, combined, own)  # slots of dims the index does not reach hold padding
 
 
 def _divide(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

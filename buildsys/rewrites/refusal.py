@@ -54,7 +54,7 @@ _QUALIFIED = r"(?:(?<=::)|(?<=\.)|(?<=['\"%`])|(?<=node )|(?<=kind )|(?<=op ))"
 def _mention_patterns(base: str) -> list[str]:
     camel = "".join(part[:1].upper() + part[1:] for part in base.strip("_").split("_"))
     end = r"(?![A-Za-z0-9_])"
-    return [_QUALIFIED + re.escape(base) + end] + \
+    return [_QUALIFIED + re.escape(base) + "_?" + end] + \
         [rf"(?<![A-Za-z0-9_]){re.escape(s)}{end}" for s in {base.upper(), camel} if s != base]
 
 
