@@ -58,7 +58,8 @@ REWRITES = (
                     "windows) as DFT matmuls and strided convolutions at static sizes; complex results as "
                     "real pairs",
         handlers=_fft_handlers,
-        signs=(*_COMPLEX_SIGNS, r"\bSTFT\b", r"\bDFT\b", r"\bFFT\b", r"\bRFFT\b", r"\bIRFFT\b"),
+        # ONNX's DFT / STFT, OpenVINO's RDFT / IRDFT nodes, litert-torch's "FFT normalization" and complex dtypes
+        signs=(*_COMPLEX_SIGNS, r"\bSTFT\b", r"\bI?R?DFT\b", r"\bI?R?FFT\b"),
     ),
     Rewrite(
         name="stft",

@@ -1,7 +1,7 @@
 """The recurrent family: nn.RNN / nn.GRU / nn.LSTM and their Cell versions unrolled over a static sequence length.
 
-Each layer's input projection for all time steps is one linear (x·W_ihᵀ + b_ih over [T, B, F]); the
-recurrence is T steps of one linear and the gate arithmetic each, written out with the gate layout and
+Each of the T steps is two linears (x_t·W_ihᵀ + b_ih, h·W_hhᵀ + b_hh) on 2-D [B, ·] tensors and the gate
+arithmetic (gates cut by constant slices), written out with the gate layout and
 formulas of torch's own kernels (GRU: r, z, n with n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)); LSTM:
 i, f, g, o and the projection W_hr of proj_size). Handled: every layer count, bidirectional
 (the backward direction runs from the last step), batch_first, given or zero initial states, biases or
@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 _KINDS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 
+def _gates(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """x's last dim cut into `count` equal gates by constant slices (a chunk traced with a dynamic batch is
+    exported as a Shape / Gather / Div per step)."""
+    from buildsys.rewrites.mechanism import static_size
+
+    size = static_size(x, -1, "recurrent", "a gate split") // count
+    return [x[..., g * size:(g + 1) * size] for g in range(count)]
+
+
 def _cell(kind: str, x_proj: torch.Tensor, state: tuple[torch.Tensor, ...], w_hh: torch.Tensor,
           b_hh: torch.Tensor | None, w_hr: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """One step: `x_proj` = x·W_ihᵀ + b_ih; `state` = (h,) or (h, c) for an LSTM; the new state."""
@@ -39,13 +48,13 @@ def _cell(kind: str, x_proj: torch.Tensor, state: tuple[torch.Tensor, ...], w_hh
     h = state[0]
     h_proj = F.linear(h, w_hh, b_hh)
     if kind == "gru":
-        x_r, x_z, x_n = x_proj.chunk(3, dim=-1)
-        h_r, h_z, h_n = h_proj.chunk(3, dim=-1)
+        x_r, x_z, x_n = _gates(x_proj, 3)
+        h_r, h_z, h_n = _gates(h_proj, 3)
         reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
         candidate = torch.tanh(x_n + reset * h_n)
         return (candidate + update * (h - candidate),)  # (1 − z)·n + z·h, as torch computes it
     if kind == "lstm":
-        i, f, g, o = (x_proj + h_proj).chunk(4, dim=-1)
+        i, f, g, o = _gates(x_proj + h_proj, 4)
         c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return (h if w_hr is None else F.linear(h, w_hr), c)
@@ -53,14 +62,18 @@ def _cell(kind: str, x_proj: torch.Tensor, state: tuple[torch.Tensor, ...], w_hh
     return (torch.tanh(total) if kind == "rnn_tanh" else torch.relu(total),)
 
 
-def _direction(kind: str, steps: Sequence[torch.Tensor], state: tuple[torch.Tensor, ...],
+def _direction(kind: str, inputs: Sequence[torch.Tensor], state: tuple[torch.Tensor, ...],
                weights: Sequence[torch.Tensor | None], reverse: bool) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """One direction of one layer over the projected steps: the outputs in time order and the last state."""
-    w_hh, b_hh, w_hr = weights
-    assert w_hh is not None
+    """One direction of one layer over the steps' inputs ([B, F] each): the outputs in time order and the last
+    state. Every step is 2-D (its own input projection too): converters that guess layouts for 3-D tensors
+    (onnx2tf) meet none in the recurrence."""
+    import torch.nn.functional as F
+
+    w_ih, b_ih, w_hh, b_hh, w_hr = weights
+    assert w_ih is not None and w_hh is not None
     outputs: list[torch.Tensor] = []
-    for x_proj in (reversed(steps) if reverse else steps):
-        state = _cell(kind, x_proj, state, w_hh, b_hh, w_hr)
+    for x in (reversed(inputs) if reverse else inputs):
+        state = _cell(kind, F.linear(x, w_ih, b_ih), state, w_hh, b_hh, w_hr)
         outputs.append(state[0])
     return (outputs[::-1] if reverse else outputs), state
 
@@ -85,7 +98,6 @@ def _unrolled(kind: str) -> Any:
     def run(input: torch.Tensor, hx: Any, params: Sequence[torch.Tensor], has_biases: bool, num_layers: int,
             dropout: float, train: bool, bidirectional: bool, batch_first: bool = False) -> tuple[torch.Tensor, ...]:
         import torch
-        import torch.nn.functional as F
 
         from buildsys.rewrites.mechanism import static_size
 
@@ -94,8 +106,8 @@ def _unrolled(kind: str) -> Any:
             raise RewriteNotApplicable("recurrent", op, "a PackedSequence (sequences of different lengths)")
         if train and dropout > 0 and num_layers > 1:
             raise RewriteNotApplicable("recurrent", op, f"dropout={dropout} in training mode (random)")
-        x = input.transpose(0, 1) if batch_first else input                            # [T, B, F]
-        length = static_size(x, 0, "recurrent", op)
+        length = static_size(input, 1 if batch_first else 0, "recurrent", op)
+        steps = [input[:, t] if batch_first else input[t] for t in range(length)]          # [B, F] each
         directions = 2 if bidirectional else 1
         weights = _layout(params, has_biases, num_layers * directions, op)
         states = tuple(hx) if kind == "lstm" else (hx,)                                 # each [L·D, B, H]
@@ -104,17 +116,12 @@ def _unrolled(kind: str) -> Any:
             outputs = []
             for direction in range(directions):
                 g = layer * directions + direction
-                w_ih, b_ih, w_hh, b_hh, w_hr = weights[g]
-                assert w_ih is not None
-                projected = F.linear(x, w_ih, b_ih)                                    # all steps at once
-                steps = [projected[t] for t in range(length)]
-                out, state = _direction(kind, steps, tuple(s[g] for s in states), (w_hh, b_hh, w_hr),
-                                        reverse=direction == 1)
-                outputs.append(torch.stack(out, dim=0))
+                out, state = _direction(kind, steps, tuple(s[g] for s in states), weights[g], reverse=direction == 1)
+                outputs.append(out)
                 for kept, value in zip(last, state):
                     kept.append(value)
-            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        output = x.transpose(0, 1) if batch_first else x
+            steps = outputs[0] if directions == 1 else [torch.cat(pair, dim=-1) for pair in zip(*outputs)]
+        output = torch.stack(steps, dim=1 if batch_first else 0)
         return (output, *(torch.stack(kept, dim=0) for kept in last))
     return run
 

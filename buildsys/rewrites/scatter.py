@@ -123,6 +123,9 @@ REWRITES = (
         description="scatter / scatter_add / scatter_reduce / index_add / index_copy / index_reduce / index_put "
                     "(and x[idx] = v) / embedding_bag as one-hot masks, matmuls and reductions at static sizes",
         handlers=_handlers,
-        signs=(r"\bScatter(ND|Elements)?\b", r"\bscatter_nd\b", r"\bTensorScatter\w*", r"\bLoop\b"),
+        # ONNX's and TensorFlow's scatters, litert-torch's "stablehlo.scatter" / STABLEHLO_SCATTER, a scatter op
+        # named bare ("include_self=False for scatter_reduce"), the legacy ONNX exporter's Loop for embedding_bag
+        signs=(r"\bScatter(ND|Elements)?\b", r"\bscatter(_nd|_add|_reduce)?\b", r"\bTensorScatter\w*",
+               r"(?i)stablehlo[._]scatter", r"\bLoop\b"),
     ),
 )
