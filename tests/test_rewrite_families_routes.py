@@ -181,10 +181,18 @@ def test_a_gru_activity_model_reaches_tflite_unrolled(tmp_path: Path) -> None:
 
 
 def test_an_fft_filter_reaches_onnx_and_core_ml(tmp_path: Path) -> None:
+    """The legacy ONNX exporter and coremltools' trace frontend refuse fft_rfft2 by name. On Core ML the traced
+    rewrite route then meets coremltools' TypeError on the model's own torch.zeros(spectrum.shape[-2:]) (a size
+    traced as a tensor); torch.export's route is refused at _fft_r2c, and with `fft` there it converts."""
     project, out = _build(tmp_path, "denoiser", DENOISER, "[{name: image, shape: [batch, 1, 16, 16]}]",
                           "server: {model: model, format: onnx}\nios: {model: model, format: coreml}\n")
     _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite fft)"], "fft", "aten::fft_rfft2")
-    _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite fft)", "coreml"], "fft", "fft_rfft2")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "pt2 (rewrite fft)", "coreml"], "fft", "fft_rfft2")
+    dropped = Lock.read(project.root / "deploy.lock").routes["ios"]["dropped"]
+    assert [d["route"] for d in dropped] == [["pytorch", "torchscript", "coreml"],
+                                             ["pytorch", "torchscript (rewrite fft)", "coreml"],
+                                             ["pytorch", "pt2", "coreml"]]
+    assert "_fft_r2c" in dropped[2]["reason"] and dropped[2]["rewrites"] == ["fft"]
 
 
 def test_complex_mixing_reaches_onnx(tmp_path: Path) -> None:
@@ -195,10 +203,17 @@ def test_complex_mixing_reaches_onnx(tmp_path: Path) -> None:
 
 
 def test_a_graph_layer_with_index_add_reaches_tflite(tmp_path: Path) -> None:
+    """The legacy ONNX exporter refuses index_add_ with duplicated indices; the rewritten ONNX then meets onnx2tf's
+    layout guess on the model's own 3-D linear (an Add it cannot broadcast); litert-torch's route is refused by
+    LiteRT (a StableHLO scatter it cannot prepare) and, with `scatter` there, passes."""
     project, out = _build(tmp_path, "gnn", GNN, "[{name: nodes, shape: [batch, 4, 6]}]",
                           "android: {model: model, format: tflite}\n")
-    _assert_rewrite_route(project, out, "android", ["pytorch", "onnx (rewrite scatter)", "saved_model", "tflite"],
-                          "scatter", "index_add_()")
+    _assert_rewrite_route(project, out, "android", ["pytorch", "pt2 (rewrite scatter)", "tflite"], "scatter",
+                          "index_add_()")
+    dropped = Lock.read(project.root / "deploy.lock").routes["android"]["dropped"]
+    refused = {tuple(d["route"]): d for d in dropped}
+    assert refused[("pytorch", "pt2", "tflite")]["rewrites"] == ["scatter"]
+    assert "STABLEHLO_SCATTER" in refused[("pytorch", "pt2", "tflite")]["reason"]
 
 
 def test_a_point_cloud_model_with_cdist_reaches_core_ml(tmp_path: Path) -> None:

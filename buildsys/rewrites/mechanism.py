@@ -82,16 +82,18 @@ def static_size(x: torch.Tensor, dim: int, rewrite: str, op: str) -> int:
 
 
 def to_last(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """x with `dim` moved last, spelled with non-negative dims (the TorchScript ONNX exporter writes a
-    movedim from a negative dim as a Transpose with a negative perm, which ONNX refuses); no op if it is."""
+    """x with `dim` moved last: a permute with non-negative dims, not a movedim (coremltools' trace frontend
+    has no movedim; the TorchScript ONNX exporter writes one from a negative dim as an invalid Transpose)."""
     dim = dim % x.dim()
-    return x if dim == x.dim() - 1 else x.movedim(dim, x.dim() - 1)
+    order = [d for d in range(x.dim()) if d != dim] + [dim]
+    return x if dim == x.dim() - 1 else x.permute(order)
 
 
 def from_last(x: torch.Tensor, dim: int) -> torch.Tensor:
     """The inverse of to_last: the last dim moved back to `dim`."""
     dim = dim % x.dim()
-    return x if dim == x.dim() - 1 else x.movedim(x.dim() - 1, dim)
+    order = list(range(dim)) + [x.dim() - 1] + list(range(dim, x.dim() - 1))
+    return x if dim == x.dim() - 1 else x.permute(order)
 
 
 def function_name(func: Callable[..., object]) -> str:
