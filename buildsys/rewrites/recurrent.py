@@ -152,8 +152,11 @@ REWRITES = (
     Rewrite(
         name="recurrent",
         version=1,
-        removes=(*(f"aten::{k}" for k in _KINDS), *(f"aten::{k}_cell" for k in _KINDS), "aten::mkldnn_rnn_layer",
-                 "aten::_thnn_fused_lstm_cell", "aten::_thnn_fused_gru_cell"),
+        # ... and what the cells are traced as (unsafe_chunk: coremltools' trace frontend has none), the fused
+        # kernels eager CPU and GPU runs dispatch
+        removes=(*(f"aten::{k}" for k in _KINDS), *(f"aten::{k}_cell" for k in _KINDS), "aten::unsafe_chunk",
+                 "aten::unsafe_split", "aten::mkldnn_rnn_layer", "aten::_thnn_fused_lstm_cell",
+                 "aten::_thnn_fused_gru_cell"),
         description="nn.RNN / GRU / LSTM (layers, bidirectional, batch_first, initial states, proj_size) and "
                     "their cells unrolled over the static sequence length into linear layers and gate arithmetic",
         handlers=_handlers,
