@@ -126,3 +126,69 @@ def test_each_rewrite_is_found_from_its_op_in_any_spelling() -> None:
     for text, rewrite in cases.items():
         assert names(text)[0] == rewrite, text
     assert ops_named(COREML_BAG) == ["embedding_bag"] and ops_named(LITERT_BAG) == ["_embedding_bag"]
+
+
+# --- the families: refusals of the one-op modules of tests/helpers/rewrite_ops.py (benchmarks/rewrite_matrix.py
+# --ops --variant before), with their programs as torch.export (or, for the ONNX export, the eager call) names them
+FFT2_OPS = ["aten.fft_rfft2.default", "aten.fft_irfft2.default", "aten.mul.Tensor", "aten.zeros.default"]
+FFT2_DECOMPOSED = ["aten._fft_r2c.default", "aten._fft_c2r.default", "aten.mul.Tensor", "aten.full.default"]
+MIXING_OPS = ["aten.view_as_complex.default", "aten.complex.default", "aten.einsum.default", "aten.view_as_real.default"]
+INDEX_ADD_OPS = ["aten.zeros.default", "aten.index_add.default"]
+SCATTER_REDUCE_OPS = ["aten.zeros.default", "aten.scatter_reduce.two", "aten.abs.default"]
+GRU_CALLS = ["aten::addmm", "aten::gru", "aten::sigmoid_", "aten::stack", "aten::tanh_", "aten::zeros"]  # ONNX export
+LSTM_CELL_TRACED = ["aten::linear", "aten::unsafe_chunk", "aten::sigmoid", "aten::tanh", "aten::mul", "aten::add"]
+
+FAMILY_REFUSALS = [  # (converter, text, program, the rewrites it points at)
+    ("onnx-legacy", "UnsupportedOperatorError: Exporting the operator 'aten::fft_rfft2' to ONNX opset version 17 is "
+     "not supported", FFT2_OPS, ["fft"]),
+    ("coreml", "NotImplementedError: PyTorch convert function for op 'fft_rfft2' not implemented.", FFT2_OPS, ["fft"]),
+    ("coreml-export", "NotImplementedError: Unsupported fx node _fft_r2c, kind _fft_r2c", FFT2_DECOMPOSED, ["fft"]),
+    ("litert", "NotImplementedError: FFT normalization != 0 is not yet implemented.\n\nWhile executing %_fft_r2c : "
+     "[num_users=1] = call_function[target=torch.ops.aten._fft_r2c.default](args = (%args_0, [1, 2], 1, True), "
+     "kwargs = {})", FFT2_DECOMPOSED, ["fft"]),
+    ("executorch", "SpecViolationError: These operators are taking Tensor inputs with mismatched dtypes:\n\nOperator: "
+     "<EdgeOpOverload: aten.mul.Tensor>: schema = aten::mul.Tensor(Tensor self, Tensor other) -> Tensor with args: "
+     "{'self': torch.complex64, 'other': torch.complex64, '__ret_0': torch.complex64}", FFT2_DECOMPOSED, ["fft"]),
+    ("openvino", "RuntimeError: Exception from src/inference/src/cpp/infer_request.cpp:224:\nException from "
+     "src/plugins/intel_cpu/src/graph.cpp:1628:\nNode node_DFT_53 of type RDFT\nCheck 'isInverse' failed at "
+     "src/plugins/intel_cpu/src/nodes/rdft.cpp:314:\nSignal size greater than input size is not supported yet",
+     ["aten::fft_rfft", "aten::_fft_r2c", "aten::fft_irfft", "aten::_fft_c2r"], ["fft"]),
+    ("onnx-legacy", "UnsupportedOperatorError: Exporting the operator 'aten::view_as_complex' to ONNX opset version 17 "
+     "is not supported", MIXING_OPS, ["complex"]),
+    ("executorch", "SpecViolationError: \nOperator torch._ops.aten.complex.default is not in Core ATen opset "
+     "(https://pytorch.org/docs/stable/torch.compiler_ir.html#core-aten-ir).\"", MIXING_OPS, ["complex"]),
+    ("litert", "RuntimeError: torch.complex64\n\nWhile executing %view_as_complex : [num_users=1] = call_function"
+     "[target=torch.ops.aten.view_as_complex.default](args = (%view,), kwargs = {})", MIXING_OPS, ["complex"]),
+    ("onnx-legacy", "SymbolicValueError: ONNX export does not support exporting 'index_add_()' function with "
+     "duplicated values in 'index' parameter yet.  [Caused by the value '13 defined in (%13 : Float(4, 16, …) = "
+     "onnx::Constant[value=<Tensor>](), …", INDEX_ADD_OPS, ["scatter"]),
+    ("litert", "RuntimeError: Only update, Add, Multiply, Maximum and Minimum operations are currently supported for "
+     "stablehlo.scatter.Node number 0 (STABLEHLO_SCATTER) failed to prepare.", INDEX_ADD_OPS, ["scatter"]),
+    ("onnx-legacy", "OnnxExporterError: ONNX does not support include_self=False for scatter_reduce",
+     SCATTER_REDUCE_OPS, ["scatter"]),
+    ("coreml", "NotImplementedError: PyTorch convert function for op 'index_copy' not implemented.",
+     ["aten.zeros.default", "aten.index_copy.default"], ["scatter"]),
+    ("executorch", "RuntimeError: Failed to load method forward, error: 0x:14", SCATTER_REDUCE_OPS, ["scatter"]),
+    ("tflite", "TFLiteConverter failed on op(s) tf.TensorListReserve: <unknown>:0: error: loc(callsite(fused["
+     "\"TensorListReserve:\", \"model/rnn/TensorArrayV2_1@__inference_serve_936\"] …", GRU_CALLS, ["recurrent"]),
+    ("onnx2tf", "ValueError: Output tensors of a Functional model must be the output of a TensorFlow `Layer` (thus "
+     "holding past layer metadata). Found: [[[0. 0.]\n  [0. 0.]…", GRU_CALLS, ["recurrent"]),
+    ("coreml", "NotImplementedError: PyTorch convert function for op 'unsafe_chunk' not implemented.",
+     LSTM_CELL_TRACED, ["recurrent"]),
+]
+
+
+@pytest.mark.parametrize(("converter", "text", "program", "expected"), FAMILY_REFUSALS,
+                         ids=[f"{r[3][0]}-{r[0]}-{i}" for i, r in enumerate(FAMILY_REFUSALS)])
+def test_each_familys_refusals_point_at_it(converter: str, text: str, program: list[str], expected: list[str]) -> None:
+    from buildsys.rewrite_routes import refusal_rewrites
+
+    assert refusal_rewrites(text, program) == expected
+
+
+def test_the_same_refusal_without_a_matching_program_points_elsewhere_or_nowhere() -> None:
+    """A refusal is only answered by a rewrite that can change the program: a sign alone is not enough."""
+    tensor_list = FAMILY_REFUSALS[14][1]
+    assert names(tensor_list, ["aten::linear", "aten::relu"]) == []  # nothing in the program a rewrite removes
+    assert names(tensor_list) == ["recurrent"]      # no program known: the sign decides
+    assert names("ONNX does not support include_self=False for scatter_reduce", FFT2_OPS) == []
