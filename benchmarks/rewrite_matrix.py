@@ -128,7 +128,30 @@ def main() -> None:
                       f"{result.get('max_abs_err', '')} {result.get('error', '')[:160]!r}", flush=True)
                 opts.out.parent.mkdir(parents=True, exist_ok=True)
                 opts.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(table(results))
+    print(ops_table(results) if opts.ops else table(results))
+
+
+def _mark(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "·"
+    return {"ok": "ok", "wrong": "wrong", "refused": "refused", "crashed": "crashed"}.get(result["status"], "?")
+
+
+def ops_table(results: dict[str, Any]) -> str:
+    """The one-op modules as a Markdown grid: a row per op, a column per converter, "before → after"."""
+    rows = ["| op (rewrite) | " + " | ".join(CONVERTERS) + " |", "|---|" + "---|" * len(CONVERTERS)]
+    from tests.helpers.rewrite_ops import cases
+
+    known = cases()
+    for name, variants in results.items():
+        if name not in known:
+            continue
+        cells = []
+        for converter in CONVERTERS:
+            before, after = (variants.get(v, {}).get(converter) for v in VARIANTS)
+            cells.append(_mark(before) if after is None else f"{_mark(before)} → {_mark(after)}")
+        rows.append(f"| {name} ({known[name][3]}) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def table(results: dict[str, Any]) -> str:

@@ -140,7 +140,7 @@ class PointContext(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(anchors, 16), nn.ReLU(), nn.Linear(16, 4))
 
     def forward(self, points):
-        distances = torch.cdist(points, self.anchors.expand(points.shape[0], -1, -1))
+        distances = torch.cdist(points, self.anchors)  # [B, P, anchors]
         return self.mlp(torch.exp(-distances)).max(dim=1).values
 
 
@@ -217,7 +217,7 @@ def test_a_graph_layer_with_index_add_reaches_tflite(tmp_path: Path) -> None:
 
 
 def test_a_point_cloud_model_with_cdist_reaches_core_ml(tmp_path: Path) -> None:
-    project, out = _build(tmp_path, "points", POINTS, "[{name: points, shape: [2, 32, 3]}]",
+    project, out = _build(tmp_path, "points", POINTS, "[{name: points, shape: [batch, 32, 3]}]",
                           "ios: {model: model, format: coreml}\n")
     _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite distance)", "coreml"], "distance",
                           "cdist")
