@@ -45,7 +45,7 @@ MODELS = ("spotter", "recommender")
 #: The one-op modules of tests/helpers/rewrite_ops.py (--ops): which converters refuse each removed op.
 OPS = ("stft", "complex", "embedding-bag", "diff", "roll", "unfold", "fold", "sdpa", "fft-filter", "fft2", "istft",
        "complex-einsum", "scatter-add", "scatter-reduce", "index-add", "index-put", "index-copy", "gru", "lstm", "rnn",
-       "lstm-cell", "cdist", "pdist", "pairwise-distance", "cosine-similarity", "triu")
+       "lstm-cell", "cdist", "pdist", "pairwise-distance", "triu")
 VARIANTS = ("before", "after")
 CONVERTERS = ("onnx-legacy", "onnx-dynamo", "coreml", "coreml-export", "executorch", "litert", "openvino", "onnx2tf")
 REWRITES = {"spotter": ("stft", "complex"), "recommender": ("embedding-bag",)}

@@ -1,4 +1,4 @@
-"""The distance family: torch.cdist, pdist, pairwise_distance, cosine_similarity and dist with elementwise ops and matmuls.
+"""The distance family: torch.cdist, pdist, pairwise_distance and dist with elementwise ops and matmuls.
 
 - cdist(x1, x2, p, compute_mode): p = 2 where torch uses its matmul form (compute_mode
   'use_mm_for_euclid_dist', or the default with more than 25 rows on either side) is that form, written
@@ -7,13 +7,15 @@
   takes the largest).
 - pdist(x, p): the rows i < j of the same differences, picked with constant row indices.
 - pairwise_distance(x1, x2, p, eps, keepdim): the p-norm of x1 − x2 + eps over the last dim, as torch.
-- cosine_similarity(x1, x2, dim, eps): each side divided by its norm clamped at eps, multiplied, summed.
 - dist(x1, x2, p): the p-norm of the whole difference.
 
 Norms are written as abs / pow / sum / sqrt / amax, so no norm op is left.
 
+Not cosine_similarity: every converter here takes it (benchmarks/rewrite_matrix.py --ops), so it is left
+as it is.
+
 Why a rewrite and not a decomposition: cdist and pdist decompose only into `_cdist_forward` and
-`_pdist_forward`, which no table lowers further; pairwise_distance, cosine_similarity and dist decompose
+`_pdist_forward`, which no table lowers further; pairwise_distance and dist decompose
 into `linalg_vector_norm` only under torch.export: the TorchScript trace that the legacy ONNX exporter
 and Core ML's trace frontend read records the ops themselves. Equivalence: tests/test_rewrite_families_distance.py.
 """
@@ -89,17 +91,6 @@ def pairwise_distance(x1: torch.Tensor, x2: torch.Tensor, p: float = 2.0, eps: f
     return norm(x1 - x2 + eps, p, dim=max(x1.dim(), x2.dim()) - 1, keepdim=keepdim)
 
 
-def cosine_similarity(x1: torch.Tensor, x2: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
-    import torch
-
-    a, b = torch.broadcast_tensors(x1, x2)
-    if not a.is_floating_point():
-        a, b = a.to(torch.get_default_dtype()), b.to(torch.get_default_dtype())
-    na = torch.clamp(torch.sqrt((a * a).sum(dim=dim, keepdim=True)), min=eps)
-    nb = torch.clamp(torch.sqrt((b * b).sum(dim=dim, keepdim=True)), min=eps)
-    return ((a / na) * (b / nb)).sum(dim=dim)
-
-
 def dist(input: torch.Tensor, other: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return norm((input - other).flatten(), float(p), dim=0)
 
@@ -109,8 +100,7 @@ def _handlers() -> HandlerTable:
     import torch.nn.functional as F
 
     table: dict[Callable[..., object], Handler] = {torch.cdist: cdist, torch.functional.cdist: cdist, torch.dist: dist, torch.Tensor.dist: dist}
-    for name, impl in (("pdist", pdist), ("pairwise_distance", pairwise_distance),
-                       ("cosine_similarity", cosine_similarity)):
+    for name, impl in (("pdist", pdist), ("pairwise_distance", pairwise_distance)):
         table[getattr(torch, name)] = impl
         table[getattr(F, name)] = impl
     return table
@@ -121,9 +111,9 @@ REWRITES = (
         name="distance",
         version=1,
         removes=("aten::cdist", "aten::_cdist_forward", "aten::_euclidean_dist", "aten::pdist", "aten::_pdist_forward",
-                 "aten::pairwise_distance", "aten::cosine_similarity", "aten::dist"),
-        description="cdist / pdist / pairwise_distance / cosine_similarity / dist (every p, compute_mode, eps, "
-                    "keepdim) as differences, matmuls and written-out norms",
+                 "aten::pairwise_distance", "aten::dist"),
+        description="cdist / pdist / pairwise_distance / dist (every p, compute_mode, eps, keepdim) as "
+                    "differences, matmuls and written-out norms",
         handlers=_handlers,
         signs=(r"\bCDist\b", r"\bcdist\b",),
     ),

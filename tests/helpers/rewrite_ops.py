@@ -145,8 +145,6 @@ def cases() -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], str, str]]:
         "pdist": (Fn(lambda a: F.pdist(a)), (rows,), "pdist", "distance"),
         "pairwise-distance": (Fn(lambda a, b: F.pairwise_distance(a, b)), (rows, rows.flip(0)), "pairwise_distance",
                               "distance"),
-        "cosine-similarity": (Fn(lambda a, b: F.cosine_similarity(a, b, dim=-1)), (rows, rows.flip(0)),
-                              "cosine_similarity", "distance"),
         "triu": (Fn(lambda t: torch.triu(t, diagonal=1) + t.tril(-2)), (x,), "triu", "triangular"),
     }
 
