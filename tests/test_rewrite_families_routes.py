@@ -6,7 +6,8 @@ its numeric check against the original PyTorch model in its runtime.
 Refusals met (torch 2.13, onnx2tf 1.28, TensorFlow's TFLite converter, coremltools 9.0): TFLite's
 `tf.TensorListReserve` for the GRU that onnx2tf makes a while loop; the legacy ONNX exporter's "Exporting the
 operator 'aten::fft_rfft2' / 'aten::view_as_complex' ... is not supported" and "index_add_() ... with duplicated
-values"; coremltools' trace frontend on cdist (see each test).
+values"; coremltools' trace frontend on cdist and triu_indices, the legacy ONNX exporter on triu below opset 14
+(see each test).
 """
 
 from __future__ import annotations
@@ -148,6 +149,35 @@ def build():
     return PointContext()
 '''
 
+INTERACTION = '''\
+import torch
+from torch import nn
+
+
+class FeatureInteraction(nn.Module):
+    """A DLRM-style dot interaction: embeddings of each field, their pairwise dot products above the diagonal
+    (triu_indices), each field's interactions with the later ones (triu), then an MLP."""
+
+    def __init__(self, fields=5, dim=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fields = fields
+        self.embed = nn.Linear(1, dim)
+        self.mlp = nn.Sequential(nn.Linear(fields * (fields - 1) // 2 + fields, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, values):
+        e = self.embed(values.unsqueeze(-1))                    # [B, fields, dim]
+        z = torch.bmm(e, e.transpose(1, 2))                     # [B, fields, fields]
+        rows, cols = torch.triu_indices(self.fields, self.fields, 1)
+        pairs = z[:, rows, cols]
+        later = torch.triu(z, diagonal=1).sum(dim=-1)
+        return torch.sigmoid(self.mlp(torch.cat([pairs, later], dim=1)))
+
+
+def build():
+    return FeatureInteraction()
+'''
+
 
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
@@ -221,3 +251,14 @@ def test_a_point_cloud_model_with_cdist_reaches_core_ml(tmp_path: Path) -> None:
                           "ios: {model: model, format: coreml}\n")
     _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite distance)", "coreml"], "distance",
                           "cdist")
+
+
+def test_a_feature_interaction_model_reaches_core_ml_and_onnx_opset_13(tmp_path: Path) -> None:
+    """coremltools has no triu_indices; the legacy ONNX exporter has no triu below opset 14 (Trilu)."""
+    project, out = _build(tmp_path, "interaction", INTERACTION, "[{name: values, shape: [batch, 5]}]",
+                          "ios: {model: model, format: coreml}\n"
+                          "legacy: {model: model, format: onnx, options: {onnx: {opset: 13}}}\n")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite triangular)", "coreml"], "triangular",
+                          "triu_indices")
+    _assert_rewrite_route(project, out, "legacy", ["pytorch", "onnx (rewrite triangular)"], "triangular",
+                          "'aten::triu' is not supported at opset 13")
