@@ -5,10 +5,12 @@ torch.triu(x, diagonal) keeps x[..., i, j] where j − i ≥ diagonal; with the 
 mask is a boolean constant computed in NumPy (np.triu of ones) and the op a `where` against zeros, which
 every converter has; the index functions (whose arguments are Python ints) are int64 constants.
 
-Why a rewrite and not a decomposition: PyTorch decomposes triu / tril into arange, a subtraction, a
-comparison and a where built in the graph, but only under torch.export; the TorchScript trace records
-`aten::triu`, which the legacy ONNX exporter writes as Trilu (opset 14) and converters without Trilu
-refuse, and triu_indices has no decomposition. Equivalence: tests/test_rewrite_families_distance.py.
+Why a rewrite and not a decomposition: triu_indices / tril_indices have no decomposition, and coremltools
+(both frontends), litert-torch and ExecuTorch refuse them (measured). PyTorch decomposes triu / tril into
+arange, a subtraction, a comparison and a where, but only under torch.export; the TorchScript trace records
+`aten::triu`, which the legacy ONNX exporter writes as Trilu and refuses below opset 14. (At the default
+opsets every converter here takes triu / tril themselves: the family reaches them through those refusals.)
+Equivalence: tests/test_rewrite_families_distance.py.
 """
 
 from __future__ import annotations
