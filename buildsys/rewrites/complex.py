@@ -66,12 +66,13 @@ def _real_of(dtype: object) -> torch.dtype | None:
 def _factory(func: Any, name: str) -> Any:
     """torch.<name> (zeros, ones, full, empty and their *_like) making a pair where its dtype is complex (a
     complex fill_value without a dtype too) and itself otherwise; empty is zeros, as a graph constant is."""
-    def make(*args: Any, **kwargs: Any) -> object:
+    is_full, is_like, is_ones = name.startswith("full"), name.endswith("_like"), name.startswith("ones")
+
+    def make(*args: Any, **kwargs: Any) -> object:  # (no str methods inside: TorchDynamo cannot trace them)
         import torch
 
         from buildsys.rewrites.pair import ComplexPair
 
-        is_full = name.startswith("full")
         value = (args[1] if len(args) > 1 else kwargs.get("fill_value")) if is_full else None
         dtype = kwargs.get("dtype")
         if dtype is None and isinstance(value, complex):
@@ -80,13 +81,12 @@ def _factory(func: Any, name: str) -> Any:
         if real_dtype is None:
             return func(*args, **kwargs)
         kwargs = {**kwargs, "dtype": real_dtype}
-        zeros = torch.zeros_like if name.endswith("_like") else torch.zeros
+        zeros = torch.zeros_like if is_like else torch.zeros
         if is_full:
             kwargs.pop("fill_value", None)
             number = complex(value)  # type: ignore[arg-type]
             return ComplexPair(func(args[0], number.real, **kwargs), func(args[0], number.imag, **kwargs))
-        real = (torch.ones_like if name.endswith("_like") else torch.ones)(*args, **kwargs) \
-            if name.startswith("ones") else zeros(*args, **kwargs)
+        real = (torch.ones_like if is_like else torch.ones)(*args, **kwargs) if is_ones else zeros(*args, **kwargs)
         return ComplexPair(real, zeros(*args, **kwargs))
     return make
 
@@ -120,8 +120,8 @@ def _handlers() -> HandlerTable:
 
     from buildsys.rewrites import dft
 
-    table: dict[Callable[..., object], Handler] = {torch.view_as_complex: view_as_complex, torch.complex: complex_, torch.polar: polar,
-             torch.Tensor.to: to}
+    table: dict[Callable[..., object], Handler] = {
+        torch.view_as_complex: view_as_complex, torch.complex: complex_, torch.polar: polar, torch.Tensor.to: to}
     table.update({getattr(torch, name): _factory(getattr(torch, name), name) for name in _FACTORIES})
     table.update({getattr(torch.fft, name): dft.TRANSFORMS[name] for name in ("fft", "ifft", "rfft", "irfft")})
     return table

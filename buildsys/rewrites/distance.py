@@ -81,9 +81,11 @@ def pdist(input: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
     if input.dim() != 2:
         raise RuntimeError(f"pdist only supports 2D tensors, got: {input.dim()}D")
+    from buildsys.rewrites.triangular import triangle_indices
+
     rows = static_size(input, 0, "distance", "torch.pdist")
-    first, second = np.triu_indices(rows, 1)
-    return norm(input.index_select(0, constant(first)) - input.index_select(0, constant(second)), p, dim=-1)
+    first, second = (constant(np.asarray(i, dtype=np.int64)) for i in triangle_indices(rows, rows, 1, upper=True))
+    return norm(input.index_select(0, first) - input.index_select(0, second), p, dim=-1)
 
 
 def pairwise_distance(x1: torch.Tensor, x2: torch.Tensor, p: float = 2.0, eps: float = 1e-6,

@@ -355,6 +355,10 @@ def _by_function() -> dict[Callable[..., object], Callable[..., object]]:
             func = getattr(owner, name, None)
             if func is not None and callable(func):
                 table[func] = impl
+    import operator  # TorchDynamo (torch.export strict=True) hands the operators, not the Tensor dunders
+
+    table.update({operator.add: add, operator.sub: sub, operator.mul: mul, operator.truediv: div,
+                  operator.matmul: matmul, operator.neg: IMPLEMENTED["neg"], operator.pow: pow})
     table[torch.Tensor.real.__get__] = IMPLEMENTED["real"]  # type: ignore[attr-defined]
     table[torch.Tensor.imag.__get__] = IMPLEMENTED["imag"]  # type: ignore[attr-defined]
     return table

@@ -36,8 +36,10 @@ def _masked(upper: bool) -> Any:
         if input.dim() < 2:
             raise RuntimeError(f"{name[6:]}: input tensor must have at least 2 dimensions")
         rows, cols = static_size(input, -2, "triangular", name), static_size(input, -1, "triangular", name)
-        ones = np.ones((rows, cols), dtype=bool)
-        mask = constant(np.triu(ones, diagonal) if upper else np.tril(ones, diagonal))
+        # column − row against the diagonal, not np.triu: TorchDynamo (torch.export strict=True) traces NumPy
+        # into torch ops, and np.triu would come back as the very triu this removes
+        offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+        mask = constant(offset >= diagonal if upper else offset <= diagonal)
         return torch.where(mask, input, torch.zeros_like(input))
     return keep
 
@@ -48,6 +50,14 @@ def _in_place(func: Any) -> Any:
     return write_back
 
 
+def triangle_indices(rows: int, cols: int, offset: int, upper: bool) -> list[list[int]]:
+    """[row indices, column indices] of the upper (column − row ≥ offset) or lower (≤) triangle, row by row,
+    as np.triu_indices gives them, in Python ints: TorchDynamo folds them to a constant, where it would trace
+    np.triu_indices back into triu_indices."""
+    pairs = [(r, c) for r in range(rows) for c in range(cols) if (c - r >= offset if upper else c - r <= offset)]
+    return [[r for r, _ in pairs], [c for _, c in pairs]]
+
+
 def _indices(upper: bool) -> Any:
     def make(row: int, col: int, offset: int = 0, *, dtype: Any = None, device: Any = None,
              layout: Any = None, pin_memory: bool = False) -> torch.Tensor:
@@ -56,8 +66,7 @@ def _indices(upper: bool) -> Any:
 
         from buildsys.rewrites.mechanism import constant
 
-        found = np.triu_indices(row, offset, col) if upper else np.tril_indices(row, offset, col)
-        return constant(np.stack(found).astype(np.int64), dtype or torch.int64)
+        return constant(np.asarray(triangle_indices(row, col, offset, upper), dtype=np.int64), dtype or torch.int64)
     return make
 
 
