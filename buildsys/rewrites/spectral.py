@@ -207,7 +207,10 @@ def istft(input: object, n_fft: int, hop_length: int | None = None, win_length: 
     envelope = torch.nn.functional.conv_transpose1d(torch.ones(1, 1, frames, dtype=dtype),
                                                     (window * window)[None, None, :], stride=hop)[0]  # [1, total]
     start = n_fft // 2 if center else 0
-    end = start + length if length is not None else (total - n_fft // 2 if center else total)
+    if isinstance(length, torch.SymInt):
+        raise RewriteNotApplicable("fft", name, "a dynamic length (the output's slice depends on it)")
+    # int(): a length read from a tensor's shape is a traced 0-d tensor under torch.jit.trace, a constant here
+    end = start + int(length) if length is not None else (total - n_fft // 2 if center else total)
     stop = min(end, total)
 
     def finish(y: torch.Tensor) -> torch.Tensor:
