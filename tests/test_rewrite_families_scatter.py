@@ -86,6 +86,20 @@ def test_index_put_and_setitem(dtype: torch.dtype) -> None:
     check(writes, "scatter", _values((3, 6, 4), dtype, 11))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool], ids=str)
+def test_slice_assignment_is_a_where(dtype: torch.dtype) -> None:
+    def regions(t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(3, 6, 5, dtype=dtype)
+        out[:, 1:4] = t[:, :3]
+        out[..., -1] = t[:, 0, :1].expand(3, 6) if dtype != torch.bool else True
+        out[1, 2:, :2] = 1
+        out[0] = out[2]
+        return out
+
+    x = _values((3, 6, 5), torch.float32, 12)
+    check(regions, "scatter", x.to(dtype) if dtype != torch.bool else x > 0, graphs=dtype == torch.float32)
+
+
 def test_in_place_forms_and_no_scatter_left_in_any_graph() -> None:
     def message_passing(x: torch.Tensor) -> torch.Tensor:
         """A graph layer: edge messages summed into their target nodes, then the max over each node's edges."""

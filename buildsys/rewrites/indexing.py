@@ -84,11 +84,18 @@ def _product(sizes: Sequence[int]) -> int:
 
 
 def setitem(self: torch.Tensor, key: Any, value: Any) -> None:
-    """Tensor.__setitem__: a key with index tensors is an index_put written back into the tensor; any other
-    key (ints, slices: no scatter) is the assignment itself."""
+    """Tensor.__setitem__: a key with index tensors is an index_put, a static region (ints, unit-step slices)
+    a pad and a where (buildsys.rewrites.pair_ops.placed: no slice_scatter or ScatterND), each written back
+    into the tensor; any other key is the assignment itself."""
+    from buildsys.rewrites.pair_ops import placed
+
     keys = key if isinstance(key, tuple) else (key,)
     if not any(isinstance(k, torch.Tensor) for k in keys):
-        torch.Tensor.__setitem__(self, key, value)
+        region = placed(self, key, value) if isinstance(value, (torch.Tensor, int, float)) else None
+        if region is None:
+            torch.Tensor.__setitem__(self, key, value)
+        else:
+            self.copy_(region)
         return
     consumed = sum(1 if not isinstance(k, torch.Tensor) or k.dtype != torch.bool else k.dim()
                    for k in keys if k is not Ellipsis)

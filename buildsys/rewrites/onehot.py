@@ -61,7 +61,9 @@ def scatter_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, src: torc
         src = torch.full(index.shape, src, dtype=input.dtype)
     if index.dim() != input.dim() or src.dim() != input.dim():
         raise RuntimeError(f"{op}: Index tensor must have the same number of dimensions as self tensor")
-    src = src[tuple(slice(0, int(n)) for n in index.shape)].to(input.dtype)  # the part the index addresses
+    if tuple(src.shape) != tuple(index.shape):  # the part the index addresses (a no-op slice traces as an alias,
+        src = src[tuple(slice(0, int(n)) for n in index.shape)]  # which coremltools' export frontend refuses)
+    src = src.to(input.dtype)
     values = to_last(src, dim).unsqueeze(-1)                                       # [..., K, 1]
     hit = to_last(index, dim).unsqueeze(-1) == constant(np.arange(slots), index.dtype)  # [..., K, N]
     count = hit.to(torch.float32).sum(dim=-2)                                          # [..., N]

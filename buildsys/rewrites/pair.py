@@ -117,12 +117,19 @@ class ComplexPair:
     def __getitem__(self, index: object) -> ComplexPair: return both(torch.Tensor.__getitem__)(self, index)
 
     def __setitem__(self, index: object, value: Operand) -> None:
-        """Slice assignment into a pair: each part written in a copy (a pair's parts may be views of the
-        tensors it was made from, which torch.complex would not alias)."""
+        """Slice assignment into a pair, out of place (a pair's parts may be views of the tensors it was made
+        from, which torch.complex would not alias): a static region is a pad and a where (pair_ops.placed),
+        anything else a copy written in place."""
+        from buildsys.rewrites.pair_ops import placed
+
         real, imag = parts(value)
-        self.real, self.imag = self.real.clone(), self.imag.clone()
-        call(torch.Tensor.__setitem__, self.real, index, real)
-        call(torch.Tensor.__setitem__, self.imag, index, 0.0 if imag is None else imag)
+        for name, part in (("real", real), ("imag", 0.0 if imag is None else imag)):
+            target = getattr(self, name)
+            written = placed(target, index, part)
+            if written is None:
+                written = target.clone()
+                call(torch.Tensor.__setitem__, written, index, part)
+            setattr(self, name, written)
 
 
 def parts(x: Operand) -> Parts:

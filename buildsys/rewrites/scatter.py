@@ -3,7 +3,8 @@
 - `scatter` (the family): scatter (src or value; reduce add / multiply), scatter_add, scatter_reduce
   (sum, prod, mean, amax, amin; include_self), index_add (alpha), index_copy, index_reduce, index_put
   (accumulate or not; integer index tensors, adjacent or not, negative indices, a boolean mask) and
-  `x[indices] = v` with index tensors (Tensor.__setitem__), out of place and in place (the in-place forms
+  `x[indices] = v` with index tensors (Tensor.__setitem__; a static region, `x[:, 2:5] = v`, what
+  torch.export calls slice_scatter / select_scatter, is a pad and a where), out of place and in place (the in-place forms
   write the result back with copy_, which exporters make functional); F.embedding_bag (the member).
 - `embedding-bag` (a member): F.embedding_bag / nn.EmbeddingBag only (buildsys/rewrites/embedding_bag.py).
 
@@ -118,10 +119,12 @@ REWRITES = (
         name="scatter",
         version=1,
         removes=("aten::scatter", "aten::scatter_add", "aten::scatter_reduce", "aten::index_add", "aten::index_copy",
-                 "aten::index_reduce", "aten::index_put", "aten::_index_put_impl", "aten::embedding_bag",
+                 "aten::index_reduce", "aten::index_put", "aten::_index_put_impl", "aten::slice_scatter",
+                 "aten::select_scatter", "aten::embedding_bag",
                  "aten::_embedding_bag", "aten::_embedding_bag_forward_only"),
         description="scatter / scatter_add / scatter_reduce / index_add / index_copy / index_reduce / index_put "
-                    "(and x[idx] = v) / embedding_bag as one-hot masks, matmuls and reductions at static sizes",
+                    "(and x[idx] = v, x[a:b] = v) / embedding_bag as one-hot masks, matmuls, reductions and "
+                    "wheres at static sizes",
         handlers=_handlers,
         # ONNX's and TensorFlow's scatters, litert-torch's "stablehlo.scatter" / STABLEHLO_SCATTER, a scatter op
         # named bare ("include_self=False for scatter_reduce"), the legacy ONNX exporter's Loop for embedding_bag

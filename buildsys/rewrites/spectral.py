@@ -214,7 +214,11 @@ def istft(input: object, n_fft: int, hop_length: int | None = None, win_length: 
     stop = min(end, total)
 
     def finish(y: torch.Tensor) -> torch.Tensor:
-        y = y[:, start:stop] / envelope[:, start:stop]
+        if start or stop != total:  # (a no-op slice traces as an alias, which coremltools' export refuses)
+            y, kept = y[:, start:stop], envelope[:, start:stop]
+        else:
+            kept = envelope
+        y = y / kept
         if end > total:
             y = torch.nn.functional.pad(y, (0, end - total))
         return y if batched else y[0]

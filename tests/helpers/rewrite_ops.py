@@ -57,12 +57,13 @@ def _bag(ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def _fft_filter_2d(x: torch.Tensor) -> torch.Tensor:
-    """A 2-D low-pass in the frequency domain: rfft2, keep the low bins, irfft2 (the 2-D real FFT the complex
-    rewrite refused before the FFT family)."""
+    """A 2-D low-pass in the frequency domain on [..., 8, 16]: rfft2, keep the low bins, irfft2 (the 2-D real FFT
+    the complex rewrite refused before the FFT family). The mask is a constant of the bins' size: sizes read
+    from a traced shape trip coremltools' trace frontend and onnx2tf whatever the op (docs/rewrites.md)."""
     spectrum = torch.fft.rfft2(x, norm="ortho")
-    keep = torch.zeros(spectrum.shape[-2:])
+    keep = torch.zeros(8, 9)
     keep[:3, :3] = 1.0
-    return torch.fft.irfft2(spectrum * keep, s=x.shape[-2:], norm="ortho")
+    return torch.fft.irfft2(spectrum * keep, s=(8, 16), norm="ortho")
 
 
 def _istft_roundtrip(x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +74,10 @@ def _istft_roundtrip(x: torch.Tensor) -> torch.Tensor:
 
 def _complex_mixing(x: torch.Tensor) -> torch.Tensor:
     """Complex weights applied with einsum, then a slice assignment into a complex buffer."""
-    z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))                       # [B, C, F]
-    weight = torch.complex(torch.linspace(-1, 1, z.shape[-1] ** 2), torch.linspace(1, 0, z.shape[-1] ** 2))
-    mixed = torch.einsum("bcf,fg->bcg", z, weight.reshape(z.shape[-1], z.shape[-1]))
-    out = torch.zeros(z.shape, dtype=torch.complex64)
+    z = torch.view_as_complex(x.reshape(2, 8, 8, 2))                                # [B, C, F] of [2, 8, 16]
+    weight = torch.complex(torch.linspace(-1, 1, 64), torch.linspace(1, 0, 64))      # (static sizes, as above)
+    mixed = torch.einsum("bcf,fg->bcg", z, weight.reshape(8, 8))
+    out = torch.zeros(2, 8, 8, dtype=torch.complex64)
     out[..., :2] = mixed[..., :2]
     return torch.view_as_real(out).flatten(-2) + mixed.abs().sum(-1, keepdim=True)
 
