@@ -64,25 +64,39 @@ def scatter_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, src: torc
     if tuple(src.shape) != tuple(index.shape):  # the part the index addresses (a no-op slice traces as an alias,
         src = src[tuple(slice(0, int(n)) for n in index.shape)]  # which coremltools' export frontend refuses)
     src = src.to(input.dtype)
-    values = to_last(src, dim).unsqueeze(-1)                                       # [..., K, 1]
-    hit = to_last(index, dim).unsqueeze(-1) == constant(np.arange(slots), index.dtype)  # [..., K, N]
-    count = hit.to(torch.float32).sum(dim=-2)                                          # [..., N]
+    lead, taken = tuple(int(n) for n in to_last(index, dim).shape[:-1]), int(index.shape[dim])
+    rows = int(np.prod(lead)) if lead else 1
+    # the one-hot of every (row, k) against the slots as a 2-D [rows·K, N] (converters that guess layouts for
+    # higher ranks, onnx2tf, mis-broadcast a 4-D comparison), reduced over k once grouped as [rows, K, N]
+    flat_index = to_last(index, dim).reshape(rows * taken, 1)
+    values = to_last(src, dim).reshape(rows * taken, 1)
+    hit2 = flat_index == constant(np.arange(slots), index.dtype)                         # [rows·K, N]
+
+    def grouped(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(rows, taken, slots)
+
+    hit = grouped(hit2)
+    count = hit.to(torch.float32).sum(dim=1)                                             # [rows, N]
     if reduce == "replace":  # the last k that hits the slot (float positions: exact below 2^24)
-        position = constant(np.arange(int(hit.shape[-2]), dtype=np.float32)[:, None], torch.float32)   # [K, 1]
-        writer = torch.where(hit, position, torch.full_like(position, -1.0)).amax(dim=-2, keepdim=True)
-        result = torch.where(hit & (position == writer), values, torch.zeros_like(values)).sum(dim=-2)
+        position = constant(np.arange(taken, dtype=np.float32)[:, None], torch.float32)   # [K, 1]
+        writer = torch.where(hit, position, torch.full_like(position, -1.0)).amax(dim=1, keepdim=True)
+        result = torch.where(hit & (position == writer), grouped(values.expand(-1, slots)),
+                             torch.zeros_like(hit, dtype=input.dtype)).sum(dim=1)
     elif reduce in ("sum", "mean"):
-        result = torch.where(hit, values, torch.zeros_like(values)).sum(dim=-2)
+        result = grouped(torch.where(hit2, values, torch.zeros_like(values))).sum(dim=1)
     elif reduce == "prod":
-        result = torch.where(hit, values, torch.ones_like(values)).prod(dim=-2)
+        result = grouped(torch.where(hit2, values, torch.ones_like(values))).prod(dim=1)
     else:
-        fill = torch.full_like(values[..., :1, :], _extreme(input.dtype, largest=reduce == "amin"))
-        picked = torch.where(hit, values, fill)
-        result = picked.amax(dim=-2) if reduce == "amax" else picked.amin(dim=-2)
+        fill = torch.full_like(values, _extreme(input.dtype, largest=reduce == "amin"))
+        picked = grouped(torch.where(hit2, values, fill))
+        result = picked.amax(dim=1) if reduce == "amax" else picked.amin(dim=1)
+    result, count = result.reshape(*lead, slots), count.reshape(*lead, slots)
     own = to_last(input, dim)
     shape = tuple(own.shape)
     result, count = _pad_to(result.to(input.dtype), shape, 0), _pad_to(count, shape, 0)
-    return from_last(_combine(own, result, count, reduce, include_self), dim)
+    combined = _combine(own.reshape(-1, slots), result.reshape(-1, slots), count.reshape(-1, slots), reduce,
+                        include_self)  # 2-D, as above
+    return from_last(combined.reshape(shape), dim)
 
 
 def _combine(own: torch.Tensor, result: torch.Tensor, count: torch.Tensor, reduce: str,
