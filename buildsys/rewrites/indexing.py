@@ -65,11 +65,13 @@ def index_put(input: torch.Tensor, indices: Sequence[torch.Tensor | None], value
         index = torch.where(index < 0, index + size, index)
         linear = index * stride if linear is None else linear + index * stride
     assert linear is not None
-    pre, post = tuple(input.shape[:first]), tuple(input.shape[first + count:])
+    # sizes as ints: a traced size in a reshape or expand trips coremltools' trace frontend (aten::Int)
+    shape = tuple(int(n) for n in input.shape)
+    pre, post = shape[:first], shape[first + count:]
     flat = input.reshape(*pre, _product(sizes), *post)
-    spread = torch.broadcast_to(values, pre + tuple(tensors[0].shape) + post).reshape(*pre, -1, *post)
+    spread = values.expand(pre + tuple(int(n) for n in tensors[0].shape) + post).reshape(*pre, -1, *post)
     out = index_reduce(flat, first, linear.reshape(-1), spread, "sum" if accumulate else "replace", True, _OP)
-    return out.reshape(input.shape)
+    return out.reshape(shape)
 
 
 def _strides(sizes: Sequence[int]) -> list[int]:

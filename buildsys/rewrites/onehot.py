@@ -92,7 +92,7 @@ def scatter_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, src: torc
         result = picked.amax(dim=1) if reduce == "amax" else picked.amin(dim=1)
     result, count = result.reshape(*lead, slots), count.reshape(*lead, slots)
     own = to_last(input, dim)
-    shape = tuple(own.shape)
+    shape = tuple(int(n) for n in own.shape)  # ints: a traced size in a reshape trips coremltools (aten::Int)
     result, count = _pad_to(result.to(input.dtype), shape, 0), _pad_to(count, shape, 0)
     combined = _combine(own.reshape(-1, slots), result.reshape(-1, slots), count.reshape(-1, slots), reduce,
                         include_self)  # 2-D, as above
@@ -141,5 +141,5 @@ def index_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, source: tor
         return input + from_last(torch.matmul(moved, onehot), dim)                 # [..., N] → input's layout
     shape = [1] * source.dim()
     shape[dim] = -1
-    full = index.reshape(shape).expand(source.shape)
+    full = index.reshape(shape).expand(tuple(int(n) for n in source.shape))  # ints, as above
     return scatter_reduce(input, dim, full, source, reduce, include_self, op)

@@ -98,11 +98,11 @@ class _Recurrent(nn.Module):
 
 
 def _index_add(x: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(4, x.shape[-1]).index_add(0, torch.tensor([0, 2, 2, 3, 0]), x)
+    return torch.zeros(4, 16).index_add(0, torch.tensor([0, 2, 2, 3, 0]), x)  # (static sizes: see _fft_filter_2d)
 
 
 def _index_put(x: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(4, x.shape[-1])
+    out = torch.zeros(4, 16)
     return out.index_put((torch.tensor([1, 3, 1, 0, 3]),), x, accumulate=True)
 
 
