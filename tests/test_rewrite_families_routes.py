@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject
 
 pytestmark = pytest.mark.slow

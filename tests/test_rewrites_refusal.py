@@ -181,7 +181,7 @@ FAMILY_REFUSALS = [  # (converter, text, program, the rewrites it points at)
 @pytest.mark.parametrize(("converter", "text", "program", "expected"), FAMILY_REFUSALS,
                          ids=[f"{r[3][0]}-{r[0]}-{i}" for i, r in enumerate(FAMILY_REFUSALS)])
 def test_each_familys_refusals_point_at_it(converter: str, text: str, program: list[str], expected: list[str]) -> None:
-    from buildsys.rewrite_routes import refusal_rewrites
+    from buildsys.planning.answers import refusal_rewrites
 
     assert refusal_rewrites(text, program) == expected
 
