@@ -43,7 +43,9 @@ from tests.helpers.rewrite_converters import RUNNERS, nchw  # noqa: E402
 
 MODELS = ("spotter", "recommender")
 #: The one-op modules of tests/helpers/rewrite_ops.py (--ops): which converters refuse each removed op.
-OPS = ("stft", "complex", "embedding-bag", "diff", "roll", "unfold", "fold", "sdpa")
+OPS = ("stft", "complex", "embedding-bag", "diff", "roll", "unfold", "fold", "sdpa", "fft-filter", "fft2", "istft",
+       "complex-einsum", "scatter-add", "scatter-reduce", "index-add", "index-put", "index-copy", "gru", "lstm", "rnn",
+       "lstm-cell", "cdist", "pdist", "pairwise-distance", "triu")
 VARIANTS = ("before", "after")
 CONVERTERS = ("onnx-legacy", "onnx-dynamo", "coreml", "coreml-export", "executorch", "litert", "openvino", "onnx2tf")
 REWRITES = {"spotter": ("stft", "complex"), "recommender": ("embedding-bag",)}
@@ -53,15 +55,17 @@ def _model(name: str, variant: str) -> tuple[Any, tuple[Any, ...]]:
     from tests.helpers import rewrite_models as rm
     from tests.helpers.rewrite_ops import cases
 
+    rewrite_names = REWRITES.get(name)
     if name in OPS:
-        module, args, _ = cases()[name]
+        module, args, _, rewrite = cases()[name]
+        rewrite_names = (rewrite,)
     else:
         module, args = (rm.KeywordSpotter(), rm.spotter_inputs()) if name == "spotter" else \
             (rm.Recommender(), rm.recommender_inputs())
     module = module.eval()
     if variant == "after":
         from buildsys import rewrites
-        module = rewrites.apply(module, REWRITES.get(name, (name,)))
+        module = rewrites.apply(module, rewrite_names or ())
     return module, args
 
 
@@ -124,7 +128,30 @@ def main() -> None:
                       f"{result.get('max_abs_err', '')} {result.get('error', '')[:160]!r}", flush=True)
                 opts.out.parent.mkdir(parents=True, exist_ok=True)
                 opts.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(table(results))
+    print(ops_table(results) if opts.ops else table(results))
+
+
+def _mark(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "·"
+    return {"ok": "ok", "wrong": "wrong", "refused": "refused", "crashed": "crashed"}.get(result["status"], "?")
+
+
+def ops_table(results: dict[str, Any]) -> str:
+    """The one-op modules as a Markdown grid: a row per op, a column per converter, "before → after"."""
+    rows = ["| op (rewrite) | " + " | ".join(CONVERTERS) + " |", "|---|" + "---|" * len(CONVERTERS)]
+    from tests.helpers.rewrite_ops import cases
+
+    known = cases()
+    for name, variants in results.items():
+        if name not in known:
+            continue
+        cells = []
+        for converter in CONVERTERS:
+            before, after = (variants.get(v, {}).get(converter) for v in VARIANTS)
+            cells.append(_mark(before) if after is None else f"{_mark(before)} → {_mark(after)}")
+        rows.append(f"| {name} ({known[name][3]}) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def table(results: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """Op rewrites as routes, end to end through the `modelbuild` CLI: a converter refuses an op, the same route
 with the rewrite that removes it is tried next, the artifact passes its numeric check against the original
 PyTorch model, and the lock, explain, the summary and the report name the rewrite; a target can pin or
-forbid rewrites; a no-op build runs nothing; a new version of a rewrite rebuilds what carries it.
+forbid rewrites; a no-op build runs nothing; a new version of a rewrite rebuilds what carries it. A refusal
+of the spotter's stft is answered by the FFT family (`fft`, of which `stft` is a member a target can still
+name), the recommender's embedding_bag by the scatter family (`scatter`, member `embedding-bag`).
 
 Models (tiny, written into each project): a keyword spotter with a torch.stft log-mel frontend and a
 recommender with nn.EmbeddingBag. Refusals met here (torch 2.13, coremltools 9.0, onnx2tf 1.28):
@@ -149,31 +151,31 @@ def test_stft_refused_by_the_legacy_onnx_exporter_takes_the_rewrite_route(tmp_pa
     proc = project.run("build", "server")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "STFT does not currently support complex types" in proc.stdout  # the refusal, as the exporter said it
-    assert "server: made by pytorch → onnx (rewrite stft)" in proc.stdout
-    assert "server: carries op rewrites stft" in proc.stdout
+    assert "server: made by pytorch → onnx (rewrite fft)" in proc.stdout
+    assert "server: carries op rewrites fft" in proc.stdout
 
     lock = project.lock()
-    assert lock.targets["server"]["route"] == ["pytorch", "onnx (rewrite stft)"]
-    assert lock.targets["server"]["rewrites"] == ["stft"]
+    assert lock.targets["server"]["route"] == ["pytorch", "onnx (rewrite fft)"]
+    assert lock.targets["server"]["rewrites"] == ["fft"]
     [dropped] = lock.routes["server"]["dropped"]
-    assert dropped["route"] == ["pytorch", "onnx"] and dropped["rewrites"] == ["stft"]
+    assert dropped["route"] == ["pytorch", "onnx"] and dropped["rewrites"] == ["fft"]
     node = lock.targets["server"]["node"]
     assert node.startswith("spotter/onnx~")  # a node of its own: the refused export keeps its name and key
     entry = lock.nodes[node]
-    assert entry["facts"] == {"rewrites": ["stft"]} and entry["components"]["rewrites"] == {"stft": 1}
-    assert entry["components"]["options"]["rewrites"] == ["stft"]
+    assert entry["facts"] == {"rewrites": ["fft"]} and entry["components"]["rewrites"] == {"fft": 1}
+    assert entry["components"]["options"]["rewrites"] == ["fft"]
     assert "rewrites" not in lock.nodes.get("spotter/onnx", {}).get("components", {}).get("options", {})
     # Judged against the original model (complex STFT in PyTorch), in ONNX Runtime.
     assert project.check("server")["verdict"] == "passed" and project.max_abs("server") < 1e-5
 
     explained = json.loads(project.run("explain", "verify:server").stdout)
-    assert explained["rewrites"] == ["stft"] and explained["route"] == ["pytorch", "onnx (rewrite stft)"]
-    assert explained["candidate_routes"][:2] == [["pytorch", "onnx"], ["pytorch", "onnx (rewrite stft)"]]
+    assert explained["rewrites"] == ["fft"] and explained["route"] == ["pytorch", "onnx (rewrite fft)"]
+    assert explained["candidate_routes"][:2] == [["pytorch", "onnx"], ["pytorch", "onnx (rewrite fft)"]]
     notes = json.loads(project.run("explain", node).stdout)["notes"]
-    assert notes == ["op rewrites applied: stft (removes aten::stft; see docs/rewrites.md)"]
+    assert notes == ["op rewrites applied: fft (removes aten::stft; see docs/rewrites.md)"]
     assert project.run("report").returncode == 0
     report = (tmp_path / "artifacts/report/report.md").read_text()
-    assert "- route: pytorch → onnx (rewrite stft)" in report and "- op rewrites: stft" in report
+    assert "- route: pytorch → onnx (rewrite fft)" in report and "- op rewrites: fft" in report
 
     # A no-op build runs nothing: not the refused export, not the factory.
     calls = project.calls()
@@ -185,7 +187,7 @@ def test_stft_refused_by_the_legacy_onnx_exporter_takes_the_rewrite_route(tmp_pa
     assert strict.returncode == 1
     [record] = project.lock().routes["strict"]["dropped"]
     assert "rewrites" not in record
-    assert record["reason"].endswith("(rewrite stft would remove what was refused; not tried: the target sets "
+    assert record["reason"].endswith("(rewrite fft would remove what was refused; not tried: the target sets "
                                       "rewrites: [])")
     assert "no route passes its check" in strict.stdout and "not tried: the target sets rewrites: []" in strict.stdout
     assert not (tmp_path / "artifacts/strict").exists()
@@ -202,10 +204,10 @@ def test_a_new_version_of_a_rewrite_rebuilds_what_carries_it(tmp_path: Path, mon
     assert project.run("build").returncode == 0
     node = project.lock().targets["server"]["node"]
     loaded = REGISTRY._load()  # type: ignore[attr-defined]
-    monkeypatch.setitem(loaded, "stft", dataclasses.replace(loaded["stft"], version=loaded["stft"].version + 1))
+    monkeypatch.setitem(loaded, "fft", dataclasses.replace(loaded["fft"], version=loaded["fft"].version + 1))
     plan = modelbuild.load(tmp_path / "deploy.yaml").plan()
     stale = {n.name: n.reasons for n in plan.nodes if n.state == "stale"}
-    assert stale[node] == [f"rewrite stft version {loaded['stft'].version - 1}→{loaded['stft'].version}"]
+    assert stale[node] == [f"rewrite fft version {loaded['fft'].version - 1}→{loaded['fft'].version}"]
     assert "spotter/onnx" not in stale and "spotter/reference" not in stale
 
 
@@ -241,12 +243,12 @@ def test_coreml_and_onnx2tf_refusals_take_rewrite_routes(tmp_path: Path) -> None
     proc = project.run("build", "-k")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lock = project.lock()
-    expected = {"ios": ("spotter/coreml", ["pytorch", "torchscript (rewrite stft)", "coreml"], "stft"),
-                "android": ("spotter/onnx", ["pytorch", "onnx (rewrite stft)", "saved_model", "tflite"], "stft"),
-                "rec-ios": ("recsys/coreml", ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"],
-                            "embedding-bag"),
-                "rec-android": ("recsys/saved_model", ["pytorch", "onnx (rewrite embedding-bag)", "saved_model", "tflite"],
-                                "embedding-bag")}
+    expected = {"ios": ("spotter/coreml", ["pytorch", "torchscript (rewrite fft)", "coreml"], "fft"),
+                "android": ("spotter/onnx", ["pytorch", "onnx (rewrite fft)", "saved_model", "tflite"], "fft"),
+                "rec-ios": ("recsys/coreml", ["pytorch", "torchscript (rewrite scatter)", "coreml"],
+                            "scatter"),
+                "rec-android": ("recsys/saved_model", ["pytorch", "onnx (rewrite scatter)", "saved_model", "tflite"],
+                                "scatter")}
     for target, (refused_at, route, rewrite) in expected.items():
         [dropped] = lock.routes[target]["dropped"]
         assert dropped["node"] == refused_at and dropped["rewrites"] == [rewrite], (target, dropped)

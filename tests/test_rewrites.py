@@ -19,23 +19,12 @@ from torch import nn
 from buildsys import rewrites
 from buildsys.rewrites import RewriteNotApplicable, UnknownRewrite
 from tests.conftest import REPO
+from tests.helpers.rewrite_checks import REL, assert_equivalent, randn
 from tests.helpers.rewrite_ops import Fn
-
-REL = 1e-4
 
 
 def rewritten(fn: Callable[..., object], *names: str) -> nn.Module:
     return rewrites.apply(Fn(fn), names)  # type: ignore[arg-type]
-
-
-def assert_equivalent(got: torch.Tensor, want: torch.Tensor, rel: float = REL) -> None:
-    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
-    if want.dtype == torch.bool:
-        assert torch.equal(got, want)
-        return
-    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
-    allowed = rel * want.double().abs().max().item() + 1e-6 if want.numel() else 0.0
-    assert err <= allowed, f"max abs error {err:.3g} > allowed {allowed:.3g}"
 
 
 def check(fn: Callable[..., torch.Tensor], names: tuple[str, ...], *args: torch.Tensor, rel: float = REL) -> None:
@@ -45,20 +34,34 @@ def check(fn: Callable[..., torch.Tensor], names: tuple[str, ...], *args: torch.
     assert_equivalent(got, want, rel)  # type: ignore[arg-type]
 
 
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
 
 # --- registry ----------------------------------------------------------------------------------------
 
 def test_the_registry_lists_every_rewrite_with_what_it_removes() -> None:
-    assert set(rewrites.REGISTRY) == {"stft", "complex", "embedding-bag", "diff", "roll", "unfold", "fold", "sdpa"}
+    assert set(rewrites.REGISTRY) == {"fft", "stft", "complex", "scatter", "embedding-bag", "recurrent", "distance",
+                                      "triangular", "diff", "roll", "unfold", "fold", "sdpa"}
     for rewrite in rewrites.REGISTRY.values():
         assert rewrite.version >= 1 and rewrite.description and rewrite.removes
         assert rewrite.as_dict()["removes"] == list(rewrite.removes)
-    assert [r.name for r in rewrites.removing("aten.embedding_bag.padding_idx")] == ["embedding-bag"]
-    assert {r.name for r in rewrites.removing("aten::_fft_r2c")} == {"complex", "stft"}
+    # families first, their members after
+    assert [r.name for r in rewrites.removing("aten.embedding_bag.padding_idx")] == ["scatter", "embedding-bag"]
+    assert [r.name for r in rewrites.removing("aten::_fft_r2c")] == ["fft", "stft"]
     assert rewrites.versions(["stft", "sdpa"]) == {"stft": 1, "sdpa": 1}
+
+
+def test_a_member_replaces_a_subset_of_its_family_with_the_same_handlers() -> None:
+    """So a target that names the member (rewrites: [stft]) gets what it got before the family, and a route
+    carrying both the family and the member applies each handler once."""
+    members = [r for r in rewrites.REGISTRY.values() if r.family]
+    assert {(r.name, r.family) for r in members} == {("stft", "fft"), ("embedding-bag", "scatter")}
+    for member in members:
+        family = rewrites.get(member.family or "")
+        assert set(member.removes) <= set(family.removes)
+        table, family_table = member.handlers(), family.handlers()
+        assert all(family_table[func] is handler for func, handler in table.items())
+        x = randn(2, 300)
+        both = rewrites.apply(Fn(lambda t: torch.stft(t, 64, return_complex=True).abs()), [member.name, family.name])
+        assert both(x).shape == torch.stft(x, 64, return_complex=True).shape
 
 
 def test_an_unknown_name_says_what_exists() -> None:
@@ -241,7 +244,7 @@ def test_an_op_the_pair_does_not_implement_raises_instead_of_computing() -> None
     with pytest.raises(RewriteNotApplicable, match=r"does not apply to torch.tanh"):
         rewritten(lambda t: torch.view_as_real(torch.tanh(torch.view_as_complex(t))), "complex")(randn(3, 2))
     with pytest.raises(RewriteNotApplicable, match="makes a complex tensor"):
-        rewritten(lambda t: t.to(torch.complex64).real, "complex")(randn(3))
+        rewritten(lambda t: (t * 1j).real, "complex")(randn(3))
     with pytest.raises(RewriteNotApplicable, match="returns a complex value"):
         rewritten(lambda t: torch.view_as_complex(t), "complex")(randn(3, 2))
 

@@ -24,6 +24,9 @@ class Rewrite:
     expressions for refusal texts that point at it without naming one of its ops (a complex dtype, an
     ONNX `Loop`). `version` enters cache keys: bump it whenever the rewritten graph changes.
     `handlers` returns the torch functions it replaces (torch is imported only when it is called).
+    `family`, on a member, names the family rewrite that holds it: a member replaces a subset of its
+    family's functions with the same handlers (the name a target could set before the family existed),
+    so a refusal that points at both is answered by the family alone.
     """
 
     name: str
@@ -32,6 +35,7 @@ class Rewrite:
     description: str
     handlers: Callable[[], HandlerTable] = field(repr=False, compare=False)
     signs: tuple[str, ...] = ()
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name):
@@ -44,8 +48,11 @@ class Rewrite:
 
     def as_dict(self) -> dict[str, object]:
         """The metadata, JSON-ready (what `plan --json` and the lock can show)."""
-        return {"name": self.name, "version": self.version, "removes": list(self.removes),
-                "description": self.description}
+        out: dict[str, object] = {"name": self.name, "version": self.version, "removes": list(self.removes),
+                                  "description": self.description}
+        if self.family:
+            out["family"] = self.family
+        return out
 
 
 _NAMESPACES = ("aten", "prims", "torch", "quantized", "quantized_decomposed", "executorch_prim")

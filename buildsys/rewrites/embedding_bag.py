@@ -1,4 +1,5 @@
-"""The `embedding-bag` rewrite: F.embedding_bag (and so nn.EmbeddingBag) as an embedding lookup and a dense reduction.
+"""The `embedding-bag` rewrite, a member of the scatter family: F.embedding_bag (and so nn.EmbeddingBag) as an
+embedding lookup and a dense reduction (a segment sum is a scatter_add by bag; buildsys/rewrites/scatter.py).
 
 Bags given by offsets are ragged, which is what converters fail on (an ONNX Loop, a missing ExecuTorch
 kernel, no Core ML op). The rewrite makes the raggedness a mask: `member[b, n]` is 1 when index n lies
@@ -102,5 +103,6 @@ REWRITES = (
         handlers=_handlers,
         # the legacy ONNX exporter writes embedding_bag with offsets as a Loop, which onnx2tf and others refuse
         signs=(r"\bLoop\b",),
+        family="scatter",
     ),
 )

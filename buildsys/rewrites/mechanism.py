@@ -81,6 +81,21 @@ def static_size(x: torch.Tensor, dim: int, rewrite: str, op: str) -> int:
     return int(size)
 
 
+def to_last(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x with `dim` moved last: a permute with non-negative dims, not a movedim (coremltools' trace frontend
+    has no movedim; the TorchScript ONNX exporter writes one from a negative dim as an invalid Transpose)."""
+    dim = dim % x.dim()
+    order = [d for d in range(x.dim()) if d != dim] + [dim]
+    return x if dim == x.dim() - 1 else x.permute(order)
+
+
+def from_last(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The inverse of to_last: the last dim moved back to `dim`."""
+    dim = dim % x.dim()
+    order = list(range(dim)) + [x.dim() - 1] + list(range(dim, x.dim() - 1))
+    return x if dim == x.dim() - 1 else x.permute(order)
+
+
 def function_name(func: Callable[..., object]) -> str:
     """'torch.stft', 'Tensor.unfold', 'torch.nn.functional.embedding_bag': how messages name a function."""
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
@@ -160,12 +175,13 @@ def rewriting(active: ActiveRewrites) -> Iterator[None]:
 
 
 def active_rewrites(rewrites: Sequence[Rewrite]) -> ActiveRewrites:
-    """Merge the rewrites' handler tables; two rewrites may not claim the same function."""
+    """Merge the rewrites' handler tables; two rewrites may claim the same function only with the same
+    handler (a family and its member do)."""
     table: dict[Callable[..., object], Handler] = {}
     owner: dict[Callable[..., object], str] = {}
     for rewrite in rewrites:
         for func, handler in rewrite.handlers().items():
-            if func in table and owner[func] != rewrite.name:
+            if func in table and owner[func] != rewrite.name and table[func] is not handler:
                 raise ValueError(f"rewrites {owner[func]!r} and {rewrite.name!r} both replace {function_name(func)}")
             table[func], owner[func] = handler, rewrite.name
     names = tuple(r.name for r in rewrites)

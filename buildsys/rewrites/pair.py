@@ -1,10 +1,11 @@
 """Complex values as real pairs: `ComplexPair` carries the real and imaginary parts as real tensors and
 implements the common complex ops on them, so no complex dtype reaches a traced or exported graph.
 
-The rewrites that make complex values (`stft`, `complex`) return a ComplexPair instead. It answers the
+The rewrites that make complex values (`fft`, `stft`, `complex`) return a ComplexPair instead. It answers the
 torch functions and Tensor methods of `IMPLEMENTED` (arithmetic with pairs, real tensors and Python
 numbers, abs, angle, conj, pow, exp, log, sqrt, matmul, view_as_real, real/imag, reductions, shape and
-indexing ops, cat/stack; dft.py adds the 1-D FFTs); anything else raises RewriteNotApplicable naming the op,
+indexing ops, slice assignment, cat/stack; pair_ops.py adds einsum, where, masked_fill, sin/cos/sgn and
+the like-factories, dft.py the FFTs); anything else raises RewriteNotApplicable naming the op,
 never a wrong number. Shape ops run on both parts through `mechanism.call`, so other rewrites in force
 (roll, diff, ...) apply to the parts too.
 """
@@ -81,6 +82,8 @@ class ComplexPair:
 
     def __getattr__(self, name: str) -> Callable[..., object]:
         impl = IMPLEMENTED.get(name)
+        if impl is None and not name.startswith("_") and hasattr(torch.Tensor, name):
+            impl = _by_function().get(getattr(torch.Tensor, name))  # a method another module registered
         if impl is None and (name.startswith("_") or not hasattr(torch.Tensor, name)):
             raise AttributeError(f"'ComplexPair' object has no attribute '{name}'")  # hasattr() and tracers probe
         if impl is None:
@@ -112,6 +115,21 @@ class ComplexPair:
     def __pos__(self) -> ComplexPair: return self
     def __abs__(self) -> torch.Tensor: return absolute(self)
     def __getitem__(self, index: object) -> ComplexPair: return both(torch.Tensor.__getitem__)(self, index)
+
+    def __setitem__(self, index: object, value: Operand) -> None:
+        """Slice assignment into a pair, out of place (a pair's parts may be views of the tensors it was made
+        from, which torch.complex would not alias): a static region is a pad and a where (pair_ops.placed),
+        anything else a copy written in place."""
+        from buildsys.rewrites.pair_ops import placed
+
+        real, imag = parts(value)
+        for name, part in (("real", real), ("imag", 0.0 if imag is None else imag)):
+            target = getattr(self, name)
+            written = placed(target, index, part)
+            if written is None:
+                written = target.clone()
+                call(torch.Tensor.__setitem__, written, index, part)
+            setattr(self, name, written)
 
 
 def parts(x: Operand) -> Parts:
@@ -302,7 +320,8 @@ def _pad(a: ComplexPair, pad: Sequence[int], mode: str = "constant", value: floa
 _STRUCTURAL = ("reshape", "view", "transpose", "permute", "unsqueeze", "squeeze", "flatten", "unflatten",
                "contiguous", "clone", "detach", "movedim", "moveaxis", "narrow", "select", "expand", "repeat",
                "flip", "roll", "t", "swapaxes", "diff", "sum", "mean", "cumsum", "tile", "index_select", "gather",
-               "__getitem__", "squeeze_", "unsqueeze_")
+               "__getitem__", "squeeze_", "unsqueeze_", "expand_as", "repeat_interleave", "rot90", "fliplr",
+               "flipud", "tril", "triu", "take_along_dim", "zeros_like")
 
 IMPLEMENTED: dict[str, Callable[..., object]] = {
     **{name: both(getattr(torch.Tensor, name)) for name in _STRUCTURAL if hasattr(torch.Tensor, name)},
@@ -335,12 +354,18 @@ def register(func: Callable[..., object], impl: Callable[..., object]) -> None:
 @functools.lru_cache(maxsize=1)
 def _by_function() -> dict[Callable[..., object], Callable[..., object]]:
     """The torch functions and Tensor methods (and their dunder forms) a pair answers, by function object."""
+    from buildsys.rewrites import pair_ops  # noqa: F401 - registers the ops beyond this module's core
+
     table: dict[Callable[..., object], Callable[..., object]] = dict(_REGISTERED)
     for name, impl in IMPLEMENTED.items():
         for owner in (torch, torch.Tensor, torch.nn.functional):
             func = getattr(owner, name, None)
             if func is not None and callable(func):
                 table[func] = impl
+    import operator  # TorchDynamo (torch.export strict=True) hands the operators, not the Tensor dunders
+
+    table.update({operator.add: add, operator.sub: sub, operator.mul: mul, operator.truediv: div,
+                  operator.matmul: matmul, operator.neg: IMPLEMENTED["neg"], operator.pow: pow})
     table[torch.Tensor.real.__get__] = IMPLEMENTED["real"]  # type: ignore[attr-defined]
     table[torch.Tensor.imag.__get__] = IMPLEMENTED["imag"]  # type: ignore[attr-defined]
     return table

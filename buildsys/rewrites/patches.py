@@ -33,7 +33,7 @@ def tensor_unfold(input: torch.Tensor, dimension: int, size: int, step: int) -> 
 
     if input.dim() == 0:
         raise RewriteNotApplicable("unfold", "Tensor.unfold", "a 0-D tensor")
-    from buildsys.rewrites.mechanism import constant, static_size
+    from buildsys.rewrites.mechanism import constant, static_size, to_last
 
     dim = dimension % input.dim()
     length = static_size(input, dim, "unfold", "Tensor.unfold")
@@ -45,7 +45,7 @@ def tensor_unfold(input: torch.Tensor, dimension: int, size: int, step: int) -> 
     windows = (length - size) // step + 1
     index = constant((np.arange(windows)[:, None] * step + np.arange(size)[None, :]).reshape(-1))
     picked = input.index_select(dim, index)                       # [..., windows·size, ...]
-    return picked.unflatten(dim, (windows, size)).movedim(dim + 1, -1)
+    return to_last(picked.unflatten(dim, (windows, size)), dim + 1)  # a permute: Core ML has no movedim
 
 
 def _one_hot_kernel(channels: int, kh: int, kw: int, dtype: torch.dtype) -> torch.Tensor:
@@ -117,7 +117,7 @@ def _fold_handlers() -> HandlerTable:
 
 
 REWRITES = (
-    Rewrite(name="unfold", version=1, removes=("aten::unfold", "aten::im2col"),
+    Rewrite(name="unfold", version=2, removes=("aten::unfold", "aten::im2col"),
             description="Tensor.unfold as one constant-index gather; F.unfold (im2col) as a grouped conv2d "
                         "with one-hot kernels",
             handlers=_unfold_handlers),

@@ -12,9 +12,12 @@
 
 `ops`, when given, are the ATen op names of the exported program (any spelling; decomposed or not): a
 rewrite that removes none of them cannot change the program and is left out. Within a tier, rewrites
-naming more of their ops in the text, then holding more of them in the program, then named earlier
-come first. A refusal about an op no rewrite removes gives []; `ops_named` says which ops it named,
-so the plan can report that op as the one without a rewrite yet.
+naming more of their ops in the text, then holding more of them in the program, then named earlier,
+then removing fewer ops (the more specific) come first. A rewrite that adds nothing is left out: a
+member of a family that matched in the same tier, and one whose matched ops a better one of its tier
+matched too (the spotter's refused `unfold`, which its stft decomposes into, is answered by the FFT
+family, which also holds the program's `_fft_r2c`; a model's own Tensor.unfold by `unfold`). A refusal about an op no rewrite removes gives []; `ops_named` says which
+ops it named, so the plan can report that op as the one without a rewrite yet.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ _QUALIFIED = r"(?:(?<=::)|(?<=\.)|(?<=['\"%`])|(?<=node )|(?<=kind )|(?<=op ))"
 def _mention_patterns(base: str) -> list[str]:
     camel = "".join(part[:1].upper() + part[1:] for part in base.strip("_").split("_"))
     end = r"(?![A-Za-z0-9_])"
-    return [_QUALIFIED + re.escape(base) + end] + \
+    return [_QUALIFIED + re.escape(base) + "_?" + end] + \
         [rf"(?<![A-Za-z0-9_]){re.escape(s)}{end}" for s in {base.upper(), camel} if s != base]
 
 
@@ -86,7 +89,7 @@ def explain_refusal(error_text: str, ops: Sequence[str] = ()) -> list[RefusalMat
     """The rewrites `error_text` points at, best first, each with its tier and why (see the module doc)."""
     program = {op_base(o) for o in ops}
     names_any_op = bool(ops_named(error_text))
-    ranked: list[tuple[tuple[int, int, int, int, int], RefusalMatch]] = []
+    ranked: list[tuple[tuple[int, int, int, int, int, int], RefusalMatch]] = []
     for index, rewrite in enumerate(REGISTRY.values()):
         removes = [op_base(o) for o in rewrite.removes]
         present = [o for o in removes if o in program]
@@ -107,9 +110,22 @@ def explain_refusal(error_text: str, ops: Sequence[str] = ()) -> list[RefusalMat
         else:
             continue
         first = min(mentions.values()) if mentions else len(error_text)
-        key = (_TIERS.index(tier), -len(mentions), -len(present), first, index)
+        key = (_TIERS.index(tier), -len(mentions), -len(present), first, len(removes), index)
         ranked.append((key, RefusalMatch(rewrite=rewrite, tier=tier, ops=via, why=why)))
-    return [match for _, match in sorted(ranked, key=lambda item: item[0])]
+    matched = {(m.tier, m.rewrite.name) for _, m in ranked}
+    kept: list[RefusalMatch] = []
+    for _, match in sorted(ranked, key=lambda item: item[0]):
+        if (match.tier, match.rewrite.family) in matched:
+            continue  # its family matched too, and does all it does
+        if not any(better.tier == match.tier and _adds_nothing(match, better) for better in kept):
+            kept.append(match)
+    return kept
+
+
+def _adds_nothing(match: RefusalMatch, better: RefusalMatch) -> bool:
+    """Whether `better` (ranked above `match`, same tier) removes every op `match` matched."""
+    removes = {op_base(o) for o in better.rewrite.removes}
+    return bool(match.ops) and set(match.ops) <= set(better.ops) and set(match.ops) <= removes
 
 
 def for_refusal(error_text: str, ops: Sequence[str] = ()) -> list[Rewrite]:

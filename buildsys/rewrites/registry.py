@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 _PACKAGE = "buildsys.rewrites"
 #: Modules of the package that are machinery, not a family of rewrites.
-SHARED = frozenset({"base", "registry", "refusal", "mechanism", "pair", "dft"})
+SHARED = frozenset({"base", "registry", "refusal", "mechanism", "pair", "pair_ops", "dft", "spectral", "onehot",
+                    "indexing"})
 
 
 class _Registry(Mapping[str, Rewrite]):
@@ -65,9 +66,11 @@ def get(name: str) -> Rewrite:
 
 
 def removing(op: str) -> list[Rewrite]:
-    """The rewrites that remove `op` (any spelling: aten::stft, aten.stft.default, stft), in registry order."""
+    """The rewrites that remove `op` (any spelling: aten::stft, aten.stft.default, stft): families and
+    rewrites of their own first, members after, each in registry order."""
     base = op_base(op)
-    return [r for r in REGISTRY.values() if base in {op_base(o) for o in r.removes}]
+    found = [r for r in REGISTRY.values() if base in {op_base(o) for o in r.removes}]
+    return sorted(found, key=lambda r: r.family is not None)
 
 
 def apply(module: nn.Module, names: Sequence[str]) -> nn.Module:

@@ -28,7 +28,8 @@ class RewritableOptions(StepOptions):
 
     rewrites: tuple[str, ...] = Field(
         default=(), description="Op rewrites applied to the module before it is traced or exported, in order "
-        "(docs/rewrites.md: stft, complex, embedding-bag, diff, roll, unfold, fold, sdpa): each removes an op "
+        "(docs/rewrites.md: the families fft, complex, scatter, recurrent, distance, triangular; their members stft, "
+        "embedding-bag; diff, roll, unfold, fold, sdpa): each removes an op "
         "some converters refuse and computes the same. Usually left unset: when a converter refuses an op a "
         "rewrite removes, the route with that rewrite here is tried next. Setting it (even to []) pins it for "
         "this format: no rewrite is added automatically.")
@@ -193,9 +194,12 @@ def program_ops(program: Any) -> list[str]:
 
 
 def dispatched_ops(module: Any, args: tuple[Any, ...]) -> list[str]:
-    """The ATen ops one eager call of `module` on `args` dispatches (aten::_embedding_bag): what an exporter
-    that keeps no ATen graph (the ONNX export) records for refusals downstream that name only ONNX ops."""
+    """The ATen ops one eager call of `module` on `args` dispatches (aten::_embedding_bag), with the torch
+    functions it calls under their ATen names (aten::gru): what an exporter that keeps no ATen graph (the
+    ONNX export) records for refusals downstream that name only ONNX ops. The calls count because a composite
+    op (an RNN, a GRU cell) is dispatched only as the ops it decomposes into."""
     import torch
+    from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen: set[str] = set()
@@ -205,8 +209,15 @@ def dispatched_ops(module: Any, args: tuple[Any, ...]) -> list[str]:
             seen.add(func._schema.name)
             return func(*args, **(kwargs or {}))
 
+    class _Calls(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            name = getattr(func, "__name__", "")
+            if name and not name.startswith("__"):
+                seen.add(f"aten::{name}")
+            return func(*args, **(kwargs or {}))
+
     try:
-        with torch.no_grad(), _Record():
+        with torch.no_grad(), _Calls(), _Record():
             module(*args)
     except Exception:  # noqa: BLE001 - the op list is a note for refusal matching, never a failure
         return []

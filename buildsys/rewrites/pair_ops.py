@@ -1,0 +1,137 @@
+"""Complex ops on real pairs beyond pair.py's core: einsum, where, masked_fill, sin/cos/sgn, like-factories.
+
+Each takes the torch function's own arguments and computes the complex result from real ops on the
+parts; pair.py registers them when it first dispatches. einsum of k complex operands is the sum over
+which operands contribute their imaginary part (i^m, m of them), 2^k real einsums: exact, and cheap
+for the two or three operands models use.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import torch
+
+from buildsys.rewrites.base import RewriteNotApplicable
+from buildsys.rewrites.mechanism import call
+from buildsys.rewrites.pair import ComplexPair, Operand, pair, parts, register
+
+
+def einsum(equation: str, *operands: Operand | Sequence[Operand]) -> ComplexPair:
+    """torch.einsum on pairs and real tensors: Σ over the operands' real/imaginary choices of i^m · einsum."""
+    ops: Sequence[Operand] = operands[0] if len(operands) == 1 and isinstance(operands[0], (list, tuple)) \
+        else operands  # type: ignore[assignment]
+    split = [parts(op) for op in ops]
+    if any(not isinstance(real, torch.Tensor) or isinstance(imag, float) for real, imag in split):
+        raise RewriteNotApplicable("complex", "torch.einsum", "an operand that is a Python number")
+    real_sum: torch.Tensor | None = None
+    imag_sum: torch.Tensor | None = None
+    for choice in itertools.product((0, 1), repeat=len(split)):
+        picked = [real if c == 0 else imag for (real, imag), c in zip(split, choice)]
+        if any(p is None for p in picked):
+            continue  # a real operand has no imaginary part
+        term = call(torch.einsum, equation, *picked)
+        assert isinstance(term, torch.Tensor)
+        power = sum(choice) % 4  # i^m: 1, i, -1, -i
+        if power in (0, 2):
+            real_sum = (term if power == 0 else -term) if real_sum is None else \
+                (real_sum + term if power == 0 else real_sum - term)
+        else:
+            imag_sum = (term if power == 1 else -term) if imag_sum is None else \
+                (imag_sum + term if power == 1 else imag_sum - term)
+    return pair(real_sum, imag_sum)
+
+
+def where(condition: torch.Tensor, input: Operand, other: Operand, *, out: object = None) -> ComplexPair:
+    if out is not None:
+        raise RewriteNotApplicable("complex", "torch.where", "the out= argument")
+    (ar, ai), (br, bi) = parts(input), parts(other)
+    real = torch.where(condition, ar, br)
+    imag = torch.where(condition, 0.0 if ai is None else ai, 0.0 if bi is None else bi)
+    return ComplexPair(real, imag)
+
+
+def masked_fill(a: ComplexPair, mask: torch.Tensor, value: Operand) -> ComplexPair:
+    real, imag = parts(value)
+    return ComplexPair(a.real.masked_fill(mask, real), a.imag.masked_fill(mask, 0.0 if imag is None else imag))
+
+
+def sin(a: ComplexPair) -> ComplexPair:
+    # sin(x + iy) = sin x cosh y + i cos x sinh y
+    return ComplexPair(torch.sin(a.real) * torch.cosh(a.imag), torch.cos(a.real) * torch.sinh(a.imag))
+
+
+def cos(a: ComplexPair) -> ComplexPair:
+    # cos(x + iy) = cos x cosh y − i sin x sinh y
+    return ComplexPair(torch.cos(a.real) * torch.cosh(a.imag), -torch.sin(a.real) * torch.sinh(a.imag))
+
+
+def sgn(a: ComplexPair) -> ComplexPair:
+    """z / |z|, and 0 where z is 0 (torch.sgn)."""
+    magnitude = torch.sqrt(a.real * a.real + a.imag * a.imag)
+    safe = torch.where(magnitude == 0, torch.ones_like(magnitude), magnitude)
+    return ComplexPair(a.real / safe, a.imag / safe)
+
+
+def ones_like(a: ComplexPair, **kwargs: object) -> ComplexPair:
+    return ComplexPair(torch.ones_like(a.real), torch.zeros_like(a.imag))
+
+
+def full_like(a: ComplexPair, fill_value: complex | float, **kwargs: object) -> ComplexPair:
+    value = complex(fill_value)
+    return ComplexPair(torch.full_like(a.real, value.real), torch.full_like(a.imag, value.imag))
+
+
+def placed(target: torch.Tensor, key: object, value: torch.Tensor | float) -> torch.Tensor | None:
+    """`target` with target[key] = value, out of place, where `key` is ints, unit-step slices and Ellipsis over
+    static sizes: the value padded into place and a constant mask picking it (no copy_ into a slice, which the
+    legacy ONNX exporter writes as a ScatterND over index grids that onnx2tf and others trip on). None for any
+    other key (index tensors, steps, None): the caller assigns in place."""
+    import numpy as np
+
+    from buildsys.rewrites.mechanism import constant
+
+    keys = list(key) if isinstance(key, tuple) else [key]
+    if any(k is None or isinstance(k, (torch.Tensor, bool)) or not isinstance(k, (int, slice, type(Ellipsis)))
+           for k in keys) or sum(k is Ellipsis for k in keys) > 1:
+        return None
+    if Ellipsis in keys:
+        at = keys.index(Ellipsis)
+        keys[at:at + 1] = [slice(None)] * (target.dim() - len(keys) + 1)
+    keys += [slice(None)] * (target.dim() - len(keys))
+    if len(keys) != target.dim() or any(isinstance(n, torch.SymInt) for n in target.shape):
+        return None
+    pads: list[tuple[int, int]] = []
+    region: list[int] = []
+    dropped: list[int] = []
+    for dim, (k, size) in enumerate(zip(keys, (int(n) for n in target.shape))):
+        if isinstance(k, int):
+            start, stop = (k % size, k % size + 1) if -size <= k < size else (None, None)
+            dropped.append(dim)
+        else:
+            if k.step not in (None, 1):
+                return None
+            start, stop, _ = k.indices(size)
+            stop = max(start, stop)
+        if start is None or stop is None:
+            return None
+        pads.append((start, size - stop))
+        region.append(stop - start)
+    kept = [n for d, n in enumerate(region) if d not in dropped]
+    part = value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=target.dtype)
+    part = part.to(target.dtype).expand(kept)  # (not broadcast_to: coremltools has no conversion for it)
+    for dim in dropped:
+        part = part.unsqueeze(dim)
+    flat_pads = [n for before_after in reversed(pads) for n in before_after]
+    mask = np.zeros([int(n) for n in target.shape], dtype=bool)
+    mask[tuple(slice(a, int(n) - b) for (a, b), n in zip(pads, target.shape))] = True
+    return torch.where(constant(mask), torch.nn.functional.pad(part, flat_pads) if any(flat_pads) else part, target)
+
+
+for _func, _impl in ((torch.einsum, einsum), (torch.where, where), (torch.Tensor.where, lambda a, c, o: where(c, a, o)),
+                     (torch.masked_fill, masked_fill), (torch.Tensor.masked_fill, masked_fill),
+                     (torch.sin, sin), (torch.Tensor.sin, sin), (torch.cos, cos), (torch.Tensor.cos, cos),
+                     (torch.sgn, sgn), (torch.Tensor.sgn, sgn), (torch.ones_like, ones_like),
+                     (torch.full_like, full_like)):
+    register(_func, _impl)

@@ -1,0 +1,264 @@
+"""Each rewrite family answers a real converter refusal through the planner's rewrite route, end to end through
+`modelbuild build`, on models written here that no rewrite names: the first route is refused, the refusal points
+at the family, the same route with the family applied where the module is loaded makes an artifact that passes
+its numeric check against the original PyTorch model in its runtime.
+
+Refusals met (torch 2.13, onnx2tf 1.28, TensorFlow's TFLite converter, coremltools 9.0): TFLite's
+`tf.TensorListReserve` for the GRU that onnx2tf makes a while loop; the legacy ONNX exporter's "Exporting the
+operator 'aten::fft_rfft2' / 'aten::view_as_complex' ... is not supported" and "index_add_() ... with duplicated
+values"; coremltools' trace frontend on cdist and triu_indices, the legacy ONNX exporter on triu below opset 14
+(see each test).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from buildsys.storage.lock import Lock
+from tests.conftest import TinyProject
+
+pytestmark = pytest.mark.slow
+
+HAR_GRU = '''\
+import torch
+from torch import nn
+
+
+class GruActivity(nn.Module):
+    """Windows of nine IMU channels [B, 90, 9] -> Conv1d -> GRU -> 6 activities (the classic on-device model)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(9, 16, 5, padding=2)
+        self.gru = nn.GRU(16, 24, batch_first=True)
+        self.fc = nn.Linear(24, 6)
+
+    def forward(self, window):
+        features = torch.relu(self.conv(window.transpose(1, 2))).transpose(1, 2)
+        _, last = self.gru(features)
+        return self.fc(last[-1])
+
+
+def build():
+    return GruActivity()
+'''
+
+DENOISER = '''\
+import torch
+from torch import nn
+
+
+class SpectralDenoiser(nn.Module):
+    """An image denoiser: a 2-D real FFT, a learned gain per low frequency, the inverse FFT, a conv."""
+
+    def __init__(self, size=16, keep=5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gain = nn.Parameter(torch.rand(keep, keep))
+        self.keep, self.size = keep, size
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, image):
+        spectrum = torch.fft.rfft2(image, norm="ortho")
+        mask = torch.zeros(spectrum.shape[-2:])
+        mask[:self.keep, :self.keep] = self.gain
+        smooth = torch.fft.irfft2(spectrum * mask, s=image.shape[-2:], norm="ortho")
+        return self.conv(smooth)
+
+
+def build():
+    return SpectralDenoiser()
+'''
+
+MIXER = '''\
+import torch
+from torch import nn
+
+
+class ComplexMixer(nn.Module):
+    """Token features as complex numbers (pairs of channels), mixed by a complex weight matrix, then magnitudes."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(channels // 2, channels // 2, 2) * 0.3)
+        self.head = nn.Linear(channels // 2, 3)
+
+    def forward(self, tokens):
+        z = torch.view_as_complex(tokens.reshape(*tokens.shape[:-1], -1, 2))
+        mixed = torch.einsum("btc,cd->btd", z, torch.view_as_complex(self.weight))
+        return self.head(mixed.abs().mean(dim=1))
+
+
+def build():
+    return ComplexMixer()
+'''
+
+GNN = '''\
+import torch
+from torch import nn
+
+EDGES = [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2), (3, 0), (0, 3), (1, 3)]
+
+
+class GraphLayer(nn.Module):
+    """A message-passing layer on a fixed 4-node graph: messages from sources summed into targets with index_add."""
+
+    def __init__(self, features=6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.message = nn.Linear(features, features)
+        self.update = nn.Linear(2 * features, 3)
+        self.register_buffer("source", torch.tensor([s for s, _ in EDGES]))
+        self.register_buffer("target", torch.tensor([t for _, t in EDGES]))
+
+    def forward(self, nodes):
+        messages = torch.relu(self.message(nodes.index_select(1, self.source)))
+        summed = torch.zeros_like(nodes).index_add(1, self.target, messages)
+        return self.update(torch.cat([nodes, summed], dim=-1))
+
+
+def build():
+    return GraphLayer()
+'''
+
+POINTS = '''\
+import torch
+from torch import nn
+
+
+class PointContext(nn.Module):
+    """A point-cloud feature: each point's distances to a set of learned anchors (cdist), then an MLP."""
+
+    def __init__(self, anchors=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.anchors = nn.Parameter(torch.randn(anchors, 3))
+        self.mlp = nn.Sequential(nn.Linear(anchors, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def forward(self, points):
+        distances = torch.cdist(points, self.anchors)  # [B, P, anchors]
+        return self.mlp(torch.exp(-distances)).max(dim=1).values
+
+
+def build():
+    return PointContext()
+'''
+
+INTERACTION = '''\
+import torch
+from torch import nn
+
+
+class FeatureInteraction(nn.Module):
+    """A DLRM-style dot interaction: embeddings of each field, their pairwise dot products above the diagonal
+    (triu_indices), each field's interactions with the later ones (triu), then an MLP."""
+
+    def __init__(self, fields=5, dim=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fields = fields
+        self.embed = nn.Linear(1, dim)
+        self.mlp = nn.Sequential(nn.Linear(fields * (fields - 1) // 2 + fields, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, values):
+        e = self.embed(values.unsqueeze(-1))                    # [B, fields, dim]
+        z = torch.bmm(e, e.transpose(1, 2))                     # [B, fields, fields]
+        rows, cols = torch.triu_indices(self.fields, self.fields, 1)
+        pairs = z[:, rows, cols]
+        later = torch.triu(z, diagonal=1).sum(dim=-1)
+        return torch.sigmoid(self.mlp(torch.cat([pairs, later], dim=1)))
+
+
+def build():
+    return FeatureInteraction()
+'''
+
+
+def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
+    (tmp_path / f"{module}.py").write_text(source)
+    project = TinyProject(tmp_path, tmp_path / "calls.txt")
+    project.write(f"models:\n  model:\n    source: {{factory: {module}:build}}\n    inputs: {inputs}\n"
+                  f"    outputs: [{{name: out}}]\ntargets:\n" + textwrap.indent(textwrap.dedent(targets), "  "))
+    proc = project.run("build", "-k", "-j", "1", check=False, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return project, proc.stdout
+
+
+def _assert_rewrite_route(project: TinyProject, out: str, target: str, route: list[str], family: str,
+                          refusal: str) -> None:
+    lock = Lock.read(project.root / "deploy.lock")
+    dropped = lock.routes[target]["dropped"]
+    assert dropped[0]["rewrites"] == [family] and refusal in dropped[0]["reason"], dropped
+    assert lock.targets[target]["route"] == route and lock.targets[target]["rewrites"] == [family]
+    check = lock.nodes[f"verify:{target}"]
+    assert check["verdict"] == "passed"
+    assert max(v["max_abs"]["observed"] for v in check["metrics"]["outputs"].values()) < 1e-4
+    assert f"{target}: carries op rewrites {family}" in out
+
+
+def test_a_gru_activity_model_reaches_tflite_unrolled(tmp_path: Path) -> None:
+    """onnx2tf turns the ONNX GRU into a TensorFlow while loop that TFLite refuses (tf.TensorListReserve); the
+    refusal names no ATen op, the ONNX export recorded the module's torch.gru call, so `recurrent` is tried."""
+    project, out = _build(tmp_path, "har_gru", HAR_GRU, "[{name: window, shape: [batch, 90, 9]}]",
+                          "android: {model: model, format: tflite}\n")
+    _assert_rewrite_route(project, out, "android", ["pytorch", "onnx (rewrite recurrent)", "saved_model", "tflite"],
+                          "recurrent", "tf.TensorListReserve")
+
+
+def test_an_fft_filter_reaches_onnx_and_core_ml(tmp_path: Path) -> None:
+    """The legacy ONNX exporter and coremltools' trace frontend refuse fft_rfft2 by name. On Core ML the traced
+    rewrite route then meets coremltools' TypeError on the model's own torch.zeros(spectrum.shape[-2:]) (a size
+    traced as a tensor); torch.export's route is refused at _fft_r2c, and with `fft` there it converts."""
+    project, out = _build(tmp_path, "denoiser", DENOISER, "[{name: image, shape: [batch, 1, 16, 16]}]",
+                          "server: {model: model, format: onnx}\nios: {model: model, format: coreml}\n")
+    _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite fft)"], "fft", "aten::fft_rfft2")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "pt2 (rewrite fft)", "coreml"], "fft", "fft_rfft2")
+    dropped = Lock.read(project.root / "deploy.lock").routes["ios"]["dropped"]
+    assert [d["route"] for d in dropped] == [["pytorch", "torchscript", "coreml"],
+                                             ["pytorch", "torchscript (rewrite fft)", "coreml"],
+                                             ["pytorch", "pt2", "coreml"]]
+    assert "_fft_r2c" in dropped[2]["reason"] and dropped[2]["rewrites"] == ["fft"]
+
+
+def test_complex_mixing_reaches_onnx(tmp_path: Path) -> None:
+    project, out = _build(tmp_path, "mixer", MIXER, "[{name: tokens, shape: [batch, 5, 16]}]",
+                          "server: {model: model, format: onnx}\n")
+    _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite complex)"], "complex",
+                          "aten::view_as_complex")
+
+
+def test_a_graph_layer_with_index_add_reaches_tflite(tmp_path: Path) -> None:
+    """The legacy ONNX exporter refuses index_add_ with duplicated indices; the rewritten ONNX then meets onnx2tf's
+    layout guess on the model's own 3-D linear (an Add it cannot broadcast); litert-torch's route is refused by
+    LiteRT (a StableHLO scatter it cannot prepare) and, with `scatter` there, passes."""
+    project, out = _build(tmp_path, "gnn", GNN, "[{name: nodes, shape: [batch, 4, 6]}]",
+                          "android: {model: model, format: tflite}\n")
+    _assert_rewrite_route(project, out, "android", ["pytorch", "pt2 (rewrite scatter)", "tflite"], "scatter",
+                          "index_add_()")
+    dropped = Lock.read(project.root / "deploy.lock").routes["android"]["dropped"]
+    refused = {tuple(d["route"]): d for d in dropped}
+    assert refused[("pytorch", "pt2", "tflite")]["rewrites"] == ["scatter"]
+    assert "STABLEHLO_SCATTER" in refused[("pytorch", "pt2", "tflite")]["reason"]
+
+
+def test_a_point_cloud_model_with_cdist_reaches_core_ml(tmp_path: Path) -> None:
+    project, out = _build(tmp_path, "points", POINTS, "[{name: points, shape: [batch, 32, 3]}]",
+                          "ios: {model: model, format: coreml}\n")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite distance)", "coreml"], "distance",
+                          "cdist")
+
+
+def test_a_feature_interaction_model_reaches_core_ml_and_onnx_opset_13(tmp_path: Path) -> None:
+    """coremltools has no triu_indices; the legacy ONNX exporter has no triu below opset 14 (Trilu)."""
+    project, out = _build(tmp_path, "interaction", INTERACTION, "[{name: values, shape: [batch, 5]}]",
+                          "ios: {model: model, format: coreml}\n"
+                          "legacy: {model: model, format: onnx, options: {onnx: {opset: 13}}}\n")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite triangular)", "coreml"], "triangular",
+                          "triu_indices")
+    _assert_rewrite_route(project, out, "legacy", ["pytorch", "onnx (rewrite triangular)"], "triangular",
+                          "'aten::triu' is not supported at opset 13")
