@@ -92,7 +92,8 @@ def write_case_data(case: dict[str, Any]) -> Any:
 
         inputs = opcase.case(case["op"], case["index"]).example_inputs()
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **{f"in{i}": t.numpy() for i, t in enumerate(inputs)})
+        arrays: dict[str, Any] = {f"in{i}": t.numpy() for i, t in enumerate(inputs)}
+        np.savez(path, **arrays)
 
     return write
 
@@ -110,6 +111,22 @@ def copy_opcase(root: Path) -> None:
     """Put the factory module into a project (its text enters the models' keys)."""
     if not (root / "opcase.py").exists() or (root / "opcase.py").read_text() != OPCASE.read_text():
         shutil.copyfile(OPCASE, root / "opcase.py")
+
+
+def note_decompositions(results: dict[str, Any], keys: list[str]) -> None:
+    """For each case with a failed cell: which of its ATen ops PyTorch decomposes into other ATen ops (the
+    failure classes read it; benchmarks/coverage/decompose.py)."""
+    import warnings
+
+    from benchmarks.coverage import decompose, opcase
+
+    warnings.simplefilter("ignore")
+    for key in keys:
+        case, cells = results["cases"][key], results.get("cells", {}).get(key, {})
+        if "decomposes" in case or all(c.get("status") == "verified" for c in cells.values()):
+            continue
+        module = opcase.case(case["op"], case["index"])
+        case["decomposes"] = decompose.decompositions(module, module.example_inputs())
 
 
 def main() -> None:
@@ -152,6 +169,8 @@ def main() -> None:
         settings = matrix.BuildSettings(jobs=opts.jobs, step_timeout=opts.timeout, worker_memory=opts.worker_memory)
         matrix.build_rows(rows, families, results, opts.out, work=opts.work, chunk=opts.chunk, settings=settings,
                           project_files=copy_opcase, fresh=opts.fresh, log=lambda m: print(m, flush=True))
+    note_decompositions(results, [c["key"] for c in cases])
+    matrix.save(opts.out, results)
     if not opts.no_anchors:
         files = opts.work / "anchors"
         files.mkdir(parents=True, exist_ok=True)

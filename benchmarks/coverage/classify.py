@@ -4,6 +4,7 @@ The classes, in the order a cell is tested against them (the first that matches 
 
 - `bug`: modelbuild itself failed (a build that reported nothing for the target, an internal error, a check
   that could not open what its own step wrote);
+- `crash`: the converter or runtime crashed its worker process (a segfault, an abort);
 - `cost`: a step stopped by its time budget or a memory limit;
 - `static`: torch.export with dynamic shapes violated a constraint or specialised an axis (a fixed-shape format
   answers it by re-exporting at static shapes);
@@ -32,6 +33,7 @@ from typing import Any, Iterable
 #: Class → a sentence on the mechanism that answers it (docs/coverage.md prints these).
 MECHANISMS = {
     "bug": "modelbuild bug: fix modelbuild",
+    "crash": "a converter or runtime crashed its worker: another route, or a rewrite around the op",
     "cost": "unbounded cost: a step past its time budget or memory",
     "static": "dynamic-shape constraint: re-export at the format's static shapes",
     "numerics-fp32": "numerics: an fp32 artifact outside the fp32 tolerance (a wrong lowering, or an ill-conditioned op)",
@@ -62,8 +64,9 @@ _FAMILIES = (
 _RULES = (
     ("bug", r"modelbuild build exited|bug in modelbuild|internal error|Item does not exist for identifier|"
             r"failed earlier in this build: .*bug"),
+    ("crash", r"the worker crashed|the worker exited with code|killed by signal (?!9\b)"),
     ("cost", r"timed? ?out|timeout|exceeded .*(?:budget|seconds)|out of memory|memory (?:ceiling|limit)|"
-             r"MemoryError|killed .*(?:memory|time)|SIGKILL"),
+             r"MemoryError|killed .*(?:memory|time)|killed by signal 9\b|SIGKILL"),
     ("static", r"Constraints violated|specializ|guard on data-dependent|GuardOnDataDependent|"
                r"dynamic_shapes|dynamic shape|Dim\(|symbolic shape|unbacked"),
 )

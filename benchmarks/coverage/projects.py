@@ -69,7 +69,7 @@ def run_build(root: Path, targets: Iterable[str], *, jobs: int, step_timeout: fl
         finally:
             returncode = proc.wait()
     stderr = (root / "stderr.log").read_text(errors="replace")
-    summary = next((e for e in reversed(events) if e.get("event") == "summary"), {})
+    summary: dict[str, Any] = next((e for e in reversed(events) if e.get("event") == "summary"), {})
     return Outcome(returncode, round(time.perf_counter() - started, 1), summary, events, stderr[-3000:])
 
 

@@ -49,7 +49,7 @@ def installed(directory: Path) -> dict[str, str]:
 def check(directory: Path) -> list[str]:
     """The PYTHONPATH entries the build needs (the hook, then `directory`); MissingSite when a package is absent."""
     have = installed(directory) if directory.is_dir() else {}
-    missing = [f"{name}=={version}" for name, version in PINNED.items() if name.lower() not in have]
+    missing = [f"{name.replace('_', '-')}=={version}" for name, version in PINNED.items() if name.lower() not in have]
     if missing:
         raise MissingSite(
             f"model matrix: {directory} lacks {', '.join(missing)} (the public architectures' packages, kept out of "

@@ -216,7 +216,7 @@ class Flat(nn.Module):
 
 
 def _build_timm(arch: Arch) -> nn.Module:
-    import timm
+    import timm  # type: ignore[import-not-found]  # from the package directory (site_packages.py)
 
     return Flat(timm.create_model(arch.builder, pretrained=False, **arch.options))
 
@@ -237,7 +237,7 @@ def _build_transformers(arch: Arch) -> nn.Module:
 
 
 def _build_ultralytics(arch: Arch) -> nn.Module:
-    from ultralytics.nn import tasks
+    from ultralytics.nn import tasks  # type: ignore[import-not-found]
 
     kind = tasks.RTDETRDetectionModel if arch.builder.startswith("rtdetr") else \
         tasks.SegmentationModel if "-seg" in arch.builder else tasks.PoseModel if "-pose" in arch.builder else \
@@ -250,7 +250,7 @@ def _build_ultralytics(arch: Arch) -> nn.Module:
 
 
 def _build_torchvision(arch: Arch) -> nn.Module:
-    from torchvision.models import segmentation
+    from torchvision.models import segmentation  # type: ignore[import-not-found]
 
     return Flat(getattr(segmentation, arch.builder)(weights=None, weights_backbone=None, **arch.options))
 
