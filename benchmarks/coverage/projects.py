@@ -147,15 +147,16 @@ def model_of(node: str, target_model: dict[str, str]) -> str | None:
 
 
 def node_seconds(events: list[dict[str, Any]], target_model: dict[str, str]) -> dict[str, dict[str, list[Any]]]:
-    """Per model: {node: [event, seconds]} of every node that ran (built or failed), seconds summed over runs."""
+    """Per model: {node: [event, seconds]} of every node that ran (built, failed, or the op analysis `ops:M`:
+    analysed), seconds summed over runs; a node that failed once counts as failed."""
     out: dict[str, dict[str, list[Any]]] = {}
     for e in events:
-        if e.get("event") not in ("built", "failed") or not e.get("seconds"):
+        if e.get("event") not in ("built", "failed", "analysed") or not e.get("seconds"):
             continue
         model = model_of(str(e.get("node", "")), target_model)
         if model is None:
             continue
         entry = out.setdefault(model, {}).setdefault(e["node"], [e["event"], 0.0])
-        entry[0] = "failed" if "failed" in (entry[0], e["event"]) else "built"
+        entry[0] = "failed" if "failed" in (entry[0], e["event"]) else e["event"]
         entry[1] = round(entry[1] + float(e["seconds"]), 3)
     return out

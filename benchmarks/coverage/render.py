@@ -92,14 +92,23 @@ def model_summary(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def node_seconds(results: dict[str, Any]) -> tuple[float, float]:
-    """(node-seconds in nodes that failed, all node-seconds) over every row."""
-    failed = total = 0.0
-    for nodes in results.get("node_seconds", {}).values():
-        for event, seconds in nodes.values():
-            total += seconds
-            failed += seconds if event == "failed" else 0.0
-    return failed, total
+def node_seconds(results: dict[str, Any], rows: Any = None) -> dict[str, float]:
+    """Node-seconds by what the node did (built, failed, analysed: the op analysis) and in all, over `rows`
+    (default: every row)."""
+    sums: dict[str, float] = collections.defaultdict(float)
+    for key, nodes in results.get("node_seconds", {}).items():
+        if rows is None or key in rows:
+            for event, seconds in nodes.values():
+                sums[event] += seconds
+                sums["all"] += seconds
+    return dict(sums)
+
+
+def _seconds_line(sums: dict[str, float]) -> str:
+    total = sums.get("all", 0.0)
+    return (f"{sums.get('failed', 0.0):.0f} s in nodes that failed, {sums.get('analysed', 0.0):.0f} s of op analysis, "
+            f"{sums.get('built', 0.0):.0f} s in nodes built: {_pct(int(sums.get('failed', 0.0)), int(total))} of "
+            f"{total:.0f} node-seconds failed")
 
 
 def class_table(op_failed: list[dict[str, Any]], model_failed: list[dict[str, Any]]) -> list[str]:
@@ -144,11 +153,9 @@ def model_rows(results: dict[str, Any], failed: list[dict[str, Any]]) -> list[st
         info = results.get("models", {}).get(key, {})
         marks = ["—" if f not in row else "✓" if row[f]["status"] == "verified" else f"✗ {cls.get((key, f), '')}"
                  for f in families]
-        nodes = results.get("node_seconds", {}).get(key, {})
-        failed_s = sum(s for e, s in nodes.values() if e == "failed")
-        total_s = sum(s for _, s in nodes.values())
+        sums = node_seconds(results, {key})
         lines.append(f"| {key} | {info.get('category', '')} | {info.get('package', '')} | " + " | ".join(marks) +
-                     f" | {failed_s:.0f} / {total_s:.0f} |")
+                     f" | {sums.get('failed', 0.0):.0f} / {sums.get('all', 0.0):.0f} |")
     return lines
 
 
@@ -198,15 +205,14 @@ def page(op_results: dict[str, Any], model_results: dict[str, Any]) -> str:
                 f"(benchmarks/coverage/opdb.py); {len(selection.get('left_out', {}))} ops left out, listed below. "
                 "Targets: server `format: onnx`, android `tflite`, ios `coreml` (fp32), executorch, intel `openvino`, "
                 "web `web`. The anchor: each converter alone with its default call on the same modules, judged by the "
-                "same comparison (benchmarks/coverage/anchors.py).", ""] + op_summary(op_results) + [""]
+                "same comparison (benchmarks/coverage/anchors.py).", ""] + op_summary(op_results) + [
+                "", f"Node-seconds: {_seconds_line(node_seconds(op_results))}.", ""]
     if model_results.get("cells"):
-        failed_s, total_s = node_seconds(model_results)
         out += [f"### Model matrix: {len(model_results['cells'])} public architectures, platform presets", "",
                 "timm, transformers (small configs, `from_config`), ultralytics (model yaml) and torchvision builders "
                 "with seeded weights, small inputs, seeded calibration and validation data (benchmarks/coverage/zoo.py, "
                 "benchmarks/model_matrix.py).", ""] + model_summary(model_results) + [
-                "", f"Node-seconds in nodes that failed: {failed_s:.0f} of {total_s:.0f} ({_pct(int(failed_s), int(total_s))}).",
-                ""]
+                "", f"Node-seconds: {_seconds_line(node_seconds(model_results))}.", ""]
     if op_failed or model_failed:
         out += ["## Failure classes", "", "Each failed cell under the mechanism that would answer it "
                 "(benchmarks/coverage/classify.py); 'single converter delivers' in the tables below says where a "

@@ -190,14 +190,18 @@ BY_NAME = {a.name: a for a in ARCHS}
 
 
 class Outputs(nn.Module):
-    """A model called with its inputs by name, returning the named attributes of its output as a tuple."""
+    """A model called with its one or two inputs by name, returning the named attributes of its output as a tuple.
+
+    The inputs are named parameters, not `*tensors`: torch.export matches `dynamic_shapes` to the signature, and a
+    variadic forward takes them as one tuple (modelbuild's export with a dynamic batch then fails)."""
 
     def __init__(self, model: nn.Module, names: tuple[str, ...], attrs: tuple[str, ...], **call: Any) -> None:
         super().__init__()
         self.model, self.names, self.attrs, self.call = model, names, attrs, call
 
-    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.names, tensors)), **self.call)
+    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        given = (first,) if second is None else (first, second)
+        out = self.model(**dict(zip(self.names, given)), **self.call)
         return tuple(getattr(out, a) if not isinstance(out, dict) else out[a] for a in self.attrs)
 
 
