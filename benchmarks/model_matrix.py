@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.coverage import anchors, matrix, render, site_packages  # noqa: E402
+from benchmarks.coverage import matrix, site_packages  # noqa: E402
 from benchmarks.coverage.environment import describe_host  # noqa: E402
 from benchmarks.coverage.zoo import ARCHS, VOCAB, Arch  # noqa: E402
 
@@ -96,38 +95,18 @@ def model_entry(arch: Arch) -> dict[str, Any]:
                      "validation": f"data/{arch.name}-validation.npz", "example": f"data/{arch.name}-validation.npz"}}
 
 
-def copy_zoo(root: Path) -> None:
-    """Put the factory module into a project (its text enters the models' keys)."""
-    if not (root / "zoo.py").exists() or (root / "zoo.py").read_text() != ZOO.read_text():
-        shutil.copyfile(ZOO, root / "zoo.py")
-
-
 def pick(sample: int | None, only: list[str]) -> list[Arch]:
     """Architectures matching any `--only` pattern (name or category), then `sample` of them spread over the
     categories (every k-th in list order, deterministic)."""
-    archs = [a for a in ARCHS if not only or any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)]
-    if sample and sample < len(archs):
-        step = len(archs) / sample
-        archs = [archs[int(i * step)] for i in range(sample)]
-    return archs
+    return matrix.spread([a for a in ARCHS if not only or
+                          any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)], sample)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sample", type=int, help="only N architectures, spread over the list")
-    parser.add_argument("--only", action="append", default=[], help="names, fnmatch patterns or categories")
-    parser.add_argument("--targets", default=",".join(FAMILIES), help="families, comma-separated")
+    matrix.add_arguments(parser, "model_matrix", chunk=8, timeout=300.0, memory="4G", families=FAMILIES)
     parser.add_argument("--anchors", action="store_true", help="also run each fp32 converter alone (the anchor)")
-    parser.add_argument("--converters", default=",".join(anchors.CONVERTERS))
-    parser.add_argument("--chunk", type=int, default=8, help="models per generated project (default 8)")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one build step may take (default 300)")
-    parser.add_argument("--worker-memory", default="4G")
     parser.add_argument("--site", help="the package directory (default $MODELBUILD_MATRIX_SITE or /work/matrix-site)")
-    parser.add_argument("--fresh", action="store_true", help="rebuild cells already in the JSON, from empty projects")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "work" / "model_matrix")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "model_matrix.json")
-    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "coverage.md", help="'-' to skip rendering")
     opts = parser.parse_args()
 
     archs = pick(opts.sample, opts.only)
@@ -137,32 +116,15 @@ def main() -> None:
     path = tuple(site_packages.check(site)) if needs_site else ()
     families = {f: FAMILIES[f] for f in opts.targets.split(",")}
     results = matrix.load(opts.out)
-    results["meta"] = describe_host() | ({"site": str(site), "site_packages": site_packages.installed(site),
-                                          "site_mismatched": site_packages.mismatched(site)} if needs_site else {})
+    results["meta"] = results.get("meta", {}) | describe_host() | (
+        {"site": str(site), "site_packages": site_packages.installed(site),
+         "site_mismatched": site_packages.mismatched(site)} if needs_site else {})
     results["families"] = families
     results.setdefault("models", {}).update({a.name: {"category": a.category, "package": a.package,
                                                       "builder": a.builder} for a in archs})
     print(f"{len(archs)} architectures × {len(families)} families", flush=True)
     rows = [matrix.Row(a.name, model_entry(a), write_data(a)) for a in archs]
-    settings = matrix.BuildSettings(jobs=opts.jobs, step_timeout=opts.timeout, worker_memory=opts.worker_memory,
-                                    extra_path=path)
-    matrix.build_rows(rows, families, results, opts.out, work=opts.work, chunk=opts.chunk, settings=settings,
-                      project_files=copy_zoo, fresh=opts.fresh, log=lambda m: print(m, flush=True))
-    if opts.anchors:
-        files = opts.work / "anchors"
-        files.mkdir(parents=True, exist_ok=True)
-        copy_zoo(files)
-        requests = {}
-        for a in archs:
-            write_data(a)(files)
-            requests[a.name] = {"root": str(files), "factory": "zoo:build", "kwargs": {"arch": a.name},
-                                "data": f"data/{a.name}-validation.npz", "inputs": [n for n, _, _ in a.inputs]}
-        anchors.run(requests, opts.converters.split(","), results, lambda: matrix.save(opts.out, results),
-                    timeout=opts.timeout, fresh=opts.fresh, extra_path=path, log=lambda m: print(m, flush=True))
-    matrix.save(opts.out, results)
-    if str(opts.doc) != "-":
-        render.write(opts.doc)
-        print(f"wrote {opts.doc}")
+    matrix.run(opts, rows, families, results, factory=ZOO, with_anchors=opts.anchors, extra_path=path)
 
 
 if __name__ == "__main__":

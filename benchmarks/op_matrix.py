@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.coverage import anchors, matrix, opdb, render  # noqa: E402
+from benchmarks.coverage import matrix, opdb  # noqa: E402
 from benchmarks.coverage.environment import describe_host  # noqa: E402
 
 #: The families at float precision, as deploy.yaml target fields.
@@ -71,12 +70,7 @@ def selection(work: Path, per_op: int, max_numel: int, only: list[str]) -> dict[
 
 def pick_ops(names: list[str], sample: int | None, only: list[str]) -> list[str]:
     """The ops to run: those matching any `--only` pattern, then `sample` of them evenly spaced (deterministic)."""
-    if only:
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in only)]
-    if sample and sample < len(names):
-        step = len(names) / sample
-        names = [names[int(i * step)] for i in range(sample)]
-    return names
+    return matrix.spread([n for n in names if not only or any(fnmatch.fnmatchcase(n, p) for p in only)], sample)
 
 
 def write_case_data(case: dict[str, Any]) -> Any:
@@ -107,12 +101,6 @@ def model_entry(case: dict[str, Any]) -> dict[str, Any]:
             "data": {"example": data, "validation": data}}
 
 
-def copy_opcase(root: Path) -> None:
-    """Put the factory module into a project (its text enters the models' keys)."""
-    if not (root / "opcase.py").exists() or (root / "opcase.py").read_text() != OPCASE.read_text():
-        shutil.copyfile(OPCASE, root / "opcase.py")
-
-
 def note_decompositions(results: dict[str, Any], keys: list[str]) -> None:
     """For each case with a failed cell: which of its ATen ops PyTorch decomposes into other ATen ops (the
     failure classes read it; benchmarks/coverage/decompose.py)."""
@@ -131,24 +119,11 @@ def note_decompositions(results: dict[str, Any], keys: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    matrix.add_arguments(parser, "op_matrix", chunk=40, timeout=120.0, memory="3G", families=FAMILIES)
     parser.add_argument("--per-op", type=int, default=2, help="samples per op (default 2)")
     parser.add_argument("--max-numel", type=int, default=1024, help="prefer samples with at most this many input "
                                                                     "elements (default 1024)")
-    parser.add_argument("--sample", type=int, help="only N ops, evenly spaced over the selected ones")
-    parser.add_argument("--only", action="append", default=[], help="op names or fnmatch patterns (repeatable)")
-    parser.add_argument("--targets", default=",".join(FAMILIES), help="families, comma-separated")
-    parser.add_argument("--converters", default=",".join(anchors.CONVERTERS), help="anchor converters")
-    parser.add_argument("--no-build", action="store_true", help="skip the modelbuild cells")
     parser.add_argument("--no-anchors", action="store_true", help="skip the single-converter anchors")
-    parser.add_argument("--chunk", type=int, default=40, help="models per generated project (default 40)")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one build step may take")
-    parser.add_argument("--anchor-timeout", type=float, default=120.0, help="seconds one anchor conversion may take")
-    parser.add_argument("--worker-memory", default="3G")
-    parser.add_argument("--fresh", action="store_true", help="rebuild cells already in the JSON, from empty projects")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "work" / "op_matrix")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "op_matrix.json")
-    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "coverage.md", help="'-' to skip rendering")
     opts = parser.parse_args()
 
     chosen = selection(opts.work, opts.per_op, opts.max_numel, opts.only)
@@ -163,30 +138,9 @@ def main() -> None:
     results.setdefault("cases", {}).update({c["key"]: c for c in cases})
     print(f"{len(ops)} ops, {len(cases)} cases × {len(families)} families; "
           f"{len(chosen['left_out'])} ops left out", flush=True)
-
-    if not opts.no_build:
-        rows = [matrix.Row(c["key"], model_entry(c), write_case_data(c)) for c in cases]
-        settings = matrix.BuildSettings(jobs=opts.jobs, step_timeout=opts.timeout, worker_memory=opts.worker_memory)
-        matrix.build_rows(rows, families, results, opts.out, work=opts.work, chunk=opts.chunk, settings=settings,
-                          project_files=copy_opcase, fresh=opts.fresh, log=lambda m: print(m, flush=True))
-    note_decompositions(results, [c["key"] for c in cases])
-    matrix.save(opts.out, results)
-    if not opts.no_anchors:
-        files = opts.work / "anchors"
-        files.mkdir(parents=True, exist_ok=True)
-        copy_opcase(files)
-        requests = {}
-        for c in cases:
-            write_case_data(c)(files)
-            requests[c["key"]] = {"root": str(files), "factory": "opcase:build",
-                                  "kwargs": {"op": c["op"], "index": c["index"]}, "data": f"data/{c['key']}.npz",
-                                  "inputs": [f"in{i}" for i in range(len(c["inputs"]))]}
-        anchors.run(requests, opts.converters.split(","), results, lambda: matrix.save(opts.out, results),
-                    timeout=opts.anchor_timeout, fresh=opts.fresh, log=lambda m: print(m, flush=True))
-    matrix.save(opts.out, results)
-    if str(opts.doc) != "-":
-        render.write(opts.doc)
-        print(f"wrote {opts.doc}")
+    rows = [matrix.Row(c["key"], model_entry(c), write_case_data(c)) for c in cases]
+    matrix.run(opts, rows, families, results, factory=OPCASE, with_anchors=not opts.no_anchors,
+               after_build=lambda r: note_decompositions(r, [c["key"] for c in cases]))
 
 
 if __name__ == "__main__":

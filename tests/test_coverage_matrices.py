@@ -45,7 +45,8 @@ def test_complex_and_integer_results_become_float32_outputs() -> None:
     fft = opcase.case("fft.fft", 0)
     (spectrum,) = fft(*fft.example_inputs())
     assert spectrum.dtype == torch.float32 and spectrum.shape[-1] == 2  # view_as_real
-    values, indices = opcase.case("max.reduction_with_dim", 0)(*opcase.case("max.reduction_with_dim", 0).example_inputs())
+    reduction = opcase.case("max.reduction_with_dim", 0)
+    values, indices = reduction(*reduction.example_inputs())
     assert values.dtype == indices.dtype == torch.float32
 
 
@@ -95,7 +96,8 @@ def test_an_int8_target_that_misses_its_tolerance_is_an_int8_miss() -> None:
 
 
 def test_a_missing_package_directory_says_how_to_install_it(tmp_path: Path) -> None:
-    with pytest.raises(site_packages.MissingSite, match=r"(?s)lacks timm==1\.0\.31, ultralytics==8\.4\.190.*Install them with:\n  pip install --no-deps --target "):
+    with pytest.raises(site_packages.MissingSite,
+                       match=r"(?s)lacks timm==1\.0\.31, ultralytics==8\.4\.190.*\n  pip install --no-deps --target "):
         site_packages.check(tmp_path)
 
 

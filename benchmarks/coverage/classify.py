@@ -36,7 +36,7 @@ MECHANISMS = {
     "crash": "a converter or runtime crashed its worker: another route, or a rewrite around the op",
     "cost": "unbounded cost: a step past its time budget or memory",
     "static": "dynamic-shape constraint: re-export at the format's static shapes",
-    "numerics-fp32": "numerics: an fp32 artifact outside the fp32 tolerance (a wrong lowering, or an ill-conditioned op)",
+    "numerics-fp32": "numerics: an fp32 artifact outside the fp32 tolerance (a wrong lowering, an ill-conditioned op)",
     "numerics-fp16": "numerics: an fp16 miss",
     "numerics-int8": "numerics: an int8 miss (repair recipes did not reach the tolerance)",
     "family-fft": "family rewrite: FFT as real DFT matmuls",
@@ -97,7 +97,8 @@ def named_ops(text: str, case_ops: Iterable[str]) -> list[str]:
     for op in case:
         base = op.split(".", 1)[1]
         camel = "".join(p[:1].upper() + p[1:] for p in base.strip("_").split("_"))
-        if re.search(rf"(?<![A-Za-z0-9_]){re.escape(base)}(?![A-Za-z0-9_])|(?<![A-Za-z0-9_]){re.escape(camel)}\b", text):
+        alone = r"(?<![A-Za-z0-9_]){}(?![A-Za-z0-9_])"
+        if re.search(alone.format(re.escape(base)), text) or re.search(alone.format(re.escape(camel)), text):
             named.append(op)
     return list(dict.fromkeys(named)) or case
 

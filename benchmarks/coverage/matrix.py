@@ -11,6 +11,7 @@ seconds]), and a `builds` list with one entry per chunk build (targets, wall sec
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.coverage import projects
+from benchmarks.coverage import anchors, projects
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -94,8 +97,8 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
         project_files(root)
         for row in group:
             row.write_files(root)
-        targets = {f"{row.key}.{family}": {"model": row.key, **spec}
-                   for row in group for family, spec in families.items() if not measured(cells.get(row.key, {}).get(family))}
+        targets = {f"{row.key}.{family}": {"model": row.key, **spec} for row in group
+                   for family, spec in families.items() if not measured(cells.get(row.key, {}).get(family))}
         projects.write_deploy(root, {row.key: row.model for row in group}, targets)
         began = time.strftime("%H:%M:%S")
         outcome = projects.run_build(root, sorted(targets), jobs=settings.jobs, step_timeout=settings.step_timeout,
@@ -115,3 +118,80 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
         save(out, results)
         log(f"{root.name}: {verified}/{len(targets)} verified in {outcome.wall_s:.0f} s (exit {outcome.returncode}); "
             f"{min(start + chunk, len(todo))}/{len(todo)} rows done")
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str, *, chunk: int, timeout: float, memory: str,
+                  families: dict[str, dict[str, Any]]) -> None:
+    """The options both matrices take; `name` (op_matrix, model_matrix) names the default results and work paths."""
+    parser.add_argument("--sample", type=int, help="only N rows, evenly spaced over the selected ones")
+    parser.add_argument("--only", action="append", default=[], help="names or fnmatch patterns (repeatable)")
+    parser.add_argument("--targets", default=",".join(families), help="families, comma-separated")
+    parser.add_argument("--converters", default=",".join(anchors.CONVERTERS), help="the anchor's converters")
+    parser.add_argument("--chunk", type=int, default=chunk, help=f"models per generated project (default {chunk})")
+    parser.add_argument("--jobs", type=int, default=2, help="modelbuild build -j (default 2)")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help=f"seconds one build step (and one anchor conversion) may take (default {timeout:.0f})")
+    parser.add_argument("--worker-memory", default=memory, help=f"modelbuild's worker memory budget (default {memory})")
+    parser.add_argument("--fresh", action="store_true", help="rebuild cells already in the JSON, from empty projects")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "work" / name)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / f"{name}.json")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "coverage.md", help="'-' to skip rendering")
+
+
+def copy_factory(source: Path) -> Callable[[Path], None]:
+    """What puts a factory module into a project (its text enters the models' keys)."""
+
+    def copy(root: Path) -> None:
+        target = root / source.name
+        if not target.exists() or target.read_text() != source.read_text():
+            shutil.copyfile(source, target)
+
+    return copy
+
+
+def anchor_requests(rows: list[Row], root: Path) -> dict[str, dict[str, Any]]:
+    """The anchor's request per row, from its deploy.yaml model: factory, kwargs, validation data, input names."""
+    requests = {}
+    for row in rows:
+        row.write_files(root)
+        source, data = row.model["source"], row.model["data"]
+        requests[row.key] = {"root": str(root), "factory": source["factory"], "kwargs": source.get("kwargs", {}),
+                             "data": data.get("validation") or data["example"],
+                             "inputs": [i["name"] for i in row.model["inputs"]]}
+    return requests
+
+
+def run(opts: argparse.Namespace, rows: list[Row], families: dict[str, dict[str, Any]], results: dict[str, Any], *,
+        factory: Path, with_anchors: bool, extra_path: tuple[str, ...] = (),
+        after_build: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Build the cells, then (with_anchors) each converter alone on the same rows; save the JSON, render the doc."""
+    from benchmarks.coverage import render
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    settings = BuildSettings(jobs=opts.jobs, step_timeout=opts.timeout, worker_memory=opts.worker_memory,
+                             extra_path=extra_path)
+    build_rows(rows, families, results, opts.out, work=opts.work, chunk=opts.chunk, settings=settings,
+               project_files=copy_factory(factory), fresh=opts.fresh, log=log)
+    if after_build is not None:
+        after_build(results)
+    save(opts.out, results)
+    if with_anchors:
+        files = opts.work / "anchors"
+        files.mkdir(parents=True, exist_ok=True)
+        copy_factory(factory)(files)
+        anchors.run(anchor_requests(rows, files), opts.converters.split(","), results, lambda: save(opts.out, results),
+                    timeout=opts.timeout, fresh=opts.fresh, extra_path=extra_path, log=log)
+    save(opts.out, results)
+    if str(opts.doc) != "-":
+        render.write(opts.doc)
+        log(f"wrote {opts.doc}")
+
+
+def spread(items: list[Any], sample: int | None) -> list[Any]:
+    """`sample` of `items` evenly spaced, in order (all of them without a sample)."""
+    if sample and sample < len(items):
+        step = len(items) / sample
+        return [items[int(i * step)] for i in range(sample)]
+    return items

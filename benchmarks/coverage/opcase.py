@@ -78,11 +78,11 @@ def fill(value: Any, inputs: list[torch.Tensor], buffers: list[torch.Tensor]) ->
 
 
 def tensors_of(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a (nested) op result, in order."""
+    """Every tensor in a (nested) op result or sample (tuples, lists, dict values), in order."""
     if isinstance(value, torch.Tensor):
         yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
+    elif isinstance(value, (list, tuple, dict)):
+        for item in value.values() if isinstance(value, dict) else value:
             yield from tensors_of(item)
 
 

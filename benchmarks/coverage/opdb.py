@@ -82,17 +82,6 @@ class _Calls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _all_tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _all_tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _all_tensors(item)
-
-
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     """Equal up to float reordering (LAPACK kernels are not bitwise reproducible); NaN only where NaN."""
 
@@ -123,7 +112,7 @@ def _uninitialised_memory_filled() -> Iterator[None]:
 
 def sample_problem(op: Any, sample: Any) -> tuple[str | None, Case | None]:
     """(why this sample is left out, None) or (None, its Case without op name/index filled)."""
-    given = list(_all_tensors([sample.input, sample.args, sample.kwargs]))
+    given = list(opcase.tensors_of([sample.input, sample.args, sample.kwargs]))
     if any(t.layout != torch.strided for t in given):
         return "sparse tensor", None
     floats = [t for t in given if t.is_floating_point()]

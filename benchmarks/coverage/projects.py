@@ -117,8 +117,8 @@ def cell_of(row: dict[str, Any] | None, outcome: Outcome, target: str = "", mode
         why = first_line(outcome.stderr_tail.strip().splitlines()[-1] if outcome.stderr_tail.strip() else "")
         return Cell("no result", reason=f"modelbuild build exited {outcome.returncode} before reporting this "
                                         f"target: {why}")
-    dropped = [{"route": " → ".join(d.get("route", [])), "node": d.get("node", ""), "reason": first_line(d.get("reason"))}
-               for d in row.get("dropped", [])]
+    dropped = [{"route": " → ".join(d.get("route", [])), "node": d.get("node", ""),
+                "reason": first_line(d.get("reason"))} for d in row.get("dropped", [])]
     verdict = str(row.get("verdict", ""))
     if verdict != "passed" and not dropped:
         found = route_failure(target, model, list(row.get("route") or []), outcome.events)

@@ -49,6 +49,7 @@ _IDS = (("input_ids", (TOKENS,), "tokens"),)
 _WAVE = (("waveform", (WAVE,), "audio"),)
 _LOGITS = (("logits", "scores"),)
 _HIDDEN = (("hidden", "values"),)
+_BOXES = (("logits", "values"), ("boxes", "values"))
 
 
 def _timm(name: str, size: int = IMAGE, **options: Any) -> Arch:
@@ -79,7 +80,8 @@ ARCHS: tuple[Arch, ...] = (
     _timm("levit_128s", 64, img_size=64), _timm("repvit_m0_9"), _timm("fastvit_t8"),
     _timm("mixer_s16_224", img_size=IMAGE), _timm("hrnet_w18_small"), _timm("inception_v3", 96),
     _timm("edgenext_xx_small"), _timm("mobileone_s0"), _timm("pvt_v2_b0"), _timm("tiny_vit_5m_224", 224),
-    _timm("eva02_tiny_patch14_224", 56, img_size=56), _timm("sequencer2d_s"), _timm("xcit_nano_12_p16_224", img_size=IMAGE),
+    _timm("eva02_tiny_patch14_224", 56, img_size=56), _timm("sequencer2d_s"),
+    _timm("xcit_nano_12_p16_224", img_size=IMAGE),
     _timm("efficientformerv2_s0", 64, img_size=64), _timm("swin_tiny_patch4_window7_224", 224),
     # --- classification: transformers ----------------------------------------------------------------
     _hf("hf-vit", "classification", "ViTForImageClassification", "ViTConfig", _image(), _LOGITS, ("logits",),
@@ -99,11 +101,11 @@ ARCHS: tuple[Arch, ...] = (
     Arch("yolo26n", "detection", "ultralytics", "yolo26n.yaml", _image(128), (("boxes", "values"),)),
     Arch("yolo11n-pose", "detection", "ultralytics", "yolo11n-pose.yaml", _image(128), (("boxes", "values"),)),
     Arch("rtdetr-l", "detection", "ultralytics", "rtdetr-l.yaml", _image(128), (("boxes", "values"),)),
-    _hf("hf-detr", "detection", "DetrForObjectDetection", "DetrConfig", _image(), (("logits", "values"), ("boxes", "values")),
+    _hf("hf-detr", "detection", "DetrForObjectDetection", "DetrConfig", _image(), _BOXES,
         ("logits", "pred_boxes"), use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False,
         d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
         encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, num_labels=5),
-    _hf("hf-yolos", "detection", "YolosForObjectDetection", "YolosConfig", _image(), (("logits", "values"), ("boxes", "values")),
+    _hf("hf-yolos", "detection", "YolosForObjectDetection", "YolosConfig", _image(), _BOXES,
         ("logits", "pred_boxes"), patch_size=8, num_detection_tokens=10, num_labels=5,
         **{k: v for k, v in _SMALL_VISION.items() if k not in ("image_size", "num_labels")}, image_size=[IMAGE, IMAGE]),
     # --- segmentation ---------------------------------------------------------------------------------
@@ -123,7 +125,8 @@ ARCHS: tuple[Arch, ...] = (
     Arch("lraspp-mobilenet", "segmentation", "torchvision", "lraspp_mobilenet_v3_large", _image(),
          (("out", "values"),), {"num_classes": 5}),
     # --- speech ---------------------------------------------------------------------------------------
-    _hf("hf-wav2vec2", "speech", "Wav2Vec2Model", "Wav2Vec2Config", _WAVE, _HIDDEN, ("last_hidden_state",), **_SMALL_AUDIO),
+    _hf("hf-wav2vec2", "speech", "Wav2Vec2Model", "Wav2Vec2Config", _WAVE, _HIDDEN, ("last_hidden_state",),
+        **_SMALL_AUDIO),
     _hf("hf-hubert", "speech", "HubertModel", "HubertConfig", _WAVE, _HIDDEN, ("last_hidden_state",), **_SMALL_AUDIO),
     _hf("hf-wavlm", "speech", "WavLMModel", "WavLMConfig", _WAVE, _HIDDEN, ("last_hidden_state",), **_SMALL_AUDIO),
     _hf("hf-whisper-encoder", "speech", "WhisperForAudioClassification", "WhisperConfig",
