@@ -97,9 +97,15 @@ def model_entry(arch: Arch) -> dict[str, Any]:
 
 def pick(sample: int | None, only: list[str]) -> list[Arch]:
     """Architectures matching any `--only` pattern (name or category), then `sample` of them spread over the
-    categories (every k-th in list order, deterministic)."""
-    return matrix.spread([a for a in ARCHS if not only or
-                          any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)], sample)
+    list; in an order that takes the categories in turn, so that the first chunks (and a run stopped early)
+    hold some of each."""
+    chosen = matrix.spread([a for a in ARCHS if not only or
+                            any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)], sample)
+    by_category: dict[str, list[Arch]] = {}
+    for arch in chosen:
+        by_category.setdefault(arch.category, []).append(arch)
+    queues = list(by_category.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def main() -> None:
