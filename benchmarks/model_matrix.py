@@ -130,7 +130,8 @@ def main() -> None:
                                                       "builder": a.builder} for a in archs})
     print(f"{len(archs)} architectures × {len(families)} families", flush=True)
     rows = [matrix.Row(a.name, model_entry(a), write_data(a)) for a in archs]
-    matrix.run(opts, rows, families, results, factory=ZOO, with_anchors=opts.anchors, extra_path=path)
+    matrix.run(opts, rows, families, results, factory=ZOO, with_anchors=opts.anchors, rendered_as="model_json",
+               extra_path=path)
 
 
 if __name__ == "__main__":

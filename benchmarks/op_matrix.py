@@ -139,7 +139,7 @@ def main() -> None:
     print(f"{len(ops)} ops, {len(cases)} cases × {len(families)} families; "
           f"{len(chosen['left_out'])} ops left out", flush=True)
     rows = [matrix.Row(c["key"], model_entry(c), write_case_data(c)) for c in cases]
-    matrix.run(opts, rows, families, results, factory=OPCASE, with_anchors=not opts.no_anchors,
+    matrix.run(opts, rows, families, results, factory=OPCASE, with_anchors=not opts.no_anchors, rendered_as="op_json",
                after_build=lambda r: note_decompositions(r, [c["key"] for c in cases]))
 
 
