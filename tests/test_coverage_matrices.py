@@ -74,20 +74,38 @@ def _cell(*routes: tuple[str, str]) -> dict[str, object]:
             "routes": [{"route": "", "node": node, "reason": reason} for node, reason in routes]}
 
 
+TIMEOUT = "timed out after 120 s (raise it with --timeout)"
+
+
 @pytest.mark.parametrize("cell, family, ops, expected", [
     (_cell(("addmv-0/executorch", SPEC)), "executorch", ["aten.addmv"], "decomposition"),
+    (_cell(("ormqr-0/executorch", SPEC.replace("addmv.default", "ormqr.default"))), "executorch", ["aten.ormqr"],
+     "kernel"),  # ExecuTorch wants core ATen, and PyTorch has no decomposition of ormqr
     (_cell(("cdist-0/coreml", CDIST)), "ios", ["aten._cdist_forward"], "family-cdist"),
     (_cell(("stft-0/onnx", STFT)), "server", ["aten.stft", "aten._fft_r2c"], "family-fft"),
     (_cell(("unsafe_split-0/tflite", SPLITV)), "android", ["aten.split_with_sizes"], "switch"),
     (_cell(("ormqr-0/onnx", ORMQR)), "server", ["aten.ormqr"], "kernel"),
     (_cell(("verify:clamp-0.ios", "out0: max_rel 1.9e+00 > 1.0e-04")), "ios", ["aten.clamp"], "numerics-fp32"),
-    (_cell(("x/onnx", "model 'x': timed out after 120 s (raise it with --timeout)")), "server", [], "cost"),
+    (_cell(("x/onnx", f"model 'x': {TIMEOUT}")), "server", [], "cost"),
     (_cell(("x/pt2", "model 'x': torch.export failed: Constraints violated (batch)!")), "executorch", [], "static"),
+    (_cell(("x/saved_model", "model 'x': onnx2tf could not convert the ONNX op Expand (node /Expand): TypeError: "
+                             "Cannot iterate over a Tensor with unknown first dimension.")), "android", [], "static"),
+    (_cell(("yolo11n/saved_model", "model 'yolo11n': onnx2tf could not convert the ONNX op Mul (node /model.23/Mul_2): "
+                                   "ValueError: Exception encountered")), "android", [], "switch"),
+    # the class of the route a mechanism would make work, whichever route ran first
+    (_cell(("cdist-0/coreml~1", TIMEOUT), ("cdist-0/coreml", CDIST)), "ios", ["aten._cdist_forward"], "family-cdist"),
     ({"status": "no result", "reason": "modelbuild build exited 3 before reporting this target: …"}, "web", [], "bug"),
 ])
 def test_failures_are_classed_by_the_mechanism_that_answers_them(cell: dict[str, object], family: str,
                                                                  ops: list[str], expected: str) -> None:
-    assert classify.classify(cell, family, case_ops=ops) == expected
+    decomposable = {"aten.addmv": ["aten.add", "aten.mul", "aten.mv"]}
+    assert classify.classify(cell, family, case_ops=ops, decomposable=decomposable) == expected
+
+
+def test_a_cell_a_single_converter_delivers_is_a_switch() -> None:
+    cell = _cell(("linalg-inv-0/onnx", ORMQR.replace("ormqr", "linalg_inv")))
+    assert classify.classify(cell, "intel", case_ops=["aten.linalg_inv"], single=["openvino-torch"]) == "switch"
+    assert classify.classify(cell, "intel", case_ops=["aten.linalg_inv"]) == "kernel"
 
 
 def test_an_int8_target_that_misses_its_tolerance_is_an_int8_miss() -> None:

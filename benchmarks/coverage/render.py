@@ -45,9 +45,9 @@ def classified(results: dict[str, Any], families: tuple[str, ...], precisions: d
             if cell is None or cell.get("status") == "verified":
                 continue
             case = cases.get(key, {})
-            name = classify.classify(cell, family, case_ops=case.get("aten", []),
-                                     decomposable=case.get("decomposes", decomposable), precisions=precisions)
             single = classify.single_converters(results.get("anchors", {}).get(key, {}), family, anchors.CONVERTERS)
+            name = classify.classify(cell, family, case_ops=case.get("aten", []), single=single,
+                                     decomposable=case.get("decomposes", decomposable), precisions=precisions)
             out.append({"row": key, "op": case.get("op", key), "family": family, "class": name, "single": single,
                         "reason": cell.get("reason", ""), "node": cell.get("node", ""), "status": cell["status"]})
     return out
