@@ -7,7 +7,7 @@ that a single converter of its family delivered alone (the anchor) while every m
 `switch`: the converter, frontend or option exists and modelbuild does not pick it.
 
 - `bug`: modelbuild itself failed (a build that reported nothing for the target, an internal error, a check that
-  could not open what its own step wrote);
+  could not open what its own step wrote, an artifact whose inputs lost the signature's names);
 - `static`: an export with dynamic shapes violated a constraint, or a converter cannot take an unknown dimension
   (a fixed-shape format answers it by exporting at static shapes);
 - `data-dependent`: an output whose shape depends on the data (nonzero, masked_select, argwhere): a static bound;
@@ -66,7 +66,8 @@ _FAMILIES = (
 )
 #: Tested on a route's reason before anything else, in this order.
 _RULES = (
-    ("bug", r"modelbuild build exited|bug in modelbuild|internal error|Item does not exist for identifier"),
+    ("bug", r"modelbuild build exited|bug in modelbuild|internal error|Item does not exist for identifier|"
+            r"are none of the signature's"),
     ("crash", r"the worker crashed|the worker exited with code|killed by signal (?!9\b)"),
     ("cost", r"timed? ?out|timeout|exceeded .*(?:budget|seconds)|out of memory|memory (?:ceiling|limit)|"
              r"MemoryError|killed by signal 9\b|SIGKILL"),
