@@ -8,7 +8,7 @@ and while it runs samples the process tree with psutil. Reports per run:
 - wall time of the command (Python start-up included);
 - node-seconds: the sum of `built.seconds` over the build record's nodes (time each node spent in
   its worker, including waiting for the worker to start and import its toolchain);
-- worker starts per toolchain (`python -m buildsys.worker` children; their toolchain comes from the
+- worker starts per toolchain (`python -m buildsys.running.worker` children; their toolchain comes from the
   MODELBUILD_WORKER_TOOLCHAIN variable the pool sets);
 - peak total RSS of the build and all its descendants (sampled every 0.2 s; RSS counts shared pages
   once per process, so this is an upper bound on what the tree holds).
@@ -74,7 +74,7 @@ class TreeSampler:
             for p in procs:
                 try:
                     total += p.memory_info().rss
-                    if p.pid not in self.workers and p is not self.root and "buildsys.worker" in " ".join(p.cmdline()):
+                    if p.pid not in self.workers and p is not self.root and "buildsys.running.worker" in " ".join(p.cmdline()):
                         self.workers[p.pid] = p.environ().get("MODELBUILD_WORKER_TOOLCHAIN", "?")
                 except psutil.Error:
                     continue

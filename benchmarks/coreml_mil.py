@@ -70,10 +70,10 @@ def measure(deploy: Path, targets: list[str]) -> dict[str, Any]:
     import numpy as np
 
     from buildsys.config.load import load
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats import get_runtime
-    from buildsys.precision import format_name
-    from buildsys.verify import compare
+    from buildsys.formats.precision import format_name
+    from buildsys.nodes.verify import compare
 
     root = deploy.parent
     project = load(deploy).project

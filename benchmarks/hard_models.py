@@ -86,7 +86,7 @@ def run(jobs: int) -> dict:
                               capture_output=True, text=True, env=env, timeout=5400)
         wall = time.perf_counter() - start
         events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        from buildsys.lock import Lock
+        from buildsys.storage.lock import Lock
 
         lock = Lock.read(root / "deploy.lock", root / ".modelbuild" / "deploy.record.json").as_dict()  # with the record
     failed = [e for e in events if e.get("event") == "failed" and e.get("seconds")]

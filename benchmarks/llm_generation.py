@@ -60,10 +60,10 @@ def _target_yaml(arch: str, label: str, fmt: str, prec: str, options: dict[str, 
 def timed(load: Any, batch: Any, repeats: int) -> dict[str, Any]:
     """Load a session (`load()`), warm it up, time `repeats` passes over the prompts; with the peak RSS added.
 
-    The memory is the kernel's high-water mark of this process, reset before the load (buildsys.bench.RssMeter):
+    The memory is the kernel's high-water mark of this process, reset before the load (buildsys.nodes.timing.RssMeter):
     what loading and running this artifact added on top of what the process held, libraries already imported.
     """
-    from buildsys.bench import RssMeter
+    from buildsys.nodes.timing import RssMeter
 
     with RssMeter() as meter:
         session = load()

@@ -26,7 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from buildsys.lock import Lock  # noqa: E402
+from buildsys.storage.lock import Lock  # noqa: E402
 from tests.test_mobile_e2e import ONET_SAMPLES, TARGETS, make_mobile_project  # noqa: E402
 
 FORMAT_NAMES = {"tflite": "TFLite", "coreml": "Core ML", "ptl": "PyTorch Mobile"}
@@ -152,7 +152,7 @@ def render(root: Path, jobs: int) -> str:
         "  artifact's NHWC layout as `layout.json` records; int8 I/O inputs are quantized with the input",
         "  tensor's scale and zero point and outputs dequantized. fp32 must match within `max_rel` 1e-4 and",
         "  fp16 within 1e-2; int8 is judged by decisions: top-1 agreement ≥ 90 %, cosine ≥ 0.9 and at",
-        "  most 3 points of accuracy lost where labels exist (the defaults in `buildsys/verify.py`).",
+        "  most 3 points of accuracy lost where labels exist (the defaults in `buildsys/nodes/verify.py`).",
         "* **PyTorch Mobile** rows run on the lite interpreter (`_load_for_lite_interpreter`).",
         "* **Core ML** rows are *not* run here: Core ML executes only on macOS, so on Linux the check",
         "  reports `not_run: Core ML execution needs macOS` (never a pass) and verifies the package's",

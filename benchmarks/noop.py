@@ -3,7 +3,7 @@
 Generates 20 models × 4 targets whose weight files total 2 GB (each model a 5000×5000 linear
 layer, 100 MB of float32), builds it once, then times `modelbuild plan` and a no-op
 `modelbuild build` as whole commands (Python start-up included), several times each. After the
-first run they are answered by the no-op fast path (buildsys/noop.py); benchmarks/noop_vs_dvc.py
+first run they are answered by the no-op fast path (buildsys/cli/noop.py); benchmarks/noop_vs_dvc.py
 times them with and without it, next to DVC.
 
     python benchmarks/noop.py --fresh          # generate, cold build, time, write results
@@ -93,7 +93,7 @@ def main() -> None:
     expansion = args.dir / ".modelbuild" / "expansion.pickle"
     for _ in range(args.runs):
         expansion.unlink(missing_ok=True)  # as after an edit of deploy.yaml: the DAG is expanded again
-        # The no-op snapshot (buildsys/noop.py) does not cover the expansion cache: an edit would
+        # The no-op snapshot (buildsys/cli/noop.py) does not cover the expansion cache: an edit would
         # also invalidate the snapshot, so this run takes the full path like the edit would.
         results["plan_new_config"].append(timed(args.dir, "plan", env={"MODELBUILD_NO_FASTPATH": "1"})[0])
         results["plan"].append(timed(args.dir, "plan")[0])

@@ -6,7 +6,7 @@ model's 100 MB weights (hard links to the same 2 GB) and writing one small outpu
 built and a first no-op has run (for modelbuild, that run writes the no-op snapshot), the script
 alternates the commands and times each as a whole process (Python start-up included):
 
-- `python -m buildsys plan` and `build`: the fast path (buildsys/noop.py);
+- `python -m buildsys plan` and `build`: the fast path (buildsys/cli/noop.py);
 - the same with MODELBUILD_NO_FASTPATH=1: the full CLI, as before the fast path;
 - `dvc repro` (the dvc executable from $DVC or PATH; "dvc: not run (not installed)" without one).
 

@@ -62,7 +62,7 @@ PLAN_TARGETS = TARGETS + "server: {model: spotter, format: onnx}\nrec-server: {m
 def plan() -> dict:
     from test_rewrite_routes import Project
 
-    from buildsys.coverage_probe import TABLES
+    from buildsys.planning.coverage_probe import TABLES
 
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +79,7 @@ def plan() -> dict:
     reads = {}
     for name in TABLES:  # each in a fresh process: the registry's imports are most of it
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"from buildsys.coverage_probe import TABLES; TABLES[{name!r}][1]()"],
+        subprocess.run([sys.executable, "-c", f"from buildsys.planning.coverage_probe import TABLES; TABLES[{name!r}][1]()"],
                        cwd=REPO, capture_output=True, env=env, timeout=600, check=True)
         reads[name] = round(time.perf_counter() - start, 1)
     lacks = {t: {s: e.get("lacks", e.get("unknown")) for s, e in v["steps"].items()} for t, v in coverage["targets"].items()}

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 
 TARGETS = {  # target: (label, yaml of the target)
     "onnx": ("ONNX Runtime fp32", "format: onnx"),

@@ -35,7 +35,7 @@ from buildsys.config.load import load  # noqa: E402
 from buildsys.formats import get_runtime  # noqa: E402
 from buildsys.formats.tfjs import artifact as tfjs_artifact  # noqa: E402
 from buildsys.formats.web import artifact as web_artifact  # noqa: E402
-from buildsys.lock import Lock  # noqa: E402
+from buildsys.storage.lock import Lock  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openvino_table import MODEL  # noqa: E402  (the digits model, as every example table declares it)

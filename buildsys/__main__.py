@@ -1,12 +1,12 @@
 """python -m buildsys and the `modelbuild` command: an unchanged project is answered from the no-op
-snapshot (buildsys.noop, standard library only) before the CLI and its imports load."""
+snapshot (buildsys.cli.noop, standard library only) before the CLI and its imports load."""
 
 
 def main() -> None:
-    from buildsys.noop import answer
+    from buildsys.cli.noop import answer
 
     answer()  # returns unless this exact command is a no-op on an unchanged project
-    from buildsys.cli import main as cli_main
+    from buildsys.cli.main import main as cli_main
 
     cli_main()
 

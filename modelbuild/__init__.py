@@ -15,7 +15,7 @@ package is the distribution's import name.
 from buildsys import __version__
 from buildsys.api import Project, load, verify_bundle
 from buildsys.errors import BuildFailed, ConfigError, DataError, ModelbuildError, PlanError, StepError
-from buildsys.results import BuildReport, BundleCheck, Event, NodeStatus, PlanResult, TargetResult
+from buildsys.running.results import BuildReport, BundleCheck, Event, NodeStatus, PlanResult, TargetResult
 
 __all__ = ["load", "verify_bundle", "Project", "PlanResult", "NodeStatus", "BuildReport", "TargetResult", "Event",
            "BundleCheck", "ModelbuildError", "ConfigError", "PlanError", "BuildFailed", "StepError", "DataError",
@@ -24,7 +24,7 @@ __all__ = ["load", "verify_bundle", "Project", "PlanResult", "NodeStatus", "Buil
 
 def __getattr__(name: str) -> object:
     if name == "BundleError":  # lives with the bundle code, which imports pydantic: only on demand
-        from buildsys.bundle import BundleError
+        from buildsys.release.bundle import BundleError
 
         return BundleError
     raise AttributeError(f"module 'modelbuild' has no attribute {name!r}")

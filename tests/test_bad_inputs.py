@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject
 
 BUNDLE = "bundles:\n  release:\n    targets: [server]\n    version: 1.0.0\n"
@@ -129,7 +129,7 @@ def test_nan_validation_data_is_blamed_on_the_data_not_the_artifact(tiny: TinyPr
 
 
 def test_a_reference_with_labels_for_other_samples_fails_the_check_instead_of_dropping_accuracy() -> None:
-    from buildsys.verify import compare
+    from buildsys.nodes.verify import compare
 
     ref = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
     result = compare("y", "scores", ref, ref, {"max_accuracy_drop": 0.01}, labels=np.array([0, 1, 2]))
@@ -213,7 +213,7 @@ def test_bundle_verify_refuses_broken_archives_in_one_line(unpacked: Path, tmp_p
 def test_an_internal_error_says_it_is_a_bug_and_exits_3(tiny: TinyProject, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from buildsys import cli
+    from buildsys.cli import main as cli
 
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("a bug in modelbuild")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from buildsys import bench
-from buildsys.bench import RssMeter, Timing, budget_failures, budget_items, budgets_passed, measure, percentile
+from buildsys.nodes import timing as bench
+from buildsys.nodes.timing import RssMeter, Timing, budget_failures, budget_items, budgets_passed, measure, percentile
 from buildsys.formats import get_format, get_step
 from tests.helpers.models import Tiny
 

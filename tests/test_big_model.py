@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.archive import FIXED_MTIME, write_archive
-from buildsys.bundle import MANIFEST
+from buildsys.storage.archive import FIXED_MTIME, write_archive
+from buildsys.release.bundle import MANIFEST
 from tests.conftest import out_of_reach
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def test_weights_past_2gb_need_external_data(tmp_path: Path, monkeypatch: pytest
 
 def _fake_bundle(tmp_path: Path, size: int) -> tuple[Path, dict]:
     """A bundle holding one `size`-byte artifact file, written by the streaming writer."""
-    from buildsys import bundle as b
+    from buildsys.release import bundle as b
 
     blob = tmp_path / "blob.bin"
     with open(blob, "wb") as f:
@@ -221,7 +221,7 @@ def test_verify_streams_to_disk(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import resource
         from pathlib import Path
-        from buildsys import bundle
+        from buildsys.release import bundle
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         manifest = bundle.unpack_and_check(Path({str(path)!r}), Path({str(tmp_path / "out")!r}))
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
@@ -233,7 +233,7 @@ def test_verify_streams_to_disk(tmp_path: Path) -> None:
 
 
 def test_verify_rejects_a_truncated_member_and_leaves_nothing(tmp_path: Path) -> None:
-    from buildsys import bundle as b
+    from buildsys.release import bundle as b
 
     path, _ = _fake_bundle(tmp_path, 2 << 20)
     cut = tmp_path / "cut.tar.gz"

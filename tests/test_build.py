@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject
 
 
@@ -177,7 +177,7 @@ def test_killed_build_leaves_nothing_marked_fresh(tiny: TinyProject) -> None:
 
 
 def test_plan_does_not_import_heavy_toolchains(tiny: TinyProject) -> None:
-    code = ("import sys\nfrom buildsys.cli import cli\n"
+    code = ("import sys\nfrom buildsys.cli.main import cli\n"
             f"cli.main(['-f', {str(tiny.config)!r}, 'plan', '--json'], standalone_mode=False)\n"
             "print('HEAVY', sorted(m for m in ('torch', 'tensorflow', 'coremltools', 'onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tiny.root, check=True).stdout
@@ -258,8 +258,8 @@ def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyPro
 
 def test_a_file_the_step_ships_is_part_of_the_key(tiny: TinyProject, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from buildsys.cli import open_project
-    from buildsys.plan import make_plan
+    from buildsys.cli.main import open_project
+    from buildsys.planning.plan import make_plan
     from buildsys.formats import get_step
 
     tiny.config.write_text(tiny.config.read_text() + "  serve:\n    model: tiny\n    format: torchserve\n")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.bundle import Manifest, manifest_schema
-from buildsys.lock import Lock
+from buildsys.release.bundle import Manifest, manifest_schema
+from buildsys.storage.lock import Lock
 from tests.conftest import REPO, TinyProject
 
 BUNDLES = """

@@ -123,7 +123,7 @@ def convert(tiny: Tiny, out: Path, precision: str, **options: Any) -> Path:
 
 
 def through_mil(tiny: Tiny, package: Path, feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats import get_runtime
 
     feeds = feeds if feeds is not None else validation_feeds(tiny)
@@ -187,7 +187,7 @@ def test_float16_packages_agree_with_pytorch_within_a_few_fp16_steps(made: dict[
 def test_compressed_packages_decode_like_coremltools_and_pass_the_int8_check(made: dict[str, tuple[Tiny, Path]],
                                                                              name: str) -> None:
     from buildsys.config.schema import Acceptance
-    from buildsys.verify import compare, resolve_acceptance
+    from buildsys.nodes.verify import compare, resolve_acceptance
 
     tiny, package = made[name]
     program = MilProgram.load(package)
@@ -266,7 +266,7 @@ def test_transformer_block_agrees_with_pytorch(tmp_path: Path, half: bool) -> No
 def test_a_corrupted_weight_changes_the_outputs_so_the_check_fails(made: dict[str, tuple[Tiny, Path]],
                                                                    tmp_path: Path) -> None:
     from buildsys.config.schema import Acceptance
-    from buildsys.verify import compare, resolve_acceptance
+    from buildsys.nodes.verify import compare, resolve_acceptance
 
     tiny, package = made["cnn-fp32"]
     corrupt = tmp_path / "model.mlpackage"
@@ -434,7 +434,7 @@ def test_sparse_weights_decode_like_coremltools(made: dict[str, tuple[Tiny, Path
 
 @pytest.mark.slow
 def test_the_coreml_mil_session_reorders_outputs_and_labels_its_numbers(made: dict[str, tuple[Tiny, Path]]) -> None:
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats import get_runtime
     from buildsys.formats.coreml.mil import LABEL
 
@@ -489,7 +489,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Tiny, Pa
 
 def _check(tiny: Tiny, package: Path, out: Path, **acceptance: Any) -> dict[str, Any]:
     from buildsys.config.schema import Acceptance
-    from buildsys.verify import resolve_acceptance
+    from buildsys.nodes.verify import resolve_acceptance
 
     tiny.run("reference", out / "ref", extra={"source_format": "pytorch"})
     options = resolve_acceptance(Acceptance(**acceptance), "fp16", tiny.model.outputs)

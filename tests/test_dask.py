@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.dask_executor import resources_for
-from buildsys.lock import Lock
+from buildsys.running.dask import resources_for
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
 
 distributed = pytest.importorskip("distributed")

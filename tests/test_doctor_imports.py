@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buildsys.imports import toolchain_modules
+from buildsys.running.imports import toolchain_modules
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import yaml
 
 from buildsys import status
 from buildsys.formats.torch import libtorch
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from buildsys.config.schema import Acceptance, Model
-from buildsys.data import Batch
+from buildsys.config.data import Batch
 from buildsys.errors import StepError
 from buildsys.formats import get_format, get_runtime, get_step
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import make_tiny_project, tiny_deploy
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 

@@ -15,8 +15,8 @@ from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import get_step
 from buildsys.formats.onnx.onnxfile import finish
-from buildsys.lock import Lock
-from buildsys.verify import resolve_acceptance
+from buildsys.storage.lock import Lock
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import TinyProject
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import keys
-from buildsys.lock import Lock
+from buildsys.storage import keys
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject, out_of_reach
 
 
@@ -126,7 +126,7 @@ def test_a_fallback_route_never_delivers_another_opset(tmp_path: Path) -> None:
 
 def _judge(ref: "np.ndarray", obs: "np.ndarray", **acceptance: object) -> dict:
     from buildsys.config.schema import Acceptance, OutputSpec
-    from buildsys.verify import compare, resolve_acceptance
+    from buildsys.nodes.verify import compare, resolve_acceptance
 
     tol = resolve_acceptance(Acceptance(**acceptance), "int8", [OutputSpec(name="p", kind="values")])["outputs"]["p"]
     return compare("p", "values", ref, obs, tol).as_dict()
@@ -277,10 +277,10 @@ def test_a_node_failed_again_names_its_first_failure_once() -> None:
     unrun, with its first failure: never 'failed earlier in this build: failed earlier …'."""
     from types import SimpleNamespace
 
-    from buildsys.decide import fail_again as _fail_again
-    from buildsys.plan import BLOCKED, RUN
-    from buildsys.reroute import FAILED_EARLIER
-    from buildsys.results import FAILED, NodeResult
+    from buildsys.planning.settle import fail_again as _fail_again
+    from buildsys.planning.plan import BLOCKED, RUN
+    from buildsys.planning.history import FAILED_EARLIER
+    from buildsys.running.results import FAILED, NodeResult
 
     first = NodeResult("m/onnx", FAILED, error="Unsupported onnx_opset_version: 999")
     again = NodeResult("m/onnx", FAILED, metrics={"failures": [FAILED_EARLIER + first.error]})

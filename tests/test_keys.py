@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from buildsys.keys import action_key, explain, package_version, toolchain
+from buildsys.storage.keys import action_key, explain, package_version, toolchain
 
 COMPONENTS = {
     "step": "onnx-from-pytorch",

@@ -18,7 +18,7 @@ def test_the_coreml_worker_loads_coremltools_without_tensorflow() -> None:
     coremltools then runs its PyTorch frontend as it does where TensorFlow is not installed."""
     script = (
         "import sys\n"
-        "from buildsys.worker import block_unused_imports\n"
+        "from buildsys.running.worker import block_unused_imports\n"
         "block_unused_imports('coreml')\n"
         "import coremltools\n"
         "from coremltools._deps import _HAS_TF, _HAS_TORCH\n"

@@ -10,7 +10,7 @@ from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import get_format, get_runtime
 from buildsys.formats.torch import libtorch
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.helpers.models import Tiny
 
 pytestmark = pytest.mark.skipif(libtorch.compiler() is None, reason="no C++ compiler")
@@ -59,7 +59,7 @@ def test_libtorch_check_fails_on_other_numbers(mlp: Tiny, traced: tuple[Path, Pa
 
 
 def test_a_corrupted_torchscript_file_fails_in_libtorch(mlp: Tiny, traced: tuple[Path, Path], tmp_path: Path) -> None:
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
     broken = tmp_path / "model.pt"
     data = bytearray(traced[0].read_bytes())
@@ -88,8 +88,8 @@ def test_without_a_compiler_the_libtorch_check_is_not_run(mlp: Tiny, traced: tup
 
 def test_the_check_key_says_whether_a_compiler_is_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 'not run' made on a host without a C++ compiler must not be reused where one is (nor the other way)."""
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
     from tests.conftest import make_tiny_project, tiny_deploy
 
     project = make_tiny_project(tmp_path, tiny_deploy("  ts:\n    model: tiny\n    format: torchscript\n"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from buildsys.formats import get_runtime
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.helpers.models import make_model, torch_outputs, validation_feeds
 
 pytest.importorskip("torch")

@@ -15,7 +15,7 @@ import pytest
 from buildsys.config.load import load
 from buildsys.config.schema import Acceptance, Model
 from buildsys.errors import ConfigError
-from buildsys.verify import compare, resolve_acceptance
+from buildsys.nodes.verify import compare, resolve_acceptance
 
 GEN = {"prompts": "p.txt", "tokenizer": "tok"}
 
@@ -59,8 +59,8 @@ def test_generation_on_a_tensor_model_names_file_and_line(tmp_path: Path) -> Non
 
 
 def _plan_components(root: Path, generation: str) -> dict[str, dict[str, Any]]:
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     (root / "deploy.yaml").write_text(textwrap.dedent(f"""\
         models:
@@ -105,8 +105,8 @@ def test_keys_follow_what_each_node_reads(tmp_path: Path) -> None:
     ("llm-onnx", "tensors", r"format 'llm-onnx' is for task: text-generation models, and model 'lm' has task: tensors"),
 ])
 def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, message: str) -> None:
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     model = ("task: text-generation\n    generation: {prompts: p.txt, tokenizer: tok.json}" if task != "tensors" else
              "inputs: [{name: x, shape: [1, 4]}]\n    outputs: [{name: y}]")

@@ -25,7 +25,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow  # with the module's project: training, export, reference, check and bench (45-95 s)
 def test_bench_reports_ttft_decode_rate_and_memory_of_an_llm_onnx_target(project: Path) -> None:
     import modelbuild
-    from buildsys.lock import Lock
+    from buildsys.storage.lock import Lock
 
     report = modelbuild.load(project / "deploy.yaml").bench(["lm-onnx"])
     assert report.ok

@@ -39,8 +39,8 @@ bundles:
 
 
 def test_group_size_without_8da4w_is_refused_at_plan_time(tmp_path: Path) -> None:
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     (tmp_path / "lm.py").write_text("def load():\n    pass\n")
     (tmp_path / "deploy.yaml").write_text(textwrap.dedent("""\

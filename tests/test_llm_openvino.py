@@ -57,8 +57,8 @@ def test_intel_platform_gives_a_text_generation_model_the_stateful_int8_ir(tmp_p
 
 
 def test_the_route_goes_through_the_onnx_export(tmp_path: Path) -> None:
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     (tmp_path / "lm.py").write_text("def load():\n    raise RuntimeError('never called by plan')\n")
     (tmp_path / "p.txt").write_text("the cat\n")
@@ -77,7 +77,7 @@ def test_the_route_goes_through_the_onnx_export(tmp_path: Path) -> None:
     assert {"lm/llm-onnx", "lm/llm-openvino", "lm/llm-openvino-int4", "lm/llm-openvino-fp16"} <= set(nodes)
     # NNCF computes compressed weights with the CPU plugin's kernels: bound to the platform; a conversion is not
     from buildsys.formats import get_step
-    from buildsys.keys import HostBinding
+    from buildsys.storage.keys import HostBinding
 
     assert get_step("llm-openvino-int4-from-llm-openvino").host_binding({}, ()) == HostBinding.PLATFORM
     assert get_step("llm-openvino-from-llm-onnx").host_binding({}, ()) == HostBinding.PORTABLE

@@ -60,8 +60,8 @@ def _deploy(root: Path, source: str) -> None:
 
 
 def _components(root: Path) -> dict[str, Any]:
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     plan = make_plan(open_project(str(root / "deploy.yaml")).planner)
     return dict(plan.nodes["lm/llm-onnx"].components or {})
@@ -182,7 +182,7 @@ def test_the_three_sources_give_the_same_reference(built: tuple[Path, Any]) -> N
 @needs_llm
 def test_a_directory_that_does_not_load_says_why(tmp_path: Path) -> None:
     from buildsys.errors import StepError
-    from buildsys.source import load_module
+    from buildsys.formats.torch.loading import load_module
 
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8}))

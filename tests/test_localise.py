@@ -19,7 +19,7 @@ from torch import nn
 from buildsys.config.schema import Acceptance, Model
 from buildsys.localise import NotLocalisable, localise
 from buildsys.localise.names import from_name_scopes, from_scope, from_underscored
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import TinyProject
 
 
@@ -264,7 +264,7 @@ def test_a_missed_check_names_the_layer_in_its_failure_and_in_explain(tmp_path: 
     # a miss the target only warns about is in the lock's record, and so in explain and the HTML report
     warned = json.loads(project.run("explain", "verify:half-warned").stdout)["misses"][0]
     assert warned["localisation"]["first"] == "gain" and any("FIRST" in line for line in warned["table"])
-    from buildsys.report_html.cli import main as report
+    from buildsys.report.html.cli import main as report
 
     assert report([str(root / "deploy.lock"), "-o", str(root / "report.html")]) == 0
     page = (root / "report.html").read_text()

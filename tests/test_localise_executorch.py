@@ -17,7 +17,7 @@ from torch import nn
 from buildsys.config.schema import Acceptance, Model
 from buildsys.formats.executorch.intermediates import PROGRAM, STAND_IN
 from buildsys.localise import NotLocalisable, localise
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.test_localise import FAULTY, FP32, MODEL, X, nets  # noqa: F401 (nets: a fixture)
 
 pytest.importorskip("executorch")

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import REPO, TinyProject
 
 pytestmark = pytest.mark.slow

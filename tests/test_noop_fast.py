@@ -1,4 +1,4 @@
-"""The no-op fast path (buildsys.noop): taken on an unchanged project, with the slow path's exact
+"""The no-op fast path (buildsys.cli.noop): taken on an unchanged project, with the slow path's exact
 output and exit code; never taken after a change that could alter the answer.
 
 One tiny project (one TorchScript target) is built once per module; each test works on a copy.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys import noop
+from buildsys.cli import noop
 from tests.conftest import make_tiny_project, tiny_deploy
 
 DEPLOY = tiny_deploy("""\
@@ -93,8 +93,8 @@ def test_the_fast_path_imports_neither_click_nor_pydantic(root: Path) -> None:
     fast = run(root, "plan", flags=("-X", "importtime"))
     assert HIT in fast.stderr
     imported = {line.split("|")[-1].strip() for line in fast.stderr.splitlines() if line.startswith("import time:")}
-    assert "json" in imported and "buildsys.noop" in imported
-    assert not imported & {"click", "pydantic", "rich", "networkx", "yaml", "blake3", "buildsys.cli"}
+    assert "json" in imported and "buildsys.cli.noop" in imported
+    assert not imported & {"click", "pydantic", "rich", "networkx", "yaml", "blake3", "buildsys.cli.main"}
 
 
 def test_without_trace_the_fast_path_is_silent_and_can_be_turned_off(root: Path) -> None:
@@ -239,8 +239,9 @@ def test_the_fast_path_reads_the_command_line_as_the_cli_defines_it() -> None:
     is the CLI's."""
     import click
 
-    from buildsys import cli, project
+    from buildsys.cli import main as cli
 
+    from buildsys.planning import project
     assert noop.DEFAULT_CONFIG == project.DEFAULT_CONFIG
     file_opt = next(p for p in cli.cli.params if "--file" in getattr(p, "opts", []))
     assert set(file_opt.opts) == {"-f", "--file"} and file_opt.default == project.DEFAULT_CONFIG

@@ -89,7 +89,7 @@ def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: 
 
 
 def test_order_routes_puts_the_rewrite_route_first_and_a_route_no_rewrite_saves_last() -> None:
-    from buildsys.coverage import order_routes
+    from buildsys.planning.coverage import order_routes
 
     routes = [["pytorch", "torchscript", "coreml"], ["pytorch", "pt2", "coreml"]]
     gaps = {"m": {"coremltools:exported": ["embedding_bag"], "coremltools:core": ["_embedding_bag"]}}
@@ -118,7 +118,7 @@ def test_the_onnx_exports_ops_let_openvinos_refusal_find_embedding_bag() -> None
     """OpenVINO names ONNX ops only (ReduceSum-20, Slice-20): the ATen ops the ONNX export dispatched point at
     the rewrite, as the other refusals that name no op do."""
     from buildsys.formats.torch.rewritten import dispatched_ops
-    from buildsys.rewrite_routes import refusal_rewrites
+    from buildsys.planning.answers import refusal_rewrites
     from tests.helpers.rewrite_models import Recommender, recommender_inputs
     from tests.test_rewrites_refusal import OPENVINO_BAG
 

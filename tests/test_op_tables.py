@@ -74,7 +74,7 @@ def _dynamo_export(module: object, args: tuple) -> str:
 def test_the_onnx_tables_are_the_exporters_registries_and_agree_with_the_exporters() -> None:
     import torch
 
-    from buildsys.coverage_probe import TABLES
+    from buildsys.planning.coverage_probe import TABLES
 
     dynamo, legacy = TABLES["onnx-dynamo"][1](), TABLES["onnx-legacy"][1]()
     assert len(dynamo) > 300 and len(legacy) > 300
@@ -103,8 +103,8 @@ def test_the_probe_records_the_trace_the_legacy_exporter_reads_and_each_ops_deco
     is read against the inventory its exporter sees."""
     import torch
 
-    from buildsys.coverage import Coverage
-    from buildsys.coverage_probe import TABLES, decompositions, traced_ops
+    from buildsys.planning.coverage import Coverage
+    from buildsys.planning.coverage_probe import TABLES, decompositions, traced_ops
     from buildsys.formats.torch.rewritten import program_ops
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
@@ -182,8 +182,8 @@ def test_the_xnnpack_table_says_what_the_partitioner_delegates_and_what_runs_por
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from buildsys.coverage import Coverage
-    from buildsys.coverage_probe import TABLES
+    from buildsys.planning.coverage import Coverage
+    from buildsys.planning.coverage_probe import TABLES
 
     table = TABLES["xnnpack"][1]()
     assert {"addmm", "convolution", "relu", "linear"} <= set(table) and "sinh" not in table

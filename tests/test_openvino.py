@@ -16,7 +16,7 @@ from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import get_format, get_runtime, get_step
 from buildsys.formats.openvino.ir import telemetry_off
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import make_tiny_project, tiny_deploy
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 
@@ -34,7 +34,7 @@ def check(tiny: Tiny, out: Path, fmt: str, artifact: Path, reference: Path, prec
 
 
 def run_ir(tiny: Tiny, xml: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
     with get_runtime("openvino").load(xml, tiny.model, tiny.root) as session:
         return session.run_all(Batch(feeds, None, "test"))
@@ -288,7 +288,7 @@ def test_build_and_bench_openvino_targets_through_the_cli(tmp_path: Path) -> Non
     for target in ("ov", "ov-int8"):
         assert sorted(p.name for p in (project.root / "artifacts" / target).iterdir()) == [
             "MODEL_CARD.md", "model.bin", "model.xml", "model_card.json"]  # the IR, and its model card beside it
-    from buildsys.lock import Lock
+    from buildsys.storage.lock import Lock
 
     lock = Lock.read(project.root / "deploy.lock").as_dict()["nodes"]
     assert lock["verify:ov"]["metrics"]["passed"] is True and lock["verify:ov"]["metrics"]["runtime"] == "openvino"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from buildsys.config.load import load
-from buildsys.graph import expand
-from buildsys.routes import format_graph
+from buildsys.planning.expand import expand
+from buildsys.planning.routes import format_graph
 from tests.conftest import REPO, TinyProject
 
 
@@ -53,7 +53,7 @@ def test_every_step_declares_a_registered_format() -> None:
 
 def test_precision_is_a_field_of_the_format_not_of_its_name() -> None:
     from buildsys.formats import formats, steps
-    from buildsys.precision import format_name
+    from buildsys.formats.precision import format_name
 
     for name, fmt in formats().items():
         assert format_name(fmt.family, fmt.precision) == name, name
@@ -131,7 +131,7 @@ def test_unknown_target_on_the_command_line(tiny: TinyProject) -> None:
 def test_missing_deploy_file(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from buildsys.cli import cli
+    from buildsys.cli.main import cli
 
     result = CliRunner().invoke(cli, ["-f", str(tmp_path / "deploy.yaml"), "plan"])
     assert result.exit_code == 2

@@ -10,7 +10,7 @@ import pytest
 
 from buildsys.errors import ConfigError, PlanError
 from buildsys.formats import registry
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
 
 PLUGINS = Path(__file__).parent / "plugins"

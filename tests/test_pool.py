@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from buildsys import pool
-from buildsys.lock import Lock
-from buildsys.pool import LocalExecutor, parse_memory, usable_cpus
+from buildsys.running import pool
+from buildsys.storage.lock import Lock
+from buildsys.running.pool import LocalExecutor, parse_memory, usable_cpus
 from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
 
 

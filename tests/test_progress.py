@@ -10,8 +10,8 @@ import sys
 
 from rich.console import Console
 
-from buildsys.results import Event
-from buildsys.progress import QUIET, VERBOSE, JsonLines, Lines, Live, progress_for
+from buildsys.running.results import Event
+from buildsys.running.progress import QUIET, VERBOSE, JsonLines, Lines, Live, progress_for
 from tests.conftest import TinyProject
 
 

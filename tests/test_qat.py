@@ -1,4 +1,4 @@
-"""Quantization-aware-trained sources (buildsys.qat): a digits CNN trained a few steps with PT2E
+"""Quantization-aware-trained sources (buildsys.formats.torch.qat): a digits CNN trained a few steps with PT2E
 `prepare_qat_pt2e` is recognised from its graph, referenced by its own fake-quant outputs, and lowered to
 int8 formats with its learned parameters (no calibration: its deploy.yaml has no data.calibration), each checked
 in its real runtime; its int8 artifacts agree with the fake-quant outputs better than post-training int8 of the
@@ -116,7 +116,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> TinyProject:
     torch.save(floats, root / "float.pt")  # the QAT model's float weights, for post-training int8
     np.savez(root / "val.npz", image=images[1500:1700], labels=labels[1500:1700])
     np.savez(root / "calib.npz", image=images[1400:1500])
-    # The QAT model has no calibration data: its int8 targets lower the learned scales (buildsys.qat)
+    # The QAT model has no calibration data: its int8 targets lower the learned scales (buildsys.formats.torch.qat)
     deploy = DEPLOY.format(name="qat", factory="qat_net", weights="qat.pt", calibration="") + \
         DEPLOY.format(name="ptq", factory="float_net", weights="float.pt",
                       calibration=", calibration: calib.npz").removeprefix("models:\n") + TARGETS
@@ -155,7 +155,7 @@ def _fake_quant_outputs(project: TinyProject, images: np.ndarray) -> np.ndarray:
 def _artifact_outputs(project: TinyProject, target: str, fmt: str, images: np.ndarray) -> np.ndarray:
     """What the delivered artifact of `target` computes on `images`, in its real runtime."""
     from buildsys.config.load import load
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats import get_format, get_runtime
 
     cfg = load(project.config)
@@ -236,7 +236,7 @@ def test_eager_qat_is_recognised_exported_as_fake_quant_and_refused_for_pt2e_ste
     import torch
 
     from buildsys.errors import StepError
-    from buildsys.qat import as_trained, quantized, recognise
+    from buildsys.formats.torch.qat import as_trained, quantized, recognise
 
     quantization = pytest.importorskip("torch.ao.quantization")
     net = torch.nn.Sequential(quantization.QuantStub(), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),

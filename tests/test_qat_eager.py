@@ -1,4 +1,4 @@
-"""Eager-mode QAT sources (buildsys.qat): a digits CNN prepared with torch.ao.quantization's `prepare_qat` and
+"""Eager-mode QAT sources (buildsys.formats.torch.qat): a digits CNN prepared with torch.ao.quantization's `prepare_qat` and
 trained a few steps is recognised from its FakeQuantize modules, exported by the TorchScript ONNX exporter with its
 fake quantization as QuantizeLinear/DequantizeLinear (learned scales), and lowered to ONNX int8 (ONNX Runtime) and
 OpenVINO int8 (FakeQuantize, no NNCF) with no calibration data; both agree with its fake-quant outputs better than
@@ -138,7 +138,7 @@ def _fake_quant_outputs(project: TinyProject, images: np.ndarray) -> np.ndarray:
 
 def _artifact_outputs(project: TinyProject, target: str, fmt: str, images: np.ndarray) -> np.ndarray:
     from buildsys.config.load import load
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats import get_format, get_runtime
 
     cfg = load(project.config)

@@ -27,7 +27,7 @@ def commands(text: str) -> list[list[str]]:
 
 def parse(args: list[str]) -> None:
     """Parse like `modelbuild ARGS` would, without running the command (UsageError on a bad option)."""
-    from buildsys.cli import cli
+    from buildsys.cli.main import cli
 
     ctx = cli.make_context("modelbuild", list(args), resilient_parsing=False)
     name, command, rest = cli.resolve_command(ctx, ctx.protected_args + ctx.args)

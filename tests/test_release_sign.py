@@ -168,8 +168,8 @@ def test_sbom_lists_the_toolchain_actually_used(signed: tuple[TinyProject, Path,
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
-    from buildsys.keys import package_version
-    from buildsys.lock import Lock
+    from buildsys.storage.keys import package_version
+    from buildsys.storage.lock import Lock
 
     tiny, bundle, _key = signed
     files = members(bundle)

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from buildsys.formats import get_step
-from buildsys.hashing import StatCache, digest_file
-from buildsys.keys import HostBinding, explain, host_platform
-from buildsys.lock import Lock
-from buildsys.remote import Remote, settings
-from buildsys.store import Store
+from buildsys.storage.hashing import StatCache, digest_file
+from buildsys.storage.keys import HostBinding, explain, host_platform
+from buildsys.storage.lock import Lock
+from buildsys.storage.remote import Remote, settings
+from buildsys.storage.store import Store
 from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
 
 pytest.importorskip("s3fs")
@@ -137,7 +137,7 @@ def test_a_clean_clone_builds_nothing_when_the_remote_has_it(tmp_path: Path, s3:
     assert len(entries) == len(NODES)
     for path, data in stored.items():  # every blob is named by its bytes
         if path.startswith("cas/"):
-            from buildsys.hashing import digest_bytes
+            from buildsys.storage.hashing import digest_bytes
 
             assert path.split("/")[-1] == digest_bytes(data)
 
@@ -311,7 +311,7 @@ def test_settings_environment_over_deploy_yaml(remote_env: pytest.MonkeyPatch) -
 
 
 def test_unknown_protocol_is_a_clear_error() -> None:
-    from buildsys.remote import RemoteError
+    from buildsys.storage.remote import RemoteError
 
     with pytest.raises(RemoteError, match="cannot open remote cache nosuch://x"):
         _ = Remote("nosuch://x").fs
@@ -334,8 +334,8 @@ def test_only_host_dependent_results_name_the_platform() -> None:
 
 
 def test_plan_keys_checks_by_platform_but_not_converters(tmp_path: Path, remote_env: pytest.MonkeyPatch) -> None:
-    from buildsys.graph import expand
-    from buildsys.project import open_project
+    from buildsys.planning.expand import expand
+    from buildsys.planning.project import open_project
 
     remote_env.delenv("MODELBUILD_REMOTE", raising=False)
     planner = open_project(str(project_a(tmp_path).config)).planner

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 
 VIT = '''\
 import os
@@ -215,7 +215,7 @@ def test_openvino_full_int8_misses_and_nncf_transformer_scheme_passes(project: P
 
 
 def test_repair_routes_follow_the_target_and_its_options() -> None:
-    from buildsys.repair import add_repair_routes, repair_routes
+    from buildsys.planning.repair import add_repair_routes, repair_routes
 
     full = ["pytorch", "onnx", "onnx-int8"]
     recipe = lambda name: [*full[:-1], f"onnx-int8 (repair {name})"]  # noqa: E731

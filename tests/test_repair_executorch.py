@@ -75,7 +75,7 @@ def test_executorch_without_repair_misses_and_pinned_modules_pass(project: Proje
 
 
 def test_executorch_int8_declares_keep_float(tmp_path: Path) -> None:
-    from buildsys.repair import repair_routes
+    from buildsys.planning.repair import repair_routes
 
     full = ["pytorch", "pt2", "executorch-int8"]
     assert repair_routes(full, {}, True) == [["pytorch", "pt2", "executorch-int8 (repair keep-float)"]]

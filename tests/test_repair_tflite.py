@@ -89,7 +89,7 @@ def test_the_converter_route_is_repaired_too(project: Project) -> None:
 
 
 def test_tflite_repair_routes_follow_who_chose_the_options() -> None:
-    from buildsys.repair import repair_routes
+    from buildsys.planning.repair import repair_routes
 
     full = ["pytorch", "pt2", "tflite-int8"]
     recipe = lambda name: [*full[:-1], f"tflite-int8 (repair {name})"]  # noqa: E731
@@ -107,7 +107,7 @@ def test_tflite_repair_routes_follow_who_chose_the_options() -> None:
 
 def test_written_options_leave_out_what_a_preset_chose(tmp_path: Path) -> None:
     from buildsys.config.load import load
-    from buildsys.repair import written_options
+    from buildsys.planning.repair import written_options
 
     project = Project(tmp_path, ANDROID + PINNED)
     cfg = load(project.root / "deploy.yaml")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from buildsys.report_html import render
+from buildsys.report.html import render
 from tests.test_report_html import build_lock
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

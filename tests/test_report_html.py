@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from buildsys.lock import Lock
-from buildsys.report_html import render, rows
+from buildsys.storage.lock import Lock
+from buildsys.report.html import render, rows
 from tests.conftest import make_tiny_project
 
 TARGETS = ("int8", "server", "ts")

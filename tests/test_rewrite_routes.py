@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 
 AUDIO = '''\
 import math

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 
 GATE = '''\
 import os
@@ -254,7 +254,7 @@ sys.addaudithook(_listen)
 
 def test_only_the_lock_module_writes_deploy_lock(tmp_path: Path) -> None:
     """Proof without grep: every write of deploy.lock in a build that reroutes (the API records the
-    dropped route, the builder records nodes and targets) goes through buildsys/lock.py's Lock.write."""
+    dropped route, the builder records nodes and targets) goes through buildsys/storage/lock.py's Lock.write."""
     global _LOCK_WRITES
     import modelbuild
 
@@ -268,4 +268,4 @@ def test_only_the_lock_module_writes_deploy_lock(tmp_path: Path) -> None:
     assert report.ok and project.lock().routes["t"]["dropped"][0]["route"] == PT2_ROUTE
     assert len(writes) >= 4  # each Lock.write is an open of the temporary file and a rename onto deploy.lock
     for stack in writes:
-        assert any(frame.endswith("buildsys/lock.py:write") for frame in stack), "\n".join(stack[-6:])
+        assert any(frame.endswith("buildsys/storage/lock.py:write") for frame in stack), "\n".join(stack[-6:])

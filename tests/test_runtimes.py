@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.data import Batch, eval_batch
+from buildsys.config.data import Batch, eval_batch
 from buildsys.errors import StepError
 from buildsys.formats import get_runtime, runtimes
 from buildsys.formats import formats

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from buildsys.config.schema import Model
-from buildsys.lock import Lock
-from buildsys.verify import Acceptance, resolve_acceptance
+from buildsys.storage.lock import Lock
+from buildsys.nodes.verify import Acceptance, resolve_acceptance
 from tests.conftest import TinyProject
 from tests.helpers.models import Tiny, make_model
 
@@ -154,7 +154,7 @@ def test_saved_model_inputs_are_fed_in_the_artifact_layout(built: tuple[TinyProj
 def test_saved_model_check_runs_in_the_tf_worker(built: tuple[TinyProject, dict[str, Any]]) -> None:
     """A check runs in its artifact's step's worker (execute.Builder._toolchain): the SavedModel step's, tf."""
     from buildsys.config.load import load
-    from buildsys.graph import expand
+    from buildsys.planning.expand import expand
     from buildsys.formats import get_step
 
     project, lock = built
@@ -281,7 +281,7 @@ def test_signature_mismatch_fails_the_check(cnn: Tiny, saved_model: Path, cnn_re
 def test_fixed_batch_saved_model_runs_any_number_of_samples(cnn: Tiny, cnn_onnx: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats import get_runtime
     from tests.helpers.models import torch_outputs, validation_feeds
 

@@ -23,8 +23,8 @@ from buildsys.formats.service import contract, service_app
 from buildsys.formats.service.lint import lint_dockerfile
 from buildsys.formats.service.probes import probes
 from buildsys.formats.service.server import ServiceProcess
-from buildsys.graph import expand
-from buildsys.verify import resolve_acceptance
+from buildsys.planning.expand import expand
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import REPO, make_tiny_project, out_of_reach
 from tests.helpers.models import Tiny, torch_outputs, validation_feeds
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject, make_tiny_project
 
 

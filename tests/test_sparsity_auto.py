@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import REPO
 
 pytest.importorskip("coremltools")

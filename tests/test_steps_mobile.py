@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from buildsys.config.schema import Model
-from buildsys.data import Batch
+from buildsys.config.data import Batch
 from buildsys.errors import StepError
 from buildsys.formats import get_runtime
 from buildsys.formats import StepContext, get_step
@@ -493,8 +493,8 @@ def test_coreml_package_of_a_model_without_weights_survives_the_store(tmp_path: 
     import coremltools as ct
 
     from buildsys.formats.coreml.mil import MilProgram
-    from buildsys.hashing import StatCache
-    from buildsys.store import Store
+    from buildsys.storage.hashing import StatCache
+    from buildsys.storage.store import Store
 
     class Sum(nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -632,7 +632,7 @@ def test_coreml_from_the_torch_export_program_is_the_second_route(cases: dict[st
     """The torch.export route makes the same package as the trace route (names, shapes, precision),
     and ranks after it: a target takes it only by fallback or with via: [pt2]."""
     from buildsys.formats.coreml.runtime import inspect_mlpackage
-    from buildsys.routes import format_graph, route_cost
+    from buildsys.planning.routes import format_graph, route_cost
 
     case = cases["onet"]
     batch = torch.export.Dim("batch", min=1, max=64)

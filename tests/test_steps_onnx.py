@@ -14,7 +14,7 @@ from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import get_runtime
 from buildsys.formats import get_step
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 
 
@@ -23,7 +23,7 @@ def ort_outputs(tiny: Tiny, path: Path, feeds: dict[str, np.ndarray]) -> list[np
 
 
 def _batch(feeds: dict[str, np.ndarray]):  # noqa: ANN202
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
     return Batch(feeds, None, "test")
 

@@ -20,14 +20,14 @@ from pydantic import ValidationError
 
 from buildsys.config.load import load
 from buildsys.config.schema import Acceptance
-from buildsys.data import Batch
+from buildsys.config.data import Batch
 from buildsys.errors import ConfigError, PlanError, StepError
-from buildsys.graph import expand
+from buildsys.planning.expand import expand
 from buildsys.formats import get_runtime
 from buildsys.formats.serving.pbtxt import parse_config
 from buildsys.formats import formats, get_step, steps
 from buildsys.formats.serving.pbtxt import write_pbtxt
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny, make_model, torch_outputs, validation_feeds
 

@@ -13,8 +13,8 @@ import pytest
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import formats, get_format, steps
-from buildsys.source import load_module
-from buildsys.verify import resolve_acceptance
+from buildsys.formats.torch.loading import load_module
+from buildsys.nodes.verify import resolve_acceptance
 from tests.helpers.models import FACTORIES, Tiny, make_model, torch_outputs, validation_feeds
 
 
@@ -65,7 +65,7 @@ def test_every_step_follows_the_contract() -> None:
 def test_loading_every_step_module_imports_no_toolchain() -> None:
     imports = "; ".join([f"import buildsys.{m}" for m in MODULES] + [
         "import buildsys.formats.torch.runtimes", "import buildsys.formats.onnx.runtime"])
-    code = (f"import sys; {imports}; import buildsys.verify; "
+    code = (f"import sys; {imports}; import buildsys.nodes.verify; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -160,7 +160,7 @@ def test_pt2_is_dynamic_in_batch(cnn_tiny: Tiny, tmp_path: Path) -> None:
 
 
 def test_pt2_with_fixed_shapes_runs_one_sample_at_a_time(cnn_tiny: Tiny, tmp_path: Path) -> None:
-    from buildsys.data import eval_batch
+    from buildsys.config.data import eval_batch
     from buildsys.formats import get_runtime
 
     assert cnn_tiny.run("pt2-from-pytorch", tmp_path, dynamic=False)["dynamic"] is False

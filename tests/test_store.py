@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.hashing import StatCache, digest_bytes, digest_file
-from buildsys.lock import Lock, lock_path_for
-from buildsys.store import CorruptBlob, Store
+from buildsys.storage.hashing import StatCache, digest_bytes, digest_file
+from buildsys.storage.lock import Lock, lock_path_for
+from buildsys.storage.store import CorruptBlob, Store
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -31,7 +31,7 @@ def test_stat_cache_rehashes_only_on_change(tmp_path: Path, monkeypatch: pytest.
     first = stat.digest(f)
     stat.save()
     calls = []
-    import buildsys.hashing as hashing
+    import buildsys.storage.hashing as hashing
 
     real = hashing.digest_file
     monkeypatch.setattr(hashing, "digest_file", lambda p: calls.append(p) or real(p))

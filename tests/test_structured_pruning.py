@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import REPO
 
 pytest.importorskip("torch_pruning")
@@ -110,7 +110,7 @@ def test_pruned_onnx_is_smaller_passes_a_loose_tolerance_and_a_too_high_ratio_fa
 def test_unpruned_keys_are_unchanged_and_bad_ratios_are_config_errors(tmp_path: Path) -> None:
     from buildsys.config.load import load
     from buildsys.formats import get_step
-    from buildsys.graph import expand
+    from buildsys.planning.expand import expand
 
     options = get_step("onnx-from-pytorch").Options
     assert "structured_sparsity" not in options.model_validate({}).model_dump(mode="json")  # keys stay as they were
@@ -134,7 +134,7 @@ def test_prune_channels_keeps_every_output_layer_whole() -> None:
     from torch import nn
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats.torch.pruned import prune_channels
 
     class TwoHeads(nn.Module):

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from buildsys import keys
+from buildsys.storage import keys
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
 from buildsys.formats import get_runtime, get_step
 from buildsys.formats.tensorrt import profiles
 from buildsys.formats.tensorrt.profiles import EngineOptions, input_profiles, read_profile, write_profile
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import DEPLOY, make_tiny_project, out_of_reach
 from tests.helpers.models import Tiny
 
@@ -108,8 +108,8 @@ def test_int8_needs_calibration_data_and_triton_needs_a_gpu_instance(mlp: Tiny) 
 
 def _keyed(root: Path, name: str) -> tuple[str, dict]:
     """The node's plan status, and its components keyed with fixed upstream digests (as once built)."""
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     project = open_project(str(root / "deploy.yaml"))
     plan = make_plan(project.planner)
@@ -135,8 +135,8 @@ def test_engine_key_names_gpu_compute_capability_and_tensorrt(tmp_path: Path, mo
     assert "compute_capability 9.0→8.0" in reasons and "tensorrt 10.13.3→10.14.1" in reasons
 
     _simulate(monkeypatch, H100, "not installed")  # a GPU but no TensorRT: blocked, and says how to install
-    from buildsys.plan import make_plan
-    from buildsys.project import open_project
+    from buildsys.planning.plan import make_plan
+    from buildsys.planning.project import open_project
 
     blocked = make_plan(open_project(str(project.config)).planner).nodes["tiny/tensorrt"]
     assert blocked.action == "blocked" and blocked.reasons[0].startswith("needs TensorRT (the tensorrt package")
@@ -274,7 +274,7 @@ def test_layout_runtime_rejects_a_repository_of_another_backend(cnn: Tiny, cnn_o
 def test_int8_qdq_model_is_symmetric_int8_and_close_to_float(cnn: Tiny, cnn_onnx: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from buildsys.data import eval_batch
+    from buildsys.config.data import eval_batch
     from buildsys.formats.tensorrt.qdq import qdq_problems, quantize_for_tensorrt
 
     calibration = cnn.ctx(tmp_path).data("calibration")

@@ -20,7 +20,7 @@ import pytest
 from buildsys.formats import get_format, get_runtime, get_step, runtimes
 from buildsys.formats.tfjs import artifact
 from buildsys.formats.web.install import pins
-from buildsys.keys import explain
+from buildsys.storage.keys import explain
 from tests.conftest import missing_runtimes
 from tests.helpers.models import Tiny
 from tests.test_steps_onnx import check
@@ -142,7 +142,7 @@ def test_check_passes_in_chromium_and_a_perturbed_shard_fails(cnn: Tiny, tfjs_mo
 def test_a_new_npm_pin_reruns_the_browser_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pinned TensorFlow.js is part of a tfjs check's key (beside playwright's version), so bumping
     the pin re-runs every check made with the old one, and plan says why."""
-    from buildsys.kinds import CheckKind
+    from buildsys.planning.kinds import CheckKind
 
     node = type("N", (), {"format": "tfjs"})()
     assert CheckKind.pinned(node) == {f"npm {name}": v for name, v in artifact.NPM_PACKAGES.items()}

@@ -20,13 +20,13 @@ import pytest
 
 from buildsys.config.schema import Acceptance
 from buildsys.errors import StepError
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from buildsys.formats import get_runtime
 from buildsys.formats.serving import torchserve_server as server
 from buildsys.formats import get_format, get_step
 from buildsys.formats.serving import torchserve_handler as handler
 from buildsys.formats.serving.torchserve import HANDLER_SOURCE
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny
 

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 from buildsys.config.schema import Acceptance
-from buildsys.data import Batch
+from buildsys.config.data import Batch
 from buildsys.errors import StepError
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from buildsys.formats import get_runtime
 from buildsys.formats.serving.repository import locate
 from buildsys.formats.serving.pbtxt import parse_config
 from buildsys.formats import get_format
-from buildsys.verify import resolve_acceptance
+from buildsys.nodes.verify import resolve_acceptance
 from tests.conftest import make_tiny_project, out_of_reach
 from tests.helpers.models import Tiny, torch_outputs, validation_feeds
 

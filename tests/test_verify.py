@@ -10,7 +10,7 @@ import pytest
 
 from buildsys.config.schema import Acceptance, OutputSpec, Tolerance
 from buildsys.errors import ConfigError
-from buildsys.verify import DEFAULTS, CheckOptions, compare, resolve_acceptance
+from buildsys.nodes.verify import DEFAULTS, CheckOptions, compare, resolve_acceptance
 
 SCORES = OutputSpec(name="logits", kind="scores")
 BOX = OutputSpec(name="box", kind="values")
@@ -52,7 +52,7 @@ def test_override_for_an_unknown_output_is_a_config_error() -> None:
 
 
 def test_verify_imports_without_numpy() -> None:
-    code = "import sys, buildsys.verify; print('numpy' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, buildsys.nodes.verify; print('numpy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
 

@@ -21,7 +21,7 @@ from buildsys.errors import StepError
 from buildsys.formats import get_format, get_runtime, get_step
 from buildsys.formats.web import artifact
 from buildsys.formats.web.web import web_problems
-from buildsys.lock import Lock
+from buildsys.storage.lock import Lock
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny
 from tests.test_steps_onnx import check

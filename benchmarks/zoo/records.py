@@ -84,7 +84,7 @@ def build(root: Path, targets: list[str], timeout: float = 600.0) -> dict[str, A
 
 
 def record(root: Path, report: Any) -> dict[str, Any]:
-    from buildsys.kinds import ArtifactKind, CheckKind
+    from buildsys.planning.kinds import ArtifactKind, CheckKind
 
     lock = json.loads((root / "deploy.lock").read_text())
     rec_path = root / ".modelbuild" / "deploy.record.json"

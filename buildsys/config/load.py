@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from buildsys.config.schema import DeployConfig
 from buildsys.errors import ConfigError, Location, did_you_mean
-from buildsys.precision import format_name
+from buildsys.formats.precision import format_name
 
 KeyPath = tuple[str | int, ...]
 MAX_NODES = 1_000_000  # far above any real deploy.yaml

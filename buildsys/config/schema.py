@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from buildsys.config.units import MB_UNITS, MS_UNITS, budget
 from buildsys.config.generation import TextGeneration, fill_signature
 from buildsys.config.sources import SOURCE_KINDS, Source  # noqa: F401  (SOURCE_KINDS: re-exported)
-from buildsys.precision import Precision, format_name
+from buildsys.formats.precision import Precision, format_name
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Mapping, Optional, Typ
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from buildsys.precision import PRECISIONS, format_name
+from buildsys.formats.precision import PRECISIONS, format_name
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.errors import StepError
-    from buildsys.keys import HostBinding
+    from buildsys.storage.keys import HostBinding
 
 
 class StepOptions(BaseModel):
@@ -129,13 +129,13 @@ class StepContext(Generic[O]):
 
     def data(self, which: str) -> "Batch | None":
         """Load the model's data set `which` (example/calibration/validation), or None if absent."""
-        from buildsys import data
+        from buildsys.config import data
 
         return data.load_set(self.model, which, self.root)
 
     def example(self) -> "Batch":
         """Inputs for tracing: the example set, else validation, else seeded synthetic data."""
-        from buildsys import data
+        from buildsys.config import data
 
         return data.eval_batch(self.model, self.root, prefer=("example", "validation"))
 
@@ -156,7 +156,7 @@ class Step:
     #: The converter table whose registry says which ATen ops this step accepts, and which op inventory it
     #: reads ("exported": the graph as torch.export traced it; "core": after the core ATen decompositions;
     #: "traced": as torch.jit.trace records it; "decomposed": as exported, an op the table lacks counting when
-    #: its decomposition is covered): candidate routes are ordered by it (buildsys/coverage.py). None: not
+    #: its decomposition is covered): candidate routes are ordered by it (buildsys/planning/coverage.py). None: not
     #: known, routes stay as they are. A step whose options choose the converter overrides `accepts`.
     accepts_ops: ClassVar[tuple[str, str] | None] = None
     #: A backend's table of the ops it takes over from the runtime's kernels (XNNPACK's partitioner configs),
@@ -172,7 +172,7 @@ class Step:
     #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
     #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
     repairs: ClassVar[dict[str, dict[str, Any]]] = {}
-    #: The QAT flows ('pt2e', 'eager') whose learned quantization this int8 step keeps as it is (buildsys.qat):
+    #: The QAT flows ('pt2e', 'eager') whose learned quantization this int8 step keeps as it is (buildsys.formats.torch.qat):
     #: for a model the op analysis recognised as such, its calibration data is not required at plan time.
     keeps_learned: ClassVar[tuple[str, ...]] = ()
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
@@ -237,7 +237,7 @@ class Step:
         this host's kernels to choose its ranges, and those differ per architecture (AVX vs NEON) in
         the last bits: platform-bound. A step that evaluates a quantized model here to decide what
         it makes (NNCF's accuracy control) depends on the CPU's int8 kernels: CPU-class-bound."""
-        from buildsys.keys import HostBinding
+        from buildsys.storage.keys import HostBinding
 
         return HostBinding.PLATFORM if "calibration" in data_sets else HostBinding.PORTABLE
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats.base import StepContext
 
 #: The ratios `auto` chooses from, lowest first.
@@ -157,7 +157,7 @@ def search(step: "Step", ctx: "StepContext", module: Any, prune: Callable[[float
     """`sparsity: auto` for `step`: the chosen ratio and the record (`facts.sparsity_search`), judged against
     `module` (what was converted: the traced module, or the model's PyTorch module) on the validation set at
     the target's goal; a tolerance no ratio meets fails the step with what each ratio measured."""
-    from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     batch = ctx.data("validation")
     assert batch is not None  # check_config requires it
@@ -178,7 +178,7 @@ def describe(record: Any) -> list[str]:
     """The committed search record in words (explain, report)."""
     if not isinstance(record, dict):
         return []
-    from buildsys.repair import _kb, _measured
+    from buildsys.planning.repair import _kb, _measured
 
     lines = [f"sparsity auto: tried {len(record.get('trials', []))} ratio(s) on {record.get('samples')} validation "
              f"sample(s) against PyTorch (dense artifact {_kb(record.get('dense_bytes'))})"]
@@ -217,7 +217,7 @@ def session_outputs(session: Any, model: "Model", batch: "Batch") -> dict[str, "
 
 def _judge(model: "Model", reference: dict[str, "np.ndarray"], observed: dict[str, "np.ndarray"],
            goal: dict[str, Any], labels: "np.ndarray | None") -> tuple[bool, dict[str, Any]]:
-    from buildsys.verify import compare
+    from buildsys.nodes.verify import compare
 
     passed, shown = True, {}
     for out in model.outputs:

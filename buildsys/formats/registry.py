@@ -8,7 +8,7 @@ import os
 import pkgutil
 from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
-from buildsys.precision import format_name
+from buildsys.formats.precision import format_name
 
 
 if TYPE_CHECKING:

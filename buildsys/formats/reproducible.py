@@ -55,7 +55,7 @@ def fresh_torchscript_types() -> None:
 
     TorchScript names a module type that clashes with one compiled earlier in the process
     `___torch_mangle_<n>`, from a counter of the process-wide compilation unit, and the names are written
-    into the archive. A worker kept warm across nodes (buildsys.pool) has compiled other models first, how
+    into the archive. A worker kept warm across nodes (buildsys.running.pool) has compiled other models first, how
     many depending on the build's order (-j), so the same model would give other bytes. A fresh
     compilation unit, class registry and concrete-type store make the names depend on this model only.
     Modules compiled before keep their own compilation unit and keep working.

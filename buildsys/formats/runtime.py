@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.localise import Probe
     from buildsys.status import Caveat
 

@@ -70,7 +70,7 @@ def errors(ref: "np.ndarray", obs: "np.ndarray") -> dict[str, float]:
     range) and cosine (worst sample), as the check computes them for outputs (verify.compare)."""
     import numpy as np
 
-    from buildsys.verify import _min_cosine, _range_error
+    from buildsys.nodes.verify import _min_cosine, _range_error
 
     ref64, obs64 = np.asarray(ref, np.float64), np.asarray(obs, np.float64)
     if not np.all(np.isfinite(obs64)):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from buildsys.store import atomic_write
+from buildsys.storage.store import atomic_write
 
 
 def miss_path(store_dir: Path, node: str, key: str | None) -> Path:

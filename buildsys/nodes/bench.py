@@ -2,7 +2,7 @@
 
 Like the check node it consumes no format edge: the planner adds one `bench:<target>` node per
 benchmarked target with deps [artifact node, model/reference]. Latencies are measured here, in the
-worker; the statistics live in buildsys/bench.py.
+worker; the statistics live in buildsys/nodes/timing.py.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class BenchStep(Step):
                                    "artifact")
             eager = self._eager(ctx, feeds, opts, raw) if opts.compare_eager else None
 
-        from buildsys.bench import budget_failures, budget_items, budgets_passed
+        from buildsys.nodes.timing import budget_failures, budget_items, budgets_passed
 
         budgets = budget_items(artifact, {"p50_ms": opts.p50_ms, "p95_ms": opts.p95_ms})
         metrics: dict[str, Any] = {"passed": budgets_passed(budgets), **head, "artifact": artifact, "budgets": budgets}
@@ -152,7 +152,7 @@ class BenchStep(Step):
         import statistics
         import time
 
-        from buildsys.bench import RssMeter, measure, percentile
+        from buildsys.nodes.timing import RssMeter, measure, percentile
         from buildsys.formats import get_runtime
 
         _preimport(runtime_name)  # a library's one-time import is not this model's memory
@@ -203,7 +203,7 @@ class BenchStep(Step):
         """`batch_size` samples of the reference inputs, wrapped around when there are fewer."""
         import numpy as np
 
-        from buildsys.bench import tile_indices
+        from buildsys.nodes.timing import tile_indices
 
         with np.load(ctx.extra["reference"]) as ref:
             inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
@@ -240,7 +240,7 @@ class BenchStep(Step):
         """Load the artifact, run it warmup + timed calls; statistics, load time and peak memory added."""
         import time
 
-        from buildsys.bench import RssMeter, measure, percentile
+        from buildsys.nodes.timing import RssMeter, measure, percentile
         from buildsys.formats import get_runtime
 
         _preimport(runtime_name)  # a library's one-time import is not this model's memory
@@ -314,7 +314,7 @@ def _torch_threads(threads: int | None, wanted: bool) -> Iterator[None]:
     if threads is None or not wanted:
         yield
         return
-    from buildsys.source import torch_unavailable
+    from buildsys.formats.torch.loading import torch_unavailable
 
     if torch_unavailable():
         yield

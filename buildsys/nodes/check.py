@@ -10,7 +10,7 @@ from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.runtime import CannotRun
 from buildsys.status import Caveat, CaveatKind, unique
-from buildsys.verify import CheckOptions
+from buildsys.nodes.verify import CheckOptions
 
 CHECK = register_format(Format(
     name="check", filename="report.json", runtime=None,
@@ -130,7 +130,7 @@ class CheckStep(Step):
         """The reference's inputs (as a Batch), outputs by name, and labels (None without)."""
         import numpy as np
 
-        from buildsys.data import Batch
+        from buildsys.config.data import Batch
 
         with np.load(ctx.extra["reference"]) as ref:
             inputs = {i.name: ref[f"input:{i.name}"] for i in ctx.model.inputs}
@@ -210,7 +210,7 @@ class CheckStep(Step):
         missed = next(name for name, r in results.items() if not r)
         tolerance = ctx.options.outputs.get(missed)
         try:
-            from buildsys.source import load_module
+            from buildsys.formats.torch.loading import load_module
 
             module = load_module(ctx.model, ctx.root, name=ctx.model_name, step="localisation")
             found = localise(ctx.input_path, runtime_name, module, batch.inputs, ctx.model, ctx.root,  # type: ignore[arg-type]
@@ -240,7 +240,7 @@ class CheckStep(Step):
 
     def _compare(self, ctx: StepContext[CheckOptions], observed: list[Any], expected: dict[str, Any], labels: Any) -> dict[str, Any]:
         """Each output compared with its reference under its resolved tolerance, by output name."""
-        from buildsys.verify import compare
+        from buildsys.nodes.verify import compare
 
         opts = ctx.options
         return {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)

@@ -22,7 +22,7 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
-    version = 2  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.qat)
+    version = 2  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat)
     extra = "torch"
     toolchain = "torch"
     Options = StepOptions
@@ -31,7 +31,7 @@ class ReferenceStep(Step):
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import numpy as np
 
-        from buildsys.data import eval_batch
+        from buildsys.config.data import eval_batch
         from buildsys.formats import get_runtime
         from buildsys.formats import get_format
 
@@ -73,7 +73,7 @@ class ReferenceStep(Step):
             arrays["labels"] = batch.labels
         np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
         metrics: dict[str, Any] = {"samples": len(batch), "origin": batch.origin}
-        from buildsys.qat import info_of
+        from buildsys.formats.torch.qat import info_of
 
         info = info_of(getattr(session, "fn", None))
         if info is not None:  # what every check of this model compares to: the QAT model as trained

@@ -84,7 +84,7 @@ def refresh(planner: Any, targets: list[str] | None = None) -> list[Path]:
     """(Re)write the cards of the delivered targets under artifacts/<target>/ from the planner's lock;
     a card whose bytes are unchanged is left alone. Returns the cards written."""
     from buildsys.release.facts import from_lock
-    from buildsys.store import atomic_write
+    from buildsys.storage.store import atomic_write
 
     facts = from_lock(planner.lock, planner.store)
     written = []

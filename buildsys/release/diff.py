@@ -76,7 +76,7 @@ class Diff:
 
 def load_side(spec: str | None, config: Path, default: str) -> Side:
     """`spec` (a file or a git revision; None: `default`, WORKING or HEAD) as the facts of its targets."""
-    from buildsys.lock import Lock, lock_path_for
+    from buildsys.storage.lock import Lock, lock_path_for
 
     lock_path = lock_path_for(config)
     if spec is None and default == WORKING:
@@ -99,8 +99,8 @@ def _store(config: Path) -> Any:
     """The project's local store (for metrics of keys the record no longer holds), or None."""
     import os
 
-    from buildsys.hashing import StatCache
-    from buildsys.store import Store
+    from buildsys.storage.hashing import StatCache
+    from buildsys.storage.store import Store
 
     cache = Path(os.environ.get("MODELBUILD_CACHE") or config.resolve().parent / ".modelbuild")
     return Store(cache, StatCache(cache / "statcache.json")) if cache.is_dir() else None
@@ -110,7 +110,7 @@ def _file_side(path: Path, config: Path) -> Side:
     import tarfile
     import zipfile
 
-    from buildsys.lock import Lock
+    from buildsys.storage.lock import Lock
 
     if tarfile.is_tarfile(path) or zipfile.is_zipfile(path):
         from buildsys.release.facts import from_manifest
@@ -134,8 +134,8 @@ def _file_side(path: Path, config: Path) -> Side:
 
 
 def _manifest(path: Path) -> Any:
-    from buildsys.archive import BundleError, read_members
-    from buildsys.bundle import MANIFEST, Manifest
+    from buildsys.storage.archive import BundleError, read_members
+    from buildsys.release.bundle import MANIFEST, Manifest
 
     for name, handle in read_members(path):
         if name == MANIFEST or name.endswith("/" + MANIFEST):
@@ -147,7 +147,7 @@ def _manifest(path: Path) -> Any:
 
 
 def _git_side(rev: str, inside: Path | None, lock_path: Path, config: Path) -> Side:
-    from buildsys.lock import Lock, record_path_for
+    from buildsys.storage.lock import Lock, record_path_for
 
     where = lock_path.resolve().parent
     top = _git(where, "rev-parse", "--show-toplevel")

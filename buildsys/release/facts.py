@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from buildsys.formats.base import delivered
-from buildsys.kinds import BenchKind, CheckKind, ReferenceKind
+from buildsys.planning.kinds import BenchKind, CheckKind, ReferenceKind
 from buildsys.status import Verdict, check_status, target_status
 
 if TYPE_CHECKING:
-    from buildsys.bundle import BundledArtifact, Manifest
-    from buildsys.lock import Lock
-    from buildsys.store import Store
+    from buildsys.release.bundle import BundledArtifact, Manifest
+    from buildsys.storage.lock import Lock
+    from buildsys.storage.store import Store
 
 NOT_DELIVERED = Verdict.NOT_DELIVERED.value
 _UPSTREAM = "upstream "

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildsys.kinds import kind_of
-from buildsys.plan import BLOCKED
+from buildsys.planning.kinds import kind_of
+from buildsys.planning.plan import BLOCKED
 
 
 def stale_in_lock(plan: Any, lock: Any) -> list[tuple[str, list[str]]]:

@@ -1,4 +1,4 @@
-"""Packing a release bundle: the verified artifacts and references (buildsys.bundle), a model card per
+"""Packing a release bundle: the verified artifacts and references (buildsys.release.bundle), a model card per
 target, the SBOM, the provenance over every file, and a signature over all of them when a key is given;
 then the reproducible archive.
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from buildsys import bundle as bundles
-from buildsys.archive import write_archive
+from buildsys.release import bundle as bundles
+from buildsys.storage.archive import write_archive
 from buildsys.release import cards, provenance, sbom
 from buildsys.release.facts import from_lock
 from buildsys.release.signing import SigningKey, sign_tree

@@ -136,7 +136,7 @@ def load(source: dict[str, Any], root: Path) -> "torch.nn.Module":
         return torch.export.load(str(root / source["exported"])).module()
     from buildsys.config.schema import Model
     from buildsys.errors import StepError
-    from buildsys.source import load_module
+    from buildsys.formats.torch.loading import load_module
 
     placeholder = Model.model_validate({"source": source, "inputs": [{"name": "x", "shape": [1]}],
                                         "outputs": [{"name": "y"}]})

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys import __version__
-from buildsys.bundle import PROVENANCE, SIGNATURE
+from buildsys.release.bundle import PROVENANCE, SIGNATURE
 
 if TYPE_CHECKING:
-    from buildsys.bundle import Manifest
+    from buildsys.release.bundle import Manifest
     from buildsys.config.load import LoadedConfig
     from buildsys.release.facts import TargetFacts
 
@@ -126,7 +126,7 @@ def git_source(root: Path) -> dict[str, Any] | None:
 
 def host_class() -> dict[str, str]:
     """What kind of machine this is (never which one): OS, architecture, Python, accelerator."""
-    from buildsys.keys import nvidia_gpu
+    from buildsys.storage.keys import nvidia_gpu
 
     gpu = nvidia_gpu()
     return {"os": sys.platform, "arch": platform.machine().lower() or "unknown",
@@ -135,7 +135,7 @@ def host_class() -> dict[str, str]:
 
 def _model_inputs(cfg: "LoadedConfig", models: list[str]) -> list[dict[str, Any]]:
     """Every file each model's nodes read (code, weights, source files, data sets), with its sha256."""
-    from buildsys.inputs import data_files, source_files
+    from buildsys.config.inputs import data_files, source_files
 
     out = []
     for model in models:

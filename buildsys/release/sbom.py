@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from buildsys import __version__
 
 if TYPE_CHECKING:
-    from buildsys.bundle import Manifest
+    from buildsys.release.bundle import Manifest
 
 SBOM = "sbom.cdx.json"
 _EPOCH = datetime.datetime(1980, 1, 1, tzinfo=datetime.timezone.utc)  # as the archive's fixed mtimes

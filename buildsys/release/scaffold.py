@@ -215,8 +215,8 @@ def render(name: str, source: dict[str, Any], sig: probe.Signature, chosen: list
 def _write(path: Path, text: str, extra: dict[Path, Any]) -> list[Path]:
     """Validate the text as a deploy file (load + expand), then write it and the extra files."""
     from buildsys.config.load import load
-    from buildsys.graph import expand
-    from buildsys.inputs import data_files
+    from buildsys.planning.expand import expand
+    from buildsys.config.inputs import data_files
 
     tmp = path.with_name(f".{path.name}.init.yaml")
     written = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
 
-from buildsys.bundle import SIGNATURE
+from buildsys.release.bundle import SIGNATURE
 from buildsys.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def sign_tree(root: Path, out: Path, key: SigningKey) -> str:
     try:
         _deterministic_signer(key).sign(Payload(manifest)).write(out)
     except ValueError as exc:  # a certificate file that does not parse, a key model-signing refuses
-        from buildsys.bundle import BundleError
+        from buildsys.release.bundle import BundleError
 
         raise BundleError(f"signing failed: {str(exc).splitlines()[0]}", hint="check the key and certificate files") from None
     return signer_of(json.loads(out.read_text()))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from buildsys import bundle as bundles
+from buildsys.release import bundle as bundles
 from buildsys.release import provenance, sbom
 from buildsys.release.signing import Status, Trust, check_signature
 

@@ -303,7 +303,7 @@ class Tiny:
 
     def net(self) -> Any:
         """The model with its weights, straight from PyTorch (for direct comparisons)."""
-        from buildsys.source import load_module
+        from buildsys.formats.torch.loading import load_module
 
         return load_module(self.model, self.root)
 
@@ -390,7 +390,7 @@ def torch_outputs(tiny: Tiny, feeds: dict[str, Any]) -> list[Any]:
 
 
 def validation_feeds(tiny: Tiny) -> dict[str, Any]:
-    from buildsys.data import eval_batch
+    from buildsys.config.data import eval_batch
 
     return eval_batch(tiny.model, tiny.root).inputs
 

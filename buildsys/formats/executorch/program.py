@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 PTE = register_formats(Format.variants("executorch", {
     "fp32": "ExecuTorch program (.pte), float32, lowered to the XNNPACK delegate (CPU on Android, iOS, Linux); "
@@ -95,8 +95,8 @@ class _PteFromPt2(Step):
         reason = executorch_unavailable()
         if reason:
             raise self.fail(ctx, reason)
-        from buildsys.data import Batch
-        from buildsys.source import example_args
+        from buildsys.config.data import Batch
+        from buildsys.formats.torch.loading import example_args
 
         batch = program_batch(ctx.model, ctx.options)
         args = example_args(ctx.model, Batch(fill(ctx.example().inputs, batch), None, "example"))
@@ -217,7 +217,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
     repairs = {"keep-float": {"keep_float": "sensitive"}}
     committed_metrics = ("repair",)
-    keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.qat)
+    keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
                    "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
                    "convert_pt2e, then lowered like executorch. Fails when nothing was quantized.")
@@ -238,7 +238,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.repair import describe
+        from buildsys.planning.repair import describe
 
         return describe(facts.get("repair"))
 
@@ -251,7 +251,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                                           with_recurrent_cells_decomposed)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
 
-        from buildsys.qat import fold_weights, is_quantized_program
+        from buildsys.formats.torch.qat import fold_weights, is_quantized_program
 
         opts = ctx.options
         if is_quantized_program(module):
@@ -326,8 +326,8 @@ def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, 
     """Run the observers over the calibration set in calls of the program's batch; returns the samples seen."""
     import torch
 
-    from buildsys.data import Batch
-    from buildsys.source import example_args
+    from buildsys.config.data import Batch
+    from buildsys.formats.torch.loading import example_args
 
     inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
     n = len(next(iter(inputs.values())))

@@ -13,7 +13,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.executorch.contract import METHOD, executorch_unavailable
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.source import outputs_in_order
+from buildsys.formats.torch.loading import outputs_in_order
 
 if TYPE_CHECKING:
     import numpy as np

@@ -71,7 +71,7 @@ class Trials:
         import numpy as np
         import torch
 
-        from buildsys.source import outputs_in_order
+        from buildsys.formats.torch.loading import outputs_in_order
 
         parts: list[list[Any]] = []
         with torch.no_grad():
@@ -86,10 +86,10 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
     """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options; `batch`: the program's) - the
     bounded search, its record (`kept_float`: the node names to keep in float). Raises NoRecipe when
     MAX_FLOAT units in float do not do."""
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats.executorch.contract import fill
-    from buildsys.source import example_args
-    from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.formats.torch.loading import example_args
+    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     calibration = ctx.data("calibration")
     if calibration is None:
@@ -124,7 +124,7 @@ def judge(observed: dict[str, Any], reference: dict[str, Any], outputs: "list[Ou
     """{"passed", "error" (larger is worse), "metrics" per output, "bytes" (the graph's weights: int8 and float)}:
     the check's comparisons at the goal, the error as the ONNX search scores it."""
     from buildsys.formats.executorch.quantize import int8_weights
-    from buildsys.verify import compare
+    from buildsys.nodes.verify import compare
 
     passed, error, shown = True, 0.0, {}
     for out in outputs:

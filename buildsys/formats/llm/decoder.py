@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def load_lm(model: "Model", root: Path, name: str, step: str) -> "torch.nn.Module":
     """The factory's causal LM, in eval mode, float32, checked to return logits."""
-    from buildsys.source import load_module
+    from buildsys.formats.torch.loading import load_module
 
     lm = load_module(model, root, name=name, step=step).float()
     if not hasattr(lm, "config") or not callable(getattr(lm, "get_output_embeddings", None)):

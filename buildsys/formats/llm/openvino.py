@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import openvino
 
     from buildsys.config.schema import Model
-    from buildsys.keys import HostBinding
+    from buildsys.storage.keys import HostBinding
 
 LLM_OPENVINO = register_formats(Format.variants("llm-openvino", {
     "fp32": "Decoder LM (task: text-generation) as a stateful OpenVINO IR: the static KV cache is state of the "
@@ -163,7 +163,7 @@ class _LlmOpenVinoCompressed(Step):
         # Data-free, yet not a pure rewrite: for large weights NNCF computes scales and rounded values
         # in small models it compiles on OpenVINO's CPU plugin ("optimized compression"), whose
         # kernels differ per architecture.
-        from buildsys.keys import HostBinding
+        from buildsys.storage.keys import HostBinding
 
         return HostBinding.PLATFORM
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: Padding of the id rows (no tokenizer gives a negative id).
 PAD = -1
@@ -45,7 +45,7 @@ def prompt_batch(model: "Model", root: Path) -> "Batch":
     """The prompts and held-text windows of `model` as a Batch of padded id rows."""
     import numpy as np
 
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
     gen = model.generation
     assert gen is not None  # eval_batch calls this only for text-generation models

@@ -95,7 +95,7 @@ def unlowered_ops(module: Any, args: tuple[Any, ...]) -> dict[str, list[str]]:
     Empty when every op has a lowering or the program cannot be made (the conversion error then stands alone)."""
     import torch
 
-    from buildsys.coverage_probe import _litert_torch
+    from buildsys.planning.coverage_probe import _litert_torch
 
     try:
         with torch.no_grad():

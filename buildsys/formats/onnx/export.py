@@ -57,7 +57,7 @@ def _plain(text: str) -> str:
 
 def _example(ctx: StepContext, dynamic: bool = True) -> tuple[Any, ...]:
     """Example inputs for export: two samples on a dynamic batch axis, one when exporting fixed shapes."""
-    from buildsys.source import example_args, trace_batch
+    from buildsys.formats.torch.loading import example_args, trace_batch
 
     return example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=dynamic))
 
@@ -68,7 +68,7 @@ def _legacy_export(step: Step, ctx: StepContext, module: Any, opset: int, dynami
 
     import torch
 
-    from buildsys.source import dynamic_axes, signature_module
+    from buildsys.formats.torch.loading import dynamic_axes, signature_module
 
     path = ctx.out_dir / ONNX.filename
     args = _example(ctx, dynamic)
@@ -97,7 +97,7 @@ def _dynamo_export(step: Step, ctx: StepContext, model: Any, opset: int, externa
     """The torch.export-based exporter (dynamo=True), from a module or an ExportedProgram."""
     import torch
 
-    from buildsys.source import shapes_for, signature_module
+    from buildsys.formats.torch.loading import shapes_for, signature_module
 
     path = ctx.out_dir / ONNX.filename
     args = _example(ctx, dynamic)
@@ -195,7 +195,7 @@ class OnnxFromPyTorch(Step):
 
     name = "onnx-from-pytorch"
     version = 4  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
-    # module is exported converted, as QDQ, by the dynamo exporter (buildsys.qat); 4: an eager QAT module is
+    # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
     # exported by the TorchScript exporter, its fake quantization as QDQ
     consumes = ("pytorch",)
     produces = "onnx"
@@ -235,7 +235,7 @@ class OnnxFromPyTorch(Step):
             return self
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
-        from buildsys.source import export_dims
+        from buildsys.formats.torch.loading import export_dims
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
@@ -244,7 +244,7 @@ class OnnxFromPyTorch(Step):
         if size >= PROTOBUF_LIMIT and not opts.external_data:
             raise self.fail(ctx, f"the model's weights take {size / 1e9:.2f} GB, past the 2 GB a single ONNX file "
                                  "can hold: set options: {onnx: {dynamo: true, external_data: true}} on its targets")
-        from buildsys.qat import info_of
+        from buildsys.formats.torch.qat import info_of
 
         # A converted PT2E QAT module holds quantized_decomposed ops: only the dynamo exporter turns them into
         # QuantizeLinear/DequantizeLinear (the legacy one has no symbolic for them). An eager QAT module holds
@@ -268,7 +268,7 @@ class OnnxFromPyTorch(Step):
             path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
         folded = {}
         if info is not None and info.flow == "eager":  # int8 weight initializers, as the PT2E export writes them
-            from buildsys.qat import fold_onnx_weights
+            from buildsys.formats.torch.qat import fold_onnx_weights
 
             folded = {"int8_weights": fold_onnx_weights(path)}
         # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these

@@ -16,7 +16,7 @@ from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 ONNX_INT8 = register_format(Format(
     name="onnx-int8", family="onnx", precision="int8", filename="model.onnx", runtime="onnxruntime",
@@ -40,7 +40,7 @@ class OnnxInt8FromOnnx(Step):
     repairs = {"keep-float": {"keep_float": "sensitive"}, "per-channel": {"per_channel": True},
                "entropy": {"method": "static", "calibrate_method": "entropy"}}
     committed_metrics = ("repair",)
-    keeps_learned = ("pt2e", "eager")  # QDQ with learned scales in its input is kept (buildsys.qat)
+    keeps_learned = ("pt2e", "eager")  # QDQ with learned scales in its input is kept (buildsys.formats.torch.qat)
 
     class Options(SearchingOptions):
         method: Literal["dynamic", "static"] = Field(
@@ -86,7 +86,7 @@ class OnnxInt8FromOnnx(Step):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.repair import describe
+        from buildsys.planning.repair import describe
 
         return describe(facts.get("repair"))
 
@@ -109,9 +109,9 @@ class OnnxInt8FromOnnx(Step):
         opts = ctx.options
         src = Path(str(ctx.input_path))
         external = uses_external_data(src)
-        from buildsys.qat import KEPT, onnx_qdq
+        from buildsys.formats.torch.qat import KEPT, onnx_qdq
 
-        already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.qat): kept, never re-calibrated
+        already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.formats.torch.qat): kept, never re-calibrated
         if already:
             return {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
                     "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}

@@ -18,7 +18,7 @@ from pydantic import Field
 from buildsys.errors import StepError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.keys import HostBinding
+from buildsys.storage.keys import HostBinding
 from buildsys.status import Caveat, CaveatKind
 
 ONNX_OPTIMIZED = register_format(Format(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from buildsys.config.schema import OutputSpec
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: At most this many sensitivity measurements (layers, or groups of layers), and MAX_FLOAT keep-float trials.
 TRIALS, MAX_FLOAT = 48, 8
@@ -36,7 +36,7 @@ class NoRecipe(Exception):
 def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, work: Path) -> dict[str, Any]:
     """onnx-int8's keep_float 'sensitive' (a `StepContext` of its options): the bounded search, its record."""
     from buildsys.formats.onnx.onnxfile import uses_external_data
-    from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     batch = ctx.data("calibration")
     if batch is None or uses_external_data(model_in):
@@ -80,7 +80,7 @@ class Judge:
 
     def judge(self, path: Path) -> dict[str, Any]:
         """{"passed", "error" (a scalar: larger is worse), "metrics" (observed, per output), "ms", "bytes"}."""
-        from buildsys.verify import compare
+        from buildsys.nodes.verify import compare
 
         observed, ms = self.run(path)
         passed, error, shown = True, 0.0, {}

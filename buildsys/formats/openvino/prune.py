@@ -89,7 +89,7 @@ def _auto(step: "Step", ctx: "StepContext", dense: "openvino.Model", fp16: bool)
     from buildsys.formats.openvino.ir import XML
     from buildsys.formats.openvino.runtime import OpenVinoRuntime
     from buildsys.formats.prune_search import search, session_outputs
-    from buildsys.source import load_module
+    from buildsys.formats.torch.loading import load_module
 
     batch = ctx.data("validation")
     module = load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name)

@@ -18,11 +18,11 @@ from buildsys.errors import ModelbuildError
 from buildsys.formats import register
 from buildsys.formats.base import Step, StepContext, StepOptions
 from buildsys.formats.openvino.ir import cpu_config, telemetry_off
-from buildsys.keys import HostBinding
+from buildsys.storage.keys import HostBinding
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 NEEDS_CALIBRATION = ("NNCF post-training quantization needs calibration data: add data.calibration to the model "
                      "(an .npz of representative inputs)")
@@ -43,7 +43,7 @@ class OpenVinoInt8FromOpenVino(Step):
     description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     repairs = {"transformer": {"model_type": "transformer"}, "mixed": {"preset": "mixed"}}
-    keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.qat)
+    keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.formats.torch.qat)
 
     class Options(StepOptions):
         preset: Literal["performance", "mixed"] = Field(
@@ -115,9 +115,9 @@ class OpenVinoInt8FromOpenVino(Step):
             model = core.read_model(str(ctx.input_path))
             learned = sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
             if learned:
-                # The IR came from a QAT model's QDQ ONNX (buildsys.qat): its FakeQuantize ops hold the learned
+                # The IR came from a QAT model's QDQ ONNX (buildsys.formats.torch.qat): its FakeQuantize ops hold the learned
                 # scales, which the CPU plugin runs as int8. NNCF would re-calibrate them: it is kept instead.
-                from buildsys.qat import KEPT
+                from buildsys.formats.torch.qat import KEPT
 
                 return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT}
             batch = ctx.data("calibration")  # read only now: a QAT model's IR above needs none
@@ -210,7 +210,7 @@ def _labels_problem(model: Model, root: Path) -> str | None:
     if path.suffix == ".npy":
         return (f"max_accuracy_drop needs labels, but {spec.path} is an .npy (inputs only): use an .npz with "
                 f"a '{spec.labels}' array of class indices")
-    from buildsys.data import peek_shapes
+    from buildsys.config.data import peek_shapes
 
     try:
         arrays = peek_shapes(path)

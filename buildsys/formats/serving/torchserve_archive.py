@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.source import torch_unavailable
+from buildsys.formats.torch.loading import torch_unavailable
 from buildsys.formats.torch.runtimes import TorchSession
 
 if TYPE_CHECKING:

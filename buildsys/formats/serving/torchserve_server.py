@@ -44,7 +44,7 @@ from buildsys.formats.serving.torchserve_process import (
     torchserve_version,
     version_tuple,
 )
-from buildsys.source import torch_unavailable
+from buildsys.formats.torch.loading import torch_unavailable
 
 # The runtime and session of this module, and the server's parts (from torchserve_process.py and
 # process.py) that callers and tests have always imported from here.

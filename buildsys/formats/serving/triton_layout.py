@@ -87,7 +87,7 @@ class TritonLayout(Runtime):
     packages = ("onnxruntime", "torch", "tritonclient", "protobuf")
 
     def unavailable(self) -> str | None:
-        from buildsys.source import torch_unavailable
+        from buildsys.formats.torch.loading import torch_unavailable
 
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"

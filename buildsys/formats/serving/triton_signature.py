@@ -118,9 +118,9 @@ def torchscript_outputs(step: Step, ctx: StepContext, src: Path) -> list[Tensor]
     import numpy as np
     import torch
 
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.errors import describe
-    from buildsys.source import example_args, outputs_in_order, trace_batch
+    from buildsys.formats.torch.loading import example_args, outputs_in_order, trace_batch
 
     try:
         module = torch.jit.load(str(src), map_location="cpu").eval()

@@ -216,7 +216,7 @@ def read_profile(engine_dir: Path) -> dict[str, Any]:
 
 def tensorrt_version() -> str:
     """The installed TensorRT's version from package metadata (never imports tensorrt)."""
-    from buildsys.keys import NOT_INSTALLED, package_version
+    from buildsys.storage.keys import NOT_INSTALLED, package_version
 
     for dist in TENSORRT_DISTRIBUTIONS:
         version = package_version(dist)
@@ -227,7 +227,7 @@ def tensorrt_version() -> str:
 
 def gpu_requirement() -> str | None:
     """Why this host cannot build or run an engine: no NVIDIA GPU, or no TensorRT. None: it can."""
-    from buildsys import keys
+    from buildsys.storage import keys
 
     if keys.nvidia_gpu() is None:
         return keys.NEEDS_NVIDIA_GPU
@@ -238,7 +238,7 @@ def gpu_requirement() -> str | None:
 
 def device_components() -> dict[str, str]:
     """The GPU model, its compute capability and the TensorRT version: an engine is valid only for these."""
-    from buildsys import keys
+    from buildsys.storage import keys
 
     gpu = keys.nvidia_gpu()
     return {"gpu": gpu.name if gpu else "none", "compute_capability": gpu.compute_capability if gpu else "none",

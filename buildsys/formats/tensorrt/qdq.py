@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: What TensorRT's explicit quantization needs of every QuantizeLinear/DequantizeLinear: int8 with a
 #: zero point of 0 (symmetric), and float biases (TensorRT fuses them itself; ONNX Runtime's default

@@ -115,7 +115,7 @@ class EngineSession(Session):
 
 def tensorrt_unavailable() -> str | None:
     """Why an engine cannot run here (no NVIDIA GPU, no TensorRT, no cuda-python), or None; cheap."""
-    from buildsys import keys
+    from buildsys.storage import keys
 
     if keys.nvidia_gpu() is None:
         return keys.NEEDS_NVIDIA_GPU

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model, OutputSpec
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
     from buildsys.formats.base import Step, StepContext
 
 #: What each scheme delivers, in words (the node's committed `scheme` fact).
@@ -60,7 +60,7 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
 
     from buildsys.errors import ModelbuildError, describe
     from buildsys.formats.onnx.sensitivity import split_timings
-    from buildsys.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     opts = ctx.options
     if opts.mode == "full" and not samples:

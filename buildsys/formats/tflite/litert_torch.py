@@ -89,7 +89,7 @@ class TfliteFromPt2(Step):
             cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as above
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
-            cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.qat)
+            cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
@@ -109,7 +109,7 @@ class TfliteFromPt2(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, trace_batch
+        from buildsys.formats.torch.loading import example_args, trace_batch
 
         try:
             import litert_torch
@@ -177,8 +177,8 @@ class TfliteFromPt2(Step):
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from buildsys.qat import is_quantized_program
-        from buildsys.source import example_args
+        from buildsys.formats.torch.qat import is_quantized_program
+        from buildsys.formats.torch.loading import example_args
 
         opts = ctx.options
         if is_quantized_program(module):

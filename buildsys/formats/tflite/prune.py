@@ -105,7 +105,7 @@ def _auto(step: "Step", ctx: "StepContext", path: Path) -> tuple[float, dict[str
     from buildsys.formats.prune_search import search, session_outputs
     from buildsys.formats.tflite.layout import read_layout
     from buildsys.formats.tflite.litert import LiteRtSession
-    from buildsys.source import load_module
+    from buildsys.formats.torch.loading import load_module
 
     dense = path.read_bytes()
     record = read_layout(path.parent)

@@ -109,7 +109,7 @@ class SavedModelFromOnnx(Step):
                 keras_model = self._convert(ctx, opts, proto, copy, Path(work))
                 record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout)
         canonical_saved_model(out, uids["start"], uids["end"])  # the same bytes from any worker, any host
-        from buildsys.qat import onnx_qdq
+        from buildsys.formats.torch.qat import onnx_qdq
 
         learned = onnx_qdq(Path(str(ctx.input_path)))
         if learned:  # QDQ with learned scales (a QAT model): the int8 step must not re-calibrate it

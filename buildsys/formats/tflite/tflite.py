@@ -181,7 +181,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        from buildsys.repair import describe
+        from buildsys.planning.repair import describe
 
         scheme = [f"int8 scheme: {facts['scheme']}"] if facts.get("scheme") else []
         return [*scheme, *describe(facts.get("repair"))]
@@ -263,7 +263,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
         """The calibration set checked against the signature and moved to the artifact's layout."""
         import numpy as np
 
-        from buildsys.data import shape_problem
+        from buildsys.config.data import shape_problem
 
         opts = ctx.options
         try:

@@ -27,7 +27,7 @@ class Pt2FromPyTorch(Step):
 
     name = "pt2-from-pytorch"
     version = 3  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
-    # module is exported converted with its learned quantization parameters (buildsys.qat)
+    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat)
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)
@@ -48,7 +48,7 @@ class Pt2FromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, export_dims, shapes_for, signature_module, trace_batch
+        from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
-from buildsys.source import torch_unavailable
+from buildsys.formats.torch.loading import torch_unavailable
 
 if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 SOURCE = Path(__file__).with_name("libtorch_loader.cpp")
 BINARY = "libtorch_loader"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from buildsys.config.schema import Model
-    from buildsys.data import Batch
+    from buildsys.config.data import Batch
 
 #: Enters the key of every pruned node (kinds.ArtifactKind): bump when the same ratio removes other channels.
 PRUNING_VERSION = 1
@@ -50,7 +50,7 @@ def prune_channels(module: "torch.nn.Module", model: "Model", batch: "Batch", ra
     import torch
     import torch_pruning as tp
 
-    from buildsys.source import example_args, outputs_in_order, trace_batch
+    from buildsys.formats.torch.loading import example_args, outputs_in_order, trace_batch
 
     args = example_args(model, trace_batch(model, batch))
     if any(not torch.is_floating_point(a) for a in args):

@@ -2,7 +2,7 @@
 
 A step whose options derive from `RewritableOptions` loads the module and applies the named op rewrites
 (buildsys.rewrites) before it traces, exports or captures it; the routes know such a step as the hop that
-loads the module, where an automatic rewrite route puts its rewrites (buildsys.rewrite_routes). The
+loads the module, where an automatic rewrite route puts its rewrites (buildsys.planning.answers). The
 option is left out of the options' JSON when empty, so a node without rewrites keeps the key it had
 before the option existed; the rewrites' versions enter the key beside it (kinds.ArtifactKind).
 """
@@ -58,12 +58,12 @@ class RewritableOptions(StepOptions):
 def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False, eager_qat: bool = False) -> "torch.nn.Module":
     """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
     user's: a StepError naming the step). A quantization-aware-trained module comes converted with its
-    learned parameters (buildsys.qat.quantized; `fold`: its weights stored as int8): what every exporter
+    learned parameters (buildsys.formats.torch.qat.quantized; `fold`: its weights stored as int8): what every exporter
     must carry to the int8 artifacts. An eager-mode QAT module is refused unless the step exports fake
     quantization itself (`eager_qat`: the TorchScript ONNX exporter), which gets it with plain fake-quant calls."""
     from buildsys import rewrites
-    from buildsys.qat import quantized
-    from buildsys.source import load_module
+    from buildsys.formats.torch.qat import quantized
+    from buildsys.formats.torch.loading import load_module
 
     module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold,
                        eager=eager_qat)
@@ -79,7 +79,7 @@ def _pruned(step: "Step", ctx: "StepContext[Any]", module: "torch.nn.Module", ra
     `ctx.extra` for the step's metrics (`rewrite_metrics`)."""
     from buildsys.errors import describe
     from buildsys.formats.torch import pruned
-    from buildsys.qat import info_of
+    from buildsys.formats.torch.qat import info_of
 
     problem = pruned.unavailable()
     if problem:
@@ -97,8 +97,8 @@ def _pruned(step: "Step", ctx: "StepContext[Any]", module: "torch.nn.Module", ra
 def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, module: Any = None) -> dict[str, Any]:
     """What the step's metrics say of its rewrites (committed to the lock: `rewrites`) and, where the step
     saw the traced or exported graph, the ATen ops it holds (`ops`: what a refusal downstream is matched
-    against when it names no op); of a QAT `module` (buildsys.qat), what was recognised (`qat`)."""
-    from buildsys.qat import info_of
+    against when it names no op); of a QAT `module` (buildsys.formats.torch.qat), what was recognised (`qat`)."""
+    from buildsys.formats.torch.qat import info_of
 
     out: dict[str, Any] = {}
     info = info_of(module) if module is not None else None

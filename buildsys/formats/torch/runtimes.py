@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
-from buildsys.source import load_module, outputs_in_order, torch_unavailable
+from buildsys.formats.torch.loading import load_module, outputs_in_order, torch_unavailable
 
 if TYPE_CHECKING:
     import numpy as np

@@ -61,7 +61,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, signature_module, trace_batch
+        from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
 
         opts = ctx.options
@@ -105,7 +105,7 @@ class TorchScriptFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.source import example_args, outputs_in_order
+        from buildsys.formats.torch.loading import example_args, outputs_in_order
 
         method = "traced" if ctx.options.method == "trace" else "scripted"
         seen: dict[str, Any] = {}
@@ -149,7 +149,7 @@ def second_batch(model: Any, example: Any, traced_with: int) -> Any:
     synthetic inputs when the set holds no other sample."""
     import numpy as np
 
-    from buildsys.data import Batch, synthetic
+    from buildsys.config.data import Batch, synthetic
 
     fixed = next((i.shape[0] for i in model.inputs if isinstance(i.shape[0], int)), None)
     want = fixed if fixed is not None else traced_with + 1

@@ -1,0 +1,1 @@
+"""The command line: plan, build, verify, bench, bundle and the inspection, cache and release verbs."""

@@ -1,0 +1,208 @@
+"""The worker side of op coverage (docs/rewrites.md, "Op coverage"): a model's ATen ops from torch.export, and
+what each converter's own registry accepts. Run as `python -m buildsys.planning.coverage_probe REQUEST.json` by
+`buildsys.planning.coverage`, never imported with torch by the orchestrator: torch and the converters are imported
+inside the functions.
+
+Registries read (each converter's own, never a list written here):
+
+- `coremltools`: the torch frontend's `_TORCH_OPS_REGISTRY` (op names as its TorchScript and torch.export
+  frontends look them up);
+- `executorch`: the operator kernels the ExecuTorch runtime in the Python bindings registered
+  (`portable_lib._get_operator_names()`, `aten::add.out`); an op counts with its functional `_copy` variant
+  (`view` runs as `view_copy`), as the edge dialect rewrites it;
+- `litert-torch`: its lowering registry (`backend.lowerings.global_registry`);
+- `onnx-dynamo`: the torch.export-based ONNX exporter's registry (`ONNXRegistry.from_torchlib()`: the ATen
+  ops torchlib has an ONNX translation for, at the highest opset the exporter writes);
+- `onnx-legacy`: the TorchScript-based ONNX exporter's symbolic registry
+  (`torchscript_exporter.registration.registry`, every `symbolic_opset*` module imported: an op counts when
+  any opset the exporter writes has a symbolic for it, so a lower `opset:` may still lack it);
+- `xnnpack`: the ops XNNPACK's partitioner has a config for (`ALL_PARTITIONER_CONFIGS`): information in
+  `plan` (delegated, or run by the runtime's portable kernels), never a refusal.
+
+A registry that cannot be read (package missing, an internal name moved) gives no table: its steps' coverage
+is then "unknown", never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+#: Bump when what the probe records changes: cached inventories and tables are then recomputed.
+#: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.formats.torch.qat). 3: `traced` (the ops of a
+#: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
+#: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
+VERSION = 4
+
+
+def _coremltools() -> list[str]:
+    from coremltools.converters.mil.frontend.torch.ops import _TORCH_OPS_REGISTRY
+
+    return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
+
+
+def _executorch() -> list[str]:
+    from buildsys.formats.executorch.contract import runtime_kernels
+
+    return sorted({name.split("::", 1)[1].split(".", 1)[0] for name in runtime_kernels() if name.startswith("aten::")})
+
+
+def _litert_torch() -> list[str]:
+    from litert_torch.backend.lowerings import registry
+
+    return sorted({op.__name__.split(".")[0] for op in registry.global_registry.registered_ops
+                   if getattr(op, "namespace", "") == "aten"})
+
+
+def _onnx_dynamo() -> list[str]:
+    import logging
+
+    from torch.onnx._constants import ONNX_MAX_OPSET
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision
+    # is not installed. Skipping torchvision::nms": not an op a model here can hold
+    # At the highest opset it writes: an op only a later opset translates (rms_norm, 23) is in the table, so
+    # the table never lacks what some `opset:` has (a lower opset may still lack it: its refusal says so).
+    registry = ONNXRegistry.from_torchlib(ONNX_MAX_OPSET)
+    return sorted({str(key).split("::", 1)[1].split(".", 1)[0] for key in registry.functions
+                   if str(key).startswith("aten::")})
+
+
+def _onnx_legacy() -> list[str]:
+    import importlib
+    import pkgutil
+
+    from torch.onnx._internal import torchscript_exporter
+    from torch.onnx._internal.torchscript_exporter import registration
+
+    # The symbolics register themselves when their module is imported; the exporter imports them all.
+    for module in pkgutil.iter_modules(torchscript_exporter.__path__):
+        if module.name.startswith("symbolic_opset"):
+            importlib.import_module(f"{torchscript_exporter.__name__}.{module.name}")
+    return sorted({name.split("::", 1)[1] for name in registration.registry.all_functions() if name.startswith("aten::")})
+
+
+def _xnnpack() -> list[str]:
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    # Each config names the one edge op it may delegate (`addmm.default`); it may still decline a node (a
+    # dtype, a shape), so this is what XNNPACK can take, not what it will.
+    return sorted({config.target_name.split(".", 1)[0] for config in ALL_PARTITIONER_CONFIGS})
+
+
+#: table name → (the distributions whose versions key it, how to read it, what its registry is).
+TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
+    "coremltools": (("coremltools", "torch"), _coremltools, "coremltools' torch frontend registry"),
+    "executorch": (("executorch", "torch"), _executorch, "the ExecuTorch runtime's kernels"),
+    "litert-torch": (("litert-torch", "torch"), _litert_torch, "litert-torch's lowering registry"),
+    "onnx-dynamo": (("torch", "onnxscript"), _onnx_dynamo, "the dynamo ONNX exporter's torchlib registry"),
+    "onnx-legacy": (("torch",), _onnx_legacy, "the TorchScript ONNX exporter's symbolic registry"),
+    "xnnpack": (("executorch", "torch"), _xnnpack, "XNNPACK's partitioner configs (information: what it may delegate)"),
+}
+
+
+def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
+    """The model's ATen ops: `exported` (torch.export, as traced) and `core` (after the core ATen
+    decompositions, what ExecuTorch's and litert-torch's lowering see); `decomposed`, each exported op's
+    core ops (an op the core decompositions remove, `alias`, maps to none); `traced`, the ops of
+    torch.jit.trace (what the TorchScript-based ONNX exporter looks up: `batch_norm` where torch.export
+    says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
+    for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat)."""
+    from buildsys.formats.torch.qat import info_of, quantized
+
+    import torch
+
+    from buildsys.config import data
+    from buildsys.config.load import load as load_config
+    from buildsys.formats.torch.loading import example_args, load_module, trace_batch
+    from buildsys.formats.torch.rewritten import program_ops
+
+    cfg = load_config(deploy)
+    model = cfg.project.models[model_name]
+    # A QAT model's converters see it converted with its learned parameters (what its pt2 and ONNX hold).
+    module = quantized(load_module(model, cfg.root, name=model_name, step="op coverage").eval(), step="op coverage",
+                       eager=True)
+    batch = data.eval_batch(model, cfg.root, prefer=("example", "validation"))
+    args = example_args(model, trace_batch(model, batch, dynamic=False))
+    with torch.no_grad():
+        program = torch.export.export(module, args, strict=False)
+        core = program.run_decompositions()
+    base = lambda ops: sorted({op.split(".")[1] for op in ops})  # noqa: E731 - aten.stft.default → stft
+    out: dict[str, Any] = {"exported": base(program_ops(program)), "core": base(program_ops(core)),
+                           "decomposed": decompositions(program, core)}
+    traced = traced_ops(module, args)
+    if traced is not None:
+        out["traced"] = traced
+    info = info_of(module)
+    if info is not None:
+        out["qat"] = info.describe()
+        out["qat_flow"] = info.flow
+    return out
+
+
+def decompositions(program: Any, core: Any) -> dict[str, list[str]]:
+    """Each op of `program`'s graph → the ops of `core` made from it (its nodes' `from_node` provenance)."""
+    base = lambda target: str(target).split(".")[1]  # noqa: E731
+    exported = {n.name: base(n.target) for n in program.graph.nodes
+                if n.op == "call_function" and str(n.target).startswith("aten.")}
+    out: dict[str, set[str]] = {op: set() for op in exported.values()}
+    for node in core.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith("aten."):
+            continue
+        for source in node.meta.get("from_node") or []:
+            if source.name in exported:
+                out[exported[source.name]].add(base(node.target))
+    return {op: sorted(ops) for op, ops in sorted(out.items())}
+
+
+def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:
+    """The ATen ops the TorchScript-based ONNX exporter looks up for `module`: its own trace
+    (`_create_jit_graph`), then its passes before the symbolic lookup that change which ops are left
+    (inlining, in-place ops made functional, `aten::Int`-like number conversions erased): `batch_norm`
+    where torch.export says `_native_batch_norm_legit_no_training`. None when that fails (unknown)."""
+    import warnings
+
+    import torch
+    from torch._C import _jit_pass_erase_number_types, _jit_pass_inline, _jit_pass_lower_all_tuples
+    from torch._C import _jit_pass_onnx_preprocess, _jit_pass_onnx_remove_inplace_ops_for_onnx, _jit_pass_peephole
+    from torch.onnx._internal.torchscript_exporter import utils
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings: the trace is only read for its op kinds
+            graph = utils._create_jit_graph(module, args)[0]
+            _jit_pass_inline(graph)
+            _jit_pass_lower_all_tuples(graph)
+            _jit_pass_peephole(graph, True)
+            _jit_pass_onnx_remove_inplace_ops_for_onnx(graph, None)
+            _jit_pass_onnx_preprocess(graph)
+            _jit_pass_erase_number_types(graph)
+    except Exception:  # noqa: BLE001 - a model that does not trace: the tables that read it are "unknown"
+        return None
+    return sorted({node.kind().split("::", 1)[1] for node in graph.nodes() if node.kind().startswith("aten::")})
+
+
+def main(argv: list[str]) -> int:
+    """REQUEST.json: {"deploy", "model" (or null), "tables": [...], "out"}; writes the answer to "out":
+    {"ops": {...} or {"error"}, "tables": {name: {"accepts"} or {"error"}}}."""
+    request = json.loads(Path(argv[0]).read_text())
+    answer: dict[str, Any] = {"tables": {}}
+    if request.get("model"):
+        try:
+            answer["ops"] = model_ops(Path(request["deploy"]), request["model"])
+        except Exception as exc:  # noqa: BLE001 - reported as "not analysed: why", the build goes on
+            answer["ops"] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"}
+    for name in request.get("tables", []):
+        try:
+            answer["tables"][name] = {"accepts": TABLES[name][1]()}
+        except Exception as exc:  # noqa: BLE001 - a registry that cannot be read is "unknown"
+            answer["tables"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    Path(request["out"]).write_text(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

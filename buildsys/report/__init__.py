@@ -1,0 +1,1 @@
+"""Reports of a build: the console summary and the HTML/Markdown report."""

@@ -1,6 +1,0 @@
-"""Entry point of `python -m buildsys.report_html`: runs the command line in `cli`."""
-
-from buildsys.report_html.cli import main
-
-if __name__ == "__main__":
-    raise SystemExit(main())

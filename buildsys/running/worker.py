@@ -1,0 +1,104 @@
+"""Worker process: runs steps on request, one at a time, isolated from the orchestrator.
+
+Protocol: one JSON request per line on stdin, one JSON reply per line on the file descriptor that
+was stdout at start. While a step runs, fds 1 and 2 point at the node's log file, so whatever the
+converters print (C++ libraries included) lands in that log and never corrupts the protocol.
+Started as `python -m buildsys.running.worker`; a crash or hang kills only this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one step request and return the reply (never raises for step failures)."""
+    from buildsys.config.schema import Model
+    from buildsys.errors import ModelbuildError
+    from buildsys.formats import StepContext, get_step
+
+    try:
+        step_cls = get_step(request["step"])
+        ctx = StepContext(
+            model_name=request["model_name"],
+            model=Model.model_validate(request["model"]),
+            root=Path(request["root"]),
+            input_path=Path(request["input"]) if request.get("input") else None,
+            out_dir=Path(request["out_dir"]),
+            options=step_cls.Options.model_validate(request["options"]),
+            precision=request.get("precision", "fp32"),
+            extra=request.get("extra", {}),
+        )
+        metrics = step_cls().run(ctx)
+        return {"ok": True, "metrics": metrics}
+    except ModelbuildError as exc:
+        traceback.print_exc()
+        return {"ok": False, "error": str(exc), "user": True}
+    except Exception as exc:  # a converter's own exception: report it as the step's failure
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
+
+
+#: Packages a toolchain's worker treats as not installed, because a package it uses imports them only
+#: to probe for them. coremltools' `_deps` imports TensorFlow (about 11 s here) to learn whether it can
+#: convert TensorFlow models; modelbuild converts to Core ML from PyTorch only, and coremltools
+#: without TensorFlow installed is a configuration it supports (its converters check `_HAS_TF`).
+#: Measured with benchmarks/cold_build.py's import probe: docs/performance.md, "Cold build".
+UNUSED_IMPORTS: dict[str, tuple[str, ...]] = {"coreml": ("tensorflow",)}
+
+
+def block_unused_imports(toolchain: str) -> None:
+    """Make the packages `toolchain`'s worker never needs unimportable in this process: `import`
+    raises ImportError for a name whose sys.modules entry is None (the import system's own rule)."""
+    for name in UNUSED_IMPORTS.get(toolchain, ()):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable", by design
+
+
+def _exit_with_parent() -> None:
+    """End this worker if the orchestrator dies (kill -9 included): no orphan keeps converting."""
+    import threading
+    import time
+
+    parent = int(os.environ.get("MODELBUILD_PARENT_PID", "0"))
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    if parent:
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> None:
+    _exit_with_parent()
+    block_unused_imports(os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", ""))
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    original_err = os.dup(2)
+    os.dup2(2, 1)  # stray prints between requests go to stderr, not into the protocol
+    for line in sys.stdin:
+        request = json.loads(line)
+        with open(request["log"], "ab", buffering=0) as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                reply = handle(request)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(original_err, 1)
+                os.dup2(original_err, 2)
+        protocol.write(json.dumps(reply, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
