@@ -62,7 +62,7 @@ PLAN_TARGETS = TARGETS + "server: {model: spotter, format: onnx}\nrec-server: {m
 def plan() -> dict:
     from test_rewrite_routes import Project
 
-    from buildsys.planning.coverage_probe import TABLES
+    from buildsys.formats.registry import op_tables
 
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,9 +77,9 @@ def plan() -> dict:
         sizes = {f.stem[len("table-"):].rsplit("-", 1)[0]: len(json.loads(f.read_text()).get("accepts", []))
                  for f in sorted((Path(tmp) / ".modelbuild/ops").glob("table-*.json"))}  # table-NAME-KEY.json
     reads = {}
-    for name in TABLES:  # each in a fresh process: the registry's imports are most of it
+    for name in op_tables():  # each in a fresh process: the registry's imports are most of it
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"from buildsys.planning.coverage_probe import TABLES; TABLES[{name!r}][1]()"],
+        subprocess.run([sys.executable, "-c", f"from buildsys.formats.registry import op_tables; op_tables()[{name!r}].read()"],
                        cwd=REPO, capture_output=True, env=env, timeout=600, check=True)
         reads[name] = round(time.perf_counter() - start, 1)
     lacks = {t: {s: e.get("lacks", e.get("unknown")) for s, e in v["steps"].items()} for t, v in coverage["targets"].items()}

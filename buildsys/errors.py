@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,28 @@ class DataError(ModelbuildError):
     that do not fit the samples. Reported as bad data, never blamed on an artifact."""
 
 
+def install_command(extra: str) -> str:
+    """The one way modelbuild tells how to install an extra (always through the constraints file: any other
+    torch pulls gigabytes of CUDA packages)."""
+    return f"pip install -c constraints.txt 'modelbuild[{extra}]'"
+
+
+def not_installed(modules: Sequence[str], extra: str) -> str | None:
+    """"onnxruntime is not installed (pip install …)" for the Python modules of `modules` (import names, shown as
+    their distributions: ai_edge_litert → ai-edge-litert) that `extra` installs; None when `modules` is empty."""
+    if not modules:
+        return None
+    names = [m.replace("_", "-") for m in modules]
+    return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} not installed ({install_command(extra)})"
+
+
 class MissingToolchain(ModelbuildError):
     """An optional package a step needs is not installed."""
 
     def __init__(self, package: str, extra: str, purpose: str):
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed",
-            hint=f"install it with: pip install -c constraints.txt 'modelbuild[{extra}]'",
+            hint=f"install it with: {install_command(extra)}",
         )
 
 

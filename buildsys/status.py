@@ -7,7 +7,8 @@ one thing has one name everywhere:
 - `State`: a node in a plan. `blocked` means one thing only: this host lacks what the node's step
   needs (an NVIDIA GPU). A node that already failed under the key it would have now (every route of
   its target failed, or it failed earlier in this build) is `failed`, not blocked.
-- `Action`: what a build will do about a stale node.
+- `Action`: what a build will do about a node (the executor's instruction: run, restore, fail or skip it).
+- `Analysis`: which op analysis a plan may run first.
 - `Outcome`: what a build did to a node.
 - `Verdict`: what a target's check found, with `Caveat`s: parts that were not run, or ran on a
   lesser path than asked (a model delivered un-optimized, a LiteRT check that fell back from
@@ -40,13 +41,24 @@ class State(_Word):
 
 
 class Action(_Word):
-    """What a build will do about a node of a plan."""
+    """What a build will do about a node of a plan: the executor's instruction, decided by the plan."""
 
-    NONE = "none"  # fresh, blocked or failed: nothing to run
+    NONE = "none"  # fresh: nothing to do
     RUN = "run"  # run its step
     CACHED = "cached"  # the local action cache holds its key: restored without running
     REMOTE = "remote"  # the remote cache holds its key: pulled without running
     RESTORE = "restore"  # fresh, but its deliverable under artifacts/ is missing or modified: copied back
+    FAIL = "fail"  # fails at once, unrun: this host cannot run its step, or it failed under this key already
+    SKIP = "skip"  # not started: it is downstream of a node this host cannot build, or only such nodes need it
+
+
+class Analysis(_Word):
+    """Which op analysis (planning.coverage: the models' ATen ops by torch.export, in a subprocess) a plan may
+    run before it is final."""
+
+    NONE = "none"  # read-only `plan`: what the cache knows, nothing run
+    STALE = "stale"  # `build`, `build --dry-run`: the models of targets with work, where it can change the plan
+    ALL = "all"  # `plan --ops`: every target's model
 
 
 class Outcome(_Word):

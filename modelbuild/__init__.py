@@ -15,7 +15,8 @@ package is the distribution's import name.
 from buildsys import __version__
 from buildsys.api import Project, load, verify_bundle
 from buildsys.errors import BuildFailed, ConfigError, DataError, ModelbuildError, PlanError, StepError
-from buildsys.running.results import BuildReport, BundleCheck, Event, NodeStatus, PlanResult, TargetResult
+from buildsys.api.results import BuildReport, BundleCheck, NodeStatus, PlanResult, TargetResult
+from buildsys.records import Event
 
 __all__ = ["load", "verify_bundle", "Project", "PlanResult", "NodeStatus", "BuildReport", "TargetResult", "Event",
            "BundleCheck", "ModelbuildError", "ConfigError", "PlanError", "BuildFailed", "StepError", "DataError",

@@ -142,10 +142,14 @@ targets:
 
 
 def test_step_timeout_fails_the_node(tiny: TinyProject) -> None:
+    from tests.conftest import TINYNET
+
     tiny.edit("kwargs: {calls:", "kwargs: {sleep: 60, calls:")
-    proc = tiny.run("build", "--timeout", "5", "ts", check=False)
+    proc = tiny.run("build", "--timeout", "20", "ts", check=False)  # room for importing torch on a loaded host
     assert proc.returncode == 1
-    assert "timed out after 5 s" in proc.stdout
+    line = TINYNET.splitlines().index("        time.sleep(sleep)") + 1  # where the factory was when it was stopped
+    assert f"stopped: still running at its 20 s time budget (peak " in proc.stdout
+    assert f"MB), in tinynet.py:{line} (build)" in proc.stdout
 
 
 def test_factory_error_is_one_clear_line(tiny: TinyProject) -> None:
@@ -259,7 +263,7 @@ def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyPro
 def test_a_file_the_step_ships_is_part_of_the_key(tiny: TinyProject, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from buildsys.cli.main import open_project
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.formats import get_step
 
     tiny.config.write_text(tiny.config.read_text() + "  serve:\n    model: tiny\n    format: torchserve\n")
@@ -269,7 +273,7 @@ def test_a_file_the_step_ships_is_part_of_the_key(tiny: TinyProject, tmp_path: P
     edited = tmp_path / handler.name  # torchserve_handler.py as a developer would have edited it
     edited.write_text(handler.read_text() + "# edited\n")
     monkeypatch.setattr(step, "shipped_files", (edited,))
-    node = make_plan(open_project(str(tiny.config)).planner, ["serve"]).nodes["tiny/torchserve"]
+    node = make_plan(open_project(str(tiny.config)).planner, PlanRequest(("serve",))).nodes["tiny/torchserve"]
     assert (node.action, node.reasons) == ("run", ["shipped torchserve_handler.py changed"])
 
 

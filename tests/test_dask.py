@@ -101,6 +101,22 @@ def test_a_crashing_step_fails_its_node_and_spares_the_worker_and_the_lock(tmp_p
     assert set(workers(cluster.scheduler_address)) == addresses  # the converter died, not the Dask worker
 
 
+@pytest.mark.slow
+def test_a_step_past_its_time_budget_is_stopped_on_the_dask_worker_with_its_line(tmp_path: Path, cluster,
+                                                                               remote: Path) -> None:
+    from tests.conftest import TINYNET
+
+    project = make_tiny_project(tmp_path / "p", TS_ONLY)
+    addresses = set(workers(cluster.scheduler_address))
+    project.edit(f"kwargs: {{calls: {project.calls}}}", f"kwargs: {{calls: {project.calls}, sleep: 300}}")
+    proc = dask_build(project, cluster.scheduler_address, "--timeout", "30", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = TINYNET.splitlines().index("        time.sleep(sleep)") + 1
+    assert "stopped: still running at its 30 s time budget (peak " in proc.stdout
+    assert f"MB), in tinynet.py:{line} (build)" in proc.stdout  # the stack taken on the Dask worker
+    assert set(workers(cluster.scheduler_address)) == addresses  # the step's subprocess died, not the Dask worker
+
+
 def _kill_a_busy_worker(address: str, sleeping: Path, deadline: float) -> str:
     """Wait until a step is inside the (sleeping) factory, then SIGKILL a Dask worker running a step."""
     while not sleeping.exists():

@@ -277,17 +277,18 @@ def test_a_node_failed_again_names_its_first_failure_once() -> None:
     unrun, with its first failure: never 'failed earlier in this build: failed earlier …'."""
     from types import SimpleNamespace
 
-    from buildsys.planning.settle import fail_again as _fail_again
-    from buildsys.planning.plan import BLOCKED, RUN
     from buildsys.planning.history import FAILED_EARLIER
-    from buildsys.running.results import FAILED, NodeResult
+    from buildsys.planning.plan import _fail_again
+    from buildsys.planning.settle import _why
+    from buildsys.records import FAILED, NodeResult
+    from buildsys.status import Action
 
     first = NodeResult("m/onnx", FAILED, error="Unsupported onnx_opset_version: 999")
     again = NodeResult("m/onnx", FAILED, metrics={"failures": [FAILED_EARLIER + first.error]})
     for result in (first, again):
-        nplan = SimpleNamespace(action=RUN, key="k1", reasons=["not built yet"])
-        _fail_again(SimpleNamespace(nodes={"m/onnx": nplan}), {"m/onnx": ("k1", result)})
-        assert (nplan.action, nplan.reasons) == (BLOCKED, [FAILED_EARLIER + first.error])
-    other_key = SimpleNamespace(action=RUN, key="k2", reasons=["option opset 999→17"])
-    _fail_again(SimpleNamespace(nodes={"m/onnx": other_key}), {"m/onnx": ("k1", first)})
-    assert other_key.action == RUN  # under another key it is a new attempt
+        nplan = SimpleNamespace(runs=True, action=Action.RUN, key="k1", reasons=["not built yet"])
+        _fail_again({"m/onnx": nplan}, {"m/onnx": ("k1", _why(result))})  # type: ignore[dict-item]
+        assert (nplan.action, nplan.reasons) == (Action.FAIL, [FAILED_EARLIER + first.error])
+    other_key = SimpleNamespace(runs=True, action=Action.RUN, key="k2", reasons=["option opset 999→17"])
+    _fail_again({"m/onnx": other_key}, {"m/onnx": ("k1", _why(first))})  # type: ignore[dict-item]
+    assert other_key.action == Action.RUN  # under another key it is a new attempt

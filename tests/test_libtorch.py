@@ -88,7 +88,7 @@ def test_without_a_compiler_the_libtorch_check_is_not_run(mlp: Tiny, traced: tup
 
 def test_the_check_key_says_whether_a_compiler_is_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 'not run' made on a host without a C++ compiler must not be reused where one is (nor the other way)."""
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
     from tests.conftest import make_tiny_project, tiny_deploy
 
@@ -97,7 +97,7 @@ def test_the_check_key_says_whether_a_compiler_is_here(tmp_path: Path, monkeypat
 
     def device() -> object:
         planner = open_project(str(project.root / "deploy.yaml")).planner
-        node = make_plan(planner).dag.nodes["verify:ts"]
+        node = make_plan(planner, PlanRequest()).dag.nodes["verify:ts"]
         return planner.components(node, {d: "0" * 64 for d in node.deps}).get("device")
 
     assert device() == {"c++ compiler": "present"}

@@ -59,7 +59,7 @@ def test_generation_on_a_tensor_model_names_file_and_line(tmp_path: Path) -> Non
 
 
 def _plan_components(root: Path, generation: str) -> dict[str, dict[str, Any]]:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     (root / "deploy.yaml").write_text(textwrap.dedent(f"""\
@@ -71,7 +71,7 @@ def _plan_components(root: Path, generation: str) -> dict[str, dict[str, Any]]:
         targets:
           server: {{model: lm, format: llm-onnx}}
     """))
-    plan = make_plan(open_project(str(root / "deploy.yaml")).planner)
+    plan = make_plan(open_project(str(root / "deploy.yaml")).planner, PlanRequest())
     return {name: dict(p.components or {}) for name, p in plan.nodes.items()}
 
 
@@ -105,7 +105,7 @@ def test_keys_follow_what_each_node_reads(tmp_path: Path) -> None:
     ("llm-onnx", "tensors", r"format 'llm-onnx' is for task: text-generation models, and model 'lm' has task: tensors"),
 ])
 def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, message: str) -> None:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     model = ("task: text-generation\n    generation: {prompts: p.txt, tokenizer: tok.json}" if task != "tensors" else
@@ -114,7 +114,7 @@ def test_a_format_takes_only_its_task(tmp_path: Path, fmt: str, task: str, messa
     (tmp_path / "deploy.yaml").write_text(f"models:\n  lm:\n    source: {{factory: 'lm:load'}}\n    {model}\n"
                                           f"\n\n\ntargets:\n  server: {{model: lm, format: {fmt}}}\n")
     with pytest.raises(ConfigError, match=message):
-        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner)
+        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner, PlanRequest())
 
 
 def test_prompts_and_held_text_become_padded_id_rows(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ bundles:
 
 
 def test_group_size_without_8da4w_is_refused_at_plan_time(tmp_path: Path) -> None:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     (tmp_path / "lm.py").write_text("def load():\n    pass\n")
@@ -59,7 +59,7 @@ def test_group_size_without_8da4w_is_refused_at_plan_time(tmp_path: Path) -> Non
     (tmp_path / "p.txt").write_text("the cat\n")
     (tmp_path / "tok.json").write_text("{}")
     with pytest.raises(ConfigError, match="group_size applies to scheme 8da4w only"):
-        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner)
+        make_plan(open_project(str(tmp_path / "deploy.yaml")).planner, PlanRequest())
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_quantized_schemes_pass_generation_checks(built: tuple[Path, Any], targe
     assert 0 < out["nll"]["max_abs"]["observed"] < 0.05
     assert 0 < out["prefill_logits"]["max_abs"]["observed"] < 1.0
     step = _metrics(built, _artifact_node(built, target))
-    assert step["scheme"] == scheme and step["quantized_weights"] > 0.9  # every linear; embeddings stay float
+    assert step["scheme"] == scheme and step["quantized_weights"]["share"] == 1.0  # every linear; embeddings stay float
     # 8da4w's linears run inside XNNPACK; weight-only's widened weights go through the portable mm
     assert step["xnnpack_delegates"] > 0 and ("aten::mm" in step["portable_operators"]) == (scheme == "weight-only")
 

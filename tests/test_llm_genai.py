@@ -56,6 +56,27 @@ def test_tokenizer_ships_flat_with_a_config(tmp_path: Path) -> None:
         ship_flat_tokenizer(clash, out)
 
 
+def test_a_tokenizer_mismatch_says_where_the_ids_part_and_which_part_genai_lacks() -> None:
+    from buildsys.formats.llm.genai_tokenizer import mismatch, unreproduced
+
+    words = {"model": {"type": "BPE"}, "pre_tokenizer": {"type": "Whitespace"},
+             "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}}
+    parts = unreproduced(words)
+    assert parts == ["pre-tokenizer Whitespace (GenAI splits text as GPT-2's byte-level BPE does)",
+                     "normalizer Lowercase (not applied by GenAI's tokenizer)"]
+    gpt2 = {"model": {"type": "BPE"}, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False}}
+    assert unreproduced(gpt2) == [] and unreproduced({"model": {"type": "Unigram"}})[0].startswith("model Unigram")
+    # the first eight ids agree: the difference is further on, and the message shows it there
+    expected = list(range(10, 22))
+    got = expected[:9] + [99, 98] + expected[10:]
+    text = mismatch("the cat sleeps on the mat and the dog", got, expected, parts, 2, 5)
+    assert text.startswith("GenAI's tokenizer encodes 2 of 5 texts otherwise than the model's tokenizer.json: the "
+                           "first, 'the cat sleeps on the mat and the dog', parts at token 9 of 12: GenAI "
+                           "[15, 16, 17, 18, 99, 98, 20, 21] vs tokenizer.json [15, 16, 17, 18, 19, 20, 21] (ids 5-12); "
+                           "GenAI does not reproduce its pre-tokenizer Whitespace"), text
+    assert text.endswith("or tokenize with Hugging Face tokenizers in the application and feed GenAI the ids (append_tokens)")
+
+
 def test_runtime_says_when_genai_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     from buildsys.formats.llm import genai_runtime
 
@@ -132,8 +153,10 @@ def test_fp32_targets_agree_on_every_greedy_token_in_genai(built: tuple[Path, di
 def test_a_tokenizer_genai_cannot_reproduce_fails_the_check(built: tuple[Path, dict[str, float], Any]) -> None:
     check = _check(built, "words-genai")
     assert check["passed"] is False
-    assert any(f.startswith("GenAI's tokenizer encodes") and "otherwise than the model's tokenizer.json" in f
-               for f in check["failures"]), check["failures"]
+    finding = next(f for f in check["failures"] if f.startswith("GenAI's tokenizer encodes"))
+    # where the ids part (GenAI maps each space to -1), and which part of tokenizer.json GenAI lacks
+    assert "otherwise than the model's tokenizer.json: the first, 'the cat sleeps', parts at token 1 of 3" in finding
+    assert "GenAI does not reproduce its pre-tokenizer Whitespace" in finding and "-1" in finding
     assert not (built[0] / "artifacts" / "words-genai").exists()
 
 

@@ -15,7 +15,7 @@ needs_ov_llm = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("transformers", "tokenizers", "onnxscript", "openvino", "nncf")),
     reason="needs the llm, server and openvino extras")
 
-INT4 = "options: {llm-openvino-int4: {group_size: 32}}"  # the tiny models are 64 wide: 128 divides nothing
+INT4 = "options: {llm-openvino-int4: {group_size: 32}}"  # the tiny models are 64 wide: a set 128 divides nothing
 TARGETS = f"""\
   llama-ov: {{model: llama, format: llm-openvino}}
   llama-ov16: {{model: llama, format: llm-openvino, precision: fp16}}
@@ -31,7 +31,7 @@ TARGETS = f"""\
     precision: int4
     {INT4}
     acceptance: {{min_token_agreement: 1.0}}
-  llama-ov4-g128: {{model: llama, format: llm-openvino, precision: int4}}
+  llama-ov4-g128: {{model: llama, format: llm-openvino, precision: int4, options: {{llm-openvino-int4: {{group_size: 128}}}}}}
 """
 
 
@@ -57,7 +57,7 @@ def test_intel_platform_gives_a_text_generation_model_the_stateful_int8_ir(tmp_p
 
 
 def test_the_route_goes_through_the_onnx_export(tmp_path: Path) -> None:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     (tmp_path / "lm.py").write_text("def load():\n    raise RuntimeError('never called by plan')\n")
@@ -73,7 +73,7 @@ def test_the_route_goes_through_the_onnx_export(tmp_path: Path) -> None:
           a: {model: lm, format: llm-openvino, precision: int4}
           b: {model: lm, format: llm-openvino, precision: fp16}
     """))
-    nodes = make_plan(open_project(str(tmp_path / "deploy.yaml")).planner).nodes
+    nodes = make_plan(open_project(str(tmp_path / "deploy.yaml")).planner, PlanRequest()).nodes
     assert {"lm/llm-onnx", "lm/llm-openvino", "lm/llm-openvino-int4", "lm/llm-openvino-fp16"} <= set(nodes)
     # NNCF computes compressed weights with the CPU plugin's kernels: bound to the platform; a conversion is not
     from buildsys.formats import get_step
@@ -198,7 +198,7 @@ def test_int4_under_its_token_agreement_tolerance_fails_the_build(built: tuple[P
 
 @pytest.mark.slow
 @needs_ov_llm
-def test_int4_whose_group_size_divides_no_layer_fails_plainly(built: tuple[Path, dict[str, float], Any]) -> None:
+def test_int4_whose_set_group_size_divides_no_layer_fails_plainly(built: tuple[Path, dict[str, float], Any]) -> None:
     failed = {r.name: r for r in built[2].failed}
     assert "llama/llm-openvino-int4" not in failed  # the group_size-32 node is another (its options differ)
     error = next(str(r.error) for name, r in failed.items() if name.startswith("llama/llm-openvino-int4"))

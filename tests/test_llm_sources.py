@@ -60,10 +60,10 @@ def _deploy(root: Path, source: str) -> None:
 
 
 def _components(root: Path) -> dict[str, Any]:
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
-    plan = make_plan(open_project(str(root / "deploy.yaml")).planner)
+    plan = make_plan(open_project(str(root / "deploy.yaml")).planner, PlanRequest())
     return dict(plan.nodes["lm/llm-onnx"].components or {})
 
 

@@ -240,8 +240,8 @@ def test_the_fast_path_reads_the_command_line_as_the_cli_defines_it() -> None:
     import click
 
     from buildsys.cli import main as cli
-
     from buildsys.planning import project
+
     assert noop.DEFAULT_CONFIG == project.DEFAULT_CONFIG
     file_opt = next(p for p in cli.cli.params if "--file" in getattr(p, "opts", []))
     assert set(file_opt.opts) == {"-f", "--file"} and file_opt.default == project.DEFAULT_CONFIG

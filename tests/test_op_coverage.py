@@ -89,20 +89,21 @@ def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: 
 
 
 def test_order_routes_puts_the_rewrite_route_first_and_a_route_no_rewrite_saves_last() -> None:
-    from buildsys.planning.coverage import order_routes
+    from buildsys.planning.ordering import order_routes
+    from buildsys.planning.routes import Route
 
-    routes = [["pytorch", "torchscript", "coreml"], ["pytorch", "pt2", "coreml"]]
-    gaps = {"m": {"coremltools:exported": ["embedding_bag"], "coremltools:core": ["_embedding_bag"]}}
-    assert order_routes(routes, "m", gaps, {}, auto_rewrites=True) == [
-        ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"], ["pytorch", "pt2 (rewrite embedding-bag)", "coreml"],
-        *routes]
-    assert order_routes(routes, "m", gaps, {}, auto_rewrites=False) == routes  # both lack it: order kept
-    only_trace = {"m": {"coremltools:exported": ["frobnicate"]}}  # no rewrite removes it
-    assert order_routes(routes, "m", only_trace, {}, auto_rewrites=True) == routes[::-1]
-    assert order_routes(routes, "m", {}, {}, auto_rewrites=True) == routes
+    routes = [Route.parse(["pytorch", "torchscript", "coreml"]), Route.parse(["pytorch", "pt2", "coreml"])]
+    gaps = {"coremltools:exported": ["embedding_bag"], "coremltools:core": ["_embedding_bag"]}
+    assert order_routes(routes, gaps, {}, auto_rewrites=True) == [
+        Route.parse(["pytorch", "torchscript (rewrite embedding-bag)", "coreml"]),
+        Route.parse(["pytorch", "pt2 (rewrite embedding-bag)", "coreml"]), *routes]
+    assert order_routes(routes, gaps, {}, auto_rewrites=False) == routes  # both lack it: order kept
+    only_trace = {"coremltools:exported": ["frobnicate"]}  # no rewrite removes it
+    assert order_routes(routes, only_trace, {}, auto_rewrites=True) == routes[::-1]
+    assert order_routes(routes, {}, {}, auto_rewrites=True) == routes
     # the target's options pin the loading stop's rewrites: no rewrite route is made there
-    assert order_routes(routes, "m", gaps, {"torchscript": {"rewrites": []}}, auto_rewrites=True) == [
-        ["pytorch", "pt2 (rewrite embedding-bag)", "coreml"], *routes]
+    assert order_routes(routes, gaps, {"torchscript": {"rewrites": []}}, auto_rewrites=True) == [
+        Route.parse(["pytorch", "pt2 (rewrite embedding-bag)", "coreml"]), *routes]
 
 
 def test_missing_kernels_names_the_operator_and_overload() -> None:

@@ -74,9 +74,9 @@ def _dynamo_export(module: object, args: tuple) -> str:
 def test_the_onnx_tables_are_the_exporters_registries_and_agree_with_the_exporters() -> None:
     import torch
 
-    from buildsys.planning.coverage_probe import TABLES
+    from buildsys.formats.registry import op_tables
 
-    dynamo, legacy = TABLES["onnx-dynamo"][1](), TABLES["onnx-legacy"][1]()
+    dynamo, legacy = op_tables()["onnx-dynamo"].read(), op_tables()["onnx-legacy"].read()
     assert len(dynamo) > 300 and len(legacy) > 300
     assert {"conv2d", "linear", "_native_batch_norm_legit_no_training", "sinh"} <= set(dynamo)
     assert {"_convolution", "linear", "batch_norm", "embedding_bag", "stft"} <= set(legacy)
@@ -104,7 +104,8 @@ def test_the_probe_records_the_trace_the_legacy_exporter_reads_and_each_ops_deco
     import torch
 
     from buildsys.planning.coverage import Coverage
-    from buildsys.planning.coverage_probe import TABLES, decompositions, traced_ops
+    from buildsys.formats.registry import op_tables
+    from buildsys.planning.coverage_probe import decompositions, traced_ops
     from buildsys.formats.torch.rewritten import program_ops
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
@@ -120,7 +121,7 @@ def test_the_probe_records_the_trace_the_legacy_exporter_reads_and_each_ops_deco
     assert {"batch_norm", "_convolution", "linear"} <= set(inventory["traced"])
     assert inventory["decomposed"]["linear"] == ["addmm", "permute"]
     assert inventory["decomposed"]["batch_norm"] == ["_native_batch_norm_legit_no_training"]
-    cov = Coverage(ops={"m": inventory}, tables={n: TABLES[n][1]() for n in ("onnx-dynamo", "onnx-legacy")})
+    cov = Coverage(ops={"m": inventory}, tables={n: op_tables()[n].read() for n in ("onnx-dynamo", "onnx-legacy")})
     assert cov.lacks("m", ("onnx-legacy", "traced")) == []
     assert cov.lacks("m", ("onnx-dynamo", "decomposed")) == []
     assert cov.lacks("m", ("onnx-legacy", "core")) == ["_native_batch_norm_legit_no_training"]  # the wrong read
@@ -158,8 +159,10 @@ def test_plan_ops_orders_the_dynamo_export_first_for_an_op_the_legacy_exporter_l
     assert plan["candidate_routes"]["legacy"] == [["pytorch", "onnx"]]  # a pinned route stays: refused at build
 
     text = run("plan").stdout
-    assert "server: onnx-from-pytorch lacks sinh (no rewrite yet: blocks this route); onnx-from-torchscript lacks " \
-        "sinh (no rewrite yet: blocks this route); first route pytorch → pt2 → onnx" in text
+    line = WAVE.splitlines().index("        return torch.sinh(self.fc(x))") + 1  # where the model calls it
+    assert "server: onnx-from-pytorch lacks sinh (no rewrite yet: blocks this route; called in the model (Wave) at " \
+        f"wave.py:{line}); onnx-from-torchscript lacks sinh (no rewrite yet: blocks this route); first route pytorch " \
+        "→ pt2 → onnx" in text
 
     # The build takes the working route first: nothing of `server` fails; the pinned legacy route fails as the
     # table said, naming the op.
@@ -183,9 +186,9 @@ def test_the_xnnpack_table_says_what_the_partitioner_delegates_and_what_runs_por
     from executorch.exir import to_edge_transform_and_lower
 
     from buildsys.planning.coverage import Coverage
-    from buildsys.planning.coverage_probe import TABLES
+    from buildsys.formats.registry import op_tables
 
-    table = TABLES["xnnpack"][1]()
+    table = op_tables()["xnnpack"].read()
     assert {"addmm", "convolution", "relu", "linear"} <= set(table) and "sinh" not in table
     namespace: dict = {}
     exec(WAVE, namespace)

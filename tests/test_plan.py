@@ -19,8 +19,8 @@ def dag_for(project: TinyProject, *targets: str):
 
 def test_routes_and_shared_nodes(tiny: TinyProject) -> None:
     dag = dag_for(tiny)
-    assert dag.routes["int8"] == ["pytorch", "onnx", "onnx-int8"]
-    assert dag.routes["ts"] == ["pytorch", "torchscript"]
+    assert dag.routes["int8"].words() == ["pytorch", "onnx", "onnx-int8"]
+    assert dag.routes["ts"].words() == ["pytorch", "torchscript"]
     # server and int8 need the same ONNX export (same options): one node, not two
     assert [n for n in dag.nodes if n.startswith("tiny/onnx")] == ["tiny/onnx", "tiny/onnx-int8"]
     assert dag.nodes["verify:int8"].deps == ["tiny/onnx-int8", "tiny/reference"]
@@ -42,7 +42,7 @@ def test_via_overrides_the_route(tiny: TinyProject) -> None:
     tiny.edit("    format: onnx\n    options:\n      onnx: {opset: 18}\n  int8",
               "    format: onnx\n    via: [torchscript]\n  int8")
     dag = dag_for(tiny, "server")
-    assert dag.routes["server"] == ["pytorch", "torchscript", "onnx"]
+    assert dag.routes["server"].words() == ["pytorch", "torchscript", "onnx"]
     assert dag.nodes[dag.target_nodes["server"]].deps == ["tiny/torchscript"]
 
 
@@ -150,8 +150,8 @@ def test_example_plan_ios_android_shares_nodes() -> None:
     assert sorted(re.sub(r"~[0-9a-f]{6}$", "~", n) for n in dag.nodes) == [
         "digits/coreml-fp16~", "digits/onnx", "digits/reference", "digits/saved_model", "digits/tflite-int8",
         "digits/torchscript", "verify:android", "verify:ios"]
-    assert dag.routes["android"] == ["pytorch", "onnx", "saved_model", "tflite-int8"]
-    assert dag.routes["ios"] == ["pytorch", "torchscript", "coreml-fp16"]
+    assert dag.routes["android"].words() == ["pytorch", "onnx", "saved_model", "tflite-int8"]
+    assert dag.routes["ios"].words() == ["pytorch", "torchscript", "coreml-fp16"]
     # one reference for both checks; the ONNX node is the one the server targets use too
     assert dag.nodes["verify:ios"].deps[1] == dag.nodes["verify:android"].deps[1] == "digits/reference"
     full = expand(load(REPO / "deploy.yaml.example"))

@@ -10,7 +10,7 @@ import sys
 
 from rich.console import Console
 
-from buildsys.running.results import Event
+from buildsys.records import Event
 from buildsys.running.progress import QUIET, VERBOSE, JsonLines, Lines, Live, progress_for
 from tests.conftest import TinyProject
 

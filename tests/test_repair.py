@@ -152,7 +152,7 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
     assert repair["recipe"] == "keep-float" and repair["kept_float"] == ["/Concat_2", "/head/Gemm"]
     assert {n for n, _ in repair["sensitivity"][:2]} == {"/Concat_2", "/head/Gemm"}
     assert [t["passed"] for t in repair["trials"]] == [False, True]
-    assert repair["full_int8"]["passed"] is False and repair["full_int8"]["metrics"]["logits"]["cosine"] < 0.5
+    assert repair["baseline"]["passed"] is False and repair["baseline"]["metrics"]["logits"]["cosine"] < 0.5
     assert lock.nodes[node]["components"]["options"]["keep_float"] == "sensitive"
     assert lock.nodes[node]["components"]["options"]["repair_goal"]["logits"]["min_top1_agreement"] == 0.9
 
@@ -216,9 +216,10 @@ def test_openvino_full_int8_misses_and_nncf_transformer_scheme_passes(project: P
 
 def test_repair_routes_follow_the_target_and_its_options() -> None:
     from buildsys.planning.repair import add_repair_routes, repair_routes
+    from buildsys.planning.routes import Route
 
-    full = ["pytorch", "onnx", "onnx-int8"]
-    recipe = lambda name: [*full[:-1], f"onnx-int8 (repair {name})"]  # noqa: E731
+    full = Route.parse(["pytorch", "onnx", "onnx-int8"])
+    recipe = lambda name: Route.parse(["pytorch", "onnx", f"onnx-int8 (repair {name})"])  # noqa: E731
     assert repair_routes(full, {}, True) == [recipe("keep-float"), recipe("per-channel"), recipe("entropy")]
     # A recipe that sets an option the target sets itself is not tried (entropy sets method).
     assert repair_routes(full, {"onnx-int8": {"method": "static"}}, True) == [recipe("keep-float"), recipe("per-channel")]
@@ -226,8 +227,8 @@ def test_repair_routes_follow_the_target_and_its_options() -> None:
     assert repair_routes(full, {}, False) == []
     assert repair_routes(full, {}, ["per-channel", "keep-float"]) == [recipe("per-channel"), recipe("keep-float")]
     assert repair_routes(recipe("keep-float"), {}, True) == []  # a recipe is never repaired again
-    assert repair_routes(["pytorch", "onnx"], {}, True) == []  # nothing quantizes
-    other = ["pytorch", "onnx", "onnx-optimized", "onnx-int8"]
+    assert repair_routes(Route.parse(["pytorch", "onnx"]), {}, True) == []  # nothing quantizes
+    other = Route.parse(["pytorch", "onnx", "onnx-optimized", "onnx-int8"])
     assert add_repair_routes([full, other], [full], {}, ["keep-float"]) == [full, recipe("keep-float"), other]
 
 

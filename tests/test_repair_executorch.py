@@ -43,7 +43,7 @@ def test_executorch_full_int8_misses_and_keep_float_passes(project: Project) -> 
     assert _top1(lock, "edge") >= 0.9  # the repaired .pte, same check, same runtime
     node = lock.targets["edge"]["node"]
     repair = lock.nodes[node]["facts"]["repair"]
-    assert repair["recipe"] == "keep-float" and repair["full_int8"]["passed"] is False
+    assert repair["recipe"] == "keep-float" and repair["baseline"]["passed"] is False
     # The classifier and the cat it reads: the pair that only fails together, each ruinous alone.
     assert set(repair["kept_float"]) == {"cat", "linear_5"}
     assert {n for n, _ in repair["sensitivity"][:2]} == {"cat", "linear_5"}
@@ -76,7 +76,8 @@ def test_executorch_without_repair_misses_and_pinned_modules_pass(project: Proje
 
 def test_executorch_int8_declares_keep_float(tmp_path: Path) -> None:
     from buildsys.planning.repair import repair_routes
+    from buildsys.planning.routes import Route
 
-    full = ["pytorch", "pt2", "executorch-int8"]
-    assert repair_routes(full, {}, True) == [["pytorch", "pt2", "executorch-int8 (repair keep-float)"]]
-    assert repair_routes(["pytorch", "pt2", "executorch-int8 (dynamic)"], {}, True) == []  # an alternative
+    full = Route.parse(["pytorch", "pt2", "executorch-int8"])
+    assert repair_routes(full, {}, True) == [Route.parse(["pytorch", "pt2", "executorch-int8 (repair keep-float)"])]
+    assert repair_routes(Route.parse(["pytorch", "pt2", "executorch-int8 (dynamic)"]), {}, True) == []  # an alternative

@@ -49,7 +49,7 @@ def test_android_full_int8_misses_and_keep_float_passes(project: Project) -> Non
     facts = lock.nodes[node]["facts"]
     repair = facts["repair"]
     assert repair["recipe"] == "keep-float" and repair["kept_float"]
-    assert repair["full_int8"]["passed"] is False and repair["trials"][-1]["passed"] is True
+    assert repair["baseline"]["passed"] is False and repair["trials"][-1]["passed"] is True
     assert len(repair["trials"]) <= 8 and all("ms" not in t for t in repair["trials"])  # latency: build record
     assert facts["scheme"].startswith("full int8 except the ops kept in float")
     assert lock.nodes[node]["components"]["options"]["repair_goal"]["logits"]["min_top1_agreement"] == 0.9
@@ -90,9 +90,10 @@ def test_the_converter_route_is_repaired_too(project: Project) -> None:
 
 def test_tflite_repair_routes_follow_who_chose_the_options() -> None:
     from buildsys.planning.repair import repair_routes
+    from buildsys.planning.routes import Route
 
-    full = ["pytorch", "pt2", "tflite-int8"]
-    recipe = lambda name: [*full[:-1], f"tflite-int8 (repair {name})"]  # noqa: E731
+    full = Route.parse(["pytorch", "pt2", "tflite-int8"])
+    recipe = lambda name: Route.parse(["pytorch", "pt2", f"tflite-int8 (repair {name})"])  # noqa: E731
     preset = {"tflite-int8": {"mode": "full", "io": "float"}}
     # The preset chose the mode: every recipe, dynamic too (its alternative is not a candidate then).
     assert repair_routes(full, preset, True, written={"tflite-int8": set()}) == \

@@ -108,11 +108,11 @@ def test_int8_needs_calibration_data_and_triton_needs_a_gpu_instance(mlp: Tiny) 
 
 def _keyed(root: Path, name: str) -> tuple[str, dict]:
     """The node's plan status, and its components keyed with fixed upstream digests (as once built)."""
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
     project = open_project(str(root / "deploy.yaml"))
-    plan = make_plan(project.planner)
+    plan = make_plan(project.planner, PlanRequest())
     node = plan.dag.nodes[name]
     return plan.nodes[name].action, project.planner.components(node, {d: "0" * 64 for d in node.deps})
 
@@ -135,11 +135,12 @@ def test_engine_key_names_gpu_compute_capability_and_tensorrt(tmp_path: Path, mo
     assert "compute_capability 9.0→8.0" in reasons and "tensorrt 10.13.3→10.14.1" in reasons
 
     _simulate(monkeypatch, H100, "not installed")  # a GPU but no TensorRT: blocked, and says how to install
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan as make_plan
     from buildsys.planning.project import open_project
 
-    blocked = make_plan(open_project(str(project.config)).planner).nodes["tiny/tensorrt"]
-    assert blocked.action == "blocked" and blocked.reasons[0].startswith("needs TensorRT (the tensorrt package")
+    blocked = make_plan(open_project(str(project.config)).planner, PlanRequest()).nodes["tiny/tensorrt"]
+    assert (blocked.state, blocked.action) == ("blocked", "fail")
+    assert blocked.reasons[0].startswith("needs TensorRT (the tensorrt package")
 
 
 def test_nvidia_smi_probe_reads_the_visible_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,7 +180,7 @@ def test_plan_lists_engines_as_blocked_on_a_host_without_gpu(tmp_path: Path, mon
     data = json.loads(project.run("plan", "--json").stdout)
     assert data["blocked"] == 4
     engine = next(n for n in data["nodes"] if n["node"] == "tiny/tensorrt")
-    assert engine["state"] == "blocked" and engine["action"] == "none" and engine["key"] is None
+    assert engine["state"] == "blocked" and engine["action"] == "fail" and engine["key"] is None
 
 
 @pytest.mark.slow

@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from buildsys.errors import BuildFailed
 from buildsys.planning.project import DEFAULT_CONFIG, open_project, source_sizes
-from buildsys.running.results import SKIPPED, BuildReport, BundleCheck, Event, NodeResult, NodeStatus, PlanResult, TargetResult
+from buildsys.status import Analysis, Outcome, Verdict
+from buildsys.api.results import BuildReport, BundleCheck, NodeStatus, PlanResult, TargetResult
+from buildsys.records import Event, NodeResult, worker_request
 
 if TYPE_CHECKING:
+    from buildsys.release.pack import Packed
     from buildsys.release.signing import SigningKey
     from buildsys.release.verify import TrustCheck, TrustSource
 
@@ -64,43 +67,57 @@ class Project:
 
     def plan(self, targets: list[str] | None = None, *, force: bool = False, ops: bool = False) -> PlanResult:
         """Every node the targets need (default: all), fresh or stale, and why. Writes nothing, except that
-        `ops` first analyses the models' ops (torch.export in a subprocess) into the cache (buildsys.planning.coverage)."""
-        from buildsys.planning.settle import knowing_qat
-
-        the_plan = knowing_qat(self._opened.planner, targets or None, analyse=ops, force=force)
-        if ops:
-            from buildsys.planning.settle import analysed
-
-            the_plan = analysed(self._opened.planner, the_plan, targets, stale_only=False, force=force)
+        `ops` first analyses the models' ops (torch.export in a subprocess) into the cache (planning.coverage)."""
+        the_plan = self._plan(targets, force=force, analysis=Analysis.ALL if ops else Analysis.NONE)
         self._opened.planner.stat.save()
         return plan_result(the_plan)
 
+    def _plan(self, targets: list[str] | None, *, force: bool = False, force_kinds: tuple[str, ...] = (),
+              bench: bool = False, analysis: Analysis = Analysis.NONE) -> Any:
+        """The planning.plan.Plan of the targets: the one plan entry point, as every command uses it."""
+        from buildsys.planning.plan import PlanRequest, plan
+
+        request = PlanRequest(tuple(targets) if targets else None, force, force_kinds, bench, analysis)
+        return plan(self._opened.planner, request)
+
+    def dry_run(self, targets: list[str] | None = None, *, force: bool = False, _force_kinds: tuple[str, ...] = (),
+                _bench: bool = False) -> Any:
+        """The plan a build of the targets would carry out first (routes ordered by op coverage as `build` orders
+        them: the stale targets' models are analysed first), without building anything."""
+        return self._plan(targets, force=force, force_kinds=_force_kinds, bench=_bench, analysis=Analysis.STALE)
+
     def build(self, targets: list[str] | None = None, *, jobs: int | None = None, keep_going: bool = False,
-              force: bool = False, timeout: float = 1800.0, executor: str = "local", scheduler: str | None = None,
+              force: bool = False, timeout: float | None = None, executor: str = "local", scheduler: str | None = None,
               on_event: EventHandler | None = None, check: bool = True, on_wait: Callable[[], None] | None = None,
               _force_kinds: tuple[str, ...] = (), _bench: bool = False, _watch: Any = None) -> BuildReport:
         """Build the targets (default: all) and what they need; only stale nodes run.
 
-        `executor` is "local" (worker processes here, `jobs` at once; default: the usable CPUs, as the
-        CLI's `-j`) or "dask" (a dask.distributed
+        `timeout` (seconds) replaces each step's time budget scaled to its model (running/limits.py; a target's
+        `limits` still wins). `executor` is "local" (worker processes here, `jobs` at once; default: the usable
+        CPUs, as the CLI's `-j`) or "dask" (a dask.distributed
         cluster at `scheduler`, which needs a remote cache). `on_event` receives an `Event` as each
         node starts and ends. With `check` (the default) a failed build raises `BuildFailed`, whose
         `report` is the returned object's twin.
         """
+        from buildsys.planning.plan import PlanRequest
+        from buildsys.planning.record import LockWriter
+        from buildsys.planning.settle import settle
+
         started = time.perf_counter()
         if jobs is None:
             from buildsys.running.pool import usable_cpus
 
             jobs = usable_cpus()
         with _build_lock(self._opened, on_wait) as planner:
-            from buildsys.planning.settle import settle
+            writer = LockWriter(planner.lock)
 
             def execute(the_plan: Any) -> dict[str, NodeResult]:
-                return _run(planner, the_plan, jobs=jobs, keep_going=keep_going, force=force, force_kinds=_force_kinds,
-                            timeout=timeout, executor=executor, scheduler=scheduler, on_event=on_event)
+                return _run(planner, the_plan, writer, jobs=jobs, keep_going=keep_going, force=force,
+                            force_kinds=_force_kinds, timeout=timeout, executor=executor, scheduler=scheduler,
+                            on_event=on_event)
 
-            the_plan, results = settle(planner, targets or None, execute, force=force, force_kinds=_force_kinds,
-                                       bench=_bench, on_event=on_event, watch=_watch)
+            request = PlanRequest(tuple(targets) if targets else None, force, _force_kinds, _bench)
+            the_plan, results = settle(planner, request, execute, writer, on_event=on_event, watch=_watch)
             if not the_plan.work:
                 planner.stat.save()
             if results:  # the cards beside delivered artifacts follow what this build recorded
@@ -125,24 +142,30 @@ class Project:
         """Build the bundle's targets and pack them with their references, manifest, model cards, SBOM and
         provenance, signed with `key` (default: MODELBUILD_SIGNING_KEY or deploy.yaml's `signing:`; none
         with `sign=False`); the archive's path."""
+        return self.pack(name, out_dir=out_dir, key=key, sign=sign, **options).path
+
+    def pack(self, name: str, *, out_dir: Path | None = None, key: "SigningKey | None" = None, sign: bool = True,
+             build: bool = True, **options: Any) -> "Packed":
+        """`bundle`, returning what was packed (path, entries, signer); `build=False` packs what the last build
+        delivered without building first (the CLI builds with its progress view, then packs)."""
         from buildsys.release import bundle as bundles
-        from buildsys.storage.lock import Lock
-        from buildsys.planning.plan import make_plan
         from buildsys.release import pack, signing
+        from buildsys.storage.lock import Lock
 
         spec = bundles.resolve(self._opened.config, name)
         if sign and key is None:
             key = signing.signing_key(self._opened.config, name)
-        self.build(list(spec.targets), **options)
+        if build:
+            self.build(list(spec.targets), **options)
         planner = self._opened.planner
         lock = Lock.read(planner.lock.path)
-        dag = make_plan(planner, spec.targets).dag
-        return pack.make(planner, lock, dag, name, out_dir or planner.artifacts / "bundles", key if sign else None).path
+        dag = self._plan(list(spec.targets)).dag
+        return pack.make(planner, lock, dag, name, out_dir or planner.artifacts / "bundles", key if sign else None)
 
 
 def build_failed(report: BuildReport) -> BuildFailed:
     """The BuildFailed error for a failed build, carrying its report."""
-    skipped = sum(1 for r in report.nodes.values() if r.outcome == SKIPPED)
+    skipped = sum(1 for r in report.nodes.values() if r.outcome is Outcome.SKIPPED)
     error = BuildFailed(f"build failed: {len(report.failed)} node(s) failed, {skipped} skipped")
     error.report = report  # type: ignore[attr-defined]
     return error
@@ -159,8 +182,9 @@ def plan_result(the_plan: Any) -> PlanResult:
         nodes.append(NodeStatus(
             name=node.name, kind=node.kind, model=node.model, format=node.format,
             targets=list(node.targets or ([node.target] if node.target else [])),
-            state=p.state, action=p.next, reasons=list(p.reasons), key=p.key))
-    return PlanResult(Path(the_plan.config.path), list(the_plan.targets), dict(the_plan.dag.routes), nodes)
+            state=p.state, action=p.action, reasons=list(p.reasons), key=p.key))
+    routes = {t: r.words() for t, r in the_plan.dag.routes.items()}
+    return PlanResult(Path(the_plan.config.path), list(the_plan.targets), routes, nodes)
 
 
 @contextmanager
@@ -187,8 +211,9 @@ def _build_lock(opened: Any, on_wait: Callable[[], None] | None = None) -> Itera
         guard.release()
 
 
-def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: bool, force_kinds: tuple[str, ...],
-         timeout: float, executor: str, scheduler: str | None, on_event: EventHandler | None) -> dict[str, NodeResult]:
+def _run(planner: Any, the_plan: Any, writer: Any, *, jobs: int, keep_going: bool, force: bool,
+         force_kinds: tuple[str, ...], timeout: float | None, executor: str, scheduler: str | None,
+         on_event: EventHandler | None) -> dict[str, NodeResult]:
     from buildsys.running.dask import make_executor
     from buildsys.running.builder import Builder
 
@@ -212,7 +237,7 @@ def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: boo
 
     runner = make_executor(executor, scheduler, planner.store.dir / "logs", jobs, planner)
     try:
-        builder = Builder(planner, the_plan, runner, jobs=runner.jobs, keep_going=keep_going, force=force,
+        builder = Builder(planner, the_plan, runner, writer, jobs=runner.jobs, keep_going=keep_going, force=force,
                           force_kinds=force_kinds, timeout=timeout, on_event=relay)
         return builder.run().results
     finally:
@@ -222,7 +247,7 @@ def _run(planner: Any, the_plan: Any, *, jobs: int, keep_going: bool, force: boo
 def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds: float) -> BuildReport:
     from buildsys.planning.kinds import CheckKind
     from buildsys.report.console import target_rows
-    from buildsys.running.results import FRESH, BuildResult
+    from buildsys.records import FRESH, BuildResult
 
     planner = opened.planner
     result = BuildResult({**{p.node.name: NodeResult(p.node.name, FRESH) for p in the_plan.order()}, **results})
@@ -262,7 +287,7 @@ def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,
     import tempfile
 
     from buildsys.release import bundle as bundles
-    from buildsys.running.pool import Action, LocalExecutor
+    from buildsys.running.pool import Job, LocalExecutor
     from buildsys.formats import get_step
     from buildsys.release.verify import unpack_and_verify
 
@@ -278,28 +303,29 @@ def verify_bundle(path: str | Path, *, jobs: int = 1, timeout: float = 1800.0,
         for art in manifest.artifacts:
             out = work / "checks" / art.target
             out.mkdir(parents=True)
-            request = {"step": "check", "options": art.acceptance, "model_name": art.model, "model": art.model_config_,
-                       "root": str(work / "bundle"), "input": str(work / "bundle" / art.main), "out_dir": str(out),
-                       "log": str(work / "logs" / f"{art.target}.log"), "precision": art.precision,
-                       "extra": {"format": art.format, "reference": str(work / "bundle" / art.reference)}}
-            reply = executor.run(Action(art.target, get_step(art.chain[-1].step).toolchain, request, timeout))
+            request = worker_request(step="check", options=art.acceptance, model_name=art.model,
+                                     model=art.model_config_, root=str(work / "bundle"),
+                                     input=str(work / "bundle" / art.main), out_dir=str(out),
+                                     log=str(work / "logs" / f"{art.target}.log"), precision=art.precision,
+                                     extra={"format": art.format, "reference": str(work / "bundle" / art.reference)})
+            reply = executor.run(Job(art.target, get_step(art.chain[-1].step).toolchain, request, timeout))
             metrics = reply.get("metrics", {})
             if not reply.get("ok"):
-                result = BundleCheck(art.target, art.format, "failed", str(reply.get("error")))
+                result = BundleCheck(art.target, art.format, Verdict.FAILED, str(reply.get("error")))
             elif metrics.get("passed") is False:
-                result = BundleCheck(art.target, art.format, "failed",
+                result = BundleCheck(art.target, art.format, Verdict.FAILED,
                                      "; ".join(metrics.get("failures", ["acceptance not met"])))
             elif metrics.get("not_run"):
-                result = BundleCheck(art.target, art.format, "not run", str(metrics["not_run"]))
+                result = BundleCheck(art.target, art.format, Verdict.NOT_RUN, str(metrics["not_run"]))
             else:
-                result = BundleCheck(art.target, art.format, "passed", "", metrics.get("samples"))
+                result = BundleCheck(art.target, art.format, Verdict.PASSED, "", metrics.get("samples"))
             checks.append(result)
             if on_check is not None:
                 on_check(result)
     finally:
         executor.close()
         shutil.rmtree(work, ignore_errors=True)
-    failed = [c for c in checks if c.status == "failed"]
+    failed = [c for c in checks if c.status is Verdict.FAILED]
     if failed:
         raise bundles.BundleError(f"bundle {path.name} failed verification: {failed[0].target}: {failed[0].detail}")
     return checks

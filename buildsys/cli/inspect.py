@@ -39,10 +39,10 @@ def report(config: str, output: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
 @click.pass_obj
 def graph(config: str, targets: tuple[str, ...], fmt: str) -> None:
-    """Print the build DAG."""
-    from buildsys.planning.expand import expand
+    """Print the build DAG (the routes the next build takes)."""
+    from buildsys.planning.plan import PlanRequest, plan
 
-    dag = expand(open_project(config).config, list(targets) or None)
+    dag = plan(open_project(config).planner, PlanRequest(targets or None)).dag
     order = dag.order()
     if fmt == "mermaid":
         click.echo("graph LR")
@@ -76,11 +76,11 @@ def explain(config: str, node: str) -> None:
     from buildsys.report import console as report
     from buildsys.errors import PlanError, did_you_mean
     from buildsys.formats import get_step
-    from buildsys.planning.plan import make_plan
+    from buildsys.planning.plan import PlanRequest, plan
     from buildsys.status import caveats_of
 
     project = open_project(config)
-    the_plan = make_plan(project.planner)
+    the_plan = plan(project.planner, PlanRequest())
     if node not in the_plan.nodes:
         raise PlanError(f"unknown node '{node}'", hint=did_you_mean(node, the_plan.nodes) or "see: modelbuild graph")
     p = the_plan.nodes[node]
@@ -88,13 +88,17 @@ def explain(config: str, node: str) -> None:
     out = {"node": node, "state": "fresh" if p.fresh else "stale", "reasons": p.reasons, "key": p.key,
            "components": p.components, "lock": entry}
     notes = get_step(p.node.step).describe_facts(entry.get("facts") or {}) if entry.get("key") == p.key else []
+    from buildsys.formats.quantized_weights import describe as describe_share
+
+    share = describe_share((entry.get("facts") or {}).get("quantized_weights")) if entry.get("key") == p.key else None
+    notes += [share] if share else []  # what share of the weights the artifact holds in its precision
     notes += [str(c) for c in caveats_of(entry)]
     if notes:  # what the artifact is, in words (fused ops, a lesser path taken)
         out["notes"] = notes
     dag = the_plan.dag
     target = p.node.target or next((t for t, n in dag.target_nodes.items() if n == node), "")
     if target in dag.routes:  # a target's check or deliverable: the route taken and the ones dropped
-        out.update(route=dag.routes[target], candidate_routes=dag.candidates.get(target, []),
+        out.update(route=dag.routes[target].words(), candidate_routes=[r.words() for r in dag.candidates.get(target, [])],
                    dropped_routes=[{k: r[k] for k in ("route", "node", "reason")} for r in the_plan.dropped.get(target, [])])
     if dag.rewrites(node):  # the op rewrites the artifact (or the one a check judges) was made with
         out["rewrites"] = dag.rewrites(node)
@@ -131,9 +135,9 @@ def clean(config: str, cache: bool) -> None:
             if child.name != ".gitkeep":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
                 removed += 1
-    project.planner.lock.targets.clear()
-    if project.planner.lock.path.exists():
-        project.planner.lock.write()
+    from buildsys.planning.record import LockWriter
+
+    LockWriter(project.planner.lock).cleared()
     click.echo(f"removed {removed} item(s) from {artifacts}")
     if cache and project.cache_dir.exists():
         shutil.rmtree(project.cache_dir)

@@ -16,6 +16,7 @@ import click
 from buildsys.cli.release import signing_options
 from buildsys.errors import BuildFailed, ModelbuildError
 from buildsys.planning.project import DEFAULT_CONFIG, open_project
+from buildsys.status import Verdict
 
 
 class Cli(click.Group):
@@ -90,22 +91,16 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
          ops: bool) -> None:
     """Show every node, fresh or stale, and why. Reads only; takes no lock."""
     from buildsys.cli import noop
+    from buildsys.planning.plan import PlanRequest
+    from buildsys.planning.plan import plan as make
     from buildsys.report import console as report
-    from buildsys.planning.plan import make_plan
+    from buildsys.status import Analysis
 
     recorder = noop.Recorder("plan", config, targets, eligible=not (as_json or force or ops))
     project = open_project(config)
+    request = PlanRequest(targets or None, force=force, analysis=Analysis.ALL if ops else Analysis.NONE)
     with recorder.watch(project.planner):
-        if ops:  # a model missing calibration data is analysed first when only its graph can say it is QAT
-            from buildsys.planning.settle import knowing_qat
-
-            the_plan = knowing_qat(project.planner, list(targets) or None, analyse=True, force=force)
-        else:
-            the_plan = make_plan(project.planner, list(targets) or None, force=force)
-    if ops:
-        from buildsys.planning.settle import analysed
-
-        the_plan = analysed(project.planner, the_plan, list(targets), stale_only=False, force=force)
+        the_plan = make(project.planner, request)
     project.planner.stat.save()
     if as_json:
         click.echo(report.dumps(report.plan_json(the_plan)))
@@ -123,7 +118,7 @@ def plan(config: str, targets: tuple[str, ...], as_json: bool, check: bool, forc
 
 
 def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool, force: bool, dry_run: bool,
-           timeout: float, force_kinds: tuple[str, ...] = (), bench: bool = False, serving: bool = False,
+           timeout: float | None, force_kinds: tuple[str, ...] = (), bench: bool = False, serving: bool = False,
            strict: bool = False, recorder: Any = None, executor_kind: str = "local",
            scheduler: str | None = None, as_json: bool = False, verbosity: int = 0) -> Any:
     """Build through the Python API and show it: progress as it happens, then the summary and failures.
@@ -133,11 +128,12 @@ def _build(config: str, targets: tuple[str, ...], *, jobs: int, keep_going: bool
     from buildsys.running.progress import Lazy, progress_for
 
     project = api.Project(config, serving=serving, strict=strict)
-    if dry_run:
-        from buildsys.planning.plan import make_plan
-
-        report.print_plan(make_plan(project._opened.planner, list(targets) or None, force=force,
-                                    force_kinds=force_kinds, bench=bench))
+    if dry_run:  # the plan the build would carry out first, routes ordered as the build orders them
+        the_plan = project.dry_run(list(targets) or None, force=force, _force_kinds=force_kinds, _bench=bench)
+        if as_json:
+            click.echo(report.dumps(report.plan_json(the_plan)))
+        else:
+            report.print_plan(the_plan)
         return None
     view = Lazy(lambda: progress_for(report.console(), as_json=as_json, verbosity=verbosity))
     try:
@@ -173,7 +169,7 @@ def _one_line(value: Any) -> str:
 
 
 def _as_build_result(report: Any) -> Any:
-    from buildsys.running.results import BuildResult
+    from buildsys.records import BuildResult
 
     return BuildResult(report.nodes)
 
@@ -184,18 +180,20 @@ def _usable_cpus() -> int:
     return usable_cpus()
 
 
-def _worker_memory(value: str | None) -> None:
-    """Validate --worker-memory and hand it to the local worker pool (which reads it from the environment)."""
+def _worker_memory(value: str | None, env: str = "") -> None:
+    """Validate --worker-memory (or --step-memory) and hand it to the local worker pool (which reads it from
+    the environment `env`)."""
     if value is None:
         return
-    from buildsys.running.pool import MEMORY_ENV, parse_memory
+    from buildsys.running.limits import parse_memory
+    from buildsys.running.pool import MEMORY_ENV
 
     try:
         if parse_memory(value, 1 << 30) <= 0:
             raise ValueError(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a size: write e.g. 6G, 800M or 40%") from None
-    os.environ[MEMORY_ENV] = value
+    os.environ[env or MEMORY_ENV] = value
 
 
 build_options = [
@@ -205,9 +203,16 @@ build_options = [
                  callback=lambda ctx, param, value: _worker_memory(value),
                  help="Memory the warm worker processes may hold together, e.g. 6G or 40% (of the RAM available); "
                       "idle toolchains past it are unloaded. Default: 50% [$MODELBUILD_WORKER_MEMORY]."),
+    click.option("--step-memory", metavar="SIZE", envvar="MODELBUILD_STEP_MEMORY", expose_value=False,
+                 callback=lambda ctx, param, value: _worker_memory(value, "MODELBUILD_STEP_MEMORY"),
+                 help="Memory one step's worker (with its children) may use, e.g. 8G or 40% (of the host's memory); "
+                      "past it the step is stopped with its stack and the next route is tried (a target's "
+                      "limits.memory still wins). Default: 50% [$MODELBUILD_STEP_MEMORY]."),
     click.option("-k", "--keep-going", is_flag=True, help="Build everything not downstream of a failure."),
-    click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-                 help="Seconds a single step may take."),
+    click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds a single step may take, for every step (a target's limits.time still wins). "
+                      "Default: 5 min plus 10 min per GB of the model's weights; past it the step is stopped "
+                      "with its stack and the next route is tried."),
 ]
 
 
@@ -250,7 +255,7 @@ def _with(options: list) -> Any:
 @click.option("--scheduler", metavar="ADDRESS", help="The Dask scheduler for --executor dask, e.g. tcp://host:8786 "
               "(default: $MODELBUILD_SCHEDULER).")
 @click.pass_obj
-def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
           verbose: bool, quiet: bool, force: bool, dry_run: bool, serving: bool, strict: bool, executor_kind: str,
           scheduler: str | None) -> None:
     """Build the targets (default: all) and everything they need; only stale nodes run."""
@@ -269,7 +274,7 @@ def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
 @_with(build_options)
 @_with(output_options)
 @click.pass_obj
-def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
            verbose: bool, quiet: bool) -> None:
     """Re-run the checks of the targets (building whatever is stale first)."""
     _build(config, targets, jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout,
@@ -281,7 +286,7 @@ def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, t
 @_with(build_options)
 @_with(output_options)
 @click.pass_obj
-def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, as_json: bool,
+def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
           verbose: bool, quiet: bool) -> None:
     """Time each target's artifact in its runtime next to PyTorch eager: p50/p95, throughput, memory.
 
@@ -306,7 +311,7 @@ def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
 @_with(build_options)
 @_with(signing_options)
 @click.pass_obj
-def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float, **signing: Any) -> None:
+def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, **signing: Any) -> None:
     """Build and pack a release bundle (`bundle NAME`), or check one (`bundle verify FILE`).
 
     A bundle holds the verified artifacts of its targets, the reference data their checks used,
@@ -322,38 +327,34 @@ def bundle(config: str, args: tuple[str, ...], jobs: int, keep_going: bool, time
         return _verify_bundle(Path(args[1]), jobs, timeout, cli_release.trust_source(config, signing))
     if len(args) != 1:
         raise click.UsageError("usage: modelbuild bundle NAME")
+    from buildsys import api
     from buildsys.release import bundle as bundles
-    from buildsys.storage.lock import Lock
-    from buildsys.planning.plan import make_plan
-    from buildsys.release import pack
 
-    project = open_project(config)
-    spec = bundles.resolve(project.config, args[0])
-    key = cli_release.signing_key_for(project.config, args[0], signing)  # every key problem before any build
+    project = api.Project(config)
+    spec = bundles.resolve(project._opened.config, args[0])
+    key = cli_release.signing_key_for(project._opened.config, args[0], signing)  # every key problem before any build
     _build(config, tuple(spec.targets), jobs=jobs, keep_going=keep_going, force=False, dry_run=False, timeout=timeout)
-    planner = project.planner
-    lock = Lock.read(planner.lock.path)
-    dag = make_plan(planner, spec.targets).dag
-    packed = pack.make(planner, lock, dag, args[0], planner.artifacts / "bundles", key)
+    packed = project.pack(args[0], key=key, sign=key is not None, build=False)
     path = packed.path
-    click.echo(f"bundle {args[0]}: {planner.display(path)} ({path.stat().st_size / 1e3:.1f} KB, {len(spec.targets)} target(s))")
+    click.echo(f"bundle {args[0]}: {project._opened.planner.display(path)} ({path.stat().st_size / 1e3:.1f} KB, "
+               f"{len(spec.targets)} target(s))")
     cli_release.show_packed(packed)
 
 
-def _verify_bundle(path: Path, jobs: int, timeout: float, trust: Any = None) -> None:
+def _verify_bundle(path: Path, jobs: int, timeout: float | None, trust: Any = None) -> None:
     """Check hashes, then re-run every numeric check this host can run, in worker processes."""
     from buildsys import api
 
     def show(check: api.BundleCheck) -> None:
-        if check.status == "passed":
+        if check.status is Verdict.PASSED:
             click.secho(f"  passed   {check.target} ({check.format}, {check.samples} samples)", fg="green")
         else:
             click.secho(f"  {check.status:<8} {check.target}: {check.detail}",
-                        fg="red" if check.status == "failed" else "yellow")
+                        fg="red" if check.status is Verdict.FAILED else "yellow")
 
     from buildsys.cli.release import show_trust
 
-    api.verify_bundle(path, jobs=jobs, timeout=timeout, on_check=show, on_manifest=lambda manifest: click.echo(
+    api.verify_bundle(path, jobs=jobs, timeout=timeout or 1800.0, on_check=show, on_manifest=lambda manifest: click.echo(
         f"{path.name}: {len(manifest.artifacts)} artifact(s), every sha256 matches the manifest"), trust=trust,
         on_trust=show_trust)
 

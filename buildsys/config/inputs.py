@@ -123,7 +123,7 @@ def data_files(cfg: LoadedConfig, model_name: str, which: str) -> Path | None:
     return path
 
 
-def _existing(cfg: LoadedConfig, path: Path, key: tuple, field_name: str) -> Path:
+def _existing(cfg: LoadedConfig, path: Path, key: tuple[str | int, ...], field_name: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"file '{path.relative_to(cfg.root) if path.is_relative_to(cfg.root) else path}' does not exist",
                           where=cfg.where(*key), field=field_name, hint="paths are relative to the deploy file")

@@ -201,7 +201,8 @@ def builtin_recipes() -> dict[str, Any]:
     return out
 
 
-def _apply_recipe(target: dict, tname: str, recipes: dict, locs: dict, path: Path) -> dict:
+def _apply_recipe(target: dict[str, Any], tname: str, recipes: dict[str, Any], locs: dict[KeyPath, Location],
+                  path: Path) -> dict[str, Any]:
     """Merge a target over its recipe chain (target wins); recipe keys keep their recipe's lines."""
     chain: list[str] = []
     name = target.get("recipe")
@@ -215,7 +216,7 @@ def _apply_recipe(target: dict, tname: str, recipes: dict, locs: dict, path: Pat
                               hint=did_you_mean(name, recipes) or f"known recipes: {', '.join(sorted(recipes)) or 'none'}")
         chain.append(name)
         name = recipes[name].get("recipe") if isinstance(recipes[name], dict) else None
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     for rname in reversed(chain):
         body = {k: v for k, v in recipes[rname].items() if k != "recipe"}
         merged = _deep_merge(merged, body)
@@ -234,7 +235,7 @@ def _apply_recipe(target: dict, tname: str, recipes: dict, locs: dict, path: Pat
     return _deep_merge(merged, target)
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v

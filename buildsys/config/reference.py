@@ -55,7 +55,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("models.NAME.inputs[]", schema.InputSpec), ("models.NAME.outputs[]", schema.OutputSpec),
     ("models.NAME.generation", schema.TextGeneration), ("models.NAME.data", schema.DataSets), ("models.NAME.data.SET", schema.DataSource),
     ("targets.NAME", schema.Target), ("targets.NAME.acceptance", schema.Acceptance),
-    ("targets.NAME.acceptance.outputs.OUTPUT", schema.Tolerance), ("bundles.NAME", schema.Bundle),
+    ("targets.NAME.acceptance.outputs.OUTPUT", schema.Tolerance), ("targets.NAME.limits", schema.StepLimits),
+    ("bundles.NAME", schema.Bundle),
     ("bundles.NAME.signing", schema.Signing),
     ("cache", schema.Cache),
 ]

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from buildsys.config.units import MB_UNITS, MS_UNITS, budget
+from buildsys.config.units import MB_UNITS, MS_UNITS, S_UNITS, budget
 from buildsys.config.generation import TextGeneration, fill_signature
 from buildsys.config.sources import SOURCE_KINDS, Source  # noqa: F401  (SOURCE_KINDS: re-exported)
 from buildsys.formats.precision import Precision, format_name
@@ -21,7 +21,8 @@ DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint
 
 #: The repair recipes of every quantizing step (`Step.repairs`; a test keeps the two in step): the names a
 #: target's `repair:` list may use (docs/repair.md).
-REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "mixed", "dynamic", "weight-only")
+REPAIR_RECIPES = ("keep-float", "per-channel", "entropy", "transformer", "8-bit-weights", "mixed", "dynamic",
+                  "weight-only")
 
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, values are immutable after loading."""
@@ -185,6 +186,14 @@ class Acceptance(Tolerance):
     p95_ms: Annotated[Optional[float], budget("ms", MS_UNITS)] = Field(
         default=None, gt=0, description="Largest allowed 95th-percentile latency in ms.")
     bench_batch: int = Field(default=1, ge=1, description="Batch size the latency budgets are measured at.")
+    min_quantized_share: Optional[float] = Field(
+        default=None, ge=0, le=1, description="int8 / int4 targets: the smallest share of the model's linear and "
+        "convolution weights (by element count) the artifact must hold in the asked precision, measured on the "
+        "artifact (docs/quantization.md#what-was-asked-is-what-ships). Embeddings, the layers kept float on "
+        "purpose (keep_float, accuracy repair) and those under a quantizer's size threshold (Core ML's "
+        "weight_threshold) are left out of the share. Unset: the precision's floor (int8 0.9, "
+        "int4 0.75); a lower value accepts a model whose quantizer skips some layers, 0 turns the check off. "
+        "fp32 and fp16 targets have no floor.")
 
     outputs: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output overrides, by output name.")
     on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")
@@ -203,6 +212,19 @@ class Acceptance(Tolerance):
         "(compiled once per toolchain), and compare its answers with the reference. Slower; where the "
         "server cannot start (or no C++ compiler is found) the serving check is reported as 'not run' and why. "
         "`modelbuild build --serving` turns it on for every target.")
+
+
+class StepLimits(Strict):
+    """How long and how much memory each step of a target may take (docs/performance.md, "Step budgets")."""
+
+    time: Annotated[Optional[float], budget("s", S_UNITS)] = Field(
+        default=None, gt=0, description="Wall time each step of this target may take, in seconds ('20 min', '1 h' "
+        "are accepted too); past it the step is stopped and the next route is tried. Unset: 5 min plus 10 min per "
+        "GB of the model's weights (or build --timeout).")
+    memory: Annotated[Optional[float], budget("MB", MB_UNITS)] = Field(
+        default=None, gt=0, description="Resident memory each step's worker (with its children) may take, in MB "
+        "('8 GB' is accepted too); past it the step is stopped and the next route is tried. Unset: "
+        "$MODELBUILD_STEP_MEMORY, default half of the host's memory.")
 
 
 class Target(Strict):
@@ -247,6 +269,8 @@ class Target(Strict):
         "recipes, in this order. To pin a recipe, set its options (e.g. options: {onnx-int8: {keep_float: "
         "[/head/Gemm]}}).")
     acceptance: Acceptance = Field(default_factory=Acceptance, description="Tolerances the artifact must meet.")
+    limits: StepLimits = Field(default_factory=StepLimits, description="Time and memory each step of this target "
+                               "may take before it is stopped (a node shared by targets takes the largest).")
     recipe: Optional[str] = Field(default=None, description="Recipe whose fields this target starts from.")
     platform: Optional[Literal["ios", "android", "server", "intel"]] = Field(
         default=None, description="Start from the built-in preset for a platform (ios: Core ML fp16 ML Program; "

@@ -1,4 +1,4 @@
-"""Budgets with units in deploy.yaml ('12 MB', '30 ms'): the before-validator the schema's budget fields use."""
+"""Budgets with units in deploy.yaml ('12 MB', '30 ms', '20 min'): the before-validator the schema's budget fields use."""
 
 from __future__ import annotations
 
@@ -28,3 +28,4 @@ def budget(unit: str, scale: dict[str, float]) -> Any:
 
 MB_UNITS = {"B": 1e-6, "KB": 1e-3, "kB": 1e-3, "MB": 1.0, "GB": 1e3, "KiB": 1024 / 1e6, "MiB": 1.048576, "GiB": 1073.741824}
 MS_UNITS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+S_UNITS = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}

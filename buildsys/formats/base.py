@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Generic, Mapping, Optional, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
@@ -21,12 +21,26 @@ if TYPE_CHECKING:
     from buildsys.config.data import Batch
     from buildsys.errors import StepError
     from buildsys.storage.keys import HostBinding
+    from buildsys.lowering import Answer, Symptom
 
 
 class StepOptions(BaseModel):
     """Base of every step's options: strict, immutable, defaults filled in before keying."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Fields added after the step's keys were first written, left out of the options' JSON while unset (falsy), so
+    #: the keys of nodes that do not use them stay what they were. Applied by `without_unset` (a class whose
+    #: options set it has a model serializer that calls it).
+    omitted_when_unset: ClassVar[tuple[str, ...]] = ()
+
+
+def without_unset(options: StepOptions, data: Any) -> Any:
+    """`data` (the options' JSON) without the fields of `omitted_when_unset` that are unset."""
+    if isinstance(data, dict):
+        for name in options.omitted_when_unset:
+            if name in data and not data[name]:
+                data.pop(name)
+    return data
 
 
 #: A node's files under this directory serve its checks and diagnostics only (ExecuTorch's lowered program,
@@ -59,7 +73,7 @@ class SearchingOptions(StepOptions):
                 data.pop("keep_float")
             if data.get("repair_goal") is None:
                 data.pop("repair_goal", None)
-        return data
+        return without_unset(self, data)
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,25 @@ class Format:
 
 
 O = TypeVar("O", bound=StepOptions)
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """A converter's own op registry, declared by the family that uses the converter (`register_op_table`): its
+    `name` (what `Step.accepts_ops` names), the distributions whose versions key the cached table, how to read it
+    (`reader`, "module:function" returning ATen op names; imported only in the op-analysis subprocess) and what
+    the registry is, in words (planning.coverage, `plan --ops`)."""
+
+    name: str
+    packages: tuple[str, ...]
+    reader: str
+    description: str
+
+    def read(self) -> list[str]:
+        import importlib
+
+        module, _, function = self.reader.partition(":")
+        return list(getattr(importlib.import_module(module), function)())
 
 
 @dataclass
@@ -172,12 +205,23 @@ class Step:
     #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
     #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
     repairs: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Converter switches, by name: option values that change how the converter lowers the model (another
+    #: frontend, a lowering flag), written `saved_model (switch NAME)` in a route. Never tried blindly: the
+    #: planner takes one when a refusal of this step names what it answers (planning.answers).
+    switches: ClassVar[dict[str, dict[str, Any]]] = {}
     #: The QAT flows ('pt2e', 'eager') whose learned quantization this int8 step keeps as it is (buildsys.formats.torch.qat):
     #: for a model the op analysis recognised as such, its calibration data is not required at plan time.
     keeps_learned: ClassVar[tuple[str, ...]] = ()
     packages: ClassVar[tuple[str, ...]] = ()  # their installed versions enter the cache key
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker
+    #: Packages this step's worker treats as not installed, because a package it uses imports them only to
+    #: probe for them (coremltools' `_deps` imports TensorFlow, ~11 s, to learn whether it can convert
+    #: TensorFlow models; from PyTorch it never needs it). The worker of a toolchain blocks the union of its
+    #: steps' (running.worker); measured in docs/performance.md, "Cold build".
+    unused_imports: ClassVar[tuple[str, ...]] = ()
+    #: Whether its worker needs a GPU (a Dask worker must declare the `gpu` resource: running.dask).
+    gpu: ClassVar[bool] = False
     #: Files of modelbuild's own that the step copies into its output (a generated handler): their
     #: contents enter the key, so editing one rebuilds the artifacts that ship it.
     shipped_files: ClassVar[tuple[Path, ...]] = ()
@@ -187,6 +231,36 @@ class Step:
     #: deploy.lock beside the key, where `explain` and the report read them. A step's `caveats`
     #: (buildsys.status: a lesser path than asked) are always committed.
     committed_metrics: ClassVar[tuple[str, ...]] = ()
+
+    #: Whether the step makes its format at fixed shapes whatever dynamic axes its input has (ExecuTorch exports at
+    #: its `batch`, litert-torch at a fixed batch): a static re-export before it (`static_fallback`) loses nothing.
+    fixes_shapes: ClassVar[bool] = False
+
+    @classmethod
+    def makes_static(cls, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether, with these options (the target's raw options for the format it makes), the step's output has
+        fixed shapes whatever its input's: where a refusal's static export (`Answer.static_only`) may go."""
+        return cls.fixes_shapes
+
+    #: The refusals of this step's converter that one of its switches, a fixed-shape export or another route answers
+    #: (buildsys.lowering.Symptom: patterns of the refusal's text, and the answer), best first: `answers` reads them.
+    symptoms: ClassVar[tuple["Symptom", ...]] = ()
+
+    @classmethod
+    def answers(cls, error: str, ops: Sequence[str] = (), decomposable: Collection[str] | None = None) -> list["Answer"]:
+        """What may make this step's refused conversion work, best first, read from its refusal `error` (the
+        failure's text as deploy.lock keeps it): option values for this step, the stop that loads the module or an
+        earlier stop, or another route (buildsys.lowering.Answer; docs/lowering.md). `ops` are the ATen ops of the
+        route's traced or exported graph (a loading step's `ops` metric: for a step whose refusals name no op; the
+        default does not need them), `decomposable` the ops PyTorch's tables decompose (the `decomposable` op table;
+        None: not read). Torch-free: the planner calls it.
+
+        The answers of the step's `symptoms` the refusal shows come first; then, for a refusal that names ATen ops
+        PyTorch can decompose, those ops decomposed, then the whole program to core ATen."""
+        from buildsys.lowering import decomposition_answers, symptom_answers
+
+        found = symptom_answers(error, cls.symptoms) + decomposition_answers(error, decomposable)
+        return list(dict.fromkeys(found))  # an answer two readings give is tried once
 
     @classmethod
     def accepts(cls, options: Mapping[str, Any] | None = None) -> tuple[str, str] | None:

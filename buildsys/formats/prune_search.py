@@ -18,7 +18,7 @@ Torch- and NumPy-free at module level: the planner validates options with `Pruni
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
@@ -48,7 +48,7 @@ class PruningStep(Step):
 
     # What `sparsity: auto` tried: it chose the delivered ratio, a fact of this output (its figures are the
     # building host's runtime's; the check re-measures the result wherever it runs).
-    committed_metrics = ("sparsity_search",)
+    committed_metrics: ClassVar[tuple[str, ...]] = ("sparsity_search",)
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:

@@ -12,12 +12,13 @@ from buildsys.formats.precision import format_name
 
 
 if TYPE_CHECKING:
-    from buildsys.formats.base import Format, Step
+    from buildsys.formats.base import Format, OpTable, Step
     from buildsys.formats.runtime import Runtime
 
 _STEPS: dict[str, "type[Step]"] = {}
 _FORMATS: dict[str, "Format"] = {}
 _RUNTIMES: dict[str, type["Runtime"]] = {}
+_OP_TABLES: dict[str, "OpTable"] = {}
 _loaded = False
 
 S = TypeVar("S", bound="type[Step]")
@@ -78,6 +79,20 @@ def register_runtime(cls: R) -> R:
     """Class decorator: make a Runtime subclass known by its `name`."""
     _RUNTIMES[cls.name] = cls
     return cls
+
+
+def register_op_table(table: "OpTable") -> "OpTable":
+    """Make a converter's op registry known by its name (planning.coverage reads it through the op analysis)."""
+    if table.name in _OP_TABLES and _OP_TABLES[table.name] != table:
+        raise ValueError(f"two op tables are named {table.name!r}")
+    _OP_TABLES[table.name] = table
+    return table
+
+
+def op_tables() -> dict[str, "OpTable"]:
+    """All declared op tables by name."""
+    _load_all()
+    return _OP_TABLES
 
 
 def _load_all() -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import platform
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from buildsys.errors import StepError
+from buildsys.errors import StepError, not_installed
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
     from buildsys.localise import Probe
     from buildsys.status import Caveat
 
@@ -60,6 +63,11 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def use_threads(self, threads: int | None) -> int | None:
+        """Run with `threads` intra-op threads where this runtime lets a session choose (a bench's `threads`), and
+        say how many it runs with; None: it keeps its own default, which the bench then reports as unknown."""
+        return None
+
     def run_all(self, batch: "Batch") -> list["np.ndarray"]:
         """Run every sample of `batch` in chunks of `max_batch` and concatenate per output."""
         import numpy as np
@@ -94,8 +102,25 @@ class Runtime:
     #: "LibTorch (C++) check not run").
     part: ClassVar[str] = "serving"
 
+    #: The Python modules (import names) the runtime needs, and the pip extra that installs them: `unavailable`
+    #: names those missing, with the install command (errors.not_installed).
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = "server"
+    #: The one platform (`sys.platform`) it executes on, and the sentence that says so ("Core ML execution needs
+    #: macOS"); None: any.
+    only_on: ClassVar[tuple[str, str] | None] = None
+
     def unavailable(self) -> str | None:
-        """Why this runtime cannot execute here (missing package, wrong OS), or None if it can."""
+        """Why this runtime cannot execute here: another platform than it needs, a module it requires not
+        installed, or what `_unavailable` adds (a browser, a server binary, a compiler). None if it can.
+        Cheap: nothing is imported."""
+        if self.only_on is not None and sys.platform != self.only_on[0]:
+            return f"{self.only_on[1]} (this host is {platform.system() or sys.platform})"
+        return not_installed([m for m in self.requires if importlib.util.find_spec(m) is None], self.extra) \
+            or self._unavailable()
+
+    def _unavailable(self) -> str | None:
+        """What else this runtime needs that the declarations do not say (None: nothing)."""
         return None
 
     def host_components(self) -> dict[str, str]:

@@ -53,8 +53,7 @@ class BenchStep(Step):
     description = "Latency benchmark of an artifact against PyTorch eager."
 
     def _run(self, ctx: StepContext[BenchOptions]) -> dict[str, Any]:
-        from buildsys.formats import get_runtime
-        from buildsys.formats import get_format
+        from buildsys.formats import get_format, get_runtime
 
         opts = ctx.options
         fmt_name = ctx.extra["format"]
@@ -152,8 +151,8 @@ class BenchStep(Step):
         import statistics
         import time
 
-        from buildsys.nodes.timing import RssMeter, measure, percentile
         from buildsys.formats import get_runtime
+        from buildsys.nodes.timing import RssMeter, measure, percentile
 
         _preimport(runtime_name)  # a library's one-time import is not this model's memory
         with RssMeter() as meter:
@@ -215,8 +214,7 @@ class BenchStep(Step):
 
     def _eager(self, ctx: StepContext[BenchOptions], feeds: dict[str, Any], opts: BenchOptions, raw: dict[str, list[float]]) -> dict[str, Any]:
         """The source model on the same inputs; a problem here is reported, not a failure of the bench."""
-        from buildsys.formats import get_runtime
-        from buildsys.formats import get_format
+        from buildsys.formats import get_format, get_runtime
 
         source = ctx.extra.get("source_format") or getattr(ctx.model.source, "format", None)
         runtime_name = get_format(source).runtime if source else None
@@ -240,8 +238,8 @@ class BenchStep(Step):
         """Load the artifact, run it warmup + timed calls; statistics, load time and peak memory added."""
         import time
 
-        from buildsys.nodes.timing import RssMeter, measure, percentile
         from buildsys.formats import get_runtime
+        from buildsys.nodes.timing import RssMeter, measure, percentile
 
         _preimport(runtime_name)  # a library's one-time import is not this model's memory
         with RssMeter() as meter:
@@ -252,7 +250,7 @@ class BenchStep(Step):
                 if label == "artifact":
                     raise self.fail(ctx, f"the {ctx.extra['format']} artifact could not be loaded: {exc.what}") from exc
                 raise
-            threads = _apply_threads(session, path, opts.threads)
+            threads = session.use_threads(opts.threads)  # as the runtime allows (Session.use_threads)
             load_ms = (time.perf_counter() - started) * 1000
             step = max(1, int(getattr(session, "max_batch", 0) or len(next(iter(feeds.values())))))
             n = len(next(iter(feeds.values())))
@@ -327,32 +325,6 @@ def _torch_threads(threads: int | None, wanted: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _apply_threads(session: Any, path: Path | None, threads: int | None) -> int | None:
-    """The thread count the session runs with, after applying `threads` where the runtime allows it.
-
-    torch sessions follow torch.set_num_threads (set around the whole bench). An ONNX Runtime
-    session fixes its thread pool at creation, so it is re-created from the same file with
-    intra_op_num_threads; other runtimes keep their defaults (None is returned).
-    """
-    inner: Any = getattr(session, "session", None)  # a runtime's own session object, duck-typed
-    if type(inner).__module__.startswith("onnxruntime"):
-        if threads is None:
-            return None
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session.session = ort.InferenceSession(str(path), options, providers=inner.get_providers())
-        return threads
-    if type(session).__name__ == "TorchSession":
-        import torch
-
-        return int(torch.get_num_threads())
-    return None
 
 
 def host() -> dict[str, Any]:

@@ -23,15 +23,23 @@ class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 6  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+    version = 7  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
                  # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
                  # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
-                 # (the first module whose output diverges, with a per-layer table)
+                 # (the first module whose output diverges, with a per-layer table); 7: default limits raised
+                 # to the model's intrinsic error (nodes/intrinsic.py); 8: an int8/int4 artifact's share of weights
+                 # in its precision is held to a floor (min_quantized_share)
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
     Options = CheckOptions
     description = "Numeric verification of an artifact against the reference."
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.nodes.intrinsic import describe
+
+        return describe(facts)
 
     def _run(self, ctx: StepContext[CheckOptions]) -> dict[str, Any]:
         from buildsys.formats import get_format, get_runtime
@@ -47,6 +55,9 @@ class CheckStep(Step):
         size = _size_budget(ctx, opts.max_size_mb)
         if size is not None and not size["ok"]:
             problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
+        weights, short = _quantized_share(ctx, opts.min_quantized_share)
+        if short:  # an "int8" artifact that is mostly float fails however close its numbers are
+            problems.append(short)
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
                   else get_runtime(runtime_name).unavailable())
         runner = runtime_name
@@ -75,11 +86,16 @@ class CheckStep(Step):
                 metrics["structure"] = structure
             if size is not None:
                 metrics["size_mb"] = size
+            if weights is not None:
+                metrics["quantized_weights"] = weights
             return self._write(ctx, self._judge(opts, metrics, problems, caveats, host))
 
         results = self._compare(ctx, observed, expected, labels)
         metrics = {"passed": all(bool(r) for r in results.values()), "samples": len(batch), "format": fmt_name,
                    "runtime": runner, "outputs": {name: r.as_dict() for name, r in results.items()}}
+        raised = {name: r.extra["limits_raised"] for name, r in results.items() if r.extra.get("limits_raised")}
+        if raised:  # default limits the model's own error raised (nodes/intrinsic.py): committed with the verdict
+            metrics["limits_raised"] = raised
         if runner and runner == runtime_name and get_runtime(runner).stand_in:  # Core ML on macOS: how good is the stand-in?
             metrics["stand_in_agreement"] = self._stand_in_agreement(ctx, runner, batch, observed)
         if findings:  # what the runtime saw inside the program (a stand-in's fp16 overflow, by op and module)
@@ -97,6 +113,8 @@ class CheckStep(Step):
             metrics["structure"] = structure
         if size is not None:
             metrics["size_mb"] = size
+        if weights is not None:
+            metrics["quantized_weights"] = weights
         missed = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         if missed and runner:  # only on a miss: the passing path never pays for it
             metrics["localisation"] = localisation = self._localise(ctx, runner, batch, results)
@@ -239,12 +257,37 @@ class CheckStep(Step):
                 "failures": [f"{name}: {row}" for name, r in results.items() for row in r.failures()]}
 
     def _compare(self, ctx: StepContext[CheckOptions], observed: list[Any], expected: dict[str, Any], labels: Any) -> dict[str, Any]:
-        """Each output compared with its reference under its resolved tolerance, by output name."""
+        """Each output compared with its reference under its resolved tolerance, by output name: its default
+        limits raised to the model's intrinsic error (nodes/intrinsic.py), which each output's result shows."""
+        from buildsys.nodes.intrinsic import LIMITS, of_output, raised
         from buildsys.nodes.verify import compare
 
-        opts = ctx.options
-        return {spec.name: compare(spec.name, spec.kind, expected[spec.name], out, opts.outputs.get(spec.name), labels)
-                for spec, out in zip(ctx.model.outputs, observed)}
+        opts, results, intrinsic = ctx.options, {}, self._intrinsic(ctx)
+        for spec, out in zip(ctx.model.outputs, observed):
+            tolerance = opts.outputs.get(spec.name)
+            own = of_output(intrinsic, ctx.precision, spec.name)
+            limits, notes = raised(tolerance.model_dump() if tolerance else {}, opts.default_limits.get(spec.name, []),
+                                   own, ctx.precision)
+            result = compare(spec.name, spec.kind, expected[spec.name], out, limits, labels)
+            for metric in result.metrics:
+                note = next((notes[k] for k, (m, _) in LIMITS.items() if m == metric.name and k in notes), "")
+                metric.note = "; ".join(n for n in (metric.note, note) if n)
+            if own:
+                result.extra["intrinsic"] = {"against": own["against"], **own["values"]}
+            if notes:
+                result.extra["limits_raised"] = {k: limits[k] for k in notes}
+            results[spec.name] = result
+        return results
+
+    @staticmethod
+    def _intrinsic(ctx: StepContext[CheckOptions]) -> dict[str, Any]:
+        """The reference's measurement of the model's own error (empty for a reference made without it)."""
+        import json
+
+        import numpy as np
+
+        with np.load(ctx.extra["reference"]) as ref:
+            return json.loads(str(ref["intrinsic"])) if "intrinsic" in ref.files else {}
 
     def _write(self, ctx: StepContext[CheckOptions], metrics: dict[str, Any]) -> dict[str, Any]:
         report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,
@@ -252,6 +295,20 @@ class CheckStep(Step):
         (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         return metrics
 
+
+
+def _quantized_share(ctx: StepContext, floor: float | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The share of the artifact's weights in the target's precision, as its quantizing step measured it on the
+    artifact (its `quantized_weights` fact, from the chain), against the floor; and why it misses, or None.
+    (None, None) where nothing measured it (an fp32 artifact, a format whose step has no inspector)."""
+    from buildsys.formats.quantized_weights import shortfall
+
+    fact = ctx.extra.get("quantized_weights")
+    if not fact or fact.get("share") is None:
+        return None, None
+    short = shortfall(fact, floor)
+    return {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
+            "measured_on": fact.get("measured_on")}, short
 
 
 def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:

@@ -22,11 +22,20 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
-    version = 2  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat)
+    version = 3  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
+                 # 3: the model's intrinsic error at float64 and float16 (nodes/intrinsic.py)
+    # How far the model itself moves at another precision: the default limits of its checks follow from it.
+    committed_metrics = ("intrinsic",)
     extra = "torch"
     toolchain = "torch"
     Options = StepOptions
     description = "Reference outputs of the source model."
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.nodes.intrinsic import describe
+
+        return describe(facts)
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import numpy as np
@@ -71,8 +80,14 @@ class ReferenceStep(Step):
         arrays.update({f"output:{o.name}": out for o, out in zip(ctx.model.outputs, outputs)})
         if batch.labels is not None:
             arrays["labels"] = batch.labels
-        np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
         metrics: dict[str, Any] = {"samples": len(batch), "origin": batch.origin}
+        intrinsic = self._intrinsic(ctx, session, batch, outputs)
+        if intrinsic:
+            import json
+
+            metrics["intrinsic"] = intrinsic
+            arrays["intrinsic"] = np.array(json.dumps(intrinsic, sort_keys=True))  # what the checks read
+        np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
         from buildsys.formats.torch.qat import info_of
 
         info = info_of(getattr(session, "fn", None))
@@ -83,3 +98,17 @@ class ReferenceStep(Step):
                 if spec.kind == "scores" and out.ndim >= 2 and out.shape[:-1] == batch.labels.shape:
                     metrics[f"accuracy:{spec.name}"] = float(np.mean(out.argmax(axis=-1) == batch.labels))
         return metrics
+
+    @staticmethod
+    def _intrinsic(ctx: StepContext, session: Any, batch: Any, outputs: list[Any]) -> dict[str, Any]:
+        """The model's own error at float64 and float16 (nodes/intrinsic.py), where the source is a PyTorch module
+        whose forward is the reference (not a text-generation model's generation, not a QAT model's fake-quant)."""
+        import torch
+
+        from buildsys.nodes.intrinsic import measure
+        from buildsys.formats.torch.qat import info_of
+
+        module = getattr(session, "fn", None)
+        if ctx.model.task == "text-generation" or not isinstance(module, torch.nn.Module) or info_of(module) is not None:
+            return {}
+        return measure(module, ctx.model, batch, outputs)

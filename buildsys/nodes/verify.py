@@ -14,6 +14,7 @@ from pydantic import Field
 from buildsys.config.schema import Acceptance, OutputSpec
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.formats.base import StepOptions
+from buildsys.formats.quantized_weights import floor_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,6 +99,12 @@ class CheckOptions(StepOptions):
     max_size_mb: Optional[float] = Field(default=None, description="Largest allowed artifact size in MB.")
     serving: bool = Field(default=False, description="Also run the artifact in its format's serving runtime.")
     accept_stand_in: bool = Field(default=False, description="require_numeric counts a stand-in's numbers as numeric.")
+    min_quantized_share: Optional[float] = Field(
+        default=None, description="Smallest share of the counted weights the artifact must hold in its precision "
+        "(formats/quantized_weights.py); None: not checked.")
+    default_limits: dict[str, list[str]] = Field(
+        default_factory=dict, description="Per output, the limits that are the precision's defaults (not written by "
+        "the user): the check raises them to the model's intrinsic error (nodes/intrinsic.py), never the others.")
 
 
 def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[OutputSpec]) -> dict[str, Any]:
@@ -114,6 +121,7 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
     defaults = DEFAULTS.get(precision, DEFAULTS["fp32"])
     given = {k: getattr(acceptance, k) for k in FIELDS if getattr(acceptance, k) is not None}
     resolved: dict[str, Any] = {}
+    defaults_kept: dict[str, list[str]] = {}
     for out in outputs:
         override = acceptance.outputs.get(out.name)
         own = {**given, **({k: getattr(override, k) for k in FIELDS if getattr(override, k) is not None}
@@ -129,9 +137,12 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
             # the target judges this output elementwise itself: the default range error stays out of its way
             limits.update({k: None for k in VALUES_ONLY})
         resolved[out.name] = limits
+        defaults_kept[out.name] = sorted(k for k in FIELDS if k not in own and limits[k] is not None)
+    share = acceptance.min_quantized_share if acceptance.min_quantized_share is not None else floor_of(precision)
     return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail, require_numeric=acceptance.require_numeric,
                         max_size_mb=acceptance.max_size_mb, serving=acceptance.serving,
-                        accept_stand_in=acceptance.accept_stand_in).model_dump(mode="json")
+                        accept_stand_in=acceptance.accept_stand_in, default_limits=defaults_kept,
+                        min_quantized_share=share if precision in ("int8", "int4") else None).model_dump(mode="json")
 
 
 def not_run_reasons(check: dict[str, Any]) -> list[str]:

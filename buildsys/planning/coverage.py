@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,11 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from buildsys.formats.registry import op_tables
+from buildsys.planning.coverage_probe import VERSION
+from buildsys.planning.ordering import route_tables
+from buildsys.records import Event
+from buildsys.storage import keys
 from buildsys.storage.hashing import digest_json
 
 if TYPE_CHECKING:
-    from buildsys.planning.plan import Plan, Planner
-    from buildsys.running.results import Event
+    from buildsys.planning.planner import Planner
+    from buildsys.planning.routes import Route
+    from buildsys.records import Event
 
 #: What a step's converter reads of the model (`Step.accepts_ops[1]`): the graph as torch.export traced it, after
 #: the core ATen decompositions, as torch.jit.trace records it, or as exported with each op the table lacks
@@ -89,8 +94,6 @@ def _dir(planner: "Planner") -> Path:
 
 
 def _model_key(planner: "Planner", model: str) -> str | None:
-    from buildsys.storage import keys
-    from buildsys.planning.coverage_probe import VERSION
 
     spec = planner.config.project.models[model]
     if spec.source.format != "pytorch":
@@ -100,18 +103,17 @@ def _model_key(planner: "Planner", model: str) -> str | None:
 
 
 def _table_key(name: str) -> str:
-    from buildsys.storage import keys
-    from buildsys.planning.coverage_probe import TABLES, VERSION
 
-    return digest_json([VERSION, name, keys.toolchain(list(TABLES[name][0]))])
+    return digest_json([VERSION, name, keys.toolchain(list(op_tables()[name].packages))])
 
 
 def _project(planner: "Planner") -> tuple[list[str], list[str]]:
-    """The project's models that are PyTorch factories, and every table a step declares."""
+    """The project's models that are PyTorch factories, every table a step declares, and `decomposable` (what a
+    refusal's decomposition answer can lower: Step.answers)."""
     from buildsys.formats import steps
 
     tables = sorted({t for s in steps().values() for t in s.accepts_any()}
-                    | {s.delegates_ops[0] for s in steps().values() if s.delegates_ops})
+                    | {s.delegates_ops[0] for s in steps().values() if s.delegates_ops} | {"decomposable"})
     models = sorted({t.model for t in planner.config.project.targets.values()
                      if t.model in planner.config.project.models and _model_key(planner, t.model)})
     return models, tables
@@ -146,47 +148,20 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def missing(plan: "Plan", stale_only: bool = True) -> tuple[list[str], list[str]]:
-    """The models and tables the plan's targets would be ordered by and the cache lacks. With `stale_only`
-    (what `build` asks): the models of targets with work whose candidate routes pass a step that declares
-    `accepts_ops`; without (`plan --ops`): every target's model."""
-    from buildsys.planning.kinds import CheckKind
+def missing(cov: Coverage, wanted: Sequence[tuple[str, Sequence["Route"], Mapping[str, Any]]],
+            every_model: bool = False) -> tuple[list[str], list[str]]:
+    """The models and tables the cache lacks for `wanted` targets (each as its model, candidate routes and options
+    by format): a model is needed where its routes pass a step that declares `accepts_ops`, or, with
+    `every_model` (`plan --ops`), always."""
 
-    cov = plan.coverage or Coverage()
     models: set[str] = set()
     tables: set[str] = set()
-    for target in plan.targets:
-        check = plan.nodes.get(CheckKind.node_name(target))
-        if stale_only and (check is None or check.fresh):
-            continue
-        needed = route_tables(plan.dag.candidates.get(target, []), plan.config.project.targets[target].options)
-        model = plan.config.project.targets[target].model
-        if (needed or not stale_only) and cov.not_analysed.get(model, "").startswith("not analysed"):
+    for model, routes, options in wanted:
+        needed = route_tables(routes, options)
+        if (needed or every_model) and cov.not_analysed.get(model, "").startswith("not analysed"):
             models.add(model)
         tables |= {t for t in needed if t not in cov.tables and t not in cov.unknown}
     return sorted(models), sorted(tables)
-
-
-def route_tables(routes: Sequence[Sequence[str]], options: Mapping[str, Any] | None = None) -> set[str]:
-    """The tables the steps of `routes` read, given the target's options by format."""
-    from buildsys.formats import steps
-    from buildsys.planning.routes import format_graph, hop
-
-    g = format_graph()
-    out: set[str] = set()
-    for route in routes:
-        formats = [hop(s)[0] for s in route]
-        for a, b in zip(formats, formats[1:]):
-            step = steps()[g.edges[a, b]["step"]]
-            accepts = _accepts(step, b, options)
-            out |= ({accepts[0]} if accepts else set()) | ({step.delegates_ops[0]} if step.delegates_ops else set())
-    return out
-
-
-def _accepts(step: Any, fmt: str, options: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """What `step` (making `fmt`) reads under the target's options for that format."""
-    given = (options or {}).get(fmt)
-    return step.accepts(given if isinstance(given, Mapping) else None)
 
 
 def enabled() -> bool:
@@ -200,7 +175,8 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
     first), cache them, then read the cache back. A probe that crashes or times out leaves its entries
     missing: "not analysed yet", never a guess. `on_event` hears each probe start ("started") and end
     ("analysed", or "failed" with why), as node `ops:<model>` (or `ops:converters`) of kind "analysis"."""
-    from buildsys.running.results import Event
+    from buildsys.running.watchdog import run_watched  # the process watch steps run under (no planning in it)
+
     jobs: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
         or ([(None, list(tables))] if tables else [])
     out_dir = _dir(planner)
@@ -218,12 +194,9 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
                                            "out": str(answer)}))
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(planner.config.root),
                                                                            os.environ.get("PYTHONPATH", "")) if p)}
-            try:
-                subprocess.run([sys.executable, "-m", "buildsys.planning.coverage_probe", str(request)], cwd=planner.config.root,
-                               env=env, capture_output=True, timeout=timeout, check=False)
-                result = _load(answer) or {}
-            except subprocess.TimeoutExpired:
-                result = {}
+            stopped = run_watched([sys.executable, "-m", "buildsys.planning.coverage_probe", str(request)],
+                                  planner.config.root, env, timeout)  # under the steps' memory ceiling too
+            result = {} if stopped else (_load(answer) or {})
             if on_event:
                 lacking = (model and "ops" not in result) or any(t not in result.get("tables", {}) for t in wanted)
                 on_event(Event("failed" if lacking else "analysed", name, "analysis",
@@ -243,150 +216,3 @@ def _write(path: Path, value: Any) -> None:
     tmp.replace(path)
 
 
-def order_routes(routes: list[list[str]], model: str, gaps: Gaps, options: Mapping[str, Any],
-                 auto_rewrites: bool) -> list[list[str]]:
-    """`routes` with those whose converters lack an op moved after the ones that can work; where rewrites
-    remove every op a route lacks (and `auto_rewrites`), that route with them first, in its place."""
-    from buildsys.planning.answers import with_rewrites
-
-    good: list[list[str]] = []
-    bad: list[list[str]] = []
-    for route in routes:
-        lacking = route_gaps(route, gaps.get(model, {}), options)
-        if not lacking:
-            good.append(route)
-            continue
-        names = _rewrites_for(lacking)
-        rewritten = with_rewrites(route, names, options) if auto_rewrites and names is not None else None
-        if rewritten is not None and route_gaps(rewritten, gaps.get(model, {}), options) == []:
-            good.append(rewritten)
-        bad.append(route)
-    out = [r for i, r in enumerate(good) if r not in good[:i]]
-    return out + [r for r in bad if r not in out]
-
-
-def route_gaps(route: Sequence[str], gaps: Mapping[str, list[str]], options: Mapping[str, Any] | None = None) -> list[str]:
-    """The ops the route's converters lack (per the tables, under the target's `options` by format), less
-    those the route's rewrites remove."""
-    from buildsys.formats import steps
-    from buildsys.rewrites import REGISTRY
-    from buildsys.rewrites.base import op_base
-    from buildsys.planning.routes import format_graph, hop, label_parts
-
-    g = format_graph()
-    stops = [hop(s) for s in route]
-    removed = {op_base(op) for _, label in stops for n in label_parts(label)[1] if n in REGISTRY
-               for op in REGISTRY[n].removes}
-    out: list[str] = []
-    for (a, _), (b, _) in zip(stops, stops[1:]):
-        accepts = _accepts(steps()[g.edges[a, b]["step"]], b, options)
-        if accepts:
-            out += [op for op in gaps.get(f"{accepts[0]}:{accepts[1]}", []) if op not in removed and op not in out]
-    return out
-
-
-def _rewrites_for(ops: Sequence[str]) -> list[str] | None:
-    """One rewrite per op (the first that removes it), or None when an op has none."""
-    from buildsys.rewrites import removing
-
-    names: list[str] = []
-    for op in ops:
-        found = removing(op)
-        if not found:
-            return None
-        names += [found[0].name] if found[0].name not in names else []
-    return names
-
-
-def describe(plan: "Plan") -> dict[str, Any]:
-    """What `plan` shows of coverage: each model's ops (or why not analysed) and, per target, each step on its
-    candidate routes: the ops its table lacks and the rewrites that remove them, or why it is unknown."""
-    from buildsys.planning.coverage_probe import TABLES
-    from buildsys.formats import steps
-    from buildsys.rewrites import removing
-    from buildsys.planning.routes import format_graph, hop
-
-    cov = plan.coverage or Coverage()
-    g = format_graph()
-    models: dict[str, Any] = {}
-    targets: dict[str, Any] = {}
-    for target in plan.targets:
-        model = plan.config.project.targets[target].model
-        if model not in cov.ops and model not in cov.not_analysed:
-            continue  # not a PyTorch factory: nothing to export
-        models[model] = {"ops": cov.ops[model]["exported"], "core": cov.ops[model]["core"]} if model in cov.ops \
-            else {"not_analysed": cov.not_analysed[model]}
-        if model in cov.ops and cov.ops[model].get("traced") is not None:  # as the TorchScript ONNX exporter sees it
-            models[model]["traced"] = cov.ops[model]["traced"]
-        if cov.ops.get(model, {}).get("qat"):  # recognised from the graph by the probe (buildsys.formats.torch.qat)
-            models[model]["qat"] = cov.ops[model]["qat"]
-        found: dict[str, Any] = {}
-        for route in plan.dag.candidates.get(target, []):
-            formats = [hop(s)[0] for s in route]
-            for a, b in zip(formats, formats[1:]):
-                step = steps()[g.edges[a, b]["step"]]
-                accepts = _accepts(step, b, plan.config.project.targets[target].options)
-                if step.name in found:
-                    continue
-                if not accepts:
-                    found[step.name] = {"unknown": "no op registry is read for it"}
-                    continue
-                table = accepts[0]
-                lacking = cov.lacks(model, accepts)
-                if lacking is None:
-                    why = cov.unknown.get(table) or ("not analysed yet" if model not in cov.ops or table not in
-                                                     cov.tables else f"the model gave no '{accepts[1]}' inventory")
-                    found[step.name] = {"table": table, "unknown": why}
-                else:
-                    found[step.name] = {"table": table, "registry": TABLES[table][2], "lacks": lacking,
-                                        "rewrites": {op: [r.name for r in removing(op)][:1] for op in lacking}}
-                portable = cov.lacks(model, step.delegates_ops) if step.delegates_ops else None
-                if step.delegates_ops and portable is not None:  # information: which ops the backend may take
-                    ops = cov.ops[model][step.delegates_ops[1]]
-                    found[step.name]["delegates"] = {"table": step.delegates_ops[0], "portable": portable,
-                                                     "delegated": [op for op in ops if op not in portable]}
-        targets[target] = {"model": model, "steps": found, "route": plan.dag.routes.get(target)}
-    return {"models": models, "targets": targets}
-
-
-def lines(plan: "Plan") -> list[str]:
-    """`describe` in words, a line per model and per target (for `plan`)."""
-    data = describe(plan)
-    out: list[str] = []
-    for model, entry in data["models"].items():
-        if entry.get("qat"):
-            reach = "its ONNX and OpenVINO int8 targets" if "eager" in entry["qat"] else "its int8 targets"
-            out.append(f"{model}: {entry['qat']}: {reach} are lowered with the learned quantization "
-                       "parameters (no calibration) and checked against its fake-quant outputs")
-        if "ops" in entry:
-            out.append(f"{model}: {len(entry['ops'])} ATen ops (torch.export): {', '.join(entry['ops'])}")
-        else:
-            out.append(f"{model}: ops {entry['not_analysed']}")
-    clear: list[str] = []
-    unknown: set[str] = set()
-    for target, entry in data["targets"].items():
-        if "ops" not in data["models"][entry["model"]]:
-            continue  # the model line says why
-        gaps = []
-        for step, s in entry["steps"].items():
-            if s.get("lacks"):
-                ops = [f"{op} (rewrite {s['rewrites'][op][0]})" if s["rewrites"][op] else f"{op} (no rewrite yet: "
-                       "blocks this route)" for op in s["lacks"]]
-                gaps.append(f"{step} lacks {', '.join(ops)}")
-            elif "lacks" not in s:
-                unknown.add(step if s["unknown"] == "no op registry is read for it" else f"{step} ({s['unknown']})")
-        if gaps:  # only what changes the order is worth a line of its own
-            out.append(f"{target}: {'; '.join(gaps)}; first route {' → '.join(entry['route'] or [])}")
-        else:
-            clear.append(target)
-        for step, s in entry["steps"].items():
-            if s.get("delegates", {}).get("portable"):
-                out.append(f"{target}: {step}: XNNPACK has no partitioner config for "
-                           f"{', '.join(s['delegates']['portable'])} (the runtime's portable kernels run them)")
-    if clear:
-        who = ", ".join(clear) if len(clear) <= 4 else f"{'every' if len(clear) == len(data['targets']) else 'the other'} " \
-            f"{len(clear)} target(s)"
-        out.append(f"{who}: no converter whose op table is read lacks an op")
-    if unknown:
-        out.append(f"no op table is read for {', '.join(sorted(unknown))} (their refusals still find rewrites)")
-    return out

@@ -28,80 +28,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from buildsys.lowering.decompose import decompositions  # each exported op → its core ops (also decompose's record)
 
 #: Bump when what the probe records changes: cached inventories and tables are then recomputed.
 #: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.formats.torch.qat). 3: `traced` (the ops of a
 #: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
 #: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
-VERSION = 4
-
-
-def _coremltools() -> list[str]:
-    from coremltools.converters.mil.frontend.torch.ops import _TORCH_OPS_REGISTRY
-
-    return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
-
-
-def _executorch() -> list[str]:
-    from buildsys.formats.executorch.contract import runtime_kernels
-
-    return sorted({name.split("::", 1)[1].split(".", 1)[0] for name in runtime_kernels() if name.startswith("aten::")})
-
-
-def _litert_torch() -> list[str]:
-    from litert_torch.backend.lowerings import registry
-
-    return sorted({op.__name__.split(".")[0] for op in registry.global_registry.registered_ops
-                   if getattr(op, "namespace", "") == "aten"})
-
-
-def _onnx_dynamo() -> list[str]:
-    import logging
-
-    from torch.onnx._constants import ONNX_MAX_OPSET
-    from torch.onnx._internal.exporter._registration import ONNXRegistry
-
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision
-    # is not installed. Skipping torchvision::nms": not an op a model here can hold
-    # At the highest opset it writes: an op only a later opset translates (rms_norm, 23) is in the table, so
-    # the table never lacks what some `opset:` has (a lower opset may still lack it: its refusal says so).
-    registry = ONNXRegistry.from_torchlib(ONNX_MAX_OPSET)
-    return sorted({str(key).split("::", 1)[1].split(".", 1)[0] for key in registry.functions
-                   if str(key).startswith("aten::")})
-
-
-def _onnx_legacy() -> list[str]:
-    import importlib
-    import pkgutil
-
-    from torch.onnx._internal import torchscript_exporter
-    from torch.onnx._internal.torchscript_exporter import registration
-
-    # The symbolics register themselves when their module is imported; the exporter imports them all.
-    for module in pkgutil.iter_modules(torchscript_exporter.__path__):
-        if module.name.startswith("symbolic_opset"):
-            importlib.import_module(f"{torchscript_exporter.__name__}.{module.name}")
-    return sorted({name.split("::", 1)[1] for name in registration.registry.all_functions() if name.startswith("aten::")})
-
-
-def _xnnpack() -> list[str]:
-    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
-
-    # Each config names the one edge op it may delegate (`addmm.default`); it may still decline a node (a
-    # dtype, a shape), so this is what XNNPACK can take, not what it will.
-    return sorted({config.target_name.split(".", 1)[0] for config in ALL_PARTITIONER_CONFIGS})
-
-
-#: table name → (the distributions whose versions key it, how to read it, what its registry is).
-TABLES: dict[str, tuple[tuple[str, ...], Callable[[], list[str]], str]] = {
-    "coremltools": (("coremltools", "torch"), _coremltools, "coremltools' torch frontend registry"),
-    "executorch": (("executorch", "torch"), _executorch, "the ExecuTorch runtime's kernels"),
-    "litert-torch": (("litert-torch", "torch"), _litert_torch, "litert-torch's lowering registry"),
-    "onnx-dynamo": (("torch", "onnxscript"), _onnx_dynamo, "the dynamo ONNX exporter's torchlib registry"),
-    "onnx-legacy": (("torch",), _onnx_legacy, "the TorchScript ONNX exporter's symbolic registry"),
-    "xnnpack": (("executorch", "torch"), _xnnpack, "XNNPACK's partitioner configs (information: what it may delegate)"),
-}
+#: 5: `sites` (where the model calls each op, localise/source_lines.py) and `parameters` (its count).
+VERSION = 5
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
@@ -110,29 +46,29 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     core ops (an op the core decompositions remove, `alias`, maps to none); `traced`, the ops of
     torch.jit.trace (what the TorchScript-based ONNX exporter looks up: `batch_norm` where torch.export
     says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
-    for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat)."""
-    from buildsys.formats.torch.qat import info_of, quantized
-
+    for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat);
+    `sites`, where the model calls each op (module path, file, line: localise/source_lines.py); `parameters`, how
+    many it has (what a step's time budget scales with where no weights file says: running/limits.py)."""
     import torch
 
-    from buildsys.config import data
     from buildsys.config.load import load as load_config
-    from buildsys.formats.torch.loading import example_args, load_module, trace_batch
+    from buildsys.formats.torch.qat import info_of
     from buildsys.formats.torch.rewritten import program_ops
+    from buildsys.localise.source_lines import model_sites, module_and_args
 
     cfg = load_config(deploy)
     model = cfg.project.models[model_name]
     # A QAT model's converters see it converted with its learned parameters (what its pt2 and ONNX hold).
-    module = quantized(load_module(model, cfg.root, name=model_name, step="op coverage").eval(), step="op coverage",
-                       eager=True)
-    batch = data.eval_batch(model, cfg.root, prefer=("example", "validation"))
-    args = example_args(model, trace_batch(model, batch, dynamic=False))
+    module, args = module_and_args(model, cfg.root, model_name, "op coverage")
     with torch.no_grad():
         program = torch.export.export(module, args, strict=False)
         core = program.run_decompositions()
     base = lambda ops: sorted({op.split(".")[1] for op in ops})  # noqa: E731 - aten.stft.default → stft
+    sites = model_sites(module, args, cfg.root.resolve(), program, core)
     out: dict[str, Any] = {"exported": base(program_ops(program)), "core": base(program_ops(core)),
-                           "decomposed": decompositions(program, core)}
+                           "decomposed": decompositions(program, core),
+                           "parameters": sum(p.numel() for p in module.parameters()),
+                           "sites": {op: [s.as_dict() for s in calls] for op, calls in sorted(sites.items())}}
     traced = traced_ops(module, args)
     if traced is not None:
         out["traced"] = traced
@@ -143,21 +79,6 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     return out
 
 
-def decompositions(program: Any, core: Any) -> dict[str, list[str]]:
-    """Each op of `program`'s graph → the ops of `core` made from it (its nodes' `from_node` provenance)."""
-    base = lambda target: str(target).split(".")[1]  # noqa: E731
-    exported = {n.name: base(n.target) for n in program.graph.nodes
-                if n.op == "call_function" and str(n.target).startswith("aten.")}
-    out: dict[str, set[str]] = {op: set() for op in exported.values()}
-    for node in core.graph.nodes:
-        if node.op != "call_function" or not str(node.target).startswith("aten."):
-            continue
-        for source in node.meta.get("from_node") or []:
-            if source.name in exported:
-                out[exported[source.name]].add(base(node.target))
-    return {op: sorted(ops) for op, ops in sorted(out.items())}
-
-
 def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:
     """The ATen ops the TorchScript-based ONNX exporter looks up for `module`: its own trace
     (`_create_jit_graph`), then its passes before the symbolic lookup that change which ops are left
@@ -165,9 +86,14 @@ def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:
     where torch.export says `_native_batch_norm_legit_no_training`. None when that fails (unknown)."""
     import warnings
 
-    import torch
-    from torch._C import _jit_pass_erase_number_types, _jit_pass_inline, _jit_pass_lower_all_tuples
-    from torch._C import _jit_pass_onnx_preprocess, _jit_pass_onnx_remove_inplace_ops_for_onnx, _jit_pass_peephole
+    from torch._C import (
+        _jit_pass_erase_number_types,
+        _jit_pass_inline,
+        _jit_pass_lower_all_tuples,
+        _jit_pass_onnx_preprocess,
+        _jit_pass_onnx_remove_inplace_ops_for_onnx,
+        _jit_pass_peephole,
+    )
     from torch.onnx._internal.torchscript_exporter import utils
 
     try:
@@ -188,6 +114,8 @@ def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:
 def main(argv: list[str]) -> int:
     """REQUEST.json: {"deploy", "model" (or null), "tables": [...], "out"}; writes the answer to "out":
     {"ops": {...} or {"error"}, "tables": {name: {"accepts"} or {"error"}}}."""
+    from buildsys.formats.registry import op_tables
+
     request = json.loads(Path(argv[0]).read_text())
     answer: dict[str, Any] = {"tables": {}}
     if request.get("model"):
@@ -197,7 +125,7 @@ def main(argv: list[str]) -> int:
             answer["ops"] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"}
     for name in request.get("tables", []):
         try:
-            answer["tables"][name] = {"accepts": TABLES[name][1]()}
+            answer["tables"][name] = {"accepts": op_tables()[name].read()}
         except Exception as exc:  # noqa: BLE001 - a registry that cannot be read is "unknown"
             answer["tables"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     Path(request["out"]).write_text(json.dumps(answer))

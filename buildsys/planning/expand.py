@@ -1,9 +1,9 @@
-"""The expansion of targets into a DAG of nodes: artifacts shared between targets (along each
-target's route, see routes.py), one reference per model, one check (and bench) per target.
+"""The expansion of targets into a DAG of nodes: each target's candidate routes (pipeline.py), the first one not
+excluded taken, its artifacts shared between targets, one reference per model, one check (and bench) per target.
 
-Expansion is a pure function of the validated project, the selected targets and modelbuild's own
-code, so its result is cached under the cache directory: an unchanged deploy.yaml is planned without
-even importing networkx (a third of `plan`'s start-up).
+Expansion is a pure function of the validated project, the selection, the route history, what the op
+analysis knows and modelbuild's own code, so its result is cached under the cache directory: an unchanged
+deploy.yaml is planned without even importing networkx (a third of `plan`'s start-up).
 """
 
 from __future__ import annotations
@@ -16,46 +16,41 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from buildsys.config.load import LoadedConfig
-from buildsys.errors import ConfigError, PlanError, did_you_mean
-from buildsys.formats import formats, get_format, steps
-from buildsys.storage.hashing import digest_json
-from buildsys.planning.coverage import order_routes
+from buildsys.errors import ConfigError, Location, PlanError, did_you_mean
+from buildsys.formats import get_format
 from buildsys.planning.kinds import ArtifactKind, BenchKind, CheckKind, ReferenceKind
-from buildsys.formats.torch.qat import QatUnknown, learned_first, plan_problem
-from buildsys.planning.repair import add_repair_routes, with_goal, written_options
-from buildsys.planning.answers import add_rewrite_routes, loading_stop, loads_module
-from buildsys.planning.routes import candidate_routes, format_graph, hop, route_formats, stop_options
+from buildsys.planning.node import Node
+from buildsys.planning.pipeline import TargetContext, candidates, context_for
+from buildsys.planning.qat import plan_problem
+from buildsys.planning.repair import with_goal
+from buildsys.planning.routes import loads_module
+from buildsys.storage.hashing import digest_json
 
 if TYPE_CHECKING:
     import networkx as nx
 
+    from buildsys.formats.base import Step, StepOptions
     from buildsys.planning.coverage import Gaps
-    from buildsys.planning.answers import Refusals
+    from buildsys.planning.history import History
+    from buildsys.planning.routes import Route
 
 # The steps of the nodes that are not formats (registered in buildsys.nodes).
 REFERENCE_STEP, CHECK_STEP, BENCH_STEP = "reference", "check", "bench"
 
-@dataclass
-class Node:
-    """One artifact, reference or check in the build DAG.
 
-    `name` is stable and human ("digits/onnx", "digits/reference", "verify:server"); it is the
-    node's key in deploy.lock. `deps` are names of nodes whose outputs this one consumes, the
-    first being the main input.
-    """
+@dataclass(frozen=True)
+class Unsettled:
+    """A plan-time problem only the model's op analysis can settle: an int8 step lacks calibration data that a
+    quantization-aware-trained model would not need (planning.qat). Raised as a ConfigError when the caller
+    does not let the plan analyse the model."""
 
-    name: str
-    kind: str  # a NodeKind's name (buildsys.planning.kinds): "artifact" | "reference" | "check" | "bench"
     model: str
-    format: str
-    step: str
-    options: dict[str, Any]
-    deps: list[str] = field(default_factory=list)
-    source_format: str = ""  # the model's source format when the first dep is the source itself
-    data_sets: tuple[str, ...] = ()
-    targets: list[str] = field(default_factory=list)  # targets whose deliverable this node is
-    target: str = ""  # for checks: the target being verified
-    precision: str = "fp32"
+    message: str
+    where: Location
+    field: str
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.message, where=self.where, field=self.field)
 
 
 @dataclass
@@ -66,11 +61,13 @@ class Dag:
     names: list[str]  # topological order, ties broken by name: stable output
     consumers: dict[str, list[str]]
     target_nodes: dict[str, str]  # target → its deliverable artifact node
-    routes: dict[str, list[str]]  # target → formats from source to goal: the route this DAG takes
-    #: target → every route it may take, in the order tried (routes.candidate_routes); the DAG holds
-    #: the first one not excluded (a route that failed under the same key, see plan.make_plan).
-    candidates: dict[str, list[list[str]]] = field(default_factory=dict)
+    routes: dict[str, "Route"]  # target → the route this DAG takes
+    #: target → every route it may take, in the order tried (pipeline.candidates); the DAG holds the first one
+    #: not excluded (a route that failed under the same key, see plan.make_plan).
+    candidates: dict[str, list["Route"]] = field(default_factory=dict)
     exhausted: list[str] = field(default_factory=list)  # targets whose every candidate route failed
+    contexts: dict[str, TargetContext] = field(default_factory=dict)  # what the route pipeline read of each target
+    unsettled: list[Unsettled] = field(default_factory=list)  # targets left out until their model is analysed
 
     def order(self) -> list[Node]:
         return [self.nodes[n] for n in self.names]
@@ -96,7 +93,7 @@ class Dag:
             current = node.deps[0] if node.deps else None
         return 0.0
 
-    def graph(self) -> "nx.DiGraph":
+    def graph(self) -> "nx.DiGraph[str]":
         """The DAG as a networkx graph (built on demand)."""
         import networkx as nx
 
@@ -106,36 +103,30 @@ class Dag:
         return g
 
 
-def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None,
-           bench: bool = False, excluded: dict[str, list[list[str]]] | None = None,
-           refusals: "Refusals | None" = None, gaps: "Gaps | None" = None,
-           repairs: dict[str, list[list[str]]] | None = None, qat: dict[str, str] | None = None) -> Dag:
+def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None, *, bench: bool = False,
+           history: "History | None" = None, gaps: "Gaps | None" = None, qat: dict[str, str] | None = None,
+           excluded: dict[str, list["Route"]] | None = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
-    Targets with latency budgets get a `bench:` node; `bench=True` gives every target one. Each
-    target takes its first candidate route not in `excluded[target]`. With `cache` (a file path), a
-    previous expansion of the same inputs is reused. `refusals` (target → failed routes and the
-    rewrites their refusals point at, rewrite_routes.refusals) add the rewrite routes; `gaps` (model → the
-    ops each converter table lacks, coverage.Coverage.gaps) order them (coverage.order_routes); `repairs`
-    (target → failed routes whose check miss opened an accuracy repair, repair.repairable) add the repair routes.
-    `qat` (model → the QAT flow the op analysis found, '' for none; a model not analysed is absent) puts a QAT
-    model's routes that keep its learned quantization first and waives their calibration data (buildsys.formats.torch.qat).
-    """
-    excluded, refusals, gaps, repairs, qat = excluded or {}, refusals or {}, gaps or {}, repairs or {}, qat or {}
+    Each target takes its first candidate route (pipeline.candidates, from the route `history`, the op
+    coverage `gaps` and the models' `qat` flows) not in `excluded[target]`. Targets with latency budgets get a
+    `bench:` node; `bench=True` gives every target one. With `cache` (a file path), a previous expansion of
+    the same inputs is reused."""
+    history, gaps, qat, excluded = history or {}, gaps or {}, qat or {}, excluded or {}
     if cache is None:
-        return _expand(cfg, selected, bench, excluded, refusals, gaps, repairs, qat)
+        return _expand(cfg, selected, bench, history, gaps, qat, excluded)
     import pickle
 
     key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
-                       excluded, refusals, gaps, repairs, qat])
+                       history, gaps, qat, {t: [r.words() for r in rs] for t, rs in sorted(excluded.items())}])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
         if stored_key == key:
             return dag
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError, ImportError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench, excluded, refusals, gaps, repairs, qat)
+    dag = _expand(cfg, selected, bench, history, gaps, qat, excluded)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -157,13 +148,19 @@ def code_fingerprint() -> str:
     return digest_json([buildsys.__version__, os.environ.get("MODELBUILD_PLUGINS", ""), stats])
 
 
-def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
-            excluded: dict[str, list[list[str]]], refusals: "Refusals", gaps: "Gaps",
-            repairs: dict[str, list[list[str]]], qat: dict[str, str]) -> Dag:
-    import networkx as nx
+@dataclass
+class _Chains:
+    """The artifact nodes of every target's route, shared by identity (the model plus the chain of (step,
+    options) that leads to a node), before they are named."""
 
+    identities: dict[str, Node] = field(default_factory=dict)  # identity digest → node
+    by_base: dict[str, list[str]] = field(default_factory=dict)  # "model/format" → identities, in order
+    primary: dict[str, set[str]] = field(default_factory=dict)  # "model/format" → identities on first candidates
+
+
+def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool, history: "History", gaps: "Gaps",
+            qat: dict[str, str], excluded: dict[str, list["Route"]]) -> Dag:
     from buildsys.nodes import verify
-    from buildsys.nodes.bench import BenchOptions
 
     project = cfg.project
     for t in selected or []:
@@ -172,155 +169,140 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
                             or f"targets in {cfg.path.name}: {', '.join(project.targets)}")
     # Every target is expanded, even when only some are selected, so that a node's name (which
     # depends on how many variants of its format the project has) never depends on the selection.
-    names = list(project.targets)
-    fg = format_graph()
-    identities: dict[str, Node] = {}  # identity digest → node
-    chains: dict[str, list[str]] = {}
-    routes: dict[str, list[str]] = {}
-    candidates: dict[str, list[list[str]]] = {}
+    chains = _Chains()
+    routes: dict[str, "Route"] = {}
+    candidate_routes: dict[str, list["Route"]] = {}
+    contexts: dict[str, TargetContext] = {}
     exhausted: list[str] = []
+    unsettled: list[Unsettled] = []
     checks: list[Node] = []
-    primary: dict[str, set[str]] = {}  # "model/format" → identities on targets' first candidate routes
-    for tname in names:
-        target = project.targets[tname]
-        if target.model not in project.models:
-            raise ConfigError(f"unknown model '{target.model}'", where=cfg.where("targets", tname, "model"),
-                              field=f"targets.{tname}.model", hint=did_you_mean(target.model, project.models)
-                              or f"models: {', '.join(project.models)}")
-        model = project.models[target.model]
-        goal = formats().get(target.goal)
-        if goal is not None and goal.task != model.task:
-            made_for = [n for n, f in sorted(formats().items()) if f.task == model.task and f.runtime and not f.source]
-            raise ConfigError(f"format '{target.goal}' is for task: {goal.task} models, and model '{target.model}' "
-                              f"has task: {model.task}", where=cfg.where("targets", tname, "format"), field=f"targets.{tname}.format",
-                              hint=f"formats for {model.task}: {', '.join(made_for)}")
-        passing = {f for r in candidate_routes(model.source.format, target.format, target.precision, target.via,
-                                               target.routes, tname, cfg) for f in route_formats(r)}
-        # `options: {triton: ...}` on a `format: triton, precision: int8` target means its goal, triton-int8
-        opts_by_format = dict(target.options)
-        if target.goal != target.format and target.format in opts_by_format \
-                and target.format not in passing:
-            if target.goal in opts_by_format:
-                raise ConfigError(f"options given for both '{target.format}' and '{target.goal}'",
-                                  where=cfg.where("targets", tname, "options", target.format),
-                                  field=f"targets.{tname}.options", hint=f"keep one: the goal node is {target.goal}")
-            opts_by_format[target.goal] = opts_by_format.pop(target.format)
-        candidates[tname] = candidate_routes(model.source.format, target.format, target.precision, target.via,
-                                             target.routes, tname, cfg, opts_by_format)
-        if target.rewrites is None:  # automatic: each refused route is followed by the route with its rewrites
-            candidates[tname] = add_rewrite_routes(candidates[tname], refusals.get(tname, []), opts_by_format)
-        elif target.rewrites and loading_stop(candidates[tname][0]) is None:
-            raise ConfigError("rewrites apply where the PyTorch module is loaded, and this target's model is not "
-                              f"a PyTorch factory (source: {model.source.format})",
-                              where=cfg.where("targets", tname, "rewrites"), field=f"targets.{tname}.rewrites")
-        if target.structured_sparsity and loading_stop(candidates[tname][0]) is None:
-            raise ConfigError("structured_sparsity prunes the PyTorch module where a route loads it, and no step of "
-                              f"this target's route loads one (source: {model.source.format}, goal: {target.goal})",
-                              where=cfg.where("targets", tname, "structured_sparsity"),
-                              field=f"targets.{tname}.structured_sparsity")
-        if gaps.get(target.model):  # a route whose converter lacks an op goes after those that can work
-            candidates[tname] = order_routes(candidates[tname], target.model, gaps, opts_by_format,
-                                             auto_rewrites=target.rewrites is None)
-        if qat.get(target.model):  # a QAT model: routes that keep its learned scales first (buildsys.formats.torch.qat)
-            candidates[tname] = learned_first(candidates[tname], qat[target.model], _route_steps)
-        candidates[tname] = add_repair_routes(candidates[tname], repairs.get(tname, []), opts_by_format, target.repair,
-                                              model, cfg.root, written_options(cfg, tname, opts_by_format))
-        left = [r for r in candidates[tname] if r not in excluded.get(tname, [])]
+    for tname, target in project.targets.items():
+        contexts[tname] = context_for(cfg, tname, history.get(tname, []), gaps.get(target.model, {}), qat.get(target.model))
+        candidate_routes[tname] = candidates(cfg, contexts[tname])
+        left = [r for r in candidate_routes[tname] if r not in excluded.get(tname, [])]
         if not left:
-            exhausted.append(tname)  # every route failed: the planner blocks its check, saying why
-        route = left[0] if left else candidates[tname][-1]  # exhausted: the last one tried, already built
-        precision = _precision(target, hop(route[-1])[0], cfg, tname)
+            exhausted.append(tname)  # every route failed: the planner fails its check, saying why
+        route = left[0] if left else candidate_routes[tname][-1]  # exhausted: the last one tried, already built
         routes[tname] = route
+        precision = _precision(cfg, tname, route.formats[-1])
         try:
-            acceptance = verify.resolve_acceptance(target.acceptance, precision, model.outputs)
+            acceptance = verify.resolve_acceptance(target.acceptance, precision, contexts[tname].model.outputs)
         except ConfigError as exc:
             raise ConfigError(exc.what.removeprefix("acceptance.outputs names "), hint=exc.hint,
                               where=cfg.where("targets", tname, "acceptance", "outputs"),
                               field=f"targets.{tname}.acceptance.outputs") from None
-        for fmt in opts_by_format:  # options apply where the route taken passes their format
-            if not any(fmt in route_formats(r)[1:] for r in candidates[tname]):
-                raise ConfigError(f"options given for '{fmt}', which is not on this target's route",
-                                  where=cfg.where("targets", tname, "options", fmt), field=f"targets.{tname}.options",
-                                  hint=f"route: {' → '.join(route)}")
+        for _, _, _, ident in _walk(cfg, contexts[tname], candidate_routes[tname][0], acceptance["outputs"]):
+            chains.primary.setdefault(ident[1], set()).add(ident[0])
+        artifact = _add_chain(cfg, contexts[tname], route, acceptance["outputs"], chains, unsettled)
+        if artifact is None:
+            continue  # its calibration problem waits for the model's analysis (Unsettled)
+        chains.identities[artifact].targets.append(tname)
+        checks += _judges(tname, contexts[tname], artifact, acceptance, precision, bench)
+    return _assemble(cfg, selected, chains, checks, routes, candidate_routes, exhausted, contexts, unsettled)
 
-        def walk(path: list[str]) -> list[tuple[str, str, Any, Any, str]]:
-            """(from, to, step, options, identity) along a route, as formats; the identity is the
-            model plus the chain of (step, options) that leads to a node, so equal chains share a
-            node. A stop with an alternative label takes that alternative's options."""
-            identity: list[Any] = [target.model]
-            hops = []
-            for stop_a, stop_b in zip(path, path[1:]):
-                (a, _), (b, label) = hop(stop_a), hop(stop_b)
-                step = steps()[fg.edges[a, b]["step"]]
-                raw = opts_by_format.get(b, {})
-                if target.rewrites is not None and loads_module(step) and isinstance(raw, dict):
-                    raw = {"rewrites": target.rewrites, **raw}  # the format's own option wins
-                if target.structured_sparsity and loads_module(step) and isinstance(raw, dict):
-                    raw = {"structured_sparsity": target.structured_sparsity, **raw}  # the format's own wins
-                if isinstance(raw, dict):  # a searching option, a recipe's or the user's, aims at the target's tolerance
-                    raw = with_goal(step, {**raw, **stop_options(step, label)} if label else raw, acceptance["outputs"])
-                options = _options(step, raw, cfg, tname, b)
-                identity.append([step.name, options.model_dump(mode="json")])
-                hops.append((a, b, step, options, digest_json(identity)))
-            return hops
 
-        for _, b, _, _, ident in walk(candidates[tname][0]):
-            primary.setdefault(f"{target.model}/{b}", set()).add(ident)
-        previous = ""
-        for a, b, step, options, ident in walk(route):
-            problem = step.check_config(model, options, cfg.root)
-            unknown = False
-            if problem and model.source.format == "pytorch":  # a QAT model's int8 steps need no calibration data
-                problem, unknown = plan_problem(step, model, options, cfg.root, problem, qat.get(target.model))
-            if problem:
-                where = cfg.where("targets", tname, "options", b) if b in opts_by_format \
-                    else cfg.where("targets", tname, "precision")
-                if unknown:  # `build` and `plan --ops` analyse the model's graph and plan again
-                    raise QatUnknown(problem, model=target.model, where=where, field=f"targets.{tname} ({b})")
-                raise ConfigError(problem, where=where, field=f"targets.{tname} ({b})")
-            opts = options.model_dump(mode="json")
-            if ident not in identities:
-                data = tuple(step.data_used(options)) + (("example",) if fg.nodes[a]["source"] else ())
-                if model.data.calibration is None:  # only a QAT model's waiver (above) gets here without it
-                    data = tuple(d for d in data if d != "calibration")
-                identities[ident] = Node(
-                    name="", kind=ArtifactKind.name, model=target.model, format=b, step=step.name, options=opts,
-                    deps=[previous] if previous else [], source_format=a if fg.nodes[a]["source"] else "",
-                    data_sets=tuple(dict.fromkeys(data)), precision=get_format(b).precision)
-                chains.setdefault(f"{target.model}/{b}", []).append(ident)
-            previous = ident
-        identities[previous].targets.append(tname)
-        reference = ReferenceKind.node_name(target.model)
-        checks.append(Node(name=CheckKind.node_name(tname), kind=CheckKind.name, model=target.model, format=target.goal,
-                           step=CHECK_STEP, options=acceptance, deps=[previous, reference], target=tname,
-                           precision=precision))
-        acc = target.acceptance
-        if bench or acc.p50_ms is not None or acc.p95_ms is not None:
-            options = BenchOptions(batch_size=acc.bench_batch, p50_ms=acc.p50_ms, p95_ms=acc.p95_ms, on_fail=acc.on_fail)
-            checks.append(Node(name=BenchKind.node_name(tname), kind=BenchKind.name, model=target.model, format=target.goal,
-                               step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[previous, reference],
-                               target=tname, precision=precision))
+def _walk(cfg: LoadedConfig, context: TargetContext, route: "Route",
+          outputs: dict[str, Any]) -> list[tuple[str, type["Step"], "StepOptions", tuple[str, str]]]:
+    """(source format of the hop, step, options, (identity, "model/format")) along a route. The identity is
+    the model plus the chain of (step, options) that leads to a node, so equal chains share a node. A stop
+    with a label takes what its label sets (pipeline: alternatives, repairs, rewrites, …)."""
+
+    target = context.config
+    identity: list[Any] = [target.model]
+    hops = []
+    for i in range(1, len(route.stops)):
+        step, stop = route.step_at(i), route.stops[i]
+        raw = context.options.get(stop.format, {})
+        if isinstance(raw, dict):
+            if loads_module(step):  # the target's rewrites and pruning apply where the module is loaded
+                raw = {**({"rewrites": target.rewrites} if target.rewrites is not None else {}),
+                       **({"structured_sparsity": target.structured_sparsity} if target.structured_sparsity else {}),
+                       **raw}  # the format's own option wins
+            # a searching option, a recipe's or the user's, aims at the target's tolerance
+            raw = with_goal(step, {**raw, **stop.options(step)} if stop.label else raw, outputs)
+        options = _options(step, raw, cfg, context.name, stop.format)
+        identity.append([step.name, options.model_dump(mode="json")])
+        hops.append((route.stops[i - 1].format, step, options, (digest_json(identity), f"{target.model}/{stop.format}")))
+    return hops
+
+
+def _add_chain(cfg: LoadedConfig, context: TargetContext, route: "Route", outputs: dict[str, Any], chains: _Chains,
+               unsettled: list[Unsettled]) -> str | None:
+    """Add the artifact nodes of a target's route (those it shares with others exist already); the identity of
+    its last one, or None when a step's plan-time problem waits for the model's op analysis."""
+    from buildsys.formats import formats
+
+    model, target = context.model, context.config
+    previous = ""
+    for source, step, options, (ident, base) in _walk(cfg, context, route, outputs):
+        fmt = base.partition("/")[2]
+        problem = step.check_config(model, options, cfg.root)
+        unknown = False
+        if problem and model.source.format == "pytorch":  # a QAT model's int8 steps need no calibration data
+            problem, unknown = plan_problem(step, model, options, cfg.root, problem, context.qat)
+        if problem:
+            where = cfg.where("targets", context.name, "options", fmt) if fmt in context.options \
+                else cfg.where("targets", context.name, "precision")
+            if unknown:  # `build` and `plan --ops` analyse the model's graph and plan again
+                unsettled.append(Unsettled(target.model, problem, where, f"targets.{context.name} ({fmt})"))
+                return None
+            raise ConfigError(problem, where=where, field=f"targets.{context.name} ({fmt})")
+        if ident not in chains.identities:
+            is_source = formats()[source].source
+            data = tuple(step.data_used(options)) + (("example",) if is_source else ())
+            if model.data.calibration is None:  # only a QAT model's waiver (above) gets here without it
+                data = tuple(d for d in data if d != "calibration")
+            chains.identities[ident] = Node(
+                name="", kind=ArtifactKind.name, model=target.model, format=fmt, step=step.name,
+                options=options.model_dump(mode="json"), deps=[previous] if previous else [],
+                source_format=source if is_source else "", data_sets=tuple(dict.fromkeys(data)),
+                precision=get_format(fmt).precision)
+            chains.by_base.setdefault(base, []).append(ident)
+        previous = ident
+    return previous
+
+
+def _judges(tname: str, context: TargetContext, artifact: str, acceptance: dict[str, Any], precision: str,
+            bench: bool) -> list[Node]:
+    """A target's check, and its bench when it has latency budgets (or `bench`)."""
+    from buildsys.nodes.bench import BenchOptions
+
+    target = context.config
+    reference = ReferenceKind.node_name(target.model)
+    out = [Node(name=CheckKind.node_name(tname), kind=CheckKind.name, model=target.model, format=target.goal,
+                step=CHECK_STEP, options=acceptance, deps=[artifact, reference], target=tname, precision=precision)]
+    acc = target.acceptance
+    if bench or acc.p50_ms is not None or acc.p95_ms is not None:
+        options = BenchOptions(batch_size=acc.bench_batch, p50_ms=acc.p50_ms, p95_ms=acc.p95_ms, on_fail=acc.on_fail)
+        out.append(Node(name=BenchKind.node_name(tname), kind=BenchKind.name, model=target.model, format=target.goal,
+                        step=BENCH_STEP, options=options.model_dump(mode="json"), deps=[artifact, reference],
+                        target=tname, precision=precision))
+    return out
+
+
+def _assemble(cfg: LoadedConfig, selected: list[str] | None, chains: _Chains, checks: list[Node],
+              routes: dict[str, "Route"], candidate_routes: dict[str, list["Route"]], exhausted: list[str],
+              contexts: dict[str, TargetContext], unsettled: list[Unsettled]) -> Dag:
+    """Name the nodes, add the references, check the graph and cut it to the selected targets."""
+    import networkx as nx
+
     # Name artifact nodes: "model/format", with an identity digest when the targets' first routes
     # hold several variants of it, or when a node lies on a fallback route only: its name then
     # differs from the first route's node of that format, so the lock never mixes the two. Names
     # depend on the first routes alone, never on the routes taken: a target that falls back must not
     # rename the nodes other targets share (their keys name their inputs, so a rename would make
     # them stale, and a failed route's key could no longer be matched to skip it).
-    rename = {}
-    for base, idents in chains.items():
-        for ident in idents:
-            canonical = primary.get(base) == {ident}
-            rename[ident] = base if canonical else f"{base}~{ident[:6]}"
+    rename = {ident: base if chains.primary.get(base) == {ident} else f"{base}~{ident[:6]}"
+              for base, idents in chains.by_base.items() for ident in idents}
     nodes: dict[str, Node] = {}
-    for ident, node in identities.items():
+    for ident, node in chains.identities.items():
         node.name = rename[ident]
         node.deps = [rename[d] for d in node.deps]
         nodes[node.name] = node
     for mname in dict.fromkeys(c.model for c in checks):
-        source = project.models[mname].source.format
         name = ReferenceKind.node_name(mname)
         nodes[name] = Node(name=name, kind=ReferenceKind.name, model=mname, format=REFERENCE_STEP, step=REFERENCE_STEP,
-                           options={}, source_format=source, data_sets=("evaluation",))
+                           options={}, source_format=cfg.project.models[mname].source.format, data_sets=("evaluation",))
     for check in checks:
         check.deps[0] = rename[check.deps[0]]
         nodes[check.name] = check
@@ -336,19 +318,22 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool,
         graph = graph.subgraph(set().union(*(nx.ancestors(graph, n) | {n} for n in wanted))).copy()
         nodes = {n: nodes[n] for n in graph.nodes}
         checks = [c for c in checks if c.target in selected]
-        routes = {t: routes[t] for t in selected}
-        candidates = {t: candidates[t] for t in selected}
-        exhausted = [t for t in exhausted if t in selected]
+        keep = set(selected)
+        routes = {t: r for t, r in routes.items() if t in keep}
+        candidate_routes = {t: r for t, r in candidate_routes.items() if t in keep}
+        exhausted = [t for t in exhausted if t in keep]
+        unsettled = [u for u in unsettled if any(cfg.project.targets[t].model == u.model for t in keep)]
     target_nodes = {c.target: c.deps[0] for c in checks if c.kind == CheckKind.name}
     names = list(nx.lexicographical_topological_sort(graph))
     consumers = {n: sorted(graph.successors(n)) for n in names}
-    return Dag(nodes, names, consumers, target_nodes, routes, candidates, exhausted)
+    return Dag(nodes, names, consumers, target_nodes, routes, candidate_routes, exhausted, contexts, unsettled)
 
 
-def _precision(target: Any, goal: str, cfg: LoadedConfig, tname: str) -> str:
+def _precision(cfg: LoadedConfig, tname: str, goal: str) -> str:
     """The precision a target's artifact is judged at: its goal format's. `format: onnx-int8` names
     an int8 format, so its check uses int8 tolerances; an explicit `precision: fp32` beside it is a
     contradiction, not a request for fp32 tolerances on an int8 model."""
+    target = cfg.project.targets[tname]
     fmt = get_format(goal)
     if fmt.precision != target.precision and "precision" in target.model_fields_set:
         raise ConfigError(f"format '{goal}' is {fmt.precision}, but the target says precision: {target.precision}",
@@ -357,7 +342,7 @@ def _precision(target: Any, goal: str, cfg: LoadedConfig, tname: str) -> str:
     return fmt.precision
 
 
-def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt: str) -> Any:
+def _options(step: type["Step"], raw: Any, cfg: LoadedConfig, target: str, fmt: str) -> "StepOptions":
     """Validate a target's options for one step, with file:line errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"options for '{fmt}' must be a mapping", where=cfg.where("targets", target, "options", fmt),
@@ -382,10 +367,3 @@ def _options(step: Any, raw: dict[str, Any], cfg: LoadedConfig, target: str, fmt
             raise ConfigError(f"{err['input']!r} is not one of {', '.join(choices)}", where=cfg.where(*loc),
                               field=field_name, hint=hint) from None
         raise ConfigError(f"{msg} (got {err.get('input')!r})", where=cfg.where(*loc), field=field_name) from None
-
-
-def _route_steps(route: list[str]) -> list[Any]:
-    """The step classes along a route (its stops as formats)."""
-    fg = format_graph()
-    stops = [hop(s)[0] for s in route]
-    return [steps()[fg.edges[a, b]["step"]] for a, b in zip(stops, stops[1:])]

@@ -14,14 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from buildsys.config import data
+from buildsys.rewrites import versions
+from buildsys.status import verdict_of
+from buildsys.storage.keys import HostBinding
+from buildsys.storage.lock import LOCAL
+
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
-    from buildsys.planning.expand import Node
+    from buildsys.planning.node import Node
     from buildsys.storage.keys import HostBinding
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Disposition:
     """What a finished node's metrics mean: `failed` with the words for it, and whether to deliver."""
 
     failed: bool = False
@@ -79,9 +85,9 @@ class NodeKind:
         return None
 
     @classmethod
-    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
+    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Disposition:
         """What a successful step's metrics mean for the build."""
-        return Outcome()
+        return Disposition()
 
     @classmethod
     def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +105,6 @@ class ArtifactKind(NodeKind):
         """The versions of the op rewrites its options apply (buildsys.rewrites): a new version of a
         rewrite rebuilds what was made with it."""
         if node.options.get("rewrites"):
-            from buildsys.rewrites import versions
 
             comp["rewrites"] = versions(node.options["rewrites"])
         if node.options.get("structured_sparsity"):  # a pruned module: the pruning code and library decide it
@@ -134,7 +139,6 @@ class ReferenceKind(NodeKind):
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
-        from buildsys.config import data
         from buildsys.formats import get_format
 
         if data.used_set(model) is None:
@@ -142,6 +146,12 @@ class ReferenceKind(NodeKind):
         if model.generation is not None:  # how the prompts are cut and continued (their files: data generation)
             comp["generation"] = model.generation.model_dump(mode="json")
         packages += _runtime_packages(get_format(node.source_format).runtime)
+
+    @classmethod
+    def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
+        """The model's intrinsic error (nodes/intrinsic.py, two significant digits): what the default limits of
+        its checks were raised by, shown beside them in the lock, `explain` and the report."""
+        return {"facts": {"intrinsic": metrics["intrinsic"]}} if metrics.get("intrinsic") else {}
 
 
 class CheckKind(NodeKind):
@@ -188,23 +198,23 @@ class CheckKind(NodeKind):
         (examples/digits: cosine 0.78 on an AVX2-only CPU with 8-bit weights, 0.9996 with 7). An fp32
         verdict is shared across CPU classes: fp32 kernels differ only in summation order (~1e-6
         relative), two orders of magnitude under the fp32 default tolerance."""
-        from buildsys.storage.keys import HostBinding
 
         return HostBinding.PLATFORM if node.precision == "fp32" else HostBinding.CPU_CLASS
 
     @classmethod
-    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
+    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Disposition:
         if metrics.get("passed") is False and node.options.get("on_fail") != "warn":
-            return Outcome(failed=True, what="acceptance not met", withdraw=True)
-        return Outcome(deliver=True)
+            return Disposition(failed=True, what="acceptance not met", withdraw=True)
+        return Disposition(deliver=True)
 
     @classmethod
     def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
         """The verdict and its caveats hold on every host of one kind (the key names it), so the lock
         commits them; the observed numbers behind them go to the build record."""
-        from buildsys.status import verdict_of
 
         fields: dict[str, Any] = {"verdict": str(verdict_of(metrics))}
+        if metrics.get("limits_raised"):  # the defaults the model's own error raised (nodes/intrinsic.py)
+            fields["facts"] = {"limits_raised": metrics["limits_raised"]}
         if metrics.get("caveats"):
             fields["caveats"] = metrics["caveats"]
         return fields
@@ -224,7 +234,6 @@ class BenchKind(NodeKind):
 
     @classmethod
     def host_binding(cls, node: "Node") -> "HostBinding":
-        from buildsys.storage.keys import HostBinding
 
         return HostBinding.CPU_CLASS
 
@@ -241,14 +250,13 @@ class BenchKind(NodeKind):
         return {"format": node.format, "source_format": model.source.format, "source_path": source}
 
     @classmethod
-    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Outcome:
+    def outcome(cls, node: "Node", metrics: dict[str, Any]) -> Disposition:
         if metrics.get("passed") is False and node.options.get("on_fail") != "warn":
-            return Outcome(failed=True, what="latency budget missed")
-        return Outcome()
+            return Disposition(failed=True, what="latency budget missed")
+        return Disposition()
 
     @classmethod
     def lock_fields(cls, node: "Node", metrics: dict[str, Any]) -> dict[str, Any]:
-        from buildsys.storage.lock import LOCAL
 
         return {LOCAL: True}
 

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from buildsys.config.inputs import source_files
+from buildsys.config.load import load
+from buildsys.errors import ConfigError
+from buildsys.planning.plan import Planner
+from buildsys.storage.hashing import StatCache
+from buildsys.storage.lock import Lock, lock_path_for
+from buildsys.storage.store import Store
+
 DEFAULT_CONFIG = "deploy.yaml"
 
 
@@ -23,18 +31,12 @@ class OpenedProject:
 
 
 def open_project(config_path: str, serving: bool = False, strict: bool = False) -> OpenedProject:
-    from buildsys.config.load import load
-    from buildsys.storage.hashing import StatCache
-    from buildsys.storage.lock import Lock, lock_path_for
-    from buildsys.planning.plan import Planner
-    from buildsys.storage.store import Store
 
     path = Path(config_path)
     if not path.exists() and config_path == DEFAULT_CONFIG:
         hint = "pass the deploy file with -f PATH"
         if Path("deploy.yaml.example").exists():
             hint = "try: modelbuild -f deploy.yaml.example build"
-        from buildsys.errors import ConfigError
 
         raise ConfigError(f"no {DEFAULT_CONFIG} in {Path.cwd()}", hint=hint)
     cfg = load(path)
@@ -58,7 +60,6 @@ def with_acceptance(project: Any, overrides: dict[str, Any]) -> Any:
 
 def source_sizes(project: OpenedProject) -> dict[str, int]:
     """Bytes of each model's fp32 source (weights or source file): the baseline for size ratios."""
-    from buildsys.config.inputs import source_files
 
     sizes = {}
     for name in project.config.project.models:

@@ -1,23 +1,25 @@
-"""Accuracy repair of quantized targets as routes (docs/repair.md): after a route's int8 artifact misses its
-check, the same route with the quantizing step's repair recipes (`Step.repairs`) is tried next, in order.
+"""Accuracy repair of quantized targets as routes (docs/repair.md): after a route's quantized artifact misses
+its check, the same route with the quantizing step's repair recipes (`Step.repairs`) is tried next, in order.
 
-Like op rewrites (rewrite_routes.py), a repair is planning: `reroute.route_failures` marks a missed
-check on a route whose quantizing stop has recipes (`"repair": true` in deploy.lock's record of the
-dropped route), and expansion places after that route the same route with each recipe at that stop,
-written `onnx-int8 (repair keep-float)`. A recipe is option values of the step, so it enters the node's
-key: the node that found a recipe is cached and reused, and a no-op build neither repeats the failed
-full-int8 check nor searches again. A recipe that searches (keep_float 'sensitive': per-layer
-sensitivity, then the most sensitive layers in float) gets the target's resolved tolerance as its goal
-(`repair_goal`): the search never loosens what the user wrote, and the check still judges the result.
-A target forbids repair with `repair: false`, or names the recipes it allows, in order.
+A repair is planning: `failures.failures` marks a missed check on a route whose quantizing stop has recipes
+(`"repair": true` in deploy.lock's record of the dropped route), and the route pipeline (`pipeline.repaired`)
+places after that route the same route with each recipe at that stop, written
+`onnx-int8 (repair keep-float)`. A recipe is option values of the step, so it enters the node's key: the
+node that found a recipe is cached and reused, and a no-op build neither repeats the failed check nor
+searches again. A recipe that searches (keep_float 'sensitive': per-layer sensitivity, then the most
+sensitive layers kept at higher precision) gets the target's resolved tolerance as its goal (`with_goal`):
+the search never loosens what the user wrote, and the check still judges the result. A target forbids
+repair with `repair: false`, or names the recipes it allows, in order.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
-    from buildsys.planning.plan import Plan
+    from buildsys.formats.base import Step
+    from buildsys.planning.routes import Route
 
 #: What a blocked target whose repair recipes all failed can do, said once after the routes and their reasons.
 WHAT_TO_DO = ("repair tried {tried}; to go on: give more or more representative calibration data, loosen the "
@@ -25,21 +27,16 @@ WHAT_TO_DO = ("repair tried {tried}; to go on: give more or more representative 
               "the layers to keep in float, or deliver a float precision")
 
 
-def repair_stop(route: Sequence[str]) -> int | None:
+def repair_stop(route: "Route") -> int | None:
     """The index of the route's stop whose step has repair recipes and runs with its defaults (no alternative,
-    no recipe yet); None when the route has none."""
-    from buildsys.formats import steps
-    from buildsys.planning.routes import format_graph, hop, label_parts
-
-    g = format_graph()
-    for i in range(1, len(route)):
-        (a, _), (b, label) = hop(route[i - 1]), hop(route[i])
-        if steps()[g.edges[a, b]["step"]].repairs:
-            return None if label_parts(label)[0] else i
+    recipe or switch yet); None when the route has none."""
+    for i in range(1, len(route.stops)):
+        if route.step_at(i).repairs:
+            return None if route.stops[i].tuned else i
     return None
 
 
-def allowed(step: Any, repair: bool | Sequence[str]) -> list[str]:
+def allowed(step: type["Step"], repair: bool | Sequence[str]) -> list[str]:
     """The step's recipe names a target's `repair` field allows, in the order tried."""
     if repair is True:
         return list(step.repairs)
@@ -61,9 +58,9 @@ def written_options(cfg: Any, target: str, options: Mapping[str, Any]) -> dict[s
     return out
 
 
-def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool | Sequence[str],
+def repair_routes(route: "Route", options: Mapping[str, Any], repair: bool | Sequence[str],
                   model: Any = None, root: Any = None,
-                  written: Mapping[str, Any] | None = None) -> list[list[str]]:
+                  written: Mapping[str, Any] | None = None) -> list["Route"]:
     """`route` with each allowed recipe at its repair stop, except a recipe that sets an option the user
     wrote for that format (`written`, format → option names; None: every option in `options`), that the
     route's own alternative already tries, that contradicts the target's other options, changes nothing,
@@ -71,19 +68,16 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
     with `model`, `root`)."""
     from pydantic import ValidationError
 
-    from buildsys.formats import steps
-    from buildsys.planning.routes import LABEL, REPAIR, format_graph, hop, label_parts
-
     i = repair_stop(route)
     if i is None:
         return []
-    a, b = hop(route[i - 1])[0], hop(route[i])[0]
-    step = steps()[format_graph().edges[a, b]["step"]]
-    given = options.get(b) if isinstance(options.get(b), dict) else {}
+    step, stop = route.step_at(i), route.stops[i]
+    given = options.get(stop.format) if isinstance(options.get(stop.format), dict) else {}
+    chosen = set(given or {}) if written is None else set(written.get(stop.format, ()))
     out = []
     for name in allowed(step, repair):
         values = step.repairs[name]
-        if set(values) & set(given or {} if written is None else written.get(b, ())):
+        if set(values) & chosen:
             continue  # the user chose that option
         if any(alt == values and not set(alt) & set(given or {}) for alt in step.alternatives.values()):
             continue  # the route's alternative (`tflite-int8 (dynamic)`) is among the candidates already
@@ -95,34 +89,15 @@ def repair_routes(route: Sequence[str], options: Mapping[str, Any], repair: bool
         if model is not None and step.check_config(model, after, root) is not None:
             continue
         if after != before:
-            rewrites = label_parts(hop(route[i])[1])[1]
-            label = "; ".join([REPAIR + name, *([LABEL + "+".join(rewrites)] if rewrites else [])])
-            out.append([*route[:i], f"{b} ({label})", *route[i + 1:]])
+            out.append(route.with_stop(i, replace(stop, repair=name), "repair"))
     return out
 
 
-def is_repair_route(route: Sequence[str]) -> bool:
-    """Whether a route quantizes with a repair recipe."""
-    from buildsys.planning.routes import REPAIR, hop, label_parts
-
-    return any(label_parts(hop(stop)[1])[0].startswith(REPAIR) for stop in route)
-
-
-def repairable(routes: Mapping[str, Any]) -> dict[str, list[list[str]]]:
-    """From deploy.lock's `routes`: target → its failed routes whose check miss opened a repair."""
-    out: dict[str, list[list[str]]] = {}
-    for target, entry in sorted(routes.items()):
-        for record in entry.get("dropped", []):
-            if record.get("repair"):
-                out.setdefault(target, []).append(list(record["route"]))
-    return out
-
-
-def add_repair_routes(candidates: list[list[str]], found: Sequence[list[str]], options: Mapping[str, Any],
+def add_repair_routes(candidates: list["Route"], found: Sequence["Route"], options: Mapping[str, Any],
                       repair: bool | Sequence[str], model: Any = None, root: Any = None,
-                      written: Mapping[str, Any] | None = None) -> list[list[str]]:
+                      written: Mapping[str, Any] | None = None) -> list["Route"]:
     """The candidates with, right after each route whose check miss opened a repair, that route's recipes."""
-    out = [list(r) for r in candidates]
+    out = list(candidates)
     for route in found:
         if route in out:
             i = out.index(route)
@@ -132,11 +107,11 @@ def add_repair_routes(candidates: list[list[str]], found: Sequence[list[str]], o
 
 
 #: Option values that make a step search for what meets the target's tolerance (they get it as `repair_goal`):
-#: keep-float's sensitivity search, and pruning's highest ratio that holds (Core ML `sparsity: auto`).
+#: keep-float's sensitivity search, and pruning's highest ratio that holds (`sparsity: auto`).
 SEARCHING = {"keep_float": "sensitive", "sparsity": "auto"}
 
 
-def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
+def with_goal(step: type["Step"], raw: dict[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
     """A stop's options with the target's resolved limits per output as the goal of a searching option
     (`SEARCHING`), whether a recipe or the user set it."""
     if any(raw.get(k) == v for k, v in SEARCHING.items()) and "repair_goal" in step.Options.model_fields \
@@ -145,49 +120,33 @@ def with_goal(step: Any, raw: dict[str, Any], outputs: Mapping[str, Any]) -> dic
     return raw
 
 
-def opens_repair(plan: "Plan", target: str, route: list[str], node: str) -> bool:
-    """Whether this failure opens a repair: an artifact that missed its check (not a conversion error), on a
-    route whose quantizing stop runs with its defaults, for a target that allows a recipe there and does
-    not pin its route with `via:` (which, as for alternatives, pins the steps' options too). Bounded: a
-    target's repair opens once, after its first route whose int8 check missed; later routes are tried
-    with their defaults only (their recipes would repeat the same search on another path)."""
-    from buildsys.planning.kinds import CheckKind
-
-    if plan.dag.nodes[node].kind != CheckKind.name:
-        return False
-    config = plan.config.project.targets[target]
-    if config.via or any(record.get("repair") for record in plan.dropped.get(target, [])):
-        return False
-    options = dict(config.options)
-    if config.goal != config.format and config.format in options and config.goal not in options:
-        options[config.goal] = options.pop(config.format)
-    model = plan.config.project.models.get(config.model)
-    return bool(repair_routes(route, options, config.repair, model, plan.config.root,
-                              written_options(plan.config, target, options)))
-
-
-def tried(routes: Sequence[Sequence[str]]) -> str:
+def tried(routes: Sequence["Route"]) -> str:
     """The sentence a blocked target ends with when repair recipes were among its routes; "" otherwise."""
-    from buildsys.planning.routes import REPAIR, hop, label_parts
-
-    recipes = [label_parts(hop(stop)[1])[0][len(REPAIR):] for r in routes for stop in r
-               if label_parts(hop(stop)[1])[0].startswith(REPAIR)]
+    recipes = [s.repair for r in routes for s in r.stops if s.repair]
     if not recipes:
         return ""
-    fmt = next(hop(stop)[0] for r in routes for stop in r if label_parts(hop(stop)[1])[0].startswith(REPAIR))
+    fmt = next(s.format for r in routes for s in r.stops if s.repair)
     return WHAT_TO_DO.format(tried=", ".join(dict.fromkeys(recipes)), fmt=fmt)
 
 
-def describe(record: Any) -> list[str]:
-    """A quantizing node's committed `repair` record in words (explain, report)."""
+def describe(record: Any, latency_ms: float | None = None) -> list[str]:
+    """A quantizing node's committed `repair` record in words (explain, report): what was kept, then the trade-off
+    (`latency_ms`: the delivered artifact's p50 from `bench`, where measured), then every trial."""
     if not isinstance(record, dict):
         return []
     kept = record.get("kept_float")
     lines = [f"accuracy repair {record.get('recipe', '')}: "
              + (f"kept {len(kept)} layer(s) in float: {', '.join(kept)}" if kept else "nothing kept in float")]
-    full = record.get("full_int8")
+    full = record.get("baseline", record.get("full_int8"))  # full_int8: records before the one search
+    chosen = next((t for t in reversed(record.get("trials", [])) if t.get("passed")), None)
+    if isinstance(full, dict) and chosen:
+        latency = f"; latency {latency_ms:.3g} ms (bench, p50)" if latency_ms is not None else ""
+        lines.append(f"trade-off: {len(kept or [])} layer(s) at higher precision for {_measured(chosen['metrics'])} "
+                     f"(all {record.get('reduced', 'int8')}: {_measured(full.get('metrics'))}) on the calibration set; "
+                     f"{_kb(chosen.get('bytes'))} (all {record.get('reduced', 'int8')}: {_kb(full.get('bytes'))}){latency}")
     if isinstance(full, dict):
-        lines.append(f"full int8 on the calibration set: {_measured(full.get('metrics'))}, {_kb(full.get('bytes'))}")
+        lines.append(f"all {record.get('reduced', 'int8')} on the calibration set: {_measured(full.get('metrics'))}, "
+                     f"{_kb(full.get('bytes'))}")
     for trial in record.get("trials", []):
         lines.append(f"tried {len(trial['keep_float'])} in float: {'passed' if trial['passed'] else 'missed'}, "
                      f"{_measured(trial['metrics'])}, {_kb(trial['bytes'])}")
@@ -199,11 +158,11 @@ def describe(record: Any) -> list[str]:
 def trade_off(record: Any) -> str:
     """What a quantized route that was dropped measured, for its line in the summary and the report:
     " (36.1 KB; logits: top-1 agreement 0.09, cosine 0)"; "" when nothing was measured."""
-    observed = record.get("observed") if isinstance(record, dict) else None
-    if not isinstance(observed, dict) or not observed:
+    seen = record.get("observed") if isinstance(record, dict) else None
+    if not isinstance(seen, dict) or not seen:
         return ""
-    parts = [_kb(observed["bytes"])] if isinstance(observed.get("bytes"), (int, float)) else []
-    measured = _measured({k: v for k, v in observed.items() if k != "bytes"})
+    parts = [_kb(seen["bytes"])] if isinstance(seen.get("bytes"), (int, float)) else []
+    measured = _measured({k: v for k, v in seen.items() if k != "bytes"})
     return f" ({'; '.join([*parts, measured] if measured else parts)})" if parts or measured else ""
 
 

@@ -1,19 +1,21 @@
-"""The format graph (formats as vertices, registered steps as edges) and a target's routes through it.
+"""The format graph (formats as vertices, registered steps as edges) and routes through it, as types.
 
 "TFLite needs SavedModel needs ONNX needs the traced model" falls out of this graph: a route is a
 path (edges weighted by each step's `route_cost`) from the model's source format to the target's
-format, through each `via:` stop. A route is a list of stops; a stop is a format name, or a format
-name with the label of one of its step's `alternatives` (`tflite-int8 (dynamic)`: made with that
-alternative's options instead of the defaults) or of the op rewrites it applies (`onnx (rewrite stft)`,
-see rewrite_routes.py), or of the accuracy-repair recipe it quantizes with (`onnx-int8 (repair keep-float)`,
-see repair.py).
+format, through each `via:` stop. A `Route` is a tuple of `Stop`s; a stop is a format made with its
+step's default options, or with what its label says: one of the step's `alternatives`
+(`tflite-int8 (dynamic)`), an accuracy-repair recipe (`onnx-int8 (repair keep-float)`, repair.py), op
+rewrites applied where the module is loaded (`onnx (rewrite stft)`, answers.py), decompositions
+(`pt2 (decompose grid_sampler_2d)`) or converter switches (`saved_model (switch no-broadcast)`).
+deploy.lock, `--json` and the report spell a route as its stops' words (`Route.words`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError, PlanError, did_you_mean
@@ -23,9 +25,170 @@ from buildsys.formats.precision import format_name
 if TYPE_CHECKING:
     import networkx as nx
 
+    from buildsys.formats.base import Step
+
+#: At most this many paths of the format graph are tried for one target (the graph may hold more),
+#: and at most MAX_ROUTES routes in all, alternatives included.
+MAX_PATHS, MAX_ROUTES = 4, 6
+
+#: How a stop's label names what its step does beyond its defaults, one part each, joined by "; ".
+REPAIR, REWRITE, DECOMPOSE, SWITCH = "repair ", "rewrite ", "decompose ", "switch "
+
+
+@dataclass(frozen=True)
+class Stop:
+    """One format of a route and how its step makes it: with its default options, or with an
+    `alternative` (a label of `Step.alternatives`), a `repair` recipe (`Step.repairs`), `rewrites` and
+    `decompose` ops applied where the PyTorch module is loaded, converter `switches` (`Step.switches`)."""
+
+    format: str
+    alternative: str = ""
+    repair: str = ""
+    rewrites: tuple[str, ...] = ()
+    decompose: tuple[str, ...] = ()
+    switches: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, word: str) -> "Stop":
+        """`onnx-int8 (repair keep-float; rewrite stft+complex)` → Stop("onnx-int8", repair="keep-float", …)."""
+        fmt, _, label = word.partition(" (")
+        fields: dict[str, Any] = {}
+        for part in (p.strip() for p in label.removesuffix(")").split(";")):
+            if part.startswith(REPAIR):
+                fields["repair"] = part[len(REPAIR):]
+            elif part.startswith(REWRITE):
+                fields["rewrites"] = tuple(n for n in part[len(REWRITE):].split("+") if n)
+            elif part.startswith(DECOMPOSE):
+                fields["decompose"] = tuple(n for n in part[len(DECOMPOSE):].split("+") if n)
+            elif part.startswith(SWITCH):
+                fields["switches"] = tuple(n for n in part[len(SWITCH):].split("+") if n)
+            elif part:
+                fields["alternative"] = part
+        return cls(fmt, **fields)
+
+    @property
+    def label(self) -> str:
+        """What the step does beyond its defaults, in words ("" for none)."""
+        parts = [self.alternative] if self.alternative else []
+        parts += [REPAIR + self.repair] if self.repair else []
+        parts += [SWITCH + "+".join(self.switches)] if self.switches else []
+        parts += [REWRITE + "+".join(self.rewrites)] if self.rewrites else []
+        parts += [DECOMPOSE + "+".join(self.decompose)] if self.decompose else []
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.format} ({self.label})" if self.label else self.format
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the step runs with other option values than its defaults for the quantizer or converter
+        (an alternative, a repair recipe or a switch): a repair is not opened on top of one."""
+        return bool(self.alternative or self.repair or self.switches)
+
+    def options(self, step: type["Step"]) -> dict[str, Any]:
+        """The option values this stop sets on `step` (merged over the target's own options)."""
+        out: dict[str, Any] = dict(step.alternatives[self.alternative]) if self.alternative else {}
+        if self.repair:
+            out.update(step.repairs[self.repair])
+        for name in self.switches:
+            out.update(switch_values(step, name))
+        if self.rewrites:
+            out["rewrites"] = list(self.rewrites)
+        if self.decompose:
+            out["decompose"] = "core" if self.decompose == ("core",) else list(self.decompose)
+        return out
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path of the format graph with how each stop is made: a target's candidate. Compared and hashed by
+    its stops; `origin` says which stage of the route pipeline made it (for `explain`)."""
+
+    stops: tuple[Stop, ...]
+    origin: str = field(default="path", compare=False)
+
+    @classmethod
+    def parse(cls, words: Iterable[str], origin: str = "path") -> "Route":
+        return cls(tuple(Stop.parse(w) for w in words), origin)
+
+    @classmethod
+    def of_formats(cls, fmts: Iterable[str], origin: str = "path") -> "Route":
+        return cls(tuple(Stop(f) for f in fmts), origin)
+
+    def words(self) -> list[str]:
+        """The route as deploy.lock, `--json` and the report write it."""
+        return [str(s) for s in self.stops]
+
+    def __str__(self) -> str:
+        return " → ".join(self.words())
+
+    @property
+    def formats(self) -> list[str]:
+        return [s.format for s in self.stops]
+
+    def steps(self) -> list[type["Step"]]:
+        """The step classes along the route, one per hop."""
+        g = format_graph()
+        return [steps()[g.edges[a, b]["step"]] for a, b in pairwise(self.formats)]
+
+    def step_at(self, i: int) -> type["Step"]:
+        """The step that makes stop `i` (i ≥ 1)."""
+        return steps()[format_graph().edges[self.stops[i - 1].format, self.stops[i].format]["step"]]
+
+    def with_stop(self, i: int, stop: Stop, origin: str) -> "Route":
+        return Route((*self.stops[:i], stop, *self.stops[i + 1:]), origin)
+
+    def loading_stop(self) -> int | None:
+        """The index of the stop whose step loads the PyTorch module (rewrites and decompositions apply
+        there); None when the route loads none (it starts from an ONNX or TorchScript file)."""
+        return next((i for i in range(1, len(self.stops)) if loads_module(self.step_at(i))), None)
+
+    def cost(self) -> float:
+        """The sum of the `route_cost` of each step along it."""
+        g = format_graph()
+        return sum(g.edges[a, b]["cost"] for a, b in pairwise(self.formats))
+
+    @property
+    def repaired(self) -> bool:
+        return any(s.repair for s in self.stops)
+
+
+def switch_values(step: type["Step"], name: str) -> dict[str, Any]:
+    """The option values a stop's switch `name` sets on `step`: one of the step's own `switches`, else the
+    answer of that label some step's `symptoms` declare (a refusal of the TFLite converter answered by an
+    onnx2tf option of the SavedModel stop before it: buildsys.lowering). An unknown name is a PlanError
+    (a lock written by another version of modelbuild)."""
+    if name in step.switches:
+        return dict(step.switches[name])
+    found = _symptom_switches().get(name)
+    if found is None:
+        raise PlanError(f"unknown converter switch '{name}' on step {step.name}",
+                        hint=did_you_mean(name, sorted(step.switches) + sorted(_symptom_switches())))
+    return found
+
 
 @lru_cache(maxsize=1)
-def format_graph() -> "nx.DiGraph":
+def _symptom_switches() -> dict[str, dict[str, Any]]:
+    """Every option-setting answer the steps' symptoms declare, by label (decompositions and route answers
+    are not switches: they are a stop's `decompose` and another route)."""
+    out: dict[str, dict[str, Any]] = {}
+    for step in steps().values():
+        for symptom in step.symptoms:
+            answer = symptom.answer
+            if answer.options and not answer.via and "decompose" not in answer.values:
+                out.setdefault(answer.label, answer.values)
+    return out
+
+
+def loads_module(step: type["Step"]) -> bool:
+    """Whether a step loads the PyTorch module (and so applies rewrites): declared by its options' type."""
+    from buildsys.formats.torch.rewritten import RewritableOptions
+
+    return issubclass(step.Options, RewritableOptions)
+
+
+@lru_cache(maxsize=1)
+def format_graph() -> "nx.DiGraph[str]":
     """Formats as vertices; an edge a→b for every step that consumes a and produces b."""
     import networkx as nx
 
@@ -41,116 +204,51 @@ def format_graph() -> "nx.DiGraph":
     return g
 
 
-#: At most this many paths of the format graph are tried for one target (the graph may hold more),
-#: and at most MAX_ROUTES routes in all, alternatives included.
-MAX_PATHS, MAX_ROUTES = 4, 6
-
-
-def hop(stop: str) -> tuple[str, str]:
-    """One stop of a route as (format, alternative label): `tflite-int8 (dynamic)` →
-    ("tflite-int8", "dynamic"); a stop made with its step's default options has the label ""."""
-    fmt, _, label = stop.partition(" (")
-    return fmt, label.removesuffix(")")
-
-
-#: How a stop's label names the rewrites its step applies: "rewrite " + names joined by "+".
-LABEL = "rewrite "
-#: How a stop's label names the accuracy-repair recipe its step applies (repair.py): "repair keep-float".
-REPAIR = "repair "
-
-
-def label_parts(label: str) -> tuple[str, tuple[str, ...]]:
-    """A stop's label as (alternative label, rewrites): "dynamic" → ("dynamic", ()), "rewrite stft+complex"
-    → ("", ("stft", "complex")); parts are separated by "; "."""
-    alternative, names = "", tuple[str, ...]()
-    for part in (p.strip() for p in label.split(";")):
-        if part.startswith(LABEL):
-            names = tuple(n for n in part[len(LABEL):].split("+") if n)
-        elif part:
-            alternative = part
-    return alternative, names
-
-
-def stop_options(step: Any, label: str) -> dict[str, Any]:
-    """The options a stop's label sets on its step: its alternative's values and its rewrites."""
-    alternative, names = label_parts(label)
-    if alternative.startswith(REPAIR):
-        out = dict(step.repairs[alternative[len(REPAIR):]])
-    else:
-        out = dict(step.alternatives[alternative]) if alternative else {}
-    if names:
-        out["rewrites"] = list(names)
-    return out
-
-
-def route_formats(route: list[str]) -> list[str]:
-    """The formats a route passes, without alternative labels."""
-    return [hop(stop)[0] for stop in route]
-
-
-def candidate_routes(source: str, family: str, precision: str, via: list[str], routes: list[list[str]],
-                     target: str, cfg: LoadedConfig, options: dict[str, Any] | None = None) -> list[list[str]]:
-    """The routes a target tries, in order, until one's artifact passes its check.
-
-    `via` pins one route, with default options. `routes` lists the paths to try as their `via`
-    stops. Otherwise every path of the format graph is a candidate, cheapest first (the sum of its
-    steps' `route_cost`, then fewest steps, then format names), the cheapest path `find_route` picks
-    leading, so a target whose first route works builds exactly what it did before routes could fall
-    back. After every path with default options come the same paths with each step's
-    `alternatives` (a dynamic-range quantizer after the full-int8 ones), except where the target's
-    `options` (format → its options) set a field the alternative would change, or contradict it.
-    """
+def paths(source: str, family: str, precision: str, via: Sequence[str], listed: Sequence[Sequence[str]],
+          target: str, cfg: LoadedConfig) -> list[Route]:
+    """The paths a target may take, in order, with default options: `via` pins one; `listed` (the target's
+    `routes:`) names them by their stops; otherwise every path of the format graph, cheapest first (the sum
+    of its steps' `route_cost`, then fewest steps, then format names), the cheapest (`find_route`) leading,
+    so a target whose first route works builds exactly what it did before routes could fall back."""
     import networkx as nx
 
     if via:
         return [find_route(source, family, precision, via, target, cfg)]
-    if routes:
-        tried = [find_route(source, family, precision, stops, target, cfg) for stops in routes]
-        paths = [r for i, r in enumerate(tried) if r not in tried[:i]]
-    else:
-        first = find_route(source, family, precision, [], target, cfg)
-        others = nx.all_simple_paths(format_graph(), source, first[-1], cutoff=len(first) + 2)
-        ordered = sorted((p for p in others if p != first), key=lambda p: (route_cost(p), len(p), p))
-        paths = [first, *ordered][:MAX_PATHS]
-    found = [*paths, *_alternatives(paths, options or {})][:MAX_ROUTES]
-    # A route that cannot honour an option the target sets is no candidate: a fallback must never
-    # deliver something other than what was asked (another opset, another exporter). With none left,
-    # the first route stays, so that expansion names the option it rejects (file:line, field).
-    return [r for r in found if honours(r, options or {})] or found[:1]
+    if listed:
+        tried = [find_route(source, family, precision, stops, target, cfg) for stops in listed]
+        return [r for i, r in enumerate(tried) if r not in tried[:i]]
+    first = find_route(source, family, precision, [], target, cfg)
+    others = (Route.of_formats(p) for p in nx.all_simple_paths(format_graph(), source, first.formats[-1],
+                                                                cutoff=len(first.stops) + 2))
+    ordered = sorted((p for p in others if p != first), key=lambda r: (r.cost(), len(r.stops), r.formats))
+    return [first, *ordered][:MAX_PATHS]
 
 
-def honours(route: list[str], options: dict[str, Any]) -> bool:
-    """Whether every option the target sets (format → options) applies on `route`: each format it
-    names is made on the route, by a step whose options model accepts them."""
-    from pydantic import ValidationError
+def through(stops: Sequence[str]) -> list[str] | None:
+    """The cheapest formats (by `route_cost`) from the first of `stops` through each in order; None where the
+    format graph has no such path."""
+    import networkx as nx
 
     g = format_graph()
-    stops = [hop(stop) for stop in route]
-    made = {fmt: (stops[i - 1][0], label) for i, (fmt, label) in enumerate(stops) if i}
-    for fmt, given in options.items():
-        if fmt not in made:
-            return False
-        if not isinstance(given, dict):
-            continue  # not a mapping: expansion reports it, naming the field
-        before, label = made[fmt]
-        step = steps()[g.edges[before, fmt]["step"]]
-        try:
-            step.Options.model_validate({**given, **stop_options(step, label)} if label else given)
-        except ValidationError:
-            return False
-    return True
+    out = [stops[0]]
+    try:
+        for a, b in pairwise(stops):
+            out += nx.shortest_path(g, a, b, weight="cost")[1:]
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        return None
+    return out if len(set(out)) == len(out) else None
 
 
-def _alternatives(paths: list[list[str]], options: dict[str, Any]) -> list[list[str]]:
-    """Each path again with one step's alternative in place of its default options."""
+def alternatives(routes: Sequence[Route], options: Mapping[str, Any]) -> list[Route]:
+    """Each route again with one step's alternative in place of its default options, except where the
+    target's `options` (format → its options) set a field the alternative would change, or contradict it."""
     from pydantic import ValidationError
 
-    g = format_graph()
     out = []
-    for path in paths:
-        for i, (a, b) in enumerate(pairwise(path), start=1):
-            step = steps()[g.edges[a, b]["step"]]
-            chosen = options.get(b)
+    for route in routes:
+        for i in range(1, len(route.stops)):
+            step = route.step_at(i)
+            chosen = options.get(route.stops[i].format)
             given: dict[str, Any] = chosen if isinstance(chosen, dict) else {}
             for label, values in step.alternatives.items():
                 if set(values) & set(given):
@@ -159,18 +257,32 @@ def _alternatives(paths: list[list[str]], options: dict[str, Any]) -> list[list[
                     step.Options.model_validate({**given, **values})
                 except ValidationError:
                     continue  # the target's other options contradict it (io: int8 with dynamic range)
-                out.append([*path[:i], f"{b} ({label})", *path[i + 1:]])
+                out.append(route.with_stop(i, replace(route.stops[i], alternative=label), "alternative"))
     return out
 
 
-def route_cost(route: list[str]) -> float:
-    """The total cost of a route: the `route_cost` of each step along it."""
-    g = format_graph()
-    return sum(g.edges[a, b]["cost"] for a, b in pairwise(route_formats(route)))
+def honours(route: Route, options: Mapping[str, Any]) -> bool:
+    """Whether every option the target sets (format → options) applies on `route`: each format it
+    names is made on the route, by a step whose options model accepts them."""
+    from pydantic import ValidationError
+
+    made = {stop.format: i for i, stop in enumerate(route.stops) if i}
+    for fmt, given in options.items():
+        if fmt not in made:
+            return False
+        if not isinstance(given, dict):
+            continue  # not a mapping: expansion reports it, naming the field
+        i = made[fmt]
+        step = route.step_at(i)
+        try:
+            step.Options.model_validate({**given, **route.stops[i].options(step)})
+        except ValidationError:
+            return False
+    return True
 
 
-def find_route(source: str, family: str, precision: str, via: list[str], target: str,
-               cfg: LoadedConfig) -> list[str]:
+def find_route(source: str, family: str, precision: str, via: Sequence[str], target: str,
+               cfg: LoadedConfig) -> Route:
     """Formats from `source` to the `family` format at `precision` through each of `via` in order
     (cheapest by `route_cost` between stops)."""
     import networkx as nx
@@ -205,4 +317,4 @@ def find_route(source: str, family: str, precision: str, via: list[str], target:
                             where=cfg.where("targets", target, "via"), field=f"targets.{target}.via",
                             hint="remove the repeated format from 'via'")
         seen.add(fmt)
-    return route
+    return Route.of_formats(route)

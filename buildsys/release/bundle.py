@@ -46,7 +46,7 @@ class ChainStep(_M):
     built: dict[str, Any] = Field(default_factory=dict, description="host, at (UTC), seconds.")
 
 
-class DroppedRoute(_M):
+class ManifestRoute(_M):
     route: list[str] = Field(description="Formats from the model's source, as in `route`.")
     node: str = Field(description="The node the route failed at: a conversion, or the target's check.")
     reason: str = Field(description="The conversion error, or the first metric that missed its tolerance.")
@@ -65,7 +65,7 @@ class BundledArtifact(_M):
     chain: list[ChainStep] = Field(description="Steps from the source to this artifact, in order.")
     route: list[str] = Field(default_factory=list, description="The route that made the artifact: formats from "
                              "the model's source to it (`tflite-int8 (dynamic)`: a step's alternative options).")
-    dropped_routes: list[DroppedRoute] = Field(default_factory=list, description="Routes tried before it, in order, "
+    dropped_routes: list[ManifestRoute] = Field(default_factory=list, description="Routes tried before it, in order, "
                                                "each with the node it failed at and why.")
     toolchain: dict[str, str]
     acceptance: dict[str, Any] = Field(description="Resolved acceptance the check applied.")
@@ -144,7 +144,7 @@ def collect(cfg: Any, lock: Any, dag: Any, name: str, cache: Any) -> tuple[Manif
             main=f"{target}/{get_format(node.format).filename}", files=files,
             signature=model.model_dump(mode="json", include={"inputs", "outputs"}), layout=layout,
             sources=_sources(lock, chain), chain=chain, route=recorded.get("route", []),
-            dropped_routes=[DroppedRoute(route=r["route"], node=r["node"], reason=r["reason"])
+            dropped_routes=[ManifestRoute(route=r["route"], node=r["node"], reason=r["reason"])
                             for r in lock.routes.get(target, {}).get("dropped", [])],
             toolchain={k: v for c in chain for k, v in c.toolchain.items()},
             acceptance=check.get("components", {}).get("acceptance", {}), check=metrics, status=status.as_dict(),

@@ -47,6 +47,7 @@ def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str
     source = model_cfg.source if model_cfg is not None else None
     head = facts.headline
     generation = _generation(facts, model_cfg, llm)
+    weights = quantized_weights(facts)
     return {
         "schema": CARD_SCHEMA, "target": facts.target,
         "description": target_cfg.description if target_cfg is not None else "",
@@ -56,7 +57,8 @@ def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str
         "artifact": {"format": facts.format, "description": fmt.description if fmt is not None else "",
                      "precision": facts.precision, "size_bytes": facts.size,
                      "files": [{"path": f[0], "size": f[2]} for f in facts.files],
-                     "route": facts.route, "steps": facts.steps},
+                     "route": facts.route, "steps": facts.steps,
+                     **({"quantized_weights": weights} if weights else {})},
         "inputs": inputs, "outputs": facts.signature.get("outputs", []),
         "intended_use": {"runtime": fmt.runtime if fmt is not None else None,
                          "serving_runtime": fmt.serving_runtime if fmt is not None else None,
@@ -66,7 +68,9 @@ def card(facts: TargetFacts, cfg: "LoadedConfig | None" = None, layout: dict[str
         "verification": {"verdict": facts.verdict, "samples": facts.check.get("samples"), "data": facts.data,
                          "runtime": facts.check.get("runtime"), "host_class": facts.platform,
                          "not_run": facts.check.get("not_run"), "summary": head,
-                         "outputs": _observed(facts.check)},
+                         "outputs": _observed(facts.check),
+                         **({"quantized_weights": facts.check["quantized_weights"]}
+                            if facts.check.get("quantized_weights") else {})},
         "latency": _latency(facts.bench),
         **({"generation": generation} if generation is not None else {}),
         "toolchain": facts.toolchain, "generated_by": f"modelbuild {__version__}",
@@ -108,6 +112,8 @@ def refresh(planner: Any, targets: list[str] | None = None) -> list[Path]:
 
 def markdown(data: dict[str, Any]) -> str:
     """The card for people: a summary table, signature, recipe, acceptance against measurements, toolchain."""
+    from buildsys.formats.quantized_weights import describe as describe_share
+
     art, use, ver = data["artifact"], data["intended_use"], data["verification"]
     model = data["model"]
     source = ", ".join(f"{k} `{v}`" for k, v in model["source"].items())
@@ -128,6 +134,7 @@ def markdown(data: dict[str, Any]) -> str:
             ("Format", f"{art['format']}" + (f": {art['description']}" if art["description"] else "")),
             ("Precision", art["precision"]), ("Runtime", runtime), ("Preset", preset or "—"),
             ("Size", _size(art["size_bytes"]) + f" in {len(art['files'])} file(s)"),
+            *([("Quantized weights", describe_share(art["quantized_weights"]) or "—")] if art.get("quantized_weights") else []),
             ("Route", " → ".join(art["route"]) or "—"), ("Check", checked)]
     lines += ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows), ""]
     if ver["not_run"]:
@@ -144,7 +151,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Recipe", ""]
     for step in art["steps"]:
         options = ", ".join(f"{k}={_plain(v)}" for k, v in sorted(step["options"].items()) if v is not None)
-        facts = ", ".join(f"{k} {_plain(v)}" for k, v in sorted((step.get("facts") or {}).items()))
+        facts = ", ".join(f"{k} {_plain(v)}" for k, v in sorted((step.get("facts") or {}).items())
+                          if k != "quantized_weights")  # in words in the summary table
         lines.append(f"- `{step['node']}`: {step['step']} v{step['step_version']}" + (f" ({options})" if options else "")
                      + (f"; made with {facts}" if facts else ""))
     lines += ["", "## Acceptance and measured metrics", ""]
@@ -155,6 +163,11 @@ def markdown(data: dict[str, Any]) -> str:
                   for o, m, v in measured]
     else:
         lines.append("No measurement recorded on this machine (build it here, or see the bundle's card).")
+    share = ver.get("quantized_weights")
+    if share:
+        floor = f"allowed >= {share['allowed']:.0%}" if isinstance(share.get("allowed"), (int, float)) else "no floor"
+        lines.append(f"\nWeights in {share.get('asked')}: {share['observed']:.1%} of the linear and convolution weights "
+                     f"({floor}): {'ok' if share.get('ok', True) else 'MISS'}.")
     if data["latency"]:
         lat = data["latency"]
         lines += ["", "## Latency", "", f"{lat['runtime']}, batch {lat['batch']}: p50 {_plain(lat['p50_ms'])} ms, "
@@ -195,7 +208,7 @@ def _generation(facts: TargetFacts, model_cfg: Any, llm: dict[str, Any] | None) 
     return {
         "context_length": context, "tokens_per_call": spec.get("max_chunk"), "kv_cache_shape": cache,
         "vocab": spec.get("vocab"), "tokenizer": tokenizer, "quantization": quantization,
-        "quantized_weights": step_facts.get("quantized_weights"),
+        "quantized_weights": (quantized_weights(facts) or {}).get("share"),
         "new_tokens": gen.new_tokens if gen is not None else None, "measured_on": facts.data or None,
         "token_agreement": agreement.get("observed"),
         "token_agreement_allowed": agreement.get("allowed"), "token_agreement_note": agreement.get("note"),
@@ -205,6 +218,13 @@ def _generation(facts: TargetFacts, model_cfg: Any, llm: dict[str, Any] | None) 
         "prefill_top1_agreement": (logits.get("top1_agreement") or {}).get("observed"),
         "ttft_ms": timing.get("ttft_ms"), "decode_tokens_per_s": timing.get("decode_tokens_per_s"),
     }
+
+
+def quantized_weights(facts: TargetFacts) -> dict[str, Any] | None:
+    """The `quantized_weights` fact of the step nearest the artifact that measured one (the quantizing step: a
+    Triton layout's onnx-int8 model), or None for a float artifact."""
+    found = [(s.get("facts") or {}).get("quantized_weights") for s in facts.steps]
+    return next((f for f in reversed(found) if isinstance(f, dict)), None)
 
 
 def _generation_markdown(gen: dict[str, Any]) -> list[str]:

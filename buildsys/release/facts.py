@@ -5,7 +5,7 @@ model cards show."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys.formats.base import delivered
 from buildsys.planning.kinds import BenchKind, CheckKind, ReferenceKind
@@ -86,17 +86,17 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
         target = target_name(name)
         if target is None or "components" not in entry:
             continue
-        recorded = lock.targets.get(target) or {}
+        recorded: Any = lock.targets.get(target) or {}
         upstream = [k[len(_UPSTREAM):] for k in entry["components"].get("inputs", {}) if k.startswith(_UPSTREAM)]
         artifact = recorded.get("node") or (upstream[0] if upstream else "")
         chain = _chain(lock, artifact)
         model = artifact.split("/", 1)[0]
         metrics = entry.get("metrics") or _cached_metrics(store, entry.get("key"))
         fmt = artifact.split("/", 1)[-1].split("~", 1)[0]
-        files = recorded.get("files") or delivered(lock.nodes.get(artifact, {}).get("files", []))
+        files = recorded.get("files") or delivered(lock.entry(artifact).get("files", []))
         toolchain: dict[str, str] = {}
         for node in [*chain, name, ReferenceKind.node_name(model)]:
-            toolchain.update(lock.nodes.get(node, {}).get("components", {}).get("toolchain", {}))
+            toolchain.update(lock.entry(node).get("components", {}).get("toolchain", {}))
         comp = entry["components"]
         out[target] = TargetFacts(
             target=target, model=model, format=fmt, precision=_precision(fmt),
@@ -106,7 +106,7 @@ def from_lock(lock: "Lock", store: "Store | None" = None) -> dict[str, TargetFac
             acceptance=comp.get("acceptance", {}), check=metrics, bench=_bench(lock, target, artifact),
             signature=comp.get("signature", {}), files=[list(f) for f in files], built=entry.get("built", {}),
             platform=str(comp.get("platform", "")),
-            data=str(lock.nodes.get(ReferenceKind.node_name(model), {}).get("metrics", {}).get("origin", "")))
+            data=str(lock.entry(ReferenceKind.node_name(model)).get("metrics", {}).get("origin", "")))
     return out
 
 
@@ -150,7 +150,7 @@ def _chain(lock: "Lock", artifact: str) -> list[str]:
     return chain[::-1]
 
 
-def _step(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+def _step(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     """A step of the chain as the card lists it; `facts` are its committed metrics (a quantizer's scheme)."""
     comp = entry["components"]
     step = {"node": name, "step": comp.get("step", ""), "step_version": comp.get("step_version"),
@@ -160,8 +160,8 @@ def _step(name: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 def _bench(lock: "Lock", target: str, artifact: str) -> dict[str, Any]:
     """The benchmark of this very artifact: a bench entry whose upstream digest is the artifact's tree."""
-    entry = lock.nodes.get(BenchKind.node_name(target), {})
-    tree = lock.nodes.get(artifact, {}).get("tree")
+    entry = lock.entry(BenchKind.node_name(target))
+    tree = lock.entry(artifact).get("tree")
     measured = entry.get("components", {}).get("inputs", {}).get(_UPSTREAM + artifact)
     return dict(entry.get("metrics") or {}) if tree and measured == tree else {}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from buildsys.planning.kinds import kind_of
-from buildsys.planning.plan import BLOCKED
+from buildsys.status import State
 
 
 def stale_in_lock(plan: Any, lock: Any) -> list[tuple[str, list[str]]]:
@@ -18,7 +18,7 @@ def stale_in_lock(plan: Any, lock: Any) -> list[tuple[str, list[str]]]:
     out = []
     for p in plan.order():
         entry = lock.nodes.get(p.node.name)
-        if kind_of(p.node).host_bound or (p.action == BLOCKED and entry is not None):
+        if kind_of(p.node).host_bound or (p.state in (State.BLOCKED, State.FAILED) and entry is not None):
             continue
         if entry is None:
             out.append((p.node.name, p.reasons or ["not in the lock"]))

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from buildsys.running.results import BuildResult
-from buildsys.planning.plan import BLOCKED, Plan
+from buildsys.records import BuildResult
+from buildsys.planning.plan import Plan
 from buildsys.report.html import fmt_size as _size
 from buildsys.planning.kinds import BenchKind, CheckKind
 from buildsys.status import Action, Caveat, CaveatKind, State, Verdict, target_status
@@ -34,13 +34,13 @@ def console(stderr: bool = False) -> Any:
 
 
 def describe_coverage(plan: Plan) -> dict[str, Any]:
-    from buildsys.planning.coverage import describe
+    from buildsys.report.ops import describe
 
     return describe(plan)
 
 
 def coverage_lines(plan: Plan) -> list[str]:
-    from buildsys.planning.coverage import lines
+    from buildsys.report.ops import lines
 
     return lines(plan)
 
@@ -51,11 +51,13 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         nodes.append({
             "node": p.node.name, "kind": p.node.kind, "model": p.node.model, "format": p.node.format,
             "step": p.node.step, "deps": p.node.deps, "targets": p.node.targets or ([p.node.target] if p.node.target else []),
-            "state": p.state.value, "action": p.next.value,
+            "state": p.state.value, "action": p.action.value,
             "reasons": p.reasons, "key": p.key,
         })
-    return {"config": str(plan.config.path), "targets": plan.targets, "routes": plan.dag.routes,
-            "candidate_routes": plan.dag.candidates, "dropped_routes": plan.dropped, "nodes": nodes,
+    return {"config": str(plan.config.path), "targets": plan.targets,
+            "routes": {t: r.words() for t, r in plan.dag.routes.items()},
+            "candidate_routes": {t: [r.words() for r in rs] for t, rs in plan.dag.candidates.items()},
+            "dropped_routes": plan.dropped, "nodes": nodes,
             "coverage": describe_coverage(plan),
             **{state.value: sum(1 for n in nodes if n["state"] == state.value)
                for state in (State.STALE, State.BLOCKED, State.FAILED)}}
@@ -73,9 +75,10 @@ def print_plan(plan: Plan) -> None:
     width = max((len(p.node.name) for p in order), default=10)
     click.echo(f"{click.style('plan', bold=True)} {plan.config.path.name}: {len(plan.targets)} target(s), {len(order)} node(s)")
     for p in order:
-        state, action = p.state, p.next
+        state, action = p.state, p.action
         label = state.value if state is not State.STALE else "cached" if action is Action.CACHED else \
-            "remote" if action is Action.REMOTE else "restore" if action is Action.RESTORE else "stale"
+            "remote" if action is Action.REMOTE else "restore" if action is Action.RESTORE else \
+            "skip" if action is Action.SKIP else "stale"
         color = _PLAN_COLORS.get(label, "yellow")
         reasons = "; ".join(p.reasons)
         line = f"  {click.style(f'{label:<8}', fg=color)} {p.node.name:<{width}}  {click.style(reasons, dim=True) if reasons else ''}"
@@ -83,13 +86,13 @@ def print_plan(plan: Plan) -> None:
     for line in coverage_lines(plan):  # ops against each converter's registry (buildsys.planning.coverage)
         click.echo(f"  {click.style('ops', fg='cyan'):<8}    {line}")
     for target, records in plan.dropped.items():
-        route = " → ".join(plan.dag.routes[target])
+        route = str(plan.dag.routes[target])
         for r in records:
             click.echo(f"  {click.style('route', fg='yellow'):<8}    {target}: {' → '.join(r['route'])} dropped at "
                        f"{r['node']} ({r['reason']}); " + ("no route left" if target in plan.dag.exhausted
                                                            else f"taking {route}"))
     work = plan.work
-    blocked = sum(1 for p in work if p.action == BLOCKED)
+    blocked = sum(1 for p in work if p.action in (Action.FAIL, Action.SKIP))
     if blocked:
         click.echo(f"{blocked} node(s) cannot be built on this host or by any route (see why above); build fails them "
                    "without running them and builds the rest.")
@@ -125,6 +128,8 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
         out.print(f"\n[bold red]✗ {r.name}[/]{needed}: {r.error}")
         for line in r.metrics.get("failures", []):
             out.print(f"  [red]{line}[/]", markup=True, highlight=False)
+        for line in failure_details(r.metrics):  # where a stopped step was, where refused ops are called
+            out.print(f"  {line}", markup=False, highlight=False)
         rows = check_rows(r.metrics)
         if rows:
             table = Table("output", "metric", "observed", "allowed", "", box=None, padding=(0, 2))
@@ -137,10 +142,19 @@ def print_failures(result: BuildResult, out: Any, plan: Plan | None = None) -> N
                 out.print("\n".join("    " + line for line in table_lines(r.metrics["localisation"])),
                           markup=False, highlight=False)
         elif r.log and Path(r.log).exists() and not r.metrics.get("failures"):
-            if not r.user_error:  # a converter's own failure: its last words help
+            if not r.user_error and "stopped" not in r.metrics:  # a converter's own failure: its last words help
                 tail = Path(r.log).read_text(errors="replace").strip().splitlines()[-8:]
                 out.print("\n".join("    " + line for line in tail), markup=False, style="dim")
             out.print(f"  full log: {r.log}")
+
+
+def failure_details(metrics: dict[str, Any]) -> list[str]:
+    """The lines a failed node's metrics add under its error: a step its budget stopped (running/watchdog.py),
+    the sites of ops a converter refused (localise/sites.py)."""
+    from buildsys.localise.sites import refused_lines
+    from buildsys.running.watchdog import stopped_lines
+
+    return (stopped_lines(metrics["stopped"]) if metrics.get("stopped") else []) + refused_lines(metrics.get("refused") or [])
 
 
 def _targets_needing(plan: Plan, name: str) -> list[str]:
@@ -169,7 +183,7 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         check = entry.get("metrics", {})
         dropped: list[dict[str, Any]] = [{k: r[k] for k in ("route", "node", "reason", "observed") if k in r}
                    for r in plan.dropped.get(target, [])]
-        route = plan.dag.routes.get(target, [])
+        route = plan.dag.routes[target].words() if target in plan.dag.routes else []
         status = target_status(entry, delivered=bool(recorded), route=route, dropped=dropped)
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
@@ -177,7 +191,8 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "caveats": [c.as_dict() for c in status.caveats],
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
                "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name),
-               "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair")}
+               "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair"),
+               "quantized_weights": check.get("quantized_weights")}  # the share in its precision, against its floor
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -201,7 +216,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
 
     from buildsys.planning.repair import describe, trade_off
 
-    table = Table("target", "format", "size", "vs fp32", "check", "accuracy", "agreement", "max abs err",
+    table = Table("target", "format", "size", "vs fp32", "weights", "check", "accuracy", "agreement", "max abs err",
                   box=None, padding=(0, 1), pad_edge=False)
     for row in rows:
         clean = row.get("verdict") == Verdict.PASSED and not any(c["kind"] != CaveatKind.FALLBACK for c in row["caveats"])
@@ -212,7 +227,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
             if row.get("reference_accuracy") is not None:
                 acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
         table.add_row(row["target"], row["format"], _size(row["size"]) if row["size"] else "—",
-                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", f"[{style}]{row['check']}[/]", acc,
+                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", _share(row.get("quantized_weights")),
+                      f"[{style}]{row['check']}[/]", acc,
                       f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
                       _num(row["max_abs"]) if "max_abs" in row else "")
     out.print(table)
@@ -233,6 +249,15 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
         for drop in row.get("dropped") or []:
             out.print(f"{row['target']}: route {' → '.join(drop['route'])} dropped at {drop['node']}: {drop['reason']}"
                       f"{trade_off(drop)}", style="yellow", markup=False, highlight=False)
+
+
+def _share(weights: dict[str, Any] | None) -> str:
+    """The share of weights in the target's precision, as the summary's weights column shows it: '97% int8'
+    (red below its floor); '' for a float target."""
+    if not weights or weights.get("observed") is None:
+        return ""
+    text = f"{weights['observed']:.0%} {weights.get('asked') or ''}".strip()
+    return text if weights.get("ok", True) else f"[red]{text}[/]"
 
 
 def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:

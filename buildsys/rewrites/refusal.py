@@ -31,6 +31,10 @@ _TIERS: tuple[Tier, ...] = ("named", "sign", "in-program")
 _NAMED_OPS = (re.compile(r"\baten(?:::|\.)([A-Za-z0-9_]+)"),
               re.compile(r"convert function for op '([A-Za-z0-9_]+)'"),      # coremltools
               re.compile(r"Missing operator: \[\d+\] (?:aten::)?([A-Za-z0-9_]+)"))  # ExecuTorch's log
+#: More spellings of a refused op, for locating it in the model (`refused_ops`; rewrites rank by `_NAMED_OPS`).
+_MORE_NAMED_OPS = (re.compile(r"fx node [^,\s]+, kind ([A-Za-z0-9_]+)"),  # coremltools' torch.export frontend
+                   re.compile(r"PyTorch op '([A-Za-z0-9_]+)'"),            # the Core ML steps' own refusal
+                   re.compile(r"\bprims(?:::|\.)([A-Za-z0-9_]+)"))         # the dynamo ONNX exporter, after decomposing
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,20 @@ def _first_mention(text: str, base: str) -> int | None:
     return min(hits) if hits else None
 
 
-def ops_named(text: str) -> list[str]:
+def ops_named(text: str, patterns: Sequence[re.Pattern[str]] = _NAMED_OPS) -> list[str]:
     """The ATen ops (bare names) a refusal names, in order of first mention."""
     found: dict[str, int] = {}
-    for pattern in _NAMED_OPS:
+    for pattern in patterns:
         for m in pattern.finditer(text):
             found.setdefault(m.group(1), m.start())
     return sorted(found, key=found.__getitem__)
+
+
+def refused_ops(text: str) -> list[str]:
+    """The ops a refusal names in any spelling a converter uses (`ops_named`, and coremltools' "kind erfinv",
+    the Core ML steps' "PyTorch op 'erfinv'", the dynamo ONNX exporter's "prims::erf_inv"): what
+    buildsys.localise.source_lines looks for in the model's source."""
+    return ops_named(text, _NAMED_OPS + _MORE_NAMED_OPS)
 
 
 def explain_refusal(error_text: str, ops: Sequence[str] = ()) -> list[RefusalMatch]:

@@ -1,8 +1,11 @@
-"""Execution: run the plan's stale nodes through an executor, publish results, keep going or stop.
+"""Execution: carry out a plan's work through an executor, store what it made, report each node.
 
-The Builder schedules ready nodes on up to `jobs` threads, sends each as an `Action` to the executor
-(buildsys.running.pool's worker processes, or a Dask cluster) and publishes each success (blobs → action
-cache → lock → artifacts/) from the main thread.
+The Builder schedules ready nodes on up to `jobs` threads, sends each as a `Job` to the executor
+(buildsys.running.pool's worker processes, or a Dask cluster) and, from the main thread, stores each success
+(blobs → action cache), delivers what a check accepted under artifacts/, and reports it to the plan's lock
+writer (planning.record), which alone writes deploy.lock. What to do with each node is the plan's
+(`NodePlan.action`); the builder only re-keys a node whose upstream was rebuilt (early cutoff when the bytes
+came out the same).
 """
 
 from __future__ import annotations
@@ -14,15 +17,31 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from buildsys.planning.expand import Node
-from buildsys.planning.kinds import kind_of
-from buildsys.planning.settle import host_blocked
-from buildsys.planning.plan import NOTHING, RESTORE, RUN, NodePlan, Plan, Planner
-from buildsys.running.results import (BUILT, CACHED, CUTOFF, FAILED, FRESH, RESTORED, SKIPPED, BuildResult, NodeResult,
-                              built_by)
 from buildsys.formats import get_format, get_step
 from buildsys.formats.base import delivered
-from buildsys.running.pool import DEFAULT_TIMEOUT, Action, LocalExecutor
+from buildsys.planning.kinds import kind_of
+from buildsys.planning.node import Node
+from buildsys.planning.plan import Plan
+from buildsys.planning.planner import NodePlan, Planner
+from buildsys.planning.record import Delivery, LockWriter
+from buildsys.records import (
+    BUILT,
+    CACHED,
+    CUTOFF,
+    FAILED,
+    FRESH,
+    RESTORED,
+    SKIPPED,
+    BuildResult,
+    FileRow,
+    NodeResult,
+    WorkerReply,
+    built_by,
+    worker_request,
+)
+from buildsys.running.limits import Budgets
+from buildsys.running.pool import Executor, Job
+from buildsys.status import Action as PlanAction
 from buildsys.storage.store import CorruptBlob
 
 #: The note on a cached node whose result was pulled from the remote cache instead of being built.
@@ -33,17 +52,18 @@ class Builder:
     """Carries out a Plan. Decisions are the plan's; the builder only re-keys nodes whose upstream
     was rebuilt (early cutoff when the bytes came out the same)."""
 
-    def __init__(self, planner: Planner, plan: Plan, executor: LocalExecutor, *, jobs: int = 1,
+    def __init__(self, planner: Planner, plan: Plan, executor: Executor, writer: LockWriter, *, jobs: int = 1,
                  keep_going: bool = False, force: bool = False, force_kinds: tuple[str, ...] = (),
-                 timeout: float = DEFAULT_TIMEOUT, on_event: Callable[[str, NodeResult | str], None] | None = None):
+                 timeout: float | None = None, on_event: Callable[[str, NodeResult | str], None] | None = None):
         self.planner = planner
         self.plan = plan
         self.executor = executor
+        self.writer = writer
         self.jobs = max(1, jobs)
         self.keep_going = keep_going
         self.force = force
         self.force_kinds = force_kinds
-        self.timeout = timeout
+        self.budgets = Budgets(planner, plan, timeout)  # each node's time and memory (running/limits.py)
         self.on_event = on_event or (lambda kind, payload: None)
         self.store = planner.store
         self.lock = planner.lock
@@ -54,8 +74,8 @@ class Builder:
         self._toolchains: dict[str, str] = {}
         # The remote cache (None: not configured). Pushes run beside the build on their own thread,
         # so uploading a big artifact never holds up the next node; run() waits for them at the end.
-        self.remote = planner.remote if any(p.action != NOTHING for p in plan.nodes.values()) else None
-        self._pushes: list[Future] = []
+        self.remote = planner.remote if any(p.runs for p in plan.nodes.values()) else None
+        self._pushes: list[Future[None]] = []
         self._push_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") \
             if self.remote is not None and not self.remote.readonly else None
 
@@ -63,11 +83,13 @@ class Builder:
     def run(self) -> BuildResult:
         order = self.plan.order()
         pending = {p.node.name: p for p in order}
-        running: dict[Future, tuple[NodePlan, Path, float]] = {}
+        running: dict[Future[WorkerReply], tuple[NodePlan, Path, float]] = {}
         stop = False
-        for name, (fails, why) in host_blocked(self.plan).items():  # known at plan time: no step runs
-            pending.pop(name, None)
-            self._finish(NodeResult(name, FAILED if fails else SKIPPED, error=why, user_error=True))
+        for nplan in order:  # known at plan time: no step runs
+            if nplan.action in (PlanAction.FAIL, PlanAction.SKIP):
+                pending.pop(nplan.node.name)
+                outcome = FAILED if nplan.action is PlanAction.FAIL else SKIPPED
+                self._finish(NodeResult(nplan.node.name, outcome, error=nplan.reasons[0], user_error=True))
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
                 self._expect(pending)
@@ -78,7 +100,7 @@ class Builder:
                         continue  # e.g. a benchmark: parallel work would skew its latencies
                     nplan = pending.pop(name)
                     if stop:
-                        if nplan.action == NOTHING:
+                        if nplan.action is PlanAction.NONE:
                             self._finish(NodeResult(name, FRESH))
                         else:
                             self._finish(NodeResult(name, SKIPPED, error="not started: an earlier node failed"))
@@ -108,13 +130,11 @@ class Builder:
         """Ready nodes, those that need no worker first, then a check whose artifact's worker is idle,
         then nodes whose toolchain has an idle worker: each switch of toolchain may cost an import.
         Plan order otherwise (a stable sort)."""
-        warm = getattr(self.executor, "warm", None)
-        if warm is None:
-            return ready
+        warm = self.executor.warm
 
         def rank(name: str) -> int:
             nplan = pending[name]
-            if nplan.action == NOTHING:
+            if nplan.action is PlanAction.NONE:
                 return 0
             toolchain = self._toolchain(nplan.node)
             worker = self._workers.get(nplan.node.deps[0]) if kind_of(nplan.node).judges else None
@@ -125,14 +145,12 @@ class Builder:
 
     def _expect(self, pending: dict[str, NodePlan]) -> None:
         """Tell the pool which toolchains the queued nodes need, so it evicts others' workers first."""
-        expect = getattr(self.executor, "expect", None)
-        if expect is not None:
-            counts: dict[str, int] = {}
-            for p in pending.values():
-                if p.action != NOTHING:
-                    tc = self._toolchain(p.node)
-                    counts[tc] = counts.get(tc, 0) + 1
-            expect(counts)
+        counts: dict[str, int] = {}
+        for p in pending.values():
+            if p.action is not PlanAction.NONE:
+                tc = self._toolchain(p.node)
+                counts[tc] = counts.get(tc, 0) + 1
+        self.executor.expect(counts)
 
     def _deps_done(self, node: Node) -> bool:
         return all(d in self.result.results or d not in self.plan.nodes for d in node.deps)
@@ -142,7 +160,7 @@ class Builder:
         self.on_event("finish", result)
 
     # --- one node ----------------------------------------------------------------------------------
-    def _start(self, nplan: NodePlan) -> tuple["Action", Path] | None:
+    def _start(self, nplan: NodePlan) -> tuple[Job, Path] | None:
         """Decide from the (re-keyed) status: nothing, restore, cache hit, or an action to run."""
         node = nplan.node
         bad = [d for d in node.deps if self.result.results.get(d, NodeResult(d, FRESH)).outcome in (FAILED, SKIPPED)]
@@ -153,18 +171,17 @@ class Builder:
         force = self.force or node.kind in self.force_kinds
         status = nplan if nplan.key and not any(self._rebuilt(d) for d in node.deps) else \
             self.planner.status(node, upstream, force=force)
-        if status.action == NOTHING and nplan.action == RUN and not force:
+        if status.action is PlanAction.NONE and nplan.runs and not force:
             # The plan expected to run this node, but upstream came out byte-identical.
             self._finish(NodeResult(node.name, CUTOFF if node.deps else FRESH))
             return None
-        if status.action == NOTHING:
+        if status.action is PlanAction.NONE:
             self._finish(NodeResult(node.name, FRESH))
             return None
         assert status.key and status.components is not None
         try:
-            if status.action == RESTORE:
-                self._deliver(node)
-                self.lock.write()
+            if status.action is PlanAction.RESTORE:
+                self.writer.delivered(self._deliver(node))
                 self._finish(NodeResult(node.name, RESTORED))
                 return None
             cached = None if force else self.store.get_action(status.key)
@@ -188,7 +205,7 @@ class Builder:
     def _output(self, name: str) -> str | None:
         return self._digests.get(name) or self.planner.output_digest(name)
 
-    def _action(self, nplan: NodePlan) -> tuple[Action, Path]:
+    def _action(self, nplan: NodePlan) -> tuple[Job, Path]:
         node = nplan.node
         cfg = self.planner.config
         model = cfg.project.models[node.model]
@@ -196,7 +213,7 @@ class Builder:
         out_dir = scratch / "out"
         out_dir.mkdir()
         extra: dict[str, Any] = {}
-        inputs: dict[str, list] = {}
+        inputs: dict[str, list[FileRow]] = {}
         input_path: Path | None = None
         if node.source_format:
             input_path = _source_path(cfg.root, model)
@@ -208,20 +225,25 @@ class Builder:
         if kind.judges:  # deps are [artifact, reference]
             extra["reference"] = str(self._checkout(self.plan.dag.nodes[node.deps[1]], scratch / "ref", inputs))
             extra["caveats"] = (nplan.components or {}).get("caveats", [])  # the artifact chain's (keyed)
+            extra["quantized_weights"] = (nplan.components or {}).get("quantized_weights")  # judged by its floor
             if self.plan.dag.structured_sparsity(node.deps[0]):  # a pruned artifact: no per-layer localisation
                 extra["structured_sparsity"] = self.plan.dag.structured_sparsity(node.deps[0])
         source = _source_path(cfg.root, model)
         extra.update(kind.request_extra(node, model, str(source) if source else None))
+        sites = ((self.plan.coverage.ops.get(node.model) if self.plan.coverage else None) or {}).get("sites")
+        if sites:  # where the model calls each op (the op analysis'): a refusal is located without exporting again
+            extra["sites"] = sites
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         log.write_text(f"# modelbuild: {node.name} ({node.step})\n")
-        request = {
-            "step": node.step, "options": node.options, "model_name": node.model, "model": model.model_dump(mode="json"),
-            "root": str(cfg.root), "input": str(input_path) if input_path else None, "out_dir": str(out_dir),
-            "log": str(log), "precision": node.precision, "extra": extra,
-        }
+        request = worker_request(step=node.step, options=node.options, model_name=node.model,
+                                 model=model.model_dump(mode="json"), root=str(cfg.root),
+                                 input=str(input_path) if input_path else None, out_dir=str(out_dir), log=str(log),
+                                 precision=node.precision, extra=extra)
         worker = self._workers.get(node.deps[0]) if kind.judges else None  # the worker that made the artifact
-        return Action(node.name, self._toolchain(node), request, self.timeout, inputs, worker), scratch
+        budget = self.budgets.for_node(node)
+        return Job(node.name, self._toolchain(node), request, budget.seconds, inputs, worker, budget.memory,
+                   budget.basis), scratch
 
     def _toolchain(self, node: Node) -> str:
         if node.name not in self._toolchains:
@@ -231,18 +253,18 @@ class Builder:
                 self._toolchains[node.name] = get_step(node.step).toolchain
         return self._toolchains[node.name]
 
-    def _checkout(self, dep: Node, dest: Path, inputs: dict[str, list]) -> Path:
+    def _checkout(self, dep: Node, dest: Path, inputs: dict[str, list[FileRow]]) -> Path:
         inputs[dest.name] = self.lock.nodes[dep.name]["files"]
         self.store.checkout(inputs[dest.name], dest, link=True)
         return dest / get_format(dep.format).filename
 
-    def _complete(self, nplan: NodePlan, reply: dict[str, Any], scratch: Path, seconds: float) -> bool:
+    def _complete(self, nplan: NodePlan, reply: WorkerReply, scratch: Path, seconds: float) -> bool:
         node = nplan.node
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         try:
             if not reply.get("ok"):
                 self._finish(NodeResult(node.name, FAILED, seconds, reply.get("error", "failed"), str(log),
-                                        user_error=bool(reply.get("user"))))
+                                        failure_metrics(reply), user_error=bool(reply.get("user"))))
                 return False
             metrics = reply.get("metrics", {})
             outcome = kind_of(node).outcome(node, metrics)
@@ -270,52 +292,49 @@ class Builder:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _publish(self, node: Node, status: NodePlan, tree: str, files: list, metrics: dict, built: dict) -> None:
-        """Record a finished node: lock entry, then its deliverables under artifacts/."""
+    def _publish(self, node: Node, status: NodePlan, tree: str, files: list[FileRow], metrics: dict[str, Any],
+                 built: dict[str, Any]) -> None:
+        """A finished node: its deliverable under artifacts/ when it is a check that accepted its artifact, then
+        its record, through the plan's lock writer."""
         self._digests[node.name] = tree
-        entry = {"key": status.key, "components": status.components, "tree": tree, "files": files, "built": built}
-        if metrics:
-            entry["metrics"] = {k: v for k, v in metrics.items() if k != "seconds"}
         kind = kind_of(node)
-        entry.update(kind.lock_fields(node, metrics))
-        self.lock.nodes[node.name] = entry
-        if kind.owns_delivery and kind.outcome(node, metrics).deliver:
-            self._deliver(node)
-        self.lock.write()
+        delivery = self._deliver(node) if kind.owns_delivery and kind.outcome(node, metrics).deliver else None
+        assert status.key is not None and status.components is not None
+        self.writer.published(node, status.key, status.components, tree, files, metrics, built, delivery)
 
-    def _deliver(self, check: Node) -> None:
-        """Copy the artifact a check just accepted to artifacts/<target>/, swapping the directory
-        at once. Only checks deliver: an artifact that misses its acceptance never lands there."""
-        artifact = check.deps[0]
+    def _deliver(self, check: Node) -> Delivery:
+        """Copy the artifact a check accepted to artifacts/<target>/, swapping the directory at once. Only
+        checks deliver: an artifact that misses its acceptance never lands there."""
+        artifact, target = check.deps[0], check.target
         files = delivered(self.lock.nodes[artifact]["files"])  # a node's diagnostics stay in the cache
         artifacts = self.planner.artifacts
-        for target in [check.target]:
-            fresh = artifacts / f".tmp-{target}"
-            shutil.rmtree(fresh, ignore_errors=True)
-            self.store.checkout(files, fresh, link=False)
-            final = artifacts / target
-            old = artifacts / f".old-{target}"
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(fresh, final)
-            shutil.rmtree(old, ignore_errors=True)
-            for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
-                self.planner.stat.record(final / rel, digest)
-            route, rewrites = self.plan.dag.routes.get(target, []), self.plan.dag.rewrites(artifact)
-            self.lock.targets[target] = {"node": artifact, "path": self.planner.display(final), "files": files,
-                                         "route": route, **({"rewrites": rewrites} if rewrites else {})}
-            if target in self.lock.routes:  # this route passes now: forget its old failure
-                kept = [r for r in self.lock.routes[target]["dropped"] if r["route"] != route]
-                self.lock.routes[target]["dropped"] = kept
-                if not kept:
-                    del self.lock.routes[target]
+        fresh = artifacts / f".tmp-{target}"
+        shutil.rmtree(fresh, ignore_errors=True)
+        self.store.checkout(files, fresh, link=False)
+        final = artifacts / target
+        old = artifacts / f".old-{target}"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(fresh, final)
+        shutil.rmtree(old, ignore_errors=True)
+        for rel, digest, _size, _x in files:  # verified copies: spare the next plan a re-hash
+            self.planner.stat.record(final / rel, digest)
+        return Delivery(target, artifact, self.planner.display(final), files, self.plan.dag.routes[target],
+                        self.plan.dag.rewrites(artifact))
 
     def _withdraw(self, target: str) -> None:
         """A target whose check failed has no deliverable: remove the previous one and its record."""
         shutil.rmtree(self.planner.artifacts / target, ignore_errors=True)
-        if self.lock.targets.pop(target, None) is not None:
-            self.lock.write()
+        self.writer.withdrawn(target)
+
+
+def failure_metrics(reply: WorkerReply) -> dict[str, Any]:
+    """What a failed step's reply says beyond its error: where the step was when its budget stopped it
+    (`stopped`, running/watchdog.py) and where the user's model calls the ops a converter refused (`refused`,
+    localise/sites.py), for the summary and the record of the dropped route."""
+    out = {k: v for k, v in (reply.get("metrics") or {}).items() if k == "stopped"}
+    return {**out, **({"refused": reply["refused"]} if reply.get("refused") else {})}
 
 
 def _source_path(root: Path, model: Any) -> Path | None:

@@ -3,7 +3,7 @@
     modelbuild build --executor dask --scheduler tcp://HOST:8786   (or MODELBUILD_SCHEDULER)
 
 The Builder is unchanged: it plans, schedules and publishes in this process, and hands each step to
-an executor as `run(Action) -> reply`. DaskExecutor submits the action as one Dask task. On the
+an executor as `run(Job) -> reply`. DaskExecutor submits the job as one Dask task. On the
 Dask worker the task
 
 1. pulls the step's input trees (the upstream artifact, the reference) from the remote cache into a
@@ -26,6 +26,9 @@ Requirements and conventions (also in docs/performance.md, "Distributed builds")
   openvino, tensorrt, …); TensorRT steps also need `gpu`. A resource is requested only when some
   worker of the cluster declares it (`dask worker … --resources "toolchain-coreml=1"`); otherwise
   the step may run anywhere.
+- Budgets: each step runs under its node's time budget and memory ceiling (running/limits.py) in the Dask
+  worker's subprocess, watched there as locally; a ceiling the target did not set is that host's default
+  (half its memory). Dask's own nanny limits watch the Dask worker process, not the step's subprocess.
 - A worker that dies mid-step: the scheduler moves the task to another worker (up to
   `distributed.scheduler.allowed-failures` deaths, then the node fails). Errors raised by the task
   itself (a remote storage hiccup) are retried MODELBUILD_DASK_RETRIES times (default 1).
@@ -42,18 +45,17 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import ModelbuildError
+from buildsys.errors import ModelbuildError, install_command
 
 if TYPE_CHECKING:
-    from buildsys.running.pool import Action
-    from buildsys.planning.plan import Planner
+    from buildsys.planning.planner import Planner
+    from buildsys.records import WorkerReply
+    from buildsys.running.pool import Executor, Job
     from buildsys.storage.remote import Remote
 
 ENV_SCHEDULER = "MODELBUILD_SCHEDULER"
 ENV_RETRIES = "MODELBUILD_DASK_RETRIES"
 EXECUTORS = ("local", "dask")
-#: Toolchains whose steps need a GPU worker besides their toolchain resource.
-GPU_TOOLCHAINS = frozenset({"tensorrt"})
 _LOG_TAIL = 1 << 20  # bytes of a step's log sent back from the worker
 
 
@@ -61,10 +63,10 @@ class ExecutorError(ModelbuildError):
     """The executor cannot start: unknown kind, no scheduler, no remote cache, dask missing."""
 
 
-def make_executor(kind: str, scheduler: str | None, log_dir: Path, jobs: int, planner: Planner) -> Any:
+def make_executor(kind: str, scheduler: str | None, log_dir: Path, jobs: int, planner: Planner) -> "Executor":
     """The executor for `build --executor KIND`: a LocalExecutor (the default) or a DaskExecutor.
 
-    Both expose `run(action) -> reply`, `close()` and `jobs` (how many nodes to keep in flight)."""
+    Both expose `run(job) -> reply`, `close()` and `jobs` (how many nodes to keep in flight)."""
     from buildsys.running.pool import LocalExecutor
 
     if kind == "local":
@@ -78,7 +80,10 @@ def make_executor(kind: str, scheduler: str | None, log_dir: Path, jobs: int, pl
 
 def resources_for(toolchain: str) -> list[str]:
     """The Dask resources a step of `toolchain` asks for (when the cluster declares them)."""
-    return [f"toolchain-{toolchain}"] + (["gpu"] if toolchain in GPU_TOOLCHAINS else [])
+    from buildsys.formats import steps
+
+    gpu = any(s.gpu for s in steps().values() if s.toolchain == toolchain)  # declared by the steps (Step.gpu)
+    return [f"toolchain-{toolchain}"] + (["gpu"] if gpu else [])
 
 
 class DaskExecutor:
@@ -99,7 +104,7 @@ class DaskExecutor:
         try:
             from distributed import Client
         except ImportError:
-            raise ExecutorError("--executor dask needs dask.distributed", hint="pip install 'modelbuild[dask]'") from None
+            raise ExecutorError("--executor dask needs dask.distributed", hint=install_command("dask")) from None
         try:
             self.client = Client(address, timeout=15, set_as_default=False)
         except (OSError, TimeoutError) as exc:
@@ -117,20 +122,28 @@ class DaskExecutor:
         self._warn_other_platforms()
 
     # --- the Builder's interface -------------------------------------------------------------------
-    def run(self, action: Action) -> dict[str, Any]:
-        """Run one action on the cluster; the reply is LocalExecutor's, plus where it ran."""
+    def warm(self, toolchain: str, worker: str | None = None) -> bool:
+        """Never known here: the cluster's workers keep their own toolchains warm."""
+        return False
+
+    def expect(self, toolchains: dict[str, int]) -> None:
+        """The scheduler places tasks; nothing to prepare."""
+
+    def run(self, job: Job) -> "WorkerReply":
+        """Run one job on the cluster; the reply is LocalExecutor's, plus where it ran."""
         from distributed import KilledWorker
 
-        out_dir = Path(action.request["out_dir"])
+        out_dir = Path(job.request["out_dir"])
         try:
-            self._upload_inputs(action)
+            self._upload_inputs(job)
         except Exception as exc:  # noqa: BLE001 - storage errors: this node fails, with the reason
             return {"ok": False, "error": f"cannot upload the step's inputs to {self.remote.url}: {_first_line(exc)}",
                     "user": False}
         future = self.client.submit(
-            run_on_worker, action.request, str(out_dir.parent), action.inputs, action.toolchain, self.remote.url,
-            self.remote.storage_options, action.timeout, key=f"modelbuild-{action.node}-{uuid.uuid4().hex[:8]}",
-            resources=self._resources(action.toolchain) or None, retries=self.retries, pure=False)
+            run_on_worker, job.request, str(out_dir.parent), job.inputs, job.toolchain, self.remote.url,
+            self.remote.storage_options, job.timeout, job.memory, job.basis,
+            key=f"modelbuild-{job.node}-{uuid.uuid4().hex[:8]}",
+            resources=self._resources(job.toolchain) or None, retries=self.retries, pure=False)
         try:
             reply: dict[str, Any] = future.result()
         except KilledWorker as exc:
@@ -139,14 +152,14 @@ class DaskExecutor:
             return {"ok": False, "user": False, "error": f"dask task failed: {type(exc).__name__}: {_first_line(exc)}"}
         finally:
             future.release()
-        self._append_log(action, reply.pop("log_text", ""), reply.get("worker", "?"))
+        self._append_log(job, reply.pop("log_text", ""), reply.get("worker", "?"))
         files = reply.pop("files", None)
         if reply.get("ok"):
             try:
                 self._fetch_outputs(files or [], out_dir)
             except Exception as exc:  # noqa: BLE001 - a blob missing or corrupt on the remote
                 return {"ok": False, "user": False, "error": f"cannot pull the step's outputs: {_first_line(exc)}"}
-        return reply
+        return WorkerReply(**reply)  # type: ignore[typeddict-item]  # (the task's reply: ok, metrics, error, built)
 
     def close(self) -> None:
         self.client.close()
@@ -173,11 +186,11 @@ class DaskExecutor:
             declared.update(worker.get("resources") or {})
         return {name: 1 for name in resources_for(toolchain) if name in declared}
 
-    def _upload_inputs(self, action: Action) -> None:
+    def _upload_inputs(self, job: Job) -> None:
         """Make sure the remote has every blob of the step's input trees. The Builder pushes results
         after publishing, on its own thread; a downstream node may start before that push ends, and
         results that were already in the local cache may never have been pushed."""
-        for files in action.inputs.values():
+        for files in job.inputs.values():
             for _rel, digest, size, _x in files:
                 with self._lock:
                     if digest in self._uploaded:
@@ -187,7 +200,7 @@ class DaskExecutor:
                 with self._lock:
                     self._uploaded.add(digest)
 
-    def _fetch_outputs(self, files: list[list], out_dir: Path) -> None:
+    def _fetch_outputs(self, files: list[list[Any]], out_dir: Path) -> None:
         """Pull the worker's output tree into the local store, then lay it out in the scratch `out`
         directory (hard links), where the Builder hashes and publishes it as after a local step."""
         for rel, digest, size, _x in files:
@@ -196,8 +209,8 @@ class DaskExecutor:
         self.store.checkout(files, out_dir, link=True)
 
     @staticmethod
-    def _append_log(action: Action, text: str, worker: str) -> None:
-        with open(action.request["log"], "a", encoding="utf-8", errors="replace") as log:
+    def _append_log(job: Job, text: str, worker: str) -> None:
+        with open(job.request["log"], "a", encoding="utf-8", errors="replace") as log:
             log.write(f"# dask worker: {worker}\n{text}")
 
 
@@ -228,15 +241,19 @@ def _worker_state(url: str, storage_options: dict[str, Any] | None) -> tuple[Any
         return _local["executor"], _local["store"], _local[url]
 
 
-def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str, list], toolchain: str, url: str,
-                  storage_options: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str, list[list[Any]]], toolchain: str, url: str,
+                  storage_options: dict[str, Any] | None, timeout: float, memory: int | None = None,
+                  basis: str = "") -> dict[str, Any]:
     """The Dask task: inputs from the remote, the step in a subprocess, outputs to the remote.
+
+    The step runs under the node's budget (running/limits.py): `timeout` seconds, and `memory` bytes for the
+    subprocess with its children, or, where the target set none, the Dask worker host's own default ceiling.
 
     Step failures come back as replies (they are deterministic: retrying would not help); storage
     errors raise, so Dask's `retries` covers them."""
     from distributed import get_worker
 
-    from buildsys.running.pool import Action
+    from buildsys.running.pool import Job
 
     address = get_worker().address
     where = {"worker": address, "built": {"host": socket.gethostname(), "worker": address}}
@@ -258,7 +275,8 @@ def run_on_worker(request: dict[str, Any], local_scratch: str, inputs: dict[str,
         old, new = json.dumps(local_scratch)[1:-1], json.dumps(str(scratch))[1:-1]
         here = json.loads(json.dumps(request).replace(old, new))
         here["log"] = str(scratch / "step.log")
-        reply = executor.run(Action(request.get("model_name", "") + ":" + request["step"], toolchain, here, timeout))
+        reply = executor.run(Job(request.get("model_name", "") + ":" + request["step"], toolchain, here, timeout,
+                                 memory=memory, basis=basis))
         reply.update(where)
         reply["log_text"] = _tail(scratch / "step.log")
         if reply.get("ok"):

@@ -1,8 +1,9 @@
 """The local executor: actions run in `python -m buildsys.running.worker` subprocesses, reused per toolchain.
 
-The executor interface is `run(Action) -> reply` (buildsys.running.dask has the distributed one).
+The executor interface is `run(Job) -> reply` (buildsys.running.dask has the distributed one).
 A worker keeps its toolchain imported between nodes, so torch, TensorFlow or coremltools are paid for
-once per build and worker, not once per node; a worker that dies or hangs fails only its node.
+once per build and worker, not once per node; a worker that dies, or that a step's time budget or memory
+ceiling stops (running/limits.py, running/watchdog.py), fails only its node.
 """
 
 from __future__ import annotations
@@ -16,30 +17,61 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from buildsys.records import FileRow, WorkerReply, WorkerRequest
+from buildsys.running.limits import StepBudget, parse_memory, step_ceiling
+from buildsys.running.watchdog import Watchdog, tree_rss
+
+#: The time budget of a job that was given none (running/limits.py scales each node's to its model).
 DEFAULT_TIMEOUT = float(os.environ.get("MODELBUILD_STEP_TIMEOUT", "1800"))
 #: The environment variable that sets the pool's memory budget, and the default share of available RAM.
 MEMORY_ENV, DEFAULT_MEMORY_SHARE = "MODELBUILD_WORKER_MEMORY", "50%"
 
 
 @dataclass
-class Action:
+class Job:
     """One step invocation, ready to send to a worker."""
 
     node: str
     toolchain: str
-    request: dict[str, Any]
+    request: WorkerRequest
     timeout: float = DEFAULT_TIMEOUT
     #: The trees checked out into the step's scratch directory ("in", "ref" → lock file listing):
     #: what a remote executor (buildsys.running.dask) ships to its worker by digest.
-    inputs: dict[str, list] = field(default_factory=dict)
+    inputs: dict[str, list[FileRow]] = field(default_factory=dict)
     #: The worker to prefer when it is idle (a check: the worker that made its artifact).
     worker: str | None = None
+    #: The memory ceiling of the worker and its children in bytes (None: the executor's), and where `timeout`
+    #: comes from, in words (recorded with the node).
+    memory: int | None = None
+    basis: str = ""
+
+
+class Executor(Protocol):
+    """What the Builder asks of an executor: run a job and reply (never raising for the step's own failure),
+    report which toolchains are warm and hear which the queued nodes need (both may know nothing: a cluster's
+    workers are not this process's to see), and close. `LocalExecutor` and `running.dask.DaskExecutor`
+    implement it."""
+
+    jobs: int  # how many nodes the Builder keeps in flight
+
+    def run(self, job: Job) -> WorkerReply: ...
+
+    def warm(self, toolchain: str, worker: str | None = None) -> bool: ...
+
+    def expect(self, toolchains: dict[str, int]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class WorkerFailed(Exception):
-    """The worker process died or hung; the message says how."""
+    """The worker process died, or was stopped past its step's budget; the message says how, `stopped` (a
+    watchdog Stop as a dict) what it was doing then."""
+
+    def __init__(self, message: str, stopped: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.stopped = stopped
 
 
 class WorkerProcess:
@@ -49,22 +81,31 @@ class WorkerProcess:
         self.toolchain = toolchain
         self._stderr = open(stderr_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUILD_PARENT_PID": str(os.getpid()),
-               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # its import blocks (worker.UNUSED_IMPORTS); ps, benchmarks
+               "MODELBUILD_WORKER_TOOLCHAIN": toolchain}  # its import blocks (worker.unused_imports); ps, benchmarks
         self.proc = subprocess.Popen([sys.executable, "-m", "buildsys.running.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self.name = f"pid:{self.proc.pid}"  # in the build record's `built` entries
+        self.peak_rss = 0  # the highest resident memory (with children) sampled during the last call
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(self, request: WorkerRequest, timeout: float, memory: int | None = None) -> WorkerReply:
+        """Send one request and wait for its reply, watched (running/watchdog.py): past `timeout` seconds or
+        `memory` bytes the worker is stopped with its stack taken, and WorkerFailed says so."""
         assert self.proc.stdin and self.proc.stdout
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise WorkerFailed(self._death()) from None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.kill()
-            raise WorkerFailed(f"timed out after {timeout:.0f} s (raise it with --timeout)")
+        dog = Watchdog(self.proc.pid, timeout, memory)
+        while not select.select([self.proc.stdout], [], [], dog.next_wait())[0]:
+            limit = dog.over()
+            if limit is not None:
+                stop = dog.stop(limit, Path(request["log"]), Path(request["root"]) if request.get("root") else None)
+                self.peak_rss = dog.peak
+                self.kill()
+                raise WorkerFailed(stop.line(), stop.as_dict())
+        dog.measure()
+        self.peak_rss = dog.peak
         line = self.proc.stdout.readline()
         if not line:
             raise WorkerFailed(self._death())
@@ -111,6 +152,7 @@ class LocalExecutor:
         self.log_dir = log_dir
         self.jobs = jobs  # nodes the Builder keeps in flight (buildsys.running.dask.make_executor)
         self.memory_budget = memory_budget if memory_budget is not None else default_memory_budget()
+        self.step_ceiling = step_ceiling()  # each busy worker's own limit (a job may set its own)
         self.max_idle = max_idle if max_idle is not None else max(16, jobs * 4)
         self._idle: list[WorkerProcess] = []  # least recently used first
         self._busy: list[WorkerProcess] = []
@@ -184,34 +226,30 @@ class LocalExecutor:
         self._idle.remove(worker)
         worker.close()
 
-    def run(self, action: Action) -> dict[str, Any]:
-        worker = self._acquire(action.toolchain, action.worker)
+    def run(self, job: Job) -> WorkerReply:
+        worker = self._acquire(job.toolchain, job.worker)
+        memory = job.memory or self.step_ceiling
+        budget = StepBudget(job.timeout, memory, job.basis).as_dict()  # recorded with the node
         try:
-            reply = worker.call(action.request, action.timeout)
+            reply = worker.call(job.request, job.timeout, memory)
         except WorkerFailed as exc:
             with self._lock:
                 self._busy.remove(worker)
             worker.kill()
-            return {"ok": False, "error": str(exc), "user": False}
+            failed = WorkerReply(ok=False, error=str(exc), user=False, built={"budget": budget})
+            if exc.stopped:
+                failed["metrics"] = {"stopped": {**exc.stopped, "basis": job.basis}}
+            return failed
         self._release(worker)
-        return {**reply, "built": {**reply.get("built", {}), "worker": worker.name}}
+        reply["built"] = {**reply.get("built", {}), "worker": worker.name, "budget": budget,
+                          "peak_rss": worker.peak_rss}
+        return reply
 
     def close(self) -> None:
         with self._lock:
             for w in self._idle:
                 w.close()
             self._idle.clear()
-
-
-def parse_memory(text: str, available: int) -> int:
-    """'50%' (of available RAM), '6G', '512M', '800K' or bytes → bytes."""
-    text = text.strip().upper().removesuffix("B")
-    if text.endswith("%"):
-        return int(available * float(text[:-1]) / 100)
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(float(text))
 
 
 def available_memory() -> int:
@@ -239,25 +277,7 @@ def default_memory_budget() -> int:
 
 def worker_rss(pid: int) -> int:
     """Resident bytes of a worker and its children (a browser or server a check started); 0 if unknown."""
-    try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except ImportError:
-        pass
-    except Exception:  # psutil.Error: the worker is gone
-        return 0
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+    return tree_rss(pid)
 
 
 def usable_cpus() -> int:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from buildsys.running.results import Event
+from buildsys.records import Event
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _STYLE = {"built": "green", "cached": "cyan", "restored": "cyan", "remote": "cyan", "cutoff": "dim", "fresh": "dim",
@@ -129,8 +129,14 @@ def _not_run(metrics: dict[str, Any]) -> list[str]:
 
 
 def _print_log_tail(out: Any, event: Event) -> None:
-    """A converter's last words: the tail of the failing node's log (checks explain themselves)."""
-    if event.kind != "artifact" or not event.log or not Path(event.log).is_file():
+    """A converter's last words: the tail of the failing node's log (checks explain themselves); for a step its
+    budget stopped, its stack and last output instead, and the calls of the ops a converter refused."""
+    from buildsys.report.console import failure_details
+
+    details = failure_details(event.metrics)
+    if details:
+        out.print("\n".join("      " + line for line in details), markup=False, highlight=False, style="dim")
+    if "stopped" in event.metrics or event.kind != "artifact" or not event.log or not Path(event.log).is_file():
         return
     tail = Path(event.log).read_text(errors="replace").strip().splitlines()[-LOG_LINES:]
     if tail:

@@ -38,25 +38,43 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "metrics": metrics}
     except ModelbuildError as exc:
         traceback.print_exc()
-        return {"ok": False, "error": str(exc), "user": True}
+        reply = {"ok": False, "error": str(exc), "user": True}
     except Exception as exc:  # a converter's own exception: report it as the step's failure
         traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
+        reply = {"ok": False, "error": f"{type(exc).__name__}: {first}"[:500], "user": False}
+    return located(request, reply)  # out of the except block: the failed step's frames are freed first
 
 
-#: Packages a toolchain's worker treats as not installed, because a package it uses imports them only
-#: to probe for them. coremltools' `_deps` imports TensorFlow (about 11 s here) to learn whether it can
-#: convert TensorFlow models; modelbuild converts to Core ML from PyTorch only, and coremltools
-#: without TensorFlow installed is a configuration it supports (its converters check `_HAS_TF`).
-#: Measured with benchmarks/cold_build.py's import probe: docs/performance.md, "Cold build".
-UNUSED_IMPORTS: dict[str, tuple[str, ...]] = {"coreml": ("tensorflow",)}
+def located(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+    """A failed step's reply with where the user's model calls what its error says a converter refused
+    (buildsys.localise.source_lines): the error ends with it and `refused` lists every site. The reply as it
+    was when the error names nothing, the source is no PyTorch module, or locating fails (said in the log)."""
+    try:
+        from buildsys.localise.sites import with_sites
+        from buildsys.localise.source_lines import refused_sites
+
+        sites = refused_sites(request, reply["error"])
+    except Exception:  # noqa: BLE001 - the step's own failure is what the reply must carry
+        print("modelbuild: the refused op could not be located in the model's source:", file=sys.stderr)
+        traceback.print_exc()
+        return reply
+    if not sites:
+        return reply
+    return {**reply, "error": with_sites(reply["error"], sites), "refused": [s.as_dict() for s in sites]}
+
+
+def unused_imports(toolchain: str) -> list[str]:
+    """The packages `toolchain`'s worker treats as not installed: what its steps declare (`Step.unused_imports`)."""
+    from buildsys.formats import steps
+
+    return sorted({name for s in steps().values() if s.toolchain == toolchain for name in s.unused_imports})
 
 
 def block_unused_imports(toolchain: str) -> None:
     """Make the packages `toolchain`'s worker never needs unimportable in this process: `import`
     raises ImportError for a name whose sys.modules entry is None (the import system's own rule)."""
-    for name in UNUSED_IMPORTS.get(toolchain, ()):
+    for name in unused_imports(toolchain):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable", by design
 
 
@@ -77,8 +95,20 @@ def _exit_with_parent() -> None:
         threading.Thread(target=watch, daemon=True).start()
 
 
+def _stack_on_signal() -> None:
+    """On SIGUSR1, write every thread's Python stack to fd 2 (during a step: the node's log). The watchdog
+    asks for it before it stops a step past its budget (buildsys.running.limits, watchdog); faulthandler writes from the signal
+    handler itself, so a worker busy in C code answers too."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
 def main() -> None:
     _exit_with_parent()
+    _stack_on_signal()
     block_unused_imports(os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", ""))
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     original_err = os.dup(2)

@@ -61,7 +61,7 @@ class TreeEntry:
     size: int
     executable: bool = False
 
-    def as_list(self) -> list:
+    def as_list(self) -> list[Any]:
         return [self.path, self.digest, self.size, self.executable]
 
 
@@ -78,7 +78,7 @@ class StatCache:
 
     def __init__(self, path: Path | None):
         self.path = path
-        self._entries: dict[str, list] = {}
+        self._entries: dict[str, list[Any]] = {}
         self._dirty = False
         if path is not None:
             try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import ConfigError
+from buildsys.records import NodeEntry, RouteEntry, TargetEntry
 from buildsys.storage.store import atomic_write
 
 LOCK_VERSION = 1
@@ -49,9 +50,13 @@ class Lock:
     "reason"}]}`), committed so that no machine retries a route under a key it already failed with."""
 
     path: Path
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, NodeEntry] = field(default_factory=dict)
+    targets: dict[str, TargetEntry] = field(default_factory=dict)
+    routes: dict[str, RouteEntry] = field(default_factory=dict)
+
+    def entry(self, node: str) -> NodeEntry:
+        """The lock's entry of `node`, empty when it has none."""
+        return self.nodes.get(node) or NodeEntry()
 
     @property
     def record_path(self) -> Path:
@@ -73,7 +78,9 @@ class Lock:
             if volatile.get(LOCAL):
                 lock.nodes.setdefault(name, volatile)
             elif entry is not None and volatile.get("key") == entry.get("key"):
-                entry.update({k: volatile[k] for k in VOLATILE if k in volatile})
+                for k in VOLATILE:
+                    if k in volatile:
+                        entry[k] = volatile[k]  # type: ignore[literal-required]  # (VOLATILE names NodeEntry keys)
         return lock
 
     def write(self) -> None:
@@ -85,7 +92,7 @@ class Lock:
                 record[name] = entry
                 continue
             committed[name] = {k: v for k, v in entry.items() if k not in VOLATILE}
-            volatile = {k: entry[k] for k in VOLATILE if k in entry}
+            volatile = {k: v for k, v in entry.items() if k in VOLATILE}
             if volatile:
                 record[name] = {"key": entry.get("key"), **volatile}
         self.record_path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import ModelbuildError
+from buildsys.errors import ModelbuildError, install_command
 
 if TYPE_CHECKING:
-    from buildsys.planning.expand import Node
+    from buildsys.planning.node import Node
     from buildsys.storage.store import Store
 
 ENV_URL = "MODELBUILD_REMOTE"
@@ -96,7 +96,7 @@ class Remote:
             try:
                 from fsspec.core import url_to_fs
             except ImportError:
-                raise RemoteError("a remote cache needs fsspec", hint="pip install 'modelbuild[remote]'") from None
+                raise RemoteError("a remote cache needs fsspec", hint=install_command("remote")) from None
             try:
                 self._fs, self._root = url_to_fs(self.url, **self._options())
             except (ImportError, ValueError) as exc:  # unknown protocol, or its package (s3fs, gcsfs) missing

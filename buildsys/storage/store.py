@@ -41,7 +41,7 @@ class Store:
     def blob(self, digest: str) -> Path:
         return self.cas / digest[:2] / digest[2:]
 
-    def has_files(self, files: Iterable[list]) -> bool:
+    def has_files(self, files: Iterable[list[Any]]) -> bool:
         """Whether every blob of a tree listing is present (existence only; restore verifies)."""
         return all(self.blob(f[1]).exists() for f in files)
 
@@ -63,7 +63,7 @@ class Store:
             os.replace(path, dest)
         return tree_digest(entries), entries
 
-    def checkout(self, files: list[list], dest: Path, *, link: bool) -> None:
+    def checkout(self, files: list[list[Any]], dest: Path, *, link: bool) -> None:
         """Recreate a tree at `dest` from blobs, verifying each one.
 
         link=True hard-links (cheap inputs for steps, which must not write to them); link=False

@@ -33,14 +33,14 @@ def train_tokenizer(out: Path, byte_level: bool = False) -> Path:
     return out / "tokenizer.json"
 
 
-def build(arch: str, vocab: int):  # type: ignore[no-untyped-def]
-    """A tiny untrained model of `arch` (2 layers, hidden 64)."""
+def build(arch: str, vocab: int, intermediate: int = 128):  # type: ignore[no-untyped-def]
+    """A tiny untrained model of `arch` (2 layers, hidden 64; a Llama's MLP `intermediate` wide)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if arch == "llama":  # RoPE, RMSNorm, SwiGLU, 4 query heads over 2 kv heads (GQA)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=intermediate,
                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                             max_position_embeddings=256, bos_token_id=0, eos_token_id=0))
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256,
@@ -97,15 +97,27 @@ def make_project(root: Path, archs: tuple[str, ...] = ARCHS, steps: int = 120, u
     for arch in archs:
         model, losses[arch] = train(build(arch, vocab), ids, steps)
         model.save_pretrained(root / arch)
-        models.append(_model_yaml(arch))
+        models.append(model_yaml(arch))
     if untrained:  # near-tied logits: the model on which quantization noise flips greedy tokens
         build("llama", vocab).eval().save_pretrained(root / "untrained")
-        models.append(_model_yaml("untrained"))
+        models.append(model_yaml("untrained"))
     (root / "deploy.yaml").write_text("models:\n" + textwrap.indent("".join(models), "  ") + "targets: {}\n")
     return losses
 
 
-def _model_yaml(name: str) -> str:
+def add_trained(root: Path, name: str, arch: str, steps: int = 100, intermediate: int = 128) -> str:
+    """Train one more model of `arch` on the corpus with the project's tokenizer, save it as `root/name`; returns
+    its models: entry (for deploy.yaml) and leaves deploy.yaml alone."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
+    ids = tok.encode((DATA / "tiny.txt").read_text()).ids
+    model, _ = train(build(arch, tok.get_vocab_size(), intermediate), ids, steps)
+    model.save_pretrained(root / name)
+    return model_yaml(name)
+
+
+def model_yaml(name: str) -> str:
     return textwrap.dedent(f"""\
       {name}:
         task: text-generation

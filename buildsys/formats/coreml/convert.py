@@ -8,18 +8,17 @@ package needs macOS (see buildsys.formats.coreml.runtime, which also inspects pa
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 from buildsys.formats import register, register_formats, register_variants
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, StepContext, StepOptions
+from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, per_channel_prelu
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
+from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import load_input
+from buildsys.lowering import Answer, Symptom
 
 if TYPE_CHECKING:
     from buildsys.config.schema import InputSpec, Model
@@ -34,6 +33,21 @@ MLPACKAGE = COREML["fp32"].filename
 
 _TRACED = ("torchscript", "torchscript-file")
 
+#: Refusals of coremltools' symbolic (dynamic) shapes, from either frontend: a reshape whose shape holds a symbol
+#: ("Cannot add const [is3, 16, 1, 79]"), an assertion on a shape (group_norm's `x.shape[0] == N`, with no message),
+#: a dynamic rank-6 reshape. Measured: a wav2vec2 encoder (both frontends), a Swin encoder (torch.export frontend).
+STATIC_SHAPES = Symptom(
+    (r"Cannot add const[^\n]*\b(?:is|s)\d+\b", r"cannot have symbolic values", r"AssertionError: *(?:\(step|$)",
+     r"only supports tensors with rank <= 5"),
+    Answer.of("coreml static shapes", {"static_shapes": True}, why="coremltools failed on a symbolic (dynamic) size; "
+              "converted at fixed shapes it has none"))
+#: The TorchScript frontend reading a traced size as an array (an aten::Int of a tensor: YOLO11n, a BERT encoder,
+#: grid_sample models): coremltools' torch.export frontend has no such nodes.
+EXPORT_FRONTEND = Symptom(
+    (r"only 0-dimensional arrays can be converted to Python scalars",),
+    Answer.of("coremltools torch.export frontend", via=("pt2",), why="coremltools' TorchScript frontend read a traced "
+              "size as an array (aten::Int); its torch.export frontend converts the program without such nodes"))
+
 
 @register_variants({"fp32": _TRACED, "fp16": _TRACED})
 class CoremlFromTorchScript(PruningStep):
@@ -45,20 +59,51 @@ class CoremlFromTorchScript(PruningStep):
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
+    unused_imports = ("tensorflow",)
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "precision", None) == "fp16":  # accuracy repair of float16 compute (docs/repair.md)
+            cls.repairs = {"keep-float": {"keep_float": "sensitive"}}
+
+    # What keep_float 'sensitive' kept in float32 and what `sparsity: auto` tried: facts of this output.
+    committed_metrics = ("sparsity_search", "repair")
+
+    @classmethod
+    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
+        searching = ("calibration",) if getattr(options, "keep_float", ()) == "sensitive" else ()
+        return (*super().data_used(options), *searching)
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.planning.repair import describe
+
+        return [*super().describe_facts(facts), *describe(facts.get("repair"))]
 
     @property
     def compute(self) -> str:
         """Core ML's compute precision: float32 for the fp32 format, float16 for the others."""
         return "float32" if self.precision == "fp32" else "float16"
 
+    symptoms: ClassVar[tuple[Symptom, ...]] = (EXPORT_FRONTEND, STATIC_SHAPES)  # then the ops it names, decomposed
+
+    @classmethod
+    def makes_static(cls, options: Mapping[str, Any] | None = None) -> bool:
+        return bool((options or {}).get("static_shapes"))  # else the named axes are bounded ranges
+
     @classmethod
     def check_config(cls, model: "Model", options: CoremlOptions, root: Path) -> str | None:  # type: ignore[override]
         opts = options
         target = opts.minimum_deployment_target
         spec = SPEC_VERSION[target]
+        if opts.keep_float and cls.precision == "fp32":
+            return "keep_float keeps operations in float32 out of float16 compute: coreml (fp32) computes in float32 already"
+        if opts.keep_float == "sensitive" and model.data.calibration is None:
+            return ("keep_float 'sensitive' needs calibration data: add data.calibration to the model "
+                    "(an .npz of representative inputs)")
         need = []
         if opts.weight_compression != "none":
             need.append((7, f"weight_compression: {opts.weight_compression}"))
@@ -95,16 +140,17 @@ class CoremlFromTorchScript(PruningStep):
         opts = ctx.options
         module = self._load(ctx)
         precision = ct.precision.FLOAT16 if self.compute == "float16" else ct.precision.FLOAT32
-        try:
-            with _per_channel_prelu():
-                mlmodel = ct.convert(
-                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
-                    compute_precision=precision,
-                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
-                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
-                )
-        except Exception as exc:
-            raise self.fail(ctx, conversion_failure(exc)) from exc
+        repair: dict[str, Any] = {}
+        if opts.keep_float == "sensitive":
+            from buildsys.formats.coreml.fp16_search import search as keep_float_search
+
+            mlmodel, repair = keep_float_search(self, ctx, module)
+        elif opts.keep_float:
+            kept = set(opts.keep_float)
+            mlmodel = self._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in kept))
+            repair = {"repair": pinned(opts.keep_float, "fp16")}
+        else:
+            mlmodel = self._convert(ctx, module, precision)
         search: dict[str, Any] = {}
         if opts.sparsity == "auto":
             self._describe(ctx, mlmodel)
@@ -121,10 +167,31 @@ class CoremlFromTorchScript(PruningStep):
         pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
         if search:
             pruned["sparsity_search"] = search
-        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned,
+        if self.precision == "int8":  # what the package holds: compressed weights, or fp16 left under the threshold
+            from buildsys.formats.coreml.weights import measure
+
+            pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold)
+        return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned, **repair,
+                **({"static_shapes": True} if opts.static_shapes else {}),
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
                 "minimum_deployment_target": facts["minimum_deployment_target"],
                 "compressed_weight_ops": facts["compressed_weight_ops"], "weight_dtypes": facts["weight_dtypes"]}
+
+    def _convert(self, ctx: StepContext[CoremlOptions], module: Any, precision: Any) -> Any:
+        """The ML Program of `module` at `precision` (a ct.precision, or an FP16ComputePrecision with its selector)."""
+        import coremltools as ct
+
+        opts = ctx.options
+        try:
+            with per_channel_prelu():
+                return ct.convert(
+                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
+                    compute_precision=precision,
+                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
+                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
+                )
+        except Exception as exc:
+            raise self.fail(ctx, conversion_failure(exc)) from exc
 
     def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
         """What coremltools converts: the traced module (the torch.export route overrides this)."""
@@ -135,9 +202,14 @@ class CoremlFromTorchScript(PruningStep):
         import numpy as np
 
         opts = ctx.options
+        sizes = ctx.example().inputs if opts.static_shapes else {}
         types = []
         for inp in ctx.model.inputs:
-            dims = [d if isinstance(d, int) else ct.RangeDim(1, opts.dynamic_upper_bound, 1) for d in inp.shape]
+            if opts.static_shapes:  # the batch axis 1, the other named axes the example's size
+                dims = [d if isinstance(d, int) else 1 if axis == 0 else int(sizes[inp.name].shape[axis])
+                        for axis, d in enumerate(inp.shape)]
+            else:
+                dims = [d if isinstance(d, int) else ct.RangeDim(1, opts.dynamic_upper_bound, 1) for d in inp.shape]
             shape = ct.Shape(dims) if any(not isinstance(d, int) for d in inp.shape) else tuple(dims)
             if opts.input_type == "image":
                 gray = inp.shape[1] == 1
@@ -162,8 +234,13 @@ class CoremlFromTorchScript(PruningStep):
         return [ct.TensorType(name=o.name, dtype=np.dtype(opts.io_dtype).type) for o in ctx.model.outputs]
 
     def _compress(self, ctx: StepContext[CoremlOptions], mlmodel: Any) -> Any:
-        from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
-                                                 linear_quantize_weights, palettize_weights)
+        from coremltools.optimize.coreml import (
+            OpLinearQuantizerConfig,
+            OpPalettizerConfig,
+            OptimizationConfig,
+            linear_quantize_weights,
+            palettize_weights,
+        )
 
         opts = ctx.options
         mode = opts.weight_compression
@@ -181,7 +258,7 @@ class CoremlFromTorchScript(PruningStep):
             return palettize_weights(mlmodel, config)
         except Exception as exc:
             raise self.fail(ctx, f"weight compression '{mode}' failed: {type(exc).__name__}: "
-                                 f"{_first_line(exc)[:300]}") from exc
+                                 f"{first_line(exc)[:300]}") from exc
 
     def _prune(self, ctx: StepContext[CoremlOptions], mlmodel: Any, sparsity: float) -> Any:
         """Magnitude pruning of every weight with at least weight_threshold elements, stored sparse."""
@@ -193,7 +270,7 @@ class CoremlFromTorchScript(PruningStep):
             return prune_weights(mlmodel, config)
         except Exception as exc:
             raise self.fail(ctx, f"pruning to sparsity {sparsity:g} failed: {type(exc).__name__}: "
-                                 f"{_first_line(exc)[:300]}") from exc
+                                 f"{first_line(exc)[:300]}") from exc
 
     def _prune_auto(self, ctx: StepContext[CoremlOptions], mlmodel: Any, module: Any) -> tuple[Any, dict[str, Any]]:
         """`sparsity: auto`: the dense package pruned at the highest ratio that meets the target's tolerance
@@ -255,44 +332,11 @@ class CoremlInt8FromTorchScript(CoremlFromTorchScript):
     consumes = _TRACED
     produces = "coreml-int8"
     precision = "int8"
+    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
     description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
                   "or palettize_weights."
     Options = CoremlInt8Options
-
-
-@contextlib.contextmanager
-def _per_channel_prelu() -> Iterator[None]:
-    """Convert PReLU after Linear / Conv1d ([N, C] / [N, C, L]) with one alpha per channel.
-
-    coremltools 9 lifts such inputs to rank 3, where MIL's prelu accepts only a single shared
-    alpha, and fails ("rank 3 or rank 5 input is only supported when all the values of alpha are
-    same") on exactly what MTCNN's ONet/RNet do. Lifting to rank 4 ([N, C, L, 1]) is the same
-    computation with per-channel alpha supported. Swapped in for this conversion only.
-    """
-    import numpy as np
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
-
-    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    original = table.get("prelu")
-
-    def prelu(context: Any, node: Any) -> None:
-        x, alpha = _get_inputs(context, node, expected=2)
-        channels = x.shape[1] if x.rank >= 2 else None
-        if x.rank not in (2, 3) or alpha.val is None or not isinstance(channels, int) or original is None:
-            return original(context, node)
-        axes = [2, 3] if x.rank == 2 else [3]
-        slopes = (np.ones((channels,)) * np.asarray(alpha.val).reshape(-1)).astype(np.float32)
-        lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=slopes)
-        context.add(mb.squeeze(x=lifted, axes=axes, name=node.name))
-
-    table["prelu"] = prelu
-    try:
-        yield
-    finally:
-        if original is not None:
-            table["prelu"] = original
+    committed_metrics = ("sparsity_search", "quantized_weights")
 
 
 def _image_problem(inp: "InputSpec") -> str | None:
@@ -305,55 +349,3 @@ def _image_problem(inp: "InputSpec") -> str | None:
     if not inp.dtype.startswith("float"):
         return f"'{inp.name}' is {inp.dtype}"
     return None
-
-
-def conversion_failure(exc: BaseException) -> str:
-    """One line naming the PyTorch op coremltools could not convert, when it says which."""
-    text = str(exc)
-    op = re.search(r"convert function for op '([^']+)' not implemented", text) \
-        or re.search(r"lowering for Torch `([^`]+)` op is not supported", text)
-    if op:
-        return (f"Core ML cannot convert the PyTorch op '{op.group(1)}' (coremltools has no conversion for it"
-                f"{'' if 'not implemented' in text else ' with these inputs'}); rewrite that part of the model "
-                "or register a custom conversion")
-    mil = re.match(r"\s*(\w+) op: (.+)", _first_line(exc))
-    if mil:
-        return f"Core ML cannot convert the op '{mil.group(1)}': {mil.group(2)[:300]}"
-    return f"coremltools.convert failed: {type(exc).__name__}: {_first_line(exc)[:300]}"
-
-
-def make_reproducible(package: Path) -> None:
-    """Make two identical conversions byte-identical, so a rebuild can stop early (same digest).
-
-    coremltools writes fresh UUIDs into Manifest.json on every save (Core ML only needs them unique
-    and consistent with rootModelIdentifier: derive them from the item paths), and serializes the
-    spec's protobuf maps in hash order (re-serialize deterministically). An item that is an empty
-    directory (the `weights` of a model without weights) is dropped from the manifest: the store keeps
-    files only, and a manifest naming a directory that is not there cannot be opened.
-    """
-    from coremltools.proto import Model_pb2
-
-    manifest = package / "Manifest.json"
-    data = json.loads(manifest.read_text())
-    for name, item in list(data.get("itemInfoEntries", {}).items()):
-        where = package / "Data" / item.get("path", "")
-        if where.is_dir() and not any(where.iterdir()) and name != data.get("rootModelIdentifier"):
-            del data["itemInfoEntries"][name]
-            where.rmdir()
-    root = data.get("itemInfoEntries", {}).get(data.get("rootModelIdentifier", ""), {})
-    spec_path = package / "Data" / root.get("path", "com.apple.CoreML/model.mlmodel")
-    if spec_path.is_file():
-        spec = Model_pb2.Model()
-        spec.ParseFromString(spec_path.read_bytes())
-        spec_path.write_bytes(spec.SerializeToString(deterministic=True))
-    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"modelbuild:{item.get('path', old)}")).upper()
-               for old, item in data.get("itemInfoEntries", {}).items()}
-    data["itemInfoEntries"] = {renamed[k]: v for k, v in data["itemInfoEntries"].items()}
-    if data.get("rootModelIdentifier") in renamed:
-        data["rootModelIdentifier"] = renamed[data["rootModelIdentifier"]]
-    manifest.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from buildsys.formats import register, register_variants
 from buildsys.formats.base import StepContext
-from buildsys.formats.coreml.convert import CoremlFromTorchScript
+from buildsys.formats.coreml.convert import STATIC_SHAPES, CoremlFromTorchScript
 from buildsys.formats.coreml.options import CoremlInt8Options, CoremlOptions
 
 _PROGRAM = ("pt2", "pt2-file")
@@ -24,6 +24,7 @@ class _FromExport(CoremlFromTorchScript):
     """Shared body: load the `.pt2` program, decomposed to the core ATen opset coremltools converts."""
 
     accepts_ops = ("coremltools", "core")  # ct.convert(ExportedProgram) decomposes first
+    symptoms = (STATIC_SHAPES,)  # this is the torch.export frontend already
 
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
@@ -54,4 +55,6 @@ class CoremlInt8FromPt2(_FromExport):
     consumes = _PROGRAM
     produces = "coreml-int8"
     precision = "int8"
+    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
     Options = CoremlInt8Options
+    committed_metrics = ("sparsity_search", "quantized_weights")

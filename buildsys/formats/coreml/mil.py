@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal
 
-from buildsys.formats.coreml.mil_registry import Args, OpImpl, State, Value, numpy_dtype, table
+from buildsys.formats.coreml.mil_registry import Args, OpImpl, ProgramState, Value, numpy_dtype, table
 from buildsys.formats.runtime import CannotRun
 
 if TYPE_CHECKING:
@@ -104,10 +104,10 @@ class Evaluation:
 
 def implementations() -> dict[str, OpImpl]:
     """Every implemented op type (importing the op modules registers them)."""
-    from buildsys.formats.coreml import (mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce,
-                                        mil_ops_state, mil_ops_tensor)
+    import importlib
 
-    del mil_ops, mil_ops_compressed, mil_ops_nn, mil_ops_recurrent, mil_ops_reduce, mil_ops_state, mil_ops_tensor
+    for part in ("", "_compressed", "_nn", "_recurrent", "_reduce", "_state", "_tensor"):
+        importlib.import_module(f"buildsys.formats.coreml.mil_ops{part}")
     return table()
 
 
@@ -199,13 +199,13 @@ class MilProgram:
 
         return state_inputs(self.function)
 
-    def new_states(self) -> dict[str, State]:
+    def new_states(self) -> dict[str, ProgramState]:
         """Zeroed buffers for every state input, in its declared shape and dtype (mil_ops_state.py)."""
         from buildsys.formats.coreml.mil_ops_state import zeroed_states
         return zeroed_states(self.function)
 
     def evaluate(self, feeds: dict[str, "np.ndarray"], keep: bool = False,
-                 states: dict[str, State] | None = None) -> Evaluation:
+                 states: dict[str, ProgramState] | None = None) -> Evaluation:
         """Run the function on `feeds` (by input name; cast to each input's declared dtype). keep: also
         return every op output in program order (`Evaluation.intermediates`). states: a stateful program's
         state buffers (`new_states()`), updated by its coreml_update_state ops: they carry over to the next call."""

@@ -1,6 +1,6 @@
 """Reference implementations of MIL's state ops (iOS18 stateful programs): read_state, coreml_update_state.
 
-A state input is a `State` the caller owns and passes to every evaluation (mil.py `evaluate(...,
+A state input is a `ProgramState` the caller owns and passes to every evaluation (mil.py `evaluate(...,
 states=)`), so it persists across calls as Core ML's `MLState` does. `read_state` returns a copy of
 its value; `coreml_update_state` (what coremltools writes for the builder's `write_state`: it also
 returns the value written) replaces it with the new value rounded to the state's dtype (Core ML
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from buildsys.formats.coreml.mil_registry import Args, State, op
+from buildsys.formats.coreml.mil_registry import Args, ProgramState, op
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,7 +27,7 @@ def state_inputs(function: "Function") -> list[str]:
     return [name for name, var in function.inputs.items() if is_state(var.sym_type)]
 
 
-def zeroed_states(function: "Function") -> dict[str, State]:
+def zeroed_states(function: "Function") -> dict[str, ProgramState]:
     """Zeroed buffers for every state input, in each state's declared shape and dtype (what a fresh
     `MLState` holds on a device is unspecified; the caller zeroes it, as the LLM runtimes do)."""
     import numpy as np
@@ -36,13 +36,13 @@ def zeroed_states(function: "Function") -> dict[str, State]:
     out = {}
     for name in state_inputs(function):
         wrapped = function.inputs[name].sym_type.wrapped_type()
-        out[name] = State(np.zeros(wrapped.get_shape(), dtype=np.dtype(types.nptype_from_builtin(wrapped.get_primitive()))))
+        out[name] = ProgramState(np.zeros(wrapped.get_shape(), dtype=np.dtype(types.nptype_from_builtin(wrapped.get_primitive()))))
     return out
 
 
-def _state(a: Args, name: str) -> State:
+def _state(a: Args, name: str) -> ProgramState:
     value = a.values.get(name)
-    if not isinstance(value, State):
+    if not isinstance(value, ProgramState):
         raise RuntimeError(f"{a.op.op_type} '{a.op.name}': input '{name}' is not a state (pass the program's states "
                            "to evaluate(states=...))")
     return value

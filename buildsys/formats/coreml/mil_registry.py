@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     Array = np.ndarray
     Result = Union[np.ndarray, tuple[np.ndarray, ...]]
 
-class State:
+class ProgramState:
     """One state of a stateful program (iOS18 `StateType`): a buffer that persists across evaluations.
 
     The caller owns it and passes it to every evaluation; `read_state` copies `value` out and
@@ -34,8 +34,8 @@ class State:
 
 
 #: A MIL input value as the interpreter holds it: a tensor, a Python scalar or string, a tuple of
-#: those (variadic inputs such as concat's `values`), or a State (a stateful program's state input).
-Value = Union["np.ndarray", str, int, float, bool, tuple["np.ndarray", ...], State, None]
+#: those (variadic inputs such as concat's `values`), or a ProgramState (a stateful program's state input).
+Value = Union["np.ndarray", str, int, float, bool, tuple["np.ndarray", ...], ProgramState, None]
 
 
 class Args:

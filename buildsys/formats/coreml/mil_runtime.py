@@ -10,12 +10,12 @@ MIL's definitions, not what Apple's compiler and kernels compute on a device: re
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import CannotRun, Runtime, Session, fixed_batch
+from buildsys.formats.coreml.runtime import session_batch
+from buildsys.formats.runtime import CannotRun, Runtime, Session
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,9 +44,8 @@ class MilSession(Session):
         # The step records the pixel normalization it asked Core ML to apply (see CoreMLSession).
         self.scale = float(user.get("com.modelbuild.image_scale", "1.0"))
         self.bias = [float(b) for b in user.get("com.modelbuild.image_bias", "0.0").split(",")]
-        uppers = [f["ranges"][0][1] for f in self.inputs.values() if f["kind"] == "tensor" and f.get("ranges")]
         # A fixed-size input keeps its batch in the program's reshapes: run as Core ML would.
-        self.max_batch = 1 if self.images else min([fixed_batch(model), *uppers])
+        self.max_batch = session_batch(self.inputs.values(), model, bool(self.images))
         self.output_names = [o.name for o in model.outputs]
         self.compute_precision: str = facts.get("compute_precision", "")
         self.samples = 0
@@ -112,10 +111,7 @@ class CoreMLReference(Runtime):
     label = STATUS
     not_exercised = NOT_EXERCISED
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
-        return None
+    requires, extra = ("coremltools",), "coreml"
 
     def load(self, path: Path, model: "Model", root: Path, function: str | None = None) -> MilSession:
         """A session on `function` of the package (default: its default function, else "main").

@@ -41,6 +41,8 @@ class Metadata(StepOptions):
 class CoremlOptions(SearchingOptions):
     """Options of every Core ML step."""
 
+    omitted_when_unset = ("static_shapes",)
+
     minimum_deployment_target: Target = Field(
         default="iOS16", description="Oldest OS the package must load on. ML Programs need iOS15/macOS12; "
         "compressed weights and float16 I/O need iOS16/macOS13. Newer targets unlock newer ops.")
@@ -59,6 +61,11 @@ class CoremlOptions(SearchingOptions):
     io_dtype: Literal["float32", "float16"] = Field(
         default="float32", description="Element type of float inputs and outputs. float16 avoids conversions "
         "on the Neural Engine but needs iOS16/macOS13.")
+    static_shapes: bool = Field(
+        default=False, description="Convert with every named axis fixed (the batch axis to 1, the others to the example's "
+        "size) instead of bounded ranges. coremltools' symbolic shapes fail in some graphs ('Cannot add const [is0, …]', "
+        "a bare AssertionError on a shape, a rank over 5): the planner sets it for such a refusal (docs/lowering.md). "
+        "The package then takes one sample per call.")
     dynamic_upper_bound: int = Field(
         default=64, ge=1, description="Largest size of each dynamic (named) axis: ML Programs need bounded "
         "ranges. Dynamic axes accept 1 … this value, with 1 as the default shape.")
@@ -79,6 +86,12 @@ class CoremlOptions(SearchingOptions):
         "0.1 … 0.9 whose package meets the target's acceptance on the calibration set (bisection, at most "
         "four packages; docs/mobile.md); the ratio chosen and every ratio tried are recorded in deploy.lock.")
     metadata: Metadata = Field(default_factory=Metadata, description="Author, license, version, description.")
+    keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+        default=(), description="float16 compute only (coreml-fp16, coreml-int8): MIL operations (by name) kept in "
+        "float32, the rest in float16 (coremltools' FP16ComputePrecision op_selector). 'sensitive': measure each "
+        "operation's float16 cost on the calibration set in the MIL reference interpreter and keep the fewest "
+        "most sensitive ones in float32 that meet the target's tolerance (docs/repair.md); the search is bounded "
+        "and its result recorded in deploy.lock. Usually set by accuracy repair, not by hand.")
 
 
 class CoremlInt8Options(CoremlOptions):

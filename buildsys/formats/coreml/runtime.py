@@ -9,7 +9,6 @@ version and deployment target, compute precision, and whether weights are really
 from __future__ import annotations
 
 import importlib.util
-import platform
 import sys
 from collections import Counter
 from pathlib import Path
@@ -141,8 +140,7 @@ class CoreMLSession(Session):
         self.scale = float(user.get("com.modelbuild.image_scale", "1.0"))
         self.bias = [float(b) for b in user.get("com.modelbuild.image_bias", "0.0").split(",")]
         self.bgr = user.get("com.modelbuild.image_color_layout") == "BGR"
-        uppers = [f["ranges"][0][1] for f in self.inputs.values() if f["kind"] == "tensor" and f.get("ranges")]
-        self.max_batch = 1 if self.images else min([fixed_batch(model), *uppers])
+        self.max_batch = session_batch(self.inputs.values(), model, bool(self.images))
         self.output_names = [o.name for o in model.outputs]
 
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
@@ -171,6 +169,15 @@ class CoreMLSession(Session):
         return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB")
 
 
+def session_batch(inputs: Any, model: "Model", images: bool) -> int:
+    """How many samples a package takes per call: one for image inputs and for a package converted at static shapes
+    (`static_shapes`: a first axis of 1 with no range), else up to the smallest upper bound of its first axes' ranges."""
+    tensors = [f for f in inputs if f["kind"] == "tensor"]
+    if images or any(not f.get("ranges") and f.get("shape", [0])[:1] == [1] for f in tensors):
+        return 1
+    return min([fixed_batch(model), *(f["ranges"][0][1] for f in tensors if f.get("ranges"))])
+
+
 def image_pixels(chw: "np.ndarray", scale: float, bias: list[float]) -> "np.ndarray":
     """The 8-bit pixel values (0-255, as float32, in the model's channel order) whose normalization
     (pixel · scale + bias, what the package's image input applies) gives back `chw`, rounded."""
@@ -190,12 +197,8 @@ class CoreML(Runtime):
     packages = ("coremltools",)
     stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
 
-    def unavailable(self) -> str | None:
-        if sys.platform != "darwin":
-            return f"Core ML execution needs macOS (this host is {platform.system() or sys.platform})"
-        if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
-        return None
+    requires, extra = ("coremltools",), "coreml"
+    only_on = ("darwin", "Core ML execution needs macOS")
 
     def out_of_reach(self) -> str | None:
         return None if sys.platform == "darwin" else self.unavailable()

@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from buildsys.errors import not_installed
+from buildsys.formats.base import OpTable
+from buildsys.formats.registry import register_op_table
+
 #: The one method every .pte made here exposes (torch.export's entry point keeps its name).
 METHOD = "forward"
 #: The id ExecuTorch gives the XNNPACK backend inside a program's delegate table.
@@ -16,9 +20,7 @@ XNNPACK = "XnnpackBackend"
 
 def executorch_unavailable() -> str | None:
     """Why ExecuTorch cannot build or run here, or None (checked without importing it)."""
-    if importlib.util.find_spec("executorch") is None:
-        return "executorch not installed (pip install -c constraints.txt 'modelbuild[executorch]')"
-    return None
+    return not_installed(["executorch"] if importlib.util.find_spec("executorch") is None else [], "executorch")
 
 
 def runtime_kernels() -> frozenset[str]:
@@ -60,3 +62,27 @@ def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
             value = np.concatenate([value] * -(-n // max(len(value), 1)), axis=0)
         out[key] = np.ascontiguousarray(value[:n])
     return out
+
+
+def kernel_ops() -> list[str]:
+    """The ATen ops the ExecuTorch runtime in the Python bindings has kernels for."""
+    return sorted({name.split("::", 1)[1].split(".", 1)[0] for name in runtime_kernels() if name.startswith("aten::")})
+
+
+
+
+def xnnpack_ops() -> list[str]:
+    """The edge ops XNNPACK's partitioner has a config for (information: what it may delegate)."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    # Each config names the one edge op it may delegate (`addmm.default`); it may still decline a node (a
+    # dtype, a shape), so this is what XNNPACK can take, not what it will.
+    return sorted({config.target_name.split(".", 1)[0] for config in ALL_PARTITIONER_CONFIGS})
+
+
+
+
+register_op_table(OpTable("executorch", ("executorch", "torch"), f"{__name__}:kernel_ops",
+                           "the ExecuTorch runtime's kernels"))
+register_op_table(OpTable("xnnpack", ("executorch", "torch"), f"{__name__}:xnnpack_ops",
+                           "XNNPACK's partitioner configs (information: what it may delegate)"))

@@ -20,6 +20,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
+from buildsys.lowering import DETACHED_VIEW
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +78,8 @@ class _PteFromPt2(Step):
     toolchain = "torch"
     Options = PteOptions
     accepts_ops = ("executorch", "core")  # the edge dialect: core ATen, run by the runtime's kernels
+    fixes_shapes = True  # re-exported at the program's batch: a .pte has static shapes
+    symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names (a kernel the runtime lacks)
     delegates_ops = ("xnnpack", "core")  # what XNNPACK's partitioner has a config for; the rest runs portable
 
     @classmethod
@@ -209,14 +212,14 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 5  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
-    # 5: debug/program.pt2 in the node (localisation)
+    version = 6  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
+    # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
     repairs = {"keep-float": {"keep_float": "sensitive"}}
-    committed_metrics = ("repair",)
+    committed_metrics = ("repair", "quantized_weights")
     keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
                    "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
@@ -250,6 +253,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         from buildsys.formats.executorch.quantize import (float_filter, int8_weights, quantizer,
                                                           with_recurrent_cells_decomposed)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
+        from buildsys.formats.executorch.weights import measure
+        from buildsys.formats.keep_float import pinned
 
         from buildsys.formats.torch.qat import fold_weights, is_quantized_program
 
@@ -264,6 +269,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
             int8, total = int8_weights(converted)
             return converted, {"scheme": "qat", "calibration_samples": 0, "per_channel": opts.per_channel,
                                "int8_weights": round(int8 / total, 4) if total else 0.0,
+                               "quantized_weights": measure(converted, self.precision),
                                "qat": "lowered with the learned quantization parameters (no calibration)"}
         dynamic = opts.scheme == "dynamic"
         calibration = None if dynamic else ctx.data("calibration")
@@ -280,7 +286,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
             except Exception as exc:
                 raise self.fail(ctx, f"keep_float 'sensitive': the search failed: {_first_line(exc)}") from exc
         elif opts.keep_float:
-            repair = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+            repair = pinned(opts.keep_float, "int8")
         kept = repair["kept_float"] if repair else []
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
@@ -310,8 +316,9 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
             raise self.fail(ctx, f"PT2E int8 quantization ({opts.scheme}) quantized none of the model's weights "
                                  f"({total:,} stay float): XNNPACKQuantizer's {opts.scheme} scheme has no pattern "
                                  "for its layers")
-        return converted, {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
-                           "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {})}
+        facts = {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
+                 "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {})}
+        return converted, {**facts, "quantized_weights": measure(converted, self.precision, kept)}
 
 
 def _unknown_nodes(graph_module: Any, names: list[str]) -> list[str]:

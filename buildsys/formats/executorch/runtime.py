@@ -62,8 +62,7 @@ class ExecutorchRuntime(Runtime):
     name = "executorch"
     packages = ("executorch",)
 
-    def unavailable(self) -> str | None:
-        return executorch_unavailable()
+    requires, extra = ("executorch",), "executorch"
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
         from executorch.runtime import Runtime as EtRuntime
@@ -87,7 +86,10 @@ class ExecutorchRuntime(Runtime):
         """Not the .pte's own tensors (its XNNPACK delegate calls are opaque to ExecuTorch's devtools) but a
         stand-in's: the program it was lowered from, saved beside it, re-lowered one op per XNNPACK delegate
         call and run here with the ETDump debug buffer on (formats/executorch/intermediates.py)."""
-        from buildsys.formats.executorch.intermediates import pte_intermediates, saved_program
+        from buildsys.formats.executorch.intermediates import (
+            pte_intermediates,
+            saved_program,
+        )
 
         saved_program(path)  # no program beside it: not available, and why (before loading the .pte)
         batch = self.load(path, model, Path(root)).max_batch

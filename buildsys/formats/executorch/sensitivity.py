@@ -1,9 +1,8 @@
 """Per-node int8 sensitivity and the keep-float search of executorch-int8's `keep_float: sensitive` (docs/repair.md).
 
-The method and bounds of the ONNX search (buildsys/formats/onnx/sensitivity.py, whose TRIALS, MAX_FLOAT,
-SHOWN and NoRecipe this uses): at most TRIALS measurements, each quantizing one unit alone, then at most
-MAX_FLOAT trials keeping one more of the most sensitive units in float, until the target's tolerance
-(`repair_goal`, never loosened) holds on the calibration set. For PT2E:
+PT2E as the `Candidates` of the one keep-float search (buildsys/formats/keep_float.py), which measures each
+unit quantized alone, then keeps the most sensitive in float until the target's tolerance (`repair_goal`,
+never loosened) holds on the calibration set. For PT2E:
 
 - a unit is a node XNNPACKQuantizer annotated with a range of its own (`quantize.annotated_units`: a
   Linear, an add, a cat; the view ops that share a range go with their producer);
@@ -21,19 +20,22 @@ quantize the program (exported at its own batch) to the same ranges.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.onnx.sensitivity import MAX_FLOAT, SHOWN, TRIALS, NoRecipe
+from buildsys.formats.keep_float import Candidates, Judge, NoRecipe, default_goal
+from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
     import torch
 
-    from buildsys.config.schema import Model, OutputSpec
+    import numpy as np
+
+    from buildsys.config.schema import Model
 
 #: Samples per call of the search's program, where the model's first axis is not fixed.
 SEARCH_BATCH = 16
 
-__all__ = ["MAX_FLOAT", "NoRecipe", "SEARCH_BATCH", "TRIALS", "search"]
+__all__ = ["NoRecipe", "SEARCH_BATCH", "search"]
 
 
 class Trials:
@@ -81,15 +83,42 @@ class Trials:
         return {o.name: np.concatenate([p[i] for p in parts]) for i, o in enumerate(model.outputs)}
 
 
+class PT2ECandidates(Candidates["torch.fx.GraphModule"]):
+    """Converted PT2E graphs with chosen nodes' annotations dropped, run in PyTorch's reference arithmetic."""
+
+    what = "quantized nodes"
+
+    def __init__(self, trials: Trials, model: "Model") -> None:
+        self.trials, self.model = trials, model
+
+    def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> "torch.fx.GraphModule":
+        from buildsys.formats.executorch.quantize import float_filter
+
+        if only is not None:  # every other unit in float
+            return self.trials.quantize(float_filter([u for u in self.trials.units if u not in only]))
+        return self.trials.quantize(float_filter(keep) if keep else None)
+
+    def units(self, baseline: "torch.fx.GraphModule") -> list[str]:
+        return list(self.trials.units)
+
+    def run(self, artifact: "torch.fx.GraphModule") -> tuple[dict[str, "np.ndarray"], float | None]:
+        return self.trials.run(artifact, self.model), None  # PyTorch's reference arithmetic: no XNNPACK latency
+
+    def size(self, artifact: "torch.fx.GraphModule") -> int | None:
+        """The converted graph's weights: int8 and float bytes (trials are not lowered to a .pte)."""
+        from buildsys.formats.executorch.quantize import int8_weights
+
+        int8, total = int8_weights(artifact)
+        return int8 + 4 * (total - int8)
+
+
 def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dynamic: bool,
            batch: int) -> dict[str, Any]:
-    """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options; `batch`: the program's) - the
-    bounded search, its record (`kept_float`: the node names to keep in float). Raises NoRecipe when
-    MAX_FLOAT units in float do not do."""
+    """executorch-int8's keep_float 'sensitive' (a `StepContext` of its options; `batch`: the program's): the
+    record (`kept_float`: the node names to keep in float). Raises NoRecipe when the search's bound is reached."""
     from buildsys.config.data import Batch
     from buildsys.formats.executorch.contract import fill
     from buildsys.formats.torch.loading import example_args
-    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     calibration = ctx.data("calibration")
     if calibration is None:
@@ -111,59 +140,6 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
         trials = trials_at(fixed or min(SEARCH_BATCH, n))
     except Exception:  # a program that exports at its own batch only: the search runs at that batch
         trials = trials_at(batch)
-    outputs = list(ctx.model.outputs)
-    goal = ctx.options.repair_goal or {
-        o.name: {k: v for k, v in DEFAULTS["int8"].items() if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
-        for o in outputs}
-    reference = trials.run(trials.float, ctx.model)
-    return keep_float_search(trials, lambda m: judge(trials.run(m, ctx.model), reference, outputs, goal, m))
-
-
-def judge(observed: dict[str, Any], reference: dict[str, Any], outputs: "list[OutputSpec]", goal: dict[str, Any],
-          converted: Any) -> dict[str, Any]:
-    """{"passed", "error" (larger is worse), "metrics" per output, "bytes" (the graph's weights: int8 and float)}:
-    the check's comparisons at the goal, the error as the ONNX search scores it."""
-    from buildsys.formats.executorch.quantize import int8_weights
-    from buildsys.nodes.verify import compare
-
-    passed, error, shown = True, 0.0, {}
-    for out in outputs:
-        result = compare(out.name, out.kind, reference[out.name], observed[out.name], goal.get(out.name))
-        passed = passed and result.passed
-        values = {m.name: float(m.observed) for m in result.metrics if m.observed is not None}
-        error += (1 - values.get("cosine", 1.0)) + (1 - values.get("top1_agreement", 1.0)) + values.get("range_error", 0.0)
-        shown[out.name] = {k: round(v, 6) for k, v in values.items() if k in ("cosine", "top1_agreement", "range_error")}
-    int8, total = int8_weights(converted)
-    return {"passed": passed, "error": round(error, 6), "metrics": shown, "bytes": int8 + 4 * (total - int8)}
-
-
-def keep_float_search(trials: Trials, judged: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    """The fewest most sensitive units in float that meet the goal on the calibration set: the record."""
-    from buildsys.formats.executorch.quantize import float_filter
-
-    base = judged(trials.quantize(None))
-    record: dict[str, Any] = {"recipe": "keep-float", "full_int8": base, "sensitivity": [], "trials": []}
-    if base["passed"]:
-        record["kept_float"] = []
-        return record
-    units = trials.units
-    size = -(-len(units) // TRIALS)  # more units than trials: contiguous groups, each measured as one
-    groups = [units[i:i + size] for i in range(0, len(units), size)]
-    scores = []
-    for group in groups:  # each quantized alone: every other unit float
-        others = [u for u in units if u not in group]
-        scores.append(judged(trials.quantize(float_filter(others)))["error"])
-    order = sorted(range(len(groups)), key=lambda i: (-scores[i], i))
-    record["sensitivity"] = [["+".join(groups[i]), scores[i]] for i in order[:SHOWN]]
-    record["measured"] = f"{len(units)} quantized nodes in {len(groups)} trial(s), each quantized alone"
-    kept: list[str] = []
-    for i in order[:MAX_FLOAT]:
-        kept = [*kept, *groups[i]]
-        trial = {"keep_float": kept, **judged(trials.quantize(float_filter(kept)))}
-        record["trials"].append(trial)
-        if trial["passed"]:
-            record["kept_float"] = kept
-            return record
-    best = min(record["trials"], key=lambda t: t["error"]) if record["trials"] else base
-    raise NoRecipe(f"keeping the {len(kept)} most sensitive of {len(units)} quantized nodes in float did not meet "
-                   f"the tolerance on the calibration set (best: {best['metrics']})")
+    goal = default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8")
+    judge = Judge(ctx.model.outputs, goal, trials.run(trials.float, ctx.model))
+    return keep_float_search(PT2ECandidates(trials, ctx.model), judge, "int8")[1].as_fact()

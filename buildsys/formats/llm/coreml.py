@@ -21,8 +21,8 @@ import contextlib
 from typing import Any, Iterator
 
 from buildsys.formats import register, register_formats
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import SPEC_FILE, ship_tokenizer
+from buildsys.formats.base import Format, StepContext, StepOptions
+from buildsys.formats.llm.export import LlmExportStep
 
 LLM_COREML = register_formats(Format.variants("llm-coreml", {
     "fp32": "Decoder LM (task: text-generation) as a stateful Core ML ML Program (.mlpackage, iOS18): "
@@ -76,32 +76,25 @@ def _scalar_casts() -> Iterator[None]:
                 table[name] = original
 
 
-class _LlmCoremlFromPyTorch(Step):
+class _LlmCoremlFromPyTorch(LlmExportStep):
     """Shared body: trace the stateful decoder, convert with its caches as states, save reproducibly."""
 
-    consumes = ("pytorch",)
     packages = ("torch", "transformers", "coremltools")
     extra = "coreml"
     toolchain = "coreml"
+    unused_imports = ("tensorflow",)
     Options = StepOptions
     description = ("decoder.py's stateful_cache_decoder (caches as buffers written in place), torch.jit.trace, "
                    "coremltools.convert(states=[StateType k_cache, v_cache], minimum_deployment_target=iOS18).")
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import numpy as np
         import torch
 
-        from buildsys.formats.coreml.convert import conversion_failure, make_reproducible
-        from buildsys.formats.llm.decoder import cache_spec, load_lm, stateful_cache_decoder
+        from buildsys.formats.coreml.frontend import conversion_failure, make_reproducible
+        from buildsys.formats.llm.decoder import stateful_cache_decoder
 
-        gen = ctx.model.generation
-        assert gen is not None  # the format's task: planning refuses other models
-        lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
-        spec = cache_spec(lm, gen.max_cache_len, gen.max_seq_len)
+        lm, spec, gen = self._decoder(ctx)
         decoder = stateful_cache_decoder(lm, spec)
         length = min(2, gen.max_seq_len)
         example = (torch.zeros(1, length, dtype=torch.long), torch.arange(length, dtype=torch.long))
@@ -135,11 +128,9 @@ class _LlmCoremlFromPyTorch(Step):
         path = ctx.out_dir / LLM_COREML[self.precision].filename
         mlmodel.save(str(path))
         make_reproducible(path)
-        spec.write(ctx.out_dir)
-        shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
         ops = _op_counts(mlmodel)
-        return {"bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), "cache": list(spec.cache_shape),
-                "spec": SPEC_FILE, "tokenizer": shipped, "state_ops": {k: ops.get(k, 0) for k in (
+        return {"bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), **self._ship(ctx, spec),
+                "state_ops": {k: ops.get(k, 0) for k in (
                     "read_state", "slice_update", "write_state")}}
 
 

@@ -13,7 +13,6 @@ runtime: its numbers are the MIL reference's, not Apple's runtime's. `inspect` c
 from __future__ import annotations
 
 import importlib.util
-import platform
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,12 +149,6 @@ def inspect_stateful(path: Path, fmt: str) -> dict[str, Any]:
     return {"facts": {**{k: facts.get(k) for k in keep}, "states": states}, "problems": problems}
 
 
-def _coremltools_missing() -> str | None:
-    if importlib.util.find_spec("coremltools") is None:
-        return "coremltools is not installed (pip install -c constraints.txt 'modelbuild[coreml]')"
-    return None
-
-
 @register_runtime
 class LlmCoreML(Runtime):
     """Core ML itself (macOS only) generating with the stateful package; elsewhere its stand-in runs."""
@@ -164,10 +157,8 @@ class LlmCoreML(Runtime):
     packages = ("coremltools",)
     stand_in = "llm-coreml-mil"  # off macOS: the MIL reference interpreter, labelled as such
 
-    def unavailable(self) -> str | None:
-        if sys.platform != "darwin":
-            return f"Core ML execution needs macOS (this host is {platform.system() or sys.platform})"
-        return _coremltools_missing()
+    requires, extra = ("coremltools",), "coreml"
+    only_on = ("darwin", "Core ML execution needs macOS")
 
     def out_of_reach(self) -> str | None:
         return None if sys.platform == "darwin" else self.unavailable()
@@ -187,7 +178,7 @@ class LlmCoreML(Runtime):
         return GenerationSession(_CoreMLDecoder(mlmodel, CacheSpec.read(path)), model.generation.new_tokens)
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
-        if _coremltools_missing():
+        if importlib.util.find_spec("coremltools") is None:
             return None
         return inspect_stateful(Path(path), fmt)
 
@@ -202,8 +193,7 @@ class LlmCoremlReference(Runtime):
     not_exercised = ("Apple's compiler, its kernels, their accumulation order and precision, and compute-unit "
                      "placement (CPU / GPU / Neural Engine) are not exercised")
 
-    def unavailable(self) -> str | None:
-        return _coremltools_missing()
+    requires, extra = ("coremltools",), "coreml"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         """Generation through the interpreter; "not run" naming every op it lacks, before anything runs."""

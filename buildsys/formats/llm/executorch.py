@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from buildsys.formats import register, register_formats
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import SPEC_FILE, ship_tokenizer
+from buildsys.formats.base import Format, StepContext, StepOptions
+from buildsys.formats.llm.export import LlmExportStep
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -37,20 +37,15 @@ LLM_PTE = register_formats(Format.variants("llm-executorch", {
 }, filename="model.pte", runtime="llm-executorch", task="text-generation"))
 
 
-class _LlmPteFromPyTorch(Step):
+class _LlmPteFromPyTorch(LlmExportStep):
     """Shared body: load the LM, export its static-cache decoder with one token, (quantize,) lower to XNNPACK."""
 
-    consumes = ("pytorch",)
     packages = ("torch", "transformers", "executorch", "torchao")
     extra = "executorch"
-    toolchain = "torch"
-    version = 2  # 2: a program with an operator the runtime has no kernel for is refused here, naming it
+    version = 3  # 2: a program with an operator the runtime has no kernel for is refused here, naming it;
+    # 3: linear layers in disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     description = "decoder.py's StaticCacheDecoder, torch.export with one token, to_edge_transform_and_lower(XNNPACK)."
     Options = StepOptions
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import torch
@@ -59,16 +54,16 @@ class _LlmPteFromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, kernel_refusal
         from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
-        from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
+        from buildsys.formats.llm.decoder import example_inputs, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
         reason = executorch_unavailable()
         if reason:
             raise self.fail(ctx, reason)
-        gen = ctx.model.generation
-        assert gen is not None  # the format's task: planning refuses other models
-        lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
-        spec = cache_spec(lm, gen.max_cache_len, 1)
+        from buildsys.formats.torch.linear import as_linear
+
+        lm, spec, _ = self._decoder(ctx, tokens=1)
+        ctx.extra["as_linear"] = as_linear(lm)  # GPT-2's Conv1D as nn.Linear: the quantizers' linears
         args = example_inputs(spec, 1)
         metrics = self._quantize_module(ctx, lm)
         try:
@@ -77,6 +72,10 @@ class _LlmPteFromPyTorch(Step):
             raise self.fail(ctx, f"torch.export of the static-cache decoder failed: {describe(exc)}") from exc
         program, quantized = self._quantize(ctx, program, args)
         metrics.update(quantized)
+        if self.precision != "fp32":  # what the program holds, not what the quantizer meant to do
+            from buildsys.formats.executorch.weights import measure
+
+            metrics["quantized_weights"] = measure(program.module(), self.precision)
         exported_program_without_stack_traces(program)
         try:
             lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
@@ -87,9 +86,7 @@ class _LlmPteFromPyTorch(Step):
         if refusal:
             raise self.fail(ctx, refusal)
         (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(lowered.buffer)
-        spec.write(ctx.out_dir)
-        shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
-        return {"bytes": len(lowered.buffer), "cache": list(spec.cache_shape), "spec": SPEC_FILE, "tokenizer": shipped,
+        return {"bytes": len(lowered.buffer), **self._ship(ctx, spec),
                 "xnnpack_delegates": sum(1 for d in plan.delegates if d.id == XNNPACK),
                 "portable_operators": sorted({op.name for op in plan.operators}), **metrics}
 
@@ -123,9 +120,11 @@ class LlmPteInt8Options(StepOptions):
         "(ExecuTorch's -qmode 8da4w, torchao Int8DynamicActivationIntxWeightConfig; the smallest program). "
         "Embeddings, norms and the KV cache stay float32 in all three.")
     group_size: int | None = Field(
-        default=None, ge=1, description="8da4w only: input channels that share one int4 scale (ExecuTorch's "
-        "default for Llama is 128; smaller groups are more accurate and larger). A linear layer whose input "
-        "width it does not divide stays float32. Unset: 32.")
+        default=None, ge=32, multiple_of=32, description="8da4w only: input channels that share one int4 scale, a "
+        "multiple of 32 (XNNPACK's int4 kernels; ExecuTorch's default for Llama is 128; smaller groups are more "
+        "accurate and larger). Honoured exactly: a linear layer whose input width it does not divide is refused, "
+        "naming it. Unset: 32 where it divides the layer, else the largest multiple of 32 below it that does, "
+        "else one scale per output channel (recorded in deploy.lock as group_sizes).")
 
     @property
     def groups(self) -> int:
@@ -140,9 +139,10 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
     name = "llm-executorch-int8-from-pytorch"
     produces = "llm-executorch-int8"
     precision = "int8"
-    version = 3  # 3: schemes weight-only and 8da4w; the missing-kernel check
+    version = 4  # 3: schemes weight-only and 8da4w; the missing-kernel check; 4: Conv1D as nn.Linear (quantized
+    # like every linear), quantized_weights measured on the program before lowering
     Options = LlmPteInt8Options
-    committed_metrics = ("scheme", "group_size", "quantized_weights")
+    committed_metrics = ("scheme", "group_size", "group_sizes", "quantized_weights")
     description = ("dynamic: decoder.py's StaticCacheDecoder, torch.export, prepare_pt2e/convert_pt2e with "
                    "XNNPACKQuantizer (dynamic, per channel), torch.export again; weight-only / 8da4w: the "
                    "module's linears quantized first (quantize.py), torch.export; then "
@@ -158,11 +158,7 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
         from buildsys.formats.llm.quantize import describe
 
-        if "scheme" not in facts:
-            return []
-        share = facts.get("quantized_weights")
-        return [describe(facts["scheme"], facts.get("group_size"))
-                + (f"; {share:.0%} of the weights quantized" if isinstance(share, (int, float)) else "")]
+        return [describe(facts["scheme"], facts.get("group_size"))] if "scheme" in facts else []
 
     def _quantize_module(self, ctx: StepContext[LlmPteInt8Options], lm: Any) -> dict[str, Any]:
         from buildsys.errors import describe
@@ -171,18 +167,22 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
         opts = ctx.options
         if opts.scheme == "dynamic":
             return {}
-        total = weight_elements(lm)
+        groups: dict[str, int] = {}
         try:
-            quantized = int8_weight_only(lm) if opts.scheme == "weight-only" else int8_dynamic_int4_weight(lm, opts.groups)
+            if opts.scheme == "weight-only":
+                quantized = int8_weight_only(lm)
+            else:
+                groups = int8_dynamic_int4_weight(lm, opts.groups, exact=opts.group_size is not None)
+                quantized = sum(groups.values())
+        except ValueError as exc:  # a group size the user set that does not fit: refused, naming the option
+            raise self.fail(ctx, f"{exc}: set options.{self.produces}.group_size to a divisor of them, or leave it "
+                                 "unset to choose one per layer") from exc
         except Exception as exc:
             raise self.fail(ctx, f"{opts.scheme} quantization of the decoder failed: {describe(exc)}") from exc
         if not quantized:  # a "quantized" program that is float32 throughout would pass any check
-            why = (f"no nn.Linear has an input width divisible by group_size {opts.groups}" if opts.scheme == "8da4w"
-                   else "the model has no nn.Linear layer (GPT-2's Conv1D is not one)")
-            raise self.fail(ctx, f"{opts.scheme} quantization quantized none of the decoder's weights ({total:,} "
-                                 f"stay float): {why}")
-        return {"scheme": opts.scheme, **({"group_size": opts.groups} if opts.scheme == "8da4w" else {}),
-                "quantized_weights": round(quantized / total, 4)}
+            raise self.fail(ctx, f"{opts.scheme} quantization quantized none of the decoder's weights "
+                                 f"({weight_elements(lm):,} stay float): the model has no linear layer")
+        return {"scheme": opts.scheme, **({"group_size": opts.groups, "group_sizes": groups} if groups else {})}
 
     def _quantize(self, ctx: StepContext[LlmPteInt8Options], program: Any,
                   args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
@@ -205,17 +205,18 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
         int8, total = int8_weights(converted)
         if not int8:
             raise self.fail(ctx, f"PT2E int8 quantization quantized none of the decoder's weights ({total:,} stay float)")
-        share = round(int8 / total, 4)
-        return quantized, {"scheme": "dynamic", "int8_weights": share, "quantized_weights": share}
+        return quantized, {"scheme": "dynamic"}
 
 
 class LlmPteInt4Options(StepOptions):
     """The int4 member: always 8da4w, only its group size is chosen."""
 
     group_size: int | None = Field(
-        default=None, ge=1, description="Input channels that share one int4 scale (ExecuTorch's default for "
-        "Llama is 128; smaller groups are more accurate and larger). A linear layer whose input width it does "
-        "not divide stays float32. Unset: 32.")
+        default=None, ge=32, multiple_of=32, description="Input channels that share one int4 scale, a multiple of "
+        "32 (XNNPACK's int4 kernels; ExecuTorch's default for Llama is 128; smaller groups are more accurate and "
+        "larger). Honoured exactly: a linear layer whose input width it does not divide is refused, naming it. "
+        "Unset: 32 where it divides the layer, else the largest multiple of 32 below it that does, else one "
+        "scale per output channel (recorded in deploy.lock as group_sizes).")
 
     @property
     def scheme(self) -> str:
@@ -236,7 +237,7 @@ class LlmExecutorchInt4FromPyTorch(LlmExecutorchInt8FromPyTorch):
     name = "llm-executorch-int4-from-pytorch"
     produces = "llm-executorch-int4"
     precision = "int4"
-    version = 1
+    version = 2  # 2: Conv1D as nn.Linear (quantized like every linear), quantized_weights measured on the program
     Options = LlmPteInt4Options  # type: ignore[assignment]
     description = ("decoder.py's StaticCacheDecoder with its linears quantized by torchao "
                    "Int8DynamicActivationIntxWeightConfig (int4 groups; quantize.py), torch.export, "

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, StepContext, StepOptions
+from buildsys.formats.llm.export import LlmExportStep
 from buildsys.formats.llm.genai_layout import CONFIG_FILE, genai_config, io_names, ship_flat_tokenizer
 
 if TYPE_CHECKING:
@@ -79,36 +80,22 @@ def _special_ids(lm: Any) -> tuple[int | None, list[int], int | None]:
 
 
 @register
-class LlmGenaiFromPyTorch(Step):
+class LlmGenaiFromPyTorch(LlmExportStep):
     """Export a causal LM's growing-cache decoder to ONNX in GenAI's I/O convention, with genai_config.json."""
 
     name = "llm-genai-from-pytorch"
-    consumes = ("pytorch",)
     produces = "llm-genai"
     packages = ("torch", "transformers", "onnx", "onnxscript")
-    extra = "llm"
-    toolchain = "torch"
     version = 3  # 2: special tokens the model lacks left out (GenAI refuses null); 3: GPT-2 as type decoder
     description = "genai.py's growing-cache decoder, torch.onnx.export(dynamo=True), genai_config.json, tokenizer."
 
     class Options(StepOptions):
         opset: int = Field(default=18, ge=18, description="ONNX opset of the torch.export-based exporter.")
 
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
-
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
-        import onnx
         import torch
 
-        from buildsys.errors import describe
-        from buildsys.formats.llm.decoder import cache_spec, load_lm
-
-        gen = ctx.model.generation
-        assert gen is not None  # the format's task: planning refuses other models
-        lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
-        spec = cache_spec(lm, gen.max_cache_len, gen.max_seq_len)
+        lm, spec, gen = self._decoder(ctx)
         inputs, outputs = io_names(spec.layers)
         # Example sizes above 1 (torch.export specialises 0 and 1); past may be 0 at run time (GenAI's first call).
         batch, seq, past = 2, min(3, gen.max_seq_len), 4
@@ -122,15 +109,8 @@ class LlmGenaiFromPyTorch(Step):
         shapes = ({0: dims["batch"], 1: dims["seq"]}, {0: dims["batch"], 1: dims["total"]},
                   {0: dims["batch"], 1: dims["seq"]}, tuple({0: dims["batch"], 2: dims["past"]} for _ in pasts))
         path = ctx.out_dir / LLM_GENAI.filename
-        try:
-            program = torch.onnx.export(growing_cache_decoder(lm, spec.layers), args, dynamo=True, input_names=inputs,
-                                        output_names=outputs, opset_version=ctx.options.opset, dynamic_shapes=shapes,
-                                        external_data=False, verbose=False)
-            assert program is not None  # dynamo=True returns the ONNXProgram
-            program.save(str(path), external_data=False)
-            onnx.checker.check_model(str(path))
-        except Exception as exc:
-            raise self.fail(ctx, f"ONNX export of the GenAI decoder failed: {describe(exc)}") from exc
+        self._export_onnx(ctx, growing_cache_decoder(lm, spec.layers), args, path, "GenAI decoder", input_names=inputs,
+                          output_names=outputs, dynamic_shapes=shapes)
         bos, eos, pad = _special_ids(lm)
         hf: Any = lm.config
         config = genai_config(model_type=str(hf.model_type), filename=LLM_GENAI.filename, layers=spec.layers,

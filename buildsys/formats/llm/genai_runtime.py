@@ -3,8 +3,9 @@
 The outputs are those of every text-generation check (generate.py): the logits after each prompt
 (`generator.get_output("logits")` after `append_tokens`), `new_tokens` ids chosen by GenAI's search
 (`generate_next_token`, greedy as genai_config.json says), and the mean NLL of each held-text window
-(its logits after one `append_tokens`). GenAI stops at an EOS token; the check generates a fixed count
-in every runtime (docs/llm.md), so it loads the config with the EOS ids overlaid by none.
+(its logits after one `append_tokens`). GenAI stops at the model's EOS ids (genai_config.json), which no
+overlay removes (GenAI's parser appends a list's ids to those it holds: an overlay of [] leaves them, measured
+with 0.18): where its search reaches one before `new_tokens`, the check says so instead of guessing the rest.
 Its tokenizer (onnxruntime-extensions, not Hugging Face tokenizers) is checked too: it must encode the
 prompts and the held text to the ids the reference used, or an application that feeds it text gets
 other ids than the ones measured (a finding that fails the check).
@@ -12,7 +13,6 @@ other ids than the ones measured (a finding that fails the check).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 class GenaiSession(GenerationSession):
     """Generation through og.Generator (no Decoder under it: GenAI owns the cache and the search)."""
 
-    def __init__(self, og_model: Any, new_tokens: int, texts: list[tuple[str, list[int]]], tokenizer: Any):
+    def __init__(self, og_model: Any, new_tokens: int, texts: list[tuple[str, list[int]]], tokenizer: Any,
+                 unreproduced: list[str]):
         super().__init__(decoder=None, new_tokens=new_tokens)  # type: ignore[arg-type]
         self.og_model = og_model
         self.texts = texts
         self.tokenizer = tokenizer
+        self.unreproduced = unreproduced  # the parts of tokenizer.json GenAI's tokenizer is known not to reproduce
 
     def _generator(self, ids: "np.ndarray", room: int) -> Any:
         """A fresh generator (an empty cache) that has been fed `ids`."""
@@ -69,8 +71,9 @@ class GenaiSession(GenerationSession):
             if self.new_tokens > 1:
                 self.timings["decode_tokens_per_s"].append((len(ids) - 1) / (time.perf_counter() - started))
             if len(ids) < self.new_tokens:  # GenAI stopped early: say so instead of padding with guesses
-                raise StepError(f"GenAI stopped after {len(ids)} of {self.new_tokens} tokens (search.max_length or an "
-                                "EOS id the overlay did not remove)")
+                raise StepError(f"GenAI stopped after {len(ids)} of {self.new_tokens} tokens, at id {ids[-1] if ids else '?'} "
+                                "(an EOS id of genai_config.json, or search.max_length): the check compares a fixed "
+                                "count of greedy tokens; give prompts whose continuation does not end so soon")
             last.append(logits.astype(np.float32))
             tokens.append(ids)
             rows = np.asarray(self._generator(text, 1).get_output("logits"))[0]
@@ -85,12 +88,10 @@ class GenaiSession(GenerationSession):
             if got != expected:
                 wrong.append((text, got, expected))
         if wrong:
+            from buildsys.formats.llm.genai_tokenizer import mismatch
+
             text, got, expected = wrong[0]
-            tok = {"text": f"GenAI's tokenizer encodes {len(wrong)} of {len(self.texts)} texts otherwise than the "
-                           f"model's tokenizer.json (first: {text[:40]!r} → {got[:8]} instead of {expected[:8]}): an "
-                           "application calling og.Tokenizer would feed other ids than those checked; GenAI "
-                           "(onnxruntime-extensions) reads byte-level BPE, SentencePiece and WordPiece tokenizers, not "
-                           "every pre-tokenizer of Hugging Face tokenizers", "fails": True}
+            tok = {"text": mismatch(text, got, expected, self.unreproduced, len(wrong), len(self.texts)), "fails": True}
         else:
             tok = {"text": f"GenAI's tokenizer encodes all {len(self.texts)} prompts and held texts as tokenizer.json does"}
         return [*super().findings(), tok]
@@ -103,10 +104,7 @@ class GenaiRuntime(Runtime):
     name = "onnxruntime-genai"
     packages = ("onnxruntime-genai",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("onnxruntime_genai") is None:
-            return "onnxruntime-genai is not installed (pip install -c constraints.txt 'modelbuild[llm]')"
-        return None
+    requires, extra = ("onnxruntime_genai",), "llm"
 
     def preimport(self) -> None:
         import onnxruntime_genai  # noqa: F401
@@ -120,17 +118,17 @@ class GenaiRuntime(Runtime):
         assert gen is not None  # this runtime runs text-generation models only
         folder = Path(path).parent
         try:
-            config = og.Config(str(folder))
-            # A fixed count of tokens in every runtime: with no EOS id GenAI never stops early here (an id outside
-            # the vocabulary is refused by GenAI's config check).
-            config.overlay(json.dumps({"model": {"eos_token_id": []}}))
-            og_model = og.Model(config)
+            og_model = og.Model(og.Config(str(folder)))
             tokenizer = og.Tokenizer(og_model)
         except Exception as exc:
             raise StepError(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}': {type(exc).__name__}: "
                             f"{str(exc).strip()[:300]}") from exc
+        from buildsys.formats.llm.genai_tokenizer import unreproduced
+        from buildsys.formats.llm.prompts import tokenizer_file
+
         encode = _encoder(root, gen.tokenizer)
         lines = [line.strip() for line in (root / gen.prompts).read_text(encoding="utf-8").splitlines()]
         held = (root / (gen.held_text or gen.prompts)).read_text(encoding="utf-8")
         texts = [(t, encode(t)) for t in [*(line for line in lines if line), held]]
-        return GenaiSession(og_model, gen.new_tokens, texts, tokenizer)
+        parts = unreproduced(json.loads(tokenizer_file(root, gen.tokenizer).read_text(encoding="utf-8")))
+        return GenaiSession(og_model, gen.new_tokens, texts, tokenizer, parts)

@@ -16,11 +16,10 @@ from the stateless runtimes.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import Field
 
@@ -49,6 +48,8 @@ LLM_OPENVINO = register_formats(Format.variants("llm-openvino", {
             "embeddings and output head int8).",
 }, filename=XML, runtime="llm-openvino", task="text-generation"))
 
+#: The int4 group size where it divides the layer (optimum-intel's default for LLMs).
+DEFAULT_GROUP = 128
 #: The cache input → output pairs that become variables, by tensor name (contract.py).
 STATE_PAIRS = (("k_cache", "k_cache_out"), ("v_cache", "v_cache_out"))
 
@@ -154,6 +155,8 @@ class _LlmOpenVinoCompressed(Step):
     """Shared body: NNCF weight compression of the float32 stateful IR (data-free)."""
 
     consumes = ("llm-openvino",)
+    committed_metrics = ("group_size", "group_sizes", "quantized_weights")
+    version = 2  # 2: quantized_weights measured on the IR; int4: a default group size adjusts per layer
     packages = ("openvino", "nncf")
     extra = "openvino"
     toolchain = "openvino"
@@ -182,21 +185,28 @@ class _LlmOpenVinoCompressed(Step):
             try:
                 compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode), **kwargs)
             except nncf.InvalidGroupSizeError as exc:
-                # NNCF's default fallback refuses rather than silently leaving such layers int8: so do we.
+                # Only a group size the user set gets here (a default one adjusts): honoured exactly, or refused.
                 widths = sorted(set(re.findall(r"channel size: (\d+)", str(exc))), key=int)
                 raise self.fail(ctx, f"int4 group size {kwargs.get('group_size')} does not divide the input width "
                                      f"({', '.join(widths) or '?'}) of {len(re.findall('channel size', str(exc)))} "
-                                     "layer(s): set options.llm-openvino-int4.group_size to a divisor of it") from exc
+                                     f"layer(s): set options.{self.produces}.group_size to a divisor of it, or leave "
+                                     "it unset to choose one per layer") from exc
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise self.fail(ctx, f"NNCF weight compression ({mode.lower()}) failed: {type(exc).__name__}: {first}") from exc
+            from buildsys.formats.openvino.weights import int4_group_sizes, measure
+
             metrics = _save(self, ctx, compressed, fp16=False)
+            groups = int4_group_sizes(compressed)
         bits = self.precision[3:]  # "int8" → "8"
         share = sum(v for k, v in metrics["weights"].items() if k in (f"i{bits}", f"u{bits}"))
         if not share:
             raise self.fail(ctx, f"NNCF compressed no weight to {self.precision} ({mode.lower()}"
                                  f"{', group size ' + str(kwargs['group_size']) if kwargs.get('group_size') else ''})")
-        metrics.update(mode=mode.lower(), tokenizer=_carry_side_files(src.parent, ctx.out_dir), **kwargs)
+        kwargs.pop("advanced_parameters", None)
+        metrics.update(mode=mode.lower(), tokenizer=_carry_side_files(src.parent, ctx.out_dir), **kwargs,
+                       **({"group_sizes": groups} if groups else {}),
+                       quantized_weights=measure(ctx.out_dir / XML, self.precision))
         return metrics
 
 
@@ -229,16 +239,26 @@ class LlmOpenVinoInt4FromLlmOpenVino(_LlmOpenVinoCompressed):
     class Options(StepOptions):
         symmetric: bool = Field(default=False, description="Symmetric int4 weights (INT4_SYM); false: asymmetric "
                                 "with a zero point per group (INT4_ASYM, optimum-intel's default).")
-        group_size: int = Field(default=128, ge=2, description="Input channels sharing one scale (and zero "
-                                "point); it must divide a layer's input width for the layer to be int4. 128 suits "
-                                "LLMs (hidden sizes are multiples of it); smaller groups: more accurate, larger file.")
+        group_size: Optional[int] = Field(
+            default=None, ge=2, description="Input channels sharing one scale (and zero point); smaller groups: "
+            "more accurate, larger file. Honoured exactly: a layer whose input width it does not divide is refused, "
+            "naming the widths. Unset: 128 where it divides a layer (it suits LLMs, whose hidden sizes are "
+            "multiples of it), else the largest power of two from 32 up that divides it (NNCF's ADJUST fallback), "
+            "else the layer stays int8 per channel (NNCF's backup precision); the sizes chosen are recorded in "
+            "deploy.lock (group_sizes).")
         ratio: float = Field(default=1.0, gt=0, le=1, description="Share of the layers NNCF may choose (all but "
                              "the embeddings and output head) made int4; the rest int8. Below 1, data-free NNCF "
                              "keeps the layers whose int4 error is largest in int8.")
 
     def _mode(self, ctx: StepContext) -> tuple[str, dict[str, Any]]:
+        import nncf
+
         opts = ctx.options
-        return ("INT4_SYM" if opts.symmetric else "INT4_ASYM"), {"group_size": opts.group_size, "ratio": opts.ratio}
+        kwargs: dict[str, Any] = {"group_size": opts.group_size or DEFAULT_GROUP, "ratio": opts.ratio}
+        if opts.group_size is None:  # a default adjusts to the layer; a size the user set is honoured or refused
+            kwargs["advanced_parameters"] = nncf.AdvancedCompressionParameters(
+                group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
+        return ("INT4_SYM" if opts.symmetric else "INT4_ASYM"), kwargs
 
 
 class _StatefulDecoder:
@@ -272,10 +292,7 @@ class LlmOpenVinoRuntime(Runtime):
     name = "llm-openvino"
     packages = ("openvino",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed (pip install -c constraints.txt 'modelbuild[openvino]')"
-        return None
+    requires, extra = ("openvino",), "openvino"
 
     def preimport(self) -> None:
         with telemetry_off():

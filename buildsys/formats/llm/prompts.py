@@ -15,8 +15,8 @@ from buildsys.errors import DataError
 if TYPE_CHECKING:
     import numpy as np
 
-    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
 
 #: Padding of the id rows (no tokenizer gives a negative id).
 PAD = -1
@@ -43,7 +43,6 @@ def _encoder(root: Path, rel: str) -> Callable[[str], list[int]]:
 
 def prompt_batch(model: "Model", root: Path) -> "Batch":
     """The prompts and held-text windows of `model` as a Batch of padded id rows."""
-    import numpy as np
 
     from buildsys.config.data import Batch
 

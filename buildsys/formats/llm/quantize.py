@@ -13,7 +13,9 @@ and `-qmode 8da4w`), applied to the transformers module before torch.export.
   float activations; logits off by ~1e3), so it is not used.
 - `8da4w`: torchao `quantize_` with `Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
   weight_granularity=PerGroup(group_size), intx_choose_qparams_algorithm="hqq_scale_only")` on every
-  `nn.Linear` whose input width the group size divides (the others stay float32, as in ExecuTorch);
+  `nn.Linear`; a layer whose input width the default group size does not divide gets the largest multiple of
+  32 below it that does (XNNPACK takes multiples of 32), else one scale per output channel (`PerAxis(0)`);
+  a group size the user set is honoured exactly or refused, naming the layers it does not divide;
   the XNNPACK partitioner takes each such linear whole, with its per-token activation quantization
   (observed: no `mm` or torchao operator left outside the delegates).
 
@@ -75,25 +77,48 @@ def int8_weight_only(lm: "torch.nn.Module") -> int:
     return quantized
 
 
-def int8_dynamic_int4_weight(lm: "torch.nn.Module", group_size: int) -> int:
-    """torchao 8da4w on every nn.Linear whose input width `group_size` divides (in place); returns the
-    weight elements quantized."""
+#: XNNPACK takes int4 weight groups whose size is a multiple of this (executorch's node_visitor asserts it).
+GROUP_STEP = 32
+
+
+def group_for(width: int, default: int, step: int = GROUP_STEP) -> int | None:
+    """The group size for a layer `width` inputs wide: the largest multiple of `step` at or below `default`
+    that divides `width`; None where none does (the layer is quantized per output channel instead)."""
+    for size in range(default - default % step, step - 1, -step):
+        if size and width % size == 0:
+            return size
+    return None
+
+
+def int8_dynamic_int4_weight(lm: "torch.nn.Module", group_size: int, exact: bool = False) -> dict[str, int]:
+    """torchao 8da4w on every nn.Linear of `lm` (in place): int4 weights in groups of `group_size` where it
+    divides the layer's input width; elsewhere, unless `exact` (a group size the user set, honoured exactly),
+    in groups of `group_for(width, group_size)`, or per output channel where no group fits. Returns the
+    layers quantized per group size ('per-channel' for those), a ValueError naming the layers an exact group
+    size does not divide."""
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerGroup
+    from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quantize_.workflows.intx.intx_choose_qparams_algorithm import IntxChooseQParamsAlgorithm
 
-    def eligible(module: torch.nn.Module, fqn: str) -> bool:
-        return isinstance(module, torch.nn.Linear) and module.in_features % group_size == 0
-
-    quantized = sum(m.weight.numel() for name, m in lm.named_modules() if eligible(m, name))
-    if quantized:
+    linears = {name: m for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear)}
+    if exact:
+        refused = [f"{name} ({m.in_features})" for name, m in linears.items() if m.in_features % group_size]
+        if refused:
+            raise ValueError(f"group_size {group_size} does not divide the input width of {len(refused)} linear "
+                             f"layer(s): {', '.join(refused[:6])}{' …' if len(refused) > 6 else ''}")
+    chosen = {name: group_size if m.in_features % group_size == 0 else None if exact else group_for(m.in_features, group_size)
+              for name, m in linears.items()}
+    layers: dict[str, int] = {}
+    for size in sorted(set(chosen.values()), key=lambda g: g or 0):
+        names = {name for name, g in chosen.items() if g == size}
         config = Int8DynamicActivationIntxWeightConfig(
-            weight_dtype=getattr(torch, "int4"), weight_granularity=PerGroup(group_size),
+            weight_dtype=getattr(torch, "int4"), weight_granularity=PerGroup(size) if size else PerAxis(0),
             intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY)  # ExecuTorch's default for 8da4w
         with torch.no_grad():
-            quantize_(lm, config, filter_fn=eligible)
-    return quantized
+            quantize_(lm, config, filter_fn=lambda module, fqn: fqn in names)
+        layers[str(size) if size else "per-channel"] = len(names)
+    return layers
 
 
 def describe(scheme: str, group_size: int | None) -> str:

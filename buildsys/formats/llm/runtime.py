@@ -8,13 +8,11 @@ again for every token, so an error in the exported cache handling cannot hide in
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
-from buildsys.formats.executorch.contract import executorch_unavailable
 from buildsys.formats.llm.contract import INPUTS, REFERENCE_RUNTIME, CacheSpec
 from buildsys.formats.llm.generate import GenerationSession
 from buildsys.formats.runtime import Runtime, Session
@@ -139,10 +137,7 @@ class LlmOnnxRuntime(Runtime):
     name = "llm-onnxruntime"
     packages = ("onnxruntime",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"
-        return None
+    requires = ("onnxruntime",)
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
         import onnxruntime as ort
@@ -164,8 +159,7 @@ class LlmExecutorchRuntime(Runtime):
     name = "llm-executorch"
     packages = ("executorch",)
 
-    def unavailable(self) -> str | None:
-        return executorch_unavailable()
+    requires, extra = ("executorch",), "executorch"
 
     def preimport(self) -> None:
         """`executorch.runtime` too: its import (kernel libraries, seconds and ~100+ MB) is not a model's load."""
@@ -190,9 +184,7 @@ class LlmTorchEager(Runtime):
     name = REFERENCE_RUNTIME
     packages = ("torch", "transformers")
 
-    def unavailable(self) -> str | None:
-        missing = [p for p in ("torch", "transformers") if importlib.util.find_spec(p) is None]
-        return f"{', '.join(missing)} not installed (pip install -c constraints.txt 'modelbuild[llm]')" if missing else None
+    requires, extra = ("torch", "transformers"), "llm"
 
     def load(self, path: Path | None, model: Model, root: Path) -> Session:
         from buildsys.formats.llm.decoder import load_lm

@@ -28,8 +28,9 @@ from pydantic import Field
 
 from buildsys.errors import StepError
 from buildsys.formats import register, register_formats, register_runtime
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.llm.contract import INPUTS, OUTPUTS, SPEC_FILE, CacheSpec, ship_tokenizer
+from buildsys.formats.base import Format, StepContext, StepOptions
+from buildsys.formats.llm.contract import INPUTS, OUTPUTS, CacheSpec
+from buildsys.formats.llm.export import LlmExportStep
 from buildsys.formats.llm.generate import GenerationSession
 from buildsys.formats.runtime import Runtime, Session
 
@@ -95,12 +96,12 @@ def unlowered_ops(module: Any, args: tuple[Any, ...]) -> dict[str, list[str]]:
     Empty when every op has a lowering or the program cannot be made (the conversion error then stands alone)."""
     import torch
 
-    from buildsys.planning.coverage_probe import _litert_torch
+    from buildsys.formats.tflite.litert_torch import lowering_ops
 
     try:
         with torch.no_grad():
             program = torch.export.export(module, args, strict=False).run_decompositions()
-        known = set(_litert_torch())
+        known = set(lowering_ops())
     except Exception:
         return {}
     found: dict[str, set[str]] = {}
@@ -119,20 +120,14 @@ def unlowered_ops(module: Any, args: tuple[Any, ...]) -> dict[str, list[str]]:
     return {op: sorted(paths)[:3] for op, paths in sorted(found.items())}
 
 
-class _LlmTfliteFromPyTorch(Step):
+class _LlmTfliteFromPyTorch(LlmExportStep):
     """Shared body: load the LM, convert its static-cache decoder with a prefill and a decode signature."""
 
-    consumes = ("pytorch",)
     packages = ("torch", "transformers", "litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert")
     extra = "litert-torch"
-    toolchain = "torch"
     description = ("decoder.py's StaticCacheDecoder, litert_torch.signature('prefill', T = max_seq_len) and "
                    "signature('decode', T = 1), convert().")
     Options = StepOptions
-
-    @classmethod
-    def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("tokenizer",)  # shipped beside the artifact: its bytes are part of the output
 
     def _quant_config(self, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
         """The litert-torch QuantConfig of the precision (None: float) and the facts to report."""
@@ -142,7 +137,7 @@ class _LlmTfliteFromPyTorch(Step):
         import torch
 
         from buildsys.errors import describe
-        from buildsys.formats.llm.decoder import cache_spec, example_inputs, load_lm, static_cache_decoder
+        from buildsys.formats.llm.decoder import example_inputs, static_cache_decoder
 
         try:
             import litert_torch
@@ -150,10 +145,7 @@ class _LlmTfliteFromPyTorch(Step):
         except ImportError as exc:
             raise self.fail(ctx, f"litert-torch is not installed ({exc}); see the README's litert-torch "
                                  "install line") from exc
-        gen = ctx.model.generation
-        assert gen is not None  # the format's task: planning refuses other models
-        lm = load_lm(ctx.model, ctx.root, ctx.model_name, self.name)
-        spec = cache_spec(lm, gen.max_cache_len, gen.max_seq_len)
+        lm, spec, gen = self._decoder(ctx)
         decoder = _named_outputs(static_cache_decoder(lm))
         lengths = {DECODE: 1, **({PREFILL: gen.max_seq_len} if gen.max_seq_len > 1 else {})}
         quant, metrics = self._quant_config(ctx)
@@ -172,7 +164,7 @@ class _LlmTfliteFromPyTorch(Step):
         path = ctx.out_dir / LLM_TFLITE[self.precision].filename
         converted.export(str(path))
         flatbuffer = path.read_bytes()
-        spec.write(ctx.out_dir)
+        shipped = self._ship(ctx, spec)
         interpreter = Interpreter(model_content=flatbuffer)
         try:
             interpreter.allocate_tensors()
@@ -188,10 +180,10 @@ class _LlmTfliteFromPyTorch(Step):
             if not share:  # a "quantized" file that is float throughout would pass any check
                 raise self.fail(ctx, f"litert-torch's {metrics.get('scheme')} recipe quantized none of the decoder's "
                                      f"weights ({total:,} elements stay {', '.join(weights)})")
-            metrics["quantized_weights"] = share
-        shipped = ship_tokenizer(ctx.model, ctx.root, ctx.out_dir)
-        return {"bytes": len(flatbuffer), "cache": list(spec.cache_shape), "spec": SPEC_FILE, "tokenizer": shipped,
-                "signatures": lengths, "weights": weights, "converter": f"litert-torch {litert_torch.__version__}",
+            from buildsys.formats.tflite.weights import measure
+
+            metrics["quantized_weights"] = measure(path, self.precision)  # per layer, on the flatbuffer
+        return {"bytes": len(flatbuffer), **shipped, "signatures": lengths, "weights": weights, "converter": f"litert-torch {litert_torch.__version__}",
                 **metrics}
 
 
@@ -239,6 +231,7 @@ class LlmTfliteInt8FromPyTorch(_LlmTfliteFromPyTorch):
     precision = "int8"
     Options = LlmTfliteInt8Options
     committed_metrics = ("scheme", "quantized_weights")
+    version = 2  # 2: quantized_weights measured per layer on the flatbuffer (buildsys.formats.quantized_weights)
     description = ("decoder.py's StaticCacheDecoder, litert_torch prefill and decode signatures, convert(quant_config="
                    "quant_recipes.full_weight_only_recipe() or full_dynamic_recipe()).")
 
@@ -249,8 +242,7 @@ class LlmTfliteInt8FromPyTorch(_LlmTfliteFromPyTorch):
         what = {"weight-only": "int8 weights per output channel, float32 activations (litert-torch weight-only recipe)",
                 "dynamic": "int8 weights per output channel, activations quantized per call (litert-torch dynamic "
                            "recipe)"}.get(facts["scheme"], facts["scheme"])
-        share = facts.get("quantized_weights")
-        return [what + (f"; {share:.0%} of the weights quantized" if isinstance(share, (int, float)) else "")]
+        return [what]
 
     def _quant_config(self, ctx: StepContext[LlmTfliteInt8Options]) -> tuple[Any, dict[str, Any]]:
         from litert_torch.generative.quantize import quant_recipes
@@ -315,10 +307,7 @@ class LlmLiteRtRuntime(Runtime):
     name = "llm-litert"
     packages = ("ai-edge-litert",)
 
-    def unavailable(self) -> str | None:
-        from buildsys.formats.tflite.litert import litert_unavailable
-
-        return litert_unavailable()
+    requires, extra = ("ai_edge_litert",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from ai_edge_litert.interpreter import Interpreter

@@ -17,6 +17,7 @@ from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data
 from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, dispatched_ops, rewrite_metrics
 from buildsys.formats.torch.torchscript import load_input
+from buildsys.lowering import STATIC_EXPORT, Answer, Symptom
 
 ONNX = register_format(Format(
     name="onnx", filename=MODEL_FILE, runtime="onnxruntime",
@@ -188,21 +189,33 @@ def _external() -> Any:
 
 # --- steps ---------------------------------------------------------------------------------------
 
+#: The other exporter answers an op one exporter has no translation for (export_failure's wording of each).
+EXPORTER_SWITCHES = (
+    Symptom((r"is not supported at opset \d+",), Answer.of(
+        "onnx dynamo", {"dynamo": True}, why="the legacy exporter has no symbolic for the op; the dynamo exporter "
+        "translates it through torchlib, decomposing what torchlib lacks")),
+    Symptom((r"has no ONNX translation at opset \d+",), Answer.of(
+        "onnx legacy", {"dynamo": False}, why="the dynamo exporter's torchlib has no translation for the op; the legacy "
+        "exporter's symbolics may")),
+)
+
 
 @register
 class OnnxFromPyTorch(Step):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 4  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    version = 5  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
     # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
-    # exported by the TorchScript exporter, its fake quantization as QDQ
+    # exported by the TorchScript exporter, its fake quantization as QDQ; 5: linear layers in disguise
+    # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
     toolchain = "torch"
     description = "torch.onnx.export of the factory's module."
-    committed_metrics = ("rewrites", "qat", "structured_pruning")
+    committed_metrics = ("rewrites", "qat", "structured_pruning", "decomposition")
+    symptoms = (STATIC_EXPORT, *EXPORTER_SWITCHES)  # the dynamo exporter's shape constraint; the other exporter
     # The legacy exporter looks up the ops of its own TorchScript trace in its symbolic registry; dynamo: true
     # reads the exported graph, decomposing what torchlib has no translation for. (A QAT module is exported
     # with dynamo whatever the option: it is still read against the legacy table, whose ATen ops it shares.)
@@ -259,13 +272,24 @@ class OnnxFromPyTorch(Step):
                 raise self.fail(ctx, f"an eager-mode QAT model's fake quantization needs opset 13 or later "
                                      f"(per-channel QuantizeLinear), not {opts.opset}")
         dynamo = opts.dynamo or (info is not None and info.flow == "pt2e")
-        if dynamo:
+        lowering: dict[str, Any] = {}
+        if dynamo and (opts.decompose is not None or opts.static_fallback):  # the program exported here, then ONNX
+            from buildsys.lowering.export import decomposed, export_program
+
+            program, lowering = export_program(self, ctx, module, opts.dynamic_axes)
+            program, decomposition = decomposed(self, ctx, program)
+            lowering.update(decomposition)
+            path = _dynamo_export(self, ctx, program, opts.opset, opts.external_data, dynamic=lowering["dynamic"])
+        elif dynamo:
             shapes = export_dims(ctx.model) if opts.dynamic_axes else None
             path = _dynamo_export(self, ctx, module, opts.opset, opts.external_data,
                                   shapes if shapes and any(s is not None for s in shapes) else None,
                                   dynamic=opts.dynamic_axes)
         else:
-            path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
+            from buildsys.lowering.export import lowered
+
+            exported, lowering = lowered(self, ctx, module, dynamic=opts.dynamic_axes)  # scripted when decomposed
+            path = _legacy_export(self, ctx, exported, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
         folded = {}
         if info is not None and info.flow == "eager":  # int8 weight initializers, as the PT2E export writes them
             from buildsys.formats.torch.qat import fold_onnx_weights
@@ -274,7 +298,7 @@ class OnnxFromPyTorch(Step):
         # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these
         ops = dispatched_ops(module, _example(ctx, False))
         return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
-                **rewrite_metrics(ctx, ops, module), **folded}
+                **rewrite_metrics(ctx, ops, module), **folded, **lowering}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
@@ -361,4 +385,3 @@ class OnnxFromOnnxFile(Step):
         else:
             shutil.copyfile(src, ctx.out_dir / ONNX.filename)
         return finish(self, ctx, ctx.out_dir / ONNX.filename, exact=True)
-

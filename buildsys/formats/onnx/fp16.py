@@ -6,12 +6,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from pydantic import Field
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
 
 ONNX_FP16 = register_format(Format(
     name="onnx-fp16", family="onnx", precision="fp16", filename="model.onnx", runtime="onnxruntime",
@@ -31,14 +34,40 @@ class OnnxFp16FromOnnx(Step):
     packages = ("onnxruntime", "onnx", "onnx-ir")
     toolchain = "onnx"
     description = "float16 conversion with ONNX Runtime's converter."
+    #: Accuracy repair (docs/repair.md): tried after a route's fp16 check misses.
+    repairs = {"keep-float": {"keep_float": "sensitive"}}
+    committed_metrics = ("repair",)
 
-    class Options(StepOptions):
+    class Options(SearchingOptions):
         keep_io_types: bool = Field(
             default=True, description="Keep float32 inputs and outputs (Cast nodes at the edges), so callers "
             "need no change; false makes the graph's float inputs/outputs float16.")
         op_block_list: Optional[list[str]] = Field(
             default=None, description="Op types left in float32 (e.g. ['Softmax', 'LayerNormalization'] when they "
             "lose too much precision); unset uses the converter's default list.")
+        keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
+            default=(), description="Nodes (by ONNX node name) kept in float32 (the converter's node_block_list). "
+            "'sensitive': measure each node's float16 cost on the calibration set and keep the fewest most "
+            "sensitive ones in float32 that meet the target's tolerance (docs/repair.md); bounded, its result "
+            "recorded in deploy.lock. Usually set by accuracy repair, not by hand.")
+
+    @classmethod
+    def data_used(cls, options: "OnnxFp16FromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]
+        return ("calibration",) if options.keep_float == "sensitive" else ()
+
+    @classmethod
+    def check_config(cls, model: "Model", options: "OnnxFp16FromOnnx.Options",  # type: ignore[override]
+                     root: Path) -> str | None:
+        if options.keep_float == "sensitive" and model.data.calibration is None:
+            return ("keep_float 'sensitive' needs calibration data: add data.calibration to the model "
+                    "(an .npz of representative inputs)")
+        return None
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.planning.repair import describe
+
+        return describe(facts.get("repair"))
 
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import onnx
@@ -53,6 +82,8 @@ class OnnxFp16FromOnnx(Step):
         was_float: set[str] = set()  # external float32 tensors, by name
         if opts.op_block_list is not None:
             kwargs["op_block_list"] = list(opts.op_block_list)
+        if opts.keep_float and not external:
+            return self._keep_float(ctx, convert, src, kwargs)
         try:
             if external:  # the graph alone: the side file is converted afterwards, streaming
                 proto = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
@@ -70,6 +101,39 @@ class OnnxFp16FromOnnx(Step):
         metrics = finish(self, ctx, path)
         halves = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
         return {**metrics, "float16_initializers": halves}
+
+
+    def _keep_float(self, ctx: StepContext[Options], convert: Any, src: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """keep_float: the nodes named (or found by the keep-float search, formats/onnx/sensitivity.py) in float32."""
+        import shutil
+        import tempfile
+
+        from buildsys.formats.keep_float import NoRecipe, pinned
+        from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, save
+        from buildsys.formats.onnx.sensitivity import search
+
+        def make(keep: list[str], only: list[str] | None, out: Path) -> None:
+            model = load(src)
+            blocked = keep if only is None else [n.name for n in model.graph.node if n.name and n.name not in only]
+            converted = convert(model, node_block_list=blocked, **kwargs)
+            _sort_nodes(converted.graph)
+            save(converted, out.parent, external=False).rename(out)
+
+        opts = ctx.options
+        with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as work:
+            if opts.keep_float == "sensitive":
+                blocked = sys.modules[convert.__module__].DEFAULT_OP_BLOCK_LIST if opts.op_block_list is None \
+                    else opts.op_block_list
+                try:
+                    metrics = search(self, ctx, make, src, Path(work) / MODEL_FILE, Path(work) / "search", "fp16",
+                                     blocked)
+                except NoRecipe as exc:
+                    raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+            else:
+                make(list(opts.keep_float), None, Path(work) / MODEL_FILE)
+                metrics = {"repair": pinned(opts.keep_float, "fp16")}
+            shutil.move(str(Path(work) / MODEL_FILE), str(ctx.out_dir / MODEL_FILE))
+        return {**finish(self, ctx, ctx.out_dir / MODEL_FILE), **metrics}
 
 
 def _external_tensors(proto: Any) -> list[Any]:

@@ -29,7 +29,8 @@ class OnnxInt8FromOnnx(Step):
     """Quantize an ONNX model to int8: dynamic (weights only, activations at run time) or static (calibrated)."""
 
     name = "onnx-int8-from-onnx"
-    version = 2  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again
+    version = 3  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again; 3: the share of
+    # weights in int8 measured on the file (quantized_weights)
     consumes = ("onnx", "onnx-optimized")
     produces = "onnx-int8"
     precision = "int8"
@@ -39,7 +40,7 @@ class OnnxInt8FromOnnx(Step):
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     repairs = {"keep-float": {"keep_float": "sensitive"}, "per-channel": {"per_channel": True},
                "entropy": {"method": "static", "calibrate_method": "entropy"}}
-    committed_metrics = ("repair",)
+    committed_metrics = ("repair", "quantized_weights")
     keeps_learned = ("pt2e", "eager")  # QDQ with learned scales in its input is kept (buildsys.formats.torch.qat)
 
     class Options(SearchingOptions):
@@ -103,8 +104,11 @@ class OnnxInt8FromOnnx(Step):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from buildsys.formats.onnx.sensitivity import NoRecipe, search, split_timings
+        from buildsys.formats.keep_float import NoRecipe, pinned
+        from buildsys.formats.onnx.sensitivity import search
         from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
+        from buildsys.formats.onnx.weights import measure
+        from buildsys.formats.quantized_weights import kept_float
 
         opts = ctx.options
         src = Path(str(ctx.input_path))
@@ -113,8 +117,9 @@ class OnnxInt8FromOnnx(Step):
 
         already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.formats.torch.qat): kept, never re-calibrated
         if already:
-            return {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
-                    "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
+            carried = {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
+                       "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
+            return {**carried, "quantized_weights": measure(ctx.out_dir / MODEL_FILE, self.precision)}
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
         reduce_range = opts.reduce_range if opts.reduce_range is not None else opts.method == "static"
         metrics: dict[str, Any] = {"method": opts.method, "reduce_range": reduce_range}
@@ -143,12 +148,11 @@ class OnnxInt8FromOnnx(Step):
 
             try:
                 if opts.keep_float == "sensitive":
-                    metrics["repair"] = search(self, ctx, quantize, model_in, quantized, Path(work) / "search")
-                    metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
+                    metrics.update(search(self, ctx, quantize, model_in, quantized, Path(work) / "search"))
                 else:
                     quantize(list(opts.keep_float), None, quantized)
                     if opts.keep_float:
-                        metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+                        metrics["repair"] = pinned(opts.keep_float, "int8")
             except ModelbuildError:
                 raise
             except NoRecipe as exc:
@@ -169,6 +173,7 @@ class OnnxInt8FromOnnx(Step):
             if "quantize" in op.lower() or op.endswith("Integer") or op.startswith("QLinear"):
                 counts[op] = counts.get(op, 0) + 1
         metrics["quantized_ops"] = counts
+        metrics["quantized_weights"] = measure(ctx.out_dir / MODEL_FILE, self.precision, kept_float(metrics, opts))
         return metrics
 
     def _static(self, ctx: StepContext[Options], opts: Options, model_in: Path, out: Path, types: dict[str, Any],
@@ -182,7 +187,7 @@ class OnnxInt8FromOnnx(Step):
         if opts.calibration_samples is not None:
             batch.inputs = {k: v[: opts.calibration_samples] for k, v in batch.inputs.items()}
         quantize_static(
-            str(model_in), str(out), _reader(batch, model_in),
+            str(model_in), str(out), calibration_reader(batch, model_in),
             quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[opts.quant_format],
             per_channel=opts.per_channel, reduce_range=reduce_range,
             weight_type=types[opts.weight_type],
@@ -360,8 +365,9 @@ def _without_initializer_shapes(path: Path, work: Path, private: bool) -> Path:
     return path
 
 
-def _reader(batch: "Batch", model_path: Path) -> Any:
-    """A CalibrationDataReader over the model's own calibration set (never downloaded data)."""
+def calibration_reader(batch: "Batch", model_path: Path) -> Any:
+    """A CalibrationDataReader over the model's own calibration set (never downloaded data), in chunks of 32,
+    or of 1 for a graph whose batch axis is fixed to 1 (TensorRT's QDQ step reads it too)."""
     import numpy as np
     import onnx
     from onnxruntime.quantization import CalibrationDataReader

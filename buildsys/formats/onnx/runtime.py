@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +26,9 @@ _NUMPY_TYPES = {
 class OrtSession(Session):
     """An InferenceSession fed by input name; outputs come back in the signature's order."""
 
-    def __init__(self, session: Any, model: "Model"):
+    def __init__(self, session: Any, model: "Model", path: Path | None = None):
         self.session = session
+        self.path = path  # to re-create the session with another thread pool (use_threads)
         self.model = model
         # An artifact exported with fixed shapes (dynamic_axes: false) takes one sample per call.
         fixed_one = any(i.shape and i.shape[0] == 1 for i in session.get_inputs())
@@ -54,6 +54,19 @@ class OrtSession(Session):
                  for name, dtype in self.input_types.items()}
         return list(self.session.run(self.output_names, ready))
 
+    def use_threads(self, threads: int | None) -> int | None:
+        """ONNX Runtime fixes its thread pool when a session is made: re-create it from the same file."""
+        if threads is None or self.path is None:
+            return None
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), options, providers=self.session.get_providers())
+        return threads
+
 
 @register_runtime
 class OnnxRuntime(Runtime):
@@ -62,10 +75,7 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     packages = ("onnxruntime",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"
-        return None
+    requires = ("onnxruntime",)
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import onnxruntime as ort
@@ -77,7 +87,7 @@ class OnnxRuntime(Runtime):
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise StepError(f"onnxruntime could not load '{Path(path).name}': {type(exc).__name__}: {first}") from exc
-        return OrtSession(session, model)
+        return OrtSession(session, model, Path(path))
 
     def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
                       modules: list[str]) -> list[Probe]:

@@ -1,104 +1,86 @@
-"""Per-layer int8 sensitivity and the keep-float search of onnx-int8's `keep_float: sensitive` (docs/repair.md).
-
-Run in the onnx worker, on the model's calibration set, against the float ONNX model's own outputs, and
-judged by the check's comparisons (`verify.compare`) at the target's own tolerance (`repair_goal`, the
-check's resolved limits, never loosened). Bounded: at most `TRIALS` measurements, each quantizing one layer
-alone ("quantize one layer at a time": what that layer's int8 costs, even where keeping one other layer
-float could not show it, e.g. a Concat and the Gemm it feeds; a model with more layers is measured in
-contiguous groups), then at most `MAX_FLOAT` trials keeping one more of the most sensitive in float,
-until the tolerance holds.
+"""`keep_float: sensitive` of onnx-int8 and onnx-fp16 (docs/repair.md): ONNX Runtime's quantizer and float16
+converter as the `Candidates` of the one keep-float search (buildsys/formats/keep_float.py). For int8 a unit is an
+ONNX node the quantizer changed, kept in float with `nodes_to_exclude` (or quantized alone with
+`nodes_to_quantize`); for fp16 a node the converter would cast, kept in float32 with its `node_block_list`. Run in
+the onnx worker on the model's calibration set, in ONNX Runtime, against the float ONNX model's own outputs.
 """
 
 from __future__ import annotations
 
-import time
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from buildsys.formats.keep_float import Candidates, Judge, default_goal
+from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
-    from buildsys.config.schema import OutputSpec
+    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
-
-#: At most this many sensitivity measurements (layers, or groups of layers), and MAX_FLOAT keep-float trials.
-TRIALS, MAX_FLOAT = 48, 8
-#: The most sensitive layers the record lists (deploy.lock, explain).
-SHOWN = 8
 
 #: quantize(keep_float, only, out): writes an int8 model, keeping `keep_float` nodes in float, or
 #: quantizing only the `only` nodes when that is not None.
 Quantize = Callable[[list[str], "list[str] | None", Path], None]
 
 
-class NoRecipe(Exception):
-    """The search kept MAX_FLOAT layers in float and the tolerance still did not hold."""
+class OnnxCandidates(Candidates[Path]):
+    """ONNX files made by a step's own function, run in ONNX Runtime (also onnx-fp16's, formats/onnx/fp16.py)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, model: "Model", batch: "Batch", root: Path, make: Quantize, float_model: Path,
+                 work: Path) -> None:
+        super().__init__(model, batch, root)
+        self.quantize, self.float_model, self.work = make, float_model, work
+
+    def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> Path:
+        path = self.work / slot / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.quantize(list(keep), None if only is None else list(only), path)
+        return path
 
 
-def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, work: Path) -> dict[str, Any]:
-    """onnx-int8's keep_float 'sensitive' (a `StepContext` of its options): the bounded search, its record."""
+class OnnxInt8Candidates(OnnxCandidates):
+    what = "quantized layers"
+
+    def units(self, baseline: Path) -> list[str]:
+        return quantized_layers(self.float_model, baseline)
+
+
+class OnnxFp16Candidates(OnnxCandidates):
+    what = "float16 nodes"
+    #: Nodes that compute nothing in floating point: never worth keeping in float32.
+    SKIP = ("Constant", "Shape", "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Concat")
+
+    def __init__(self, model: "Model", batch: "Batch", root: Path, make: Quantize, float_model: Path, work: Path,
+                 blocked: Sequence[str]) -> None:
+        super().__init__(model, batch, root, make, float_model, work)
+        self.blocked = set(blocked)
+
+    def units(self, baseline: Path) -> list[str]:
+        import onnx
+
+        graph = onnx.load(str(self.float_model), load_external_data=False).graph
+        return [n.name for n in graph.node if n.name and n.op_type not in self.blocked and n.op_type not in self.SKIP]
+
+
+def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, work: Path,
+           reduced: str = "int8", blocked: Sequence[str] = ()) -> dict[str, Any]:
+    """keep_float 'sensitive' of onnx-int8 (`reduced` int8) or onnx-fp16 (`reduced` fp16, `blocked`: the op types
+    the converter keeps in float32 anyway), for a `StepContext` of the step's options: the search, `out` written,
+    the step's metrics (`repair`: the committed record, `repair_ms_per_sample`: its latencies)."""
     from buildsys.formats.onnx.onnxfile import uses_external_data
-    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     batch = ctx.data("calibration")
     if batch is None or uses_external_data(model_in):
         raise step.fail(ctx, "keep_float 'sensitive' needs calibration data and a model without external data")
-    goal = ctx.options.repair_goal or {
-        o.name: {k: v for k, v in DEFAULTS["int8"].items() if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
-        for o in ctx.model.outputs}
-    work.mkdir(parents=True, exist_ok=True)
-    return keep_float_search(quantize, model_in, Judge(model_in, batch, list(ctx.model.outputs), goal), work, out)
-
-
-def split_timings(record: dict[str, Any]) -> list[float]:
-    """Take the latencies out of a search record (committed to deploy.lock, which holds only what two
-    clean builds agree on): ms per sample of the full int8 model, then of each trial, for the build record."""
-    return [part.pop("ms") for part in [record.get("full_int8") or {}, *record.get("trials", [])] if "ms" in part]
-
-
-class Judge:
-    """Runs a model on the calibration inputs and compares its outputs with the float model's."""
-
-    def __init__(self, float_model: Path, batch: "Batch", outputs: "list[OutputSpec]", goal: dict[str, Any]):
-        self.batch, self.outputs, self.goal = batch, outputs, goal
-        self.reference = self.run(float_model)[0]
-
-    def run(self, path: Path) -> tuple[dict[str, Any], float]:
-        """Outputs by name, and milliseconds per sample."""
-        import numpy as np
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        wanted = {i.name for i in session.get_inputs()}
-        names = [o.name for o in self.outputs]
-        parts: list[list[Any]] = []
-        started = time.perf_counter()
-        for chunk in self.batch.chunks(1 if _fixed_one(session) else 32):
-            parts.append(session.run(names, {k: v for k, v in chunk.items() if k in wanted}))
-        per_sample = (time.perf_counter() - started) * 1000 / max(len(self.batch), 1)
-        return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}, per_sample
-
-    def judge(self, path: Path) -> dict[str, Any]:
-        """{"passed", "error" (a scalar: larger is worse), "metrics" (observed, per output), "ms", "bytes"}."""
-        from buildsys.nodes.verify import compare
-
-        observed, ms = self.run(path)
-        passed, error, shown = True, 0.0, {}
-        for out in self.outputs:
-            result = compare(out.name, out.kind, self.reference[out.name], observed[out.name], self.goal.get(out.name))
-            passed = passed and result.passed
-            values = {m.name: float(m.observed) for m in result.metrics if m.observed is not None}
-            error += (1 - values.get("cosine", 1.0)) + (1 - values.get("top1_agreement", 1.0)) \
-                + values.get("range_error", 0.0)
-            shown[out.name] = {k: round(v, 6) for k, v in values.items() if k in ("cosine", "top1_agreement",
-                                                                                  "range_error")}
-        size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*"))
-        return {"passed": passed, "error": round(error, 6), "metrics": shown, "ms": round(ms, 4), "bytes": size}
-
-
-def _fixed_one(session: Any) -> bool:
-    shapes = [i.shape for i in session.get_inputs()]
-    return any(s and s[0] == 1 for s in shapes)
+    candidates = OnnxInt8Candidates(ctx.model, batch, ctx.root, quantize, model_in, work) if reduced == "int8" else \
+        OnnxFp16Candidates(ctx.model, batch, ctx.root, quantize, model_in, work, blocked)
+    reference = candidates.run(model_in)[0]
+    judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, reduced), reference)
+    chosen, record = keep_float_search(candidates, judge, reduced)
+    shutil.copyfile(chosen, out)
+    return {"repair": record.as_fact(), "repair_ms_per_sample": record.timings()}
 
 
 def quantized_layers(float_model: Path, int8_model: Path) -> list[str]:
@@ -112,45 +94,3 @@ def quantized_layers(float_model: Path, int8_model: Path) -> list[str]:
     fed = {n.name for n in graph.node if any(i in dequantized for i in n.input)}
     renamed = {n.name.removesuffix("_quant") for n in graph.node if n.name.endswith("_quant")}
     return [n for n in names if n in fed or n in renamed]
-
-
-def keep_float_search(quantize: Quantize, float_model: Path, judge: Judge, work: Path, out: Path) -> dict[str, Any]:
-    """Quantize into `out` keeping the fewest most sensitive layers in float that make the tolerance hold
-    on the calibration set; returns the record of the search (metrics `repair`). Raises NoRecipe when
-    MAX_FLOAT layers in float do not make it hold (NoRecipe: the route fails, and the next recipe is tried)."""
-    full = work / "full" / "model.onnx"
-    full.parent.mkdir(parents=True)
-    quantize([], None, full)
-    base = judge.judge(full)
-    record: dict[str, Any] = {"recipe": "keep-float", "full_int8": base, "sensitivity": [], "trials": []}
-    if base["passed"]:
-        quantize([], None, out)
-        record["kept_float"] = []
-        return record
-    layers = quantized_layers(float_model, full)
-    size = -(-len(layers) // TRIALS)  # more layers than trials: contiguous groups, each measured as one
-    units = [layers[i:i + size] for i in range(0, len(layers), size)]
-    scores = []
-    for i, unit in enumerate(units):
-        path = work / f"one-{i}" / "model.onnx"
-        path.parent.mkdir()
-        quantize([], unit, path)
-        scores.append(judge.judge(path)["error"])
-    order = sorted(range(len(units)), key=lambda i: (-scores[i], i))
-    record["sensitivity"] = [["+".join(units[i]), scores[i]] for i in order[:SHOWN]]
-    record["measured"] = f"{len(layers)} quantized layers in {len(units)} trial(s), each quantized alone"
-    kept: list[str] = []
-    for i in order[:MAX_FLOAT]:
-        kept = [*kept, *units[i]]
-        path = work / f"keep-{len(record['trials'])}" / "model.onnx"
-        path.parent.mkdir()
-        quantize(kept, None, path)
-        trial = {"keep_float": kept, **judge.judge(path)}
-        record["trials"].append(trial)
-        if trial["passed"]:
-            quantize(kept, None, out)
-            record["kept_float"] = kept
-            return record
-    best = min(record["trials"], key=lambda t: t["error"]) if record["trials"] else base
-    raise NoRecipe(f"keeping the {len(kept)} most sensitive of {len(layers)} quantized layers "
-                       f"in float did not meet the tolerance on the calibration set (best: {best['metrics']})")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register
-from buildsys.formats.base import Step, StepContext, StepOptions
-from buildsys.formats.openvino.ir import cpu_config, telemetry_off
+from buildsys.formats.base import SearchingOptions, Step, StepContext, StepOptions
+from buildsys.formats.openvino.ir import XML, cpu_config, telemetry_off
 from buildsys.storage.keys import HostBinding
 
 if TYPE_CHECKING:
@@ -33,7 +33,10 @@ class OpenVinoInt8FromOpenVino(Step):
     """Quantize a float32 OpenVINO IR to int8 with NNCF, calibrated on the model's calibration set."""
 
     name = "openvino-int8-from-openvino"
-    version = 2  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized
+    version = 5  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized;
+                 # 3: keep_float 'sensitive' (the one keep-float search, NNCF's ignored_scope); 4: the share of
+                 # weights in int8 measured on the IR (quantized_weights); 5: the layers accuracy control
+                 # reverted left out of that share
     consumes = ("openvino",)
     produces = "openvino-int8"  # registered with its fp32/fp16 siblings in convert.py
     precision = "int8"
@@ -42,10 +45,14 @@ class OpenVinoInt8FromOpenVino(Step):
     toolchain = "openvino"
     description = "nncf.quantize (or nncf.quantize_with_accuracy_control) of the float32 IR."
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
-    repairs = {"transformer": {"model_type": "transformer"}, "mixed": {"preset": "mixed"}}
+    #: 8-bit-weights: NNCF's own overflow fix (first layer only) instead of 7-bit weights everywhere, TFLite's
+    #: weight grid (benchmarks/int8_quantizers.py: 14-25 % less range error); the verdict is keyed by the CPU class.
+    repairs = {"transformer": {"model_type": "transformer"}, "8-bit-weights": {"overflow_fix": False},
+               "mixed": {"preset": "mixed"}, "keep-float": {"keep_float": "sensitive"}}
+    committed_metrics = ("repair", "quantized_weights")
     keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.formats.torch.qat)
 
-    class Options(StepOptions):
+    class Options(SearchingOptions):
         preset: Literal["performance", "mixed"] = Field(
             default="performance", description="'performance': symmetric int8 weights and activations (fastest "
             "on CPU). 'mixed': asymmetric activations (better for activations that are not centred on zero, "
@@ -67,9 +74,11 @@ class OpenVinoInt8FromOpenVino(Step):
             default="default", description="'transformer': NNCF's transformer scheme (ModelType.TRANSFORMER: "
             "SmoothQuant moves activation outliers into the weights, and the ops that lose most in int8 in "
             "attention blocks stay float). Tried by accuracy repair after a missed check (docs/repair.md).")
-        keep_float: tuple[str, ...] = Field(
+        keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
             default=(), description="Operations of the IR (by friendly name) left in float (NNCF's ignored_scope "
-            "names; an unknown name is an error).")
+            "names; an unknown name is an error). 'sensitive': measure each quantized operation's cost on the "
+            "calibration set and keep the fewest most sensitive ones in float that meet the target's tolerance "
+            "(docs/repair.md); the search is bounded and its result recorded in deploy.lock.")
 
         @model_serializer(mode="wrap")
         def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -79,6 +88,8 @@ class OpenVinoInt8FromOpenVino(Step):
                     data.pop("model_type", None)
                 if not data.get("keep_float"):
                     data.pop("keep_float", None)
+                if data.get("repair_goal") is None:
+                    data.pop("repair_goal", None)
             return data
 
     @classmethod
@@ -96,6 +107,12 @@ class OpenVinoInt8FromOpenVino(Step):
         return super().host_binding(options, data_sets)
 
     @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        from buildsys.planning.repair import describe
+
+        return describe(facts.get("repair"))
+
+    @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
         if model.data.calibration is None:
             return NEEDS_CALIBRATION
@@ -104,7 +121,10 @@ class OpenVinoInt8FromOpenVino(Step):
         return None
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
+        from buildsys.formats.keep_float import NoRecipe, pinned
         from buildsys.formats.openvino.convert import save_ir
+        from buildsys.formats.openvino.weights import measure
+        from buildsys.formats.quantized_weights import kept_float
 
         opts: Any = ctx.options
         with telemetry_off():
@@ -119,7 +139,8 @@ class OpenVinoInt8FromOpenVino(Step):
                 # scales, which the CPU plugin runs as int8. NNCF would re-calibrate them: it is kept instead.
                 from buildsys.formats.torch.qat import KEPT
 
-                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT}
+                return {**save_ir(self, ctx, model, fp16=False), "calibration_samples": 0, "preset": "qat", "qat": KEPT,
+                        "quantized_weights": measure(ctx.out_dir / XML, self.precision)}
             batch = ctx.data("calibration")  # read only now: a QAT model's IR above needs none
             if batch is None:
                 raise self.fail(ctx, NEEDS_CALIBRATION)
@@ -131,7 +152,7 @@ class OpenVinoInt8FromOpenVino(Step):
                            "mixed": nncf.QuantizationPreset.MIXED}[opts.preset]}
             if opts.model_type == "transformer":
                 kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-            if opts.keep_float:
+            if opts.keep_float and opts.keep_float != "sensitive":
                 kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(opts.keep_float))
             # 7-bit weights in every layer (NNCF's default fixes the first only): the CPU plugin's
             # uint8 x int8 kernels saturate on x86 CPUs without VNNI, as ONNX Runtime's do (onnx-int8's
@@ -141,7 +162,9 @@ class OpenVinoInt8FromOpenVino(Step):
             metrics: dict[str, Any] = {"calibration_samples": samples, "preset": opts.preset,
                                        "overflow_fix": opts.overflow_fix, "model_type": opts.model_type}
             try:
-                if opts.max_accuracy_drop is None:
+                if opts.keep_float == "sensitive":
+                    quantized = self._search(ctx, nncf, model, calibration, advanced, kwargs, metrics)
+                elif opts.max_accuracy_drop is None:
                     quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **kwargs)
                 else:
                     validation = self._validation(ctx)
@@ -155,9 +178,13 @@ class OpenVinoInt8FromOpenVino(Step):
                         "int8": round(metric(core.compile_model(quantized, "CPU", cpu_config()), validation)[0], 6)}
             except ModelbuildError:
                 raise
+            except NoRecipe as exc:
+                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise self.fail(ctx, f"NNCF int8 quantization failed: {type(exc).__name__}: {first}") from exc
+            if opts.keep_float and opts.keep_float != "sensitive":
+                metrics["repair"] = pinned(opts.keep_float, "int8")
             metrics.update(save_ir(self, ctx, quantized, fp16=False))
         if metrics["fake_quantize"] == 0:
             raise self.fail(ctx, "NNCF quantized no layer (no FakeQuantize in the result): the model has no "
@@ -167,7 +194,25 @@ class OpenVinoInt8FromOpenVino(Step):
             raise self.fail(ctx, f"NNCF could not hold the accuracy drop within max_accuracy_drop "
                                  f"{opts.max_accuracy_drop}: top-1 {accuracy['fp32']:.4f} (fp32 IR) -> "
                                  f"{accuracy['int8']:.4f} (int8); raise it or add calibration data")
+        metrics["quantized_weights"] = measure(ctx.out_dir / XML, self.precision, kept_float(metrics, opts),
+                                               reverted=accuracy is not None)  # accuracy control's own choice
         return metrics
+
+    def _search(self, ctx: StepContext, nncf: Any, model: Any, calibration: Any, advanced: Any,
+                kwargs: dict[str, Any], metrics: dict[str, Any]) -> Any:
+        """keep_float 'sensitive': the one keep-float search with NNCF's ignored_scope (openvino/sensitivity.py)."""
+        import tempfile
+
+        from buildsys.formats.openvino.sensitivity import search
+
+        def quantize(ignored: list[str]) -> Any:
+            scope = {"ignored_scope": nncf.IgnoredScope(names=ignored)} if ignored else {}
+            return nncf.quantize(model, calibration, advanced_parameters=advanced, **kwargs, **scope)
+
+        with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as work:
+            quantized, found = search(ctx, quantize, Path(str(ctx.input_path)), Path(work))
+        metrics.update(found)
+        return quantized
 
     def _validation(self, ctx: StepContext) -> list[tuple[dict[str, Any], int]]:
         """(feeds, label) per sample of the labelled validation set (checked at plan time where possible)."""

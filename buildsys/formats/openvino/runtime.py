@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,10 +63,7 @@ class OpenVinoRuntime(Runtime):
     name = "openvino"
     packages = ("openvino",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed (pip install -c constraints.txt 'modelbuild[openvino]')"
-        return None
+    requires, extra = ("openvino",), "openvino"
 
     def preimport(self) -> None:
         """Import the toolchain with telemetry declined (a bench's warm-up import would otherwise send

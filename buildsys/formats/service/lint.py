@@ -16,13 +16,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from buildsys.errors import not_installed
 from buildsys.formats.service.contract import DOCKERFILE, HEALTH_PATH
 
 
 def lint_unavailable() -> str | None:
     """Why the Dockerfile cannot be linted here (the parser is missing), or None."""
     if importlib.util.find_spec("dockerfile_parse") is None:
-        return "dockerfile-parse is not installed (pip install -c constraints.txt 'modelbuild[service]')"
+        return not_installed(["dockerfile_parse"], "service")
     return None
 
 

@@ -12,7 +12,6 @@ a 4xx, never a 5xx, and a server still healthy after them. Its problems fail the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import weakref
 from pathlib import Path
@@ -123,11 +122,7 @@ class ServiceHttp(Runtime):
     backend_module = "onnxruntime"
     packages = ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client", "onnxruntime", "dockerfile-parse")
 
-    def unavailable(self) -> str | None:
-        for module in ("fastapi", "uvicorn", "prometheus_client", self.backend_module):
-            if importlib.util.find_spec(module) is None:
-                return f"{module} is not installed (pip install -c constraints.txt 'modelbuild[service]')"
-        return None
+    requires, extra = ("fastapi", "uvicorn", "prometheus_client", "onnxruntime"), "service"
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
         from buildsys.formats.service.server import ServiceProcess
@@ -187,6 +182,7 @@ class ServiceHttpTorchScript(ServiceHttp):
 
     name = "service-http-torchscript"
     backend_module = "torch"
+    requires = ("fastapi", "uvicorn", "prometheus_client", "torch")
     packages = ("fastapi", "starlette", "pydantic", "uvicorn", "numpy", "prometheus-client", "torch", "dockerfile-parse")
 
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.torch.loading import torch_unavailable
 from buildsys.formats.torch.runtimes import TorchSession
 
 if TYPE_CHECKING:
@@ -58,8 +57,7 @@ class TorchServeArchive(Runtime):
     name = "torchserve-archive"
     packages = ("torch",)
 
-    def unavailable(self) -> str | None:
-        return torch_unavailable()
+    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import torch

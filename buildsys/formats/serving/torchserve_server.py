@@ -44,7 +44,6 @@ from buildsys.formats.serving.torchserve_process import (
     torchserve_version,
     version_tuple,
 )
-from buildsys.formats.torch.loading import torch_unavailable
 
 # The runtime and session of this module, and the server's parts (from torchserve_process.py and
 # process.py) that callers and tests have always imported from here.
@@ -169,13 +168,12 @@ class TorchServeServer(Runtime):
 
     os_packages = {"java": "default-jre-headless"}  # TorchServe's frontend is a Java server
 
-    def unavailable(self) -> str | None:
+    requires, extra = ("torch",), "serving"
+
+    def _unavailable(self) -> str | None:
         version = torchserve_version()
         if version is None or importlib.util.find_spec("ts") is None:
             return "TorchServe is not installed (pip install -c constraints.txt torchserve)"
-        reason = torch_unavailable()
-        if reason:
-            return reason
         java = java_executable()
         if java is None:
             where = "$JAVA_HOME/bin" if os.environ.get("JAVA_HOME") else "PATH"

@@ -86,12 +86,7 @@ class TritonLayout(Runtime):
     name = "triton-layout"
     packages = ("onnxruntime", "torch", "tritonclient", "protobuf")
 
-    def unavailable(self) -> str | None:
-        from buildsys.formats.torch.loading import torch_unavailable
-
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install -c constraints.txt 'modelbuild[server]')"
-        return torch_unavailable()
+    requires = ("onnxruntime", "torch")
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from buildsys.formats import get_runtime

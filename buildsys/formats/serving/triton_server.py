@@ -168,7 +168,7 @@ class TritonServer(Runtime):
     #: The Triton backend the formats served by this runtime need.
     backend: ClassVar[str] = "onnxruntime"
 
-    def unavailable(self) -> str | None:
+    def _unavailable(self) -> str | None:
         files = server_files()
         if isinstance(files, str):
             return files

@@ -52,6 +52,7 @@ class _EngineFromOnnx(Step):
     packages: ClassVar[tuple[str, ...]] = ("tensorrt", "onnx")
     extra = "tensorrt"
     toolchain = "tensorrt"  # its own worker: TensorRT and a CUDA context stay loaded between engines
+    gpu = True
     Options = EngineOptions
 
     @classmethod

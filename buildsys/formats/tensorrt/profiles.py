@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import Field, model_validator
 
+from buildsys.errors import install_command
 from buildsys.formats.base import StepOptions
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ PROFILE = "profile.json"
 DEFAULT_MIN_BATCH, DEFAULT_OPT_BATCH, DEFAULT_MAX_BATCH = 1, 8, 64
 #: The distributions that can provide the `tensorrt` module, in the order their version is read.
 TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
-INSTALL = "pip install -c constraints.txt 'modelbuild[tensorrt]'"
+INSTALL = install_command("tensorrt")
 
 
 class EngineOptions(StepOptions):

@@ -28,11 +28,12 @@ def quantize_for_tensorrt(src: Path, out: Path, batch: "Batch", *, per_channel: 
     """Write the symmetric int8 QDQ model of `src` to `out`, calibrated (min/max) on `batch`; metrics."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from buildsys.formats.onnx.int8 import calibration_reader
     from buildsys.formats.onnx.onnxfile import uses_external_data
 
     external = uses_external_data(src)
     model_in, note = _preprocess(src, work, external)
-    quantize_static(str(model_in), str(out), _reader(batch, model_in), quant_format=QuantFormat.QDQ,
+    quantize_static(str(model_in), str(out), calibration_reader(batch, model_in), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
                     extra_options=dict(TENSORRT_QDQ))
@@ -60,33 +61,6 @@ def _preprocess(src: Path, work: Path, external: bool) -> tuple[Path, str]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return src, f"skipped: {type(exc).__name__}: {first}"[:300]
     return out, ""
-
-
-def _reader(batch: "Batch", model_path: Path) -> Any:
-    """A CalibrationDataReader over the model's own calibration set (never downloaded data), in
-    chunks of 32, or of 1 for a graph whose batch axis is fixed to 1."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    inits = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    names = {i.name for i in inputs}
-    chunk = 1 if any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_value == 1
-                     for i in inputs) else 32
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rewind()
-
-        def get_next(self) -> dict[str, Any] | None:
-            feeds = next(self._chunks, None)
-            return None if feeds is None else {k: v for k, v in feeds.items() if k in names}
-
-        def rewind(self) -> None:
-            self._chunks = batch.chunks(chunk)
-
-    return Reader()
 
 
 def qdq_problems(path: Path) -> list[str]:

@@ -145,7 +145,7 @@ class TensorrtRuntime(Runtime):
     name = "tensorrt"
     packages = ("tensorrt", "cuda-python")
 
-    def unavailable(self) -> str | None:
+    def _unavailable(self) -> str | None:
         return tensorrt_unavailable()
 
     def out_of_reach(self) -> str | None:

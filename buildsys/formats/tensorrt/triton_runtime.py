@@ -51,7 +51,7 @@ class TritonTensorrtLayout(Runtime):
     name = "triton-tensorrt-layout"
     packages = ("tensorrt", "cuda-python", "tritonclient", "protobuf")
 
-    def unavailable(self) -> str | None:
+    def _unavailable(self) -> str | None:
         return tensorrt_unavailable()
 
     def out_of_reach(self) -> str | None:

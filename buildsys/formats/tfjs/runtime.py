@@ -60,7 +60,7 @@ class TfjsChromium(Runtime):
     # Chromium runs the check; npm installs the pinned TensorFlow.js it loads (buildsys.formats.web.install).
     os_packages = {"chromium": "chromium", "npm": "npm"}
 
-    def unavailable(self) -> str | None:
+    def _unavailable(self) -> str | None:
         return browser.unavailable(self.npm_packages, list(artifact.site_sources().values()))
 
     def load(self, path: Path, model: Model, root: Path) -> Session:

@@ -35,7 +35,7 @@ TFJS = register_format(Format(
 ))
 
 #: Modules tensorflowjs's converter imports but a SavedModel conversion never calls: where they are not
-#: installed, empty modules stand in while it loads. (Unlike the worker's UNUSED_IMPORTS, which make a
+#: installed, empty modules stand in while it loads. (Unlike the worker's unused imports (Step.unused_imports), which make a
 #: package unimportable, these must import: tensorflowjs imports them unconditionally.)
 _STAND_INS = ("tensorflow_decision_forests", "tensorflow_hub")
 

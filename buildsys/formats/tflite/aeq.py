@@ -7,8 +7,8 @@ takes per-op recipes (a regex on the op's scope: its output tensor names):
 - keep-float: static int8 (int8 weights per channel, int8 activations calibrated on data.calibration),
   except the ops named, which stay float with float tensors around them. `keep_float: sensitive`
   measures each op's int8 cost on the calibration set and keeps the fewest most sensitive ops in
-  float that meet the target's tolerance: the bounded search of buildsys/formats/onnx/sensitivity.py
-  (its limits, its judge and its record), judged here in the LiteRT interpreter against the float
+  float that meet the target's tolerance: the one keep-float search (buildsys/formats/keep_float.py),
+  with ai-edge-quantizer as its `Candidates`, judged in the LiteRT interpreter against the float
   flatbuffer's own outputs;
 - weight-only: int8 weights dequantized at load time, float activations and compute.
 
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.formats.onnx.sensitivity import MAX_FLOAT, SHOWN, TRIALS, Judge, NoRecipe
+from buildsys.formats.keep_float import Candidates, Judge, NoRecipe, default_goal, pinned
+from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from buildsys.config.schema import Model, OutputSpec
+    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
     from buildsys.formats.base import Step, StepContext
 
@@ -59,8 +60,6 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
     import tempfile
 
     from buildsys.errors import ModelbuildError, describe
-    from buildsys.formats.onnx.sensitivity import split_timings
-    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     opts = ctx.options
     if opts.mode == "full" and not samples:
@@ -81,16 +80,16 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
                 assert batch is not None  # samples came from it
                 if opts.calibration_samples:
                     batch.inputs = {k: v[:opts.calibration_samples] for k, v in batch.inputs.items()}
-                goal = opts.repair_goal or {
-                    o.name: {k: v for k, v in DEFAULTS["int8"].items()
-                             if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)}
-                    for o in ctx.model.outputs}
-                judge = LiteRtJudge(work / "float.tflite", batch, ctx.model, record, goal)
-                metrics["repair"] = keep_float_search(quantizer, work / "float.tflite", judge, work / "search", path)
-                metrics["repair_ms_per_sample"] = split_timings(metrics["repair"])
+                candidates = AeqCandidates(ctx.model, batch, ctx.root, quantizer, work / "float.tflite", record,
+                                           work / "search")
+                goal = default_goal(opts.repair_goal, ctx.model.outputs, "int8")
+                judge = Judge(ctx.model.outputs, goal, candidates.run(work / "float.tflite")[0])
+                chosen, found = keep_float_search(candidates, judge, "int8")
+                path.write_bytes(chosen.read_bytes())
+                metrics["repair"], metrics["repair_ms_per_sample"] = found.as_fact(), found.timings()
             else:
                 quantizer.static(list(opts.keep_float), None, path)
-                metrics["repair"] = {"recipe": "keep-float", "kept_float": list(opts.keep_float)}
+                metrics["repair"] = pinned(opts.keep_float, "int8")
         except ModelbuildError:
             raise
         except NoRecipe as exc:
@@ -167,70 +166,41 @@ class Quantizer:
         out.write_bytes(bytes(result.quantized_model))
 
 
-class LiteRtJudge(Judge):
-    """sensitivity.Judge with the LiteRT interpreter in place of ONNX Runtime (the layout record of
-    the float flatbuffer maps the model's inputs and outputs to signature keys)."""
+class AeqCandidates(Candidates[Path]):
+    """ai-edge-quantizer's static int8 of one float flatbuffer, with chosen ops `no_quantize`, run in the LiteRT
+    interpreter (`record`: the float file's layout record, mapping the model's inputs and outputs to signature
+    keys). A unit is an op, by its scope."""
 
-    def __init__(self, float_model: Path, batch: "Batch", model: "Model", record: dict[str, Any] | None,
-                 goal: dict[str, Any]) -> None:
-        self.model, self.record = model, record
-        outputs: list[OutputSpec] = list(model.outputs)
-        super().__init__(float_model, batch, outputs, goal)
+    what = "ops"
 
-    def run(self, path: Path) -> tuple[dict[str, Any], float]:
+    def __init__(self, model: "Model", batch: "Batch", root: Path, quantizer: Quantizer, float_model: Path,
+                 record: dict[str, Any] | None, work: Path) -> None:
+        super().__init__(model, batch, root)
+        self.quantizer, self.record, self.work = quantizer, record, work
+        self.ops = op_scopes(float_model.read_bytes())
+
+    def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> Path:
+        path = self.work / slot / "model.tflite"
+        self.quantizer.static(list(keep), None if only is None else list(only), path)
+        return path
+
+    def units(self, baseline: Path) -> list[str]:
+        return [s for s in self.ops if s]
+
+    def kinds(self, kept: Sequence[str]) -> list[str] | None:
+        return [self.ops[k] for k in kept]
+
+    def run(self, artifact: Path) -> tuple[dict[str, "np.ndarray"], float | None]:
         import time
 
         import numpy as np
 
         from buildsys.formats.tflite.litert import LiteRtSession
 
-        session = LiteRtSession(path, self.model, self.record)
+        session = LiteRtSession(artifact, self.model, self.record)
         parts: list[list[Any]] = []
         started = time.perf_counter()
         for chunk in self.batch.chunks(session.fixed or 32):
             parts.append(session.run(chunk))
         per_sample = (time.perf_counter() - started) * 1000 / max(len(self.batch), 1)
-        names = [o.name for o in self.outputs]
-        return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}, per_sample
-
-
-def keep_float_search(quantizer: Quantizer, float_model: Path, judge: Judge, work: Path, out: Path) -> dict[str, Any]:
-    """onnx sensitivity's search on a flatbuffer: the full int8 model; if it misses the goal on the
-    calibration set, each op quantized alone (at most TRIALS measurements, contiguous groups beyond),
-    then the most sensitive kept in float one more at a time (at most MAX_FLOAT trials) until the goal
-    holds. Writes `out`; returns the record (facts.repair). Raises NoRecipe when the bound is reached."""
-    full = work / "full" / "model.tflite"
-    quantizer.static([], None, full)
-    base = judge.judge(full)
-    record: dict[str, Any] = {"recipe": "keep-float", "full_int8": base, "sensitivity": [], "trials": []}
-    if base["passed"]:
-        out.write_bytes(full.read_bytes())
-        record["kept_float"] = []
-        return record
-    ops = op_scopes(float_model.read_bytes())
-    layers = [s for s in ops if s]
-    size = -(-len(layers) // TRIALS)
-    units = [layers[i:i + size] for i in range(0, len(layers), size)]
-    scores = []
-    for i, unit in enumerate(units):
-        path = work / f"one-{i}" / "model.tflite"
-        quantizer.static([], unit, path)
-        scores.append(judge.judge(path)["error"])
-    order = sorted(range(len(units)), key=lambda i: (-scores[i], i))
-    record["sensitivity"] = [["+".join(units[i]), scores[i]] for i in order[:SHOWN]]
-    record["measured"] = f"{len(layers)} ops in {len(units)} trial(s), each quantized alone"
-    kept: list[str] = []
-    for i in order[:MAX_FLOAT]:
-        kept = [*kept, *units[i]]
-        path = work / f"keep-{len(record['trials'])}" / "model.tflite"
-        quantizer.static(kept, None, path)
-        trial = {"keep_float": kept, **judge.judge(path)}
-        record["trials"].append(trial)
-        if trial["passed"]:
-            out.write_bytes(path.read_bytes())
-            record["kept_float"] = kept
-            record["kept_ops"] = [ops[k] for k in kept]  # their types, in the same order
-            return record
-    best = min(record["trials"], key=lambda t: t["error"]) if record["trials"] else base
-    raise NoRecipe(f"keeping the {len(kept)} most sensitive of {len(layers)} ops in float did not meet the "
-                   f"tolerance on the calibration set (best: {best['metrics']})")
+        return {o.name: np.concatenate([p[i] for p in parts]) for i, o in enumerate(self.model.outputs)}, per_sample

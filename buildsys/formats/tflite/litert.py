@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import StepError
+from buildsys.errors import StepError, not_installed
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
 from buildsys.formats.tflite.layout import guess_perm
@@ -176,9 +176,7 @@ class LiteRtSession(Session):
 def litert_unavailable() -> str | None:
     """Why the LiteRT interpreter cannot run here (ai-edge-litert missing), or None; checked without importing it.
     Shared by every runtime that runs a .tflite (the tensor one here, the decoder LM one in formats/llm)."""
-    if importlib.util.find_spec("ai_edge_litert") is None:
-        return "ai-edge-litert is not installed (pip install -c constraints.txt 'modelbuild[tflite]')"
-    return None
+    return not_installed(["ai_edge_litert"] if importlib.util.find_spec("ai_edge_litert") is None else [], "tflite")
 
 
 @register_runtime
@@ -188,8 +186,7 @@ class LiteRt(Runtime):
     name = "litert"
     packages = ("ai-edge-litert",)
 
-    def unavailable(self) -> str | None:
-        return litert_unavailable()
+    requires, extra = ("ai_edge_litert",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from buildsys.formats.tflite.layout import read_layout

@@ -31,15 +31,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from buildsys.formats import register_variants
-from buildsys.formats.base import Step, StepContext, StepOptions
+from buildsys.formats.base import OpTable, Step, StepContext, StepOptions
+from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
-from buildsys.formats.tflite.tflite import (
-    FLATBUFFER,
-    TfliteInt8FromSavedModel,
-    TfliteOptions,
-    tensor_dtypes,
-)
+from buildsys.formats.tflite.tflite import FLATBUFFER, TfliteInt8FromSavedModel, TfliteOptions, tensor_dtypes
+from buildsys.lowering import DETACHED_VIEW
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -74,6 +71,8 @@ class TfliteFromPt2(Step):
     version = 2  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is
     route_cost = 2.5  # after the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
+    fixes_shapes = True  # converted at a fixed batch
+    symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names ("Lowering not found: aten.x")
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
     toolchain = "torch"
@@ -86,7 +85,8 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 2  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as above
+            cls.version = 3  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
@@ -160,8 +160,12 @@ class TfliteFromPt2(Step):
             flatbuffer = path.read_bytes()
             record = self._layout(ctx, flatbuffer, args)
         if self.precision == "int8":  # a QAT program's scales were learned, not calibrated
+            from buildsys.formats.quantized_weights import kept_float
+            from buildsys.formats.tflite.weights import measure
+
             metrics["scheme"] = scheme(ctx.options) if metrics.get("mode") != "qat" else \
                 "full int8: int8 weights and activations (learned quantization parameters, not calibrated)"
+            metrics["quantized_weights"] = measure(path, self.precision, kept_float(metrics, ctx.options))
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,
@@ -170,15 +174,12 @@ class TfliteFromPt2(Step):
     def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
         """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
         import torch
-        from litert_torch.quantize.pt2e_quantizer import (
-            PT2EQuantizer,
-            get_symmetric_quantization_config,
-        )
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from buildsys.formats.torch.qat import is_quantized_program
         from buildsys.formats.torch.loading import example_args
+        from buildsys.formats.torch.qat import is_quantized_program
 
         opts = ctx.options
         if is_quantized_program(module):
@@ -251,3 +252,17 @@ class TfliteFromPt2(Step):
             record["outputs"].append({"name": out.name, "key": k, "perm": list(range(rank)),
                                       "shape": [int(d) for d in outs[k]["shape"]]})
         return record
+
+
+def lowering_ops() -> list[str]:
+    """The ATen ops litert-torch has a lowering for."""
+    from litert_torch.backend.lowerings import registry
+
+    return sorted({op.__name__.split(".")[0] for op in registry.global_registry.registered_ops
+                   if getattr(op, "namespace", "") == "aten"})
+
+
+
+
+register_op_table(OpTable("litert-torch", ("litert-torch", "torch"), f"{__name__}:lowering_ops",
+                           "litert-torch's lowering registry"))

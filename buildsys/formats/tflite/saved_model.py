@@ -17,11 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, Step, StepContext, StepOptions, without_unset
 from buildsys.formats.reproducible import canonical_saved_model, tensorflow_uids
+from buildsys.lowering import Answer, Symptom
 from buildsys.formats.tflite.layout import (
     LAYOUT_FILE,
     SIGNATURE,
@@ -78,6 +79,38 @@ class SavedModelFromOnnx(Step):
         disable_group_convolution: bool = Field(
             default=False, description="Lower grouped convolutions to split + concat (onnx2tf option) for "
             "runtimes or delegates without grouped convolution support.")
+        enable_rnn_unroll: bool = Field(
+            default=False, description="Unroll RNN/GRU/LSTM over the static sequence length (onnx2tf's "
+            "enable_rnn_unroll) instead of a TensorFlow while loop, whose TensorList ops (tf.TensorListReserve) the "
+            "TFLite converter cannot lower. Set by the planner when the TFLite converter refuses them (docs/lowering.md).")
+        disable_strict_mode: bool = Field(
+            default=False, description="Skip onnx2tf's strict-mode accuracy correction (disable_strict_mode): the "
+            "brute-force trials of transpositions of a binary op's operands, which can run for many minutes and GB on "
+            "high-rank tensors. The checks still compare every output with PyTorch.")
+        param_replacement_file: Optional[str] = Field(
+            default=None, description="onnx2tf's parameter replacement JSON (param_replacement_file; path relative to "
+            "deploy.yaml): per-node fixes of onnx2tf's layout choices (a constant's or an input's transposition) for a "
+            "node it converts wrongly. Its contents enter the key.")
+
+        omitted_when_unset = ("enable_rnn_unroll", "disable_strict_mode", "param_replacement_file")
+
+        @model_serializer(mode="wrap")
+        def _without_unset(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+            return without_unset(self, handler(self))
+
+    symptoms = (
+        Symptom((r"correction_process_for_accuracy_errors", r"obtaining_an_inverted_pattern_for_brute_force"),
+                Answer.of("onnx2tf no-strict", {"disable_strict_mode": True}, why="onnx2tf was stopped in strict "
+                          "mode's brute-force transposition trials; without strict mode it skips them")),
+        Symptom((r"do not broadcast", r"Dimensions must be equal",
+                 r"Output tensors of a Functional model must be the output of a TensorFlow"),
+                Answer.of("litert-torch", via=("pt2",), why="onnx2tf's channels-last layout inference mismatched an op's "
+                          "operands; litert-torch lowers the torch.export program in the model's own layout")),
+    )
+
+    @classmethod
+    def files_used(cls, options: "SavedModelFromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]
+        return (options.param_replacement_file,) if options.param_replacement_file else ()
 
     @classmethod
     def check_config(cls, model: "Model", options: "SavedModelFromOnnx.Options",  # type: ignore[override]
@@ -142,6 +175,9 @@ class SavedModelFromOnnx(Step):
                     batch_size=opts.batch_size,
                     keep_ncw_or_nchw_or_ncdhw_input_names=keep if opts.keep_layout and keep else None,
                     disable_group_convolution=opts.disable_group_convolution,
+                    enable_rnn_unroll=opts.enable_rnn_unroll,
+                    disable_strict_mode=opts.disable_strict_mode,
+                    param_replacement_file=str(ctx.root / opts.param_replacement_file) if opts.param_replacement_file else "",
                 )
         except (Exception, SystemExit) as exc:  # onnx2tf calls sys.exit(1) on some failures
             raise self.fail(ctx, _onnx2tf_failure(exc, proto, log.getvalue())) from exc
@@ -304,6 +340,9 @@ def _onnx2tf_failure(exc: BaseException, proto: "onnx.ModelProto", log: str) -> 
         types = {n.name: n.op_type for n in proto.graph.node}
         op_type = types.get(original) or types.get(original.replace("__", ":")) or "?"
         why = f"{type(exc).__name__}: {_first_line(exc)}" if _first_line(exc) else type(exc).__name__
+        shapes = re.search(r"Dimensions must be equal.*?input shapes: ([^\n]+?)\.?$", str(exc), re.MULTILINE)
+        if shapes:  # the cause, which the first line does not say
+            why = f"operands {shapes.group(1)} do not broadcast (onnx2tf's channels-last layout inference)"
         return f"onnx2tf could not convert the ONNX op {op_type} (node {original}): {why[:300]}"
     if isinstance(exc, SystemExit):
         return f"onnx2tf stopped: {_last_error(log)}"

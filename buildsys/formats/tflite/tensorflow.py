@@ -13,7 +13,6 @@ outputs named after the model's (a signature's outputs are a dict: there is no o
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,10 +216,7 @@ class TensorFlow(Runtime):
     no_intermediates = "a SavedModel's functions show only their signature outputs to modelbuild"
     packages = ("tensorflow",)
 
-    def unavailable(self) -> str | None:
-        if importlib.util.find_spec("tensorflow") is None:
-            return "tensorflow is not installed (pip install -c constraints.txt 'modelbuild[tflite]')"
-        return None
+    requires, extra = ("tensorflow",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from buildsys.formats.tflite.layout import read_layout

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.prune_search import PruningOptions, PruningStep
+from buildsys.lowering import Answer, Symptom
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,6 +48,16 @@ class _FromSavedModel(Step):
     """Shared body: convert the upstream SavedModel, write model.tflite and carry layout.json along."""
 
     consumes = ("saved_model",)
+    #: The recurrent loop onnx2tf made holds TensorList ops the converter cannot lower (a Conv1d+GRU model): onnx2tf
+    #: unrolls it instead (an option of the SavedModel stop), or litert-torch lowers the torch.export program.
+    symptoms = (
+        Symptom((r"TensorList\w+",), Answer.of(
+            "onnx2tf rnn-unroll", {"enable_rnn_unroll": True}, at="saved_model", why="TFLite cannot lower the "
+            "TensorList ops of the loop onnx2tf made of a recurrent layer; onnx2tf unrolls it over the static length")),
+        Symptom((r"TensorList\w+",), Answer.of(
+            "litert-torch", via=("pt2",), why="litert-torch lowers the recurrent layer from the torch.export program, "
+            "without TensorFlow's loop")),
+    )
     packages = ("tensorflow", "ai-edge-litert")
     extra = "tflite"
     toolchain = "tf"
@@ -133,8 +144,9 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     description = "TFLiteConverter with Optimize.DEFAULT; full int8 adds a representative dataset built from " \
                   "the model's calibration set in the artifact's layout."
     # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; a SavedModel of a QAT model's QDQ
-    # graph is refused (re-calibrating would lose its scales)
-    version = 2
+    # graph is refused (re-calibrating would lose its scales); 3: the share of weights in int8 measured on the
+    # flatbuffer (quantized_weights)
+    version = 3
     #: Full int8 is tried first; int8 weights with float activations are the fallback route for
     #: models whose activations do not survive int8 (recurrent state, flat classifier logits).
     alternatives = {"dynamic": {"mode": "dynamic"}}
@@ -143,7 +155,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     #: the route's `dynamic` alternative is a candidate already.
     repairs = {"keep-float": {"keep_float": "sensitive"}, "dynamic": {"mode": "dynamic"},
                "weight-only": {"mode": "weight-only"}}
-    committed_metrics = ("repair", "scheme")
+    committed_metrics = ("repair", "scheme", "quantized_weights")
 
     class Options(TfliteOptions, SearchingOptions):
         mode: Literal["full", "dynamic", "weight-only"] = Field(
@@ -241,7 +253,11 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
             requantize(self, ctx, path, samples, layout, metrics)
             flatbuffer = path.read_bytes()
             metrics.update(bytes=len(flatbuffer), tensor_dtypes=tensor_dtypes(flatbuffer))
-        return {**metrics, "scheme": scheme(ctx.options)}
+        from buildsys.formats.quantized_weights import kept_float
+        from buildsys.formats.tflite.weights import measure
+
+        return {**metrics, "scheme": scheme(ctx.options),
+                "quantized_weights": measure(ctx.out_dir / FLATBUFFER, self.precision, kept_float(metrics, ctx.options))}
 
     def _inspect(self, ctx: StepContext[Options], flatbuffer: bytes) -> None:  # type: ignore[override]  # as _configure
         # A calibrated range of ±3.4e38 (a float32-minimum padding constant, or an inf in the data)

@@ -10,6 +10,7 @@ from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.reproducible import exported_program_without_stack_traces
 from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, program_ops, rewrite_metrics
+from buildsys.lowering import STATIC_EXPORT
 
 PT2 = register_format(Format(
     name="pt2", filename="model.pt2", runtime="torch-export",
@@ -26,15 +27,17 @@ class Pt2FromPyTorch(Step):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
-    version = 3  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
-    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat)
+    version = 4  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
+    # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat); 4: linear layers in
+    # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "pt2"
     packages = ("torch",)
     extra = "torch"
     toolchain = "torch"
     description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
-    committed_metrics = ("rewrites", "qat", "structured_pruning")
+    committed_metrics = ("rewrites", "qat", "structured_pruning", "decomposition")
+    symptoms = (STATIC_EXPORT,)  # torch.export's shape constraint: exported again at static shapes, where allowed
 
     class Options(RewritableOptions):
         dynamic: bool = Field(
@@ -50,24 +53,20 @@ class Pt2FromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
+        from buildsys.lowering.export import decomposed, export_program
 
         opts = ctx.options
-        module = loaded = load_rewritten(self, ctx)
-        args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=opts.dynamic))
-        shapes = export_dims(ctx.model) if opts.dynamic else None
-        if shapes is not None and all(s is None for s in shapes):
-            shapes = None
-        try:
-            module = signature_module(module, ctx.model, args)  # dict outputs → tuple in signature order
-            program = torch.export.export(module, args, dynamic_shapes=shapes_for(module, shapes), strict=opts.strict)
-        except Exception as exc:
-            raise self.fail(ctx, f"torch.export failed: {describe(exc)}") from exc
+        module = load_rewritten(self, ctx)
+        program, metrics = export_program(self, ctx, module, opts.dynamic, opts.strict)
+        program, decomposition = decomposed(self, ctx, program)
         exported_program_without_stack_traces(program)  # they name the build host's paths
         path = ctx.out_dir / PT2.filename
         torch.export.save(program, str(path))
-        return {"dynamic": shapes is not None, "bytes": path.stat().st_size, **rewrite_metrics(ctx, program_ops(program), loaded)}
+        return {**metrics, "bytes": path.stat().st_size, **decomposition,
+                **rewrite_metrics(ctx, program_ops(program), module)}
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
         return describe_rewrites(facts) + ([facts["qat"]] if facts.get("qat") else [])
+
 

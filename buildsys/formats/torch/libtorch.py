@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
-from buildsys.formats.torch.loading import torch_unavailable
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
 
 SOURCE = Path(__file__).with_name("libtorch_loader.cpp")
 BINARY = "libtorch_loader"
@@ -207,10 +206,9 @@ class LibTorchRuntime(Runtime):
     os_packages = {"g++": "g++"}
     part = "LibTorch (C++)"
 
-    def unavailable(self) -> str | None:
-        missing = torch_unavailable()
-        if missing:
-            return missing
+    requires, extra = ("torch",), "torch"
+
+    def _unavailable(self) -> str | None:
         if compiler() is None:
             return ("no C++ compiler (g++, c++ or $CXX) to build the LibTorch loader with "
                     "(install g++, e.g. apt-get install g++)")

@@ -9,19 +9,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import StepError, describe
+from buildsys.errors import StepError, describe, install_command, not_installed
 
 if TYPE_CHECKING:
     import torch
 
-    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
 
 def torch_unavailable() -> str | None:
     """Why torch cannot run here, or None (checked without importing it)."""
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed (pip install -c constraints.txt 'modelbuild[torch]')"
-    return None
+    return not_installed(["torch"] if importlib.util.find_spec("torch") is None else [], "torch")
 
 
 def outputs_in_order(result: Any, model: "Model") -> list[Any]:
@@ -147,8 +145,7 @@ def _from_pretrained(path: Path, name: str, step: str) -> "torch.nn.Module":
     try:
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        raise _error(name, step, "source.transformers needs the transformers package "
-                     "(pip install -c constraints.txt 'modelbuild[llm]')") from exc
+        raise _error(name, step, f"source.transformers needs the transformers package ({install_command('llm')})") from exc
     try:
         # float32 whatever dtype the checkpoint was saved in: the reference every artifact is held to.
         module = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)

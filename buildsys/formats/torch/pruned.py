@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from buildsys.errors import install_command
+
 if TYPE_CHECKING:
     import torch
 
-    from buildsys.config.schema import Model
     from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
 
 #: Enters the key of every pruned node (kinds.ArtifactKind): bump when the same ratio removes other channels.
 PRUNING_VERSION = 1
@@ -35,7 +37,7 @@ def unavailable() -> str | None:
     from importlib.util import find_spec
 
     if find_spec("torch_pruning") is None:
-        return f"structured_sparsity needs {PACKAGE} (pip install 'modelbuild[{EXTRA}]')"
+        return f"structured_sparsity needs {PACKAGE} ({install_command(EXTRA)})"
     return None
 
 
@@ -50,7 +52,11 @@ def prune_channels(module: "torch.nn.Module", model: "Model", batch: "Batch", ra
     import torch
     import torch_pruning as tp
 
-    from buildsys.formats.torch.loading import example_args, outputs_in_order, trace_batch
+    from buildsys.formats.torch.loading import (
+        example_args,
+        outputs_in_order,
+        trace_batch,
+    )
 
     args = example_args(model, trace_batch(model, batch))
     if any(not torch.is_floating_point(a) for a in args):

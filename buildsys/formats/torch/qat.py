@@ -249,60 +249,6 @@ def eager_exportable(module: "torch.nn.Module") -> "torch.nn.Module":
     return trained
 
 
-# --- plan time (torch-free) ------------------------------------------------------------------------
-
-
-class QatUnknown(ConfigError):
-    """An int8 step lacks calibration data that a QAT model would not need, and the model's graph has not been
-    analysed yet: `build` and `plan --ops` analyse it (buildsys.planning.coverage) and plan again."""
-
-    def __init__(self, message: str, *, model: str, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.model = model
-
-
-#: What a plain `plan` adds to a calibration problem it cannot settle without the op analysis.
-UNKNOWN_HINT = ("(a quantization-aware-trained model needs none: `modelbuild plan --ops` or `build` recognise it "
-                "from its graph)")
-
-
-def plan_problem(step: Any, model: "Model", options: Any, root: "Path", problem: str,
-                 flow: str | None) -> tuple[str | None, bool]:
-    """A step's plan-time `problem` for `model`, reconsidered for QAT: (the problem that stands, or None;
-    whether it stands only because the model has not been analysed). `flow`: what the op analysis found
-    ('pt2e', 'eager', '' for a model without fake-quant modules; None when not analysed).
-
-    Only a missing `data.calibration` is waived, and only where `step.keeps_learned` names the model's flow:
-    the step then lowers the learned scales and never reads the data. The waiver is tested by asking the
-    step again with a stand-in calibration source it does not read at plan time: a problem left then is
-    another one, and stands."""
-    from buildsys.config.schema import DataSource
-
-    if model.data.calibration is not None or "calibration" not in step.data_used(options):
-        return problem, False
-    stand_in = model.model_copy(update={"data": model.data.model_copy(
-        update={"calibration": DataSource(path="learned-quantization-parameters.npz")})})
-    if step.check_config(stand_in, options, root) is not None:
-        return problem, False
-    if flow is None:
-        return f"{problem} {UNKNOWN_HINT}", True
-    if flow and flow in step.keeps_learned:
-        return None, False
-    if flow:
-        return f"{problem} ({EAGER_REFUSED})", False
-    return problem, False
-
-
-def learned_first(routes: list[list[str]], flow: str, step_of: Any) -> list[list[str]]:
-    """A QAT model's candidate routes, those whose int8 steps all keep learned quantization of its `flow`
-    first (stable): the onnx2tf route to TFLite int8 can only re-calibrate, litert-torch's keeps the scales.
-    `step_of(route)` gives the steps along a route."""
-    def refits(route: list[str]) -> bool:
-        return any(s.precision == "int8" and flow not in s.keeps_learned for s in step_of(route))
-
-    return sorted(routes, key=refits)
-
-
 def fold_onnx_weights(path: "Path") -> int:
     """Store the weights of a QDQ ONNX file as int8 (uint8) initializers: each QuantizeLinear of a float
     initializer, with a constant scale and zero point, replaced by its result (what the TorchScript exporter

@@ -1,15 +1,17 @@
-"""The `rewrites` option of the steps that load the PyTorch module (docs/rewrites.md), shared by them.
+"""The options of the steps that load the PyTorch module, shared by them: `rewrites` (docs/rewrites.md),
+`structured_sparsity`, and the lowering answers `decompose` and `static_fallback` (docs/lowering.md).
 
 A step whose options derive from `RewritableOptions` loads the module and applies the named op rewrites
-(buildsys.rewrites) before it traces, exports or captures it; the routes know such a step as the hop that
-loads the module, where an automatic rewrite route puts its rewrites (buildsys.planning.answers). The
-option is left out of the options' JSON when empty, so a node without rewrites keeps the key it had
-before the option existed; the rewrites' versions enter the key beside it (kinds.ArtifactKind).
+(buildsys.rewrites) before it traces, exports or captures it, then exports and decomposes it when `decompose` is
+set (buildsys.lowering); the routes know such a step as the hop that loads the module, where an automatic rewrite
+route puts its rewrites (buildsys.planning.answers) and a refusal's decomposition or static export goes. Each option
+is left out of the options' JSON when unset, so a node without it keeps the key it had before the option existed;
+the rewrites' versions enter the key beside them (kinds.ArtifactKind), the torch version already does.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, field_validator, model_serializer
 
@@ -37,6 +39,35 @@ class RewritableOptions(StepOptions):
         "format made from this one gets the smaller model; its check still compares against the dense PyTorch "
         "reference, so a ratio the model cannot afford fails the build. Usually set on the target "
         "(`structured_sparsity:`). 0: no pruning.")
+    decompose: Optional[Union[Literal["core"], tuple[str, ...]]] = Field(
+        default=None, description="Export the module with torch.export and decompose it with PyTorch's own tables "
+        "(torch._decomp.decomposition_table, the core ATen decompositions, torch._refs) before this step carries on "
+        "(docs/lowering.md): a list of ATen ops (e.g. [grid_sampler_2d], the ops a converter refused) decomposes just "
+        "those, 'core' the whole program to core ATen. After `rewrites` and structured pruning. TorchScript is then "
+        "compiled by torch.jit.script from the decomposed graph; an op no table decomposes fails the step, naming it. "
+        "Usually left unset: the planner sets it when a converter refuses an op PyTorch can decompose.")
+    static_fallback: bool = Field(
+        default=False, description="When torch.export with the signature's dynamic axes violates a constraint of the "
+        "model's code ('Constraints violated'), export again at static shapes (the batch axis the signature's size or "
+        "1, other axes the example's) and record a fallback caveat saying so, instead of failing. For routes whose "
+        "formats have fixed shapes anyway (an ExecuTorch .pte, litert-torch's TFLite): a .pt2 or ONNX delivered with "
+        "dynamic axes keeps it false, so its export fails naming the constraint. Usually set by the planner.")
+
+    @field_validator("decompose")
+    @classmethod
+    def _op_names(cls, value: Any) -> Any:
+        if value is None or value == "core":
+            return value
+        from buildsys.rewrites import op_base
+
+        names = tuple(dict.fromkeys(op_base(str(op)) for op in value))
+        if not names:
+            raise ValueError("decompose: [] decomposes nothing: name the ATen ops (e.g. [grid_sampler_2d]), or 'core', "
+                             "or leave it unset")
+        bad = [n for n in names if not n.isidentifier()]
+        if bad:
+            raise ValueError(f"decompose: {bad[0]!r} is not an ATen op name (e.g. grid_sampler_2d, aten::cdist)")
+        return names
 
     @field_validator("rewrites")
     @classmethod
@@ -52,12 +83,17 @@ class RewritableOptions(StepOptions):
             data.pop("rewrites", None)  # keys of nodes without rewrites stay what they were
         if isinstance(data, dict) and not data.get("structured_sparsity"):
             data.pop("structured_sparsity", None)  # nor do those of unpruned nodes
+        if isinstance(data, dict) and data.get("decompose") is None:
+            data.pop("decompose", None)  # nor those of undecomposed ones
+        if isinstance(data, dict) and not data.get("static_fallback"):
+            data.pop("static_fallback", None)
         return data
 
 
 def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False, eager_qat: bool = False) -> "torch.nn.Module":
-    """The step's PyTorch module, loaded, with its options' rewrites applied (their own errors are the
-    user's: a StepError naming the step). A quantization-aware-trained module comes converted with its
+    """The step's PyTorch module, loaded, its linear layers in disguise (transformers' Conv1D) made nn.Linear
+    (formats/torch/linear.py), with its options' rewrites applied (their own errors are the user's: a
+    StepError naming the step). A quantization-aware-trained module comes converted with its
     learned parameters (buildsys.formats.torch.qat.quantized; `fold`: its weights stored as int8): what every exporter
     must carry to the int8 artifacts. An eager-mode QAT module is refused unless the step exports fake
     quantization itself (`eager_qat`: the TorchScript ONNX exporter), which gets it with plain fake-quant calls."""
@@ -65,8 +101,11 @@ def load_rewritten(step: "Step", ctx: "StepContext[Any]", fold: bool = False, ea
     from buildsys.formats.torch.qat import quantized
     from buildsys.formats.torch.loading import load_module
 
+    from buildsys.formats.torch.linear import as_linear
+
     module = quantized(load_module(ctx.model, ctx.root, name=ctx.model_name, step=step.name), step=step.name, fold=fold,
                        eager=eager_qat)
+    ctx.extra["as_linear"] = as_linear(module)  # Conv1D and its kin as nn.Linear: every quantizer downstream knows them
     ratio = float(getattr(ctx.options, "structured_sparsity", 0.0))
     if ratio:
         module = _pruned(step, ctx, module, ratio)
@@ -108,6 +147,8 @@ def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, modul
     names = list(getattr(ctx.options, "rewrites", ()))
     if names:
         out["rewrites"] = names
+    if ctx.extra.get("as_linear"):  # linear layers in disguise made nn.Linear (formats/torch/linear.py)
+        out["as_linear"] = len(ctx.extra["as_linear"])
     if ctx.extra.get("structured_pruning"):
         out["structured_pruning"] = ctx.extra["structured_pruning"]
     if ops is not None:
@@ -116,13 +157,18 @@ def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, modul
 
 
 def describe_rewrites(facts: dict[str, Any]) -> list[str]:
-    """The rewrites and the structured pruning an artifact carries, in words (for `explain` and the report)."""
+    """The rewrites, the structured pruning and the decomposition an artifact carries, in words (for `explain` and
+    the report)."""
     names = facts.get("rewrites") or []
     pruning = []
     if facts.get("structured_pruning"):
         from buildsys.formats.torch.pruned import describe
 
         pruning = [describe(facts["structured_pruning"])]
+    if facts.get("decomposition"):
+        from buildsys.lowering.decompose import describe as decomposition
+
+        pruning.append(decomposition(facts["decomposition"]))
     if not names:
         return pruning
     from buildsys.rewrites import REGISTRY

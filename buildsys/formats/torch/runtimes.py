@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session, fixed_batch
-from buildsys.formats.torch.loading import load_module, outputs_in_order, torch_unavailable
+from buildsys.formats.torch.loading import load_module, outputs_in_order
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,6 +23,12 @@ class TorchSession(Session):
         self.fn = fn
         self.model = model
         self.max_batch = fixed_batch(model)
+
+    def use_threads(self, threads: int | None) -> int | None:
+        """torch follows torch.set_num_threads, which the bench sets around its whole run."""
+        import torch
+
+        return int(torch.get_num_threads())
 
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
         import torch
@@ -46,8 +52,7 @@ class TorchEager(Runtime):
     name = "torch-eager"
     packages = ("torch",)
 
-    def unavailable(self) -> str | None:
-        return torch_unavailable()
+    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path | None, model: "Model", root: Path) -> Session:
         return TorchSession(load_module(model, root), model)
@@ -60,8 +65,7 @@ class TorchScriptRuntime(Runtime):
     name = "torchscript"
     packages = ("torch",)
 
-    def unavailable(self) -> str | None:
-        return torch_unavailable()
+    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import torch
@@ -81,8 +85,7 @@ class TorchExportRuntime(Runtime):
     name = "torch-export"
     packages = ("torch",)
 
-    def unavailable(self) -> str | None:
-        return torch_unavailable()
+    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import torch
@@ -116,8 +119,7 @@ class LiteInterpreter(Runtime):
     name = "lite-interpreter"
     packages = ("torch",)
 
-    def unavailable(self) -> str | None:
-        return torch_unavailable()
+    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from torch.jit.mobile import _load_for_lite_interpreter

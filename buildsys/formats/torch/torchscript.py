@@ -35,14 +35,15 @@ class TorchScriptFromPyTorch(Step):
     """
 
     name = "torchscript-from-pytorch"
-    version = 4  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh process
+    version = 5  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
+    # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py)
     consumes = ("pytorch",)
     produces = "torchscript"
     packages = ("torch",)
     extra = "torch"
     toolchain = "torch"
     description = "torch.jit.trace / torch.jit.script, then torch.jit.save."
-    committed_metrics = ("rewrites", "structured_pruning")
+    committed_metrics = ("rewrites", "structured_pruning", "decomposition")
 
     class Options(RewritableOptions):
         method: Literal["trace", "script"] = Field(
@@ -63,6 +64,8 @@ class TorchScriptFromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
+        from buildsys.lowering.export import lowered
+        from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
 
         opts = ctx.options
         module = load_rewritten(self, ctx)
@@ -70,22 +73,25 @@ class TorchScriptFromPyTorch(Step):
         batch = trace_batch(ctx.model, example)
         args = example_args(ctx.model, batch)
         fresh_torchscript_types()  # type names must not depend on what this worker compiled before
+        decomposed, lowering = lowered(self, ctx, module, dynamic=True)  # scripted from the decomposed graph
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # printed per op; the comparison decides
             try:
-                if opts.method == "script":
+                if lowering:
+                    compiled = decomposed
+                elif opts.method == "script":
                     compiled = torch.jit.script(module)
                 else:
                     traced = signature_module(module, ctx.model, args)  # dict outputs → tuple in signature order
                     compiled = torch.jit.trace(traced, args, check_trace=False, strict=False)
             except Exception as exc:
                 raise self.fail(ctx, f"torch.jit.{opts.method} failed: {describe(exc)}") from exc
-            metrics: dict[str, Any] = {"method": opts.method}
+            metrics: dict[str, Any] = {"method": "script (decomposed program)" if lowering else opts.method, **lowering}
             if opts.check_trace:
                 second = second_batch(ctx.model, example, len(batch))
                 metrics["compared"] = self._compare(ctx, module, compiled, [(batch, "the tracing batch"),
                                                                             (second, "a second batch")])
-                if opts.method == "trace":
+                if opts.method == "trace" and not lowering:
                     structure = _graph_difference(traced, args, example_args(ctx.model, second))
                     if structure:
                         metrics["warnings"] = [f"traced graphs differ across invocations, outputs do not: {structure}"]
@@ -107,7 +113,8 @@ class TorchScriptFromPyTorch(Step):
         from buildsys.errors import describe
         from buildsys.formats.torch.loading import example_args, outputs_in_order
 
-        method = "traced" if ctx.options.method == "trace" else "scripted"
+        scripted = ctx.options.method == "script" or ctx.options.decompose is not None  # a decomposition is scripted
+        method = "scripted" if scripted else "traced"
         seen: dict[str, Any] = {}
         for batch, label in batches:
             args = example_args(ctx.model, batch)

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import StepError
+from buildsys.errors import StepError, not_installed
 from buildsys.formats.runtime import Session, fixed_batch
 from buildsys.formats.web import artifact
 
@@ -54,7 +54,7 @@ def unavailable(pins: dict[str, str], files: list[Path]) -> str | None:
     if missing:
         return f"{artifact.node_modules()} lacks {', '.join(missing)} (run {artifact.INSTALL_COMMAND})"
     if importlib.util.find_spec("playwright") is None:
-        return "the Python package playwright is not installed (pip install -c constraints.txt 'modelbuild[web]')"
+        return not_installed(["playwright"], "web")
     return None
 
 

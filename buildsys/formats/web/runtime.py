@@ -50,7 +50,7 @@ class OrtWebChromium(Runtime):
     # Chromium runs the check; npm installs the pinned onnxruntime-web it loads (buildsys.formats.web.install).
     os_packages = {"chromium": "chromium", "npm": "npm"}
 
-    def unavailable(self) -> str | None:
+    def _unavailable(self) -> str | None:
         return browser.unavailable(self.npm_packages, [artifact.ort_web_dist() / n for n in artifact.ORT_FILES])
 
     def load(self, path: Path, model: Model, root: Path) -> Session:

@@ -36,6 +36,7 @@ class Row:
     dropped: list[dict[str, Any]] = field(default_factory=list)  # routes tried first: route, node, reason
     rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
     repair: list[str] = field(default_factory=list)  # the accuracy-repair record in words (docs/repair.md)
+    weights: str = ""  # the share of weights in the target's precision against its floor, in words
 
     def metric(self, name: str) -> dict[str, Any] | None:
         """The first output's item for `name` that has an observed value."""
@@ -109,7 +110,9 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         row.outputs = {str(k): v for k, v in (check.get("outputs") or {}).items() if isinstance(v, dict)}
         row.route = [str(f) for f in entry.get("route") or []]
         row.rewrites = [str(n) for n in entry.get("rewrites") or []]
-        row.repair = describe((artifact.get("facts") or {}).get("repair"))
+        p50 = (bench.get("artifact") or {}).get("p50_ms")
+        row.repair = describe((artifact.get("facts") or {}).get("repair"), p50 if isinstance(p50, (int, float)) else None)
+        row.weights = weights_words(check.get("quantized_weights"))
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
         status = target_status(check_node, delivered=True, route=row.route, dropped=row.dropped)
@@ -118,6 +121,16 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         row.caveats = [str(c) for c in status.caveats]
         result.append(row)
     return result
+
+
+def weights_words(weights: Any) -> str:
+    """A check's `quantized_weights` summary in words: '97% of the weights int8 (floor 90%, measured on …)'."""
+    if not isinstance(weights, dict) or not isinstance(weights.get("observed"), (int, float)):
+        return ""
+    floor = weights.get("allowed")
+    bound = (f"floor {floor:.0%}" + ("" if weights.get("ok", True) else ": MISSED")) if isinstance(floor, (int, float)) else "no floor"
+    return (f"{weights['observed']:.0%} of the weights {weights.get('asked') or ''} ({bound}; measured on "
+            f"{weights.get('measured_on') or '?'})")
 
 
 def count_statuses(data: list[Row]) -> dict[str, int]:

@@ -1,55 +1,13 @@
-"""What a plan and a build found: node outcomes (the executor's), and the result objects of the Python API
-(`buildsys.api`): plans, build reports, targets, events and bundle checks."""
+"""The result objects of the Python API (`buildsys.api`): plans, build reports, targets and bundle checks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from buildsys.status import Action, Outcome, State
-
-# What a build did to a node (the executor's outcomes), in the one status vocabulary.
-FRESH, BUILT, CACHED, RESTORED, CUTOFF, FAILED, SKIPPED = (Outcome.FRESH, Outcome.BUILT, Outcome.CACHED, Outcome.RESTORED,
-                                                           Outcome.CUTOFF, Outcome.FAILED, Outcome.SKIPPED)
-
-#: NodeStatus.action: what building would do for the node (NodePlan.next).
-NodeAction = Action
-
-@dataclass
-class NodeResult:
-    name: str
-    outcome: str
-    seconds: float = 0.0
-    error: str = ""
-    log: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    user_error: bool = False  # the error is the user's to fix (its message says how): no traceback
-
-
-@dataclass
-class BuildResult:
-    results: dict[str, NodeResult] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[NodeResult]:
-        return [r for r in self.results.values() if r.outcome == FAILED]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not any(r.outcome == SKIPPED for r in self.results.values())
-
-
-def built_by(seconds: float) -> dict[str, Any]:
-    """Where, when and how long a node was built (kept in the build record and in bundle manifests)."""
-    import datetime
-    import socket
-
-    at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return {"host": socket.gethostname(), "at": at, "seconds": round(seconds, 3)}
-
-
-# --- the Python API's results -------------------------------------------------------------------------
+from buildsys.records import NodeResult
+from buildsys.status import Action, Outcome, State, Verdict
 
 
 @dataclass(frozen=True)
@@ -62,7 +20,7 @@ class NodeStatus:
     format: str
     targets: list[str]
     state: State  # fresh, stale, blocked (this host cannot build it, e.g. no GPU) or failed (under this key)
-    action: NodeAction
+    action: Action
     reasons: list[str]
     key: str | None
 
@@ -78,43 +36,12 @@ class PlanResult:
 
     @property
     def stale(self) -> list[NodeStatus]:
-        return [n for n in self.nodes if n.state == "stale"]
+        return [n for n in self.nodes if n.state is State.STALE]
 
     @property
     def fresh(self) -> bool:
         """Whether a build would do nothing."""
         return not self.stale
-
-
-@dataclass(frozen=True)
-class Event:
-    """A build event: a node `started`, or ended `built`/`cached`/`restored`/`cutoff`/`fresh`/`failed`/`skipped`.
-
-    `reasons` says why the node ran (from the plan), `metrics` what it measured, `log` where its
-    worker wrote; `done`/`total` count the nodes of the build so far.
-    """
-
-    event: str
-    node: str
-    kind: str
-    target: str | None = None
-    seconds: float | None = None
-    reasons: list[str] = field(default_factory=list)
-    error: str = ""
-    log: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    done: int = 0
-    total: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """The event as one JSON object (what `build --json` streams, one per line)."""
-        out: dict[str, Any] = {"event": self.event, "node": self.node, "kind": self.kind, "target": self.target,
-               "done": self.done, "total": self.total}
-        if self.event == "started":
-            out["reasons"] = self.reasons
-        else:
-            out.update(seconds=self.seconds, error=self.error or None, log=self.log or None, metrics=self.metrics)
-        return out
 
 
 @dataclass(frozen=True)
@@ -162,11 +89,11 @@ class BuildReport:
     @property
     def ran(self) -> list[str]:
         """Nodes whose step ran in this build."""
-        return [n for n, r in self.nodes.items() if r.outcome == "built"]
+        return [n for n, r in self.nodes.items() if r.outcome is Outcome.BUILT]
 
     @property
     def failed(self) -> list[NodeResult]:
-        return [r for r in self.nodes.values() if r.outcome == FAILED]
+        return [r for r in self.nodes.values() if r.outcome is Outcome.FAILED]
 
 
 @dataclass(frozen=True)
@@ -175,6 +102,6 @@ class BundleCheck:
 
     target: str
     format: str
-    status: Literal["passed", "failed", "not run"]
+    status: Verdict  # passed, failed or not run (on this host)
     detail: str
     samples: int | None = None

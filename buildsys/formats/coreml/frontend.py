@@ -1,0 +1,100 @@
+"""coremltools' converter as modelbuild drives it: a frontend patch, its failures in words, a package made reproducible
+(shared by the Core ML steps and the decoder LM's Core ML step)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def per_channel_prelu() -> Iterator[None]:
+    """Convert PReLU after Linear / Conv1d ([N, C] / [N, C, L]) with one alpha per channel.
+
+    coremltools 9 lifts such inputs to rank 3, where MIL's prelu accepts only a single shared
+    alpha, and fails ("rank 3 or rank 5 input is only supported when all the values of alpha are
+    same") on exactly what MTCNN's ONet/RNet do. Lifting to rank 4 ([N, C, L, 1]) is the same
+    computation with per-channel alpha supported. Swapped in for this conversion only.
+    """
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+    )
+
+    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    original = table.get("prelu")
+
+    def prelu(context: Any, node: Any) -> None:
+        x, alpha = _get_inputs(context, node, expected=2)
+        channels = x.shape[1] if x.rank >= 2 else None
+        if x.rank not in (2, 3) or alpha.val is None or not isinstance(channels, int) or original is None:
+            return original(context, node)
+        axes = [2, 3] if x.rank == 2 else [3]
+        slopes = (np.ones((channels,)) * np.asarray(alpha.val).reshape(-1)).astype(np.float32)
+        lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=slopes)
+        context.add(mb.squeeze(x=lifted, axes=axes, name=node.name))
+
+    table["prelu"] = prelu
+    try:
+        yield
+    finally:
+        if original is not None:
+            table["prelu"] = original
+
+
+def conversion_failure(exc: BaseException) -> str:
+    """One line naming the PyTorch op coremltools could not convert, when it says which."""
+    text = str(exc)
+    op = re.search(r"convert function for op '([^']+)' not implemented", text) \
+        or re.search(r"lowering for Torch `([^`]+)` op is not supported", text)
+    if op:
+        return (f"Core ML cannot convert the PyTorch op '{op.group(1)}' (coremltools has no conversion for it"
+                f"{'' if 'not implemented' in text else ' with these inputs'}); rewrite that part of the model "
+                "or register a custom conversion")
+    mil = re.match(r"\s*(\w+) op: (.+)", first_line(exc))
+    if mil:
+        return f"Core ML cannot convert the op '{mil.group(1)}': {mil.group(2)[:300]}"
+    return f"coremltools.convert failed: {type(exc).__name__}: {first_line(exc)[:300]}"
+
+
+def make_reproducible(package: Path) -> None:
+    """Make two identical conversions byte-identical, so a rebuild can stop early (same digest).
+
+    coremltools writes fresh UUIDs into Manifest.json on every save (Core ML only needs them unique
+    and consistent with rootModelIdentifier: derive them from the item paths), and serializes the
+    spec's protobuf maps in hash order (re-serialize deterministically). An item that is an empty
+    directory (the `weights` of a model without weights) is dropped from the manifest: the store keeps
+    files only, and a manifest naming a directory that is not there cannot be opened.
+    """
+    from coremltools.proto import Model_pb2
+
+    manifest = package / "Manifest.json"
+    data = json.loads(manifest.read_text())
+    for name, item in list(data.get("itemInfoEntries", {}).items()):
+        where = package / "Data" / item.get("path", "")
+        if where.is_dir() and not any(where.iterdir()) and name != data.get("rootModelIdentifier"):
+            del data["itemInfoEntries"][name]
+            where.rmdir()
+    root = data.get("itemInfoEntries", {}).get(data.get("rootModelIdentifier", ""), {})
+    spec_path = package / "Data" / root.get("path", "com.apple.CoreML/model.mlmodel")
+    if spec_path.is_file():
+        spec = Model_pb2.Model()
+        spec.ParseFromString(spec_path.read_bytes())
+        spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"modelbuild:{item.get('path', old)}")).upper()
+               for old, item in data.get("itemInfoEntries", {}).items()}
+    data["itemInfoEntries"] = {renamed[k]: v for k, v in data["itemInfoEntries"].items()}
+    if data.get("rootModelIdentifier") in renamed:
+        data["rootModelIdentifier"] = renamed[data["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,19 @@
+"""coremltools' op table: the ATen ops its torch frontend converts, declared for op coverage (planning.coverage)."""
+
+from __future__ import annotations
+
+from buildsys.formats.base import OpTable
+from buildsys.formats.registry import register_op_table
+
+
+def torch_frontend_ops() -> list[str]:
+    """The ATen op names coremltools' torch frontend converts (its TorchScript and torch.export frontends look them up)."""
+    from coremltools.converters.mil.frontend.torch.ops import _TORCH_OPS_REGISTRY
+
+    return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
+
+
+
+
+register_op_table(OpTable("coremltools", ("coremltools", "torch"), f"{__name__}:torch_frontend_ops",
+                           "coremltools' torch frontend registry"))

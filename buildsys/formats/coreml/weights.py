@@ -1,0 +1,91 @@
+"""The weight layers of a Core ML ML Program and the element type each is stored in
+(buildsys.formats.quantized_weights), read from the MIL program's constants and compressed weights.
+
+A weight layer is an op that reads a constant as its weight: `linear` and `conv` / `conv_transpose`
+(`weight`), `matmul` (`x` or `y`), `gather` (`x`: an embedding table). The weight is a `const` (its dtype,
+float16 or float32) or the output of MIL's compressed-weight ops, which say how it is stored:
+`constexpr_affine_dequantize` and `constexpr_blockwise_shift_scale` (int8 / int4 data),
+`constexpr_lut_to_dense` (a palette of 2^n entries: `lut<n>`), `constexpr_sparse_to_dense` (pruned; its
+non-zero values as stored), `constexpr_cast` (float16 widened).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.formats.quantized_weights import WeightTensor, record
+
+if TYPE_CHECKING:
+    from coremltools.converters.mil.mil import Var
+
+#: op type → (kind, the inputs that may hold its weight)
+WEIGHT_INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "linear": ("linear", ("weight",)), "matmul": ("linear", ("y", "x")), "conv": ("conv", ("weight",)),
+    "conv_transpose": ("conv", ("weight",)), "gather": ("embedding", ("x",)),
+}
+#: compressed-weight op → the input whose dtype is the stored one ("lut": a palette, its size gives the bits)
+STORED = {"constexpr_affine_dequantize": "quantized_data", "constexpr_blockwise_shift_scale": "data",
+          "constexpr_lut_to_dense": "lut", "constexpr_sparse_to_dense": "nonzero_data", "constexpr_cast": "source_val"}
+MEASURED_ON = "the ML Program's weights (each weight's const or compressed-weight op)"
+
+
+def _dtype(var: "Var") -> str:
+    from coremltools.converters.mil.mil import types
+
+    name = types.builtin_to_string(var.dtype)
+    return {"fp16": "float16", "fp32": "float32", "fp64": "float64"}.get(name, name)
+
+
+def _stored(var: "Var") -> str | None:
+    """How the constant behind `var` is stored ('float16', 'int8', 'lut4'), or None if it is not a constant."""
+    for _ in range(4):  # compressed ops nest (iOS18: a palette of a sparse tensor)
+        producer = var.op
+        if producer is None:
+            return None
+        if producer.op_type == "const":
+            return _dtype(var)
+        source = STORED.get(producer.op_type)
+        if source is None or source not in producer.inputs:
+            return None
+        inner = producer.inputs[source]
+        if producer.op_type == "constexpr_lut_to_dense":
+            shape = inner.shape
+            entries = shape[0] if len(shape) == 1 else shape[-2]  # iOS16 [2^n]; iOS18 [..., 2^n, vector size]
+            return f"lut{max(1, int(math.log2(int(entries))))}"
+        if inner.op is None or inner.op.op_type == "const":
+            return _dtype(inner)
+        var = inner
+    return None
+
+
+def weight_layers(program: Any) -> list[WeightTensor]:
+    """Every weight layer of every function of the MIL `program` (see the module doc)."""
+    from buildsys.formats.coreml.mil import _walk
+
+    found: list[WeightTensor] = []
+    for function in program.functions.values():
+        for operation in _walk(function):
+            spec = WEIGHT_INPUTS.get(operation.op_type)
+            if spec is None:
+                continue
+            kind, candidates = spec
+            for name in candidates:
+                var = operation.inputs.get(name)
+                stored = _stored(var) if var is not None and not isinstance(var, (list, tuple)) else None
+                if stored is None:
+                    continue
+                elements = math.prod(int(d) for d in var.shape)
+                if elements > 1:
+                    found.append(WeightTensor(var.name, kind, elements, stored, (operation.name,)))
+                break
+    return found
+
+
+def measure(path: Path, asked: str, threshold: int = 0) -> dict[str, Any]:
+    """The `quantized_weights` fact of the .mlpackage at `path` quantized to `asked`; float weights under the
+    compression's `threshold` (weight_threshold: coremltools leaves them uncompressed) are left out of the share."""
+    from buildsys.formats.coreml.mil import load_program
+
+    return record(weight_layers(load_program(path)[0]), asked, MEASURED_ON, small=threshold)

@@ -1,0 +1,266 @@
+"""The one accuracy-repair search of every quantized or reduced-precision format: the fewest layers kept at
+higher precision that make the target's tolerance hold (docs/repair.md, "keep-float").
+
+A format supplies only a `Candidates`: how to make its artifact with chosen layers kept at higher precision
+(ONNX Runtime's `nodes_to_exclude`, XNNPACK's dropped annotations, an ai-edge-quantizer `no_quantize` recipe,
+NNCF's `ignored_scope`, Core ML's `op_selector` of `FP16ComputePrecision`, the ONNX float16 converter's
+`node_block_list`), which layers it can keep, and how an artifact runs. This module does the rest, the same for
+every format, judged by the check's own comparisons (`verify.compare`) at the target's resolved tolerance
+(`repair_goal`, never loosened) on the search's data, against the float model's own outputs:
+
+1. **baseline**: every layer reduced (full int8, all float16). If it meets the goal, nothing is kept.
+2. **sensitivity**: each layer reduced *alone*, everything else at higher precision, its error measured.
+   Reducing one layer at a time finds layers that only fail together (a Concat and the Gemm it feeds:
+   keeping either one alone changes nothing, each reduced alone shows the whole loss). At most `TRIALS`
+   measurements (a model with more layers is measured in contiguous groups) and at most `BUDGET_S` seconds;
+   where the format can rank its layers from the baseline's own intermediates (`Candidates.seed`, the
+   localisation of buildsys/localise/), the most suspect are measured first, so a budget that runs out has
+   measured those.
+3. **search**: the most sensitive unit kept at higher precision, then the two most sensitive, ... at most
+   `MAX_KEPT` trials, until the goal holds. `NoRecipe` when it never does: the route fails, the next
+   recipe is tried.
+
+The result is one typed `RepairRecord`: deploy.lock's `facts.repair` of the node (`as_fact`), its latencies
+(host-specific) kept apart for the build record (`timings`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Mapping, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from buildsys.config.schema import Model, OutputSpec
+    from buildsys.config.data import Batch
+
+#: At most this many sensitivity measurements (units, or groups of units), and MAX_KEPT keep trials.
+TRIALS, MAX_KEPT = 48, 8
+#: The most sensitive units the record lists (deploy.lock, explain).
+SHOWN = 8
+#: Seconds of sensitivity measurement at most; the units not measured by then rank after the measured ones.
+BUDGET_S = 900.0
+#: The metrics a record shows per output (those the goal limits, and the cosine).
+SHOWN_METRICS = ("cosine", "top1_agreement", "range_error", "max_rel")
+#: Limit name → the observed metric it bounds (`verify.compare`'s names), and whether larger is worse.
+LIMITS = {"max_rel": ("max_rel", True), "max_range_error": ("range_error", True),
+          "min_cosine": ("cosine", False), "min_top1_agreement": ("top1_agreement", False)}
+
+A = TypeVar("A")
+
+
+class NoRecipe(Exception):
+    """The search kept MAX_KEPT units at higher precision and the tolerance still did not hold."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One artifact judged on the search's data: whether it meets the goal, its error (the sum over outputs and
+    limited metrics of how far each is from perfect, as a share of its allowance: above 1 somewhere is a miss),
+    the metrics per output, its size and its latency (ms per sample; None where the runtime is not the
+    artifact's own, e.g. ExecuTorch's reference arithmetic)."""
+
+    passed: bool
+    error: float
+    metrics: dict[str, dict[str, float]]
+    bytes: int | None = None
+    ms: float | None = None
+
+    def as_fact(self) -> dict[str, Any]:
+        return {"passed": self.passed, "error": self.error, "metrics": self.metrics,
+                **({"bytes": self.bytes} if self.bytes is not None else {})}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The units kept at higher precision in one trial, and what that artifact measured."""
+
+    kept: list[str]
+    measured: Measured
+
+    def as_fact(self) -> dict[str, Any]:
+        return {"keep_float": self.kept, **self.measured.as_fact()}
+
+
+@dataclass
+class RepairRecord:
+    """What a keep-float repair did: the node's committed `facts.repair` (deploy.lock, explain, the report).
+
+    `reduced`: the precision the kept units escape (int8, fp16); `kept_float`: the units kept at higher
+    precision (the format's names: ONNX node names, torch.export node names, TFLite op scopes, OpenVINO friendly
+    names, MIL op names); `kinds`: their op types where the format says; `sensitivity`: the most sensitive units
+    with their error; `measured`: how sensitivity was measured, in words."""
+
+    reduced: str
+    recipe: str = "keep-float"
+    kept_float: list[str] = field(default_factory=list)
+    baseline: Measured | None = None
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
+    measured: str = ""
+    kinds: list[str] | None = None
+
+    def as_fact(self) -> dict[str, Any]:
+        """JSON-ready, without latencies (deploy.lock holds only what two clean builds agree on)."""
+        out: dict[str, Any] = {"recipe": self.recipe, "reduced": self.reduced, "kept_float": list(self.kept_float)}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.as_fact()
+            out["sensitivity"] = [[name, error] for name, error in self.sensitivity]
+            out["trials"] = [t.as_fact() for t in self.trials]
+        if self.measured:
+            out["measured"] = self.measured
+        if self.kinds is not None:
+            out["kept_ops"] = list(self.kinds)
+        return out
+
+    def timings(self) -> list[float]:
+        """Milliseconds per sample of the baseline, then of each trial (for the build record)."""
+        parts = [self.baseline, *(t.measured for t in self.trials)] if self.baseline is not None else []
+        return [m.ms for m in parts if m is not None and m.ms is not None]
+
+
+def pinned(kept: Sequence[str], reduced: str) -> dict[str, Any]:
+    """The record of units kept at higher precision by hand (a list in `keep_float`): no search."""
+    return RepairRecord(reduced=reduced, kept_float=list(kept)).as_fact()
+
+
+class Candidates(Generic[A]):
+    """What a format supplies to the search: artifacts of type A with chosen units kept at higher precision.
+
+    A subclass implements `make` and `units`, and `run` unless the artifact is a file its format's runtime loads
+    (then `runtime` names that runtime)."""
+
+    #: The runtime (buildsys.formats registry name) that runs a file artifact, for the default `run`.
+    runtime: str | None = None
+    #: What a unit is, in the record's words ("quantized layers", "ops", "MIL ops").
+    what: str = "layers"
+
+    def __init__(self, model: "Model", batch: "Batch", root: Path) -> None:
+        self.model, self.batch, self.root = model, batch, root
+
+    def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> A:
+        """The artifact with the `keep` units at higher precision; or, when `only` is given, with only those
+        units reduced (everything else at higher precision). `slot`: a name for its files, unique per call."""
+        raise NotImplementedError
+
+    def units(self, baseline: A) -> list[str]:
+        """The units of the fully reduced artifact that can be kept at higher precision, in graph order."""
+        raise NotImplementedError
+
+    def run(self, artifact: A) -> tuple[dict[str, "np.ndarray"], float | None]:
+        """The artifact's outputs by name on the search's data, and milliseconds per sample."""
+        from buildsys.formats import get_runtime
+        from buildsys.formats.prune_search import session_outputs
+
+        assert self.runtime is not None, f"{type(self).__name__} runs no file: it must define run()"
+        started = time.perf_counter()
+        with get_runtime(self.runtime).load(Path(str(artifact)), self.model, self.root) as session:
+            outputs = session_outputs(session, self.model, self.batch)
+        return outputs, (time.perf_counter() - started) * 1000 / max(len(self.batch), 1)
+
+    def size(self, artifact: A) -> int | None:
+        """Bytes of the artifact (a file and its side files, or a directory); None where it has no file."""
+        path = Path(str(artifact))
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file())
+
+    def seed(self, baseline: A, units: list[str]) -> dict[str, float] | None:
+        """A cheap prior of each unit's sensitivity from the baseline (larger: more suspect), which orders the
+        measurements; None: measured in graph order."""
+        return None
+
+    def kinds(self, kept: Sequence[str]) -> list[str] | None:
+        """The op types of kept units, where the format names them apart (TFLite's scopes do not say)."""
+        return None
+
+
+class Judge:
+    """The check's comparisons of an artifact's outputs with the float model's, at the goal."""
+
+    def __init__(self, outputs: "Sequence[OutputSpec]", goal: Mapping[str, Any], reference: dict[str, "np.ndarray"]):
+        self.outputs, self.goal, self.reference = list(outputs), goal, reference
+
+    def __call__(self, observed: dict[str, "np.ndarray"], ms: float | None = None,
+                 size: int | None = None) -> Measured:
+        from buildsys.nodes.verify import compare
+
+        passed, error, shown = True, 0.0, {}
+        for out in self.outputs:
+            limits = self.goal.get(out.name) or {}
+            result = compare(out.name, out.kind, self.reference[out.name], observed[out.name], limits)
+            passed = passed and result.passed
+            values = {m.name: float(m.observed) for m in result.metrics if m.observed is not None}
+            if result.problem:  # NaN / inf where the float model has numbers: as bad as it gets
+                error += 1e6
+            for limit, (metric, larger_is_worse) in LIMITS.items():
+                allowed = limits.get(limit)
+                if allowed is None or metric not in values:
+                    continue
+                value = values[metric]
+                room = allowed if larger_is_worse else 1 - allowed
+                error += (value if larger_is_worse else 1 - value) / room if room > 0 else float(value != allowed)
+            wanted = {LIMITS[k][0] for k, v in limits.items() if k in LIMITS and v is not None} | {"cosine"}
+            shown[out.name] = {k: round(v, 6) for k, v in values.items() if k in SHOWN_METRICS and k in wanted}
+        return Measured(passed, round(error, 6), shown, size, None if ms is None else round(ms, 4))
+
+
+def default_goal(goal: Mapping[str, Any] | None, outputs: "Sequence[OutputSpec]", precision: str) -> dict[str, Any]:
+    """The search's goal: the target's resolved limits (`repair_goal`), else the precision's defaults."""
+    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+
+    if goal:
+        return dict(goal)
+    return {o.name: {k: v for k, v in DEFAULTS[precision].items()
+                     if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)} for o in outputs}
+
+
+def _groups(units: list[str]) -> list[list[str]]:
+    size = -(-len(units) // TRIALS)  # more units than trials: contiguous groups, each measured as one
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
+def search(candidates: Candidates[A], judge: Judge, reduced: str, budget_s: float = BUDGET_S) -> tuple[A, RepairRecord]:
+    """The artifact with the fewest most sensitive units at higher precision that meets the judge's goal, and
+    the record. Raises NoRecipe (its message: what the best trial measured) when MAX_KEPT units do not do."""
+
+    def measure(artifact: A) -> Measured:
+        observed, ms = candidates.run(artifact)
+        return judge(observed, ms, candidates.size(artifact))
+
+    full = candidates.make([], None, "full")
+    record = RepairRecord(reduced=reduced, baseline=measure(full))
+    if record.baseline is not None and record.baseline.passed:
+        return full, record
+    units = candidates.units(full)
+    if not units:
+        raise NoRecipe(f"the {reduced} artifact has no {candidates.what} that can be kept at higher precision")
+    groups = _groups(units)
+    prior = candidates.seed(full, units) or {}
+    queue = sorted(range(len(groups)), key=lambda i: (-max(prior.get(u, 0.0) for u in groups[i]), i))
+    scores: dict[int, float] = {}
+    started = time.monotonic()
+    for i in queue:
+        if scores and time.monotonic() - started > budget_s:
+            break
+        scores[i] = measure(candidates.make([], groups[i], f"one-{i}")).error
+    order = sorted(scores, key=lambda i: (-scores[i], i)) + [i for i in queue if i not in scores]
+    record.sensitivity = [("+".join(groups[i]), scores[i]) for i in order[:SHOWN] if i in scores]
+    left = len(groups) - len(scores)
+    record.measured = (f"{len(units)} {candidates.what} in {len(scores)} trial(s), each reduced to {reduced} alone"
+                       + (f"; {left} group(s) not measured within {budget_s:g} s, ranked "
+                          + ("by the baseline's own error" if prior else "in graph order") if left else ""))
+    kept: list[str] = []
+    for i in order[:MAX_KEPT]:
+        kept = [*kept, *groups[i]]
+        artifact = candidates.make(kept, None, f"keep-{len(record.trials)}")
+        record.trials.append(Trial(kept, measure(artifact)))
+        if record.trials[-1].measured.passed:
+            record.kept_float, record.kinds = kept, candidates.kinds(kept)
+            return artifact, record
+    best = min((t.measured for t in record.trials), key=lambda m: m.error, default=record.baseline)
+    raise NoRecipe(f"keeping the {len(kept)} most sensitive of {len(units)} {candidates.what} at higher precision "
+                   f"did not meet the tolerance on the calibration set (best: {best.metrics if best else {}})")

@@ -1,0 +1,206 @@
+"""An exported program decomposed with PyTorch's own tables: the worker side of the `decompose` option (docs/lowering.md).
+
+Three tables, looked up in this order for each op: `torch._decomp.decomposition_table` (which also holds
+decompositions outside the core set: grid_sampler_2d, affine_grid_generator, cumsum…), the core ATen
+decompositions (`torch._decomp.core_aten_decompositions()`, which also lowers the composite ops a training-IR
+export keeps: grid_sampler, cdist, linear), and `torch._refs` (the Python references, for an op neither holds).
+torch is imported inside the functions: the planner imports this module's name only through the steps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+
+#: A `decompose` option's value: the ops by bare name (grid_sampler_2d), or "core" for the whole program.
+Spec = Union[str, Sequence[str]]
+_TABLES = "torch._decomp.decomposition_table, the core ATen decompositions, torch._refs"
+
+
+class NoDecomposition(Exception):
+    """What was asked cannot be decomposed; the message says which op and why, for the step's error."""
+
+
+def _base(target: Any) -> str:
+    """aten.grid_sampler_2d.default → grid_sampler_2d ('' for what is not an ATen op overload)."""
+    parts = str(target).split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == "aten" else ""
+
+
+def _refs(name: str) -> Callable[..., Any] | None:
+    """The Python reference of `name` in torch._refs (special_/linalg_/fft_ ops in their submodules)."""
+    import torch._refs
+    import torch._refs.fft
+    import torch._refs.linalg
+    import torch._refs.nn.functional
+    import torch._refs.special
+
+    modules = [("", torch._refs), ("", torch._refs.nn.functional), ("special_", torch._refs.special),
+               ("linalg_", torch._refs.linalg), ("fft_", torch._refs.fft)]
+    for prefix, module in modules:
+        if prefix and not name.startswith(prefix):
+            continue
+        ref = getattr(module, name[len(prefix):], None)
+        if callable(ref) and name[len(prefix):] in getattr(module, "__all__", ()):
+            return ref
+    return None
+
+
+def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
+    """Every overload of aten.`name` with a decomposition, from the first table that has one."""
+    import torch
+    from torch._decomp import core_aten_decompositions, decomposition_table
+
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None or not hasattr(packet, "overloads"):
+        return {}
+    overloads = [getattr(packet, o) for o in packet.overloads()]
+    core = core_aten_decompositions()
+    for table in (decomposition_table, core):
+        found = {o: table[o] for o in overloads if o in table}
+        if found:
+            return found
+    ref = _refs(name)  # functional overloads only: a reference computes a result, it writes no `out=`
+    return {o: ref for o in overloads if ref is not None and not o._schema.is_mutable} if ref else {}
+
+
+def decomposable_ops() -> list[str]:
+    """The ATen ops (bare names) some table decomposes: the `decomposable` table refusal answers read
+    (buildsys.planning.coverage_probe), so the planner offers a decomposition only for an op PyTorch can decompose."""
+    from torch._decomp import core_aten_decompositions, decomposition_table
+
+    names = {_base(k) for k in [*decomposition_table, *core_aten_decompositions()]} - {""}
+    import torch
+
+    names |= {n for n in dir(torch.ops.aten) if not n.startswith("_") and _refs(n) is not None}
+    return sorted(names)
+
+
+def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram", dict[str, Any]]:
+    """`program` with the ops `spec` names decomposed ("core": the whole program to core ATen), and the record the
+    step's metrics keep: `{"decompose": spec, "decomposed": {op: [the ops it became]}}`.
+
+    A named op the graph holds only inside a composite op (grid_sampler_2d inside grid_sampler, as a training-IR
+    export keeps it) is reached by decomposing that composite op first. Raises NoDecomposition for an op no table
+    has, one the program does not hold, or one its decomposition leaves in place (it declined these arguments)."""
+    if isinstance(spec, str):
+        if spec != "core":
+            raise NoDecomposition(f"decompose: {spec!r} is neither 'core' nor a list of ops")
+        out = program.run_decompositions()
+        return out, _record("core", decompositions(program, out))
+    names = list(dict.fromkeys(spec))
+    table: dict[Any, Callable[..., Any]] = {}
+    for name in names:
+        entries = _entries(name)
+        if not entries:
+            raise NoDecomposition(f"aten::{name} has no decomposition in PyTorch's tables ({_TABLES}; torch "
+                                  f"{_torch_version()}): decompose cannot lower it, an op rewrite must (docs/rewrites.md)")
+        table.update(entries)
+    held = {_base(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    composites = _composites(program, [n for n in names if n not in held])
+    table.update(composites)
+    out = program.run_decompositions(table)
+    for _ in range(4):  # what a decomposition made that is not core ATen, decomposed in turn (cdist → _euclidean_dist)
+        made = _noncore(out, held | set(names))
+        if not made:
+            break
+        table.update(made)
+        out = program.run_decompositions(table)
+    left = sorted({_base(n.target) for n in out.graph.nodes if n.op == "call_function"} & set(names))
+    if left:
+        raise NoDecomposition(f"PyTorch's decomposition of aten::{left[0]} left it in the program (it declines "
+                              "these arguments or dtypes): an op rewrite must remove it (docs/rewrites.md)")
+    asked = set(names) | {_base(t) for t in composites}
+    record = _record(names, {op: parts for op, parts in decompositions(program, out).items() if op in asked})
+    if not record["decomposed"]:
+        raise NoDecomposition(f"the exported program holds no {', '.join(f'aten::{n}' for n in names)} to decompose "
+                              f"(its ops: {', '.join(sorted(held - {''}))})")
+    return out, record
+
+
+def decompositions(program: Any, core: Any) -> dict[str, list[str]]:
+    """Each op of `program`'s graph → the ops of `core` made from it (its nodes' `from_node` provenance)."""
+    base = lambda target: str(target).split(".")[1]  # noqa: E731
+    exported = {n.name: base(n.target) for n in program.graph.nodes
+                if n.op == "call_function" and str(n.target).startswith("aten.")}
+    out: dict[str, set[str]] = {op: set() for op in exported.values()}
+    for node in core.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith("aten."):
+            continue
+        for source in node.meta.get("from_node") or []:
+            if source.name in exported:
+                out[exported[source.name]].add(base(node.target))
+    return {op: sorted(ops) for op, ops in sorted(out.items())}
+
+
+def _composites(program: "ExportedProgram", missing: list[str]) -> dict[Any, Callable[..., Any]]:
+    """The core decompositions of the composite ops of `program` whose decomposition makes an op of `missing`."""
+    if not missing:
+        return {}
+    from torch._decomp import core_aten_decompositions
+
+    made = decompositions(program, program.run_decompositions())
+    parents = {op for op, parts in made.items() if set(parts) & set(missing)}
+    core = core_aten_decompositions()
+    return {n.target: core[n.target] for n in program.graph.nodes
+            if n.op == "call_function" and _base(n.target) in parents and n.target in core}
+
+
+def _noncore(program: "ExportedProgram", before: set[str]) -> dict[Any, Callable[..., Any]]:
+    """The core decompositions of the ops of `program` not among `before` that are not core ATen (what a named op's
+    decomposition made: its decomposition, not the core table, may leave composite ops)."""
+    import torch
+    from torch._decomp import core_aten_decompositions
+
+    core = core_aten_decompositions()
+    return {n.target: core[n.target] for n in program.graph.nodes
+            if n.op == "call_function" and _base(n.target) and _base(n.target) not in before
+            and torch.Tag.core not in n.target.tags and n.target in core}
+
+
+def _record(spec: Spec, made: dict[str, list[str]]) -> dict[str, Any]:
+    """What changed: each op of the program that the decomposition replaced, and the ops it became."""
+    changed = {op: parts for op, parts in made.items() if parts != [op]}
+    return {"decompose": spec if isinstance(spec, str) else list(spec), "decomposed": changed}
+
+
+def scriptable(program: "ExportedProgram") -> "torch.jit.ScriptModule":
+    """The decomposed program as TorchScript that keeps its dynamic sizes.
+
+    torch.jit.trace of `program.module()` would freeze every size a decomposition computes (its `sym_size` calls
+    return Python ints while tracing), so the graph is compiled with torch.jit.script instead: flat inputs and a
+    tuple of outputs (plain FX code generation, no pytree), `sym_size` as `Tensor.size`, each op overload as its
+    packet (TorchScript picks the overload by schema), input guards left out (export already checked them)."""
+    import torch
+
+    module = program.module()
+    graph = module.graph
+    graph._codegen = torch.fx.graph.CodeGen()
+    for node in list(graph.nodes):
+        if node.op == "call_module" and "guards" in str(node.target):
+            graph.erase_node(node)
+        elif node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+            node.op, node.target = "call_method", "size"
+        elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            node.target = node.target.overloadpacket
+    plain = torch.fx.GraphModule(module, graph)  # without the unlifted module's pre-forward hooks
+    return torch.jit.script(plain)
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line: what a `decompose` option did (for explain, the report and the lock's facts)."""
+    made = record.get("decomposed") or {}
+    asked = record.get("decompose")
+    what = "the whole program to core ATen" if asked == "core" else ", ".join(asked or [])
+    shown = "; ".join(f"{op} → {', '.join(parts) or 'nothing'}" for op, parts in sorted(made.items())[:6])
+    more = f"; and {len(made) - 6} more" if len(made) > 6 else ""
+    return f"decomposed with PyTorch's tables: {what} ({shown}{more})"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)

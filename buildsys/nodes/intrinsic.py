@@ -1,0 +1,129 @@
+"""Tolerances that know the model (docs/deploy-yaml.md, "Intrinsic error"): how far the PyTorch model itself moves
+when its arithmetic changes precision, and the default limits that follows from it.
+
+The reference node (nodes/reference.py) measures, on the evaluation inputs, the model in float64 against its own
+float32 outputs (what any fp32 export must be allowed: another runtime's float32 is another rounding of the same
+function) and the model in float16 against float32 (what an fp16 export is allowed), per output, with the check's
+own comparisons (`verify.compare`). The check (nodes/check.py) then raises each limit that is a precision default
+(never one the user wrote: `CheckOptions.default_limits`) to `MULTIPLE[precision]` × that intrinsic error, at most
+to `CEILING[precision]`: a model whose own float16 loses more than the ceiling is not made to pass by its tolerance.
+A limit is never lowered. An intrinsic error that is not finite (the model overflows float16 itself) raises nothing.
+
+Torch is imported only inside `measure` (the reference's worker); the rule is plain arithmetic the check applies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from buildsys.config.schema import Model
+    from buildsys.config.data import Batch
+
+#: Target precision → the torch dtype the reference is re-run at to measure that precision's own error.
+MEASURED_AT = {"fp32": "float64", "fp16": "float16"}
+#: How many times the model's own error a default limit allows. fp32: another runtime's float32 is another
+#: rounding (and order, and algorithm: Winograd, im2col) of the same sums, bounded by the two roundings' sum;
+#: 10x leaves room for kernels that lose a few bits more than PyTorch's. fp16: the artifact rounds weights and
+#: activations as PyTorch's float16 does, its accumulations may be in float16 too (Core ML's GPU and Neural Engine).
+MULTIPLE = {"fp32": 10.0, "fp16": 4.0}
+#: The loosest a default may become: fp32 never looser than the fp16 defaults, fp16 never than about 5 % of range.
+CEILING: dict[str, dict[str, float]] = {
+    "fp32": {"max_rel": 1e-2, "min_cosine": 0.999, "min_top1_agreement": 0.97},
+    "fp16": {"max_rel": 5e-2, "min_cosine": 0.99, "min_top1_agreement": 0.9},
+}
+#: Limit → the observed metric of `verify.compare` it bounds, and whether larger observed values are worse.
+LIMITS = {"max_rel": ("max_rel", True), "min_cosine": ("cosine", False), "min_top1_agreement": ("top1_agreement", False)}
+
+
+def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -> dict[str, Any]:
+    """{precision: {"against": dtype, "outputs": {name: {metric: value}}}} or {precision: {"not_measured": why}}:
+    `module` re-run on `batch` at each precision's dtype, compared with its float32 outputs `outputs32`."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from buildsys.formats.torch.runtimes import TorchSession
+    from buildsys.nodes.verify import compare
+
+    out: dict[str, Any] = {}
+    for precision, dtype in MEASURED_AT.items():
+        try:
+            cast = copy.deepcopy(module).to(getattr(torch, dtype))
+            feeds = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in batch.inputs.items()}
+            session = TorchSession(cast, model)
+            observed = session.run_all(type(batch)(feeds, None, batch.origin))
+        except Exception as exc:  # an op without a kernel at that dtype on this CPU: said, never guessed
+            out[precision] = {"not_measured": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+                              if str(exc).strip() else type(exc).__name__}
+            continue
+        metrics: dict[str, Any] = {}
+        for spec, ref, obs in zip(model.outputs, outputs32, observed):
+            if spec.kind == "tokens" or not np.issubdtype(np.asarray(ref).dtype, np.floating):
+                continue
+            result = compare(spec.name, spec.kind, ref, np.asarray(obs, dtype=np.float64), None)
+            values = {m.name: _two_digits(m.observed) for m in result.metrics
+                      if m.observed is not None and m.name in {v[0] for v in LIMITS.values()}}
+            metrics[spec.name] = values if not result.problem else {"not_finite": result.problem}
+        out[precision] = {"against": dtype, "outputs": metrics}
+    return out
+
+
+def _two_digits(value: float) -> float:
+    """Two significant digits: what two builds of the same model agree on (their sums may be ordered differently)."""
+    return float(f"{value:.2g}") if math.isfinite(value) else value
+
+
+def raised(limits: Mapping[str, Any], defaults: list[str], intrinsic: Mapping[str, Any] | None,
+           precision: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """One output's limits with each default among `defaults` raised to the model's intrinsic error, and a note
+    per raised limit ("default 1e-04 raised to 10 x the model's own float64-vs-float32 error 1.6e-05"). Limits
+    the user wrote, and precisions without a rule, are returned as they are."""
+    multiple, ceiling = MULTIPLE.get(precision), CEILING.get(precision, {})
+    own = (intrinsic or {}).get("values") or {}
+    against = (intrinsic or {}).get("against", "")
+    out: dict[str, Any] = dict(limits)
+    notes: dict[str, str] = {}
+    if multiple is None or not own:
+        return out, notes
+    for limit, (metric, larger_is_worse) in LIMITS.items():
+        value, default = own.get(metric), limits.get(limit)
+        if limit not in defaults or default is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        bound: Callable[[float, float], float] = min if larger_is_worse else max
+        if larger_is_worse:
+            wanted = bound(multiple * value, ceiling.get(limit, math.inf))
+        else:
+            wanted = bound(1 - multiple * (1 - value), ceiling.get(limit, -math.inf))
+        if (wanted > default) if larger_is_worse else (wanted < default):
+            out[limit] = _two_digits(wanted) if larger_is_worse else round(wanted, 6)
+            capped = wanted == ceiling.get(limit)
+            notes[limit] = (f"default {default:g} raised to {out[limit]:g}: {multiple:g} x the model's own "
+                            f"{against}-vs-float32 {metric} {value:g}" + (" (capped)" if capped else ""))
+    return out, notes
+
+
+def of_output(intrinsic: Mapping[str, Any] | None, precision: str, output: str) -> dict[str, Any] | None:
+    """The reference's intrinsic measurement for one output at a target precision: {"against", "values"}, or None."""
+    entry = (intrinsic or {}).get(precision) or {}
+    values = (entry.get("outputs") or {}).get(output)
+    return {"against": entry.get("against", ""), "values": values} if values else None
+
+
+def describe(facts: Mapping[str, Any]) -> list[str]:
+    """The reference's `intrinsic` and a check's `limits_raised` facts in words (explain, the report)."""
+    lines = []
+    for precision, entry in sorted((facts.get("intrinsic") or {}).items()):
+        if entry.get("not_measured"):
+            lines.append(f"the model's own {precision} error: not measured ({entry['not_measured']})")
+            continue
+        for output, values in sorted((entry.get("outputs") or {}).items()):
+            shown = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in sorted(values.items()))
+            lines.append(f"the model's own {precision} error ({entry.get('against')}-vs-float32: {output} {shown}); "
+                         f"default limits of {precision} checks rise to {MULTIPLE[precision]:g} x it")
+    for output, limits in sorted((facts.get("limits_raised") or {}).items()):
+        lines += [f"{output}: {limit} limit raised to {value:g} by the model's own error (nodes/intrinsic.py)"
+                  for limit, value in sorted(limits.items())]
+    return lines

@@ -1,0 +1,107 @@
+"""Small models that reproduce the refusals the lowering answers are for (docs/lowering.md), none named by a rewrite.
+
+Each stands for a class of refusal met on public architectures: a flow-field warp (grid_sample: coremltools has no
+conversion, PyTorch decomposes it), a per-sample loop (torch.export specialises the dynamic batch, as YOLO11n's
+head does), a Conv1d+GRU activity model (onnx2tf's loop leaves TensorList ops TFLite refuses), an audio frontend
+with GroupNorm (coremltools fails on its symbolic batch, as on wav2vec2), a point-cloud model (cdist). The e2e
+tests copy this file into their project and name its factories.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Warp(nn.Module):
+    """Optical-flow style warp: a conv predicts a flow field, grid_sample resamples the image with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.flow = nn.Conv2d(3, 2, 3, padding=1)
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = image.shape
+        base = torch.stack(torch.meshgrid(torch.linspace(-1.0, 1.0, w), torch.linspace(-1.0, 1.0, h), indexing="xy"),
+                           dim=-1).unsqueeze(0)
+        grid = base + 0.1 * torch.tanh(self.flow(image)).permute(0, 2, 3, 1)
+        warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return self.head(warped).mean(dim=(2, 3))
+
+
+class PerSample(nn.Module):
+    """Scores each sample of the batch in a Python loop: torch.export specialises the batch axis to the example's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.body(x[i]) for i in range(x.shape[0])])
+
+
+class GruHar(nn.Module):
+    """Activity recognition on [batch, 9, 90] sensor windows: Conv1d features, a GRU over time, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(9, 16, 5, padding=2)
+        self.gru = nn.GRU(16, 24, batch_first=True)
+        self.head = nn.Linear(24, 6)
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(torch.relu(self.conv(window)).transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+class AudioFrontend(nn.Module):
+    """A wav2vec2-style feature extractor: strided Conv1d, GroupNorm over time, GELU, pooled into a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(1, 8, 10, stride=5)
+        self.norm = nn.GroupNorm(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.head(F.gelu(self.norm(self.conv(audio.unsqueeze(1)))).mean(dim=-1))
+
+
+class PointCloud(nn.Module):
+    """Points → features, pairwise distances (cdist) → a soft neighbourhood average → class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(3, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(-torch.cdist(points, points), dim=-1)
+        return self.head((weights @ self.embed(points)).mean(dim=1))
+
+
+def warp() -> nn.Module:
+    return Warp().eval()
+
+
+def per_sample() -> nn.Module:
+    return PerSample().eval()
+
+
+def gru_har() -> nn.Module:
+    return GruHar().eval()
+
+
+def audio_frontend() -> nn.Module:
+    return AudioFrontend().eval()
+
+
+def point_cloud() -> nn.Module:
+    return PointCloud().eval()

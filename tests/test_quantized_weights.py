@@ -1,0 +1,368 @@
+"""What was asked is what ships (issue 33, docs/quantization.md#what-was-asked-is-what-ships): the share of a
+model's weights each quantized artifact holds in the asked precision, measured on the artifact and held to a
+floor by the check; linear layers in disguise (transformers' Conv1D) quantized like nn.Linear; int4 group
+sizes chosen per layer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsys.config.schema import Acceptance, OutputSpec
+from buildsys.formats.quantized_weights import FLOORS, WeightTensor, kept_float, record, shortfall
+from buildsys.nodes.verify import resolve_acceptance
+
+needs = {name: pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in packages), reason=f"needs {why}")
+         for name, packages, why in [("torch", ("torch", "transformers"), "torch and transformers"),
+                                     ("executorch", ("torch", "transformers", "executorch", "torchao", "onnxruntime"),
+                                      "the executorch and server extras"),
+                                     ("openvino", ("torch", "transformers", "openvino", "nncf"), "the openvino extra")]}
+
+
+# --- the record and the floor (standard library) -------------------------------------------------------
+
+
+def _layers() -> list[WeightTensor]:
+    return [WeightTensor("wte", "embedding", 6000, "float32"),
+            WeightTensor("h.0.attn.c_attn.weight", "linear", 12000, "int8", ("linear_1", "h.0.attn.c_attn")),
+            WeightTensor("h.0.mlp.c_fc.weight", "linear", 16000, "float32", ("linear_2", "h.0.mlp.c_fc")),
+            WeightTensor("conv.weight", "conv", 2000, "int8"),
+            WeightTensor("conv.weight", "conv", 2000, "int8")]  # a weight two ops share counts once
+
+
+def test_record_counts_linear_and_conv_weights_and_names_the_wider_ones() -> None:
+    fact = record(_layers(), "int8", "a test")
+    assert (fact["quantized"], fact["elements"], fact["share"]) == (14000, 30000, round(14000 / 30000, 4))
+    assert fact["wider"] == {"h.0.mlp.c_fc.weight": "float32"}
+    assert fact["left_out"] == {"embedding": ["wte"]}  # conventionally float: out of the denominator, listed
+    assert fact["by_kind"]["linear"] == {"quantized": 12000, "elements": 28000, "layers": 2, "share": 0.4286}
+    assert fact["by_dtype"] == {"float32": 22000, "int8": 14000}
+    assert shortfall(fact, FLOORS["int8"]) == (
+        "only 46.7% of the weights are int8 (floor 90%, min_quantized_share; measured on a test): 1 layer(s) stayed "
+        "wider: h.0.mlp.c_fc.weight (float32). Their layer kind is one the quantizer skipped, or they are below "
+        "its size threshold; keep them float on purpose with keep_float, or set acceptance.min_quantized_share")
+    assert shortfall(fact, 0.4) is None and shortfall(fact, None) is None
+
+
+def test_kept_float_layers_and_small_ones_under_a_threshold_leave_the_denominator() -> None:
+    by_module = record(_layers(), "int8", "a test", kept=kept_float({"repair": {"kept_float": ["h.0.mlp"]}}))
+    assert by_module["share"] == 1.0 and by_module["left_out"]["kept_float"] == ["h.0.mlp.c_fc.weight"]
+
+    class Options:
+        keep_float = ("linear_2",)  # an op's node name, as ONNX and ExecuTorch keep_float lists name them
+
+    assert record(_layers(), "int8", "a test", kept=kept_float({}, Options()))["share"] == 1.0
+    small = record(_layers(), "int8", "a test", small=20000)  # Core ML's weight_threshold: too small to compress
+    assert small["share"] == 1.0 and small["left_out"]["below_threshold"] == ["h.0.mlp.c_fc.weight"]
+
+
+def test_int4_counts_only_weights_at_four_bits_or_fewer() -> None:
+    layers = [WeightTensor("a", "linear", 300, "int4"), WeightTensor("b", "linear", 100, "int8"),
+              WeightTensor("c", "linear", 100, "lut4")]
+    fact = record(layers, "int4", "a test")
+    assert fact["share"] == 0.8 and fact["wider"] == {"b": "int8"}
+
+
+def test_the_floor_is_resolved_into_the_check_acceptance_and_a_target_can_set_its_own() -> None:
+    outputs = [OutputSpec(name="logits", kind="scores")]
+    assert resolve_acceptance(Acceptance(), "int8", outputs)["min_quantized_share"] == FLOORS["int8"] == 0.9
+    assert resolve_acceptance(Acceptance(), "int4", outputs)["min_quantized_share"] == FLOORS["int4"]
+    assert resolve_acceptance(Acceptance(), "fp16", outputs)["min_quantized_share"] is None  # no floor
+    assert resolve_acceptance(Acceptance(min_quantized_share=0.3), "int8", outputs)["min_quantized_share"] == 0.3
+
+
+# --- linear layers in disguise ----------------------------------------------------------------------------
+
+
+@needs["torch"]
+def test_conv1d_and_matmul_layers_become_nn_linear_computing_the_same() -> None:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from buildsys.formats.torch.linear import as_linear
+
+    class MatmulLayer(torch.nn.Module):  # any module whose forward is a matmul with a parameter weight
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(8, 16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.weight
+
+    class Scale(torch.nn.Module):  # a 2-D weight, but not a linear map of the input
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(3, 16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight.sum()
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Conv1D(16, 8), torch.nn.GELU(), Conv1D(8, 16), MatmulLayer(), Scale()).eval()
+    x = torch.randn(2, 5, 8)
+    expected = model(x)
+    assert as_linear(model) == ["0", "2", "3"]
+    assert all(isinstance(model[i], torch.nn.Linear) for i in (0, 2, 3)) and not isinstance(model[4], torch.nn.Linear)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_group_sizes_divide_the_layer_or_fall_back_per_channel() -> None:
+    from buildsys.formats.llm.quantize import group_for
+
+    assert group_for(352, 128) == 32 and group_for(64, 128) == 64 and group_for(384, 128) == 128
+    assert group_for(100, 32) is None  # no multiple of 32 divides it: one scale per output channel
+
+
+# --- end to end: a GPT-2-style model to every int8 route, and a quantizer that skips layers ----------------
+
+NET = '''\
+"""A GPT-2-style block (transformers' Conv1D projections) and a 1-D CNN (ExecuTorch's dynamic scheme skips 1-D convs)."""
+import torch
+from transformers.pytorch_utils import Conv1D
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm = torch.nn.LayerNorm(64)
+        self.c_fc, self.c_proj, self.head = Conv1D(128, 64), Conv1D(64, 128), Conv1D(10, 64)
+
+    def forward(self, x):
+        h = x + self.c_proj(torch.nn.functional.gelu(self.c_fc(self.norm(x))))
+        return self.head(h.mean(dim=1))
+
+
+class Wave(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = torch.nn.Conv1d(8, 64, 3), torch.nn.Conv1d(64, 64, 3)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(dim=2))
+
+
+def block():
+    return Block().eval()
+
+
+def wave():
+    return Wave().eval()
+'''
+
+DEPLOY = """\
+models:
+  block:
+    source: {factory: "net:block"}
+    inputs: [{name: x, shape: [batch, 8, 64]}]
+    outputs: [{name: logits, kind: scores}]
+    data: {calibration: cal.npz, validation: val.npz}
+  wave:
+    source: {factory: "net:wave"}
+    inputs: [{name: x, shape: [batch, 8, 32], layout: NCL}]
+    outputs: [{name: logits, kind: scores}]
+    data: {validation: wave.npz}
+targets:
+  block-onnx: {model: block, format: onnx, precision: int8}
+  block-pte: {model: block, format: executorch, precision: int8}
+  block-tflite: {model: block, format: tflite, precision: int8, via: [pt2]}
+  block-openvino: {model: block, format: openvino, precision: int8}
+  block-coreml: {model: block, format: coreml, precision: int8}
+  wave-pte:
+    model: wave
+    format: executorch
+    precision: int8
+    options: {executorch-int8: {scheme: dynamic}}
+  wave-pte-floor:
+    model: wave
+    format: executorch
+    precision: int8
+    options: {executorch-int8: {scheme: dynamic}}
+    acceptance: {min_quantized_share: 0.02}
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    import numpy as np
+
+    import modelbuild
+
+    root = tmp_path_factory.mktemp("shares")
+    (root / "net.py").write_text(NET)
+    rng = np.random.default_rng(0)
+    for name, shape in (("cal", (32, 8, 64)), ("val", (32, 8, 64)), ("wave", (16, 8, 32))):
+        np.savez(root / f"{name}.npz", x=rng.standard_normal(shape).astype(np.float32))
+    (root / "deploy.yaml").write_text(DEPLOY)
+    return root, modelbuild.load(root / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
+
+
+def _facts(root: Path, target: str) -> dict[str, Any]:
+    lock = json.loads((root / "deploy.lock").read_text())
+    return dict(lock["nodes"][lock["targets"][target]["node"]]["facts"]["quantized_weights"])
+
+
+@pytest.mark.slow
+@needs["executorch"]
+@pytest.mark.parametrize("target, measured_on", [("block-onnx", "ONNX file's initializers"),
+                                                 ("block-pte", "program before lowering"),
+                                                 ("block-tflite", "flatbuffer's tensor types"),
+                                                 ("block-openvino", "IR's weight constants"),
+                                                 ("block-coreml", "ML Program's weights")])
+def test_a_gpt2_style_model_reaches_int8_in_its_linear_weights(built: tuple[Path, Any], target: str,
+                                                               measured_on: str) -> None:
+    if target in ("block-tflite", "block-openvino", "block-coreml"):
+        for package in {"block-tflite": ("litert_torch",), "block-openvino": ("openvino", "nncf"),
+                        "block-coreml": ("coremltools",)}[target]:
+            pytest.importorskip(package)
+    check = dict(built[1].nodes[f"verify:{target}"].metrics)
+    assert check["passed"] is True, check.get("failures")
+    fact = _facts(built[0], target)
+    # Conv1D's weights ([in, out], addmm) as nn.Linear: every linear weight int8 (before: 0 % for ExecuTorch)
+    assert fact["by_kind"]["linear"]["share"] >= 0.9 and fact["share"] >= 0.9 and measured_on in fact["measured_on"]
+    assert check["quantized_weights"] == {"observed": fact["share"], "allowed": 0.9, "op": ">=", "ok": True,
+                                          "asked": "int8", "measured_on": fact["measured_on"]}
+
+
+@pytest.mark.slow
+@needs["executorch"]
+def test_a_model_whose_layers_the_quantizer_skips_fails_naming_them(built: tuple[Path, Any]) -> None:
+    node = built[1].nodes["verify:wave-pte"]
+    check = dict(node.metrics)
+    assert check["passed"] is False and not (built[0] / "artifacts" / "wave-pte").exists()
+    # XNNPACK's dynamic scheme quantizes the linear head only; both 1-D convolutions stay float32
+    short = next(f for f in check["failures"] if f.startswith("only "))
+    assert short.startswith("only 4.4% of the weights are int8 (floor 90%, min_quantized_share; measured on the "
+                            "program before lowering"), short
+    assert "2 layer(s) stayed wider: conv1.weight (float32), conv2.weight (float32)" in short
+
+
+@pytest.mark.slow
+@needs["executorch"]
+def test_a_floor_set_by_the_target_lowers_it(built: tuple[Path, Any]) -> None:
+    check = dict(built[1].nodes["verify:wave-pte-floor"].metrics)
+    assert check["passed"] is True, check.get("failures")
+    assert check["quantized_weights"]["allowed"] == 0.02 and check["quantized_weights"]["ok"] is True
+    assert (built[0] / "artifacts" / "wave-pte-floor").is_dir()
+
+
+# --- LLMs: GPT-2's Conv1D to ExecuTorch int8 / int4, an MLP 352 wide to OpenVINO int4 at defaults ---------
+
+LLM_TARGETS = """\
+  gpt2-int8: {model: gpt2, format: llm-executorch, precision: int8}
+  gpt2-int4: {model: gpt2, format: llm-executorch, precision: int4}
+  mlp352-int4: {model: mlp352, format: llm-openvino, precision: int4}
+  gpt2-int4-128:
+    model: gpt2
+    format: llm-executorch
+    precision: int4
+    options: {llm-executorch-int4: {group_size: 128}}
+"""
+
+
+@pytest.fixture(scope="module")
+def llms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    import modelbuild
+    from tests.helpers.llm import add_trained, make_project
+
+    root = tmp_path_factory.mktemp("llmshares")
+    make_project(root, archs=("gpt2",), steps=100)
+    wide = add_trained(root, "mlp352", "llama", intermediate=352)  # hidden 64: no layer takes NNCF's default 128
+    text = (root / "deploy.yaml").read_text().replace(
+        "targets: {}\n", textwrap.indent(wide, "  ") + "targets:\n" + LLM_TARGETS)
+    (root / "deploy.yaml").write_text(text)
+    return root, modelbuild.load(root / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
+
+
+@pytest.mark.slow
+@needs["executorch"]
+@pytest.mark.parametrize("target, dtype", [("gpt2-int8", "int8"), ("gpt2-int4", "int4")])
+def test_gpt2_reaches_llm_executorch_int8_and_int4(llms: tuple[Path, Any], target: str, dtype: str) -> None:
+    check = dict(llms[1].nodes[f"verify:{target}"].metrics)
+    assert check["passed"] is True, check.get("failures")
+    fact = _facts(llms[0], target)
+    # every Conv1D projection and the output head (measured before: 1.5 %); wte and wpe are embeddings
+    assert fact["by_kind"]["linear"]["share"] == 1.0 and set(fact["by_dtype"]) == {"float32", dtype}
+    assert len(fact["left_out"]["embedding"]) == 2
+
+
+@pytest.mark.slow
+@needs["executorch"]
+def test_a_group_size_the_user_sets_is_honoured_or_refused_naming_the_field(llms: tuple[Path, Any]) -> None:
+    errors = [n.error for n in llms[1].nodes.values() if n.name.startswith("gpt2/llm-executorch-int4") and n.error]
+    # GPT-2's projections take 64 and 256 inputs: 128 does not divide 64, and is not silently changed
+    assert len(errors) == 1 and "group_size 128 does not divide the input width of 7 linear layer(s)" in errors[0]
+    assert "set options.llm-executorch-int4.group_size to a divisor of them" in errors[0]
+    assert not (llms[0] / "artifacts" / "gpt2-int4-128").exists()
+
+
+@pytest.mark.slow
+@needs["openvino"]
+def test_openvino_int4_builds_an_mlp_352_wide_at_default_options(llms: tuple[Path, Any]) -> None:
+    check = dict(llms[1].nodes["verify:mlp352-int4"].metrics)
+    assert check["passed"] is True, check.get("failures")
+    lock = json.loads((llms[0] / "deploy.lock").read_text())
+    facts = lock["nodes"][lock["targets"]["mlp352-int4"]["node"]]["facts"]
+    # hidden 64 and MLP 352: no layer takes the default 128; NNCF's adjust gives 64 and 32
+    assert facts["group_sizes"] == {"32": 2, "64": 12} and facts["quantized_weights"]["share"] >= FLOORS["int4"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs onnx")
+def test_onnx_weights_are_read_through_their_dequantization() -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from buildsys.formats.onnx.weights import weight_layers
+
+    def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(array, name)
+
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+        # a static QDQ weight: int8 initializer → DequantizeLinear → MatMul
+        helper.make_node("DequantizeLinear", ["w1_q", "s", "zp"], ["w1"]),
+        helper.make_node("MatMul", ["emb", "w1"], ["h1"], name="fc1"),
+        # eager QAT's export: a float initializer quantized by the session (QuantizeLinear → DequantizeLinear)
+        helper.make_node("QuantizeLinear", ["w2", "s", "zp"], ["w2_q"]),
+        helper.make_node("DequantizeLinear", ["w2_q", "s", "zp"], ["w2_dq"]),
+        helper.make_node("Transpose", ["w2_dq"], ["w2_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h1", "w2_t"], ["h2"], name="fc2"),
+        helper.make_node("MatMul", ["h2", "w3"], ["h3"], name="fc3"),  # left float
+        helper.make_node("MatMul", ["h3", "h3t"], ["y"], name="scores"),  # two activations: no weight layer
+        helper.make_node("Transpose", ["h3"], ["h3t"], perm=[0, 2, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [init("table", np.zeros((10, 8), np.float32)), init("w1_q", np.zeros((8, 8), np.int8)),
+         init("s", np.array(0.1, np.float32)), init("zp", np.array(0, np.int8)),
+         init("w2", np.zeros((8, 8), np.float32)), init("w3", np.zeros((8, 6), np.float32))])
+    found = {w.name: (w.kind, w.elements, w.dtype, w.aliases) for w in weight_layers(helper.make_model(graph))}
+    assert found == {"table": ("embedding", 80, "float32", ("embed",)), "w1_q": ("linear", 64, "int8", ("fc1",)),
+                     "w2": ("linear", 64, "int8", ("fc2",)), "w3": ("linear", 48, "float32", ("fc3",))}
+
+
+@pytest.mark.slow
+@needs["executorch"]
+def test_the_share_shows_in_the_summary_the_card_and_explain(built: tuple[Path, Any]) -> None:
+    import subprocess
+    import sys
+
+    root, report = built
+    row = next(r for r in report.summary if r["target"] == "block-onnx")
+    assert row["quantized_weights"]["observed"] == 1.0 and row["quantized_weights"]["allowed"] == 0.9
+    card = (root / "artifacts" / "block-onnx" / "MODEL_CARD.md").read_text()
+    assert "| Quantized weights | 100% of the weights int8 (linear 100%; measured on the ONNX file's initializers" in card
+    assert "Weights in int8: 100.0% of the linear and convolution weights (allowed >= 90%): ok." in card
+    node = json.loads((root / "deploy.lock").read_text())["targets"]["block-onnx"]["node"]
+    out = subprocess.run([sys.executable, "-m", "buildsys", "-f", str(root / "deploy.yaml"), "explain", node],
+                         capture_output=True, text=True, check=True).stdout
+    assert any(n.startswith("100% of the weights int8 (linear 100%") for n in json.loads(out)["notes"])
