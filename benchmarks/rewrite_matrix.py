@@ -83,7 +83,7 @@ def cell(model: str, variant: str, converter: str) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            got = RUNNERS[converter](module, args, Path(tmp))
+            got = RUNNERS[converter](module, args, Path(tmp))[0]
         except Exception as exc:
             return {"status": "refused", "error": f"{type(exc).__name__}: {exc}",
                     "trace": traceback.format_exc()[-4000:], "seconds": round(time.perf_counter() - started, 1)}

@@ -486,6 +486,38 @@ def test_coreml_conversion_is_reproducible(cases: dict[str, Case], root: Path,
 
 @pytest.mark.slow
 @pytest.mark.coreml
+def test_coreml_package_of_a_model_without_weights_survives_the_store(tmp_path: Path) -> None:
+    """A weightless model's package has an empty `weights` directory; the store keeps files only, so the
+    manifest must not name it (it did: every such package failed to open after a round trip)."""
+    pytest.importorskip("coremltools")
+    import coremltools as ct
+
+    from buildsys.formats.coreml.mil import MilProgram
+    from buildsys.storage.hashing import StatCache
+    from buildsys.storage.store import Store
+
+    class Sum(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(a, dim=1) + b
+
+    args = (torch.randn(1, 5), torch.randn(1, 5))
+    torch.jit.trace(Sum(), args).save(str(tmp_path / "model.pt"))
+    model = Model.model_validate({"source": {"factory": "unused:build"}, "outputs": [{"name": "y"}],
+                                  "inputs": [{"name": "a", "shape": [1, 5]}, {"name": "b", "shape": [1, 5]}]})
+    with warnings_quiet():
+        run_step("coreml-from-torchscript", model, tmp_path / "model.pt", tmp_path / "out", tmp_path)
+    store = Store(tmp_path / "cache", StatCache(None))
+    _, files = store.put_tree(tmp_path / "out")
+    store.checkout([f.as_list() for f in files], tmp_path / "back", link=False)
+    package = tmp_path / "back" / "model.mlpackage"
+    assert ct.utils.load_spec(str(package)).WhichOneof("Type") == "mlProgram"
+    program = MilProgram.load(package)
+    got = program.evaluate(dict(zip(program.input_names, (a.numpy() for a in args)))).outputs["y"]
+    np.testing.assert_allclose(got, (torch.cumsum(args[0], 1) + args[1]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.coreml
 def test_coreml_image_input_for_a_grayscale_model(cases: dict[str, Case], root: Path) -> None:
     pytest.importorskip("coremltools")
     from buildsys.formats.coreml.runtime import inspect_mlpackage

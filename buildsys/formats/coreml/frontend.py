@@ -68,12 +68,19 @@ def make_reproducible(package: Path) -> None:
 
     coremltools writes fresh UUIDs into Manifest.json on every save (Core ML only needs them unique
     and consistent with rootModelIdentifier: derive them from the item paths), and serializes the
-    spec's protobuf maps in hash order (re-serialize deterministically).
+    spec's protobuf maps in hash order (re-serialize deterministically). An item that is an empty
+    directory (the `weights` of a model without weights) is dropped from the manifest: the store keeps
+    files only, and a manifest naming a directory that is not there cannot be opened.
     """
     from coremltools.proto import Model_pb2
 
     manifest = package / "Manifest.json"
     data = json.loads(manifest.read_text())
+    for name, item in list(data.get("itemInfoEntries", {}).items()):
+        where = package / "Data" / item.get("path", "")
+        if where.is_dir() and not any(where.iterdir()) and name != data.get("rootModelIdentifier"):
+            del data["itemInfoEntries"][name]
+            where.rmdir()
     root = data.get("itemInfoEntries", {}).get(data.get("rootModelIdentifier", ""), {})
     spec_path = package / "Data" / root.get("path", "com.apple.CoreML/model.mlmodel")
     if spec_path.is_file():

@@ -1,0 +1,248 @@
+"""docs/coverage.md from benchmarks/results/op_matrix.json and model_matrix.json (either may be missing).
+
+The page opens with the summary per target (cells verified, and for the op matrix the best single converter of
+the family on the same modules), then the failure classes (benchmarks/coverage/classify.py) with counts and
+examples, then the per-op and per-model tables and every failed cell with its reason and failing node.
+
+    PYTHONPATH=. python -m benchmarks.coverage.render        # re-render from the JSON files alone
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.coverage import anchors, classify
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+OP_FAMILIES = ("server", "android", "ios", "executorch", "intel", "web")
+#: The model matrix's families and what each one's preset makes.
+MODEL_FAMILIES = {"server": "ONNX fp32", "android": "TFLite int8 (platform preset)",
+                  "ios": "Core ML fp16 (platform preset)", "executorch": "ExecuTorch fp32",
+                  "executorch-int8": "ExecuTorch int8 (PT2E)", "intel": "OpenVINO int8 (platform preset)",
+                  "web": "ONNX Runtime Web fp32"}
+MODEL_PRECISIONS = {"android": "int8", "ios": "fp16", "executorch-int8": "int8", "intel": "int8"}
+def _cell_text(text: str, limit: int = 180) -> str:
+    text = " ".join(text.split())
+    return (text[: limit - 1] + "…" if len(text) > limit else text).replace("|", "\\|")
+
+
+def _pct(n: int, d: int) -> str:
+    return f"{100 * n / d:.1f} %" if d else "—"
+
+
+def classified(results: dict[str, Any], families: tuple[str, ...], precisions: dict[str, str],
+               decomposable: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Every failed cell with its class and the single converters of its family that delivered its row."""
+    out = []
+    cases = results.get("cases", {})
+    for key, row in sorted(results.get("cells", {}).items()):
+        for family in families:
+            cell = row.get(family)
+            if cell is None or cell.get("status") == "verified":
+                continue
+            case = cases.get(key, {})
+            single = classify.single_converters(results.get("anchors", {}).get(key, {}), family, anchors.CONVERTERS)
+            name = classify.classify(cell, family, case_ops=case.get("aten", []), single=single,
+                                     decomposable=case.get("decomposes", decomposable), precisions=precisions)
+            out.append({"row": key, "op": case.get("op", key), "family": family, "class": name, "single": single,
+                        "reason": cell.get("reason", ""), "node": cell.get("node", ""), "status": cell["status"]})
+    return out
+
+
+def op_summary(results: dict[str, Any]) -> list[str]:
+    """The op matrix's summary table: verified per target, and the best single converter on the same rows."""
+    cells, anchor = results.get("cells", {}), results.get("anchors", {})
+    lines = ["| target | verified | % | best single converter (same modules) | any single converter of the family |",
+             "|---|---|---|---|---|"]
+    for family in OP_FAMILIES:
+        rows = [k for k in cells if family in cells[k]]
+        if not rows:
+            continue
+        ok = sum(cells[k][family]["status"] == "verified" for k in rows)
+        converters = [c for c, f in anchors.CONVERTERS.items() if f == (family if family != "web" else "server")]
+        judged = [k for k in rows if all(c in anchor.get(k, {}) for c in converters)]
+        best = ""
+        if judged and converters:
+            counts = {c: sum(anchor[k][c].get("status") == "verified" for k in judged) for c in converters}
+            top = max(counts, key=counts.__getitem__)
+            union = sum(any(anchor[k][c].get("status") == "verified" for c in converters) for k in judged)
+            mine = sum(cells[k][family]["status"] == "verified" for k in judged)
+            note = " (in ONNX Runtime on the CPU, not the browser)" if family == "web" else ""
+            best = (f"{top}: {counts[top]}/{len(judged)} ({_pct(counts[top], len(judged))}){note}; "
+                    f"modelbuild on these {mine}/{len(judged)} | {union}/{len(judged)} ({_pct(union, len(judged))})")
+        else:
+            best = "not run | not run"
+        lines.append(f"| {family} | {ok}/{len(rows)} | {_pct(ok, len(rows))} | {best} |")
+    return lines
+
+
+def model_summary(results: dict[str, Any]) -> list[str]:
+    """The model matrix's summary table: verified per target with its preset, and node-seconds."""
+    cells = results.get("cells", {})
+    lines = ["| target | artifact | verified | % |", "|---|---|---|---|"]
+    for family, what in MODEL_FAMILIES.items():
+        rows = [k for k in cells if family in cells[k]]
+        if rows:
+            ok = sum(cells[k][family]["status"] == "verified" for k in rows)
+            lines.append(f"| {family} | {what} | {ok}/{len(rows)} | {_pct(ok, len(rows))} |")
+    return lines
+
+
+def node_seconds(results: dict[str, Any], rows: Any = None) -> dict[str, float]:
+    """Node-seconds by what the node did (built, failed, analysed: the op analysis) and in all, over `rows`
+    (default: every row)."""
+    sums: dict[str, float] = collections.defaultdict(float)
+    for key, nodes in results.get("node_seconds", {}).items():
+        if rows is None or key in rows:
+            for event, seconds in nodes.values():
+                sums[event] += seconds
+                sums["all"] += seconds
+    return dict(sums)
+
+
+def _seconds_line(sums: dict[str, float]) -> str:
+    total = sums.get("all", 0.0)
+    return (f"{sums.get('failed', 0.0):.0f} s in nodes that failed, {sums.get('analysed', 0.0):.0f} s of op analysis, "
+            f"{sums.get('built', 0.0):.0f} s in nodes built: {_pct(int(sums.get('failed', 0.0)), int(total))} of "
+            f"{total:.0f} node-seconds failed")
+
+
+def class_table(op_failed: list[dict[str, Any]], model_failed: list[dict[str, Any]]) -> list[str]:
+    lines = ["| class | mechanism that answers it | op cells | model cells | examples |", "|---|---|---|---|---|"]
+    op_counts = collections.Counter(f["class"] for f in op_failed)
+    model_counts = collections.Counter(f["class"] for f in model_failed)
+    for name, mechanism in classify.MECHANISMS.items():
+        if not op_counts[name] and not model_counts[name]:
+            continue
+        examples = [f for f in op_failed if f["class"] == name][:2] + \
+            [f for f in model_failed if f["class"] == name][:1]
+        shown = "; ".join(f"{e['op']} → {e['family']}: {_cell_text(e['reason'], 110)}" for e in examples)
+        lines.append(f"| {name} | {mechanism} | {op_counts[name]} | {model_counts[name]} | {shown} |")
+    return lines
+
+
+def op_rows(results: dict[str, Any], failed: list[dict[str, Any]]) -> list[str]:
+    """One row per op: per target, verified samples / samples, and the classes of the failed ones."""
+    by_op: dict[str, list[str]] = collections.defaultdict(list)
+    for key, case in results.get("cases", {}).items():
+        if key in results.get("cells", {}):
+            by_op[case["op"]].append(key)
+    cls = {(f["row"], f["family"]): f["class"] for f in failed}
+    lines = ["| op | " + " | ".join(OP_FAMILIES) + " |", "|---|" + "---|" * len(OP_FAMILIES)]
+    for op in sorted(by_op):
+        keys = by_op[op]
+        marks = []
+        for family in OP_FAMILIES:
+            done = [k for k in keys if family in results["cells"][k]]
+            ok = sum(results["cells"][k][family]["status"] == "verified" for k in done)
+            bad = sorted({cls[(k, family)] for k in done if (k, family) in cls})
+            marks.append("—" if not done else "✓" if ok == len(done) else f"{ok}/{len(done)} {', '.join(bad)}")
+        lines.append(f"| `{op}` | " + " | ".join(marks) + " |")
+    return lines
+
+
+def model_rows(results: dict[str, Any], failed: list[dict[str, Any]]) -> list[str]:
+    cls = {(f["row"], f["family"]): f["class"] for f in failed}
+    families = tuple(MODEL_FAMILIES)
+    lines = ["| model | category | package | " + " | ".join(families) + " | failed / all node-s |",
+             "|---|---|---|" + "---|" * (len(families) + 1)]
+    for key, row in sorted(results.get("cells", {}).items()):
+        info = results.get("models", {}).get(key, {})
+        marks = ["—" if f not in row else "✓" if row[f]["status"] == "verified" else f"✗ {cls.get((key, f), '')}"
+                 for f in families]
+        sums = node_seconds(results, {key})
+        lines.append(f"| {key} | {info.get('category', '')} | {info.get('package', '')} | " + " | ".join(marks) +
+                     f" | {sums.get('failed', 0.0):.0f} / {sums.get('all', 0.0):.0f} |")
+    return lines
+
+
+def failed_rows(failed: list[dict[str, Any]], label: str) -> list[str]:
+    lines = [f"| {label} | target | class | single converter delivers | failing node | reason (first line) |",
+             "|---|---|---|---|---|---|"]
+    for f in sorted(failed, key=lambda f: (f["class"], f["row"], f["family"])):
+        lines.append(f"| {f['row']} | {f['family']} | {f['class']} | {', '.join(f['single']) or '—'} | "
+                     f"{_cell_text(f['node'], 60)} | {_cell_text(f['reason'])} |")
+    return lines
+
+
+def decomposable_ops(op_results: dict[str, Any]) -> dict[str, list[str]]:
+    """ATen op → what its decomposition leaves, over every op case measured (what the model matrix reuses)."""
+    out: dict[str, list[str]] = {}
+    for case in op_results.get("cases", {}).values():
+        out.update(case.get("decomposes", {}))
+    return out
+
+
+def page(op_results: dict[str, Any], model_results: dict[str, Any]) -> str:
+    decomposable = decomposable_ops(op_results)
+    op_failed = classified(op_results, OP_FAMILIES, {}, decomposable)
+    model_failed = classified(model_results, tuple(MODEL_FAMILIES), MODEL_PRECISIONS, decomposable)
+    meta = op_results.get("meta") or model_results.get("meta") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    selection = op_results.get("selection", {})
+    out = ["# Coverage: PyTorch's op suite and public architectures to every target", "",
+           "Generated by `benchmarks/coverage/render.py` from `benchmarks/results/op_matrix.json` and "
+           "`benchmarks/results/model_matrix.json`; do not edit by hand. Re-run:", "", "```sh",
+           "PYTHONPATH=. nice -n 15 python benchmarks/op_matrix.py       # resumable; --sample N, --only PAT, --fresh",
+           "PYTHONPATH=. nice -n 15 python benchmarks/model_matrix.py    # needs the package directory of "
+           "benchmarks/coverage/site_packages.py",
+           "PYTHONPATH=. python -m benchmarks.coverage.render            # this page from the JSON alone", "```", "",
+           f"Measured {meta.get('date', '?')} on {meta.get('host', '?')}; {versions}.", "",
+           "A cell is **verified** when modelbuild delivered the artifact and its check passed numerically against "
+           "PyTorch in the artifact's runtime (ONNX Runtime, LiteRT, ExecuTorch, OpenVINO's CPU plugin, ONNX Runtime "
+           "Web in headless Chromium); Core ML off macOS is computed by the MIL reference interpreter, not Apple's "
+           "runtime (docs/coreml-reference.md).", ""]
+    if op_results.get("cells"):
+        cells = op_results["cells"]
+        out += ["## Summary", "",
+                f"### Op matrix: {len({c['op'] for k, c in op_results.get('cases', {}).items() if k in cells})} ops, "
+                f"{len(cells)} samples, float precision", "",
+                f"The OpInfos of `op_db` (torch {selection.get('torch', '?')}) with float32 samples an exported "
+                f"inference graph can hold, up to {selection.get('per_op', '?')} small samples each "
+                f"(benchmarks/coverage/opdb.py); {len(selection.get('left_out', {}))} ops left out, listed below. "
+                "Targets: server `format: onnx`, android `tflite`, ios `coreml` (fp32), executorch, intel `openvino`, "
+                "web `web`. The anchor: each converter alone with its default call on the same modules, judged by the "
+                "same comparison (benchmarks/coverage/anchors.py).", ""] + op_summary(op_results) + [
+                "", f"Node-seconds: {_seconds_line(node_seconds(op_results))}.", ""]
+    if model_results.get("cells"):
+        out += [f"### Model matrix: {len(model_results['cells'])} public architectures, platform presets", "",
+                "timm, transformers (small configs, `from_config`), ultralytics (model yaml) and torchvision "
+                "builders with seeded weights, small inputs, seeded calibration and validation data "
+                "(benchmarks/coverage/zoo.py, benchmarks/model_matrix.py).", ""] + model_summary(model_results) + [
+                "", f"Node-seconds: {_seconds_line(node_seconds(model_results))}.", ""]
+    if op_failed or model_failed:
+        out += ["## Failure classes", "", "Each failed cell under the mechanism that would answer it "
+                "(benchmarks/coverage/classify.py); 'single converter delivers' in the tables below says where a "
+                "converter alone made a verified artifact that modelbuild did not.", ""] + \
+            class_table(op_failed, model_failed) + [""]
+    if op_results.get("cells"):
+        reasons = collections.defaultdict(list)
+        for op, why in sorted(selection.get("left_out", {}).items()):
+            reasons[why].append(op)
+        out += ["## Op matrix", "", "### Ops left out, and why", "", "| reason | ops |", "|---|---|"] + \
+            [f"| {why} | {len(ops)}: {', '.join(f'`{o}`' for o in ops)} |" for why, ops in sorted(reasons.items())] + \
+            ["", "### Per op", "", "✓: every sample verified; otherwise verified/samples and the classes of the "
+             "failures.", ""] + op_rows(op_results, op_failed) + \
+            ["", "### Failed cells", ""] + failed_rows(op_failed, "op sample") + [""]
+    if model_results.get("cells"):
+        out += ["## Model matrix", "", "### Per model", ""] + model_rows(model_results, model_failed) + \
+            ["", "### Failed cells", ""] + failed_rows(model_failed, "model") + [""]
+    return "\n".join(out)
+
+
+def write(doc: Path, op_json: Path = RESULTS / "op_matrix.json",
+          model_json: Path = RESULTS / "model_matrix.json") -> None:
+    """Render both matrices' JSON (where present) into `doc`."""
+
+    def load(path: Path) -> dict[str, Any]:
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    doc.write_text(page(load(op_json), load(model_json)))
+
+
+if __name__ == "__main__":
+    write(REPO / "docs" / "coverage.md")
