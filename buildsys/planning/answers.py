@@ -106,7 +106,7 @@ def answer_route(route: "Route", failed: int, found: "Answer", options: Mapping[
     if at is None:
         return None
     stop, step = route.stops[at], route.step_at(at)
-    given = options.get(stop.format) if isinstance(options.get(stop.format), dict) else {}
+    given = _given(options, stop.format)
     values = found.values
     if set(values) & set(given):
         return None  # the target chose these options itself
@@ -131,8 +131,13 @@ def answer_route(route: "Route", failed: int, found: "Answer", options: Mapping[
 
 def _makes_static(route: "Route", i: int, options: Mapping[str, Any]) -> bool:
     step, stop = route.step_at(i), route.stops[i]
-    given = options.get(stop.format) if isinstance(options.get(stop.format), dict) else {}
-    return step.makes_static({**given, **stop.options(step)})
+    return step.makes_static({**_given(options, stop.format), **stop.options(step)})
+
+
+def _given(options: Mapping[str, Any], fmt: str) -> dict[str, Any]:
+    """The options the target sets for format `fmt` ({} where none, or not a mapping: expansion reports that)."""
+    found = options.get(fmt)
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def _route_via(route: "Route", via: Sequence[str], candidates: Sequence["Route"]) -> "Route | None":

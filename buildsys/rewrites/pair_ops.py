@@ -110,6 +110,7 @@ def placed(target: torch.Tensor, key: object, value: torch.Tensor | float) -> to
             start, stop = (k % size, k % size + 1) if -size <= k < size else (None, None)
             dropped.append(dim)
         else:
+            assert isinstance(k, slice)  # Ellipsis was expanded to slices above
             if k.step not in (None, 1):
                 return None
             start, stop, _ = k.indices(size)
