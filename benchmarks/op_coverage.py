@@ -37,7 +37,7 @@ def run(coverage: bool) -> dict:
     from test_rewrite_routes import Project
 
     with tempfile.TemporaryDirectory() as tmp:
-        project = Project(Path(tmp), TARGETS)
+        Project(Path(tmp), TARGETS)  # writes the project into tmp
         env = {**os.environ, "MODELBUILD_OP_COVERAGE": "1" if coverage else "0", "NO_COLOR": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         start = time.perf_counter()

@@ -148,7 +148,7 @@ def test_step_timeout_fails_the_node(tiny: TinyProject) -> None:
     proc = tiny.run("build", "--timeout", "20", "ts", check=False)  # room for importing torch on a loaded host
     assert proc.returncode == 1
     line = TINYNET.splitlines().index("        time.sleep(sleep)") + 1  # where the factory was when it was stopped
-    assert f"stopped: still running at its 20 s time budget (peak " in proc.stdout
+    assert "stopped: still running at its 20 s time budget (peak " in proc.stdout
     assert f"MB), in tinynet.py:{line} (build)" in proc.stdout
 
 

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 from buildsys.errors import StepError  # noqa: E402
-from buildsys.formats.coreml.mil import MilProgram, MissingReference, implementations  # noqa: E402
+from buildsys.formats.coreml.mil import MilProgram, MissingReference  # noqa: E402
 from buildsys.formats.runtime import CannotRun  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.helpers.mil_cases import TORCH_CASES, VALUE_CASES, Case  # noqa: E402

@@ -5,7 +5,6 @@ graph structure instead of outputs."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np

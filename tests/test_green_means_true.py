@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from buildsys.storage import keys
 from buildsys.storage.lock import Lock
 from tests.conftest import TinyProject, out_of_reach
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def test_cpu_class_names_the_kernels_int8_depends_on() -> None:

@@ -5,7 +5,6 @@ the KV cache, float32 and int8 weight-only, each judged by generation in the Lit
 from __future__ import annotations
 
 import importlib.util
-import textwrap
 from pathlib import Path
 from typing import Any
 

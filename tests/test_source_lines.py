@@ -206,7 +206,7 @@ def test_an_op_no_converter_takes_fails_naming_the_module_and_line_that_call_it(
         assert summary.startswith(f"✗ verify:{target}: no route passes its check (pytorch → ")
         assert summary.endswith(f"; {where}; to deliver it: replace that call with ops the converters take, or add a "
                                 "rewrite for erfinv (docs/rewrites.md, \"Adding a rewrite\")"), summary
-    assert f"failed   probit/executorch" in build.stdout and f"(step executorch-from-pt2) — {where}" in build.stdout
+    assert "failed   probit/executorch" in build.stdout and f"(step executorch-from-pt2) — {where}" in build.stdout
     plan = _modelbuild(root, "plan", "--ops")
     assert f"lacks erfinv (no rewrite yet: blocks this route; called in head (ProbitHead) at probit.py:{ERFINV_LINE})" \
         in plan.stdout, plan.stdout

@@ -1,7 +1,10 @@
 """Collects per model x target: check status, size, conversion seconds (sum over the target's own
 conversion nodes, from .modelbuild/deploy.record.json), min cosine / max abs error, and for failures
 the first error line from the build log. Prints a Markdown table."""
-import json, os, re, sys
+import json
+import os
+import re
+import sys
 
 ZOO = os.path.dirname(os.path.abspath(__file__))
 MODELS = sys.argv[1:] or ["minilm", "silero_vad", "voice_encoder", "mobilenet_v2", "mtcnn_pnet"]

@@ -1,6 +1,9 @@
 """Offline checks that each zoo factory builds the real pretrained model (run under unshare -n)."""
-import os, sys, time
-import numpy as np, torch
+import os
+import sys
+import time
+import numpy as np
+import torch
 ZOO = os.path.dirname(os.path.abspath(__file__))
 def load(name, mod):
     sys.path.insert(0, os.path.join(ZOO, name)); m = __import__(mod); t = time.time(); net = m.build(); return m, net, time.time() - t

@@ -22,7 +22,6 @@ from buildsys.release.bundle import SIGNATURE
 from buildsys.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     from buildsys.config.load import LoadedConfig
     from buildsys.config.schema import Signing

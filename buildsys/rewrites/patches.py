@@ -29,7 +29,6 @@ def _pair(value: Size2) -> tuple[int, int]:
 
 def tensor_unfold(input: torch.Tensor, dimension: int, size: int, step: int) -> torch.Tensor:
     """Tensor.unfold: windows of `size` every `step` along `dimension`, as a new last dimension."""
-    import torch
 
     if input.dim() == 0:
         raise RewriteNotApplicable("unfold", "Tensor.unfold", "a 0-D tensor")

@@ -9,7 +9,7 @@ package needs macOS (see buildsys.formats.coreml.runtime, which also inspects pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, StepContext, StepOptions

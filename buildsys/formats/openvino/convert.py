@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.formats import register_formats, register_variants
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, telemetry_off
 from buildsys.formats.prune_search import PruningOptions, PruningStep
 
 if TYPE_CHECKING:
     import openvino
 
-    from buildsys.config.schema import Model
 
 OPENVINO = register_formats(Format.variants(
     "openvino", {

@@ -50,8 +50,6 @@ class Pt2FromPyTorch(Step):
     def _run(self, ctx: StepContext[Options]) -> dict[str, Any]:
         import torch
 
-        from buildsys.errors import describe
-        from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
         from buildsys.lowering.export import decomposed, export_program
 

@@ -35,14 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import ConfigError, StepError
+from buildsys.errors import StepError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
 
-    from buildsys.config.schema import Model
 
 #: Marks a module this file has prepared for reference (fake quantization on, observers frozen).
 _MARK = "_modelbuild_qat"
@@ -104,7 +103,6 @@ def as_trained(module: "torch.nn.Module") -> "torch.nn.Module":
     info = recognise(module)
     if info is None:
         return module
-    import torch
 
     if info.flow == "pt2e":
         from torchao.quantization.pt2e import move_exported_model_to_eval

@@ -65,7 +65,6 @@ class TorchScriptFromPyTorch(Step):
         from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
         from buildsys.lowering.export import lowered
-        from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
 
         opts = ctx.options
         module = load_rewritten(self, ctx)
