@@ -241,7 +241,7 @@ def test_runtime_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
     assert get_runtime("executorch").unavailable() == (
-        "executorch not installed (pip install -c constraints.txt 'modelbuild[executorch]')")
+        "executorch is not installed (pip install -c constraints.txt 'modelbuild[executorch]')")
 
 
 # --- end to end -----------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_runtime_says_when_genai_is_not_installed(monkeypatch: pytest.MonkeyPatc
     from buildsys.formats.llm import genai_runtime
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(genai_runtime.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime_genai" else real(name, *a))
     reason = genai_runtime.GenaiRuntime().unavailable()
     assert reason is not None and reason.startswith("onnxruntime-genai is not installed")

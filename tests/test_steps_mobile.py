@@ -632,7 +632,7 @@ def test_coreml_from_the_torch_export_program_is_the_second_route(cases: dict[st
     """The torch.export route makes the same package as the trace route (names, shapes, precision),
     and ranks after it: a target takes it only by fallback or with via: [pt2]."""
     from buildsys.formats.coreml.runtime import inspect_mlpackage
-    from buildsys.planning.routes import format_graph, route_cost
+    from buildsys.planning.routes import Route, format_graph
 
     case = cases["onet"]
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -649,5 +649,5 @@ def test_coreml_from_the_torch_export_program_is_the_second_route(cases: dict[st
     for key in ("inputs", "outputs", "compute_precision", "spec_version", "model_type"):
         assert export[key] == trace[key], key
     g = format_graph()
-    assert route_cost(["pytorch", "torchscript", "coreml-fp16"]) < route_cost(["pytorch", "pt2", "coreml-fp16"])
+    assert Route.of_formats(["pytorch", "torchscript", "coreml-fp16"]).cost() < Route.of_formats(["pytorch", "pt2", "coreml-fp16"]).cost()
     assert g.has_edge("pt2", "coreml-int8") and g.edges["pt2", "coreml-fp16"]["step"] == "coreml-fp16-from-pt2"

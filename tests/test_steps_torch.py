@@ -43,7 +43,7 @@ def check(tiny: Tiny, out: Path, fmt: str, artifact: Path, reference: Path, prec
 MINE = ("torchscript-from-pytorch", "pt2-from-pytorch", "onnx-from-pytorch", "onnx-from-torchscript",
         "onnx-from-pt2", "onnx-from-onnx-file", "onnx-optimized-from-onnx", "onnx-fp16-from-onnx",
         "onnx-int8-from-onnx", "reference", "check")
-MODULES = ("formats.torch.source", "source", "formats.torch.torchscript", "formats.torch.export",
+MODULES = ("formats.torch.source", "formats.torch.loading", "formats.torch.torchscript", "formats.torch.export",
            "formats.onnx.export", "formats.onnx.optimized", "formats.onnx.fp16", "formats.onnx.int8",
            "nodes.reference", "nodes.check")
 
@@ -174,7 +174,7 @@ def test_pt2_with_fixed_shapes_runs_one_sample_at_a_time(cnn_tiny: Tiny, tmp_pat
 
 def test_reference_stores_inputs_outputs_labels_and_accuracy(mlp: Tiny, mlp_reference: Path) -> None:
     with np.load(mlp_reference) as ref:
-        assert sorted(ref.files) == ["input:x", "labels", "output:y"]
+        assert sorted(ref.files) == ["input:x", "intrinsic", "labels", "output:y"]  # intrinsic: nodes/intrinsic.py
         assert ref["input:x"].shape == (48, 4) and ref["output:y"].shape == (48, 3)
         np.testing.assert_allclose(ref["output:y"], torch_outputs(mlp, {"x": ref["input:x"]})[0], rtol=1e-6)
         accuracy = float(np.mean(ref["output:y"].argmax(1) == ref["labels"]))
