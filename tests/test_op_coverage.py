@@ -55,35 +55,35 @@ def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: 
     assert "stft" in cov["models"]["spotter"]["ops"]
     et = cov["targets"]["rec-et"]["steps"]["executorch-from-pt2"]
     assert et["table"] == "executorch" and et["lacks"] == ["_embedding_bag"]
-    assert et["rewrites"] == {"_embedding_bag": ["embedding-bag"]}
+    assert et["rewrites"] == {"_embedding_bag": ["scatter"]}  # the family, not its member
     assert cov["targets"]["rec-ios"]["steps"]["coreml-from-torchscript"]["lacks"] == ["embedding_bag"]
     # The legacy ONNX exporter has a symbolic for stft: its refusal (complex STFT) is one no table foresees.
     server = cov["targets"]["server"]["steps"]["onnx-from-pytorch"]
     assert server["table"] == "onnx-legacy" and server["lacks"] == []
     assert cov["targets"]["server"]["steps"]["pt2-from-pytorch"] == {"unknown": "no op registry is read for it"}
     routes = plan["candidate_routes"]
-    assert routes["rec-et"] == [["pytorch", "pt2 (rewrite embedding-bag)", "executorch"], ["pytorch", "pt2", "executorch"]]
-    assert routes["rec-ios"][0] == ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"]
+    assert routes["rec-et"] == [["pytorch", "pt2 (rewrite scatter)", "executorch"], ["pytorch", "pt2", "executorch"]]
+    assert routes["rec-ios"][0] == ["pytorch", "torchscript (rewrite scatter)", "coreml"]
     assert ["pytorch", "torchscript", "coreml"] in routes["rec-ios"][1:]
     assert routes["raw-et"] == [["pytorch", "pt2", "executorch"]]  # rewrites: [] forbids the rewrite route
     assert routes["server"][0] == ["pytorch", "onnx"]  # nothing lacking: as before
 
     text = project.run("plan").stdout  # the cache now answers the plain plan too
-    assert "rec-et: executorch-from-pt2 lacks _embedding_bag (rewrite embedding-bag)" in text
-    assert "first route pytorch → pt2 (rewrite embedding-bag) → executorch" in text
+    assert "rec-et: executorch-from-pt2 lacks _embedding_bag (rewrite scatter)" in text
+    assert "first route pytorch → pt2 (rewrite scatter) → executorch" in text
 
     # The build takes the working route first: no node of rec-et fails. raw-et (no rewrites) is refused at
     # build time, the op named, instead of "error 0x14" when the check loads the .pte.
     proc = project.run("build", "-k", "-j", "1", "rec-et", "raw-et")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lock = project.lock()
-    assert lock.targets["rec-et"]["route"] == ["pytorch", "pt2 (rewrite embedding-bag)", "executorch"]
+    assert lock.targets["rec-et"]["route"] == ["pytorch", "pt2 (rewrite scatter)", "executorch"]
     assert project.check("rec-et")["verdict"] == "passed" and project.max_abs("rec-et") < 1e-5
     assert "rec-et" not in lock.routes  # nothing was dropped on its way
     [record] = lock.routes["raw-et"]["dropped"]
     assert record["node"].startswith("recsys/executorch")
     assert "aten::_embedding_bag.out has no kernel in the ExecuTorch runtime" in record["reason"]
-    assert record["reason"].endswith("(rewrite embedding-bag would remove what was refused; not tried: the target "
+    assert record["reason"].endswith("(rewrite scatter would remove what was refused; not tried: the target "
                                      "sets rewrites: [])")
     assert "verify:raw-et" not in lock.nodes or lock.nodes["verify:raw-et"].get("verdict") != "passed"
 
@@ -95,15 +95,37 @@ def test_order_routes_puts_the_rewrite_route_first_and_a_route_no_rewrite_saves_
     routes = [Route.parse(["pytorch", "torchscript", "coreml"]), Route.parse(["pytorch", "pt2", "coreml"])]
     gaps = {"coremltools:exported": ["embedding_bag"], "coremltools:core": ["_embedding_bag"]}
     assert order_routes(routes, gaps, {}, auto_rewrites=True) == [
-        Route.parse(["pytorch", "torchscript (rewrite embedding-bag)", "coreml"]),
-        Route.parse(["pytorch", "pt2 (rewrite embedding-bag)", "coreml"]), *routes]
+        Route.parse(["pytorch", "torchscript (rewrite scatter)", "coreml"]),
+        Route.parse(["pytorch", "pt2 (rewrite scatter)", "coreml"]), *routes]  # the family that has embedding-bag
     assert order_routes(routes, gaps, {}, auto_rewrites=False) == routes  # both lack it: order kept
     only_trace = {"coremltools:exported": ["frobnicate"]}  # no rewrite removes it
     assert order_routes(routes, only_trace, {}, auto_rewrites=True) == routes[::-1]
     assert order_routes(routes, {}, {}, auto_rewrites=True) == routes
     # the target's options pin the loading stop's rewrites: no rewrite route is made there
     assert order_routes(routes, gaps, {"torchscript": {"rewrites": []}}, auto_rewrites=True) == [
-        Route.parse(["pytorch", "pt2 (rewrite embedding-bag)", "coreml"]), *routes]
+        Route.parse(["pytorch", "pt2 (rewrite scatter)", "coreml"]), *routes]
+
+
+def test_a_route_lacking_only_ops_pytorch_decomposes_is_tried_decomposed_before_those_that_cannot_work() -> None:
+    from buildsys.planning.ordering import order_routes
+    from buildsys.planning.routes import Route
+
+    server = [Route.parse(["pytorch", "onnx"]), Route.parse(["pytorch", "pt2", "onnx"])]
+    lacks = {"onnx-legacy:traced": ["grid_sampler_2d"], "onnx-dynamo:decomposed": ["grid_sampler_2d"],
+             "decomposable": ["grid_sampler_2d", "linear"]}
+    assert order_routes(server, lacks, {}, auto_rewrites=True) == [
+        Route.parse(["pytorch", "onnx (decompose grid_sampler_2d)"]),
+        Route.parse(["pytorch", "pt2 (decompose grid_sampler_2d)", "onnx"]), *server]
+    # a route that can work stays first (the torch.export frontend reads the core ops, which lack nothing)
+    ios = [Route.parse(["pytorch", "torchscript", "coreml"]), Route.parse(["pytorch", "pt2", "coreml"])]
+    assert order_routes(ios, {"coremltools:exported": ["grid_sampler_2d"], "decomposable": ["grid_sampler_2d"]}, {},
+                        auto_rewrites=True) == [ios[1], Route.parse(["pytorch", "torchscript (decompose grid_sampler_2d)",
+                                                                     "coreml"]), ios[0]]
+    # an op no table decomposes gets no decomposition route
+    assert order_routes(ios, {"coremltools:exported": ["frobnicate"], "decomposable": ["linear"]}, {},
+                        auto_rewrites=True) == ios[::-1]
+    # the target chose the loading stop's decompositions itself
+    assert order_routes(server[:1], lacks, {"onnx": {"decompose": "core"}}, auto_rewrites=True) == server[:1]
 
 
 def test_missing_kernels_names_the_operator_and_overload() -> None:
@@ -125,7 +147,7 @@ def test_the_onnx_exports_ops_let_openvinos_refusal_find_embedding_bag() -> None
 
     ops = dispatched_ops(Recommender().eval(), recommender_inputs())
     assert "aten::_embedding_bag" in ops
-    assert refusal_rewrites(OPENVINO_BAG, ops) == ["embedding-bag"]
+    assert refusal_rewrites(OPENVINO_BAG, ops) == ["scatter"]
     assert refusal_rewrites(OPENVINO_BAG) == []  # without the ops, as before
 
 

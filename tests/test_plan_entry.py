@@ -70,5 +70,5 @@ def test_plan_dry_run_and_api_order_routes_by_op_coverage(tmp_path: Path) -> Non
     seen = _three_ways(project.root, env)
     assert all(s == seen[0] for s in seen), seen
     # coremltools lacks embedding_bag: the route with the rewrite that removes it comes first
-    assert seen[0]["routes"]["rec-ios"] == ["pytorch", "torchscript (rewrite embedding-bag)", "coreml"]
+    assert seen[0]["routes"]["rec-ios"] == ["pytorch", "torchscript (rewrite scatter)", "coreml"]
     assert "recsys" in REWRITE_MODELS

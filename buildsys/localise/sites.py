@@ -14,10 +14,7 @@ import sys
 import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
-
-if TYPE_CHECKING:
-    from buildsys.planning.coverage import Coverage
+from typing import Any, Iterable, Mapping, Sequence
 
 #: The longest one-line reason deploy.lock keeps for a dropped route (buildsys.planning.history cuts there).
 REASON_LIMIT = 300
@@ -144,14 +141,15 @@ def blocked_advice(records: Iterable[Mapping[str, Any]], takers: Mapping[str, Se
     return f"{describe(list(sites.values()))}; to deliver it: {'; or '.join(todo)}"
 
 
-def blocked_line(records: Sequence[Mapping[str, Any]], coverage: "Coverage | None" = None) -> str:
+def blocked_line(records: Sequence[Mapping[str, Any]], tables: Mapping[str, Sequence[str]] | None = None) -> str:
     """`blocked_advice` for a blocked target's reason ('; erfinv is called in … ; to deliver it: …'), with the
-    converter tables that take each op (from the op analysis' cache) and the rewrites that remove it; ""
-    when no dropped route located its refused op."""
+    converter tables that take each op (`tables`: the op analysis' cache, planning.coverage) and the rewrites
+    that remove it; "" when no dropped route located its refused op."""
     from buildsys.rewrites import removing
 
     ops = {str(site.get("op", "")) for record in records for site in record.get("refused") or []}
-    tables = coverage.tables if coverage is not None else {}
-    takers = {op: [name for name, accepts in sorted(tables.items()) if op in accepts and name != "xnnpack"] for op in ops}
+    # Converters only: XNNPACK's table says what it may delegate, `decomposable` what PyTorch's tables lower.
+    takers = {op: [name for name, accepts in sorted((tables or {}).items())
+                   if op in accepts and name not in ("xnnpack", "decomposable")] for op in ops}
     advice = blocked_advice(records, takers, {op: [r.name for r in removing(op)] for op in ops})
     return f"; {advice}" if advice else ""

@@ -46,6 +46,10 @@ READS = ("exported", "core", "traced", "decomposed")
 Gaps = dict[str, dict[str, list[str]]]
 
 
+#: The op table of what PyTorch's decomposition tables lower (formats/torch/op_table.py): information, no converter.
+DECOMPOSABLE = "decomposable"
+
+
 @dataclass
 class Coverage:
     """What the cache holds: each model's inventory (or why it is missing), each table (or why unknown)."""
@@ -79,13 +83,18 @@ class Coverage:
         return {**{m: "" for m, why in self.not_analysed.items() if not why.startswith("not analysed")}, **out}
 
     def gaps(self) -> Gaps:
+        """Per model, "table:reads" → the ops that table lacks, and `DECOMPOSABLE` → the model's ops PyTorch's
+        tables decompose (what a decomposition route can lower: planning.ordering)."""
         out: Gaps = {}
         for model in self.ops:
             for table in self.tables:
                 for reads in READS:
                     lacking = self.lacks(model, (table, reads))
-                    if lacking:
+                    if lacking and table != DECOMPOSABLE:
                         out.setdefault(model, {})[f"{table}:{reads}"] = lacking
+            exported = self.ops[model].get("exported") or []
+            if DECOMPOSABLE in self.tables and model in out:
+                out[model][DECOMPOSABLE] = sorted(set(exported) & set(self.tables[DECOMPOSABLE]))
         return out
 
 

@@ -24,9 +24,13 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
                  auto_rewrites: bool) -> list["Route"]:
     """`routes` with those whose converters lack an op (`gaps`: the model's "table:reads" → ops lacking) moved
     after the ones that can work; where rewrites remove every op a route lacks (and `auto_rewrites`), that
-    route with them first, in its place."""
+    route with them first, in its place. Where PyTorch's tables decompose every op a route lacks (`gaps`'
+    "decomposable": the model's ops they lower), the route with those ops decomposed where the module is
+    loaded comes after the routes that can work and before those that lack an op: it may work, they cannot."""
 
+    decomposable = set(gaps.get("decomposable", []))
     good: list["Route"] = []
+    lowered: list["Route"] = []
     bad: list["Route"] = []
     for route in routes:
         lacking = route_gaps(route, gaps, options)
@@ -37,9 +41,29 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
         rewritten = with_rewrites(route, names, options) if auto_rewrites and names is not None else None
         if rewritten is not None and route_gaps(rewritten, gaps, options) == []:
             good.append(rewritten)
+        elif set(lacking) <= decomposable:
+            decomposed = with_decompose(route, lacking, options)
+            lowered += [decomposed] if decomposed is not None else []
         bad.append(route)
     out = [r for i, r in enumerate(good) if r not in good[:i]]
+    out += [r for i, r in enumerate(lowered) if r not in out and r not in lowered[:i]]
     return out + [r for r in bad if r not in out]
+
+
+def with_decompose(route: "Route", ops: Sequence[str], options: Mapping[str, Any]) -> "Route | None":
+    """`route` with `ops` decomposed at its loading stop (merged with the stop's own list); None when it loads
+    no module, decomposes everything already, or the target sets `decompose` for that format itself."""
+    from dataclasses import replace
+
+    i = route.loading_stop()
+    if i is None:
+        return None
+    stop = route.stops[i]
+    given = options.get(stop.format)
+    if (isinstance(given, Mapping) and "decompose" in given) or stop.decompose == ("core",):
+        return None
+    merged = tuple(dict.fromkeys([*stop.decompose, *ops]))
+    return None if merged == stop.decompose else route.with_stop(i, replace(stop, decompose=merged), "order")
 
 
 def route_gaps(route: "Route", gaps: Mapping[str, list[str]], options: Mapping[str, Any] | None = None) -> list[str]:

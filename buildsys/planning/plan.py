@@ -202,7 +202,7 @@ def _fail_exhausted(dag: Dag, nodes: dict[str, NodePlan], dropped: dict[str, lis
         reason = f"no route passes its check ({tried})"
         hint = tried_repairs(dag.candidates.get(target, []))
         reason = f"{reason}; {hint}" if hint else reason
-        reason += blocked_line(dropped.get(target, []), known)  # where the refused ops are called, what to do
+        reason += blocked_line(dropped.get(target, []), known.tables)  # where the refused ops are called, what to do
         check.state, check.action, check.reasons = State.FAILED, Action.FAIL, [reason]
 
 
