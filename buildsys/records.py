@@ -51,6 +51,7 @@ class WorkerReply(TypedDict, total=False):
     user: bool  # the error is the user's to fix (its message says how): no traceback
     built: dict[str, Any]
     refused: list[dict[str, Any]]  # where the user's model calls the ops a converter refused (localise/sites.py)
+    decomposable: list[str]  # the refused ATen ops PyTorch's tables decompose (running/worker.py)
 
 
 def worker_request(*, step: str, options: dict[str, Any], model_name: str, model: dict[str, Any], root: str,

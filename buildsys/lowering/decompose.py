@@ -67,16 +67,36 @@ def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
     return {o: ref for o in overloads if ref is not None and not o._schema.is_mutable} if ref else {}
 
 
-def decomposable_ops() -> list[str]:
-    """The ATen ops (bare names) some table decomposes: the `decomposable` table refusal answers read
-    (buildsys.planning.coverage_probe), so the planner offers a decomposition only for an op PyTorch can decompose."""
+def decomposes(name: str) -> bool:
+    """Whether PyTorch's decomposition tables (`decomposition_table`, the core ATen set) lower aten.`name` to other
+    ATen ops: what the worker says of the ops a refusal names, so the planner offers a decomposition only where
+    one exists, also before the op analysis read the whole table. A reference (`torch._refs`, also registered in
+    the tables) does not count: it exports as a prim (erfinv → prims.erf_inv), which no converter takes either;
+    `decompose: [op]` written by hand still reaches it."""
+    import torch
     from torch._decomp import core_aten_decompositions, decomposition_table
 
-    names = {_base(k) for k in [*decomposition_table, *core_aten_decompositions()]} - {""}
-    import torch
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None or not hasattr(packet, "overloads"):
+        return False
+    core = core_aten_decompositions()
+    return any(_lowers(table.get(getattr(packet, o))) for table in (decomposition_table, core) for o in packet.overloads())
 
-    names |= {n for n in dir(torch.ops.aten) if not n.startswith("_") and _refs(n) is not None}
-    return sorted(names)
+
+def _lowers(fn: Any) -> bool:
+    """Whether a table's entry lowers its op to other ATen ops: not a reference (`torch._refs`), which the table
+    also registers for elementwise ops and which export as a prim (erfinv → prims.erf_inv)."""
+    return fn is not None and not str(getattr(fn, "__module__", "")).startswith("torch._refs")
+
+
+def decomposable_ops() -> list[str]:
+    """The ATen ops (bare names) PyTorch's decomposition tables lower to other ATen ops: the `decomposable` table
+    refusal answers read (buildsys.planning.coverage_probe), so the planner offers a decomposition only for an op
+    PyTorch can decompose (`torch._refs` left out, as in `decomposes`)."""
+    from torch._decomp import core_aten_decompositions, decomposition_table
+
+    tables = (decomposition_table, core_aten_decompositions())
+    return sorted({_base(k) for table in tables for k, fn in table.items() if _lowers(fn)} - {""})
 
 
 def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram", dict[str, Any]]:

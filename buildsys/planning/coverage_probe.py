@@ -36,8 +36,9 @@ from buildsys.lowering.decompose import decompositions  # each exported op → i
 #: 2: a quantization-aware-trained model is recognised (`qat`, buildsys.formats.torch.qat). 3: `traced` (the ops of a
 #: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
 #: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
-#: 5: `sites` (where the model calls each op, localise/source_lines.py) and `parameters` (its count).
-VERSION = 5
+#: 5: `sites` (where the model calls each op, localise/source_lines.py) and `parameters` (its count). 6: the
+#: `decomposable` table without references (lowering/decompose.py: a reference exports as a prim).
+VERSION = 6
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             names = refusal_rewrites(why, ops)
             answered, note = answer(route, names, config.options, config.rewrites)
             rewrites = names if answered is not None else []
-            lowered = _lowered(plan, target, route, node, str(result.error or why), ops)
+            lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
         if len(candidates) < 2 and not rewrites and not note and not repair and not lowered:
             continue  # a pinned route, and nothing answers its failure
@@ -76,14 +76,18 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
     return out
 
 
-def _lowered(plan: "Plan", target: str, route: "Route", node: str, error: str, ops: list[str]) -> list["Route"]:
+def _lowered(plan: "Plan", target: str, route: "Route", node: str, error: str, ops: list[str],
+             metrics: Mapping[str, Any]) -> list["Route"]:
     """The routes that answer the refusal of `node` on `route` by lowering the model (answers.lowering_routes):
     its step's answers, with the `decomposable` table where the op analysis read it."""
     fmt = plan.dag.nodes[node].format
     if fmt not in route.formats[1:]:
         return []
     context = plan.dag.contexts[target]
-    decomposable = plan.coverage.tables.get("decomposable") if plan.coverage is not None else None
+    # The whole table where the op analysis read it, else what the failed step's worker said of the ops its
+    # refusal names; None (neither known): every named op is answered, the step says if no table has it.
+    known = plan.coverage.tables.get("decomposable") if plan.coverage is not None else None
+    decomposable = known if known is not None else metrics.get("decomposable")
     pinned = bool(context.config.via or context.config.routes)
     return lowering_routes(route, route.formats.index(fmt, 1), error, ops, decomposable, context.options,
                            plan.dag.candidates.get(target, []), pinned)

@@ -59,9 +59,25 @@ def located(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
         print("modelbuild: the refused op could not be located in the model's source:", file=sys.stderr)
         traceback.print_exc()
         return reply
+    decomposable = _decomposable(reply["error"])
+    reply = {**reply, "decomposable": decomposable} if decomposable is not None else reply
     if not sites:
         return reply
     return {**reply, "error": with_sites(reply["error"], sites), "refused": [s.as_dict() for s in sites]}
+
+
+def _decomposable(error: str) -> list[str] | None:
+    """The ATen ops `error` names that PyTorch's tables decompose (buildsys.lowering), where this worker has
+    torch loaded; None where it has not (a TensorFlow worker's refusal names ONNX or TF ops anyway)."""
+    if "torch" not in sys.modules:
+        return None
+    from buildsys.lowering import refused_ops
+    from buildsys.lowering.decompose import decomposes
+
+    try:
+        return [op for op in refused_ops(error) if decomposes(op)]
+    except Exception:  # noqa: BLE001 - an answer's hint, never the step's failure
+        return None
 
 
 def unused_imports(toolchain: str) -> list[str]:
