@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
+from buildsys.rewrites.base import RewriteNotApplicable
 from buildsys.rewrites.mechanism import static_size
 from buildsys.rewrites.onehot import index_reduce
-from buildsys.rewrites.scatter import refuse
 
 _OP = "torch.index_put"
 
@@ -87,9 +87,9 @@ def _product(sizes: Sequence[int]) -> int:
 
 def setitem(self: torch.Tensor, key: Any, value: Any) -> None:
     """Tensor.__setitem__: a key with index tensors is an index_put, a static region (ints, unit-step slices)
-    a pad and a where (buildsys.rewrites.pair_ops.placed: no slice_scatter or ScatterND), each written back
+    a pad and a where (buildsys.rewrites.placement.placed: no slice_scatter or ScatterND), each written back
     into the tensor; any other key is the assignment itself."""
-    from buildsys.rewrites.pair_ops import placed
+    from buildsys.rewrites.placement import placed
 
     keys = key if isinstance(key, tuple) else (key,)
     if not any(isinstance(k, torch.Tensor) for k in keys):
@@ -115,3 +115,8 @@ def setitem(self: torch.Tensor, key: Any, value: Any) -> None:
     while indices and indices[-1] is None:
         indices.pop()  # trailing full slices are what index_put leaves alone anyway
     self.copy_(index_put(self, indices, value))
+
+
+def refuse(op: str, reason: str) -> RewriteNotApplicable:
+    """Why the scatter family cannot rewrite this call of `op` (the family's own refusal, as scatter.py words it)."""
+    return RewriteNotApplicable("scatter", op, reason)

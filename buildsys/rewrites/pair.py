@@ -13,6 +13,7 @@ never a wrong number. Shape ops run on both parts through `mechanism.call`, so o
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union, overload
 
 import torch
@@ -118,9 +119,9 @@ class ComplexPair:
 
     def __setitem__(self, index: object, value: Operand) -> None:
         """Slice assignment into a pair, out of place (a pair's parts may be views of the tensors it was made
-        from, which torch.complex would not alias): a static region is a pad and a where (pair_ops.placed),
+        from, which torch.complex would not alias): a static region is a pad and a where (placement.placed),
         anything else a copy written in place."""
-        from buildsys.rewrites.pair_ops import placed
+        from buildsys.rewrites.placement import placed
 
         real, imag = parts(value)
         for name, part in (("real", real), ("imag", 0.0 if imag is None else imag)):
@@ -351,11 +352,17 @@ def register(func: Callable[..., object], impl: Callable[..., object]) -> None:
     _by_function.cache_clear()
 
 
+#: Modules that register more ops on pairs (`register`): einsum, where, masked_fill, sin/cos/sgn (pair_ops.py).
+EXTENSIONS = ("buildsys.rewrites.pair_ops",)
+
+
 @functools.lru_cache(maxsize=1)
 def _by_function() -> dict[Callable[..., object], Callable[..., object]]:
-    """The torch functions and Tensor methods (and their dunder forms) a pair answers, by function object."""
-    from buildsys.rewrites import pair_ops  # noqa: F401 - registers the ops beyond this module's core
-
+    """The torch functions and Tensor methods (and their dunder forms) a pair answers, by function object,
+    with the ops the `EXTENSIONS` register loaded first (by name, as the format registry loads its families:
+    they import this module)."""
+    for name in EXTENSIONS:
+        importlib.import_module(name)
     table: dict[Callable[..., object], Callable[..., object]] = dict(_REGISTERED)
     for name, impl in IMPLEMENTED.items():
         for owner in (torch, torch.Tensor, torch.nn.functional):
