@@ -159,3 +159,33 @@ def test_which_steps_make_fixed_shapes() -> None:
     assert not steps()["coreml-from-pt2"].makes_static()
     assert steps()["coreml-from-pt2"].makes_static({"static_shapes": True})
     assert not steps()["onnx-from-pt2"].makes_static() and not steps()["tflite-from-saved-model"].makes_static()
+
+
+def test_the_planner_places_each_answer_on_its_stop_and_never_undoes_one() -> None:
+    from buildsys.lowering import DECOMPOSE_CORE, STATIC_EXPORT, Answer
+    from buildsys.planning.answers import answer_route
+    from buildsys.planning.routes import Route
+
+    server = Route.parse(["pytorch", "onnx"])
+    dynamo, legacy = Answer.of("onnx dynamo", {"dynamo": True}), Answer.of("onnx legacy", {"dynamo": False})
+    switched = answer_route(server, 1, dynamo, {}, [], pinned=False)
+    assert switched == Route.parse(["pytorch", "onnx (switch onnx dynamo)"])
+    assert answer_route(switched, 1, legacy, {}, [], pinned=False) is None  # and back again: never
+    assert answer_route(server, 1, dynamo, {"onnx": {"dynamo": False}}, [], pinned=False) is None  # the target chose
+    # a static export only where a later step makes fixed shapes anyway
+    assert answer_route(Route.parse(["pytorch", "pt2"]), 1, STATIC_EXPORT.answer, {}, [], pinned=False) is None
+    assert answer_route(Route.parse(["pytorch", "pt2", "executorch"]), 1, STATIC_EXPORT.answer, {}, [], pinned=False) \
+        == Route.parse(["pytorch", "pt2 (switch static export)", "executorch"])
+    # decompositions merge at the loading stop, then the whole program, then nothing more
+    ios = Route.parse(["pytorch", "pt2 (decompose grid_sampler_2d)", "coreml"])
+    more = Answer.of("decompose affine_grid_generator", {"decompose": ["affine_grid_generator"]}, at="loading")
+    assert answer_route(ios, 2, more, {}, [], pinned=False) == \
+        Route.parse(["pytorch", "pt2 (decompose grid_sampler_2d+affine_grid_generator)", "coreml"])
+    core = answer_route(ios, 2, DECOMPOSE_CORE, {}, [], pinned=False)
+    assert core == Route.parse(["pytorch", "pt2 (decompose core)", "coreml"])
+    assert core is not None and answer_route(core, 2, DECOMPOSE_CORE, {}, [], pinned=False) is None
+    # another route: through its formats, unless the target pins its route
+    android = Route.parse(["pytorch", "onnx", "saved_model", "tflite"])
+    litert = Answer.of("litert-torch", via=("pt2",))
+    assert answer_route(android, 3, litert, {}, [], pinned=False) == Route.parse(["pytorch", "pt2", "tflite"])
+    assert answer_route(android, 3, litert, {}, [], pinned=True) is None

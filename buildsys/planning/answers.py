@@ -98,6 +98,7 @@ def answer_route(route: "Route", failed: int, found: "Answer", options: Mapping[
     from pydantic import ValidationError
 
     from buildsys.lowering import LOADING, STEP
+    from buildsys.planning.routes import switch_values
 
     if found.via:
         return None if pinned else _route_via(route, found.via, candidates)
@@ -121,6 +122,8 @@ def answer_route(route: "Route", failed: int, found: "Answer", options: Mapping[
         current = {**given, **stop.options(step)}
         if found.label in stop.switches or all(current.get(k) == v for k, v in values.items()):
             return None
+        if any(set(switch_values(step, s)) & set(values) for s in stop.switches):
+            return None  # it would undo a switch this route took (the other exporter, and back again)
         new = replace(stop, switches=(*stop.switches, found.label))
     try:
         step.Options.model_validate({**given, **new.options(step)})
