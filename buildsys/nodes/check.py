@@ -82,12 +82,7 @@ class CheckStep(Step):
             metrics: dict[str, Any] = {"passed": None, "not_run": reason, "format": fmt_name}
             host = [f"the numeric check is required (require_numeric) but was not run: {reason}"] \
                 if opts.require_numeric else []
-            if structure is not None:
-                metrics["structure"] = structure
-            if size is not None:
-                metrics["size_mb"] = size
-            if weights is not None:
-                metrics["quantized_weights"] = weights
+            metrics.update(_inspected(structure, size, weights))
             return self._write(ctx, self._judge(opts, metrics, problems, caveats, host))
 
         results = self._compare(ctx, observed, expected, labels)
@@ -109,12 +104,7 @@ class CheckStep(Step):
                 part = get_runtime(serving_name).part
                 caveats.append(Caveat(CaveatKind.NOT_RUN, f"{part} check not run", serving["not_run"], serving_name))
             problems += [f"served by {serving_name}: {row}" for row in serving.get("failures", [])]
-        if structure is not None:
-            metrics["structure"] = structure
-        if size is not None:
-            metrics["size_mb"] = size
-        if weights is not None:
-            metrics["quantized_weights"] = weights
+        metrics.update(_inspected(structure, size, weights))
         missed = [f"{name}: {row}" for name, r in results.items() for row in r.failures()]
         if missed and runner:  # only on a miss: the passing path never pays for it
             metrics["localisation"] = localisation = self._localise(ctx, runner, batch, results)
@@ -321,3 +311,9 @@ def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | No
     observed = sum(p.stat().st_size for p in tree.rglob("*")
                    if p.is_file() and p.relative_to(tree).parts[0] != DIAGNOSTICS_DIR) / 1e6
     return {"observed": round(observed, 6), "allowed": allowed, "op": "<=", "ok": observed <= allowed}
+
+
+def _inspected(structure: Any, size: Any, weights: Any) -> dict[str, Any]:
+    """What the check measured of the artifact without running it, as its metrics name it (what was measured only)."""
+    found = {"structure": structure, "size_mb": size, "quantized_weights": weights}
+    return {k: v for k, v in found.items() if v is not None}

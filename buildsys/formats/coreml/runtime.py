@@ -187,37 +187,46 @@ def image_pixels(chw: "np.ndarray", scale: float, bias: list[float]) -> "np.ndar
     return np.clip(np.round((chw - shift[:, None, None]) / scale), 0, 255).astype(np.float32)
 
 
-@register_runtime
-class CoreML(Runtime):
-    """Core ML through coremltools' MLModel (macOS only)."""
+class AppleCoreML(Runtime):
+    """The base of the runtimes that run a package in Core ML itself: macOS only, with coremltools; elsewhere
+    their MIL stand-in runs (`stand_in`)."""
 
-    name = "coreml"
-    no_intermediates = ('Core ML\'s runtime does not expose intermediate tensors; the stand-in "coreml-mil" '
-                        "(the MIL reference interpreter) shows them all")
     packages = ("coremltools",)
-    stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
-
     requires, extra = ("coremltools",), "coreml"
     only_on = ("darwin", "Core ML execution needs macOS")
 
     def out_of_reach(self) -> str | None:
         return None if sys.platform == "darwin" else self.unavailable()
 
-    def load(self, path: Path, model: "Model", root: Path) -> Session:
+    def mlmodel(self, path: Path, units: str) -> Any:
+        """The package at `path` loaded by Core ML on `units` (a ct.ComputeUnit name); a StepError naming the
+        package where it cannot be loaded, or where this host has no Core ML."""
         why = self.unavailable()
         if why:
             raise StepError(why)
         import coremltools as ct
 
-        facts = inspect_mlpackage(Path(path))
-        units = facts["metadata"]["user_defined"].get("com.modelbuild.compute_units", "ALL")
         try:
-            mlmodel = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units, ct.ComputeUnit.ALL))
+            return ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units, ct.ComputeUnit.ALL))
         except Exception as exc:
             text = str(exc).strip()
             raise StepError(f"Core ML could not load '{Path(path).name}': {type(exc).__name__}: "
-                            f"{text.splitlines()[0] if text else ''}") from exc
-        return CoreMLSession(mlmodel, model, facts)
+                            f"{text.splitlines()[0][:300] if text else ''}") from exc
+
+
+@register_runtime
+class CoreML(AppleCoreML):
+    """Core ML through coremltools' MLModel (macOS only)."""
+
+    name = "coreml"
+    no_intermediates = ('Core ML\'s runtime does not expose intermediate tensors; the stand-in "coreml-mil" '
+                        "(the MIL reference interpreter) shows them all")
+    stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
+
+    def load(self, path: Path, model: "Model", root: Path) -> Session:
+        facts = inspect_mlpackage(Path(path))
+        units = facts["metadata"]["user_defined"].get("com.modelbuild.compute_units", "ALL")
+        return CoreMLSession(self.mlmodel(path, units), model, facts)
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
         """The structural half of the check, which holds on Linux too: an ML Program whose inputs and

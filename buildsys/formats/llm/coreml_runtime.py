@@ -13,12 +13,12 @@ runtime: its numbers are the MIL reference's, not Apple's runtime's. `inspect` c
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
+from buildsys.formats.coreml.runtime import AppleCoreML
 from buildsys.formats.llm.contract import CacheSpec
 from buildsys.formats.llm.generate import GenerationSession
 from buildsys.formats.runtime import CannotRun, Runtime, Session
@@ -150,30 +150,14 @@ def inspect_stateful(path: Path, fmt: str) -> dict[str, Any]:
 
 
 @register_runtime
-class LlmCoreML(Runtime):
+class LlmCoreML(AppleCoreML):
     """Core ML itself (macOS only) generating with the stateful package; elsewhere its stand-in runs."""
 
     name = "llm-coreml"
-    packages = ("coremltools",)
     stand_in = "llm-coreml-mil"  # off macOS: the MIL reference interpreter, labelled as such
 
-    requires, extra = ("coremltools",), "coreml"
-    only_on = ("darwin", "Core ML execution needs macOS")
-
-    def out_of_reach(self) -> str | None:
-        return None if sys.platform == "darwin" else self.unavailable()
-
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        why = self.unavailable()
-        if why:
-            raise StepError(why)
-        import coremltools as ct
-
-        try:
-            mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-        except Exception as exc:
-            raise StepError(f"Core ML could not load '{Path(path).name}': {type(exc).__name__}: "
-                            f"{str(exc).strip()[:300]}") from exc
+        mlmodel = self.mlmodel(path, "CPU_ONLY")
         assert model.generation is not None
         return GenerationSession(_CoreMLDecoder(mlmodel, CacheSpec.read(path)), model.generation.new_tokens)
 

@@ -20,14 +20,7 @@ import time
 from pathlib import Path
 
 from buildsys.errors import StepError
-from buildsys.formats.serving.process import (
-    die_with_parent,
-    free_ports,
-    one_line,
-    read_log,
-    start_group,
-    terminate_group,
-)
+from buildsys.formats.serving.process import die_with_parent, free_ports, one_line, read_log, start_group, terminate_group
 
 START_TIMEOUT_S = 120.0  # interpreter start, fastapi/onnxruntime imports, the model's load
 REQUEST_TIMEOUT_S = 300.0

@@ -36,14 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.serving.process import (
-    die_with_parent,
-    free_ports,
-    one_line,
-    read_log,
-    start_group,
-    terminate_group,
-)
+from buildsys.formats.serving.process import die_with_parent, free_ports, one_line, read_log, start_group, terminate_group
 from buildsys.formats.serving.triton_session import ServedSession
 
 if TYPE_CHECKING:
