@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.formats import register_runtime
-from buildsys.formats.coreml.runtime import session_batch
-from buildsys.formats.runtime import CannotRun, Runtime, Session
+from buildsys.formats.coreml.runtime import PackageSession
+from buildsys.formats.runtime import CannotRun, Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,21 +32,12 @@ NOT_EXERCISED = ("Apple's compiler, its kernels, their accumulation order and pr
                  "placement (CPU / GPU / Neural Engine) are not exercised")
 
 
-class MilSession(Session):
+class MilSession(PackageSession):
     """A package's function evaluated by the MIL reference interpreter, fed like Core ML feeds it."""
 
     def __init__(self, program: "MilProgram", model: "Model", facts: dict[str, Any]):
+        super().__init__(model, facts)
         self.program = program
-        self.model = model
-        self.inputs = {f["name"]: f for f in facts["inputs"]}
-        self.images = {name for name, f in self.inputs.items() if f["kind"] == "image"}
-        user = facts["metadata"]["user_defined"]
-        # The step records the pixel normalization it asked Core ML to apply (see CoreMLSession).
-        self.scale = float(user.get("com.modelbuild.image_scale", "1.0"))
-        self.bias = [float(b) for b in user.get("com.modelbuild.image_bias", "0.0").split(",")]
-        # A fixed-size input keeps its batch in the program's reshapes: run as Core ML would.
-        self.max_batch = session_batch(self.inputs.values(), model, bool(self.images))
-        self.output_names = [o.name for o in model.outputs]
         self.compute_precision: str = facts.get("compute_precision", "")
         self.samples = 0
         self._findings: dict[tuple[str, str, str], "Fp16Finding"] = {}

@@ -127,21 +127,30 @@ def _feature(feature: Any, ft: Any) -> dict[str, Any]:
     return out
 
 
-class CoreMLSession(Session):
-    """MLModel.predict fed by input name; image inputs become PIL images of the un-normalized pixels."""
+class PackageSession(Session):
+    """What every session of a Core ML package reads from its facts (`inspect_mlpackage`): its inputs, which are
+    images, the pixel normalization (scale, bias, channel order) the step asked Core ML to apply, how many samples
+    a call takes, and the outputs in the signature's order."""
 
-    def __init__(self, mlmodel: Any, model: "Model", facts: dict[str, Any]):
-        self.mlmodel = mlmodel
+    def __init__(self, model: "Model", facts: dict[str, Any]):
         self.model = model
         self.inputs = {f["name"]: f for f in facts["inputs"]}
         self.images = {name for name, f in self.inputs.items() if f["kind"] == "image"}
         user = facts["metadata"]["user_defined"]
-        # The step records the pixel normalization (scale, bias) it asked Core ML to apply.
         self.scale = float(user.get("com.modelbuild.image_scale", "1.0"))
         self.bias = [float(b) for b in user.get("com.modelbuild.image_bias", "0.0").split(",")]
         self.bgr = user.get("com.modelbuild.image_color_layout") == "BGR"
+        # A fixed-size input keeps its batch in the program's reshapes: run as Core ML would.
         self.max_batch = session_batch(self.inputs.values(), model, bool(self.images))
         self.output_names = [o.name for o in model.outputs]
+
+
+class CoreMLSession(PackageSession):
+    """MLModel.predict fed by input name; image inputs become PIL images of the un-normalized pixels."""
+
+    def __init__(self, mlmodel: Any, model: "Model", facts: dict[str, Any]):
+        super().__init__(model, facts)
+        self.mlmodel = mlmodel
 
     def run(self, feeds: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
         import numpy as np
