@@ -135,18 +135,21 @@ def test_via_pt2_pins_the_litert_torch_route(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_onnx2tf_fails_and_the_build_falls_back_to_litert_torch(tmp_path: Path) -> None:
+def test_onnx2tf_fails_and_the_build_takes_the_answer_before_litert_torch(tmp_path: Path) -> None:
+    """onnx2tf's SavedModel of the GRU holds TensorList ops the TFLite converter refuses: the refusal's first answer
+    is onnx2tf's RNN unrolling on the same route, which delivers; litert-torch's route stays the next candidate."""
     _needs_litert_torch()
     pytest.importorskip("onnx2tf")
-    # The refusal's first answer is onnx2tf's RNN unrolling on the same route (tests/test_lowering_routes.py); this
-    # target turns it off, so the route that answers is litert-torch's, the next candidate.
-    root = _project(tmp_path, "options: {saved_model: {enable_rnn_unroll: false}}")
+    root = _project(tmp_path, "description: a GRU onnx2tf cannot convert as a loop")
     proc = _run(root, "build")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "t: made by pytorch → pt2 → tflite" in proc.stdout
+    unrolled = ["pytorch", "onnx", "saved_model (switch onnx2tf rnn-unroll)", "tflite"]
+    assert "t: made by pytorch → onnx → saved_model (switch onnx2tf rnn-unroll) → tflite" in proc.stdout
     lock = Lock.read(root / "deploy.lock")
-    assert lock.targets["t"]["route"] == LITERT and (root / "artifacts/t/model.tflite").is_file()
+    assert lock.targets["t"]["route"] == unrolled and (root / "artifacts/t/model.tflite").is_file()
     [dropped] = lock.routes["t"]["dropped"]
-    assert dropped["route"] == ONNX2TF and dropped["node"].startswith("m/")
+    assert dropped["route"] == ONNX2TF and dropped["node"].startswith("m/") and dropped["answers"][0] == unrolled
+    plan = json.loads(_run(root, "plan", "--json").stdout)
+    assert plan["candidate_routes"]["t"][:3] == [ONNX2TF, unrolled, LITERT] and plan["routes"]["t"] == unrolled
     again = _run(root, "build")
     assert again.returncode == 0 and "Nothing to do" in again.stdout

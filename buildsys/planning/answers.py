@@ -98,10 +98,11 @@ def answer_route(route: "Route", failed: int, found: "Answer", options: Mapping[
     from pydantic import ValidationError
 
     from buildsys.lowering import LOADING, STEP
-    from buildsys.planning.routes import switch_values
+    from buildsys.planning.routes import honours, switch_values
 
     if found.via:
-        return None if pinned else _route_via(route, found.via, candidates)
+        other = None if pinned else _route_via(route, found.via, candidates)
+        return other if other is not None and honours(other, options) else None
     at = route.loading_stop() if found.at == LOADING else failed if found.at == STEP else \
         next((j for j in range(failed - 1, 0, -1) if route.stops[j].format == found.at), None)
     if at is None:
