@@ -144,7 +144,6 @@ def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
     assert answered["route"] == "pytorch → pt2 (decompose addmv) → executorch"
     [refused] = answered["routes"]
     assert refused["node"] == "addmv-0/executorch" and "aten.addmv.default is not in Core ATen opset" in refused["reason"]
-    assert results["cases"]["addmv-0"]["decomposes"]["aten.addmv"] == ["aten.add", "aten.mul", "aten.mv"]
     assert classify.classify({"status": "failed", **refused}, "executorch",
                              case_ops=results["cases"]["addmv-0"]["aten"]) == "decomposition"
     assert anchors["abs-0"]["onnx-dynamo"]["status"] == "verified"

@@ -135,21 +135,24 @@ def test_via_pt2_pins_the_litert_torch_route(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_onnx2tf_fails_and_the_build_takes_the_answer_before_litert_torch(tmp_path: Path) -> None:
-    """onnx2tf's SavedModel of the GRU holds TensorList ops the TFLite converter refuses: the refusal's first answer
-    is onnx2tf's RNN unrolling on the same route, which delivers; litert-torch's route stays the next candidate."""
+def test_onnx2tf_fails_and_the_build_takes_the_answers_before_litert_torch(tmp_path: Path) -> None:
+    """onnx2tf's SavedModel of the GRU holds TensorList ops the TFLite converter refuses. The refusal's answers come
+    first, on the same route: the recurrent rewrite family (the GRU unrolled where the module is loaded), then
+    onnx2tf's own RNN unrolling; the first delivers, and litert-torch's route stays the next candidate."""
     _needs_litert_torch()
     pytest.importorskip("onnx2tf")
     root = _project(tmp_path, "description: a GRU onnx2tf cannot convert as a loop")
     proc = _run(root, "build")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rewritten = ["pytorch", "onnx (rewrite recurrent)", "saved_model", "tflite"]
     unrolled = ["pytorch", "onnx", "saved_model (switch onnx2tf rnn-unroll)", "tflite"]
-    assert "t: made by pytorch → onnx → saved_model (switch onnx2tf rnn-unroll) → tflite" in proc.stdout
+    assert "t: made by pytorch → onnx (rewrite recurrent) → saved_model → tflite" in proc.stdout
     lock = Lock.read(root / "deploy.lock")
-    assert lock.targets["t"]["route"] == unrolled and (root / "artifacts/t/model.tflite").is_file()
+    assert lock.targets["t"]["route"] == rewritten and (root / "artifacts/t/model.tflite").is_file()
     [dropped] = lock.routes["t"]["dropped"]
-    assert dropped["route"] == ONNX2TF and dropped["node"].startswith("m/") and dropped["answers"][0] == unrolled
+    assert dropped["route"] == ONNX2TF and dropped["node"].startswith("m/")
+    assert dropped["rewrites"] == ["recurrent"] and dropped["answers"] == [unrolled, LITERT]
     plan = json.loads(_run(root, "plan", "--json").stdout)
-    assert plan["candidate_routes"]["t"][:3] == [ONNX2TF, unrolled, LITERT] and plan["routes"]["t"] == unrolled
+    assert plan["candidate_routes"]["t"][:4] == [ONNX2TF, rewritten, unrolled, LITERT] and plan["routes"]["t"] == rewritten
     again = _run(root, "build")
     assert again.returncode == 0 and "Nothing to do" in again.stdout

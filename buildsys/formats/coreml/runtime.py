@@ -233,6 +233,9 @@ class CoreML(AppleCoreML):
     stand_in = "coreml-mil"  # off macOS, the MIL reference interpreter (mil_runtime.py), when opted in
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
+        why = self.unavailable()
+        if why:
+            raise StepError(why)  # before reading the package: this host cannot run it whatever it holds
         facts = inspect_mlpackage(Path(path))
         units = facts["metadata"]["user_defined"].get("com.modelbuild.compute_units", "ALL")
         return CoreMLSession(self.mlmodel(path, units), model, facts)
