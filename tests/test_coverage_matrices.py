@@ -138,14 +138,12 @@ def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
     assert cells["abs-0"]["server"]["status"] == "verified" and cells["abs-0"]["server"]["route"] == "pytorch → onnx"
     assert cells["abs-0"]["executorch"]["status"] == "verified"
     # ExecuTorch refuses addmv; the refusal's decomposition answer (PyTorch's tables) delivers it, and the cell
-    # keeps the refused route with the class the classifier gives it
+    # keeps the refused route
     answered = cells["addmv-0"]["executorch"]
     assert answered["status"] == "verified", answered
     assert answered["route"] == "pytorch → pt2 (decompose addmv) → executorch"
     [refused] = answered["routes"]
     assert refused["node"] == "addmv-0/executorch" and "aten.addmv.default is not in Core ATen opset" in refused["reason"]
-    assert classify.classify({"status": "failed", **refused}, "executorch",
-                             case_ops=results["cases"]["addmv-0"]["aten"]) == "decomposition"
     assert anchors["abs-0"]["onnx-dynamo"]["status"] == "verified"
     assert set(anchors["addmv-0"]) == {"onnx-dynamo", "executorch"}
     assert results["node_seconds"]["abs-0"]["verify:abs-0.server"][0] == "built"
