@@ -177,6 +177,46 @@ def decomposable_ops(op_results: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+#: Labels of a route stop that say a refusal was answered (planning.routes: rewrites, decompositions, switches).
+ANSWERED = ("(rewrite ", "(decompose ", "(switch ", "; rewrite ", "; decompose ", "; switch ")
+
+
+def answered_lines(results: dict[str, Any]) -> list[str]:
+    """How many verified cells an answered route delivered (a rewrite family, a decomposition, a converter switch),
+    by kind: what the refusal-driven routes add over the converters' default paths."""
+    kinds: collections.Counter[str] = collections.Counter()
+    for row in results.get("cells", {}).values():
+        for cell in row.values():
+            route = str(cell.get("route") or "")
+            if cell.get("status") == "verified" and any(a in route for a in ANSWERED):
+                kinds.update({k for k in ("rewrite", "decompose", "switch") if f"({k} " in route or f"; {k} " in route})
+    total = sum(1 for row in results.get("cells", {}).values() for c in row.values()
+                if c.get("status") == "verified" and any(a in str(c.get("route") or "") for a in ANSWERED))
+    if not total:
+        return []
+    return [f"Delivered by an answered route (docs/lowering.md, docs/rewrites.md): {total} verified cells "
+            f"({', '.join(f'{kinds[k]} {k}' for k in ('rewrite', 'decompose', 'switch') if kinds[k])}).", ""]
+
+
+def previous_lines(results: dict[str, Any]) -> list[str]:
+    """The same sample measured on earlier code, per target, where `previous` in the JSON says (label, counts)."""
+    before = results.get("previous")
+    if not before:
+        return []
+    now = {row[0]: row[1] for row in _verified_by_target(results)}
+    rows = [f"| {t} | {c}/{before['cells']} | {now.get(t, '?')}/{before['cells']} |" for t, c in before["verified"].items()]
+    return [f"The same sample on earlier code ({before['label']}):", "", "| target | then | now |", "|---|---|---|",
+            *rows, ""]
+
+
+def _verified_by_target(results: dict[str, Any]) -> list[tuple[str, int]]:
+    counts: collections.Counter[str] = collections.Counter()
+    for row in results.get("cells", {}).values():
+        for family, cell in row.items():
+            counts[family] += cell.get("status") == "verified"
+    return sorted(counts.items())
+
+
 def page(op_results: dict[str, Any], model_results: dict[str, Any]) -> str:
     decomposable = decomposable_ops(op_results)
     op_failed = classified(op_results, OP_FAMILIES, {}, decomposable)
@@ -207,7 +247,11 @@ def page(op_results: dict[str, Any], model_results: dict[str, Any]) -> str:
                 "Targets: server `format: onnx`, android `tflite`, ios `coreml` (fp32), executorch, intel `openvino`, "
                 "web `web`. The anchor: each converter alone with its default call on the same modules, judged by the "
                 "same comparison (benchmarks/coverage/anchors.py).", ""] + op_summary(op_results) + [
-                "", f"Node-seconds: {_seconds_line(node_seconds(op_results))}.", ""]
+                "", f"Node-seconds: {_seconds_line(node_seconds(op_results))}.", ""] + answered_lines(op_results) \
+            + previous_lines(op_results)
+    if not model_results.get("cells"):
+        out += ["### Model matrix: not run on this code", "", "benchmarks/results/model_matrix.json is absent: run "
+                "`benchmarks/model_matrix.py` (above) to measure it.", ""]
     if model_results.get("cells"):
         out += [f"### Model matrix: {len(model_results['cells'])} public architectures, platform presets", "",
                 "timm, transformers (small configs, `from_config`), ultralytics (model yaml) and torchvision "
