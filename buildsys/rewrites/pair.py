@@ -13,7 +13,6 @@ never a wrong number. Shape ops run on both parts through `mechanism.call`, so o
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union, overload
 
 import torch
@@ -352,17 +351,11 @@ def register(func: Callable[..., object], impl: Callable[..., object]) -> None:
     _by_function.cache_clear()
 
 
-#: Modules that register more ops on pairs (`register`): einsum, where, masked_fill, sin/cos/sgn (pair_ops.py).
-EXTENSIONS = ("buildsys.rewrites.pair_ops",)
-
-
 @functools.lru_cache(maxsize=1)
 def _by_function() -> dict[Callable[..., object], Callable[..., object]]:
-    """The torch functions and Tensor methods (and their dunder forms) a pair answers, by function object,
-    with the ops the `EXTENSIONS` register loaded first (by name, as the format registry loads its families:
-    they import this module)."""
-    for name in EXTENSIONS:
-        importlib.import_module(name)
+    """The torch functions and Tensor methods (and their dunder forms) a pair answers, by function object
+    (with what pair_ops.py registers: `registry.apply` imports it before any rewritten forward runs, so that no
+    import happens while TorchDynamo traces one)."""
     table: dict[Callable[..., object], Callable[..., object]] = dict(_REGISTERED)
     for name, impl in IMPLEMENTED.items():
         for owner in (torch, torch.Tensor, torch.nn.functional):

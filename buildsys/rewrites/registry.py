@@ -83,6 +83,7 @@ def apply(module: nn.Module, names: Sequence[str]) -> nn.Module:
     the module runs (or is traced), never computes something else.
     """
     rewrites = [get(name) for name in names]
+    from buildsys.rewrites import pair_ops  # noqa: F401 - the ops it registers on complex pairs, before any trace
     from buildsys.rewrites.mechanism import apply as apply_rewrites
 
     return apply_rewrites(module, rewrites)
