@@ -105,7 +105,7 @@ def record(root: Path, report: Any) -> dict[str, Any]:
             "status": row["verdict"], "caveats": [c["what"] for c in row["caveats"]],
             "route": row["route"] if row["path"] else None, "size": row["size"] or None,
             "dropped": [{"route": d["route"], "reason": d["reason"]} for d in row["dropped"]],
-            "candidates": [list(r) for r in plan.dag.candidates.get(target, [])],  # in the order tried
+            "candidates": [r.words() for r in plan.dag.candidates.get(target, [])],  # in the order tried
             "seconds": round(sum(built[n]["built"]["seconds"] for n in chain), 1)
             if row["path"] and all(n in built for n in chain) else None,
             "max_abs": row.get("max_abs"), "top1_agreement": row.get("top1_agreement"),
@@ -128,7 +128,7 @@ def _failure(report: Any, nodes: list[str]) -> str | None:
             failures = (result.metrics or {}).get("failures") or []
             why = "; ".join(map(str, failures)) if failures else (result.error or "failed")
             return f"{name}: {why.splitlines()[0] if why.strip() else 'failed'}"
-    blocked = [n for n in nodes if n in report.plan.nodes and report.plan.nodes[n].action == "blocked"]
+    blocked = [n for n in nodes if n in report.plan.nodes and report.plan.nodes[n].action == "fail"]  # unrun
     if blocked:
         return f"{blocked[0]}: {'; '.join(report.plan.nodes[blocked[0]].reasons)}"
     return None
