@@ -52,6 +52,14 @@ LIMITS = {"max_rel": ("max_rel", True), "max_range_error": ("range_error", True)
 A = TypeVar("A")
 
 
+def sensitive_help(unit: str) -> str:
+    """What `keep_float: sensitive` does, in the words of every quantizing step's `keep_float` option (each says
+    first what a kept `unit` is in its format)."""
+    return (f"'sensitive': measure each quantized {unit}'s cost on the calibration set and keep the fewest most "
+            "sensitive ones in float that meet the target's tolerance (docs/repair.md); the search is bounded and its "
+            "result recorded in deploy.lock.")
+
+
 class NoRecipe(Exception):
     """The search kept MAX_KEPT units at higher precision and the tolerance still did not hold."""
 

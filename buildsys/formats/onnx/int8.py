@@ -13,6 +13,7 @@ from pydantic import Field
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+from buildsys.formats.keep_float import sensitive_help
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -75,10 +76,8 @@ class OnnxInt8FromOnnx(Step):
 
         keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
             default=(), description="Nodes (by ONNX node name) left in float, their inputs unquantized "
-            "(ONNX Runtime's nodes_to_exclude). 'sensitive': measure each quantized layer's cost on the "
-            "calibration set and keep the fewest most sensitive ones in float that meet the target's tolerance "
-            "(docs/repair.md); the search is bounded and its result recorded in deploy.lock. Usually set by "
-            "accuracy repair, not by hand; a list pins the layers.")
+            f"(ONNX Runtime's nodes_to_exclude). {sensitive_help('layer')} Usually set by accuracy repair, not by "
+            "hand; a list pins the layers.")
 
 
     @classmethod

@@ -19,6 +19,7 @@ from buildsys.formats import register
 from buildsys.formats.base import SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.openvino.ir import XML, cpu_config, telemetry_off
 from buildsys.storage.keys import HostBinding
+from buildsys.formats.keep_float import sensitive_help
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -76,9 +77,7 @@ class OpenVinoInt8FromOpenVino(Step):
             "attention blocks stay float). Tried by accuracy repair after a missed check (docs/repair.md).")
         keep_float: Union[Literal["sensitive"], tuple[str, ...]] = Field(
             default=(), description="Operations of the IR (by friendly name) left in float (NNCF's ignored_scope "
-            "names; an unknown name is an error). 'sensitive': measure each quantized operation's cost on the "
-            "calibration set and keep the fewest most sensitive ones in float that meet the target's tolerance "
-            "(docs/repair.md); the search is bounded and its result recorded in deploy.lock.")
+            f"names; an unknown name is an error). {sensitive_help('operation')}")
 
         @model_serializer(mode="wrap")
         def _without_unset_repair(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
