@@ -135,15 +135,21 @@ EXPECT["minilm"] = {
 # onnx2tf) moves the speech probability by 0.3-0.4, past the 0.1 its int8 targets allow; dynamic
 # int8 (the LSTMCell's and convolutions' weights) passes.
 PROB_MISS = r"prob: max_abs \d\.\de-01 > 1\.0e-01"
+#: A quantized artifact holding too few of its weights in int8 (docs/quantization.md#what-was-asked-is-what-ships).
+SHARE_MISS = r"only [0-9.]+% of the weights are int8 \(floor 90%"
 EXPECT["silero_vad"] = {
     "onnx": ok(PT2_ONNX, {ONNX: UNSAFE_CHUNK}),
     "tflite": ok(LITERT, {tfl(ONNX): UNSAFE_CHUNK}),
-    "tflite-int8": ok(LITERT_DYNAMIC, {tfl(ONNX, "tflite-int8"): UNSAFE_CHUNK, LITERT_INT8: PROB_MISS,
+    # litert-torch's full int8 leaves the LSTM cell's weights float (57.5 % int8): not an int8 artifact
+    "tflite-int8": ok(LITERT_DYNAMIC, {tfl(ONNX, "tflite-int8"): UNSAFE_CHUNK, LITERT_INT8: SHARE_MISS,
                                        tfl(PT2_ONNX, "tflite-int8"): PROB_MISS, tfl(TS_ONNX, "tflite-int8"): UNSAFE_CHUNK,
                                        tfl(ONNX, "tflite-int8 (dynamic)"): UNSAFE_CHUNK}),
-    "coreml-fp16": Cell("reference", COREML_PT2, {COREML: r"Core ML cannot convert the PyTorch op 'unsafe_chunk'"}),
+    # the recurrent rewrite family answers the trace frontend's refusal of the LSTM cell's unsafe_chunk
+    "coreml-fp16": Cell("reference", "pytorch → torchscript (rewrite recurrent) → coreml-fp16",
+                        {COREML: r"Core ML cannot convert the PyTorch op 'unsafe_chunk'"}),
     "executorch": ok(ET),
-    "executorch-int8": ok(ET_DYNAMIC, {ET_INT8: PROB_MISS}),
+    # dynamic int8 quantizes the linear layers only: the convolutions stay float (42.5 % int8), not an int8 artifact
+    "executorch-int8": fails({ET_INT8: PROB_MISS, ET_DYNAMIC: SHARE_MISS}, failure=r"no route passes its check"),
     "openvino": ok(f"{PT2_ONNX} → openvino", {f"{ONNX} → openvino": UNSAFE_CHUNK}),
 }
 
@@ -169,7 +175,11 @@ EXPECT["mobilenet_v2"] = {
 REDUCE_L2 = r"onnx2tf could not convert the ONNX op ReduceL2 \(node /ReduceL2\)"
 EXPECT["voice_encoder"] = {
     "onnx": ok(ONNX), "tflite": ok(LITERT, {tfl(ONNX): REDUCE_L2}),
-    "tflite-int8": ok(LITERT_INT8, {tfl(ONNX, "tflite-int8"): REDUCE_L2}),
+    # litert-torch's full int8 leaves the LSTM's weights float (4.6 % of the weights int8): not an int8 artifact
+    # (docs/quantization.md#what-was-asked-is-what-ships); its dynamic-range int8 misses the range error
+    "tflite-int8": fails({tfl(ONNX, "tflite-int8"): REDUCE_L2,
+                          LITERT_INT8: SHARE_MISS},
+                         failure=r"no route passes its check"),
     "coreml-fp16": BY_REFERENCE, "executorch": ok(ET), "executorch-int8": ok(ET_INT8),
     "openvino": ok(f"{ONNX} → openvino"),
 }
