@@ -51,19 +51,17 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
 
 
 def with_decompose(route: "Route", ops: Sequence[str], options: Mapping[str, Any]) -> "Route | None":
-    """`route` with `ops` decomposed at its loading stop (merged with the stop's own list); None when it loads
-    no module, decomposes everything already, or the target sets `decompose` for that format itself."""
-    from dataclasses import replace
+    """`route` with `ops` decomposed at its loading stop: the decomposition a refusal naming them would get
+    (answers.answer_route, merged with the stop's own list); None when it loads no module, decomposes
+    everything already, or the target sets `decompose` for that format itself."""
+    from buildsys.lowering import LOADING, Answer
+    from buildsys.planning.answers import answer_route
 
     i = route.loading_stop()
     if i is None:
         return None
-    stop = route.stops[i]
-    given = options.get(stop.format)
-    if (isinstance(given, Mapping) and "decompose" in given) or stop.decompose == ("core",):
-        return None
-    merged = tuple(dict.fromkeys([*stop.decompose, *ops]))
-    return None if merged == stop.decompose else route.with_stop(i, replace(stop, decompose=merged), "order")
+    found = Answer.of(f"decompose {'+'.join(ops)}", {"decompose": list(ops)}, at=LOADING)
+    return answer_route(route, i, found, options, [], pinned=False)
 
 
 def route_gaps(route: "Route", gaps: Mapping[str, list[str]], options: Mapping[str, Any] | None = None) -> list[str]:
