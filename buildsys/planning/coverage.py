@@ -87,10 +87,10 @@ class Coverage:
         tables decompose (what a decomposition route can lower: planning.ordering)."""
         out: Gaps = {}
         for model in self.ops:
-            for table in self.tables:
+            for table in (t for t in self.tables if t != DECOMPOSABLE):  # a converter's table, not PyTorch's
                 for reads in READS:
                     lacking = self.lacks(model, (table, reads))
-                    if lacking and table != DECOMPOSABLE:
+                    if lacking:
                         out.setdefault(model, {})[f"{table}:{reads}"] = lacking
             exported = self.ops[model].get("exported") or []
             if DECOMPOSABLE in self.tables and model in out:
