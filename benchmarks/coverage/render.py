@@ -209,6 +209,15 @@ def previous_lines(results: dict[str, Any]) -> list[str]:
             *rows, ""]
 
 
+def remeasured_lines(meta: dict[str, Any]) -> list[str]:
+    """Where some rows were rebuilt on later code than the rest (`op_matrix.py --only … --fresh`), which and why."""
+    again = meta.get("remeasured")
+    if not again:
+        return []
+    return [f"{len(again['cases'])} samples were measured again {again['label']}: "
+            f"{', '.join(f'`{c}`' for c in again['cases'])}.", ""]
+
+
 def _verified_by_target(results: dict[str, Any]) -> list[tuple[str, int]]:
     counts: collections.Counter[str] = collections.Counter()
     for row in results.get("cells", {}).values():
@@ -231,7 +240,7 @@ def page(op_results: dict[str, Any], model_results: dict[str, Any]) -> str:
            "PYTHONPATH=. nice -n 15 python benchmarks/model_matrix.py    # needs the package directory of "
            "benchmarks/coverage/site_packages.py",
            "PYTHONPATH=. python -m benchmarks.coverage.render            # this page from the JSON alone", "```", "",
-           f"Measured {meta.get('date', '?')} on {meta.get('host', '?')}; {versions}.", "",
+           f"Measured {meta.get('date', '?')} on {meta.get('host', '?')}; {versions}.", "", *remeasured_lines(meta),
            "A cell is **verified** when modelbuild delivered the artifact and its check passed numerically against "
            "PyTorch in the artifact's runtime (ONNX Runtime, LiteRT, ExecuTorch, OpenVINO's CPU plugin, ONNX Runtime "
            "Web in headless Chromium); Core ML off macOS is computed by the MIL reference interpreter, not Apple's "
