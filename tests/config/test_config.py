@@ -9,6 +9,7 @@ import pytest
 
 from buildsys.config.load import load
 from buildsys.errors import ConfigError
+from tests.conftest import REPO
 
 MODEL = """\
 models:
@@ -135,7 +136,7 @@ def test_bad_layout_rank(tmp_path: Path) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    cfg = load(Path(__file__).parent.parent / "deploy.yaml.example")
+    cfg = load(REPO / "deploy.yaml.example")
     assert {"digits", "har"} <= set(cfg.project.models)
     assert cfg.project.targets["digits-int8"].options["onnx-int8"]["method"] == "static"
 

@@ -22,9 +22,8 @@ import pytest
 
 from buildsys.storage.archive import FIXED_MTIME, write_archive
 from buildsys.release.bundle import MANIFEST
-from tests.conftest import out_of_reach
+from tests.conftest import REPO, out_of_reach
 
-REPO = Path(__file__).resolve().parent.parent
 
 BIGNET = '''\
 """A stack of wide Linear layers with seeded weights: no weights file, no download."""

@@ -249,7 +249,7 @@ def test_an_artifact_that_misses_its_acceptance_is_never_delivered(tiny: TinyPro
     observed = lock(tiny)["nodes"]["verify:int8"]["metrics"]["outputs"]["y"]["max_abs"]["observed"]
     assert observed > 0
     # The route is pinned (via): with fallback, a miss would send the target down its other routes
-    # (tests/test_routes.py); here the point is what happens to a delivered artifact that now misses.
+    # (tests/planning/test_routes.py); here the point is what happens to a delivered artifact that now misses.
     tiny.edit("onnx-int8: {method: dynamic}\n", f"onnx-int8: {{method: dynamic}}\n    acceptance: {{max_abs: {observed / 10}}}\n"
               "    via: [onnx]\n")
     proc = tiny.run("build", "int8", check=False)

@@ -193,18 +193,21 @@ def test_a_strict_run_fails_naming_a_runtime_that_is_missing(tmp_path: Path) -> 
         pytest.fail("Chromium is not installed: the README's test command installs it (apt-get install chromium)")
     env = {**os.environ, "PATH": _path_without(tmp_path, "chromium")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--strict-runtimes", "-q",
-                           "tests/test_verify.py"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+                           "tests/nodes/test_verify.py"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     # Both browser runtimes (ONNX Runtime Web and TensorFlow.js) need Chromium.
     assert "--strict-runtimes: 2 runtime(s) the README's test command installs are missing" in out, out
     assert "ort-web-chromium: no Chromium" in out and "tfjs-chromium: no Chromium" in out, out
     assert "apt-get install chromium" in out, out
-    plain = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/test_report_browser.py"],
+    plain = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                            "tests/report/test_report_browser.py"],
                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 0 and "skipped" in plain.stdout, plain.stdout  # without the flag: skipped, and said
     strict = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--strict-runtimes",
-                             "tests/test_report_browser.py"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                             "tests/report/test_report_browser.py"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert strict.returncode == 0, strict.stdout[-2000:]  # with Chromium present, the same tests run and pass
 
 

@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-ZOO = Path(__file__).resolve().parent.parent / "benchmarks" / "zoo"
+from tests.conftest import REPO
+
+ZOO = REPO / "benchmarks" / "zoo"
 _spec = importlib.util.spec_from_file_location("zoo_records", ZOO / "records.py")
 records = importlib.util.module_from_spec(_spec)
 sys.modules["zoo_records"] = records

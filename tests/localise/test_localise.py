@@ -48,7 +48,7 @@ class Net(nn.Module):
         return self.fc(self.pool(self.layers(torch.relu(self.stem(x)))).flatten(1))
 
 
-MODEL = Model.model_validate({"source": {"factory": "tests.test_localise:Net"},
+MODEL = Model.model_validate({"source": {"factory": "tests.localise.test_localise:Net"},
                               "inputs": [{"name": "x", "shape": ["batch", 1, 8, 8]}], "outputs": [{"name": "y"}]})
 FP32 = resolve_acceptance(Acceptance(), "fp32", MODEL.outputs)["outputs"]["y"]
 X = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
@@ -155,7 +155,7 @@ def test_int8_table_names_the_layer_that_quantizes_worst(tmp_path: Path) -> None
         net.fc1.bias[0] = -100.0  # unit 0 never fires
         net.fc2.weight[:, 0] = 60.0
     x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
-    model = Model.model_validate({"source": {"factory": "tests.test_localise:Mlp"},
+    model = Model.model_validate({"source": {"factory": "tests.localise.test_localise:Mlp"},
                                   "inputs": [{"name": "x", "shape": ["batch", 8]}], "outputs": [{"name": "y"}]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from buildsys.formats import steps
 from buildsys.lowering import Answer
 
-#: The ops PyTorch's tables decompose, as far as these refusals need (tests/test_lowering_decompose.py holds the
-#: real table to it): the classifier is torch-free and gets the table from the op analysis.
+#: The ops PyTorch's tables decompose, as far as these refusals need (tests/lowering/test_lowering_decompose.py holds
+#: the real table to it): the classifier is torch-free and gets the table from the op analysis.
 DECOMPOSABLE = {"grid_sampler", "grid_sampler_2d", "affine_grid_generator", "cdist", "index_add", "fft_rfft"}
 
 REFUSALS: list[tuple[str, str, list[str]]] = [

@@ -9,7 +9,7 @@ import torch
 
 from buildsys.lowering.decompose import NoDecomposition, decomposable_ops, decompose, describe, scriptable
 from tests.helpers import lowering_models
-from tests.test_lowering_answers import DECOMPOSABLE
+from tests.lowering.test_lowering_answers import DECOMPOSABLE
 
 
 def _exported(module: torch.nn.Module, *shape: int) -> torch.export.ExportedProgram:

@@ -26,8 +26,9 @@ import pytest
 
 from buildsys.formats import steps
 from buildsys.storage.lock import Lock
+from tests.conftest import TESTS
 
-HELPERS = Path(__file__).parent / "helpers" / "lowering_models.py"
+HELPERS = TESTS / "helpers" / "lowering_models.py"
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ and no module is over the size limit."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 PACKAGE = REPO / "buildsys"
 DOC = REPO / "docs" / "architecture.md"
 

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from benchmarks.coverage import classify, opcase, opdb, site_packages
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def test_ops_no_inference_graph_holds_are_left_out_with_their_reason() -> None:

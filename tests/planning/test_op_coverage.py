@@ -3,7 +3,7 @@ route's converter accepts (its own registry), routes whose converter lacks an op
 route with the rewrite that removes it is), a .pte whose operators have no kernel is refused at build time
 naming the op, and the refusals that named no ATen op (ExecuTorch's, OpenVINO's) find their rewrite.
 
-Models: the recommender (nn.EmbeddingBag) and the keyword spotter (torch.stft) of tests/test_rewrite_routes.py.
+Models: the recommender (nn.EmbeddingBag) and the keyword spotter (torch.stft) of tests/rewrites/test_rewrite_routes.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_rewrite_routes import Project
+from tests.rewrites.test_rewrite_routes import Project
 
 
 class CoveredProject(Project):
@@ -33,7 +33,8 @@ class CoveredProject(Project):
                 os.environ["MODELBUILD_OP_COVERAGE"] = before
 
 
-@pytest.mark.slow  # an ExecuTorch build and three converter registries read, like tests/test_executorch.py
+# An ExecuTorch build and three converter registries read, like tests/formats/executorch/test_executorch.py:
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("executorch") is None or importlib.util.find_spec("coremltools") is None,
                     reason="needs executorch and coremltools (pip install -c constraints.txt 'modelbuild[executorch,coreml]')")
 def test_plan_lists_ops_and_coverage_and_the_working_route_goes_first(tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ def test_the_onnx_exports_ops_let_openvinos_refusal_find_embedding_bag() -> None
     from buildsys.formats.torch.rewritten import dispatched_ops
     from buildsys.planning.answers import refusal_rewrites
     from tests.helpers.rewrite_models import Recommender, recommender_inputs
-    from tests.test_rewrites_refusal import OPENVINO_BAG
+    from tests.rewrites.test_rewrites_refusal import OPENVINO_BAG
 
     ops = dispatched_ops(Recommender().eval(), recommender_inputs())
     assert "aten::_embedding_bag" in ops

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.test_repair import NARROW
-from tests.test_repair import Project as VitProject
-from tests.test_rewrite_routes import MODELS as REWRITE_MODELS
-from tests.test_rewrite_routes import Project as RewriteProject
+from tests.planning.test_repair import NARROW
+from tests.planning.test_repair import Project as VitProject
+from tests.rewrites.test_rewrite_routes import MODELS as REWRITE_MODELS
+from tests.rewrites.test_rewrite_routes import Project as RewriteProject
 
 
 def _three_ways(root: Path, env: dict[str, str]) -> list[dict[str, Any]]:

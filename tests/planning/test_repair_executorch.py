@@ -1,5 +1,5 @@
 """Accuracy repair of ExecuTorch int8 (docs/repair.md), end to end through the `modelbuild` CLI: the TinyViT of
-tests/test_repair.py, whose full static int8 by XNNPACKQuantizer zeroes every logit (its classifier reads a
+tests/planning/test_repair.py, whose full static int8 by XNNPACKQuantizer zeroes every logit (its classifier reads a
 cat whose one int8 range is the outlier's), misses top-1 0.9 in the ExecuTorch runtime; the planner's next
 route searches per-node sensitivity on the calibration set, keeps the fewest nodes in float, and the lowered
 .pte passes the same check in the ExecuTorch runtime. A no-op build neither checks nor searches again.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_repair import Project, _top1
+from tests.planning.test_repair import Project, _top1
 
 pytest.importorskip("executorch")
 

@@ -1,5 +1,5 @@
 """Accuracy repair of TFLite int8 (docs/repair.md), end to end through the `modelbuild` CLI: the attention
-classifier of tests/test_repair.py with `platform: android` (the android preset: full int8 TFLite, calibrated)
+classifier of tests/planning/test_repair.py with `platform: android` (the android preset: full int8 TFLite, calibrated)
 misses top-1 agreement 0.9 on litert-torch's full int8; the next route keeps the most sensitive ops in float
 (ai-edge-quantizer, measured per op on the calibration set in the LiteRT interpreter) and passes the same
 check; a recipe may change the scheme the preset chose (weight-only), and says so; a no-op build neither
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_repair import Project, _top1
+from tests.planning.test_repair import Project, _top1
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_quantizer")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from buildsys.report.html import render
-from tests.test_report_html import build_lock
+from tests.report.test_report_html import build_lock
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)

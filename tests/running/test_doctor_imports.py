@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from buildsys.running.imports import toolchain_modules
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def test_each_toolchain_lists_the_modules_of_its_steps_packages() -> None:

@@ -95,7 +95,7 @@ def test_every_implemented_op_is_checked_by_a_case() -> None:
 
 # Ops checked through whole converted packages below (compressed weights made by coremltools.optimize,
 # each decoded op compared with coremltools' own decoder there).
-# read_state: through the stateful LLM packages, by generation against PyTorch (tests/test_llm_coreml.py).
+# read_state: through the stateful LLM packages, by generation against PyTorch (tests/formats/llm/test_llm_coreml.py).
 PACKAGE_CHECKED = [Case(op, lambda: None) for op in ("constexpr_affine_dequantize",
                                                      "constexpr_lut_to_dense", "constexpr_blockwise_shift_scale",
                                                      "constexpr_sparse_to_dense", "read_state")]

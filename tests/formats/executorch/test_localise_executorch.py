@@ -18,7 +18,7 @@ from buildsys.config.schema import Acceptance, Model
 from buildsys.formats.executorch.intermediates import PROGRAM, STAND_IN
 from buildsys.localise import NotLocalisable, localise
 from buildsys.nodes.verify import resolve_acceptance
-from tests.test_localise import FAULTY, FP32, MODEL, X, nets  # noqa: F401 (nets: a fixture)
+from tests.localise.test_localise import FAULTY, FP32, MODEL, X, nets  # noqa: F401 (nets: a fixture)
 
 pytest.importorskip("executorch")
 
@@ -90,7 +90,7 @@ def test_int8_layer_that_quantizes_badly_is_named(tmp_path: Path) -> None:
         net.fc1.bias[0] = 0.0  # unit 0 of fc1 is always zero
         net.fc2.weight[:, 0] = 60.0
     x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
-    model = Model.model_validate({"source": {"factory": "tests.test_localise_executorch:Mlp"},
+    model = Model.model_validate({"source": {"factory": "tests.formats.executorch.test_localise_executorch:Mlp"},
                                   "inputs": [{"name": "x", "shape": [1, 8]}], "outputs": [{"name": "y"}]})
     pte = build_pte(net, (torch.from_numpy(x[:1]),), tmp_path, calibrate=x)
     int8 = resolve_acceptance(Acceptance(), "int8", model.outputs)["outputs"]["y"]

@@ -27,7 +27,7 @@ from buildsys.formats import get_format, get_step
 from buildsys.formats.serving import torchserve_handler as handler
 from buildsys.formats.serving.torchserve import HANDLER_SOURCE
 from buildsys.nodes.verify import resolve_acceptance
-from tests.conftest import make_tiny_project
+from tests.conftest import REPO, make_tiny_project
 from tests.helpers.models import Tiny
 
 UNAVAILABLE = get_runtime("torchserve-server").unavailable()
@@ -176,7 +176,7 @@ def test_the_archive_holds_the_handler_verbatim(cnn_mar: Path) -> None:
 def test_importing_the_handler_imports_neither_torch_nor_numpy() -> None:
     code = ("import sys, buildsys.formats.serving.torchserve_handler, buildsys.formats.serving.torchserve_server; "
             "heavy = [m for m in ('torch', 'numpy') if m in sys.modules]; assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -11,9 +11,9 @@ import pytest
 from buildsys.errors import ConfigError, PlanError
 from buildsys.formats import registry
 from buildsys.storage.lock import Lock
-from tests.conftest import TinyProject, make_tiny_project, tiny_deploy
+from tests.conftest import TESTS, TinyProject, make_tiny_project, tiny_deploy
 
-PLUGINS = Path(__file__).parent / "plugins"
+PLUGINS = TESTS / "plugins"
 TEXT_TARGET = "  text:\n    model: tiny\n    format: onnx-text\n"
 
 

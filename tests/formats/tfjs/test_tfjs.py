@@ -23,7 +23,7 @@ from buildsys.formats.web.install import pins
 from buildsys.storage.keys import explain
 from tests.conftest import missing_runtimes
 from tests.helpers.models import Tiny
-from tests.test_steps_onnx import check
+from tests.formats.onnx.test_steps_onnx import check
 
 RUNTIME = "tfjs-chromium"
 WHY = get_runtime(RUNTIME).unavailable()

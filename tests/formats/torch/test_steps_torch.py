@@ -15,6 +15,7 @@ from buildsys.errors import StepError
 from buildsys.formats import formats, get_format, steps
 from buildsys.formats.torch.loading import load_module
 from buildsys.nodes.verify import resolve_acceptance
+from tests.conftest import REPO
 from tests.helpers.models import FACTORIES, Tiny, make_model, torch_outputs, validation_feeds
 
 
@@ -269,6 +270,6 @@ def test_torchscript_bytes_do_not_depend_on_what_the_worker_compiled_before(tmp_
     for before in (0, 3):
         path = tmp_path / f"after{before}" / "model.pt"
         path.parent.mkdir()
-        subprocess.run([sys.executable, "-c", code, str(path), str(before)], check=True, cwd=Path(__file__).parent.parent)
+        subprocess.run([sys.executable, "-c", code, str(path), str(before)], check=True, cwd=REPO)
         digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
     assert digests[0] == digests[1]

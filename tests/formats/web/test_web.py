@@ -24,7 +24,7 @@ from buildsys.formats.web.web import web_problems
 from buildsys.storage.lock import Lock
 from tests.conftest import make_tiny_project
 from tests.helpers.models import Tiny
-from tests.test_steps_onnx import check
+from tests.formats.onnx.test_steps_onnx import check
 
 RUNTIME = "ort-web-chromium"
 WHY = get_runtime(RUNTIME).unavailable()
