@@ -29,7 +29,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.test_big_model import _MEASURE, make_big_project, side_files
+from tests.e2e.test_big_model import _MEASURE, make_big_project, side_files
 
 
 def run(config: Path, *args: str) -> tuple[float, int, dict[str, int]]:

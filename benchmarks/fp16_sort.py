@@ -3,7 +3,7 @@ chains of 20 000 to 160 000 nodes stored in reverse order: linear work should gr
 
     python benchmarks/fp16_sort.py [--runs 3]
 
-tests/test_big_model.py holds the order it produces; the time is measured here, never asserted.
+tests/e2e/test_big_model.py holds the order it produces; the time is measured here, never asserted.
 """
 
 from __future__ import annotations

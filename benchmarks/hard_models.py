@@ -1,8 +1,8 @@
 """Hard models, built cold: targets delivered, routes tried, seconds in failed nodes, repaired recipes.
 
 The models are the test suite's own hard cases: the keyword spotter (a torch.stft log-mel frontend) and the
-recommender (nn.EmbeddingBag with offsets, plus dense features) of tests/test_rewrite_routes.py, and the
-attention classifier of tests/test_repair.py (a TinyViT whose outlier channel makes full int8 miss top-1
+recommender (nn.EmbeddingBag with offsets, plus dense features) of tests/rewrites/test_rewrite_routes.py, and the
+attention classifier of tests/planning/test_repair.py (a TinyViT whose outlier channel makes full int8 miss top-1
 0.9). Each goes to the platforms users ask for: `server` (ONNX Runtime), `android` (TFLite), `ios` (Core ML,
 checked by the MIL reference interpreter on Linux), ExecuTorch fp32 (and int8 for the ViT, which has
 calibration data) and `intel` (OpenVINO; NNCF int8 for the ViT). One cold `build -k --json` with an empty
@@ -31,10 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.test_repair import DEPLOY as VIT_MODEL, VIT  # noqa: E402
-from tests.test_rewrite_routes import AUDIO, MODELS, RECSYS  # noqa: E402
+from tests.planning.test_repair import DEPLOY as VIT_MODEL, VIT  # noqa: E402
+from tests.rewrites.test_rewrite_routes import AUDIO, MODELS, RECSYS  # noqa: E402
 
-#: The spotter and the recommender as tests/test_rewrite_routes.py declares them, and the ViT of test_repair.py.
+#: The spotter and the recommender as tests/rewrites/test_rewrite_routes.py declares them, and the ViT of
+#: tests/planning/test_repair.py.
 DEPLOY = MODELS.replace("targets:\n", VIT_MODEL.removeprefix("models:\n"))
 
 #: (model, target suffix, the target's fields). The ViT's int8 targets are where repair is needed.

@@ -1,6 +1,6 @@
 """Mobile table: every mobile precision of MTCNN's ONet and examples/digits, built and verified, as Markdown.
 
-Generates the project the end-to-end test uses (tests/test_mobile_e2e.py: ONet with facenet-pytorch's
+Generates the project the end-to-end test uses (tests/e2e/test_mobile_e2e.py: ONet with facenet-pytorch's
 pretrained weights on synthetic crops, and the shipped digits example through `platform:` / recipes),
 builds its 20 mobile targets with `modelbuild build -k -j N`, and renders docs/mobile.md from deploy.lock:
 size, size vs the same format's fp32 artifact, what the check measured, and conversion seconds.
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from buildsys.storage.lock import Lock  # noqa: E402
-from tests.test_mobile_e2e import ONET_SAMPLES, TARGETS, make_mobile_project  # noqa: E402
+from tests.e2e.test_mobile_e2e import ONET_SAMPLES, TARGETS, make_mobile_project  # noqa: E402
 
 FORMAT_NAMES = {"tflite": "TFLite", "coreml": "Core ML", "ptl": "PyTorch Mobile"}
 TOOLCHAIN = ("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert", "coremltools")
@@ -92,7 +92,7 @@ def render(root: Path, jobs: int) -> str:
         "",
         "Every mobile precision modelbuild offers, built and checked on two real models by",
         f"`python benchmarks/mobile_table.py` (`modelbuild build -k -j {jobs}` on {os.cpu_count()} CPU cores, "
-        f"{platform.system()}, no GPU). The project is the one `tests/test_mobile_e2e.py` builds.",
+        f"{platform.system()}, no GPU). The project is the one `tests/e2e/test_mobile_e2e.py` builds.",
         "",
         "* **onet**: MTCNN's output network (facenet-pytorch 2.6.0's pretrained `onet.pt`, 389k parameters;",
         "  definition in `tests/models/mtcnn.py`), input `image` [batch, 3, 48, 48], outputs `box` (4),",

@@ -1,5 +1,5 @@
 """Failed node-seconds of a cold build with and without op coverage ordering the routes (docs/rewrites.md, "Op
-coverage"): the spotter (torch.stft) and the recommender (nn.EmbeddingBag) of tests/test_rewrite_routes.py to
+coverage"): the spotter (torch.stft) and the recommender (nn.EmbeddingBag) of tests/rewrites/test_rewrite_routes.py to
 Core ML, ExecuTorch and TFLite through litert-torch, each built from nothing with `build -k -j 1 --json`,
 once with MODELBUILD_OP_COVERAGE=0 (the routes in their default order) and once with it on (the op analysis
 first, its seconds counted). Also (`plan`, alone with --plan-only) what `plan --ops` costs on the same models
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "rewrites"))  # for test_rewrite_routes
 
 TARGETS = """\
 ios: {model: spotter, format: coreml}

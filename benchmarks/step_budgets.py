@@ -31,7 +31,7 @@ RESULTS = REPO / "benchmarks" / "results" / "step_budgets.json"
 sys.path.insert(0, str(REPO))
 
 from benchmarks.cold_build import checkout  # noqa: E402
-from tests.test_budget import RUNAWAY  # noqa: E402  (the script the watchdog's tests stop)
+from tests.running.test_budget import RUNAWAY  # noqa: E402  (the script the watchdog's tests stop)
 
 
 def example(jobs: int) -> dict[str, Any]:

@@ -13,11 +13,15 @@ import pytest
 
 from tests.helpers.models import Tiny, make_model
 
-REPO = Path(__file__).resolve().parent.parent
+#: The tests root (this directory: the tree of tests that mirrors buildsys/, and the shared helpers, models,
+#: plugins and data beside it) and the repository root. A test computes its paths from these, never from its
+#: own `__file__`, so that it can move within the tree.
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 # `build` analyses a model's ops (torch.export and each converter's registry, in a subprocess, cached per
 # project) before it runs anything; in a suite that builds hundreds of fresh projects that costs minutes and
-# changes no verdict, so it is off here except in the tests of op coverage (tests/test_op_coverage.py), which
+# changes no verdict, so it is off here except in the tests of op coverage (tests/planning/test_op_coverage.py), which
 # turn it on for their builds.
 os.environ.setdefault("MODELBUILD_OP_COVERAGE", "0")
 

@@ -4,7 +4,7 @@ A record (JSON, one per model) says for each target: its status (the check's wor
 "structure ok, numeric not run", "not delivered", ...), the route that made the artifact, the
 routes dropped on the way and why, the final failure when no route made it, the deliverable's size,
 the conversion seconds of the winning route's own nodes, and the check's numbers (max abs error,
-min cosine, min top-1 agreement). tests/test_zoo.py asserts these records; mobile_table.py renders
+min cosine, min top-1 agreement). tests/e2e/test_zoo.py asserts these records; mobile_table.py renders
 them into docs/mobile.md.
 
     python benchmarks/zoo/records.py mtcnn_pnet silero_vad        # build into /tmp/zoo-<model>, write results/

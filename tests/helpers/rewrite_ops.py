@@ -1,6 +1,6 @@
 """One tiny module per rewrite, each calling the op its rewrite removes (with a shape every converter can take).
 
-tests/test_rewrites_graphs.py traces and exports them before and after their rewrite;
+tests/rewrites/test_rewrites_graphs.py traces and exports them before and after their rewrite;
 benchmarks/rewrite_matrix.py --ops surveys which converters take them.
 """
 

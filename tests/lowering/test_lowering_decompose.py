@@ -1,0 +1,76 @@
+"""Decomposition with PyTorch's own tables (buildsys/lowering/decompose.py) on the models of
+tests/helpers/lowering_models.py: the named ops leave the exported program, what they became is recorded, the
+program computes what the model does at every batch size, and an op no table decomposes is refused saying so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from buildsys.lowering.decompose import NoDecomposition, decomposable_ops, decompose, describe, scriptable
+from tests.helpers import lowering_models
+from tests.lowering.test_lowering_answers import DECOMPOSABLE
+
+
+def _exported(module: torch.nn.Module, *shape: int) -> torch.export.ExportedProgram:
+    return torch.export.export(module, (torch.randn(2, *shape),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
+def _ops(program: torch.export.ExportedProgram) -> set[str]:
+    return {str(n.target).split(".")[1] for n in program.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("aten.")}
+
+
+def test_a_named_op_inside_a_composite_op_is_decomposed_and_the_program_computes_the_same() -> None:
+    model = lowering_models.warp()
+    program, record = decompose(_exported(model, 3, 16, 16), ["grid_sampler_2d"])
+    assert not {"grid_sampler", "grid_sampler_2d"} & _ops(program)
+    assert record["decompose"] == ["grid_sampler_2d"] and "index" in record["decomposed"]["grid_sampler"]
+    assert set(record["decomposed"]) == {"grid_sampler"}  # only what was asked for, not the views export also lowers
+    assert describe(record).startswith("decomposed with PyTorch's tables: grid_sampler_2d (grid_sampler → ")
+    x = torch.randn(3, 3, 16, 16)  # another batch size than the export's: the dynamic axis survives
+    torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_what_a_decomposition_makes_that_is_not_core_aten_is_decomposed_in_turn() -> None:
+    program, record = decompose(_exported(lowering_models.point_cloud(), 32, 3), ["cdist"])
+    assert not {"cdist", "_cdist_forward", "_euclidean_dist"} & _ops(program)
+    assert {"cdist"} == set(record["decomposed"])
+
+
+def test_core_decomposes_the_whole_program() -> None:
+    program, record = decompose(_exported(lowering_models.point_cloud(), 32, 3), "core")
+    assert record["decompose"] == "core" and {"cdist", "linear"} <= set(record["decomposed"])
+    assert "addmm" in _ops(program) and "linear" not in _ops(program)
+
+
+def test_an_op_no_table_decomposes_is_refused_plainly() -> None:
+    class RunningMax(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cummax(x, dim=1).values
+
+    with pytest.raises(NoDecomposition, match=r"aten::cummax has no decomposition in PyTorch's tables .*an op rewrite "
+                                              r"must \(docs/rewrites.md\)"):
+        decompose(_exported(RunningMax(), 5), ["cummax"])
+
+
+def test_an_op_the_program_does_not_hold_is_refused_naming_what_it_holds() -> None:
+    with pytest.raises(NoDecomposition, match=r"holds no aten::grid_sampler_2d to decompose \(its ops: .*linear"):
+        decompose(_exported(lowering_models.per_sample().body, 6), ["grid_sampler_2d"])
+
+
+def test_the_decomposed_program_scripts_to_torchscript_that_keeps_its_dynamic_batch() -> None:
+    model = lowering_models.warp()
+    program, _ = decompose(_exported(model, 3, 16, 16), ["grid_sampler_2d"])
+    compiled = scriptable(program)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 16, 16)
+        [out] = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+    assert "grid_sampler" not in str(compiled.inlined_graph)
+
+
+def test_the_table_the_planner_reads_holds_what_the_classifier_tests_assume() -> None:
+    table = set(decomposable_ops())
+    assert DECOMPOSABLE <= table
+    assert not {"cummax", "_fft_r2c", "_cdist_forward", "index_put"} & table  # the families rewrites must cover

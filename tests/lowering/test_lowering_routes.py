@@ -1,0 +1,170 @@
+"""The lowering answers end to end through the `modelbuild` CLI (docs/lowering.md): each model of
+tests/helpers/lowering_models.py is refused by a converter as written; the step's classifier (`Step.answers`) reads
+the real refusal and picks its answer; the planner records it in deploy.lock beside the refused route and takes the
+answered route next, in the same build, which converts and passes its numeric check against the original PyTorch
+model. A second build is a no-op: the answer is found again from the lock alone.
+
+- decomposition: grid_sample, refused by coremltools' torch.export frontend, decomposed by PyTorch's tables;
+- static re-export: a per-sample loop whose dynamic batch torch.export refuses, exported at static shapes for
+  ExecuTorch (a .pte is static anyway), while the .pt2 delivered dynamic still fails naming the constraint;
+- converter switches: onnx2tf's RNN unrolling for a Conv1d+GRU model whose TensorList ops TFLite refuses, and Core
+  ML at fixed shapes for a GroupNorm audio frontend whose symbolic batch coremltools cannot convert.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsys.formats import steps
+from buildsys.storage.lock import Lock
+from tests.conftest import TESTS
+
+HELPERS = TESTS / "helpers" / "lowering_models.py"
+
+pytestmark = pytest.mark.slow
+
+
+class Project:
+    """A project in `root` whose models are the helper's factories."""
+
+    def __init__(self, root: Path, deploy: str) -> None:
+        self.root = root
+        shutil.copy(HELPERS, root / "lowering_models.py")
+        (root / "deploy.yaml").write_text(textwrap.dedent(deploy))
+
+    def build(self, *targets: str) -> tuple[int, list[dict[str, Any]]]:
+        """Run `build -k --json` of `targets`: its exit status and its events."""
+        proc = subprocess.run([sys.executable, "-m", "buildsys", "build", "-k", "-j", "1", "--json", *targets],
+                              cwd=self.root, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "MODELBUILD_OP_COVERAGE": "0"})
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert events, proc.stdout + proc.stderr
+        return proc.returncode, events
+
+    def lock(self) -> Lock:
+        return Lock.read(self.root / "deploy.lock")
+
+    def verdict(self, target: str) -> str:
+        return str(self.lock().nodes[f"verify:{target}"]["verdict"])
+
+
+def refusal(events: list[dict[str, Any]], node: str) -> str:
+    """The error text a failed node reported (what deploy.lock keeps and the planner classifies)."""
+    [text] = [e["error"] for e in events if e.get("event") == "failed" and e["node"].split("~")[0] == node]
+    return str(text)
+
+
+def summary(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e for e in events if e.get("event") == "summary")["targets"]
+
+
+def test_a_decomposition_makes_grid_sample_convert_to_core_ml(tmp_path: Path) -> None:
+    from buildsys.lowering.decompose import decomposable_ops
+
+    project = Project(tmp_path, """\
+        models:
+          warp:
+            source: {factory: lowering_models:warp}
+            inputs: [{name: image, shape: [batch, 3, 16, 16], layout: NCHW}]
+            outputs: [{name: features}]
+        targets:
+          ios: {model: warp, format: coreml, via: [pt2], rewrites: []}
+        """)
+    status, events = project.build("ios")
+    assert status == 0, summary(events)
+    text = refusal(events, "warp/coreml")
+    assert "Unsupported fx node grid_sampler_2d" in text
+    answers = steps()["coreml-from-pt2"].answers(text, decomposable=decomposable_ops())
+    assert [a.label for a in answers] == ["decompose grid_sampler_2d", "decompose core"]
+    assert answers[0].at == "loading" and answers[0].values == {"decompose": ["grid_sampler_2d"]}
+    [record] = project.lock().routes["ios"]["dropped"]
+    assert record["answers"] == [["pytorch", "pt2 (decompose grid_sampler_2d)", "coreml"],
+                                 ["pytorch", "pt2 (decompose core)", "coreml"]]
+    assert summary(events)["ios"]["route"] == record["answers"][0]
+    assert project.verdict("ios") == "passed"  # the MIL reference against the original model's outputs
+    nodes = project.lock().nodes
+    [loading] = [n for n in nodes if n.startswith("warp/pt2") and "decompose" in nodes[n]["components"]["options"]]
+    assert nodes[loading]["components"]["options"]["decompose"] == ["grid_sampler_2d"]
+    facts = nodes[loading]["facts"]["decomposition"]  # what became of the composite op that held grid_sampler_2d
+    assert facts["decompose"] == ["grid_sampler_2d"] and "index" in facts["decomposed"]["grid_sampler"]
+    status, events = project.build("ios")  # the answer read back from the lock: nothing to do
+    assert status == 0 and not [e for e in events if e.get("event") == "started"]
+
+
+def test_a_static_reexport_lets_executorch_take_a_model_whose_dynamic_batch_torch_export_refuses(tmp_path: Path) -> None:
+    project = Project(tmp_path, """\
+        models:
+          scorer:
+            source: {factory: lowering_models:per_sample}
+            inputs: [{name: x, shape: [batch, 6]}]
+            outputs: [{name: scores}]
+        targets:
+          program: {model: scorer, format: pt2}
+          phone: {model: scorer, format: executorch}
+        """)
+    status, events = project.build("program")
+    assert status == 1  # a .pt2 delivered with its dynamic axes has no static answer: it names the constraint
+    text = refusal(events, "scorer/pt2")
+    assert "Constraints violated (batch)" in text
+    [answer] = steps()["pt2-from-pytorch"].answers(text)
+    assert answer.label == "static export" and answer.static_only and answer.values == {"static_fallback": True}
+    assert steps()["executorch-from-pt2"].makes_static() and not steps()["onnx-from-pt2"].makes_static()
+
+    status, events = project.build("phone")
+    assert status == 0, summary(events)
+    assert project.verdict("phone") == "passed"
+    assert summary(events)["phone"]["route"] == ["pytorch", "pt2 (switch static export)", "executorch"]
+    caveats = [c for c in summary(events)["phone"]["caveats"] if c["kind"] == "fallback" and "static" in c["what"]]
+    assert [c["what"] for c in caveats] == ["exported at static shapes: x [1, 6]"]
+    assert "Constraints violated (batch)" in caveats[0]["why"]
+
+
+def test_onnx2tf_unrolls_the_gru_whose_tensor_list_ops_tflite_refuses(tmp_path: Path) -> None:
+    project = Project(tmp_path, """\
+        models:
+          har:
+            source: {factory: lowering_models:gru_har}
+            inputs: [{name: window, shape: [batch, 9, 90], layout: NCL}]
+            outputs: [{name: logits, kind: scores}]
+        targets:
+          android: {model: har, format: tflite, routes: [[]]}
+        """)
+    status, events = project.build("android")
+    assert status == 0, summary(events)
+    text = refusal(events, "har/tflite")
+    assert "tf.TensorListReserve" in text
+    first, second = steps()["tflite-from-saved-model"].answers(text)
+    assert (first.label, first.at, first.values) == ("onnx2tf rnn-unroll", "saved_model", {"enable_rnn_unroll": True})
+    assert (second.label, second.via) == ("litert-torch", ("pt2",))  # another route: not for a target that lists its own
+    [record] = project.lock().routes["android"]["dropped"]
+    assert record["answers"] == [["pytorch", "onnx", "saved_model (switch onnx2tf rnn-unroll)", "tflite"]]
+    assert project.verdict("android") == "passed"  # LiteRT against the GRU in PyTorch
+
+
+def test_core_ml_at_fixed_shapes_converts_what_its_symbolic_batch_refused(tmp_path: Path) -> None:
+    project = Project(tmp_path, """\
+        models:
+          audio:
+            source: {factory: lowering_models:audio_frontend}
+            inputs: [{name: audio, shape: [batch, 400]}]
+            outputs: [{name: logits}]
+        targets:
+          ios: {model: audio, format: coreml, routes: [[]], rewrites: []}
+        """)
+    status, events = project.build("ios")
+    assert status == 0, summary(events)
+    text = refusal(events, "audio/coreml")
+    assert "Cannot add const [is" in text
+    [answer] = steps()["coreml-from-torchscript"].answers(text)
+    assert (answer.label, answer.at, answer.values) == ("coreml static shapes", "step", {"static_shapes": True})
+    assert summary(events)["ios"]["route"] == ["pytorch", "torchscript", "coreml (switch coreml static shapes)"]
+    assert project.verdict("ios") == "passed"  # one sample per call through the MIL reference

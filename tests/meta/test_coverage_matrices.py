@@ -1,0 +1,163 @@
+"""The coverage matrices (benchmarks/op_matrix.py, benchmarks/model_matrix.py): their op selection, op modules and
+failure classes (fast), and a small sample of each run end to end through modelbuild (slow).
+
+The end-to-end samples use what is installed for modelbuild alone: PyTorch's own op suite, and a transformers
+model built from a small config (the other architectures' packages live outside the test environment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.coverage import classify, opcase, opdb, site_packages
+from tests.conftest import REPO
+
+
+def test_ops_no_inference_graph_holds_are_left_out_with_their_reason() -> None:
+    chosen = opdb.select(per_op=1, only={"bernoulli", "item", "empty_like", "arange", "normal.in_place", "to_sparse",
+                                         "_softmax_backward_data", "bitwise_and", "add", "max.reduction_with_dim"})
+    assert chosen.left_out == {
+        "bernoulli": "random", "item": "returns no tensor", "empty_like": "nondeterministic",
+        "arange": "no float tensor input", "normal.in_place": "random", "to_sparse": "sparse tensor",
+        "_softmax_backward_data": "backward op", "bitwise_and": "no float32 kernel on CPU"}
+    assert sorted(c.op for c in chosen.cases) == ["add", "max.reduction_with_dim"]
+    assert all(c.key == opdb.case_key(c.op, c.index) for c in chosen.cases)
+
+
+def test_an_op_case_takes_the_float_tensors_and_bakes_the_rest() -> None:
+    op = opcase.find_op("index_select")
+    index, sample = next((i, s) for i, s in enumerate(opcase.samples(op)) if s.input.dim() == 2)
+    module = opcase.case("index_select", index)
+    (x,) = module.example_inputs()  # the index tensor is a buffer, not an input
+    assert x.shape == (1, *sample.input.shape)
+    (got,) = module(x)
+    torch.testing.assert_close(got[0], torch.index_select(sample.input, *sample.args, **sample.kwargs))
+
+
+def test_complex_and_integer_results_become_float32_outputs() -> None:
+    fft = opcase.case("fft.fft", 0)
+    (spectrum,) = fft(*fft.example_inputs())
+    assert spectrum.dtype == torch.float32 and spectrum.shape[-1] == 2  # view_as_real
+    reduction = opcase.case("max.reduction_with_dim", 0)
+    values, indices = reduction(*reduction.example_inputs())
+    assert values.dtype == indices.dtype == torch.float32
+
+
+def test_case_names_start_with_a_letter_or_digit() -> None:
+    assert opdb.case_key("__getitem__", 0) == "op-__getitem__-0"
+    assert opdb.case_key("div.trunc_rounding", 2) == "div-trunc_rounding-2"
+
+
+#: Reasons as modelbuild's build summaries gave them in the op matrix's first run.
+SPEC = ("model 'addmv-0': lowering to ExecuTorch failed: SpecViolationError: Operator torch._ops.aten.addmv.default "
+        "is not in Core ATen opset (https://pytorch.org/docs/stable/torch.compiler_ir.html#core-aten-ir).\" "
+        "(step executorch-from-pt2)")
+CDIST = ("model 'cdist-0': Core ML cannot convert the PyTorch op 'cdist' (coremltools has no conversion for it); "
+         "rewrite that part of the model or register a custom conversion (step coreml-from-torchscript)")
+STFT = ("rewrite 'complex' does not apply to torch.stft: it makes a complex tensor and no rewrite represents this "
+        "function on real pairs")
+SPLITV = ("model 'unsafe_split-0': TFLite has no builtin kernel for the TensorFlow op(s) SplitV; rewrite that part of "
+          "the model, or set select_tf_ops: true (needs the Flex delegate in the app) (step tflite-from-saved-model)")
+ORMQR = ("model 'ormqr-0': ONNX export failed: operator 'aten::ormqr' is not supported at opset 18 (try another "
+         "opset, the other exporter (dynamo), or rewrite that part of the model) (step onnx-from-pytorch)")
+
+
+def _cell(*routes: tuple[str, str]) -> dict[str, object]:
+    return {"status": "failed", "reason": routes[0][1], "node": routes[0][0],
+            "routes": [{"route": "", "node": node, "reason": reason} for node, reason in routes]}
+
+
+TIMEOUT = "timed out after 120 s (raise it with --timeout)"
+
+
+@pytest.mark.parametrize("cell, family, ops, expected", [
+    (_cell(("addmv-0/executorch", SPEC)), "executorch", ["aten.addmv"], "decomposition"),
+    (_cell(("ormqr-0/executorch", SPEC.replace("addmv.default", "ormqr.default"))), "executorch", ["aten.ormqr"],
+     "kernel"),  # ExecuTorch wants core ATen, and PyTorch has no decomposition of ormqr
+    (_cell(("cdist-0/coreml", CDIST)), "ios", ["aten._cdist_forward"], "family-cdist"),
+    (_cell(("stft-0/onnx", STFT)), "server", ["aten.stft", "aten._fft_r2c"], "family-fft"),
+    (_cell(("unsafe_split-0/tflite", SPLITV)), "android", ["aten.split_with_sizes"], "switch"),
+    (_cell(("ormqr-0/onnx", ORMQR)), "server", ["aten.ormqr"], "kernel"),
+    (_cell(("verify:clamp-0.ios", "out0: max_rel 1.9e+00 > 1.0e-04")), "ios", ["aten.clamp"], "numerics-fp32"),
+    (_cell(("x/onnx", f"model 'x': {TIMEOUT}")), "server", [], "cost"),
+    (_cell(("x/pt2", "model 'x': torch.export failed: Constraints violated (batch)!")), "executorch", [], "static"),
+    (_cell(("x/saved_model", "model 'x': onnx2tf could not convert the ONNX op Expand (node /Expand): TypeError: "
+                             "Cannot iterate over a Tensor with unknown first dimension.")), "android", [], "static"),
+    (_cell(("yolo11n/saved_model", "model 'yolo11n': onnx2tf could not convert the ONNX op Mul (node /model.23/Mul_2): "
+                                   "ValueError: Exception encountered")), "android", [], "switch"),
+    # the class of the route a mechanism would make work, whichever route ran first
+    (_cell(("cdist-0/coreml~1", TIMEOUT), ("cdist-0/coreml", CDIST)), "ios", ["aten._cdist_forward"], "family-cdist"),
+    ({"status": "no result", "reason": "modelbuild build exited 3 before reporting this target: …"}, "web", [], "bug"),
+])
+def test_failures_are_classed_by_the_mechanism_that_answers_them(cell: dict[str, object], family: str,
+                                                                 ops: list[str], expected: str) -> None:
+    decomposable = {"aten.addmv": ["aten.add", "aten.mul", "aten.mv"]}
+    assert classify.classify(cell, family, case_ops=ops, decomposable=decomposable) == expected
+
+
+def test_a_cell_a_single_converter_delivers_is_a_switch() -> None:
+    cell = _cell(("linalg-inv-0/onnx", ORMQR.replace("ormqr", "linalg_inv")))
+    assert classify.classify(cell, "intel", case_ops=["aten.linalg_inv"], single=["openvino-torch"]) == "switch"
+    assert classify.classify(cell, "intel", case_ops=["aten.linalg_inv"]) == "kernel"
+
+
+def test_an_int8_target_that_misses_its_tolerance_is_an_int8_miss() -> None:
+    cell = _cell(("verify:m.android", "logits: top1_agreement 0.62 < 0.90"))
+    assert classify.classify(cell, "android", precisions={"android": "int8"}) == "numerics-int8"
+
+
+def test_a_missing_package_directory_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(site_packages.MissingSite,
+                       match=r"(?s)lacks timm==1\.0\.31, ultralytics==8\.4\.190.*\n  pip install --no-deps --target "):
+        site_packages.check(tmp_path)
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--work", str(tmp_path / "work"),
+                           "--out", str(out), "--doc", str(tmp_path / "coverage.md"), *args],
+                          capture_output=True, text=True, timeout=2400, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "MODELBUILD_WORKER_MEMORY": "3G"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dict(json.loads(out.read_text()))
+
+
+@pytest.mark.slow
+def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
+    results = _run("op_matrix.py", tmp_path, "--only", "abs", "--only", "addmv", "--per-op", "1",
+                   "--targets", "server,executorch", "--converters", "onnx-dynamo,executorch", "--jobs", "1")
+    cells, anchors = results["cells"], results["anchors"]
+    assert set(cells) == {"abs-0", "addmv-0"}
+    assert cells["abs-0"]["server"]["status"] == "verified" and cells["abs-0"]["server"]["route"] == "pytorch → onnx"
+    assert cells["abs-0"]["executorch"]["status"] == "verified"
+    # ExecuTorch refuses addmv; the refusal's decomposition answer (PyTorch's tables) delivers it, and the cell
+    # keeps the refused route
+    answered = cells["addmv-0"]["executorch"]
+    assert answered["status"] == "verified", answered
+    assert answered["route"] == "pytorch → pt2 (decompose addmv) → executorch"
+    [refused] = answered["routes"]
+    assert refused["node"] == "addmv-0/executorch" and "aten.addmv.default is not in Core ATen opset" in refused["reason"]
+    assert anchors["abs-0"]["onnx-dynamo"]["status"] == "verified"
+    assert set(anchors["addmv-0"]) == {"onnx-dynamo", "executorch"}
+    assert results["node_seconds"]["abs-0"]["verify:abs-0.server"][0] == "built"
+    doc = (tmp_path / "coverage.md").read_text()
+    assert "| server | 2/2 | 100.0 % |" in doc and "| executorch | 2/2 | 100.0 % |" in doc
+
+
+@pytest.mark.slow
+def test_model_matrix_sample_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    results = _run("model_matrix.py", tmp_path, "--only", "hf-bert", "--targets", "server,executorch", "--jobs", "1")
+    cells = results["cells"]["hf-bert"]
+    assert {f: c["status"] for f, c in cells.items()} == {"server": "verified", "executorch": "verified"}
+    assert cells["server"]["route"].startswith("pytorch → onnx")
+    nodes = results["node_seconds"]["hf-bert"]
+    assert nodes["verify:hf-bert.server"][0] == "built" and all(s >= 0 for _, s in nodes.values())
+    assert any((tmp_path / "work").glob("chunk-*/data/hf-bert-calibration.npz"))
+    assert "| hf-bert | text-encoder | transformers |" in (tmp_path / "coverage.md").read_text()
