@@ -7,7 +7,7 @@ exp(s − max)/Σ with the max clamped to a finite value and the sum clamped awa
 every position masked gives 0 as torch's SDPA does (not NaN). nn.MultiheadAttention calls SDPA when
 need_weights=False; under the rewrite its fused fast path is off (a torch function mode disables it),
 so it is rewritten too. dropout_p > 0 raises RewriteNotApplicable (random). Equivalence:
-tests/test_rewrites.py (≤ 1e-4 × max|reference|: the same sums in another order).
+tests/rewrites/test_rewrites.py (≤ 1e-4 × max|reference|: the same sums in another order).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ still replaces torch.fft's four 1-D transforms (with the `fft` family's handlers
 
 Why a rewrite and not a decomposition: PyTorch has no decomposition that takes a complex dtype out of a
 program (complex ops decompose into complex ops), and converters without complex dtypes refuse them.
-Equivalence: tests/test_rewrites.py, tests/test_rewrite_families_complex.py.
+Equivalence: tests/rewrites/test_rewrites.py, tests/rewrites/test_rewrite_families_complex.py.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ as it is.
 Why a rewrite and not a decomposition: cdist and pdist decompose only into `_cdist_forward` and
 `_pdist_forward`, which no table lowers further; pairwise_distance and dist decompose
 into `linalg_vector_norm` only under torch.export: the TorchScript trace that the legacy ONNX exporter
-and Core ML's trace frontend read records the ops themselves. Equivalence: tests/test_rewrite_families_distance.py.
+and Core ML's trace frontend read records the ops themselves. Equivalence: tests/rewrites/test_rewrite_families_distance.py.
 """
 
 from __future__ import annotations

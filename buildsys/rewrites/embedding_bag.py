@@ -11,7 +11,7 @@ thousands of bags at once. 2-D input (fixed-size bags) reduces over dim 1 direct
 Handled: modes sum / mean / max, offsets with or without include_last_offset, per_sample_weights
 (sum), padding_idx (its entries neither add nor count, as in torch), empty bags (zeros), 1-D and 2-D
 input. max_norm (which renormalises the weight in place) raises RewriteNotApplicable.
-Equivalence: tests/test_rewrites.py (sum and mean to fp32 accumulation error, max exactly).
+Equivalence: tests/rewrites/test_rewrites.py (sum and mean to fp32 accumulation error, max exactly).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 Why a rewrite and not a decomposition: PyTorch decomposes torch.fft.* only into `_fft_r2c`, `_fft_c2c`
 and `_fft_c2r`, which no decomposition table lowers further, and their values are complex: converters
 without complex dtypes or an FFT op (litert-torch, ExecuTorch, Core ML, the legacy ONNX exporter on
-complex STFTs) refuse them whatever the decomposition. Equivalence: tests/test_rewrite_families_fft.py.
+complex STFTs) refuse them whatever the decomposition. Equivalence: tests/rewrites/test_rewrite_families_fft.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 - F.fold (col2im, the overlap-add back) is the transposed grouped conv2d with the same one-hot kernel,
   output_padding making up the rows and columns no window covers.
 
-Equivalence: tests/test_rewrites.py (gathers are exact; the one-hot convolutions multiply by 1 and add
+Equivalence: tests/rewrites/test_rewrites.py (gathers are exact; the one-hot convolutions multiply by 1 and add
 zeros, exact in fp32 unless the backend reorders sums of overlapping windows in fold).
 """
 

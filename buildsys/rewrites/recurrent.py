@@ -15,7 +15,7 @@ unrolled steps) but only inside torch.export's run_decompositions: the TorchScri
 ONNX exporter and Core ML's trace frontend read records `aten::gru`, which the ONNX exporter writes as an
 ONNX GRU that onnx2tf turns into a TensorFlow while loop TFLite refuses (`tf.TensorListReserve`). The
 rewrite unrolls where the module is loaded, for every route. Equivalence:
-tests/test_rewrite_families_recurrent.py.
+tests/rewrites/test_rewrite_families_recurrent.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 Why a rewrite and not a decomposition: PyTorch decomposes index_add and index_copy into index_put, and
 scatter, scatter_add, scatter_reduce and index_put are core ATen ops with no decomposition: a format
 without a scatter (Core ML's trace frontend on several, TFLite through onnx2tf, older ONNX consumers)
-refuses whatever the decomposition. Equivalence: tests/test_rewrite_families_scatter.py.
+refuses whatever the decomposition. Equivalence: tests/rewrites/test_rewrite_families_scatter.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Both are index shuffles, and slices, sub and cat are in every converter. Measure
 (benchmarks/rewrite_matrix.py --ops): the legacy ONNX exporter ("Exporting the operator 'aten::diff' to
 ONNX opset version 17 is not supported", and so onnx2tf after it) and coremltools' trace frontend
 ("PyTorch convert function for op 'diff' not implemented") refuse aten::diff; every converter here takes
-aten::roll, which the rewrite removes for those that do not (older ones, other backends). Equivalence: tests/test_rewrites.py (exact: no arithmetic beyond the subtraction itself).
+aten::roll, which the rewrite removes for those that do not (older ones, other backends). Equivalence: tests/rewrites/test_rewrites.py (exact: no arithmetic beyond the subtraction itself).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ digamma, mvlgamma's lgamma, spherical_bessel_j0 or round(decimals) (torch._refs 
 as prims that no converter takes: erfinv → prims.erf_inv); hypot, xlogy, var_mean decompose only under
 torch.export, while the TorchScript trace that the legacy ONNX exporter and Core ML's trace frontend read
 records the op itself (measured on the OpInfo sample: benchmarks/op_matrix.py). Equivalence:
-tests/test_rewrite_families_special.py.
+tests/rewrites/test_rewrite_families_special.py.
 """
 
 from __future__ import annotations

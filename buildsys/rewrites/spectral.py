@@ -12,7 +12,7 @@ Spectrogram and MelSpectrogram call it) come out as conv1d + elementwise ops + t
 
 Handled: n_fft, hop_length, win_length, window (any tensor or None), center, pad_mode, normalized,
 onesided, return_complex True/False, align_to_window; 1-D and 2-D real input. A complex input raises
-RewriteNotApplicable. Equivalence: tests/test_rewrites.py (max abs error ≤ 1e-4 × max|reference|).
+RewriteNotApplicable. Equivalence: tests/rewrites/test_rewrites.py (max abs error ≤ 1e-4 × max|reference|).
 
 torch.istft inverts each frame's spectrum (the C2R basis, or the complex one for return_complex=True),
 multiplies it by the window and overlap-adds the frames: one conv_transpose1d per part whose kernels are

@@ -10,7 +10,7 @@ Why a rewrite and not a decomposition: triu_indices / tril_indices have no decom
 arange, a subtraction, a comparison and a where, but only under torch.export; the TorchScript trace records
 `aten::triu`, which the legacy ONNX exporter writes as Trilu and refuses below opset 14. (At the default
 opsets every converter here takes triu / tril themselves: the family reaches them through those refusals.)
-Equivalence: tests/test_rewrite_families_distance.py.
+Equivalence: tests/rewrites/test_rewrite_families_distance.py.
 """
 
 from __future__ import annotations

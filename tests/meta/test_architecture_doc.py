@@ -59,3 +59,20 @@ def test_no_module_is_over_the_size_limit() -> None:
     sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     over = sorted(f"{name} ({n} lines)" for name, n in sizes.items() if n > MAX_MODULE_LINES)
     assert not over, f"modules over {MAX_MODULE_LINES} lines: {', '.join(over)}"
+
+
+#: Test folders that do not mirror one package: the whole product end to end, the code base's own shape, and
+#: formats/shared (the modules of formats/ itself, several families at once); with the fixtures' folders.
+NOT_A_PACKAGE = {"e2e", "meta", "formats/shared", "helpers", "data", "models", "plugins"}
+
+
+def test_the_tests_mirror_the_package_layout() -> None:
+    """Every test file sits in a folder named as the buildsys package it tests (tests/planning ↔ buildsys/planning,
+    tests/formats/coreml ↔ buildsys/formats/coreml), or in one of NOT_A_PACKAGE; none at the tests root."""
+    tests = REPO / "tests"
+    assert not sorted(p.name for p in tests.glob("test_*.py")), "a test file at the tests root: move it beside its package"
+    for path in sorted(tests.rglob("test_*.py")):
+        folder = path.parent.relative_to(tests).as_posix()
+        if any(folder == f or folder.startswith(f + "/") for f in NOT_A_PACKAGE):
+            continue
+        assert (PACKAGE / folder / "__init__.py").exists(), f"{path.relative_to(REPO)}: no package buildsys/{folder}"
