@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.util
 import platform
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 from buildsys.errors import StepError, not_installed
 
@@ -17,6 +18,23 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.localise import Probe
     from buildsys.status import Caveat
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" for none): what names the failure, without its trace."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+@contextmanager
+def loading(what: str, cause: Callable[[BaseException], str] = first_line) -> Iterator[None]:
+    """Turn a failure inside the block (a runtime reading an artifact) into a StepError that says `what` could
+    not be loaded ("'model.pt' is not a loadable TorchScript file", "OpenVINO could not load 'model.xml'"),
+    then the cause's type and `cause` of it (by default the first line of its message)."""
+    try:
+        yield
+    except Exception as exc:
+        raise StepError(f"{what}: {type(exc).__name__}: {cause(exc)}") from exc
 
 
 class CannotRun(StepError):
@@ -80,7 +98,10 @@ class Runtime:
     """How to execute one family of artifacts on this host."""
 
     name: ClassVar[str]
-    packages: ClassVar[tuple[str, ...]] = ()  # their versions enter the keys of checks
+    #: The distributions whose versions enter the keys of checks. A runtime that declares `requires` and not
+    #: these gets the distributions of those modules, as pip names them (`ai_edge_litert` → `ai-edge-litert`):
+    #: declared only where more packages than the imported ones decide its numbers.
+    packages: ClassVar[tuple[str, ...]] = ()
     #: Programs the runtime (or its install step) runs, each with the Debian package that provides it:
     #: `modelbuild doctor --install-os-packages` installs the missing ones.
     os_packages: ClassVar[dict[str, str]] = {}
@@ -109,6 +130,11 @@ class Runtime:
     #: The one platform (`sys.platform`) it executes on, and the sentence that says so ("Core ML execution needs
     #: macOS"); None: any.
     only_on: ClassVar[tuple[str, str] | None] = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "requires" in cls.__dict__ and "packages" not in cls.__dict__:
+            cls.packages = tuple(module.replace("_", "-") for module in cls.requires)
 
     def unavailable(self) -> str | None:
         """Why this runtime cannot execute here: another platform than it needs, a module it requires not

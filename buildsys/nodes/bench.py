@@ -11,14 +11,18 @@ import json
 import os
 import platform
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional
 
 from pydantic import Field
 
 from buildsys.errors import ModelbuildError, StepError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+
+if TYPE_CHECKING:
+    from buildsys.nodes.timing import RssMeter
 
 BENCH = register_format(Format(
     name="bench", filename="bench.json", runtime=None,
@@ -152,26 +156,18 @@ class BenchStep(Step):
         import time
 
         from buildsys.formats import get_runtime
-        from buildsys.nodes.timing import RssMeter, measure, percentile
+        from buildsys.nodes.timing import measure, percentile
 
-        _preimport(runtime_name)  # a library's one-time import is not this model's memory
-        with RssMeter() as meter:
-            started = time.perf_counter()
-            try:
-                if label == "eager":
-                    from buildsys.formats.llm.runtime import eager_kv_session
+        if label == "eager":
+            from buildsys.formats.llm.runtime import eager_kv_session
 
-                    session: Any = eager_kv_session(ctx.model, ctx.root, "bench")
-                else:
-                    session = get_runtime(runtime_name).load(path, ctx.model, ctx.root)  # type: ignore[arg-type]
-            except ModelbuildError as exc:
-                if label == "artifact":
-                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact could not be loaded: {exc.what}") from exc
-                raise
+            load: Callable[[], Any] = partial(eager_kv_session, ctx.model, ctx.root, "bench")
+        else:
+            load = partial(get_runtime(runtime_name).load, path, ctx.model, ctx.root)  # type: ignore[arg-type]
+        with self._loaded(ctx, label, runtime_name, load) as (session, meter, started):
             load_ms = (time.perf_counter() - started) * 1000
             timings = getattr(session, "timings", None)
             if not isinstance(timings, dict) or "ttft_s" not in timings:
-                session.close()
                 raise self.fail(ctx, f"the {runtime_name} session keeps no generation timings (not a GenerationSession)")
             try:
                 for _ in range(opts.warmup):  # first calls of each prompt length: kernel compilation, allocation
@@ -182,8 +178,6 @@ class BenchStep(Step):
                                  on_call=None if meter.exact else meter.sample)
             except Exception as exc:
                 raise self._failed(ctx, label, runtime_name, exc) from exc
-            finally:
-                session.close()
         ttft, rate = timings["ttft_s"], timings.get("decode_tokens_per_s") or []
         result: dict[str, Any] = {
             "runtime": "torch-eager (transformers KV cache)" if label == "eager" else runtime_name,
@@ -239,17 +233,10 @@ class BenchStep(Step):
         import time
 
         from buildsys.formats import get_runtime
-        from buildsys.nodes.timing import RssMeter, measure, percentile
+        from buildsys.nodes.timing import measure, percentile
 
-        _preimport(runtime_name)  # a library's one-time import is not this model's memory
-        with RssMeter() as meter:
-            started = time.perf_counter()
-            try:
-                session = get_runtime(runtime_name).load(path, ctx.model, ctx.root)  # type: ignore[arg-type]
-            except ModelbuildError as exc:
-                if label == "artifact":
-                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact could not be loaded: {exc.what}") from exc
-                raise
+        load = partial(get_runtime(runtime_name).load, path, ctx.model, ctx.root)  # type: ignore[arg-type]
+        with self._loaded(ctx, label, runtime_name, load) as (session, meter, started):
             threads = session.use_threads(opts.threads)  # as the runtime allows (Session.use_threads)
             load_ms = (time.perf_counter() - started) * 1000
             step = max(1, int(getattr(session, "max_batch", 0) or len(next(iter(feeds.values())))))
@@ -265,16 +252,38 @@ class BenchStep(Step):
                                  on_call=None if meter.exact else meter.sample)
             except Exception as exc:
                 raise self._failed(ctx, label, runtime_name, exc) from exc
-            finally:
-                # What load started (a browser and its Playwright loop, a server) must not outlive the
-                # bench: the worker's next check in that runtime would find it still running.
-                session.close()
         raw[label] = [round(percentile(timing.samples, q) * 1000, 6) for q in range(0, 101, 5)]
         result = {"runtime": runtime_name, **timing.summary(opts.batch_size), "load_ms": round(load_ms, 3),
                   "peak_rss_mb": meter.increase_mb, "rss_method": meter.method, "calls_per_batch": len(chunks)}
         if threads is not None:
             result["threads"] = threads
         return result
+
+    @contextmanager
+    def _loaded(self, ctx: StepContext[BenchOptions], label: str, runtime_name: str,
+                load: Callable[[], Any]) -> Iterator[tuple[Any, "RssMeter", float]]:
+        """The session `load` opens in `runtime_name`, the memory meter started before it and the clock
+        (perf_counter) read just before it: the block times the session, closed after it. What load started (a
+        browser and its Playwright loop, a server) must not outlive the bench: the worker's next check in that
+        runtime would find it still running. The artifact's failure to load fails the bench naming the format;
+        a reference runtime's is raised as it is (the bench reports that runtime as not run)."""
+        import time
+
+        from buildsys.nodes.timing import RssMeter
+
+        _preimport(runtime_name)  # a library's one-time import is not this model's memory
+        with RssMeter() as meter:
+            started = time.perf_counter()
+            try:
+                session = load()
+            except ModelbuildError as exc:
+                if label == "artifact":
+                    raise self.fail(ctx, f"the {ctx.extra['format']} artifact could not be loaded: {exc.what}") from exc
+                raise
+            try:
+                yield session, meter, started
+            finally:
+                session.close()
 
     def _failed(self, ctx: StepContext[BenchOptions], label: str, runtime_name: str, exc: Exception) -> StepError:
         """The error of a timed run that raised: the artifact's names the format, a reference runtime's only itself."""

@@ -56,6 +56,12 @@ def iqr(values: Sequence[float]) -> float:
     return percentile(values, 75) - percentile(values, 25)
 
 
+#: The statistics a summary gives of the samples, in its order (each in milliseconds, as `<name>_ms`).
+STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {
+    "p50": lambda s: percentile(s, 50), "p95": lambda s: percentile(s, 95), "mean": mean, "std": stdev,
+    "min": min, "max": max, "iqr": iqr}
+
+
 @dataclass(frozen=True)
 class Timing:
     """The timed calls of one measurement (seconds each, in run order) and how they were taken."""
@@ -68,33 +74,9 @@ class Timing:
     def runs(self) -> int:
         return len(self.samples)
 
-    @property
-    def p50(self) -> float:
-        return percentile(self.samples, 50)
-
-    @property
-    def p95(self) -> float:
-        return percentile(self.samples, 95)
-
-    @property
-    def mean(self) -> float:
-        return mean(self.samples)
-
-    @property
-    def std(self) -> float:
-        return stdev(self.samples)
-
-    @property
-    def min(self) -> float:
-        return min(self.samples)
-
-    @property
-    def max(self) -> float:
-        return max(self.samples)
-
-    @property
-    def iqr(self) -> float:
-        return iqr(self.samples)
+    def stat(self, name: str) -> float:
+        """One of STATISTICS of the samples ("p50", "min"), in seconds."""
+        return STATISTICS[name](self.samples)
 
     def summary(self, batch_size: int = 1) -> dict[str, Any]:
         """JSON-ready statistics in milliseconds, with throughput in samples per second.
@@ -104,11 +86,11 @@ class Timing:
         robust width of the middle half.
         """
         total = math.fsum(self.samples)
-        p50 = self.p50
+        stats = {name: self.stat(name) for name in STATISTICS}
+        p50 = stats["p50"]
         return {
-            "p50_ms": _ms(p50), "p95_ms": _ms(self.p95), "mean_ms": _ms(self.mean), "std_ms": _ms(self.std),
-            "min_ms": _ms(self.min), "max_ms": _ms(self.max), "iqr_ms": _ms(self.iqr),
-            "spread": round(self.p95 / p50, 4) if p50 > 0 else None,
+            **{f"{name}_ms": _ms(value) for name, value in stats.items()},
+            "spread": round(stats["p95"] / p50, 4) if p50 > 0 else None,
             "throughput": round(batch_size * self.runs / total, 3) if total > 0 else None,
             "runs": self.runs, "warmup": self.warmup, "batch_size": batch_size,
         }

@@ -73,7 +73,7 @@ def test_measure_times_each_call_and_skips_warmup() -> None:
     assert timing.samples == pytest.approx((0.001, 0.002, 0.003, 0.001, 0.002, 0.003))
     assert timing.runs == 6 and timing.warmup == 4
     assert timing.wall_s == pytest.approx(0.012)
-    assert (timing.min, timing.max, timing.p50) == pytest.approx((0.001, 0.003, 0.002))
+    assert (timing.stat("min"), timing.stat("max"), timing.stat("p50")) == pytest.approx((0.001, 0.003, 0.002))
 
 
 def test_min_seconds_extends_the_run_count() -> None:

@@ -22,7 +22,8 @@ from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.llm.generate import GenerationSession, mean_nll
 from buildsys.formats.llm.prompts import PAD
-from buildsys.formats.runtime import Runtime, Session
+from buildsys.formats.llm.runtime import message_start
+from buildsys.formats.runtime import Runtime, Session, loading
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,12 +103,7 @@ class GenaiRuntime(Runtime):
     """ONNX Runtime GenAI (CPU) loading the artifact's directory by its genai_config.json."""
 
     name = "onnxruntime-genai"
-    packages = ("onnxruntime-genai",)
-
     requires, extra = ("onnxruntime_genai",), "llm"
-
-    def preimport(self) -> None:
-        import onnxruntime_genai  # noqa: F401
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import onnxruntime_genai as og
@@ -117,12 +113,9 @@ class GenaiRuntime(Runtime):
         gen = model.generation
         assert gen is not None  # this runtime runs text-generation models only
         folder = Path(path).parent
-        try:
+        with loading(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}'", message_start):
             og_model = og.Model(og.Config(str(folder)))
             tokenizer = og.Tokenizer(og_model)
-        except Exception as exc:
-            raise StepError(f"onnxruntime-genai could not load the GenAI directory of '{Path(path).name}': {type(exc).__name__}: "
-                            f"{str(exc).strip()[:300]}") from exc
         from buildsys.formats.llm.genai_tokenizer import unreproduced
         from buildsys.formats.llm.prompts import tokenizer_file
 

@@ -29,7 +29,8 @@ from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.llm.contract import INPUTS, OUTPUTS, SPEC_FILE, TOKENIZER_DIR, CacheSpec
 from buildsys.formats.llm.generate import GenerationSession
 from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, cpu_config, telemetry_off
-from buildsys.formats.runtime import Runtime, Session
+from buildsys.formats.openvino.runtime import OpenVinoCpu
+from buildsys.formats.runtime import Session, loading
 
 if TYPE_CHECKING:
     import numpy as np
@@ -286,31 +287,19 @@ class _StatefulDecoder:
 
 
 @register_runtime
-class LlmOpenVinoRuntime(Runtime):
+class LlmOpenVinoRuntime(OpenVinoCpu):
     """OpenVINO's CPU plugin (float32 inference precision) running the stateful decoder, state reset per sample."""
 
     name = "llm-openvino"
-    packages = ("openvino",)
-
-    requires, extra = ("openvino",), "openvino"
-
-    def preimport(self) -> None:
-        with telemetry_off():
-            import openvino  # noqa: F401
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        with telemetry_off():
-            import openvino as ov
-
+        ov = self.openvino()
         assert model.generation is not None  # this runtime runs text-generation models only
         core = ov.Core()
-        try:
+        with loading(f"OpenVINO could not load '{Path(path).name}'"):
             ir = core.read_model(str(path))
             problem = state_problem(ir)
             compiled = None if problem else core.compile_model(ir, "CPU", cpu_config())
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise StepError(f"OpenVINO could not load '{Path(path).name}': {type(exc).__name__}: {first}") from exc
         if problem:
             raise StepError(f"'{Path(path).name}': {problem}")
         return GenerationSession(_StatefulDecoder(compiled, CacheSpec.read(path)), model.generation.new_tokens)

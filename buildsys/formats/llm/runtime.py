@@ -15,12 +15,18 @@ from buildsys.errors import StepError
 from buildsys.formats import register_runtime
 from buildsys.formats.llm.contract import INPUTS, REFERENCE_RUNTIME, CacheSpec
 from buildsys.formats.llm.generate import GenerationSession
-from buildsys.formats.runtime import Runtime, Session
+from buildsys.formats.runtime import Runtime, Session, loading
 
 if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model
+
+
+def message_start(exc: BaseException) -> str:
+    """The first 300 characters of a loader's message: ONNX Runtime's, ONNX Runtime GenAI's and ExecuTorch's
+    say what is wrong on lines after the first."""
+    return str(exc).strip()[:300]
 
 
 def _new_tokens(model: Model) -> int:
@@ -135,8 +141,6 @@ class LlmOnnxRuntime(Runtime):
     """ONNX Runtime (CPU provider) running the static-cache decoder: prefill in one call, then a token per call."""
 
     name = "llm-onnxruntime"
-    packages = ("onnxruntime",)
-
     requires = ("onnxruntime",)
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
@@ -144,11 +148,8 @@ class LlmOnnxRuntime(Runtime):
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        try:
+        with loading(f"onnxruntime could not load '{Path(path).name}'", message_start):
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise StepError(f"onnxruntime could not load '{Path(path).name}': {type(exc).__name__}: "
-                            f"{str(exc).strip()[:300]}") from exc
         return GenerationSession(_OrtDecoder(session, CacheSpec.read(path)), _new_tokens(model))
 
 
@@ -157,8 +158,6 @@ class LlmExecutorchRuntime(Runtime):
     """ExecuTorch's C++ runtime (Python bindings, XNNPACK) running the one-token-per-call program."""
 
     name = "llm-executorch"
-    packages = ("executorch",)
-
     requires, extra = ("executorch",), "executorch"
 
     def preimport(self) -> None:
@@ -169,11 +168,8 @@ class LlmExecutorchRuntime(Runtime):
     def load(self, path: Path, model: Model, root: Path) -> Session:
         from executorch.runtime import Runtime as EtRuntime
 
-        try:
+        with loading(f"ExecuTorch could not load '{Path(path).name}'", message_start):
             method = EtRuntime.get().load_program(Path(path)).load_method("forward")
-        except Exception as exc:
-            raise StepError(f"ExecuTorch could not load '{Path(path).name}': {type(exc).__name__}: "
-                            f"{str(exc).strip()[:300]}") from exc
         return GenerationSession(_PteDecoder(method, CacheSpec.read(path)), _new_tokens(model))
 
 
@@ -182,8 +178,6 @@ class LlmTorchEager(Runtime):
     """The factory's causal LM in eager PyTorch without a KV cache: the reference of text-generation models."""
 
     name = REFERENCE_RUNTIME
-    packages = ("torch", "transformers")
-
     requires, extra = ("torch", "transformers"), "llm"
 
     def load(self, path: Path | None, model: Model, root: Path) -> Session:

@@ -32,7 +32,7 @@ from buildsys.formats.base import Format, StepContext, StepOptions
 from buildsys.formats.llm.contract import INPUTS, OUTPUTS, CacheSpec
 from buildsys.formats.llm.export import LlmExportStep
 from buildsys.formats.llm.generate import GenerationSession
-from buildsys.formats.runtime import Runtime, Session
+from buildsys.formats.runtime import Runtime, Session, loading
 
 if TYPE_CHECKING:
     import numpy as np
@@ -305,8 +305,6 @@ class LlmLiteRtRuntime(Runtime):
     """The LiteRT interpreter (XNNPACK CPU delegate) running the prefill and decode signatures."""
 
     name = "llm-litert"
-    packages = ("ai-edge-litert",)
-
     requires, extra = ("ai_edge_litert",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
@@ -314,13 +312,10 @@ class LlmLiteRtRuntime(Runtime):
 
         assert model.generation is not None  # this runtime runs text-generation models only
         spec = CacheSpec.read(path)
-        try:
+        with loading(f"LiteRT could not load '{Path(path).name}'"):
             interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
             interpreter.allocate_tensors()
             problem = signature_problem(interpreter, spec)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise StepError(f"LiteRT could not load '{Path(path).name}': {type(exc).__name__}: {text}") from exc
         if problem:
             raise StepError(f"'{Path(path).name}': {problem}")
         return GenerationSession(_LiteRtDecoder(interpreter, spec), model.generation.new_tokens)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.errors import StepError
 from buildsys.formats import get_format, register_runtime
 from buildsys.formats.openvino.ir import cpu_config, telemetry_off
-from buildsys.formats.runtime import Runtime, Session, fixed_batch
+from buildsys.formats.runtime import Runtime, Session, fixed_batch, loading
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,33 +56,38 @@ class OpenVinoSession(Session):
         return [np.array(results[port], copy=True) for port in self.outputs]
 
 
-@register_runtime
-class OpenVinoRuntime(Runtime):
-    """OpenVINO's CPU plugin (float32 inference precision, the same numerics on every x86/ARM host)."""
-
-    name = "openvino"
-    packages = ("openvino",)
+class OpenVinoCpu(Runtime):
+    """What the runtimes on OpenVINO's CPU plugin share (the tensor one here, the decoder LM one in formats/llm):
+    the openvino module, installed by the `openvino` extra and imported with telemetry declined."""
 
     requires, extra = ("openvino",), "openvino"
 
     def preimport(self) -> None:
         """Import the toolchain with telemetry declined (a bench's warm-up import would otherwise send
         a usage event)."""
+        self.openvino()
+
+    @staticmethod
+    def openvino() -> Any:
+        """The openvino module: `import openvino` itself sends a usage event unless declined."""
         with telemetry_off():
-            import openvino  # noqa: F401
+            import openvino
+        return openvino
+
+
+@register_runtime
+class OpenVinoRuntime(OpenVinoCpu):
+    """OpenVINO's CPU plugin (float32 inference precision, the same numerics on every x86/ARM host)."""
+
+    name = "openvino"
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
-        with telemetry_off():  # `import openvino` itself sends a usage event unless declined
-            import openvino as ov
-
+        ov = self.openvino()
         path = Path(path)
         if not path.with_suffix(".bin").exists():
             raise StepError(f"the OpenVINO IR '{path.name}' has no weights file {path.with_suffix('.bin').name} next to it")
-        try:
+        with loading(f"OpenVINO could not load '{path.name}'"):
             compiled = ov.Core().compile_model(str(path), "CPU", cpu_config())
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise StepError(f"OpenVINO could not load '{path.name}': {type(exc).__name__}: {first}") from exc
         return OpenVinoSession(compiled, model)
 
     def intermediates(self, path: Path, model: Model, root: Path, feeds: dict[str, np.ndarray],

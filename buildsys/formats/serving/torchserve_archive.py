@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import Runtime, Session
-from buildsys.formats.torch.runtimes import TorchSession
+from buildsys.formats.runtime import Session
+from buildsys.formats.torch.runtimes import TorchRuntime, TorchSession, load_torchscript
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -51,29 +51,19 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 @register_runtime
-class TorchServeArchive(Runtime):
+class TorchServeArchive(TorchRuntime):
     """The serialized TorchScript of a .mar, extracted and run with torch.jit.load on the CPU."""
 
     name = "torchserve-archive"
-    packages = ("torch",)
-
-    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        import torch
-
         serialized = read_manifest(path)["model"]["serializedFile"]
         with tempfile.TemporaryDirectory(prefix="modelbuild-mar-") as tmp:
             target = Path(tmp) / PurePosixPath(serialized).name  # never a path from the archive
             with zipfile.ZipFile(path) as archive, archive.open(serialized) as member, open(target, "wb") as out:
                 shutil.copyfileobj(member, out, 1 << 20)
-            try:
-                module = torch.jit.load(str(target), map_location="cpu")
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise StepError(f"'{serialized}' in '{Path(path).name}' is not a loadable TorchScript file: "
-                                f"{type(exc).__name__}: {first}") from exc
-        return TorchSession(module.eval(), model)
+            module = load_torchscript(target, f"'{serialized}' in '{Path(path).name}'")
+        return TorchSession(module, model)
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
         """The manifest and the archive's files (no torch needed): holds on every host."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
@@ -71,6 +71,16 @@ class TritonSession(Session):
                             f"{entry.get('dims')}" + (" after the batch axis" if self.max_batch_size > 0 else ""))
 
 
+def backend_session(layout: Layout, runtime: str, model: "Model", root: Path,
+                    input_types: Callable[[Any], dict[str, str]]) -> Session:
+    """The model file of a repository run by `runtime` (its backend's own), each call held to config.pbtxt;
+    `input_types` reads what the loaded model takes from its session, by input name (held to `data_type`)."""
+    from buildsys.formats import get_runtime
+
+    inner = get_runtime(runtime).load(layout.model_file, model, root)
+    return TritonSession(inner, layout, model, input_types(inner))
+
+
 def _entry(entries: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]:
     for entry in entries:
         if entry.get("name") == name:
@@ -79,8 +89,35 @@ def _entry(entries: list[dict[str, Any]], name: str, what: str) -> dict[str, Any
                     f"{', '.join(str(e.get('name')) for e in entries) or 'none'})")
 
 
+class TritonRepository(Runtime):
+    """A Triton model repository, run as Triton would find it: `locate` reads it the way Triton does and its
+    model file runs in the backend's own runtime (`backend_session`). `inspect` reports its structure on any
+    host: what `locate` refuses, else the facts of every repository and what `_structure` adds."""
+
+    def locate(self, path: Path) -> Layout:
+        """The repository's model, read the way Triton reads it (StepError naming what is missing or wrong)."""
+        raise NotImplementedError
+
+    def _structure(self, layout: Layout, model: "Model", fmt: str) -> tuple[dict[str, Any], list[str]]:
+        """This backend's facts of a repository that `locate` accepted, and its problems."""
+        raise NotImplementedError
+
+    def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
+        """The repository's structure (config parses, names match, files where Triton looks), on any host."""
+        try:
+            layout = self.locate(path)
+        except StepError as exc:
+            return {"facts": {}, "problems": [exc.what]}
+        facts, problems = self._structure(layout, model, fmt)
+        config = layout.config
+        files = sorted(p.relative_to(layout.model_dir).as_posix() for p in layout.model_dir.rglob("*") if p.is_file())
+        return {"facts": {"model_name": config.get("name", layout.model_dir.name), "version": layout.version,
+                          "max_batch_size": config.get("max_batch_size", 0), **facts, "files": files},
+                "problems": problems}
+
+
 @register_runtime
-class TritonLayout(Runtime):
+class TritonLayout(TritonRepository):
     """A Triton model repository, run through the backend's own runtime on its model file."""
 
     name = "triton-layout"
@@ -88,39 +125,31 @@ class TritonLayout(Runtime):
 
     requires = ("onnxruntime", "torch")
 
+    def locate(self, path: Path) -> Layout:
+        return locate(path)
+
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        from buildsys.formats import get_runtime
-
-        layout = locate(path)
+        layout = self.locate(path)
         if layout.backend == "onnxruntime":
-            inner = get_runtime("onnxruntime").load(layout.model_file, model, root)
-            input_types = {name: dtype for name, dtype in getattr(inner, "input_types", {}).items() if dtype}
-        else:
-            inner = get_runtime("torchscript").load(layout.model_file, model, root)
-            input_types = {spec.name: spec.dtype for spec in model.inputs}
-        return TritonSession(inner, layout, model, input_types)
+            return backend_session(layout, "onnxruntime", model, root, lambda inner: {
+                name: dtype for name, dtype in getattr(inner, "input_types", {}).items() if dtype})
+        # A TorchScript module declares no input types: the signature's are what it is fed.
+        return backend_session(layout, "torchscript", model, root,
+                               lambda inner: {spec.name: spec.dtype for spec in model.inputs})
 
-    def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
-        """The repository's structure (config parses, names match, files where Triton looks), on any host."""
-        try:
-            layout = locate(path)
-        except StepError as exc:
-            return {"facts": {}, "problems": [exc.what]}
+    def _structure(self, layout: Layout, model: "Model", fmt: str) -> tuple[dict[str, Any], list[str]]:
+        """The backend the format needs and the ONNX model's external-data files; the I/O as declared."""
         config = layout.config
-        problems = []
-        files = sorted(p.relative_to(layout.model_dir).as_posix() for p in layout.model_dir.rglob("*") if p.is_file())
-        if layout.backend == "onnxruntime":
-            problems += _missing_side_files(layout.model_file)
+        problems = _missing_side_files(layout.model_file) if layout.backend == "onnxruntime" else []
         expected = "pytorch" if fmt.endswith("torchscript") else "onnxruntime"
         if layout.backend != expected:
             problems.append(f"format {fmt} is served by Triton's {expected} backend, but {CONFIG} selects "
                             f"{layout.backend}")
-        facts = {"model_name": config.get("name", layout.model_dir.name), "backend": layout.backend,
-                 "version": layout.version, "max_batch_size": config.get("max_batch_size", 0),
+        facts = {"backend": layout.backend,
                  "inputs": [{k: e.get(k) for k in ("name", "data_type", "dims")} for e in config.get("input", [])],
                  "outputs": [{k: e.get(k) for k in ("name", "data_type", "dims")} for e in config.get("output", [])],
-                 "dynamic_batching": "dynamic_batching" in config, "files": files}
-        return {"facts": facts, "problems": problems}
+                 "dynamic_batching": "dynamic_batching" in config}
+        return facts, problems
 
 
 def _missing_side_files(model_file: Path) -> list[str]:

@@ -9,13 +9,13 @@ dims and data types. The structural inspection (`inspect`) needs no GPU, so it h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import Runtime, Session
+from buildsys.formats.runtime import Session
 from buildsys.formats.serving.repository import CONFIG, Layout, find_model_dir, read_config
-from buildsys.formats.serving.triton_layout import TritonSession
+from buildsys.formats.serving.triton_layout import TritonRepository, backend_session
 from buildsys.formats.tensorrt.profiles import PLAN
 from buildsys.formats.tensorrt.runtime import tensorrt_unavailable
 
@@ -45,7 +45,7 @@ def locate_plan(path: Path) -> Layout:
 
 
 @register_runtime
-class TritonTensorrtLayout(Runtime):
+class TritonTensorrtLayout(TritonRepository):
     """A Triton repository holding a TensorRT plan, run through the tensorrt runtime on its model file."""
 
     name = "triton-tensorrt-layout"
@@ -58,23 +58,18 @@ class TritonTensorrtLayout(Runtime):
         # No GPU here, or a GPU but no TensorRT wheel on any reachable registry (its libraries come from NVIDIA's index).
         return tensorrt_unavailable()
 
+    def locate(self, path: Path) -> Layout:
+        return locate_plan(path)
+
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import numpy as np
 
-        from buildsys.formats import get_runtime
+        # What the engine takes: numpy types from trt.nptype.
+        return backend_session(self.locate(path), "tensorrt", model, root,
+                               lambda inner: {name: np.dtype(inner.dtypes[name]).name for name in inner.inputs})
 
-        layout = locate_plan(path)
-        inner = get_runtime("tensorrt").load(layout.model_file, model, root)
-        # What the engine takes (numpy types from trt.nptype), held to config.pbtxt's data_type.
-        input_types = {name: np.dtype(inner.dtypes[name]).name for name in inner.inputs}  # type: ignore[attr-defined]
-        return TritonSession(inner, layout, model, input_types)
-
-    def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
-        """The repository's structure on any host: config parses, TensorRT platform, names, files."""
-        try:
-            layout = locate_plan(path)
-        except StepError as exc:
-            return {"facts": {}, "problems": [exc.what]}
+    def _structure(self, layout: Layout, model: "Model", fmt: str) -> tuple[dict[str, Any], list[str]]:
+        """The TensorRT platform, and the signature's inputs and outputs that config.pbtxt does not declare."""
         config = layout.config
         problems = []
         declared = [e.get("name") for e in config.get("input", [])]
@@ -85,8 +80,4 @@ class TritonTensorrtLayout(Runtime):
         absent = [o.name for o in model.outputs if o.name not in outputs]
         if absent:
             problems.append(f"{CONFIG} declares no output {', '.join(absent)} of the signature")
-        files = sorted(p.relative_to(layout.model_dir).as_posix() for p in layout.model_dir.rglob("*") if p.is_file())
-        facts = {"model_name": config.get("name", layout.model_dir.name), "platform": TENSORRT_PLATFORM,
-                 "version": layout.version, "max_batch_size": config.get("max_batch_size", 0),
-                 "inputs": declared, "outputs": outputs, "files": files}
-        return {"facts": facts, "problems": problems}
+        return {"platform": TENSORRT_PLATFORM, "inputs": declared, "outputs": outputs}, problems

@@ -18,11 +18,11 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from buildsys.errors import StepError, not_installed
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import Runtime, Session, fixed_batch
+from buildsys.formats.runtime import Runtime, Session, first_line, fixed_batch, loading
 from buildsys.formats.tflite.layout import guess_perm
 from buildsys.status import Caveat, CaveatKind
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     from buildsys.config.schema import Model
     from buildsys.localise import Probe
+
+S = TypeVar("S", bound=Session)
 
 
 class _Tensor:
@@ -161,11 +163,11 @@ class LiteRtSession(Session):
             # XNNPACK's refusals name it as "XNNPACK" or only as "TfLiteXNNPackDelegate" (a sparse or
             # rank-7 FULLY_CONNECTED): match either spelling.
             if not self.xnnpack or "xnnpack" not in str(exc).lower():
-                raise StepError(f"LiteRT failed to run '{self.path.name}': {_first_line(exc)}") from exc
+                raise StepError(f"LiteRT failed to run '{self.path.name}': {first_line(exc)}") from exc
             # XNNPACK refused to prepare part of the graph (seen with some int8 graphs): the builtin
             # kernels still compute the same model, so run on them and say so.
             self.note(Caveat(CaveatKind.DEGRADED, "XNNPACK fallback", f"XNNPACK (what Android runs) could not "
-                             f"prepare the graph ({_first_line(exc)[:120]}); checked on LiteRT's builtin CPU kernels",
+                             f"prepare the graph ({first_line(exc)[:120]}); checked on LiteRT's builtin CPU kernels",
                              "litert"))
             self.xnnpack = False
             self._bind(_interpreter(self.path, xnnpack=False))
@@ -179,29 +181,30 @@ def litert_unavailable() -> str | None:
     return not_installed(["ai_edge_litert"] if importlib.util.find_spec("ai_edge_litert") is None else [], "tflite")
 
 
+def layout_session(session: Callable[[Path, "Model", dict[str, Any] | None], S], path: Path, model: "Model") -> S:
+    """`session` of the file at `path` (a .tflite here, a SavedModel in tensorflow.py), fed and read in the
+    model's own layout by the layout record (layout.json) beside it."""
+    from buildsys.formats.tflite.layout import read_layout
+
+    path = Path(path)
+    return session(path, model, read_layout(path.parent))
+
+
 @register_runtime
 class LiteRt(Runtime):
     """The LiteRT interpreter (TFLite's runtime, as on Android) with the XNNPACK CPU delegate."""
 
     name = "litert"
-    packages = ("ai-edge-litert",)
-
     requires, extra = ("ai_edge_litert",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        from buildsys.formats.tflite.layout import read_layout
-
-        path = Path(path)
-        return LiteRtSession(path, model, read_layout(path.parent))
-
+        return layout_session(LiteRtSession, path, model)
 
     def intermediates(self, path: Path, model: "Model", root: Path, feeds: dict[str, "np.ndarray"],
                       modules: list[str]) -> "list[Probe]":
         from buildsys.formats.tflite.intermediates import litert_intermediates
-        from buildsys.formats.tflite.layout import read_layout
 
-        path = Path(path)
-        return litert_intermediates(LiteRtSession(path, model, read_layout(path.parent)), feeds, modules)
+        return litert_intermediates(layout_session(LiteRtSession, path, model), feeds, modules)
 
 
 def _interpreter(path: Path, xnnpack: bool) -> Any:
@@ -209,16 +212,14 @@ def _interpreter(path: Path, xnnpack: bool) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
+    with loading(f"LiteRT could not load '{path.name}'", _with_flex_hint):
         return Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1,
                            experimental_op_resolver_type=resolver)
-    except Exception as exc:
-        text = _first_line(exc)
-        hint = " (the file uses TensorFlow ops: it needs the Flex delegate, which this interpreter lacks)" \
-            if "Flex" in text or "select TensorFlow" in text else ""
-        raise StepError(f"LiteRT could not load '{path.name}': {type(exc).__name__}: {text}{hint}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+def _with_flex_hint(exc: BaseException) -> str:
+    """The first line of why the interpreter refused a file, and what it lacks when the file uses TensorFlow ops."""
+    text = first_line(exc)
+    hint = " (the file uses TensorFlow ops: it needs the Flex delegate, which this interpreter lacks)" \
+        if "Flex" in text or "select TensorFlow" in text else ""
+    return f"{text}{hint}"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import Runtime, Session, fixed_batch
+from buildsys.formats.runtime import Runtime, Session, first_line, fixed_batch
+from buildsys.formats.tflite.litert import layout_session
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +39,7 @@ class TensorFlowSession(Session):
             self.loaded = tf.saved_model.load(str(path))
         except Exception as exc:
             raise StepError(f"TensorFlow could not load the SavedModel '{path.name}': {type(exc).__name__}: "
-                            f"{_first_line(exc)} (rebuild it, or give a directory written by "
+                            f"{first_line(exc)} (rebuild it, or give a directory written by "
                             "tf.saved_model.save)") from exc
         signatures = dict(self.loaded.signatures)
         if SIGNATURE not in signatures:
@@ -74,7 +75,7 @@ class TensorFlowSession(Session):
             result = self.function(**ready)
         except Exception as exc:  # tf.errors.* (a shape the graph cannot take, an op failing)
             raise StepError(f"TensorFlow failed to run the SavedModel '{self.path.name}': {type(exc).__name__}: "
-                            f"{_first_line(exc)}") from exc
+                            f"{first_line(exc)}") from exc
         outs = [from_artifact(np.asarray(result[key]), perm) for key, perm in self.outputs]
         return [o[:count] for o in outs] if pad else outs
 
@@ -144,7 +145,7 @@ def read_signature(path: Path) -> dict[str, dict[str, tuple[str, list[int | None
     try:
         proto.ParseFromString(pb.read_bytes())
     except Exception as exc:  # OSError, DecodeError
-        raise StepError(f"'{pb}' cannot be read as a SavedModel: {type(exc).__name__}: {_first_line(exc)}; "
+        raise StepError(f"'{pb}' cannot be read as a SavedModel: {type(exc).__name__}: {first_line(exc)}; "
                         "rebuild the artifact") from exc
     for graph in proto.meta_graphs:
         if SIGNATURE in graph.signature_def:
@@ -214,15 +215,10 @@ class TensorFlow(Runtime):
 
     name = "tensorflow"
     no_intermediates = "a SavedModel's functions show only their signature outputs to modelbuild"
-    packages = ("tensorflow",)
-
     requires, extra = ("tensorflow",), "tflite"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        from buildsys.formats.tflite.layout import read_layout
-
-        path = Path(path)
-        return TensorFlowSession(path, model, read_layout(path.parent))
+        return layout_session(TensorFlowSession, path, model)
 
     def inspect(self, path: Path, model: "Model", fmt: str) -> dict | None:
         """The serving signature read from saved_model.pb (no variables restored): its inputs and outputs
@@ -263,8 +259,3 @@ def _dims(shape: Any) -> list[int | None]:
 
 def _show(shape: list[Any]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from buildsys.errors import StepError
 from buildsys.formats import register_runtime
-from buildsys.formats.runtime import Runtime, Session, fixed_batch
+from buildsys.formats.runtime import Runtime, Session, fixed_batch, loading
 from buildsys.formats.torch.loading import load_module, outputs_in_order
 
 if TYPE_CHECKING:
@@ -45,56 +44,54 @@ class TorchSession(Session):
         return out
 
 
+class TorchRuntime(Runtime):
+    """A runtime of the torch wheel itself (eager, TorchScript, torch.export, the lite interpreter, a .mar's
+    TorchScript): it needs torch, which the `torch` extra installs."""
+
+    requires, extra = ("torch",), "torch"
+
+
+def load_torchscript(path: Path, shown: str) -> Any:
+    """torch.jit.load of a TorchScript file onto the CPU, in eval mode; a file it cannot load is a StepError that
+    names it as `shown` ("'model.pt'", "'model.pt' in 'cnn.mar'")."""
+    import torch
+
+    with loading(f"{shown} is not a loadable TorchScript file"):
+        module = torch.jit.load(str(path), map_location="cpu")
+    return module.eval()
+
+
 @register_runtime
-class TorchEager(Runtime):
+class TorchEager(TorchRuntime):
     """The model's own factory run in eager PyTorch: how the reference outputs are made."""
 
     name = "torch-eager"
-    packages = ("torch",)
-
-    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path | None, model: "Model", root: Path) -> Session:
         return TorchSession(load_module(model, root), model)
 
 
 @register_runtime
-class TorchScriptRuntime(Runtime):
+class TorchScriptRuntime(TorchRuntime):
     """TorchScript (traced or scripted) on the CPU, as the C++/mobile runtime would run it."""
 
     name = "torchscript"
-    packages = ("torch",)
-
-    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
-        import torch
-
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise StepError(f"'{Path(path).name}' is not a loadable TorchScript file: {type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
-        return TorchSession(module.eval(), model)
+        return TorchSession(load_torchscript(path, f"'{Path(path).name}'"), model)
 
 
 @register_runtime
-class TorchExportRuntime(Runtime):
+class TorchExportRuntime(TorchRuntime):
     """A torch.export ExportedProgram, run through `.module()` (its graph, not the Python code)."""
 
     name = "torch-export"
-    packages = ("torch",)
-
-    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         import torch
 
-        try:
+        with loading(f"'{Path(path).name}' is not a loadable torch.export program"):
             program = torch.export.load(str(path))
-        except Exception as exc:
-            raise StepError(f"'{Path(path).name}' is not a loadable torch.export program: {type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         session = TorchSession(program.module(), model)
         if _fixed_batch_of_one(program):  # exported with dynamic: false
             session.max_batch = 1
@@ -113,21 +110,14 @@ def _fixed_batch_of_one(program: object) -> bool:
 
 
 @register_runtime
-class LiteInterpreter(Runtime):
+class LiteInterpreter(TorchRuntime):
     """torch.jit.mobile._load_for_lite_interpreter: the mobile bytecode interpreter, on the CPU."""
 
     name = "lite-interpreter"
-    packages = ("torch",)
-
-    requires, extra = ("torch",), "torch"
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:
         from torch.jit.mobile import _load_for_lite_interpreter
 
-        try:
+        with loading(f"the lite interpreter could not load '{Path(path).name}'"):
             module = _load_for_lite_interpreter(str(path), map_location="cpu")
-        except Exception as exc:
-            text = str(exc).strip()
-            raise StepError(f"the lite interpreter could not load '{Path(path).name}': {type(exc).__name__}: "
-                            f"{text.splitlines()[0] if text else ''}") from exc
         return TorchSession(module, model)
