@@ -51,8 +51,9 @@ class RefusalMatch:
 
 
 #: What precedes an op's own lower-case name where a message names the op rather than uses the word
-#: ("complex types", "a diff"): aten::x, aten.x, torch.x, 'x', %x (an fx node), "node x", "kind x", "op x".
-_QUALIFIED = r"(?:(?<=::)|(?<=\.)|(?<=['\"%`])|(?<=node )|(?<=kind )|(?<=op ))"
+#: ("complex types", "a diff"): aten::x, aten.x, torch.x, 'x', %x (an fx node), "node x", "kind x", "op x",
+#: "operator x" (the TorchScript ONNX exporter's "ONNX export of operator index_add, alpha != 1").
+_QUALIFIED = r"(?:(?<=::)|(?<=\.)|(?<=['\"%`])|(?<=node )|(?<=kind )|(?<=op )|(?<=operator ))"
 
 
 def _mention_patterns(base: str) -> list[str]:

@@ -1,0 +1,192 @@
+"""The order-statistics family: kthvalue, median, nanmedian, searchsorted, bucketize and histc by comparisons and
+sums, without a sort.
+
+- kthvalue / median / nanmedian along a dim of static length n: every element's rank among its row, counted
+  pairwise ([..., n, n] comparisons: the elements below it, then the equal ones before it, NaN above every
+  number as torch's sort puts it), then the value and index of the element whose rank is the k-th: a masked sum.
+  median takes rank (n − 1) // 2 and is NaN where the row holds a NaN; nanmedian takes rank (c − 1) // 2 of the
+  c numbers in the row (NaN where c = 0). Without a dim, over the flattened input (the value alone).
+- searchsorted / bucketize: the count of boundaries below each value (`<`; `<=` with right=True or
+  side='right'), per row for an N-d sorted sequence; a `sorter` gathers the sequence first.
+- histc(bins, min, max): each element's bin, floor((x − min) / (max − min) · bins) with x = max in the last
+  bin, counted against the constant bin numbers; min = max takes the data's range (± 1 when it is one value).
+Cost: n² comparisons per row for the rank statistics, so they refuse n above MAX_LENGTH.
+
+Why a rewrite and not a decomposition: PyTorch's tables have none for kthvalue, median, nanmedian,
+searchsorted, bucketize or histc; the legacy ONNX exporter refuses all but bucketize and histc at opset 18,
+ExecuTorch all (not core ATen), coremltools all but searchsorted on one-row sequences, onnx2tf bucketize's
+ONNX (measured: benchmarks/op_matrix.py). Equivalence: tests/rewrites/test_rewrite_families_order.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable
+
+if TYPE_CHECKING:
+    import torch
+
+#: The longest row the rank statistics rewrite (n² comparisons per row).
+MAX_LENGTH = 1024
+
+
+def _no_out(out: object, op: str) -> None:
+    if out is not None:
+        raise RewriteNotApplicable("order", op, "the out= argument")
+
+
+def _ranks(rows: torch.Tensor) -> torch.Tensor:
+    """The rank of each element of the last dim [..., n] in torch's sort order (NaN last, ties by position)."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    n = rows.shape[-1]
+    mine, other = rows.unsqueeze(-1), rows.unsqueeze(-2)  # [..., i, 1], [..., 1, j]
+    mine_nan, other_nan = torch.isnan(mine), torch.isnan(other)
+    below = (other < mine) | (mine_nan & ~other_nan)
+    equal = (other == mine) | (mine_nan & other_nan)
+    before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
+    return (below | (equal & before)).to(torch.int64).sum(-1)
+
+
+def _select(rows: torch.Tensor, rank: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value, index) of the element of each row [..., n] whose rank is `rank` ([..., 1] or a scalar)."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    hit = _ranks(rows) == rank
+    positions = constant(np.arange(rows.shape[-1], dtype=np.int64))
+    value = torch.where(hit, rows, torch.zeros_like(rows)).sum(-1)
+    return value, torch.where(hit, positions, torch.zeros_like(positions)).sum(-1)
+
+
+def _rows(input: torch.Tensor, dim: int | None, op: str) -> tuple[torch.Tensor, int | None]:
+    """The input with the reduced dim last (flattened when dim is None), and that dim (≥ 0, or None)."""
+    from buildsys.rewrites.mechanism import static_size, to_last
+
+    if dim is None:
+        rows = input.reshape(-1)
+    elif input.dim() == 0:
+        raise RewriteNotApplicable("order", op, "a 0-d input with a dim")
+    else:
+        dim = dim % input.dim()
+        rows = to_last(input, dim)
+    if static_size(rows, -1, "order", op) > MAX_LENGTH:
+        raise RewriteNotApplicable("order", op, f"a row of {rows.shape[-1]} elements (more than {MAX_LENGTH}: "
+                                   "the rank needs its square)")
+    return rows, dim
+
+
+def _result(name: str, value: torch.Tensor, index: torch.Tensor, input: torch.Tensor, dim: int | None,
+            keepdim: bool) -> Any:
+    import torch
+
+    from buildsys.rewrites.mechanism import from_last
+
+    if dim is None:
+        return value
+    if keepdim:
+        value, index = from_last(value.unsqueeze(-1), dim), from_last(index.unsqueeze(-1), dim)
+    return getattr(torch.return_types, name)((value, index))
+
+
+def kthvalue(input: torch.Tensor, k: int, dim: int = -1, keepdim: bool = False, *, out: object = None) -> Any:
+    _no_out(out, "torch.kthvalue")
+    rows, at = _rows(input, dim, "torch.kthvalue")
+    if not 1 <= k <= rows.shape[-1]:
+        raise RuntimeError(f"kthvalue(): selected number k out of range for dimension {dim}")
+    value, index = _select(rows, k - 1)
+    return _result("kthvalue", value, index, input, at, keepdim)
+
+
+def median(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *, out: object = None) -> Any:
+    import torch
+
+    _no_out(out, "torch.median")
+    rows, at = _rows(input, dim, "torch.median")
+    value, index = _select(rows, (rows.shape[-1] - 1) // 2)
+    value = torch.where(torch.isnan(rows).any(-1), torch.full_like(value, float("nan")), value)
+    return _result("median", value, index, input, at, keepdim)
+
+
+def nanmedian(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *, out: object = None) -> Any:
+    import torch
+
+    _no_out(out, "torch.nanmedian")
+    rows, at = _rows(input, dim, "torch.nanmedian")
+    numbers = (~torch.isnan(rows)).to(torch.int64).sum(-1, keepdim=True)
+    value, index = _select(rows, torch.div(torch.clamp(numbers - 1, min=0), 2, rounding_mode="floor"))
+    value = torch.where(numbers.squeeze(-1) == 0, torch.full_like(value, float("nan")), value)
+    return _result("nanmedian", value, index, input, at, keepdim)
+
+
+def searchsorted(sorted_sequence: torch.Tensor, input: Any, *, out_int32: bool = False, right: bool = False,
+                 side: str | None = None, sorter: torch.Tensor | None = None, out: object = None) -> torch.Tensor:
+    import torch
+
+    _no_out(out, "torch.searchsorted")
+    values = torch.as_tensor(input, dtype=sorted_sequence.dtype)
+    upper = right or side == "right"
+    sequence = sorted_sequence if sorter is None else sorted_sequence.gather(-1, sorter)
+    if sequence.dim() == 1:
+        below = sequence <= values.unsqueeze(-1) if upper else sequence < values.unsqueeze(-1)
+    else:
+        below = (sequence.unsqueeze(-2) <= values.unsqueeze(-1) if upper
+                 else sequence.unsqueeze(-2) < values.unsqueeze(-1))
+    return below.to(torch.int64).sum(-1).to(torch.int32 if out_int32 else torch.int64)
+
+
+def bucketize(input: Any, boundaries: torch.Tensor, *, out_int32: bool = False, right: bool = False,
+              out: object = None) -> torch.Tensor:
+    _no_out(out, "torch.bucketize")
+    return searchsorted(boundaries, input, out_int32=out_int32, right=right)
+
+
+def histc(input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0, *, out: object = None) -> torch.Tensor:
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    _no_out(out, "torch.histc")
+    x = input.reshape(-1)
+    if min == max:  # the data's range; one value spans ±1, as torch's kernel does
+        low, high = x.amin(), x.amax()
+        same = low == high
+        low, high = torch.where(same, low - 1, low), torch.where(same, high + 1, high)
+    else:
+        low, high = torch.as_tensor(float(min), dtype=x.dtype), torch.as_tensor(float(max), dtype=x.dtype)
+    inside = (x >= low) & (x <= high)
+    position = torch.floor((x - low) / (high - low) * bins).to(torch.int64)
+    position = torch.clamp(position, max=bins - 1)  # x = max counts in the last bin
+    numbers = constant(np.arange(bins, dtype=np.int64))
+    hits = (position.unsqueeze(-1) == numbers) & inside.unsqueeze(-1)
+    return hits.to(x.dtype).sum(0)
+
+
+def _handlers() -> HandlerTable:
+    import torch
+
+    table: dict[Callable[..., object], Handler] = {torch.searchsorted: searchsorted, torch.bucketize: bucketize}
+    for name, impl in (("kthvalue", kthvalue), ("median", median), ("nanmedian", nanmedian), ("histc", histc)):
+        table[getattr(torch, name)] = impl
+        table[getattr(torch.Tensor, name)] = impl
+    return table
+
+
+REWRITES = (
+    Rewrite(
+        name="order",
+        version=1,
+        removes=("aten::kthvalue", "aten::median", "aten::nanmedian", "aten::searchsorted", "aten::bucketize",
+                 "aten::histc"),
+        description="kthvalue / median / nanmedian by pairwise ranks, searchsorted / bucketize by counts of the "
+                    "boundaries below, histc by counts against constant bin numbers",
+        handlers=_handlers,
+    ),
+)

@@ -1,0 +1,132 @@
+"""The scan family: cumulative products, maxima, minima and log-sum-exps as masked reductions at a static length.
+
+Along the scanned dim of static length L, a constant lower-triangular mask `j ≤ i` ([L, L], computed in NumPy)
+turns every prefix into one row of a reduction every converter has:
+- cumprod(x, dim, dtype): prod over j of where(j ≤ i, x_j, 1);
+- cummax / cummin(x, dim) → (values, indices): amax / amin over j of where(j ≤ i, x_j, ∓inf); the index is the
+  last j ≤ i where x_j equals the running value (torch's kernel updates on `>=` / `<=`, so ties take the later);
+- logcumsumexp(x, dim): the running max m_i, then log Σⱼ where(j ≤ i, exp(x_j − m_i), 0) + m_i (stable where
+  the converters' own lowering of exp overflows).
+Cost: L² elements per scanned row, so the rewrite refuses L above MAX_LENGTH (a scan over thousands of steps
+wants the converter's loop, not a mask). cumsum itself is taken by every converter here and is not in the
+family.
+
+Why a rewrite and not a decomposition: PyTorch's tables have none for cumprod, cummax, cummin (their
+decompositions exist for autograd only) and decompose logcumsumexp under torch.export only; the legacy ONNX
+exporter refuses cumprod, cummax and cummin at opset 18, ExecuTorch all four (not core ATen), coremltools cummax
+and cummin, onnx2tf logcumsumexp's ONNX (measured: benchmarks/op_matrix.py --only 'cum*'). Equivalence:
+tests/rewrites/test_rewrite_families_scan.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable
+
+if TYPE_CHECKING:
+    import torch
+
+#: The longest scanned dim the family rewrites (an [L, L] mask per row; 1,024² is 4 MB of float32).
+MAX_LENGTH = 1024
+
+
+def _prefix(input: torch.Tensor, dim: int, op: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(x with `dim` last and a row axis before it: [..., 1, L], the constant mask j ≤ i [L, L], dim ≥ 0)."""
+    import numpy as np
+
+    from buildsys.rewrites.mechanism import constant, static_size, to_last
+
+    if input.dim() == 0:
+        raise RewriteNotApplicable("scan", op, "a 0-d input (nothing to scan)")
+    dim = dim % input.dim()
+    length = static_size(input, dim, "scan", op)
+    if length > MAX_LENGTH:
+        raise RewriteNotApplicable("scan", op, f"a scan over {length} elements (more than {MAX_LENGTH}: the mask "
+                                   "would hold its square)")
+    mask = constant(np.arange(length)[None, :] <= np.arange(length)[:, None])
+    return to_last(input, dim).unsqueeze(-2), mask, dim
+
+
+def _lowest(x: torch.Tensor, largest: bool) -> float:
+    """What a masked-out element is for a running max (the dtype's lowest) or min (its highest)."""
+    import torch
+
+    if x.is_floating_point():
+        return -float("inf") if largest else float("inf")
+    info = torch.iinfo(x.dtype)
+    return float(info.min if largest else info.max)
+
+
+def cumprod(input: torch.Tensor, dim: int, *, dtype: Any = None, out: object = None) -> torch.Tensor:
+    import torch
+
+    from buildsys.rewrites.mechanism import from_last
+
+    if out is not None:
+        raise RewriteNotApplicable("scan", "torch.cumprod", "the out= argument")
+    x = input.to(dtype) if dtype is not None else input
+    if not x.is_floating_point() and dtype is None:
+        x = x.to(torch.int64)  # torch accumulates integer products in int64
+    rows, mask, dim = _prefix(x, dim, "torch.cumprod")
+    return from_last(torch.where(mask, rows, torch.ones_like(rows)).prod(-1), dim)
+
+
+def _running(largest: bool) -> Handler:
+    name = "cummax" if largest else "cummin"
+
+    def running(input: torch.Tensor, dim: int, *, out: object = None) -> Any:
+        import numpy as np
+        import torch
+
+        from buildsys.rewrites.mechanism import constant, from_last
+
+        if out is not None:
+            raise RewriteNotApplicable("scan", f"torch.{name}", "the out= argument")
+        rows, mask, dim = _prefix(input, dim, f"torch.{name}")
+        masked = torch.where(mask, rows, torch.full_like(rows, _lowest(input, largest)))
+        values = masked.amax(-1) if largest else masked.amin(-1)  # [..., L]
+        positions = constant(np.arange(mask.shape[-1], dtype=np.int64))
+        hit = mask & (rows == values.unsqueeze(-1))
+        indices = torch.where(hit, positions, torch.full_like(positions, -1)).amax(-1)
+        result = getattr(torch.return_types, name)
+        return result((from_last(values, dim), from_last(indices, dim)))
+    return running
+
+
+def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.Tensor:
+    import torch
+
+    from buildsys.rewrites.mechanism import from_last
+
+    if out is not None:
+        raise RewriteNotApplicable("scan", "torch.logcumsumexp", "the out= argument")
+    rows, mask, dim = _prefix(input, dim, "torch.logcumsumexp")
+    peak = torch.where(mask, rows, torch.full_like(rows, -float("inf"))).amax(-1, keepdim=True)
+    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # an all −inf prefix stays −inf below
+    total = torch.where(mask, torch.exp(rows - peak), torch.zeros_like(rows)).sum(-1, keepdim=True)
+    return from_last((torch.log(total) + peak).squeeze(-1), dim)
+
+
+def _handlers() -> HandlerTable:
+    import torch
+
+    table: dict[Callable[..., object], Handler] = {}
+    for name, impl in (("cumprod", cumprod), ("cummax", _running(True)), ("cummin", _running(False)),
+                       ("logcumsumexp", logcumsumexp)):
+        table[getattr(torch, name)] = impl
+        table[getattr(torch.Tensor, name)] = impl
+    return table
+
+
+REWRITES = (
+    Rewrite(
+        name="scan",
+        version=1,
+        removes=("aten::cumprod", "aten::cummax", "aten::cummin", "aten::logcumsumexp", "aten::_cummax_helper",
+                 "aten::_cummin_helper"),
+        description="cumprod / cummax / cummin / logcumsumexp as reductions under a constant prefix mask at a "
+                    "static length",
+        handlers=_handlers,
+    ),
+)
