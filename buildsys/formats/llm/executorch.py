@@ -49,11 +49,10 @@ class _LlmPteFromPyTorch(LlmExportStep):
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import torch
-        from executorch.exir import to_edge_transform_and_lower
 
         from buildsys.errors import describe
-        from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, kernel_refusal
-        from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
+        from buildsys.formats.executorch.contract import executorch_unavailable
+        from buildsys.formats.executorch.program import lower
         from buildsys.formats.llm.decoder import example_inputs, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
@@ -77,18 +76,9 @@ class _LlmPteFromPyTorch(LlmExportStep):
 
             metrics["quantized_weights"] = measure(program.module(), self.precision)
         exported_program_without_stack_traces(program)
-        try:
-            lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
-        except Exception as exc:
-            raise self.fail(ctx, f"lowering to ExecuTorch failed: {describe(exc)}") from exc
-        plan = lowered.executorch_program.execution_plan[0]
-        refusal = kernel_refusal(plan)
-        if refusal:
-            raise self.fail(ctx, refusal)
-        (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(lowered.buffer)
-        return {"bytes": len(lowered.buffer), **self._ship(ctx, spec),
-                "xnnpack_delegates": sum(1 for d in plan.delegates if d.id == XNNPACK),
-                "portable_operators": sorted({op.name for op in plan.operators}), **metrics}
+        buffer, structure = lower(self, ctx, program)
+        (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(buffer)
+        return {"bytes": len(buffer), **self._ship(ctx, spec), **structure, **metrics}
 
     def _quantize_module(self, ctx: StepContext, lm: Any) -> dict[str, Any]:
         """Hook of the precision, before export: quantize the transformers module in place; what it did."""
