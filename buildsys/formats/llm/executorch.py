@@ -98,7 +98,31 @@ class LlmExecutorchFromPyTorch(_LlmPteFromPyTorch):
     precision = "fp32"
 
 
-class LlmPteInt8Options(StepOptions):
+def _group_size(only: str = "") -> Any:
+    """The `group_size` option of 8da4w's int4 weights, for both quantized members; `only`: the scheme it
+    applies to, where the member has several."""
+    text = ("input channels that share one int4 scale, a multiple of 32 (XNNPACK's int4 kernels; ExecuTorch's "
+            "default for Llama is 128; smaller groups are more accurate and larger). Honoured exactly: a linear layer "
+            "whose input width it does not divide is refused, naming it. Unset: 32 where it divides the layer, else "
+            "the largest multiple of 32 below it that does, else one scale per output channel (recorded in "
+            "deploy.lock as group_sizes).")
+    return Field(default=None, ge=32, multiple_of=32,
+                 description=f"{only} only: {text}" if only else text[0].upper() + text[1:])
+
+
+class _Int4Groups(StepOptions):
+    """What both quantized members' options share: the group size 8da4w uses (`group_size` or 32)."""
+
+    if TYPE_CHECKING:  # each member declares it (a field here would come first in the member's options)
+        group_size: int | None
+
+    @property
+    def groups(self) -> int:
+        """The group size 8da4w uses."""
+        return self.group_size or 32
+
+
+class LlmPteInt8Options(_Int4Groups):
     """How the int8 member quantizes the decoder."""
 
     scheme: Literal["dynamic", "weight-only", "8da4w"] = Field(
@@ -109,17 +133,7 @@ class LlmPteInt8Options(StepOptions):
         "'8da4w': int4 weights in groups of `group_size` and int8 activations quantized per token "
         "(ExecuTorch's -qmode 8da4w, torchao Int8DynamicActivationIntxWeightConfig; the smallest program). "
         "Embeddings, norms and the KV cache stay float32 in all three.")
-    group_size: int | None = Field(
-        default=None, ge=32, multiple_of=32, description="8da4w only: input channels that share one int4 scale, a "
-        "multiple of 32 (XNNPACK's int4 kernels; ExecuTorch's default for Llama is 128; smaller groups are more "
-        "accurate and larger). Honoured exactly: a linear layer whose input width it does not divide is refused, "
-        "naming it. Unset: 32 where it divides the layer, else the largest multiple of 32 below it that does, "
-        "else one scale per output channel (recorded in deploy.lock as group_sizes).")
-
-    @property
-    def groups(self) -> int:
-        """The group size 8da4w uses."""
-        return self.group_size or 32
+    group_size: int | None = _group_size("8da4w")
 
 
 @register
@@ -198,24 +212,14 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
         return quantized, {"scheme": "dynamic"}
 
 
-class LlmPteInt4Options(StepOptions):
+class LlmPteInt4Options(_Int4Groups):
     """The int4 member: always 8da4w, only its group size is chosen."""
 
-    group_size: int | None = Field(
-        default=None, ge=32, multiple_of=32, description="Input channels that share one int4 scale, a multiple of "
-        "32 (XNNPACK's int4 kernels; ExecuTorch's default for Llama is 128; smaller groups are more accurate and "
-        "larger). Honoured exactly: a linear layer whose input width it does not divide is refused, naming it. "
-        "Unset: 32 where it divides the layer, else the largest multiple of 32 below it that does, else one "
-        "scale per output channel (recorded in deploy.lock as group_sizes).")
+    group_size: int | None = _group_size()
 
     @property
     def scheme(self) -> str:
         return "8da4w"
-
-    @property
-    def groups(self) -> int:
-        """The group size 8da4w uses."""
-        return self.group_size or 32
 
 
 @register
