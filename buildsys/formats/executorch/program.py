@@ -20,6 +20,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
+from buildsys.formats.torch.export import PROGRAM
 from buildsys.lowering import DETACHED_VIEW
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def program_batch(model: Model, options: StepOptions) -> int:
 class _PteFromPt2(Step):
     """Shared body: load the .pt2, fix its shapes, (quantize,) lower to XNNPACK and write model.pte."""
 
-    consumes = ("pt2", "pt2-file")
+    consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
     version = 5  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);

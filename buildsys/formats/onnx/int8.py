@@ -12,6 +12,7 @@ from pydantic import Field
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+from buildsys.formats.onnx.optimized import FLOAT_ONNX
 from buildsys.formats.keep_float import sensitive_help
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class OnnxInt8FromOnnx(Step):
     name = "onnx-int8-from-onnx"
     version = 3  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again; 3: the share of
     # weights in int8 measured on the file (quantized_weights)
-    consumes = ("onnx", "onnx-optimized")
+    consumes = FLOAT_ONNX
     produces = "onnx-int8"
     precision = "int8"
     packages = ("onnxruntime", "onnx")
