@@ -322,19 +322,26 @@ class CoremlFromTorchScript(PruningStep):
                 mlmodel.input_description[inp.name] = f"layout {inp.layout}, shape {inp.shape}"
 
 
+class Int8Member(CoremlFromTorchScript):
+    """What the int8 member of each Core ML route (the trace, the torch.export program) declares alike: an fp16
+    ML Program whose weights are then compressed, with the share compressed as a fact. The torch.export route's
+    member lists it first among its bases, so that it overrides that route's fp32/fp16 declarations."""
+
+    produces = "coreml-int8"
+    precision = "int8"
+    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
+    Options = CoremlInt8Options
+    committed_metrics = ("sparsity_search", "quantized_weights")
+
+
 @register
-class CoremlInt8FromTorchScript(CoremlFromTorchScript):
+class CoremlInt8FromTorchScript(Int8Member):
     """Convert the traced model to an fp16 ML Program, then compress its weights (int8 or palettes)."""
 
     name = "coreml-int8-from-torchscript"
     consumes = TRACED
-    produces = "coreml-int8"
-    precision = "int8"
-    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
     description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
                   "or palettize_weights."
-    Options = CoremlInt8Options
-    committed_metrics = ("sparsity_search", "quantized_weights")
 
 
 def _image_problem(inp: "InputSpec") -> str | None:

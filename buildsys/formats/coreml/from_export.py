@@ -14,8 +14,8 @@ from typing import Any
 
 from buildsys.formats import register, register_variants
 from buildsys.formats.base import StepContext
-from buildsys.formats.coreml.convert import STATIC_SHAPES, CoremlFromTorchScript
-from buildsys.formats.coreml.options import CoremlInt8Options, CoremlOptions
+from buildsys.formats.coreml.convert import STATIC_SHAPES, CoremlFromTorchScript, Int8Member
+from buildsys.formats.coreml.options import CoremlOptions
 from buildsys.formats.torch.export import PROGRAM
 
 
@@ -47,13 +47,8 @@ class CoremlFromPt2(_FromExport):
 
 
 @register
-class CoremlInt8FromPt2(_FromExport):
+class CoremlInt8FromPt2(Int8Member, _FromExport):
     """Convert the torch.export program to an fp16 ML Program, then compress its weights (int8 or palettes)."""
 
     name = "coreml-int8-from-pt2"
     consumes = PROGRAM
-    produces = "coreml-int8"
-    precision = "int8"
-    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
-    Options = CoremlInt8Options
-    committed_metrics = ("sparsity_search", "quantized_weights")
