@@ -207,6 +207,20 @@ class Candidates(Generic[A]):
         return None
 
 
+class FileCandidates(Candidates[Path]):
+    """Candidates that are files, each written into a folder of its own in the search's `work` folder."""
+
+    def __init__(self, model: "Model", batch: "Batch", root: Path, work: Path) -> None:
+        super().__init__(model, batch, root)
+        self.work = work
+
+    def file(self, slot: str, name: str) -> Path:
+        """Where candidate `slot` writes its file `name` (the folder is made)."""
+        path = self.work / slot / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
 class Judge:
     """The check's comparisons of an artifact's outputs with the float model's, at the goal."""
 

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.formats.keep_float import Candidates, Judge, default_goal, pinned, quantizer_failures
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal, pinned, quantizer_failures
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class Quantizer:
         out.write_bytes(bytes(result.quantized_model))
 
 
-class AeqCandidates(Candidates[Path]):
+class AeqCandidates(FileCandidates):
     """ai-edge-quantizer's static int8 of one float flatbuffer, with chosen ops `no_quantize`, run in the LiteRT
     interpreter (`record`: the float file's layout record, mapping the model's inputs and outputs to signature
     keys). A unit is an op, by its scope."""
@@ -167,12 +167,12 @@ class AeqCandidates(Candidates[Path]):
 
     def __init__(self, model: "Model", batch: "Batch", root: Path, quantizer: Quantizer, float_model: Path,
                  record: dict[str, Any] | None, work: Path) -> None:
-        super().__init__(model, batch, root)
-        self.quantizer, self.record, self.work = quantizer, record, work
+        super().__init__(model, batch, root, work)
+        self.quantizer, self.record = quantizer, record
         self.ops = op_scopes(float_model.read_bytes())
 
     def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> Path:
-        path = self.work / slot / "model.tflite"
+        path = self.file(slot, "model.tflite")
         self.quantizer.static(list(keep), None if only is None else list(only), path)
         return path
 
