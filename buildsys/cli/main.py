@@ -239,10 +239,12 @@ def _with(options: list) -> Any:
     return deco
 
 
+#: What every command that builds takes (build, verify, bench): the targets, how to build, how to show it.
+_building = _with([targets_arg, *build_options, *output_options])
+
+
 @cli.command()
-@targets_arg
-@_with(build_options)
-@_with(output_options)
+@_building
 @click.option("--force", is_flag=True, help="Rebuild every needed node, ignoring lock and cache.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--serving", is_flag=True, help="Also check every target in its real serving software (Triton, "
@@ -270,9 +272,7 @@ def build(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, ti
 
 
 @cli.command()
-@targets_arg
-@_with(build_options)
-@_with(output_options)
+@_building
 @click.pass_obj
 def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
            verbose: bool, quiet: bool) -> None:
@@ -282,9 +282,7 @@ def verify(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, t
 
 
 @cli.command()
-@targets_arg
-@_with(build_options)
-@_with(output_options)
+@_building
 @click.pass_obj
 def bench(config: str, targets: tuple[str, ...], jobs: int, keep_going: bool, timeout: float | None, as_json: bool,
           verbose: bool, quiet: bool) -> None:

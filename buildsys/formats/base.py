@@ -109,6 +109,12 @@ class Format:
         if self.precision not in PRECISIONS:
             raise ValueError(f"format {self.name}: unknown precision {self.precision!r}")
 
+    def given(self, what: str) -> "Format":
+        """The model source that is a file of this format the project gives (`<name>-file`: never built, only
+        hashed, run by the same runtime), `what` being such a file in words ("An ONNX file")."""
+        return Format(name=f"{self.name}-file", filename="", runtime=self.runtime, source=True,
+                      description=f"{what} given as the model source.")
+
     @classmethod
     def variants(cls, family: str, descriptions: dict[str, str], **common: Any) -> dict[str, "Format"]:
         """One format per precision of `family`, alike but for the precision and its description.

@@ -27,15 +27,20 @@ The result is one typed `RepairRecord`: deploy.lock's `facts.repair` of the node
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Mapping, Sequence, TypeVar
+
+from buildsys.errors import ModelbuildError, describe
 
 if TYPE_CHECKING:
     import numpy as np
 
     from buildsys.config.schema import Model, OutputSpec
     from buildsys.config.data import Batch
+    from buildsys.formats.base import Step, StepContext
 
 #: At most this many sensitivity measurements (units, or groups of units), and MAX_KEPT keep trials.
 TRIALS, MAX_KEPT = 48, 8
@@ -62,6 +67,22 @@ def sensitive_help(unit: str) -> str:
 
 class NoRecipe(Exception):
     """The search kept MAX_KEPT units at higher precision and the tolerance still did not hold."""
+
+
+@contextmanager
+def quantizer_failures(step: "Step", ctx: "StepContext", failed: str) -> Iterator[None]:
+    """Around a quantizer and its keep_float search: modelbuild's own errors pass as they are, a search whose
+    tolerance never held (NoRecipe) fails the step under keep_float 'sensitive', and anything else the
+    quantizer raises fails it as `failed` (e.g. 'NNCF int8 quantization failed') with the exception's type
+    and first line."""
+    try:
+        yield
+    except ModelbuildError:
+        raise
+    except NoRecipe as exc:
+        raise step.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
+    except Exception as exc:
+        raise step.fail(ctx, f"{failed}: {describe(exc)[:400]}") from exc
 
 
 @dataclass(frozen=True)
@@ -184,6 +205,20 @@ class Candidates(Generic[A]):
     def kinds(self, kept: Sequence[str]) -> list[str] | None:
         """The op types of kept units, where the format names them apart (TFLite's scopes do not say)."""
         return None
+
+
+class FileCandidates(Candidates[Path]):
+    """Candidates that are files, each written into a folder of its own in the search's `work` folder."""
+
+    def __init__(self, model: "Model", batch: "Batch", root: Path, work: Path) -> None:
+        super().__init__(model, batch, root)
+        self.work = work
+
+    def file(self, slot: str, name: str) -> Path:
+        """Where candidate `slot` writes its file `name` (the folder is made)."""
+        path = self.work / slot / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 class Judge:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from buildsys.formats.precision import format_name
 
@@ -21,6 +21,7 @@ _RUNTIMES: dict[str, type["Runtime"]] = {}
 _OP_TABLES: dict[str, "OpTable"] = {}
 _loaded = False
 
+T = TypeVar("T")
 S = TypeVar("S", bound="type[Step]")
 R = TypeVar("R", bound="type[Runtime]")
 
@@ -29,12 +30,18 @@ _PACKAGE = "buildsys.formats"
 _SHARED = {f"{_PACKAGE}.{m}" for m in ("base", "runtime", "registry", "reproducible")}
 
 
+def _add(table: dict[str, Any], kind: str, name: str, item: T) -> T:
+    """Put `item` into `table` under `name`: again is harmless (a module imported twice), another item under a
+    name already taken is an error."""
+    if name in table and table[name] != item:
+        raise ValueError(f"two {kind} are named {name!r}")
+    table[name] = item
+    return item
+
+
 def register(cls: S) -> S:
     """Class decorator: make a Step subclass known by its `name`."""
-    if cls.name in _STEPS and _STEPS[cls.name] is not cls:
-        raise ValueError(f"two steps are named {cls.name!r}")
-    _STEPS[cls.name] = cls
-    return cls
+    return _add(_STEPS, "steps", cls.name, cls)
 
 
 def register_variants(consumes: dict[str, str | tuple[str, ...]]) -> Callable[[S], S]:
@@ -62,10 +69,7 @@ def register_variants(consumes: dict[str, str | tuple[str, ...]]) -> Callable[[S
 
 def register_format(fmt: "Format") -> "Format":
     """Make a Format known by its name (called at import of the module that produces it)."""
-    if fmt.name in _FORMATS and _FORMATS[fmt.name] != fmt:
-        raise ValueError(f"two formats are named {fmt.name!r}")
-    _FORMATS[fmt.name] = fmt
-    return fmt
+    return _add(_FORMATS, "formats", fmt.name, fmt)
 
 
 def register_formats(variants: dict[str, "Format"]) -> dict[str, "Format"]:
@@ -83,10 +87,7 @@ def register_runtime(cls: R) -> R:
 
 def register_op_table(table: "OpTable") -> "OpTable":
     """Make a converter's op registry known by its name (planning.coverage reads it through the op analysis)."""
-    if table.name in _OP_TABLES and _OP_TABLES[table.name] != table:
-        raise ValueError(f"two op tables are named {table.name!r}")
-    _OP_TABLES[table.name] = table
-    return table
+    return _add(_OP_TABLES, "op tables", table.name, table)
 
 
 def op_tables() -> dict[str, "OpTable"]:

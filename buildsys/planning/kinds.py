@@ -49,6 +49,14 @@ class NodeKind:
     host_bound: ClassVar[bool] = False
     #: Its key compares the artifact delivered under artifacts/<target>/ (a check owns delivery).
     owns_delivery: ClassVar[bool] = False
+    #: How its nodes are named after what they are of (`node_name`): a target for a check or a
+    #: benchmark, a model for a reference. Artifacts are named by their route.
+    name_format: ClassVar[str] = ""
+
+    @classmethod
+    def node_name(cls, of: str) -> str:
+        """The name of this kind's node for target or model `of` (`verify:android`, `digits/reference`)."""
+        return cls.name_format.format(of)
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
@@ -132,10 +140,7 @@ class ReferenceKind(NodeKind):
     """The model's source run once on its evaluation inputs: what every check compares to."""
 
     name = "reference"
-
-    @staticmethod
-    def node_name(model: str) -> str:
-        return f"{model}/{ReferenceKind.name}"
+    name_format = "{}/reference"
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
@@ -164,10 +169,7 @@ class CheckKind(NodeKind):
     name = "check"
     judges = True
     owns_delivery = True
-
-    @staticmethod
-    def node_name(target: str) -> str:
-        return f"verify:{target}"
+    name_format = "verify:{}"
 
     @classmethod
     def add_components(cls, node: "Node", model: "Model", comp: dict[str, Any], packages: list[str]) -> None:
@@ -227,10 +229,7 @@ class BenchKind(NodeKind):
     judges = True
     runs_alone = True
     host_bound = True
-
-    @staticmethod
-    def node_name(target: str) -> str:
-        return f"bench:{target}"
+    name_format = "bench:{}"
 
     @classmethod
     def host_binding(cls, node: "Node") -> "HostBinding":

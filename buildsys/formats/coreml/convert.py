@@ -17,7 +17,7 @@ from buildsys.formats.coreml.frontend import conversion_failure, first_line, mak
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
 from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
-from buildsys.formats.torch.torchscript import load_input
+from buildsys.formats.torch.torchscript import TRACED, load_input
 from buildsys.lowering import Answer, Symptom
 
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ COREML = register_formats(Format.variants(
         "int8": "Core ML ML Program with compressed weights (int8 linear or palettized), float16 compute.",
     }, filename="model.mlpackage", runtime="coreml"))
 MLPACKAGE = COREML["fp32"].filename
-
-_TRACED = ("torchscript", "torchscript-file")
 
 #: Refusals of coremltools' symbolic (dynamic) shapes, from either frontend: a reshape whose shape holds a symbol
 #: ("Cannot add const [is3, 16, 1, 79]"), an assertion on a shape (group_norm's `x.shape[0] == N`, with no message),
@@ -49,7 +47,7 @@ EXPORT_FRONTEND = Symptom(
               "size as an array (aten::Int); its torch.export frontend converts the program without such nodes"))
 
 
-@register_variants({"fp32": _TRACED, "fp16": _TRACED})
+@register_variants({"fp32": TRACED, "fp16": TRACED})
 class CoremlFromTorchScript(PruningStep):
     """Convert the traced model to a Core ML ML Program computing in float32 (fp32) or float16 (fp16).
 
@@ -324,19 +322,26 @@ class CoremlFromTorchScript(PruningStep):
                 mlmodel.input_description[inp.name] = f"layout {inp.layout}, shape {inp.shape}"
 
 
-@register
-class CoremlInt8FromTorchScript(CoremlFromTorchScript):
-    """Convert the traced model to an fp16 ML Program, then compress its weights (int8 or palettes)."""
+class Int8Member(CoremlFromTorchScript):
+    """What the int8 member of each Core ML route (the trace, the torch.export program) declares alike: an fp16
+    ML Program whose weights are then compressed, with the share compressed as a fact. The torch.export route's
+    member lists it first among its bases, so that it overrides that route's fp32/fp16 declarations."""
 
-    name = "coreml-int8-from-torchscript"
-    consumes = _TRACED
     produces = "coreml-int8"
     precision = "int8"
     version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
-    description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
-                  "or palettize_weights."
     Options = CoremlInt8Options
     committed_metrics = ("sparsity_search", "quantized_weights")
+
+
+@register
+class CoremlInt8FromTorchScript(Int8Member):
+    """Convert the traced model to an fp16 ML Program, then compress its weights (int8 or palettes)."""
+
+    name = "coreml-int8-from-torchscript"
+    consumes = TRACED
+    description = "coremltools.convert (FLOAT16), then coremltools.optimize.coreml linear_quantize_weights " \
+                  "or palettize_weights."
 
 
 def _image_problem(inp: "InputSpec") -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import Candidates, Judge, default_goal
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -25,13 +25,13 @@ Convert = Callable[[Callable[[Any], bool]], Any]
 MLPACKAGE = "model.mlpackage"
 
 
-class Fp16Candidates(Candidates[Path]):
+class Fp16Candidates(FileCandidates):
     runtime = "coreml-mil"
     what = "MIL operations"
 
     def __init__(self, model: "Model", batch: "Batch", root: Path, convert: Convert, work: Path) -> None:
-        super().__init__(model, batch, root)
-        self.convert, self.work = convert, work
+        super().__init__(model, batch, root, work)
+        self.convert = convert
         self.asked: list[str] = []  # the ops the float16 pass can cast, in program order (from the baseline)
         self.converted: dict[Path, Any] = {}  # path → the MLModel saved there
 
@@ -45,8 +45,7 @@ class Fp16Candidates(Candidates[Path]):
             return op.name in reduced if reduced is not None else op.name not in kept
 
         mlmodel = self.convert(selector)
-        path = self.work / slot / MLPACKAGE
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.file(slot, MLPACKAGE)
         mlmodel.save(str(path))
         self.converted[path] = mlmodel
         return path

@@ -14,10 +14,9 @@ from typing import Any
 
 from buildsys.formats import register, register_variants
 from buildsys.formats.base import StepContext
-from buildsys.formats.coreml.convert import STATIC_SHAPES, CoremlFromTorchScript
-from buildsys.formats.coreml.options import CoremlInt8Options, CoremlOptions
-
-_PROGRAM = ("pt2", "pt2-file")
+from buildsys.formats.coreml.convert import STATIC_SHAPES, CoremlFromTorchScript, Int8Member
+from buildsys.formats.coreml.options import CoremlOptions
+from buildsys.formats.torch.export import PROGRAM
 
 
 class _FromExport(CoremlFromTorchScript):
@@ -40,7 +39,7 @@ class _FromExport(CoremlFromTorchScript):
         return program.run_decompositions()  # the core ATen opset (new_ones → full, …)
 
 
-@register_variants({"fp32": _PROGRAM, "fp16": _PROGRAM})
+@register_variants({"fp32": PROGRAM, "fp16": PROGRAM})
 class CoremlFromPt2(_FromExport):
     """Convert the torch.export program to a Core ML ML Program computing in float32 (fp32) or float16 (fp16)."""
 
@@ -48,13 +47,8 @@ class CoremlFromPt2(_FromExport):
 
 
 @register
-class CoremlInt8FromPt2(_FromExport):
+class CoremlInt8FromPt2(Int8Member, _FromExport):
     """Convert the torch.export program to an fp16 ML Program, then compress its weights (int8 or palettes)."""
 
     name = "coreml-int8-from-pt2"
-    consumes = _PROGRAM
-    produces = "coreml-int8"
-    precision = "int8"
-    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
-    Options = CoremlInt8Options
-    committed_metrics = ("sparsity_search", "quantized_weights")
+    consumes = PROGRAM

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from buildsys.formats.coreml.mil_registry import Args, const_value, op
+from buildsys.formats.coreml.mil_registry import Args, op, refuse_other
 
 if TYPE_CHECKING:
     import numpy as np
-    from coremltools.converters.mil.mil import Operation
 
     Array = np.ndarray
 
@@ -249,12 +248,7 @@ def clamped_relu(a: Args) -> "Array":
     return np.minimum(np.where(x >= 0, x, a.number("alpha") * x), a.number("beta"))
 
 
-def _gelu_mode(operation: "Operation") -> str | None:
-    mode = const_value(operation, "mode") or "EXACT"
-    return None if mode in ("EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION") else f"gelu mode {mode}"
-
-
-@op("gelu", refuse=_gelu_mode)
+@op("gelu", refuse=refuse_other("mode", "EXACT", ("EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION")))
 def gelu(a: Args) -> "Array":
     import numpy as np
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, SupportsInt, cast
+from typing import TYPE_CHECKING, Sequence, SupportsInt, cast
 
 from buildsys.formats.coreml.mil_registry import Args, const_value, op
 
@@ -197,38 +197,33 @@ def batch_norm(a: Args) -> "Array":
     return x * scale.reshape(shape) + shift.reshape(shape)
 
 
-def _normalize(x: "Array", axes: tuple[int, ...], epsilon: float) -> "Array":
+def _normalize(a: Args, x: "Array", axes: tuple[int, ...], shape: Sequence[int]) -> "Array":
+    """`x` normalized over `axes` (mean 0, variance 1, `epsilon` added to the variance), then scaled by
+    `gamma` and shifted by `beta` where the op has them, both reshaped to `shape`."""
     import numpy as np
 
     mean = x.mean(axis=axes, keepdims=True)
     centered = x - mean
     variance = np.square(centered).mean(axis=axes, keepdims=True)
-    return centered / np.sqrt(variance + np.float32(epsilon))
+    out = centered / np.sqrt(variance + np.float32(a.number("epsilon", 1e-5)))
+    if a.has("gamma"):
+        out = out * a.tensor("gamma").reshape(shape)
+    if a.has("beta"):
+        out = out + a.tensor("beta").reshape(shape)
+    return out
 
 
 @op("layer_norm")
 def layer_norm(a: Args) -> "Array":
     x = a.tensor("x")
     axes = tuple(sorted(ax % x.ndim for ax in a.integers("axes", list(range(x.ndim)))))
-    out = _normalize(x, axes, a.number("epsilon", 1e-5))
-    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
-    if a.has("gamma"):
-        out = out * a.tensor("gamma").reshape(shape)
-    if a.has("beta"):
-        out = out + a.tensor("beta").reshape(shape)
-    return out
+    return _normalize(a, x, axes, [x.shape[i] if i in axes else 1 for i in range(x.ndim)])
 
 
 @op("instance_norm")
 def instance_norm(a: Args) -> "Array":
     x = a.tensor("x")
-    out = _normalize(x, tuple(range(2, x.ndim)), a.number("epsilon", 1e-5))
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    if a.has("gamma"):
-        out = out * a.tensor("gamma").reshape(shape)
-    if a.has("beta"):
-        out = out + a.tensor("beta").reshape(shape)
-    return out
+    return _normalize(a, x, tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2))
 
 
 @op("l2_norm")

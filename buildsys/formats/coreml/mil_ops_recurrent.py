@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from buildsys.formats.coreml.mil_registry import Args, const_value, op
+from buildsys.formats.coreml.mil_registry import Args, const_value, op, refuse_other
 
 if TYPE_CHECKING:
     import numpy as np
@@ -145,9 +145,7 @@ def _scatter_update(x: "Array", index: tuple["Array | slice", ...], updates: "Ar
     fn.at(x, index, updates)  # type: ignore[arg-type]
 
 
-def _scatter_mode(operation: "Operation") -> str | None:
-    mode = const_value(operation, "mode") or "add"
-    return None if mode in ("update", "add", "sub", "mul", "div", "max", "min") else f"{operation.op_type} mode {mode}"
+_scatter_mode = refuse_other("mode", "add", ("update", "add", "sub", "mul", "div", "max", "min"))
 
 
 @op("scatter", refuse=_scatter_mode)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from buildsys.formats.coreml.mil_registry import Args, const_value, op
+from buildsys.formats.coreml.mil_registry import Args, op, refuse_other
 
 if TYPE_CHECKING:
     import numpy as np
-    from coremltools.converters.mil.mil import Operation
 
     Array = np.ndarray
 
@@ -190,16 +189,11 @@ def gather_nd(a: Args) -> "Array":
     return x[tuple(np.moveaxis(indices, -1, 0))]
 
 
-def _scatter_mode(operation: "Operation") -> str | None:
-    mode = const_value(operation, "mode") or "add"
-    return None if mode in _SCATTER else f"scatter mode {mode}"
-
-
 _SCATTER = {"update": "", "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide",
             "max": "maximum", "min": "minimum"}
 
 
-@op("scatter_along_axis", refuse=_scatter_mode)
+@op("scatter_along_axis", refuse=refuse_other("mode", "add", _SCATTER, "scatter"))
 def scatter_along_axis(a: Args) -> "Array":
     import numpy as np
 
@@ -224,12 +218,7 @@ def tile(a: Args) -> "Array":
     return np.tile(a.tensor("x"), a.integers("reps"))
 
 
-def _pad_mode(operation: "Operation") -> str | None:
-    mode = const_value(operation, "mode") or "constant"
-    return None if mode in ("constant", "reflect", "replicate") else f"pad mode {mode}"
-
-
-@op("pad", refuse=_pad_mode)
+@op("pad", refuse=refuse_other("mode", "constant", ("constant", "reflect", "replicate")))
 def pad(a: Args) -> "Array":
     """`pad` holds (before, after) pairs for the last len(pad)/2 axes."""
     import numpy as np

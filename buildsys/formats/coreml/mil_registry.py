@@ -14,7 +14,7 @@ before it executes anything, so an unsupported variant is "not run", like an unk
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable, Collection, TypeVar, Union
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +36,7 @@ class ProgramState:
 #: A MIL input value as the interpreter holds it: a tensor, a Python scalar or string, a tuple of
 #: those (variadic inputs such as concat's `values`), or a ProgramState (a stateful program's state input).
 Value = Union["np.ndarray", str, int, float, bool, tuple["np.ndarray", ...], ProgramState, None]
+T = TypeVar("T")
 
 
 class Args:
@@ -63,7 +64,7 @@ class Args:
 
         value = self.values.get(name)
         if value is None:
-            raise KeyError(f"{self.op.op_type} '{self.op.name}' has no input '{name}'")
+            raise self._missing(name)
         array = np.asarray(value)
         if array.dtype.kind == "f" and array.dtype != np.float32:
             return array.astype(np.float32)
@@ -82,25 +83,25 @@ class Args:
                 for v in items]
 
     def integer(self, name: str, default: int | None = None) -> int:
-        if not self.has(name):
-            if default is None:
-                raise KeyError(f"{self.op.op_type} '{self.op.name}' has no input '{name}'")
-            return default
-        return int(self.tensor(name))
+        return self._or_default(name, default, int)
 
     def integers(self, name: str, default: list[int] | None = None) -> list[int]:
-        if not self.has(name):
-            if default is None:
-                raise KeyError(f"{self.op.op_type} '{self.op.name}' has no input '{name}'")
-            return list(default)
-        return [int(v) for v in self.tensor(name).reshape(-1)]
+        return self._or_default(name, None if default is None else list(default),
+                                lambda t: [int(v) for v in t.reshape(-1)])
 
     def number(self, name: str, default: float | None = None) -> float:
-        if not self.has(name):
-            if default is None:
-                raise KeyError(f"{self.op.op_type} '{self.op.name}' has no input '{name}'")
-            return default
-        return float(self.tensor(name))
+        return self._or_default(name, default, float)
+
+    def _or_default(self, name: str, default: T | None, read: "Callable[[Array], T]") -> T:
+        """`read` of the tensor input `name`, else `default` (a KeyError where there is none)."""
+        if self.has(name):
+            return read(self.tensor(name))
+        if default is None:
+            raise self._missing(name)
+        return default
+
+    def _missing(self, name: str) -> KeyError:
+        return KeyError(f"{self.op.op_type} '{self.op.name}' has no input '{name}'")
 
     def flag(self, name: str, default: bool = False) -> bool:
         return bool(self.tensor(name)) if self.has(name) else default
@@ -156,6 +157,17 @@ def op(*op_types: str, refuse: Callable[["Operation"], str | None] | None = None
 def table() -> dict[str, OpImpl]:
     """Every registered implementation by op type (the op modules register themselves on import)."""
     return _OPS
+
+
+def refuse_other(key: str, default: str, values: Collection[str], what: str = "") -> Callable[["Operation"], str | None]:
+    """The `refuse` of an op implemented for some values of its const input `key` only (`default` where the
+    program does not set it): any other is refused as '<what (the op type if not given)> <key> <value>'."""
+
+    def refuse(operation: "Operation") -> str | None:
+        value = const_value(operation, key) or default
+        return None if value in values else f"{what or operation.op_type} {key} {value}"
+
+    return refuse
 
 
 def const_value(op: "Operation", name: str) -> object:

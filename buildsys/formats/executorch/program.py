@@ -20,6 +20,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
+from buildsys.formats.torch.export import PROGRAM
 from buildsys.lowering import DETACHED_VIEW
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def program_batch(model: Model, options: StepOptions) -> int:
 class _PteFromPt2(Step):
     """Shared body: load the .pt2, fix its shapes, (quantize,) lower to XNNPACK and write model.pte."""
 
-    consumes = ("pt2", "pt2-file")
+    consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
     version = 5  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
@@ -145,10 +146,7 @@ class _PteFromPt2(Step):
     def _lower(self, ctx: StepContext, module: Any, args: tuple[Any, ...]) -> tuple[bytes, dict[str, Any]]:
         """torch.export with fixed shapes → XNNPACK partition → ExecuTorch program bytes (reproducible)."""
         import torch
-        from executorch.exir import to_edge_transform_and_lower
 
-        from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal
-        from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
         try:
@@ -158,17 +156,7 @@ class _PteFromPt2(Step):
                                  f"{_first_line(exc)}") from exc
         exported_program_without_stack_traces(program)  # build-host paths must not reach the .pte
         self._save_program(ctx, program)
-        try:
-            lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
-        except Exception as exc:
-            raise self.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
-        plan = lowered.executorch_program.execution_plan[0]
-        refusal = kernel_refusal(plan)
-        if refusal:
-            raise self.fail(ctx, refusal)
-        delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
-        portable = sorted({op.name for op in plan.operators})
-        return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
+        return lower(self, ctx, program)
 
 
 @register
@@ -343,6 +331,29 @@ def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, 
             chunk = fill({k: v[start:start + batch] for k, v in inputs.items()}, batch)
             prepared(*example_args(ctx.model, Batch(chunk, None, calibration.origin)))
     return n
+
+
+def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, Any]]:
+    """An exported program handed to the XNNPACK delegate where it can run and serialized for the portable
+    kernels (to_edge_transform_and_lower, to_executorch): the .pte's bytes, and how many delegate calls and
+    which portable operators it holds. A lowering that fails, or an operator the runtime has no kernel for,
+    fails the step."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal
+    from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
+
+    try:
+        lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
+    except Exception as exc:
+        raise step.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
+    plan = lowered.executorch_program.execution_plan[0]
+    refusal = kernel_refusal(plan)
+    if refusal:
+        raise step.fail(ctx, refusal)
+    delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
+    portable = sorted({op.name for op in plan.operators})
+    return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -49,11 +49,10 @@ class _LlmPteFromPyTorch(LlmExportStep):
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import torch
-        from executorch.exir import to_edge_transform_and_lower
 
         from buildsys.errors import describe
-        from buildsys.formats.executorch.contract import XNNPACK, executorch_unavailable, kernel_refusal
-        from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
+        from buildsys.formats.executorch.contract import executorch_unavailable
+        from buildsys.formats.executorch.program import lower
         from buildsys.formats.llm.decoder import example_inputs, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
@@ -77,18 +76,9 @@ class _LlmPteFromPyTorch(LlmExportStep):
 
             metrics["quantized_weights"] = measure(program.module(), self.precision)
         exported_program_without_stack_traces(program)
-        try:
-            lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
-        except Exception as exc:
-            raise self.fail(ctx, f"lowering to ExecuTorch failed: {describe(exc)}") from exc
-        plan = lowered.executorch_program.execution_plan[0]
-        refusal = kernel_refusal(plan)
-        if refusal:
-            raise self.fail(ctx, refusal)
-        (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(lowered.buffer)
-        return {"bytes": len(lowered.buffer), **self._ship(ctx, spec),
-                "xnnpack_delegates": sum(1 for d in plan.delegates if d.id == XNNPACK),
-                "portable_operators": sorted({op.name for op in plan.operators}), **metrics}
+        buffer, structure = lower(self, ctx, program)
+        (ctx.out_dir / LLM_PTE[self.precision].filename).write_bytes(buffer)
+        return {"bytes": len(buffer), **self._ship(ctx, spec), **structure, **metrics}
 
     def _quantize_module(self, ctx: StepContext, lm: Any) -> dict[str, Any]:
         """Hook of the precision, before export: quantize the transformers module in place; what it did."""
@@ -108,7 +98,31 @@ class LlmExecutorchFromPyTorch(_LlmPteFromPyTorch):
     precision = "fp32"
 
 
-class LlmPteInt8Options(StepOptions):
+def _group_size(only: str = "") -> Any:
+    """The `group_size` option of 8da4w's int4 weights, for both quantized members; `only`: the scheme it
+    applies to, where the member has several."""
+    text = ("input channels that share one int4 scale, a multiple of 32 (XNNPACK's int4 kernels; ExecuTorch's "
+            "default for Llama is 128; smaller groups are more accurate and larger). Honoured exactly: a linear layer "
+            "whose input width it does not divide is refused, naming it. Unset: 32 where it divides the layer, else "
+            "the largest multiple of 32 below it that does, else one scale per output channel (recorded in "
+            "deploy.lock as group_sizes).")
+    return Field(default=None, ge=32, multiple_of=32,
+                 description=f"{only} only: {text}" if only else text[0].upper() + text[1:])
+
+
+class _Int4Groups(StepOptions):
+    """What both quantized members' options share: the group size 8da4w uses (`group_size` or 32)."""
+
+    if TYPE_CHECKING:  # each member declares it (a field here would come first in the member's options)
+        group_size: int | None
+
+    @property
+    def groups(self) -> int:
+        """The group size 8da4w uses."""
+        return self.group_size or 32
+
+
+class LlmPteInt8Options(_Int4Groups):
     """How the int8 member quantizes the decoder."""
 
     scheme: Literal["dynamic", "weight-only", "8da4w"] = Field(
@@ -119,17 +133,7 @@ class LlmPteInt8Options(StepOptions):
         "'8da4w': int4 weights in groups of `group_size` and int8 activations quantized per token "
         "(ExecuTorch's -qmode 8da4w, torchao Int8DynamicActivationIntxWeightConfig; the smallest program). "
         "Embeddings, norms and the KV cache stay float32 in all three.")
-    group_size: int | None = Field(
-        default=None, ge=32, multiple_of=32, description="8da4w only: input channels that share one int4 scale, a "
-        "multiple of 32 (XNNPACK's int4 kernels; ExecuTorch's default for Llama is 128; smaller groups are more "
-        "accurate and larger). Honoured exactly: a linear layer whose input width it does not divide is refused, "
-        "naming it. Unset: 32 where it divides the layer, else the largest multiple of 32 below it that does, "
-        "else one scale per output channel (recorded in deploy.lock as group_sizes).")
-
-    @property
-    def groups(self) -> int:
-        """The group size 8da4w uses."""
-        return self.group_size or 32
+    group_size: int | None = _group_size("8da4w")
 
 
 @register
@@ -208,24 +212,14 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
         return quantized, {"scheme": "dynamic"}
 
 
-class LlmPteInt4Options(StepOptions):
+class LlmPteInt4Options(_Int4Groups):
     """The int4 member: always 8da4w, only its group size is chosen."""
 
-    group_size: int | None = Field(
-        default=None, ge=32, multiple_of=32, description="Input channels that share one int4 scale, a multiple of "
-        "32 (XNNPACK's int4 kernels; ExecuTorch's default for Llama is 128; smaller groups are more accurate and "
-        "larger). Honoured exactly: a linear layer whose input width it does not divide is refused, naming it. "
-        "Unset: 32 where it divides the layer, else the largest multiple of 32 below it that does, else one "
-        "scale per output channel (recorded in deploy.lock as group_sizes).")
+    group_size: int | None = _group_size()
 
     @property
     def scheme(self) -> str:
         return "8da4w"
-
-    @property
-    def groups(self) -> int:
-        """The group size 8da4w uses."""
-        return self.group_size or 32
 
 
 @register

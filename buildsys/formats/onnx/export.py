@@ -15,18 +15,16 @@ from pydantic import Field, model_validator
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data
-from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, dispatched_ops, rewrite_metrics
-from buildsys.formats.torch.torchscript import load_input
+from buildsys.formats.torch.rewritten import FromPyTorch, RewritableOptions, dispatched_ops, rewrite_metrics
+from buildsys.formats.torch.export import PROGRAM
+from buildsys.formats.torch.torchscript import TRACED, load_input
 from buildsys.lowering import STATIC_EXPORT, Answer, Symptom
 
 ONNX = register_format(Format(
     name="onnx", filename=MODEL_FILE, runtime="onnxruntime",
     description="ONNX model (weights embedded, or in a model.onnx.data side file), run with ONNX Runtime.",
 ))
-ONNX_FILE = register_format(Format(
-    name="onnx-file", filename="", runtime="onnxruntime", source=True,
-    description="An ONNX file given as the model source.",
-))
+ONNX_FILE = register_format(ONNX.given("An ONNX file"))
 
 # --- exporters -----------------------------------------------------------------------------------
 
@@ -201,7 +199,7 @@ EXPORTER_SWITCHES = (
 
 
 @register
-class OnnxFromPyTorch(Step):
+class OnnxFromPyTorch(FromPyTorch):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
@@ -209,12 +207,10 @@ class OnnxFromPyTorch(Step):
     # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
     # exported by the TorchScript exporter, its fake quantization as QDQ; 5: linear layers in disguise
     # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
-    consumes = ("pytorch",)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
-    toolchain = "torch"
+    extra = "server"
     description = "torch.onnx.export of the factory's module."
-    committed_metrics = ("rewrites", "qat", "structured_pruning", "decomposition")
     symptoms = (STATIC_EXPORT, *EXPORTER_SWITCHES)  # the dynamo exporter's shape constraint; the other exporter
     # The legacy exporter looks up the ops of its own TorchScript trace in its symbolic registry; dynamo: true
     # reads the exported graph, decomposing what torchlib has no translation for. (A QAT module is exported
@@ -300,17 +296,13 @@ class OnnxFromPyTorch(Step):
         return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
                 **rewrite_metrics(ctx, ops, module), **folded, **lowering}
 
-    @classmethod
-    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        return describe_rewrites(facts) + ([facts["qat"]] if facts.get("qat") else [])
-
 
 @register
 class OnnxFromTorchScript(Step):
     """Export a TorchScript module to ONNX with the legacy (TorchScript-based) exporter."""
 
     name = "onnx-from-torchscript"
-    consumes = ("torchscript", "torchscript-file")
+    consumes = TRACED
     produces = "onnx"
     packages = ("torch", "onnx")
     toolchain = "torch"
@@ -335,7 +327,7 @@ class OnnxFromPt2(Step):
 
     name = "onnx-from-pt2"
     version = 2  # 2: the written opset must be the one asked for
-    consumes = ("pt2", "pt2-file")
+    consumes = PROGRAM
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
     toolchain = "torch"

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+from buildsys.formats.onnx.optimized import FLOAT_ONNX
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -28,7 +29,7 @@ class OnnxFp16FromOnnx(Step):
     """Convert an ONNX model's float32 tensors and ops to float16 (onnxruntime.transformers.float16)."""
 
     name = "onnx-fp16-from-onnx"
-    consumes = ("onnx", "onnx-optimized")
+    consumes = FLOAT_ONNX
     produces = "onnx-fp16"
     precision = "fp16"
     packages = ("onnxruntime", "onnx", "onnx-ir")

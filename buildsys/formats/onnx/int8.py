@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from pydantic import Field
 
-from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+from buildsys.formats.onnx.optimized import FLOAT_ONNX
 from buildsys.formats.keep_float import sensitive_help
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class OnnxInt8FromOnnx(Step):
     name = "onnx-int8-from-onnx"
     version = 3  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again; 3: the share of
     # weights in int8 measured on the file (quantized_weights)
-    consumes = ("onnx", "onnx-optimized")
+    consumes = FLOAT_ONNX
     produces = "onnx-int8"
     precision = "int8"
     packages = ("onnxruntime", "onnx")
@@ -103,7 +103,7 @@ class OnnxInt8FromOnnx(Step):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from buildsys.formats.keep_float import NoRecipe, pinned
+        from buildsys.formats.keep_float import pinned, quantizer_failures
         from buildsys.formats.onnx.sensitivity import search
         from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
         from buildsys.formats.onnx.weights import measure
@@ -145,20 +145,13 @@ class OnnxInt8FromOnnx(Step):
                                      weight_type=types[opts.weight_type], use_external_data_format=external,
                                      nodes_to_exclude=keep_float, nodes_to_quantize=only or [])
 
-            try:
+            with quantizer_failures(self, ctx, f"{opts.method} int8 quantization failed"):
                 if opts.keep_float == "sensitive":
                     metrics.update(search(self, ctx, quantize, model_in, quantized, Path(work) / "search"))
                 else:
                     quantize(list(opts.keep_float), None, quantized)
                     if opts.keep_float:
                         metrics["repair"] = pinned(opts.keep_float, "int8")
-            except ModelbuildError:
-                raise
-            except NoRecipe as exc:
-                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise self.fail(ctx, f"{opts.method} int8 quantization failed: {type(exc).__name__}: {first}") from exc
             if external:
                 proto = onnx.load(str(quantized), load_external_data=False)
                 path = quantized

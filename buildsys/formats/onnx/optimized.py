@@ -25,6 +25,8 @@ ONNX_OPTIMIZED = register_format(Format(
     name="onnx-optimized", filename="model.onnx", runtime="onnxruntime",
     description="ONNX model with ONNX Runtime's graph optimizations applied offline (faster session start).",
 ))
+#: What a step that reads a float32 ONNX model consumes: the export, or its offline-optimized copy.
+FLOAT_ONNX = ("onnx", ONNX_OPTIMIZED.name)
 
 
 @register

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import Candidates, Judge, default_goal
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -23,19 +23,18 @@ if TYPE_CHECKING:
 Quantize = Callable[[list[str], "list[str] | None", Path], None]
 
 
-class OnnxCandidates(Candidates[Path]):
+class OnnxCandidates(FileCandidates):
     """ONNX files made by a step's own function, run in ONNX Runtime (also onnx-fp16's, formats/onnx/fp16.py)."""
 
     runtime = "onnxruntime"
 
     def __init__(self, model: "Model", batch: "Batch", root: Path, make: Quantize, float_model: Path,
                  work: Path) -> None:
-        super().__init__(model, batch, root)
-        self.quantize, self.float_model, self.work = make, float_model, work
+        super().__init__(model, batch, root, work)
+        self.quantize, self.float_model = make, float_model
 
     def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> Path:
-        path = self.work / slot / "model.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.file(slot, "model.onnx")
         self.quantize(list(keep), None if only is None else list(only), path)
         return path
 

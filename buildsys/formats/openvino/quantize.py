@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from buildsys.errors import ModelbuildError
 from buildsys.formats import register
 from buildsys.formats.base import SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.openvino.ir import XML, cpu_config, telemetry_off
@@ -120,7 +119,7 @@ class OpenVinoInt8FromOpenVino(Step):
         return None
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
-        from buildsys.formats.keep_float import NoRecipe, pinned
+        from buildsys.formats.keep_float import pinned, quantizer_failures
         from buildsys.formats.openvino.convert import save_ir
         from buildsys.formats.openvino.weights import measure
         from buildsys.formats.quantized_weights import kept_float
@@ -160,7 +159,7 @@ class OpenVinoInt8FromOpenVino(Step):
             advanced = nncf.AdvancedQuantizationParameters(overflow_fix=overflow)
             metrics: dict[str, Any] = {"calibration_samples": samples, "preset": opts.preset,
                                        "overflow_fix": opts.overflow_fix, "model_type": opts.model_type}
-            try:
+            with quantizer_failures(self, ctx, "NNCF int8 quantization failed"):
                 if opts.keep_float == "sensitive":
                     quantized = self._search(ctx, nncf, model, calibration, advanced, kwargs, metrics)
                 elif opts.max_accuracy_drop is None:
@@ -175,13 +174,6 @@ class OpenVinoInt8FromOpenVino(Step):
                     metrics["validation_accuracy"] = {
                         "fp32": round(metric(core.compile_model(model, "CPU", cpu_config()), validation)[0], 6),
                         "int8": round(metric(core.compile_model(quantized, "CPU", cpu_config()), validation)[0], 6)}
-            except ModelbuildError:
-                raise
-            except NoRecipe as exc:
-                raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise self.fail(ctx, f"NNCF int8 quantization failed: {type(exc).__name__}: {first}") from exc
             if opts.keep_float and opts.keep_float != "sensitive":
                 metrics["repair"] = pinned(opts.keep_float, "int8")
             metrics.update(save_ir(self, ctx, quantized, fp16=False))

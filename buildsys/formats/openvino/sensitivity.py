@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import Candidates, Judge, default_goal
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -24,21 +24,20 @@ if TYPE_CHECKING:
 Quantize = Callable[[list[str]], "openvino.Model"]
 
 
-class NncfCandidates(Candidates[Path]):
+class NncfCandidates(FileCandidates):
     runtime = "openvino"
     what = "quantized operations"
 
     def __init__(self, model: "Model", batch: "Batch", root: Path, quantize: Quantize, work: Path) -> None:
-        super().__init__(model, batch, root)
-        self.quantize, self.work = quantize, work
+        super().__init__(model, batch, root, work)
+        self.quantize = quantize
         self.all: list[str] = []
 
     def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> Path:
         import openvino as ov
 
         ignored = list(keep) if only is None else [u for u in self.all if u not in only]
-        path = self.work / slot / "model.xml"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.file(slot, "model.xml")
         ov.save_model(self.quantize(ignored), str(path), compress_to_fp16=False)
         return path
 

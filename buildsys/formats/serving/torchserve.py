@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from buildsys.config.schema import NAME_PATTERN
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.torch.torchscript import TRACED
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -55,7 +56,7 @@ class TorchServeFromTorchScript(Step):
 
     name = "torchserve-from-torchscript"
     version = 2  # 2: the generated handler is torchserve_handler.py (typed, split into functions)
-    consumes = ("torchscript", "torchscript-file")
+    consumes = TRACED
     produces = "torchserve"
     packages = ("torch-model-archiver",)
     extra = "serving"

@@ -42,8 +42,10 @@ from pydantic import Field, model_validator
 from buildsys.config.schema import NAME_PATTERN
 from buildsys.formats import register, register_format, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.onnx.optimized import FLOAT_ONNX
 from buildsys.formats.serving.pbtxt import write_pbtxt
 from buildsys.formats.serving.repository import CONFIG, REPOSITORY, TRITON_TYPES
+from buildsys.formats.torch.torchscript import TRACED
 from buildsys.formats.serving.triton_signature import (
     onnx_graph_and_files,
     onnx_signature,
@@ -265,7 +267,7 @@ class _TritonOnnx(_TritonStep):
         return self._write(ctx, config, files, comments)
 
 
-@register_variants({"fp32": ("onnx", "onnx-optimized"), "fp16": "onnx-fp16", "int8": "onnx-int8"})
+@register_variants({"fp32": FLOAT_ONNX, "fp16": "onnx-fp16", "int8": "onnx-int8"})
 class TritonFromOnnx(_TritonOnnx):
     """Lay out an fp32 (or optimized), fp16 or int8 ONNX model for Triton's ONNX Runtime backend.
 
@@ -280,7 +282,7 @@ class TritonFromTorchScript(_TritonStep):
     """Lay out the TorchScript model for Triton's PyTorch (libtorch) backend, with INPUT__i/OUTPUT__i names."""
 
     name = "triton-torchscript-from-torchscript"
-    consumes = ("torchscript", "torchscript-file")
+    consumes = TRACED
     produces = "triton-torchscript"
     backend = "pytorch"
     model_file = "model.pt"

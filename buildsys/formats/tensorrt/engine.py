@@ -24,6 +24,7 @@ from pydantic import Field
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.onnx.optimized import FLOAT_ONNX
 from buildsys.formats.tensorrt.profiles import (
     PLAN,
     EngineOptions,
@@ -109,7 +110,7 @@ class _EngineFromOnnx(Step):
         return src
 
 
-@register_variants({"fp32": ("onnx", "onnx-optimized"), "fp16": "onnx-fp16"})
+@register_variants({"fp32": FLOAT_ONNX, "fp16": "onnx-fp16"})
 class TensorrtFromOnnx(_EngineFromOnnx):
     """Build a TensorRT engine from an ONNX model in the precision its tensors have (fp32, or fp16 from onnx-fp16)."""
 
@@ -131,7 +132,7 @@ class TensorrtInt8FromOnnx(_EngineFromOnnx):
     """Quantize an ONNX model to symmetric int8 QDQ on the calibration set, then build its TensorRT engine."""
 
     name = "tensorrt-int8-from-onnx"
-    consumes = ("onnx", "onnx-optimized")
+    consumes = FLOAT_ONNX
     produces = "tensorrt-int8"
     precision = "int8"
     packages = ("tensorrt", "onnx", "onnxruntime")  # onnxruntime chooses the scales

@@ -2,7 +2,7 @@
 
 An artifact is a directory: `model.json` (the TensorFlow.js graph model: topology and weights
 manifest), its weight shards `group1-shard*of*.bin`, `model.js` (the ES-module loader modelbuild
-ships, copied byte for byte), `signature.json` and `layout.json` (onnx2tf's layout record, carried
+ships, the same bytes in every artifact), `signature.json` and `layout.json` (onnx2tf's layout record, carried
 from the SavedModel). Inputs and outputs are in the artifact's layout (channels last where onnx2tf
 moved them); signature.json names, for each, the graph node to feed or fetch, its tfjs dtype, its
 shape and `perm`, the permutation from the PyTorch layout. This module imports only the standard
@@ -33,9 +33,11 @@ SITE_FILES = {
 MODEL_FILE = "model.json"
 LOADER_FILE = "model.js"
 SIGNATURE_FILE = web.SIGNATURE_FILE
-#: The shipped loader and the check page (package data, see pyproject.toml).
-LOADER_SOURCE = Path(__file__).with_name(LOADER_FILE)
+#: The check page and the loader's own part (package data, see pyproject.toml); the shipped model.js
+#: ends with the part every browser family's loader shares (web.loader).
 PAGE_SOURCE = Path(__file__).with_name("check.html")
+LOADER_SOURCE = Path(__file__).with_name(LOADER_FILE)
+LOADER_PARTS = (LOADER_SOURCE, web.LOADER_SHARED)
 
 #: TensorFlow dtype (as model.json's signature spells it) → the tfjs dtype (also the numpy dtype name).
 #: tfjs has no 64-bit tensors: the converter stores int64 as int32 and float64 as float32.
@@ -46,3 +48,8 @@ TENSOR_TYPES = {"DT_FLOAT": "float32", "DT_DOUBLE": "float32", "DT_INT32": "int3
 def site_sources() -> dict[str, Path]:
     """SITE_FILES with their paths on this host."""
     return {name: web.node_modules() / rel for name, rel in SITE_FILES.items()}
+
+
+def loader() -> bytes:
+    """model.js as the step ships it."""
+    return web.loader(LOADER_PARTS)

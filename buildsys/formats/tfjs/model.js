@@ -27,11 +27,7 @@ const ARRAYS = { float32: Float32Array, int32: Int32Array, bool: Uint8Array };
 /** Fetch signature.json next to `url` and load the graph model (model.json and its weight shards). */
 export async function load(url, options = {}) {
   const modelUrl = new URL(url, globalThis.location?.href);
-  const response = await fetch(new URL("signature.json", modelUrl));
-  if (!response.ok) {
-    throw new Error(`cannot fetch signature.json next to ${modelUrl}: HTTP ${response.status}`);
-  }
-  const signature = await response.json();
+  const signature = await fetchSignature(modelUrl);
   const graph = await loadGraphModel(modelUrl.href, options);
   return { graph, signature };
 }
@@ -66,14 +62,4 @@ function toTensor(spec, value) {
     throw new Error(`input "${spec.name}" must be a ${want.name} (${spec.type}), not ${data?.constructor?.name}`);
   }
   return tf.tensor(data, dims ?? shapeFor(spec, data.length), spec.type);
-}
-
-function shapeFor(spec, length) {
-  const known = spec.shape.filter((d) => typeof d === "number").reduce((a, b) => a * b, 1);
-  const free = spec.shape.filter((d) => typeof d !== "number").length;
-  if (free > 1) throw new Error(`input "${spec.name}" has ${free} dynamic axes: pass { data, dims }`);
-  if ((free === 0 && length !== known) || length % known !== 0) {
-    throw new Error(`input "${spec.name}" has ${length} elements, which does not fit shape [${spec.shape}]`);
-  }
-  return spec.shape.map((d) => (typeof d === "number" ? d : length / known));
 }

@@ -8,7 +8,6 @@ between the PyTorch layout of the reference data and the artifact's (signature.j
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,15 +31,12 @@ class TfjsSession(browser.BrowserSession):
     """One page holding one tfjs GraphModel on the wasm backend."""
 
     engine = "TensorFlow.js"
+    check_site = browser.CheckSite(artifact.PAGE_SOURCE, "tfjs", artifact.site_sources)
 
     def build_site(self, site: Path) -> None:
-        """check.html, tfjs/ (the pinned TensorFlow.js files), model/ (the artifact)."""
-        shutil.copyfile(artifact.PAGE_SOURCE, site / "check.html")
-        (site / "tfjs").mkdir()
-        for name, source in artifact.site_sources().items():
-            shutil.copyfile(source, site / "tfjs" / name)
+        """The check site, with the module standing in for Node's built-ins among the library's files."""
+        super().build_site(site)
         (site / "tfjs" / "node-builtin.mjs").write_text(_NODE_BUILTIN)
-        shutil.copytree(self.artifact_dir, site / "model")
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         perms = {i["name"]: i["perm"] for i in self.signature["inputs"]}
@@ -79,7 +75,7 @@ class TfjsChromium(Runtime):
                     if not (folder / n).is_file()]
         if problems:
             return {"facts": {}, "problems": problems}
-        if (folder / artifact.LOADER_FILE).read_bytes() != artifact.LOADER_SOURCE.read_bytes():
+        if (folder / artifact.LOADER_FILE).read_bytes() != artifact.loader():
             problems.append(f"{artifact.LOADER_FILE} differs from the loader this modelbuild ships")
         graph = json.loads((folder / artifact.MODEL_FILE).read_text(encoding="utf-8"))
         shards = [p for group in graph.get("weightsManifest", []) for p in group.get("paths", [])]

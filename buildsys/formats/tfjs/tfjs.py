@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -51,7 +50,7 @@ class TfjsFromSavedModel(Step):
     extra = "tfjs"
     toolchain = "tf"
     version = 1
-    shipped_files = (artifact.LOADER_SOURCE,)
+    shipped_files = artifact.LOADER_PARTS
     description = "tensorflowjs.converters.convert_tf_saved_model (op check on, debug ops stripped), then " \
                   "model.js and signature.json."
 
@@ -91,7 +90,7 @@ class TfjsFromSavedModel(Step):
         model_json.write_text(json.dumps(graph, sort_keys=True), encoding="utf-8")
         sig = signature(graph, layout)
         (ctx.out_dir / artifact.SIGNATURE_FILE).write_text(json.dumps(sig, indent=2) + "\n", encoding="utf-8")
-        shutil.copyfile(artifact.LOADER_SOURCE, ctx.out_dir / artifact.LOADER_FILE)
+        (ctx.out_dir / artifact.LOADER_FILE).write_bytes(artifact.loader())
         shards = sorted(p for p in ctx.out_dir.glob("group*-shard*of*.bin"))
         return {"bytes": sum(p.stat().st_size for p in ctx.out_dir.iterdir() if p.is_file()),
                 "weight_bytes": sum(p.stat().st_size for p in shards), "shards": len(shards),

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.formats.keep_float import Candidates, Judge, NoRecipe, default_goal, pinned
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal, pinned, quantizer_failures
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
     calibration set as signature feeds (None for weight-only)."""
     import tempfile
 
-    from buildsys.errors import ModelbuildError, describe
-
     opts = ctx.options
     if opts.mode == "full" and not samples:
         raise step.fail(ctx, "full int8 needs calibration data: add data.calibration to the model, or set "
@@ -72,7 +70,7 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
     with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".work-") as tmp:
         work = Path(tmp)
         (work / "float.tflite").write_bytes(float_flatbuffer)
-        try:
+        with quantizer_failures(step, ctx, "ai-edge-quantizer failed"):
             if opts.mode == "weight-only":
                 quantizer.weight_only(path)
             elif opts.keep_float == "sensitive":
@@ -90,12 +88,6 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
             else:
                 quantizer.static(list(opts.keep_float), None, path)
                 metrics["repair"] = pinned(opts.keep_float, "int8")
-        except ModelbuildError:
-            raise
-        except NoRecipe as exc:
-            raise step.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
-        except Exception as exc:
-            raise step.fail(ctx, f"ai-edge-quantizer failed: {describe(exc)[:400]}") from exc
     metrics["mode"] = opts.mode
     if opts.mode == "full":
         metrics["io"] = opts.io
@@ -166,7 +158,7 @@ class Quantizer:
         out.write_bytes(bytes(result.quantized_model))
 
 
-class AeqCandidates(Candidates[Path]):
+class AeqCandidates(FileCandidates):
     """ai-edge-quantizer's static int8 of one float flatbuffer, with chosen ops `no_quantize`, run in the LiteRT
     interpreter (`record`: the float file's layout record, mapping the model's inputs and outputs to signature
     keys). A unit is an op, by its scope."""
@@ -175,12 +167,12 @@ class AeqCandidates(Candidates[Path]):
 
     def __init__(self, model: "Model", batch: "Batch", root: Path, quantizer: Quantizer, float_model: Path,
                  record: dict[str, Any] | None, work: Path) -> None:
-        super().__init__(model, batch, root)
-        self.quantizer, self.record, self.work = quantizer, record, work
+        super().__init__(model, batch, root, work)
+        self.quantizer, self.record = quantizer, record
         self.ops = op_scopes(float_model.read_bytes())
 
     def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> Path:
-        path = self.work / slot / "model.tflite"
+        path = self.file(slot, "model.tflite")
         self.quantizer.static(list(keep), None if only is None else list(only), path)
         return path
 

@@ -7,36 +7,30 @@ from typing import Any
 from pydantic import Field
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext
+from buildsys.formats.base import Format, StepContext
 from buildsys.formats.reproducible import exported_program_without_stack_traces
-from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, program_ops, rewrite_metrics
+from buildsys.formats.torch.rewritten import FromPyTorch, RewritableOptions, program_ops, rewrite_metrics
 from buildsys.lowering import STATIC_EXPORT
 
 PT2 = register_format(Format(
     name="pt2", filename="model.pt2", runtime="torch-export",
     description="torch.export program (.pt2), the input of AOTInductor, ExecuTorch and the dynamo ONNX exporter.",
 ))
-PT2_FILE = register_format(Format(
-    name="pt2-file", filename="", runtime="torch-export", source=True,
-    description="A torch.export program file (.pt2) given as the model source.",
-))
+PT2_FILE = register_format(PT2.given("A torch.export program file (.pt2)"))
+#: What a step that reads a torch.export program consumes: the one exported here, or a .pt2 given as the source.
+PROGRAM = (PT2.name, PT2_FILE.name)
 
 
 @register
-class Pt2FromPyTorch(Step):
+class Pt2FromPyTorch(FromPyTorch):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
     version = 4  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
     # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat); 4: linear layers in
     # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
-    consumes = ("pytorch",)
     produces = "pt2"
-    packages = ("torch",)
-    extra = "torch"
-    toolchain = "torch"
     description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
-    committed_metrics = ("rewrites", "qat", "structured_pruning", "decomposition")
     symptoms = (STATIC_EXPORT,)  # torch.export's shape constraint: exported again at static shapes, where allowed
 
     class Options(RewritableOptions):
@@ -62,9 +56,5 @@ class Pt2FromPyTorch(Step):
         torch.export.save(program, str(path))
         return {**metrics, "bytes": path.stat().st_size, **decomposition,
                 **rewrite_metrics(ctx, program_ops(program), module)}
-
-    @classmethod
-    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        return describe_rewrites(facts) + ([facts["qat"]] if facts.get("qat") else [])
 
 

@@ -14,7 +14,7 @@ from pydantic import Field
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
 from buildsys.formats.reproducible import torchscript_without_debug_info
-from buildsys.formats.torch.torchscript import load_input
+from buildsys.formats.torch.torchscript import TRACED, load_input
 
 PTL = register_format(Format(
     name="ptl", filename="model.ptl", runtime="lite-interpreter",
@@ -28,7 +28,7 @@ class PtlFromTorchScript(Step):
 
     name = "ptl-from-torchscript"
     version = 2  # 2: saved without debug info (build paths), byte-identical across checkouts
-    consumes = ("torchscript", "torchscript-file")
+    consumes = TRACED
     produces = "ptl"
     packages = ("torch",)
     extra = "torch"

@@ -11,16 +11,16 @@ the rewrites' versions enter the key beside them (kinds.ArtifactKind), the torch
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, field_validator, model_serializer
 
-from buildsys.formats.base import StepOptions
+from buildsys.formats.base import Step, StepOptions
 
 if TYPE_CHECKING:
     import torch
 
-    from buildsys.formats.base import Step, StepContext
+    from buildsys.formats.base import StepContext
 
 
 class RewritableOptions(StepOptions):
@@ -155,6 +155,21 @@ def rewrite_metrics(ctx: "StepContext[Any]", ops: list[str] | None = None, modul
     if ops is not None:
         out["ops"] = sorted(set(ops))
     return out
+
+
+class FromPyTorch(Step):
+    """A step that loads the factory's module (`load_rewritten`) and exports or traces it: what it reads and
+    needs, and the facts it commits (`rewrite_metrics`, the lowering's decomposition) and describes."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("pytorch",)
+    packages: ClassVar[tuple[str, ...]] = ("torch",)
+    extra = "torch"
+    toolchain = "torch"
+    committed_metrics: ClassVar[tuple[str, ...]] = ("rewrites", "qat", "structured_pruning", "decomposition")
+
+    @classmethod
+    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
+        return describe_rewrites(facts) + ([facts["qat"]] if facts.get("qat") else [])
 
 
 def describe_rewrites(facts: dict[str, Any]) -> list[str]:

@@ -9,21 +9,20 @@ from pydantic import Field
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.reproducible import fresh_torchscript_types, torchscript_without_debug_info
-from buildsys.formats.torch.rewritten import RewritableOptions, describe_rewrites, rewrite_metrics, torchscript_ops
+from buildsys.formats.torch.rewritten import FromPyTorch, RewritableOptions, rewrite_metrics, torchscript_ops
 
 TORCHSCRIPT = register_format(Format(
     name="torchscript", filename="model.pt", runtime="torchscript", serving_runtime="libtorch",
     description="TorchScript module (torch.jit.save), for libtorch / PyTorch Mobile; with `acceptance.serving` the "
     "check also runs it in a C++ program linked against LibTorch.",
 ))
-TORCHSCRIPT_FILE = register_format(Format(
-    name="torchscript-file", filename="", runtime="torchscript", source=True,
-    description="A TorchScript file given as the model source.",
-))
+TORCHSCRIPT_FILE = register_format(TORCHSCRIPT.given("A TorchScript file"))
+#: What a step that reads TorchScript consumes: the module traced here, or a TorchScript file given as the source.
+TRACED = (TORCHSCRIPT.name, TORCHSCRIPT_FILE.name)
 
 
 @register
-class TorchScriptFromPyTorch(Step):
+class TorchScriptFromPyTorch(FromPyTorch):
     """Trace (or script) the PyTorch module into TorchScript, then prove it by numbers.
 
     The compiled module and eager PyTorch run on the tracing batch and on a second batch of other
@@ -37,13 +36,9 @@ class TorchScriptFromPyTorch(Step):
     name = "torchscript-from-pytorch"
     version = 5  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
     # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py)
-    consumes = ("pytorch",)
     produces = "torchscript"
-    packages = ("torch",)
-    extra = "torch"
-    toolchain = "torch"
     description = "torch.jit.trace / torch.jit.script, then torch.jit.save."
-    committed_metrics = ("rewrites", "structured_pruning", "decomposition")
+    committed_metrics = ("rewrites", "structured_pruning", "decomposition")  # a QAT module is not recognised here
 
     class Options(RewritableOptions):
         method: Literal["trace", "script"] = Field(
@@ -98,10 +93,6 @@ class TorchScriptFromPyTorch(Step):
         torchscript_without_debug_info(ctx.out_dir / TORCHSCRIPT.filename)
         return {**metrics, "bytes": (ctx.out_dir / TORCHSCRIPT.filename).stat().st_size,
                 **rewrite_metrics(ctx, torchscript_ops(compiled))}
-
-    @classmethod
-    def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
-        return describe_rewrites(facts)
 
     def _compare(self, ctx: StepContext[Options], module: Any, compiled: Any, batches: list[tuple[Any, str]]) -> dict[str, Any]:
         """Run `compiled` and eager `module` on each batch; a StepError naming the output and its error

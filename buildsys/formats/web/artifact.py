@@ -1,7 +1,7 @@
 """The web artifact's contract, shared by the step that writes it and the runtime that checks it.
 
 An artifact is a directory: `model.onnx` (one self-contained file: a browser fetches one URL),
-`model.js` (the ES-module loader modelbuild ships, copied byte for byte) and `signature.json`
+`model.js` (the ES-module loader modelbuild ships, the same bytes in every artifact) and `signature.json`
 (every input and output with ONNX Runtime Web's tensor type and its shape). This module also says
 where this host keeps the pinned npm packages of browser checks (installed by `install.py`, never fetched
 at run time) and Chromium. It imports only the standard library.
@@ -28,9 +28,15 @@ DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 MODEL_FILE = "model.onnx"
 LOADER_FILE = "model.js"
 SIGNATURE_FILE = "signature.json"
-#: The shipped loader and the check page's template (package data, see pyproject.toml).
-LOADER_SOURCE = Path(__file__).with_name(LOADER_FILE)
+#: The check page and the loader's own part (package data, see pyproject.toml).
 PAGE_SOURCE = Path(__file__).with_name("check.html")
+LOADER_SOURCE = Path(__file__).with_name(LOADER_FILE)
+#: The part of the loader every browser family shares (reading signature.json, the dims of a bare
+#: typed array), and the module every check page imports (moving a call's tensors: browser.py).
+LOADER_SHARED = Path(__file__).with_name("loader_shared.js")
+HARNESS_SOURCE = Path(__file__).with_name("check.js")
+#: The files the shipped model.js is made of, in order (`loader`): they enter the step's key.
+LOADER_PARTS = (LOADER_SOURCE, LOADER_SHARED)
 #: What the check page needs from onnxruntime-web's dist/: the wasm-only ES module, its Emscripten
 #: glue and the SIMD wasm binary (the glue is the threaded build; it runs with one thread when the
 #: page is not cross-origin isolated).
@@ -61,6 +67,11 @@ def ort_web_dist() -> Path:
     return node_modules() / "onnxruntime-web" / "dist"
 
 
+def site_sources() -> dict[str, Path]:
+    """ORT_FILES with their paths on this host."""
+    return {name: ort_web_dist() / name for name in ORT_FILES}
+
+
 def installed_npm(package: str) -> str | None:
     """The version of npm package `package` in node_modules(), or None when it is not there."""
     try:
@@ -77,6 +88,11 @@ def chromium() -> str | None:
         path = Path(given).expanduser()
         return str(path) if path.is_file() and os.access(path, os.X_OK) else None
     return next((found for name in BROWSERS if (found := shutil.which(name))), None)
+
+
+def loader(parts: tuple[Path, ...] = LOADER_PARTS) -> bytes:
+    """model.js as a family ships it (the same bytes in every artifact): its `parts`, one after the other."""
+    return b"".join(part.read_bytes() for part in parts)
 
 
 def read_signature(artifact_dir: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 from buildsys.errors import StepError, not_installed
 from buildsys.formats.runtime import Session, fixed_batch
@@ -58,13 +58,23 @@ def unavailable(pins: dict[str, str], files: list[Path]) -> str | None:
     return None
 
 
+class CheckSite(NamedTuple):
+    """What a family's check page needs on the site besides check.js and the artifact: the `page`, served
+    as check.html, and the library's files, copied into `folder` (where the page's import map points)
+    from `sources()` (name there → its path on this host)."""
+
+    page: Path
+    folder: str
+    sources: Callable[[], dict[str, Path]]
+
+
 class BrowserSession(Session):
     """One browser page holding one loaded model; `run` sends one chunk of samples through it.
 
-    A subclass names the library in messages (`engine`) and builds the site (`build_site`: the check
-    page as check.html, the library's files, the artifact under model/)."""
+    A subclass names the library in messages (`engine`) and what its check page needs (`check_site`)."""
 
     engine = "the page"
+    check_site: ClassVar[CheckSite]
 
     def __init__(self, artifact_dir: Path, signature: dict[str, Any], model: Model):
         self.artifact_dir = artifact_dir
@@ -94,7 +104,15 @@ class BrowserSession(Session):
             raise
 
     def build_site(self, site: Path) -> None:
-        raise NotImplementedError
+        """check.html (the family's page), check.js (the part every check page shares), the library's
+        files, model/ (the artifact)."""
+        page, folder, sources = self.check_site
+        shutil.copyfile(page, site / "check.html")
+        shutil.copyfile(artifact.HARNESS_SOURCE, site / "check.js")
+        (site / folder).mkdir()
+        for name, source in sources().items():
+            shutil.copyfile(source, site / folder / name)
+        shutil.copytree(self.artifact_dir, site / "model")
 
     def message(self, text: str) -> str:
         """The library's error message as a user should read it (a subclass drops build-machine noise)."""

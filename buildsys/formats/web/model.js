@@ -30,11 +30,7 @@ const ARRAYS = {
 /** Fetch signature.json next to `url` and create an InferenceSession on the wasm backend. */
 export async function load(url, options = {}) {
   const modelUrl = new URL(url, globalThis.location?.href);
-  const response = await fetch(new URL("signature.json", modelUrl));
-  if (!response.ok) {
-    throw new Error(`cannot fetch signature.json next to ${modelUrl}: HTTP ${response.status}`);
-  }
-  const signature = await response.json();
+  const signature = await fetchSignature(modelUrl);
   const session = await ort.InferenceSession.create(modelUrl.href, { executionProviders: ["wasm"], ...options });
   return { session, signature };
 }
@@ -62,14 +58,4 @@ function toTensor(spec, value) {
     throw new Error(`input "${spec.name}" must be a ${want.name} (${spec.type}), not ${data?.constructor?.name}`);
   }
   return new ort.Tensor(spec.type, data, dims ?? shapeFor(spec, data.length));
-}
-
-function shapeFor(spec, length) {
-  const known = spec.shape.filter((d) => typeof d === "number").reduce((a, b) => a * b, 1);
-  const free = spec.shape.filter((d) => typeof d !== "number").length;
-  if (free > 1) throw new Error(`input "${spec.name}" has ${free} dynamic axes: pass { data, dims }`);
-  if ((free === 0 && length !== known) || length % known !== 0) {
-    throw new Error(`input "${spec.name}" has ${length} elements, which does not fit shape [${spec.shape}]`);
-  }
-  return spec.shape.map((d) => (typeof d === "number" ? d : length / known));
 }

@@ -8,7 +8,6 @@ onnxruntime-web's wasm files from the pinned npm install.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,14 +24,7 @@ class OrtWebSession(browser.BrowserSession):
     """One page holding one onnxruntime-web InferenceSession."""
 
     engine = "onnxruntime-web"
-
-    def build_site(self, site: Path) -> None:
-        """check.html, ort/ (the pinned onnxruntime-web's wasm files), model/ (the artifact)."""
-        shutil.copyfile(artifact.PAGE_SOURCE, site / "check.html")
-        (site / "ort").mkdir()
-        for name in artifact.ORT_FILES:
-            shutil.copyfile(artifact.ort_web_dist() / name, site / "ort" / name)
-        shutil.copytree(self.artifact_dir, site / "model")
+    check_site = browser.CheckSite(artifact.PAGE_SOURCE, "ort", artifact.site_sources)
 
     def message(self, text: str) -> str:
         """ONNX Runtime's message without the C++ source location and signature of its build machine."""
@@ -51,7 +43,7 @@ class OrtWebChromium(Runtime):
     os_packages = {"chromium": "chromium", "npm": "npm"}
 
     def _unavailable(self) -> str | None:
-        return browser.unavailable(self.npm_packages, [artifact.ort_web_dist() / n for n in artifact.ORT_FILES])
+        return browser.unavailable(self.npm_packages, list(artifact.site_sources().values()))
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
         missing = [n for n in (artifact.MODEL_FILE, artifact.LOADER_FILE, artifact.SIGNATURE_FILE)
@@ -69,7 +61,7 @@ class OrtWebChromium(Runtime):
         if problems:
             return {"facts": {}, "problems": problems}
         signature = artifact.read_signature(folder)
-        if (folder / artifact.LOADER_FILE).read_bytes() != artifact.LOADER_SOURCE.read_bytes():
+        if (folder / artifact.LOADER_FILE).read_bytes() != artifact.loader():
             problems.append(f"{artifact.LOADER_FILE} differs from the loader this modelbuild ships")
         inputs = [i["name"] for i in signature["inputs"]]
         unknown = sorted(set(inputs) - {i.name for i in model.inputs})

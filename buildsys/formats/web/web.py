@@ -11,7 +11,6 @@ and onnxruntime-web only reads side files when the caller passes them explicitly
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,7 @@ class WebFromOnnx(Step):
     packages = ("onnx",)
     toolchain = "onnx"
     version = 1
-    shipped_files = (artifact.LOADER_SOURCE,)
+    shipped_files = artifact.LOADER_PARTS
     description = "ONNX model checked against ONNX Runtime Web's wasm backend, with model.js and signature.json."
     Options = StepOptions
 
@@ -61,7 +60,7 @@ class WebFromOnnx(Step):
             raise self.fail(ctx, "ONNX Runtime Web cannot run this model: " + "; ".join(problems))
         path = save(proto, ctx.out_dir, external=False)
         metrics = finish(self, ctx, path)
-        shutil.copyfile(artifact.LOADER_SOURCE, ctx.out_dir / artifact.LOADER_FILE)
+        (ctx.out_dir / artifact.LOADER_FILE).write_bytes(artifact.loader())
         sig = signature(proto, ctx)
         (ctx.out_dir / artifact.SIGNATURE_FILE).write_text(json.dumps(sig, indent=2) + "\n", encoding="utf-8")
         return {**metrics, "embedded_external_data": embedded,
