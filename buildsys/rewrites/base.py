@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from buildsys.errors import ModelbuildError, StepError, did_you_mean
 
@@ -53,6 +53,35 @@ class Rewrite:
         if self.family:
             out["family"] = self.family
         return out
+
+
+def in_place(func: Handler) -> Handler:
+    """The in-place form (Tensor.x_) of an out-of-place replacement: its result written back with `copy_`. One
+    wrapper per replacement, so a table built twice holds the same handler (a family and its member compare them)."""
+    wrapper = _IN_PLACE.get(func)
+    if wrapper is None:
+        def write_back(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return self.copy_(func(self, *args, **kwargs))
+        wrapper = _IN_PLACE[func] = write_back
+    return wrapper
+
+
+_IN_PLACE: dict[Handler, Handler] = {}
+
+
+def by_name(replacements: Mapping[str, Handler], namespaces: Sequence[object],
+            in_place_on: object | None = None) -> dict[Callable[..., object], Handler]:
+    """A handler table from function names: each name's function in every namespace that has one (torch,
+    torch.Tensor, torch.special, torch.nn.functional) → its replacement; with `in_place_on` (torch.Tensor), also
+    its in-place form `name_` where there is one, written back (`in_place`)."""
+    table: dict[Callable[..., object], Handler] = {}
+    for name, replacement in replacements.items():
+        for namespace in namespaces:
+            if hasattr(namespace, name):
+                table[getattr(namespace, name)] = replacement
+        if in_place_on is not None and hasattr(in_place_on, f"{name}_"):
+            table[getattr(in_place_on, f"{name}_")] = in_place(replacement)
+    return table
 
 
 _NAMESPACES = ("aten", "prims", "torch", "quantized", "quantized_decomposed", "executorch_prim")

@@ -20,9 +20,9 @@ ONNX (measured: benchmarks/op_matrix.py). Equivalence: tests/rewrites/test_rewri
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
 
 if TYPE_CHECKING:
     import torch
@@ -172,11 +172,8 @@ def histc(input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0, 
 def _handlers() -> HandlerTable:
     import torch
 
-    table: dict[Callable[..., object], Handler] = {torch.searchsorted: searchsorted, torch.bucketize: bucketize}
-    for name, impl in (("kthvalue", kthvalue), ("median", median), ("nanmedian", nanmedian), ("histc", histc)):
-        table[getattr(torch, name)] = impl
-        table[getattr(torch.Tensor, name)] = impl
-    return table
+    return by_name({"kthvalue": kthvalue, "median": median, "nanmedian": nanmedian, "histc": histc,
+                    "searchsorted": searchsorted, "bucketize": bucketize}, (torch, torch.Tensor))
 
 
 REWRITES = (

@@ -20,9 +20,9 @@ tests/rewrites/test_rewrite_families_scan.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable
+from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable, by_name
 
 if TYPE_CHECKING:
     import torch
@@ -111,12 +111,8 @@ def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.
 def _handlers() -> HandlerTable:
     import torch
 
-    table: dict[Callable[..., object], Handler] = {}
-    for name, impl in (("cumprod", cumprod), ("cummax", _running(True)), ("cummin", _running(False)),
-                       ("logcumsumexp", logcumsumexp)):
-        table[getattr(torch, name)] = impl
-        table[getattr(torch.Tensor, name)] = impl
-    return table
+    return by_name({"cumprod": cumprod, "cummax": _running(True), "cummin": _running(False),
+                    "logcumsumexp": logcumsumexp}, (torch, torch.Tensor))
 
 
 REWRITES = (

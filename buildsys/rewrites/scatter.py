@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
 
 if TYPE_CHECKING:
     import torch
@@ -73,14 +73,6 @@ def index_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, source: tor
     return reduce_at(input, dim, index, source, reduce, include_self, "torch.index_reduce")
 
 
-def _in_place(func: Any) -> Any:
-    """The in-place form of an out-of-place replacement: the result written back into the tensor."""
-    def write_back(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = func(self, *args, **kwargs)
-        return self.copy_(result)
-    return write_back
-
-
 def _table() -> dict[str, Any]:
     """Function name → out-of-place replacement (torch.<name>, Tensor.<name>, and Tensor.<name>_ in place)."""
     from buildsys.rewrites import indexing
@@ -95,19 +87,10 @@ def _handlers() -> HandlerTable:
 
     from buildsys.rewrites import embedding_bag, indexing
 
-    table: dict[Any, Any] = {}
-    for name, impl in _table().items():
-        if hasattr(torch, name):
-            table[getattr(torch, name)] = impl
-        table[getattr(torch.Tensor, name)] = impl
-        table[getattr(torch.Tensor, name + "_")] = _IN_PLACE.setdefault(name, _in_place(impl))
+    table = by_name(_table(), (torch, torch.Tensor), in_place_on=torch.Tensor)
     table[torch.Tensor.__setitem__] = indexing.setitem
     table[torch.nn.functional.embedding_bag] = embedding_bag.embedding_bag
     return table
-
-
-#: The in-place wrappers, made once (a handler is the same object every time the table is built).
-_IN_PLACE: dict[str, Any] = {}
 
 
 def refuse(op: str, reason: str) -> RewriteNotApplicable:

@@ -28,9 +28,9 @@ tests/rewrites/test_rewrite_families_special.py.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
 
 if TYPE_CHECKING:
     import torch
@@ -198,28 +198,14 @@ def std_mean(input: torch.Tensor, dim: Any = None, unbiased: bool | None = None,
     return torch.sqrt(var), mean
 
 
-def _in_place(func: Callable[..., Any]) -> Handler:
-    def write_back(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.copy_(func(self, *args, **kwargs))
-    return write_back
-
-
 def _handlers() -> HandlerTable:
     import torch
 
-    table: dict[Callable[..., object], Handler] = {
-        torch.special.ndtri: ndtri, torch.special.gammaln: lgamma, torch.special.psi: digamma,
-        torch.special.multigammaln: mvlgamma, torch.special.spherical_bessel_j0: spherical_bessel_j0,
-        torch.var_mean: var_mean, torch.std_mean: std_mean,
-    }
-    for name, impl in (("erfinv", erfinv), ("lgamma", lgamma), ("digamma", digamma), ("mvlgamma", mvlgamma),
-                       ("hypot", hypot), ("xlogy", xlogy), ("round", round_decimals)):
-        table[getattr(torch, name)] = impl
-        table[getattr(torch.Tensor, name)] = impl
-        if name != "round":
-            table[getattr(torch.Tensor, f"{name}_")] = _in_place(impl)
-        if hasattr(torch.special, name):
-            table[getattr(torch.special, name)] = impl
+    table = by_name({"erfinv": erfinv, "lgamma": lgamma, "gammaln": lgamma, "digamma": digamma, "psi": digamma,
+                     "mvlgamma": mvlgamma, "multigammaln": mvlgamma, "hypot": hypot, "xlogy": xlogy,
+                     "round": round_decimals, "ndtri": ndtri, "spherical_bessel_j0": spherical_bessel_j0},
+                    (torch, torch.Tensor, torch.special), in_place_on=torch.Tensor)
+    table.update({torch.var_mean: var_mean, torch.std_mean: std_mean})
     return table
 
 
