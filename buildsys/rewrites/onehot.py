@@ -49,8 +49,9 @@ def _pad_to(x: torch.Tensor, shape: tuple[int, ...], value: float) -> torch.Tens
 def scatter_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor | float, reduce: str,
                    include_self: bool, op: str) -> torch.Tensor:
     """torch.scatter_reduce's semantics for every reduction of REDUCTIONS, at static sizes, without a scatter."""
-    if input.dim() == 0:
-        raise RewriteNotApplicable(REWRITE, op, "a 0-D input")
+    if input.dim() == 0:  # torch treats a 0-D input (and its 0-D index and source) as one element along dim 0
+        one = src.reshape(1) if isinstance(src, torch.Tensor) else src
+        return scatter_reduce(input.reshape(1), 0, index.reshape(1), one, reduce, include_self, op).reshape(())
     if reduce not in REDUCTIONS:
         raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
     if input.dtype == torch.bool and reduce != "replace":
@@ -129,9 +130,9 @@ def index_reduce(input: torch.Tensor, dim: int, index: torch.Tensor, source: tor
     floating sum is a matmul with the [K, N] one-hot matrix."""
     if index.dim() > 1:
         raise RuntimeError(f"{op}(): Index is supposed to be a vector")
-    dim = dim % max(input.dim(), 1)
-    if input.dim() == 0:
-        raise RewriteNotApplicable(REWRITE, op, "a 0-D input")
+    if input.dim() == 0:  # one element along dim 0, as torch treats it
+        return index_reduce(input.reshape(1), 0, index, source.reshape(1), reduce, include_self, op).reshape(())
+    dim = dim % input.dim()
     index = index.reshape(-1)
     index = torch.where(index < 0, index + static_size(input, dim, REWRITE, op), index)
     if reduce == "sum" and include_self and input.dtype.is_floating_point:

@@ -46,10 +46,11 @@ def _ranks(rows: torch.Tensor) -> torch.Tensor:
     n = rows.shape[-1]
     mine, other = rows.unsqueeze(-1), rows.unsqueeze(-2)  # [..., i, 1], [..., 1, j]
     mine_nan, other_nan = torch.isnan(mine), torch.isnan(other)
-    below = (other < mine) | (mine_nan & ~other_nan)
-    equal = (other == mine) | (mine_nan & other_nan)
+    # logical_or / logical_and, not | and &: coremltools' trace frontend has no aten::__or__
+    below = torch.logical_or(other < mine, torch.logical_and(mine_nan, torch.logical_not(other_nan)))
+    equal = torch.logical_or(other == mine, torch.logical_and(mine_nan, other_nan))
     before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
-    return (below | (equal & before)).to(torch.int64).sum(-1)
+    return torch.logical_or(below, torch.logical_and(equal, before)).to(torch.int64).sum(-1)
 
 
 def _select(rows: torch.Tensor, rank: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:

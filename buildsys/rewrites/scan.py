@@ -104,7 +104,8 @@ def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.
     rows, mask, dim = _prefix(input, dim, "torch.logcumsumexp")
     peak = torch.where(mask, rows, torch.full_like(rows, -float("inf"))).amax(-1, keepdim=True)
     peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # an all −inf prefix stays −inf below
-    total = torch.where(mask, torch.exp(rows - peak), torch.zeros_like(rows)).sum(-1, keepdim=True)
+    # masked before the exp: a later element above the running max would overflow it (inf, then inf · 0)
+    total = torch.exp(torch.where(mask, rows - peak, torch.full_like(rows, -float("inf")))).sum(-1, keepdim=True)
     return from_last((torch.log(total) + peak).squeeze(-1), dim)
 
 

@@ -128,3 +128,14 @@ def test_what_the_family_does_not_implement_is_refused_not_computed() -> None:
         dynamic = torch.export.Dim("slots", min=3, max=64)
         torch.export.export(rewrites.apply(Fn(lambda t: t.index_add(1, torch.tensor([0, 2]), t[:, :2])), ["scatter"]),
                             (randn(2, 8),), dynamic_shapes=(({1: dynamic},),), strict=False)
+
+
+def test_zero_dimensional_inputs_are_one_element() -> None:
+    """A 0-D input with a 0-D source and a one-element index (OpInfo's index_add sample, alpha ≠ 1): torch treats it
+    as one element along dim 0, and so does the family."""
+    x, source, one = torch.tensor(2.0), torch.tensor(3.0), torch.tensor([0])
+    check(lambda a, b: torch.index_add(a, 0, one, b, alpha=2), "scatter", x, source)
+    check(lambda a, b: a.index_copy(0, one, b), "scatter", x, source)
+    check(lambda a, b: a.index_reduce(0, one, b, "prod"), "scatter", x, source)
+    check(lambda a, b: a.scatter_add(0, torch.tensor(0), b), "scatter", x, source)
+    check(lambda a, b: a.scatter_reduce(0, torch.tensor(0), b, "amax", include_self=False), "scatter", x, source)
