@@ -114,6 +114,19 @@ def with_sites(error: str, sites: Sequence[Site], limit: int = REASON_LIMIT) -> 
     return (first if len(first) <= room else first[:room - 1].rstrip() + "…") + where
 
 
+def fit_reason(reason: str, limit: int = REASON_LIMIT) -> str:
+    """A reason's first line within `limit` characters, shortened before the " — <op> is called in …" it may end
+    with (`with_sites`): the place in the user's model stays whole when a note follows it."""
+    first = reason.strip().splitlines()[0] if reason.strip() else "failed"
+    if len(first) <= limit:
+        return first
+    head, sep, where = first.rpartition(" — ")
+    if not sep or " is called in " not in where:
+        head, sep, where = first, "", ""
+    room = max(limit - len(sep + where), 40)
+    return head[:room - 1].rstrip() + "…" + sep + where
+
+
 def blocked_advice(records: Iterable[Mapping[str, Any]], takers: Mapping[str, Sequence[str]] | None = None,
                    rewrites: Mapping[str, Sequence[str]] | None = None) -> str:
     """For a target whose every route failed: where its refused ops are called and what the user can do, from

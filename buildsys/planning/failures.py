@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys import __version__
+from buildsys.localise.sites import REASON_LIMIT, fit_reason
 from buildsys.planning.answers import answer, lowering_routes, refusal_rewrites
 from buildsys.planning.history import FAILED_EARLIER
 from buildsys.planning.kinds import ArtifactKind, CheckKind
@@ -58,9 +59,8 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
         if len(candidates) < 2 and not rewrites and not note and not repair and not lowered:
             continue  # a pinned route, and nothing answers its failure
-        reason = why.splitlines()[0][:300 - len(note)] if why.strip() else "failed"
         record = DroppedRoute(route=route.words(), node=node, key=str(plan.nodes[node].key), modelbuild=__version__,
-                              reason=reason + note)
+                              reason=fit_reason(why, REASON_LIMIT - len(note)) + note)
         if rewrites:
             record["rewrites"] = rewrites
         if lowered:
