@@ -109,9 +109,7 @@ def with_sites(error: str, sites: Sequence[Site], limit: int = REASON_LIMIT) -> 
     first = error.strip().splitlines()[0] if error.strip() else "failed"
     if not sites:
         return first
-    where = f" — {describe(sites)}"  # not in [brackets]: rich would read them as markup
-    room = max(limit - len(where), 40)
-    return (first if len(first) <= room else first[:room - 1].rstrip() + "…") + where
+    return fit_reason(f"{first} — {describe(sites)}", limit)  # not in [brackets]: rich would read them as markup
 
 
 def fit_reason(reason: str, limit: int = REASON_LIMIT) -> str:

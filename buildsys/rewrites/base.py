@@ -55,6 +55,12 @@ class Rewrite:
         return out
 
 
+def refuse_out(rewrite: str, op: str, out: object) -> None:
+    """A replacement computes a new tensor; writing it into a caller's `out=` tensor is not implemented: refused."""
+    if out is not None:
+        raise RewriteNotApplicable(rewrite, op, "the out= argument")
+
+
 def in_place(func: Handler) -> Handler:
     """The in-place form (Tensor.x_) of an out-of-place replacement: its result written back with `copy_`. One
     wrapper per replacement, so a table built twice holds the same handler (a family and its member compare them)."""

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from buildsys.rewrites.base import RewriteNotApplicable
+from buildsys.rewrites.base import RewriteNotApplicable, refuse_out
 from buildsys.rewrites.mechanism import constant, from_last, static_size, to_last
 from buildsys.rewrites.pair import ComplexPair, Operand, both, parts, register
 
@@ -137,8 +137,7 @@ def c2r(x: Operand, n: int | None, dim: int, norm: str | None, name: str) -> tor
 
 
 def _no_out(name: str, out: object) -> None:
-    if out is not None:
-        raise RewriteNotApplicable(_REWRITE, f"torch.fft.{name}", "the out= argument")
+    refuse_out(_REWRITE, f"torch.fft.{name}", out)
 
 
 def _conj(x: Operand) -> Operand:

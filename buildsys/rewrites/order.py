@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
 
 if TYPE_CHECKING:
     import torch
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 #: The longest row the rank statistics rewrite (n² comparisons per row).
 MAX_LENGTH = 1024
 
-
-def _no_out(out: object, op: str) -> None:
-    if out is not None:
-        raise RewriteNotApplicable("order", op, "the out= argument")
 
 
 def _ranks(rows: torch.Tensor) -> torch.Tensor:
@@ -97,7 +93,7 @@ def _result(name: str, value: torch.Tensor, index: torch.Tensor, input: torch.Te
 
 
 def kthvalue(input: torch.Tensor, k: int, dim: int = -1, keepdim: bool = False, *, out: object = None) -> Any:
-    _no_out(out, "torch.kthvalue")
+    refuse_out("order", "torch.kthvalue", out)
     rows, at = _rows(input, dim, "torch.kthvalue")
     if not 1 <= k <= rows.shape[-1]:
         raise RuntimeError(f"kthvalue(): selected number k out of range for dimension {dim}")
@@ -108,7 +104,7 @@ def kthvalue(input: torch.Tensor, k: int, dim: int = -1, keepdim: bool = False, 
 def median(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *, out: object = None) -> Any:
     import torch
 
-    _no_out(out, "torch.median")
+    refuse_out("order", "torch.median", out)
     rows, at = _rows(input, dim, "torch.median")
     value, index = _select(rows, (rows.shape[-1] - 1) // 2)
     value = torch.where(torch.isnan(rows).any(-1), torch.full_like(value, float("nan")), value)
@@ -118,7 +114,7 @@ def median(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *
 def nanmedian(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *, out: object = None) -> Any:
     import torch
 
-    _no_out(out, "torch.nanmedian")
+    refuse_out("order", "torch.nanmedian", out)
     rows, at = _rows(input, dim, "torch.nanmedian")
     numbers = (~torch.isnan(rows)).to(torch.int64).sum(-1, keepdim=True)
     value, index = _select(rows, torch.div(torch.clamp(numbers - 1, min=0), 2, rounding_mode="floor"))
@@ -130,7 +126,7 @@ def searchsorted(sorted_sequence: torch.Tensor, input: Any, *, out_int32: bool =
                  side: str | None = None, sorter: torch.Tensor | None = None, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.searchsorted")
+    refuse_out("order", "torch.searchsorted", out)
     values = torch.as_tensor(input, dtype=sorted_sequence.dtype)
     upper = right or side == "right"
     sequence = sorted_sequence if sorter is None else sorted_sequence.gather(-1, sorter)
@@ -144,7 +140,7 @@ def searchsorted(sorted_sequence: torch.Tensor, input: Any, *, out_int32: bool =
 
 def bucketize(input: Any, boundaries: torch.Tensor, *, out_int32: bool = False, right: bool = False,
               out: object = None) -> torch.Tensor:
-    _no_out(out, "torch.bucketize")
+    refuse_out("order", "torch.bucketize", out)
     return searchsorted(boundaries, input, out_int32=out_int32, right=right)
 
 
@@ -154,7 +150,7 @@ def histc(input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0, 
 
     from buildsys.rewrites.mechanism import constant
 
-    _no_out(out, "torch.histc")
+    refuse_out("order", "torch.histc", out)
     x = input.reshape(-1)
     if min == max:  # the data's range; one value spans ±1, as torch's kernel does
         low, high = x.amin(), x.amax()

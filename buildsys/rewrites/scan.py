@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable, by_name
+from buildsys.rewrites.base import Handler, HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +63,7 @@ def cumprod(input: torch.Tensor, dim: int, *, dtype: Any = None, out: object = N
 
     from buildsys.rewrites.mechanism import from_last
 
-    if out is not None:
-        raise RewriteNotApplicable("scan", "torch.cumprod", "the out= argument")
+    refuse_out("scan", "torch.cumprod", out)
     x = input.to(dtype) if dtype is not None else input
     if not x.is_floating_point() and dtype is None:
         x = x.to(torch.int64)  # torch accumulates integer products in int64
@@ -81,8 +80,7 @@ def _running(largest: bool) -> Handler:
 
         from buildsys.rewrites.mechanism import constant, from_last
 
-        if out is not None:
-            raise RewriteNotApplicable("scan", f"torch.{name}", "the out= argument")
+        refuse_out("scan", f"torch.{name}", out)
         rows, mask, dim = _prefix(input, dim, f"torch.{name}")
         masked = torch.where(mask, rows, torch.full_like(rows, _lowest(input, largest)))
         values = masked.amax(-1) if largest else masked.amin(-1)  # [..., L]
@@ -94,13 +92,15 @@ def _running(largest: bool) -> Handler:
     return running
 
 
+cummax, cummin = _running(True), _running(False)
+
+
 def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.Tensor:
     import torch
 
     from buildsys.rewrites.mechanism import from_last
 
-    if out is not None:
-        raise RewriteNotApplicable("scan", "torch.logcumsumexp", "the out= argument")
+    refuse_out("scan", "torch.logcumsumexp", out)
     rows, mask, dim = _prefix(input, dim, "torch.logcumsumexp")
     peak = torch.where(mask, rows, torch.full_like(rows, -float("inf"))).amax(-1, keepdim=True)
     peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # an all −inf prefix stays −inf below
@@ -112,7 +112,7 @@ def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.
 def _handlers() -> HandlerTable:
     import torch
 
-    return by_name({"cumprod": cumprod, "cummax": _running(True), "cummin": _running(False),
+    return by_name({"cumprod": cumprod, "cummax": cummax, "cummin": cummin,
                     "logcumsumexp": logcumsumexp}, (torch, torch.Tensor))
 
 

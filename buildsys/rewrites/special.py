@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
+from buildsys.rewrites.base import HandlerTable, Rewrite, by_name, refuse_out
 
 if TYPE_CHECKING:
     import torch
@@ -43,10 +43,6 @@ _ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 
 #: Below this, lgamma and digamma are shifted up by six before Stirling's series.
 _SHIFT = 6.0
 
-
-def _no_out(out: object, op: str) -> None:
-    if out is not None:
-        raise RewriteNotApplicable("special", op, "the out= argument")
 
 
 def _horner(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
@@ -71,7 +67,7 @@ def _erfinv_from(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def erfinv(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.erfinv")
+    refuse_out("special", "torch.erfinv", out)
     x = input if input.is_floating_point() else input.to(torch.get_default_dtype())
     return _erfinv_from(x, -torch.log((1.0 - x) * (1.0 + x)))
 
@@ -79,7 +75,7 @@ def erfinv(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
 def ndtri(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.special.ndtri")
+    refuse_out("special", "torch.special.ndtri", out)
     p = input if input.is_floating_point() else input.to(torch.get_default_dtype())
     return math.sqrt(2.0) * _erfinv_from(2.0 * p - 1.0, -torch.log(4.0 * p * (1.0 - p)))
 
@@ -95,7 +91,7 @@ def _reflected(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 def lgamma(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.lgamma")
+    refuse_out("special", "torch.lgamma", out)
     x = input if input.is_floating_point() else input.to(torch.get_default_dtype())
     below, y, angle = _reflected(x)
     small = y < _SHIFT
@@ -112,7 +108,7 @@ def lgamma(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
 def digamma(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.digamma")
+    refuse_out("special", "torch.digamma", out)
     x = input if input.is_floating_point() else input.to(torch.get_default_dtype())
     below, y, angle = _reflected(x)
     small = y < _SHIFT
@@ -126,7 +122,7 @@ def digamma(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
 
 
 def mvlgamma(input: torch.Tensor, p: int, *, out: object = None) -> torch.Tensor:
-    _no_out(out, "torch.mvlgamma")
+    refuse_out("special", "torch.mvlgamma", out)
     if p < 1:
         raise RuntimeError("p has to be greater than or equal to 1")
     terms = [lgamma(input - j / 2.0) for j in range(p)]
@@ -136,14 +132,14 @@ def mvlgamma(input: torch.Tensor, p: int, *, out: object = None) -> torch.Tensor
 def hypot(input: torch.Tensor, other: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.hypot")
+    refuse_out("special", "torch.hypot", out)
     return torch.sqrt(input * input + other * other)
 
 
 def spherical_bessel_j0(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.special.spherical_bessel_j0")
+    refuse_out("special", "torch.special.spherical_bessel_j0", out)
     x = input if input.is_floating_point() else input.to(torch.get_default_dtype())
     nonzero = torch.where(x == 0, torch.ones_like(x), x)
     return torch.where(x == 0, torch.ones_like(x), torch.sin(nonzero) / nonzero)
@@ -152,7 +148,7 @@ def spherical_bessel_j0(input: torch.Tensor, *, out: object = None) -> torch.Ten
 def xlogy(input: Any, other: Any, *, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.xlogy")
+    refuse_out("special", "torch.xlogy", out)
     x, y = torch.as_tensor(input), torch.as_tensor(other)
     product = x * torch.log(y)
     zero = torch.zeros_like(product)
@@ -162,7 +158,7 @@ def xlogy(input: Any, other: Any, *, out: object = None) -> torch.Tensor:
 def round_decimals(input: torch.Tensor, *, decimals: int = 0, out: object = None) -> torch.Tensor:
     import torch
 
-    _no_out(out, "torch.round")
+    refuse_out("special", "torch.round", out)
     if decimals == 0:
         return torch.round(input)
     if decimals > 0:
@@ -177,7 +173,7 @@ def var_mean(input: torch.Tensor, dim: Any = None, unbiased: bool | None = None,
 
     from buildsys.rewrites.mechanism import static_size
 
-    _no_out(out, "torch.var_mean")
+    refuse_out("special", "torch.var_mean", out)
     if isinstance(dim, bool):  # var_mean(x, unbiased)
         dim, unbiased = None, dim
     if correction is None:
