@@ -200,7 +200,6 @@ class AppleCoreML(Runtime):
     """The base of the runtimes that run a package in Core ML itself: macOS only, with coremltools; elsewhere
     their MIL stand-in runs (`stand_in`)."""
 
-    packages = ("coremltools",)
     requires, extra = ("coremltools",), "coreml"
     only_on = ("darwin", "Core ML execution needs macOS")
 

@@ -60,8 +60,6 @@ class ExecutorchRuntime(Runtime):
     """executorch.runtime: load_program → load_method('forward') → execute, on the CPU with XNNPACK."""
 
     name = "executorch"
-    packages = ("executorch",)
-
     requires, extra = ("executorch",), "executorch"
 
     def load(self, path: Path, model: Model, root: Path) -> Session:

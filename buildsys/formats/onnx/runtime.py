@@ -73,8 +73,6 @@ class OnnxRuntime(Runtime):
     """ONNX Runtime with the CPU execution provider (the same provider on every host)."""
 
     name = "onnxruntime"
-    packages = ("onnxruntime",)
-
     requires = ("onnxruntime",)
 
     def load(self, path: Path, model: "Model", root: Path) -> Session:

@@ -202,7 +202,6 @@ class LibTorchRuntime(Runtime):
     """TorchScript in a C++ program linked against LibTorch (the torch wheel's own libraries)."""
 
     name = "libtorch"
-    packages = ("torch",)
     os_packages = {"g++": "g++"}
     part = "LibTorch (C++)"
 
