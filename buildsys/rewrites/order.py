@@ -41,7 +41,7 @@ def _ranks(rows: torch.Tensor) -> torch.Tensor:
 
     n = rows.shape[-1]
     mine, other = rows.unsqueeze(-1), rows.unsqueeze(-2)  # [..., i, 1], [..., 1, j]
-    mine_nan, other_nan = torch.isnan(mine), torch.isnan(other)
+    mine_nan, other_nan = mine != mine, other != other  # x != x, not isnan: coremltools has no isnan
     # logical_or / logical_and, not | and &: coremltools' trace frontend has no aten::__or__
     below = torch.logical_or(other < mine, torch.logical_and(mine_nan, torch.logical_not(other_nan)))
     equal = torch.logical_or(other == mine, torch.logical_and(mine_nan, other_nan))
@@ -107,7 +107,7 @@ def median(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *
     refuse_out("order", "torch.median", out)
     rows, at = _rows(input, dim, "torch.median")
     value, index = _select(rows, (rows.shape[-1] - 1) // 2)
-    value = torch.where(torch.isnan(rows).any(-1), torch.full_like(value, float("nan")), value)
+    value = torch.where((rows != rows).any(-1), torch.full_like(value, float("nan")), value)
     return _result("median", value, index, input, at, keepdim)
 
 
@@ -116,7 +116,7 @@ def nanmedian(input: torch.Tensor, dim: int | None = None, keepdim: bool = False
 
     refuse_out("order", "torch.nanmedian", out)
     rows, at = _rows(input, dim, "torch.nanmedian")
-    numbers = (~torch.isnan(rows)).to(torch.int64).sum(-1, keepdim=True)
+    numbers = (rows == rows).to(torch.int64).sum(-1, keepdim=True)
     value, index = _select(rows, torch.div(torch.clamp(numbers - 1, min=0), 2, rounding_mode="floor"))
     value = torch.where(numbers.squeeze(-1) == 0, torch.full_like(value, float("nan")), value)
     return _result("nanmedian", value, index, input, at, keepdim)
@@ -176,7 +176,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="order",
-        version=1,
+        version=2,
         removes=("aten::kthvalue", "aten::median", "aten::nanmedian", "aten::searchsorted", "aten::bucketize",
                  "aten::histc"),
         description="kthvalue / median / nanmedian by pairwise ranks, searchsorted / bucketize by counts of the "

@@ -103,7 +103,8 @@ def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.
     refuse_out("scan", "torch.logcumsumexp", out)
     rows, mask, dim = _prefix(input, dim, "torch.logcumsumexp")
     peak = torch.where(mask, rows, torch.full_like(rows, -float("inf"))).amax(-1, keepdim=True)
-    peak = torch.where(torch.isinf(peak), torch.zeros_like(peak), peak)  # an all −inf prefix stays −inf below
+    # an all −inf prefix stays −inf below; a comparison, not isinf: coremltools has no isinf
+    peak = torch.where(peak == -float("inf"), torch.zeros_like(peak), peak)
     # masked before the exp: a later element above the running max would overflow it (inf, then inf · 0)
     total = torch.exp(torch.where(mask, rows - peak, torch.full_like(rows, -float("inf")))).sum(-1, keepdim=True)
     return from_last((torch.log(total) + peak).squeeze(-1), dim)
@@ -119,7 +120,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="scan",
-        version=1,
+        version=2,
         removes=("aten::cumprod", "aten::cummax", "aten::cummin", "aten::logcumsumexp", "aten::_cummax_helper",
                  "aten::_cummin_helper"),
         description="cumprod / cummax / cummin / logcumsumexp as reductions under a constant prefix mask at a "
