@@ -156,6 +156,14 @@ def _program_output_names(program: Any, ctx: StepContext) -> list[str]:
     return wanted
 
 
+def _legal(path: Path) -> dict[str, Any]:
+    """Cast what the exporter wrote in types ONNX's schemas forbid (legalise.py); the casts, as a metric."""
+    from buildsys.formats.onnx.legalise import legalise
+
+    casts = legalise(path)
+    return {"legalised": casts} if casts else {}
+
+
 PROTOBUF_LIMIT = 2**31  # bytes: protobuf cannot serialize a larger message, so one ONNX file cannot either
 
 
@@ -203,10 +211,10 @@ class OnnxFromPyTorch(FromPyTorch):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 5  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    version = 6  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
     # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
     # exported by the TorchScript exporter, its fake quantization as QDQ; 5: linear layers in disguise
-    # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
+    # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py); 6: types ONNX forbids cast (legalise.py)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
     extra = "server"
@@ -293,7 +301,7 @@ class OnnxFromPyTorch(FromPyTorch):
             folded = {"int8_weights": fold_onnx_weights(path)}
         # The module's ATen ops: a refusal downstream (OpenVINO's, onnx2tf's) names ONNX ops, matched through these
         ops = dispatched_ops(module, _example(ctx, False))
-        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
+        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo" if dynamo else "legacy",
                 **rewrite_metrics(ctx, ops, module), **folded, **lowering}
 
 
@@ -302,6 +310,7 @@ class OnnxFromTorchScript(Step):
     """Export a TorchScript module to ONNX with the legacy (TorchScript-based) exporter."""
 
     name = "onnx-from-torchscript"
+    version = 2  # 2: types ONNX forbids cast (legalise.py)
     consumes = TRACED
     produces = "onnx"
     packages = ("torch", "onnx")
@@ -318,7 +327,7 @@ class OnnxFromTorchScript(Step):
         opts = ctx.options
         module = load_input(self, ctx)
         path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
-        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "legacy"}
+        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset), "exporter": "legacy"}
 
 
 @register
@@ -326,7 +335,7 @@ class OnnxFromPt2(Step):
     """Export a torch.export program (.pt2) to ONNX with the dynamo exporter; its dynamic dims carry over."""
 
     name = "onnx-from-pt2"
-    version = 2  # 2: the written opset must be the one asked for
+    version = 3  # 2: the written opset must be the one asked for; 3: types ONNX forbids cast (legalise.py)
     consumes = PROGRAM
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
@@ -348,7 +357,7 @@ class OnnxFromPt2(Step):
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{type(exc).__name__}") from exc
         path = _dynamo_export(self, ctx, program, opts.opset, opts.external_data)
-        return {**finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo"}
+        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset), "exporter": "dynamo"}
 
 
 @register
