@@ -250,6 +250,25 @@ def unsupported():
     return Unsupported()
 
 
+class CrossAttention(nn.Module):
+    """Attention whose keys and values are narrower than its queries: nn.MultiheadAttention then projects
+    through three separate weights, which XNNPACK's partitioner leaves outside its delegate when int8."""
+
+    def __init__(self):
+        super().__init__()
+        self.memory = nn.Linear(12, 12)
+        self.attention = nn.MultiheadAttention(16, 2, kdim=12, vdim=12, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        kv = self.memory(x[..., :12])
+        return self.head(self.attention(x, kv, kv, need_weights=False)[0])
+
+
+def cross_attention():
+    return CrossAttention()
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -280,6 +299,8 @@ KINDS: dict[str, dict[str, Any]] = {
     "causal-float": {"factory": "causal_attention_float", "inputs": [{"name": "x", "shape": ["batch", 6, 8]}],
                      "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "xnnpack-refusal": {"factory": "xnnpack_refusal", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                        "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "cross-attention": {"factory": "cross_attention", "inputs": [{"name": "x", "shape": ["batch", 5, 16]}],
                         "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},

@@ -12,7 +12,7 @@ of the loaded .pt2 is the graph PT2E wants, so no second trace of the Python cod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
 
 from pydantic import Field
 
@@ -36,6 +36,10 @@ PTE = register_formats(Format.variants("executorch", {
             "model's calibration set, or dynamic: int8 weights, inputs quantized per call), lowered to the "
             "XNNPACK delegate; float32 inputs and outputs.",
 }, filename="model.pte", runtime="executorch"))
+
+#: How many times the int8 step quantizes again with the layers XNNPACK left outside its delegate kept in float
+#: (each time the partitioner may decline another layer whose input was int8 only because of its neighbour).
+UNDELEGATED_RETRIES = 2
 
 _NEEDS_CALIBRATION = ("ExecuTorch int8 needs calibration data: add data.calibration to the model (an .npz of "
                       "representative inputs), or build the fp32 'executorch' format instead")
@@ -87,8 +91,10 @@ class _PteFromPt2(Step):
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:
         return fixed_batch_problem(model, options)
 
-    def _prepare(self, ctx: StepContext, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
-        """Hook of the precision: the module to lower (the int8 step quantizes it) and its metrics."""
+    def _prepare(self, ctx: StepContext, module: torch.nn.Module, args: tuple[Any, ...],
+                 undelegated: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+        """Hook of the precision: the module to lower (the int8 step quantizes it, leaving the `undelegated`
+        nodes in float: those whose quantized form XNNPACK would not take) and its metrics."""
         return module, {}
 
     def _run(self, ctx: StepContext) -> dict[str, Any]:
@@ -109,13 +115,27 @@ class _PteFromPt2(Step):
         except Exception as exc:
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{_first_line(exc)}") from exc
-        module, metrics = self._prepare(ctx, module, args)
-        # After PT2E: the quantizer leaves aten.lstm in float, as before; the loop keeps lowering linear in T.
         from buildsys.formats.executorch.recurrent import lstm_to_scan
-        lstms = lstm_to_scan(module)
-        if lstms:
-            metrics = {**metrics, "lstm_as_scan": lstms}
-        buffer, structure = self._lower(ctx, module, args)
+
+        source = module
+        undelegated: list[str] = []  # layers kept in float because XNNPACK would not take them in int8
+        for attempt in range(UNDELEGATED_RETRIES + 1):
+            module, metrics = self._prepare(ctx, source, args, undelegated)
+            # After PT2E: the quantizer leaves aten.lstm in float, as before; the loop keeps lowering linear in T.
+            lstms = lstm_to_scan(module)
+            if lstms:
+                metrics = {**metrics, "lstm_as_scan": lstms}
+            try:
+                buffer, structure = self._lower(ctx, module, args)
+                break
+            except QuantizedOutsideDelegate as exc:
+                more = [n for n in exc.consumers(module) if n not in undelegated]
+                if not more or attempt == UNDELEGATED_RETRIES or metrics.get("scheme") == "qat":
+                    raise self.fail(ctx, f"{exc}; the ExecuTorch runtime has no kernels for them outside it"
+                                         + ("" if more else " (and they feed no layer that could be kept in float)"))
+                undelegated += more  # quantized again with those consumers in float
+        if undelegated:
+            metrics = {**metrics, "kept_float_undelegated": undelegated}
         path = ctx.out_dir / PTE[self.precision].filename
         path.write_bytes(buffer)
         return {"bytes": len(buffer), "batch": batch, **structure, **metrics}
@@ -200,8 +220,9 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 6  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
-    # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program
+    version = 7  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
+    # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
+    # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate)
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
@@ -233,8 +254,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
 
         return describe(facts.get("repair"))
 
-    def _prepare(self, ctx: StepContext[Int8Options], module: torch.nn.Module,
-                 args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    def _prepare(self, ctx: StepContext[Int8Options], module: torch.nn.Module, args: tuple[Any, ...],
+                 undelegated: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
         import torch
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -275,13 +296,13 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                 raise self.fail(ctx, f"keep_float 'sensitive': the search failed: {_first_line(exc)}") from exc
         elif opts.keep_float:
             repair = pinned(opts.keep_float, "int8")
-        kept = repair["kept_float"] if repair else []
+        kept = [*(repair["kept_float"] if repair else []), *undelegated]
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
             program = torch.export.export(module, args, strict=False)
             if dynamic:
                 program = with_recurrent_cells_decomposed(program)
-            unknown = _unknown_nodes(program.graph_module, kept)
+            unknown = _unknown_nodes(program.graph_module, [k for k in kept if k not in undelegated])
             if unknown:  # a name that keeps nothing in float would deliver full int8 under the name of a repair
                 raise self.fail(ctx, f"keep_float names {', '.join(map(repr, unknown))}, which is neither a node "
                                      "nor a module of the exported program (see `modelbuild explain` of a node "
@@ -344,7 +365,14 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
 
     try:
-        lowered = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()]).to_executorch()
+        edge = to_edge_transform_and_lower(program, partitioner=[control_flow_xnnpack_partitioner()])
+    except Exception as exc:
+        raise step.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
+    outside = quantized_outside_delegates(edge.exported_program().graph_module)
+    if outside:
+        raise QuantizedOutsideDelegate(outside)
+    try:
+        lowered = edge.to_executorch()
     except Exception as exc:
         raise step.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
     plan = lowered.executorch_program.execution_plan[0]
@@ -354,6 +382,50 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
     portable = sorted({op.name for op in plan.operators})
     return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
+
+
+class QuantizedOutsideDelegate(Exception):
+    """XNNPACK's partitioner left quantize/dequantize ops of the program outside its delegate calls: their
+    consumer is an op it does not run in int8 (a linear whose weight arrives transposed by the model's own
+    code, a grouped 1-D convolution...). The runtime has no kernels for them (to_executorch: "Missing out
+    variants"), so the int8 step keeps those consumers in float and quantizes again (`consumers`)."""
+
+    def __init__(self, nodes: list[str]):
+        shown = [n for n in nodes if n.startswith("quantized_decomposed")] or nodes
+        super().__init__(f"XNNPACK left {len(shown)} quantize/dequantize op(s) outside its delegate: "
+                         f"{', '.join(shown[:4])}{' ...' if len(shown) > 4 else ''}")
+        self.nodes = nodes  # the q/dq ops' names in the edge program and before it
+
+    def consumers(self, converted: Any) -> list[str]:
+        """The compute nodes of the converted (PT2E) graph those q/dq ops feed or come from: the nodes to keep
+        in float. Graph names survive convert_pt2e from the float export, so keep_float's filter finds them."""
+        wanted, out = set(self.nodes), []
+        for node in converted.graph.nodes:
+            if node.name not in wanted:
+                continue
+            neighbours = [*node.users] + [a for a in node.all_input_nodes if not _is_quantize_op(a)]
+            out += [n.name for n in neighbours if n.op == "call_function" and not _is_quantize_op(n)
+                    and n.name not in out]
+        return out
+
+
+def _is_quantize_op(node: Any) -> bool:
+    return "quantize" in str(getattr(node, "target", ""))
+
+
+def quantized_outside_delegates(graph_module: Any) -> list[str]:
+    """The names of the quantize/dequantize ops an edge program still runs outside its delegate calls, with every
+    name each had before lowering (its `from_node` provenance): `consumers` finds them in the converted graph."""
+    out = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or "quantized_decomposed" not in str(node.target):
+            continue
+        out.append(node.name)
+        origin = (node.meta.get("from_node") or [None])[-1]
+        while origin is not None:  # its names back to the observer PT2E converted (the chain may rename it)
+            out.append(origin.name)
+            origin = origin.from_node[-1] if origin.from_node else None
+    return list(dict.fromkeys(out))
 
 
 def _first_line(exc: BaseException) -> str:

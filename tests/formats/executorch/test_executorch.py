@@ -103,6 +103,20 @@ def test_integer_index_arithmetic_stays_integer_under_int8(tmp_path: Path, schem
     assert result["passed"] is True, result
 
 
+def test_layers_xnnpack_leaves_outside_its_delegate_are_kept_float(tmp_path: Path) -> None:
+    """Their int8 weights would need quantized kernels the runtime lacks ("Missing out variants"): the step
+    quantizes again with those layers in float, says which, and the .pte runs and passes."""
+    cross = make_model(tmp_path / "p", "cross-attention")
+    cross.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = cross.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    assert len(metrics["kept_float_undelegated"]) == 3  # the attention's three projections
+    assert 0 < metrics["int8_weights"] < 0.7  # the memory, output and head layers are still int8
+    cross.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(cross, tmp_path / "check", "executorch-int8", tmp_path / "pte/model.pte",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
+
+
 def test_dynamic_int8_quantizes_recurrent_cells_and_static_keeps_them_float(tmp_path: Path) -> None:
     cell = make_model(tmp_path / "p", "cell")
     cell.run("pt2-from-pytorch", tmp_path / "pt2")
