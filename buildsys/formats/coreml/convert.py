@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, StepContext, StepOptions
-from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, per_channel_prelu
+from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, frontend_patches
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
 from buildsys.formats.keep_float import pinned
 from buildsys.formats.prune_search import PruningStep
@@ -181,7 +181,7 @@ class CoremlFromTorchScript(PruningStep):
 
         opts = ctx.options
         try:
-            with per_channel_prelu():
+            with frontend_patches():
                 return ct.convert(
                     module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
                     compute_precision=precision,

@@ -12,40 +12,80 @@ from typing import Any, Iterator
 
 
 @contextmanager
-def per_channel_prelu() -> Iterator[None]:
+def frontend_patches() -> Iterator[None]:
+    """coremltools' TorchScript frontend with the op translations below swapped in, for one conversion."""
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    patches = {**_per_channel_prelu(table), **_scalar_casts(table)}
+    originals = {name: table.get(name) for name in patches}
+    table.update(patches)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            if original is None:
+                table.pop(name, None)
+            else:
+                table[name] = original
+
+
+def _per_channel_prelu(table: dict[str, Any]) -> dict[str, Any]:
     """Convert PReLU after Linear / Conv1d ([N, C] / [N, C, L]) with one alpha per channel.
 
     coremltools 9 lifts such inputs to rank 3, where MIL's prelu accepts only a single shared
     alpha, and fails ("rank 3 or rank 5 input is only supported when all the values of alpha are
     same") on exactly what MTCNN's ONet/RNet do. Lifting to rank 4 ([N, C, L, 1]) is the same
-    computation with per-channel alpha supported. Swapped in for this conversion only.
+    computation with per-channel alpha supported.
     """
     import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
-        _TORCH_OPS_REGISTRY,
-    )
 
-    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    original = table.get("prelu")
+    if "prelu" not in table:
+        return {}
+    original = table["prelu"]
 
     def prelu(context: Any, node: Any) -> None:
         x, alpha = _get_inputs(context, node, expected=2)
         channels = x.shape[1] if x.rank >= 2 else None
-        if x.rank not in (2, 3) or alpha.val is None or not isinstance(channels, int) or original is None:
+        if x.rank not in (2, 3) or alpha.val is None or not isinstance(channels, int):
             return original(context, node)
         axes = [2, 3] if x.rank == 2 else [3]
         slopes = (np.ones((channels,)) * np.asarray(alpha.val).reshape(-1)).astype(np.float32)
         lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=slopes)
         context.add(mb.squeeze(x=lifted, axes=axes, name=node.name))
 
-    table["prelu"] = prelu
-    try:
-        yield
-    finally:
-        if original is not None:
-            table["prelu"] = original
+    return {"prelu": prelu}
+
+
+def _scalar_casts(table: dict[str, Any]) -> dict[str, Any]:
+    """`int(t)` / `bool(t)` of a constant one-element tensor (a size computed from shapes: MobileViT's patch
+    counts, YOLO's grid sizes) folded to a constant.
+
+    coremltools' `_cast` calls `int(x.val)` on the constant, a (1,)-shaped array where the size went through
+    a tensor op; NumPy 2 refuses that ("only 0-dimensional arrays can be converted to Python scalars"). Its
+    single value, taken with `.item()`, is what was meant; anything else goes to the original translation.
+    """
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    def patched(name: str, kind: type) -> Any:
+        original = table[name]
+
+        def cast(context: Any, node: Any) -> None:
+            (x,) = _get_inputs(context, node, expected=1)
+            value = x.val if x.can_be_folded_to_const() else None
+            if isinstance(value, np.ndarray) and value.ndim > 0 and value.size == 1:
+                context.add(mb.const(val=kind(value.reshape(()).item()), name=node.name))
+                return
+            original(context, node)
+
+        return cast
+
+    return {name: patched(name, kind) for name, kind in (("int", int), ("_int", int), ("bool", bool), ("_bool", bool))
+            if name in table}
 
 
 def conversion_failure(exc: BaseException) -> str:

@@ -1,0 +1,67 @@
+"""coremltools' TorchScript frontend with modelbuild's patches (buildsys/formats/coreml/frontend.py): models the
+unpatched frontend refuses convert, and the converted program agrees with PyTorch in the MIL interpreter."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ct = pytest.importorskip("coremltools")
+torch = pytest.importorskip("torch")
+
+from buildsys.formats.coreml.frontend import frontend_patches  # noqa: E402
+from buildsys.formats.coreml.mil import MilProgram  # noqa: E402
+
+pytestmark = pytest.mark.coreml
+
+
+class PatchGrid(torch.nn.Module):
+    """Patches counted from the input's size, kept a tensor while tracing as transformers' `torch_int` does
+    (MobileViT's unfolding): the trace's `int()` of that count reaches coremltools as a (1,)-shaped constant."""
+
+    def __init__(self, patch: int):
+        super().__init__()
+        self.patch = patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width, p = x.shape[-1], self.patch
+        padded = (torch.ceil(width / p) * p).to(torch.int64) if torch.jit.is_tracing() else math.ceil(width / p) * p
+        patches = padded // p
+        x = torch.nn.functional.interpolate(x, size=(int(padded), int(padded)), mode="bilinear")
+        return x.reshape(x.shape[0] * x.shape[1], int(patches), p, int(patches), p).mean((2, 4)).reshape(x.shape[0], -1)
+
+
+def _convert(module: torch.nn.Module, example: torch.Tensor) -> object:
+    traced = torch.jit.trace(module.eval(), example)
+    return ct.convert(traced, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
+                      compute_precision=ct.precision.FLOAT32,
+                      inputs=[ct.TensorType(name="x", shape=tuple(example.shape), dtype=np.float32)])
+
+
+@pytest.mark.parametrize("size,patch", [(10, 4), (16, 4), (9, 2)])
+def test_a_size_counted_in_tensors_converts_and_agrees(tmp_path: Path, size: int, patch: int) -> None:
+    example = torch.randn(2, 3, size, size)
+    with pytest.raises(TypeError, match="only 0-dimensional arrays"):  # coremltools as it is, with NumPy 2
+        _convert(PatchGrid(patch), example)
+    with frontend_patches():
+        mlmodel = _convert(PatchGrid(patch), example)
+    path = tmp_path / "grid.mlpackage"
+    mlmodel.save(str(path))  # type: ignore[attr-defined]
+    program = MilProgram.load(path)
+    got = program.evaluate({"x": example.numpy()}).outputs[program.output_names[0]]
+    with torch.no_grad():
+        want = PatchGrid(patch)(example).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_patches_are_only_in_place_for_the_conversion() -> None:
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    before = {name: table[name] for name in ("int", "bool", "prelu")}
+    with frontend_patches():
+        assert all(table[name] is not fn for name, fn in before.items())
+    assert {name: table[name] for name in before} == before
