@@ -22,8 +22,9 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
-    version = 3  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
-                 # 3: the model's intrinsic error at float64 and float16 (nodes/intrinsic.py)
+    version = 4  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
+                 # 3: the model's intrinsic error at float64 and float16 (nodes/intrinsic.py); 4: an ill-conditioned
+                 # output's float64 outputs (float64:<name>), the truth its fp32 checks fall back to
     # How far the model itself moves at another precision: the default limits of its checks follow from it.
     committed_metrics = ("intrinsic",)
     extra = "torch"
@@ -81,12 +82,13 @@ class ReferenceStep(Step):
         if batch.labels is not None:
             arrays["labels"] = batch.labels
         metrics: dict[str, Any] = {"samples": len(batch), "origin": batch.origin}
-        intrinsic = self._intrinsic(ctx, session, batch, outputs)
+        intrinsic, truth = self._intrinsic(ctx, session, batch, outputs)
         if intrinsic:
             import json
 
             metrics["intrinsic"] = intrinsic
             arrays["intrinsic"] = np.array(json.dumps(intrinsic, sort_keys=True))  # what the checks read
+        arrays.update({f"float64:{name}": out for name, out in truth.items()})  # an ill-conditioned output's truth
         np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
         from buildsys.formats.torch.qat import info_of
 
@@ -100,9 +102,10 @@ class ReferenceStep(Step):
         return metrics
 
     @staticmethod
-    def _intrinsic(ctx: StepContext, session: Any, batch: Any, outputs: list[Any]) -> dict[str, Any]:
+    def _intrinsic(ctx: StepContext, session: Any, batch: Any, outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's own error at float64 and float16 (nodes/intrinsic.py), where the source is a PyTorch module
-        whose forward is the reference (not a text-generation model's generation, not a QAT model's fake-quant)."""
+        whose forward is the reference (not a text-generation model's generation, not a QAT model's fake-quant),
+        and the float64 outputs of the outputs it finds ill-conditioned."""
         import torch
 
         from buildsys.nodes.intrinsic import measure
@@ -110,5 +113,5 @@ class ReferenceStep(Step):
 
         module = getattr(session, "fn", None)
         if ctx.model.task == "text-generation" or not isinstance(module, torch.nn.Module) or info_of(module) is not None:
-            return {}
+            return {}, {}
         return measure(module, ctx.model, batch, outputs)

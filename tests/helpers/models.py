@@ -269,6 +269,30 @@ def cross_attention():
     return CrossAttention()
 
 
+class Chaotic(nn.Module):
+    """A linear map plus a small logistic-map orbit of its inputs: the orbit is chaotic, so float32 and float64
+    part ways on it (an ill-conditioned model: its own float32 is far from its float64) while staying bounded."""
+
+    def __init__(self, chaos=0.05):
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        self.chaos = chaos
+
+    def forward(self, x):
+        z = torch.sigmoid(x[:, :4])
+        for _ in range(40):
+            z = 3.99 * z * (1 - z)
+        return self.linear(x) + self.chaos * z
+
+
+def chaotic():
+    return Chaotic(0.05)
+
+
+def chaotic_wild():
+    return Chaotic(1.0)
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -302,6 +326,10 @@ KINDS: dict[str, dict[str, Any]] = {
                         "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "cross-attention": {"factory": "cross_attention", "inputs": [{"name": "x", "shape": ["batch", 5, 16]}],
                         "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "chaotic": {"factory": "chaotic", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "chaotic-wild": {"factory": "chaotic_wild", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                     "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],

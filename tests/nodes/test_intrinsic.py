@@ -41,7 +41,7 @@ class Cancel(nn.Module):
             self.b.weight.copy_(self.a.weight * (1 + 1e-3 * torch.randn_like(self.a.weight)))
 
     def forward(self, x):
-        h = torch.relu(self.fc1(x))
+        h = torch.tanh(self.fc1(x))  # ONNX Runtime's tanh and PyTorch's round differently; their GEMMs may not
         return self.a(h) - self.b(h)
 
 
@@ -92,7 +92,8 @@ def test_the_default_limit_rises_with_the_models_own_error_and_a_written_one_doe
     assert "raised" in observed["note"] and "float64-vs-float32" in observed["note"]
     assert server["metrics"]["outputs"]["y"]["intrinsic"]["max_rel"] == own["outputs"]["y"]["max_rel"]
     # explain says it in words, on the reference and on the check.
-    for node, words in (("cancel/reference", "max_rel 0.00016); default limits of fp32"), ("verify:server", "y: max_rel limit")):
+    measured = f"max_rel {own['outputs']['y']['max_rel']:g}); default limits of fp32"
+    for node, words in (("cancel/reference", measured), ("verify:server", "y: max_rel limit")):
         explained = subprocess.run([sys.executable, "-m", "buildsys", "explain", node], cwd=project, capture_output=True,
                                    text=True, timeout=300)
         assert any(words in n for n in json.loads(explained.stdout)["notes"]), explained.stdout
