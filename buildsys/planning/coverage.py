@@ -46,6 +46,15 @@ READS = ("exported", "core", "traced", "decomposed")
 Gaps = dict[str, dict[str, list[str]]]
 
 
+#: Ops torch.export records to check its own assumptions (a dtype, a shape, a value's range) and debugging prints:
+#: they compute nothing and survive the core decompositions, and every converter drops them (ExecuTorch's edge
+#: passes, the ONNX exporter's torchlib, litert-torch), so no op table lists them and none blocks a route.
+ASSERTIONS = frozenset({
+    "_assert_async", "_assert_scalar", "_assert_tensor_metadata", "_functional_assert_async",
+    "_functional_sym_constrain_range", "_functional_sym_constrain_range_for_size", "_print",
+    "sym_constrain_range", "sym_constrain_range_for_size",
+})
+
 #: The op table of what PyTorch's decomposition tables lower (formats/torch/op_table.py): information, no converter.
 DECOMPOSABLE = "decomposable"
 
@@ -69,7 +78,8 @@ class Coverage:
         have = set(self.tables[table])
         # An op counts with its functional `_copy` variant (`view` runs as `view_copy`, as ExecuTorch's edge
         # dialect rewrites it) and, in place, with its out-of-place op (the TorchScript exporter's first pass).
-        has = lambda op: op in have or f"{op}_copy" in have or (op.endswith("_") and op[:-1] in have)  # noqa: E731
+        has = lambda op: (op in have or op in ASSERTIONS or f"{op}_copy" in have  # noqa: E731
+                          or (op.endswith("_") and op[:-1] in have))
         if reads != "decomposed":
             return [op for op in inventory[reads] if not has(op)]
         # An op the table lacks still counts when every op of its decomposition does: the exporter decomposes it.

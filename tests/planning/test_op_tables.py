@@ -133,6 +133,26 @@ def test_the_probe_records_the_trace_the_legacy_exporter_reads_and_each_ops_deco
     assert made_up.lacks("m", ("t", "traced")) is None  # no such inventory: unknown, never refused
 
 
+def test_export_assertions_never_block_a_route() -> None:
+    """`x.to(dtype)` leaves `_assert_tensor_metadata` in the exported program (every transformers model holds
+    some): it survives the core decompositions and no table lists it, yet no converter runs it."""
+    import torch
+
+    from buildsys.planning.coverage import Coverage
+    from buildsys.formats.torch.rewritten import program_ops
+
+    class Cast(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.to(torch.float32) * 2
+
+    with torch.no_grad():
+        core = torch.export.export(Cast(), (torch.randn(2),), strict=False).run_decompositions()
+    ops = sorted({op.split(".")[1] for op in program_ops(core)})
+    assert "_assert_tensor_metadata" in ops
+    cov = Coverage(ops={"m": {"core": ops}}, tables={"t": ["mul"]})
+    assert cov.lacks("m", ("t", "core")) == []
+
+
 @pytest.mark.slow  # two probes (torch.export, the trace, both registries) and two ONNX exports
 def test_plan_ops_orders_the_dynamo_export_first_for_an_op_the_legacy_exporter_lacks(tmp_path: Path) -> None:
     (tmp_path / "wave.py").write_text(WAVE)
