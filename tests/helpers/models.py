@@ -293,6 +293,26 @@ def chaotic_wild():
     return Chaotic(1.0)
 
 
+class PositionBuckets(nn.Module):
+    """A learned bias per bucket of relative positions, the buckets computed in int64 (abs, *, +, clamp) as
+    T5 and WavLM do: a PT2E quantizer annotates those ops whatever their dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Embedding(8, 6)
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        n = x.shape[1]
+        position = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+        bucket = torch.clamp(position.abs() * 2 + 1, max=7)
+        return self.fc(x) + self.bias(bucket).mean(1)
+
+
+def position_buckets():
+    return PositionBuckets()
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -330,6 +350,8 @@ KINDS: dict[str, dict[str, Any]] = {
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "chaotic-wild": {"factory": "chaotic_wild", "inputs": [{"name": "x", "shape": ["batch", 8]}],
                      "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "buckets": {"factory": "position_buckets", "inputs": [{"name": "x", "shape": ["batch", 5, 6]}],
+                "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],

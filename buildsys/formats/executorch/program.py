@@ -222,7 +222,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     Options = Int8Options
     version = 7  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
-    # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate)
+    # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
+    # integer values never annotated (formats/torch/pt2e.py)
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}

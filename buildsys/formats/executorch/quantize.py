@@ -44,7 +44,10 @@ def _float_scalars_quantizer() -> type:
         float_nodes: Callable[[Node], bool] | None = None
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            from buildsys.formats.torch.pt2e import float_values_only
+
             model = super().annotate(model)
+            float_values_only(model)  # integer values (position buckets, indices) stay unquantized
             if self.float_nodes is not None:
                 drop_annotations(model, [n for n in model.graph.nodes if self.float_nodes(n)])
             return model

@@ -85,8 +85,9 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 3  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
-            # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights)
+            cls.version = 4  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
+            # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
@@ -190,9 +191,17 @@ class TfliteFromPt2(Step):
                            qat="lowered with the learned quantization parameters (no calibration)")
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
+        from buildsys.formats.torch.pt2e import float_values_only
+
+        class FloatValuesQuantizer(PT2EQuantizer):  # integer values (position buckets, indices) stay unquantized
+            def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+                model = super().annotate(model)
+                float_values_only(model)
+                return model
+
         dynamic = opts.mode == "dynamic"
-        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                 is_dynamic=dynamic))
+        quantizer = FloatValuesQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                        is_dynamic=dynamic))
         prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
         if dynamic:
             prepared(*args)  # dynamic observers record nothing that matters; one call initialises them

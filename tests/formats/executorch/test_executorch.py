@@ -117,6 +117,18 @@ def test_layers_xnnpack_leaves_outside_its_delegate_are_kept_float(tmp_path: Pat
     assert result["passed"] is True, result
 
 
+def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
+    """int64 position buckets (T5, WavLM) are not observed: static int8 calibrates, lowers and passes."""
+    buckets = make_model(tmp_path / "p", "buckets")
+    buckets.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = buckets.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    assert metrics["scheme"] == "static" and metrics["int8_weights"] > 0
+    buckets.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(buckets, tmp_path / "check", "executorch-int8", tmp_path / "pte/model.pte",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
+
+
 def test_dynamic_int8_quantizes_recurrent_cells_and_static_keeps_them_float(tmp_path: Path) -> None:
     cell = make_model(tmp_path / "p", "cell")
     cell.run("pt2-from-pytorch", tmp_path / "pt2")

@@ -16,6 +16,7 @@ import pytest
 
 from buildsys.formats import get_runtime
 from buildsys.storage.lock import Lock
+from tests.formats.onnx.test_steps_onnx import check
 from tests.helpers.models import make_model, torch_outputs, validation_feeds
 
 pytest.importorskip("torch")
@@ -61,6 +62,22 @@ def test_step_converts_and_litert_matches_torch(cnn, tmp_path: Path, precision: 
     want = torch_outputs(tiny, feeds)[0]
     assert got.shape == want.shape
     assert np.abs(got - want).max() < tolerance * max(1.0, float(np.abs(want).max()))
+
+
+@pytest.mark.slow
+def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
+    """Relative-position buckets computed in int64 (T5, WavLM): PT2E's annotators match their ops, and an observer
+    on an int64 tensor fails calibration ("histogram_cpu" not implemented for 'Long'). Only float values are."""
+    _needs_litert_torch()
+    tiny = make_model(tmp_path / "p", "buckets")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2",
+                       precision="int8", mode="full")
+    assert metrics["mode"] == "full" and metrics["calibration_samples"] > 0
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
 
 
 def test_full_int8_without_calibration_is_refused_at_plan_time(tmp_path: Path) -> None:
