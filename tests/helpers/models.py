@@ -313,6 +313,25 @@ def position_buckets():
     return PositionBuckets()
 
 
+class DistributionHead(nn.Module):
+    """YOLO's box head (distribution focal loss): a softmax over 8 bins per box side, read out as the expected
+    bin, and a sigmoid score. torch.export keeps the softmax as `softmax.int`."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 33)
+        self.register_buffer("bins", torch.arange(8, dtype=torch.float32))
+
+    def forward(self, x):
+        out = self.fc(x)
+        sides = out[:, :32].view(x.shape[0], 4, 8).softmax(-1)
+        return torch.cat([(sides * self.bins).sum(-1), torch.sigmoid(out[:, 32:])], dim=1)
+
+
+def distribution_head():
+    return DistributionHead()
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -352,6 +371,8 @@ KINDS: dict[str, dict[str, Any]] = {
                      "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "buckets": {"factory": "position_buckets", "inputs": [{"name": "x", "shape": ["batch", 5, 6]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "dfl": {"factory": "distribution_head", "inputs": [{"name": "x", "shape": ["batch", 6]}],
+            "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],

@@ -87,7 +87,8 @@ class TfliteFromPt2(Step):
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
             cls.version = 4  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
-            # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration)
+            # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
+            # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
@@ -197,6 +198,7 @@ class TfliteFromPt2(Step):
             def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
                 model = super().annotate(model)
                 float_values_only(model)
+                fixed_output_ranges(model)
                 return model
 
         dynamic = opts.mode == "dynamic"
@@ -275,3 +277,44 @@ def lowering_ops() -> list[str]:
 
 register_op_table(OpTable("litert-torch", ("litert-torch", "torch"), f"{__name__}:lowering_ops",
                            "litert-torch's lowering registry"))
+
+
+#: TFLite's int8 kernels of these ops accept one output range only (tflite/kernels/activations.cc: "output->params.scale
+#: not near 1.f / 256" fails the model at prepare): (scale, zero point) of int8 outputs.
+FIXED_OUTPUT_RANGES = {"softmax": (1 / 256, -128), "_softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128),
+                       "tanh": (1 / 128, 0), "log_softmax": (16 / 256, 127), "_log_softmax": (16 / 256, 127)}
+
+
+def fixed_output_ranges(model: Any) -> list[str]:
+    """Give the int8 outputs of softmax, sigmoid, tanh and log-softmax the fixed ranges TFLite's kernels require, in
+    an annotated graph (in place): the op's own output annotation, and every consumer's annotation of its input
+    edge from such an op (litert-torch folds that quantization into the op). Returns the nodes changed.
+    litert-torch's quantizer fixes `_softmax` and `sigmoid` only; the `softmax.int` torch.export keeps (YOLO's
+    distribution head) was left unannotated and its consumer's calibrated input range became the softmax's."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    def fixed(node: Any) -> Any:
+        op = str(getattr(node.target, "_opname", "")) if getattr(node, "op", "") == "call_function" else ""
+        if op not in FIXED_OUTPUT_RANGES:
+            return None
+        scale, zero_point = FIXED_OUTPUT_RANGES[op]
+        return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
+                                            quant_max=127, qscheme=torch.per_tensor_affine)
+
+    changed = []
+    for node in model.graph.nodes:
+        annotation = node.meta.get(Q_ANNOTATION_KEY)
+        if annotation is None:
+            continue
+        own = fixed(node) if annotation.output_qspec is not None else None
+        if own is not None and not isinstance(annotation.output_qspec, FixedQParamsQuantizationSpec):
+            annotation.output_qspec = own
+            changed.append(node.name)
+        for producer, spec in list(annotation.input_qspec_map.items()):
+            edge = fixed(producer)
+            if edge is not None and spec is not None and not isinstance(spec, FixedQParamsQuantizationSpec):
+                annotation.input_qspec_map[producer] = edge
+                changed.append(node.name)
+    return changed

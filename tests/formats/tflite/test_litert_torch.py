@@ -80,6 +80,21 @@ def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
     assert result["passed"] is True, result
 
 
+@pytest.mark.slow
+def test_softmax_and_sigmoid_outputs_get_the_ranges_tflite_requires(tmp_path: Path) -> None:
+    """TFLite's int8 SOFTMAX and LOGISTIC accept only scale 1/256 (zero point -128): a calibrated range fails the
+    model at prepare ("output->params.scale not near 1.f / 256"), as YOLO's distribution head did."""
+    _needs_litert_torch()
+    tiny = make_model(tmp_path / "p", "dfl")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2", precision="int8",
+             mode="full")
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
+
+
 def test_full_int8_without_calibration_is_refused_at_plan_time(tmp_path: Path) -> None:
     from buildsys.formats import get_step
 
