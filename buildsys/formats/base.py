@@ -251,6 +251,10 @@ class Step:
     #: The refusals of this step's converter that one of its switches, a fixed-shape export or another route answers
     #: (buildsys.lowering.Symptom: patterns of the refusal's text, and the answer), best first: `answers` reads them.
     symptoms: ClassVar[tuple["Symptom", ...]] = ()
+    #: The converter reads a PyTorch program: when it fails without naming an op or showing a known symptom (an
+    #: assertion deep in its op translation, "Cannot add const"), the whole program decomposed to core ATen is
+    #: the next route (docs/lowering.md): composite ops are where converters' translations break most.
+    decomposes_unnamed: ClassVar[bool] = False
 
     @classmethod
     def answers(cls, error: str, ops: Sequence[str] = (), decomposable: Collection[str] | None = None) -> list["Answer"]:
@@ -262,10 +266,14 @@ class Step:
         None: not read). Torch-free: the planner calls it.
 
         The answers of the step's `symptoms` the refusal shows come first; then, for a refusal that names ATen ops
-        PyTorch can decompose, those ops decomposed, then the whole program to core ATen."""
-        from buildsys.lowering import decomposition_answers, symptom_answers
+        PyTorch can decompose, those ops decomposed, then the whole program to core ATen; for one that names none
+        and shows no symptom, of a step that `decomposes_unnamed`, the whole program to core ATen."""
+        from buildsys.lowering import DECOMPOSE_CORE, decomposition_answers, refused_ops, symptom_answers
+        from buildsys.lowering.answers import STOPPED
 
         found = symptom_answers(error, cls.symptoms) + decomposition_answers(error, decomposable)
+        if not found and cls.decomposes_unnamed and not refused_ops(error) and not STOPPED.search(error):
+            found = [DECOMPOSE_CORE]
         return list(dict.fromkeys(found))  # an answer two readings give is tried once
 
     @classmethod

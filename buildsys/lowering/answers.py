@@ -96,6 +96,9 @@ def decomposition_answers(text: str, decomposable: Collection[str] | None = None
             DECOMPOSE_CORE]
 
 
+#: A step the build stopped at its time budget or memory ceiling (running/watchdog.py): not a refusal to answer.
+STOPPED = re.compile(r"\bstopped: (?:still running at its|\S+ \w*B over its)")
+
 #: The whole program to core ATen: after a named op's decomposition, or for a refusal that a measured symptom ties
 #: to a composite op's remains (ExecuTorch's and litert-torch's re-export of a program holding `detach_`).
 DECOMPOSE_CORE = Answer.of("decompose core", {"decompose": CORE}, at=LOADING,

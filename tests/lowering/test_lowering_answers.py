@@ -83,9 +83,20 @@ REFUSALS: list[tuple[str, str, list[str]]] = [
      ["decompose core"]),
     ("executorch-from-pt2", "model 'stn': torch.export with fixed shapes [(1, 1, 16, 16)] failed: RuntimeError: Can't "
      "detach views in-place. Use detach() instead. (step executorch-from-pt2)", ["decompose core"]),
-    # a segment sum (index_add), coremltools' torch.export frontend on what index_add decomposes into: no answer here
+    # a segment sum (index_add), coremltools' torch.export frontend on what index_add decomposes into: it names no
+    # ATen op, so the whole program to core ATen (on a route that decomposed it already, the planner adds nothing)
     ("coreml-from-pt2", "model 'index_add': coremltools.convert failed: NotImplementedError: If there existed any whole "
-     "slice (e.g. : in x[:, 0]), only torch.index_put(..., accumulate=False) handled yet (step coreml-from-pt2)", []),
+     "slice (e.g. : in x[:, 0]), only torch.index_put(..., accumulate=False) handled yet (step coreml-from-pt2)",
+     ["decompose core"]),
+    # failures in a converter's own words, naming no op: the whole program to core ATen (xlogy; MobileViT's int8 .pte)
+    ("coreml-from-torchscript", "model 'xlogy': coremltools.convert failed: ValueError: Concat concat_0 got 0 values "
+     "(step coreml-from-torchscript)", ["decompose core"]),
+    ("executorch-int8-from-pt2", "model 'vit': lowering to ExecuTorch failed: Exception: An error occurred when running "
+     "the 'ChannelsLastTaggedReshapePass' pass after the following passes: [] (step executorch-int8-from-pt2)",
+     ["decompose core"]),
+    # a step the build stopped at its budget is not a refusal: nothing answers it
+    ("executorch-int8-from-pt2", "model 'vit': stopped: still running at its 5 min time budget (peak 602 MB), in "
+     "torchao/quantization/pt2e/observer.py:1170 (_non_linear_param_search)", []),
     # not a converter's refusal of the model: a missing data set answers nothing
     ("tflite-int8-from-saved-model", "model 'digits': full int8 needs calibration data: add data.calibration to the "
      "model, or set mode: dynamic (step tflite-int8-from-saved-model)", []),

@@ -87,6 +87,7 @@ class CoremlFromTorchScript(PruningStep):
         return "float32" if self.precision == "fp32" else "float16"
 
     symptoms: ClassVar[tuple[Symptom, ...]] = (EXPORT_FRONTEND, STATIC_SHAPES)  # then the ops it names, decomposed
+    decomposes_unnamed = True  # coremltools' op translations fail in their own words ("Cannot add const")
 
     @classmethod
     def makes_static(cls, options: Mapping[str, Any] | None = None) -> bool:

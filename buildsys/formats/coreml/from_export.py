@@ -24,6 +24,7 @@ class _FromExport(CoremlFromTorchScript):
 
     accepts_ops = ("coremltools", "core")  # ct.convert(ExportedProgram) decomposes first
     symptoms = (STATIC_SHAPES,)  # this is the torch.export frontend already
+    decomposes_unnamed = True
 
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."

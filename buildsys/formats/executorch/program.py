@@ -86,6 +86,7 @@ class _PteFromPt2(Step):
     fixes_shapes = True  # re-exported at the program's batch: a .pte has static shapes
     symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names (a kernel the runtime lacks)
     delegates_ops = ("xnnpack", "core")  # what XNNPACK's partitioner has a config for; the rest runs portable
+    decomposes_unnamed = True  # XNNPACK's passes fail without naming the op ("ChannelsLastTaggedReshapePass")
 
     @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:

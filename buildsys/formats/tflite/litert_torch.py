@@ -73,6 +73,7 @@ class TfliteFromPt2(Step):
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
     fixes_shapes = True  # converted at a fixed batch
     symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names ("Lowering not found: aten.x")
+    decomposes_unnamed = True
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
     toolchain = "torch"
