@@ -84,6 +84,9 @@ def quantizer(*, per_channel: bool, dynamic: bool, float_nodes: Callable[[Node],
     nodes `float_nodes` holds for (see `float_filter`) left in float."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
+    from buildsys.formats.torch.pt2e import fast_range_search
+
+    fast_range_search()  # the histogram observers' range search, the same result without torch indexing
     config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic)
     q = _float_scalars_quantizer()().set_global(config)
     q.float_nodes = float_nodes

@@ -193,7 +193,9 @@ class TfliteFromPt2(Step):
                            qat="lowered with the learned quantization parameters (no calibration)")
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
-        from buildsys.formats.torch.pt2e import float_values_only
+        from buildsys.formats.torch.pt2e import fast_range_search, float_values_only
+
+        fast_range_search()  # the histogram observers' range search, the same result without torch indexing
 
         class FloatValuesQuantizer(PT2EQuantizer):  # integer values (position buckets, indices) stay unquantized
             def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
