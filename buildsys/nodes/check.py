@@ -265,13 +265,12 @@ class CheckStep(Step):
                 # An ill-conditioned output (nodes/intrinsic.py): no float32 runtime can follow PyTorch's own
                 # float32 rounding; judged against the float64 outputs as PyTorch's float32 is.
                 wide = truth_limits(tolerance.model_dump() if tolerance else {}, defaults, own["values"])
-                against = compare(spec.name, spec.kind, truth[spec.name], out, wide, labels) if wide else None
                 if wide is None:
                     result.extra["not_verifiable"] = (
                         f"the model's own float32 outputs are {_own_words(own['values'])} from its float64 ones: "
                         "float32 does not determine them, so no float32 artifact can be verified against them "
                         "(a model with seeded, untrained weights? check it with its trained weights)")
-                elif against:
+                elif against := compare(spec.name, spec.kind, truth[spec.name], out, wide, labels):
                     limits = wide
                     notes = {k: f"against the float64 outputs: {AGAINST_TRUTH:g} x PyTorch float32's own distance "
                                 f"from them" for k in defaults if k in LIMITS}

@@ -64,8 +64,8 @@ def fast_range_search() -> None:
 
     if getattr(HistogramObserver._non_linear_param_search, "modelbuild", False):
         return
-    HistogramObserver.original_param_search = HistogramObserver._non_linear_param_search  # type: ignore[attr-defined]
-    HistogramObserver._non_linear_param_search = _non_linear_param_search  # type: ignore[method-assign]
+    HistogramObserver.original_param_search = HistogramObserver._non_linear_param_search
+    HistogramObserver._non_linear_param_search = _non_linear_param_search
 
 
 def _non_linear_param_search(self: Any) -> "tuple[torch.Tensor, torch.Tensor]":
