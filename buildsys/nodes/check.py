@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from buildsys.errors import ModelbuildError
@@ -29,7 +31,7 @@ class CheckStep(Step):
                  # (the first module whose output diverges, with a per-layer table); 7: default limits raised
                  # to the model's intrinsic error (nodes/intrinsic.py); 8: an int8/int4 artifact's share of weights
                  # in its precision is held to a floor (min_quantized_share); 9: an ill-conditioned output's fp32
-                 # check falls back to its float64 outputs (nodes/intrinsic.py)
+                 # check falls back to its float64 outputs (nodes/intrinsic.py); a miss's localisation is bounded
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -221,11 +223,16 @@ class CheckStep(Step):
         try:
             from buildsys.formats.torch.loading import load_module
 
-            module = load_module(ctx.model, ctx.root, name=ctx.model_name, step="localisation")
-            found = localise(ctx.input_path, runtime_name, module, batch.inputs, ctx.model, ctx.root,  # type: ignore[arg-type]
-                             tolerance.model_dump() if tolerance is not None else None, fmt=fmt_name)
+            with _bounded(LOCALISE_BUDGET_S):
+                module = load_module(ctx.model, ctx.root, name=ctx.model_name, step="localisation")
+                found = localise(ctx.input_path, runtime_name, module, batch.inputs, ctx.model,  # type: ignore[arg-type]
+                                 ctx.root, tolerance.model_dump() if tolerance is not None else None, fmt=fmt_name)
         except NotLocalisable as exc:
             return {"not_available": exc.what}
+        except _OverBudget:
+            return {"not_available": f"localisation stopped after {LOCALISE_BUDGET_S:g} s (its per-layer comparison is "
+                    "bounded so that the miss itself is reported): `modelbuild explain` of the node, or the check "
+                    "run alone with a larger step budget, localises it"}
         except Exception as exc:  # a diagnosis must not turn a clear miss into a crash
             return {"not_available": f"localisation failed: {describe(exc)}"}
         return {**found.as_dict(ctx.precision), "output": missed}
@@ -315,6 +322,38 @@ class CheckStep(Step):
         (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         return metrics
 
+
+
+#: Seconds a miss's localisation may take (re-lowering an ExecuTorch program one op per delegate call took past a
+#: 5-minute step budget on MobileViTv2): past it the check reports the miss without it, within its own budget.
+LOCALISE_BUDGET_S = 120.0
+
+
+class _OverBudget(Exception):
+    """The localisation ran past LOCALISE_BUDGET_S."""
+
+
+@contextmanager
+def _bounded(seconds: float) -> Iterator[None]:
+    """Raise _OverBudget in this (the worker's main) thread after `seconds`; a no-op off the main thread or without
+    SIGALRM. The alarm lands between Python bytecodes: a long native call finishes first."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def over(signum: int, frame: Any) -> None:
+        raise _OverBudget()
+
+    previous = signal.signal(signal.SIGALRM, over)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _own_words(values: dict[str, Any]) -> str:

@@ -64,3 +64,16 @@ def test_a_limit_the_user_wrote_is_never_judged_against_float64(chaotic: tuple[T
     result = check(tiny, tmp_path / "check", "onnx", tmp_path / "onnx/model.onnx", root / "ref/reference.npz",
                    outputs={"y": {"min_cosine": 0.9999}})
     assert result["passed"] is False and "judged_against" not in result["outputs"]["y"]
+
+
+def test_a_localisation_past_its_budget_still_reports_the_miss(chaotic: tuple[Tiny, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.nodes import check as check_module
+
+    tiny, root = chaotic
+    other = make_model(tmp_path / "other", "chaotic", seed=1)
+    other.run("onnx-from-pytorch", tmp_path / "onnx")
+    monkeypatch.setattr(check_module, "LOCALISE_BUDGET_S", 1e-4)
+    result = check(tiny, tmp_path / "check", "onnx", tmp_path / "onnx/model.onnx", root / "ref/reference.npz")
+    assert result["passed"] is False and result["outputs"]["y"]["missed_against_float64"]
+    assert result["localisation"]["not_available"].startswith("localisation stopped after 0.0001 s")
