@@ -230,6 +230,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
     repairs = {"keep-float": {"keep_float": "sensitive"}}
+    #: The keep-float search's record, once run in this step (kept when the program is quantized again).
+    searched: dict[str, Any] | None = None
     committed_metrics = ("repair", "quantized_weights")
     keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
@@ -287,9 +289,11 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         if calibration is None and not dynamic:
             raise self.fail(ctx, _NEEDS_CALIBRATION)
         repair: dict[str, Any] | None = None
-        if opts.keep_float == "sensitive":
+        if opts.keep_float == "sensitive" and undelegated and self.searched:
+            repair = self.searched  # quantized again for XNNPACK's sake: the search's answer stands
+        elif opts.keep_float == "sensitive":
             try:
-                repair = search(self, ctx, module, opts.per_channel, dynamic, len(args[0]))
+                repair = self.searched = search(self, ctx, module, opts.per_channel, dynamic, len(args[0]))
             except NoRecipe as exc:
                 raise self.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
             except StepError:
