@@ -20,6 +20,7 @@ from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
+from buildsys.formats.executorch.delegation import QuantizedOutsideDelegate, quantized_outside_delegates
 from buildsys.formats.torch.export import PROGRAM
 from buildsys.lowering import DETACHED_VIEW
 
@@ -388,50 +389,6 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
     portable = sorted({op.name for op in plan.operators})
     return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
-
-
-class QuantizedOutsideDelegate(Exception):
-    """XNNPACK's partitioner left quantize/dequantize ops of the program outside its delegate calls: their
-    consumer is an op it does not run in int8 (a linear whose weight arrives transposed by the model's own
-    code, a grouped 1-D convolution...). The runtime has no kernels for them (to_executorch: "Missing out
-    variants"), so the int8 step keeps those consumers in float and quantizes again (`consumers`)."""
-
-    def __init__(self, nodes: list[str]):
-        shown = [n for n in nodes if n.startswith("quantized_decomposed")] or nodes
-        super().__init__(f"XNNPACK left {len(shown)} quantize/dequantize op(s) outside its delegate: "
-                         f"{', '.join(shown[:4])}{' ...' if len(shown) > 4 else ''}")
-        self.nodes = nodes  # the q/dq ops' names in the edge program and before it
-
-    def consumers(self, converted: Any) -> list[str]:
-        """The compute nodes of the converted (PT2E) graph those q/dq ops feed or come from: the nodes to keep
-        in float. Graph names survive convert_pt2e from the float export, so keep_float's filter finds them."""
-        wanted, out = set(self.nodes), []
-        for node in converted.graph.nodes:
-            if node.name not in wanted:
-                continue
-            neighbours = [*node.users] + [a for a in node.all_input_nodes if not _is_quantize_op(a)]
-            out += [n.name for n in neighbours if n.op == "call_function" and not _is_quantize_op(n)
-                    and n.name not in out]
-        return out
-
-
-def _is_quantize_op(node: Any) -> bool:
-    return "quantize" in str(getattr(node, "target", ""))
-
-
-def quantized_outside_delegates(graph_module: Any) -> list[str]:
-    """The names of the quantize/dequantize ops an edge program still runs outside its delegate calls, with every
-    name each had before lowering (its `from_node` provenance): `consumers` finds them in the converted graph."""
-    out = []
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function" or "quantized_decomposed" not in str(node.target):
-            continue
-        out.append(node.name)
-        origin = (node.meta.get("from_node") or [None])[-1]
-        while origin is not None:  # its names back to the observer PT2E converted (the chain may rename it)
-            out.append(origin.name)
-            origin = origin.from_node[-1] if origin.from_node else None
-    return list(dict.fromkeys(out))
 
 
 def _first_line(exc: BaseException) -> str:
