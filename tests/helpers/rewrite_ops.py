@@ -147,6 +147,8 @@ def cases() -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], str, str]]:
         "pairwise-distance": (Fn(lambda a, b: F.pairwise_distance(a, b)), (rows, rows.flip(0)), "pairwise_distance",
                               "distance"),
         "triu": (Fn(lambda t: torch.triu(t, diagonal=1) + t.tril(-2)), (x,), "triu", "triangular"),
+        "inv": (Fn(lambda a: torch.linalg.inv(a @ a.transpose(-1, -2) + torch.eye(4))), (torch.randn(3, 4, 4, generator=gen),),
+                "linalg_inv", "linalg"),
     }
 
 

@@ -28,7 +28,7 @@ class RewritableOptions(StepOptions):
 
     rewrites: tuple[str, ...] = Field(
         default=(), description="Op rewrites applied to the module before it is traced or exported, in order "
-        "(docs/rewrites.md: the families fft, complex, scatter, recurrent, distance, triangular, special, scan, order; their members "
+        "(docs/rewrites.md: the families fft, complex, scatter, recurrent, distance, triangular, special, scan, order, linalg; their members "
         "stft, embedding-bag; diff, roll, unfold, fold, sdpa): each removes an op "
         "some converters refuse and computes the same. Usually left unset: when a converter refuses an op a "
         "rewrite removes, the route with that rewrite here is tried next. Setting it (even to []) pins it for "

@@ -1,0 +1,398 @@
+"""The linear-algebra family: inverse, determinant, solve, Cholesky, symmetric eigendecomposition and singular
+values of small square matrices [..., n, n] (n ≤ MAX_SIZE, static), unrolled into matmuls, where, argmax, sqrt.
+
+- inv / inverse / inv_ex, det, slogdet / logdet, solve / solve_ex: Gauss-Jordan elimination on [A | B] with
+  partial pivoting over the n columns. The pivot row is the argmax of |column| at or below the diagonal (the
+  first of equals, as LAPACK's idamax), swapped in by the one-hot d = e_k − e_pivot (X ← X − d (dᵀX): the
+  permutation I − ddᵀ as matmuls, no data-dependent indexing). inv solves against the identity; det is the
+  product of the pivots (getrf's), negated per swap, 0 at a zero pivot as LAPACK; slogdet its sign and
+  Σ log|pivot|; solve takes B a matrix or (a batch of) vectors, broadcast with A, and left=False as Aᵀ Xᵀ = Bᵀ.
+  The _ex forms' info is getrf's (the first zero pivot, 1-based).
+- cholesky / cholesky_ex / torch.cholesky (upper or not): the Cholesky recurrence one column per step,
+  L[j:, j] = (A[j:, j] − L[j:, :j] L[j, :j]ᵀ) / L[j, j], reading the lower triangle (the upper one with
+  upper=True, as potrf); info: the first column whose square is not positive.
+- eigh / eigvalsh (UPLO 'L' or 'U'): cyclic Jacobi on the symmetric matrix of that triangle in round-robin
+  order: per round ⌊n/2⌋ disjoint rotations at once as one orthogonal J (A ← JᵀAJ, V ← VJ), SWEEPS sweeps;
+  the eigenvalues put in ascending order by their pairwise ranks (a one-hot permutation matmul, no sort or
+  topk). A V = V diag(w) with orthonormal V; the eigenvectors' signs need not be LAPACK's.
+- svdvals: the square roots of the eigenvalues of the smaller Gram matrix (AᵀA or AAᵀ), descending. Caveat:
+  the Gram squares the condition number, so σ has an absolute error of about ε·σ_max²/σ (float32: fine for
+  well-conditioned A, poor for σ below ~1e-3·σ_max). svd with vectors is not rewritten.
+
+torch.linalg.inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot raise, so
+the rewrite returns inf / NaN there (the _ex forms' info is right). Refused (RewriteNotApplicable): n > MAX_SIZE,
+a dynamic n, complex dtypes, out=, a vector B with left=False.
+
+Why a rewrite and not a decomposition: PyTorch's tables lower these only to linalg_inv_ex, _linalg_det,
+_linalg_slogdet, _linalg_solve_ex, linalg_cholesky_ex, _linalg_eigh and _linalg_svd (LAPACK calls, no further
+decomposition), none in the core ATen opset (ExecuTorch refuses them); the legacy ONNX exporter refuses all but
+det at opset 18 (measured; the rewritten modules export and run in ONNX Runtime within 1e-6). Equivalence: tests/rewrites/test_rewrite_families_linalg.py.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from operator import mul
+from typing import TYPE_CHECKING, Any
+
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
+
+if TYPE_CHECKING:
+    import torch
+
+#: The largest n the family unrolls (Gauss-Jordan: n steps of O(n²); Jacobi: ~SWEEPS·n rounds of n³ matmuls).
+MAX_SIZE = 16
+#: Jacobi sweeps: quadratic convergence takes float32 (and float64) to rounding for n ≤ 16 well before 10.
+SWEEPS = 10
+
+_FAMILY = "linalg"
+
+
+def _square(A: torch.Tensor, op: str, name: str = "A") -> int:
+    """n for A [..., n, n] with n static, float32 / float64; refused or rejected as torch would."""
+    import torch
+
+    from buildsys.rewrites.mechanism import static_size
+
+    if not isinstance(A, torch.Tensor):
+        raise RewriteNotApplicable(_FAMILY, op, f"{name} is not a tensor ({type(A).__name__})")
+    if A.is_complex():
+        raise RewriteNotApplicable(_FAMILY, op, f"a complex {name} ({A.dtype}): only real matrices are rewritten")
+    if A.dim() < 2:
+        raise RuntimeError(f"{op}: The input tensor {name} must have at least 2 dimensions.")
+    rows, cols = static_size(A, -2, _FAMILY, op), static_size(A, -1, _FAMILY, op)
+    if rows != cols:
+        raise RuntimeError(f"{op}: {name} must be batches of square matrices, but they are {rows} by {cols} matrices")
+    if A.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: Low precision dtypes not supported. Got {A.dtype}")
+    if rows > MAX_SIZE:
+        raise RewriteNotApplicable(_FAMILY, op, f"n = {rows} is above {MAX_SIZE} (the unrolled graph grows with n³)")
+    return rows
+
+
+def _eye(n: int) -> list[list[float]]:
+    return [[float(i == j) for j in range(n)] for i in range(n)]  # not np.eye: TorchDynamo would trace it to torch
+
+
+def _eliminate(A: torch.Tensor, B: torch.Tensor | None, n: int, safe: bool
+               ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
+    """Gauss-Jordan with partial pivoting: (A⁻¹B or None, the pivots [...], per step 1.0 where no rows swapped).
+
+    With `safe`, a zero pivot divides by one (its column is zero at and below the diagonal: nothing to eliminate),
+    as getrf skips it; else by zero, so the result is inf / NaN where torch would raise."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    positions = constant(np.arange(n, dtype=np.int64))
+    pivots, kept = [], []
+    for k in range(n):
+        below = A[..., k:, k].abs()
+        chosen = (below.argmax(dim=-1, keepdim=True) + k == positions).to(A.dtype)  # [..., n], one-hot
+        unit = constant(np.asarray([float(i == k) for i in range(n)]), A.dtype)
+        d = (unit - chosen).unsqueeze(-1)  # [..., n, 1]: e_k − e_pivot, zero where the pivot is row k
+        A = A - torch.matmul(d, torch.matmul(d.transpose(-2, -1), A))
+        if B is not None:
+            B = B - torch.matmul(d, torch.matmul(d.transpose(-2, -1), B))
+        kept.append(chosen[..., k])
+        pivot = A[..., k, k]
+        pivots.append(pivot)
+        divisor = (torch.where(pivot == 0, torch.ones_like(pivot), pivot) if safe else pivot)[..., None, None]
+        factors = A[..., :, k:k + 1]  # [..., n, 1]
+        is_k = constant(np.asarray([[i == k] for i in range(n)]))  # [n, 1]
+        row = A[..., k:k + 1, :] / divisor
+        A = torch.where(is_k, row, A - factors * row)
+        if B is not None:
+            row_b = B[..., k:k + 1, :] / divisor
+            B = torch.where(is_k, row_b, B - factors * row_b)
+    return B, pivots, kept
+
+
+def _first(bad: list[torch.Tensor]) -> torch.Tensor:
+    """LAPACK's info: the first step (1-based) that is bad, 0 where none is; int32."""
+    import torch
+
+    info = torch.zeros_like(bad[0], dtype=torch.int32)
+    for k, b in enumerate(bad):
+        info = torch.where(torch.logical_and(info == 0, b), torch.full_like(info, k + 1), info)
+    return info
+
+
+def _returned(name: str, values: tuple[Any, Any]) -> Any:
+    import torch
+
+    return getattr(torch.return_types, name)(values)
+
+
+def _inverse(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+
+    from buildsys.rewrites.mechanism import constant
+
+    refuse_out(_FAMILY, op, out)
+    n = _square(A, op)
+    inverse, pivots, _ = _eliminate(A, constant(np.asarray(_eye(n)), A.dtype), n, safe=False)
+    assert inverse is not None
+    return inverse, _first([p == 0 for p in pivots])
+
+
+def inv(A: torch.Tensor, *, out: object = None) -> torch.Tensor:
+    return _inverse(A, "torch.linalg.inv", out)[0]
+
+
+def inv_ex(A: torch.Tensor, *, check_errors: bool = False, out: object = None) -> Any:
+    return _returned("linalg_inv_ex", _inverse(A, "torch.linalg.inv_ex", out))
+
+
+def _sign_and_pivots(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the sign of the row permutation, the pivots) of A's elimination."""
+    refuse_out(_FAMILY, op, out)
+    n = _square(A, op)
+    _, pivots, kept = _eliminate(A, None, n, safe=True)
+    return reduce(mul, [2.0 * k - 1.0 for k in kept]), pivots
+
+
+def det(A: torch.Tensor, *, out: object = None) -> torch.Tensor:
+    sign, pivots = _sign_and_pivots(A, "torch.linalg.det", out)
+    return sign * reduce(mul, pivots)
+
+
+def _slogdet(A: torch.Tensor, op: str, out: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    sign, pivots = _sign_and_pivots(A, op, out)
+    logabs = sum((torch.log(p.abs()) for p in pivots[1:]), torch.log(pivots[0].abs()))
+    return sign * reduce(mul, [torch.sign(p) for p in pivots]), logabs
+
+
+def linalg_slogdet(A: torch.Tensor, *, out: object = None) -> Any:
+    return _returned("linalg_slogdet", _slogdet(A, "torch.linalg.slogdet", out))
+
+
+def slogdet(A: torch.Tensor, *, out: object = None) -> Any:
+    return _returned("slogdet", _slogdet(A, "torch.slogdet", out))
+
+
+def logdet(A: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    sign, logabs = _slogdet(A, "torch.logdet")
+    return torch.where(sign < 0, torch.full_like(logabs, float("nan")), logabs)  # sign 0: logabs is −inf already
+
+
+def _solve(A: torch.Tensor, B: torch.Tensor, left: bool, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    n = _square(A, op)
+    if not isinstance(B, torch.Tensor) or B.is_complex():
+        raise RewriteNotApplicable(_FAMILY, op, "a complex (or non-tensor) B: only real matrices are rewritten")
+    vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and tuple(B.shape) == tuple(A.shape[:-1]))
+    if vector and not left:
+        raise RewriteNotApplicable(_FAMILY, op, "a vector B with left=False")
+    if B.dtype != A.dtype:
+        raise RuntimeError(f"{op}: Expected A and B to have the same dtype, but found A of type {A.dtype} "
+                           f"and B of type {B.dtype} instead")
+    rhs = B.unsqueeze(-1) if vector else (B if left else B.transpose(-2, -1))
+    if rhs.shape[-2] != n:
+        raise RuntimeError(f"{op}: Incompatible shapes of A and B for the equation "
+                           f"{'AX = B' if left else 'XA = B'} ({n}x{n} and {'x'.join(map(str, B.shape[-2:]))})")
+    X, pivots, _ = _eliminate(A if left else A.transpose(-2, -1), rhs, n, safe=False)
+    assert X is not None
+    X = X.squeeze(-1) if vector else (X if left else X.transpose(-2, -1))
+    return X, _first([p == 0 for p in pivots])
+
+
+def solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, out: object = None) -> torch.Tensor:
+    refuse_out(_FAMILY, "torch.linalg.solve", out)
+    return _solve(A, B, left, "torch.linalg.solve")[0]
+
+
+def solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, check_errors: bool = False,
+             out: object = None) -> Any:
+    refuse_out(_FAMILY, "torch.linalg.solve_ex", out)
+    return _returned("linalg_solve_ex", _solve(A, B, left, "torch.linalg.solve_ex"))
+
+
+def _cholesky(A: torch.Tensor, upper: bool, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, or U = Lᵀ with upper; info) reading A's lower (upper) triangle."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    n = _square(A, op)
+    S = A.transpose(-2, -1) if upper else A
+    columns: list[torch.Tensor] = []  # each [..., n, 1]
+    bad = []
+    for j in range(n):
+        c = S[..., :, j:j + 1]
+        if columns:
+            done = torch.cat(columns, dim=-1)  # [..., n, j]
+            c = c - torch.matmul(done, done[..., j:j + 1, :].transpose(-2, -1))
+        square = c[..., j, 0]
+        bad.append(torch.logical_not(square > 0))
+        root = torch.sqrt(square)[..., None, None]
+        at, after = constant(np.asarray([[i == j] for i in range(n)])), constant(np.arange(n)[:, None] > j)
+        columns.append(torch.where(at, root, torch.where(after, c / root, torch.zeros_like(c))))
+    L = torch.cat(columns, dim=-1)
+    return (L.transpose(-2, -1) if upper else L), _first(bad)
+
+
+def cholesky(A: torch.Tensor, upper: bool = False, *, out: object = None) -> torch.Tensor:
+    refuse_out(_FAMILY, "torch.linalg.cholesky", out)
+    return _cholesky(A, upper, "torch.linalg.cholesky")[0]
+
+
+def cholesky_ex(A: torch.Tensor, *, upper: bool = False, check_errors: bool = False, out: object = None) -> Any:
+    refuse_out(_FAMILY, "torch.linalg.cholesky_ex", out)
+    return _returned("linalg_cholesky_ex", _cholesky(A, upper, "torch.linalg.cholesky_ex"))
+
+
+def _rounds(n: int) -> list[list[tuple[int, int]]]:
+    """The round-robin schedule: every pair (p < q) of range(n) once, in rounds of disjoint pairs."""
+    players = list(range(n)) + ([-1] if n % 2 else [])  # -1: the bye
+    m = len(players)
+    rounds = []
+    for _ in range(m - 1):
+        pairs = [(players[i], players[m - 1 - i]) for i in range(m // 2)]
+        rounds.append([(min(p, q), max(p, q)) for p, q in pairs if p >= 0 and q >= 0])
+        players = [players[0], players[-1], *players[1:-1]]
+    return rounds
+
+
+def _jacobi(A: torch.Tensor, n: int, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the diagonal after SWEEPS parallel Jacobi sweeps [..., n], the accumulated rotations V) of symmetric A."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    diagonal = constant(np.asarray([i * n + i for i in range(n)], dtype=np.int64))
+    if n == 1:
+        return A.flatten(-2), (A * 0 + 1) if vectors else None
+    rounds = []  # per round: the flat indices of (p, p), (q, q), (p, q); J's entries as functions of c, s
+    for pairs in _rounds(n):
+        m = len(pairs)
+        gather = [p * n + p for p, _ in pairs] + [q * n + q for _, q in pairs] + [p * n + q for p, q in pairs]
+        cosine, sine, rest = np.zeros((m, n * n)), np.zeros((m, n * n)), np.asarray(_eye(n)).flatten()
+        for i, (p, q) in enumerate(pairs):
+            cosine[i, p * n + p] = cosine[i, q * n + q] = 1.0
+            sine[i, p * n + q], sine[i, q * n + p] = 1.0, -1.0
+            rest[p * n + p] = rest[q * n + q] = 0.0
+        rounds.append((m, constant(np.asarray(gather, dtype=np.int64)), constant(cosine, A.dtype),
+                       constant(sine, A.dtype), constant(rest, A.dtype)))
+    V = None
+    for _ in range(SWEEPS):
+        for m, picked, cosines, sines, identity in rounds:
+            entries = A.flatten(-2).index_select(-1, picked)
+            app, aqq, apq = entries[..., :m], entries[..., m:2 * m], entries[..., 2 * m:]
+            # the rotation that zeroes (p, q): t = tan θ = sgn(d)·2apq / (|d| + √(d² + 4apq²)), d = aqq − app
+            diff = aqq - app
+            direction = torch.where(diff >= 0, torch.ones_like(diff), -torch.ones_like(diff))
+            denominator = diff.abs() + torch.sqrt(diff * diff + 4.0 * apq * apq)
+            zero = denominator == 0  # apq = 0 and app = aqq: nothing to rotate
+            t = torch.where(zero, torch.zeros_like(diff),
+                            direction * 2.0 * apq / torch.where(zero, torch.ones_like(diff), denominator))
+            c = 1.0 / torch.sqrt(t * t + 1.0)
+            # J: c at (p, p) and (q, q), s at (p, q), −s at (q, p), the identity elsewhere
+            J = (torch.matmul(c, cosines) + torch.matmul(t * c, sines) + identity).unflatten(-1, (n, n))
+            A = torch.matmul(J.transpose(-2, -1), torch.matmul(A, J))
+            if vectors:
+                V = J if V is None else torch.matmul(V, J)
+        A = 0.5 * (A + A.transpose(-2, -1))
+    return A.flatten(-2).index_select(-1, diagonal), V
+
+
+def _ascending(w: torch.Tensor, n: int) -> torch.Tensor:
+    """The one-hot permutation [..., n, n] (row i: the place of w[i]) that sorts w ascending, ties by position."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    mine, other = w.unsqueeze(-1), w.unsqueeze(-2)
+    before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
+    rank = torch.logical_or(other < mine, torch.logical_and(other == mine, before)).to(torch.int64).sum(-1)
+    return (rank.unsqueeze(-1) == constant(np.arange(n, dtype=np.int64))).to(w.dtype)
+
+
+def _symmetric(A: torch.Tensor, UPLO: str, n: int, op: str) -> torch.Tensor:
+    """The symmetric matrix of A's lower ('L') or upper ('U') triangle, as torch.linalg.eigh reads it."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    if UPLO not in ("L", "U", "l", "u"):
+        raise RuntimeError(f"{op}: Expected UPLO argument to be 'L' or 'U', but got {UPLO}")
+    S = A if UPLO.upper() == "L" else A.transpose(-2, -1)
+    offset = np.arange(n)[:, None] - np.arange(n)[None, :]  # row − column
+    low = torch.where(constant(offset >= 0), S, torch.zeros_like(S))
+    strict = torch.where(constant(offset > 0), S, torch.zeros_like(S))
+    return low + strict.transpose(-2, -1)
+
+
+def _eigh(A: torch.Tensor, UPLO: str, vectors: bool, op: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    import torch
+
+    n = _square(A, op)
+    w, V = _jacobi(_symmetric(A, UPLO, n, op), n, vectors)
+    order = _ascending(w, n)
+    w = torch.matmul(w.unsqueeze(-2), order).squeeze(-2)
+    return w, (torch.matmul(V, order) if V is not None else None)
+
+
+def eigh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> Any:
+    refuse_out(_FAMILY, "torch.linalg.eigh", out)
+    return _returned("linalg_eigh", _eigh(A, UPLO, True, "torch.linalg.eigh"))
+
+
+def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> torch.Tensor:
+    refuse_out(_FAMILY, "torch.linalg.eigvalsh", out)
+    return _eigh(A, UPLO, False, "torch.linalg.eigvalsh")[0]
+
+
+def svdvals(A: torch.Tensor, *, driver: str | None = None, out: object = None) -> torch.Tensor:
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant, static_size
+
+    refuse_out(_FAMILY, op := "torch.linalg.svdvals", out)
+    if isinstance(A, torch.Tensor) and A.dim() >= 2:
+        rows, cols = static_size(A, -2, _FAMILY, op), static_size(A, -1, _FAMILY, op)
+        gram = torch.matmul(A.transpose(-2, -1), A) if cols <= rows else torch.matmul(A, A.transpose(-2, -1))
+    else:
+        gram = A
+    w, _ = _eigh(gram, "L", False, op)  # ascending; the Gram's checks are A's (dtype, complex, static, size)
+    k = w.shape[-1]
+    reverse = constant(np.asarray([k - 1 - i for i in range(k)], dtype=np.int64))
+    return torch.sqrt(torch.clamp(w, min=0.0)).index_select(-1, reverse)
+
+
+def _handlers() -> HandlerTable:
+    import torch
+
+    table = by_name({"inv": inv, "inverse": inv, "inv_ex": inv_ex, "det": det, "logdet": logdet,
+                     "solve": solve, "solve_ex": solve_ex, "cholesky": cholesky, "cholesky_ex": cholesky_ex,
+                     "eigh": eigh, "eigvalsh": eigvalsh, "svdvals": svdvals},
+                    (torch.linalg, torch, torch.Tensor))
+    table.update({torch.linalg.slogdet: linalg_slogdet, torch.slogdet: slogdet, torch.Tensor.slogdet: slogdet})
+    return table
+
+
+REWRITES = (
+    Rewrite(
+        name="linalg",
+        version=1,
+        removes=("aten::linalg_inv", "aten::linalg_inv_ex", "aten::inverse", "aten::linalg_det", "aten::_linalg_det",
+                 "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
+                 "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
+                 "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
+                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd"),
+        description="inv / det / slogdet / logdet / solve (Gauss-Jordan with one-hot pivoting), cholesky, eigh / "
+                    "eigvalsh (parallel Jacobi) and svdvals of static n ≤ 16 matrices, unrolled",
+        handlers=_handlers,
+    ),
+)

@@ -1,0 +1,260 @@
+"""The linear-algebra family (buildsys/rewrites/linalg.py): inv / inverse / inv_ex, det / slogdet / logdet,
+solve / solve_ex, cholesky / cholesky_ex, eigh / eigvalsh and svdvals on well-conditioned matrices of sizes 1 to 8
+(and 16, the largest it takes), batched or not, compared with torch in float32 and float64; the ops gone from every
+graph; and its refusals (n > 16, a dynamic n, complex, out=) with their reasons."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+from buildsys import rewrites
+from buildsys.rewrites import RewriteNotApplicable
+from tests.helpers.rewrite_checks import assert_equivalent, check, randn
+from tests.helpers.rewrite_ops import Fn
+
+DTYPES = [torch.float32, torch.float64]
+SIZES = [1, 2, 3, 5, 8]
+BATCHES = [(), (3,), (2, 2)]
+#: float32: Gauss-Jordan and Cholesky stay within ~1e-7 · max|want| on these conditions, Jacobi within ~2e-6
+REL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def orthogonal(n: int, batch: tuple[int, ...], seed: int) -> torch.Tensor:
+    q, r = torch.linalg.qr(randn(*batch, n, n, seed=seed, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+def spectrum(n: int, batch: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Values in [0.5, 2]: condition numbers ≤ 4."""
+    return torch.rand(*batch, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 1.5 + 0.5
+
+
+def general(n: int, batch: tuple[int, ...] = (), dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """U diag(s) Vᵀ with s in [0.5, 2]: well conditioned, not diagonally dominant (the pivoting swaps rows),
+    determinants of either sign."""
+    u, v, s = orthogonal(n, batch, seed), orthogonal(n, batch, seed + 1), spectrum(n, batch, seed + 2)
+    return ((u * s.unsqueeze(-2)) @ v.transpose(-2, -1)).to(dtype)
+
+
+def spd(n: int, batch: tuple[int, ...] = (), dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """Q diag(s) Qᵀ with s in [0.5, 2]: symmetric positive definite."""
+    q, s = orthogonal(n, batch, seed), spectrum(n, batch, seed + 2)
+    a = (q * s.unsqueeze(-2)) @ q.transpose(-2, -1)
+    return (0.5 * (a + a.transpose(-2, -1))).to(dtype)
+
+
+def rewritten(fn: Callable[..., object]) -> torch.nn.Module:
+    return rewrites.apply(Fn(fn), ["linalg"])  # type: ignore[arg-type]
+
+
+cases = pytest.mark.parametrize("n", SIZES)
+batches = pytest.mark.parametrize("batch", BATCHES, ids=str)
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=str)
+
+
+@dtypes
+@batches
+@cases
+def test_inverse_matches_torch(n: int, batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    a, rel = general(n, batch, dtype, seed=n), REL[dtype]
+    check(torch.linalg.inv, "linalg", a, rel=rel)
+    check(torch.inverse, "linalg", a, rel=rel)
+    check(lambda t: t.inverse(), "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.inv_ex(t).inverse, "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.inv_ex(t)[1], "linalg", a)  # info: 0
+    identity = torch.eye(n, dtype=dtype).expand_as(a)
+    assert_equivalent(a @ rewritten(torch.linalg.inv)(a), identity, rel)
+
+
+@dtypes
+@batches
+@cases
+def test_determinants_match_torch(n: int, batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    a, positive, rel = general(n, batch, dtype, seed=n), spd(n, batch, dtype, seed=n), REL[dtype]
+    for fn in (torch.linalg.det, torch.det, lambda t: t.det()):
+        check(fn, "linalg", a, rel=rel)
+    for slog in (torch.linalg.slogdet, torch.slogdet, lambda t: t.slogdet()):
+        check(lambda t: slog(t)[0], "linalg", a)  # the sign, exactly
+        check(lambda t: slog(t)[1], "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.slogdet(t).logabsdet, "linalg", a, rel=rel)
+    check(torch.logdet, "linalg", positive, rel=rel)
+    check(lambda t: t.logdet(), "linalg", positive, rel=rel)
+    got, want = rewritten(torch.logdet)(a), torch.logdet(a)  # NaN where det < 0
+    assert torch.equal(got.isnan(), want.isnan())
+    assert_equivalent(got.nan_to_num(), want.nan_to_num(), rel)
+
+
+@dtypes
+@batches
+@cases
+def test_solve_matches_torch(n: int, batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    a, rel = general(n, batch, dtype, seed=n), REL[dtype]
+    matrix, vectors = randn(*batch, n, 3, seed=1, dtype=dtype), randn(*batch, n, seed=2, dtype=dtype)
+    check(torch.linalg.solve, "linalg", a, matrix, rel=rel)
+    check(torch.linalg.solve, "linalg", a, vectors, rel=rel)  # a (batch of) vector(s)
+    check(torch.linalg.solve, "linalg", a, randn(n, seed=3, dtype=dtype), rel=rel)  # one vector for every matrix
+    check(torch.linalg.solve, "linalg", a, randn(4, *batch, n, 2, seed=4, dtype=dtype), rel=rel)  # broadcast
+    check(torch.linalg.solve, "linalg", a[(0,) * len(batch)], matrix, rel=rel)
+    check(lambda s, t: torch.linalg.solve(s, t, left=False), "linalg", a, matrix.transpose(-2, -1), rel=rel)
+    check(lambda s, t: torch.linalg.solve_ex(s, t).result, "linalg", a, matrix, rel=rel)
+    check(lambda s, t: torch.linalg.solve_ex(s, t, left=False)[1], "linalg", a, matrix.transpose(-2, -1))
+
+
+@pytest.mark.filterwarnings("ignore:torch.cholesky is deprecated")
+@dtypes
+@batches
+@cases
+def test_cholesky_matches_torch(n: int, batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    a, rel = spd(n, batch, dtype, seed=n), REL[dtype]
+    check(torch.linalg.cholesky, "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.cholesky(t, upper=True), "linalg", a, rel=rel)
+    check(torch.cholesky, "linalg", a, rel=rel)
+    check(lambda t: torch.cholesky(t, True), "linalg", a, rel=rel)
+    check(lambda t: t.cholesky(upper=True), "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.cholesky_ex(t).L, "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.cholesky_ex(t, upper=True)[1], "linalg", a)  # info: 0
+    # each reads one triangle only: the other may hold anything
+    lower, upper = (torch.where(mask, a, a + 7.0) for mask in (torch.ones(n, n).tril() > 0, torch.ones(n, n).triu() > 0))
+    check(torch.linalg.cholesky, "linalg", lower, rel=rel)
+    check(lambda t: torch.linalg.cholesky(t, upper=True), "linalg", upper, rel=rel)
+
+
+def assert_eigenpairs(a: torch.Tensor, w: torch.Tensor, v: torch.Tensor, rel: float) -> None:
+    """A V = V diag(w) and Vᵀ V = I (the eigenvectors' signs are free)."""
+    scale = a.double().abs().max().item()
+    assert (a.double() @ v.double() - v.double() * w.double().unsqueeze(-2)).abs().max().item() <= rel * scale + 1e-6
+    identity = torch.eye(a.shape[-1], dtype=torch.float64)
+    assert (v.double().transpose(-2, -1) @ v.double() - identity).abs().max().item() <= rel + 1e-6
+
+
+@dtypes
+@batches
+@cases
+def test_symmetric_eigendecomposition_matches_torch(n: int, batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    a, rel = spd(n, batch, dtype, seed=n) * 2.0 - 2.5, REL[dtype]  # eigenvalues of both signs
+    check(torch.linalg.eigvalsh, "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.eigh(t).eigenvalues, "linalg", a, rel=rel)
+    w, v = rewritten(torch.linalg.eigh)(a)
+    assert w.shape == (*batch, n) and v.shape == (*batch, n, n) and w.dtype == v.dtype == dtype
+    assert_eigenpairs(a, w, v, rel)
+    # UPLO: the other triangle may hold anything
+    garbage = torch.where(torch.ones(n, n).triu() > 0, a, a - 5.0)
+    check(lambda t: torch.linalg.eigvalsh(t, UPLO="U"), "linalg", garbage, rel=rel)
+    w, v = rewritten(lambda t: torch.linalg.eigh(t, "U"))(garbage)
+    assert_eigenpairs(a, w, v, rel)
+
+
+def test_repeated_eigenvalues_and_diagonal_matrices() -> None:
+    """Rotations with nothing to zero (a_pq = 0, a_pp = a_qq) are the identity; ties keep their order."""
+    for a in (torch.eye(5) * 3.0, torch.diag(torch.tensor([2.0, -1.0, 2.0, 0.0, -1.0])), torch.ones(4, 4)):
+        check(torch.linalg.eigvalsh, "linalg", a)
+        w, v = rewritten(torch.linalg.eigh)(a)
+        assert_eigenpairs(a, w, v, 1e-4)
+
+
+@dtypes
+@batches
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (8, 8), (6, 3), (2, 5)], ids=str)
+def test_singular_values_match_torch(shape: tuple[int, int], batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    k = min(shape)
+    left, right = orthogonal(shape[0], batch, 1)[..., :k], orthogonal(shape[1], batch, 2)[..., :k]
+    a = ((left * spectrum(k, batch, 3).unsqueeze(-2)) @ right.transpose(-2, -1)).to(dtype)
+    check(torch.linalg.svdvals, "linalg", a, rel=REL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_the_largest_size_it_takes(dtype: torch.dtype) -> None:
+    a, s, rel = general(16, (2,), dtype, seed=5), spd(16, (2,), dtype, seed=6), REL[dtype]
+    check(torch.linalg.inv, "linalg", a, rel=rel)
+    check(torch.linalg.det, "linalg", a, rel=rel)
+    check(torch.linalg.solve, "linalg", a, randn(2, 16, 4, dtype=dtype), rel=rel)
+    check(torch.linalg.cholesky, "linalg", s, rel=rel)
+    check(torch.linalg.eigvalsh, "linalg", s, rel=rel)
+    w, v = rewritten(torch.linalg.eigh)(s)
+    assert_eigenpairs(s, w, v, rel)
+
+
+def test_singular_inputs_as_lapack_reports_them() -> None:
+    """det 0, slogdet (0, −inf) and inv_ex / cholesky_ex's info as torch's; inv of a singular matrix (torch
+    raises) is not finite."""
+    singular = torch.tensor([[[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]], [[0.0, 0.0, 0.0], [1.0, 2.0, 0.0],
+                                                                                     [3.0, 1.0, 1.0]]])
+    check(torch.linalg.det, "linalg", singular)
+    assert torch.equal(rewritten(lambda t: torch.linalg.slogdet(t)[0])(singular), torch.zeros(2))
+    assert torch.equal(rewritten(lambda t: torch.linalg.slogdet(t)[1])(singular), torch.full((2,), -torch.inf))
+    check(lambda t: torch.linalg.inv_ex(t).info, "linalg", torch.cat([singular, torch.zeros(1, 3, 3),
+                                                                      general(3, (1,))]))
+    assert not rewritten(torch.linalg.inv)(singular).isfinite().all()
+    not_definite = torch.stack([torch.diag(torch.tensor([1.0, 2.0, -1.0])), -torch.eye(3), spd(3), torch.zeros(3, 3)])
+    check(lambda t: torch.linalg.cholesky_ex(t).info, "linalg", not_definite)
+
+
+@pytest.mark.filterwarnings("ignore:torch.cholesky is deprecated")
+def test_no_linalg_op_is_left_in_any_graph() -> None:
+    a, s, b = general(3, (2,)), spd(3, (2,)), randn(2, 3, 2)
+    check(torch.linalg.inv, "linalg", a, graphs=True)
+    check(torch.inverse, "linalg", a, graphs=True)
+    check(lambda t: torch.linalg.inv_ex(t)[0], "linalg", a, graphs=True)
+    check(torch.linalg.det, "linalg", a, graphs=True)
+    check(lambda t: torch.slogdet(t)[1] + torch.linalg.slogdet(t)[0], "linalg", a, graphs=True)
+    check(torch.logdet, "linalg", s, graphs=True)
+    check(torch.linalg.solve, "linalg", a, b, graphs=True)
+    check(lambda t: torch.linalg.cholesky(t) + torch.cholesky(t, upper=True), "linalg", s, graphs=True)
+    check(lambda t: torch.linalg.cholesky_ex(t)[0], "linalg", s, graphs=True)
+    check(torch.linalg.eigvalsh, "linalg", s, graphs=True)
+    check(lambda t: torch.linalg.eigh(t)[1].abs().sum(-1), "linalg", s, graphs=True)
+    check(torch.linalg.svdvals, "linalg", a, graphs=True)
+
+
+def test_strict_export_sees_the_rewrite() -> None:
+    """TorchDynamo (torch.export strict=True) traces the NumPy-built constants as constants."""
+    a, s = general(4, (2,)), spd(4, (2,))
+
+    def model(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(t).sum(-1) + torch.linalg.eigvalsh(u) + torch.linalg.cholesky(u).sum(-2)
+
+    program = torch.export.export(rewritten(model), (a, s), strict=True)
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not [op for op in ops if "linalg" in op or "cholesky" in op or "eye" in op or "tri" in op], ops
+    assert_equivalent(program.module()(a, s), model(a, s))
+
+
+def test_refusals_say_why() -> None:
+    with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.inv: n = 17 is above 16"):
+        rewritten(torch.linalg.inv)(torch.eye(17))
+    with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.eigh: n = 32 is above 16"):
+        rewritten(torch.linalg.eigh)(torch.eye(32))
+    with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.det: a complex A \(torch.complex64\)"):
+        rewritten(torch.linalg.det)(torch.eye(3, dtype=torch.complex64))
+    with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.solve: a vector B with left=False"):
+        rewritten(lambda s, t: torch.linalg.solve(s, t, left=False))(torch.eye(3), torch.ones(3))
+    with pytest.raises(RewriteNotApplicable, match=r"the out= argument"):
+        rewritten(lambda t: torch.linalg.inv(t, out=torch.empty(3, 3)))(torch.eye(3))
+    size = torch.export.Dim("n", min=2, max=8)
+    with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.cholesky: dimension -2 is dynamic"):
+        torch.export.export(rewritten(torch.linalg.cholesky), (spd(4, (2,)),), dynamic_shapes=(({1: size, 2: size},),),
+                            strict=False)
+    with pytest.raises(RuntimeError, match="square"):  # what torch says, not a refusal
+        rewritten(torch.linalg.inv)(torch.ones(2, 3))
+
+
+def test_a_dynamic_batch_is_fine() -> None:
+    batch = torch.export.Dim("batch", min=2, max=64)
+    a = general(3, (4,))
+    program = torch.export.export(rewritten(torch.linalg.inv), (a,), dynamic_shapes=(({0: batch},),), strict=False)
+    bigger = general(3, (9,), seed=3)
+    assert_equivalent(program.module()(bigger), torch.linalg.inv(bigger))
+
+
+def test_refusals_of_the_linalg_ops_point_at_the_family() -> None:
+    from buildsys.rewrites.refusal import for_refusal
+
+    for text in ("Operator torch._ops.aten.linalg_inv_ex.default is not in Core ATen opset",
+                 "Operator torch._ops.aten._linalg_det.default is not in Core ATen opset",
+                 "Operator torch._ops.aten._linalg_eigh.default is not in Core ATen opset",
+                 "Exporting the operator 'aten::linalg_cholesky' to ONNX opset version 18 is not supported",
+                 "Core ML cannot convert the PyTorch op 'linalg_solve' (coremltools has no conversion for it)"):
+        assert [r.name for r in for_refusal(text)][:1] == ["linalg"], text
