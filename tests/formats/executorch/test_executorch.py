@@ -89,43 +89,39 @@ def test_int8_is_smaller_calibrated_and_passes_int8_check(cnn: Tiny, cnn_pte: tu
     assert strict["passed"] is False and any("max_rel" in f for f in strict["failures"]), strict
 
 
+def _int8_checked(kind: str, root: Path, **options: object) -> tuple[dict, dict]:
+    """Model `kind` exported, lowered to executorch-int8 with `options`, and checked against PyTorch at int8's
+    tolerance: the step's metrics and the check's result."""
+    tiny = make_model(root / "p", kind)
+    tiny.run("pt2-from-pytorch", root / "pt2")
+    metrics = tiny.run("executorch-int8-from-pt2", root / "pte", input_path=root / "pt2/model.pt2", **options)
+    tiny.run("reference", root / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, root / "check", "executorch-int8", root / "pte/model.pte", root / "ref/reference.npz",
+                   precision="int8")
+    return metrics, result
+
+
 @pytest.mark.parametrize("scheme", ["static", "dynamic"])
 def test_integer_index_arithmetic_stays_integer_under_int8(tmp_path: Path, scheme: str) -> None:
     """XNNPACKQuantizer's own rewrite makes `arange + 0` float and the lookup fails (BERT's position ids)."""
-    tokens = make_model(tmp_path / "p", "tokens")
-    tokens.run("pt2-from-pytorch", tmp_path / "pt2")
-    metrics = tokens.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2",
-                         scheme=scheme)
+    metrics, result = _int8_checked("tokens", tmp_path, scheme=scheme)
     assert metrics["scheme"] == scheme and 0 < metrics["int8_weights"] < 0.1  # the Linear; the tables stay float
-    tokens.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
-    result = check(tokens, tmp_path / "check", "executorch-int8", tmp_path / "pte/model.pte",
-                   tmp_path / "ref/reference.npz", precision="int8")
     assert result["passed"] is True, result
 
 
 def test_layers_xnnpack_leaves_outside_its_delegate_are_kept_float(tmp_path: Path) -> None:
     """Their int8 weights would need quantized kernels the runtime lacks ("Missing out variants"): the step
     quantizes again with those layers in float, says which, and the .pte runs and passes."""
-    cross = make_model(tmp_path / "p", "cross-attention")
-    cross.run("pt2-from-pytorch", tmp_path / "pt2")
-    metrics = cross.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    metrics, result = _int8_checked("cross-attention", tmp_path)
     assert len(metrics["kept_float_undelegated"]) == 3  # the attention's three projections
     assert 0 < metrics["int8_weights"] < 0.7  # the memory, output and head layers are still int8
-    cross.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
-    result = check(cross, tmp_path / "check", "executorch-int8", tmp_path / "pte/model.pte",
-                   tmp_path / "ref/reference.npz", precision="int8")
     assert result["passed"] is True, result
 
 
 def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
     """int64 position buckets (T5, WavLM) are not observed: static int8 calibrates, lowers and passes."""
-    buckets = make_model(tmp_path / "p", "buckets")
-    buckets.run("pt2-from-pytorch", tmp_path / "pt2")
-    metrics = buckets.run("executorch-int8-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    metrics, result = _int8_checked("buckets", tmp_path)
     assert metrics["scheme"] == "static" and metrics["int8_weights"] > 0
-    buckets.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
-    result = check(buckets, tmp_path / "check", "executorch-int8", tmp_path / "pte/model.pte",
-                   tmp_path / "ref/reference.npz", precision="int8")
     assert result["passed"] is True, result
 
 
