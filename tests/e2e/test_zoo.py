@@ -123,7 +123,9 @@ EXPECT["mtcnn_pnet"] = {  # fully convolutional: every route's first choice work
 EXPECT["minilm"] = {
     "onnx": ok(ONNX), "tflite": ok(LITERT, {tfl(ONNX): EXPAND}),
     "tflite-int8": ok(LITERT_INT8, {tfl(ONNX, "tflite-int8"): EXPAND}),
-    "coreml-fp16": Cell("reference", COREML_PT2, {COREML: r"coremltools\.convert failed: TypeError: only 0-dimensional"}),
+    # the trace frontend stops at BERT's attention-mask `new_ones` (coremltools registers new_zeros and new_full,
+    # not new_ones); the torch.export program has no such op
+    "coreml-fp16": Cell("reference", COREML_PT2, {COREML: r"Core ML cannot convert the PyTorch op 'new_ones'"}),
     "executorch": ok(ET),
     # the full-int8 route misses on every host, but which metric trips first depends on the CPU's int8
     # kernels: cosine (below 0.9) on this machine, range_error 0.1655 > 0.1 with cosine passing on CI's
@@ -162,7 +164,8 @@ EXPECT["silero_vad"] = {
 # MobileNetV2 (ImageNet): fp32 passes everywhere; full int8 loses real agreement on the low-confidence
 # crops of scikit-learn's two photos (cosine 0.74-0.90, top-1 below 0.9 with any calibration or
 # observer tried); dynamic-range int8 (int8 weights, float activations) keeps top-1 and passes.
-COS_MISS = r"logits: cosine 0\.\d+ < 0\.9"
+# Which metric trips first depends on the CPU's int8 kernels: cosine on this machine, top-1 agreement on CI's.
+COS_MISS = r"logits: (cosine|top1_agreement) 0\.\d+ < 0\.9"
 EXPECT["mobilenet_v2"] = {
     "onnx": ok(ONNX), "tflite": ok(tfl(ONNX)),
     "tflite-int8": ok(tfl(ONNX, "tflite-int8 (dynamic)"), {
