@@ -130,7 +130,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="complex",
-        version=2,
+        version=3,  # 3: zeros_like / empty_like of a pair (a spectral layer's output spectrum)
         removes=("aten::view_as_complex", "aten::complex", "aten::polar", "aten::view_as_real"),
         description="complex tensors (view_as_complex, complex, polar, complex factories and casts) as pairs "
                     "of real tensors through elementwise ops, matmul/einsum, slicing and slice assignment: no "

@@ -51,7 +51,7 @@ def _fft_handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="fft",
-        version=1,
+        version=2,  # 2: its pairs' zeros_like / empty_like (pair_ops.py)
         removes=("aten::stft", "aten::istft", *(f"aten::fft_{t}" for t in _TRANSFORMS), *_DECOMPOSED, *_WINDOW_OPS,
                  "aten::unfold"),
         description="the FFT family (torch.fft's 1-D, 2-D and n-D transforms with n/s/dim/norm, stft, istft, "

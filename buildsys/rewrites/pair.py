@@ -321,7 +321,7 @@ _STRUCTURAL = ("reshape", "view", "transpose", "permute", "unsqueeze", "squeeze"
                "contiguous", "clone", "detach", "movedim", "moveaxis", "narrow", "select", "expand", "repeat",
                "flip", "roll", "t", "swapaxes", "diff", "sum", "mean", "cumsum", "tile", "index_select", "gather",
                "__getitem__", "squeeze_", "unsqueeze_", "expand_as", "repeat_interleave", "rot90", "fliplr",
-               "flipud", "tril", "triu", "take_along_dim", "zeros_like")
+               "flipud", "tril", "triu", "take_along_dim")
 
 IMPLEMENTED: dict[str, Callable[..., object]] = {
     **{name: both(getattr(torch.Tensor, name)) for name in _STRUCTURAL if hasattr(torch.Tensor, name)},

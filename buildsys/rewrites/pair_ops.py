@@ -1,4 +1,5 @@
-"""Complex ops on real pairs beyond pair.py's core: einsum, where, masked_fill, sin/cos/sgn, like-factories.
+"""Complex ops on real pairs beyond pair.py's core: einsum, where, masked_fill, sin/cos/sgn, like-factories
+(zeros_like, empty_like, ones_like, full_like).
 
 Each takes the torch function's own arguments and computes the complex result from real ops on the
 parts; pair.py registers them when it first dispatches. einsum of k complex operands is the sum over
@@ -74,7 +75,19 @@ def sgn(a: ComplexPair) -> ComplexPair:
     return ComplexPair(a.real / safe, a.imag / safe)
 
 
+def zeros_like(a: ComplexPair, **kwargs: object) -> ComplexPair:
+    """zeros_like / empty_like of a pair: a pair of zeros (empty is zeros, as a graph constant is); a real dtype
+    asked for gives a real tensor, as torch does."""
+    dtype = kwargs.get("dtype")
+    if dtype is not None and not dtype.is_complex:  # type: ignore[attr-defined]
+        return torch.zeros_like(a.real, dtype=dtype)  # type: ignore[arg-type]
+    return ComplexPair(torch.zeros_like(a.real), torch.zeros_like(a.imag))
+
+
 def ones_like(a: ComplexPair, **kwargs: object) -> ComplexPair:
+    dtype = kwargs.get("dtype")
+    if dtype is not None and not dtype.is_complex:  # type: ignore[attr-defined]
+        return torch.ones_like(a.real, dtype=dtype)  # type: ignore[arg-type]
     return ComplexPair(torch.ones_like(a.real), torch.zeros_like(a.imag))
 
 
@@ -87,5 +100,6 @@ for _func, _impl in ((torch.einsum, einsum), (torch.where, where), (torch.Tensor
                      (torch.masked_fill, masked_fill), (torch.Tensor.masked_fill, masked_fill),
                      (torch.sin, sin), (torch.Tensor.sin, sin), (torch.cos, cos), (torch.Tensor.cos, cos),
                      (torch.sgn, sgn), (torch.Tensor.sgn, sgn), (torch.ones_like, ones_like),
+                     (torch.zeros_like, zeros_like), (torch.empty_like, zeros_like),
                      (torch.full_like, full_like)):
     register(_func, _impl)

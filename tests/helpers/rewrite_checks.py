@@ -52,15 +52,16 @@ def graph_ops(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> dict[s
             "exported": ops(program), "decomposed": ops(decomposed), "complex": complex_nodes}
 
 
-def check(fn: Callable[..., torch.Tensor], rewrite: str, *args: torch.Tensor, rel: float = REL,
+def check(fn: Callable[..., torch.Tensor], rewrite: str | tuple[str, ...], *args: torch.Tensor, rel: float = REL,
           graphs: bool = False) -> None:
-    """fn under `rewrite` computes fn; with `graphs`, none of the rewrite's ops is left in any graph of it
-    (and the original had one: otherwise the check proves nothing)."""
+    """fn under `rewrite` (or several, in order) computes fn; with `graphs`, none of the rewrites' ops is left in
+    any graph of it (and the original had one: otherwise the check proves nothing)."""
+    names = (rewrite,) if isinstance(rewrite, str) else rewrite
     want = fn(*args)
-    after = rewrites.apply(Fn(fn), [rewrite])
+    after = rewrites.apply(Fn(fn), list(names))
     assert_equivalent(after(*args), want, rel)
     if graphs:
-        removed = {op_base(o) for o in rewrites.get(rewrite).removes}
+        removed = {op_base(o) for name in names for o in rewrites.get(name).removes}
         before = graph_ops(Fn(fn), args)
         assert removed & (before["traced"] | before["exported"] | before["decomposed"]), \
             "the original has none of the ops: proves nothing"

@@ -91,3 +91,25 @@ def test_what_the_pair_does_not_implement_is_refused_not_computed() -> None:
     with pytest.raises(RewriteNotApplicable, match="an operand that is a Python number"):
         rewrites.apply(Fn(lambda t: torch.view_as_real(torch.einsum("i,i->i", torch.complex(t, t), 2.0))),
                        ["complex"])(randn(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,modes", [((2, 3, 8, 8), 3), ((1, 2, 6, 10), 2), ((3, 1, 5, 7), 2)])
+def test_spectral_convolution_with_like_factories(shape: tuple[int, ...], modes: int, dtype: torch.dtype) -> None:
+    """A Fourier-operator layer as people write it: rfft2, an output spectrum from zeros_like / empty_like of the
+    complex one, its low modes assigned from an einsum with view_as_complex weights, irfft2 back at the input's
+    size; the like-factories of a pair are pairs (a real dtype asked for gives a real tensor)."""
+    channels = shape[1]
+    weight = randn(channels, channels, modes, modes, 2, seed=9, dtype=dtype)
+
+    def spectral(x: torch.Tensor) -> torch.Tensor:
+        f = torch.fft.rfft2(x, norm="ortho")
+        out = torch.zeros_like(f)
+        out[:, :, :modes, :modes] = torch.einsum("bixy,ioxy->boxy", f[:, :, :modes, :modes],
+                                                 torch.view_as_complex(weight))
+        spare = torch.empty_like(f)
+        spare[...] = 0
+        mask = torch.ones_like(f, dtype=x.dtype)
+        return torch.fft.irfft2(out + spare, s=x.shape[-2:], norm="ortho") * mask[..., :1].sum()
+
+    check(spectral, ("fft", "complex"), randn(*shape, seed=8, dtype=dtype), graphs=shape[0] == 2)

@@ -107,6 +107,7 @@ class OpenVinoRuntime(OpenVinoCpu):
         types: dict[str, int] = {}
         consts: dict[str, int] = {}
         params: list[str] = []
+        declared = {i.name for i in model.inputs}
         for layer in layers if layers is not None else []:
             kind = layer.get("type", "")
             types[kind] = types.get(kind, 0) + 1
@@ -115,9 +116,11 @@ class OpenVinoRuntime(OpenVinoCpu):
                 et = data.get("element_type", "?") if data is not None else "?"
                 consts[et] = consts.get(et, 0) + 1
             elif kind == "Parameter":  # tensor names sit on the output port; the layer name is a fallback
+                # A port has every name its tensor had: an input whose first op OpenVINO folded into it (a Cast)
+                # also carries that op's output name, in any order, so the signature's name is looked for
                 port = layer.find("output/port")
-                names = port.get("names", "") if port is not None else ""
-                params.append(next((n.strip() for n in names.split(",") if n.strip()), layer.get("name", "")))
+                names = [n.strip() for n in (port.get("names", "") if port is not None else "").split(",") if n.strip()]
+                params.append(next((n for n in names if n in declared), names[0] if names else layer.get("name", "")))
         facts = {"inputs": params, "fake_quantize": types.get("FakeQuantize", 0), "constants": consts}
         problems = []
         missing = [i.name for i in model.inputs if i.name not in params]

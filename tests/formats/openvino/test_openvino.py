@@ -299,3 +299,25 @@ def test_build_and_bench_openvino_targets_through_the_cli(tmp_path: Path) -> Non
     assert "built    bench:ov" in bench
     metrics = Lock.read(project.root / "deploy.lock").as_dict()["nodes"]["bench:ov"]["metrics"]
     assert metrics["artifact"]["runtime"] == "openvino" and metrics["artifact"]["p50_ms"] > 0
+
+
+def test_an_input_that_also_carries_a_folded_cast_name_is_the_signature_input(cnn: Tiny, tmp_path: Path) -> None:
+    """An ONNX input whose first op is a Cast (a rewritten model's DFT matmul casts its input) becomes an IR
+    Parameter whose port carries both names, the Cast's output first: it is still the signature's input."""
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["image"], ["/Cast_output_0"], to=TensorProto.FLOAT),
+         helper.make_node("Relu", ["/Cast_output_0"], ["logits"])], "cast_first",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    with telemetry_off():
+        converted = ov.convert_model(str(tmp_path / "m.onnx"))
+    ov.save_model(converted, str(tmp_path / "model.xml"), compress_to_fp16=False)
+    names = converted.inputs[0].get_names()
+    assert "image" in names and len(names) > 1, names  # the case this test is about: more than one name
+    runtime = get_runtime("openvino")
+    assert runtime.inspect(tmp_path / "model.xml", cnn.model, "openvino")["problems"] == []  # type: ignore[index]
