@@ -100,6 +100,10 @@ REFUSALS: list[tuple[str, str, list[str]]] = [
     # not a converter's refusal of the model: a missing data set answers nothing
     ("tflite-int8-from-saved-model", "model 'digits': full int8 needs calibration data: add data.calibration to the "
      "model, or set mode: dynamic (step tflite-int8-from-saved-model)", []),
+    # a spatial transformer's localisation net: adaptive pooling of a symbolic batch (either frontend)
+    ("coreml-from-torchscript", "model 'stn': coremltools.convert failed: ValueError: Adaptive pooling is only "
+     "supported when input tensor size is known or output size == (1,1). Received: input size == (is750, 8, 12, 12, "
+     "fp32), output size == (np.int32(4), np.int32(4)) (step coreml-from-torchscript)", ["coreml static shapes"]),
 ]
 
 
