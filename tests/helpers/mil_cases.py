@@ -31,6 +31,8 @@ UNIT = (np.tanh(arr(2, 3, 4, seed=2)) * 0.9).astype(np.float32)
 IMG = arr(2, 4, 6, 6)
 BOOL_A, BOOL_B = RNG.random((2, 3)) > 0.5, RNG.random((2, 3)) > 0.5
 INTS = RNG.integers(-7, 8, (2, 3)).astype(np.int32)
+GRID = (1.4 * np.tanh(arr(2, 5, 7, 2, seed=3))).astype(np.float32)  # resample's coordinates, some outside the image
+THETA = (np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) + 0.3 * arr(2, 2, 3, seed=4)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -319,4 +321,26 @@ TORCH_CASES: list[Case] = [
                                                              sampling_mode=m),
            lambda m=m: F.interpolate(t(IMG), size=(11, 8), mode="bilinear", align_corners=m == "STRICT_ALIGN_CORNERS"),
            label=m) for m in ("STRICT_ALIGN_CORNERS", "UNALIGN_CORNERS")],
+    # grid_sample: coordinates reaching past the image (1.4 x tanh) so that every padding is exercised; PyTorch's
+    # reflection is MIL's reflection with align_corners and its symmetric without (coremltools' own mapping)
+    *[Case("resample", lambda s=s, p=p, al=al: mb.resample(
+        x=IMG, coordinates=GRID, sampling_mode=s, padding_mode=p, padding_value=0.0,
+        coordinates_mode="normalized_minus_one_to_one", align_corners=al),
+           lambda s=s, p=p, al=al: F.grid_sample(t(IMG), t(GRID), mode=s, align_corners=al, padding_mode={
+               "constant": "zeros", "border": "border", "reflection": "reflection", "symmetric": "reflection"}[p]),
+           label=f"{s},{p},align_corners={al}", atol=1e-5)
+      for s in ("bilinear", "nearest") for p, al in (("constant", False), ("constant", True), ("border", False),
+                                                       ("border", True), ("reflection", True), ("symmetric", False))],
+    *[Case("resample", lambda m=m: mb.resample(
+        x=IMG, coordinates=(GRID + 1) / 2 if m == "normalized_zero_to_one" else (GRID + 1) / 2 * 5,
+        sampling_mode="bilinear", padding_mode="border", padding_value=0.0, coordinates_mode=m, align_corners=True),
+           lambda: F.grid_sample(t(IMG), t(GRID), align_corners=True, padding_mode="border"), label=m, atol=1e-5)
+      for m in ("normalized_zero_to_one", "unnormalized")],
+    # affine_grid + grid_sample: one matrix per sample, the output at another size than the input
+    *[Case("affine", lambda al=al: mb.affine(
+        x=IMG, transform_matrix=THETA.reshape(2, 6), output_height=5, output_width=7, sampling_mode="bilinear",
+        padding_mode="constant", padding_value=0.0, coordinates_mode="normalized_minus_one_to_one", align_corners=al),
+           lambda al=al: F.grid_sample(t(IMG), F.affine_grid(t(THETA), [2, 4, 5, 7], align_corners=al),
+                                       align_corners=al), label=f"align_corners={al}", atol=1e-5)
+      for al in (True, False)],
 ]

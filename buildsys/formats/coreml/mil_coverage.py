@@ -23,7 +23,7 @@ NOT_IMPLEMENTED = {
     "Core ML's own GRU, whose bias placement differs from PyTorch's (nn.GRU converts to a while_loop, which runs)":
         ("gru",),
     "image geometry and detection ops no converted model of the project uses": (
-        "affine", "batch_to_space", "space_to_batch", "crop_resize", "resample", "resize", "sliding_windows",
+        "batch_to_space", "space_to_batch", "crop_resize", "resize", "sliding_windows",
         "non_maximum_suppression", "reverse_sequence", "classify"),
 }
 #: Variants an implemented op refuses ("not run" as well), by op type.
@@ -34,6 +34,8 @@ REFUSED = {
     "pad": "modes other than constant, reflect, replicate",
     "conv_transpose": "pad_type same / same_lower",
     "resize_bilinear": "sampling_mode OFFSET_CORNERS",
+    "resample": "sampling or padding modes MIL does not define",
+    "affine": "sampling or padding modes MIL does not define",
     "local_response_norm": "an even size (MIL does not say how the window is centred)",
     "scatter": "modes other than update, add, sub, mul, div, max, min",
     "constexpr_lut_to_dense": "vector palettes without vector_axis",
