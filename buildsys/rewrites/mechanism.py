@@ -63,10 +63,19 @@ def constant(values: "np.ndarray", dtype: torch.dtype | None = None) -> torch.Te
     numpy_dtype = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
                    torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_}
     if dtype is None:
-        return torch.from_numpy(np.ascontiguousarray(values))
+        return torch.from_numpy(_standard(values))
     if dtype in numpy_dtype:
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=numpy_dtype[dtype]))
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dtype)  # bfloat16: no NumPy type
+        return torch.from_numpy(_standard(values, numpy_dtype[dtype]))
+    return torch.from_numpy(_standard(values, np.float32)).to(dtype)  # bfloat16: no NumPy type
+
+
+def _standard(values: "np.ndarray", dtype: object = None) -> "np.ndarray":
+    """C order with standard strides: NumPy counts `arange(n)[:, None]` contiguous with a stride of 0 on its size-1
+    dim, which a lifted constant keeps and ExecuTorch's emitter refuses."""
+    import numpy as np
+
+    array = np.ascontiguousarray(values, dtype=dtype)  # type: ignore[call-overload]
+    return array.copy() if array.size and 0 in array.strides else array
 
 
 def static_size(x: torch.Tensor, dim: int, rewrite: str, op: str) -> int:

@@ -1,6 +1,9 @@
-"""The order-statistics family: kthvalue, median, nanmedian, searchsorted, bucketize and histc by comparisons and
-sums, without a sort.
+"""The order-statistics family: sort, argsort, msort, kthvalue, median, nanmedian, searchsorted, bucketize and histc
+by comparisons and sums, without a sort.
 
+- sort / argsort / msort along a dim of static length n: every element's rank (below), then output position k
+  takes the element of rank k (a one-hot mask summed): torch's order, NaN last (first when descending), equal
+  values by position, as its stable sort.
 - kthvalue / median / nanmedian along a dim of static length n: every element's rank among its row, counted
   pairwise ([..., n, n] comparisons: the elements below it, then the equal ones before it, NaN above every
   number as torch's sort puts it), then the value and index of the element whose rank is the k-th: a masked sum.
@@ -12,8 +15,9 @@ sums, without a sort.
   bin, counted against the constant bin numbers; min = max takes the data's range (± 1 when it is one value).
 Cost: n² comparisons per row for the rank statistics, so they refuse n above MAX_LENGTH.
 
-Why a rewrite and not a decomposition: PyTorch's tables have none for kthvalue, median, nanmedian,
-searchsorted, bucketize or histc; the legacy ONNX exporter refuses all but bucketize and histc at opset 18,
+Why a rewrite and not a decomposition: PyTorch's tables have none for sort, argsort, kthvalue, median, nanmedian,
+searchsorted, bucketize or histc (ExecuTorch's runtime has no sort kernel XNNPACK takes; litert-torch's sort
+comparator refuses int64 indices); the legacy ONNX exporter refuses all but bucketize and histc at opset 18,
 ExecuTorch all (not core ATen), coremltools all but searchsorted on one-row sequences, onnx2tf bucketize's
 ONNX (measured: benchmarks/op_matrix.py). Equivalence: tests/rewrites/test_rewrite_families_order.py.
 """
@@ -32,8 +36,9 @@ MAX_LENGTH = 1024
 
 
 
-def _ranks(rows: torch.Tensor) -> torch.Tensor:
-    """The rank of each element of the last dim [..., n] in torch's sort order (NaN last, ties by position)."""
+def _ranks(rows: torch.Tensor, descending: bool = False) -> torch.Tensor:
+    """The rank of each element of the last dim [..., n] in torch's sort order (NaN last, ties by position;
+    `descending`: NaN first, larger before smaller, ties still by position, as torch's stable sort)."""
     import numpy as np
     import torch
 
@@ -43,7 +48,10 @@ def _ranks(rows: torch.Tensor) -> torch.Tensor:
     mine, other = rows.unsqueeze(-1), rows.unsqueeze(-2)  # [..., i, 1], [..., 1, j]
     mine_nan, other_nan = mine != mine, other != other  # x != x, not isnan: coremltools has no isnan
     # logical_or / logical_and, not | and &: coremltools' trace frontend has no aten::__or__
-    below = torch.logical_or(other < mine, torch.logical_and(mine_nan, torch.logical_not(other_nan)))
+    if descending:  # j goes before i: larger, or a NaN before a number
+        below = torch.logical_or(other > mine, torch.logical_and(other_nan, torch.logical_not(mine_nan)))
+    else:
+        below = torch.logical_or(other < mine, torch.logical_and(mine_nan, torch.logical_not(other_nan)))
     equal = torch.logical_or(other == mine, torch.logical_and(mine_nan, other_nan))
     before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
     return torch.logical_or(below, torch.logical_and(equal, before)).to(torch.int64).sum(-1)
@@ -122,6 +130,45 @@ def nanmedian(input: torch.Tensor, dim: int | None = None, keepdim: bool = False
     return _result("nanmedian", value, index, input, at, keepdim)
 
 
+def _sorted(input: torch.Tensor, dim: int, descending: bool, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of `input` sorted along `dim`: each element's rank, then every output position k takes
+    the element whose rank is k (a one-hot [..., n, n] mask summed; where, not a product, so a NaN stays put)."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant, from_last
+
+    if input.dim() == 0:
+        return input.clone(), torch.zeros_like(input, dtype=torch.int64)
+    rows, at = _rows(input, dim, op)
+    n = rows.shape[-1]
+    hit = _ranks(rows, descending).unsqueeze(-1) == constant(np.arange(n, dtype=np.int64))  # [..., i, k]
+    values = torch.where(hit, rows.unsqueeze(-1), torch.zeros_like(rows).unsqueeze(-1)).sum(-2)
+    positions = constant(np.arange(n, dtype=np.int64)[:, None])  # i, down the rows of the mask
+    indices = torch.where(hit, positions, torch.zeros_like(positions)).sum(-2)
+    return from_last(values, at), from_last(indices, at)  # type: ignore[arg-type]
+
+
+def sort(input: torch.Tensor, dim: int = -1, descending: bool = False, *, stable: bool | None = False,
+         out: object = None) -> Any:
+    """torch.sort: stable whatever `stable` says, which torch's unstable sort may be too (equal values keep their
+    order; an unstable sort may give their indices in another)."""
+    import torch
+
+    refuse_out("order", "torch.sort", out)
+    values, indices = _sorted(input, dim, bool(descending), "torch.sort")
+    return torch.return_types.sort((values, indices))
+
+
+def argsort(input: torch.Tensor, dim: int = -1, descending: bool = False, *, stable: bool = False) -> torch.Tensor:
+    return _sorted(input, dim, descending, "torch.argsort")[1]
+
+
+def msort(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
+    refuse_out("order", "torch.msort", out)
+    return _sorted(input, 0, False, "torch.msort")[0]
+
+
 def searchsorted(sorted_sequence: torch.Tensor, input: Any, *, out_int32: bool = False, right: bool = False,
                  side: str | None = None, sorter: torch.Tensor | None = None, out: object = None) -> torch.Tensor:
     import torch
@@ -170,17 +217,18 @@ def _handlers() -> HandlerTable:
     import torch
 
     return by_name({"kthvalue": kthvalue, "median": median, "nanmedian": nanmedian, "histc": histc,
-                    "searchsorted": searchsorted, "bucketize": bucketize}, (torch, torch.Tensor))
+                    "searchsorted": searchsorted, "bucketize": bucketize, "sort": sort, "argsort": argsort,
+                    "msort": msort}, (torch, torch.Tensor))
 
 
 REWRITES = (
     Rewrite(
         name="order",
-        version=2,
+        version=3,  # 3: sort, argsort, msort
         removes=("aten::kthvalue", "aten::median", "aten::nanmedian", "aten::searchsorted", "aten::bucketize",
-                 "aten::histc"),
-        description="kthvalue / median / nanmedian by pairwise ranks, searchsorted / bucketize by counts of the "
-                    "boundaries below, histc by counts against constant bin numbers",
+                 "aten::histc", "aten::sort", "aten::argsort", "aten::msort"),
+        description="sort / argsort / msort, kthvalue / median / nanmedian by pairwise ranks, searchsorted / "
+                    "bucketize by counts of the boundaries below, histc by counts against constant bin numbers",
         handlers=_handlers,
     ),
 )

@@ -250,6 +250,25 @@ def unsupported():
     return Unsupported()
 
 
+class ColumnWeights(nn.Module):
+    """Weights a user builds with NumPy: `arange(n)[:, None]` is a column NumPy strides 0 along its size-1 dim, a
+    lifted constant that keeps that stride (ExecuTorch's emitter refused it: '0 in strides')."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+
+    def forward(self, x):
+        import numpy as np
+
+        column = torch.from_numpy((np.arange(4, dtype=np.float32) / 4)[:, None])
+        return self.body(x) @ column + x.sum(-1, keepdim=True)
+
+
+def column_weights():
+    return ColumnWeights()
+
+
 class CrossAttention(nn.Module):
     """Attention whose keys and values are narrower than its queries: nn.MultiheadAttention then projects
     through three separate weights, which XNNPACK's partitioner leaves outside its delegate when int8."""
@@ -351,6 +370,8 @@ KINDS: dict[str, dict[str, Any]] = {
                   "outputs": [{"name": "scores", "kind": "scores"}, {"name": "box", "kind": "values"}], "classes": 3},
     "unsupported": {"factory": "unsupported", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                     "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "column": {"factory": "column_weights", "inputs": [{"name": "x", "shape": ["batch", 4]}],
+               "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "lstm": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 20, 6]}],
              "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
     "rms": {"factory": "rms_mlp", "inputs": [{"name": "x", "shape": ["batch", 8]}],

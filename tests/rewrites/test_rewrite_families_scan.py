@@ -57,6 +57,32 @@ def test_medians_with_nans_match_torch(fn: object) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dim", DIMS)
+def test_sorts_match_torch(dim: int, dtype: torch.dtype) -> None:
+    x = randn(3, 7, 5, dtype=dtype)
+    ties = torch.round(x * 2)  # many equal values: the stable order decides the indices
+    for data in (x, ties):
+        for descending in (False, True):
+            check(lambda t: torch.sort(t, dim, descending).values, "order", data)
+            check(lambda t: t.sort(dim=dim, descending=descending, stable=True).indices, "order", data)
+            check(lambda t: torch.argsort(t, dim=dim, descending=descending, stable=True), "order", data)
+            check(lambda t: torch.argsort(t, dim, descending), "order", data)
+    check(torch.msort, "order", ties)
+    check(lambda t: torch.sort(t.to(torch.int64), dim)[0], "order", ties)  # integers sort too
+    check(lambda t: torch.sort(t.sum())[0], "order", x)  # a 0-d input is its own sort
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_sorts_with_nans_match_torch(descending: bool) -> None:
+    x = randn(4, 6)
+    x[0, 2] = x[1, 0] = x[1, 5] = x[3, :] = float("nan")
+    got = rewrites.apply(Fn(lambda t: torch.sort(t, dim=1, descending=descending, stable=True)), ["order"])(x)
+    want = torch.sort(x, dim=1, descending=descending, stable=True)
+    assert torch.allclose(got.values, want.values, equal_nan=True)
+    assert torch.equal(got.indices, want.indices)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_searchsorted_bucketize_and_histc_match_torch(dtype: torch.dtype) -> None:
     x = randn(3, 7, 5, dtype=dtype)
     boundaries = torch.sort(randn(10, seed=1, dtype=dtype)).values
@@ -80,11 +106,12 @@ def test_no_scan_or_order_op_is_left_in_any_graph() -> None:
         return (torch.cumprod(t, 1) + torch.cummax(t, 1).values + torch.cummin(t, 0)[0] + torch.logcumsumexp(t, 1)
                 + torch.kthvalue(t, 2, 1, keepdim=True).values + torch.median(t, 1, keepdim=True).values
                 + torch.nanmedian(t) + torch.bucketize(t, boundaries) + torch.searchsorted(boundaries, t)
-                + torch.histc(t, 4, -1, 1).sum())
+                + torch.histc(t, 4, -1, 1).sum() + torch.sort(t, 1, descending=True).values
+                + torch.argsort(t, 0).to(t.dtype))
 
     x = randn(4, 6)
     removed = {"cumprod", "cummax", "cummin", "logcumsumexp", "kthvalue", "median", "nanmedian", "searchsorted",
-               "bucketize", "histc"}
+               "bucketize", "histc", "sort", "argsort"}
     assert removed <= graph_ops(Fn(model), (x,))["traced"]
     after = graph_ops(rewrites.apply(Fn(model), ["scan", "order"]), (x,))
     for kind in ("traced", "exported", "decomposed"):
@@ -98,6 +125,7 @@ def test_refusals_of_the_members_point_at_their_family() -> None:
                          ("Operator torch._ops.aten.cumprod.default is not in Core ATen opset", "scan"),
                          ("Core ML cannot convert the PyTorch op 'nanmedian' (coremltools has no conversion)", "order"),
                          ("Operator torch._ops.aten.searchsorted.Tensor is not in Core ATen opset", "order"),
+                         ("the program's operator aten::sort.values has no kernel in the ExecuTorch runtime", "order"),
                          ("Unsupported: ONNX export of operator index_add, alpha != 1.", "scatter")):
         assert [r.name for r in for_refusal(text)][:1] == [family], text
 

@@ -230,6 +230,16 @@ def test_operator_outside_core_aten_is_named(tmp_path: Path) -> None:
         tiny.run("executorch-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
 
 
+def test_a_constant_with_a_zero_stride_is_lowered(tmp_path: Path) -> None:
+    tiny = make_model(tmp_path / "p", "column", name="column")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    tiny.run("executorch-from-pt2", tmp_path / "pte", input_path=tmp_path / "pt2/model.pt2")
+    feeds = validation_feeds(tiny)
+    [got] = get_runtime("executorch").load(tmp_path / "pte/model.pte", tiny.model, tiny.root).run_all(
+        Batch(feeds, None, "test"))
+    np.testing.assert_allclose(got, torch_outputs(tiny, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_a_file_that_is_not_a_program_is_a_clear_error(cnn: Tiny, tmp_path: Path) -> None:
     (tmp_path / "model.pte").write_bytes(b"not a program")
     with pytest.raises(StepError, match=r"ExecuTorch could not load 'model.pte'"):
