@@ -75,7 +75,8 @@ def _standard(values: "np.ndarray", dtype: object = None) -> "np.ndarray":
     import numpy as np
 
     array = np.ascontiguousarray(values, dtype=dtype)  # type: ignore[call-overload]
-    return array.copy() if array.size and 0 in array.strides else array
+    # a reshape of a contiguous array is a view with standard strides; reading .strides would stop TorchDynamo
+    return array.reshape(-1).reshape(array.shape)
 
 
 def static_size(x: torch.Tensor, dim: int, rewrite: str, op: str) -> int:
