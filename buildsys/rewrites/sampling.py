@@ -45,12 +45,12 @@ def affine_grid(theta: torch.Tensor, size: Sequence[int], align_corners: bool | 
 
     if len(size) != 4:
         raise RewriteNotApplicable("sampling", "torch.nn.functional.affine_grid", f"a {len(size)}-D size (2-D only)")
-    n, _, h, w = (int(s) for s in size)
+    h, w = int(size[2]), int(size[3])  # not int(size[0]): the batch may be dynamic (it is theta's)
     align = bool(align_corners)
     xs, ys = np.meshgrid(_base(w, align), _base(h, align))
     base = np.stack([xs, ys, np.ones_like(xs)], axis=-1).reshape(1, h * w, 3)
     grid = torch.matmul(constant(base, theta.dtype), theta.transpose(1, 2))  # [N, H·W, 2]
-    return grid.reshape(n, h, w, 2)
+    return grid.reshape(theta.shape[0], h, w, 2)
 
 
 def _pixels(coordinate: torch.Tensor, size: int, align: bool, padding: str) -> torch.Tensor:

@@ -65,3 +65,16 @@ def test_refusals_of_grid_sample_point_at_the_family() -> None:
                  "litert-torch could not convert the model: ValueError: Failed to run converter passes: <unknown>:0: "
                  "error: loc(\"unseen.Warp;\"(\"grid_sampler_1\")): failed to legalize operation 'tfl.equal'"):
         assert "sampling" in [r.name for r in for_refusal(text)], text
+
+
+def test_a_dynamic_batch_stays_dynamic() -> None:
+    """affine_grid's size comes from the input's shape; reading its batch would specialise a dynamic export."""
+    def stn(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+
+    module = rewrites.apply(Fn(stn), ["sampling"])
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(module, (randn(2, 1, 5, 5), randn(2, 2, 3, seed=1)),
+                                  dynamic_shapes=(({0: batch}, {0: batch}),))  # Fn takes *args
+    x, theta = randn(3, 1, 5, 5, seed=2), randn(3, 2, 3, seed=3)
+    torch.testing.assert_close(program.module()(x, theta), stn(x, theta), rtol=1e-5, atol=1e-6)
