@@ -76,10 +76,11 @@ class _PteFromPt2(Step):
 
     consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
-    version = 5  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    version = 6  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
     # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
-    # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation
+    # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation; 6: aten.gru and
+    # aten.rnn_* lowered as scan loops too, constants with a zero stride copied to standard strides
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -117,16 +118,16 @@ class _PteFromPt2(Step):
         except Exception as exc:
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{_first_line(exc)}") from exc
-        from buildsys.formats.executorch.recurrent import lstm_to_scan
+        from buildsys.formats.executorch.recurrent import recurrent_to_scan
 
         source = module
         undelegated: list[str] = []  # layers kept in float because XNNPACK would not take them in int8
         for attempt in range(UNDELEGATED_RETRIES + 1):
             module, metrics = self._prepare(ctx, source, args, undelegated)
-            # After PT2E: the quantizer leaves aten.lstm in float, as before; the loop keeps lowering linear in T.
-            lstms = lstm_to_scan(module)
-            if lstms:
-                metrics = {**metrics, "lstm_as_scan": lstms}
+            # After PT2E: the quantizer leaves aten.lstm / gru in float, as before; the loop keeps lowering linear in T.
+            loops = recurrent_to_scan(module)
+            if loops:
+                metrics = {**metrics, "recurrent_as_scan": loops}
             try:
                 buffer, structure = self._lower(ctx, module, args)
                 break
@@ -222,10 +223,10 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 7  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
+    version = 8  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
-    # integer values never annotated (formats/torch/pt2e.py)
+    # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops (recurrent.py)
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}

@@ -1,20 +1,21 @@
-"""Recurrent layers for ExecuTorch: aten.lstm as a torch scan loop, and XNNPACK inside loop bodies.
+"""Recurrent layers for ExecuTorch: aten.lstm, aten.gru and aten.rnn_* as torch scan loops, and XNNPACK inside
+loop bodies.
 
-ExecuTorch's to_edge decomposes `aten.lstm` into a fully unrolled graph (timesteps x layers x ~12
-nodes: 10,142 nodes for a 3-layer LSTM over 160 frames). Its chunk (split_with_sizes_copy),
-squeeze and select ops are not XNNPACK-partitionable, so every timestep of every layer becomes its
-own delegate (~3 per step), and to_backend's per-partition work (partition merging, and
+ExecuTorch's to_edge decomposes `aten.lstm` (and `aten.gru`, `aten.rnn_tanh`, `aten.rnn_relu`) into a fully
+unrolled graph (timesteps x layers x ~12 nodes: 10,142 nodes for a 3-layer LSTM over 160 frames). Its chunk
+(split_with_sizes_copy), squeeze and select ops are not XNNPACK-partitionable, so every timestep of every layer
+becomes its own delegate (~3 per step), and to_backend's per-partition work (partition merging, and
 create_submodule_from_nodes' legalize_graph over the whole graph) is O(partitions x nodes): the
 lowering is quadratic in the sequence length (3-layer LSTM-256: 48 s at T=20, 107 s at T=40,
-364 s at T=80, > 11 min at T=160).
+364 s at T=80, > 11 min at T=160; a 2-layer bidirectional GRU-16 over 90 steps: 283 s).
 
-`lstm_to_scan` rewrites each `aten.lstm.input` node of a GraphModule (what
-`torch.export.load(pt2).module()` and `convert_pt2e` return; torch.export keeps nn.LSTM as this
-one node) into the same computation with `torch._higher_order_ops.scan`: per layer and direction
-one matmul projects every timestep's input (x @ W_ih^T + b_ih + b_hh), then the scan body does
-h @ W_hh^T and the gates. ExecuTorch 1.5 emits scan as a loop, so the graph no longer grows with
-the sequence length. Weights are the model's own (W_hh stored transposed, the two biases summed);
-numerics match nn.LSTM to ~1e-7.
+`recurrent_to_scan` rewrites each `aten.lstm.input`, `aten.gru.input`, `aten.rnn_tanh.input` and
+`aten.rnn_relu.input` node of a GraphModule (what `torch.export.load(pt2).module()` and `convert_pt2e` return;
+torch.export keeps nn.LSTM / nn.GRU / nn.RNN as this one node) into the same computation with
+`torch._higher_order_ops.scan`: per layer and direction one matmul projects every timestep's input
+(x @ W_ih^T + b_ih, plus b_hh where it is added outside the gates), then the scan body does h @ W_hh^T and the
+gates. ExecuTorch 1.5 emits scan as a loop, so the graph no longer grows with the sequence length. Weights are
+the model's own (W_hh stored transposed); numerics match PyTorch's kernels to ~1e-7.
 
 `ControlFlowXnnpackPartitioner` is XnnpackPartitioner that also tags the nodes of control-flow
 bodies (to_backend already lowers tagged nodes inside scan/cond/map bodies; the stock partitioner
@@ -27,42 +28,74 @@ from __future__ import annotations
 
 import logging
 import types
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
-def _cell(g: Any, c: Any, hidden: int) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class Kind:
+    """A recurrent layer's ATen op as the scan loop needs it: its gates, whether it carries a cell state, whether
+    W_hh's bias may be summed into the input projection (not GRU's: its candidate multiplies r by W_hn h + b_hn)."""
+
+    op: str
+    gates: int
+    cell_state: bool
+    sum_biases: bool
+
+
+KINDS = (Kind("lstm", 4, True, True), Kind("gru", 3, False, False), Kind("rnn_tanh", 1, False, True),
+         Kind("rnn_relu", 1, False, True))
+
+
+def _step(kind: str, gx: Any, gh: Any, h: Any, c: Any) -> tuple[Any, Any]:
+    """One timestep's (h, c) from the input's projection gx and the hidden state's gh = h @ W_hh^T (+ b_hh), in
+    PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n); c is None for the layers without a cell state."""
     import torch
 
-    i = torch.sigmoid(g[:, 0:hidden])
-    f = torch.sigmoid(g[:, hidden:2 * hidden])
-    cand = torch.tanh(g[:, 2 * hidden:3 * hidden])
-    o = torch.sigmoid(g[:, 3 * hidden:4 * hidden])
-    c = f * c + i * cand
-    return o * torch.tanh(c), c
+    hidden = h.shape[-1]
+    if kind == "lstm":
+        g = gx + gh
+        i = torch.sigmoid(g[:, 0:hidden])
+        f = torch.sigmoid(g[:, hidden:2 * hidden])
+        cand = torch.tanh(g[:, 2 * hidden:3 * hidden])
+        o = torch.sigmoid(g[:, 3 * hidden:4 * hidden])
+        c = f * c + i * cand
+        return o * torch.tanh(c), c
+    if kind == "gru":
+        r = torch.sigmoid(gx[:, 0:hidden] + gh[:, 0:hidden])
+        z = torch.sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+        n = torch.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+        return (1 - z) * n + z * h, None
+    pre = gx + gh
+    return (torch.tanh(pre) if kind == "rnn_tanh" else torch.relu(pre)), None
 
 
-def _direction(x_tbf: Any, h0: Any, c0: Any, w_ih: Any, w_hh_t: Any, bias: Any, reverse: bool) -> tuple[Any, Any, Any]:
-    """One layer, one direction over x [T, B, F]; w_hh_t is W_hh^T [H, 4H]. Returns ys [T, B, H], h_T, c_T."""
+def _direction(kind: str, x_tbf: Any, h0: Any, c0: Any, w_ih: Any, w_hh_t: Any, bias_x: Any, bias_h: Any,
+               reverse: bool) -> tuple[Any, Any, Any]:
+    """One layer, one direction over x [T, B, F]; w_hh_t is W_hh^T [H, gates·H]. Returns ys [T, B, H], h_T, c_T
+    (c0 and c_T None for the layers without a cell state: a carry returned unchanged would alias its input,
+    which scan refuses)."""
     import torch
     from torch._higher_order_ops.scan import scan
 
-    hidden = w_hh_t.shape[0]
-    gx = torch.nn.functional.linear(x_tbf, w_ih, bias)  # every timestep's input projection: one matmul
+    gx = torch.nn.functional.linear(x_tbf, w_ih, bias_x)  # every timestep's input projection: one matmul
 
     def step(carry: Any, g_t: Any) -> tuple[Any, Any]:
-        h, c = carry
-        h, c = _cell(g_t + torch.mm(h, w_hh_t), c, hidden)
-        return (h, c), h.clone()  # a scan output must not alias the carry
+        h = carry[0]
+        gh = torch.mm(h, w_hh_t) if bias_h is None else torch.mm(h, w_hh_t) + bias_h
+        h, c = _step(kind, g_t, gh, h, carry[1] if len(carry) > 1 else None)
+        return ((h, c) if c is not None else (h,)), h.clone()  # a scan output must not alias the carry
 
-    (h, c), ys = scan(step, (h0, c0), gx, reverse=reverse)
-    return ys, h, c
+    final, ys = scan(step, (h0, c0) if c0 is not None else (h0,), gx, reverse=reverse)
+    return ys, final[0], (final[1] if c0 is not None else None)
 
 
-def scan_lstm(x: Any, h0: Any, c0: Any, layers: list[tuple[Any, Any, Any]], batch_first: bool,
-              bidirectional: bool) -> tuple[Any, Any, Any]:
-    """aten.lstm.input's (output, h_n, c_n); `layers` holds (W_ih, W_hh^T, bias or None) per layer and direction."""
+def scan_recurrent(kind: str, x: Any, h0: Any, c0: Any, layers: list[tuple[Any, Any, Any, Any]], batch_first: bool,
+                   bidirectional: bool) -> tuple[Any, ...]:
+    """The op's outputs: (output, h_n, c_n) for lstm, (output, h_n) for the others; `layers` holds (W_ih, W_hh^T,
+    the input projection's bias, the hidden projection's bias; None where absent) per layer and direction."""
     import torch
 
     x = x.transpose(0, 1) if batch_first else x  # [T, B, F]
@@ -72,13 +105,15 @@ def scan_lstm(x: Any, h0: Any, c0: Any, layers: list[tuple[Any, Any, Any]], batc
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            w_ih, w_hh_t, bias = layers[k]
-            ys, h, c = _direction(x, h0[k], c0[k], w_ih, w_hh_t, bias, reverse=d == 1)
+            w_ih, w_hh_t, bias_x, bias_h = layers[k]
+            ys, h, c = _direction(kind, x, h0[k], None if c0 is None else c0[k], w_ih, w_hh_t, bias_x, bias_h,
+                                  reverse=d == 1)
             outs.append(ys)
             hs.append(h)
             cs.append(c)
         x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-    return (x.transpose(0, 1) if batch_first else x), torch.stack(hs, 0), torch.stack(cs, 0)
+    out = x.transpose(0, 1) if batch_first else x
+    return (out, torch.stack(hs, 0), torch.stack(cs, 0)) if c0 is not None else (out, torch.stack(hs, 0))
 
 
 def _attr(module: Any, target: str) -> Any:
@@ -87,18 +122,21 @@ def _attr(module: Any, target: str) -> Any:
     return module
 
 
-def lstm_to_scan(gm: Any) -> int:
-    """Rewrite every supported aten.lstm.input node of GraphModule `gm` in place; returns how many.
+def recurrent_to_scan(gm: Any) -> int:
+    """Rewrite every supported aten.lstm / gru / rnn_tanh / rnn_relu `.input` node of GraphModule `gm` in place;
+    returns how many.
 
     Supported: any num_layers, bidirectional, with or without biases, batch_first or not, inference
     (train=False), weights that are attributes of `gm`. Others (proj_size, train=True) are left as they are.
     """
     import torch
 
+    ops = {getattr(torch.ops.aten, k.op).input: k for k in KINDS}
     count = 0
     replaced: set[str] = set()  # get_attr targets of the weights moved into the new buffers
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.aten.lstm.input:
+        kind = ops.get(node.target) if node.op == "call_function" else None
+        if kind is None:
             continue
         x, hx, params, has_biases, num_layers, _dropout, train, bidirectional, batch_first = node.args
         dirs = 2 if bidirectional else 1
@@ -110,16 +148,20 @@ def lstm_to_scan(gm: Any) -> int:
             for k in range(num_layers * dirs):
                 p_ih, p_hh, *p_bias = params[k * per:(k + 1) * per]
                 extra = {"w_hh_t": _attr(gm, p_hh.target).detach().t().contiguous()}
-                if p_bias:
-                    extra["bias"] = (_attr(gm, p_bias[0].target) + _attr(gm, p_bias[1].target)).detach()
+                if p_bias and kind.sum_biases:
+                    extra["bias_x"] = (_attr(gm, p_bias[0].target) + _attr(gm, p_bias[1].target)).detach()
+                elif p_bias:  # W_ih's bias on the input projection, W_hh's on the hidden one
+                    extra["bias_x"] = _attr(gm, p_bias[0].target).detach()
+                    extra["bias_h"] = _attr(gm, p_bias[1].target).detach()
                 refs = {}
                 for suffix, tensor in extra.items():
-                    name = f"_scan_lstm{count}_{k}_{suffix}"
+                    name = f"_scan_{kind.op}{count}_{k}_{suffix}"
                     gm.register_buffer(name, tensor)
                     refs[suffix] = gm.graph.get_attr(name)
-                layers.append((p_ih, refs["w_hh_t"], refs.get("bias")))
+                layers.append((p_ih, refs["w_hh_t"], refs.get("bias_x"), refs.get("bias_h")))
                 replaced.update(p.target for p in (p_hh, *p_bias))
-            new = gm.graph.call_function(scan_lstm, (x, hx[0], hx[1], layers, batch_first, bidirectional))
+            h0, c0 = (hx[0], hx[1]) if kind.cell_state else (hx, None)
+            new = gm.graph.call_function(scan_recurrent, (kind.op, x, h0, c0, layers, batch_first, bidirectional))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         count += 1
