@@ -8,7 +8,6 @@ k-nearest-neighbour point model (cdist, topk, gather), a speech enhancer (stft, 
 bucketised features (bucketize) and a complex filter bank (rfft, view_as_complex, angle). `SHAPES` gives each
 one's inputs without the batch axis; `build(name)` is the deploy.yaml factory.
 """
-import math
 import torch
 import torch.nn.functional as F
 from torch import nn
