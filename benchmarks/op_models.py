@@ -89,13 +89,29 @@ def run(jobs: int) -> dict:
             "host": f"{platform.machine()}, {os.cpu_count()} CPUs", "stderr_tail": proc.stderr[-2000:]}
 
 
+def _code() -> str:
+    """The commit measured (with -dirty for uncommitted changes)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout
+    return head.strip() + ("-dirty" if dirty.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    result = run(args.jobs)
     out = REPO / "benchmarks/results/op_models.json"
+    result = {"code": _code(), **run(args.jobs)}
+    if out.exists():  # the last measurement, kept beside this one for the page's before/after line
+        last = json.loads(out.read_text())
+        keep = ("code", "delivered", "targets", "node_s", "failed_node_s")
+        result["previous"] = {k: last[k] for k in keep} if last.get("code") != result["code"] else \
+            last.get("previous")
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    from benchmarks.coverage import render
+
+    render.write(REPO / "docs" / "coverage.md")
     print(json.dumps({k: v for k, v in result.items() if k not in ("stderr_tail", "by_target")}, indent=1))
     for name, row in result["by_target"].items():
         if not row["delivered"]:

@@ -36,17 +36,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Kind:
-    """A recurrent layer's ATen op as the scan loop needs it: its gates, whether it carries a cell state, whether
-    W_hh's bias may be summed into the input projection (not GRU's: its candidate multiplies r by W_hn h + b_hn)."""
+    """A recurrent layer's ATen op as the scan loop needs it: whether it carries a cell state, whether W_hh's bias
+    may be summed into the input projection (not GRU's: its candidate multiplies r by W_hn h + b_hn)."""
 
     op: str
-    gates: int
     cell_state: bool
     sum_biases: bool
 
 
-KINDS = (Kind("lstm", 4, True, True), Kind("gru", 3, False, False), Kind("rnn_tanh", 1, False, True),
-         Kind("rnn_relu", 1, False, True))
+KINDS = (Kind("lstm", True, True), Kind("gru", False, False), Kind("rnn_tanh", False, True),
+         Kind("rnn_relu", False, True))
 
 
 def _step(kind: str, gx: Any, gh: Any, h: Any, c: Any) -> tuple[Any, Any]:
