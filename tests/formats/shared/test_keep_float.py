@@ -1,0 +1,77 @@
+"""The one keep-float search (buildsys/formats/keep_float.py) on candidates whose error is known: which layers it
+keeps, and that it wants a margin on its own data before it stops (the check judges other data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from buildsys.config.schema import Model
+from buildsys.formats.keep_float import MARGIN, Candidates, Judge, NoRecipe, search, with_margin
+
+MODEL = Model.model_validate({"source": {"factory": "m:build"}, "inputs": [{"name": "x", "shape": ["batch", 4]}],
+                              "outputs": [{"name": "y", "kind": "values"}]})
+REFERENCE = {"y": np.random.default_rng(0).standard_normal((8, 4096)).astype(np.float32)}  # cosines as computed
+GOAL = {"y": {"min_cosine": 0.9}}
+
+
+class Layers(Candidates[frozenset]):
+    """Each unit, reduced, adds noise of its own size to the float outputs; an artifact is the set reduced."""
+
+    what = "layers"
+
+    def __init__(self, noise: dict[str, float]) -> None:
+        super().__init__(MODEL, None, Path("."))  # type: ignore[arg-type]
+        self.noise = noise
+
+    def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> frozenset:
+        return frozenset(only if only is not None else [u for u in self.noise if u not in keep])
+
+    def units(self, baseline: frozenset) -> list[str]:
+        return list(self.noise)
+
+    def run(self, artifact: frozenset) -> tuple[dict[str, np.ndarray], float | None]:
+        rng = np.random.default_rng(1)
+        y = REFERENCE["y"].copy()
+        for unit in sorted(artifact):
+            y += self.noise[unit] * rng.standard_normal(y.shape).astype(np.float32)
+        return {"y": y}, None
+
+    def size(self, artifact: frozenset) -> int | None:
+        return len(artifact)
+
+
+def test_a_limit_with_its_margin_leaves_that_share_of_the_allowance() -> None:
+    tight = with_margin({"min_cosine": 0.9, "max_range_error": 0.1, "max_rel": 1e-2, "outputs": None})
+    assert tight == pytest.approx({"min_cosine": 1 - 0.1 * (1 - MARGIN), "max_range_error": 0.1 * (1 - MARGIN),
+                                   "max_rel": 1e-2 * (1 - MARGIN), "outputs": None})
+
+
+def test_the_search_keeps_the_most_sensitive_layers_until_the_goal_holds_with_its_margin() -> None:
+    # cosine of y + n·noise against y ≈ 1 / sqrt(1 + Σn²): 'big' alone reduced misses, 'mid' alone just meets 0.9
+    # without the margin (0.91 > 0.9, < 0.925), the small ones clear it
+    candidates = Layers({"a": 0.05, "big": 0.8, "b": 0.05, "mid": 0.45, "c": 0.05})
+    artifact, record = search(candidates, Judge(MODEL.outputs, GOAL, REFERENCE), "int8")
+    assert record.baseline is not None and not record.baseline.passed
+    first, second = record.trials[:2]
+    assert first.kept == ["big"] and first.measured.passed and not first.measured.clear  # met, but only just
+    assert second.kept == ["big", "mid"] and second.measured.clear
+    assert record.kept_float == ["big", "mid"] and artifact == frozenset({"a", "b", "c"})
+    assert record.as_fact()["trials"][0]["with_margin"] is False
+
+
+def test_without_a_trial_that_clears_the_margin_the_first_that_meets_the_goal_is_taken() -> None:
+    # every unit adds as much: keeping any set of 8 leaves too many reduced to clear the margin
+    candidates = Layers({f"l{i}": 0.4 if i < 2 else 0.13 for i in range(20)})
+    artifact, record = search(candidates, Judge(MODEL.outputs, GOAL, REFERENCE), "int8")
+    met = [t for t in record.trials if t.measured.passed]
+    assert met and not any(t.measured.clear for t in record.trials)
+    assert record.kept_float == met[0].kept and artifact == candidates.make(met[0].kept, None, "again")
+
+
+def test_a_search_that_never_meets_the_goal_is_no_recipe() -> None:
+    with pytest.raises(NoRecipe, match=r"keeping the 8 most sensitive of 12 layers"):
+        search(Layers({f"l{i}": 0.5 for i in range(12)}), Judge(MODEL.outputs, GOAL, REFERENCE), "int8")
