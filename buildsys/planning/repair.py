@@ -138,14 +138,14 @@ def describe(record: Any, latency_ms: float | None = None) -> list[str]:
     lines = [f"accuracy repair {record.get('recipe', '')}: "
              + (f"kept {len(kept)} layer(s) in float: {', '.join(kept)}" if kept else "nothing kept in float")]
     full = record.get("baseline", record.get("full_int8"))  # full_int8: records before the one search
-    chosen = next((t for t in reversed(record.get("trials", [])) if t.get("passed")), None)
+    chosen = next((t for t in record.get("trials", []) if t.get("passed") and t.get("keep_float") == kept), None)
     if isinstance(full, dict) and chosen:
         latency = f"; latency {latency_ms:.3g} ms (bench, p50)" if latency_ms is not None else ""
         lines.append(f"trade-off: {len(kept or [])} layer(s) at higher precision for {_measured(chosen['metrics'])} "
-                     f"(all {record.get('reduced', 'int8')}: {_measured(full.get('metrics'))}) on the calibration set; "
+                     f"(all {record.get('reduced', 'int8')}: {_measured(full.get('metrics'))}) on the search's data; "
                      f"{_kb(chosen.get('bytes'))} (all {record.get('reduced', 'int8')}: {_kb(full.get('bytes'))}){latency}")
     if isinstance(full, dict):
-        lines.append(f"all {record.get('reduced', 'int8')} on the calibration set: {_measured(full.get('metrics'))}, "
+        lines.append(f"all {record.get('reduced', 'int8')} on the search's data: {_measured(full.get('metrics'))}, "
                      f"{_kb(full.get('bytes'))}")
     for trial in record.get("trials", []):
         lines.append(f"tried {len(trial['keep_float'])} in float: {'passed' if trial['passed'] else 'missed'}, "

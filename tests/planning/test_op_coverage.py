@@ -111,22 +111,27 @@ def test_a_route_lacking_only_ops_pytorch_decomposes_is_tried_decomposed_before_
     from buildsys.planning.ordering import order_routes
     from buildsys.planning.routes import Route
 
+    # an op PyTorch decomposes and no rewrite removes (grid_sampler_2d has the sampling family now: below)
     server = [Route.parse(["pytorch", "onnx"]), Route.parse(["pytorch", "pt2", "onnx"])]
-    lacks = {"onnx-legacy:traced": ["grid_sampler_2d"], "onnx-dynamo:decomposed": ["grid_sampler_2d"],
-             "decomposable": ["grid_sampler_2d", "linear"]}
+    lacks = {"onnx-legacy:traced": ["upsample_bicubic2d"], "onnx-dynamo:decomposed": ["upsample_bicubic2d"],
+             "decomposable": ["upsample_bicubic2d", "linear"]}
     assert order_routes(server, lacks, {}, auto_rewrites=True) == [
-        Route.parse(["pytorch", "onnx (decompose grid_sampler_2d)"]),
-        Route.parse(["pytorch", "pt2 (decompose grid_sampler_2d)", "onnx"]), *server]
+        Route.parse(["pytorch", "onnx (decompose upsample_bicubic2d)"]),
+        Route.parse(["pytorch", "pt2 (decompose upsample_bicubic2d)", "onnx"]), *server]
     # a route that can work stays first (the torch.export frontend reads the core ops, which lack nothing)
     ios = [Route.parse(["pytorch", "torchscript", "coreml"]), Route.parse(["pytorch", "pt2", "coreml"])]
-    assert order_routes(ios, {"coremltools:exported": ["grid_sampler_2d"], "decomposable": ["grid_sampler_2d"]}, {},
-                        auto_rewrites=True) == [ios[1], Route.parse(["pytorch", "torchscript (decompose grid_sampler_2d)",
+    assert order_routes(ios, {"coremltools:exported": ["upsample_bicubic2d"], "decomposable": ["upsample_bicubic2d"]}, {},
+                        auto_rewrites=True) == [ios[1], Route.parse(["pytorch", "torchscript (decompose upsample_bicubic2d)",
                                                                      "coreml"]), ios[0]]
     # an op no table decomposes gets no decomposition route
     assert order_routes(ios, {"coremltools:exported": ["frobnicate"], "decomposable": ["linear"]}, {},
                         auto_rewrites=True) == ios[::-1]
     # the target chose the loading stop's decompositions itself
     assert order_routes(server[:1], lacks, {"onnx": {"decompose": "core"}}, auto_rewrites=True) == server[:1]
+    # where a family removes the op too, its rewrite goes first, in the route's place (the decomposition of
+    # grid_sampler_2d does not reach a form litert-torch or onnx2tf take)
+    sampled = {"onnx-legacy:traced": ["grid_sampler_2d"], "decomposable": ["grid_sampler_2d"]}
+    assert order_routes(server[:1], sampled, {}, auto_rewrites=True)[0] == Route.parse(["pytorch", "onnx (rewrite sampling)"])
 
 
 def test_missing_kernels_names_the_operator_and_overload() -> None:

@@ -15,7 +15,7 @@ from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, StepContext, StepOptions
 from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, frontend_patches
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
-from buildsys.formats.keep_float import pinned
+from buildsys.formats.keep_float import pinned, searched
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import TRACED, load_input
 from buildsys.lowering import Answer, Symptom
@@ -74,8 +74,7 @@ class CoremlFromTorchScript(PruningStep):
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        searching = ("calibration",) if getattr(options, "keep_float", ()) == "sensitive" else ()
-        return (*super().data_used(options), *searching)
+        return (*super().data_used(options), *searched(options))
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:

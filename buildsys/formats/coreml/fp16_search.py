@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import FileCandidates, Judge, default_goal
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal, search_data
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -68,11 +68,11 @@ def search(step: Any, ctx: Any, module: Any) -> tuple[Any, dict[str, Any]]:
     def convert(selector: Callable[[Any], bool]) -> Any:
         return step._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=selector))
 
-    batch = ctx.data("calibration")
+    batch, split = search_data(ctx)
     with tempfile.TemporaryDirectory(prefix="keep-float-") as work:
         candidates = Fp16Candidates(ctx.model, batch, ctx.root, convert, Path(work))
         judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "fp16"),
-                      torch_outputs(module, ctx.model, batch))
+                      torch_outputs(module, ctx.model, batch), split)
         try:
             chosen, record = keep_float_search(candidates, judge, "fp16")
         except NoRecipe as exc:

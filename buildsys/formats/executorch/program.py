@@ -21,6 +21,7 @@ from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.executorch.contract import fill
 from buildsys.formats.executorch.delegation import QuantizedOutsideDelegate, quantized_outside_delegates
+from buildsys.formats.keep_float import searched
 from buildsys.formats.torch.export import PROGRAM
 from buildsys.lowering import DETACHED_VIEW
 
@@ -242,8 +243,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        uses = getattr(options, "scheme", "static") == "static" or getattr(options, "keep_float", ()) == "sensitive"
-        return ("calibration",) if uses else ()
+        static = ("calibration",) if getattr(options, "scheme", "static") == "static" else ()
+        return tuple(dict.fromkeys(static + searched(options)))
 
     @classmethod
     def check_config(cls, model: Model, options: StepOptions, root: Path) -> str | None:

@@ -2,12 +2,12 @@
 
 PT2E as the `Candidates` of the one keep-float search (buildsys/formats/keep_float.py), which measures each
 unit quantized alone, then keeps the most sensitive in float until the target's tolerance (`repair_goal`,
-never loosened) holds on the calibration set. For PT2E:
+never loosened) holds on the search's data (keep_float.search_data). For PT2E:
 
 - a unit is a node XNNPACKQuantizer annotated with a range of its own (`quantize.annotated_units`: a
   Linear, an add, a cat; the view ops that share a range go with their producer);
 - a trial is prepare_pt2e with the other units' annotations dropped, the observers run on the calibration
-  set, convert_pt2e, and the converted graph run on the calibration set: int8 values through
+  set, convert_pt2e, and the converted graph run on the search's data: int8 values through
   quantize/dequantize pairs, PyTorch's reference arithmetic for what XNNPACK runs. It is judged against the
   float program by the check's own comparisons (`verify.compare`); the check then judges the lowered .pte
   in the ExecuTorch runtime, on the validation set, against PyTorch.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import Candidates, Judge, NoRecipe, default_goal
+from buildsys.formats.keep_float import Candidates, Judge, NoRecipe, default_goal, search_data
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -39,15 +39,17 @@ __all__ = ["NoRecipe", "SEARCH_BATCH", "search"]
 
 
 class Trials:
-    """The float program at the search's batch, the calibration set in calls of it, and one quantization per trial."""
+    """The float program at the search's batch, the search's data in calls of it (its first `calibrating` calls
+    the calibration set the observers see), and one quantization per trial."""
 
     def __init__(self, module: "torch.nn.Module", chunks: list[tuple[Any, ...]], counts: list[int],
-                 per_channel: bool, dynamic: bool):
+                 per_channel: bool, dynamic: bool, calibrating: int | None = None):
         import torch
 
         from buildsys.formats.executorch.quantize import with_recurrent_cells_decomposed
 
         self.chunks, self.counts, self.per_channel, self.dynamic = chunks, counts, per_channel, dynamic
+        self.calibration = chunks[:calibrating] if calibrating is not None else chunks
         program = torch.export.export(module, chunks[0], strict=False)
         self.float = (with_recurrent_cells_decomposed(program) if dynamic else program).module()
         self.units: list[str] = []
@@ -64,12 +66,12 @@ class Trials:
         if float_nodes is None:
             self.units = annotated_units(prepared)
         with torch.no_grad():
-            for args in self.chunks[:1] if self.dynamic else self.chunks:  # dynamic: weights' observers only
+            for args in self.calibration[:1] if self.dynamic else self.calibration:  # dynamic: weights' observers
                 prepared(*args)
         return convert_pt2e(prepared)
 
     def run(self, module: Any, model: "Model") -> dict[str, Any]:
-        """Outputs by name over the calibration set (a last chunk's padding dropped)."""
+        """Outputs by name over the search's data (each chunk's padding dropped)."""
         import numpy as np
         import torch
 
@@ -120,26 +122,28 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
     from buildsys.formats.executorch.contract import fill
     from buildsys.formats.torch.loading import example_args
 
-    calibration = ctx.data("calibration")
-    if calibration is None:
+    data, split = search_data(ctx, ctx.options.calibration_samples)
+    if data is None:
         raise step.fail(ctx, "keep_float 'sensitive' needs calibration data: add data.calibration to the model")
-    limit = ctx.options.calibration_samples
-    inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
-    n = len(next(iter(inputs.values())))
+    n = len(data)
+    parts = [(0, split), (split, n)] if split is not None else [(0, n)]  # calibration, then what the check judges
     fixed = next((i.shape[0] for i in ctx.model.inputs if i.shape and isinstance(i.shape[0], int)), None)
 
     def trials_at(size: int) -> Trials:
         chunks, counts = [], []
-        for start in range(0, n, size):
-            chunk = {k: v[start:start + size] for k, v in inputs.items()}
-            counts.append(len(next(iter(chunk.values()))))
-            chunks.append(example_args(ctx.model, Batch(fill(chunk, size), None, calibration.origin)))
-        return Trials(module, chunks, counts, per_channel, dynamic)
+        for first, end in parts:  # no call mixes the two: the observers see calibration samples only
+            for start in range(first, end, size):
+                chunk = {k: v[start:min(start + size, end)] for k, v in data.inputs.items()}
+                counts.append(len(next(iter(chunk.values()))))
+                chunks.append(example_args(ctx.model, Batch(fill(chunk, size), None, data.origin)))
+            if first == 0:
+                calibrating = len(chunks)
+        return Trials(module, chunks, counts, per_channel, dynamic, calibrating)
 
     try:
-        trials = trials_at(fixed or min(SEARCH_BATCH, n))
+        trials = trials_at(fixed or min(SEARCH_BATCH, split or n))
     except Exception:  # a program that exports at its own batch only: the search runs at that batch
         trials = trials_at(batch)
     goal = default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8")
-    judge = Judge(ctx.model.outputs, goal, trials.run(trials.float, ctx.model))
+    judge = Judge(ctx.model.outputs, goal, trials.run(trials.float, ctx.model), split)
     return keep_float_search(PT2ECandidates(trials, ctx.model), judge, "int8")[1].as_fact()

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+from buildsys.formats.keep_float import searched
 from buildsys.formats.onnx.optimized import FLOAT_ONNX
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class OnnxFp16FromOnnx(Step):
 
     @classmethod
     def data_used(cls, options: "OnnxFp16FromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]
-        return ("calibration",) if options.keep_float == "sensitive" else ()
+        return searched(options)
 
     @classmethod
     def check_config(cls, model: "Model", options: "OnnxFp16FromOnnx.Options",  # type: ignore[override]

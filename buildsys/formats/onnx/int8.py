@@ -13,7 +13,7 @@ from pydantic import Field
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
 from buildsys.formats.onnx.optimized import FLOAT_ONNX
-from buildsys.formats.keep_float import sensitive_help
+from buildsys.formats.keep_float import searched, sensitive_help
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -82,7 +82,7 @@ class OnnxInt8FromOnnx(Step):
 
     @classmethod
     def data_used(cls, options: "OnnxInt8FromOnnx.Options") -> tuple[str, ...]:  # type: ignore[override]
-        return ("calibration",) if options.method == "static" or options.keep_float == "sensitive" else ()
+        return tuple(dict.fromkeys((("calibration",) if options.method == "static" else ()) + searched(options)))
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:

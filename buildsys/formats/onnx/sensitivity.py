@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import FileCandidates, Judge, default_goal
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal, search_data
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -70,13 +70,13 @@ def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, w
     the step's metrics (`repair`: the committed record, `repair_ms_per_sample`: its latencies)."""
     from buildsys.formats.onnx.onnxfile import uses_external_data
 
-    batch = ctx.data("calibration")
+    batch, split = search_data(ctx)
     if batch is None or uses_external_data(model_in):
         raise step.fail(ctx, "keep_float 'sensitive' needs calibration data and a model without external data")
     candidates = OnnxInt8Candidates(ctx.model, batch, ctx.root, quantize, model_in, work) if reduced == "int8" else \
         OnnxFp16Candidates(ctx.model, batch, ctx.root, quantize, model_in, work, blocked)
     reference = candidates.run(model_in)[0]
-    judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, reduced), reference)
+    judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, reduced), reference, split)
     chosen, record = keep_float_search(candidates, judge, reduced)
     shutil.copyfile(chosen, out)
     return {"repair": record.as_fact(), "repair_ms_per_sample": record.timings()}

@@ -18,7 +18,7 @@ from buildsys.formats import register
 from buildsys.formats.base import SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.openvino.ir import XML, cpu_config, telemetry_off
 from buildsys.storage.keys import HostBinding
-from buildsys.formats.keep_float import sensitive_help
+from buildsys.formats.keep_float import searched, sensitive_help
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -92,8 +92,8 @@ class OpenVinoInt8FromOpenVino(Step):
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
-        return ("calibration", "validation") if getattr(options, "max_accuracy_drop", None) is not None \
-            else ("calibration",)
+        control = ("validation",) if getattr(options, "max_accuracy_drop", None) is not None else ()
+        return tuple(dict.fromkeys(("calibration", *control, *searched(options))))
 
     @classmethod
     def host_binding(cls, options: dict[str, Any], data_sets: tuple[str, ...]) -> HostBinding:

@@ -2,7 +2,7 @@
 (buildsys/formats/keep_float.py). A unit is an operation of the float IR that NNCF quantized (one reading a
 FakeQuantize or an int8 weight: a Convolution, a MatMul, an Add, a Concat), by friendly name; it is kept in float
 with NNCF's `ignored_scope`, or quantized alone by ignoring every other unit. Each artifact is an IR saved in the
-search's folder and run by the check's own runtime (the OpenVINO CPU plugin) on the calibration set, against
+search's folder and run by the check's own runtime (the OpenVINO CPU plugin) on the search's data, against
 the float IR's outputs.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from buildsys.formats.keep_float import FileCandidates, Judge, default_goal
+from buildsys.formats.keep_float import FileCandidates, Judge, default_goal, search_data
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -77,9 +77,9 @@ def search(ctx: Any, quantize: Quantize, float_ir: Path, work: Path) -> tuple["o
     metrics (`repair`: the committed record; `repair_ms_per_sample`: its latencies in the CPU plugin)."""
     import openvino as ov
 
-    batch = ctx.data("calibration")
+    batch, split = search_data(ctx)
     candidates = NncfCandidates(ctx.model, batch, ctx.root, quantize, work)
     judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8"),
-                  candidates.run(float_ir)[0])
+                  candidates.run(float_ir)[0], split)
     chosen, record = keep_float_search(candidates, judge, "int8")
     return ov.Core().read_model(str(chosen)), {"repair": record.as_fact(), "repair_ms_per_sample": record.timings()}

@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.formats.keep_float import FileCandidates, Judge, default_goal, pinned, quantizer_failures
+from buildsys.formats.keep_float import (FileCandidates, Judge, default_goal, pinned, quantizer_failures,
+                                         search_data)
 from buildsys.formats.keep_float import search as keep_float_search
 
 if TYPE_CHECKING:
@@ -74,14 +75,12 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
             if opts.mode == "weight-only":
                 quantizer.weight_only(path)
             elif opts.keep_float == "sensitive":
-                batch = ctx.data("calibration")
-                assert batch is not None  # samples came from it
-                if opts.calibration_samples:
-                    batch.inputs = {k: v[:opts.calibration_samples] for k, v in batch.inputs.items()}
+                batch, split = search_data(ctx, opts.calibration_samples)
+                assert batch is not None  # samples came from its calibration set
                 candidates = AeqCandidates(ctx.model, batch, ctx.root, quantizer, work / "float.tflite", record,
                                            work / "search")
                 goal = default_goal(opts.repair_goal, ctx.model.outputs, "int8")
-                judge = Judge(ctx.model.outputs, goal, candidates.run(work / "float.tflite")[0])
+                judge = Judge(ctx.model.outputs, goal, candidates.run(work / "float.tflite")[0], split)
                 chosen, found = keep_float_search(candidates, judge, "int8")
                 path.write_bytes(chosen.read_bytes())
                 metrics["repair"], metrics["repair_ms_per_sample"] = found.as_fact(), found.timings()

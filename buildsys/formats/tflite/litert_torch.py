@@ -32,6 +32,7 @@ from pydantic import Field
 
 from buildsys.formats import register_variants
 from buildsys.formats.base import OpTable, Step, StepContext, StepOptions
+from buildsys.formats.keep_float import searched
 from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
@@ -96,7 +97,8 @@ class TfliteFromPt2(Step):
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
-        return ("example",) + (("calibration",) if getattr(options, "mode", "") == "full" else ())
+        full = ("calibration",) if getattr(options, "mode", "") == "full" else ()
+        return tuple(dict.fromkeys(("example", *full, *searched(options))))
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:

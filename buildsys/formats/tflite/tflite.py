@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
+from buildsys.formats.keep_float import searched
 from buildsys.formats.prune_search import PruningOptions, PruningStep
 from buildsys.lowering import Answer, Symptom
 
@@ -189,7 +190,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
 
     @classmethod
     def data_used(cls, options: "TfliteInt8FromSavedModel.Options") -> tuple[str, ...]:  # type: ignore[override]
-        return ("calibration",) if options.mode == "full" else ()
+        return tuple(dict.fromkeys((("calibration",) if options.mode == "full" else ()) + searched(options)))
 
     @classmethod
     def describe_facts(cls, facts: dict[str, Any]) -> list[str]:
