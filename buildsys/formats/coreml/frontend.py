@@ -13,11 +13,15 @@ from typing import Any, Iterator
 
 @contextmanager
 def frontend_patches() -> Iterator[None]:
-    """coremltools' TorchScript frontend with the op translations below swapped in, for one conversion."""
+    """coremltools' torch frontends (the TorchScript and the torch.export one share the op table) with the op
+    translations below swapped in, for one conversion."""
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    patches = {**_per_channel_prelu(table), **_scalar_casts(table)}
+    patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table)}
+    # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
+    patches.update({alias: patches[name] for name in list(patches) for alias, func in table.items()
+                    if func is table.get(name) and alias not in patches})
     originals = {name: table.get(name) for name in patches}
     table.update(patches)
     try:
@@ -86,6 +90,34 @@ def _scalar_casts(table: dict[str, Any]) -> dict[str, Any]:
 
     return {name: patched(name, kind) for name, kind in (("int", int), ("_int", int), ("bool", bool), ("_bool", bool))
             if name in table}
+
+
+def _scalar_where(table: dict[str, Any]) -> dict[str, Any]:
+    """`where` of three 0-d tensors as a select.
+
+    coremltools broadcasts where's operands to a shape it concatenates from their dims, and three 0-d operands
+    have none ("Concat concat_0 got 0 values"): what the core ATen decomposition of `lerp` with a Python weight
+    computes (its coefficient, `where(|w| < 0.5, w, w - 1)`). Operands of any other rank go to the original.
+    """
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, promote_input_dtypes
+    from coremltools.converters.mil.mil import types
+
+    if "where" not in table:
+        return {}
+    original = table["where"]
+
+    def where(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node)
+        if len(inputs) != 3 or any(getattr(x, "rank", None) != 0 for x in inputs):
+            return original(context, node)
+        cond, a, b = inputs
+        a, b = promote_input_dtypes([a, b])
+        if not types.is_bool(cond.dtype):
+            cond = mb.cast(x=cond, dtype="bool")
+        context.add(mb.select(cond=cond, a=a, b=b, name=node.name))
+
+    return {"where": where}
 
 
 def conversion_failure(exc: BaseException) -> str:

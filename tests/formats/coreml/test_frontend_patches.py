@@ -1,5 +1,6 @@
-"""coremltools' TorchScript frontend with modelbuild's patches (buildsys/formats/coreml/frontend.py): models the
-unpatched frontend refuses convert, and the converted program agrees with PyTorch in the MIL interpreter."""
+"""coremltools' torch frontends (TorchScript and torch.export) with modelbuild's patches
+(buildsys/formats/coreml/frontend.py): models the unpatched frontends refuse convert, and the converted program
+agrees with PyTorch in the MIL interpreter."""
 
 from __future__ import annotations
 
@@ -61,7 +62,43 @@ def test_the_patches_are_only_in_place_for_the_conversion() -> None:
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    before = {name: table[name] for name in ("int", "bool", "prelu")}
+    before = {name: table[name] for name in ("int", "bool", "prelu", "where", "where.self")}
     with frontend_patches():
         assert all(table[name] is not fn for name, fn in before.items())
     assert {name: table[name] for name in before} == before
+
+
+class Blend(torch.nn.Module):
+    """torch.lerp with a Python weight: its core ATen decomposition picks the coefficient with a where over 0-d
+    tensors (|w| < 0.5), which coremltools broadcasts to an empty shape and refuses."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.weight = weight
+        self.a, self.b = torch.nn.Linear(3, 5), torch.nn.Linear(3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(self.a(x), self.b(x), self.weight)
+
+
+@pytest.mark.parametrize("weight", [0.3, 0.8])
+def test_a_where_of_scalars_from_the_export_frontend_converts_and_agrees(tmp_path: Path, weight: float) -> None:
+    torch.manual_seed(0)
+    module, example = Blend(weight).eval(), torch.randn(2, 4, 3)
+    program = torch.export.export(module, (example,)).run_decompositions()
+
+    def convert() -> object:
+        return ct.convert(program, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                          minimum_deployment_target=ct.target.iOS16,
+                          inputs=[ct.TensorType(name="x", shape=tuple(example.shape), dtype=np.float32)])
+
+    with pytest.raises(ValueError, match="got 0 values"):  # coremltools as it is
+        convert()
+    with frontend_patches():
+        mlmodel = convert()
+    path = tmp_path / "blend.mlpackage"
+    mlmodel.save(str(path))  # type: ignore[attr-defined]
+    mil = MilProgram.load(path)
+    got = mil.evaluate({"x": example.numpy()}).outputs[mil.output_names[0]]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(example).numpy(), rtol=1e-5, atol=1e-6)
