@@ -1,8 +1,12 @@
-"""The scan family: cumulative products, maxima, minima and log-sum-exps as masked reductions at a static length.
+"""The scan family: cumulative products, maxima, minima and log-sum-exps as masked reductions at a static length,
+and the product reduction they need.
 
 Along the scanned dim of static length L, a constant lower-triangular mask `j ≤ i` ([L, L], computed in NumPy)
 turns every prefix into one row of a reduction every converter has:
-- cumprod(x, dim, dtype): prod over j of where(j ≤ i, x_j, 1);
+- cumprod(x, dim, dtype): the product over j of where(j ≤ i, x_j, 1);
+- prod(x, dim, keepdim, dtype): pairwise products of the even and odd elements, halving the dim each round
+  (⌈log₂ L⌉ multiplications of strided slices): coremltools has no `prod` in either frontend, and MIL's
+  reduce_prod is not reached from PyTorch;
 - cummax / cummin(x, dim) → (values, indices): amax / amin over j of where(j ≤ i, x_j, ∓inf); the index is the
   last j ≤ i where x_j equals the running value (torch's kernel updates on `>=` / `<=`, so ties take the later);
 - logcumsumexp(x, dim): the running max m_i, then log Σⱼ where(j ≤ i, exp(x_j − m_i), 0) + m_i (stable where
@@ -58,17 +62,53 @@ def _lowest(x: torch.Tensor, largest: bool) -> float:
     return float(info.min if largest else info.max)
 
 
+def _product(x: torch.Tensor) -> torch.Tensor:
+    """The product over the last dim (static length): even times odd elements until one is left."""
+    import torch
+
+    from buildsys.rewrites.mechanism import static_size
+
+    length = static_size(x, -1, "scan", "a product")
+    if length == 0:
+        return torch.ones_like(x.sum(-1))
+    while length > 1:
+        if length % 2:  # the odd one out is multiplied by one
+            x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+            length += 1
+        x = x[..., 0::2] * x[..., 1::2]
+        length //= 2
+    return x.squeeze(-1)
+
+
+def _accumulating(input: torch.Tensor, dtype: Any) -> torch.Tensor:
+    """The input in the dtype a product accumulates in: the one asked for, else int64 for integers, as torch."""
+    import torch
+
+    x = input.to(dtype) if dtype is not None else input
+    return x.to(torch.int64) if not x.is_floating_point() and dtype is None else x
+
+
+def prod(input: torch.Tensor, dim: int | None = None, keepdim: bool = False, *, dtype: Any = None,
+         out: object = None) -> torch.Tensor:
+    from buildsys.rewrites.mechanism import from_last, to_last
+
+    refuse_out("scan", "torch.prod", out)
+    x = _accumulating(input, dtype)
+    if dim is None or x.dim() == 0:
+        return _product(x.reshape(-1))
+    dim = dim % x.dim()
+    result = _product(to_last(x, dim))
+    return from_last(result.unsqueeze(-1), dim) if keepdim else result
+
+
 def cumprod(input: torch.Tensor, dim: int, *, dtype: Any = None, out: object = None) -> torch.Tensor:
     import torch
 
     from buildsys.rewrites.mechanism import from_last
 
     refuse_out("scan", "torch.cumprod", out)
-    x = input.to(dtype) if dtype is not None else input
-    if not x.is_floating_point() and dtype is None:
-        x = x.to(torch.int64)  # torch accumulates integer products in int64
-    rows, mask, dim = _prefix(x, dim, "torch.cumprod")
-    return from_last(torch.where(mask, rows, torch.ones_like(rows)).prod(-1), dim)
+    rows, mask, dim = _prefix(_accumulating(input, dtype), dim, "torch.cumprod")
+    return from_last(_product(torch.where(mask, rows, torch.ones_like(rows))), dim)
 
 
 def _running(largest: bool) -> Handler:
@@ -113,18 +153,18 @@ def logcumsumexp(input: torch.Tensor, dim: int, *, out: object = None) -> torch.
 def _handlers() -> HandlerTable:
     import torch
 
-    return by_name({"cumprod": cumprod, "cummax": cummax, "cummin": cummin,
-                    "logcumsumexp": logcumsumexp}, (torch, torch.Tensor))
+    return by_name({"cumprod": cumprod, "cummax": cummax, "cummin": cummin, "logcumsumexp": logcumsumexp,
+                    "prod": prod}, (torch, torch.Tensor))
 
 
 REWRITES = (
     Rewrite(
         name="scan",
-        version=2,
+        version=3,  # 3: products as pairwise multiplications, prod a member (coremltools has no prod)
         removes=("aten::cumprod", "aten::cummax", "aten::cummin", "aten::logcumsumexp", "aten::_cummax_helper",
-                 "aten::_cummin_helper"),
+                 "aten::_cummin_helper", "aten::prod"),
         description="cumprod / cummax / cummin / logcumsumexp as reductions under a constant prefix mask at a "
-                    "static length",
+                    "static length; prod (and cumprod's products) as pairwise multiplications",
         handlers=_handlers,
     ),
 )

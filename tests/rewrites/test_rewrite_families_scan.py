@@ -28,6 +28,12 @@ def test_scans_match_torch(dim: int, dtype: torch.dtype) -> None:
             check(lambda u: scan(u, dim).values, "scan", t)
             check(lambda u: scan(u, dim)[1], "scan", t)
     check(lambda t: torch.cumprod((t * 3).long(), dim), "scan", x)  # integer products in int64
+    for keepdim in (False, True):  # prod: every length halves to one (7, 5: odd lengths padded with a one)
+        check(lambda t: torch.prod(t, dim, keepdim), "scan", x)
+        check(lambda t: t.prod(dim=dim, keepdim=keepdim, dtype=torch.float64), "scan", x)
+    check(torch.prod, "scan", x)  # over every element
+    check(lambda t: torch.prod((t * 2).long()), "scan", x)
+    check(lambda t: torch.prod(t[:, :0], dim), "scan", x)  # an empty product is one
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -103,14 +109,14 @@ def test_no_scan_or_order_op_is_left_in_any_graph() -> None:
     boundaries = torch.linspace(-1, 1, 6)
 
     def model(t: torch.Tensor) -> torch.Tensor:
-        return (torch.cumprod(t, 1) + torch.cummax(t, 1).values + torch.cummin(t, 0)[0] + torch.logcumsumexp(t, 1)
+        return (torch.cumprod(t, 1) + torch.prod(t, 0) + torch.cummax(t, 1).values + torch.cummin(t, 0)[0] + torch.logcumsumexp(t, 1)
                 + torch.kthvalue(t, 2, 1, keepdim=True).values + torch.median(t, 1, keepdim=True).values
                 + torch.nanmedian(t) + torch.bucketize(t, boundaries) + torch.searchsorted(boundaries, t)
                 + torch.histc(t, 4, -1, 1).sum() + torch.sort(t, 1, descending=True).values
                 + torch.argsort(t, 0).to(t.dtype))
 
     x = randn(4, 6)
-    removed = {"cumprod", "cummax", "cummin", "logcumsumexp", "kthvalue", "median", "nanmedian", "searchsorted",
+    removed = {"cumprod", "cummax", "cummin", "logcumsumexp", "prod", "kthvalue", "median", "nanmedian", "searchsorted",
                "bucketize", "histc", "sort", "argsort"}
     assert removed <= graph_ops(Fn(model), (x,))["traced"]
     after = graph_ops(rewrites.apply(Fn(model), ["scan", "order"]), (x,))
@@ -123,6 +129,9 @@ def test_refusals_of_the_members_point_at_their_family() -> None:
 
     for text, family in (("operator 'aten::cummax' is not supported at opset 18", "scan"),
                          ("Operator torch._ops.aten.cumprod.default is not in Core ATen opset", "scan"),
+                         ("Core ML cannot convert the PyTorch op 'prod' (coremltools has no conversion for it)", "scan"),
+                         ("coremltools.convert failed: NotImplementedError: Unsupported fx node prod, kind prod.dim_int",
+                          "scan"),
                          ("Core ML cannot convert the PyTorch op 'nanmedian' (coremltools has no conversion)", "order"),
                          ("Operator torch._ops.aten.searchsorted.Tensor is not in Core ATen opset", "order"),
                          ("the program's operator aten::sort.values has no kernel in the ExecuTorch runtime", "order"),
