@@ -209,12 +209,12 @@ def previous_lines(results: dict[str, Any]) -> list[str]:
             *rows, ""]
 
 
-def remeasured_lines(meta: dict[str, Any]) -> list[str]:
-    """Where some rows were rebuilt on later code than the rest (`op_matrix.py --only … --fresh`), which and why."""
+def remeasured_lines(meta: dict[str, Any], what: str = "samples") -> list[str]:
+    """Where some rows were rebuilt on later code than the rest (`--only … --fresh`), which and why."""
     again = meta.get("remeasured")
     if not again:
         return []
-    return [f"{len(again['cases'])} samples were measured again {again['label']}: "
+    return [f"{len(again['cases'])} {what} were measured again {again['label']}: "
             f"{', '.join(f'`{c}`' for c in again['cases'])}.", ""]
 
 
@@ -301,7 +301,8 @@ def page(op_results: dict[str, Any], model_results: dict[str, Any], op_models: d
         out += [f"### Model matrix: {len(model_results['cells'])} public architectures, platform presets", "",
                 "timm, transformers (small configs, `from_config`), ultralytics (model yaml) and torchvision "
                 "builders with seeded weights, small inputs, seeded calibration and validation data "
-                "(benchmarks/coverage/zoo.py, benchmarks/model_matrix.py).", ""] + model_summary(model_results) + [
+                "(benchmarks/coverage/zoo.py, benchmarks/model_matrix.py).", "",
+                *remeasured_lines(model_results.get("meta", {}), "cells")] + model_summary(model_results) + [
                 "", f"Node-seconds: {_seconds_line(node_seconds(model_results))}.", ""]
     out += op_model_lines(op_models or {})
     if op_failed or model_failed:
