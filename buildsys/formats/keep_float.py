@@ -378,7 +378,8 @@ def search(candidates: Candidates[A], judge: Judge, reduced: str, budget_s: floa
                        + (f"; {left} group(s) not measured within {budget_s:g} s, ranked "
                           + ("by the baseline's own error" if prior else "in graph order") if left else ""))
     kept: list[str] = []
-    barely: tuple[A, list[str]] | None = (full, []) if record.baseline.passed else None  # met without the margin
+    # met without the margin: the fallback where no trial clears it
+    barely: tuple[A, list[str]] | None = (full, []) if record.baseline is not None and record.baseline.passed else None
     for i in order[:MAX_KEPT]:
         kept = [*kept, *groups[i]]
         artifact = candidates.make(kept, None, f"keep-{len(record.trials)}")

@@ -75,7 +75,7 @@ def sgn(a: ComplexPair) -> ComplexPair:
     return ComplexPair(a.real / safe, a.imag / safe)
 
 
-def zeros_like(a: ComplexPair, **kwargs: object) -> ComplexPair:
+def zeros_like(a: ComplexPair, **kwargs: object) -> ComplexPair | torch.Tensor:
     """zeros_like / empty_like of a pair: a pair of zeros (empty is zeros, as a graph constant is); a real dtype
     asked for gives a real tensor, as torch does."""
     dtype = kwargs.get("dtype")
@@ -84,7 +84,7 @@ def zeros_like(a: ComplexPair, **kwargs: object) -> ComplexPair:
     return ComplexPair(torch.zeros_like(a.real), torch.zeros_like(a.imag))
 
 
-def ones_like(a: ComplexPair, **kwargs: object) -> ComplexPair:
+def ones_like(a: ComplexPair, **kwargs: object) -> ComplexPair | torch.Tensor:
     dtype = kwargs.get("dtype")
     if dtype is not None and not dtype.is_complex:  # type: ignore[attr-defined]
         return torch.ones_like(a.real, dtype=dtype)  # type: ignore[arg-type]

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Sequence
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
-def _base(n: int, align_corners: bool) -> "object":
+def _base(n: int, align_corners: bool) -> "np.ndarray":
     """Normalised pixel centres along one axis, as torch's affine_grid base grid (NumPy, float64)."""
     import numpy as np
 

@@ -69,6 +69,8 @@ def search(step: Any, ctx: Any, module: Any) -> tuple[Any, dict[str, Any]]:
         return step._convert(ctx, module, ct.transform.FP16ComputePrecision(op_selector=selector))
 
     batch, split = search_data(ctx)
+    if batch is None:
+        raise step.fail(ctx, "keep_float 'sensitive' needs calibration data: add data.calibration to the model")
     with tempfile.TemporaryDirectory(prefix="keep-float-") as work:
         candidates = Fp16Candidates(ctx.model, batch, ctx.root, convert, Path(work))
         judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "fp16"),

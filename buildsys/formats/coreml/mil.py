@@ -106,7 +106,7 @@ def implementations() -> dict[str, OpImpl]:
     """Every implemented op type (importing the op modules registers them)."""
     import importlib
 
-    for part in ("", "_compressed", "_nn", "_recurrent", "_reduce", "_state", "_tensor"):
+    for part in ("", "_compressed", "_image", "_nn", "_recurrent", "_reduce", "_state", "_tensor"):
         importlib.import_module(f"buildsys.formats.coreml.mil_ops{part}")
     return table()
 

@@ -86,3 +86,18 @@ register_op_table(OpTable("executorch", ("executorch", "torch"), f"{__name__}:ke
                            "the ExecuTorch runtime's kernels"))
 register_op_table(OpTable("xnnpack", ("executorch", "torch"), f"{__name__}:xnnpack_ops",
                            "XNNPACK's partitioner configs (information: what it may delegate)"))
+
+
+def standard_strides(program: Any) -> Any:
+    """`program` with every weight, buffer and lifted constant that has a stride of 0 (a broadcast view, or a size-1
+    dim NumPy strided 0: `np.arange(n)[:, None]`) copied to standard strides, in place. ExecuTorch's emitter
+    serializes strides and refuses 0 ("0 in strides is not supported for ExecuTorch"); the values are the same."""
+    import torch
+
+    for table in (program.state_dict, program.constants):
+        for name, value in list(table.items()):
+            if isinstance(value, torch.Tensor) and 0 in value.stride():
+                copied = value.clone(memory_format=torch.contiguous_format)
+                table[name] = torch.nn.Parameter(copied, value.requires_grad) \
+                    if isinstance(value, torch.nn.Parameter) else copied
+    return program

@@ -370,12 +370,11 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     fails the step."""
     from executorch.exir import to_edge_transform_and_lower
 
-    from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal
+    from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal, standard_strides
     from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
 
     try:
-        edge = to_edge_transform_and_lower(standard_strides(program),
-                                           partitioner=[control_flow_xnnpack_partitioner()])
+        edge = to_edge_transform_and_lower(standard_strides(program), partitioner=[control_flow_xnnpack_partitioner()])
     except Exception as exc:
         raise step.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
     outside = quantized_outside_delegates(edge.exported_program().graph_module)
@@ -393,21 +392,6 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
     portable = sorted({op.name for op in plan.operators})
     return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
-
-
-def standard_strides(program: Any) -> Any:
-    """`program` with every weight, buffer and lifted constant that has a stride of 0 (a broadcast view, or a size-1
-    dim NumPy strided 0: `np.arange(n)[:, None]`) copied to standard strides, in place. ExecuTorch's emitter
-    serializes strides and refuses 0 ("0 in strides is not supported for ExecuTorch"); the values are the same."""
-    import torch
-
-    for table in (program.state_dict, program.constants):
-        for name, value in list(table.items()):
-            if isinstance(value, torch.Tensor) and 0 in value.stride():
-                copied = value.clone(memory_format=torch.contiguous_format)
-                table[name] = torch.nn.Parameter(copied, value.requires_grad) \
-                    if isinstance(value, torch.nn.Parameter) else copied
-    return program
 
 
 def _first_line(exc: BaseException) -> str:

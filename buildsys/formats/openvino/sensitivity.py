@@ -78,6 +78,7 @@ def search(ctx: Any, quantize: Quantize, float_ir: Path, work: Path) -> tuple["o
     import openvino as ov
 
     batch, split = search_data(ctx)
+    assert batch is not None  # the step refuses a model without calibration data before it searches
     candidates = NncfCandidates(ctx.model, batch, ctx.root, quantize, work)
     judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8"),
                   candidates.run(float_ir)[0], split)
