@@ -48,12 +48,13 @@ KINDS = (Kind("lstm", True, True), Kind("gru", False, False), Kind("rnn_tanh", F
          Kind("rnn_relu", False, True))
 
 
-def _step(kind: str, gx: Any, gh: Any, h: Any, c: Any) -> tuple[Any, Any]:
+def _step(kind: str, gx: Any, gh: Any, h: Any, c: Any, hidden: int) -> tuple[Any, Any]:
     """One timestep's (h, c) from the input's projection gx and the hidden state's gh = h @ W_hh^T (+ b_hh), in
-    PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n); c is None for the layers without a cell state."""
+    PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n); c is None for the layers without a cell state. `hidden` is
+    the weights' (a Python int): a size read from the carry may be symbolic when TorchDynamo traces the loop body
+    again with automatic dynamic shapes, and scan refuses a body whose slice bounds are expressions of it."""
     import torch
 
-    hidden = h.shape[-1]
     if kind == "lstm":
         g = gx + gh
         i = torch.sigmoid(g[:, 0:hidden])
@@ -79,12 +80,13 @@ def _direction(kind: str, x_tbf: Any, h0: Any, c0: Any, w_ih: Any, w_hh_t: Any, 
     import torch
     from torch._higher_order_ops.scan import scan
 
+    hidden = int(w_hh_t.shape[0])
     gx = torch.nn.functional.linear(x_tbf, w_ih, bias_x)  # every timestep's input projection: one matmul
 
     def step(carry: Any, g_t: Any) -> tuple[Any, Any]:
         h = carry[0]
         gh = torch.mm(h, w_hh_t) if bias_h is None else torch.mm(h, w_hh_t) + bias_h
-        h, c = _step(kind, g_t, gh, h, carry[1] if len(carry) > 1 else None)
+        h, c = _step(kind, g_t, gh, h, carry[1] if len(carry) > 1 else None, hidden)
         return ((h, c) if c is not None else (h,)), h.clone()  # a scan output must not alias the carry
 
     final, ys = scan(step, (h0, c0) if c0 is not None else (h0,), gx, reverse=reverse)
