@@ -18,7 +18,8 @@ def frontend_patches() -> Iterator[None]:
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table)}
+    patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table),
+               **_clamp_bounds(table)}
     # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
     patches.update({alias: patches[name] for name in list(patches) for alias, func in table.items()
                     if func is table.get(name) and alias not in patches})
@@ -118,6 +119,43 @@ def _scalar_where(table: dict[str, Any]) -> dict[str, Any]:
         context.add(mb.select(cond=cond, a=a, b=b, name=node.name))
 
     return {"where": where}
+
+
+def _clamp_bounds(table: dict[str, Any]) -> dict[str, Any]:
+    """`clamp` with a bound that is not a constant scalar as PyTorch defines it, `min(max(x, lo), hi)`.
+
+    coremltools computes `max(min(x, hi), lo)` there, which differs wherever `lo > hi` (PyTorch gives `hi`):
+    a clamp between two tensors (OpInfo's clamp sample: max_rel 1.9). Scalar bounds go to the original, which
+    folds or uses MIL's clip.
+    """
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, promote_input_dtypes
+
+    if "clamp" not in table:
+        return {}
+    original = table["clamp"]
+
+    def scalar(var: Any) -> bool:
+        return var is None or (var.val is not None and np.ndim(var.val) == 0)
+
+    def clamp(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, expected=[1, 2, 3])
+        lo = inputs[1] if len(inputs) > 1 else None
+        hi = inputs[2] if len(inputs) > 2 else None
+        if scalar(lo) and scalar(hi):
+            return original(context, node)
+        present = [v for v in (inputs[0], lo, hi) if v is not None]
+        promoted = iter(promote_input_dtypes(present))
+        x = next(promoted)
+        lo, hi = (next(promoted) if v is not None else None for v in (lo, hi))
+        if lo is not None:
+            x = mb.maximum(x=x, y=lo, name=node.name if hi is None else node.name + "_lo")
+        if hi is not None:
+            x = mb.minimum(x=x, y=hi, name=node.name)
+        context.add(x, node.name)
+
+    return {"clamp": clamp}
 
 
 def conversion_failure(exc: BaseException) -> str:

@@ -62,7 +62,7 @@ def test_the_patches_are_only_in_place_for_the_conversion() -> None:
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
-    before = {name: table[name] for name in ("int", "bool", "prelu", "where", "where.self")}
+    before = {name: table[name] for name in ("int", "bool", "prelu", "where", "where.self", "clamp", "clip")}
     with frontend_patches():
         assert all(table[name] is not fn for name, fn in before.items())
     assert {name: table[name] for name in before} == before
@@ -102,3 +102,46 @@ def test_a_where_of_scalars_from_the_export_frontend_converts_and_agrees(tmp_pat
     got = mil.evaluate({"x": example.numpy()}).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(example).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class Bounded(torch.nn.Module):
+    """torch.clamp between tensor bounds (a learned range, a per-channel limit); `which` picks the bounds given."""
+
+    def __init__(self, which: str):
+        super().__init__()
+        self.which = which
+
+    def forward(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        if self.which == "both":
+            return torch.clamp(x, lo, hi)
+        return torch.clamp(x, min=lo) if self.which == "min" else torch.clamp(x, max=hi)
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+@pytest.mark.parametrize("which", ["both", "min", "max"])
+def test_a_clamp_between_tensors_agrees_where_the_bounds_cross(tmp_path: Path, frontend: str, which: str) -> None:
+    torch.manual_seed(0)
+    x, lo, hi = (torch.randn(2, 3, 4) for _ in range(3))  # lo > hi in about half the elements
+    module = Bounded(which).eval()
+    source = (torch.jit.trace(module, (x, lo, hi)) if frontend == "torchscript"
+              else torch.export.export(module, (x, lo, hi)).run_decompositions())
+
+    def convert() -> object:
+        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                          minimum_deployment_target=ct.target.iOS16,
+                          inputs=[ct.TensorType(name=n, shape=(2, 3, 4), dtype=np.float32) for n in ("x", "lo", "hi")])
+
+    def evaluate(mlmodel: object, name: str) -> np.ndarray:
+        path = tmp_path / f"{name}.mlpackage"
+        mlmodel.save(str(path))  # type: ignore[attr-defined]
+        mil = MilProgram.load(path)
+        feeds = {n: t.numpy() for n, t in zip(mil.input_names, (x, lo, hi))}
+        return np.asarray(mil.evaluate(feeds).outputs[mil.output_names[0]])
+
+    with torch.no_grad():
+        want = module(x, lo, hi).numpy()
+    if which == "both":  # coremltools as it is: max(min(x, hi), lo)
+        assert not np.allclose(evaluate(convert(), "unpatched"), want)
+    with frontend_patches():
+        got = evaluate(convert(), "patched")
+    np.testing.assert_allclose(got, want, rtol=0, atol=0)
