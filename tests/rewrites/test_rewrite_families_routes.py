@@ -178,6 +178,31 @@ def build():
     return FeatureInteraction()
 '''
 
+SPP = '''\
+import torch
+from torch import nn
+
+
+class SppClassifier(nn.Module):
+    """SPP-net's spatial pyramid pooling: max pools to 1 × 1, 2 × 2 and 3 × 3 bins over a 5 × 5 map (the bins
+    overlap), flattened for a fixed-size classifier whatever the map's size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.pools = nn.ModuleList(nn.AdaptiveMaxPool2d(n) for n in (1, 2, 3))
+        self.fc = nn.Linear(8 * (1 + 4 + 9), 5)
+
+    def forward(self, image):
+        x = torch.relu(self.conv(image))
+        return self.fc(torch.cat([p(x).flatten(1) for p in self.pools], dim=1))
+
+
+def build():
+    return SppClassifier()
+'''
+
 
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
@@ -260,3 +285,12 @@ def test_a_feature_interaction_model_reaches_core_ml_and_onnx_opset_13(tmp_path:
                           "triu_indices")
     _assert_rewrite_route(project, out, "legacy", ["pytorch", "onnx (rewrite triangular)"], "triangular",
                           "'aten::triu' is not supported at opset 13")
+
+
+def test_a_spatial_pyramid_pooling_classifier_reaches_onnx(tmp_path: Path) -> None:
+    """Both ONNX exporters refuse an adaptive max pool whose output size does not divide its input (the legacy one
+    by name, "output size that are not factor of input size"); `pooling` computes the overlapping bins."""
+    project, out = _build(tmp_path, "spp", SPP, "[{name: image, shape: [batch, 3, 10, 10]}]",
+                          "server: {model: model, format: onnx}\n")
+    _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite pooling)"], "pooling",
+                          "adaptive_max_pool2d")

@@ -1,0 +1,136 @@
+"""The pooling family: adaptive average and max pooling (1-, 2- and 3-D) at any output size, as static bins.
+
+Along a pooled axis of static length L pooled to O, output i reads the bin [⌊i·L/O⌋, ⌈(i+1)·L/O⌉), as torch's
+kernel does; bins of neighbouring outputs overlap where O does not divide L, and repeat where O > L. A bin of a
+2-D or 3-D pool is the product of its axes' bins, so both reductions are separable, one axis after the other:
+- average: a matmul of the axis (moved last) by a constant [L, O] matrix holding 1/|bin| in each bin;
+- max: where O divides L, a reshape to [..., O, L/O] and amax; otherwise each bin's slice, amax, concatenated.
+An output size of None keeps that axis; an axis already at its output size is left alone. return_indices=True is
+refused (the indices into the flattened input are not computed), as is an input without the batch and channel
+(or channel-only) leading axes torch accepts.
+
+Why a rewrite and not a decomposition: the legacy ONNX exporter refuses every adaptive pool whose output does not
+divide its input ("output size that are not factor of input size"), the dynamo exporter every adaptive max pool
+of that kind; core ATen keeps adaptive_max_pool2d / 3d and _adaptive_avg_pool2d / 3d (no decomposition to go
+to), which litert-torch has no lowering for at 3-D and coremltools converts only at sizes that divide. Matmuls,
+slices, amax and concatenation every converter here takes. Equivalence: tests/rewrites/test_rewrite_families_pooling.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _bins(length: int, out: int) -> list[tuple[int, int]]:
+    """Each output's [start, end) along an axis of `length` pooled to `out`, as torch's adaptive kernels."""
+    return [((i * length) // out, -((-(i + 1) * length) // out)) for i in range(out)]
+
+
+def _sizes(op: str, x: torch.Tensor, output_size: Any, dims: int) -> list[int]:
+    """The output size per pooled axis (None keeps the axis), checked against the input's rank."""
+    if x.dim() not in (dims + 1, dims + 2):
+        raise RewriteNotApplicable("pooling", op, f"a {x.dim()}-D input ({dims + 1}-D or {dims + 2}-D expected)")
+    sizes: Sequence[Any] = [output_size] * dims if isinstance(output_size, int) else list(output_size)
+    if len(sizes) == 1 and dims > 1:
+        sizes = list(sizes) * dims
+    if len(sizes) != dims:
+        raise RewriteNotApplicable("pooling", op, f"output size {output_size!r} for a {dims}-D pool")
+    length = x.shape[-dims:]
+    return [int(length[i]) if s is None else int(s) for i, s in enumerate(sizes)]
+
+
+def _average_axis(x: torch.Tensor, axis: int, out: int) -> torch.Tensor:
+    """Adaptive average along `axis`: a matmul by the constant bin matrix."""
+    import numpy as np
+
+    from buildsys.rewrites.mechanism import constant
+
+    length = int(x.shape[axis])
+    if length == out:
+        return x
+    if out == 1:
+        return x.mean(axis, keepdim=True)
+    weights = np.zeros((length, out))
+    for i, (start, end) in enumerate(_bins(length, out)):
+        weights[start:end, i] = 1.0 / (end - start)
+    return (x.movedim(axis, -1) @ constant(weights, x.dtype)).movedim(-1, axis)
+
+
+def _max_axis(x: torch.Tensor, axis: int, out: int) -> torch.Tensor:
+    """Adaptive max along `axis` (negative): a reshape and amax where `out` divides the axis, else per bin."""
+    import torch
+
+    length = int(x.shape[axis])
+    if length == out:
+        return x
+    if length % out == 0:
+        shape, position = list(x.shape), x.dim() + axis
+        grouped = x.reshape(*shape[:position], out, length // out, *shape[position + 1:])
+        return grouped.amax(position + 1)
+    return torch.cat([x.narrow(axis, start, end - start).amax(axis, keepdim=True)
+                      for start, end in _bins(length, out)], dim=axis)
+
+
+def _pool(op: str, dims: int, reduce: Any, x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    sizes = _sizes(op, x, output_size, dims)
+    for axis, out in zip(range(-dims, 0), sizes):
+        x = reduce(x, axis, out)
+    return x
+
+
+def _average(dims: int) -> Any:
+    op = f"torch.nn.functional.adaptive_avg_pool{dims}d"
+
+    def adaptive_avg_pool(input: torch.Tensor, output_size: Any) -> torch.Tensor:
+        return _pool(op, dims, _average_axis, input, output_size)
+
+    return adaptive_avg_pool
+
+
+def _maximum(dims: int) -> Any:
+    op = f"torch.nn.functional.adaptive_max_pool{dims}d"
+
+    def adaptive_max_pool(input: torch.Tensor, output_size: Any, return_indices: bool = False) -> torch.Tensor:
+        if return_indices:
+            raise RewriteNotApplicable("pooling", op, "return_indices=True (the indices are not computed)")
+        return _pool(op, dims, _max_axis, input, output_size)
+
+    return adaptive_max_pool
+
+
+def _with_indices(dims: int) -> Any:
+    def adaptive_max_pool_with_indices(input: torch.Tensor, output_size: Any, return_indices: bool = True) -> Any:
+        return _maximum(dims)(input, output_size, return_indices=True)
+
+    return adaptive_max_pool_with_indices
+
+
+def _handlers() -> HandlerTable:
+    import torch
+    import torch.nn.functional as F
+
+    table = by_name({f"adaptive_avg_pool{d}d": _average(d) for d in (1, 2, 3)}, (F,))
+    table.update(by_name({f"adaptive_max_pool{d}d": _maximum(d) for d in (1, 2, 3)}, (F,)))
+    # return_indices=True dispatches to these: refused by name, not left for the converter to refuse again
+    table.update(by_name({f"adaptive_max_pool{d}d_with_indices": _with_indices(d) for d in (1, 2, 3)}, (F,)))
+    table[torch.adaptive_avg_pool1d] = _average(1)  # F.adaptive_avg_pool1d is torch's own function
+    return table
+
+
+REWRITES = (
+    Rewrite(
+        name="pooling",
+        version=1,
+        removes=tuple(f"aten::{kind}_pool{d}d" for kind in ("adaptive_avg", "adaptive_max") for d in (1, 2, 3))
+        + ("aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d"),
+        description="adaptive average and max pooling (1-, 2-, 3-D, any output size) as static bins: a matmul by "
+                    "a constant bin matrix per axis (average), a reshape and amax or one amax per bin (max)",
+        handlers=_handlers,
+        signs=(r"adaptive_(avg|max)_pool", r"output size that are not factor of input size"),
+    ),
+)

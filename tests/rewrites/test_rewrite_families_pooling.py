@@ -1,0 +1,66 @@
+"""The pooling family (buildsys/rewrites/pooling.py): adaptive average and max pooling as static bins, against torch
+over 1-, 2- and 3-D pools, output sizes that divide the input, that do not, that exceed it and None, with and
+without a batch axis, in two dtypes; no adaptive pool left in any graph; return_indices refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from buildsys import rewrites
+from buildsys.rewrites import RewriteNotApplicable
+from buildsys.rewrites.pooling import _bins
+from tests.helpers.rewrite_checks import check, randn
+from tests.helpers.rewrite_ops import Fn
+
+DTYPES = [torch.float32, torch.float64]
+#: (input shape, output size) per pool rank: sizes that divide, that do not, larger than the input, None, 1.
+CASES = {
+    1: [((2, 3, 10), 5), ((2, 3, 10), 3), ((1, 2, 4), 7), ((3, 7), 2)],
+    2: [((2, 3, 8, 8), (4, 2)), ((2, 3, 5, 7), (3, 3)), ((1, 2, 2, 2), 7), ((2, 3, 6, 5), (None, 2)),
+        ((3, 5, 5), 1)],
+    3: [((1, 2, 4, 6, 6), (2, 3, 3)), ((1, 2, 3, 5, 4), 2), ((2, 3, 4, 4), (None, 3, 5))],
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_adaptive_pools_match_torch(dtype: torch.dtype, dims: int, kind: str) -> None:
+    pool = getattr(F, f"adaptive_{kind}_pool{dims}d")
+    for shape, size in CASES[dims]:
+        check(lambda x: pool(x, size), "pooling", randn(*shape, seed=dims, dtype=dtype))
+
+
+def test_the_modules_and_a_pyramid_pooling_head_match_torch() -> None:
+    """A PSPNet-style pyramid (bins 1, 2, 3, 6 over a 5 × 5 map), upsampled back and concatenated."""
+    pyramid = torch.nn.ModuleList(torch.nn.AdaptiveAvgPool2d(s) for s in (1, 2, 3, 6))
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        pooled = [F.interpolate(p(x), size=x.shape[-2:], mode="bilinear", align_corners=False) for p in pyramid]
+        return torch.cat([x, *pooled, torch.nn.AdaptiveMaxPool2d((3, 2))(x).flatten(1)[..., None, None].expand(
+            -1, -1, *x.shape[-2:])], dim=1)
+
+    check(head, "pooling", randn(2, 4, 5, 5), graphs=True)
+
+
+def test_the_bins_are_torchs() -> None:
+    assert _bins(5, 3) == [(0, 2), (1, 4), (3, 5)]
+    assert _bins(2, 7) == [(0, 1), (0, 1), (0, 1), (0, 2), (1, 2), (1, 2), (1, 2)]
+    assert _bins(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+
+
+def test_return_indices_is_refused_not_computed() -> None:
+    with pytest.raises(RewriteNotApplicable, match="return_indices"):
+        rewrites.apply(Fn(lambda x: F.adaptive_max_pool2d(x, 3, return_indices=True)[0]), ["pooling"])(
+            randn(1, 2, 5, 5))
+
+
+def test_refusals_of_adaptive_pools_point_at_the_family() -> None:
+    from buildsys.rewrites.refusal import for_refusal
+
+    legacy = ("Unsupported: ONNX export of operator adaptive_max_pool2d, output size that are not factor of input "
+              "size. Please feel free to request support")
+    assert "pooling" in [r.name for r in for_refusal(legacy)]
+    assert "pooling" in [r.name for r in for_refusal("Lowering not found: aten.adaptive_max_pool3d.default")]
