@@ -26,13 +26,49 @@ def frontend_patches() -> Iterator[None]:
     originals = {name: table.get(name) for name in patches}
     table.update(patches)
     try:
-        yield
+        with _computed_bias():
+            yield
     finally:
         for name, original in originals.items():
             if original is None:
                 table.pop(name, None)
             else:
                 table[name] = original
+
+
+@contextmanager
+def _computed_bias() -> Iterator[None]:
+    """MIL's conv and conv_transpose with a bias computed in the graph (a functional conv given its bias as an
+    input, a hypernetwork's), built as the op without it plus the bias broadcast over the spatial axes.
+
+    MIL requires a constant bias ("Input bias must be const at compile time") although it takes computed weights;
+    the sum is the same. The builder's ops, not a translation, are swapped: every frontend path that makes a conv
+    goes through them, and a constant bias goes to the original op unchanged.
+    """
+    from coremltools.converters.mil import Builder as mb
+
+    originals = {name: mb.__dict__[name] for name in ("conv", "conv_transpose")}
+
+    def patched(original: Any) -> Any:
+        def add_op(cls: Any, **kwargs: Any) -> Any:
+            bias = kwargs.get("bias")
+            if bias is None or not hasattr(bias, "rank") or bias.val is not None:  # absent, a NumPy array, a const
+                return original.__func__(cls, **kwargs)
+            del kwargs["bias"]
+            name = kwargs.pop("name", None)
+            unbiased = original.__func__(cls, **kwargs)
+            shaped = mb.reshape(x=bias, shape=[1, -1] + [1] * (kwargs["x"].rank - 2))
+            return mb.add(x=unbiased, y=shaped, **({"name": name} if name else {}))
+
+        return classmethod(add_op)
+
+    for name, original in originals.items():
+        setattr(mb, name, patched(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(mb, name, original)
 
 
 def _per_channel_prelu(table: dict[str, Any]) -> dict[str, Any]:

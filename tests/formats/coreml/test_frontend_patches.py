@@ -63,9 +63,14 @@ def test_the_patches_are_only_in_place_for_the_conversion() -> None:
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     before = {name: table[name] for name in ("int", "bool", "prelu", "where", "where.self", "clamp", "clip")}
+    from coremltools.converters.mil import Builder as mb
+
+    builder = {name: mb.__dict__[name] for name in ("conv", "conv_transpose")}
     with frontend_patches():
         assert all(table[name] is not fn for name, fn in before.items())
+        assert all(mb.__dict__[name] is not op for name, op in builder.items())
     assert {name: table[name] for name in before} == before
+    assert {name: mb.__dict__[name] for name in builder} == builder
 
 
 class Blend(torch.nn.Module):
@@ -145,3 +150,44 @@ def test_a_clamp_between_tensors_agrees_where_the_bounds_cross(tmp_path: Path, f
     with frontend_patches():
         got = evaluate(convert(), "patched")
     np.testing.assert_allclose(got, want, rtol=0, atol=0)
+
+
+class ComputedBias(torch.nn.Module):
+    """A conv whose bias is computed from the input (a conditioning vector's projection) and a transposed conv
+    whose bias is a model input: MIL wants a constant bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.up = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ConvTranspose2d(4, 2, 2, stride=2)
+        self.project = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        condition = self.project(x.mean((0, 2, 3)))  # [4]
+        y = torch.nn.functional.conv2d(x, self.conv.weight, condition, padding=1)
+        return torch.nn.functional.conv_transpose2d(torch.relu(y), self.up.weight, bias, stride=2)
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+def test_a_conv_with_a_computed_bias_converts_and_agrees(tmp_path: Path, frontend: str) -> None:
+    x, bias = torch.randn(1, 3, 6, 6), torch.randn(2)
+    module = ComputedBias().eval()
+    source = (torch.jit.trace(module, (x, bias)) if frontend == "torchscript"
+              else torch.export.export(module, (x, bias)).run_decompositions())
+
+    def convert() -> object:
+        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                          minimum_deployment_target=ct.target.iOS16,
+                          inputs=[ct.TensorType(name="x", shape=(1, 3, 6, 6), dtype=np.float32),
+                                  ct.TensorType(name="bias", shape=(2,), dtype=np.float32)])
+
+    with pytest.raises(ValueError, match="bias must be const"):  # coremltools as it is
+        convert()
+    with frontend_patches():
+        mlmodel = convert()
+    path = tmp_path / "bias.mlpackage"
+    mlmodel.save(str(path))  # type: ignore[attr-defined]
+    mil = MilProgram.load(path)
+    got = mil.evaluate(dict(zip(mil.input_names, (x.numpy(), bias.numpy())))).outputs[mil.output_names[0]]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x, bias).numpy(), rtol=1e-5, atol=1e-5)
