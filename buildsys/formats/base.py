@@ -165,6 +165,9 @@ class StepContext(Generic[O]):
     options: O
     precision: str = "fp32"  # the produced format's precision (the target's, for checks and benches)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: When the step's time budget runs out (time.monotonic()), None without one: a step that can end early
+    #: with a result (a bounded search) plans by it rather than be stopped past it.
+    deadline: float | None = None
 
     def data(self, which: str) -> "Batch | None":
         """Load the model's data set `which` (example/calibration/validation), or None if absent."""

@@ -55,6 +55,14 @@ TRIALS, MAX_KEPT = 48, 8
 SHOWN = 8
 #: Seconds of sensitivity measurement at most; the units not measured by then rank after the measured ones.
 BUDGET_S = 900.0
+#: The share of the step's time left at the search's start that the search may take: the step goes on after it
+#: (ExecuTorch lowers the chosen program to a .pte, every step writes its artifact).
+SHARE = 0.8
+#: The fewest sensitivity groups a step's time budget may leave (below, a ranking tells nothing).
+MIN_GROUPS = 4
+#: A keep trial is started only with this many times the baseline's cost left before the step's deadline (a trial
+#: also saves its artifact; the step then writes the chosen one).
+OVERRUN = 1.5
 #: The metrics a record shows per output (those the goal limits, and the cosine).
 SHOWN_METRICS = ("cosine", "top1_agreement", "range_error", "max_rel")
 #: The share of each allowance a search result must leave unused on the search's data (a cosine limit of 0.9, room
@@ -342,45 +350,71 @@ def default_goal(goal: Mapping[str, Any] | None, outputs: "Sequence[OutputSpec]"
                      if k not in (VALUES_ONLY if o.kind == "scores" else SCORE_ONLY)} for o in outputs}
 
 
-def _groups(units: list[str]) -> list[list[str]]:
-    size = -(-len(units) // TRIALS)  # more units than trials: contiguous groups, each measured as one
+def _groups(units: list[str], trials: int = TRIALS) -> list[list[str]]:
+    size = -(-len(units) // max(1, min(TRIALS, trials)))  # more units than trials: contiguous groups, each one trial
     return [units[i:i + size] for i in range(0, len(units), size)]
 
 
-def search(candidates: Candidates[A], judge: Judge, reduced: str, budget_s: float = BUDGET_S) -> tuple[A, RepairRecord]:
+def _affordable(seconds_left: float, trial_s: float) -> int:
+    """How many sensitivity trials fit in half the step's remaining time (the keep trials get the rest), at the
+    baseline's cost per trial; at least MIN_GROUPS, so that the ranking means something."""
+    if seconds_left == float("inf"):
+        return TRIALS
+    return max(MIN_GROUPS, int(seconds_left / 2 / max(trial_s, 1e-3)))
+
+
+def search(candidates: Candidates[A], judge: Judge, reduced: str, budget_s: float = BUDGET_S,
+           deadline: float | None = None) -> tuple[A, RepairRecord]:
     """The artifact with the fewest most sensitive units at higher precision that meets the judge's goal, and
-    the record. Raises NoRecipe (its message: what the best trial measured) when MAX_KEPT units do not do."""
+    the record. Raises NoRecipe (its message: what the best trial measured) when MAX_KEPT units do not do.
+
+    `deadline` (time.monotonic(), the step's: StepContext.deadline) bounds the whole search so that it ends with
+    a result or a NoRecipe rather than be stopped by the step's budget with neither: the baseline's cost per trial
+    sets how many sensitivity groups are measured (half of the time left at most), and a keep trial that would
+    not finish in time is not started."""
 
     def measure(artifact: A) -> Measured:
         observed, ms = candidates.run(artifact)
         return judge(observed, ms, candidates.size(artifact))
 
+    began = time.monotonic()
+    end = None if deadline is None else began + SHARE * (deadline - began)
+
+    def seconds_left() -> float:
+        return float("inf") if end is None else end - time.monotonic()
+
     full = candidates.make([], None, "full")
     record = RepairRecord(reduced=reduced, baseline=measure(full), judged=judge.describe())
     if record.baseline is not None and record.baseline.clear:
         return full, record
+    trial_s = time.monotonic() - began  # one artifact made and run: what each later trial costs, about
     units = candidates.units(full)
     if not units:
         raise NoRecipe(f"the {reduced} artifact has no {candidates.what} that can be kept at higher precision")
-    groups = _groups(units)
+    groups = _groups(units, _affordable(seconds_left(), trial_s))
     prior = candidates.seed(full, units) or {}
     queue = sorted(range(len(groups)), key=lambda i: (-max(prior.get(u, 0.0) for u in groups[i]), i))
     scores: dict[int, float] = {}
     started = time.monotonic()
+    room = min(budget_s, seconds_left() / 2)
     for i in queue:
-        if scores and time.monotonic() - started > budget_s:
+        if scores and time.monotonic() - started > room:
             break
         scores[i] = measure(candidates.make([], groups[i], f"one-{i}")).error
     order = sorted(scores, key=lambda i: (-scores[i], i)) + [i for i in queue if i not in scores]
     record.sensitivity = [("+".join(groups[i]), scores[i]) for i in order[:SHOWN] if i in scores]
     left = len(groups) - len(scores)
     record.measured = (f"{len(units)} {candidates.what} in {len(scores)} trial(s), each reduced to {reduced} alone"
-                       + (f"; {left} group(s) not measured within {budget_s:g} s, ranked "
+                       + (f"; {left} group(s) not measured within {room:.0f} s, ranked "
                           + ("by the baseline's own error" if prior else "in graph order") if left else ""))
     kept: list[str] = []
     # met without the margin: the fallback where no trial clears it
     barely: tuple[A, list[str]] | None = (full, []) if record.baseline is not None and record.baseline.passed else None
+    out_of_time = False
     for i in order[:MAX_KEPT]:
+        if seconds_left() < OVERRUN * trial_s:  # it would not finish: stop with what was measured
+            out_of_time = True
+            break
         kept = [*kept, *groups[i]]
         artifact = candidates.make(kept, None, f"keep-{len(record.trials)}")
         record.trials.append(Trial(kept, measure(artifact)))
@@ -393,5 +427,7 @@ def search(candidates: Candidates[A], judge: Judge, reduced: str, budget_s: floa
         record.kept_float, record.kinds = barely[1], candidates.kinds(barely[1]) if barely[1] else None
         return barely[0], record
     best = min((t.measured for t in record.trials), key=lambda m: m.error, default=record.baseline)
+    stopped = (f"; stopped before the step's time budget ran out (a trial takes about {trial_s:.0f} s)"
+               if out_of_time else "")
     raise NoRecipe(f"keeping the {len(kept)} most sensitive of {len(units)} {candidates.what} at higher precision "
-                   f"did not meet the tolerance on the search's data (best: {best.metrics if best else {}})")
+                   f"did not meet the tolerance on the search's data (best: {best.metrics if best else {}}){stopped}")

@@ -239,12 +239,13 @@ class Builder:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / (node.name.replace("/", "__").replace(":", "_") + ".log")
         log.write_text(f"# modelbuild: {node.name} ({node.step})\n")
+        budget = self.budgets.for_node(node)
+        extra["budget_s"] = budget.seconds  # what the watchdog allows: a bounded search plans by it (StepContext)
         request = worker_request(step=node.step, options=node.options, model_name=node.model,
                                  model=model.model_dump(mode="json"), root=str(cfg.root),
                                  input=str(input_path) if input_path else None, out_dir=str(out_dir), log=str(log),
                                  precision=node.precision, extra=extra)
         worker = self._workers.get(node.deps[0]) if kind.judges else None  # the worker that made the artifact
-        budget = self.budgets.for_node(node)
         return Job(node.name, self._toolchain(node), request, budget.seconds, inputs, worker, budget.memory,
                    budget.basis), scratch
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             options=step_cls.Options.model_validate(request["options"]),
             precision=request.get("precision", "fp32"),
             extra=request.get("extra", {}),
+            deadline=time.monotonic() + float(request["extra"]["budget_s"])
+            if request.get("extra", {}).get("budget_s") else None,
         )
         metrics = step_cls().run(ctx)
         return {"ok": True, "metrics": metrics}

@@ -76,7 +76,7 @@ def search(step: Any, ctx: Any, module: Any) -> tuple[Any, dict[str, Any]]:
         judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "fp16"),
                       torch_outputs(module, ctx.model, batch), split)
         try:
-            chosen, record = keep_float_search(candidates, judge, "fp16")
+            chosen, record = keep_float_search(candidates, judge, "fp16", deadline=ctx.deadline)
         except NoRecipe as exc:
             raise step.fail(ctx, f"keep_float 'sensitive': {exc}") from exc
         return candidates.converted[chosen], {"repair": record.as_fact()}

@@ -146,4 +146,4 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
         trials = trials_at(batch)
     goal = default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8")
     judge = Judge(ctx.model.outputs, goal, trials.run(trials.float, ctx.model), split)
-    return keep_float_search(PT2ECandidates(trials, ctx.model), judge, "int8")[1].as_fact()
+    return keep_float_search(PT2ECandidates(trials, ctx.model), judge, "int8", deadline=ctx.deadline)[1].as_fact()

@@ -77,7 +77,7 @@ def search(step: Any, ctx: Any, quantize: Quantize, model_in: Path, out: Path, w
         OnnxFp16Candidates(ctx.model, batch, ctx.root, quantize, model_in, work, blocked)
     reference = candidates.run(model_in)[0]
     judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, reduced), reference, split)
-    chosen, record = keep_float_search(candidates, judge, reduced)
+    chosen, record = keep_float_search(candidates, judge, reduced, deadline=ctx.deadline)
     shutil.copyfile(chosen, out)
     return {"repair": record.as_fact(), "repair_ms_per_sample": record.timings()}
 

@@ -82,5 +82,5 @@ def search(ctx: Any, quantize: Quantize, float_ir: Path, work: Path) -> tuple["o
     candidates = NncfCandidates(ctx.model, batch, ctx.root, quantize, work)
     judge = Judge(ctx.model.outputs, default_goal(ctx.options.repair_goal, ctx.model.outputs, "int8"),
                   candidates.run(float_ir)[0], split)
-    chosen, record = keep_float_search(candidates, judge, "int8")
+    chosen, record = keep_float_search(candidates, judge, "int8", deadline=ctx.deadline)
     return ov.Core().read_model(str(chosen)), {"repair": record.as_fact(), "repair_ms_per_sample": record.timings()}

@@ -81,7 +81,7 @@ def requantize(step: "Step", ctx: "StepContext", path: Path, samples: "list[dict
                                            work / "search")
                 goal = default_goal(opts.repair_goal, ctx.model.outputs, "int8")
                 judge = Judge(ctx.model.outputs, goal, candidates.run(work / "float.tflite")[0], split)
-                chosen, found = keep_float_search(candidates, judge, "int8")
+                chosen, found = keep_float_search(candidates, judge, "int8", deadline=ctx.deadline)
                 path.write_bytes(chosen.read_bytes())
                 metrics["repair"], metrics["repair_ms_per_sample"] = found.as_fact(), found.timings()
             else:

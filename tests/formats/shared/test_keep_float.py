@@ -75,3 +75,40 @@ def test_without_a_trial_that_clears_the_margin_the_first_that_meets_the_goal_is
 def test_a_search_that_never_meets_the_goal_is_no_recipe() -> None:
     with pytest.raises(NoRecipe, match=r"keeping the 8 most sensitive of 12 layers"):
         search(Layers({f"l{i}": 0.5 for i in range(12)}), Judge(MODEL.outputs, GOAL, REFERENCE), "int8")
+
+
+class Slow(Layers):
+    """Layers whose every trial takes `seconds` (a conversion and a run), against a step deadline."""
+
+    def __init__(self, noise: dict[str, float], seconds: float) -> None:
+        super().__init__(noise)
+        self.seconds, self.runs = seconds, 0
+
+    def run(self, artifact: frozenset) -> tuple[dict[str, np.ndarray], float | None]:
+        import time
+
+        time.sleep(self.seconds)
+        self.runs += 1
+        return super().run(artifact)
+
+
+def test_a_step_deadline_coarsens_the_sensitivity_and_ends_the_search_before_the_budget() -> None:
+    """Twenty layers, each trial 0.05 s, 0.6 s of step left: the sensitivity is measured in fewer, larger groups
+    (not twenty trials), and the search ends by itself, with a result or a NoRecipe, before the deadline."""
+    import time
+
+    noise = {f"l{i}": 0.05 for i in range(20)} | {"big": 0.8}
+    candidates = Slow(noise, 0.05)
+    began = time.monotonic()
+    try:
+        _, record = search(candidates, Judge(MODEL.outputs, GOAL, REFERENCE), "int8", deadline=began + 0.6)
+    except NoRecipe as exc:
+        assert "stopped before the step's time budget ran out" in str(exc)
+    else:
+        assert "big" in record.kept_float and len(record.kept_float) < len(noise)  # its group, kept whole
+    assert time.monotonic() - began < 0.6
+    assert candidates.runs < 1 + len(noise)  # the baseline, then fewer sensitivity trials than layers
+    # without a deadline, every layer is measured alone
+    unbounded = Slow(noise, 0.0)
+    _, record = search(unbounded, Judge(MODEL.outputs, GOAL, REFERENCE), "int8")
+    assert unbounded.runs >= 1 + len(noise) and record.kept_float == ["big"]
