@@ -19,7 +19,8 @@ def frontend_patches() -> Iterator[None]:
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table),
-               **_clamp_bounds(table)}
+               **_clamp_bounds(table),
+               **_diagonal(table)}
     # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
     patches.update({alias: patches[name] for name in list(patches) for alias, func in table.items()
                     if func is table.get(name) and alias not in patches})
@@ -192,6 +193,55 @@ def _clamp_bounds(table: dict[str, Any]) -> dict[str, Any]:
         context.add(x, node.name)
 
     return {"clamp": clamp}
+
+
+def _diagonal(table: dict[str, Any]) -> dict[str, Any]:
+    """`torch.diagonal(x, offset, dim1, dim2)` for any offset and pair of dims, as a strided slice.
+
+    coremltools translates only offset 0 over dims 0 and 1, and as MIL's band_part, which keeps the [n, m] matrix
+    with zeros off the diagonal instead of returning its [min(n, m)] diagonal (a wrong shape, not a refusal); any
+    other call it refuses. The two dims moved last, flattened to n·m, the diagonal is every (m + 1)-th element
+    from `offset` (from −offset·m below the main diagonal), appended as the last dim as torch does. Symbolic sizes
+    in the two dims (or more than one among the others) go to the original.
+    """
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+
+    if "diagonal" not in table:
+        return {}
+    original = table["diagonal"]
+
+    def value(v: Any) -> Any:
+        return v.val if hasattr(v, "val") else v
+
+    def diagonal(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=1)
+        x = inputs[0]
+        positional = [value(v) for v in inputs[1:4]] + [0, 0, 1][len(inputs) - 1:]
+        offset, dim1, dim2 = (value(_get_kwinputs(context, node, key, default=[default])[0])
+                              for key, default in zip(("offset", "dim1", "dim2"), positional))
+        if not all(isinstance(v, (int,)) or getattr(v, "ndim", None) == 0 for v in (offset, dim1, dim2)):
+            return original(context, node)
+        offset, rank = int(offset), x.rank
+        dim1, dim2 = int(dim1) % rank, int(dim2) % rank
+        rest = [d for d in range(rank) if d not in (dim1, dim2)]
+        n, m = x.shape[dim1], x.shape[dim2]
+        leading = [x.shape[d] for d in rest]
+        if not (isinstance(n, int) and isinstance(m, int)) or sum(not isinstance(d, int) for d in leading) > 1:
+            return original(context, node)
+        length = max(0, min(n, m - offset) if offset >= 0 else min(n + offset, m))
+        if length == 0:
+            return original(context, node)
+        moved = mb.transpose(x=x, perm=rest + [dim1, dim2]) if rest + [dim1, dim2] != list(range(rank)) else x
+        flat = mb.reshape(x=moved, shape=[d if isinstance(d, int) else -1 for d in leading] + [n * m])
+        start = offset if offset >= 0 else -offset * m
+        end = start + (length - 1) * (m + 1) + 1
+        count = len(leading) + 1
+        context.add(mb.slice_by_index(x=flat, begin=[0] * (count - 1) + [start], end=[0] * (count - 1) + [end],
+                                      stride=[1] * (count - 1) + [m + 1], begin_mask=[True] * (count - 1) + [False],
+                                      end_mask=[True] * (count - 1) + [False], name=node.name))
+
+    return {"diagonal": diagonal}
 
 
 def conversion_failure(exc: BaseException) -> str:

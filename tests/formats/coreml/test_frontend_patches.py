@@ -191,3 +191,43 @@ def test_a_conv_with_a_computed_bias_converts_and_agrees(tmp_path: Path, fronten
     got = mil.evaluate(dict(zip(mil.input_names, (x.numpy(), bias.numpy())))).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(x, bias).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class Diagonal(torch.nn.Module):
+    def __init__(self, offset: int, dim1: int, dim2: int) -> None:
+        super().__init__()
+        self.args = (offset, dim1, dim2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.diagonal(x, *self.args) * 2
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+@pytest.mark.parametrize("shape,args", [((5, 3), (0, 0, 1)), ((2, 5, 5), (0, -2, -1)), ((2, 3, 4, 6), (1, -2, -1)),
+                                        ((2, 3, 4, 6), (-2, -1, 1)), ((3, 4, 5), (2, 0, -1))])
+def test_a_diagonal_at_any_offset_and_dims_is_torchs(tmp_path: Path, frontend: str, shape: tuple[int, ...],
+                                                     args: tuple[int, int, int]) -> None:
+    """coremltools refuses all but offset 0 over dims 0 and 1, and there returns the band, not the diagonal."""
+    x, module = torch.randn(*shape), Diagonal(*args).eval()
+    source = torch.jit.trace(module, (x,)) if frontend == "torchscript" else \
+        torch.export.export(module, (x,)).run_decompositions()
+
+    def convert() -> object:
+        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                          minimum_deployment_target=ct.target.iOS16,
+                          inputs=[ct.TensorType(name="x", shape=shape, dtype=np.float32)])
+
+    if args == (0, 0, 1) and frontend == "export":  # coremltools as it is: the band_part matrix, not the diagonal
+        mlmodel = convert()
+        mlmodel.save(str(tmp_path / "band.mlpackage"))  # type: ignore[attr-defined]
+        band = MilProgram.load(tmp_path / "band.mlpackage")
+        assert band.evaluate({"x": x.numpy()}).outputs[band.output_names[0]].shape == shape
+    else:  # (the trace frontend's offset and dims are MIL values, which its `offset == 0` test never matches)
+        with pytest.raises(NotImplementedError, match="Only offset == 0"):
+            convert()
+    with frontend_patches():
+        mlmodel = convert()
+    mlmodel.save(str(tmp_path / "diagonal.mlpackage"))  # type: ignore[attr-defined]
+    mil = MilProgram.load(tmp_path / "diagonal.mlpackage")
+    got = mil.evaluate({"x": x.numpy()}).outputs[mil.output_names[0]]
+    np.testing.assert_array_equal(got, module(x).numpy())
