@@ -203,6 +203,29 @@ def build():
     return SppClassifier()
 '''
 
+CLIP = '''\
+import torch
+from torch import nn
+
+
+class ClipClassifier(nn.Module):
+    """A clip classifier on 3-D convolutions: [B, 3, 8, 16, 16] clips -> Conv3d / BatchNorm3d blocks -> 5 actions."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
+                                      nn.Conv3d(8, 16, 3, padding=1, stride=(2, 1, 1)), nn.ReLU())
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, clip):
+        return self.head(self.features(clip).mean((2, 3, 4)))
+
+
+def build():
+    return ClipClassifier().eval()
+'''
+
 
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
@@ -294,3 +317,14 @@ def test_a_spatial_pyramid_pooling_classifier_reaches_onnx(tmp_path: Path) -> No
                           "server: {model: model, format: onnx}\n")
     _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite pooling)"], "pooling",
                           "adaptive_max_pool2d")
+
+
+def test_a_3d_convolution_clip_classifier_reaches_executorch(tmp_path: Path) -> None:
+    """ExecuTorch's portable convolution kernel runs 1-D and 2-D inputs only (a 3-D one loads, then fails with
+    error 0x12) and XNNPACK does not take 3-D: the lowering refuses it by name, `volumetric` answers with 2-D
+    convolutions over the depth frames, and the refusal names the user's Conv3d and its source line."""
+    project, out = _build(tmp_path, "clips", CLIP, "[{name: clip, shape: [batch, 3, 8, 16, 16]}]",
+                          "edge: {model: model, format: executorch}\n")
+    _assert_rewrite_route(project, out, "edge", ["pytorch", "pt2 (rewrite volumetric)", "executorch"], "volumetric",
+                          "aten::conv3d")
+    assert "conv3d is called in features.0 (Conv3d) at clips.py:" in out

@@ -51,6 +51,29 @@ def kernel_refusal(plan: Any) -> str | None:
             "XNNPACK did not take it: the .pte would fail to load (error 0x14, missing operator)")
 
 
+#: Portable kernels that run only some ranks (ExecuTorch 1.5 `kernels/portable/cpu`): the edge op's name → the
+#: input ranks it runs, and the ATen op a model calls at the other ranks (what a refusal names, and what the
+#: `volumetric` rewrite removes). Its kernel is registered, so kernel_refusal does not see it: the .pte loads, then
+#: fails at run time with error 0x12 (InvalidArgument).
+PORTABLE_RANKS = {"convolution": ((3, 4), "aten::conv3d")}
+
+
+def portable_rank_refusal(graph_module: Any) -> str | None:
+    """Why a lowered edge program must not be delivered: an operator left to a portable kernel (not delegated) at
+    an input rank that kernel does not run; None otherwise."""
+    for node in graph_module.graph.nodes:
+        name = getattr(node.target, "__name__", "").removeprefix("aten.").split(".")[0]  # 'aten.convolution.default'
+        if node.op != "call_function" or name not in PORTABLE_RANKS:
+            continue
+        value = node.args[0].meta.get("val") if node.args and hasattr(node.args[0], "meta") else None
+        ranks, called = PORTABLE_RANKS[name]
+        if value is not None and value.dim() not in ranks:
+            return (f"the ExecuTorch runtime's portable {name} kernel runs {' and '.join(f'{r - 2}-D' for r in ranks)} "
+                    f"inputs only and XNNPACK did not take this {value.dim() - 2}-D one ({called}, node {node.name}): "
+                    "the .pte would fail at run time (error 0x12)")
+    return None
+
+
 def fill(feeds: dict[str, Any], n: int) -> dict[str, Any]:
     """`feeds` with exactly `n` samples: cut, or padded by cycling through its own samples (a .pte has the
     static batch it was exported with; the int8 step's calibration and its repair search feed it so)."""

@@ -77,11 +77,11 @@ class _PteFromPt2(Step):
 
     consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
-    version = 6  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    version = 7  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
     # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
     # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation; 6: aten.gru and
-    # aten.rnn_* lowered as scan loops too, constants with a zero stride copied to standard strides
+    # aten.rnn_* lowered as scan loops too, zero-stride constants copied to standard strides; 7: 3-D conv refused
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -224,10 +224,10 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 8  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
+    version = 9  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as it is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
-    # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops (recurrent.py)
+    # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv refused
     #: Static int8 first; dynamic (linear layers only) is the fallback route for models whose
     #: activations do not survive static int8 (embedding indices, recurrent state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
@@ -370,7 +370,7 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     fails the step."""
     from executorch.exir import to_edge_transform_and_lower
 
-    from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal, standard_strides
+    from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal, portable_rank_refusal, standard_strides
     from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
 
     try:
@@ -386,7 +386,7 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     except Exception as exc:
         raise step.fail(ctx, f"lowering to ExecuTorch failed: {_first_line(exc)}") from exc
     plan = lowered.executorch_program.execution_plan[0]
-    refusal = kernel_refusal(plan)
+    refusal = kernel_refusal(plan) or portable_rank_refusal(edge.exported_program().graph_module)
     if refusal:
         raise step.fail(ctx, refusal)
     delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
