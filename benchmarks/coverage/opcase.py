@@ -78,9 +78,13 @@ def fill(value: Any, inputs: list[torch.Tensor], buffers: list[torch.Tensor]) ->
 
 
 def tensors_of(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a (nested) op result or sample (tuples, lists, dict values), in order."""
-    if isinstance(value, torch.Tensor):
-        yield value
+    """Every tensor in a (nested) op result or sample (tuples, lists, dict values), in order; a complex value the
+    `complex` rewrite holds as a real pair (buildsys/rewrites/pair.py) counts as the complex tensor it stands for
+    (as_output takes its view_as_real, as the rewrite implements it)."""
+    from buildsys.rewrites.pair import ComplexPair
+
+    if isinstance(value, (torch.Tensor, ComplexPair)):
+        yield value  # type: ignore[misc]
     elif isinstance(value, (list, tuple, dict)):
         for item in value.values() if isinstance(value, dict) else value:
             yield from tensors_of(item)

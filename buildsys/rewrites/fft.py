@@ -2,8 +2,8 @@
 
 - `fft` (the family): fft / ifft / rfft / irfft / hfft / ihfft, their 2-D and n-D forms (fft2, ifft2,
   rfft2, irfft2, hfft2, ihfft2, fftn, ifftn, rfftn, irfftn, hfftn, ihfftn) with `n` / `s` / `dim` /
-  `norm`, as matmuls with a DFT basis at static sizes (buildsys.rewrites.dft); fftshift / ifftshift on
-  complex values; torch.stft as strided conv1ds and torch.istft as transposed conv1ds with the windowed
+  `norm`, as matmuls with a DFT basis at static sizes (buildsys.rewrites.dft); fftshift / ifftshift as rolls on
+  real tensors and pairs; torch.stft as strided conv1ds and torch.istft as transposed conv1ds with the windowed
   basis; hann / hamming / blackman / bartlett windows as constants (buildsys.rewrites.spectral). Complex
   results are real pairs (buildsys.rewrites.pair), which the model's later complex arithmetic keeps real.
 - `stft` (a member): torch.stft and the window functions only, the name targets set before the family.
@@ -45,15 +45,34 @@ def _fft_handlers() -> HandlerTable:
     table = dict(_stft_handlers())
     table.update({getattr(torch.fft, name): impl for name, impl in dft.TRANSFORMS.items()})
     table.update({torch.istft: spectral.istft, torch.functional.istft: spectral.istft, torch.Tensor.istft: spectral.istft})
+    table.update({torch.fft.fftshift: _shift(inverse=False), torch.fft.ifftshift: _shift(inverse=True)})
     return table
+
+
+def _shift(inverse: bool) -> object:
+    """fftshift / ifftshift as rolls by ⌊n/2⌋ (−⌊n/2⌋ for the inverse) along `dim` (every dim when None), done with
+    slices and a concatenation (sequence.roll), on a real tensor or on each part of a real pair."""
+    from typing import Any
+
+    def shift(input: Any, dim: int | tuple[int, ...] | list[int] | None = None) -> Any:
+        from buildsys.rewrites.pair import ComplexPair
+        from buildsys.rewrites.sequence import roll
+
+        dims = list(range(input.dim())) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+        shifts = [-(int(input.shape[d]) // 2) if inverse else int(input.shape[d]) // 2 for d in dims]
+        if isinstance(input, ComplexPair):
+            return ComplexPair(roll(input.real, shifts, dims), roll(input.imag, shifts, dims))
+        return roll(input, shifts, dims)
+
+    return shift
 
 
 REWRITES = (
     Rewrite(
         name="fft",
-        version=2,  # 2: its pairs' zeros_like / empty_like (pair_ops.py)
+        version=3,  # 2: its pairs' zeros_like / empty_like (pair_ops.py); 3: fftshift / ifftshift as rolls
         removes=("aten::stft", "aten::istft", *(f"aten::fft_{t}" for t in _TRANSFORMS), *_DECOMPOSED, *_WINDOW_OPS,
-                 "aten::unfold"),
+                 "aten::unfold", "aten::fft_fftshift", "aten::fft_ifftshift"),
         description="the FFT family (torch.fft's 1-D, 2-D and n-D transforms with n/s/dim/norm, stft, istft, "
                     "windows) as DFT matmuls and strided convolutions at static sizes; complex results as "
                     "real pairs",

@@ -123,3 +123,12 @@ def test_what_the_family_does_not_implement_is_refused_not_computed() -> None:
     with pytest.raises(RewriteNotApplicable, match=r"torch.fft.rfft: dimension -1 is dynamic"):
         torch.export.export(rewrites.apply(Fn(lambda t: torch.fft.rfft(t).abs()), ["fft"]), (randn(2, 16),),
                             dynamic_shapes=(({1: dynamic},),), strict=False)
+
+
+@pytest.mark.parametrize("dim", [None, 1, -1, (0, 2), [1, 2]])
+def test_fftshift_and_ifftshift_of_real_tensors_are_rolls(dim: object) -> None:
+    """On a real tensor (a spectrum already taken as magnitudes, a centred kernel): odd and even sizes."""
+    x = randn(3, 5, 4)
+    check(lambda t: torch.fft.fftshift(t, dim=dim), "fft", x)
+    check(lambda t: torch.fft.ifftshift(t, dim=dim), "fft", x)
+    check(lambda t: torch.fft.ifftshift(torch.fft.fftshift(t, dim=dim), dim=dim) * 2, "fft", x, graphs=dim is None)
