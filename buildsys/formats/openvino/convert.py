@@ -105,6 +105,11 @@ class OpenVinoFromOnnx(PruningStep):
     description = "openvino.convert_model of the ONNX file, saved with float32 (fp16: float16-compressed) weights; " \
                   "with sparsity, its weight constants pruned by magnitude."
     Options = PruningOptions
+    #: The ONNX it reads was exported from a PyTorch program: what its frontend has no rule for (the ONNX sequence
+    #: ops dstack's atleast_3d over a list exports to, a loss's GatherElements on constants) is gone once that
+    #: program is decomposed to core ATen, which exports as plain tensor ops.
+    decomposes_unnamed = True
+
     def _run(self, ctx: StepContext[PruningOptions]) -> dict[str, Any]:
         with telemetry_off():
             import openvino as ov
@@ -113,8 +118,7 @@ class OpenVinoFromOnnx(PruningStep):
                 # By path: ONNX external data (model.onnx.data) next to it is found by the frontend.
                 model = ov.convert_model(str(Path(str(ctx.input_path))))
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise self.fail(ctx, f"OpenVINO could not convert the ONNX model: {type(exc).__name__}: {first}") from exc
+                raise self.fail(ctx, f"OpenVINO could not convert the ONNX model: {_unconverted(exc)}") from exc
             fp16 = self.precision == "fp16"
             if ctx.options.sparsity is None:
                 return save_ir(self, ctx, model, fp16=fp16)
@@ -123,3 +127,19 @@ class OpenVinoFromOnnx(PruningStep):
             pruned = prune_model(self, ctx, model, fp16)
             metrics = save_ir(self, ctx, model, fp16=fp16)
             return {**metrics, **pruned, "weights_deflated_bytes": deflated(ctx.out_dir / BIN)}
+
+
+def _unconverted(exc: BaseException) -> str:
+    """OpenVINO's conversion failure in one line: the ops it has no rule for, where its report names them ("No
+    conversion rule found for operations: SequenceMap-18, ..."; the first line alone is a C++ source location)."""
+    import re
+
+    text = str(exc).strip()
+    named = re.search(r"No conversion rule found for operations: ([^\n]+)", text)
+    failed = re.findall(r"^-- (\S+) with a message", text, re.MULTILINE)
+    first = text.splitlines()[0] if text else ""
+    if named:
+        return f"{type(exc).__name__}: no conversion rule for the ONNX operations {named.group(1).strip()}"
+    if failed:
+        return f"{type(exc).__name__}: the conversion of {', '.join(dict.fromkeys(failed))} failed"
+    return f"{type(exc).__name__}: {first}"

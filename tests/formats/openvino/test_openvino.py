@@ -321,3 +321,17 @@ def test_an_input_that_also_carries_a_folded_cast_name_is_the_signature_input(cn
     assert "image" in names and len(names) > 1, names  # the case this test is about: more than one name
     runtime = get_runtime("openvino")
     assert runtime.inspect(tmp_path / "model.xml", cnn.model, "openvino")["problems"] == []  # type: ignore[index]
+
+
+def test_a_conversion_failure_names_the_onnx_ops_without_a_rule() -> None:
+    """OpenVINO's report starts with a C++ source location; the ops it has no rule for are further down."""
+    from buildsys.formats.openvino.convert import _unconverted
+
+    report = RuntimeError("Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:"
+                          "\nFrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted.\nSummary:\n"
+                          "-- No conversion rule found for operations: SequenceMap-18, util::SequenceAt\n")
+    assert _unconverted(report) == "RuntimeError: no conversion rule for the ONNX operations SequenceMap-18, " \
+                                   "util::SequenceAt"
+    detailed = RuntimeError("Check 'false' failed at x.cpp:151:\nModel wasn't fully converted. Failed operations "
+                            "detailed log:\n-- prim::Constant with a message:\nNone constant cannot be converted\n")
+    assert _unconverted(detailed) == "RuntimeError: the conversion of prim::Constant failed"
