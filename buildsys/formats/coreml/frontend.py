@@ -20,7 +20,8 @@ def frontend_patches() -> Iterator[None]:
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table),
                **_clamp_bounds(table),
-               **_diagonal(table)}
+               **_diagonal(table),
+               **_new_ones(table), **_full_like_dtype(table)}
     # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
     patches.update({alias: patches[name] for name in list(patches) for alias, func in table.items()
                     if func is table.get(name) and alias not in patches})
@@ -242,6 +243,61 @@ def _diagonal(table: dict[str, Any]) -> dict[str, Any]:
                                       end_mask=[True] * (count - 1) + [False], name=node.name))
 
     return {"diagonal": diagonal}
+
+
+def _new_ones(table: dict[str, Any]) -> dict[str, Any]:
+    """`Tensor.new_ones(size, dtype=...)` as a fill of ones (cast to an integer or bool dtype when one is given), as
+    coremltools does new_zeros. coremltools has new_zeros, new_full and new_empty but no new_ones, which Hugging Face
+    encoders call on their attention masks (DETR, MiniLM: the TorchScript route refused "new_ones")."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+
+    if "new_ones" in table:
+        return {}
+
+    def new_ones(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node)
+        shape = inputs[1]
+        if isinstance(shape, list):  # a dynamic size: its scalars concatenated
+            shape = mb.concat(values=shape, axis=0)
+        dtype = inputs[2].val if len(inputs) > 2 and inputs[2] is not None else None
+        target = NUM_TO_DTYPE_STRING.get(int(dtype)) if dtype is not None else None
+        if target is None or target.startswith("fp"):
+            context.add(mb.fill(shape=shape, value=1.0, name=node.name))
+        else:
+            context.add(mb.cast(x=mb.fill(shape=shape, value=1.0), dtype=target, name=node.name))
+
+    return {"new_ones": new_ones}
+
+
+def _full_like_dtype(table: dict[str, Any]) -> dict[str, Any]:
+    """`full_like(x, value, dtype=None)` (torch.export's zeros_like / ones_like / full_like) in x's dtype, or the one
+    given, as PyTorch does. coremltools' fill_like takes its dtype from the Python value, so zeros_like of a float
+    tensor became int32 and the matmul it fed failed ("y has dtype fp32 whereas x has dtype int32": DETR's decoder,
+    which starts from zeros_like of its query embeddings)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
+
+    if "full_like" not in table:
+        return {}
+
+    def full_like(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=2)
+        x, value = inputs[0], inputs[1].val
+        dtype = inputs[2].val if len(inputs) > 2 and inputs[2] is not None else None
+        wanted = NUM_TO_DTYPE_STRING.get(int(dtype)) if dtype is not None else types.builtin_to_string(x.dtype)
+        if value is None or wanted is None:
+            return original(context, node)
+        kind = float if wanted.startswith("fp") else bool if wanted == "bool" else int
+        filled = mb.fill(shape=mb.shape(x=x), value=kind(value))  # fill_like is iOS16+
+        context.add(mb.cast(x=filled, dtype=wanted, name=node.name) if wanted not in ("fp32", "int32") else
+                    mb.identity(x=filled, name=node.name))
+
+    original = table["full_like"]
+    return {"full_like": full_like}
 
 
 def conversion_failure(exc: BaseException) -> str:

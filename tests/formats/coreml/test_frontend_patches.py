@@ -231,3 +231,41 @@ def test_a_diagonal_at_any_offset_and_dims_is_torchs(tmp_path: Path, frontend: s
     mil = MilProgram.load(tmp_path / "diagonal.mlpackage")
     got = mil.evaluate({"x": x.numpy()}).outputs[mil.output_names[0]]
     np.testing.assert_array_equal(got, module(x).numpy())
+
+
+class Queries(torch.nn.Module):
+    """A DETR-style decoder start: zeros_like of the query embeddings fed to a linear layer, plus a mask of new_ones
+    (float, and integer counted) as Hugging Face encoders make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.value = torch.nn.Linear(6, 6)
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        start = self.value(torch.zeros_like(queries)) + self.value(torch.ones_like(queries))
+        mask = queries.new_ones(queries.shape[:2])
+        counted = queries.new_ones((queries.shape[0], 3), dtype=torch.long).sum(-1, keepdim=True)
+        return (start + self.value(queries)) * mask.unsqueeze(-1) + counted.unsqueeze(-1).float()
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+def test_like_factories_keep_their_dtype_and_new_ones_converts(tmp_path: Path, frontend: str) -> None:
+    x, module = torch.randn(2, 4, 6), Queries().eval()
+    source = torch.jit.trace(module, (x,)) if frontend == "torchscript" else \
+        torch.export.export(module, (x,)).run_decompositions()
+
+    def convert() -> object:
+        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                          minimum_deployment_target=ct.target.iOS16,
+                          inputs=[ct.TensorType(name="queries", shape=(2, 4, 6), dtype=np.float32)])
+
+    with pytest.raises(Exception, match="new_ones|dtype int32|0-dimensional"):  # coremltools as it is
+        convert()
+    with frontend_patches():
+        mlmodel = convert()
+    mlmodel.save(str(tmp_path / "queries.mlpackage"))  # type: ignore[attr-defined]
+    mil = MilProgram.load(tmp_path / "queries.mlpackage")
+    got = mil.evaluate({"queries": x.numpy()}).outputs[mil.output_names[0]]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-5, atol=1e-5)
