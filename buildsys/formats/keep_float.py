@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Mapping, Sequence, TypeVar
 
@@ -58,6 +59,8 @@ BUDGET_S = 900.0
 #: The share of the step's time left at the search's start that the search may take: the step goes on after it
 #: (ExecuTorch lowers the chosen program to a .pte, every step writes its artifact).
 SHARE = 0.8
+#: The error a trial's fault adds (an fp16 overflow): more than any metric's own miss, so faulting units rank first.
+FAULT = 10.0
 #: The fewest sensitivity groups a step's time budget may leave (below, a ranking tells nothing).
 MIN_GROUPS = 4
 #: A keep trial is started only with this many times the baseline's cost left before the step's deadline (a trial
@@ -124,6 +127,9 @@ class Candidates(Generic[A]):
 
     def __init__(self, model: "Model", batch: "Batch", root: Path) -> None:
         self.model, self.batch, self.root = model, batch, root
+        #: What the runtime saw inside the last artifact `run` ran that fails a check whatever its outputs (an fp16
+        #: overflow the MIL reference finds: the Neural Engine would make it inf); the search fails such a trial.
+        self.faults: list[str] = []
 
     def make(self, keep: Sequence[str], only: Sequence[str] | None, slot: str) -> A:
         """The artifact with the `keep` units at higher precision; or, when `only` is given, with only those
@@ -143,6 +149,7 @@ class Candidates(Generic[A]):
         started = time.perf_counter()
         with get_runtime(self.runtime).load(Path(str(artifact)), self.model, self.root) as session:
             outputs = session_outputs(session, self.model, self.batch)
+            self.faults = [str(f["text"]) for f in session.findings() if f.get("fails")]
         return outputs, (time.perf_counter() - started) * 1000 / max(len(self.batch), 1)
 
     def size(self, artifact: A) -> int | None:
@@ -304,8 +311,12 @@ def search(candidates: Candidates[A], judge: Judge, reduced: str, budget_s: floa
     not finish in time is not started."""
 
     def measure(artifact: A) -> Measured:
+        candidates.faults = []
         observed, ms = candidates.run(artifact)
-        return judge(observed, ms, candidates.size(artifact))
+        measured = judge(observed, ms, candidates.size(artifact))
+        if candidates.faults:  # failed whatever its outputs: each fault counts as a whole allowance missed, and more
+            return replace(measured, passed=False, clear=False, error=measured.error + FAULT * len(candidates.faults))
+        return measured
 
     began = time.monotonic()
     end = None if deadline is None else began + SHARE * (deadline - began)

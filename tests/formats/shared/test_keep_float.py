@@ -112,3 +112,28 @@ def test_a_step_deadline_coarsens_the_sensitivity_and_ends_the_search_before_the
     unbounded = Slow(noise, 0.0)
     _, record = search(unbounded, Judge(MODEL.outputs, GOAL, REFERENCE), "int8")
     assert unbounded.runs >= 1 + len(noise) and record.kept_float == ["big"]
+
+
+class Overflowing(Layers):
+    """Layers whose outputs stay close, but where 'square' reduced makes the runtime see an overflow (a fault: the
+    MIL reference's fp16 overflow, which the Neural Engine would turn into inf)."""
+
+    def run(self, artifact: frozenset) -> tuple[dict[str, np.ndarray], float | None]:
+        self.faults = ["fp16 overflow at mul 'square'"] if "square" in artifact else []
+        return super().run(artifact)
+
+
+def test_a_fault_fails_a_trial_whatever_its_outputs_and_its_unit_is_kept() -> None:
+    candidates = Overflowing({"a": 0.01, "square": 0.01, "b": 0.01})
+    artifact, record = search(candidates, Judge(MODEL.outputs, GOAL, REFERENCE), "fp16")
+    assert record.baseline is not None and not record.baseline.passed  # its cosine alone would pass
+    assert record.sensitivity[0][0] == "square" and record.kept_float == ["square"]
+    assert "square" not in artifact
+
+
+def test_a_check_failed_by_a_fault_opens_repair() -> None:
+    from buildsys.planning.failures import _missed_tolerance
+
+    fault = {"findings": [{"text": "fp16 overflow at add 'out1'", "fails": True}], "outputs": {"y": {"cosine": {"ok": True}}}}
+    assert _missed_tolerance(fault)
+    assert not _missed_tolerance({"findings": [{"text": "fp16 underflow", "fails": False}], "outputs": {}})
