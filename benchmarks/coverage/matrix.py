@@ -82,10 +82,13 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
     cells = results.setdefault("cells", {})
     seconds = results.setdefault("node_seconds", {})
     builds = results.setdefault("builds", [])
-    if fresh:
+    if fresh:  # the selected families' cells only (`--targets`); the row's node-seconds when it is rebuilt whole
+        whole = set(families) >= {f for row in rows for f in cells.get(row.key, {})}
         for row in rows:
-            cells.pop(row.key, None)
-            seconds.pop(row.key, None)
+            for family in families:
+                cells.get(row.key, {}).pop(family, None)
+            if whole:
+                seconds.pop(row.key, None)
     todo = pending(rows, families, results)
     log(f"{len(todo)} of {len(rows)} rows have cells to build, {chunk} per project")
     for start in range(0, len(todo), chunk):
