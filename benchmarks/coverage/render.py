@@ -214,7 +214,7 @@ def remeasured_lines(meta: dict[str, Any], what: str = "samples") -> list[str]:
     again = meta.get("remeasured")
     if not again:
         return []
-    return [f"{len(again['cases'])} {what} were measured again {again['label']}: "
+    return [f"{len(again['cases'])} {again.get('what', what)} were measured again {again['label']}: "
             f"{', '.join(f'`{c}`' for c in again['cases'])}.", ""]
 
 
