@@ -137,6 +137,6 @@ REWRITES = (
                     "complex dtype in the graph",
         handlers=_handlers,
         signs=(r"complex<f\d+>", r"\bcomplex(32|64|128)\b", r"Complex(Float|Double|Half)", r"complex types?\b",
-               r"complex dtype"),
+               r"complex dtype", r"\b_conj(_copy|_physical)?\b"),  # a conjugate is of a complex value
     ),
 )

@@ -21,7 +21,7 @@ from buildsys.rewrites.base import HandlerTable, Rewrite
 #: What every FFT turns into once decomposed, and the signs of a refused FFT or complex value.
 _DECOMPOSED = ("aten::_fft_r2c", "aten::_fft_c2c", "aten::_fft_c2r")
 _COMPLEX_SIGNS = (r"complex<f\d+>", r"\bcomplex(32|64|128)\b", r"Complex(Float|Double|Half)", r"complex types?\b",
-                  r"complex dtype")
+                  r"complex dtype", r"\b_conj(_copy|_physical)?\b")  # a conjugate is of a complex value
 _TRANSFORMS = ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft", "fft2", "ifft2", "rfft2", "irfft2", "hfft2", "ihfft2",
                "fftn", "ifftn", "rfftn", "irfftn", "hfftn", "ihfftn")
 _WINDOW_OPS = ("aten::hann_window", "aten::hamming_window", "aten::blackman_window", "aten::bartlett_window")

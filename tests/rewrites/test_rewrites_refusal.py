@@ -194,3 +194,10 @@ def test_the_same_refusal_without_a_matching_program_points_elsewhere_or_nowhere
     # a program without a scatter: the sign cannot point at the scatter family (naming no ATen op, the refusal
     # falls to what the program has, as any such refusal does)
     assert names("ONNX does not support include_self=False for scatter_reduce", FFT2_OPS) == ["fft"]
+
+
+def test_a_conjugate_without_a_kernel_points_at_the_complex_families() -> None:
+    """ExecuTorch on an inverse FFT of a real signal: what it names is the conjugate, only ever of a complex value."""
+    text = ("the program's operator aten::_conj_copy.out has no kernel in the ExecuTorch runtime and XNNPACK did not "
+            "take it: the .pte would fail to load (error 0x14, missing operator)")
+    assert set(names(text)) == {"fft", "complex"}
