@@ -218,9 +218,9 @@ class CheckStep(Step):
             return {"not_available": f"localisation not available: the artifact is structurally pruned "
                     f"(structured_sparsity {ctx.extra['structured_sparsity']:g}), so its layers differ from the dense "
                     "module's by design; a lower ratio, or a looser acceptance, is the remedy"}
-        if ctx.extra.get("localise_deferred"):  # the build goes on to another route: cheap failure first
-            return {"not_available": f"localisation deferred: the target's next route ({ctx.extra['localise_deferred']}) "
-                    "is tried after this miss; the last route's miss is localised"}
+        if ctx.extra.get("localise_deferred"):  # a repair follows and measures every layer itself
+            return {"not_available": f"localisation deferred: the repair route {ctx.extra['localise_deferred']} is "
+                    "tried after this miss and measures each layer's sensitivity itself (explain its node)"}
         missed = next(name for name, r in results.items() if not r)
         tolerance = ctx.options.outputs.get(missed)
         try:

@@ -228,9 +228,9 @@ class Builder:
             extra["quantized_weights"] = (nplan.components or {}).get("quantized_weights")  # judged by its floor
             if self.plan.dag.structured_sparsity(node.deps[0]):  # a pruned artifact: no per-layer localisation
                 extra["structured_sparsity"] = self.plan.dag.structured_sparsity(node.deps[0])
-            later = self._later_route(node.target)
-            if later:  # a miss here is not the target's last word: the next route answers it, unlocalised
-                extra["localise_deferred"] = later
+            repair = self._repair_next(node.target)
+            if repair:  # a miss here opens a repair that measures each layer itself: not localised twice
+                extra["localise_deferred"] = repair
         source = _source_path(cfg.root, model)
         extra.update(kind.request_extra(node, model, str(source) if source else None))
         sites = ((self.plan.coverage.ops.get(node.model) if self.plan.coverage else None) or {}).get("sites")
@@ -249,17 +249,18 @@ class Builder:
         return Job(node.name, self._toolchain(node), request, budget.seconds, inputs, worker, budget.memory,
                    budget.basis), scratch
 
-    def _later_route(self, target: str) -> str | None:
-        """The route a target takes after this plan's, in words, when it has one: its check's miss then reroutes
-        (the next candidate, a repair recipe) rather than ends the target, so the check does not localise it;
-        the last route's check does, and that is the miss the target reports."""
+    def _repair_next(self, target: str) -> str | None:
+        """The repair route a target takes next, in words, when its next route is one: a miss of this plan's check
+        then opens that repair, whose search measures every layer's sensitivity itself, so the check does not
+        localise it (the repair's own check does, if it misses too). None when the next route is a fallback or
+        an alternative (its miss is localised: a user reads each route's), or there is none."""
         dag = self.plan.dag
         route, candidates = dag.routes.get(target), dag.candidates.get(target, [])
         if route is None or route not in candidates:
             return None
         dropped = [d["route"] for d in self.plan.dropped.get(target, [])]  # failed already: would fail at once
         later = [r for r in candidates[candidates.index(route) + 1:] if r.words() not in dropped]
-        return str(later[0]) if later else None
+        return str(later[0]) if later and later[0].repaired and not route.repaired else None
 
     def _toolchain(self, node: Node) -> str:
         if node.name not in self._toolchains:

@@ -297,11 +297,11 @@ def test_the_check_localises_only_a_miss(tmp_path: Path) -> None:
     failed = tiny.run("check", tmp_path / "c2", input_path=tmp_path / "bad" / "model.onnx", extra=extra, **options)
     assert failed["passed"] is False and failed["localisation"]["first"] == "body.2", failed["localisation"]
     assert any("first divergence from PyTorch at module 'body.2' (Linear" in f for f in failed["failures"])
-    # a miss the build answers with another route (the builder says which) is not localised: failure stays cheap
+    # a miss a repair answers next (the builder says which) is not localised: the repair measures each layer itself
+    repair = "pytorch → onnx → onnx-int8 (repair keep-float)"
     deferred = tiny.run("check", tmp_path / "c3", input_path=tmp_path / "bad" / "model.onnx",
-                        extra={**extra, "localise_deferred": "pytorch → pt2 → onnx"}, **options)
+                        extra={**extra, "localise_deferred": repair}, **options)
     assert deferred["passed"] is False and "rows" not in deferred["localisation"]
-    assert deferred["localisation"]["not_available"].startswith("localisation deferred: the target's next route "
-                                                                "(pytorch → pt2 → onnx)")
+    assert deferred["localisation"]["not_available"].startswith(f"localisation deferred: the repair route {repair}")
     report = json.loads((tmp_path / "c2" / "report.json").read_text())
     assert report["localisation"]["rows"][0]["module"] == "body.0" and report["localisation"]["rows"][0]["ok"]

@@ -193,7 +193,8 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
     # and what the user can do.
     narrow = project.run("build", "narrow")
     assert narrow.returncode == 1
-    # the first route's miss rerouted unlocalised (a recipe followed); the last route's miss names the layer
+    # the first route's miss rerouted unlocalised (a recipe followed: its search measures each layer); the last
+    # route's miss names the layer
     assert "first divergence from PyTorch at module 'head'" in narrow.stdout
     records = project.lock().routes["narrow"]["dropped"]
     assert [r["route"][-1] for r in records] == ["onnx-int8", "onnx-int8 (repair per-channel)"]
