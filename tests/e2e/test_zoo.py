@@ -118,14 +118,14 @@ EXPECT["mtcnn_pnet"] = {  # fully convolutional: every route's first choice work
 }
 
 # all-MiniLM-L6-v2 (BERT): onnx2tf stops at the Expand of BERT's token_type_ids buffer, litert-torch
-# converts it; coremltools fails on the TorchScript trace and converts the torch.export program;
+# converts it; coremltools converts the TorchScript trace (with modelbuild's frontend patches);
 # XNNPACK static int8 of the whole encoder misses (cosine ~0.18); dynamic int8 of its 36 linears passes.
 EXPECT["minilm"] = {
     "onnx": ok(ONNX), "tflite": ok(LITERT, {tfl(ONNX): EXPAND}),
     "tflite-int8": ok(LITERT_INT8, {tfl(ONNX, "tflite-int8"): EXPAND}),
-    # the trace frontend stops at BERT's attention-mask `new_ones` (coremltools registers new_zeros and new_full,
-    # not new_ones); the torch.export program has no such op
-    "coreml-fp16": Cell("reference", COREML_PT2, {COREML: r"Core ML cannot convert the PyTorch op 'new_ones'"}),
+    # the trace frontend converts since modelbuild's Core ML patches give it BERT's attention-mask `new_ones`
+    # (coremltools registers new_zeros, new_full and new_empty only: formats/coreml/frontend.py)
+    "coreml-fp16": BY_REFERENCE,
     "executorch": ok(ET),
     # the full-int8 route misses on every host, but which metric trips first depends on the CPU's int8
     # kernels: cosine (below 0.9) on this machine, range_error 0.1655 > 0.1 with cosine passing on CI's

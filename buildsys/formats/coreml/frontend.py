@@ -251,7 +251,9 @@ def _new_ones(table: dict[str, Any]) -> dict[str, Any]:
     encoders call on their attention masks (DETR, MiniLM: the TorchScript route refused "new_ones")."""
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    import numpy as np
     from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
 
     if "new_ones" in table:
         return {}
@@ -259,14 +261,16 @@ def _new_ones(table: dict[str, Any]) -> dict[str, Any]:
     def new_ones(context: Any, node: Any) -> None:
         inputs = _get_inputs(context, node)
         shape = inputs[1]
-        if isinstance(shape, list):  # a dynamic size: its scalars concatenated
+        if isinstance(shape, list) and shape:  # a dynamic size: its scalars concatenated
             shape = mb.concat(values=shape, axis=0)
         dtype = inputs[2].val if len(inputs) > 2 and inputs[2] is not None else None
         target = NUM_TO_DTYPE_STRING.get(int(dtype)) if dtype is not None else None
-        if target is None or target.startswith("fp"):
-            context.add(mb.fill(shape=shape, value=1.0, name=node.name))
+        if isinstance(shape, list) or (shape.val is not None and np.size(shape.val) == 0):  # new_ones(()): a 0-d one
+            ones = mb.const(val=np.float32(1.0))
         else:
-            context.add(mb.cast(x=mb.fill(shape=shape, value=1.0), dtype=target, name=node.name))
+            ones = mb.fill(shape=shape if types.is_int(shape.dtype) else mb.cast(x=shape, dtype="int32"), value=1.0)
+        context.add(mb.identity(x=ones, name=node.name) if target is None or target.startswith("fp")
+                    else mb.cast(x=ones, dtype=target, name=node.name))
 
     return {"new_ones": new_ones}
 

@@ -246,7 +246,8 @@ class Queries(torch.nn.Module):
         start = self.value(torch.zeros_like(queries)) + self.value(torch.ones_like(queries))
         mask = queries.new_ones(queries.shape[:2])
         counted = queries.new_ones((queries.shape[0], 3), dtype=torch.long).sum(-1, keepdim=True)
-        return (start + self.value(queries)) * mask.unsqueeze(-1) + counted.unsqueeze(-1).float()
+        scale = queries.new_ones(())  # 0-d, as BERT's extended attention mask makes one
+        return (start + self.value(queries)) * mask.unsqueeze(-1) * scale + counted.unsqueeze(-1).float()
 
 
 @pytest.mark.parametrize("frontend", ["torchscript", "export"])
