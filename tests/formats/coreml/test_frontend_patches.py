@@ -36,10 +36,20 @@ class PatchGrid(torch.nn.Module):
 
 
 def _convert(module: torch.nn.Module, example: torch.Tensor) -> object:
-    traced = torch.jit.trace(module.eval(), example)
-    return ct.convert(traced, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
-                      compute_precision=ct.precision.FLOAT32,
-                      inputs=[ct.TensorType(name="x", shape=tuple(example.shape), dtype=np.float32)])
+    return _fp32(torch.jit.trace(module.eval(), example), {"x": tuple(example.shape)})
+
+
+def _fp32(source: object, inputs: dict[str, tuple[int, ...]]) -> object:
+    """A trace or an ExportedProgram converted to an unloaded float32 ML program (iOS 16), float32 inputs by name."""
+    return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                      minimum_deployment_target=ct.target.iOS16,
+                      inputs=[ct.TensorType(name=n, shape=shape, dtype=np.float32) for n, shape in inputs.items()])
+
+
+def _mil(mlmodel: object, path: Path) -> MilProgram:
+    """The package saved at `path`, loaded for the MIL reference interpreter."""
+    mlmodel.save(str(path))  # type: ignore[attr-defined]
+    return MilProgram.load(path)
 
 
 @pytest.mark.parametrize("size,patch", [(10, 4), (16, 4), (9, 2)])
@@ -49,9 +59,7 @@ def test_a_size_counted_in_tensors_converts_and_agrees(tmp_path: Path, size: int
         _convert(PatchGrid(patch), example)
     with frontend_patches():
         mlmodel = _convert(PatchGrid(patch), example)
-    path = tmp_path / "grid.mlpackage"
-    mlmodel.save(str(path))  # type: ignore[attr-defined]
-    program = MilProgram.load(path)
+    program = _mil(mlmodel, tmp_path / "grid.mlpackage")
     got = program.evaluate({"x": example.numpy()}).outputs[program.output_names[0]]
     with torch.no_grad():
         want = PatchGrid(patch)(example).numpy()
@@ -93,17 +101,13 @@ def test_a_where_of_scalars_from_the_export_frontend_converts_and_agrees(tmp_pat
     program = torch.export.export(module, (example,)).run_decompositions()
 
     def convert() -> object:
-        return ct.convert(program, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
-                          minimum_deployment_target=ct.target.iOS16,
-                          inputs=[ct.TensorType(name="x", shape=tuple(example.shape), dtype=np.float32)])
+        return _fp32(program, {"x": tuple(example.shape)})
 
     with pytest.raises(ValueError, match="got 0 values"):  # coremltools as it is
         convert()
     with frontend_patches():
         mlmodel = convert()
-    path = tmp_path / "blend.mlpackage"
-    mlmodel.save(str(path))  # type: ignore[attr-defined]
-    mil = MilProgram.load(path)
+    mil = _mil(mlmodel, tmp_path / "blend.mlpackage")
     got = mil.evaluate({"x": example.numpy()}).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(example).numpy(), rtol=1e-5, atol=1e-6)
@@ -132,14 +136,10 @@ def test_a_clamp_between_tensors_agrees_where_the_bounds_cross(tmp_path: Path, f
               else torch.export.export(module, (x, lo, hi)).run_decompositions())
 
     def convert() -> object:
-        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
-                          minimum_deployment_target=ct.target.iOS16,
-                          inputs=[ct.TensorType(name=n, shape=(2, 3, 4), dtype=np.float32) for n in ("x", "lo", "hi")])
+        return _fp32(source, {n: (2, 3, 4) for n in ("x", "lo", "hi")})
 
     def evaluate(mlmodel: object, name: str) -> np.ndarray:
-        path = tmp_path / f"{name}.mlpackage"
-        mlmodel.save(str(path))  # type: ignore[attr-defined]
-        mil = MilProgram.load(path)
+        mil = _mil(mlmodel, tmp_path / f"{name}.mlpackage")
         feeds = {n: t.numpy() for n, t in zip(mil.input_names, (x, lo, hi))}
         return np.asarray(mil.evaluate(feeds).outputs[mil.output_names[0]])
 
@@ -176,18 +176,13 @@ def test_a_conv_with_a_computed_bias_converts_and_agrees(tmp_path: Path, fronten
               else torch.export.export(module, (x, bias)).run_decompositions())
 
     def convert() -> object:
-        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
-                          minimum_deployment_target=ct.target.iOS16,
-                          inputs=[ct.TensorType(name="x", shape=(1, 3, 6, 6), dtype=np.float32),
-                                  ct.TensorType(name="bias", shape=(2,), dtype=np.float32)])
+        return _fp32(source, {"x": (1, 3, 6, 6), "bias": (2,)})
 
     with pytest.raises(ValueError, match="bias must be const"):  # coremltools as it is
         convert()
     with frontend_patches():
         mlmodel = convert()
-    path = tmp_path / "bias.mlpackage"
-    mlmodel.save(str(path))  # type: ignore[attr-defined]
-    mil = MilProgram.load(path)
+    mil = _mil(mlmodel, tmp_path / "bias.mlpackage")
     got = mil.evaluate(dict(zip(mil.input_names, (x.numpy(), bias.numpy())))).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(x, bias).numpy(), rtol=1e-5, atol=1e-5)
@@ -213,22 +208,18 @@ def test_a_diagonal_at_any_offset_and_dims_is_torchs(tmp_path: Path, frontend: s
         torch.export.export(module, (x,)).run_decompositions()
 
     def convert() -> object:
-        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
-                          minimum_deployment_target=ct.target.iOS16,
-                          inputs=[ct.TensorType(name="x", shape=shape, dtype=np.float32)])
+        return _fp32(source, {"x": shape})
 
     if args == (0, 0, 1) and frontend == "export":  # coremltools as it is: the band_part matrix, not the diagonal
         mlmodel = convert()
-        mlmodel.save(str(tmp_path / "band.mlpackage"))  # type: ignore[attr-defined]
-        band = MilProgram.load(tmp_path / "band.mlpackage")
+        band = _mil(mlmodel, tmp_path / "band.mlpackage")
         assert band.evaluate({"x": x.numpy()}).outputs[band.output_names[0]].shape == shape
     else:  # (the trace frontend's offset and dims are MIL values, which its `offset == 0` test never matches)
         with pytest.raises(NotImplementedError, match="Only offset == 0"):
             convert()
     with frontend_patches():
         mlmodel = convert()
-    mlmodel.save(str(tmp_path / "diagonal.mlpackage"))  # type: ignore[attr-defined]
-    mil = MilProgram.load(tmp_path / "diagonal.mlpackage")
+    mil = _mil(mlmodel, tmp_path / "diagonal.mlpackage")
     got = mil.evaluate({"x": x.numpy()}).outputs[mil.output_names[0]]
     np.testing.assert_array_equal(got, module(x).numpy())
 
@@ -257,16 +248,13 @@ def test_like_factories_keep_their_dtype_and_new_ones_converts(tmp_path: Path, f
         torch.export.export(module, (x,)).run_decompositions()
 
     def convert() -> object:
-        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
-                          minimum_deployment_target=ct.target.iOS16,
-                          inputs=[ct.TensorType(name="queries", shape=(2, 4, 6), dtype=np.float32)])
+        return _fp32(source, {"queries": (2, 4, 6)})
 
     with pytest.raises(Exception, match="new_ones|dtype int32|0-dimensional"):  # coremltools as it is
         convert()
     with frontend_patches():
         mlmodel = convert()
-    mlmodel.save(str(tmp_path / "queries.mlpackage"))  # type: ignore[attr-defined]
-    mil = MilProgram.load(tmp_path / "queries.mlpackage")
+    mil = _mil(mlmodel, tmp_path / "queries.mlpackage")
     got = mil.evaluate({"queries": x.numpy()}).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-5, atol=1e-5)
