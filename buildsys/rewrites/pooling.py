@@ -58,7 +58,9 @@ def _average_axis(x: torch.Tensor, axis: int, out: int) -> torch.Tensor:
     weights = np.zeros((length, out))
     for i, (start, end) in enumerate(_bins(length, out)):
         weights[start:end, i] = 1.0 / (end - start)
-    return (x.movedim(axis, -1) @ constant(weights, x.dtype)).movedim(-1, axis)
+    last = x.dim() - 1  # dims as non-negative numbers: the legacy ONNX exporter wrote movedim(-2, -1) as an
+    position = x.dim() + axis  # invalid Transpose perm {0, 1, 3, -2} (torchvision's AlexNet at 64 × 64)
+    return (x.transpose(position, last) @ constant(weights, x.dtype)).transpose(position, last)
 
 
 def _max_axis(x: torch.Tensor, axis: int, out: int) -> torch.Tensor:
@@ -125,7 +127,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="pooling",
-        version=1,
+        version=2,  # 2: the average as transposes with non-negative dims
         removes=tuple(f"aten::{kind}_pool{d}d" for kind in ("adaptive_avg", "adaptive_max") for d in (1, 2, 3))
         + ("aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d"),
         description="adaptive average and max pooling (1-, 2-, 3-D, any output size) as static bins: a matmul by "

@@ -64,3 +64,18 @@ def test_refusals_of_adaptive_pools_point_at_the_family() -> None:
               "size. Please feel free to request support")
     assert "pooling" in [r.name for r in for_refusal(legacy)]
     assert "pooling" in [r.name for r in for_refusal("Lowering not found: aten.adaptive_max_pool3d.default")]
+
+
+def test_the_rewritten_average_exports_with_the_legacy_onnx_exporter_and_runs(tmp_path: object) -> None:
+    """AlexNet's and VGG's AdaptiveAvgPool2d((7, 7)) over a 2 × 2 map (a small input): the legacy exporter refuses
+    the original; the rewrite's transposes must be valid ONNX (negative movedim dims made an invalid perm)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    pool = torch.nn.AdaptiveAvgPool2d((7, 5))
+    x = randn(1, 4, 2, 3)
+    path = f"{tmp_path}/pool.onnx"
+    torch.onnx.export(rewrites.apply(Fn(lambda v: pool(v)), ["pooling"]), (x,), path, dynamo=False)
+    session = ort.InferenceSession(path)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, pool(x).numpy(), rtol=1e-5, atol=1e-6)
