@@ -1,13 +1,19 @@
-"""The pooling family: adaptive average and max pooling (1-, 2- and 3-D) at any output size, as static bins.
+"""The pooling family: adaptive average and max pooling (1-, 2- and 3-D) at any output size, as static bins, and
+fractional max pooling (2-D, 3-D) from its samples.
 
 Along a pooled axis of static length L pooled to O, output i reads the bin [⌊i·L/O⌋, ⌈(i+1)·L/O⌉), as torch's
 kernel does; bins of neighbouring outputs overlap where O does not divide L, and repeat where O > L. A bin of a
 2-D or 3-D pool is the product of its axes' bins, so both reductions are separable, one axis after the other:
 - average: a matmul of the axis (moved last) by a constant [L, O] matrix holding 1/|bin| in each bin;
 - max: where O divides L, a reshape to [..., O, L/O] and amax; otherwise each bin's slice, amax, concatenated.
-An output size of None keeps that axis; an axis already at its output size is left alone. return_indices=True is
-refused (the indices into the flattened input are not computed), as is an input without the batch and channel
-(or channel-only) leading axes torch accepts.
+An output size of None keeps that axis; an axis already at its output size is left alone. An input without the
+batch and channel (or channel-only) leading axes torch accepts is refused.
+
+Max pools that return indices, and fractional max pools (whose windows come from one uniform sample per plane and
+axis, an input of the model: `_random_samples`), go through buildsys/rewrites/windows.py: each window's flat
+positions (constants for adaptive bins, computed from the samples as ATen's generate_intervals for fractional
+ones), a gather, max and argmax over the window; indices are flat into the pooled plane, as torch returns them.
+A fractional pool without `_random_samples` is refused: torch draws new windows on every call.
 
 Why a rewrite and not a decomposition: the legacy ONNX exporter refuses every adaptive pool whose output does not
 divide its input ("output size that are not factor of input size"), the dynamo exporter every adaptive max pool
@@ -97,12 +103,56 @@ def _average(dims: int) -> Any:
 def _maximum(dims: int) -> Any:
     op = f"torch.nn.functional.adaptive_max_pool{dims}d"
 
-    def adaptive_max_pool(input: torch.Tensor, output_size: Any, return_indices: bool = False) -> torch.Tensor:
-        if return_indices:
-            raise RewriteNotApplicable("pooling", op, "return_indices=True (the indices are not computed)")
-        return _pool(op, dims, _max_axis, input, output_size)
+    def adaptive_max_pool(input: torch.Tensor, output_size: Any, return_indices: bool = False) -> Any:
+        if not return_indices:
+            return _pool(op, dims, _max_axis, input, output_size)
+        import numpy as np
+
+        from buildsys.rewrites.mechanism import constant
+        from buildsys.rewrites.windows import static_positions, window_max
+
+        sizes = _sizes(op, input, output_size, dims)
+        lengths = [int(n) for n in input.shape[-dims:]]
+        positions = [constant(np.asarray(static_positions(_bins(n, o)), dtype=np.int64))
+                     for n, o in zip(lengths, sizes)]
+        return window_max(input, positions, dims)
 
     return adaptive_max_pool
+
+
+def _fractional(dims: int, return_indices: bool) -> Any:
+    op = f"torch.nn.functional.fractional_max_pool{dims}d"
+
+    def fractional_max_pool(input: torch.Tensor, kernel_size: Any, output_size: Any = None,
+                            output_ratio: Any = None, return_indices: bool = return_indices,
+                            _random_samples: torch.Tensor | None = None) -> Any:
+        import torch
+
+        from buildsys.rewrites.windows import fractional_starts, window_max
+
+        if _random_samples is None:
+            raise RewriteNotApplicable("pooling", op, "no _random_samples: torch draws the windows at random on "
+                                       "every call (pass _random_samples for a deterministic pool)")
+        if input.dim() not in (dims + 1, dims + 2):
+            raise RewriteNotApplicable("pooling", op, f"a {input.dim()}-D input")
+        lengths = [int(n) for n in input.shape[-dims:]]
+        pools = [int(k) for k in (kernel_size if isinstance(kernel_size, (list, tuple)) else [kernel_size] * dims)]
+        if output_size is None:
+            ratios = output_ratio if isinstance(output_ratio, (list, tuple)) else [output_ratio] * dims
+            output_size = [int(n * r) for n, r in zip(lengths, ratios)]
+        sizes = _sizes(op, input, output_size, dims)
+        samples = _random_samples if input.dim() == dims + 2 else _random_samples[0]   # [*planes, dims]
+        # ATen reads a 2-D pool's samples as (W, H), a 3-D pool's as (T, H, W)
+        order = [1, 0] if dims == 2 else list(range(dims))
+        positions = []
+        for a in range(dims):
+            starts = fractional_starts(samples[..., order[a]], lengths[a], sizes[a], pools[a])
+            offsets = torch.arange(pools[a], dtype=torch.int64)
+            positions.append(starts.unsqueeze(-1) + offsets)                               # [*planes, O, K]
+        values, indices = window_max(input, positions, dims)
+        return (values, indices) if return_indices else values
+
+    return fractional_max_pool
 
 
 def _with_indices(dims: int) -> Any:
@@ -120,6 +170,9 @@ def _handlers() -> HandlerTable:
     table.update(by_name({f"adaptive_max_pool{d}d": _maximum(d) for d in (1, 2, 3)}, (F,)))
     # return_indices=True dispatches to these: refused by name, not left for the converter to refuse again
     table.update(by_name({f"adaptive_max_pool{d}d_with_indices": _with_indices(d) for d in (1, 2, 3)}, (F,)))
+    for d in (2, 3):  # without indices, torch hands the mode the public (dispatching) function itself
+        table[getattr(F, f"fractional_max_pool{d}d")] = _fractional(d, False)
+        table[getattr(F, f"fractional_max_pool{d}d_with_indices")] = _fractional(d, True)
     table[torch.adaptive_avg_pool1d] = _average(1)  # F.adaptive_avg_pool1d is torch's own function
     return table
 
@@ -127,12 +180,14 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="pooling",
-        version=2,  # 2: the average as transposes with non-negative dims
+        version=3,  # 2: the average as transposes with non-negative dims; 3: indices, fractional max pools
         removes=tuple(f"aten::{kind}_pool{d}d" for kind in ("adaptive_avg", "adaptive_max") for d in (1, 2, 3))
-        + ("aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d"),
+        + ("aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d", "aten::fractional_max_pool2d",
+           "aten::fractional_max_pool3d"),
         description="adaptive average and max pooling (1-, 2-, 3-D, any output size) as static bins: a matmul by "
-                    "a constant bin matrix per axis (average), a reshape and amax or one amax per bin (max)",
+                    "a constant bin matrix per axis (average), a reshape and amax or one amax per bin (max); max "
+                    "with indices and fractional max pooling as a gather of each window and max / argmax",
         handlers=_handlers,
-        signs=(r"adaptive_(avg|max)_pool", r"output size that are not factor of input size"),
+        signs=(r"adaptive_(avg|max)_pool", r"output size that are not factor of input size", r"fractional_max_pool"),
     ),
 )

@@ -5,11 +5,13 @@
   (accumulate or not; integer index tensors, adjacent or not, negative indices, a boolean mask) and
   `x[indices] = v` with index tensors (Tensor.__setitem__; a static region, `x[:, 2:5] = v`, what
   torch.export calls slice_scatter / select_scatter, is a pad and a where), out of place and in place (the in-place forms
-  write the result back with copy_, which exporters make functional); F.embedding_bag (the member).
+  write the result back with copy_, which exporters make functional); F.embedding_bag (the member);
+  segment_reduce (lengths or offsets, every reduction and axis, initial: buildsys/rewrites/segment.py).
 - `embedding-bag` (a member): F.embedding_bag / nn.EmbeddingBag only (buildsys/rewrites/embedding_bag.py).
 
 Why a rewrite and not a decomposition: PyTorch decomposes index_add and index_copy into index_put, and
-scatter, scatter_add, scatter_reduce and index_put are core ATen ops with no decomposition: a format
+scatter, scatter_add, scatter_reduce and index_put are core ATen ops with no decomposition (segment_reduce has
+none at all; both ONNX exporters refuse it): a format
 without a scatter (Core ML's trace frontend on several, TFLite through onnx2tf, older ONNX consumers)
 refuses whatever the decomposition. Equivalence: tests/rewrites/test_rewrite_families_scatter.py.
 """
@@ -85,11 +87,12 @@ def _table() -> dict[str, Any]:
 def _handlers() -> HandlerTable:
     import torch
 
-    from buildsys.rewrites import embedding_bag, indexing
+    from buildsys.rewrites import embedding_bag, indexing, segment
 
     table = by_name(_table(), (torch, torch.Tensor), in_place_on=torch.Tensor)
     table[torch.Tensor.__setitem__] = indexing.setitem
     table[torch.nn.functional.embedding_bag] = embedding_bag.embedding_bag
+    table[torch.segment_reduce] = segment.segment_reduce
     return table
 
 
@@ -100,13 +103,13 @@ def refuse(op: str, reason: str) -> RewriteNotApplicable:
 REWRITES = (
     Rewrite(
         name="scatter",
-        version=1,
+        version=2,  # 2: segment_reduce
         removes=("aten::scatter", "aten::scatter_add", "aten::scatter_reduce", "aten::index_add", "aten::index_copy",
                  "aten::index_reduce", "aten::index_put", "aten::_index_put_impl", "aten::slice_scatter",
                  "aten::select_scatter", "aten::embedding_bag",
-                 "aten::_embedding_bag", "aten::_embedding_bag_forward_only"),
+                 "aten::_embedding_bag", "aten::_embedding_bag_forward_only", "aten::segment_reduce"),
         description="scatter / scatter_add / scatter_reduce / index_add / index_copy / index_reduce / index_put "
-                    "(and x[idx] = v, x[a:b] = v) / embedding_bag as one-hot masks, matmuls, reductions and "
+                    "(and x[idx] = v, x[a:b] = v) / embedding_bag / segment_reduce as one-hot masks, matmuls, reductions and "
                     "wheres at static sizes",
         handlers=_handlers,
         # ONNX's and TensorFlow's scatters, litert-torch's "stablehlo.scatter" / STABLEHLO_SCATTER, a scatter op

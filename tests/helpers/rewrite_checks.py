@@ -16,12 +16,17 @@ REL = 1e-4
 
 
 def assert_equivalent(got: object, want: torch.Tensor, rel: float = REL) -> None:
-    """Same shape and dtype; max abs error ≤ rel × max|want| + 1e-6 (bools and integers: equal)."""
+    """Same shape and dtype; NaN and ±inf where want has them; elsewhere max abs error ≤ rel × max|want| + 1e-6
+    (bools and integers: equal)."""
     assert isinstance(got, torch.Tensor), type(got)
     assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
     if not want.is_floating_point():
         assert torch.equal(got, want)
         return
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), "NaN where torch has none, or none where it has"
+    assert torch.equal(got[torch.isinf(want)], want[torch.isinf(want)]), "an infinity of torch's differs"
+    got, want = got[finite], want[finite]
     err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
     allowed = rel * want.double().abs().max().item() + 1e-6 if want.numel() else 0.0
     assert err <= allowed, f"max abs error {err:.3g} > allowed {allowed:.3g}"

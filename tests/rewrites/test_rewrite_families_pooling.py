@@ -1,6 +1,7 @@
-"""The pooling family (buildsys/rewrites/pooling.py): adaptive average and max pooling as static bins, against torch
-over 1-, 2- and 3-D pools, output sizes that divide the input, that do not, that exceed it and None, with and
-without a batch axis, in two dtypes; no adaptive pool left in any graph; return_indices refused."""
+"""The pooling family (buildsys/rewrites/pooling.py, windows.py): adaptive average and max pooling as static bins,
+against torch over 1-, 2- and 3-D pools, output sizes that divide the input, that do not, that exceed it and None,
+with and without a batch axis, in two dtypes; adaptive max with its indices; fractional max pooling 2-D / 3-D
+(output size or ratio, indices) from given samples, refused without them; no such pool left in any graph."""
 
 from __future__ import annotations
 
@@ -51,10 +52,43 @@ def test_the_bins_are_torchs() -> None:
     assert _bins(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
 
 
-def test_return_indices_is_refused_not_computed() -> None:
-    with pytest.raises(RewriteNotApplicable, match="return_indices"):
-        rewrites.apply(Fn(lambda x: F.adaptive_max_pool2d(x, 3, return_indices=True)[0]), ["pooling"])(
-            randn(1, 2, 5, 5))
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_adaptive_max_returns_torchs_indices(dims: int) -> None:
+    """Windows of unequal sizes (sizes that do not divide), ties included (a rounded input): the first maximum's
+    flat index into the plane, as torch's kernel."""
+    pool = getattr(F, f"adaptive_max_pool{dims}d")
+    for shape, size in CASES[dims]:
+        x = (randn(*shape, seed=dims) * 2).round()
+        check(lambda v: pool(v, size, return_indices=True)[1], "pooling", x)
+        check(lambda v: pool(v, size, return_indices=True)[0], "pooling", x)
+
+
+@pytest.mark.parametrize(("dims", "shape", "kernel", "size"), [
+    (2, (2, 3, 16, 16), 2, (8, 8)), (2, (1, 2, 9, 13), (3, 2), (5, 7)), (2, (3, 10, 10), 3, None),
+    (2, (2, 1, 7, 7), 2, 1), (3, (2, 3, 5, 5, 5), 2, (2, 3, 2)), (3, (2, 6, 7, 5), (2, 3, 1), None)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fractional_max_pools_match_torch_from_their_samples(dims: int, shape: tuple[int, ...], kernel: object,
+                                                             size: object, dtype: torch.dtype) -> None:
+    """The samples are an input of the model: the windows depend on them (a gather per plane); an output size or
+    an output ratio; values and indices; with and without a batch axis."""
+    pool = getattr(F, f"fractional_max_pool{dims}d")
+    batch = shape[0] if len(shape) == dims + 2 else 1
+    samples = torch.rand(batch, shape[-dims - 1], dims, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    x = randn(*shape, seed=4, dtype=dtype)
+    options = {"output_size": size} if size is not None else {"output_ratio": (0.5,) * dims}
+    for indices in (False, True):
+        check(lambda v, u: pool(v, kernel, return_indices=indices, _random_samples=u, **options)[1 if indices else
+              slice(None)], "pooling", x, samples)
+
+
+def test_fractional_pooling_leaves_no_pool_and_needs_its_samples() -> None:
+    samples = torch.rand(1, 2, 2, generator=torch.Generator().manual_seed(5))
+    check(lambda v, u: F.fractional_max_pool2d(v, 2, output_size=5, _random_samples=u), "pooling",
+          randn(1, 2, 12, 12), samples, graphs=True)
+    check(lambda v: F.adaptive_max_pool2d(v, (3, 5), return_indices=True)[1], "pooling", randn(1, 2, 7, 9),
+          graphs=True)
+    with pytest.raises(RewriteNotApplicable, match="_random_samples"):
+        rewrites.apply(Fn(lambda x: F.fractional_max_pool2d(x, 2, output_size=3)), ["pooling"])(randn(1, 2, 8, 8))
 
 
 def test_refusals_of_adaptive_pools_point_at_the_family() -> None:

@@ -139,3 +139,30 @@ def test_zero_dimensional_inputs_are_one_element() -> None:
     check(lambda a, b: a.index_reduce(0, one, b, "prod"), "scatter", x, source)
     check(lambda a, b: a.scatter_add(0, torch.tensor(0), b), "scatter", x, source)
     check(lambda a, b: a.scatter_reduce(0, torch.tensor(0), b, "amax", include_self=False), "scatter", x, source)
+
+
+SEGMENT_REDUCTIONS = ["sum", "mean", "max", "min", "prod"]
+
+
+@pytest.mark.parametrize("reduce", SEGMENT_REDUCTIONS)
+@pytest.mark.parametrize(("shape", "axis", "lengths"), [((5,), 0, [0, 1, 2, 2]), ((10, 3, 2), 0, [1, 2, 0, 6, 0, 1]),
+                                                        ((3, 5), 1, [[0, 1, 2, 2], [5, 0, 0, 0], [1, 1, 1, 2]]),
+                                                        ((2, 6, 3), -2, [[3, 3], [0, 6]])])
+def test_segment_reduce_lengths_and_offsets(reduce: str, shape: tuple[int, ...], axis: int, lengths: list) -> None:
+    """Every reduction over segments given as lengths or as offsets, empty segments included, with and without
+    `initial`; the segments a constant of the model or one of its inputs."""
+    data = randn(*shape, seed=11)
+    lens = torch.tensor(lengths)
+    offsets = torch.cat([torch.zeros(*lens.shape[:-1], 1, dtype=lens.dtype), torch.cumsum(lens, -1)], dim=-1)
+    for initial in (None, 2.0):
+        check(lambda d: torch.segment_reduce(d, reduce, lengths=lens, axis=axis, initial=initial), "scatter", data)
+        check(lambda d: torch.segment_reduce(d, reduce, offsets=offsets, axis=axis, initial=initial), "scatter", data)
+        check(lambda d, ln: torch.segment_reduce(d, reduce, lengths=ln, axis=axis, initial=initial), "scatter",
+              data, lens)
+
+
+def test_segment_reduce_leaves_no_segment_op_and_refuses_indices() -> None:
+    lens = torch.tensor([2, 0, 3])
+    check(lambda d: torch.segment_reduce(d, "max", lengths=lens), "scatter", randn(5, 4, seed=12), graphs=True)
+    with pytest.raises(RewriteNotApplicable, match="indices"):
+        rewrites.apply(Fn(lambda d: torch.segment_reduce(d, "sum", indices=lens)), ["scatter"])(randn(5))
