@@ -1,5 +1,6 @@
 """The linear-algebra family: inverse, determinant, solve, Cholesky, symmetric eigendecomposition and singular
-values of small square matrices [..., n, n] (n ≤ MAX_SIZE, static), unrolled into matmuls, where, argmax, sqrt.
+values of small square matrices [..., n, n] (n ≤ MAX_SIZE, static), and Householder QR, unrolled into matmuls,
+where, argmax, sqrt.
 
 - inv / inverse / inv_ex, det, slogdet / logdet, solve / solve_ex: Gauss-Jordan elimination on [A | B] with
   partial pivoting over the n columns. The pivot row is the argmax of |column| at or below the diagonal (the
@@ -18,6 +19,8 @@ values of small square matrices [..., n, n] (n ≤ MAX_SIZE, static), unrolled i
 - svdvals: the square roots of the eigenvalues of the smaller Gram matrix (AᵀA or AAᵀ), descending. Caveat:
   the Gram squares the condition number, so σ has an absolute error of about ε·σ_max²/σ (float32: fine for
   well-conditioned A, poor for σ below ~1e-3·σ_max). svd with vectors is not rewritten.
+- geqrf, householder_product / orgqr, ormqr, qr / linalg.qr (reduced, complete, r) of any m × n: Householder
+  reflectors in LAPACK's convention, so the results are LAPACK's own (buildsys/rewrites/householder.py).
 
 torch.linalg.inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot raise, so
 the rewrite returns inf / NaN there (the _ex forms' info is right). Refused (RewriteNotApplicable): n > MAX_SIZE,
@@ -379,20 +382,28 @@ def _handlers() -> HandlerTable:
                      "eigh": eigh, "eigvalsh": eigvalsh, "svdvals": svdvals},
                     (torch.linalg, torch, torch.Tensor))
     table.update({torch.linalg.slogdet: linalg_slogdet, torch.slogdet: slogdet, torch.Tensor.slogdet: slogdet})
+    from buildsys.rewrites import householder
+
+    table.update(by_name({"geqrf": householder.geqrf, "orgqr": householder.householder_product,
+                          "ormqr": householder.ormqr, "qr": householder.qr}, (torch, torch.Tensor)))
+    table.update({torch.linalg.householder_product: householder.householder_product,
+                  torch.linalg.qr: householder.linalg_qr})
     return table
 
 
 REWRITES = (
     Rewrite(
         name="linalg",
-        version=1,
+        version=2,  # 2: the Householder QR functions
         removes=("aten::linalg_inv", "aten::linalg_inv_ex", "aten::inverse", "aten::linalg_det", "aten::_linalg_det",
                  "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
                  "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
                  "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
-                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd"),
+                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd", "aten::geqrf",
+                 "aten::linalg_householder_product", "aten::orgqr", "aten::ormqr", "aten::linalg_qr", "aten::qr"),
         description="inv / det / slogdet / logdet / solve (Gauss-Jordan with one-hot pivoting), cholesky, eigh / "
-                    "eigvalsh (parallel Jacobi) and svdvals of static n ≤ 16 matrices, unrolled",
+                    "eigvalsh (parallel Jacobi) and svdvals of static n ≤ 16 matrices; geqrf / householder_product / "
+                    "ormqr / qr (Householder reflectors, LAPACK's convention); unrolled",
         handlers=_handlers,
     ),
 )

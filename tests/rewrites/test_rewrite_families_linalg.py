@@ -258,3 +258,38 @@ def test_refusals_of_the_linalg_ops_point_at_the_family() -> None:
                  "Exporting the operator 'aten::linalg_cholesky' to ONNX opset version 18 is not supported",
                  "Core ML cannot convert the PyTorch op 'linalg_solve' (coremltools has no conversion for it)"):
         assert [r.name for r in for_refusal(text)][:1] == ["linalg"], text
+
+
+QR_SHAPES = [(5, 5), (6, 3), (3, 6), (1, 4), (4, 1), (16, 9)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", QR_SHAPES)
+def test_householder_qr_is_lapacks(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    """geqrf, qr in every mode, householder_product and ormqr from every side: LAPACK's results themselves (the
+    same signs), square, tall and wide, batched or not; a zero column below the diagonal (τ = 0) included."""
+    a = randn(2, *shape, seed=31, dtype=dtype)
+    a[..., 1:, 0] = 0.0  # the first reflector is the identity
+    for batch in (a, a[0]):
+        check(lambda x: torch.geqrf(x)[0], "linalg", batch, rel=REL[dtype])
+        check(lambda x: torch.geqrf(x)[1], "linalg", batch, rel=REL[dtype])
+        for mode in ("reduced", "complete", "r"):
+            for part in (0, 1):
+                check(lambda x: torch.linalg.qr(x, mode=mode)[part], "linalg", batch, rel=REL[dtype])
+        check(lambda x: torch.qr(x, some=False)[0], "linalg", batch, rel=REL[dtype])
+    m, n = shape
+    reflectors, tau = torch.geqrf(a)
+    if m >= n:
+        check(lambda r, t: torch.linalg.householder_product(r, t), "linalg", reflectors, tau, rel=REL[dtype])
+    for left in (True, False):
+        c = randn(2, m, 4, seed=32, dtype=dtype) if left else randn(2, 4, m, seed=32, dtype=dtype)
+        for transpose in (False, True):
+            check(lambda r, t, x: torch.ormqr(r, t, x, left=left, transpose=transpose), "linalg",
+                  reflectors, tau, c, rel=REL[dtype])
+
+
+def test_no_householder_op_is_left_in_any_graph() -> None:
+    a = randn(4, 3, seed=33)
+    check(lambda x: torch.linalg.qr(x)[0] + torch.geqrf(x)[0][:, :3].sum(), "linalg", a, graphs=True)
+    reflectors, tau = torch.geqrf(randn(4, 4, seed=34))
+    check(lambda r, t, c: torch.ormqr(r, t, c), "linalg", reflectors, tau, randn(4, 2, seed=35), graphs=True)
