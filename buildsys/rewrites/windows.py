@@ -26,43 +26,42 @@ def static_positions(bins: Sequence[tuple[int, int]]) -> list[list[int]]:
 def window_max(x: torch.Tensor, positions: Sequence[torch.Tensor], dims: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Max of `x` [..., *spatial] over the windows whose per-axis input positions are `positions[a]`
     ([*planes, O_a, K_a] int64, planes empty or x's leading dims), and the flat index of each max into the
-    spatial plane, as torch's max pools return it. Outputs [..., O_1, …, O_d]."""
+    spatial plane, as torch's max pools return it. Outputs [..., O_1, …, O_d]. Every intermediate has rank ≤ 5
+    (Core ML's limit): the planes are one axis, the axes' windows are combined two at a time."""
     import torch
 
+    lead = [int(n) for n in x.shape[:x.dim() - dims]]
     spatial = [int(n) for n in x.shape[x.dim() - dims:]]
-    outs = [int(p.shape[-2]) for p in positions]
-    widths = [int(p.shape[-1]) for p in positions]
-    flat: torch.Tensor | None = None
+    planes = [int(n) for n in positions[0].shape[:-2]]
+    index: torch.Tensor | None = None                                       # [(P,) O_0…O_a, K_0…K_a]
     for a, p in enumerate(positions):
-        stride = 1
-        for n in spatial[a + 1:]:
-            stride *= n
-        # place axis a's O at slot a of d output slots and its K at slot a of d window slots
-        shape = list(p.shape[:-2]) + [1] * (2 * dims)
-        shape[len(shape) - 2 * dims + a] = outs[a]
-        shape[len(shape) - dims + a] = widths[a]
-        term = (p * stride).reshape(shape)
-        flat = term if flat is None else flat + term
-    assert flat is not None
-    count, width = _product(outs), _product(widths)
-    index = flat.reshape(*flat.shape[:flat.dim() - 2 * dims], count * width)        # [*planes, O·K]
-    values = x.reshape(*x.shape[:x.dim() - dims], _product(spatial))                # [..., S]
-    if index.dim() == 1:  # static windows: one constant index for every plane
-        picked = values.index_select(-1, index)
-    else:
-        picked = torch.gather(values, -1, index.expand(*values.shape[:-1], count * width))
+        stride = _product(spatial[a + 1:])
+        term = (p * stride).reshape(-1, *p.shape[-2:]) if planes else p * stride
+        if index is None:
+            index = term
+            continue
+        outs, widths = index.shape[-2] * term.shape[-2], index.shape[-1] * term.shape[-1]
+        index = (index.unsqueeze(-1).unsqueeze(-3) + term.unsqueeze(-2).unsqueeze(-4)).reshape(
+            *index.shape[:-2], outs, widths)
+    assert index is not None
+    count, width = int(index.shape[-2]), int(index.shape[-1])
+    if planes:  # windows per plane: x's leading dims are the planes
+        values = x.reshape(-1, _product(spatial))                                    # [P, S]
+        picked = torch.gather(values, -1, index.reshape(-1, count * width))
+    else:  # static windows: one constant index for every plane
+        picked = x.reshape(*lead, _product(spatial)).index_select(-1, index.reshape(count * width))
     picked = picked.reshape(*picked.shape[:-1], count, width)
     best, arg = picked.max(dim=-1)
-    windows = index.reshape(*index.shape[:-1], count, width).expand(*picked.shape)
-    where = torch.gather(windows, -1, arg.unsqueeze(-1)).squeeze(-1)
-    lead = list(x.shape[:x.dim() - dims])
+    windows = index if planes else index.expand(*picked.shape)  # no Expand where the shapes agree: onnx2tf
+    where = torch.gather(windows, -1, arg.unsqueeze(-1)).squeeze(-1)  # refuses a no-op one on a computed index
+    outs = [int(p.shape[-2]) for p in positions]
     return best.reshape(*lead, *outs), where.reshape(*lead, *outs)
 
 
 def fractional_starts(samples: torch.Tensor, length: int, out: int, pool: int) -> torch.Tensor:
-    """The window starts [*planes, out] along an axis of `length` pooled by `pool` to `out`, from one uniform sample
-    u per plane ([*planes]), as ATen's generate_intervals: ⌊(i + u)·α⌋ − ⌊u·α⌋ with α = (length − pool)/(out − 1)
-    in the sample's dtype, the last window at length − pool."""
+    """The window starts [*planes, out] along an axis of `length` pooled by `pool` to `out`, from one sample u per
+    plane ([*planes], uniform in [0, 1) when torch draws it), as ATen's generate_intervals: int((i + u)·α) −
+    int(u·α) with α = (length − pool)/(out − 1) in the sample's dtype, the last window at length − pool."""
     import numpy as np
     import torch
 
@@ -75,8 +74,16 @@ def fractional_starts(samples: torch.Tensor, length: int, out: int, pool: int) -
     alpha = constant(np.asarray(dtype(length - pool) / dtype(out - 1)), samples.dtype)
     steps = constant(np.arange(out - 1, dtype=dtype), samples.dtype)
     u = samples.unsqueeze(-1)
-    starts = torch.floor((steps + u) * alpha) - torch.floor(u * alpha)
-    return torch.cat([starts.to(torch.int64), last.expand(*samples.shape, 1)], dim=-1)
+    starts = _truncated((steps + u) * alpha) - _truncated(u * alpha)
+    return torch.cat([starts.to(torch.int64), last], dim=-1)
+
+
+def _truncated(x: torch.Tensor) -> torch.Tensor:
+    """x rounded toward zero (C++'s static_cast<int>, which ATen uses: a sample outside [0, 1) makes it differ
+    from floor), in floor / ceil / where, which every converter has."""
+    import torch
+
+    return torch.where(x >= 0, torch.floor(x), torch.ceil(x))
 
 
 def _product(values: Sequence[int]) -> int:

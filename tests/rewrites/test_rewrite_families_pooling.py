@@ -76,9 +76,10 @@ def test_fractional_max_pools_match_torch_from_their_samples(dims: int, shape: t
     samples = torch.rand(batch, shape[-dims - 1], dims, generator=torch.Generator().manual_seed(3), dtype=dtype)
     x = randn(*shape, seed=4, dtype=dtype)
     options = {"output_size": size} if size is not None else {"output_ratio": (0.5,) * dims}
-    for indices in (False, True):
-        check(lambda v, u: pool(v, kernel, return_indices=indices, _random_samples=u, **options)[1 if indices else
-              slice(None)], "pooling", x, samples)
+    for u in (samples, samples * 6 - 3):  # torch draws samples in [0, 1); OpInfo's are anywhere in [-9, 9]
+        for indices in (False, True):
+            check(lambda v, w: pool(v, kernel, return_indices=indices, _random_samples=w, **options)[1 if indices else
+                  slice(None)], "pooling", x, u)
 
 
 def test_fractional_pooling_leaves_no_pool_and_needs_its_samples() -> None:
