@@ -40,9 +40,9 @@ def window_max(x: torch.Tensor, positions: Sequence[torch.Tensor], dims: int) ->
         if index is None:
             index = term
             continue
-        outs, widths = index.shape[-2] * term.shape[-2], index.shape[-1] * term.shape[-1]
-        index = (index.unsqueeze(-1).unsqueeze(-3) + term.unsqueeze(-2).unsqueeze(-4)).reshape(
-            *index.shape[:-2], outs, widths)
+        combined = index.unsqueeze(-1).unsqueeze(-3) + term.unsqueeze(-2).unsqueeze(-4)   # [(P,) O, O_a, K, K_a]
+        index = combined.reshape(*index.shape[:-2], index.shape[-2] * term.shape[-2],
+                                 index.shape[-1] * term.shape[-1])
     assert index is not None
     count, width = int(index.shape[-2]), int(index.shape[-1])
     if planes:  # windows per plane: x's leading dims are the planes
@@ -54,8 +54,8 @@ def window_max(x: torch.Tensor, positions: Sequence[torch.Tensor], dims: int) ->
     best, arg = picked.max(dim=-1)
     windows = index if planes else index.expand(*picked.shape)  # no Expand where the shapes agree: onnx2tf
     where = torch.gather(windows, -1, arg.unsqueeze(-1)).squeeze(-1)  # refuses a no-op one on a computed index
-    outs = [int(p.shape[-2]) for p in positions]
-    return best.reshape(*lead, *outs), where.reshape(*lead, *outs)
+    sizes = [int(p.shape[-2]) for p in positions]
+    return best.reshape(*lead, *sizes), where.reshape(*lead, *sizes)
 
 
 def fractional_starts(samples: torch.Tensor, length: int, out: int, pool: int) -> torch.Tensor:
