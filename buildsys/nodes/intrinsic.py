@@ -3,8 +3,9 @@ when its arithmetic changes precision, and the default limits that follows from 
 
 The reference node (nodes/reference.py) measures, on the evaluation inputs, the model in float64 against its own
 float32 outputs (what any fp32 export must be allowed: another runtime's float32 is another rounding of the same
-function) and the model in float16 against float32 (what an fp16 export is allowed), per output, with the check's
-own comparisons (`verify.compare`). The check (nodes/check.py) then raises each limit that is a precision default
+function), the model in float16 against float32 (what an fp16 export is allowed) and the model with its weights
+and activations rounded to 8 bits (`simulated_int8`: what an int8 export is allowed), per output, with the
+check's own comparisons (`verify.compare`). The check (nodes/check.py) then raises each limit that is a precision default
 (never one the user wrote: `CheckOptions.default_limits`) to `MULTIPLE[precision]` × that intrinsic error, at most
 to `CEILING[precision]`: a model whose own float16 loses more than the ceiling is not made to pass by its tolerance.
 A limit is never lowered. An intrinsic error that is not finite (the model overflows float16 itself) raises nothing.
@@ -27,17 +28,25 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.config.data import Batch
 
-#: Target precision → the torch dtype the reference is re-run at to measure that precision's own error.
-MEASURED_AT = {"fp32": "float64", "fp16": "float16"}
+#: The int8 measurement: the model with int8-rounded weights and activations (`simulated_int8`), not a dtype.
+SIMULATED_INT8 = "simulated int8"
+#: Target precision → the torch dtype the reference is re-run at to measure that precision's own error (int8: the
+#: model with its weights and activations rounded to 8 bits, as a quantizer at best would).
+MEASURED_AT = {"fp32": "float64", "fp16": "float16", "int8": SIMULATED_INT8}
 #: How many times the model's own error a default limit allows. fp32: another runtime's float32 is another
 #: rounding (and order, and algorithm: Winograd, im2col) of the same sums, bounded by the two roundings' sum;
 #: 10x leaves room for kernels that lose a few bits more than PyTorch's. fp16: the artifact rounds weights and
 #: activations as PyTorch's float16 does, its accumulations may be in float16 too (Core ML's GPU and Neural Engine).
-MULTIPLE = {"fp32": 10.0, "fp16": 4.0}
-#: The loosest a default may become: fp32 never looser than the fp16 defaults, fp16 never than about 5 % of range.
+#: int8: the simulation calibrates each activation on the very batch it measures (no range is clipped) and rounds
+#: nothing a quantizer keeps in float; a real quantizer calibrated on other data lands up to about half again as far.
+MULTIPLE = {"fp32": 10.0, "fp16": 4.0, "int8": 1.5}
+#: The loosest a default may become: fp32 never looser than the fp16 defaults, fp16 never than about 5 % of range;
+#: int8's top-1 agreement never below one half (a classifier whose seeded logits are near-tied — RepViT's margins
+#: are 0.7 % of their spread — flips its argmax at any 8-bit rounding; its cosine still tells a broken artifact).
 CEILING: dict[str, dict[str, float]] = {
     "fp32": {"max_rel": 1e-2, "min_cosine": 0.999, "min_top1_agreement": 0.97},
     "fp16": {"max_rel": 5e-2, "min_cosine": 0.99, "min_top1_agreement": 0.9},
+    "int8": {"min_cosine": 0.8, "min_top1_agreement": 0.5},
 }
 #: An ill-conditioned model's fp32 artifact may be this many times as far from the float64 outputs as PyTorch's own
 #: float32 is: another float32 rounding of the same function lands about as far, in another direction.
@@ -65,8 +74,12 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -
     truth: dict[str, Any] = {}
     for precision, dtype in MEASURED_AT.items():
         try:
-            cast = copy.deepcopy(module).to(getattr(torch, dtype))
-            feeds = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in batch.inputs.items()}
+            if dtype == SIMULATED_INT8:
+                cast, feeds = simulated_int8(copy.deepcopy(module)), dict(batch.inputs)
+            else:
+                cast = copy.deepcopy(module).to(getattr(torch, dtype))
+                feeds = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v
+                         for k, v in batch.inputs.items()}
             session = TorchSession(cast, model)
             observed = session.run_all(type(batch)(feeds, None, batch.origin))
         except Exception as exc:  # an op without a kernel at that dtype on this CPU: said, never guessed
@@ -85,6 +98,37 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -
                 truth[spec.name] = np.asarray(obs, dtype=np.float64)
         out[precision] = {"against": dtype, "outputs": metrics}
     return out, truth
+
+
+def simulated_int8(module: Any) -> Any:
+    """`module` (a copy: changed in place) as int8 at best computes it: every weight matrix or kernel rounded to
+    int8 per output channel (symmetric, max-abs scale), every floating output of a leaf module rounded to 256 levels
+    over its own range on the batch it computes (asymmetric, per tensor). What no quantizer can do better than, on
+    any format: the floor of the model's own int8 error, which the int8 defaults then allow for."""
+    import torch
+
+    with torch.no_grad():
+        for sub in module.modules():
+            weight = getattr(sub, "weight", None)
+            if isinstance(weight, torch.nn.Parameter) and weight.dim() >= 2 and weight.is_floating_point():
+                rows = weight.reshape(weight.shape[0], -1)
+                scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny) / 127
+                weight.copy_((torch.round(rows / scale) * scale).reshape(weight.shape))
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+            low, high = value.min().clamp(max=0), value.max().clamp(min=0)
+            step = ((high - low) / 255).clamp(min=torch.finfo(value.dtype).tiny)
+            zero = torch.round(-low / step)
+            return (torch.clamp(torch.round(value / step) + zero, 0, 255) - zero) * step
+        if isinstance(value, tuple):
+            return tuple(rounded(v) for v in value)
+        return value
+
+    for sub in module.modules():
+        if not any(True for _ in sub.children()):
+            sub.register_forward_hook(lambda _m, _i, out: rounded(out))
+    return module
 
 
 def ill_conditioned(values: Mapping[str, Any]) -> bool:

@@ -22,9 +22,10 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
-    version = 4  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
+    version = 5  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
                  # 3: the model's intrinsic error at float64 and float16 (nodes/intrinsic.py); 4: an ill-conditioned
-                 # output's float64 outputs (float64:<name>), the truth its fp32 checks fall back to
+                 # output's float64 outputs (float64:<name>), the truth its fp32 checks fall back to; 5: the model's
+                 # own int8 error (weights and activations rounded to 8 bits)
     # How far the model itself moves at another precision: the default limits of its checks follow from it.
     committed_metrics = ("intrinsic",)
     extra = "torch"
@@ -103,7 +104,7 @@ class ReferenceStep(Step):
 
     @staticmethod
     def _intrinsic(ctx: StepContext, session: Any, batch: Any, outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The model's own error at float64 and float16 (nodes/intrinsic.py), where the source is a PyTorch module
+        """The model's own error at float64, float16 and simulated int8 (nodes/intrinsic.py), where the source is a PyTorch module
         whose forward is the reference (not a text-generation model's generation, not a QAT model's fake-quant),
         and the float64 outputs of the outputs it finds ill-conditioned."""
         import torch
