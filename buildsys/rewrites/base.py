@@ -61,6 +61,13 @@ def refuse_out(rewrite: str, op: str, out: object) -> None:
         raise RewriteNotApplicable(rewrite, op, "the out= argument")
 
 
+def returned(name: str, values: tuple[Any, ...]) -> Any:
+    """torch's named tuple `torch.return_types.<name>` (qr, slogdet, linalg_inv_ex, …) holding `values`."""
+    import torch
+
+    return getattr(torch.return_types, name)(values)
+
+
 def in_place(func: Handler) -> Handler:
     """The in-place form (Tensor.x_) of an out-of-place replacement: its result written back with `copy_`. One
     wrapper per replacement, so a table built twice holds the same handler (a family and its member compare them)."""

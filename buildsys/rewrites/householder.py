@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import RewriteNotApplicable, refuse_out
+from buildsys.rewrites.base import HandlerTable, RewriteNotApplicable, by_name, refuse_out, returned
 
 if TYPE_CHECKING:
     import torch
 
+#: The ops these functions remove (the linalg family's `removes` holds them).
+REMOVES = ("aten::geqrf", "aten::linalg_householder_product", "aten::orgqr", "aten::ormqr", "aten::linalg_qr", "aten::qr")
 #: The most reflectors the family unrolls (each is a handful of ops on the whole matrix).
 MAX_REFLECTORS = 64
 _FAMILY = "linalg"
@@ -44,13 +46,6 @@ def _matrix(A: torch.Tensor, op: str) -> tuple[int, int]:
     if min(m, n) > MAX_REFLECTORS:
         raise RewriteNotApplicable(_FAMILY, op, f"{min(m, n)} reflectors, above {MAX_REFLECTORS} (unrolled)")
     return m, n
-
-
-def _returned(name: str, values: tuple[Any, Any]) -> Any:
-    """torch's named tuple for `name` (torch.return_types.qr, …)."""
-    import torch
-
-    return getattr(torch.return_types, name)(values)
 
 
 def _vector(a: torch.Tensor, j: int) -> torch.Tensor:
@@ -158,16 +153,25 @@ def linalg_qr(A: torch.Tensor, mode: str = "reduced", *, out: object = None) -> 
     columns = m if mode == "complete" else k
     R = torch.triu(a[..., :columns, :])
     if mode == "r":
-        return _returned("linalg_qr", (torch.zeros(0, dtype=A.dtype), R))
+        return returned("linalg_qr", (torch.zeros(0, dtype=A.dtype), R))
     reflectors = a[..., :, :k]
     if columns > k:  # the complete Q of a tall matrix: its k reflectors applied to all of I_m
         reflectors = torch.cat([reflectors, torch.zeros(*a.shape[:-2], m, columns - k, dtype=a.dtype)], dim=-1)
     Q = householder_product(reflectors, tau) if k else torch.eye(m, columns, dtype=A.dtype).expand(
         *A.shape[:-2], m, columns)
-    return _returned("linalg_qr", (Q, R))
+    return returned("linalg_qr", (Q, R))
 
 
 def qr(input: torch.Tensor, some: bool = True, *, out: object = None) -> Any:
     """torch.qr (some=True: reduced, False: complete)."""
     Q, R = linalg_qr(input, "reduced" if some else "complete", out=out)
-    return _returned("qr", (Q, R))
+    return returned("qr", (Q, R))
+
+
+def handlers() -> HandlerTable:
+    """The functions this module replaces, for the linalg family's table."""
+    import torch
+
+    table = by_name({"geqrf": geqrf, "orgqr": householder_product, "ormqr": ormqr, "qr": qr}, (torch, torch.Tensor))
+    table.update({torch.linalg.householder_product: householder_product, torch.linalg.qr: linalg_qr})
+    return table

@@ -1,6 +1,5 @@
-"""The linear-algebra family: inverse, determinant, solve, Cholesky, symmetric eigendecomposition and singular
-values of small square matrices [..., n, n] (n ≤ MAX_SIZE, static), and Householder QR, unrolled into matmuls,
-where, argmax, sqrt.
+"""The linear-algebra family: inverse, determinant, solve, Cholesky, symmetric eigendecomposition, singular values
+of small square matrices [..., n, n] (n ≤ MAX_SIZE, static) and QR, unrolled into matmuls, where, argmax, sqrt.
 
 - inv / inverse / inv_ex, det, slogdet / logdet, solve / solve_ex: Gauss-Jordan elimination on [A | B] with
   partial pivoting over the n columns. The pivot row is the argmax of |column| at or below the diagonal (the
@@ -19,17 +18,15 @@ where, argmax, sqrt.
 - svdvals: the square roots of the eigenvalues of the smaller Gram matrix (AᵀA or AAᵀ), descending. Caveat:
   the Gram squares the condition number, so σ has an absolute error of about ε·σ_max²/σ (float32: fine for
   well-conditioned A, poor for σ below ~1e-3·σ_max). svd with vectors is not rewritten.
-- geqrf, householder_product / orgqr, ormqr, qr / linalg.qr (reduced, complete, r) of any m × n: Householder
-  reflectors in LAPACK's convention, so the results are LAPACK's own (buildsys/rewrites/householder.py).
+- geqrf, householder_product / orgqr, ormqr, qr (every mode) of any m × n: buildsys/rewrites/householder.py.
 
-torch.linalg.inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot raise, so
-the rewrite returns inf / NaN there (the _ex forms' info is right). Refused (RewriteNotApplicable): n > MAX_SIZE,
-a dynamic n, complex dtypes, out=, a vector B with left=False.
+inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot, so the rewrite returns
+inf / NaN there (_ex's info is right). Refused: n > MAX_SIZE, a dynamic n, complex, out=, a vector B with left=False.
 
-Why a rewrite and not a decomposition: PyTorch's tables lower these only to linalg_inv_ex, _linalg_det,
-_linalg_slogdet, _linalg_solve_ex, linalg_cholesky_ex, _linalg_eigh and _linalg_svd (LAPACK calls, no further
-decomposition), none in the core ATen opset (ExecuTorch refuses them); the legacy ONNX exporter refuses all but
-det at opset 18 (measured; the rewritten modules export and run in ONNX Runtime within 1e-6). Equivalence: tests/rewrites/test_rewrite_families_linalg.py.
+Why a rewrite and not a decomposition: PyTorch's tables lower these only to LAPACK calls (linalg_inv_ex,
+_linalg_det, _linalg_slogdet, _linalg_solve_ex, linalg_cholesky_ex, _linalg_eigh, _linalg_svd), none in core ATen
+(ExecuTorch refuses them); the legacy ONNX exporter refuses all but det at opset 18 (measured). Equivalence:
+tests/rewrites/test_rewrite_families_linalg.py.
 """
 
 from __future__ import annotations
@@ -38,7 +35,8 @@ from functools import reduce
 from operator import mul
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
+from buildsys.rewrites import householder
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
 
 if TYPE_CHECKING:
     import torch
@@ -122,12 +120,6 @@ def _first(bad: list[torch.Tensor]) -> torch.Tensor:
     return info
 
 
-def _returned(name: str, values: tuple[Any, Any]) -> Any:
-    import torch
-
-    return getattr(torch.return_types, name)(values)
-
-
 def _inverse(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
 
@@ -145,7 +137,7 @@ def inv(A: torch.Tensor, *, out: object = None) -> torch.Tensor:
 
 
 def inv_ex(A: torch.Tensor, *, check_errors: bool = False, out: object = None) -> Any:
-    return _returned("linalg_inv_ex", _inverse(A, "torch.linalg.inv_ex", out))
+    return returned("linalg_inv_ex", _inverse(A, "torch.linalg.inv_ex", out))
 
 
 def _sign_and_pivots(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -170,11 +162,11 @@ def _slogdet(A: torch.Tensor, op: str, out: object = None) -> tuple[torch.Tensor
 
 
 def linalg_slogdet(A: torch.Tensor, *, out: object = None) -> Any:
-    return _returned("linalg_slogdet", _slogdet(A, "torch.linalg.slogdet", out))
+    return returned("linalg_slogdet", _slogdet(A, "torch.linalg.slogdet", out))
 
 
 def slogdet(A: torch.Tensor, *, out: object = None) -> Any:
-    return _returned("slogdet", _slogdet(A, "torch.slogdet", out))
+    return returned("slogdet", _slogdet(A, "torch.slogdet", out))
 
 
 def logdet(A: torch.Tensor) -> torch.Tensor:
@@ -214,7 +206,7 @@ def solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, out: object = 
 def solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, check_errors: bool = False,
              out: object = None) -> Any:
     refuse_out(_FAMILY, "torch.linalg.solve_ex", out)
-    return _returned("linalg_solve_ex", _solve(A, B, left, "torch.linalg.solve_ex"))
+    return returned("linalg_solve_ex", _solve(A, B, left, "torch.linalg.solve_ex"))
 
 
 def _cholesky(A: torch.Tensor, upper: bool, op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +241,7 @@ def cholesky(A: torch.Tensor, upper: bool = False, *, out: object = None) -> tor
 
 def cholesky_ex(A: torch.Tensor, *, upper: bool = False, check_errors: bool = False, out: object = None) -> Any:
     refuse_out(_FAMILY, "torch.linalg.cholesky_ex", out)
-    return _returned("linalg_cholesky_ex", _cholesky(A, upper, "torch.linalg.cholesky_ex"))
+    return returned("linalg_cholesky_ex", _cholesky(A, upper, "torch.linalg.cholesky_ex"))
 
 
 def _rounds(n: int) -> list[list[tuple[int, int]]]:
@@ -348,7 +340,7 @@ def _eigh(A: torch.Tensor, UPLO: str, vectors: bool, op: str) -> tuple[torch.Ten
 
 def eigh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> Any:
     refuse_out(_FAMILY, "torch.linalg.eigh", out)
-    return _returned("linalg_eigh", _eigh(A, UPLO, True, "torch.linalg.eigh"))
+    return returned("linalg_eigh", _eigh(A, UPLO, True, "torch.linalg.eigh"))
 
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> torch.Tensor:
@@ -382,12 +374,7 @@ def _handlers() -> HandlerTable:
                      "eigh": eigh, "eigvalsh": eigvalsh, "svdvals": svdvals},
                     (torch.linalg, torch, torch.Tensor))
     table.update({torch.linalg.slogdet: linalg_slogdet, torch.slogdet: slogdet, torch.Tensor.slogdet: slogdet})
-    from buildsys.rewrites import householder
-
-    table.update(by_name({"geqrf": householder.geqrf, "orgqr": householder.householder_product,
-                          "ormqr": householder.ormqr, "qr": householder.qr}, (torch, torch.Tensor)))
-    table.update({torch.linalg.householder_product: householder.householder_product,
-                  torch.linalg.qr: householder.linalg_qr})
+    table.update(householder.handlers())
     return table
 
 
@@ -399,11 +386,9 @@ REWRITES = (
                  "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
                  "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
                  "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
-                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd", "aten::geqrf",
-                 "aten::linalg_householder_product", "aten::orgqr", "aten::ormqr", "aten::linalg_qr", "aten::qr"),
-        description="inv / det / slogdet / logdet / solve (Gauss-Jordan with one-hot pivoting), cholesky, eigh / "
-                    "eigvalsh (parallel Jacobi) and svdvals of static n ≤ 16 matrices; geqrf / householder_product / "
-                    "ormqr / qr (Householder reflectors, LAPACK's convention); unrolled",
+                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd") + householder.REMOVES,
+        description="inv / det / slogdet / logdet / solve (Gauss-Jordan, one-hot pivoting), cholesky, eigh / eigvalsh "
+                    "(parallel Jacobi), svdvals of n ≤ 16 matrices; QR (Householder, as LAPACK); unrolled",
         handlers=_handlers,
     ),
 )
