@@ -217,8 +217,10 @@ def test_a_steps_alternatives_are_routes_after_every_default_route(tmp_path: Pat
 
     deploy.write_text(text.replace("format: onnx", "format: tflite"))
     full, dynamic = _candidates(project)[:4], _candidates(project)[4:]
-    assert [r[-1] for r in full] == ["tflite-int8"] * 4 and full[0] == ["pytorch", "onnx", "saved_model", "tflite-int8"]
-    assert dynamic == [[*full[0][:-1], "tflite-int8 (dynamic)"], [*full[1][:-1], "tflite-int8 (dynamic)"]]
+    # a model with no spatial input: onnx2tf (a channels-first → last converter) is a misfit, litert-torch leads
+    assert [r[-1] for r in full] == ["tflite-int8"] * 4 and full[:2] == [["pytorch", "pt2", "tflite-int8"],
+                                                                      ["pytorch", "onnx", "saved_model", "tflite-int8"]]
+    assert sorted(dynamic) == sorted([[*full[0][:-1], "tflite-int8 (dynamic)"], [*full[1][:-1], "tflite-int8 (dynamic)"]])
 
     # A target that sets the option an alternative changes, or one that contradicts it, gets no alternative.
     for options in ("{mode: full}", "{io: int8}"):
@@ -269,3 +271,19 @@ def test_only_the_lock_module_writes_deploy_lock(tmp_path: Path) -> None:
     assert len(writes) >= 4  # each Lock.write is an open of the temporary file and a rename onto deploy.lock
     for stack in writes:
         assert any(frame.endswith("buildsys/storage/lock.py:write") for frame in stack), "\n".join(stack[-6:])
+
+
+def test_a_misfit_converter_goes_after_the_routes_that_fit_the_models_inputs(tmp_path: Path) -> None:
+    """onnx2tf moves channels-first inputs channels last: for a model with no 3-D to 5-D float input it is a
+    misfit (Step.misfit) and litert-torch's route leads; with one, onnx2tf's route leads as before. Nothing is
+    dropped either way."""
+    project = Project(tmp_path, "description: tflite")
+    deploy = project.root / "deploy.yaml"
+    text = deploy.read_text().replace("format: onnx", "format: tflite")
+    deploy.write_text(text)
+    flat = _candidates(project)
+    assert flat[0] == ["pytorch", "pt2", "tflite"] and ["pytorch", "onnx", "saved_model", "tflite"] in flat
+    deploy.write_text(text.replace("shape: [batch, 4]", "shape: [batch, 1, 1, 4]"))
+    np.savez(project.root / "val.npz", x=np.zeros((4, 1, 1, 4), "float32"))
+    spatial = _candidates(project)
+    assert spatial[0] == ["pytorch", "onnx", "saved_model", "tflite"] and sorted(spatial) == sorted(flat)

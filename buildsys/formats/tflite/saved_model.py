@@ -113,6 +113,17 @@ class SavedModelFromOnnx(Step):
         return (options.param_replacement_file,) if options.param_replacement_file else ()
 
     @classmethod
+    def misfit(cls, model: "Model") -> str | None:
+        """onnx2tf exists to move channels-first tensors channels last, inferring each op's layout from the
+        spatial inputs; a model with no 3-D to 5-D float input (token ids, waveforms, feature vectors) gains
+        nothing from it, and its layout inference of rank-2/3 sequence graphs is where it breaks (the model
+        matrix: every text and audio transformer refused — broadcasts, Expand, LayerNormalization — where
+        litert-torch converted them in their own layout)."""
+        if any(3 <= len(i.shape) <= 5 and i.dtype.startswith("float") for i in model.inputs):
+            return None
+        return "onnx2tf converts channels-first layouts, and the model has no 3-D to 5-D float input"
+
+    @classmethod
     def check_config(cls, model: "Model", options: "SavedModelFromOnnx.Options",  # type: ignore[override]
                      root: Path) -> str | None:
         """Layouts onnx2tf cannot honour: it assumes axis 1 of a 3-D to 5-D input holds the channels."""
