@@ -19,7 +19,7 @@ def frontend_patches() -> Iterator[None]:
 
     table = _TORCH_OPS_REGISTRY.name_to_func_mapping
     patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table),
-               **_clamp_bounds(table),
+               **_clamp_bounds(table), **_exact_reciprocal(table),
                **_diagonal(table),
                **_new_ones(table), **_full_like_dtype(table)}
     # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
@@ -194,6 +194,27 @@ def _clamp_bounds(table: dict[str, Any]) -> dict[str, Any]:
         context.add(x, node.name)
 
     return {"clamp": clamp}
+
+
+def _exact_reciprocal(table: dict[str, Any]) -> dict[str, Any]:
+    """`reciprocal` (what `1 / x` traces to) as 1 / x. coremltools writes MIL's `inverse` with its default epsilon,
+    1 / (x + 1e-4), on every Core ML runtime: 1 % off at x = 0.01, and finite at 0 where PyTorch gives inf (the
+    Jacobi rotations of the linalg rewrite: every eigenvalue 0.8 % low). With epsilon 0 it is the reciprocal."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.mil import types
+
+    if "reciprocal" not in table:
+        return {}
+    original = table["reciprocal"]
+
+    def reciprocal(context: Any, node: Any) -> None:
+        x = _get_inputs(context, node, expected=1)[0]
+        if not types.is_float(x.dtype):
+            return original(context, node)
+        context.add(mb.inverse(x=x, epsilon=types.nptype_from_builtin(x.dtype)(0), name=node.name))
+
+    return {"reciprocal": reciprocal}
 
 
 def _diagonal(table: dict[str, Any]) -> dict[str, Any]:

@@ -258,3 +258,28 @@ def test_like_factories_keep_their_dtype_and_new_ones_converts(tmp_path: Path, f
     got = mil.evaluate({"queries": x.numpy()}).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class Reciprocal(torch.nn.Module):
+    """1 / x over small and large magnitudes (a normaliser, a rotation's 1 / √(1 + t²))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.0 / x
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+def test_a_reciprocal_is_exact_not_offset_by_an_epsilon(tmp_path: Path, frontend: str) -> None:
+    example = torch.tensor([[0.002, -0.01, 0.05, 1.0, -3.0, 250.0]])
+    module = Reciprocal().eval()
+    source = torch.jit.trace(module, example) if frontend == "torchscript" else \
+        torch.export.export(module, (example,)).run_decompositions()
+
+    def evaluate(name: str) -> np.ndarray:
+        mil = _mil(_fp32(source, {"x": tuple(example.shape)}), tmp_path / name)
+        return mil.evaluate({"x": example.numpy()}).outputs[mil.output_names[0]]
+
+    want = module(example).numpy()
+    assert np.abs(evaluate("as-is.mlpackage") / want - 1).max() > 0.04  # coremltools as it is: 1 / (x + 1e-4)
+    with frontend_patches():
+        got = evaluate("patched.mlpackage")
+    np.testing.assert_allclose(got, want, rtol=1e-6)
