@@ -287,3 +287,9 @@ def test_a_misfit_converter_goes_after_the_routes_that_fit_the_models_inputs(tmp
     np.savez(project.root / "val.npz", x=np.zeros((4, 1, 1, 4), "float32"))
     spatial = _candidates(project)
     assert spatial[0] == ["pytorch", "onnx", "saved_model", "tflite"] and sorted(spatial) == sorted(flat)
+    # a 3-D input is a [time, features] sequence unless declared channels first
+    deploy.write_text(text.replace("shape: [batch, 4]", "shape: [batch, 1, 4]"))
+    np.savez(project.root / "val.npz", x=np.zeros((4, 1, 4), "float32"))
+    assert _candidates(project)[0] == ["pytorch", "pt2", "tflite"]
+    deploy.write_text(text.replace("shape: [batch, 4]", "shape: [batch, 1, 4], layout: NCL"))
+    assert _candidates(project)[0] == ["pytorch", "onnx", "saved_model", "tflite"]
