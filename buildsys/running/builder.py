@@ -250,17 +250,28 @@ class Builder:
                    budget.basis), scratch
 
     def _repair_next(self, target: str) -> str | None:
-        """The repair route a target takes next, in words, when its next route is one: a miss of this plan's check
-        then opens that repair, whose search measures every layer's sensitivity itself, so the check does not
-        localise it (the repair's own check does, if it misses too). None when the next route is a fallback or
-        an alternative (its miss is localised: a user reads each route's), or there is none."""
+        """The repair route a target takes next, in words, when a miss of this plan's check opens one: that
+        repair's search measures every layer's sensitivity itself, so the check does not localise the miss (the
+        repair's own check does, if it misses too). The repair is the next candidate when deploy.lock already
+        knows the route missed; in a cold build it is not among the candidates yet, and the route's repair recipes
+        (planning.repair.repair_routes, what the planner adds right after a miss) say which comes. None when the
+        route is a repair itself or has no recipe (its miss is localised: a user reads each route's)."""
+        from buildsys.planning.repair import repair_routes
+
         dag = self.plan.dag
         route, candidates = dag.routes.get(target), dag.candidates.get(target, [])
-        if route is None or route not in candidates:
+        if route is None or route not in candidates or route.repaired:
             return None
         dropped = [d["route"] for d in self.plan.dropped.get(target, [])]  # failed already: would fail at once
         later = [r for r in candidates[candidates.index(route) + 1:] if r.words() not in dropped]
-        return str(later[0]) if later and later[0].repaired and not route.repaired else None
+        if later and later[0].repaired:
+            return str(later[0])
+        context = dag.contexts.get(target)
+        if context is None:
+            return None
+        opened = repair_routes(route, context.options, context.config.repair, context.model,
+                               self.planner.config.root, context.written)
+        return str(opened[0]) if opened else None
 
     def _toolchain(self, node: Node) -> str:
         if node.name not in self._toolchains:
