@@ -203,6 +203,31 @@ def build():
     return SppClassifier()
 '''
 
+UPSCALER = '''\
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Upscaler(nn.Module):
+    """A super-resolution head: features, a bicubic 2x upsampling and a residual on the bicubic-upsampled image,
+    then an antialiased downscale for the preview (what torchvision's Resize does inside a model)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, image):
+        base = F.interpolate(image, scale_factor=2.0, mode="bicubic", align_corners=False)
+        sharp = base + F.interpolate(torch.tanh(self.features(image)), scale_factor=2.0, mode="bicubic")
+        return F.interpolate(sharp, size=(5, 7), mode="bilinear", antialias=True)
+
+
+def build():
+    return Upscaler().eval()
+'''
+
 CLIP = '''\
 import torch
 from torch import nn
@@ -328,3 +353,12 @@ def test_a_3d_convolution_clip_classifier_reaches_executorch(tmp_path: Path) -> 
     _assert_rewrite_route(project, out, "edge", ["pytorch", "pt2 (rewrite volumetric)", "executorch"], "volumetric",
                           "aten::conv3d")
     assert "conv3d is called in features.0 (Conv3d) at clips.py:" in out
+
+
+def test_a_bicubic_upscaler_reaches_core_ml(tmp_path: Path) -> None:
+    """coremltools has no conversion for upsample_bicubic2d; `resample` writes each interpolation (the bicubic
+    ones and the antialiased bilinear downscale) as a constant matrix per axis, read from PyTorch itself."""
+    project, out = _build(tmp_path, "upscaler", UPSCALER, "[{name: image, shape: [batch, 3, 6, 8]}]",
+                          "ios: {model: model, format: coreml}\n")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite resample)", "coreml"], "resample",
+                          "upsample_bicubic2d")
