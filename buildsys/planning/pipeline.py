@@ -168,7 +168,8 @@ def ordered(routes: list[Route], context: TargetContext) -> list[Route]:
     those that can work (or, where rewrites remove what they lack, replaced by the route with them); a QAT model's
     routes that keep its learned scales first."""
 
-    routes = fitting_first(routes, context.model)
+    if not context.config.routes:  # routes the target lists are tried in its order
+        routes = fitting_first(routes, context.model)
     if context.gaps:
         routes = order_routes(routes, context.gaps, context.options, auto_rewrites=context.config.rewrites is None)
     if context.qat:
@@ -177,8 +178,8 @@ def ordered(routes: list[Route], context: TargetContext) -> list[Route]:
 
 
 def fitting_first(routes: list[Route], model: "Model") -> list[Route]:
-    """Among the format graph's default routes, those with no step that is a misfit for the model's interface
-    (`Step.misfit`) first, each group in its own order; alternatives and answers keep their places (an
+    """Among the format graph's default routes (not those a target's `routes:` lists), those with no step that is
+    a misfit for the model's interface (`Step.misfit`) first, each group in its own order; alternatives and answers keep their places (an
     alternative gives up something the defaults promise, so it stays after them). The op-coverage order that
     follows keeps this order among routes that can work alike."""
     def movable(route: Route) -> bool:

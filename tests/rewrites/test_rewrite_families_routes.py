@@ -276,9 +276,10 @@ def _assert_rewrite_route(project: TinyProject, out: str, target: str, route: li
 
 def test_a_gru_activity_model_reaches_tflite_unrolled(tmp_path: Path) -> None:
     """onnx2tf turns the ONNX GRU into a TensorFlow while loop that TFLite refuses (tf.TensorListReserve); the
-    refusal names no ATen op, the ONNX export recorded the module's torch.gru call, so `recurrent` is tried."""
+    refusal names no ATen op, the ONNX export recorded the module's torch.gru call, so `recurrent` is tried. (The
+    target lists onnx2tf's route: for a [batch, time, features] input litert-torch's leads and converts the GRU.)"""
     project, out = _build(tmp_path, "har_gru", HAR_GRU, "[{name: window, shape: [batch, 90, 9]}]",
-                          "android: {model: model, format: tflite}\n")
+                          "android: {model: model, format: tflite, routes: [[onnx, saved_model]]}\n")
     _assert_rewrite_route(project, out, "android", ["pytorch", "onnx (rewrite recurrent)", "saved_model", "tflite"],
                           "recurrent", "tf.TensorListReserve")
 
@@ -304,13 +305,14 @@ def test_complex_mixing_reaches_onnx(tmp_path: Path) -> None:
 
 
 def test_a_graph_layer_with_index_add_reaches_tflite(tmp_path: Path) -> None:
-    """The legacy ONNX exporter refuses index_add_ with duplicated indices; the rewritten ONNX then meets onnx2tf's
-    layout guess on the model's own 3-D linear (an Add it cannot broadcast); litert-torch's route is refused by
-    LiteRT (a StableHLO scatter it cannot prepare) and, with `scatter` there, passes."""
+    """[batch, nodes, features] is not channels first, so litert-torch's route leads (onnx2tf, a misfit there, met
+    the legacy ONNX exporter's refusal of index_add_ with duplicated indices and then its own layout guess on the
+    model's 3-D linear): LiteRT refuses litert-torch's file (a StableHLO scatter it cannot prepare) and, with
+    `scatter` there, it passes."""
     project, out = _build(tmp_path, "gnn", GNN, "[{name: nodes, shape: [batch, 4, 6]}]",
                           "android: {model: model, format: tflite}\n")
     _assert_rewrite_route(project, out, "android", ["pytorch", "pt2 (rewrite scatter)", "tflite"], "scatter",
-                          "index_add_()")
+                          "STABLEHLO_SCATTER")
     dropped = Lock.read(project.root / "deploy.lock").routes["android"]["dropped"]
     refused = {tuple(d["route"]): d for d in dropped}
     assert refused[("pytorch", "pt2", "tflite")]["rewrites"] == ["scatter"]

@@ -238,10 +238,10 @@ def test_coreml_and_onnx2tf_refusals_take_rewrite_routes(tmp_path: Path) -> None
     interpreter off macOS, the stand-in its status names)."""
     project = Project(tmp_path, """\
       ios: {model: spotter, format: coreml}
-      android: {model: spotter, format: tflite}
+      android: {model: spotter, format: tflite, routes: [[onnx, saved_model]]}
       rec-ios: {model: recsys, format: coreml}
-      rec-android: {model: recsys, format: tflite}
-    """)
+      rec-android: {model: recsys, format: tflite, routes: [[onnx, saved_model]]}
+    """)  # the TFLite targets list onnx2tf's route: for inputs without a channels-first layout litert-torch leads
     proc = project.run("build", "-k")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lock = project.lock()

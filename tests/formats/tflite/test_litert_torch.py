@@ -155,9 +155,14 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
 
 
-def test_onnx2tf_stays_first_and_litert_torch_is_the_next_candidate(tmp_path: Path) -> None:
+def test_litert_torch_leads_for_a_sequence_input_and_onnx2tf_follows(tmp_path: Path) -> None:
+    """[batch, time, features] is not channels first: onnx2tf is a misfit (SavedModelFromOnnx.misfit), so
+    litert-torch's route leads; declared NCL, onnx2tf's leads as before."""
     plan = json.loads(_run(_project(tmp_path, "description: default routes"), "plan", "--json").stdout)
-    assert plan["routes"]["t"] == ONNX2TF  # what existing targets built before the second route existed
+    assert plan["routes"]["t"] == LITERT and plan["candidate_routes"]["t"][:2] == [LITERT, ONNX2TF]
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(deploy.read_text().replace("shape: [batch, 90, 9]}", "shape: [batch, 90, 9], layout: NCL}"))
+    plan = json.loads(_run(tmp_path, "plan", "--json").stdout)
     assert plan["candidate_routes"]["t"][:2] == [ONNX2TF, LITERT]
 
 
@@ -173,7 +178,7 @@ def test_onnx2tf_fails_and_the_build_takes_the_answers_before_litert_torch(tmp_p
     onnx2tf's own RNN unrolling; the first delivers, and litert-torch's route stays the next candidate."""
     _needs_litert_torch()
     pytest.importorskip("onnx2tf")
-    root = _project(tmp_path, "description: a GRU onnx2tf cannot convert as a loop")
+    root = _project(tmp_path, "routes: [[onnx, saved_model], [pt2]]  # onnx2tf first, as listed")
     proc = _run(root, "build")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rewritten = ["pytorch", "onnx (rewrite recurrent)", "saved_model", "tflite"]
@@ -183,7 +188,8 @@ def test_onnx2tf_fails_and_the_build_takes_the_answers_before_litert_torch(tmp_p
     assert lock.targets["t"]["route"] == rewritten and (root / "artifacts/t/model.tflite").is_file()
     [dropped] = lock.routes["t"]["dropped"]
     assert dropped["route"] == ONNX2TF and dropped["node"].startswith("m/")
-    assert dropped["rewrites"] == ["recurrent"] and dropped["answers"] == [unrolled, LITERT]
+    # litert-torch's route is listed by the target already: not an answer of its own
+    assert dropped["rewrites"] == ["recurrent"] and dropped["answers"] == [unrolled]
     plan = json.loads(_run(root, "plan", "--json").stdout)
     assert plan["candidate_routes"]["t"][:4] == [ONNX2TF, rewritten, unrolled, LITERT] and plan["routes"]["t"] == rewritten
     again = _run(root, "build")
