@@ -1,8 +1,9 @@
 """The model's own int8 error (buildsys/nodes/intrinsic.py, `simulated_int8`): a classifier whose logits are nearly
 tied (the seeded heads of public architectures: RepViT's top-1 margins are 0.7 % of their spread) flips its argmax
-at any 8-bit rounding, so its int8 checks' default top-1 limit falls to what the model allows (never below the
-ceiling), while its cosine limit, which tells a broken artifact, stays; a decisive classifier keeps every
-default; a limit the user wrote is never changed. Real PyTorch modules, measured as the reference node does."""
+at any 8-bit rounding while its logits barely move, so its int8 checks' default top-1 limit falls to what the
+model allows (never below the ceiling), while its cosine limit, which tells a broken artifact, stays; a decisive
+classifier, and one whose own int8 logits move (a model int8 degrades), keep every default; a limit the user
+wrote is never changed. Real PyTorch modules, measured as the reference node does."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_a_near_tied_classifier_gets_the_top1_limit_it_allows_and_keeps_its_cosi
     assert values["top1_agreement"] < 0.9 and values["cosine"] > 0.999  # ties flip; the logits barely move
     limits, notes = raised(INT8, list(INT8), own, "int8")
     assert CEILING["int8"]["min_top1_agreement"] <= limits["min_top1_agreement"] < 0.9
-    assert limits["min_cosine"] == 0.9  # what tells a broken artifact is not loosened
+    assert limits["min_cosine"] == 0.9  # what tells a broken artifact is never loosened at int8
     assert "simulated int8-vs-float32 top1_agreement" in notes["min_top1_agreement"]
     # a limit the user wrote is never changed
     assert raised(INT8, [], own, "int8")[0] == INT8
@@ -73,4 +74,24 @@ def test_a_near_tied_classifier_gets_the_top1_limit_it_allows_and_keeps_its_cosi
 def test_a_decisive_classifier_keeps_every_int8_default(tmp_path: Path) -> None:
     own = _own_int8(tmp_path, Classifier(spread=3.0, offset=0.0).eval())
     assert own["values"]["top1_agreement"] >= 0.95  # a few inputs near a tie, as any classifier has
+    assert raised(INT8, list(INT8), own, "int8")[0] == INT8
+
+
+class Outlier(Classifier):
+    """One feature a thousand times the others: 8-bit rounding over its range wipes out the rest, so the model's
+    own int8 logits move (cosine well below 0.99) — a model int8 degrades, not a near tie."""
+
+    def __init__(self) -> None:
+        super().__init__(spread=3.0, offset=0.0)
+        with torch.no_grad():
+            self.features.weight[0].mul_(1000.0)
+            self.head.weight[:, 0].div_(1000.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_a_model_int8_degrades_keeps_the_fixed_int8_limits(tmp_path: Path) -> None:
+    own = _own_int8(tmp_path, Outlier().eval())
+    assert own["values"]["cosine"] < 0.99 and own["values"]["top1_agreement"] < 0.9
     assert raised(INT8, list(INT8), own, "int8")[0] == INT8
