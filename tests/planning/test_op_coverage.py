@@ -111,17 +111,17 @@ def test_a_route_lacking_only_ops_pytorch_decomposes_is_tried_decomposed_before_
     from buildsys.planning.ordering import order_routes
     from buildsys.planning.routes import Route
 
-    # an op PyTorch decomposes and no rewrite removes (grid_sampler_2d has the sampling family now: below)
+    # an op PyTorch decomposes and no rewrite removes (grid_sampler_2d has the sampling family now, upsample_bicubic2d the resample family)
     server = [Route.parse(["pytorch", "onnx"]), Route.parse(["pytorch", "pt2", "onnx"])]
-    lacks = {"onnx-legacy:traced": ["upsample_bicubic2d"], "onnx-dynamo:decomposed": ["upsample_bicubic2d"],
-             "decomposable": ["upsample_bicubic2d", "linear"]}
+    lacks = {"onnx-legacy:traced": ["reflection_pad3d"], "onnx-dynamo:decomposed": ["reflection_pad3d"],
+             "decomposable": ["reflection_pad3d", "linear"]}
     assert order_routes(server, lacks, {}, auto_rewrites=True) == [
-        Route.parse(["pytorch", "onnx (decompose upsample_bicubic2d)"]),
-        Route.parse(["pytorch", "pt2 (decompose upsample_bicubic2d)", "onnx"]), *server]
+        Route.parse(["pytorch", "onnx (decompose reflection_pad3d)"]),
+        Route.parse(["pytorch", "pt2 (decompose reflection_pad3d)", "onnx"]), *server]
     # a route that can work stays first (the torch.export frontend reads the core ops, which lack nothing)
     ios = [Route.parse(["pytorch", "torchscript", "coreml"]), Route.parse(["pytorch", "pt2", "coreml"])]
-    assert order_routes(ios, {"coremltools:exported": ["upsample_bicubic2d"], "decomposable": ["upsample_bicubic2d"]}, {},
-                        auto_rewrites=True) == [ios[1], Route.parse(["pytorch", "torchscript (decompose upsample_bicubic2d)",
+    assert order_routes(ios, {"coremltools:exported": ["reflection_pad3d"], "decomposable": ["reflection_pad3d"]}, {},
+                        auto_rewrites=True) == [ios[1], Route.parse(["pytorch", "torchscript (decompose reflection_pad3d)",
                                                                      "coreml"]), ios[0]]
     # an op no table decomposes gets no decomposition route
     assert order_routes(ios, {"coremltools:exported": ["frobnicate"], "decomposable": ["linear"]}, {},
