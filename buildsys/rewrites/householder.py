@@ -49,12 +49,16 @@ def _matrix(A: torch.Tensor, op: str) -> tuple[int, int]:
 
 
 def _vector(a: torch.Tensor, j: int) -> torch.Tensor:
-    """v_j [..., m]: j zeros, a one, then column j of `a` below the diagonal (the stored tail)."""
+    """v_j [..., m] of the reflectors geqrf stored in `a`: column j below the diagonal is its tail."""
+    return _with_head(a[..., j + 1:, j], j)
+
+
+def _with_head(tail: torch.Tensor, j: int) -> torch.Tensor:
+    """A reflector's vector: j zeros, a one, then `tail` [..., m − j − 1]."""
     import torch
 
-    lead, m = a.shape[:-2], int(a.shape[-2])
-    return torch.cat([torch.zeros(*lead, j, dtype=a.dtype), torch.ones(*lead, 1, dtype=a.dtype),
-                      a[..., j + 1:m, j]], dim=-1)
+    lead = tail.shape[:-1]
+    return torch.cat([torch.zeros(*lead, j, dtype=tail.dtype), torch.ones(*lead, 1, dtype=tail.dtype), tail], dim=-1)
 
 
 def _from_left(X: torch.Tensor, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -82,8 +86,7 @@ def geqrf(input: torch.Tensor, *, out: object = None) -> tuple[torch.Tensor, tor
         beta = torch.where(trivial, alpha, torch.where(alpha >= 0, -norm, norm))
         tau = torch.where(trivial, torch.zeros_like(alpha), (beta - alpha) / beta)
         tail = x * torch.where(trivial, torch.zeros_like(alpha), 1.0 / (alpha - beta)).unsqueeze(-1)
-        v = torch.cat([torch.zeros(*alpha.shape, j, dtype=R.dtype), torch.ones(*alpha.shape, 1, dtype=R.dtype),
-                       tail], dim=-1)
+        v = _with_head(tail, j)
         R = _from_left(R, v, tau)
         taus.append(tau)
         betas.append(beta)

@@ -11,6 +11,7 @@ input), reduced by max over the window, and the argmax mapped back to its flat i
 
 from __future__ import annotations
 
+from math import prod
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def window_max(x: torch.Tensor, positions: Sequence[torch.Tensor], dims: int) ->
     planes = [int(n) for n in positions[0].shape[:-2]]
     index: torch.Tensor | None = None                                       # [(P,) O_0…O_a, K_0…K_a]
     for a, p in enumerate(positions):
-        stride = _product(spatial[a + 1:])
+        stride = prod(spatial[a + 1:])
         term = (p * stride).reshape(-1, *p.shape[-2:]) if planes else p * stride
         if index is None:
             index = term
@@ -46,10 +47,10 @@ def window_max(x: torch.Tensor, positions: Sequence[torch.Tensor], dims: int) ->
     assert index is not None
     count, width = int(index.shape[-2]), int(index.shape[-1])
     if planes:  # windows per plane: x's leading dims are the planes
-        values = x.reshape(-1, _product(spatial))                                    # [P, S]
+        values = x.reshape(-1, prod(spatial))                                    # [P, S]
         picked = torch.gather(values, -1, index.reshape(-1, count * width))
     else:  # static windows: one constant index for every plane
-        picked = x.reshape(*lead, _product(spatial)).index_select(-1, index.reshape(count * width))
+        picked = x.reshape(*lead, prod(spatial)).index_select(-1, index.reshape(count * width))
     picked = picked.reshape(*picked.shape[:-1], count, width)
     best, arg = picked.max(dim=-1)
     windows = index if planes else index.expand(*picked.shape)  # no Expand where the shapes agree: onnx2tf
@@ -84,10 +85,3 @@ def _truncated(x: torch.Tensor) -> torch.Tensor:
     import torch
 
     return torch.where(x >= 0, torch.floor(x), torch.ceil(x))
-
-
-def _product(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
