@@ -36,7 +36,7 @@ class OpenVinoInt8FromOpenVino(Step):
     version = 5  # 2: an IR that already holds FakeQuantize (a QAT model) is kept, not re-quantized;
                  # 3: keep_float 'sensitive' (the one keep-float search, NNCF's ignored_scope); 4: the share of
                  # weights in int8 measured on the IR (quantized_weights); 5: the layers accuracy control
-                 # reverted left out of that share
+                 # reverted left out of that share (`scheme: weight-only` is new and keyed only where set)
     consumes = ("openvino",)
     produces = "openvino-int8"  # registered with its fp32/fp16 siblings in convert.py
     precision = "int8"
@@ -47,12 +47,20 @@ class OpenVinoInt8FromOpenVino(Step):
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     #: 8-bit-weights: NNCF's own overflow fix (first layer only) instead of 7-bit weights everywhere, TFLite's
     #: weight grid (benchmarks/int8_quantizers.py: 14-25 % less range error); the verdict is keyed by the CPU class.
+    #: weight-only: NNCF's int8 weight compression with float activations, the last resort as TFLite's
+    #: dynamic and weight-only and ExecuTorch's dynamic are (an activation int8 cannot hold is left float).
     repairs = {"transformer": {"model_type": "transformer"}, "8-bit-weights": {"overflow_fix": False},
-               "mixed": {"preset": "mixed"}, "keep-float": {"keep_float": "sensitive"}}
+               "mixed": {"preset": "mixed"}, "keep-float": {"keep_float": "sensitive"},
+               "weight-only": {"scheme": "weight-only"}}
     committed_metrics = ("repair", "quantized_weights")
     keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.formats.torch.qat)
 
     class Options(SearchingOptions):
+        scheme: Literal["static", "weight-only"] = Field(
+            default="static", description="'static': int8 weights and activations, activation ranges calibrated "
+            "on data.calibration (nncf.quantize). 'weight-only': int8 weights, float activations "
+            "(nncf.compress_weights, INT8_ASYM: per-channel weights of every MatMul, convolution and embedding, "
+            "widened by the CPU plugin as it runs; no calibration). Tried by accuracy repair last.")
         preset: Literal["performance", "mixed"] = Field(
             default="performance", description="'performance': symmetric int8 weights and activations (fastest "
             "on CPU). 'mixed': asymmetric activations (better for activations that are not centred on zero, "
@@ -84,6 +92,8 @@ class OpenVinoInt8FromOpenVino(Step):
             if isinstance(data, dict):  # keys of nodes without them stay what they were
                 if data.get("model_type") == "default":
                     data.pop("model_type", None)
+                if data.get("scheme") == "static":
+                    data.pop("scheme", None)
                 if not data.get("keep_float"):
                     data.pop("keep_float", None)
                 if data.get("repair_goal") is None:
@@ -160,7 +170,10 @@ class OpenVinoInt8FromOpenVino(Step):
             metrics: dict[str, Any] = {"calibration_samples": samples, "preset": opts.preset,
                                        "overflow_fix": opts.overflow_fix, "model_type": opts.model_type}
             with quantizer_failures(self, ctx, "NNCF int8 quantization failed"):
-                if opts.keep_float == "sensitive":
+                if opts.scheme == "weight-only":
+                    quantized = _compress_weights(nncf, model, kwargs.get("ignored_scope"))
+                    metrics = {"scheme": opts.scheme}
+                elif opts.keep_float == "sensitive":
                     quantized = self._search(ctx, nncf, model, calibration, advanced, kwargs, metrics)
                 elif opts.max_accuracy_drop is None:
                     quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **kwargs)
@@ -177,7 +190,7 @@ class OpenVinoInt8FromOpenVino(Step):
             if opts.keep_float and opts.keep_float != "sensitive":
                 metrics["repair"] = pinned(opts.keep_float, "int8")
             metrics.update(save_ir(self, ctx, quantized, fp16=False))
-        if metrics["fake_quantize"] == 0:
+        if metrics["fake_quantize"] == 0 and opts.scheme == "static":
             raise self.fail(ctx, "NNCF quantized no layer (no FakeQuantize in the result): the model has no "
                                  "operation NNCF quantizes, or max_accuracy_drop reverted them all (raise it)")
         accuracy = metrics.get("validation_accuracy")
@@ -212,6 +225,13 @@ class OpenVinoInt8FromOpenVino(Step):
             raise self.fail(ctx, _labels_problem(ctx.model, ctx.root) or
                             "max_accuracy_drop needs labels in the validation set")
         return [(feeds, int(label)) for feeds, label in zip(_samples(batch, len(batch)), batch.labels)]
+
+
+def _compress_weights(nncf: Any, model: Any, ignored: Any) -> Any:
+    """int8 weights, float activations: NNCF's weight compression of every weight layer (INT8_ASYM, per output
+    channel; INT8 modes compress every layer, the first and last included), less the names `ignored` keeps float."""
+    scope = {"ignored_scope": ignored} if ignored is not None else {}
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, **scope)
 
 
 def _samples(batch: Batch, count: int) -> Any:

@@ -128,8 +128,8 @@ class OpenVinoRuntime(OpenVinoCpu):
             problems.append(f"the IR's inputs [{', '.join(params)}] are none of the signature's "
                             f"[{', '.join(i.name for i in model.inputs)}]")
         precision = get_format(fmt).precision
-        if precision == "int8" and not facts["fake_quantize"]:
-            problems.append("an int8 IR without FakeQuantize layers: nothing was quantized")
+        if precision == "int8" and not facts["fake_quantize"] and not (consts.get("i8") or consts.get("u8")):
+            problems.append("an int8 IR with neither FakeQuantize layers nor int8 weights: nothing was quantized")
         if precision == "fp16" and not consts.get("f16"):
             problems.append("an fp16 IR without float16 constants: the weights were not compressed")
         if precision == "fp32" and consts.get("f16"):

@@ -95,6 +95,24 @@ def test_int8_is_quantized_smaller_and_close(cnn: Tiny, cnn_ir: Path, cnn_refere
     assert logits["cosine"]["ok"] and logits["top1_agreement"]["ok"], logits
 
 
+def test_int8_weight_only_stores_int8_weights_and_runs_float_activations(cnn: Tiny, cnn_ir: Path,
+                                                                         cnn_reference: Path, tmp_path: Path) -> None:
+    """The last repair recipe: NNCF's int8 weight compression, no FakeQuantize, every weight layer in int8 (the
+    artifact's own share, measured on the IR), closer to float32 than full int8 is."""
+    cnn.run(INT8, tmp_path / "static", input_path=cnn_ir)
+    metrics = cnn.run(INT8, tmp_path / "q", input_path=cnn_ir, scheme="weight-only")
+    assert metrics["scheme"] == "weight-only" and metrics["fake_quantize"] == 0
+    share = metrics["quantized_weights"]
+    assert share["share"] == 1.0 and share["wider"] == {} and set(share["by_dtype"]) == {"uint8"}, share
+    assert metrics["weights_bytes"] < (cnn_ir.parent / "model.bin").stat().st_size * 0.4
+    result = check(cnn, tmp_path / "check", "openvino-int8", tmp_path / "q/model.xml", cnn_reference, "int8")
+    assert result["passed"] is True and result["structure"]["problems"] == [], result
+    full = check(cnn, tmp_path / "check-static", "openvino-int8", tmp_path / "static/model.xml", cnn_reference, "int8")
+    assert result["outputs"]["logits"]["cosine"]["observed"] > full["outputs"]["logits"]["cosine"]["observed"]
+    assert get_step(INT8).Options().model_dump() == get_step(INT8).Options(scheme="static").model_dump()
+    assert "scheme" not in get_step(INT8).Options().model_dump()  # keys of nodes without it are unchanged
+
+
 def test_int8_accuracy_control_keeps_the_drop_within_budget(cnn: Tiny, cnn_ir: Path, cnn_reference: Path,
                                                             tmp_path: Path) -> None:
     plain = cnn.run(INT8, tmp_path / "plain", input_path=cnn_ir)
@@ -171,7 +189,7 @@ def test_inspection_catches_a_precision_that_is_not_there(cnn: Tiny, cnn_ir: Pat
     runtime = get_runtime("openvino")
     assert runtime.inspect(cnn_ir, cnn.model, "openvino")["problems"] == []  # type: ignore[index]
     problems = runtime.inspect(cnn_ir, cnn.model, "openvino-int8")["problems"]  # type: ignore[index]
-    assert problems == ["an int8 IR without FakeQuantize layers: nothing was quantized"]
+    assert problems == ["an int8 IR with neither FakeQuantize layers nor int8 weights: nothing was quantized"]
     renamed = cnn.with_model(inputs=[{"name": "pixels", "shape": ["batch", 1, 8, 8]}])
     assert "the IR's inputs [image] are none of the signature's [pixels]" in \
         runtime.inspect(cnn_ir, renamed.model, "openvino")["problems"]  # type: ignore[index]
