@@ -131,6 +131,21 @@ class RmsMlp(nn.Module):
         return self.head(self.norm(self.up(x)))
 
 
+class SmallHead(nn.Module):
+    """A classifier whose head is initialised small (timm scales EVA-02's and BEiT's by 1e-3): logits of ~1e-4."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(8, 64)
+        self.head = nn.Linear(64, 4)
+        with torch.no_grad():
+            self.head.weight.mul_(1e-3)
+            self.head.bias.mul_(1e-3)
+
+    def forward(self, x):
+        return self.head(nn.functional.gelu(self.up(x)))
+
+
 class LnGelu(nn.Module):
     """LayerNorm then GELU: ONNX Runtime fuses the GELU into com.microsoft.Gelu."""
 
@@ -208,6 +223,10 @@ def rms_mlp():
 
 def ln_gelu():
     return LnGelu()
+
+
+def small_head():
+    return SmallHead()
 
 
 def causal_attention():
@@ -378,6 +397,8 @@ KINDS: dict[str, dict[str, Any]] = {
             "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "ln-gelu": {"factory": "ln_gelu", "inputs": [{"name": "x", "shape": ["batch", 8]}],
                 "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
+    "small-head": {"factory": "small_head", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                   "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "causal": {"factory": "causal_attention", "inputs": [{"name": "x", "shape": ["batch", 6, 8]}],
                "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "causal-float": {"factory": "causal_attention_float", "inputs": [{"name": "x", "shape": ["batch", 6, 8]}],

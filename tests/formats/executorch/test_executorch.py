@@ -109,6 +109,24 @@ def test_integer_index_arithmetic_stays_integer_under_int8(tmp_path: Path, schem
     assert result["passed"] is True, result
 
 
+@pytest.mark.parametrize("scheme", ["static", "dynamic"])
+def test_a_head_initialised_small_keeps_its_logits_under_int8(tmp_path: Path, scheme: str) -> None:
+    """XNNPACKQuantizer floors every scale at 2^-12, and logits of ~1e-4 came out of the .pte as zeros (cosine 0:
+    timm's EVA-02 in the model matrix); at float32's epsilon they keep their int8 resolution."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+
+    from buildsys.formats.executorch.quantize import finer_scales
+
+    upstream = get_symmetric_quantization_config(is_per_channel=True)
+    assert upstream.weight.observer_or_fake_quant_ctr.p.keywords["eps"] == 2**-12  # what this answers
+    assert finer_scales(upstream).weight.observer_or_fake_quant_ctr.p.keywords["eps"] == torch.finfo(torch.float32).eps
+    metrics, result = _int8_checked("small-head", tmp_path, scheme=scheme)
+    y = result["outputs"]["y"]
+    assert metrics["int8_weights"] > 0.8, metrics
+    assert result["passed"] is True and y["cosine"]["observed"] > 0.95, result
+
+
 def test_layers_xnnpack_leaves_outside_its_delegate_are_kept_float(tmp_path: Path) -> None:
     """Their int8 weights would need quantized kernels the runtime lacks ("Missing out variants"): the step
     quantizes again with those layers in float, says which, and the .pte runs and passes."""
