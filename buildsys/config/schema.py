@@ -263,8 +263,9 @@ class Target(Strict):
         "(docs/repair.md). true: the quantizing step's recipes are tried next, in order (onnx-int8: keep-float = "
         "per-layer sensitivity, then the fewest most sensitive layers kept in float until the tolerance holds; "
         "per-channel weights; entropy calibration. openvino-int8: NNCF's transformer scheme; 8-bit weights; the "
-        "mixed preset; keep-float; weight-only int8. tflite-int8: keep-float by ai-edge-quantizer; dynamic range; weight-only int8, even where a platform preset chose full int8. executorch-int8: "
-        "keep-float by per-node sensitivity on the PT2E graph); the one that passes is recorded in deploy.lock and reused, "
+        "mixed preset; keep-float; weight-only int8. tflite-int8: keep-float by ai-edge-quantizer; dynamic range; "
+        "weight-only int8, even where a platform preset chose full int8. executorch-int8: keep-float by per-node "
+        "sensitivity on the PT2E graph); the one that passes is recorded in deploy.lock and reused, "
         "and the tolerance is never loosened. false: no repair (a miss fails the route). A list: only these "
         "recipes, in this order. To pin a recipe, set its options (e.g. options: {onnx-int8: {keep_float: "
         "[/head/Gemm]}}).")

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from buildsys.config.schema import Model
     from buildsys.config.data import Batch
 
+#: The committed `scheme` fact of a weight-only IR, in words (a static IR has none: its lock entry is unchanged).
+WEIGHT_ONLY = "weight-only: int8 weights (NNCF weight compression), float activations and compute"
 NEEDS_CALIBRATION = ("NNCF post-training quantization needs calibration data: add data.calibration to the model "
                      "(an .npz of representative inputs)")
 
@@ -52,7 +54,7 @@ class OpenVinoInt8FromOpenVino(Step):
     repairs = {"transformer": {"model_type": "transformer"}, "8-bit-weights": {"overflow_fix": False},
                "mixed": {"preset": "mixed"}, "keep-float": {"keep_float": "sensitive"},
                "weight-only": {"scheme": "weight-only"}}
-    committed_metrics = ("repair", "quantized_weights")
+    committed_metrics = ("repair", "scheme", "quantized_weights")
     keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.formats.torch.qat)
 
     class Options(SearchingOptions):
@@ -172,7 +174,7 @@ class OpenVinoInt8FromOpenVino(Step):
             with quantizer_failures(self, ctx, "NNCF int8 quantization failed"):
                 if opts.scheme == "weight-only":
                     quantized = _compress_weights(nncf, model, kwargs.get("ignored_scope"))
-                    metrics = {"scheme": opts.scheme}
+                    metrics = {"scheme": WEIGHT_ONLY}
                 elif opts.keep_float == "sensitive":
                     quantized = self._search(ctx, nncf, model, calibration, advanced, kwargs, metrics)
                 elif opts.max_accuracy_drop is None:

@@ -101,7 +101,7 @@ def test_int8_weight_only_stores_int8_weights_and_runs_float_activations(cnn: Ti
     artifact's own share, measured on the IR), closer to float32 than full int8 is."""
     cnn.run(INT8, tmp_path / "static", input_path=cnn_ir)
     metrics = cnn.run(INT8, tmp_path / "q", input_path=cnn_ir, scheme="weight-only")
-    assert metrics["scheme"] == "weight-only" and metrics["fake_quantize"] == 0
+    assert metrics["scheme"].startswith("weight-only: int8 weights") and metrics["fake_quantize"] == 0
     share = metrics["quantized_weights"]
     assert share["share"] == 1.0 and share["wider"] == {} and set(share["by_dtype"]) == {"uint8"}, share
     assert metrics["weights_bytes"] < (cnn_ir.parent / "model.bin").stat().st_size * 0.4
