@@ -10,6 +10,12 @@ the exported graph, as index tensors are in a deployed model); every other argum
 every tensor the op returns, flattened, each made a float32 output with the batch axis: complex as
 `view_as_real` (a trailing axis of 2), integer and boolean cast to float32, float64/float16 to float32.
 
+Outputs are compared as PyTorch compares two implementations of an op (test_ops.py, `test_compare_cpu`: CPU
+against CUDA): after the sample's `output_process_fn_grad`. It is the identity for almost every op; "we use this
+function in linalg extensively to postprocess the inputs of functions that are not completely well-defined. Think
+svd and multiplying the singular vectors by -1" (PyTorch's comment there): svd's samples compare |U|, S, |Vᴴ| or
+U Vᴴ, which every valid SVD shares, and the module returns exactly that.
+
 Samples are regenerated, not stored: `torch.manual_seed(SEED)` and then the op's `sample_inputs` iterated to
 the index, which gives the same tensors on every host with the same torch.
 """
@@ -103,6 +109,7 @@ class OpCase(nn.Module):
     def __init__(self, fn: Callable[..., Any], sample: Any) -> None:
         super().__init__()
         self.fn = fn
+        self.process = sample.output_process_fn_grad  # the identity, or what makes the result well defined
         self.example: list[torch.Tensor] = []
         others: list[torch.Tensor] = []
         self.call = template((sample.input, tuple(sample.args), dict(sample.kwargs)), self.example, others)
@@ -113,7 +120,7 @@ class OpCase(nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         buffers = [getattr(self, f"const{i}") for i in range(self.n_buffers)]
         first, args, kwargs = fill(self.call, [x.squeeze(0) for x in xs], buffers)
-        result = self.fn(first, *args, **kwargs)
+        result = self.process(self.fn(first, *args, **kwargs))
         return tuple(as_output(t).unsqueeze(0) for t in tensors_of(result))
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:

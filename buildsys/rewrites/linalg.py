@@ -17,7 +17,8 @@ of small square matrices [..., n, n] (n ≤ MAX_SIZE, static) and QR, unrolled i
   topk). A V = V diag(w) with orthonormal V; the eigenvectors' signs need not be LAPACK's.
 - svdvals: the square roots of the eigenvalues of the smaller Gram matrix (AᵀA or AAᵀ), descending. Caveat:
   the Gram squares the condition number, so σ has an absolute error of about ε·σ_max²/σ (float32: fine for
-  well-conditioned A, poor for σ below ~1e-3·σ_max). svd with vectors is not rewritten.
+  well-conditioned A, poor for σ below ~1e-3·σ_max).
+- svd / linalg.svd with vectors (one-sided Jacobi on A itself, any m × n): buildsys/rewrites/singular.py.
 - geqrf, householder_product / orgqr, ormqr, qr (every mode) of any m × n: buildsys/rewrites/householder.py.
 
 inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot, so the rewrite returns
@@ -35,16 +36,12 @@ from functools import reduce
 from operator import mul
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites import householder
+from buildsys.rewrites import householder, singular
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
+from buildsys.rewrites.rotations import MAX_SIZE, SWEEPS, ascending, eye, rotation, schedule
 
 if TYPE_CHECKING:
     import torch
-
-#: The largest n the family unrolls (Gauss-Jordan: n steps of O(n²); Jacobi: ~SWEEPS·n rounds of n³ matmuls).
-MAX_SIZE = 16
-#: Jacobi sweeps: quadratic convergence takes float32 (and float64) to rounding for n ≤ 16 well before 10.
-SWEEPS = 10
 
 _FAMILY = "linalg"
 
@@ -69,10 +66,6 @@ def _square(A: torch.Tensor, op: str, name: str = "A") -> int:
     if rows > MAX_SIZE:
         raise RewriteNotApplicable(_FAMILY, op, f"n = {rows} is above {MAX_SIZE} (the unrolled graph grows with n³)")
     return rows
-
-
-def _eye(n: int) -> list[list[float]]:
-    return [[float(i == j) for j in range(n)] for i in range(n)]  # not np.eye: TorchDynamo would trace it to torch
 
 
 def _eliminate(A: torch.Tensor, B: torch.Tensor | None, n: int, safe: bool
@@ -127,7 +120,7 @@ def _inverse(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, torch
 
     refuse_out(_FAMILY, op, out)
     n = _square(A, op)
-    inverse, pivots, _ = _eliminate(A, constant(np.asarray(_eye(n)), A.dtype), n, safe=False)
+    inverse, pivots, _ = _eliminate(A, constant(np.asarray(eye(n)), A.dtype), n, safe=False)
     assert inverse is not None
     return inverse, _first([p == 0 for p in pivots])
 
@@ -244,20 +237,9 @@ def cholesky_ex(A: torch.Tensor, *, upper: bool = False, check_errors: bool = Fa
     return returned("linalg_cholesky_ex", _cholesky(A, upper, "torch.linalg.cholesky_ex"))
 
 
-def _rounds(n: int) -> list[list[tuple[int, int]]]:
-    """The round-robin schedule: every pair (p < q) of range(n) once, in rounds of disjoint pairs."""
-    players = list(range(n)) + ([-1] if n % 2 else [])  # -1: the bye
-    m = len(players)
-    rounds = []
-    for _ in range(m - 1):
-        pairs = [(players[i], players[m - 1 - i]) for i in range(m // 2)]
-        rounds.append([(min(p, q), max(p, q)) for p, q in pairs if p >= 0 and q >= 0])
-        players = [players[0], players[-1], *players[1:-1]]
-    return rounds
-
-
 def _jacobi(A: torch.Tensor, n: int, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the diagonal after SWEEPS parallel Jacobi sweeps [..., n], the accumulated rotations V) of symmetric A."""
+    """(the diagonal after SWEEPS parallel Jacobi sweeps [..., n], the accumulated rotations V) of symmetric A
+    (rotations.py: each rotation zeroes A's (p, q))."""
     import numpy as np
     import torch
 
@@ -266,50 +248,20 @@ def _jacobi(A: torch.Tensor, n: int, vectors: bool) -> tuple[torch.Tensor, torch
     diagonal = constant(np.asarray([i * n + i for i in range(n)], dtype=np.int64))
     if n == 1:
         return A.flatten(-2), (A * 0 + 1) if vectors else None
-    rounds = []  # per round: the flat indices of (p, p), (q, q), (p, q); J's entries as functions of c, s
-    for pairs in _rounds(n):
-        m = len(pairs)
-        gather = [p * n + p for p, _ in pairs] + [q * n + q for _, q in pairs] + [p * n + q for p, q in pairs]
-        cosine, sine, rest = np.zeros((m, n * n)), np.zeros((m, n * n)), np.asarray(_eye(n)).flatten()
-        for i, (p, q) in enumerate(pairs):
-            cosine[i, p * n + p] = cosine[i, q * n + q] = 1.0
-            sine[i, p * n + q], sine[i, q * n + p] = 1.0, -1.0
-            rest[p * n + p] = rest[q * n + q] = 0.0
-        rounds.append((m, constant(np.asarray(gather, dtype=np.int64)), constant(cosine, A.dtype),
-                       constant(sine, A.dtype), constant(rest, A.dtype)))
+    steps = schedule(n, A.dtype)
+    picks = [constant(np.asarray([p * n + p for p, _ in r.pairs] + [q * n + q for _, q in r.pairs]
+                                 + [p * n + q for p, q in r.pairs], dtype=np.int64)) for r in steps]
     V = None
     for _ in range(SWEEPS):
-        for m, picked, cosines, sines, identity in rounds:
-            entries = A.flatten(-2).index_select(-1, picked)
-            app, aqq, apq = entries[..., :m], entries[..., m:2 * m], entries[..., 2 * m:]
-            # the rotation that zeroes (p, q): t = tan θ = sgn(d)·2apq / (|d| + √(d² + 4apq²)), d = aqq − app
-            diff = aqq - app
-            direction = torch.where(diff >= 0, torch.ones_like(diff), -torch.ones_like(diff))
-            denominator = diff.abs() + torch.sqrt(diff * diff + 4.0 * apq * apq)
-            zero = denominator == 0  # apq = 0 and app = aqq: nothing to rotate
-            t = torch.where(zero, torch.zeros_like(diff),
-                            direction * 2.0 * apq / torch.where(zero, torch.ones_like(diff), denominator))
-            c = 1.0 / torch.sqrt(t * t + 1.0)
-            # J: c at (p, p) and (q, q), s at (p, q), −s at (q, p), the identity elsewhere
-            J = (torch.matmul(c, cosines) + torch.matmul(t * c, sines) + identity).unflatten(-1, (n, n))
+        for step, picked in zip(steps, picks):
+            m = len(step.pairs)
+            entries = A.flatten(-2).index_select(-1, picked)  # (p, p), (q, q), (p, q) of each pair
+            J = rotation(step, entries[..., :m], entries[..., m:2 * m], entries[..., 2 * m:], n)
             A = torch.matmul(J.transpose(-2, -1), torch.matmul(A, J))
             if vectors:
                 V = J if V is None else torch.matmul(V, J)
         A = 0.5 * (A + A.transpose(-2, -1))
     return A.flatten(-2).index_select(-1, diagonal), V
-
-
-def _ascending(w: torch.Tensor, n: int) -> torch.Tensor:
-    """The one-hot permutation [..., n, n] (row i: the place of w[i]) that sorts w ascending, ties by position."""
-    import numpy as np
-    import torch
-
-    from buildsys.rewrites.mechanism import constant
-
-    mine, other = w.unsqueeze(-1), w.unsqueeze(-2)
-    before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
-    rank = torch.logical_or(other < mine, torch.logical_and(other == mine, before)).to(torch.int64).sum(-1)
-    return (rank.unsqueeze(-1) == constant(np.arange(n, dtype=np.int64))).to(w.dtype)
 
 
 def _symmetric(A: torch.Tensor, UPLO: str, n: int, op: str) -> torch.Tensor:
@@ -333,7 +285,7 @@ def _eigh(A: torch.Tensor, UPLO: str, vectors: bool, op: str) -> tuple[torch.Ten
 
     n = _square(A, op)
     w, V = _jacobi(_symmetric(A, UPLO, n, op), n, vectors)
-    order = _ascending(w, n)
+    order = ascending(w, n)
     w = torch.matmul(w.unsqueeze(-2), order).squeeze(-2)
     return w, (torch.matmul(V, order) if V is not None else None)
 
@@ -375,20 +327,23 @@ def _handlers() -> HandlerTable:
                     (torch.linalg, torch, torch.Tensor))
     table.update({torch.linalg.slogdet: linalg_slogdet, torch.slogdet: slogdet, torch.Tensor.slogdet: slogdet})
     table.update(householder.handlers())
+    table.update(singular.handlers())
     return table
 
 
 REWRITES = (
     Rewrite(
         name="linalg",
-        version=2,  # 2: the Householder QR functions
+        version=3,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi)
         removes=("aten::linalg_inv", "aten::linalg_inv_ex", "aten::inverse", "aten::linalg_det", "aten::_linalg_det",
                  "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
                  "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
                  "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
-                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd") + householder.REMOVES,
+                 "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd") + householder.REMOVES
+        + singular.REMOVES,
         description="inv / det / slogdet / logdet / solve (Gauss-Jordan, one-hot pivoting), cholesky, eigh / eigvalsh "
-                    "(parallel Jacobi), svdvals of n ≤ 16 matrices; QR (Householder, as LAPACK); unrolled",
+                    "(parallel Jacobi), svdvals, svd (one-sided Jacobi) of n ≤ 16 matrices; QR (Householder, as "
+                    "LAPACK); unrolled",
         handlers=_handlers,
     ),
 )

@@ -1,5 +1,5 @@
 """The linear-algebra family (buildsys/rewrites/linalg.py): inv / inverse / inv_ex, det / slogdet / logdet,
-solve / solve_ex, cholesky / cholesky_ex, eigh / eigvalsh and svdvals on well-conditioned matrices of sizes 1 to 8
+solve / solve_ex, cholesky / cholesky_ex, eigh / eigvalsh, svdvals and svd on well-conditioned matrices of sizes 1 to 8
 (and 16, the largest it takes), batched or not, compared with torch in float32 and float64; the ops gone from every
 graph; and its refusals (n > 16, a dynamic n, complex, out=) with their reasons."""
 
@@ -165,6 +165,27 @@ def test_singular_values_match_torch(shape: tuple[int, int], batch: tuple[int, .
     check(torch.linalg.svdvals, "linalg", a, rel=REL[dtype])
 
 
+@dtypes
+@pytest.mark.parametrize("batch", [(), (2,)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (8, 8), (6, 3), (2, 5)], ids=str)
+def test_singular_vectors_are_a_valid_svd(shape: tuple[int, int], batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Compared as PyTorch compares two SVDs (test_compare_cpu: the samples' output_process_fn_grad): S, |U|, |Vᴴ| and
+    U Vᴴ, with U Σ Vᴴ = A; distinct singular values, so every vector is unique up to its sign."""
+    k = min(shape)
+    left, right = orthogonal(shape[0], batch, 4)[..., :k], orthogonal(shape[1], batch, 5)[..., :k]
+    a, rel = ((left * spectrum(k, batch, 6).unsqueeze(-2)) @ right.transpose(-2, -1)).to(dtype), REL[dtype]
+    full = shape[0] == shape[1]
+    check(lambda t: torch.linalg.svd(t, full_matrices=full).S, "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.svd(t, full_matrices=full).U.abs(), "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.svd(t, full_matrices=False).Vh.abs(), "linalg", a, rel=rel)
+    check(lambda t: (lambda u, s, vh: u @ vh)(*torch.linalg.svd(t, full_matrices=False)), "linalg", a, rel=rel)
+    check(lambda t: torch.svd(t).V.abs(), "linalg", a, rel=rel)
+    u, s, vh = rewritten(lambda t: torch.linalg.svd(t, full_matrices=False))(a)
+    assert_equivalent((u * s.unsqueeze(-2)) @ vh, a, rel=rel)
+    zeros = rewritten(lambda t: torch.svd(t, compute_uv=False))(a)
+    assert [z.shape for z in zeros] == [z.shape for z in torch.svd(a, compute_uv=False)] and not zeros.U.any()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_the_largest_size_it_takes(dtype: torch.dtype) -> None:
     a, s, rel = general(16, (2,), dtype, seed=5), spd(16, (2,), dtype, seed=6), REL[dtype]
@@ -207,6 +228,7 @@ def test_no_linalg_op_is_left_in_any_graph() -> None:
     check(torch.linalg.eigvalsh, "linalg", s, graphs=True)
     check(lambda t: torch.linalg.eigh(t)[1].abs().sum(-1), "linalg", s, graphs=True)
     check(torch.linalg.svdvals, "linalg", a, graphs=True)
+    check(lambda t: torch.linalg.svd(t)[0].abs() + torch.svd(t)[2].abs(), "linalg", a, graphs=True)
 
 
 def test_strict_export_sees_the_rewrite() -> None:
@@ -231,6 +253,8 @@ def test_refusals_say_why() -> None:
         rewritten(torch.linalg.det)(torch.eye(3, dtype=torch.complex64))
     with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.solve: a vector B with left=False"):
         rewritten(lambda s, t: torch.linalg.solve(s, t, left=False))(torch.eye(3), torch.ones(3))
+    with pytest.raises(RewriteNotApplicable, match=r"full_matrices=True of a 4 × 2 matrix"):
+        rewritten(torch.linalg.svd)(torch.ones(4, 2))
     with pytest.raises(RewriteNotApplicable, match=r"the out= argument"):
         rewritten(lambda t: torch.linalg.inv(t, out=torch.empty(3, 3)))(torch.eye(3))
     size = torch.export.Dim("n", min=2, max=8)

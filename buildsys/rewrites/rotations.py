@@ -1,0 +1,92 @@
+"""Jacobi rotations for the linear-algebra family: what linalg.py's symmetric eigensolver (two-sided, on A) and
+singular.py's SVD (one-sided, on A's columns) share.
+
+A sweep visits every pair (p, q) once in round-robin rounds of disjoint pairs; a round's rotations are one
+orthogonal matrix J, built as matmuls of the per-pair (cos, sin) with constant masks, so a round is a few matmuls
+and no data-dependent indexing. Each rotation zeroes the off-diagonal entry of its pair's symmetric 2 × 2 block
+[[a_pp, a_pq], [a_pq, a_qq]]: t = tan θ = sgn(d)·2a_pq / (|d| + √(d² + 4a_pq²)), d = a_qq − a_pp, the smaller of
+the two angles (Golub & Van Loan's symmetric Schur decomposition).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
+
+#: The largest n the family unrolls (Gauss-Jordan: n steps of O(n²); Jacobi: ~SWEEPS·n rounds of n³ matmuls).
+MAX_SIZE = 16
+#: Jacobi sweeps: quadratic convergence takes float32 (and float64) to rounding for n ≤ 16 well before 10.
+SWEEPS = 10
+
+
+def eye(n: int) -> list[list[float]]:
+    return [[float(i == j) for j in range(n)] for i in range(n)]  # not np.eye: TorchDynamo would trace it to torch
+
+
+def rounds(n: int) -> list[list[tuple[int, int]]]:
+    """The round-robin schedule: every pair (p < q) of range(n) once, in rounds of disjoint pairs."""
+    players = list(range(n)) + ([-1] if n % 2 else [])  # -1: the bye
+    m = len(players)
+    out = []
+    for _ in range(m - 1):
+        pairs = [(players[i], players[m - 1 - i]) for i in range(m // 2)]
+        out.append([(min(p, q), max(p, q)) for p, q in pairs if p >= 0 and q >= 0])
+        players = [players[0], players[-1], *players[1:-1]]
+    return out
+
+
+class Round(NamedTuple):
+    """One round's disjoint pairs and the constant masks its J is made of: c at (p, p) and (q, q), s at (p, q),
+    −s at (q, p), the identity elsewhere."""
+
+    pairs: list[tuple[int, int]]
+    cosines: "torch.Tensor"  # [pairs, n·n]
+    sines: "torch.Tensor"  # [pairs, n·n]
+    identity: "torch.Tensor"  # [n·n]: the identity off the pairs' rows and columns
+
+
+def schedule(n: int, dtype: "torch.dtype") -> list[Round]:
+    """Every round of a sweep over n, with its masks."""
+    import numpy as np
+
+    from buildsys.rewrites.mechanism import constant
+
+    out = []
+    for pairs in rounds(n):
+        m = len(pairs)
+        cosine, sine, rest = np.zeros((m, n * n)), np.zeros((m, n * n)), np.asarray(eye(n)).flatten()
+        for i, (p, q) in enumerate(pairs):
+            cosine[i, p * n + p] = cosine[i, q * n + q] = 1.0
+            sine[i, p * n + q], sine[i, q * n + p] = 1.0, -1.0
+            rest[p * n + p] = rest[q * n + q] = 0.0
+        out.append(Round(pairs, constant(cosine, dtype), constant(sine, dtype), constant(rest, dtype)))
+    return out
+
+
+def rotation(step: Round, app: "torch.Tensor", aqq: "torch.Tensor", apq: "torch.Tensor", n: int) -> "torch.Tensor":
+    """J [..., n, n] of the round `step` whose pairs' 2 × 2 blocks are (app, aqq, apq) [..., pairs]."""
+    import torch
+
+    diff = aqq - app
+    direction = torch.where(diff >= 0, torch.ones_like(diff), -torch.ones_like(diff))
+    denominator = diff.abs() + torch.sqrt(diff * diff + 4.0 * apq * apq)
+    zero = denominator == 0  # apq = 0 and app = aqq: nothing to rotate
+    t = torch.where(zero, torch.zeros_like(diff),
+                    direction * 2.0 * apq / torch.where(zero, torch.ones_like(diff), denominator))
+    c = 1.0 / torch.sqrt(t * t + 1.0)
+    return (torch.matmul(c, step.cosines) + torch.matmul(t * c, step.sines) + step.identity).unflatten(-1, (n, n))
+
+
+def ascending(w: "torch.Tensor", n: int) -> "torch.Tensor":
+    """The one-hot permutation [..., n, n] (row i: the place of w[i]) that sorts w ascending, ties by position."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    mine, other = w.unsqueeze(-1), w.unsqueeze(-2)
+    before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
+    rank = torch.logical_or(other < mine, torch.logical_and(other == mine, before)).to(torch.int64).sum(-1)
+    return (rank.unsqueeze(-1) == constant(np.arange(n, dtype=np.int64))).to(w.dtype)
