@@ -228,7 +228,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
-    # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (quantize.finer_scales)
+    # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales)
     #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.

@@ -11,11 +11,8 @@ Two things stand between XNNPACKQuantizer and real models, both found on the zoo
   turns just those ops into their two linears, which the dynamic annotator quantizes. The static
   scheme gets the cells whole, so they stay in float there.
 
-Its observers also floor every scale at 2^-12 (`eps`): a tensor whose range is under 2^-12 × 255 ≈ 0.06
-is quantized coarser than int8 allows, and one under 1.2e-4 to zero. A classifier head initialised small
-(timm's EVA-02 and BEiT scale theirs by 1e-3) then returns all zeros from the .pte, the simulated PT2E
-program too. `quantizer()` keeps the observers and lowers the floor to PyTorch's own observer default,
-float32's epsilon; XNNPACK runs the finer scales exactly as PT2E simulates them.
+Its observers' scale floor is lowered to PyTorch's own (`pt2e.finer_scales`): at XNNPACK's 2^-12 a head
+initialised small came out of the .pte as zeros.
 
 Accuracy repair (docs/repair.md) keeps chosen nodes in float: `quantizer(float_nodes=...)` drops their
 annotations after XNNPACKQuantizer annotated the graph. Its own ways cannot do it in ExecuTorch 1.5:
@@ -90,32 +87,13 @@ def quantizer(*, per_channel: bool, dynamic: bool, float_nodes: Callable[[Node],
     nodes `float_nodes` holds for (see `float_filter`) left in float."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
-    from buildsys.formats.torch.pt2e import fast_range_search
+    from buildsys.formats.torch.pt2e import fast_range_search, finer_scales
 
     fast_range_search()  # the histogram observers' range search, the same result without torch indexing
     config = finer_scales(get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic))
     q = _float_scalars_quantizer()().set_global(config)
     q.float_nodes = float_nodes
     return q
-
-
-def finer_scales(config: Any) -> Any:
-    """`config` with every observer's scale floor (`eps`, 2^-12 in XNNPACK's configs) at float32's epsilon, the
-    floor of PyTorch's own observers (see the module doc)."""
-    import dataclasses
-
-    import torch
-
-    def floored(spec: Any) -> Any:
-        made = getattr(spec, "observer_or_fake_quant_ctr", None)
-        partial = getattr(made, "p", None)  # with_args(...)'s functools.partial
-        if partial is None or "eps" not in partial.keywords:
-            return spec
-        kwargs = {**partial.keywords, "eps": torch.finfo(torch.float32).eps}
-        return dataclasses.replace(spec, observer_or_fake_quant_ctr=partial.func.with_args(**kwargs))
-
-    return dataclasses.replace(config, input_activation=floored(config.input_activation),
-                               output_activation=floored(config.output_activation), weight=floored(config.weight))
 
 
 def module_path(node: Node) -> str:

@@ -145,7 +145,7 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
     precision = "int8"
     version = 5  # 3: schemes weight-only and 8da4w; the missing-kernel check; 4: Conv1D as nn.Linear (quantized
     # like every linear), quantized_weights measured on the program before lowering; 5: dynamic's scale floor at
-    # float32's epsilon (executorch/quantize.finer_scales)
+    # float32's epsilon (formats/torch/pt2e.finer_scales)
     Options = LlmPteInt8Options
     committed_metrics = ("scheme", "group_size", "group_sizes", "quantized_weights")
     description = ("dynamic: decoder.py's StaticCacheDecoder, torch.export, prepare_pt2e/convert_pt2e with "

@@ -87,10 +87,11 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 4  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            cls.version = 5  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
-            # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head)
+            # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
+            # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
@@ -195,7 +196,7 @@ class TfliteFromPt2(Step):
                            qat="lowered with the learned quantization parameters (no calibration)")
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
-        from buildsys.formats.torch.pt2e import fast_range_search, float_values_only
+        from buildsys.formats.torch.pt2e import fast_range_search, finer_scales, float_values_only
 
         fast_range_search()  # the histogram observers' range search, the same result without torch indexing
 
@@ -207,8 +208,8 @@ class TfliteFromPt2(Step):
                 return model
 
         dynamic = opts.mode == "dynamic"
-        quantizer = FloatValuesQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                        is_dynamic=dynamic))
+        quantizer = FloatValuesQuantizer().set_global(finer_scales(get_symmetric_quantization_config(
+            is_per_channel=True, is_dynamic=dynamic)))
         prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
         if dynamic:
             prepared(*args)  # dynamic observers record nothing that matters; one call initialises them

@@ -1,5 +1,5 @@
-"""What every PT2E quantizer in modelbuild shares: integer values are never quantized, and the histogram
-observer's range search runs in plain Python numbers.
+"""What every PT2E quantizer in modelbuild shares: integer values are never quantized, scales are floored where
+PyTorch floors them, and the histogram observer's range search runs in plain Python numbers.
 
 A quantizer annotates by op pattern (an `add`, a `mul`, a `clamp`), whatever the values' dtype. A model
 computes integers with the same ops: T5's and WavLM's relative-position buckets (`abs`, `*`, `+`, `min` on
@@ -14,6 +14,13 @@ torch tensor from Python (about 10 µs an access). On MobileViT's 300 observers 
 budget, and every trial of the keep-float search pays it again. `fast_range_search` installs the same search over a
 list of the same float32 values, compared exactly as torch compares them (the threshold rounded to float32 first):
 the same bins, the same ranges, tens of times faster.
+
+XNNPACK's and litert-torch's configs floor every observer's scale at 2^-12 (`eps`): a tensor whose range is under
+2^-12 × 255 ≈ 0.06 is quantized coarser than 8 bits, and values under 1.2e-4 to zero. A classifier head initialised
+small (timm scales EVA-02's by 1e-3: logits of ~7e-4) came out of the .pte as exact zeros, the simulated PT2E program
+too, and in the model matrix five more architectures (MobileNetV3, ConvNeXt, EfficientNet, ViT, a Whisper encoder)
+missed static int8 until a repair or the dynamic fallback. `finer_scales` lowers the floor to PyTorch's own observer
+default, float32's epsilon; XNNPACK and LiteRT run the finer scales as the PT2E program simulates them.
 
 Torch and torchao are imported inside the functions: the registry imports every module when modelbuild starts.
 """
@@ -110,3 +117,22 @@ def _non_linear_param_search(self: Any) -> "tuple[torch.Tensor, torch.Tensor]":
 
 
 _non_linear_param_search.modelbuild = True  # type: ignore[attr-defined]
+
+
+def finer_scales(config: Any) -> Any:
+    """A PT2E `QuantizationConfig` (XNNPACK's, litert-torch's) with every observer's scale floor (`eps`, 2^-12 in
+    theirs) at float32's epsilon, PyTorch's own observers' floor (see the module doc)."""
+    import dataclasses
+
+    import torch
+
+    def floored(spec: Any) -> Any:
+        made = getattr(spec, "observer_or_fake_quant_ctr", None)
+        partial = getattr(made, "p", None)  # with_args(...)'s functools.partial
+        if partial is None or "eps" not in partial.keywords:
+            return spec
+        kwargs = {**partial.keywords, "eps": torch.finfo(torch.float32).eps}
+        return dataclasses.replace(spec, observer_or_fake_quant_ctr=partial.func.with_args(**kwargs))
+
+    return dataclasses.replace(config, input_activation=floored(config.input_activation),
+                               output_activation=floored(config.output_activation), weight=floored(config.weight))

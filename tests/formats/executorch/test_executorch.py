@@ -116,7 +116,7 @@ def test_a_head_initialised_small_keeps_its_logits_under_int8(tmp_path: Path, sc
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
-    from buildsys.formats.executorch.quantize import finer_scales
+    from buildsys.formats.torch.pt2e import finer_scales
 
     upstream = get_symmetric_quantization_config(is_per_channel=True)
     assert upstream.weight.observer_or_fake_quant_ctr.p.keywords["eps"] == 2**-12  # what this answers

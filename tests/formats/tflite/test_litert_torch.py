@@ -95,6 +95,22 @@ def test_softmax_and_sigmoid_outputs_get_the_ranges_tflite_requires(tmp_path: Pa
     assert result["passed"] is True, result
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full", "dynamic"])
+def test_a_head_initialised_small_keeps_its_logits_under_int8(tmp_path: Path, mode: str) -> None:
+    """litert-torch's PT2E config floors scales at 2^-12 as XNNPACK's does; logits of ~1e-4 keep their int8
+    resolution at float32's epsilon (formats/torch/pt2e.finer_scales)."""
+    _needs_litert_torch()
+    tiny = make_model(tmp_path / "p", "small-head")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2", precision="int8",
+             mode=mode)
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True and result["outputs"]["y"]["cosine"]["observed"] > 0.95, result
+
+
 def test_full_int8_without_calibration_is_refused_at_plan_time(tmp_path: Path) -> None:
     from buildsys.formats import get_step
 
