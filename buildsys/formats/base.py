@@ -280,13 +280,6 @@ class Step:
         return list(dict.fromkeys(found))  # an answer two readings give is tried once
 
     @classmethod
-    def misfit(cls, model: "Model") -> str | None:
-        """Why this step's converter is a poor fit for the model's interface (its declared inputs), or None: a
-        route through a misfit step is tried after the routes without one (the pipeline's order stage), never
-        dropped. Read from deploy.yaml alone: no trace, no op table."""
-        return None
-
-    @classmethod
     def accepts(cls, options: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
         """The table and inventory this step reads (`accepts_ops`) given the target's raw options for
         the format it makes; a step whose options pick another converter (the ONNX exporter) overrides it."""

@@ -9,9 +9,8 @@ One function per stage, each over typed candidates (`planning.routes.Route`):
   those that cannot honour an option the target sets.
 - **answer**: after each route whose failure is answered (deploy.lock's record of it names the rewrites its
   refusal points at: answers.py), the same route with that answer.
-- **order**: routes through a step that is a misfit for the model's interface (`Step.misfit`: onnx2tf for a
-  model without a spatial input) after the others; routes whose converters lack an op of the model (op
-  coverage, `coverage.order_routes`) after those that can work, or replaced by the same route with the
+- **order**: routes whose converters lack an op of the model (op coverage, `coverage.order_routes`) after
+  those that can work, or replaced by the same route with the
   rewrites that remove it; a QAT model's routes that keep its learned quantization first (qat.py).
 - **repair**: after each route whose quantized artifact missed its check, its repair recipes (repair.py).
 
@@ -164,31 +163,14 @@ def answered(routes: list[Route], context: TargetContext) -> list[Route]:
 
 
 def ordered(routes: list[Route], context: TargetContext) -> list[Route]:
-    """Routes through a misfit step after the others; routes whose converters lack one of the model's ops after
-    those that can work (or, where rewrites remove what they lack, replaced by the route with them); a QAT model's
-    routes that keep its learned scales first."""
+    """Routes whose converters lack one of the model's ops after those that can work (or, where rewrites remove
+    what they lack, replaced by the route with them); a QAT model's routes that keep its learned scales first."""
 
-    if not context.config.routes:  # routes the target lists are tried in its order
-        routes = fitting_first(routes, context.model)
     if context.gaps:
         routes = order_routes(routes, context.gaps, context.options, auto_rewrites=context.config.rewrites is None)
     if context.qat:
         routes = learned_first(routes, context.qat)
     return routes
-
-
-def fitting_first(routes: list[Route], model: "Model") -> list[Route]:
-    """Among the format graph's default routes (not those a target's `routes:` lists), those with no step that is
-    a misfit for the model's interface (`Step.misfit`) first, each group in its own order; alternatives and answers keep their places (an
-    alternative gives up something the defaults promise, so it stays after them). The op-coverage order that
-    follows keeps this order among routes that can work alike."""
-    def movable(route: Route) -> bool:
-        return route.origin == "path" and not any(stop.alternative for stop in route.stops)
-
-    slots = [r for r in routes if movable(r)]
-    fits = [r for r in slots if not any(step.misfit(model) for step in r.steps())]
-    refill = iter(fits + [r for r in slots if r not in fits])
-    return [next(refill) if movable(r) else r for r in routes]
 
 
 def repaired(routes: list[Route], context: TargetContext, cfg: "LoadedConfig") -> list[Route]:

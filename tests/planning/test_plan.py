@@ -148,14 +148,14 @@ def test_example_plan_ios_android_shares_nodes() -> None:
     dag = expand(load(REPO / "deploy.yaml.example"), ["ios", "android"])
     # ios-pruned's coreml-fp16 (sparsity 0.5) is another variant of the format: each one's name holds its identity
     assert sorted(re.sub(r"~[0-9a-f]{6}$", "~", n) for n in dag.nodes) == [
-        "digits/coreml-fp16~", "digits/onnx", "digits/reference", "digits/saved_model", "digits/tflite-int8",
+        "digits/coreml-fp16~", "digits/pt2", "digits/reference", "digits/tflite-int8",
         "digits/torchscript", "verify:android", "verify:ios"]
-    assert dag.routes["android"].words() == ["pytorch", "onnx", "saved_model", "tflite-int8"]
+    assert dag.routes["android"].words() == ["pytorch", "pt2", "tflite-int8"]
     assert dag.routes["ios"].words() == ["pytorch", "torchscript", "coreml-fp16"]
-    # one reference for both checks; the ONNX node is the one the server targets use too
+    # one reference for both checks; the .pt2 node is the one the ExecuTorch targets use too
     assert dag.nodes["verify:ios"].deps[1] == dag.nodes["verify:android"].deps[1] == "digits/reference"
     full = expand(load(REPO / "deploy.yaml.example"))
-    assert "digits/onnx" in full.nodes and full.nodes["digits/saved_model"].deps == ["digits/onnx"]
+    assert full.nodes["digits/tflite-int8"].deps == ["digits/pt2"] == full.nodes["digits/executorch-int8"].deps
 
 
 def test_node_names_do_not_depend_on_the_selection(tiny: TinyProject) -> None:
@@ -174,7 +174,8 @@ def test_node_names_do_not_depend_on_the_selection(tiny: TinyProject) -> None:
 def test_layouts_the_converter_cannot_honour(tiny: TinyProject, edit: tuple[str, str], message: str) -> None:
     import re
 
-    tiny.config.write_text(tiny.config.read_text() + "  droid:\n    model: tiny\n    format: tflite\n")
+    tiny.config.write_text(tiny.config.read_text() + "  droid:\n    model: tiny\n    format: tflite\n"
+                           "    via: [saved_model]\n")  # the onnx2tf route (litert-torch's keeps any layout)
     tiny.edit(*edit)
     proc = tiny.run("plan", "droid", check=False)
     assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr

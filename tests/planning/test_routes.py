@@ -217,7 +217,7 @@ def test_a_steps_alternatives_are_routes_after_every_default_route(tmp_path: Pat
 
     deploy.write_text(text.replace("format: onnx", "format: tflite"))
     full, dynamic = _candidates(project)[:4], _candidates(project)[4:]
-    # a model with no spatial input: onnx2tf (a channels-first → last converter) is a misfit, litert-torch leads
+    # litert-torch's route leads (route cost), onnx2tf's follows
     assert [r[-1] for r in full] == ["tflite-int8"] * 4 and full[:2] == [["pytorch", "pt2", "tflite-int8"],
                                                                       ["pytorch", "onnx", "saved_model", "tflite-int8"]]
     assert sorted(dynamic) == sorted([[*full[0][:-1], "tflite-int8 (dynamic)"], [*full[1][:-1], "tflite-int8 (dynamic)"]])
@@ -273,23 +273,15 @@ def test_only_the_lock_module_writes_deploy_lock(tmp_path: Path) -> None:
         assert any(frame.endswith("buildsys/storage/lock.py:write") for frame in stack), "\n".join(stack[-6:])
 
 
-def test_a_misfit_converter_goes_after_the_routes_that_fit_the_models_inputs(tmp_path: Path) -> None:
-    """onnx2tf moves channels-first inputs channels last: for a model with no 3-D to 5-D float input it is a
-    misfit (Step.misfit) and litert-torch's route leads; with one, onnx2tf's route leads as before. Nothing is
-    dropped either way."""
+def test_litert_torch_leads_to_tflite_for_every_input_and_onnx2tf_follows(tmp_path: Path) -> None:
+    """The default route to TFLite is litert-torch's (its step's route cost: in the model matrix onnx2tf converted 7
+    of the 53 architectures whose route it led), for flat, image and sequence inputs alike; onnx2tf's route is the
+    next candidate, never dropped."""
     project = Project(tmp_path, "description: tflite")
     deploy = project.root / "deploy.yaml"
     text = deploy.read_text().replace("format: onnx", "format: tflite")
-    deploy.write_text(text)
-    flat = _candidates(project)
-    assert flat[0] == ["pytorch", "pt2", "tflite"] and ["pytorch", "onnx", "saved_model", "tflite"] in flat
-    deploy.write_text(text.replace("shape: [batch, 4]", "shape: [batch, 1, 1, 4]"))
-    np.savez(project.root / "val.npz", x=np.zeros((4, 1, 1, 4), "float32"))
-    spatial = _candidates(project)
-    assert spatial[0] == ["pytorch", "onnx", "saved_model", "tflite"] and sorted(spatial) == sorted(flat)
-    # a 3-D input is a [time, features] sequence unless declared channels first
-    deploy.write_text(text.replace("shape: [batch, 4]", "shape: [batch, 1, 4]"))
-    np.savez(project.root / "val.npz", x=np.zeros((4, 1, 4), "float32"))
-    assert _candidates(project)[0] == ["pytorch", "pt2", "tflite"]
-    deploy.write_text(text.replace("shape: [batch, 4]", "shape: [batch, 1, 4], layout: NCL"))
-    assert _candidates(project)[0] == ["pytorch", "onnx", "saved_model", "tflite"]
+    for shape, data in (("[batch, 4]", (4, 4)), ("[batch, 1, 1, 4]", (4, 1, 1, 4)), ("[batch, 1, 4], layout: NCL", (4, 1, 4))):
+        deploy.write_text(text.replace("shape: [batch, 4]", f"shape: {shape}"))
+        np.savez(project.root / "val.npz", x=np.zeros(data, "float32"))
+        candidates = _candidates(project)
+        assert candidates[:2] == [["pytorch", "pt2", "tflite"], ["pytorch", "onnx", "saved_model", "tflite"]], shape

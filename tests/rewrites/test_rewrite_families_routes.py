@@ -305,10 +305,9 @@ def test_complex_mixing_reaches_onnx(tmp_path: Path) -> None:
 
 
 def test_a_graph_layer_with_index_add_reaches_tflite(tmp_path: Path) -> None:
-    """[batch, nodes, features] is not channels first, so litert-torch's route leads (onnx2tf, a misfit there, met
-    the legacy ONNX exporter's refusal of index_add_ with duplicated indices and then its own layout guess on the
-    model's 3-D linear): LiteRT refuses litert-torch's file (a StableHLO scatter it cannot prepare) and, with
-    `scatter` there, it passes."""
+    """litert-torch's route leads (the onnx2tf route behind it met the legacy ONNX exporter's refusal of index_add_
+    with duplicated indices and then its own layout guess on the model's 3-D linear): LiteRT refuses litert-torch's
+    file (a StableHLO scatter it cannot prepare) and, with `scatter` there, it passes."""
     project, out = _build(tmp_path, "gnn", GNN, "[{name: nodes, shape: [batch, 4, 6]}]",
                           "android: {model: model, format: tflite}\n")
     _assert_rewrite_route(project, out, "android", ["pytorch", "pt2 (rewrite scatter)", "tflite"], "scatter",

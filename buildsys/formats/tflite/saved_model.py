@@ -113,20 +113,6 @@ class SavedModelFromOnnx(Step):
         return (options.param_replacement_file,) if options.param_replacement_file else ()
 
     @classmethod
-    def misfit(cls, model: "Model") -> str | None:
-        """onnx2tf exists to move channels-first tensors channels last, inferring each op's layout from the
-        spatial inputs; a model without one (token ids, waveforms, [time, features] sequences) gains nothing
-        from it, and its layout inference of rank-2/3 sequence graphs is where it breaks (the model matrix: every
-        text and audio transformer refused — broadcasts, Expand, LayerNormalization; AST's spectrogram after
-        90 s — where litert-torch converted them in their own layout). Spatial: a 4-D or 5-D float input, or a
-        3-D one declared channels first (layout NCL / NCW)."""
-        for i in model.inputs:
-            if i.dtype.startswith("float") and (len(i.shape) in (4, 5) or
-                                                (len(i.shape) == 3 and (i.layout or "").find("C") == 1)):
-                return None
-        return "onnx2tf converts channels-first layouts, and the model has no image, volume or NCL input"
-
-    @classmethod
     def check_config(cls, model: "Model", options: "SavedModelFromOnnx.Options",  # type: ignore[override]
                      root: Path) -> str | None:
         """Layouts onnx2tf cannot honour: it assumes axis 1 of a 3-D to 5-D input holds the channels."""

@@ -1,6 +1,6 @@
 """The litert-torch route to TFLite (pytorch → pt2 → tflite*): the steps on a tiny model checked in
-LiteRT, the route order (onnx2tf first), `via: [pt2]` pinning it, and the fallback to it in one
-build when onnx2tf cannot convert a model (a GRU)."""
+LiteRT, the route order (litert-torch first, onnx2tf next), `via: [pt2]` pinning it, and a GRU
+built through it."""
 
 from __future__ import annotations
 
@@ -171,15 +171,14 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"})
 
 
-def test_litert_torch_leads_for_a_sequence_input_and_onnx2tf_follows(tmp_path: Path) -> None:
-    """[batch, time, features] is not channels first: onnx2tf is a misfit (SavedModelFromOnnx.misfit), so
-    litert-torch's route leads; declared NCL, onnx2tf's leads as before."""
+def test_litert_torch_leads_and_onnx2tf_follows(tmp_path: Path) -> None:
+    """litert-torch's route is the default for a sequence input, declared NCL or not; onnx2tf's is the next."""
     plan = json.loads(_run(_project(tmp_path, "description: default routes"), "plan", "--json").stdout)
     assert plan["routes"]["t"] == LITERT and plan["candidate_routes"]["t"][:2] == [LITERT, ONNX2TF]
     deploy = tmp_path / "deploy.yaml"
     deploy.write_text(deploy.read_text().replace("shape: [batch, 90, 9]}", "shape: [batch, 90, 9], layout: NCL}"))
     plan = json.loads(_run(tmp_path, "plan", "--json").stdout)
-    assert plan["candidate_routes"]["t"][:2] == [ONNX2TF, LITERT]
+    assert plan["candidate_routes"]["t"][:2] == [LITERT, ONNX2TF]
 
 
 def test_via_pt2_pins_the_litert_torch_route(tmp_path: Path) -> None:
