@@ -278,6 +278,11 @@ def test_an_xnnpack_fallback_shows_in_the_summary_and_the_report(tmp_path: Path)
     # --strict refuses the fallback, so the route is dropped: litert-torch's file runs under XNNPACK
     strict = project.run("build", "--strict").stdout
     assert "passed; route fallback" in strict and "made by pytorch → pt2 → tflite-int8" in strict, strict
+    # its cancelling layer's output scale at float32's epsilon asks XNNPACK for a requantization it refuses: the
+    # step quantized again at XNNPACK's own 2^-12 floor, and says so
+    nodes = json.loads((tmp_path / "p" / "deploy.lock").read_text())["nodes"]
+    [litert] = [e for n, e in nodes.items() if n.startswith("m/tflite-int8~")]
+    assert litert["facts"]["scale_floor"].startswith("2^-12"), litert
     assert "dropped at verify:phone: the target requires a full check (require_numeric), but XNNPACK fallback" in strict
 
 

@@ -11,7 +11,7 @@ One temp project holds two models:
 
 Targets cover TFLite fp32 / fp16 / int8 dynamic / full int8 (float I/O) / full int8 (int8 I/O), Core ML
 fp32 / fp16 / int8 linear / palettized, and PyTorch Mobile (.ptl). The project is built once
-(`build -k -j 2`, module-scoped) and every test reads deploy.lock. Core ML cannot execute off macOS:
+(`build -k -j 2`, module-scoped) and every test reads deploy.lock. The TFLite targets pin the onnx2tf route. Core ML cannot execute off macOS:
 those checks must say so, and the package's structure must still hold what the format promises.
 """
 
@@ -103,6 +103,10 @@ TARGETS: dict[str, tuple[str, str, str, str, str]] = {
                               "    options: {coreml-int8: {weight_compression: palettize8}}"),
     "digits-ptl": ("digits", "ptl", "fp32", "", "recipe: android-pytorch-mobile"),
 }
+# The TFLite targets take the onnx2tf route, whose NHWC layout contract (layout.json) and shared SavedModel these
+# tests read; litert-torch's route, the default, is tested in tests/formats/tflite/test_litert_torch.py.
+TARGETS = {name: (*spec[:4], spec[4] + "\n    via: [saved_model]" if spec[1] == "tflite" else spec[4])
+           for name, spec in TARGETS.items()}
 # Shares onet/coreml-fp16 with onet-coreml-fp16; only its check differs, and it must fail off macOS.
 STRICT = "onet-ios-strict"
 STRICT_BODY = "format: coreml\n    precision: fp16\n    acceptance: {require_numeric: true}"
@@ -438,12 +442,12 @@ def test_plan_ios_android_on_the_example_lists_shared_reference_once(tmp_path: P
     names = [re.sub(r"~[0-9a-f]{6}$", "", row[1]) for row in rows if len(row) > 1]  # ios-pruned: a coreml-fp16 twin
     assert names.count("digits/reference") == 1, proc.stdout
     assert names.count("verify:ios") == 1 and names.count("verify:android") == 1, proc.stdout
-    assert sorted(names) == sorted(["digits/torchscript", "digits/coreml-fp16", "digits/onnx", "digits/saved_model",
+    assert sorted(names) == sorted(["digits/torchscript", "digits/coreml-fp16", "digits/pt2",
                                     "digits/tflite-int8", "digits/reference", "verify:ios", "verify:android"])
-    assert "2 target(s), 8 node(s)" in proc.stdout
+    assert "2 target(s), 7 node(s)" in proc.stdout
     plan = json.loads(subprocess.run(
         [sys.executable, "-m", "buildsys", "-f", "deploy.yaml.example", "plan", "--json", "ios", "android"],
         cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
     assert plan["routes"]["ios"] == ["pytorch", "torchscript", "coreml-fp16"]
-    assert plan["routes"]["android"] == ["pytorch", "onnx", "saved_model", "tflite-int8"]
+    assert plan["routes"]["android"] == ["pytorch", "pt2", "tflite-int8"]
 

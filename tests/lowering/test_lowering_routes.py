@@ -136,7 +136,7 @@ def test_onnx2tf_unrolls_the_gru_whose_tensor_list_ops_tflite_refuses(tmp_path: 
             inputs: [{name: window, shape: [batch, 9, 90], layout: NCL}]
             outputs: [{name: logits, kind: scores}]
         targets:
-          android: {model: har, format: tflite, routes: [[]]}
+          android: {model: har, format: tflite, routes: [[onnx, saved_model]]}
         """)
     status, events = project.build("android")
     assert status == 0, summary(events)

@@ -124,3 +124,15 @@ def standard_strides(program: Any) -> Any:
                 table[name] = torch.nn.Parameter(copied, value.requires_grad) \
                     if isinstance(value, torch.nn.Parameter) else copied
     return program
+
+
+def loads(buffer: bytes) -> bool:
+    """Whether the ExecuTorch runtime loads the program's method (its delegates initialised: XNNPACK refuses a
+    requantization it has no kernel for there, not when the program is lowered)."""
+    from executorch.runtime import Runtime
+
+    try:
+        Runtime.get().load_program(buffer).load_method(METHOD)
+    except Exception:  # noqa: BLE001 - the runtime's refusal is the answer, whatever its type
+        return False
+    return True

@@ -19,7 +19,7 @@ from pydantic import Field
 from buildsys.errors import StepError
 from buildsys.formats import register, register_formats
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
-from buildsys.formats.executorch.contract import fill
+from buildsys.formats.executorch.contract import fill, loads
 from buildsys.formats.executorch.delegation import QuantizedOutsideDelegate, quantized_outside_delegates
 from buildsys.formats.keep_float import searched
 from buildsys.formats.torch.export import PROGRAM
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import torch
 
     from buildsys.config.schema import Model
-    from buildsys.config.data import Batch
 
 PTE = register_formats(Format.variants("executorch", {
     "fp32": "ExecuTorch program (.pte), float32, lowered to the XNNPACK delegate (CPU on Android, iOS, Linux); "
@@ -101,6 +100,10 @@ class _PteFromPt2(Step):
         nodes in float: those whose quantized form XNNPACK would not take) and its metrics."""
         return module, {}
 
+    def _coarser_scales_needed(self, buffer: bytes, metrics: dict[str, Any]) -> bool:
+        """Hook of the precision: whether the program must be quantized again at XNNPACK's own scale floor."""
+        return False
+
     def _run(self, ctx: StepContext) -> dict[str, Any]:
         import torch
 
@@ -123,7 +126,8 @@ class _PteFromPt2(Step):
 
         source = module
         undelegated: list[str] = []  # layers kept in float because XNNPACK would not take them in int8
-        for attempt in range(UNDELEGATED_RETRIES + 1):
+        retries = 0
+        while True:
             module, metrics = self._prepare(ctx, source, args, undelegated)
             # After PT2E: the quantizer leaves aten.lstm / gru in float, as before; the loop keeps lowering linear in T.
             loops = recurrent_to_scan(module)
@@ -131,13 +135,16 @@ class _PteFromPt2(Step):
                 metrics = {**metrics, "recurrent_as_scan": loops}
             try:
                 buffer, structure = self._lower(ctx, module, args)
-                break
             except QuantizedOutsideDelegate as exc:
                 more = [n for n in exc.consumers(module) if n not in undelegated]
-                if not more or attempt == UNDELEGATED_RETRIES or metrics.get("scheme") == "qat":
+                if not more or retries == UNDELEGATED_RETRIES or metrics.get("scheme") == "qat":
                     raise self.fail(ctx, f"{exc}; the ExecuTorch runtime has no kernels for them outside it"
                                          + ("" if more else " (and they feed no layer that could be kept in float)"))
                 undelegated += more  # quantized again with those consumers in float
+                retries += 1
+                continue
+            if not self._coarser_scales_needed(buffer, metrics):
+                break
         if undelegated:
             metrics = {**metrics, "kept_float_undelegated": undelegated}
         path = ctx.out_dir / PTE[self.precision].filename
@@ -235,7 +242,9 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     repairs = {"keep-float": {"keep_float": "sensitive"}}
     #: The keep-float search's record, once run in this step (kept when the program is quantized again).
     searched: dict[str, Any] | None = None
-    committed_metrics = ("repair", "quantized_weights")
+    #: Scales floored at float32's epsilon (pt2e.finer_scales), until XNNPACK refuses to load the program.
+    fine_scales = True
+    committed_metrics = ("repair", "quantized_weights", "scale_floor")
     keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
                    "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
@@ -266,9 +275,10 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         import torch
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from buildsys.formats.executorch.quantize import (float_filter, int8_weights, quantizer,
-                                                          with_recurrent_cells_decomposed)
+        from buildsys.formats.executorch.quantize import (calibrate, float_filter, int8_weights, quantizer,
+                                                          unknown_nodes, with_recurrent_cells_decomposed)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
+        from buildsys.formats.torch.pt2e import COARSE_FLOOR
         from buildsys.formats.executorch.weights import measure
         from buildsys.formats.keep_float import pinned
 
@@ -289,6 +299,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                "qat": "lowered with the learned quantization parameters (no calibration)"}
         dynamic = opts.scheme == "dynamic"
         calibration = None if dynamic else ctx.data("calibration")
+        coarse = {} if self.fine_scales else {"scale_floor": COARSE_FLOOR}  # the runtime refused the finer scales
         if calibration is None and not dynamic:
             raise self.fail(ctx, _NEEDS_CALIBRATION)
         repair: dict[str, Any] | None = None
@@ -311,15 +322,16 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
             program = torch.export.export(module, args, strict=False)
             if dynamic:
                 program = with_recurrent_cells_decomposed(program)
-            unknown = _unknown_nodes(program.graph_module, [k for k in kept if k not in undelegated])
+            unknown = unknown_nodes(program.graph_module, [k for k in kept if k not in undelegated])
             if unknown:  # a name that keeps nothing in float would deliver full int8 under the name of a repair
                 raise self.fail(ctx, f"keep_float names {', '.join(map(repr, unknown))}, which is neither a node "
                                      "nor a module of the exported program (see `modelbuild explain` of a node "
                                      "whose repair searched, or use module paths like 'head')")
             prepared = prepare_pt2e(program.module(), quantizer(per_channel=opts.per_channel, dynamic=dynamic,
-                                                                float_nodes=float_filter(kept) if kept else None))
+                                                                float_nodes=float_filter(kept) if kept else None,
+                                                                fine=self.fine_scales))
             if calibration is not None:
-                samples = _calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
+                samples = calibrate(ctx, prepared, calibration, len(args[0]), opts.calibration_samples)
             else:
                 with torch.no_grad():
                     prepared(*args)  # dynamic: one call records the weights' observers; no activation ranges
@@ -335,32 +347,17 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                  f"({total:,} stay float): XNNPACKQuantizer's {opts.scheme} scheme has no pattern "
                                  "for its layers")
         facts = {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
-                 "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {})}
+                 "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {}), **coarse}
         return converted, {**facts, "quantized_weights": measure(converted, self.precision, kept)}
 
 
-def _unknown_nodes(graph_module: Any, names: list[str]) -> list[str]:
-    """The keep_float names that match no node of the exported graph, by name or module path."""
-    from buildsys.formats.executorch.quantize import float_filter
-
-    nodes = list(graph_module.graph.nodes)
-    return [name for name in names if not any(float_filter([name])(n) for n in nodes)]
-
-
-def _calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, limit: int | None) -> int:
-    """Run the observers over the calibration set in calls of the program's batch; returns the samples seen."""
-    import torch
-
-    from buildsys.config.data import Batch
-    from buildsys.formats.torch.loading import example_args
-
-    inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
-    n = len(next(iter(inputs.values())))
-    with torch.no_grad():
-        for start in range(0, n, batch):
-            chunk = fill({k: v[start:start + batch] for k, v in inputs.items()}, batch)
-            prepared(*example_args(ctx.model, Batch(chunk, None, calibration.origin)))
-    return n
+    def _coarser_scales_needed(self, buffer: bytes, metrics: dict[str, Any]) -> bool:
+        """XNNPACK refuses a requantization that a scale at float32's epsilon can imply (an output far smaller than
+        its inputs) when the runtime loads the program: then it is quantized again at XNNPACK's own 2^-12."""
+        if self.fine_scales and metrics.get("scheme") != "qat" and not loads(buffer):
+            self.fine_scales = False
+            return True
+        return False
 
 
 def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, Any]]:

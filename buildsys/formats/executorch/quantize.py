@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from torch.fx import Node
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
+    from buildsys.config.data import Batch
+    from buildsys.formats.base import StepContext
+
 
 @lru_cache(maxsize=1)
 def _float_scalars_quantizer() -> type:
@@ -82,15 +85,18 @@ def _float_scalars_quantizer() -> type:
     return FloatScalarsQuantizer
 
 
-def quantizer(*, per_channel: bool, dynamic: bool, float_nodes: Callable[[Node], bool] | None = None) -> XNNPACKQuantizer:
+def quantizer(*, per_channel: bool, dynamic: bool, float_nodes: Callable[[Node], bool] | None = None,
+              fine: bool = True) -> XNNPACKQuantizer:
     """The XNNPACK quantizer for the whole program: symmetric int8, static or dynamic activations; the
-    nodes `float_nodes` holds for (see `float_filter`) left in float."""
+    nodes `float_nodes` holds for (see `float_filter`) left in float; `fine`: scales floored at float32's epsilon
+    (pt2e.finer_scales), else at XNNPACK's 2^-12."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
     from buildsys.formats.torch.pt2e import fast_range_search, finer_scales
 
     fast_range_search()  # the histogram observers' range search, the same result without torch indexing
-    config = finer_scales(get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic))
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic)
+    config = finer_scales(config) if fine else config
     q = _float_scalars_quantizer()().set_global(config)
     q.float_nodes = float_nodes
     return q
@@ -190,3 +196,26 @@ def int8_weights(graph_module: torch.fx.GraphModule) -> tuple[int, int]:
             total += value.numel()
             int8 += value.numel() if value.dtype == torch.int8 else 0
     return int8, total
+
+
+def unknown_nodes(graph_module: Any, names: list[str]) -> list[str]:
+    """The keep_float names that match no node of the exported graph, by name or module path."""
+    nodes = list(graph_module.graph.nodes)
+    return [name for name in names if not any(float_filter([name])(n) for n in nodes)]
+
+
+def calibrate(ctx: StepContext, prepared: Any, calibration: Batch, batch: int, limit: int | None) -> int:
+    """Run the observers over the calibration set in calls of the program's batch; returns the samples seen."""
+    import torch
+
+    from buildsys.config.data import Batch
+    from buildsys.formats.executorch.contract import fill
+    from buildsys.formats.torch.loading import example_args
+
+    inputs = {k: v[:limit] if limit else v for k, v in calibration.inputs.items()}
+    n = len(next(iter(inputs.values())))
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            chunk = fill({k: v[start:start + batch] for k, v in inputs.items()}, batch)
+            prepared(*example_args(ctx.model, Batch(chunk, None, calibration.origin)))
+    return n

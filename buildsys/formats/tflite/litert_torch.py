@@ -35,12 +35,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from buildsys.errors import StepError
 from buildsys.formats import register_variants
 from buildsys.formats.base import OpTable, Step, StepContext, StepOptions
 from buildsys.formats.keep_float import searched
 from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
+from buildsys.formats.torch.pt2e import COARSE_FLOOR
 from buildsys.formats.tflite.tflite import FLATBUFFER, TfliteInt8FromSavedModel, TfliteOptions, tensor_dtypes
 from buildsys.lowering import DETACHED_VIEW
 
@@ -96,9 +98,10 @@ class TfliteFromPt2(Step):
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
             # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
-            # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales)
+            # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales), 2^-12 again where
+            # XNNPACK cannot prepare the file (`scale_floor`)
             cls.repairs = TfliteInt8FromSavedModel.repairs
-            cls.committed_metrics = TfliteInt8FromSavedModel.committed_metrics
+            cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
 
     @classmethod
@@ -138,26 +141,36 @@ class TfliteFromPt2(Step):
         # A fixed batch: the example's fixed size, else 1 (what a phone runs); see trace_batch.
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=False))
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
-        try:
-            with torch.no_grad():
-                if self.precision == "int8" and uses_aeq(ctx.options):
-                    converted = litert_torch.convert(module, args)  # float: ai-edge-quantizer quantizes it below
-                elif self.precision == "int8":
-                    module, quant = self._pt2e(ctx, module, args, metrics)
-                    converted = litert_torch.convert(module, args, quant_config=quant)
-                elif self.precision == "fp16":
-                    from litert_torch.generative.quantize import quant_recipes
-
-                    converted = litert_torch.convert(module, args, quant_config=quant_recipes.full_fp16_recipe())
-                    metrics["weights"] = "float16"
-                else:
-                    converted = litert_torch.convert(module, args)
-        except Exception as exc:
-            raise self.fail(ctx, f"litert-torch could not convert the model: {describe(exc)[:400]}") from exc
         path = ctx.out_dir / FLATBUFFER
-        converted.export(str(path))
-        flatbuffer = path.read_bytes()
-        record = self._layout(ctx, flatbuffer, args)
+        pt2e = self.precision == "int8" and not uses_aeq(ctx.options)
+        for fine in (True, False) if pt2e else (True,):
+            try:
+                with torch.no_grad():
+                    if self.precision == "int8" and not pt2e:
+                        converted = litert_torch.convert(module, args)  # float: ai-edge-quantizer quantizes it below
+                    elif pt2e:
+                        quantized, quant = self._pt2e(ctx, module, args, metrics, fine=fine)
+                        converted = litert_torch.convert(quantized, args, quant_config=quant)
+                    elif self.precision == "fp16":
+                        from litert_torch.generative.quantize import quant_recipes
+
+                        converted = litert_torch.convert(module, args, quant_config=quant_recipes.full_fp16_recipe())
+                        metrics["weights"] = "float16"
+                    else:
+                        converted = litert_torch.convert(module, args)
+            except Exception as exc:
+                raise self.fail(ctx, f"litert-torch could not convert the model: {describe(exc)[:400]}") from exc
+            converted.export(str(path))
+            flatbuffer = path.read_bytes()
+            try:
+                record = self._layout(ctx, flatbuffer, args)
+                break
+            except StepError:
+                if not (pt2e and fine) or metrics.get("mode") == "qat":
+                    raise
+                # XNNPACK refuses a requantization that a scale at float32's epsilon implies (an output far
+                # smaller than its inputs): quantize again at XNNPACK's own floor (formats/torch/pt2e.finer_scales)
+                metrics["scale_floor"] = COARSE_FLOOR
         if self.precision == "int8" and uses_aeq(ctx.options):
             step = int(args[0].shape[0]) if args else 1
             keys = {i["name"]: i["key"] for i in record["inputs"]}
@@ -182,8 +195,10 @@ class TfliteFromPt2(Step):
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,
                 "io": "/".join(io), "tensor_dtypes": tensor_dtypes(flatbuffer)}
 
-    def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any]) -> tuple[Any, Any]:
-        """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it."""
+    def _pt2e(self, ctx: StepContext, module: Any, args: tuple[Any, ...], metrics: dict[str, Any],
+              fine: bool = True) -> tuple[Any, Any]:
+        """The PT2E-quantized module and the QuantConfig litert-torch needs to lower it; `fine`: scales floored at
+        float32's epsilon, not litert-torch's 2^-12 (formats/torch/pt2e.finer_scales)."""
         import torch
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
@@ -213,8 +228,8 @@ class TfliteFromPt2(Step):
                 return model
 
         dynamic = opts.mode == "dynamic"
-        quantizer = FloatValuesQuantizer().set_global(finer_scales(get_symmetric_quantization_config(
-            is_per_channel=True, is_dynamic=dynamic)))
+        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+        quantizer = FloatValuesQuantizer().set_global(finer_scales(config) if fine else config)
         prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
         if dynamic:
             prepared(*args)  # dynamic observers record nothing that matters; one call initialises them

@@ -20,7 +20,9 @@ XNNPACK's and litert-torch's configs floor every observer's scale at 2^-12 (`eps
 small (timm scales EVA-02's by 1e-3: logits of ~7e-4) came out of the .pte as exact zeros, the simulated PT2E program
 too, and in the model matrix five more architectures (MobileNetV3, ConvNeXt, EfficientNet, ViT, a Whisper encoder)
 missed static int8 until a repair or the dynamic fallback. `finer_scales` lowers the floor to PyTorch's own observer
-default, float32's epsilon; XNNPACK and LiteRT run the finer scales as the PT2E program simulates them.
+default, float32's epsilon; XNNPACK and LiteRT run the finer scales as the PT2E program simulates them. A scale that
+small can ask XNNPACK for a requantization it refuses (an output far smaller than its inputs): where the runtime
+cannot prepare the program, the step quantizes again at the quantizer's own 2^-12 and says so (`COARSE_FLOOR`).
 
 Torch and torchao are imported inside the functions: the registry imports every module when modelbuild starts.
 """
@@ -117,6 +119,11 @@ def _non_linear_param_search(self: Any) -> "tuple[torch.Tensor, torch.Tensor]":
 
 
 _non_linear_param_search.modelbuild = True  # type: ignore[attr-defined]
+
+
+#: The `scale_floor` fact of an artifact quantized again at its quantizer's own floor, the runtime having refused
+#: the requantization a float32-epsilon scale implied.
+COARSE_FLOOR = "2^-12 (XNNPACK could not prepare the program at float32's epsilon)"
 
 
 def finer_scales(config: Any) -> Any:

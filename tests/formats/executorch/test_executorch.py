@@ -127,6 +127,17 @@ def test_a_head_initialised_small_keeps_its_logits_under_int8(tmp_path: Path, sc
     assert result["passed"] is True and y["cosine"]["observed"] > 0.95, result
 
 
+def test_a_requantization_xnnpack_refuses_is_quantized_again_at_its_own_floor(tmp_path: Path) -> None:
+    """A layer whose output cancels to ~1e-6 gets an output scale at float32's epsilon that XNNPACK will not
+    requantize to (it refuses to load the method): the step quantizes again at XNNPACK's 2^-12, says so in the
+    node's facts, and the program loads and runs."""
+    from buildsys.formats.executorch.contract import loads
+
+    metrics, result = _int8_checked("xnnpack-refusal", tmp_path)
+    assert metrics["scale_floor"].startswith("2^-12") and loads((tmp_path / "pte/model.pte").read_bytes())
+    assert result["outputs"]["y"]["cosine"]["observed"] > 0.9, result  # it ran: its int8 costs 13 % of range
+
+
 def test_layers_xnnpack_leaves_outside_its_delegate_are_kept_float(tmp_path: Path) -> None:
     """Their int8 weights would need quantized kernels the runtime lacks ("Missing out variants"): the step
     quantizes again with those layers in float, says which, and the .pte runs and passes."""
