@@ -214,6 +214,9 @@ class Step:
     #: made an artifact that missed its check (docs/repair.md): option values, written `onnx-int8 (repair
     #: keep-float)` in the route. Never tried up front: they cost size or speed the defaults do not.
     repairs: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The recipes of `repairs` that give up the quantization scheme asked for (int8 activations: dynamic,
+    #: weight-only), as alternatives do: tried after the other routes that still deliver that scheme.
+    scheme_repairs: ClassVar[tuple[str, ...]] = ()
     #: Converter switches, by name: option values that change how the converter lowers the model (another
     #: frontend, a lowering flag), written `saved_model (switch NAME)` in a route. Never tried blindly: the
     #: planner takes one when a refusal of this step names what it answers (planning.answers).

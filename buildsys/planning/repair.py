@@ -96,14 +96,32 @@ def repair_routes(route: "Route", options: Mapping[str, Any], repair: bool | Seq
 def add_repair_routes(candidates: list["Route"], found: Sequence["Route"], options: Mapping[str, Any],
                       repair: bool | Sequence[str], model: Any = None, root: Any = None,
                       written: Mapping[str, Any] | None = None) -> list["Route"]:
-    """The candidates with, right after each route whose check miss opened a repair, that route's recipes."""
+    """The candidates with, right after each route whose check miss opened a repair, that route's recipes; those
+    that give up the scheme asked for (`Step.scheme_repairs`: int8 activations) after the last candidate that
+    still delivers it (no alternative, no recipe), as alternatives go after the defaults: a full-int8 file
+    another converter makes is worth more than a weight-only one of this converter."""
     out = list(candidates)
     for route in found:
         if route in out:
             i = out.index(route)
             new = [r for r in repair_routes(route, options, repair, model, root, written) if r not in out]
-            out[i + 1:i + 1] = new
+            keeps = [r for r in new if not _gives_up_scheme(r)]
+            out[i + 1:i + 1] = keeps
+            full = [j for j, r in enumerate(out) if not any(s.alternative or s.repair for s in r.stops)]
+            at = max([i + len(keeps), *full]) + 1
+            out[at:at] = [r for r in new if _gives_up_scheme(r)]
     return out
+
+
+def _gives_up_scheme(route: "Route") -> bool:
+    """Whether the route's repair recipe is one its step lists in `scheme_repairs`."""
+    i = repair_stop_of(route)
+    return i is not None and route.stops[i].repair in route.step_at(i).scheme_repairs
+
+
+def repair_stop_of(route: "Route") -> int | None:
+    """The index of the stop that holds a repair recipe, or None."""
+    return next((i for i in range(1, len(route.stops)) if route.stops[i].repair), None)
 
 
 #: Option values that make a step search for what meets the target's tolerance (they get it as `repair_goal`):

@@ -239,6 +239,25 @@ def test_repair_routes_follow_the_target_and_its_options() -> None:
     assert add_repair_routes([full, other], [full], {}, ["keep-float"]) == [full, recipe("keep-float"), other]
 
 
+def test_recipes_that_give_up_the_scheme_go_after_the_routes_that_keep_it() -> None:
+    """A full-int8 TFLite file from the other converter is worth more than float activations from this one: keep-float
+    (same scheme) right after the miss, dynamic and weight-only (`scheme_repairs`) after the last full-int8 route,
+    before the alternatives."""
+    from buildsys.planning.repair import add_repair_routes
+    from buildsys.planning.routes import Route
+
+    litert, onnx2tf = Route.parse(["pytorch", "pt2", "tflite-int8"]), Route.parse(["pytorch", "onnx", "saved_model",
+                                                                                   "tflite-int8"])
+    alternative = Route.parse(["pytorch", "pt2", "tflite-int8 (dynamic)"])
+    recipe = lambda name: Route.parse(["pytorch", "pt2", f"tflite-int8 (repair {name})"])  # noqa: E731
+    got = add_repair_routes([litert, onnx2tf, alternative], [litert], {}, ["keep-float", "weight-only"])
+    assert got == [litert, recipe("keep-float"), onnx2tf, recipe("weight-only"), alternative]
+    # the miss of the last full-int8 route: its scheme recipes follow its own keep-float
+    got = add_repair_routes([onnx2tf, alternative], [onnx2tf], {}, ["keep-float", "weight-only"])
+    assert [r.words()[-1] for r in got] == ["tflite-int8", "tflite-int8 (repair keep-float)",
+                                            "tflite-int8 (repair weight-only)", "tflite-int8 (dynamic)"]
+
+
 def test_unknown_recipe_names_are_config_errors(tmp_path: Path) -> None:
     project = Project(tmp_path, EDGE.replace("routes: [[onnx]]", "repair: [keep-flaot]"))
     bad = project.run("plan")

@@ -54,6 +54,7 @@ class OpenVinoInt8FromOpenVino(Step):
     repairs = {"transformer": {"model_type": "transformer"}, "8-bit-weights": {"overflow_fix": False},
                "mixed": {"preset": "mixed"}, "keep-float": {"keep_float": "sensitive"},
                "weight-only": {"scheme": "weight-only"}}
+    scheme_repairs = ("weight-only",)  # float activations: after the other routes to static int8
     committed_metrics = ("repair", "scheme", "quantized_weights")
     keeps_learned = ("pt2e", "eager")  # an IR holding FakeQuantize from a QAT model's QDQ ONNX is kept (buildsys.formats.torch.qat)
 

@@ -101,6 +101,7 @@ class TfliteFromPt2(Step):
             # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales), 2^-12 again where
             # XNNPACK cannot prepare the file (`scale_floor`)
             cls.repairs = TfliteInt8FromSavedModel.repairs
+            cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
 

@@ -156,6 +156,7 @@ class TfliteInt8FromSavedModel(_FromSavedModel):
     #: the route's `dynamic` alternative is a candidate already.
     repairs = {"keep-float": {"keep_float": "sensitive"}, "dynamic": {"mode": "dynamic"},
                "weight-only": {"mode": "weight-only"}}
+    scheme_repairs = ("dynamic", "weight-only")  # float activations: after the other full-int8 routes
     committed_metrics = ("repair", "scheme", "quantized_weights")
 
     class Options(TfliteOptions, SearchingOptions):
