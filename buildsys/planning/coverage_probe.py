@@ -37,8 +37,9 @@ from buildsys.lowering.decompose import decompositions  # each exported op → i
 #: torch.jit.trace, as the TorchScript-based ONNX exporter sees them) and `decomposed` (each exported op's
 #: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
 #: 5: `sites` (where the model calls each op, localise/source_lines.py) and `parameters` (its count). 6: the
-#: `decomposable` table without references (lowering/decompose.py: a reference exports as a prim).
-VERSION = 6
+#: `decomposable` table without references (lowering/decompose.py: a reference exports as a prim). 7: litert-torch's
+#: table holds the ops it decomposes before lowering (formats/tflite/litert_torch.lowering_ops).
+VERSION = 7
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:

@@ -43,7 +43,9 @@ def _eager() -> Iterator[None]:
     state = torch._C._get_tracing_state()
     set_state(None)
     try:
-        with unset_fake_temporarily(), disable_proxy_modes_tracing(), torch.no_grad():
+        # no torch.no_grad(): torch.export records a grad-mode switch as a wrap_with_set_grad_enabled node even
+        # here, and a saved program holding one does not load (SpecViolationError); the basis needs no grad anyway
+        with unset_fake_temporarily(), disable_proxy_modes_tracing():
             yield
     finally:
         set_state(state)

@@ -61,3 +61,15 @@ def test_a_dynamic_size_and_an_integer_input_are_refused() -> None:
     batch = torch.export.Dim("batch")
     with pytest.raises(Exception, match="dynamic"):  # the spatial size is dynamic: the matrices depend on it
         torch.export.export(module, (randn(1, 1, 4, 4),), dynamic_shapes=({3: batch},), strict=False)
+
+
+def test_an_exported_program_with_the_rewrite_saves_and_loads(tmp_path) -> None:
+    """The matrices are computed with no grad-mode switch: torch.export records one as a wrap_with_set_grad_enabled
+    node, and a saved program holding it does not load (SpecViolationError; YOLO's upsampling on litert-torch's
+    and ExecuTorch's routes)."""
+    module = rewrites.apply(Fn(lambda x: F.interpolate(x, scale_factor=2.0)), ["resample"])
+    x = randn(1, 2, 4, 4, seed=3)
+    program = torch.export.export(module, (x,), strict=False)
+    assert not [n for n in program.graph.nodes if "grad" in str(n.target)]
+    torch.export.save(program, tmp_path / "p.pt2")
+    torch.testing.assert_close(torch.export.load(tmp_path / "p.pt2").module()(x), F.interpolate(x, scale_factor=2.0))

@@ -293,13 +293,17 @@ class TfliteFromPt2(Step):
 
 
 def lowering_ops() -> list[str]:
-    """The ATen ops litert-torch has a lowering for."""
+    """The ATen ops litert-torch converts: those it has a lowering for, and those it decomposes itself before
+    lowering (its pre-convert and pre-lower tables, core ATen's decompositions: native_group_norm is one, and
+    without it a wav2vec2's route here was ordered behind three onnx2tf routes that failed)."""
     from litert_torch.backend.lowerings import registry
+    from litert_torch.fx_infra import decomp
 
-    return sorted({op.__name__.split(".")[0] for op in registry.global_registry.registered_ops
-                   if getattr(op, "namespace", "") == "aten"})
-
-
+    lowered = {op.__name__.split(".")[0] for op in registry.global_registry.registered_ops
+               if getattr(op, "namespace", "") == "aten"}
+    decomposed = {op.__name__.split(".")[0] for table in (decomp.pre_convert_decomp(), decomp.pre_lower_decomp())
+                  for op in table if getattr(op, "namespace", "") == "aten"}
+    return sorted(lowered | decomposed)
 
 
 register_op_table(OpTable("litert-torch", ("litert-torch", "torch"), f"{__name__}:lowering_ops",

@@ -111,6 +111,19 @@ def test_a_head_initialised_small_keeps_its_logits_under_int8(tmp_path: Path, mo
     assert result["passed"] is True and result["outputs"]["y"]["cosine"]["observed"] > 0.95, result
 
 
+def test_the_op_table_holds_what_litert_torch_decomposes_before_lowering() -> None:
+    """Op coverage orders routes by the converter's table: an op litert-torch decomposes itself (core ATen's table,
+    which it runs before lowering) is one it converts, though no lowering is registered under its name."""
+    _needs_litert_torch()
+    from litert_torch.backend.lowerings import registry
+
+    from buildsys.formats.tflite.litert_torch import lowering_ops
+
+    lowered = {op.__name__.split(".")[0] for op in registry.global_registry.registered_ops}
+    assert "native_group_norm" not in lowered and "native_group_norm" in lowering_ops()
+    assert {"convolution", "addmm", "_softmax"} <= set(lowering_ops())
+
+
 def test_full_int8_without_calibration_is_refused_at_plan_time(tmp_path: Path) -> None:
     from buildsys.formats import get_step
 
