@@ -158,7 +158,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="resample",
-        version=1,
+        version=2,  # 2: no grad-mode switch in the traced forward (a saved program holding one did not load)
         removes=tuple(f"aten::{op}" for op in (
             "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
             "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
