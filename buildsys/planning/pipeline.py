@@ -100,12 +100,15 @@ def candidates(cfg: "LoadedConfig", context: TargetContext) -> list[Route]:
 def generate(cfg: "LoadedConfig", context: TargetContext) -> list[Route]:
     """The format graph's paths with default options, then with each step's alternatives, less the routes that
     cannot honour an option the target sets (a fallback must never deliver something other than what was asked:
-    another opset, another exporter). With none left, the first stays, so expansion names the option it rejects."""
+    another opset, another exporter). With none left, one stays so that expansion names the option it rejects:
+    the first whose steps know every option the target names (a value out of range is reported as such, not as
+    an option another converter lacks), else the first."""
     paths = _paths(cfg, context.name, context.config, context.model)
     if context.config.via:  # `via:` pins one route, with its steps' default options
         return paths
     found = [*paths, *graph.alternatives(paths, context.options)][:MAX_ROUTES]
-    return [r for r in found if graph.honours(r, context.options)] or found[:1]
+    return [r for r in found if graph.honours(r, context.options)] or \
+        [next((r for r in found if graph.knows(r, context.options)), found[0])]
 
 
 def check_options_apply(cfg: "LoadedConfig", context: TargetContext, routes: list[Route]) -> None:

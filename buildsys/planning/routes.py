@@ -281,6 +281,18 @@ def honours(route: Route, options: Mapping[str, Any]) -> bool:
     return True
 
 
+def knows(route: Route, options: Mapping[str, Any]) -> bool:
+    """Whether every option name the target sets is a field of the step that makes its format on `route` (its
+    values may still be wrong): the route whose step can say what is wrong with a value."""
+    made = {stop.format: i for i, stop in enumerate(route.stops) if i}
+    for fmt, given in options.items():
+        if fmt not in made or not isinstance(given, dict):
+            return False
+        if set(given) - set(route.step_at(made[fmt]).Options.model_fields):
+            return False
+    return True
+
+
 def find_route(source: str, family: str, precision: str, via: Sequence[str], target: str,
                cfg: LoadedConfig) -> Route:
     """Formats from `source` to the `family` format at `precision` through each of `via` in order
