@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites import householder, singular
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
-from buildsys.rewrites.rotations import MAX_SIZE, SWEEPS, ascending, eye, rotation, schedule
+from buildsys.rewrites.rotations import MAX_SIZE, SWEEPS, ascending, eye, real_matrix, rotation, schedule
 
 if TYPE_CHECKING:
     import torch
@@ -50,15 +50,7 @@ def _square(A: torch.Tensor, op: str, name: str = "A") -> int:
     """n for A [..., n, n] with n static, float32 / float64; refused or rejected as torch would."""
     import torch
 
-    from buildsys.rewrites.mechanism import static_size
-
-    if not isinstance(A, torch.Tensor):
-        raise RewriteNotApplicable(_FAMILY, op, f"{name} is not a tensor ({type(A).__name__})")
-    if A.is_complex():
-        raise RewriteNotApplicable(_FAMILY, op, f"a complex {name} ({A.dtype}): only real matrices are rewritten")
-    if A.dim() < 2:
-        raise RuntimeError(f"{op}: The input tensor {name} must have at least 2 dimensions.")
-    rows, cols = static_size(A, -2, _FAMILY, op), static_size(A, -1, _FAMILY, op)
+    rows, cols = real_matrix(A, op, name)
     if rows != cols:
         raise RuntimeError(f"{op}: {name} must be batches of square matrices, but they are {rows} by {cols} matrices")
     if A.dtype not in (torch.float32, torch.float64):

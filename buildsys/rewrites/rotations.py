@@ -1,4 +1,4 @@
-"""Jacobi rotations for the linear-algebra family: what linalg.py's symmetric eigensolver (two-sided, on A) and
+"""The real-matrix check and the Jacobi rotations of the linear-algebra family: what linalg.py's symmetric eigensolver (two-sided, on A) and
 singular.py's SVD (one-sided, on A's columns) share.
 
 A sweep visits every pair (p, q) once in round-robin rounds of disjoint pairs; a round's rotations are one
@@ -90,3 +90,20 @@ def ascending(w: "torch.Tensor", n: int) -> "torch.Tensor":
     before = constant(np.arange(n)[None, :] < np.arange(n)[:, None])  # j < i
     rank = torch.logical_or(other < mine, torch.logical_and(other == mine, before)).to(torch.int64).sum(-1)
     return (rank.unsqueeze(-1) == constant(np.arange(n, dtype=np.int64))).to(w.dtype)
+
+
+def real_matrix(A: "torch.Tensor", op: str, name: str = "A") -> tuple[int, int]:
+    """(rows, columns) of A [..., m, n], static; refused where A is not a real tensor, rejected as torch would where
+    it has fewer than 2 dimensions."""
+    import torch
+
+    from buildsys.rewrites.base import RewriteNotApplicable
+    from buildsys.rewrites.mechanism import static_size
+
+    if not isinstance(A, torch.Tensor):
+        raise RewriteNotApplicable("linalg", op, f"{name} is not a tensor ({type(A).__name__})")
+    if A.is_complex():
+        raise RewriteNotApplicable("linalg", op, f"a complex {name} ({A.dtype}): only real matrices are rewritten")
+    if A.dim() < 2:
+        raise RuntimeError(f"{op}: The input tensor {name} must have at least 2 dimensions.")
+    return static_size(A, -2, "linalg", op), static_size(A, -1, "linalg", op)

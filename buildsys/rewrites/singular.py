@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites.base import RewriteNotApplicable, refuse_out, returned
-from buildsys.rewrites.rotations import MAX_SIZE, SWEEPS, ascending, eye, rotation, schedule
+from buildsys.rewrites.rotations import MAX_SIZE, SWEEPS, ascending, eye, real_matrix, rotation, schedule
 
 if TYPE_CHECKING:
     import torch
@@ -33,17 +33,9 @@ def _shape(A: torch.Tensor, op: str) -> tuple[int, int]:
     """(m, n) of A [..., m, n], static and real, min(m, n) within the family's size."""
     import torch
 
-    from buildsys.rewrites.mechanism import static_size
-
-    if not isinstance(A, torch.Tensor):
-        raise RewriteNotApplicable(_FAMILY, op, f"A is not a tensor ({type(A).__name__})")
-    if A.is_complex():
-        raise RewriteNotApplicable(_FAMILY, op, f"a complex A ({A.dtype}): only real matrices are rewritten")
-    if A.dim() < 2:
-        raise RuntimeError(f"{op}: The input tensor A must have at least 2 dimensions.")
+    m, n = real_matrix(A, op)
     if A.dtype not in (torch.float32, torch.float64):
         raise RuntimeError(f"{op}: Low precision dtypes not supported. Got {A.dtype}")
-    m, n = static_size(A, -2, _FAMILY, op), static_size(A, -1, _FAMILY, op)
     if min(m, n) > MAX_SIZE:
         raise RewriteNotApplicable(_FAMILY, op, f"min(m, n) = {min(m, n)} is above {MAX_SIZE} (the unrolled graph "
                                    "grows with n³)")
