@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.coverage import anchors, projects
+from benchmarks.coverage import anchors, environment, projects
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
         targets = {f"{row.key}.{family}": {"model": row.key, **spec} for row in group
                    for family, spec in families.items() if not measured(cells.get(row.key, {}).get(family))}
         projects.write_deploy(root, {row.key: row.model for row in group}, targets)
-        began = time.strftime("%H:%M:%S")
+        began, code = time.strftime("%H:%M:%S"), environment.code_version()
         outcome = projects.run_build(root, sorted(targets), jobs=settings.jobs, step_timeout=settings.step_timeout,
                                      worker_memory=settings.worker_memory, wall_timeout=settings.wall_timeout,
                                      extra_path=settings.extra_path)
@@ -112,7 +112,7 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
         for target, model in rows_of.items():
             family = target[len(model) + 1:]
             cell = projects.cell_of(outcome.summary.get("targets", {}).get(target), outcome, target, model)
-            cells.setdefault(model, {})[family] = cell.as_dict()
+            cells.setdefault(model, {})[family] = cell.as_dict() | {"code": code}
             verified += cell.status == "verified"
         for model, nodes in projects.node_seconds(outcome.events, rows_of).items():
             seconds.setdefault(model, {}).update(nodes)

@@ -209,6 +209,18 @@ def previous_lines(results: dict[str, Any]) -> list[str]:
             *rows, ""]
 
 
+def code_lines(results: dict[str, Any]) -> list[str]:
+    """Which modelbuild commit the cells were built on (each cell's `code`, environment.code_version)."""
+    codes = collections.Counter(cell.get("code") for row in results.get("cells", {}).values() for cell in row.values())
+    if not codes:
+        return []
+    if len(codes) == 1 and None not in codes:
+        return [f"Every cell built on modelbuild commit `{next(iter(codes))}`.", ""]
+    return ["Cells by the modelbuild commit they were built on: " + ", ".join(
+        f"`{code}` {n}" if code else f"{n} from before commits were recorded" for code, n in codes.most_common())
+        + ".", ""]
+
+
 def remeasured_lines(meta: dict[str, Any], what: str = "samples") -> list[str]:
     """Where some rows were rebuilt on later code than the rest (`--only … --fresh`), which and why."""
     again = meta.get("remeasured")
@@ -277,7 +289,8 @@ def mixed_lines(results: dict[str, Any]) -> list[str]:
     return ["### A cold build of a mixed project", "",
             f"{len(rows)} architectures, {MIXED_RULE} ({', '.join(f'`{r}`' for r in rows)}), every target family, "
             f"built from an empty cache in one project (`--fresh`, two nodes at a time): {ok}/{total} verified in "
-            f"{wall:.0f} s. Node-seconds: {_seconds_line(node_seconds(results))}.", ""]
+            f"{wall:.0f} s. Node-seconds: {_seconds_line(node_seconds(results))}.", "",
+            *code_lines(results)]
 
 
 def page(op_results: dict[str, Any], model_results: dict[str, Any], op_models: dict[str, Any] | None = None,
@@ -316,7 +329,8 @@ def page(op_results: dict[str, Any], model_results: dict[str, Any], op_models: d
                 f"(benchmarks/coverage/opdb.py); {len(selection.get('left_out', {}))} ops left out, listed below. "
                 "Targets: server `format: onnx`, android `tflite`, ios `coreml` (fp32), executorch, intel `openvino`, "
                 "web `web`. The anchor: each converter alone with its default call on the same modules, judged by the "
-                "same comparison (benchmarks/coverage/anchors.py).", ""] + op_summary(op_results) + [
+                "same comparison (benchmarks/coverage/anchors.py).", "", *code_lines(op_results)] + \
+            op_summary(op_results) + [
                 "", f"Node-seconds: {_seconds_line(node_seconds(op_results))}.", ""] + answered_lines(op_results) \
             + previous_lines(op_results)
     if not model_results.get("cells"):
@@ -327,6 +341,7 @@ def page(op_results: dict[str, Any], model_results: dict[str, Any], op_models: d
                 "timm, transformers (small configs, `from_config`), ultralytics (model yaml) and torchvision "
                 "builders with seeded weights, small inputs, seeded calibration and validation data "
                 "(benchmarks/coverage/zoo.py, benchmarks/model_matrix.py).", "",
+                *code_lines(model_results),
                 *remeasured_lines(model_results.get("meta", {}), "cells")] + model_summary(model_results) + [
                 "", f"Node-seconds: {_seconds_line(node_seconds(model_results))}.", ""]
     out += mixed_lines(mixed or {})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.coverage import classify, opcase, opdb, site_packages
+from benchmarks.coverage import classify, environment, opcase, opdb, render, site_packages
 from tests.conftest import REPO
 
 
@@ -128,6 +128,15 @@ def _run(script: str, tmp_path: Path, *args: str) -> dict[str, object]:
     return dict(json.loads(out.read_text()))
 
 
+def test_the_page_says_which_commit_built_the_cells() -> None:
+    one = {"cells": {"a": {"server": {"code": "abc1234"}}, "b": {"server": {"code": "abc1234"}}}}
+    assert render.code_lines(one)[0] == "Every cell built on modelbuild commit `abc1234`."
+    mixed = {"cells": {"a": {"server": {"code": "abc1234"}, "ios": {}}, "b": {"server": {"code": "def5678"}}}}
+    assert render.code_lines(mixed)[0] == ("Cells by the modelbuild commit they were built on: `abc1234` 1, "
+                                           "1 from before commits were recorded, `def5678` 1.")
+    assert (environment.code_version() != "unknown") == (REPO / ".git").exists()
+
+
 @pytest.mark.slow
 def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
     results = _run("op_matrix.py", tmp_path, "--only", "abs", "--only", "addmv", "--per-op", "1",
@@ -148,6 +157,10 @@ def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
     assert results["node_seconds"]["abs-0"]["verify:abs-0.server"][0] == "built"
     doc = (tmp_path / "coverage.md").read_text()
     assert "| server | 2/2 | 100.0 % |" in doc and "| executorch | 2/2 | 100.0 % |" in doc
+    # every cell says which modelbuild commit built it, and the page says so once for the table
+    code = environment.code_version()
+    assert {c["code"] for row in cells.values() for c in row.values()} == {code}
+    assert f"Every cell built on modelbuild commit `{code}`." in doc
 
 
 @pytest.mark.slow
