@@ -103,7 +103,7 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
         targets = {f"{row.key}.{family}": {"model": row.key, **spec} for row in group
                    for family, spec in families.items() if not measured(cells.get(row.key, {}).get(family))}
         projects.write_deploy(root, {row.key: row.model for row in group}, targets)
-        began, code = time.strftime("%H:%M:%S"), environment.code_version()
+        began, code = time.strftime("%Y-%m-%d %H:%M:%S"), environment.code_version()
         outcome = projects.run_build(root, sorted(targets), jobs=settings.jobs, step_timeout=settings.step_timeout,
                                      worker_memory=settings.worker_memory, wall_timeout=settings.wall_timeout,
                                      extra_path=settings.extra_path)
@@ -116,8 +116,8 @@ def build_rows(rows: list[Row], families: dict[str, dict[str, Any]], results: di
             verified += cell.status == "verified"
         for model, nodes in projects.node_seconds(outcome.events, rows_of).items():
             seconds.setdefault(model, {}).update(nodes)
-        builds.append({"project": root.name, "started": began, "targets": len(targets), "verified": verified,
-                       "wall_s": outcome.wall_s, "returncode": outcome.returncode})
+        builds.append({"project": root.name, "started": began, "code": code, "targets": len(targets),
+                       "verified": verified, "wall_s": outcome.wall_s, "returncode": outcome.returncode})
         save(out, results)
         log(f"{root.name}: {verified}/{len(targets)} verified in {outcome.wall_s:.0f} s (exit {outcome.returncode}); "
             f"{min(start + chunk, len(todo))}/{len(todo)} rows done")

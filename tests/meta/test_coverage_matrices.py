@@ -137,6 +137,13 @@ def test_the_page_says_which_commit_built_the_cells() -> None:
     assert (environment.code_version() != "unknown") == (REPO / ".git").exists()
 
 
+def test_a_fresh_rerun_of_the_mixed_project_reports_its_own_wall_time() -> None:
+    cells = {"a": {"server": {"status": "verified", "code": "abc1234"}}}
+    builds = [{"project": "chunk-1", "wall_s": 264.0}, {"project": "chunk-1", "wall_s": 304.0}]
+    [line, *_] = render.mixed_lines({"cells": cells, "builds": builds, "node_seconds": {}})[2:]
+    assert "1/1 verified in 304 s" in line
+
+
 @pytest.mark.slow
 def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
     results = _run("op_matrix.py", tmp_path, "--only", "abs", "--only", "addmv", "--per-op", "1",
