@@ -130,10 +130,18 @@ def cell_of(row: dict[str, Any] | None, outcome: Outcome, target: str = "", mode
     if status == "verified":
         cell.route = " → ".join(row.get("route") or [])
     elif dropped:
-        cell.reason, cell.node = dropped[0]["reason"], dropped[0]["node"]
+        telling = telling_route(dropped)
+        cell.reason, cell.node = telling["reason"], telling["node"]
     else:
         cell.reason = first_line(str(row.get("status", "")))
     return cell
+
+
+def telling_route(dropped: list[dict[str, str]]) -> dict[str, str]:
+    """The route whose failure says why a cell failed: the first whose artifact was built and missed its check
+    (`verify:` node), else the first tried. A refused dynamic export that its static re-export answered, say, is
+    not why the re-exported artifact then missed its tolerance."""
+    return next((d for d in dropped if d.get("node", "").startswith("verify:")), dropped[0])
 
 
 def model_of(node: str, target_model: dict[str, str]) -> str | None:
