@@ -93,6 +93,9 @@ TIMEOUT = "timed out after 120 s (raise it with --timeout)"
                                    "ValueError: Exception encountered")), "android", [], "switch"),
     # the class of the route a mechanism would make work, whichever route ran first
     (_cell(("cdist-0/coreml~1", TIMEOUT), ("cdist-0/coreml", CDIST)), "ios", ["aten._cdist_forward"], "family-cdist"),
+    # an artifact that was built and missed its check is a numerics cell, whatever an earlier route refused
+    (_cell(("x/pt2", "model 'x': torch.export failed: Constraints violated (batch)!"),
+           ("verify:x.ios", "out0: max_rel 1.9e+00 > 1.0e-04")), "ios", [], "numerics-fp32"),
     ({"status": "no result", "reason": "modelbuild build exited 3 before reporting this target: …"}, "web", [], "bug"),
 ])
 def test_failures_are_classed_by_the_mechanism_that_answers_them(cell: dict[str, object], family: str,
