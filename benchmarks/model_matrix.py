@@ -95,12 +95,12 @@ def model_entry(arch: Arch) -> dict[str, Any]:
                      "validation": f"data/{arch.name}-validation.npz", "example": f"data/{arch.name}-validation.npz"}}
 
 
-def pick(sample: int | None, only: list[str]) -> list[Arch]:
+def pick(sample: int | None, only: list[str], offset: float = 0.0) -> list[Arch]:
     """Architectures matching any `--only` pattern (name or category), then `sample` of them spread over the
     list; in an order that takes the categories in turn, so that the first chunks (and a run stopped early)
     hold some of each."""
     chosen = matrix.spread([a for a in ARCHS if not only or
-                            any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)], sample)
+                            any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)], sample, offset)
     by_category: dict[str, list[Arch]] = {}
     for arch in chosen:
         by_category.setdefault(arch.category, []).append(arch)
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--site", help="the package directory (default $MODELBUILD_MATRIX_SITE or /work/matrix-site)")
     opts = parser.parse_args()
 
-    archs = pick(opts.sample, opts.only)
+    archs = pick(opts.sample, opts.only, opts.offset)
     site = site_packages.site_dir(opts.site)
     # transformers is in modelbuild's environment: a selection of transformers models alone needs no directory
     needs_site = any(a.package != "transformers" for a in archs)

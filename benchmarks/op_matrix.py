@@ -68,9 +68,11 @@ def selection(work: Path, per_op: int, max_numel: int, only: list[str]) -> dict[
     return data
 
 
-def pick_ops(names: list[str], sample: int | None, only: list[str]) -> list[str]:
-    """The ops to run: those matching any `--only` pattern, then `sample` of them evenly spaced (deterministic)."""
-    return matrix.spread([n for n in names if not only or any(fnmatch.fnmatchcase(n, p) for p in only)], sample)
+def pick_ops(names: list[str], sample: int | None, only: list[str], offset: float = 0.0) -> list[str]:
+    """The ops to run: those matching any `--only` pattern, then `sample` of them evenly spaced (deterministic;
+    `offset` shifts the picks, matrix.spread)."""
+    return matrix.spread([n for n in names if not only or any(fnmatch.fnmatchcase(n, p) for p in only)], sample,
+                         offset)
 
 
 def write_case_data(case: dict[str, Any]) -> Any:
@@ -128,7 +130,7 @@ def main() -> None:
 
     chosen = selection(opts.work, opts.per_op, opts.max_numel, opts.only)
     all_ops = list(dict.fromkeys(c["op"] for c in chosen["cases"]))
-    ops = set(pick_ops(all_ops, opts.sample, opts.only))
+    ops = set(pick_ops(all_ops, opts.sample, opts.only, opts.offset))
     cases = [c | {"key": opdb.case_key(c["op"], c["index"])} for c in chosen["cases"] if c["op"] in ops]
     families = {f: FAMILIES[f] for f in opts.targets.split(",")}
     results = matrix.load(opts.out)

@@ -127,6 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str, *, chunk: int, tim
                   families: dict[str, dict[str, Any]]) -> None:
     """The options both matrices take; `name` (op_matrix, model_matrix) names the default results and work paths."""
     parser.add_argument("--sample", type=int, help="only N rows, evenly spaced over the selected ones")
+    parser.add_argument("--offset", type=float, default=0.0,
+                        help="shift the sample's picks by this share of their spacing (0 <= F < 1; another "
+                             "offset gives a disjoint sample of the same size)")
     parser.add_argument("--only", action="append", default=[], help="names or fnmatch patterns (repeatable)")
     parser.add_argument("--targets", default=",".join(families), help="families, comma-separated")
     parser.add_argument("--converters", default=",".join(anchors.CONVERTERS), help="the anchor's converters")
@@ -193,9 +196,11 @@ def run(opts: argparse.Namespace, rows: list[Row], families: dict[str, dict[str,
         log(f"wrote {opts.doc}")
 
 
-def spread(items: list[Any], sample: int | None) -> list[Any]:
-    """`sample` of `items` evenly spaced, in order (all of them without a sample)."""
+def spread(items: list[Any], sample: int | None, offset: float = 0.0) -> list[Any]:
+    """`sample` of `items` evenly spaced, in order (all of them without a sample). `offset` (0 <= offset < 1)
+    shifts every pick by that share of the spacing: where the spacing is 2 or more, samples of the same size
+    at different offsets share no item (a second sample, disjoint from the first)."""
     if sample and sample < len(items):
         step = len(items) / sample
-        return [items[int(i * step)] for i in range(sample)]
+        return [items[int((i + offset) * step)] for i in range(sample)]
     return items
