@@ -135,12 +135,14 @@ class OpTable:
     """A converter's own op registry, declared by the family that uses the converter (`register_op_table`): its
     `name` (what `Step.accepts_ops` names), the distributions whose versions key the cached table, how to read it
     (`reader`, "module:function" returning ATen op names; imported only in the op-analysis subprocess) and what
-    the registry is, in words (planning.coverage, `plan --ops`)."""
+    the registry is, in words (planning.coverage, `plan --ops`). `version` enters the cached table's key: bump it
+    when what `reader` returns changes for the same packages (an op translation modelbuild adds to the converter)."""
 
     name: str
     packages: tuple[str, ...]
     reader: str
     description: str
+    version: int = 1
 
     def read(self) -> list[str]:
         import importlib

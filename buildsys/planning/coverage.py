@@ -123,7 +123,10 @@ def _model_key(planner: "Planner", model: str) -> str | None:
 
 def _table_key(name: str) -> str:
 
-    return digest_json([VERSION, name, keys.toolchain(list(op_tables()[name].packages))])
+    table = op_tables()[name]
+    # a table at version 1 keeps the key it had before tables had versions
+    return digest_json([VERSION, name, keys.toolchain(list(table.packages))] + ([table.version] if table.version > 1
+                                                                                 else []))
 
 
 def _project(planner: "Planner") -> tuple[list[str], list[str]]:

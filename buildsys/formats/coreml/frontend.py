@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from buildsys.formats.coreml.frontend_ops import op_patches
+
 
 @contextmanager
 def frontend_patches() -> Iterator[None]:
@@ -21,7 +23,7 @@ def frontend_patches() -> Iterator[None]:
     patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table),
                **_clamp_bounds(table), **_exact_reciprocal(table),
                **_diagonal(table),
-               **_new_ones(table), **_full_like_dtype(table)}
+               **_new_ones(table), **_full_like_dtype(table), **op_patches(table)}
     # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
     patches.update({alias: patches[name] for name in list(patches) for alias, func in table.items()
                     if func is table.get(name) and alias not in patches})

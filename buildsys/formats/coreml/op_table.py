@@ -7,13 +7,17 @@ from buildsys.formats.registry import register_op_table
 
 
 def torch_frontend_ops() -> list[str]:
-    """The ATen op names coremltools' torch frontend converts (its TorchScript and torch.export frontends look them up)."""
+    """The ATen op names coremltools' torch frontend converts (its TorchScript and torch.export frontends look them
+    up), with the translations modelbuild adds to it for every conversion (formats/coreml/frontend.py)."""
     from coremltools.converters.mil.frontend.torch.ops import _TORCH_OPS_REGISTRY
 
-    return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
+    from buildsys.formats.coreml.frontend import frontend_patches
+
+    with frontend_patches():
+        return sorted(_TORCH_OPS_REGISTRY.name_to_func_mapping)
 
 
 
 
 register_op_table(OpTable("coremltools", ("coremltools", "torch"), f"{__name__}:torch_frontend_ops",
-                           "coremltools' torch frontend registry"))
+                           "coremltools' torch frontend registry", version=2))

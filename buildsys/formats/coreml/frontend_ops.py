@@ -1,0 +1,128 @@
+"""Translations of PyTorch ops that coremltools' torch frontends lack or refuse for a whole class of calls, each
+written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, for both frontends).
+
+- `prod` (torch.prod over every element or one dim, with keepdim): MIL's `reduce_prod`. coremltools has no
+  translation at all, so every product reduction was refused, and with it whatever a rewrite writes as one
+  (the scatter family's `prod` reductions: index_reduce, scatter_reduce).
+- `bitwise_or` / `bitwise_xor` (and the `|` / `^` operators) of bools: MIL's `logical_or` / `logical_xor`, as
+  coremltools already does `bitwise_and`. A comparison combined with `|` is how PyTorch's own decompositions
+  write predicates (isclose: `eq | (finite & close)`).
+- `isclose` (which TorchScript keeps whole): PyTorch's own definition, `a == b`, or both NaN with `equal_nan`, or
+  a finite |a − b| within atol + |rtol · b|.
+- `argmax` / `argmin` without a dim (the index into the flattened tensor): `reduce_argmax` over the flattened
+  input. coremltools passes `axis=None` on, which MIL rejects ("pop from empty list").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def op_patches(table: dict[str, Any]) -> dict[str, Any]:
+    """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
+    return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_flat_arg_reduce(table)}
+
+
+def _value(v: Any) -> Any:
+    return v.val if hasattr(v, "val") else v
+
+
+def _prod(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    if "prod" in table:
+        return {}
+
+    def prod(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=1)
+        x = inputs[0]
+        # aten::prod(self, dtype) holds no dim; prod.dim_int(self, dim, keepdim, dtype) does
+        with_dim = len(inputs) >= 3 or "dim" in str(getattr(node, "kind", ""))
+        dim = _value(inputs[1]) if with_dim and len(inputs) > 1 else None
+        keepdim = bool(_value(inputs[2])) if with_dim and len(inputs) > 2 and _value(inputs[2]) is not None else False
+        if dim is None:
+            context.add(mb.reduce_prod(x=x, keep_dims=False, name=node.name))
+        else:
+            context.add(mb.reduce_prod(x=x, axes=[int(dim)], keep_dims=keepdim, name=node.name))
+
+    return {"prod": prod, "prod.dim_int": prod}  # the export frontend looks overloads up by name
+
+
+def _boolean_bitwise(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.mil import types
+
+    def translation(logical: Any, name: str) -> Any:
+        original = table.get(name)
+
+        def bitwise(context: Any, node: Any) -> None:
+            x, y = _get_inputs(context, node, expected=2)
+            if not (types.is_bool(x.dtype) and types.is_bool(y.dtype)):
+                if original is not None:
+                    return original(context, node)
+                raise NotImplementedError(f"`{name}` of {x.dtype} and {y.dtype}: Core ML has it for booleans only")
+            context.add(logical(x=x, y=y, name=node.name))
+
+        return bitwise
+
+    out = {}
+    for names, logical in ((("bitwise_or", "or"), mb.logical_or), (("bitwise_xor", "xor"), mb.logical_xor)):
+        if all(n in table for n in names):
+            continue
+        patched = translation(logical, names[0])
+        out.update({n: patched for n in names})
+    return out
+
+
+def _isclose(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    if "isclose" in table:
+        return {}
+
+    def isclose(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=2)
+        a, b = inputs[0], inputs[1]
+        rtol, atol, equal_nan = ([_value(v) for v in inputs[2:5]] + [1e-5, 1e-8, False][len(inputs) - 2:])[:3]
+        error = mb.abs(x=mb.sub(x=a, y=b))
+        allowed = mb.add(x=mb.abs(x=mb.mul(x=b, y=float(rtol))), y=float(atol))
+        # error < inf is false for inf and NaN: the finite errors within the allowed one
+        within = mb.logical_and(x=mb.less_equal(x=error, y=allowed), y=mb.less(x=error, y=float("inf")))
+        close = mb.logical_or(x=mb.equal(x=a, y=b), y=within)
+        if equal_nan:
+            both_nan = mb.logical_and(x=mb.not_equal(x=a, y=a), y=mb.not_equal(x=b, y=b))
+            close = mb.logical_or(x=close, y=both_nan)
+        context.add(mb.identity(x=close, name=node.name))
+
+    return {"isclose": isclose}
+
+
+def _flat_arg_reduce(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+
+    if "argmax" not in table:
+        return {}
+    original = table["argmax"]
+
+    def argmax(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=1)
+        dim = _value(inputs[1]) if len(inputs) > 1 else None
+        dim = _value(_get_kwinputs(context, node, "dim", default=[dim])[0])
+        if dim is not None:
+            return original(context, node)
+        keepdim = _value(inputs[2]) if len(inputs) > 2 else False
+        keepdim = bool(_value(_get_kwinputs(context, node, "keepdim", default=[keepdim])[0]))
+        x = inputs[0]
+        reduce = mb.reduce_argmin if "argmin" in str(node.kind) else mb.reduce_argmax
+        flat = mb.reshape(x=x, shape=[-1])
+        if not keepdim:
+            context.add(reduce(x=flat, axis=0, keep_dims=False, name=node.name))
+            return
+        index = reduce(x=flat, axis=0, keep_dims=True)
+        context.add(mb.reshape(x=index, shape=[1] * max(x.rank, 1), name=node.name))
+
+    return {name: argmax for name, func in table.items() if func is original}

@@ -1,0 +1,77 @@
+"""The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
+of booleans, argmax / argmin of the flattened tensor; each refused by coremltools as it is, converted under
+modelbuild's patches by both frontends and agreeing with PyTorch in the MIL interpreter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+ct = pytest.importorskip("coremltools")
+torch = pytest.importorskip("torch")
+
+from buildsys.formats.coreml.frontend import frontend_patches  # noqa: E402
+from buildsys.formats.coreml.mil import MilProgram  # noqa: E402
+
+pytestmark = pytest.mark.coreml
+
+
+class Fn(torch.nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def _convert(module: torch.nn.Module, x: torch.Tensor, frontend: str) -> object:
+    source = (torch.jit.trace(module.eval(), x) if frontend == "torchscript"
+              else torch.export.export(module.eval(), (x,)).run_decompositions())
+    return ct.convert(source, convert_to="mlprogram", skip_model_load=True, compute_precision=ct.precision.FLOAT32,
+                      minimum_deployment_target=ct.target.iOS16,
+                      inputs=[ct.TensorType(name="x", shape=tuple(x.shape), dtype=np.float32)])
+
+
+def _agrees(module: torch.nn.Module, x: torch.Tensor, frontend: str, path: Path) -> None:
+    with frontend_patches():
+        mlmodel = _convert(module, x, frontend)
+    mlmodel.save(str(path))  # type: ignore[attr-defined]
+    program = MilProgram.load(path)
+    got = program.evaluate({"x": x.numpy()}).outputs[program.output_names[0]]
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert np.shape(got) == want.shape or np.size(got) == want.size == 1, (np.shape(got), want.shape)
+    np.testing.assert_allclose(np.reshape(got, want.shape).astype(np.float64), want.astype(np.float64),
+                               rtol=1e-5, atol=1e-6)
+
+
+CASES = {
+    "prod over a dim": lambda x: torch.prod(x, 1) + 1.0,
+    "prod keepdim": lambda x: x.prod(dim=-1, keepdim=True) * 2.0,
+    "prod of all": lambda x: torch.prod(x).reshape(1) + x.sum(),
+    "or of comparisons": lambda x: ((x > 0.5) | (x < -0.5)).float() * x,
+    "xor of comparisons": lambda x: torch.bitwise_xor(x > 0, x.abs() > 1).float() + x,
+    "isclose": lambda x: torch.isclose(x, x.round(), atol=0.2).float() * x,
+    "isclose equal_nan": lambda x: torch.isclose(torch.where(x > 1, x / 0 * 0, x), torch.where(x > 0.5, x / 0 * 0,
+                                                 x.round()), rtol=0.1, atol=0.2, equal_nan=True).float() + x,
+    "argmax of all": lambda x: torch.argmax(x).float().reshape(1) + x.sum(),
+    "argmin of all": lambda x: torch.argmin(x * 2).float().reshape(1) + x.mean(),
+}
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_op_coremltools_lacks_converts_and_agrees(tmp_path: Path, frontend: str, case: str) -> None:
+    module, x = Fn(CASES[case]), torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0)) * 1.5
+    _agrees(module, x, frontend, tmp_path / "model.mlpackage")
+
+
+def test_coremltools_as_it_is_refuses_them() -> None:
+    x = torch.randn(3, 4)
+    for case in ("prod over a dim", "or of comparisons", "argmax of all"):
+        with pytest.raises(Exception):  # noqa: B017 - each fails in its own words
+            _convert(Fn(CASES[case]), x, "export")
