@@ -9,6 +9,9 @@ by comparisons and sums, without a sort.
   number as torch's sort puts it), then the value and index of the element whose rank is the k-th: a masked sum.
   median takes rank (n − 1) // 2 and is NaN where the row holds a NaN; nanmedian takes rank (c − 1) // 2 of the
   c numbers in the row (NaN where c = 0). Without a dim, over the flattened input (the value alone).
+- quantile / nanquantile (q a number or a tensor, every dim, keepdim, the five interpolations): the ranks as
+  above, then the elements of rank ⌊q·(c − 1)⌋ and ⌈q·(c − 1)⌉ interpolated as torch's kernel does; torch sorts
+  inside its C++ kernel, so the family's sort never sees that call.
 - searchsorted / bucketize: the count of boundaries below each value (`<`; `<=` with right=True or
   side='right'), per row for an N-d sorted sequence; a `sorter` gathers the sequence first.
 - histc(bins, min, max): each element's bin, floor((x − min) / (max − min) · bins) with x = max in the last
@@ -16,7 +19,7 @@ by comparisons and sums, without a sort.
 Cost: n² comparisons per row for the rank statistics, so they refuse n above MAX_LENGTH.
 
 Why a rewrite and not a decomposition: PyTorch's tables have none for sort, argsort, kthvalue, median, nanmedian,
-searchsorted, bucketize or histc (ExecuTorch's runtime has no sort kernel XNNPACK takes; litert-torch's sort
+searchsorted, bucketize, histc or quantile (ExecuTorch's runtime has no sort kernel XNNPACK takes; litert-torch's sort
 comparator refuses int64 indices); the legacy ONNX exporter refuses all but bucketize and histc at opset 18,
 ExecuTorch all (not core ATen), coremltools all but searchsorted on one-row sequences, onnx2tf bucketize's
 ONNX (measured: benchmarks/op_matrix.py). Equivalence: tests/rewrites/test_rewrite_families_order.py.
@@ -169,6 +172,61 @@ def msort(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     return _sorted(input, 0, False, "torch.msort")[0]
 
 
+def _quantile(input: torch.Tensor, q: Any, dim: int | None, keepdim: bool, interpolation: str, ignore_nan: bool,
+              op: str) -> torch.Tensor:
+    """torch.quantile / nanquantile: each row's ranks once, then for every q the values of rank ⌊q·(c − 1)⌋ and
+    ⌈q·(c − 1)⌉ (c: the row's length, or its count of numbers when NaN is ignored) interpolated as torch's kernel
+    does (lerp's two forms), NaN where the row holds one (quantile) or holds no number (nanquantile). The q
+    values lead the result's dims when q is a tensor with a dim, as torch returns them."""
+    import torch
+
+    if interpolation not in ("linear", "lower", "higher", "midpoint", "nearest"):
+        raise RuntimeError(f"{op}() interpolation must be one of linear, lower, higher, midpoint or nearest. "
+                           f"Got {interpolation}")
+    rows, at = _rows(input, dim, op)  # [..., n]
+    levels = torch.as_tensor(q, dtype=rows.dtype)
+    one_level = levels.dim() == 0
+    levels = levels.reshape(-1)  # [Q]
+    ranks = _ranks(rows).unsqueeze(-2)  # [..., 1, n]: NaN ranked last, as torch's sort puts it
+    numbers = (rows == rows).to(rows.dtype).sum(-1, keepdim=True) if ignore_nan else None  # [..., 1]
+    last = torch.clamp(numbers - 1, min=0) if numbers is not None else rows.shape[-1] - 1
+    position = levels * last  # [..., Q]
+    lower, upper = torch.floor(position), torch.ceil(position)
+    if interpolation == "nearest":
+        lower = upper = torch.round(position)  # half to even, as torch's round
+    elif interpolation == "lower":
+        upper = lower
+    elif interpolation == "higher":
+        lower = upper
+
+    def value_of(rank: torch.Tensor) -> torch.Tensor:  # [..., Q]: the element of that rank in each row
+        hit = ranks == rank.to(torch.int64).unsqueeze(-1)
+        return torch.where(hit, rows.unsqueeze(-2), torch.zeros_like(rows).unsqueeze(-2)).sum(-1)
+
+    low, high = value_of(lower), value_of(upper)
+    weight = position - lower if interpolation == "linear" else torch.full_like(position, 0.5)
+    value = low if interpolation in ("lower", "higher", "nearest") else \
+        torch.where(weight < 0.5, low + weight * (high - low), high - (high - low) * (1 - weight))
+    empty = (numbers == 0) if numbers is not None else (rows != rows).any(-1, keepdim=True)
+    value = torch.where(empty, torch.full_like(value, float("nan")), value)
+    if keepdim:
+        value = value.reshape([1] * input.dim() + [-1]) if at is None else value.unsqueeze(at)
+    value = value.movedim(-1, 0)
+    return value.squeeze(0) if one_level else value
+
+
+def quantile(input: torch.Tensor, q: Any, dim: int | None = None, keepdim: bool = False, *,
+             interpolation: str = "linear", out: object = None) -> torch.Tensor:
+    refuse_out("order", "torch.quantile", out)
+    return _quantile(input, q, dim, keepdim, interpolation, False, "torch.quantile")
+
+
+def nanquantile(input: torch.Tensor, q: Any, dim: int | None = None, keepdim: bool = False, *,
+                interpolation: str = "linear", out: object = None) -> torch.Tensor:
+    refuse_out("order", "torch.nanquantile", out)
+    return _quantile(input, q, dim, keepdim, interpolation, True, "torch.nanquantile")
+
+
 def searchsorted(sorted_sequence: torch.Tensor, input: Any, *, out_int32: bool = False, right: bool = False,
                  side: str | None = None, sorter: torch.Tensor | None = None, out: object = None) -> torch.Tensor:
     import torch
@@ -218,16 +276,17 @@ def _handlers() -> HandlerTable:
 
     return by_name({"kthvalue": kthvalue, "median": median, "nanmedian": nanmedian, "histc": histc,
                     "searchsorted": searchsorted, "bucketize": bucketize, "sort": sort, "argsort": argsort,
-                    "msort": msort}, (torch, torch.Tensor))
+                    "msort": msort, "quantile": quantile, "nanquantile": nanquantile}, (torch, torch.Tensor))
 
 
 REWRITES = (
     Rewrite(
         name="order",
-        version=3,  # 3: sort, argsort, msort
+        version=4,  # 3: sort, argsort, msort; 4: quantile, nanquantile
         removes=("aten::kthvalue", "aten::median", "aten::nanmedian", "aten::searchsorted", "aten::bucketize",
-                 "aten::histc", "aten::sort", "aten::argsort", "aten::msort"),
-        description="sort / argsort / msort, kthvalue / median / nanmedian by pairwise ranks, searchsorted / "
+                 "aten::histc", "aten::sort", "aten::argsort", "aten::msort", "aten::quantile", "aten::nanquantile"),
+        description="sort / argsort / msort, kthvalue / median / nanmedian / quantile / nanquantile by pairwise "
+                    "ranks, searchsorted / "
                     "bucketize by counts of the boundaries below, histc by counts against constant bin numbers",
         handlers=_handlers,
     ),

@@ -1,5 +1,5 @@
 """The scan family (buildsys/rewrites/scan.py) and the order-statistics family (order.py): cumprod, cummax, cummin,
-logcumsumexp; kthvalue, median, nanmedian, searchsorted, bucketize, histc; compared with torch in float32 and
+logcumsumexp; kthvalue, median, nanmedian, quantile, nanquantile, searchsorted, bucketize, histc; compared with torch in float32 and
 float64 along every dim, with ties and NaNs, and gone from every graph."""
 
 from __future__ import annotations
@@ -105,6 +105,27 @@ def test_searchsorted_bucketize_and_histc_match_torch(dtype: torch.dtype) -> Non
     check(lambda t: torch.histc(t * 0 + 1, 5), "order", x)  # one value: its range ± 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("interpolation", ["linear", "lower", "higher", "midpoint", "nearest"])
+def test_quantiles_match_torch(interpolation: str, dtype: torch.dtype) -> None:
+    x = randn(3, 7, 5, dtype=dtype)
+    levels = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0], dtype=dtype)
+    for fn in (torch.quantile, torch.nanquantile):
+        check(lambda t: fn(t, 0.3, interpolation=interpolation), "order", x)
+        for dim in DIMS:
+            check(lambda t: fn(t, 0.625, dim, interpolation=interpolation), "order", x)
+            check(lambda t: fn(t, levels, dim, keepdim=True, interpolation=interpolation), "order", x)
+        check(lambda t: fn(t, levels, None, keepdim=True, interpolation=interpolation), "order", x)
+        check(lambda t: t.quantile(levels, 1, interpolation=interpolation), "order", x)
+    with_nans = x.clone()
+    with_nans[0, 1, :] = float("nan")
+    with_nans[1, 2, 3] = with_nans[2, :, 0] = float("nan")
+    for fn in (torch.quantile, torch.nanquantile):
+        got = rewrites.apply(Fn(lambda t: fn(t, levels, 2, interpolation=interpolation)), ["order"])(with_nans)
+        want = fn(with_nans, levels, 2, interpolation=interpolation)
+        assert torch.allclose(got, want, equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
 def test_no_scan_or_order_op_is_left_in_any_graph() -> None:
     boundaries = torch.linspace(-1, 1, 6)
 
@@ -113,11 +134,11 @@ def test_no_scan_or_order_op_is_left_in_any_graph() -> None:
                 + torch.kthvalue(t, 2, 1, keepdim=True).values + torch.median(t, 1, keepdim=True).values
                 + torch.nanmedian(t) + torch.bucketize(t, boundaries) + torch.searchsorted(boundaries, t)
                 + torch.histc(t, 4, -1, 1).sum() + torch.sort(t, 1, descending=True).values
-                + torch.argsort(t, 0).to(t.dtype))
+                + torch.argsort(t, 0).to(t.dtype) + torch.quantile(t, 0.3, 1, keepdim=True))
 
     x = randn(4, 6)
     removed = {"cumprod", "cummax", "cummin", "logcumsumexp", "prod", "kthvalue", "median", "nanmedian", "searchsorted",
-               "bucketize", "histc", "sort", "argsort"}
+               "bucketize", "histc", "sort", "argsort", "quantile"}
     assert removed <= graph_ops(Fn(model), (x,))["traced"]
     after = graph_ops(rewrites.apply(Fn(model), ["scan", "order"]), (x,))
     for kind in ("traced", "exported", "decomposed"):
