@@ -16,6 +16,8 @@ node. Then each converter alone (benchmarks/coverage/anchors.py) on the same mod
     PYTHONPATH=. python benchmarks/op_matrix.py --sample 60 --per-op 1     # an early sample
     PYTHONPATH=. nohup nice -n 15 python benchmarks/op_matrix.py > op_matrix.log 2>&1 &   # all ops, resumable
     PYTHONPATH=. python benchmarks/op_matrix.py --only 'fft.*' --only cdist --fresh      # some ops again
+    PYTHONPATH=. python benchmarks/op_matrix.py --sample 60 --per-op 1 --offset 0.5 --no-anchors \
+        --out benchmarks/results/op_matrix_holdout.json                                 # the second, held-out sample
 
 Writes benchmarks/results/op_matrix.json (cells already there are skipped unless --fresh) and renders
 docs/coverage.md (with benchmarks/results/model_matrix.json when present).
@@ -141,7 +143,8 @@ def main() -> None:
     print(f"{len(ops)} ops, {len(cases)} cases × {len(families)} families; "
           f"{len(chosen['left_out'])} ops left out", flush=True)
     rows = [matrix.Row(c["key"], model_entry(c), write_case_data(c)) for c in cases]
-    matrix.run(opts, rows, families, results, factory=OPCASE, with_anchors=not opts.no_anchors, rendered_as="op_json",
+    matrix.run(opts, rows, families, results, factory=OPCASE, with_anchors=not opts.no_anchors,
+               rendered_as="holdout_json" if opts.offset else "op_json",  # a shifted sample is the second one
                after_build=lambda r: note_decompositions(r, [c["key"] for c in cases]))
 
 
