@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from buildsys.rewrites import bessel_tables as tables
 from buildsys.rewrites.base import HandlerTable, Rewrite, by_name, in_place, refuse_out
+from buildsys.rewrites.special import _horner
 
 if TYPE_CHECKING:
     import torch
@@ -66,13 +67,6 @@ def _chbevl(t: torch.Tensor, coefficients: Sequence[float]) -> torch.Tensor:
         b2, b1 = b1, b0
         b0 = t * b1 - b2 + c
     return 0.5 * (b0 - b2)
-
-
-def _horner(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
-    result = t * 0.0 + coefficients[0]
-    for c in coefficients[1:]:
-        result = result * t + c
-    return result
 
 
 def _odd(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
