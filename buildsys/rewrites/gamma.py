@@ -115,7 +115,7 @@ def _trigamma(input: torch.Tensor) -> torch.Tensor:
     return torch.where(below, -result, result)
 
 
-def _digamma(input: torch.Tensor) -> torch.Tensor:
+def kernel_digamma(input: torch.Tensor) -> torch.Tensor:
     """The kernel's (Cephes') digamma: ∓inf at ±0, NaN at negative integers, reflection below 0 (π·cot(π·r), r the
     distance to the nearest integer), up to ten shifts to reach 10, ψ(10) itself there, else the asymptotic series."""
     import torch
@@ -152,7 +152,7 @@ def polygamma(first: Any, second: Any, *, out: object = None) -> torch.Tensor:
         raise RuntimeError("polygamma(n, x) does not support negative n.")
     (x,) = _promoted(input)
     if n == 0:
-        return _digamma(x)
+        return kernel_digamma(x)
     if n == 1:
         return _trigamma(x)
     scale = (1.0 if n % 2 else -1.0) * _float(math.factorial(n))

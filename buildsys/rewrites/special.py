@@ -7,10 +7,11 @@ every converter has (log, exp, sqrt, sin, where, round, sums).
   Newton step on erf (error ~1e-13).
 - ndtri (torch.special.ndtri): √2 · erfinv(2p − 1), with w = −log(4p(1 − p)) computed from p itself (no
   cancellation near 0 and 1).
-- lgamma / digamma (torch.lgamma, torch.special.gammaln, torch.digamma, torch.special.digamma / psi):
-  Stirling's series at z ≥ 6 (to z⁻⁵ for lgamma, z⁻⁶ for digamma: truncation error below 3e-9), below 6
-  shifted up by the recurrence Γ(z + 6) = z(z + 1)…(z + 5)·Γ(z), below ½ the reflection formula with
-  sin(π·(x − round(x))) (exact at large |x|).
+- lgamma (torch.lgamma, torch.special.gammaln): Stirling's series at z ≥ 6 (to z⁻⁵: truncation error below
+  3e-9), below 6 shifted up by the recurrence Γ(z + 6) = z(z + 1)…(z + 5)·Γ(z), below ½ the reflection formula
+  with sin(π·(x − round(x))) (exact at large |x|).
+- digamma (torch.digamma, torch.special.digamma / psi): the kernel's own (Cephes'), shared with the gamma
+  family's polygamma (gamma.kernel_digamma): ∓inf at ±0, NaN at the negative integers and at −inf, as torch.
 - mvlgamma (torch.mvlgamma, torch.special.multigammaln): p(p − 1)/4 · log π + Σⱼ lgamma(x − j/2).
 - hypot: √(a² + b²). spherical_bessel_j0: sin(x)/x, 1 at 0. xlogy: x·log y, 0 where x = 0, NaN where y is.
 - round(x, decimals=d): round(x·10ᵈ)/10ᵈ (d < 0: round(x/10⁻ᵈ)·10⁻ᵈ), as PyTorch's kernel computes it.
@@ -40,7 +41,7 @@ _ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-
                    -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
 _ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
                 -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
-#: Below this, lgamma and digamma are shifted up by six before Stirling's series.
+#: Below this, lgamma is shifted up by six before Stirling's series.
 _SHIFT = 6.0
 
 
@@ -108,17 +109,10 @@ def lgamma(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
 def digamma(input: torch.Tensor, *, out: object = None) -> torch.Tensor:
     import torch
 
+    from buildsys.rewrites.gamma import kernel_digamma
+
     refuse_out("special", "torch.digamma", out)
-    x = input if input.is_floating_point() else input.to(torch.get_default_dtype())
-    below, y, angle = _reflected(x)
-    small = y < _SHIFT
-    low = torch.clamp(y, max=_SHIFT)
-    shift = torch.where(small, sum(1.0 / (low + k) for k in range(6)), 0.0 * y)
-    z = torch.where(small, y + _SHIFT, y)
-    inv2 = 1.0 / (z * z)
-    series = torch.log(z) - 0.5 / z - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252)))
-    upper = series - shift
-    return torch.where(below, upper - math.pi / torch.tan(angle), upper)
+    return kernel_digamma(input if input.is_floating_point() else input.to(torch.get_default_dtype()))
 
 
 def mvlgamma(input: torch.Tensor, p: int, *, out: object = None) -> torch.Tensor:
@@ -208,7 +202,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="special",
-        version=1,
+        version=2,  # 2: digamma as the kernel's (gamma.kernel_digamma)
         removes=("aten::erfinv", "aten::special_ndtri", "aten::lgamma", "aten::digamma", "aten::mvlgamma",
                  "aten::hypot", "aten::special_spherical_bessel_j0", "aten::xlogy", "aten::round",
                  "aten::var_mean", "aten::std_mean"),
