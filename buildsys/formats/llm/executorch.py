@@ -52,7 +52,7 @@ class _LlmPteFromPyTorch(LlmExportStep):
 
         from buildsys.errors import describe
         from buildsys.formats.executorch.contract import executorch_unavailable
-        from buildsys.formats.executorch.program import lower
+        from buildsys.formats.executorch.lowering import lower
         from buildsys.formats.llm.decoder import example_inputs, static_cache_decoder
         from buildsys.formats.reproducible import exported_program_without_stack_traces
 
