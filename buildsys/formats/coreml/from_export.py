@@ -26,6 +26,7 @@ class _FromExport(CoremlFromTorchScript):
     symptoms = (STATIC_SHAPES,)  # this is the torch.export frontend already
     decomposes_unnamed = True
 
+    version = 2  # 2: op nodes named apart from string arguments (names_apart_from_strings)
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
 
@@ -37,7 +38,31 @@ class _FromExport(CoremlFromTorchScript):
         except Exception as exc:
             raise self.fail(ctx, f"'{ctx.input_path}' is not a readable torch.export program: "
                                  f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        return program.run_decompositions()  # the core ATen opset (new_ones → full, …)
+        return names_apart_from_strings(program.run_decompositions())  # the core ATen opset (new_ones → full, …)
+
+
+def names_apart_from_strings(program: Any) -> Any:
+    """`program` with every op node whose name is also a string argument of some node renamed (`floor` → `floor_1`).
+
+    coremltools' torch.export frontend looks a string argument up among the graph's values by name first
+    (its own open issue, rdar://138953006), and FX names nodes after their ops: `div(y, 3, rounding_mode='floor')`
+    in a program that also computes `floor(x)` read the floor node's tensor as its rounding mode (RT-DETR: "rounding
+    mode "%floor: (…)" not supported"), as would gelu(approximate='tanh') beside a tanh or a reduction named
+    'sum' / 'mean'. Inputs, parameters and outputs keep their names (the program's signature holds them)."""
+    import torch
+
+    graphs = [m.graph for m in program.graph_module.modules() if isinstance(getattr(m, "graph", None), torch.fx.Graph)]
+    strings: set[str] = set()
+    for graph in graphs:
+        for node in graph.nodes:
+            torch.fx.node.map_aggregate((node.args, node.kwargs),
+                                        lambda a: strings.add(a) if isinstance(a, str) else None)
+    for graph in graphs:
+        for node in graph.nodes:
+            if node.op == "call_function" and node.name in strings:
+                node._rename(f"{node.name}_node")  # noqa: SLF001 - FX's own renaming, unique within the graph
+    program.graph_module.recompile()
+    return program
 
 
 @register_variants({"fp32": PROGRAM, "fp16": PROGRAM})
@@ -53,3 +78,4 @@ class CoremlInt8FromPt2(Int8Member, _FromExport):
 
     name = "coreml-int8-from-pt2"
     consumes = PROGRAM
+    version = 3  # Int8Member's 2, and the route's names_apart_from_strings

@@ -75,3 +75,34 @@ def test_coremltools_as_it_is_refuses_them() -> None:
     for case in ("prod over a dim", "or of comparisons", "argmax of all"):
         with pytest.raises(Exception):  # noqa: B017 - each fails in its own words
             _convert(Fn(CASES[case]), x, "export")
+
+
+class NamedLikeAnArgument(torch.nn.Module):
+    """Ops whose FX node names (floor, tanh) are also string arguments of others (rounding_mode, approximate)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.floor(x) * 2
+        return torch.div(y, 3.0, rounding_mode="floor") + torch.nn.functional.gelu(torch.tanh(x), approximate="tanh")
+
+
+def test_a_string_argument_is_not_read_as_a_node_of_that_name(tmp_path: Path) -> None:
+    from buildsys.formats.coreml.from_export import names_apart_from_strings
+
+    x = torch.randn(2, 30, 4, generator=torch.Generator().manual_seed(0)) * 10
+    program = torch.export.export(NamedLikeAnArgument().eval(), (x,)).run_decompositions()
+
+    def convert(source: object) -> object:
+        return ct.convert(source, convert_to="mlprogram", skip_model_load=True,
+                          compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS16)
+
+    with frontend_patches(), pytest.raises(NotImplementedError, match="rounding mode"):  # coremltools as it is
+        convert(program)
+    renamed = names_apart_from_strings(program)
+    assert {"floor", "tanh"}.isdisjoint(n.name for n in renamed.graph.nodes)
+    with frontend_patches():
+        mlmodel = convert(renamed)
+    mlmodel.save(str(tmp_path / "named.mlpackage"))  # type: ignore[attr-defined]
+    mil = MilProgram.load(tmp_path / "named.mlpackage")
+    got = mil.evaluate({mil.input_names[0]: x.numpy()}).outputs[mil.output_names[0]]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, NamedLikeAnArgument()(x).numpy(), rtol=1e-4, atol=5e-4)
