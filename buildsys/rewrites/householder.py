@@ -16,7 +16,7 @@ Matmuls, sqrt, where and concatenation every converter takes. Equivalence: tests
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from buildsys.rewrites.base import HandlerTable, RewriteNotApplicable, by_name, refuse_out, returned
 
@@ -48,17 +48,36 @@ def _matrix(A: torch.Tensor, op: str) -> tuple[int, int]:
     return m, n
 
 
+def _constant(rows: Sequence[Any] | float, dtype: torch.dtype | None = None, shape: tuple[int, ...] | None = None
+              ) -> torch.Tensor:
+    """A constant of the graph from nested lists (bool where dtype is None): masks and identities are built here from
+    the static sizes, never with torch.eye / torch.arange / torch.triu (iota ops in the graph, which TFLite lacks)."""
+    import numpy as np
+
+    from buildsys.rewrites.mechanism import constant
+
+    if isinstance(rows, float):  # a scalar: 0-d (a lifted constant is at least 1-d)
+        return constant(np.asarray([rows]), dtype).squeeze(0)
+    values = np.asarray(rows, dtype=bool) if dtype is None else np.asarray(rows)  # bool when empty too
+    return constant(values if shape is None else values.reshape(shape), dtype)  # [m, 0] or [0, n] from [] too
+
+
+def _upper(m: int, n: int, strict: bool) -> torch.Tensor:
+    """The bool mask [m, n] above the diagonal (strictly, or with it)."""
+    return _constant([[j > i or (j == i and not strict) for j in range(n)] for i in range(m)], shape=(m, n))
+
+
+def _identity(m: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The first n columns of I_m [m, n], a constant."""
+    return _constant([[float(i == j) for j in range(n)] for i in range(m)], dtype, (m, n))
+
+
 def _vector(a: torch.Tensor, j: int) -> torch.Tensor:
-    """v_j [..., m] of the reflectors geqrf stored in `a`: column j below the diagonal is its tail."""
-    return _with_head(a[..., j + 1:, j], j)
-
-
-def _with_head(tail: torch.Tensor, j: int) -> torch.Tensor:
-    """A reflector's vector: j zeros, a one, then `tail` [..., m − j − 1]."""
-    import torch
-
-    lead = tail.shape[:-1]
-    return torch.cat([torch.zeros(*lead, j, dtype=tail.dtype), torch.ones(*lead, 1, dtype=tail.dtype), tail], dim=-1)
+    """v_j [..., m] of the reflectors geqrf stored in `a`: e_j plus column j strictly below the diagonal."""
+    m = int(a.shape[-2])
+    below = _constant([float(i > j) for i in range(m)], a.dtype)
+    unit = _constant([float(i == j) for i in range(m)], a.dtype)
+    return unit + a.select(-1, j) * below
 
 
 def _from_left(X: torch.Tensor, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -71,6 +90,41 @@ def _from_right(X: torch.Tensor, v: torch.Tensor, tau: torch.Tensor) -> torch.Te
     return X - (X @ v.unsqueeze(-1)) * (tau[..., None, None] * v.unsqueeze(-2))
 
 
+def _factor(A: torch.Tensor, m: int, n: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """geqrf's (a [..., m, n], τ_j [...] and v_j [..., m] for each of the k = min(m, n) reflectors).
+
+    Every step works on whole columns with constant masks (no empty slice at the last row, no eye / arange / triu /
+    diag_embed, no full-range slice that export records as an alias), so every exporter and converter takes it."""
+    import torch
+
+    R, taus, vectors, columns = A, [], [], []
+    for j in range(min(m, n)):
+        below = _constant([float(i > j) for i in range(m)], A.dtype)
+        unit = _constant([float(i == j) for i in range(m)], A.dtype)
+        alpha = R[..., j, j]
+        x = R.select(-1, j) * below  # [..., m]: the column strictly below the diagonal
+        squares = (x * x).sum(-1)
+        norm = torch.sqrt(alpha * alpha + squares)
+        trivial = squares == 0
+        beta = torch.where(trivial, alpha, torch.where(alpha >= 0, -norm, norm))
+        tau = torch.where(trivial, torch.zeros_like(alpha), (beta - alpha) / beta)
+        scale = torch.where(trivial, torch.zeros_like(alpha), 1.0 / torch.where(trivial, torch.ones_like(alpha),
+                                                                                   alpha - beta))
+        tail = x * scale.unsqueeze(-1)
+        v = unit + tail
+        R = _from_left(R, v, tau)
+        taus.append(tau)
+        vectors.append(v)
+        columns.append(tail + beta.unsqueeze(-1) * unit)  # a's column j at and below the diagonal
+    k = len(taus)
+    if k == 0:
+        return R, taus, vectors
+    lower = torch.stack(columns, dim=-1)  # [..., m, k]
+    if n > k:  # a wide matrix: its columns past k lie above the diagonal, R's
+        lower = torch.cat([lower, R.narrow(-1, k, n - k)], dim=-1)
+    return torch.where(_upper(m, n, strict=True), R, lower), taus, vectors
+
+
 def geqrf(input: torch.Tensor, *, out: object = None) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.geqrf: (a, tau) as LAPACK's geqrf."""
     import torch
@@ -78,37 +132,25 @@ def geqrf(input: torch.Tensor, *, out: object = None) -> tuple[torch.Tensor, tor
     op = "torch.geqrf"
     refuse_out(_FAMILY, op, out)
     m, n = _matrix(input, op)
-    R, taus, betas, tails = input, [], [], []
-    for j in range(min(m, n)):
-        alpha, x = R[..., j, j], R[..., j + 1:, j]
-        norm = torch.sqrt(alpha * alpha + (x * x).sum(-1))
-        trivial = (x * x).sum(-1) == 0
-        beta = torch.where(trivial, alpha, torch.where(alpha >= 0, -norm, norm))
-        tau = torch.where(trivial, torch.zeros_like(alpha), (beta - alpha) / beta)
-        tail = x * torch.where(trivial, torch.zeros_like(alpha), 1.0 / (alpha - beta)).unsqueeze(-1)
-        v = _with_head(tail, j)
-        R = _from_left(R, v, tau)
-        taus.append(tau)
-        betas.append(beta)
-        tails.append(v)
-    rows = torch.arange(m)[:, None]
-    cols = torch.arange(n)[None, :]
+    a, taus, _ = _factor(input, m, n)
     if not taus:
-        return torch.triu(R), torch.zeros(*input.shape[:-2], 0, dtype=input.dtype)
-    k = len(taus)
-    below = torch.stack(tails, dim=-1)                                           # [..., m, k]
-    if n > k:
-        below = torch.cat([below, torch.zeros(*below.shape[:-1], n - k, dtype=R.dtype)], dim=-1)
-    diagonal = torch.diag_embed(torch.stack(betas, dim=-1), dim1=-2, dim2=-1)       # [..., k, k]
-    diagonal = torch.nn.functional.pad(diagonal, (0, n - k, 0, m - k))
-    a = torch.where(rows < cols, R, torch.where(rows == cols, diagonal, below))
+        return a, input.new_zeros((*input.shape[:-2], 0))
     return a, torch.stack(taus, dim=-1)
+
+
+def _product(vectors: list[torch.Tensor], taus: list[torch.Tensor], m: int, n: int, like: torch.Tensor
+             ) -> torch.Tensor:
+    """H_0 … H_{k−1} applied to the first n columns of I_m (right to left), batched as `like` [..., m, ·]."""
+    Q = _identity(m, n, like.dtype)
+    if not vectors:
+        return Q.expand(*like.shape[:-2], m, n)
+    for v, tau in zip(reversed(vectors), reversed(taus)):
+        Q = _from_left(Q, v, tau)  # the first step broadcasts the constant to the batch
+    return Q
 
 
 def householder_product(A: torch.Tensor, tau: torch.Tensor, *, out: object = None) -> torch.Tensor:
     """torch.linalg.householder_product / orgqr: the first n columns of H_0 … H_{k−1}."""
-    import torch
-
     op = "torch.linalg.householder_product"
     refuse_out(_FAMILY, op, out)
     m, n = _matrix(A, op)
@@ -116,11 +158,7 @@ def householder_product(A: torch.Tensor, tau: torch.Tensor, *, out: object = Non
     if m < n or k > n:
         raise RuntimeError(f"{op}: input.shape[-2] must be greater than or equal to input.shape[-1] and "
                            f"tau.shape[-1] at most input.shape[-1]")
-    eye = torch.eye(m, n, dtype=A.dtype).expand(*A.shape[:-2], m, n)
-    Q = eye
-    for j in reversed(range(k)):
-        Q = _from_left(Q, _vector(A, j), tau[..., j])
-    return Q
+    return _product([_vector(A, j) for j in range(k)], [tau.select(-1, j) for j in range(k)], m, n, A)
 
 
 def ormqr(input: torch.Tensor, input2: torch.Tensor, input3: torch.Tensor, left: bool = True,
@@ -137,7 +175,7 @@ def ormqr(input: torch.Tensor, input2: torch.Tensor, input3: torch.Tensor, left:
     C = input3
     for j in order:
         v = _vector(input, j)
-        C = _from_left(C, v, input2[..., j]) if left else _from_right(C, v, input2[..., j])
+        C = _from_left(C, v, input2.select(-1, j)) if left else _from_right(C, v, input2.select(-1, j))
     return C
 
 
@@ -152,17 +190,13 @@ def linalg_qr(A: torch.Tensor, mode: str = "reduced", *, out: object = None) -> 
                            "or 'complete'")
     m, n = _matrix(A, op)
     k = min(m, n)
-    a, tau = geqrf(A)
-    columns = m if mode == "complete" else k
-    R = torch.triu(a[..., :columns, :])
+    a, taus, vectors = _factor(A, m, n)
+    rows = m if mode == "complete" else k
+    top = a if rows == m else a.narrow(-2, 0, rows)  # a full-range slice would be an alias op once exported
+    R = torch.where(_upper(rows, n, strict=False), top, torch.zeros_like(top))
     if mode == "r":
-        return returned("linalg_qr", (torch.zeros(0, dtype=A.dtype), R))
-    reflectors = a[..., :, :k]
-    if columns > k:  # the complete Q of a tall matrix: its k reflectors applied to all of I_m
-        reflectors = torch.cat([reflectors, torch.zeros(*a.shape[:-2], m, columns - k, dtype=a.dtype)], dim=-1)
-    Q = householder_product(reflectors, tau) if k else torch.eye(m, columns, dtype=A.dtype).expand(
-        *A.shape[:-2], m, columns)
-    return returned("linalg_qr", (Q, R))
+        return returned("linalg_qr", (_constant([], A.dtype), R))
+    return returned("linalg_qr", (_product(vectors, taus, m, rows, A), R))
 
 
 def qr(input: torch.Tensor, some: bool = True, *, out: object = None) -> Any:

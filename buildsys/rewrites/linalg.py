@@ -12,14 +12,15 @@ of small square matrices [..., n, n] (n ≤ MAX_SIZE, static) and QR, unrolled i
   L[j:, j] = (A[j:, j] − L[j:, :j] L[j, :j]ᵀ) / L[j, j], reading the lower triangle (the upper one with
   upper=True, as potrf); info: the first column whose square is not positive.
 - eigh / eigvalsh (UPLO 'L' or 'U'): cyclic Jacobi on the symmetric matrix of that triangle in round-robin
-  order: per round ⌊n/2⌋ disjoint rotations at once as one orthogonal J (A ← JᵀAJ, V ← VJ), SWEEPS sweeps;
-  the eigenvalues put in ascending order by their pairwise ranks (a one-hot permutation matmul, no sort or
+  order: per round ⌊n/2⌋ disjoint rotations at once as one orthogonal J (A ← JᵀAJ, V ← VJ), 6 to 10 sweeps
+  by n; the eigenvalues put in ascending order by their pairwise ranks (a one-hot permutation matmul, no sort or
   topk). A V = V diag(w) with orthonormal V; the eigenvectors' signs need not be LAPACK's.
-- svdvals: the square roots of the eigenvalues of the smaller Gram matrix (AᵀA or AAᵀ), descending. Caveat:
-  the Gram squares the condition number, so σ has an absolute error of about ε·σ_max²/σ (float32: fine for
-  well-conditioned A, poor for σ below ~1e-3·σ_max).
-- svd / linalg.svd with vectors (one-sided Jacobi on A itself, any m × n): buildsys/rewrites/singular.py.
+- svd / linalg.svd, svdvals (one-sided Jacobi on A itself, any m × n), and what torch computes from an SVD inside
+  one ATen op the table would not see: matrix_rank, pinv / pinverse, matrix_norm / norm of ord 2, −2 and 'nuc',
+  cond, lstsq (every driver): buildsys/rewrites/singular.py.
 - geqrf, householder_product / orgqr, ormqr, qr (every mode) of any m × n: buildsys/rewrites/householder.py.
+- lu_factor / lu_factor_ex / linalg.lu / torch.lu, lu_unpack, lu_solve (getrf's partial pivoting):
+  buildsys/rewrites/lu.py.
 
 inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot, so the rewrite returns
 inf / NaN there (_ex's info is right). Refused: n > MAX_SIZE, a dynamic n, complex, out=, a vector B with left=False.
@@ -36,9 +37,9 @@ from functools import reduce
 from operator import mul
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites import householder, singular
+from buildsys.rewrites import householder, lu, singular
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
-from buildsys.rewrites.rotations import MAX_SIZE, SWEEPS, ascending, eye, real_matrix, rotation, schedule
+from buildsys.rewrites.rotations import MAX_SIZE, ascending, eye, real_matrix, rotation, schedule, sweeps
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,8 @@ def _square(A: torch.Tensor, op: str, name: str = "A") -> int:
         raise RuntimeError(f"{op}: Low precision dtypes not supported. Got {A.dtype}")
     if rows > MAX_SIZE:
         raise RewriteNotApplicable(_FAMILY, op, f"n = {rows} is above {MAX_SIZE} (the unrolled graph grows with n³)")
+    if rows == 0:
+        raise RewriteNotApplicable(_FAMILY, op, "an empty 0 × 0 matrix")
     return rows
 
 
@@ -71,7 +74,7 @@ def _eliminate(A: torch.Tensor, B: torch.Tensor | None, n: int, safe: bool
 
     from buildsys.rewrites.mechanism import constant
 
-    positions = constant(np.arange(n, dtype=np.int64))
+    positions = constant(np.asarray(list(range(n)), dtype=np.int64))  # not np.arange: TorchDynamo traces it
     pivots, kept = [], []
     for k in range(n):
         below = A[..., k:, k].abs()
@@ -213,7 +216,7 @@ def _cholesky(A: torch.Tensor, upper: bool, op: str) -> tuple[torch.Tensor, torc
         square = c[..., j, 0]
         bad.append(torch.logical_not(square > 0))
         root = torch.sqrt(square)[..., None, None]
-        at, after = constant(np.asarray([[i == j] for i in range(n)])), constant(np.arange(n)[:, None] > j)
+        at, after = constant(np.asarray([[i == j] for i in range(n)])), constant(np.asarray([[i > j] for i in range(n)]))
         columns.append(torch.where(at, root, torch.where(after, c / root, torch.zeros_like(c))))
     L = torch.cat(columns, dim=-1)
     return (L.transpose(-2, -1) if upper else L), _first(bad)
@@ -230,8 +233,8 @@ def cholesky_ex(A: torch.Tensor, *, upper: bool = False, check_errors: bool = Fa
 
 
 def _jacobi(A: torch.Tensor, n: int, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the diagonal after SWEEPS parallel Jacobi sweeps [..., n], the accumulated rotations V) of symmetric A
-    (rotations.py: each rotation zeroes A's (p, q))."""
+    """(the diagonal after rotations.sweeps(n) parallel Jacobi sweeps [..., n], the accumulated rotations V) of
+    symmetric A (rotations.py: each rotation zeroes A's (p, q))."""
     import numpy as np
     import torch
 
@@ -244,7 +247,7 @@ def _jacobi(A: torch.Tensor, n: int, vectors: bool) -> tuple[torch.Tensor, torch
     picks = [constant(np.asarray([p * n + p for p, _ in r.pairs] + [q * n + q for _, q in r.pairs]
                                  + [p * n + q for p, q in r.pairs], dtype=np.int64)) for r in steps]
     V = None
-    for _ in range(SWEEPS):
+    for _ in range(sweeps(n)):
         for step, picked in zip(steps, picks):
             m = len(step.pairs)
             entries = A.flatten(-2).index_select(-1, picked)  # (p, p), (q, q), (p, q) of each pair
@@ -266,9 +269,8 @@ def _symmetric(A: torch.Tensor, UPLO: str, n: int, op: str) -> torch.Tensor:
     if UPLO not in ("L", "U", "l", "u"):
         raise RuntimeError(f"{op}: Expected UPLO argument to be 'L' or 'U', but got {UPLO}")
     S = A if UPLO.upper() == "L" else A.transpose(-2, -1)
-    offset = np.arange(n)[:, None] - np.arange(n)[None, :]  # row − column
-    low = torch.where(constant(offset >= 0), S, torch.zeros_like(S))
-    strict = torch.where(constant(offset > 0), S, torch.zeros_like(S))
+    low = torch.where(constant(np.asarray([[i >= j for j in range(n)] for i in range(n)])), S, torch.zeros_like(S))
+    strict = torch.where(constant(np.asarray([[i > j for j in range(n)] for i in range(n)])), S, torch.zeros_like(S))
     return low + strict.transpose(-2, -1)
 
 
@@ -292,50 +294,36 @@ def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> torch.T
     return _eigh(A, UPLO, False, "torch.linalg.eigvalsh")[0]
 
 
-def svdvals(A: torch.Tensor, *, driver: str | None = None, out: object = None) -> torch.Tensor:
-    import numpy as np
-    import torch
-
-    from buildsys.rewrites.mechanism import constant, static_size
-
-    refuse_out(_FAMILY, op := "torch.linalg.svdvals", out)
-    if isinstance(A, torch.Tensor) and A.dim() >= 2:
-        rows, cols = static_size(A, -2, _FAMILY, op), static_size(A, -1, _FAMILY, op)
-        gram = torch.matmul(A.transpose(-2, -1), A) if cols <= rows else torch.matmul(A, A.transpose(-2, -1))
-    else:
-        gram = A
-    w, _ = _eigh(gram, "L", False, op)  # ascending; the Gram's checks are A's (dtype, complex, static, size)
-    k = w.shape[-1]
-    reverse = constant(np.asarray([k - 1 - i for i in range(k)], dtype=np.int64))
-    return torch.sqrt(torch.clamp(w, min=0.0)).index_select(-1, reverse)
-
-
 def _handlers() -> HandlerTable:
     import torch
 
     table = by_name({"inv": inv, "inverse": inv, "inv_ex": inv_ex, "det": det, "logdet": logdet,
                      "solve": solve, "solve_ex": solve_ex, "cholesky": cholesky, "cholesky_ex": cholesky_ex,
-                     "eigh": eigh, "eigvalsh": eigvalsh, "svdvals": svdvals},
+                     "eigh": eigh, "eigvalsh": eigvalsh},
                     (torch.linalg, torch, torch.Tensor))
     table.update({torch.linalg.slogdet: linalg_slogdet, torch.slogdet: slogdet, torch.Tensor.slogdet: slogdet})
     table.update(householder.handlers())
     table.update(singular.handlers())
+    table.update(lu.handlers())
     return table
 
 
 REWRITES = (
     Rewrite(
         name="linalg",
-        version=3,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi)
+        version=4,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi); 4: QR's graph of
+        # constants (no diag_embed / alias / iota), svdvals by one-sided Jacobi, matrix_rank / pinv / spectral norms /
+        # cond / lstsq, the LU functions
         removes=("aten::linalg_inv", "aten::linalg_inv_ex", "aten::inverse", "aten::linalg_det", "aten::_linalg_det",
                  "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
                  "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
                  "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
                  "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd") + householder.REMOVES
-        + singular.REMOVES,
+        + singular.REMOVES + lu.REMOVES,
         description="inv / det / slogdet / logdet / solve (Gauss-Jordan, one-hot pivoting), cholesky, eigh / eigvalsh "
-                    "(parallel Jacobi), svdvals, svd (one-sided Jacobi) of n ≤ 16 matrices; QR (Householder, as "
-                    "LAPACK); unrolled",
+                    "(parallel Jacobi), svd / svdvals (one-sided Jacobi) and matrix_rank / pinv / spectral norms / "
+                    "cond / lstsq from it, LU (getrf's pivoting) / lu_unpack / lu_solve of n ≤ 16 matrices; QR "
+                    "(Householder, as LAPACK); unrolled",
         handlers=_handlers,
     ),
 )

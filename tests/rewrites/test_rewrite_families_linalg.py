@@ -12,7 +12,7 @@ import torch
 
 from buildsys import rewrites
 from buildsys.rewrites import RewriteNotApplicable
-from tests.helpers.rewrite_checks import assert_equivalent, check, randn
+from tests.helpers.rewrite_checks import assert_equivalent, check, graph_ops, randn
 from tests.helpers.rewrite_ops import Fn
 
 DTYPES = [torch.float32, torch.float64]
@@ -263,6 +263,18 @@ def test_refusals_say_why() -> None:
                             strict=False)
     with pytest.raises(RuntimeError, match="square"):  # what torch says, not a refusal
         rewritten(torch.linalg.inv)(torch.ones(2, 3))
+    for fn in (torch.linalg.inv, torch.linalg.det, torch.linalg.eigvalsh, torch.linalg.cholesky, torch.linalg.svdvals,
+               torch.linalg.matrix_rank, torch.linalg.pinv, lambda t: torch.linalg.matrix_norm(t, 1)):
+        with pytest.raises(RewriteNotApplicable, match=r"an empty 0 × 0 matrix"):
+            rewritten(fn)(torch.zeros(2, 0, 0))
+
+
+@pytest.mark.parametrize("shape", [(5, 0), (0, 5), (2, 0, 3), (0, 0)], ids=str)
+def test_qr_of_an_empty_matrix(shape: tuple[int, ...]) -> None:
+    a = torch.zeros(shape)
+    for mode in ("reduced", "complete", "r"):
+        for part in (0, 1):
+            check(lambda t: torch.linalg.qr(t, mode=mode)[part], "linalg", a)
 
 
 def test_a_dynamic_batch_is_fine() -> None:
@@ -317,3 +329,166 @@ def test_no_householder_op_is_left_in_any_graph() -> None:
     check(lambda x: torch.linalg.qr(x)[0] + torch.geqrf(x)[0][:, :3].sum(), "linalg", a, graphs=True)
     reflectors, tau = torch.geqrf(randn(4, 4, seed=34))
     check(lambda r, t, c: torch.ormqr(r, t, c), "linalg", reflectors, tau, randn(4, 2, seed=35), graphs=True)
+
+
+#: ops a converter may lack that the family's graphs may not hold (the qr OpInfo sample's refusals: diag_embed by the
+#: legacy ONNX exporter, alias by coremltools' export frontend, iota by the TFLite runtime)
+NOT_PLAIN = {"diag_embed", "alias", "arange", "iota", "eye", "triu", "tril", "detach", "clone_as_alias"}
+
+
+@pytest.mark.filterwarnings("ignore:torch.qr is deprecated")
+@pytest.mark.parametrize("shape", [(5, 5), (6, 3), (3, 6), (2, 4, 4), (1, 1)], ids=str)
+def test_qr_graphs_hold_plain_ops_only(shape: tuple[int, ...]) -> None:
+    """torch.qr's OpInfo sample (5 × 5) and the other shapes: no diag_embed / alias / iota-like op in the trace, the
+    export or its decomposition (the masks, the identity and the index vectors are constants)."""
+    a = randn(*shape, seed=41)
+    for fn in (lambda t: torch.qr(t)[0], lambda t: torch.qr(t).R, lambda t: torch.linalg.qr(t, mode="complete")[0],
+               lambda t: torch.linalg.qr(t, mode="r")[1],
+               lambda t: torch.geqrf(t)[0], lambda t: torch.linalg.householder_product(*torch.geqrf(t))
+               if t.shape[-2] >= t.shape[-1] else torch.geqrf(t)[1]):
+        found = graph_ops(rewritten(fn), (a,))
+        for kind in ("traced", "exported", "decomposed"):
+            assert not NOT_PLAIN & found[kind], f"{kind}: {NOT_PLAIN & found[kind]}"
+        check(fn, "linalg", a)
+
+
+def low_rank(shape: tuple[int, int], rank: int, batch: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    m, n = shape
+    return (randn(*batch, m, rank, seed=seed, dtype=torch.float64) @ randn(*batch, rank, n, seed=seed + 1,
+                                                                           dtype=torch.float64)).to(dtype)
+
+
+def conditioned(shape: tuple[int, int], batch: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """U diag(s) Vᵀ of singular values in [0.5, 2], any m × n."""
+    k = min(shape)
+    left, right = orthogonal(shape[0], batch, seed)[..., :k], orthogonal(shape[1], batch, seed + 1)[..., :k]
+    return ((left * spectrum(k, batch, seed + 2).unsqueeze(-2)) @ right.transpose(-2, -1)).to(dtype)
+
+
+SPECTRAL_SHAPES = [(1, 1), (3, 3), (5, 4), (4, 5)]
+
+
+@dtypes
+@pytest.mark.parametrize("batch", [(), (3,)], ids=str)
+@pytest.mark.parametrize("shape", SPECTRAL_SHAPES, ids=str)
+def test_matrix_rank_matches_torch(shape: tuple[int, int], batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Every rank from 0 to min(m, n) (σ computed on A itself: the zero ones come out at rounding level, below
+    torch's default tolerance ε·max(m, n)·σ_max), every tolerance argument, hermitian."""
+    for rank in range(min(shape) + 1):
+        a = low_rank(shape, rank, batch, dtype, seed=rank)
+        check(torch.linalg.matrix_rank, "linalg", a)
+        check(lambda t: torch.linalg.matrix_rank(t, atol=0.5, rtol=0.1), "linalg", a)
+        check(lambda t: torch.linalg.matrix_rank(t, atol=1.0), "linalg", a)
+        check(lambda t: torch.linalg.matrix_rank(t, rtol=0.3), "linalg", a)
+        check(lambda t: torch.linalg.matrix_rank(t, 0.7), "linalg", a)  # the deprecated tol: atol, rtol 0
+        check(lambda t, u: torch.linalg.matrix_rank(t, atol=u.abs().amax(-1)), "linalg", a, a.sum(-1))  # tensors
+        check(lambda t, u: torch.linalg.matrix_rank(t, rtol=u.abs().amax(-1) / 10), "linalg", a, a.sum(-1))
+        if shape[0] == shape[1]:
+            s = a @ a.transpose(-2, -1) - a.transpose(-2, -1) @ a  # symmetric, of eigenvalues of both signs
+            check(lambda t: torch.linalg.matrix_rank(t, hermitian=True), "linalg", a @ a.transpose(-2, -1))
+            check(lambda t: torch.linalg.matrix_rank(t, hermitian=True, rtol=0.2), "linalg", s)
+
+
+@dtypes
+@pytest.mark.parametrize("batch", [(), (3,)], ids=str)
+@pytest.mark.parametrize("shape", SPECTRAL_SHAPES, ids=str)
+def test_pseudo_inverse_norms_and_condition_match_torch(shape: tuple[int, int], batch: tuple[int, ...],
+                                                        dtype: torch.dtype) -> None:
+    a, rel = conditioned(shape, batch, dtype, seed=sum(shape)), REL[dtype]
+    check(torch.linalg.pinv, "linalg", a, rel=rel)
+    check(torch.pinverse, "linalg", a, rel=rel)
+    check(lambda t: t.pinverse(), "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.pinv(t, rtol=0.5), "linalg", a, rel=rel)  # drops the σ below 0.5·σ_max
+    check(lambda t: torch.linalg.pinv(t, atol=0.8), "linalg", a, rel=rel)
+    check(lambda t: torch.linalg.pinv(t, 0.6), "linalg", a, rel=rel)  # rcond
+    check(lambda t: torch.linalg.pinv(low_rank(shape, 1, (), dtype, 3) + 0 * t), "linalg", a, rel=rel)
+    stacked = torch.stack([a, 2.0 * a], dim=-2)  # [..., m, 2, n]: norms over dims that are not the last two
+    for ord in (2, -2, "nuc", "fro", 1, -1, float("inf"), -float("inf")):
+        check(lambda t: torch.linalg.matrix_norm(t, ord), "linalg", a, rel=rel)
+        check(lambda t: torch.linalg.norm(t, ord, dim=(-1, -2), keepdim=True), "linalg", a, rel=rel)
+        for dim in ((0, -1), (-1, 0), (-3, -2)):
+            for keepdim in (False, True):
+                check(lambda t: torch.linalg.matrix_norm(t, ord, dim, keepdim), "linalg", stacked, rel=rel)
+    check(lambda t: torch.norm(t, p="nuc", dim=(-2, -1)), "linalg", a, rel=rel)
+    check(lambda t: torch.norm(t, p="fro", dim=(-2, -1)) + torch.norm(t, p=3), "linalg", a, rel=rel)  # torch's own
+    vector_norms: list[tuple[float | None, int | tuple[int, ...] | None]] = [
+        (None, None), (None, (-2, -1)), (3, -1), (-1, (0,)), (float("inf"), None)]
+    for vector_ord, vector_dim in vector_norms:
+        vector = a.flatten() if vector_ord is not None and vector_dim is None else a
+        check(lambda t: torch.linalg.norm(t, vector_ord, vector_dim), "linalg", vector, rel=rel)  # vector norms
+    if shape[0] == shape[1]:
+        s = a + a.transpose(-2, -1)
+        check(lambda t: torch.linalg.pinv(t, hermitian=True), "linalg", s + 3.0 * torch.eye(shape[0], dtype=dtype),
+              rel=rel)
+        for p in (None, 2, -2, 1, -1, float("inf"), "fro", "nuc"):
+            check(lambda t: torch.linalg.cond(t, p), "linalg", a, rel=rel)
+    if not batch:
+        check(lambda t: torch.linalg.norm(t, 2), "linalg", a, rel=rel)
+        check(lambda t: torch.norm(t, p="nuc"), "linalg", a, rel=rel)
+        check(lambda t: t.norm(p="nuc"), "linalg", a, rel=rel)
+        check(lambda t: torch.nuclear_norm(t), "linalg", a, rel=rel)
+
+
+LSTSQ_SHAPES = [(1, 1), (3, 3), (5, 4), (4, 5), (4, 3), (2, 3)]
+
+
+@dtypes
+@pytest.mark.parametrize("batch", [(), (3,)], ids=str)
+@pytest.mark.parametrize("shape", LSTSQ_SHAPES, ids=str)
+@pytest.mark.parametrize("driver", [None, "gels", "gelsy", "gelss", "gelsd"])
+def test_least_squares_match_torch(driver: str | None, shape: tuple[int, int], batch: tuple[int, ...],
+                                   dtype: torch.dtype) -> None:
+    """Every field of every driver's result as torch's on the CPU (empty ones with their shapes and dtypes); a
+    matrix or (a batch of) vector(s) B, B's batch broadcast against A's."""
+    a, rel = conditioned(shape, batch, dtype, seed=sum(shape) + 5), REL[dtype]
+    m = shape[0]
+    for b in (randn(*batch, m, 2, seed=3, dtype=dtype), randn(*batch, m, seed=4, dtype=dtype)):
+        for field in range(4):
+            check(lambda s, t: torch.linalg.lstsq(s, t, driver=driver)[field], "linalg", a, b, rel=rel)
+    if batch:  # A's batch of 1 against B's of 3
+        for field in range(4):
+            check(lambda s, t: torch.linalg.lstsq(s, t, driver=driver)[field], "linalg", a[:1],
+                  randn(*batch, m, 2, seed=5, dtype=dtype), rel=rel)
+    b = randn(*batch, m, 2, seed=6, dtype=dtype)
+    for field in (0, 2, 3):  # rank-deficient at this rcond: the residuals are torch's empty tensor (and NaN here)
+        if driver in (None, "gelsy"):  # gelsy's rank at another rcond is its pivoted QR's estimate, not the SVD's
+            with pytest.raises(RewriteNotApplicable, match="rcond with the gelsy driver"):
+                rewritten(lambda s, t: torch.linalg.lstsq(s, t, rcond=0.6, driver=driver)[field])(a, b)
+        else:
+            check(lambda s, t: torch.linalg.lstsq(s, t, rcond=0.6, driver=driver)[field], "linalg", a, b, rel=rel)
+
+
+def test_least_squares_of_a_rank_deficient_matrix() -> None:
+    """The minimum-norm solution and the rank as gelsy / gelss / gelsd give them; gelss / gelsd's residuals (empty
+    in torch: their shape depends on the rank) are NaN."""
+    a, b = low_rank((5, 3), 2, (), torch.float64, seed=9), randn(5, 2, seed=10, dtype=torch.float64)
+    for driver in ("gelsy", "gelss", "gelsd"):
+        check(lambda s, t: torch.linalg.lstsq(s, t, driver=driver).solution, "linalg", a, b, rel=1e-8)
+        check(lambda s, t: torch.linalg.lstsq(s, t, driver=driver).rank, "linalg", a, b)
+    residuals = rewritten(lambda s, t: torch.linalg.lstsq(s, t, driver="gelss").residuals)(a, b)
+    assert residuals.shape == (2,) and residuals.isnan().all() and torch.linalg.lstsq(a, b, driver="gelss").residuals.numel() == 0
+
+
+def test_no_svd_op_is_left_in_any_graph() -> None:
+    """matrix_rank, pinv, the spectral norms and cond leave no _linalg_svd (torch computes them with it inside one
+    op the table would not see); lstsq, which torch.export cannot trace (its outputs' shapes depend on the data),
+    exports once rewritten."""
+    a = conditioned((4, 3), (2,), torch.float32, seed=11)
+    s = a.transpose(-2, -1) @ a
+    check(torch.linalg.matrix_rank, "linalg", a, graphs=True)
+    check(lambda t: torch.linalg.matrix_rank(t, hermitian=True), "linalg", s, graphs=True)
+    check(lambda t: torch.linalg.pinv(t) + torch.pinverse(t)
+          + torch.linalg.pinv(t.transpose(-2, -1) @ t, hermitian=True) @ t.transpose(-2, -1), "linalg", a, graphs=True)
+    check(lambda t: torch.linalg.matrix_norm(t, 2) + torch.linalg.norm(t, "nuc", dim=(-2, -1))
+          + torch.linalg.matrix_norm(t, -2), "linalg", a, graphs=True)
+    check(lambda t: torch.linalg.cond(t) + torch.linalg.cond(t, "nuc") + torch.linalg.cond(t, 1), "linalg", s,
+          graphs=True)
+    check(lambda t: torch.linalg.matrix_norm(t, 1) + torch.linalg.norm(t, float("inf"), dim=(-2, -1)), "linalg", a,
+          graphs=True)  # the ords without an SVD leave no linalg_matrix_norm either
+    check(torch.linalg.svdvals, "linalg", a, graphs=True)
+    b = randn(2, 4, 2, seed=12)
+    for driver in (None, "gels", "gelss"):
+        fn = (lambda s, t: tuple(torch.linalg.lstsq(s, t, driver=driver)))
+        found = graph_ops(rewritten(fn), (a, b))
+        for kind in ("traced", "exported", "decomposed"):
+            assert not {op for op in found[kind] if "linalg" in op or "svd" in op or "lstsq" in op}, found[kind]
