@@ -144,7 +144,7 @@ def main() -> None:
           f"{len(chosen['left_out'])} ops left out", flush=True)
     rows = [matrix.Row(c["key"], model_entry(c), write_case_data(c)) for c in cases]
     matrix.run(opts, rows, families, results, factory=OPCASE, with_anchors=not opts.no_anchors,
-               rendered_as="holdout_json" if opts.offset else "op_json",  # a shifted sample is the second one
+               rendered_as=None if opts.offset else "op_json",  # a later sample's JSON is read by its name
                after_build=lambda r: note_decompositions(r, [c["key"] for c in cases]))
 
 

@@ -168,10 +168,11 @@ def anchor_requests(rows: list[Row], root: Path) -> dict[str, dict[str, Any]]:
 
 
 def run(opts: argparse.Namespace, rows: list[Row], families: dict[str, dict[str, Any]], results: dict[str, Any], *,
-        factory: Path, with_anchors: bool, rendered_as: str, extra_path: tuple[str, ...] = (),
+        factory: Path, with_anchors: bool, rendered_as: str | None, extra_path: tuple[str, ...] = (),
         after_build: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Build the cells, then (with_anchors) each converter alone on the same rows; save the JSON and render the
-    doc from it (`rendered_as`: render.write's argument it stands for, op_json or model_json)."""
+    doc from it (`rendered_as`: render.write's argument it stands for, op_json or model_json; None: every file
+    from benchmarks/results, the later op samples' by name)."""
     from benchmarks.coverage import render
 
     def log(message: str) -> None:
@@ -192,7 +193,7 @@ def run(opts: argparse.Namespace, rows: list[Row], families: dict[str, dict[str,
                     timeout=opts.timeout, fresh=opts.fresh, extra_path=extra_path, log=log)
     save(opts.out, results)
     if str(opts.doc) != "-":
-        render.write(opts.doc, **{rendered_as: opts.out})
+        render.write(opts.doc, **({rendered_as: opts.out} if rendered_as else {}))
         log(f"wrote {opts.doc}")
 
 
