@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from buildsys.rewrites import bessel_tables as tables
 from buildsys.rewrites.base import HandlerTable, Rewrite, by_name, in_place, refuse_out
-from buildsys.rewrites.special import _horner
+from buildsys.rewrites.special import horner
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +140,7 @@ def _asymptotic(high: torch.Tensor, first: bool, second_kind: bool) -> torch.Ten
     else:
         pp, pq, qp, qq = tables.J0_PP, tables.J0_PQ, tables.J0_QP, tables.J0_QQ
         w, angle = 25.0 / (high * high), high - _QUARTER_PI
-    p, q = _horner(pp, w) / _horner(pq, w), 5.0 / high * (_horner(qp, w) / _horner(qq, w))
+    p, q = horner(pp, w) / horner(pq, w), 5.0 / high * (horner(qp, w) / horner(qq, w))
     if second_kind:
         wave = p * torch.sin(angle) + q * torch.cos(angle)
     else:
@@ -152,13 +152,13 @@ def _j0_below_5(s: torch.Tensor) -> torch.Tensor:
     import torch
 
     z = s * s
-    rational = (z - _J0_ZEROS[0]) * (z - _J0_ZEROS[1]) * _horner(tables.J0_RP, z) / _horner(tables.J0_RQ, z)
+    rational = (z - _J0_ZEROS[0]) * (z - _J0_ZEROS[1]) * horner(tables.J0_RP, z) / horner(tables.J0_RQ, z)
     return torch.where(s < 1e-5, 1.0 - z / 4.0, rational)
 
 
 def _j1_below_5(s: torch.Tensor) -> torch.Tensor:
     z = s * s
-    return _horner(tables.J1_RP, z) / _horner(tables.J1_RQ, z) * s * (z - _J1_ZEROS[0]) * (z - _J1_ZEROS[1])
+    return horner(tables.J1_RP, z) / horner(tables.J1_RQ, z) * s * (z - _J1_ZEROS[0]) * (z - _J1_ZEROS[1])
 
 
 def _bessel_j(x: torch.Tensor, first: bool) -> torch.Tensor:
@@ -176,10 +176,10 @@ def _bessel_y(x: torch.Tensor, first: bool) -> torch.Tensor:
     low = torch.where(x > 0, torch.clamp(x, max=5.0), torch.ones_like(x))  # (0, 5]
     z = low * low
     if first:
-        rational = low * (_horner(tables.Y1_YP, z) / _horner(tables.Y1_YQ, z))
+        rational = low * (horner(tables.Y1_YP, z) / horner(tables.Y1_YQ, z))
         small = rational + _TWO_OVER_PI * (_j1_below_5(low) * torch.log(low) - 1.0 / low)
     else:
-        rational = _horner(tables.Y0_YP, z) / _horner(tables.Y0_YQ, z)
+        rational = horner(tables.Y0_YP, z) / horner(tables.Y0_YQ, z)
         small = rational + _TWO_OVER_PI * torch.log(low) * _j0_below_5(low)
     small = torch.where(x == 0, -math.inf, torch.where(x < 0, math.nan, small))
     return torch.where(x <= 5.0, small, _asymptotic(torch.clamp(x, min=5.0), first, True))

@@ -45,8 +45,9 @@ tests/rewrites/test_rewrite_families_floating.py.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
+from buildsys.rewrites.special import horner
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
 
 if TYPE_CHECKING:
@@ -71,13 +72,6 @@ _CODY_TAIL_P = (-1.63153871373020978498e-2, -3.05326634961232344035e-1, -3.60344
                 -1.25781726111229246204e-1, -1.60837851487422766278e-2, -6.58749161529837803157e-4)
 _CODY_TAIL_Q = (1.0, 2.56852019228982242072e00, 1.87295284992346047209e00, 5.27905102951428412248e-1,
                 6.05183413124413191178e-2, 2.33520497626869185443e-3)
-
-
-def _polynomial(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
-    result = t * 0.0 + coefficients[0]
-    for c in coefficients[1:]:
-        result = result * t + c
-    return result
 
 
 def _floating(*values: Any) -> tuple[torch.Tensor, ...]:
@@ -278,7 +272,7 @@ def _erf_near(x: torch.Tensor) -> torch.Tensor:
 
     near = torch.clamp(x, -0.5, 0.5)
     t = near * near
-    return near * _polynomial(_CODY_ERF_P, t) / _polynomial(_CODY_ERF_Q, t)
+    return near * horner(_CODY_ERF_P, t) / horner(_CODY_ERF_Q, t)
 
 
 def _erfcx_positive(x: torch.Tensor) -> torch.Tensor:
@@ -286,10 +280,10 @@ def _erfcx_positive(x: torch.Tensor) -> torch.Tensor:
     import torch
 
     near = torch.exp(x * x) * (1.0 - _erf_near(x))
-    middle = _polynomial(_CODY_P, x) / _polynomial(_CODY_Q, x)
+    middle = horner(_CODY_P, x) / horner(_CODY_Q, x)
     large = torch.clamp(x, min=4.0)
     t = 1.0 / (large * large)
-    tail = (_INV_SQRT_PI + t * _polynomial(_CODY_TAIL_P, t) / _polynomial(_CODY_TAIL_Q, t)) / large
+    tail = (_INV_SQRT_PI + t * horner(_CODY_TAIL_P, t) / horner(_CODY_TAIL_Q, t)) / large
     return torch.where(x < 0.46875, near, torch.where(x <= 4.0, middle, tail))
 
 

@@ -29,8 +29,9 @@ tests/rewrites/test_rewrite_families_gamma.py.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
+from buildsys.rewrites.special import horner
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def kernel_digamma(input: torch.Tensor) -> torch.Tensor:
         result = torch.where(small, result - 1.0 / x, result)
         x = torch.where(small, x + 1.0, x)
     z = 1.0 / (x * x)
-    series = torch.where(x < 1e17, z * _polynomial(_DIGAMMA_A, z), torch.zeros_like(z))
+    series = torch.where(x < 1e17, z * horner(_DIGAMMA_A, z), torch.zeros_like(z))
     value = torch.where(x == 10.0, result + _PSI_10, result + torch.log(x) - 0.5 / x - series)
     angle = math.pi * (input - torch.round(input))  # cot has period π: the nearest integer off, exactly
     value = torch.where(negative, value - math.pi * torch.cos(angle) / torch.sin(angle), value)
@@ -160,7 +161,7 @@ def polygamma(first: Any, second: Any, *, out: object = None) -> torch.Tensor:
     beyond = x <= 9.0 - _TERMS
     value = scale * hurwitz(torch.full_like(x, float(n + 1)), torch.where(beyond, 1.0 - x, x))
     angle = math.pi * (x - torch.round(x))
-    derivative = _polynomial(_cot_derivative(n), torch.cos(angle) / torch.sin(angle))
+    derivative = horner(_cot_derivative(n), torch.cos(angle) / torch.sin(angle))
     power = math.pi ** (n + 1) if n < 600 else math.inf  # π⁶⁰⁰ is past float64 already
     reflected = (-1.0 if n % 2 else 1.0) * value - power * derivative
     pole = torch.full_like(x, math.copysign(math.inf, scale))  # at 0, −1, …: the kernel's zeta is inf there
@@ -186,13 +187,6 @@ def _cot_derivative(n: int) -> list[float]:
             product[k + 2] -= c
         coefficients = product
     return [_float(c) for c in reversed(coefficients)]
-
-
-def _polynomial(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
-    result = t * 0.0 + coefficients[0]
-    for c in coefficients[1:]:
-        result = result * t + c
-    return result
 
 
 def _handlers() -> HandlerTable:

@@ -33,6 +33,7 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
+from buildsys.rewrites.special import horner
 from buildsys.rewrites.base import RewriteNotApplicable, refuse_out
 
 if TYPE_CHECKING:
@@ -61,13 +62,6 @@ _ASIN_S = (1.0, -2.194779531642920639778e1, 1.470656354026814941758e2, -3.838770
 _MOREBITS = 6.123233995736765886130e-17  # π/2 − float64(π/2)
 
 
-def _polynomial(coefficients: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
-    result = t * 0.0 + coefficients[0]
-    for c in coefficients[1:]:
-        result = result * t + c
-    return result
-
-
 def _asin(x: torch.Tensor) -> torch.Tensor:
     """Cephes' asin on [−1, 1] (relative error ~1e-16), from sqrt and rational functions."""
     import torch
@@ -75,10 +69,10 @@ def _asin(x: torch.Tensor) -> torch.Tensor:
     a = x.abs()
     z = 1.0 - a
     root = torch.sqrt(z + z)
-    large = (math.pi / 4 - root) - (root * (z * _polynomial(_ASIN_R, z) / _polynomial(_ASIN_S, z)) - _MOREBITS) \
+    large = (math.pi / 4 - root) - (root * (z * horner(_ASIN_R, z) / horner(_ASIN_S, z)) - _MOREBITS) \
         + math.pi / 4
     square = a * a
-    small = a * (square * _polynomial(_ASIN_P, square) / _polynomial(_ASIN_Q, square)) + a
+    small = a * (square * horner(_ASIN_P, square) / horner(_ASIN_Q, square)) + a
     value = torch.where(a > 0.625, large, small)
     return torch.where(x < 0, -value, value)
 

@@ -46,7 +46,9 @@ _SHIFT = 6.0
 
 
 
-def _horner(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
+def horner(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
+    """Σ cᵢ·tⁱ by Horner's rule, coefficients highest power first (unrolled into the graph); every family's
+    polynomials and rational approximations evaluate with it."""
     result = t * 0.0 + coefficients[0]
     for c in coefficients[1:]:
         result = result * t + c
@@ -57,8 +59,8 @@ def _erfinv_from(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """erfinv(x) given w = −log((1 − x)(1 + x)), computed by the caller where it knows a better form."""
     import torch
 
-    central = _horner(_ERFINV_CENTRAL, w - 2.5)
-    tail = _horner(_ERFINV_TAIL, torch.sqrt(torch.clamp(w, min=5.0)) - 3.0)
+    central = horner(_ERFINV_CENTRAL, w - 2.5)
+    tail = horner(_ERFINV_TAIL, torch.sqrt(torch.clamp(w, min=5.0)) - 3.0)
     y = torch.where(w < 5.0, central, tail) * x
     if x.dtype == torch.float64:  # Newton on erf(y) = x, from float32's 4e-7 to float64's precision
         y = y - (torch.erf(y) - x) / (2.0 / math.sqrt(math.pi) * torch.exp(-y * y))
