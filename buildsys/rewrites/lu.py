@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites.base import HandlerTable, RewriteNotApplicable, by_name, refuse_out, returned
 from buildsys.rewrites.householder import _constant, _identity, _upper
-from buildsys.rewrites.rotations import MAX_SIZE, real_matrix
+from buildsys.rewrites.singular import matrix_shape
 
 if TYPE_CHECKING:
     import torch
@@ -33,21 +33,6 @@ if TYPE_CHECKING:
 REMOVES = ("aten::linalg_lu_factor", "aten::linalg_lu_factor_ex", "aten::linalg_lu", "aten::_lu_with_info",
            "aten::lu_unpack", "aten::linalg_lu_solve", "aten::lu_solve")
 _FAMILY = "linalg"
-
-
-def _matrix(A: torch.Tensor, op: str, name: str = "A") -> tuple[int, int]:
-    """(m, n) of A [..., m, n]: real float32 / float64, static, min(m, n) in 1 … MAX_SIZE."""
-    import torch
-
-    m, n = real_matrix(A, op, name)
-    if A.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: Low precision dtypes not supported. Got {A.dtype}")
-    if min(m, n) > MAX_SIZE:
-        raise RewriteNotApplicable(_FAMILY, op, f"min(m, n) = {min(m, n)} is above {MAX_SIZE} (the unrolled graph "
-                                   "grows with n³)")
-    if min(m, n) == 0:
-        raise RewriteNotApplicable(_FAMILY, op, f"an empty {m} × {n} matrix")
-    return m, n
 
 
 def _pivoting(pivot: bool, op: str) -> None:
@@ -129,7 +114,7 @@ def lu_factor_ex(A: torch.Tensor, *, pivot: bool = True, check_errors: bool = Fa
     op = "torch.linalg.lu_factor_ex"
     refuse_out(_FAMILY, op, out)
     _pivoting(pivot, op)
-    LU, pivots, _, info = _factor(A, *_matrix(A, op))
+    LU, pivots, _, info = _factor(A, *matrix_shape(A, op))
     return returned("linalg_lu_factor_ex", (LU, pivots, info))
 
 
@@ -137,7 +122,7 @@ def lu_factor(A: torch.Tensor, *, pivot: bool = True, out: object = None) -> Any
     op = "torch.linalg.lu_factor"
     refuse_out(_FAMILY, op, out)
     _pivoting(pivot, op)
-    LU, pivots, _, _ = _factor(A, *_matrix(A, op))
+    LU, pivots, _, _ = _factor(A, *matrix_shape(A, op))
     return returned("linalg_lu_factor", (LU, pivots))
 
 
@@ -146,7 +131,7 @@ def linalg_lu(A: torch.Tensor, *, pivot: bool = True, out: object = None) -> Any
     op = "torch.linalg.lu"
     refuse_out(_FAMILY, op, out)
     _pivoting(pivot, op)
-    m, n = _matrix(A, op)
+    m, n = matrix_shape(A, op)
     LU, _, exchanges, _ = _factor(A, m, n)
     L, U = _triangles(LU, m, n)
     return returned("linalg_lu", (_permutation(exchanges, m, A.dtype), L, U))
@@ -157,7 +142,7 @@ def lu(A: torch.Tensor, pivot: bool = True, get_infos: bool = False, out: object
     op = "torch.lu"
     refuse_out(_FAMILY, op, out)
     _pivoting(pivot, op)
-    LU, pivots, _, info = _factor(A, *_matrix(A, op))
+    LU, pivots, _, info = _factor(A, *matrix_shape(A, op))
     return returned("_lu_with_info", (LU, pivots, info)) if get_infos else (LU, pivots)
 
 
@@ -171,7 +156,7 @@ def lu_unpack(LU_data: torch.Tensor, LU_pivots: torch.Tensor, unpack_data: bool 
     """torch.lu_unpack: (P, L, U) of lu_factor's (LU, pivots); each one not unpacked is an empty tensor, as torch's."""
     op = "torch.lu_unpack"
     refuse_out(_FAMILY, op, out)
-    m, n = _matrix(LU_data, op, "LU_data")
+    m, n = matrix_shape(LU_data, op, "LU_data")
     k = min(m, n)
     if LU_pivots.dim() < 1 or int(LU_pivots.shape[-1]) != k:
         raise RuntimeError(f"{op}: LU_pivots.size(-1) must be equal to min(LU_data.size(-2), LU_data.size(-1))")
@@ -204,7 +189,7 @@ def _lu_solve(LU: torch.Tensor, pivots: torch.Tensor, B: torch.Tensor, left: boo
               ) -> torch.Tensor:
     import torch
 
-    m, n = _matrix(LU, op, "LU")
+    m, n = matrix_shape(LU, op, "LU")
     if m != n:
         raise RuntimeError(f"{op}: A must be batches of square matrices, but they are {m} by {n} matrices")
     if not isinstance(B, torch.Tensor) or B.is_complex():

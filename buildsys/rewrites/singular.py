@@ -36,11 +36,12 @@ REMOVES = ("aten::linalg_svd", "aten::svd", "aten::linalg_matrix_rank", "aten::l
            "aten::linalg_lstsq")
 
 
-def _shape(A: torch.Tensor, op: str) -> tuple[int, int]:
-    """(m, n) of A [..., m, n], static and real, min(m, n) within the family's size."""
+def matrix_shape(A: torch.Tensor, op: str, name: str = "A") -> tuple[int, int]:
+    """(m, n) of A [..., m, n] (the argument `name`), static, real float32 / float64, min(m, n) within the family's
+    size and not 0 (the SVD's and the LU's check)."""
     import torch
 
-    m, n = real_matrix(A, op)
+    m, n = real_matrix(A, op, name)
     if A.dtype not in (torch.float32, torch.float64):
         raise RuntimeError(f"{op}: Low precision dtypes not supported. Got {A.dtype}")
     if min(m, n) > MAX_SIZE:
@@ -77,7 +78,7 @@ def singular_values(A: torch.Tensor, op: str, descending: bool = True) -> torch.
     descending (or in the order the sweeps leave them)."""
     import torch
 
-    m, n = _shape(A, op)
+    m, n = matrix_shape(A, op)
     k = min(m, n)
     X, _ = _orthogonalised(A if m >= n else A.transpose(-2, -1), k, vectors=False)
     S = torch.sqrt((X * X).sum(-2))
@@ -88,7 +89,7 @@ def _svd(A: torch.Tensor, op: str, full_matrices: bool) -> tuple[torch.Tensor, t
     """(U [..., m, k], S [..., k] descending, Vh [..., k, n]) with k = min(m, n)."""
     import torch
 
-    m, n = _shape(A, op)
+    m, n = matrix_shape(A, op)
     if full_matrices and m != n:
         raise RewriteNotApplicable(_FAMILY, op, f"full_matrices=True of a {m} × {n} matrix: completing U or V to a "
                                    "square basis is not rewritten (full_matrices=False, or torch.svd's some=True, is)")
@@ -163,7 +164,7 @@ def matrix_rank(A: torch.Tensor, tol: Any = None, hermitian: bool = False, *, at
     refuse_out(_FAMILY, op, out)
     if tol is not None:
         atol, rtol = tol, 0.0
-    m, n = _shape(A, op)
+    m, n = matrix_shape(A, op)
     S, largest = _spectrum(A, hermitian, op)
     return (S > _tolerance(largest, atol, rtol, m, n)).to(torch.int64).sum(-1)
 
@@ -178,7 +179,7 @@ def pinv(A: torch.Tensor, rcond: Any = None, hermitian: bool = False, *, atol: A
     refuse_out(_FAMILY, op, out)
     if rcond is not None:
         atol, rtol = 0.0, rcond
-    m, n = _shape(A, op)
+    m, n = matrix_shape(A, op)
     if hermitian:
         from buildsys.rewrites.linalg import _eigh
 
@@ -312,7 +313,7 @@ def lstsq(A: torch.Tensor, B: torch.Tensor, rcond: float | None = None, *, drive
         raise RewriteNotApplicable(_FAMILY, op, "rcond with the gelsy driver: its rank is the pivoted QR's condition "
                                    "estimate, which the singular values match only at the default rcond (gelss / gelsd "
                                    "are the SVD's)")
-    m, n = _shape(A, op)
+    m, n = matrix_shape(A, op)
     if not isinstance(B, torch.Tensor) or B.is_complex():
         raise RewriteNotApplicable(_FAMILY, op, "a complex (or non-tensor) B: only real matrices are rewritten")
     if B.dtype != A.dtype:
