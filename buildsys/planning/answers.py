@@ -40,8 +40,14 @@ def with_rewrites(route: "Route", names: Sequence[str], options: Mapping[str, An
 
 def refusal_rewrites(error: str, ops: Sequence[str] = ()) -> list[str]:
     """The rewrites a converter's refusal points at, of its best tier only (buildsys.rewrites.explain_refusal):
-    a refusal naming STFT gets `stft`, not also `complex` for the complex dtype it mentions."""
+    a refusal naming STFT gets `stft`, not also `complex` for the complex dtype it mentions. A step the build
+    stopped at its time budget or memory ceiling refused nothing: its text names no op, and the program's ops
+    ("in-program") would send it down a rewrite's route that is no faster (ExecuTorch's int8 lowering of a
+    DenseNet stopped at 5 minutes; the pooling rewrite then failed in the quantizer)."""
+    from buildsys.lowering.answers import STOPPED
 
+    if STOPPED.search(error):
+        return []
     matches = explain_refusal(error, ops)
     return [m.rewrite.name for m in matches if m.tier == matches[0].tier] if matches else []
 

@@ -201,3 +201,17 @@ def test_a_conjugate_without_a_kernel_points_at_the_complex_families() -> None:
     text = ("the program's operator aten::_conj_copy.out has no kernel in the ExecuTorch runtime and XNNPACK did not "
             "take it: the .pte would fail to load (error 0x14, missing operator)")
     assert set(names(text)) == {"fft", "complex"}
+
+
+def test_a_step_stopped_at_its_budget_points_at_no_rewrite() -> None:
+    """A stop names no op, so the program's ops would decide ("in-program"); but no rewrite makes a lowering that
+    ran out of time or memory cheaper, so none is tried (DenseNet's ExecuTorch int8 lowering went on to the pooling
+    rewrite, which the quantizer then refused)."""
+    from buildsys.planning.answers import refusal_rewrites
+
+    program = ["aten::conv2d", "aten::adaptive_avg_pool2d", "aten::linear"]
+    stopped = ("stopped: still running at its 5 min time budget (peak 1.09 GB), in torch/fx/traceback.py:130 "
+               "(__init__), from executorch/exir/program/_program.py:116 (wrapper)")
+    over = "stopped: 1.52 GB over its 1.50 GB memory ceiling after 17 s, in hog.py:17 (forward)"
+    assert refusal_rewrites(stopped, program) == refusal_rewrites(over, program) == []
+    assert refusal_rewrites("lowering to ExecuTorch failed: an internal error", program) == ["pooling"]
