@@ -19,19 +19,31 @@ project's size limit).
   ξ = x − π/4 (j1: x − 3π/4), P and Q rational in 25/x²; j0 is even, j1 odd; NaN at ±inf (cos(inf)).
 - bessel_y0 / y1: on (0, 5] a rational function in x² plus (2/π)·log(x)·j0(x) (y1: (2/π)·(j1(x)·log(x) −
   1/x)), above 5 the same asymptotic form with sin and cos exchanged; −inf at 0, NaN below.
+- airy_ai (torch.special.airy_ai, airy_ai_forward): x < −2.09 the oscillating form (1/√π)·(−x)^(−¼)·
+  (sin θ·(1 + z²·AFN/AFD) − cos θ·z·AGN/AGD), ζ = (2/3)·(−x)^(3/2), z = 1/ζ, θ = ζ + π/4 (NaN where ζ
+  overflows to inf, below −3.07e25 in float32, −2.0e205 in float64, as sin(inf)); x ≥ 2.09 (1/√π)·(AN/AD)(1/ζ)
+  / (2·x^¼·exp(ζ)) (float32's underflows to 0 past 25.77, as torch's); 0 above 103.892; between,
+  Ai(0)·f − |Ai′(0)|·g, f and g the Maclaurin series in x³. The kernel loops until a term of f is below
+  epsilon relative to f: at most 14 times (17 beside f's zero at −1.98636), but from the 13th term on
+  (|x³| ≤ 9.13: under 1e-19) nothing reaches the result's last bit, so 12 terms are unrolled, bit-identical to
+  the loop in float32 and float64 (checked on 4e5 points of the interval, and the floats beside f's zero). The
+  kernel's 8.3203353 changes nothing (above 2.09 it returns the asymptotic form either way). NaN at ±inf.
+  torch has no float16 / bfloat16 airy_ai kernel; the rewrite computes them in float32.
 
 Accuracy: the same approximations as torch's, so the difference is rounding, bounded by the check of
 tests/rewrites/test_rewrite_families_bessel.py (max abs error ≤ 1e-4 · max|torch's value| + 1e-6; measured over
-−85…85: under 6e-7 of max|torch's value| in float32, 2e-15 in float64); NaN, ±inf and the undefined values are
+−85…85: under 6e-7 of max|torch's value| in float32, 2e-15 in float64; airy_ai over −200…30: 8e-5 and 1.5e-13 in
+eager torch, whose float32 and float64 sqrt are an ulp off on AVX512 builds (PyTorch 2.13) and shift ζ by a few
+ulps; with a correctly rounded sqrt, as ONNX Runtime's, 1e-7 and 3e-16); NaN, ±inf and the undefined values are
 where torch's.
 Each branch is evaluated on a clamped input (where() computes both sides), so the unused one stays finite; the
-NaN at ±inf (i0, i1, j, y) and the NaN inputs are set by where() outright, since a converter's runtime need not
+NaN at ±inf (i0, i1, j, y, airy_ai) and the NaN inputs are set by where() outright, since a converter's runtime need not
 make NaN of inf/inf, cos(inf) or clamp(NaN) (ONNX Runtime does not).
 Integer inputs are computed in the default float dtype as torch promotes them, float16 / bfloat16 in float32
 and cast back (torch's i0 / i1 kernels upcast them the same way).
 
 Why a rewrite and not a decomposition: PyTorch's tables have no decomposition for modified_bessel_*,
-scaled_modified_bessel_*, bessel_y0 or bessel_y1 (torch.export keeps the op); those for i0, i0e, i1, i1e,
+scaled_modified_bessel_*, bessel_y0, bessel_y1 or airy_ai (torch.export keeps the op); those for i0, i0e, i1, i1e,
 bessel_j0 and bessel_j1 are torch._refs that lower to prims (aten.i0 → prims.bessel_i0, bessel_j0 →
 prims.bessel_j0) that no converter takes, and none of them is in the core ATen decompositions, so
 run_decompositions keeps every one of these ops (special_i0 only becomes aten.i0). Equivalence:
@@ -185,6 +197,53 @@ def _bessel_y(x: torch.Tensor, first: bool) -> torch.Tensor:
     return torch.where(x <= 5.0, small, _asymptotic(torch.clamp(x, min=5.0), first, True))
 
 
+# --- the Airy function Ai ----------------------------------------------------------------------------------
+
+_AIRY_AI0, _AIRY_AI0_SLOPE = 0.355028053887817239260, 0.258819403792806798405  # Ai(0), −Ai′(0)
+_INV_SQRT_PI = 5.64189583547756286948e-01
+_AIRY_LOW, _AIRY_HIGH, _AIRY_ZERO_ABOVE = -2.09, 2.09, 103.892  # the kernel's branch points
+_AIRY_SERIES_TERMS = 12  # the Maclaurin loop's terms unrolled (why 12: the module docstring)
+
+
+def _airy_series(s: torch.Tensor) -> torch.Tensor:
+    """Ai(s) = Ai(0)·f(s) + Ai′(0)·g(s) for −2.09 ≤ s < 2.09, f and g summed term by term in the kernel's order."""
+    import torch
+
+    f, m, z = torch.ones_like(s), torch.ones_like(s), s * s * s
+    g, n = s, s
+    for i in range(_AIRY_SERIES_TERMS):
+        k = 3.0 * i + 1.0
+        m = m * z / (k + 1.0)
+        n = n * z / (k + 2.0)
+        m = m / (k + 2.0)
+        f = f + m
+        n = n / (k + 3.0)
+        g = g + n
+    return _AIRY_AI0 * f - _AIRY_AI0_SLOPE * g
+
+
+def _airy_ai(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    neg = torch.clamp(x, max=_AIRY_LOW)  # x < −2.09: the oscillating asymptotic form
+    zeta = -2.0 * neg * torch.sqrt(-neg) / 3.0
+    z = 1.0 / zeta
+    zz = z * z
+    f = zz * horner(tables.AIRY_AFN, zz) / horner(tables.AIRY_AFD, zz)
+    g = z * horner(tables.AIRY_AGN, zz) / horner(tables.AIRY_AGD, zz)
+    theta = zeta + 0.25 * math.pi
+    wave = _INV_SQRT_PI / torch.sqrt(torch.sqrt(-neg)) * (torch.sin(theta) * (1.0 + f) - torch.cos(theta) * g)
+    wave = torch.where(zeta == math.inf, math.nan, wave)  # sin(inf): x < −3.07e25 (float32), −2.0e205 (float64)
+    pos = torch.clamp(x, min=_AIRY_HIGH, max=_AIRY_ZERO_ABOVE)  # x ≥ 2.09: exp(−ζ) times a rational in 1/ζ
+    zeta = 2.0 * pos * torch.sqrt(pos) / 3.0
+    w = 1.0 / zeta
+    rational = horner(tables.AIRY_AN, w) / horner(tables.AIRY_AD, w)
+    decay = _INV_SQRT_PI * rational / (2.0 * torch.sqrt(torch.sqrt(pos)) * torch.exp(zeta))
+    series = _airy_series(torch.clamp(x, min=_AIRY_LOW, max=_AIRY_HIGH))
+    value = torch.where(x < _AIRY_LOW, wave, torch.where(x >= _AIRY_HIGH, decay, series))
+    return torch.where(x > _AIRY_ZERO_ABOVE, 0.0, value)
+
+
 # --- the replacements ---------------------------------------------------------------------------------------
 
 def _elementwise(op: str, compute: Callable[[torch.Tensor], torch.Tensor],
@@ -228,6 +287,12 @@ bessel_j0 = _elementwise("torch.special.bessel_j0", lambda x: _bessel_j(x, first
 bessel_j1 = _elementwise("torch.special.bessel_j1", lambda x: _bessel_j(x, first=True), True)
 bessel_y0 = _elementwise("torch.special.bessel_y0", lambda x: _bessel_y(x, first=False), True)
 bessel_y1 = _elementwise("torch.special.bessel_y1", lambda x: _bessel_y(x, first=True), True)
+_airy_ai_of_input = _elementwise("torch.special.airy_ai", _airy_ai, nan_at_inf=True)
+
+
+def airy_ai(x: torch.Tensor, *, out: object = None) -> torch.Tensor:
+    """torch.special.airy_ai, whose argument is named x (airy_ai(x=t))."""
+    return _airy_ai_of_input(x, out=out)
 
 
 def _handlers() -> HandlerTable:
@@ -237,7 +302,7 @@ def _handlers() -> HandlerTable:
                      "modified_bessel_i1": modified_bessel_i1, "modified_bessel_k0": modified_bessel_k0,
                      "modified_bessel_k1": modified_bessel_k1, "scaled_modified_bessel_k0": scaled_modified_bessel_k0,
                      "scaled_modified_bessel_k1": scaled_modified_bessel_k1, "bessel_j0": bessel_j0,
-                     "bessel_j1": bessel_j1, "bessel_y0": bessel_y0, "bessel_y1": bessel_y1},
+                     "bessel_j1": bessel_j1, "bessel_y0": bessel_y0, "bessel_y1": bessel_y1, "airy_ai": airy_ai},
                     (torch, torch.Tensor, torch.special), in_place_on=torch.Tensor)
     table[torch.i0_] = in_place(i0)  # torch.i0_(x), beside Tensor.i0_
     return table
@@ -246,15 +311,16 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="bessel",
-        version=1,
+        version=2,
         removes=("aten::i0", "aten::special_i0", "aten::special_i0e", "aten::special_i1", "aten::special_i1e",
                  "aten::special_modified_bessel_i0", "aten::special_modified_bessel_i1",
                  "aten::special_modified_bessel_k0", "aten::special_modified_bessel_k1",
                  "aten::special_scaled_modified_bessel_k0", "aten::special_scaled_modified_bessel_k1",
                  "aten::special_bessel_j0", "aten::special_bessel_j1", "aten::special_bessel_y0",
-                 "aten::special_bessel_y1"),
+                 "aten::special_bessel_y1", "aten::special_airy_ai"),
         description="i0 / i0e / i1 / i1e / modified_bessel_i0, i1, k0, k1 / scaled_modified_bessel_k0, k1 / "
-                    "bessel_j0, j1, y0, y1 as PyTorch's Cephes kernels, in exp, log, sqrt, sin, cos and where",
+                    "bessel_j0, j1, y0, y1 / airy_ai as PyTorch's Cephes kernels, in exp, log, sqrt, sin, cos and "
+                    "where",
         handlers=_handlers,
     ),
 )

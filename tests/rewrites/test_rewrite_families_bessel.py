@@ -1,11 +1,13 @@
 """The Bessel-function family (buildsys/rewrites/bessel.py): i0, i0e, i1, i1e, modified_bessel_i0 / i1 / k0 / k1,
-scaled_modified_bessel_k0 / k1, bessel_j0 / j1 / y0 / y1, compared with torch in float32 and float64 over every branch
-of PyTorch's kernels (functions, Tensor methods and in-place forms), NaN and ±inf where torch has them, and gone
-from every graph."""
+scaled_modified_bessel_k0 / k1, bessel_j0 / j1 / y0 / y1, airy_ai, compared with torch in float32 and float64 over every
+branch of PyTorch's kernels (functions, Tensor methods and in-place forms), NaN and ±inf where torch has them, gone
+from every graph, and airy_ai through the legacy ONNX exporter into onnxruntime."""
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -21,7 +23,11 @@ S = torch.special
 FIRST_KIND = [torch.i0, S.i0, S.i0e, S.i1, S.i1e, S.modified_bessel_i0, S.modified_bessel_i1]
 SECOND_KIND = [S.modified_bessel_k0, S.modified_bessel_k1, S.scaled_modified_bessel_k0, S.scaled_modified_bessel_k1]
 BESSEL = [S.bessel_j0, S.bessel_j1, S.bessel_y0, S.bessel_y1]
-EVERY = FIRST_KIND + SECOND_KIND + BESSEL
+AIRY = [S.airy_ai]
+EVERY = FIRST_KIND + SECOND_KIND + BESSEL + AIRY
+#: airy_ai's branch points (−2.09, 2.09, 103.892), the kernel's 8.3203353, the float32 underflow to 0 (25.77),
+#: 0, and the zero of the power series' f (−1.98636, where the kernel's loop runs longest).
+AIRY_POINTS = [-2.09, -1.98636, 0.0, 2.09, 8.3203353, 25.77, 103.892]
 
 
 def uniform(low: float, high: float, *shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -79,9 +85,36 @@ def test_bessel_functions_match_torch(shape: tuple[int, ...], dtype: torch.dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_airy_function_matches_torch(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """−200…30 over all three branches, each branch alone, its edges and the floats beside them, past 103.892
+    (0) and float32's underflow to 0 above 25.77."""
+    x = uniform(-200, 30, *shape, dtype=dtype)
+    oscillating = uniform(-30, -2.09, *shape, seed=1, dtype=dtype)
+    series = uniform(-2.09, 2.09, *shape, seed=2, dtype=dtype)
+    decaying = uniform(2.09, 110, *shape, seed=3, dtype=dtype)
+    for inputs in (x, oscillating, series, decaying, around(AIRY_POINTS, dtype), around([-200.0, 30.0], dtype)):
+        check(S.airy_ai, "bessel", inputs)
+    check(lambda t: S.airy_ai(x=t), "bessel", series)  # its argument is named x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_airy_function_is_nan_where_torch_is(dtype: torch.dtype) -> None:
+    """±inf, NaN, and the x whose ζ = (2/3)·(−x)^(3/2) overflows (sin(inf) in the kernel): NaN; 0 far right."""
+    info = torch.finfo(dtype)
+    overflow = -3.0706e25 if dtype == torch.float32 else -2.0066e205  # just past ζ's overflow
+    x = torch.tensor([math.inf, -math.inf, math.nan, overflow, -info.max, overflow / 2, info.max, 1e4], dtype=dtype)
+    want, got = S.airy_ai(x), rewrites.apply(Fn(S.airy_ai), ["bessel"])(x)
+    assert want[:5].isnan().all() and not want[5:].isnan().any()
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got[-2:], want[-2:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_edge_values_match_torch_exactly(dtype: torch.dtype) -> None:
     """0, −0, ±inf, NaN, negative x, subnormals and the largest float: NaN and ±inf exactly where torch has them
-    (i0(±inf), i1(±inf), j(±inf) and y(±inf) are NaN; y at 0 is −inf, k at 0 +inf, both NaN below)."""
+    (i0(±inf), i1(±inf), j(±inf), y(±inf) and airy_ai(±inf) are NaN; y at 0 is −inf, k at 0 +inf, both NaN
+    below)."""
     info = torch.finfo(dtype)
     x = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, -1.0, -1e-30, 1e-30, info.tiny, info.tiny * info.eps,
                       info.max, -info.max, 88.7, 88.8, 709.7, 709.8, 1e20], dtype=dtype)
@@ -115,6 +148,8 @@ def test_out_is_refused() -> None:
     x = uniform(0.5, 3, 5)
     with pytest.raises(RewriteNotApplicable, match="out="):
         rewrites.apply(Fn(lambda t: torch.i0(t, out=torch.empty_like(t))), ["bessel"])(x)
+    with pytest.raises(RewriteNotApplicable, match="out="):
+        rewrites.apply(Fn(lambda t: S.airy_ai(t, out=torch.empty_like(t))), ["bessel"])(x)
 
 
 def test_refusals_of_the_bessel_ops_point_at_the_family() -> None:
@@ -123,6 +158,29 @@ def test_refusals_of_the_bessel_ops_point_at_the_family() -> None:
     for text in ("Exporting the operator 'aten::special_bessel_j0' to ONNX opset version 18 is not supported",
                  "Operator torch._ops.aten.special_modified_bessel_k1.default is not in Core ATen opset",
                  "Core ML cannot convert the PyTorch op 'i0' (coremltools has no conversion for it)",
-                 "Operator torch._ops.aten.special_i1e.default is not in Core ATen opset"):
+                 "Operator torch._ops.aten.special_i1e.default is not in Core ATen opset",
+                 "Exporting the operator 'aten::special_airy_ai' to ONNX opset version 18 is not supported"):
         assert [r.name for r in for_refusal(text)][:1] == ["bessel"], text
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_airy_function_runs_in_onnxruntime(dtype: torch.dtype) -> None:
+    """Legacy exporter (opset 18), which refuses aten::special_airy_ai, then onnxruntime: torch's values within 1e-4
+    of their range, over every branch, NaN at ±inf and NaN."""
+    import onnxruntime
+
+    x = torch.cat([uniform(-200, 30, 300, dtype=dtype), around(AIRY_POINTS, dtype),
+                   torch.tensor([math.inf, -math.inf, math.nan], dtype=dtype)])
+    model = Fn(S.airy_ai)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(rewrites.apply(model, ["bessel"]), (x,), f, dynamo=False, opset_version=18)
+    session = onnxruntime.InferenceSession(f.getvalue())
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    got, want = torch.from_numpy(got), model(x)
+    assert got.dtype == want.dtype and torch.equal(got.isnan(), want.isnan())
+    finite = torch.isfinite(want)
+    err = (got[finite].double() - want[finite].double()).abs().max().item()
+    assert err <= 1e-4 * (want[finite].max() - want[finite].min()).item(), err
