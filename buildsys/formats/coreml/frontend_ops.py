@@ -9,6 +9,11 @@ written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, 
   write predicates (isclose: `eq | (finite & close)`).
 - `isclose` (which TorchScript keeps whole): PyTorch's own definition, `a == b`, or both NaN with `equal_nan`, or
   a finite |a − b| within atol + |rtol · b|.
+- `isinf`, `isfinite`, `isposinf`, `isneginf`: comparisons with ±inf (|x| < inf is false for inf and NaN alike).
+  coremltools has `isnan` only, so every NaN-and-infinity guard (nan_to_num by hand, a masked log) was refused.
+- `acosh`, `asinh`: coremltools registers them but calls MIL builders that do not exist ("type object 'Builder' has
+  no attribute 'acosh'"): log(x + √((x − 1)(x + 1))) and sign(x)·log(|x| + √(x² + 1)), as log(2|x|) past 1e8
+  (x² would overflow float32) and asinh by its odd series below 0.05 (log(1 + x) would lose x's digits).
 - `argmax` / `argmin` without a dim (the index into the flattened tensor): `reduce_argmax` over the flattened
   input. coremltools passes `axis=None` on, which MIL rejects ("pop from empty list").
 """
@@ -20,7 +25,8 @@ from typing import Any
 
 def op_patches(table: dict[str, Any]) -> dict[str, Any]:
     """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
-    return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_flat_arg_reduce(table)}
+    return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_infinities(table),
+            **_inverse_hyperbolic(table), **_flat_arg_reduce(table)}
 
 
 def _value(v: Any) -> Any:
@@ -98,6 +104,58 @@ def _isclose(table: dict[str, Any]) -> dict[str, Any]:
         context.add(mb.identity(x=close, name=node.name))
 
     return {"isclose": isclose}
+
+
+def _infinities(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.mil import types
+
+    def predicate(test: Any) -> Any:
+        def translate(context: Any, node: Any) -> None:
+            x = _get_inputs(context, node, expected=1)[0]
+            if not types.is_float(x.dtype):  # an integer is finite
+                x = mb.cast(x=x, dtype="fp32")
+            context.add(mb.identity(x=test(x), name=node.name))
+
+        return translate
+
+    tests = {"isinf": lambda x: mb.equal(x=mb.abs(x=x), y=float("inf")),
+             "isfinite": lambda x: mb.less(x=mb.abs(x=x), y=float("inf")),
+             "isposinf": lambda x: mb.equal(x=x, y=float("inf")),
+             "isneginf": lambda x: mb.equal(x=x, y=float("-inf"))}
+    return {name: predicate(test) for name, test in tests.items() if name not in table}
+
+
+def _inverse_hyperbolic(table: dict[str, Any]) -> dict[str, Any]:
+    import math
+
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    if hasattr(mb, "acosh") and hasattr(mb, "asinh"):
+        return {}
+    large, ln2 = 1e8, math.log(2.0)
+
+    def acosh(context: Any, node: Any) -> None:
+        x = mb.cast(x=_get_inputs(context, node, expected=1)[0], dtype="fp32")
+        near = mb.log(x=mb.add(x=x, y=mb.sqrt(x=mb.mul(x=mb.sub(x=x, y=1.0), y=mb.add(x=x, y=1.0)))))
+        far = mb.add(x=mb.log(x=mb.minimum(x=x, y=3.0e38)), y=ln2)
+        context.add(mb.select(cond=mb.greater(x=x, y=large), a=far, b=near, name=node.name))
+
+    def asinh(context: Any, node: Any) -> None:
+        x = mb.cast(x=_get_inputs(context, node, expected=1)[0], dtype="fp32")
+        a = mb.abs(x=x)
+        square = mb.mul(x=x, y=x)
+        series = mb.mul(x=x, y=mb.add(x=1.0, y=mb.mul(x=square, y=mb.add(
+            x=-1.0 / 6, y=mb.mul(x=square, y=mb.add(x=3.0 / 40, y=mb.mul(x=square, y=-15.0 / 336)))))))
+        bounded = mb.minimum(x=a, y=large)  # no overflow in the branch where() leaves unused
+        near = mb.log(x=mb.add(x=bounded, y=mb.sqrt(x=mb.add(x=mb.mul(x=bounded, y=bounded), y=1.0))))
+        magnitude = mb.select(cond=mb.greater(x=a, y=large), a=mb.add(x=mb.log(x=a), y=ln2), b=near)
+        signed = mb.mul(x=mb.sign(x=x), y=magnitude)
+        context.add(mb.select(cond=mb.less(x=a, y=0.05), a=series, b=signed, name=node.name))
+
+    return {"acosh": acosh, "asinh": asinh}
 
 
 def _flat_arg_reduce(table: dict[str, Any]) -> dict[str, Any]:

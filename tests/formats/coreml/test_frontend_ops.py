@@ -49,6 +49,11 @@ def _agrees(module: torch.nn.Module, x: torch.Tensor, frontend: str, path: Path)
                                rtol=1e-5, atol=1e-6)
 
 
+def _infinities(y: torch.Tensor) -> torch.Tensor:
+    finite = torch.where(torch.isfinite(y), y, torch.zeros_like(y))
+    return finite + torch.isinf(y).float() + 2 * torch.isposinf(y).float() - 4 * torch.isneginf(y).float()
+
+
 CASES = {
     "prod over a dim": lambda x: torch.prod(x, 1) + 1.0,
     "prod keepdim": lambda x: x.prod(dim=-1, keepdim=True) * 2.0,
@@ -58,6 +63,9 @@ CASES = {
     "isclose": lambda x: torch.isclose(x, x.round(), atol=0.2).float() * x,
     "isclose equal_nan": lambda x: torch.isclose(torch.where(x > 1, x / 0 * 0, x), torch.where(x > 0.5, x / 0 * 0,
                                                  x.round()), rtol=0.1, atol=0.2, equal_nan=True).float() + x,
+    "isinf and isfinite": lambda x: _infinities(torch.where(x.abs() > 1, x / 0, x)),  # ±inf by x's sign (x ≠ 0)
+    "acosh": lambda x: torch.acosh(x.abs() * 10 + 1) + torch.acosh(x.abs() * 1e12 + 1),
+    "asinh": lambda x: torch.asinh(x) + torch.asinh(x * 1e-3) * 1e3 + torch.asinh(x * 1e10) * 1e-1,
     "argmax of all": lambda x: torch.argmax(x).float().reshape(1) + x.sum(),
     "argmin of all": lambda x: torch.argmin(x * 2).float().reshape(1) + x.mean(),
 }
