@@ -21,6 +21,8 @@ of small square matrices [..., n, n] (n ≤ MAX_SIZE, static) and QR, unrolled i
 - geqrf, householder_product / orgqr, ormqr, qr (every mode) of any m × n: buildsys/rewrites/householder.py.
 - lu_factor / lu_factor_ex / linalg.lu / torch.lu, lu_unpack, lu_solve (getrf's partial pivoting):
   buildsys/rewrites/lu.py.
+- triangular_solve, linalg.solve_triangular (left or right, unitriangular), cholesky_solve, cholesky_inverse: forward
+  / back substitution one row per step, reading only the triangle torch reads: buildsys/rewrites/triangular_solve.py.
 
 inv, solve and cholesky raise on a singular (not positive-definite) input; a graph cannot, so the rewrite returns
 inf / NaN there (_ex's info is right). Refused: n > MAX_SIZE, a dynamic n, complex, out=, a vector B with left=False.
@@ -37,7 +39,7 @@ from functools import reduce
 from operator import mul
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites import householder, lu, singular
+from buildsys.rewrites import householder, lu, singular, triangular_solve
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
 from buildsys.rewrites.rotations import MAX_SIZE, ascending, eye, real_matrix, rotation, schedule, sweeps
 
@@ -305,21 +307,22 @@ def _handlers() -> HandlerTable:
     table.update(householder.handlers())
     table.update(singular.handlers())
     table.update(lu.handlers())
+    table.update(triangular_solve.handlers())
     return table
 
 
 REWRITES = (
     Rewrite(
         name="linalg",
-        version=4,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi); 4: QR's graph of
+        version=5,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi); 4: QR's graph of
         # constants (no diag_embed / alias / iota), svdvals by one-sided Jacobi, matrix_rank / pinv / spectral norms /
-        # cond / lstsq, the LU functions
+        # cond / lstsq, the LU functions; 5: triangular_solve / solve_triangular / cholesky_solve / cholesky_inverse
         removes=("aten::linalg_inv", "aten::linalg_inv_ex", "aten::inverse", "aten::linalg_det", "aten::_linalg_det",
                  "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
                  "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
                  "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
                  "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd") + householder.REMOVES
-        + singular.REMOVES + lu.REMOVES,
+        + singular.REMOVES + lu.REMOVES + triangular_solve.REMOVES,
         description="inv / det / slogdet / logdet / solve (Gauss-Jordan, one-hot pivoting), cholesky, eigh / eigvalsh "
                     "(parallel Jacobi), svd / svdvals (one-sided Jacobi) and matrix_rank / pinv / spectral norms / "
                     "cond / lstsq from it, LU (getrf's pivoting) / lu_unpack / lu_solve of n ≤ 16 matrices; QR "

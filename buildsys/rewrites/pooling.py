@@ -15,6 +15,14 @@ positions (constants for adaptive bins, computed from the samples as ATen's gene
 ones), a gather, max and argmax over the window; indices are flat into the pooled plane, as torch returns them.
 A fractional pool without `_random_samples` is refused: torch draws new windows on every call.
 
+Max pooling with return_indices (F.max_pool1d / 2d / 3d with return_indices=True, which dispatch to
+F.max_poolNd_with_indices, and ATen's max_poolNd_with_indices called directly) goes the same way, its windows
+constants: along an axis, output i reads start + k·dilation (start = i·stride − padding, k < kernel) inside
+[0, L), the implicit −inf padding never read; the output size is torch's (with ceil_mode, a last window must
+start inside the input or its left padding). Torch's argument checks (padding ≤ kernel // 2, an output of size
+≥ 1) and a window with no input position (dilation jumping over the input) are refused. Max pools without
+indices are left to the converter's own max pool. TFLite has no MaxPoolWithArgmax; coremltools refuses it.
+
 Why a rewrite and not a decomposition: the legacy ONNX exporter refuses every adaptive pool whose output does not
 divide its input ("output size that are not factor of input size"), the dynamo exporter every adaptive max pool
 of that kind; core ATen keeps adaptive_max_pool2d / 3d and _adaptive_avg_pool2d / 3d (no decomposition to go
@@ -162,6 +170,62 @@ def _with_indices(dims: int) -> Any:
     return adaptive_max_pool_with_indices
 
 
+def _per_axis(value: Any, dims: int, default: Any = None) -> list[int]:
+    """An int or a sequence of one or `dims` ints per pooled axis; None or empty (torch's stride) → `default`."""
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        value = default
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in (values * dims if len(values) == 1 else values)]
+
+
+def _strided_positions(op: str, length: int, kernel: int, stride: int, padding: int, dilation: int,
+                       ceil_mode: bool) -> list[list[int]]:
+    """[O][K] input positions of max_pool's windows along one axis: torch's output size (pooling_output_shape:
+    with ceil_mode, a last window starting past the input and its left padding is dropped), positions
+    start + k·dilation inside [0, length), short windows padded with their first position after the valid ones."""
+    if min(kernel, stride, dilation) <= 0 or padding < 0 or padding > kernel // 2:
+        raise RewriteNotApplicable("pooling", op, f"kernel {kernel}, stride {stride}, padding {padding}, dilation "
+                                   f"{dilation} (torch refuses them)")
+    span = dilation * (kernel - 1) + 1
+    out = (length + 2 * padding - span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= length + padding:
+        out -= 1
+    if out <= 0:
+        raise RewriteNotApplicable("pooling", op, f"an output of size {out} (torch refuses it)")
+    windows = []
+    for i in range(out):
+        valid = [p for p in range(i * stride - padding, i * stride - padding + span, dilation) if 0 <= p < length]
+        if not valid:  # torch returns -inf and an index outside the window
+            raise RewriteNotApplicable("pooling", op, f"a window with no input position (output {i})")
+        windows.append(valid + [valid[0]] * (kernel - len(valid)))
+    return windows
+
+
+def _max_with_indices(dims: int) -> Any:
+    op = f"torch.nn.functional.max_pool{dims}d"
+
+    def max_pool_with_indices(input: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                              dilation: Any = 1, ceil_mode: bool = False, return_indices: bool = True) -> Any:
+        import numpy as np
+
+        from buildsys.rewrites.mechanism import constant
+        from buildsys.rewrites.windows import window_max
+
+        if input.dim() not in (dims + 1, dims + 2):
+            raise RewriteNotApplicable("pooling", op, f"a {input.dim()}-D input")
+        lengths = [int(n) for n in input.shape[-dims:]]
+        kernels = _per_axis(kernel_size, dims)
+        strides, pads, dilations = (_per_axis(stride, dims, kernels), _per_axis(padding, dims),
+                                    _per_axis(dilation, dims))
+        if not len(kernels) == len(strides) == len(pads) == len(dilations) == dims:
+            raise RewriteNotApplicable("pooling", op, f"arguments for a pool of another rank than {dims}")
+        positions = [constant(np.asarray(_strided_positions(op, *axis, bool(ceil_mode)), dtype=np.int64))
+                     for axis in zip(lengths, kernels, strides, pads, dilations)]
+        return window_max(input, positions, dims)  # F's *_with_indices return both whatever return_indices says
+
+    return max_pool_with_indices
+
+
 def _handlers() -> HandlerTable:
     import torch
     import torch.nn.functional as F
@@ -174,20 +238,28 @@ def _handlers() -> HandlerTable:
         table[getattr(F, f"fractional_max_pool{d}d")] = _fractional(d, False)
         table[getattr(F, f"fractional_max_pool{d}d_with_indices")] = _fractional(d, True)
     table[torch.adaptive_avg_pool1d] = _average(1)  # F.adaptive_avg_pool1d is torch's own function
+    # F.max_poolNd(return_indices=True) dispatches to F.max_poolNd_with_indices; without indices, F.max_poolNd is
+    # left alone (every converter has a max pool). ATen's own functions too, for a model calling them directly.
+    table.update(by_name({f"max_pool{d}d_with_indices": _max_with_indices(d) for d in (1, 2, 3)},
+                         (F, torch, torch._C._nn)))
     return table
 
 
 REWRITES = (
     Rewrite(
         name="pooling",
-        version=3,  # 2: the average as transposes with non-negative dims; 3: indices, fractional max pools
+        version=4,  # 2: the average as transposes with non-negative dims; 3: indices, fractional max pools;
+        # 4: max pools with indices, a NaN's index as torch's (the last NaN of the window)
         removes=tuple(f"aten::{kind}_pool{d}d" for kind in ("adaptive_avg", "adaptive_max") for d in (1, 2, 3))
         + ("aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d", "aten::fractional_max_pool2d",
-           "aten::fractional_max_pool3d"),
+           "aten::fractional_max_pool3d")
+        + tuple(f"aten::max_pool{d}d_with_indices" for d in (1, 2, 3)),
         description="adaptive average and max pooling (1-, 2-, 3-D, any output size) as static bins: a matmul by "
                     "a constant bin matrix per axis (average), a reshape and amax or one amax per bin (max); max "
-                    "with indices and fractional max pooling as a gather of each window and max / argmax",
+                    "with indices, fractional max pooling and max pooling with indices as a gather of each "
+                    "window and max / argmax",
         handlers=_handlers,
-        signs=(r"adaptive_(avg|max)_pool", r"output size that are not factor of input size", r"fractional_max_pool"),
+        signs=(r"adaptive_(avg|max)_pool", r"output size that are not factor of input size", r"fractional_max_pool",
+               r"MaxPoolWithArgmax"),
     ),
 )

@@ -1,12 +1,14 @@
 """Max pooling over windows named by their positions, with torch's indices: the pooling family's shared step for
-the pools whose windows differ in size or depend on the input (adaptive max with return_indices, fractional max).
+the pools whose windows differ in size or depend on the input (adaptive max with return_indices, fractional max)
+and max_pool with return_indices (strided, padded, dilated windows, cut at the input's edges).
 
 A window of a d-D pool is the product of its axes' positions: along axis a, output o reads the input positions
 `positions[a][..., o, k]` for k < K_a (a window shorter than K_a repeats its first position: the max is unchanged
 and the argmax, the first maximal value, never lands on the repeat). The flat index of a position into the pooled
 plane (∏ spatial sizes, row-major) is what torch's max pools return as indices. The values are gathered at those
 flat indices (`index_select` of a constant when the windows are static, `gather` per plane when they depend on the
-input), reduced by max over the window, and the argmax mapped back to its flat index.
+input), reduced by max over the window, and the argmax mapped back to its flat index. A window holding NaN gives
+NaN (max propagates it) and, as torch's kernels, the flat index of its last NaN (scan order: row-major).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def window_max(x: torch.Tensor, positions: Sequence[torch.Tensor], dims: int) ->
     best, arg = picked.max(dim=-1)
     windows = index if planes else index.expand(*picked.shape)  # no Expand where the shapes agree: onnx2tf
     where = torch.gather(windows, -1, arg.unsqueeze(-1)).squeeze(-1)  # refuses a no-op one on a computed index
+    # torch's kernels take a NaN over any value and a later NaN over an earlier one: the window's last NaN, the
+    # one with the largest flat index (positions grow along each axis); -1 where the window has none
+    last_nan = torch.where(torch.isnan(picked), windows, torch.full_like(windows, -1)).amax(-1)
+    where = torch.where(last_nan >= 0, last_nan, where)
     sizes = [int(p.shape[-2]) for p in positions]
     return best.reshape(*lead, *sizes), where.reshape(*lead, *sizes)
 

@@ -292,6 +292,10 @@ def test_refusals_of_the_linalg_ops_point_at_the_family() -> None:
                  "Operator torch._ops.aten._linalg_det.default is not in Core ATen opset",
                  "Operator torch._ops.aten._linalg_eigh.default is not in Core ATen opset",
                  "Exporting the operator 'aten::linalg_cholesky' to ONNX opset version 18 is not supported",
+                 "Exporting the operator 'aten::triangular_solve' to ONNX opset version 18 is not supported",
+                 "Exporting the operator 'aten::linalg_solve_triangular' to ONNX opset version 18 is not supported",
+                 "Exporting the operator 'aten::cholesky_solve' to ONNX opset version 18 is not supported",
+                 "Exporting the operator 'aten::cholesky_inverse' to ONNX opset version 18 is not supported",
                  "Core ML cannot convert the PyTorch op 'linalg_solve' (coremltools has no conversion for it)"):
         assert [r.name for r in for_refusal(text)][:1] == ["linalg"], text
 
@@ -492,3 +496,93 @@ def test_no_svd_op_is_left_in_any_graph() -> None:
         found = graph_ops(rewritten(fn), (a, b))
         for kind in ("traced", "exported", "decomposed"):
             assert not {op for op in found[kind] if "linalg" in op or "svd" in op or "lstsq" in op}, found[kind]
+
+
+def triangle(n: int, batch: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Both triangles random (the one not read is garbage to torch), 4 added to the diagonal: well conditioned."""
+    return (randn(*batch, n, n, seed=seed, dtype=torch.float64) + 4.0 * torch.eye(n, dtype=torch.float64)).to(dtype)
+
+
+TRIANGULAR = pytest.mark.filterwarnings("ignore:torch.triangular_solve is deprecated")
+
+
+@TRIANGULAR
+@dtypes
+@batches
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_triangular_solves_match_torch(n: int, batch: tuple[int, ...], dtype: torch.dtype) -> None:
+    a, rel = triangle(n, batch, dtype, seed=n), REL[dtype]
+    b, column, wide = randn(*batch, n, 2, seed=1, dtype=dtype), randn(n, 1, seed=2, dtype=dtype), \
+        randn(4, *batch, n, 3, seed=3, dtype=dtype)  # one column for every matrix; a broadcast batch
+    for upper in (True, False):
+        for unit in (True, False):
+            for transpose in (True, False):
+                for rhs in (b, column, wide):
+                    check(lambda s, t: torch.triangular_solve(s, t, upper, transpose, unit).solution, "linalg", rhs, a,
+                          rel=rel)
+            check(lambda s, t: torch.triangular_solve(s, t, upper=upper, unitriangular=unit)[1], "linalg", wide, a)
+            check(lambda s, t: s.triangular_solve(t, upper, unitriangular=unit)[0], "linalg", b, a, rel=rel)
+            for rhs in (b, column, wide):
+                check(lambda s, t: torch.linalg.solve_triangular(s, t, upper=upper, unitriangular=unit), "linalg", a,
+                      rhs, rel=rel)
+                check(lambda s, t: torch.linalg.solve_triangular(s, t, upper=upper, left=False, unitriangular=unit),
+                      "linalg", a, rhs.transpose(-2, -1), rel=rel)
+        for rhs in (b, column, wide):
+            check(lambda s, t: torch.cholesky_solve(s, t, upper), "linalg", rhs, a, rel=rel)
+        check(lambda s, t: s.cholesky_solve(t, upper=upper), "linalg", b, a, rel=rel)
+        check(lambda t: torch.cholesky_inverse(t, upper), "linalg", a, rel=rel)
+        check(lambda t: t.cholesky_inverse(upper=upper), "linalg", a, rel=rel)
+
+
+@TRIANGULAR
+def test_no_triangular_solve_op_is_left_in_any_graph() -> None:
+    a, b = triangle(3, (2,), torch.float32, seed=5), randn(2, 3, 2, seed=6)
+    check(lambda s, t: torch.triangular_solve(s, t)[0] + torch.triangular_solve(s, t, False, True)[1][..., :2],
+          "linalg", b, a, graphs=True)
+    check(lambda s, t: torch.linalg.solve_triangular(s, t, upper=False)
+          + torch.linalg.solve_triangular(s, t.transpose(-2, -1), upper=True, left=False).transpose(-2, -1),
+          "linalg", a, b, graphs=True)
+    check(torch.cholesky_solve, "linalg", b, a, graphs=True)
+    check(torch.cholesky_inverse, "linalg", a, graphs=True)
+
+
+def test_triangular_solve_refusals_say_why() -> None:
+    with pytest.raises(RewriteNotApplicable, match=r"torch.linalg.solve_triangular: n = 17 is above 16"):
+        rewritten(lambda s, t: torch.linalg.solve_triangular(s, t, upper=True))(torch.eye(17), torch.ones(17, 2))
+    with pytest.raises(RewriteNotApplicable, match=r"torch.cholesky_inverse: a complex L \(torch.complex64\)"):
+        rewritten(torch.cholesky_inverse)(torch.eye(3, dtype=torch.complex64))
+    with pytest.raises(RewriteNotApplicable, match=r"the out= argument"):
+        rewritten(lambda s, t: torch.cholesky_solve(s, t, out=torch.empty(3, 2)))(torch.ones(3, 2), torch.eye(3))
+    with pytest.raises(RuntimeError, match="at least 2 dimensions"):  # what torch says, not a refusal
+        rewritten(lambda s, t: torch.linalg.solve_triangular(s, t, upper=True))(torch.eye(3), torch.ones(3))
+
+
+@TRIANGULAR
+@dtypes
+def test_triangular_solves_run_in_onnxruntime(dtype: torch.dtype) -> None:
+    """Legacy exporter (opset 18), which refuses all four ops, then onnxruntime: torch's values."""
+    import io
+    import warnings
+
+    import onnxruntime
+
+    a, b = triangle(5, (3,), dtype, seed=7), randn(2, 1, 5, 2, seed=8, dtype=dtype)
+    functions: list[Callable[[torch.Tensor, torch.Tensor], object]] = [
+        lambda s, t: torch.triangular_solve(t, s, upper=False, transpose=True),
+        lambda s, t: torch.linalg.solve_triangular(s, t, upper=True),
+        lambda s, t: torch.linalg.solve_triangular(s, t.transpose(-2, -1), upper=False, left=False,
+                                                   unitriangular=True),
+        lambda s, t: torch.cholesky_solve(t, s, upper=True),
+        lambda s, t: torch.cholesky_inverse(s) + t.sum(),
+    ]
+    for fn in functions:
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(rewritten(fn), (a, b), f, dynamo=False, opset_version=18)  # type: ignore[arg-type]
+        session = onnxruntime.InferenceSession(f.getvalue())
+        names = [i.name for i in session.get_inputs()]
+        got = session.run(None, dict(zip(names, (a.numpy(), b.numpy()))))
+        want = fn(a, b)
+        for g, w in zip(got, want if isinstance(want, tuple) else (want,)):
+            assert_equivalent(torch.from_numpy(g), w, REL[dtype])
