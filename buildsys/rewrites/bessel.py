@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from buildsys.rewrites import bessel_tables as tables
 from buildsys.rewrites.base import HandlerTable, Rewrite, by_name, in_place, refuse_out
-from buildsys.rewrites.special import horner
+from buildsys.rewrites.polynomial import horner
 
 if TYPE_CHECKING:
     import torch

@@ -47,8 +47,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.special import horner
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
+from buildsys.rewrites.polynomial import horner
 
 if TYPE_CHECKING:
     import torch

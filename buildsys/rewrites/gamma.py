@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites.special import horner
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
+from buildsys.rewrites.polynomial import horner
 
 if TYPE_CHECKING:
     import torch

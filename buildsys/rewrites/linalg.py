@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites import householder, lu, singular, triangular_solve
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
-from buildsys.rewrites.rotations import MAX_SIZE, ascending, eye, real_matrix, rotation, schedule, sweeps
+from buildsys.rewrites.matrices import eliminate, invert, lapack_info, square_size, symmetric_eigen
 
 if TYPE_CHECKING:
     import torch
@@ -49,92 +49,19 @@ if TYPE_CHECKING:
 _FAMILY = "linalg"
 
 
-def _square(A: torch.Tensor, op: str, name: str = "A") -> int:
-    """n for A [..., n, n] with n static, float32 / float64; refused or rejected as torch would."""
-    import torch
-
-    rows, cols = real_matrix(A, op, name)
-    if rows != cols:
-        raise RuntimeError(f"{op}: {name} must be batches of square matrices, but they are {rows} by {cols} matrices")
-    if A.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: Low precision dtypes not supported. Got {A.dtype}")
-    if rows > MAX_SIZE:
-        raise RewriteNotApplicable(_FAMILY, op, f"n = {rows} is above {MAX_SIZE} (the unrolled graph grows with n³)")
-    if rows == 0:
-        raise RewriteNotApplicable(_FAMILY, op, "an empty 0 × 0 matrix")
-    return rows
-
-
-def _eliminate(A: torch.Tensor, B: torch.Tensor | None, n: int, safe: bool
-               ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
-    """Gauss-Jordan with partial pivoting: (A⁻¹B or None, the pivots [...], per step 1.0 where no rows swapped).
-
-    With `safe`, a zero pivot divides by one (its column is zero at and below the diagonal: nothing to eliminate),
-    as getrf skips it; else by zero, so the result is inf / NaN where torch would raise."""
-    import numpy as np
-    import torch
-
-    from buildsys.rewrites.mechanism import constant
-
-    positions = constant(np.asarray(list(range(n)), dtype=np.int64))  # not np.arange: TorchDynamo traces it
-    pivots, kept = [], []
-    for k in range(n):
-        below = A[..., k:, k].abs()
-        chosen = (below.argmax(dim=-1, keepdim=True) + k == positions).to(A.dtype)  # [..., n], one-hot
-        unit = constant(np.asarray([float(i == k) for i in range(n)]), A.dtype)
-        d = (unit - chosen).unsqueeze(-1)  # [..., n, 1]: e_k − e_pivot, zero where the pivot is row k
-        A = A - torch.matmul(d, torch.matmul(d.transpose(-2, -1), A))
-        if B is not None:
-            B = B - torch.matmul(d, torch.matmul(d.transpose(-2, -1), B))
-        kept.append(chosen[..., k])
-        pivot = A[..., k, k]
-        pivots.append(pivot)
-        divisor = (torch.where(pivot == 0, torch.ones_like(pivot), pivot) if safe else pivot)[..., None, None]
-        factors = A[..., :, k:k + 1]  # [..., n, 1]
-        is_k = constant(np.asarray([[i == k] for i in range(n)]))  # [n, 1]
-        row = A[..., k:k + 1, :] / divisor
-        A = torch.where(is_k, row, A - factors * row)
-        if B is not None:
-            row_b = B[..., k:k + 1, :] / divisor
-            B = torch.where(is_k, row_b, B - factors * row_b)
-    return B, pivots, kept
-
-
-def _first(bad: list[torch.Tensor]) -> torch.Tensor:
-    """LAPACK's info: the first step (1-based) that is bad, 0 where none is; int32."""
-    import torch
-
-    info = torch.zeros_like(bad[0], dtype=torch.int32)
-    for k, b in enumerate(bad):
-        info = torch.where(torch.logical_and(info == 0, b), torch.full_like(info, k + 1), info)
-    return info
-
-
-def _inverse(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-
-    from buildsys.rewrites.mechanism import constant
-
-    refuse_out(_FAMILY, op, out)
-    n = _square(A, op)
-    inverse, pivots, _ = _eliminate(A, constant(np.asarray(eye(n)), A.dtype), n, safe=False)
-    assert inverse is not None
-    return inverse, _first([p == 0 for p in pivots])
-
-
 def inv(A: torch.Tensor, *, out: object = None) -> torch.Tensor:
-    return _inverse(A, "torch.linalg.inv", out)[0]
+    return invert(A, "torch.linalg.inv", out)[0]
 
 
 def inv_ex(A: torch.Tensor, *, check_errors: bool = False, out: object = None) -> Any:
-    return returned("linalg_inv_ex", _inverse(A, "torch.linalg.inv_ex", out))
+    return returned("linalg_inv_ex", invert(A, "torch.linalg.inv_ex", out))
 
 
 def _sign_and_pivots(A: torch.Tensor, op: str, out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(the sign of the row permutation, the pivots) of A's elimination."""
     refuse_out(_FAMILY, op, out)
-    n = _square(A, op)
-    _, pivots, kept = _eliminate(A, None, n, safe=True)
+    n = square_size(A, op)
+    _, pivots, kept = eliminate(A, None, n, safe=True)
     return reduce(mul, [2.0 * k - 1.0 for k in kept]), pivots
 
 
@@ -169,7 +96,7 @@ def logdet(A: torch.Tensor) -> torch.Tensor:
 def _solve(A: torch.Tensor, B: torch.Tensor, left: bool, op: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
-    n = _square(A, op)
+    n = square_size(A, op)
     if not isinstance(B, torch.Tensor) or B.is_complex():
         raise RewriteNotApplicable(_FAMILY, op, "a complex (or non-tensor) B: only real matrices are rewritten")
     vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and tuple(B.shape) == tuple(A.shape[:-1]))
@@ -182,10 +109,10 @@ def _solve(A: torch.Tensor, B: torch.Tensor, left: bool, op: str) -> tuple[torch
     if rhs.shape[-2] != n:
         raise RuntimeError(f"{op}: Incompatible shapes of A and B for the equation "
                            f"{'AX = B' if left else 'XA = B'} ({n}x{n} and {'x'.join(map(str, B.shape[-2:]))})")
-    X, pivots, _ = _eliminate(A if left else A.transpose(-2, -1), rhs, n, safe=False)
+    X, pivots, _ = eliminate(A if left else A.transpose(-2, -1), rhs, n, safe=False)
     assert X is not None
     X = X.squeeze(-1) if vector else (X if left else X.transpose(-2, -1))
-    return X, _first([p == 0 for p in pivots])
+    return X, lapack_info([p == 0 for p in pivots])
 
 
 def solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, out: object = None) -> torch.Tensor:
@@ -206,7 +133,7 @@ def _cholesky(A: torch.Tensor, upper: bool, op: str) -> tuple[torch.Tensor, torc
 
     from buildsys.rewrites.mechanism import constant
 
-    n = _square(A, op)
+    n = square_size(A, op)
     S = A.transpose(-2, -1) if upper else A
     columns: list[torch.Tensor] = []  # each [..., n, 1]
     bad = []
@@ -221,7 +148,7 @@ def _cholesky(A: torch.Tensor, upper: bool, op: str) -> tuple[torch.Tensor, torc
         at, after = constant(np.asarray([[i == j] for i in range(n)])), constant(np.asarray([[i > j] for i in range(n)]))
         columns.append(torch.where(at, root, torch.where(after, c / root, torch.zeros_like(c))))
     L = torch.cat(columns, dim=-1)
-    return (L.transpose(-2, -1) if upper else L), _first(bad)
+    return (L.transpose(-2, -1) if upper else L), lapack_info(bad)
 
 
 def cholesky(A: torch.Tensor, upper: bool = False, *, out: object = None) -> torch.Tensor:
@@ -234,66 +161,14 @@ def cholesky_ex(A: torch.Tensor, *, upper: bool = False, check_errors: bool = Fa
     return returned("linalg_cholesky_ex", _cholesky(A, upper, "torch.linalg.cholesky_ex"))
 
 
-def _jacobi(A: torch.Tensor, n: int, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the diagonal after rotations.sweeps(n) parallel Jacobi sweeps [..., n], the accumulated rotations V) of
-    symmetric A (rotations.py: each rotation zeroes A's (p, q))."""
-    import numpy as np
-    import torch
-
-    from buildsys.rewrites.mechanism import constant
-
-    diagonal = constant(np.asarray([i * n + i for i in range(n)], dtype=np.int64))
-    if n == 1:
-        return A.flatten(-2), (A * 0 + 1) if vectors else None
-    steps = schedule(n, A.dtype)
-    picks = [constant(np.asarray([p * n + p for p, _ in r.pairs] + [q * n + q for _, q in r.pairs]
-                                 + [p * n + q for p, q in r.pairs], dtype=np.int64)) for r in steps]
-    V = None
-    for _ in range(sweeps(n)):
-        for step, picked in zip(steps, picks):
-            m = len(step.pairs)
-            entries = A.flatten(-2).index_select(-1, picked)  # (p, p), (q, q), (p, q) of each pair
-            J = rotation(step, entries[..., :m], entries[..., m:2 * m], entries[..., 2 * m:], n)
-            A = torch.matmul(J.transpose(-2, -1), torch.matmul(A, J))
-            if vectors:
-                V = J if V is None else torch.matmul(V, J)
-        A = 0.5 * (A + A.transpose(-2, -1))
-    return A.flatten(-2).index_select(-1, diagonal), V
-
-
-def _symmetric(A: torch.Tensor, UPLO: str, n: int, op: str) -> torch.Tensor:
-    """The symmetric matrix of A's lower ('L') or upper ('U') triangle, as torch.linalg.eigh reads it."""
-    import numpy as np
-    import torch
-
-    from buildsys.rewrites.mechanism import constant
-
-    if UPLO not in ("L", "U", "l", "u"):
-        raise RuntimeError(f"{op}: Expected UPLO argument to be 'L' or 'U', but got {UPLO}")
-    S = A if UPLO.upper() == "L" else A.transpose(-2, -1)
-    low = torch.where(constant(np.asarray([[i >= j for j in range(n)] for i in range(n)])), S, torch.zeros_like(S))
-    strict = torch.where(constant(np.asarray([[i > j for j in range(n)] for i in range(n)])), S, torch.zeros_like(S))
-    return low + strict.transpose(-2, -1)
-
-
-def _eigh(A: torch.Tensor, UPLO: str, vectors: bool, op: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    import torch
-
-    n = _square(A, op)
-    w, V = _jacobi(_symmetric(A, UPLO, n, op), n, vectors)
-    order = ascending(w, n)
-    w = torch.matmul(w.unsqueeze(-2), order).squeeze(-2)
-    return w, (torch.matmul(V, order) if V is not None else None)
-
-
 def eigh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> Any:
     refuse_out(_FAMILY, "torch.linalg.eigh", out)
-    return returned("linalg_eigh", _eigh(A, UPLO, True, "torch.linalg.eigh"))
+    return returned("linalg_eigh", symmetric_eigen(A, UPLO, True, "torch.linalg.eigh"))
 
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out: object = None) -> torch.Tensor:
     refuse_out(_FAMILY, "torch.linalg.eigvalsh", out)
-    return _eigh(A, UPLO, False, "torch.linalg.eigvalsh")[0]
+    return symmetric_eigen(A, UPLO, False, "torch.linalg.eigvalsh")[0]
 
 
 def _handlers() -> HandlerTable:

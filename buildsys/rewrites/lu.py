@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites.base import HandlerTable, RewriteNotApplicable, by_name, refuse_out, returned
 from buildsys.rewrites.householder import _constant, _identity, _upper
+from buildsys.rewrites.matrices import lapack_info
 from buildsys.rewrites.singular import matrix_shape
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ def _pivoting(pivot: bool, op: str) -> None:
 def _factor(A: torch.Tensor, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """getrf: (LU [..., m, n], pivots [..., k] int32 1-based, the exchanges d_j [..., m], info [...] int32)."""
     import torch
-
-    from buildsys.rewrites.linalg import _first
 
     rows = _constant(list(range(m)), torch.int64)  # [m]: int64, as argmax returns
     pivots, exchanges, zero = [], [], []
@@ -70,7 +69,7 @@ def _factor(A: torch.Tensor, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor
         A = A - torch.matmul(multipliers.unsqueeze(-1), row.unsqueeze(-2))
         at_j = _constant([[i > j and c == j for c in range(n)] for i in range(m)])
         A = torch.where(at_j, multipliers.unsqueeze(-1), A)
-    return A, torch.stack(pivots, dim=-1).to(torch.int32), exchanges, _first(zero)
+    return A, torch.stack(pivots, dim=-1).to(torch.int32), exchanges, lapack_info(zero)
 
 
 def _permutation(exchanges: list[torch.Tensor], m: int, dtype: torch.dtype) -> torch.Tensor:

@@ -33,8 +33,8 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
-from buildsys.rewrites.special import horner
 from buildsys.rewrites.base import RewriteNotApplicable, refuse_out
+from buildsys.rewrites.polynomial import horner
 
 if TYPE_CHECKING:
     import torch

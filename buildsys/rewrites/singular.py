@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites.base import HandlerTable, RewriteNotApplicable, by_name, refuse_out, returned
 from buildsys.rewrites.householder import _constant
+from buildsys.rewrites.matrices import invert, symmetric_eigen
 from buildsys.rewrites.rotations import MAX_SIZE, ascending, eye, real_matrix, rotation, schedule, sweeps
 
 if TYPE_CHECKING:
@@ -131,9 +132,8 @@ def _spectrum(A: torch.Tensor, hermitian: bool, op: str) -> tuple[torch.Tensor, 
     if not hermitian:
         S = singular_values(A, op, descending=False)
         return S, S.amax(-1, keepdim=True)
-    from buildsys.rewrites.linalg import _eigh
 
-    S = _eigh(A, "L", False, op)[0].abs()
+    S = symmetric_eigen(A, "L", False, op)[0].abs()
     return S, S.amax(-1, keepdim=True)
 
 
@@ -181,9 +181,8 @@ def pinv(A: torch.Tensor, rcond: Any = None, hermitian: bool = False, *, atol: A
         atol, rtol = 0.0, rcond
     m, n = matrix_shape(A, op)
     if hermitian:
-        from buildsys.rewrites.linalg import _eigh
 
-        w, Q = _eigh(A, "L", True, op)
+        w, Q = symmetric_eigen(A, "L", True, op)
         assert Q is not None
         keep = w.abs() > _tolerance(w.abs().amax(-1, keepdim=True), atol, rtol, m, n)
         inverse = torch.where(keep, 1.0 / torch.where(keep, w, torch.ones_like(w)), torch.zeros_like(w))
@@ -284,9 +283,8 @@ def cond(A: torch.Tensor, p: Any = None, *, out: object = None) -> torch.Tensor:
         S = singular_values(A, op)
         largest, smallest = S.narrow(-1, 0, 1), S.narrow(-1, S.shape[-1] - 1, 1)
         return (smallest / largest if p is not None and p < 0 else largest / smallest).squeeze(-1)
-    from buildsys.rewrites.linalg import _inverse
 
-    inverse, info = _inverse(A, op, None)
+    inverse, info = invert(A, op, None)
     infinity = _constant(float("inf"), A.dtype)  # a constant: a literal inf does not compile back to TorchScript
     inverse = torch.where((info > 0)[..., None, None], infinity, inverse)
     result = matrix_norm(A, p) * matrix_norm(inverse, p)

@@ -29,9 +29,10 @@ tests/rewrites/test_rewrite_families_special.py.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites.base import HandlerTable, Rewrite, by_name, refuse_out
+from buildsys.rewrites.polynomial import horner
 
 if TYPE_CHECKING:
     import torch
@@ -44,15 +45,6 @@ _ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 
 #: Below this, lgamma is shifted up by six before Stirling's series.
 _SHIFT = 6.0
 
-
-
-def horner(coefficients: Sequence[float], t: torch.Tensor) -> torch.Tensor:
-    """Σ cᵢ·tⁱ by Horner's rule, coefficients highest power first (unrolled into the graph); every family's
-    polynomials and rational approximations evaluate with it."""
-    result = t * 0.0 + coefficients[0]
-    for c in coefficients[1:]:
-        result = result * t + c
-    return result
 
 
 def _erfinv_from(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

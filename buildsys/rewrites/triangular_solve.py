@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.rewrites.base import HandlerTable, by_name, refuse_out, returned
 from buildsys.rewrites.householder import _identity
 from buildsys.rewrites.lu import _substitute
+from buildsys.rewrites.matrices import square_size
 
 if TYPE_CHECKING:
     import torch
@@ -35,9 +36,7 @@ REMOVES = ("aten::triangular_solve", "aten::linalg_solve_triangular", "aten::cho
 
 def _triangle(A: torch.Tensor, op: str, name: str) -> int:
     """n of the triangle A [..., n, n] (static, real float32 / float64, within the family's size)."""
-    from buildsys.rewrites.linalg import _square
-
-    return _square(A, op, name)
+    return square_size(A, op, name)
 
 
 def _right_side(B: torch.Tensor, A: torch.Tensor, n: int, rows: int, op: str, name: str, equation: str) -> None:

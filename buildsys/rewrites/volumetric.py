@@ -7,8 +7,8 @@
 - max_pool3d / avg_pool3d(kernel, stride, padding, …): the window is a box, so each reduction is separable:
   the 2-D pool over height and width per frame, then the max (or mean) over the depth taps of the window.
   Depth padding is the lowest float for the max, zeros for the average (count_include_pad=True: every window
-  divides by its full size, as torch's default). ceil_mode, return_indices, divisor_override and
-  count_include_pad=False with padding are refused.
+  divides by its full size, as torch's default). ceil_mode, divisor_override and count_include_pad=False with
+  padding are refused; return_indices=True is the pooling family's (max pools with indices at any rank).
 Unbatched [C, D, H, W] inputs are taken as torch does. Cost: kernel-depth 2-D convolutions instead of one 3-D one.
 
 Why a rewrite and not a decomposition: core ATen keeps `convolution`, `max_pool3d_with_indices` and `avg_pool3d`,
@@ -145,20 +145,15 @@ def _handlers() -> HandlerTable:
     import torch
     import torch.nn.functional as F
 
-    # F.conv3d and F.avg_pool3d are torch's own builtins; F.max_pool3d dispatches on return_indices to these two
-    table = by_name({"conv3d": conv3d, "avg_pool3d": avg_pool3d}, (torch, F))
-    table.update(by_name({"max_pool3d": max_pool3d, "max_pool3d_with_indices": _with_indices}, (torch, F)))
-    return table
-
-
-def _with_indices(input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    raise RewriteNotApplicable("volumetric", "torch.nn.functional.max_pool3d", "return_indices=True")
+    # F.conv3d and F.avg_pool3d are torch's own builtins; F.max_pool3d dispatches on return_indices, its indices to
+    # F.max_pool3d_with_indices, which the pooling family rewrites (max pools with indices of any rank)
+    return by_name({"conv3d": conv3d, "avg_pool3d": avg_pool3d, "max_pool3d": max_pool3d}, (torch, F))
 
 
 REWRITES = (
     Rewrite(
         name="volumetric",
-        version=1,
+        version=2,  # 2: return_indices left to the pooling family (which rewrites it) instead of refused
         removes=("aten::conv3d", "aten::max_pool3d", "aten::max_pool3d_with_indices", "aten::avg_pool3d"),
         description="3-D convolution and max / average pooling as their 2-D forms over the depth frames (folded "
                     "into the batch), one per tap of the kernel's depth, summed (conv), maximum or mean (pools)",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from buildsys import rewrites
 from buildsys.rewrites import RewriteNotApplicable
-from tests.helpers.rewrite_checks import check, randn
+from tests.helpers.rewrite_checks import check, graph_ops, randn
 from tests.helpers.rewrite_ops import Fn
 
 DTYPES = [torch.float32, torch.float64]
@@ -45,6 +45,14 @@ def test_3d_pools_match_torch(dtype: torch.dtype) -> None:
     check(lambda v: F.max_pool3d(v, 2), "volumetric", x[0])  # unbatched
 
 
+def test_a_3d_max_pool_with_indices_is_the_pooling_familys() -> None:
+    """Both families active (as a route enables them): the values by volumetric's separable max, the indices by
+    pooling's windows, each torch's."""
+    x = randn(2, 3, 7, 6, 6)
+    check(lambda v: F.max_pool3d(v, 2), ("volumetric", "pooling"), x)
+    check(lambda v: F.max_pool3d(v, 3, stride=2, padding=1, return_indices=True)[1], ("volumetric", "pooling"), x)
+
+
 def test_a_video_classifier_keeps_no_3d_op_in_any_graph() -> None:
     """A C3D-style clip classifier: Conv3d, BatchNorm3d, MaxPool3d, AvgPool3d, AdaptiveAvgPool3d, Linear."""
     torch.manual_seed(0)
@@ -52,13 +60,23 @@ def test_a_video_classifier_keeps_no_3d_op_in_any_graph() -> None:
                               torch.nn.MaxPool3d((1, 2, 2)), torch.nn.Conv3d(8, 8, (3, 1, 1), stride=(2, 1, 1)),
                               torch.nn.AvgPool3d(2), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),
                               torch.nn.Linear(8, 5)).eval().requires_grad_(False)
-    check(lambda clip: net(clip), ("volumetric", "pooling"), randn(2, 3, 8, 8, 8), graphs=True)
+    clip = randn(2, 3, 8, 8, 8)
+    check(lambda c: net(c), ("volumetric", "pooling"), clip)
+    # Not check(graphs=True): the 2-D max pools the rewrite leaves are max_pool2d_with_indices in core ATen, an op
+    # the pooling family names among those it removes (it does where the indices are used). The 3-D ops by name (a
+    # decomposed 3-D convolution is `convolution`, as a 2-D one: the traced and exported graphs name it conv3d)
+    three_d = {"conv3d", "max_pool3d", "max_pool3d_with_indices", "avg_pool3d", "adaptive_avg_pool3d",
+               "_adaptive_avg_pool3d"}
+    before = graph_ops(Fn(net), (clip,))
+    assert {"conv3d", "max_pool3d_with_indices", "avg_pool3d"} <= before["exported"] | before["decomposed"]
+    after = graph_ops(rewrites.apply(Fn(net), ["volumetric", "pooling"]), (clip,))
+    for kind in ("traced", "exported", "decomposed"):
+        assert not three_d & after[kind], f"{kind} graph still has {three_d & after[kind]}"
 
 
 def test_what_it_does_not_implement_is_refused_not_computed() -> None:
     x = randn(1, 2, 4, 4, 4)
     for fn, match in ((lambda v: F.max_pool3d(v, 2, ceil_mode=True), "ceil_mode"),
-                      (lambda v: F.max_pool3d(v, 2, return_indices=True)[0], "return_indices"),
                       (lambda v: F.avg_pool3d(v, 2, padding=1, count_include_pad=False), "count_include_pad"),
                       (lambda v: F.avg_pool3d(v, 2, divisor_override=3), "divisor_override")):
         with pytest.raises(RewriteNotApplicable, match=match):

@@ -66,6 +66,15 @@ def test_a_member_replaces_a_subset_of_its_family_with_the_same_handlers() -> No
         assert both(x).shape == torch.stft(x, 64, return_complex=True).shape
 
 
+def test_every_rewrite_can_be_active_with_every_other() -> None:
+    """A route may carry any set of families (a decomposition route, the refusal of several ops): no two claim
+    one function with different handlers, which active_rewrites refuses (volumetric and pooling both took
+    max_pool3d_with_indices once)."""
+    from buildsys.rewrites.mechanism import active_rewrites
+
+    active_rewrites(list(rewrites.REGISTRY.values()))
+
+
 def test_an_unknown_name_says_what_exists() -> None:
     with pytest.raises(UnknownRewrite, match=r"no rewrite is named 'embeddingbag' .* did you mean 'embedding-bag'"):
         rewrites.get("embeddingbag")
