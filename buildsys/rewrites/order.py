@@ -16,6 +16,7 @@ by comparisons and sums, without a sort.
   side='right'), per row for an N-d sorted sequence; a `sorter` gathers the sequence first.
 - histc(bins, min, max): each element's bin, floor((x − min) / (max − min) · bins) with x = max in the last
   bin, counted against the constant bin numbers; min = max takes the data's range (± 1 when it is one value).
+- histogram / histogramdd (bins counts or edges, range, weight, density): buildsys/rewrites/histograms.py.
 Cost: n² comparisons per row for the rank statistics, so they refuse n above MAX_LENGTH.
 
 Why a rewrite and not a decomposition: PyTorch's tables have none for sort, argsort, kthvalue, median, nanmedian,
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out
+from buildsys.rewrites.histograms import histogram, histogramdd
 
 if TYPE_CHECKING:
     import torch
@@ -257,12 +259,14 @@ def histc(input: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0, 
 
     refuse_out("order", "torch.histc", out)
     x = input.reshape(-1)
+    # low and high [1], not 0-d: the legacy ONNX exporter casts a 0-d float64 tensor meeting a Python number to
+    # float32 (a float64 minimum fell out of its own first bin)
     if min == max:  # the data's range; one value spans ±1, as torch's kernel does
-        low, high = x.amin(), x.amax()
+        low, high = x.amin(0, keepdim=True), x.amax(0, keepdim=True)
         same = low == high
         low, high = torch.where(same, low - 1, low), torch.where(same, high + 1, high)
     else:
-        low, high = torch.as_tensor(float(min), dtype=x.dtype), torch.as_tensor(float(max), dtype=x.dtype)
+        low, high = torch.full((1,), float(min), dtype=x.dtype), torch.full((1,), float(max), dtype=x.dtype)
     inside = (x >= low) & (x <= high)
     position = torch.floor((x - low) / (high - low) * bins).to(torch.int64)
     position = torch.clamp(position, max=bins - 1)  # x = max counts in the last bin
@@ -276,18 +280,23 @@ def _handlers() -> HandlerTable:
 
     return by_name({"kthvalue": kthvalue, "median": median, "nanmedian": nanmedian, "histc": histc,
                     "searchsorted": searchsorted, "bucketize": bucketize, "sort": sort, "argsort": argsort,
-                    "msort": msort, "quantile": quantile, "nanquantile": nanquantile}, (torch, torch.Tensor))
+                    "msort": msort, "quantile": quantile, "nanquantile": nanquantile, "histogram": histogram},
+                   (torch, torch.Tensor)) | {torch.histogramdd: histogramdd}
 
 
 REWRITES = (
     Rewrite(
         name="order",
-        version=4,  # 3: sort, argsort, msort; 4: quantile, nanquantile
+        version=5,  # 3: sort, argsort, msort; 4: quantile, nanquantile; 5: histogram, histogramdd (histograms.py),
+        # histc's range [1] (float64 through the legacy ONNX exporter)
         removes=("aten::kthvalue", "aten::median", "aten::nanmedian", "aten::searchsorted", "aten::bucketize",
-                 "aten::histc", "aten::sort", "aten::argsort", "aten::msort", "aten::quantile", "aten::nanquantile"),
+                 "aten::histc", "aten::sort", "aten::argsort", "aten::msort", "aten::quantile", "aten::nanquantile",
+                 "aten::histogram", "aten::histogramdd", "aten::_histogramdd_bin_edges",
+                 "aten::_histogramdd_from_bin_cts", "aten::_histogramdd_from_bin_tensors"),
         description="sort / argsort / msort, kthvalue / median / nanmedian / quantile / nanquantile by pairwise "
                     "ranks, searchsorted / "
-                    "bucketize by counts of the boundaries below, histc by counts against constant bin numbers",
+                    "bucketize by counts of the boundaries below, histc by counts against constant bin numbers, "
+                    "histogram / histogramdd by edge comparisons and a one-hot outer product",
         handlers=_handlers,
     ),
 )

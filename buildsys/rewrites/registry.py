@@ -21,7 +21,8 @@ _PACKAGE = "buildsys.rewrites"
 #: Modules of the package that are machinery, not a family of rewrites.
 SHARED = frozenset({"base", "registry", "refusal", "mechanism", "pair", "pair_ops", "dft", "spectral", "onehot",
                     "indexing", "placement", "segment", "householder", "bessel_tables", "orthogonal", "lu",
-                    "triangular_solve", "matrices", "polynomial", "composites"})
+                    "triangular_solve", "matrices", "polynomial", "composites",
+                    "histograms"})
 
 
 class _Registry(Mapping[str, Rewrite]):
