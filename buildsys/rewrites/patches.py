@@ -106,7 +106,8 @@ def fold(input: torch.Tensor, output_size: Size2, kernel_size: Size2, dilation: 
 def _unfold_handlers() -> HandlerTable:
     import torch
 
-    return {torch.Tensor.unfold: tensor_unfold, torch.nn.functional.unfold: unfold}
+    # torch.unfold_copy: the same windows as a fresh tensor (what a view becomes in a functional graph)
+    return {torch.Tensor.unfold: tensor_unfold, torch.unfold_copy: tensor_unfold, torch.nn.functional.unfold: unfold}
 
 
 def _fold_handlers() -> HandlerTable:
@@ -116,7 +117,7 @@ def _fold_handlers() -> HandlerTable:
 
 
 REWRITES = (
-    Rewrite(name="unfold", version=2, removes=("aten::unfold", "aten::im2col"),
+    Rewrite(name="unfold", version=3, removes=("aten::unfold", "aten::unfold_copy", "aten::im2col"),  # 3: unfold_copy
             description="Tensor.unfold as one constant-index gather; F.unfold (im2col) as a grouped conv2d "
                         "with one-hot kernels",
             handlers=_unfold_handlers),

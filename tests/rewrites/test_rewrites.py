@@ -19,6 +19,7 @@ from torch import nn
 from buildsys import rewrites
 from buildsys.rewrites import RewriteNotApplicable, UnknownRewrite
 from tests.conftest import REPO
+from tests.helpers import rewrite_checks as families
 from tests.helpers.rewrite_checks import REL, assert_equivalent, randn
 from tests.helpers.rewrite_ops import Fn
 
@@ -339,6 +340,8 @@ def test_tensor_unfold_matches_torch(shape: tuple[int, ...]) -> None:
         for size, step in [(1, 1), (3, 1), (4, 2), (5, 3)]:
             if size <= x.shape[dim]:
                 check(lambda t: t.unfold(dim, size, step), ("unfold",), x)
+                check(lambda t: torch.unfold_copy(t, dim, size, step), ("unfold",), x)
+    families.check(lambda t: torch.unfold_copy(t, -1, 1, 1), "unfold", x, graphs=True)  # unfold_copy gone
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 6, 6), (2, 3, 9, 7), (3, 8, 8)])
