@@ -16,6 +16,9 @@ written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, 
   (x² would overflow float32) and asinh by its odd series below 0.05 (log(1 + x) would lose x's digits).
 - `argmax` / `argmin` without a dim (the index into the flattened tensor): `reduce_argmax` over the flattened
   input. coremltools passes `axis=None` on, which MIL rejects ("pop from empty list").
+- `layer_norm` / `native_layer_norm` whose weight or bias is computed at run time (an input, or from one): MIL's
+  layer_norm takes only constant gamma and beta ("Input gamma must be const at compile time"), so the
+  normalisation without them, then a multiply and an add; constant ones keep coremltools' own translation.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 def op_patches(table: dict[str, Any]) -> dict[str, Any]:
     """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
     return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_infinities(table),
-            **_inverse_hyperbolic(table), **_flat_arg_reduce(table)}
+            **_inverse_hyperbolic(table), **_flat_arg_reduce(table), **_runtime_layer_norm(table)}
 
 
 def _value(v: Any) -> Any:
@@ -184,3 +187,30 @@ def _flat_arg_reduce(table: dict[str, Any]) -> dict[str, Any]:
         context.add(mb.reshape(x=index, shape=[1] * max(x.rank, 1), name=node.name))
 
     return {name: argmax for name, func in table.items() if func is original}
+
+
+def _runtime_layer_norm(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    if "layer_norm" not in table:
+        return {}
+    original = table["layer_norm"]
+
+    def layer_norm(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=2)
+        weight, bias = (inputs[i] if len(inputs) > i else None for i in (2, 3))
+        if all(v is None or _value(v) is not None for v in (weight, bias)):  # absent or constant
+            return original(context, node)
+        x, shape = inputs[0], _value(inputs[1])
+        eps = _value(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else 1e-5
+        out = mb.layer_norm(x=x, axes=list(range(-len(shape), 0)), epsilon=float(eps))
+        if weight is not None:
+            out = mb.mul(x=out, y=weight)
+        if bias is not None:
+            out = mb.add(x=out, y=bias)
+        out = mb.identity(x=out, name=node.name)
+        context.add((out, None, None) if "native_layer_norm" in str(node.kind) else out,
+                    torch_name=node.name if "native_layer_norm" in str(node.kind) else None)
+
+    return {name: layer_norm for name, func in table.items() if func is original}

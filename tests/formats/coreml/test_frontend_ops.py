@@ -1,5 +1,6 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
-of booleans, argmax / argmin of the flattened tensor; each refused by coremltools as it is, converted under
+of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
+with run-time weights; each refused by coremltools as it is, converted under
 modelbuild's patches by both frontends and agreeing with PyTorch in the MIL interpreter."""
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ CASES = {
     "asinh": lambda x: torch.asinh(x) + torch.asinh(x * 1e-3) * 1e3 + torch.asinh(x * 1e10) * 1e-1,
     "argmax of all": lambda x: torch.argmax(x).float().reshape(1) + x.sum(),
     "argmin of all": lambda x: torch.argmin(x * 2).float().reshape(1) + x.mean(),
+    "layer_norm of run-time weights": lambda x: torch.nn.functional.layer_norm(x, (5,), x[0, 0] * 0.5 + 1, x[0, 1]),
+    "layer_norm of a run-time weight over two axes": lambda x: torch.nn.functional.layer_norm(x, (4, 5), x[0].exp(),
+                                                                                               eps=1e-3),
 }
 
 
