@@ -210,7 +210,9 @@ def _runtime_layer_norm(table: dict[str, Any]) -> dict[str, Any]:
         if bias is not None:
             out = mb.add(x=out, y=bias)
         out = mb.identity(x=out, name=node.name)
-        context.add((out, None, None) if "native_layer_norm" in str(node.kind) else out,
-                    torch_name=node.name if "native_layer_norm" in str(node.kind) else None)
+        if "native_layer_norm" in str(node.kind):  # (out, mean, rstd), as coremltools binds it: the stats unused
+            context.add((out, None, None), torch_name=node.name)
+        else:
+            context.add(out)
 
     return {name: layer_norm for name, func in table.items() if func is original}
