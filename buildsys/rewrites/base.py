@@ -27,6 +27,9 @@ class Rewrite:
     `family`, on a member, names the family rewrite that holds it: a member replaces a subset of its
     family's functions with the same handlers (the name a target could set before the family existed),
     so a refusal that points at both is answered by the family alone.
+    `precise` are ops it computes closer to torch than converters write them (log1p as log(1 + x)): nothing
+    refuses those, so a float check that missed its tolerance on a route whose program holds one is answered by
+    it (buildsys/planning/failures.py).
     """
 
     name: str
@@ -36,13 +39,14 @@ class Rewrite:
     handlers: Callable[[], HandlerTable] = field(repr=False, compare=False)
     signs: tuple[str, ...] = ()
     family: str | None = None
+    precise: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name):
             raise ValueError(f"rewrite name {self.name!r}: lower-case words joined by '-'")
         if not self.removes:
             raise ValueError(f"rewrite {self.name!r} removes no op: a rewrite is keyed by the ops it removes")
-        for op in self.removes:
+        for op in (*self.removes, *self.precise):
             if not re.fullmatch(r"[a-z_]+::[A-Za-z0-9_]+", op):
                 raise ValueError(f"rewrite {self.name!r}: op {op!r} is not spelled 'namespace::name' (aten::stft)")
 
@@ -52,6 +56,8 @@ class Rewrite:
                                   "description": self.description}
         if self.family:
             out["family"] = self.family
+        if self.precise:
+            out["precise"] = list(self.precise)
         return out
 
 

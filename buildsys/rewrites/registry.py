@@ -75,6 +75,13 @@ def removing(op: str) -> list[Rewrite]:
     return sorted(found, key=lambda r: r.family is not None)
 
 
+def precise_for(ops: Sequence[str]) -> list[Rewrite]:
+    """The rewrites that compute one of `ops` (any spelling) more precisely than converters write it
+    (`Rewrite.precise`): what answers a float check that missed its tolerance on a program holding them."""
+    held = {op_base(o) for o in ops}
+    return [r for r in REGISTRY.values() if held & {op_base(o) for o in r.precise}]
+
+
 def apply(module: nn.Module, names: Sequence[str]) -> nn.Module:
     """An equivalent module that runs with the named rewrites in force (in this order).
 
