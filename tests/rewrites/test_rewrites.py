@@ -42,7 +42,7 @@ def test_the_registry_lists_every_rewrite_with_what_it_removes() -> None:
     assert set(rewrites.REGISTRY) == {"fft", "stft", "complex", "scatter", "embedding-bag", "recurrent", "distance",
                                       "triangular", "special", "bessel", "floating", "gamma", "scan", "order", "linalg", "sampling", "pooling", "volumetric", "resample", "diff", "roll",
                                       "unfold",
-                                      "fold", "sdpa"}
+                                      "fold", "sdpa", "losses", "precise"}
     for rewrite in rewrites.REGISTRY.values():
         assert rewrite.version >= 1 and rewrite.description and rewrite.removes
         assert rewrite.as_dict()["removes"] == list(rewrite.removes)
@@ -50,6 +50,11 @@ def test_the_registry_lists_every_rewrite_with_what_it_removes() -> None:
     assert [r.name for r in rewrites.removing("aten.embedding_bag.padding_idx")] == ["scatter", "embedding-bag"]
     assert [r.name for r in rewrites.removing("aten::_fft_r2c")] == ["fft", "stft"]
     assert rewrites.versions(["stft", "sdpa"]) == {"stft": 1, "sdpa": 1}
+    # what a float check that missed its tolerance is answered by: rewrites declaring an op of the program precise
+    assert [r.name for r in rewrites.precise_for(["aten.log1p.default", "aten::mul"])] == ["precise"]
+    assert [r.name for r in rewrites.precise_for(["aten::soft_margin_loss"])] == ["losses"]
+    assert rewrites.precise_for(["aten::mul", "aten::cross_entropy_loss"]) == []
+    assert rewrites.get("precise").as_dict()["precise"][0] == "aten::log1p"
 
 
 def test_a_member_replaces_a_subset_of_its_family_with_the_same_handlers() -> None:

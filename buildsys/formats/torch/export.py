@@ -55,6 +55,6 @@ class Pt2FromPyTorch(FromPyTorch):
         path = ctx.out_dir / PT2.filename
         torch.export.save(program, str(path))
         return {**metrics, "bytes": path.stat().st_size, **decomposition,
-                **rewrite_metrics(ctx, program_ops(program), module)}
+                **rewrite_metrics(ctx, program_ops(program, custom=True), module)}
 
 

@@ -202,9 +202,15 @@ def torchscript_ops(module: Any) -> list[str]:
     return [n.kind() for n in graph.nodes() if n.kind().startswith("aten::")]
 
 
-def program_ops(program: Any) -> list[str]:
-    """The ATen ops of an ExportedProgram's graph (aten.stft.default)."""
-    return [str(n.target) for n in program.graph.nodes if n.op == "call_function" and str(n.target).startswith("aten.")]
+def program_ops(program: Any, custom: bool = False) -> list[str]:
+    """The ATen ops of an ExportedProgram's graph (aten.stft.default); with `custom`, also the custom ops
+    (torch.library: `torch_nn::_linear_cross_entropy_batch_chunked`), which a refusal downstream may name."""
+    out = [str(n.target) for n in program.graph.nodes if n.op == "call_function" and str(n.target).startswith("aten.")]
+    if custom:
+        out += [n.target._schema.name for n in program.graph.nodes if n.op == "call_function"
+                and getattr(n.target, "namespace", "aten") not in ("aten", "prims", "higher_order")
+                and hasattr(n.target, "_schema")]
+    return out
 
 
 
