@@ -1,7 +1,8 @@
 """What a failed route means for the next plan: the record deploy.lock keeps of it (records.DroppedRoute), and
-what answers it — the rewrites a converter's refusal points at and the routes that lower what it refused
-(answers.py: decompositions, a static export, converter switches, another route), or, for a check that missed
-a tolerance on a quantizing route, its repair recipes (repair.py).
+what answers it — the rewrites a converter's refusal points at (or a runtime's refusal to load the artifact) and
+the routes that lower what it refused (answers.py: decompositions, a static export, converter switches, another
+route); for a check that missed a tolerance on a quantizing route, its repair recipes (repair.py), on a float
+route, the rewrites that compute an op of the program more precisely than converters write it (`precise`).
 
 A route fails at the first node of the target's chain (its artifacts, then its check) that failed: a
 conversion error, or a check that missed its acceptance. The decision loop (settle.py) asks `failures` after
@@ -10,6 +11,7 @@ each pass and hands the records to the lock writer; the next plan reads them bac
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys import __version__
@@ -26,6 +28,12 @@ if TYPE_CHECKING:
     from buildsys.planning.routes import Route
     from buildsys.records import NodeResult
     from buildsys.storage.lock import Lock
+
+
+#: A check whose runtime could not load the artifact (nodes/check.py: onnxruntime's shape inference on a Reshape the
+#: exporter wrote, OpenVINO's reader): the converter's output is refused as a converter refuses its input, so the
+#: rewrites that remove what the program holds answer it too (the text names no ATen op: the in-program tier).
+RUNTIME_REFUSAL = re.compile(r"\bartifact could not be run in\b")
 
 
 def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | None" = None) -> dict[str, DroppedRoute]:
@@ -56,7 +64,15 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             answered, note = answer(route, names, config.options, config.rewrites)
             rewrites = names if answered is not None else []
             lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
+        elif RUNTIME_REFUSAL.search(why):  # the runtime refused to load what the converter made: as a refusal
+            names = refusal_rewrites(why, _chain_ops(chain, results, lock))
+            answered, note = answer(route, names, config.options, config.rewrites)
+            rewrites = names if answered is not None else []
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
+        if not repair and _missed_tolerance(result.metrics):  # a float miss: ops converters write imprecisely?
+            names = precise_rewrites(_chain_ops(chain, results, lock))
+            answered, _ = answer(route, names, config.options, config.rewrites)
+            rewrites = names if answered is not None else []
         if len(candidates) < 2 and not rewrites and not note and not repair and not lowered:
             continue  # a pinned route, and nothing answers its failure
         record = DroppedRoute(route=route.words(), node=node, key=str(plan.nodes[node].key), modelbuild=__version__,
@@ -74,6 +90,14 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             record["refused"] = result.metrics["refused"]
         out[target] = record
     return out
+
+
+def precise_rewrites(ops: list[str]) -> list[str]:
+    """The rewrites that compute an op of the program more precisely than converters write it (log1p as
+    log(1 + x)): the answer to a check that missed its tolerance where no quantizer's repair is (a float route)."""
+    from buildsys.rewrites import precise_for
+
+    return [r.name for r in precise_for(ops)]
 
 
 def _lowered(plan: "Plan", target: str, route: "Route", node: str, error: str, ops: list[str],

@@ -251,6 +251,54 @@ def build():
     return ClipClassifier().eval()
 '''
 
+SURVIVAL = '''\
+import torch
+from torch import nn
+
+
+class SurvivalHead(nn.Module):
+    """A rare-event survival model (churn, equipment failure): log-linear per-step hazards h = exp(w·x + b), and
+    the log-survival Σ log(1 − h) written with log1p, as such models are, since the hazards are around 1e-8."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hazard = nn.Linear(6, 5)
+        nn.init.constant_(self.hazard.bias, -18.0)
+
+    def forward(self, features):
+        return torch.cumsum(torch.log1p(-torch.exp(self.hazard(features))), dim=-1)
+
+
+def build():
+    return SurvivalHead().eval()
+'''
+
+DISAGREEMENT = '''\
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Disagreement(nn.Module):
+    """An out-of-distribution score: the cross-entropy of one head's logits against the other head's soft labels
+    (class probabilities as the target), per example, as two-head uncertainty models deploy it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.student, self.teacher = nn.Linear(16, 5), nn.Linear(16, 5)
+
+    def forward(self, features):
+        h = self.body(features)
+        return F.cross_entropy(self.student(h), torch.softmax(self.teacher(h), dim=-1), reduction="none")
+
+
+def build():
+    return Disagreement().eval()
+'''
+
 
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
@@ -363,3 +411,22 @@ def test_a_bicubic_upscaler_reaches_core_ml(tmp_path: Path) -> None:
                           "ios: {model: model, format: coreml}\n")
     _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite resample)", "coreml"], "resample",
                           "upsample_bicubic2d")
+
+
+def test_a_survival_model_misses_its_tolerance_then_reaches_onnx_precise(tmp_path: Path) -> None:
+    """No converter refuses log1p: the ONNX exporter writes log(1 + x), which is 0 for the model's hazards of ~1e-8,
+    so the check misses its tolerance (relative error 1). The program holds log1p, which `precise` computes
+    closer to torch, so the same route with it is the next one, and passes."""
+    project, out = _build(tmp_path, "survival", SURVIVAL, "[{name: features, shape: [batch, 6]}]",
+                          "server: {model: model, format: onnx}\n")
+    _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite precise)"], "precise", "max_rel")
+
+
+def test_a_disagreement_score_onnxruntime_cannot_load_reaches_onnx_with_losses(tmp_path: Path) -> None:
+    """The legacy exporter writes cross_entropy with class probabilities as ONNX's SoftmaxCrossEntropyLoss, which
+    takes class indices only: the export succeeds and onnxruntime refuses to load it. A runtime's refusal is
+    answered as a converter's: the program holds cross_entropy, so the route with `losses` is the next one."""
+    project, out = _build(tmp_path, "disagreement", DISAGREEMENT, "[{name: features, shape: [batch, 8]}]",
+                          "server: {model: model, format: onnx}\n")
+    _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite losses)"], "losses",
+                          "could not be run in onnxruntime")
