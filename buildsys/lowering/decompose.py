@@ -1,9 +1,10 @@
 """An exported program decomposed with PyTorch's own tables: the worker side of the `decompose` option (docs/lowering.md).
 
-Three tables, looked up in this order for each op: `torch._decomp.decomposition_table` (which also holds
+Tables, looked up in this order for each op: `torch._decomp.decomposition_table` (which also holds
 decompositions outside the core set: grid_sampler_2d, affine_grid_generator, cumsum…), the core ATen
 decompositions (`torch._decomp.core_aten_decompositions()`, which also lowers the composite ops a training-IR
-export keeps: grid_sampler, cdist, linear), and `torch._refs` (the Python references, for an op neither holds).
+export keeps: grid_sampler, cdist, linear), this project's own (`own_decompositions`: an op PyTorch's tables
+leave and no converter takes, empty_permuted), and `torch._refs` (the Python references, for an op none holds).
 torch is imported inside the functions: the planner imports this module's name only through the steps.
 """
 
@@ -49,6 +50,35 @@ def _refs(name: str) -> Callable[..., Any] | None:
     return None
 
 
+def _empty_permuted(size: Any, physical_layout: Any, *, dtype: Any = None, layout: Any = None, device: Any = None,
+                    pin_memory: Any = None) -> "torch.Tensor":
+    """aten.empty_permuted as a contiguous aten.empty (core ATen): its memory is uninitialised and its strides only
+    say where a kernel writes, which a converted program has no notion of. torch's zeros_like / full_like of a
+    permuted tensor exports as empty_permuted then fill (hinge_embedding_loss, cosine_embedding_loss), and no
+    table lowers it: ExecuTorch and litert-torch refuse it."""
+    import torch
+
+    return torch.ops.aten.empty.memory_format(size, dtype=dtype, layout=layout, device=device, pin_memory=pin_memory)
+
+
+def own_decompositions() -> dict["torch._ops.OpOverload", Callable[..., Any]]:
+    """This project's decompositions of ATen ops that PyTorch's tables leave and no converter takes, keyed as
+    theirs; consulted after them, and part of the whole program's core decomposition."""
+    import torch
+
+    return {torch.ops.aten.empty_permuted.default: _empty_permuted}
+
+
+def core_table() -> Any:
+    """The table `run_decompositions` uses by default (the core ATen decompositions), with `own_decompositions`."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    for op, fn in own_decompositions().items():
+        table[op] = fn
+    return table
+
+
 def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
     """Every overload of aten.`name` with a decomposition, from the first table that has one."""
     import torch
@@ -59,7 +89,7 @@ def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
         return {}
     overloads = [getattr(packet, o) for o in packet.overloads()]
     core = core_aten_decompositions()
-    for table in (decomposition_table, core):
+    for table in (decomposition_table, core, own_decompositions()):
         found = {o: table[o] for o in overloads if o in table}
         if found:
             return found
@@ -79,8 +109,8 @@ def decomposes(name: str) -> bool:
     packet = getattr(torch.ops.aten, name, None)
     if packet is None or not hasattr(packet, "overloads"):
         return False
-    core = core_aten_decompositions()
-    return any(_lowers(table.get(getattr(packet, o))) for table in (decomposition_table, core) for o in packet.overloads())
+    tables = (decomposition_table, core_aten_decompositions(), own_decompositions())
+    return any(_lowers(table.get(getattr(packet, o))) for table in tables for o in packet.overloads())
 
 
 def _lowers(fn: Any) -> bool:
@@ -95,7 +125,7 @@ def decomposable_ops() -> list[str]:
     PyTorch can decompose (`torch._refs` left out, as in `decomposes`)."""
     from torch._decomp import core_aten_decompositions, decomposition_table
 
-    tables = (decomposition_table, core_aten_decompositions())
+    tables = (decomposition_table, core_aten_decompositions(), own_decompositions())
     return sorted({_base(k) for table in tables for k, fn in table.items() if _lowers(fn)} - {""})
 
 
@@ -109,7 +139,7 @@ def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram"
     if isinstance(spec, str):
         if spec != "core":
             raise NoDecomposition(f"decompose: {spec!r} is neither 'core' nor a list of ops")
-        out = program.run_decompositions()
+        out = program.run_decompositions(core_table())
         return out, _record("core", decompositions(program, out))
     names = list(dict.fromkeys(spec))
     table: dict[Any, Callable[..., Any]] = {}
@@ -175,7 +205,7 @@ def _noncore(program: "ExportedProgram", before: set[str]) -> dict[Any, Callable
     import torch
     from torch._decomp import core_aten_decompositions
 
-    core = core_aten_decompositions()
+    core = {**core_aten_decompositions(), **own_decompositions()}
     return {n.target: core[n.target] for n in program.graph.nodes
             if n.op == "call_function" and _base(n.target) and _base(n.target) not in before
             and torch.Tag.core not in n.target.tags and n.target in core}

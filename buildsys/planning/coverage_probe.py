@@ -38,8 +38,9 @@ from buildsys.lowering.decompose import decompositions  # each exported op → i
 #: core ATen decomposition). 4: the QAT flow (`qat_flow`), eager QAT analysed as its ONNX export sees it.
 #: 5: `sites` (where the model calls each op, localise/source_lines.py) and `parameters` (its count). 6: the
 #: `decomposable` table without references (lowering/decompose.py: a reference exports as a prim). 7: litert-torch's
-#: table holds the ops it decomposes before lowering (formats/tflite/litert_torch.lowering_ops).
-VERSION = 7
+#: table holds the ops it decomposes before lowering (formats/tflite/litert_torch.lowering_ops). 8: the `decomposable`
+#: table holds this project's own decompositions (lowering/decompose.own_decompositions: empty_permuted).
+VERSION = 8
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:

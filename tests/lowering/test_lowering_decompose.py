@@ -44,6 +44,25 @@ def test_core_decomposes_the_whole_program() -> None:
     assert "addmm" in _ops(program) and "linear" not in _ops(program)
 
 
+def test_an_allocation_no_pytorch_table_lowers_is_decomposed_by_our_own() -> None:
+    """torch.empty_like (a fresh buffer, then filled) decomposes to empty_permuted, which no PyTorch table lowers and
+    ExecuTorch refuses as not core ATen: the project's own table makes it a plain empty, named or in the whole
+    program. (hinge_embedding_loss's and cosine_embedding_loss's own decompositions make it too.)"""
+
+    class PairScore(torch.nn.Module):  # a floor written into a fresh buffer
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.maximum(x, torch.empty_like(x).fill_(0.1))
+
+    x = torch.randn(4, 6)
+    program = torch.export.export(PairScore(), (x,))
+    assert "empty_permuted" in _ops(program.run_decompositions())
+    assert "empty_permuted" in decomposable_ops()
+    for spec in (["empty_permuted"], "core"):
+        out, _ = decompose(program, spec)
+        assert "empty_permuted" not in _ops(out) and "empty_permuted" not in _ops(out.run_decompositions())
+        torch.testing.assert_close(out.module()(x), PairScore()(x))
+
+
 def test_an_op_no_table_decomposes_is_refused_plainly() -> None:
     class RunningMax(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
