@@ -56,6 +56,7 @@ class CoremlFromTorchScript(PruningStep):
     Weights are compressed afterwards when `weight_compression` asks for it."""
 
     produces = "coreml"
+    version = 2  # 2: static outputs reshaped to torch's shape where coremltools changed it (output_shapes.py)
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
@@ -171,6 +172,8 @@ class CoremlFromTorchScript(PruningStep):
             from buildsys.formats.coreml.weights import measure
 
             pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold)
+        if ctx.extra.get("output_reshaped"):
+            pruned["output_reshaped"] = ctx.extra["output_reshaped"]
         return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned, **repair,
                 **({"static_shapes": True} if opts.static_shapes else {}),
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],
@@ -182,16 +185,39 @@ class CoremlFromTorchScript(PruningStep):
         import coremltools as ct
 
         opts = ctx.options
+        target = dict(minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
+                      compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True)
         try:
             with frontend_patches():
-                return ct.convert(
-                    module, convert_to="mlprogram", inputs=self._inputs(ctx), outputs=self._outputs(ctx),
-                    compute_precision=precision,
-                    minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
-                    compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True,
-                )
+                mlmodel = ct.convert(module, convert_to="mlprogram", inputs=self._inputs(ctx),
+                                     outputs=self._outputs(ctx), compute_precision=precision, **target)
         except Exception as exc:
             raise self.fail(ctx, conversion_failure(exc)) from exc
+        return self._torch_shaped(ctx, module, mlmodel, target)
+
+    def _torch_shaped(self, ctx: StepContext[CoremlOptions], module: Any, mlmodel: Any, target: dict[str, Any]) -> Any:
+        """`mlmodel` with each static output in the shape torch gives it, where coremltools changed its rank
+        (formats/coreml/output_shapes.py); the metric `output_reshaped` names those outputs."""
+        from buildsys.formats.coreml import output_shapes
+
+        program_inputs = output_shapes.program_input_shapes(mlmodel)
+        if not program_inputs or any(not isinstance(n, int) for shape in program_inputs.values() for n in shape):
+            return mlmodel  # flexible inputs: the outputs' shapes are symbolic, nothing to compare
+        try:
+            wanted = output_shapes.torch_output_shapes(module, program_inputs, [i.name for i in ctx.model.inputs],
+                                                       ctx.example().inputs)
+        except Exception:  # noqa: BLE001 - the comparison is a repair; the check still compares the outputs
+            return mlmodel
+        fixes = output_shapes.mismatched(mlmodel, wanted or [])
+        if not fixes:
+            return mlmodel
+        names = [ctx.model.outputs[i].name if i < len(ctx.model.outputs) else str(i) for i in fixes]
+        ctx.extra["output_reshaped"] = {n: list(shape) for n, shape in zip(names, fixes.values())}
+        try:
+            return output_shapes.reshaped(mlmodel, fixes, **target)
+        except Exception as exc:
+            raise self.fail(ctx, f"the outputs {', '.join(names)} came out of coremltools in another shape than "
+                                 f"torch's, and reshaping them failed: {conversion_failure(exc)}") from exc
 
     def _load(self, ctx: StepContext[CoremlOptions]) -> Any:
         """What coremltools converts: the traced module (the torch.export route overrides this)."""
@@ -331,7 +357,8 @@ class Int8Member(CoremlFromTorchScript):
 
     produces = "coreml-int8"
     precision = "int8"
-    version = 2  # 2: the share of weights compressed measured on the package (quantized_weights)
+    version = 3  # 2: the share of weights compressed measured on the package (quantized_weights); 3: outputs in
+    # torch's shape (output_shapes.py)
     Options = CoremlInt8Options
     committed_metrics = ("sparsity_search", "quantized_weights")
 

@@ -26,7 +26,8 @@ class _FromExport(CoremlFromTorchScript):
     symptoms = (STATIC_SHAPES,)  # this is the torch.export frontend already
     decomposes_unnamed = True
 
-    version = 2  # 2: op nodes named apart from string arguments (names_apart_from_strings)
+    version = 3  # 2: op nodes named apart from string arguments (names_apart_from_strings); 3: outputs in torch's
+    # shape (output_shapes.py), the project's own decompositions (lowering/decompose.core_table)
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
 
@@ -38,7 +39,9 @@ class _FromExport(CoremlFromTorchScript):
         except Exception as exc:
             raise self.fail(ctx, f"'{ctx.input_path}' is not a readable torch.export program: "
                                  f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        return names_apart_from_strings(program.run_decompositions())  # the core ATen opset (new_ones → full, …)
+        from buildsys.lowering.decompose import core_table
+
+        return names_apart_from_strings(program.run_decompositions(core_table()))  # core ATen (new_ones → full, …)
 
 
 def names_apart_from_strings(program: Any) -> Any:
@@ -78,4 +81,4 @@ class CoremlInt8FromPt2(Int8Member, _FromExport):
 
     name = "coreml-int8-from-pt2"
     consumes = PROGRAM
-    version = 3  # Int8Member's 2, and the route's names_apart_from_strings
+    version = 4  # Int8Member's 3, and the route's names_apart_from_strings
