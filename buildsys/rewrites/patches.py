@@ -30,8 +30,11 @@ def _pair(value: Size2) -> tuple[int, int]:
 def tensor_unfold(input: torch.Tensor, dimension: int, size: int, step: int) -> torch.Tensor:
     """Tensor.unfold: windows of `size` every `step` along `dimension`, as a new last dimension."""
 
-    if input.dim() == 0:
-        raise RewriteNotApplicable("unfold", "Tensor.unfold", "a 0-D tensor")
+    if input.dim() == 0:  # torch treats a 0-D tensor as one element: one window of `size` (0 or 1) values
+        if size > 1 or step <= 0:
+            raise RuntimeError(f"maximum size for tensor at dimension 0 is 1 but size is {size}"
+                               if size > 1 else f"step is {step} but must be > 0")
+        return input.reshape(1)[:size]
     from buildsys.rewrites.mechanism import constant, static_size, to_last
 
     dim = dimension % input.dim()
@@ -117,7 +120,7 @@ def _fold_handlers() -> HandlerTable:
 
 
 REWRITES = (
-    Rewrite(name="unfold", version=3, removes=("aten::unfold", "aten::unfold_copy", "aten::im2col"),  # 3: unfold_copy
+    Rewrite(name="unfold", version=4, removes=("aten::unfold", "aten::unfold_copy", "aten::im2col"),  # 4: a 0-D tensor
             description="Tensor.unfold as one constant-index gather; F.unfold (im2col) as a grouped conv2d "
                         "with one-hot kernels",
             handlers=_unfold_handlers),

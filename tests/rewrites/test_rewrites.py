@@ -349,6 +349,15 @@ def test_tensor_unfold_matches_torch(shape: tuple[int, ...]) -> None:
     families.check(lambda t: torch.unfold_copy(t, -1, 1, 1), "unfold", x, graphs=True)  # unfold_copy gone
 
 
+def test_tensor_unfold_of_a_0d_tensor_is_torchs_one_window() -> None:
+    x = torch.tensor(3.5)
+    for dim, size, step in [(0, 1, 1), (-1, 1, 2), (0, 0, 1)]:
+        check(lambda t: t.unfold(dim, size, step) * 2, ("unfold",), x)
+        check(lambda t: torch.unfold_copy(t, dim, size, step) + 1, ("unfold",), x)
+    with pytest.raises(RuntimeError, match="maximum size for tensor at dimension 0 is 1"):
+        rewritten(lambda t: t.unfold(0, 2, 1), "unfold")(x)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 6, 6), (2, 3, 9, 7), (3, 8, 8)])
 def test_im2col_and_col2im_match_torch(shape: tuple[int, ...]) -> None:
     x = randn(*shape)
