@@ -23,7 +23,7 @@ def openvino_intermediates(path: Path, feeds: dict[str, "np.ndarray"], modules: 
     """Run the IR at `path` with every mapped op's float outputs added as outputs, in topological order."""
     import numpy as np
 
-    from buildsys.formats.openvino.ir import cpu_config, telemetry_off
+    from buildsys.formats.openvino.ir import compile_cpu, telemetry_off
     from buildsys.localise import Probe
     from buildsys.localise.names import from_scope
 
@@ -48,7 +48,7 @@ def openvino_intermediates(path: Path, feeds: dict[str, "np.ndarray"], modules: 
     declared = len(model.outputs)
     if ports:
         model.add_outputs(ports)
-    compiled = core.compile_model(model, "CPU", cpu_config())
+    compiled, _ = compile_cpu(core, model)
     request = compiled.create_infer_request()
     inputs = {}
     for port in compiled.inputs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 #: The IR is two files: the graph (XML) and its weights (raw bytes) next to it, same stem.
 XML = "model.xml"
@@ -51,3 +52,22 @@ def cpu_config() -> dict[str, str]:
     (fp16-compressed weights, int8 FakeQuantize) is honoured either way.
     """
     return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
+#: OpenVINO's CPU plugin fuses chains of elementwise ops into JIT "snippets"; a long one (a special function's
+#: series, written out by a rewrite) can need more registers than the ISA has, and compile_model fails with "Can't
+#: allocate registers for a snippet". Without snippets the same program compiles and computes the same values.
+SNIPPETS_EXHAUSTED = "allocate registers for a snippet"
+NO_SNIPPETS = {"SNIPPETS_MODE": "DISABLE"}
+
+
+def compile_cpu(core: Any, model: Any) -> tuple[Any, dict[str, str] | None]:
+    """`model` (a path or an ov.Model) compiled for the CPU plugin with `cpu_config`, and the settings added
+    beyond it (None: none): where the snippets' registers run out, it is compiled again without snippets, which
+    an app must then ask for too (the check says so in a caveat)."""
+    try:
+        return core.compile_model(model, "CPU", cpu_config()), None
+    except RuntimeError as exc:
+        if SNIPPETS_EXHAUSTED not in str(exc):
+            raise
+        return core.compile_model(model, "CPU", {**cpu_config(), **NO_SNIPPETS}), dict(NO_SNIPPETS)

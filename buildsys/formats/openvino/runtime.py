@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import get_format, register_runtime
-from buildsys.formats.openvino.ir import cpu_config, telemetry_off
+from buildsys.formats.openvino.ir import compile_cpu, telemetry_off
+from buildsys.status import Caveat, CaveatKind
 from buildsys.formats.runtime import Runtime, Session, fixed_batch, loading
 
 if TYPE_CHECKING:
@@ -87,8 +88,14 @@ class OpenVinoRuntime(OpenVinoCpu):
         if not path.with_suffix(".bin").exists():
             raise StepError(f"the OpenVINO IR '{path.name}' has no weights file {path.with_suffix('.bin').name} next to it")
         with loading(f"OpenVINO could not load '{path.name}'"):
-            compiled = ov.Core().compile_model(str(path), "CPU", cpu_config())
-        return OpenVinoSession(compiled, model)
+            compiled, extra = compile_cpu(ov.Core(), str(path))
+        session = OpenVinoSession(compiled, model)
+        if extra:
+            session.note(Caveat(CaveatKind.DEGRADED, f"compiled with {extra}",
+                                "OpenVINO's CPU plugin could not allocate registers for a fused elementwise snippet of "
+                                f"this program; it runs compiled with {extra}, which an app must pass to "
+                                "compile_model too", self.name))
+        return session
 
     def intermediates(self, path: Path, model: Model, root: Path, feeds: dict[str, np.ndarray],
                       modules: list[str]) -> list[Probe]:

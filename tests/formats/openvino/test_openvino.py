@@ -353,3 +353,38 @@ def test_a_conversion_failure_names_the_onnx_ops_without_a_rule() -> None:
     detailed = RuntimeError("Check 'false' failed at x.cpp:151:\nModel wasn't fully converted. Failed operations "
                             "detailed log:\n-- prim::Constant with a message:\nNone constant cannot be converted\n")
     assert _unconverted(detailed) == "RuntimeError: the conversion of prim::Constant failed"
+
+
+def test_a_program_whose_snippets_run_out_of_registers_runs_without_them_and_says_so(tmp_path: Path) -> None:
+    """The Airy function as the bessel rewrite writes it (Cephes' series, every range computed and selected) is one
+    long elementwise chain: the CPU plugin's JIT snippet for it cannot allocate its registers, so compile_model
+    fails. The runtime compiles it again without snippets, and the check's caveat tells the app to do the same."""
+    import io
+    import warnings
+
+    import torch
+
+    from buildsys import rewrites
+    from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
+    from buildsys.status import CaveatKind
+    from tests.helpers.rewrite_ops import Fn
+
+    x = torch.linspace(-6.0, 6.0, 40).reshape(1, 40)
+    module = rewrites.apply(Fn(torch.special.airy_ai), ["bessel"])
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=18, input_names=["x"], output_names=["y"])
+    (tmp_path / "model.onnx").write_bytes(f.getvalue())
+    ov.save_model(ov.convert_model(str(tmp_path / "model.onnx")), str(tmp_path / "model.xml"))
+    with pytest.raises(RuntimeError, match="allocate registers for a snippet"):
+        ov.Core().compile_model(str(tmp_path / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    model = Model.model_validate({"source": {"onnx": "model.onnx"}, "inputs": [{"name": "x", "shape": [1, 40]}],
+                                  "outputs": [{"name": "y"}]})
+    with get_runtime("openvino").load(tmp_path / "model.xml", model, tmp_path) as session:
+        got = session.run_all(Batch({"x": x.numpy()}, None, "test"))[0]
+        caveats = list(session.__dict__.get("caveats", []))
+    want = torch.special.airy_ai(x).numpy()  # within OpenVINO's own exp / sin accuracy (~2e-4 of the range)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * float(np.abs(want).max()))
+    assert [c.kind for c in caveats] == [CaveatKind.DEGRADED] and "SNIPPETS_MODE" in caveats[0].what
