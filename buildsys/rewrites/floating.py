@@ -19,8 +19,8 @@ none, onnxruntime none for float64), with torch's NaN, ±0 and ±inf semantics.
 - heaviside: values where input == 0, else input > 0 (NaN input: 0, as torch); input and values of one dtype.
 - float_power: pow in float64, both operands converted first.
 - logaddexp / logaddexp2: max + log1p(exp(−|a − b|)) (exp2 as exp of ·ln 2, divided by ln 2), a where a and b are
-  the same infinity. log1p(u) is log(1 + u) · u / ((1 + u) − 1) (u where 1 + u == 1): accurate to an ulp or two
-  without a log1p op.
+  the same infinity. log1p is the precise family's (its Taylor series for small arguments): accurate to a few ulp
+  without a log1p op, also where OpenVINO folds the (1 + u) − 1 of Kahan's form back into u.
 - erfcx: Cody's rational approximations ("Rational Chebyshev approximations for the error function", Math.
   Comp. 23, 1969) written for exp(x²)·erfc(x): P(x)/Q(x) on [0.46875, 4], (1/√π + P(1/x²)/(x²·Q(1/x²)))/x above;
   exp(x²)·(1 − erf x) below 0.46875, erf there x·P(x²)/Q(x²) (Cody's first table); 2·exp(x²) − erfcx(−x) for
@@ -93,13 +93,10 @@ def _as(value: Any, dtype: torch.dtype) -> torch.Tensor:
 
 
 def log1p(u: torch.Tensor) -> torch.Tensor:
-    """log(1 + u) to an ulp or two without a log1p op: log(w)·u/(w − 1), w = 1 + u (u where w == 1)."""
-    import torch
+    """log(1 + u) without a log1p op, its small arguments' digits kept (the precise family's form)."""
+    from buildsys.rewrites.precise import log1p as precise_log1p
 
-    w = 1.0 + u
-    d = w - 1.0
-    scaled = torch.log(w) * (u / torch.where(d == 0, torch.ones_like(d), d))
-    return torch.where(d == 0, u, torch.where(torch.isinf(w), w, scaled))
+    return precise_log1p(u)
 
 
 def fmax(input: torch.Tensor, other: torch.Tensor, *, out: object = None) -> torch.Tensor:
@@ -366,7 +363,7 @@ def _handlers() -> HandlerTable:
 REWRITES = (
     Rewrite(
         name="floating",
-        version=1,
+        version=2,  # 2: log1p as the precise family's series (Kahan's form folded by OpenVINO)
         removes=("aten::fmax", "aten::fmin", "aten::copysign", "aten::signbit", "aten::nextafter", "aten::frexp",
                  "aten::ldexp", "aten::heaviside", "aten::float_power", "aten::logaddexp", "aten::logaddexp2",
                  "aten::special_erfcx", "aten::special_ndtr", "aten::special_log_ndtr", "aten::special_entr",

@@ -213,7 +213,7 @@ _POLYNOMIALS = ("aten::special_chebyshev_polynomial_t", "aten::special_chebyshev
 REWRITES = (
     Rewrite(
         name="gamma",
-        version=1,
+        version=2,  # 2: the orthogonal polynomials' closed forms take the precise family's log1p
         removes=("aten::special_zeta", "aten::polygamma", "aten::special_polygamma") + _POLYNOMIALS,
         description="Hurwitz zeta / polygamma / Chebyshev (shifted too), Hermite, Laguerre and Legendre polynomials "
                     "in pow, log, exp, sqrt, sin, cos, floor and where",
