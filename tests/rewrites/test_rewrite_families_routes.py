@@ -299,6 +299,29 @@ def build():
     return Disagreement().eval()
 '''
 
+HYPER = '''\
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class HyperUpsampler(nn.Module):
+    """A hypernetwork's upsampler: the transposed convolution's kernel is made from a conditioning code at run time."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.make = nn.Linear(4, 3 * 2 * 3)
+
+    def forward(self, signal, code):
+        kernel = self.make(code[0]).reshape(3, 2, 3)
+        return F.conv_transpose1d(signal, kernel, stride=2, padding=1, output_padding=1)
+
+
+def build():
+    return HyperUpsampler().eval()
+'''
+
 
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
@@ -430,3 +453,13 @@ def test_a_disagreement_score_onnxruntime_cannot_load_reaches_onnx_with_losses(t
                           "server: {model: model, format: onnx}\n")
     _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite losses)"], "losses",
                           "could not be run in onnxruntime")
+
+
+def test_a_hypernetwork_upsampler_reaches_core_ml(tmp_path: Path) -> None:
+    """Core ML's conv_transpose takes only a constant weight; the refusal's words are the rewrite's sign, and the
+    trace's transposed _convolution counts as the conv_transpose1d the model called, so `conv-transpose` is next."""
+    project, out = _build(tmp_path, "hyper", HYPER,
+                          "[{name: signal, shape: [1, 3, 10]}, {name: code, shape: [1, 4]}]",
+                          "ios: {model: model, format: coreml}\n")
+    _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite conv-transpose)", "coreml"],
+                          "conv-transpose", "must be const")

@@ -194,12 +194,29 @@ def describe_rewrites(facts: dict[str, Any]) -> list[str]:
 
 
 def torchscript_ops(module: Any) -> list[str]:
-    """The aten:: ops of a traced or scripted module's inlined graph."""
+    """The aten:: ops of a traced or scripted module's inlined graph; a transposed `_convolution` (what the trace
+    records for F.conv_transpose2d) also under the name of the function the model called (aten::conv_transpose2d),
+    which a rewrite removes."""
     try:
         graph = module.inlined_graph
     except Exception:  # noqa: BLE001 - the op list is a note for refusal matching, never a failure
         return []
-    return [n.kind() for n in graph.nodes() if n.kind().startswith("aten::")]
+    ops = [n.kind() for n in graph.nodes() if n.kind().startswith("aten::")]
+    return ops + [op for n in graph.nodes() if (op := _transposed_convolution(n))]
+
+
+def _transposed_convolution(node: Any) -> str | None:
+    """aten::conv_transposeNd for a traced aten::_convolution whose `transposed` argument is a true constant."""
+    try:
+        if node.kind() != "aten::_convolution":
+            return None
+        flag = node.inputsAt(6).node()
+        if flag.kind() != "prim::Constant" or not flag.i("value"):
+            return None
+        rank = node.inputsAt(1).type().dim()
+        return f"aten::conv_transpose{rank - 2}d" if rank and 3 <= rank <= 5 else None
+    except Exception:  # noqa: BLE001 - a note for refusal matching, never a failure
+        return None
 
 
 def program_ops(program: Any, custom: bool = False) -> list[str]:
