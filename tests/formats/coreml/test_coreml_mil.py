@@ -542,3 +542,32 @@ def test_sparsity_is_refused_with_weight_compression_and_before_ios16(tmp_path: 
     assert "modelbuild does not make yet" in int8.check_config(model, int8.Options(sparsity=0.5), tmp_path)
     with pytest.raises(ValueError, match="less than 1"):
         fp16.Options(sparsity=1.0)
+
+
+class Guarded(torch.nn.Module):
+    """An unrolled series' unused term: exp of a large argument, which a where then discards."""
+
+    def forward(self, x: Any) -> Any:
+        return torch.where(x > 50.0, torch.exp(x * 10.0), x * 2.0)
+
+
+def test_an_inf_a_float32_program_discards_is_reported_but_does_not_fail(tmp_path: Path) -> None:
+    """In a float32 program an inf made from finite inputs is the program's own, not an fp16 range fault: the
+    session reports it, the check fails on it only for a program that computes in fp16."""
+    from buildsys.config.data import Batch
+    from buildsys.config.schema import Model
+    from buildsys.formats import get_runtime
+
+    x = torch.linspace(-5.0, 20.0, 8).reshape(1, 8)
+    for half in (False, True):
+        package = _direct(Guarded(), x, tmp_path / f"guarded{int(half)}.mlpackage", half)
+        name = MilProgram.load(package).output_names[0]
+        model = Model.model_validate({"source": {"onnx": "m.onnx"}, "inputs": [{"name": "x0", "shape": [1, 8]}],
+                                      "outputs": [{"name": name}]})
+        with get_runtime("coreml-mil").load(package, model, tmp_path) as session:
+            got = session.run_all(Batch({"x0": x.numpy()}, None, "test"))[0]
+            findings = session.findings()
+        assert [f["kind"] for f in findings if f["kind"] != "overflow"] == ["non-finite"], findings
+        assert any(f["fails"] for f in findings) is half
+        if not half:
+            np.testing.assert_allclose(got, Guarded()(x).numpy(), rtol=1e-6)
