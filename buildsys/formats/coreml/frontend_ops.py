@@ -16,6 +16,9 @@ written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, 
   (x² would overflow float32) and asinh by its odd series below 0.05 (log(1 + x) would lose x's digits).
 - `argmax` / `argmin` without a dim (the index into the flattened tensor): `reduce_argmax` over the flattened
   input. coremltools passes `axis=None` on, which MIL rejects ("pop from empty list").
+- `native_group_norm` with its mean and rstd ([N, groups], biased variance, as torch's kernel): coremltools binds
+  them as None, so a graph that reads them ("Cannot add const (…, None, None)") was refused; a weight or bias
+  given as None is left out.
 - `layer_norm` / `native_layer_norm` whose weight or bias is computed at run time (an input, or from one): MIL's
   layer_norm takes only constant gamma and beta ("Input gamma must be const at compile time"), so the
   normalisation without them, then a multiply and an add; constant ones keep coremltools' own translation.
@@ -29,7 +32,8 @@ from typing import Any
 def op_patches(table: dict[str, Any]) -> dict[str, Any]:
     """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
     return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_infinities(table),
-            **_inverse_hyperbolic(table), **_flat_arg_reduce(table), **_runtime_layer_norm(table)}
+            **_inverse_hyperbolic(table), **_flat_arg_reduce(table), **_runtime_layer_norm(table),
+            **_group_norm_statistics(table)}
 
 
 def _value(v: Any) -> Any:
@@ -216,3 +220,32 @@ def _runtime_layer_norm(table: dict[str, Any]) -> dict[str, Any]:
             context.add(out)
 
     return {name: layer_norm for name, func in table.items() if func is original}
+
+
+def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _group_norm_impl
+
+    if "native_group_norm" not in table:
+        return {}
+
+    def native_group_norm(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, expected=8)
+        x = inputs[0]
+        weight, bias = (v if v is not None and not (hasattr(v, "val") and v.val is None and v.op is None) else None
+                        for v in inputs[1:3])
+        groups, eps = int(_value(inputs[6])), float(_value(inputs[7]))
+        grouped = mb.reshape(x=x, shape=[int(x.shape[0]), groups, -1])
+        mean = mb.reduce_mean(x=grouped, axes=[2], keep_dims=False)
+        centered = mb.sub(x=grouped, y=mb.expand_dims(x=mean, axes=[2]))
+        variance = mb.reduce_mean(x=mb.mul(x=centered, y=centered), axes=[2], keep_dims=False)
+        rstd = mb.rsqrt(x=variance, epsilon=eps)
+        out = _group_norm_impl(x, groups, weight, bias, eps)
+        outputs = list(getattr(node, "outputs", []) or [])
+        if len(outputs) == 3:  # the TorchScript frontend: one name per output
+            for value, name in zip((out, mean, rstd), outputs):
+                context.add(value, torch_name=name)
+        else:  # the torch.export frontend: the tuple, which its getitem nodes index
+            context.add((out, mean, rstd), torch_name=node.name)
+
+    return {"native_group_norm": native_group_norm}

@@ -118,3 +118,19 @@ def test_a_string_argument_is_not_read_as_a_node_of_that_name(tmp_path: Path) ->
     got = mil.evaluate({mil.input_names[0]: x.numpy()}).outputs[mil.output_names[0]]
     with torch.no_grad():
         np.testing.assert_allclose(got, NamedLikeAnArgument()(x).numpy(), rtol=1e-4, atol=5e-4)
+
+
+class GroupStats(torch.nn.Module):
+    """A group norm that also returns its statistics (what a normaliser's calibration or a debugging head reads)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, mean, rstd = torch.native_group_norm(x, torch.ones(6), None, 2, 6, 12, 3, 1e-5)
+        return out.sum((2, 3)) + mean.repeat(1, 2) + rstd.repeat(1, 2)
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+def test_group_norm_statistics(frontend: str, tmp_path: Path) -> None:
+    x = torch.randn(2, 6, 3, 4)
+    with pytest.raises(Exception):  # noqa: B017 - coremltools binds the statistics as None and fails its own way
+        _convert(GroupStats(), x, frontend)
+    _agrees(GroupStats(), x, frontend, tmp_path / f"{frontend}.mlpackage")
