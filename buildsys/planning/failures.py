@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 
 #: A check whose runtime could not load the artifact (nodes/check.py: onnxruntime's shape inference on a Reshape the
-#: exporter wrote, OpenVINO's reader): the converter's output is refused as a converter refuses its input, so the
-#: rewrites that remove what the program holds answer it too (the text names no ATen op: the in-program tier).
-RUNTIME_REFUSAL = re.compile(r"\bartifact could not be run in\b")
+#: exporter wrote, OpenVINO's reader) or crashed running it (running/pool.py: ExecuTorch's runtime aborting on a
+#: 0-D unfold_copy): the converter's output is refused as a converter refuses its input, so the rewrites that
+#: remove what the program holds answer it too (the text names no ATen op: the in-program tier).
+RUNTIME_REFUSAL = re.compile(r"\bartifact could not be run in\b|\bthe worker crashed\b")
 
 
 def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | None" = None) -> dict[str, DroppedRoute]:
@@ -64,7 +65,7 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             answered, note = answer(route, names, config.options, config.rewrites)
             rewrites = names if answered is not None else []
             lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
-        elif RUNTIME_REFUSAL.search(why):  # the runtime refused to load what the converter made: as a refusal
+        elif RUNTIME_REFUSAL.search(why):  # the runtime refused (or crashed on) what the converter made: as a refusal
             names = refusal_rewrites(why, _chain_ops(chain, results, lock))
             answered, note = answer(route, names, config.options, config.rewrites)
             rewrites = names if answered is not None else []

@@ -322,6 +322,23 @@ def build():
     return HyperUpsampler().eval()
 '''
 
+FRAMER = '''\
+import torch
+from torch import nn
+
+
+class EnergyFramer(nn.Module):
+    """A signal's energy, framed as its windows are (a framing helper written for 1-D signals, given a scalar)."""
+
+    def forward(self, signal):
+        energy = signal.pow(2).mean()
+        return torch.unfold_copy(energy, 0, 1, 1) * 2.0
+
+
+def build():
+    return EnergyFramer().eval()
+'''
+
 
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
@@ -463,3 +480,13 @@ def test_a_hypernetwork_upsampler_reaches_core_ml(tmp_path: Path) -> None:
                           "ios: {model: model, format: coreml}\n")
     _assert_rewrite_route(project, out, "ios", ["pytorch", "torchscript (rewrite conv-transpose)", "coreml"],
                           "conv-transpose", "must be const")
+
+
+def test_a_runtime_crash_is_answered_like_a_refusal(tmp_path: Path) -> None:
+    """ExecuTorch lowers a 0-D unfold_copy and its runtime then aborts running the .pte (SIGABRT in the check's
+    worker). A crash of the runtime on the artifact is read as a refusal: the program holds unfold_copy, so the
+    route with `unfold` (a reshape, for a 0-D tensor) is next, and runs."""
+    project, out = _build(tmp_path, "framer", FRAMER, "[{name: signal, shape: [1, 16]}]",
+                          "edge: {model: model, format: executorch}\n")
+    _assert_rewrite_route(project, out, "edge", ["pytorch", "pt2 (rewrite unfold)", "executorch"], "unfold",
+                          "the worker crashed")
