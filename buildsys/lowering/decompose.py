@@ -3,8 +3,9 @@
 Tables, looked up in this order for each op: `torch._decomp.decomposition_table` (which also holds
 decompositions outside the core set: grid_sampler_2d, affine_grid_generator, cumsum…), the core ATen
 decompositions (`torch._decomp.core_aten_decompositions()`, which also lowers the composite ops a training-IR
-export keeps: grid_sampler, cdist, linear), this project's own (`own_decompositions`: an op PyTorch's tables
-leave and no converter takes, empty_permuted), and `torch._refs` (the Python references, for an op none holds).
+export keeps: grid_sampler, cdist, linear), this project's own (`own_decompositions`, in extra_decompositions.py:
+ops PyTorch's tables leave or lower only to a prim and no converter takes: empty_permuted, addbmm, exp2, erfc, angle,
+put), and `torch._refs` (the Python references, for an op none holds).
 torch is imported inside the functions: the planner imports this module's name only through the steps.
 """
 
@@ -50,23 +51,13 @@ def _refs(name: str) -> Callable[..., Any] | None:
     return None
 
 
-def _empty_permuted(size: Any, physical_layout: Any, *, dtype: Any = None, layout: Any = None, device: Any = None,
-                    pin_memory: Any = None) -> "torch.Tensor":
-    """aten.empty_permuted as a contiguous aten.empty (core ATen): its memory is uninitialised and its strides only
-    say where a kernel writes, which a converted program has no notion of. torch's zeros_like / full_like of a
-    permuted tensor exports as empty_permuted then fill (hinge_embedding_loss, cosine_embedding_loss), and no
-    table lowers it: ExecuTorch and litert-torch refuse it."""
-    import torch
-
-    return torch.ops.aten.empty.memory_format(size, dtype=dtype, layout=layout, device=device, pin_memory=pin_memory)
-
-
 def own_decompositions() -> dict["torch._ops.OpOverload", Callable[..., Any]]:
-    """This project's decompositions of ATen ops that PyTorch's tables leave and no converter takes, keyed as
-    theirs; consulted after them, and part of the whole program's core decomposition."""
-    import torch
+    """This project's decompositions of ATen ops that PyTorch's tables leave (or lower only to a prim) and no
+    converter takes (lowering/extra_decompositions.py), keyed as theirs; consulted after them, and part of the
+    whole program's core decomposition."""
+    from buildsys.lowering.extra_decompositions import table
 
-    return {torch.ops.aten.empty_permuted.default: _empty_permuted}
+    return table()
 
 
 def core_table() -> Any:
@@ -80,7 +71,8 @@ def core_table() -> Any:
 
 
 def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
-    """Every overload of aten.`name` with a decomposition, from the first table that has one."""
+    """Every overload of aten.`name` with a decomposition, from the first table that lowers it to ATen ops (a
+    table's reference, which exports as a prim, only where no table lowers it: erfc's own entry beats torch._refs')."""
     import torch
     from torch._decomp import core_aten_decompositions, decomposition_table
 
@@ -88,8 +80,12 @@ def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
     if packet is None or not hasattr(packet, "overloads"):
         return {}
     overloads = [getattr(packet, o) for o in packet.overloads()]
-    core = core_aten_decompositions()
-    for table in (decomposition_table, core, own_decompositions()):
+    tables = (decomposition_table, core_aten_decompositions(), own_decompositions())
+    for table in tables:
+        found = {o: table[o] for o in overloads if _lowers(table.get(o))}
+        if found:
+            return found
+    for table in tables:
         found = {o: table[o] for o in overloads if o in table}
         if found:
             return found

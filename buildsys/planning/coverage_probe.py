@@ -39,8 +39,9 @@ from buildsys.lowering.decompose import decompositions  # each exported op → i
 #: 5: `sites` (where the model calls each op, localise/source_lines.py) and `parameters` (its count). 6: the
 #: `decomposable` table without references (lowering/decompose.py: a reference exports as a prim). 7: litert-torch's
 #: table holds the ops it decomposes before lowering (formats/tflite/litert_torch.lowering_ops). 8: the `decomposable`
-#: table holds this project's own decompositions (lowering/decompose.own_decompositions: empty_permuted).
-VERSION = 8
+#: table holds this project's own decompositions (lowering/decompose.own_decompositions: empty_permuted). 9: and
+#: addbmm, exp2, erfc, angle, put (lowering/extra_decompositions.py).
+VERSION = 9
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:

@@ -4,6 +4,8 @@ program computes what the model does at every batch size, and an op no table dec
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -93,3 +95,35 @@ def test_the_table_the_planner_reads_holds_what_the_classifier_tests_assume() ->
     table = set(decomposable_ops())
     assert DECOMPOSABLE <= table
     assert not {"cummax", "_fft_r2c", "_cdist_forward", "index_put"} & table  # the families rewrites must cover
+
+
+class _Call(torch.nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.fn(*args)
+
+
+EXTRA = {  # op → (a call, its inputs): every op of extra_decompositions.py on arguments that exercise its schema
+    "addbmm": (lambda s, a, b: torch.addbmm(s, a, b, beta=0.5, alpha=2.0), (torch.randn(3, 5), torch.randn(4, 3, 2),
+                                                                            torch.randn(4, 2, 5))),
+    "exp2": (torch.exp2, (torch.linspace(-30, 30, 13),)),
+    "erfc": (torch.erfc, (torch.linspace(-6, 9, 31),)),
+    "angle": (torch.angle, (torch.tensor([-2.0, -0.0, 0.0, 3.0, float("nan"), -float("inf")]),)),
+    "put": (lambda x, s: x.put(torch.tensor([0, -1, 5, 2]), s), (torch.randn(2, 4), torch.randn(4))),
+}
+
+
+@pytest.mark.parametrize("op", sorted(EXTRA))
+def test_the_projects_own_decompositions_compute_what_torch_does(op: str) -> None:
+    """Ops no PyTorch table lowers to ATen ops (or only to a prim) leave the program, named or in the whole program,
+    and the program computes the same."""
+    fn, args = EXTRA[op]
+    program = torch.export.export(_Call(fn), args)
+    assert op in _ops(program) and op in decomposable_ops()
+    for spec in ([op], "core"):
+        out, _ = decompose(program, spec)
+        assert op not in _ops(out) and not any(str(n.target).startswith("prims.") for n in out.graph.nodes)
+        torch.testing.assert_close(out.module()(*args), fn(*args), rtol=1e-5, atol=1e-6, equal_nan=True)
