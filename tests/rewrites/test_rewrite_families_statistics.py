@@ -1,0 +1,69 @@
+"""The statistics family (cov, corrcoef) and the view-scatter rewrite (diagonal_scatter, as_strided_scatter) against
+torch in float32 and float64: every correction and weighting of cov, one variable or many; diagonals at every offset
+and pair of dims; strided views with offsets; the ops gone from every graph; through the legacy ONNX exporter, which
+refuses all four, into onnxruntime."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+
+from buildsys import rewrites
+from tests.helpers.rewrite_checks import assert_equivalent, check, graph_ops, randn
+from tests.helpers.rewrite_ops import Fn
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def same(name: str, fn, *args: torch.Tensor) -> None:  # noqa: ANN001
+    got, want = rewrites.apply(Fn(fn), [name])(*args), fn(*args)
+    assert_equivalent(got, want, 1e-5 if want.dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cov_and_corrcoef(dtype: torch.dtype) -> None:
+    x, one = randn(4, 9, dtype=dtype), randn(7, dtype=dtype)
+    f, a = torch.tensor([1, 2, 1, 3, 1, 1, 2, 1, 4]), torch.rand(9, dtype=dtype) + 0.1
+    for correction in (0, 1, 2):
+        same("statistics", lambda t: torch.cov(t, correction=correction), x)
+        same("statistics", lambda t: torch.cov(t, correction=correction, fweights=f), x)
+        same("statistics", lambda t, w: torch.cov(t, correction=correction, aweights=w), x, a)
+        same("statistics", lambda t, w: torch.cov(t, correction=correction, fweights=f, aweights=w), x, a)
+    same("statistics", lambda t: t.cov(), one)
+    same("statistics", torch.corrcoef, x)
+    same("statistics", lambda t: t.corrcoef(), one)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_view_scatters(dtype: torch.dtype) -> None:
+    x = randn(4, 3, 5, dtype=dtype)
+    for offset, dim1, dim2 in [(0, 0, 1), (1, 0, 2), (-2, 2, 0), (2, -1, -3)]:
+        src = torch.diagonal(randn(4, 3, 5, seed=1, dtype=dtype), offset, dim1, dim2).contiguous()
+        same("view-scatter", lambda t, s: torch.diagonal_scatter(t, s, offset, dim1, dim2), x, src)
+    flat = randn(3, 4, dtype=dtype)
+    same("view-scatter", lambda t, s: torch.as_strided_scatter(t, s, (2, 2), (1, 3), 1), flat, randn(2, 2, dtype=dtype))
+    same("view-scatter", lambda t, s: t.as_strided_scatter(s, (3,), (4,)), flat, randn(3, dtype=dtype))
+
+
+def test_no_op_left_and_onnxruntime_runs_them() -> None:
+    import onnxruntime
+
+    x, s = randn(4, 6), randn(4, seed=2)
+    # the original cannot be exported at all (torch.cov's data-dependent torch.equal): the rewritten one can
+    found = graph_ops(rewrites.apply(Fn(lambda t: torch.cov(t) + torch.corrcoef(t)), ["statistics"]), (x,))
+    assert not {"cov", "corrcoef"} & (found["traced"] | found["exported"] | found["decomposed"])
+    check(lambda t, u: torch.diagonal_scatter(t, u) + torch.as_strided_scatter(t, u.reshape(2, 2), (2, 2), (6, 1)),
+          "view-scatter", x, s, graphs=True)
+    for name, fn, args in (("statistics", lambda t: torch.corrcoef(t) + torch.cov(t), (x,)),
+                           ("view-scatter", lambda t, u: torch.diagonal_scatter(t, u, 1)[..., :5] * 2, (x, s))):
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(rewrites.apply(Fn(fn), [name]), args, f, dynamo=False, opset_version=18)
+        session = onnxruntime.InferenceSession(f.getvalue())
+        names = [i.name for i in session.get_inputs()]
+        got = session.run(None, dict(zip(names, (a.numpy() for a in args))))[0]
+        assert_equivalent(torch.from_numpy(got), fn(*args), 1e-5)
