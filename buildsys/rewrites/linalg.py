@@ -41,7 +41,7 @@ from functools import reduce
 from operator import mul
 from typing import TYPE_CHECKING, Any
 
-from buildsys.rewrites import composites, householder, ldl, lu, singular, triangular_solve
+from buildsys.rewrites import composites, exponential, householder, ldl, lu, singular, triangular_solve
 from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name, refuse_out, returned
 from buildsys.rewrites.matrices import eliminate, invert, lapack_info, square_size, symmetric_eigen
 
@@ -187,27 +187,28 @@ def _handlers() -> HandlerTable:
     table.update(triangular_solve.handlers())
     table.update(composites.handlers())
     table.update(ldl.handlers())
+    table.update(exponential.handlers())
     return table
 
 
 REWRITES = (
     Rewrite(
         name="linalg",
-        version=7,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi); 4: QR's graph of
+        version=8,  # 2: the Householder QR functions; 3: svd with its vectors (one-sided Jacobi); 4: QR's graph of
         # constants (no diag_embed / alias / iota), svdvals by one-sided Jacobi, matrix_rank / pinv / spectral norms /
         # cond / lstsq, the LU functions; 5: triangular_solve / solve_triangular / cholesky_solve / cholesky_inverse;
-        # 6: tensorinv, tensorsolve, matrix_power (composites.py); 7: ldl_factor(_ex), ldl_solve (ldl.py)
+        # 6: tensorinv, tensorsolve, matrix_power (composites.py); 7: ldl_factor(_ex), ldl_solve (ldl.py); 8: matrix_exp
         removes=("aten::linalg_inv", "aten::linalg_inv_ex", "aten::inverse", "aten::linalg_det", "aten::_linalg_det",
                  "aten::det", "aten::linalg_slogdet", "aten::_linalg_slogdet", "aten::slogdet", "aten::logdet",
                  "aten::linalg_solve", "aten::linalg_solve_ex", "aten::_linalg_solve_ex", "aten::linalg_cholesky",
                  "aten::linalg_cholesky_ex", "aten::cholesky", "aten::linalg_eigh", "aten::linalg_eigvalsh",
                  "aten::_linalg_eigh", "aten::linalg_svdvals", "aten::_linalg_svd") + householder.REMOVES
-        + singular.REMOVES + lu.REMOVES + triangular_solve.REMOVES + composites.REMOVES + ldl.REMOVES,
+        + singular.REMOVES + lu.REMOVES + triangular_solve.REMOVES + composites.REMOVES + ldl.REMOVES + exponential.REMOVES,
         description="inv / det / slogdet / logdet / solve (Gauss-Jordan, one-hot pivoting), cholesky, eigh / eigvalsh "
                     "(parallel Jacobi), svd / svdvals (one-sided Jacobi) and matrix_rank / pinv / spectral norms / "
                     "cond / lstsq from it, LU (getrf's pivoting) / lu_unpack / lu_solve of n ≤ 16 matrices; QR "
                     "(Householder, as LAPACK); tensorinv / tensorsolve / matrix_power from them; LDLᵀ (Bunch-Kaufman, "
-                    "as sytrf) and its solve; unrolled",
+                    "as sytrf) and its solve; matrix_exp (scaling and squaring); unrolled",
         handlers=_handlers,
     ),
 )

@@ -22,7 +22,7 @@ _PACKAGE = "buildsys.rewrites"
 SHARED = frozenset({"base", "registry", "refusal", "mechanism", "pair", "pair_ops", "dft", "spectral", "onehot",
                     "indexing", "placement", "segment", "householder", "bessel_tables", "orthogonal", "lu",
                     "triangular_solve", "matrices", "polynomial", "composites",
-                    "histograms", "ldl"})
+                    "histograms", "ldl", "exponential"})
 
 
 class _Registry(Mapping[str, Rewrite]):

@@ -586,3 +586,18 @@ def test_triangular_solves_run_in_onnxruntime(dtype: torch.dtype) -> None:
         want = fn(a, b)
         for g, w in zip(got, want if isinstance(want, tuple) else (want,)):
             assert_equivalent(torch.from_numpy(g), w, REL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_matrix_exp_matches_torch(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    for n, scale in [(1, 1.0), (2, 0.1), (3, 1.0), (5, 3.0), (8, 0.5), (4, 20.0)]:
+        A = (torch.randn(2, n, n, generator=g, dtype=torch.float64) * scale).to(dtype)
+        got = rewrites.apply(Fn(torch.linalg.matrix_exp), ["linalg"])(A)
+        want = torch.linalg.matrix_exp(A)
+        rel = 1e-4 if dtype == torch.float32 else 1e-10
+        assert (got - want).abs().max() <= rel * want.abs().max(), (n, scale, (got - want).abs().max())
+    x = torch.zeros(3, 3, dtype=dtype)
+    assert torch.equal(rewrites.apply(Fn(lambda t: t.matrix_exp()), ["linalg"])(x), torch.eye(3, dtype=dtype))
+    check(lambda t: torch.matrix_exp(t) + torch.linalg.matrix_exp(t), "linalg", torch.randn(2, 4, 4), rel=1e-4,
+          graphs=True)

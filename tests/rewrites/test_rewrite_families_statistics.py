@@ -1,4 +1,4 @@
-"""The statistics family (cov, corrcoef) and the view-scatter rewrite (diagonal_scatter, as_strided_scatter) against
+"""The statistics family (cov, corrcoef), the view-scatter rewrite (diagonal_scatter, as_strided_scatter) and bilinear against
 torch in float32 and float64: every correction and weighting of cov, one variable or many; diagonals at every offset
 and pair of dims; strided views with offsets; the ops gone from every graph; through the legacy ONNX exporter, which
 refuses all four, into onnxruntime."""
@@ -67,3 +67,17 @@ def test_no_op_left_and_onnxruntime_runs_them() -> None:
         names = [i.name for i in session.get_inputs()]
         got = session.run(None, dict(zip(names, (a.numpy() for a in args))))[0]
         assert_equivalent(torch.from_numpy(got), fn(*args), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bilinear(dtype: torch.dtype) -> None:
+    layer = torch.nn.Bilinear(5, 3, 4).to(dtype).eval()
+    x1, x2 = randn(2, 7, 5, dtype=dtype), randn(2, 7, 3, seed=1, dtype=dtype)
+    with torch.no_grad():
+        assert_equivalent(rewrites.apply(layer, ["bilinear"])(x1, x2), layer(x1, x2),
+                          1e-5 if dtype == torch.float32 else 1e-12)
+    w = randn(4, 5, 3, seed=2, dtype=dtype)
+    same("bilinear", lambda a, b: torch.nn.functional.bilinear(a, b, w), x1[0], x2[0])
+    same("bilinear", lambda a, b: torch.nn.functional.bilinear(a, b, w), x1[0, 0], x2[0, 0])
+    check(lambda a, b: torch.nn.functional.bilinear(a, b, w.float()), "bilinear", randn(3, 5), randn(3, 3),
+          graphs=True)
