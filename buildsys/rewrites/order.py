@@ -17,6 +17,8 @@ by comparisons and sums, without a sort.
 - histc(bins, min, max): each element's bin, floor((x − min) / (max − min) · bins) with x = max in the last
   bin, counted against the constant bin numbers; min = max takes the data's range (± 1 when it is one value).
 - histogram / histogramdd (bins counts or edges, range, weight, density): buildsys/rewrites/histograms.py.
+- mode along a dim of static length n: each element's count of equals (n² comparisons), the smallest of the most
+  frequent values, the index of its last occurrence (torch's kernel).
 Cost: n² comparisons per row for the rank statistics, so they refuse n above MAX_LENGTH.
 
 Why a rewrite and not a decomposition: PyTorch's tables have none for sort, argsort, kthvalue, median, nanmedian,
@@ -133,6 +135,25 @@ def nanmedian(input: torch.Tensor, dim: int | None = None, keepdim: bool = False
     value, index = _select(rows, torch.div(torch.clamp(numbers - 1, min=0), 2, rounding_mode="floor"))
     value = torch.where(numbers.squeeze(-1) == 0, torch.full_like(value, float("nan")), value)
     return _result("nanmedian", value, index, input, at, keepdim)
+
+
+def mode(input: torch.Tensor, dim: int = -1, keepdim: bool = False, *, out: object = None) -> Any:
+    """torch.mode: the most frequent value along dim (the smallest of equally frequent ones) and the index of its
+    last occurrence, as torch's kernel returns them, from pairwise equalities of the row."""
+    import numpy as np
+    import torch
+
+    from buildsys.rewrites.mechanism import constant
+
+    refuse_out("order", "torch.mode", out)
+    rows, at = _rows(input, dim, "torch.mode")
+    counts = (rows.unsqueeze(-1) == rows.unsqueeze(-2)).to(torch.int64).sum(-1)
+    frequent = counts == counts.amax(-1, keepdim=True)
+    top = torch.finfo(rows.dtype).max if rows.is_floating_point() else torch.iinfo(rows.dtype).max
+    value = torch.where(frequent, rows, torch.full_like(rows, top)).amin(-1)
+    positions = constant(np.arange(int(rows.shape[-1]), dtype=np.int64))
+    index = torch.where(rows == value.unsqueeze(-1), positions, torch.full_like(positions, -1)).amax(-1)
+    return _result("mode", value, index, input, at, keepdim)
 
 
 def _sorted(input: torch.Tensor, dim: int, descending: bool, op: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,23 +301,25 @@ def _handlers() -> HandlerTable:
 
     return by_name({"kthvalue": kthvalue, "median": median, "nanmedian": nanmedian, "histc": histc,
                     "searchsorted": searchsorted, "bucketize": bucketize, "sort": sort, "argsort": argsort,
-                    "msort": msort, "quantile": quantile, "nanquantile": nanquantile, "histogram": histogram},
+                    "msort": msort, "quantile": quantile, "nanquantile": nanquantile, "histogram": histogram,
+                    "mode": mode},
                    (torch, torch.Tensor)) | {torch.histogramdd: histogramdd}
 
 
 REWRITES = (
     Rewrite(
         name="order",
-        version=5,  # 3: sort, argsort, msort; 4: quantile, nanquantile; 5: histogram, histogramdd (histograms.py),
-        # histc's range [1] (float64 through the legacy ONNX exporter)
+        version=6,  # 3: sort, argsort, msort; 4: quantile, nanquantile; 5: histogram, histogramdd (histograms.py),
+        # histc's range [1] (float64 through the legacy ONNX exporter); 6: mode
         removes=("aten::kthvalue", "aten::median", "aten::nanmedian", "aten::searchsorted", "aten::bucketize",
                  "aten::histc", "aten::sort", "aten::argsort", "aten::msort", "aten::quantile", "aten::nanquantile",
                  "aten::histogram", "aten::histogramdd", "aten::_histogramdd_bin_edges",
-                 "aten::_histogramdd_from_bin_cts", "aten::_histogramdd_from_bin_tensors"),
+                 "aten::_histogramdd_from_bin_cts", "aten::_histogramdd_from_bin_tensors", "aten::mode"),
         description="sort / argsort / msort, kthvalue / median / nanmedian / quantile / nanquantile by pairwise "
                     "ranks, searchsorted / "
                     "bucketize by counts of the boundaries below, histc by counts against constant bin numbers, "
-                    "histogram / histogramdd by edge comparisons and a one-hot outer product",
+                    "histogram / histogramdd by edge comparisons and a one-hot outer product, mode by pairwise "
+                    "equalities",
         handlers=_handlers,
     ),
 )

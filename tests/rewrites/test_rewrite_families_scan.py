@@ -1,5 +1,5 @@
 """The scan family (buildsys/rewrites/scan.py) and the order-statistics family (order.py): cumprod, cummax, cummin,
-logcumsumexp; kthvalue, median, nanmedian, quantile, nanquantile, searchsorted, bucketize, histc; compared with torch in float32 and
+logcumsumexp; kthvalue, mode, median, nanmedian, quantile, nanquantile, searchsorted, bucketize, histc; compared with torch in float32 and
 float64 along every dim, with ties and NaNs, and gone from every graph."""
 
 from __future__ import annotations
@@ -165,3 +165,18 @@ def test_a_scan_too_long_for_its_mask_is_refused_not_computed() -> None:
 
     with pytest.raises(RewriteNotApplicable, match="more than 1024"):
         rewrites.apply(Fn(lambda t: torch.cumprod(t, -1)), ["scan"])(torch.ones(2, 2000))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64], ids=str)
+def test_mode_matches_torch(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (3, 7, 5), generator=g).to(dtype)  # few values: ties and repeats everywhere
+    for dim in (0, 1, -1):
+        for keepdim in (False, True):
+            got = rewrites.apply(Fn(lambda t: tuple(torch.mode(t, dim, keepdim))), ["order"])(x)
+            want = torch.mode(x, dim, keepdim)
+            assert torch.equal(got[0], want.values) and torch.equal(got[1], want.indices), (dim, keepdim)
+    distinct = randn(4, 6)
+    got = rewrites.apply(Fn(lambda t: tuple(t.mode())), ["order"])(distinct)
+    assert torch.equal(got[0], distinct.mode().values) and torch.equal(got[1], distinct.mode().indices)
+    check(lambda t: torch.mode(t, 1).values, "order", distinct, graphs=True)
