@@ -24,6 +24,7 @@ from buildsys.records import DroppedRoute
 from buildsys.status import Outcome
 
 if TYPE_CHECKING:
+    from buildsys.config.schema import Target
     from buildsys.planning.plan import Plan
     from buildsys.planning.routes import Route
     from buildsys.records import NodeResult
@@ -61,19 +62,13 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
         config = plan.config.project.targets[target]
         if plan.dag.nodes[node].kind == ArtifactKind.name:  # a conversion refused something: what answers it?
             ops = _chain_ops(chain, results, lock)
-            names = refusal_rewrites(why, ops)
-            answered, note = answer(route, names, config.options, config.rewrites)
-            rewrites = names if answered is not None else []
+            rewrites, note = _answered(route, refusal_rewrites(why, ops), config)
             lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
         elif RUNTIME_REFUSAL.search(why):  # the runtime refused (or crashed on) what the converter made: as a refusal
-            names = refusal_rewrites(why, _chain_ops(chain, results, lock))
-            answered, note = answer(route, names, config.options, config.rewrites)
-            rewrites = names if answered is not None else []
+            rewrites, note = _answered(route, refusal_rewrites(why, _chain_ops(chain, results, lock)), config)
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
         if not repair and _missed_tolerance(result.metrics):  # a float miss: ops converters write imprecisely?
-            names = precise_rewrites(_chain_ops(chain, results, lock))
-            answered, _ = answer(route, names, config.options, config.rewrites)
-            rewrites = names if answered is not None else []
+            rewrites, _ = _answered(route, precise_rewrites(_chain_ops(chain, results, lock)), config)
         if len(candidates) < 2 and not rewrites and not note and not repair and not lowered:
             continue  # a pinned route, and nothing answers its failure
         record = DroppedRoute(route=route.words(), node=node, key=str(plan.nodes[node].key), modelbuild=__version__,
@@ -91,6 +86,13 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             record["refused"] = result.metrics["refused"]
         out[target] = record
     return out
+
+
+def _answered(route: "Route", names: list[str], config: "Target") -> tuple[list[str], str]:
+    """The rewrites `names` where they give the target its next route (else none), and the note saying why
+    not where the target's own settings forbid them."""
+    answered, note = answer(route, names, config.options, config.rewrites)
+    return (names if answered is not None else []), note
 
 
 def precise_rewrites(ops: list[str]) -> list[str]:
