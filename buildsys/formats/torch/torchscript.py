@@ -34,8 +34,9 @@ class TorchScriptFromPyTorch(FromPyTorch):
     """
 
     name = "torchscript-from-pytorch"
-    version = 5  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
-    # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py)
+    version = 6  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
+    # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py);
+    # 6: custom autograd functions traced as their forward's ops (formats/torch/autograd.py)
     produces = "torchscript"
     description = "torch.jit.trace / torch.jit.script, then torch.jit.save."
     committed_metrics = ("rewrites", "structured_pruning", "decomposition")  # a QAT module is not recognised here
@@ -57,6 +58,7 @@ class TorchScriptFromPyTorch(FromPyTorch):
         import torch
 
         from buildsys.errors import describe
+        from buildsys.formats.torch.autograd import autograd_functions_inlined
         from buildsys.formats.torch.loading import example_args, signature_module, trace_batch
         from buildsys.formats.torch.rewritten import load_rewritten
         from buildsys.lowering.export import lowered
@@ -68,7 +70,7 @@ class TorchScriptFromPyTorch(FromPyTorch):
         args = example_args(ctx.model, batch)
         fresh_torchscript_types()  # type names must not depend on what this worker compiled before
         decomposed, lowering = lowered(self, ctx, module, dynamic=True)  # scripted from the decomposed graph
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), autograd_functions_inlined():  # custom functions traced as their ops
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # printed per op; the comparison decides
             try:
                 if lowering:
