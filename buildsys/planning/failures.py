@@ -58,7 +58,8 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             continue  # nothing failed, or the host could not run the check (Core ML off macOS, strict)
         node, result = failed[0], results[failed[0]]
         why = str((result.metrics.get("failures") or [result.error or "failed"])[0]).removeprefix(FAILED_EARLIER)
-        rewrites, note, lowered = [], "", []
+        rewrites: list[str] = []
+        note, lowered = "", []
         config = plan.config.project.targets[target]
         if plan.dag.nodes[node].kind == ArtifactKind.name:  # a conversion refused something: what answers it?
             ops = _chain_ops(chain, results, lock)

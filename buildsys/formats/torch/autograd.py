@@ -53,13 +53,13 @@ def autograd_functions_inlined() -> Iterator[None]:
     function = torch.autograd.Function
     original = function.__dict__["apply"]
 
-    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+    def apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
         if _is_setup_context_defined(cls.setup_context):
             return cls.forward(*args, **kwargs)
         return cls.forward(_ForwardOnly(args), *args, **kwargs)
 
-    function.apply = classmethod(apply)
+    setattr(function, "apply", classmethod(apply))  # noqa: B010 - a method replaced for the trace's duration
     try:
         yield
     finally:
-        function.apply = original
+        setattr(function, "apply", original)  # noqa: B010
