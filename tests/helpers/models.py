@@ -370,6 +370,36 @@ def distribution_head():
     return DistributionHead()
 
 
+class PatchAttention(nn.Module):
+    """A small vision encoder: a conv stem padded on its bottom-right edge, patches as tokens, one attention block
+    with fused q/k/v split per head and a rotary-style scaling of q and k, a pooled head. Its transposes and pad
+    only move values: TFLite's int8 kernels of them keep one scale on both sides."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(dim, dim, 2)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 5)
+        self.heads = heads
+        self.rotary = nn.Parameter(torch.linspace(0.5, 1.5, dim // heads))
+
+    def forward(self, image):
+        x = nn.functional.pad(torch.relu(self.stem(image)), [0, 1, 0, 1])
+        tokens = torch.relu(self.mix(x)).flatten(2).transpose(1, 2)
+        b, t, _ = tokens.shape
+        qkv = self.qkv(tokens).view(b, t, self.heads, -1).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = q * self.rotary, k * self.rotary
+        attended = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+        return self.head(self.out(attended.transpose(1, 2).reshape(b, t, -1)).mean(1))
+
+
+def patch_attention():
+    return PatchAttention()
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -415,6 +445,8 @@ KINDS: dict[str, dict[str, Any]] = {
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "dfl": {"factory": "distribution_head", "inputs": [{"name": "x", "shape": ["batch", 6]}],
             "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "patches": {"factory": "patch_attention", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
+                "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],

@@ -94,12 +94,13 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 5  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            cls.version = 6  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
             # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
             # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales), 2^-12 again where
-            # XNNPACK cannot prepare the file (`scale_floor`)
+            # XNNPACK cannot prepare the file (`scale_floor`); 6: transposes, reshapes and zero pads share their input's
+            # range (shared_through_layout_ops: GPT-NeoX's heads, RT-DETR's stem failed TFLite's same-scale constraint)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
@@ -225,6 +226,7 @@ class TfliteFromPt2(Step):
             def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
                 model = super().annotate(model)
                 float_values_only(model)
+                shared_through_layout_ops(model)
                 fixed_output_ranges(model)
                 return model
 
@@ -308,6 +310,50 @@ def lowering_ops() -> list[str]:
 
 register_op_table(OpTable("litert-torch", ("litert-torch", "torch"), f"{__name__}:lowering_ops",
                            "litert-torch's lowering registry"))
+
+
+#: Ops that only move or pick values (every output value is an input value): an int8 tensor through them keeps its
+#: scale, and TFLite's converter requires it ("'tfl.transpose' op quantization parameters violate the same scale
+#: constraint", the transpose of GPT-NeoX's attention heads). litert-torch's quantizer shares its input's range
+#: through permute, view, squeeze, slice_copy, flatten, mean and a few more; torch.export also keeps these.
+LAYOUT_OPS = frozenset({"transpose", "t", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand", "select",
+                        "slice", "narrow", "contiguous", "clone", "alias", "unflatten", "flip", "roll", "repeat",
+                        "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "max_pool2d"})
+#: Pads add zeros, which every int8 range holds exactly: TFLite's PAD keeps its input's scale too (RT-DETR's stem pads
+#: before a convolution). A pad of another value may lie outside the input's range, so it keeps its own.
+ZERO_PADS = {"constant_pad_nd": 2, "pad": 3}  # op → the position of its value argument
+
+
+def shared_through_layout_ops(model: Any) -> list[str]:
+    """Give each unannotated op of LAYOUT_OPS (and each zero pad) whose input is quantized that input's quantization
+    (in place), so its output shares the input's scale, as litert-torch does for its own short list: a chain of
+    them shares one range. Returns the nodes annotated."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    changed = []
+    for node in model.graph.nodes:
+        op = str(getattr(node.target, "_opname", "")) if node.op == "call_function" else ""
+        if op in ZERO_PADS:
+            position = ZERO_PADS[op]
+            value = node.args[position] if len(node.args) > position else node.kwargs.get("value")
+            mode = node.args[2] if op == "pad" and len(node.args) > 2 else node.kwargs.get("mode", "constant")
+            if mode != "constant" or value not in (None, 0, 0.0):
+                continue
+        elif op not in LAYOUT_OPS:
+            continue
+        source = node.args[0] if node.args else None
+        before = source.meta.get(Q_ANNOTATION_KEY) if isinstance(source, torch.fx.Node) else None
+        own, value = node.meta.get(Q_ANNOTATION_KEY), node.meta.get("val")
+        if (before is None or before.output_qspec is None or (own is not None and own._annotated)
+                or not getattr(getattr(value, "dtype", None), "is_floating_point", True)):
+            continue  # not quantized, annotated already, or an integer or boolean value (never quantized)
+        shared = SharedQuantizationSpec(source)
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={source: shared}, output_qspec=shared,
+                                                             _annotated=True)
+        changed.append(node.name)
+    return changed
 
 
 #: TFLite's int8 kernels of these ops accept one output range only (tflite/kernels/activations.cc: "output->params.scale

@@ -96,6 +96,56 @@ def test_softmax_and_sigmoid_outputs_get_the_ranges_tflite_requires(tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_values_through_transposes_and_zero_pads_keep_their_scale(tmp_path: Path) -> None:
+    """TFLite's int8 TRANSPOSE and PAD keep one scale on both sides, and litert-torch's quantizer shares it through
+    permute and view only: a vision encoder's patch tokens (flatten, transpose) and its stem's zero pad each got a
+    second range, and the converter refused the model ("'tfl.transpose' op quantization parameters violate the
+    same scale constraint"; GPT-NeoX's attention heads and RT-DETR's stem did the same)."""
+    _needs_litert_torch()
+    tiny = make_model(tmp_path / "p", "patches")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2",
+                       precision="int8", mode="full")
+    assert metrics["mode"] == "full" and metrics["calibration_samples"] > 0
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
+                   tmp_path / "ref/reference.npz", precision="int8")
+    assert result["passed"] is True, result
+
+
+def test_layout_ops_and_zero_pads_share_their_inputs_quantization() -> None:
+    """The annotation itself: each transpose, reshape and zero pad after a quantized op shares that op's range; a
+    pad of another value keeps its own, and what is already annotated is left as it is."""
+    _needs_litert_torch()
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    from buildsys.formats.tflite.litert_torch import shared_through_layout_ops
+
+    class Shapes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x).transpose(0, 1).reshape(3, -1)
+            return torch.nn.functional.pad(y, [1, 1]) + torch.nn.functional.pad(y, [1, 1], value=9.0)
+
+    graph = torch.export.export(Shapes(), (torch.randn(5, 4),)).module()
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.annotate(graph)
+    shared = shared_through_layout_ops(graph)
+    nodes = {n.name: n for n in graph.graph.nodes}
+    assert [str(nodes[n].target._opname) for n in shared] == ["transpose", "reshape", "pad"]
+    for name in shared:
+        spec = nodes[name].meta[Q_ANNOTATION_KEY].output_qspec
+        assert isinstance(spec, SharedQuantizationSpec) and spec.edge_or_node is nodes[name].args[0]
+    assert shared_through_layout_ops(graph) == []  # annotated already
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "dynamic"])
 def test_a_head_initialised_small_keeps_its_logits_under_int8(tmp_path: Path, mode: str) -> None:
     """litert-torch's PT2E config floors scales at 2^-12 as XNNPACK's does; logits of ~1e-4 keep their int8
