@@ -64,19 +64,25 @@ def test_step_converts_and_litert_matches_torch(cnn, tmp_path: Path, precision: 
     assert np.abs(got - want).max() < tolerance * max(1.0, float(np.abs(want).max()))
 
 
+def _full_int8(tmp_path: Path, kind: str) -> tuple[dict, dict]:
+    """Model `kind` through the .pt2 and litert-torch's full int8: the step's metrics and the int8 check of its
+    file against PyTorch in LiteRT."""
+    _needs_litert_torch()
+    tiny = make_model(tmp_path / "p", kind)
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    metrics = tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2",
+                       precision="int8", mode="full")
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    return metrics, check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
+                          tmp_path / "ref/reference.npz", precision="int8")
+
+
 @pytest.mark.slow
 def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
     """Relative-position buckets computed in int64 (T5, WavLM): PT2E's annotators match their ops, and an observer
     on an int64 tensor fails calibration ("histogram_cpu" not implemented for 'Long'). Only float values are."""
-    _needs_litert_torch()
-    tiny = make_model(tmp_path / "p", "buckets")
-    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
-    metrics = tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2",
-                       precision="int8", mode="full")
+    metrics, result = _full_int8(tmp_path, "buckets")
     assert metrics["mode"] == "full" and metrics["calibration_samples"] > 0
-    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
-    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
-                   tmp_path / "ref/reference.npz", precision="int8")
     assert result["passed"] is True, result
 
 
@@ -84,14 +90,7 @@ def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
 def test_softmax_and_sigmoid_outputs_get_the_ranges_tflite_requires(tmp_path: Path) -> None:
     """TFLite's int8 SOFTMAX and LOGISTIC accept only scale 1/256 (zero point -128): a calibrated range fails the
     model at prepare ("output->params.scale not near 1.f / 256"), as YOLO's distribution head did."""
-    _needs_litert_torch()
-    tiny = make_model(tmp_path / "p", "dfl")
-    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
-    tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2", precision="int8",
-             mode="full")
-    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
-    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
-                   tmp_path / "ref/reference.npz", precision="int8")
+    _, result = _full_int8(tmp_path, "dfl")
     assert result["passed"] is True, result
 
 
@@ -101,15 +100,8 @@ def test_values_through_transposes_and_zero_pads_keep_their_scale(tmp_path: Path
     permute and view only: a vision encoder's patch tokens (flatten, transpose) and its stem's zero pad each got a
     second range, and the converter refused the model ("'tfl.transpose' op quantization parameters violate the
     same scale constraint"; GPT-NeoX's attention heads and RT-DETR's stem did the same)."""
-    _needs_litert_torch()
-    tiny = make_model(tmp_path / "p", "patches")
-    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
-    metrics = tiny.run("tflite-int8-from-pt2", tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2",
-                       precision="int8", mode="full")
+    metrics, result = _full_int8(tmp_path, "patches")
     assert metrics["mode"] == "full" and metrics["calibration_samples"] > 0
-    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
-    result = check(tiny, tmp_path / "check", "tflite-int8", tmp_path / "tflite/model.tflite",
-                   tmp_path / "ref/reference.npz", precision="int8")
     assert result["passed"] is True, result
 
 
