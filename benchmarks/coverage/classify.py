@@ -69,8 +69,8 @@ _RULES = (
     ("bug", r"modelbuild build exited|bug in modelbuild|internal error|Item does not exist for identifier|"
             r"are none of the signature's"),
     ("crash", r"the worker crashed|the worker exited with code|killed by signal (?!9\b)"),
-    ("cost", r"timed? ?out|timeout|exceeded .*(?:budget|seconds)|out of memory|memory (?:ceiling|limit)|"
-             r"MemoryError|killed by signal 9\b|SIGKILL"),
+    ("cost", r"timed? ?out|timeout|exceeded .*(?:budget|seconds)|still running at its .*budget|out of memory|"
+             r"memory (?:ceiling|limit)|MemoryError|killed by signal 9\b|SIGKILL"),
     ("data-dependent", r"GuardOnDataDependent|data-dependent|unbacked|nonzero|masked_select|argwhere"),
     ("static", r"Constraints violated|specializ|dynamic_shapes|dynamic shape|Dim\(|symbolic shape|"
                r"unknown (?:first )?dimension|unknown rank|None dimension"),

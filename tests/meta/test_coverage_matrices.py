@@ -86,6 +86,8 @@ TIMEOUT = "timed out after 120 s (raise it with --timeout)"
     (_cell(("ormqr-0/onnx", ORMQR)), "server", ["aten.ormqr"], "kernel"),
     (_cell(("verify:clamp-0.ios", "out0: max_rel 1.9e+00 > 1.0e-04")), "ios", ["aten.clamp"], "numerics-fp32"),
     (_cell(("x/onnx", f"model 'x': {TIMEOUT}")), "server", [], "cost"),
+    (_cell(("x/executorch-int8", "stopped: still running at its 5 min time budget (peak 2.88 GB), in "
+                                 "torch/_ops.py:875 (__call__)")), "executorch-int8", [], "cost"),
     (_cell(("x/pt2", "model 'x': torch.export failed: Constraints violated (batch)!")), "executorch", [], "static"),
     (_cell(("x/saved_model", "model 'x': onnx2tf could not convert the ONNX op Expand (node /Expand): TypeError: "
                              "Cannot iterate over a Tensor with unknown first dimension.")), "android", [], "static"),
