@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     import torch
     from torch.export import ExportedProgram
 
+#: Enters the key of every step that decomposes (planning.planner): bump when a decomposition's output changes.
+#: 2: the whole-program decomposition keeps linear layers whose weight is constant (`_linear_kept`).
+VERSION = 2
+
 #: A `decompose` option's value: the ops by bare name (grid_sampler_2d), or "core" for the whole program.
 Spec = Union[str, Sequence[str]]
 _TABLES = "torch._decomp.decomposition_table, the core ATen decompositions, torch._refs"
@@ -60,14 +64,51 @@ def own_decompositions() -> dict["torch._ops.OpOverload", Callable[..., Any]]:
     return table()
 
 
-def core_table() -> Any:
-    """The table `run_decompositions` uses by default (the core ATen decompositions), with `own_decompositions`."""
+def core_table(keep_linear: bool = False) -> Any:
+    """The table `run_decompositions` uses by default (the core ATen decompositions), with `own_decompositions`;
+    without `aten.linear` where `keep_linear` (`_linear_kept`)."""
     import torch
 
     table = torch.export.default_decompositions()
     for op, fn in own_decompositions().items():
         table[op] = fn
+    if keep_linear:
+        table.pop(torch.ops.aten.linear.default, None)
     return table
+
+
+def _linear_kept(program: "ExportedProgram") -> int:
+    """Prepare `program` (in place) for a core decomposition that keeps its linear layers: each `aten.linear` whose
+    weight the program computes (a weight-normed or tied-and-scaled layer) is rewritten as `matmul(x, wᵀ) + b`,
+    which the core table lowers; the others, whose weight is a parameter, buffer or constant, stay `aten.linear`.
+
+    Why per node: PT2E quantizers (XNNPACK's, litert-torch's) annotate `aten.linear`, not the `addmm`/`mm` the core
+    table makes of it, so an int8 route that needed the whole-program decomposition shipped every linear layer
+    float (GPT-NeoX's lm_head: caught by min_quantized_share); but Core ML's `linear` takes only a constant weight.
+    Every converter that reads an exported program lowers `aten.linear` itself. Returns how many were kept."""
+    import torch
+
+    aten = torch.ops.aten
+    signature = program.graph_signature
+    constant = {*signature.inputs_to_parameters, *signature.inputs_to_buffers,
+                *signature.inputs_to_lifted_tensor_constants}
+    graph = program.graph_module.graph
+    kept = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.linear.default:
+            continue
+        x, weight, bias = (list(node.args) + [None])[:3]
+        if getattr(weight, "op", None) == "placeholder" and weight.name in constant:
+            kept += 1
+            continue
+        with graph.inserting_before(node):
+            out = graph.call_function(aten.matmul.default, (x, graph.call_function(aten.t.default, (weight,))))
+            if bias is not None:
+                out = graph.call_function(aten.add.Tensor, (out, bias))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+    program.graph_module.recompile()
+    return kept
 
 
 def _entries(name: str) -> dict["torch._ops.OpOverload", Callable[..., Any]]:
@@ -135,8 +176,9 @@ def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram"
     if isinstance(spec, str):
         if spec != "core":
             raise NoDecomposition(f"decompose: {spec!r} is neither 'core' nor a list of ops")
-        out = program.run_decompositions(core_table())
-        return out, _record("core", decompositions(program, out))
+        kept = _linear_kept(program)
+        out = program.run_decompositions(core_table(keep_linear=True))
+        return out, _record("core", decompositions(program, out), kept)
     names = list(dict.fromkeys(spec))
     table: dict[Any, Callable[..., Any]] = {}
     for name in names:
@@ -207,10 +249,12 @@ def _noncore(program: "ExportedProgram", before: set[str]) -> dict[Any, Callable
             and torch.Tag.core not in n.target.tags and n.target in core}
 
 
-def _record(spec: Spec, made: dict[str, list[str]]) -> dict[str, Any]:
-    """What changed: each op of the program that the decomposition replaced, and the ops it became."""
+def _record(spec: Spec, made: dict[str, list[str]], linear_kept: int = 0) -> dict[str, Any]:
+    """What changed: each op of the program that the decomposition replaced, and the ops it became (and how many
+    linear layers a core decomposition kept, `_linear_kept`)."""
     changed = {op: parts for op, parts in made.items() if parts != [op]}
-    return {"decompose": spec if isinstance(spec, str) else list(spec), "decomposed": changed}
+    out = {"decompose": spec if isinstance(spec, str) else list(spec), "decomposed": changed}
+    return {**out, "linear_kept": linear_kept} if linear_kept else out
 
 
 def scriptable(program: "ExportedProgram") -> "torch.jit.ScriptModule":

@@ -18,6 +18,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError
 from buildsys.formats import get_step
 from buildsys.formats.base import Step, delivered
+from buildsys.lowering.decompose import VERSION as DECOMPOSE_VERSION
 from buildsys.planning.kinds import ArtifactKind, kind_of
 from buildsys.planning.node import Node
 from buildsys.records import NodeEntry
@@ -139,6 +140,8 @@ class Planner:
         inputs: dict[str, str] = {}
         packages = list(step.packages)
         comp: dict[str, Any] = {"step": step.name, "step_version": step.version, "options": node.options}
+        if node.options.get("decompose") is not None:  # (only then: the keys of other steps stay as they were)
+            comp["decompose_version"] = DECOMPOSE_VERSION
         if node.source_format:
             inputs.update(self.source_inputs(node.model))
             packages += self.source_packages(node.model)  # the weights' package, transformers, …

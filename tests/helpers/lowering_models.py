@@ -3,7 +3,8 @@
 Each stands for a class of refusal met on public architectures: a flow-field warp (grid_sample: coremltools has no
 conversion, PyTorch decomposes it), a per-sample loop (torch.export specialises the dynamic batch, as YOLO11n's
 head does), a Conv1d+GRU activity model (onnx2tf's loop leaves TensorList ops TFLite refuses), an audio frontend
-with GroupNorm (coremltools fails on its symbolic batch, as on wav2vec2), a point-cloud model (cdist). The e2e
+with GroupNorm (coremltools fails on its symbolic batch, as on wav2vec2), a point-cloud model (cdist), a
+hand-normalised output layer (a linear layer whose weight is computed). The e2e
 tests copy this file into their project and name its factories.
 """
 
@@ -87,6 +88,24 @@ class PointCloud(nn.Module):
         return self.head((weights @ self.embed(points)).mean(dim=1))
 
 
+class NormedHead(nn.Module):
+    """A token MLP whose output layer is weight-normalised by hand (direction / its norm × a gain): two linear layers
+    with a parameter weight, one whose weight the model computes at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up = nn.Linear(32, 128)
+        self.mid = nn.Linear(128, 128)
+        self.direction = nn.Parameter(torch.randn(8, 128))
+        self.gain = nn.Parameter(torch.rand(8, 1) + 0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(self.mid(F.relu(self.up(tokens))))
+        weight = self.gain * self.direction / self.direction.norm(dim=1, keepdim=True)
+        return F.linear(hidden, weight)
+
+
 def warp() -> nn.Module:
     return Warp().eval()
 
@@ -105,3 +124,7 @@ def audio_frontend() -> nn.Module:
 
 def point_cloud() -> nn.Module:
     return PointCloud().eval()
+
+
+def normed_head() -> nn.Module:
+    return NormedHead().eval()

@@ -40,10 +40,21 @@ def test_what_a_decomposition_makes_that_is_not_core_aten_is_decomposed_in_turn(
     assert {"cdist"} == set(record["decomposed"])
 
 
-def test_core_decomposes_the_whole_program() -> None:
+def test_core_decomposes_the_whole_program_but_linear_layers_with_a_constant_weight() -> None:
+    """PT2E quantizers annotate aten.linear, not the addmm the core table makes of it: a layer whose weight is a
+    parameter stays linear; one whose weight the model computes (Core ML's linear takes only a constant) becomes
+    matmul, then mm. The program computes what the model does at another batch size."""
     program, record = decompose(_exported(lowering_models.point_cloud(), 32, 3), "core")
-    assert record["decompose"] == "core" and {"cdist", "linear"} <= set(record["decomposed"])
-    assert "addmm" in _ops(program) and "linear" not in _ops(program)
+    assert record["decompose"] == "core" and "cdist" in record["decomposed"] and record["linear_kept"] == 2
+    assert "linear" in _ops(program) and not {"cdist", "addmm", "mm"} & _ops(program)
+
+    model = lowering_models.normed_head()
+    program, record = decompose(_exported(model, 5, 32), "core")
+    linears = [n for n in program.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+    assert [n.args[1].name for n in linears] == ["p_up_weight", "p_mid_weight"] and record["linear_kept"] == 2
+    assert "mm" in _ops(program) and record["decomposed"]["matmul"]  # the computed weight's layer
+    x = torch.randn(3, 5, 32)
+    torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_an_allocation_no_pytorch_table_lowers_is_decomposed_by_our_own() -> None:

@@ -22,6 +22,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from buildsys.formats import steps
@@ -168,3 +169,32 @@ def test_core_ml_at_fixed_shapes_converts_what_its_symbolic_batch_refused(tmp_pa
     assert (answer.label, answer.at, answer.values) == ("coreml static shapes", "step", {"static_shapes": True})
     assert summary(events)["ios"]["route"] == ["pytorch", "torchscript", "coreml (switch coreml static shapes)"]
     assert project.verdict("ios") == "passed"  # one sample per call through the MIL reference
+
+
+def test_an_int8_route_through_the_core_decomposition_keeps_its_linear_layers_quantized(tmp_path: Path) -> None:
+    """The whole-program decomposition (an answer to many refusals) used to turn every linear layer into addmm, which
+    XNNPACK's quantizer does not annotate: the .pte kept them float and min_quantized_share refused it. Linear
+    layers with a parameter weight now stay linear and are quantized; the one whose weight the model computes is
+    decomposed, as Core ML's linear needs (the ios target through the same decomposition)."""
+    project = Project(tmp_path, """\
+        models:
+          head:
+            source: {factory: lowering_models:normed_head}
+            inputs: [{name: tokens, shape: [batch, 5, 32]}]
+            outputs: [{name: scores}]
+            data: {calibration: calibration.npz}
+        targets:
+          edge: {model: head, format: executorch, precision: int8, routes: [[pt2]], repair: false,
+                 options: {pt2: {decompose: core}}}
+          ios: {model: head, format: coreml, routes: [[pt2]], options: {pt2: {decompose: core}}}
+        """)
+    np.savez(tmp_path / "calibration.npz", tokens=np.random.default_rng(0).standard_normal((16, 5, 32), np.float32))
+    status, events = project.build("edge", "ios")
+    assert status == 0, summary(events)
+    assert project.verdict("edge") == "passed" and project.verdict("ios") == "passed"
+    nodes = project.lock().nodes
+    [loading] = [n for n in nodes if n.startswith("head/pt2")]
+    assert nodes[loading]["facts"]["decomposition"]["linear_kept"] == 2
+    [int8] = [n for n in nodes if n.startswith("head/executorch-int8")]
+    linear = nodes[int8]["facts"]["quantized_weights"]["by_kind"]["linear"]
+    assert linear["layers"] == 2 and linear["share"] == 1.0, linear
