@@ -25,13 +25,14 @@ class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 9  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
-                 # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
-                 # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
-                 # (the first module whose output diverges, with a per-layer table); 7: default limits raised
-                 # to the model's intrinsic error (nodes/intrinsic.py); 8: an int8/int4 artifact's share of weights
-                 # in its precision is held to a floor (min_quantized_share); 9: an ill-conditioned output's fp32
-                 # check falls back to its float64 outputs (nodes/intrinsic.py); a miss's localisation is bounded
+    version = 10  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+                  # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
+                  # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
+                  # (the first module whose output diverges, with a per-layer table); 7: default limits raised
+                  # to the model's intrinsic error (nodes/intrinsic.py); 8: an int8/int4 artifact's share of weights
+                  # in its precision is held to a floor (min_quantized_share); 9: an ill-conditioned output's fp32
+                  # check falls back to its float64 outputs (nodes/intrinsic.py); a miss's localisation is bounded;
+                  # 10: float32 subnormals flushed to zero on both sides, an all-subnormal reference a caveat
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -89,6 +90,8 @@ class CheckStep(Step):
             return self._write(ctx, self._judge(opts, metrics, problems, caveats, host))
 
         results = self._compare(ctx, observed, expected, labels)
+        caveats += [Caveat(CaveatKind.DEGRADED, f"{name} checked at zero", r.extra["subnormal"], "check")
+                    for name, r in results.items() if r.extra.get("subnormal")]
         metrics = {"passed": all(bool(r) for r in results.values()), "samples": len(batch), "format": fmt_name,
                    "runtime": runner, "outputs": {name: r.as_dict() for name, r in results.items()}}
         raised = {name: r.extra["limits_raised"] for name, r in results.items() if r.extra.get("limits_raised")}

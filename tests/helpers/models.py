@@ -400,6 +400,27 @@ def patch_attention():
     return PatchAttention()
 
 
+class Vanishing(nn.Module):
+    """A deep MLP initialised too small, as seeded, untrained weights often are (Hugging Face's normal(0, 0.02) for
+    every conv of MobileViT): each layer shrinks its input, and the outputs are float32 subnormals (about 1e-39)."""
+
+    def __init__(self, width=16, depth=16):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width if i else 8, width, bias=False) for i in range(depth))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight.normal_(0.0, 7e-4)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x)) + 0.5 * layer(x)
+        return x
+
+
+def vanishing():
+    return Vanishing()
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -447,6 +468,8 @@ KINDS: dict[str, dict[str, Any]] = {
             "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "patches": {"factory": "patch_attention", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "vanishing": {"factory": "vanishing", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                  "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],
