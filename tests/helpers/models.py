@@ -400,6 +400,29 @@ def patch_attention():
     return PatchAttention()
 
 
+class LinearAttention(nn.Module):
+    """Separable (linear) self-attention over conv patches, written as MobileViTv2's is: one score per patch, a
+    context vector per channel, multiplied into the values through `expand_as`."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, stride=2, padding=1)
+        self.qkv = nn.Conv2d(dim, 1 + 2 * dim, 1)
+        self.out = nn.Conv2d(dim, dim, 1)
+        self.head = nn.Linear(dim, 5)
+        self.dim = dim
+
+    def forward(self, image):
+        x = torch.relu(self.stem(image))
+        q, k, v = self.qkv(x).split([1, self.dim, self.dim], dim=1)
+        context = (k * torch.softmax(q, dim=-1)).sum(dim=-1, keepdim=True)
+        return self.head(self.out(torch.relu(v) * context.expand_as(v)).mean((2, 3)))
+
+
+def linear_attention():
+    return LinearAttention()
+
+
 class Vanishing(nn.Module):
     """A deep MLP initialised too small, as seeded, untrained weights often are (Hugging Face's normal(0, 0.02) for
     every conv of MobileViT): each layer shrinks its input, and the outputs are float32 subnormals (about 1e-39)."""
@@ -468,6 +491,8 @@ KINDS: dict[str, dict[str, Any]] = {
             "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "patches": {"factory": "patch_attention", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "linear-attention": {"factory": "linear_attention", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
+                         "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "vanishing": {"factory": "vanishing", "inputs": [{"name": "x", "shape": ["batch", 8]}],
                   "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],

@@ -76,7 +76,8 @@ class TfliteFromPt2(Step):
     """Convert the torch.export program to TFLite with litert-torch (no ONNX, no TensorFlow)."""
 
     produces = "tflite"
-    version = 2  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is
+    version = 3  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is; 3: expands
+    # that only make a broadcast explicit removed (implicit_broadcasts: MobileViTv2's linear attention was refused)
     route_cost = 1.5  # ahead of the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
     fixes_shapes = True  # converted at a fixed batch
@@ -94,13 +95,14 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 6  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            cls.version = 7  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
             # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
             # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales), 2^-12 again where
             # XNNPACK cannot prepare the file (`scale_floor`); 6: transposes, reshapes and zero pads share their input's
-            # range (shared_through_layout_ops: GPT-NeoX's heads, RT-DETR's stem failed TFLite's same-scale constraint)
+            # range (shared_through_layout_ops: GPT-NeoX's heads, RT-DETR's stem failed TFLite's same-scale constraint);
+            # 7: expands that only make a broadcast explicit removed (implicit_broadcasts)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
@@ -140,9 +142,12 @@ class TfliteFromPt2(Step):
         # behaviour; an unlifted program refuses .eval(), and litert-torch warns on the training flag.
         for sub in module.modules():
             sub.training = False
+        broadcasts = implicit_broadcasts(module)  # expands that only make a broadcast explicit: see there
         # A fixed batch: the example's fixed size, else 1 (what a phone runs); see trace_batch.
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=False))
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
+        if broadcasts:
+            metrics["implicit_broadcasts"] = len(broadcasts)
         path = ctx.out_dir / FLATBUFFER
         pt2e = self.precision == "int8" and not uses_aeq(ctx.options)
         for fine in (True, False) if pt2e else (True,):
@@ -310,6 +315,63 @@ def lowering_ops() -> list[str]:
 
 register_op_table(OpTable("litert-torch", ("litert-torch", "torch"), f"{__name__}:lowering_ops",
                            "litert-torch's lowering registry"))
+
+
+#: Elementwise ops that broadcast their tensor operands (numpy's rules): an `expand` feeding one of them only makes
+#: explicit what the op does anyway.
+BROADCASTING = frozenset({"add", "sub", "rsub", "mul", "div", "where", "maximum", "minimum", "pow", "eq", "ne", "lt",
+                          "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or",
+                          "atan2", "fmod", "remainder", "copysign", "hypot", "fmax", "fmin"})
+
+
+def implicit_broadcasts(module: Any) -> list[str]:
+    """Remove (in place) each `expand` (or `expand_as`) whose every consumer is a BROADCASTING op whose result keeps its shape without
+    it: the op broadcasts the unexpanded tensor to the same result. Returns the expands removed.
+
+    Why: litert-torch lowers `expand` to BROADCAST_TO, and after its layout passes the pair can be refused ("'tfl.mul'
+    op operands don't have broadcast-compatible shapes" at conversion, BROADCAST_TO "Output shape must be
+    broadcastable from input shape" at LiteRT's prepare: timm's MobileViTv2 multiplies by `context.expand_as(value)`),
+    where the same op on the unexpanded tensor converts. The program computes the same values either way, with one
+    op and one materialised tensor fewer."""
+    import torch
+
+    graph, removed = module.graph, []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or str(getattr(node.target, "_opname", "")) not in ("expand", "expand_as"):
+            continue
+        source, users = node.args[0], list(node.users)
+        if not isinstance(source, torch.fx.Node) or not users or not all(_keeps_shape(u, node, source) for u in users):
+            continue
+        node.replace_all_uses_with(source)
+        graph.erase_node(node)
+        removed.append(node.name)
+    if removed:
+        module.recompile()
+    return removed
+
+
+def _keeps_shape(user: Any, expand: Any, source: Any) -> bool:
+    """Whether `user`, a BROADCASTING op reading `expand`, gives a result of the same shape and dtype when it reads
+    `source` (the unexpanded tensor) instead."""
+    import torch
+
+    if user.op != "call_function" or str(getattr(user.target, "_opname", "")) not in BROADCASTING:
+        return False
+    result, shapes = user.meta.get("val"), []
+    for arg in (*user.args, *user.kwargs.values()):
+        if arg is expand:
+            arg = source
+        if isinstance(arg, torch.fx.Node):
+            value = arg.meta.get("val")
+            if not isinstance(value, torch.Tensor):
+                return False
+            shapes.append(tuple(value.shape))
+    if not isinstance(result, torch.Tensor) or not isinstance(source.meta.get("val"), torch.Tensor):
+        return False
+    try:
+        return tuple(torch.broadcast_shapes(*shapes)) == tuple(result.shape)
+    except RuntimeError:
+        return False
 
 
 #: Ops that only move or pick values (every output value is an input value): an int8 tensor through them keeps its

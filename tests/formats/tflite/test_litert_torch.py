@@ -105,6 +105,46 @@ def test_values_through_transposes_and_zero_pads_keep_their_scale(tmp_path: Path
     assert result["passed"] is True, result
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_expand_that_only_makes_a_broadcast_explicit_is_removed(tmp_path: Path, precision: str) -> None:
+    """Separable attention multiplies its values by `context.expand_as(values)`, as MobileViTv2 does: litert-torch
+    refused the pair ("'tfl.mul' op operands don't have broadcast-compatible shapes"; at int8 its file failed LiteRT's
+    prepare at BROADCAST_TO), and converts the same multiply on the unexpanded context."""
+    _needs_litert_torch()
+    tiny = make_model(tmp_path / "p", "linear-attention")
+    tiny.run("pt2-from-pytorch", tmp_path / "pt2")
+    name = "tflite-from-pt2" if precision == "fp32" else "tflite-int8-from-pt2"
+    metrics = tiny.run(name, tmp_path / "tflite", input_path=tmp_path / "pt2/model.pt2", precision=precision,
+                       **({"mode": "full"} if precision == "int8" else {}))
+    assert metrics["implicit_broadcasts"] == 1
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    result = check(tiny, tmp_path / "check", "tflite" if precision == "fp32" else "tflite-int8",
+                   tmp_path / "tflite/model.tflite", tmp_path / "ref/reference.npz", precision=precision)
+    assert result["passed"] is True, result
+
+
+def test_only_expands_whose_consumers_broadcast_to_the_same_result_are_removed() -> None:
+    import torch
+
+    from buildsys.formats.tflite.litert_torch import implicit_broadcasts
+
+    class Expands(torch.nn.Module):
+        def forward(self, v: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            scaled = v * c.expand_as(v)  # removable: v * c broadcasts to v's shape
+            wider = c + c.expand(2, 4, 3, 5)  # not: c + c is [2, 4, 3, 1]
+            sliced = c.expand(-1, -1, -1, 5)[..., :2]  # not: a slice is no broadcasting op
+            return scaled, wider, sliced
+
+    v, c = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 1)
+    module = torch.export.export(Expands(), (v, c)).module()
+    expected = module(v, c)
+    assert implicit_broadcasts(module) == ["expand_as"]
+    assert [str(n.target._opname) for n in module.graph.nodes if "expand" in str(n.target)] == ["expand", "expand"]
+    for got, want in zip(module(v, c), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_layout_ops_and_zero_pads_share_their_inputs_quantization() -> None:
     """The annotation itself: each transpose, reshape and zero pad after a quantized op shares that op's range; a
     pad of another value keeps its own, and what is already annotated is left as it is."""
