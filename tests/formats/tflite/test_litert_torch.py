@@ -127,7 +127,7 @@ def test_an_expand_that_only_makes_a_broadcast_explicit_is_removed(tmp_path: Pat
 def test_only_expands_whose_consumers_broadcast_to_the_same_result_are_removed() -> None:
     import torch
 
-    from buildsys.formats.tflite.litert_torch import implicit_broadcasts
+    from buildsys.formats.tflite.litert_passes import implicit_broadcasts
 
     class Expands(torch.nn.Module):
         def forward(self, v: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -154,7 +154,7 @@ def test_layout_ops_and_zero_pads_share_their_inputs_quantization() -> None:
     from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    from buildsys.formats.tflite.litert_torch import shared_through_layout_ops
+    from buildsys.formats.tflite.litert_passes import shared_through_layout_ops
 
     class Shapes(torch.nn.Module):
         def __init__(self) -> None:
