@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 RUNTIME_REFUSAL = re.compile(r"\bartifact could not be run in\b|\bthe worker crashed\b")
 
 
+#: A check that refused an artifact for its share of weights in the precision asked (nodes/check.py,
+#: formats/quantized_weights.py: "only 1.4% of the weights are int8 (floor 90%, min_quantized_share; …").
+QUANTIZED_SHARE = re.compile(r"\bof the weights are \w+ \(floor [\d.]+%, min_quantized_share\b")
+
+
 def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | None" = None) -> dict[str, DroppedRoute]:
     """Targets whose route failed in a build: target → the record deploy.lock keeps.
 
@@ -67,6 +72,8 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
         elif RUNTIME_REFUSAL.search(why):  # the runtime refused (or crashed on) what the converter made: as a refusal
             rewrites, note = _answered(route, refusal_rewrites(why, _chain_ops(chain, results, lock)), config)
+        elif QUANTIZED_SHARE.search(why):  # int8 weights short of the floor: layers its quantizer cannot quantize?
+            rewrites, note = _answered(route, quantizable_rewrites(_chain_ops(chain, results, lock)), config)
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
         if not repair and _missed_tolerance(result.metrics):  # a float miss: ops converters write imprecisely?
             rewrites, _ = _answered(route, precise_rewrites(_chain_ops(chain, results, lock)), config)
@@ -94,6 +101,14 @@ def _answered(route: "Route", names: list[str], config: "Target") -> tuple[list[
     not where the target's own settings forbid them."""
     answered, note = answer(route, names, config.options, config.rewrites)
     return (names if answered is not None else []), note
+
+
+def quantizable_rewrites(ops: list[str]) -> list[str]:
+    """The rewrites that write an op of the program whose weights quantizers leave float as linear layers they
+    quantize (an LSTM unrolled): the answer to an int8 artifact refused for its share of int8 weights."""
+    from buildsys.rewrites import quantizable_for
+
+    return [r.name for r in quantizable_for(ops)]
 
 
 def precise_rewrites(ops: list[str]) -> list[str]:

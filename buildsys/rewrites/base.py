@@ -30,6 +30,9 @@ class Rewrite:
     `precise` are ops it computes closer to torch than converters write them (log1p as log(1 + x)): nothing
     refuses those, so a float check that missed its tolerance on a route whose program holds one is answered by
     it (buildsys/planning/failures.py).
+    `quantizable` are ops whose weights quantizers leave float and that it writes as linear layers they quantize
+    (an LSTM's gates): an int8 artifact refused for its share of int8 weights (min_quantized_share) on a
+    program holding one is answered by it (buildsys/planning/failures.py).
     """
 
     name: str
@@ -40,13 +43,14 @@ class Rewrite:
     signs: tuple[str, ...] = ()
     family: str | None = None
     precise: tuple[str, ...] = ()
+    quantizable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name):
             raise ValueError(f"rewrite name {self.name!r}: lower-case words joined by '-'")
         if not self.removes:
             raise ValueError(f"rewrite {self.name!r} removes no op: a rewrite is keyed by the ops it removes")
-        for op in (*self.removes, *self.precise):
+        for op in (*self.removes, *self.precise, *self.quantizable):
             if not re.fullmatch(r"[a-z_]+::[A-Za-z0-9_]+", op):
                 raise ValueError(f"rewrite {self.name!r}: op {op!r} is not spelled 'namespace::name' (aten::stft)")
 
@@ -58,6 +62,8 @@ class Rewrite:
             out["family"] = self.family
         if self.precise:
             out["precise"] = list(self.precise)
+        if self.quantizable:
+            out["quantizable"] = list(self.quantizable)
         return out
 
 

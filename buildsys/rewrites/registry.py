@@ -82,6 +82,13 @@ def precise_for(ops: Sequence[str]) -> list[Rewrite]:
     return [r for r in REGISTRY.values() if held & {op_base(o) for o in r.precise}]
 
 
+def quantizable_for(ops: Sequence[str]) -> list[Rewrite]:
+    """The rewrites that write one of `ops` (any spelling), whose weights quantizers leave float, as linear layers
+    they quantize (`Rewrite.quantizable`): what answers an int8 artifact refused for its share of int8 weights."""
+    held = {op_base(o) for o in ops}
+    return [r for r in REGISTRY.values() if held & {op_base(o) for o in r.quantizable}]
+
+
 def apply(module: nn.Module, names: Sequence[str]) -> nn.Module:
     """An equivalent module that runs with the named rewrites in force (in this order).
 

@@ -1,0 +1,56 @@
+"""An int8 artifact refused for its share of int8 weights, answered by a rewrite that writes the layers its quantizer
+skipped as linear layers it quantizes (`Rewrite.quantizable`, buildsys/planning/failures.py): neither XNNPACK's nor
+litert-torch's PT2E quantizer has a quantized LSTM, so an LSTM encoder's TFLite int8 file held 1.4 % of its weights
+in int8 and min_quantized_share refused it; the `recurrent` rewrite unrolls the LSTM into linear layers, and the
+same step quantizes all of them. Real litert-torch and LiteRT, on a model no rewrite names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from buildsys.planning.failures import QUANTIZED_SHARE, quantizable_rewrites
+from buildsys.rewrites import get
+from tests.helpers.models import make_model
+
+
+def test_the_share_refusal_is_answered_by_the_rewrites_of_what_the_program_holds() -> None:
+    refusal = ("only 1.4% of the weights are int8 (floor 90%, min_quantized_share; measured on the flatbuffer's "
+               "tensor types): 4 layer(s) stayed wider: lstm")
+    assert QUANTIZED_SHARE.search(refusal)
+    assert quantizable_rewrites(["aten.linear.default", "aten.lstm.input"]) == ["recurrent"]
+    assert quantizable_rewrites(["aten.gru_cell.default"]) == ["recurrent"]
+    assert quantizable_rewrites(["aten.linear.default", "aten.unsafe_split.Tensor"]) == []  # removed, not quantizable
+    assert get("recurrent").as_dict()["quantizable"][0] == "aten::rnn_tanh"
+
+
+DEPLOY = """\
+models:
+  lstm:
+    source: {factory: "tinymodels:lstm", weights: lstm.pt}
+    inputs: [{name: frames, shape: [batch, 20, 6]}]
+    outputs: [{name: logits, kind: scores}]
+    data: {calibration: calib.npz, validation: val.npz}
+targets:
+  phone: {model: lstm, format: tflite, precision: int8, via: [pt2]}
+"""
+
+
+@pytest.mark.slow
+def test_an_lstm_reaches_int8_tflite_through_the_recurrent_rewrite(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    import modelbuild
+
+    make_model(tmp_path, "lstm")
+    (tmp_path / "deploy.yaml").write_text(DEPLOY)
+    modelbuild.load(tmp_path / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
+    lock = json.loads((tmp_path / "deploy.lock").read_text())
+    [dropped] = lock["routes"]["phone"]["dropped"]
+    assert dropped["route"] == ["pytorch", "pt2", "tflite-int8"] and dropped["rewrites"] == ["recurrent"]
+    assert "min_quantized_share" in dropped["reason"]
+    assert lock["targets"]["phone"]["route"] == ["pytorch", "pt2 (rewrite recurrent)", "tflite-int8"]
+    assert lock["nodes"]["verify:phone"]["verdict"].startswith("passed")
+    share = lock["nodes"][lock["targets"]["phone"]["node"]]["facts"]["quantized_weights"]["share"]
+    assert share >= 0.9
