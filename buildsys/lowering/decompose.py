@@ -167,8 +167,9 @@ def decomposable_ops() -> list[str]:
 
 
 def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram", dict[str, Any]]:
-    """`program` with the ops `spec` names decomposed ("core": the whole program to core ATen), and the record the
-    step's metrics keep: `{"decompose": spec, "decomposed": {op: [the ops it became]}}`.
+    """`program` with the ops `spec` names decomposed ("core": the whole program to core ATen, its linear layers with a
+    constant weight kept, `_linear_kept`, which edits `program` in place), and the record the step's metrics keep:
+    `{"decompose": spec, "decomposed": {op: [the ops it became]}}`.
 
     A named op the graph holds only inside a composite op (grid_sampler_2d inside grid_sampler, as a training-IR
     export keeps it) is reached by decomposing that composite op first. Raises NoDecomposition for an op no table

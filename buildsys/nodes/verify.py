@@ -339,8 +339,8 @@ def _compare_tokens(result: OutputComparison, ref: "np.ndarray", obs: "np.ndarra
     return result
 
 
-#: float32's smallest normal number: what XNNPACK, OpenVINO's CPU plugin and Core ML flush smaller values to (and
-#: what float16 cannot hold at all).
+#: float32's smallest normal number: kernels that flush subnormals (FTZ/DAZ, common in optimised CPU and accelerator
+#: kernels) turn smaller values into zero, and float16 cannot hold them at all.
 FLOAT32_TINY = 1.1754943508222875e-38
 
 

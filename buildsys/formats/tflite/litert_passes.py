@@ -17,8 +17,8 @@ BROADCASTING = frozenset({"add", "sub", "rsub", "mul", "div", "where", "maximum"
 
 
 def implicit_broadcasts(module: Any) -> list[str]:
-    """Remove (in place) each `expand` (or `expand_as`) whose every consumer is a BROADCASTING op whose result keeps its shape without
-    it: the op broadcasts the unexpanded tensor to the same result. Returns the expands removed.
+    """Remove (in place) each `expand` (or `expand_as`) whose every consumer is a BROADCASTING op whose result keeps
+    its shape without it: the op broadcasts the unexpanded tensor to the same result. Returns the expands removed.
 
     Why: litert-torch lowers `expand` to BROADCAST_TO, and after its layout passes the pair can be refused ("'tfl.mul'
     op operands don't have broadcast-compatible shapes" at conversion, BROADCAST_TO "Output shape must be
@@ -43,8 +43,8 @@ def implicit_broadcasts(module: Any) -> list[str]:
 
 
 def _keeps_shape(user: Any, expand: Any, source: Any) -> bool:
-    """Whether `user`, a BROADCASTING op reading `expand`, gives a result of the same shape and dtype when it reads
-    `source` (the unexpanded tensor) instead."""
+    """Whether `user` is a BROADCASTING op that gives a result of the same shape when it reads `source` (the
+    unexpanded tensor) instead of `expand` (an expand never changes the dtype)."""
     import torch
 
     if user.op != "call_function" or str(getattr(user.target, "_opname", "")) not in BROADCASTING:
