@@ -142,6 +142,15 @@ def test_the_page_says_which_commit_built_the_cells() -> None:
     assert (environment.code_version() != "unknown") == (REPO / ".git").exists()
 
 
+def test_the_page_says_which_verified_cells_compared_zeros() -> None:
+    zero = {"status": "verified", "caveats": ["MIL reference, not Apple's runtime", "logits checked at zero"]}
+    cells = {"seg": {"ios": zero, "server": {"status": "verified", "caveats": ["logits checked at zero"]}},
+             "cnn": {"server": {"status": "verified"}, "ios": {"status": "failed", "caveats": ["y checked at zero"]}}}
+    [_, line] = render.zero_lines(cells)
+    assert line.startswith("Of the verified cells, 2 (`seg`) compared zeros")
+    assert render.zero_lines({"cnn": cells["cnn"]}) == []
+
+
 def test_a_fresh_rerun_of_the_mixed_project_reports_its_own_wall_time() -> None:
     cells = {"a": {"server": {"status": "verified", "code": "abc1234"}}}
     builds = [{"project": "chunk-1", "wall_s": 264.0}, {"project": "chunk-1", "wall_s": 304.0}]
