@@ -93,7 +93,7 @@ def _linear_kept(program: "ExportedProgram") -> int:
     constant = {*signature.inputs_to_parameters, *signature.inputs_to_buffers,
                 *signature.inputs_to_lifted_tensor_constants}
     graph = program.graph_module.graph
-    kept = 0
+    kept, rewritten = 0, False
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not aten.linear.default:
             continue
@@ -107,7 +107,9 @@ def _linear_kept(program: "ExportedProgram") -> int:
                 out = graph.call_function(aten.add.Tensor, (out, bias))
         node.replace_all_uses_with(out)
         graph.erase_node(node)
-    program.graph_module.recompile()
+        rewritten = True
+    if rewritten:
+        program.graph_module.recompile()
     return kept
 
 
