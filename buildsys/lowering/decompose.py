@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 #: Enters the key of every step that decomposes (planning.planner): bump when a decomposition's output changes.
 #: 2: the whole-program decomposition keeps linear layers whose weight is constant (`_linear_kept`).
-VERSION = 2
+#: 3: it goes on past the core set where `decomposition_table` lowers what is left (`to_core`); var_mean.
+VERSION = 3
 
 #: A `decompose` option's value: the ops by bare name (grid_sampler_2d), or "core" for the whole program.
 Spec = Union[str, Sequence[str]]
@@ -75,6 +76,30 @@ def core_table(keep_linear: bool = False) -> Any:
     if keep_linear:
         table.pop(torch.ops.aten.linear.default, None)
     return table
+
+
+def to_core(program: "ExportedProgram", keep_linear: bool = False) -> "ExportedProgram":
+    """`program` decomposed to core ATen as far as PyTorch's tables reach: by `core_table`, then each op it leaves
+    that is not core ATen by `decomposition_table`'s entry where that lowers it to ATen ops (not a reference),
+    round after round while one makes another. The core set leaves ops export's functionalization makes
+    (`_native_batch_norm_legit_functional`, from a batch norm that updates running statistics), which ExecuTorch's
+    verifier and coremltools both refuse; on the zoo's architectures no op is left and this adds nothing."""
+    import torch
+    from torch._decomp import decomposition_table
+
+    table = core_table(keep_linear)
+    kept = {torch.ops.aten.linear.default} if keep_linear else set()
+    out = program.run_decompositions(table)
+    for _ in range(4):
+        more = {n.target: decomposition_table[n.target] for n in out.graph.nodes
+                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+                and torch.Tag.core not in n.target.tags and n.target not in table and n.target not in kept
+                and _lowers(decomposition_table.get(n.target))}
+        if not more:
+            break
+        table.update(more)
+        out = program.run_decompositions(table)
+    return out
 
 
 def _linear_kept(program: "ExportedProgram") -> int:
@@ -180,7 +205,7 @@ def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram"
         if spec != "core":
             raise NoDecomposition(f"decompose: {spec!r} is neither 'core' nor a list of ops")
         kept = _linear_kept(program)
-        out = program.run_decompositions(core_table(keep_linear=True))
+        out = to_core(program, keep_linear=True)
         return out, _record("core", decompositions(program, out), kept)
     names = list(dict.fromkeys(spec))
     table: dict[Any, Callable[..., Any]] = {}
@@ -204,7 +229,9 @@ def decompose(program: "ExportedProgram", spec: Spec) -> tuple["ExportedProgram"
     if left:
         raise NoDecomposition(f"PyTorch's decomposition of aten::{left[0]} left it in the program (it declines "
                               "these arguments or dtypes): an op rewrite must remove it (docs/rewrites.md)")
-    asked = set(names) | {_base(t) for t in composites}
+    # An op export's functionalisation makes (`_native_batch_norm_legit_functional`, what a refusal names) stands
+    # in the exported program as the op it came from (`_native_batch_norm_legit`): that op's decomposition is asked.
+    asked = set(names) | {_base(t) for t in composites} | {n.removesuffix("_functional") for n in names}
     record = _record(names, {op: parts for op, parts in decompositions(program, out).items() if op in asked})
     if not record["decomposed"]:
         raise NoDecomposition(f"the exported program holds no {', '.join(f'aten::{n}' for n in names)} to decompose "

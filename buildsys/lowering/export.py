@@ -104,3 +104,33 @@ def lowered(step: "Step", ctx: "StepContext[Any]", module: Any, dynamic: bool) -
         return scriptable(program), {**metrics, **record}
     except Exception as exc:
         raise step.fail(ctx, f"the decomposed program does not compile to TorchScript: {describe(exc)}") from exc
+
+
+def without_input_mutations(program: "ExportedProgram") -> tuple["ExportedProgram", list[str]]:
+    """`program` without the write-backs of the inputs it mutates in place (`x.clamp_()`, `x[:, 0] = …`, a batch
+    norm updating running statistics passed in), and the names of those inputs.
+
+    A functionalised program returns each mutated user input's new value ahead of its outputs, for the runtime to
+    copy back (`OutputKind.USER_INPUT_MUTATION`). A deployed artifact's inputs are the caller's copies and its
+    outputs are what is checked, so the write-back only costs a format that cannot express it: Core ML refuses the
+    program ("Core ML cannot handle user input mutation"). The outputs are computed from the mutated values
+    either way: the functional graph already reads them."""
+    from torch.export import ExportedProgram, ExportGraphSignature
+    from torch.export.graph_signature import OutputKind
+
+    specs = program.graph_signature.output_specs
+    drop = {i for i, spec in enumerate(specs) if spec.kind == OutputKind.USER_INPUT_MUTATION}
+    if not drop:
+        return program, []
+    module = program.graph_module
+    out = module.graph.output_node()
+    out.args = (tuple(v for i, v in enumerate(out.args[0]) if i not in drop),)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    signature = ExportGraphSignature(input_specs=program.graph_signature.input_specs,
+                                     output_specs=[spec for i, spec in enumerate(specs) if i not in drop])
+    mutated = sorted(str(specs[i].target) for i in drop)
+    return ExportedProgram(root=module, graph=module.graph, graph_signature=signature,
+                           state_dict=program.state_dict, range_constraints=program.range_constraints,
+                           module_call_graph=program.module_call_graph, example_inputs=program.example_inputs,
+                           constants=program.constants, verifiers=[program.verifier]), mutated

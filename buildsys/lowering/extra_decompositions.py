@@ -13,7 +13,9 @@ Each computes what torch's kernel does, on every argument its schema has:
 - exp2: 2 ** x (pow with a scalar base: core);
 - erfc: Cody's rational forms through erfcx (the floating rewrite family's), no cancellation in the right tail;
 - angle of a real tensor: π below 0, else 0, NaN kept (a complex one is not lowered: the complex rewrite is);
-- put: index_put into the flattened tensor, negative indices wrapped, accumulate or not.
+- put: index_put into the flattened tensor, negative indices wrapped, accumulate or not;
+- var_mean: var and mean over the same dims (both core); PyTorch's table lowers it only to prims.var (a
+  reference), and coremltools has no conversion for it (timm's LayerNorm2d computes with it).
 
 Equivalence: tests/lowering/test_lowering_decompose.py.
 """
@@ -80,10 +82,20 @@ def put(self: "torch.Tensor", index: "torch.Tensor", source: "torch.Tensor", acc
     return flat.index_put((where,), source.reshape(-1), accumulate).reshape(self.shape)
 
 
+def var_mean(self: "torch.Tensor", dim: Any = None, *, correction: Any = None, keepdim: bool = False
+             ) -> tuple["torch.Tensor", "torch.Tensor"]:
+    import torch
+
+    aten = torch.ops.aten
+    return (aten.var.correction(self, dim, correction=correction, keepdim=keepdim),
+            aten.mean.dim(self, dim, keepdim))
+
+
 def table() -> dict["torch._ops.OpOverload", Callable[..., Any]]:
     """The ops above, keyed by their functional overloads."""
     import torch
 
     aten = torch.ops.aten
     return {aten.empty_permuted.default: empty_permuted, aten.addbmm.default: addbmm, aten.exp2.default: exp2,
-            aten.erfc.default: erfc, aten.angle.default: angle, aten.put.default: put}
+            aten.erfc.default: erfc, aten.angle.default: angle, aten.put.default: put,
+            aten.var_mean.correction: var_mean}

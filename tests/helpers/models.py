@@ -444,6 +444,24 @@ def vanishing():
     return Vanishing()
 
 
+class InPlaceInput(nn.Module):
+    """Scales and clips its input in place before its layers, as preprocessing written into `forward` often does
+    (`x[:, :3] -= mean`, `x.clamp_()`): its exported program mutates a user input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x[:, :4] = x[:, :4] * 0.5
+        x.clamp_(min=-1.0, max=1.0)
+        return self.fc(x)
+
+
+def in_place_input():
+    return InPlaceInput()
+
+
 def broken():
     raise RuntimeError("the factory refused to build")
 
@@ -495,6 +513,8 @@ KINDS: dict[str, dict[str, Any]] = {
                          "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "vanishing": {"factory": "vanishing", "inputs": [{"name": "x", "shape": ["batch", 8]}],
                   "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "in-place-input": {"factory": "in_place_input", "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                       "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "branchy": {"factory": "branchy", "inputs": [{"name": "x", "shape": ["batch", 4]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "tokens": {"factory": "tokens", "inputs": [{"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],

@@ -172,8 +172,9 @@ class CoremlFromTorchScript(PruningStep):
             from buildsys.formats.coreml.weights import measure
 
             pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold)
-        if ctx.extra.get("output_reshaped"):
-            pruned["output_reshaped"] = ctx.extra["output_reshaped"]
+        for fact in ("output_reshaped", "input_mutations_dropped"):  # what the route's loading changed
+            if ctx.extra.get(fact):
+                pruned[fact] = ctx.extra[fact]
         return {"bytes": facts["bytes"], "compute_precision": self.compute, **pruned, **repair,
                 **({"static_shapes": True} if opts.static_shapes else {}),
                 "weight_compression": opts.weight_compression, "spec_version": facts["spec_version"],

@@ -26,8 +26,9 @@ class _FromExport(CoremlFromTorchScript):
     symptoms = (STATIC_SHAPES,)  # this is the torch.export frontend already
     decomposes_unnamed = True
 
-    version = 3  # 2: op nodes named apart from string arguments (names_apart_from_strings); 3: outputs in torch's
-    # shape (output_shapes.py), the project's own decompositions (lowering/decompose.core_table)
+    version = 4  # 2: op nodes named apart from string arguments (names_apart_from_strings); 3: outputs in torch's
+    # shape (output_shapes.py), the project's own decompositions (lowering/decompose.core_table); 4: past the core
+    # set (decompose.to_core), input mutations dropped (lowering/export.without_input_mutations)
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
 
@@ -39,9 +40,13 @@ class _FromExport(CoremlFromTorchScript):
         except Exception as exc:
             raise self.fail(ctx, f"'{ctx.input_path}' is not a readable torch.export program: "
                                  f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        from buildsys.lowering.decompose import core_table
+        from buildsys.lowering.decompose import to_core
+        from buildsys.lowering.export import without_input_mutations
 
-        return names_apart_from_strings(program.run_decompositions(core_table()))  # core ATen (new_ones → full, …)
+        program, mutated = without_input_mutations(to_core(program))  # core ATen (new_ones → full, …)
+        if mutated:  # Core ML has no write-back of an input (metric `input_mutations_dropped`)
+            ctx.extra["input_mutations_dropped"] = mutated
+        return names_apart_from_strings(program)
 
 
 def names_apart_from_strings(program: Any) -> Any:
@@ -81,4 +86,4 @@ class CoremlInt8FromPt2(Int8Member, _FromExport):
 
     name = "coreml-int8-from-pt2"
     consumes = PROGRAM
-    version = 4  # Int8Member's 3, and the route's names_apart_from_strings
+    version = 5  # Int8Member's 3, the route's names_apart_from_strings, to_core and without_input_mutations

@@ -78,11 +78,12 @@ class _PteFromPt2(Step):
 
     consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
-    version = 7  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    version = 8  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
     # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
     # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation; 6: aten.gru and
-    # aten.rnn_* lowered as scan loops too, zero-stride constants copied to standard strides; 7: 3-D conv refused
+    # aten.rnn_* lowered as scan loops too, zero-stride constants copied to standard strides; 7: 3-D conv refused;
+    # 8: a program that writes into its inputs lowered on copies of them (torch/loading.inputs_copied)
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -181,9 +182,10 @@ class _PteFromPt2(Step):
         import torch
 
         from buildsys.formats.reproducible import exported_program_without_stack_traces
+        from buildsys.formats.torch.loading import inputs_copied
 
-        try:
-            program = torch.export.export(module, args, strict=False)
+        try:  # a program that writes into its inputs (a given .pt2) would return the write-backs as outputs
+            program = torch.export.export(inputs_copied(module, args), args, strict=False)
         except Exception as exc:
             raise self.fail(ctx, f"torch.export with fixed shapes {[tuple(a.shape) for a in args]} failed: "
                                  f"{_first_line(exc)}") from exc
@@ -233,11 +235,11 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 10  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
+    version = 11  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
-    # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales)
+    # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back
     #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.

@@ -211,10 +211,11 @@ class OnnxFromPyTorch(FromPyTorch):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 6  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    version = 7  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
     # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
     # exported by the TorchScript exporter, its fake quantization as QDQ; 5: linear layers in disguise
-    # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py); 6: types ONNX forbids cast (legalise.py)
+    # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py); 6: types ONNX forbids cast (legalise.py);
+    # 7: a model that writes into its inputs exported on copies of them (loading.signature_module)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
     extra = "server"

@@ -26,9 +26,10 @@ class Pt2FromPyTorch(FromPyTorch):
     """Capture the PyTorch module with torch.export.export and save the program."""
 
     name = "pt2-from-pytorch"
-    version = 4  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
+    version = 5  # 2: saved without stack traces (build paths), byte-identical across checkouts; 3: a QAT
     # module is exported converted with its learned quantization parameters (buildsys.formats.torch.qat); 4: linear layers in
-    # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py)
+    # disguise (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py); 5: a model that writes into its
+    # inputs exported on copies of them (loading.signature_module)
     produces = "pt2"
     description = "torch.export.export with the signature's dynamic axes, then torch.export.save."
     symptoms = (STATIC_EXPORT,)  # torch.export's shape constraint: exported again at static shapes, where allowed

@@ -222,20 +222,20 @@ def export_dims(model: "Model") -> tuple[dict[int, Any] | None, ...]:
 
 
 def signature_module(module: "torch.nn.Module", model: "Model", args: tuple[Any, ...]) -> "torch.nn.Module":
-    """`module`, or a thin wrapper returning a tuple in the signature's output order.
+    """`module`, or a thin wrapper returning a tuple in the signature's output order and, for a model that writes
+    into its inputs, computing on copies of them (`inputs_copied`).
 
     Exporters name outputs by position: a model returning a dict (flattened in its own key order)
     or extra outputs would get the signature's names on the wrong tensors. A module that already
-    returns one tensor per declared output, in a tuple, is exported as it is.
+    returns one tensor per declared output, in a tuple, and leaves its inputs alone is exported as it is.
     """
     import torch
 
-
-    with torch.no_grad():
-        result = module(*args)
+    result, mutates = _call_watching_inputs(module, args)
     n = len(model.outputs)
-    if (n == 1 and isinstance(result, torch.Tensor)) or (
-            type(result) is tuple and len(result) == n and all(isinstance(r, torch.Tensor) for r in result)):
+    ordered = (n == 1 and isinstance(result, torch.Tensor)) or (
+        type(result) is tuple and len(result) == n and all(isinstance(r, torch.Tensor) for r in result))
+    if ordered and not mutates:
         return module
 
     class SignatureOrder(torch.nn.Module):
@@ -246,9 +246,56 @@ def signature_module(module: "torch.nn.Module", model: "Model", args: tuple[Any,
             self.inner = inner
 
         def forward(self, *inputs: Any) -> Any:
-            return tuple(outputs_in_order(self.inner(*inputs), model))
+            out = self.inner(*(_copies(inputs) if mutates else inputs))
+            return out if ordered else tuple(outputs_in_order(out, model))
 
     return SignatureOrder(module).eval()
+
+
+def inputs_copied(module: "torch.nn.Module", args: tuple[Any, ...]) -> "torch.nn.Module":
+    """`module`, or, where it writes into its inputs in place (`x[:, :3] -= mean`, `x.clamp_()`, a batch norm
+    updating statistics passed in; seen by their version counters on one call with copies of `args`), a wrapper
+    handing it copies of them.
+
+    A trace would record writes into graph inputs (the legacy ONNX exporter loses them); a functionalised
+    torch.export program returns each write-back as an extra output, which Core ML refuses and ExecuTorch
+    delivers ahead of the model's outputs. On copies, the writes are ordinary ops and the outputs the same:
+    the model reads what it wrote either way."""
+    import torch
+
+    if not _call_watching_inputs(module, args)[1]:
+        return module
+
+    class InputsCopied(torch.nn.Module):
+        varargs = True
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.inner(*_copies(inputs))
+
+    wrapper = InputsCopied(module)
+    wrapper.training = False  # the wrapper's own flag: `.eval()` would recurse into `module` (an unlifted program refuses)
+    return wrapper
+
+
+def _call_watching_inputs(module: "torch.nn.Module", args: tuple[Any, ...]) -> tuple[Any, bool]:
+    """`module`'s result on copies of `args` (which stay untouched), and whether it wrote into them in place."""
+    import torch
+
+    copies = _copies(args)
+    versions = [a._version if isinstance(a, torch.Tensor) else 0 for a in copies]
+    with torch.no_grad():
+        result = module(*copies)
+    return result, any(isinstance(a, torch.Tensor) and a._version != v for a, v in zip(copies, versions))
+
+
+def _copies(args: Any) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def shapes_for(module: Any, shapes: tuple[Any, ...] | None) -> Any:

@@ -34,9 +34,10 @@ class TorchScriptFromPyTorch(FromPyTorch):
     """
 
     name = "torchscript-from-pytorch"
-    version = 6  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
+    version = 7  # 2: without debug info (build paths); 3: judged by outputs on two batches; 4: type names as in a fresh
     # process; 5: linear layers in disguise (transformers' Conv1D) traced as nn.Linear (formats/torch/linear.py);
-    # 6: custom autograd functions traced as their forward's ops (formats/torch/autograd.py)
+    # 6: custom autograd functions traced as their forward's ops (formats/torch/autograd.py); 7: a model that writes
+    # into its inputs traced on copies of them, and compared on its own copies (loading.signature_module)
     produces = "torchscript"
     description = "torch.jit.trace / torch.jit.script, then torch.jit.save."
     committed_metrics = ("rewrites", "structured_pruning", "decomposition")  # a QAT module is not recognised here
@@ -110,10 +111,11 @@ class TorchScriptFromPyTorch(FromPyTorch):
         seen: dict[str, Any] = {}
         for batch, label in batches:
             args = example_args(ctx.model, batch)
+            copy = lambda: [a.clone() for a in args]  # noqa: E731 - each call its own inputs: a model may write into them
             with torch.no_grad():
-                eager = outputs_in_order(module(*args), ctx.model)
+                eager = outputs_in_order(module(*copy()), ctx.model)
                 try:
-                    got = outputs_in_order(compiled(*args), ctx.model)
+                    got = outputs_in_order(compiled(*copy()), ctx.model)
                 except Exception as exc:
                     raise self.fail(ctx, f"the {method} module fails on {label} of {len(batch)} sample(s), where eager "
                                          f"PyTorch runs: {describe(exc)} (a shape frozen when tracing? try method: "
