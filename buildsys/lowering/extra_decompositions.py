@@ -15,7 +15,7 @@ Each computes what torch's kernel does, on every argument its schema has:
 - angle of a real tensor: π below 0, else 0, NaN kept (a complex one is not lowered: the complex rewrite is);
 - put: index_put into the flattened tensor, negative indices wrapped, accumulate or not;
 - var_mean: var and mean over the same dims (both core); PyTorch's table lowers it only to prims.var (a
-  reference), and coremltools has no conversion for it (timm's LayerNorm2d computes with it).
+  reference), and coremltools has no conversion for it (timm's channels-first layer norm `_layer_norm_cf` uses it).
 
 Equivalence: tests/lowering/test_lowering_decompose.py.
 """

@@ -124,6 +124,7 @@ EXTRA = {  # op → (a call, its inputs): every op of extra_decompositions.py on
     "erfc": (torch.erfc, (torch.linspace(-6, 9, 31),)),
     "angle": (torch.angle, (torch.tensor([-2.0, -0.0, 0.0, 3.0, float("nan"), -float("inf")]),)),
     "put": (lambda x, s: x.put(torch.tensor([0, -1, 5, 2]), s), (torch.randn(2, 4), torch.randn(4))),
+    "var_mean": (lambda x: torch.var_mean(x, dim=(0, 2), correction=0, keepdim=True), (torch.randn(3, 4, 5),)),
 }
 
 
