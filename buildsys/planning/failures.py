@@ -161,15 +161,16 @@ def _chain_ops(chain: list[str], results: Mapping[str, "NodeResult"], lock: "Loc
 
 
 def _missed_tolerance(metrics: Mapping[str, Any]) -> bool:
-    """Whether a failed check missed a tolerance (some output's metric not ok, or a precision fault the runtime saw
-    inside the program: an fp16 overflow): what accuracy repair answers.
+    """Whether a failed check missed a tolerance (some output's metric not ok, NaN / inf in an output where the
+    reference has numbers, or a precision fault the runtime saw inside the program: an fp16 overflow): what
+    accuracy repair answers, and on a float route the `precise` rewrites.
     A check that failed for another reason (a degraded path `require_numeric` refuses, a size budget) is not
     an accuracy miss: a quantizer's recipe is no answer to it, so the next route is tried instead."""
     outputs = metrics.get("outputs") or {}
     if any(isinstance(f, dict) and f.get("fails") for f in metrics.get("findings") or []):
         return True  # a precision fault inside the program (an fp16 overflow): keeping ops at higher precision answers it
-    return any(isinstance(m, dict) and m.get("ok") is False
-               for out in outputs.values() if isinstance(out, dict) for m in out.values())
+    return any(out.get("non_finite") or any(isinstance(m, dict) and m.get("ok") is False for m in out.values())
+               for out in outputs.values() if isinstance(out, dict))
 
 
 def opens_repair(plan: "Plan", target: str, route: "Route", node: str) -> bool:

@@ -166,5 +166,7 @@ REWRITES = (
         description="cumprod / cummax / cummin / logcumsumexp as reductions under a constant prefix mask at a "
                     "static length; prod (and cumprod's products) as pairwise multiplications",
         handlers=_handlers,
+        # stable at any magnitude: coremltools' own logcumsumexp takes exp of the input (all NaN at 1e4)
+        precise=("aten::logcumsumexp",),
     ),
 )

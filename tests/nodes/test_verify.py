@@ -128,6 +128,24 @@ def test_nan_fails() -> None:
     assert not result and "1 non-finite value(s)" in str(result)
 
 
+def test_nan_where_the_reference_has_numbers_is_a_numeric_miss_that_repair_and_rewrites_answer() -> None:
+    """An overflow (NaN / inf out, numbers in the reference) counts as a missed tolerance (planning/failures.py
+    `_missed_tolerance`): the float route's `precise` rewrites and a quantizing route's repair answer it. A NaN the
+    reference has too is the model's own, not a miss to repair."""
+    from buildsys.planning.failures import _missed_tolerance
+
+    ref = np.ones((3, 2), np.float32)
+    observed = ref.copy()
+    observed[1, 1] = np.inf
+    overflow = compare("energy", "values", ref, observed, {})
+    assert not overflow and overflow.extra["non_finite"] == 1
+    assert _missed_tolerance({"outputs": {"energy": overflow.as_dict()}})
+    ref[1, 1] = np.nan
+    own = compare("energy", "values", ref, observed, {})
+    assert not own and "non_finite" not in own.extra
+    assert not _missed_tolerance({"outputs": {"energy": own.as_dict()}})
+
+
 def test_unset_limits_are_reported_but_not_checked() -> None:
     ref = scores()
     result = compare("logits", "scores", ref, ref + 1.0, Tolerance())

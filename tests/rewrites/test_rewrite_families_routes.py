@@ -274,6 +274,28 @@ def build():
     return SurvivalHead().eval()
 '''
 
+ENERGIES = '''\
+import torch
+from torch import nn
+
+
+class RunningPartition(nn.Module):
+    """The running log-partition of a sequence scorer (an HMM's or CRF's forward pass, a log-space accumulator):
+    logcumsumexp over time of energies in the hundreds, as unnormalised log-scores are."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.energy = nn.Linear(6, 4)
+
+    def forward(self, steps):
+        return torch.logcumsumexp(self.energy(steps) * 150.0, dim=1)
+
+
+def build():
+    return RunningPartition().eval()
+'''
+
 DISAGREEMENT = '''\
 import torch
 from torch import nn
@@ -460,6 +482,20 @@ def test_a_survival_model_misses_its_tolerance_then_reaches_onnx_precise(tmp_pat
     project, out = _build(tmp_path, "survival", SURVIVAL, "[{name: features, shape: [batch, 6]}]",
                           "server: {model: model, format: onnx}\n")
     _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite precise)"], "precise", "max_rel")
+
+
+def test_a_running_log_partition_overflowing_in_core_ml_reaches_it_with_scan(tmp_path: Path) -> None:
+    """No converter refuses logcumsumexp: coremltools lowers it through exp of the input, which overflows at
+    energies in the hundreds, and the artifact computes NaN / inf. Non-finite values where the reference has
+    numbers are a numeric miss, so the `precise` rewrites of the program's ops answer it (as a tolerance miss
+    is): `scan` declares logcumsumexp precise (its running-max form), and the route with it passes."""
+    project, out = _build(tmp_path, "energies", ENERGIES, "[{name: steps, shape: [batch, 12, 6]}]",
+                          "ios: {model: model, format: coreml}\n")
+    lock = Lock.read(project.root / "deploy.lock")
+    [dropped] = lock.routes["ios"]["dropped"]
+    assert dropped["rewrites"] == ["scan"] and "non-finite value(s)" in dropped["reason"], dropped
+    assert lock.targets["ios"]["rewrites"] == ["scan"] and lock.nodes["verify:ios"]["verdict"].startswith("passed")
+    assert "ios: carries op rewrites scan" in out
 
 
 def test_a_disagreement_score_onnxruntime_cannot_load_reaches_onnx_with_losses(tmp_path: Path) -> None:
