@@ -2,9 +2,9 @@
 
 Edges: given tensors are used as they are (sorted, as torch requires); `bins` counts take the outer edges from
 `range`, else from each dimension's minimum and maximum of the data (inside the graph: amin / amax), an empty range
-widened by ±0.5 as torch's select_outer_bin_edges, then torch's linspace (its scalar path: start + i·step below
-the middle, end − (n − 1 − i)·step from it; its vectorised path can round an inner edge one ulp apart). A point's bin in each dimension is the
-count of edges ≤ its value, less one (std::upper_bound, which torch's local search ends in), the rightmost bin
+widened by ±0.5 as torch's select_outer_bin_edges, then torch's linspace (`precise.spaced`, its scalar path:
+start + i·step below the middle, end − (n − 1 − i)·step from it; its vectorised path can round an inner edge one
+ulp apart). A point's bin in each dimension is the count of edges ≤ its value, less one (std::upper_bound, which torch's local search ends in), the rightmost bin
 closed; a point outside [first, last] edge in any dimension, or NaN, is not counted. The histogram sums
 one-hot rows [N, bins_d] combined as an outer product over the dimensions ([N, b₁, …, b_D], each point's weight or
 1); density divides by the total, then by each dimension's bin lengths, as torch does.
@@ -20,27 +20,13 @@ from math import prod
 from typing import TYPE_CHECKING, Any, Sequence
 
 from buildsys.rewrites.base import RewriteNotApplicable, refuse_out, returned
+from buildsys.rewrites.precise import spaced
 
 if TYPE_CHECKING:
     import torch
 
 #: The most points × histogram cells the one-hot outer product may hold.
 MAX_CELLS = 1 << 22
-
-
-def _linspace(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
-    """torch.linspace(start, end, steps) for start and end [1], in their dtype, as torch's scalar CPU kernel
-    computes it."""
-    import numpy as np
-    import torch
-
-    from buildsys.rewrites.mechanism import constant
-
-    step = (end - start) / (steps - 1)
-    index = constant(np.asarray(list(range(steps)), dtype=np.float64), start.dtype)
-    from_end = constant(np.asarray([steps - 1 - i for i in range(steps)], dtype=np.float64), start.dtype)
-    lower = constant(np.asarray([i < steps // 2 for i in range(steps)]))
-    return torch.where(lower, start + index * step, end - from_end * step)
 
 
 def _edges(points: torch.Tensor, bins: Any, bounds: Sequence[float] | None, op: str) -> list[torch.Tensor]:
@@ -71,7 +57,7 @@ def _edges(points: torch.Tensor, bins: Any, bounds: Sequence[float] | None, op: 
             low, high = column.amin(0, keepdim=True), column.amax(0, keepdim=True)
         empty = low == high  # numpy's and torch's widening of an empty range
         low, high = torch.where(empty, low - 0.5, low), torch.where(empty, high + 0.5, high)
-        edges.append(_linspace(low, high, count + 1))
+        edges.append(spaced(low, high, count + 1, points.dtype))
     return edges
 
 

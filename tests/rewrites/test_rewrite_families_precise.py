@@ -5,6 +5,7 @@ through the legacy ONNX exporter, which writes log1p as log(1 + x) and refuses e
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import pytest
@@ -65,3 +66,50 @@ def test_through_onnx_where_log_of_one_plus_loses_everything() -> None:
         assert torch.allclose(got, want, rtol=1e-6, atol=0) is close, (names, got, want)
         if close:
             assert_equivalent(got, want, 1e-6)
+
+
+BOUNDS = [(torch.tensor(-2.0), torch.tensor(-3)), (torch.tensor(0.5), 4.0), (-7.3, torch.tensor(11.9)), (0.0, 1.0),
+          (1e-3, 5e4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("steps", [0, 1, 2, 7, 50, 301])
+@pytest.mark.parametrize("bounds", range(len(BOUNDS)))
+def test_linspace_and_logspace_as_torch_computes_them(bounds: int, steps: int, dtype: torch.dtype) -> None:
+    start, end = BOUNDS[bounds]
+    eps, span = torch.finfo(dtype).eps, max(abs(float(start)), abs(float(end)))
+    # torch's vectorised kernel can round an inner point one ulp (of the bounds) from its scalar path, which this is;
+    # a power turns an exponent's ulp into a relative error of ulp · ln(base)
+    for fn, rtol, atol in ((lambda: torch.linspace(start, end, steps, dtype=dtype), 0.0, 4 * eps * span),
+                           (lambda: torch.logspace(start, end, steps, base=1.5, dtype=dtype),
+                            4 * eps * (1 + span * math.log(1.5)), 0.0)):
+        got, want = rewrites.apply(Fn(fn), ["precise"])(), fn()
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=rtol, atol=atol), (got - want).abs().max()
+        if steps and atol:
+            assert got[0] == want[0] and got[-1] == want[-1]
+
+
+def test_linspace_with_tensor_bounds_leaves_no_op() -> None:
+    check(lambda s, e: torch.linspace(s[0], e[0], 9) * torch.logspace(s[0], e[0], 9, base=2.0), "precise",
+          torch.tensor([0.25]), torch.tensor([3.5]), graphs=True)
+    with pytest.raises(rewrites.RewriteNotApplicable, match="dtype"):
+        rewrites.apply(Fn(lambda s: torch.linspace(s[0], 9.0, 4, dtype=torch.int64)), ["precise"])(torch.ones(1))
+
+
+def test_through_onnx_where_one_step_divides_by_zero() -> None:
+    """OpInfo's linspace sample: the exporter's start + i·(end − start)/(steps − 1) is 0·inf = NaN at one step."""
+    import onnxruntime
+
+    x = torch.tensor([-2.0])
+    fn = lambda t: torch.linspace(t[0], -3.0, 1)  # noqa: E731
+    for names in ([], ["precise"]):
+        f = io.BytesIO()
+        module = rewrites.apply(Fn(fn), names) if names else Fn(fn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), f, dynamo=False, opset_version=18)
+        session = onnxruntime.InferenceSession(f.getvalue())
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        assert torch.equal(got, fn(x)) is bool(names), (names, got)
+    assert [r.name for r in rewrites.precise_for(["aten.linspace.Tensor_Tensor"])] == ["precise"]
