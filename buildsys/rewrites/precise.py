@@ -91,7 +91,7 @@ def spaced(start: Any, end: Any, steps: int, dtype: torch.dtype) -> torch.Tensor
         raise RuntimeError("linspace: number of steps must be non-negative")
     index = np.arange(steps)
     if not any(isinstance(b, torch.Tensor) for b in (start, end)):  # numbers: one constant, in the dtype's arithmetic
-        kind = {torch.float16: np.float16, torch.float64: np.float64}.get(dtype, np.float32)
+        kind: Any = {torch.float16: np.float16, torch.float64: np.float64}.get(dtype, np.float32)
         low, high = kind(start), kind(end)
         step = (high - low) / kind(max(steps - 1, 1))
         values = np.where(index < steps // 2, low + index.astype(kind) * step,
