@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from buildsys.config import data
-from buildsys.rewrites import versions
+from buildsys.rewrites import MECHANISM, versions
 from buildsys.status import verdict_of
 from buildsys.storage.keys import HostBinding
 from buildsys.storage.lock import LOCAL
@@ -113,8 +113,8 @@ class ArtifactKind(NodeKind):
         """The versions of the op rewrites its options apply (buildsys.rewrites): a new version of a
         rewrite rebuilds what was made with it."""
         if node.options.get("rewrites"):
-
             comp["rewrites"] = versions(node.options["rewrites"])
+            comp["rewrite_mechanism"] = MECHANISM
         if node.options.get("structured_sparsity"):  # a pruned module: the pruning code and library decide it
             from buildsys.formats.torch.pruned import PACKAGE, PRUNING_VERSION
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from buildsys.rewrites.base import Rewrite, RewriteNotApplicable, UnknownRewrite, op_base
 from buildsys.rewrites.refusal import RefusalMatch, explain_refusal, for_refusal, ops_named
-from buildsys.rewrites.registry import (REGISTRY, apply, carried, check_names, get, precise_for, quantizable_for,
+from buildsys.rewrites.registry import (MECHANISM, REGISTRY, apply, carried, check_names, get, precise_for, quantizable_for,
                                        removing, versions)
 
-__all__ = ["REGISTRY", "RefusalMatch", "Rewrite", "RewriteNotApplicable", "UnknownRewrite", "apply", "carried", "check_names",
+__all__ = ["MECHANISM", "REGISTRY", "RefusalMatch", "Rewrite", "RewriteNotApplicable", "UnknownRewrite", "apply", "carried", "check_names",
            "explain_refusal", "for_refusal", "get", "op_base", "ops_named", "precise_for", "quantizable_for", "removing", "versions"]

@@ -8,8 +8,9 @@ Core ML's trace route) records the ATen ops the rewrite's replacement runs, and 
 the same rewritten graph. torch.jit.script does not run Python and sees none of it.
 
 Dispatch order for one call: a call with a real-pair complex value among its arguments goes to that
-value's own `__torch_function__` (buildsys.rewrites.pair); then a rewrite's handler for the function;
-then the function itself. With the `complex` rewrite active, a function that still returns a complex
+value's own `__torch_function__` (buildsys.rewrites.pair); then a rewrite's handler for the function,
+which runs with the rewrites in force but for the function it replaces (`composed`: rewrites compose, as
+decompositions do); then the function itself. With the `complex` rewrite active, a function that still returns a complex
 tensor raises RewriteNotApplicable: the rewrite promises a graph without a complex dtype.
 
 This module and the rewrite implementations import torch; buildsys.rewrites' registry does not.
@@ -45,11 +46,13 @@ _ACTIVE = _Local()
 
 @dataclass(frozen=True)
 class ActiveRewrites:
-    """The rewrites in force during one forward: their names and the merged handler table."""
+    """The rewrites in force during one forward: their names, the merged handler table and which rewrite each
+    function's handler belongs to."""
 
     names: tuple[str, ...]
     table: Mapping[Callable[..., object], Handler]
     no_complex: bool
+    owner: Mapping[Callable[..., object], str]
 
 
 def constant(values: "np.ndarray", dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -147,12 +150,35 @@ def dispatch(active: ActiveRewrites, func: Callable[..., object], args: Sequence
         return pair.__torch_function__(func, (pair,), tuple(args), dict(kwargs))  # type: ignore[attr-defined]
     handler = active.table.get(func)
     if handler is not None:
-        return handler(*args, **kwargs)
+        return composed(active, func, handler, args, kwargs)
     out = func(*args, **kwargs)
     if active.no_complex and _complex_tensor(out):
         raise RewriteNotApplicable("complex", function_name(func), "it makes a complex tensor and no rewrite "
                                    "represents this function on real pairs")
     return out
+
+
+def composed(active: ActiveRewrites, func: Callable[..., object], handler: Handler, args: Sequence[object],
+             kwargs: Mapping[str, object]) -> object:
+    """Run `handler` in place of `func` with the other rewrites in force inside it: what one rewrite writes is
+    rewritten by the others (fold's conv_transpose2d by conv-transpose, where a converter takes neither), as it
+    would be had the model called it. The functions of `func`'s own rewrite, and of every rewrite whose handler
+    is running further out, are the plain functions in there: a family calls its own replacements directly, a
+    handler may fall back on the function it replaces, and none re-enters itself. Where no other rewrite is in
+    force the handler runs with no mode at all (TorchDynamo, under torch.export strict=True, cannot trace a
+    mode's call of a Tensor method written in Python, such as unflatten)."""
+    own = active.owner[func]
+    inner = {f: h for f, h in active.table.items() if active.owner[f] != own}
+    if not inner:
+        return handler(*args, **kwargs)
+    nested = ActiveRewrites(names=active.names, table=inner, no_complex=False,  # complex: checked at the model
+                            owner={f: active.owner[f] for f in inner})
+    _ACTIVE.stack.append(nested)
+    try:
+        with RewriteMode(nested):
+            return handler(*args, **kwargs)
+    finally:
+        _ACTIVE.stack.pop()
 
 
 def call(func: Callable[..., object], *args: object, **kwargs: object) -> object:
@@ -162,7 +188,8 @@ def call(func: Callable[..., object], *args: object, **kwargs: object) -> object
 
 
 class RewriteMode(TorchFunctionMode):
-    """Every torch function called inside goes through `dispatch` (the mode is off inside the handlers)."""
+    """Every torch function called inside goes through `dispatch`; a handler runs under a mode of the other
+    rewrites (`composed`)."""
 
     def __init__(self, active: ActiveRewrites) -> None:
         super().__init__()
@@ -195,7 +222,7 @@ def active_rewrites(rewrites: Sequence[Rewrite]) -> ActiveRewrites:
                 raise ValueError(f"rewrites {owner[func]!r} and {rewrite.name!r} both replace {function_name(func)}")
             table[func], owner[func] = handler, rewrite.name
     names = tuple(r.name for r in rewrites)
-    return ActiveRewrites(names=names, table=table, no_complex="complex" in names)
+    return ActiveRewrites(names=names, table=table, no_complex="complex" in names, owner=owner)
 
 
 def _check_outputs(out: object, names: tuple[str, ...]) -> object:

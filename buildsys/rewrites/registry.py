@@ -124,6 +124,10 @@ def check_names(names: Sequence[str]) -> Sequence[str]:
     return names
 
 
+#: How rewrites run together (mechanism.py); 2: a handler runs with the other rewrites in force (`composed`).
+MECHANISM = 2
+
+
 def versions(names: Sequence[str]) -> dict[str, int]:
-    """name → version of the named rewrites: what a cache key records of them."""
+    """name → version of the named rewrites: what a cache key records of them (with `MECHANISM`)."""
     return {name: get(name).version for name in names}

@@ -362,6 +362,39 @@ def build():
 '''
 
 
+OUTLOOK = '''\
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class OutlookBlock(nn.Module):
+    """VOLO-style outlook attention: each 3×3 window of values (unfold, stride 2) is mixed by attention weights
+    computed from the pooled centre, and the windows are folded back, overlapping values adding up (F.fold)."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.attention = nn.Linear(channels, 81)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, image):
+        b, c, h, w = image.shape
+        windows = F.unfold(self.value(image), 3, padding=1, stride=2)  # [B, C·9, L]
+        length = windows.shape[-1]
+        values = windows.reshape(b, c, 9, length).permute(0, 3, 2, 1)  # [B, L, 9, C]
+        centre = F.avg_pool2d(image, 2).flatten(2).transpose(1, 2)  # [B, L, C]
+        weights = self.attention(centre).reshape(b, length, 9, 9).softmax(-1)
+        mixed = (weights @ values).permute(0, 3, 2, 1).reshape(b, c * 9, length)
+        return self.out(F.fold(mixed, (h, w), 3, padding=1, stride=2))
+
+
+def build():
+    return OutlookBlock().eval()
+'''
+
+
 def _build(tmp_path: Path, module: str, source: str, inputs: str, targets: str) -> tuple[TinyProject, str]:
     (tmp_path / f"{module}.py").write_text(source)
     project = TinyProject(tmp_path, tmp_path / "calls.txt")
@@ -526,3 +559,20 @@ def test_a_runtime_crash_is_answered_like_a_refusal(tmp_path: Path) -> None:
                           "edge: {model: model, format: executorch}\n")
     _assert_rewrite_route(project, out, "edge", ["pytorch", "pt2 (rewrite unfold)", "executorch"], "unfold",
                           "the worker crashed")
+
+
+def test_an_outlook_attention_block_reaches_tflite_through_composed_rewrites(tmp_path: Path) -> None:
+    """VOLO's outlook attention folds its windows back (F.fold, stride 2). litert-torch lowers col2im to a
+    scatter LiteRT cannot prepare, so `fold` is next; it writes a conv_transpose2d, whose lhs-dilated convolution
+    litert-torch cannot legalize, so `conv-transpose` is added, and it rewrites the conv_transpose2d fold wrote
+    (rewrites compose): the route passes. Before, fold's output went through no other rewrite and every route
+    failed."""
+    project, out = _build(tmp_path, "outlook", OUTLOOK, "[{name: image, shape: [1, 8, 8, 8]}]",
+                          "android: {model: model, format: tflite}\n")
+    lock = Lock.read(project.root / "deploy.lock")
+    dropped = lock.routes["android"]["dropped"]
+    assert "STABLEHLO_SCATTER" in dropped[0]["reason"] and "conv_transpose2d" in dropped[1]["reason"], dropped
+    assert lock.targets["android"]["route"] == ["pytorch", "pt2 (rewrite fold+unfold+conv-transpose)", "tflite"]
+    check = lock.nodes["verify:android"]
+    assert check["verdict"].startswith("passed")
+    assert max(v["max_abs"]["observed"] for v in check["metrics"]["outputs"].values()) < 1e-4

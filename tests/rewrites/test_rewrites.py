@@ -141,6 +141,36 @@ def test_the_mode_intercepts_under_every_tracer() -> None:
         assert torch.equal(program.module()(x), torch.roll(x, 1, 1))
 
 
+def test_rewrites_compose_without_re_entering_themselves() -> None:
+    """What one rewrite writes goes through the others in force: fold writes a conv_transpose2d (its one-hot
+    kernels), which conv-transpose then writes as a convolution; alone, fold leaves the conv_transpose2d (VOLO's
+    outlook attention met it: LiteRT refused the transposed convolution fold had written). A handler calling the
+    function it replaces gets the plain function, and one calling another's replaced function gets that rewrite."""
+    from buildsys.rewrites.base import Rewrite
+    from buildsys.rewrites.mechanism import apply as apply_rewrites
+    from tests.helpers.rewrite_checks import graph_ops
+
+    x = randn(2, 4 * 9, 16)
+    fn = Fn(lambda t: F.fold(t, (7, 7), 3, padding=1, stride=2))
+    for names, left in ((["fold"], {"conv_transpose2d"}), (["fold", "conv-transpose"], set())):
+        module = rewrites.apply(fn, names)
+        assert_equivalent(module(x), fn(x), REL)
+        exported = graph_ops(module, (x,))["exported"]
+        assert "col2im" not in exported and (exported & {"conv_transpose2d"}) == left, exported
+        if not left:
+            assert "conv2d" in exported  # the transposed convolution as a stride-1 one of the zero-stuffed input
+
+    twice = Rewrite(name="twice", version=1, removes=("aten::sin",), description="sin as sin · 2 / 2",
+                    handlers=lambda: {torch.sin: lambda t: torch.sin(t) * 2 / 2})
+    shifted = Rewrite(name="shifted", version=1, removes=("aten::cos",), description="cos as a shifted sin",
+                      handlers=lambda: {torch.cos: lambda t: -torch.sin(t - torch.pi / 2)})
+    module = apply_rewrites(Fn(lambda t: torch.cos(t) + torch.sin(t)), [twice, shifted])
+    y = randn(8)
+    assert_equivalent(module(y), torch.cos(y) + torch.sin(y), REL)
+    traced = {n.kind() for n in torch.jit.trace(module, (y,)).inlined_graph.nodes()}
+    assert "aten::cos" not in traced and "aten::div" in traced  # cos became a sin, rewritten by `twice`
+
+
 def test_other_functions_pass_through_untouched() -> None:
     model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.GELU(), nn.LayerNorm(6)).eval()
     x = randn(4, 2, 8)
