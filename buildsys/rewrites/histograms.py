@@ -4,8 +4,8 @@ Edges: given tensors are used as they are (sorted, as torch requires); `bins` co
 `range`, else from each dimension's minimum and maximum of the data (inside the graph: amin / amax), an empty range
 widened by ±0.5 as torch's select_outer_bin_edges, then torch's linspace (`precise.spaced`, its scalar path:
 start + i·step below the middle, end − (n − 1 − i)·step from it; its vectorised path can round an inner edge one
-ulp apart). A point's bin in each dimension is the count of edges ≤ its value, less one (std::upper_bound, which torch's local search ends in), the rightmost bin
-closed; a point outside [first, last] edge in any dimension, or NaN, is not counted. The histogram sums
+ulp apart). A point's bin in each dimension is the count of edges ≤ its value, less one (std::upper_bound, which
+torch's local search ends in), the rightmost bin closed; a point outside [first, last] edge in any dimension, or NaN, is not counted. The histogram sums
 one-hot rows [N, bins_d] combined as an outer product over the dimensions ([N, b₁, …, b_D], each point's weight or
 1); density divides by the total, then by each dimension's bin lengths, as torch does.
 

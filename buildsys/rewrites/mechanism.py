@@ -9,9 +9,9 @@ the same rewritten graph. torch.jit.script does not run Python and sees none of 
 
 Dispatch order for one call: a call with a real-pair complex value among its arguments goes to that
 value's own `__torch_function__` (buildsys.rewrites.pair); then a rewrite's handler for the function,
-which runs with the rewrites in force but for the function it replaces (`composed`: rewrites compose, as
-decompositions do); then the function itself. With the `complex` rewrite active, a function that still returns a complex
-tensor raises RewriteNotApplicable: the rewrite promises a graph without a complex dtype.
+which runs with the other rewrites in force (`composed`: rewrites compose, as decompositions do); then the
+function itself. With the `complex` rewrite active, a function that still returns a complex tensor raises
+RewriteNotApplicable: the rewrite promises a graph without a complex dtype.
 
 This module and the rewrite implementations import torch; buildsys.rewrites' registry does not.
 """

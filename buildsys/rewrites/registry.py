@@ -129,5 +129,5 @@ MECHANISM = 2
 
 
 def versions(names: Sequence[str]) -> dict[str, int]:
-    """name → version of the named rewrites: what a cache key records of them (with `MECHANISM`)."""
+    """name → version of the named rewrites: what a cache key records of them (and `MECHANISM`: planning/kinds.py)."""
     return {name: get(name).version for name in names}
