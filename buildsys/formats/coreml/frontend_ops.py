@@ -22,6 +22,10 @@ written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, 
 - `layer_norm` / `native_layer_norm` whose weight or bias is computed at run time (an input, or from one): MIL's
   layer_norm takes only constant gamma and beta ("Input gamma must be const at compile time"), so the
   normalisation without them, then a multiply and an add; constant ones keep coremltools' own translation.
+- `floor_divide` / `floordiv` (`//`) of integers: an integer, as in torch. coremltools casts every quotient to
+  float32, so a size a dynamic shape computes with `//` (torch.export writes `(batch * 9216) // 144` for a
+  reshape's inferred size) became a float, and the `expand` or `view` given it was refused ("Tensors in 'values'
+  of the concat op should share the same data type"); float quotients keep coremltools' translation.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def op_patches(table: dict[str, Any]) -> dict[str, Any]:
     """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
     return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_infinities(table),
             **_inverse_hyperbolic(table), **_flat_arg_reduce(table), **_runtime_layer_norm(table),
-            **_group_norm_statistics(table)}
+            **_group_norm_statistics(table), **_integer_floor_divide(table)}
 
 
 def _value(v: Any) -> Any:
@@ -249,3 +253,21 @@ def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
             context.add((out, mean, rstd), torch_name=node.name)
 
     return {"native_group_norm": native_group_norm}
+
+
+def _integer_floor_divide(table: dict[str, Any]) -> dict[str, Any]:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, promote_input_dtypes
+    from coremltools.converters.mil.mil import types
+
+    if "floor_divide" not in table:
+        return {}
+    original = table["floor_divide"]
+
+    def floor_divide(context: Any, node: Any) -> None:
+        x, y = promote_input_dtypes(_get_inputs(context, node, expected=2))
+        if not types.is_int(x.dtype):
+            return original(context, node)
+        context.add(mb.floor_div(x=x, y=y, name=node.name))  # MIL's floor_div rounds toward -inf, as torch
+
+    return {name: floor_divide for name, func in table.items() if func is original}

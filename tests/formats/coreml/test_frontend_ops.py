@@ -1,10 +1,11 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
 of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
-with run-time weights; each refused by coremltools as it is, converted under
+with run-time weights, integer floor division (a dynamic size computed with `//`); each refused by coremltools as it is, converted under
 modelbuild's patches by both frontends and agreeing with PyTorch in the MIL interpreter."""
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Callable
 
@@ -134,3 +135,37 @@ def test_group_norm_statistics(frontend: str, tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - coremltools binds the statistics as None and fails its own way
         _convert(GroupStats(), x, frontend)
     _agrees(GroupStats(), x, frontend, tmp_path / f"{frontend}.mlpackage")
+
+
+class SizedByFloorDivision(torch.nn.Module):
+    """Sizes of a dynamic batch computed with `//` (as torch.export writes a reshape's inferred size), and an
+    integer tensor floor-divided, negative numerators included (floor, not truncation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 6, 4]
+        rows = x.shape[0] * 24 // 8
+        steps = (torch.arange(-8, 8).reshape(2, 8)[1:] - 4) // 3  # int64: -4 … 3 // 3
+        return x.reshape(rows, 8).expand(rows, 8) * 2 + steps.float()
+
+
+def test_integer_floor_division_of_a_dynamic_size(tmp_path: Path) -> None:
+    x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(0))
+    program = torch.export.export(SizedByFloorDivision().eval(), (x,),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", max=8)},)).run_decompositions()
+    assert any(n.target is operator.floordiv for n in program.graph.nodes)
+
+    def convert() -> object:
+        return ct.convert(program, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
+                          compute_precision=ct.precision.FLOAT32,
+                          inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 8), 6, 4), dtype=np.float32)])
+
+    with pytest.raises(ValueError, match="share the same data type"):  # coremltools as it is: the size a float
+        convert()
+    with frontend_patches():
+        mlmodel = convert()
+    mlmodel.save(str(tmp_path / "sized.mlpackage"))  # type: ignore[attr-defined]
+    mil = MilProgram.load(tmp_path / "sized.mlpackage")
+    for batch in (1, 3):
+        given = torch.randn(batch, 6, 4)
+        got = mil.evaluate({mil.input_names[0]: given.numpy()}).outputs[mil.output_names[0]]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, SizedByFloorDivision()(given).numpy(), rtol=1e-6, atol=1e-6)
