@@ -19,6 +19,10 @@ written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, 
 - `native_group_norm` with its mean and rstd ([N, groups], biased variance, as torch's kernel): coremltools binds
   them as None, so a graph that reads them ("Cannot add const (…, None, None)") was refused; a weight or bias
   given as None is left out.
+- `group_norm` / `native_group_norm` of a dynamic batch: the grouped shape read from the tensor at run time.
+  coremltools writes the batch's symbol into a constant shape ("Cannot add const [is0, 32, 1, 799]": a wav2vec2
+  or HuBERT feature extractor, any GroupNorm model exported with a dynamic batch); with every size known its own
+  translation stays.
 - `layer_norm` / `native_layer_norm` whose weight or bias is computed at run time (an input, or from one): MIL's
   layer_norm takes only constant gamma and beta ("Input gamma must be const at compile time"), so the
   normalisation without them, then a multiply and an add; constant ones keep coremltools' own translation.
@@ -227,24 +231,52 @@ def _runtime_layer_norm(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _group_norm_impl
+    from coremltools.converters.mil.mil.types.symbolic import any_symbolic, is_symbolic
 
     if "native_group_norm" not in table:
         return {}
+    original = table.get("group_norm")
+
+    def statistics(x: Any, groups: int, eps: float) -> tuple[Any, Any, Any]:
+        """(x as [N, groups, rest], its mean and rstd per group); N may be a symbol (a dynamic batch), read from
+        the tensor's shape at run time rather than written into a constant shape."""
+        if is_symbolic(x.shape[0]):
+            batch = mb.slice_by_size(x=mb.shape(x=x), begin=[0], size=[1])
+            shape = mb.concat(values=[batch, np.array([groups, -1], dtype=np.int32)], axis=0)
+        else:
+            shape = [int(x.shape[0]), groups, -1]
+        grouped = mb.reshape(x=x, shape=shape)
+        mean = mb.reduce_mean(x=grouped, axes=[2], keep_dims=False)
+        centered = mb.sub(x=grouped, y=mb.expand_dims(x=mean, axes=[2]))
+        variance = mb.reduce_mean(x=mb.mul(x=centered, y=centered), axes=[2], keep_dims=False)
+        return centered, mean, mb.rsqrt(x=variance, epsilon=eps)
+
+    def normalised(x: Any, groups: int, weight: Any, bias: Any, eps: float, name: str | None = None) -> Any:
+        """The group norm of `x`: coremltools' own where every size is known, else from `statistics`."""
+        if not any_symbolic(x.shape):
+            out = _group_norm_impl(x, groups, weight, bias, eps)
+            return out if name is None else mb.identity(x=out, name=name)
+        centered, _, rstd = statistics(x, groups, eps)
+        out = mb.reshape(x=mb.mul(x=centered, y=mb.expand_dims(x=rstd, axes=[2])), shape=mb.shape(x=x))
+        per_channel = [1, int(x.shape[1])] + [1] * (x.rank - 2)
+        for value, combine in ((weight, mb.mul), (bias, mb.add)):
+            if value is not None:
+                out = combine(x=out, y=mb.reshape(x=value, shape=per_channel))
+        return out if name is None else mb.identity(x=out, name=name)
+
+    def present(v: Any) -> Any:
+        return v if v is not None and not (hasattr(v, "val") and v.val is None and v.op is None) else None
 
     def native_group_norm(context: Any, node: Any) -> None:
         inputs = _get_inputs(context, node, expected=8)
         x = inputs[0]
-        weight, bias = (v if v is not None and not (hasattr(v, "val") and v.val is None and v.op is None) else None
-                        for v in inputs[1:3])
+        weight, bias = (present(v) for v in inputs[1:3])
         groups, eps = int(_value(inputs[6])), float(_value(inputs[7]))
-        grouped = mb.reshape(x=x, shape=[int(x.shape[0]), groups, -1])
-        mean = mb.reduce_mean(x=grouped, axes=[2], keep_dims=False)
-        centered = mb.sub(x=grouped, y=mb.expand_dims(x=mean, axes=[2]))
-        variance = mb.reduce_mean(x=mb.mul(x=centered, y=centered), axes=[2], keep_dims=False)
-        rstd = mb.rsqrt(x=variance, epsilon=eps)
-        out = _group_norm_impl(x, groups, weight, bias, eps)
+        _, mean, rstd = statistics(x, groups, eps)
+        out = normalised(x, groups, weight, bias, eps)
         outputs = list(getattr(node, "outputs", []) or [])
         if len(outputs) == 3:  # the TorchScript frontend: one name per output
             for value, name in zip((out, mean, rstd), outputs):
@@ -252,7 +284,19 @@ def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
         else:  # the torch.export frontend: the tuple, which its getitem nodes index
             context.add((out, mean, rstd), torch_name=node.name)
 
-    return {"native_group_norm": native_group_norm}
+    def group_norm(context: Any, node: Any) -> None:
+        inputs = _get_inputs(context, node, min_expected=2)
+        x = inputs[0]
+        if original is not None and not is_symbolic(x.shape[0]):
+            return original(context, node)
+        weight, bias = (present(inputs[i]) if len(inputs) > i else None for i in (2, 3))
+        eps = float(_value(inputs[4])) if len(inputs) > 4 and _value(inputs[4]) is not None else 1e-5
+        context.add(normalised(x, int(_value(inputs[1])), weight, bias, eps, name=node.name))
+
+    patches = {"native_group_norm": native_group_norm}
+    if original is not None:
+        patches.update({name: group_norm for name, func in table.items() if func is original})
+    return patches
 
 
 def _integer_floor_divide(table: dict[str, Any]) -> dict[str, Any]:

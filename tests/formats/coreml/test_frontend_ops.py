@@ -1,6 +1,7 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
 of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
-with run-time weights, integer floor division (a dynamic size computed with `//`); each refused by coremltools as it is, converted under
+with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch; each
+refused by coremltools as it is, converted under
 modelbuild's patches by both frontends and agreeing with PyTorch in the MIL interpreter."""
 
 from __future__ import annotations
@@ -169,3 +170,42 @@ def test_integer_floor_division_of_a_dynamic_size(tmp_path: Path) -> None:
         got = mil.evaluate({mil.input_names[0]: given.numpy()}).outputs[mil.output_names[0]]
         with torch.no_grad():
             np.testing.assert_allclose(got, SizedByFloorDivision()(given).numpy(), rtol=1e-6, atol=1e-6)
+
+
+class GroupNormed(torch.nn.Module):
+    """A feature extractor's GroupNorm (wav2vec2's first layer: groups = channels) and one over pairs of channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(2, 8, 3)
+        self.per_channel, self.paired = torch.nn.GroupNorm(8, 8), torch.nn.GroupNorm(4, 8, affine=False)
+        with torch.no_grad():
+            self.per_channel.weight.uniform_(0.5, 1.5), self.per_channel.bias.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.paired(torch.nn.functional.gelu(self.per_channel(self.conv(x))))
+
+
+@pytest.mark.parametrize("frontend", ["torchscript", "export"])
+def test_group_norm_of_a_dynamic_batch(frontend: str, tmp_path: Path) -> None:
+    module, x = GroupNormed().eval(), torch.randn(2, 2, 20)
+    source = (torch.jit.trace(module, x) if frontend == "torchscript" else torch.export.export(
+        module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=8)},)).run_decompositions())
+
+    def convert() -> object:
+        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
+                          compute_precision=ct.precision.FLOAT32,
+                          inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 8), 2, 20), dtype=np.float32)])
+
+    with pytest.raises(Exception):  # noqa: B017 - coremltools writes the batch's symbol into a constant shape
+        convert()
+    with frontend_patches():
+        mlmodel = convert()
+    mlmodel.save(str(tmp_path / "normed.mlpackage"))  # type: ignore[attr-defined]
+    mil = MilProgram.load(tmp_path / "normed.mlpackage")
+    for batch in (1, 3):
+        given = torch.randn(batch, 2, 20) * 3
+        got = mil.evaluate({mil.input_names[0]: given.numpy()}).outputs[mil.output_names[0]]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(given).numpy(), rtol=1e-4, atol=1e-4)
