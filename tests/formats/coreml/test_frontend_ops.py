@@ -1,8 +1,8 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
 of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
-with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch; each
-refused by coremltools as it is, converted under
-modelbuild's patches by both frontends and agreeing with PyTorch in the MIL interpreter."""
+with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch;
+each refused by coremltools as it is, converted under modelbuild's patches by both frontends and agreeing with
+PyTorch in the MIL interpreter."""
 
 from __future__ import annotations
 
