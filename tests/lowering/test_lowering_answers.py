@@ -104,6 +104,10 @@ REFUSALS: list[tuple[str, str, list[str]]] = [
     ("coreml-from-torchscript", "model 'stn': coremltools.convert failed: ValueError: Adaptive pooling is only "
      "supported when input tensor size is known or output size == (1,1). Received: input size == (is750, 8, 12, 12, "
      "fp32), output size == (np.int32(4), np.int32(4)) (step coreml-from-torchscript)", ["coreml static shapes"]),
+    # a translation calling int() on a symbolic size (the group-norm statistics of a dynamic batch, before they were
+    # read at run time): SymPy's words, no op named
+    ("coreml-fp16-from-pt2", "model 'hf-wavlm': coremltools.convert failed: TypeError: Cannot convert symbols to int "
+     "(step coreml-fp16-from-pt2)", ["coreml static shapes"]),
     # OpenVINO's ONNX frontend on the sequence ops torch.dstack exports to: the program decomposed to core ATen
     ("openvino-from-onnx", "model 'dstack': OpenVINO could not convert the ONNX model: OpConversionFailure: no "
      "conversion rule for the ONNX operations SequenceMap-18, util::SequenceAt, util::SequenceMark (step "
