@@ -233,12 +233,12 @@ def _runtime_layer_norm(table: dict[str, Any]) -> dict[str, Any]:
 def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _group_norm_impl
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs, _group_norm_impl
     from coremltools.converters.mil.mil.types.symbolic import any_symbolic, is_symbolic
 
     if "native_group_norm" not in table:
         return {}
-    original = table.get("group_norm")
+    original: Any = table.get("group_norm")  # absent from an older coremltools: native_group_norm only
 
     def statistics(x: Any, groups: int, eps: float) -> tuple[Any, Any, Any]:
         """(x as [N, groups, rest], its mean and rstd per group); N may be a symbol (a dynamic batch), read from
@@ -254,12 +254,14 @@ def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
         variance = mb.reduce_mean(x=mb.mul(x=centered, y=centered), axes=[2], keep_dims=False)
         return centered, mean, mb.rsqrt(x=variance, epsilon=eps)
 
-    def normalised(x: Any, groups: int, weight: Any, bias: Any, eps: float, name: str | None = None) -> Any:
-        """The group norm of `x`: coremltools' own where every size is known, else from `statistics`."""
+    def normalised(x: Any, groups: int, weight: Any, bias: Any, eps: float, name: str | None = None,
+                   stats: tuple[Any, Any, Any] | None = None) -> Any:
+        """The group norm of `x`: coremltools' own where every size is known, else from `statistics` (`stats`:
+        theirs for `x`, if made already)."""
         if not any_symbolic(x.shape):
             out = _group_norm_impl(x, groups, weight, bias, eps)
             return out if name is None else mb.identity(x=out, name=name)
-        centered, _, rstd = statistics(x, groups, eps)
+        centered, _, rstd = stats or statistics(x, groups, eps)
         out = mb.reshape(x=mb.mul(x=centered, y=mb.expand_dims(x=rstd, axes=[2])), shape=mb.shape(x=x))
         per_channel = [1, int(x.shape[1])] + [1] * (x.rank - 2)
         for value, combine in ((weight, mb.mul), (bias, mb.add)):
@@ -275,8 +277,9 @@ def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
         x = inputs[0]
         weight, bias = (present(v) for v in inputs[1:3])
         groups, eps = int(_value(inputs[6])), float(_value(inputs[7]))
-        _, mean, rstd = statistics(x, groups, eps)
-        out = normalised(x, groups, weight, bias, eps)
+        stats = statistics(x, groups, eps)
+        _, mean, rstd = stats
+        out = normalised(x, groups, weight, bias, eps, stats=stats)
         outputs = list(getattr(node, "outputs", []) or [])
         if len(outputs) == 3:  # the TorchScript frontend: one name per output
             for value, name in zip((out, mean, rstd), outputs):
@@ -287,9 +290,11 @@ def _group_norm_statistics(table: dict[str, Any]) -> dict[str, Any]:
     def group_norm(context: Any, node: Any) -> None:
         inputs = _get_inputs(context, node, min_expected=2)
         x = inputs[0]
-        if original is not None and not is_symbolic(x.shape[0]):
+        if not is_symbolic(x.shape[0]):
             return original(context, node)
-        weight, bias = (present(inputs[i]) if len(inputs) > i else None for i in (2, 3))
+        weight, bias = (_get_kwinputs(context, node, key, default=[inputs[i] if len(inputs) > i else None])[0]
+                        for i, key in ((2, "weight"), (3, "bias")))
+        weight, bias = present(weight), present(bias)
         eps = float(_value(inputs[4])) if len(inputs) > 4 and _value(inputs[4]) is not None else 1e-5
         context.add(normalised(x, int(_value(inputs[1])), weight, bias, eps, name=node.name))
 
