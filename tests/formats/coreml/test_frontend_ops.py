@@ -148,28 +148,35 @@ class SizedByFloorDivision(torch.nn.Module):
         return x.reshape(rows, 8).expand(rows, 8) * 2 + steps.float()
 
 
+def _convert_dynamic(source: object, shape: tuple[int, ...]) -> object:
+    """`source` converted with a dynamic batch of 1 to 8 and the rest of `shape` fixed."""
+    return ct.convert(source, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
+                      compute_precision=ct.precision.FLOAT32,
+                      inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 8), *shape), dtype=np.float32)])
+
+
+def _agrees_at_batches(source: object, module: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
+    """Converted under the patches, the program equals `module` in the MIL reference at batch 1 and 3."""
+    with frontend_patches():
+        mlmodel = _convert_dynamic(source, shape)
+    mlmodel.save(str(path))  # type: ignore[attr-defined]
+    mil = MilProgram.load(path)
+    for batch in (1, 3):
+        given = torch.randn(batch, *shape) * 3
+        got = mil.evaluate({mil.input_names[0]: given.numpy()}).outputs[mil.output_names[0]]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(given).numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_integer_floor_division_of_a_dynamic_size(tmp_path: Path) -> None:
     x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(0))
     program = torch.export.export(SizedByFloorDivision().eval(), (x,),
                                   dynamic_shapes=({0: torch.export.Dim("batch", max=8)},)).run_decompositions()
     assert any(n.target is operator.floordiv for n in program.graph.nodes)
 
-    def convert() -> object:
-        return ct.convert(program, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
-                          compute_precision=ct.precision.FLOAT32,
-                          inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 8), 6, 4), dtype=np.float32)])
-
     with pytest.raises(ValueError, match="share the same data type"):  # coremltools as it is: the size a float
-        convert()
-    with frontend_patches():
-        mlmodel = convert()
-    mlmodel.save(str(tmp_path / "sized.mlpackage"))  # type: ignore[attr-defined]
-    mil = MilProgram.load(tmp_path / "sized.mlpackage")
-    for batch in (1, 3):
-        given = torch.randn(batch, 6, 4)
-        got = mil.evaluate({mil.input_names[0]: given.numpy()}).outputs[mil.output_names[0]]
-        with torch.no_grad():
-            np.testing.assert_allclose(got, SizedByFloorDivision()(given).numpy(), rtol=1e-6, atol=1e-6)
+        _convert_dynamic(program, (6, 4))
+    _agrees_at_batches(program, SizedByFloorDivision(), (6, 4), tmp_path / "sized.mlpackage")
 
 
 class GroupNormed(torch.nn.Module):
@@ -193,19 +200,6 @@ def test_group_norm_of_a_dynamic_batch(frontend: str, tmp_path: Path) -> None:
     source = (torch.jit.trace(module, x) if frontend == "torchscript" else torch.export.export(
         module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", max=8)},)).run_decompositions())
 
-    def convert() -> object:
-        return ct.convert(source, convert_to="mlprogram", skip_model_load=True, minimum_deployment_target=ct.target.iOS16,
-                          compute_precision=ct.precision.FLOAT32,
-                          inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 8), 2, 20), dtype=np.float32)])
-
     with pytest.raises(Exception):  # noqa: B017 - coremltools writes the batch's symbol into a constant shape
-        convert()
-    with frontend_patches():
-        mlmodel = convert()
-    mlmodel.save(str(tmp_path / "normed.mlpackage"))  # type: ignore[attr-defined]
-    mil = MilProgram.load(tmp_path / "normed.mlpackage")
-    for batch in (1, 3):
-        given = torch.randn(batch, 2, 20) * 3
-        got = mil.evaluate({mil.input_names[0]: given.numpy()}).outputs[mil.output_names[0]]
-        with torch.no_grad():
-            np.testing.assert_allclose(got, module(given).numpy(), rtol=1e-4, atol=1e-4)
+        _convert_dynamic(source, (2, 20))
+    _agrees_at_batches(source, module, (2, 20), tmp_path / "normed.mlpackage")
