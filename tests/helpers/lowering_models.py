@@ -74,6 +74,20 @@ class AudioFrontend(nn.Module):
         return self.head(F.gelu(self.norm(self.conv(audio.unsqueeze(1)))).mean(dim=-1))
 
 
+class PooledGrid(nn.Module):
+    """A localisation net's head: a convolution, adaptive average pooling to a 4 × 4 grid, a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.conv(image))).flatten(1))
+
+
 class PointCloud(nn.Module):
     """Points → features, pairwise distances (cdist) → a soft neighbourhood average → class scores."""
 
@@ -120,6 +134,10 @@ def gru_har() -> nn.Module:
 
 def audio_frontend() -> nn.Module:
     return AudioFrontend().eval()
+
+
+def pooled_grid() -> nn.Module:
+    return PooledGrid().eval()
 
 
 def point_cloud() -> nn.Module:
