@@ -163,6 +163,10 @@ ARCHS: tuple[Arch, ...] = (
         vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
     _hf("hf-clip-text", "text-encoder", "CLIPTextModel", "CLIPTextConfig", _TEXT, (("pooled", "values"),),
         ("pooler_output",), **{**_SMALL_TEXT, "eos_token_id": 2}),
+    _hf("hf-xlnet", "text-encoder", "XLNetModel", "XLNetConfig", _TEXT, _HIDDEN, ("last_hidden_state",),
+        vocab_size=VOCAB, d_model=64, n_layer=2, n_head=4, d_inner=128),
+    _hf("hf-funnel", "text-encoder", "FunnelBaseModel", "FunnelConfig", _TEXT, _HIDDEN, ("last_hidden_state",),
+        vocab_size=VOCAB, block_sizes=[1, 1], d_model=64, n_head=4, d_head=16, d_inner=128),
     # --- text decoders --------------------------------------------------------------------------------
     _hf("hf-gpt2", "text-decoder", "GPT2LMHeadModel", "GPT2Config", _IDS, _LOGITS, ("logits",), vocab_size=VOCAB,
         n_embd=64, n_layer=2, n_head=4, n_positions=64),

@@ -235,11 +235,12 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 11  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
+    version = 12  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
-    # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back
+    # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back;
+    # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear)
     #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
@@ -286,6 +287,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         from buildsys.formats.executorch.weights import measure
         from buildsys.formats.keep_float import pinned
 
+        from buildsys.formats.torch.linear import weight_contractions_as_linear
         from buildsys.formats.torch.qat import fold_weights, is_quantized_program
 
         opts = ctx.options
@@ -331,7 +333,9 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                 raise self.fail(ctx, f"keep_float names {', '.join(map(repr, unknown))}, which is neither a node "
                                      "nor a module of the exported program (see `modelbuild explain` of a node "
                                      "whose repair searched, or use module paths like 'head')")
-            prepared = prepare_pt2e(program.module(), quantizer(per_channel=opts.per_channel, dynamic=dynamic,
+            float_graph = program.module()
+            linears = weight_contractions_as_linear(float_graph)  # einsum / matmul weights: the quantizer's linears
+            prepared = prepare_pt2e(float_graph, quantizer(per_channel=opts.per_channel, dynamic=dynamic,
                                                                 float_nodes=float_filter(kept) if kept else None,
                                                                 fine=self.fine_scales))
             if calibration is not None:
@@ -351,7 +355,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                  f"({total:,} stay float): XNNPACKQuantizer's {opts.scheme} scheme has no pattern "
                                  "for its layers")
         facts = {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
-                 "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {}), **coarse}
+                 "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {}), **coarse,
+                 **({"weights_as_linear": len(linears)} if linears else {})}
         return converted, {**facts, "quantized_weights": measure(converted, self.precision, kept)}
 
 

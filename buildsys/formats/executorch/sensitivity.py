@@ -47,11 +47,13 @@ class Trials:
         import torch
 
         from buildsys.formats.executorch.quantize import with_recurrent_cells_decomposed
+        from buildsys.formats.torch.linear import weight_contractions_as_linear
 
         self.chunks, self.counts, self.per_channel, self.dynamic = chunks, counts, per_channel, dynamic
         self.calibration = chunks[:calibrating] if calibrating is not None else chunks
         program = torch.export.export(module, chunks[0], strict=False)
         self.float = (with_recurrent_cells_decomposed(program) if dynamic else program).module()
+        weight_contractions_as_linear(self.float)  # as the step quantizes it (formats/torch/linear.py)
         self.units: list[str] = []
 
     def quantize(self, float_nodes: "Callable[[Any], bool] | None") -> "torch.fx.GraphModule":

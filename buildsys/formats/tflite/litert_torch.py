@@ -96,14 +96,15 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 7  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            cls.version = 8  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
             # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
             # 5: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales), 2^-12 again where
             # XNNPACK cannot prepare the file (`scale_floor`); 6: transposes, reshapes and zero pads share their input's
             # range (shared_through_layout_ops: GPT-NeoX's heads, RT-DETR's stem failed TFLite's same-scale constraint);
-            # 7: expands that only make a broadcast explicit removed (implicit_broadcasts)
+            # 7: expands that only make a broadcast explicit removed (implicit_broadcasts); 8: weights contracted by
+            # einsum / matmul quantized as linears (formats/torch/linear.weight_contractions_as_linear)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
@@ -224,6 +225,7 @@ class TfliteFromPt2(Step):
                            qat="lowered with the learned quantization parameters (no calibration)")
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
+        from buildsys.formats.torch.linear import weight_contractions_as_linear
         from buildsys.formats.torch.pt2e import fast_range_search, finer_scales, float_values_only
 
         fast_range_search()  # the histogram observers' range search, the same result without torch indexing
@@ -239,7 +241,11 @@ class TfliteFromPt2(Step):
         dynamic = opts.mode == "dynamic"
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
         quantizer = FloatValuesQuantizer().set_global(finer_scales(config) if fine else config)
-        prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
+        float_graph = torch.export.export(module, args).module()
+        linears = weight_contractions_as_linear(float_graph)  # einsum / matmul weights: the quantizer's linears
+        if linears:
+            metrics["weights_as_linear"] = len(linears)
+        prepared = prepare_pt2e(float_graph, quantizer)
         if dynamic:
             prepared(*args)  # dynamic observers record nothing that matters; one call initialises them
             metrics["mode"] = "dynamic"

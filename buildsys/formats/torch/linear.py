@@ -12,6 +12,16 @@ So the test is what the module computes, not its type: a leaf module (no childre
 weight read either way round ([out, in] or [in, out]), is replaced by an `nn.Linear` holding the same
 numbers. Modules of torch's own layer types are left alone (they are what quantizers already know), and
 so is a weight tied to another module (replacing it would untie them).
+
+A weight need not belong to a layer at all: XLNet's attention keeps `q`, `k`, `v`, `o` as [d_model, heads,
+head_dim] parameters and contracts them with `einsum("ibh,hnd->ibnd", x, q)`; Funnel's relative attention, custom
+token mixers and `x @ self.weight` forwards do the same with `einsum`, `matmul` or `mm`. No PT2E quantizer has a
+pattern for those ops, so those weights stayed float in an "int8" artifact (XLNet's TFLite int8: 44 % of its
+weights). `weight_contractions_as_linear` rewrites, in an exported graph before a quantizer annotates it, every
+contraction of one activation with one learned weight (an `nn.Parameter`, read through layout ops only) that is a
+linear map of the activation: the activation's contracted dims flattened last, `aten.linear` with the weight laid
+out [out, in] as a new parameter, the weight's free dims unflattened and permuted where the op put them. Batch
+dims on the weight (a batched matmul), diagonals and a dim summed alone are not linear maps and stay as they are.
 """
 
 from __future__ import annotations
@@ -77,3 +87,183 @@ def as_linear(root: "torch.nn.Module") -> list[str]:
         setattr(root.get_submodule(parent_path), name, linear)
         replaced.append(path)
     return replaced
+
+
+# Ops that only lay a tensor out again: a weight read through a chain of them is still that weight.
+_LAYOUT_OPS = ("permute.default", "transpose.int", "t.default", "view.default", "reshape.default",
+               "_unsafe_view.default", "unsqueeze.default", "squeeze.dim", "squeeze.dims", "contiguous.default",
+               "clone.default", "detach.default", "alias.default")
+
+
+def _weight_value(gm: "torch.fx.GraphModule", node: object) -> "torch.Tensor | None":
+    """The value of `node` where it is a learned weight (an nn.Parameter, floating point) read through layout
+    ops only, else None."""
+    import torch
+
+    if not isinstance(node, torch.fx.Node):
+        return None
+    if node.op == "get_attr":
+        value = gm.get_parameter(node.target) if _is_parameter(gm, node.target) else None
+        return value.detach() if value is not None and value.dtype.is_floating_point else None
+    if node.op != "call_function" or not any(str(node.target).endswith(name) for name in _LAYOUT_OPS) \
+            or not str(node.target).startswith("aten."):
+        return None
+    source = _weight_value(gm, node.args[0])
+    if source is None or any(isinstance(a, torch.fx.Node) for a in [*node.args[1:], *node.kwargs.values()]):
+        return None
+    return node.target(source, *node.args[1:], **node.kwargs)
+
+
+def _is_parameter(gm: "torch.fx.GraphModule", target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _contraction(node: "torch.fx.Node") -> "tuple[str, torch.fx.Node, torch.fx.Node] | None":
+    """(equation, left, right) of a two-operand einsum, mm or matmul, with letters for every dim."""
+    import torch
+
+    aten = torch.ops.aten
+    if node.target == aten.einsum.default and len(node.args[1]) == 2 and "..." not in node.args[0]:
+        equation = node.args[0].replace(" ", "")
+        if "->" not in equation:  # implicit output: the letters used once, in alphabetical order
+            letters = equation.replace(",", "")
+            equation += "->" + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        return equation, node.args[1][0], node.args[1][1]
+    if node.target in (aten.mm.default, aten.matmul.default) and len(node.args) == 2:
+        left, right = node.args
+        ranks = [len(a.meta["val"].shape) if isinstance(a, torch.fx.Node) and "val" in a.meta else 0 for a in node.args]
+        if min(ranks) < 2 or (ranks[0] > 2 and ranks[1] > 2):  # a vector, or batch dims on both sides
+            return None
+        batch = "abcdefgh"[:max(ranks) - 2]
+        lhs = (batch if ranks[0] > 2 else "") + "mk"
+        rhs = (batch if ranks[1] > 2 else "") + "kn"
+        return f"{lhs},{rhs}->{batch}mn", left, right
+    return None
+
+
+def _as_linear_map(equation: str, weight_left: bool) -> "tuple[str, str, str, str] | None":
+    """(x, w, out, contracted) index strings where the contraction is the activation `x` mapped linearly by the
+    weight `w`, else None."""
+    operands, out = equation.split("->")
+    left, right = operands.split(",")
+    w, x = (left, right) if weight_left else (right, left)
+    if any(len(set(s)) != len(s) for s in (w, x, out)):
+        return None  # a diagonal
+    contracted = "".join(c for c in x if c in w)
+    free, batch = set(w) - set(x), set(x) - set(w)
+    if not contracted or not free or set(contracted) & set(out) or set(out) != free | batch:
+        return None  # an outer product, a weight dim shared with the output (batched), or a dim summed alone
+    return x, w, out, contracted
+
+
+def weight_contractions_as_linear(gm: "torch.fx.GraphModule") -> list[str]:
+    """Rewrite (in place) every einsum / mm / matmul of an activation with a learned weight that is a linear map
+    into `aten.linear` with the weight as a new [out, in] parameter (see the module docstring); returns the
+    weights so rewritten. Needs the traced values (`meta["val"]`) of an exported graph at static sizes."""
+    import math
+
+    import torch
+    from torch._guards import detect_fake_mode
+
+    aten = torch.ops.aten
+    fake_mode = detect_fake_mode([n.meta["val"] for n in gm.graph.nodes if "val" in n.meta])
+    rewritten: list[str] = []
+    # Values computed from the inputs. A contraction of two constants (XLNet's sinusoid position table with its
+    # `r` kernel) is folded by every converter; quantized, it would keep its constant producers (an `arange` that
+    # the TFLite runtime has no kernel for, STABLEHLO_IOTA) and add rounding to a constant: it stays as it is.
+    varying: set[torch.fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
+    for node in list(gm.graph.nodes):
+        found = _contraction(node) if node.op == "call_function" else None
+        if found is None or fake_mode is None:
+            continue
+        equation, left, right = found
+        for weight_left in (True, False):
+            weight = _weight_value(gm, left if weight_left else right)
+            activation = right if weight_left else left
+            spec = _as_linear_map(equation, weight_left) if weight is not None else None
+            if spec is not None and activation in varying and "val" in activation.meta:
+                break
+        else:
+            continue
+        x, w, out, contracted = spec
+        shape = activation.meta["val"].shape
+        if not all(isinstance(d, int) for d in shape) or len(shape) != len(x) or weight.dim() != len(w):
+            continue
+        batch = [c for c in x if c not in w]
+        free = [c for c in w if c not in x]
+        sizes = {c: int(weight.shape[i]) for i, c in enumerate(w)}
+        matrix = weight.permute([w.index(c) for c in free + list(contracted)]).reshape(
+            math.prod(sizes[c] for c in free), math.prod(sizes[c] for c in contracted))
+        root = _weight_root(left if weight_left else right)
+        owner_path, _, attr = root.target.rpartition(".")
+        owner = gm.get_submodule(owner_path)
+        attr += "_linear"
+        while hasattr(owner, attr):
+            attr += "_"
+        owner.register_parameter(attr, torch.nn.Parameter(matrix.contiguous().clone(), requires_grad=False))
+        name = f"{owner_path}.{attr}" if owner_path else attr
+
+        def emit(target: object, *args: object) -> "torch.fx.Node":
+            new = gm.graph.call_function(target, args)
+            varying.add(new)  # computed from the activation, so from the inputs
+            with fake_mode:
+                new.meta["val"] = target(*[a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args])
+            for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node"):
+                if key in node.meta:
+                    new.meta[key] = node.meta[key]
+            return new
+
+        with gm.graph.inserting_before(node):
+            value = activation
+            order = [x.index(c) for c in batch + list(contracted)]
+            if order != list(range(len(x))):
+                value = emit(aten.permute.default, value, order)
+            value = emit(aten.reshape.default, value, [int(shape[x.index(c)]) for c in batch]
+                         + [math.prod(sizes[c] for c in contracted)])
+            weight_node = gm.graph.get_attr(name)
+            weight_node.meta["val"] = fake_mode.from_tensor(gm.get_parameter(name))
+            value = emit(aten.linear.default, value, weight_node)
+            value = emit(aten.reshape.default, value, [int(shape[x.index(c)]) for c in batch] + [sizes[c] for c in free])
+            order = [(batch + free).index(c) for c in out]
+            if order != list(range(len(out))):
+                value = emit(aten.permute.default, value, order)
+        node.replace_all_uses_with(value)
+        gm.graph.erase_node(node)
+        if _drop_unused_weight(gm, left if weight_left else right):  # the linear weight takes the weight's name
+            owner.register_parameter(root.target.rpartition(".")[2], owner._parameters.pop(attr))
+            weight_node.target = root.target
+        rewritten.append(root.target)
+    if rewritten:
+        gm.recompile()
+    return rewritten
+
+
+def _weight_root(node: "torch.fx.Node") -> "torch.fx.Node":
+    """The get_attr a weight read through layout ops starts from."""
+    while node.op == "call_function":
+        node = node.args[0]
+    return node
+
+
+def _drop_unused_weight(gm: "torch.fx.GraphModule", node: "torch.fx.Node") -> bool:
+    """Erase the weight's read (its layout ops, its get_attr) where nothing else uses it, and the parameter where
+    no other read of it remains (so no float copy ships beside the int8 one); whether the parameter went."""
+    while node.op == "call_function" and not node.users:
+        source = node.args[0]
+        gm.graph.erase_node(node)
+        node = source
+    target = node.target
+    if not node.users:
+        gm.graph.erase_node(node)
+    if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+        return False
+    owner, _, attr = target.rpartition(".")
+    delattr(gm.get_submodule(owner), attr)
+    return True

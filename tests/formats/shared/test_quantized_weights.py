@@ -111,6 +111,49 @@ def test_conv1d_and_matmul_layers_become_nn_linear_computing_the_same() -> None:
     assert torch.allclose(model(x), expected, atol=1e-6)
 
 
+@needs["torch"]
+def test_weights_contracted_by_einsum_or_matmul_become_linears_in_the_exported_graph() -> None:
+    import torch
+
+    from buildsys.formats.torch.linear import weight_contractions_as_linear
+
+    class Contractions(torch.nn.Module):  # weights no layer type holds, as XLNet's and Funnel's attention keep them
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = torch.nn.Parameter(torch.randn(16, 4, 8))  # [hidden, heads, head_dim]
+            self.o = torch.nn.Parameter(torch.randn(16, 4, 8))
+            self.mix = torch.nn.Parameter(torch.randn(6, 5))  # mixes the tokens: weight on the left of a matmul
+            self.proj = torch.nn.Parameter(torch.randn(16, 12))  # x @ W through a transpose, read twice
+            self.per_batch = torch.nn.Parameter(torch.randn(2, 16, 3))  # a weight per batch item: not a linear map
+            self.diag = torch.nn.Parameter(torch.randn(16, 16))  # only its diagonal is read: not a linear map
+            self.register_buffer("table", torch.randn(16, 7))  # not learned: left as it is
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # x: [tokens, batch, hidden]
+            heads = torch.einsum("ibh,hnd->ibnd", x, self.q)
+            back = torch.einsum("ibnd , hnd -> ibh", heads, self.o)
+            mixed = torch.matmul(self.mix, x[:5].transpose(0, 1))  # [batch, 6, hidden]
+            projected = torch.mm(x[0], self.proj.t().t()) + x[1] @ self.proj
+            positions = torch.sin(torch.arange(5.0)[:, None] * torch.ones(16))  # a constant, folded by converters
+            return (back, mixed, projected, torch.einsum("ibh,bhk->ibk", x, self.per_batch),
+                    torch.einsum("ibh,hh->ib", x, self.diag), x @ self.table, positions @ self.proj)
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 16)
+    graph = torch.export.export(Contractions().eval(), (x,)).module()
+    expected = graph(x)
+    rewritten = weight_contractions_as_linear(graph)
+    assert sorted(rewritten) == ["mix", "o", "proj", "proj", "q"]
+    linears = [n for n in graph.graph.nodes if n.target == torch.ops.aten.linear.default]
+    assert len(linears) == 5
+    # each linear weight as nn.Linear holds it, [out, in], under the weight's own name where nothing else reads it
+    params = dict(graph.named_parameters())
+    assert params["q"].shape == (32, 16) and params["o"].shape == (16, 32) and params["mix"].shape == (6, 5)
+    assert {"per_batch", "diag"} <= set(params) and "table" in dict(graph.named_buffers())
+    assert params["proj"].shape == (16, 12)  # still read as it was by the constant's contraction
+    for got, want in zip(graph(x), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_group_sizes_divide_the_layer_or_fall_back_per_channel() -> None:
     from buildsys.formats.llm.quantize import group_for
 
@@ -149,8 +192,30 @@ class Wave(torch.nn.Module):
         return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(dim=2))
 
 
+class Heads(torch.nn.Module):
+    """Attention whose projections are parameters contracted by einsum (XLNet's, Funnel's form): no nn.Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm = torch.nn.LayerNorm(64)
+        self.q, self.k, self.v, self.o = (torch.nn.Parameter(torch.randn(64, 4, 16) / 8) for _ in range(4))
+        self.head = torch.nn.Parameter(torch.randn(64, 10) / 8)
+
+    def forward(self, x):
+        h = self.norm(x)
+        q, k, v = (torch.einsum("bih,hnd->bind", h, w) for w in (self.q, self.k, self.v))
+        attention = torch.softmax(torch.einsum("bind,bjnd->bnij", q, k) / 4, dim=-1)
+        h = x + torch.einsum("bind,hnd->bih", torch.einsum("bnij,bjnd->bind", attention, v), self.o)
+        return h.mean(dim=1) @ self.head
+
+
 def block():
     return Block().eval()
+
+
+def heads():
+    return Heads().eval()
 
 
 def wave():
@@ -161,6 +226,11 @@ DEPLOY = """\
 models:
   block:
     source: {factory: "net:block"}
+    inputs: [{name: x, shape: [batch, 8, 64]}]
+    outputs: [{name: logits, kind: scores}]
+    data: {calibration: cal.npz, validation: val.npz}
+  heads:
+    source: {factory: "net:heads"}
     inputs: [{name: x, shape: [batch, 8, 64]}]
     outputs: [{name: logits, kind: scores}]
     data: {calibration: cal.npz, validation: val.npz}
@@ -175,6 +245,8 @@ targets:
   block-tflite: {model: block, format: tflite, precision: int8, via: [pt2]}
   block-openvino: {model: block, format: openvino, precision: int8}
   block-coreml: {model: block, format: coreml, precision: int8}
+  heads-pte: {model: heads, format: executorch, precision: int8}
+  heads-tflite: {model: heads, format: tflite, precision: int8, via: [pt2]}
   wave-pte:
     model: wave
     format: executorch
@@ -229,6 +301,20 @@ def test_a_gpt2_style_model_reaches_int8_in_its_linear_weights(built: tuple[Path
     assert fact["by_kind"]["linear"]["share"] >= 0.9 and fact["share"] >= 0.9 and measured_on in fact["measured_on"]
     assert check["quantized_weights"] == {"observed": fact["share"], "allowed": 0.9, "op": ">=", "ok": True,
                                           "asked": "int8", "measured_on": fact["measured_on"]}
+
+
+@pytest.mark.slow
+@needs["executorch"]
+@pytest.mark.parametrize("target", ["heads-pte", "heads-tflite"])
+def test_weights_contracted_by_einsum_ship_int8(built: tuple[Path, Any], target: str) -> None:
+    if target == "heads-tflite":
+        pytest.importorskip("litert_torch")
+    check = dict(built[1].nodes[f"verify:{target}"].metrics)
+    assert check["passed"] is True, check.get("failures")
+    # every projection is an einsum or matmul with a parameter: before, none of them was quantized (0 % int8)
+    assert _facts(built[0], target)["share"] >= 0.99 and check["quantized_weights"]["ok"] is True
+    node = built[1].nodes[json.loads((built[0] / "deploy.lock").read_text())["targets"][target]["node"]]
+    assert dict(node.metrics)["weights_as_linear"] == 5
 
 
 @pytest.mark.slow
