@@ -120,6 +120,20 @@ class NormedHead(nn.Module):
         return F.linear(hidden, weight)
 
 
+class MaskedMixer(nn.Module):
+    """Tokens mixed by attention that masks each token from itself (`torch.eye`, as XLNet's attention mask), then a
+    linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        scores = tokens @ tokens.transpose(1, 2) - 1e4 * torch.eye(tokens.shape[1])
+        return self.head((torch.softmax(scores, dim=-1) @ tokens).mean(dim=1))
+
+
 def warp() -> nn.Module:
     return Warp().eval()
 
@@ -146,3 +160,7 @@ def point_cloud() -> nn.Module:
 
 def normed_head() -> nn.Module:
     return NormedHead().eval()
+
+
+def masked_mixer() -> nn.Module:
+    return MaskedMixer().eval()

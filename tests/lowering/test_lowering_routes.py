@@ -151,6 +151,28 @@ def test_onnx2tf_unrolls_the_gru_whose_tensor_list_ops_tflite_refuses(tmp_path: 
     assert project.verdict("android") == "passed"  # LiteRT against the GRU in PyTorch
 
 
+def test_tflite_stores_the_generated_constant_whose_op_litert_cannot_run(tmp_path: Path) -> None:
+    """litert-torch lowers torch.eye to StableHLO's iota, which LiteRT's runtime has no kernel for: the file cannot be
+    prepared. The values never depend on the input, so the answer stores them (fold_constants)."""
+    project = Project(tmp_path, """\
+        models:
+          mixer:
+            source: {factory: lowering_models:masked_mixer}
+            inputs: [{name: tokens, shape: [batch, 8, 16]}]
+            outputs: [{name: logits}]
+        targets:
+          android: {model: mixer, format: tflite, routes: [[pt2]], rewrites: []}
+        """)
+    status, events = project.build("android")
+    assert status == 0, summary(events)
+    text = refusal(events, "mixer/tflite")
+    assert "Didn't find op for builtin opcode 'STABLEHLO_IOTA'" in text
+    first, *_ = steps()["tflite-from-pt2"].answers(text)
+    assert (first.label, first.at, first.values) == ("litert constants folded", "step", {"fold_constants": True})
+    assert summary(events)["android"]["route"] == ["pytorch", "pt2", "tflite (switch litert constants folded)"]
+    assert project.verdict("android") == "passed"  # LiteRT against the model in PyTorch
+
+
 def test_core_ml_at_fixed_shapes_converts_what_its_symbolic_batch_refused(tmp_path: Path) -> None:
     project = Project(tmp_path, """\
         models:

@@ -1,5 +1,6 @@
 """What litert-torch's program goes through before it is converted (formats/tflite/litert_torch.py): a graph pass that
-makes explicit broadcasts implicit again, and the PT2E annotations TFLite's int8 kernels require of litert-torch's
+makes explicit broadcasts implicit again, one that folds the constants a model generates (the `fold_constants`
+answer), and the PT2E annotations TFLite's int8 kernels require of litert-torch's
 quantizer (one scale through ops that only move values; the fixed output ranges of softmax, sigmoid and tanh).
 torch is imported inside the functions.
 """
@@ -149,3 +150,53 @@ def fixed_output_ranges(model: Any) -> list[str]:
                 annotation.input_qspec_map[producer] = edge
                 changed.append(node.name)
     return changed
+
+
+#: Folded values larger than this stay computed: a constant is stored in the file, the ops that make it are not.
+FOLD_LIMIT_BYTES = 64 << 20
+
+
+def fold_generated_constants(module: Any) -> list[str]:
+    """Replace (in place) every value the program generates from nothing (no input, no weight, no buffer: `eye`,
+    `arange`, `full` and what pointwise and layout ops make of them) by a buffer holding it; returns the ops folded.
+
+    Why: litert-torch lowers some constructors to StableHLO ops the TFLite converter keeps and LiteRT's runtime has
+    no kernel for ("Didn't find op for builtin opcode 'STABLEHLO_IOTA'": `torch.eye`, which XLNet's attention mask
+    subtracts), and the file cannot be prepared. Their values never depend on the inputs, so the program computes
+    the same with them stored. Random and side-effecting ops are never folded, nor values above FOLD_LIMIT_BYTES."""
+    import torch
+
+    graph, values = module.graph, {}
+    for node in graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload) or node.is_impure() \
+                or torch.Tag.nondeterministic_seeded in target.tags or any(n not in values for n in node.all_input_nodes):
+            continue
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
+        values[node] = target(*args, **kwargs)
+    for node in list(values):  # a metadata assertion on a value computed here asserts nothing
+        for user in list(node.users):
+            if user.target == torch.ops.aten._assert_tensor_metadata.default:
+                graph.erase_node(user)
+    fake_mode = torch._guards.detect_fake_mode([n.meta["val"] for n in graph.nodes if "val" in n.meta])
+    folded = []
+    for node, value in values.items():  # the frontier: generated values read by a computed op
+        if not isinstance(value, torch.Tensor) or value.nbytes > FOLD_LIMIT_BYTES \
+                or all(user in values for user in node.users):
+            continue
+        name = f"_folded_{len(folded)}"
+        while hasattr(module, name):
+            name += "_"
+        module.register_buffer(name, value.clone())
+        with graph.inserting_before(node):
+            constant = graph.get_attr(name)
+        if fake_mode is not None:
+            constant.meta["val"] = fake_mode.from_tensor(value)
+        node.replace_all_uses_with(constant)
+        folded.append(str(node.target))
+    for node in reversed(list(values)):  # what made them, now unread
+        if not node.users:
+            graph.erase_node(node)
+    if folded:
+        module.recompile()
+    return folded

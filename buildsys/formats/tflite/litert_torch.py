@@ -42,10 +42,11 @@ from buildsys.formats.keep_float import searched
 from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
 from buildsys.formats.tflite.layout import LAYOUT_FILE, SIGNATURE, letters
-from buildsys.formats.tflite.litert_passes import fixed_output_ranges, implicit_broadcasts, shared_through_layout_ops
+from buildsys.formats.tflite.litert_passes import (fixed_output_ranges, fold_generated_constants, implicit_broadcasts,
+                                                   shared_through_layout_ops)
 from buildsys.formats.torch.pt2e import COARSE_FLOOR
 from buildsys.formats.tflite.tflite import FLATBUFFER, TfliteInt8FromSavedModel, TfliteOptions, tensor_dtypes
-from buildsys.lowering import DETACHED_VIEW
+from buildsys.lowering import DETACHED_VIEW, Answer, Symptom
 
 if TYPE_CHECKING:
     from buildsys.config.schema import Model
@@ -55,21 +56,37 @@ _SAME_OPTIONS = "Accepted so that one target's `options:` serve both routes to T
 _SELECT_TF_OPS = _SAME_OPTIONS + "No effect here: litert-torch lowers to TFLite builtins only, and fails on an op that has none."
 
 
+_FOLD_CONSTANTS = ("Fold the values the model generates from nothing (torch.eye, arange, full and what it computes "
+                   "from them) into stored constants before converting (litert_passes.fold_generated_constants): "
+                   "litert-torch lowers some of them to StableHLO ops LiteRT's runtime has no kernel for. Set by the "
+                   "route answering that refusal; off by default.")
+
+
 class LiteRtTorchOptions(TfliteOptions):
     """The options of the onnx2tf route's TFLite steps, so one target's `options:` serve either route."""
 
     select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
+    fold_constants: bool = Field(default=False, description=_FOLD_CONSTANTS)
 
 
 class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
     """The int8 options of the onnx2tf route (mode, io, calibration_samples), read the same way."""
 
     select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
+    fold_constants: bool = Field(default=False, description=_FOLD_CONSTANTS)
     io: Literal["float", "int8"] = Field(
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
         "zero point), 'dynamic' with float; the node's metrics report which (`io`). keep_float (ai-edge-quantizer) "
         "honours it.")
+
+
+#: litert-torch wrote a StableHLO op the runtime has no kernel for (STABLEHLO_IOTA: `torch.eye` in XLNet's attention
+#: mask): where the values are generated constants, stored they need no op at all.
+RUNTIME_LACKS_STABLEHLO = Symptom(
+    (r"Didn't find op for builtin opcode 'STABLEHLO_",),
+    Answer.of("litert constants folded", {"fold_constants": True}, why="litert-torch wrote a StableHLO op LiteRT "
+              "has no kernel for; the constants the model generates are folded before converting"))
 
 
 @register_variants({"fp32": "pt2", "fp16": "pt2", "int8": "pt2"})
@@ -78,11 +95,13 @@ class TfliteFromPt2(Step):
 
     produces = "tflite"
     version = 3  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is; 3: expands
-    # that only make a broadcast explicit removed (implicit_broadcasts: MobileViTv2's linear attention was refused)
+    # that only make a broadcast explicit removed (implicit_broadcasts: MobileViTv2's linear attention was refused).
+    # `fold_constants` is an option: off, the step is what it was (the option is in the key only where set)
     route_cost = 1.5  # ahead of the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
     fixes_shapes = True  # converted at a fixed batch
-    symptoms = (DETACHED_VIEW,)  # then the decompositions of the ops it names ("Lowering not found: aten.x")
+    symptoms = (DETACHED_VIEW, RUNTIME_LACKS_STABLEHLO)  # then the decompositions of the ops it names ("Lowering
+    # not found: aten.x")
     decomposes_unnamed = True
     packages = ("litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "torch", "torchao")
     extra = "litert-torch"
@@ -145,11 +164,14 @@ class TfliteFromPt2(Step):
         for sub in module.modules():
             sub.training = False
         broadcasts = implicit_broadcasts(module)  # expands that only make a broadcast explicit: see there
+        folded = fold_generated_constants(module) if ctx.options.fold_constants else []
         # A fixed batch: the example's fixed size, else 1 (what a phone runs); see trace_batch.
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=False))
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
         if broadcasts:
             metrics["implicit_broadcasts"] = len(broadcasts)
+        if folded:
+            metrics["folded_constants"] = len(folded)
         path = ctx.out_dir / FLATBUFFER
         pt2e = self.precision == "int8" and not uses_aeq(ctx.options)
         for fine in (True, False) if pt2e else (True,):
