@@ -123,7 +123,8 @@ class TfliteFromPt2(Step):
             # XNNPACK cannot prepare the file (`scale_floor`); 6: transposes, reshapes and zero pads share their input's
             # range (shared_through_layout_ops: GPT-NeoX's heads, RT-DETR's stem failed TFLite's same-scale constraint);
             # 7: expands that only make a broadcast explicit removed (implicit_broadcasts); 8: weights contracted by
-            # einsum / matmul quantized as linears (formats/torch/linear.weight_contractions_as_linear)
+            # einsum / matmul quantized as linears (formats/torch/linear.weight_contractions_as_linear), recurrent
+            # layers' too (unrolled: with_recurrent_layers_unrolled)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
@@ -247,12 +248,17 @@ class TfliteFromPt2(Step):
                            qat="lowered with the learned quantization parameters (no calibration)")
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
-        from buildsys.formats.torch.linear import weight_contractions_as_linear
+        from buildsys.formats.torch.linear import weight_contractions_as_linear, with_recurrent_layers_unrolled
         from buildsys.formats.torch.pt2e import fast_range_search, finer_scales, float_values_only
 
         fast_range_search()  # the histogram observers' range search, the same result without torch indexing
 
         class FloatValuesQuantizer(PT2EQuantizer):  # integer values (position buckets, indices) stay unquantized
+            # Recurrent layers reach it unrolled into linears (with_recurrent_layers_unrolled), which it quantizes;
+            # its GRU pattern annotates a fused GRU's input and state, and fails on one given no initial state
+            # (an IndexError, the one the GRU sensor model of issue 35 met on this route).
+            STATIC_OPS = [op for op in PT2EQuantizer.STATIC_OPS if op != "gru_io_only"]
+
             def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
                 model = super().annotate(model)
                 float_values_only(model)
@@ -263,10 +269,13 @@ class TfliteFromPt2(Step):
         dynamic = opts.mode == "dynamic"
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
         quantizer = FloatValuesQuantizer().set_global(finer_scales(config) if fine else config)
-        float_graph = torch.export.export(module, args).module()
+        program, recurrent = with_recurrent_layers_unrolled(torch.export.export(module, args))  # their weights too
+        float_graph = program.module()
         linears = weight_contractions_as_linear(float_graph)  # einsum / matmul weights: the quantizer's linears
         if linears:
             metrics["weights_as_linear"] = len(linears)
+        if recurrent:
+            metrics["recurrent_unrolled"] = recurrent
         prepared = prepare_pt2e(float_graph, quantizer)
         if dynamic:
             prepared(*args)  # dynamic observers record nothing that matters; one call initialises them

@@ -22,6 +22,11 @@ contraction of one activation with one learned weight (an `nn.Parameter`, read t
 linear map of the activation: the activation's contracted dims flattened last, `aten.linear` with the weight laid
 out [out, in] as a new parameter, the weight's free dims unflattened and permuted where the op put them. Batch
 dims on the weight (a batched matmul), diagonals and a dim summed alone are not linear maps and stay as they are.
+
+Recurrent layers hide their weights the same way: `aten.lstm` / `aten.gru` / `aten.rnn_*` take them as a flat
+list no quantizer reads, so an int8 file kept every recurrent weight float (timm's Sequencer2D: 59 % of its weights
+int8). `with_recurrent_layers_unrolled` decomposes them in an exported program, with PyTorch's own decompositions,
+into the steps' `aten.linear` ops and gate arithmetic, at the program's static sequence length.
 """
 
 from __future__ import annotations
@@ -267,3 +272,22 @@ def _drop_unused_weight(gm: "torch.fx.GraphModule", node: "torch.fx.Node") -> bo
     owner, _, attr = target.rpartition(".")
     delattr(gm.get_submodule(owner), attr)
     return True
+
+
+def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram") -> "tuple[torch.export.ExportedProgram, int]":
+    """The exported program with its recurrent layers (and cells) decomposed by PyTorch's own tables into linears
+    and gate arithmetic, and how many layers were; the program itself where it has none."""
+    import torch
+    from torch._decomp import get_decompositions
+
+    aten = torch.ops.aten
+    layers = [getattr(getattr(aten, kind), overload) for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+              for overload in ("input", "data")]
+    cells = [aten.lstm_cell.default, aten.gru_cell.default, aten.rnn_tanh_cell.default, aten.rnn_relu_cell.default]
+    count = sum(1 for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *cells))
+    if not count:
+        return program, 0
+    from torch._export.utils import _get_decomp_for_cia
+
+    table = {**{op: _get_decomp_for_cia(op) for op in cells}, **get_decompositions(layers)}
+    return program.run_decompositions(table), count
