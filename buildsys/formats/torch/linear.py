@@ -177,13 +177,6 @@ def weight_contractions_as_linear(gm: "torch.fx.GraphModule") -> list[str]:
     aten = torch.ops.aten
     fake_mode = detect_fake_mode([n.meta["val"] for n in gm.graph.nodes if "val" in n.meta])
     rewritten: list[str] = []
-    # Values computed from the inputs. A contraction of two constants (XLNet's sinusoid position table with its
-    # `r` kernel) is folded by every converter; quantized, it would keep its constant producers (an `arange` that
-    # the TFLite runtime has no kernel for, STABLEHLO_IOTA) and add rounding to a constant: it stays as it is.
-    varying: set[torch.fx.Node] = set()
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(a in varying for a in node.all_input_nodes):
-            varying.add(node)
     for node in list(gm.graph.nodes):
         found = _contraction(node) if node.op == "call_function" else None
         if found is None or fake_mode is None:
@@ -193,7 +186,7 @@ def weight_contractions_as_linear(gm: "torch.fx.GraphModule") -> list[str]:
             weight = _weight_value(gm, left if weight_left else right)
             activation = right if weight_left else left
             spec = _as_linear_map(equation, weight_left) if weight is not None else None
-            if spec is not None and activation in varying and "val" in activation.meta:
+            if spec is not None and isinstance(activation, torch.fx.Node) and "val" in activation.meta:
                 break
         else:
             continue
@@ -217,7 +210,6 @@ def weight_contractions_as_linear(gm: "torch.fx.GraphModule") -> list[str]:
 
         def emit(target: object, *args: object) -> "torch.fx.Node":
             new = gm.graph.call_function(target, args)
-            varying.add(new)  # computed from the activation, so from the inputs
             with fake_mode:
                 new.meta["val"] = target(*[a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args])
             for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node"):
