@@ -33,11 +33,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.errors import StepError
 from buildsys.formats import register_variants
-from buildsys.formats.base import OpTable, Step, StepContext, StepOptions
+from buildsys.formats.base import OpTable, Step, StepContext, StepOptions, without_unset
 from buildsys.formats.keep_float import searched
 from buildsys.formats.registry import register_op_table
 from buildsys.formats.tflite.aeq import requantize, scheme, uses_aeq
@@ -68,12 +68,19 @@ class LiteRtTorchOptions(TfliteOptions):
     select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
     fold_constants: bool = Field(default=False, description=_FOLD_CONSTANTS)
 
+    omitted_when_unset = ("fold_constants",)  # the keys of nodes that do not fold stay what they were
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return without_unset(self, handler(self))
+
 
 class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
     """The int8 options of the onnx2tf route (mode, io, calibration_samples), read the same way."""
 
     select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
     fold_constants: bool = Field(default=False, description=_FOLD_CONSTANTS)
+    omitted_when_unset = ("fold_constants",)  # SearchingOptions' serializer leaves it out while unset
     io: Literal["float", "int8"] = Field(
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
