@@ -7,8 +7,9 @@ model. A second build is a no-op: the answer is found again from the lock alone.
 - decomposition: grid_sample, refused by coremltools' torch.export frontend, decomposed by PyTorch's tables;
 - static re-export: a per-sample loop whose dynamic batch torch.export refuses, exported at static shapes for
   ExecuTorch (a .pte is static anyway), while the .pt2 delivered dynamic still fails naming the constraint;
-- converter switches: onnx2tf's RNN unrolling for a Conv1d+GRU model whose TensorList ops TFLite refuses, and Core
-  ML at fixed shapes for a GroupNorm audio frontend whose symbolic batch coremltools cannot convert.
+- converter switches: onnx2tf's RNN unrolling for a Conv1d+GRU model whose TensorList ops TFLite refuses, Core ML at
+  fixed shapes for a model whose symbolic batch coremltools cannot convert, and litert-torch with the model's
+  generated constants stored, for an attention mask built with torch.eye (an iota LiteRT has no kernel for).
 """
 
 from __future__ import annotations
