@@ -166,7 +166,7 @@ def fold_generated_constants(module: Any) -> list[str]:
     the same with them stored. Random and side-effecting ops are never folded, nor values above FOLD_LIMIT_BYTES."""
     import torch
 
-    graph, values = module.graph, {}
+    graph, values = module.graph, dict[Any, Any]()
     for node in graph.nodes:
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload) or node.is_impure() \
@@ -179,7 +179,7 @@ def fold_generated_constants(module: Any) -> list[str]:
             if user.target == torch.ops.aten._assert_tensor_metadata.default:
                 graph.erase_node(user)
     fake_mode = torch._guards.detect_fake_mode([n.meta["val"] for n in graph.nodes if "val" in n.meta])
-    folded = []
+    folded: list[str] = []
     for node, value in values.items():  # the frontier: generated values read by a computed op
         if not isinstance(value, torch.Tensor) or value.nbytes > FOLD_LIMIT_BYTES \
                 or all(user in values for user in node.users):

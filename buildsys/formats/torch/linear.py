@@ -31,7 +31,7 @@ into the steps' `aten.linear` ops and gate arithmetic, at the program's static s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -99,8 +99,10 @@ _LAYOUT_OPS = ("permute.default", "transpose.int", "t.default", "view.default", 
                "_unsafe_view.default", "unsqueeze.default", "squeeze.dim", "squeeze.dims", "contiguous.default",
                "clone.default", "detach.default", "alias.default")
 
+# FX nodes are typed Any below: their `args` and `target` are unions no narrowing here would make clearer.
 
-def _weight_value(gm: "torch.fx.GraphModule", node: object) -> "torch.Tensor | None":
+
+def _weight_value(gm: "torch.fx.GraphModule", node: Any) -> "torch.Tensor | None":
     """The value of `node` where it is a learned weight (an nn.Parameter, floating point) read through layout
     ops only, else None."""
     import torch
@@ -108,49 +110,44 @@ def _weight_value(gm: "torch.fx.GraphModule", node: object) -> "torch.Tensor | N
     if not isinstance(node, torch.fx.Node):
         return None
     if node.op == "get_attr":
-        value = gm.get_parameter(node.target) if _is_parameter(gm, node.target) else None
-        return value.detach() if value is not None and value.dtype.is_floating_point else None
-    if node.op != "call_function" or not any(str(node.target).endswith(name) for name in _LAYOUT_OPS) \
-            or not str(node.target).startswith("aten."):
+        try:
+            value = gm.get_parameter(str(node.target)).detach()
+        except AttributeError:  # a buffer or a plain tensor: not learned
+            return None
+        return value if value.dtype.is_floating_point else None
+    target: Any = node.target
+    if node.op != "call_function" or not str(target).startswith("aten.") \
+            or not any(str(target).endswith(name) for name in _LAYOUT_OPS):
         return None
     source = _weight_value(gm, node.args[0])
     if source is None or any(isinstance(a, torch.fx.Node) for a in [*node.args[1:], *node.kwargs.values()]):
         return None
-    return node.target(source, *node.args[1:], **node.kwargs)
+    return target(source, *node.args[1:], **node.kwargs)
 
 
-def _is_parameter(gm: "torch.fx.GraphModule", target: str) -> bool:
-    try:
-        gm.get_parameter(target)
-        return True
-    except AttributeError:
-        return False
-
-
-def _contraction(node: "torch.fx.Node") -> "tuple[str, torch.fx.Node, torch.fx.Node] | None":
-    """(equation, left, right) of a two-operand einsum, mm or matmul, with letters for every dim."""
+def _contraction(node: Any) -> tuple[str, Any, Any] | None:
+    """(equation, left, right) of a two-operand einsum, mm or matmul, with a letter for every dim."""
     import torch
 
     aten = torch.ops.aten
     if node.target == aten.einsum.default and len(node.args[1]) == 2 and "..." not in node.args[0]:
-        equation = node.args[0].replace(" ", "")
+        equation = str(node.args[0]).replace(" ", "")
         if "->" not in equation:  # implicit output: the letters used once, in alphabetical order
             letters = equation.replace(",", "")
             equation += "->" + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
         return equation, node.args[1][0], node.args[1][1]
     if node.target in (aten.mm.default, aten.matmul.default) and len(node.args) == 2:
-        left, right = node.args
         ranks = [len(a.meta["val"].shape) if isinstance(a, torch.fx.Node) and "val" in a.meta else 0 for a in node.args]
         if min(ranks) < 2 or (ranks[0] > 2 and ranks[1] > 2):  # a vector, or batch dims on both sides
             return None
         batch = "abcdefgh"[:max(ranks) - 2]
         lhs = (batch if ranks[0] > 2 else "") + "mk"
         rhs = (batch if ranks[1] > 2 else "") + "kn"
-        return f"{lhs},{rhs}->{batch}mn", left, right
+        return f"{lhs},{rhs}->{batch}mn", node.args[0], node.args[1]
     return None
 
 
-def _as_linear_map(equation: str, weight_left: bool) -> "tuple[str, str, str, str] | None":
+def _as_linear_map(equation: str, weight_left: bool) -> tuple[str, str, str, str] | None:
     """(x, w, out, contracted) index strings where the contraction is the activation `x` mapped linearly by the
     weight `w`, else None."""
     operands, out = equation.split("->")
@@ -169,94 +166,95 @@ def weight_contractions_as_linear(gm: "torch.fx.GraphModule") -> list[str]:
     """Rewrite (in place) every einsum / mm / matmul of an activation with a learned weight that is a linear map
     into `aten.linear` with the weight as a new [out, in] parameter (see the module docstring); returns the
     weights so rewritten. Needs the traced values (`meta["val"]`) of an exported graph at static sizes."""
-    import math
-
     import torch
     from torch._guards import detect_fake_mode
 
-    aten = torch.ops.aten
     fake_mode = detect_fake_mode([n.meta["val"] for n in gm.graph.nodes if "val" in n.meta])
     rewritten: list[str] = []
     for node in list(gm.graph.nodes):
-        found = _contraction(node) if node.op == "call_function" else None
-        if found is None or fake_mode is None:
+        found = _contraction(node) if node.op == "call_function" and fake_mode is not None else None
+        if found is None:
             continue
         equation, left, right = found
-        for weight_left in (True, False):
-            weight = _weight_value(gm, left if weight_left else right)
-            activation = right if weight_left else left
+        for weight_left, weight_node, activation in ((True, left, right), (False, right, left)):
+            weight = _weight_value(gm, weight_node)
             spec = _as_linear_map(equation, weight_left) if weight is not None else None
-            if spec is not None and isinstance(activation, torch.fx.Node) and "val" in activation.meta:
+            shape = activation.meta["val"].shape if isinstance(activation, torch.fx.Node) \
+                and "val" in activation.meta else None
+            if weight is not None and spec is not None and shape is not None and len(shape) == len(spec[0]) \
+                    and weight.dim() == len(spec[1]) and all(isinstance(d, int) for d in shape):
+                rewritten.append(_as_linear(gm, node, activation, weight_node, weight, spec, fake_mode))
                 break
-        else:
-            continue
-        x, w, out, contracted = spec
-        shape = activation.meta["val"].shape
-        if not all(isinstance(d, int) for d in shape) or len(shape) != len(x) or weight.dim() != len(w):
-            continue
-        batch = [c for c in x if c not in w]
-        free = [c for c in w if c not in x]
-        sizes = {c: int(weight.shape[i]) for i, c in enumerate(w)}
-        matrix = weight.permute([w.index(c) for c in free + list(contracted)]).reshape(
-            math.prod(sizes[c] for c in free), math.prod(sizes[c] for c in contracted))
-        root = _weight_root(left if weight_left else right)
-        owner_path, _, attr = root.target.rpartition(".")
-        owner = gm.get_submodule(owner_path)
-        attr += "_linear"
-        while hasattr(owner, attr):
-            attr += "_"
-        owner.register_parameter(attr, torch.nn.Parameter(matrix.contiguous().clone(), requires_grad=False))
-        name = f"{owner_path}.{attr}" if owner_path else attr
-
-        def emit(target: object, *args: object) -> "torch.fx.Node":
-            new = gm.graph.call_function(target, args)
-            with fake_mode:
-                new.meta["val"] = target(*[a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args])
-            for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node"):
-                if key in node.meta:
-                    new.meta[key] = node.meta[key]
-            return new
-
-        with gm.graph.inserting_before(node):
-            value = activation
-            order = [x.index(c) for c in batch + list(contracted)]
-            if order != list(range(len(x))):
-                value = emit(aten.permute.default, value, order)
-            value = emit(aten.reshape.default, value, [int(shape[x.index(c)]) for c in batch]
-                         + [math.prod(sizes[c] for c in contracted)])
-            weight_node = gm.graph.get_attr(name)
-            weight_node.meta["val"] = fake_mode.from_tensor(gm.get_parameter(name))
-            value = emit(aten.linear.default, value, weight_node)
-            value = emit(aten.reshape.default, value, [int(shape[x.index(c)]) for c in batch] + [sizes[c] for c in free])
-            order = [(batch + free).index(c) for c in out]
-            if order != list(range(len(out))):
-                value = emit(aten.permute.default, value, order)
-        node.replace_all_uses_with(value)
-        gm.graph.erase_node(node)
-        if _drop_unused_weight(gm, left if weight_left else right):  # the linear weight takes the weight's name
-            owner.register_parameter(root.target.rpartition(".")[2], owner._parameters.pop(attr))
-            weight_node.target = root.target
-        rewritten.append(root.target)
     if rewritten:
         gm.recompile()
     return rewritten
 
 
-def _weight_root(node: "torch.fx.Node") -> "torch.fx.Node":
-    """The get_attr a weight read through layout ops starts from."""
-    while node.op == "call_function":
-        node = node.args[0]
-    return node
+def _as_linear(gm: "torch.fx.GraphModule", node: Any, activation: Any, weight_node: Any, weight: "torch.Tensor",
+               spec: tuple[str, str, str, str], fake_mode: Any) -> str:
+    """Replace the contraction `node` by permute → reshape → linear → reshape → permute, the weight laid out
+    [out, in] as a parameter beside the original (under its name where nothing else reads the original); returns
+    the weight's name."""
+    import math
+
+    import torch
+
+    aten = torch.ops.aten
+    x, w, out, contracted = spec
+    shape = [int(d) for d in activation.meta["val"].shape]
+    batch, free = [c for c in x if c not in w], [c for c in w if c not in x]
+    sizes = {c: int(weight.shape[i]) for i, c in enumerate(w)}
+    matrix = weight.permute([w.index(c) for c in free + list(contracted)]).reshape(
+        math.prod(sizes[c] for c in free), math.prod(sizes[c] for c in contracted))
+    root = weight_node
+    while root.op == "call_function":  # the get_attr the layout ops read
+        root = root.args[0]
+    owner_path, _, original = str(root.target).rpartition(".")
+    owner = gm.get_submodule(owner_path)
+    attr = original + "_linear"
+    while hasattr(owner, attr):
+        attr += "_"
+    owner.register_parameter(attr, torch.nn.Parameter(matrix.contiguous().clone(), requires_grad=False))
+
+    def emit(target: Any, *args: Any) -> Any:
+        new = gm.graph.call_function(target, args)
+        with fake_mode:
+            new.meta["val"] = target(*[a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args])
+        for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node"):
+            if key in node.meta:
+                new.meta[key] = node.meta[key]
+        return new
+
+    with gm.graph.inserting_before(node):
+        value = activation
+        order = [x.index(c) for c in batch + list(contracted)]
+        if order != list(range(len(x))):
+            value = emit(aten.permute.default, value, order)
+        value = emit(aten.reshape.default, value, [shape[x.index(c)] for c in batch]
+                     + [math.prod(sizes[c] for c in contracted)])
+        matrix_node = gm.graph.get_attr(f"{owner_path}.{attr}" if owner_path else attr)
+        matrix_node.meta["val"] = fake_mode.from_tensor(getattr(owner, attr))
+        value = emit(aten.linear.default, value, matrix_node)
+        value = emit(aten.reshape.default, value, [shape[x.index(c)] for c in batch] + [sizes[c] for c in free])
+        order = [(batch + free).index(c) for c in out]
+        if order != list(range(len(out))):
+            value = emit(aten.permute.default, value, order)
+    node.replace_all_uses_with(value)
+    gm.graph.erase_node(node)
+    if _drop_unused_weight(gm, weight_node):  # the laid-out weight takes the weight's name
+        owner.register_parameter(original, owner._parameters.pop(attr))
+        matrix_node.target = root.target
+    return str(root.target)
 
 
-def _drop_unused_weight(gm: "torch.fx.GraphModule", node: "torch.fx.Node") -> bool:
+def _drop_unused_weight(gm: "torch.fx.GraphModule", node: Any) -> bool:
     """Erase the weight's read (its layout ops, its get_attr) where nothing else uses it, and the parameter where
     no other read of it remains (so no float copy ships beside the int8 one); whether the parameter went."""
     while node.op == "call_function" and not node.users:
         source = node.args[0]
         gm.graph.erase_node(node)
         node = source
-    target = node.target
+    target = str(node.target)
     if not node.users:
         gm.graph.erase_node(node)
     if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
@@ -281,5 +279,5 @@ def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram") -> "
         return program, 0
     from torch._export.utils import _get_decomp_for_cia
 
-    table = {**{op: _get_decomp_for_cia(op) for op in cells}, **get_decompositions(layers)}
+    table: dict[Any, Any] = {**{op: _get_decomp_for_cia(op) for op in cells}, **get_decompositions(layers)}
     return program.run_decompositions(table), count
