@@ -83,6 +83,7 @@ ARCHS: tuple[Arch, ...] = (
     _timm("eva02_tiny_patch14_224", 56, img_size=56), _timm("sequencer2d_s"),
     _timm("xcit_nano_12_p16_224", img_size=IMAGE),
     _timm("efficientformerv2_s0", 64, img_size=64), _timm("swin_tiny_patch4_window7_224", 224),
+    _timm("starnet_s1"), _timm("mambaout_femto"), _timm("hgnetv2_b0"), _timm("coat_lite_tiny", img_size=IMAGE),
     # --- classification: transformers ----------------------------------------------------------------
     _hf("hf-vit", "classification", "ViTForImageClassification", "ViTConfig", _image(), _LOGITS, ("logits",),
         patch_size=8, **_SMALL_VISION),
@@ -167,6 +168,10 @@ ARCHS: tuple[Arch, ...] = (
         vocab_size=VOCAB, d_model=64, n_layer=2, n_head=4, d_inner=128),
     _hf("hf-funnel", "text-encoder", "FunnelBaseModel", "FunnelConfig", _TEXT, _HIDDEN, ("last_hidden_state",),
         vocab_size=VOCAB, block_sizes=[1, 1], d_model=64, n_head=4, d_head=16, d_inner=128),
+    _hf("hf-roformer", "text-encoder", "RoFormerModel", "RoFormerConfig", _TEXT, _HIDDEN, ("last_hidden_state",),
+        embedding_size=64, **_SMALL_TEXT),
+    _hf("hf-squeezebert", "text-encoder", "SqueezeBertModel", "SqueezeBertConfig", _TEXT, _HIDDEN,
+        ("last_hidden_state",), embedding_size=64, **_SMALL_TEXT),
     # --- text decoders --------------------------------------------------------------------------------
     _hf("hf-gpt2", "text-decoder", "GPT2LMHeadModel", "GPT2Config", _IDS, _LOGITS, ("logits",), vocab_size=VOCAB,
         n_embd=64, n_layer=2, n_head=4, n_positions=64),
