@@ -95,9 +95,10 @@ def as_linear(root: "torch.nn.Module") -> list[str]:
 
 
 # Ops that only lay a tensor out again: a weight read through a chain of them is still that weight.
-_LAYOUT_OPS = ("permute.default", "transpose.int", "t.default", "view.default", "reshape.default",
-               "_unsafe_view.default", "unsqueeze.default", "squeeze.dim", "squeeze.dims", "contiguous.default",
-               "clone.default", "detach.default", "alias.default")
+_LAYOUT_OPS = frozenset(f"aten.{op}" for op in (
+    "permute.default", "transpose.int", "t.default", "view.default", "reshape.default", "_unsafe_view.default",
+    "unsqueeze.default", "squeeze.dim", "squeeze.dims", "contiguous.default", "clone.default", "detach.default",
+    "alias.default"))
 
 # FX nodes are typed Any below: their `args` and `target` are unions no narrowing here would make clearer.
 
@@ -116,8 +117,7 @@ def _weight_value(gm: "torch.fx.GraphModule", node: Any) -> "torch.Tensor | None
             return None
         return value if value.dtype.is_floating_point else None
     target: Any = node.target
-    if node.op != "call_function" or not str(target).startswith("aten.") \
-            or not any(str(target).endswith(name) for name in _LAYOUT_OPS):
+    if node.op != "call_function" or str(target) not in _LAYOUT_OPS:
         return None
     source = _weight_value(gm, node.args[0])
     if source is None or any(isinstance(a, torch.fx.Node) for a in [*node.args[1:], *node.kwargs.values()]):
