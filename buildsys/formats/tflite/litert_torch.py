@@ -261,9 +261,10 @@ class TfliteFromPt2(Step):
         fast_range_search()  # the histogram observers' range search, the same result without torch indexing
 
         class FloatValuesQuantizer(PT2EQuantizer):  # integer values (position buckets, indices) stay unquantized
-            # Recurrent layers reach it unrolled into linears (with_recurrent_layers_unrolled), which it quantizes;
-            # its GRU pattern annotates a fused GRU's input and state, and fails on one given no initial state
-            # (an IndexError, the one the GRU sensor model of issue 35 met on this route).
+            # Recurrent layers reach it unrolled into linears (with_recurrent_layers_unrolled), which it quantizes,
+            # or, past the unrolling bound, whole and float. Its GRU pattern annotates a fused GRU's input and state
+            # only, and fails on one given no initial state (an IndexError, the one the GRU sensor model of issue 35
+            # met on this route): left out.
             STATIC_OPS = [op for op in PT2EQuantizer.STATIC_OPS if op != "gru_io_only"]
 
             def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:

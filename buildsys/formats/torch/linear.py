@@ -26,7 +26,8 @@ dims on the weight (a batched matmul), diagonals and a dim summed alone are not 
 Recurrent layers hide their weights the same way: `aten.lstm` / `aten.gru` / `aten.rnn_*` take them as a flat
 list no quantizer reads, so an int8 file kept every recurrent weight float (timm's Sequencer2D: 59 % of its weights
 int8). `with_recurrent_layers_unrolled` decomposes them in an exported program, with PyTorch's own decompositions,
-into the steps' `aten.linear` ops and gate arithmetic, at the program's static sequence length.
+into the steps' `aten.linear` ops and gate arithmetic, at the program's static sequence length (up to
+MAX_UNROLLED_STEPS steps: beyond, conversion time and int8 state error grow with the length).
 """
 
 from __future__ import annotations
@@ -264,20 +265,36 @@ def _drop_unused_weight(gm: "torch.fx.GraphModule", node: Any) -> bool:
     return True
 
 
+#: The longest sequence a recurrent layer is unrolled over. The unrolled program grows with the length (Resemblyzer's
+#: 3-layer LSTM over 160 frames: three minutes a conversion, against seconds) and an int8 state's error accumulates
+#: over the steps (the same LSTM unrolled missed its range-error tolerance, 0.195 > 0.1): a longer layer keeps its
+#: float weights, and the artifact check's int8 share says so.
+MAX_UNROLLED_STEPS = 128
+
+
 def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram") -> "tuple[torch.export.ExportedProgram, int]":
     """The exported program with its recurrent layers (and cells) decomposed by PyTorch's own tables into linears
-    and gate arithmetic, and how many layers were; the program itself where it has none."""
+    and gate arithmetic, and how many layers were; the program itself where it has none, or where a layer runs
+    over more than MAX_UNROLLED_STEPS steps or takes a packed sequence."""
     import torch
     from torch._decomp import get_decompositions
 
     aten = torch.ops.aten
-    layers = [getattr(getattr(aten, kind), overload) for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")
-              for overload in ("input", "data")]
+    layers = [getattr(aten, kind).input for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
+    packed = [getattr(aten, kind).data for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
     cells = [aten.lstm_cell.default, aten.gru_cell.default, aten.rnn_tanh_cell.default, aten.rnn_relu_cell.default]
-    count = sum(1 for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *cells))
-    if not count:
+    found = [n for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *packed, *cells)]
+    if not found or any(n.target in packed or _steps(n) > MAX_UNROLLED_STEPS for n in found if n.target not in cells):
         return program, 0
     from torch._export.utils import _get_decomp_for_cia
 
     table: dict[Any, Any] = {**{op: _get_decomp_for_cia(op) for op in cells}, **get_decompositions(layers)}
-    return program.run_decompositions(table), count
+    return program.run_decompositions(table), len(found)
+
+
+def _steps(node: Any) -> int:
+    """The sequence length of a recurrent layer's node (input, hx, params, has_biases, num_layers, dropout, train,
+    bidirectional, batch_first): its input's time axis, unbatched or not."""
+    shape = node.args[0].meta["val"].shape
+    batch_first = len(node.args) > 8 and bool(node.args[8])
+    return int(shape[1] if batch_first and len(shape) == 3 else shape[0])

@@ -152,6 +152,35 @@ def test_weights_contracted_by_einsum_or_matmul_become_linears_in_the_exported_g
         assert torch.allclose(got, want, atol=1e-5)
 
 
+@needs["torch"]
+def test_recurrent_layers_unroll_into_linears_up_to_the_step_bound() -> None:
+    import torch
+
+    from buildsys.formats.torch.linear import MAX_UNROLLED_STEPS, with_recurrent_layers_unrolled
+
+    class Stack(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True, bidirectional=True)
+            self.cell = torch.nn.GRUCell(32, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.cell(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Stack().eval()
+    for steps, unrolled in ((12, 2), (MAX_UNROLLED_STEPS + 1, 0)):
+        x = torch.randn(2, steps, 8)
+        program = torch.export.export(model, (x,))
+        result, count = with_recurrent_layers_unrolled(program)
+        assert count == unrolled
+        ops = {n.target for n in result.graph.nodes if n.op == "call_function"}
+        assert (torch.ops.aten.lstm.input in ops) == (not unrolled)  # past the bound: the program as it was
+        if unrolled:
+            assert torch.ops.aten.linear.default in ops and torch.ops.aten.gru_cell.default not in ops
+        assert torch.allclose(result.module()(x), model(x), atol=1e-5)
+
+
 def test_group_sizes_divide_the_layer_or_fall_back_per_channel() -> None:
     from buildsys.formats.llm.quantize import group_for
 
