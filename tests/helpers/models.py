@@ -485,6 +485,8 @@ KINDS: dict[str, dict[str, Any]] = {
                "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "lstm": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 20, 6]}],
              "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
+    "lstm-long": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 130, 6]}],
+                  "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
     "rms": {"factory": "rms_mlp", "inputs": [{"name": "x", "shape": ["batch", 8]}],
             "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "ln-gelu": {"factory": "ln_gelu", "inputs": [{"name": "x", "shape": ["batch", 8]}],

@@ -2,7 +2,9 @@
 skipped as linear layers it quantizes (`Rewrite.quantizable`, buildsys/planning/failures.py): neither XNNPACK's nor
 litert-torch's PT2E quantizer has a quantized LSTM, so an LSTM encoder's TFLite int8 file held 1.4 % of its weights
 in int8 and min_quantized_share refused it; the `recurrent` rewrite unrolls the LSTM into linear layers, and the
-same step quantizes all of them. Real litert-torch and LiteRT, on a model no rewrite names."""
+same step quantizes all of them. litert-torch's int8 step now unrolls a layer itself up to 128 steps
+(formats/torch/linear.py), so the answer is for longer sequences. Real litert-torch and LiteRT, on a model no rewrite
+names."""
 
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ def test_the_share_refusal_is_answered_by_the_rewrites_of_what_the_program_holds
 DEPLOY = """\
 models:
   lstm:
-    source: {factory: "tinymodels:lstm", weights: lstm.pt}
-    inputs: [{name: frames, shape: [batch, 20, 6]}]
-    outputs: [{name: logits, kind: scores}]
-    data: {calibration: calib.npz, validation: val.npz}
+    source: {{factory: "tinymodels:lstm", weights: {kind}.pt}}
+    inputs: [{{name: frames, shape: [batch, {steps}, 6]}}]
+    outputs: [{{name: logits, kind: scores}}]
+    data: {{calibration: calib.npz, validation: val.npz}}
 targets:
-  phone: {model: lstm, format: tflite, precision: int8, via: [pt2]}
+  phone: {{model: lstm, format: tflite, precision: int8, via: [pt2]}}
 """
 
 
@@ -43,8 +45,8 @@ def test_an_lstm_reaches_int8_tflite_through_the_recurrent_rewrite(tmp_path: Pat
     pytest.importorskip("litert_torch")
     import modelbuild
 
-    make_model(tmp_path, "lstm")
-    (tmp_path / "deploy.yaml").write_text(DEPLOY)
+    make_model(tmp_path, "lstm-long")  # 130 frames: past the step's own unrolling bound
+    (tmp_path / "deploy.yaml").write_text(DEPLOY.format(kind="lstm-long", steps=130))
     modelbuild.load(tmp_path / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
     lock = json.loads((tmp_path / "deploy.lock").read_text())
     [dropped] = lock["routes"]["phone"]["dropped"]
@@ -54,3 +56,18 @@ def test_an_lstm_reaches_int8_tflite_through_the_recurrent_rewrite(tmp_path: Pat
     assert lock["nodes"]["verify:phone"]["verdict"].startswith("passed")
     share = lock["nodes"][lock["targets"]["phone"]["node"]]["facts"]["quantized_weights"]["share"]
     assert share >= 0.9
+
+
+@pytest.mark.slow
+def test_an_lstm_within_the_unrolling_bound_is_int8_on_its_first_route(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    import modelbuild
+
+    make_model(tmp_path, "lstm")  # 20 frames: litert-torch's int8 step unrolls the LSTM itself
+    (tmp_path / "deploy.yaml").write_text(DEPLOY.format(kind="lstm", steps=20))
+    modelbuild.load(tmp_path / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
+    lock = json.loads((tmp_path / "deploy.lock").read_text())
+    assert "phone" not in lock.get("routes", {})  # no route dropped
+    assert lock["targets"]["phone"]["route"] == ["pytorch", "pt2", "tflite-int8"]
+    assert lock["nodes"]["verify:phone"]["verdict"].startswith("passed")
+    assert lock["nodes"][lock["targets"]["phone"]["node"]]["facts"]["quantized_weights"]["share"] >= 0.9
