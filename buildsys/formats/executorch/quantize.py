@@ -171,12 +171,9 @@ def annotated_units(model: torch.fx.GraphModule) -> list[str]:
 
 def with_recurrent_cells_decomposed(program: Any) -> Any:
     """The exported program with its recurrent cells as linears and pointwise ops (nothing else decomposed)."""
-    import torch
-    from torch._export.utils import _get_decomp_for_cia
+    from buildsys.formats.torch.linear import recurrent_cell_decompositions
 
-    cells = (torch.ops.aten.lstm_cell.default, torch.ops.aten.gru_cell.default,
-             torch.ops.aten.rnn_tanh_cell.default, torch.ops.aten.rnn_relu_cell.default)
-    return program.run_decompositions({op: _get_decomp_for_cia(op) for op in cells})
+    return program.run_decompositions(recurrent_cell_decompositions())
 
 
 def int8_weights(graph_module: torch.fx.GraphModule) -> tuple[int, int]:

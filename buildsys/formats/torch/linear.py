@@ -282,14 +282,22 @@ def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram") -> "
     aten = torch.ops.aten
     layers = [getattr(aten, kind).input for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
     packed = [getattr(aten, kind).data for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
-    cells = [aten.lstm_cell.default, aten.gru_cell.default, aten.rnn_tanh_cell.default, aten.rnn_relu_cell.default]
+    cells = recurrent_cell_decompositions()
     found = [n for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *packed, *cells)]
     if not found or any(n.target in packed or _steps(n) > MAX_UNROLLED_STEPS for n in found if n.target not in cells):
         return program, 0
+    return program.run_decompositions({**cells, **get_decompositions(layers)}), len(found)
+
+
+def recurrent_cell_decompositions() -> dict[Any, Any]:
+    """PyTorch's decompositions of the recurrent cells (lstm_cell, gru_cell, rnn_*_cell) into linears and pointwise
+    ops, as `ExportedProgram.run_decompositions` takes them."""
+    import torch
     from torch._export.utils import _get_decomp_for_cia
 
-    table: dict[Any, Any] = {**{op: _get_decomp_for_cia(op) for op in cells}, **get_decompositions(layers)}
-    return program.run_decompositions(table), len(found)
+    aten = torch.ops.aten
+    cells = (aten.lstm_cell.default, aten.gru_cell.default, aten.rnn_tanh_cell.default, aten.rnn_relu_cell.default)
+    return {op: _get_decomp_for_cia(op) for op in cells}
 
 
 def _steps(node: Any) -> int:
