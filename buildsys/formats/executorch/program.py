@@ -78,12 +78,13 @@ class _PteFromPt2(Step):
 
     consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
-    version = 8  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    version = 9  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
     # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
     # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation; 6: aten.gru and
     # aten.rnn_* lowered as scan loops too, zero-stride constants copied to standard strides; 7: 3-D conv refused;
-    # 8: a program that writes into its inputs lowered on copies of them (torch/loading.inputs_copied)
+    # 8: a program that writes into its inputs lowered on copies of them (torch/loading.inputs_copied); 9: exported and
+    # lowered without autograd (a scan loop's program no longer carries what its backward needed)
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -181,6 +182,12 @@ class _PteFromPt2(Step):
         """torch.export with fixed shapes → XNNPACK partition → ExecuTorch program bytes (reproducible)."""
         import torch
 
+        with torch.no_grad():  # an inference program: see `lower`
+            return self._lowered(ctx, module, args)
+
+    def _lowered(self, ctx: StepContext, module: Any, args: tuple[Any, ...]) -> tuple[bytes, dict[str, Any]]:
+        import torch
+
         from buildsys.formats.reproducible import exported_program_without_stack_traces
         from buildsys.formats.torch.loading import inputs_copied
 
@@ -235,12 +242,13 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 12  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
+    version = 13  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
     # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back;
-    # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear)
+    # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear);
+    # 13: exported and lowered without autograd (the fp32 step's 9)
     #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
