@@ -248,7 +248,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
     # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back;
     # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear);
-    # 13: exported and lowered without autograd (the fp32 step's 9)
+    # 13: exported and lowered without autograd (the fp32 step's 9); recurrent layers of up to 128 steps unrolled
+    # into linears before PT2E (torch/linear.with_recurrent_layers_unrolled), their weights counted in the share
     #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
@@ -289,7 +290,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         from buildsys.formats.executorch.quantize import (calibrate, float_filter, int8_weights, quantizer,
-                                                          unknown_nodes, with_recurrent_cells_decomposed)
+                                                          recurrent_weights_as_linears, unknown_nodes)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
         from buildsys.formats.torch.pt2e import COARSE_FLOOR
         from buildsys.formats.executorch.weights import measure
@@ -333,9 +334,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         kept = [*(repair["kept_float"] if repair else []), *undelegated]
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
-            program = torch.export.export(module, args, strict=False)
-            if dynamic:
-                program = with_recurrent_cells_decomposed(program)
+            program, unrolled = recurrent_weights_as_linears(torch.export.export(module, args, strict=False), dynamic)
             unknown = unknown_nodes(program.graph_module, [k for k in kept if k not in undelegated])
             if unknown:  # a name that keeps nothing in float would deliver full int8 under the name of a repair
                 raise self.fail(ctx, f"keep_float names {', '.join(map(repr, unknown))}, which is neither a node "
@@ -364,7 +363,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                  "for its layers")
         facts = {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
                  "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {}), **coarse,
-                 **({"weights_as_linear": len(linears)} if linears else {})}
+                 **({"weights_as_linear": len(linears)} if linears else {}),
+                 **({"recurrent_unrolled": unrolled} if unrolled else {})}
         return converted, {**facts, "quantized_weights": measure(converted, self.precision, kept)}
 
 

@@ -176,6 +176,18 @@ def with_recurrent_cells_decomposed(program: Any) -> Any:
     return program.run_decompositions(recurrent_cell_decompositions())
 
 
+def recurrent_weights_as_linears(program: Any, dynamic: bool) -> tuple[Any, int]:
+    """The exported program as XNNPACKQuantizer can quantize its recurrent weights, and how many layers were
+    unrolled: `aten.lstm` / `gru` / `rnn_*` take their weights as a flat list no quantizer pattern reads, so
+    layers over at most MAX_UNROLLED_STEPS steps are unrolled into linears (formats/torch/linear.py); longer
+    ones stay one op with float weights, which the step's int8 share then counts against it. The dynamic
+    scheme decomposes the cells of what is left too (a cell's weights quantized per call)."""
+    from buildsys.formats.torch.linear import with_recurrent_layers_unrolled
+
+    program, unrolled = with_recurrent_layers_unrolled(program)
+    return (with_recurrent_cells_decomposed(program) if dynamic else program), unrolled
+
+
 def int8_weights(graph_module: torch.fx.GraphModule) -> tuple[int, int]:
     """(int8 weight elements, all weight elements) of a converted PT2E graph: the constants it holds
     (get_attr) as int8 against those still in floating point; scalars are not weights."""

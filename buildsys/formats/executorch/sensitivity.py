@@ -46,14 +46,15 @@ class Trials:
                  per_channel: bool, dynamic: bool, calibrating: int | None = None):
         import torch
 
-        from buildsys.formats.executorch.quantize import with_recurrent_cells_decomposed
+        from buildsys.formats.executorch.quantize import recurrent_weights_as_linears
         from buildsys.formats.torch.linear import weight_contractions_as_linear
 
         self.chunks, self.counts, self.per_channel, self.dynamic = chunks, counts, per_channel, dynamic
         self.calibration = chunks[:calibrating] if calibrating is not None else chunks
-        program = torch.export.export(module, chunks[0], strict=False)
-        self.float = (with_recurrent_cells_decomposed(program) if dynamic else program).module()
-        weight_contractions_as_linear(self.float)  # as the step quantizes it (formats/torch/linear.py)
+        # the float program as the step quantizes it (recurrent layers unrolled, einsum weights as linears)
+        program, _ = recurrent_weights_as_linears(torch.export.export(module, chunks[0], strict=False), dynamic)
+        self.float = program.module()
+        weight_contractions_as_linear(self.float)
         self.units: list[str] = []
 
     def quantize(self, float_nodes: "Callable[[Any], bool] | None") -> "torch.fx.GraphModule":

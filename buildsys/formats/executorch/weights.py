@@ -3,7 +3,8 @@ stored in (buildsys.formats.quantized_weights): the program before lowering, sin
 payloads are opaque flatbuffers of the delegate.
 
 A weight layer is a linear (`aten.linear`, `addmm`, `mm`, `matmul`), convolution or embedding op whose
-weight argument is a constant (a `get_attr` of the graph module). Walking back from that argument through
+weight argument is a constant (a `get_attr` of the graph module); a recurrent layer or cell (`aten.lstm`, `gru`,
+`rnn_*` and their cells) is one linear weight per matrix it reads. Walking back from that argument through
 the ops that only dequantize, cast or move it (PT2E's `quantized_decomposed.dequantize_per_*`, torchao's
 `dequantize_affine`, a tensor subclass's inner data, `to`, `t`, `permute`, `view`, …) reaches the constant;
 its dtype is the stored type, and a dequantize op's `quant_min`/`quant_max` give the bits actually used
@@ -33,6 +34,11 @@ PASS_THROUGH = ("aten.t", "aten.permute", "aten.transpose", "aten.view", "aten.r
                 "aten.squeeze", "aten.alias", "export.access_subclass_inner_tensor",
                 "quantized_decomposed.dequantize_per_channel", "quantized_decomposed.dequantize_per_tensor",
                 "quantized_decomposed.dequantize_per_channel_group", "torchao.dequantize_affine")
+#: Recurrent ops, whose weights are linear maps (counted as linear): the layers take them as one flat list
+#: (argument 2: per layer and direction w_ih, w_hh and, with biases, b_ih, b_hh), the cells as arguments 2 and 3.
+#: A quantizer with no pattern for them leaves them float, and the share must say so.
+RECURRENT_LAYERS = ("aten.lstm", "aten.gru", "aten.rnn_tanh", "aten.rnn_relu")
+RECURRENT_CELLS = ("aten.lstm_cell", "aten.gru_cell", "aten.rnn_tanh_cell", "aten.rnn_relu_cell")
 MEASURED_ON = "the program before lowering (each weight's stored dtype and quantization range)"
 
 
@@ -96,15 +102,34 @@ def weight_layers(graph_module: "torch.fx.GraphModule") -> list[WeightTensor]:
 
     found = []
     for node in graph_module.graph.nodes:
-        kind_arg = WEIGHT_ARGS.get(_op(node))
-        if kind_arg is None or len(node.args) <= kind_arg[1]:
-            continue
-        weight = _weight_behind(graph_module, node.args[kind_arg[1]])
-        if weight is None or weight[1] <= 1:
-            continue
-        name, elements, dtype = weight
-        found.append(WeightTensor(name, kind_arg[0], elements, dtype, (node.name, module_path(node))))
+        for kind, arg in _weight_args(graph_module, node):
+            weight = _weight_behind(graph_module, arg)
+            if weight is None or weight[1] <= 1:
+                continue
+            name, elements, dtype = weight
+            found.append(WeightTensor(name, kind, elements, dtype, (node.name, module_path(node))))
     return found
+
+
+def _weight_args(graph_module: "torch.fx.GraphModule", node: Any) -> list[tuple[str, Any]]:
+    """(kind, argument) of each weight `node` reads: one for a linear, convolution or embedding op, every
+    matrix of a recurrent layer's or cell's parameters (biases are not weights)."""
+    op = _op(node)
+    if op in RECURRENT_LAYERS or op in RECURRENT_CELLS:
+        params = (node.args[2] if isinstance(node.args[2], (list, tuple)) else ()) if op in RECURRENT_LAYERS \
+            else node.args[2:4]
+        return [("linear", p) for p in params if _rank(graph_module, p) >= 2]
+    kind_arg = WEIGHT_ARGS.get(op)
+    if kind_arg is None or len(node.args) <= kind_arg[1]:
+        return []
+    return [(kind_arg[0], node.args[kind_arg[1]])]
+
+
+def _rank(graph_module: "torch.fx.GraphModule", arg: Any) -> int:
+    """Dimensions of a constant (or of a traced value) a node reads; 0 for anything else."""
+    value = _constant(graph_module, str(arg.target)) if getattr(arg, "op", None) == "get_attr" \
+        else getattr(arg, "meta", {}).get("val")
+    return value.dim() if hasattr(value, "dim") else 0
 
 
 def measure(graph_module: "torch.fx.GraphModule", asked: str, kept: Iterable[str] = ()) -> dict[str, Any]:
