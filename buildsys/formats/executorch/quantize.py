@@ -176,15 +176,24 @@ def with_recurrent_cells_decomposed(program: Any) -> Any:
     return program.run_decompositions(recurrent_cell_decompositions())
 
 
+#: The most recurrent cells (steps x stacked layers x directions, over the whole program) unrolled for XNNPACK.
+#: Its lowering is quadratic in them: every unrolled step is its own delegate (the steps' select and split ops
+#: are not delegated) and to_backend's work per delegate walks the whole graph. fp32, one 3-layer LSTM-256:
+#: 48 s at 60 cells, 107 s at 120, 364 s at 240; Sequencer2D-S's 36 bidirectional LSTMs over 9 steps (648
+#: cells) in int8: past the step's 5-minute budget, static and dynamic. Past the bound the layers stay one op
+#: (lowered as scan loops) with float weights, and the int8 share counts them.
+MAX_UNROLLED_CELLS = 128
+
+
 def recurrent_weights_as_linears(program: Any, dynamic: bool) -> tuple[Any, int]:
     """The exported program as XNNPACKQuantizer can quantize its recurrent weights, and how many layers were
     unrolled: `aten.lstm` / `gru` / `rnn_*` take their weights as a flat list no quantizer pattern reads, so
-    layers over at most MAX_UNROLLED_STEPS steps are unrolled into linears (formats/torch/linear.py); longer
-    ones stay one op with float weights, which the step's int8 share then counts against it. The dynamic
-    scheme decomposes the cells of what is left too (a cell's weights quantized per call)."""
+    layers are unrolled into linears (formats/torch/linear.py) up to MAX_UNROLLED_CELLS cells; more stay one op
+    with float weights, which the step's int8 share then counts against it. The dynamic scheme decomposes the
+    cells of what is left too (a cell's weights quantized per call)."""
     from buildsys.formats.torch.linear import with_recurrent_layers_unrolled
 
-    program, unrolled = with_recurrent_layers_unrolled(program)
+    program, unrolled = with_recurrent_layers_unrolled(program, MAX_UNROLLED_CELLS)
     return (with_recurrent_cells_decomposed(program) if dynamic else program), unrolled
 
 

@@ -272,10 +272,13 @@ def _drop_unused_weight(gm: "torch.fx.GraphModule", node: Any) -> bool:
 MAX_UNROLLED_STEPS = 128
 
 
-def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram") -> "tuple[torch.export.ExportedProgram, int]":
+def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram", max_cell_steps: int | None = None,
+                                  ) -> "tuple[torch.export.ExportedProgram, int]":
     """The exported program with its recurrent layers (and cells) decomposed by PyTorch's own tables into linears
-    and gate arithmetic, and how many layers were; the program itself where it has none, or where a layer runs
-    over more than MAX_UNROLLED_STEPS steps or takes a packed sequence."""
+    and gate arithmetic, and how many layers were; the program itself where it has none, where a layer runs
+    over more than MAX_UNROLLED_STEPS steps or takes a packed sequence, or where the unrolled cells (steps x
+    stacked layers x directions, summed over the program's layers) would number more than `max_cell_steps`: a
+    converter whose cost grows with the unrolled graph sets it."""
     import torch
     from torch._decomp import get_decompositions
 
@@ -284,7 +287,10 @@ def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram") -> "
     packed = [getattr(aten, kind).data for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
     cells = recurrent_cell_decompositions()
     found = [n for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *packed, *cells)]
-    if not found or any(n.target in packed or _steps(n) > MAX_UNROLLED_STEPS for n in found if n.target not in cells):
+    unrolled = [n for n in found if n.target not in cells]
+    if not found or any(n.target in packed or _steps(n) > MAX_UNROLLED_STEPS for n in unrolled):
+        return program, 0
+    if max_cell_steps is not None and sum(map(_cell_steps, unrolled)) > max_cell_steps:
         return program, 0
     return program.run_decompositions({**cells, **get_decompositions(layers)}), len(found)
 
@@ -298,6 +304,11 @@ def recurrent_cell_decompositions() -> dict[Any, Any]:
     aten = torch.ops.aten
     cells = (aten.lstm_cell.default, aten.gru_cell.default, aten.rnn_tanh_cell.default, aten.rnn_relu_cell.default)
     return {op: _get_decomp_for_cia(op) for op in cells}
+
+
+def _cell_steps(node: Any) -> int:
+    """Cells a recurrent layer's node unrolls into: its steps x stacked layers x directions (arguments 4 and 7)."""
+    return _steps(node) * int(node.args[4]) * (2 if bool(node.args[7]) else 1)
 
 
 def _steps(node: Any) -> int:

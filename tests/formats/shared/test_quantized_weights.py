@@ -179,6 +179,10 @@ def test_recurrent_layers_unroll_into_linears_up_to_the_step_bound() -> None:
         if unrolled:
             assert torch.ops.aten.linear.default in ops and torch.ops.aten.gru_cell.default not in ops
         assert torch.allclose(result.module()(x), model(x), atol=1e-5)
+    # a converter's bound on the cells unrolled (12 steps x 2 layers x 2 directions = 48): at it, and past it
+    program = torch.export.export(model, (torch.randn(2, 12, 8),))
+    assert with_recurrent_layers_unrolled(program, max_cell_steps=48)[1] == 2
+    assert with_recurrent_layers_unrolled(program, max_cell_steps=47)[1] == 0
 
 
 @needs["executorch"]
