@@ -73,7 +73,10 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
         elif RUNTIME_REFUSAL.search(why):  # the runtime refused (or crashed on) what the converter made: as a refusal
             rewrites, note = _answered(route, refusal_rewrites(why, _chain_ops(chain, results, lock)), config)
         elif QUANTIZED_SHARE.search(why):  # int8 weights short of the floor: layers its quantizer cannot quantize?
-            rewrites, note = _answered(route, quantizable_rewrites(_chain_ops(chain, results, lock)), config)
+            # not a rewrite the artifact's step already weighed and declined for its cost (declined_rewrites)
+            declined = set(metrics_of(chain[1], results, lock).get("declined_rewrites", ())) if len(chain) > 1 else set()
+            names = [n for n in quantizable_rewrites(_chain_ops(chain, results, lock)) if n not in declined]
+            rewrites, note = _answered(route, names, config)
         repair = _missed_tolerance(result.metrics) and opens_repair(plan, target, route, node)
         if not repair and _missed_tolerance(result.metrics):  # a float miss: ops converters write imprecisely?
             rewrites, _ = _answered(route, precise_rewrites(_chain_ops(chain, results, lock)), config)

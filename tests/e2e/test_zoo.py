@@ -144,6 +144,8 @@ SHARE_MISS = r"only [0-9.]+% of the weights are int8 \(floor 90%"
 #: How a target whose every int8 route missed ends: its last route's miss (in the build that tried them), or every
 #: route named (in a later plan).
 NOT_INT8 = rf"no route passes its check|{SHARE_MISS}|{PROB_MISS}|range_error [0-9.]+ > 0\.1"
+#: A .pte whose XNNPACK delegate the runtime could not compile at load.
+XNN_LOAD = r"ExecuTorch could not load 'model\.pte'"
 EXPECT["silero_vad"] = {
     "onnx": ok(PT2_ONNX, {ONNX: UNSAFE_CHUNK}),
     "tflite": ok(LITERT, {tfl(ONNX): UNSAFE_CHUNK}),
@@ -156,8 +158,11 @@ EXPECT["silero_vad"] = {
     "coreml-fp16": Cell("reference", "pytorch → torchscript (rewrite recurrent) → coreml-fp16",
                         {COREML: r"Core ML cannot convert the PyTorch op 'unsafe_chunk'"}),
     "executorch": ok(ET),
-    # dynamic int8 quantizes the linear layers only: the convolutions stay float (42.5 % int8), not an int8 artifact
-    "executorch-int8": fails({ET_INT8: PROB_MISS, ET_DYNAMIC: SHARE_MISS}, failure=NOT_INT8),
+    # static int8 unrolls the LSTM cell into int8 linears (formats/executorch/quantize.recurrent_weights_as_linears),
+    # and XNNPACK then fails to compile the delegate when the .pte loads ("Failed to create squeeze node"): the check
+    # refuses a file the runtime cannot load. Dynamic int8 quantizes the linear layers only: the convolutions stay
+    # float (42.5 % int8), not an int8 artifact
+    "executorch-int8": fails({ET_INT8: XNN_LOAD, ET_DYNAMIC: SHARE_MISS}, failure=NOT_INT8),
     "openvino": ok(f"{PT2_ONNX} → openvino", {f"{ONNX} → openvino": UNSAFE_CHUNK}),
 }
 
@@ -180,7 +185,7 @@ EXPECT["mobilenet_v2"] = {
 
 # Resemblyzer's 3-layer LSTM encoder: onnx2tf stops at the final L2 norm (ReduceL2 → tf.norm);
 # litert-torch converts the whole model. ExecuTorch runs the LSTM as a loop (it lowered unrolled for
-# over 11 minutes); its int8 program keeps the LSTM in float, like litert-torch's.
+# over 11 minutes); its int8 program keeps the LSTM in float, like litert-torch's, and both are refused for it.
 REDUCE_L2 = r"onnx2tf could not convert the ONNX op ReduceL2 \(node /ReduceL2\)"
 EXPECT["voice_encoder"] = {
     "onnx": ok(ONNX), "tflite": ok(LITERT, {tfl(ONNX): REDUCE_L2}),
@@ -191,7 +196,11 @@ EXPECT["voice_encoder"] = {
     "tflite-int8": fails({tfl(ONNX, "tflite-int8"): REDUCE_L2,
                           LITERT_INT8: SHARE_MISS},
                          failure=REDUCE_L2),
-    "coreml-fp16": BY_REFERENCE, "executorch": ok(ET), "executorch-int8": ok(ET_INT8),
+    "coreml-fp16": BY_REFERENCE, "executorch": ok(ET),
+    # ExecuTorch's int8 keeps the LSTM whole too (480 cells: past the 128 its step unrolls, MAX_UNROLLED_CELLS), its
+    # weights float, which the share now counts (before, the program passed as an int8 artifact at 4.6 % int8); the
+    # step declines the `recurrent` rewrite for the same cost, so no rewrite route runs
+    "executorch-int8": fails({ET_INT8: SHARE_MISS, ET_DYNAMIC: SHARE_MISS}, failure=NOT_INT8),
     "openvino": ok(f"{ONNX} → openvino"),
 }
 

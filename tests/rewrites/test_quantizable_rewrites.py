@@ -71,3 +71,23 @@ def test_an_lstm_within_the_unrolling_bound_is_int8_on_its_first_route(tmp_path:
     assert lock["targets"]["phone"]["route"] == ["pytorch", "pt2", "tflite-int8"]
     assert lock["nodes"]["verify:phone"]["verdict"].startswith("passed")
     assert lock["nodes"][lock["targets"]["phone"]["node"]]["facts"]["quantized_weights"]["share"] >= 0.9
+
+
+@pytest.mark.slow
+def test_a_rewrite_the_step_declined_for_its_cost_is_not_the_answer(tmp_path: Path) -> None:
+    """ExecuTorch's int8 step unrolls recurrent layers up to 128 cells (its lowering is quadratic in them); past
+    that it keeps the LSTM whole, its weights float, and says it declined the `recurrent` rewrite, which would
+    unroll them all the same: the share refusal is then not answered by that rewrite (Sequencer2D-S: two routes
+    of five minutes each, both stopped by their budget). Every route that runs fails honestly on the share."""
+    import modelbuild
+
+    make_model(tmp_path, "lstm-long")  # 130 frames x 2 layers: past the 128 cells
+    deploy = DEPLOY.format(kind="lstm-long", steps=130).replace("format: tflite, precision: int8, via: [pt2]",
+                                                                 "format: executorch, precision: int8")
+    (tmp_path / "deploy.yaml").write_text(deploy)
+    modelbuild.load(tmp_path / "deploy.yaml").build(jobs=1, keep_going=True, check=False)
+    lock = json.loads((tmp_path / "deploy.lock").read_text())
+    dropped = lock["routes"]["phone"]["dropped"]
+    assert dropped[0]["route"] == ["pytorch", "pt2", "executorch-int8"] and "rewrites" not in dropped[0]
+    assert all("min_quantized_share" in d["reason"] for d in dropped)
+    assert not any("rewrite" in " ".join(d["route"]) for d in dropped)

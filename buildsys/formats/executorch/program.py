@@ -290,7 +290,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         from buildsys.formats.executorch.quantize import (calibrate, float_filter, int8_weights, quantizer,
-                                                          recurrent_weights_as_linears, unknown_nodes)
+                                                          has_recurrent_layers, recurrent_weights_as_linears,
+                                                          unknown_nodes)
         from buildsys.formats.executorch.sensitivity import NoRecipe, search
         from buildsys.formats.torch.pt2e import COARSE_FLOOR
         from buildsys.formats.executorch.weights import measure
@@ -335,6 +336,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
             program, unrolled = recurrent_weights_as_linears(torch.export.export(module, args, strict=False), dynamic)
+            # past MAX_UNROLLED_CELLS: the `recurrent` rewrite would unroll them all the same, past any budget
+            declined = ["recurrent"] if has_recurrent_layers(program) else []
             unknown = unknown_nodes(program.graph_module, [k for k in kept if k not in undelegated])
             if unknown:  # a name that keeps nothing in float would deliver full int8 under the name of a repair
                 raise self.fail(ctx, f"keep_float names {', '.join(map(repr, unknown))}, which is neither a node "
@@ -364,7 +367,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         facts = {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
                  "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {}), **coarse,
                  **({"weights_as_linear": len(linears)} if linears else {}),
-                 **({"recurrent_unrolled": unrolled} if unrolled else {})}
+                 **({"recurrent_unrolled": unrolled} if unrolled else {}),
+                 **({"declined_rewrites": declined} if declined else {})}
         return converted, {**facts, "quantized_weights": measure(converted, self.precision, kept)}
 
 

@@ -197,6 +197,15 @@ def recurrent_weights_as_linears(program: Any, dynamic: bool) -> tuple[Any, int]
     return (with_recurrent_cells_decomposed(program) if dynamic else program), unrolled
 
 
+def has_recurrent_layers(program: Any) -> bool:
+    """Whether the program still holds a recurrent layer op (one the step did not unroll)."""
+    import torch
+
+    aten = torch.ops.aten
+    layers = {getattr(aten, kind).input for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")}
+    return any(n.op == "call_function" and n.target in layers for n in program.graph.nodes)
+
+
 def int8_weights(graph_module: torch.fx.GraphModule) -> tuple[int, int]:
     """(int8 weight elements, all weight elements) of a converted PT2E graph: the constants it holds
     (get_attr) as int8 against those still in floating point; scalars are not weights."""
