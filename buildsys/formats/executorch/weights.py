@@ -127,9 +127,9 @@ def _weight_args(graph_module: "torch.fx.GraphModule", node: Any) -> list[tuple[
 
 def _rank(graph_module: "torch.fx.GraphModule", arg: Any) -> int:
     """Dimensions of a constant (or of a traced value) a node reads; 0 for anything else."""
-    value = _constant(graph_module, str(arg.target)) if getattr(arg, "op", None) == "get_attr" \
+    value: Any = _constant(graph_module, str(arg.target)) if getattr(arg, "op", None) == "get_attr" \
         else getattr(arg, "meta", {}).get("val")
-    return value.dim() if hasattr(value, "dim") else 0
+    return int(value.dim()) if hasattr(value, "dim") else 0
 
 
 def measure(graph_module: "torch.fx.GraphModule", asked: str, kept: Iterable[str] = ()) -> dict[str, Any]:
