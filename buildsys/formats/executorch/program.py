@@ -248,8 +248,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
     # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back;
     # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear);
-    # 13: exported and lowered without autograd (the fp32 step's 9); recurrent layers of up to 128 steps unrolled
-    # into linears before PT2E (torch/linear.with_recurrent_layers_unrolled), their weights counted in the share
+    # 13: exported and lowered without autograd (the fp32 step's 9); recurrent layers unrolled into linears before
+    # PT2E, up to 128 cells in all (quantize.recurrent_weights_as_linears), the others' weights counted in the share
     #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
