@@ -423,6 +423,31 @@ def linear_attention():
     return LinearAttention()
 
 
+class UnfoldedPatches(nn.Module):
+    """MobileViT's unfolding: a conv feature map cut into 2x2 patches by reshape + permute (pixels of a patch
+    position side by side), a 1x1 conv over them, folded back the same way and mixed by a second 1x1 conv. GELU, not
+    ReLU: XNNPACKQuantizer's dynamic scheme has no conv + ReLU pattern and would leave those convs float."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(dim, dim, 1)
+        self.out = nn.Conv2d(dim, dim, 1)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, image):
+        x = torch.nn.functional.gelu(self.stem(image))
+        b, c, h, w = x.shape
+        patches = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c, 4, -1)
+        y = torch.nn.functional.gelu(self.mix(patches))
+        y = y.reshape(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+        return self.head(self.out(y).mean((2, 3)))
+
+
+def unfolded_patches():
+    return UnfoldedPatches()
+
+
 class Vanishing(nn.Module):
     """A deep MLP initialised too small, as seeded, untrained weights often are (Hugging Face's normal(0, 0.02) for
     every conv of MobileViT): each layer shrinks its input, and the outputs are float32 subnormals (about 1e-39)."""
@@ -512,6 +537,8 @@ KINDS: dict[str, dict[str, Any]] = {
     "patches": {"factory": "patch_attention", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "linear-attention": {"factory": "linear_attention", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
+                         "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "unfolded-patches": {"factory": "unfolded_patches", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
                          "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "vanishing": {"factory": "vanishing", "inputs": [{"name": "x", "shape": ["batch", 8]}],
                   "outputs": [{"name": "y", "kind": "values"}], "classes": 0},

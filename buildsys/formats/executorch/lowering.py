@@ -33,10 +33,9 @@ def _lowered(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[st
     from executorch.exir import to_edge_transform_and_lower
 
     from buildsys.formats.executorch.contract import XNNPACK, kernel_refusal, portable_rank_refusal, standard_strides
-    from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
 
     try:
-        edge = to_edge_transform_and_lower(standard_strides(program), partitioner=[control_flow_xnnpack_partitioner()])
+        edge = to_edge_transform_and_lower(standard_strides(program), partitioner=partitioners(program))
     except Exception as exc:
         raise step.fail(ctx, f"lowering to ExecuTorch failed: {first_line(exc)}") from exc
     outside = quantized_outside_delegates(edge.exported_program().graph_module)
@@ -54,6 +53,32 @@ def _lowered(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[st
     delegated = sum(1 for d in plan.delegates if d.id == XNNPACK)
     portable = sorted({op.name for op in plan.operators})
     return bytes(lowered.buffer), {"xnnpack_delegates": delegated, "portable_operators": portable}
+
+
+def partitioners(program: Any) -> list[Any]:
+    """XNNPACK's partitioners for a program, in the order ExecuTorch's own exports use them: a program quantized
+    per call (PT2E's dynamic scheme: a `choose_qparams` node before each int8 layer) first gives every dynamically
+    quantized layer a delegate of its own (XnnpackDynamicallyQuantizedPartitioner, per-op), then the rest of the
+    graph to the control-flow-aware XnnpackPartitioner.
+
+    One partitioner alone folds a dynamic layer into whatever delegate surrounds it, and XNNPACK then cannot run
+    some of those delegates: a dynamically quantized convolution that reads a permute + reshape (MobileViTv2's
+    unfolded patches, YOLO26's attention) loads, then fails every call with "Propagating input shapes failed:
+    xnn_status_invalid_parameter". Static and float programs hold no `choose_qparams` and are partitioned as
+    before (byte-identical .pte)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackDynamicallyQuantizedPartitioner
+
+    from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
+
+    whole = control_flow_xnnpack_partitioner()
+    return [XnnpackDynamicallyQuantizedPartitioner(), whole] if quantized_per_call(program) else [whole]
+
+
+def quantized_per_call(program: Any) -> bool:
+    """Whether a program (ExportedProgram or GraphModule) quantizes activations as it runs: PT2E's dynamic scheme
+    computes each int8 layer's input range with a `choose_qparams` op."""
+    graph = getattr(program, "graph_module", program).graph
+    return any(node.op == "call_function" and "choose_qparams" in str(node.target) for node in graph.nodes)
 
 
 def first_line(exc: BaseException) -> str:

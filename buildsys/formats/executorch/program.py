@@ -242,15 +242,17 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 13  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
+    version = 14  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
     # refused; 10: observers' scale floor at float32's epsilon, not 2^-12 (pt2e.finer_scales); 11: no input write-back;
     # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear);
     # 13: exported and lowered without autograd (the fp32 step's 9); recurrent layers unrolled into linears before
-    # PT2E, up to 128 cells in all (quantize.recurrent_weights_as_linears), the others' weights counted in the share
-    #: Static int8 first; dynamic (linear layers only): the fallback route where activations fail int8 (indices, state).
+    # PT2E, up to 128 cells in all (quantize.recurrent_weights_as_linears), the others' weights counted in the share;
+    # 14: a dynamic program's int8 layers delegated one by one first (lowering.partitioners)
+    #: Static int8 first; dynamic (linear and convolution weights): the fallback route where activations fail int8
+    #: (indices, state) or miss the tolerance.
     alternatives = {"dynamic": {"scheme": "dynamic"}}
     #: Accuracy repair (docs/repair.md): tried after the static route's int8 check misses, before `dynamic`.
     repairs = {"keep-float": {"keep_float": "sensitive"}}

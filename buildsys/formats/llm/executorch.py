@@ -143,9 +143,10 @@ class LlmExecutorchInt8FromPyTorch(_LlmPteFromPyTorch):
     name = "llm-executorch-int8-from-pytorch"
     produces = "llm-executorch-int8"
     precision = "int8"
-    version = 5  # 3: schemes weight-only and 8da4w; the missing-kernel check; 4: Conv1D as nn.Linear (quantized
+    version = 6  # 3: schemes weight-only and 8da4w; the missing-kernel check; 4: Conv1D as nn.Linear (quantized
     # like every linear), quantized_weights measured on the program before lowering; 5: dynamic's scale floor at
-    # float32's epsilon (formats/torch/pt2e.finer_scales)
+    # float32's epsilon (formats/torch/pt2e.finer_scales); 6: dynamic layers delegated one by one first
+    # (executorch/lowering.partitioners)
     Options = LlmPteInt8Options
     committed_metrics = ("scheme", "group_size", "group_sizes", "quantized_weights")
     description = ("dynamic: decoder.py's StaticCacheDecoder, torch.export, prepare_pt2e/convert_pt2e with "

@@ -147,6 +147,21 @@ def test_layers_xnnpack_leaves_outside_its_delegate_are_kept_float(tmp_path: Pat
     assert result["passed"] is True, result
 
 
+def test_a_dynamic_convolution_over_unfolded_patches_runs(tmp_path: Path) -> None:
+    """A dynamically quantized conv that reads a permute + reshape (MobileViT's patches) inside one XNNPACK
+    delegate fails every call ("Propagating input shapes failed: xnn_status_invalid_parameter", MobileViTv2 and
+    YOLO26 in the model matrix); delegated one by one first, as ExecuTorch's own exports do, it runs and passes."""
+    import torch
+
+    from buildsys.formats.executorch.lowering import quantized_per_call
+
+    metrics, result = _int8_checked("unfolded-patches", tmp_path, scheme="dynamic")
+    assert metrics["quantized_weights"]["share"] == 1.0 and metrics["xnnpack_delegates"] >= 3  # a conv per delegate
+    assert result["passed"] is True and result["outputs"]["y"]["cosine"]["observed"] > 0.99, result
+    program = torch.export.load(tmp_path / "pte" / "debug" / "program.pt2")
+    assert quantized_per_call(program), "the dynamic scheme's choose_qparams is what selects the partitioning"
+
+
 def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
     """int64 position buckets (T5, WavLM) are not observed: static int8 calibrates, lowers and passes."""
     metrics, result = _int8_checked("buckets", tmp_path)
