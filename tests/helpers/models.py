@@ -448,6 +448,25 @@ def unfolded_patches():
     return UnfoldedPatches()
 
 
+class ResidualBlock(nn.Module):
+    """A ResNet basic block after a stem: Conv + BN + ReLU, Conv + BN, the skip added, ReLU, pooled into a head."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, image):
+        x = self.stem(image)
+        return self.head(torch.relu(x + self.conv2(self.conv1(x))).mean((2, 3)))
+
+
+def residual_block():
+    return ResidualBlock()
+
+
 class Vanishing(nn.Module):
     """A deep MLP initialised too small, as seeded, untrained weights often are (Hugging Face's normal(0, 0.02) for
     every conv of MobileViT): each layer shrinks its input, and the outputs are float32 subnormals (about 1e-39)."""
@@ -540,6 +559,8 @@ KINDS: dict[str, dict[str, Any]] = {
                          "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "unfolded-patches": {"factory": "unfolded_patches", "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16]}],
                          "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
+    "residual": {"factory": "residual_block", "inputs": [{"name": "image", "shape": ["batch", 3, 8, 8]}],
+                 "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "vanishing": {"factory": "vanishing", "inputs": [{"name": "x", "shape": ["batch", 8]}],
                   "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "in-place-input": {"factory": "in_place_input", "inputs": [{"name": "x", "shape": ["batch", 8]}],

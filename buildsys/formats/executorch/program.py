@@ -250,7 +250,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     # 12: weights contracted by einsum / matmul quantized as linears (torch/linear.weight_contractions_as_linear);
     # 13: exported and lowered without autograd (the fp32 step's 9); recurrent layers unrolled into linears before
     # PT2E, up to 128 cells in all (quantize.recurrent_weights_as_linears), the others' weights counted in the share;
-    # 14: a dynamic program's int8 layers delegated one by one first (lowering.partitioners)
+    # 14: a dynamic program's int8 layers delegated one by one first (lowering.partitioners), and its convolutions
+    # read by a ReLU quantized (quantize.dynamic_convs_before_relu)
     #: Static int8 first; dynamic (linear and convolution weights): the fallback route where activations fail int8
     #: (indices, state) or miss the tolerance.
     alternatives = {"dynamic": {"scheme": "dynamic"}}

@@ -53,6 +53,7 @@ def _float_scalars_quantizer() -> type:
             from buildsys.formats.torch.pt2e import float_values_only
 
             model = super().annotate(model)
+            dynamic_convs_before_relu(model, self.global_config)
             float_values_only(model)  # integer values (position buckets, indices) stay unquantized
             if self.float_nodes is not None:
                 drop_annotations(model, [n for n in model.graph.nodes if self.float_nodes(n)])
@@ -83,6 +84,24 @@ def _float_scalars_quantizer() -> type:
             return model
 
     return FloatScalarsQuantizer
+
+
+def dynamic_convs_before_relu(model: torch.fx.GraphModule, config: Any) -> None:
+    """Under a dynamic config, annotate the convolutions XNNPACKQuantizer skipped because a ReLU reads them.
+
+    Its conv annotator leaves a conv whose one user is a ReLU to the fused `conv_relu` pattern, and that pattern
+    is static-only: under the dynamic scheme every Conv + (BN +) ReLU stayed float (a ResNet block: none of its
+    convolutions int8, the share floor then refuses the program). The conv annotator is run again with the ReLU
+    test switched off; the convolutions it annotated already, and the depthwise and non-2-D ones it declines under
+    a dynamic config, are left as they are. The ReLU stays a float op after the dynamic conv (XNNPACK runs both)."""
+    from unittest import mock
+
+    import executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils as annotators
+
+    if config is None or config.input_activation is None or not config.input_activation.is_dynamic:
+        return
+    with mock.patch.object(annotators, "is_relu_node", lambda node: False):  # only this call's ReLU test
+        annotators._do_annotate_conv(model, config, None)
 
 
 def quantizer(*, per_channel: bool, dynamic: bool, float_nodes: Callable[[Node], bool] | None = None,

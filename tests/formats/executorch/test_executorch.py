@@ -162,6 +162,14 @@ def test_a_dynamic_convolution_over_unfolded_patches_runs(tmp_path: Path) -> Non
     assert quantized_per_call(program), "the dynamic scheme's choose_qparams is what selects the partitioning"
 
 
+def test_the_dynamic_scheme_quantizes_a_conv_a_relu_reads(tmp_path: Path) -> None:
+    """XNNPACKQuantizer leaves Conv + ReLU to a fused pattern its dynamic scheme lacks, so the conv stayed float
+    (every ResNet block); annotated as a dynamic conv, it is int8 and the .pte passes."""
+    metrics, result = _int8_checked("residual", tmp_path, scheme="dynamic")
+    assert metrics["quantized_weights"]["by_kind"]["conv"]["share"] == 1.0, metrics["quantized_weights"]
+    assert metrics["quantized_weights"]["share"] == 1.0 and result["passed"] is True, result
+
+
 def test_integer_values_are_never_quantized(tmp_path: Path) -> None:
     """int64 position buckets (T5, WavLM) are not observed: static int8 calibrates, lowers and passes."""
     metrics, result = _int8_checked("buckets", tmp_path)
