@@ -425,8 +425,8 @@ def linear_attention():
 
 class UnfoldedPatches(nn.Module):
     """MobileViT's unfolding: a conv feature map cut into 2x2 patches by reshape + permute (pixels of a patch
-    position side by side), a 1x1 conv over them, folded back the same way and mixed by a second 1x1 conv. GELU, not
-    ReLU: XNNPACKQuantizer's dynamic scheme has no conv + ReLU pattern and would leave those convs float."""
+    position side by side), a 1x1 conv over them, folded back the same way and mixed by a second 1x1 conv (GELUs:
+    the dynamic Conv + ReLU has its own test model, `residual`)."""
 
     def __init__(self, dim=16):
         super().__init__()

@@ -63,9 +63,10 @@ def partitioners(program: Any) -> list[Any]:
 
     One partitioner alone folds a dynamic layer into whatever delegate surrounds it, and XNNPACK then cannot run
     some of those delegates: a dynamically quantized convolution that reads a permute + reshape (MobileViTv2's
-    unfolded patches, YOLO26's attention) loads, then fails every call with "Propagating input shapes failed:
-    xnn_status_invalid_parameter". Static and float programs hold no `choose_qparams` and are partitioned as
-    before (byte-identical .pte)."""
+    unfolded patches) loads, then fails every call with "Propagating input shapes failed:
+    xnn_status_invalid_parameter"; YOLO26n's dynamic .pte failed every call too, and MambaOut's did not lower
+    ("Weight and Input should both be quantized"). Partitioned this way all three run and pass (docs/coverage.md).
+    Static and float programs hold no `choose_qparams` and are partitioned as before (byte-identical .pte)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackDynamicallyQuantizedPartitioner
 
     from buildsys.formats.executorch.recurrent import control_flow_xnnpack_partitioner
