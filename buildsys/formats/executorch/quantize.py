@@ -220,8 +220,10 @@ def has_recurrent_layers(program: Any) -> bool:
     """Whether the program still holds a recurrent layer op (one the step did not unroll)."""
     import torch
 
+    from buildsys.formats.torch.linear import RECURRENT_KINDS
+
     aten = torch.ops.aten
-    layers = {getattr(aten, kind).input for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")}
+    layers = {getattr(aten, kind).input for kind in RECURRENT_KINDS}
     return any(n.op == "call_function" and n.target in layers for n in program.graph.nodes)
 
 

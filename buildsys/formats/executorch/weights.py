@@ -17,6 +17,7 @@ import math
 from typing import TYPE_CHECKING, Any, Iterable
 
 from buildsys.formats.quantized_weights import WeightTensor, record
+from buildsys.formats.torch.linear import RECURRENT_KINDS
 
 if TYPE_CHECKING:
     import torch
@@ -37,8 +38,8 @@ PASS_THROUGH = ("aten.t", "aten.permute", "aten.transpose", "aten.view", "aten.r
 #: Recurrent ops, whose weights are linear maps (counted as linear): the layers take them as one flat list
 #: (argument 2: per layer and direction w_ih, w_hh and, with biases, b_ih, b_hh), the cells as arguments 2 and 3.
 #: A quantizer with no pattern for them leaves them float, and the share must say so.
-RECURRENT_LAYERS = ("aten.lstm", "aten.gru", "aten.rnn_tanh", "aten.rnn_relu")
-RECURRENT_CELLS = ("aten.lstm_cell", "aten.gru_cell", "aten.rnn_tanh_cell", "aten.rnn_relu_cell")
+RECURRENT_LAYERS = tuple(f"aten.{kind}" for kind in RECURRENT_KINDS)
+RECURRENT_CELLS = tuple(f"aten.{kind}_cell" for kind in RECURRENT_KINDS)
 MEASURED_ON = "the program before lowering (each weight's stored dtype and quantization range)"
 
 

@@ -37,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+#: PyTorch's recurrent layer ops (`aten.<kind>.input`; `_cell` for one step), for every module that finds them.
+RECURRENT_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
 
 def _linear_equivalent(module: "torch.nn.Module") -> "torch.nn.Linear | None":
     """An nn.Linear computing what `module` computes, or None where it is not a linear layer."""
@@ -283,8 +286,8 @@ def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram", max_
     from torch._decomp import get_decompositions
 
     aten = torch.ops.aten
-    layers = [getattr(aten, kind).input for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
-    packed = [getattr(aten, kind).data for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")]
+    layers = [getattr(aten, kind).input for kind in RECURRENT_KINDS]
+    packed = [getattr(aten, kind).data for kind in RECURRENT_KINDS]
     cells = recurrent_cell_decompositions()
     found = [n for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *packed, *cells)]
     unrolled = [n for n in found if n.target not in cells]
