@@ -11,7 +11,7 @@ One temp project holds two models:
 
 Targets cover TFLite fp32 / fp16 / int8 dynamic / full int8 (float I/O) / full int8 (int8 I/O), Core ML
 fp32 / fp16 / int8 linear / palettized, and PyTorch Mobile (.ptl). The project is built once
-(`build -k -j 2`, module-scoped) and every test reads deploy.lock. The TFLite targets pin the onnx2tf route. Core ML cannot execute off macOS:
+(`build -k -j 2`, once per test session) and every test reads deploy.lock. The TFLite targets pin the onnx2tf route. Core ML cannot execute off macOS:
 those checks must say so, and the package's structure must still hold what the format promises.
 """
 
@@ -31,6 +31,7 @@ import pytest
 
 from buildsys.storage.lock import Lock
 from tests.conftest import REPO, TinyProject
+from tests.helpers.shared import built_once
 
 pytestmark = pytest.mark.slow
 
@@ -197,14 +198,23 @@ def build_output(project: TinyProject) -> subprocess.CompletedProcess:
 # --- fixtures --------------------------------------------------------------------------------------
 
 
+def build_mobile_project(root: Path) -> None:
+    """The project built at `root` (`build -k -j 2`), with what the build printed and its exit code kept beside it."""
+    proc = build_output(make_mobile_project(root))
+    (root / "build-output.json").write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout,
+                                                         "stderr": proc.stderr}))
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyProject, subprocess.CompletedProcess, dict]:
+    """The project, its build's output and its lock: one build per test session (tests/helpers/shared.py), read only."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("coremltools")
-    project = make_mobile_project(tmp_path_factory.mktemp("mobile") / "proj")
-    proc = build_output(project)
-    lock = Lock.read(project.root / "deploy.lock").as_dict()
-    return project, proc, lock
+    root = built_once(tmp_path_factory, "mobile-e2e", build_mobile_project)
+    out = json.loads((root / "build-output.json").read_text())
+    proc = subprocess.CompletedProcess(["modelbuild", "build", "-k", "-j", "2"], out["returncode"], out["stdout"],
+                                       out["stderr"])
+    return TinyProject(root, root / "calls.txt"), proc, Lock.read(root / "deploy.lock").as_dict()
 
 
 def check(lock: dict, target: str) -> dict:
