@@ -49,7 +49,10 @@ NOTES = [
     "  litert-torch's PT2E has a quantized LSTM): only the projection head is int8, so they barely shrink",
     "  (0.97-0.98x) and stay within 0.02 of PyTorch. ExecuTorch runs the LSTM as",
     "  a loop (torch scan) whose body XNNPACK takes; unrolled over 160 frames it lowered for over 11 minutes.",
-    "* Core ML is converted and structurally checked only (Linux): \"structure ok, numeric not run\".",
+    "* Core ML off macOS: numbers from the MIL reference interpreter, not Apple's runtime, and the cell says so",
+    "  (\"pass (MIL reference)\"); an older record without it reads \"structure ok, numeric not run\".",
+    "* Each model's heading names the commit and date its record was measured on (`benchmarks/zoo/run.py` writes",
+    "  them); a record without one predates the zoo benchmark.",
 ]
 
 
@@ -86,7 +89,7 @@ def _route(route: list[str] | str | None) -> str:
 def _result(cell: dict[str, Any]) -> str:
     status = cell["status"]
     if status == "passed":
-        return "**pass**"
+        return "**pass** (MIL reference)" if any("MIL reference" in c for c in cell.get("caveats", [])) else "**pass**"
     if status.startswith("structure ok"):
         return "structure ok, numeric not run"
     return "not run" if status == "not run" else "FAIL"
@@ -122,7 +125,10 @@ def render(records: dict[str, dict[str, Any]]) -> str:
     ]
     for model, rec in records.items():
         cells = rec["targets"]
+        measured = rec.get("measured")
         lines += [f"### {model} — {KIND.get(model, '')}", "",
+                  *([f"Measured on commit `{measured['commit']}`, {measured['date']}"
+                     + (f" ({measured['note']})" if measured.get("note") else "") + ".", ""] if measured else []),
                   "| target | result | route | size | vs fp32 | convert s | max abs | min cos | top-1 | dropped routes / failure |",
                   "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
         for target in [t for t in TARGETS if t in cells]:

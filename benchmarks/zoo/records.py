@@ -135,10 +135,17 @@ def _failure(report: Any, nodes: list[str]) -> str | None:
 
 
 def save(model: str, rec: dict[str, Any]) -> Path:
+    """Write (merge) the model's record into results/<model>.json, with the commit and date it was measured on."""
+    import subprocess
+    import time
+
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{model}.json"
     old = json.loads(path.read_text())["targets"] if path.exists() else {}
-    path.write_text(json.dumps({"model": model, "targets": {**old, **rec["targets"]}}, indent=1) + "\n")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ZOO, capture_output=True, text=True).stdout.strip()
+    measured = {"commit": commit or "unknown", "date": time.strftime("%Y-%m-%d")}
+    path.write_text(json.dumps({"model": model, "measured": measured, "targets": {**old, **rec["targets"]}},
+                               indent=1) + "\n")
     return path
 
 
