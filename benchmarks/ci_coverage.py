@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
-import coverage
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]  # benchmarks/coverage/
+import coverage  # noqa: E402  (coverage.py, not benchmarks/coverage/ beside this script)
 
 PACKAGE = re.compile(r".*/(buildsys/.*\.py)$")
 
