@@ -38,7 +38,7 @@ def parse(log: str) -> dict:
     stages: dict[str, int] = {}
     failed: list[str] = []
     tiers: list[dict] = []
-    slowest: list[list] = []
+    slowest: list[list] = []  # of the tier being read: a tier's list ends at its summary line
     coverage = None
     for line in log.splitlines():
         if m := STAGE.match(line):
@@ -46,13 +46,15 @@ def parse(log: str) -> dict:
             if m[3]:
                 failed.append(m[1])
         elif m := SUMMARY.match(line):
-            tiers.append({"summary": m[1], "seconds": float(m[2])})
+            tiers.append({"summary": m[1], "seconds": float(m[2]), "slowest": sorted(slowest, reverse=True)[:30]})
+            slowest = []
         elif m := SLOWEST.match(line):
             slowest.append([float(m[1]), m[2], m[3]])
         elif m := COVERAGE.match(line):
             coverage = float(m[1])
-    slowest.sort(reverse=True)
-    return {"stages": stages, "failed_stages": failed, "tiers": tiers, "slowest": slowest[:30], "coverage": coverage}
+    if slowest:  # a tier stopped before its summary
+        tiers.append({"summary": "stopped", "seconds": None, "slowest": sorted(slowest, reverse=True)[:30]})
+    return {"stages": stages, "failed_stages": failed, "tiers": tiers, "coverage": coverage}
 
 
 def main() -> int:
