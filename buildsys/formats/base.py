@@ -184,6 +184,13 @@ class StepContext(Generic[O]):
         return data.eval_batch(self.model, self.root, prefer=("example", "validation"))
 
 
+#: What coremltools' `_deps` imports only to learn whether it can convert from it, none of which a conversion from
+#: PyTorch uses: TensorFlow (its TF frontend), ExecuTorch (its EDGE-dialect frontend; `import executorch.exir`
+#: alone takes 5 s) and scikit-learn (its sklearn converters). Measured here: importing coremltools took 12.4 s with
+#: TensorFlow blocked and 5.8 s with all three (docs/performance.md, "Cold build").
+COREMLTOOLS_PROBES = ("tensorflow", "executorch", "sklearn")
+
+
 class Step:
     """One conversion from `consumes` to `produces`. Subclasses set the class attributes and `_run`."""
 
@@ -230,9 +237,8 @@ class Step:
     extra: ClassVar[str] = "server"  # pip extra that installs `packages`
     toolchain: ClassVar[str] = "torch"  # worker group: steps of one toolchain share a worker
     #: Packages this step's worker treats as not installed, because a package it uses imports them only to
-    #: probe for them (coremltools' `_deps` imports TensorFlow, ~11 s, to learn whether it can convert
-    #: TensorFlow models; from PyTorch it never needs it). The worker of a toolchain blocks the union of its
-    #: steps' (running.worker); measured in docs/performance.md, "Cold build".
+    #: probe for them (`COREMLTOOLS_PROBES`). The worker of a toolchain blocks the union of its steps'
+    #: (running.worker); measured in docs/performance.md, "Cold build".
     unused_imports: ClassVar[tuple[str, ...]] = ()
     #: Whether its worker needs a GPU (a Dask worker must declare the `gpu` resource: running.dask).
     gpu: ClassVar[bool] = False

@@ -533,6 +533,9 @@ KINDS: dict[str, dict[str, Any]] = {
                "outputs": [{"name": "y", "kind": "values"}], "classes": 0},
     "lstm": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 20, 6]}],
              "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
+    # Six frames: the cells an int8 step unrolls, and its lowering time, grow with the frames.
+    "lstm-short": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 6, 6]}],
+                   "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
     # One layer over 130 frames: just past the int8 steps' unrolling bounds (128 steps, 128 cells), and no
     # bigger: converting the unrolled layer costs time in proportion to its cells.
     "lstm-long": {"factory": "lstm_one_layer", "inputs": [{"name": "frames", "shape": ["batch", 130, 6]}],

@@ -197,8 +197,8 @@ def test_both_int8_schemes_quantize_recurrent_cells(tmp_path: Path) -> None:
 def test_an_lstm_is_lowered_as_a_loop_in_fp32_and_unrolled_into_int8_linears(tmp_path: Path) -> None:
     """torch.export keeps nn.LSTM as one aten.lstm node; unrolled, a 3-layer LSTM over 160 frames took
     over 11 minutes to lower. As a scan loop the program's size does not grow with the frames. int8 unrolls it
-    (20 frames, within the bound), since no quantizer reads the weights of aten.lstm: they ship int8."""
-    lstm = make_model(tmp_path / "p", "lstm")
+    (6 frames x 2 layers, within the bound), since no quantizer reads the weights of aten.lstm: they ship int8."""
+    lstm = make_model(tmp_path / "p", "lstm-short")
     lstm.run("pt2-from-pytorch", tmp_path / "pt2")
     pt2 = tmp_path / "pt2/model.pt2"
     fp32 = lstm.run("executorch-from-pt2", tmp_path / "fp32", input_path=pt2)
