@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.models import Tiny, make_model
+from tests.helpers.shared import SHARED_REMOTE_MARKERS, shared_remote
 
 #: The tests root (this directory: the tree of tests that mirrors buildsys/, and the shared helpers, models,
 #: plugins and data beside it) and the repository root. A test computes its paths from these, never from its
@@ -178,6 +180,32 @@ def make_tiny_project(root: Path, deploy: str = DEPLOY) -> TinyProject:
     project = TinyProject(root, root / "calls.txt")
     project.write(textwrap.dedent(deploy))
     return project
+
+
+# --- the end-to-end tiers share one remote cache per session (tests/helpers/shared.py) ---
+
+def _builds_through_shared_remote(node: pytest.Item | pytest.Collector) -> bool:
+    return any(node.get_closest_marker(m) for m in SHARED_REMOTE_MARKERS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_remote_for_module(request: pytest.FixtureRequest,
+                              tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A module marked as a whole (pytestmark): its module-scoped builds share the cache too."""
+    if not _builds_through_shared_remote(request.node):
+        yield
+        return
+    with shared_remote(tmp_path_factory):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _shared_remote_for_test(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    if not _builds_through_shared_remote(request.node):
+        yield
+        return
+    with shared_remote(tmp_path_factory):
+        yield
 
 
 # Tiny real models for in-process step tests (tests/helpers/models.py), one per test module.

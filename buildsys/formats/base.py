@@ -184,11 +184,11 @@ class StepContext(Generic[O]):
         return data.eval_batch(self.model, self.root, prefer=("example", "validation"))
 
 
-#: What coremltools' `_deps` imports only to learn whether it can convert from it, none of which a conversion from
-#: PyTorch uses: TensorFlow (its TF frontend), ExecuTorch (its EDGE-dialect frontend; `import executorch.exir`
-#: alone takes 5 s) and scikit-learn (its sklearn converters). Measured here: importing coremltools took 12.4 s with
-#: TensorFlow blocked and 5.8 s with all three (docs/performance.md, "Cold build").
-COREMLTOOLS_PROBES = ("tensorflow", "executorch", "sklearn")
+#: What coremltools' `_deps` imports only to learn whether it can convert from it, neither of which a conversion
+#: from PyTorch uses: TensorFlow (its TF frontend) and ExecuTorch (its EDGE-dialect frontend). Measured here,
+#: importing coremltools with its torch frontend and optimize.coreml: 8.1 s with TensorFlow blocked, 6.1 s with
+#: both (docs/performance.md, "Cold build"). scikit-learn stays: palettization's k-means uses it.
+COREMLTOOLS_PROBES = ("tensorflow", "executorch")
 
 
 class Step:

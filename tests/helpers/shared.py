@@ -1,5 +1,11 @@
 """Builds that several tests read, made once per test session and shared by every pytest-xdist worker.
 
+Two ways, both through modelbuild's own content-addressed store:
+- `shared_remote`: the end-to-end tiers (`slow`, `zoo`) build with one file:// remote cache per test session
+  (storage/remote.py, the same cache a team shares), so a node that another test already built with the same key
+  (the same model, data, options and upstream artifacts) is pulled and checked, not built again.
+- `built_once`, for a project that many tests read as it is:
+
 A module-scoped fixture builds once per worker that runs one of its tests, and `--dist worksteal` spreads a
 module's tests over both workers: an end-to-end project was built twice, sometimes three times, per session.
 `built_once` builds it once per session: the first worker to ask builds it under a file lock in the
@@ -10,8 +16,10 @@ modelbuild (every node is keyed by content), so a build there is a no-op, not a 
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +32,28 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The temp directory every worker of this session shares (under xdist each worker's base is a child of it)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if base.name.startswith("popen-gw") else base
+
+
+#: The markers of the tests that build through the session's shared remote cache: the end-to-end tiers, whose
+#: tests build the same small models through the same steps many times over. The fast tier tests the build's own
+#: mechanics (what ran, what was cached, what a build printed) and builds without it.
+SHARED_REMOTE_MARKERS = ("slow", "zoo")
+REMOTE_ENV = "MODELBUILD_REMOTE"
+
+
+@contextmanager
+def shared_remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Build with the session's shared file:// remote cache while inside, unless a remote is configured
+    already (`MODELBUILD_REMOTE`, 'off' included). A test that sets or clears it itself (the remote cache's
+    and Dask's tests) overrides this for its own duration, as monkeypatch does."""
+    if REMOTE_ENV in os.environ:
+        yield
+        return
+    remote = session_dir(tmp_path_factory) / "remote-cache"
+    remote.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(REMOTE_ENV, remote.as_uri())
+        yield
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
