@@ -96,7 +96,7 @@ class Cell(nn.Module):
 
 
 class Lstm(nn.Module):
-    """A batch-first LSTM encoder (2 layers by default) over 20 frames, like a keyword spotter's."""
+    """A batch-first LSTM encoder (2 layers by default) over a few frames, like a keyword spotter's."""
 
     def __init__(self, layers: int = 2):
         super().__init__()
