@@ -184,28 +184,25 @@ def make_tiny_project(root: Path, deploy: str = DEPLOY) -> TinyProject:
 
 # --- the end-to-end tiers share one remote cache per session (tests/helpers/shared.py) ---
 
-def _builds_through_shared_remote(node: pytest.Item | pytest.Collector) -> bool:
-    return any(node.get_closest_marker(m) for m in SHARED_REMOTE_MARKERS)
+def _shared_remote_if_marked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Inside: the session's shared remote cache, where the requesting test or module is marked `slow` or `zoo`."""
+    if any(request.node.get_closest_marker(m) for m in SHARED_REMOTE_MARKERS):
+        with shared_remote(tmp_path_factory):
+            yield
+    else:
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _shared_remote_for_module(request: pytest.FixtureRequest,
                               tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A module marked as a whole (pytestmark): its module-scoped builds share the cache too."""
-    if not _builds_through_shared_remote(request.node):
-        yield
-        return
-    with shared_remote(tmp_path_factory):
-        yield
+    yield from _shared_remote_if_marked(request, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
 def _shared_remote_for_test(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    if not _builds_through_shared_remote(request.node):
-        yield
-        return
-    with shared_remote(tmp_path_factory):
-        yield
+    yield from _shared_remote_if_marked(request, tmp_path_factory)
 
 
 # Tiny real models for in-process step tests (tests/helpers/models.py), one per test module.
