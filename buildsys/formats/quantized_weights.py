@@ -1,23 +1,24 @@
-"""What share of a model's weights a quantized artifact holds in the precision that was asked, and its floor.
+"""What share of a model's weights a quantized artifact holds in the precision that was asked, its weight bytes
+against the ideal for that precision, and the floor it is held to.
 
 Every quantizing step measures its own output (docs/quantization.md#what-was-asked-is-what-ships): an
 inspector of its format family lists the artifact's *weight layers* — each constant tensor read as the weight
-of a linear, convolution or embedding op — with the element type the artifact stores it in
+of a linear, convolution, recurrent or embedding op — with the element type the artifact stores it in
 (`WeightTensor`), and `record` turns that list into the `quantized_weights` fact the step commits to
 deploy.lock. The target's check compares the record's share with a floor per precision (`FLOORS`, or the
-target's `acceptance.min_quantized_share`) and, below it, fails naming the layers that stayed wider.
+target's `acceptance.min_quantized_share`) and, below it, fails naming the layers that stayed wider and why.
 
-What the share counts (its denominator): linear and convolution weights, by element count, each tensor once
-(a weight two ops share, such as a tied embedding and output head, counts once, under the linear kind).
-What it leaves out, listed by name in the record: embedding tables (kind `embedding`, conventionally kept
-float by LLM quantizers; counted in `by_kind` when they are quantized, never against the share), the
-layers the target or an accuracy-repair recipe deliberately keeps float (`keep_float`, matched by any of a
-layer's names: its weight, its op's node name, its module path or a prefix of it), float layers under a
-quantizer's own size threshold (Core ML's `weight_threshold`: tensors too small to be worth compressing), the
-layers a quantizer's accuracy control reverted to float to hold the accuracy drop the target allows (NNCF's
-`max_accuracy_drop`: `accuracy_control`),
-and everything that is not a weight layer: biases, norms' scales, the KV cache (an input of the program,
-never a constant).
+The share counts **every weight**, by element count, each tensor once (a weight two ops share, such as a tied
+embedding and output head, counts once, under the linear kind): the layers an accuracy repair or the target
+keeps float, embedding tables, layers under a quantizer's own size threshold (Core ML's `weight_threshold`),
+layers a quantizer's accuracy control reverted (NNCF's `max_accuracy_drop`) and layers of a kind the quantizer
+skipped all count against it, because all of them are in the file the user ships. The record says *why* each
+wider layer is wider (`why_wider`: kept_float, embedding, below_threshold, accuracy_control, not_quantized),
+and `of_quantizable` keeps the share over the layers the quantizer was asked to take (linear and convolution
+weights not kept float on purpose): 100 % there and 40 % overall is a repair or an embedding table, not a
+quantizer that skipped a layer kind. Bytes are counted too: the weights' bytes by stored type, and their
+ratio to the ideal (every weight at the asked precision: elements × 1 byte for int8, ½ for int4).
+Not weights: biases, norms' scales, the KV cache (an input of the program, never a constant).
 
 Standard library only: the planner and the check import it; the inspectors (formats/*/weights.py) import
 their toolchains inside their functions and this module for the record.
@@ -25,24 +26,35 @@ their toolchains inside their functions and this module for the record.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+#: The version of what a record counts and how: it enters the key of every step that commits one (planning/planner.py),
+#: so a change here re-measures their artifacts. 2: every weight counts against the share (embeddings, kept layers,
+#: recurrent layers' matrices); weight bytes against the ideal; why each wider layer is wider.
+VERSION = 2
 #: Bits of the integer element types a weight may be stored in, by the label the inspectors give them.
 BITS = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "nf4": 4, "int2": 2, "uint2": 2,
         "lut8": 8, "lut6": 6, "lut4": 4, "lut3": 3, "lut2": 2, "lut1": 1}
 #: The widest element a weight may have to count as being in the asked precision.
 ASKED_BITS = {"int8": 8, "int4": 4}
-#: The share of counted weights (linear and convolution) that must be at the asked precision or narrower.
-#: int8: every post-training quantizer here quantizes every linear and convolution layer it recognises;
-#: a model under 90 % has a layer kind its quantizer skipped (GPT-2's Conv1D before it was recognised:
-#: 1.5 %), or weights below a size threshold that dominate a tiny model. int4: grouped int4 schemes keep
-#: a layer whose width no group divides, and NNCF keeps the output head at int8 by default (its backup
-#: precision); measured on the tests' tiny LMs: 80-100 %, so 0.75 leaves room for the head and catches
-#: a scheme that left half of the model at int8. fp32 and fp16 targets have no floor.
-FLOORS: dict[str, float] = {"int8": 0.9, "int4": 0.75}
-#: Layer kinds counted against the share; the others are listed and left out of the denominator.
+#: The share of all weights (by element count) that must be at the asked precision or narrower, unless the
+#: target sets `acceptance.min_quantized_share`. int8: three quarters of the weights in int8 with the rest in
+#: float32 is 1.75× the int8 ideal size and still 2.3× smaller than float32; below it the artifact is nearer a
+#: float model than the int8 one asked for (a MobileNetV3-Small whose repair kept its classifier float: 14 %; a
+#: BERT-style encoder with a float embedding table: 29 %), and the check refuses it, naming the layers. A
+#: target that wants such an artifact lowers the floor and the summary shows the share. int4: grouped int4
+#: schemes keep a layer whose width no group divides, and NNCF keeps the output head and embeddings at int8
+#: (its backup precision): 0.5 still catches a scheme that left most of the model at int8. fp32 and fp16 have
+#: no floor.
+FLOORS: dict[str, float] = {"int8": 0.75, "int4": 0.5}
+#: The layer kinds a quantizer is asked to take (`of_quantizable`); every kind counts against the share.
 COUNTED = ("linear", "conv")
+#: Why a weight layer is wider than asked, in the order a record lists them.
+WHY_WIDER = ("kept_float", "accuracy_control", "embedding", "below_threshold", "not_quantized")
+#: Bits per element of the floating-point types a weight may be stored in.
+FLOAT_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "float8": 8}
 #: Names a record lists in full; beyond this many, the count of the rest.
 SHOWN = 24
 
@@ -56,11 +68,18 @@ class WeightTensor:
     elements: int
     dtype: str  # as stored: 'int8', 'uint4', 'lut4' (a 16-entry palette), 'float16', 'float32'
     aliases: tuple[str, ...] = ()  # other names it goes by: its op's node name, its module path
+    shown: str = ""  # the name a user recognises, where `name` is one the exporter made up (ONNX's onnx::MatMul_114)
 
     @property
     def bits(self) -> int | None:
         """Bits per element of an integer (or palettized) weight; None for a floating-point one."""
         return BITS.get(self.dtype)
+
+    @property
+    def nbytes(self) -> float:
+        """Bytes its elements take as stored (a palette's entries and a quantizer's scales not counted)."""
+        width = self.bits or FLOAT_BITS.get(self.dtype) or int("".join(c for c in self.dtype if c.isdigit()) or 32)
+        return self.elements * width / 8
 
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
@@ -103,49 +122,61 @@ def _kept(weight: WeightTensor, kept: Iterable[str]) -> bool:
 def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: Iterable[str] = (),
            small: int = 0, reverted: bool = False) -> dict[str, Any]:
     """The `quantized_weights` fact of an artifact at precision `asked` ('int8', 'int4'), from its weight
-    layers: the share of counted elements at `asked` or narrower, by kind and by stored type, the layers that
-    stayed wider (name → type), and those left out of the share: embeddings, the layers `kept` float by
-    keep_float, float layers with fewer than `small` elements where the quantizer skips such by its
-    own size threshold (Core ML's weight_threshold), and, with `reverted`, every float layer: the quantizer's
-    accuracy control put them back to float to hold the accuracy the target asked for (NNCF's
-    `max_accuracy_drop`), a choice as deliberate as keep_float."""
+    layers: the share of all weight elements at `asked` or narrower, by kind and by stored type; the weight
+    bytes by stored type and their ratio to the ideal; the layers that stayed wider (name → type) and why
+    (`why_wider`): `kept` float by keep_float or a repair, reverted by the quantizer's accuracy control (with
+    `reverted`: every float linear or convolution, NNCF's `max_accuracy_drop` put them back), embedding tables,
+    float layers with fewer than `small` elements where the quantizer skips such by its own size threshold
+    (Core ML's weight_threshold), and the rest (`not_quantized`: a layer kind the quantizer skipped)."""
     weights = list(weights)
     limit = ASKED_BITS.get(asked, 8)
     kept = [str(k) for k in kept]
-    reverted_names = {w.name for w in weights if reverted and w.kind in COUNTED and (w.bits or 99) > limit}
     seen: set[str] = set()
-    total = _Tally()
+    total, quantizable = _Tally(), _Tally()
     by_kind: dict[str, _Tally] = {}
     by_dtype: dict[str, int] = {}
+    bytes_by_dtype: dict[str, float] = {}
     wider: dict[str, str] = {}
-    left_out: dict[str, list[str]] = {}
+    why_wider: dict[str, list[WeightTensor]] = {}
     for w in weights:
         if w.name in seen:
             continue
         seen.add(w.name)
         at_asked = w.bits is not None and w.bits <= limit
+        total.add(w, at_asked)
         by_kind.setdefault(w.kind, _Tally()).add(w, at_asked)
         by_dtype[w.dtype] = by_dtype.get(w.dtype, 0) + w.elements
-        reason = ("accuracy_control" if w.name in reverted_names else "kept_float" if _kept(w, kept)
-                  else w.kind if w.kind not in COUNTED else "below_threshold" if not at_asked and w.elements < small
-                  else None)
-        if reason:
-            left_out.setdefault(reason, []).append(w.name)
+        bytes_by_dtype[w.dtype] = bytes_by_dtype.get(w.dtype, 0.0) + w.nbytes
+        reverted_here = reverted and w.kind in COUNTED and not at_asked
+        deliberate = reverted_here or _kept(w, kept) or (not at_asked and w.elements < small)
+        if w.kind in COUNTED and not deliberate:
+            quantizable.add(w, at_asked)
+        if at_asked:
             continue
-        total.add(w, at_asked)
-        if not at_asked:
-            wider[w.name] = w.dtype
+        wider[w.shown or w.name] = w.dtype
+        reason = ("kept_float" if _kept(w, kept) else "accuracy_control" if reverted_here
+                  else "embedding" if w.kind not in COUNTED else "below_threshold" if w.elements < small
+                  else "not_quantized")
+        why_wider.setdefault(reason, []).append(w)
+    weight_bytes = round(sum(bytes_by_dtype.values()))
+    ideal = total.counted * limit / 8
     out: dict[str, Any] = {
         "asked": asked, "measured_on": measured_on, "quantized": total.quantized, "elements": total.counted,
         "share": round(total.quantized / total.counted, 4) if total.counted else None,
+        "of_quantizable": round(quantizable.quantized / quantizable.counted, 4) if quantizable.counted else None,
+        "weight_bytes": weight_bytes, "ideal_bytes": round(ideal),
+        "size_ratio": round(weight_bytes / ideal, 3) if ideal else None,
         "by_kind": {k: t.as_dict() for k, t in sorted(by_kind.items())},
         "by_dtype": dict(sorted(by_dtype.items())),
+        "bytes_by_dtype": {k: round(v) for k, v in sorted(bytes_by_dtype.items())},
         "wider": dict(list(wider.items())[:SHOWN]),
     }
     if len(wider) > SHOWN:
         out["wider_more"] = len(wider) - SHOWN
-    if left_out:
-        out["left_out"] = {why: names[:SHOWN] for why, names in sorted(left_out.items())}
+    if why_wider:
+        out["why_wider"] = {why: {"layers": len(why_wider[why]), "elements": sum(w.elements for w in why_wider[why]),
+                                  "names": [w.shown or w.name for w in why_wider[why][:SHOWN]]}
+                            for why in WHY_WIDER if why in why_wider}
     return out
 
 
@@ -154,30 +185,71 @@ def floor_of(precision: str) -> float | None:
     return FLOORS.get(precision)
 
 
-def shortfall(fact: dict[str, Any] | None, floor: float | None) -> str | None:
-    """Why an artifact whose `quantized_weights` fact is `fact` misses `floor`, naming the layers that stayed
-    wider; None when it meets it (or there is no floor, or nothing to count)."""
+#: Why a layer is wider, in words, and what would bring it to the asked precision.
+REASONS: dict[str, tuple[str, str]] = {
+    "kept_float": ("kept float by the accuracy repair or keep_float",
+                   "they are what the target's tolerance costs: allow more error ({tolerance}) or calibrate on data "
+                   "closer to the evaluation set, and fewer stay float"),
+    "accuracy_control": ("reverted to float by the quantizer's accuracy control",
+                         "allow a larger max_accuracy_drop, and fewer are reverted"),
+    "embedding": ("embedding tables the format stores float",
+                  "a format with a quantized lookup stores them int8; keep them float on purpose with keep_float "
+                  "and a lower floor"),
+    "below_threshold": ("below the quantizer's size threshold", "lower the step's weight_threshold"),
+    "not_quantized": ("of a kind the quantizer skipped", "a rewrite to a layer kind it quantizes (docs/rewrites.md)"),
+}
+
+
+def shortfall(fact: dict[str, Any] | None, floor: float | None, tolerance: str = "") -> str | None:
+    """Why an artifact whose `quantized_weights` fact is `fact` misses `floor`: the layers that stayed wider,
+    grouped by why, with their share of the weights and what would bring each group to the asked precision
+    (`tolerance`: the target's limits in words, for the layers a repair kept); None when it meets the floor (or
+    there is no floor, or nothing to count)."""
     if floor is None or not fact or fact.get("share") is None:
         return None
     share = float(fact["share"])
     if share >= floor:
         return None
-    wider = fact.get("wider") or {}
-    named = ", ".join(f"{name} ({dtype})" for name, dtype in wider.items())
-    more = f" and {fact['wider_more']} more" if fact.get("wider_more") else ""
+    elements = max(int(fact.get("elements") or 0), 1)
+    groups = []
+    for why, group in (fact.get("why_wider") or {}).items():
+        words, remedy = REASONS.get(why, (why.replace("_", " "), ""))
+        names = ", ".join(group["names"]) + (f" and {group['layers'] - len(group['names'])} more"
+                                              if group["layers"] > len(group["names"]) else "")
+        groups.append(f"{group['elements'] / elements:.1%} {words} ({group['layers']} layer(s): {names}; "
+                      f"{remedy.format(tolerance=tolerance or 'the target acceptance')})")
+    if not groups:  # a record from before `why_wider`: the wider layers by name
+        groups = [", ".join(f"{name} ({dtype})" for name, dtype in (fact.get("wider") or {}).items())]
+    size = f", {fact['size_ratio']:.2f}× the {fact.get('asked')} size" if fact.get("size_ratio") else ""
     return (f"only {share:.1%} of the weights are {fact.get('asked')} (floor {floor:.0%}, min_quantized_share; "
-            f"measured on {fact.get('measured_on')}): {len(wider) + int(fact.get('wider_more') or 0)} layer(s) "
-            f"stayed wider: {named}{more}. Their layer kind is one the quantizer skipped, or they are below its "
-            "size threshold; keep them float on purpose with keep_float, or set acceptance.min_quantized_share")
+            f"measured on {fact.get('measured_on')}{size}): " + "; ".join(groups)
+            + f". To ship this artifact as it is, set acceptance.min_quantized_share: {math.floor(share * 100) / 100:g} "
+            "on the target: the summary then shows the share it holds")
+
+
+#: A quantizing step's scheme (its committed `scheme` or `method` fact, or the first words of its description) →
+#: what the artifact's activations are: 'dynamic' (int8 weights, activations quantized per call: a CPU kernel, not
+#: an NPU or DSP delegate) or 'float' (weight-only: int8 weights widened at load, float compute). Static schemes
+#: (full int8, QAT, keep-float over full int8) have int8 activations and no label.
+ACTIVATIONS = {"dynamic": "dynamic", "8da4w": "dynamic", "weight-only": "float", "weight only": "float"}
+
+
+def activations(facts: dict[str, Any] | None) -> str | None:
+    """'dynamic' or 'float' where a quantizing step's facts say its activations are not int8 (see ACTIVATIONS);
+    None for int8 activations or a step that names no scheme."""
+    scheme = str((facts or {}).get("scheme") or (facts or {}).get("method") or "").lower()
+    return next((words for key, words in ACTIVATIONS.items() if scheme.startswith(key)), None)
 
 
 def describe(fact: dict[str, Any] | None) -> str | None:
-    """The fact in a few words, for `explain`, the summary and the model card: '97% of weights int8 (…)'."""
+    """The fact in a few words, for `explain`, the summary and the model card: '72% of the weights int8 (1.6×
+    the int8 size; linear 100%, conv 100%; wider: embedding 28%; measured on …)'."""
     if not fact or fact.get("share") is None:
         return None
-    kinds = ", ".join(f"{kind} {t['share']:.0%}" for kind, t in fact.get("by_kind", {}).items()
-                      if kind in COUNTED and "share" in t)
-    left = fact.get("left_out") or {}
-    out = "; ".join(f"{why.replace('_', ' ')} left out: {len(names)}" for why, names in left.items())
-    return (f"{fact['share']:.0%} of the weights {fact.get('asked')} ({kinds}; measured on {fact.get('measured_on')})"
-            + (f"; {out}" if out else ""))
+    kinds = ", ".join(f"{kind} {t['share']:.0%}" for kind, t in fact.get("by_kind", {}).items() if "share" in t)
+    elements = max(int(fact.get("elements") or 0), 1)
+    wider = ", ".join(f"{why.replace('_', ' ')} {group['elements'] / elements:.0%}"
+                      for why, group in (fact.get("why_wider") or {}).items())
+    size = f"{fact['size_ratio']:.2f}× the {fact.get('asked')} size; " if fact.get("size_ratio") else ""
+    return (f"{fact['share']:.0%} of the weights {fact.get('asked')} ({size}{kinds}"
+            + (f"; wider: {wider}" if wider else "") + f"; measured on {fact.get('measured_on')})")

@@ -376,9 +376,20 @@ def _quantized_share(ctx: StepContext, floor: float | None) -> tuple[dict[str, A
     fact = ctx.extra.get("quantized_weights")
     if not fact or fact.get("share") is None:
         return None, None
-    short = shortfall(fact, floor)
-    return {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
-            "measured_on": fact.get("measured_on")}, short
+    short = shortfall(fact, floor, _tolerance_words(ctx.options.outputs))
+    found = {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
+             "measured_on": fact.get("measured_on")}
+    found.update({k: fact[k] for k in ("size_ratio", "activations") if fact.get(k) is not None})  # bytes vs ideal
+    return found, short
+
+
+def _tolerance_words(outputs: dict[str, Any]) -> str:
+    """The limits of a check's outputs in words, for what a repair's kept layers cost: 'logits: max_rel 0.05'."""
+    def limits(values: Any) -> str:
+        items = values.model_dump() if hasattr(values, "model_dump") else dict(values)
+        return ", ".join(f"{k} {v:g}" for k, v in items.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    return "; ".join(f"{name}: {limits(values)}" for name, values in outputs.items() if limits(values))
 
 
 def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:

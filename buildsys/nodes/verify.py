@@ -100,7 +100,7 @@ class CheckOptions(StepOptions):
     serving: bool = Field(default=False, description="Also run the artifact in its format's serving runtime.")
     accept_stand_in: bool = Field(default=False, description="require_numeric counts a stand-in's numbers as numeric.")
     min_quantized_share: Optional[float] = Field(
-        default=None, description="Smallest share of the counted weights the artifact must hold in its precision "
+        default=None, description="Smallest share of all its weights the artifact must hold in its precision "
         "(formats/quantized_weights.py); None: not checked.")
     default_limits: dict[str, list[str]] = Field(
         default_factory=dict, description="Per output, the limits that are the precision's defaults (not written by "

@@ -18,6 +18,7 @@ from buildsys.config.load import LoadedConfig
 from buildsys.errors import ConfigError
 from buildsys.formats import get_step
 from buildsys.formats.base import Step, delivered
+from buildsys.formats.quantized_weights import VERSION as QUANTIZED_WEIGHTS_VERSION, activations
 from buildsys.lowering.decompose import VERSION as DECOMPOSE_VERSION
 from buildsys.planning.kinds import ArtifactKind, kind_of
 from buildsys.planning.node import Node
@@ -142,6 +143,8 @@ class Planner:
         comp: dict[str, Any] = {"step": step.name, "step_version": step.version, "options": node.options}
         if node.options.get("decompose") is not None:  # (only then: the keys of other steps stay as they were)
             comp["decompose_version"] = DECOMPOSE_VERSION
+        if "quantized_weights" in step.committed_metrics:  # a fact formats/quantized_weights.py measures: its rules
+            comp["quantized_weights_version"] = QUANTIZED_WEIGHTS_VERSION
         if node.source_format:
             inputs.update(self.source_inputs(node.model))
             packages += self.source_packages(node.model)  # the weights' package, transformers, …
@@ -164,6 +167,9 @@ class Planner:
             comp["caveats"] = self.chain_caveats(node.deps[0])
         if kind.judges and self.chain_fact(node.deps[0], "quantized_weights"):  # judged against its floor
             comp["quantized_weights"] = self.chain_fact(node.deps[0], "quantized_weights")
+            scheme = activations({k: self.chain_fact(node.deps[0], k) for k in ("scheme", "method")})
+            if scheme:  # int8 weights with activations that are not: the check's record says so
+                comp["quantized_weights"] = {**comp["quantized_weights"], "activations": scheme}
         device = step.host_components(node.options)
         if device:  # what the output is only valid for (a TensorRT engine: GPU model, TensorRT)
             comp["device"] = device

@@ -166,8 +166,11 @@ def markdown(data: dict[str, Any]) -> str:
     share = ver.get("quantized_weights")
     if share:
         floor = f"allowed >= {share['allowed']:.0%}" if isinstance(share.get("allowed"), (int, float)) else "no floor"
-        lines.append(f"\nWeights in {share.get('asked')}: {share['observed']:.1%} of the linear and convolution weights "
-                     f"({floor}): {'ok' if share.get('ok', True) else 'MISS'}.")
+        size = (f", {share['size_ratio']:.2f}× the {share.get('asked')} size"
+                if isinstance(share.get("size_ratio"), (int, float)) else "")
+        size += f", {share['activations']} activations" if share.get("activations") else ""
+        lines.append(f"\nWeights in {share.get('asked')}: {share['observed']:.1%} of all weights ({floor}{size}): "
+                     f"{'ok' if share.get('ok', True) else 'MISS'}.")
     if data["latency"]:
         lat = data["latency"]
         lines += ["", "## Latency", "", f"{lat['runtime']}, batch {lat['batch']}: p50 {_plain(lat['p50_ms'])} ms, "

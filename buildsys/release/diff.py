@@ -20,9 +20,10 @@ from buildsys.errors import ModelbuildError
 from buildsys.status import Verdict
 from buildsys.release.facts import TargetFacts
 
-#: Regression thresholds: size and latency in percent of the old value, accuracy and agreement in
-#: percentage points, max_abs in percent (unset: an error change alone is no regression).
-THRESHOLDS: dict[str, float | None] = {"size": 5.0, "accuracy": 0.5, "agreement": 0.5, "latency": 10.0, "max_abs": None}
+#: Regression thresholds: size and latency in percent of the old value, accuracy, agreement and the share of weights
+#: in the asked precision in percentage points, max_abs in percent (unset: an error change alone is no regression).
+THRESHOLDS: dict[str, float | None] = {"size": 5.0, "accuracy": 0.5, "agreement": 0.5, "latency": 10.0, "max_abs": None,
+                                       "weights": 1.0}
 WORKING, HEAD = "working tree", "HEAD"
 
 
@@ -206,6 +207,9 @@ def _changes(old: TargetFacts, new: TargetFacts, limits: dict[str, float | None]
         if key in a and key in b and abs(b[key] - a[key]) > 1e-12:
             drop = 100.0 * (a[key] - b[key])
             changes.append(Change(name, a[key], b[key], f"{-drop:+.2f} pp", _over(drop, limits[name])))
+    if "weights" in a and "weights" in b and abs(b["weights"] - a["weights"]) > 1e-9:  # share in the asked precision
+        drop = 100.0 * (a["weights"] - b["weights"])
+        changes.append(Change("weights", a["weights"], b["weights"], f"{-drop:+.1f} pp", _over(drop, limits["weights"])))
     if "max_abs" in a and "max_abs" in b and a["max_abs"] != b["max_abs"]:
         grow = 100.0 * (b["max_abs"] - a["max_abs"]) / a["max_abs"] if a["max_abs"] else float("inf")
         changes.append(Change("max_abs", a["max_abs"], b["max_abs"], _pct(grow), _over(grow, limits["max_abs"])))

@@ -8,8 +8,8 @@ from typing import Any
 
 from buildsys.release.diff import Change, Diff, TargetDiff
 
-NUMBERS = (("size", "size"), ("accuracy", "accuracy"), ("agreement", "agreement"), ("max_abs", "max abs err"),
-           ("latency_p50_ms", "p50 latency"))
+NUMBERS = (("size", "size"), ("weights", "weights"), ("accuracy", "accuracy"), ("agreement", "agreement"),
+           ("max_abs", "max abs err"), ("latency_p50_ms", "p50 latency"))
 
 
 def value(name: str, v: Any) -> str:
@@ -17,7 +17,7 @@ def value(name: str, v: Any) -> str:
         return "—"
     if name == "size" and isinstance(v, (int, float)):
         return f"{v:.0f} B" if v < 1000 else f"{v / 1e3:.1f} KB" if v < 1e6 else f"{v / 1e6:.2f} MB"
-    if name in ("accuracy", "agreement") and isinstance(v, float):
+    if name in ("accuracy", "agreement", "weights") and isinstance(v, float):
         return f"{v:.2%}"
     if name == "latency_p50_ms" and isinstance(v, (int, float)):
         return f"{v:.4g} ms"

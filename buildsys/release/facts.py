@@ -64,6 +64,9 @@ class TargetFacts:
                     drop, out["accuracy"] = loss, seen["accuracy"]
                     if isinstance(reference, (int, float)):
                         out["reference_accuracy"] = reference
+        share = (self.check.get("quantized_weights") or {}).get("observed")
+        if isinstance(share, (int, float)):  # the share of all weights in the asked precision
+            out["weights"] = share
         art = self.bench.get("artifact") or {}
         for name in ("p50_ms", "p95_ms"):
             if isinstance(art.get(name), (int, float)):

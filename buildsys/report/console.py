@@ -227,7 +227,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
             if row.get("reference_accuracy") is not None:
                 acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
         table.add_row(row["target"], row["format"], _size(row["size"]) if row["size"] else "—",
-                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", _share(row.get("quantized_weights")),
+                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", weights_cell(row.get("quantized_weights")),
                       f"[{style}]{row['check']}[/]", acc,
                       f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
                       _num(row["max_abs"]) if "max_abs" in row else "")
@@ -251,12 +251,17 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
                       f"{trade_off(drop)}", style="yellow", markup=False, highlight=False)
 
 
-def _share(weights: dict[str, Any] | None) -> str:
-    """The share of weights in the target's precision, as the summary's weights column shows it: '97% int8'
-    (red below its floor); '' for a float target."""
+def weights_cell(weights: dict[str, Any] | None) -> str:
+    """The share of all weights in the target's precision, as the summary's weights column shows it: '97% int8',
+    '72% int8 1.8×' (weight bytes against the int8 ideal, shown from 1.3×), '100% int8, float act.' (int8
+    weights, activations not int8: dynamic or weight-only schemes), red below its floor; '' for a float target."""
     if not weights or weights.get("observed") is None:
         return ""
     text = f"{weights['observed']:.0%} {weights.get('asked') or ''}".strip()
+    if (weights.get("size_ratio") or 0) >= 1.3:
+        text += f" {weights['size_ratio']:.1f}×"
+    if weights.get("activations"):
+        text += f", {weights['activations']} act."
     return text if weights.get("ok", True) else f"[red]{text}[/]"
 
 

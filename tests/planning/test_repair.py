@@ -97,6 +97,13 @@ NARROW = ("narrow: {model: vit, format: onnx, precision: int8, routes: [[onnx]],
           "options: {onnx: {dynamo: false}, onnx-int8: {method: static}}}\n")
 #: OpenVINO int8 by NNCF (the intel platform's route), from the same ONNX export.
 INTEL = "intel: {model: vit, format: openvino, precision: int8, options: {onnx: {dynamo: false}}}\n"
+#: Static int8 with most of the model kept float on purpose (the attention and MLP projections and the head: 83 % of
+#: the weights): refused by the int8 floor, and accepted, said as it is, by a target that lowers it.
+KEEP = "[/qkv/MatMul, /fc1/MatMul, /fc2/MatMul, /Concat_2, /head/Gemm]"
+KEPT = ("kept: {model: vit, format: onnx, precision: int8, routes: [[onnx]], "
+        f"options: {{onnx: {{dynamo: false}}, onnx-int8: {{method: static, keep_float: {KEEP}}}}}}}\n")
+ALLOWED = ("allowed: {model: vit, format: onnx, precision: int8, routes: [[onnx]], acceptance: {min_quantized_share: 0.15}, "
+           f"options: {{onnx: {{dynamo: false}}, onnx-int8: {{method: static, keep_float: {KEEP}}}}}}}\n")
 
 
 class Project:
@@ -127,7 +134,7 @@ def _top1(lock: Lock, target: str) -> float:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """One project for both tests: the ONNX export and the reference are built once."""
-    return Project(tmp_path_factory.mktemp("repair"), EDGE + STRICT + NARROW + INTEL)
+    return Project(tmp_path_factory.mktemp("repair"), EDGE + STRICT + NARROW + INTEL + KEPT + ALLOWED)
 
 
 def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> None:
@@ -206,6 +213,22 @@ def test_full_int8_misses_and_the_keep_float_recipe_passes(project: Project) -> 
     assert "no route passes its check" in narrow.stdout and "repair tried per-channel; to go on:" in narrow.stdout
     assert "loosen the acceptance you wrote (modelbuild never does)" in narrow.stdout
 
+
+
+def test_an_int8_artifact_kept_mostly_float_is_refused_and_a_target_that_allows_it_says_its_share(project: Project) -> None:
+    proc = project.run("build", "kept", "allowed")
+    assert proc.returncode != 0 and not (project.root / "artifacts" / "kept").exists(), proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())  # the refusal, unwrapped: every weight counts, the kept layers by name
+    # 7,498 of the 9,034 weight elements kept float (qkv 3,072, fc1 and fc2 2,048 each, head 330)
+    assert "only 17.0% of the weights are int8 (floor 75%, min_quantized_share; measured on the ONNX file's" in out, out
+    assert ("83.0% kept float by the accuracy repair or keep_float (4 layer(s): /qkv/MatMul, /fc1/MatMul, /fc2/MatMul, "
+            "head.weight; they are what the target's tolerance costs: allow more error (logits: ") in out, out
+    assert "set acceptance.min_quantized_share: 0.17 on the target" in out, out
+    # the same artifact shipped by a target that allows it, its summary row saying what it holds: 17 % int8, 3.5×
+    # the int8 size (float32 weights take four bytes)
+    assert re.search(r"allowed\s+onnx-int8\s+[\d.]+ KB\s+17% int8 3\.5×\s+passed", proc.stdout), proc.stdout
+    weights = project.lock().nodes["verify:allowed"]["metrics"]["quantized_weights"]
+    assert weights["observed"] == 0.17 and weights["allowed"] == 0.15 and weights["size_ratio"] > 3
 
 
 @pytest.mark.slow

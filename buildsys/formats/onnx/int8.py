@@ -41,7 +41,7 @@ class OnnxInt8FromOnnx(Step):
     #: Accuracy repair (docs/repair.md): tried in this order after a route's int8 check misses.
     repairs = {"keep-float": {"keep_float": "sensitive"}, "per-channel": {"per_channel": True},
                "entropy": {"method": "static", "calibrate_method": "entropy"}}
-    committed_metrics = ("repair", "quantized_weights")
+    committed_metrics = ("repair", "method", "quantized_weights")  # method: its activations' scheme
     keeps_learned = ("pt2e", "eager")  # QDQ with learned scales in its input is kept (buildsys.formats.torch.qat)
 
     class Options(SearchingOptions):

@@ -3,7 +3,7 @@
 A weight layer is an op that reads a constant as its weight: MatMul / Gemm (either operand, the other being
 computed), Conv / ConvTranspose (input 1), Gather (input 0: an embedding table), and their quantized forms:
 MatMulInteger / ConvInteger (input 1), QLinearMatMul / QLinearConv (input 3), MatMulNBits (input 1, `bits`),
-GatherBlockQuantized (input 0, `bits`). The constant is found by walking back from the op's input through
+GatherBlockQuantized (input 0, `bits`), LSTM / GRU / RNN (inputs 1 and 2: W and R). The constant is found by walking back from the op's input through
 ops that only move, reshape or widen it (DequantizeLinear, Transpose, Reshape, Cast, …) to an initializer
 or a Constant node; its stored element type is the layer's precision (int8 behind a DequantizeLinear is an
 int8 weight; a float initializer is a float weight). Only dtypes and shapes are read: external data is not
@@ -28,7 +28,12 @@ WEIGHT_INPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "Conv": ("conv", (1,)), "ConvTranspose": ("conv", (1,)), "ConvInteger": ("conv", (1,)),
     "QLinearConv": ("conv", (3,)), "FusedConv": ("conv", (1,)),
     "Gather": ("embedding", (0,)), "GatherBlockQuantized": ("embedding", (0,)),
+    "LSTM": ("linear", (1, 2)), "GRU": ("linear", (1, 2)), "RNN": ("linear", (1, 2)),
+    "DynamicQuantizeLSTM": ("linear", (1, 2)),
 }
+#: Recurrent ops read two weights (input-to-gates W and recurrent R), each counted as a linear weight (as
+#: ExecuTorch's inspector counts aten.lstm's): every candidate input is read, not the first constant found.
+EVERY_INPUT = ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
 #: Ops a weight passes through unchanged in meaning on its way to the layer (the first input is followed).
 PASS_THROUGH = ("DequantizeLinear", "Transpose", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Flatten")
 MEASURED_ON = "the ONNX file's initializers (the stored element type of each weight behind its op)"
@@ -72,8 +77,10 @@ def weight_layers(model: "onnx.ModelProto") -> list[WeightTensor]:
             if node.op_type in ("MatMulNBits", "GatherBlockQuantized") and bits:  # packed in uint8
                 dtype, elements = f"int{bits}", elements * 8 // bits
             if elements > 1:
-                found.append(WeightTensor(name, kind, int(elements), dtype, (node.name,) if node.name else ()))
-            break
+                shown = node.name if name.startswith("onnx::") and node.name else ""  # the exporter's made-up name
+                found.append(WeightTensor(name, kind, int(elements), dtype, (node.name,) if node.name else (), shown))
+            if node.op_type not in EVERY_INPUT:
+                break
     return found
 
 

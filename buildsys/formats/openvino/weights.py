@@ -27,7 +27,11 @@ WEIGHT_INPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "MatMul": ("linear", (1, 0)), "Convolution": ("conv", (1,)), "GroupConvolution": ("conv", (1,)),
     "ConvolutionBackpropData": ("conv", (1,)), "GroupConvolutionBackpropData": ("conv", (1,)),
     "Gather": ("embedding", (0,)),
+    "LSTMSequence": ("linear", (4, 5)), "GRUSequence": ("linear", (3, 4)), "RNNSequence": ("linear", (3, 4)),
+    "LSTMCell": ("linear", (3, 4)), "GRUCell": ("linear", (2, 3)), "RNNCell": ("linear", (2, 3)),
 }
+#: Recurrent ops read two weights (W and R), each counted as a linear weight: every candidate input is read.
+EVERY_INPUT = ("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell", "RNNCell")
 #: Ops a weight passes through on its way to its layer (input 0 is followed).
 PASS_THROUGH = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "FakeQuantize")
 #: OpenVINO's element type names → the labels of buildsys.formats.quantized_weights.
@@ -77,7 +81,8 @@ def weight_layers(model: "openvino.Model") -> list[WeightTensor]:
                 if re.fullmatch(r"[A-Z][A-Za-z]*_\d+", name):  # a pass's own name (Transpose_307): say whose weight
                     name = f"{op.get_friendly_name()} weight"
                 found.append(WeightTensor(name, kind, elements, dtype, (op.get_friendly_name(),)))
-            break
+            if op.get_type_name() not in EVERY_INPUT:
+                break
     return found
 
 

@@ -4,7 +4,8 @@
 
 A weight layer is an operator that reads a constant tensor (one with a buffer) as its weight:
 FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, CONV_3D (input 1), BATCH_MATMUL (either
-operand), EMBEDDING_LOOKUP (input 1) and GATHER (input 0: an embedding table). A constant behind a
+operand), EMBEDDING_LOOKUP (input 1), GATHER (input 0: an embedding table) and the fused recurrent kernels
+(UNIDIRECTIONAL_SEQUENCE_LSTM and its kin: every gate's input and recurrent matrix, as linear weights). A constant behind a
 DEQUANTIZE (float16 or int8 weights widened at load) counts with its stored type. Every subgraph is read
 (an LLM flatbuffer's prefill and decode signatures share their weights: each buffer counts once).
 """
@@ -22,7 +23,14 @@ WEIGHT_INPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "CONV_2D": ("conv", (1,)), "DEPTHWISE_CONV_2D": ("conv", (1,)), "TRANSPOSE_CONV": ("conv", (1,)),
     "CONV_3D": ("conv", (1,)), "CONV_3D_TRANSPOSE": ("conv", (1,)),
     "EMBEDDING_LOOKUP": ("embedding", (1,)), "GATHER": ("embedding", (0,)),
+    # fused recurrent kernels: input-to-gate weights, then recurrent weights (each gate its own tensor)
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": ("linear", tuple(range(1, 9))), "LSTM": ("linear", tuple(range(1, 9))),
+    "BIDIRECTIONAL_SEQUENCE_LSTM": ("linear", (*range(1, 9), *range(18, 26))),
+    "UNIDIRECTIONAL_SEQUENCE_RNN": ("linear", (1, 2)), "RNN": ("linear", (1, 2)),
 }
+#: Recurrent kernels read several weights each (every gate's input and recurrent matrices): all are read.
+EVERY_INPUT = ("UNIDIRECTIONAL_SEQUENCE_LSTM", "LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
+               "RNN")
 MEASURED_ON = "the flatbuffer's tensor types (each weight's stored type behind its operator)"
 
 
@@ -67,7 +75,8 @@ def weight_layers(flatbuffer: bytes) -> list[WeightTensor]:
                 scope = "".join(f"{_name(graph.tensors[i])};" for i in op.outputs if i >= 0)
                 found.append(WeightTensor(label or f"buffer {tensor.buffer}", kind, math.prod(shape),
                                           types.get(tensor.type, str(tensor.type)), (scope, f"buffer {tensor.buffer}")))
-                break
+                if name not in EVERY_INPUT:
+                    break
     return _each_buffer_once(found)
 
 

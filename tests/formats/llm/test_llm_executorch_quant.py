@@ -98,7 +98,9 @@ def test_quantized_schemes_pass_generation_checks(built: tuple[Path, Any], targe
     assert 0 < out["nll"]["max_abs"]["observed"] < 0.05
     assert 0 < out["prefill_logits"]["max_abs"]["observed"] < 1.0
     step = _metrics(built, _artifact_node(built, target))
-    assert step["scheme"] == scheme and step["quantized_weights"]["share"] == 1.0  # every linear; embeddings stay float
+    weights = step["quantized_weights"]
+    assert step["scheme"] == scheme and weights["of_quantizable"] == 1.0  # every linear
+    assert weights["why_wider"].keys() == {"embedding"} and weights["share"] < 1.0  # the float table counts too
     # 8da4w's linears run inside XNNPACK; weight-only's widened weights go through the portable mm
     assert step["xnnpack_delegates"] > 0 and ("aten::mm" in step["portable_operators"]) == (scheme == "weight-only")
 
