@@ -55,6 +55,9 @@ COUNTED = ("linear", "conv")
 WHY_WIDER = ("kept_float", "accuracy_control", "embedding", "below_threshold", "not_quantized")
 #: Bits per element of the floating-point types a weight may be stored in.
 FLOAT_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "float8": 8}
+#: The trailing width of a lookup table that holds one value per row: the per-row scales of an int8 embedding table
+#: (formats/torch/embedding.py), which the inspectors do not count as a table of its own.
+SCALE_WIDTH = 1
 #: Names a record lists in full; beyond this many, the count of the rest.
 SHOWN = 24
 

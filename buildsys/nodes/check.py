@@ -25,7 +25,7 @@ class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 10  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+    version = 11  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
                   # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
                   # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
                   # (the first module whose output diverges, with a per-layer table); 7: default limits raised
@@ -33,6 +33,7 @@ class CheckStep(Step):
                   # in its precision is held to a floor (min_quantized_share); 9: an ill-conditioned output's fp32
                   # check falls back to its float64 outputs (nodes/intrinsic.py); a miss's localisation is bounded;
                   # 10: float32 subnormals flushed to zero on both sides, an all-subnormal reference a caveat
+                  # 11: the share counts every weight (formats/quantized_weights.py); batch-1 latency in the runtime
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -69,10 +70,11 @@ class CheckStep(Step):
         if stand_in and get_runtime(stand_in).unavailable() is None:
             runner = stand_in  # its numbers, said to be its: a caveat every output shows
         observed: list[Any] = []
+        latency = None
         if runner and (not reason or runner == stand_in):
             batch, expected, labels = self._reference(ctx)
             try:
-                observed, ran, findings = self._observe(ctx, runner, batch)
+                observed, ran, findings, latency = self._observe(ctx, runner, batch, timed=runner == runtime_name)
             except CannotRun as exc:  # the stand-in lacks an op: not run, naming it
                 reason = f"{reason}; its stand-in {runner} cannot run it either: {exc.what.removeprefix('not run: ')}"
             else:
@@ -99,6 +101,8 @@ class CheckStep(Step):
             metrics["limits_raised"] = raised
         if runner and runner == runtime_name and get_runtime(runner).stand_in:  # Core ML on macOS: how good is the stand-in?
             metrics["stand_in_agreement"] = self._stand_in_agreement(ctx, runner, batch, observed)
+        if latency:  # batch-1 latency in the device's own runtime (a stand-in's is not the device's): the record's
+            metrics["latency"] = latency
         if findings:  # what the runtime saw inside the program (a stand-in's fp16 overflow, by op and module)
             metrics["findings"] = findings
             problems += [f["text"] for f in findings if f.get("fails")]
@@ -152,18 +156,24 @@ class CheckStep(Step):
             labels = ref["labels"] if "labels" in ref.files else None
         return Batch(inputs, labels, "reference"), expected, labels
 
-    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str,
-                 batch: Any) -> tuple[list[Any], list[Caveat], list[dict[str, Any]]]:
+    def _observe(self, ctx: StepContext[CheckOptions], runtime_name: str, batch: Any,
+                 timed: bool = False) -> tuple[list[Any], list[Caveat], list[dict[str, Any]], dict[str, Any] | None]:
         """Every output of the artifact on `batch`, run in `runtime_name`, the lesser paths the session
         took, and what it saw inside the program (`Session.findings`: a stand-in's fp16 overflows). A
-        runtime failure is a StepError; an artifact the runtime cannot run (CannotRun) propagates."""
+        runtime failure is a StepError; an artifact the runtime cannot run (CannotRun) propagates. With
+        `timed`, the session's latency at batch 1 too (nodes/timing.quick_latency; else None)."""
         from buildsys.formats import get_runtime
+        from buildsys.nodes.timing import quick_latency
 
         fmt_name = ctx.extra["format"]
         try:
             with get_runtime(runtime_name).load(ctx.input_path, ctx.model, ctx.root) as session:  # type: ignore[arg-type]
                 outputs = session.run_all(batch)
-                return outputs, list(session.__dict__.get("caveats", [])), session.findings()
+                latency = None
+                if timed and ctx.model.task != "text-generation":  # generation's speed is bench's (TTFT, tokens/s)
+                    one = next(iter(batch.chunks(1)))
+                    latency = {**quick_latency(lambda: session.run(one)), "runtime": runtime_name}
+                return outputs, list(session.__dict__.get("caveats", [])), session.findings(), latency
         except CannotRun:
             raise
         except ModelbuildError as exc:

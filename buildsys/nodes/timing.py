@@ -284,3 +284,26 @@ def tile_indices(available: int, n: int) -> list[int]:
 
 __all__ = ["Timing", "measure", "percentile", "mean", "stdev", "iqr", "budget_items", "budgets_passed",
            "budget_failures", "RssMeter", "current_rss", "tile_indices", "MAX_RUNS"]
+
+
+# --- the latency every build measures --------------------------------------------------------------
+
+#: The short measurement every check (and the reference, for PyTorch eager) takes of its loaded session at batch
+#: 1: a few untimed calls, then at least `repeats` calls and `min_seconds` of them. Enough for a stable median of
+#: a model that takes microseconds to tens of milliseconds a call, at a cost under a second for most; `modelbuild
+#: bench` is the measurement to quote (the node runs alone, thirty calls and a second at least, p95 and memory).
+QUICK = {"warmup": 3, "repeats": 10, "min_seconds": 0.2}
+#: Where the quick latency comes from, in words, for the record and the report.
+QUICK_MEASURED = ("median of batch-1 calls in the check's own session, on this host, beside the build's other "
+                  "nodes (modelbuild bench times it alone)")
+
+
+def quick_latency(call: Callable[[], Any]) -> dict[str, Any]:
+    """The build's latency of `call` (one batch-1 run of a loaded session): {p50_ms, min_ms, runs}, or
+    {not_measured: why} where a call fails (an artifact whose batch is fixed at another size)."""
+    try:
+        timing = measure(call, **QUICK)  # type: ignore[arg-type]
+    except Exception as exc:  # the check has run the artifact already: a timing failure is no verdict
+        return {"not_measured": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    return {"p50_ms": round(timing.stat("p50") * 1e3, 4), "min_ms": round(timing.stat("min") * 1e3, 4),
+            "runs": timing.runs, "batch": 1}

@@ -13,7 +13,7 @@ from typing import Any
 from buildsys.records import BuildResult
 from buildsys.planning.plan import Plan
 from buildsys.report.html import fmt_size as _size
-from buildsys.planning.kinds import BenchKind, CheckKind
+from buildsys.planning.kinds import BenchKind, CheckKind, ReferenceKind
 from buildsys.status import Action, Caveat, CaveatKind, State, Verdict, target_status
 
 
@@ -192,7 +192,9 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
                "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name),
                "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair"),
-               "quantized_weights": check.get("quantized_weights")}  # the share in its precision, against its floor
+               "quantized_weights": check.get("quantized_weights"),  # the share in its precision, against its floor
+               "latency": check.get("latency"),  # batch 1 in its runtime, beside PyTorch eager's (the reference's)
+               "eager_latency": (lock_nodes.get(ReferenceKind.node_name(node.model), {}).get("metrics") or {}).get("latency")}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -216,8 +218,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
 
     from buildsys.planning.repair import describe, trade_off
 
-    table = Table("target", "format", "size", "vs fp32", "weights", "check", "accuracy", "agreement", "max abs err",
-                  box=None, padding=(0, 1), pad_edge=False)
+    table = Table("target", "format", "size", "vs fp32", "weights", "latency", "check", "accuracy", "agreement",
+                  "max abs err", box=None, padding=(0, 1), pad_edge=False)
     for row in rows:
         clean = row.get("verdict") == Verdict.PASSED and not any(c["kind"] != CaveatKind.FALLBACK for c in row["caveats"])
         style = "green" if clean else "yellow"
@@ -228,7 +230,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
                 acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
         table.add_row(row["target"], row["format"], _size(row["size"]) if row["size"] else "—",
                       f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", weights_cell(row.get("quantized_weights")),
-                      f"[{style}]{row['check']}[/]", acc,
+                      latency_cell(row.get("latency"), row.get("eager_latency")), f"[{style}]{row['check']}[/]", acc,
                       f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
                       _num(row["max_abs"]) if "max_abs" in row else "")
     out.print(table)
@@ -263,6 +265,19 @@ def weights_cell(weights: dict[str, Any] | None) -> str:
     if weights.get("activations"):
         text += f", {weights['activations']} act."
     return text if weights.get("ok", True) else f"[red]{text}[/]"
+
+
+def latency_cell(latency: dict[str, Any] | None, eager: dict[str, Any] | None) -> str:
+    """The summary's latency column: the artifact's median batch-1 call in its runtime, measured by its check, and
+    how it compares with PyTorch eager's, measured by the reference: '0.12 ms 3.1×' (3.1 times as fast as eager;
+    under 1× slower, in yellow); '' where the check did not time it (a stand-in's numbers, a generation model)."""
+    if not latency or latency.get("p50_ms") is None:
+        return ""
+    text = f"{_num(latency['p50_ms'])} ms"
+    if eager and eager.get("p50_ms") and latency["p50_ms"]:
+        ratio = eager["p50_ms"] / latency["p50_ms"]
+        text += f" {ratio:.1f}×" if ratio >= 1 else f" [yellow]{ratio:.2f}×[/]"
+    return text
 
 
 def print_bench(lock_nodes: dict[str, Any], targets: list[str], out: Any) -> None:

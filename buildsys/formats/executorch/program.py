@@ -242,7 +242,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 14  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
+    version = 15  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
@@ -251,7 +251,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     # 13: exported and lowered without autograd (the fp32 step's 9); recurrent layers unrolled into linears before
     # PT2E, up to 128 cells in all (quantize.recurrent_weights_as_linears), the others' weights counted in the share;
     # 14: a dynamic program's int8 layers delegated one by one first (lowering.partitioners), and its convolutions
-    # read by a ReLU quantized (quantize.dynamic_convs_before_relu)
+    # read by a ReLU quantized (quantize.dynamic_convs_before_relu); 15: embedding tables stored int8 with per-row
+    # scales (torch/embedding.embeddings_as_int8)
     #: Static int8 first; dynamic (linear and convolution weights): the fallback route where activations fail int8
     #: (indices, state) or miss the tolerance.
     alternatives = {"dynamic": {"scheme": "dynamic"}}
@@ -261,7 +262,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     searched: dict[str, Any] | None = None
     #: Scales floored at float32's epsilon (pt2e.finer_scales), until XNNPACK refuses to load the program.
     fine_scales = True
-    committed_metrics = ("repair", "quantized_weights", "scale_floor")
+    committed_metrics = ("repair", "scheme", "quantized_weights", "scale_floor")  # scheme: its activations' (static, dynamic)
     keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
     description = ("PT2E: prepare_pt2e with XNNPACKQuantizer (symmetric int8; static: observers run on "
                    "data.calibration; dynamic: linear and convolution weights, inputs quantized per call), "
@@ -300,6 +301,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         from buildsys.formats.executorch.weights import measure
         from buildsys.formats.keep_float import pinned
 
+        from buildsys.formats.torch.embedding import embeddings_as_int8
         from buildsys.formats.torch.linear import weight_contractions_as_linear
         from buildsys.formats.torch.qat import fold_weights, is_quantized_program
 
@@ -348,6 +350,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
                                      "whose repair searched, or use module paths like 'head')")
             float_graph = program.module()
             linears = weight_contractions_as_linear(float_graph)  # einsum / matmul weights: the quantizer's linears
+            tables = embeddings_as_int8(float_graph, kept)  # no quantizer has a pattern for aten.embedding
             prepared = prepare_pt2e(float_graph, quantizer(per_channel=opts.per_channel, dynamic=dynamic,
                                                                 float_nodes=float_filter(kept) if kept else None,
                                                                 fine=self.fine_scales))
@@ -370,6 +373,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         facts = {"scheme": opts.scheme, "calibration_samples": samples, "per_channel": opts.per_channel,
                  "int8_weights": round(int8 / total, 4), **({"repair": repair} if repair else {}), **coarse,
                  **({"weights_as_linear": len(linears)} if linears else {}),
+                 **({"embeddings_int8": len(tables)} if tables else {}),
                  **({"recurrent_unrolled": unrolled} if unrolled else {}),
                  **({"declined_rewrites": declined} if declined else {})}
         return converted, {**facts, "quantized_weights": measure(converted, self.precision, kept)}

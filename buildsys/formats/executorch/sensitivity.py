@@ -47,14 +47,16 @@ class Trials:
         import torch
 
         from buildsys.formats.executorch.quantize import recurrent_weights_as_linears
+        from buildsys.formats.torch.embedding import embeddings_as_int8
         from buildsys.formats.torch.linear import weight_contractions_as_linear
 
         self.chunks, self.counts, self.per_channel, self.dynamic = chunks, counts, per_channel, dynamic
         self.calibration = chunks[:calibrating] if calibrating is not None else chunks
-        # the float program as the step quantizes it (recurrent layers unrolled, einsum weights as linears)
+        # the float program as the step quantizes it (recurrent layers unrolled, einsum weights as linears, int8 tables)
         program, _ = recurrent_weights_as_linears(torch.export.export(module, chunks[0], strict=False), dynamic)
         self.float = program.module()
         weight_contractions_as_linear(self.float)
+        embeddings_as_int8(self.float)
         self.units: list[str] = []
 
     def quantize(self, float_nodes: "Callable[[Any], bool] | None") -> "torch.fx.GraphModule":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable
 
-from buildsys.formats.quantized_weights import WeightTensor, record
+from buildsys.formats.quantized_weights import SCALE_WIDTH, WeightTensor, record
 from buildsys.formats.torch.linear import RECURRENT_KINDS
 
 if TYPE_CHECKING:
@@ -123,7 +123,15 @@ def _weight_args(graph_module: "torch.fx.GraphModule", node: Any) -> list[tuple[
     kind_arg = WEIGHT_ARGS.get(op)
     if kind_arg is None or len(node.args) <= kind_arg[1]:
         return []
+    if kind_arg[0] == "embedding" and _last_dim(graph_module, node.args[0]) == SCALE_WIDTH:
+        return []  # one value per row: the per-row scales of an int8 table (torch/embedding.py)
     return [(kind_arg[0], node.args[kind_arg[1]])]
+
+
+def _last_dim(graph_module: "torch.fx.GraphModule", arg: Any) -> int | None:
+    value: Any = _constant(graph_module, str(arg.target)) if getattr(arg, "op", None) == "get_attr" \
+        else getattr(arg, "meta", {}).get("val")
+    return int(value.shape[-1]) if hasattr(value, "shape") and len(value.shape) else None
 
 
 def _rank(graph_module: "torch.fx.GraphModule", arg: Any) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from buildsys.formats.quantized_weights import WeightTensor, record
+from buildsys.formats.quantized_weights import SCALE_WIDTH, WeightTensor, record
 
 if TYPE_CHECKING:
     import onnx
@@ -53,6 +53,7 @@ def weight_layers(model: "onnx.ModelProto") -> list[WeightTensor]:
 
     graph = model.graph
     constants: dict[str, tuple[int, int]] = {t.name: (t.data_type, math.prod(t.dims)) for t in graph.initializer}
+    shapes: dict[str, list[int]] = {t.name: list(t.dims) for t in graph.initializer}
     producers: dict[str, Any] = {}
     for node in graph.node:
         for out in node.output:
@@ -72,6 +73,8 @@ def weight_layers(model: "onnx.ModelProto") -> list[WeightTensor]:
                 continue
             name, quantized_as = behind
             elem_type, elements = constants[name]
+            if kind == "embedding" and shapes.get(name, [0])[-1:] == [SCALE_WIDTH]:
+                break  # one value per row: the per-row scales of an int8 table (torch/embedding.py)
             dtype = _dtype_name(quantized_as if quantized_as is not None else elem_type)
             bits = next((a.i for a in node.attribute if a.name == "bits"), None)
             if node.op_type in ("MatMulNBits", "GatherBlockQuantized") and bits:  # packed in uint8

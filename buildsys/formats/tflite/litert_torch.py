@@ -122,7 +122,7 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 8  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            cls.version = 9  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
             # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
@@ -131,7 +131,8 @@ class TfliteFromPt2(Step):
             # range (shared_through_layout_ops: GPT-NeoX's heads, RT-DETR's stem failed TFLite's same-scale constraint);
             # 7: expands that only make a broadcast explicit removed (implicit_broadcasts); 8: weights contracted by
             # einsum / matmul quantized as linears (formats/torch/linear.weight_contractions_as_linear), recurrent
-            # layers' too (unrolled: with_recurrent_layers_unrolled)
+            # layers' too (unrolled: with_recurrent_layers_unrolled); 9: embedding tables stored int8 with per-row scales
+            # (formats/torch/embedding.embeddings_as_int8)
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
@@ -255,6 +256,7 @@ class TfliteFromPt2(Step):
                            qat="lowered with the learned quantization parameters (no calibration)")
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
+        from buildsys.formats.torch.embedding import embeddings_as_int8
         from buildsys.formats.torch.linear import weight_contractions_as_linear, with_recurrent_layers_unrolled
         from buildsys.formats.torch.pt2e import fast_range_search, finer_scales, float_values_only
 
@@ -282,6 +284,10 @@ class TfliteFromPt2(Step):
         linears = weight_contractions_as_linear(float_graph)  # einsum / matmul weights: the quantizer's linears
         if linears:
             metrics["weights_as_linear"] = len(linears)
+        kept = opts.keep_float if isinstance(opts.keep_float, (list, tuple)) else ()
+        tables = embeddings_as_int8(float_graph, kept)  # no quantizer has a pattern for aten.embedding
+        if tables:
+            metrics["embeddings_int8"] = len(tables)
         if recurrent:
             metrics["recurrent_unrolled"] = recurrent
         prepared = prepare_pt2e(float_graph, quantizer)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from buildsys.formats.quantized_weights import WeightTensor, record
+from buildsys.formats.quantized_weights import SCALE_WIDTH, WeightTensor, record
 
 #: operator → (kind, the inputs that may hold its weight)
 WEIGHT_INPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -69,6 +69,8 @@ def weight_layers(flatbuffer: bytes) -> list[WeightTensor]:
                 if not has_data(tensor):
                     continue
                 shape = [int(d) for d in tensor.shape] if tensor.shape is not None else []
+                if kind == "embedding" and shape and shape[-1] == SCALE_WIDTH:
+                    continue  # one value per row: the per-row scales of an int8 table (torch/embedding.py)
                 label = _name(tensor)
                 # the op's scope (its output tensor names, ';'-joined: how ai-edge-quantizer's keep_float names
                 # it), then the buffer (last: what a weight shared by two ops is deduplicated by)
