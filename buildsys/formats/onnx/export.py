@@ -14,7 +14,8 @@ from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext, StepOptions
-from buildsys.formats.onnx.onnxfile import MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data
+from buildsys.formats.onnx.onnxfile import (MODEL_FILE, SIDE_FILE, finish, load, name_axes, save, uses_external_data,
+                                            weights_once)
 from buildsys.formats.torch.rewritten import FromPyTorch, RewritableOptions, dispatched_ops, rewrite_metrics
 from buildsys.formats.torch.export import PROGRAM
 from buildsys.formats.torch.torchscript import TRACED, load_input
@@ -88,6 +89,7 @@ def _legacy_export(step: Step, ctx: StepContext, module: Any, opset: int, dynami
                               dynamic_axes=axes or None, do_constant_folding=folding)
         except Exception as exc:
             raise step.fail(ctx, export_failure(exc, opset)) from exc
+    weights_once(path)  # a tied embedding and output head: the legacy exporter writes the table twice
     return path
 
 
@@ -211,11 +213,12 @@ class OnnxFromPyTorch(FromPyTorch):
     """Export the PyTorch module to ONNX (legacy TorchScript-based exporter, or dynamo)."""
 
     name = "onnx-from-pytorch"
-    version = 7  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
+    version = 8  # 2: the written opset must be the one asked for (dynamo fell back to 18 silently); 3: a QAT
     # module is exported converted, as QDQ, by the dynamo exporter (buildsys.formats.torch.qat); 4: an eager QAT module is
     # exported by the TorchScript exporter, its fake quantization as QDQ; 5: linear layers in disguise
     # (transformers' Conv1D) exported as nn.Linear (formats/torch/linear.py); 6: types ONNX forbids cast (legalise.py);
-    # 7: a model that writes into its inputs exported on copies of them (loading.signature_module)
+    # 7: a model that writes into its inputs exported on copies of them (loading.signature_module); 8: a tied weight
+    # stored once (onnxfile.weights_once: the legacy exporter wrote the output head's transposed copy)
     produces = "onnx"
     packages = ("torch", "onnx", "onnxscript")
     extra = "server"
@@ -311,7 +314,7 @@ class OnnxFromTorchScript(Step):
     """Export a TorchScript module to ONNX with the legacy (TorchScript-based) exporter."""
 
     name = "onnx-from-torchscript"
-    version = 2  # 2: types ONNX forbids cast (legalise.py)
+    version = 3  # 2: types ONNX forbids cast (legalise.py); 3: a tied weight stored once (onnxfile.weights_once)
     consumes = TRACED
     produces = "onnx"
     packages = ("torch", "onnx")

@@ -49,6 +49,63 @@ def save(proto: "onnx.ModelProto", out_dir: Path, external: bool) -> Path:
     return path
 
 
+#: The fewest elements of a weight worth storing once (smaller duplicates cost less than the nodes that share them).
+SHARED_MIN_ELEMENTS = 1024
+
+
+def weights_once(path: Path) -> int:
+    """Store each weight of the self-contained ONNX file at `path` once, in place; returns the bytes saved.
+
+    The legacy exporter writes a tied weight twice: an embedding table for its Gather and, for the output head
+    that reads the same parameter, a transposed copy for its MatMul (a decoder LM at twice its float32 size). An
+    initializer equal to another one is replaced by it; one equal to another's transpose is made from it by a
+    Transpose node (which ONNX Runtime folds when it loads the session: the same arithmetic, one copy on disk).
+    Only 2-D weights of SHARED_MIN_ELEMENTS elements or more are compared, by a digest of their bytes."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    seen: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+              if len(t.dims) == 2 and int(np.prod(t.dims)) >= SHARED_MIN_ELEMENTS}
+
+    def key(dtype: int, array: "np.ndarray") -> tuple[int, tuple[int, ...], bytes]:
+        return dtype, tuple(array.shape), hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).digest()
+
+    types = {t.name: t.data_type for t in graph.initializer}
+    same: dict[str, str] = {}
+    transposed: dict[str, str] = {}
+    for name, array in arrays.items():
+        own = key(types[name], array)
+        if own in seen:
+            same[name] = seen[own]
+            continue
+        flipped = key(types[name], array.T)
+        if flipped in seen:
+            transposed[name] = seen[flipped]
+            continue
+        seen[own] = name
+    if not same and not transposed:
+        return 0
+    saved = sum(arrays[n].nbytes for n in [*same, *transposed])
+    for node in graph.node:
+        node.input[:] = [same.get(i, i) for i in node.input]
+    gone = {*same, *transposed}
+    initializers = [t for t in graph.initializer if t.name not in gone]
+    inputs = [i for i in graph.input if i.name not in gone]  # an old IR lists initializers as inputs too
+    del graph.initializer[:], graph.input[:]
+    graph.initializer.extend(initializers)
+    graph.input.extend(inputs)
+    for copy, original in transposed.items():  # first in the graph: a topological order stays one
+        graph.node.insert(0, helper.make_node("Transpose", [original], [copy], name=f"{copy}/tied", perm=[1, 0]))
+    onnx.save_model(proto, str(path))
+    return int(saved)
+
+
 def readable_copy(path: Path, work: Path, force: bool = False) -> Path:
     """`path`, or a private copy with its side file in `work` (always when `force`): onnx refuses external
     data in a file with several links ("potential hardlink attack"), and inputs are hard-linked from

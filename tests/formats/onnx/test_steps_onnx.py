@@ -254,3 +254,40 @@ def test_dynamo_output_named_like_an_internal_value_stays_ssa(mlp: Tiny, tmp_pat
     feeds = validation_feeds(mlp)
     np.testing.assert_allclose(ort_outputs(tiny, tmp_path / "model.onnx", feeds)[0], torch_outputs(mlp, feeds)[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_tied_weight_is_stored_once_and_quantized_as_an_initializer_again(tmp_path: Path) -> None:
+    """The legacy exporter writes a tied embedding and output head twice (the head's transposed copy for its MatMul):
+    a decoder LM at twice its float32 size. `weights_once` makes the copy a Transpose of the table; the int8 step
+    folds it back, since ONNX Runtime's quantizers quantize a MatMul's weight only where it is an initializer."""
+    import torch
+    from onnxruntime.quantization import quantize_dynamic
+
+    from buildsys.formats.onnx.int8 import _transposed_weights_folded
+    from buildsys.formats.onnx.onnxfile import weights_once
+    from buildsys.formats.onnx.weights import measure
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(2000, 32)
+            self.head = torch.nn.Linear(32, 2000, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.tanh(self.emb(ids)))
+
+    torch.manual_seed(0)
+    model, ids = Tied().eval(), torch.randint(0, 2000, (2, 8))
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (ids,), str(path), dynamo=False, input_names=["ids"], output_names=["logits"])
+    written = path.stat().st_size
+    assert weights_once(path) == 2000 * 32 * 4 and path.stat().st_size < 0.55 * written  # one table of 256 KB
+    onnx.checker.check_model(str(path))
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(path)).run(None, {"ids": ids.numpy()})[0]
+    assert np.abs(got - model(ids).detach().numpy()).max() < 1e-5
+    folded = _transposed_weights_folded(path, tmp_path / "work", private=False)
+    quantize_dynamic(str(folded), str(tmp_path / "int8.onnx"))
+    assert measure(tmp_path / "int8.onnx", "int8")["share"] == 1.0  # the head quantized too, as before
