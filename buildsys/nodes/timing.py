@@ -283,19 +283,17 @@ def tile_indices(available: int, n: int) -> list[int]:
 
 
 __all__ = ["Timing", "measure", "percentile", "mean", "stdev", "iqr", "budget_items", "budgets_passed",
-           "budget_failures", "RssMeter", "current_rss", "tile_indices", "MAX_RUNS"]
+           "budget_failures", "RssMeter", "current_rss", "tile_indices", "MAX_RUNS", "QUICK", "quick_latency"]
 
 
 # --- the latency every build measures --------------------------------------------------------------
 
 #: The short measurement every check (and the reference, for PyTorch eager) takes of its loaded session at batch
 #: 1: a few untimed calls, then at least `repeats` calls and `min_seconds` of them. Enough for a stable median of
-#: a model that takes microseconds to tens of milliseconds a call, at a cost under a second for most; `modelbuild
-#: bench` is the measurement to quote (the node runs alone, thirty calls and a second at least, p95 and memory).
+#: a model that takes microseconds to tens of milliseconds a call, at a cost under a second for most. Its calls run
+#: beside the build's other nodes, so the record keeps the best call (the runtime's own cost: timeit's advice) and the
+#: median; `modelbuild bench` is the measurement to quote (the node runs alone, thirty calls and a second at least).
 QUICK = {"warmup": 3, "repeats": 10, "min_seconds": 0.2}
-#: Where the quick latency comes from, in words, for the record and the report.
-QUICK_MEASURED = ("median of batch-1 calls in the check's own session, on this host, beside the build's other "
-                  "nodes (modelbuild bench times it alone)")
 
 
 def quick_latency(call: Callable[[], Any]) -> dict[str, Any]:

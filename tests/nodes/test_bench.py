@@ -134,6 +134,26 @@ def test_budgets_are_check_shaped_and_none_means_unchecked() -> None:
     assert budgets_passed(budget_items(summary, {"p50_ms": 3.0})) is True
 
 
+def test_the_builds_quick_latency_keeps_the_best_call_and_the_median_and_never_fails_the_check() -> None:
+    from buildsys.nodes.timing import QUICK, quick_latency
+    from buildsys.report.console import latency_cell
+
+    calls = []
+    found = quick_latency(lambda: calls.append(1))
+    assert found["runs"] >= QUICK["repeats"] and found["batch"] == 1 and 0 <= found["min_ms"] <= found["p50_ms"]
+    assert len(calls) == found["runs"] + QUICK["warmup"]
+
+    def fixed_batch() -> None:
+        raise ValueError("Got invalid dimensions for input: x for the following indices\n index: 0 Got: 1 Expected: 4")
+
+    assert quick_latency(fixed_batch) == {"not_measured": "ValueError: Got invalid dimensions for input: x for the "
+                                                          "following indices"}
+    # the summary shows the best call and its ratio to eager's best: as fast as eager ×3.0, slower in yellow
+    assert latency_cell({"min_ms": 0.1, "p50_ms": 0.2}, {"min_ms": 0.3}) == "0.1 ms 3.0×"
+    assert latency_cell({"min_ms": 2.0}, {"min_ms": 1.0}) == "2 ms [yellow]0.50×[/]"
+    assert latency_cell({"not_measured": "why"}, {"min_ms": 1.0}) == "" and latency_cell(None, None) == ""
+
+
 def test_tile_indices_wrap_around() -> None:
     assert bench.tile_indices(3, 7) == [0, 1, 2, 0, 1, 2, 0]
     assert bench.tile_indices(10, 2) == [0, 1]
