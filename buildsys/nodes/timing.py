@@ -294,13 +294,24 @@ __all__ = ["Timing", "measure", "percentile", "mean", "stdev", "iqr", "budget_it
 #: beside the build's other nodes, so the record keeps the best call (the runtime's own cost: timeit's advice) and the
 #: median; `modelbuild bench` is the measurement to quote (the node runs alone, thirty calls and a second at least).
 QUICK = {"warmup": 3, "repeats": 10, "min_seconds": 0.2}
+#: Seconds a quick measurement may take beyond its first call: a model slower than QUICK allows for is timed in
+#: fewer calls (at least one), so a check of a large model does not run it a dozen more times.
+QUICK_BUDGET_S = 2.0
 
 
 def quick_latency(call: Callable[[], Any]) -> dict[str, Any]:
-    """The build's latency of `call` (one batch-1 run of a loaded session): {p50_ms, min_ms, runs}, or
-    {not_measured: why} where a call fails (an artifact whose batch is fixed at another size)."""
+    """The build's latency of `call` (one batch-1 run of a loaded session): {p50_ms, min_ms, runs, batch}, or
+    {not_measured: why} where a call fails (an artifact whose batch is fixed at another size). The first call is
+    untimed and tells how many more fit QUICK_BUDGET_S."""
     try:
-        timing = measure(call, **QUICK)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        call()
+        first = time.perf_counter() - started
+        plan = dict(QUICK)
+        if first * (QUICK["warmup"] + QUICK["repeats"]) > QUICK_BUDGET_S:  # a large model: fewer calls, no floor
+            plan = {"warmup": 0, "repeats": max(1, min(QUICK["repeats"], int(QUICK_BUDGET_S / max(first, 1e-9)))),
+                    "min_seconds": 0.0}
+        timing = measure(call, **plan)  # type: ignore[arg-type]
     except Exception as exc:  # the check has run the artifact already: a timing failure is no verdict
         return {"not_measured": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
     return {"p50_ms": round(timing.stat("p50") * 1e3, 4), "min_ms": round(timing.stat("min") * 1e3, 4),

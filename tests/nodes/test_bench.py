@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,14 @@ def test_the_builds_quick_latency_keeps_the_best_call_and_the_median_and_never_f
     calls = []
     found = quick_latency(lambda: calls.append(1))
     assert found["runs"] >= QUICK["repeats"] and found["batch"] == 1 and 0 <= found["min_ms"] <= found["p50_ms"]
-    assert len(calls) == found["runs"] + QUICK["warmup"]
+    assert len(calls) == 1 + found["runs"] + QUICK["warmup"]  # the first call, untimed, sizes the rest
+
+    def slow() -> None:  # a large model: the quick measurement stays within its budget
+        calls.append(1)
+        time.sleep(0.45)
+
+    calls.clear()
+    assert quick_latency(slow)["runs"] == 4 and len(calls) == 5  # QUICK_BUDGET_S 2 s: four more calls, no warm-up
 
     def fixed_batch() -> None:
         raise ValueError("Got invalid dimensions for input: x for the following indices\n index: 0 Got: 1 Expected: 4")
