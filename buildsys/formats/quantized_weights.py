@@ -230,6 +230,30 @@ def shortfall(fact: dict[str, Any] | None, floor: float | None, tolerance: str =
             "on the target: the summary then shows the share it holds")
 
 
+def judged_share(fact: dict[str, Any] | None, floor: float | None,
+                 outputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """What a check records of an artifact's `quantized_weights` fact (as its quantizing step measured it, from the
+    chain) against `floor`, and why it misses (`shortfall`, the target's limits of `outputs` in its words), or None.
+    (None, None) where nothing measured it (an fp32 artifact, a format whose step has no inspector)."""
+    if not fact or fact.get("share") is None:
+        return None, None
+    short = shortfall(fact, floor, tolerance_words(outputs))
+    found = {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
+             "measured_on": fact.get("measured_on")}
+    found.update({k: fact[k] for k in ("size_ratio", "activations") if fact.get(k) is not None})  # bytes vs ideal
+    return found, short
+
+
+def tolerance_words(outputs: dict[str, Any]) -> str:
+    """The limits of a check's outputs (name → resolved limits, a model or a dict) in words, for what a repair's
+    kept layers cost: 'logits: min_cosine 0.9, min_top1_agreement 0.9'."""
+    def limits(values: Any) -> str:
+        items = values.model_dump() if hasattr(values, "model_dump") else dict(values)
+        return ", ".join(f"{k} {v:g}" for k, v in items.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    return "; ".join(f"{name}: {limits(values)}" for name, values in outputs.items() if limits(values))
+
+
 #: A quantizing step's scheme (its committed `scheme` or `method` fact, or the first words of its description) →
 #: what the artifact's activations are: 'dynamic' (int8 weights, activations quantized per call: a CPU kernel, not
 #: an NPU or DSP delegate) or 'float' (weight-only: int8 weights widened at load, float compute). Static schemes

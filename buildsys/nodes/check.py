@@ -10,9 +10,13 @@ from typing import Any
 from buildsys.errors import ModelbuildError
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
+from buildsys.formats.quantized_weights import judged_share
 from buildsys.formats.runtime import CannotRun
 from buildsys.status import Caveat, CaveatKind, unique
 from buildsys.nodes.verify import CheckOptions
+
+#: Metrics of this host's run that the report file leaves out (they go to the build record with the rest).
+HOST_SPECIFIC = ("latency",)
 
 CHECK = register_format(Format(
     name="check", filename="report.json", runtime=None,
@@ -60,7 +64,7 @@ class CheckStep(Step):
         size = _size_budget(ctx, opts.max_size_mb)
         if size is not None and not size["ok"]:
             problems.append(f"size {size['observed']:.4g} MB > {size['allowed']:.4g} MB (max_size_mb)")
-        weights, short = _quantized_share(ctx, opts.min_quantized_share)
+        weights, short = judged_share(ctx.extra.get("quantized_weights"), opts.min_quantized_share, opts.outputs)
         if short:  # an "int8" artifact that is mostly float fails however close its numbers are
             problems.append(short)
         reason = (f"format '{fmt_name}' has no runtime that can execute it" if runtime_name is None
@@ -333,11 +337,12 @@ class CheckStep(Step):
             return json.loads(str(ref["intrinsic"])) if "intrinsic" in ref.files else {}
 
     def _write(self, ctx: StepContext[CheckOptions], metrics: dict[str, Any]) -> dict[str, Any]:
-        report = {**metrics, "model": ctx.model_name, "precision": ctx.precision,
-                  "acceptance": ctx.options.model_dump(mode="json")}
+        """report.json: the verdict and what decided it, not this host's timings (the node's output is digested
+        into deploy.lock, which two clean builds must write alike); the record keeps those with the metrics."""
+        report = {**{k: v for k, v in metrics.items() if k not in HOST_SPECIFIC}, "model": ctx.model_name,
+                  "precision": ctx.precision, "acceptance": ctx.options.model_dump(mode="json")}
         (ctx.out_dir / CHECK.filename).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         return metrics
-
 
 
 #: Seconds a miss's localisation may take (re-lowering an ExecuTorch program one op per delegate call took past a
@@ -375,31 +380,6 @@ def _bounded(seconds: float) -> Iterator[None]:
 def _own_words(values: dict[str, Any]) -> str:
     """PyTorch float32's distance from float64 in words: "cosine 0.9, max_rel 0.27"."""
     return ", ".join(f"{k} {v:g}" for k, v in sorted(values.items()) if isinstance(v, (int, float)))
-
-
-def _quantized_share(ctx: StepContext, floor: float | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The share of the artifact's weights in the target's precision, as its quantizing step measured it on the
-    artifact (its `quantized_weights` fact, from the chain), against the floor; and why it misses, or None.
-    (None, None) where nothing measured it (an fp32 artifact, a format whose step has no inspector)."""
-    from buildsys.formats.quantized_weights import shortfall
-
-    fact = ctx.extra.get("quantized_weights")
-    if not fact or fact.get("share") is None:
-        return None, None
-    short = shortfall(fact, floor, _tolerance_words(ctx.options.outputs))
-    found = {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
-             "measured_on": fact.get("measured_on")}
-    found.update({k: fact[k] for k in ("size_ratio", "activations") if fact.get(k) is not None})  # bytes vs ideal
-    return found, short
-
-
-def _tolerance_words(outputs: dict[str, Any]) -> str:
-    """The limits of a check's outputs in words, for what a repair's kept layers cost: 'logits: max_rel 0.05'."""
-    def limits(values: Any) -> str:
-        items = values.model_dump() if hasattr(values, "model_dump") else dict(values)
-        return ", ".join(f"{k} {v:g}" for k, v in items.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-
-    return "; ".join(f"{name}: {limits(values)}" for name, values in outputs.items() if limits(values))
 
 
 def _size_budget(ctx: StepContext, allowed: float | None) -> dict[str, Any] | None:

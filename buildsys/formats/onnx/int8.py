@@ -105,7 +105,8 @@ class OnnxInt8FromOnnx(Step):
 
         from buildsys.formats.keep_float import pinned, quantizer_failures
         from buildsys.formats.onnx.sensitivity import search
-        from buildsys.formats.onnx.onnxfile import MODEL_FILE, finish, load, readable_copy, save, uses_external_data
+        from buildsys.formats.onnx.onnxfile import (MODEL_FILE, finish, load, readable_copy, save,
+                                                    transposed_weights_folded, uses_external_data)
         from buildsys.formats.onnx.weights import measure
         from buildsys.formats.quantized_weights import kept_float
 
@@ -132,7 +133,7 @@ class OnnxInt8FromOnnx(Step):
             if model_in == src:
                 model_in = readable_copy(src, Path(work) / "in")
             model_in = _without_initializer_shapes(model_in, Path(work) / "clean", private=model_in != src)
-            model_in = _transposed_weights_folded(model_in, Path(work) / "unshared", private=model_in != src)
+            model_in = transposed_weights_folded(model_in, Path(work) / "unshared", private=model_in != src)
             # With external data the quantizer writes its side file as <output name>.data: straight
             # into out_dir that is model.onnx.data, and the weights are never loaded a second time.
             quantized = ctx.out_dir / MODEL_FILE if external else Path(work) / "quantized.onnx"
@@ -355,35 +356,6 @@ def _without_initializer_shapes(path: Path, work: Path, private: bool) -> Path:
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(keep)
     onnx.save_model(proto, str(path))  # external tensors keep their references to the side file
-    return path
-
-
-def _transposed_weights_folded(path: Path, work: Path, private: bool) -> Path:
-    """The model with every Transpose of an initializer made an initializer of its own (the transposed copy of a tied
-    weight that `onnxfile.weights_once` stored once): ONNX Runtime's quantizers quantize a MatMul's weight only where
-    it is an initializer, and would leave the output head float. The int8 file then holds both int8 copies, as the
-    exporter wrote them. A self-contained file only (a side file's weights are never loaded here)."""
-    import onnx
-    from onnx import numpy_helper
-
-    from buildsys.formats.onnx.onnxfile import MODEL_FILE, uses_external_data
-
-    if uses_external_data(path):
-        return path
-    proto = onnx.load(str(path))
-    inits = {t.name: t for t in proto.graph.initializer}
-    folds = [n for n in proto.graph.node if n.op_type == "Transpose" and n.input and n.input[0] in inits]
-    if not folds:
-        return path
-    for node in folds:
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        array = numpy_helper.to_array(inits[node.input[0]])
-        proto.graph.initializer.append(numpy_helper.from_array(array.transpose(perm) if perm else array.T, node.output[0]))
-        proto.graph.node.remove(node)
-    if not private:
-        work.mkdir(parents=True, exist_ok=True)
-        path = work / MODEL_FILE
-    onnx.save_model(proto, str(path))
     return path
 
 

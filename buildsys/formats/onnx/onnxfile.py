@@ -106,6 +106,33 @@ def weights_once(path: Path) -> int:
     return int(saved)
 
 
+def transposed_weights_folded(path: Path, work: Path, private: bool) -> Path:
+    """The model with every Transpose of an initializer made an initializer of its own (the transposed copy of a tied
+    weight that `weights_once` stored once): ONNX Runtime's quantizers quantize a MatMul's weight only where
+    it is an initializer, and would leave the output head float. The int8 file then holds both int8 copies, as the
+    exporter wrote them. A self-contained file only (a side file's weights are never loaded here)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if uses_external_data(path):
+        return path
+    proto = onnx.load(str(path))
+    inits = {t.name: t for t in proto.graph.initializer}
+    folds = [n for n in proto.graph.node if n.op_type == "Transpose" and n.input and n.input[0] in inits]
+    if not folds:
+        return path
+    for node in folds:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        array = numpy_helper.to_array(inits[node.input[0]])
+        proto.graph.initializer.append(numpy_helper.from_array(array.transpose(perm) if perm else array.T, node.output[0]))
+        proto.graph.node.remove(node)
+    if not private:
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / MODEL_FILE
+    onnx.save_model(proto, str(path))
+    return path
+
+
 def readable_copy(path: Path, work: Path, force: bool = False) -> Path:
     """`path`, or a private copy with its side file in `work` (always when `force`): onnx refuses external
     data in a file with several links ("potential hardlink attack"), and inputs are hard-linked from

@@ -263,8 +263,7 @@ def test_a_tied_weight_is_stored_once_and_quantized_as_an_initializer_again(tmp_
     import torch
     from onnxruntime.quantization import quantize_dynamic
 
-    from buildsys.formats.onnx.int8 import _transposed_weights_folded
-    from buildsys.formats.onnx.onnxfile import weights_once
+    from buildsys.formats.onnx.onnxfile import transposed_weights_folded, weights_once
     from buildsys.formats.onnx.weights import measure
 
     class Tied(torch.nn.Module):
@@ -288,6 +287,6 @@ def test_a_tied_weight_is_stored_once_and_quantized_as_an_initializer_again(tmp_
 
     got = ort.InferenceSession(str(path)).run(None, {"ids": ids.numpy()})[0]
     assert np.abs(got - model(ids).detach().numpy()).max() < 1e-5
-    folded = _transposed_weights_folded(path, tmp_path / "work", private=False)
+    folded = transposed_weights_folded(path, tmp_path / "work", private=False)
     quantize_dynamic(str(folded), str(tmp_path / "int8.onnx"))
     assert measure(tmp_path / "int8.onnx", "int8")["share"] == 1.0  # the head quantized too, as before
