@@ -88,7 +88,9 @@ models:
     outputs: [{name: y, kind: values}]
     data: {calibration: cal.npz, validation: val.npz}
 targets:
-  intel: {model: mlp, format: openvino, precision: int8, repair: [keep-float], options: {onnx: {dynamo: false}}}
+  # the classifier the repair keeps float is 39 % of this tiny MLP's weights: the target accepts that share
+  intel: {model: mlp, format: openvino, precision: int8, repair: [keep-float], options: {onnx: {dynamo: false}},
+          acceptance: {min_quantized_share: 0.5}}
   ios: {model: rms, format: coreml, precision: fp16}
 """
 
@@ -147,6 +149,9 @@ def test_openvino_int8_misses_and_keep_float_passes(project: Project) -> None:
     lock = project.lock()
     check = lock.nodes["verify:intel"]["metrics"]["outputs"]["logits"]
     assert check["top1_agreement"]["observed"] >= 0.9
+    # every weight counts, the kept classifier too: the check records the share the target accepted
+    weights = lock.nodes["verify:intel"]["metrics"]["quantized_weights"]
+    assert 0.5 <= weights["observed"] < 0.75 and weights["ok"] is True
     assert lock.routes["intel"]["dropped"][0]["observed"]["logits"]["top1_agreement"] < 0.9
 
 

@@ -276,6 +276,7 @@ DEPLOY = tiny_deploy("""\
     acceptance:
       max_accuracy_drop: 0.05
       min_cosine: 0.5   # 3 logits of an 8-unit MLP: one sample's cosine swings with any rounding
+      min_quantized_share: 0.5  # NNCF's accuracy control reverts one of its layers to float: 57 % of the weights
 """, calls=False)
 
 
