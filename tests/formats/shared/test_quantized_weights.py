@@ -482,37 +482,43 @@ def test_weights_contracted_by_einsum_ship_int8(built: tuple[Path, Any], target:
     assert dict(node.metrics)["weights_as_linear"] == 5
 
 
-@pytest.mark.slow
-@needs["executorch"]
-@pytest.mark.parametrize("target", ["recurrent-tflite", "recurrent-pte"])
-def test_recurrent_layers_ship_int8(built: tuple[Path, Any], target: str) -> None:
+def _passed(built: tuple[Path, Any], target: str) -> dict[str, Any]:
+    """The check of `target` (a TFLite one skipped without litert-torch), asserted to have passed."""
     if target.endswith("tflite"):
         pytest.importorskip("litert_torch")
     check = dict(built[1].nodes[f"verify:{target}"].metrics)
     assert check["passed"] is True, check.get("failures")
+    return check
+
+
+def _step_metrics(built: tuple[Path, Any], target: str) -> dict[str, Any]:
+    """The metrics of the step that made `target`'s artifact."""
+    return dict(built[1].nodes[json.loads((built[0] / "deploy.lock").read_text())["targets"][target]["node"]].metrics)
+
+
+@pytest.mark.slow
+@needs["executorch"]
+@pytest.mark.parametrize("target", ["recurrent-tflite", "recurrent-pte"])
+def test_recurrent_layers_ship_int8(built: tuple[Path, Any], target: str) -> None:
+    _passed(built, target)
     # the LSTM's and the GRU's weights unrolled into linears: before, only the head was int8 (9 % of the weights;
     # ExecuTorch's share did not count the recurrent weights, so its float LSTM passed as 100 %)
     assert _facts(built[0], target)["share"] >= 0.99
-    node = built[1].nodes[json.loads((built[0] / "deploy.lock").read_text())["targets"][target]["node"]]
-    assert dict(node.metrics)["recurrent_unrolled"] == 2
+    assert _step_metrics(built, target)["recurrent_unrolled"] == 2
 
 
 @pytest.mark.slow
 @needs["executorch"]
 @pytest.mark.parametrize("target", ["encoder-tflite", "encoder-pte"])
 def test_embedding_tables_ship_int8(built: tuple[Path, Any], target: str) -> None:
-    if target.endswith("tflite"):
-        pytest.importorskip("litert_torch")
-    check = dict(built[1].nodes[f"verify:{target}"].metrics)
-    assert check["passed"] is True, check.get("failures")
+    _passed(built, target)
     # no PT2E quantizer has a pattern for aten.embedding: the token table (93 % of the weights) stayed float32,
     # and both were refused at 6.4 % and 6.3 % int8, 3.81× the int8 size; stored int8 with per-row scales, they are
     # within 3 % of the ideal
     fact = _facts(built[0], target)
     assert fact["by_kind"]["embedding"]["quantized"] >= 64000 and fact["share"] >= 0.99, fact
     assert fact["size_ratio"] <= 1.03, fact
-    node = built[1].nodes[json.loads((built[0] / "deploy.lock").read_text())["targets"][target]["node"]]
-    assert dict(node.metrics)["embeddings_int8"] == 1
+    assert _step_metrics(built, target)["embeddings_int8"] == 1
 
 
 @pytest.mark.slow
