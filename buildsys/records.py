@@ -77,8 +77,32 @@ class DroppedRoute(TypedDict, total=False):
     refused: list[dict[str, Any]]  # where the user's model calls the ops a converter refused (localise/sites.py)
 
 
-class RouteEntry(TypedDict):
-    dropped: list[DroppedRoute]
+class ComparedRoute(TypedDict, total=False):
+    """One route a target with `prefer:` built and measured (planning.prefer): what deploy.lock keeps of it."""
+
+    route: Required[list[str]]  # its stops' words
+    passed: Required[bool]  # its artifact passed the target's check
+    reason: str  # why not, in one line
+    bytes: int  # the deliverable's files
+    latency_ms: float  # the check's quick latency on this host (min over its runs)
+    fidelity: float  # the check's accuracy, else top-1 agreement, else cosine, averaged over outputs
+    key: str  # its check's key
+
+
+class ChosenRoute(TypedDict):
+    """The route a target with `prefer:` ships, and the comparison that chose it: a build reuses the choice while
+    the check of that route keeps `key` (planning.prefer)."""
+
+    prefer: str  # latency | size | accuracy
+    route: list[str]
+    key: str  # the check's key when chosen
+    gain: str  # what the choice bought against the first route that passed, in words
+    compared: list[ComparedRoute]  # in the order built; the first is the route the pipeline tried first
+
+
+class RouteEntry(TypedDict, total=False):
+    dropped: Required[list[DroppedRoute]]
+    chosen: ChosenRoute
 
 
 class NodeEntry(TypedDict, total=False):

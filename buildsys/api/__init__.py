@@ -251,7 +251,7 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
 
     planner = opened.planner
     result = BuildResult({**{p.node.name: NodeResult(p.node.name, FRESH) for p in the_plan.order()}, **results})
-    rows = target_rows(the_plan, planner.lock.nodes, planner.lock.targets, source_sizes(opened))
+    rows = target_rows(the_plan, planner.lock.nodes, planner.lock.targets, source_sizes(opened), planner.lock.routes)
     targets = {}
     for row in rows:
         name = row["target"]

@@ -100,6 +100,9 @@ def explain(config: str, node: str) -> None:
     if target in dag.routes:  # a target's check or deliverable: the route taken and the ones dropped
         out.update(route=dag.routes[target].words(), candidate_routes=[r.words() for r in dag.candidates.get(target, [])],
                    dropped_routes=[{k: r[k] for k in ("route", "node", "reason")} for r in the_plan.dropped.get(target, [])])
+        chosen = (project.planner.lock.routes.get(target) or {}).get("chosen")
+        if chosen:  # the comparison a `prefer:` made, route by route
+            out["chosen"] = chosen
     if dag.rewrites(node):  # the op rewrites the artifact (or the one a check judges) was made with
         out["rewrites"] = dag.rewrites(node)
     from buildsys.localise.record import last_miss, table_lines

@@ -243,6 +243,16 @@ class Target(Strict):
         default_factory=list, description="The routes to try, in order, each given as its `via` stops (e.g. "
         "[[pt2], [onnx, saved_model]]): the first whose artifact passes the check wins. Unset: every route "
         "of the format graph, fewest steps first (at most 4). Cannot be combined with `via`.")
+    prefer: Optional[Literal["latency", "size", "accuracy"]] = Field(
+        default=None, description="Which passing route ships when several can (README, Routes with fallback). Unset: the "
+        "first route that passes, in the order tried (the cheapest build; the route order already puts native "
+        "converters first). latency: the fastest on this host (the check's quick latency, minimum over its runs); "
+        "size: the smallest deliverable; accuracy: the highest accuracy on the validation set (else top-1 "
+        "agreement, else cosine). The build also builds and checks up to two more of the target's plain routes "
+        "(no fallback scheme, no repair), within a time bound, ships the best, and records the comparison in "
+        "deploy.lock: later builds take the chosen route without measuring again until its check's key changes. "
+        "A rival replaces the first route only when it is better by more than the noise (5 % latency, 1 % size, "
+        "0.1 % accuracy). Cannot be combined with `via`.")
     rewrites: Optional[list[str]] = Field(
         default=None, description="Op rewrites (docs/rewrites.md) applied where the route loads the PyTorch module "
         "(the trace, torch.export or the ONNX export). Unset: none at first; when a converter refuses an op that a "
@@ -303,6 +313,9 @@ class Target(Strict):
     def _one_way_to_route(self) -> "Target":
         if self.via and self.routes:
             raise ValueError("give either 'via' (one pinned route) or 'routes' (routes to try in order), not both")
+        if self.via and self.prefer:
+            raise ValueError("'prefer' chooses among routes and 'via' pins one: drop 'via', or list the routes to "
+                             "compare under 'routes'")
         return self
 
     @property

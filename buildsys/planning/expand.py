@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from buildsys.planning.coverage import Gaps
     from buildsys.planning.history import History
     from buildsys.planning.routes import Route
+    from buildsys.records import ChosenRoute
 
 # The steps of the nodes that are not formats (registered in buildsys.nodes).
 REFERENCE_STEP, CHECK_STEP, BENCH_STEP = "reference", "check", "bench"
@@ -105,20 +106,22 @@ class Dag:
 
 def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | None = None, *, bench: bool = False,
            history: "History | None" = None, gaps: "Gaps | None" = None, qat: dict[str, str] | None = None,
-           excluded: dict[str, list["Route"]] | None = None) -> Dag:
+           excluded: dict[str, list["Route"]] | None = None, chosen: dict[str, "ChosenRoute"] | None = None) -> Dag:
     """Turn the project's targets (all, or `selected`) into the DAG of nodes that makes them.
 
     Each target takes its first candidate route (pipeline.candidates, from the route `history`, the op
-    coverage `gaps` and the models' `qat` flows) not in `excluded[target]`. Targets with latency budgets get a
+    coverage `gaps` and the models' `qat` flows) not in `excluded[target]`, or the route `chosen` for it under
+    its `prefer:` where that one is left (planning.prefer). Targets with latency budgets get a
     `bench:` node; `bench=True` gives every target one. With `cache` (a file path), a previous expansion of
     the same inputs is reused."""
-    history, gaps, qat, excluded = history or {}, gaps or {}, qat or {}, excluded or {}
+    history, gaps, qat, excluded, chosen = history or {}, gaps or {}, qat or {}, excluded or {}, chosen or {}
     if cache is None:
-        return _expand(cfg, selected, bench, history, gaps, qat, excluded)
+        return _expand(cfg, selected, bench, history, gaps, qat, excluded, chosen)
     import pickle
 
     key = digest_json([cfg.project.model_dump(mode="json"), selected, bench, str(cfg.root), code_fingerprint(),
-                       history, gaps, qat, {t: [r.words() for r in rs] for t, rs in sorted(excluded.items())}])
+                       history, gaps, qat, {t: [r.words() for r in rs] for t, rs in sorted(excluded.items())},
+                       {t: c["route"] + [c["prefer"]] for t, c in sorted(chosen.items())}])
     try:
         with open(cache, "rb") as f:
             stored_key, dag = pickle.load(f)
@@ -126,7 +129,7 @@ def expand(cfg: LoadedConfig, selected: list[str] | None = None, cache: Path | N
             return dag
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError, ImportError):
         pass  # no cache, or one written by other code: expand afresh
-    dag = _expand(cfg, selected, bench, history, gaps, qat, excluded)
+    dag = _expand(cfg, selected, bench, history, gaps, qat, excluded, chosen)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -159,7 +162,7 @@ class _Chains:
 
 
 def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool, history: "History", gaps: "Gaps",
-            qat: dict[str, str], excluded: dict[str, list["Route"]]) -> Dag:
+            qat: dict[str, str], excluded: dict[str, list["Route"]], chosen: dict[str, "ChosenRoute"]) -> Dag:
     from buildsys.nodes import verify
 
     project = cfg.project
@@ -177,12 +180,15 @@ def _expand(cfg: LoadedConfig, selected: list[str] | None, bench: bool, history:
     unsettled: list[Unsettled] = []
     checks: list[Node] = []
     for tname, target in project.targets.items():
-        contexts[tname] = context_for(cfg, tname, history.get(tname, []), gaps.get(target.model, {}), qat.get(target.model))
+        contexts[tname] = context_for(cfg, tname, history.get(tname, []), gaps.get(target.model, {}), qat.get(target.model),
+                                      chosen.get(tname))
         candidate_routes[tname] = candidates(cfg, contexts[tname])
         left = [r for r in candidate_routes[tname] if r not in excluded.get(tname, [])]
         if not left:
             exhausted.append(tname)  # every route failed: the planner fails its check, saying why
         route = left[0] if left else candidate_routes[tname][-1]  # exhausted: the last one tried, already built
+        if contexts[tname].chosen in left:  # chosen under `prefer:`; the first routes still name the nodes
+            route = next(r for r in left if r == contexts[tname].chosen)
         routes[tname] = route
         precision = _precision(cfg, tname, route.formats[-1])
         try:

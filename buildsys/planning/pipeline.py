@@ -36,7 +36,7 @@ from buildsys.planning.routes import MAX_ROUTES, Route
 if TYPE_CHECKING:
     from buildsys.config.load import LoadedConfig
     from buildsys.config.schema import Model, Target
-    from buildsys.records import DroppedRoute
+    from buildsys.records import ChosenRoute, DroppedRoute
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,15 @@ class TargetContext:
     history: list["DroppedRoute"] = field(default_factory=list)  # its routes that failed (history.py)
     gaps: dict[str, list[str]] = field(default_factory=dict)  # "table:reads" → the model's ops it lacks
     qat: str | None = None  # the model's QAT flow ('' none; None: not analysed)
+    #: the route a comparison under the target's `prefer:` chose (deploy.lock's `routes.<target>.chosen`): taken
+    #: before the others while it has not failed (planning.prefer)
+    chosen: Route | None = None
 
 
 def context_for(cfg: "LoadedConfig", name: str, history: list["DroppedRoute"], gaps: dict[str, list[str]],
-              qat: str | None) -> TargetContext:
-    """A target's context, after the checks that concern the target as a whole (file:line errors)."""
+              qat: str | None, chosen: "ChosenRoute | None" = None) -> TargetContext:
+    """A target's context, after the checks that concern the target as a whole (file:line errors). A `chosen`
+    route counts while the target prefers what it was chosen for."""
 
     project = cfg.project
     target = project.targets[name]
@@ -81,7 +85,9 @@ def context_for(cfg: "LoadedConfig", name: str, history: list["DroppedRoute"], g
                               where=cfg.where("targets", name, "options", target.format),
                               field=f"targets.{name}.options", hint=f"keep one: the goal node is {target.goal}")
         options[target.goal] = options.pop(target.format)
-    return TargetContext(name, target, model, options, written_options(cfg, name, options), history, gaps, qat)
+    preferred = Route.parse(chosen["route"], "prefer") if chosen and chosen["prefer"] == target.prefer else None
+    return TargetContext(name, target, model, options, written_options(cfg, name, options), history, gaps, qat,
+                         preferred)
 
 
 def _paths(cfg: "LoadedConfig", name: str, target: "Target", model: "Model") -> list[Route]:

@@ -113,7 +113,8 @@ def _fresh(the_plan: Plan, name: str) -> bool:
 
 
 def make_plan(planner: Planner, request: PlanRequest, *, dropped_now: dict[str, list[list[str]]] | None = None,
-              failed_now: dict[str, tuple[str, str]] | None = None) -> Plan:
+              failed_now: dict[str, tuple[str, str]] | None = None,
+              excluded_now: dict[str, list["Route"]] | None = None) -> Plan:
     """Expand the requested targets and give every node its state, action and reasons (no analysis).
 
     `dropped_now` (target → route words) are the routes that failed earlier in the same build: they stay
@@ -121,16 +122,18 @@ def make_plan(planner: Planner, request: PlanRequest, *, dropped_now: dict[str, 
     but a key is only known once the node's inputs are: a failing node behind one that is not fresh at plan
     time has no key to match its record, and the build would take that route again, and again).
     `failed_now` (node → (key, why)) are nodes that failed earlier in the same build: under the same key they
-    fail again at once, unrun (another target's reroute must not repeat a conversion that cannot succeed)."""
+    fail again at once, unrun (another target's reroute must not repeat a conversion that cannot succeed).
+    `excluded_now` (target → routes) are left out outright: a `prefer:` comparison pins a route so."""
 
     history = route_history.read(planner.lock.routes)
     known = coverage.read(planner)
     targets = list(request.targets) if request.targets else None
-    excluded: dict[str, list["Route"]] = {}
+    chosen = {t: e["chosen"] for t, e in planner.lock.routes.items() if "chosen" in e}
+    excluded: dict[str, list["Route"]] = {t: list(rs) for t, rs in (excluded_now or {}).items()}
     dropped: dict[str, list[DroppedRoute]] = {}
     while True:
         dag = expand(planner.config, targets, cache=planner.store.dir / "expansion.pickle", bench=request.bench,
-                     history=history, gaps=known.gaps(), qat=known.qat(), excluded=excluded)
+                     history=history, gaps=known.gaps(), qat=known.qat(), excluded=excluded, chosen=chosen)
         selected = list(dag.target_nodes) if not targets else targets
         if dag.unsettled:
             return Plan(planner.config, dag, {}, selected, dropped, known, dag.unsettled)

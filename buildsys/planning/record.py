@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys.planning.kinds import kind_of
-from buildsys.records import DroppedRoute, FileRow, node_entry, target_entry
+from buildsys.records import ChosenRoute, DroppedRoute, FileRow, node_entry, target_entry
 
 if TYPE_CHECKING:
     from buildsys.planning.node import Node
@@ -55,6 +55,11 @@ class LockWriter:
             entry["dropped"] = [r for r in entry["dropped"] if r["route"] != record["route"]] + [record]
         self.lock.write()
 
+    def chose(self, target: str, record: ChosenRoute) -> None:
+        """The route a target with `prefer:` ships, and the comparison that chose it (planning.prefer)."""
+        self.lock.routes.setdefault(target, {"dropped": []})["chosen"] = record
+        self.lock.write()
+
     def cleared(self) -> None:
         """Every deliverable under artifacts/ was removed (`modelbuild clean`)."""
         self.lock.targets.clear()
@@ -67,7 +72,7 @@ class LockWriter:
         history = self.lock.routes.get(delivery.target)
         if history is not None:  # this route passes now: forget its old failure
             history["dropped"] = [r for r in history["dropped"] if r["route"] != delivery.route.words()]
-            if not history["dropped"]:
+            if not history["dropped"] and "chosen" not in history:
                 del self.lock.routes[delivery.target]
 
 

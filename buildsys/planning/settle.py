@@ -19,6 +19,7 @@ from buildsys.planning.failures import failures
 from buildsys.planning.history import FAILED_EARLIER
 from buildsys.planning.kinds import CheckKind
 from buildsys.planning.plan import Plan, PlanRequest, make_plan, plan
+from buildsys.planning.prefer import choose
 from buildsys.records import Event, NodeResult
 from buildsys.status import Analysis, Outcome
 
@@ -67,7 +68,7 @@ def settle(planner: "Planner", request: PlanRequest, execute: Execute, writer: "
         # What failed or was skipped on the dropped route is judged again on the next one.
         results = {n: r for n, r in results.items()
                    if n in the_plan.nodes and r.outcome not in (Outcome.FAILED, Outcome.SKIPPED)}
-    return the_plan, results
+    return choose(planner, request, execute, writer, the_plan, results, on_event)  # `prefer:`: the best route
 
 
 def _why(result: NodeResult) -> str:

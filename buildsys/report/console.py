@@ -171,9 +171,9 @@ def _targets_needing(plan: Plan, name: str) -> list[str]:
 
 
 def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, Any],
-                source_sizes: dict[str, int]) -> list[dict[str, Any]]:
+                source_sizes: dict[str, int], lock_routes: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One summary row per requested target: size (and ratio to the fp32 source weights), check
-    status and what users feel: accuracy, top-1 agreement, largest error."""
+    status and what users feel: accuracy, top-1 agreement, largest error; the choice `prefer:` made."""
     rows = []
     for target in plan.targets:
         node = plan.dag.nodes[plan.dag.target_nodes[target]]
@@ -192,6 +192,7 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
                "route": route, "dropped": dropped, "rewrites": plan.dag.rewrites(node.name),
                "repair": ((lock_nodes.get(node.name) or {}).get("facts") or {}).get("repair"),
+               "chosen": ((lock_routes or {}).get(target) or {}).get("chosen"),  # under `prefer:` (planning.prefer)
                "quantized_weights": check.get("quantized_weights"),  # the share in its precision, against its floor
                "latency": check.get("latency"),  # batch 1 in its runtime, beside PyTorch eager's (the reference's)
                "eager_latency": (lock_nodes.get(ReferenceKind.node_name(node.model), {}).get("metrics") or {}).get("latency")}
@@ -242,6 +243,10 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
                 out.print(f"{row['target']}: {Caveat.from_dict(caveat)}", style="yellow", markup=False, highlight=False)
         if row.get("dropped") and row["path"]:
             out.print(f"{row['target']}: made by {' → '.join(row['route'])}", style="yellow", markup=False)
+        chosen = row.get("chosen")
+        if chosen and row["path"] and chosen["route"] == row["route"]:
+            out.print(f"{row['target']}: prefer {chosen['prefer']}: {' → '.join(chosen['route'])} of "
+                      f"{len(chosen['compared'])} route(s) compared; {chosen['gain']}", markup=False, highlight=False)
         if row.get("rewrites") and row["path"]:
             out.print(f"{row['target']}: carries op rewrites {', '.join(row['rewrites'])} (docs/rewrites.md)",
                       style="yellow", markup=False, highlight=False)

@@ -19,7 +19,8 @@ from buildsys.records import Event
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _STYLE = {"built": "green", "cached": "cyan", "restored": "cyan", "remote": "cyan", "cutoff": "dim", "fresh": "dim",
-          "failed": "bold red", "skipped": "yellow", "rerouted": "yellow", "analysed": "dim"}
+          "failed": "bold red", "skipped": "yellow", "rerouted": "yellow", "analysed": "dim",
+          "chosen": "cyan"}
 LOG_LINES = 8  # a failing node's last log lines shown under it
 
 

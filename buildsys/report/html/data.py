@@ -7,6 +7,7 @@ from typing import Any
 
 from buildsys.planning.kinds import BenchKind, CheckKind
 from buildsys.planning.repair import describe
+from buildsys.report.html.formatting import fmt_size
 from buildsys.report.html.palette import PRECISION_COLORS, STATUS
 from buildsys.status import TargetStatus, Verdict, target_status
 
@@ -34,6 +35,7 @@ class Row:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     route: list[str] = field(default_factory=list)  # formats from the source to the artifact
     dropped: list[dict[str, Any]] = field(default_factory=list)  # routes tried first: route, node, reason
+    choice: list[str] = field(default_factory=list)  # the comparison a `prefer:` made, in words (choice_lines)
     rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
     repair: list[str] = field(default_factory=list)  # the accuracy-repair record in words (docs/repair.md)
     weights: str = ""  # the share of weights in the target's precision against its floor, in words
@@ -115,12 +117,31 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         row.weights = weights_words(check.get("quantized_weights"))
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
+        row.choice = choice_lines(((lock.get("routes") or {}).get(target) or {}).get("chosen"))
         status = target_status(check_node, delivered=True, route=row.route, dropped=row.dropped)
         row.status = _status(status, bench, row.on_fail)
         row.words = status.words
         row.caveats = [str(c) for c in status.caveats]
         result.append(row)
     return result
+
+
+def choice_lines(chosen: Any) -> list[str]:
+    """deploy.lock's record of a `prefer:` comparison (planning.prefer) in words: the choice and what it bought,
+    then each route compared with what it measured, or why it did not pass."""
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("compared"), list):
+        return []
+    lines = [f"prefer {chosen.get('prefer')}: {' → '.join(map(str, chosen.get('route') or []))}; {chosen.get('gain', '')}"]
+    for c in chosen["compared"]:
+        route = " → ".join(map(str, c.get("route") or []))
+        if not c.get("passed"):
+            lines.append(f"compared {route}: did not pass: {c.get('reason', '')}")
+            continue
+        figures = [fmt_size(c["bytes"])] if isinstance(c.get("bytes"), int) else []
+        figures += [f"{c['latency_ms']:.3g} ms"] if isinstance(c.get("latency_ms"), (int, float)) else []
+        figures += [f"accuracy {c['fidelity']:.2%}"] if isinstance(c.get("fidelity"), (int, float)) else []
+        lines.append(f"compared {route}: {', '.join(figures)}")
+    return lines
 
 
 def weights_words(weights: Any) -> str:

@@ -71,7 +71,7 @@ def render_markdown(data: list[Row], title: str) -> str:
             lines.append("- route: " + md(" → ".join(r.route)))
         if r.rewrites:
             lines.append("- op rewrites: " + md(", ".join(r.rewrites)))
-        lines += ["- " + md(line) for line in [*r.repair, *([r.weights] if r.weights else [])]]
+        lines += ["- " + md(line) for line in [*r.repair, *([r.weights] if r.weights else []), *r.choice]]
         for d in r.dropped:
             lines.append(f"- dropped route {md(' → '.join(map(str, d['route'])))} at `{str(d.get('node', '?')).replace('`', '')}`: "
                          f"{md(d.get('reason', '') + trade_off(d))}")

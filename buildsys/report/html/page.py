@@ -252,7 +252,7 @@ def _route(r: Row) -> str:
                       f'<span class="mono">{esc(d.get("node", "?"))}</span>: {esc(d.get("reason", "") + trade_off(d))}</li>'
                       for d in r.dropped)
     rewrites = f'<p>op rewrites: <span class="mono">{esc(", ".join(r.rewrites))}</span></p>' if r.rewrites else ""
-    rewrites += "".join(f"<p>{esc(line)}</p>" for line in [*r.repair, *([r.weights] if r.weights else [])])
+    rewrites += "".join(f"<p>{esc(line)}</p>" for line in [*r.repair, *([r.weights] if r.weights else []), *r.choice])
     return (f'<h3 class="gap">Route</h3><p class="mono">{esc(" → ".join(r.route))}</p>' + rewrites
             + (f'<ul class="dim">{dropped}</ul>' if dropped else ""))
 
