@@ -96,8 +96,8 @@ class ChosenRoute(TypedDict):
     prefer: str  # latency | size | accuracy
     route: list[str]
     key: str  # the check's key when chosen
-    gain: str  # what the choice bought against the first route that passed, in words
-    compared: list[ComparedRoute]  # in the order built; the first is the route the pipeline tried first
+    gain: str  # what the choice bought against the route built first, in words
+    compared: list[ComparedRoute]  # in the order built; the first is the route taken before comparing
 
 
 class RouteEntry(TypedDict, total=False):

@@ -303,6 +303,25 @@ class BenchStep(Step):
 # --- threads and host ------------------------------------------------------------------------------
 
 
+def build_latency(session: Any, one: Any, runtime_name: str) -> dict[str, Any]:
+    """The latency a check (or the reference, for PyTorch eager) records of `session` on the batch-1 feeds `one`
+    (nodes/timing.quick_latency): with the runtime's own threads, then at one intra-op thread (`one_thread`) where
+    the runtime lets a session choose (`Session.use_threads`); `one_thread` says `not_measured` where it cannot.
+    One thread is the figure that compares runtimes fairly on a shared host, where a thread pool waits for cores
+    other processes hold."""
+    from buildsys.nodes.timing import quick_latency
+
+    out = {**quick_latency(lambda: session.run(one)), "runtime": runtime_name}
+    try:
+        with _torch_threads(1, wanted=_uses_torch(runtime_name)):
+            threads = session.use_threads(1)
+            out["one_thread"] = quick_latency(lambda: session.run(one)) if threads == 1 else \
+                {"not_measured": f"{runtime_name} does not let a session choose its threads"}
+    except Exception as exc:  # the artifact ran already: a thread setting it refuses is no verdict
+        out["one_thread"] = {"not_measured": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    return out
+
+
 def _preimport(runtime_name: str) -> None:
     from buildsys.formats import get_runtime
 

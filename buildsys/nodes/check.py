@@ -29,7 +29,7 @@ class CheckStep(Step):
     """Compare an artifact's outputs with the reference under the target's resolved acceptance."""
 
     name = "check"
-    version = 11  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
+    version = 12  # 2: structural inspection and size budgets; 3: serving checks, labels must fit;
                   # 4: one-value-per-sample outputs get the batch's cosine; 5: caveats (what did not run, or
                   # ran on a lesser path), and require_numeric fails on them; 6: a miss is localised
                   # (the first module whose output diverges, with a per-layer table); 7: default limits raised
@@ -37,7 +37,7 @@ class CheckStep(Step):
                   # in its precision is held to a floor (min_quantized_share); 9: an ill-conditioned output's fp32
                   # check falls back to its float64 outputs (nodes/intrinsic.py); a miss's localisation is bounded;
                   # 10: float32 subnormals flushed to zero on both sides, an all-subnormal reference a caveat
-                  # 11: the share counts every weight (formats/quantized_weights.py); batch-1 latency in the runtime
+                  # 11: the share counts every weight (formats/quantized_weights.py); batch-1 latency; 12: at 1 thread too
     consumes = ()  # not an edge of the format graph: the planner adds one check per target
     produces = "check"
     toolchain = "torch"  # the planner runs a check in its artifact's toolchain worker
@@ -167,7 +167,7 @@ class CheckStep(Step):
         runtime failure is a StepError; an artifact the runtime cannot run (CannotRun) propagates. With
         `timed`, the session's latency at batch 1 too (nodes/timing.quick_latency; else None)."""
         from buildsys.formats import get_runtime
-        from buildsys.nodes.timing import quick_latency
+        from buildsys.nodes.bench import build_latency
 
         fmt_name = ctx.extra["format"]
         try:
@@ -176,7 +176,7 @@ class CheckStep(Step):
                 latency = None
                 if timed and ctx.model.task != "text-generation":  # generation's speed is bench's (TTFT, tokens/s)
                     one = next(iter(batch.chunks(1)))
-                    latency = {**quick_latency(lambda: session.run(one)), "runtime": runtime_name}
+                    latency = build_latency(session, one, runtime_name)  # all threads, then one
                 return outputs, list(session.__dict__.get("caveats", [])), session.findings(), latency
         except CannotRun:
             raise

@@ -22,11 +22,11 @@ class ReferenceStep(Step):
     consumes = ()  # not an edge of the format graph: the planner wires it to the model's source
     produces = "reference"
     packages = ("torch",)
-    version = 6  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
+    version = 7  # 2: a quantization-aware-trained source gives its fake-quant outputs, observers frozen (buildsys.formats.torch.qat);
                  # 3: the model's intrinsic error at float64 and float16 (nodes/intrinsic.py); 4: an ill-conditioned
                  # output's float64 outputs (float64:<name>), the truth its fp32 checks fall back to; 5: the model's
                  # own int8 error (weights and activations rounded to 8 bits); 6: PyTorch eager's batch-1 latency
-                 # (nodes/timing.quick_latency), what every target's is set beside
+                 # (nodes/timing.quick_latency), what every target's is set beside; 7: at one thread too
     # How far the model itself moves at another precision: the default limits of its checks follow from it.
     committed_metrics = ("intrinsic",)
     extra = "torch"
@@ -85,10 +85,9 @@ class ReferenceStep(Step):
             arrays["labels"] = batch.labels
         metrics: dict[str, Any] = {"samples": len(batch), "origin": batch.origin}
         if ctx.model.task != "text-generation":  # PyTorch eager at batch 1: what every target's latency is set beside
-            from buildsys.nodes.timing import quick_latency
+            from buildsys.nodes.bench import build_latency
 
-            one = next(iter(batch.chunks(1)))
-            metrics["latency"] = {**quick_latency(lambda: session.run(one)), "runtime": runtime_name}
+            metrics["latency"] = build_latency(session, next(iter(batch.chunks(1))), runtime_name)
         intrinsic, truth = self._intrinsic(ctx, session, batch, outputs)
         if intrinsic:
             import json

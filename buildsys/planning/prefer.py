@@ -75,8 +75,8 @@ def choose(planner: "Planner", request: PlanRequest, execute: Callable[[Plan], d
 
 
 def chosen_record(prefer: str, compared: list[ComparedRoute]) -> ChosenRoute:
-    """The route to ship under `prefer` among `compared` (the first is the route tried first, which passed), and
-    what choosing it bought, in words."""
+    """The route to ship under `prefer` among `compared` (the first is the route the build took before comparing,
+    which passed: the pipeline's first, or the route chosen before), and what choosing it bought, in words."""
     first = compared[0]
     best = first
     for rival in compared[1:]:
@@ -98,14 +98,14 @@ def _better(prefer: str, rival: ComparedRoute, best: ComparedRoute) -> bool:
 
 def _gain(prefer: str, first: ComparedRoute, best: ComparedRoute) -> str:
     if best is first:
-        return f"the first route stays: no rival better by {_margin_words(prefer)}"
+        return f"the route built first stays: no rival better by {_margin_words(prefer)}"
     if prefer == "latency":
         return f"{best['latency_ms']:.3g} ms against {first['latency_ms']:.3g} ms, " \
-               f"{first['latency_ms'] / best['latency_ms']:.2f}× faster than the first route"
+               f"{first['latency_ms'] / best['latency_ms']:.2f}× faster than the route built first"
     if prefer == "size":
         return f"{best['bytes'] / 1e3:.1f} KB against {first['bytes'] / 1e3:.1f} KB, " \
-               f"{first['bytes'] / best['bytes']:.2f}× smaller than the first route"
-    return f"accuracy {best['fidelity']:.2%} against {first['fidelity']:.2%} on the first route"
+               f"{first['bytes'] / best['bytes']:.2f}× smaller than the route built first"
+    return f"accuracy {best['fidelity']:.2%} against {first['fidelity']:.2%} on the route built first"
 
 
 def _margin_words(prefer: str) -> str:

@@ -111,7 +111,8 @@ def test_rows_read_from_the_lock(lock: dict[str, Any]) -> None:
 
 def test_three_svg_plots_are_well_formed(lock: dict[str, Any], page: tuple[str, str]) -> None:
     html, _ = page
-    svgs = re.findall(r'<svg class="chart".*?</svg>', html, flags=re.S)
+    plots = html.split("<h2>Plots</h2>", 1)[1].split("</div>", 1)[0]
+    svgs = re.findall(r'<svg class="chart".*?</svg>', plots, flags=re.S)
     labels = [re.search(r'aria-label="([^"]*)"', s).group(1) for s in svgs]  # type: ignore[union-attr]
     assert labels == ["Numeric error per target and output", "Latency per runtime",
                       "Artifact size per precision, by model"]
@@ -124,6 +125,21 @@ def test_three_svg_plots_are_well_formed(lock: dict[str, Any], page: tuple[str, 
     assert ">server</text>" in latency and ">ts</text>" not in latency  # only benchmarked targets
     assert latency.count("<title>") == 2  # one bar for the artifact, one for eager
     assert ">tiny</text>" in size and size.count("<title>") == len(TARGETS)  # one bar per target, grouped by model
+
+
+def test_a_models_formats_are_compared_by_the_latency_their_checks_measured(lock: dict[str, Any],
+                                                                           page: tuple[str, str]) -> None:
+    html, markdown = page
+    section = html.split("<h2>Formats compared</h2>", 1)[1].split("<h2>Details</h2>", 1)[0]
+    best = sorted((r.check["latency"]["min_ms"], r.target) for r in rows(lock))  # every check timed its artifact
+    assert f"fastest here: " in section and f"({best[0][1]})" in section and "× PyTorch eager" in section
+    table = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    assert [t for t in re.findall(r"<tr><td>([^<]+)</td>", table)] == [t for _, t in best]  # fastest first
+    [svg] = re.findall(r'<svg class="chart".*?</svg>', section, flags=re.S)
+    root = ET.fromstring(svg)
+    assert root.get("aria-label") == "Latency of each format of tiny"
+    assert all(f">{t}</text>" in svg for t in TARGETS) and ">PyTorch eager</text>" in svg
+    assert "## Formats compared: tiny" in markdown and "| Target | Format | Precision | Size | Best call |" in markdown
 
 
 def test_html_is_self_contained_and_balanced(page: tuple[str, str]) -> None:

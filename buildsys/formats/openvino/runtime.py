@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.formats import get_format, register_runtime
-from buildsys.formats.openvino.ir import compile_cpu, telemetry_off
+from buildsys.formats.openvino.ir import compile_cpu, cpu_config, telemetry_off
 from buildsys.status import Caveat, CaveatKind
 from buildsys.formats.runtime import Runtime, Session, fixed_batch, loading
 
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 
 class OpenVinoSession(Session):
     """A compiled model fed by input name; outputs come back in the signature's order."""
+
+    path: Path | None = None  # the IR it was compiled from, and the settings added to `cpu_config` (use_threads)
+    extra: dict[str, str] | None = None
+
+    def use_threads(self, threads: int | None) -> int | None:
+        """The CPU plugin fixes its streams' threads at compile time: compile the IR again with `threads`."""
+        if threads is None or self.path is None:
+            return None
+        import openvino as ov
+
+        config = {**cpu_config(), **(self.extra or {}), "INFERENCE_NUM_THREADS": threads}
+        self.__init__(ov.Core().compile_model(str(self.path), "CPU", config), self.model)  # type: ignore[misc]
+        return threads
 
     def __init__(self, compiled: Any, model: Model):
         self.compiled = compiled
@@ -90,6 +103,7 @@ class OpenVinoRuntime(OpenVinoCpu):
         with loading(f"OpenVINO could not load '{path.name}'"):
             compiled, extra = compile_cpu(ov.Core(), str(path))
         session = OpenVinoSession(compiled, model)
+        session.path, session.extra = path, extra
         if extra:
             session.note(Caveat(CaveatKind.DEGRADED, f"compiled with {extra}",
                                 "OpenVINO's CPU plugin could not allocate registers for a fused elementwise snippet of "

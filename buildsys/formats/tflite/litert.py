@@ -86,6 +86,13 @@ class LiteRtSession(Session):
         self.xnnpack = True
         self._bind(_interpreter(path, xnnpack=True))
 
+    def use_threads(self, threads: int | None) -> int | None:
+        """LiteRT fixes its threads when the interpreter is made: make it again with `threads`."""
+        if threads is None:
+            return None
+        self._bind(_interpreter(self.path, xnnpack=self.xnnpack, threads=threads))
+        return threads
+
     def _bind(self, interpreter: Any) -> None:
         from buildsys.formats.tflite.layout import SIGNATURE
 
@@ -207,13 +214,13 @@ class LiteRt(Runtime):
         return litert_intermediates(layout_session(LiteRtSession, path, model), feeds, modules)
 
 
-def _interpreter(path: Path, xnnpack: bool) -> Any:
-    """A LiteRT interpreter; the default op resolver applies XNNPACK to the ops it supports."""
+def _interpreter(path: Path, xnnpack: bool, threads: int | None = None) -> Any:
+    """A LiteRT interpreter (`threads`: every CPU); the default op resolver applies XNNPACK to the ops it supports."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     with loading(f"LiteRT could not load '{path.name}'", _with_flex_hint):
-        return Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1,
+        return Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1,
                            experimental_op_resolver_type=resolver)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildsys.planning.kinds import BenchKind, CheckKind
+from buildsys.planning.kinds import BenchKind, CheckKind, ReferenceKind
 from buildsys.planning.repair import describe
 from buildsys.report.html.formatting import fmt_size
 from buildsys.report.html.palette import PRECISION_COLORS, STATUS
@@ -39,6 +39,8 @@ class Row:
     rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
     repair: list[str] = field(default_factory=list)  # the accuracy-repair record in words (docs/repair.md)
     weights: str = ""  # the share of weights in the target's precision against its floor, in words
+    eager_ms: float | None = None  # PyTorch eager's best call at batch 1 (the model's reference node)
+    eager_one_thread_ms: float | None = None  # the same at one intra-op thread
 
     def metric(self, name: str) -> dict[str, Any] | None:
         """The first output's item for `name` that has an observed value."""
@@ -117,6 +119,10 @@ def rows(lock: dict[str, Any]) -> list[Row]:
         row.weights = weights_words(check.get("quantized_weights"))
         row.dropped = [d for d in ((lock.get("routes") or {}).get(target) or {}).get("dropped") or []
                        if isinstance(d, dict) and isinstance(d.get("route"), list)]
+        eager = ((nodes.get(ReferenceKind.node_name(row.model)) or {}).get("metrics") or {}).get("latency") or {}
+        row.eager_ms = float(eager["min_ms"]) if isinstance(eager.get("min_ms"), (int, float)) else None
+        one = eager.get("one_thread") or {}
+        row.eager_one_thread_ms = float(one["min_ms"]) if isinstance(one.get("min_ms"), (int, float)) else None
         row.choice = choice_lines(((lock.get("routes") or {}).get(target) or {}).get("chosen"))
         status = target_status(check_node, delivered=True, route=row.route, dropped=row.dropped)
         row.status = _status(status, bench, row.on_fail)

@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from buildsys.planning.repair import trade_off
+from buildsys.report.html import formats
 from buildsys.report.html.data import Row, count_statuses
 from buildsys.report.html.formatting import (
     fmt_limit,
@@ -61,6 +62,7 @@ def render_markdown(data: list[Row], title: str) -> str:
             _md_metric(r.worst("max_rel"), "max_rel"), lat, md(f"{speed:.2f}×") if isinstance(speed, (int, float)) else "—",
             md(r.words or STATUS[r.status][0])]) + " |")
     lines.append("")
+    lines += _formats_compared(data)
     for r in data:
         lines += [f"## {MD_STATUS[r.status]} {md(r.target)}", "",
                   f"- artifact: `{r.node.replace('`', '')}` in `{r.path.replace('`', '')}`, {md(fmt_size(r.size))}"
@@ -111,3 +113,20 @@ def render_markdown(data: list[Row], title: str) -> str:
                                  f"{md(fmt_ms(item.get('allowed')))}{'' if item.get('ok') else ' ✗'}")
             lines.append("")
     return "\n".join(lines)
+
+
+def _formats_compared(data: list[Row]) -> list[str]:
+    """Per model with several delivered formats, their build-host latency, size and accuracy side by side."""
+    lines: list[str] = []
+    eager, eager1 = formats.eager_of(data), formats.eager_of(data, one_thread=True)
+    for model, rows in formats.by_model(data).items():
+        lines += [f"## Formats compared: {md(model)}", "", md(formats.verdict(rows, eager.get(model))) + " (desktop figures, "
+                  "batch 1, the check's best call)", "",
+                  "| Target | Format | Precision | Size | Best call | Median | vs eager | 1 thread | vs eager, 1 thread "
+                  "| Accuracy |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {md(c.target)} | {md(c.format)} | {md(c.precision)} | {md(fmt_size(c.size))} | {md(fmt_ms(c.best_ms))} | "
+                  f"{md(fmt_ms(c.p50_ms))} | {md(formats.times(eager.get(model), c.best_ms))} | {md(fmt_ms(c.one_thread_ms))} | "
+                  f"{md(formats.times(eager1.get(model), c.one_thread_ms))} | "
+                  f"{md(f'{c.accuracy:.2%}') if c.accuracy is not None else '—'} |" for c in rows]
+        lines.append("")
+    return lines
