@@ -162,6 +162,31 @@ def test_the_builds_quick_latency_keeps_the_best_call_and_the_median_and_never_f
     assert latency_cell({"not_measured": "why"}, {"min_ms": 1.0}) == "" and latency_cell(None, None) == ""
 
 
+def test_the_builds_latency_takes_one_thread_too_where_the_runtime_lets_a_session_choose() -> None:
+    from buildsys.nodes.bench import build_latency
+
+    class Session:
+        def __init__(self, threads: int | None | Exception):
+            self.threads, self.calls = threads, 0
+
+        def run(self, feeds: dict) -> list:
+            self.calls += 1
+            return []
+
+        def use_threads(self, threads: int | None) -> int | None:
+            if isinstance(self.threads, Exception):
+                raise self.threads
+            return self.threads
+
+    chooses = build_latency(Session(1), {}, "onnxruntime")
+    assert chooses["runtime"] == "onnxruntime" and chooses["min_ms"] >= 0 and chooses["one_thread"]["runs"] >= 1
+    fixed = build_latency(Session(None), {}, "executorch")
+    assert fixed["min_ms"] >= 0 and fixed["one_thread"] == {
+        "not_measured": "executorch does not let a session choose its threads"}
+    refused = build_latency(Session(RuntimeError("no pool\nmore")), {}, "onnxruntime")
+    assert refused["min_ms"] >= 0 and refused["one_thread"] == {"not_measured": "RuntimeError: no pool"}
+
+
 def test_tile_indices_wrap_around() -> None:
     assert bench.tile_indices(3, 7) == [0, 1, 2, 0, 1, 2, 0]
     assert bench.tile_indices(10, 2) == [0, 1]

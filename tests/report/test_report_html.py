@@ -140,6 +140,8 @@ def test_a_models_formats_are_compared_by_the_latency_their_checks_measured(lock
     assert root.get("aria-label") == "Latency of each format of tiny"
     assert all(f">{t}</text>" in svg for t in TARGETS) and ">PyTorch eager</text>" in svg
     assert "## Formats compared: tiny" in markdown and "| Target | Format | Precision | Size | Best call |" in markdown
+    # ONNX Runtime and TorchScript let a session choose its threads: each check timed one thread too
+    assert all(r.check["latency"]["one_thread"]["min_ms"] > 0 for r in rows(lock)) and "<th>1 thread</th>" in section
 
 
 def test_html_is_self_contained_and_balanced(page: tuple[str, str]) -> None:

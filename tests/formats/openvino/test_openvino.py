@@ -67,6 +67,14 @@ def test_fp32_ir_matches_torch_and_passes_its_check(cnn: Tiny, cnn_ir: Path, cnn
     result = check(cnn, tmp_path / "check", "openvino", cnn_ir, cnn_reference)
     assert result["passed"] is True, result
     assert result["runtime"] == "openvino" and result["structure"]["problems"] == []
+    # timed at batch 1 with the plugin's threads, then compiled again at one thread (OpenVinoSession.use_threads)
+    assert result["latency"]["runs"] >= 1 and result["latency"]["one_thread"]["min_ms"] > 0
+    from buildsys.config.data import Batch
+
+    with get_runtime("openvino").load(cnn_ir, cnn.model, cnn.root) as session:
+        assert session.use_threads(1) == 1
+        np.testing.assert_allclose(session.run_all(Batch(feeds, None, "test"))[0], torch_outputs(cnn, feeds)[0],
+                                   rtol=1e-4, atol=1e-5)
     assert result["structure"]["facts"]["inputs"] == ["image"]
 
 

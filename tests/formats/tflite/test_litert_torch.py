@@ -62,6 +62,9 @@ def test_step_converts_and_litert_matches_torch(cnn, tmp_path: Path, precision: 
     want = torch_outputs(tiny, feeds)[0]
     assert got.shape == want.shape
     assert np.abs(got - want).max() < tolerance * max(1.0, float(np.abs(want).max()))
+    # the check's one-thread latency: the interpreter made again at one thread computes the same
+    assert session.use_threads(1) == 1
+    np.testing.assert_array_equal(session.run({"image": feeds["image"][:step]})[0], got[:step])
 
 
 def _full_int8(tmp_path: Path, kind: str) -> tuple[dict, dict]:
