@@ -58,8 +58,9 @@ class SavedModelFromOnnx(Step):
     """Convert an ONNX graph to a TensorFlow SavedModel with onnx2tf, recording the layout it chose."""
 
     name = "saved-model-from-onnx"
-    version = 3  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
-    # names the QuantizeLinear/DequantizeLinear an ONNX input already held (`quantized_source`, a QAT model)
+    version = 4  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
+    # names the QuantizeLinear/DequantizeLinear an ONNX input already held (`quantized_source`, a QAT model);
+    # 4: plain LSTMs as tf_keras LSTM layers at batch 1, which TFLite fuses (formats/tflite/recurrent.py)
     consumes = ("onnx",)
     produces = "saved_model"
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
@@ -139,8 +140,11 @@ class SavedModelFromOnnx(Step):
             copy = Path(work) / "model.onnx"
             onnx.save_model(proto, str(copy))
             with tensorflow_uids() as uids:
-                keras_model = self._convert(ctx, opts, proto, copy, Path(work))
-                record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout)
+                keras_model, fused = self._convert(ctx, opts, proto, copy, Path(work))
+                # a fused LSTM needs a static batch, the only form TFLite's converter fuses: 1 unless batch_size says
+                # (fixed here, not in onnx2tf, whose layout inference differs at a static batch)
+                record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout,
+                                    batch=1 if fused and not opts.batch_size else None)
         canonical_saved_model(out, uids["start"], uids["end"])  # the same bytes from any worker, any host
         from buildsys.formats.torch.qat import onnx_qdq
 
@@ -150,20 +154,27 @@ class SavedModelFromOnnx(Step):
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         moved = [i["name"] for i in record["inputs"] if i["perm"] != sorted(i["perm"])]
         return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+                **({"fused_lstm": fused, "static_batch": 1} if fused and not opts.batch_size else
+                   {"fused_lstm": fused} if fused else {}),
                 "channels_last_inputs": moved,
                 "layouts": {i["name"]: i["layout"] for i in record["inputs"]}}
 
-    def _convert(self, ctx: StepContext[Options], opts: Options, proto: "onnx.ModelProto", path: Path, work: Path) -> Any:
+    def _convert(self, ctx: StepContext[Options], opts: Options, proto: "onnx.ModelProto", path: Path,
+                 work: Path) -> tuple[Any, list[str]]:
+        """onnx2tf's Keras model of the ONNX file, and the LSTM nodes it holds as fused-kernel layers (recurrent.py)."""
         import onnx2tf
         import tf_keras
+
+        from buildsys.formats.tflite.recurrent import fused_lstm
 
         # Keras numbers layer names per process; a fresh session gives the same names (and the same
         # SavedModel bytes) whether this is the worker's first conversion or its tenth.
         tf_keras.backend.clear_session()
         keep = [i.name for i in proto.graph.input if 3 <= len(i.type.tensor_type.shape.dim) <= 5]
         log = io.StringIO()
+        fusing = contextlib.nullcontext([]) if opts.enable_rnn_unroll else fused_lstm()  # unrolled: onnx2tf's own cell
         try:
-            with _no_downloads(ctx), _min_padded_pools(), contextlib.redirect_stdout(log):
+            with _no_downloads(ctx), _min_padded_pools(), contextlib.redirect_stdout(log), fusing as fused:
                 model = onnx2tf.convert(
                     input_onnx_file_path=str(path),
                     output_folder_path=str(work / "onnx2tf"),
@@ -185,12 +196,14 @@ class SavedModelFromOnnx(Step):
             sys.stdout.write(log.getvalue())  # keep onnx2tf's own messages in the node's log
         if model is None:
             raise self.fail(ctx, "onnx2tf returned no model: " + _last_error(log.getvalue()))
-        return model
+        return model, fused
 
-    def _save(self, ctx: StepContext[Options], model: Any, proto: "onnx.ModelProto", out: Path, moves: bool) -> dict[str, Any]:
+    def _save(self, ctx: StepContext[Options], model: Any, proto: "onnx.ModelProto", out: Path, moves: bool,
+              batch: int | None = None) -> dict[str, Any]:
         """Write the SavedModel with one signature keyed by the ONNX names, and return the layout record.
 
-        `moves`: whether onnx2tf was asked to move channels last; the shapes confirm it per tensor.
+        `moves`: whether onnx2tf was asked to move channels last; the shapes confirm it per tensor. `batch`: the
+        signature's batch, where the model's is dynamic.
         """
         import tensorflow as tf
         import tf_keras
@@ -212,8 +225,9 @@ class SavedModelFromOnnx(Step):
 
         archive = tf_keras.export.ExportArchive()
         archive.track(model)
+        shapes = [[batch or t.shape[0], *t.shape[1:]] if t.shape.rank else list(t.shape) for t in model.inputs]
         archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=[
-            tf.TensorSpec(t.shape, t.dtype, key) for t, key in zip(model.inputs, in_keys)])
+            tf.TensorSpec(shape, t.dtype, key) for shape, t, key in zip(shapes, model.inputs, in_keys)])
         try:
             with contextlib.redirect_stdout(sys.stderr):  # ExportArchive prints a summary to stdout
                 archive.write_out(str(out))
@@ -222,9 +236,8 @@ class SavedModelFromOnnx(Step):
                                  f"{_first_line(exc)}") from exc
         specs = {i.name: i for i in ctx.model.inputs}
         record: dict[str, Any] = {"signature": SIGNATURE, "inputs": [], "outputs": []}
-        for name, key, tensor in zip(in_names, in_keys, model.inputs):
+        for name, key, tensor, tf_shape in zip(in_names, in_keys, model.inputs, shapes):
             onnx_shape = _onnx_dims(values[name])
-            tf_shape = list(tensor.shape)
             spec = specs.get(name)
             perm = match_perm(onnx_shape, tf_shape, moved=moves and 3 <= len(tf_shape) <= 5)
             axes = letters(spec.layout if spec else None, len(perm))
