@@ -210,6 +210,10 @@ class Step:
     #: its decomposition is covered): candidate routes are ordered by it (buildsys/planning/coverage.py). None: not
     #: known, routes stay as they are. A step whose options choose the converter overrides `accepts`.
     accepts_ops: ClassVar[tuple[str, str] | None] = None
+    #: The model's ops (as exported) this step's converter writes out op by op where another converter keeps them
+    #: whole in a fused kernel (an LSTM unrolled over its sequence): routes through this step go after the routes
+    #: that can keep them, before those that lack an op (planning/ordering.py; native kernels before rewrites).
+    unrolls: ClassVar[tuple[str, ...]] = ()
     #: A backend's table of the ops it takes over from the runtime's kernels (XNNPACK's partitioner configs),
     #: and the inventory it reads: shown in `plan` (delegated or left to portable kernels), never an order.
     delegates_ops: ClassVar[tuple[str, str] | None] = None

@@ -57,6 +57,8 @@ ASSERTIONS = frozenset({
 
 #: The op table of what PyTorch's decomposition tables lower (formats/torch/op_table.py): information, no converter.
 DECOMPOSABLE = "decomposable"
+#: The model's ops that some step unrolls (`Step.unrolls`): routes through such a step go after the others.
+UNROLLED = "unrolled"
 
 
 @dataclass
@@ -105,7 +107,16 @@ class Coverage:
             exported = self.ops[model].get("exported") or []
             if DECOMPOSABLE in self.tables and model in out:
                 out[model][DECOMPOSABLE] = sorted(set(exported) & set(self.tables[DECOMPOSABLE]))
+            unrolled = sorted(set(exported) & _unrolled_anywhere())
+            if unrolled:  # a converter writes these out op by op where another keeps a fused kernel
+                out.setdefault(model, {})[UNROLLED] = unrolled
         return out
+
+
+def _unrolled_anywhere() -> set[str]:
+    from buildsys.formats import steps
+
+    return {op for step in steps().values() for op in step.unrolls}
 
 
 def _dir(planner: "Planner") -> Path:

@@ -1,6 +1,8 @@
 """Routes ordered by op coverage: a route whose converters lack one of the model's ops goes after the routes
 that can work, or gives its place to the same route with the rewrites that remove what it lacks (the route
-pipeline's `order` stage; planning.coverage knows what each converter lacks).
+pipeline's `order` stage; planning.coverage knows what each converter lacks). A route whose converter writes out
+an op of the model that another route keeps in a fused kernel (`Step.unrolls`: litert-torch's LSTM) goes after
+the routes that keep it: native kernels before rewrites.
 
 A step declares what it accepts (`Step.accepts_ops`: a table and which inventory it reads, the graph as
 exported or after the core ATen decompositions; `Step.accepts(options)` where an option picks the converter).
@@ -29,13 +31,15 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
     loaded comes after the routes that can work and before those that lack an op: it may work, they cannot."""
 
     decomposable = set(gaps.get("decomposable", []))
+    unrolled = set(gaps.get("unrolled", []))
     good: list["Route"] = []
+    unrolling: list["Route"] = []  # they work, but write out an op another route keeps in a fused kernel
     lowered: list["Route"] = []
     bad: list["Route"] = []
     for route in routes:
         lacking = route_gaps(route, gaps, options)
         if not lacking:
-            good.append(route)
+            (unrolling if unrolled & {op for step in route.steps() for op in step.unrolls} else good).append(route)
             continue
         names = _rewrites_for(lacking)
         rewritten = with_rewrites(route, names, options) if auto_rewrites and names is not None else None
@@ -46,6 +50,7 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
             lowered += [decomposed] if decomposed is not None else []
         bad.append(route)
     out = [r for i, r in enumerate(good) if r not in good[:i]]
+    out += [r for i, r in enumerate(unrolling) if r not in out and r not in unrolling[:i]]
     out += [r for i, r in enumerate(lowered) if r not in out and r not in lowered[:i]]
     return out + [r for r in bad if r not in out]
 

@@ -106,6 +106,7 @@ class TfliteFromPt2(Step):
     # `fold_constants` is an option: off, the step is what it was (the option is in the key only where set)
     route_cost = 1.5  # ahead of the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
+    unrolls = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # decomposed step by step (onnx2tf's LSTM is TFLite's fused one)
     fixes_shapes = True  # converted at a fixed batch
     symptoms = (DETACHED_VIEW, RUNTIME_LACKS_STABLEHLO)  # then the decompositions of the ops it names ("Lowering
     # not found: aten.x")

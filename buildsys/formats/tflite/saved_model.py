@@ -66,6 +66,7 @@ class SavedModelFromOnnx(Step):
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
     extra = "tflite"
     toolchain = "tf"
+    unrolls = ("gru", "rnn_tanh", "rnn_relu")  # TFLite has no fused GRU kernel; onnx2tf's RNN loops unroll (LSTM: fused)
     description = "onnx2tf.convert (no model saving by onnx2tf, no downloads), then a SavedModel whose signature " \
                   "is named after the ONNX inputs and outputs."
 
@@ -83,7 +84,9 @@ class SavedModelFromOnnx(Step):
         enable_rnn_unroll: bool = Field(
             default=False, description="Unroll RNN/GRU/LSTM over the static sequence length (onnx2tf's "
             "enable_rnn_unroll) instead of a TensorFlow while loop, whose TensorList ops (tf.TensorListReserve) the "
-            "TFLite converter cannot lower. Set by the planner when the TFLite converter refuses them (docs/lowering.md).")
+            "TFLite converter cannot lower; also turns off the fused LSTM (a plain forward LSTM is otherwise one "
+            "UNIDIRECTIONAL_SEQUENCE_LSTM at batch 1: formats/tflite/recurrent.py). Set by the planner when the TFLite "
+            "converter refuses them (docs/lowering.md).")
         disable_strict_mode: bool = Field(
             default=False, description="Skip onnx2tf's strict-mode accuracy correction (disable_strict_mode): the "
             "brute-force trials of transpositions of a binary op's operands, which can run for many minutes and GB on "
