@@ -132,7 +132,7 @@ def test_a_models_formats_are_compared_by_the_latency_their_checks_measured(lock
     html, markdown = page
     section = html.split("<h2>Formats compared</h2>", 1)[1].split("<h2>Details</h2>", 1)[0]
     best = sorted((r.check["latency"]["min_ms"], r.target) for r in rows(lock))  # every check timed its artifact
-    assert f"fastest here: " in section and f"({best[0][1]})" in section and "× PyTorch eager" in section
+    assert "fastest here: " in section and f"({best[0][1]})" in section and "× PyTorch eager" in section
     table = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     assert [t for t in re.findall(r"<tr><td>([^<]+)</td>", table)] == [t for _, t in best]  # fastest first
     [svg] = re.findall(r'<svg class="chart".*?</svg>', section, flags=re.S)
