@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 #: The ONNX LSTM activations that match Keras's (sigmoid gates, tanh cell and output).
-DEFAULT_ACTIVATIONS = ([], ["Sigmoid", "Tanh", "Tanh"])
+DEFAULT_ACTIVATIONS: tuple[list[str], ...] = ([], ["Sigmoid", "Tanh", "Tanh"])
 
 
 def _plain(attrs: dict[str, Any], inputs: list[str]) -> bool:

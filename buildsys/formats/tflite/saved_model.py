@@ -175,7 +175,8 @@ class SavedModelFromOnnx(Step):
         tf_keras.backend.clear_session()
         keep = [i.name for i in proto.graph.input if 3 <= len(i.type.tensor_type.shape.dim) <= 5]
         log = io.StringIO()
-        fusing = contextlib.nullcontext([]) if opts.enable_rnn_unroll else fused_lstm()  # unrolled: onnx2tf's own cell
+        fusing: contextlib.AbstractContextManager[list[str]] = \
+            contextlib.nullcontext([]) if opts.enable_rnn_unroll else fused_lstm()  # unrolled: onnx2tf's own cell
         try:
             with _no_downloads(ctx), _min_padded_pools(), contextlib.redirect_stdout(log), fusing as fused:
                 model = onnx2tf.convert(
