@@ -72,6 +72,12 @@ class StepError(ModelbuildError):
     exit_code = 1
 
 
+class UnmetOnEveryRoute(StepError):
+    """A step failed for what its target asks of this model, not for the route: every route would fail the same
+    way (`sparsity: auto` where even the lowest ratio misses the target's acceptance), so the planner tries no
+    other route (planning/failures.py) and the build fails at once, saying what the user can change."""
+
+
 class DataError(ModelbuildError):
     """A data set (example / calibration / validation) cannot be used as it is: NaN inputs, labels
     that do not fit the samples. Reported as bad data, never blamed on an artifact."""

@@ -52,6 +52,7 @@ class WorkerReply(TypedDict, total=False):
     built: dict[str, Any]
     refused: list[dict[str, Any]]  # where the user's model calls the ops a converter refused (localise/sites.py)
     decomposable: list[str]  # the refused ATen ops PyTorch's tables decompose (running/worker.py)
+    every_route: bool  # the failure lies in what the target asks: no other route is tried (errors.UnmetOnEveryRoute)
 
 
 def worker_request(*, step: str, options: dict[str, Any], model_name: str, model: dict[str, Any], root: str,

@@ -374,8 +374,10 @@ class Step:
     def _run(self, ctx: StepContext) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def fail(self, ctx: StepContext, cause: str) -> "StepError":
-        """The error for a failure the user can fix: one line naming the model, the cause and this step."""
-        from buildsys.errors import StepError
+    def fail(self, ctx: StepContext, cause: str, *, every_route: bool = False) -> "StepError":
+        """The error for a failure the user can fix: one line naming the model, the cause and this step.
+        `every_route`: the cause lies in what the target asks of the model, not in this route
+        (errors.UnmetOnEveryRoute): no other route is tried."""
+        from buildsys.errors import StepError, UnmetOnEveryRoute
 
-        return StepError(f"model '{ctx.model_name}': {cause} (step {self.name})")
+        return (UnmetOnEveryRoute if every_route else StepError)(f"model '{ctx.model_name}': {cause} (step {self.name})")

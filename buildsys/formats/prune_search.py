@@ -170,7 +170,7 @@ def search(step: "Step", ctx: "StepContext", module: Any, prune: Callable[[float
     except NoRatio as exc:
         raise step.fail(ctx, "sparsity auto: even the lowest ratio misses the tolerance on the validation set ("
                              + "; ".join(describe(exc.record)[1:]) + "); deliver it dense (remove sparsity) or "
-                             "loosen the acceptance you wrote") from exc
+                             "loosen the acceptance you wrote", every_route=True) from exc
     return chosen, {**record, "chosen": chosen}
 
 

@@ -61,6 +61,8 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
         failed = [n for n in reversed(chain) if getattr(results.get(n), "outcome", "") == Outcome.FAILED]
         if not failed or results[failed[0]].metrics.get("host_limited") or not plan.nodes[failed[0]].key:
             continue  # nothing failed, or the host could not run the check (Core ML off macOS, strict)
+        if results[failed[0]].metrics.get("every_route"):
+            continue  # the target asks what no route gives this model (errors.UnmetOnEveryRoute): fail at once
         node, result = failed[0], results[failed[0]]
         why = str((result.metrics.get("failures") or [result.error or "failed"])[0]).removeprefix(FAILED_EARLIER)
         rewrites: list[str] = []

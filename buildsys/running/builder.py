@@ -361,9 +361,11 @@ def failure_metrics(reply: WorkerReply) -> dict[str, Any]:
     """What a failed step's reply says beyond its error: where the step was when its budget stopped it
     (`stopped`, running/watchdog.py) and where the user's model calls the ops a converter refused (`refused`,
     localise/sites.py), for the summary and the record of the dropped route; and which of the refused ATen ops
-    PyTorch's tables decompose (`decomposable`: the planner's decomposition answers, planning.answers)."""
+    PyTorch's tables decompose (`decomposable`: the planner's decomposition answers, planning.answers); and
+    whether the failure lies in what the target asks, so that no other route is tried (`every_route`,
+    errors.UnmetOnEveryRoute)."""
     out = {k: v for k, v in (reply.get("metrics") or {}).items() if k == "stopped"}
-    out.update({k: reply[k] for k in ("refused", "decomposable") if reply.get(k) is not None})
+    out.update({k: reply[k] for k in ("refused", "decomposable", "every_route") if reply.get(k) is not None})
     return out
 
 

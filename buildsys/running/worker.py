@@ -20,7 +20,7 @@ from typing import Any
 def handle(request: dict[str, Any]) -> dict[str, Any]:
     """Run one step request and return the reply (never raises for step failures)."""
     from buildsys.config.schema import Model
-    from buildsys.errors import ModelbuildError
+    from buildsys.errors import ModelbuildError, UnmetOnEveryRoute
     from buildsys.formats import StepContext, get_step
 
     try:
@@ -42,6 +42,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     except ModelbuildError as exc:
         traceback.print_exc()
         reply = {"ok": False, "error": str(exc), "user": True}
+        if isinstance(exc, UnmetOnEveryRoute):
+            reply["every_route"] = True
     except Exception as exc:  # a converter's own exception: report it as the step's failure
         traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

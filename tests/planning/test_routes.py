@@ -285,3 +285,23 @@ def test_litert_torch_leads_to_tflite_for_every_input_and_onnx2tf_follows(tmp_pa
         np.savez(project.root / "val.npz", x=np.zeros(data, "float32"))
         candidates = _candidates(project)
         assert candidates[:2] == [["pytorch", "pt2", "tflite"], ["pytorch", "onnx", "saved_model", "tflite"]], shape
+
+
+def test_a_failure_of_what_the_target_asks_travels_to_the_planner_as_every_route() -> None:
+    """A step failing for what its target asks, not for its route (errors.UnmetOnEveryRoute), says so in the
+    worker's reply and the node's metrics, where planning/failures.py reads it and drops no route: no other route
+    converts and fails the same way (end to end: `sparsity: auto` with no ratio that holds,
+    tests/formats/coreml/test_sparsity_auto.py)."""
+    from buildsys.errors import StepError, UnmetOnEveryRoute
+    from buildsys.formats import StepContext, get_step
+    from buildsys.running.builder import failure_metrics
+
+    step = get_step("onnx-from-pytorch")()
+    ctx = StepContext.__new__(StepContext)
+    object.__setattr__(ctx, "model_name", "m")
+    asked = step.fail(ctx, "sparsity auto: even the lowest ratio misses", every_route=True)
+    assert isinstance(asked, UnmetOnEveryRoute) and str(asked) == \
+        "model 'm': sparsity auto: even the lowest ratio misses (step onnx-from-pytorch)"
+    assert type(step.fail(ctx, "a converter refused an op")) is StepError
+    assert failure_metrics({"ok": False, "error": str(asked), "every_route": True}) == {"every_route": True}
+    assert failure_metrics({"ok": False, "error": "a converter refused an op"}) == {}
