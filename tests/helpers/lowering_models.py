@@ -46,7 +46,7 @@ class PerSample(nn.Module):
 
 
 class GruHar(nn.Module):
-    """Activity recognition on [batch, 9, 90] sensor windows: Conv1d features, a GRU over time, a linear head."""
+    """Activity recognition on [batch, 9, T] sensor windows: Conv1d features, a GRU over time, a linear head."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ Two ways, both through modelbuild's own content-addressed store:
 - `shared_remote`: the end-to-end tiers (`slow`, `zoo`) build with one file:// remote cache per test session
   (storage/remote.py, the same cache a team shares), so a node that another test already built with the same key
   (the same model, data, options and upstream artifacts) is pulled and checked, not built again.
-- `built_once`, for a project that many tests read as it is:
+- `once` / `built_once`, for a project (and what its build returned) that many tests read as it is:
 
 A module-scoped fixture builds once per worker that runs one of its tests, and `--dist worksteal` spreads a
 module's tests over both workers: an end-to-end project was built twice, sometimes three times, per session.
@@ -17,15 +17,19 @@ modelbuild (every node is keyed by content), so a build there is a no-op, not a 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from filelock import FileLock
 
 DONE = ".built-once"  # written last: a build that raised leaves none, and the next test to ask builds again
+VALUE = ".built-once.pickle"  # what the build returned
+T = TypeVar("T")
 
 
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -56,10 +60,11 @@ def shared_remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
-    """The directory `build(root)` filled, run once per test session across workers for this `name`.
+def once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T]) -> tuple[Path, T]:
+    """`make(root)` run once per test session across workers for this `name`: the directory it filled and the
+    value it returned (pickled beside its files, so a worker that did not build it gets an equal copy).
 
-    Readers must not change it (take `copy_of` it for that): other tests read the same directory.
+    Readers must not change the directory (take `copy_of` it for that): other tests read the same one.
     """
     shared = session_dir(tmp_path_factory) / "built-once"
     shared.mkdir(exist_ok=True)
@@ -68,12 +73,19 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
         if not (root / DONE).exists():
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir()
-            build(root)
+            value = make(root)
+            (root / VALUE).write_bytes(pickle.dumps(value))
             (root / DONE).touch()
-    return root
+            return root, value
+    return root, pickle.loads((root / VALUE).read_bytes())
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory `build(root)` filled, run once per test session across workers for this `name` (`once`)."""
+    return once(tmp_path_factory, name, build)[0]
 
 
 def copy_of(built: Path, dest: Path) -> Path:
     """A private copy of a `built_once` directory at `dest` (contents and mtimes kept), for a test that writes."""
-    shutil.copytree(built, dest, symlinks=True, ignore=shutil.ignore_patterns(DONE))
+    shutil.copytree(built, dest, symlinks=True, ignore=shutil.ignore_patterns(DONE, VALUE))
     return dest

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from buildsys.report.html import render
-from tests.report.test_report_html import build_lock
+from tests.report.test_report_html import shared_lock
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
@@ -43,7 +43,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def lock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return build_lock(tmp_path_factory.mktemp("browser") / "proj")
+    return shared_lock(tmp_path_factory)
 
 
 def test_screenshot_is_a_real_page(lock: dict[str, Any], tmp_path: Path) -> None:

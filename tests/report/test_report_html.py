@@ -14,6 +14,7 @@ import pytest
 from buildsys.storage.lock import Lock
 from buildsys.report.html import render, rows
 from tests.conftest import make_tiny_project
+from tests.helpers.shared import once
 
 TARGETS = ("int8", "server", "ts")
 
@@ -26,9 +27,15 @@ def build_lock(root: Path) -> dict[str, Any]:
     return Lock.read(project.root / "deploy.lock").as_dict()
 
 
+def shared_lock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """build_lock's lock, built once per test session for every report test that reads it (the HTML's and the
+    browser's modules, on whichever workers they run)."""
+    return once(tmp_path_factory, "report-tiny", lambda root: build_lock(root / "proj"))[1]
+
+
 @pytest.fixture(scope="module")
 def lock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return build_lock(tmp_path_factory.mktemp("report") / "proj")
+    return shared_lock(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

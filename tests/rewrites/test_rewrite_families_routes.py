@@ -28,7 +28,8 @@ from torch import nn
 
 
 class GruActivity(nn.Module):
-    """Windows of nine IMU channels [B, 90, 9] -> Conv1d -> GRU -> 6 activities (the classic on-device model)."""
+    """Windows of nine IMU channels [B, T, 9] -> Conv1d -> GRU -> 6 activities (the classic on-device model; the test
+    takes 20 frames, since the rewrite unrolls the GRU over them)."""
 
     def __init__(self):
         super().__init__()
@@ -421,7 +422,7 @@ def test_a_gru_activity_model_reaches_tflite_unrolled(tmp_path: Path) -> None:
     """onnx2tf turns the ONNX GRU into a TensorFlow while loop that TFLite refuses (tf.TensorListReserve); the
     refusal names no ATen op, the ONNX export recorded the module's torch.gru call, so `recurrent` is tried. (The
     target lists onnx2tf's route: for a [batch, time, features] input litert-torch's leads and converts the GRU.)"""
-    project, out = _build(tmp_path, "har_gru", HAR_GRU, "[{name: window, shape: [batch, 90, 9]}]",
+    project, out = _build(tmp_path, "har_gru", HAR_GRU, "[{name: window, shape: [batch, 20, 9]}]",
                           "android: {model: model, format: tflite, routes: [[onnx, saved_model]]}\n")
     _assert_rewrite_route(project, out, "android", ["pytorch", "onnx (rewrite recurrent)", "saved_model", "tflite"],
                           "recurrent", "tf.TensorListReserve")
