@@ -130,9 +130,14 @@ class WorkerProcess:
             self.proc.wait()
         self._stderr.close()
 
-    def close(self) -> None:
+    def ask_to_exit(self) -> None:
+        """Close the worker's stdin: it finishes and exits (a pool closing many asks them all, then waits)."""
         if self.alive and self.proc.stdin:
             self.proc.stdin.close()
+
+    def close(self) -> None:
+        self.ask_to_exit()
+        if self.alive:
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -247,6 +252,8 @@ class LocalExecutor:
 
     def close(self) -> None:
         with self._lock:
+            for w in self._idle:
+                w.ask_to_exit()  # all of them first: they exit side by side
             for w in self._idle:
                 w.close()
             self._idle.clear()

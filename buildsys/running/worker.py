@@ -149,7 +149,19 @@ def main() -> None:
                 os.dup2(original_err, 1)
                 os.dup2(original_err, 2)
         protocol.write(json.dumps(reply, default=str) + "\n")
+    _exit_without_teardown()
 
+
+def _exit_without_teardown() -> None:
+    """Leave once the orchestrator closes stdin, skipping the interpreter's teardown.
+
+    Every reply and file is written before this point, and tearing down torch's, TensorFlow's or
+    coremltools's modules costs 0.3 s, 1.7 s and 3-5 s of CPU per worker at the end of every build
+    (measured on this project's 2-core host). Line coverage, the one thing CI's coverage mode writes at
+    exit, is saved by coverage's own `_exit` patch ([tool.coverage.run] in pyproject.toml)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -192,15 +193,34 @@ class OnnxInt8FromOnnx(Step):
         )
 
 
+@contextmanager
+def _torch_left_unloaded() -> Iterator[None]:
+    """Inside: torch reads as not installed, where this worker has not loaded it.
+
+    quant_pre_process's symbolic shape inference imports `onnxruntime.tools`, whose `__init__` imports torch
+    whenever torch is installed, for an export helper that shape inference never calls: 1.9 s of an ONNX
+    worker's first int8 step, for a small model most of the step. A None entry in sys.modules is importlib's
+    own "not installed"; afterwards torch is importable again."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  # None: "not importable", by design
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch", ...) is None:
+            del sys.modules["torch"]
+
+
 def _preprocess(src: Path, work: Path, external: bool) -> tuple[Path, str]:
     """quant_pre_process into `work`; on failure the original model and a note saying why."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
     out = work / "preprocessed.onnx"
     try:
         if external:
             return _preprocess_by_path(src, work), "by path (external data): basic optimization and ONNX shape inference"
-        quant_pre_process(str(src), str(out))
+        with _torch_left_unloaded():
+            quant_pre_process(str(src), str(out))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return src, f"skipped: {type(exc).__name__}: {first}"[:300]
