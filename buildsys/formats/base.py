@@ -187,8 +187,12 @@ class StepContext(Generic[O]):
 #: What coremltools' `_deps` imports only to learn whether it can convert from it, neither of which a conversion
 #: from PyTorch uses: TensorFlow (its TF frontend) and ExecuTorch (its EDGE-dialect frontend). Measured here,
 #: importing coremltools with its torch frontend and optimize.coreml: 8.1 s with TensorFlow blocked, 6.1 s with
-#: both (docs/performance.md, "Cold build"). scikit-learn stays: palettization's k-means uses it.
+#: both (docs/performance.md, "Cold build"). scikit-learn is probed too, but palettization's k-means imports it
+#: when it runs: it is hidden only while coremltools is imported (`COREMLTOOLS_IMPORT_PROBES`).
 COREMLTOOLS_PROBES = ("tensorflow", "executorch")
+#: What coremltools' import probes for and a conversion may still import later: scikit-learn (its sklearn
+#: converter; 2-4 s of the import, with SciPy and pandas).
+COREMLTOOLS_IMPORT_PROBES = {"coremltools": ("sklearn",)}
 
 
 class Step:
@@ -244,6 +248,9 @@ class Step:
     #: probe for them (`COREMLTOOLS_PROBES`). The worker of a toolchain blocks the union of its steps'
     #: (running.worker); measured in docs/performance.md, "Cold build".
     unused_imports: ClassVar[tuple[str, ...]] = ()
+    #: Packages the worker imports at its start with what they only probe for hidden: package → the names that
+    #: read as not installed during its import and are importable again afterwards (`COREMLTOOLS_IMPORT_PROBES`).
+    probed_imports: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: Whether its worker needs a GPU (a Dask worker must declare the `gpu` resource: running.dask).
     gpu: ClassVar[bool] = False
     #: Files of modelbuild's own that the step copies into its output (a generated handler): their

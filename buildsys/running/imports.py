@@ -2,7 +2,8 @@
 
 A worker (buildsys/running/worker.py) imports its toolchain's packages once and keeps them (buildsys/running/pool.py),
 so these seconds are what each worker start costs a cold build. Each toolchain is timed in its own
-fresh interpreter with the worker's own import blocks applied, importing the packages its steps
+fresh interpreter with the worker's own import blocks applied (and what a package only probes for hidden
+during its import, as the worker does), importing the packages its steps
 declare in a fixed order; a package's share includes whatever it imports that was not loaded yet
 (torch under coremltools, for one), so the total is the honest figure and the shares show where it goes.
 """
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field
 #: Run in the fresh interpreter: argv[1] is the toolchain, argv[2:] the modules to import in order.
 _PROBE = """
 import json, sys, time
-from buildsys.running.worker import block_unused_imports
+from buildsys.running.worker import block_unused_imports, import_hiding, probed_imports
 block_unused_imports(sys.argv[1])
+probed = probed_imports(sys.argv[1])
 shares = {}
 for module in sys.argv[2:]:
     started = time.perf_counter()
     try:
+        import_hiding(module, probed.get(module, set()))
         __import__(module)
     except Exception as exc:
         shares[module] = -1.0

@@ -99,6 +99,40 @@ def block_unused_imports(toolchain: str) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable", by design
 
 
+def probed_imports(toolchain: str) -> dict[str, set[str]]:
+    """Package → what it only probes for at its import, over `toolchain`'s steps (`Step.probed_imports`)."""
+    from buildsys.formats import steps
+
+    probed: dict[str, set[str]] = {}
+    for step in steps().values():
+        if step.toolchain == toolchain:
+            for package, hidden in step.probed_imports.items():
+                probed.setdefault(package, set()).update(hidden)
+    return probed
+
+
+def import_hiding(package: str, hidden: set[str]) -> None:
+    """Import `package` with `hidden` reading as not installed (those not loaded yet); afterwards they are
+    importable again. An ImportError of `package` itself is left for the step that needs it to report."""
+    masked = [name for name in hidden if name not in sys.modules]
+    for name in masked:
+        sys.modules[name] = None  # type: ignore[assignment]  # None: "not importable", by design
+    try:
+        __import__(package)
+    except ImportError:
+        pass
+    finally:
+        for name in masked:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+def preload_probing_packages(toolchain: str) -> None:
+    """Import the packages `toolchain`'s steps declare in `Step.probed_imports`, hiding what they probe for."""
+    for package, hidden in probed_imports(toolchain).items():
+        import_hiding(package, hidden)
+
+
 def _exit_with_parent() -> None:
     """End this worker if the orchestrator dies (kill -9 included): no orphan keeps converting."""
     import threading
@@ -130,7 +164,9 @@ def _stack_on_signal() -> None:
 def main() -> None:
     _exit_with_parent()
     _stack_on_signal()
-    block_unused_imports(os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", ""))
+    toolchain = os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", "")
+    block_unused_imports(toolchain)
+    preload_probing_packages(toolchain)
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     original_err = os.dup(2)
     os.dup2(2, 1)  # stray prints between requests go to stderr, not into the protocol

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from buildsys.formats import register, register_formats, register_variants
-from buildsys.formats.base import COREMLTOOLS_PROBES, Format, StepContext, StepOptions
+from buildsys.formats.base import COREMLTOOLS_IMPORT_PROBES, COREMLTOOLS_PROBES, Format, StepContext, StepOptions
 from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, frontend_patches
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
 from buildsys.formats.keep_float import pinned, searched
@@ -64,6 +64,7 @@ class CoremlFromTorchScript(PruningStep):
     extra = "coreml"
     toolchain = "coreml"
     unused_imports = COREMLTOOLS_PROBES
+    probed_imports = COREMLTOOLS_IMPORT_PROBES
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."

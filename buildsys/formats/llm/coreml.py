@@ -21,7 +21,7 @@ import contextlib
 from typing import Any, Iterator
 
 from buildsys.formats import register, register_formats
-from buildsys.formats.base import COREMLTOOLS_PROBES, Format, StepContext, StepOptions
+from buildsys.formats.base import COREMLTOOLS_IMPORT_PROBES, COREMLTOOLS_PROBES, Format, StepContext, StepOptions
 from buildsys.formats.llm.export import LlmExportStep
 
 LLM_COREML = register_formats(Format.variants("llm-coreml", {
@@ -83,6 +83,7 @@ class _LlmCoremlFromPyTorch(LlmExportStep):
     extra = "coreml"
     toolchain = "coreml"
     unused_imports = COREMLTOOLS_PROBES
+    probed_imports = COREMLTOOLS_IMPORT_PROBES
     Options = StepOptions
     description = ("decoder.py's stateful_cache_decoder (caches as buffers written in place), torch.jit.trace, "
                    "coremltools.convert(states=[StateType k_cache, v_cache], minimum_deployment_target=iOS18).")
