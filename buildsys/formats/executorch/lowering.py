@@ -22,10 +22,12 @@ def lower(step: Step, ctx: StepContext, program: Any) -> tuple[bytes, dict[str, 
     with autograd, 19 + 63 + 15 s without. Programs without control flow lower to the same bytes either way."""
     import torch
 
+    from buildsys.formats.executorch.pattern_passes import pattern_passes_where_they_can_match
     from buildsys.formats.torch.provenance import shared_provenance
 
-    # dozens of FX passes: their provenance copies were a sixth of the lowering's time
-    with shared_provenance(), torch.no_grad():
+    # dozens of FX passes: their provenance copies were a sixth of the lowering's time; two build their patterns
+    # at a first lowering, needed only where the graph holds their op (pattern_passes.py)
+    with shared_provenance(), pattern_passes_where_they_can_match(), torch.no_grad():
         return _lowered(step, ctx, program)
 
 
