@@ -113,13 +113,13 @@ def probed_imports(toolchain: str) -> dict[str, set[str]]:
 
 def import_hiding(package: str, hidden: set[str]) -> None:
     """Import `package` with `hidden` reading as not installed (those not loaded yet); afterwards they are
-    importable again. An ImportError of `package` itself is left for the step that needs it to report."""
+    importable again. A failure to import `package` itself is left for the step that needs it to report."""
     masked = [name for name in hidden if name not in sys.modules]
     for name in masked:
         sys.modules[name] = None  # type: ignore[assignment]  # None: "not importable", by design
     try:
         __import__(package)
-    except ImportError:
+    except Exception:  # noqa: BLE001 - the step that imports it again reports the failure, with its node's log
         pass
     finally:
         for name in masked:
@@ -166,10 +166,10 @@ def main() -> None:
     _stack_on_signal()
     toolchain = os.environ.get("MODELBUILD_WORKER_TOOLCHAIN", "")
     block_unused_imports(toolchain)
-    preload_probing_packages(toolchain)
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     original_err = os.dup(2)
     os.dup2(2, 1)  # stray prints between requests go to stderr, not into the protocol
+    preload_probing_packages(toolchain)
     for line in sys.stdin:
         request = json.loads(line)
         with open(request["log"], "ab", buffering=0) as log:
@@ -198,6 +198,7 @@ def _exit_without_teardown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
 
 if __name__ == "__main__":
     main()
