@@ -192,7 +192,10 @@ class StepContext(Generic[O]):
 COREMLTOOLS_PROBES = ("tensorflow", "executorch")
 #: What coremltools' import probes for and a conversion may still import later: scikit-learn (its sklearn
 #: converter; 2-4 s of the import, with SciPy and pandas).
-COREMLTOOLS_IMPORT_PROBES = {"coremltools": ("sklearn",)}
+COREMLTOOLS_IMPORT_PROBES: dict[str, tuple[str, ...]] = {"coremltools": ("sklearn",)}
+#: What TensorFlow's import probes for: scikit-learn, through Keras's scikit-learn wrappers (about 2.4 s of the
+#: import, with SciPy), which no TensorFlow step uses.
+TENSORFLOW_IMPORT_PROBES: dict[str, tuple[str, ...]] = {"tensorflow": ("sklearn",)}
 
 
 class Step:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from pydantic import Field
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions
+from buildsys.formats.base import TENSORFLOW_IMPORT_PROBES, Format, Step, StepContext, StepOptions
 from buildsys.formats.tfjs import artifact
 from buildsys.formats.tflite.layout import SIGNATURE, copy_layout
 
@@ -49,6 +49,7 @@ class TfjsFromSavedModel(Step):
     packages = ("tensorflowjs", "tensorflow")
     extra = "tfjs"
     toolchain = "tf"
+    probed_imports = TENSORFLOW_IMPORT_PROBES
     version = 1
     shipped_files = artifact.LOADER_PARTS
     description = "tensorflowjs.converters.convert_tf_saved_model (op check on, debug ops stripped), then " \

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 from buildsys.formats import register, register_format
-from buildsys.formats.base import Format, Step, StepContext, StepOptions, without_unset
+from buildsys.formats.base import TENSORFLOW_IMPORT_PROBES, Format, Step, StepContext, StepOptions, without_unset
 from buildsys.formats.reproducible import canonical_saved_model, tensorflow_uids
 from buildsys.lowering import Answer, Symptom
 from buildsys.formats.tflite.layout import (
@@ -66,6 +66,7 @@ class SavedModelFromOnnx(Step):
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
     extra = "tflite"
     toolchain = "tf"
+    probed_imports = TENSORFLOW_IMPORT_PROBES
     unrolls = ("gru", "rnn_tanh", "rnn_relu")  # TFLite has no fused GRU kernel; onnx2tf's RNN loops unroll (LSTM: fused)
     description = "onnx2tf.convert (no model saving by onnx2tf, no downloads), then a SavedModel whose signature " \
                   "is named after the ONNX inputs and outputs."

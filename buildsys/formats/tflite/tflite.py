@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Union
 from pydantic import Field, model_validator
 
 from buildsys.formats import register, register_formats, register_variants
-from buildsys.formats.base import Format, SearchingOptions, Step, StepContext, StepOptions
+from buildsys.formats.base import TENSORFLOW_IMPORT_PROBES, Format, SearchingOptions, Step, StepContext, StepOptions
 from buildsys.formats.keep_float import searched
 from buildsys.formats.prune_search import PruningOptions, PruningStep
 from buildsys.lowering import Answer, Symptom
@@ -62,6 +62,7 @@ class _FromSavedModel(Step):
     packages = ("tensorflow", "ai-edge-litert")
     extra = "tflite"
     toolchain = "tf"
+    probed_imports = TENSORFLOW_IMPORT_PROBES
 
     def _configure(self, ctx: StepContext[TfliteOptions], converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
         """Set precision-specific converter fields; returns metrics to report."""
