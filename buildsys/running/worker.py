@@ -111,20 +111,16 @@ def probed_imports(toolchain: str) -> dict[str, set[str]]:
     return probed
 
 
-def import_hiding(package: str, hidden: set[str]) -> None:
-    """Import `package` with `hidden` reading as not installed (those not loaded yet); afterwards they are
-    importable again. A failure to import `package` itself is left for the step that needs it to report."""
-    masked = [name for name in hidden if name not in sys.modules]
-    for name in masked:
-        sys.modules[name] = None  # type: ignore[assignment]  # None: "not importable", by design
-    try:
-        __import__(package)
-    except Exception:  # noqa: BLE001 - the step that imports it again reports the failure, with its node's log
-        pass
-    finally:
-        for name in masked:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
+def import_hiding(package: str, hidden_names: set[str]) -> None:
+    """Import `package` with `hidden_names` reading as not installed (formats/hidden_imports.py); afterwards they
+    are importable again. A failure to import `package` itself is left for the step that needs it to report."""
+    from buildsys.formats.hidden_imports import hidden
+
+    with hidden(hidden_names):
+        try:
+            __import__(package)
+        except Exception:  # noqa: BLE001 - the step that imports it again reports the failure, with its node's log
+            pass
 
 
 def preload_probing_packages(toolchain: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pydantic import Field
 
 from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, SearchingOptions, Step, StepContext
+from buildsys.formats.hidden_imports import hidden
 from buildsys.formats.onnx.optimized import FLOAT_ONNX
 from buildsys.formats.keep_float import searched, sensitive_help
 
@@ -193,25 +193,6 @@ class OnnxInt8FromOnnx(Step):
         )
 
 
-@contextmanager
-def _torch_left_unloaded() -> Iterator[None]:
-    """Inside: torch reads as not installed, where this worker has not loaded it.
-
-    quant_pre_process's symbolic shape inference imports `onnxruntime.tools`, whose `__init__` imports torch
-    whenever torch is installed, for an export helper that shape inference never calls: 1.9 s of an ONNX
-    worker's first int8 step, for a small model most of the step. A None entry in sys.modules is importlib's
-    own "not installed"; afterwards torch is importable again."""
-    if "torch" in sys.modules:
-        yield
-        return
-    sys.modules["torch"] = None  # type: ignore[assignment]  # None: "not importable", by design
-    try:
-        yield
-    finally:
-        if sys.modules.get("torch", ...) is None:
-            del sys.modules["torch"]
-
-
 def _preprocess(src: Path, work: Path, external: bool) -> tuple[Path, str]:
     """quant_pre_process into `work`; on failure the original model and a note saying why."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -219,7 +200,9 @@ def _preprocess(src: Path, work: Path, external: bool) -> tuple[Path, str]:
     try:
         if external:
             return _preprocess_by_path(src, work), "by path (external data): basic optimization and ONNX shape inference"
-        with _torch_left_unloaded():
+        # its symbolic shape inference imports onnxruntime.tools, whose __init__ imports torch for an export
+        # helper it never calls: 1.9 s of an ONNX worker's first int8 step (hidden_imports.py)
+        with hidden(("torch",)):
             quant_pre_process(str(src), str(out))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
