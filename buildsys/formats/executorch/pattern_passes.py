@@ -7,7 +7,7 @@ of every ExecuTorch worker's first lowering (measured on this project's 2-core h
 the bilinear ones 5 s, beside a test run), for a tiny MLP nine tenths of its lowering.
 
 A subgraph match needs every op of the pattern in the graph, and every pattern of a pass holds one op in common
-(`REQUIRED`: SDPA's the softmax, the bilinear ones the upsample op itself; tests/formats/executorch holds the
+(`required_ops()`: SDPA's the softmax, the bilinear ones the upsample op itself; tests/formats/executorch holds the
 patterns of the installed ExecuTorch to it). Where the graph has none of it, the pass is cut to what it does
 after matching nothing (recompile, then ExportPass's retrace), so the program is the same, without building
 a pattern.

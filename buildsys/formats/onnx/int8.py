@@ -196,6 +196,7 @@ class OnnxInt8FromOnnx(Step):
 def _preprocess(src: Path, work: Path, external: bool) -> tuple[Path, str]:
     """quant_pre_process into `work`; on failure the original model and a note saying why."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
     out = work / "preprocessed.onnx"
     try:
         if external:
