@@ -187,7 +187,7 @@ class StepContext(Generic[O]):
 #: What coremltools' `_deps` imports only to learn whether it can convert from it, neither of which a conversion
 #: from PyTorch uses: TensorFlow (its TF frontend) and ExecuTorch (its EDGE-dialect frontend). Measured here,
 #: importing coremltools with its torch frontend and optimize.coreml: 8.1 s with TensorFlow blocked, 6.1 s with
-#: both (docs/performance.md, "Cold build"). scikit-learn is probed too, but palettization's k-means imports it
+#: both (docs/performance.md, "Cold build"). scikit-learn is probed too, but palettization's k-means may import it
 #: when it runs: it is hidden only while coremltools is imported (`COREMLTOOLS_IMPORT_PROBES`).
 COREMLTOOLS_PROBES = ("tensorflow", "executorch")
 #: What coremltools' import probes for and a conversion may still import later: scikit-learn (its sklearn

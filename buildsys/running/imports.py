@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 #: Run in the fresh interpreter: argv[1] is the toolchain, argv[2:] the modules to import in order.
 _PROBE = """
 import json, sys, time
-from buildsys.running.worker import block_unused_imports, import_hiding, probed_imports
+from buildsys.formats.hidden_imports import hidden
+from buildsys.running.worker import block_unused_imports, probed_imports
 block_unused_imports(sys.argv[1])
 probed = probed_imports(sys.argv[1])
 shares = {}
 for module in sys.argv[2:]:
     started = time.perf_counter()
     try:
-        import_hiding(module, probed.get(module, set()))
-        __import__(module)
+        with hidden(probed.get(module, ())):
+            __import__(module)
     except Exception as exc:
         shares[module] = -1.0
         continue
