@@ -536,10 +536,10 @@ KINDS: dict[str, dict[str, Any]] = {
     # Six frames: the cells an int8 step unrolls, and its lowering time, grow with the frames.
     "lstm-short": {"factory": "lstm", "inputs": [{"name": "frames", "shape": ["batch", 6, 6]}],
                    "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
-    # One layer over 130 frames: just past the int8 steps' unrolling bounds (128 steps, 128 cells), and no
-    # bigger: converting the unrolled layer costs time in proportion to its cells.
-    "lstm-long": {"factory": "lstm_one_layer", "inputs": [{"name": "frames", "shape": ["batch", 130, 6]}],
-                  "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
+    # One layer over 20 frames: past the int8 steps' unrolling bounds where a test lowers them to 16
+    # (max_unrolled_steps, max_unrolled_cells): converting an unrolled layer costs time in proportion to its cells.
+    "lstm-one-layer": {"factory": "lstm_one_layer", "inputs": [{"name": "frames", "shape": ["batch", 20, 6]}],
+                       "outputs": [{"name": "logits", "kind": "scores"}], "classes": 3},
     "rms": {"factory": "rms_mlp", "inputs": [{"name": "x", "shape": ["batch", 8]}],
             "outputs": [{"name": "y", "kind": "scores"}], "classes": 4},
     "ln-gelu": {"factory": "ln_gelu", "inputs": [{"name": "x", "shape": ["batch", 8]}],

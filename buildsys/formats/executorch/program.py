@@ -232,6 +232,11 @@ class Int8Options(PteOptions, SearchingOptions):
         "'sensitive': measure each quantized node's cost on the calibration set and keep the fewest most "
         "sensitive ones in float that meet the target's tolerance (docs/repair.md); bounded, recorded in "
         "deploy.lock. Usually set by accuracy repair, not by hand; a list pins the nodes.")
+    max_unrolled_cells: int | None = Field(
+        default=None, ge=1, description="The most recurrent cells (steps x layers x directions) unrolled into "
+        "linears PT2E makes int8 (unset: quantize.MAX_UNROLLED_CELLS, 128; lowering time grows with them): past "
+        "it the layers stay whole with float weights, which the int8 share counts.")
+    omitted_when_unset = ("max_unrolled_cells",)  # the keys of nodes that leave it unset stay what they were
 
 
 @register
@@ -340,7 +345,8 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
         kept = [*(repair["kept_float"] if repair else []), *undelegated]
         try:
             # PT2E annotates the ATen graph of a fixed-shape export (the shapes the .pte will have).
-            program, unrolled = recurrent_weights_as_linears(torch.export.export(module, args, strict=False), dynamic)
+            program, unrolled = recurrent_weights_as_linears(torch.export.export(module, args, strict=False), dynamic,
+                                                            opts.max_unrolled_cells)
             # past MAX_UNROLLED_CELLS: the `recurrent` rewrite would unroll them all the same, past any budget
             declined = ["recurrent"] if has_recurrent_layers(program) else []
             unknown = unknown_nodes(program.graph_module, [k for k in kept if k not in undelegated])

@@ -204,15 +204,16 @@ def with_recurrent_cells_decomposed(program: Any) -> Any:
 MAX_UNROLLED_CELLS = 128
 
 
-def recurrent_weights_as_linears(program: Any, dynamic: bool) -> tuple[Any, int]:
+def recurrent_weights_as_linears(program: Any, dynamic: bool, max_cells: int | None = None) -> tuple[Any, int]:
     """The exported program as XNNPACKQuantizer can quantize its recurrent weights, and how many layers were
     unrolled: `aten.lstm` / `gru` / `rnn_*` take their weights as a flat list no quantizer pattern reads, so
-    layers are unrolled into linears (formats/torch/linear.py) up to MAX_UNROLLED_CELLS cells; more stay one op
+    layers are unrolled into linears (formats/torch/linear.py) up to `max_cells` cells (the step's
+    max_unrolled_cells; unset: MAX_UNROLLED_CELLS); more stay one op
     with float weights, which the step's int8 share then counts against it. The dynamic scheme decomposes the
     cells of what is left too (a cell's weights quantized per call)."""
     from buildsys.formats.torch.linear import with_recurrent_layers_unrolled
 
-    program, unrolled = with_recurrent_layers_unrolled(program, MAX_UNROLLED_CELLS)
+    program, unrolled = with_recurrent_layers_unrolled(program, max_cells or MAX_UNROLLED_CELLS)
     return (with_recurrent_cells_decomposed(program) if dynamic else program), unrolled
 
 

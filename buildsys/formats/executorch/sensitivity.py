@@ -43,7 +43,7 @@ class Trials:
     the calibration set the observers see), and one quantization per trial."""
 
     def __init__(self, module: "torch.nn.Module", chunks: list[tuple[Any, ...]], counts: list[int],
-                 per_channel: bool, dynamic: bool, calibrating: int | None = None):
+                 per_channel: bool, dynamic: bool, calibrating: int | None = None, max_cells: int | None = None):
         import torch
 
         from buildsys.formats.executorch.quantize import recurrent_weights_as_linears
@@ -53,7 +53,8 @@ class Trials:
         self.chunks, self.counts, self.per_channel, self.dynamic = chunks, counts, per_channel, dynamic
         self.calibration = chunks[:calibrating] if calibrating is not None else chunks
         # the float program as the step quantizes it (recurrent layers unrolled, einsum weights as linears, int8 tables)
-        program, _ = recurrent_weights_as_linears(torch.export.export(module, chunks[0], strict=False), dynamic)
+        program, _ = recurrent_weights_as_linears(torch.export.export(module, chunks[0], strict=False), dynamic,
+                                                 max_cells)
         self.float = program.module()
         weight_contractions_as_linear(self.float)
         embeddings_as_int8(self.float)
@@ -143,7 +144,7 @@ def search(step: Any, ctx: Any, module: "torch.nn.Module", per_channel: bool, dy
                 chunks.append(example_args(ctx.model, Batch(fill(chunk, size), None, data.origin)))
             if first == 0:
                 calibrating = len(chunks)
-        return Trials(module, chunks, counts, per_channel, dynamic, calibrating)
+        return Trials(module, chunks, counts, per_channel, dynamic, calibrating, ctx.options.max_unrolled_cells)
 
     try:
         trials = trials_at(fixed or min(SEARCH_BATCH, split or n))

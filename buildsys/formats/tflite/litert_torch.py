@@ -80,7 +80,12 @@ class LiteRtTorchInt8Options(TfliteInt8FromSavedModel.Options):
 
     select_tf_ops: bool = Field(default=False, description=_SELECT_TF_OPS)
     fold_constants: bool = Field(default=False, description=_FOLD_CONSTANTS)
-    omitted_when_unset = ("fold_constants",)  # SearchingOptions' serializer leaves it out while unset
+    max_unrolled_steps: int | None = Field(
+        default=None, ge=1, description="int8: the longest recurrent layer (steps) unrolled into linear layers the "
+        "quantizer makes int8 (formats/torch/linear.py; unset: MAX_UNROLLED_STEPS, 128). Conversion time grows with "
+        "the unrolled graph (a one-layer LSTM over 130 steps: minutes); a longer layer stays whole with float "
+        "weights, which the int8 share counts, and the `recurrent` rewrite's route can still unroll it.")
+    omitted_when_unset = ("fold_constants", "max_unrolled_steps")  # SearchingOptions' serializer leaves them out
     io: Literal["float", "int8"] = Field(
         default="float", description=_SAME_OPTIONS + "litert-torch decides the element type itself: 'full' "
         "comes out with int8 inputs and outputs (the LiteRT runtime quantizes feeds with the input's scale and "
@@ -258,7 +263,8 @@ class TfliteFromPt2(Step):
             qat_config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
             return module, QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(qat_config))
         from buildsys.formats.torch.embedding import embeddings_as_int8
-        from buildsys.formats.torch.linear import weight_contractions_as_linear, with_recurrent_layers_unrolled
+        from buildsys.formats.torch.linear import (MAX_UNROLLED_STEPS, weight_contractions_as_linear,
+                                                   with_recurrent_layers_unrolled)
         from buildsys.formats.torch.pt2e import fast_range_search, finer_scales, float_values_only
 
         fast_range_search()  # the histogram observers' range search, the same result without torch indexing
@@ -280,7 +286,8 @@ class TfliteFromPt2(Step):
         dynamic = opts.mode == "dynamic"
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
         quantizer = FloatValuesQuantizer().set_global(finer_scales(config) if fine else config)
-        program, recurrent = with_recurrent_layers_unrolled(torch.export.export(module, args))  # their weights too
+        program, recurrent = with_recurrent_layers_unrolled(  # their weights too
+            torch.export.export(module, args), max_steps=opts.max_unrolled_steps or MAX_UNROLLED_STEPS)
         float_graph = program.module()
         linears = weight_contractions_as_linear(float_graph)  # einsum / matmul weights: the quantizer's linears
         if linears:

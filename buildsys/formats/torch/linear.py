@@ -276,12 +276,13 @@ MAX_UNROLLED_STEPS = 128
 
 
 def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram", max_cell_steps: int | None = None,
-                                  ) -> "tuple[torch.export.ExportedProgram, int]":
+                                  max_steps: int = MAX_UNROLLED_STEPS) -> "tuple[torch.export.ExportedProgram, int]":
     """The exported program with its recurrent layers (and cells) decomposed by PyTorch's own tables into linears
     and gate arithmetic, and how many layers were; the program itself where it has none, where a layer runs
-    over more than MAX_UNROLLED_STEPS steps or takes a packed sequence, or where the unrolled cells (steps x
-    stacked layers x directions, summed over the program's layers) would number more than `max_cell_steps`: a
-    converter whose cost grows with the unrolled graph sets it."""
+    over more than `max_steps` steps or takes a packed sequence, or where the unrolled cells (steps x stacked
+    layers x directions, summed over the program's layers) would number more than `max_cell_steps`: a converter
+    whose cost grows with the unrolled graph sets it. A step's options may lower either bound (a build-cost
+    choice: a longer layer stays whole, its weights float, and the int8 share counts them)."""
     import torch
     from torch._decomp import get_decompositions
 
@@ -291,7 +292,7 @@ def with_recurrent_layers_unrolled(program: "torch.export.ExportedProgram", max_
     cells = recurrent_cell_decompositions()
     found = [n for n in program.graph.nodes if n.op == "call_function" and n.target in (*layers, *packed, *cells)]
     unrolled = [n for n in found if n.target not in cells]
-    if not found or any(n.target in packed or _steps(n) > MAX_UNROLLED_STEPS for n in unrolled):
+    if not found or any(n.target in packed or _steps(n) > max_steps for n in unrolled):
         return program, 0
     if max_cell_steps is not None and sum(map(_cell_steps, unrolled)) > max_cell_steps:
         return program, 0
