@@ -15,6 +15,7 @@ from buildsys.formats import register, register_formats, register_variants
 from buildsys.formats.base import COREMLTOOLS_IMPORT_PROBES, COREMLTOOLS_PROBES, Format, StepContext, StepOptions
 from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, frontend_patches
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
+from buildsys.formats.coreml import recurrent_fp16
 from buildsys.formats.keep_float import pinned, searched
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import TRACED, load_input
@@ -73,6 +74,7 @@ class CoremlFromTorchScript(PruningStep):
         super().__init_subclass__(**kwargs)
         if getattr(cls, "precision", None) == "fp16":  # accuracy repair of float16 compute (docs/repair.md)
             cls.repairs = {"keep-float": {"keep_float": "sensitive"}}
+            cls.version += 1  # recurrent layers' weights stored float16 before iOS 17 (recurrent_fp16.py)
 
     # What keep_float 'sensitive' kept in float32 and what `sparsity: auto` tried: facts of this output.
     committed_metrics = ("sparsity_search", "repair")
@@ -192,10 +194,16 @@ class CoremlFromTorchScript(PruningStep):
         opts = ctx.options
         target = dict(minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
                       compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True)
+        # float16 weights for recurrent layers that compute in float32 at this target (recurrent_fp16.py)
+        # (an fp16 package only: compression and pruning take constants, not weights behind a cast)
+        stored_fp16 = getattr(self, "precision", None) == "fp16" and opts.weight_compression == "none" \
+            and not opts.sparsity and recurrent_fp16.needs_pass(opts.minimum_deployment_target)
+        passes = recurrent_fp16.pipeline() if stored_fp16 else None
         try:
             with frontend_patches():
                 mlmodel = ct.convert(module, convert_to="mlprogram", inputs=self._inputs(ctx),
-                                     outputs=self._outputs(ctx), compute_precision=precision, **target)
+                                     outputs=self._outputs(ctx), compute_precision=precision, pass_pipeline=passes,
+                                     **target)
         except Exception as exc:
             raise self.fail(ctx, conversion_failure(exc)) from exc
         return self._torch_shaped(ctx, module, mlmodel, target)

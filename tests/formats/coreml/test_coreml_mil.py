@@ -148,6 +148,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Tiny, Path
             ("cnn", "int8", {"minimum_deployment_target": "iOS18", "weight_compression": "palettize4",
                              "weight_threshold": 64}),
             ("mlp", "fp32", {}), ("mlp", "fp16", {"io_dtype": "float16"}), ("lstm", "fp32", {}), ("lstm", "fp16", {}),
+            ("lstm", "fp16", {"minimum_deployment_target": "iOS17"}),
             ("cell", "fp32", {}), ("tokens", "fp32", {}), ("two", "fp32", {})]
     out = {}
     for kind, precision, options in plan:
@@ -157,7 +158,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Tiny, Path
 
 
 FLOAT = ["cnn-fp32", "mlp-fp32", "lstm-fp32", "cell-fp32", "tokens-fp32", "two-fp32"]
-HALF = ["cnn-fp16", "mlp-fp16-float16", "lstm-fp16"]
+HALF = ["cnn-fp16", "mlp-fp16-float16", "lstm-fp16", "lstm-fp16-iOS17"]
 COMPRESSED = ["cnn-int8-64", "cnn-int8-palettize8-64", "cnn-int8-palettize4-64", "cnn-int8-iOS18-64",
               "cnn-int8-iOS18-palettize4-64"]
 
@@ -180,6 +181,37 @@ def test_float16_packages_agree_with_pytorch_within_a_few_fp16_steps(made: dict[
     feeds = validation_feeds(tiny)
     for want, got in zip(torch_outputs(tiny, feeds), through_mil(tiny, package, feeds)):
         assert 0 < fp16_steps(want, got) <= 4  # > 0: the program really computed in fp16
+
+
+def _weights_by_producer(package: Path) -> dict[str, tuple[str, int]]:
+    """Every lstm weight input of the package's main function: (the op that makes it, its stored MIL dtype)."""
+    import coremltools as ct
+
+    main = ct.models.MLModel(str(package), skip_model_load=True).get_spec().mlProgram.functions["main"]
+    ops = main.block_specializations[main.opset].operations
+    made = {out.name: op for op in ops for out in op.outputs}
+    found = {}
+    for op in ops:
+        if op.type == "lstm":
+            for name in ("weight_ih", "weight_hh", "bias"):
+                producer = made[op.inputs[name].arguments[0].name]
+                stored = producer.attributes["val" if producer.type == "const" else "source_val"]
+                found[name] = (producer.type, stored.type.tensorType.dataType)
+    return found
+
+
+@pytest.mark.slow
+def test_float16_packages_store_recurrent_weights_in_float16_at_every_target(made: dict[str, tuple[Tiny, Path]]) -> None:
+    """Before iOS 17 an lstm computes in float32 only: its weights are stored float16 behind a constexpr_cast
+    (formats/coreml/recurrent_fp16.py; 2.1× the float16 size before); from iOS 17 the op takes them float16.
+    Both agree with PyTorch within a few fp16 steps (the test above)."""
+    from coremltools.proto.MIL_pb2 import DataType
+
+    before = _weights_by_producer(made["lstm-fp16"][1])
+    assert before and set(before.values()) == {("constexpr_cast", DataType.FLOAT16)}, before
+    after = _weights_by_producer(made["lstm-fp16-iOS17"][1])
+    assert after and set(after.values()) == {("const", DataType.FLOAT16)}, after
+    assert set(_weights_by_producer(made["lstm-fp32"][1]).values()) == {("const", DataType.FLOAT32)}
 
 
 @pytest.mark.slow
