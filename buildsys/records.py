@@ -73,6 +73,7 @@ class DroppedRoute(TypedDict, total=False):
     reason: Required[str]  # the failure's first line, and what was not tried
     rewrites: list[str]  # the rewrites its refusal points at: the next route applies them
     answers: list[list[str]]  # the routes that lower what its refusal names (planning.answers), best first
+    answers_first: bool  # its rewrites are a guess (the refusal names no op): those answers go before them
     repair: bool  # its check missed a tolerance: the next routes are its repair recipes
     observed: dict[str, Any]  # what the quantized artifact measured (size, agreement), for the trade-off
     refused: list[dict[str, Any]]  # where the user's model calls the ops a converter refused (localise/sites.py)

@@ -52,6 +52,16 @@ def refusal_rewrites(error: str, ops: Sequence[str] = ()) -> list[str]:
     return [m.rewrite.name for m in matches if m.tier == matches[0].tier] if matches else []
 
 
+def guessed_rewrites(error: str, ops: Sequence[str] = ()) -> bool:
+    """Whether the rewrites a refusal points at are a guess: its text names no op and matches no sign, only the
+    program holds an op they remove (explain_refusal's `in-program` tier). A converter's own answer to the same
+    text (a symptom its step knows) then goes first: the window partition's rank-6 reshape refused by Core ML
+    named no op, and the attention rewrite the program's multi-head attention suggested failed the same way
+    before the static-shapes switch that the refusal's text called for passed."""
+    matches = explain_refusal(error, ops)
+    return bool(matches) and matches[0].tier == "in-program"
+
+
 def answer(route: "Route", rewrites: Sequence[str], options: Mapping[str, Any],
            pinned: Sequence[str] | None) -> tuple["Route | None", str]:
     """The route that answers a refusal pointing at `rewrites` on `route`, and, when it is not tried, the

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys import __version__
 from buildsys.localise.sites import REASON_LIMIT, fit_reason
-from buildsys.planning.answers import answer, lowering_routes, refusal_rewrites
+from buildsys.planning.answers import answer, guessed_rewrites, lowering_routes, refusal_rewrites
 from buildsys.planning.history import FAILED_EARLIER
 from buildsys.planning.kinds import ArtifactKind, CheckKind
 from buildsys.planning.repair import repair_routes
@@ -66,12 +66,13 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
         node, result = failed[0], results[failed[0]]
         why = str((result.metrics.get("failures") or [result.error or "failed"])[0]).removeprefix(FAILED_EARLIER)
         rewrites: list[str] = []
-        note, lowered = "", []
+        note, lowered, guessed = "", [], False
         config = plan.config.project.targets[target]
         if plan.dag.nodes[node].kind == ArtifactKind.name:  # a conversion refused something: what answers it?
             ops = _chain_ops(chain, results, lock)
             rewrites, note = _answered(route, refusal_rewrites(why, ops), config)
             lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
+            guessed = bool(rewrites and lowered) and guessed_rewrites(why, ops)
         elif RUNTIME_REFUSAL.search(why):  # the runtime refused (or crashed on) what the converter made: as a refusal
             rewrites, note = _answered(route, refusal_rewrites(why, _chain_ops(chain, results, lock)), config)
         elif QUANTIZED_SHARE.search(why):  # int8 weights short of the floor: layers its quantizer cannot quantize?
@@ -90,6 +91,8 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             record["rewrites"] = rewrites
         if lowered:
             record["answers"] = [r.words() for r in lowered]
+        if guessed:
+            record["answers_first"] = True
         if repair:
             record["repair"] = True
         seen = observed(chain, results, lock) if repair or route.repaired else {}

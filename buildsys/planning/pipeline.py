@@ -141,7 +141,8 @@ def answered(routes: list[Route], context: TargetContext) -> list[Route]:
     """Right after each route the history says was refused with an answer, the routes that answer it: the route
     with the rewrites its refusal points at (only for a target that sets no `rewrites:`), then the routes that
     lower what it refused (decompositions, a static export, converter switches, another route; moved up when
-    already further down). An answered route refused in turn brings its own answers right after it."""
+    already further down), those first where the rewrites are only a guess (`answers_first`). An answered route
+    refused in turn brings its own answers right after it."""
 
     rewrites_allowed = context.config.rewrites is None
     answers: list[tuple[Route, list[Route]]] = []
@@ -150,7 +151,8 @@ def answered(routes: list[Route], context: TargetContext) -> list[Route]:
         if rewrites_allowed and record.get("rewrites"):
             rewritten = with_rewrites(Route.parse(record["route"]), record["rewrites"], context.options)
             found += [rewritten] if rewritten is not None else []
-        found += [Route.parse(words, "answer") for words in record.get("answers", [])]
+        lowered = [Route.parse(words, "answer") for words in record.get("answers", [])]
+        found = [*lowered, *found] if record.get("answers_first") else [*found, *lowered]
         if found:
             answers.append((Route.parse(record["route"]), found))
     out = list(routes)

@@ -215,3 +215,30 @@ def test_a_step_stopped_at_its_budget_points_at_no_rewrite() -> None:
     over = "stopped: 1.52 GB over its 1.50 GB memory ceiling after 17 s, in hog.py:17 (forward)"
     assert refusal_rewrites(stopped, program) == refusal_rewrites(over, program) == []
     assert refusal_rewrites("lowering to ExecuTorch failed: an internal error", program) == ["pooling"]
+
+
+def test_a_refusal_naming_no_op_takes_its_converters_answer_before_the_rewrite_its_program_suggests() -> None:
+    """Core ML refused a window partition's rank-6 reshape: the text names no op, so the attention rewrite came only
+    from the program holding multi-head attention (a guess), while the step's symptom (static shapes) was read
+    from the text itself. The guessed rewrite's route failed the same way, then static shapes passed: the answer
+    now goes first (pipeline.answered, `answers_first`). A refusal naming its op keeps the rewrite first."""
+    from types import SimpleNamespace
+
+    from buildsys.planning.answers import guessed_rewrites
+    from buildsys.planning.pipeline import answered
+    from buildsys.planning.routes import Route
+
+    rank = ('coremltools.convert failed: ValueError: Core ML only supports tensors with rank <= 5. Layer "x1_1", '
+            'with type "reshape", outputs a rank 6 tensor.')
+    program = ["aten::scaled_dot_product_attention", "aten::view", "aten::permute", "aten::_convolution"]
+    assert guessed_rewrites(rank, program)
+    assert not guessed_rewrites("PyTorch convert function for op 'stft' not implemented", ["aten::stft"])
+    assert not guessed_rewrites("an internal error", [])  # nothing suggested at all
+
+    plain = Route.parse(["pytorch", "torchscript", "coreml-fp16"])
+    static = ["pytorch", "torchscript", "coreml-fp16 (switch coreml static shapes)"]
+    record = {"route": plain.words(), "rewrites": ["sdpa"], "answers": [static]}
+    for first, expected in ((True, static), (False, ["pytorch", "torchscript (rewrite sdpa)", "coreml-fp16"])):
+        context = SimpleNamespace(config=SimpleNamespace(rewrites=None), options={},
+                                  history=[{**record, **({"answers_first": True} if first else {})}])
+        assert answered([plain], context)[1].words() == expected
