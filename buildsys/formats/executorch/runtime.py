@@ -34,25 +34,6 @@ class PteSession(Session):
         self.method = method
         self.model = model
         self.max_batch = batch
-        self._threads_before: int | None = None  # the process's pool size before use_threads changed it
-
-    def use_threads(self, threads: int | None) -> int | None:
-        """XNNPACK's thread pool is the process's, not the method's: resized for this session's calls (one step
-        at a time runs in a worker, so nothing else calls into it meanwhile) and put back on `close`."""
-        from executorch.extension.pybindings import portable_lib
-
-        if threads is not None:
-            if self._threads_before is None:
-                self._threads_before = int(portable_lib._threadpool_get_thread_count())
-            portable_lib._unsafe_reset_threadpool(threads)
-        return int(portable_lib._threadpool_get_thread_count())
-
-    def close(self) -> None:
-        if self._threads_before is not None:
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(self._threads_before)
-            self._threads_before = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import numpy as np

@@ -263,14 +263,6 @@ def test_fixed_batch_runs_any_number_of_samples(mlp: Tiny, tmp_path: Path) -> No
     out = session.run_all(Batch(feeds, None, "test"))[0]
     assert out.shape == (11, 3)
     np.testing.assert_allclose(out, torch_outputs(mlp, feeds)[0], rtol=1e-5, atol=1e-6)
-    # One thread for a bench or a check's one-thread latency: the process's XNNPACK pool, put back on close.
-    from executorch.extension.pybindings import portable_lib
-
-    before = portable_lib._threadpool_get_thread_count()
-    with session:
-        assert session.use_threads(1) == 1 and portable_lib._threadpool_get_thread_count() == 1
-        np.testing.assert_allclose(session.run_all(Batch(feeds, None, "test"))[0], out, rtol=1e-6, atol=1e-7)
-    assert portable_lib._threadpool_get_thread_count() == before
 
 
 def test_dict_outputs_come_back_in_signature_order(two: Tiny, tmp_path: Path) -> None:
