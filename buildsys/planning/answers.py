@@ -52,14 +52,18 @@ def refusal_rewrites(error: str, ops: Sequence[str] = ()) -> list[str]:
     return [m.rewrite.name for m in matches if m.tier == matches[0].tier] if matches else []
 
 
-def guessed_rewrites(error: str, ops: Sequence[str] = ()) -> bool:
-    """Whether the rewrites a refusal points at are a guess: its text names no op and matches no sign, only the
-    program holds an op they remove (explain_refusal's `in-program` tier). A converter's own answer to the same
-    text (a symptom its step knows) then goes first: the window partition's rank-6 reshape refused by Core ML
-    named no op, and the attention rewrite the program's multi-head attention suggested failed the same way
-    before the static-shapes switch that the refusal's text called for passed."""
+def answers_first(route: "Route", failed: int, error: str, ops: Sequence[str] = ()) -> bool:
+    """Whether the answers of the step making stop `failed` of `route` go before the rewrites the refusal points
+    at: those rewrites are a guess (its text names no op and matches no sign, only the program holds an op they
+    remove: explain_refusal's `in-program` tier) and the step reads the text as one of its symptoms. The window
+    partition's rank-6 reshape refused by Core ML named no op; the attention rewrite the program's attention
+    suggested failed the same way before the static-shapes switch the text called for passed. A step's generic
+    answer (its whole program decomposed) is no reading of the text and stays after the rewrites."""
+    from buildsys.lowering import symptom_answers
+
     matches = explain_refusal(error, ops)
-    return bool(matches) and matches[0].tier == "in-program"
+    return bool(matches) and matches[0].tier == "in-program" and \
+        bool(symptom_answers(error, route.step_at(failed).symptoms))
 
 
 def answer(route: "Route", rewrites: Sequence[str], options: Mapping[str, Any],

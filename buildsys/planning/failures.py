@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from buildsys import __version__
 from buildsys.localise.sites import REASON_LIMIT, fit_reason
-from buildsys.planning.answers import answer, guessed_rewrites, lowering_routes, refusal_rewrites
+from buildsys.planning.answers import answer, answers_first, lowering_routes, refusal_rewrites
 from buildsys.planning.history import FAILED_EARLIER
 from buildsys.planning.kinds import ArtifactKind, CheckKind
 from buildsys.planning.repair import repair_routes
@@ -72,7 +72,8 @@ def failures(plan: "Plan", results: Mapping[str, "NodeResult"], lock: "Lock | No
             ops = _chain_ops(chain, results, lock)
             rewrites, note = _answered(route, refusal_rewrites(why, ops), config)
             lowered = _lowered(plan, target, route, node, str(result.error or why), ops, result.metrics)
-            guessed = bool(rewrites and lowered) and guessed_rewrites(why, ops)
+            fmt = plan.dag.nodes[node].format
+            guessed = bool(rewrites and lowered) and answers_first(route, route.formats.index(fmt, 1), why, ops)
         elif RUNTIME_REFUSAL.search(why):  # the runtime refused (or crashed on) what the converter made: as a refusal
             rewrites, note = _answered(route, refusal_rewrites(why, _chain_ops(chain, results, lock)), config)
         elif QUANTIZED_SHARE.search(why):  # int8 weights short of the floor: layers its quantizer cannot quantize?
