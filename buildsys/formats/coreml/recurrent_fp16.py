@@ -1,13 +1,13 @@
-"""Recurrent layers' weights stored in float16 in a float16 package that targets iOS 16 or older.
+"""Recurrent layers' weights stored in float16 in a float16 package that targets iOS 16 (macOS 13, tvOS 16, watchOS 9).
 
 MIL's `lstm`, `gru` and `rnn` take float16 only from iOS 17 on: before it, coremltools' float16 pass leaves them
 computing in float32 with float32 weights, and a float16 package of a recurrent model stored most of its
 weights at twice the size asked (a Conv1d + LSTM sensor model [1, 90, 9]: 74.8 KB for 17.5 k parameters, 2.1×
-its float16 size; its GRU variant 1.7×). iOS 16's `constexpr_cast` decodes a float16 constant to float32 when the
-program loads, so each such weight is stored as float16 behind one: the layer computes in float32 as before,
-from the weights a float16 package would hold, at half the bytes. From iOS 17 coremltools casts the layers
-themselves and this pass finds nothing to do. A weight float16 cannot hold (a value past its range) stays
-float32.
+its float16 size). iOS 16's `constexpr_cast` decodes a float16 constant to float32 when the program loads, so
+each such weight is stored as float16 behind one: the layer computes in float32 as before, from the weights a
+float16 package would hold, at half the bytes (44.6 KB). From iOS 17 coremltools casts the layers themselves and
+this pass is not run; iOS 15 has no constexpr ops. A weight float16 cannot hold (a value past its range) stays
+float32. (coremltools' TorchScript frontend writes a GRU as a while loop whose body its float16 pass does cast.)
 """
 
 from __future__ import annotations

@@ -208,8 +208,8 @@ def recurrent_weights_as_linears(program: Any, dynamic: bool, max_cells: int | N
     """The exported program as XNNPACKQuantizer can quantize its recurrent weights, and how many layers were
     unrolled: `aten.lstm` / `gru` / `rnn_*` take their weights as a flat list no quantizer pattern reads, so
     layers are unrolled into linears (formats/torch/linear.py) up to `max_cells` cells (the step's
-    max_unrolled_cells; unset: MAX_UNROLLED_CELLS); more stay one op
-    with float weights, which the step's int8 share then counts against it. The dynamic scheme decomposes the
+    max_unrolled_cells; unset: MAX_UNROLLED_CELLS); more stay one op with float weights, which the step's int8
+    share then counts against it. The dynamic scheme decomposes the
     cells of what is left too (a cell's weights quantized per call)."""
     from buildsys.formats.torch.linear import with_recurrent_layers_unrolled
 
