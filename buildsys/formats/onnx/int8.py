@@ -31,8 +31,9 @@ class OnnxInt8FromOnnx(Step):
     """Quantize an ONNX model to int8: dynamic (weights only, activations at run time) or static (calibrated)."""
 
     name = "onnx-int8-from-onnx"
-    version = 4  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again; 3: the share of
-    # weights in int8 measured on the file (quantized_weights); 4: transposed initializers folded before quantizing
+    version = 5  # 2: an input that already carries QDQ (a QAT model) is kept, not quantized again; 3: the share of
+    # weights in int8 measured on the file (quantized_weights); 4: transposed initializers folded before quantizing;
+    # 5: a kept QDQ's full-range int8 weights stored as uint8 (weights.unsigned_weights)
     consumes = FLOAT_ONNX
     produces = "onnx-int8"
     precision = "int8"
@@ -118,8 +119,12 @@ class OnnxInt8FromOnnx(Step):
 
         already = onnx_qdq(src)  # QDQ with learned scales (a QAT model, buildsys.formats.torch.qat): kept, never re-calibrated
         if already:
-            carried = {**finish(self, ctx, save(load(src), ctx.out_dir, external=external)), "method": "qat",
-                       "calibration_samples": 0, "quantized_ops": already, "qat": KEPT}
+            from buildsys.formats.onnx.weights import unsigned_weights
+
+            proto = load(src)
+            unsigned = unsigned_weights(proto)  # the same values, in kernels that cannot saturate without VNNI
+            carried = {**finish(self, ctx, save(proto, ctx.out_dir, external=external)), "method": "qat",
+                       "calibration_samples": 0, "quantized_ops": already, "qat": KEPT, "unsigned_weights": unsigned}
             return {**carried, "quantized_weights": measure(ctx.out_dir / MODEL_FILE, self.precision)}
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
         reduce_range = opts.reduce_range if opts.reduce_range is not None else opts.method == "static"
