@@ -187,13 +187,13 @@ class Acceptance(Tolerance):
         default=None, gt=0, description="Largest allowed 95th-percentile latency in ms.")
     bench_batch: int = Field(default=1, ge=1, description="Batch size the latency budgets are measured at.")
     min_quantized_share: Optional[float] = Field(
-        default=None, ge=0, le=1, description="int8 / int4 targets: the smallest share of all the model's weights "
-        "(by element count, each tensor once) the artifact must hold in the asked precision, measured on the "
-        "artifact (docs/quantization.md#what-was-asked-is-what-ships). Every weight counts: embeddings, the "
-        "layers kept float on purpose (keep_float, accuracy repair) and those under a quantizer's size "
-        "threshold. Unset: the precision's floor (int8 0.75, int4 0.5); a lower value accepts an artifact that "
-        "keeps more float, and the summary shows the share it holds; 0 turns the check off. "
-        "fp32 and fp16 targets have no floor.")
+        default=None, ge=0, le=1, description="int8 / int4 / fp16 targets: the smallest share of all the model's "
+        "weights (by element count, each tensor once) the artifact must hold in the asked precision or narrower, "
+        "measured on the artifact (docs/quantization.md#what-was-asked-is-what-ships). Every weight counts: "
+        "embeddings, the layers kept float on purpose (keep_float, accuracy repair) and those under a quantizer's "
+        "size threshold. Unset: the precision's floor (int8 0.75, int4 0.5, fp16 0.75); a lower value accepts an "
+        "artifact that keeps more float, and the summary shows the share it holds; 0 turns the check off. "
+        "fp32 targets have no floor.")
 
     outputs: dict[str, Tolerance] = Field(default_factory=dict, description="Per-output overrides, by output name.")
     on_fail: Literal["error", "warn"] = Field(default="error", description="'warn' reports a miss without failing the build.")

@@ -37,8 +37,12 @@ VERSION = 2
 #: Bits of the integer element types a weight may be stored in, by the label the inspectors give them.
 BITS = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "nf4": 4, "int2": 2, "uint2": 2,
         "lut8": 8, "lut6": 6, "lut4": 4, "lut3": 3, "lut2": 2, "lut1": 1}
-#: The widest element a weight may have to count as being in the asked precision.
-ASKED_BITS = {"int8": 8, "int4": 4}
+#: The widest element a weight may have to count as being in the asked precision: for an integer precision an
+#: integer (or palettized) element of at most that width; for fp16 any element of at most 16 bits, float or integer
+#: (an fp16 package whose repair or converter stored a layer in int8 holds it narrower than asked, not wider).
+ASKED_BITS = {"int8": 8, "int4": 4, "fp16": 16}
+#: The asked precisions whose floating-point weights of the asked width count as being in it.
+FLOAT_PRECISIONS = ("fp16",)
 #: The share of all weights (by element count) that must be at the asked precision or narrower, unless the
 #: target sets `acceptance.min_quantized_share`. int8: three quarters of the weights in int8 with the rest in
 #: float32 is 1.75× the int8 ideal size and still 2.3× smaller than float32; below it the artifact is nearer a
@@ -46,9 +50,11 @@ ASKED_BITS = {"int8": 8, "int4": 4}
 #: BERT-style encoder with a float embedding table: 29 %), and the check refuses it, naming the layers. A
 #: target that wants such an artifact lowers the floor and the summary shows the share. int4: grouped int4
 #: schemes keep a layer whose width no group divides, and NNCF keeps the output head and embeddings at int8
-#: (its backup precision): 0.5 still catches a scheme that left most of the model at int8. fp32 and fp16 have
-#: no floor.
-FLOORS: dict[str, float] = {"int8": 0.75, "int4": 0.5}
+#: (its backup precision): 0.5 still catches a scheme that left most of the model at int8. fp16: three quarters of
+#: the weights in float16 with the rest in float32 is 1.25× the fp16 size, under the 1.3× a user who asked fp16
+#: for size can be held to; an fp16 keep-float repair that kept more float32 than that delivered a model nearer
+#: fp32, and the check says which layers. fp32 has no floor.
+FLOORS: dict[str, float] = {"int8": 0.75, "int4": 0.5, "fp16": 0.75}
 #: The layer kinds a quantizer is asked to take (`of_quantizable`); every kind counts against the share.
 COUNTED = ("linear", "conv")
 #: Why a weight layer is wider than asked, in the order a record lists them.
@@ -79,10 +85,21 @@ class WeightTensor:
         return BITS.get(self.dtype)
 
     @property
+    def width(self) -> int:
+        """Bits per stored element, integer or floating point (32 for a type no table names)."""
+        return self.bits or FLOAT_BITS.get(self.dtype) or int("".join(c for c in self.dtype if c.isdigit()) or 32)
+
+    def at(self, asked: str) -> bool:
+        """Whether this weight is stored at precision `asked` or narrower (see ASKED_BITS)."""
+        limit = ASKED_BITS.get(asked, 8)
+        if asked in FLOAT_PRECISIONS:
+            return self.width <= limit
+        return self.bits is not None and self.bits <= limit
+
+    @property
     def nbytes(self) -> float:
         """Bytes its elements take as stored (a palette's entries and a quantizer's scales not counted)."""
-        width = self.bits or FLOAT_BITS.get(self.dtype) or int("".join(c for c in self.dtype if c.isdigit()) or 32)
-        return self.elements * width / 8
+        return self.elements * self.width / 8
 
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
@@ -124,7 +141,7 @@ def _kept(weight: WeightTensor, kept: Iterable[str]) -> bool:
 
 def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: Iterable[str] = (),
            small: int = 0, reverted: bool = False) -> dict[str, Any]:
-    """The `quantized_weights` fact of an artifact at precision `asked` ('int8', 'int4'), from its weight
+    """The `quantized_weights` fact of an artifact at precision `asked` ('int8', 'int4', 'fp16'), from its weight
     layers: the share of all weight elements at `asked` or narrower, by kind and by stored type; the weight
     bytes by stored type and their ratio to the ideal; the layers that stayed wider (name → type) and why
     (`why_wider`): `kept` float by keep_float or a repair, reverted by the quantizer's accuracy control (with
@@ -145,7 +162,7 @@ def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: 
         if w.name in seen:
             continue
         seen.add(w.name)
-        at_asked = w.bits is not None and w.bits <= limit
+        at_asked = w.at(asked)
         total.add(w, at_asked)
         by_kind.setdefault(w.kind, _Tally()).add(w, at_asked)
         by_dtype[w.dtype] = by_dtype.get(w.dtype, 0) + w.elements
@@ -184,7 +201,7 @@ def record(weights: Iterable[WeightTensor], asked: str, measured_on: str, kept: 
 
 
 def floor_of(precision: str) -> float | None:
-    """The default floor of the share for a target at `precision` (None: no floor, fp32 and fp16)."""
+    """The default floor of the share for a target at `precision` (None: no floor, fp32)."""
     return FLOORS.get(precision)
 
 
@@ -195,9 +212,9 @@ REASONS: dict[str, tuple[str, str]] = {
                    "closer to the evaluation set, and fewer stay float"),
     "accuracy_control": ("reverted to float by the quantizer's accuracy control",
                          "allow a larger max_accuracy_drop, and fewer are reverted"),
-    "embedding": ("embedding tables the format stores float",
-                  "a format with a quantized lookup stores them int8; keep them float on purpose with keep_float "
-                  "and a lower floor"),
+    "embedding": ("embedding tables the format stores wider",
+                  "a format with a quantized (or float16) lookup stores them narrower; keep them wider on purpose "
+                  "with keep_float and a lower floor"),
     "below_threshold": ("below the quantizer's size threshold", "lower the step's weight_threshold"),
     "not_quantized": ("of a kind the quantizer skipped", "a rewrite to a layer kind it quantizes (docs/rewrites.md)"),
 }

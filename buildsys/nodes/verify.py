@@ -142,7 +142,7 @@ def resolve_acceptance(acceptance: Acceptance, precision: str, outputs: list[Out
     return CheckOptions(outputs=resolved, on_fail=acceptance.on_fail, require_numeric=acceptance.require_numeric,
                         max_size_mb=acceptance.max_size_mb, serving=acceptance.serving,
                         accept_stand_in=acceptance.accept_stand_in, default_limits=defaults_kept,
-                        min_quantized_share=share if precision in ("int8", "int4") else None).model_dump(mode="json")
+                        min_quantized_share=share if floor_of(precision) is not None else None).model_dump(mode="json")
 
 
 def not_run_reasons(check: dict[str, Any]) -> list[str]:

@@ -168,4 +168,7 @@ def test_coreml_fp16_misses_and_keep_float_passes(project: Project) -> None:
     assert len(repair["kept_float"]) == 2 and {n for n, _ in repair["sensitivity"][:2]} == set(repair["kept_float"])
     check = lock.nodes["verify:ios"]["metrics"]["outputs"]["y"]
     assert check["max_rel"]["ok"] is True and check["cosine"]["ok"] is True
+    # the ops kept float32 hold no weight: every weight of the package is float16, judged against the fp16 floor
+    weights = lock.nodes["verify:ios"]["metrics"]["quantized_weights"]
+    assert weights["asked"] == "fp16" and weights["observed"] == 1.0 and weights["allowed"] == 0.75 and weights["ok"]
 

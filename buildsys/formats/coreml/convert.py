@@ -74,10 +74,11 @@ class CoremlFromTorchScript(PruningStep):
         super().__init_subclass__(**kwargs)
         if getattr(cls, "precision", None) == "fp16":  # accuracy repair of float16 compute (docs/repair.md)
             cls.repairs = {"keep-float": {"keep_float": "sensitive"}}
-            cls.version += 1  # recurrent layers' weights stored float16 before iOS 17 (recurrent_fp16.py)
+            cls.version += 2  # recurrent weights float16 before iOS 17 (recurrent_fp16.py); quantized_weights measured
+            cls.committed_metrics = (*cls.committed_metrics, "quantized_weights")
 
     # What keep_float 'sensitive' kept in float32 and what `sparsity: auto` tried: facts of this output.
-    committed_metrics = ("sparsity_search", "repair")
+    committed_metrics: ClassVar[tuple[str, ...]] = ("sparsity_search", "repair")
 
     @classmethod
     def data_used(cls, options: StepOptions) -> tuple[str, ...]:
@@ -174,10 +175,11 @@ class CoremlFromTorchScript(PruningStep):
         pruned = {"sparsity": search.get("chosen", opts.sparsity)} if opts.sparsity is not None else {}
         if search:
             pruned["sparsity_search"] = search
-        if self.precision == "int8":  # what the package holds: compressed weights, or fp16 left under the threshold
+        if self.precision in ("int8", "fp16"):  # what it holds: compressed weights, fp16 under the threshold, fp32 kept
             from buildsys.formats.coreml.weights import measure
+            from buildsys.formats.quantized_weights import kept_float
 
-            pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold)
+            pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold, kept_float(repair, opts))
         for fact in ("output_reshaped", "input_mutations_dropped"):  # what the route's loading changed
             if ctx.extra.get(fact):
                 pruned[fact] = ctx.extra[fact]

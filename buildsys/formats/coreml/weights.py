@@ -2,7 +2,8 @@
 (buildsys.formats.quantized_weights), read from the MIL program's constants and compressed weights.
 
 A weight layer is an op that reads a constant as its weight: `linear` and `conv` / `conv_transpose`
-(`weight`), `matmul` (`x` or `y`), `gather` (`x`: an embedding table). The weight is a `const` (its dtype,
+(`weight`), `matmul` (`x` or `y`), `gather` (`x`: an embedding table), and the recurrent `lstm` / `gru` / `rnn`
+(every input-to-gates and recurrent matrix, as linear weights). The weight is a `const` (its dtype,
 float16 or float32) or the output of MIL's compressed-weight ops, which say how it is stored:
 `constexpr_affine_dequantize` and `constexpr_blockwise_shift_scale` (int8 / int4 data),
 `constexpr_lut_to_dense` (a palette of 2^n entries: `lut<n>`), `constexpr_sparse_to_dense` (pruned; its
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from buildsys.formats.quantized_weights import WeightTensor, record
 
@@ -24,7 +25,11 @@ if TYPE_CHECKING:
 WEIGHT_INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "linear": ("linear", ("weight",)), "matmul": ("linear", ("y", "x")), "conv": ("conv", ("weight",)),
     "conv_transpose": ("conv", ("weight",)), "gather": ("embedding", ("x",)),
+    "lstm": ("linear", ("weight_ih", "weight_hh", "weight_ih_back", "weight_hh_back")),
+    "gru": ("linear", ("weight_ih", "weight_hh")), "rnn": ("linear", ("weight_ih", "weight_hh")),
 }
+#: Recurrent ops read several weights each (input-to-gates and recurrent, each direction): all are counted.
+EVERY_INPUT = ("lstm", "gru", "rnn")
 #: compressed-weight op → the input whose dtype is the stored one ("lut": a palette, its size gives the bits)
 STORED = {"constexpr_affine_dequantize": "quantized_data", "constexpr_blockwise_shift_scale": "data",
           "constexpr_lut_to_dense": "lut", "constexpr_sparse_to_dense": "nonzero_data", "constexpr_cast": "source_val"}
@@ -79,13 +84,15 @@ def weight_layers(program: Any) -> list[WeightTensor]:
                 elements = math.prod(int(d) for d in var.shape)
                 if elements > 1:
                     found.append(WeightTensor(var.name, kind, elements, stored, (operation.name,)))
-                break
+                if operation.op_type not in EVERY_INPUT:
+                    break
     return found
 
 
-def measure(path: Path, asked: str, threshold: int = 0) -> dict[str, Any]:
-    """The `quantized_weights` fact of the .mlpackage at `path` quantized to `asked`; float weights under the
-    compression's `threshold` (weight_threshold: coremltools leaves them uncompressed) are left out of the share."""
+def measure(path: Path, asked: str, threshold: int = 0, kept: Iterable[str] = ()) -> dict[str, Any]:
+    """The `quantized_weights` fact of the .mlpackage at `path` at precision `asked`; float weights under the
+    compression's `threshold` (weight_threshold: coremltools leaves them uncompressed) and the ops in `kept`
+    (an fp16 package's keep_float: MIL op names) are named as such."""
     from buildsys.formats.coreml.mil import load_program
 
-    return record(weight_layers(load_program(path)[0]), asked, MEASURED_ON, small=threshold)
+    return record(weight_layers(load_program(path)[0]), asked, MEASURED_ON, kept=kept, small=threshold)

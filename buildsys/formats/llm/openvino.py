@@ -127,6 +127,8 @@ class LlmOpenVinoFromLlmOnnx(Step):
     description = ("openvino.convert_model of the llm-onnx file, openvino.passes.MakeStateful on the cache "
                    "inputs/outputs, saved with float32 (fp16: float16-compressed) weights.")
     Options = StepOptions
+    version = 2  # 2: an fp16 IR's share of weights in float16 (quantized_weights), judged by its floor
+    committed_metrics = ("quantized_weights",)
 
     def _run(self, ctx: StepContext[StepOptions]) -> dict[str, Any]:
         with telemetry_off():
@@ -149,6 +151,10 @@ class LlmOpenVinoFromLlmOnnx(Step):
             manager.run_passes(model)
             metrics = _save(self, ctx, model, fp16=self.precision == "fp16")
         metrics["tokenizer"] = _carry_side_files(src.parent, ctx.out_dir)
+        if self.precision == "fp16":
+            from buildsys.formats.openvino.weights import measure
+
+            metrics["quantized_weights"] = measure(ctx.out_dir / XML, self.precision)
         return metrics
 
 

@@ -30,6 +30,7 @@ class OnnxFp16FromOnnx(Step):
     """Convert an ONNX model's float32 tensors and ops to float16 (onnxruntime.transformers.float16)."""
 
     name = "onnx-fp16-from-onnx"
+    version = 2  # 2: the share of weights in float16 measured on the file (quantized_weights), judged by its floor
     consumes = FLOAT_ONNX
     produces = "onnx-fp16"
     precision = "fp16"
@@ -38,7 +39,7 @@ class OnnxFp16FromOnnx(Step):
     description = "float16 conversion with ONNX Runtime's converter."
     #: Accuracy repair (docs/repair.md): tried after a route's fp16 check misses.
     repairs = {"keep-float": {"keep_float": "sensitive"}}
-    committed_metrics = ("repair",)
+    committed_metrics = ("repair", "quantized_weights")  # quantized_weights: the share of weights in float16
 
     class Options(SearchingOptions):
         keep_io_types: bool = Field(
@@ -102,7 +103,7 @@ class OnnxFp16FromOnnx(Step):
             save(converted, ctx.out_dir, external=False)
         metrics = finish(self, ctx, path)
         halves = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-        return {**metrics, "float16_initializers": halves}
+        return {**metrics, "float16_initializers": halves, "quantized_weights": _measured(self, path, metrics, opts)}
 
 
     def _keep_float(self, ctx: StepContext[Options], convert: Any, src: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +136,17 @@ class OnnxFp16FromOnnx(Step):
                 make(list(opts.keep_float), None, Path(work) / MODEL_FILE)
                 metrics = {"repair": pinned(opts.keep_float, "fp16")}
             shutil.move(str(Path(work) / MODEL_FILE), str(ctx.out_dir / MODEL_FILE))
-        return {**finish(self, ctx, ctx.out_dir / MODEL_FILE), **metrics}
+        return {**finish(self, ctx, ctx.out_dir / MODEL_FILE), **metrics,
+                "quantized_weights": _measured(self, ctx.out_dir / MODEL_FILE, metrics, opts)}
+
+
+def _measured(step: Step, path: Path, metrics: dict[str, Any], options: Any) -> dict[str, Any]:
+    """The share of the file's weights stored in float16 (formats/quantized_weights.py), the layers a repair or
+    keep_float kept in float32 named as such: what the target's fp16 floor judges."""
+    from buildsys.formats.onnx.weights import measure
+    from buildsys.formats.quantized_weights import kept_float
+
+    return measure(path, step.precision, kept_float(metrics, options))
 
 
 def _external_tensors(proto: Any) -> list[Any]:

@@ -105,6 +105,8 @@ class OpenVinoFromOnnx(PruningStep):
     description = "openvino.convert_model of the ONNX file, saved with float32 (fp16: float16-compressed) weights; " \
                   "with sparsity, its weight constants pruned by magnitude."
     Options = PruningOptions
+    version = 2  # 2: an fp16 IR's share of weights in float16 (quantized_weights), judged by its floor
+    committed_metrics = (*PruningStep.committed_metrics, "quantized_weights")
     #: The ONNX it reads was exported from a PyTorch program: what its frontend has no rule for (the ONNX sequence
     #: ops dstack's atleast_3d over a list exports to, a loss's GatherElements on constants) is gone once that
     #: program is decomposed to core ATen, which exports as plain tensor ops.
@@ -121,12 +123,18 @@ class OpenVinoFromOnnx(PruningStep):
                 raise self.fail(ctx, f"OpenVINO could not convert the ONNX model: {_unconverted(exc)}") from exc
             fp16 = self.precision == "fp16"
             if ctx.options.sparsity is None:
-                return save_ir(self, ctx, model, fp16=fp16)
-            from buildsys.formats.openvino.prune import deflated, prune_model
+                metrics = save_ir(self, ctx, model, fp16=fp16)
+            else:
+                from buildsys.formats.openvino.prune import deflated, prune_model
 
-            pruned = prune_model(self, ctx, model, fp16)
-            metrics = save_ir(self, ctx, model, fp16=fp16)
-            return {**metrics, **pruned, "weights_deflated_bytes": deflated(ctx.out_dir / BIN)}
+                pruned = prune_model(self, ctx, model, fp16)
+                metrics = {**save_ir(self, ctx, model, fp16=fp16), **pruned,
+                           "weights_deflated_bytes": deflated(ctx.out_dir / BIN)}
+        if fp16:  # compress_to_fp16 leaves float32 what would overflow float16
+            from buildsys.formats.openvino.weights import measure
+
+            metrics["quantized_weights"] = measure(ctx.out_dir / XML, self.precision)
+        return metrics
 
 
 def _unconverted(exc: BaseException) -> str:

@@ -143,6 +143,9 @@ class TfliteFromPt2(Step):
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
             cls.keeps_learned = ("pt2e",)  # a converted PT2E QAT program is lowered as it is (buildsys.formats.torch.qat)
+        elif getattr(cls, "precision", "fp32") == "fp16":
+            cls.version += 1  # the share of weights in float16 measured on the flatbuffer (quantized_weights)
+            cls.committed_metrics = (*cls.committed_metrics, "quantized_weights")
 
     @classmethod
     def data_used(cls, options: Any) -> tuple[str, ...]:
@@ -236,6 +239,10 @@ class TfliteFromPt2(Step):
             metrics["scheme"] = scheme(ctx.options) if metrics.get("mode") != "qat" else \
                 "full int8: int8 weights and activations (learned quantization parameters, not calibrated)"
             metrics["quantized_weights"] = measure(path, self.precision, kept_float(metrics, ctx.options))
+        elif self.precision == "fp16":
+            from buildsys.formats.tflite.weights import measure
+
+            metrics["quantized_weights"] = measure(path, self.precision)
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         io = sorted({i["dtype"] for i in record["inputs"]})
         return {**metrics, "bytes": len(flatbuffer), "batch": int(args[0].shape[0]) if args else 1,

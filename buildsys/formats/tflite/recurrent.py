@@ -83,4 +83,21 @@ class _KerasLstm:
             bias_initializer=constant(bias))
 
     def __call__(self, inputs: Any, initial_state: Any = None) -> Any:
-        return self.layer(inputs, initial_state=initial_state or None)  # onnx2tf passes [] for none
+        state = list(initial_state or [])  # onnx2tf passes [] for none
+        if state and all(_zeros(s) for s in state):
+            state = []  # the exporter's zero state, a constant at a static batch: Keras's own initial state
+        return self.layer(inputs, initial_state=state or None)
+
+
+def _zeros(state: Any) -> bool:
+    """Whether an initial state onnx2tf computed is a constant of zeros (the exporter's Expand of zeros to the
+    batch: a constant once the batch is static, which the Keras layer cannot take as a Functional model's input)."""
+    import numpy as np
+    import tf_keras
+
+    if tf_keras.backend.is_keras_tensor(state):
+        return False
+    try:
+        return not np.asarray(state).any()
+    except Exception:  # noqa: BLE001 - a symbolic tensor: not a constant
+        return False

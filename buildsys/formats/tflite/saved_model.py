@@ -58,9 +58,10 @@ class SavedModelFromOnnx(Step):
     """Convert an ONNX graph to a TensorFlow SavedModel with onnx2tf, recording the layout it chose."""
 
     name = "saved-model-from-onnx"
-    version = 4  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
+    version = 5  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
     # names the QuantizeLinear/DequantizeLinear an ONNX input already held (`quantized_source`, a QAT model);
-    # 4: plain LSTMs as tf_keras LSTM layers at batch 1, which TFLite fuses (formats/tflite/recurrent.py)
+    # 4: plain LSTMs as tf_keras LSTM layers at batch 1, which TFLite fuses (formats/tflite/recurrent.py); 5: what
+    # static shapes make constant folded first (formats/onnx/shape_constants.py), a zero initial state dropped
     consumes = ("onnx",)
     produces = "saved_model"
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
@@ -136,7 +137,10 @@ class SavedModelFromOnnx(Step):
         import onnx
 
         opts = ctx.options
+        from buildsys.formats.onnx.shape_constants import fold_static_shapes
+
         proto = onnx.load(str(ctx.input_path), load_external_data=True)  # a model.onnx.data side file too
+        folded = fold_static_shapes(proto)  # onnx2tf refuses some constants it would have to compute (an Expand)
         out = ctx.out_dir / SAVED_MODEL.filename
         # onnx2tf rewrites its input file in place (op naming, shape inference): it gets a private copy,
         # in a hidden folder of out_dir that is gone before the step returns.
@@ -160,6 +164,7 @@ class SavedModelFromOnnx(Step):
         return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
                 **({"fused_lstm": fused, "static_batch": 1} if fused and not opts.batch_size else
                    {"fused_lstm": fused} if fused else {}),
+                **({"static_shape_nodes_folded": folded} if folded else {}),
                 "channels_last_inputs": moved,
                 "layouts": {i["name"]: i["layout"] for i in record["inputs"]}}
 

@@ -115,15 +115,21 @@ class TfliteFromSavedModel(PruningStep, _FromSavedModel):
     description = "tf.lite.TFLiteConverter.from_saved_model: float32, or Optimize.DEFAULT with supported_types " \
                   "[float16] for fp16; with sparsity, magnitude pruning and the EXPERIMENTAL_SPARSITY encoding."
     Options = TfliteFloatOptions
+    version = 2  # 2: an fp16 flatbuffer's share of weights in float16 (quantized_weights), judged by its floor
+    committed_metrics = (*PruningStep.committed_metrics, "quantized_weights")
+
     def _run(self, ctx: StepContext[TfliteFloatOptions]) -> dict[str, Any]:  # type: ignore[override]
         metrics = super()._run(ctx)  # type: ignore[arg-type]  # its own Options, a TfliteOptions
-        if ctx.options.sparsity is None:
-            return metrics
-        from buildsys.formats.tflite.prune import prune_output
-
         path = ctx.out_dir / FLATBUFFER
-        pruned = prune_output(self, ctx, path)
-        return {**metrics, **pruned, "tensor_dtypes": tensor_dtypes(path.read_bytes())}
+        if ctx.options.sparsity is not None:
+            from buildsys.formats.tflite.prune import prune_output
+
+            metrics = {**metrics, **prune_output(self, ctx, path), "tensor_dtypes": tensor_dtypes(path.read_bytes())}
+        if self.precision == "fp16":  # the converter keeps some weights float32 (ops with no float16 path)
+            from buildsys.formats.tflite.weights import measure
+
+            metrics["quantized_weights"] = measure(path, self.precision)
+        return metrics
 
     def _configure(self, ctx: StepContext, converter: Any, layout: dict[str, Any] | None) -> dict[str, Any]:
         if self.precision == "fp32":

@@ -51,7 +51,7 @@ def test_record_counts_every_weight_once_and_says_why_each_wider_one_is_wider() 
     assert fact["bytes_by_dtype"] == {"float32": 88000, "int8": 14000}
     short = shortfall(fact, FLOORS["int8"], "logits: max_rel 0.05")
     assert short.startswith("only 38.9% of the weights are int8 (floor 75%, min_quantized_share; measured on a "
-                            "test, 2.83× the int8 size): 16.7% embedding tables the format stores float (1 layer(s): "
+                            "test, 2.83× the int8 size): 16.7% embedding tables the format stores wider (1 layer(s): "
                             "wte; ")
     assert "44.4% of a kind the quantizer skipped (1 layer(s): h.0.mlp.c_fc.weight; " in short
     assert short.endswith("set acceptance.min_quantized_share: 0.38 on the target: the summary then shows the share "
@@ -84,11 +84,26 @@ def test_int4_counts_only_weights_at_four_bits_or_fewer() -> None:
     assert fact["share"] == 0.8 and fact["wider"] == {"b": "int8"}
 
 
+def test_fp16_counts_float16_and_narrower_and_its_floor_names_the_float32_layers() -> None:
+    layers = [WeightTensor("conv", "conv", 1000, "float16"), WeightTensor("lstm.w", "linear", 4000, "float32"),
+              WeightTensor("head", "linear", 500, "int8"), WeightTensor("emb", "embedding", 500, "bfloat16")]
+    fact = record(layers, "fp16", "a test", kept=["lstm"])
+    assert fact["share"] == round(2000 / 6000, 4) and fact["wider"] == {"lstm.w": "float32"}
+    # bytes: 4000 float32 (16000) + 1500 16-bit (3000) + 500 int8, against 6000 elements at 2 bytes
+    assert (fact["weight_bytes"], fact["ideal_bytes"], fact["size_ratio"]) == (19500, 12000, 1.625)
+    short = shortfall(fact, FLOORS["fp16"], "logits: max_rel 0.05")
+    assert short.startswith("only 33.3% of the weights are fp16 (floor 75%, min_quantized_share; measured on a test, "
+                            "1.62× the fp16 size): 66.7% kept float by the accuracy repair or keep_float (1 layer(s): "
+                            "lstm.w; ")
+    assert record(layers[:1] + layers[2:], "fp16", "a test")["share"] == 1.0  # no float32 weight: all at fp16
+
+
 def test_the_floor_is_resolved_into_the_check_acceptance_and_a_target_can_set_its_own() -> None:
     outputs = [OutputSpec(name="logits", kind="scores")]
     assert resolve_acceptance(Acceptance(), "int8", outputs)["min_quantized_share"] == FLOORS["int8"] == 0.75
     assert resolve_acceptance(Acceptance(), "int4", outputs)["min_quantized_share"] == FLOORS["int4"]
-    assert resolve_acceptance(Acceptance(), "fp16", outputs)["min_quantized_share"] is None  # no floor
+    assert resolve_acceptance(Acceptance(), "fp16", outputs)["min_quantized_share"] == FLOORS["fp16"] == 0.75
+    assert resolve_acceptance(Acceptance(), "fp32", outputs)["min_quantized_share"] is None  # no floor
     assert resolve_acceptance(Acceptance(min_quantized_share=0.3), "int8", outputs)["min_quantized_share"] == 0.3
 
 

@@ -1,8 +1,8 @@
 """Native kernels before rewrites: a Conv1d + LSTM sensor model reaches TFLite as one fused
 UNIDIRECTIONAL_SEQUENCE_LSTM (onnx2tf's LSTM as a tf_keras layer: formats/tflite/recurrent.py) on the first
 route tried, ahead of litert-torch, which writes the LSTM out step by step; where the fused kernel is not
-available (a bidirectional LSTM) or a target turns it off, the unrolled route still answers. Real onnx2tf,
-TensorFlow's converter and LiteRT."""
+available (a bidirectional LSTM) or a target turns it off, the unrolled route still answers. The fp16 target
+reads the guide's window at a static batch ([1, frames, 9]). Real onnx2tf, TensorFlow's converter and LiteRT."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ models:
     inputs: [{name: window, shape: [batch, %(frames)d, 9]}]
     outputs: [{name: logits, kind: scores}]
     data: {validation: val.npz}
+  window:
+    source: {factory: "sensor:build"}
+    inputs: [{name: window, shape: [1, %(frames)d, 9]}]
+    outputs: [{name: logits, kind: scores}]
+    data: {validation: val.npz}
   both-ways:
     source: {factory: "sensor:build_bidirectional"}
     inputs: [{name: window, shape: [batch, %(frames)d, 9]}]
@@ -68,7 +73,7 @@ models:
     data: {validation: val.npz}
 targets:
   fused: {model: sensor, format: tflite}
-  fused-fp16: {model: sensor, format: tflite, precision: fp16}
+  fused-fp16: {model: window, format: tflite, precision: fp16}
   unrolled:
     model: sensor
     format: tflite
@@ -118,9 +123,17 @@ def test_the_first_route_keeps_the_lstm_in_tflites_fused_kernel(built: tuple[Pat
         size = (root / "artifacts" / target / "model.tflite").stat().st_size
         assert size <= 1.3 * parameters * width, (target, size, parameters * width)
         assert lock.nodes[f"verify:{target}"]["verdict"] == "passed"
-    [upstream] = lock.nodes[lock.targets["fused"]["node"]]["components"]["inputs"]
-    saved_model = lock.nodes[upstream.removeprefix("upstream ")]  # the SavedModel the fused artifact came from
-    assert saved_model["metrics"]["fused_lstm"] and saved_model["metrics"]["static_batch"] == 1
+    saved_model = {}
+    for target in ("fused", "fused-fp16"):
+        [upstream] = lock.nodes[lock.targets[target]["node"]]["components"]["inputs"]
+        saved_model[target] = lock.nodes[upstream.removeprefix("upstream ")]["metrics"]  # what the artifact came from
+        assert saved_model[target]["fused_lstm"] and saved_model[target]["static_batch"] == 1
+    # the guide's window, [1, frames, 9]: the exporter's zero initial state, expanded to a batch that is static,
+    # is folded to constants before onnx2tf (which refused to compute it: "Output tensors of a Functional model")
+    assert saved_model["fused-fp16"]["static_shape_nodes_folded"] > 0
+    assert "static_shape_nodes_folded" not in saved_model["fused"]  # a dynamic batch: nothing to fold
+    weights = lock.nodes[lock.targets["fused-fp16"]["node"]]["metrics"]["quantized_weights"]
+    assert weights["asked"] == "fp16" and weights["share"] == 1.0 and weights["size_ratio"] <= 1.0, weights
 
 
 def test_the_unrolled_route_answers_where_the_fused_kernel_is_not_taken(
