@@ -7,7 +7,8 @@ model. A second build is a no-op: the answer is found again from the lock alone.
 - decomposition: grid_sample, refused by coremltools' torch.export frontend, decomposed by PyTorch's tables;
 - static re-export: a per-sample loop whose dynamic batch torch.export refuses, exported at static shapes for
   ExecuTorch (a .pte is static anyway), while the .pt2 delivered dynamic still fails naming the constraint;
-- converter switches: onnx2tf's RNN unrolling for a Conv1d+GRU model whose TensorList ops TFLite refuses, Core ML at
+- converter switches: onnx2tf's RNN unrolling answers TensorList ops TFLite refuses (a Conv1d+GRU model now converts
+  as a loop at batch 1, first), Core ML at
   fixed shapes for a model whose symbolic batch coremltools cannot convert, and litert-torch with the model's
   generated constants stored, for an attention mask built with torch.eye (an iota LiteRT has no kernel for).
 """
@@ -130,7 +131,13 @@ def test_a_static_reexport_lets_executorch_take_a_model_whose_dynamic_batch_torc
     assert "Constraints violated (batch)" in caveats[0]["why"]
 
 
-def test_onnx2tf_unrolls_the_gru_whose_tensor_list_ops_tflite_refuses(tmp_path: Path) -> None:
+def test_a_gru_reaches_tflite_as_a_loop_and_unrolled_where_its_batch_stays_dynamic(tmp_path: Path) -> None:
+    """onnx2tf writes a GRU as a TensorFlow while loop, whose TensorList ops TFLite's converter lowers only at a
+    static batch: the SavedModel's signature fixes it at 1 (as for the fused LSTM), the loop is one WHILE and the
+    first route passes. A target that keeps the batch dynamic (`dynamic_batch`) meets the converter's refusal,
+    which the classifier answers with onnx2tf's RNN unrolling."""
+    from ai_edge_litert.interpreter import Interpreter
+
     project = Project(tmp_path, """\
         models:
           har:
@@ -139,17 +146,26 @@ def test_onnx2tf_unrolls_the_gru_whose_tensor_list_ops_tflite_refuses(tmp_path: 
             outputs: [{name: logits, kind: scores}]
         targets:
           android: {model: har, format: tflite, routes: [[onnx, saved_model]]}
+          any-batch: {model: har, format: tflite, routes: [[onnx, saved_model]],
+                      options: {saved_model: {dynamic_batch: true}}}
         """)
-    status, events = project.build("android")
+    status, events = project.build("android", "any-batch")
     assert status == 0, summary(events)
+    lock = project.lock()
+    assert "android" not in lock.routes and project.verdict("android") == "passed"  # the first route, verified
+    ops = [d["op_name"] for d in Interpreter(model_path=str(tmp_path / "artifacts/android/model.tflite"))._get_ops_details()]
+    assert "WHILE" in ops and len(ops) < 30, ops  # the main graph: the loop's body is a subgraph of its own
+    [upstream] = lock.nodes[lock.targets["android"]["node"]]["components"]["inputs"]
+    assert lock.nodes[upstream.removeprefix("upstream ")]["metrics"]["static_batch"] == 1
+
     text = refusal(events, "har/tflite")
     assert "tf.TensorListReserve" in text
     first, second = steps()["tflite-from-saved-model"].answers(text)
     assert (first.label, first.at, first.values) == ("onnx2tf rnn-unroll", "saved_model", {"enable_rnn_unroll": True})
     assert (second.label, second.via) == ("litert-torch", ("pt2",))  # another route: not for a target that lists its own
-    [record] = project.lock().routes["android"]["dropped"]
+    [record] = lock.routes["any-batch"]["dropped"]
     assert record["answers"] == [["pytorch", "onnx", "saved_model (switch onnx2tf rnn-unroll)", "tflite"]]
-    assert project.verdict("android") == "passed"  # LiteRT against the GRU in PyTorch
+    assert project.verdict("any-batch") == "passed"  # LiteRT against the GRU in PyTorch
 
 
 def test_tflite_stores_the_generated_constant_whose_op_litert_cannot_run(tmp_path: Path) -> None:

@@ -419,11 +419,13 @@ def _assert_rewrite_route(project: TinyProject, out: str, target: str, route: li
 
 
 def test_a_gru_activity_model_reaches_tflite_unrolled(tmp_path: Path) -> None:
-    """onnx2tf turns the ONNX GRU into a TensorFlow while loop that TFLite refuses (tf.TensorListReserve); the
-    refusal names no ATen op, the ONNX export recorded the module's torch.gru call, so `recurrent` is tried. (The
-    target lists onnx2tf's route: for a [batch, time, features] input litert-torch's leads and converts the GRU.)"""
+    """onnx2tf turns the ONNX GRU into a TensorFlow while loop that TFLite refuses at a dynamic batch
+    (tf.TensorListReserve; the target keeps it dynamic: at batch 1 the loop converts); the refusal names no ATen
+    op, the ONNX export recorded the module's torch.gru call, so `recurrent` is tried. (The target lists onnx2tf's
+    route: for a [batch, time, features] input litert-torch's leads and converts the GRU.)"""
     project, out = _build(tmp_path, "har_gru", HAR_GRU, "[{name: window, shape: [batch, 20, 9]}]",
-                          "android: {model: model, format: tflite, routes: [[onnx, saved_model]]}\n")
+                          "android: {model: model, format: tflite, routes: [[onnx, saved_model]], "
+                          "options: {saved_model: {dynamic_batch: true}}}\n")
     _assert_rewrite_route(project, out, "android", ["pytorch", "onnx (rewrite recurrent)", "saved_model", "tflite"],
                           "recurrent", "tf.TensorListReserve")
 

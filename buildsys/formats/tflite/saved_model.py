@@ -58,17 +58,19 @@ class SavedModelFromOnnx(Step):
     """Convert an ONNX graph to a TensorFlow SavedModel with onnx2tf, recording the layout it chose."""
 
     name = "saved-model-from-onnx"
-    version = 5  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
+    version = 6  # 2: canonical function uids and fingerprint: the same bytes from any worker and host; 3: layout.json
     # names the QuantizeLinear/DequantizeLinear an ONNX input already held (`quantized_source`, a QAT model);
     # 4: plain LSTMs as tf_keras LSTM layers at batch 1, which TFLite fuses (formats/tflite/recurrent.py); 5: what
-    # static shapes make constant folded first (formats/onnx/shape_constants.py), a zero initial state dropped
+    # static shapes make constant folded first (formats/onnx/shape_constants.py), a zero initial state dropped; 6: a
+    # recurrent loop's signature at batch 1 (its TensorList ops lowered: one WHILE, not unrolled)
     consumes = ("onnx",)
     produces = "saved_model"
     packages = ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnx-graphsurgeon", "sng4onnx")
     extra = "tflite"
     toolchain = "tf"
     probed_imports = TENSORFLOW_IMPORT_PROBES
-    unrolls = ("gru", "rnn_tanh", "rnn_relu")  # TFLite has no fused GRU kernel; onnx2tf's RNN loops unroll (LSTM: fused)
+    # (no `unrolls`: a plain LSTM is TFLite's fused kernel; a GRU or RNN is a WHILE loop at batch 1, one body, not
+    # written out frame by frame, which only the `enable_rnn_unroll` answer does)
     description = "onnx2tf.convert (no model saving by onnx2tf, no downloads), then a SavedModel whose signature " \
                   "is named after the ONNX inputs and outputs."
 
@@ -89,6 +91,12 @@ class SavedModelFromOnnx(Step):
             "TFLite converter cannot lower; also turns off the fused LSTM (a plain forward LSTM is otherwise one "
             "UNIDIRECTIONAL_SEQUENCE_LSTM at batch 1: formats/tflite/recurrent.py). Set by the planner when the TFLite "
             "converter refuses them (docs/lowering.md).")
+        dynamic_batch: bool = Field(
+            default=False, description="Keep the signature's batch dynamic where the model has a recurrent layer. "
+            "Unset, a model with an LSTM, GRU or RNN gets a batch-1 signature: TFLite's converter fuses a plain LSTM "
+            "and lowers the while loop onnx2tf makes of the others only at a static batch. Set, the LSTM is not "
+            "fused and the loop's TensorList ops are refused, which the planner answers by unrolling the layer over "
+            "the frames (a larger file that takes any batch).")
         disable_strict_mode: bool = Field(
             default=False, description="Skip onnx2tf's strict-mode accuracy correction (disable_strict_mode): the "
             "brute-force trials of transpositions of a binary op's operands, which can run for many minutes and GB on "
@@ -98,7 +106,7 @@ class SavedModelFromOnnx(Step):
             "deploy.yaml): per-node fixes of onnx2tf's layout choices (a constant's or an input's transposition) for a "
             "node it converts wrongly. Its contents enter the key.")
 
-        omitted_when_unset = ("enable_rnn_unroll", "disable_strict_mode", "param_replacement_file")
+        omitted_when_unset = ("enable_rnn_unroll", "dynamic_batch", "disable_strict_mode", "param_replacement_file")
 
         @model_serializer(mode="wrap")
         def _without_unset(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -150,9 +158,13 @@ class SavedModelFromOnnx(Step):
             with tensorflow_uids() as uids:
                 keras_model, fused = self._convert(ctx, opts, proto, copy, Path(work))
                 # a fused LSTM needs a static batch, the only form TFLite's converter fuses: 1 unless batch_size says
-                # (fixed here, not in onnx2tf, whose layout inference differs at a static batch)
+                # (fixed here, not in onnx2tf, whose layout inference differs at a static batch); so does a recurrent
+                # layer onnx2tf writes as a while loop: the converter lowers its TensorList ops only at a static batch
+                # (a Conv1d + GRU over 90 frames: one WHILE, 82.1 KB, instead of unrolled, 363.9 KB)
+                looped = not opts.enable_rnn_unroll and any(n.op_type in ("GRU", "RNN", "LSTM") for n in proto.graph.node)
+                static_batch = bool(fused or looped) and not opts.batch_size and not opts.dynamic_batch
                 record = self._save(ctx, keras_model, proto, out, moves=not opts.keep_layout,
-                                    batch=1 if fused and not opts.batch_size else None)
+                                    batch=1 if static_batch else None)
         canonical_saved_model(out, uids["start"], uids["end"])  # the same bytes from any worker, any host
         from buildsys.formats.torch.qat import onnx_qdq
 
@@ -162,8 +174,7 @@ class SavedModelFromOnnx(Step):
         (ctx.out_dir / LAYOUT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         moved = [i["name"] for i in record["inputs"] if i["perm"] != sorted(i["perm"])]
         return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
-                **({"fused_lstm": fused, "static_batch": 1} if fused and not opts.batch_size else
-                   {"fused_lstm": fused} if fused else {}),
+                **({"fused_lstm": fused} if fused else {}), **({"static_batch": 1} if static_batch else {}),
                 **({"static_shape_nodes_folded": folded} if folded else {}),
                 "channels_last_inputs": moved,
                 "layouts": {i["name"]: i["layout"] for i in record["inputs"]}}
@@ -182,7 +193,7 @@ class SavedModelFromOnnx(Step):
         keep = [i.name for i in proto.graph.input if 3 <= len(i.type.tensor_type.shape.dim) <= 5]
         log = io.StringIO()
         fusing: contextlib.AbstractContextManager[list[str]] = \
-            contextlib.nullcontext([]) if opts.enable_rnn_unroll else fused_lstm()  # unrolled: onnx2tf's own cell
+            contextlib.nullcontext([]) if opts.enable_rnn_unroll or opts.dynamic_batch else fused_lstm()  # its own cell
         try:
             with _no_downloads(ctx), _min_padded_pools(), contextlib.redirect_stdout(log), fusing as fused:
                 model = onnx2tf.convert(
