@@ -16,6 +16,7 @@ from buildsys.formats.base import COREMLTOOLS_IMPORT_PROBES, COREMLTOOLS_PROBES,
 from buildsys.formats.coreml.frontend import conversion_failure, first_line, make_reproducible, frontend_patches
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
 from buildsys.formats.coreml import recurrent_fp16
+from buildsys.formats.coreml.passes import pipeline
 from buildsys.formats.keep_float import pinned, searched
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import TRACED, load_input
@@ -60,7 +61,7 @@ class CoremlFromTorchScript(PruningStep):
     Weights are compressed afterwards when `weight_compression` asks for it."""
 
     produces = "coreml"
-    version = 2  # 2: static outputs reshaped to torch's shape where coremltools changed it (output_shapes.py)
+    version = 3  # 2: static outputs reshaped to torch's shape (output_shapes.py); 3: uniform_constants.py's fills
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
@@ -196,11 +197,10 @@ class CoremlFromTorchScript(PruningStep):
         opts = ctx.options
         target = dict(minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
                       compute_units=getattr(ct.ComputeUnit, opts.compute_units), skip_model_load=True)
-        # float16 weights for recurrent layers that compute in float32 at this target (recurrent_fp16.py)
-        # (an fp16 package only: compression and pruning take constants, not weights behind a cast)
+        # recurrent layers' weights in float16 where they compute in float32 (recurrent_fp16.py; fp16 packages only)
         stored_fp16 = getattr(self, "precision", None) == "fp16" and opts.weight_compression == "none" \
             and not opts.sparsity and recurrent_fp16.needs_pass(opts.minimum_deployment_target)
-        passes = recurrent_fp16.pipeline() if stored_fp16 else None
+        passes = pipeline(stored_fp16)
         try:
             with frontend_patches():
                 mlmodel = ct.convert(module, convert_to="mlprogram", inputs=self._inputs(ctx),
@@ -372,8 +372,8 @@ class Int8Member(CoremlFromTorchScript):
 
     produces = "coreml-int8"
     precision = "int8"
-    version = 3  # 2: the share of weights compressed measured on the package (quantized_weights); 3: outputs in
-    # torch's shape (output_shapes.py)
+    version = 4  # 2: the share of weights compressed measured on the package (quantized_weights); 3: outputs in
+    # torch's shape (output_shapes.py); 4: uniform constants as fills (uniform_constants.py)
     Options = CoremlInt8Options
     committed_metrics = ("sparsity_search", "quantized_weights")
 

@@ -33,17 +33,8 @@ def needs_pass(target: str) -> bool:
     return SPEC_VERSION.get(target) == STORED_FP16_SPEC
 
 
-def pipeline() -> Any:
-    """coremltools' default pass pipeline with this pass appended (registered on first use)."""
-    import coremltools as ct
-
-    _register()
-    chosen = ct.PassPipeline()
-    chosen.append_pass(PASS_NAME)
-    return chosen
-
-
-def _register() -> None:
+def register() -> None:
+    """Register the pass with coremltools (idempotent)."""
     from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
     from coremltools.converters.mil.mil.passes.pass_registry import register_pass
 
