@@ -12,6 +12,8 @@ from typing import Literal, get_args
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: Bytes a weight takes at each precision: a model's ideal size there is its parameter count times this.
+BYTES_PER_WEIGHT: dict[str, float] = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 
 
 def format_name(family: str, precision: str) -> str:

@@ -98,7 +98,12 @@ class ReferenceStep(Step):
         np.savez(ctx.out_dir / REFERENCE.filename, **arrays)
         from buildsys.formats.torch.qat import info_of
 
-        info = info_of(getattr(session, "fn", None))
+        import torch
+
+        module = getattr(session, "fn", None)
+        if isinstance(module, torch.nn.Module):  # the ideal size of every artifact at its precision (report/console.py)
+            metrics["parameters"] = sum(p.numel() for p in module.parameters() if p.is_floating_point())  # tied: once
+        info = info_of(module)
         if info is not None:  # what every check of this model compares to: the QAT model as trained
             metrics["reference"] = f"fake-quant outputs of the {info.describe()} model, observers frozen"
         if batch.labels is not None:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from buildsys.formats.precision import BYTES_PER_WEIGHT
 from buildsys.records import BuildResult
 from buildsys.planning.plan import Plan
 from buildsys.report.html import fmt_size as _size
@@ -185,8 +186,14 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                    for r in plan.dropped.get(target, [])]
         route = plan.dag.routes[target].words() if target in plan.dag.routes else []
         status = target_status(entry, delivered=bool(recorded), route=route, dropped=dropped)
+        reference = lock_nodes.get(ReferenceKind.node_name(node.model), {}).get("metrics") or {}
+        parameters = reference.get("parameters")  # the model's weights, each tensor once (nodes/reference.py)
+        fp32 = parameters * BYTES_PER_WEIGHT["fp32"] if parameters else source_sizes.get(node.model)
+        ideal = parameters * BYTES_PER_WEIGHT.get(node.precision, 4) if parameters else None
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
-               "size_ratio": round(size / source_sizes[node.model], 3) if source_sizes.get(node.model) else None,
+               "size_ratio": round(size / fp32, 3) if fp32 and size else None,
+               "ideal_ratio": round(size / ideal, 3) if ideal and size else None,  # the file against its precision
+               "precision": node.precision,
                "check": status.words, "verdict": status.verdict.value,
                "caveats": [c.as_dict() for c in status.caveats],
                "not_run": [f"numeric check not run: {check['not_run']}"] if check.get("not_run") else [],
@@ -195,7 +202,7 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
                "chosen": ((lock_routes or {}).get(target) or {}).get("chosen"),  # under `prefer:` (planning.prefer)
                "quantized_weights": check.get("quantized_weights"),  # the share in its precision, against its floor
                "latency": check.get("latency"),  # batch 1 in its runtime, beside PyTorch eager's (the reference's)
-               "eager_latency": (lock_nodes.get(ReferenceKind.node_name(node.model), {}).get("metrics") or {}).get("latency")}
+               "eager_latency": reference.get("latency")}
         # The worst output speaks for the target: largest error, lowest agreement, biggest accuracy loss.
         for values in (check.get("outputs") or {}).values():
             observed = {m: values[m]["observed"] for m in ("accuracy", "top1_agreement", "max_abs")
@@ -230,7 +237,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
             if row.get("reference_accuracy") is not None:
                 acc += f" ({row['accuracy'] - row['reference_accuracy']:+.2%})"
         table.add_row(row["target"], row["format"], _size(row["size"]) if row["size"] else "—",
-                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "", weights_cell(row.get("quantized_weights")),
+                      f"{row['size_ratio']:.2f}×" if row.get("size_ratio") else "",
+                      weights_cell(row.get("quantized_weights"), row.get("ideal_ratio"), row.get("precision")),
                       latency_cell(row.get("latency"), row.get("eager_latency")), f"[{style}]{row['check']}[/]", acc,
                       f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "",
                       _num(row["max_abs"]) if "max_abs" in row else "")
@@ -258,15 +266,18 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
                       f"{trade_off(drop)}", style="yellow", markup=False, highlight=False)
 
 
-def weights_cell(weights: dict[str, Any] | None) -> str:
+def weights_cell(weights: dict[str, Any] | None, ideal_ratio: float | None = None, precision: str | None = None) -> str:
     """The share of all weights in the target's precision, as the summary's weights column shows it: '97% int8',
-    '72% int8 1.8×' (weight bytes against the int8 ideal, shown from 1.3×), '100% int8, float act.' (int8
-    weights, activations not int8: dynamic or weight-only schemes), red below its floor; '' for a float target."""
+    '72% int8 1.8×' (the file against the model's parameters at that precision, `ideal_ratio`, else the record's
+    weight bytes against it; shown from 1.3×), '100% int8, float act.' (int8 weights, activations not int8:
+    dynamic or weight-only schemes), red below its floor; '1.6× fp32' for a float target whose file is that much
+    larger than its parameters (weights stored twice, a graph written out), '' otherwise."""
+    ratio = ideal_ratio if ideal_ratio is not None else (weights or {}).get("size_ratio")
     if not weights or weights.get("observed") is None:
-        return ""
+        return f"{ideal_ratio:.1f}× {precision}" if ideal_ratio and ideal_ratio >= 1.3 and precision else ""
     text = f"{weights['observed']:.0%} {weights.get('asked') or ''}".strip()
-    if (weights.get("size_ratio") or 0) >= 1.3:
-        text += f" {weights['size_ratio']:.1f}×"
+    if (ratio or 0) >= 1.3:
+        text += f" {ratio:.1f}×"
     if weights.get("activations"):
         text += f", {weights['activations']} act."
     return text if weights.get("ok", True) else f"[red]{text}[/]"

@@ -98,6 +98,17 @@ def test_fp16_counts_float16_and_narrower_and_its_floor_names_the_float32_layers
     assert record(layers[:1] + layers[2:], "fp16", "a test")["share"] == 1.0  # no float32 weight: all at fp16
 
 
+def test_the_weights_column_sets_the_file_against_the_models_parameters_at_its_precision() -> None:
+    """The summary's ratio is the artifact's file against the model's own parameters (each tensor once) at the
+    target's precision: a record that counts an unrolled graph's copies of a weight as weights of their own says
+    100 % fp16 at 1.0× of itself; the file says 62.7× the model's fp16 size."""
+    fact = {"observed": 1.0, "asked": "fp16", "ok": True, "size_ratio": 1.0}
+    assert weights_cell(fact) == "100% fp16"
+    assert weights_cell(fact, 62.7, "fp16") == "100% fp16 62.7×"
+    assert weights_cell(fact, 1.2, "fp16") == "100% fp16"  # shown from 1.3×
+    assert weights_cell(None, 1.6, "fp32") == "1.6× fp32" and weights_cell(None, 1.05, "fp32") == ""
+
+
 def test_the_floor_is_resolved_into_the_check_acceptance_and_a_target_can_set_its_own() -> None:
     outputs = [OutputSpec(name="logits", kind="scores")]
     assert resolve_acceptance(Acceptance(), "int8", outputs)["min_quantized_share"] == FLOORS["int8"] == 0.75
