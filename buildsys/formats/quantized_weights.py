@@ -257,7 +257,8 @@ def judged_share(fact: dict[str, Any] | None, floor: float | None,
     short = shortfall(fact, floor, tolerance_words(outputs))
     found = {"observed": fact["share"], "allowed": floor, "op": ">=", "ok": short is None, "asked": fact.get("asked"),
              "measured_on": fact.get("measured_on")}
-    found.update({k: fact[k] for k in ("size_ratio", "activations") if fact.get(k) is not None})  # bytes vs ideal
+    found.update({k: fact[k] for k in ("size_ratio", "weight_bytes", "activations")  # bytes vs ideal
+                  if fact.get(k) is not None})
     return found, short
 
 

@@ -190,9 +190,11 @@ def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, 
         parameters = reference.get("parameters")  # the model's weights, each tensor once (nodes/reference.py)
         fp32 = parameters * BYTES_PER_WEIGHT["fp32"] if parameters else source_sizes.get(node.model)
         ideal = parameters * BYTES_PER_WEIGHT.get(node.precision, 4) if parameters else None
+        # what the artifact stores as weights (every copy of one: an unrolled recurrence's), else the whole file
+        stored = (check.get("quantized_weights") or {}).get("weight_bytes") or size
         row = {"target": target, "format": node.format, "path": recorded.get("path", ""), "size": size,
                "size_ratio": round(size / fp32, 3) if fp32 and size else None,
-               "ideal_ratio": round(size / ideal, 3) if ideal and size else None,  # the file against its precision
+               "ideal_ratio": round(stored / ideal, 3) if ideal and stored else None,  # against its precision
                "precision": node.precision,
                "check": status.words, "verdict": status.verdict.value,
                "caveats": [c.as_dict() for c in status.caveats],
@@ -268,10 +270,11 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
 
 def weights_cell(weights: dict[str, Any] | None, ideal_ratio: float | None = None, precision: str | None = None) -> str:
     """The share of all weights in the target's precision, as the summary's weights column shows it: '97% int8',
-    '72% int8 1.8×' (the file against the model's parameters at that precision, `ideal_ratio`, else the record's
-    weight bytes against it; shown from 1.3×), '100% int8, float act.' (int8 weights, activations not int8:
-    dynamic or weight-only schemes), red below its floor; '1.6× fp32' for a float target whose file is that much
-    larger than its parameters (weights stored twice, a graph written out), '' otherwise."""
+    '72% int8 1.8×' (the weights the artifact stores, every copy counted, against the model's own parameters at
+    that precision, `ideal_ratio`; else the record's own ratio; shown from 1.3×), '100% int8, float act.' (int8
+    weights, activations not int8: dynamic or weight-only schemes), red below its floor; '1.6× fp32' for a float
+    target whose file is that much larger than its parameters (weights stored twice, a graph written out), ''
+    otherwise."""
     ratio = ideal_ratio if ideal_ratio is not None else (weights or {}).get("size_ratio")
     if not weights or weights.get("observed") is None:
         return f"{ideal_ratio:.1f}× {precision}" if ideal_ratio and ideal_ratio >= 1.3 and precision else ""
