@@ -31,7 +31,10 @@ def fold_static_shapes(model: "onnx.ModelProto") -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no shapes known (a model past protobuf's 2 GB): nothing is folded
+        return 0
     shapes: dict[str, list[int] | None] = {}
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         dims = info.type.tensor_type.shape.dim
