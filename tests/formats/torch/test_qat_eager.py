@@ -160,7 +160,7 @@ def test_eager_qat_int8_targets_build_without_calibration_and_pass(project: Tiny
 
 
 def test_onnx_holds_the_learned_scales_as_qdq(project: TinyProject, built: dict[str, Any]) -> None:
-    """The QDQ ONNX carries the fake-quant modules' own scales (7 DequantizeLinear), its 3 weights stored as int8
+    """The QDQ ONNX carries the fake-quant modules' own scales (7 DequantizeLinear), its 3 weights stored in 8 bits
     (no float weight left); OpenVINO's IR holds the 4 activation ones as FakeQuantize and the weights as int8."""
     import onnx
     import openvino as ov
@@ -173,9 +173,15 @@ def test_onnx_holds_the_learned_scales_as_qdq(project: TinyProject, built: dict[
                  if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR}
     scales = sorted(float(np.asarray({**constants, **initializers}[n.input[1]]).reshape(-1)[0])
                     for n in model.graph.node if n.op_type == "DequantizeLinear")
-    assert sorted(k for k, v in initializers.items() if v.dtype == np.int8 and v.ndim > 1) == \
-        ["/conv1/weight_fake_quant/QuantizeLinear_output_0", "/conv2/weight_fake_quant/QuantizeLinear_output_0",
-         "/head/weight_fake_quant/QuantizeLinear_output_0"]
+    stored = {k: v for k, v in initializers.items() if v.dtype in (np.int8, np.uint8) and v.ndim > 1}
+    assert sorted(stored) == ["/conv1/weight_fake_quant/QuantizeLinear_output_0",
+                              "/conv2/weight_fake_quant/QuantizeLinear_output_0",
+                              "/head/weight_fake_quant/QuantizeLinear_output_0"]
+    # learned weights past 7 bits are stored uint8 at zero point 128 (onnx.weights.unsigned_weights: the same values,
+    # which ONNX Runtime's kernels do not saturate on a CPU without VNNI); the others stay int8
+    unsigned = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stored
+                and stored[n.input[0]].dtype == np.uint8]
+    assert unsigned and all((initializers[n.input[2]] == 128).all() for n in unsigned)
     assert not any(k.endswith(".weight") for k in initializers)  # the float weights are gone
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 4  # the activations
     state = torch.load(project.root / "qat.pt", weights_only=True)
