@@ -3,7 +3,7 @@ registered graph pass (coremltools' PassPipeline takes them by name)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 def pipeline(recurrent_weights_fp16: bool) -> Any:
@@ -14,9 +14,26 @@ def pipeline(recurrent_weights_fp16: bool) -> Any:
     from buildsys.formats.coreml import recurrent_fp16, uniform_constants
 
     chosen = ct.PassPipeline()
-    uniform_constants.register()
+    _register(uniform_constants.PASS_NAME, uniform_constants.fill_block)
     chosen.append_pass(uniform_constants.PASS_NAME)
     if recurrent_weights_fp16:
-        recurrent_fp16.register()
+        _register(recurrent_fp16.PASS_NAME, recurrent_fp16.store_block)
         chosen.append_pass(recurrent_fp16.PASS_NAME)
     return chosen
+
+
+def _register(qualified: str, per_block: Callable[[Any], int]) -> None:
+    """Register with coremltools (idempotent) a graph pass named `qualified` ('namespace::name') that applies
+    `per_block` to each function of the program (it returns how many ops it changed) and, where any changed, drops
+    the ops left unused."""
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass
+
+    namespace, name = qualified.split("::")
+
+    class BlockPass(AbstractGraphPass):
+        def apply(self, prog: Any) -> None:
+            if sum(per_block(f) for f in prog.functions.values()):
+                PASS_REGISTRY["common::dead_code_elimination"](prog)
+
+    register_pass(namespace=namespace, override=True, name=name)(BlockPass)

@@ -33,24 +33,7 @@ def needs_pass(target: str) -> bool:
     return SPEC_VERSION.get(target) == STORED_FP16_SPEC
 
 
-def register() -> None:
-    """Register the pass with coremltools (idempotent)."""
-    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
-    from coremltools.converters.mil.mil.passes.pass_registry import register_pass
-
-    namespace, name = PASS_NAME.split("::")
-
-    class RecurrentWeightsFp16(AbstractGraphPass):
-        def apply(self, prog: Any) -> None:
-            from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
-
-            if sum(_store_block(f) for f in prog.functions.values()):
-                PASS_REGISTRY["common::dead_code_elimination"](prog)
-
-    register_pass(namespace=namespace, override=True, name=name)(RecurrentWeightsFp16)
-
-
-def _store_block(block: Any) -> int:
+def store_block(block: Any) -> int:
     """Put a constexpr_cast from float16 before every float32 constant weight of a recurrent op in `block` (and
     the blocks nested in its ops); how many."""
     import numpy as np
@@ -60,7 +43,7 @@ def _store_block(block: Any) -> int:
     done = 0
     for op in list(block.operations):
         for inner in op.blocks:
-            done += _store_block(inner)
+            done += store_block(inner)
         if op.op_type not in RECURRENT_OPS:
             continue
         for name in WEIGHT_INPUTS:

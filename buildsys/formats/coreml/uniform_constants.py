@@ -20,23 +20,6 @@ PASS_NAME = "modelbuild::uniform_constants_as_fill"
 MIN_ELEMENTS = 256
 
 
-def register() -> None:
-    """Register the pass with coremltools (idempotent)."""
-    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
-    from coremltools.converters.mil.mil.passes.pass_registry import register_pass
-
-    namespace, name = PASS_NAME.split("::")
-
-    class UniformConstantsAsFill(AbstractGraphPass):
-        def apply(self, prog: Any) -> None:
-            from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
-
-            if sum(_fill_block(f) for f in prog.functions.values()):
-                PASS_REGISTRY["common::dead_code_elimination"](prog)
-
-    register_pass(namespace=namespace, override=True, name=name)(UniformConstantsAsFill)
-
-
 def _needs_const(var: Any) -> bool:
     """Whether an op reading `var` requires it to be a constant (its input type says so)."""
     for op in var.child_ops:
@@ -48,7 +31,7 @@ def _needs_const(var: Any) -> bool:
     return bool(var.consuming_blocks)  # a function's or block's output: left as it is
 
 
-def _fill_block(block: Any) -> int:
+def fill_block(block: Any) -> int:
     """Replace each uniform constant of at least MIN_ELEMENTS in `block` (and the blocks nested in its ops) that no
     consumer needs as a constant by a `fill`; how many."""
     import numpy as np
@@ -57,7 +40,7 @@ def _fill_block(block: Any) -> int:
     done = 0
     for op in list(block.operations):
         for inner in op.blocks:
-            done += _fill_block(inner)
+            done += fill_block(inner)
         if op.op_type != "const" or not op.outputs[0].child_ops:
             continue
         var = op.outputs[0]
