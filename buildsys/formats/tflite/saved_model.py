@@ -176,6 +176,7 @@ class SavedModelFromOnnx(Step):
         return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
                 **({"fused_lstm": fused} if fused else {}), **({"static_batch": 1} if static_batch else {}),
                 **({"static_shape_nodes_folded": folded} if folded else {}),
+                **({"caveats": [_batch_one(self)]} if static_batch and _dynamic_batch(proto) else {}),
                 "channels_last_inputs": moved,
                 "layouts": {i["name"]: i["layout"] for i in record["inputs"]}}
 
@@ -381,3 +382,19 @@ def _onnx2tf_failure(exc: BaseException, proto: "onnx.ModelProto", log: str) -> 
     if isinstance(exc, SystemExit):
         return f"onnx2tf stopped: {_last_error(log)}"
     return f"onnx2tf failed: {type(exc).__name__}: {_first_line(exc)[:300]}"
+
+
+def _dynamic_batch(proto: "onnx.ModelProto") -> bool:
+    """Whether an input of the ONNX graph has a symbolic first axis (the model's deploy.yaml said `batch`)."""
+    dims = [i.type.tensor_type.shape.dim for i in proto.graph.input if i.type.tensor_type.shape.dim]
+    return any(d[0].HasField("dim_param") or not d[0].HasField("dim_value") for d in dims)
+
+
+def _batch_one(step: Step) -> dict[str, str]:
+    """What the summary row says of a dynamic batch fixed at 1 for a recurrent layer."""
+    from buildsys.status import Caveat, CaveatKind
+
+    return Caveat(CaveatKind.DEGRADED, "batch fixed at 1",
+                  "TFLite's converter fuses an LSTM and lowers a recurrent loop only at a static batch; set "
+                  "options: {saved_model: {dynamic_batch: true}} for any batch (the layer unrolled over the frames)",
+                  step.name).as_dict()

@@ -132,6 +132,10 @@ def test_the_first_route_keeps_the_lstm_in_tflites_fused_kernel(built: tuple[Pat
     # is folded to constants before onnx2tf (which refused to compute it: "Output tensors of a Functional model")
     assert saved_model["fused-fp16"]["static_shape_nodes_folded"] > 0
     assert "static_shape_nodes_folded" not in saved_model["fused"]  # a dynamic batch: nothing to fold
+    # the dynamic batch asked was fixed at 1 for the fused kernel: the row says so; the static window asked for 1
+    caveats = {t: [c["what"] for c in lock.nodes[f"verify:{t}"]["components"].get("caveats") or []]
+               for t in ("fused", "fused-fp16")}
+    assert caveats == {"fused": ["batch fixed at 1"], "fused-fp16": []}, caveats
     weights = lock.nodes[lock.targets["fused-fp16"]["node"]]["metrics"]["quantized_weights"]
     assert weights["asked"] == "fp16" and weights["share"] == 1.0 and weights["size_ratio"] <= 1.0, weights
 
