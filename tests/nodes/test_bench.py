@@ -180,9 +180,9 @@ def test_the_builds_latency_takes_one_thread_too_where_the_runtime_lets_a_sessio
 
     chooses = build_latency(Session(1), {}, "onnxruntime")
     assert chooses["runtime"] == "onnxruntime" and chooses["min_ms"] >= 0 and chooses["one_thread"]["runs"] >= 1
-    fixed = build_latency(Session(None), {}, "executorch")
+    fixed = build_latency(Session(None), {}, "triton-server")
     assert fixed["min_ms"] >= 0 and fixed["one_thread"] == {
-        "not_measured": "executorch does not let a session choose its threads"}
+        "not_measured": "triton-server does not let a session choose its threads"}
     refused = build_latency(Session(RuntimeError("no pool\nmore")), {}, "onnxruntime")
     assert refused["min_ms"] >= 0 and refused["one_thread"] == {"not_measured": "RuntimeError: no pool"}
 

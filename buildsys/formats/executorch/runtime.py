@@ -30,10 +30,12 @@ class PteSession(Session):
     outputs are dropped.
     """
 
-    def __init__(self, method: Any, model: Model, batch: int):
+    def __init__(self, method: Any, model: Model, batch: int, path: Path | None = None):
         self.method = method
         self.model = model
         self.max_batch = batch
+        self.path = path
+        self._pool_before: int | None = None  # the process's thread count before use_threads, for close()
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import numpy as np
@@ -55,6 +57,31 @@ class PteSession(Session):
                 for t in outputs_in_order(list(result), self.model)]
 
 
+    def use_threads(self, threads: int | None) -> int | None:
+        """XNNPACK's kernels run on ExecuTorch's one process-wide thread pool, which an app sizes with
+        `_unsafe_reset_threadpool`. A delegate takes the pool when its method loads, and resizing makes a new
+        pool, so the method is loaded again after it ("unsafe": any other method loaded before would run on
+        the freed pool; a worker holds one session at a time). close() puts the old size back."""
+        if threads is None or self.path is None:
+            return None
+        from executorch.extension.pybindings import portable_lib
+
+        if self._pool_before is None:
+            self._pool_before = int(portable_lib._threadpool_get_thread_count())
+        self.method = None  # released before its pool is
+        portable_lib._unsafe_reset_threadpool(threads)
+        self.method = _load_method(self.path)
+        return int(portable_lib._threadpool_get_thread_count())
+
+    def close(self) -> None:
+        if self._pool_before is not None:
+            from executorch.extension.pybindings import portable_lib
+
+            self.method = None  # loaded on the pool about to be freed: never run again
+            portable_lib._unsafe_reset_threadpool(self._pool_before)
+            self._pool_before = None
+
+
 @register_runtime
 class ExecutorchRuntime(Runtime):
     """executorch.runtime: load_program → load_method('forward') → execute, on the CPU with XNNPACK."""
@@ -63,11 +90,8 @@ class ExecutorchRuntime(Runtime):
     requires, extra = ("executorch",), "executorch"
 
     def load(self, path: Path, model: Model, root: Path) -> Session:
-        from executorch.runtime import Runtime as EtRuntime
-
         try:
-            program = EtRuntime.get().load_program(Path(path))
-            method = program.load_method(METHOD)
+            method = _load_method(Path(path))
             meta = method.metadata
         except Exception as exc:
             raise StepError(f"ExecuTorch could not load '{Path(path).name}': {type(exc).__name__}: "
@@ -77,7 +101,7 @@ class ExecutorchRuntime(Runtime):
             raise StepError(f"'{Path(path).name}' takes {len(sizes)} input(s) but the signature declares "
                             f"{len(model.inputs)} ({', '.join(i.name for i in model.inputs)})")
         batch = sizes[0][0] if sizes and sizes[0] else 1
-        return PteSession(method, model, batch)
+        return PteSession(method, model, batch, Path(path))
 
     def intermediates(self, path: Path, model: Model, root: Path, feeds: dict[str, np.ndarray],
                       modules: list[str]) -> list[Probe]:
@@ -116,6 +140,13 @@ class ExecutorchRuntime(Runtime):
         if len(sizes) != len(model.inputs):
             problems.append(f"the program takes {len(sizes)} input(s), the signature declares {len(model.inputs)}")
         return {"facts": facts, "problems": problems}
+
+
+def _load_method(path: Path) -> Any:
+    """The program's `forward`, loaded by ExecuTorch's runtime (its delegates initialised)."""
+    from executorch.runtime import Runtime as EtRuntime
+
+    return EtRuntime.get().load_program(path).load_method(METHOD)
 
 
 def _input_sizes(meta: Any) -> list[tuple[int, ...]]:

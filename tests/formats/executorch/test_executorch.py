@@ -72,6 +72,14 @@ def test_fp32_is_delegated_to_xnnpack_and_passes_fp32_check(cnn: Tiny, cnn_pte: 
     assert result["outputs"]["logits"]["max_rel"]["observed"] < 1e-5
     assert result["structure"]["facts"]["delegates"] == ["XnnpackBackend"]
     assert result["structure"]["facts"]["input_shapes"] == [[1, 1, 8, 8]] and result["structure"]["problems"] == []
+    # timed at one thread too: XNNPACK's process-wide pool resized for it, and put back when the session closes
+    assert result["latency"]["one_thread"]["min_ms"] > 0, result["latency"]
+    from executorch.extension.pybindings import portable_lib
+
+    before = portable_lib._threadpool_get_thread_count()
+    with get_runtime("executorch").load(path, cnn.model, tmp_path) as session:
+        assert session.use_threads(1) == 1 == portable_lib._threadpool_get_thread_count()
+    assert portable_lib._threadpool_get_thread_count() == before
 
 
 def test_int8_is_smaller_calibrated_and_passes_int8_check(cnn: Tiny, cnn_pte: tuple[Path, dict],
