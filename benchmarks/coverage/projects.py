@@ -93,6 +93,7 @@ class Cell:
     reason: str = ""  # first line of the first dropped route's reason (the default route's)
     node: str = ""  # the node that failed on that route
     routes: list[dict[str, str]] = field(default_factory=list)  # every route dropped: route, node, reason
+    measures: dict[str, Any] = field(default_factory=dict)  # a verified cell's size and latency (measures_of)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "", [])}
@@ -129,12 +130,30 @@ def cell_of(row: dict[str, Any] | None, outcome: Outcome, target: str = "", mode
                 rewrites=list(row.get("rewrites") or []))
     if status == "verified":
         cell.route = " → ".join(row.get("route") or [])
+        cell.measures = measures_of(row)
     elif dropped:
         telling = telling_route(dropped)
         cell.reason, cell.node = telling["reason"], telling["node"]
     else:
         cell.reason = first_line(str(row.get("status", "")))
     return cell
+
+
+def measures_of(row: dict[str, Any]) -> dict[str, Any]:
+    """What a verified target's entry in `build --json`'s summary says of its size and speed, for docs/coverage.md's size and latency
+    tables: `bytes`; `vs_fp32` (the file against the model's parameters × 4) and `vs_ideal` (its weight bytes
+    against parameters × the asked precision's bytes); `share` of the weights in the asked precision (`asked`);
+    `ms` and `eager_ms`, the artifact's median batch-1 call in its runtime and PyTorch eager's, both at one
+    intra-op thread (the fair figure on a shared host; `ms_all`, `eager_ms_all`: the best call with the
+    runtime's own threads). A figure the build did not measure is left out."""
+    weights = row.get("weights") or {}
+    latency, eager = row.get("latency") or {}, row.get("eager_latency") or {}
+    one, eager_one = latency.get("one_thread") or {}, eager.get("one_thread") or {}
+    found = {"bytes": row.get("size_bytes"), "vs_fp32": row.get("size_ratio"), "vs_ideal": row.get("ideal_ratio"),
+             "share": weights.get("observed"), "asked": weights.get("asked") or row.get("precision"),
+             "ms": one.get("p50_ms"), "eager_ms": eager_one.get("p50_ms"),
+             "ms_all": latency.get("min_ms"), "eager_ms_all": eager.get("min_ms")}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def telling_route(dropped: list[dict[str, str]]) -> dict[str, str]:

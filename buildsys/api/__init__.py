@@ -263,7 +263,8 @@ def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds:
             artifact=(planner.config.root / path) if path else None, size_bytes=row["size"],
             metrics=dict(check.get("metrics") or {}), verdict=row["verdict"], caveats=row["caveats"],
             route=list(row.get("route") or []), dropped=list(row.get("dropped") or []),
-            rewrites=list(row.get("rewrites") or []), repair=row.get("repair"))
+            rewrites=list(row.get("rewrites") or []), repair=row.get("repair"), size_ratio=row.get("size_ratio"),
+            ideal_ratio=row.get("ideal_ratio"), latency=row.get("latency"), eager_latency=row.get("eager_latency"))
     return BuildReport(ok=result.ok, nodes=result.results, targets=targets, seconds=round(seconds, 3), summary=rows,
                        work=len(the_plan.work), plan=the_plan)
 

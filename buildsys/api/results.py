@@ -62,6 +62,10 @@ class TargetResult:
     dropped: list[dict[str, Any]] = field(default_factory=list)  # each route tried before it: route, node, reason
     rewrites: list[str] = field(default_factory=list)  # op rewrites the artifact carries (docs/rewrites.md)
     repair: dict[str, Any] | None = None  # what an accuracy repair chose and tried (docs/repair.md), else None
+    size_ratio: float | None = None  # the file against the model's parameters × 4 bytes (None: not known)
+    ideal_ratio: float | None = None  # its weight bytes against parameters × the precision's bytes (docs/quantization.md)
+    latency: dict[str, Any] | None = None  # the check's batch-1 timing in the runtime (min_ms, p50_ms, one_thread)
+    eager_latency: dict[str, Any] | None = None  # PyTorch eager's, timed by the reference the same way
 
 
 @dataclass
@@ -83,7 +87,9 @@ class BuildReport:
                 "targets": {name: {"status": t.status, "verdict": t.verdict, "caveats": t.caveats, "format": t.format,
                                    "precision": t.precision, "artifact": str(t.artifact) if t.artifact else None,
                                    "size_bytes": t.size_bytes, "route": t.route, "dropped": t.dropped,
-                                   "rewrites": t.rewrites, "repair": t.repair}
+                                   "rewrites": t.rewrites, "repair": t.repair, "size_ratio": t.size_ratio,
+                                   "ideal_ratio": t.ideal_ratio, "weights": t.metrics.get("quantized_weights"),
+                                   "latency": t.latency, "eager_latency": t.eager_latency}
                             for name, t in self.targets.items()}}
 
     @property

@@ -37,6 +37,12 @@ def test_plan_build_noop_and_results(cwd: TinyProject) -> None:
     assert target.artifact == tiny.root / "artifacts/server" and (target.artifact / "model.onnx").is_file()
     assert target.size_bytes == (target.artifact / "model.onnx").stat().st_size
     assert target.metrics["outputs"]["y"]["max_rel"]["ok"] is True
+    # Size against fp32 and speed against PyTorch eager, as the summary shows them, in `build --json` too.
+    assert target.size_ratio and target.size_ratio >= 1 and target.ideal_ratio  # a tiny model: the graph outweighs it
+    assert target.latency and target.latency["min_ms"] > 0 and target.eager_latency and target.eager_latency["min_ms"] > 0
+    listed = report.as_json()["targets"]["server"]
+    assert (listed["size_ratio"], listed["latency"], listed["eager_latency"]) == (
+        target.size_ratio, target.latency, target.eager_latency)
     # One started and one ended event per node that ran, counted, with the plan's reasons.
     started = [e for e in events if e.event == "started"]
     assert {e.node for e in started} == set(report.ran) and started[0].reasons == ["not built yet"]

@@ -158,6 +158,26 @@ def test_a_fresh_rerun_of_the_mixed_project_reports_its_own_wall_time() -> None:
     assert "1/1 verified in 304 s" in line
 
 
+def test_size_and_latency_name_the_cells_over_their_limit_or_slower_than_eager() -> None:
+    from benchmarks.coverage import render_perf
+
+    def cell(asked: str, vs_ideal: float, ms: float | None, route: str = "pytorch → onnx") -> dict[str, object]:
+        return {"status": "verified", "route": route, "caveats": ["route fallback"] if "int8" in asked else [],
+                "measures": {"asked": asked, "vs_ideal": vs_ideal, "eager_ms": 1.0, **({"ms": ms} if ms else {})}}
+
+    results = {"cells": {"a": {"server": cell("fp32", 1.02, 0.5), "android": cell("int8", 3.1, 0.25)},
+                         "b": {"server": cell("fp32", 1.05, 2.0), "android": cell("int8", 1.1, None),
+                               "ios": {"status": "failed"}}}}
+    table = render_perf.family_rows(results, ["server", "android", "ios"])
+    assert table[2] == "| server | 2/2 | 2 | 1.04× | 0 | 1.2× | 1/2 |"
+    assert table[3] == "| android | 2/2 | 2 | 2.10× | 1 | 4.0× | 1/1 |"
+    assert table[4] == "| ios | 0/1 | 0 | — | 0 | — | not timed |"
+    worst = render_perf.worst_rows(results)
+    assert worst[2].startswith("| a | android | int8 | 3.10× | 4.00× |") and worst[2].endswith("| route fallback |")
+    assert worst[3].startswith("| b | server | fp32 | 1.05× | 0.50× |") and len(worst) == 4
+    assert render_perf.perf_lines({"cells": {"a": {"server": {"status": "verified"}}}}, ["server"], "cmd") == []
+
+
 @pytest.mark.slow
 def test_op_matrix_sample_end_to_end(tmp_path: Path) -> None:
     results = _run("op_matrix.py", tmp_path, "--only", "abs", "--only", "addmv", "--per-op", "1",
@@ -191,6 +211,9 @@ def test_model_matrix_sample_end_to_end(tmp_path: Path) -> None:
     cells = results["cells"]["hf-bert"]
     assert {f: c["status"] for f, c in cells.items()} == {"server": "verified", "executorch": "verified"}
     assert cells["server"]["route"].startswith("pytorch → onnx")
+    # what it weighs and how fast it runs, from the build's own summary (docs/coverage.md's size and latency)
+    measures = cells["server"]["measures"]
+    assert measures["bytes"] > 0 and measures["vs_ideal"] >= 1 and measures["ms"] > 0 and measures["eager_ms"] > 0
     nodes = results["node_seconds"]["hf-bert"]
     assert nodes["verify:hf-bert.server"][0] == "built" and all(s >= 0 for _, s in nodes.values())
     assert any((tmp_path / "work").glob("chunk-*/data/hf-bert-calibration.npz"))
