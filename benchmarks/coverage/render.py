@@ -336,7 +336,7 @@ def mixed_lines(results: dict[str, Any]) -> list[str]:
 
 
 #: The size and latency run: a sample of the model matrix built cold on code whose summary carries both.
-PERF_COMMAND = ("PYTHONPATH=. python benchmarks/model_matrix.py --sample 8 --fresh --out "
+PERF_COMMAND = ("PYTHONPATH=. python benchmarks/model_matrix.py --sample 8 --chunk 2 --fresh --out "
                 "benchmarks/results/model_matrix_perf.json --work /tmp/perf --doc -")
 
 
