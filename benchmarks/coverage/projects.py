@@ -140,8 +140,8 @@ def cell_of(row: dict[str, Any] | None, outcome: Outcome, target: str = "", mode
 
 
 def measures_of(row: dict[str, Any]) -> dict[str, Any]:
-    """What a verified target's entry in `build --json`'s summary says of its size and speed, for docs/coverage.md's size and latency
-    tables: `bytes`; `vs_fp32` (the file against the model's parameters × 4) and `vs_ideal` (its weight bytes
+    """What a verified target's entry in `build --json`'s summary says of its size and speed, for
+    docs/coverage.md's size and latency tables: `bytes`; `vs_fp32` (the file against the model's parameters × 4) and `vs_ideal` (its weight bytes
     against parameters × the asked precision's bytes); `share` of the weights in the asked precision (`asked`);
     `ms` and `eager_ms`, the artifact's median batch-1 call in its runtime and PyTorch eager's, both at one
     intra-op thread (the fair figure on a shared host; `ms_all`, `eager_ms_all`: the best call with the

@@ -56,7 +56,6 @@ class PteSession(Session):
         return [np.asarray(t.detach().numpy() if isinstance(t, torch.Tensor) else t)[:n]
                 for t in outputs_in_order(list(result), self.model)]
 
-
     def use_threads(self, threads: int | None) -> int | None:
         """XNNPACK's kernels run on ExecuTorch's one process-wide thread pool, which an app sizes with
         `_unsafe_reset_threadpool`. A delegate takes the pool when its method loads, and resizing makes a new
