@@ -112,6 +112,12 @@ DECOMPOSE_CORE = Answer.of("decompose core", {"decompose": CORE}, at=LOADING,
 CONSTRAINT_VIOLATED = re.compile(r"Constraints violated|specialized it to be a constant|not all values of \w+ .* satisfy")
 
 
+#: torch.export stopping on a value read from the data (`.item()`, `int(tensor)`, a nonzero count) that Python code
+#: branches or loops on ("Could not guard on data-dependent expression Eq(u0, 1)", "Could not extract specialized
+#: integer from data-dependent expression u0"): lowering/export.py exports it again with the example's values.
+DATA_DEPENDENT = re.compile(r"data-dependent expression|GuardOnDataDependentSymNode")
+
+
 #: The static re-export, for torch.export's dynamic-shape constraint: valid where the steps after the loading stop
 #: make fixed shapes anyway (an ExecuTorch .pte, litert-torch's TFLite), never for a .pt2 delivered dynamic.
 STATIC_EXPORT = Symptom((CONSTRAINT_VIOLATED.pattern,), Answer.of(

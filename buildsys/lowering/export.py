@@ -1,15 +1,18 @@
 """torch.export of the loaded module for the steps that load it: the signature's dynamic axes, at static shapes when
-those violate a constraint and the step's `static_fallback` allows it, then the `decompose` option (docs/lowering.md).
+those violate a constraint and the step's `static_fallback` allows it, with the example's values where the code
+branches on its data, then the `decompose` option (docs/lowering.md).
 
 Worker side (torch is imported inside the functions). What was done goes to the step's metrics: `dynamic`, a
-fallback caveat when the program was exported again at static shapes, and `decomposition` (decompose.describe).
+fallback caveat when the program was exported again at static shapes or with values taken from the example, and
+`decomposition` (decompose.describe).
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
-from buildsys.lowering.answers import CONSTRAINT_VIOLATED
+from buildsys.lowering.answers import CONSTRAINT_VIOLATED, DATA_DEPENDENT
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -31,8 +34,8 @@ def export_program(step: "Step", ctx: "StepContext[Any]", module: Any, dynamic: 
     """`module` exported with torch.export: the signature's named axes dynamic when `dynamic`, else the fixed batch
     (the signature's, else 1). A dynamic export that violates a constraint is exported again at static shapes when
     the step's options set `static_fallback`, with a fallback caveat saying so; otherwise it fails naming the
-    constraint (what a .pt2 delivered with its dynamic axes must do). Returns the program and the metrics."""
-    import torch
+    constraint (what a .pt2 delivered with its dynamic axes must do). Either export stopped by a value read from
+    the data is done again with the example's values (`export_module`). Returns the program and the metrics."""
 
     from buildsys.errors import describe
     from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
@@ -42,9 +45,10 @@ def export_program(step: "Step", ctx: "StepContext[Any]", module: Any, dynamic: 
         shapes = None
     args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=shapes is not None))
     wrapped = signature_module(module, ctx.model, args)  # dict outputs → tuple in signature order
+    caveats: list[dict[str, str]] = []
     try:
-        program = torch.export.export(wrapped, args, dynamic_shapes=shapes_for(wrapped, shapes), strict=strict)
-        return program, {"dynamic": shapes is not None}
+        program = export_module(wrapped, args, shapes_for(wrapped, shapes), strict, caveats, step.name)
+        return program, {"dynamic": shapes is not None, **({"caveats": caveats} if caveats else {})}
     except Exception as exc:
         if shapes is None or not constraint_violated(exc) or not getattr(ctx.options, "static_fallback", False):
             raise step.fail(ctx, f"torch.export failed: {describe(exc)}") from exc
@@ -52,11 +56,87 @@ def export_program(step: "Step", ctx: "StepContext[Any]", module: Any, dynamic: 
     static = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=False))
     wrapped = signature_module(module, ctx.model, static)
     try:
-        program = torch.export.export(wrapped, static, strict=strict)
+        program = export_module(wrapped, static, None, strict, caveats, step.name)
     except Exception as exc:
         raise step.fail(ctx, f"torch.export failed with dynamic axes ({refusal}) and at static shapes: "
                              f"{describe(exc)}") from exc
-    return program, {"dynamic": False, "caveats": [static_caveat(step, ctx, static, refusal)]}
+    return program, {"dynamic": False, "caveats": [static_caveat(step, ctx, static, refusal), *caveats]}
+
+
+def data_dependent(exc: BaseException) -> bool:
+    """Whether torch.export stopped on a value read from the data that the code branches, loops or sizes on."""
+    return bool(DATA_DEPENDENT.search(f"{type(exc).__name__}: {exc}"))
+
+
+def export_module(module: Any, args: tuple[Any, ...], shapes: Any, strict: bool, caveats: list[dict[str, str]],
+                  step: str) -> "ExportedProgram":
+    """torch.export of `module` (`shapes`: its dynamic_shapes, or None); where it stops on a data-dependent value,
+    exported again with the example's real tensors propagated beside the fake ones (what PyTorch's draft export
+    does): each decision on such a value takes the example's, and the program asserts it at run time (`aten._assert_scalar`). A caveat of `step` appended to
+    `caveats` names the values assumed; the check's validation data, not the example, judges whether they hold."""
+    import torch
+    from torch._functorch import config as functorch_config
+
+    from buildsys.errors import describe
+    from buildsys.status import Caveat, CaveatKind
+
+    try:
+        return torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
+    except Exception as exc:
+        if not data_dependent(exc):
+            raise
+        refusal = describe(exc)
+    with functorch_config.patch(fake_tensor_propagate_real_tensors=True):
+        program = torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
+    assumed = assumptions(program.graph_module)
+    shown = "; ".join(assumed[:4]) + (f" and {len(assumed) - 4} more" if len(assumed) > 4 else "")
+    caveats.append(Caveat(CaveatKind.FALLBACK, f"data-dependent values taken from the example: {shown or 'none kept'}",
+                          f"torch.export stopped on a value the code reads from its data ({refusal.splitlines()[0][:200]}); "
+                          "exported with the example's values, which the program asserts at run time", step).as_dict())
+    return program
+
+
+#: How torch.export words a runtime assertion: "Runtime assertion failed for expression Eq(u0, 16) on node 'eq'".
+_ASSERTED = re.compile(r"for expression (.+?) on node")
+#: An unbacked symbol (a value read from the data): u0, u12.
+_UNBACKED = re.compile(r"\bu\d+\b")
+
+
+def assumptions(graph_module: Any) -> list[str]:
+    """The expressions on values read from the data that `graph_module`'s runtime assertions check (Eq(u0, 16)),
+    in graph order, each once; the bounds of a value an equality pins are left out."""
+    found: list[str] = []
+    for node in _data_assertions(graph_module):
+        match = _ASSERTED.search(str(node.args[1]) if len(node.args) > 1 else "")
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    pinned = {m.group(1) for e in found if (m := re.fullmatch(r"Eq\((u\d+), [^,()]+\)", e))}
+    # a value pinned by an equality needs no bounds beside it ("u0 >= 16; u0 <= 16; Eq(u0, 16)" says Eq(u0, 16))
+    return [e for e in found if not re.fullmatch(r"(u\d+) [<>]=? [^ ]+", e) or e.split()[0] not in pinned]
+
+
+def without_data_assertions(graph_module: Any) -> int:
+    """Remove from `graph_module` (in place) the runtime assertions on values read from the data, and what then
+    computes nothing: a converter that exports the module again at fixed shapes (ExecuTorch, litert-torch) meets
+    the `.item()` behind them as a symbol no output depends on and stops. What the assertions guarded was taken from
+    the example when the program was exported (a fallback caveat says which values); the check's validation data
+    judges the result. How many were removed."""
+    doomed = _data_assertions(graph_module)
+    for node in doomed:
+        graph_module.graph.erase_node(node)
+    if doomed:
+        graph_module.graph.eliminate_dead_code()
+        graph_module.recompile()
+    return len(doomed)
+
+
+def _data_assertions(graph_module: Any) -> list[Any]:
+    """The `aten._assert_scalar` nodes of `graph_module` whose expression names an unbacked symbol."""
+    import torch
+
+    return [node for node in graph_module.graph.nodes
+            if node.op == "call_function" and node.target is torch.ops.aten._assert_scalar.default
+            and len(node.args) > 1 and _UNBACKED.search(str(node.args[1]))]
 
 
 def static_caveat(step: "Step", ctx: "StepContext[Any]", args: tuple[Any, ...], refusal: str) -> dict[str, str]:

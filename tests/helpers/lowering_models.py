@@ -4,7 +4,9 @@ Each stands for a class of refusal met on public architectures: a flow-field war
 conversion, PyTorch decomposes it), a per-sample loop (torch.export specialises the dynamic batch, as YOLO11n's
 head does), a Conv1d+GRU activity model (onnx2tf's loop leaves TensorList ops TFLite refuses), an audio frontend
 with GroupNorm (coremltools fails on its symbolic batch, as on wav2vec2), a point-cloud model (cdist), a
-hand-normalised output layer (a linear layer whose weight is computed). The e2e
+hand-normalised output layer (a linear layer whose weight is computed), a chunked local attention whose chunk
+count is read from the attention mask (torch.export stops on the data-dependent value, as on long-document
+encoders and audio codecs' padding arithmetic). The e2e
 tests copy this file into their project and name its factories.
 """
 
@@ -134,6 +136,30 @@ class MaskedMixer(nn.Module):
         return self.head((torch.softmax(scores, dim=-1) @ tokens).mean(dim=1))
 
 
+class ChunkedAttention(nn.Module):
+    """Local attention over fixed windows of a token sequence, as long-document encoders chunk it: how many windows
+    to attend is computed from the attention mask (its longest row, rounded up to whole windows) and read back as a
+    Python int, so the loop over windows depends on the data. The masks given are all ones (full windows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.window = 4
+        self.qkv = nn.Linear(8, 24)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        longest = int(mask.sum(dim=-1).max())
+        chunks = -(-longest // self.window)
+        q, k, v = self.qkv(features).chunk(3, dim=-1)
+        parts = []
+        for i in range(chunks):
+            window = slice(i * self.window, (i + 1) * self.window)
+            scores = q[:, window] @ k[:, window].transpose(1, 2) / 8 ** 0.5
+            parts.append(scores.softmax(dim=-1) @ v[:, window])
+        return self.out(torch.cat(parts, dim=1)).mean(dim=1)
+
+
 def warp() -> nn.Module:
     return Warp().eval()
 
@@ -164,3 +190,7 @@ def normed_head() -> nn.Module:
 
 def masked_mixer() -> nn.Module:
     return MaskedMixer().eval()
+
+
+def chunked_attention() -> nn.Module:
+    return ChunkedAttention().eval()

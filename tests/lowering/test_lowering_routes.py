@@ -7,6 +7,8 @@ model. A second build is a no-op: the answer is found again from the lock alone.
 - decomposition: grid_sample, refused by coremltools' torch.export frontend, decomposed by PyTorch's tables;
 - static re-export: a per-sample loop whose dynamic batch torch.export refuses, exported at static shapes for
   ExecuTorch (a .pte is static anyway), while the .pt2 delivered dynamic still fails naming the constraint;
+- data-dependent values: a chunked attention whose window count is read from its mask, exported with the example's
+  value (asserted in the .pt2, taken out for ExecuTorch and litert-torch, which export it again);
 - converter switches: onnx2tf's RNN unrolling answers TensorList ops TFLite refuses (a Conv1d+GRU model now converts
   as a loop at batch 1, first), Core ML at
   fixed shapes for a model whose symbolic batch coremltools cannot convert, and litert-torch with the model's
@@ -129,6 +131,31 @@ def test_a_static_reexport_lets_executorch_take_a_model_whose_dynamic_batch_torc
     caveats = [c for c in summary(events)["phone"]["caveats"] if c["kind"] == "fallback" and "static" in c["what"]]
     assert [c["what"] for c in caveats] == ["exported at static shapes: x [1, 6]"]
     assert "Constraints violated (batch)" in caveats[0]["why"]
+
+
+def test_a_model_that_loops_on_a_value_read_from_its_data_reaches_pt2_executorch_and_litert_torch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("calibration", "validation"):  # attention masks of ones: the window count is the same for every sample
+        np.savez(tmp_path / f"{name}.npz", features=rng.standard_normal((8, 16, 8)).astype(np.float32),
+                 mask=np.ones((8, 16), np.int64))
+    project = Project(tmp_path, """\
+        models:
+          chunked:
+            source: {factory: lowering_models:chunked_attention}
+            inputs: [{name: features, shape: [batch, 16, 8]}, {name: mask, shape: [batch, 16], dtype: int64}]
+            outputs: [{name: scores}]
+            data: {calibration: calibration.npz, validation: validation.npz, example: validation.npz}
+        targets:
+          program: {model: chunked, format: pt2}
+          phone: {model: chunked, format: executorch}
+          android: {model: chunked, format: tflite, via: [pt2]}
+        """)
+    status, events = project.build()
+    assert status == 0, summary(events)
+    for target in ("program", "phone", "android"):
+        assert project.verdict(target) == "passed"
+        assert "data-dependent values taken from the example: Eq(u0, 16)" in [
+            c["what"] for c in summary(events)[target]["caveats"]], target
 
 
 def test_a_gru_reaches_tflite_as_a_loop_and_unrolled_where_its_batch_stays_dynamic(tmp_path: Path) -> None:

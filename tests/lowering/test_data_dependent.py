@@ -1,0 +1,57 @@
+"""torch.export of a model that reads a value from its data and loops on it (buildsys/lowering/export.py): stopped
+by a data-dependent guard, exported again with the example's values, which the program asserts; a converter that
+exports it again at fixed shapes gets it without those assertions. The model: tests/helpers/lowering_models.py's
+chunked local attention (the window count read from the attention mask)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from buildsys.lowering.export import (  # noqa: E402
+    assumptions, data_dependent, export_module, without_data_assertions)
+from tests.helpers.lowering_models import chunked_attention  # noqa: E402
+
+
+def _inputs(valid: int = 16) -> tuple["torch.Tensor", "torch.Tensor"]:
+    features = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 16, dtype=torch.int64)
+    mask[:, :valid] = 1
+    return features, mask
+
+
+def test_a_data_dependent_loop_is_exported_with_the_examples_values_and_asserts_them() -> None:
+    model, args = chunked_attention(), _inputs()
+    with pytest.raises(Exception) as refused:
+        torch.export.export(model, args, strict=False)
+    assert data_dependent(refused.value)
+    assert not data_dependent(ValueError("Constraints violated (batch)!"))
+
+    caveats: list[dict[str, str]] = []
+    program = export_module(model, args, None, False, caveats, "pt2-from-pytorch")
+    [caveat] = caveats
+    assert caveat["kind"] == "fallback" and caveat["source"] == "pt2-from-pytorch"
+    assert caveat["what"] == "data-dependent values taken from the example: Eq(u0, 16)"  # its bounds left out
+    assert "data-dependent expression u0" in caveat["why"]
+    assert assumptions(program.graph_module) == ["Eq(u0, 16)"]
+    torch.testing.assert_close(program.module()(*args), model(*args), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Runtime assertion failed"):  # other data: the program says so
+        program.module()(*_inputs(valid=10))
+
+
+def test_a_converter_exporting_again_gets_the_program_without_its_data_assertions() -> None:
+    model, args = chunked_attention(), _inputs()
+    module = export_module(model, args, None, False, [], "pt2-from-pytorch").module()
+    assert without_data_assertions(module) == 3  # u0 >= 16, u0 <= 16, Eq(u0, 16)
+    assert not [n for n in module.graph.nodes if n.target is torch.ops.aten.item.default]  # nothing reads it now
+    again = torch.export.export(module, args, strict=False)  # what ExecuTorch and litert-torch do: no refusal
+    torch.testing.assert_close(again.module()(*args), model(*args), rtol=0, atol=0)
+    assert without_data_assertions(module) == 0
+
+
+def test_a_model_without_data_dependence_is_exported_as_before() -> None:
+    caveats: list[dict[str, str]] = []
+    linear = torch.nn.Linear(4, 2).eval()
+    program = export_module(linear, (torch.ones(1, 4),), None, False, caveats, "pt2-from-pytorch")
+    assert caveats == [] and assumptions(program.graph_module) == []
