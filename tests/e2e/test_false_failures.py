@@ -94,6 +94,34 @@ def test_an_optimization_that_fails_delivers_the_model_unoptimized_and_says_so(t
     assert check(tiny, tmp_path / "check", "onnx-optimized", path, tmp_path / "ref" / "reference.npz")["passed"]
 
 
+
+def test_a_level_that_fails_is_answered_by_the_next_lower_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asked level ('extended', the default) is made to fail: the model is optimized at 'basic', the next level
+    down, and the metrics and a caveat say so; it still runs and passes its check."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    tried: list[object] = []
+
+    def refuse_extended(path: str, options: ort.SessionOptions | None = None, **kwargs: object) -> object:
+        if options is not None and options.optimized_model_filepath:
+            tried.append(options.graph_optimization_level)
+            if options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
+                raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : fusion refused (forced by the test)")
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse_extended)
+    tiny = make_model(tmp_path / "m", "rms")
+    metrics, path = optimized(tiny, tmp_path)
+    assert tried == [ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC]
+    assert metrics["optimized"] is True and metrics["level"] == "basic"
+    [caveat] = metrics["caveats"]
+    assert caveat["kind"] == "degraded" and caveat["what"] == "optimized at level 'basic', not 'extended'"
+    assert "extended: ONNX Runtime could not optimize the model: " in caveat["why"] and "forced by the test" in caveat["why"]
+    monkeypatch.undo()
+    tiny.run("reference", tmp_path / "ref", extra={"source_format": "pytorch"})
+    assert check(tiny, tmp_path / "check", "onnx-optimized", path, tmp_path / "ref" / "reference.npz")["passed"]
+
 # --- the trace step decides by outputs ------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ The optimized file is meant for ONNX Runtime alone: its fusions are ONNX Runtime
 (`SimplifiedLayerNormalization`, `com.microsoft.Gelu`, attention and skip-connection kernels), which
 the ONNX standard and `onnx.checker` do not know, so ONNX Runtime judges it (onnxfile.finish). When
 ONNX Runtime cannot optimize a model, or cannot load what its optimizer wrote, the un-optimized
-model is delivered instead, with a `not optimized` caveat that every status output shows.
+model is optimized at the next lower level that works (extended, then basic), and only when none does is the
+un-optimized model delivered; each with a caveat (`optimized at level 'basic', not 'extended'`, `not optimized`)
+that every status output shows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ ONNX_OPTIMIZED = register_format(Format(
     name="onnx-optimized", filename="model.onnx", runtime="onnxruntime",
     description="ONNX model with ONNX Runtime's graph optimizations applied offline (faster session start).",
 ))
+#: ONNX Runtime's offline optimization levels, highest first: a level whose output ONNX Runtime cannot load (a fusion
+#: its own session then refuses: seen on two sequence models) is answered by the next one down.
+LEVELS = ("all", "extended", "basic")
 #: What a step that reads a float32 ONNX model consumes: the export, or its offline-optimized copy.
 FLOAT_ONNX = ("onnx", ONNX_OPTIMIZED.name)
 
@@ -35,6 +40,7 @@ class OnnxOptimizedFromOnnx(Step):
 
     name = "onnx-optimized-from-onnx"
     version = 2  # 2: judged by ONNX Runtime, not onnx.checker; un-optimized (with a caveat) when it cannot be
+    # (a lower level that loads is tried first: only models that failed before take that path, so no new version)
     consumes = ("onnx",)
     produces = "onnx-optimized"
     packages = ("onnxruntime", "onnx")
@@ -48,7 +54,8 @@ class OnnxOptimizedFromOnnx(Step):
             default="extended", description="'basic': constant folding and redundant-node removal (portable "
             "ONNX). 'extended': plus fusions into ONNX Runtime contrib ops (com.microsoft domain: runs only "
             "in ONNX Runtime). 'all': plus hardware-specific layout optimizations (NCHWc) tied to this "
-            "machine's CPU: the file should only be run where it was optimized.")
+            "machine's CPU: the file should only be run where it was optimized. A level ONNX Runtime cannot "
+            "optimize at, or whose output it cannot load, is answered by the next lower one (a caveat says so).")
 
     @classmethod
     def host_binding(cls, options: dict[str, Any], data_sets: tuple[str, ...]) -> HostBinding:
@@ -68,21 +75,31 @@ class OnnxOptimizedFromOnnx(Step):
         from buildsys.formats.onnx.onnxfile import finish
 
         out = ctx.out_dir / ONNX_OPTIMIZED.filename
-        try:
-            self._optimize(ctx, out)
-            fused = _fused_ops(Path(ctx.input_path), out)  # type: ignore[arg-type]
-            metrics = finish(self, ctx, out)
-        except StepError as exc:  # deliver the model as exported, and say so wherever the target shows
-            why = exc.what.removeprefix(f"model '{ctx.model_name}': ").removesuffix(f" (step {self.name})")
-            _copy_unoptimized(Path(ctx.input_path), ctx.out_dir)  # type: ignore[arg-type]
-            metrics = finish(self, ctx, out)
-            caveat = Caveat(CaveatKind.DEGRADED, "not optimized", why, self.name)
-            return {**metrics, "level": ctx.options.level, "optimized": False, "fused_ops": {},
-                    "caveats": [caveat.as_dict()]}
-        return {**metrics, "level": ctx.options.level, "optimized": True, "fused_ops": fused}
+        asked = ctx.options.level
+        refusals: list[str] = []
+        for level in LEVELS[LEVELS.index(asked):]:  # the asked level, then each lower one: the first that loads
+            try:
+                self._optimize(ctx, out, level)
+                fused = _fused_ops(Path(ctx.input_path), out)  # type: ignore[arg-type]
+                metrics = finish(self, ctx, out)
+            except StepError as exc:
+                refusals.append(f"{level}: " + exc.what.removeprefix(f"model '{ctx.model_name}': ")
+                                .removesuffix(f" (step {self.name})"))
+                continue
+            caveats = [] if level == asked else [Caveat(
+                CaveatKind.DEGRADED, f"optimized at level '{level}', not '{asked}'",
+                "ONNX Runtime could not optimize at the higher level(s) or load what they wrote: " + "; ".join(refusals),
+                self.name).as_dict()]
+            return {**metrics, "level": level, "optimized": True, "fused_ops": fused,
+                    **({"caveats": caveats} if caveats else {})}
+        # deliver the model as exported, and say so wherever the target shows
+        _copy_unoptimized(Path(ctx.input_path), ctx.out_dir)  # type: ignore[arg-type]
+        metrics = finish(self, ctx, out)
+        caveat = Caveat(CaveatKind.DEGRADED, "not optimized", "; ".join(refusals), self.name)
+        return {**metrics, "level": asked, "optimized": False, "fused_ops": {}, "caveats": [caveat.as_dict()]}
 
-    def _optimize(self, ctx: StepContext[Options], out: Path) -> None:
-        """Run ONNX Runtime's optimizer at the chosen level, writing `out` (StepError when it cannot)."""
+    def _optimize(self, ctx: StepContext[Options], out: Path, level: str) -> None:
+        """Run ONNX Runtime's optimizer at `level`, writing `out` (StepError when it cannot)."""
         import onnxruntime as ort
 
         from buildsys.formats.onnx.onnxfile import SIDE_FILE, uses_external_data
@@ -91,7 +108,7 @@ class OnnxOptimizedFromOnnx(Step):
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
         so = ort.SessionOptions()
-        so.graph_optimization_level = levels[ctx.options.level]
+        so.graph_optimization_level = levels[level]
         so.optimized_model_filepath = str(out)
         so.log_severity_level = 3  # 'all' warns that the result is hardware specific: the option says so
         if uses_external_data(ctx.input_path):  # type: ignore[arg-type]
