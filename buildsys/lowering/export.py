@@ -88,12 +88,28 @@ def export_module(module: Any, args: tuple[Any, ...], shapes: Any, strict: bool,
         refusal = describe(exc)
     with functorch_config.patch(fake_tensor_propagate_real_tensors=True):
         program = torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
+    _without_dead_reads(program.graph_module)
     assumed = assumptions(program.graph_module)
     shown = "; ".join(assumed[:4]) + (f" and {len(assumed) - 4} more" if len(assumed) > 4 else "")
     caveats.append(Caveat(CaveatKind.FALLBACK, f"data-dependent values taken from the example: {shown or 'none kept'}",
                           f"torch.export stopped on a value the code reads from its data ({refusal.splitlines()[0][:200]}); "
                           "exported with the example's values, which the program asserts at run time", step).as_dict())
     return program
+
+
+def _without_dead_reads(graph_module: Any) -> None:
+    """Remove the `.item()` reads that nothing uses and that have no symbol: with real tensors propagated, a read of a
+    constant (Longformer's `torch.div(32, 8).item()`) is answered by its value and left in the graph without one, and
+    torch.export.save writes such a node in a form its own load refuses ("'bool' object has no attribute 'as_name'")."""
+    import torch
+
+    reads = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
+    dead = [node for node in graph_module.graph.nodes if node.op == "call_function" and node.target in reads
+            and not node.users and not isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool))]
+    for node in dead:
+        graph_module.graph.erase_node(node)
+    if dead:
+        graph_module.recompile()
 
 
 #: How torch.export words a runtime assertion: "Runtime assertion failed for expression Eq(u0, 16) on node 'eq'".

@@ -5,6 +5,8 @@ chunked local attention (the window count read from the attention mask)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -55,3 +57,22 @@ def test_a_model_without_data_dependence_is_exported_as_before() -> None:
     linear = torch.nn.Linear(4, 2).eval()
     program = export_module(linear, (torch.ones(1, 4),), None, False, caveats, "pt2-from-pytorch")
     assert caveats == [] and assumptions(program.graph_module) == []
+
+
+class _SizedByATensor(torch.nn.Module):
+    """Branches on its data, and sizes a view by a tensor (`torch.div` of two ints), as Longformer chunks its sequence."""
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        if bool((x > 0).any()):
+            x = x * 2
+        return x.view(x.shape[0], torch.div(x.shape[1], 4, rounding_mode="trunc"), 4).sum(-1)
+
+
+def test_the_program_saves_and_loads_without_the_reads_its_example_answered(tmp_path: Path) -> None:
+    """With real tensors propagated, the read of the constant view size is answered by its value and left in the graph
+    without a symbol, which torch.export.save writes in a form its load refuses: such reads are removed."""
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    program = export_module(_SizedByATensor(), (x,), None, False, [], "pt2-from-pytorch")
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    loaded = torch.export.load(str(tmp_path / "model.pt2")).module()
+    torch.testing.assert_close(loaded(x), _SizedByATensor()(x), rtol=0, atol=0)
