@@ -9,7 +9,6 @@ fallback caveat when the program was exported again at static shapes or with val
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from buildsys.lowering.answers import CONSTRAINT_VIOLATED, DATA_DEPENDENT
@@ -78,6 +77,7 @@ def export_module(module: Any, args: tuple[Any, ...], shapes: Any, strict: bool,
     from torch._functorch import config as functorch_config
 
     from buildsys.errors import describe
+    from buildsys.lowering.reads import assumptions, without_dead_reads
     from buildsys.status import Caveat, CaveatKind
 
     try:
@@ -88,71 +88,13 @@ def export_module(module: Any, args: tuple[Any, ...], shapes: Any, strict: bool,
         refusal = describe(exc)
     with functorch_config.patch(fake_tensor_propagate_real_tensors=True):
         program = torch.export.export(module, args, dynamic_shapes=shapes, strict=strict)
-    _without_dead_reads(program.graph_module)
+    without_dead_reads(program.graph_module)
     assumed = assumptions(program.graph_module)
     shown = "; ".join(assumed[:4]) + (f" and {len(assumed) - 4} more" if len(assumed) > 4 else "")
     caveats.append(Caveat(CaveatKind.FALLBACK, f"data-dependent values taken from the example: {shown or 'none kept'}",
                           f"torch.export stopped on a value the code reads from its data ({refusal.splitlines()[0][:200]}); "
                           "exported with the example's values, which the program asserts at run time", step).as_dict())
     return program
-
-
-def _without_dead_reads(graph_module: Any) -> None:
-    """Remove the `.item()` reads that nothing uses and that have no symbol: with real tensors propagated, a read of a
-    constant (Longformer's `torch.div(32, 8).item()`) is answered by its value and left in the graph without one, and
-    torch.export.save writes such a node in a form its own load refuses ("'bool' object has no attribute 'as_name'")."""
-    import torch
-
-    reads = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
-    dead = [node for node in graph_module.graph.nodes if node.op == "call_function" and node.target in reads
-            and not node.users and not isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool))]
-    for node in dead:
-        graph_module.graph.erase_node(node)
-    if dead:
-        graph_module.recompile()
-
-
-#: How torch.export words a runtime assertion: "Runtime assertion failed for expression Eq(u0, 16) on node 'eq'".
-_ASSERTED = re.compile(r"for expression (.+?) on node")
-#: An unbacked symbol (a value read from the data): u0, u12.
-_UNBACKED = re.compile(r"\bu\d+\b")
-
-
-def assumptions(graph_module: Any) -> list[str]:
-    """The expressions on values read from the data that `graph_module`'s runtime assertions check (Eq(u0, 16)),
-    in graph order, each once; the bounds of a value an equality pins are left out."""
-    found: list[str] = []
-    for node in _data_assertions(graph_module):
-        match = _ASSERTED.search(str(node.args[1]) if len(node.args) > 1 else "")
-        if match and match.group(1) not in found:
-            found.append(match.group(1))
-    pinned = {m.group(1) for e in found if (m := re.fullmatch(r"Eq\((u\d+), [^,()]+\)", e))}
-    # a value pinned by an equality needs no bounds beside it ("u0 >= 16; u0 <= 16; Eq(u0, 16)" says Eq(u0, 16))
-    return [e for e in found if not re.fullmatch(r"(u\d+) [<>]=? [^ ]+", e) or e.split()[0] not in pinned]
-
-
-def without_data_assertions(graph_module: Any) -> int:
-    """Remove from `graph_module` (in place) the runtime assertions on values read from the data, and what then
-    computes nothing: a converter that exports the module again at fixed shapes (ExecuTorch, litert-torch) meets
-    the `.item()` behind them as a symbol no output depends on and stops. What the assertions guarded was taken from
-    the example when the program was exported (a fallback caveat says which values); the check's validation data
-    judges the result. How many were removed."""
-    doomed = _data_assertions(graph_module)
-    for node in doomed:
-        graph_module.graph.erase_node(node)
-    if doomed:
-        graph_module.graph.eliminate_dead_code()
-        graph_module.recompile()
-    return len(doomed)
-
-
-def _data_assertions(graph_module: Any) -> list[Any]:
-    """The `aten._assert_scalar` nodes of `graph_module` whose expression names an unbacked symbol."""
-    import torch
-
-    return [node for node in graph_module.graph.nodes
-            if node.op == "call_function" and node.target is torch.ops.aten._assert_scalar.default
-            and len(node.args) > 1 and _UNBACKED.search(str(node.args[1]))]
 
 
 def static_caveat(step: "Step", ctx: "StepContext[Any]", args: tuple[Any, ...], refusal: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """torch.export of a model that reads a value from its data and loops on it (buildsys/lowering/export.py): stopped
 by a data-dependent guard, exported again with the example's values, which the program asserts; a converter that
-exports it again at fixed shapes gets it without those assertions. The model: tests/helpers/lowering_models.py's
-chunked local attention (the window count read from the attention mask)."""
+needs a fixed program gets it with the values those assertions pin written in (buildsys/lowering/reads.py). The models: tests/helpers/lowering_models.py's
+chunked local attention (the window count read from the attention mask) and small ones below."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from buildsys.lowering.export import (  # noqa: E402
-    assumptions, data_dependent, export_module, without_data_assertions)
+from buildsys.lowering.export import data_dependent, export_module  # noqa: E402
+from buildsys.lowering.reads import assumptions, with_asserted_values  # noqa: E402
 from tests.helpers.lowering_models import chunked_attention  # noqa: E402
 
 
@@ -45,11 +45,31 @@ def test_a_data_dependent_loop_is_exported_with_the_examples_values_and_asserts_
 def test_a_converter_exporting_again_gets_the_program_without_its_data_assertions() -> None:
     model, args = chunked_attention(), _inputs()
     module = export_module(model, args, None, False, [], "pt2-from-pytorch").module()
-    assert without_data_assertions(module) == 3  # u0 >= 16, u0 <= 16, Eq(u0, 16)
-    assert not [n for n in module.graph.nodes if n.target is torch.ops.aten.item.default]  # nothing reads it now
+    assert with_asserted_values(module) == 1  # u0, which Eq(u0, 16) pins
+    assert not [n for n in module.graph.nodes if n.target in (torch.ops.aten.item.default,
+                                                              torch.ops.aten._assert_scalar.default)]
     again = torch.export.export(module, args, strict=False)  # what ExecuTorch and litert-torch do: no refusal
     torch.testing.assert_close(again.module()(*args), model(*args), rtol=0, atol=0)
-    assert without_data_assertions(module) == 0
+    assert with_asserted_values(module) == 0
+
+
+class _Flagged(torch.nn.Module):
+    """Takes one of two paths by a flag read from its data (Longformer's `is_global_attn`): torch.export keeps both
+    behind a `sym_ite`, which coremltools cannot translate."""
+
+    def forward(self, x: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+        flagged = bool((mask > 1).any())
+        width = x.shape[1] if flagged else x.shape[1] // 2
+        return x[:, :width].sum(dim=1)
+
+
+def test_a_flag_its_assertions_leave_one_value_is_written_in_and_its_branch_taken() -> None:
+    x, mask = torch.randn(2, 8), torch.ones(2, 8, dtype=torch.int64)
+    program = export_module(_Flagged(), (x, mask), None, False, [], "pt2-from-pytorch")
+    assert "sym_ite" in str(program.graph_module.code)
+    assert with_asserted_values(program.graph_module) == 1  # u0 in [0, 1], Ne(u0, 1): 0, so the flag is False
+    assert "sym_ite" not in str(program.graph_module.code) and "item" not in str(program.graph_module.code)
+    torch.testing.assert_close(program.module()(x, mask), _Flagged()(x, mask), rtol=0, atol=0)
 
 
 def test_a_model_without_data_dependence_is_exported_as_before() -> None:

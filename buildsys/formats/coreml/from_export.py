@@ -42,7 +42,9 @@ class _FromExport(CoremlFromTorchScript):
                                  f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         from buildsys.lowering.decompose import to_core
         from buildsys.lowering.export import without_input_mutations
+        from buildsys.lowering.reads import with_asserted_values
 
+        with_asserted_values(program.graph_module)  # coremltools has no sym_ite: a flag read from the data, pinned
         program, mutated = without_input_mutations(to_core(program))  # core ATen (new_ones → full, …)
         if mutated:  # Core ML has no write-back of an input (metric `input_mutations_dropped`)
             ctx.extra["input_mutations_dropped"] = mutated

@@ -118,7 +118,7 @@ class _PteFromPt2(Step):
             raise self.fail(ctx, reason)
         from buildsys.config.data import Batch
         from buildsys.formats.torch.loading import example_args
-        from buildsys.lowering.export import without_data_assertions
+        from buildsys.lowering.reads import with_asserted_values
 
         batch = program_batch(ctx.model, ctx.options)
         args = example_args(ctx.model, Batch(fill(ctx.example().inputs, batch), None, "example"))
@@ -127,7 +127,7 @@ class _PteFromPt2(Step):
         except Exception as exc:
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{_first_line(exc)}") from exc
-        without_data_assertions(module)  # exported again below at fixed shapes: see there
+        with_asserted_values(module)  # exported again below at fixed shapes: see there
         from buildsys.formats.executorch.recurrent import recurrent_to_scan
 
         source = module

@@ -167,7 +167,7 @@ class TfliteFromPt2(Step):
 
         from buildsys.errors import describe
         from buildsys.formats.torch.loading import example_args, trace_batch
-        from buildsys.lowering.export import without_data_assertions
+        from buildsys.lowering.reads import with_asserted_values
 
         try:
             import litert_torch
@@ -178,7 +178,7 @@ class TfliteFromPt2(Step):
             module = torch.export.load(str(ctx.input_path)).module()
         except Exception as exc:
             raise self.fail(ctx, f"could not load the torch.export program: {describe(exc)}") from exc
-        without_data_assertions(module)  # litert-torch exports it again at fixed shapes: see there
+        with_asserted_values(module)  # litert-torch exports it again at fixed shapes: see there
         # The program was captured from the module in eval mode, so its graph already computes eval
         # behaviour; an unlifted program refuses .eval(), and litert-torch warns on the training flag.
         for sub in module.modules():
