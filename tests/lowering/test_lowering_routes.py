@@ -8,7 +8,7 @@ model. A second build is a no-op: the answer is found again from the lock alone.
 - static re-export: a per-sample loop whose dynamic batch torch.export refuses, exported at static shapes for
   ExecuTorch (a .pte is static anyway), while the .pt2 delivered dynamic still fails naming the constraint;
 - data-dependent values: a chunked attention whose window count is read from its mask, exported with the example's
-  value (asserted in the .pt2, taken out for ExecuTorch and litert-torch, which export it again);
+  value (asserted in the .pt2, written in for ExecuTorch, litert-torch and OpenVINO's PyTorch frontend);
 - converter switches: onnx2tf's RNN unrolling answers TensorList ops TFLite refuses (a Conv1d+GRU model now converts
   as a loop at batch 1, first), Core ML at
   fixed shapes for a model whose symbolic batch coremltools cannot convert, and litert-torch with the model's
@@ -149,10 +149,12 @@ def test_a_model_that_loops_on_a_value_read_from_its_data_reaches_pt2_executorch
           program: {model: chunked, format: pt2}
           phone: {model: chunked, format: executorch}
           android: {model: chunked, format: tflite, via: [pt2]}
+          intel: {model: chunked, format: openvino, via: [pt2]}
         """)
     status, events = project.build()
     assert status == 0, summary(events)
-    for target in ("program", "phone", "android"):
+    assert summary(events)["intel"]["route"] == ["pytorch", "pt2", "openvino"]  # OpenVINO's PyTorch frontend
+    for target in ("program", "phone", "android", "intel"):
         assert project.verdict(target) == "passed"
         assert "data-dependent values taken from the example: Eq(u0, 16)" in [
             c["what"] for c in summary(events)[target]["caveats"]], target

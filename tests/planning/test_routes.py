@@ -21,7 +21,8 @@ import torch
 
 
 class Gate(torch.nn.Module):
-    """A branch on the data: torch.export cannot trace it; torch.jit.trace records the taken path."""
+    """A branch on the data, read through NumPy: torch.export's fake tensors have no data to read (a value read
+    as a tensor it takes from the example instead: lowering/export.py); torch.jit.trace records the taken path."""
 
     def __init__(self):
         super().__init__()
@@ -29,7 +30,7 @@ class Gate(torch.nn.Module):
         self.fc = torch.nn.Linear(4, 3)
 
     def forward(self, x):
-        if x.abs().sum() >= 0:  # always true, but known only once the data is there
+        if x.abs().sum().numpy() >= 0:  # always true, but known only once the data is there
             return self.fc(x)
         return -self.fc(x)
 
@@ -94,7 +95,7 @@ def test_first_route_fails_second_passes_and_a_noop_does_not_retry(tmp_path: Pat
     lock = project.lock()
     assert lock.targets["t"]["route"] == TS_ROUTE and (tmp_path / "artifacts/t/model.onnx").is_file()
     [dropped] = lock.routes["t"]["dropped"]
-    assert dropped["route"] == PT2_ROUTE and dropped["node"] == "m/pt2" and "data-dependent" in dropped["reason"]
+    assert dropped["route"] == PT2_ROUTE and dropped["node"] == "m/pt2" and "numpy" in dropped["reason"]
     # The release bundle's manifest says the same: which route made the artifact, which was dropped and why.
     deploy = tmp_path / "deploy.yaml"
     deploy.write_text(deploy.read_text() + "bundles:\n  release: {targets: [t], version: 1.0.0}\n")
@@ -305,3 +306,12 @@ def test_a_failure_of_what_the_target_asks_travels_to_the_planner_as_every_route
     assert type(step.fail(ctx, "a converter refused an op")) is StepError
     assert failure_metrics({"ok": False, "error": str(asked), "every_route": True}) == {"every_route": True}
     assert failure_metrics({"ok": False, "error": "a converter refused an op"}) == {}
+
+
+def test_openvino_has_its_pytorch_frontend_route_after_the_onnx_one(tmp_path: Path) -> None:
+    project = Project(tmp_path, "description: an IR")
+    deploy = project.root / "deploy.yaml"
+    deploy.write_text(deploy.read_text().replace("format: onnx", "format: openvino"))
+    routes = _candidates(project)
+    assert routes[0] == ["pytorch", "onnx", "openvino"]
+    assert ["pytorch", "pt2", "openvino"] in routes[1:]

@@ -14,6 +14,7 @@ from buildsys.formats import register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.openvino.ir import BIN, VOLATILE_RT_INFO, XML, telemetry_off
 from buildsys.formats.prune_search import PruningOptions, PruningStep
+from buildsys.formats.torch.export import PROGRAM
 
 if TYPE_CHECKING:
     import openvino
@@ -112,15 +113,19 @@ class OpenVinoFromOnnx(PruningStep):
     #: program is decomposed to core ATen, which exports as plain tensor ops.
     decomposes_unnamed = True
 
+    def _convert(self, ctx: StepContext[PruningOptions]) -> "openvino.Model":
+        """The input converted to an OpenVINO model (StepError when OpenVINO cannot)."""
+        import openvino as ov
+
+        try:
+            # By path: ONNX external data (model.onnx.data) next to it is found by the frontend.
+            return ov.convert_model(str(Path(str(ctx.input_path))))
+        except Exception as exc:
+            raise self.fail(ctx, f"OpenVINO could not convert the ONNX model: {_unconverted(exc)}") from exc
+
     def _run(self, ctx: StepContext[PruningOptions]) -> dict[str, Any]:
         with telemetry_off():
-            import openvino as ov
-
-            try:
-                # By path: ONNX external data (model.onnx.data) next to it is found by the frontend.
-                model = ov.convert_model(str(Path(str(ctx.input_path))))
-            except Exception as exc:
-                raise self.fail(ctx, f"OpenVINO could not convert the ONNX model: {_unconverted(exc)}") from exc
+            model = self._convert(ctx)
             fp16 = self.precision == "fp16"
             if ctx.options.sparsity is None:
                 metrics = save_ir(self, ctx, model, fp16=fp16)
@@ -151,3 +156,43 @@ def _unconverted(exc: BaseException) -> str:
     if failed:
         return f"{type(exc).__name__}: the conversion of {', '.join(dict.fromkeys(failed))} failed"
     return f"{type(exc).__name__}: {first}"
+
+
+@register_variants({"fp32": PROGRAM, "fp16": PROGRAM})
+class OpenVinoFromPt2(OpenVinoFromOnnx):
+    """Convert the torch.export program with OpenVINO's PyTorch frontend (`openvino.convert_model` of the
+    ExportedProgram): the route beside the ONNX one, for a model whose ONNX graph OpenVINO's ONNX frontend refuses
+    (a `Transpose` or `Add` its rules fail on) while the PyTorch frontend never sees that graph. Behind the ONNX
+    route (`route_cost`), which stays first; what follows the conversion (pruning, saving, the fp16 share) is the
+    ONNX route's code."""
+
+    version = 1
+    route_cost = 1.5  # after pytorch → onnx → openvino (2 steps of 1); before longer detours
+    description = ("openvino.convert_model of the torch.export program (OpenVINO's PyTorch frontend), saved with "
+                   "float32 (fp16: float16-compressed) weights; with sparsity, its weight constants pruned by magnitude.")
+
+    def _convert(self, ctx: StepContext[PruningOptions]) -> "openvino.Model":
+        """The program converted, its inputs given the signature's shapes (the named axes dynamic) and its outputs
+        the signature's names: the PyTorch frontend leaves every axis dynamic and names outputs after their ops."""
+        import openvino as ov
+        import torch
+
+        from buildsys.lowering.reads import with_asserted_values
+
+        try:
+            program = torch.export.load(str(ctx.input_path))
+        except Exception as exc:
+            raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
+                                 f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        with_asserted_values(program.graph_module)
+        try:
+            model = ov.convert_model(program)
+        except Exception as exc:
+            raise self.fail(ctx, f"OpenVINO could not convert the torch.export program: {_unconverted(exc)}") from exc
+        shapes = {port: ov.PartialShape([-1 if isinstance(d, str) else d for d in spec.shape])
+                  for port, spec in zip(model.inputs, ctx.model.inputs) if spec.shape is not None}
+        if shapes:
+            model.reshape(shapes)
+        for port, spec in zip(model.outputs, ctx.model.outputs):
+            port.get_tensor().set_names({spec.name})
+        return model
