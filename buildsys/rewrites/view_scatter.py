@@ -1,14 +1,17 @@
-"""diagonal_scatter and as_strided_scatter: a tensor with a source written into a view of it, as a gather and a where.
+"""diagonal_scatter and as_strided_scatter: a tensor with a source written into a view of it, as a gather and a where;
+and as_strided itself (`strided-view`), the view read, as a gather.
 
 The view's positions are known from the static shapes and arguments alone, so a constant maps each element of the
 input to the element of the source written there (NumPy computes the view, `np.diagonal` for the diagonal with its
 offset and dims, the size / stride / offset arithmetic for a strided view of the contiguous input): the output is
 the source gathered by that map where the view is, the input elsewhere. One index_select and one where, which every
-converter has.
+converter has. A strided view of a contiguous tensor (Longformer's overlapping attention chunks) is the same map
+read the other way: the input's elements gathered at the view's positions, one index_select.
 
 Why a rewrite: PyTorch decomposes both only into references that export as prims (a `copy_to` the dynamo ONNX
 exporter refuses as not functional); the legacy exporter, coremltools, ExecuTorch and litert-torch refuse them. A
-decomposition cannot hold the constant map (run_decompositions does not lift a tensor it makes). Equivalence:
+decomposition cannot hold the constant map (run_decompositions does not lift a tensor it makes). as_strided is a core
+ATen op that coremltools' torch.export frontend has no translation for ("Unsupported fx node as_strided"). Equivalence:
 tests/rewrites/test_rewrite_families_statistics.py.
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from buildsys.rewrites.base import HandlerTable, Rewrite, by_name
+from buildsys.rewrites.base import HandlerTable, Rewrite, RewriteNotApplicable, by_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,16 +51,36 @@ def diagonal_scatter(input: torch.Tensor, src: torch.Tensor, offset: int = 0, di
     return _written(input, src, np.diagonal(positions, offset, dim1, dim2))
 
 
-def as_strided_scatter(input: torch.Tensor, src: torch.Tensor, size: Sequence[int], stride: Sequence[int],
-                       storage_offset: Any = None) -> torch.Tensor:
+def _strided_positions(size: Sequence[int], stride: Sequence[int], storage_offset: int) -> "np.ndarray":
+    """The storage position of every element of a strided view (size, stride, offset), in the view's shape."""
     import numpy as np
 
-    positions = np.full([int(n) for n in size], int(storage_offset or 0), dtype=np.int64)
+    positions = np.full([int(n) for n in size], int(storage_offset), dtype=np.int64)
     for axis, (n, step) in enumerate(zip(size, stride)):
         shape = [1] * len(size)
         shape[axis] = int(n)
         positions = positions + (np.arange(int(n)) * int(step)).reshape(shape)
-    return _written(input, src, positions)
+    return positions
+
+
+def as_strided_scatter(input: torch.Tensor, src: torch.Tensor, size: Sequence[int], stride: Sequence[int],
+                       storage_offset: Any = None) -> torch.Tensor:
+    return _written(input, src, _strided_positions(size, stride, int(storage_offset or 0)))
+
+
+def as_strided(input: torch.Tensor, size: Sequence[int], stride: Sequence[int], storage_offset: Any = None) -> torch.Tensor:
+    """The strided view as a gather of the input's elements. Its positions address the storage; they are the input's
+    own flat positions only where the input is contiguous, so another layout is refused (the view is then left)."""
+    from buildsys.rewrites.mechanism import constant
+
+    if not input.is_contiguous():
+        raise RewriteNotApplicable("strided-view", "as_strided", "a view of a non-contiguous tensor")
+    start = int(storage_offset) if storage_offset is not None else int(input.storage_offset())
+    positions = _strided_positions(size, stride, start - int(input.storage_offset()))
+    numel = input.numel()
+    if positions.size and (positions.min() < 0 or positions.max() >= numel):
+        raise RewriteNotApplicable("strided-view", "as_strided", "a view reaching outside the tensor's own elements")
+    return input.reshape(-1).index_select(0, constant(positions.reshape(-1))).reshape([int(n) for n in size])
 
 
 def _handlers() -> HandlerTable:
@@ -67,6 +90,12 @@ def _handlers() -> HandlerTable:
                    (torch, torch.Tensor))
 
 
+def _strided_handlers() -> HandlerTable:
+    import torch
+
+    return by_name({"as_strided": as_strided}, (torch, torch.Tensor))
+
+
 REWRITES = (
     Rewrite(
         name="view-scatter",
@@ -74,5 +103,12 @@ REWRITES = (
         removes=("aten::diagonal_scatter", "aten::as_strided_scatter"),
         description="diagonal_scatter / as_strided_scatter as a constant-index gather of the source and a where",
         handlers=_handlers,
+    ),
+    Rewrite(
+        name="strided-view",
+        version=1,
+        removes=("aten::as_strided",),
+        description="as_strided of a contiguous tensor as a constant-index gather of its elements",
+        handlers=_strided_handlers,
     ),
 )

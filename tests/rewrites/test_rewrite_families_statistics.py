@@ -1,4 +1,5 @@
-"""The statistics family (cov, corrcoef), the view-scatter rewrite (diagonal_scatter, as_strided_scatter) and bilinear against
+"""The statistics family (cov, corrcoef), the view-scatter rewrite (diagonal_scatter, as_strided_scatter), the
+strided-view rewrite (as_strided) and bilinear against
 torch in float32 and float64: every correction and weighting of cov, one variable or many; diagonals at every offset
 and pair of dims; strided views with offsets; the ops gone from every graph; through the legacy ONNX exporter, which
 refuses all four, into onnxruntime."""
@@ -48,6 +49,26 @@ def test_view_scatters(dtype: torch.dtype) -> None:
     same("view-scatter", lambda t, s: t.as_strided_scatter(s, (3,), (4,)), flat, randn(3, dtype=dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_views(dtype: torch.dtype) -> None:
+    x = randn(2, 16, 3, dtype=dtype)
+    # Longformer's chunks: windows of 8 frames overlapping by 4, over a contiguous [batch, frames, features] tensor
+    same("strided-view", lambda t: t.as_strided((2, 3, 8, 3), (48, 12, 3, 1)), x)
+    same("strided-view", lambda t: torch.as_strided(t, (4, 5), (6, 1), 2), x)
+    same("strided-view", lambda t: t[1].as_strided((3, 3), (1, 3)), x)  # a view with its own storage offset
+    same("strided-view", lambda t: (t * 2).view(2, 4, 4, 3).as_strided((2, 3, 2), (48, 12, 1), 5).sum(-1), x)
+
+
+def test_a_strided_view_of_another_layout_is_refused() -> None:
+    from buildsys.rewrites.base import RewriteNotApplicable
+
+    x = randn(4, 6)
+    with pytest.raises(RewriteNotApplicable, match="non-contiguous"):
+        rewrites.apply(Fn(lambda t: t.t().as_strided((2, 2), (1, 2))), ["strided-view"])(x)
+    with pytest.raises(RewriteNotApplicable, match="outside"):
+        rewrites.apply(Fn(lambda t: t[:2].as_strided((3, 6), (6, 1))), ["strided-view"])(x)
+
+
 def test_no_op_left_and_onnxruntime_runs_them() -> None:
     import onnxruntime
 
@@ -57,6 +78,7 @@ def test_no_op_left_and_onnxruntime_runs_them() -> None:
     assert not {"cov", "corrcoef"} & (found["traced"] | found["exported"] | found["decomposed"])
     check(lambda t, u: torch.diagonal_scatter(t, u) + torch.as_strided_scatter(t, u.reshape(2, 2), (2, 2), (6, 1)),
           "view-scatter", x, s, graphs=True)
+    check(lambda t: t.as_strided((3, 2, 4), (6, 1, 1)) * 2, "strided-view", x, graphs=True)
     for name, fn, args in (("statistics", lambda t: torch.corrcoef(t) + torch.cov(t), (x,)),
                            ("view-scatter", lambda t, u: torch.diagonal_scatter(t, u, 1)[..., :5] * 2, (x, s))):
         f = io.BytesIO()

@@ -43,7 +43,7 @@ def test_the_registry_lists_every_rewrite_with_what_it_removes() -> None:
                                       "triangular", "special", "bessel", "floating", "gamma", "scan", "order", "linalg", "sampling", "pooling", "volumetric", "resample", "diff", "roll",
                                       "unfold",
                                       "fold", "sdpa", "losses", "precise", "conv-transpose",
-                                      "statistics", "view-scatter", "bilinear"}
+                                      "statistics", "view-scatter", "strided-view", "bilinear"}
     for rewrite in rewrites.REGISTRY.values():
         assert rewrite.version >= 1 and rewrite.description and rewrite.removes
         assert rewrite.as_dict()["removes"] == list(rewrite.removes)
