@@ -6,7 +6,8 @@ input to the element of the source written there (NumPy computes the view, `np.d
 offset and dims, the size / stride / offset arithmetic for a strided view of the contiguous input): the output is
 the source gathered by that map where the view is, the input elsewhere. One index_select and one where, which every
 converter has. A strided view of a contiguous tensor (Longformer's overlapping attention chunks) is the same map
-read the other way: the input's elements gathered at the view's positions, one index_select.
+read the other way: the input's elements gathered at the view's positions (mapped back through the input's
+own strides, so a transposed input is taken too), one index_select.
 
 Why a rewrite: PyTorch decomposes both only into references that export as prims (a `copy_to` the dynamo ONNX
 exporter refuses as not functional); the legacy exporter, coremltools, ExecuTorch and litert-torch refuse them. A
@@ -69,18 +70,26 @@ def as_strided_scatter(input: torch.Tensor, src: torch.Tensor, size: Sequence[in
 
 
 def as_strided(input: torch.Tensor, size: Sequence[int], stride: Sequence[int], storage_offset: Any = None) -> torch.Tensor:
-    """The strided view as a gather of the input's elements. Its positions address the storage; they are the input's
-    own flat positions only where the input is contiguous, so another layout is refused (the view is then left)."""
+    """The strided view as a gather of the input's elements. Its positions address the storage, which the input's
+    own strides lay its elements out in (Longformer takes the view of a transposed tensor, with strides computed
+    from its `stride()`): each position is mapped back to the element stored there, so any layout whose elements
+    do not overlap is taken. A position no element of the input holds (a view reaching into the rest of a larger
+    tensor's storage) is refused, as is an input whose elements overlap."""
+    import numpy as np
+
     from buildsys.rewrites.mechanism import constant
 
-    if not input.is_contiguous():
-        raise RewriteNotApplicable("strided-view", "as_strided", "a view of a non-contiguous tensor")
+    shape = [int(n) for n in input.shape]
+    own = _strided_positions(shape, [int(s) for s in input.stride()], int(input.storage_offset())).reshape(-1)
+    if own.size and np.unique(own).size != own.size:
+        raise RewriteNotApplicable("strided-view", "as_strided", "a tensor whose elements overlap in its storage")
     start = int(storage_offset) if storage_offset is not None else int(input.storage_offset())
-    positions = _strided_positions(size, stride, start - int(input.storage_offset()))
-    numel = input.numel()
-    if positions.size and (positions.min() < 0 or positions.max() >= numel):
+    wanted = _strided_positions(size, stride, start).reshape(-1)
+    element = np.full(int(own.max()) + 1 if own.size else 0, -1, dtype=np.int64)
+    element[own] = np.arange(own.size)
+    if wanted.size and (wanted.min() < 0 or wanted.max() >= element.size or (element[wanted] < 0).any()):
         raise RewriteNotApplicable("strided-view", "as_strided", "a view reaching outside the tensor's own elements")
-    return input.reshape(-1).index_select(0, constant(positions.reshape(-1))).reshape([int(n) for n in size])
+    return input.reshape(-1).index_select(0, constant(element[wanted])).reshape([int(n) for n in size])
 
 
 def _handlers() -> HandlerTable:
