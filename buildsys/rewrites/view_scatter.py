@@ -69,27 +69,44 @@ def as_strided_scatter(input: torch.Tensor, src: torch.Tensor, size: Sequence[in
     return _written(input, src, _strided_positions(size, stride, int(storage_offset or 0)))
 
 
-def as_strided(input: torch.Tensor, size: Sequence[int], stride: Sequence[int], storage_offset: Any = None) -> torch.Tensor:
+def as_strided(input: torch.Tensor, size: Sequence[Any], stride: Sequence[Any], storage_offset: Any = None) -> torch.Tensor:
     """The strided view as a gather of the input's elements. Its positions address the storage, which the input's
     own strides lay its elements out in (Longformer takes the view of a transposed tensor, with strides computed
     from its `stride()`): each position is mapped back to the element stored there, so any layout whose elements
-    do not overlap is taken. A position no element of the input holds (a view reaching into the rest of a larger
-    tensor's storage) is refused, as is an input whose elements overlap."""
+    do not overlap is taken. Leading axes the view keeps as they are (same size, same stride: a batch) are not
+    indexed, so they may stay dynamic; the rest is one constant gather per leading slice. A position no element of
+    the input holds (a view reaching into the rest of a larger tensor's storage) and an input whose elements overlap
+    are refused."""
     import numpy as np
 
     from buildsys.rewrites.mechanism import constant
 
-    shape = [int(n) for n in input.shape]
-    own = _strided_positions(shape, [int(s) for s in input.stride()], int(input.storage_offset())).reshape(-1)
+    kept, limit = 0, min(len(size), input.dim())
+    while kept < limit and _same(size[kept], input.shape[kept]) and _same(stride[kept], input.stride()[kept]):
+        kept += 1
+    rest = [int(n) for n in input.shape[kept:]]
+    own = _strided_positions(rest, [int(s) for s in input.stride()[kept:]], 0).reshape(-1)
     if own.size and np.unique(own).size != own.size:
         raise RewriteNotApplicable("strided-view", "as_strided", "a tensor whose elements overlap in its storage")
-    start = int(storage_offset) if storage_offset is not None else int(input.storage_offset())
-    wanted = _strided_positions(size, stride, start).reshape(-1)
+    start = 0 if storage_offset is None else int(storage_offset) - int(input.storage_offset())  # within each slice
+    wanted = _strided_positions(size[kept:], stride[kept:], start).reshape(-1)
     element = np.full(int(own.max()) + 1 if own.size else 0, -1, dtype=np.int64)
     element[own] = np.arange(own.size)
     if wanted.size and (wanted.min() < 0 or wanted.max() >= element.size or (element[wanted] < 0).any()):
         raise RewriteNotApplicable("strided-view", "as_strided", "a view reaching outside the tensor's own elements")
-    return input.reshape(-1).index_select(0, constant(element[wanted])).reshape([int(n) for n in size])
+    flat = input.reshape(*input.shape[:kept], -1) if kept else input.reshape(-1)
+    return flat.index_select(kept, constant(element[wanted])).reshape(*input.shape[:kept], *[int(n) for n in size[kept:]])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two sizes or strides are the same, without a guard on a symbolic one (equal expressions only)."""
+    import torch
+
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+        return bool(statically_known_true(a == b))
+    return int(a) == int(b)
 
 
 def _handlers() -> HandlerTable:

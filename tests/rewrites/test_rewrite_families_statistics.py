@@ -105,3 +105,21 @@ def test_bilinear(dtype: torch.dtype) -> None:
     same("bilinear", lambda a, b: torch.nn.functional.bilinear(a, b, w), x1[0, 0], x2[0, 0])
     check(lambda a, b: torch.nn.functional.bilinear(a, b, w.float()), "bilinear", randn(3, 5), randn(3, 3),
           graphs=True)
+
+
+def _chunks(t: torch.Tensor) -> torch.Tensor:
+    """Longformer's chunking: [batch, 16, 3] as windows of 8 frames overlapping by 4, the strides from the tensor's."""
+    view = t.view(t.size(0), 2, 8, t.size(2))
+    size, stride = list(view.size()), list(view.stride())
+    size[1], stride[1] = size[1] * 2 - 1, stride[1] // 2
+    return view.as_strided(size=size, stride=stride)
+
+
+def test_a_strided_view_keeps_the_batch_it_does_not_index_dynamic() -> None:
+    rewritten = rewrites.apply(Fn(_chunks), ["strided-view"])
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(rewritten, (randn(2, 16, 3),), dynamic_shapes=(({0: batch},),), strict=False)
+    assert "as_strided" not in str(program.graph_module.code)
+    for n in (1, 5):
+        x = randn(n, 16, 3, seed=n)
+        assert_equivalent(program.module()(x), _chunks(x), 0.0)
