@@ -74,28 +74,67 @@ def as_strided(input: torch.Tensor, size: Sequence[Any], stride: Sequence[Any], 
     own strides lay its elements out in (Longformer takes the view of a transposed tensor, with strides computed
     from its `stride()`): each position is mapped back to the element stored there, so any layout whose elements
     do not overlap is taken. Leading axes the view keeps as they are (same size, same stride: a batch) are not
-    indexed, so they may stay dynamic; the rest is one constant gather per leading slice. A position no element of
-    the input holds (a view reaching into the rest of a larger tensor's storage) and an input whose elements overlap
-    are refused."""
-    import numpy as np
-
+    indexed, so they may stay dynamic; the rest is one constant gather per leading slice. Strides that hold a
+    dynamic size (a batch interleaved in the storage) are taken where the gather is the same at two values of it.
+    A position no element of the input holds (a view reaching into the rest of a larger tensor's storage), an
+    input whose elements overlap, and a gather that depends on a dynamic size are refused."""
     from buildsys.rewrites.mechanism import constant
 
     kept, limit = 0, min(len(size), input.dim())
     while kept < limit and _same(size[kept], input.shape[kept]) and _same(stride[kept], input.stride()[kept]):
         kept += 1
-    rest = [int(n) for n in input.shape[kept:]]
-    own = _strided_positions(rest, [int(s) for s in input.stride()[kept:]], 0).reshape(-1)
+    rest, own, view = input.shape[kept:], input.stride()[kept:], (size[kept:], stride[kept:])
+    offset = 0 if storage_offset is None else storage_offset - input.storage_offset()  # within each slice
+    symbols = {s for v in (*rest, *own, *view[0], *view[1], offset) for s in _free(v)}
+    hints = {s: _hint(s) for s in symbols}
+    index = _gather_index(rest, own, view, offset, hints)
+    if symbols and not (index == _gather_index(rest, own, view, offset, {s: 2 * h + 1 for s, h in hints.items()})).all():
+        raise RewriteNotApplicable("strided-view", "as_strided", "a gather that depends on a dynamic size")
+    flat = input.reshape(*input.shape[:kept], -1) if kept else input.reshape(-1)
+    return flat.index_select(kept, constant(index)).reshape(*input.shape[:kept], *[_at(n, hints) for n in size[kept:]])
+
+
+def _gather_index(shape: Sequence[Any], strides: Sequence[Any], view: tuple[Sequence[Any], Sequence[Any]], offset: Any,
+                  values: dict[Any, int]) -> "np.ndarray":
+    """The flat index, into a slice of `shape` laid out by `strides`, of each element of the strided `view` (size,
+    stride; positions from `offset`), with the dynamic sizes at `values`; refused where an element overlaps another
+    or a position holds none."""
+    import numpy as np
+
+    own = _strided_positions([_at(n, values) for n in shape], [_at(s, values) for s in strides], 0).reshape(-1)
     if own.size and np.unique(own).size != own.size:
         raise RewriteNotApplicable("strided-view", "as_strided", "a tensor whose elements overlap in its storage")
-    start = 0 if storage_offset is None else int(storage_offset) - int(input.storage_offset())  # within each slice
-    wanted = _strided_positions(size[kept:], stride[kept:], start).reshape(-1)
+    wanted = _strided_positions([_at(n, values) for n in view[0]], [_at(s, values) for s in view[1]],
+                                _at(offset, values)).reshape(-1)
     element = np.full(int(own.max()) + 1 if own.size else 0, -1, dtype=np.int64)
     element[own] = np.arange(own.size)
     if wanted.size and (wanted.min() < 0 or wanted.max() >= element.size or (element[wanted] < 0).any()):
         raise RewriteNotApplicable("strided-view", "as_strided", "a view reaching outside the tensor's own elements")
-    flat = input.reshape(*input.shape[:kept], -1) if kept else input.reshape(-1)
-    return flat.index_select(kept, constant(element[wanted])).reshape(*input.shape[:kept], *[int(n) for n in size[kept:]])
+    return element[wanted]
+
+
+def _free(value: Any) -> set[Any]:
+    """The symbols of a symbolic size or stride (none for an int)."""
+    expr = getattr(getattr(value, "node", None), "expr", None)
+    return set(getattr(expr, "free_symbols", ()))
+
+
+def _hint(symbol: Any) -> int:
+    """A symbol's value in the example being traced."""
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode()
+    env = getattr(mode, "shape_env", None)
+    hint = env.var_to_val.get(symbol) if env is not None else None
+    if hint is None:
+        raise RewriteNotApplicable("strided-view", "as_strided", f"no value known for the size {symbol}")
+    return int(hint)
+
+
+def _at(value: Any, values: dict[Any, int]) -> int:
+    """A size, stride or offset with its symbols at `values`: an int, without a guard on the symbolic one."""
+    expr = getattr(getattr(value, "node", None), "expr", None)
+    return int(expr.xreplace(values)) if expr is not None else int(value)
 
 
 def _same(a: Any, b: Any) -> bool:
