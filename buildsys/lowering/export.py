@@ -71,8 +71,9 @@ def export_module(module: Any, args: tuple[Any, ...], shapes: Any, strict: bool,
                   step: str) -> "ExportedProgram":
     """torch.export of `module` (`shapes`: its dynamic_shapes, or None); where it stops on a data-dependent value,
     exported again with the example's real tensors propagated beside the fake ones (what PyTorch's draft export
-    does): each decision on such a value takes the example's, and the program asserts it at run time (`aten._assert_scalar`). A caveat of `step` appended to
-    `caveats` names the values assumed; the check's validation data, not the example, judges whether they hold."""
+    does): each decision on such a value takes the example's, and the program asserts it at run time
+    (`aten._assert_scalar`). A caveat of `step` appended to `caveats` names the values assumed; the check's
+    validation data, not the example, judges whether they hold."""
     import torch
     from torch._functorch import config as functorch_config
 

@@ -5,7 +5,7 @@ The view's positions are known from the static shapes and arguments alone, so a 
 input to the element of the source written there (NumPy computes the view, `np.diagonal` for the diagonal with its
 offset and dims, the size / stride / offset arithmetic for a strided view of the contiguous input): the output is
 the source gathered by that map where the view is, the input elsewhere. One index_select and one where, which every
-converter has. A strided view of a contiguous tensor (Longformer's overlapping attention chunks) is the same map
+converter has. A strided view (Longformer's overlapping attention chunks) is the same map
 read the other way: the input's elements gathered at the view's positions (mapped back through the input's
 own strides, so a transposed input is taken too), one index_select.
 
@@ -78,6 +78,8 @@ def as_strided(input: torch.Tensor, size: Sequence[Any], stride: Sequence[Any], 
     dynamic size (a batch interleaved in the storage) are taken where the gather is the same at two values of it.
     A position no element of the input holds (a view reaching into the rest of a larger tensor's storage), an
     input whose elements overlap, and a gather that depends on a dynamic size are refused."""
+    import numpy as np
+
     from buildsys.rewrites.mechanism import constant
 
     kept, limit = 0, min(len(size), input.dim())
@@ -88,7 +90,7 @@ def as_strided(input: torch.Tensor, size: Sequence[Any], stride: Sequence[Any], 
     symbols = {s for v in (*rest, *own, *view[0], *view[1], offset) for s in _free(v)}
     hints = {s: _hint(s) for s in symbols}
     index = _gather_index(rest, own, view, offset, hints)
-    if symbols and not (index == _gather_index(rest, own, view, offset, {s: 2 * h + 1 for s, h in hints.items()})).all():
+    if symbols and not np.array_equal(index, _gather_index(rest, own, view, offset, {s: 2 * h + 1 for s, h in hints.items()})):
         raise RewriteNotApplicable("strided-view", "as_strided", "a gather that depends on a dynamic size")
     flat = input.reshape(*input.shape[:kept], -1) if kept else input.reshape(-1)
     return flat.index_select(kept, constant(index)).reshape(*input.shape[:kept], *[_at(n, hints) for n in size[kept:]])
@@ -173,7 +175,8 @@ REWRITES = (
         name="strided-view",
         version=1,
         removes=("aten::as_strided",),
-        description="as_strided of a contiguous tensor as a constant-index gather of its elements",
+        description="as_strided as a constant-index gather of the input's elements (its storage positions mapped "
+                    "back through the input's own strides)",
         handlers=_strided_handlers,
     ),
 )

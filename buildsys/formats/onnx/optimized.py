@@ -28,7 +28,7 @@ ONNX_OPTIMIZED = register_format(Format(
     description="ONNX model with ONNX Runtime's graph optimizations applied offline (faster session start).",
 ))
 #: ONNX Runtime's offline optimization levels, highest first: a level whose output ONNX Runtime cannot load (a fusion
-#: its own session then refuses: seen on two sequence models) is answered by the next one down.
+#: its own session then refuses, as issue 56 reports of two sequence models) is answered by the next one down.
 LEVELS = ("all", "extended", "basic")
 #: What a step that reads a float32 ONNX model consumes: the export, or its offline-optimized copy.
 FLOAT_ONNX = ("onnx", ONNX_OPTIMIZED.name)

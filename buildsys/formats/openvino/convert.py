@@ -100,7 +100,7 @@ class OpenVinoFromOnnx(PruningStep):
     them dense."""
 
     produces = "openvino"
-    packages = ("openvino",)
+    packages: tuple[str, ...] = ("openvino",)
     extra = EXTRA
     toolchain = "openvino"
     description = "openvino.convert_model of the ONNX file, saved with float32 (fp16: float16-compressed) weights; " \
@@ -167,6 +167,7 @@ class OpenVinoFromPt2(OpenVinoFromOnnx):
     ONNX route's code."""
 
     version = 1
+    packages = ("openvino", "torch")  # torch loads the program
     route_cost = 1.5  # after pytorch → onnx → openvino (2 steps of 1); before longer detours
     description = ("openvino.convert_model of the torch.export program (OpenVINO's PyTorch frontend), saved with "
                    "float32 (fp16: float16-compressed) weights; with sparsity, its weight constants pruned by magnitude.")
