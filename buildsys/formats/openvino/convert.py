@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from buildsys.formats import register_formats, register_variants
 from buildsys.formats.base import Format, Step, StepContext
@@ -100,7 +100,7 @@ class OpenVinoFromOnnx(PruningStep):
     them dense."""
 
     produces = "openvino"
-    packages: tuple[str, ...] = ("openvino",)
+    packages: ClassVar[tuple[str, ...]] = ("openvino",)
     extra = EXTRA
     toolchain = "openvino"
     description = "openvino.convert_model of the ONNX file, saved with float32 (fp16: float16-compressed) weights; " \
