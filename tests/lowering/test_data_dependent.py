@@ -1,7 +1,8 @@
 """torch.export of a model that reads a value from its data and loops on it (buildsys/lowering/export.py): stopped
 by a data-dependent guard, exported again with the example's values, which the program asserts; a converter that
-needs a fixed program gets it with the values those assertions pin written in (buildsys/lowering/reads.py). The models: tests/helpers/lowering_models.py's
-chunked local attention (the window count read from the attention mask) and small ones below."""
+needs a fixed program gets it with the values those assertions pin written in (buildsys/lowering/reads.py). The
+models: tests/helpers/lowering_models.py's chunked local attention (the window count read from the attention mask)
+and small ones below."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_a_data_dependent_loop_is_exported_with_the_examples_values_and_asserts_
         program.module()(*_inputs(valid=10))
 
 
-def test_a_converter_exporting_again_gets_the_program_without_its_data_assertions() -> None:
+def test_a_converter_exporting_again_gets_the_program_with_the_values_its_assertions_pin() -> None:
     model, args = chunked_attention(), _inputs()
     module = export_module(model, args, None, False, [], "pt2-from-pytorch").module()
     assert with_asserted_values(module) == 1  # u0, which Eq(u0, 16) pins
