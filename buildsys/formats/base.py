@@ -283,6 +283,10 @@ class Step:
     #: assertion deep in its op translation, "Cannot add const"), the whole program decomposed to core ATen is
     #: the next route (docs/lowering.md): composite ops are where converters' translations break most.
     decomposes_unnamed: ClassVar[bool] = False
+    #: Answers tried first for a refusal that names no op and shows no symptom, before the core decomposition
+    #: (Core ML: its fixed-shape switch, since coremltools' translations fail on symbolic sizes in ways no message
+    #: names: Longformer's "IndexError: list assignment index out of range").
+    unnamed_answers: ClassVar[tuple["Answer", ...]] = ()
 
     @classmethod
     def answers(cls, error: str, ops: Sequence[str] = (), decomposable: Collection[str] | None = None) -> list["Answer"]:
@@ -295,13 +299,14 @@ class Step:
 
         The answers of the step's `symptoms` the refusal shows come first; then, for a refusal that names ATen ops
         PyTorch can decompose, those ops decomposed, then the whole program to core ATen; for one that names none
-        and shows no symptom, of a step that `decomposes_unnamed`, the whole program to core ATen."""
+        and shows no symptom, the step's `unnamed_answers`, then, of a step that `decomposes_unnamed`, the whole
+        program to core ATen."""
         from buildsys.lowering import DECOMPOSE_CORE, decomposition_answers, refused_ops, symptom_answers
         from buildsys.lowering.answers import STOPPED
 
         found = symptom_answers(error, cls.symptoms) + decomposition_answers(error, decomposable)
-        if not found and cls.decomposes_unnamed and not refused_ops(error) and not STOPPED.search(error):
-            found = [DECOMPOSE_CORE]
+        if not found and not refused_ops(error) and not STOPPED.search(error):
+            found = [*cls.unnamed_answers, *([DECOMPOSE_CORE] if cls.decomposes_unnamed else [])]
         return list(dict.fromkeys(found))  # an answer two readings give is tried once
 
     @classmethod

@@ -67,6 +67,7 @@ class CoremlFromTorchScript(PruningStep):
     toolchain = "coreml"
     unused_imports = COREMLTOOLS_PROBES
     probed_imports = COREMLTOOLS_IMPORT_PROBES
+    unnamed_answers = (STATIC_SHAPES.answer,)  # symbolic sizes fail in coremltools without a word that says so
     Options = CoremlOptions
     accepts_ops = ("coremltools", "exported")  # the traced graph, as coremltools' TorchScript frontend reads it
     description = "coremltools.convert(convert_to='mlprogram', compute_precision=FLOAT32 or FLOAT16)."
