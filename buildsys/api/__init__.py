@@ -247,16 +247,21 @@ def _run(planner: Any, the_plan: Any, writer: Any, *, jobs: int, keep_going: boo
 def _report(opened: Any, the_plan: Any, results: dict[str, NodeResult], seconds: float) -> BuildReport:
     from buildsys.planning.kinds import CheckKind
     from buildsys.report.console import target_rows
-    from buildsys.records import FRESH, BuildResult
+    from buildsys.records import FAILED, FRESH, SKIPPED, BuildResult
 
     planner = opened.planner
     result = BuildResult({**{p.node.name: NodeResult(p.node.name, FRESH) for p in the_plan.order()}, **results})
-    rows = target_rows(the_plan, planner.lock.nodes, planner.lock.targets, source_sizes(opened), planner.lock.routes)
+    undelivered = {the_plan.dag.nodes[name].target: dict(r.metrics) for name, r in results.items()
+                   if r.outcome in (FAILED, SKIPPED) and name in the_plan.dag.nodes
+                   and the_plan.dag.nodes[name].kind == CheckKind.name and the_plan.dag.nodes[name].target}
+    rows = target_rows(the_plan, planner.lock.nodes, planner.lock.targets, source_sizes(opened), planner.lock.routes,
+                       undelivered)
     targets = {}
     for row in rows:
         name = row["target"]
         node = the_plan.dag.nodes[the_plan.dag.target_nodes[name]]
-        check = planner.lock.nodes.get(CheckKind.node_name(name), {})
+        check = {"metrics": undelivered[name]} if name in undelivered else \
+            planner.lock.nodes.get(CheckKind.node_name(name), {})
         path = row.get("path")
         targets[name] = TargetResult(
             name=name, model=node.model, format=node.format, precision=node.precision, status=row["check"],

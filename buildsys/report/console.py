@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from buildsys.formats.precision import BYTES_PER_WEIGHT
 from buildsys.records import BuildResult
@@ -172,15 +172,20 @@ def _targets_needing(plan: Plan, name: str) -> list[str]:
 
 
 def target_rows(plan: Plan, lock_nodes: dict[str, Any], lock_targets: dict[str, Any],
-                source_sizes: dict[str, int], lock_routes: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                source_sizes: dict[str, int], lock_routes: dict[str, Any] | None = None,
+                undelivered: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One summary row per requested target: size (and ratio to the fp32 source weights), check
-    status and what users feel: accuracy, top-1 agreement, largest error; the choice `prefer:` made."""
-    rows = []
+    status and what users feel: accuracy, top-1 agreement, largest error; the choice `prefer:` made.
+    `undelivered` maps the targets this build did not deliver (their check failed or never ran) to what their
+    check measured in it ({} when it never ran): the lock's older record of them describes another model or other
+    options than what was asked now, so it is not read."""
+    rows, undelivered = [], undelivered or {}
     for target in plan.targets:
         node = plan.dag.nodes[plan.dag.target_nodes[target]]
-        recorded = lock_targets.get(target, {})
+        recorded = {} if target in undelivered else lock_targets.get(target, {})
         size = sum(f[2] for f in recorded.get("files", []))
-        entry = lock_nodes.get(CheckKind.node_name(target), {})
+        entry = {"metrics": undelivered[target]} if target in undelivered else \
+            lock_nodes.get(CheckKind.node_name(target), {})
         check = entry.get("metrics", {})
         dropped: list[dict[str, Any]] = [{k: r[k] for k in ("route", "node", "reason", "observed") if k in r}
                    for r in plan.dropped.get(target, [])]

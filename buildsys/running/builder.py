@@ -89,6 +89,9 @@ class Builder:
             if nplan.action in (PlanAction.FAIL, PlanAction.SKIP):
                 pending.pop(nplan.node.name)
                 outcome = FAILED if nplan.action is PlanAction.FAIL else SKIPPED
+                if outcome is FAILED and kind_of(nplan.node).owns_delivery and nplan.node.target:
+                    self._withdraw(nplan.node.target)  # every route failed: what an earlier build delivered is
+                    # another model's or other options' artifact, not this target's
                 self._finish(NodeResult(nplan.node.name, outcome, error=nplan.reasons[0], user_error=True))
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:

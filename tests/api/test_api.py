@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +75,20 @@ def test_a_failed_build_raises_with_its_report(cwd: TinyProject) -> None:
     report = caught.value.report  # type: ignore[attr-defined]
     assert not report.ok and [r.name for r in report.failed] == ["verify:server"]
     assert report.targets["server"].status == "not delivered" and report.targets["server"].artifact is None
+
+
+def test_a_target_that_fails_after_passing_is_not_delivered(cwd: TinyProject) -> None:
+    """A target delivered once and then asked of a model that no route builds: the build says "not delivered", not
+    the earlier build's "passed", and removes the earlier artifact (it is another model's)."""
+    tiny = cwd
+    assert modelbuild.load(tiny.config).build(["server"]).targets["server"].status == "passed"
+    tiny.edit("kwargs: {calls: ", "kwargs: {fail: true, calls: ")
+    with pytest.raises(modelbuild.BuildFailed) as caught:
+        modelbuild.load(tiny.config).build(["server"], keep_going=True)
+    target = caught.value.report.targets["server"]  # type: ignore[attr-defined]
+    assert (target.status, target.artifact, target.size_bytes, target.metrics) == ("not delivered", None, 0, {})
+    assert not (tiny.root / "artifacts" / "server").exists()
+    assert "server" not in json.loads((tiny.root / "deploy.lock").read_text())["targets"]
     unchecked = modelbuild.load(tiny.config).build(["server"], check=False)  # the same, returned
     assert not unchecked.ok and [r.name for r in unchecked.failed] == ["verify:server"]  # a miss is re-judged
 
