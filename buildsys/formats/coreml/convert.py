@@ -60,7 +60,7 @@ class CoremlFromTorchScript(PruningStep):
     Weights are compressed afterwards when `weight_compression` asks for it."""
 
     produces = "coreml"
-    version = 3  # 2: static outputs reshaped to torch's shape (output_shapes.py); 3: uniform_constants.py's fills
+    version = 4  # 2: outputs in torch's shape (output_shapes.py); 3: fills; 4: high_rank, broadcast_constants, zero_
     packages = ("coremltools", "torch")
     extra = "coreml"
     toolchain = "coreml"
@@ -372,8 +372,8 @@ class Int8Member(CoremlFromTorchScript):
 
     produces = "coreml-int8"
     precision = "int8"
-    version = 4  # 2: the share of weights compressed measured on the package (quantized_weights); 3: outputs in
-    # torch's shape (output_shapes.py); 4: uniform constants as fills (uniform_constants.py)
+    version = 5  # 2: the share of weights compressed measured on the package (quantized_weights); 3: outputs in
+    # torch's shape (output_shapes.py); 4: uniform constants as fills (uniform_constants.py); 5: convert's 4
     Options = CoremlInt8Options
     committed_metrics = ("sparsity_search", "quantized_weights")
 

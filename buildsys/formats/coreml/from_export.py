@@ -26,9 +26,10 @@ class _FromExport(CoremlFromTorchScript):
     symptoms = (STATIC_SHAPES,)  # this is the torch.export frontend already
     decomposes_unnamed = True
 
-    version = 5  # 2: op nodes named apart from string arguments (names_apart_from_strings); 3: outputs in torch's
+    version = 6  # 2: op nodes named apart from string arguments (names_apart_from_strings); 3: outputs in torch's
     # shape (output_shapes.py), the project's own decompositions (lowering/decompose.core_table); 4: past the core
-    # set (decompose.to_core), input mutations dropped (lowering/export.without_input_mutations); 5: fills (convert's 3)
+    # set (decompose.to_core), input mutations dropped (lowering/export.without_input_mutations); 5: fills (convert's
+    # 3); 6: convert's 4
     route_cost = 1.5  # after pytorch → torchscript → coreml (2 steps of 1); before longer detours
     description = "coremltools.convert of the torch.export program (decomposed to core ATen)."
 
@@ -88,4 +89,4 @@ class CoremlInt8FromPt2(Int8Member, _FromExport):
 
     name = "coreml-int8-from-pt2"
     consumes = PROGRAM
-    version = 6  # Int8Member's 4, the route's names_apart_from_strings, to_core and without_input_mutations
+    version = 7  # Int8Member's 5, the route's names_apart_from_strings, to_core and without_input_mutations

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from buildsys.formats.coreml.frontend_inplace import zero_translation, zeroed_slices
 from buildsys.formats.coreml.frontend_ops import op_patches
 
 
@@ -23,14 +24,14 @@ def frontend_patches() -> Iterator[None]:
     patches = {**_per_channel_prelu(table), **_scalar_casts(table), **_scalar_where(table),
                **_clamp_bounds(table), **_exact_reciprocal(table),
                **_diagonal(table),
-               **_new_ones(table), **_full_like_dtype(table), **op_patches(table)}
+               **_new_ones(table), **_full_like_dtype(table), **op_patches(table), **zero_translation(table)}
     # the same translation registered under other names ('where.self' for torch.export's aten.where.self)
     patches.update({alias: patches[name] for name in list(patches) for alias, func in table.items()
                     if func is table.get(name) and alias not in patches})
     originals = {name: table.get(name) for name in patches}
     table.update(patches)
     try:
-        with _computed_bias():
+        with _computed_bias(), zeroed_slices():
             yield
     finally:
         for name, original in originals.items():
@@ -349,9 +350,13 @@ def make_reproducible(package: Path) -> None:
     and consistent with rootModelIdentifier: derive them from the item paths), and serializes the
     spec's protobuf maps in hash order (re-serialize deterministically). An item that is an empty
     directory (the `weights` of a model without weights) is dropped from the manifest: the store keeps
-    files only, and a manifest naming a directory that is not there cannot be opened.
+    files only, and a manifest naming a directory that is not there cannot be opened. The debug map coremltools
+    writes beside a program from torch.export (op names by ExecuTorch debug handle, for ExecuTorch's Core ML
+    delegate) is not in the manifest and no Core ML runtime reads it: it is removed (19 KB of a 44 KB package).
     """
     from coremltools.proto import Model_pb2
+
+    (package / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
 
     manifest = package / "Manifest.json"
     data = json.loads(manifest.read_text())

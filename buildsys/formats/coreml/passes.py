@@ -7,13 +7,19 @@ from typing import Any, Callable
 
 
 def pipeline(recurrent_weights_fp16: bool) -> Any:
-    """coremltools' default pipeline, then `uniform_constants` (a buffer of one value computed by a `fill`, not
-    stored), then, where asked, `recurrent_fp16` (an iOS 16 float16 package's recurrent weights stored in float16)."""
+    """coremltools' default pipeline, then `high_rank` (rank-6 reshape / transpose chains with a dynamic size
+    folded to rank ≤ 5), `broadcast_constants` (a constant that repeats along an axis its reader broadcasts stored
+    once), `uniform_constants` (a buffer of one value computed by a `fill`, not stored), then, where asked,
+    `recurrent_fp16` (an iOS 16 float16 package's recurrent weights stored in float16)."""
     import coremltools as ct
 
-    from buildsys.formats.coreml import recurrent_fp16, uniform_constants
+    from buildsys.formats.coreml import broadcast_constants, high_rank, recurrent_fp16, uniform_constants
 
     chosen = ct.PassPipeline()
+    _register(high_rank.PASS_NAME, high_rank.fold_block)
+    chosen.append_pass(high_rank.PASS_NAME)
+    _register(broadcast_constants.PASS_NAME, broadcast_constants.store_once_block)
+    chosen.append_pass(broadcast_constants.PASS_NAME)
     _register(uniform_constants.PASS_NAME, uniform_constants.fill_block)
     chosen.append_pass(uniform_constants.PASS_NAME)
     if recurrent_weights_fp16:

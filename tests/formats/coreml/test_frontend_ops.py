@@ -1,6 +1,7 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
 of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
-with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch;
+with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch,
+`zero_` of a slice or a whole tensor (frontend_inplace.py);
 each refused by coremltools as it is, converted under modelbuild's patches by both frontends and agreeing with
 PyTorch in the MIL interpreter."""
 
@@ -57,6 +58,15 @@ def _infinities(y: torch.Tensor) -> torch.Tensor:
     return finite + torch.isinf(y).float() + 2 * torch.isposinf(y).float() - 4 * torch.isneginf(y).float()
 
 
+def _zeroed(x: torch.Tensor) -> torch.Tensor:
+    """`zero_` of a slice (written into the tensor it views, as Swin v2 zeroes its key bias) and of a whole tensor."""
+    y = x * 2
+    y[:, 1:3].zero_()
+    whole = x.clone()
+    whole.zero_()
+    return y + whole + 1
+
+
 CASES = {
     "prod over a dim": lambda x: torch.prod(x, 1) + 1.0,
     "prod keepdim": lambda x: x.prod(dim=-1, keepdim=True) * 2.0,
@@ -74,6 +84,7 @@ CASES = {
     "layer_norm of run-time weights": lambda x: torch.nn.functional.layer_norm(x, (5,), x[0, 0] * 0.5 + 1, x[0, 1]),
     "layer_norm of a run-time weight over two axes": lambda x: torch.nn.functional.layer_norm(x, (4, 5), x[0].exp(),
                                                                                                eps=1e-3),
+    "zero_ of a slice and of a whole tensor": _zeroed,
 }
 
 
@@ -89,6 +100,11 @@ def test_coremltools_as_it_is_refuses_them() -> None:
     for case in ("prod over a dim", "or of comparisons", "argmax of all"):
         with pytest.raises(Exception):  # noqa: B017 - each fails in its own words
             _convert(Fn(CASES[case]), x, "export")
+
+
+def test_coremltools_as_it_is_refuses_zero_in_a_trace() -> None:
+    with pytest.raises(NotImplementedError, match="zero_"):  # torch.export's functional graph holds none
+        _convert(Fn(_zeroed), torch.randn(3, 4, 5), "torchscript")
 
 
 class NamedLikeAnArgument(torch.nn.Module):
