@@ -1,10 +1,8 @@
 """The Core ML formats: ML Programs (.mlpackage) converted from the traced model by coremltools.
 
-`coreml` computes in float32, `coreml-fp16` in float16 (what the GPU and Neural Engine run), and
-`coreml-int8` compresses the weights (linear int8, or a 256/16-entry palette) on top of fp16
-compute. Inputs and outputs keep the signature's names. Conversion works on Linux; running the
-package needs macOS (see buildsys.formats.coreml.runtime, which also inspects packages structurally).
-"""
+`coreml` computes in float32, `coreml-fp16` in float16 (what the GPU and Neural Engine run), and `coreml-int8`
+compresses the weights (linear int8, or a 256/16-entry palette) on top of fp16 compute. Inputs and outputs keep the
+signature's names. Conversion works on Linux; running the package needs macOS (formats/coreml/runtime.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +15,7 @@ from buildsys.formats.coreml.frontend import conversion_failure, first_line, mak
 from buildsys.formats.coreml.options import SPEC_VERSION, CoremlInt8Options, CoremlOptions, first_target
 from buildsys.formats.coreml import recurrent_fp16
 from buildsys.formats.coreml.passes import pipeline
+from buildsys.formats.coreml.weights import DEFAULT_THRESHOLD, threshold_for
 from buildsys.formats.keep_float import pinned, searched
 from buildsys.formats.prune_search import PruningStep
 from buildsys.formats.torch.torchscript import TRACED, load_input
@@ -180,7 +179,8 @@ class CoremlFromTorchScript(PruningStep):
             from buildsys.formats.coreml.weights import measure
             from buildsys.formats.quantized_weights import kept_float
 
-            pruned["quantized_weights"] = measure(path, self.precision, opts.weight_threshold, kept_float(repair, opts))
+            pruned["quantized_weights"] = measure(path, self.precision, threshold_for(
+                getattr(mlmodel, "_mil_program", None), opts.weight_threshold), kept_float(repair, opts))
         for fact in ("output_reshaped", "input_mutations_dropped"):  # what the route's loading changed
             if ctx.extra.get(fact):
                 pruned[fact] = ctx.extra[fact]
@@ -284,7 +284,7 @@ class CoremlFromTorchScript(PruningStep):
         )
 
         opts = ctx.options
-        mode = opts.weight_compression
+        mode, threshold = opts.weight_compression, threshold_for(mlmodel._mil_program, opts.weight_threshold)
         if isinstance(opts.sparsity, float):
             return self._prune(ctx, mlmodel, opts.sparsity)
         if mode == "none":
@@ -292,10 +292,10 @@ class CoremlFromTorchScript(PruningStep):
         try:
             if mode == "int8":
                 config = OptimizationConfig(global_config=OpLinearQuantizerConfig(
-                    mode="linear_symmetric", dtype="int8", weight_threshold=opts.weight_threshold))
+                    mode="linear_symmetric", dtype="int8", weight_threshold=threshold))
                 return linear_quantize_weights(mlmodel, config)
             config = OptimizationConfig(global_config=OpPalettizerConfig(
-                mode="kmeans", nbits=8 if mode == "palettize8" else 4, weight_threshold=opts.weight_threshold))
+                mode="kmeans", nbits=8 if mode == "palettize8" else 4, weight_threshold=threshold))
             return palettize_weights(mlmodel, config)
         except Exception as exc:
             raise self.fail(ctx, f"weight compression '{mode}' failed: {type(exc).__name__}: "
@@ -305,8 +305,8 @@ class CoremlFromTorchScript(PruningStep):
         """Magnitude pruning of every weight with at least weight_threshold elements, stored sparse."""
         from coremltools.optimize.coreml import OpMagnitudePrunerConfig, OptimizationConfig, prune_weights
 
-        config = OptimizationConfig(global_config=OpMagnitudePrunerConfig(
-            target_sparsity=sparsity, weight_threshold=ctx.options.weight_threshold))
+        config = OptimizationConfig(global_config=OpMagnitudePrunerConfig(target_sparsity=sparsity, weight_threshold=(
+            DEFAULT_THRESHOLD if ctx.options.weight_threshold is None else ctx.options.weight_threshold)))
         try:
             return prune_weights(mlmodel, config)
         except Exception as exc:

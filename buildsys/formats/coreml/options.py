@@ -73,9 +73,11 @@ class CoremlOptions(SearchingOptions):
         default="none", description="'int8': linear symmetric int8 weights (constexpr_affine_dequantize, about "
         "4x smaller than fp32). 'palettize8' / 'palettize4': k-means palettes of 256 / 16 values per tensor "
         "(constexpr_lut_to_dense). Needs iOS16/macOS13.")
-    weight_threshold: int = Field(
-        default=2048, ge=0, description="Weights with fewer elements than this stay uncompressed (biases, "
-        "tiny layers: compressing them saves nothing and costs accuracy). coremltools' default.")
+    weight_threshold: Optional[int] = Field(
+        default=None, ge=0, description="Weights with fewer elements than this stay uncompressed (biases, "
+        "tiny layers: compressing them saves little). Unset: coremltools' 2048, or 256 where the layers under 2048 "
+        "elements hold over a tenth of the model's weights (a small model, which would otherwise ship mostly float "
+        "under an int8 name); pruning (sparsity) keeps 2048.")
     sparsity: Optional[Union[Annotated[float, Field(gt=0, lt=1)], Literal["auto"]]] = Field(
         default=None, description="Post-training magnitude pruning: this share of each weight tensor "
         "(those with at least weight_threshold elements), the smallest in magnitude, is set to zero and the "

@@ -34,6 +34,11 @@ EVERY_INPUT = ("lstm", "gru", "rnn")
 STORED = {"constexpr_affine_dequantize": "quantized_data", "constexpr_blockwise_shift_scale": "data",
           "constexpr_lut_to_dense": "lut", "constexpr_sparse_to_dense": "nonzero_data", "constexpr_cast": "source_val"}
 MEASURED_ON = "the ML Program's weights (each weight's const or compressed-weight op)"
+#: coremltools' own weight_threshold: weights with fewer elements stay uncompressed
+DEFAULT_THRESHOLD = 2048
+#: ... lowered to this where the layers under it hold more than SMALL_SHARE of the weights: an int8 tensor of 256
+#: elements still saves 256 bytes against float16, more than its per-channel scales cost
+SMALL_MODEL_THRESHOLD, SMALL_SHARE = 256, 0.1
 
 
 def _dtype(var: "Var") -> str:
@@ -89,10 +94,25 @@ def weight_layers(program: Any) -> list[WeightTensor]:
     return found
 
 
+def threshold_for(program: Any, asked: int | None) -> int:
+    """The weight_threshold a compression of `program` uses: `asked` where set, else DEFAULT_THRESHOLD unless the
+    weight layers under it hold more than SMALL_SHARE of the weight elements (then SMALL_MODEL_THRESHOLD)."""
+    if asked is not None:
+        return asked
+    sizes = [w.elements for w in weight_layers(program)] if program is not None else []
+    small = sum(n for n in sizes if n < DEFAULT_THRESHOLD)
+    return SMALL_MODEL_THRESHOLD if sizes and small > SMALL_SHARE * sum(sizes) else DEFAULT_THRESHOLD
+
+
 def measure(path: Path, asked: str, threshold: int = 0, kept: Iterable[str] = ()) -> dict[str, Any]:
     """The `quantized_weights` fact of the .mlpackage at `path` at precision `asked`; float weights under the
     compression's `threshold` (weight_threshold: coremltools leaves them uncompressed) and the ops in `kept`
     (an fp16 package's keep_float: MIL op names) are named as such."""
     from buildsys.formats.coreml.mil import load_program
 
-    return record(weight_layers(load_program(path)[0]), asked, MEASURED_ON, kept=kept, small=threshold)
+    return measure_program(load_program(path)[0], asked, threshold, kept)
+
+
+def measure_program(program: Any, asked: str, threshold: int = 0, kept: Iterable[str] = ()) -> dict[str, Any]:
+    """`measure` of a MIL program in memory."""
+    return record(weight_layers(program), asked, MEASURED_ON, kept=kept, small=threshold)
