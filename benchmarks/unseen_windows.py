@@ -10,6 +10,10 @@ the modelbuild checkout given by `--code` first on the path (a worktree of an ol
     PYTHONPATH=. python benchmarks/unseen_windows.py --label after
     git worktree add /tmp/before 0e828d9 && PYTHONPATH=. python benchmarks/unseen_windows.py --code /tmp/before --label before
     PYTHONPATH=. python benchmarks/unseen_windows.py --summarize DIR --label L   # a finished run's build.jsonl
+    PYTHONPATH=. python benchmarks/unseen_windows.py --video --label after        # torchvision's video Swin, 5 formats
+
+`--video`: torchvision's video Swin (SwinTransformer3d at a small width: its window partition is rank 8) at
+[batch, 3, 8, 32, 32] to the five families a video model ships to (server ONNX, ios, ExecuTorch, TFLite, OpenVINO).
 
 Needs timm from the matrix's package directory (/work/matrix-site; benchmarks/coverage/site_packages.py). Appends
 to benchmarks/results/unseen_windows.json: per target the status, route, failed routes and size ratio; node-seconds,
@@ -50,6 +54,14 @@ SPECS = {
 }
 
 
+def video_swin():
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    torch.manual_seed(0)
+    return SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                             window_size=[2, 4, 4], num_classes=10).eval()
+
+
 def build(name):
     import timm
 
@@ -58,6 +70,20 @@ def build(name):
     return timm.create_model(arch, pretrained=False, num_classes=10, **kwargs).eval()
 '''
 MODELS = ("swinv2_cr", "davit", "efficientvit_m", "swin_s3")
+
+
+VIDEO = """models:
+  video_swin:
+    source: {factory: 'windows:video_swin'}
+    inputs: [{name: x, shape: [batch, 3, 8, 32, 32]}]
+    outputs: [{name: y, kind: scores}]
+targets:
+  video_swin-server: {model: video_swin, format: onnx}
+  video_swin-ios: {model: video_swin, platform: ios}
+  video_swin-executorch: {model: video_swin, format: executorch}
+  video_swin-tflite: {model: video_swin, format: tflite}
+  video_swin-openvino: {model: video_swin, format: openvino}
+"""
 
 
 def deploy() -> str:
@@ -91,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path, default=REPO, help="the modelbuild checkout to build with")
     parser.add_argument("--label", required=True)
     parser.add_argument("--summarize", type=Path, help="summarize a finished run's DIR/build.jsonl instead of running")
+    parser.add_argument("--video", action="store_true", help="torchvision's video Swin to five families instead")
     args = parser.parse_args(argv)
     if args.summarize:
         lines = (args.summarize / "build.jsonl").read_text().splitlines()
@@ -100,14 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="windows-") as tmp:
             root = Path(tmp)
             (root / "windows.py").write_text(FACTORY)
-            (root / "deploy.yaml").write_text(deploy())
+            (root / "deploy.yaml").write_text(VIDEO if args.video else deploy())
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.code), str(SITE)])}
             started = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "buildsys", "build", "-k", "-j", "1", "--json"], cwd=root,
                                   env=env, capture_output=True, text=True)
             print(f"build exited {proc.returncode} after {time.perf_counter() - started:.0f} s", file=sys.stderr)
             lines = proc.stdout.splitlines()
-    result = {"label": args.label, "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    result = {"label": args.label, "set": "video" if args.video else "windows", "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
               **summarize([json.loads(line) for line in lines if line.startswith("{")])}
     history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     RESULTS.write_text(json.dumps([*history, result], indent=1) + "\n")

@@ -9,12 +9,12 @@ the same fold with the dynamic sizes kept: the axes that the transpose keeps tog
 does not, the transpose is written as one rank-4 reshape and swap per axis, as coremltools' pass does. Every
 reshape of the fold holds the dynamic sizes in one entry, written -1, so only a chain whose dynamic sizes all fall
 in one group of axes is folded (a batch, or a batch and the windows it carries); any other chain is left for the
-rank check to refuse as before. The element order is the chain's, so the closing reshape is unchanged.
+rank check to refuse as before. The element order is the chain's, so the closing reshape is unchanged. The plan is
+lowering/ranks.steps, which also folds torch.export programs for ExecuTorch and litert-torch.
 """
 
 from __future__ import annotations
 
-from math import prod
 from typing import Any
 
 #: The pass's name in coremltools' registry, as a PassPipeline takes it.
@@ -43,63 +43,14 @@ def _chain(op: Any) -> tuple[Any, Any, Any] | None:
     return op, transpose, after[0]
 
 
-def groups(perm: list[int]) -> list[list[int]]:
-    """The input axes of `perm` in runs that stay adjacent and in order in its output, in output order:
-    [0, 1, 3, 2, 4, 5] → [[0, 1], [3], [2], [4, 5]]."""
-    runs: list[list[int]] = []
-    for axis in perm:
-        if runs and axis == runs[-1][-1] + 1:
-            runs[-1].append(axis)
-        else:
-            runs.append([axis])
-    return runs
-
-
-def folded(shape: list[Any], perm: list[int]) -> tuple[list[Any], list[int]]:
-    """The same transpose over fewer axes: each run of `groups(perm)` one axis, in input order (its size the product
-    of the run's sizes, symbolic where one of them is), and the perm over them."""
-    runs = sorted(groups(perm))
-    sizes = [prod(shape[a] for a in run) for run in runs]
-    starts = [run[0] for run in runs]
-    return sizes, [starts.index(run[0]) for run in groups(perm)]
-
-
-def _as_shape(sizes: list[Any]) -> list[int] | None:
-    """`sizes` as a reshape's constant shape, the one dynamic entry -1; None where more than one is dynamic."""
-    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
-
-    dynamic = [i for i, n in enumerate(sizes) if is_symbolic(n)]
-    if len(dynamic) > 1:
-        return None
-    return [-1 if is_symbolic(n) else int(n) for n in sizes]
-
-
-def _steps(sizes: list[Any], perm: list[int]) -> list[tuple[list[Any], list[int]]] | None:
-    """The transpose of a tensor of `sizes` by `perm` as (shape, perm) pairs, each of rank ≤ MAX_RANK, each shape
-    with at most one dynamic entry; None where that cannot be written."""
-    if len(sizes) <= MAX_RANK:
-        shape = _as_shape(sizes)
-        return None if shape is None else [(shape, perm)]
-    # coremltools' expansion: move the output's axes to the front one at a time, each move a rank-4 reshape and
-    # the swap of its two middle axes; the axes already moved are one leading axis
-    steps, moved, lead = [], set(), 1
-    for axis in perm:
-        before = prod(sizes[a] for a in range(axis) if a not in moved)
-        after = prod(sizes[a] for a in range(axis + 1, len(sizes)) if a not in moved)
-        shape = _as_shape([lead, before, sizes[axis], after])
-        if shape is None:
-            return None
-        steps.append((shape, [0, 2, 1, 3]))
-        moved.add(axis)
-        lead = lead * sizes[axis]
-    return steps
-
-
 def fold_block(block: Any) -> int:
     """Fold every rank > MAX_RANK reshape → transpose → reshape chain with a dynamic size in `block` (and the blocks
     nested in its ops) to ops of rank ≤ MAX_RANK; how many."""
     import numpy as np
     from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+
+    from buildsys.lowering.ranks import steps
 
     done = 0
     for op in list(block.operations):
@@ -109,13 +60,12 @@ def fold_block(block: Any) -> int:
         if chain is None:
             continue
         reshape, transpose, closing = chain
-        sizes, perm = folded(list(reshape.outputs[0].shape), [int(a) for a in transpose.perm.val])
-        steps = _steps(sizes, perm)
-        if steps is None:
+        plan = steps(list(reshape.outputs[0].shape), [int(a) for a in transpose.perm.val], MAX_RANK, is_symbolic)
+        if plan is None:
             continue
         with block:
             x = reshape.x
-            for i, (shape, order) in enumerate(steps):
+            for i, (shape, order) in enumerate(plan):
                 x = mb.reshape(x=x, shape=np.array(shape, np.int32), before_op=closing,
                                name=f"{transpose.outputs[0].name}_folded_{i}")
                 x = mb.transpose(x=x, perm=np.array(order, np.int32), before_op=closing,

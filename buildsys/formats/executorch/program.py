@@ -78,13 +78,13 @@ class _PteFromPt2(Step):
 
     consumes = PROGRAM
     packages = ("torch", "executorch", "torchao")
-    version = 9  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
+    version = 10  # 2: aten.lstm lowered as a scan loop (XNNPACK inside the loop body); 3: a program with an
     # operator the runtime has no kernel for is refused here, naming it (a cached one would fail to load);
     # 4: a program that already holds quantize/dequantize ops (a QAT model) is lowered without re-quantizing;
     # 5: the lowered program saved in the node's diagnostics (debug/program.pt2) for localisation; 6: aten.gru and
     # aten.rnn_* lowered as scan loops too, zero-stride constants copied to standard strides; 7: 3-D conv refused;
     # 8: a program that writes into its inputs lowered on copies of them (torch/loading.inputs_copied); 9: exported and
-    # lowered without autograd (a scan loop's program no longer carries what its backward needed)
+    # lowered without autograd (a scan loop's program no longer carries what its backward needed); 10: lowering/ranks
     extra = "executorch"
     toolchain = "torch"
     Options = PteOptions
@@ -118,6 +118,7 @@ class _PteFromPt2(Step):
             raise self.fail(ctx, reason)
         from buildsys.config.data import Batch
         from buildsys.formats.torch.loading import example_args
+        from buildsys.lowering.ranks import folded_ranks
         from buildsys.lowering.reads import with_asserted_values
 
         batch = program_batch(ctx.model, ctx.options)
@@ -128,6 +129,7 @@ class _PteFromPt2(Step):
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{_first_line(exc)}") from exc
         with_asserted_values(module)  # exported again below at fixed shapes: see there
+        folded = folded_ranks(module)  # XNNPACK holds tensors of rank ≤ 6 only: a window partition's 8 fails to load
         from buildsys.formats.executorch.recurrent import recurrent_to_scan
 
         source = module
@@ -155,7 +157,8 @@ class _PteFromPt2(Step):
             metrics = {**metrics, "kept_float_undelegated": undelegated}
         path = ctx.out_dir / PTE[self.precision].filename
         path.write_bytes(buffer)
-        return {"bytes": len(buffer), "batch": batch, **structure, **metrics}
+        ranks = {"ranks_folded": folded} if folded else {}
+        return {"bytes": len(buffer), "batch": batch, **structure, **metrics, **ranks}
 
     @staticmethod
     def _save_program(ctx: StepContext, program: Any) -> None:
@@ -249,7 +252,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     produces = "executorch-int8"
     precision = "int8"
     Options = Int8Options
-    version = 15  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
+    version = 16  # 4: keep_float (accuracy repair keep-float: nodes left unquantized); a QAT program lowered as is;
     # 5: debug/program.pt2 in the node (localisation); 6: the share of weights in int8 measured on the program;
     # 7: layers whose quantized form XNNPACK leaves outside its delegate kept in float (QuantizedOutsideDelegate),
     # integer values never annotated (formats/torch/pt2e.py); 8: GRU / RNN layers as scan loops; 9: 3-D conv
@@ -259,7 +262,7 @@ class ExecutorchInt8FromPt2(_PteFromPt2):
     # PT2E, up to 128 cells in all (quantize.recurrent_weights_as_linears), the others' weights counted in the share;
     # 14: a dynamic program's int8 layers delegated one by one first (lowering.partitioners), and its convolutions
     # read by a ReLU quantized (quantize.dynamic_convs_before_relu); 15: embedding tables stored int8 with per-row
-    # scales (torch/embedding.embeddings_as_int8)
+    # scales (torch/embedding.embeddings_as_int8); 16: the fp32 step's 10
     #: Static int8 first; dynamic (linear and convolution weights): the fallback route where activations fail int8
     #: (indices, state) or miss the tolerance.
     alternatives = {"dynamic": {"scheme": "dynamic"}}

@@ -106,8 +106,9 @@ class TfliteFromPt2(Step):
     """Convert the torch.export program to TFLite with litert-torch (no ONNX, no TensorFlow)."""
 
     produces = "tflite"
-    version = 3  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is; 3: expands
-    # that only make a broadcast explicit removed (implicit_broadcasts: MobileViTv2's linear attention was refused).
+    version = 4  # 2: a program already holding quantize/dequantize ops (a QAT model) is lowered as it is; 3: expands
+    # that only make a broadcast explicit removed (implicit_broadcasts: MobileViTv2's linear attention was refused);
+    # 4: tensors over rank 6 folded (lowering/ranks.py: XNNPACK could not prepare video Swin's window partition)
     # `fold_constants` is an option: off, the step is what it was (the option is in the key only where set)
     route_cost = 1.5  # ahead of the onnx2tf route by default, see the module docstring
     accepts_ops = ("litert-torch", "core")  # its lowering registry, after the decompositions
@@ -128,7 +129,7 @@ class TfliteFromPt2(Step):
         if getattr(cls, "precision", "fp32") == "int8":
             cls.Options = LiteRtTorchInt8Options
             cls.alternatives = TfliteInt8FromSavedModel.alternatives
-            cls.version = 9  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
+            cls.version = 10  # 2: keep_float and weight-only (ai-edge-quantizer), the `scheme` fact; QAT programs as
             # above; 3: the share of weights in int8 measured on the flatbuffer (quantized_weights); 4: integer
             # values are never annotated (formats/torch/pt2e.py: T5's position buckets failed calibration); softmax,
             # sigmoid, tanh outputs at the fixed ranges TFLite's int8 kernels require (fixed_output_ranges: YOLO's head);
@@ -138,7 +139,7 @@ class TfliteFromPt2(Step):
             # 7: expands that only make a broadcast explicit removed (implicit_broadcasts); 8: weights contracted by
             # einsum / matmul quantized as linears (formats/torch/linear.weight_contractions_as_linear), recurrent
             # layers' too (unrolled: with_recurrent_layers_unrolled); 9: embedding tables stored int8 with per-row scales
-            # (formats/torch/embedding.embeddings_as_int8)
+            # (formats/torch/embedding.embeddings_as_int8); 10: the fp32 step's 4
             cls.repairs = TfliteInt8FromSavedModel.repairs
             cls.scheme_repairs = TfliteInt8FromSavedModel.scheme_repairs
             cls.committed_metrics = (*TfliteInt8FromSavedModel.committed_metrics, "scale_floor")
@@ -167,6 +168,7 @@ class TfliteFromPt2(Step):
 
         from buildsys.errors import describe
         from buildsys.formats.torch.loading import example_args, trace_batch
+        from buildsys.lowering.ranks import folded_ranks
         from buildsys.lowering.reads import with_asserted_values
 
         try:
@@ -184,12 +186,15 @@ class TfliteFromPt2(Step):
         for sub in module.modules():
             sub.training = False
         broadcasts = implicit_broadcasts(module)  # expands that only make a broadcast explicit: see there
+        ranks = folded_ranks(module)  # XNNPACK prepares tensors of rank ≤ 6 only (lowering/ranks.py)
         folded = fold_generated_constants(module) if ctx.options.fold_constants else []
         # A fixed batch: the example's fixed size, else 1 (what a phone runs); see trace_batch.
         args = example_args(ctx.model, trace_batch(ctx.model, ctx.example(), dynamic=False))
         metrics: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
         if broadcasts:
             metrics["implicit_broadcasts"] = len(broadcasts)
+        if ranks:
+            metrics["ranks_folded"] = ranks
         if folded:
             metrics["folded_constants"] = len(folded)
         path = ctx.out_dir / FLATBUFFER
