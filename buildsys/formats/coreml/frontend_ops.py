@@ -30,6 +30,8 @@ written once in MIL ops Core ML has (swapped in by `frontend.frontend_patches`, 
   float32, so a size a dynamic shape computes with `//` (torch.export writes `(batch * 9216) // 144` for a
   reshape's inferred size) became a float, and the `expand` or `view` given it was refused ("Tensors in 'values'
   of the concat op should share the same data type"); float quotients keep coremltools' translation.
+- `alias` (torch.export's view of a whole tensor): `alias_copy`'s translation, which coremltools has under that
+  name only ("Unsupported fx node alias": Swin-type attention through `.pt2`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def op_patches(table: dict[str, Any]) -> dict[str, Any]:
     """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
     return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_infinities(table),
             **_inverse_hyperbolic(table), **_flat_arg_reduce(table), **_runtime_layer_norm(table),
-            **_group_norm_statistics(table), **_integer_floor_divide(table)}
+            **_group_norm_statistics(table), **_integer_floor_divide(table), **_alias(table)}
 
 
 def _value(v: Any) -> Any:
@@ -320,3 +322,11 @@ def _integer_floor_divide(table: dict[str, Any]) -> dict[str, Any]:
         context.add(mb.floor_div(x=x, y=y, name=node.name))  # MIL's floor_div rounds toward -inf, as torch
 
     return {name: floor_divide for name, func in table.items() if func is original}
+
+
+def _alias(table: dict[str, Any]) -> dict[str, Any]:
+    """`aten.alias` (a view of the whole tensor: torch.export writes it where a model returns or slices a tensor
+    unchanged, as video Swin's attention does) translated as `alias_copy`, which coremltools has: the same values."""
+    if "alias" in table or "alias_copy" not in table:
+        return {}
+    return {"alias": table["alias_copy"]}

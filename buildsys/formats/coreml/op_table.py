@@ -20,4 +20,4 @@ def torch_frontend_ops() -> list[str]:
 
 
 register_op_table(OpTable("coremltools", ("coremltools", "torch"), f"{__name__}:torch_frontend_ops",
-                           "coremltools' torch frontend registry", version=4))
+                           "coremltools' torch frontend registry", version=5))

@@ -1,7 +1,7 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
 of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
 with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch,
-`zero_` of a slice or a whole tensor (frontend_inplace.py);
+`zero_` of a slice or a whole tensor (frontend_inplace.py), `alias`;
 each refused by coremltools as it is, converted under modelbuild's patches by both frontends and agreeing with
 PyTorch in the MIL interpreter."""
 
@@ -85,6 +85,7 @@ CASES = {
     "layer_norm of a run-time weight over two axes": lambda x: torch.nn.functional.layer_norm(x, (4, 5), x[0].exp(),
                                                                                                eps=1e-3),
     "zero_ of a slice and of a whole tensor": _zeroed,
+    "alias": lambda x: torch.ops.aten.alias(x * 2) + 1,
 }
 
 
@@ -97,7 +98,7 @@ def test_an_op_coremltools_lacks_converts_and_agrees(tmp_path: Path, frontend: s
 
 def test_coremltools_as_it_is_refuses_them() -> None:
     x = torch.randn(3, 4)
-    for case in ("prod over a dim", "or of comparisons", "argmax of all"):
+    for case in ("prod over a dim", "or of comparisons", "argmax of all", "alias"):
         with pytest.raises(Exception):  # noqa: B017 - each fails in its own words
             _convert(Fn(CASES[case]), x, "export")
 
