@@ -62,19 +62,12 @@ def broadcast_back(op: Any, var: Any, axes: list[int]) -> list[int]:
 def store_once_block(block: Any) -> int:
     """Give each op reading a large broadcast constant in `block` (and the blocks nested in its ops) the constant at
     the size it broadcasts back from; how many ops."""
-    import numpy as np
     from coremltools.converters.mil import Builder as mb
 
+    from buildsys.formats.coreml.passes import numeric_constants
+
     done = 0
-    for op in list(block.operations):
-        for inner in op.blocks:
-            done += store_once_block(inner)
-        if op.op_type != "const" or not op.outputs[0].child_ops:
-            continue
-        var = op.outputs[0]
-        value = np.asarray(var.val) if var.val is not None else None
-        if value is None or value.size < MIN_ELEMENTS or value.dtype.kind not in "fiu":
-            continue
+    for block, var, value in numeric_constants(block, MIN_ELEMENTS):
         axes = repeated_axes(value)
         if not axes:
             continue

@@ -37,21 +37,17 @@ def fill_block(block: Any) -> int:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
 
+    from buildsys.formats.coreml.passes import numeric_constants
+
     done = 0
-    for op in list(block.operations):
-        for inner in op.blocks:
-            done += fill_block(inner)
-        if op.op_type != "const" or not op.outputs[0].child_ops:
-            continue
-        var = op.outputs[0]
-        value = np.asarray(var.val) if var.val is not None else None
-        if value is None or value.size < MIN_ELEMENTS or value.dtype.kind not in "fiu" or _needs_const(var):
+    for block, var, value in numeric_constants(block, MIN_ELEMENTS):
+        if _needs_const(var):
             continue
         first = value.flat[0]
         if not (value == first).all():
             continue
         with block:
-            filled = mb.fill(shape=np.array(value.shape, np.int32), value=value.dtype.type(first), before_op=op,
+            filled = mb.fill(shape=np.array(value.shape, np.int32), value=value.dtype.type(first), before_op=var.op,
                              name=f"{var.name}_filled")
         # coremltools infers its value, and its backend's const_elimination would store it again: the value is
         # forgotten (the shape and dtype stay), as for any op computed at run time
