@@ -64,7 +64,7 @@ def store_once_block(block: Any) -> int:
     the size it broadcasts back from; how many ops."""
     from coremltools.converters.mil import Builder as mb
 
-    from buildsys.formats.coreml.passes import numeric_constants
+    from buildsys.formats.coreml.weights import numeric_constants
 
     done = 0
     for block, var, value in numeric_constants(block, MIN_ELEMENTS):

@@ -3,7 +3,7 @@ registered graph pass (coremltools' PassPipeline takes them by name)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 
 def pipeline(recurrent_weights_fp16: bool) -> Any:
@@ -44,17 +44,3 @@ def _register(qualified: str, per_block: Callable[[Any], int]) -> None:
 
     register_pass(namespace=namespace, override=True, name=name)(BlockPass)
 
-
-def numeric_constants(block: Any, min_elements: int) -> Iterator[tuple[Any, Any, Any]]:
-    """(block, var, values) of each read `const` of at least `min_elements` numbers in `block` and the blocks nested
-    in its ops, in order, the block being the one that holds it (what the constant passes rewrite)."""
-    import numpy as np
-
-    for op in list(block.operations):
-        for inner in op.blocks:
-            yield from numeric_constants(inner, min_elements)
-        if op.op_type != "const" or not op.outputs[0].child_ops or op.outputs[0].val is None:
-            continue
-        value = np.asarray(op.outputs[0].val)
-        if value.size >= min_elements and value.dtype.kind in "fiu":
-            yield block, op.outputs[0], value

@@ -37,7 +37,7 @@ def fill_block(block: Any) -> int:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
 
-    from buildsys.formats.coreml.passes import numeric_constants
+    from buildsys.formats.coreml.weights import numeric_constants
 
     done = 0
     for block, var, value in numeric_constants(block, MIN_ELEMENTS):

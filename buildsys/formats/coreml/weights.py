@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from buildsys.formats.quantized_weights import WeightTensor, record
 
@@ -116,3 +116,18 @@ def measure(path: Path, asked: str, threshold: int = 0, kept: Iterable[str] = ()
 def measure_program(program: Any, asked: str, threshold: int = 0, kept: Iterable[str] = ()) -> dict[str, Any]:
     """`measure` of a MIL program in memory."""
     return record(weight_layers(program), asked, MEASURED_ON, kept=kept, small=threshold)
+
+
+def numeric_constants(block: Any, min_elements: int) -> Iterator[tuple[Any, Any, Any]]:
+    """(block, var, values) of each read `const` of at least `min_elements` numbers in `block` and the blocks nested
+    in its ops, in order, the block being the one that holds it (what the constant passes rewrite)."""
+    import numpy as np
+
+    for op in list(block.operations):
+        for inner in op.blocks:
+            yield from numeric_constants(inner, min_elements)
+        if op.op_type != "const" or not op.outputs[0].child_ops or op.outputs[0].val is None:
+            continue
+        value = np.asarray(op.outputs[0].val)
+        if value.size >= min_elements and value.dtype.kind in "fiu":
+            yield block, op.outputs[0], value
