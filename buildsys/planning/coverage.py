@@ -29,6 +29,7 @@ from buildsys.formats.registry import op_tables
 from buildsys.planning.coverage_probe import VERSION
 from buildsys.planning.ordering import route_tables
 from buildsys.records import Event
+from buildsys.rewrites.base import op_base
 from buildsys.storage import keys
 from buildsys.storage.hashing import digest_json
 
@@ -82,11 +83,21 @@ class Coverage:
         # dialect rewrites it) and, in place, with its out-of-place op (the TorchScript exporter's first pass).
         has = lambda op: (op in have or op in ASSERTIONS or f"{op}_copy" in have  # noqa: E731
                           or (op.endswith("_") and op[:-1] in have))
+        if reads == "core":
+            return [op for op in inventory[reads] if not has(op)] + self._outside_ranks(model, table)
         if reads != "decomposed":
             return [op for op in inventory[reads] if not has(op)]
         # An op the table lacks still counts when every op of its decomposition does: the exporter decomposes it.
         parts: dict[str, list[str]] = inventory.get("decomposed", {})
         return [op for op in inventory["exported"] if not has(op) and not (op in parts and all(map(has, parts[op])))]
+
+    def _outside_ranks(self, model: str, table: str) -> list[str]:
+        """The ops `model` calls at a rank the table's kernel for them does not run (`OpTable.ranks`), each by the
+        name the model calls it at that rank (`conv3d`): the core inventory names them by the op the kernel is for."""
+        declared = op_tables().get(table)
+        ranks: dict[str, list[int]] = self.ops.get(model, {}).get("ranks") or {}
+        return [op_base(called) for op, runs, called in (declared.ranks if declared else ())
+                if any(rank not in runs for rank in ranks.get(op, ()))]
 
     def qat(self) -> dict[str, str]:
         """model → the QAT flow its graph showed ('pt2e', 'eager'; '' for none), for the analysed models and those

@@ -40,8 +40,9 @@ from buildsys.lowering.decompose import decompositions  # each exported op → i
 #: `decomposable` table without references (lowering/decompose.py: a reference exports as a prim). 7: litert-torch's
 #: table holds the ops it decomposes before lowering (formats/tflite/litert_torch.lowering_ops). 8: the `decomposable`
 #: table holds this project's own decompositions (lowering/decompose.own_decompositions: empty_permuted). 9: and
-#: addbmm, exp2, erfc, angle, put (lowering/extra_decompositions.py).
-VERSION = 9
+#: addbmm, exp2, erfc, angle, put (lowering/extra_decompositions.py). 10: `ranks` (each core op's input ranks: a
+#: kernel that runs only some, `OpTable.ranks`).
+VERSION = 10
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
     for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat);
     `sites`, where the model calls each op (module path, file, line: localise/source_lines.py); `parameters`, how
-    many it has (what a step's time budget scales with where no weights file says: running/limits.py)."""
+    many it has (what a step's time budget scales with where no weights file says: running/limits.py); `ranks`, the
+    ranks of each core op's first input (`input_ranks`)."""
     import torch
 
     from buildsys.config.load import load as load_config
@@ -70,7 +72,7 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     base = lambda ops: sorted({op.split(".")[1] for op in ops})  # noqa: E731 - aten.stft.default → stft
     sites = model_sites(module, args, cfg.root.resolve(), program, core)
     out: dict[str, Any] = {"exported": base(program_ops(program)), "core": base(program_ops(core)),
-                           "decomposed": decompositions(program, core),
+                           "decomposed": decompositions(program, core), "ranks": input_ranks(core),
                            "parameters": sum(p.numel() for p in module.parameters()),
                            "sites": {op: [s.as_dict() for s in calls] for op, calls in sorted(sites.items())}}
     traced = traced_ops(module, args)
@@ -81,6 +83,19 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
         out["qat"] = info.describe()
         out["qat_flow"] = info.flow
     return out
+
+
+def input_ranks(program: Any) -> dict[str, list[int]]:
+    """Each ATen op of `program`'s graph → the ranks of the tensor its calls take first (`convolution` → [4, 5]
+    for a 2-D and a 3-D convolution): what a kernel that runs only some ranks is checked against (`OpTable.ranks`)."""
+    out: dict[str, set[int]] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith("aten.") or not node.args:
+            continue
+        value = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
+        if hasattr(value, "dim"):
+            out.setdefault(str(node.target).split(".")[1], set()).add(value.dim())
+    return {op: sorted(ranks) for op, ranks in sorted(out.items())}
 
 
 def traced_ops(module: Any, args: tuple[Any, ...]) -> list[str] | None:

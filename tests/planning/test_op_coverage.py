@@ -176,3 +176,41 @@ def test_a_build_says_while_it_analyses_ops(tiny, monkeypatch: pytest.MonkeyPatc
     # Cached: a no-op build has nothing to analyse or announce.
     again = [json.loads(line) for line in tiny.run("build", "--json", "ios").stdout.splitlines() if line.startswith("{")]
     assert not [e for e in again if e.get("kind") == "analysis"]
+
+
+def test_a_kernel_that_runs_only_some_ranks_sends_a_3d_convolution_to_the_volumetric_route_first() -> None:
+    """The ExecuTorch runtime registers a `convolution` kernel, so the core inventory's op name is covered, yet it
+    runs 1-D and 2-D inputs only (`OpTable.ranks`): the probe records each op's input ranks, a rank-5 convolution
+    lacks `conv3d`, and the route with `volumetric` (which removes it) is planned first, instead of a lowering that
+    would convert and then be refused (tests/rewrites/test_rewrite_families_routes.py, analysis off, holds that)."""
+    import torch
+
+    from buildsys.formats.registry import op_tables
+    from buildsys.formats.torch.rewritten import program_ops
+    from buildsys.planning.coverage import Coverage
+    from buildsys.planning.coverage_probe import input_ranks
+    from buildsys.planning.ordering import order_routes
+    from buildsys.planning.routes import Route
+
+    clip = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    clip(torch.randn(1, 3, 4, 6, 6))
+    # a 2-D convolution, then a 1-D one over the flattened rows
+    frames = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(2), torch.nn.Conv1d(4, 4, 1, groups=4))
+    inventories = {}
+    for name, module, x in (("clip", clip, torch.randn(1, 3, 4, 6, 6)), ("frames", frames, torch.randn(1, 3, 6, 6))):
+        with torch.no_grad():
+            core = torch.export.export(module.eval(), (x,), strict=False).run_decompositions()
+        inventories[name] = {"core": sorted({op.split(".")[1] for op in program_ops(core)}), "ranks": input_ranks(core)}
+    assert inventories["clip"]["ranks"]["convolution"] == [5]
+    assert inventories["frames"]["ranks"]["convolution"] == [3, 4]
+
+    table = ("convolution", "view_copy", "addmm", "permute_copy", "t_copy", "squeeze_copy", "unsqueeze_copy")
+    cov = Coverage(ops=inventories, tables={"executorch": list(table)})
+    assert op_tables()["executorch"].ranks  # declared by the family, not by this test
+    assert cov.lacks("clip", ("executorch", "core")) == ["conv3d"]
+    assert cov.lacks("frames", ("executorch", "core")) == []
+    routes = [Route.parse(["pytorch", "pt2", "executorch"])]
+    gaps = cov.gaps()
+    assert order_routes(routes, gaps["clip"], {}, auto_rewrites=True) == [
+        Route.parse(["pytorch", "pt2 (rewrite volumetric)", "executorch"]), *routes]
+    assert "frames" not in gaps

@@ -106,7 +106,8 @@ def xnnpack_ops() -> list[str]:
 
 
 register_op_table(OpTable("executorch", ("executorch", "torch"), f"{__name__}:kernel_ops",
-                           "the ExecuTorch runtime's kernels"))
+                           "the ExecuTorch runtime's kernels",
+                           ranks=tuple((op, ranks, called) for op, (ranks, called) in PORTABLE_RANKS.items())))
 register_op_table(OpTable("xnnpack", ("executorch", "torch"), f"{__name__}:xnnpack_ops",
                            "XNNPACK's partitioner configs (information: what it may delegate)"))
 
