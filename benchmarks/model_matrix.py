@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.coverage import matrix, site_packages  # noqa: E402
 from benchmarks.coverage.environment import describe_host  # noqa: E402
-from benchmarks.coverage.zoo import ARCHS, VOCAB, Arch  # noqa: E402
+from benchmarks.coverage.zoo import ARCHS, UNSEEN, VOCAB, Arch  # noqa: E402
 
 #: The families with each platform's preset and precision, as deploy.yaml target fields.
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -95,11 +95,11 @@ def model_entry(arch: Arch) -> dict[str, Any]:
                      "validation": f"data/{arch.name}-validation.npz", "example": f"data/{arch.name}-validation.npz"}}
 
 
-def pick(sample: int | None, only: list[str], offset: float = 0.0) -> list[Arch]:
-    """Architectures matching any `--only` pattern (name or category), then `sample` of them spread over the
-    list; in an order that takes the categories in turn, so that the first chunks (and a run stopped early)
+def pick(sample: int | None, only: list[str], offset: float = 0.0, archs: tuple[Arch, ...] = ARCHS) -> list[Arch]:
+    """Architectures of `archs` matching any `--only` pattern (name or category), then `sample` of them spread over
+    the list; in an order that takes the categories in turn, so that the first chunks (and a run stopped early)
     hold some of each."""
-    chosen = matrix.spread([a for a in ARCHS if not only or
+    chosen = matrix.spread([a for a in archs if not only or
                             any(fnmatch.fnmatchcase(a.name, p) or a.category == p for p in only)], sample, offset)
     by_category: dict[str, list[Arch]] = {}
     for arch in chosen:
@@ -113,9 +113,11 @@ def main() -> None:
     matrix.add_arguments(parser, "model_matrix", chunk=8, timeout=300.0, memory="4G", families=FAMILIES)
     parser.add_argument("--anchors", action="store_true", help="also run each fp32 converter alone (the anchor)")
     parser.add_argument("--site", help="the package directory (default $MODELBUILD_MATRIX_SITE or /work/matrix-site)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="the architectures no matrix named before (zoo.UNSEEN, its rule) instead of the zoo's")
     opts = parser.parse_args()
 
-    archs = pick(opts.sample, opts.only, opts.offset)
+    archs = pick(opts.sample, opts.only, opts.offset, UNSEEN if opts.unseen else ARCHS)
     site = site_packages.site_dir(opts.site)
     # transformers is in modelbuild's environment: a selection of transformers models alone needs no directory
     needs_site = any(a.package != "transformers" for a in archs)

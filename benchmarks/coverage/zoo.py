@@ -198,7 +198,46 @@ ARCHS: tuple[Arch, ...] = (
         hidden_size=64, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4),
 )
 
-BY_NAME = {a.name: a for a in ARCHS}
+#: Architectures no matrix, test or doc of modelbuild named before they were measured (issue 56), by a rule fixed
+#: before the first run (benchmarks/model_matrix.py --unseen; docs/coverage.md, "Never seen before"):
+#: - timm: of its model modules none of the above (nor benchmarks/unseen_windows.py) comes from, sorted by name, those
+#:   whose smallest model holds at most 15 M parameters (counted on the meta device), every second one from the
+#:   first; of each, that smallest model at its own input size;
+#: - torchvision: its video and optical-flow builders of at most 15 M parameters that run at 8 frames of 64 × 64
+#:   (mc3_18; s3d's pooling needs 16 frames of 224) or two 128 × 128 images (raft_small), and its two smallest
+#:   classifiers (shufflenet_v2_x0_5, squeezenet1_1);
+#: - transformers: one small config of each class issue 56 names that the zoo lacks: a sliding-window long-document
+#:   encoder (Longformer), a time-series forecaster (PatchTST) and an audio codec (EnCodec).
+UNSEEN: tuple[Arch, ...] = (
+    *(_timm(name, size) for name, size in (
+        ("halonet_h1", 256), ("convit_tiny", 224), ("crossvit_tiny_240", 240), ("cs3darknet_focus_s", 256),
+        ("deit_tiny_patch16_224", 224), ("dpn48b", 224), ("efficientvim_m1", 224), ("hardcorenas_b", 224),
+        ("inception_next_atto", 224), ("lowformer_b0", 224), ("poolformerv2_s12", 224), ("pit_ti_224", 224),
+        ("resnest14d", 224), ("rexnet_100", 224), ("shvit_s1", 224), ("swiftformer_xs", 224),
+        ("vit_tiny_r_s16_p8_224", 224), ("ese_vovnet19b_slim_dw", 224))),
+    Arch("tv-mc3_18", "video", "torchvision", "mc3_18", (("clip", (3, 8, 64, 64), "image"),), _LOGITS,
+         {"num_classes": 10}),
+    Arch("tv-raft_small", "optical-flow", "torchvision", "raft_small",
+         (("first", (3, 128, 128), "image"), ("second", (3, 128, 128), "image")),
+         tuple((f"flow_{i}", "values") for i in range(1, 5)),
+         {"call": {"num_flow_updates": 4}}),
+    Arch("tv-shufflenet_v2_x0_5", "classification", "torchvision", "shufflenet_v2_x0_5", _image(), _LOGITS,
+         {"num_classes": 10}),
+    Arch("tv-squeezenet1_1", "classification", "torchvision", "squeezenet1_1", _image(), _LOGITS,
+         {"num_classes": 10}),
+    _hf("hf-longformer", "text-encoder", "LongformerModel", "LongformerConfig", _TEXT, _HIDDEN,
+        ("last_hidden_state",), attention_window=8, **{**_SMALL_TEXT, "max_position_embeddings": 64 + 2}),
+    _hf("hf-patchtst", "time-series", "PatchTSTForPrediction", "PatchTSTConfig",
+        (("past_values", (64, 3), "features"),), (("forecast", "values"),), ("prediction_outputs",),
+        num_input_channels=3, context_length=64, prediction_length=16, patch_length=8, patch_stride=8, d_model=32,
+        num_attention_heads=4, num_hidden_layers=2, ffn_dim=64),
+    _hf("hf-encodec", "speech", "EncodecModel", "EncodecConfig", (("waveform", (1, WAVE), "audio"),),
+        (("audio", "values"),), ("audio_values",), audio_channels=1, num_filters=8, num_residual_layers=1,
+        upsampling_ratios=[4, 4, 2], hidden_size=32, codebook_size=64, target_bandwidths=[1.5], sampling_rate=8000,
+        num_lstm_layers=1),
+)
+
+BY_NAME = {a.name: a for a in (*ARCHS, *UNSEEN)}
 
 
 class Outputs(nn.Module):
@@ -220,12 +259,12 @@ class Outputs(nn.Module):
 class Flat(nn.Module):
     """A model whose output (a tensor, or a tuple/list/dict of them) is returned as a flat tuple of tensors."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, **call: Any) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.call = model, call
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(x)
+    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        out = self.model(first, **self.call) if second is None else self.model(first, second, **self.call)
         if isinstance(out, dict):
             out = tuple(out.values())
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
@@ -266,9 +305,13 @@ def _build_ultralytics(arch: Arch) -> nn.Module:
 
 
 def _build_torchvision(arch: Arch) -> nn.Module:
+    from torchvision import models  # type: ignore[import-not-found]
     from torchvision.models import segmentation  # type: ignore[import-not-found]
 
-    return Flat(getattr(segmentation, arch.builder)(weights=None, weights_backbone=None, **arch.options))
+    options = {k: v for k, v in arch.options.items() if k != "call"}
+    if arch.category == "segmentation":
+        return Flat(getattr(segmentation, arch.builder)(weights=None, weights_backbone=None, **options))
+    return Flat(models.get_model(arch.builder, weights=None, **options), **arch.options.get("call", {}))
 
 
 def build(arch: str) -> nn.Module:
