@@ -54,3 +54,54 @@ def unseen_lines(history: list[dict[str, Any]]) -> list[str]:
         out += [f"| {t} | {_cell(before['targets'].get(t))} | {_cell(after['targets'].get(t))} |" for t in targets]
         out += ["", f"Before: {_totals(before)}. After: {_totals(after)}.", ""]
     return out
+
+
+#: How the unseen architectures' matrix re-runs (benchmarks/coverage/zoo.py's UNSEEN holds the rule).
+MATRIX_COMMAND = ("PYTHONPATH=. python benchmarks/model_matrix.py --unseen --targets server,android,ios,executorch,"
+                  "intel --out benchmarks/results/model_matrix_unseen.json --work /tmp/unseen --doc -")
+
+
+def _verified(results: dict[str, Any], family: str) -> tuple[int, int]:
+    rows = [row for row in results.get("cells", {}).values() if family in row]
+    return sum(row[family]["status"] == "verified" for row in rows), len(rows)
+
+
+def _seconds(results: dict[str, Any]) -> str:
+    failed = total = 0.0
+    for nodes in results.get("node_seconds", {}).values():
+        for event, seconds in nodes.values():
+            total += seconds
+            failed += seconds if event == "failed" else 0.0
+    return f"{failed:.0f} of {total:.0f} node-seconds in nodes that failed ({failed / total:.0%})" if total else "—"
+
+
+def matrix_lines(before: dict[str, Any], after: dict[str, Any], failed: list[dict[str, Any]]) -> list[str]:
+    """The unseen architectures' matrix (zoo.UNSEEN): verified per target before (the code the rule was measured
+    on first) and after, and every cell still failing after with its class and reason (`failed`: render.classified
+    of `after`)."""
+    if not before.get("cells") or not after.get("cells"):
+        return []
+    families = list(after.get("families") or before.get("families") or {})
+    out = [f"### Never seen before: {len(after['cells'])} architectures by a rule fixed before the first run", "",
+           "The rule (benchmarks/coverage/zoo.py, `UNSEEN`): timm's model modules no zoo model comes from, those whose "
+           "smallest model holds at most 15 M parameters, every second by name, that smallest model at its own "
+           "input size; torchvision's video and optical-flow builders of at most 15 M parameters at small inputs "
+           "(mc3_18, raft_small) and its two smallest classifiers; transformers' Longformer, PatchTST and EnCodec at "
+           "small configs. Five target families as a user writes them (server ONNX, android TFLite int8, ios Core ML "
+           "fp16, ExecuTorch fp32, intel OpenVINO int8), cold, `-j 2`, one host "
+           f"(`{MATRIX_COMMAND}`; before: `benchmarks/results/model_matrix_unseen_before.json`).", "",
+           "| target | before | after |", "|---|---|---|"]
+    for family in families:
+        b, a = _verified(before, family), _verified(after, family)
+        out.append(f"| {family} | {b[0]}/{b[1]} | {a[0]}/{a[1]} |")
+    b = [sum(x) for x in zip(*(_verified(before, f) for f in families))]
+    a = [sum(x) for x in zip(*(_verified(after, f) for f in families))]
+    out += [f"| all | {b[0]}/{b[1]} ({b[0] / b[1]:.0%}) | {a[0]}/{a[1]} ({a[0] / a[1]:.0%}) |", "",
+            f"Before: {_seconds(before)}. After: {_seconds(after)}.", ""]
+    if failed:
+        out += ["Cells still failing after, with their class (benchmarks/coverage/classify.py):", "",
+                "| model | target | class | reason (first line) |", "|---|---|---|---|"]
+        out += [f"| {f['row']} | {f['family']} | {f['class']} | {' '.join(str(f['reason']).split())[:200]} |"
+                for f in sorted(failed, key=lambda f: (f["class"], f["row"], f["family"]))]
+        out.append("")
+    return out

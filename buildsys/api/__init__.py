@@ -116,7 +116,7 @@ class Project:
                             force_kinds=_force_kinds, timeout=timeout, executor=executor, scheduler=scheduler,
                             on_event=on_event)
 
-            request = PlanRequest(tuple(targets) if targets else None, force, _force_kinds, _bench)
+            request = PlanRequest(tuple(targets) if targets else None, force, _force_kinds, _bench, jobs=jobs)
             the_plan, results = settle(planner, request, execute, writer, on_event=on_event, watch=_watch)
             if not the_plan.work:
                 planner.stat.save()

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,44 +215,56 @@ def enabled() -> bool:
 
 
 def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], timeout: float = 600,
-            on_event: Callable[[Event], None] | None = None) -> Coverage:
+            on_event: Callable[[Event], None] | None = None, jobs: int = 1) -> Coverage:
     """Make the inventories of `models` and the `tables` in a worker subprocess per model (the tables with the
-    first), cache them, then read the cache back. A probe that crashes or times out leaves its entries
-    missing: "not analysed yet", never a guess. `on_event` hears each probe start ("started") and end
-    ("analysed", or "failed" with why), as node `ops:<model>` (or `ops:converters`) of kind "analysis"."""
-    from buildsys.running.watchdog import run_watched  # the process watch steps run under (no planning in it)
+    first), up to `jobs` at once (a build's `-j`: each probe is one torch.export in its own process), cache them,
+    then read the cache back. A probe that crashes or times out leaves its entries missing: "not analysed yet",
+    never a guess. `on_event` hears each probe start ("started") and end ("analysed", or "failed" with why), as
+    node `ops:<model>` (or `ops:converters`) of kind "analysis"."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    jobs: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
+    jobs_: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
         or ([(None, list(tables))] if tables else [])
     out_dir = _dir(planner)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for model, wanted in jobs:
-        name = f"ops:{model or 'converters'}"
-        what = ([f"op coverage: the ops of model '{model}'"] if model else []) \
-            + ([f"the op tables of {', '.join(wanted)}"] if wanted else [])
+    heard = threading.Lock()  # one event at a time reaches the handler (the console's progress lines)
+
+    def tell(event: Event) -> None:
         if on_event:
-            on_event(Event("started", name, "analysis", reasons=what))
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(dir=planner.store.dir) as tmp:
-            request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
-            request.write_text(json.dumps({"deploy": str(planner.config.path), "model": model, "tables": wanted,
-                                           "out": str(answer)}))
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(planner.config.root),
-                                                                           os.environ.get("PYTHONPATH", "")) if p)}
-            stopped = run_watched([sys.executable, "-m", "buildsys.planning.coverage_probe", str(request)],
-                                  planner.config.root, env, timeout)  # under the steps' memory ceiling too
-            result = {} if stopped else (_load(answer) or {})
-            if on_event:
-                lacking = (model and "ops" not in result) or any(t not in result.get("tables", {}) for t in wanted)
-                on_event(Event("failed" if lacking else "analysed", name, "analysis",
-                               seconds=round(time.monotonic() - started, 3),
-                               error="not analysed (the probe crashed or timed out): routes keep their order"
-                               if lacking else ""))
-            if model and "ops" in result:
-                _write(out_dir / f"model-{_model_key(planner, model)}.json", result["ops"])
-            for table, entry in result.get("tables", {}).items():
-                _write(out_dir / f"table-{table}-{_table_key(table)}.json", entry)
+            with heard:
+                on_event(event)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(jobs_) or 1))) as pool:
+        list(pool.map(lambda job: _probe(planner, job[0], job[1], out_dir, timeout, tell), jobs_))
     return read(planner)
+
+
+def _probe(planner: "Planner", model: str | None, wanted: list[str], out_dir: Path, timeout: float,
+           tell: Callable[[Event], None]) -> None:
+    """One probe subprocess: `model`'s inventory (if any) and the `wanted` tables, written to the cache."""
+    from buildsys.running.watchdog import run_watched  # the process watch steps run under (no planning in it)
+
+    name = f"ops:{model or 'converters'}"
+    what = ([f"op coverage: the ops of model '{model}'"] if model else []) \
+        + ([f"the op tables of {', '.join(wanted)}"] if wanted else [])
+    tell(Event("started", name, "analysis", reasons=what))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=planner.store.dir) as tmp:
+        request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
+        request.write_text(json.dumps({"deploy": str(planner.config.path), "model": model, "tables": wanted,
+                                       "out": str(answer)}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(planner.config.root),
+                                                                       os.environ.get("PYTHONPATH", "")) if p)}
+        stopped = run_watched([sys.executable, "-m", "buildsys.planning.coverage_probe", str(request)],
+                              planner.config.root, env, timeout)  # under the steps' memory ceiling too
+        result = {} if stopped else (_load(answer) or {})
+        lacking = (model and "ops" not in result) or any(t not in result.get("tables", {}) for t in wanted)
+        tell(Event("failed" if lacking else "analysed", name, "analysis", seconds=round(time.monotonic() - started, 3),
+                   error="not analysed (the probe crashed or timed out): routes keep their order" if lacking else ""))
+        if model and "ops" in result:
+            _write(out_dir / f"model-{_model_key(planner, model)}.json", result["ops"])
+        for table, entry in result.get("tables", {}).items():
+            _write(out_dir / f"table-{table}-{_table_key(table)}.json", entry)
 
 
 def _write(path: Path, value: Any) -> None:

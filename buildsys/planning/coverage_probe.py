@@ -92,7 +92,7 @@ def input_ranks(program: Any) -> dict[str, list[int]]:
     for node in program.graph.nodes:
         if node.op != "call_function" or not str(node.target).startswith("aten.") or not node.args:
             continue
-        value = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
+        value: Any = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
         if hasattr(value, "dim"):
             out.setdefault(str(node.target).split(".")[1], set()).add(value.dim())
     return {op: sorted(ranks) for op, ranks in sorted(out.items())}

@@ -48,13 +48,15 @@ __all__ = ["Plan", "PlanRequest", "NodePlan", "Planner", "plan", "make_plan"]
 class PlanRequest:
     """What a caller asks the planner for: the targets (None: all), forcing, benchmarks, and which op analysis
     may run before the plan is final (`Analysis`: none for a read-only `plan`, the stale targets' models for
-    `build` and `build --dry-run`, every model for `plan --ops`)."""
+    `build` and `build --dry-run`, every model for `plan --ops`), and how many of its probes run at once (`jobs`:
+    a build's `-j`)."""
 
     targets: tuple[str, ...] | None = None
     force: bool = False
     force_kinds: tuple[str, ...] = ()
     bench: bool = False
     analysis: Analysis = Analysis.NONE
+    jobs: int = 1
 
 
 @dataclass
@@ -92,7 +94,7 @@ def plan(planner: Planner, request: PlanRequest, on_event: "Callable[[Event], No
         models = sorted({u.model for u in the_plan.unsettled} - analysed)
         if request.analysis is Analysis.NONE or not models:
             raise the_plan.unsettled[0].error()
-        coverage.analyse(planner, models, [], on_event=on_event)
+        coverage.analyse(planner, models, [], on_event=on_event, jobs=request.jobs)
         analysed |= set(models)
         the_plan = make_plan(planner, request)
     # `plan --ops` (ALL) asks for the analysis outright; a build's (STALE) is on unless turned off
@@ -103,7 +105,7 @@ def plan(planner: Planner, request: PlanRequest, on_event: "Callable[[Event], No
                   for t in the_plan.targets if every or not _fresh(the_plan, CheckKind.node_name(t))]
         models_, tables = coverage.missing(the_plan.coverage or coverage.Coverage(), wanted, every_model=every)
         if models_ or tables:  # what a route's converter lacks orders the routes before any runs
-            coverage.analyse(planner, models_, tables, on_event=on_event)
+            coverage.analyse(planner, models_, tables, on_event=on_event, jobs=request.jobs)
             the_plan = make_plan(planner, request)
     return the_plan
 

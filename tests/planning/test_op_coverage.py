@@ -214,3 +214,20 @@ def test_a_kernel_that_runs_only_some_ranks_sends_a_3d_convolution_to_the_volume
     assert order_routes(routes, gaps["clip"], {}, auto_rewrites=True) == [
         Route.parse(["pytorch", "pt2 (rewrite volumetric)", "executorch"]), *routes]
     assert "frames" not in gaps
+
+
+def test_the_probes_of_two_models_run_side_by_side_under_jobs(tmp_path: Path) -> None:
+    """A build's op analysis runs up to `-j` probes at once (one torch.export per model, each in its own process):
+    both models' probes start before either ends, each announced once, and both inventories are cached."""
+    from buildsys.planning import coverage
+    from buildsys.planning.project import open_project
+
+    project = CoveredProject(tmp_path, "server: {model: spotter, format: onnx}\nrec: {model: recsys, format: onnx}\n")
+    planner = open_project(str(project.root / "deploy.yaml")).planner
+    events: list[tuple[str, str]] = []
+    cov = coverage.analyse(planner, ["recsys", "spotter"], ["onnx-legacy"], jobs=2,
+                           on_event=lambda e: events.append((e.event, e.node)))
+    assert sorted(events[:2]) == [("started", "ops:recsys"), ("started", "ops:spotter")], events
+    assert sorted(events[2:]) == [("analysed", "ops:recsys"), ("analysed", "ops:spotter")], events
+    assert "stft" in cov.ops["spotter"]["exported"] and "onnx-legacy" in cov.tables
+    assert cov.ops["recsys"]["ranks"]["_embedding_bag"] == [2]  # each core op's input ranks, as `OpTable.ranks` reads
