@@ -61,6 +61,9 @@ ASSERTIONS = frozenset({
 DECOMPOSABLE = "decomposable"
 #: The model's ops that some step unrolls (`Step.unrolls`): routes through such a step go after the others.
 UNROLLED = "unrolled"
+#: torch.export's refusal of the model's dynamic axes (a constraint its code specialises), as the probe recorded it:
+#: routes that export it get the static export first where the formats after it have fixed shapes anyway.
+DYNAMIC_REFUSED = "dynamic-refused"
 
 
 @dataclass
@@ -107,8 +110,9 @@ class Coverage:
         return {**{m: "" for m, why in self.not_analysed.items() if not why.startswith("not analysed")}, **out}
 
     def gaps(self) -> Gaps:
-        """Per model, "table:reads" → the ops that table lacks, and `DECOMPOSABLE` → the model's ops PyTorch's
-        tables decompose (what a decomposition route can lower: planning.ordering)."""
+        """Per model, "table:reads" → the ops that table lacks, `DECOMPOSABLE` → the model's ops PyTorch's tables
+        decompose (what a decomposition route can lower: planning.ordering), `UNROLLED` → its ops a step writes out,
+        and `DYNAMIC_REFUSED` → torch.export's refusal of its dynamic axes."""
         out: Gaps = {}
         for model in self.ops:
             for table in (t for t in self.tables if t != DECOMPOSABLE):  # a converter's table, not PyTorch's
@@ -122,6 +126,8 @@ class Coverage:
             unrolled = sorted(set(exported) & _unrolled_anywhere())
             if unrolled:  # a converter writes these out op by op where another keeps a fused kernel
                 out.setdefault(model, {})[UNROLLED] = unrolled
+            if self.ops[model].get("dynamic_refused"):
+                out.setdefault(model, {})[DYNAMIC_REFUSED] = [str(self.ops[model]["dynamic_refused"])]
         return out
 
 

@@ -41,8 +41,8 @@ from buildsys.lowering.decompose import decompositions  # each exported op → i
 #: table holds the ops it decomposes before lowering (formats/tflite/litert_torch.lowering_ops). 8: the `decomposable`
 #: table holds this project's own decompositions (lowering/decompose.own_decompositions: empty_permuted). 9: and
 #: addbmm, exp2, erfc, angle, put (lowering/extra_decompositions.py). 10: `ranks` (each core op's input ranks: a
-#: kernel that runs only some, `OpTable.ranks`).
-VERSION = 10
+#: kernel that runs only some, `OpTable.ranks`). 11: `dynamic_refused` (torch.export refusing the dynamic axes).
+VERSION = 11
 
 
 def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
@@ -52,7 +52,9 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     torch.jit.trace (what the TorchScript-based ONNX exporter looks up: `batch_norm` where torch.export
     says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
     for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat);
-    `sites`, where the model calls each op (module path, file, line: localise/source_lines.py); `parameters`, how
+    `sites`, where the model calls each op (module path, file, line: localise/source_lines.py); `dynamic_refused`,
+    torch.export's refusal of the signature's dynamic axes (a constraint the code specialises: `dynamic_refusal`),
+    absent when they export or the model has none; `parameters`, how
     many it has (what a step's time budget scales with where no weights file says: running/limits.py); `ranks`, the
     ranks of each core op's first input (`input_ranks`)."""
     import torch
@@ -78,11 +80,39 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     traced = traced_ops(module, args)
     if traced is not None:
         out["traced"] = traced
+    refused = dynamic_refusal(model, cfg.root, module)
+    if refused:
+        out["dynamic_refused"] = refused
     info = info_of(module)
     if info is not None:
         out["qat"] = info.describe()
         out["qat_flow"] = info.flow
     return out
+
+
+def dynamic_refusal(model: Any, root: Path, module: Any) -> str | None:
+    """torch.export's refusal of `model`'s dynamic axes, exported as the loading steps export them
+    (lowering/export.py: the signature's named axes, two samples), when it violates a constraint the code
+    specialises ("Constraints violated (batch)"); None when it exports, fails otherwise, or has no named axis. The
+    planner then puts the static export first where the formats after it have fixed shapes anyway."""
+    import torch
+
+    from buildsys.config import data
+    from buildsys.errors import describe
+    from buildsys.formats.torch.loading import example_args, export_dims, shapes_for, signature_module, trace_batch
+    from buildsys.lowering.export import constraint_violated
+
+    shapes = export_dims(model)
+    if all(s is None for s in shapes):
+        return None
+    args = example_args(model, trace_batch(model, data.eval_batch(model, root, prefer=("example", "validation"))))
+    try:
+        wrapped = signature_module(module, model, args)
+        with torch.no_grad():
+            torch.export.export(wrapped, args, dynamic_shapes=shapes_for(wrapped, shapes), strict=False)
+    except Exception as exc:  # noqa: BLE001 - only a constraint the dynamic axes violate is recorded
+        return describe(exc).splitlines()[0][:300] if constraint_violated(exc) else None
+    return None
 
 
 def input_ranks(program: Any) -> dict[str, list[int]]:

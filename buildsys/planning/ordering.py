@@ -2,7 +2,8 @@
 that can work, or gives its place to the same route with the rewrites that remove what it lacks (the route
 pipeline's `order` stage; planning.coverage knows what each converter lacks). A route whose converter writes out
 an op of the model that another route keeps in a fused kernel (`Step.unrolls`: litert-torch's LSTM) goes after
-the routes that keep it: native kernels before rewrites.
+the routes that keep it: native kernels before rewrites. Where torch.export refuses the model's dynamic axes, a
+route's static export goes just before it where the formats after its loading stop have fixed shapes anyway.
 
 A step declares what it accepts (`Step.accepts_ops`: a table and which inventory it reads, the graph as
 exported or after the core ATen decompositions; `Step.accepts(options)` where an option picks the converter).
@@ -30,6 +31,8 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
     "decomposable": the model's ops they lower), the route with those ops decomposed where the module is
     loaded comes after the routes that can work and before those that lack an op: it may work, they cannot."""
 
+    if gaps.get("dynamic-refused"):
+        routes = _static_first(routes, options)
     decomposable = set(gaps.get("decomposable", []))
     unrolled = set(gaps.get("unrolled", []))
     good: list["Route"] = []
@@ -53,6 +56,22 @@ def order_routes(routes: list["Route"], gaps: Mapping[str, list[str]], options: 
     out += [r for i, r in enumerate(unrolling) if r not in out and r not in unrolling[:i]]
     out += [r for i, r in enumerate(lowered) if r not in out and r not in lowered[:i]]
     return out + [r for r in bad if r not in out]
+
+
+def _static_first(routes: list["Route"], options: Mapping[str, Any]) -> list["Route"]:
+    """`routes` where torch.export refuses the model's dynamic axes (the probe's `dynamic_refused`): each route whose
+    loading stop can export at static shapes, because the formats after it have fixed shapes anyway, with that
+    static export (the answer its refusal would get: lowering/answers.STATIC_EXPORT) just before it, instead of a
+    conversion that fails first. A route that must keep its dynamic axes (a .pt2 delivered) keeps its place."""
+    from buildsys.lowering.answers import STATIC_EXPORT
+    from buildsys.planning.answers import answer_route
+
+    out: list["Route"] = []
+    for route in routes:
+        i = route.loading_stop()
+        static = answer_route(route, i, STATIC_EXPORT.answer, options, [], pinned=False) if i is not None else None
+        out += [r for r in (static, route) if r is not None and r not in out]
+    return out
 
 
 def with_decompose(route: "Route", ops: Sequence[str], options: Mapping[str, Any]) -> "Route | None":

@@ -46,11 +46,12 @@ class Project:
         shutil.copy(HELPERS, root / "lowering_models.py")
         (root / "deploy.yaml").write_text(textwrap.dedent(deploy))
 
-    def build(self, *targets: str) -> tuple[int, list[dict[str, Any]]]:
-        """Run `build -k --json` of `targets`: its exit status and its events."""
+    def build(self, *targets: str, analysis: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        """Run `build -k --json` of `targets`: its exit status and its events. The op analysis is off unless
+        `analysis`: these tests show the answers to refusals, which the analysis may foresee."""
         proc = subprocess.run([sys.executable, "-m", "buildsys", "build", "-k", "-j", "1", "--json", *targets],
                               cwd=self.root, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "MODELBUILD_OP_COVERAGE": "0"})
+                              env={**os.environ, "MODELBUILD_OP_COVERAGE": "1" if analysis else "0"})
         events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         assert events, proc.stdout + proc.stderr
         return proc.returncode, events
@@ -131,6 +132,27 @@ def test_a_static_reexport_lets_executorch_take_a_model_whose_dynamic_batch_torc
     caveats = [c for c in summary(events)["phone"]["caveats"] if c["kind"] == "fallback" and "static" in c["what"]]
     assert [c["what"] for c in caveats] == ["exported at static shapes: x [1, 6]"]
     assert "Constraints violated (batch)" in caveats[0]["why"]
+
+
+def test_the_op_analysis_foresees_the_refused_dynamic_batch_and_nothing_fails(tmp_path: Path) -> None:
+    """With the op analysis on, its probe exports the model's dynamic axes as the loading steps do and records
+    torch.export's refusal (`dynamic_refused`): the ExecuTorch target's first route is the static export, so no node
+    fails on the way (above, without the analysis, the dynamic export fails first)."""
+    project = Project(tmp_path, """\
+        models:
+          scorer:
+            source: {factory: lowering_models:per_sample}
+            inputs: [{name: x, shape: [batch, 6]}]
+            outputs: [{name: scores}]
+        targets:
+          phone: {model: scorer, format: executorch}
+        """)
+    status, events = project.build("phone", analysis=True)
+    assert status == 0, summary(events)
+    assert [e["node"] for e in events if e.get("event") == "analysed"] == ["ops:scorer"]
+    assert not [e for e in events if e.get("event") == "failed"], summary(events)
+    assert summary(events)["phone"]["route"] == ["pytorch", "pt2 (switch static export)", "executorch"]
+    assert project.verdict("phone") == "passed" and "phone" not in project.lock().routes  # nothing dropped
 
 
 def test_a_model_that_loops_on_a_value_read_from_its_data_reaches_pt2_executorch_and_litert_torch(tmp_path: Path) -> None:

@@ -231,3 +231,19 @@ def test_the_probes_of_two_models_run_side_by_side_under_jobs(tmp_path: Path) ->
     assert sorted(events[2:]) == [("analysed", "ops:recsys"), ("analysed", "ops:spotter")], events
     assert "stft" in cov.ops["spotter"]["exported"] and "onnx-legacy" in cov.tables
     assert cov.ops["recsys"]["ranks"]["_embedding_bag"] == [2]  # each core op's input ranks, as `OpTable.ranks` reads
+
+
+def test_a_refused_dynamic_batch_puts_the_static_export_first_where_the_format_is_static_anyway() -> None:
+    """The probe's `dynamic_refused` (torch.export refusing the dynamic axes) reaches the planner as a gap: an
+    ExecuTorch route gets the static export just before it (a .pte has fixed shapes anyway); a .pt2 delivered with
+    its dynamic axes, or a route loading by another step, keeps its place."""
+    from buildsys.planning.ordering import order_routes
+    from buildsys.planning.routes import Route
+
+    et, pt2, onnx = (Route.parse(["pytorch", "pt2", "executorch"]), Route.parse(["pytorch", "pt2"]),
+                     Route.parse(["pytorch", "onnx"]))
+    gaps = {"dynamic-refused": ["torch.export failed: UserError: Constraints violated (batch)!"]}
+    assert order_routes([et], gaps, {}, auto_rewrites=True) == [
+        Route.parse(["pytorch", "pt2 (switch static export)", "executorch"]), et]
+    assert order_routes([pt2, onnx], gaps, {}, auto_rewrites=True) == [pt2, onnx]
+    assert order_routes([et], {}, {}, auto_rewrites=True) == [et]
