@@ -73,7 +73,7 @@ def measure(deploy: Path, targets: list[str]) -> dict[str, Any]:
     from buildsys.config.data import Batch
     from buildsys.formats import get_runtime
     from buildsys.formats.precision import format_name
-    from buildsys.nodes.verify import compare
+    from buildsys.comparison import compare
 
     root = deploy.parent
     project = load(deploy).project

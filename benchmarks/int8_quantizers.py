@@ -33,7 +33,7 @@ def _declare_torchvision_ops() -> None:
 
 
 def judged(reference: Any, observed: Any) -> dict[str, float]:
-    from buildsys.nodes.verify import compare
+    from buildsys.comparison import compare
 
     result = compare("logits", "values", reference, observed, None)
     return {m.name: round(float(m.observed), 4) for m in result.metrics if m.name in ("range_error", "cosine", "max_rel")}

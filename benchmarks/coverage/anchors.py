@@ -43,7 +43,8 @@ def judge(request: dict[str, Any], converter: str) -> dict[str, Any]:
     import torch
 
     from buildsys.config.schema import Acceptance, OutputSpec
-    from buildsys.nodes.verify import compare, resolve_acceptance
+    from buildsys.comparison import compare
+    from buildsys.nodes.verify import resolve_acceptance
     from tests.helpers.rewrite_converters import RUNNERS, nchw
 
     warnings.simplefilter("ignore")

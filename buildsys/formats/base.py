@@ -136,10 +136,8 @@ class OpTable:
     `name` (what `Step.accepts_ops` names), the distributions whose versions key the cached table, how to read it
     (`reader`, "module:function" returning ATen op names; imported only in the op-analysis subprocess) and what
     the registry is, in words (planning.coverage, `plan --ops`). `version` enters the cached table's key: bump it
-    when what `reader` returns changes for the same packages (an op translation modelbuild adds to the converter).
-    `ranks`: ops the registry lists whose kernel runs only some input ranks, each (op, the ranks it runs, the ATen op
-    a model calls at the others): a model calling it at another rank lacks that op (`convolution` at rank 5 is
-    `conv3d`), so a route that cannot run it is not tried first."""
+    when what `reader` returns changes for the same packages. `ranks`: ops whose kernel runs only some input ranks,
+    each (op, the ranks it runs, the op a model calls at the others: `convolution` at rank 5 is `conv3d`)."""
 
     name: str
     packages: tuple[str, ...]

@@ -230,7 +230,7 @@ class Judge:
 
     def _meets(self, out: "OutputSpec", observed: "np.ndarray", limits: Mapping[str, Any]) -> tuple[bool, bool]:
         """(meets the goal, meets it with the margin where it must) for one output."""
-        from buildsys.nodes.verify import compare
+        from buildsys.comparison import compare
 
         reference, split = self.reference[out.name], self.split
         if split is None:
@@ -244,7 +244,7 @@ class Judge:
 
     def __call__(self, observed: dict[str, "np.ndarray"], ms: float | None = None,
                  size: int | None = None) -> Measured:
-        from buildsys.nodes.verify import compare
+        from buildsys.comparison import compare
 
         passed, clear, error, shown = True, True, 0.0, {}
         for out in self.outputs:
@@ -279,7 +279,7 @@ def with_margin(limits: Mapping[str, Any]) -> dict[str, Any]:
 
 def default_goal(goal: Mapping[str, Any] | None, outputs: "Sequence[OutputSpec]", precision: str) -> dict[str, Any]:
     """The search's goal: the target's resolved limits (`repair_goal`), else the precision's defaults."""
-    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.comparison import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     if goal:
         return dict(goal)

@@ -157,7 +157,7 @@ def search(step: "Step", ctx: "StepContext", module: Any, prune: Callable[[float
     """`sparsity: auto` for `step`: the chosen ratio and the record (`facts.sparsity_search`), judged against
     `module` (what was converted: the traced module, or the model's PyTorch module) on the validation set at
     the target's goal; a tolerance no ratio meets fails the step with what each ratio measured."""
-    from buildsys.nodes.verify import DEFAULTS, SCORE_ONLY, VALUES_ONLY
+    from buildsys.comparison import DEFAULTS, SCORE_ONLY, VALUES_ONLY
 
     batch = ctx.data("validation")
     assert batch is not None  # check_config requires it
@@ -217,7 +217,7 @@ def session_outputs(session: Any, model: "Model", batch: "Batch") -> dict[str, "
 
 def _judge(model: "Model", reference: dict[str, "np.ndarray"], observed: dict[str, "np.ndarray"],
            goal: dict[str, Any], labels: "np.ndarray | None") -> tuple[bool, dict[str, Any]]:
-    from buildsys.nodes.verify import compare
+    from buildsys.comparison import compare
 
     passed, shown = True, {}
     for out in model.outputs:

@@ -67,10 +67,10 @@ class Criterion:
 
 def errors(ref: "np.ndarray", obs: "np.ndarray") -> dict[str, float]:
     """max_rel (max |diff| / max |ref|), range_error (worst sample's RMS error over the reference's
-    range) and cosine (worst sample), as the check computes them for outputs (verify.compare)."""
+    range) and cosine (worst sample), as the check computes them for outputs (comparison.compare)."""
     import numpy as np
 
-    from buildsys.nodes.verify import _min_cosine, _range_error
+    from buildsys.comparison import min_cosine, range_error
 
     ref64, obs64 = np.asarray(ref, np.float64), np.asarray(obs, np.float64)
     if not np.all(np.isfinite(obs64)):
@@ -78,7 +78,7 @@ def errors(ref: "np.ndarray", obs: "np.ndarray") -> dict[str, float]:
     diff = float(np.abs(obs64 - ref64).max()) if ref64.size else 0.0
     scale = float(np.abs(ref64).max()) if ref64.size else 0.0
     max_rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-    return {"max_rel": max_rel, "range_error": _range_error(ref64, obs64), "cosine": _min_cosine(ref64, obs64)}
+    return {"max_rel": max_rel, "range_error": range_error(ref64, obs64), "cosine": min_cosine(ref64, obs64)}
 
 
 @dataclass

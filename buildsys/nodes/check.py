@@ -278,7 +278,7 @@ class CheckStep(Step):
         """Each output compared with its reference under its resolved tolerance, by output name: its default
         limits raised to the model's intrinsic error (nodes/intrinsic.py), which each output's result shows."""
         from buildsys.nodes.intrinsic import AGAINST_TRUTH, LIMITS, of_output, raised, truth_limits
-        from buildsys.nodes.verify import compare
+        from buildsys.comparison import compare
 
         opts, results, intrinsic = ctx.options, {}, self._intrinsic(ctx)
         truth = self._truth(ctx) if ctx.precision == "fp32" else {}

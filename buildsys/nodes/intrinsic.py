@@ -73,7 +73,7 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -
     import torch
 
     from buildsys.formats.torch.runtimes import TorchSession
-    from buildsys.nodes.verify import compare
+    from buildsys.comparison import compare
 
     out: dict[str, Any] = {}
     truth: dict[str, Any] = {}

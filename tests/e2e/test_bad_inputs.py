@@ -129,7 +129,7 @@ def test_nan_validation_data_is_blamed_on_the_data_not_the_artifact(tiny: TinyPr
 
 
 def test_a_reference_with_labels_for_other_samples_fails_the_check_instead_of_dropping_accuracy() -> None:
-    from buildsys.nodes.verify import compare
+    from buildsys.comparison import compare
 
     ref = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
     result = compare("y", "scores", ref, ref, {"max_accuracy_drop": 0.01}, labels=np.array([0, 1, 2]))

@@ -130,7 +130,8 @@ def test_a_fallback_route_never_delivers_another_opset(tmp_path: Path) -> None:
 
 def _judge(ref: "np.ndarray", obs: "np.ndarray", **acceptance: object) -> dict:
     from buildsys.config.schema import Acceptance, OutputSpec
-    from buildsys.nodes.verify import compare, resolve_acceptance
+    from buildsys.comparison import compare
+    from buildsys.nodes.verify import resolve_acceptance
 
     tol = resolve_acceptance(Acceptance(**acceptance), "int8", [OutputSpec(name="p", kind="values")])["outputs"]["p"]
     return compare("p", "values", ref, obs, tol).as_dict()

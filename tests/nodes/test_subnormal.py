@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from buildsys.nodes.verify import FLOAT32_TINY, compare
+from buildsys.comparison import FLOAT32_TINY, compare
 from tests.helpers.models import make_model
 
 LIMITS = {"max_range_error": 0.1, "min_cosine": 0.9}

@@ -10,7 +10,8 @@ import pytest
 
 from buildsys.config.schema import Acceptance, OutputSpec, Tolerance
 from buildsys.errors import ConfigError
-from buildsys.nodes.verify import DEFAULTS, CheckOptions, compare, resolve_acceptance
+from buildsys.comparison import DEFAULTS, compare
+from buildsys.nodes.verify import CheckOptions, resolve_acceptance
 
 SCORES = OutputSpec(name="logits", kind="scores")
 BOX = OutputSpec(name="box", kind="values")

@@ -219,7 +219,8 @@ def test_float16_packages_store_recurrent_weights_in_float16_at_every_target(mad
 def test_compressed_packages_decode_like_coremltools_and_pass_the_int8_check(made: dict[str, tuple[Tiny, Path]],
                                                                              name: str) -> None:
     from buildsys.config.schema import Acceptance
-    from buildsys.nodes.verify import compare, resolve_acceptance
+    from buildsys.comparison import compare
+    from buildsys.nodes.verify import resolve_acceptance
 
     tiny, package = made[name]
     program = MilProgram.load(package)
@@ -298,7 +299,8 @@ def test_transformer_block_agrees_with_pytorch(tmp_path: Path, half: bool) -> No
 def test_a_corrupted_weight_changes_the_outputs_so_the_check_fails(made: dict[str, tuple[Tiny, Path]],
                                                                    tmp_path: Path) -> None:
     from buildsys.config.schema import Acceptance
-    from buildsys.nodes.verify import compare, resolve_acceptance
+    from buildsys.comparison import compare
+    from buildsys.nodes.verify import resolve_acceptance
 
     tiny, package = made["cnn-fp32"]
     corrupt = tmp_path / "model.mlpackage"

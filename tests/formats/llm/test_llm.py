@@ -15,7 +15,8 @@ import pytest
 from buildsys.config.load import load
 from buildsys.config.schema import Acceptance, Model
 from buildsys.errors import ConfigError
-from buildsys.nodes.verify import compare, resolve_acceptance
+from buildsys.comparison import compare
+from buildsys.nodes.verify import resolve_acceptance
 
 GEN = {"prompts": "p.txt", "tokenizer": "tok"}
 
