@@ -199,12 +199,19 @@ def _external() -> Any:
 
 #: The other exporter answers an op one exporter has no translation for (export_failure's wording of each).
 EXPORTER_SWITCHES = (
-    Symptom((r"is not supported at opset \d+",), Answer.of(
+    Symptom((r"is not supported at opset \d+", r"Unsupported: ONNX export of operator"), Answer.of(
         "onnx dynamo", {"dynamo": True}, why="the legacy exporter has no symbolic for the op; the dynamo exporter "
         "translates it through torchlib, decomposing what torchlib lacks")),
     Symptom((r"has no ONNX translation at opset \d+",), Answer.of(
         "onnx legacy", {"dynamo": False}, why="the dynamo exporter's torchlib has no translation for the op; the legacy "
         "exporter's symbolics may")),
+    # a file ONNX Runtime cannot load (onnxfile._validate): the other exporter writes the graph its own way
+    Symptom((r"ONNX Runtime cannot load the exported model",), Answer.of(
+        "onnx dynamo", {"dynamo": True}, why="ONNX Runtime cannot load what the legacy exporter wrote; the dynamo "
+        "exporter writes the graph from torch.export's program")),
+    Symptom((r"ONNX Runtime cannot load the exported model",), Answer.of(
+        "onnx legacy", {"dynamo": False}, why="ONNX Runtime cannot load what the dynamo exporter wrote; the legacy "
+        "exporter writes the graph from its own trace")),
 )
 
 

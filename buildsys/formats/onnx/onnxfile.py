@@ -210,9 +210,11 @@ def op_counts(proto: "onnx.ModelProto") -> Counter[str]:
 
 
 def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto") -> dict[str, int]:
-    """Judge the file by the runtime it is for: `onnx.checker` for standard ONNX; an ONNX Runtime
-    session (with its optimizer off, so the file is judged as written) when it holds ONNX Runtime's
-    own ops, which the checker does not know and would reject. Returns those ops, with counts."""
+    """Judge the file by the runtime it is for: `onnx.checker` for standard ONNX (not for ONNX Runtime's own ops, which
+    it does not know and would reject), then an ONNX Runtime session with its optimizer off, so the file is judged
+    as written: a file the checker passes may still not load (a shape an exporter's symbolic got wrong: "Add:
+    Incompatible dimensions"), and a step that wrote one fails, so its route's answers are tried, rather than the
+    check. Returns ONNX Runtime's own ops, with counts."""
     import onnx
 
     specific = runtime_specific_ops(proto)
@@ -221,7 +223,18 @@ def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto"
             onnx.checker.check_model(str(path))  # by path: works with external data and past 2 GB
         except onnx.checker.ValidationError as exc:
             raise step.fail(ctx, f"the ONNX model is invalid: {str(exc).strip().splitlines()[0]}") from exc
-        return specific
+    if specific or not path.with_name(SIDE_FILE).exists():  # a file past 2 GB is left to its check: loaded once
+        refusal = _ort_refusal(path)
+        if refusal and specific:
+            ops = ", ".join(f"{op} ×{n}" for op, n in specific.items())
+            raise step.fail(ctx, f"ONNX Runtime cannot load the model, which uses its own ops ({ops}): {refusal}")
+        if refusal:  # valid to the checker, yet its shapes or types do not hold (an exporter's symbolic went wrong)
+            raise step.fail(ctx, f"ONNX Runtime cannot load the exported model: {refusal}")
+    return specific
+
+
+def _ort_refusal(path: Path) -> str | None:
+    """Why ONNX Runtime, with its optimizer off (the file judged as written), cannot load `path`; None when it can."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -229,11 +242,10 @@ def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto"
     options.log_severity_level = 3
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        ops = ", ".join(f"{op} ×{n}" for op, n in specific.items())
-        raise step.fail(ctx, f"ONNX Runtime cannot load the model, which uses its own ops ({ops}): {first}") from exc
-    return specific
+    except Exception as exc:  # noqa: BLE001 - what ONNX Runtime says is the refusal
+        text = str(exc).strip()
+        return text.splitlines()[0].replace(str(path), path.name) if text else type(exc).__name__
+    return None
 
 
 def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False, opset: int | None = None) -> dict[str, Any]:
