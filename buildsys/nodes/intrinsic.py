@@ -63,17 +63,27 @@ TRUTH_FLOOR = 0.5
 LIMITS = {"max_rel": ("max_rel", True), "min_cosine": ("cosine", False), "min_top1_agreement": ("top1_agreement", False)}
 
 
-def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+#: How much slower than the float32 reference a measurement may be projected to run (and at least how many seconds
+#: it may take) before it is left out: float16 has no fast CPU kernel for some ops (a 3-D convolution runs about 150x
+#: slower than at float32), and a measurement that only raises default limits must not stop the reference node.
+SLOWER_AT_MOST, SECONDS_AT_LEAST = 20.0, 30.0
+
+
+def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any],
+            seconds32: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """{precision: {"against": dtype, "outputs": {name: {metric: value}}}} or {precision: {"not_measured": why}}:
     `module` re-run on `batch` at each precision's dtype, compared with its float32 outputs `outputs32`; and
-    {output: float64 outputs} for the outputs that are `ill_conditioned` (the truth their fp32 checks fall back to)."""
+    {output: float64 outputs} for the outputs that are `ill_conditioned` (the truth their fp32 checks fall back to).
+    Where the float32 run took `seconds32`, each dtype first runs one sample, and one projected past `SLOWER_AT_MOST`
+    times that (and `SECONDS_AT_LEAST`) is left unmeasured, its defaults unraised."""
     import copy
+    import time
 
     import numpy as np
     import torch
 
-    from buildsys.formats.torch.runtimes import TorchSession
     from buildsys.comparison import compare
+    from buildsys.formats.torch.runtimes import TorchSession
 
     out: dict[str, Any] = {}
     truth: dict[str, Any] = {}
@@ -86,6 +96,15 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any]) -
                 feeds = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v
                          for k, v in batch.inputs.items()}
             session = TorchSession(cast, model)
+            if seconds32 is not None and len(batch) > 1:
+                started = time.monotonic()
+                session.run_all(type(batch)({k: v[:1] for k, v in feeds.items()}, None, batch.origin))
+                projected = (time.monotonic() - started) * len(batch)
+                if projected > max(SECONDS_AT_LEAST, SLOWER_AT_MOST * seconds32):
+                    out[precision] = {"not_measured": f"{dtype} runs about {projected / max(seconds32, 1e-3):.0f}x "
+                                      f"slower than float32 on this CPU (projected {projected:.0f} s for {len(batch)} "
+                                      "samples: an op without a fast kernel at that dtype)"}
+                    continue
             observed = session.run_all(type(batch)(feeds, None, batch.origin))
         except Exception as exc:  # an op without a kernel at that dtype on this CPU: said, never guessed
             out[precision] = {"not_measured": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"

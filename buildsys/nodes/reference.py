@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from buildsys.errors import ModelbuildError
@@ -66,7 +67,9 @@ class ReferenceStep(Step):
             batch = eval_batch(ctx.model, ctx.root)
         try:
             session = runtime.load(ctx.input_path, ctx.model, ctx.root)  # type: ignore[arg-type]
+            started = time.monotonic()
             outputs = session.run_all(batch)
+            seconds = time.monotonic() - started  # what the intrinsic measurements are bounded by
         except ModelbuildError as exc:
             raise self.fail(ctx, exc.what) from exc
         except Exception as exc:
@@ -88,7 +91,7 @@ class ReferenceStep(Step):
             from buildsys.nodes.bench import build_latency
 
             metrics["latency"] = build_latency(session, next(iter(batch.chunks(1))), runtime_name)
-        intrinsic, truth = self._intrinsic(ctx, session, batch, outputs)
+        intrinsic, truth = self._intrinsic(ctx, session, batch, outputs, seconds)
         if intrinsic:
             import json
 
@@ -113,7 +116,8 @@ class ReferenceStep(Step):
         return metrics
 
     @staticmethod
-    def _intrinsic(ctx: StepContext, session: Any, batch: Any, outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _intrinsic(ctx: StepContext, session: Any, batch: Any, outputs: list[Any],
+                   seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's own error at float64, float16 and simulated int8 (nodes/intrinsic.py), where the source is a PyTorch module
         whose forward is the reference (not a text-generation model's generation, not a QAT model's fake-quant),
         and the float64 outputs of the outputs it finds ill-conditioned."""
@@ -125,4 +129,4 @@ class ReferenceStep(Step):
         module = getattr(session, "fn", None)
         if ctx.model.task == "text-generation" or not isinstance(module, torch.nn.Module) or info_of(module) is not None:
             return {}, {}
-        return measure(module, ctx.model, batch, outputs)
+        return measure(module, ctx.model, batch, outputs, seconds)

@@ -95,3 +95,39 @@ def test_a_model_int8_degrades_keeps_the_fixed_int8_limits(tmp_path: Path) -> No
     own = _own_int8(tmp_path, Outlier().eval())
     assert own["values"]["cosine"] < 0.99 and own["values"]["top1_agreement"] < 0.9
     assert raised(INT8, list(INT8), own, "int8")[0] == INT8
+
+
+class SlowAtHalf(nn.Module):
+    """A linear layer that, at float16, takes 50 ms a sample: an op with no fast CPU kernel at that dtype (a 3-D
+    convolution runs about 150x slower at float16 than at float32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            __import__("time").sleep(0.05 * len(x))
+        return self.fc(x)
+
+
+def test_a_precision_too_slow_on_this_cpu_is_left_unmeasured_from_one_sample(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The reference node's measurements only raise default limits: each dtype runs one sample first, and one
+    projected past its bound (SLOWER_AT_MOST x the float32 run, at least SECONDS_AT_LEAST) is said and skipped,
+    rather than stopping the reference node at its time budget (torchvision's mc3_18: float16 3-D convolutions)."""
+    from buildsys.nodes import intrinsic
+
+    monkeypatch.setattr(intrinsic, "SECONDS_AT_LEAST", 0.5)
+    (tmp_path / "deploy.yaml").write_text(textwrap.dedent(DEPLOY))
+    model = load(tmp_path / "deploy.yaml").project.models["m"]
+    module = SlowAtHalf().eval()
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype("float32")
+    with torch.no_grad():
+        reference = [module(torch.from_numpy(x)).numpy()]
+    measured, _ = measure(module, model, Batch({"x": x}, None, "test"), reference, seconds32=0.001)
+    assert __import__("re").search(r"^float16 runs about \d+x slower than float32 on this CPU \(projected \d+ s for 64 "
+                                   r"samples", measured["fp16"]["not_measured"]), measured["fp16"]
+    assert measured["fp32"]["against"] == "float64" and measured["int8"]["against"] == "simulated int8"
+    unbounded, _ = measure(module, model, Batch({"x": x[:8]}, None, "test"), [reference[0][:8]])
+    assert unbounded["fp16"]["against"] == "float16"  # no float32 time given: measured, as before
