@@ -123,6 +123,9 @@ REFUSALS: list[tuple[str, str, list[str]]] = [
     ("openvino-from-onnx", "model 'dstack': OpenVINO could not convert the ONNX model: OpConversionFailure: no "
      "conversion rule for the ONNX operations SequenceMap-18, util::SequenceAt, util::SequenceMark (step "
      "openvino-from-onnx)", ["decompose core"]),
+    # torchvision's RAFT (optical flow), coremltools' TorchScript frontend with a dynamic batch: float() of a symbol
+    ("coreml-from-torchscript", "model 'tv-raft_small': coremltools.convert failed: TypeError: Cannot convert "
+     "expression to float (step coreml-fp16-from-torchscript)", ["coreml static shapes"]),
 ]
 
 

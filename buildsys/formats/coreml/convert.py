@@ -35,13 +35,13 @@ MLPACKAGE = COREML["fp32"].filename
 #: Refusals of coremltools' symbolic (dynamic) shapes, from either frontend: a reshape whose shape holds a symbol
 #: ("Cannot add const [is3, 16, 1, 79]"), an assertion on a shape (group_norm's `x.shape[0] == N`, with no message),
 #: a dynamic rank-6 reshape, any refusal that prints a shape holding one of coremltools' symbols (`is750`: adaptive
-#: pooling "only supported when input tensor size is known"), a translation calling int() on a symbol (SymPy's
-#: "Cannot convert symbols to int"). Measured: a wav2vec2 encoder (both frontends, until group_norm of a dynamic batch
+#: pooling "only supported when input tensor size is known"), a translation calling int() or float() on a symbol
+#: (SymPy's "Cannot convert symbols to int", "Cannot convert expression to float": RAFT's flow). Measured: a wav2vec2 encoder (both frontends, until group_norm of a dynamic batch
 #: was translated: frontend_ops.py), a Swin encoder (torch.export frontend), a spatial transformer's localisation net.
 STATIC_SHAPES = Symptom(
     (r"Cannot add const[^\n]*\b(?:is|s)\d+\b", r"cannot have symbolic values", r"AssertionError: *(?:\(step|$)",
      r"only supports tensors with rank <= 5", r"\((?:[^()\n]*, )?is\d+, [^()\n]*\)", r"size is known",
-     r"Cannot convert symbols to int"),
+     r"Cannot convert symbols to int", r"Cannot convert expression to float"),
     Answer.of("coreml static shapes", {"static_shapes": True}, why="coremltools failed on a symbolic (dynamic) size; "
               "converted at fixed shapes it has none"))
 #: The TorchScript frontend reading a traced size as an array (an aten::Int of a tensor: YOLO11n, a BERT encoder,
