@@ -536,12 +536,13 @@ def test_a_running_log_partition_overflowing_in_core_ml_reaches_it_with_scan(tmp
 
 def test_a_disagreement_score_onnxruntime_cannot_load_reaches_onnx_with_losses(tmp_path: Path) -> None:
     """The legacy exporter writes cross_entropy with class probabilities as ONNX's SoftmaxCrossEntropyLoss, which
-    takes class indices only: the export succeeds and onnxruntime refuses to load it. A runtime's refusal is
-    answered as a converter's: the program holds cross_entropy, so the route with `losses` is the next one."""
+    takes class indices only: the export succeeds, and the step, loading what it wrote, finds that ONNX Runtime
+    refuses it. A runtime's refusal is answered as a converter's: the program holds cross_entropy, so the route with
+    `losses` is the next one."""
     project, out = _build(tmp_path, "disagreement", DISAGREEMENT, "[{name: features, shape: [batch, 8]}]",
                           "server: {model: model, format: onnx}\n")
     _assert_rewrite_route(project, out, "server", ["pytorch", "onnx (rewrite losses)"], "losses",
-                          "could not be run in onnxruntime")
+                          "ONNX Runtime cannot load the model the legacy exporter wrote")
 
 
 def test_a_hypernetwork_upsampler_reaches_core_ml(tmp_path: Path) -> None:

@@ -209,7 +209,7 @@ def op_counts(proto: "onnx.ModelProto") -> Counter[str]:
     return Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
 
 
-def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto") -> dict[str, int]:
+def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto", writer: str = "") -> dict[str, int]:
     """Judge the file by the runtime it is for: `onnx.checker` for standard ONNX (not for ONNX Runtime's own ops, which
     it does not know and would reject), then an ONNX Runtime session with its optimizer off, so the file is judged
     as written: a file the checker passes may still not load (a shape an exporter's symbolic got wrong: "Add:
@@ -229,7 +229,7 @@ def _validate(step: Step, ctx: StepContext, path: Path, proto: "onnx.ModelProto"
             ops = ", ".join(f"{op} ×{n}" for op, n in specific.items())
             raise step.fail(ctx, f"ONNX Runtime cannot load the model, which uses its own ops ({ops}): {refusal}")
         if refusal:  # valid to the checker, yet its shapes or types do not hold (an exporter's symbolic went wrong)
-            raise step.fail(ctx, f"ONNX Runtime cannot load the exported model: {refusal}")
+            raise step.fail(ctx, f"ONNX Runtime cannot load the model {writer or 'this step'} wrote: {refusal}")
     return specific
 
 
@@ -248,17 +248,19 @@ def _ort_refusal(path: Path) -> str | None:
     return None
 
 
-def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False, opset: int | None = None) -> dict[str, Any]:
+def finish(step: Step, ctx: StepContext, path: Path, exact: bool = False, opset: int | None = None,
+           writer: str = "") -> dict[str, Any]:
     """Validity (see `_validate`) + signature names for a written ONNX file; returns the step's metrics.
 
     `exact`: the graph's inputs must be exactly the signature's (a given file); an exporter may
     legitimately drop an input the model never reads. `opset`: the opset the target asked for, which
-    the file must carry (the dynamo exporter silently writes 18 when it cannot convert to the one asked).
+    the file must carry (the dynamo exporter silently writes 18 when it cannot convert to the one asked). `writer`:
+    what wrote the file ("the legacy exporter"), named where ONNX Runtime cannot load it (its step's answers read it).
     """
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    specific = _validate(step, ctx, path, proto)
+    specific = _validate(step, ctx, path, proto, writer)
     inputs, outputs = graph_io(proto)
     want_in = [i.name for i in ctx.model.inputs]
     want_out = [o.name for o in ctx.model.outputs]

@@ -56,7 +56,8 @@ def test_a_file_onnx_runtime_cannot_load_fails_its_step_and_the_dynamo_exporter_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lock = Lock.read(tmp_path / "deploy.lock")
     [dropped] = lock.routes["server"]["dropped"]
-    assert "ONNX Runtime cannot load the exported model" in dropped["reason"], dropped
+    assert "ONNX Runtime cannot load the model the legacy exporter wrote" in dropped["reason"], dropped
+    assert dropped["answers"] == [["pytorch", "onnx (switch onnx dynamo)"]]  # not the exporter that wrote it
     assert "Incompatible dimensions" in dropped["reason"]
     assert lock.targets["server"]["route"] == ["pytorch", "onnx (switch onnx dynamo)"]
     assert lock.nodes["verify:server"]["verdict"] == "passed"
