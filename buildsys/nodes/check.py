@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from buildsys.errors import ModelbuildError
@@ -12,6 +10,7 @@ from buildsys.formats import register, register_format
 from buildsys.formats.base import Format, Step, StepContext
 from buildsys.formats.quantized_weights import judged_share
 from buildsys.formats.runtime import CannotRun
+from buildsys.nodes.timing import OverBudget, bounded
 from buildsys.status import Caveat, CaveatKind, unique
 from buildsys.nodes.verify import CheckOptions
 
@@ -243,13 +242,13 @@ class CheckStep(Step):
         try:
             from buildsys.formats.torch.loading import load_module
 
-            with _bounded(LOCALISE_BUDGET_S):
+            with bounded(LOCALISE_BUDGET_S):
                 module = load_module(ctx.model, ctx.root, name=ctx.model_name, step="localisation")
                 found = localise(ctx.input_path, runtime_name, module, batch.inputs, ctx.model,  # type: ignore[arg-type]
                                  ctx.root, tolerance.model_dump() if tolerance is not None else None, fmt=fmt_name)
         except NotLocalisable as exc:
             return {"not_available": exc.what}
-        except _OverBudget:
+        except OverBudget:
             return {"not_available": f"localisation stopped after {LOCALISE_BUDGET_S:g} s (its per-layer comparison is "
                     "bounded so that the miss itself is reported): `modelbuild explain` of the node, or the check "
                     "run alone with a larger step budget, localises it"}
@@ -348,33 +347,6 @@ class CheckStep(Step):
 #: Seconds a miss's localisation may take (re-lowering an ExecuTorch program one op per delegate call took past a
 #: 5-minute step budget on MobileViTv2): past it the check reports the miss without it, within its own budget.
 LOCALISE_BUDGET_S = 120.0
-
-
-class _OverBudget(Exception):
-    """The localisation ran past LOCALISE_BUDGET_S."""
-
-
-@contextmanager
-def _bounded(seconds: float) -> Iterator[None]:
-    """Raise _OverBudget in this (the worker's main) thread after `seconds`; a no-op off the main thread or without
-    SIGALRM. The alarm lands between Python bytecodes: a long native call finishes first."""
-    import signal
-    import threading
-
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def over(signum: int, frame: Any) -> None:
-        raise _OverBudget()
-
-    previous = signal.signal(signal.SIGALRM, over)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _own_words(values: dict[str, Any]) -> str:

@@ -84,6 +84,7 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any],
 
     from buildsys.comparison import compare
     from buildsys.formats.torch.runtimes import TorchSession
+    from buildsys.nodes.timing import OverBudget, bounded
 
     out: dict[str, Any] = {}
     truth: dict[str, Any] = {}
@@ -97,12 +98,18 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any],
                          for k, v in batch.inputs.items()}
             session = TorchSession(cast, model)
             if seconds32 is not None and len(batch) > 1:
-                started = time.monotonic()
-                session.run_all(type(batch)({k: v[:1] for k, v in feeds.items()}, None, batch.origin))
+                bound = max(SECONDS_AT_LEAST, SLOWER_AT_MOST * seconds32)
+                started, stopped = time.monotonic(), False
+                try:
+                    with bounded(bound / len(batch)):  # one sample, its share of the bound
+                        session.run_all(type(batch)({k: v[:1] for k, v in feeds.items()}, None, batch.origin))
+                except OverBudget:
+                    stopped = True
                 projected = (time.monotonic() - started) * len(batch)
-                if projected > max(SECONDS_AT_LEAST, SLOWER_AT_MOST * seconds32):
-                    out[precision] = {"not_measured": f"{dtype} runs about {projected / max(seconds32, 1e-3):.0f}x "
-                                      f"slower than float32 on this CPU (projected {projected:.0f} s for {len(batch)} "
+                if stopped or projected > bound:
+                    out[precision] = {"not_measured": f"{dtype} runs {'over' if stopped else 'about'} "
+                                      f"{projected / max(seconds32, 1e-3):.0f}x slower than float32 on this CPU "
+                                      f"({'stopped' if stopped else 'projected'} {projected:.0f} s for {len(batch)} "
                                       "samples: an op without a fast kernel at that dtype)"}
                     continue
             observed = session.run_all(type(batch)(feeds, None, batch.origin))

@@ -12,10 +12,13 @@ from __future__ import annotations
 import gc
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 #: Hard cap on timed calls, whatever min_seconds asks for (a 10 µs model under a 10 s floor).
 MAX_RUNS = 100_000
@@ -316,3 +319,30 @@ def quick_latency(call: Callable[[], Any]) -> dict[str, Any]:
         return {"not_measured": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
     return {"p50_ms": round(timing.stat("p50") * 1e3, 4), "min_ms": round(timing.stat("min") * 1e3, 4),
             "runs": timing.runs, "batch": 1}
+
+
+# --- a time bound ----------------------------------------------------------------------------------
+
+
+class OverBudget(Exception):
+    """Raised by `bounded` when its block ran past its seconds."""
+
+
+@contextmanager
+def bounded(seconds: float) -> Iterator[None]:
+    """Raise OverBudget in this (the worker's main) thread after `seconds`; a no-op off the main thread or without
+    SIGALRM. The alarm lands between Python bytecodes: a long native call (one CPU kernel) finishes first."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def over(signum: int, frame: Any) -> None:
+        raise OverBudget()
+
+    previous = signal.signal(signal.SIGALRM, over)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
