@@ -43,7 +43,8 @@ def op_patches(table: dict[str, Any]) -> dict[str, Any]:
     """The translations below, by the names the frontends look them up by (`table`: coremltools' registry)."""
     return {**_prod(table), **_boolean_bitwise(table), **_isclose(table), **_infinities(table),
             **_inverse_hyperbolic(table), **_flat_arg_reduce(table), **_runtime_layer_norm(table),
-            **_group_norm_statistics(table), **_integer_floor_divide(table), **_alias(table)}
+            **_group_norm_statistics(table), **_integer_floor_divide(table), **_alias(table),
+            **_float_of_integers(table)}
 
 
 def _value(v: Any) -> Any:
@@ -330,3 +331,33 @@ def _alias(table: dict[str, Any]) -> dict[str, Any]:
     if "alias" in table or "alias_copy" not in table:
         return {}
     return {"alias": table["alias_copy"]}
+
+
+#: torch's unary ops whose result is floating for an integer or boolean input (`torch.sqrt(torch.tensor([8]))` is
+#: 2.83): coremltools hands the integer to the MIL op, which takes fp16 / fp32 only ("expects tensor or scalar of dtype
+#: from type domain ['fp16', 'fp32'] but got tensor[1,int32]": RAFT's correlation scale).
+FLOAT_VALUED = ("sqrt", "rsqrt", "exp", "exp2", "log", "log2", "log10", "log1p", "expm1", "sin", "cos", "tan", "asin",
+                "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "erf", "reciprocal")
+
+
+def _float_of_integers(table: dict[str, Any]) -> dict[str, Any]:
+    """Each FLOAT_VALUED translation given an integer or boolean input casts it to float32 first, as torch computes it."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    def promoted(original: Any) -> Any:
+        def translate(context: Any, node: Any) -> None:
+            try:
+                x = context[node.inputs[0]]
+            except (KeyError, IndexError, TypeError, ValueError):  # not a node's output: the translation's own case
+                return original(context, node)
+            if getattr(x, "dtype", None) is not None and (types.is_int(x.dtype) or types.is_bool(x.dtype)):
+                cast = mb.cast(x=x, dtype="fp32", name=f"{node.name}_float_input")
+                context.add(cast)
+                node.inputs = [cast.name, *list(node.inputs)[1:]]
+            return original(context, node)
+
+        return translate
+
+    originals = {table[name] for name in FLOAT_VALUED if name in table}
+    return {name: promoted(func) for name, func in table.items() if func in originals}

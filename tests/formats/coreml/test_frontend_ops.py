@@ -1,7 +1,7 @@
 """The op translations coremltools lacks (buildsys/formats/coreml/frontend_ops.py): product reductions, `|` and `^`
 of booleans, isclose, the infinity predicates, acosh / asinh, argmax / argmin of the flattened tensor, layer_norm
 with run-time weights, integer floor division (a dynamic size computed with `//`), group norm of a dynamic batch,
-`zero_` of a slice or a whole tensor (frontend_inplace.py), `alias`;
+`zero_` of a slice or a whole tensor (frontend_inplace.py), `alias`, float-valued ops of integers (sqrt, exp, ...);
 each refused by coremltools as it is, converted under modelbuild's patches by both frontends and agreeing with
 PyTorch in the MIL interpreter."""
 
@@ -86,6 +86,9 @@ CASES = {
                                                                                                eps=1e-3),
     "zero_ of a slice and of a whole tensor": _zeroed,
     "alias": lambda x: torch.ops.aten.alias(x * 2) + 1,
+    # an integer's square root, as RAFT scales its correlation (`torch.tensor([dim])`: a constant in a trace)
+    "sqrt and exp of integers": lambda x: x / torch.sqrt(torch.tensor([x.shape[-1]])) + torch.exp(
+        (x > 0).int()) + torch.sigmoid(torch.arange(x.shape[-1])),
 }
 
 
@@ -101,6 +104,8 @@ def test_coremltools_as_it_is_refuses_them() -> None:
     for case in ("prod over a dim", "or of comparisons", "argmax of all", "alias"):
         with pytest.raises(Exception):  # noqa: B017 - each fails in its own words
             _convert(Fn(CASES[case]), x, "export")
+    with pytest.raises(ValueError, match=r"sqrt\).*expects tensor or scalar of dtype from type domain"):
+        _convert(Fn(CASES["sqrt and exp of integers"]), torch.randn(3, 4, 5), "torchscript")
 
 
 def test_coremltools_as_it_is_refuses_zero_in_a_trace() -> None:
