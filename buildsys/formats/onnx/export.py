@@ -205,8 +205,7 @@ EXPORTER_SWITCHES = (
     Symptom((r"has no ONNX translation at opset \d+",), Answer.of(
         "onnx legacy", {"dynamo": False}, why="the dynamo exporter's torchlib has no translation for the op; the legacy "
         "exporter's symbolics may")),
-    # a file ONNX Runtime cannot load (onnxfile._validate): the other exporter writes the graph its own way
-    Symptom((r"ONNX Runtime cannot load the model the legacy exporter wrote",), Answer.of(
+    Symptom((r"ONNX Runtime cannot load the model the legacy exporter wrote",), Answer.of(  # onnxfile._validate
         "onnx dynamo", {"dynamo": True}, why="ONNX Runtime cannot load what the legacy exporter wrote; the dynamo "
         "exporter writes the graph from torch.export's program")),
     Symptom((r"ONNX Runtime cannot load the model the dynamo exporter wrote",), Answer.of(
@@ -314,8 +313,7 @@ class OnnxFromPyTorch(FromPyTorch):
         ops = dispatched_ops(module, _example(ctx, False))
         written = "dynamo" if dynamo else "legacy"
         return {**_legal(path), **finish(self, ctx, path, opset=opts.opset, writer=f"the {written} exporter"),
-                "exporter": written,
-                **rewrite_metrics(ctx, ops, module), **folded, **lowering}
+                "exporter": written, **rewrite_metrics(ctx, ops, module), **folded, **lowering}
 
 
 @register
@@ -340,8 +338,7 @@ class OnnxFromTorchScript(Step):
         opts = ctx.options
         module = load_input(self, ctx)
         path = _legacy_export(self, ctx, module, opts.opset, opts.dynamic_axes, opts.do_constant_folding)
-        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset, writer="the legacy exporter"),
-                "exporter": "legacy"}
+        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset, writer="the legacy exporter"), "exporter": "legacy"}
 
 
 @register
@@ -371,8 +368,7 @@ class OnnxFromPt2(Step):
             raise self.fail(ctx, f"'{Path(str(ctx.input_path)).name}' is not a loadable torch.export program: "
                                  f"{type(exc).__name__}") from exc
         path = _dynamo_export(self, ctx, program, opts.opset, opts.external_data)
-        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset, writer="the dynamo exporter"),
-                "exporter": "dynamo"}
+        return {**_legal(path), **finish(self, ctx, path, opset=opts.opset, writer="the dynamo exporter"), "exporter": "dynamo"}
 
 
 @register
