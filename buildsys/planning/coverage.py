@@ -229,7 +229,7 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
     node `ops:<model>` (or `ops:converters`) of kind "analysis"."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs_: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
+    probes: list[tuple[str | None, list[str]]] = [(m, list(tables) if i == 0 else []) for i, m in enumerate(models)] \
         or ([(None, list(tables))] if tables else [])
     out_dir = _dir(planner)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,8 +240,8 @@ def analyse(planner: "Planner", models: Sequence[str], tables: Sequence[str], ti
             with heard:
                 on_event(event)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(jobs_) or 1))) as pool:
-        list(pool.map(lambda job: _probe(planner, job[0], job[1], out_dir, timeout, tell), jobs_))
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(probes) or 1))) as pool:
+        list(pool.map(lambda probe: _probe(planner, probe[0], probe[1], out_dir, timeout, tell), probes))
     return read(planner)
 
 

@@ -52,11 +52,10 @@ def model_ops(deploy: Path, model_name: str) -> dict[str, Any]:
     torch.jit.trace (what the TorchScript-based ONNX exporter looks up: `batch_norm` where torch.export
     says `_native_batch_norm_legit_no_training`), absent when the model does not trace; `qat`, the words
     for a quantization-aware-trained model when its graph carries fake-quant modules (buildsys.formats.torch.qat);
-    `sites`, where the model calls each op (module path, file, line: localise/source_lines.py); `dynamic_refused`,
-    torch.export's refusal of the signature's dynamic axes (a constraint the code specialises: `dynamic_refusal`),
-    absent when they export or the model has none; `parameters`, how
+    `sites`, where the model calls each op (module path, file, line: localise/source_lines.py); `parameters`, how
     many it has (what a step's time budget scales with where no weights file says: running/limits.py); `ranks`, the
-    ranks of each core op's first input (`input_ranks`)."""
+    ranks of each core op's first input (`input_ranks`); `dynamic_refused`, torch.export's refusal of the signature's
+    dynamic axes (`dynamic_refusal`), absent where they export or the model has none."""
     import torch
 
     from buildsys.config.load import load as load_config
