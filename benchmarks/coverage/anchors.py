@@ -4,7 +4,7 @@ For every row and converter, the module is converted by that converter alone (te
 torch.onnx.export dynamo and legacy run in ONNX Runtime, onnx2tf and litert-torch in LiteRT, coremltools from
 the trace and from torch.export in the MIL reference interpreter, ExecuTorch's to_edge_transform_and_lower with
 XNNPACK in ExecuTorch's runtime, openvino.convert_model of the module on the CPU plugin), run on the row's
-validation inputs and judged by modelbuild's own comparison (buildsys.nodes.verify.compare at the fp32 defaults).
+validation inputs and judged by modelbuild's own comparison (buildsys.comparison.compare at the fp32 defaults).
 
 One worker process per converter takes the rows one after another (the converter is imported once). The
 parent gives each row `timeout` seconds and the worker `memory_mb` of resident memory: past either, or when

@@ -5,7 +5,7 @@ A format supplies only a `Candidates`: how to make its artifact with chosen laye
 (ONNX Runtime's `nodes_to_exclude`, XNNPACK's dropped annotations, an ai-edge-quantizer `no_quantize` recipe,
 NNCF's `ignored_scope`, Core ML's `op_selector` of `FP16ComputePrecision`, the ONNX float16 converter's
 `node_block_list`), which layers it can keep, and how an artifact runs. This module does the rest, the same for
-every format, judged by the check's own comparisons (`verify.compare`) at the target's resolved tolerance
+every format, judged by the check's own comparisons (`comparison.compare`) at the target's resolved tolerance
 (`repair_goal`, never loosened) on the search's data (`search_data`: the calibration set, then the evaluation set
 the check judges, where the model has one apart from it), against the float model's own outputs:
 
@@ -74,7 +74,7 @@ MARGIN = 0.25
 #: The data sets a searching step reads (their digests enter its key): the calibration set it searches, and the
 #: evaluation set the check judges (validation, else example: buildsys.config.data.PURPOSES).
 SEARCHED = ("calibration", "evaluation")
-#: Limit name → the observed metric it bounds (`verify.compare`'s names), and whether larger is worse.
+#: Limit name → the observed metric it bounds (`comparison.compare`'s names), and whether larger is worse.
 LIMITS = {"max_rel": ("max_rel", True), "max_range_error": ("range_error", True),
           "min_cosine": ("cosine", False), "min_top1_agreement": ("top1_agreement", False)}
 

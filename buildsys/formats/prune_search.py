@@ -4,7 +4,7 @@ option class, NumPy magnitude pruning, and the search of `sparsity: auto`.
 The search runs in the format's worker, after conversion. Each candidate is the converted artifact pruned by
 magnitude at one ratio (as for a fixed `sparsity`), saved, and run by the format's own runtime (the MIL reference
 interpreter, the LiteRT interpreter, the OpenVINO CPU plugin) on the model's **validation set**; its outputs are
-compared with PyTorch's outputs on the same samples by the check's comparisons (`verify.compare`) at the target's
+compared with PyTorch's outputs on the same samples by the check's comparisons (`comparison.compare`) at the target's
 resolved acceptance (`repair_goal`, filled in by the planner: the search never loosens it). That is the
 comparison the check makes afterwards, on the same data, as in NNCF's accuracy-aware mode: pruning needs no
 calibration data, and a ratio chosen on other samples missed the check on these (examples/digits: 0.6 passed

@@ -5,7 +5,7 @@ The reference node (nodes/reference.py) measures, on the evaluation inputs, the 
 float32 outputs (what any fp32 export must be allowed: another runtime's float32 is another rounding of the same
 function), the model in float16 against float32 (what an fp16 export is allowed) and the model with its weights
 and activations rounded to 8 bits (`simulated_int8`: what an int8 export is allowed), per output, with the
-check's own comparisons (`verify.compare`). The check (nodes/check.py) then raises each limit that is a precision default
+check's own comparisons (`comparison.compare`). The check (nodes/check.py) then raises each limit that is a precision default
 (never one the user wrote: `CheckOptions.default_limits`) to `MULTIPLE[precision]` × that intrinsic error, at most
 to `CEILING[precision]`: a model whose own float16 loses more than the ceiling is not made to pass by its tolerance.
 A limit is never lowered. An intrinsic error that is not finite (the model overflows float16 itself) raises nothing.
@@ -59,7 +59,7 @@ AGAINST_TRUTH = 2.0
 #: ... as long as that still tells a right artifact from a wrong one: a model whose float32 is so far from its
 #: float64 that the limit would fall below this cosine has outputs float32 does not determine; it is not verifiable.
 TRUTH_FLOOR = 0.5
-#: Limit → the observed metric of `verify.compare` it bounds, and whether larger observed values are worse.
+#: Limit → the observed metric of `comparison.compare` it bounds, and whether larger observed values are worse.
 LIMITS = {"max_rel": ("max_rel", True), "min_cosine": ("cosine", False), "min_top1_agreement": ("top1_agreement", False)}
 
 

@@ -9,7 +9,7 @@ never loosened) holds on the search's data (keep_float.search_data). For PT2E:
 - a trial is prepare_pt2e with the other units' annotations dropped, the observers run on the calibration
   set, convert_pt2e, and the converted graph run on the search's data: int8 values through
   quantize/dequantize pairs, PyTorch's reference arithmetic for what XNNPACK runs. It is judged against the
-  float program by the check's own comparisons (`verify.compare`); the check then judges the lowered .pte
+  float program by the check's own comparisons (`comparison.compare`); the check then judges the lowered .pte
   in the ExecuTorch runtime, on the validation set, against PyTorch.
 
 The search exports the program once at SEARCH_BATCH samples per call (a fixed first axis keeps its size):
