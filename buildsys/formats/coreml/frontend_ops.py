@@ -336,8 +336,9 @@ def _alias(table: dict[str, Any]) -> dict[str, Any]:
 #: torch's unary ops whose result is floating for an integer or boolean input (`torch.sqrt(torch.tensor([8]))` is
 #: 2.83): coremltools hands the integer to the MIL op, which takes fp16 / fp32 only ("expects tensor or scalar of dtype
 #: from type domain ['fp16', 'fp32'] but got tensor[1,int32]": RAFT's correlation scale).
+#: (`reciprocal` has its own exact translation, frontend.py.)
 FLOAT_VALUED = ("sqrt", "rsqrt", "exp", "exp2", "log", "log2", "log10", "log1p", "expm1", "sin", "cos", "tan", "asin",
-                "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "erf", "reciprocal")
+                "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "erf")
 
 
 def _float_of_integers(table: dict[str, Any]) -> dict[str, Any]:
