@@ -106,17 +106,21 @@ def test_a_decomposition_makes_grid_sample_convert_to_core_ml(tmp_path: Path) ->
     assert status == 0 and not [e for e in events if e.get("event") == "started"]
 
 
+#: A per-sample loop whose dynamic batch torch.export refuses, to a .pt2 delivered dynamic and to ExecuTorch.
+SCORER = """\
+    models:
+      scorer:
+        source: {factory: lowering_models:per_sample}
+        inputs: [{name: x, shape: [batch, 6]}]
+        outputs: [{name: scores}]
+    targets:
+      program: {model: scorer, format: pt2}
+      phone: {model: scorer, format: executorch}
+    """
+
+
 def test_a_static_reexport_lets_executorch_take_a_model_whose_dynamic_batch_torch_export_refuses(tmp_path: Path) -> None:
-    project = Project(tmp_path, """\
-        models:
-          scorer:
-            source: {factory: lowering_models:per_sample}
-            inputs: [{name: x, shape: [batch, 6]}]
-            outputs: [{name: scores}]
-        targets:
-          program: {model: scorer, format: pt2}
-          phone: {model: scorer, format: executorch}
-        """)
+    project = Project(tmp_path, SCORER)
     status, events = project.build("program")
     assert status == 1  # a .pt2 delivered with its dynamic axes has no static answer: it names the constraint
     text = refusal(events, "scorer/pt2")
@@ -138,15 +142,7 @@ def test_the_op_analysis_foresees_the_refused_dynamic_batch_and_nothing_fails(tm
     """With the op analysis on, its probe exports the model's dynamic axes as the loading steps do and records
     torch.export's refusal (`dynamic_refused`): the ExecuTorch target's first route is the static export, so no node
     fails on the way (above, without the analysis, the dynamic export fails first)."""
-    project = Project(tmp_path, """\
-        models:
-          scorer:
-            source: {factory: lowering_models:per_sample}
-            inputs: [{name: x, shape: [batch, 6]}]
-            outputs: [{name: scores}]
-        targets:
-          phone: {model: scorer, format: executorch}
-        """)
+    project = Project(tmp_path, SCORER)
     status, events = project.build("phone", analysis=True)
     assert status == 0, summary(events)
     assert [e["node"] for e in events if e.get("event") == "analysed"] == ["ops:scorer"]
