@@ -69,13 +69,14 @@ LIMITS = {"max_rel": ("max_rel", True), "min_cosine": ("cosine", False), "min_to
 SLOWER_AT_MOST, SECONDS_AT_LEAST = 20.0, 30.0
 
 
-def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any],
-            seconds32: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any], seconds32: float | None = None,
+            deadline: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """{precision: {"against": dtype, "outputs": {name: {metric: value}}}} or {precision: {"not_measured": why}}:
     `module` re-run on `batch` at each precision's dtype, compared with its float32 outputs `outputs32`; and
     {output: float64 outputs} for the outputs that are `ill_conditioned` (the truth their fp32 checks fall back to).
     Where the float32 run took `seconds32`, each dtype first runs one sample, and one projected past `SLOWER_AT_MOST`
-    times that (and `SECONDS_AT_LEAST`) is left unmeasured, its defaults unraised."""
+    times that (and `SECONDS_AT_LEAST`), or past half the time left before the step's `deadline`
+    (time.monotonic()), is left unmeasured, its defaults unraised."""
     import copy
     import time
 
@@ -99,6 +100,8 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any],
             session = TorchSession(cast, model)
             if seconds32 is not None and len(batch) > 1:
                 bound = max(SECONDS_AT_LEAST, SLOWER_AT_MOST * seconds32)
+                if deadline is not None:  # what is left of the reference node's budget, shared with what follows
+                    bound = min(bound, max(deadline - time.monotonic(), 0.0) / 2)
                 started, stopped = time.monotonic(), False
                 try:
                     with bounded(bound / len(batch)):  # one sample, its share of the bound
@@ -110,7 +113,8 @@ def measure(module: Any, model: "Model", batch: "Batch", outputs32: list[Any],
                     out[precision] = {"not_measured": f"{dtype} runs {'over' if stopped else 'about'} "
                                       f"{projected / max(seconds32, 1e-3):.0f}x slower than float32 on this CPU "
                                       f"({'stopped' if stopped else 'projected'} {projected:.0f} s for {len(batch)} "
-                                      "samples: an op without a fast kernel at that dtype)"}
+                                      f"samples, {bound:.0f} s allowed: an op without a fast kernel at that dtype, "
+                                      "or too little of the reference's time budget left)"}
                     continue
             observed = session.run_all(type(batch)(feeds, None, batch.origin))
         except Exception as exc:  # an op without a kernel at that dtype on this CPU: said, never guessed

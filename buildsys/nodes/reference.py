@@ -129,4 +129,4 @@ class ReferenceStep(Step):
         module = getattr(session, "fn", None)
         if ctx.model.task == "text-generation" or not isinstance(module, torch.nn.Module) or info_of(module) is not None:
             return {}, {}
-        return measure(module, ctx.model, batch, outputs, seconds)
+        return measure(module, ctx.model, batch, outputs, seconds, ctx.deadline)

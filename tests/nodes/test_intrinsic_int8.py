@@ -132,3 +132,8 @@ def test_a_precision_too_slow_on_this_cpu_is_left_unmeasured_from_one_sample(tmp
     assert measured["fp32"]["against"] == "float64" and measured["int8"]["against"] == "simulated int8"
     unbounded, _ = measure(module, model, Batch({"x": x[:8]}, None, "test"), [reference[0][:8]])
     assert unbounded["fp16"]["against"] == "float16"  # no float32 time given: measured, as before
+    # the step's budget nearly spent: a measurement that would fit the float32 bound still gives way to it
+    monkeypatch.setattr(intrinsic, "SECONDS_AT_LEAST", 30.0)
+    late, _ = measure(module, model, Batch({"x": x}, None, "test"), reference, seconds32=0.001,
+                      deadline=__import__("time").monotonic() + 0.2)
+    assert "float16" in late["fp16"]["not_measured"] and "time budget left" in late["fp16"]["not_measured"]
